@@ -1,0 +1,82 @@
+"""The ``xelm`` command: one Typer app, a module per command group.
+
+Domain errors (:class:`xelm_cli.errors.XelmError`) become one line on stderr and their exit
+code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
+"""
+
+import os
+import sys
+
+import click
+import typer
+
+from .. import __version__
+from ..errors import XelmError
+from . import bundle, plugins
+
+DEBUG_ENV = "XELM_DEBUG"
+INTERNAL_ERROR_EXIT = 70
+
+app = typer.Typer(
+    name="xelm",
+    help="Cross-lingual expert language models: branch experts from a seed LM, train each on "
+    "related languages, ensemble them.\n\nExample: xelm bundle init --config tiny --tokenizer tok/ -o seed/",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+app.add_typer(bundle.app, name="bundle")
+app.add_typer(plugins.app, name="plugins")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"xelm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """xelm: cross-lingual expert language models."""
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"xelm: error: {message}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (what ``main`` exits with; handy in tests)."""
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # ours are on stderr already
+    try:
+        plugins.add_plugin_commands(app)
+        app(args=argv, prog_name="xelm", standalone_mode=False)
+        return 0
+    except XelmError as exc:
+        if debug:
+            raise
+        return _fail(str(exc), exc.exit_code)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return _fail("aborted", 130)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:
+        if debug:
+            raise
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        return _fail(f"internal error: {type(exc).__name__}: {detail} "
+                     f"(set {DEBUG_ENV}=1 for the traceback)", INTERNAL_ERROR_EXIT)
+
+
+def main() -> None:
+    sys.exit(run())

@@ -1,0 +1,277 @@
+"""``xelm bundle``: make, inspect, verify, branch and share expert bundles."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from ..allocation import read_allocation
+from ..branching import branch as branch_bundle
+from ..branching import find_bundles, hmr_branch
+from ..bundle import Bundle, verify_bundle
+from ..digest import short
+from ..errors import IntegrityError, UsageError
+from ..languages import normalize_language, parse_language_list
+from ..lineage import Node, children, graph_json, lineage_graph, roots
+from ..manifest import ROLES
+from ..progress import byte_progress
+from ..seed import NAMED_CONFIGS, init_from_config, init_from_hf
+from .options import BundleArg, ForceOpt, JsonOpt, OutDirOpt
+
+app = typer.Typer(help="Expert bundles: make, inspect, verify, branch and share them.",
+                  no_args_is_help=True)
+console = Console()
+
+LangsOpt = Annotated[str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")]
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _summary(bundle: Bundle) -> dict[str, Any]:
+    m = bundle.manifest
+    return {"path": str(bundle.path), "id": m.id, "name": bundle.name, "digest": bundle.digest,
+            "role": m.role, "languages": m.languages, "relation": m.relation}
+
+
+@app.command()
+def init(
+    out: OutDirOpt,
+    hf: Annotated[str | None, typer.Option("--hf", help="Local HF model directory or Hub id.")] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", help=f"Named Llama-style config: {', '.join(NAMED_CONFIGS)}.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        "--tokenizer", help="Tokenizer directory (with --config).")] = None,
+    langs: LangsOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --config initialisation.")] = 0,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (with --hf).")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="Allow the model's own Python code (off by default).")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a seed bundle from a HF model, or from a named config plus a tokenizer.
+
+    Example: xelm bundle init --config tiny --tokenizer tok/ --langs en,tr -o seed/
+    """
+    languages = parse_language_list(langs) if langs else []
+    if (hf is None) == (config is None):
+        raise UsageError("pass exactly one of --hf MODEL or --config NAME")
+    with byte_progress("hashing", None) as progress:
+        if hf is not None:
+            bundle = init_from_hf(hf, out, languages=languages, revision=revision,
+                                  trust_remote_code=trust_remote_code, overwrite=force,
+                                  progress=progress)
+        else:
+            if tokenizer is None:
+                raise UsageError("--config needs --tokenizer DIR (train one with `xelm data tokenizer`)")
+            assert config is not None
+            bundle = init_from_config(config, tokenizer, out, languages=languages, seed=seed,
+                                      overwrite=force, progress=progress)
+    _report_written(bundle, as_json)
+
+
+def _report_written(bundle: Bundle, as_json: bool) -> None:
+    if as_json:
+        _print_json(_summary(bundle))
+    else:
+        console.print(f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
+                      f"({bundle.size / 1e6:.1f} MB, digest {short(bundle.digest)})")
+
+
+@app.command()
+def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
+    """Show a bundle's manifest: role, languages, lineage, training, files.
+
+    Example: xelm bundle inspect experts/e2 --json
+    """
+    bundle = Bundle.read(bundle_dir)
+    m = bundle.manifest
+    if as_json:
+        _print_json({**_summary(bundle), "manifest": m.raw})
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [("path", str(bundle.path)), ("name", bundle.name), ("id", m.id),
+            ("digest", bundle.digest), ("role", m.role),
+            ("languages", ", ".join(m.languages) or "-"),
+            ("format", f"xelm-bundle {m.format_version}, written by xelm {m.created_by.get('xelm')}"),
+            ("origin", json.dumps(m.origin)),
+            ("made by", f"{m.relation} from " + (", ".join(p["id"][:12] for p in m.parents) or "-"))]
+    if m.allocation:
+        a = m.allocation
+        rows.append(("allocation", f"expert {a['expert']} of {a['clusterer']} ({short(a['digest'])})"))
+    if m.training:
+        rows.append(("training", f"{m.training['tokens']:,} tokens, {m.training['steps']:,} steps"))
+    rows += [("architecture", m.fingerprints["architecture"]), ("tokenizer", m.fingerprints["tokenizer"]),
+             ("size", f"{bundle.size / 1e6:.2f} MB in {len(m.files)} files")]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", escape(value))
+    console.print(table)
+    files = Table("file", "bytes", "sha256")
+    for name, entry in sorted(m.files.items()):
+        files.add_row(name, f"{entry.size:,}", short(entry.sha256, 16))
+    console.print(files)
+
+
+@app.command()
+def verify(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every file's size and sha256, the schema and the fingerprints; exit 4 on a problem.
+
+    Example: xelm bundle verify experts/*
+    """
+    report = {}
+    for path in bundles:
+        total = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else 0
+        with byte_progress(f"verifying {path.name}", total) as progress:
+            report[str(path)] = verify_bundle(path, progress)
+    if as_json:
+        _print_json({"ok": not any(report.values()), "bundles": report})
+    else:
+        for path_str, problems in report.items():
+            if problems:
+                for problem in problems:
+                    console.print(f"[red]FAIL[/] {path_str}: {problem}", highlight=False)
+            else:
+                console.print(f"[green]OK[/]   {path_str}", highlight=False)
+    failed = sum(1 for p in report.values() if p)
+    if failed:
+        raise IntegrityError(f"{failed} of {len(report)} bundles failed verification")
+
+
+def _render(node: Node, kids: dict[str, list[Node]], tree: Tree, seen: set[str]) -> None:
+    label = (f"[bold]{escape(node.name)}[/] {node.role} {escape(str(node.languages))}"
+             if node.present else f"[dim]{node.id[:12]} (not in this set)[/]")
+    label += f" [dim]{node.relation} {short(node.digest)}[/]"
+    if node.digest in seen:
+        tree.add(label + " [dim](shown above)[/]")
+        return
+    seen.add(node.digest)
+    branch = tree.add(label)
+    for child in kids[node.digest]:
+        _render(child, kids, branch, seen)
+
+
+@app.command()
+def lineage(
+    bundles: Annotated[list[Path], typer.Argument(
+        help="Bundles, or directories of bundles.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw the family tree of a set of bundles from their manifests.
+
+    Example: xelm bundle lineage seed/ experts/
+    """
+    nodes = lineage_graph(find_bundles(bundles))
+    if as_json:
+        _print_json(graph_json(nodes))
+        return
+    kids, seen = children(nodes), set[str]()
+    tree = Tree("bundles", hide_root=True)
+    for root in roots(nodes):
+        _render(root, kids, tree, seen)
+    console.print(tree)
+
+
+@app.command()
+def branch(
+    out: OutDirOpt,
+    parent: Annotated[Path | None, typer.Argument(help="Bundle to branch.", show_default=False)] = None,
+    allocation: Annotated[Path | None, typer.Option(help="Allocation file (with --expert).")] = None,
+    expert: Annotated[int | None, typer.Option(help="Expert index in the allocation.")] = None,
+    langs: LangsOpt = None,
+    role: Annotated[str, typer.Option(help=f"Role of the new bundle: {', '.join(ROLES)}.")] = "expert",
+    pool: Annotated[list[Path] | None, typer.Option(
+        "--from", help="HMR: bundles (or a directory of them) to pick the donor's expert from.")] = None,
+    donor: Annotated[str | None, typer.Option(help="HMR: seen language closest to --lang.")] = None,
+    lang: Annotated[str | None, typer.Option(help="HMR: the new language.")] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Branch a bundle into a new expert; weight files are hard links, so it costs nothing.
+
+    Examples:
+      xelm bundle branch seed/ --allocation alloc.json --expert 2 -o experts/e2
+      xelm bundle branch --from experts/ --donor tr --lang az -o experts/az   (HMR)
+    """
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    if pool:
+        if parent is not None or allocation is not None or langs:
+            raise UsageError("the HMR form (--from/--donor/--lang) takes no PARENT, --allocation or --langs")
+        if not donor or not lang:
+            raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
+        bundle = hmr_branch(pool, normalize_language(donor), normalize_language(lang), out,
+                            overwrite=force)
+    else:
+        if parent is None:
+            raise UsageError("pass the PARENT bundle to branch, or --from POOL for the HMR form")
+        if donor or lang:
+            raise UsageError("--donor and --lang belong to the HMR form: use them with --from POOL")
+        bundle = branch_bundle(parent, out, languages=parse_language_list(langs) if langs else None,
+                               allocation=read_allocation(allocation) if allocation else None,
+                               expert=expert, role=role, overwrite=force)
+    _report_written(bundle, as_json)
+
+
+@app.command()
+def pack(
+    bundle_dir: BundleArg,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Archive path (default: NAME.xelm.tar.zst here).")] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Pack a verified bundle into one reproducible .xelm.tar.zst file for sharing.
+
+    Example: xelm bundle pack experts/az -o az.xelm.tar.zst
+    """
+    from ..archive import default_archive_name, pack_bundle
+
+    bundle = Bundle.read(bundle_dir)
+    target = output or Path(default_archive_name(bundle))
+    with byte_progress(f"packing {bundle.name}", 2 * bundle.size) as progress:
+        path = pack_bundle(bundle_dir, target, overwrite=force, progress=progress)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 500M, 20G)") from None
+
+
+@app.command()
+def unpack(
+    archive: Annotated[Path, typer.Argument(help="A .xelm.tar.zst archive.", show_default=False)],
+    out: OutDirOpt,
+    max_size: Annotated[str, typer.Option(help="Refuse archives that unpack to more than this.")] = "1T",
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unpack an archive safely and verify every digest before the bundle appears.
+
+    Example: xelm bundle unpack az.xelm.tar.zst -o experts/az
+    """
+    from ..archive import unpack_bundle
+
+    if not archive.is_file():
+        raise UsageError(f"archive not found: {archive}")
+    with byte_progress(f"unpacking {archive.name}", None) as progress:
+        bundle = unpack_bundle(archive, out, overwrite=force, max_bytes=_parse_size(max_size),
+                               progress=progress)
+    _report_written(bundle, as_json)

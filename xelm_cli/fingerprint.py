@@ -1,0 +1,70 @@
+"""Fingerprints that decide whether bundles can be ensembled together.
+
+Architecture: the model type plus every tensor's name and shape, read from the safetensors
+headers (dtype is left out: an fp32 and a bf16 copy of one expert are the same architecture).
+Tokenizer: the tokenizer's content, independent of JSON formatting and of the
+``tokenizer_config.json`` that different transformers versions write differently.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError, safe_open
+
+from .digest import sha256_bytes
+from .errors import FormatError
+from .jsonio import canonical_json, read_json_object
+
+# Files whose bytes define a tokenizer's behaviour (besides tokenizer.json).
+TOKENIZER_VOCAB_FILES = (
+    "tokenizer.model",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    *TOKENIZER_VOCAB_FILES,
+)
+
+
+def is_weight_file(name: str) -> bool:
+    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FormatError(f"{path.name}: not a readable safetensors file ({exc})") from None
+
+
+def architecture_fingerprint(directory: Path) -> str:
+    config = read_json_object(directory / "config.json", "model config")
+    tensors: dict[str, list[int]] = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        tensors.update(tensor_shapes(path))
+    if not tensors:
+        raise FormatError(f"{directory}: no safetensors weights found")
+    return sha256_bytes(canonical_json({"model_type": config.get("model_type"), "tensors": tensors}))
+
+
+def tokenizer_fingerprint(directory: Path) -> str:
+    content: dict[str, Any] = {}
+    tokenizer_json = directory / "tokenizer.json"
+    if tokenizer_json.exists():
+        data = read_json_object(tokenizer_json, "tokenizer")
+        content["tokenizer.json"] = {k: v for k, v in data.items() if k not in ("version",)}
+    for name in TOKENIZER_VOCAB_FILES:
+        if (directory / name).exists():
+            content[name] = sha256_bytes((directory / name).read_bytes())
+    if not content:
+        raise FormatError(f"{directory}: no tokenizer files (tokenizer.json, vocab or spm model)")
+    return sha256_bytes(canonical_json(content))

@@ -1,0 +1,141 @@
+"""The bundle manifest ``xelm.json``: reading, version checks and schema validation.
+
+Normative text: spec/bundle-v1.md. Readers ignore unknown fields and refuse an unknown major
+version before looking at anything else, so a v2 bundle fails with one clear line.
+"""
+
+import functools
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from .errors import FormatError
+
+FORMAT_NAME = "xelm-bundle"
+FORMAT_VERSION = "1.0.0"
+MANIFEST_NAME = "xelm.json"
+CARD_NAME = "README.md"
+ROLES = ("seed", "expert", "dense")
+RELATIONS = ("init", "branch", "train", "hmr-branch", "average")
+
+
+@functools.cache
+def bundle_schema() -> dict[str, Any]:
+    text = resources.files("xelm_cli").joinpath("spec/bundle-v1.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:
+    """Refuse a manifest whose format or major version this reader does not know."""
+    fmt = data.get("format")
+    if fmt != FORMAT_NAME:
+        raise FormatError(f"{what}: not an xelm bundle manifest (format is {fmt!r})")
+    version = data.get("format_version")
+    if not isinstance(version, str) or not version.split(".")[0].isdigit():
+        raise FormatError(f"{what}: format_version {version!r} is not a semantic version")
+    major = int(version.split(".")[0])
+    supported = int(FORMAT_VERSION.split(".")[0])
+    if major != supported:
+        raise FormatError(
+            f"{what}: bundle format version {version} is not supported by this xelm "
+            f"(reads {supported}.x); upgrade xelm to read it"
+        )
+
+
+def schema_problems(data: dict[str, Any]) -> list[str]:
+    """Every schema violation as a short line with its JSON path."""
+    validator = jsonschema.Draft202012Validator(bundle_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        message = error.message if len(error.message) < 200 else error.message[:200] + "..."
+        problems.append(f"manifest {where}: {message}")
+    return problems
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass
+class Manifest:
+    """Typed view of ``xelm.json``; ``raw`` keeps the fields this version does not know."""
+
+    id: str
+    role: str
+    languages: list[str]
+    lineage: list[dict[str, Any]]
+    files: dict[str, FileEntry]
+    fingerprints: dict[str, str]
+    name: str = ""
+    allocation: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
+    format_version: str = FORMAT_VERSION
+    created_by: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], what: str = "bundle") -> "Manifest":
+        check_format_version(data, what)
+        problems = schema_problems(data)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise FormatError(f"{what}: {problems[0]}{more}")
+        return cls(
+            id=data["id"],
+            role=data["role"],
+            languages=list(data["languages"]),
+            lineage=list(data["lineage"]),
+            files={k: FileEntry(v["sha256"], v["size"]) for k, v in data["files"].items()},
+            fingerprints=dict(data["fingerprints"]),
+            name=data.get("name", ""),
+            allocation=data.get("allocation"),
+            training=data.get("training"),
+            format_version=data["format_version"],
+            created_by=dict(data["created_by"]),
+            created_at=data.get("created_at", ""),
+            raw=data,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "id": self.id,
+            "name": self.name,
+            "role": self.role,
+            "languages": self.languages,
+            "allocation": self.allocation,
+            "lineage": self.lineage,
+            "training": self.training,
+            "files": {k: {"sha256": v.sha256, "size": v.size} for k, v in sorted(self.files.items())},
+            "fingerprints": self.fingerprints,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
+
+    @property
+    def relation(self) -> str:
+        """How this bundle was made from its parent(s): the last lineage step."""
+        return str(self.lineage[-1]["relation"])
+
+    @property
+    def parents(self) -> list[dict[str, str]]:
+        return list(self.lineage[-1]["parents"])
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        """Where the first bundle of this line came from (a named config or a HF model)."""
+        return dict(self.lineage[0].get("source", {}))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
