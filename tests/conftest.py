@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from xelm_cli.tokenizer_training import train_bpe_tokenizer
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -20,22 +22,7 @@ def sample_texts() -> list[str]:
 
 
 def train_tokenizer(out: Path, vocab_size: int = 320) -> Path:
-    """A byte-level BPE tokenizer saved in the transformers layout."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<s>", "</s>", "<pad>", "<unk>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(sample_texts(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(out)
-    return out
+    return train_bpe_tokenizer(sample_texts(), out, vocab_size=vocab_size)
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,16 @@ class Allocation:
     def reference(self, expert: int) -> dict[str, Any]:
         """How a bundle's manifest records that it is ``expert`` of this allocation."""
         if not 0 <= expert < self.k:
-            raise UsageError(f"expert {expert} does not exist: {self.path} has experts 0..{self.k - 1}")
-        return {"clusterer": self.clusterer, "expert": expert, "k": self.k,
-                "digest": self.digest, "path": self.path.name}
+            raise UsageError(
+                f"expert {expert} does not exist: {self.path} has experts 0..{self.k - 1}"
+            )
+        return {
+            "clusterer": self.clusterer,
+            "expert": expert,
+            "k": self.k,
+            "digest": self.digest,
+            "path": self.path.name,
+        }
 
 
 def read_allocation(path: Path) -> Allocation:
@@ -46,8 +53,10 @@ def read_allocation(path: Path) -> Allocation:
         raise FormatError(f"{path}: not an xelm allocation (format is {data.get('format')!r})")
     version = str(data.get("format_version", ""))
     if version.split(".")[0] != str(SUPPORTED_MAJOR):
-        raise FormatError(f"{path}: allocation format version {version!r} is not supported "
-                          f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm")
+        raise FormatError(
+            f"{path}: allocation format version {version!r} is not supported "
+            f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
+        )
     experts = data.get("experts")
     clusterer = data.get("clusterer")
     if not isinstance(clusterer, str) or not clusterer:

@@ -35,9 +35,16 @@ def branch(
     if allocation is not None and expert is not None:
         allocation_ref = allocation.reference(expert)
         languages = allocation.experts[expert]
-    with write_bundle(out, role=role, languages=languages or parent.languages, parent=parent,
-                      step={"relation": "branch", "parents": [parent.ref]},
-                      allocation=allocation_ref, overwrite=overwrite, progress=progress) as w:
+    with write_bundle(
+        out,
+        role=role,
+        languages=languages or parent.languages,
+        parent=parent,
+        step={"relation": "branch", "parents": [parent.ref]},
+        allocation=allocation_ref,
+        overwrite=overwrite,
+        progress=progress,
+    ) as w:
         pass
     assert w.result is not None
     return w.result
@@ -50,14 +57,18 @@ def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
         if (path / MANIFEST_NAME).is_file():
             bundles.append(Bundle.read(path))
         elif path.is_dir():
-            bundles += [Bundle.read(c) for c in sorted(path.iterdir()) if (c / MANIFEST_NAME).is_file()]
+            bundles += [
+                Bundle.read(c) for c in sorted(path.iterdir()) if (c / MANIFEST_NAME).is_file()
+            ]
         else:
             raise UsageError(f"not a bundle or a directory of bundles: {path}")
     return bundles
 
 
 def _describe(bundles: Iterable[Bundle]) -> str:
-    return "; ".join(f"{b.path} ({b.manifest.role}: {','.join(b.languages) or '-'})" for b in bundles)
+    return "; ".join(
+        f"{b.path} ({b.manifest.role}: {','.join(b.languages) or '-'})" for b in bundles
+    )
 
 
 def choose_donor_bundle(pool: list[Bundle], donor: str) -> Bundle:
@@ -68,11 +79,14 @@ def choose_donor_bundle(pool: list[Bundle], donor: str) -> Bundle:
     experts = [b for b in covering if b.manifest.role == "expert"]
     candidates = experts or covering
     if not candidates:
-        raise UsageError(f"no bundle in the pool covers donor language {donor!r}; "
-                         f"candidates: {_describe(pool)}")
+        raise UsageError(
+            f"no bundle in the pool covers donor language {donor!r}; candidates: {_describe(pool)}"
+        )
     if len(candidates) > 1:
-        raise UsageError(f"several bundles cover donor language {donor!r}: "
-                         f"{_describe(candidates)}; pass the one to branch with --from")
+        raise UsageError(
+            f"several bundles cover donor language {donor!r}: "
+            f"{_describe(candidates)}; pass the one to branch with --from"
+        )
     return candidates[0]
 
 
@@ -90,8 +104,15 @@ def hmr_branch(
         raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
     parent = Bundle.open(parent_ref.path, verify=False)
     step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
-    with write_bundle(out, role="expert", languages=[language], parent=parent, step=step,
-                      overwrite=overwrite, progress=progress) as w:
+    with write_bundle(
+        out,
+        role="expert",
+        languages=[language],
+        parent=parent,
+        step=step,
+        overwrite=overwrite,
+        progress=progress,
+    ) as w:
         pass
     assert w.result is not None
     return w.result

@@ -71,8 +71,10 @@ class Bundle:
         return cls(path, Manifest.from_dict(data, what=str(path)), sha256_bytes(raw))
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True, progress: Progress | None = None) -> "Bundle":
-        """Open a bundle, checking every file's presence and size, and with ``verify`` its sha256."""
+    def open(
+        cls, path: str | Path, *, verify: bool = True, progress: Progress | None = None
+    ) -> "Bundle":
+        """Open a bundle: check every file's presence and size, and with ``verify`` its sha256."""
         bundle = cls.read(path)
         path = bundle.path
         problems = bundle.file_problems(hash_files=verify, progress=progress)
@@ -102,9 +104,15 @@ class Bundle:
     def size(self) -> int:
         return sum(entry.size for entry in self.manifest.files.values())
 
-    def file_problems(self, *, hash_files: bool = True, progress: Progress | None = None) -> list[str]:
+    def file_problems(
+        self, *, hash_files: bool = True, progress: Progress | None = None
+    ) -> list[str]:
         """Missing, changed, unlisted or non-regular files, one line each."""
         problems = []
+        if self.manifest.edited:
+            problems.append(
+                f"{MANIFEST_NAME}: edited after it was written (content_digest differs)"
+            )
         for name, entry in sorted(self.manifest.files.items()):
             file = self.path / name
             try:
@@ -126,8 +134,10 @@ class Bundle:
 
     def fingerprint_problems(self) -> list[str]:
         problems = []
-        for kind, compute in (("architecture", architecture_fingerprint),
-                              ("tokenizer", tokenizer_fingerprint)):
+        for kind, compute in (
+            ("architecture", architecture_fingerprint),
+            ("tokenizer", tokenizer_fingerprint),
+        ):
             try:
                 actual = compute(self.path)
             except FormatError as exc:
@@ -137,7 +147,9 @@ class Bundle:
                 problems.append(f"{kind} fingerprint does not match the files")
         return problems
 
-    def load_model(self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    def load_model(
+        self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any
+    ) -> Any:
         """The model, via ``AutoModelForCausalLM.from_pretrained`` (safetensors only)."""
         from transformers import AutoModelForCausalLM
 
@@ -157,7 +169,9 @@ class Bundle:
     def _check_files(self) -> None:
         problems = self.file_problems()
         if problems:
-            raise IntegrityError(f"{self.path}: {problems[0]}; run `xelm bundle verify {self.path}`")
+            raise IntegrityError(
+                f"{self.path}: {problems[0]}; run `xelm bundle verify {self.path}`"
+            )
 
 
 def verify_bundle(path: str | Path, progress: Progress | None = None) -> list[str]:
@@ -181,7 +195,7 @@ def new_bundle_id() -> str:
 
 
 def link_or_copy(src: Path, dst: Path) -> str:
-    """Share ``src``'s content at ``dst``: hard link, else reflink, else copy. Returns the method."""
+    """Share ``src``'s content at ``dst``: hard link, else reflink, else copy; says which."""
     try:
         os.link(src, dst)
         return "hardlink"

@@ -53,7 +53,9 @@ def architecture_fingerprint(directory: Path) -> str:
         tensors.update(tensor_shapes(path))
     if not tensors:
         raise FormatError(f"{directory}: no safetensors weights found")
-    return sha256_bytes(canonical_json({"model_type": config.get("model_type"), "tensors": tensors}))
+    return sha256_bytes(
+        canonical_json({"model_type": config.get("model_type"), "tensors": tensors})
+    )
 
 
 def tokenizer_fingerprint(directory: Path) -> str:

@@ -35,10 +35,14 @@ def lineage_graph(bundles: list[Bundle]) -> dict[str, Node]:
         for i in range(1, len(steps)):
             # the bundle step i-1 produced is step i's first parent
             ref = steps[i]["parents"][0]
-            ancestor = nodes.setdefault(ref["digest"], Node(ref["digest"], ref["id"], steps[i - 1]["relation"]))
+            ancestor = nodes.setdefault(
+                ref["digest"], Node(ref["digest"], ref["id"], steps[i - 1]["relation"])
+            )
             if not ancestor.parents:
                 ancestor.parents = [p["digest"] for p in steps[i - 1]["parents"]]
-        node = nodes.setdefault(bundle.digest, Node(bundle.digest, bundle.id, steps[-1]["relation"]))
+        node = nodes.setdefault(
+            bundle.digest, Node(bundle.digest, bundle.id, steps[-1]["relation"])
+        )
         node.name, node.path, node.role = bundle.name, str(bundle.path), bundle.manifest.role
         node.languages = bundle.languages
         node.parents = [p["digest"] for p in steps[-1]["parents"]]
@@ -64,12 +68,20 @@ def children(nodes: dict[str, Node]) -> dict[str, list[Node]]:
 def graph_json(nodes: dict[str, Node]) -> dict[str, Any]:
     return {
         "nodes": [
-            {"digest": n.digest, "id": n.id, "name": n.name, "path": n.path or None,
-             "role": n.role or None, "languages": n.languages, "relation": n.relation}
+            {
+                "digest": n.digest,
+                "id": n.id,
+                "name": n.name,
+                "path": n.path or None,
+                "role": n.role or None,
+                "languages": n.languages,
+                "relation": n.relation,
+            }
             for n in nodes.values()
         ],
         "edges": [
             {"parent": p, "child": n.digest, "relation": n.relation}
-            for n in nodes.values() for p in n.parents
+            for n in nodes.values()
+            for p in n.parents
         ],
     }

@@ -13,7 +13,9 @@ from typing import Any
 
 import jsonschema
 
+from .digest import sha256_bytes
 from .errors import FormatError
+from .jsonio import canonical_json
 
 FORMAT_NAME = "xelm-bundle"
 FORMAT_VERSION = "1.0.0"
@@ -56,6 +58,11 @@ def schema_problems(data: dict[str, Any]) -> list[str]:
         message = error.message if len(error.message) < 200 else error.message[:200] + "..."
         problems.append(f"manifest {where}: {message}")
     return problems
+
+
+def content_digest(data: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own ``content_digest`` field."""
+    return sha256_bytes(canonical_json({k: v for k, v in data.items() if k != "content_digest"}))
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,11 @@ class Manifest:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        data["content_digest"] = content_digest(data)
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -116,11 +128,18 @@ class Manifest:
             "allocation": self.allocation,
             "lineage": self.lineage,
             "training": self.training,
-            "files": {k: {"sha256": v.sha256, "size": v.size} for k, v in sorted(self.files.items())},
+            "files": {
+                k: {"sha256": v.sha256, "size": v.size} for k, v in sorted(self.files.items())
+            },
             "fingerprints": self.fingerprints,
             "created_by": self.created_by,
             "created_at": self.created_at,
         }
+
+    @property
+    def edited(self) -> bool:
+        """True when the manifest changed after it was written (its content digest is stale)."""
+        return self.raw.get("content_digest") != content_digest(self.raw)
 
     @property
     def relation(self) -> str:

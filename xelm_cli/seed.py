@@ -9,10 +9,22 @@ from .errors import UsageError
 # Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
 # (small); the vocabulary comes from the tokenizer.
 NAMED_CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
-    "small": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-                  num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=2048),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    ),
+    "small": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=2048,
+    ),
 }
 
 
@@ -24,7 +36,9 @@ def _load_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}") from None
+        raise UsageError(
+            f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def config_for(name: str, tokenizer: Any) -> Any:
@@ -61,9 +75,14 @@ def init_from_config(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     source = {"kind": "config", "name": config_name, "seed": seed}
-    with write_bundle(out, role="seed", languages=languages, overwrite=overwrite,
-                      step={"relation": "init", "parents": [], "source": source},
-                      progress=progress) as writer:
+    with write_bundle(
+        out,
+        role="seed",
+        languages=languages,
+        overwrite=overwrite,
+        step={"relation": "init", "parents": [], "source": source},
+        progress=progress,
+    ) as writer:
         writer.save_model(model)
         writer.save_tokenizer(tokenizer)
     assert writer.result is not None
@@ -90,18 +109,34 @@ def init_from_hf(
     local = Path(model_id).is_dir()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            model_id, revision=revision, use_safetensors=True, dtype="auto",
-            trust_remote_code=trust_remote_code)
+            model_id,
+            revision=revision,
+            use_safetensors=True,
+            dtype="auto",
+            trust_remote_code=trust_remote_code,
+        )
         tokenizer = AutoTokenizer.from_pretrained(
-            model_id, revision=revision, trust_remote_code=trust_remote_code)
+            model_id, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as exc:
         hint = "" if local else " (is it a local directory, or is the Hub reachable?)"
-        raise UsageError(f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}{hint}") from None
-    source = {"kind": "hf", "model": str(Path(model_id).resolve()) if local else model_id,
-              "hub": not local, "revision": revision}
-    with write_bundle(out, role="seed", languages=languages, overwrite=overwrite,
-                      step={"relation": "init", "parents": [], "source": source},
-                      progress=progress) as writer:
+        raise UsageError(
+            f"cannot load model {model_id!r}: {str(exc).splitlines()[0]}{hint}"
+        ) from None
+    source = {
+        "kind": "hf",
+        "model": str(Path(model_id).resolve()) if local else model_id,
+        "hub": not local,
+        "revision": revision,
+    }
+    with write_bundle(
+        out,
+        role="seed",
+        languages=languages,
+        overwrite=overwrite,
+        step={"relation": "init", "parents": [], "source": source},
+        progress=progress,
+    ) as writer:
         writer.save_model(model)
         writer.save_tokenizer(tokenizer)
     assert writer.result is not None

@@ -7,7 +7,6 @@ code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
 import os
 import sys
 
-import click
 import typer
 
 from .. import __version__
@@ -20,7 +19,8 @@ INTERNAL_ERROR_EXIT = 70
 app = typer.Typer(
     name="xelm",
     help="Cross-lingual expert language models: branch experts from a seed LM, train each on "
-    "related languages, ensemble them.\n\nExample: xelm bundle init --config tiny --tokenizer tok/ -o seed/",
+    "related languages, ensemble them.\n\n"
+    "Example: xelm bundle init --config tiny --tokenizer tok/ -o seed/",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -38,8 +38,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """xelm: cross-lingual expert language models."""
 
@@ -55,27 +56,30 @@ def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # ours are on stderr already
     try:
         plugins.add_plugin_commands(app)
-        app(args=argv, prog_name="xelm", standalone_mode=False)
+        # Standalone mode: the CLI framework prints its own usage errors and exits 2.
+        app(args=argv, prog_name="xelm", standalone_mode=True)
         return 0
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except XelmError as exc:
         if debug:
             raise
         return _fail(str(exc), exc.exit_code)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        return _fail("aborted", 130)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except OSError as exc:  # disk full, permissions, ...: the OS's words, and the file
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}", 1)
     except Exception as exc:
         if debug:
             raise
         detail = str(exc).splitlines()[0] if str(exc) else ""
-        return _fail(f"internal error: {type(exc).__name__}: {detail} "
-                     f"(set {DEBUG_ENV}=1 for the traceback)", INTERNAL_ERROR_EXIT)
+        return _fail(
+            f"internal error: {type(exc).__name__}: {detail} (set {DEBUG_ENV}=1 for the traceback)",
+            INTERNAL_ERROR_EXIT,
+        )
 
 
 def main() -> None:

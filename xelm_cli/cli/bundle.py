@@ -23,11 +23,14 @@ from ..progress import byte_progress
 from ..seed import NAMED_CONFIGS, init_from_config, init_from_hf
 from .options import BundleArg, ForceOpt, JsonOpt, OutDirOpt
 
-app = typer.Typer(help="Expert bundles: make, inspect, verify, branch and share them.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
+)
 console = Console()
 
-LangsOpt = Annotated[str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")]
+LangsOpt = Annotated[
+    str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")
+]
 
 
 def _print_json(value: Any) -> None:
@@ -36,23 +39,39 @@ def _print_json(value: Any) -> None:
 
 def _summary(bundle: Bundle) -> dict[str, Any]:
     m = bundle.manifest
-    return {"path": str(bundle.path), "id": m.id, "name": bundle.name, "digest": bundle.digest,
-            "role": m.role, "languages": m.languages, "relation": m.relation}
+    return {
+        "path": str(bundle.path),
+        "id": m.id,
+        "name": bundle.name,
+        "digest": bundle.digest,
+        "role": m.role,
+        "languages": m.languages,
+        "relation": m.relation,
+    }
 
 
 @app.command()
 def init(
     out: OutDirOpt,
-    hf: Annotated[str | None, typer.Option("--hf", help="Local HF model directory or Hub id.")] = None,
-    config: Annotated[str | None, typer.Option(
-        "--config", help=f"Named Llama-style config: {', '.join(NAMED_CONFIGS)}.")] = None,
-    tokenizer: Annotated[Path | None, typer.Option(
-        "--tokenizer", help="Tokenizer directory (with --config).")] = None,
+    hf: Annotated[
+        str | None, typer.Option("--hf", help="Local HF model directory or Hub id.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help=f"Named Llama-style config: {', '.join(NAMED_CONFIGS)}."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer directory (with --config).")
+    ] = None,
     langs: LangsOpt = None,
     seed: Annotated[int, typer.Option(help="Random seed for --config initialisation.")] = 0,
     revision: Annotated[str | None, typer.Option(help="Hub revision (with --hf).")] = None,
-    trust_remote_code: Annotated[bool, typer.Option(
-        "--trust-remote-code", help="Allow the model's own Python code (off by default).")] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Allow the model's own Python code (off by default)."
+        ),
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -65,15 +84,30 @@ def init(
         raise UsageError("pass exactly one of --hf MODEL or --config NAME")
     with byte_progress("hashing", None) as progress:
         if hf is not None:
-            bundle = init_from_hf(hf, out, languages=languages, revision=revision,
-                                  trust_remote_code=trust_remote_code, overwrite=force,
-                                  progress=progress)
+            bundle = init_from_hf(
+                hf,
+                out,
+                languages=languages,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                overwrite=force,
+                progress=progress,
+            )
         else:
             if tokenizer is None:
-                raise UsageError("--config needs --tokenizer DIR (train one with `xelm data tokenizer`)")
+                raise UsageError(
+                    "--config needs --tokenizer DIR (train one with `xelm data tokenizer`)"
+                )
             assert config is not None
-            bundle = init_from_config(config, tokenizer, out, languages=languages, seed=seed,
-                                      overwrite=force, progress=progress)
+            bundle = init_from_config(
+                config,
+                tokenizer,
+                out,
+                languages=languages,
+                seed=seed,
+                overwrite=force,
+                progress=progress,
+            )
     _report_written(bundle, as_json)
 
 
@@ -81,8 +115,10 @@ def _report_written(bundle: Bundle, as_json: bool) -> None:
     if as_json:
         _print_json(_summary(bundle))
     else:
-        console.print(f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
-                      f"({bundle.size / 1e6:.1f} MB, digest {short(bundle.digest)})")
+        console.print(
+            f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
+            f"({bundle.size / 1e6:.1f} MB, digest {short(bundle.digest)})"
+        )
 
 
 @app.command()
@@ -99,19 +135,29 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
-    rows = [("path", str(bundle.path)), ("name", bundle.name), ("id", m.id),
-            ("digest", bundle.digest), ("role", m.role),
-            ("languages", ", ".join(m.languages) or "-"),
-            ("format", f"xelm-bundle {m.format_version}, written by xelm {m.created_by.get('xelm')}"),
-            ("origin", json.dumps(m.origin)),
-            ("made by", f"{m.relation} from " + (", ".join(p["id"][:12] for p in m.parents) or "-"))]
+    rows = [
+        ("path", str(bundle.path)),
+        ("name", bundle.name),
+        ("id", m.id),
+        ("digest", bundle.digest),
+        ("role", m.role),
+        ("languages", ", ".join(m.languages) or "-"),
+        ("format", f"xelm-bundle {m.format_version}, written by xelm {m.created_by.get('xelm')}"),
+        ("origin", json.dumps(m.origin)),
+        ("made by", f"{m.relation} from " + (", ".join(p["id"][:12] for p in m.parents) or "-")),
+    ]
     if m.allocation:
         a = m.allocation
-        rows.append(("allocation", f"expert {a['expert']} of {a['clusterer']} ({short(a['digest'])})"))
+        rows.append(
+            ("allocation", f"expert {a['expert']} of {a['clusterer']} ({short(a['digest'])})")
+        )
     if m.training:
         rows.append(("training", f"{m.training['tokens']:,} tokens, {m.training['steps']:,} steps"))
-    rows += [("architecture", m.fingerprints["architecture"]), ("tokenizer", m.fingerprints["tokenizer"]),
-             ("size", f"{bundle.size / 1e6:.2f} MB in {len(m.files)} files")]
+    rows += [
+        ("architecture", m.fingerprints["architecture"]),
+        ("tokenizer", m.fingerprints["tokenizer"]),
+        ("size", f"{bundle.size / 1e6:.2f} MB in {len(m.files)} files"),
+    ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", escape(value))
     console.print(table)
@@ -150,8 +196,11 @@ def verify(
 
 
 def _render(node: Node, kids: dict[str, list[Node]], tree: Tree, seen: set[str]) -> None:
-    label = (f"[bold]{escape(node.name)}[/] {node.role} {escape(str(node.languages))}"
-             if node.present else f"[dim]{node.id[:12]} (not in this set)[/]")
+    label = (
+        f"[bold]{escape(node.name)}[/] {node.role} {escape(str(node.languages))}"
+        if node.present
+        else f"[dim]{node.id[:12]} (not in this set)[/]"
+    )
     label += f" [dim]{node.relation} {short(node.digest)}[/]"
     if node.digest in seen:
         tree.add(label + " [dim](shown above)[/]")
@@ -164,8 +213,9 @@ def _render(node: Node, kids: dict[str, list[Node]], tree: Tree, seen: set[str])
 
 @app.command()
 def lineage(
-    bundles: Annotated[list[Path], typer.Argument(
-        help="Bundles, or directories of bundles.", show_default=False)],
+    bundles: Annotated[
+        list[Path], typer.Argument(help="Bundles, or directories of bundles.", show_default=False)
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Draw the family tree of a set of bundles from their manifests.
@@ -186,13 +236,23 @@ def lineage(
 @app.command()
 def branch(
     out: OutDirOpt,
-    parent: Annotated[Path | None, typer.Argument(help="Bundle to branch.", show_default=False)] = None,
-    allocation: Annotated[Path | None, typer.Option(help="Allocation file (with --expert).")] = None,
+    parent: Annotated[
+        Path | None, typer.Argument(help="Bundle to branch.", show_default=False)
+    ] = None,
+    allocation: Annotated[
+        Path | None, typer.Option(help="Allocation file (with --expert).")
+    ] = None,
     expert: Annotated[int | None, typer.Option(help="Expert index in the allocation.")] = None,
     langs: LangsOpt = None,
-    role: Annotated[str, typer.Option(help=f"Role of the new bundle: {', '.join(ROLES)}.")] = "expert",
-    pool: Annotated[list[Path] | None, typer.Option(
-        "--from", help="HMR: bundles (or a directory of them) to pick the donor's expert from.")] = None,
+    role: Annotated[
+        str, typer.Option(help=f"Role of the new bundle: {', '.join(ROLES)}.")
+    ] = "expert",
+    pool: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from", help="HMR: bundles (or a directory of them) to pick the donor's expert from."
+        ),
+    ] = None,
     donor: Annotated[str | None, typer.Option(help="HMR: seen language closest to --lang.")] = None,
     lang: Annotated[str | None, typer.Option(help="HMR: the new language.")] = None,
     force: ForceOpt = False,
@@ -208,27 +268,38 @@ def branch(
         raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
     if pool:
         if parent is not None or allocation is not None or langs:
-            raise UsageError("the HMR form (--from/--donor/--lang) takes no PARENT, --allocation or --langs")
+            raise UsageError(
+                "the HMR form (--from/--donor/--lang) takes no PARENT, --allocation or --langs"
+            )
         if not donor or not lang:
             raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
-        bundle = hmr_branch(pool, normalize_language(donor), normalize_language(lang), out,
-                            overwrite=force)
+        bundle = hmr_branch(
+            pool, normalize_language(donor), normalize_language(lang), out, overwrite=force
+        )
     else:
         if parent is None:
             raise UsageError("pass the PARENT bundle to branch, or --from POOL for the HMR form")
         if donor or lang:
             raise UsageError("--donor and --lang belong to the HMR form: use them with --from POOL")
-        bundle = branch_bundle(parent, out, languages=parse_language_list(langs) if langs else None,
-                               allocation=read_allocation(allocation) if allocation else None,
-                               expert=expert, role=role, overwrite=force)
+        bundle = branch_bundle(
+            parent,
+            out,
+            languages=parse_language_list(langs) if langs else None,
+            allocation=read_allocation(allocation) if allocation else None,
+            expert=expert,
+            role=role,
+            overwrite=force,
+        )
     _report_written(bundle, as_json)
 
 
 @app.command()
 def pack(
     bundle_dir: BundleArg,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Archive path (default: NAME.xelm.tar.zst here).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Archive path (default: NAME.xelm.tar.zst here)."),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
     """Pack a verified bundle into one reproducible .xelm.tar.zst file for sharing.
@@ -239,7 +310,7 @@ def pack(
 
     bundle = Bundle.read(bundle_dir)
     target = output or Path(default_archive_name(bundle))
-    with byte_progress(f"packing {bundle.name}", 2 * bundle.size) as progress:
+    with byte_progress(f"packing {bundle.name}", bundle.size) as progress:
         path = pack_bundle(bundle_dir, target, overwrite=force, progress=progress)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -259,7 +330,9 @@ def _parse_size(text: str) -> int:
 def unpack(
     archive: Annotated[Path, typer.Argument(help="A .xelm.tar.zst archive.", show_default=False)],
     out: OutDirOpt,
-    max_size: Annotated[str, typer.Option(help="Refuse archives that unpack to more than this.")] = "1T",
+    max_size: Annotated[
+        str, typer.Option(help="Refuse archives that unpack to more than this.")
+    ] = "1T",
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -271,7 +344,8 @@ def unpack(
 
     if not archive.is_file():
         raise UsageError(f"archive not found: {archive}")
-    with byte_progress(f"unpacking {archive.name}", None) as progress:
-        bundle = unpack_bundle(archive, out, overwrite=force, max_bytes=_parse_size(max_size),
-                               progress=progress)
+    with byte_progress(f"unpacking {archive.name}", archive.stat().st_size) as progress:
+        bundle = unpack_bundle(
+            archive, out, overwrite=force, max_bytes=_parse_size(max_size), progress=progress
+        )
     _report_written(bundle, as_json)

@@ -1,0 +1,545 @@
+"""Bundle archives: reproducible packing, safe streaming unpacking, hostile archives refused."""
+
+import hashlib
+import io
+import os
+import random
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xelm_cli import archive as archive_mod
+from xelm_cli.archive import (
+    ARCHIVE_SUFFIX,
+    default_archive_name,
+    pack_bundle,
+    unpack_bundle,
+)
+from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
+from xelm_cli.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
+from xelm_cli.manifest import MANIFEST_NAME
+
+WORDS = [
+    "river",
+    "stone",
+    "light",
+    "quick",
+    "green",
+    "small",
+    "house",
+    "under",
+    "over",
+    "bright",
+    "cold",
+    "warm",
+    "sea",
+    "tree",
+    "bird",
+    "song",
+    "night",
+    "day",
+    "open",
+    "window",
+    "paper",
+]
+
+
+def _sentences(n: int = 400) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
+
+
+def _tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_sentences(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+    )
+
+
+def _model(tok: Any) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny-seed"
+    tok = _tokenizer()
+    step = {"relation": "init", "parents": [], "source": {"kind": "config", "name": "test"}}
+    with write_bundle(out, role="seed", languages=["en"], step=step) as writer:
+        writer.save_model(_model(tok))
+        writer.save_tokenizer(tok)
+    return out
+
+
+@pytest.fixture(scope="session")
+def packed(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pack_bundle(bundle_dir, tmp_path_factory.mktemp("archives") / "tiny.xelm.tar.zst")
+
+
+@pytest.fixture(scope="session")
+def contents(bundle_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(bundle_dir.iterdir())}
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def _assert_nothing_left(out: Path) -> None:
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Crafting archives by hand
+
+
+def _member(
+    name: str,
+    data: bytes = b"",
+    type_: bytes = tarfile.REGTYPE,
+    size: int | None = None,
+    **attrs: object,
+) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type = type_
+    info.size = len(data) if size is None else size
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    return info, data
+
+
+def _tar(members: Iterable[tuple[tarfile.TarInfo, bytes]], end: bool = True) -> bytes:
+    """Raw tar bytes: each header as given (a wrong size is kept), data padded to blocks."""
+    buf = io.BytesIO()
+    for info, data in members:
+        buf.write(info.tobuf(tarfile.PAX_FORMAT))
+        buf.write(data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE))
+    if end:
+        buf.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+    return buf.getvalue()
+
+
+def _zst(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+def _valid_members(contents: dict[str, bytes]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    rest = [_member(n, d) for n, d in contents.items() if n != MANIFEST_NAME]
+    return [_member(MANIFEST_NAME, contents[MANIFEST_NAME]), *rest]
+
+
+def _write(tmp_path: Path, blob: bytes) -> Path:
+    path = tmp_path / "in" / "hostile.xelm.tar.zst"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(blob)
+    return path
+
+
+def _refused(tmp_path: Path, blob: bytes, match: str, **kwargs: object) -> None:
+    out = tmp_path / "out" / "bundle"
+    with pytest.raises(ArchiveError, match=match) as info:
+        unpack_bundle(_write(tmp_path, blob), out, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    _assert_nothing_left(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing and round trip
+
+
+def test_round_trip_identical_and_loadable(bundle_dir: Path, packed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "unpacked"
+    seen: list[int] = []
+    bundle = unpack_bundle(packed, out, progress=seen.append)
+    assert sum(seen) == packed.stat().st_size
+    assert (out / MANIFEST_NAME).read_bytes() == (bundle_dir / MANIFEST_NAME).read_bytes()
+    assert _digests(out) == _digests(bundle_dir)
+    assert bundle.digest == Bundle.open(bundle_dir).digest
+    assert verify_bundle(out) == []
+    assert all((p.stat().st_mode & 0o777) == 0o444 for p in out.iterdir())
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.hidden_size == 32
+    assert tok.decode(tok("river stone")["input_ids"], skip_special_tokens=True) == "river stone"
+
+
+def test_archive_layout(bundle_dir: Path, packed: Path) -> None:
+    with (
+        packed.open("rb") as f,
+        zstandard.ZstdDecompressor().stream_reader(f) as raw,
+        tarfile.open(fileobj=raw, mode="r|") as tar,
+    ):
+        members = list(tar)
+    names = [m.name for m in members]
+    manifest = Bundle.open(bundle_dir).manifest
+    assert names == [MANIFEST_NAME, *sorted(manifest.files)]
+    for m in members:
+        assert m.isreg() and m.mode == 0o444 and m.mtime == 0
+        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
+
+
+def test_pack_is_reproducible(
+    bundle_dir: Path, packed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    again = pack_bundle(bundle_dir, tmp_path / "again.tar.zst")
+    assert again.read_bytes() == packed.read_bytes()
+    # Any worker count >= 1 gives the same frame, so the machine's core count does not matter.
+    monkeypatch.setattr(archive_mod, "ZSTD_THREADS", 1)
+    one = pack_bundle(bundle_dir, tmp_path / "one.tar.zst").read_bytes()
+    monkeypatch.setattr(archive_mod, "ZSTD_THREADS", 4)
+    four = pack_bundle(bundle_dir, tmp_path / "four.tar.zst").read_bytes()
+    assert one == four == packed.read_bytes()
+
+
+def test_pack_progress_counts_bundle_bytes(bundle_dir: Path, tmp_path: Path) -> None:
+    seen: list[int] = []
+    pack_bundle(bundle_dir, tmp_path / "a.tar.zst", progress=seen.append)
+    assert sum(seen) == Bundle.open(bundle_dir).size
+
+
+def test_existing_output_refused(bundle_dir: Path, packed: Path, tmp_path: Path) -> None:
+    target = tmp_path / "exists.tar.zst"
+    target.write_bytes(b"keep")
+    with pytest.raises(UsageError, match="already exists"):
+        pack_bundle(bundle_dir, target)
+    assert target.read_bytes() == b"keep"
+    pack_bundle(bundle_dir, target, overwrite=True)
+    assert target.read_bytes() == packed.read_bytes()
+
+    out = tmp_path / "dir"
+    out.mkdir()
+    with pytest.raises(UsageError, match="already exists"):
+        unpack_bundle(packed, out)
+    assert list(out.iterdir()) == []
+    unpack_bundle(packed, out, overwrite=True)
+    assert _digests(out) == _digests(bundle_dir)
+
+
+def test_corrupted_bundle_not_packed(bundle_dir: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle_dir, copy)
+    weights = copy / "model.safetensors"
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    out = tmp_path / "out" / "copy.xelm.tar.zst"
+    with pytest.raises(IntegrityError, match=r"model\.safetensors"):
+        pack_bundle(copy, out)
+    _assert_nothing_left(out)
+
+
+def test_archive_inside_bundle_refused(bundle_dir: Path) -> None:
+    with pytest.raises(UsageError, match="inside the bundle"):
+        pack_bundle(bundle_dir, bundle_dir / "self.xelm.tar.zst")
+    assert verify_bundle(bundle_dir) == []
+
+
+def test_bad_level_refused(bundle_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="level"):
+        pack_bundle(bundle_dir, tmp_path / "x.tar.zst", level=99)
+
+
+def test_default_archive_name(bundle_dir: Path) -> None:
+    bundle = Bundle.open(bundle_dir, verify=False)
+    assert default_archive_name(bundle) == "tiny-seed" + ARCHIVE_SUFFIX
+    bundle.manifest.name = "../../etc/evil name"
+    assert default_archive_name(bundle) == "etc_evil_name" + ARCHIVE_SUFFIX
+
+
+def test_missing_archive(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot read archive"):
+        unpack_bundle(tmp_path / "nope.tar.zst", tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile archives
+
+
+def _after_manifest(contents: dict[str, bytes], *members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    return _zst(_tar([_member(MANIFEST_NAME, contents[MANIFEST_NAME]), *members]))
+
+
+HOSTILE_MEMBERS = {
+    "parent": (_member("../x", b"boom"), "not a plain file name"),
+    "absolute": (_member("/etc/x", b"boom"), "absolute path"),
+    "subdir": (_member("sub/config.json", b"{}"), "not a plain file name"),
+    "backslash": (_member("..\\x", b"boom"), "not a plain file name"),
+    "dotdot": (_member("config..json", b"{}"), "not a plain file name"),
+    "nul": (
+        _member("config.json", b"{}", pax_headers={"path": "config.json\0x"}),
+        "not a plain file name",
+    ),
+    "symlink": (
+        _member("config.json", type_=tarfile.SYMTYPE, linkname="/etc/passwd"),
+        "symbolic link",
+    ),
+    "hardlink": (_member("config.json", type_=tarfile.LNKTYPE, linkname="xelm.json"), "hard link"),
+    "directory": (_member("config.json", type_=tarfile.DIRTYPE), "directory"),
+    "chardev": (
+        _member("config.json", type_=tarfile.CHRTYPE, devmajor=1, devminor=3),
+        "character device",
+    ),
+    "blockdev": (
+        _member("config.json", type_=tarfile.BLKTYPE, devmajor=8, devminor=0),
+        "block device",
+    ),
+    "fifo": (_member("config.json", type_=tarfile.FIFOTYPE), "fifo"),
+    "unlisted": (_member("extra.bin", b"surprise"), "not listed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
+def test_hostile_member_refused(case: str, contents: dict[str, bytes], tmp_path: Path) -> None:
+    member, match = HOSTILE_MEMBERS[case]
+    _refused(tmp_path, _after_manifest(contents, member), match)
+
+
+def test_duplicate_member_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    readme = _member("README.md", contents["README.md"])
+    _refused(tmp_path, _after_manifest(contents, readme, readme), "'README.md' appears twice")
+    again = _member(MANIFEST_NAME, contents[MANIFEST_NAME])
+    _refused(tmp_path, _after_manifest(contents, again), "'xelm.json' appears twice")
+
+
+def test_oversized_member_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    bigger = contents["config.json"] + b" " * 600
+    blob = _after_manifest(contents, _member("config.json", bigger))
+    _refused(tmp_path, blob, "'config.json' is .* bytes, the manifest says")
+
+
+def test_changed_content_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    members = _valid_members(contents)
+    info, data = next(m for m in members if m[0].name == "model.safetensors")
+    members[members.index((info, data))] = (info, data[:-1] + bytes([data[-1] ^ 1]))
+    _refused(tmp_path, _zst(_tar(members)), "'model.safetensors': sha256 does not match")
+
+
+def test_manifest_not_first_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    members = _valid_members(contents)
+    members[0], members[1] = members[1], members[0]
+    _refused(tmp_path, _zst(_tar(members)), "first member is 'README.md', not xelm.json")
+
+
+def test_manifest_too_big_refused(tmp_path: Path) -> None:
+    header = _member(MANIFEST_NAME, size=(16 << 20) + 1)[0].tobuf(tarfile.PAX_FORMAT)
+    _refused(tmp_path, _zst(header), "over the 16 MiB limit")
+
+
+def test_bad_manifest_is_format_error(contents: dict[str, bytes], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for bad, match in (
+        (b"{not json", "not valid JSON"),
+        (b"[]", "JSON object"),
+        (b'{"format": "xelm-bundle", "format_version": "2.0.0"}', "upgrade"),
+        (b'{"format": "xelm-bundle", "format_version": "1.0.0"}', "manifest"),
+    ):
+        blob = _zst(_tar([_member(MANIFEST_NAME, bad), *_valid_members(contents)[1:]]))
+        with pytest.raises(FormatError, match=match):
+            unpack_bundle(_write(tmp_path, blob), out)
+        _assert_nothing_left(out)
+
+
+def test_incomplete_archive_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    members = [m for m in _valid_members(contents) if m[0].name != "tokenizer.json"]
+    _refused(tmp_path, _zst(_tar(members)), "ends before member 'tokenizer.json'")
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3, 0.5, 0.9])
+def test_truncated_archive_refused(packed: Path, tmp_path: Path, fraction: float) -> None:
+    blob = packed.read_bytes()
+    _refused(tmp_path, blob[: int(len(blob) * fraction)], "truncated|corrupt")
+
+
+def test_truncated_tar_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    raw = _tar(_valid_members(contents))
+    _refused(tmp_path, _zst(raw[: len(raw) // 2]), "truncated")
+
+
+@pytest.mark.parametrize(
+    "blob", [b"", b"garbage" * 100, os.urandom(4096)], ids=["empty", "text", "random"]
+)
+def test_garbage_refused(blob: bytes, tmp_path: Path) -> None:
+    _refused(tmp_path, blob, "corrupt|empty")
+
+
+def test_plain_tar_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    _refused(tmp_path, _tar(_valid_members(contents)), "corrupt")
+
+
+def test_trailing_garbage_refused(packed: Path, tmp_path: Path) -> None:
+    _refused(tmp_path, packed.read_bytes() + b"trailing junk", "corrupt")
+
+
+def test_max_bytes_exceeded(packed: Path, tmp_path: Path) -> None:
+    _refused(tmp_path, packed.read_bytes(), "over the limit of 1000 bytes", max_bytes=1000)
+
+
+BOMB_MIB = 1024
+
+
+def _bomb() -> bytes:
+    """1 GiB of b"A" as concatenated zstd frames (tens of KB): a decompression bomb."""
+    bomb = _zst(b"A" * (1 << 20)) * BOMB_MIB
+    assert len(bomb) < 64 << 10
+    return bomb
+
+
+def _refused_fast(
+    tmp_path: Path, blob: bytes, match: str, monkeypatch: pytest.MonkeyPatch, declared: int = 0
+) -> None:
+    """Refused after decompressing a bounded prefix, writing no more than declared sizes."""
+    readers: list[archive_mod._LimitedReader] = []
+    written: list[int] = []
+
+    class SpyReader(archive_mod._LimitedReader):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)  # type: ignore[arg-type]
+            readers.append(self)
+
+    real_write = archive_mod._Extractor.write
+
+    def spy_write(self: archive_mod._Extractor, name: str, chunks: Iterable[bytes]) -> str:
+        def counted() -> Iterable[bytes]:
+            for chunk in chunks:
+                written.append(len(chunk))
+                yield chunk
+
+        return real_write(self, name, counted())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archive_mod, "_LimitedReader", SpyReader)
+    monkeypatch.setattr(archive_mod._Extractor, "write", spy_write)
+    _refused(tmp_path, blob, match)
+    assert readers[0].count < 20 << 20 < BOMB_MIB << 20
+    assert sum(written) <= declared
+
+
+def test_bomb_after_member_refused(
+    contents: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Members with their true sizes, then 1 GiB more data where the next header should be.
+    members = _valid_members(contents)[:2]
+    blob = _zst(_tar(members, end=False)) + _bomb()
+    declared = sum(len(data) for _, data in members)
+    _refused_fast(tmp_path, blob, "ends before member|expands beyond", monkeypatch, declared)
+
+
+def test_bomb_member_bigger_than_manifest_refused(
+    contents: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _member(MANIFEST_NAME, contents[MANIFEST_NAME])
+    header = _member("config.json", size=1 << 30)[0].tobuf(tarfile.PAX_FORMAT)
+    blob = _zst(_tar([manifest], end=False) + header) + _bomb()
+    _refused_fast(
+        tmp_path,
+        blob,
+        "'config.json' is 1073741824 bytes, the manifest says",
+        monkeypatch,
+        len(contents[MANIFEST_NAME]),
+    )
+
+
+def test_bomb_in_pax_header_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tarfile reads a pax header whole into memory: the reader's byte limit must stop it.
+    header = _member("pax", size=1 << 30, type_=tarfile.XHDTYPE)[0].tobuf(tarfile.USTAR_FORMAT)
+    _refused_fast(tmp_path, _zst(header) + _bomb(), "expands beyond", monkeypatch)
+
+
+def test_bomb_after_end_refused(
+    packed: Path, contents: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = packed.read_bytes() + _bomb()
+    _refused_fast(
+        tmp_path, blob, "expands beyond", monkeypatch, sum(len(data) for data in contents.values())
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Random corruption: a bundle identical to the original, or a XelmError and nothing left
+
+
+def _unpack_or_refuse(blob: bytes, contents: dict[str, bytes]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        source, out = Path(tmp) / "a.xelm.tar.zst", Path(tmp) / "out" / "bundle"
+        source.write_bytes(blob)
+        try:
+            unpack_bundle(source, out)
+        except XelmError:
+            _assert_nothing_left(out)
+            return
+        assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == contents
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_archive(packed: Path, contents: dict[str, bytes], data: st.DataObject) -> None:
+    blob = bytearray(packed.read_bytes())
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del blob[data.draw(st.integers(0, len(blob))) :]
+    _unpack_or_refuse(bytes(blob), contents)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_tar(contents: dict[str, bytes], data: st.DataObject) -> None:
+    # Mutate the tar itself (then compress) to reach the header parser, mostly at headers.
+    members = _valid_members(contents)
+    raw = bytearray(_tar(members))
+    starts, offset = [], 0
+    for info, payload in members:
+        starts.append(offset)
+        offset += len(info.tobuf(tarfile.PAX_FORMAT)) + len(payload) + (-len(payload) % 512)
+    for _ in range(data.draw(st.integers(1, 4))):
+        start = data.draw(st.sampled_from(starts))
+        pos = data.draw(st.one_of(st.integers(start, start + 511), st.integers(0, len(raw) - 1)))
+        raw[pos] = data.draw(st.one_of(st.sampled_from(b"0 /.\x00\xff7"), st.integers(0, 255)))
+    _unpack_or_refuse(_zst(bytes(raw)), contents)

@@ -1,0 +1,133 @@
+"""Branching and HMR: O(1) links, lineage, and parents that never change."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from xelm_cli.allocation import read_allocation
+from xelm_cli.branching import branch, hmr_branch
+from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
+from xelm_cli.errors import UsageError
+from xelm_cli.lineage import lineage_graph, roots
+
+
+def write_allocation(path: Path) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "format": "xelm-allocation",
+                "format_version": "1.0.0",
+                "clusterer": "typology",
+                "experts": [
+                    {"index": 0, "languages": ["en", "ru"]},
+                    {"index": 1, "languages": ["tr", "ar"]},
+                ],
+            }
+        )
+    )
+    return path
+
+
+def digests(bundle_dir: Path) -> dict[str, str]:
+    from xelm_cli.digest import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(bundle_dir.iterdir())}
+
+
+@pytest.fixture
+def experts(tmp_path: Path, seed_bundle: Path) -> tuple[Path, Path]:
+    alloc = read_allocation(write_allocation(tmp_path / "alloc.json"))
+    pool = tmp_path / "experts"
+    e0 = branch(seed_bundle, pool / "e0", allocation=alloc, expert=0)
+    e1 = branch(seed_bundle, pool / "e1", allocation=alloc, expert=1)
+    return e0.path, e1.path
+
+
+def test_branch_links_weights_and_records_allocation(experts, seed_bundle: Path) -> None:
+    e0, e1 = experts
+    seed = Bundle.open(seed_bundle)
+    child = Bundle.open(e1)
+    assert child.languages == ["tr", "ar"]
+    assert child.manifest.role == "expert"
+    assert child.manifest.allocation["expert"] == 1
+    assert child.manifest.allocation["clusterer"] == "typology"
+    assert child.manifest.allocation["digest"].startswith("sha256:")
+    assert child.manifest.relation == "branch"
+    assert child.manifest.parents == [seed.ref]
+    assert child.id != seed.id and child.digest != seed.digest
+    assert (e1 / "model.safetensors").stat().st_ino == (
+        seed_bundle / "model.safetensors"
+    ).stat().st_ino
+    assert child.manifest.fingerprints == seed.manifest.fingerprints
+    assert verify_bundle(e0) == [] and verify_bundle(e1) == []
+
+
+def test_training_a_child_leaves_parent_and_sibling_unchanged(
+    experts, tmp_path, seed_bundle
+) -> None:
+    e0, e1 = experts
+    before = {p: digests(p) for p in (seed_bundle, e0, e1)}
+    parent = Bundle.open(e1)
+    model = parent.load_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    training = {"tokens": 1000, "steps": 2, "data_digest": None, "command": "test", "options": {}}
+    with write_bundle(
+        tmp_path / "e1-trained",
+        role="expert",
+        languages=parent.languages,
+        parent=parent,
+        step={"relation": "train", "parents": [parent.ref]},
+        training=training,
+    ) as writer:
+        writer.save_model(model)
+    trained = writer.result
+    assert {p: digests(p) for p in (seed_bundle, e0, e1)} == before
+    assert verify_bundle(trained.path) == []
+    assert trained.manifest.files["model.safetensors"] != parent.manifest.files["model.safetensors"]
+    assert trained.manifest.files["tokenizer.json"] == parent.manifest.files["tokenizer.json"]
+    assert [s["relation"] for s in trained.manifest.lineage] == ["init", "branch", "train"]
+    assert trained.manifest.training["tokens"] == 1000
+
+
+def test_hmr_branch_picks_donor_expert(experts, tmp_path: Path) -> None:
+    e0, e1 = experts
+    az = hmr_branch([e0.parent], "tr", "az", tmp_path / "az")
+    assert az.languages == ["az"]
+    step = az.manifest.lineage[-1]
+    assert step["relation"] == "hmr-branch" and step["donor"] == "tr" and step["language"] == "az"
+    assert step["parents"] == [Bundle.open(e1).ref]
+
+
+def test_hmr_errors_list_candidates(experts, tmp_path: Path, seed_bundle: Path) -> None:
+    e0, _ = experts
+    with pytest.raises(UsageError, match=r"no bundle in the pool covers donor language 'sw'.*e0"):
+        hmr_branch([e0.parent], "sw", "az", tmp_path / "x")
+    alloc = read_allocation(write_allocation(tmp_path / "a2.json"))
+    branch(seed_bundle, e0.parent / "e1-again", allocation=alloc, expert=1)
+    with pytest.raises(UsageError, match=r"several bundles.*e1.*e1-again"):
+        hmr_branch([e0.parent], "tr", "az", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_lineage_graph_from_manifests(experts, tmp_path: Path, seed_bundle: Path) -> None:
+    e0, e1 = experts
+    az = hmr_branch([e0.parent], "tr", "az", tmp_path / "az")
+    # the seed is not in the set: it still appears, by reference, as the common root
+    nodes = lineage_graph([Bundle.read(p) for p in (e0, e1, az.path)])
+    (root,) = roots(nodes)
+    assert root.digest == Bundle.read(seed_bundle).digest and not root.present
+    assert nodes[az.digest].parents == [Bundle.read(e1).digest]
+    assert len(nodes) == 4
+
+
+def test_bad_branch_requests(tmp_path: Path, seed_bundle: Path) -> None:
+    alloc = read_allocation(write_allocation(tmp_path / "alloc.json"))
+    with pytest.raises(UsageError, match="expert 5 does not exist"):
+        branch(seed_bundle, tmp_path / "x", allocation=alloc, expert=5)
+    with pytest.raises(UsageError, match="--allocation needs --expert"):
+        branch(seed_bundle, tmp_path / "x", allocation=alloc)
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,190 @@
+"""Bundle format v1: init, golden fixture, versioning, integrity, branching."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FIXTURES
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
+from xelm_cli.errors import FormatError, IntegrityError
+from xelm_cli.manifest import MANIFEST_NAME, content_digest
+
+GOLDEN = FIXTURES / "golden-v1"
+GOLDEN_DIGEST = "sha256:0f6126770088ac5716952ce64a3a450020cd076bb2c481594061b862eb727d63"
+
+
+def writable_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+def rewrite_manifest(bundle: Path, edit, *, reseal: bool = True) -> None:
+    """Edit xelm.json; with ``reseal`` recompute content_digest as a writer would."""
+    path = bundle / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    edit(data)
+    if reseal:
+        data["content_digest"] = content_digest(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+def test_init_tiny_loads_with_transformers(seed_bundle: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(seed_bundle)
+    tokenizer = AutoTokenizer.from_pretrained(seed_bundle)
+    ids = tokenizer("Everyone has the right to life", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tokenizer))
+    bundle = Bundle.open(seed_bundle)
+    assert bundle.manifest.role == "seed"
+    assert bundle.languages == ["en", "tr", "ar", "ru"]
+    assert bundle.manifest.relation == "init"
+    assert bundle.manifest.origin == {"kind": "config", "name": "tiny", "seed": 0}
+    assert set(bundle.manifest.files) == {p.name for p in seed_bundle.iterdir()} - {MANIFEST_NAME}
+    assert verify_bundle(seed_bundle) == []
+
+
+def test_model_card_has_hub_metadata(seed_bundle: Path) -> None:
+    card = (seed_bundle / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "library_name: transformers" in front
+    assert 'language:\n- "en"\n- "tr"\n- "ar"\n- "ru"' in front
+    assert Bundle.read(seed_bundle).id in card
+
+
+def test_golden_v1_bundle_keeps_loading() -> None:
+    bundle = Bundle.open(GOLDEN)
+    assert bundle.digest == GOLDEN_DIGEST
+    assert verify_bundle(GOLDEN) == []
+    model, info = bundle.load_model(output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    tokenizer = bundle.load_tokenizer()
+    ids = tokenizer("each expert learns a new language", return_tensors="pt").input_ids
+    assert ids.tolist() == [[14, 6, 21, 4, 24, 19]]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, 6, 27)
+    assert logits.sum().item() == pytest.approx(-1.58365, abs=1e-4)
+
+
+def test_unknown_fields_are_ignored_and_newer_minor_accepted(tmp_path: Path) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+
+    def future(data: dict) -> None:
+        data["format_version"] = "1.7.0"
+        data["quantisation"] = {"scheme": "int4"}
+        data["lineage"][0]["operator"] = "someone"
+        data["files"]["model.safetensors"]["mediaType"] = "application/x-safetensors"
+
+    rewrite_manifest(bundle_dir, future)
+    assert verify_bundle(bundle_dir) == []
+    assert Bundle.open(bundle_dir).manifest.format_version == "1.7.0"
+
+
+def test_unknown_major_version_is_refused(tmp_path: Path) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    rewrite_manifest(bundle_dir, lambda d: d.update(format_version="2.0.0"))
+    with pytest.raises(FormatError, match=r"2\.0\.0 is not supported.*upgrade xelm"):
+        Bundle.open(bundle_dir)
+    assert "not supported" in verify_bundle(bundle_dir)[0]
+
+
+def test_schema_problems_are_listed(tmp_path: Path) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    rewrite_manifest(bundle_dir, lambda d: d.update(role="wizard", languages=["en", 7]))
+    problems = verify_bundle(bundle_dir)
+    assert any("languages/1" in p for p in problems)
+    assert any("role" in p for p in problems)
+    with pytest.raises(FormatError, match="manifest"):
+        Bundle.open(bundle_dir)
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (flip_byte, "model.safetensors: sha256 does not match"),
+        (truncate, "model.safetensors: size"),
+        (Path.unlink, "model.safetensors: missing"),
+    ],
+)
+def test_damaged_weights_detected_by_verify_and_load(tmp_path: Path, damage, expected) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    damage(bundle_dir / "model.safetensors")
+    assert any(expected in p for p in verify_bundle(bundle_dir))
+    with pytest.raises(IntegrityError, match=expected):
+        Bundle.open(bundle_dir)
+    with pytest.raises(IntegrityError, match=expected):
+        Bundle.read(bundle_dir).load_model()
+
+
+def test_edited_manifest_detected(tmp_path: Path) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    rewrite_manifest(bundle_dir, lambda d: d.update(languages=["en", "tr"]), reseal=False)
+    assert any("edited after it was written" in p for p in verify_bundle(bundle_dir))
+    with pytest.raises(IntegrityError, match="edited"):
+        Bundle.read(bundle_dir).load_model()
+
+
+def test_unlisted_and_tokenizer_tampering_detected(tmp_path: Path) -> None:
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    (bundle_dir / "extra.bin").write_bytes(b"\x80\x04 pickle?")
+    assert "extra.bin: not listed in the manifest" in verify_bundle(bundle_dir)
+    (bundle_dir / "extra.bin").unlink()
+    flip_byte(bundle_dir / "tokenizer.json")
+    with pytest.raises(IntegrityError, match=r"tokenizer\.json"):
+        Bundle.read(bundle_dir).load_tokenizer()
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path, seed_bundle: Path) -> None:
+    parent = Bundle.open(seed_bundle)
+    out = tmp_path / "child"
+    with (
+        pytest.raises(RuntimeError),
+        write_bundle(
+            out,
+            role="expert",
+            languages=["en"],
+            parent=parent,
+            step={"relation": "branch", "parents": [parent.ref]},
+        ),
+    ):
+        raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+    assert verify_bundle(seed_bundle) == []
+
+
+def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
+    parent = Bundle.open(seed_bundle)
+    out = tmp_path / "child"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    from xelm_cli.errors import UsageError
+
+    with (
+        pytest.raises(UsageError, match="already exists"),
+        write_bundle(
+            out,
+            role="expert",
+            languages=["en"],
+            parent=parent,
+            step={"relation": "branch", "parents": [parent.ref]},
+        ),
+    ):
+        pass
+    assert (out / "keep.txt").read_text() == "mine"

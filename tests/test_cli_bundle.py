@@ -1,0 +1,149 @@
+"""The ``xelm bundle`` commands as a user runs them: outputs, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+from xelm_cli.cli import run
+
+GOLDEN = FIXTURES / "golden-v1"
+
+
+def xelm(capsys, *args: str) -> tuple[int, str, str]:
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_init_branch_inspect_verify_lineage(capsys, tmp_path: Path, tokenizer_dir: Path) -> None:
+    seed = tmp_path / "seed"
+    code, out, err = xelm(
+        capsys,
+        "bundle",
+        "init",
+        "--config",
+        "tiny",
+        "--tokenizer",
+        tokenizer_dir,
+        "--langs",
+        "eng,tur,ara",
+        "-o",
+        seed,
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["languages"] == ["en", "tr", "ar"]
+
+    code, out, err = xelm(
+        capsys, "bundle", "branch", seed, "--langs", "tr", "-o", tmp_path / "pool" / "tr", "--json"
+    )
+    assert code == 0, err
+    code, out, err = xelm(
+        capsys,
+        "bundle",
+        "branch",
+        "--from",
+        tmp_path / "pool",
+        "--donor",
+        "tr",
+        "--lang",
+        "aze",
+        "-o",
+        tmp_path / "pool" / "az",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["relation"] == "hmr-branch"
+
+    code, out, _ = xelm(capsys, "bundle", "inspect", tmp_path / "pool" / "az", "--json")
+    manifest = json.loads(out)["manifest"]
+    assert manifest["languages"] == ["az"] and manifest["lineage"][-1]["donor"] == "tr"
+
+    code, out, _ = xelm(
+        capsys,
+        "bundle",
+        "verify",
+        seed,
+        tmp_path / "pool" / "tr",
+        tmp_path / "pool" / "az",
+        "--json",
+    )
+    assert code == 0 and json.loads(out)["ok"] is True
+
+    code, out, _ = xelm(capsys, "bundle", "lineage", seed, tmp_path / "pool", "--json")
+    graph = json.loads(out)
+    assert {e["relation"] for e in graph["edges"]} == {"branch", "hmr-branch"}
+    code, out, _ = xelm(capsys, "bundle", "lineage", seed, tmp_path / "pool")
+    assert code == 0 and "hmr-branch" in out and "['az']" in out
+
+
+def test_verify_failure_exits_nonzero_naming_each_problem(capsys, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(GOLDEN, bad)
+    (bad / "model.safetensors").chmod(0o644)
+    (bad / "model.safetensors").write_bytes(b"x")
+    (bad / "config.json").unlink()
+    code, out, err = xelm(capsys, "bundle", "verify", GOLDEN, bad)
+    assert code == 4
+    assert f"OK   {GOLDEN}" in out
+    assert "config.json: missing" in out and "model.safetensors: size 1 bytes" in out
+    assert err.strip() == "xelm: error: 1 of 2 bundles failed verification"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bundle", "inspect", "nowhere"], "not a bundle: nowhere is not a directory"),
+        (["bundle", "init", "-o", "x"], "pass exactly one of --hf MODEL or --config NAME"),
+        (
+            ["bundle", "init", "--config", "huge", "--tokenizer", str(GOLDEN), "-o", "x"],
+            "unknown config 'huge'",
+        ),
+        (
+            ["bundle", "branch", str(GOLDEN), "--langs", "xx", "-o", "x"],
+            "unknown language code 'xx'",
+        ),
+        (["bundle", "branch", "-o", "x"], "pass the PARENT bundle to branch"),
+        (
+            ["bundle", "branch", "--from", str(FIXTURES), "--donor", "tr", "-o", "x"],
+            "the HMR form needs --donor LANG and --lang NEW_LANG",
+        ),
+        (["bundle", "init", "--hf", "/no/such/model", "-o", "x"], "cannot load model"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:
+    os.chdir(tmp_path)
+    code, _, err = xelm(capsys, *args)
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("xelm: error: ") and message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = xelm(capsys, "bundle", "branch", GOLDEN, "-o", blocker / "child")
+    assert code == 2 and err.startswith("xelm: error: cannot write to") and err.count("\n") == 1
+
+
+def test_every_command_help_shows_an_example(capsys) -> None:
+    for command in ("init", "inspect", "verify", "lineage", "branch", "pack", "unpack"):
+        code, out, _ = xelm(capsys, "bundle", command, "--help")
+        assert code == 0 and "Example" in out, command
+
+
+def test_debug_env_shows_traceback(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "xelm_cli", "bundle", "inspect", str(tmp_path / "none")]
+    quiet = subprocess.run(cmd, capture_output=True, text=True)
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    loud = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "XELM_DEBUG": "1"}
+    )
+    assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr

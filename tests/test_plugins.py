@@ -1,0 +1,538 @@
+"""The plugin system: loading, registration rules, built-in routers, real installed plugins."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import typer
+
+from xelm_cli import plugins as host
+from xelm_cli.api import (
+    Document,
+    ExpertInfo,
+    PluginError,
+    PreRouter,
+    Register,
+    UsageError,
+    Weights,
+    XelmError,
+    check_weights,
+    get_registry,
+    hookimpl,
+)
+from xelm_cli.cli import run
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BROKEN_WARNING = (
+    "xelm: warning: plugin 'broken' skipped: ModuleNotFoundError: "
+    "No module named 'xelm_missing_dependency'"
+)
+EXPERTS = [
+    ExpertInfo("e0", "romance", ("en", "es")),
+    ExpertInfo("e1", "turkic", ("tr", "az")),
+    ExpertInfo("e2", "turkish", ("tr",)),
+]
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    host.reset_registry()
+    yield
+    host.reset_registry()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def docs(*languages: str | None) -> list[Document]:
+    return [Document(text="...", language=language) for language in languages]
+
+
+def router(name: str, *args: Any) -> PreRouter:
+    instance = get_registry().get("router", name).obj(*args)
+    assert isinstance(instance, PreRouter)
+    return instance
+
+
+# ---------------------------------------------------------------- built-in plugin, in process
+
+
+def test_plugins_list_json_shows_the_builtin_routers(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "plugins", "list", "--json")
+    assert code == 0
+    listing = json.loads(out)
+    assert listing["failures"] == [] and listing["problems"] == []
+    (routers,) = [p for p in listing["plugins"] if p["name"] == "routers"]
+    assert routers["distribution"] == "xelm"
+    assert routers["registered"]["router"] == ["uniform", "fixed", "language"]
+    assert routers["registered"]["command"] == []
+
+
+def test_plugins_list_table_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "plugins", "list")
+    assert code == 0
+    assert "routers" in out and "router: uniform, fixed, language" in out
+    code, out, _ = cli(capsys, "plugins", "list", "--help")
+    assert code == 0 and "Example: xelm plugins list --json" in out
+
+
+def test_uniform_router_spreads_weight_evenly() -> None:
+    weights = router("uniform").route(docs("tr", None), EXPERTS[:2] + EXPERTS[:2])
+    np.testing.assert_array_equal(weights, np.full((2, 4), 0.25))
+    assert not router("uniform").needs_expert_outputs
+
+
+def test_fixed_router_normalises_and_checks_its_weights() -> None:
+    weights = router("fixed", [1, 3]).route(docs("tr", "en"), EXPERTS[:2])
+    np.testing.assert_array_equal(weights, [[0.25, 0.75], [0.25, 0.75]])
+    with pytest.raises(UsageError, match="has 2 weights but the ensemble has 3 experts"):
+        router("fixed", [1, 3]).route(docs("tr"), EXPERTS)
+    for bad in ([1, -1], [0, 0], [], ["x"], [float("nan")]):
+        with pytest.raises(UsageError):
+            router("fixed", bad)
+
+
+def test_language_router_picks_the_first_expert_covering_the_language() -> None:
+    weights = router("language").route(docs("tr", "en", "az", "es"), EXPERTS)
+    np.testing.assert_array_equal(weights, [[0, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    with pytest.raises(UsageError, match=r"'fr' \(covered: en, es, tr, az\)"):
+        router("language").route(docs("tr", "fr"), EXPERTS)
+    with pytest.raises(UsageError, match="document 0 has none"):
+        router("language").route(docs(None), EXPERTS)
+
+
+def test_builtin_routers_pass_check_weights() -> None:
+    documents = docs("tr", "es", "az")
+    for name, args in (("uniform", ()), ("fixed", ([2, 1, 1],)), ("language", ())):
+        weights = router(name, *args).route(documents, EXPERTS)
+        checked = check_weights(weights, len(documents), len(EXPERTS), router=name)
+        assert checked.dtype == np.float64 and checked.shape == (3, 3)
+
+
+def test_unknown_router_names_the_available_ones() -> None:
+    with pytest.raises(
+        UsageError,
+        match=r"unknown router 'nope' \(available: fixed, language, "
+        r"uniform\)",
+    ):
+        get_registry().get("router", "nope")
+
+
+class UnnormalisedRouter(PreRouter):
+    name = "unnormalised"
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        return np.ones((len(documents), len(experts)))
+
+
+def test_check_weights_catches_bad_router_output() -> None:
+    bad = UnnormalisedRouter().route(docs("tr"), EXPERTS)
+    with pytest.raises(
+        PluginError,
+        match=r"router 'unnormalised' returned weights summing to 3 "
+        r"for document 0",
+    ):
+        check_weights(bad, 1, 3, router="unnormalised")
+    cases = [
+        (np.full((2, 3), 1 / 3), 1, 3, r"shape \(2, 3\); expected \(1, 3\)"),
+        ([[0.5, float("nan"), 0.5]], 1, 3, "NaN or infinite weights"),
+        ([[1.5, -0.5, 0.0]], 1, 3, r"negative weight -0.5 \(document 0, expert 1\)"),
+        ([[1.0], [0.9]], 2, 1, "summing to 0.9 for document 1"),
+        ([["a", "b"]], 1, 2, "not a numeric array"),
+    ]
+    for weights, n_docs, n_experts, message in cases:
+        with pytest.raises(XelmError, match=message):
+            check_weights(weights, n_docs, n_experts)
+    ok = check_weights([[0.5, 0.5 + 5e-7]], 1, 2)  # within the 1e-6 tolerance
+    assert ok.dtype == np.float64
+
+
+# ---------------------------------------------------------------- in-process plugins
+
+
+class RouterPlugin:
+    """A plugin object registering the given router classes."""
+
+    def __init__(self, *routers: type[PreRouter]) -> None:
+        self.routers = routers
+
+    @hookimpl
+    def register_routers(self, register: Register) -> None:
+        for router_class in self.routers:
+            register(router_class.name, router_class)
+
+
+class CommandPlugin:
+    def __init__(self, **commands: Any) -> None:
+        self.commands = commands
+
+    @hookimpl
+    def register_commands(self, register: Register) -> None:
+        for name, obj in self.commands.items():
+            register(name, obj)
+
+
+def make_router(router_name: str) -> type[PreRouter]:
+    class FirstExpert(PreRouter):
+        name = router_name
+
+        def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+            weights = np.zeros((len(documents), len(experts)))
+            weights[:, 0] = 1.0
+            return weights
+
+    return FirstExpert
+
+
+def test_collision_keeps_the_first_and_names_both_plugins() -> None:
+    first_alpha, second_alpha = make_router("alpha"), make_router("alpha")
+    registry = host.load_registry(
+        extra_plugins=[
+            ("first", RouterPlugin(first_alpha)),
+            ("second", RouterPlugin(second_alpha, make_router("beta"))),
+        ],
+        entry_points=False,
+    )
+    assert registry.routers["alpha"].obj is first_alpha
+    assert registry.routers["alpha"].plugin == "first"
+    assert registry.routers["beta"].plugin == "second"
+    assert [(p.name, p.registered["router"]) for p in registry.plugins] == [
+        ("first", ["alpha"]),
+        ("second", ["beta"]),
+    ]
+    assert registry.warnings() == [
+        "xelm: warning: plugin 'second': router 'alpha' is already registered by plugin "
+        "'first'; plugin 'second''s is skipped"
+    ]
+
+
+def test_third_party_cannot_take_a_builtin_router_name() -> None:
+    registry = host.load_registry(extra_plugins=[("aaa", RouterPlugin(make_router("uniform")))])
+    assert registry.routers["uniform"].plugin == "routers"
+    assert "already registered by plugin 'routers'" in registry.problems[0].message
+
+
+def test_invalid_names_and_objects_are_skipped_not_fatal() -> None:
+    class Mixed:
+        @hookimpl
+        def register_routers(self, register: Register) -> None:
+            register("Bad_Name", make_router("Bad_Name"))
+            register("not-a-router", object)
+            register("mismatch", make_router("other"))
+            register("good", make_router("good"))
+
+        @hookimpl
+        def register_trainers(self, register: Register) -> None:
+            register("x" * 65, object)
+
+    registry = host.load_registry(extra_plugins=[("mixed", Mixed())], entry_points=False)
+    assert list(registry.routers) == ["good"]
+    messages = [p.message for p in registry.problems]  # hooks run in KINDS order
+    assert messages[0].startswith("invalid trainer name 'xxxx")
+    assert messages[1].startswith("invalid router name 'Bad_Name': names must match")
+    assert "must be a subclass of xelm_cli.api.Router" in messages[2]
+    assert "class attribute name is 'other', not 'mismatch'" in messages[3]
+    assert len(messages) == 4
+
+
+def test_a_raising_hook_drops_that_plugin_only() -> None:
+    class Raising:
+        @hookimpl
+        def register_routers(self, register: Register) -> None:
+            register("half-done", make_router("half-done"))
+            raise RuntimeError("boom\nsecond line")
+
+    registry = host.load_registry(
+        extra_plugins=[("raising", Raising()), ("fine", RouterPlugin(make_router("fine")))],
+        entry_points=False,
+    )
+    assert list(registry.routers) == ["fine"]
+    assert [p.name for p in registry.plugins] == ["fine"]
+    assert registry.warnings() == [
+        "xelm: warning: plugin 'raising' skipped: register_routers raised RuntimeError: boom; "
+        "second line"
+    ]
+
+
+def test_hook_typos_and_empty_plugins_are_reported() -> None:
+    class Typo:
+        @hookimpl
+        def register_router(self, register: Register) -> None:
+            register("never", make_router("never"))
+
+    registry = host.load_registry(
+        extra_plugins=[("typo", Typo()), ("empty", object())], entry_points=False
+    )
+    assert registry.routers == {}
+    assert [p.plugin for p in registry.problems] == ["typo", "empty"]
+    assert "unknown hook 'register_router'" in registry.problems[0].message
+    assert "implements no xelm hook" in registry.problems[1].message
+
+
+def test_plugins_pluggy_refuses_are_failures() -> None:
+    class WrongArguments:
+        @hookimpl
+        def register_routers(self, register: Register, extra: int) -> None:
+            raise AssertionError("never called")
+
+    module = RouterPlugin(make_router("fine"))
+    registry = host.load_registry(
+        extra_plugins=[("wrong", WrongArguments()), ("one", module), ("two", module)],
+        entry_points=False,
+    )
+    assert [p.name for p in registry.plugins] == ["one"]
+    assert [f.plugin for f in registry.failures] == ["wrong", "two"]
+    assert registry.failures[0].reason.startswith("PluginValidationError: ")
+    assert "Argument(s) {'extra'} are declared in the hookimpl" in registry.failures[0].reason
+    assert registry.failures[1].reason == "the same object is already registered as plugin 'one'"
+
+
+def test_register_is_closed_after_the_hook_returns() -> None:
+    kept: list[Register] = []
+
+    class Sneaky:
+        @hookimpl
+        def register_evaluators(self, register: Register) -> None:
+            kept.append(register)
+
+    host.load_registry(extra_plugins=[("sneaky", Sneaky())], entry_points=False)
+    with pytest.raises(RuntimeError, match="after the hook returned"):
+        kept[0]("late", object)
+
+
+def test_xelm_plugins_env_selects_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(host.PLUGINS_ENV, "")
+    assert host.load_registry().plugins == []
+    monkeypatch.setenv(host.PLUGINS_ENV, " routers , nosuch")
+    registry = host.load_registry()
+    assert [p.name for p in registry.plugins] == ["routers"]
+    assert registry.problems[0].plugin == "nosuch"
+
+
+def greet(name: str = "world") -> None:
+    """Say hello.
+
+    Example: xelm greet --name you
+    """
+    typer.echo(f"hello, {name}")
+
+
+def test_plugin_commands_join_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    greetings = typer.Typer(help="Greetings.")
+    greetings.command("hi")(lambda: typer.echo("hi there"))
+    host.reset_registry(
+        host.load_registry(
+            extra_plugins=[("greeter", CommandPlugin(greet=greet, greetings=greetings))]
+        )
+    )
+    assert cli(capsys, "greet", "--name", "you") == (0, "hello, you\n", "")
+    assert cli(capsys, "greetings", "hi") == (0, "hi there\n", "")
+    code, out, _ = cli(capsys, "greet", "--help")
+    assert code == 0 and "Example: xelm greet --name you" in out
+
+
+def test_command_colliding_with_a_builtin_group_is_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host.reset_registry(
+        host.load_registry(
+            extra_plugins=[
+                ("clash", CommandPlugin(plugins=greet, **{"train-all": greet}, greet=greet))
+            ]
+        )
+    )
+    code, out, err = cli(capsys, "plugins", "list", "--json")
+    assert code == 0
+    assert json.loads(out)["plugins"][-1]["registered"]["command"] == ["greet"]
+    assert err.splitlines() == [
+        "xelm: warning: plugin 'clash': command 'plugins' collides with the built-in command "
+        "'plugins'; skipped",
+        "xelm: warning: plugin 'clash': command 'train-all' collides with the built-in command "
+        "'train-all'; skipped",
+    ]
+    # warnings are printed once per process; the built-in group still works
+    assert cli(capsys, "greet") == (0, "hello, world\n", "")
+
+
+def test_add_plugin_commands_is_idempotent_and_respects_the_root() -> None:
+    root = typer.Typer()
+    root.command("status")(lambda: None)
+    host.reset_registry(
+        host.load_registry(
+            extra_plugins=[("mine", CommandPlugin(status=greet, greet=greet))], entry_points=False
+        )
+    )
+    host.add_plugin_commands(root)
+    host.add_plugin_commands(root)
+    names = [c.name for c in root.registered_commands]
+    assert names == ["status", "greet"]
+    registry = host.get_registry()
+    assert [p.message for p in registry.problems] == [
+        "command 'status' collides with the built-in command 'status'; skipped"
+    ]
+    host.reset_registry(host.load_registry(entry_points=False))
+    host.add_plugin_commands(root)
+    assert [c.name for c in root.registered_commands] == ["status"]
+
+
+# ---------------------------------------------------------------- real installed plugins
+
+
+def install(fixture: str, target: Path) -> Path:
+    """pip-install a fixture distribution into ``target`` (built from a copy: no build/ litter)."""
+    source = target.parent / f"{fixture}-src"
+    shutil.copytree(FIXTURES / fixture, source)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--no-build-isolation",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="session")
+def hello_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install("xelm-hello-plugin", tmp_path_factory.mktemp("hello") / "site")
+
+
+@pytest.fixture(scope="session")
+def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install("xelm-broken-plugin", tmp_path_factory.mktemp("broken") / "site")
+
+
+def xelm(
+    *args: str, sites: Sequence[Path], plugins: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m xelm_cli`` with the given plugin sites on its path."""
+    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
+    env["PYTHONPATH"] = os.pathsep.join(str(site) for site in sites)
+    if plugins is not None:
+        env[host.PLUGINS_ENV] = plugins
+    return subprocess.run(
+        [sys.executable, "-m", "xelm_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def listed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    listing: dict[str, Any] = json.loads(result.stdout)
+    return listing
+
+
+def test_installed_plugin_is_listed(hello_site: Path) -> None:
+    listing = listed(xelm("plugins", "list", "--json", sites=[hello_site]))
+    assert [p["name"] for p in listing["plugins"]] == ["routers", "hello"]
+    hello = listing["plugins"][1]
+    assert (hello["distribution"], hello["version"]) == ("xelm-hello-plugin", "0.2.0")
+    assert hello["registered"]["router"] == ["shared-language"]
+    assert hello["registered"]["command"] == ["hello"]
+    assert listing["failures"] == [] and listing["problems"] == []
+
+
+def test_installed_plugin_command_routes_through_the_public_api(hello_site: Path) -> None:
+    result = xelm("hello", "--lang", "tr", "--experts", "en,es;tr,az", sites=[hello_site])
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        "tr -> expert 1 (tr,az) weight 1.000\n",
+        "",
+    )
+    result = xelm("hello", "--lang", "tr", "--experts", "en,es;tr,az;tr", sites=[hello_site])
+    assert result.stdout.splitlines() == [
+        "tr -> expert 1 (tr,az) weight 0.500",
+        "tr -> expert 2 (tr) weight 0.500",
+    ]
+    # the third party's command can use xelm's built-in routers too
+    result = xelm(
+        "hello", "--lang", "tr", "--experts", "tr;tr,az", "--router", "language", sites=[hello_site]
+    )
+    assert result.stdout == "tr -> expert 0 (tr) weight 1.000\n"
+    result = xelm("hello", "--lang", "fr", "--experts", "en;tr", sites=[hello_site])
+    assert result.returncode == 2
+    assert result.stderr == "xelm: error: no expert covers language 'fr'\n"
+
+
+def test_broken_plugin_is_reported_and_skipped(hello_site: Path, broken_site: Path) -> None:
+    result = xelm("plugins", "list", sites=[broken_site])
+    assert result.returncode == 0
+    assert "failed: broken: ModuleNotFoundError: No module named 'xelm_missing_dependency'" in (
+        result.stdout
+    )
+    assert result.stderr.splitlines() == [BROKEN_WARNING]
+    listing = listed(xelm("plugins", "list", "--json", sites=[broken_site]))
+    reason = "ModuleNotFoundError: No module named 'xelm_missing_dependency'"
+    assert listing["failures"] == [{"plugin": "broken", "reason": reason}]
+    result = xelm("--version", sites=[broken_site])
+    assert (result.returncode, result.stderr.splitlines()) == (0, [BROKEN_WARNING])
+    result = xelm("hello", "--lang", "az", "--experts", "tr,az", sites=[broken_site, hello_site])
+    assert (result.returncode, result.stdout) == (0, "az -> expert 0 (tr,az) weight 1.000\n")
+    assert result.stderr.splitlines() == [BROKEN_WARNING]
+
+
+def test_xelm_plugins_restricts_what_loads(hello_site: Path, broken_site: Path) -> None:
+    sites = [hello_site, broken_site]
+    result = xelm("plugins", "list", "--json", sites=sites, plugins="routers")
+    assert [p["name"] for p in listed(result)["plugins"]] == ["routers"]
+    assert result.stderr == ""
+    result = xelm("hello", "--lang", "tr", "--experts", "tr", sites=sites, plugins="routers")
+    assert result.returncode != 0 and "No such command 'hello'" in result.stderr
+    assert listed(xelm("plugins", "list", "--json", sites=sites, plugins=""))["plugins"] == []
+    result = xelm(
+        "hello",
+        "--lang",
+        "tr",
+        "--experts",
+        "tr",
+        "--router",
+        "language",
+        sites=sites,
+        plugins="hello",
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "xelm: error: unknown router 'language' (available: shared-language)\n"
+    )
+
+
+def test_spec_example_is_the_tested_fixture() -> None:
+    spec = (Path(__file__).parents[1] / "spec" / "plugin-api.md").read_text()
+    hello = FIXTURES / "xelm-hello-plugin"
+    for path in (hello / "pyproject.toml", hello / "xelm_hello" / "__init__.py"):
+        assert path.read_text() in spec, f"spec/plugin-api.md section 8 is out of date: {path}"
+
+
+def test_names_must_match_the_whole_pattern() -> None:
+    registry = host.load_registry(
+        extra_plugins=[("newline", CommandPlugin(**{"greet\n": greet, "a-1": greet}))],
+        entry_points=False,
+    )
+    assert list(registry.commands) == ["a-1"]
+    assert registry.problems[0].message.startswith("invalid command name 'greet\\n'")
