@@ -3,13 +3,11 @@
 import hashlib
 import io
 import os
-import random
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zstandard
@@ -23,93 +21,14 @@ from xelm_cli.archive import (
     pack_bundle,
     unpack_bundle,
 )
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
+from xelm_cli.bundle import Bundle, verify_bundle
 from xelm_cli.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.manifest import MANIFEST_NAME
 
-WORDS = [
-    "river",
-    "stone",
-    "light",
-    "quick",
-    "green",
-    "small",
-    "house",
-    "under",
-    "over",
-    "bright",
-    "cold",
-    "warm",
-    "sea",
-    "tree",
-    "bird",
-    "song",
-    "night",
-    "day",
-    "open",
-    "window",
-    "paper",
-]
-
-
-def _sentences(n: int = 400) -> list[str]:
-    rng = random.Random(0)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) + "." for _ in range(n)]
-
-
-def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_sentences(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-
-
-def _model(tok: Any) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
-
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "tiny-seed"
-    tok = _tokenizer()
-    step = {"relation": "init", "parents": [], "source": {"kind": "config", "name": "test"}}
-    with write_bundle(out, role="seed", languages=["en"], step=step) as writer:
-        writer.save_model(_model(tok))
-        writer.save_tokenizer(tok)
-    return out
+def bundle_dir(seed_bundle: Path) -> Path:
+    return seed_bundle
 
 
 @pytest.fixture(scope="session")
@@ -205,7 +124,7 @@ def test_round_trip_identical_and_loadable(bundle_dir: Path, packed: Path, tmp_p
 
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
-    assert model.config.hidden_size == 32
+    assert model.config.hidden_size == 64
     assert tok.decode(tok("river stone")["input_ids"], skip_special_tokens=True) == "river stone"
 
 
@@ -288,7 +207,7 @@ def test_bad_level_refused(bundle_dir: Path, tmp_path: Path) -> None:
 
 def test_default_archive_name(bundle_dir: Path) -> None:
     bundle = Bundle.open(bundle_dir, verify=False)
-    assert default_archive_name(bundle) == "tiny-seed" + ARCHIVE_SUFFIX
+    assert default_archive_name(bundle) == "seed" + ARCHIVE_SUFFIX
     bundle.manifest.name = "../../etc/evil name"
     assert default_archive_name(bundle) == "etc_evil_name" + ARCHIVE_SUFFIX
 

@@ -188,3 +188,52 @@ def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
     ):
         pass
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_init_from_local_hf_directory(tmp_path: Path, seed_bundle: Path) -> None:
+    from xelm_cli.seed import init_from_hf
+
+    hf_dir = tmp_path / "hf-model"
+    AutoModelForCausalLM.from_pretrained(seed_bundle).save_pretrained(hf_dir)
+    AutoTokenizer.from_pretrained(seed_bundle).save_pretrained(hf_dir)
+    bundle = init_from_hf(str(hf_dir), tmp_path / "seed", languages=["en"])
+    assert bundle.manifest.origin == {
+        "kind": "hf",
+        "model": str(hf_dir.resolve()),
+        "hub": False,
+        "revision": None,
+    }
+    seed = Bundle.read(seed_bundle)
+    assert bundle.manifest.fingerprints == seed.manifest.fingerprints
+    assert verify_bundle(bundle.path) == []
+    assert "base_model" not in (bundle.path / "README.md").read_text()
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path: Path, seed_bundle: Path) -> None:
+    from xelm_cli.errors import UsageError
+    from xelm_cli.seed import init_from_hf
+
+    hf_dir = tmp_path / "bin-model"
+    model = AutoModelForCausalLM.from_pretrained(seed_bundle)
+    model.config.save_pretrained(hf_dir)
+    torch.save(model.state_dict(), hf_dir / "pytorch_model.bin")
+    with pytest.raises(UsageError, match="cannot load model"):
+        init_from_hf(str(hf_dir), tmp_path / "seed", languages=["en"])
+    assert not (tmp_path / "seed").exists()
+
+
+def test_model_card_names_hub_base_model(seed_bundle: Path) -> None:
+    from xelm_cli.modelcard import render_model_card
+
+    manifest = Bundle.read(seed_bundle).manifest
+    manifest.lineage = [
+        {
+            "relation": "init",
+            "parents": [],
+            "source": {"kind": "hf", "model": "facebook/xglm-564M", "hub": True},
+        },
+        {"relation": "branch", "parents": [{"id": "a" * 32, "digest": "sha256:" + "0" * 64}]},
+    ]
+    front = render_model_card(manifest).split("---")[1]
+    assert 'base_model: "facebook/xglm-564M"' in front
+    assert "base_model_relation: finetune" in front

@@ -41,6 +41,25 @@ def _load_tokenizer(path: Path) -> Any:
         ) from None
 
 
+def _write_seed(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    source: dict[str, Any],
+    languages: list[str],
+    overwrite: bool,
+    progress: Progress | None,
+) -> Bundle:
+    step = {"relation": "init", "parents": [], "source": source}
+    with write_bundle(
+        out, role="seed", languages=languages, overwrite=overwrite, step=step, progress=progress
+    ) as writer:
+        writer.save_model(model)
+        writer.save_tokenizer(tokenizer)
+    assert writer.result is not None
+    return writer.result
+
+
 def config_for(name: str, tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
@@ -75,18 +94,7 @@ def init_from_config(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     source = {"kind": "config", "name": config_name, "seed": seed}
-    with write_bundle(
-        out,
-        role="seed",
-        languages=languages,
-        overwrite=overwrite,
-        step={"relation": "init", "parents": [], "source": source},
-        progress=progress,
-    ) as writer:
-        writer.save_model(model)
-        writer.save_tokenizer(tokenizer)
-    assert writer.result is not None
-    return writer.result
+    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress)
 
 
 def init_from_hf(
@@ -129,15 +137,4 @@ def init_from_hf(
         "hub": not local,
         "revision": revision,
     }
-    with write_bundle(
-        out,
-        role="seed",
-        languages=languages,
-        overwrite=overwrite,
-        step={"relation": "init", "parents": [], "source": source},
-        progress=progress,
-    ) as writer:
-        writer.save_model(model)
-        writer.save_tokenizer(tokenizer)
-    assert writer.result is not None
-    return writer.result
+    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress)
