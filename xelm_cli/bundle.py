@@ -76,11 +76,7 @@ class Bundle:
     ) -> "Bundle":
         """Open a bundle: check every file's presence and size, and with ``verify`` its sha256."""
         bundle = cls.read(path)
-        path = bundle.path
-        problems = bundle.file_problems(hash_files=verify, progress=progress)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise IntegrityError(f"{path}: {problems[0]}{more}; run `xelm bundle verify {path}`")
+        bundle.check_files(hash_files=verify, progress=progress)
         return bundle
 
     @property
@@ -154,7 +150,7 @@ class Bundle:
         from transformers import AutoModelForCausalLM
 
         if verify:
-            self._check_files()
+            self.check_files()
         return AutoModelForCausalLM.from_pretrained(
             self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
         )
@@ -163,14 +159,16 @@ class Bundle:
         from transformers import AutoTokenizer
 
         if verify:
-            self._check_files()
+            self.check_files()
         return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
 
-    def _check_files(self) -> None:
-        problems = self.file_problems()
+    def check_files(self, *, hash_files: bool = True, progress: Progress | None = None) -> None:
+        """Raise IntegrityError naming the first file problem (see ``file_problems``)."""
+        problems = self.file_problems(hash_files=hash_files, progress=progress)
         if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise IntegrityError(
-                f"{self.path}: {problems[0]}; run `xelm bundle verify {self.path}`"
+                f"{self.path}: {problems[0]}{more}; run `xelm bundle verify {self.path}`"
             )
 
 
