@@ -5,7 +5,7 @@ here, the API is missing a piece. The contracts are specified in spec/plugin-api
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -13,6 +13,8 @@ import numpy as np
 import pluggy
 from numpy.typing import NDArray
 
+from .allocation import Allocation, read_allocation, write_allocation
+from .corpus import Document, iter_documents
 from .errors import (
     ArchiveError,
     FormatError,
@@ -25,7 +27,9 @@ from .languages import normalize_language, parse_language_list
 from .plugins import Register, Registration, Registry, get_registry
 
 __all__ = [
+    "Allocation",
     "ArchiveError",
+    "Assigner",
     "Clusterer",
     "Document",
     "Evaluator",
@@ -45,8 +49,11 @@ __all__ = [
     "check_weights",
     "get_registry",
     "hookimpl",
+    "iter_documents",
     "normalize_language",
     "parse_language_list",
+    "read_allocation",
+    "write_allocation",
 ]
 
 hookimpl = pluggy.HookimplMarker("xelm")
@@ -56,14 +63,6 @@ Weights = NDArray[np.float64]
 """Routing weights: shape (n_documents, n_experts), rows non-negative and summing to 1."""
 
 WEIGHT_SUM_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document to route; ``language`` is a normalised code (see normalize_language)."""
-
-    text: str
-    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,14 +141,34 @@ def check_weights(
     return array
 
 
-class Clusterer(Protocol):
+class Assigner(ABC):
+    """A fitted allocation that sends documents to experts."""
+
+    @abstractmethod
+    def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
+        """The expert index of each document, shape (len(documents),)."""
+
+
+class Clusterer(ABC):
     """A way to allocate languages or documents to experts (registered by ``register_clusterers``).
 
-    Only ``name`` is fixed so far; the methods are specified in spec/plugin-api.md and refined by
-    the clustering issue.
+    A clusterer contributes the command ``xelm cluster NAME`` (which fits it and writes an
+    allocation with :func:`write_allocation`) and rebuilds an :class:`Assigner` from an
+    allocation it wrote, so trainers and routers can send any document to its expert.
     """
 
-    name: str
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def command(cls) -> Callable[..., None]:
+        """The function behind ``xelm cluster NAME``: Typer-annotated parameters and a
+        docstring whose text includes an ``Example:`` line."""
+
+    @classmethod
+    @abstractmethod
+    def assigner(cls, allocation: Allocation) -> Assigner:
+        """Rebuild the fitted allocation; refuses (UsageError) one written by another clusterer."""
 
 
 class Trainer(Protocol):

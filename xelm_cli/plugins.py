@@ -196,6 +196,16 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
         if isinstance(obj, typer.Typer) or (callable(obj) and not isinstance(obj, type)):
             return None
         return f"a command must be a typer.Typer or a function, not {type(obj).__name__}"
+    if kind == "clusterer":
+        from .api import Clusterer  # api imports this module: import when needed
+
+        if not (isinstance(obj, type) and issubclass(obj, Clusterer)):
+            return "a clusterer must be a subclass of xelm_cli.api.Clusterer"
+        if inspect.isabstract(obj):
+            return f"clusterer class {obj.__name__} is abstract"
+        if getattr(obj, "name", None) != name:
+            return f"clusterer class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
+        return None
     if kind == "router":
         from .api import PreRouter, Router  # api imports this module: import when needed
 

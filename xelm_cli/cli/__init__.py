@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import XelmError
-from . import bundle, plugins
+from . import bundle, cluster, plugins
 
 DEBUG_ENV = "XELM_DEBUG"
 INTERNAL_ERROR_EXIT = 70
@@ -27,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(cluster.app, name="cluster")
 app.add_typer(plugins.app, name="plugins")
 
 
@@ -56,6 +57,7 @@ def run(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # ours are on stderr already
     try:
         plugins.add_plugin_commands(app)
+        cluster.add_clusterer_commands()
         # Standalone mode: the CLI framework prints its own usage errors and exits 2.
         app(args=argv, prog_name="xelm", standalone_mode=True)
         return 0
