@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import XelmError
-from . import bundle, cluster, plugins
+from . import bundle, cluster, data, lang, plugins
 
 DEBUG_ENV = "XELM_DEBUG"
 INTERNAL_ERROR_EXIT = 70
@@ -27,6 +27,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(data.app, name="data")
+app.add_typer(lang.app, name="lang")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(plugins.app, name="plugins")
 

@@ -1,0 +1,1 @@
+"""xelm balanced TF-IDF clusterer (being written)."""

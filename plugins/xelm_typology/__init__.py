@@ -1,0 +1,1 @@
+"""xelm typology clusterer (being written)."""
