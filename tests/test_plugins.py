@@ -450,8 +450,8 @@ def listed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_installed_plugin_is_listed(hello_site: Path) -> None:
     listing = listed(xelm("plugins", "list", "--json", sites=[hello_site]))
-    assert [p["name"] for p in listing["plugins"]] == ["routers", "hello"]
-    hello = listing["plugins"][1]
+    assert [p["name"] for p in listing["plugins"]] == ["routers", "tfidf", "typology", "hello"]
+    (hello,) = [p for p in listing["plugins"] if p["name"] == "hello"]
     assert (hello["distribution"], hello["version"]) == ("xelm-hello-plugin", "0.2.0")
     assert hello["registered"]["router"] == ["shared-language"]
     assert hello["registered"]["command"] == ["hello"]

@@ -147,6 +147,7 @@ def write_allocation(
 
     with atomic_directory(out, overwrite=overwrite) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
+        (tmp / ARRAYS_FILE).chmod(0o644)
         data["arrays"] = {"file": ARRAYS_FILE, "sha256": sha256_file(tmp / ARRAYS_FILE)}
         (tmp / DIR_MANIFEST).write_bytes(pretty_json(data))
     return read_allocation(out)

@@ -25,6 +25,13 @@ from .errors import (
 )
 from .languages import normalize_language, parse_language_list
 from .plugins import Register, Registration, Registry, get_registry
+from .typology import (
+    distance_matrix,
+    feature_set_name,
+    feature_vectors,
+    rank_donors,
+    uriel_code,
+)
 
 __all__ = [
     "Allocation",
@@ -47,12 +54,17 @@ __all__ = [
     "Weights",
     "XelmError",
     "check_weights",
+    "distance_matrix",
+    "feature_set_name",
+    "feature_vectors",
     "get_registry",
     "hookimpl",
     "iter_documents",
     "normalize_language",
     "parse_language_list",
+    "rank_donors",
     "read_allocation",
+    "uriel_code",
     "write_allocation",
 ]
 

@@ -110,10 +110,12 @@ def pack_bundle(
     if sha256_bytes(manifest_raw) != bundle.digest:
         raise IntegrityError(f"{bundle.path}: {MANIFEST_NAME} changed while packing; try again")
     compressor = zstandard.ZstdCompressor(level=level, threads=ZSTD_THREADS, write_checksum=True)
-    with atomic_file(Path(out), overwrite=overwrite) as tmp:
-        with open(tmp, "wb") as raw, compressor.stream_writer(raw, closefd=False) as stream:
-            _write_tar(stream, bundle, manifest_raw, progress)
-        tmp.chmod(0o644)  # a shared file, not a bundle: mkstemp's 0600 would surprise
+    with (
+        atomic_file(Path(out), overwrite=overwrite) as tmp,
+        open(tmp, "wb") as raw,
+        compressor.stream_writer(raw, closefd=False) as stream,
+    ):
+        _write_tar(stream, bundle, manifest_raw, progress)
     return Path(os.path.abspath(out))
 
 

@@ -31,6 +31,12 @@ def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
         raise UsageError(f"cannot write to {parent}: {exc.strerror or exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -53,9 +59,7 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         _refuse_existing(target, "output")
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
         yield tmp
         if target.exists() and overwrite:
             old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
@@ -79,6 +83,7 @@ def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
         _refuse_existing(target, "output")
     tmp = _make_sibling_temp(target, make_dir=False)
     try:
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result should not be
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -9,9 +9,11 @@ directory of such files (sorted, recursive).
 import functools
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -20,6 +22,10 @@ from .languages import normalize_language
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".json.zst")
 TEXT_SUFFIXES = (".txt", ".txt.zst")
+HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
+HF_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+HF_BATCH = 1000
 CHUNK = 1 << 20
 MAX_LINE_BYTES = 64 << 20  # a "line" larger than this is not a document but a broken file
 
@@ -37,17 +43,40 @@ def _language(code: str) -> str:
     return normalize_language(code)
 
 
+def source_kind(source: str | Path) -> str:
+    """How a corpus is read: ``files``, ``hf-disk`` (save_to_disk), ``hf-dir`` or ``hf-hub``."""
+    path = Path(source)
+    if path.is_dir():
+        if any((path / marker).is_file() for marker in HF_DISK_MARKERS):
+            return "hf-disk"
+        if not _text_corpus_files(path) and any(
+            p.name.endswith(HF_DATA_SUFFIXES) for p in path.rglob("*")
+        ):
+            return "hf-dir"
+        return "files"
+    # owner/name that is no local path (and whose owner is no local directory) names a Hub dataset
+    if not path.exists() and not path.parent.exists() and HUB_ID.match(str(source)):
+        return "hf-hub"
+    return "files"
+
+
+def _text_corpus_files(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+    )
+
+
 def corpus_files(source: Path) -> list[Path]:
     """The readable files of a corpus path, in a stable order."""
     if source.is_file():
         return [source]
     if not source.is_dir():
         raise UsageError(f"corpus not found: {source}")
-    files = sorted(
-        p
-        for p in source.rglob("*")
-        if p.is_file() and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
-    )
+    if source_kind(source) != "files":  # a dataset: every file is part of its content
+        return sorted(p for p in source.rglob("*") if p.is_file())
+    files = _text_corpus_files(source)
     if not files:
         raise UsageError(f"no corpus files (*.jsonl[.zst], *.txt[.zst]) in {source}")
     return files
@@ -102,8 +131,74 @@ def _text_documents(path: Path, language: str | None) -> Iterator[Document]:
             yield Document(text, language)
 
 
-def iter_documents(source: str | Path, *, language: str | None = None) -> Iterator[Document]:
-    """Every document of a corpus, in file order; ``language`` labels unlabelled documents."""
+def load_hf_dataset(source: str | Path, *, split: str | None = None) -> Any:
+    """One split of a Hugging Face dataset (local or Hub), as a ``datasets.Dataset``."""
+    import datasets
+
+    kind = source_kind(source)
+    try:
+        if kind == "hf-disk":
+            loaded = datasets.load_from_disk(str(source))
+        else:
+            loaded = datasets.load_dataset(str(source), split=split)
+    except (ConnectionError, OSError) as exc:
+        where = "the Hugging Face Hub" if kind == "hf-hub" else str(source)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"cannot load dataset {source!s} from {where}: {reason} "
+            "(offline? pass a local path: a corpus directory or a save_to_disk dataset)"
+        ) from None
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
+        raise UsageError(f"cannot load dataset {source!s}: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict | datasets.IterableDatasetDict):
+        return _pick_split(loaded, split, source)
+    return loaded
+
+
+def _pick_split(splits: Any, split: str | None, source: str | Path) -> Any:
+    names = sorted(splits)
+    if split is None:
+        split = "train" if "train" in splits else (names[0] if len(names) == 1 else None)
+    if split not in splits:
+        raise UsageError(
+            f"dataset {source!s} has splits {', '.join(names)}: choose one with --split"
+        )
+    return splits[split]
+
+
+def _hf_documents(
+    source: str | Path, language: str | None, split: str | None
+) -> Iterator[Document]:
+    dataset = load_hf_dataset(source, split=split)
+    columns = list(dataset.column_names or [])
+    if "text" not in columns:
+        raise FormatError(f"dataset {source!s} has no 'text' column (columns: {columns})")
+    lang_column = next((c for c in ("lang", "language") if c in columns), None)
+    wanted = ["text"] + ([lang_column] if lang_column else [])
+    default = _language(language) if language else None
+    row = 0
+    for batch in dataset.select_columns(wanted).iter(batch_size=HF_BATCH):
+        codes = batch[lang_column] if lang_column else [None] * len(batch["text"])
+        for text, code in zip(batch["text"], codes, strict=True):
+            row += 1
+            if not isinstance(text, str):
+                raise FormatError(f"dataset {source!s} row {row}: 'text' is not a string")
+            try:
+                yield Document(text, _language(code) if code else default)
+            except UsageError as exc:
+                raise FormatError(f"dataset {source!s} row {row}: {exc}") from None
+
+
+def iter_documents(
+    source: str | Path, *, language: str | None = None, split: str | None = None
+) -> Iterator[Document]:
+    """Every document of a corpus, in file order; ``language`` labels unlabelled documents.
+
+    ``split`` picks the split of a Hugging Face dataset (default ``train``, or its only split).
+    """
+    if source_kind(source) != "files":
+        yield from _hf_documents(source, language, split)
+        return
     for path in corpus_files(Path(source)):
         default = _file_language(path, language)
         if path.name.endswith(JSONL_SUFFIXES):

@@ -1,15 +1,112 @@
 """Language codes: accept ISO 639-1, ISO 639-3 and BCP-47, store one normalised form."""
 
+import difflib
+import functools
+import itertools
+import string
+
 import langcodes
 
 from .errors import UsageError
+
+# English names of the languages xelm users name most often (langcodes has no name data
+# without the optional `language_data` package), so "turkish" can suggest 'tr'.
+COMMON_NAMES: dict[str, str] = {
+    "arabic": "ar",
+    "azerbaijani": "az",
+    "bulgarian": "bg",
+    "bengali": "bn",
+    "catalan": "ca",
+    "czech": "cs",
+    "danish": "da",
+    "german": "de",
+    "greek": "el",
+    "english": "en",
+    "spanish": "es",
+    "estonian": "et",
+    "basque": "eu",
+    "persian": "fa",
+    "finnish": "fi",
+    "french": "fr",
+    "hebrew": "he",
+    "hindi": "hi",
+    "croatian": "hr",
+    "hungarian": "hu",
+    "armenian": "hy",
+    "indonesian": "id",
+    "italian": "it",
+    "japanese": "ja",
+    "georgian": "ka",
+    "kazakh": "kk",
+    "korean": "ko",
+    "lithuanian": "lt",
+    "latvian": "lv",
+    "malay": "ms",
+    "dutch": "nl",
+    "norwegian": "no",
+    "polish": "pl",
+    "portuguese": "pt",
+    "romanian": "ro",
+    "russian": "ru",
+    "slovak": "sk",
+    "slovenian": "sl",
+    "serbian": "sr",
+    "swedish": "sv",
+    "swahili": "sw",
+    "tamil": "ta",
+    "telugu": "te",
+    "thai": "th",
+    "turkish": "tr",
+    "ukrainian": "uk",
+    "urdu": "ur",
+    "uzbek": "uz",
+    "vietnamese": "vi",
+    "chinese": "zh",
+    "mandarin": "cmn",
+    "cantonese": "yue",
+    "tagalog": "tl",
+    "filipino": "fil",
+}
+MAX_SUGGESTIONS = 3
+
+
+@functools.cache
+def _two_letter_codes() -> tuple[str, ...]:
+    """Every ISO 639-1 code langcodes accepts as a language of its own."""
+    pairs = ("".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2))
+    return tuple(
+        code
+        for code in pairs
+        if langcodes.tag_is_valid(code) and langcodes.standardize_tag(code, macro=False) == code
+    )
+
+
+def suggest_languages(code: str) -> list[str]:
+    """Up to three known codes close to ``code``: by English name first, then by spelling."""
+    text = code.strip().lower()
+    by_name = difflib.get_close_matches(text, COMMON_NAMES, MAX_SUGGESTIONS, cutoff=0.75)
+    by_code: list[str] = []
+    if len(text) <= 3:  # a mistyped code, not a name
+        by_code = difflib.get_close_matches(text, _two_letter_codes(), MAX_SUGGESTIONS, 0.5)
+    suggestions = [COMMON_NAMES[name] for name in by_name] + by_code
+    return list(dict.fromkeys(suggestions))[:MAX_SUGGESTIONS]
+
+
+def _unknown(code: str) -> UsageError:
+    suggestions = suggest_languages(code)
+    hint = f" (did you mean {' or '.join(repr(s) for s in suggestions)}?)" if suggestions else ""
+    return UsageError(
+        f"unknown language code {code!r}: use an ISO 639-1, ISO 639-3 or BCP-47 code "
+        f"such as 'tr', 'azj' or 'zh-Hant'{hint}"
+    )
 
 
 def normalize_language(code: str) -> str:
     """Return the shortest standard tag for ``code`` (``ara`` -> ``ar``, ``en-us`` -> ``en-US``).
 
     Individual languages keep their own code (``arb`` stays ``arb``), so a macrolanguage and one
-    of its members remain distinguishable.
+    of its members remain distinguishable. An unknown code raises :class:`UsageError` with up
+    to three suggestions.
     """
     raw = code.strip()
     try:
@@ -17,10 +114,7 @@ def normalize_language(code: str) -> str:
     except (ValueError, langcodes.tag_parser.LanguageTagError):
         tag = ""
     if not tag or not langcodes.tag_is_valid(tag) or tag == "und":
-        raise UsageError(
-            f"unknown language code {code!r}: use an ISO 639-1, ISO 639-3 or BCP-47 code "
-            "such as 'tr', 'azj' or 'zh-Hant'"
-        )
+        raise _unknown(code)
     return tag
 
 

@@ -1,7 +1,17 @@
 """Byte-level BPE tokenizers for seeds trained from scratch, saved in the transformers layout."""
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import atomic_directory
+from .corpus import iter_documents
+from .errors import UsageError
+from .languages import normalize_language
+
+DEFAULT_CHARS_PER_LANGUAGE = 1_000_000
+MIN_VOCAB_SIZE = 256 + 4  # the byte alphabet and the special tokens
 
 SPECIAL_TOKENS = {
     "bos_token": "<s>",
@@ -31,3 +41,70 @@ def train_bpe_tokenizer(texts: Iterable[str], out: Path, *, vocab_size: int = 32
     tokenizer.train_from_iterator(texts, trainer)
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS).save_pretrained(out)
     return out
+
+
+@dataclass(frozen=True)
+class TrainedTokenizer:
+    path: Path
+    vocab_size: int
+    characters: dict[str, int]  # characters of training text per language
+
+
+def _characters_per_language(
+    source: str | Path, split: str | None, wanted: set[str] | None
+) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for doc in iter_documents(source, split=split):
+        if doc.language and (wanted is None or doc.language in wanted):
+            totals[doc.language] = totals.get(doc.language, 0) + len(doc.text)
+    return totals
+
+
+def _balanced_texts(
+    source: str | Path,
+    split: str | None,
+    keep_rate: dict[str, float],
+    used: dict[str, int],
+    seed: int,
+) -> Iterator[str]:
+    """Each document of a kept language with probability ``keep_rate[lang]`` (seeded)."""
+    rng = random.Random(seed)
+    for doc in iter_documents(source, split=split):
+        rate = keep_rate.get(doc.language or "")
+        if rate is not None and doc.text and (rate >= 1.0 or rng.random() < rate):
+            used[doc.language or ""] += len(doc.text)
+            yield doc.text
+
+
+def train_tokenizer_on_corpus(
+    source: str | Path,
+    out: str | Path,
+    *,
+    vocab_size: int = 32000,
+    langs: list[str] | None = None,
+    chars_per_language: int = DEFAULT_CHARS_PER_LANGUAGE,
+    split: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> TrainedTokenizer:
+    """Train a byte-level BPE on about the same amount of text from every language.
+
+    A first pass counts each language's characters; the second keeps each document with
+    probability ``chars_per_language / characters[lang]`` (a seeded draw, spread over the whole
+    corpus), so large languages do not take all the merges; languages with less text than that
+    are taken whole.
+    """
+    wanted = {normalize_language(code) for code in langs} if langs else None
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
+    totals = _characters_per_language(source, split, wanted)
+    missing = sorted((wanted or set()) - set(totals))
+    if not totals or missing:
+        what = f"in {', '.join(missing)} " if missing else ""
+        raise UsageError(f"no documents {what}in {source}")
+    keep_rate = {lang: chars_per_language / max(n, 1) for lang, n in sorted(totals.items())}
+    used = dict.fromkeys(keep_rate, 0)
+    with atomic_directory(Path(out), overwrite=overwrite) as tmp:
+        texts = _balanced_texts(source, split, keep_rate, used, seed)
+        train_bpe_tokenizer(texts, tmp, vocab_size=vocab_size)
+    return TrainedTokenizer(Path(out), vocab_size, used)

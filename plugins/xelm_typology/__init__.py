@@ -1,1 +1,257 @@
-"""xelm typology clusterer (being written)."""
+"""xelm's typology clusterer: languages -> experts by URIEL typological distance.
+
+The reference algorithm (xelm-method.md section 3): lang2vec ``syntax_average`` features with
+``minimal=True``; cosine distance over the features both languages have; single linkage between
+clusters; each round sorts every pair of clusters by distance, merges the closest pair, drops
+every pair touching either member and repeats until no pair is left, so each round halves the
+number of clusters (an odd one out passes to the next round alone). The rounds form a balanced
+binary tree; the groups at the level with k clusters are the k experts. The allocation members
+it writes are specified in spec/allocation-typology.md.
+
+Registered like a third party's plugin; it imports nothing from xelm but ``xelm_cli.api``.
+"""
+
+import itertools
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from numpy.typing import NDArray
+from rich.console import Console
+from rich.table import Table
+
+from xelm_cli.api import (
+    Allocation,
+    Assigner,
+    Clusterer,
+    Document,
+    Register,
+    UsageError,
+    distance_matrix,
+    feature_set_name,
+    hookimpl,
+    parse_language_list,
+    uriel_code,
+    write_allocation,
+)
+
+NAME = "typology"
+DEFAULT_FEATURES = "syntax_average"
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    node: int  # scipy linkage id: leaves 0..n-1, the j-th merge n+j
+    members: tuple[int, ...]  # leaf ids, in tree order
+
+
+@dataclass(frozen=True)
+class TypologyTree:
+    """The merge tree of :func:`build_tree`.
+
+    ``linkage`` follows scipy.cluster.hierarchy: rows ``[a, b, distance, size]``, the j-th row
+    creating node ``len(leaves) + j``, listed round by round down to the root. ``levels`` maps
+    a number of groups to the groups (lists of languages) after the round that left that many,
+    in the order the groups were formed.
+    """
+
+    leaves: list[str]
+    linkage: list[tuple[int, int, float, int]]
+    levels: dict[int, list[list[str]]]
+
+    def groups(self, k: int) -> list[list[str]]:
+        """The k groups of the level with k clusters (k = number of leaves: one each)."""
+        if k == len(self.leaves):
+            return [[lang] for lang in self.leaves]
+        if k not in self.levels:
+            sizes = ", ".join(str(n) for n in [len(self.leaves), *self.levels])
+            raise UsageError(
+                f"the tree of {len(self.leaves)} languages has no level with k={k} groups "
+                f"(levels: {sizes}); pick one of those or change --langs"
+            )
+        return self.levels[k]
+
+
+def _single_linkage(a: _Cluster, b: _Cluster, distances: NDArray[np.float64]) -> float:
+    return float(distances[np.ix_(a.members, b.members)].min())
+
+
+def _merge_round(
+    clusters: list[_Cluster], distances: NDArray[np.float64], next_node: int
+) -> tuple[list[_Cluster], list[tuple[int, int, float, int]]]:
+    """One round: merge closest pairs greedily; the merged first, any odd one out last."""
+    pairs = sorted(
+        (_single_linkage(clusters[i], clusters[j], distances), i, j)
+        for i, j in itertools.combinations(range(len(clusters)), 2)
+    )
+    merged: list[_Cluster] = []
+    rows: list[tuple[int, int, float, int]] = []
+    used: set[int] = set()
+    for distance, i, j in pairs:
+        if i in used or j in used:
+            continue
+        used |= {i, j}
+        a, b = clusters[i], clusters[j]
+        rows.append((a.node, b.node, distance, len(a.members) + len(b.members)))
+        merged.append(_Cluster(next_node + len(rows) - 1, a.members + b.members))
+    alone = [c for i, c in enumerate(clusters) if i not in used]
+    return merged + alone, rows
+
+
+def build_tree(languages: Sequence[str], distances: NDArray[np.float64]) -> TypologyTree:
+    """Cluster ``languages`` (distance matrix in the same order) round by round to one root.
+
+    Ties between pairs at equal distance go to the pair whose clusters come first (the leaves
+    in input order, then clusters in the order they were formed).
+    """
+    clusters = [_Cluster(i, (i,)) for i in range(len(languages))]
+    linkage: list[tuple[int, int, float, int]] = []
+    levels: dict[int, list[list[str]]] = {}
+    while len(clusters) > 1:
+        clusters, rows = _merge_round(clusters, distances, len(languages) + len(linkage))
+        linkage += rows
+        levels[len(clusters)] = [[languages[m] for m in c.members] for c in clusters]
+    return TypologyTree(list(languages), linkage, levels)
+
+
+def _check_k(k: int, n_languages: int) -> None:
+    if k < 1 or k & (k - 1) or k > n_languages:
+        raise UsageError(
+            f"-k must be a power of two between 1 and the number of languages "
+            f"({n_languages}), got {k}"
+        )
+
+
+def allocation_members(
+    languages: list[str], features: str, minimal: bool
+) -> tuple[TypologyTree, dict[str, Any]]:
+    """The tree and the allocation members (spec/allocation-typology.md) for ``languages``."""
+    distances = distance_matrix(languages, features, minimal)
+    tree = build_tree(languages, distances)
+    members = {
+        "features": features,
+        "minimal": minimal,
+        "uriel_codes": {lang: uriel_code(lang, features) for lang in languages},
+        "distances": {"languages": languages, "matrix": distances.tolist()},
+        "tree": {"leaves": tree.leaves, "linkage": [list(row) for row in tree.linkage]},
+        "levels": {str(k): groups for k, groups in tree.levels.items()},
+    }
+    return tree, members
+
+
+def _print_result(allocation: Allocation, as_json: bool) -> None:
+    if as_json:
+        summary = {
+            "path": str(allocation.path),
+            "clusterer": allocation.clusterer,
+            "k": allocation.k,
+            "digest": allocation.digest,
+            "experts": allocation.experts,
+        }
+        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    table = Table("expert", "languages")
+    for index, langs in enumerate(allocation.experts):
+        table.add_row(str(index), ", ".join(langs))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"wrote {allocation.path}: {allocation.k} typology experts", markup=False, highlight=False
+    )
+
+
+def cluster_typology(
+    langs: Annotated[
+        str, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,bg,de,en.")
+    ],
+    k: Annotated[int, typer.Option("-k", help="Number of experts: a power of two.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Allocation file to write (must not exist).")
+    ],
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help="lang2vec feature set, e.g. syntax_average (default), syntax_knn, "
+            "phonology_average, fam; aliases syntax, phonology, inventory, family.",
+        ),
+    ] = DEFAULT_FEATURES,
+    minimal: Annotated[
+        bool,
+        typer.Option(
+            "--minimal/--no-minimal", help="Drop features that do not vary across --langs."
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Group languages into k experts by typological distance (URIEL, single linkage).
+
+    Each round merges the closest pairs of clusters, halving their number, so the groups form
+    a balanced tree; the allocation records the tree, every level and the distances. Experts
+    are numbered in the order their groups were formed (closest first).
+
+    Example: xelm cluster typology --langs ar,bg,de,el,en,es,fr,hi -k 4 -o alloc.json
+    """
+    languages = parse_language_list(langs)
+    _check_k(k, len(languages))
+    canonical = feature_set_name(features)
+    tree, members = allocation_members(languages, canonical, minimal)
+    experts = tree.groups(k)
+    allocation = write_allocation(
+        output,
+        clusterer=NAME,
+        experts=experts,
+        members=members,
+        language_shares=None,
+        overwrite=force,
+    )
+    _print_result(allocation, as_json)
+
+
+class LanguageAssigner(Assigner):
+    """Sends each document to the expert whose languages contain its language label."""
+
+    def __init__(self, experts: Sequence[Sequence[str]]) -> None:
+        self.expert_of: dict[str, int] = {}
+        for index, langs in enumerate(experts):
+            for lang in langs:
+                self.expert_of.setdefault(lang, index)
+
+    def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
+        uncovered = sorted(
+            {d.language or "(no language)" for d in documents if d.language not in self.expert_of}
+        )
+        if uncovered:
+            raise UsageError(
+                f"no expert covers language(s) {', '.join(uncovered)} (covered: "
+                f"{', '.join(self.expert_of)}); re-cluster with those languages or drop them"
+            )
+        return np.array([self.expert_of[str(d.language)] for d in documents], dtype=np.int64)
+
+
+class TypologyClusterer(Clusterer):
+    """Languages -> experts by URIEL typological distance (balanced single-linkage tree)."""
+
+    name = NAME
+
+    @classmethod
+    def command(cls) -> Callable[..., None]:
+        return cluster_typology
+
+    @classmethod
+    def assigner(cls, allocation: Allocation) -> Assigner:
+        if allocation.clusterer != NAME:
+            raise UsageError(
+                f"{allocation.path} was written by clusterer {allocation.clusterer!r}, not {NAME!r}"
+            )
+        return LanguageAssigner(allocation.experts)
+
+
+@hookimpl
+def register_clusterers(register: Register) -> None:
+    register(NAME, TypologyClusterer)

@@ -1,5 +1,249 @@
-"""``xelm data``: being written."""
+"""``xelm data``: tokenise corpora into shards, train tokenizers, inspect shards."""
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-app = typer.Typer(help="data commands.", no_args_is_help=True)
+from ..data_prepare import parse_caps, parse_token_count, prepare
+from ..digest import short
+from ..errors import IntegrityError
+from ..languages import parse_language_list
+from ..progress import stderr_console
+from ..shards import Shards
+from ..tokenizer_training import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
+from .options import ForceOpt, JsonOpt, OutDirOpt
+
+app = typer.Typer(
+    help="Corpora: tokenise them into per-language shards, train tokenizers.\n\n"
+    "Example: xelm data prepare ../shared/data/corpus/train --tokenizer seed/ -o shards/",
+    no_args_is_help=True,
+)
+console = Console()
+
+CorpusArg = Annotated[
+    str,
+    typer.Argument(
+        help="Corpus: a .jsonl[.zst] or .txt file, a directory of them, or a Hugging Face "
+        "dataset (save_to_disk directory, dataset directory or Hub id owner/name).",
+        show_default=False,
+    ),
+]
+LangsOpt = Annotated[
+    str | None, typer.Option("--langs", help="Only these languages, comma-separated: en,tr.")
+]
+SplitOpt = Annotated[
+    str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
+]
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@contextlib.contextmanager
+def _document_progress(description: str) -> Iterator[Callable[[int], None]]:
+    """A documents counter on stderr (a terminal only), yielding ``advance(n)``."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        MofNCompleteColumn(),
+        TextColumn("documents"),
+        TimeElapsedColumn(),
+        console=stderr_console,
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda n: progress.advance(task, n)
+
+
+def _shards_summary(shards: Shards) -> dict[str, Any]:
+    m = shards.manifest
+    return {
+        "path": str(shards.path),
+        "digest": shards.digest,
+        "dtype": m["dtype"],
+        "tokenizer": m["tokenizer"],
+        "source": {k: v for k, v in m["source"].items() if k != "files"},
+        "options": m["options"],
+        "languages": {
+            lang: {k: v for k, v in entry.items() if k != "files"}
+            for lang, entry in sorted(m["languages"].items())
+        },
+        "documents": sum(s.documents for s in shards.stats.values()),
+        "tokens": sum(s.tokens for s in shards.stats.values()),
+    }
+
+
+def _language_table(shards: Shards) -> Table:
+    table = Table("language", "documents", "tokens", "of corpus tokens", "budget")
+    for lang, entry in sorted(shards.manifest["languages"].items()):
+        source_tokens = entry.get("source_tokens") or entry["tokens"]
+        budget = entry.get("budget")
+        table.add_row(
+            lang,
+            f"{entry['documents']:,}",
+            f"{entry['tokens']:,}",
+            f"{entry['tokens'] / max(source_tokens, 1):.0%}",
+            "-" if budget is None else f"{budget:,}",
+        )
+    stats = shards.stats.values()
+    table.add_row(
+        "[bold]all[/]",
+        f"{sum(s.documents for s in stats):,}",
+        f"{sum(s.tokens for s in stats):,}",
+        "",
+        "",
+    )
+    return table
+
+
+@app.command("prepare")
+def prepare_command(
+    corpus: CorpusArg,
+    tokenizer: Annotated[
+        Path, typer.Option("--tokenizer", "-t", help="Bundle or tokenizer directory.")
+    ],
+    out: OutDirOpt,
+    langs: LangsOpt = None,
+    cap: Annotated[
+        str | None,
+        typer.Option("--cap", help="Token cap per language: 5M for all, or en=5M,de=2M."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Temperature sampling: language weights n_l**alpha (e.g. 0.3)."),
+    ] = None,
+    tokens: Annotated[
+        str | None, typer.Option("--tokens", help="Total token budget, e.g. 20M.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
+    split: SplitOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Tokenizer threads (default: one per core).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents per tokenizer call.")] = 1000,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tokenise a corpus into memory-mappable shards with a per-language index.
+
+    Re-running with the same corpus, tokenizer and options does nothing.
+
+    Example: xelm data prepare corpus/ --tokenizer seed/ --alpha 0.3 --tokens 20M -o shards/
+    """
+    with _document_progress("tokenising") as progress:
+        result = prepare(
+            corpus,
+            tokenizer,
+            out,
+            langs=parse_language_list(langs) if langs else None,
+            token_caps=parse_caps(cap) if cap else None,
+            alpha=alpha,
+            tokens=parse_token_count(tokens) if tokens else None,
+            seed=seed,
+            split=split,
+            batch_size=batch_size,
+            workers=workers,
+            overwrite=force,
+            progress=progress,
+        )
+    shards = result.shards
+    if as_json:
+        _print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
+        return
+    if result.up_to_date:
+        console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
+        return
+    console.print(_language_table(shards))
+    console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
+
+
+@app.command("tokenizer")
+def tokenizer_command(
+    corpus: CorpusArg,
+    out: OutDirOpt,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 32000,
+    langs: LangsOpt = None,
+    chars_per_language: Annotated[
+        int, typer.Option(help="Characters of training text per language.")
+    ] = DEFAULT_CHARS_PER_LANGUAGE,
+    split: SplitOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a byte-level BPE tokenizer on the same amount of text from every language.
+
+    Example: xelm data tokenizer ../shared/data/corpus/train --vocab-size 32000 -o tok/
+    """
+    with stderr_console.status("training the tokenizer", spinner="dots"):
+        trained = train_tokenizer_on_corpus(
+            corpus,
+            out,
+            vocab_size=vocab_size,
+            langs=parse_language_list(langs) if langs else None,
+            chars_per_language=chars_per_language,
+            split=split,
+            seed=seed,
+            overwrite=force,
+        )
+    if as_json:
+        _print_json(
+            {
+                "path": str(trained.path),
+                "vocab_size": trained.vocab_size,
+                "characters": trained.characters,
+            }
+        )
+        return
+    languages = ", ".join(f"{k} {v:,}" for k, v in trained.characters.items())
+    console.print(f"wrote tokenizer [bold]{trained.path}[/] (characters per language: {languages})")
+
+
+@app.command("inspect")
+def inspect_command(
+    shards_dir: Annotated[Path, typer.Argument(help="Shards directory.", show_default=False)],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every file's sha256.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show shards: documents and tokens per language, tokenizer, source and options.
+
+    Example: xelm data inspect shards/ --json
+    """
+    shards = Shards.open(shards_dir)
+    problems = shards.verify() if verify else []
+    if as_json:
+        extra = {"problems": problems} if verify else {}
+        _print_json({**_shards_summary(shards), **extra})
+    else:
+        m = shards.manifest
+        about = Table(show_header=False, box=None)
+        about.add_column(no_wrap=True)
+        about.add_column(overflow="fold")
+        for key, value in (
+            ("path", str(shards.path)),
+            ("format", f"{m['format']} {m['format_version']}, {m['dtype']}"),
+            ("digest", shards.digest),
+            ("tokenizer", shards.tokenizer_fingerprint),
+            ("source", f"{m['source'].get('path')} ({m['source']['digest']})"),
+            ("options", json.dumps(m["options"])),
+        ):
+            about.add_row(f"[bold]{key}[/]", escape(value))
+        console.print(about)
+        console.print(_language_table(shards))
+        for problem in problems:
+            console.print(f"[red]FAIL[/] {problem}", highlight=False)
+    if problems:
+        raise IntegrityError(f"{shards.path}: {len(problems)} problems found")

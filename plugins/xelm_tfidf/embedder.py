@@ -1,0 +1,130 @@
+"""The document embedder: TF-IDF -> truncated SVD -> L2 normalisation.
+
+Fitting uses scikit-learn; the fitted state is a handful of plain arrays (vocabulary, idf, SVD
+components) and ``transform`` is re-implemented on them with scipy sparse products, so a saved
+allocation depends neither on pickles nor on scikit-learn's private attributes or version.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import sparse
+
+from .analyzer import Analyzer, AnalyzerSettings
+
+if TYPE_CHECKING:  # scikit-learn costs ~1 s to import: only fitting needs it
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+Matrix = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class TfidfSettings:
+    max_features: int = 500_000
+    n_components: int = 100
+    sublinear_tf: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Embedder:
+    """A fitted embedder: everything ``transform`` needs, as arrays."""
+
+    analyzer: AnalyzerSettings
+    sublinear_tf: bool
+    terms: list[str]  # column order
+    idf: NDArray[np.float64]  # (n_features,)
+    components: NDArray[np.float32]  # (n_components, n_features)
+
+    def __post_init__(self) -> None:
+        self._analyze = Analyzer(self.analyzer)
+        self._columns = {term: column for column, term in enumerate(self.terms)}
+
+    @property
+    def dimensions(self) -> int:
+        return int(self.components.shape[0])
+
+    def tfidf(self, texts: Sequence[str]) -> sparse.csr_matrix:
+        """Rows: tf * idf, L2-normalised (rows without any known term stay zero)."""
+        indptr: list[int] = [0]
+        indices: list[int] = []
+        for text in texts:
+            indices.extend(
+                c for t in self._analyze(text) if (c := self._columns.get(t)) is not None
+            )
+            indptr.append(len(indices))
+        counts = sparse.csr_matrix(
+            (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), indptr),
+            shape=(len(texts), len(self.terms)),
+        )
+        counts.sum_duplicates()
+        if self.sublinear_tf:
+            counts.data = np.log(counts.data) + 1.0
+        weighted = counts @ sparse.diags(self.idf)
+        return sparse.csr_matrix(sparse.diags(1.0 / _row_norms(weighted)) @ weighted)
+
+    def transform(self, texts: Sequence[str]) -> Matrix:
+        """Unit-length embeddings of shape (len(texts), dimensions)."""
+        projected = self.tfidf(texts) @ self.components.T.astype(np.float64)
+        return normalize_rows(np.asarray(projected))
+
+
+def _row_norms(matrix: sparse.csr_matrix) -> NDArray[np.float64]:
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return norms
+
+
+def normalize_rows(matrix: Matrix) -> Matrix:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return matrix / norms
+
+
+def fit_pipeline(
+    texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
+) -> tuple["TfidfVectorizer", "TruncatedSVD"]:
+    """Fit scikit-learn's TF-IDF and SVD on ``texts`` (the reference for ``Embedder``)."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(
+        analyzer=Analyzer(analyzer),
+        lowercase=False,  # the analyzer lower-cases
+        token_pattern=None,
+        max_features=settings.max_features,
+        sublinear_tf=settings.sublinear_tf,
+        smooth_idf=True,
+        norm="l2",
+        dtype=np.float64,
+    )
+    matrix = vectorizer.fit_transform(texts)
+    n_features = matrix.shape[1]
+    if n_features < 2:
+        raise ValueError(f"the documents yield {n_features} distinct term(s); need at least 2")
+    components = min(settings.n_components, n_features - 1, len(texts) - 1)
+    if components < 1:
+        raise ValueError("need at least 2 documents to fit the embedder")
+    svd = TruncatedSVD(n_components=components, random_state=settings.seed)
+    svd.fit(matrix)
+    return vectorizer, svd
+
+
+def fit_embedder(
+    texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
+) -> Embedder:
+    vectorizer, svd = fit_pipeline(texts, analyzer, settings)
+    terms = [""] * len(vectorizer.vocabulary_)
+    for term, column in vectorizer.vocabulary_.items():
+        terms[column] = term
+    return Embedder(
+        analyzer=analyzer,
+        sublinear_tf=settings.sublinear_tf,
+        terms=terms,
+        idf=np.asarray(vectorizer.idf_, dtype=np.float64),
+        components=np.asarray(svd.components_, dtype=np.float32),
+    )

@@ -1,0 +1,140 @@
+"""Fit a TF-IDF allocation from documents: sample, embed, cluster, measure shares."""
+
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import stopwordsiso
+from numpy.typing import NDArray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from xelm_cli.api import Document, UsageError
+
+from .analyzer import AnalyzerSettings
+from .embedder import TfidfSettings, fit_embedder
+from .kmeans import KMeansSettings, fit_balanced_kmeans, nearest_centroid
+from .state import TfidfModel
+
+UNLABELLED = "und"
+
+
+@dataclass
+class FitResult:
+    model: TfidfModel
+    shares: dict[str, list[float]]
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def sample_per_language(
+    documents: Iterable[Document], max_per_language: int | None, seed: int
+) -> list[Document]:
+    """At most ``max_per_language`` documents per language, a uniform sample chosen by
+    reservoir sampling (deterministic for a seed), in first-seen language order."""
+    rng = random.Random(seed)
+    reservoirs: dict[str, list[Document]] = {}
+    seen: Counter[str] = Counter()
+    for document in documents:
+        if not document.text.strip():
+            continue
+        language = document.language or UNLABELLED
+        reservoir = reservoirs.setdefault(language, [])
+        seen[language] += 1
+        if max_per_language is None or len(reservoir) < max_per_language:
+            reservoir.append(document)
+        elif (slot := rng.randrange(seen[language])) < max_per_language:
+            reservoir[slot] = document
+    return [document for reservoir in reservoirs.values() for document in reservoir]
+
+
+def stop_words_for(languages: Iterable[str]) -> frozenset[str]:
+    """stopwords-iso lists of the languages it has, lower-cased."""
+    known = [lang for lang in languages if stopwordsiso.has_lang(lang)]
+    return (
+        frozenset(word.lower() for word in stopwordsiso.stopwords(known)) if known else frozenset()
+    )
+
+
+def language_shares(
+    languages: list[str], labels: NDArray[np.int64], k: int
+) -> dict[str, list[float]]:
+    """For each language, the fraction of its documents that each expert gets."""
+    shares: dict[str, list[float]] = {}
+    codes = np.asarray(languages)
+    for language in sorted(set(languages) - {UNLABELLED}):
+        counts = np.bincount(labels[codes == language], minlength=k)
+        shares[language] = [round(float(c) / counts.sum(), 6) for c in counts]
+    return shares
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _counted(documents: Iterable[Document], advance: Any) -> Iterator[Document]:
+    for document in documents:
+        advance()
+        yield document
+
+
+def fit(
+    documents: Iterable[Document],
+    *,
+    kmeans: KMeansSettings,
+    tfidf: TfidfSettings,
+    segment: str = "cjk",
+    max_per_language: int | None = 2000,
+) -> FitResult:
+    started = time.perf_counter()
+    with _progress() as progress:
+        reading = progress.add_task("reading corpus", total=None)
+        sample = sample_per_language(
+            _counted(documents, lambda: progress.advance(reading)), max_per_language, kmeans.seed
+        )
+        if not sample:
+            raise UsageError("the corpus has no documents with text")
+        if kmeans.k > len(sample):
+            raise UsageError(f"-k {kmeans.k} is more than the {len(sample)} documents sampled")
+        languages = [d.language or UNLABELLED for d in sample]
+        analyzer = AnalyzerSettings(segment=segment, stop_words=stop_words_for(set(languages)))
+        embedding = progress.add_task("embedding (TF-IDF, SVD)", total=None)
+        texts = [d.text for d in sample]
+        try:
+            embedder = fit_embedder(texts, analyzer, tfidf)
+        except ValueError as exc:
+            raise UsageError(f"cannot fit the TF-IDF embedder: {exc}") from None
+        points = embedder.transform(texts)
+        progress.update(embedding, total=1, completed=1)
+        clustering = progress.add_task("balanced k-means", total=len(sample))
+        centroids = fit_balanced_kmeans(points, kmeans, lambda n: progress.advance(clustering, n))
+    labels = nearest_centroid(points, centroids)
+    training = {
+        "documents": len(sample),
+        "documents_per_language": dict(sorted(Counter(languages).items())),
+        "max_documents_per_language": max_per_language,
+        "max_features": tfidf.max_features,
+        "kmeans": {
+            "batch_size": kmeans.batch_size,
+            "max_iter": kmeans.max_iter,
+            "tol": kmeans.tol,
+            "seed": kmeans.seed,
+            "solver": kmeans.solver,
+        },
+        "cluster_sizes": np.bincount(labels, minlength=kmeans.k).tolist(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    model = TfidfModel(embedder, centroids)
+    return FitResult(model, language_shares(languages, labels, kmeans.k), training)

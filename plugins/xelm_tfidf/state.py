@@ -1,0 +1,152 @@
+"""The fitted state as allocation members and arrays (spec/allocation-tfidf.md), and back."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xelm_cli.api import (
+    Allocation,
+    Assigner,
+    Document,
+    FormatError,
+    UsageError,
+    write_allocation,
+)
+
+from .analyzer import AnalyzerSettings
+from .embedder import Embedder
+from .kmeans import nearest_centroid, squared_distances
+
+STATE_MEMBER = "tfidf"
+STATE_VERSION = 1
+EXPERT_LANGUAGE_SHARE = 0.10  # experts[i] lists the languages sending >= 10% of their docs to i
+ARRAY_NAMES = ("vocabulary", "stop_words", "idf", "components", "centroids")
+
+
+def encode_lines(lines: Sequence[str]) -> NDArray[np.uint8]:
+    return np.frombuffer("\n".join(lines).encode("utf-8"), dtype=np.uint8).copy()
+
+
+def decode_lines(array: NDArray[np.uint8]) -> list[str]:
+    text = bytes(np.asarray(array, dtype=np.uint8)).decode("utf-8")
+    return text.split("\n") if text else []
+
+
+@dataclass
+class TfidfModel(Assigner):
+    """A fitted embedder plus centroids: sends any text to its nearest centroid."""
+
+    embedder: Embedder
+    centroids: NDArray[np.float64]
+
+    @property
+    def k(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        return self.embedder.transform(texts)
+
+    def distances(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """(len(texts), k) squared Euclidean distances to the centroids (a router's input:
+        c-BTM weights are softmax(-distances / T))."""
+        return squared_distances(self.embed(texts), self.centroids)
+
+    def assign_texts(self, texts: Sequence[str]) -> NDArray[np.int64]:
+        return nearest_centroid(self.embed(texts), self.centroids)
+
+    def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
+        return self.assign_texts([document.text for document in documents])
+
+
+def expert_languages(shares: dict[str, list[float]], k: int) -> list[list[str]]:
+    """Languages with a share >= EXPERT_LANGUAGE_SHARE per expert; an expert no language
+    reaches gets the language with the largest share of its documents going there."""
+    experts: list[list[str]] = []
+    for expert in range(k):
+        chosen = [lang for lang, row in shares.items() if row[expert] >= EXPERT_LANGUAGE_SHARE]
+        if not chosen and shares:
+            chosen = [max(shares, key=lambda lang: shares[lang][expert])]
+        experts.append(sorted(chosen))
+    return experts
+
+
+def save_model(
+    out: Path,
+    model: TfidfModel,
+    *,
+    shares: dict[str, list[float]],
+    training: dict[str, Any],
+    overwrite: bool = False,
+) -> Allocation:
+    embedder = model.embedder
+    members = {
+        STATE_MEMBER: {
+            "version": STATE_VERSION,
+            "analyzer": embedder.analyzer.to_json(),
+            "tfidf": {"sublinear_tf": embedder.sublinear_tf, "smooth_idf": True, "norm": "l2"},
+            "svd": {"n_components": embedder.dimensions, "n_features": len(embedder.terms)},
+            "expert_language_share": EXPERT_LANGUAGE_SHARE,
+            "training": training,
+        }
+    }
+    arrays: dict[str, np.ndarray] = {
+        "vocabulary": encode_lines(embedder.terms),
+        "stop_words": encode_lines(sorted(embedder.analyzer.stop_words)),
+        "idf": embedder.idf.astype(np.float64),
+        "components": embedder.components.astype(np.float32),
+        "centroids": model.centroids.astype(np.float64),
+    }
+    return write_allocation(
+        out,
+        clusterer="tfidf",
+        experts=expert_languages(shares, model.k),
+        members=members,
+        language_shares=shares,
+        arrays=arrays,
+        overwrite=overwrite,
+    )
+
+
+def load_model(allocation: Allocation) -> TfidfModel:
+    if allocation.clusterer != "tfidf":
+        raise UsageError(
+            f"{allocation.path} was written by the {allocation.clusterer!r} clusterer, "
+            "not 'tfidf'; it has no fitted embedder"
+        )
+    state = allocation.raw.get(STATE_MEMBER)
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise FormatError(f"{allocation.path}: missing or unsupported '{STATE_MEMBER}' member")
+    arrays = allocation.arrays()
+    missing = [name for name in ARRAY_NAMES if name not in arrays]
+    if missing:
+        raise FormatError(f"{allocation.path}: missing arrays {', '.join(missing)}")
+    try:
+        analyzer = AnalyzerSettings.from_json(state["analyzer"], decode_lines(arrays["stop_words"]))
+        embedder = Embedder(
+            analyzer=analyzer,
+            sublinear_tf=bool(state["tfidf"]["sublinear_tf"]),
+            terms=decode_lines(arrays["vocabulary"]),
+            idf=np.asarray(arrays["idf"], dtype=np.float64),
+            components=np.asarray(arrays["components"], dtype=np.float32),
+        )
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{allocation.path}: bad '{STATE_MEMBER}' state: {exc}") from None
+    centroids = np.asarray(arrays["centroids"], dtype=np.float64)
+    _check_shapes(allocation, embedder, centroids)
+    return TfidfModel(embedder, centroids)
+
+
+def _check_shapes(allocation: Allocation, embedder: Embedder, centroids: np.ndarray) -> None:
+    n_features = len(embedder.terms)
+    fine = (
+        embedder.idf.shape == (n_features,)
+        and embedder.components.ndim == 2
+        and embedder.components.shape[1] == n_features
+        and centroids.shape == (allocation.k, embedder.dimensions)
+    )
+    if not fine:
+        raise FormatError(f"{allocation.path}: TF-IDF arrays have inconsistent shapes")

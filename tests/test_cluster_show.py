@@ -1,0 +1,88 @@
+"""`xelm cluster show`: tables, JSON and PNG plots of allocations."""
+
+import json
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from xelm_cli.api import write_allocation
+from xelm_cli.cli import run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TREE = {
+    "leaves": ["en", "es", "de", "el"],
+    "linkage": [[0, 1, 0.1, 2], [2, 3, 0.2, 2], [4, 5, 0.5, 4]],
+}
+
+
+@pytest.fixture
+def typology(tmp_path: Path) -> Path:
+    out = tmp_path / "typology.json"
+    write_allocation(
+        out, clusterer="typology", experts=[["en", "es"], ["de", "el"]], members={"tree": TREE}
+    )
+    return out
+
+
+@pytest.fixture
+def shares(tmp_path: Path) -> Path:
+    out = tmp_path / "tfidf.json"
+    shares = {"ar": [0.9, 0.1, 0.0], "zh": [0.05, 0.05, 0.9], "en": [0.2, 0.7, 0.1]}
+    write_allocation(
+        out, clusterer="tfidf", experts=[["ar", "en"], ["en"], ["zh"]], language_shares=shares
+    )
+    return out
+
+
+def _check_png(path: Path) -> None:
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height > 200 and width > 200
+
+
+def test_show_languages_per_expert(typology, capsys):
+    assert run(["cluster", "show", str(typology)]) == 0
+    out = capsys.readouterr().out
+    assert "en, es" in out and "de, el" in out and "typology" in out
+
+
+def test_show_shares_table_and_json(shares, capsys):
+    assert run(["cluster", "show", str(shares)]) == 0
+    out = capsys.readouterr().out
+    assert "share of each language" in out and "90%" in out
+    assert run(["cluster", "show", str(shares), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["k"] == 3 and data["language_shares"]["zh"] == [0.05, 0.05, 0.9]
+    assert data["experts"][2] == {"index": 2, "languages": ["zh"]}
+
+
+def test_plot_writes_heatmap_and_dendrogram(typology, tmp_path, capsys):
+    plots = tmp_path / "plots"
+    assert run(["cluster", "show", str(typology), "--plot", str(plots), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)["plots"]
+    assert sorted(Path(p).name for p in written) == ["dendrogram.png", "heatmap.png"]
+    _check_png(plots / "heatmap.png")
+    _check_png(plots / "dendrogram.png")
+
+
+def test_plot_without_tree_writes_only_the_heatmap(shares, tmp_path):
+    plots = tmp_path / "plots"
+    assert run(["cluster", "show", str(shares), "--plot", str(plots)]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["heatmap.png"]
+    _check_png(plots / "heatmap.png")
+
+
+def test_malformed_tree_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    tree = {"leaves": ["en", "es"], "linkage": [[0, 1]]}
+    write_allocation(bad, clusterer="typology", experts=[["en", "es"]], members={"tree": tree})
+    plots = tmp_path / "plots"
+    assert run(["cluster", "show", str(bad), "--plot", str(plots)]) == 3
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not plots.exists()
+
+
+def test_missing_allocation(tmp_path, capsys):
+    assert run(["cluster", "show", str(tmp_path / "nope")]) == 2
+    assert "allocation not found" in capsys.readouterr().err

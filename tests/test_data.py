@@ -1,0 +1,405 @@
+"""Corpus preparation: token shards, sampling, idempotence, HF datasets, tokenizer training."""
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, train_tokenizer
+from transformers import AutoTokenizer
+
+from xelm_cli.bundle import Bundle
+from xelm_cli.cli import run
+from xelm_cli.corpus import iter_documents
+from xelm_cli.data_prepare import (
+    language_budgets,
+    parse_caps,
+    parse_token_count,
+    prepare,
+    select_documents,
+)
+from xelm_cli.errors import FormatError, UsageError
+from xelm_cli.shards import MANIFEST_NAME, Shards, token_dtype_name
+from xelm_cli.tokenizer_training import train_tokenizer_on_corpus
+
+LANGS = ("en", "tr", "ar", "ru")
+DOCS_PER_LANGUAGE = 40
+
+
+def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+def shared_records(lang: str, n: int = DOCS_PER_LANGUAGE) -> list[dict[str, str]]:
+    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
+    docs = itertools.islice(iter_documents(source), n)
+    return [{"text": d.text, "lang": lang} for d in docs]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """mC4 layout: one JSON lines file per language, a few dozen real documents each."""
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for lang in LANGS:
+        write_jsonl(root / f"{lang}.jsonl", shared_records(lang))
+    return root
+
+
+def hand_counts(tokenizer_dir: Path, corpus: Path) -> dict[str, tuple[int, int]]:
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    counts: dict[str, tuple[int, int]] = {}
+    for doc in iter_documents(corpus):
+        docs, tokens = counts.get(doc.language or "", (0, 0))
+        n = len(tok(doc.text, add_special_tokens=False)["input_ids"])
+        counts[doc.language or ""] = (docs + 1, tokens + n)
+    return counts
+
+
+def snapshot(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+
+
+# -- format ---------------------------------------------------------------------------------
+
+
+def test_token_dtype_fits_the_vocabulary() -> None:
+    assert token_dtype_name(320) == "uint16"
+    assert token_dtype_name(65536) == "uint16"  # ids 0..65535
+    assert token_dtype_name(65537) == "uint32"
+    assert token_dtype_name(250_000) == "uint32"
+
+
+def test_round_trip_decodes_to_the_input(tokenizer_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "shards").shards
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert shards.languages == sorted(LANGS)
+    assert shards.dtype == np.dtype("<u2")
+    for lang in LANGS:
+        expected = [d.text for d in iter_documents(corpus / f"{lang}.jsonl")]
+        decoded = [tok.decode(ids.tolist()) for ids in shards.iter_documents([lang])]
+        assert decoded == expected
+        offsets = shards.offsets(lang)
+        assert offsets[0] == 0 and offsets[-1] == len(shards.tokens(lang))
+        assert len(offsets) == len(expected) + 1
+        assert tok.decode(shards.document(lang, 3).tolist()) == expected[3]
+    assert shards.verify() == []
+
+
+def test_per_language_index_matches_hand_counts(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    mixed = write_jsonl(
+        corpus / "mixed.jsonl",
+        [{"text": "Merhaba dünya", "lang": "tr"}, {"text": "Hello world", "language": "en"}],
+    )
+    assert mixed.exists()
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "shards").shards
+    stats = {lang: (s.documents, s.tokens) for lang, s in shards.stats.items()}
+    assert stats == hand_counts(tokenizer_dir, corpus)
+    assert stats["tr"][0] == DOCS_PER_LANGUAGE + 1
+
+
+def test_a_bundle_serves_as_tokenizer(seed_bundle: Path, corpus: Path, tmp_path: Path) -> None:
+    shards = prepare(corpus, seed_bundle, tmp_path / "shards", langs=["tr"]).shards
+    assert shards.languages == ["tr"]
+    assert (
+        shards.tokenizer_fingerprint == Bundle.read(seed_bundle).manifest.fingerprints["tokenizer"]
+    )
+    eos = AutoTokenizer.from_pretrained(seed_bundle).eos_token_id
+    assert shards.special_tokens["eos"] == eos
+
+
+def test_reader_refuses_another_major_version_and_finds_tampering(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shards"
+    prepare(corpus, tokenizer_dir, out, langs=["en"])
+    data = out / "en.tokens.bin"
+    data.chmod(0o644)
+    raw = bytearray(data.read_bytes())
+    raw[0] ^= 1
+    data.write_bytes(bytes(raw))
+    assert any("sha256" in p for p in Shards.open(out).verify())
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    (out / MANIFEST_NAME).write_text(json.dumps({**manifest, "format_version": "2.0.0"}))
+    with pytest.raises(FormatError, match="upgrade"):
+        Shards.open(out)
+
+
+# -- sampling -------------------------------------------------------------------------------
+
+
+def test_parse_counts_and_caps() -> None:
+    assert parse_token_count("20M") == 20_000_000
+    assert parse_token_count("1.5k") == 1500
+    assert parse_caps("5M") == {"*": 5_000_000}
+    assert parse_caps("1M,en=5M,tur=2K") == {"*": 1_000_000, "en": 5_000_000, "tr": 2000}
+    with pytest.raises(UsageError):
+        parse_token_count("lots")
+
+
+def test_budgets_by_hand() -> None:
+    n = {"en": 1000, "tr": 100}
+    assert language_budgets(n) == n
+    assert language_budgets(n, caps={"en": 300}) == {"en": 300, "tr": 100}
+    assert language_budgets(n, caps={"*": 50}) == {"en": 50, "tr": 50}
+    # alpha 0.5: p_en = sqrt(1000) / (sqrt(1000) + sqrt(100)) = 0.75975
+    assert language_budgets(n, alpha=0.5, total=200) == {"en": 151, "tr": 48}
+    # tr runs out at 100; what it cannot supply goes to en
+    assert language_budgets(n, alpha=0.5, total=1000) == {"en": 900, "tr": 100}
+    # no total: the largest mixture without repetition, en = 100 * sqrt(1000 / 100)
+    assert language_budgets(n, alpha=0.5) == {"en": 316, "tr": 100}
+    # proportional when only a total is given; more than there is gives everything
+    assert language_budgets(n, total=550) == {"en": 500, "tr": 50}
+    assert language_budgets(n, total=10_000) == n
+    assert language_budgets(n, alpha=0.0, total=100) == {"en": 50, "tr": 50}
+
+
+def test_select_documents_takes_whole_documents_within_budget() -> None:
+    lengths = np.array([5, 5, 5, 5, 5])
+    picked = select_documents(lengths, 12, seed=0, language="en")
+    assert len(picked) == 2 and list(picked) == sorted(picked)
+    again = select_documents(lengths, 12, seed=0, language="en")
+    assert list(picked) == list(again)
+    assert len(select_documents(lengths, 25, seed=0, language="en")) == 5
+    draws = {tuple(select_documents(lengths, 12, seed=s, language="en")) for s in range(20)}
+    assert len(draws) > 1
+
+
+def test_caps_and_alpha_end_to_end(tokenizer_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    full = {lang: c[1] for lang, c in hand_counts(tokenizer_dir, corpus).items()}
+    out = tmp_path / "shards"
+    shards = prepare(corpus, tokenizer_dir, out, token_caps={"en": 500}, alpha=0.3, seed=7).shards
+    budgets = language_budgets(full, caps={"en": 500}, alpha=0.3)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for lang, entry in shards.manifest["languages"].items():
+        assert entry["source_tokens"] == full[lang]
+        assert entry["tokens"] <= budgets[lang]
+        originals = [d.text for d in iter_documents(corpus / f"{lang}.jsonl")]
+        kept = [tok.decode(ids.tolist()) for ids in shards.iter_documents([lang])]
+        assert set(kept) <= set(originals)  # whole documents, in corpus order
+        assert kept == [t for t in originals if t in set(kept)]
+    assert shards.stats["en"].tokens <= 500
+    again = prepare(
+        corpus, tokenizer_dir, tmp_path / "again", token_caps={"en": 500}, alpha=0.3, seed=7
+    )
+    assert (again.shards.path / "en.tokens.bin").read_bytes() == (
+        out / "en.tokens.bin"
+    ).read_bytes()
+
+
+# -- idempotence ------------------------------------------------------------------------------
+
+
+def test_same_input_is_a_no_op(tokenizer_dir: Path, corpus: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    first = prepare(corpus, tokenizer_dir, out, langs=["en", "tr"])
+    before = snapshot(out)
+    second = prepare(corpus, tokenizer_dir, out, langs=["tr", "en"])
+    assert not first.up_to_date and second.up_to_date
+    assert snapshot(out) == before
+    assert second.shards.digest == first.shards.digest
+    os.utime(corpus / "en.jsonl")  # touched, same bytes: hashed again, still up to date
+    assert prepare(corpus, tokenizer_dir, out, langs=["en", "tr"]).up_to_date
+
+
+def test_changed_input_tokenizer_or_options_are_detected(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "shards"
+    prepare(corpus, tokenizer_dir, out, langs=["en"])
+    before = snapshot(out)
+    other_tokenizer = train_tokenizer(tmp_path / "tok2", vocab_size=300)
+    with pytest.raises(UsageError, match=r"another tokenizer.*--force"):
+        prepare(corpus, other_tokenizer, out, langs=["en"])
+    with pytest.raises(UsageError, match=r"other options \(languages\)"):
+        prepare(corpus, tokenizer_dir, out, langs=["en", "tr"])
+    with (corpus / "en.jsonl").open("a") as f:
+        f.write(json.dumps({"text": "One more.", "lang": "en"}) + "\n")
+    with pytest.raises(UsageError, match="input changed"):
+        prepare(corpus, tokenizer_dir, out, langs=["en"])
+    assert snapshot(out) == before
+    rebuilt = prepare(corpus, tokenizer_dir, out, langs=["en"], overwrite=True)
+    assert rebuilt.shards.stats["en"].documents == DOCS_PER_LANGUAGE + 1
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+def test_local_hf_dataset(tokenizer_dir: Path, tmp_path: Path) -> None:
+    import datasets
+
+    texts = {"en": ["Hello there.", "All human beings are born free."], "tr": ["Merhaba."]}
+    rows = [(t, lang) for lang, ts in texts.items() for t in ts]
+    data = datasets.Dataset.from_dict(
+        {"text": [r[0] for r in rows], "language": [r[1] for r in rows]}
+    )
+    data.save_to_disk(str(tmp_path / "ds"))
+    shards = prepare(tmp_path / "ds", tokenizer_dir, tmp_path / "shards").shards
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert [tok.decode(d.tolist()) for d in shards.iter_documents(["en"])] == texts["en"]
+    assert shards.stats["tr"].documents == 1
+    datasets.DatasetDict({"train": data, "test": data.select([2])}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    test_split = prepare(tmp_path / "dd", tokenizer_dir, tmp_path / "s2", split="test").shards
+    assert test_split.languages == ["tr"]
+
+
+def test_hub_dataset_offline_is_one_line(
+    tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="cannot load dataset someone/corpus") as info:
+        prepare("someone/corpus", tokenizer_dir, tmp_path / "shards")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "shards").exists()
+
+
+def test_broken_record_names_file_and_line(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    with (corpus / "ru.jsonl").open("a") as f:
+        f.write('{"text": "ok", "lang": "ru"}\n{"text": broken\n')
+    out = tmp_path / "shards"
+    with pytest.raises(FormatError, match=rf"ru\.jsonl:{DOCS_PER_LANGUAGE + 2}: "):
+        prepare(corpus, tokenizer_dir, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]  # nothing, not even temps
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty", "no documents in"),
+        ("missing-language", "no documents in de in"),
+        ("bad-code", "unknown language code"),
+        ("not-a-tokenizer", "not a tokenizer directory"),
+        ("cap-language", "no documents in sw in"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    case: str, message: str, tokenizer_dir: Path, corpus: Path, tmp_path: Path
+) -> None:
+    source, tokenizer = corpus, tokenizer_dir
+    kwargs: dict[str, Any] = {}
+    if case == "empty":
+        source = tmp_path / "empty.jsonl"
+        source.write_text("")
+    elif case == "missing-language":
+        kwargs = {"langs": ["en", "de"]}
+    elif case == "bad-code":
+        kwargs = {"langs": ["english!"]}
+    elif case == "not-a-tokenizer":
+        tokenizer = tmp_path / "nothing"
+        tokenizer.mkdir()
+        (tokenizer / "config.json").write_text("{}")
+    elif case == "cap-language":
+        kwargs = {"token_caps": {"sw": 10}}
+    out = tmp_path / "shards"
+    with pytest.raises(UsageError, match=message) as info:
+        prepare(source, tokenizer, out, **kwargs)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shards")]
+
+
+# -- tokenizer training -------------------------------------------------------------------------
+
+
+def test_tokenizer_training_is_balanced_across_languages(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for lang, n in (("en", 400), ("tr", 40), ("ar", 40), ("ru", 40)):
+        write_jsonl(root / f"{lang}.jsonl", shared_records(lang, n))
+    trained = train_tokenizer_on_corpus(
+        root, tmp_path / "tok", vocab_size=600, chars_per_language=3000
+    )
+    tok = AutoTokenizer.from_pretrained(trained.path)
+    assert len(tok) == 600
+    assert set(trained.characters) == {"en", "tr", "ar", "ru"}
+    assert max(trained.characters.values()) < 3 * min(trained.characters.values())
+    for lang in ("en", "tr", "ar", "ru"):
+        text = " ".join(r["text"] for r in shared_records(lang, 10))
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(text.encode()) / len(ids) > 1.5, lang  # merges beyond single bytes
+        assert tok.decode(ids) == text
+
+
+# -- CLI --------------------------------------------------------------------------------------
+
+
+def test_cli_prepare_inspect_and_up_to_date(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shards"
+    args = ["data", "prepare", str(corpus), "--tokenizer", str(tokenizer_dir), "-o", str(out)]
+    assert run([*args, "--cap", "ar=300", "--seed", "1", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["up_to_date"] is False
+    assert report["languages"]["ar"]["tokens"] <= 300
+    assert report["options"]["token_caps"] == {"ar": 300}
+    assert run([*args, "--cap", "ar=300", "--seed", "1"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert run([*args, "--cap", "ar=400"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--force" in errors[0]
+    assert run(["data", "inspect", str(out), "--verify", "--json"]) == 0
+    inspected = json.loads(capsys.readouterr().out)
+    assert inspected["problems"] == [] and inspected["digest"] == report["digest"]
+    assert run(["data", "inspect", str(out)]) == 0
+    assert "ru" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run(
+        [
+            "data",
+            "prepare",
+            str(tmp_path / "nope"),
+            "--tokenizer",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+
+
+def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for lang in ("en", "tr"):
+        write_jsonl(root / f"{lang}.jsonl", shared_records(lang, 20))
+    assert (
+        run(
+            [
+                "data",
+                "tokenizer",
+                str(root),
+                "-o",
+                str(tmp_path / "tok"),
+                "--vocab-size",
+                "300",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["vocab_size"] == 300
+    assert AutoTokenizer.from_pretrained(tmp_path / "tok") is not None
+    for command in ("prepare", "tokenizer", "inspect"):
+        assert run(["data", command, "--help"]) == 0
+        assert "Example:" in capsys.readouterr().out
