@@ -174,6 +174,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     _no_pickle(out)
     assert run([*argv]) == 2  # exists already
     assert "already exists" in capsys.readouterr().err
+    subset = ["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(tmp_path / "subset")]
+    assert run([*subset, "--langs", ",".join(LANGS[:2]), "--components", "16", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["documents"] == 120
+    assert set(read_allocation(tmp_path / "subset").languages) <= set(LANGS[:2])
 
 
 def test_cli_help_has_an_example(capsys):

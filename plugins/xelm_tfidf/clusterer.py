@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from xelm_cli.api import Allocation, Clusterer, UsageError, iter_documents
+from xelm_cli.api import Allocation, Clusterer, UsageError, iter_documents, parse_language_list
 
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
@@ -29,6 +29,9 @@ def cluster_tfidf(
     ],
     out: Annotated[Path, typer.Option("--output", "-o", help="Allocation directory to write.")],
     k: Annotated[int, typer.Option("-k", help="Number of experts (clusters).", min=1)] = 4,
+    langs: Annotated[
+        str | None, typer.Option(help="Only documents in these languages, e.g. ar,bg,de.")
+    ] = None,
     max_docs_per_language: Annotated[
         int,
         typer.Option(help="Fit on at most this many documents per language (0: all).", min=0),
@@ -51,14 +54,18 @@ def cluster_tfidf(
     Writes an allocation directory (allocation.json + arrays.safetensors, no pickles) that
     assigns any text to its nearest centroid.
 
-    Example: xelm cluster tfidf ../shared/data/corpus/train -k 4 -o alloc-tfidf/
+    Example: xelm cluster tfidf ../shared/data/corpus/train --langs ar,en,ru,zh -k 4 -o alloc/
     """
     _check_choice(segment, SEGMENTERS, "--segment")
     _check_choice(solver, SOLVERS, "--solver")
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists; choose another path or pass --force")
+    documents = iter_documents(corpus)
+    if langs:
+        wanted = set(parse_language_list(langs))
+        documents = (d for d in documents if d.language in wanted)
     result = fit(
-        iter_documents(corpus),
+        documents,
         kmeans=KMeansSettings(k=k, batch_size=batch_size, seed=seed, solver=solver),
         tfidf=TfidfSettings(max_features=max_features, n_components=components, seed=seed),
         segment=segment,

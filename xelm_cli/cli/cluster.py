@@ -137,19 +137,35 @@ def tree_linkage(allocation: Allocation) -> tuple[list[str], np.ndarray] | None:
     return [str(leaf) for leaf in leaves], matrix
 
 
+def _by_round(linkage: np.ndarray, n_leaves: int) -> np.ndarray:
+    """The linkage with each merge's height set to its round (1 + the higher child's round).
+
+    The greedy pairing can merge at a smaller distance in a later round, so heights drawn as
+    distances would cross; rounds always rise, and the distances stay in the allocation.
+    """
+    rounds = np.zeros(n_leaves + len(linkage))
+    result = linkage.copy()
+    for j, (a, b, _, _) in enumerate(linkage):
+        rounds[n_leaves + j] = 1 + max(rounds[int(a)], rounds[int(b)])
+        result[j, 2] = rounds[n_leaves + j]
+    return result
+
+
 def plot_dendrogram(allocation: Allocation, path: Path) -> bool:
     """The typology tree; False (nothing written) when the allocation has no tree."""
     found = tree_linkage(allocation)
     if found is None:
         return False
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from scipy.cluster.hierarchy import dendrogram
 
     leaves, linkage = found
     figure, axes = plt.subplots(figsize=(max(4.0, 0.45 * len(leaves) + 1.5), 4.0))
-    dendrogram(linkage, labels=leaves, ax=axes, color_threshold=0)
+    dendrogram(_by_round(linkage, len(leaves)), labels=leaves, ax=axes, color_threshold=0)
     axes.set_title(f"typology tree ({len(leaves)} languages)")
-    axes.set_ylabel("distance")
+    axes.set_ylabel("merge round")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     _save_figure(figure, path)
     plt.close(figure)
     return True
