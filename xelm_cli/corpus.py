@@ -2,8 +2,9 @@
 
 Formats: JSON lines with ``text`` and ``lang`` (the mC4 record layout; ``language`` is accepted
 too), optionally zstd-compressed (``.jsonl.zst``); plain text (``.txt``, ``.txt.zst``), one
-document per non-empty line, its language from ``language=`` or the file name (``tr.txt``); a
-directory of such files (sorted, recursive).
+document per non-empty line, its language from the file name (``tr.txt``) or ``language=``; a
+directory of such files (sorted, recursive). A ``.zst`` file must hold complete zstd frames: a
+truncated or corrupt stream is an error, never a silently shorter corpus.
 """
 
 import functools
@@ -13,7 +14,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -71,6 +72,11 @@ def _text_corpus_files(directory: Path) -> list[Path]:
 def corpus_files(source: Path) -> list[Path]:
     """The readable files of a corpus path, in a stable order."""
     if source.is_file():
+        if not source.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES):
+            raise UsageError(
+                f"{source}: not a corpus file (*.jsonl[.zst], *.txt[.zst]); "
+                "for a dataset file pass its directory"
+            )
         return [source]
     if not source.is_dir():
         raise UsageError(f"corpus not found: {source}")
@@ -82,9 +88,54 @@ def corpus_files(source: Path) -> list[Path]:
     return files
 
 
+class _ZstdReader(io.RawIOBase):
+    """Decompresses every zstd frame of ``raw``; a frame cut short raises ``FormatError``.
+
+    (``ZstdDecompressor.stream_reader`` returns end-of-file on a truncated stream.)
+    """
+
+    def __init__(self, raw: BinaryIO, path: Path) -> None:
+        self._raw = raw
+        self._path = path
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._started = False  # has the current frame received any input
+        self._pending = b""
+        self._at = 0  # how much of ``_pending`` was read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while self._at == len(self._pending):
+            self._pending, self._at = b"", 0
+            if not self._fill():
+                return 0
+        n = min(len(buffer), len(self._pending) - self._at)
+        buffer[:n] = self._pending[self._at : self._at + n]
+        self._at += n
+        return n
+
+    def _fill(self) -> bool:
+        """Decompress more input into ``_pending``; False at the end of the input."""
+        chunk = self._raw.read(CHUNK)
+        if not chunk:
+            if self._started:
+                raise FormatError(f"{self._path}: truncated zstd stream (the file is cut short)")
+            return False
+        while chunk:
+            self._started = True
+            self._pending += self._frame.decompress(chunk)
+            if not self._frame.eof:
+                break
+            chunk = self._frame.unused_data  # the next frame, if any
+            self._frame = zstandard.ZstdDecompressor().decompressobj()
+            self._started = False
+        return True
+
+
 def _lines(path: Path) -> Iterator[str]:
     with open(path, "rb") as raw:
-        binary = zstandard.ZstdDecompressor().stream_reader(raw) if path.suffix == ".zst" else raw
+        binary: Any = _ZstdReader(raw, path) if path.suffix == ".zst" else raw
         text = io.TextIOWrapper(io.BufferedReader(binary, CHUNK), encoding="utf-8", errors="strict")
         try:
             while line := text.readline(MAX_LINE_BYTES):
@@ -95,14 +146,23 @@ def _lines(path: Path) -> Iterator[str]:
             raise FormatError(f"{path}: corrupt zstd stream ({exc})") from None
 
 
-def _file_language(path: Path, language: str | None) -> str | None:
-    if language:
-        return _language(language)
-    stem = path.name.split(".")[0]
+def _file_language(path: Path, default: str | None) -> str | None:
+    """The language a file name (``tr.jsonl``) gives, else ``default``."""
     try:
-        return _language(stem)
+        return _language(path.name.split(".")[0])
     except UsageError:
-        return None
+        return default
+
+
+def _unlabelled(where: str) -> UsageError:
+    return UsageError(f"{where}: documents have no language: add a 'lang' field or pass --lang")
+
+
+def _labelled(documents: Iterator[Document], where: str) -> Iterator[Document]:
+    for doc in documents:
+        if doc.language is None:
+            raise _unlabelled(where)
+        yield doc
 
 
 def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
@@ -167,7 +227,7 @@ def _pick_split(splits: Any, split: str | None, source: str | Path) -> Any:
 
 
 def _hf_documents(
-    source: str | Path, language: str | None, split: str | None
+    source: str | Path, language: str | None, split: str | None, require_language: bool
 ) -> Iterator[Document]:
     dataset = load_hf_dataset(source, split=split)
     columns = list(dataset.column_names or [])
@@ -177,12 +237,18 @@ def _hf_documents(
     wanted = ["text"] + ([lang_column] if lang_column else [])
     default = _language(language) if language else None
     row = 0
+    if lang_column is None and default is None and require_language:
+        raise _unlabelled(f"dataset {source!s}")
     for batch in dataset.select_columns(wanted).iter(batch_size=HF_BATCH):
         codes = batch[lang_column] if lang_column else [None] * len(batch["text"])
         for text, code in zip(batch["text"], codes, strict=True):
             row += 1
             if not isinstance(text, str):
                 raise FormatError(f"dataset {source!s} row {row}: 'text' is not a string")
+            if code is not None and not isinstance(code, str):
+                raise FormatError(f"dataset {source!s} row {row}: '{lang_column}' is not a string")
+            if not code and default is None and require_language:
+                raise _unlabelled(f"dataset {source!s} row {row}")
             try:
                 yield Document(text, _language(code) if code else default)
             except UsageError as exc:
@@ -190,18 +256,27 @@ def _hf_documents(
 
 
 def iter_documents(
-    source: str | Path, *, language: str | None = None, split: str | None = None
+    source: str | Path,
+    *,
+    language: str | None = None,
+    split: str | None = None,
+    require_language: bool = False,
 ) -> Iterator[Document]:
     """Every document of a corpus, in file order; ``language`` labels unlabelled documents.
 
-    ``split`` picks the split of a Hugging Face dataset (default ``train``, or its only split).
+    A document's language comes from its record (``lang``/``language``), else the file name
+    (``tr.jsonl``), else ``language``. With ``require_language`` a document left without one
+    is a one-line ``UsageError`` naming its file or dataset. ``split`` picks the split of a
+    Hugging Face dataset (default ``train``, or its only split).
     """
+    language = _language(language) if language else None
     if source_kind(source) != "files":
-        yield from _hf_documents(source, language, split)
+        yield from _hf_documents(source, language, split, require_language)
         return
     for path in corpus_files(Path(source)):
         default = _file_language(path, language)
         if path.name.endswith(JSONL_SUFFIXES):
-            yield from _jsonl_documents(path, default)
+            documents = _jsonl_documents(path, default)
         else:
-            yield from _text_documents(path, default)
+            documents = _text_documents(path, default)
+        yield from _labelled(documents, str(path)) if require_language else documents

@@ -278,15 +278,15 @@ class _Batch:
 
 
 def _batches(
-    source: str | Path, split: str | None, wanted: set[str] | None, size: int
+    source: str | Path,
+    split: str | None,
+    language: str | None,
+    wanted: set[str] | None,
+    size: int,
 ) -> Iterator[_Batch]:
     batch = _Batch([], [])
-    for doc in iter_documents(source, split=split):
-        if doc.language is None:
-            raise UsageError(
-                f"{source}: a document has no language; use records with a 'lang' field or "
-                "name the files LANG.jsonl / LANG.txt"
-            )
+    for doc in iter_documents(source, language=language, split=split, require_language=True):
+        assert doc.language is not None  # require_language
         if not doc.text or (wanted is not None and doc.language not in wanted):
             continue
         batch.languages.append(doc.language)
@@ -304,6 +304,7 @@ def _tokenize_corpus(
     tokenizer: TokenizerInfo,
     *,
     split: str | None,
+    language: str | None,
     wanted: set[str] | None,
     batch_size: int,
     progress: Progress | None,
@@ -312,7 +313,7 @@ def _tokenize_corpus(
     dtype_name = token_dtype_name(tokenizer.vocab_size)
     writers: dict[str, LanguageWriter] = {}
     try:
-        for batch in _batches(source, split, wanted, batch_size):
+        for batch in _batches(source, split, language, wanted, batch_size):
             encodings = tokenizer.backend.encode_batch_fast(batch.texts, add_special_tokens=False)
             by_language: dict[str, list[list[int]]] = {}
             for lang, encoding in zip(batch.languages, encodings, strict=True):
@@ -399,12 +400,13 @@ def _options(
     tokens: int | None,
     seed: int,
     split: str | None,
+    language: str | None,
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
     if tokens is not None and tokens <= 0:
         raise UsageError(f"--tokens must be positive, not {tokens}")
-    return {
+    options: dict[str, Any] = {
         "languages": langs,
         "token_caps": caps,
         "alpha": alpha,
@@ -412,6 +414,9 @@ def _options(
         "seed": seed,
         "split": split,
     }
+    if language is not None:  # only when given, so earlier manifests stay comparable
+        options["lang"] = language
+    return options
 
 
 def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
@@ -437,7 +442,8 @@ def _differences(
     if old.get("tokenizer", {}).get("fingerprint") != fingerprint:
         changed.append("another tokenizer")
     if old.get("options") != options:
-        differing = sorted(k for k in options if old.get("options", {}).get(k) != options[k])
+        keys = {*options, *old.get("options", {})}
+        differing = sorted(k for k in keys if old.get("options", {}).get(k) != options.get(k))
         changed.append("other options (" + ", ".join(differing) + ")")
     return changed
 
@@ -453,6 +459,7 @@ def prepare(
     tokens: int | None = None,
     seed: int = 0,
     split: str | None = None,
+    language: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     overwrite: bool = False,
@@ -462,14 +469,16 @@ def prepare(
 
     ``token_caps`` limits tokens per language (an int: every language; ``{"*": n}`` too);
     ``alpha`` and ``tokens`` set temperature sampling (see ``language_budgets``); ``seed``
-    picks the sampled documents. Nothing is written when ``out`` already holds shards of the
-    same input, tokenizer and options (``up_to_date``); other shards there are an error unless
-    ``overwrite``.
+    picks the sampled documents; ``language`` labels documents that carry no language (one
+    left without a language is refused). Nothing is written when ``out`` already holds shards
+    of the same input, tokenizer and options (``up_to_date``); other shards there are an error
+    unless ``overwrite``.
     """
     out = Path(out)
     wanted = sorted({normalize_language(code) for code in langs}) if langs else None
     caps = _normalise_caps(token_caps)
-    options = _options(wanted, caps, alpha, tokens, seed, split)
+    language = normalize_language(language) if language else None
+    options = _options(wanted, caps, alpha, tokens, seed, split, language)
     info = load_tokenizer(tokenizer)
     old = _existing(out, overwrite=overwrite)
     record = source_record(source, split=split, previous=(old or {}).get("source"))
@@ -488,6 +497,7 @@ def prepare(
             source,
             info,
             split=split,
+            language=language,
             wanted=set(wanted) if wanted else None,
             batch_size=batch_size,
             progress=progress,

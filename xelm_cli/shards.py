@@ -189,6 +189,15 @@ class Shards:
                 f"(it has {', '.join(self.languages)}); prepare them with `xelm data prepare`"
             )
 
+    def require_tokenizer(self, fingerprint: str, what: str) -> None:
+        """Refuse, in one line, ``what`` (a bundle, say) whose tokenizer is not the shards' one."""
+        if fingerprint != self.tokenizer_fingerprint:
+            raise UsageError(
+                f"{what} has tokenizer {fingerprint}, but {self.path} was prepared with "
+                f"{self.tokenizer_fingerprint}; prepare the data with its tokenizer "
+                "(`xelm data prepare --tokenizer`)"
+            )
+
     def _arrays(self, language: str) -> tuple[NDArray[Any], NDArray[np.uint64]]:
         if language not in self._maps:
             self.require_languages([language])

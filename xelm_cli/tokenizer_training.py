@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import atomic_directory
-from .corpus import iter_documents
+from .corpus import Document, iter_documents
 from .errors import UsageError
 from .languages import normalize_language
 
@@ -50,11 +50,15 @@ class TrainedTokenizer:
     characters: dict[str, int]  # characters of training text per language
 
 
+def _documents(source: str | Path, split: str | None, language: str | None) -> Iterator[Document]:
+    return iter_documents(source, language=language, split=split, require_language=True)
+
+
 def _characters_per_language(
-    source: str | Path, split: str | None, wanted: set[str] | None
+    source: str | Path, split: str | None, language: str | None, wanted: set[str] | None
 ) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for doc in iter_documents(source, split=split):
+    for doc in _documents(source, split, language):
         if doc.language and (wanted is None or doc.language in wanted):
             totals[doc.language] = totals.get(doc.language, 0) + len(doc.text)
     return totals
@@ -63,13 +67,14 @@ def _characters_per_language(
 def _balanced_texts(
     source: str | Path,
     split: str | None,
+    language: str | None,
     keep_rate: dict[str, float],
     used: dict[str, int],
     seed: int,
 ) -> Iterator[str]:
     """Each document of a kept language with probability ``keep_rate[lang]`` (seeded)."""
     rng = random.Random(seed)
-    for doc in iter_documents(source, split=split):
+    for doc in _documents(source, split, language):
         rate = keep_rate.get(doc.language or "")
         if rate is not None and doc.text and (rate >= 1.0 or rng.random() < rate):
             used[doc.language or ""] += len(doc.text)
@@ -84,6 +89,7 @@ def train_tokenizer_on_corpus(
     langs: list[str] | None = None,
     chars_per_language: int = DEFAULT_CHARS_PER_LANGUAGE,
     split: str | None = None,
+    language: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
 ) -> TrainedTokenizer:
@@ -92,12 +98,13 @@ def train_tokenizer_on_corpus(
     A first pass counts each language's characters; the second keeps each document with
     probability ``chars_per_language / characters[lang]`` (a seeded draw, spread over the whole
     corpus), so large languages do not take all the merges; languages with less text than that
-    are taken whole.
+    are taken whole. ``language`` labels documents that carry no language (a document left
+    without one is refused).
     """
     wanted = {normalize_language(code) for code in langs} if langs else None
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
-    totals = _characters_per_language(source, split, wanted)
+    totals = _characters_per_language(source, split, language, wanted)
     missing = sorted((wanted or set()) - set(totals))
     if not totals or missing:
         what = f"in {', '.join(missing)} " if missing else ""
@@ -105,6 +112,6 @@ def train_tokenizer_on_corpus(
     keep_rate = {lang: chars_per_language / max(n, 1) for lang, n in sorted(totals.items())}
     used = dict.fromkeys(keep_rate, 0)
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
-        texts = _balanced_texts(source, split, keep_rate, used, seed)
+        texts = _balanced_texts(source, split, language, keep_rate, used, seed)
         train_bpe_tokenizer(texts, tmp, vocab_size=vocab_size)
     return TrainedTokenizer(Path(out), vocab_size, used)

@@ -13,7 +13,7 @@ from xelm_cli.api import Allocation, Clusterer, UsageError, iter_documents, pars
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
 from .fitting import fit
-from .kmeans import SOLVERS, KMeansSettings
+from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
 from .state import TfidfModel, load_model, save_model
 
 
@@ -45,6 +45,14 @@ def cluster_tfidf(
     solver: Annotated[
         str, typer.Option(help="Balanced assignment: auto, auction or lsa (exact, small batches).")
     ] = "auto",
+    assignment: Annotated[
+        str,
+        typer.Option(
+            help="How documents go to experts: balanced (nearest centroid after per-expert "
+            "offsets that split the training documents equally) or nearest (the reference's "
+            "plain nearest centroid)."
+        ),
+    ] = "balanced",
     seed: Annotated[int, typer.Option(help="Random seed (sampling, SVD, k-means).")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
@@ -52,12 +60,16 @@ def cluster_tfidf(
     """Cluster documents into k equal-size groups by TF-IDF (c-BTM balanced k-means).
 
     Writes an allocation directory (allocation.json + arrays.safetensors, no pickles) that
-    assigns any text to its nearest centroid.
+    assigns any text to an expert: by default the nearest centroid after per-expert offsets
+    that split the training documents into equal groups (--assignment balanced); the
+    reference's plain nearest centroid with --assignment nearest. The sizes printed are those
+    the saved allocation gives the training documents.
 
     Example: xelm cluster tfidf ../shared/data/corpus/train --langs ar,en,ru,zh -k 4 -o alloc/
     """
     _check_choice(segment, SEGMENTERS, "--segment")
     _check_choice(solver, SOLVERS, "--solver")
+    _check_choice(assignment, ASSIGNMENTS, "--assignment")
     if out.exists() and not force:
         raise UsageError(f"output {out} already exists; choose another path or pass --force")
     documents = iter_documents(corpus)
@@ -70,6 +82,7 @@ def cluster_tfidf(
         tfidf=TfidfSettings(max_features=max_features, n_components=components, seed=seed),
         segment=segment,
         max_per_language=max_docs_per_language or None,
+        assignment=assignment,
     )
     allocation = save_model(
         out, result.model, shares=result.shares, training=result.training, overwrite=force
@@ -79,6 +92,7 @@ def cluster_tfidf(
         "k": allocation.k,
         "experts": allocation.experts,
         "documents": result.training["documents"],
+        "assignment": assignment,
         "cluster_sizes": result.training["cluster_sizes"],
         "seconds": result.training["seconds"],
     }

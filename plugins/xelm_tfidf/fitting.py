@@ -18,7 +18,7 @@ from xelm_cli.api import Document, UsageError
 
 from .analyzer import AnalyzerSettings
 from .embedder import TfidfSettings, fit_embedder
-from .kmeans import KMeansSettings, fit_balanced_kmeans, nearest_centroid
+from .kmeans import KMeansSettings, assignment_offsets, fit_balanced_kmeans
 from .state import TfidfModel
 
 UNLABELLED = "und"
@@ -97,7 +97,11 @@ def fit(
     tfidf: TfidfSettings,
     segment: str = "cjk",
     max_per_language: int | None = 2000,
+    assignment: str = "balanced",
 ) -> FitResult:
+    """Sample, embed, fit balanced k-means, then the ``assignment`` rule's offsets
+    (kmeans.ASSIGNMENTS); ``training["cluster_sizes"]`` are the sizes the model's ``assign``
+    gives on the sampled documents."""
     started = time.perf_counter()
     with _progress() as progress:
         reading = progress.add_task("reading corpus", total=None)
@@ -120,7 +124,9 @@ def fit(
         progress.update(embedding, total=1, completed=1)
         clustering = progress.add_task("balanced k-means", total=len(sample))
         centroids = fit_balanced_kmeans(points, kmeans, lambda n: progress.advance(clustering, n))
-    labels = nearest_centroid(points, centroids)
+    offsets = assignment_offsets(points, centroids, assignment)
+    model = TfidfModel(embedder, centroids, offsets, assignment)
+    labels = model.assign_points(points)
     training = {
         "documents": len(sample),
         "documents_per_language": dict(sorted(Counter(languages).items())),
@@ -133,8 +139,8 @@ def fit(
             "seed": kmeans.seed,
             "solver": kmeans.solver,
         },
+        "assignment": assignment,
         "cluster_sizes": np.bincount(labels, minlength=kmeans.k).tolist(),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    model = TfidfModel(embedder, centroids)
     return FitResult(model, language_shares(languages, labels, kmeans.k), training)

@@ -3,8 +3,13 @@
 Fitting walks over shuffled mini-batches. Each batch is assigned to the centroids under an
 equal-size constraint (every cluster gets floor(n/k) or ceil(n/k) of the batch's documents),
 the centroids become running means of everything assigned so far, and this repeats up to
-``max_iter`` times per batch until no centroid moves more than ``tol``. After fitting, documents
-go to their nearest centroid with no size constraint.
+``max_iter`` times per batch until no centroid moves more than ``tol``.
+
+After fitting, one balanced assignment of all training documents (the auction) gives a price
+per centroid; documents then go to argmin_i (squared distance_i + offset_i) with these prices
+as offsets ("balanced", spec/allocation-tfidf.md section 3). This reproduces the equal-size
+assignment on the training documents and extends it to any new text. The reference rule,
+plain nearest centroid, is the all-zero offsets ("nearest").
 """
 
 from collections.abc import Callable, Iterator
@@ -16,6 +21,7 @@ from numpy.typing import NDArray
 Matrix = NDArray[np.float64]
 Labels = NDArray[np.int64]
 SOLVERS = ("auto", "auction", "lsa")
+ASSIGNMENTS = ("balanced", "nearest")
 WARM_START_DIVISOR = 512.0
 LSA_MAX_DOCUMENTS = 2000  # "auto": measured faster than the auction up to about this size
 
@@ -42,6 +48,28 @@ def squared_distances(points: Matrix, centroids: Matrix) -> Matrix:
 
 def nearest_centroid(points: Matrix, centroids: Matrix) -> Labels:
     return squared_distances(points, centroids).argmin(axis=1).astype(np.int64)
+
+
+def offset_assignment(distances: Matrix, offsets: Matrix) -> Labels:
+    """argmin_i (distances_i + offsets_i) per row, the lowest i on ties."""
+    return (distances + offsets[None, :]).argmin(axis=1).astype(np.int64)
+
+
+def assignment_offsets(points: Matrix, centroids: Matrix, assignment: str) -> Matrix:
+    """Per-centroid offsets of an assignment rule (ASSIGNMENTS), shifted so the lowest is 0.
+
+    "balanced": the auction's prices for an equal-size assignment of ``points``, so that
+    ``offset_assignment`` sends every point where the auction did (up to eps-ties); "nearest":
+    zeros, i.e. plain nearest centroid.
+    """
+    k = centroids.shape[0]
+    if assignment == "nearest":
+        return np.zeros(k)
+    if assignment != "balanced":
+        raise ValueError(f"unknown assignment {assignment!r} (known: {', '.join(ASSIGNMENTS)})")
+    cost = squared_distances(points, centroids)
+    _, prices = assign_auction(cost, equal_capacities(points.shape[0], k))
+    return prices - prices.min()
 
 
 def equal_capacities(n: int, k: int) -> NDArray[np.int64]:
@@ -97,11 +125,15 @@ def assign_auction(
 def _auction_phase(
     value: Matrix, capacities: NDArray[np.int64], prices: Matrix, eps: float
 ) -> Labels:
+    """One epsilon phase. Each cluster keeps its holders sorted by bid (lowest first), so a
+    round with few bidders costs a merge, not a sort of the whole cluster."""
     n, k = value.shape
     labels = np.full(n, -1, dtype=np.int64)
-    bids = np.zeros(n)
+    holders = [np.empty(0, dtype=np.int64) for _ in range(k)]
+    held_bids = [np.empty(0) for _ in range(k)]
     second_prices = prices.copy()
-    while (unassigned := np.flatnonzero(labels < 0)).size:
+    unassigned = np.arange(n)
+    while unassigned.size:
         net = value[unassigned] - prices
         best = net.argmax(axis=1)
         rows = np.arange(unassigned.size)
@@ -109,21 +141,27 @@ def _auction_phase(
         net[rows, best] = value[unassigned, best] - second_prices[best]
         runner_up = net.max(axis=1) if k > 1 else best_net - eps
         offers = prices[best] + (best_net - runner_up) + eps
+        evicted: list[NDArray[np.int64]] = []
         for cluster in np.unique(best):
-            bidders = unassigned[best == cluster]
-            holders = np.flatnonzero(labels == cluster)
-            everyone = np.concatenate([holders, bidders])
-            offered = np.concatenate([bids[holders], offers[best == cluster]])
-            keep = capacities[cluster]
-            order = np.argsort(-offered, kind="stable")
-            labels[everyone[order[keep:]]] = -1
-            winners = order[:keep]
-            labels[everyone[winners]] = cluster
-            bids[everyone[winners]] = offered[winners]
-            kept = np.sort(offered[winners])
-            full = kept.size == keep
-            prices[cluster] = kept[0] if full else prices[cluster]
-            second_prices[cluster] = kept[1] if full and keep > 1 else prices[cluster]
+            chosen = best == cluster
+            bidders, bids = unassigned[chosen], offers[chosen]
+            # Ascending by bid; among equal bids the earlier bidder ends higher (is kept).
+            order = np.argsort(-bids, kind="stable")[::-1]
+            at = np.searchsorted(held_bids[cluster], bids[order], side="left")
+            merged = np.insert(holders[cluster], at, bidders[order])
+            merged_bids = np.insert(held_bids[cluster], at, bids[order])
+            labels[bidders] = cluster
+            drop = max(merged.size - int(capacities[cluster]), 0)
+            if drop:
+                labels[merged[:drop]] = -1
+                evicted.append(merged[:drop])
+            holders[cluster], held_bids[cluster] = merged[drop:], merged_bids[drop:]
+            if drop or merged.size == capacities[cluster]:
+                prices[cluster] = held_bids[cluster][0]
+                second_prices[cluster] = (
+                    held_bids[cluster][1] if held_bids[cluster].size > 1 else prices[cluster]
+                )
+        unassigned = np.concatenate(evicted) if evicted else np.empty(0, dtype=np.int64)
     return labels
 
 

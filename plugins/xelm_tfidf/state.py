@@ -19,12 +19,13 @@ from xelm_cli.api import (
 
 from .analyzer import AnalyzerSettings
 from .embedder import Embedder
-from .kmeans import nearest_centroid, squared_distances
+from .kmeans import ASSIGNMENTS, offset_assignment, squared_distances
 
 STATE_MEMBER = "tfidf"
 STATE_VERSION = 1
 EXPERT_LANGUAGE_SHARE = 0.10  # experts[i] lists the languages sending >= 10% of their docs to i
 ARRAY_NAMES = ("vocabulary", "stop_words", "idf", "components", "centroids")
+OFFSETS_ARRAY = "assignment_offsets"  # optional: absent means all zero (nearest centroid)
 
 
 def encode_lines(lines: Sequence[str]) -> NDArray[np.uint8]:
@@ -38,10 +39,23 @@ def decode_lines(array: NDArray[np.uint8]) -> list[str]:
 
 @dataclass
 class TfidfModel(Assigner):
-    """A fitted embedder plus centroids: sends any text to its nearest centroid."""
+    """A fitted embedder, centroids and per-centroid offsets: sends a text to
+    argmin_i (squared distance to centroid i + offsets[i]) (spec/allocation-tfidf.md, 3).
+
+    ``assignment`` names the rule the offsets come from: "balanced" (the auction's prices
+    for the training documents) or "nearest" (zeros: plain nearest centroid).
+    """
 
     embedder: Embedder
     centroids: NDArray[np.float64]
+    offsets: NDArray[np.float64] | None = None
+    assignment: str = "nearest"
+
+    def __post_init__(self) -> None:
+        if self.offsets is None:
+            self.offsets = np.zeros(self.k)
+        if self.assignment not in ASSIGNMENTS:
+            raise ValueError(f"assignment must be one of {', '.join(ASSIGNMENTS)}")
 
     @property
     def k(self) -> int:
@@ -55,8 +69,13 @@ class TfidfModel(Assigner):
         c-BTM weights are softmax(-distances / T))."""
         return squared_distances(self.embed(texts), self.centroids)
 
+    def assign_points(self, points: NDArray[np.float64]) -> NDArray[np.int64]:
+        """Experts of already embedded points (rows of ``embed``)."""
+        assert self.offsets is not None  # set by __post_init__
+        return offset_assignment(squared_distances(points, self.centroids), self.offsets)
+
     def assign_texts(self, texts: Sequence[str]) -> NDArray[np.int64]:
-        return nearest_centroid(self.embed(texts), self.centroids)
+        return self.assign_points(self.embed(texts))
 
     def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
         return self.assign_texts([document.text for document in documents])
@@ -90,6 +109,7 @@ def save_model(
             "tfidf": {"sublinear_tf": embedder.sublinear_tf, "smooth_idf": True, "norm": "l2"},
             "svd": {"n_components": embedder.dimensions, "n_features": len(embedder.terms)},
             "expert_language_share": EXPERT_LANGUAGE_SHARE,
+            "assignment": model.assignment,
             "training": training,
         }
     }
@@ -99,6 +119,7 @@ def save_model(
         "idf": embedder.idf.astype(np.float64),
         "components": embedder.components.astype(np.float32),
         "centroids": model.centroids.astype(np.float64),
+        OFFSETS_ARRAY: np.asarray(model.offsets, dtype=np.float64),
     }
     return write_allocation(
         out,
@@ -136,17 +157,25 @@ def load_model(allocation: Allocation) -> TfidfModel:
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{allocation.path}: bad '{STATE_MEMBER}' state: {exc}") from None
     centroids = np.asarray(arrays["centroids"], dtype=np.float64)
-    _check_shapes(allocation, embedder, centroids)
-    return TfidfModel(embedder, centroids)
+    offsets = np.asarray(arrays.get(OFFSETS_ARRAY, np.zeros(len(centroids))), dtype=np.float64)
+    assignment = state.get("assignment", "nearest")
+    _check_shapes(allocation, embedder, centroids, offsets)
+    if assignment not in ASSIGNMENTS:
+        raise FormatError(f"{allocation.path}: unknown assignment {assignment!r}")
+    return TfidfModel(embedder, centroids, offsets, assignment)
 
 
-def _check_shapes(allocation: Allocation, embedder: Embedder, centroids: np.ndarray) -> None:
+def _check_shapes(
+    allocation: Allocation, embedder: Embedder, centroids: np.ndarray, offsets: np.ndarray
+) -> None:
     n_features = len(embedder.terms)
     fine = (
         embedder.idf.shape == (n_features,)
         and embedder.components.ndim == 2
         and embedder.components.shape[1] == n_features
         and centroids.shape == (allocation.k, embedder.dimensions)
+        and offsets.shape == (allocation.k,)
+        and bool(np.isfinite(offsets).all())
     )
     if not fine:
         raise FormatError(f"{allocation.path}: TF-IDF arrays have inconsistent shapes")

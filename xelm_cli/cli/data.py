@@ -40,6 +40,14 @@ CorpusArg = Annotated[
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Only these languages, comma-separated: en,tr.")
 ]
+LangOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        help="Language of documents that carry none (records without 'lang', files not named "
+        "LANG.jsonl / LANG.txt, datasets without a lang column).",
+    ),
+]
 SplitOpt = Annotated[
     str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
 ]
@@ -128,6 +136,7 @@ def prepare_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
     split: SplitOpt = None,
+    lang: LangOpt = None,
     workers: Annotated[
         int | None, typer.Option(help="Tokenizer threads (default: one per core).")
     ] = None,
@@ -152,6 +161,7 @@ def prepare_command(
             tokens=parse_token_count(tokens) if tokens else None,
             seed=seed,
             split=split,
+            language=lang,
             batch_size=batch_size,
             workers=workers,
             overwrite=force,
@@ -178,6 +188,7 @@ def tokenizer_command(
         int, typer.Option(help="Characters of training text per language.")
     ] = DEFAULT_CHARS_PER_LANGUAGE,
     split: SplitOpt = None,
+    lang: LangOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -194,6 +205,7 @@ def tokenizer_command(
             langs=parse_language_list(langs) if langs else None,
             chars_per_language=chars_per_language,
             split=split,
+            language=lang,
             seed=seed,
             overwrite=force,
         )

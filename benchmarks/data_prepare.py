@@ -1,0 +1,146 @@
+"""Benchmark ``xelm data prepare``: tokenisation throughput with 1 and 2 (or N) workers.
+
+Trains a byte-level BPE tokenizer on a capped sample of the corpus (or takes ``--tokenizer``),
+then runs ``prepare`` on the sample training corpus once per worker count, each in a fresh
+subprocess: the Rust tokenizer fixes its thread pool at the first parallel call in a process,
+so measuring several worker counts in one process would time the first count every time.
+
+Reported per worker count: the end-to-end ``prepare`` time (reading, tokenising, writing,
+hashing, manifest), its throughput in MB of input text (UTF-8) and tokens per second, and the
+tokenizer alone (``encode_batch_fast`` over the same texts held in memory).
+
+Example: .venv/bin/python benchmarks/data_prepare.py --langs en,de,tr,ar --workers 1,2
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.corpus import iter_documents
+from xelm_cli.data_prepare import DEFAULT_BATCH_SIZE, load_tokenizer, prepare, tokenizer_threads
+from xelm_cli.languages import parse_language_list
+from xelm_cli.tokenizer_training import train_tokenizer_on_corpus
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="sample data directory")
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer or bundle (default: train one)")
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument(
+        "--chars-per-language", type=int, default=300_000, help="tokenizer training sample"
+    )
+    parser.add_argument("--langs", help="only these languages, e.g. en,de,tr (default: all)")
+    parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("CORPUS", "TOKENIZER", "WORKERS"), help=argparse.SUPPRESS
+    )  # one measurement, in a fresh process
+    return parser.parse_args(argv)
+
+
+def _corpus(train: Path, langs: list[str] | None, root: Path) -> Path:
+    """``train`` itself, or a directory linking only the files of ``langs``."""
+    if not langs:
+        return train
+    subset = root / "corpus"
+    subset.mkdir()
+    for lang in langs:
+        files = sorted(train.glob(f"{lang}.*"))
+        if not files:
+            raise SystemExit(f"no corpus file for {lang} in {train}")
+        for path in files:
+            (subset / path.name).symlink_to(path)
+    return subset
+
+
+def _measure(corpus: Path, tokenizer: Path, workers: int, batch_size: int) -> dict[str, Any]:
+    """One prepare run plus the tokenizer alone, in this (fresh) process."""
+    texts = [d.text for d in iter_documents(corpus) if d.text]
+    text_bytes = sum(len(t.encode()) for t in texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        shards = prepare(corpus, tokenizer, Path(tmp) / "shards", workers=workers).shards
+        prepare_s = time.perf_counter() - start
+        tokens = sum(s.tokens for s in shards.stats.values())
+    backend = load_tokenizer(tokenizer).backend
+    with tokenizer_threads(workers):
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch_size):
+            backend.encode_batch_fast(texts[i : i + batch_size], add_special_tokens=False)
+        encode_s = time.perf_counter() - start
+    return {
+        "workers": workers,
+        "documents": len(texts),
+        "text_mb": text_bytes / 1e6,
+        "tokens": tokens,
+        "prepare_s": prepare_s,
+        "prepare_mb_per_s": text_bytes / 1e6 / prepare_s,
+        "prepare_tokens_per_s": tokens / prepare_s,
+        "encode_s": encode_s,
+        "encode_mb_per_s": text_bytes / 1e6 / encode_s,
+        "encode_tokens_per_s": tokens / encode_s,
+    }
+
+
+def _in_subprocess(corpus: Path, tokenizer: Path, workers: int, batch_size: int) -> Any:
+    command = [sys.executable, __file__, "--child", str(corpus), str(tokenizer), str(workers)]
+    command += ["--batch-size", str(batch_size)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'workers':>7} {'docs':>8} {'text MB':>8} {'tokens':>11} {'prepare s':>9} "
+        f"{'MB/s':>6} {'tok/s':>10} {'encode s':>8} {'MB/s':>6} {'tok/s':>10}"
+    )
+    rows = [
+        f"{r['workers']:>7} {r['documents']:>8,} {r['text_mb']:>8.1f} {r['tokens']:>11,} "
+        f"{r['prepare_s']:>9.2f} {r['prepare_mb_per_s']:>6.2f} {r['prepare_tokens_per_s']:>10,.0f} "
+        f"{r['encode_s']:>8.2f} {r['encode_mb_per_s']:>6.2f} {r['encode_tokens_per_s']:>10,.0f}"
+        for r in results
+    ]
+    return "\n".join([header, *rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
+    if args.child:
+        corpus, tokenizer, workers = args.child
+        print(json.dumps(_measure(Path(corpus), Path(tokenizer), int(workers), args.batch_size)))
+        return
+    langs = parse_language_list(args.langs) if args.langs else None
+    workers = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = _corpus(args.data / "corpus" / "train", langs, Path(tmp))
+        tokenizer, train_s = args.tokenizer, 0.0
+        if tokenizer is None:
+            start = time.perf_counter()
+            tokenizer = train_tokenizer_on_corpus(
+                corpus,
+                Path(tmp) / "tok",
+                vocab_size=args.vocab_size,
+                chars_per_language=args.chars_per_language,
+            ).path
+            train_s = time.perf_counter() - start
+        results = [_in_subprocess(corpus, tokenizer, w, args.batch_size) for w in workers]
+    if args.json:
+        print(json.dumps({"tokenizer_train_s": train_s, "results": results}, indent=2))
+        return
+    if train_s:
+        print(f"trained a {args.vocab_size}-token byte-level BPE in {train_s:.1f} s")
+    print(f"corpus: {corpus if not langs else ', '.join(langs)} (train split)")
+    print(_table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Bad corpus input: one `xelm: error:` line on stderr, a non-zero exit, nothing written."""
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from conftest import SHARED_DATA
+
+from xelm_cli.cli import run
+from xelm_cli.corpus import iter_documents
+from xelm_cli.errors import FormatError, UsageError
+from xelm_cli.shards import Shards
+
+RECORDS = [{"text": "Merhaba dünya.", "lang": "tr"}, {"text": "Hello world.", "lang": "en"}]
+
+
+def jsonl(records: Sequence[object]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+def compressed(records: Sequence[object]) -> bytes:
+    return zstandard.ZstdCompressor().compress(jsonl(records) * 200)
+
+
+def hf_dataset(path: Path, columns: dict[str, list[str]]) -> Path:
+    import datasets
+
+    datasets.Dataset.from_dict(columns).save_to_disk(str(path))
+    return path
+
+
+# Each case writes its input under the test directory and returns (input, extra arguments).
+Case = Callable[[Path], tuple[Path, list[str]]]
+
+
+def _file(name: str, data: bytes, *args: str) -> Case:
+    def make(root: Path) -> tuple[Path, list[str]]:
+        (root / name).write_bytes(data)
+        return root / name, list(args)
+
+    return make
+
+
+def _empty_directory(root: Path) -> tuple[Path, list[str]]:
+    (root / "corpus").mkdir()
+    return root / "corpus", []
+
+
+def _unlabelled_dataset(root: Path) -> tuple[Path, list[str]]:
+    return hf_dataset(root / "ds", {"text": ["Merhaba.", "Selam."]}), []
+
+
+CASES: dict[str, tuple[Case, str]] = {
+    "empty-file": (_file("tr.jsonl", b""), "no documents in"),
+    "empty-directory": (_empty_directory, "no corpus files"),
+    "non-utf8-jsonl": (_file("tr.jsonl", jsonl(RECORDS) + b'{"text": "\xff\xfe"}\n'), "UTF-8"),
+    "non-utf8-txt": (_file("tr.txt", "Merhaba dünya.\n".encode() + b"caf\xe9\n"), "UTF-8"),
+    "zst-garbage": (
+        _file("tr.jsonl.zst", compressed(RECORDS)[:8] + b"\xffgarbage" * 64),
+        "corrupt zstd",
+    ),
+    "zst-truncated": (
+        _file("tr.jsonl.zst", compressed(RECORDS)[:-12]),
+        "truncated zstd",
+    ),
+    "record-not-object": (_file("tr.jsonl", jsonl([*RECORDS, ["a", "list"]])), "tr.jsonl:3: "),
+    "record-without-text": (_file("tr.jsonl", jsonl([{"body": "x"}])), "string field 'text'"),
+    "unknown-record-language": (
+        _file("c.jsonl", jsonl([{"text": "x", "lang": "xx-nowhere!"}])),
+        "c.jsonl:1: ",
+    ),
+    "unlabelled-jsonl": (
+        _file("corpus.jsonl", jsonl([{"text": "x"}])),
+        "corpus.jsonl: documents have no language: add a 'lang' field or pass --lang",
+    ),
+    "unlabelled-txt": (_file("notes.txt", b"Merhaba.\n"), "notes.txt: documents have no"),
+    "unlabelled-dataset": (_unlabelled_dataset, "ds: documents have no language"),
+    "unknown-langs": (_file("tr.jsonl", jsonl(RECORDS), "--langs", "tr,klingon!"), "klingon"),
+    "unknown-lang": (_file("notes.txt", b"Merhaba.\n", "--lang", "klingon!"), "klingon"),
+    "not-a-corpus-file": (_file("data.parquet", b"PAR1"), "not a corpus file"),
+}
+
+
+def assert_one_error_line(err: str, message: str) -> None:
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xelm: error: "), err
+    assert message in lines[0], err
+
+
+@pytest.mark.parametrize("command", ["prepare", "tokenizer"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_and_writes_nothing(
+    case: str,
+    command: str,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    make, message = CASES[case]
+    source, extra = make(tmp_path)
+    out = tmp_path / "out"
+    args = ["data", command, str(source), "-o", str(out), *extra]
+    if command == "prepare":
+        args += ["--tokenizer", str(tokenizer_dir)]
+    else:
+        args += ["--vocab-size", "300"]
+    capsys.readouterr()
+    assert run(args) != 0
+    assert_one_error_line(capsys.readouterr().err, message)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_lang_labels_an_unlabelled_dataset(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = hf_dataset(tmp_path / "ds", {"text": ["Merhaba.", "Selam, dünya."]})
+    out = tmp_path / "shards"
+    prepare = ["data", "prepare", str(source), "-t", str(tokenizer_dir), "-o", str(out)]
+    assert run([*prepare, "--lang", "tr", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["languages"]) == ["tr"]
+    assert report["languages"]["tr"]["documents"] == 2
+    assert report["options"]["lang"] == "tr"
+    assert run([*prepare, "--lang", "tur"]) == 0  # same label, normalised: up to date
+    assert "up to date" in capsys.readouterr().out
+    assert run([*prepare, "--lang", "en"]) == 2  # another label is other content
+    assert_one_error_line(capsys.readouterr().err, "other options (lang)")
+    tokenizer = ["data", "tokenizer", str(source), "-o", str(tmp_path / "tok")]
+    assert run([*tokenizer, "--vocab-size", "300", "--lang", "tr", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["characters"] == {"tr": 21}
+
+
+def test_file_language_wins_over_lang(tmp_path: Path) -> None:
+    (tmp_path / "tr.txt").write_text("Merhaba.\n")
+    (tmp_path / "notes.txt").write_text("Hello.\n")
+    (tmp_path / "mixed.jsonl").write_bytes(jsonl([{"text": "x", "lang": "ru"}, {"text": "y"}]))
+    docs = iter_documents(tmp_path, language="en", require_language=True)
+    assert [(d.text, d.language) for d in docs] == [
+        ("x", "ru"),
+        ("y", "en"),
+        ("Hello.", "en"),
+        ("Merhaba.", "tr"),
+    ]
+
+
+def test_zstd_reader_reads_multi_frame_files_and_refuses_truncation(tmp_path: Path) -> None:
+    frame = zstandard.ZstdCompressor()
+    path = tmp_path / "en.jsonl.zst"
+    path.write_bytes(frame.compress(jsonl(RECORDS[:1])) + frame.compress(jsonl(RECORDS[1:])))
+    assert [d.text for d in iter_documents(path)] == ["Merhaba dünya.", "Hello world."]
+    path.write_bytes(b"")  # an empty file is an empty corpus, not a broken one
+    assert list(iter_documents(path)) == []
+    real = (SHARED_DATA / "corpus" / "valid" / "en.jsonl.zst").read_bytes()
+    path.write_bytes(real[: len(real) // 2])
+    with pytest.raises(FormatError, match="truncated zstd stream"):
+        list(iter_documents(path))
+
+
+def test_sample_corpus_shards_match_the_manifest(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real slice of the sample corpus: the token files hold exactly what the manifest says."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("az", "tr", "ar"):
+        src = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
+        (corpus / src.name).write_bytes(src.read_bytes())
+    documents = {lang: 0 for lang in ("az", "tr", "ar")}
+    for doc in iter_documents(corpus):
+        documents[doc.language or ""] += bool(doc.text)
+    out = tmp_path / "shards"
+    args = ["data", "prepare", str(corpus), "-t", str(tokenizer_dir), "-o", str(out)]
+    assert run(args) == 0
+    shards = Shards.open(out)
+    assert shards.verify() == []
+    for lang, entry in shards.manifest["languages"].items():
+        tokens = np.fromfile(out / f"{lang}.tokens.bin", dtype=shards.dtype)
+        offsets = np.fromfile(out / f"{lang}.offsets.bin", dtype="<u8")
+        assert len(tokens) == entry["tokens"] == entry["source_tokens"] > 0
+        assert len(offsets) - 1 == entry["documents"] == documents[lang]
+        assert offsets[-1] == len(tokens)
+    other = tmp_path / "tok2"
+    assert run(["data", "tokenizer", str(corpus), "-o", str(other), "--vocab-size", "300"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert run([*args[:3], "-t", str(other), "-o", str(out)]) == 2
+    assert_one_error_line(capsys.readouterr().err, "another tokenizer")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_require_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "tr.txt").write_text("Merhaba dünya.\n")
+    from xelm_cli.data_prepare import prepare
+
+    shards = prepare(tmp_path / "tr.txt", tokenizer_dir, tmp_path / "shards").shards
+    shards.require_tokenizer(shards.tokenizer_fingerprint, "bundle seed/")
+    with pytest.raises(UsageError, match=r"^bundle seed/ has tokenizer sha256:0+, but ") as info:
+        shards.require_tokenizer("sha256:" + "0" * 64, "bundle seed/")
+    assert "\n" not in str(info.value)
+    assert shards.tokenizer_fingerprint in str(info.value)
