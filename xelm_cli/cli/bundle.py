@@ -21,7 +21,7 @@ from ..lineage import Node, children, graph_json, lineage_graph, roots
 from ..manifest import ROLES
 from ..progress import byte_progress
 from ..seed import NAMED_CONFIGS, init_from_config, init_from_hf
-from .options import BundleArg, ForceOpt, JsonOpt, OutDirOpt
+from .options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
 
 app = typer.Typer(
     help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
@@ -31,10 +31,6 @@ console = Console()
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")
 ]
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _summary(bundle: Bundle) -> dict[str, Any]:
@@ -113,7 +109,7 @@ def init(
 
 def _report_written(bundle: Bundle, as_json: bool) -> None:
     if as_json:
-        _print_json(_summary(bundle))
+        print_json(_summary(bundle))
     else:
         console.print(
             f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
@@ -130,7 +126,7 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
     bundle = Bundle.read(bundle_dir)
     m = bundle.manifest
     if as_json:
-        _print_json({**_summary(bundle), "manifest": m.raw})
+        print_json({**_summary(bundle), "manifest": m.raw})
         return
     table = Table(show_header=False, box=None)
     table.add_column(no_wrap=True)
@@ -182,7 +178,7 @@ def verify(
         with byte_progress(f"verifying {path.name}", total) as progress:
             report[str(path)] = verify_bundle(path, progress)
     if as_json:
-        _print_json({"ok": not any(report.values()), "bundles": report})
+        print_json({"ok": not any(report.values()), "bundles": report})
     else:
         for path_str, problems in report.items():
             if problems:
@@ -224,7 +220,7 @@ def lineage(
     """
     nodes = lineage_graph(find_bundles(bundles))
     if as_json:
-        _print_json(graph_json(nodes))
+        print_json(graph_json(nodes))
         return
     kids, seen = children(nodes), set[str]()
     tree = Tree("bundles", hide_root=True)

@@ -1,6 +1,5 @@
 """``xelm cluster``: one command per registered clusterer, plus ``show``."""
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from ..allocation import Allocation, read_allocation
 from ..atomic import atomic_file
 from ..errors import FormatError
 from ..plugins import get_registry
-from .options import JsonOpt
+from .options import JsonOpt, print_json
 
 app = typer.Typer(
     help="Allocate languages or documents to experts. Each clusterer plugin adds a command.\n\n"
@@ -205,7 +204,7 @@ def show(
     if plot is not None:
         summary["plots"] = [str(path) for path in write_plots(allocation, plot)]
     if as_json:
-        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        print_json(summary)
         return
     console = Console()
     _print_tables(allocation, console)

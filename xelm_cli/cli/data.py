@@ -1,26 +1,22 @@
 """``xelm data``: tokenise corpora into shards, train tokenizers, inspect shards."""
 
-import contextlib
 import json
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..data_prepare import parse_caps, parse_token_count, prepare
 from ..digest import short
 from ..errors import IntegrityError
 from ..languages import parse_language_list
-from ..progress import stderr_console
+from ..progress import document_progress, stderr_console
 from ..shards import Shards
 from ..tokenizer_training import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
-from .options import ForceOpt, JsonOpt, OutDirOpt
+from .options import ForceOpt, JsonOpt, OutDirOpt, print_json
 
 app = typer.Typer(
     help="Corpora: tokenise them into per-language shards, train tokenizers.\n\n"
@@ -51,27 +47,6 @@ LangOpt = Annotated[
 SplitOpt = Annotated[
     str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
 ]
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-@contextlib.contextmanager
-def _document_progress(description: str) -> Iterator[Callable[[int], None]]:
-    """A documents counter on stderr (a terminal only), yielding ``advance(n)``."""
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        MofNCompleteColumn(),
-        TextColumn("documents"),
-        TimeElapsedColumn(),
-        console=stderr_console,
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as progress:
-        task = progress.add_task(description, total=None)
-        yield lambda n: progress.advance(task, n)
 
 
 def _shards_summary(shards: Shards) -> dict[str, Any]:
@@ -150,7 +125,7 @@ def prepare_command(
 
     Example: xelm data prepare corpus/ --tokenizer seed/ --alpha 0.3 --tokens 20M -o shards/
     """
-    with _document_progress("tokenising") as progress:
+    with document_progress("tokenising") as progress:
         result = prepare(
             corpus,
             tokenizer,
@@ -169,7 +144,7 @@ def prepare_command(
         )
     shards = result.shards
     if as_json:
-        _print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
+        print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
         return
     if result.up_to_date:
         console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
@@ -210,7 +185,7 @@ def tokenizer_command(
             overwrite=force,
         )
     if as_json:
-        _print_json(
+        print_json(
             {
                 "path": str(trained.path),
                 "vocab_size": trained.vocab_size,
@@ -238,7 +213,7 @@ def inspect_command(
     problems = shards.verify() if verify else []
     if as_json:
         extra = {"problems": problems} if verify else {}
-        _print_json({**_shards_summary(shards), **extra})
+        print_json({**_shards_summary(shards), **extra})
     else:
         m = shards.manifest
         about = Table(show_header=False, box=None)

@@ -1,7 +1,6 @@
 """``xelm lang``: language codes, their URIEL codes, and typological donor choice."""
 
 import importlib.util
-import json
 from typing import Annotated, Any
 
 import langcodes
@@ -11,7 +10,7 @@ from rich.table import Table
 
 from ..languages import COMMON_NAMES, normalize_language, parse_language_list
 from ..typology import DEFAULT_FEATURE_SET, feature_set_name, rank_donors, uriel_code
-from .options import JsonOpt
+from .options import JsonOpt, print_json
 
 app = typer.Typer(
     help="Languages: normalised codes, URIEL codes, typologically nearest donors.\n\n"
@@ -27,10 +26,6 @@ FeaturesOpt = Annotated[
         "inventory, family (fam), geo, or any lang2vec name such as syntax_knn.",
     ),
 ]
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @app.command()
@@ -63,7 +58,7 @@ def nearest(
         for code, distance in ranked
     ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("rank", "language", "URIEL", "distance")
     for rank, row in enumerate(rows, start=1):
@@ -106,7 +101,7 @@ def info(
         "uriel": uriel_code(tag, feature_set),
     }
     if as_json:
-        _print_json(details)
+        print_json(details)
         return
     table = Table(show_header=False, box=None)
     for key, value in details.items():

@@ -1,7 +1,8 @@
-"""Option types shared by the command groups."""
+"""Option types and output helpers shared by the command groups."""
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,3 +12,8 @@ OutDirOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Output directory (must not exist).")
 ]
 BundleArg = Annotated[Path, typer.Argument(help="Bundle directory.", show_default=False)]
+
+
+def print_json(value: Any) -> None:
+    """What ``--json`` prints: indented, non-ASCII kept readable."""
+    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))

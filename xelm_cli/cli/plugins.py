@@ -1,14 +1,12 @@
 """``xelm plugins``: what the installed plugins register, and which ones failed."""
 
-import json
-
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .. import plugins as host
-from .options import JsonOpt
+from .options import JsonOpt, print_json
 
 app = typer.Typer(
     help="Plugins: list what is installed and what each one registers.\n\n"
@@ -37,7 +35,7 @@ def list_plugins(as_json: JsonOpt = False) -> None:
     """
     registry = host.get_registry()
     if as_json:
-        typer.echo(json.dumps(registry.as_dict(), indent=2))
+        print_json(registry.as_dict())
         return
     console = Console(soft_wrap=True)
     if registry.plugins:
