@@ -9,7 +9,7 @@ INSTALL = ["-c", "constraints.txt", "-e", ".[dev]"]
 @nox.session
 def tests(session: nox.Session) -> None:
     session.install(*INSTALL)
-    session.run("pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *session.posargs)  # bin/lang2vec.py shadows lang2vec
 
 
 @nox.session

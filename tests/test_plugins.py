@@ -450,7 +450,13 @@ def listed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_installed_plugin_is_listed(hello_site: Path) -> None:
     listing = listed(xelm("plugins", "list", "--json", sites=[hello_site]))
-    assert [p["name"] for p in listing["plugins"]] == ["routers", "tfidf", "typology", "hello"]
+    assert [p["name"] for p in listing["plugins"]] == [
+        "routers",
+        "tfidf",
+        "trainer",
+        "typology",
+        "hello",
+    ]
     (hello,) = [p for p in listing["plugins"] if p["name"] == "hello"]
     assert (hello["distribution"], hello["version"]) == ("xelm-hello-plugin", "0.2.0")
     assert hello["registered"]["router"] == ["shared-language"]

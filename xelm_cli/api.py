@@ -14,6 +14,7 @@ import pluggy
 from numpy.typing import NDArray
 
 from .allocation import Allocation, read_allocation, write_allocation
+from .bundle import Bundle, verify_bundle, write_bundle
 from .corpus import Document, iter_documents
 from .errors import (
     ArchiveError,
@@ -25,6 +26,14 @@ from .errors import (
 )
 from .languages import normalize_language, parse_language_list
 from .plugins import Register, Registration, Registry, get_registry
+from .shards import Shards
+from .training import (
+    BlockStream,
+    TrainRequest,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .typology import (
     distance_matrix,
     feature_set_name,
@@ -37,6 +46,8 @@ __all__ = [
     "Allocation",
     "ArchiveError",
     "Assigner",
+    "BlockStream",
+    "Bundle",
     "Clusterer",
     "Document",
     "Evaluator",
@@ -49,6 +60,8 @@ __all__ = [
     "Registration",
     "Registry",
     "Router",
+    "Shards",
+    "TrainRequest",
     "Trainer",
     "UsageError",
     "Weights",
@@ -60,12 +73,17 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "iter_documents",
+    "list_checkpoints",
+    "load_checkpoint",
     "normalize_language",
     "parse_language_list",
     "rank_donors",
     "read_allocation",
+    "save_checkpoint",
     "uriel_code",
+    "verify_bundle",
     "write_allocation",
+    "write_bundle",
 ]
 
 hookimpl = pluggy.HookimplMarker("xelm")
@@ -183,14 +201,21 @@ class Clusterer(ABC):
         """Rebuild the fitted allocation; refuses (UsageError) one written by another clusterer."""
 
 
-class Trainer(Protocol):
-    """A way to train one expert bundle (registered by ``register_trainers``).
+class Trainer(ABC):
+    """A way to train a bundle on token shards (registered by ``register_trainers``).
 
-    Only ``name`` is fixed so far; the methods are specified in spec/plugin-api.md and refined by
-    the training issue.
+    ``xelm train --trainer NAME`` builds a :class:`TrainRequest` and calls ``train``, which
+    refuses bad input (one-line :class:`UsageError`) before any heavy work, writes checkpoints
+    to ``request.checkpoint_dir``, continues from the newest one when ``request.resume``, and
+    writes the trained model as a new bundle at ``request.output`` (lineage relation ``train``,
+    training record as in spec/bundle-v1.md section 3.3 and spec/training.md).
     """
 
-    name: str
+    name: ClassVar[str]
+
+    @abstractmethod
+    def train(self, request: TrainRequest) -> Bundle:
+        """Train and return the new bundle (already written, atomically)."""
 
 
 class Evaluator(Protocol):

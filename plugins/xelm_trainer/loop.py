@@ -1,0 +1,422 @@
+"""The ``causal-lm`` trainer: a plain training loop, top to bottom (in the style of nanoGPT).
+
+1. check every input and refuse in one line before loading anything heavy;
+2. load the model, build AdamW and the block stream, maybe resume from the newest checkpoint;
+3. loop: accumulate gradients over micro-batches, clip, step, log, validate, checkpoint;
+4. write the trained model as a new bundle (lineage ``train``) atomically.
+"""
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from xelm_cli.api import (
+    BlockStream,
+    Bundle,
+    Shards,
+    TrainRequest,
+    UsageError,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    write_bundle,
+)
+
+from .options import TrainOptions
+
+TRAINER_NAME = "causal-lm"
+METRICS_FILE = "metrics.jsonl"
+# Options that change the numbers a run computes: a resumed run must have the same ones.
+RUN_IDENTITY = (
+    "block_size", "batch_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
+    "beta1", "beta2", "eps", "weight_decay", "clip", "seed",
+)  # fmt: skip
+
+
+@dataclass
+class RunState:
+    """What a checkpoint stores besides tensors: enough to continue exactly."""
+
+    step: int = 0
+    cursor: int = 0  # blocks of the stream consumed so far (the data position)
+    loss_curve: list[list[float]] = field(default_factory=list)
+    valid_curve: list[list[float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Inputs:
+    bundle: Bundle
+    shards: Shards
+    valid: Shards | None
+    languages: list[str]
+    options: TrainOptions
+    steps: int
+
+
+class TrainingRun:
+    """One run of the ``causal-lm`` trainer; ``on_step_end`` is a hook for tests."""
+
+    def train(self, request: TrainRequest) -> Bundle:
+        inputs = check_inputs(request)
+        device = pick_device(inputs.options.device)
+        torch.manual_seed(inputs.options.seed)
+        model = inputs.bundle.load_model(verify=False, dtype=torch.float32).to(device)
+        if inputs.options.gradient_checkpointing:  # renamed in transformers 5
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
+        optimizer = make_optimizer(model, inputs.options)
+        state = RunState()
+        if request.resume:
+            state = resume(request, inputs, model, optimizer)
+        else:
+            start_fresh(request)
+        state = self.loop(request, inputs, model, optimizer, state, device)
+        return write_trained(request, inputs, model, state, device)
+
+    def on_step_end(self, step: int) -> None:
+        """Called after every optimiser step (and its checkpoint); tests stop runs here."""
+
+    def loop(
+        self,
+        request: TrainRequest,
+        inputs: Inputs,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        state: RunState,
+        device: torch.device,
+    ) -> RunState:
+        options = inputs.options
+        special = inputs.shards.special_tokens
+        stream = BlockStream(
+            inputs.shards, inputs.languages, options.block_size, seed=options.seed,
+            bos=special.get("bos"), eos=special.get("eos"),
+        )  # fmt: skip
+        valid_blocks = validation_blocks(inputs, options)
+        forward = torch.compile(model) if options.compile else model
+        autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+        metrics = MetricsLog(request.checkpoint_dir / METRICS_FILE, state.step)
+        if valid_blocks is not None and state.step == 0:
+            state.valid_curve.append(
+                [0, evaluate(forward, valid_blocks, options, device, autocast)]
+            )
+            metrics.write({"step": 0, "valid_loss": state.valid_curve[-1][1]})
+        with TrainProgress(inputs.steps, state.step) as progress:
+            while state.step < inputs.steps:
+                started = time.perf_counter()
+                lr = learning_rate(state.step, inputs.steps, options)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss = 0.0
+                for _ in range(options.accumulation):
+                    blocks = stream.blocks(state.cursor, options.batch_size)
+                    state.cursor += options.batch_size
+                    batch = torch.from_numpy(blocks).to(device)
+                    with autocast:
+                        micro_loss = forward(input_ids=batch, labels=batch).loss
+                    (micro_loss / options.accumulation).backward()
+                    loss += micro_loss.item() / options.accumulation
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                elapsed = time.perf_counter() - started
+                state.seconds += elapsed
+                speed = options.batch_tokens / max(elapsed, 1e-9)
+                if state.step % options.log_every == 0 or state.step == inputs.steps:
+                    state.loss_curve.append([state.step, loss])
+                metrics.write(
+                    {"step": state.step, "tokens": state.step * options.batch_tokens,
+                     "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed}
+                )  # fmt: skip
+                if valid_blocks is not None and due(state.step, options.eval_every, inputs.steps):
+                    valid = evaluate(forward, valid_blocks, options, device, autocast)
+                    state.valid_curve.append([state.step, valid])
+                    metrics.write({"step": state.step, "valid_loss": valid})
+                if due(state.step, options.checkpoint_every, inputs.steps):
+                    checkpoint(request, inputs, model, optimizer, state)
+                progress.update(state.step, loss, speed)
+                self.on_step_end(state.step)
+        return state
+
+
+# --- 1. checks ------------------------------------------------------------------------------------
+
+
+def check_inputs(request: TrainRequest) -> Inputs:
+    """Every refusal that needs no model: one line each, nothing written."""
+    options = TrainOptions.from_dict(dict(request.options))
+    bundle = Bundle.open(request.bundle)
+    shards = Shards.open(request.data)
+    shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
+    languages = list(request.languages) or bundle.languages
+    if not languages:
+        raise UsageError(f"bundle {bundle.path} lists no languages; pass --langs")
+    require_tokens(shards, languages)
+    valid = None
+    if request.valid is not None:
+        valid = Shards.open(request.valid)
+        valid.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
+        require_tokens(valid, languages)
+    steps = request.tokens // options.batch_tokens
+    if steps < 1:
+        raise UsageError(
+            f"--tokens {request.tokens} is smaller than one global batch of "
+            f"{options.batch_tokens} tokens (--batch-size x --block-size x accumulation)"
+        )
+    check_output(request)
+    return Inputs(bundle, shards, valid, languages, options, steps)
+
+
+def require_tokens(shards: Shards, languages: list[str]) -> None:
+    shards.require_languages(languages)
+    empty = [lang for lang in languages if shards.stats[lang].tokens == 0]
+    if empty:
+        raise UsageError(f"{shards.path} has no tokens in {', '.join(empty)}")
+
+
+def check_output(request: TrainRequest) -> None:
+    output = Path(os.path.abspath(request.output))
+    if output.exists() and not request.force:
+        raise UsageError(f"output {output} already exists; choose another path or pass --force")
+    existing = output.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {output.parent}: {existing} is not a writable directory")
+    has_checkpoints = bool(list_checkpoints(request.checkpoint_dir))
+    if request.resume and not has_checkpoints:
+        raise UsageError(f"nothing to resume: {request.checkpoint_dir} holds no checkpoint")
+    if has_checkpoints and not request.resume and not request.force:
+        raise UsageError(
+            f"{request.checkpoint_dir} holds checkpoints of an earlier run; "
+            "pass --resume to continue it or --force to start over"
+        )
+
+
+# --- 2. setup -------------------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(model: Any, options: TrainOptions) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=options.lr,
+        betas=(options.beta1, options.beta2),
+        eps=options.eps,
+        weight_decay=options.weight_decay,
+    )
+
+
+def run_identity(request: TrainRequest, inputs: Inputs) -> dict[str, Any]:
+    resolved = inputs.options.as_dict()
+    return {
+        "bundle": inputs.bundle.digest,
+        "data": inputs.shards.digest,
+        "languages": inputs.languages,
+        "tokens": request.tokens,
+        **{name: resolved[name] for name in RUN_IDENTITY},
+    }
+
+
+def start_fresh(request: TrainRequest) -> None:
+    if request.checkpoint_dir.exists():  # --force over an earlier run's checkpoints
+        shutil.rmtree(request.checkpoint_dir)
+
+
+def resume(request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any) -> RunState:
+    step, path = list_checkpoints(request.checkpoint_dir)[-1]
+    with open(path / "state.json", encoding="utf-8") as f:
+        saved_identity = json.load(f).get("identity")
+    identity = run_identity(request, inputs)
+    if saved_identity != identity:
+        changed = sorted(k for k in identity if (saved_identity or {}).get(k) != identity[k])
+        raise UsageError(
+            f"cannot resume {path}: the run differs in {', '.join(changed)}; "
+            "use the same inputs and options, or --force to start over"
+        )
+    saved = load_checkpoint(path, model=model, optimizer=optimizer)
+    print(f"xelm: resuming from step {step} ({path})", file=sys.stderr)
+    return RunState(
+        step=saved["step"],
+        cursor=saved["cursor"],
+        loss_curve=saved["loss_curve"],
+        valid_curve=saved["valid_curve"],
+        seconds=saved["seconds"],
+    )
+
+
+def checkpoint(
+    request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, state: RunState
+) -> None:
+    save_checkpoint(
+        request.checkpoint_dir,
+        state.step,
+        model=model,
+        optimizer=optimizer,
+        state={
+            "identity": run_identity(request, inputs),
+            "cursor": state.cursor,
+            "loss_curve": state.loss_curve,
+            "valid_curve": state.valid_curve,
+            "seconds": state.seconds,
+        },
+    )
+
+
+# --- 3. the loop's pieces -------------------------------------------------------------------------
+
+
+def learning_rate(step: int, total: int, options: TrainOptions) -> float:
+    """Warm-up linearly to ``lr``, then decay to 0 at ``total`` (linear or cosine) or stay."""
+    if step < options.warmup_steps:
+        return options.lr * (step + 1) / options.warmup_steps
+    if options.schedule == "constant":
+        return options.lr
+    progress = (step - options.warmup_steps) / max(1, total - options.warmup_steps)
+    if options.schedule == "cosine":
+        return options.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return options.lr * (1 - progress)
+
+
+def due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def validation_blocks(inputs: Inputs, options: TrainOptions) -> np.ndarray | None:
+    """The first ``eval_blocks`` blocks of the held-out shards (fixed order, one epoch at most)."""
+    if inputs.valid is None:
+        return None
+    special = inputs.valid.special_tokens
+    stream = BlockStream(
+        inputs.valid, inputs.languages, options.block_size, seed=options.seed,
+        bos=special.get("bos"), eos=special.get("eos"),
+    )  # fmt: skip
+    n_blocks = max(1, min(options.eval_blocks, stream.epoch_tokens // options.block_size))
+    return stream.blocks(0, n_blocks)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, blocks: np.ndarray, options: TrainOptions, device: torch.device, autocast: Any
+) -> float:
+    model.eval()
+    losses = []
+    for start in range(0, len(blocks), options.batch_size):
+        batch = torch.from_numpy(blocks[start : start + options.batch_size]).to(device)
+        with autocast:
+            losses.append(model(input_ids=batch, labels=batch).loss.item() * len(batch))
+    model.train()
+    return sum(losses) / len(blocks)
+
+
+class MetricsLog:
+    """``OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines."""
+
+    def __init__(self, path: Path, resumed_at: int) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resumed_at
+            ]
+            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class TrainProgress:
+    """A rich progress bar on stderr (terminals only) with loss and tokens/s."""
+
+    def __init__(self, total: int, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} tok/s"),
+            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            disable=not sys.stderr.isatty(),
+        )  # fmt: skip
+        self.task = self.progress.add_task("train", total=total, completed=done, loss=0, speed=0)
+
+    def __enter__(self) -> "TrainProgress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, step: int, loss: float, speed: float) -> None:
+        self.progress.update(self.task, completed=step, loss=loss, speed=speed)
+
+
+# --- 4. the trained bundle ------------------------------------------------------------------------
+
+
+def write_trained(
+    request: TrainRequest, inputs: Inputs, model: Any, state: RunState, device: torch.device
+) -> Bundle:
+    parent, options = inputs.bundle, inputs.options
+    role = options.role or (parent.manifest.role if parent.manifest.role != "seed" else "dense")
+    training = {
+        "tokens": state.step * options.batch_tokens,
+        "steps": state.step,
+        "data_digest": inputs.shards.digest,
+        "command": request.command,
+        "options": {
+            "trainer": TRAINER_NAME,
+            "bundle": str(request.bundle),
+            "data": str(request.data),
+            "valid": str(request.valid) if request.valid else None,
+            "valid_digest": inputs.valid.digest if inputs.valid else None,
+            "languages": inputs.languages,
+            "tokens": request.tokens,
+            **options.as_dict(),
+            "role": role,
+        },
+        "loss_curve": state.loss_curve,
+        "valid_curve": state.valid_curve,
+        "seconds": round(state.seconds, 3),
+        "hardware": {"device": device.type, "torch": torch.__version__},
+    }
+    with write_bundle(
+        request.output,
+        role=role,
+        languages=inputs.languages,
+        parent=parent,
+        step={"relation": "train", "parents": [parent.ref]},
+        allocation=parent.manifest.allocation,
+        training=training,
+        overwrite=request.force,
+    ) as writer:
+        writer.save_model(model.to("cpu"))
+    if not options.keep_checkpoints:
+        for _, path in list_checkpoints(request.checkpoint_dir):
+            shutil.rmtree(path, ignore_errors=True)
+    assert writer.result is not None
+    return writer.result

@@ -1,0 +1,335 @@
+"""Training: packing, the causal-LM trainer, bitwise resume, plans and refusals."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+from conftest import SHARED_DATA, TEST_LANGS, train_tokenizer
+from safetensors.torch import load_file
+from xelm_trainer import CausalLMTrainer
+from xelm_trainer.loop import TrainingRun
+
+from xelm_cli.allocation import write_allocation
+from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.cli import run
+from xelm_cli.data_prepare import prepare
+from xelm_cli.shards import Shards
+from xelm_cli.training import (
+    BlockStream,
+    TrainRequest,
+    checkpoint_dir,
+    parse_token_count,
+    plan_budgets,
+)
+
+SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
+
+
+def corpus_slice(split: str, lines: int, out: Path) -> Path:
+    """The first ``lines`` documents of each test language of ../shared/data/corpus/SPLIT."""
+    out.mkdir(parents=True)
+    for lang in TEST_LANGS:
+        with open(SHARED_DATA / "corpus" / split / f"{lang}.jsonl.zst", "rb") as f:
+            reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), "utf-8")
+            head = [reader.readline() for _ in range(lines)]
+        (out / f"{lang}.jsonl").write_text("".join(head), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    root = tmp_path_factory.mktemp("train")
+    source = corpus_slice("train", 400, root / "corpus")
+    prepare(source, seed_bundle, root / "shards", token_caps=6000)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def valid_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    root = tmp_path_factory.mktemp("valid")
+    source = corpus_slice("valid", 100, root / "corpus")
+    prepare(source, seed_bundle, root / "shards", token_caps=1500)
+    return root / "shards"
+
+
+def request(seed_bundle: Path, data: Path, out: Path, **changes: object) -> TrainRequest:
+    options = {**SMALL, **changes.pop("options", {})}  # type: ignore[dict-item]
+    base = TrainRequest(seed_bundle, data, out, tokens=2048, options=options, command="test")
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def weights(bundle: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(bundle / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+# --- packing -------------------------------------------------------------------------------------
+
+
+def test_blocks_pack_bos_doc_eos_in_a_seeded_order(train_shards: Path) -> None:
+    shards = Shards.open(train_shards)
+    stream = BlockStream(shards, ["tr", "en"], 16, seed=3, bos=0, eos=1)
+    order = stream.epoch_order(0)
+    rows = [(["tr", "en"][lang], int(doc)) for lang, doc in stream._documents[order]]
+    expected = np.concatenate([[0, *shards.document(lang, doc).tolist(), 1] for lang, doc in rows])
+    n = stream.epoch_tokens // 16
+    assert np.array_equal(stream.blocks(0, n).ravel(), expected[: n * 16])
+    assert np.array_equal(stream.blocks(5, 2), stream.blocks(0, n)[5:7])
+    # the next epoch continues the stream in another order; same seed, same blocks
+    assert np.array_equal(stream.blocks(n, 3), stream.blocks(n, 3))
+    assert not np.array_equal(stream.epoch_order(1), order)
+    other = BlockStream(shards, ["tr", "en"], 16, seed=4, bos=0, eos=1)
+    assert not np.array_equal(other.epoch_order(0), order)
+
+
+def test_token_counts_and_equal_compute_budgets() -> None:
+    assert parse_token_count("20M") == 20_000_000
+    assert parse_token_count("1.5B") == 1_500_000_000
+    assert parse_token_count("300K") == 300_000
+    runs = plan_budgets(20_000_000, [["en", "ru"], ["tr"], ["ar"]])
+    assert [(r.name, r.tokens) for r in runs] == [
+        ("expert-0", 6_666_666),
+        ("expert-1", 6_666_666),
+        ("expert-2", 6_666_666),
+        ("dense", 20_000_000),
+    ]
+    assert runs[-1].languages == ("en", "ru", "tr", "ar")
+
+
+# --- the trainer ----------------------------------------------------------------------------------
+
+
+def test_training_lowers_validation_loss_and_writes_a_child_bundle(
+    seed_bundle: Path, train_shards: Path, valid_shards: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    parent = Bundle.open(seed_bundle)
+    out = tmp_path / "trained"
+    req = request(seed_bundle, train_shards, out, tokens=4096, valid=valid_shards)
+    trained = CausalLMTrainer().train(replace(req, options={**req.options, "eval_every": 16}))
+
+    record = trained.manifest.training
+    assert record is not None
+    curve = record["valid_curve"]
+    assert [step for step, _ in curve] == [0, 16, 32]
+    assert curve[-1][1] < curve[0][1] - 0.5, curve
+    assert (record["tokens"], record["steps"], record["command"]) == (4096, 32, "test")
+    assert record["data_digest"] == Shards.open(train_shards).digest
+    assert record["options"]["global_batch_tokens"] == 128
+    assert record["options"]["languages"] == list(TEST_LANGS)
+    assert record["loss_curve"][-1][0] == 32
+    assert verify_bundle(out) == []
+    assert trained.manifest.lineage[-1]["relation"] == "train"
+    assert trained.manifest.lineage[-1]["parents"] == [parent.ref]
+    assert trained.manifest.role == "dense"
+    AutoModelForCausalLM.from_pretrained(out)
+    # the parent is untouched: same manifest, every file verifies, different weights
+    assert Bundle.open(seed_bundle).digest == parent.digest
+    assert verify_bundle(seed_bundle) == []
+    assert not torch.equal(*(weights(b)["lm_head.weight"] for b in (seed_bundle, out)))
+    lines = (checkpoint_dir(out) / "metrics.jsonl").read_text().splitlines()
+    assert sum("tokens_per_s" in json.loads(line) for line in lines) == 32
+    assert not list(checkpoint_dir(out).glob("step-*"))  # removed once the bundle is written
+
+
+class Killed(Exception):
+    pass
+
+
+class StopsAt(TrainingRun):
+    def __init__(self, step: int) -> None:
+        self.stop = step
+
+    def on_step_end(self, step: int) -> None:
+        if step == self.stop:
+            raise Killed
+
+
+@pytest.mark.parametrize("killed_at", [5, 6])  # just after a checkpoint, and between two
+def test_resume_after_a_kill_gives_bitwise_identical_weights(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path, killed_at: int
+) -> None:
+    options = {
+        "checkpoint_every": 5,
+        "schedule": "cosine",
+        "warmup_steps": 2,
+        "global_batch_tokens": 256,
+    }
+    full = request(seed_bundle, train_shards, tmp_path / "full", tokens=256 * 12, options=options)
+    CausalLMTrainer().train(full)
+    killed = replace(full, output=tmp_path / "killed")
+    with pytest.raises(Killed):
+        StopsAt(killed_at).train(killed)
+    assert not killed.output.exists()
+    resumed = CausalLMTrainer().train(replace(killed, resume=True))
+    assert_same_weights(full.output, killed.output)
+    assert resumed.manifest.training == {
+        **Bundle.open(full.output).manifest.training,  # type: ignore[dict-item]
+        "seconds": resumed.manifest.training["seconds"],  # type: ignore[index]
+        "command": "test",
+    }
+
+
+def test_sigkilled_cli_run_resumes_to_identical_weights(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    args = [str(seed_bundle), "--data", str(train_shards), "--tokens", "40K"]
+    args += ["--block-size", "32", "--batch-size", "4", "--lr", "3e-3", "--checkpoint-every", "20"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xelm_cli", "train", *args, "-o", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,  # not the checkout, whose stale xelm.egg-info would shadow the entry points
+    )
+    deadline = time.monotonic() + 60
+    while not list(checkpoint_dir(killed).glob("step-*/state.json")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"no checkpoint appeared: {process.communicate()[1].decode()}")
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not killed.exists()
+    assert run(["train", *args, "-o", str(killed), "--resume"]) == 0
+    assert run(["train", *args, "-o", str(tmp_path / "full")]) == 0
+    assert_same_weights(tmp_path / "full", killed)
+
+
+def test_an_expert_reads_only_its_languages_tokens(
+    seed_bundle: Path,
+    train_shards: Path,
+    valid_shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read: set[str] = set()
+    original = Shards.tokens
+
+    def recording(self: Shards, language: str) -> np.ndarray:
+        read.add(language)
+        return original(self, language)
+
+    monkeypatch.setattr(Shards, "tokens", recording)
+    req = request(seed_bundle, train_shards, tmp_path / "tr", languages=("tr",), valid=valid_shards)
+    trained = CausalLMTrainer().train(req)
+    assert read == {"tr"}
+    assert trained.manifest.languages == ["tr"]
+    # and the documents the run consumed are Turkish documents of the data index
+    shards = Shards.open(train_shards)
+    stream = BlockStream(shards, ["tr"], 32, bos=0, eos=1)
+    consumed = stream.documents_in(0, trained.manifest.training["steps"] * 4)  # type: ignore[index]
+    assert {lang for lang, _ in consumed} == {"tr"}
+    assert all(0 <= doc < shards.stats["tr"].documents for _, doc in consumed)
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def xelm(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards made with another tokenizer than the seed's."""
+    root = tmp_path_factory.mktemp("other")
+    tokenizer = train_tokenizer(root / "tok", vocab_size=300)
+    out = root / "shards"
+    prepare(SHARED_DATA / "corpus" / "valid", tokenizer, out, langs=["en"], token_caps=500)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("tokenizer", "was prepared with"),
+        ("language", "has no documents in de"),
+        ("tokens", "smaller than one global batch of 128 tokens"),
+        ("unwritable", "is not a writable directory"),
+        ("exists", "already exists"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    train_shards: Path,
+    other_shards: Path,
+    tmp_path: Path,
+    case: str,
+    expected: str,
+) -> None:
+    out = tmp_path / "out"
+    data, tokens, extra = train_shards, "4096", []
+    if case == "tokenizer":
+        data = other_shards
+    elif case == "language":
+        extra = ["--langs", "en,de"]
+    elif case == "tokens":
+        tokens = "100"
+    elif case == "unwritable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif case == "exists":
+        out.mkdir()
+    before = sorted(tmp_path.rglob("*"))
+    code, stdout, stderr = xelm(
+        capsys, "train", seed_bundle, "--data", data, "--tokens", tokens, "-o", out,
+        "--block-size", "32", "--batch-size", "4", *extra,
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert stderr.count("\n") == 1 and stderr.startswith("xelm: error: ") and expected in stderr
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_plan_prints_equal_compute_budgets_and_commands(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    alloc = tmp_path / "alloc.json"
+    write_allocation(alloc, clusterer="typology", experts=[["en", "ru"], ["tr"], ["ar"]])
+    common = ["--allocation", alloc, "--seed-bundle", "seed", "--data", "shards", "-o", "runs"]
+    code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common, "--json")
+    assert code == 0
+    plan = json.loads(stdout)
+    tokens = {run["name"]: run["tokens"] for run in plan["runs"]}
+    assert tokens == {"expert-0": 6_666_666, "expert-1": 6_666_666, "expert-2": 6_666_666,
+                      "dense": 20_000_000}  # fmt: skip
+    expert = plan["runs"][1]["commands"]
+    assert expert[0][:3] == ["xelm", "bundle", "branch"] and "--expert" in expert[0]
+    assert expert[1][:3] == ["xelm", "train", "runs/branches/expert-1"]
+    assert expert[1][expert[1].index("--tokens") + 1] == "6666666"
+    code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common)
+    assert code == 0 and "6,666,666" in stdout
+    assert "xelm train seed --langs en,ru,tr,ar --role dense" in stdout
+
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    done = Path("runs/branches/expert-1")
+    done.mkdir(parents=True)
+    (done / "xelm.json").write_text("{}")
+    code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run")
+    assert code == 0
+    assert "skip (done)" in stdout and "xelm train runs/branches/expert-1" in stdout
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("train", "plan", "train-all"):
+        code, stdout, _ = xelm(capsys, command, "--help")
+        assert code == 0 and "Example:" in stdout

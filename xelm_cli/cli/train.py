@@ -1,0 +1,306 @@
+"""``xelm train``, ``xelm plan`` and ``xelm train-all``: train bundles at equal compute."""
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..allocation import read_allocation
+from ..bundle import Bundle
+from ..errors import UsageError
+from ..languages import parse_language_list
+from ..plugins import get_registry
+from ..training import (
+    TrainRequest,
+    checkpoint_dir,
+    list_checkpoints,
+    parse_token_count,
+    plan_budgets,
+)
+from .options import ForceOpt, JsonOpt, OutDirOpt
+
+console = Console()
+DEFAULT_TRAINER = "causal-lm"
+PLAN_FORMAT = "xelm-train-plan"
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Token shards to train on.")]
+ValidOpt = Annotated[
+    Path | None, typer.Option("--valid", help="Held-out token shards for the validation loss.")
+]
+LangsOpt = Annotated[
+    str | None, typer.Option("--langs", help="Languages to train on (default: the bundle's).")
+]
+
+
+def _command_line() -> str:
+    return shlex.join(["xelm", *sys.argv[1:]])
+
+
+def _languages(
+    bundle: Path, langs: str | None, allocation: Path | None, expert: int | None
+) -> tuple[str, ...]:
+    if langs and allocation:
+        raise UsageError("pass either --langs or --allocation, not both")
+    if langs:
+        return tuple(parse_language_list(langs))
+    if allocation is None:
+        return ()
+    alloc = read_allocation(allocation)
+    if expert is None:
+        recorded = Bundle.read(bundle).manifest.allocation or {}
+        if recorded.get("digest") != alloc.digest or "expert" not in recorded:
+            raise UsageError(f"{bundle} is not an expert of {allocation}; pass --expert INDEX")
+        expert = int(recorded["expert"])
+    alloc.reference(expert)  # refuses an index out of range
+    return tuple(alloc.experts[expert])
+
+
+def train(
+    bundle: Annotated[Path, typer.Argument(help="Bundle to train (it is not changed).")],
+    data: DataOpt,
+    tokens: Annotated[str, typer.Option("--tokens", help="Training tokens: 4096, 300K, 20M.")],
+    out: OutDirOpt,
+    langs: LangsOpt = None,
+    allocation: Annotated[
+        Path | None, typer.Option(help="Train on an expert's languages from this allocation.")
+    ] = None,
+    expert: Annotated[int | None, typer.Option(help="Expert index (with --allocation).")] = None,
+    valid: ValidOpt = None,
+    trainer: Annotated[str, typer.Option(help="Trainer plugin.")] = DEFAULT_TRAINER,
+    block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 8,
+    global_batch: Annotated[
+        str | None,
+        typer.Option(help="Tokens per optimiser step (gradient accumulation reaches it)."),
+    ] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    schedule: Annotated[str, typer.Option(help="linear (to 0), cosine or constant.")] = "linear",
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    clip: Annotated[float, typer.Option(help="Gradient-norm clipping.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data order and the RNGs.")] = 0,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps (0: at the end).")] = 0,
+    eval_blocks: Annotated[int, typer.Option(help="Held-out blocks per validation.")] = 16,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
+    log_every: Annotated[int, typer.Option(help="Loss-curve point every N steps.")] = 10,
+    keep_checkpoints: Annotated[
+        bool, typer.Option(help="Keep the last checkpoint after writing the bundle.")
+    ] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="Use torch.compile.")] = False,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Activation checkpointing (less memory, more compute).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    role: Annotated[
+        str | None, typer.Option(help="Role of the new bundle (default: expert stays expert).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a bundle on packed documents of its languages; write the result as a new bundle.
+
+    Checkpoints go to OUT.ckpt/ (with metrics.jsonl); --resume continues a killed run exactly.
+
+    Example: xelm train experts/e0 --data shards/ --valid valid/ --tokens 20M -o trained/e0
+    """
+    options: dict[str, Any] = {
+        "block_size": block_size,
+        "batch_size": batch_size,
+        "global_batch_tokens": parse_token_count(global_batch) if global_batch else None,
+        "lr": lr,
+        "schedule": schedule,
+        "warmup_steps": warmup_steps,
+        "weight_decay": weight_decay,
+        "clip": clip,
+        "seed": seed,
+        "eval_every": eval_every,
+        "eval_blocks": eval_blocks,
+        "checkpoint_every": checkpoint_every,
+        "log_every": log_every,
+        "keep_checkpoints": keep_checkpoints,
+        "compile": compile_model,
+        "gradient_checkpointing": gradient_checkpointing,
+        "device": device,
+        "role": role,
+    }
+    request = TrainRequest(
+        bundle=bundle,
+        data=data,
+        output=out,
+        tokens=parse_token_count(tokens),
+        languages=_languages(bundle, langs, allocation, expert),
+        options=options,
+        valid=valid,
+        resume=resume,
+        force=force,
+        command=_command_line(),
+    )
+    result = get_registry().get("trainer", trainer).obj().train(request)
+    record = result.manifest.training or {}
+    if as_json:
+        summary = {"path": str(result.path), "id": result.id, "digest": result.digest}
+        typer.echo(json.dumps(summary | {k: record.get(k) for k in ("tokens", "steps")}))
+        return
+    valid_curve = record.get("valid_curve") or []
+    valid_text = (
+        f", validation loss {valid_curve[0][1]:.3f} -> {valid_curve[-1][1]:.3f}"
+        if valid_curve
+        else ""
+    )
+    console.print(
+        f"wrote {result.manifest.role} bundle [bold]{result.path}[/]: "
+        f"{record.get('steps')} steps, {record.get('tokens'):,} tokens{valid_text}"
+    )
+
+
+# --- plan and train-all --------------------------------------------------------------------------
+
+
+def make_plan(
+    budget: int,
+    allocation: Path,
+    seed_bundle: Path,
+    data: Path,
+    runs: Path,
+    valid: Path | None,
+    train_args: str = "",
+) -> dict[str, Any]:
+    """The runs that give X-ELM and the dense baseline equal training tokens, as commands."""
+    alloc = read_allocation(allocation)
+    entries = []
+    for run in plan_budgets(budget, alloc.experts):
+        output = runs / run.name
+        extra = ["--valid", str(valid)] if valid else []
+        extra += shlex.split(train_args)
+        if run.expert is None:
+            branch = None
+            trained = ["xelm", "train", str(seed_bundle), "--langs", ",".join(run.languages)]
+            trained += ["--role", "dense"]
+        else:
+            start = runs / "branches" / run.name
+            branch = ["xelm", "bundle", "branch", str(seed_bundle), "--allocation"]
+            branch += [str(allocation), "--expert", str(run.expert), "-o", str(start)]
+            trained = ["xelm", "train", str(start)]
+        trained += ["--data", str(data), *extra, "--tokens", str(run.tokens), "-o", str(output)]
+        entries.append(
+            {
+                "name": run.name,
+                "expert": run.expert,
+                "languages": list(run.languages),
+                "tokens": run.tokens,
+                "output": str(output),
+                "commands": [c for c in (branch, trained) if c],
+            }
+        )
+    return {
+        "format": PLAN_FORMAT,
+        "budget": budget,
+        "k": alloc.k,
+        "allocation": {"path": str(allocation), "digest": alloc.digest},
+        "runs": entries,
+    }
+
+
+BudgetOpt = Annotated[str, typer.Option("--budget", help="Dense training tokens: 20M, 1.5B.")]
+AllocationOpt = Annotated[Path, typer.Option("--allocation", help="Allocation (xelm cluster).")]
+SeedOpt = Annotated[Path, typer.Option("--seed-bundle", help="Seed bundle to branch and train.")]
+RunsOpt = Annotated[Path, typer.Option("--output", "-o", help="Directory of the runs.")]
+
+
+def plan(
+    budget: BudgetOpt,
+    allocation: AllocationOpt,
+    seed_bundle: SeedOpt,
+    data: DataOpt,
+    out: RunsOpt,
+    valid: ValidOpt = None,
+    train_args: Annotated[
+        str, typer.Option(help="Options added to every `xelm train` (e.g. '--block-size 2048').")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
+    tokens (dense: B; each of k experts: B/k), and the commands that run them.
+
+    Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
+
+    Save it with --json > plan.json and run it with `xelm train-all plan.json`. On SLURM, one
+    array task per run (run i's commands, one after another):
+      sbatch --array=0-K \\
+        --wrap 'xelm train-all plan.json --only $SLURM_ARRAY_TASK_ID'
+    """
+    result = make_plan(
+        parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args
+    )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
+    for column in ("run", "languages", "tokens", "output"):
+        table.add_column(column, justify="right" if column == "tokens" else "left")
+    for run in result["runs"]:
+        table.add_row(run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", run["output"])
+    console.print(table)
+    experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
+    console.print(f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens")
+    for run in result["runs"]:
+        for command in run["commands"]:
+            typer.echo(shlex.join(command))
+
+
+def _read_plan(path: Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read plan {path}: {exc}") from None
+    if not isinstance(result, dict) or result.get("format") != PLAN_FORMAT:
+        raise UsageError(f"{path} is not a plan written by `xelm plan --json`")
+    return result
+
+
+def _pending(command: list[str]) -> list[str] | None:
+    """The command to run now (with --resume after a kill), or None when its output exists."""
+    output = Path(command[command.index("-o") + 1])
+    if (output / "xelm.json").is_file():
+        return None
+    if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
+        return [*command, "--resume"]
+    return command
+
+
+def train_all(
+    plan_file: Annotated[Path, typer.Argument(help="Plan from `xelm plan --json`.")],
+    only: Annotated[
+        int | None, typer.Option(help="Run only the run with this index (an array task).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing.")] = False,
+) -> None:
+    """Run a plan's runs one after another on this machine, skipping finished outputs and
+    resuming killed ones.
+
+    Example: xelm train-all plan.json
+    """
+    runs = _read_plan(plan_file)["runs"]
+    if only is not None:
+        if not 0 <= only < len(runs):
+            raise UsageError(f"--only {only}: the plan has runs 0..{len(runs) - 1}")
+        runs = [runs[only]]
+    for run in runs:
+        for command in run["commands"]:
+            pending = _pending(command)
+            if pending is None:
+                console.print(f"skip (done): {shlex.join(command)}", style="dim")
+                continue
+            typer.echo(shlex.join(pending))
+            if dry_run:
+                continue
+            code = subprocess.call([sys.executable, "-m", "xelm_cli", *pending[1:]])
+            if code:
+                raise typer.Exit(code)
