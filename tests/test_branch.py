@@ -131,3 +131,24 @@ def test_bad_branch_requests(tmp_path: Path, seed_bundle: Path) -> None:
     with pytest.raises(UsageError, match="--allocation needs --expert"):
         branch(seed_bundle, tmp_path / "x", allocation=alloc)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(format_version="2.0.0"), "not supported"),
+        (lambda d: d.update(experts=[]), "allocation experts"),
+        (lambda d: d["experts"][0].update(languages="en"), "allocation experts/0/languages"),
+        (lambda d: d.update(k=3), "'k' is 3 but there are 2 experts"),
+        (lambda d: d["experts"][1].update(languages=["tr", "xx"]), "unknown language code 'xx'"),
+    ],
+)
+def test_bad_allocation_files_are_refused(tmp_path: Path, edit, message: str) -> None:
+    from xelm_cli.errors import FormatError
+
+    path = write_allocation(tmp_path / "alloc.json")
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(FormatError, match=message):
+        read_allocation(path)

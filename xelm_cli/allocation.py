@@ -7,7 +7,10 @@ languages, optional per-language shares) and the arrays; clusterers add their ow
 (the typology tree, distances, fitted settings), which readers that do not need them ignore.
 """
 
+import functools
+import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +22,20 @@ from .digest import sha256_bytes, sha256_file
 from .errors import FormatError, IntegrityError, UsageError
 from .jsonio import pretty_json, read_json_object
 from .languages import normalize_language
-from .manifest import now_iso
+from .manifest import now_iso, schema_problems
 
 FORMAT_NAME = "xelm-allocation"
 FORMAT_VERSION = "1.0.0"
 SUPPORTED_MAJOR = 1
 DIR_MANIFEST = "allocation.json"
 ARRAYS_FILE = "arrays.safetensors"
+
+
+@functools.cache
+def allocation_schema() -> dict[str, Any]:
+    text = resources.files("xelm_cli").joinpath("spec/allocation-v1.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 @dataclass(frozen=True)
@@ -95,17 +105,16 @@ def read_allocation(path: Path) -> Allocation:
             f"{path}: allocation format version {version!r} is not supported "
             f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
         )
-    experts = data.get("experts")
-    clusterer = data.get("clusterer")
-    if not isinstance(clusterer, str) or not clusterer:
-        raise FormatError(f"{path}: 'clusterer' must be a non-empty string")
-    if not isinstance(experts, list) or not experts:
-        raise FormatError(f"{path}: 'experts' must be a non-empty list")
+    problems = schema_problems(data, allocation_schema(), what="allocation")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FormatError(f"{path}: {problems[0]}{more}")
+    experts, clusterer = data["experts"], data["clusterer"]
+    if data.get("k", len(experts)) != len(experts):
+        raise FormatError(f"{path}: 'k' is {data['k']} but there are {len(experts)} experts")
     languages: list[list[str]] = []
     for i, expert in enumerate(experts):
-        langs = expert.get("languages") if isinstance(expert, dict) else None
-        if not isinstance(langs, list) or not all(isinstance(x, str) for x in langs):
-            raise FormatError(f"{path}: experts[{i}].languages must be a list of language codes")
+        langs = expert["languages"]
         try:
             languages.append([normalize_language(x) for x in langs])
         except UsageError as exc:

@@ -49,14 +49,16 @@ def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:
         )
 
 
-def schema_problems(data: dict[str, Any]) -> list[str]:
-    """Every schema violation as a short line with its JSON path."""
-    validator = jsonschema.Draft202012Validator(bundle_schema())
+def schema_problems(
+    data: dict[str, Any], schema: dict[str, Any] | None = None, what: str = "manifest"
+) -> list[str]:
+    """Every violation of ``schema`` (default: the bundle manifest's) as a line with its path."""
+    validator = jsonschema.Draft202012Validator(schema or bundle_schema())
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         message = error.message if len(error.message) < 200 else error.message[:200] + "..."
-        problems.append(f"manifest {where}: {message}")
+        problems.append(f"{what} {where}: {message}")
     return problems
 
 

@@ -99,7 +99,7 @@ def cluster_tfidf(
     if as_json:
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(
         f"wrote [bold]{allocation.path}[/]: k={allocation.k}, {summary['documents']} documents "
         f"in {summary['seconds']} s"

@@ -157,7 +157,7 @@ def _print_result(allocation: Allocation, as_json: bool) -> None:
     table = Table("expert", "languages")
     for index, langs in enumerate(allocation.experts):
         table.add_row(str(index), ", ".join(langs))
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     console.print(
         f"wrote {allocation.path}: {allocation.k} typology experts", markup=False, highlight=False

@@ -26,7 +26,7 @@ from .options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
 app = typer.Typer(
     help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
 )
-console = Console()
+console = Console(soft_wrap=True)
 
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")

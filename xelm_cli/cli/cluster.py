@@ -206,7 +206,7 @@ def show(
     if as_json:
         print_json(summary)
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     _print_tables(allocation, console)
     for path in summary.get("plots", []):
         console.print(f"wrote {path}")

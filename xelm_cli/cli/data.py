@@ -23,7 +23,7 @@ app = typer.Typer(
     "Example: xelm data prepare ../shared/data/corpus/train --tokenizer seed/ -o shards/",
     no_args_is_help=True,
 )
-console = Console()
+console = Console(soft_wrap=True)
 
 CorpusArg = Annotated[
     str,

@@ -63,7 +63,7 @@ def nearest(
     table = Table("rank", "language", "URIEL", "distance")
     for rank, row in enumerate(rows, start=1):
         table.add_row(str(rank), row["language"], row["uriel"], f"{row['distance']:.4f}")
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     console.print(
         f"{target} ({uriel_code(target, feature_set)}): nearest donor {rows[0]['language']} "
@@ -106,4 +106,4 @@ def info(
     table = Table(show_header=False, box=None)
     for key, value in details.items():
         table.add_row(key, str(value))
-    Console().print(table)
+    Console(soft_wrap=True).print(table)

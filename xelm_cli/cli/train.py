@@ -25,7 +25,7 @@ from ..training import (
 )
 from .options import ForceOpt, JsonOpt, OutDirOpt
 
-console = Console()
+console = Console(soft_wrap=True)
 DEFAULT_TRAINER = "causal-lm"
 PLAN_FORMAT = "xelm-train-plan"
 
