@@ -236,14 +236,19 @@ def test_invalid_names_and_objects_are_skipped_not_fatal() -> None:
         def register_trainers(self, register: Register) -> None:
             register("x" * 65, object)
 
+        @hookimpl
+        def register_clusterers(self, register: Register) -> None:
+            register("kmeans", object)
+
     registry = host.load_registry(extra_plugins=[("mixed", Mixed())], entry_points=False)
-    assert list(registry.routers) == ["good"]
+    assert list(registry.routers) == ["good"] and not registry.clusterers
     messages = [p.message for p in registry.problems]  # hooks run in KINDS order
-    assert messages[0].startswith("invalid trainer name 'xxxx")
-    assert messages[1].startswith("invalid router name 'Bad_Name': names must match")
-    assert "must be a subclass of xelm_cli.api.Router" in messages[2]
-    assert "class attribute name is 'other', not 'mismatch'" in messages[3]
-    assert len(messages) == 4
+    assert "a clusterer must be a subclass of xelm_cli.api.Clusterer" in messages[0]
+    assert messages[1].startswith("invalid trainer name 'xxxx")
+    assert messages[2].startswith("invalid router name 'Bad_Name': names must match")
+    assert "must be a subclass of xelm_cli.api.Router" in messages[3]
+    assert "class attribute name is 'other', not 'mismatch'" in messages[4]
+    assert len(messages) == 5
 
 
 def test_a_raising_hook_drops_that_plugin_only() -> None:

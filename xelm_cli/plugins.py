@@ -196,28 +196,22 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
         if isinstance(obj, typer.Typer) or (callable(obj) and not isinstance(obj, type)):
             return None
         return f"a command must be a typer.Typer or a function, not {type(obj).__name__}"
-    if kind == "clusterer":
-        from .api import Clusterer  # api imports this module: import when needed
+    from . import api  # api imports this module: import when needed
 
-        if not (isinstance(obj, type) and issubclass(obj, Clusterer)):
-            return "a clusterer must be a subclass of xelm_cli.api.Clusterer"
-        if inspect.isabstract(obj):
-            return f"clusterer class {obj.__name__} is abstract"
-        if getattr(obj, "name", None) != name:
-            return f"clusterer class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
+    base = {"clusterer": api.Clusterer, "trainer": api.Trainer, "router": api.Router}.get(kind)
+    if base is None:
         return None
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        return f"a {kind} must be a subclass of xelm_cli.api.{base.__name__}"
+    if inspect.isabstract(obj):
+        return f"{kind} class {obj.__name__} is abstract"
+    if getattr(obj, "name", None) != name:
+        return f"{kind} class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
     if kind == "router":
-        from .api import PreRouter, Router  # api imports this module: import when needed
-
-        if not (isinstance(obj, type) and issubclass(obj, Router)):
-            return "a router must be a subclass of xelm_cli.api.Router"
-        if inspect.isabstract(obj):
-            return f"router class {obj.__name__} is abstract"
-        if getattr(obj, "name", None) != name:
-            return f"router class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
-        if not isinstance(getattr(obj, "needs_expert_outputs", None), bool):
+        needs_outputs = getattr(obj, "needs_expert_outputs", None)
+        if not isinstance(needs_outputs, bool):
             return "router class attribute needs_expert_outputs must be True or False"
-        if not obj.needs_expert_outputs and not issubclass(obj, PreRouter):
+        if not needs_outputs and not issubclass(obj, api.PreRouter):
             return "a router with needs_expert_outputs = False must subclass xelm_cli.api.PreRouter"
     return None
 
