@@ -327,6 +327,10 @@ def test_plan_prints_equal_compute_budgets_and_commands(
     code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run")
     assert code == 0
     assert "skip (done)" in stdout and "xelm train runs/branches/expert-1" in stdout
+    code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run",
+                           "--nproc-per-node", 2)  # fmt: skip
+    assert code == 0
+    assert "torchrun --standalone --nproc-per-node 2 -m xelm_cli train runs/branches/" in stdout
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

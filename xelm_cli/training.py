@@ -115,7 +115,7 @@ class BlockStream:
     of the stream, so the data position is one integer (blocks consumed) and a resumed run reads
     exactly the blocks an uninterrupted one would. Blocks never depend on anything but
     ``(shards, languages, size, seed)``; under data parallelism rank ``r`` of ``w`` takes the
-    blocks ``i`` with ``i % w == r`` of each global batch.
+    blocks ``i`` with ``i % w == r`` of each global batch (``strided``).
     """
 
     def __init__(
@@ -206,6 +206,16 @@ class BlockStream:
             self._packed(row)[start:end] for start, end, row in self._pieces(first_block, n_blocks)
         ]
         return np.concatenate(parts).reshape(n_blocks, self.block_size)
+
+    def strided(self, first_block: int, n_blocks: int, stride: int) -> NDArray[np.int64]:
+        """Blocks ``first_block + k * stride`` for ``k < n_blocks``: one rank's share.
+
+        Under data parallelism rank ``r`` of ``w`` reads ``strided(start + r, n, w)`` of the
+        ``n * w`` blocks from ``start``; with ``stride == 1`` this is ``blocks``.
+        """
+        if stride == 1:
+            return self.blocks(first_block, n_blocks)
+        return np.stack([self.blocks(first_block + k * stride, 1)[0] for k in range(n_blocks)])
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

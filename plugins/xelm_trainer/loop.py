@@ -4,6 +4,9 @@
 2. load the model, build AdamW and the block stream, maybe resume from the newest checkpoint;
 3. loop: accumulate gradients over micro-batches, clip, step, log, validate, checkpoint;
 4. write the trained model as a new bundle (lineage ``train``) atomically.
+
+Under ``torchrun`` (``distributed``) every rank runs this loop on its own blocks of each global
+batch inside DDP (or FSDP); rank 0 alone writes metrics, checkpoints and the bundle.
 """
 
 import json
@@ -31,6 +34,17 @@ from xelm_cli.api import (
     write_bundle,
 )
 
+from .distributed import (
+    OptimizerState,
+    Ranks,
+    full_state_dict,
+    gather_for_checkpoint,
+    load_optimizer,
+    no_sync,
+    pick_device,
+    unwrap,
+    wrap,
+)
 from .options import TrainOptions
 
 TRAINER_NAME = "causal-lm"
@@ -67,21 +81,41 @@ class TrainingRun:
     """One run of the ``causal-lm`` trainer; ``on_step_end`` is a hook for tests."""
 
     def train(self, request: TrainRequest) -> Bundle:
-        inputs = check_inputs(request)
-        device = pick_device(inputs.options.device)
-        torch.manual_seed(inputs.options.seed)
+        ranks = Ranks.from_environment()
+        inputs = check_inputs(request, ranks)
+        device = pick_device(inputs.options.device, ranks)
+        ranks.start(device)  # every rank has passed the checks: nothing is written before
+        try:
+            return self.run(request, inputs, ranks, device)
+        finally:
+            ranks.stop()
+
+    def run(
+        self, request: TrainRequest, inputs: Inputs, ranks: Ranks, device: torch.device
+    ) -> Bundle:
+        options = inputs.options
+        torch.manual_seed(options.seed)  # the same on every rank
         model = inputs.bundle.load_model(verify=False, dtype=torch.float32).to(device)
-        if inputs.options.gradient_checkpointing:  # renamed in transformers 5
+        if options.gradient_checkpointing:  # renamed in transformers 5
             enable = getattr(model, "activation_checkpointing_enable", None)
             (enable or model.gradient_checkpointing_enable)()
-        optimizer = make_optimizer(model, inputs.options)
-        state = RunState()
-        if request.resume:
-            state = resume(request, inputs, model, optimizer)
-        else:
+        if not request.resume and ranks.main:
             start_fresh(request)
-        state = self.loop(request, inputs, model, optimizer, state, device)
-        return write_trained(request, inputs, model, state, device)
+        ranks.barrier()
+        state, saved = RunState(), OptimizerState()
+        if request.resume:  # every rank reads the checkpoint rank 0 wrote (before sharding)
+            state = resume(request, inputs, model, saved, ranks.main)
+        model = wrap(model, ranks, device, options.fsdp)
+        optimizer = make_optimizer(model, options)
+        if saved.value is not None:
+            load_optimizer(model, optimizer, saved.value, options.fsdp)
+        state = self.loop(request, inputs, model, optimizer, state, device, ranks)
+        full = full_state_dict(model, options.fsdp)  # FSDP: a collective, before rank 0 writes
+        result = None
+        if ranks.main:
+            result = write_trained(request, inputs, unwrap(model), state, device, full)
+        ranks.barrier()  # the other ranks wait for the bundle
+        return Bundle.open(request.output) if result is None else result
 
     def on_step_end(self, step: int) -> None:
         """Called after every optimiser step (and its checkpoint); tests stop runs here."""
@@ -94,7 +128,9 @@ class TrainingRun:
         optimizer: torch.optim.Optimizer,
         state: RunState,
         device: torch.device,
+        ranks: Ranks | None = None,
     ) -> RunState:
+        ranks = ranks or Ranks()
         options = inputs.options
         special = inputs.shards.special_tokens
         stream = BlockStream(
@@ -103,29 +139,38 @@ class TrainingRun:
         )  # fmt: skip
         valid_blocks = validation_blocks(inputs, options)
         forward = torch.compile(model) if options.compile else model
+        # DDP: validate the bare module (no collectives in its forward); FSDP: all ranks shard it
+        evaluated = forward if options.fsdp or not ranks.launched else unwrap(model)
         autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
-        metrics = MetricsLog(request.checkpoint_dir / METRICS_FILE, state.step)
+        metrics = MetricsLog(request.checkpoint_dir / METRICS_FILE, state.step, ranks.main)
         if valid_blocks is not None and state.step == 0:
             state.valid_curve.append(
-                [0, evaluate(forward, valid_blocks, options, device, autocast)]
+                [0, evaluate(evaluated, valid_blocks, options, device, autocast, ranks)]
             )
             metrics.write({"step": 0, "valid_loss": state.valid_curve[-1][1]})
-        with TrainProgress(inputs.steps, state.step) as progress:
+        round_blocks = options.batch_size * ranks.world  # blocks of one micro-batch on all ranks
+        with TrainProgress(inputs.steps, state.step, ranks.main) as progress:
             while state.step < inputs.steps:
                 started = time.perf_counter()
                 lr = learning_rate(state.step, inputs.steps, options)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss = 0.0
-                for _ in range(options.accumulation):
-                    blocks = stream.blocks(state.cursor, options.batch_size)
-                    state.cursor += options.batch_size
+                for micro in range(options.accumulation):
+                    # block i of the global batch goes to rank i % world
+                    first = state.cursor + micro * round_blocks + ranks.rank
+                    blocks = stream.strided(first, options.batch_size, ranks.world)
                     batch = torch.from_numpy(blocks).to(device)
-                    with autocast:
-                        micro_loss = forward(input_ids=batch, labels=batch).loss
-                    (micro_loss / options.accumulation).backward()
+                    with no_sync(model, last=micro == options.accumulation - 1):
+                        with autocast:
+                            micro_loss = forward(input_ids=batch, labels=batch).loss
+                        (micro_loss / options.accumulation).backward()
                     loss += micro_loss.item() / options.accumulation
+                state.cursor += round_blocks * options.accumulation
+                loss = ranks.mean(loss, device)  # DDP averages the gradients alike
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
+                if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
+                    norm = norm.full_tensor()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
@@ -139,11 +184,11 @@ class TrainingRun:
                      "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed}
                 )  # fmt: skip
                 if valid_blocks is not None and due(state.step, options.eval_every, inputs.steps):
-                    valid = evaluate(forward, valid_blocks, options, device, autocast)
+                    valid = evaluate(evaluated, valid_blocks, options, device, autocast, ranks)
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
                 if due(state.step, options.checkpoint_every, inputs.steps):
-                    checkpoint(request, inputs, model, optimizer, state)
+                    checkpoint(request, inputs, model, optimizer, state, ranks)
                 progress.update(state.step, loss, speed)
                 self.on_step_end(state.step)
         return state
@@ -152,9 +197,14 @@ class TrainingRun:
 # --- 1. checks ------------------------------------------------------------------------------------
 
 
-def check_inputs(request: TrainRequest) -> Inputs:
+def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
     """Every refusal that needs no model: one line each, nothing written."""
-    options = TrainOptions.from_dict(dict(request.options))
+    ranks = ranks or Ranks()
+    options = TrainOptions.from_dict(dict(request.options) | {"world_size": ranks.world})
+    if options.fsdp and not ranks.launched:
+        raise UsageError(
+            "--fsdp needs torchrun: torchrun --nproc-per-node N -m xelm_cli train ... --fsdp"
+        )
     bundle = Bundle.open(request.bundle)
     shards = Shards.open(request.data)
     shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
@@ -171,7 +221,7 @@ def check_inputs(request: TrainRequest) -> Inputs:
     if steps < 1:
         raise UsageError(
             f"--tokens {request.tokens} is smaller than one global batch of "
-            f"{options.batch_tokens} tokens (--batch-size x --block-size x accumulation)"
+            f"{options.batch_tokens} tokens (--batch-size x --block-size x accumulation x ranks)"
         )
     check_output(request)
     return Inputs(bundle, shards, valid, languages, options, steps)
@@ -206,12 +256,6 @@ def check_output(request: TrainRequest) -> None:
 # --- 2. setup -------------------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def make_optimizer(model: Any, options: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         model.parameters(),
@@ -238,7 +282,9 @@ def start_fresh(request: TrainRequest) -> None:
         shutil.rmtree(request.checkpoint_dir)
 
 
-def resume(request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any) -> RunState:
+def resume(
+    request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, main: bool = True
+) -> RunState:
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
     with open(path / "state.json", encoding="utf-8") as f:
         saved_identity = json.load(f).get("identity")
@@ -250,7 +296,8 @@ def resume(request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any) ->
             "use the same inputs and options, or --force to start over"
         )
     saved = load_checkpoint(path, model=model, optimizer=optimizer)
-    print(f"xelm: resuming from step {step} ({path})", file=sys.stderr)
+    if main:
+        print(f"xelm: resuming from step {step} ({path})", file=sys.stderr)
     return RunState(
         step=saved["step"],
         cursor=saved["cursor"],
@@ -261,20 +308,44 @@ def resume(request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any) ->
 
 
 def checkpoint(
-    request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, state: RunState
+    request: TrainRequest,
+    inputs: Inputs,
+    model: Any,
+    optimizer: Any,
+    state: RunState,
+    ranks: Ranks | None = None,
 ) -> None:
-    save_checkpoint(
-        request.checkpoint_dir,
-        state.step,
-        model=model,
-        optimizer=optimizer,
-        state={
-            "identity": run_identity(request, inputs),
-            "cursor": state.cursor,
-            "loss_curve": state.loss_curve,
-            "valid_curve": state.valid_curve,
-            "seconds": state.seconds,
-        },
+    """Rank 0 writes (DDP keeps every rank's weights and optimiser state equal; FSDP gathers
+    them first, all ranks together); the others wait."""
+    ranks = ranks or Ranks()
+    model, saved = unwrap(model), optimizer
+    if inputs.options.fsdp:
+        weights, saved = gather_for_checkpoint(model, optimizer)
+        if ranks.main:
+            model = unsharded_copy(inputs.bundle, weights)
+    if ranks.main:
+        save_checkpoint(
+            request.checkpoint_dir, state.step, model=model, optimizer=saved,
+            state=checkpoint_state(request, inputs, state),
+        )  # fmt: skip
+    ranks.barrier()
+
+
+def unsharded_copy(bundle: Bundle, weights: dict[str, Any]) -> Any:
+    """The model on the CPU with ``weights`` (gathered from FSDP shards)."""
+    with torch.random.fork_rng(devices=[]):  # loading must not move rank 0's RNG
+        model = bundle.load_model(verify=False, dtype=torch.float32)
+    model.load_state_dict(weights)
+    return model
+
+
+def checkpoint_state(request: TrainRequest, inputs: Inputs, state: RunState) -> dict[str, Any]:
+    return dict(
+        identity=run_identity(request, inputs),
+        cursor=state.cursor,
+        loss_curve=state.loss_curve,
+        valid_curve=state.valid_curve,
+        seconds=state.seconds,
     )
 
 
@@ -312,23 +383,39 @@ def validation_blocks(inputs: Inputs, options: TrainOptions) -> np.ndarray | Non
 
 @torch.no_grad()
 def evaluate(
-    model: Any, blocks: np.ndarray, options: TrainOptions, device: torch.device, autocast: Any
+    model: Any,
+    blocks: np.ndarray,
+    options: TrainOptions,
+    device: torch.device,
+    autocast: Any,
+    ranks: Ranks | None = None,
 ) -> float:
+    """Mean loss over ``blocks``; under torchrun rank ``r`` takes blocks ``r::world`` and the
+    sums are all-reduced (every rank runs as many forwards, as FSDP needs)."""
+    ranks = ranks or Ranks()
+    mine = blocks[ranks.rank :: ranks.world]
+    batches = -(-len(blocks[:: ranks.world]) // options.batch_size)  # rank 0 has the most
     model.eval()
     losses = []
-    for start in range(0, len(blocks), options.batch_size):
-        batch = torch.from_numpy(blocks[start : start + options.batch_size]).to(device)
+    for index in range(batches):
+        start = index * options.batch_size
+        part = mine[start : start + options.batch_size]
+        weight = len(part)
+        batch = torch.from_numpy(part if weight else blocks[:1]).to(device)
         with autocast:
-            losses.append(model(input_ids=batch, labels=batch).loss.item() * len(batch))
+            losses.append(model(input_ids=batch, labels=batch).loss.item() * weight)
     model.train()
-    return sum(losses) / len(blocks)
+    return ranks.sum(sum(losses), device) / len(blocks)
 
 
 class MetricsLog:
     """``OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines."""
 
-    def __init__(self, path: Path, resumed_at: int) -> None:
+    def __init__(self, path: Path, resumed_at: int, writes: bool = True) -> None:
         self.path = path
+        self.writes = writes  # rank 0 only
+        if not writes:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             kept = [
@@ -339,6 +426,8 @@ class MetricsLog:
             path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.writes:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -346,7 +435,7 @@ class MetricsLog:
 class TrainProgress:
     """A rich progress bar on stderr (terminals only) with loss and tokens/s."""
 
-    def __init__(self, total: int, done: int) -> None:
+    def __init__(self, total: int, done: int, shown: bool = True) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -360,7 +449,7 @@ class TrainProgress:
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} tok/s"),
             TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            disable=not sys.stderr.isatty(),
+            disable=not (shown and sys.stderr.isatty()),
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total, completed=done, loss=0, speed=0)
 
@@ -379,7 +468,12 @@ class TrainProgress:
 
 
 def write_trained(
-    request: TrainRequest, inputs: Inputs, model: Any, state: RunState, device: torch.device
+    request: TrainRequest,
+    inputs: Inputs,
+    model: Any,
+    state: RunState,
+    device: torch.device,
+    full_state: dict[str, Any] | None = None,
 ) -> Bundle:
     parent, options = inputs.bundle, inputs.options
     role = options.role or (parent.manifest.role if parent.manifest.role != "seed" else "dense")
@@ -402,7 +496,11 @@ def write_trained(
         "loss_curve": state.loss_curve,
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
-        "hardware": {"device": device.type, "torch": torch.__version__},
+        "hardware": {
+            "device": device.type,
+            "torch": torch.__version__,
+            "world_size": options.world_size,
+        },
     }
     with write_bundle(
         request.output,
@@ -414,6 +512,8 @@ def write_trained(
         training=training,
         overwrite=request.force,
     ) as writer:
+        if full_state is not None:  # FSDP: the gathered weights into an unsharded copy
+            model = unsharded_copy(parent, full_state)
         writer.save_model(model.to("cpu"))
     if not options.keep_checkpoints:
         for _, path in list_checkpoints(request.checkpoint_dir):

@@ -13,8 +13,8 @@ class TrainOptions:
     """Every setting of a run; all of them are recorded in the training record."""
 
     block_size: int = 1024
-    batch_size: int = 8  # sequences per micro-batch
-    global_batch_tokens: int | None = None  # default: one micro-batch, no accumulation
+    batch_size: int = 8  # sequences per micro-batch (of each rank under torchrun)
+    global_batch_tokens: int | None = None  # default: one micro-batch per rank, no accumulation
     lr: float = 1e-4
     schedule: str = "linear"  # linear decay to 0 (the paper), cosine to 0, or constant
     warmup_steps: int = 0
@@ -33,6 +33,8 @@ class TrainOptions:
     gradient_checkpointing: bool = False
     device: str = "auto"
     role: str | None = None
+    fsdp: bool = False  # shard parameters, gradients and optimiser state (torchrun only)
+    world_size: int = 1  # ranks under torchrun (set by the trainer from WORLD_SIZE, not an option)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
@@ -51,7 +53,7 @@ class TrainOptions:
             raise UsageError(
                 f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
             )
-        for name in ("block_size", "batch_size", "log_every", "eval_blocks"):
+        for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip"):
@@ -60,12 +62,13 @@ class TrainOptions:
         if self.lr <= 0:
             raise UsageError(f"--lr must be positive, not {self.lr}")
         if self.global_batch_tokens is not None and (
-            self.global_batch_tokens < self.micro_batch_tokens
-            or self.global_batch_tokens % self.micro_batch_tokens
+            self.global_batch_tokens < self.round_tokens
+            or self.global_batch_tokens % self.round_tokens
         ):
+            ranks = f" x {self.world_size} ranks" if self.world_size > 1 else ""
             raise UsageError(
                 f"--global-batch {self.global_batch_tokens} must be a multiple of one micro-batch "
-                f"(--batch-size x --block-size = {self.micro_batch_tokens} tokens)"
+                f"(--batch-size x --block-size{ranks} = {self.round_tokens} tokens)"
             )
 
     @property
@@ -73,12 +76,18 @@ class TrainOptions:
         return self.batch_size * self.block_size
 
     @property
+    def round_tokens(self) -> int:
+        """Tokens of one micro-batch on every rank: one accumulation round."""
+        return self.micro_batch_tokens * self.world_size
+
+    @property
     def batch_tokens(self) -> int:
-        return self.global_batch_tokens or self.micro_batch_tokens
+        """The global batch: micro-batch x accumulation x world size."""
+        return self.global_batch_tokens or self.round_tokens
 
     @property
     def accumulation(self) -> int:
-        return self.batch_tokens // self.micro_batch_tokens
+        return self.batch_tokens // self.round_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"global_batch_tokens": self.batch_tokens}

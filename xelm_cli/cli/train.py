@@ -1,6 +1,7 @@
 """``xelm train``, ``xelm plan`` and ``xelm train-all``: train bundles at equal compute."""
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from ..training import (
     parse_token_count,
     plan_budgets,
 )
-from .options import ForceOpt, JsonOpt, OutDirOpt
+from .options import ForceOpt, JsonOpt, OutDirOpt, print_json
 
 console = Console(soft_wrap=True)
 DEFAULT_TRAINER = "causal-lm"
@@ -97,6 +98,9 @@ def train(
         bool, typer.Option(help="Activation checkpointing (less memory, more compute).")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    fsdp: Annotated[
+        bool, typer.Option(help="Under torchrun: shard the model with FSDP instead of DDP.")
+    ] = False,
     role: Annotated[
         str | None, typer.Option(help="Role of the new bundle (default: expert stays expert).")
     ] = None,
@@ -107,6 +111,9 @@ def train(
     """Train a bundle on packed documents of its languages; write the result as a new bundle.
 
     Checkpoints go to OUT.ckpt/ (with metrics.jsonl); --resume continues a killed run exactly.
+    Under `torchrun --nproc-per-node N -m xelm_cli train ...` it trains with DDP (gloo on CPU,
+    NCCL on GPU): --batch-size is per rank, the global batch is batch x accumulation x N blocks,
+    and rank 0 writes the bundle.
 
     Example: xelm train experts/e0 --data shards/ --valid valid/ --tokens 20M -o trained/e0
     """
@@ -129,6 +136,7 @@ def train(
         "gradient_checkpointing": gradient_checkpointing,
         "device": device,
         "role": role,
+        "fsdp": fsdp,
     }
     request = TrainRequest(
         bundle=bundle,
@@ -143,10 +151,12 @@ def train(
         command=_command_line(),
     )
     result = get_registry().get("trainer", trainer).obj().train(request)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return
     record = result.manifest.training or {}
     if as_json:
         summary = {"path": str(result.path), "id": result.id, "digest": result.digest}
-        typer.echo(json.dumps(summary | {k: record.get(k) for k in ("tokens", "steps")}))
+        print_json(summary | {k: record.get(k) for k in ("tokens", "steps")})
         return
     valid_curve = record.get("valid_curve") or []
     valid_text = (
@@ -231,16 +241,19 @@ def plan(
 
     Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
 
-    Save it with --json > plan.json and run it with `xelm train-all plan.json`. On SLURM, one
-    array task per run (run i's commands, one after another):
-      sbatch --array=0-K \\
-        --wrap 'xelm train-all plan.json --only $SLURM_ARRAY_TASK_ID'
+    Save it with --json > plan.json and run it with `xelm train-all plan.json`.
+
+    The runs are independent jobs. On SLURM, one array task per run (K = k):
+    task I runs run I's commands in turn, its `xelm train` under torchrun
+    (DDP) on N devices; see spec/training.md section 8:
+      sbatch --array=0-K --gres=gpu:N --wrap \\
+        'xelm train-all plan.json --only $SLURM_ARRAY_TASK_ID --nproc-per-node N'
     """
     result = make_plan(
         parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args
     )
     if as_json:
-        typer.echo(json.dumps(result, indent=2))
+        print_json(result)
         return
     table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
     for column in ("run", "languages", "tokens", "output"):
@@ -250,6 +263,13 @@ def plan(
     console.print(table)
     experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
     console.print(f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens")
+    console.print(
+        "the runs are independent jobs: one each (a SLURM array task: xelm train-all plan.json "
+        "--only I [--nproc-per-node N]); see `xelm plan --help`",
+        style="dim",
+        highlight=False,
+        markup=False,
+    )
     for run in result["runs"]:
         for command in run["commands"]:
             typer.echo(shlex.join(command))
@@ -281,12 +301,17 @@ def train_all(
         int | None, typer.Option(help="Run only the run with this index (an array task).")
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing.")] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option(help="Run `xelm train` under torchrun on this many devices (DDP).")
+    ] = 1,
 ) -> None:
     """Run a plan's runs one after another on this machine, skipping finished outputs and
     resuming killed ones.
 
-    Example: xelm train-all plan.json
+    Example: xelm train-all plan.json --only 2 --nproc-per-node 4
     """
+    if nproc_per_node < 1:
+        raise UsageError("--nproc-per-node must be at least 1")
     runs = _read_plan(plan_file)["runs"]
     if only is not None:
         if not 0 <= only < len(runs):
@@ -298,9 +323,17 @@ def train_all(
             if pending is None:
                 console.print(f"skip (done): {shlex.join(command)}", style="dim")
                 continue
-            typer.echo(shlex.join(pending))
+            launcher = ["xelm"]
+            if nproc_per_node > 1 and pending[1] == "train":
+                launcher = ["torchrun", "--standalone", "--nproc-per-node", str(nproc_per_node)]
+                launcher += ["-m", "xelm_cli"]
+            typer.echo(shlex.join([*launcher, *pending[1:]]))
             if dry_run:
                 continue
-            code = subprocess.call([sys.executable, "-m", "xelm_cli", *pending[1:]])
+            if launcher[0] == "torchrun":  # the torchrun of this interpreter
+                launcher[0:1] = [sys.executable, "-m", "torch.distributed.run"]
+            else:
+                launcher = [sys.executable, "-m", "xelm_cli"]
+            code = subprocess.call([*launcher, *pending[1:]])
             if code:
                 raise typer.Exit(code)

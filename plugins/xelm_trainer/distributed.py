@@ -1,0 +1,180 @@
+"""Data parallelism under ``torchrun``: DDP (or FSDP with ``--fsdp``), rank 0 writes.
+
+Imported only when a run starts (it imports torch). Without torchrun (no ``WORLD_SIZE`` in the
+environment) every helper is a no-op and the run is the plain single-process loop.
+"""
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from xelm_cli.api import UsageError
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands: rank ``rank`` of ``world`` (``local`` on its machine)."""
+
+    rank: int = 0
+    world: int = 1
+    local: int = 0
+    launched: bool = False  # started by torchrun (WORLD_SIZE set), even with one rank
+
+    @classmethod
+    def from_environment(cls) -> "Ranks":
+        if "WORLD_SIZE" not in os.environ:
+            return cls()
+        try:
+            world = int(os.environ["WORLD_SIZE"])
+            rank = int(os.environ.get("RANK", "0"))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+        except ValueError:
+            raise UsageError("WORLD_SIZE, RANK and LOCAL_RANK must be whole numbers") from None
+        if world < 1 or not 0 <= rank < world:
+            raise UsageError(f"RANK {rank} is not a rank of WORLD_SIZE {world}")
+        return cls(rank, world, local, launched=True)
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes metrics, checkpoints and the bundle."""
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group (gloo on CPU, NCCL on CUDA); a rendezvous of all ranks."""
+        if not self.launched or dist.is_initialized():
+            return
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+    def stop(self) -> None:
+        if self.launched and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def barrier(self) -> None:
+        if self.launched and dist.is_initialized():
+            dist.barrier()
+
+    def mean(self, value: float, device: torch.device) -> float:
+        """The mean of ``value`` over all ranks (logging: every rank gets rank 0's number)."""
+        return self.sum(value, device) / self.world
+
+    def sum(self, value: float, device: torch.device) -> float:
+        if not self.launched:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return float(tensor.item())
+
+
+def pick_device(name: str, ranks: Ranks) -> torch.device:
+    """``auto``: CUDA if there is one (``cuda:LOCAL_RANK`` under torchrun), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and ranks.launched:
+        if device.index is None:  # one device per rank
+            device = torch.device("cuda", ranks.local)
+        torch.cuda.set_device(device)  # NCCL's default device
+    return device
+
+
+def wrap(model: Any, ranks: Ranks, device: torch.device, fsdp: bool) -> Any:
+    """DDP (or FSDP's ``fully_shard``) around ``model``; the model itself without torchrun."""
+    if not ranks.launched:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        layers = getattr(getattr(model, "model", None), "layers", None) or []
+        for layer in layers:  # one shard unit per decoder layer, then the rest
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside a DDP wrapper (FSDP2 shards in place: the model itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def no_sync(model: Any, last: bool) -> AbstractContextManager[Any]:
+    """Skip DDP's gradient all-reduce on every micro-batch but the last of a step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return nullcontext()
+
+
+def full_state_dict(model: Any, fsdp: bool) -> dict[str, Any] | None:
+    """FSDP: the whole model's parameters on rank 0's CPU (a collective: every rank calls it)."""
+    if not fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)
+
+
+class OptimizerState:
+    """Holds an optimiser ``state_dict`` (parameter indices as keys) where an optimiser is
+    expected: ``save_checkpoint`` reads it, ``load_checkpoint`` fills it."""
+
+    def __init__(self, value: dict[str, Any] | None = None) -> None:
+        self.value = value
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.value is not None
+        return self.value
+
+    def load_state_dict(self, value: dict[str, Any]) -> None:
+        self.value = value
+
+
+def gather_for_checkpoint(model: Any, optimizer: Any) -> tuple[dict[str, Any], OptimizerState]:
+    """FSDP: full model and optimiser states on rank 0's CPU (a collective; empty elsewhere),
+    the optimiser's keyed by parameter index as an unsharded optimiser's are."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    full: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
+    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    state = {index[name]: value for name, value in full.get("state", {}).items()}
+    groups = [
+        {**group, "params": [index[name] for name in group["params"]]}
+        for group in full.get("param_groups", [])
+    ]
+    return weights, OptimizerState({"state": state, "param_groups": groups})
+
+
+def load_optimizer(model: Any, optimizer: Any, saved: dict[str, Any], fsdp: bool) -> None:
+    """Restore a checkpoint's optimiser state (parameter indices) into the run's optimiser;
+    FSDP: every rank passes the full state and keeps its shard."""
+    if not fsdp:
+        optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = [name for name, _ in model.named_parameters()]
+    full: dict[str, Any] = {
+        "state": {names[int(i)]: value for i, value in saved["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]}
+            for group in saved["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
