@@ -28,9 +28,9 @@ from xelm_cli.training import (
     BlockStream,
     TrainRequest,
     checkpoint_dir,
-    parse_token_count,
     plan_budgets,
 )
+from xelm_cli.units import parse_token_count
 
 SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 

@@ -11,7 +11,6 @@ sampling. Re-running with the same input, tokenizer and options does nothing.
 import contextlib
 import math
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,11 @@ from .shards import (
     tokens_file,
     write_manifest,
 )
+from .units import parse_token_count
 
 Progress = Callable[[int], None]
 DEFAULT_BATCH_SIZE = 1000
 ALL_LANGUAGES = "*"
-_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
-_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGBT]?)\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -53,14 +51,6 @@ class PrepareResult:
 
 
 # -- options -------------------------------------------------------------------------------
-
-
-def parse_token_count(text: str) -> int:
-    """``"20M"`` -> 20_000_000; accepts K, M, G (or B) and T suffixes and decimals (``2.5M``)."""
-    match = _COUNT.match(text)
-    if not match:
-        raise UsageError(f"not a token count: {text!r} (use e.g. 500K, 20M, 1.5B)")
-    return int(float(match[1]) * _SUFFIXES[match[2].upper()])
 
 
 def parse_caps(text: str) -> dict[str, int]:

@@ -30,7 +30,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "xelm-checkpoint"
-_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,6 @@ def checkpoint_dir(output: Path) -> Path:
     """Checkpoints of the run that writes ``output`` live beside it: ``OUT.ckpt/``."""
     output = Path(os.path.abspath(output))
     return output.with_name(output.name + CHECKPOINT_SUFFIX)
-
-
-def parse_token_count(text: str) -> int:
-    """``20M`` -> 20_000_000; also ``1.5B``, ``300K``, ``4096``, ``2e6``."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGbBtT]?)\s*", text)
-    if not match:
-        raise UsageError(f"not a token count: {text!r} (examples: 4096, 300K, 20M, 1.5B)")
-    value = float(match[1]) * _SUFFIXES[match[2].upper()]
-    if value < 1 or value != int(value):
-        raise UsageError(f"a token count must be a positive whole number, not {text!r}")
-    return int(value)
 
 
 # --- budgets -----------------------------------------------------------------------------------

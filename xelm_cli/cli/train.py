@@ -21,9 +21,9 @@ from ..training import (
     TrainRequest,
     checkpoint_dir,
     list_checkpoints,
-    parse_token_count,
     plan_budgets,
 )
+from ..units import parse_token_count
 from .options import ForceOpt, JsonOpt, OutDirOpt, print_json
 
 console = Console(soft_wrap=True)
