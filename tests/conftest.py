@@ -1,6 +1,7 @@
 """Shared fixtures: a real tokenizer trained on sample text, real tiny bundles, installed
 plugin fixtures."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_LANGS = ("en", "tr", "ar", "ru")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Remembered verifications go to a temporary cache, not the user's (subprocesses too)."""
+    os.environ["XELM_CACHE_DIR"] = str(tmp_path_factory.mktemp("xelm-cache"))
 
 
 def sample_texts() -> list[str]:

@@ -3,10 +3,18 @@
 A command that fails or is killed leaves either the previous state or nothing at the target,
 never a half-written file or directory. Temporaries are siblings of the target so the final
 rename stays on one filesystem.
+
+One writer per target: a writer holds an advisory lock on a sibling ``.NAME.lock`` file while
+it builds the target, so a second process writing the same path fails at once with one line
+instead of racing it. Holding the lock also proves that any ``.NAME.*.partial`` temporary
+beside the target belongs to a writer that died, so it is removed.
 """
 
 import contextlib
+import errno
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +23,8 @@ from pathlib import Path
 from .errors import UsageError
 
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+_held_locks: dict[Path, int] = {}  # lock file -> depth: re-entrant within one process
 
 
 def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
@@ -46,6 +56,74 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{LOCK_SUFFIX}")
+
+
+def _open_locked(lock: Path, target: Path) -> int:
+    """A descriptor holding the exclusive lock on ``lock``; UsageError when another has it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {lock.parent}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            raise UsageError(
+                f"another process is writing {target} (it holds {lock.name}); "
+                f"wait for it to finish or choose another output"
+            ) from None
+        # A holder that just finished unlinks the file: lock the file that is there now.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Temporaries of ``target`` left by a writer that was killed (we hold its lock now)."""
+    stale = re.compile(rf"\.{re.escape(target.name)}\.(old\.)?[A-Za-z0-9_]{{8}}\.partial")
+    with contextlib.suppress(OSError):
+        for child in target.parent.iterdir():
+            if stale.fullmatch(child.name):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """Be the only writer of ``target`` for the block (re-entrant in one process)."""
+    target = Path(os.path.abspath(target))
+    lock = _lock_path(target)
+    if lock in _held_locks:
+        _held_locks[lock] += 1
+        try:
+            yield
+        finally:
+            _held_locks[lock] -= 1
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
+    fd = _open_locked(lock, target)
+    _held_locks[lock] = 1
+    try:
+        _remove_stale_temporaries(target)
+        yield
+    finally:
+        del _held_locks[lock]
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still locked, so no one can lock the old file after us
+        os.close(fd)
+
+
 def _refuse_existing(target: Path, what: str) -> None:
     if target.exists() or target.is_symlink():
         raise UsageError(f"{what} {target} already exists; choose another path or pass --force")
@@ -57,6 +135,11 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
     target = Path(os.path.abspath(target))
     if not overwrite:
         _refuse_existing(target, "output")
+    with output_lock(target):
+        yield from _build_directory(target, overwrite)
+
+
+def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
@@ -81,6 +164,11 @@ def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     target = Path(os.path.abspath(target))
     if not overwrite:
         _refuse_existing(target, "output")
+    with output_lock(target):
+        yield from _build_file(target, overwrite)
+
+
+def _build_file(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=False)
     try:
         tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result should not be

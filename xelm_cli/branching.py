@@ -30,7 +30,7 @@ def branch(
         raise UsageError("--allocation needs --expert N and cannot be combined with --langs")
     if expert is not None and allocation is None:
         raise UsageError("--expert needs --allocation FILE")
-    parent = Bundle.open(parent_dir, verify=False)
+    parent = Bundle.open(parent_dir)  # a corrupt parent would pass its digests on
     allocation_ref = None
     if allocation is not None and expert is not None:
         allocation_ref = allocation.reference(expert)
@@ -102,7 +102,7 @@ def hmr_branch(
     parent_ref = choose_donor_bundle(find_bundles(pool_paths), donor)
     if language in parent_ref.languages:
         raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
-    parent = Bundle.open(parent_ref.path, verify=False)
+    parent = Bundle.open(parent_ref.path)
     step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
     with write_bundle(
         out,

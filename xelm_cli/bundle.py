@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, verified
 from .atomic import atomic_directory
 from .digest import sha256_bytes, sha256_file
 from .errors import FormatError, IntegrityError, UsageError
@@ -74,7 +74,9 @@ class Bundle:
     def open(
         cls, path: str | Path, *, verify: bool = True, progress: Progress | None = None
     ) -> "Bundle":
-        """Open a bundle: check every file's presence and size, and with ``verify`` its sha256."""
+        """Open a bundle: check every file's presence and size, and with ``verify`` its sha256
+        (files unchanged since an earlier verification are not hashed again: xelm_cli.verified).
+        """
         bundle = cls.read(path)
         bundle.check_files(hash_files=verify, progress=progress)
         return bundle
@@ -101,14 +103,25 @@ class Bundle:
         return sum(entry.size for entry in self.manifest.files.values())
 
     def file_problems(
-        self, *, hash_files: bool = True, progress: Progress | None = None
+        self,
+        *,
+        hash_files: bool = True,
+        progress: Progress | None = None,
+        use_cache: bool = True,
     ) -> list[str]:
-        """Missing, changed, unlisted or non-regular files, one line each."""
+        """Missing, changed, unlisted or non-regular files, one line each.
+
+        With ``hash_files``, files whose stat signature is the one remembered from an earlier
+        verification are not hashed again unless ``use_cache`` is false.
+        """
         problems = []
         if self.manifest.edited:
             problems.append(
                 f"{MANIFEST_NAME}: edited after it was written (content_digest differs)"
             )
+        known = verified.remembered(self.digest, self.path) if hash_files and use_cache else {}
+        matched: dict[str, verified.Signature] = {}
+        started = verified.now_ns()
         for name, entry in sorted(self.manifest.files.items()):
             file = self.path / name
             try:
@@ -116,16 +129,28 @@ class Bundle:
             except FileNotFoundError:
                 problems.append(f"{name}: missing")
                 continue
+            except OSError as exc:
+                problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
+                continue
             if not stat.S_ISREG(info.st_mode):
                 problems.append(f"{name}: not a regular file")
             elif info.st_size != entry.size:
                 problems.append(f"{name}: size {info.st_size} bytes, manifest says {entry.size}")
-            elif hash_files and sha256_file(file, progress) != entry.sha256:
-                problems.append(f"{name}: sha256 does not match the manifest (content changed)")
+            elif hash_files:
+                sig = verified.signature(info)
+                if known.get(name) == sig:
+                    if progress:
+                        progress(entry.size)  # verified before, unchanged since
+                elif sha256_file(file, progress) != entry.sha256:
+                    problems.append(f"{name}: sha256 does not match the manifest (content changed)")
+                    continue
+                matched[name] = sig
         listed = set(self.manifest.files) | {MANIFEST_NAME}
         for child in sorted(self.path.iterdir()):
             if child.name not in listed:
                 problems.append(f"{child.name}: not listed in the manifest")
+        if hash_files and not problems:
+            verified.remember(self.digest, self.path, matched, started)
         return problems
 
     def fingerprint_problems(self) -> list[str]:
@@ -162,9 +187,11 @@ class Bundle:
             self.check_files()
         return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
 
-    def check_files(self, *, hash_files: bool = True, progress: Progress | None = None) -> None:
+    def check_files(
+        self, *, hash_files: bool = True, progress: Progress | None = None, use_cache: bool = True
+    ) -> None:
         """Raise IntegrityError naming the first file problem (see ``file_problems``)."""
-        problems = self.file_problems(hash_files=hash_files, progress=progress)
+        problems = self.file_problems(hash_files=hash_files, progress=progress, use_cache=use_cache)
         if problems:
             more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
             raise IntegrityError(
@@ -184,7 +211,7 @@ def verify_bundle(path: str | Path, progress: Progress | None = None) -> list[st
     if problems:
         return problems
     bundle = Bundle(path, Manifest.from_dict(data, str(path)), sha256_bytes(raw))
-    problems = bundle.file_problems(progress=progress)
+    problems = bundle.file_problems(progress=progress, use_cache=False)
     return problems or bundle.fingerprint_problems()
 
 
@@ -298,7 +325,8 @@ class BundleWriter:
             raise FormatError(f"refusing to write an invalid manifest: {problems[0]}")
         (self.directory / MANIFEST_NAME).write_bytes(pretty_json(manifest.to_dict()))
         for child in self.directory.iterdir():
-            child.chmod(0o444)  # immutable by convention; hard links share this mode
+            if stat.S_IMODE(child.lstat().st_mode) != 0o444:
+                child.chmod(0o444)  # immutable by convention; hard links share this mode
         return manifest
 
 
@@ -338,4 +366,6 @@ def write_bundle(
             training=training,
             progress=progress,
         )
+    if parent is not None:
+        verified.relinked(parent.digest, parent.path)
     writer.result = Bundle.open(out, verify=False)

@@ -20,12 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .atomic import atomic_directory
+from .bundle import Bundle
 from .corpus import corpus_files, iter_documents, load_hf_dataset, source_kind
 from .digest import sha256_bytes, sha256_file
 from .errors import FormatError, UsageError, XelmError
 from .fingerprint import tokenizer_fingerprint
 from .jsonio import canonical_json
 from .languages import normalize_language
+from .manifest import MANIFEST_NAME as BUNDLE_MANIFEST
 from .shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
@@ -211,6 +213,8 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"tokenizer not found: {path} is not a directory (a bundle or tokenizer)")
+    if (path / BUNDLE_MANIFEST).is_file():
+        Bundle.open(path)  # a bundle's tokenizer must match its digests like any other file
     try:
         fingerprint = tokenizer_fingerprint(path)
     except FormatError:

@@ -71,15 +71,14 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 
 
 def open_members(paths: Sequence[Path]) -> list[Bundle]:
-    """Read and check the bundles of an ensemble (manifests, file sizes, compatibility)."""
+    """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
+    come first, so nothing is read from a file that does not match its manifest."""
     bundles = []
     for path in paths:
         if not (path / MANIFEST_NAME).is_file():
             what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
             raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
-        bundle = Bundle.read(path)
-        bundle.check_files(hash_files=False)
-        bundles.append(bundle)
+        bundles.append(Bundle.open(path))
     check_compatible(bundles)
     return bundles
 
@@ -311,7 +310,7 @@ class EnsembleModel(LanguageModel):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = self.members[0].load_tokenizer(verify=False)
+            self._tokenizer = self.members[0].load_tokenizer()
         return self._tokenizer
 
     @property

@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..allocation import read_allocation
+from ..atomic import output_lock
 from ..bundle import Bundle
 from ..errors import UsageError
 from ..languages import parse_language_list
@@ -150,8 +152,10 @@ def train(
         force=force,
         command=_command_line(),
     )
-    result = get_registry().get("trainer", trainer).obj().train(request)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+    writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes and reports
+    with output_lock(out) if writer else nullcontext():  # one run per output, for its whole life
+        result = get_registry().get("trainer", trainer).obj().train(request)
+    if not writer:
         return
     record = result.manifest.training or {}
     if as_json:

@@ -1,0 +1,207 @@
+"""Integrity: every way of loading a bundle refuses one whose files do not match its manifest,
+naming the file; a verified bundle is not hashed again until one of its files changes."""
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import TEST_LANGS
+from reliability import record
+
+from xelm_cli import bundle as bundle_module
+from xelm_cli import verified
+from xelm_cli.branching import branch
+from xelm_cli.bundle import Bundle
+from xelm_cli.cli import run
+from xelm_cli.data_prepare import load_tokenizer as load_tokenizer_info
+from xelm_cli.ensemble import open_members
+from xelm_cli.errors import IntegrityError
+from xelm_cli.scoring import LoadedModel
+
+WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
+
+
+def fresh_copy(seed_bundle: Path, root: Path) -> Path:
+    """A copy of the seed whose files are old enough to be remembered once verified."""
+    copy = root / "bundle"
+    shutil.copytree(seed_bundle, copy)
+    time.sleep(verified.RACY_NS / 1e9 + 0.05)
+    return copy
+
+
+def flip_byte(path: Path, keep_mtime: bool = False) -> None:
+    """Change one byte in the middle, keeping the size (and with ``keep_mtime`` the mtime)."""
+    info = path.stat()
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(info.st_size // 2)
+        byte = f.read(1)
+        f.seek(info.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    path.chmod(info.st_mode & 0o777)
+    if keep_mtime:
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def edit_manifest(bundle: Path) -> None:
+    manifest = bundle / "xelm.json"
+    data = json.loads(manifest.read_text())
+    data["languages"] = ["fi"]
+    manifest.chmod(0o644)
+    manifest.write_text(json.dumps(data))
+
+
+def _load_model(path: Path) -> None:
+    Bundle.read(path).load_model()
+
+
+def _load_tokenizer(path: Path) -> None:
+    Bundle.read(path).load_tokenizer()
+
+
+def _ensemble_member(path: Path) -> None:
+    LoadedModel.load(open_members([path])[0], __import__("torch").device("cpu"))
+
+
+def _branch(path: Path) -> None:
+    branch(path, path.parent / "child")
+    pytest.fail("branched a corrupt bundle")  # pragma: no cover
+
+
+def _data_tokenizer(path: Path) -> None:
+    load_tokenizer_info(path)
+
+
+LOAD_PATHS: dict[str, Callable[[Path], None]] = {
+    "Bundle.load_model": _load_model,
+    "Bundle.load_tokenizer": _load_tokenizer,
+    "ensemble member load": _ensemble_member,
+    "branch": _branch,
+    "data prepare tokenizer": _data_tokenizer,
+}
+CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "one byte of the weights flipped": (WEIGHTS, lambda b: flip_byte(b / WEIGHTS)),
+    "one byte of the tokenizer flipped": (TOKENIZER, lambda b: flip_byte(b / TOKENIZER)),
+    "one byte of the config flipped": (CONFIG, lambda b: flip_byte(b / CONFIG)),
+    "weights flipped, mtime restored": (WEIGHTS, lambda b: flip_byte(b / WEIGHTS, True)),
+    "weights truncated": (WEIGHTS, lambda b: os.truncate(b / WEIGHTS, 100)),
+    "tokenizer deleted": (TOKENIZER, lambda b: (b / TOKENIZER).unlink()),
+    "manifest edited": ("xelm.json", edit_manifest),
+    "unlisted file added": ("extra.bin", lambda b: (b / "extra.bin").write_bytes(b"x")),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_every_load_path_refuses_a_corrupt_bundle_naming_the_file(
+    seed_bundle: Path, tmp_path: Path, corruption: str
+) -> None:
+    bundle = fresh_copy(seed_bundle, tmp_path)
+    Bundle.open(bundle)  # verified and remembered: the fast path must not hide what follows
+    file, corrupt = CORRUPTIONS[corruption]
+    corrupt(bundle)
+    for load_path, load in LOAD_PATHS.items():
+        with pytest.raises(IntegrityError) as caught:
+            load(bundle)
+        message = str(caught.value)
+        named = file in message and "\n" not in message
+        record("corrupt", corruption, f"detected by {load_path}, file named" if named else message)
+        assert named, (load_path, message)
+    assert not (tmp_path / "child").exists()
+
+
+def test_cli_commands_refuse_a_corrupt_bundle(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = fresh_copy(seed_bundle, tmp_path)
+    flip_byte(bundle / WEIGHTS)
+    commands = {
+        "bundle verify": ["bundle", "verify", str(bundle)],
+        "bundle branch": ["bundle", "branch", str(bundle), "-o", str(tmp_path / "b")],
+        "bundle pack": ["bundle", "pack", str(bundle), "-o", str(tmp_path / "b.xelm.tar.zst")],
+    }
+    for name, argv in commands.items():
+        assert run(argv) == IntegrityError.exit_code, name
+        err = capsys.readouterr().err
+        detected = "model.safetensors" in err or "failed verification" in err
+        record("corrupt", "one byte of the weights flipped", f"detected by xelm {name}")
+        assert detected and err.count("xelm: error:") == 1, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.xelm.tar.zst").exists()
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    hashed: list[str] = []
+    real = bundle_module.sha256_file
+
+    def spy(path: Path, progress: object = None) -> str:
+        hashed.append(path.name)
+        return real(path, progress)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bundle_module, "sha256_file", spy)
+    return hashed
+
+
+def test_a_verified_bundle_is_not_hashed_again(
+    seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = fresh_copy(seed_bundle, tmp_path)
+    hashed = count_hashes(monkeypatch)
+    Bundle.open(bundle)
+    assert sorted(hashed) == sorted(Bundle.read(bundle).manifest.files)
+    hashed.clear()
+    Bundle.open(bundle)
+    Bundle.read(bundle).load_tokenizer()
+    assert hashed == []
+    flip_byte(bundle / CONFIG, keep_mtime=True)  # the change time still moves
+    with pytest.raises(IntegrityError, match=CONFIG):
+        Bundle.open(bundle)
+    assert hashed == [CONFIG]  # only the changed file was read again
+
+
+def test_bundle_verify_always_hashes_everything(
+    seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = fresh_copy(seed_bundle, tmp_path)
+    Bundle.open(bundle)
+    hashed = count_hashes(monkeypatch)
+    assert run(["bundle", "verify", str(bundle)]) == 0
+    assert sorted(hashed) == sorted(Bundle.read(bundle).manifest.files)
+
+
+def test_branching_keeps_the_parent_remembered(
+    seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = fresh_copy(seed_bundle, tmp_path)
+    Bundle.open(parent)
+    hashed = count_hashes(monkeypatch)
+    for i in range(3):
+        branch(parent, tmp_path / f"expert-{i}", languages=[TEST_LANGS[i]])
+    Bundle.open(parent)
+    assert hashed == []  # links changed the inodes' change times, not their contents
+
+
+def test_unreadable_or_disabled_cache_means_hashing(
+    seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = fresh_copy(seed_bundle, tmp_path)
+    Bundle.open(bundle)
+    hashed = count_hashes(monkeypatch)
+    monkeypatch.setenv(verified.SWITCH_ENV, "0")
+    Bundle.open(bundle)
+    assert len(hashed) == len(Bundle.read(bundle).manifest.files)
+    monkeypatch.delenv(verified.SWITCH_ENV)
+    for entry in verified.cache_root().glob("*.json"):
+        entry.write_text('{"files": {"model.safetensors": "not a signature"')
+    hashed.clear()
+    Bundle.open(bundle)
+    assert len(hashed) == len(Bundle.read(bundle).manifest.files)
+
+
+def test_racy_files_are_not_remembered(seed_bundle: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "new"
+    shutil.copytree(seed_bundle, bundle)  # written just now: could still change unnoticed
+    Bundle.open(bundle)
+    assert verified.remembered(Bundle.read(bundle).digest, bundle) == {}

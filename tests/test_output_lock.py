@@ -1,0 +1,121 @@
+"""One writer per output: a second process writing the same path fails at once, clearly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SHARED_DATA, TEST_LANGS
+from reliability import record
+
+from xelm_cli.atomic import atomic_directory, atomic_file, output_lock
+from xelm_cli.bundle import verify_bundle
+from xelm_cli.cli import run
+from xelm_cli.data_prepare import prepare
+from xelm_cli.errors import UsageError
+
+HOLD = (
+    "import sys, time; from xelm_cli.atomic import output_lock\n"
+    "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
+)
+
+
+def hold_lock(target: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_writer_fails_clearly_until_the_first_is_gone(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "expert"
+    holder = hold_lock(target)
+    try:
+        with (
+            pytest.raises(UsageError, match="another process is writing"),
+            atomic_directory(target),
+        ):
+            pass
+        assert run(["bundle", "branch", str(seed_bundle), "-o", str(target)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "another process is writing" in err, err
+        record("lock", "second writer of a locked output", "refused in one line")
+        assert not target.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed holder's lock goes with it
+        holder.wait()
+    assert run(["bundle", "branch", str(seed_bundle), "-o", str(target)]) == 0
+    assert verify_bundle(target) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expert"]  # no lock file, no temp
+
+
+def test_stale_temporaries_of_the_target_are_removed(tmp_path: Path) -> None:
+    mine = tmp_path / ".out.k3j_9x2a.partial"
+    mine.mkdir()
+    (mine / "half-written").write_bytes(b"x")
+    old = tmp_path / ".out.old.abcdefgh.partial"
+    old.mkdir()
+    other = tmp_path / ".out.b.abcdefgh.partial"  # a temporary of the target "out.b"
+    other.mkdir()
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "file").write_bytes(b"done")
+    assert not mine.exists() and not old.exists() and other.exists()
+    assert (tmp_path / "out" / "file").read_bytes() == b"done"
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path: Path) -> None:
+    target = tmp_path / "result.json"
+    with output_lock(target), atomic_file(target) as tmp:
+        tmp.write_bytes(b"{}")
+    assert target.read_bytes() == b"{}"
+    assert not (tmp_path / ".result.json.lock").exists()
+
+
+def test_two_trainings_of_one_output_one_wins(seed_bundle: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in TEST_LANGS:
+        text = (SHARED_DATA / "eval" / "udhr" / f"{lang}.txt").read_text()
+        (corpus / f"{lang}.txt").write_text(text)
+    prepare(corpus, seed_bundle, tmp_path / "shards")
+    out = tmp_path / "trained"
+    args = [str(seed_bundle), "--data", str(tmp_path / "shards"), "--tokens", "4K"]
+    args += ["--block-size", "32", "--batch-size", "4", "-o", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "xelm_cli", "train", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / ".trained.lock").exists():
+        assert first.poll() is None and time.monotonic() < deadline, "first run never started"
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # mid-run, holding the lock, however fast it trains
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "xelm_cli", "train", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=os.environ | {"COLUMNS": "200"},
+        )
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait() == 0, first.stderr.read() if first.stderr else ""
+    lines = second.stderr.strip().splitlines()
+    outcome = (
+        "one wins, the other refused in one line"
+        if second.returncode == 2 and len(lines) == 1 and "another process is writing" in lines[0]
+        else f"exit {second.returncode}: {second.stderr[-300:]}"
+    )
+    record("lock", "two trainings writing one output", outcome)
+    assert outcome.startswith("one wins"), outcome
+    assert verify_bundle(out) == []
