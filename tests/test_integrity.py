@@ -15,11 +15,11 @@ from reliability import record
 from xelm_cli import bundle as bundle_module
 from xelm_cli import verified
 from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle
+from xelm_cli.bundle import Bundle, write_bundle
 from xelm_cli.cli import run
 from xelm_cli.data_prepare import load_tokenizer as load_tokenizer_info
 from xelm_cli.ensemble import open_members
-from xelm_cli.errors import IntegrityError
+from xelm_cli.errors import FormatError, IntegrityError
 from xelm_cli.scoring import LoadedModel
 
 WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
@@ -205,3 +205,36 @@ def test_racy_files_are_not_remembered(seed_bundle: Path, tmp_path: Path) -> Non
     shutil.copytree(seed_bundle, bundle)  # written just now: could still change unnoticed
     Bundle.open(bundle)
     assert verified.remembered(Bundle.read(bundle).digest, bundle) == {}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "evil-remote-model"])
+def test_code_shipped_in_a_bundle_never_runs(
+    seed_bundle: Path, tmp_path: Path, model_type: str
+) -> None:
+    marker = tmp_path / "code-ran"
+    parent = Bundle.open(seed_bundle)
+    config = json.loads((seed_bundle / CONFIG).read_text())
+    config |= {"model_type": model_type, "auto_map": {"AutoModelForCausalLM": "evil.Model"}}
+    tokenizer_config = json.loads((seed_bundle / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": ["evil.Tokenizer", None]}
+    out = tmp_path / "hostile"
+    with write_bundle(
+        out,
+        role="expert",
+        languages=["en"],
+        parent=parent,
+        step={"relation": "branch", "parents": [parent.ref]},
+    ) as writer:
+        writer.write_bytes(CONFIG, json.dumps(config).encode())
+        writer.write_bytes("tokenizer_config.json", json.dumps(tokenizer_config).encode())
+        writer.write_bytes("evil.py", f"open({str(marker)!r}, 'w')\n".encode())
+    hostile = Bundle.open(out)
+    for load in (hostile.load_model, hostile.load_tokenizer):
+        try:
+            load()  # a known architecture loads as itself, ignoring auto_map
+            outcome = "loaded without running its code"
+        except FormatError as exc:
+            assert "\n" not in str(exc) and str(out) in str(exc)
+            outcome = "refused in one line, no code run"
+        record("hostile", f"bundle shipping code ({model_type})", outcome)
+        assert not marker.exists()

@@ -21,7 +21,7 @@ from typing import Any
 from . import __version__, verified
 from .atomic import atomic_directory
 from .digest import sha256_bytes, sha256_file
-from .errors import FormatError, IntegrityError, UsageError
+from .errors import FormatError, IntegrityError, UsageError, XelmError
 from .fingerprint import (
     TOKENIZER_FILES,
     architecture_fingerprint,
@@ -176,16 +176,32 @@ class Bundle:
 
         if verify:
             self.check_files()
-        return AutoModelForCausalLM.from_pretrained(
-            self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
-        )
+        with self._load_errors("model"):
+            return AutoModelForCausalLM.from_pretrained(
+                self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+            )
 
     def load_tokenizer(self, *, verify: bool = True, trust_remote_code: bool = False) -> Any:
         from transformers import AutoTokenizer
 
         if verify:
             self.check_files()
-        return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        with self._load_errors("tokenizer"):
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+
+    @contextlib.contextmanager
+    def _load_errors(self, what: str) -> Iterator[None]:
+        """transformers raises many kinds of exceptions for files it cannot use (bad configs,
+        hostile safetensors headers, remote code refused): one line naming the bundle."""
+        try:
+            yield
+        except XelmError:
+            raise
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise FormatError(
+                f"{self.path}: cannot load the {what}: {type(exc).__name__}: {reason}"
+            ) from None
 
     def check_files(
         self, *, hash_files: bool = True, progress: Progress | None = None, use_cache: bool = True
