@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s reliability`."""
 
 import nox
 
@@ -29,3 +29,12 @@ def typecheck(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     session.install(*INSTALL)
     session.run("python", "benchmarks/bundle_io.py", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """The long crash, corruption, fuzz, disk-full and concurrency runs (10x the CI cases by
+    default; `nox -s reliability -- --scale 50`), tabulated in benchmarks/reliability.md."""
+    session.install(*INSTALL)
+    args = session.posargs or ["--scale", "10"]
+    session.run("python", "benchmarks/reliability.py", *args)
