@@ -111,7 +111,10 @@ def output_lock(target: str | Path) -> Iterator[None]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot write to {target.parent}: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"cannot write {target}: {target.parent} is not a writable directory "
+            f"({exc.strerror or exc})"
+        ) from None
     fd = _open_locked(lock, target)
     _held_locks[lock] = 1
     try:

@@ -253,6 +253,10 @@ def link_or_copy(src: Path, dst: Path) -> str:
     return "copy"
 
 
+def _written_by_save_model(name: str) -> bool:
+    return is_weight_file(name) or name in ("config.json", "generation_config.json")
+
+
 class BundleWriter:
     """Files of a bundle being written; becomes a bundle when its ``write_bundle`` block ends."""
 
@@ -282,7 +286,7 @@ class BundleWriter:
 
     def save_model(self, model: Any) -> None:
         """Write ``model``'s config and safetensors weights, replacing any inherited ones."""
-        self.remove(lambda n: is_weight_file(n) or n in ("config.json", "generation_config.json"))
+        self.remove(_written_by_save_model)
         model.save_pretrained(self.directory, max_shard_size=MAX_SHARD_SIZE)
 
     def save_tokenizer(self, tokenizer: Any) -> None:
@@ -358,20 +362,28 @@ def write_bundle(
     allocation: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     overwrite: bool = False,
+    inherit_weights: bool = True,
     progress: Progress | None = None,
 ) -> Iterator[BundleWriter]:
     """Write a new bundle at ``out`` atomically.
 
     ``step`` is the lineage step that makes this bundle (relation, parents, details); with a
-    ``parent`` the new bundle starts as links to all of the parent's files and continues its
-    lineage. On any exception nothing is left at ``out``.
+    ``parent`` the new bundle starts as links to all of the parent's files (without its weights
+    and config when ``inherit_weights`` is false: a trainer writes its own, and on another file
+    system a link would be a copy) and continues its lineage. On any exception nothing is left
+    at ``out``.
     """
     out = Path(out)
     lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
     with atomic_directory(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp)
         if parent is not None:
-            writer.inherit(parent, [n for n in parent.manifest.files if n != CARD_NAME])
+            shared = [
+                name
+                for name in parent.manifest.files
+                if name != CARD_NAME and (inherit_weights or not _written_by_save_model(name))
+            ]
+            writer.inherit(parent, shared)
         yield writer
         writer.finish(
             role=role,

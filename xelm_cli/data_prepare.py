@@ -37,6 +37,7 @@ from .shards import (
     offsets_file,
     token_dtype_name,
     tokens_file,
+    write_array,
     write_manifest,
 )
 from .units import parse_token_count
@@ -350,8 +351,8 @@ def _subsample(
     new_offsets = np.zeros(len(keep) + 1, dtype=OFFSETS_DTYPE)
     np.cumsum(lengths[keep], out=new_offsets[1:])
     token_path.unlink()
-    tokens.tofile(token_path)
-    new_offsets.tofile(directory / offsets_file(lang))
+    write_array(token_path, tokens)
+    write_array(directory / offsets_file(lang), new_offsets)
     return new_offsets
 
 

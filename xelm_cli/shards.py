@@ -62,7 +62,7 @@ class LanguageWriter:
         flat = np.fromiter(
             (i for ids in documents for i in ids), dtype=self.dtype, count=sum(lengths)
         )
-        flat.tofile(self._file)
+        self._file.write(flat.data)  # not tofile: its errors lose the OS's reason (disk full)
         self._lengths += lengths
 
     def close(self) -> NDArray[np.uint64]:
@@ -70,8 +70,15 @@ class LanguageWriter:
         self._file.close()
         offsets = np.zeros(len(self._lengths) + 1, dtype=OFFSETS_DTYPE)
         np.cumsum(self._lengths, out=offsets[1:])
-        offsets.tofile(self.directory / offsets_file(self.language))
+        write_array(self.directory / offsets_file(self.language), offsets)
         return offsets
+
+
+def write_array(path: Path, array: NDArray[Any]) -> None:
+    """``array``'s bytes to a new file; unlike ``ndarray.tofile``, a failed write (a full disk)
+    raises OSError with its errno and file name."""
+    with open(path, "wb") as f:
+        f.write(np.ascontiguousarray(array).data)
 
 
 def _file_entry(path: Path) -> dict[str, Any]:

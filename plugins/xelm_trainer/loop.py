@@ -511,6 +511,7 @@ def write_trained(
         allocation=parent.manifest.allocation,
         training=training,
         overwrite=request.force,
+        inherit_weights=False,
     ) as writer:
         if full_state is not None:  # FSDP: the gathered weights into an unsharded copy
             model = unsharded_copy(parent, full_state)

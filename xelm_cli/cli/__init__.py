@@ -5,6 +5,7 @@ code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
 """
 
 import os
+import re
 import sys
 
 import typer
@@ -54,6 +55,20 @@ def _root(
     """xelm: cross-lingual expert language models."""
 
 
+# A temporary sibling of an output (xelm_cli.atomic) is shown as the output it becomes.
+_TEMPORARY = re.compile(r"/\.([^/]+?)\.(?:old\.)?[A-Za-z0-9_]{8}\.partial(?=/|$)")
+# Rust libraries (safetensors, tokenizers) report OS errors inside their own exception types.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _os_error(exc: OSError) -> str:
+    path = exc.filename2 or exc.filename  # a copy names its source first, its target second
+    if not path:
+        return str(exc.strerror or exc)
+    shown = _TEMPORARY.sub(r"/\1", os.fsdecode(path))
+    return f"{exc.strerror or exc}: {shown}"
+
+
 def _fail(message: str, code: int) -> int:
     sys.stderr.write(f"xelm: error: {message}\n")
     return code
@@ -80,11 +95,14 @@ def run(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permissions, ...: the OS's words, and the file
         if debug:
             raise
-        where = f": {exc.filename}" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}", 1)
+        return _fail(_os_error(exc), 1)
     except Exception as exc:
         if debug:
             raise
+        os_error = _RUST_OS_ERROR.search(str(exc))
+        if os_error:  # e.g. a full disk while safetensors writes weights
+            reason = os.strerror(int(os_error.group(1)))
+            return _fail(f"{reason} (while {type(exc).__name__} was writing or reading)", 1)
         detail = str(exc).splitlines()[0] if str(exc) else ""
         return _fail(
             f"internal error: {type(exc).__name__}: {detail} (set {DEBUG_ENV}=1 for the traceback)",
