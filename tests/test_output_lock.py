@@ -119,3 +119,15 @@ def test_two_trainings_of_one_output_one_wins(seed_bundle: Path, tmp_path: Path)
     record("lock", "two trainings writing one output", outcome)
     assert outcome.startswith("one wins"), outcome
     assert verify_bundle(out) == []
+
+
+def test_overwriting_swaps_old_for_new_in_one_step(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "version").write_text("1")
+    old_inode = target.stat().st_ino
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "version").write_text("2")
+        assert (target / "version").read_text() == "1"  # the old one stays until the swap
+    assert (target / "version").read_text() == "2" and target.stat().st_ino != old_inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -14,6 +14,7 @@ import pluggy
 from numpy.typing import NDArray
 
 from .allocation import Allocation, read_allocation, write_allocation
+from .atomic import atomic_directory, atomic_file, output_lock, write_bytes_atomic
 from .bundle import Bundle, verify_bundle, write_bundle
 from .corpus import Document, iter_documents, read_documents
 from .errors import (
@@ -71,6 +72,8 @@ __all__ = [
     "UsageError",
     "Weights",
     "XelmError",
+    "atomic_directory",
+    "atomic_file",
     "check_weights",
     "distance_matrix",
     "feature_set_name",
@@ -81,6 +84,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "normalize_language",
+    "output_lock",
     "parse_language_list",
     "rank_donors",
     "read_allocation",
@@ -90,6 +94,7 @@ __all__ = [
     "verify_bundle",
     "write_allocation",
     "write_bundle",
+    "write_bytes_atomic",
 ]
 
 hookimpl = pluggy.HookimplMarker("xelm")

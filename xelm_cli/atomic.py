@@ -1,8 +1,9 @@
 """Atomic writes: build in a temporary sibling, then rename into place.
 
-A command that fails or is killed leaves either the previous state or nothing at the target,
-never a half-written file or directory. Temporaries are siblings of the target so the final
-rename stays on one filesystem.
+A command that fails or is killed leaves the previous state at the target (nothing, or the
+version it was replacing), never a half-written file or directory. Temporaries are siblings of
+the target so the final rename stays on one filesystem; a directory replaced with ``overwrite``
+is swapped for the new one in a single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it.
 
 One writer per target: a writer holds an advisory lock on a sibling ``.NAME.lock`` file while
 it builds the target, so a second process writing the same path fails at once with one line
@@ -11,6 +12,7 @@ beside the target belongs to a writer that died, so it is removed.
 """
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
@@ -25,6 +27,7 @@ from .errors import UsageError
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 _held_locks: dict[Path, int] = {}  # lock file -> depth: re-entrant within one process
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
 
 
 def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
@@ -142,16 +145,34 @@ def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]
         yield from _build_directory(target, overwrite)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the C
+    library, kernel or file system cannot, and the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
         yield tmp
         if target.exists() and overwrite:
-            old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
-            os.rename(target, old / "x")
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
+                shutil.rmtree(tmp, ignore_errors=True)  # it holds the old version now
+            else:
+                old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
+                os.rename(target, old / "x")
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
         else:
             _refuse_existing(target, "output")
             os.rename(tmp, target)

@@ -32,6 +32,7 @@ from xelm_cli.api import (
     load_checkpoint,
     save_checkpoint,
     write_bundle,
+    write_bytes_atomic,
 )
 
 from .distributed import (
@@ -408,8 +409,18 @@ def evaluate(
     return ranks.sum(sum(losses), device) / len(blocks)
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics line; infinite (dropped on resume) for a line torn by a kill."""
+    try:
+        record = json.loads(line)
+        return float(record.get("step", 0)) if isinstance(record, dict) else math.inf
+    except (ValueError, TypeError):
+        return math.inf
+
+
 class MetricsLog:
-    """``OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines."""
+    """``OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines
+    (and a last line torn by a kill)."""
 
     def __init__(self, path: Path, resumed_at: int, writes: bool = True) -> None:
         self.path = path
@@ -420,10 +431,10 @@ class MetricsLog:
         if path.exists():
             kept = [
                 line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resumed_at
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if _step_of(line) <= resumed_at
             ]
-            path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.writes:
