@@ -337,3 +337,13 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
     for command in ("train", "plan", "train-all"):
         code, stdout, _ = xelm(capsys, command, "--help")
         assert code == 0 and "Example:" in stdout
+
+
+def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path: Path) -> None:
+    from xelm_trainer.loop import MetricsLog
+
+    log = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 1.0}) for s in (2, 4, 6)]
+    log.write_text("\n".join(lines) + '\n{"step": 8, "lo')  # the last line torn by a kill
+    MetricsLog(log, resumed_at=4).write({"step": 5, "loss": 0.5})
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 5]
