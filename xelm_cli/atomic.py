@@ -115,7 +115,7 @@ def output_lock(target: str | Path) -> Iterator[None]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(
-            f"cannot write {target}: {target.parent} is not a writable directory "
+            f"cannot write to {target.parent}: it is not a writable directory "
             f"({exc.strerror or exc})"
         ) from None
     fd = _open_locked(lock, target)
