@@ -1,7 +1,9 @@
 """Bundle archives: reproducible packing, safe streaming unpacking, hostile archives refused."""
 
+import functools
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -11,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from reliability import fuzz_settings, record
 
 from xelm_cli import archive as archive_mod
 from xelm_cli.archive import (
@@ -21,7 +24,7 @@ from xelm_cli.archive import (
     pack_bundle,
     unpack_bundle,
 )
-from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
 from xelm_cli.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.manifest import MANIFEST_NAME
 
@@ -420,22 +423,42 @@ def test_bomb_after_end_refused(
 
 
 # ---------------------------------------------------------------------------------------------
-# Random corruption: a bundle identical to the original, or a XelmError and nothing left
+# Random corruption and generated hostile streams: a bundle identical to the original that
+# verifies, or a XelmError of one line, and nothing written anywhere else
 
 
-def _unpack_or_refuse(blob: bytes, contents: dict[str, bytes]) -> None:
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _unpack_or_refuse(blob: bytes, contents: dict[str, bytes], root: Path | None = None) -> str:
+    """Unpack ``blob`` inside ``root`` (a fresh temporary directory by default); returns the
+    outcome, for the fuzz log."""
     with tempfile.TemporaryDirectory() as tmp:
-        source, out = Path(tmp) / "a.xelm.tar.zst", Path(tmp) / "out" / "bundle"
+        root = root or Path(tmp)
+        source, out = root / "in" / "a.xelm.tar.zst", root / "out" / "bundle"
+        source.parent.mkdir(parents=True, exist_ok=True)
         source.write_bytes(blob)
+        out.parent.mkdir(exist_ok=True)  # a missing parent is made (like mkdir -p) and stays
+        before = _tree(root)
         try:
             unpack_bundle(source, out)
-        except XelmError:
+        except XelmError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 500, str(exc)
             _assert_nothing_left(out)
-            return
-        assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == contents
+            assert _tree(root) == before, "an archive that was refused wrote files"
+            return f"clean one-line {type(exc).__name__}"
+        unpacked = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        manifest = unpacked.pop(MANIFEST_NAME)  # may differ in whitespace: one size lie cuts it
+        assert json.loads(manifest) == json.loads(contents[MANIFEST_NAME])
+        assert unpacked == {k: v for k, v in contents.items() if k != MANIFEST_NAME}
+        assert verify_bundle(out) == []
+        written = {"out/bundle"} | {f"out/bundle/{name}" for name in contents}
+        assert _tree(root) == before | written, "an archive wrote outside its bundle"
+        return "accepted (valid)"
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(200)
 @given(data=st.data())
 def test_mutated_archive(packed: Path, contents: dict[str, bytes], data: st.DataObject) -> None:
     blob = bytearray(packed.read_bytes())
@@ -444,10 +467,10 @@ def test_mutated_archive(packed: Path, contents: dict[str, bytes], data: st.Data
         blob[pos] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         del blob[data.draw(st.integers(0, len(blob))) :]
-    _unpack_or_refuse(bytes(blob), contents)
+    record("fuzz", "archive: corrupted zstd bytes", _unpack_or_refuse(bytes(blob), contents))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(300)
 @given(data=st.data())
 def test_mutated_tar(contents: dict[str, bytes], data: st.DataObject) -> None:
     # Mutate the tar itself (then compress) to reach the header parser, mostly at headers.
@@ -461,4 +484,204 @@ def test_mutated_tar(contents: dict[str, bytes], data: st.DataObject) -> None:
         start = data.draw(st.sampled_from(starts))
         pos = data.draw(st.one_of(st.integers(start, start + 511), st.integers(0, len(raw) - 1)))
         raw[pos] = data.draw(st.one_of(st.sampled_from(b"0 /.\x00\xff7"), st.integers(0, 255)))
-    _unpack_or_refuse(_zst(bytes(raw)), contents)
+    record("fuzz", "archive: corrupted tar headers", _unpack_or_refuse(_zst(bytes(raw)), contents))
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated hostile streams, over a bundle of a few KB so that each case takes milliseconds
+
+
+@pytest.fixture(scope="session")
+def small_contents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """A complete bundle of tiny files: a one-tensor model, a stub tokenizer."""
+    import numpy as np
+    from safetensors.numpy import save
+
+    out = tmp_path_factory.mktemp("small") / "small"
+    step = {"relation": "init", "parents": [], "source": {"kind": "config", "name": "fuzz"}}
+    with write_bundle(out, role="seed", languages=["en"], step=step) as writer:
+        writer.write_bytes("config.json", b'{"model_type": "llama"}')
+        writer.write_bytes("model.safetensors", save({"w": np.zeros((2, 3), np.float32)}))
+        writer.write_bytes("tokenizer.json", b'{"model": {"type": "BPE", "vocab": {}}}')
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def _escapes(root: Path) -> list[str]:
+    """Names that would land outside the bundle: relative, absolute, and into ``root``."""
+    return [
+        "../escaped",
+        "a/../../escaped",
+        "../../escaped",
+        f"{root}/escaped",
+        "/etc/xelm-fuzz",
+        "./config.json",
+        "config.json/",
+        "sub/config.json",
+        "..\\escaped",
+        "",
+        ".",
+        "..",
+    ]
+
+
+def _resealed(manifest: dict[str, object]) -> bytes:
+    """``manifest`` with a content digest that matches it, computed even where the canonical
+    form does not exist (lone surrogates), as a careless or hostile writer would."""
+    body = {k: v for k, v in manifest.items() if k != "content_digest"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return json.dumps({**body, "content_digest": "sha256:" + digest}).encode()
+
+
+@functools.cache
+def _hostile_manifests(raw: bytes) -> list[bytes]:
+    """Manifests an unpacker must refuse with one line before it writes any other member."""
+    manifest = json.loads(raw)
+    files = manifest["files"]
+    return [
+        b"[" * 10_000,
+        b"\xef\xbb\xbf" + raw[: len(raw) // 2],
+        raw[:-1] + b', "n": ' + b"9" * 5000 + b"}",
+        _resealed({**manifest, "name": "\ud800"}),
+        _resealed({**manifest, "extra": {"deep": json.loads("[" * 500 + "]" * 500)}}),
+        _resealed({**manifest, "format_version": "\u00b2.0.0"}),
+        _resealed(
+            {**manifest, "files": {**files, "huge": {**files["config.json"], "size": 10**15}}}
+        ),
+        _resealed({**manifest, "languages": [{"i": i} for i in range(10_001)]}),
+    ]
+
+
+_SPECIAL_TYPES = [
+    tarfile.SYMTYPE,
+    tarfile.LNKTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.FIFOTYPE,
+    tarfile.DIRTYPE,
+    tarfile.CONTTYPE,
+    tarfile.GNUTYPE_SPARSE,
+    b"Z",
+]
+_HOSTILE_PAX = [
+    {"size": "9" * 30},
+    {"size": "-1"},
+    {"size": "1e999"},
+    {"path": "../" * 1000 + "escaped"},
+    {"mtime": "1e999"},
+    {"uid": "-1"},
+    {"linkpath": "../escaped"},
+    {"GNU.sparse.size": "1"},
+    {"GNU.sparse.map": "0,1"},
+    {"hdrcharset": "BINARY"},
+    {"comment": "x" * 100_000},
+]
+
+
+def _hostile_member(
+    data: st.DataObject, contents: dict[str, bytes], root: Path
+) -> tuple[str, tuple[tarfile.TarInfo, bytes]]:
+    """(kind, member): one member a safe unpacker must refuse or handle."""
+    name = data.draw(st.sampled_from(sorted(contents)), label="name")
+    body = contents[name]
+    kind = data.draw(
+        st.sampled_from(
+            ["escape", "link", "size lie", "pax", "unlisted", "duplicate", "changed", "manifest"]
+        )
+    )
+    if kind == "manifest":
+        hostile = data.draw(st.sampled_from(_hostile_manifests(contents[MANIFEST_NAME])))
+        return "hostile manifest", _member(MANIFEST_NAME, hostile)
+    if kind == "escape":
+        return "path traversal or absolute path", _member(
+            data.draw(st.sampled_from(_escapes(root))), body
+        )
+    if kind == "link":
+        type_ = data.draw(st.sampled_from(_SPECIAL_TYPES))
+        target = data.draw(st.sampled_from(["../../escaped", f"{root}/escaped", "xelm.json"]))
+        return "link, device or other type", _member(name, body, type_=type_, linkname=target)
+    if kind == "size lie":
+        lie = data.draw(
+            st.sampled_from([-1, 1, 511, 512, -len(body), 2**33, 8**11 - 1 - len(body)])
+        )
+        member = _member(name, body, size=max(0, len(body) + lie))
+        # Nothing records the manifest's own size: cutting its final newline leaves it valid.
+        return "manifest size" if name == MANIFEST_NAME else "size that lies", member
+    if kind == "pax":
+        pax = dict(data.draw(st.sampled_from(_HOSTILE_PAX)))
+        return "hostile pax header", _member(name, body, pax_headers=pax)
+    if kind == "unlisted":
+        return "member not in manifest", _member(
+            data.draw(st.sampled_from(["extra.bin", "XELM.JSON", "config.JSON"])), body
+        )
+    if kind == "changed":
+        return "content differs from manifest", _member(
+            name, body[:-1] + bytes([body[-1] ^ 1]) if body else b"x"
+        )
+    return "duplicate member", _member(name, body)
+
+
+_UNSAFE = {
+    "path traversal or absolute path",
+    "link, device or other type",
+    "size that lies",
+    "member not in manifest",
+    "content differs from manifest",
+    "hostile manifest",
+}
+
+
+def _compress(data: st.DataObject, raw: bytes) -> tuple[str, bytes]:
+    """(kind, archive): ``raw`` in 1-3 zstd frames, perhaps damaged or with a bomb after it."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=2), label="frames"))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    blob = b"".join(_zst(piece) for piece in pieces)
+    damage = data.draw(
+        st.sampled_from(["none", "none", "none", "truncated", "garbage", "zeros bomb", "bomb"])
+    )
+    if damage == "truncated":
+        return "truncated zstd", blob[: data.draw(st.integers(0, len(blob) - 1))]
+    if damage == "garbage":
+        junk = data.draw(st.binary(min_size=1, max_size=64))
+        return "zstd garbage", data.draw(st.sampled_from([blob + junk, b"\x28\xb5\x2f\xfd" + junk]))
+    # Bombs of 4 MiB and more: the reader allows a few MiB of tar blocks and read-ahead.
+    if damage == "zeros bomb":  # zeros read as tar's end-of-archive blocks, then past the limit
+        return "decompression bomb", blob + _zst(b"\0" * (data.draw(st.integers(4, 50)) << 20))
+    if damage == "bomb":
+        return "decompression bomb", blob + _zst(b"A" * (1 << 20)) * data.draw(st.integers(4, 50))
+    return "", blob
+
+
+@fuzz_settings(1500)
+@given(data=st.data())
+def test_hostile_archive_streams(
+    small_contents: dict[str, bytes], tmp_path: Path, data: st.DataObject
+) -> None:
+    root = tmp_path / "case"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    members: list[tuple[str | None, tuple[tarfile.TarInfo, bytes]]]
+    members = [(None, member) for member in _valid_members(small_contents)]
+    kinds: list[str] = []
+    for _ in range(data.draw(st.integers(0, 3), label="hostile members")):
+        kind, member = _hostile_member(data, small_contents, root)
+        kinds.append(kind)
+        where = data.draw(st.integers(0, len(members)), label="at")
+        if data.draw(st.booleans(), label="replace") and where < len(members):
+            members[where] = (kind, member)
+        else:
+            members.insert(where, (kind, member))
+    if data.draw(st.integers(0, 5), label="shuffle") == 0:
+        kinds.append("members out of order")
+        members = data.draw(st.permutations(members))
+    names = [member[0].name for _, member in members]
+    unsafe = len(set(names)) < len(names) or any(kind in _UNSAFE for kind, _ in members)
+    raw = _tar([member for _, member in members], end=data.draw(st.booleans(), label="end"))
+    stream_kind, blob = _compress(data, raw)
+    outcome = _unpack_or_refuse(blob, small_contents, root)
+    if not kinds and not stream_kind:
+        assert outcome == "accepted (valid)", "a well-formed archive is refused"
+    if unsafe or stream_kind == "decompression bomb":
+        assert outcome != "accepted (valid)", "an unsafe archive is accepted"
+    kind = stream_kind or (kinds[0] if kinds else "well-formed")
+    record("fuzz", f"archive: {kind}", outcome)

@@ -20,7 +20,8 @@ from . import __version__
 from .atomic import atomic_directory, write_bytes_atomic
 from .digest import sha256_bytes, sha256_file
 from .errors import FormatError, IntegrityError, UsageError
-from .jsonio import pretty_json, read_json_object
+from .fingerprint import reading_safetensors
+from .jsonio import pretty_json, read_json_object, short_repr
 from .languages import normalize_language
 from .manifest import now_iso, schema_problems
 
@@ -84,7 +85,8 @@ class Allocation:
             raise UsageError(f"{self.path}: missing {ARRAYS_FILE}")
         if sha256_file(file) != entry.get("sha256"):
             raise IntegrityError(f"{file}: sha256 does not match {DIR_MANIFEST}")
-        return dict(load_file(str(file)))
+        with reading_safetensors(file):
+            return dict(load_file(str(file)))
 
 
 def _manifest_path(path: Path) -> Path:
@@ -98,11 +100,12 @@ def read_allocation(path: Path) -> Allocation:
     raw = json_path.read_bytes()
     data = read_json_object(json_path, "allocation")
     if data.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path}: not an xelm allocation (format is {data.get('format')!r})")
-    version = str(data.get("format_version", ""))
-    if version.split(".")[0] != str(SUPPORTED_MAJOR):
+        shown = short_repr(data.get("format"))
+        raise FormatError(f"{path}: not an xelm allocation (format is {shown})")
+    version = data.get("format_version", "")
+    if not isinstance(version, str) or version.split(".")[0] != str(SUPPORTED_MAJOR):
         raise FormatError(
-            f"{path}: allocation format version {version!r} is not supported "
+            f"{path}: allocation format version {short_repr(version)} is not supported "
             f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
         )
     problems = schema_problems(data, allocation_schema(), what="allocation")

@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import os
 import re
 import tarfile
@@ -30,7 +29,8 @@ import zstandard
 from .atomic import atomic_directory, atomic_file
 from .bundle import Bundle
 from .digest import PREFIX, sha256_bytes
-from .errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
+from .errors import ArchiveError, IntegrityError, UsageError, XelmError
+from .jsonio import parse_json_object
 from .manifest import MANIFEST_NAME, FileEntry, Manifest, check_format_version
 
 Progress = Callable[[int], None]
@@ -391,14 +391,7 @@ class _Extractor:
 
     def parse_manifest(self, raw: bytes) -> Manifest:
         what = f"{self.label} ({MANIFEST_NAME})"
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            raise FormatError(f"{what}: not valid JSON: {str(exc)[:200]}") from None
-        except RecursionError:
-            raise FormatError(f"{what}: nested too deeply") from None
-        if not isinstance(data, dict):
-            raise FormatError(f"{what}: must hold a JSON object, not {type(data).__name__}")
+        data = parse_json_object(raw, what)
         check_format_version(data, what)
         manifest = Manifest.from_dict(data, what)
         if manifest.edited:

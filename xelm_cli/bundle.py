@@ -176,10 +176,24 @@ class Bundle:
 
         if verify:
             self.check_files()
+        wants_info = kwargs.pop("output_loading_info", False)
         with self._load_errors("model"):
-            return AutoModelForCausalLM.from_pretrained(
-                self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                self.path,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+                **kwargs,
             )
+        model, info = loaded
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            if info.get(kind):  # transformers only logs these and fills in random weights
+                names = sorted(map(str, info[kind]))
+                raise FormatError(
+                    f"{self.path}: the weights do not fit the model's config: "
+                    f"{len(names)} {kind.replace('_', ' ')} ({names[0][:100]}, ...)"
+                )
+        return (model, info) if wants_info else model
 
     def load_tokenizer(self, *, verify: bool = True, trust_remote_code: bool = False) -> Any:
         from transformers import AutoTokenizer

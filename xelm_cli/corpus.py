@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from .errors import FormatError, UsageError
+from .jsonio import is_unicode
 from .languages import normalize_language
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".json.zst")
@@ -28,7 +29,10 @@ HF_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 HF_BATCH = 1000
 CHUNK = 1 << 20
-MAX_LINE_BYTES = 64 << 20  # a "line" larger than this is not a document but a broken file
+MAX_LINE_CHARS = 64 << 20  # a "line" longer than this is not a document but a broken file
+# One zstd block (up to 128 KiB) can be encoded in 4 bytes, so compressed input is fed in pieces
+# this small: one piece then decompresses to at most 32 MiB, however hostile the stream.
+ZSTD_PIECE = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class _ZstdReader(io.RawIOBase):
         self._path = path
         self._frame = zstandard.ZstdDecompressor().decompressobj()
         self._started = False  # has the current frame received any input
+        self._input = memoryview(b"")
+        self._fed = 0  # how much of ``_input`` was decompressed
         self._pending = b""
         self._at = 0  # how much of ``_pending`` was read
 
@@ -116,29 +122,43 @@ class _ZstdReader(io.RawIOBase):
         return n
 
     def _fill(self) -> bool:
-        """Decompress more input into ``_pending``; False at the end of the input."""
-        chunk = self._raw.read(CHUNK)
-        if not chunk:
-            if self._started:
-                raise FormatError(f"{self._path}: truncated zstd stream (the file is cut short)")
+        """Decompress one more piece of input into ``_pending``; False at the end of the input."""
+        if self._fed == len(self._input) and not self._read_input():
             return False
-        while chunk:
-            self._started = True
-            self._pending += self._frame.decompress(chunk)
-            if not self._frame.eof:
-                break
-            chunk = self._frame.unused_data  # the next frame, if any
+        piece = self._input[self._fed : self._fed + ZSTD_PIECE]
+        self._fed += len(piece)
+        self._started = True
+        self._pending = self._frame.decompress(piece)
+        if self._frame.eof:  # what follows the frame in this piece is the next frame
+            self._fed -= len(self._frame.unused_data)
             self._frame = zstandard.ZstdDecompressor().decompressobj()
             self._started = False
         return True
+
+    def _read_input(self) -> bool:
+        """The next chunk of compressed input; False at the end, where a frame cut short is an
+        error."""
+        self._input, self._fed = memoryview(self._raw.read(CHUNK)), 0
+        if self._input:
+            return True
+        if self._started:
+            raise FormatError(f"{self._path}: truncated zstd stream (the file is cut short)")
+        return False
 
 
 def _lines(path: Path) -> Iterator[str]:
     with open(path, "rb") as raw:
         binary: Any = _ZstdReader(raw, path) if path.suffix == ".zst" else raw
         text = io.TextIOWrapper(io.BufferedReader(binary, CHUNK), encoding="utf-8", errors="strict")
+        number = 0
         try:
-            while line := text.readline(MAX_LINE_BYTES):
+            while line := text.readline(MAX_LINE_CHARS + 1):
+                number += 1
+                if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
+                    raise FormatError(
+                        f"{path}:{number}: line longer than {MAX_LINE_CHARS} characters "
+                        "(not a text corpus, or a broken file)"
+                    )
                 yield line
         except UnicodeDecodeError as exc:
             raise FormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
@@ -171,13 +191,16 @@ def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise FormatError(f"{path}:{number}: not a JSON object") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
-        code = record.get("lang", record.get("language")) or default
+        if "\\u" in line and not is_unicode(record["text"]):  # only escapes make surrogates
+            raise FormatError(f"{path}:{number}: 'text' holds a lone surrogate: not valid Unicode")
+        code = record.get("lang", record.get("language"))
         if code is not None and not isinstance(code, str):
             raise FormatError(f"{path}:{number}: 'lang' must be a string")
+        code = code or default
         try:
             yield Document(record["text"], _language(code) if code else None)
         except UsageError as exc:

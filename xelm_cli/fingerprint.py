@@ -6,6 +6,8 @@ Tokenizer: the tokenizer's content, independent of JSON formatting and of the
 ``tokenizer_config.json`` that different transformers versions write differently.
 """
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,22 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(".safetensors") or name == "model.safetensors.index.json"
 
 
-def tensor_shapes(path: Path) -> dict[str, list[int]]:
+@contextlib.contextmanager
+def reading_safetensors(label: str | Path) -> Iterator[None]:
+    """Turn what the safetensors reader raises on a malformed file into one FormatError line
+    that names the file as ``label``."""
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"{path.name}: not a readable safetensors file ({exc})") from None
+        yield
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if len(reason) > 200:
+            reason = reason[:200] + "..."
+        raise FormatError(f"{label}: not a readable safetensors file ({reason})") from None
+
+
+def tensor_shapes(path: Path) -> dict[str, list[int]]:
+    with reading_safetensors(path.name), safe_open(str(path), framework="numpy") as f:
+        return {name: list(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
 
 
 def architecture_fingerprint(directory: Path) -> str:
@@ -53,9 +65,8 @@ def architecture_fingerprint(directory: Path) -> str:
         tensors.update(tensor_shapes(path))
     if not tensors:
         raise FormatError(f"{directory}: no safetensors weights found")
-    return sha256_bytes(
-        canonical_json({"model_type": config.get("model_type"), "tensors": tensors})
-    )
+    content = {"model_type": config.get("model_type"), "tensors": tensors}
+    return _canonical_digest(content, directory / "config.json")
 
 
 def tokenizer_fingerprint(directory: Path) -> str:
@@ -69,4 +80,14 @@ def tokenizer_fingerprint(directory: Path) -> str:
             content[name] = sha256_bytes((directory / name).read_bytes())
     if not content:
         raise FormatError(f"{directory}: no tokenizer files (tokenizer.json, vocab or spm model)")
-    return sha256_bytes(canonical_json(content))
+    return _canonical_digest(content, tokenizer_json)
+
+
+def _canonical_digest(content: Any, source: Path) -> str:
+    """sha256 of ``content``'s canonical form, which JSON read from ``source`` may lack."""
+    try:
+        return sha256_bytes(canonical_json(content))
+    except UnicodeEncodeError:  # a lone surrogate (a \ud800 escape) has no UTF-8 form
+        raise FormatError(f"{source}: holds a lone surrogate (not valid Unicode)") from None
+    except RecursionError:
+        raise FormatError(f"{source}: nested too deeply") from None

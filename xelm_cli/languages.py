@@ -3,11 +3,14 @@
 import difflib
 import functools
 import itertools
+import re
 import string
 
 import langcodes
 
 from .errors import UsageError
+from .jsonio import short_repr
+from .manifest import bundle_schema
 
 # English names of the languages xelm users name most often (langcodes has no name data
 # without the optional `language_data` package), so "turkish" can suggest 'tr'.
@@ -68,6 +71,9 @@ COMMON_NAMES: dict[str, str] = {
     "filipino": "fil",
 }
 MAX_SUGGESTIONS = 3
+# Longer than any real tag (the schemas allow 75 characters); langcodes' parser recurses once
+# per subtag, so a code of thousands of subtags overflowed the stack.
+MAX_CODE_LENGTH = 100
 
 
 @functools.cache
@@ -84,6 +90,8 @@ def _two_letter_codes() -> tuple[str, ...]:
 def suggest_languages(code: str) -> list[str]:
     """Up to three known codes close to ``code``: by English name first, then by spelling."""
     text = code.strip().lower()
+    if len(text) > MAX_CODE_LENGTH:
+        return []
     by_name = difflib.get_close_matches(text, COMMON_NAMES, MAX_SUGGESTIONS, cutoff=0.75)
     by_code: list[str] = []
     if len(text) <= 3:  # a mistyped code, not a name
@@ -96,7 +104,7 @@ def _unknown(code: str) -> UsageError:
     suggestions = suggest_languages(code)
     hint = f" (did you mean {' or '.join(repr(s) for s in suggestions)}?)" if suggestions else ""
     return UsageError(
-        f"unknown language code {code!r}: use an ISO 639-1, ISO 639-3 or BCP-47 code "
+        f"unknown language code {short_repr(code)}: use an ISO 639-1, ISO 639-3 or BCP-47 code "
         f"such as 'tr', 'azj' or 'zh-Hant'{hint}"
     )
 
@@ -110,12 +118,20 @@ def normalize_language(code: str) -> str:
     """
     raw = code.strip()
     try:
-        tag = langcodes.standardize_tag(raw, macro=False)
+        tag = langcodes.standardize_tag(raw, macro=False) if len(raw) <= MAX_CODE_LENGTH else ""
     except (ValueError, langcodes.tag_parser.LanguageTagError):
         tag = ""
     if not tag or not langcodes.tag_is_valid(tag) or tag == "und":
         raise _unknown(code)
+    if not _manifest_tag().fullmatch(tag):  # e.g. the private-use x-en: no manifest holds it
+        raise _unknown(code)
     return tag
+
+
+@functools.cache
+def _manifest_tag() -> re.Pattern[str]:
+    """The language tags a bundle manifest may hold (spec/bundle-v1.schema.json)."""
+    return re.compile(bundle_schema()["$defs"]["language"]["pattern"])
 
 
 def parse_language_list(text: str) -> list[str]:

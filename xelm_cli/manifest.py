@@ -6,6 +6,8 @@ version before looking at anything else, so a v2 bundle fails with one clear lin
 
 import functools
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -15,7 +17,7 @@ import jsonschema
 
 from .digest import sha256_bytes
 from .errors import FormatError
-from .jsonio import canonical_json
+from .jsonio import canonical_json, short_repr, value_problem
 
 FORMAT_NAME = "xelm-bundle"
 FORMAT_VERSION = "1.0.0"
@@ -23,6 +25,7 @@ MANIFEST_NAME = "xelm.json"
 CARD_NAME = "README.md"
 ROLES = ("seed", "expert", "dense")
 RELATIONS = ("init", "branch", "train", "hmr-branch", "average")
+_MAJOR = re.compile(r"[0-9]{1,9}(\.|\Z)")  # ASCII digits only, and few enough for int()
 
 
 @functools.cache
@@ -36,15 +39,15 @@ def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:
     """Refuse a manifest whose format or major version this reader does not know."""
     fmt = data.get("format")
     if fmt != FORMAT_NAME:
-        raise FormatError(f"{what}: not an xelm bundle manifest (format is {fmt!r})")
+        raise FormatError(f"{what}: not an xelm bundle manifest (format is {short_repr(fmt)})")
     version = data.get("format_version")
-    if not isinstance(version, str) or not version.split(".")[0].isdigit():
-        raise FormatError(f"{what}: format_version {version!r} is not a semantic version")
+    if not isinstance(version, str) or not _MAJOR.match(version):
+        raise FormatError(f"{what}: format_version {short_repr(version)} is not a semantic version")
     major = int(version.split(".")[0])
     supported = int(FORMAT_VERSION.split(".")[0])
     if major != supported:
         raise FormatError(
-            f"{what}: bundle format version {version} is not supported by this xelm "
+            f"{what}: bundle format version {_cut(version, 40)} is not supported by this xelm "
             f"(reads {supported}.x); upgrade xelm to read it"
         )
 
@@ -53,13 +56,49 @@ def schema_problems(
     data: dict[str, Any], schema: dict[str, Any] | None = None, what: str = "manifest"
 ) -> list[str]:
     """Every violation of ``schema`` (default: the bundle manifest's) as a line with its path."""
-    validator = jsonschema.Draft202012Validator(schema or bundle_schema())
+    problem = value_problem(data)
+    if problem:
+        return [f"{what} (top level): {problem}"]
+    validator = _Validator(schema or bundle_schema())
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        message = error.message if len(error.message) < 200 else error.message[:200] + "..."
-        problems.append(f"{what} {where}: {message}")
+        problems.append(f"{what} {_cut(where, 100)}: {_cut(error.message, 200)}")
     return problems
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` shortened to ``limit`` characters, on one line (control characters escaped)."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
+
+
+def _json_identity(value: Any) -> Any:
+    """A hashable stand-in equal for equal JSON values (as JSON Schema compares them: 1 equals
+    1.0 but true is no number)."""
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, list):
+        return ("array", tuple(_json_identity(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _json_identity(v)) for k, v in value.items()))
+    return ("number" if isinstance(value, int | float) else "scalar", value)
+
+
+def _unique_items(
+    validator: Any, unique: bool, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    """``uniqueItems`` in linear time: jsonschema's own check is quadratic in unhashable
+    items, so an array of 10,000 objects took minutes."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    if len({_json_identity(item) for item in instance}) < len(instance):
+        yield jsonschema.ValidationError(f"{short_repr(instance)} has non-unique elements")
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"uniqueItems": _unique_items}
+)
 
 
 def content_digest(data: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from .bundle import Bundle
 from .errors import UsageError
+from .fingerprint import reading_safetensors
 
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
 DEFAULT_BATCH_TOKENS = 2048  # on CPU, small batches stay in cache: faster than big ones
@@ -77,14 +78,14 @@ class LoadedModel:
         files = sorted(bundle.path.glob("*.safetensors"))
         shapes: dict[str, tuple[int, ...]] = {}
         for path in files:
-            with safe_open(str(path), framework="pt") as f:
+            with reading_safetensors(path), safe_open(str(path), framework="pt") as f:
                 for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
                     shapes[name] = tuple(f.get_slice(name).get_shape())
         if shapes != {name: tuple(t.shape) for name, t in parameters.items()}:
             return None
         with torch.no_grad():
             for path in files:  # one tensor at a time: no second copy of the model in memory
-                with safe_open(str(path), framework="pt") as f:
+                with reading_safetensors(path), safe_open(str(path), framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118
                         parameters[name].copy_(f.get_tensor(name))
         return self
