@@ -41,9 +41,11 @@ RELIABILITY_TESTS = [
     "tests/test_integrity.py",
     "tests/test_disk_full.py",
     "tests/test_concurrency.py",
+    "tests/test_output_lock.py",
 ]
 LOG_ENV, SCALE_ENV = "XELM_RELIABILITY_LOG", "XELM_RELIABILITY_SCALE"
-AREAS = ["kill", "corrupt", "fuzz", "disk-full", "concurrency"]  # report order; others follow
+# report order; others follow
+AREAS = ["kill", "lock", "corrupt", "hostile", "fuzz", "disk-full", "concurrency"]
 
 # Good outcomes per area, as regular expressions that must match the whole outcome. Everything
 # else breaks the promises that cover its area.
@@ -69,13 +71,20 @@ GOOD: dict[str, list[str]] = {
         r"clean one-line \w+",
         r"read, but verify reports a problem",
         r"accepted \(valid\)",
+        r"exit \d+, one stderr line",
     ],
+    # tests/test_output_lock.py: a second writer of one output is refused, the first finishes
+    "lock": [r"refused in one line", r"one wins, the other refused in one line"],
+    # tests/test_integrity.py: code inside a bundle never runs
+    "hostile": [r"loaded without running its code", r"refused in one line, no code run"],
 }
 PROMISES = {
     "nothing lost": ["kill", "disk-full", "concurrency"],
     "nothing corrupted": ["kill", "disk-full", "concurrency"],
     "every corruption detected": ["corrupt", "fuzz"],
     "failures are clean": ["disk-full"],  # one error line with the OS's reason, no litter
+    "one writer per output": ["lock"],
+    "no code runs from a file": ["hostile"],
 }
 # A bad outcome counts against those promises covering its area that its words speak of, and
 # against all of them when it speaks of none.

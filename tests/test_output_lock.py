@@ -131,3 +131,9 @@ def test_overwriting_swaps_old_for_new_in_one_step(tmp_path: Path) -> None:
         assert (target / "version").read_text() == "1"  # the old one stays until the swap
     assert (target / "version").read_text() == "2" and target.stat().st_ino != old_inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_write_removes_the_directories_it_made(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "new" / "deeper" / "out"):
+        raise RuntimeError("the command failed")
+    assert list(tmp_path.iterdir()) == []

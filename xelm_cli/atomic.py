@@ -111,6 +111,7 @@ def output_lock(target: str | Path) -> Iterator[None]:
         finally:
             _held_locks[lock] -= 1
         return
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()][::-1]
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -128,6 +129,10 @@ def output_lock(target: str | Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             lock.unlink()  # while still locked, so no one can lock the old file after us
         os.close(fd)
+        if not target.exists():  # failed: directories made for it go too, if still empty
+            for directory in reversed(created):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
 
 def _refuse_existing(target: Path, what: str) -> None:
