@@ -33,8 +33,10 @@ def benchmarks(session: nox.Session) -> None:
 
 @nox.session
 def reliability(session: nox.Session) -> None:
-    """The long crash, corruption, fuzz, disk-full and concurrency runs (10x the CI cases by
-    default; `nox -s reliability -- --scale 50`), tabulated in benchmarks/reliability.md."""
+    """Long crash, corruption, fuzz, disk-full, concurrency runs -> benchmarks/reliability.md.
+
+    Ten times the CI cases by default; more with `nox -s reliability -- --scale 50`.
+    """
     session.install(*INSTALL)
     args = session.posargs or ["--scale", "10"]
     session.run("python", "benchmarks/reliability.py", *args)
