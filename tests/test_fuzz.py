@@ -197,6 +197,11 @@ class HostileDoc:
         else:
             at(self.doc, path[:-1])[path[-1]] = value
 
+    def live_literals(self) -> bool:
+        """Whether a literal is still in the document (a later mutation may have deleted it)."""
+        text = json.dumps(self.doc, ensure_ascii=False)
+        return any(marker in text for marker in self.literals)
+
     def text(self, *, ascii_only: bool, indent: int | None) -> bytes:
         text = json.dumps(self.doc, ensure_ascii=ascii_only, indent=indent)
         for marker, literal in self.literals.items():
@@ -285,8 +290,9 @@ def hostile_json(
         changed = canonical_text(json.loads(raw)) != canonical_text(original)
         return Generated(raw, "duplicate key", changed)
     hostile = mutate_doc(data, original)
-    changed = bool(hostile.literals) or canonical_text(hostile.doc) != canonical_text(original)
-    sealed = bool(seal and changed and not hostile.literals and data.draw(st.booleans()))
+    literals = hostile.live_literals()
+    changed = literals or canonical_text(hostile.doc) != canonical_text(original)
+    sealed = bool(seal and changed and not literals and data.draw(st.booleans()))
     if seal and sealed:
         seal(hostile.doc)
         changed = False
