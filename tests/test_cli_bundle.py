@@ -126,6 +126,26 @@ def test_bad_input_is_one_line(capsys, tmp_path: Path, args: list[str], message:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["lang", "info", "-x", "en"], "No such option: -x (see 'xelm lang info -h')"),
+        (["bundle", "verify"], "Missing argument 'bundles'. (see 'xelm bundle verify -h')"),
+        (["bundle", "frobnicate"], "No such command 'frobnicate'. (see 'xelm bundle -h')"),
+        (["data", "prepare", "c", "-t", "t", "-o", "o", "--workers", "two"], "'--workers'"),
+    ],
+)
+def test_usage_errors_are_one_line(capsys, args: list[str], message: str) -> None:
+    code, _, err = xelm(capsys, *args)
+    assert code == 2 and err.startswith("xelm: error: ") and err.count("\n") == 1
+    assert message in err, err
+
+
+def test_a_group_without_a_command_prints_its_help(capsys) -> None:
+    code, out, err = xelm(capsys, "bundle")
+    assert code == 2 and "Usage: xelm bundle" in out and "branch" in out and err == ""
+
+
 def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

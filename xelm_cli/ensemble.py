@@ -37,7 +37,7 @@ from .errors import FormatError, IntegrityError, PluginError, UsageError
 from .jsonio import pretty_json, read_json_object
 from .mixing import check_token_weights, mixture
 from .plugins import get_registry
-from .progress import document_progress
+from .progress import byte_progress, document_progress
 from .scoring import (
     LoadedModel,
     Logprobs,
@@ -73,12 +73,14 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 def open_members(paths: Sequence[Path]) -> list[Bundle]:
     """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
     come first, so nothing is read from a file that does not match its manifest."""
-    bundles = []
     for path in paths:
         if not (path / MANIFEST_NAME).is_file():
             what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
             raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
-        bundles.append(Bundle.open(path))
+    bundles = [Bundle.read(path) for path in paths]
+    with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
+        for bundle in bundles:
+            bundle.check_files(progress=advance)
     check_compatible(bundles)
     return bundles
 

@@ -81,11 +81,20 @@ def run(argv: list[str] | None = None) -> int:
     try:
         plugins.add_plugin_commands(app)
         cluster.add_clusterer_commands()
-        # Standalone mode: the CLI framework prints its own usage errors and exits 2.
-        app(args=argv, prog_name="xelm", standalone_mode=True)
-        return 0
+        # Not standalone: usage errors come back here, to be one line like every other error.
+        # What comes back is an exit code (typer.Exit, --help) or a command's None.
+        code = app(args=argv, prog_name="xelm", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except typer.TyperException as exc:  # Typer's usage errors: bad options, missing arguments
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return 2  # the help is printed already
+        context = getattr(exc, "ctx", None)
+        where = f" (see '{context.command_path} -h')" if context is not None else ""
+        return _fail(f"{exc.format_message()}{where}", exc.exit_code)
+    except typer.Abort:
+        return _fail("interrupted", 130)
     except XelmError as exc:
         if debug:
             raise
