@@ -404,7 +404,8 @@ def xelm(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m xelm_cli`` with the given plugin sites on its path."""
     env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
-    env["PYTHONPATH"] = os.pathsep.join(str(site) for site in sites)
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([*(str(site) for site in sites), *inherited])
     if plugins is not None:
         env[host.PLUGINS_ENV] = plugins
     return subprocess.run(
