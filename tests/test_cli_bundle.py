@@ -2,12 +2,14 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, SHARED_DATA
 
 from xelm_cli.cli import run
 
@@ -144,6 +146,23 @@ def test_usage_errors_are_one_line(capsys, args: list[str], message: str) -> Non
 def test_a_group_without_a_command_prints_its_help(capsys) -> None:
     code, out, err = xelm(capsys, "bundle")
     assert code == 2 and "Usage: xelm bundle" in out and "branch" in out and err == ""
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xelm_cli", "demo", "--data", str(SHARED_DATA), "-o", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not out.exists():  # the command has started its work
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.endswith("xelm: error: interrupted\n"), err
 
 
 def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ def run(argv: list[str] | None = None) -> int:
         # Not standalone: usage errors come back here, to be one line like every other error.
         # What comes back is an exit code (typer.Exit, --help) or a command's None.
         code = app(args=argv, prog_name="xelm", standalone_mode=False)
+        if code == 130:  # Typer's answer to KeyboardInterrupt
+            return _fail("interrupted", 130)
         return code if isinstance(code, int) else 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
