@@ -87,9 +87,23 @@ def _open_locked(lock: Path, target: Path) -> int:
         os.close(fd)
 
 
+def _temporary_name(target_name: str) -> str:
+    """A regex for the names ``_make_sibling_temp`` gives the temporaries of a target whose
+    name matches the regex ``target_name`` (tempfile adds 8 random characters)."""
+    return rf"\.{target_name}\.(?:old\.)?[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
+
+
+_ANY_TEMPORARY = re.compile(rf"/{_temporary_name('([^/]+?)')}(?=/|$)")
+
+
+def shown_as_output(path: str) -> str:
+    """``path`` with each temporary sibling in it shown as the output it becomes."""
+    return _ANY_TEMPORARY.sub(r"/\1", path)
+
+
 def _remove_stale_temporaries(target: Path) -> None:
     """Temporaries of ``target`` left by a writer that was killed (we hold its lock now)."""
-    stale = re.compile(rf"\.{re.escape(target.name)}\.(old\.)?[A-Za-z0-9_]{{8}}\.partial")
+    stale = re.compile(_temporary_name(re.escape(target.name)))
     with contextlib.suppress(OSError):
         for child in target.parent.iterdir():
             if stale.fullmatch(child.name):

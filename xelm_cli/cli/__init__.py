@@ -11,6 +11,7 @@ import sys
 import typer
 
 from .. import __version__
+from ..atomic import shown_as_output
 from ..errors import XelmError
 from . import bundle, cluster, data, demo, ensemble, lang, plugins, train
 
@@ -55,8 +56,6 @@ def _root(
     """xelm: cross-lingual expert language models."""
 
 
-# A temporary sibling of an output (xelm_cli.atomic) is shown as the output it becomes.
-_TEMPORARY = re.compile(r"/\.([^/]+?)\.(?:old\.)?[A-Za-z0-9_]{8}\.partial(?=/|$)")
 # Rust libraries (safetensors, tokenizers) report OS errors inside their own exception types.
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
@@ -65,8 +64,7 @@ def _os_error(exc: OSError) -> str:
     path = exc.filename2 or exc.filename  # a copy names its source first, its target second
     if not path:
         return str(exc.strerror or exc)
-    shown = _TEMPORARY.sub(r"/\1", os.fsdecode(path))
-    return f"{exc.strerror or exc}: {shown}"
+    return f"{exc.strerror or exc}: {shown_as_output(os.fsdecode(path))}"
 
 
 def _fail(message: str, code: int) -> int:
