@@ -119,7 +119,8 @@ class Bundle:
             problems.append(
                 f"{MANIFEST_NAME}: edited after it was written (content_digest differs)"
             )
-        known = verified.remembered(self.digest, self.path) if hash_files and use_cache else {}
+        remembered = verified.remembered(self.digest, self.path) if hash_files else {}
+        known = remembered if use_cache else {}
         matched: dict[str, verified.Signature] = {}
         started = verified.now_ns()
         for name, entry in sorted(self.manifest.files.items()):
@@ -150,7 +151,7 @@ class Bundle:
             if child.name not in listed:
                 problems.append(f"{child.name}: not listed in the manifest")
         if hash_files and not problems:
-            verified.remember(self.digest, self.path, matched, started)
+            verified.remember(self.digest, self.path, matched, started, remembered)
         return problems
 
     def fingerprint_problems(self) -> list[str]:

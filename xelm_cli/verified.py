@@ -71,14 +71,18 @@ def remembered(bundle_digest: str, bundle_path: Path) -> dict[str, Signature]:
 
 
 def remember(
-    bundle_digest: str, bundle_path: Path, files: dict[str, Signature], hashed_since_ns: int
+    bundle_digest: str,
+    bundle_path: Path,
+    files: dict[str, Signature],
+    hashed_since_ns: int,
+    before: dict[str, Signature],
 ) -> None:
     """Store the signatures of files that matched their digests, leaving out racy ones (those
-    not remembered before whose timestamps are too close to the hashing)."""
+    not in ``before``, what ``remembered`` gave before the hashing, whose timestamps are too
+    close to the hashing)."""
     if not enabled():
         return
     settled = hashed_since_ns - RACY_NS
-    before = remembered(bundle_digest, bundle_path)
     keep = {
         name: sig
         for name, sig in files.items()
