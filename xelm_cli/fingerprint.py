@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 
 from .digest import sha256_bytes
 from .errors import FormatError
-from .jsonio import canonical_json, read_json_object
+from .jsonio import canonical_json, one_line, read_json_object
 
 # Files whose bytes define a tokenizer's behaviour (besides tokenizer.json).
 TOKENIZER_VOCAB_FILES = (
@@ -47,9 +47,7 @@ def reading_safetensors(label: str | Path) -> Iterator[None]:
     try:
         yield
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if len(reason) > 200:
-            reason = reason[:200] + "..."
+        reason = one_line(str(exc).splitlines()[0], 200) if str(exc) else type(exc).__name__
         raise FormatError(f"{label}: not a readable safetensors file ({reason})") from None
 
 

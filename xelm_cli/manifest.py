@@ -17,7 +17,7 @@ import jsonschema
 
 from .digest import sha256_bytes
 from .errors import FormatError
-from .jsonio import canonical_json, short_repr, value_problem
+from .jsonio import canonical_json, one_line, short_repr, value_problem
 
 FORMAT_NAME = "xelm-bundle"
 FORMAT_VERSION = "1.0.0"
@@ -47,7 +47,7 @@ def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:
     supported = int(FORMAT_VERSION.split(".")[0])
     if major != supported:
         raise FormatError(
-            f"{what}: bundle format version {_cut(version, 40)} is not supported by this xelm "
+            f"{what}: bundle format version {one_line(version, 40)} is not supported by this xelm "
             f"(reads {supported}.x); upgrade xelm to read it"
         )
 
@@ -63,14 +63,8 @@ def schema_problems(
     problems = []
     for error in sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path)):
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        problems.append(f"{what} {_cut(where, 100)}: {_cut(error.message, 200)}")
+        problems.append(f"{what} {one_line(where, 100)}: {one_line(error.message, 200)}")
     return problems
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text`` shortened to ``limit`` characters, on one line (control characters escaped)."""
-    cut = text if len(text) <= limit else text[:limit] + "..."
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
 
 
 def _json_identity(value: Any) -> Any:
