@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from xelm_cli.tokenizer_training import train_bpe_tokenizer
 
@@ -21,6 +23,30 @@ TEST_LANGS = ("en", "tr", "ar", "ru")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Remembered verifications go to a temporary cache, not the user's (subprocesses too)."""
     os.environ["XELM_CACHE_DIR"] = str(tmp_path_factory.mktemp("xelm-cache"))
+
+
+def weights(bundle: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(bundle / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two bundles hold the same tensors, bit for bit."""
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[name], wb[name]) for name in wa)
+
+
+def flip_byte(path: Path, keep_mtime: bool = False) -> None:
+    """Change one byte in the middle, keeping the size (and with ``keep_mtime`` the mtime)."""
+    info = path.stat()
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(info.st_size // 2)
+        byte = f.read(1)
+        f.seek(info.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    path.chmod(info.st_mode & 0o777)
+    if keep_mtime:
+        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def sample_texts() -> list[str]:

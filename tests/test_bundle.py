@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, flip_byte
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
@@ -103,12 +103,6 @@ def test_schema_problems_are_listed(tmp_path: Path) -> None:
     assert any("role" in p for p in problems)
     with pytest.raises(FormatError, match="manifest"):
         Bundle.open(bundle_dir)
-
-
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
 
 
 def truncate(path: Path) -> None:

@@ -44,9 +44,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, TEST_LANGS
+from conftest import SHARED_DATA, TEST_LANGS, same_weights
 from reliability import record, scaled
-from safetensors.torch import load_file
 
 from xelm_cli.archive import pack_bundle, unpack_bundle
 from xelm_cli.branching import branch
@@ -137,17 +136,12 @@ def shards_problems(world: World, path: Path) -> list[str]:
         return [str(exc)]
 
 
-def weights(bundle: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(bundle / "model.safetensors"))
-
-
 def trained_problems(world: World, path: Path) -> list[str]:
     """A trained bundle must verify and hold the uninterrupted run's weights, bit for bit."""
     problems = verify_bundle(path)
     if problems:
         return problems
-    got, want = weights(path), weights(world.baselines["train"].target)
-    if got.keys() != want.keys() or not all(torch.equal(got[k], want[k]) for k in want):
+    if not same_weights(path, world.baselines["train"].target):
         return ["weights differ from the uninterrupted run's"]
     return []
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TEST_LANGS
+from conftest import TEST_LANGS, flip_byte
 from reliability import record
 
 from xelm_cli import bundle as bundle_module
@@ -31,20 +31,6 @@ def fresh_copy(seed_bundle: Path, root: Path) -> Path:
     shutil.copytree(seed_bundle, copy)
     time.sleep(verified.RACY_NS / 1e9 + 0.05)
     return copy
-
-
-def flip_byte(path: Path, keep_mtime: bool = False) -> None:
-    """Change one byte in the middle, keeping the size (and with ``keep_mtime`` the mtime)."""
-    info = path.stat()
-    path.chmod(0o644)
-    with open(path, "r+b") as f:
-        f.seek(info.st_size // 2)
-        byte = f.read(1)
-        f.seek(info.st_size // 2)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    path.chmod(info.st_mode & 0o777)
-    if keep_mtime:
-        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
 def edit_manifest(bundle: Path) -> None:

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 import zstandard
-from conftest import SHARED_DATA, TEST_LANGS, train_tokenizer
-from safetensors.torch import load_file
+from conftest import SHARED_DATA, TEST_LANGS, same_weights, train_tokenizer, weights
 from xelm_trainer import CausalLMTrainer
 from xelm_trainer.loop import TrainingRun
 
@@ -66,16 +65,6 @@ def request(seed_bundle: Path, data: Path, out: Path, **changes: object) -> Trai
     options = {**SMALL, **changes.pop("options", {})}  # type: ignore[dict-item]
     base = TrainRequest(seed_bundle, data, out, tokens=2048, options=options, command="test")
     return replace(base, **changes)  # type: ignore[arg-type]
-
-
-def weights(bundle: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(bundle / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[name], wb[name]) for name in wa)
 
 
 # --- packing -------------------------------------------------------------------------------------
@@ -178,7 +167,7 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(
         StopsAt(killed_at).train(killed)
     assert not killed.output.exists()
     resumed = CausalLMTrainer().train(replace(killed, resume=True))
-    assert_same_weights(full.output, killed.output)
+    assert same_weights(full.output, killed.output)
     assert resumed.manifest.training == {
         **Bundle.open(full.output).manifest.training,  # type: ignore[dict-item]
         "seconds": resumed.manifest.training["seconds"],  # type: ignore[index]
@@ -208,7 +197,7 @@ def test_sigkilled_cli_run_resumes_to_identical_weights(
     assert not killed.exists()
     assert run(["train", *args, "-o", str(killed), "--resume"]) == 0
     assert run(["train", *args, "-o", str(tmp_path / "full")]) == 0
-    assert_same_weights(tmp_path / "full", killed)
+    assert same_weights(tmp_path / "full", killed)
 
 
 def test_an_expert_reads_only_its_languages_tokens(
