@@ -14,6 +14,7 @@ _HUB_RELATION = {
     "train": "finetune",
     "hmr-branch": "finetune",
     "average": "merge",
+    "merge": "merge",
 }
 
 
@@ -69,7 +70,9 @@ def render_model_card(manifest: "Manifest") -> str:
     lines += ["", "## Lineage", "", "| step | relation | parents | details |", "|---|---|---|---|"]
     for i, step in enumerate(manifest.lineage):
         parents = ", ".join(f"`{p['id'][:12]}` (`{short(p['digest'])}`)" for p in step["parents"])
-        details = ", ".join(f"{k}={v}" for k, v in step.items() if k in ("donor", "language") and v)
+        details = ", ".join(
+            f"{k}={v}" for k, v in step.items() if k in ("donor", "language", "method", "weights")
+        )
         lines.append(f"| {i} | {step['relation']} | {parents or '-'} | {details or '-'} |")
     lines += [
         "",

@@ -345,3 +345,88 @@ def unpack(
             archive, out, overwrite=force, max_bytes=_parse_size(max_size), progress=progress
         )
     _report_written(bundle, as_json)
+
+
+ExpertsArg = Annotated[
+    list[str],
+    typer.Argument(help="Expert bundles (paths or quoted globs).", show_default=False),
+]
+
+
+@app.command()
+def merge(
+    experts: ExpertsArg,
+    out: OutDirOpt,
+    method: Annotated[
+        str, typer.Option(help="How to merge: average (parameter averaging).")
+    ] = "average",
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights in the experts' order (0.5,0.3,0.2) or NAME=W pairs."),
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option(help="Ensemble file whose calibrated posterior prior gives the weights."),
+    ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(help="Weights for one language from the allocation (with --allocation)."),
+    ] = None,
+    allocation: Annotated[
+        Path | None, typer.Option(help="The experts' allocation file (with --language).")
+    ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Role of the result ({', '.join(ROLES)}); default dense, or expert "
+            "with --language."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Average experts' parameters into one bundle (uniform weights unless one source is given).
+
+    The experts must share architecture, tokenizer and seed. Tensors are streamed one at a
+    time: memory stays about two tensors whatever k and the model size.
+
+    Examples:
+      xelm bundle merge experts/* -o averaged/
+      xelm bundle merge experts/e0 experts/e1 --weights 0.7,0.3 -o avg/
+      xelm bundle merge experts/* --prior ens.json -o avg/
+      xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
+    """
+    from ..ensemble import expand_paths
+    from ..merging import merge_average, merge_weights
+
+    if method != "average":
+        raise UsageError(
+            f"unknown merge method {method!r}: use average (`xelm bundle moe` builds a "
+            "mixture-of-experts model)"
+        )
+    if role is not None and role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    paths = expand_paths(experts)
+    bundles = [Bundle.read(path) for path in paths]
+    lang = normalize_language(language) if language else None
+    chosen = merge_weights(
+        bundles,
+        weights=weights,
+        prior=prior,
+        language=lang,
+        allocation=read_allocation(allocation) if allocation else None,
+    )
+    with byte_progress("merging", None) as progress:
+        bundle = merge_average(
+            paths,
+            out,
+            weights=chosen,
+            language=lang,
+            role=role,
+            overwrite=force,
+            progress=progress,
+        )
+    if as_json:
+        print_json({**_summary(bundle), "weights": chosen})
+    else:
+        _report_written(bundle, as_json)

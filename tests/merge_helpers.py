@@ -1,0 +1,49 @@
+"""Experts for the merging tests: branches of one seed whose weights really differ."""
+
+from pathlib import Path
+
+import torch
+
+from xelm_cli.bundle import Bundle, write_bundle
+
+
+def perturbed_expert(
+    parent: Path,
+    out: Path,
+    *,
+    seed: int,
+    languages: list[str],
+    only: str = "",
+    scale: float = 0.05,
+    dtype: torch.dtype | None = None,
+    allocation: dict[str, object] | None = None,
+    max_shard_size: str | None = None,
+) -> Bundle:
+    """A bundle whose step is ``train`` from ``parent``, with Gaussian noise added to every
+    parameter whose name contains ``only`` (all of them when empty), saved in ``dtype`` and
+    sharded at ``max_shard_size`` when given."""
+    source = Bundle.open(parent)
+    model = source.load_model()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if only in name:
+                tensor.add_(torch.randn(tensor.shape, generator=generator) * scale)
+    if dtype is not None:
+        model = model.to(dtype)
+    step = {"relation": "train", "parents": [source.ref]}
+    with write_bundle(
+        out,
+        role="expert",
+        languages=languages,
+        parent=source,
+        step=step,
+        inherit_weights=False,
+        allocation=allocation,
+    ) as writer:
+        if max_shard_size:
+            model.save_pretrained(writer.directory, max_shard_size=max_shard_size)
+        else:
+            writer.save_model(model)
+    assert writer.result is not None
+    return writer.result

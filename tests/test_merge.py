@@ -1,0 +1,218 @@
+"""Parameter averaging (xelm bundle merge): weights against hand computation, lineage, dtypes,
+shards, weight sources, and refusals that come before any tensor is read."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import sample_texts, weights
+from merge_helpers import perturbed_expert
+from transformers import AutoModelForCausalLM
+
+from xelm_cli.allocation import write_allocation
+from xelm_cli.branching import branch
+from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.errors import UsageError
+from xelm_cli.merging import merge_average, merge_weights
+from xelm_cli.seed import NAMED_CONFIGS, init_from_config
+from xelm_cli.tensor_stream import INDEX_NAME, TensorSource
+from xelm_cli.tokenizer_training import train_bpe_tokenizer
+
+LANGS = ("en", "tr", "ar")
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Bundle]:
+    root = tmp_path_factory.mktemp("merge")
+    made = []
+    for i, lang in enumerate(LANGS):
+        branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
+        made.append(perturbed_expert(branched.path, root / lang, seed=i, languages=[lang]))
+    return made
+
+
+def hand_average(bundles: list[Bundle], w: list[float]) -> dict[str, torch.Tensor]:
+    tensors = [weights(b.path) for b in bundles]
+    return {
+        name: sum(
+            (wi * t[name].float() for wi, t in zip(w[1:], tensors[1:], strict=True)),
+            w[0] * tensors[0][name].float(),
+        ).to(tensors[0][name].dtype)
+        for name in tensors[0]
+    }
+
+
+def test_weighted_average_equals_hand_computation_and_loads(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    merged = merge_average([b.path for b in experts], tmp_path / "avg", weights=[5, 3, 2])
+    expected = hand_average(experts, [0.5, 0.3, 0.2])
+    got = weights(merged.path)
+    assert got.keys() == expected.keys()
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name
+    assert not torch.equal(got["model.norm.weight"], weights(experts[0].path)["model.norm.weight"])
+    step = merged.manifest.lineage[-1]
+    assert step["relation"] == "merge" and step["method"] == "average"
+    assert step["parents"] == [b.ref for b in experts]
+    assert step["weights"] == [0.5, 0.3, 0.2]
+    assert merged.manifest.lineage[:-1] == experts[0].manifest.lineage  # first parent's history
+    assert merged.manifest.role == "dense" and merged.languages == list(LANGS)
+    assert verify_bundle(merged.path) == []
+    model = AutoModelForCausalLM.from_pretrained(merged.path)  # plain transformers
+    logits = model(torch.tensor([[1, 5, 9]])).logits
+    assert torch.isfinite(logits).all()
+    assert "merge" in (merged.path / "README.md").read_text()
+
+
+def test_bf16_experts_give_a_bf16_average_computed_in_float32(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    halves = [
+        perturbed_expert(
+            b.path, tmp_path / b.name, seed=9, languages=b.languages, scale=0, dtype=torch.bfloat16
+        )
+        for b in experts[:2]
+    ]
+    merged = merge_average([b.path for b in halves], tmp_path / "avg")
+    got = weights(merged.path)
+    a, b = weights(halves[0].path), weights(halves[1].path)
+    for name in got:
+        assert got[name].dtype == torch.bfloat16
+        expected = (0.5 * a[name].float() + 0.5 * b[name].float()).to(torch.bfloat16)
+        assert torch.equal(got[name], expected), name
+
+
+def test_sharded_experts_give_a_sharded_average(experts: list[Bundle], tmp_path: Path) -> None:
+    sharded = [
+        perturbed_expert(
+            b.path,
+            tmp_path / b.name,
+            seed=0,
+            languages=b.languages,
+            scale=0,
+            max_shard_size="150KB",
+        )
+        for b in experts[:2]
+    ]
+    assert (sharded[0].path / INDEX_NAME).is_file()
+    merged = merge_average([b.path for b in sharded], tmp_path / "avg")
+    source = TensorSource(merged.path)
+    assert source.index is not None and len(source.files) > 1
+    assert source.files == TensorSource(sharded[0].path).files
+    assert verify_bundle(merged.path) == []
+    model = AutoModelForCausalLM.from_pretrained(merged.path)
+    expected = hand_average(experts[:2], [0.5, 0.5])
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_weights_from_a_calibrated_prior_and_from_a_language(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    ens = tmp_path / "ens.json"
+    members = [{"path": str(b.path), "id": b.id, "digest": b.digest} for b in experts]
+    ens.write_text(
+        json.dumps(
+            {
+                "format": "xelm-ensemble",
+                "format_version": 1,
+                "members": members[::-1],
+                "router": {"name": "posterior", "options": {"prior": [0.2, 0.2, 0.6]}},
+                "combine": "mixture",
+            }
+        )
+    )
+    assert merge_weights(experts, prior=ens) == pytest.approx([0.6, 0.2, 0.2])
+
+    alloc = write_allocation(
+        tmp_path / "alloc.json",
+        clusterer="tfidf",
+        experts=[["en"], ["tr"], ["ar"]],
+        language_shares={"en": [0.5, 0.25, 0.25], "tr": [0.0, 1.0, 0.0]},
+    )
+    bundles = []
+    for i, b in enumerate(experts):
+        out = tmp_path / f"x{i}"
+        bundles.append(
+            perturbed_expert(
+                b.path, out, seed=0, languages=b.languages, scale=0, allocation=alloc.reference(i)
+            )
+        )
+    assert merge_weights(bundles, language="en", allocation=alloc) == [0.5, 0.25, 0.25]
+    assert merge_weights(bundles, language="ar", allocation=alloc) == [0.0, 0.0, 1.0]  # one-hot
+    merged = merge_average(
+        [b.path for b in bundles],
+        tmp_path / "tr",
+        language="tr",
+        weights=merge_weights(bundles, language="tr", allocation=alloc),
+    )
+    assert merged.manifest.role == "expert" and merged.languages == ["tr"]
+    assert merged.manifest.lineage[-1]["language"] == "tr"
+    assert torch.equal(
+        weights(merged.path)["lm_head.weight"], weights(bundles[1].path)["lm_head.weight"]
+    )
+    with pytest.raises(UsageError, match="not an expert of the allocation"):
+        merge_weights(experts, language="en", allocation=alloc)
+    with pytest.raises(UsageError, match="both set the weights"):
+        merge_weights(experts, weights="1,1,1", prior=ens)
+
+
+@pytest.fixture()
+def no_tensor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: TensorSource, name: str) -> None:
+        raise AssertionError(f"read {name} before refusing")
+
+    monkeypatch.setattr(TensorSource, "get", refuse)
+
+
+def test_experts_of_another_seed_are_refused_before_any_tensor_is_read(
+    experts: list[Bundle], tmp_path: Path, tokenizer_dir: Path, no_tensor_reads: None
+) -> None:
+    other = init_from_config("tiny", tokenizer_dir, tmp_path / "other", languages=["en"], seed=7)
+    with pytest.raises(UsageError, match="different seeds"):
+        merge_average([experts[0].path, other.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_architecture_and_tokenizer_are_refused_naming_the_difference(
+    experts: list[Bundle],
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    no_tensor_reads: None,
+) -> None:
+    monkeypatch.setitem(NAMED_CONFIGS, "tiny3", {**NAMED_CONFIGS["tiny"], "num_hidden_layers": 3})
+    deeper = init_from_config("tiny3", tokenizer_dir, tmp_path / "deep", languages=["en"])
+    with pytest.raises(UsageError, match=r"different architectures \(tensor model.layers.2"):
+        merge_average([experts[0].path, deeper.path], tmp_path / "out")
+    english = [t for t in sample_texts() if t.isascii()]  # another tokenizer, same size
+    tok = train_bpe_tokenizer(english, tmp_path / "tok", vocab_size=320)
+    retok = init_from_config("tiny", tok, tmp_path / "retok", languages=["en"])
+    assert (
+        retok.manifest.fingerprints["architecture"]
+        == experts[0].manifest.fingerprints["architecture"]
+    )
+    with pytest.raises(UsageError, match="different tokenizers"):
+        merge_average([experts[0].path, retok.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_merge_and_one_line_errors(experts: list[Bundle], tmp_path: Path, capsys) -> None:
+    from xelm_cli.cli import run  # (imports every command group)
+
+    paths = [str(b.path) for b in experts]
+    code = run(
+        ["bundle", "merge", *paths, "--weights", "en=1,ar=3", "-o", str(tmp_path / "m"), "--json"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["weights"] == [0.25, 0.0, 0.75]
+    code = run(["bundle", "merge", *paths, "--weights", "1,2", "-o", str(tmp_path / "n")])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "2 values for 3 experts" in err
+    code = run(["bundle", "merge", paths[0], "-o", str(tmp_path / "n")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "at least two experts" in err
+    assert not (tmp_path / "n").exists()
