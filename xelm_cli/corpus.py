@@ -54,6 +54,8 @@ def source_kind(source: str | Path) -> str:
     if path.is_dir():
         if any((path / marker).is_file() for marker in HF_DISK_MARKERS):
             return "hf-disk"
+        if _declares_configs(path / "README.md"):
+            return "hf-dir"
         if not _text_corpus_files(path) and any(
             p.name.endswith(HF_DATA_SUFFIXES) for p in path.rglob("*")
         ):
@@ -65,6 +67,20 @@ def source_kind(source: str | Path) -> str:
     return "files"
 
 
+def _declares_configs(readme: Path) -> bool:
+    """Is ``readme`` a dataset card whose YAML header lists configurations (``configs:``), as
+    a Hub dataset repository's does?"""
+    try:
+        with readme.open(encoding="utf-8", errors="replace") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if not head.startswith("---"):
+        return False
+    header = head[3:].split("\n---", 1)[0]
+    return any(line.startswith("configs:") for line in header.splitlines())
+
+
 def _text_corpus_files(directory: Path) -> list[Path]:
     return sorted(
         p
@@ -73,8 +89,9 @@ def _text_corpus_files(directory: Path) -> list[Path]:
     )
 
 
-def corpus_files(source: Path) -> list[Path]:
-    """The readable files of a corpus path, in a stable order."""
+def corpus_files(source: Path, *, languages: Sequence[str] | None = None) -> list[Path]:
+    """The readable files of a corpus path, in a stable order; with ``languages``, a file named
+    for another language (``tr.jsonl.zst`` holds Turkish) is left out unread."""
     if source.is_file():
         if not source.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES):
             raise UsageError(
@@ -89,6 +106,9 @@ def corpus_files(source: Path) -> list[Path]:
     files = _text_corpus_files(source)
     if not files:
         raise UsageError(f"no corpus files (*.jsonl[.zst], *.txt[.zst]) in {source}")
+    if languages is not None:
+        wanted = set(languages)
+        files = [p for p in files if _file_language(p, None) in wanted | {None}]
     return files
 
 
@@ -284,8 +304,10 @@ def iter_documents(
     language: str | None = None,
     split: str | None = None,
     require_language: bool = False,
+    languages: Sequence[str] | None = None,
 ) -> Iterator[Document]:
     """Every document of a corpus, in file order; ``language`` labels unlabelled documents.
+    With ``languages``, files named for other languages are not read (see ``corpus_files``).
 
     A document's language comes from its record (``lang``/``language``), else the file name
     (``tr.jsonl``), else ``language``. With ``require_language`` a document left without one
@@ -296,7 +318,7 @@ def iter_documents(
     if source_kind(source) != "files":
         yield from _hf_documents(source, language, split, require_language)
         return
-    for path in corpus_files(Path(source)):
+    for path in corpus_files(Path(source), languages=languages):
         default = _file_language(path, language)
         if path.name.endswith(JSONL_SUFFIXES):
             documents = _jsonl_documents(path, default)
@@ -319,7 +341,7 @@ def read_documents(
     wanted = set(languages) if languages else None
     counts: dict[str, int] = {}
     documents = []
-    for document in iter_documents(source, require_language=True):
+    for document in iter_documents(source, require_language=True, languages=languages):
         language = str(document.language)
         if (wanted is not None and language not in wanted) or not document.text.strip():
             continue

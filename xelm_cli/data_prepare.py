@@ -19,20 +19,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .atomic import atomic_directory
+from .atomic import atomic_directory, output_lock
 from .bundle import Bundle
-from .corpus import corpus_files, iter_documents, load_hf_dataset, source_kind
-from .digest import sha256_bytes, sha256_file
+from .corpus import source_kind
+from .digest import sha256_bytes
 from .errors import FormatError, UsageError, XelmError
 from .fingerprint import tokenizer_fingerprint
 from .jsonio import canonical_json
 from .languages import normalize_language
 from .manifest import MANIFEST_NAME as BUNDLE_MANIFEST
+from .prepare_work import LanguageCount, WorkDirectory
+from .recipes import PLACEHOLDER, Recipe, is_recipe, load_recipe, recipe_from_options
 from .shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
-    TOKEN_DTYPES,
-    LanguageWriter,
     Shards,
     offsets_file,
     token_dtype_name,
@@ -40,9 +40,11 @@ from .shards import (
     write_array,
     write_manifest,
 )
+from .sources import Batch, DatasetSource, FileSource, Source, SourceUnavailable
 from .units import parse_token_count
 
-Progress = Callable[[int], None]
+# (language, its counts so far, its read limit or None): called after each batch
+Progress = Callable[[str, LanguageCount, int | None], None]
 DEFAULT_BATCH_SIZE = 1000
 ALL_LANGUAGES = "*"
 
@@ -154,44 +156,7 @@ def select_documents(
     return np.sort(order[:taken])
 
 
-# -- the source and the tokenizer --------------------------------------------------------------
-
-
-def source_record(
-    source: str | Path, *, split: str | None = None, previous: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """What the input is, with a digest of its content.
-
-    Files: the digest covers every file's relative name, size and sha256. A file whose name,
-    size and modification time equal ``previous`` (the record of an earlier run) keeps its
-    recorded sha256 instead of being hashed again. Hub datasets: their ``datasets`` fingerprint.
-    """
-    kind = source_kind(source)
-    if kind == "hf-hub":
-        dataset = load_hf_dataset(source, split=split)
-        content: Any = {"id": str(source), "fingerprint": dataset._fingerprint}
-        return {"kind": kind, "path": str(source), "split": split, **_sealed(kind, split, content)}
-    root = Path(source)
-    known = {f["name"]: f for f in (previous or {}).get("files", [])}
-    files = []
-    for path in corpus_files(root):
-        info = path.stat()
-        name = path.relative_to(root).as_posix() if root.is_dir() else path.name
-        old = known.get(name, {})
-        same = old.get("size") == info.st_size and old.get("mtime_ns") == info.st_mtime_ns
-        sha = old["sha256"] if same and "sha256" in old else sha256_file(path)
-        files.append(
-            {"name": name, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha}
-        )
-    content = [{k: f[k] for k in ("name", "size", "sha256")} for f in files]
-    record = {"kind": kind, "path": str(source), "split": split, **_sealed(kind, split, content)}
-    return {**record, "files": files}
-
-
-def _sealed(kind: str, split: str | None, content: Any) -> dict[str, str]:
-    return {
-        "digest": sha256_bytes(canonical_json({"kind": kind, "split": split, "content": content}))
-    }
+# -- the tokenizer ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -263,66 +228,211 @@ def tokenizer_threads(workers: int | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
+# -- what to read ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """The sources of a preparation, by name, and the one language each yields (None: its
+    documents are labelled)."""
+
+    path: str
+    kind: str  # files | dataset | recipe
+    sources: dict[str, Source]
+    recipe: Recipe | None = None
+
+    def only_language(self, name: str) -> str | None:
+        source = self.sources[name]
+        return source.language if self.recipe is not None else None
+
+    def record(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the input is, with a digest of its content (spec/shards-v1.md section 3)."""
+        if self.kind == "files":
+            source = self.sources["corpus"]
+            assert isinstance(source, FileSource)
+            return source.record(previous)
+        if self.kind == "dataset":
+            return {"path": self.path, **self.sources["corpus"].record()}
+        records = {lang: source.record() for lang, source in self.sources.items()}
+        content = {lang: r["digest"] for lang, r in records.items()}
+        return {
+            "kind": "recipe",
+            "path": self.path,
+            "name": self.recipe.name if self.recipe else self.path,
+            "digest": sha256_bytes(canonical_json({"kind": "recipe", "content": content})),
+            "languages": records,
+        }
+
+
+def plan_sources(
+    source: str | Path,
+    *,
+    langs: list[str] | None = None,
+    split: str | None = None,
+    language: str | None = None,
+    config: str | None = None,
+    lang_map: dict[str, str] | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
+) -> SourcePlan:
+    """What ``xelm data prepare SOURCE`` reads: a recipe (a file, or a shipped recipe's name);
+    a dataset with a per-language ``config`` template; a dataset whose rows carry languages
+    (or ``language``); or corpus files."""
+    text = str(source)
+    per_language = config is not None and PLACEHOLDER in config
+    if is_recipe(text) or per_language:
+        if language is not None:
+            raise UsageError("--lang labels an unlabelled corpus; a recipe names each language")
+        if per_language:
+            if not langs:
+                raise UsageError(f"--config {config!r} needs --langs: the languages to read")
+            assert config is not None
+            recipe = recipe_from_options(
+                text,
+                config=config,
+                languages=langs,
+                lang_map=lang_map,
+                split=split,
+                text_column=text_column,
+                revision=revision,
+            )
+            split = None  # in the recipe already
+        else:
+            if config is not None or lang_map or text_column or revision:
+                raise UsageError(
+                    "--config, --lang-map, --text-column and --revision describe a dataset; "
+                    "a recipe sets them per language"
+                )
+            recipe = load_recipe(text)
+        chosen = langs or recipe.languages
+        return SourcePlan(text, "recipe", recipe.sources(chosen, split=split), recipe)
+    if lang_map:
+        raise UsageError("--lang-map maps languages into a --config template such as '{lang}'")
+    kind = source_kind(source)
+    if config is not None or kind in ("hf-hub", "hf-dir"):
+        dataset = DatasetSource(
+            text,
+            config=config,
+            split=split or "train",
+            text_column=text_column or "text",
+            revision=revision,
+            language=normalize_language(language) if language else None,
+        )
+        return SourcePlan(text, "dataset", {"corpus": dataset})
+    if text_column or revision:
+        raise UsageError("--text-column and --revision are for datasets, not corpus files")
+    files = FileSource(
+        text,
+        language=language,
+        split=split,
+        languages=tuple(langs) if langs else None,
+    )
+    return SourcePlan(text, "files", {"corpus": files})
+
+
+def read_limits(
+    languages: list[str] | None, caps: dict[str, int] | None, tokens: int | None
+) -> dict[str, int]:
+    """How many tokens of each language a streamed source is read for: its cap, else the total
+    budget (no language can get more), else everything (no entry). ``"*"`` covers languages not
+    named."""
+    limits = dict(caps or {})
+    if tokens is not None:
+        limits = {k: min(v, tokens) for k, v in limits.items()}
+        limits.setdefault(ALL_LANGUAGES, tokens)
+    return limits
+
+
+def _limit(limits: dict[str, int], language: str) -> int | None:
+    return limits.get(language, limits.get(ALL_LANGUAGES))
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Batch:
-    languages: list[str]
-    texts: list[str]
-
-
-def _batches(
-    source: str | Path,
-    split: str | None,
-    language: str | None,
+def _add_batch(
+    work: WorkDirectory,
+    batch: Batch,
+    tokenizer: TokenizerInfo,
     wanted: set[str] | None,
-    size: int,
-) -> Iterator[_Batch]:
-    batch = _Batch([], [])
-    for doc in iter_documents(source, language=language, split=split, require_language=True):
-        assert doc.language is not None  # require_language
-        if not doc.text or (wanted is not None and doc.language not in wanted):
+    limits: dict[str, int],
+    progress: Progress | None,
+) -> None:
+    """Tokenise a batch and append each wanted document to its language, stopping a language
+    at the first document that would take it over its read limit."""
+    keep = [
+        i
+        for i, lang in enumerate(batch.languages)
+        if (wanted is None or lang in wanted)
+        and not (lang in work.counts and work.counts[lang].full)
+    ]
+    if not keep:
+        return
+    texts = [batch.texts[i] for i in keep]
+    encodings = tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
+    grouped: dict[str, tuple[list[list[int]], int]] = {}
+    for i, encoding in zip(keep, encodings, strict=True):
+        lang = batch.languages[i]
+        if not encoding.ids:
             continue
-        batch.languages.append(doc.language)
-        batch.texts.append(doc.text)
-        if len(batch.texts) >= size:
-            yield batch
-            batch = _Batch([], [])
-    if batch.texts:
-        yield batch
+        documents, nbytes = grouped.get(lang, ([], 0))
+        documents.append(encoding.ids)
+        grouped[lang] = (documents, nbytes + len(batch.texts[i].encode()))
+    for lang, (documents, nbytes) in grouped.items():
+        appender = work.appender(lang)
+        limit = _limit(limits, lang)
+        if limit is not None:
+            room = limit - appender.count.tokens
+            lengths = np.cumsum([len(d) for d in documents])
+            fits = int(np.searchsorted(lengths, room, side="right"))
+            if fits < len(documents):
+                appender.count.full = True
+                nbytes = round(nbytes * fits / len(documents))  # for progress only
+                documents = documents[:fits]
+        if documents:
+            appender.add(documents, nbytes)
+        if progress:
+            progress(lang, appender.count, limit)
 
 
-def _tokenize_corpus(
-    directory: Path,
-    source: str | Path,
+def _read_sources(
+    work: WorkDirectory,
+    plan: SourcePlan,
     tokenizer: TokenizerInfo,
     *,
-    split: str | None,
-    language: str | None,
     wanted: set[str] | None,
+    limits: dict[str, int],
     batch_size: int,
     progress: Progress | None,
-) -> dict[str, NDArray[np.uint64]]:
-    """Pass 1: every wanted document into its language's shard; the offsets per language."""
-    dtype_name = token_dtype_name(tokenizer.vocab_size)
-    writers: dict[str, LanguageWriter] = {}
-    try:
-        for batch in _batches(source, split, language, wanted, batch_size):
-            encodings = tokenizer.backend.encode_batch_fast(batch.texts, add_special_tokens=False)
-            by_language: dict[str, list[list[int]]] = {}
-            for lang, encoding in zip(batch.languages, encodings, strict=True):
-                if encoding.ids:
-                    by_language.setdefault(lang, []).append(encoding.ids)
-            for lang, documents in by_language.items():
-                if lang not in writers:
-                    writers[lang] = LanguageWriter(directory, lang, dtype_name)
-                writers[lang].add(documents)
-            if progress:
-                progress(len(batch.texts))
-    finally:
-        offsets = {lang: writer.close() for lang, writer in sorted(writers.items())}
-    return offsets
+) -> None:
+    """Pass 1: every source, from where an earlier run stopped, into the work directory.
+    Streamed (dataset) sources stop at their languages' read limits; corpus files are read
+    whole, their budgets applied by sampling afterwards."""
+    for name, source in plan.sources.items():
+        if work.finished(name):
+            continue
+        streamed = isinstance(source, DatasetSource)
+        only = plan.only_language(name)
+        yields = {only} if only else wanted
+        source_limits = limits if streamed else {}
+
+        def exhausted(languages: set[str] | None = yields, bounded: bool = streamed) -> bool:
+            return bool(
+                bounded
+                and languages
+                and all(lang in work.counts and work.counts[lang].full for lang in languages)
+            )
+
+        if exhausted():
+            work.checkpoint(name, work.position(name), done=True)
+            continue
+        stream = source.open(work.position(name), batch_size=batch_size)
+        for batch in stream:
+            _add_batch(work, batch, tokenizer, wanted, source_limits, progress)
+            if exhausted():
+                break
+            work.checkpoint(name, stream.position)
+        work.checkpoint(name, stream.position, done=True)
 
 
 def _check_languages(
@@ -339,32 +449,51 @@ def _check_languages(
         )
 
 
+SUBSAMPLE_TOKENS = 1 << 24  # tokens gathered per step when cutting a language down
+
+
 def _subsample(
-    directory: Path, lang: str, offsets: NDArray[np.uint64], keep: NDArray[np.int64], dtype: Any
+    work: Path,
+    out: Path,
+    lang: str,
+    offsets: NDArray[np.uint64],
+    keep: NDArray[np.int64],
+    dtype: Any,
 ) -> NDArray[np.uint64]:
-    """Rewrite ``lang``'s shard with only the documents ``keep``; return the new offsets."""
-    lengths = np.asarray(np.diff(offsets), dtype=np.int64)
-    token_path = directory / tokens_file(lang)
-    mask = np.zeros(len(lengths), dtype=bool)
-    mask[keep] = True
-    tokens = np.fromfile(token_path, dtype=dtype)[np.repeat(mask, lengths)]
+    """Write ``lang``'s documents ``keep`` from ``work`` to ``out``; return their offsets.
+    Memory stays bounded: documents are gathered a slice of ``SUBSAMPLE_TOKENS`` at a time."""
+    starts = np.asarray(offsets[:-1], dtype=np.int64)[keep]
+    lengths = np.asarray(np.diff(offsets), dtype=np.int64)[keep]
     new_offsets = np.zeros(len(keep) + 1, dtype=OFFSETS_DTYPE)
-    np.cumsum(lengths[keep], out=new_offsets[1:])
-    token_path.unlink()
-    write_array(token_path, tokens)
-    write_array(directory / offsets_file(lang), new_offsets)
+    np.cumsum(lengths, out=new_offsets[1:])
+    tokens = np.memmap(work / tokens_file(lang), dtype=dtype, mode="r")
+    with open(out / tokens_file(lang), "wb") as f:
+        first = 0
+        while first < len(keep):
+            ends = new_offsets[first + 1 :] - new_offsets[first]
+            last = first + max(1, int(np.searchsorted(ends, SUBSAMPLE_TOKENS, side="right")))
+            part_lengths = lengths[first:last]
+            shift = starts[first:last] - (np.cumsum(part_lengths) - part_lengths)
+            index = np.arange(int(part_lengths.sum()), dtype=np.int64)
+            index += np.repeat(shift, part_lengths)
+            f.write(np.ascontiguousarray(tokens[index]).data)
+            first = last
+    del tokens
+    write_array(out / offsets_file(lang), new_offsets)
     return new_offsets
 
 
-def _sample(
-    directory: Path,
+def _finish(
+    work: WorkDirectory,
+    out: Path,
     offsets: dict[str, NDArray[np.uint64]],
     budgets: dict[str, int],
     *,
     seed: int,
-    dtype: Any,
+    streamed: set[str],
 ) -> dict[str, dict[str, Any]]:
-    """Pass 2: cut languages over budget down; the manifest's per-language entries."""
+    """Pass 2: each language into ``out``, cut down to its budget where over it; the manifest's
+    per-language entries."""
     entries = {}
     for lang, full in offsets.items():
         source_tokens, source_documents = int(full[-1]), len(full) - 1
@@ -377,7 +506,10 @@ def _sample(
                     f"a budget of {budgets[lang]} tokens leaves no whole document in {lang}; "
                     "raise --cap / --tokens or drop it with --langs"
                 )
-            kept = _subsample(directory, lang, full, keep, dtype)
+            kept = _subsample(work.path, out, lang, full, keep, work.dtype)
+        else:
+            os.replace(work.path / tokens_file(lang), out / tokens_file(lang))
+            write_array(out / offsets_file(lang), full)
         entries[lang] = {
             "documents": len(kept) - 1,
             "tokens": int(kept[-1]),
@@ -385,6 +517,8 @@ def _sample(
             "source_tokens": source_tokens,
             "budget": budgets[lang] if budgets[lang] < source_tokens else None,
         }
+        if lang in streamed:
+            entries[lang]["read_to_limit"] = work.counts[lang].full
     return entries
 
 
@@ -395,7 +529,7 @@ def _options(
     tokens: int | None,
     seed: int,
     split: str | None,
-    language: str | None,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
@@ -409,8 +543,8 @@ def _options(
         "seed": seed,
         "split": split,
     }
-    if language is not None:  # only when given, so earlier manifests stay comparable
-        options["lang"] = language
+    # only when given, so that earlier manifests stay comparable
+    options.update({k: v for k, v in extra.items() if v})
     return options
 
 
@@ -455,6 +589,10 @@ def prepare(
     seed: int = 0,
     split: str | None = None,
     language: str | None = None,
+    config: str | None = None,
+    lang_map: dict[str, str] | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     overwrite: bool = False,
@@ -462,64 +600,111 @@ def prepare(
 ) -> PrepareResult:
     """Tokenise ``source`` with the tokenizer of a bundle or tokenizer directory into ``out``.
 
+    ``source`` is a corpus (files, a directory, a ``save_to_disk`` dataset), a dataset (a Hub
+    id or a local directory laid out like one: streamed, never materialised), or a recipe
+    (a file or a shipped recipe's name); ``config`` with ``{lang}`` reads one configuration
+    per language of ``langs``, ``lang_map`` giving the dataset's code where it differs.
     ``token_caps`` limits tokens per language (an int: every language; ``{"*": n}`` too);
     ``alpha`` and ``tokens`` set temperature sampling (see ``language_budgets``); ``seed``
-    picks the sampled documents; ``language`` labels documents that carry no language (one
-    left without a language is refused). Nothing is written when ``out`` already holds shards
-    of the same input, tokenizer and options (``up_to_date``); other shards there are an error
+    picks the sampled documents; ``language`` labels documents that carry no language.
+
+    A streamed language is read until its cap (else ``tokens``) is reached; its size for
+    ``alpha`` is what was read. A killed or interrupted run continues where it stopped when
+    run again with the same arguments. Nothing is written when ``out`` already holds shards of
+    the same input, tokenizer and options (``up_to_date``); other shards there are an error
     unless ``overwrite``.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     wanted = sorted({normalize_language(code) for code in langs}) if langs else None
     caps = _normalise_caps(token_caps)
     language = normalize_language(language) if language else None
-    options = _options(wanted, caps, alpha, tokens, seed, split, language)
+    extra = {
+        "lang": language,
+        "config": config,
+        "lang_map": dict(sorted((lang_map or {}).items())) or None,
+        "text_column": text_column,
+        "revision": revision,
+    }
+    options = _options(wanted, caps, alpha, tokens, seed, split, extra)
+    plan = plan_sources(
+        source,
+        langs=wanted,
+        split=split,
+        language=language,
+        config=config,
+        lang_map=lang_map,
+        text_column=text_column,
+        revision=revision,
+    )
+    if wanted is None and plan.recipe is not None:
+        wanted = sorted(plan.sources)
     info = load_tokenizer(tokenizer)
-    old = _existing(out, overwrite=overwrite)
-    record = source_record(source, split=split, previous=(old or {}).get("source"))
-    if old is not None and not overwrite:
-        changed = _differences(old, record, info.fingerprint, options)
-        if not changed:
-            return PrepareResult(Shards.open(out), up_to_date=True)
-        raise UsageError(
-            f"{out} holds shards made differently ({'; '.join(changed)}); "
-            "pass --force to rebuild, or choose another -o"
+    with output_lock(out):
+        old = _existing(out, overwrite=overwrite)
+        record = plan.record(previous=(old or {}).get("source"))
+        if old is not None and not overwrite:
+            changed = _differences(old, record, info.fingerprint, options)
+            if not changed:
+                return PrepareResult(Shards.open(out), up_to_date=True)
+            raise UsageError(
+                f"{out} holds shards made differently ({'; '.join(changed)}); "
+                "pass --force to rebuild, or choose another -o"
+            )
+        dtype_name = token_dtype_name(info.vocab_size)
+        key = sha256_bytes(
+            canonical_json([record["digest"], info.fingerprint, options, dtype_name])
         )
-    dtype_name = token_dtype_name(info.vocab_size)
-    with tokenizer_threads(workers), atomic_directory(out, overwrite=overwrite) as tmp:
-        offsets = _tokenize_corpus(
-            tmp,
-            source,
-            info,
-            split=split,
-            language=language,
-            wanted=set(wanted) if wanted else None,
-            batch_size=batch_size,
-            progress=progress,
-        )
-        _check_languages(source, set(offsets), wanted, caps)
-        counts = {lang: int(o[-1]) for lang, o in offsets.items()}
-        budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
-        entries = _sample(tmp, offsets, budgets, seed=seed, dtype=TOKEN_DTYPES[dtype_name])
-        fields = {
-            "dtype": dtype_name,
-            "tokenizer": info.record(),
-            "source": record,
-            "options": options,
-            "languages": entries,
-        }
-        write_manifest(tmp, fields)
+        work = WorkDirectory(out, key, dtype_name, fresh=False)
+        try:
+            with tokenizer_threads(workers):
+                _read_sources(
+                    work,
+                    plan,
+                    info,
+                    wanted=set(wanted) if wanted else None,
+                    limits=read_limits(wanted, caps, tokens),
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            offsets = work.close()
+            _check_languages(source, set(offsets), wanted, caps)
+            counts = {lang: int(o[-1]) for lang, o in offsets.items()}
+            budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
+            streamed = {
+                lang
+                for name, s in plan.sources.items()
+                if isinstance(s, DatasetSource)
+                for lang in ([plan.only_language(name)] if plan.only_language(name) else counts)
+            }
+            with atomic_directory(out, overwrite=overwrite) as tmp:
+                entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
+                fields = {
+                    "dtype": dtype_name,
+                    "tokenizer": info.record(),
+                    "source": record,
+                    "options": options,
+                    "languages": entries,
+                }
+                write_manifest(tmp, fields)
+        except (SourceUnavailable, KeyboardInterrupt):
+            raise  # the work directory stays: the same command continues from it
+        except BaseException:
+            work.remove()
+            raise
+        work.remove()
     return PrepareResult(Shards.open(out), up_to_date=False)
 
 
 __all__ = [
     "MANIFEST_NAME",
     "PrepareResult",
+    "SourcePlan",
     "language_budgets",
     "load_tokenizer",
     "parse_caps",
     "parse_token_count",
+    "plan_sources",
     "prepare",
+    "read_limits",
     "select_documents",
-    "source_record",
 ]

@@ -3,6 +3,7 @@
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -12,11 +13,14 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     SpinnerColumn,
+    Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 stderr_console = Console(stderr=True, soft_wrap=True)
 
@@ -59,3 +63,45 @@ def document_progress(description: str) -> contextlib.AbstractContextManager[Cal
         TimeElapsedColumn(),
     ]
     return _bar(description, None, columns)
+
+
+class LanguageProgress:
+    """One row per language while preparing data: tokens read (of the read limit, where there
+    is one), documents, megabytes, tokens per second and the time left."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def __call__(self, language: str, count: Any, limit: int | None) -> None:
+        if language not in self._tasks:
+            self._tasks[language] = self._progress.add_task(
+                language, total=limit, documents=0, megabytes=0.0
+            )
+        self._progress.update(
+            self._tasks[language],
+            completed=count.tokens,
+            documents=count.documents,
+            megabytes=count.bytes / 1e6,
+        )
+
+
+@contextlib.contextmanager
+def language_progress() -> Iterator[LanguageProgress]:
+    """Rows of ``LanguageProgress`` on stderr (terminal only)."""
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description:>5}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("tokens  {task.fields[documents]:,} docs  {task.fields[megabytes]:,.1f} MB"),
+        _TokenRate(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=stderr_console, disable=not sys.stderr.isatty()) as progress:
+        yield LanguageProgress(progress)
+
+
+class _TokenRate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} tok/s")

@@ -13,7 +13,8 @@ from ..data_prepare import parse_caps, parse_token_count, prepare
 from ..digest import short
 from ..errors import IntegrityError
 from ..languages import parse_language_list
-from ..progress import document_progress, stderr_console
+from ..progress import language_progress, stderr_console
+from ..recipes import parse_lang_map
 from ..shards import Shards
 from ..tokenizer_training import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
 from .options import ForceOpt, JsonOpt, OutDirOpt, print_json
@@ -30,6 +31,15 @@ CorpusArg = Annotated[
     typer.Argument(
         help="Corpus: a .jsonl[.zst] or .txt file, a directory of them, or a Hugging Face "
         "dataset (save_to_disk directory, dataset directory or Hub id owner/name).",
+        show_default=False,
+    ),
+]
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        help="What to read: a corpus (.jsonl[.zst] / .txt file or directory, save_to_disk "
+        "dataset), a dataset (Hub id owner/name, or a local directory laid out like one: "
+        "streamed), or a corpus recipe (a recipe file, or a name from `xelm data recipes`).",
         show_default=False,
     ),
 ]
@@ -92,7 +102,7 @@ def _language_table(shards: Shards) -> Table:
 
 @app.command("prepare")
 def prepare_command(
-    corpus: CorpusArg,
+    corpus: SourceArg,
     tokenizer: Annotated[
         Path, typer.Option("--tokenizer", "-t", help="Bundle or tokenizer directory.")
     ],
@@ -112,6 +122,26 @@ def prepare_command(
     seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
     split: SplitOpt = None,
     lang: LangOpt = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="Dataset configuration; '{lang}' reads one per language of --langs, "
+            "replaced by the language's code in the dataset (see --lang-map).",
+        ),
+    ] = None,
+    lang_map: Annotated[
+        str | None,
+        typer.Option(
+            "--lang-map", help="The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans."
+        ),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Tokenizer threads (default: one per core).")
     ] = None,
@@ -121,11 +151,18 @@ def prepare_command(
 ) -> None:
     """Tokenise a corpus into memory-mappable shards with a per-language index.
 
-    Re-running with the same corpus, tokenizer and options does nothing.
+    Datasets are streamed: each language stops at its --cap (else --tokens). A killed or
+    interrupted run continues where it stopped when run again; re-running a finished one does
+    nothing.
 
     Example: xelm data prepare corpus/ --tokenizer seed/ --alpha 0.3 --tokens 20M -o shards/
+
+    Example: xelm data prepare allenai/c4 --config '{lang}' --langs ar,bg,he --lang-map he=iw
+    --cap 100M --tokenizer seed/ -o shards/
+
+    Example (a shipped recipe): xelm data prepare mc4 --langs ar,tr --cap 10M -t seed/ -o shards/
     """
-    with document_progress("tokenising") as progress:
+    with language_progress() as progress:
         result = prepare(
             corpus,
             tokenizer,
@@ -137,6 +174,10 @@ def prepare_command(
             seed=seed,
             split=split,
             language=lang,
+            config=config,
+            lang_map=parse_lang_map(lang_map) if lang_map else None,
+            text_column=text_column,
+            revision=revision,
             batch_size=batch_size,
             workers=workers,
             overwrite=force,
