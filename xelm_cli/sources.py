@@ -19,6 +19,7 @@ file streams by skipping the documents already read.
 
 import contextlib
 import itertools
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,8 +33,20 @@ from .jsonio import canonical_json, one_line
 from .languages import normalize_language
 
 DEFAULT_BATCH = 1000
+MIRROR_VARIABLE = "XELM_HUB_MIRROR"
 LANGUAGE_COLUMNS = ("lang", "language")
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
+
+
+def resolve_dataset(dataset: str) -> str:
+    """Where to read a dataset from: ``$XELM_HUB_MIRROR/OWNER/NAME`` when that directory
+    exists (a local copy laid out like the Hub repository), else ``dataset`` itself."""
+    mirror = os.environ.get(MIRROR_VARIABLE)
+    if mirror and not Path(dataset).exists():
+        local = Path(mirror) / dataset
+        if (local / "README.md").is_file():
+            return str(local)
+    return dataset
 
 
 class SourceUnavailable(UsageError):
@@ -109,7 +122,7 @@ class DatasetSource:
 
         with _translated(self):
             builder = datasets.load_dataset_builder(
-                self.dataset, name=self.config, revision=self.revision
+                resolve_dataset(self.dataset), name=self.config, revision=self.revision
             )
         data_files = builder.config.data_files or {}
         if self.split not in data_files:
@@ -124,7 +137,7 @@ class DatasetSource:
 
         with _translated(self):
             dataset = datasets.load_dataset(
-                self.dataset,
+                resolve_dataset(self.dataset),
                 name=self.config,
                 split=self.split,
                 revision=self.revision,
@@ -295,7 +308,9 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
     message = str(exc)
     if "BuilderConfig" in message or "Config name is missing" in message:
         try:
-            names = datasets.get_dataset_config_names(source.dataset, revision=source.revision)
+            names = datasets.get_dataset_config_names(
+                resolve_dataset(source.dataset), revision=source.revision
+            )
         except Exception:  # listing failed too: report what load_dataset said
             names = []
         shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
@@ -311,7 +326,7 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
     if "split" in message.lower():
         try:
             splits = datasets.get_dataset_split_names(
-                source.dataset, source.config, revision=source.revision
+                resolve_dataset(source.dataset), source.config, revision=source.revision
             )
         except Exception:
             splits = []
