@@ -51,3 +51,22 @@ def check_token_weights(
             f"token {int(bad[0])}; each column must sum to 1"
         )
     return array
+
+
+def softmax_columns(scores: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each column of ``scores`` (k, T) turned into a distribution over the k rows."""
+    return np.exp(scores - logsumexp(scores, axis=0)[None, :])
+
+
+def product_weights(
+    logprobs: NDArray[np.float64], prior: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The product rule's weights (spec/ensemble-v1.md section 3): w[:, 0] = c and, for t >= 1,
+    w[e, t] = c_e p_e(x_{t-1}) / sum_j c_j p_j(x_{t-1}), from ``logprobs`` L (k, T) with
+    L[e, t] = ln p_e(x_t | x_<t) and the cluster weights ``prior`` c (k,)."""
+    prior = np.asarray(prior, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_prior = np.log(prior)[:, None]
+    previous = np.zeros_like(logprobs)
+    previous[:, 1:] = logprobs[:, :-1]
+    return softmax_columns(log_prior + previous)

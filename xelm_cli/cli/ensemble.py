@@ -57,7 +57,9 @@ RouterArgOpt = Annotated[
 CombineOpt = Annotated[
     str | None,
     typer.Option(
-        "--combine", help=f"How experts combine: {' or '.join(COMBINE_RULES)} (default mixture)."
+        "--combine",
+        help=f"How experts combine: {', '.join(COMBINE_RULES)} (default mixture; product: "
+        "product of experts, spec/ensemble-v1.md section 3).",
     ),
 ]
 DeviceOpt = Annotated[

@@ -1,0 +1,105 @@
+"""The product-of-experts combination rule against a brute-force computation on tiny models."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from xelm_cli.api import ChoiceRequest, Document, UsageError
+from xelm_cli.bundle import Bundle
+from xelm_cli.ensemble import EnsembleModel, EnsembleSpec, build_router
+from xelm_cli.mixing import product_weights
+from xelm_cli.seed import init_from_config
+
+WEIGHTS = [0.2, 0.3, 0.5]
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> list[Bundle]:
+    root = tmp_path_factory.mktemp("product")
+    return [
+        init_from_config("tiny", tokenizer_dir, root / f"e{i}", languages=[lang], seed=i + 1)
+        for i, lang in enumerate(("en", "tr", "ar"))
+    ]
+
+
+def documents() -> list[Document]:
+    docs = []
+    for lang in ("en", "tr", "ar"):
+        path = SHARED_DATA / "eval" / "flores200-devtest" / f"{lang}.txt"
+        docs += [Document(line, lang) for line in path.read_text().splitlines()[:2]]
+    return docs
+
+
+def brute_product(experts: list[Bundle], ids: list[int], c: list[float]) -> list[float]:
+    """Token by token, with loops: w from the previous token's likelihood times c, then the
+    renormalised weighted geometric mean of the full distributions."""
+    distributions = []
+    for bundle in experts:
+        with torch.no_grad():
+            logits = bundle.load_model().eval()(torch.tensor([ids])).logits[0].double()
+        distributions.append(torch.log_softmax(logits, -1))
+    out = []
+    for t in range(1, len(ids)):
+        if t == 1:
+            w = list(c)
+        else:
+            likes = [c[e] * math.exp(distributions[e][t - 2, ids[t - 1]]) for e in range(3)]
+            w = [like / sum(likes) for like in likes]
+        combined = sum(w[e] * distributions[e][t - 1] for e in range(3))
+        assert isinstance(combined, torch.Tensor)
+        out.append(float(combined[ids[t]] - torch.logsumexp(combined, -1)))
+    return out
+
+
+def test_product_rule_equals_brute_force(experts: list[Bundle]) -> None:
+    docs = documents()
+    ensemble = EnsembleModel(experts, build_router("fixed", {"weights": WEIGHTS}), "product")
+    got = ensemble.score_documents(docs)
+    tokenizer = experts[0].load_tokenizer()
+    for doc, logprobs in zip(docs, got, strict=True):
+        ids = [ensemble.bos, *tokenizer(doc.text, add_special_tokens=False).input_ids]
+        np.testing.assert_allclose(logprobs, brute_product(experts, ids, WEIGHTS), atol=1e-9)
+    # neither the mixture nor logit averaging with the same cluster weights
+    for rule in ("mixture", "logits"):
+        other = EnsembleModel(experts, build_router("fixed", {"weights": WEIGHTS}), rule)
+        assert not np.allclose(other.score_documents(docs[:1])[0], got[0], atol=1e-4)
+
+
+def test_product_weights_follow_the_previous_token() -> None:
+    logprobs = np.log(np.array([[0.5, 0.1, 0.2], [0.25, 0.4, 0.2]]))
+    w = product_weights(logprobs, np.array([0.5, 0.5]))
+    np.testing.assert_allclose(w[:, 0], [0.5, 0.5])
+    np.testing.assert_allclose(w[:, 1], [2 / 3, 1 / 3])
+    np.testing.assert_allclose(w[:, 2], [0.2, 0.8])
+
+
+def test_one_hot_cluster_weights_give_the_single_expert(experts: list[Bundle]) -> None:
+    docs = documents()[:2]
+    product = EnsembleModel(experts, build_router("fixed", {"weights": [0, 1, 0]}), "product")
+    single = EnsembleModel([experts[1]], build_router("uniform"))
+    for a, b in zip(product.score_documents(docs), single.score_documents(docs), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_choices_are_the_choice_tokens_of_full_sequences(experts: list[Bundle]) -> None:
+    ensemble = EnsembleModel(experts, build_router("fixed", {"weights": WEIGHTS}), "product")
+    request = ChoiceRequest("The cat sat on the", (" mat.", " roof of the house."), "en")
+    got = ensemble.score_choices([request])[0]
+    context = [ensemble.bos, *ensemble.encode(request.context)]
+    for choice, logprobs in zip(request.choices, got, strict=True):
+        tokens = ensemble.encode(choice)
+        expected = brute_product(experts, [*context, *tokens], WEIGHTS)[-len(tokens) :]
+        np.testing.assert_allclose(logprobs, expected, atol=1e-9)
+
+
+def test_product_needs_weights_known_in_advance(experts: list[Bundle]) -> None:
+    with pytest.raises(UsageError, match="--combine product needs weights known before"):
+        EnsembleModel(experts, build_router("posterior"), "product")
+    spec = EnsembleSpec(experts, "uniform", {}, "product")
+    assert spec.to_dict()["combine"] == "product"
+    with pytest.raises(UsageError, match="choose mixture, logits, product"):
+        EnsembleSpec(experts, "uniform", {}, "geometric")
