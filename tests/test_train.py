@@ -137,6 +137,35 @@ def test_training_lowers_validation_loss_and_writes_a_child_bundle(
     assert not list(checkpoint_dir(out).glob("step-*"))  # removed once the bundle is written
 
 
+def test_a_bf16_seed_stays_bf16_on_disk_unless_asked(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from xelm_cli.seed import init_from_hf
+
+    hf = tmp_path / "hf"
+    AutoModelForCausalLM.from_pretrained(seed_bundle, dtype=torch.bfloat16).save_pretrained(hf)
+    Bundle.open(seed_bundle).load_tokenizer().save_pretrained(hf)
+    seed = init_from_hf(str(hf), tmp_path / "bf16", languages=list(TEST_LANGS)).path
+    assert weights(seed)["lm_head.weight"].dtype == torch.bfloat16
+
+    def dtypes(bundle: Path) -> set[str]:
+        with safe_open(str(bundle / "model.safetensors"), "pt") as f:
+            return {f.get_slice(name).get_dtype() for name in f.keys()}  # noqa: SIM118
+
+    kept = CausalLMTrainer().train(request(seed, train_shards, tmp_path / "kept", tokens=256))
+    assert dtypes(kept.path) == {"BF16"}
+    assert kept.manifest.training["saved_dtype"] == "bfloat16"  # type: ignore[index]
+    assert kept.manifest.training["options"]["save_dtype"] == "auto"  # type: ignore[index]
+    assert not torch.equal(weights(seed)["lm_head.weight"], weights(kept.path)["lm_head.weight"])
+    wide = request(
+        seed, train_shards, tmp_path / "fp32", tokens=256, options={"save_dtype": "float32"}
+    )
+    assert dtypes(CausalLMTrainer().train(wide).path) == {"F32"}
+
+
 class Killed(Exception):
     pass
 

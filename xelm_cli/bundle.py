@@ -9,6 +9,7 @@ always a new inode and the parent can never change under its children.
 import contextlib
 import errno
 import fcntl
+import math
 import os
 import shutil
 import stat
@@ -26,8 +27,10 @@ from .fingerprint import (
     TOKENIZER_FILES,
     architecture_fingerprint,
     is_weight_file,
+    reading_safetensors,
     tokenizer_fingerprint,
 )
+from .framing import Framing, bos_eos
 from .jsonio import pretty_json, read_json_object
 from .manifest import (
     CARD_NAME,
@@ -43,6 +46,7 @@ from .modelcard import render_model_card
 Progress = Callable[[int], None]
 MAX_SHARD_SIZE = "2GB"
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (reflink)
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 
 
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
@@ -196,6 +200,31 @@ class Bundle:
                 )
         return (model, info) if wants_info else model
 
+    def weights_dtype(self) -> str:
+        """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...),
+        read from the safetensors headers."""
+        from safetensors import safe_open
+
+        elements: dict[str, int] = {}
+        for path in sorted(self.path.glob("*.safetensors")):
+            with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
+                for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                    part = f.get_slice(name)
+                    dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                    if dtype:
+                        elements[dtype] = elements.get(dtype, 0) + math.prod(part.get_shape())
+        if not elements:
+            raise FormatError(f"{self.path}: no floating-point weights")
+        return max(elements, key=lambda dtype: elements[dtype])
+
+    def framing(self, tokenizer: Any = None) -> Framing:
+        """How documents are framed for this model (xelm_cli.framing): the recorded framing,
+        or ``bos doc eos`` of its tokenizer for a bundle written before the field existed."""
+        recorded = self.manifest.framing
+        if recorded is not None:
+            return Framing.from_record(recorded)
+        return bos_eos(tokenizer if tokenizer is not None else self.load_tokenizer(verify=False))
+
     def load_tokenizer(self, *, verify: bool = True, trust_remote_code: bool = False) -> Any:
         from transformers import AutoTokenizer
 
@@ -333,6 +362,7 @@ class BundleWriter:
         allocation: dict[str, Any] | None,
         training: dict[str, Any] | None,
         progress: Progress | None,
+        framing: dict[str, Any] | None = None,
     ) -> Manifest:
         files = self._file_entries(progress)
         manifest = Manifest(
@@ -348,6 +378,7 @@ class BundleWriter:
             },
             allocation=allocation,
             training=training,
+            framing=framing,
             created_by={"xelm": __version__},
             created_at=now_iso(),
         )
@@ -379,14 +410,15 @@ def write_bundle(
     overwrite: bool = False,
     inherit_weights: bool = True,
     progress: Progress | None = None,
+    framing: Framing | None = None,
 ) -> Iterator[BundleWriter]:
     """Write a new bundle at ``out`` atomically.
 
     ``step`` is the lineage step that makes this bundle (relation, parents, details); with a
     ``parent`` the new bundle starts as links to all of the parent's files (without its weights
     and config when ``inherit_weights`` is false: a trainer writes its own, and on another file
-    system a link would be a copy) and continues its lineage. On any exception nothing is left
-    at ``out``.
+    system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
+    given. On any exception nothing is left at ``out``.
     """
     out = Path(out)
     lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
@@ -408,6 +440,7 @@ def write_bundle(
             allocation=allocation,
             training=training,
             progress=progress,
+            framing=framing.record() if framing else parent.manifest.framing if parent else None,
         )
     if parent is not None:
         verified.relinked(parent.digest, parent.path)

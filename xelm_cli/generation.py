@@ -16,7 +16,7 @@ from .bundle import Bundle
 from .ensemble import EnsembleModel
 from .errors import UsageError
 from .mixing import check_token_weights
-from .scoring import LoadedModel
+from .scoring import LoadedModel, with_cache
 
 
 @dataclass
@@ -57,6 +57,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed)
     models: list[LoadedModel] = [runner._load(e) for e in chosen]
     result = Generation("", [], [runner.experts[e].name for e in chosen])
+    stops = runner.framing.stops(runner.tokenizer)
     with torch.inference_mode():
         caches, last_logprobs, history = [], [], []
         for model in models:
@@ -64,8 +65,7 @@ def generate(
             logits = (
                 model.model(
                     input_ids=torch.tensor([ids], device=model.device),
-                    past_key_values=cache,
-                    use_cache=True,
+                    **with_cache(model.model, cache),
                 )
                 .logits[0]
                 .float()
@@ -101,15 +101,14 @@ def generate(
                 token = int(torch.multinomial(scaled / scaled.sum(), 1, generator=generator))
             result.tokens.append(token)
             result.weights.append([float(w) for w in weights])
-            if token == runner.tokenizer.eos_token_id:
+            if token in stops:
                 break
             for index, model in enumerate(models):
                 history[index] = np.append(history[index], float(last_logprobs[index][token]))
                 logits = (
                     model.model(
                         input_ids=torch.tensor([[token]], device=model.device),
-                        past_key_values=caches[index],
-                        use_cache=True,
+                        **with_cache(model.model, caches[index]),
                     )
                     .logits[0, -1]
                     .float()

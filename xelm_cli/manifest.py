@@ -20,7 +20,7 @@ from .errors import FormatError
 from .jsonio import canonical_json, one_line, short_repr, value_problem
 
 FORMAT_NAME = "xelm-bundle"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"  # 1.1: the optional `framing` member
 MANIFEST_NAME = "xelm.json"
 CARD_NAME = "README.md"
 ROLES = ("seed", "expert", "dense")
@@ -119,6 +119,7 @@ class Manifest:
     name: str = ""
     allocation: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    framing: dict[str, Any] | None = None  # None: written before 1.1 (see xelm_cli.framing)
     format_version: str = FORMAT_VERSION
     created_by: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
@@ -141,6 +142,7 @@ class Manifest:
             name=data.get("name", ""),
             allocation=data.get("allocation"),
             training=data.get("training"),
+            framing=data.get("framing"),
             format_version=data["format_version"],
             created_by=dict(data["created_by"]),
             created_at=data.get("created_at", ""),
@@ -153,7 +155,7 @@ class Manifest:
         return data
 
     def _fields(self) -> dict[str, Any]:
-        return {
+        fields = {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
             "id": self.id,
@@ -170,6 +172,9 @@ class Manifest:
             "created_by": self.created_by,
             "created_at": self.created_at,
         }
+        if self.framing is not None:
+            fields["framing"] = self.framing
+        return fields
 
     @property
     def edited(self) -> bool:

@@ -6,6 +6,8 @@ Several models can be scored together with coefficients (logit averaging: log_so
 sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 """
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +39,25 @@ def pick_device(name: str | None = None) -> Any:
             raise UsageError(f"device {name!r} asked for but CUDA is not available")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def _cache_keyword(model_class: Any) -> str:
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def with_cache(model: Any, cache: Any) -> dict[str, Any]:
+    """The keyword arguments that pass a key-value cache to ``model``'s forward: ``cache`` in
+    the transformers versions that renamed it (``past_key_values`` warns there), else
+    ``past_key_values``."""
+    model_class: Any = type(model)
+    return {_cache_keyword(model_class): cache, "use_cache": cache is not None}
+
+
+def cache_of(output: Any) -> Any:
+    """The key-value cache a forward returned (under either name; None when it made none)."""
+    return output.get("cache", output.get("past_key_values"))
 
 
 def default_batch_tokens(device: Any) -> int:
@@ -105,20 +126,13 @@ class LoadedModel:
     def states(self, input_ids: Any, attention_mask: Any, past: Any = None) -> tuple[Any, Any]:
         """(hidden states or, for non-chunked models, logits; the key-value cache)."""
         if self.chunked:
-            out = self.model.base_model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                past_key_values=past,
-                use_cache=past is not None,
-            )
-            return out.last_hidden_state, out.past_key_values
+            body = self.model.base_model
+            out = body(input_ids=input_ids, attention_mask=attention_mask, **with_cache(body, past))
+            return out.last_hidden_state, cache_of(out)
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            past_key_values=past,
-            use_cache=past is not None,
+            input_ids=input_ids, attention_mask=attention_mask, **with_cache(self.model, past)
         )
-        return out.logits, out.past_key_values
+        return out.logits, cache_of(out)
 
     def logits(self, states: Any) -> Any:
         if self.chunked:

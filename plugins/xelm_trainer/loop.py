@@ -76,6 +76,7 @@ class Inputs:
     languages: list[str]
     options: TrainOptions
     steps: int
+    framing: Any  # xelm_cli.framing.Framing: the start and end tokens of every document
 
 
 class TrainingRun:
@@ -133,10 +134,9 @@ class TrainingRun:
     ) -> RunState:
         ranks = ranks or Ranks()
         options = inputs.options
-        special = inputs.shards.special_tokens
         stream = BlockStream(
             inputs.shards, inputs.languages, options.block_size, seed=options.seed,
-            bos=special.get("bos"), eos=special.get("eos"),
+            bos=inputs.framing.start, eos=inputs.framing.end,
         )  # fmt: skip
         valid_blocks = validation_blocks(inputs, options)
         forward = torch.compile(model) if options.compile else model
@@ -225,7 +225,7 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
             f"{options.batch_tokens} tokens (--batch-size x --block-size x accumulation x ranks)"
         )
     check_output(request)
-    return Inputs(bundle, shards, valid, languages, options, steps)
+    return Inputs(bundle, shards, valid, languages, options, steps, bundle.framing())
 
 
 def require_tokens(shards: Shards, languages: list[str]) -> None:
@@ -373,10 +373,9 @@ def validation_blocks(inputs: Inputs, options: TrainOptions) -> np.ndarray | Non
     """The first ``eval_blocks`` blocks of the held-out shards (fixed order, one epoch at most)."""
     if inputs.valid is None:
         return None
-    special = inputs.valid.special_tokens
     stream = BlockStream(
         inputs.valid, inputs.languages, options.block_size, seed=options.seed,
-        bos=special.get("bos"), eos=special.get("eos"),
+        bos=inputs.framing.start, eos=inputs.framing.end,
     )  # fmt: skip
     n_blocks = max(1, min(options.eval_blocks, stream.epoch_tokens // options.block_size))
     return stream.blocks(0, n_blocks)
@@ -488,6 +487,8 @@ def write_trained(
 ) -> Bundle:
     parent, options = inputs.bundle, inputs.options
     role = options.role or (parent.manifest.role if parent.manifest.role != "seed" else "dense")
+    # fp32 master weights in training; on disk the dtype the seed was stored in (or the chosen)
+    save_dtype = parent.weights_dtype() if options.save_dtype == "auto" else options.save_dtype
     training = {
         "tokens": state.step * options.batch_tokens,
         "steps": state.step,
@@ -504,6 +505,7 @@ def write_trained(
             **options.as_dict(),
             "role": role,
         },
+        "saved_dtype": save_dtype,
         "loss_curve": state.loss_curve,
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
@@ -526,7 +528,7 @@ def write_trained(
     ) as writer:
         if full_state is not None:  # FSDP: the gathered weights into an unsharded copy
             model = unsharded_copy(parent, full_state)
-        writer.save_model(model.to("cpu"))
+        writer.save_model(model.to("cpu").to(getattr(torch, save_dtype)))
     if not options.keep_checkpoints:
         for _, path in list_checkpoints(request.checkpoint_dir):
             shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,7 @@ from typing import Any
 from xelm_cli.api import UsageError
 
 SCHEDULES = ("linear", "cosine", "constant")
+SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class TrainOptions:
     device: str = "auto"
     role: str | None = None
     fsdp: bool = False  # shard parameters, gradients and optimiser state (torchrun only)
+    save_dtype: str = "auto"  # dtype of the saved weights; auto: the one the bundle is stored in
     world_size: int = 1  # ranks under torchrun (set by the trainer from WORLD_SIZE, not an option)
 
     @classmethod
@@ -52,6 +54,10 @@ class TrainOptions:
         if self.schedule not in SCHEDULES:
             raise UsageError(
                 f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
+        if self.save_dtype not in SAVE_DTYPES:
+            raise UsageError(
+                f"unknown --save-dtype {self.save_dtype!r}; choose one of {', '.join(SAVE_DTYPES)}"
             )
         for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:

@@ -68,16 +68,45 @@ def init(
             "--trust-remote-code", help="Allow the model's own Python code (off by default)."
         ),
     ] = False,
+    doc_start: Annotated[
+        str | None,
+        typer.Option(
+            help="Token before every document (a token like '</s>', an id, or 'none'); "
+            "default: what the model's tokenizer puts before text (--config: its bos)."
+        ),
+    ] = None,
+    doc_end: Annotated[
+        str | None,
+        typer.Option(
+            help="Token after every document; default: what the tokenizer appends, else its "
+            "eos unless that is the start token (--config: its eos)."
+        ),
+    ] = None,
+    convert_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--convert-pickle",
+            help="Read a model that has only pytorch_model.bin with torch's weights_only "
+            "loader and store it as safetensors (recorded in the lineage).",
+        ),
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Make a seed bundle from a HF model, or from a named config plus a tokenizer.
 
+    The manifest records how documents are framed (`framing`: start and end tokens) and
+    training, scoring and generation follow it; see spec/bundle-v1.md section 3.5.
+
     Example: xelm bundle init --config tiny --tokenizer tok/ --langs en,tr -o seed/
+
+    Example: xelm bundle init --hf xglm-564M/ --convert-pickle --langs en,tr -o seed/
     """
     languages = parse_language_list(langs) if langs else []
     if (hf is None) == (config is None):
         raise UsageError("pass exactly one of --hf MODEL or --config NAME")
+    if convert_pickle and hf is None:
+        raise UsageError("--convert-pickle goes with --hf MODEL (a named config has no weights)")
     with byte_progress("hashing", None) as progress:
         if hf is not None:
             bundle = init_from_hf(
@@ -88,6 +117,9 @@ def init(
                 trust_remote_code=trust_remote_code,
                 overwrite=force,
                 progress=progress,
+                doc_start=doc_start,
+                doc_end=doc_end,
+                convert_pickle=convert_pickle,
             )
         else:
             if tokenizer is None:
@@ -103,6 +135,8 @@ def init(
                 seed=seed,
                 overwrite=force,
                 progress=progress,
+                doc_start=doc_start,
+                doc_end=doc_end,
             )
     _report_written(bundle, as_json)
 

@@ -103,6 +103,13 @@ def train(
     fsdp: Annotated[
         bool, typer.Option(help="Under torchrun: shard the model with FSDP instead of DDP.")
     ] = False,
+    save_dtype: Annotated[
+        str,
+        typer.Option(
+            help="dtype of the saved weights: auto (the bundle's own, e.g. a bf16 seed stays "
+            "bf16; training keeps fp32 master weights), float32, bfloat16 or float16."
+        ),
+    ] = "auto",
     role: Annotated[
         str | None, typer.Option(help="Role of the new bundle (default: expert stays expert).")
     ] = None,
@@ -139,6 +146,7 @@ def train(
         "device": device,
         "role": role,
         "fsdp": fsdp,
+        "save_dtype": save_dtype,
     }
     request = TrainRequest(
         bundle=bundle,
