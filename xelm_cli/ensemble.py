@@ -37,6 +37,7 @@ from .errors import FormatError, IntegrityError, PluginError, UsageError
 from .jsonio import pretty_json, read_json_object
 from .mixing import check_token_weights, mixture
 from .plugins import get_registry
+from .product import score_product
 from .progress import byte_progress, document_progress
 from .scoring import (
     LoadedModel,
@@ -49,7 +50,7 @@ from .scoring import (
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
-COMBINE_RULES = ("mixture", "logits")
+COMBINE_RULES = ("mixture", "logits", "product")
 
 
 # ---------------------------------------------------------------------------- members
@@ -163,7 +164,7 @@ class EnsembleSpec:
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_RULES:
             raise UsageError(
-                f"unknown combination rule {self.combine!r}; choose {' or '.join(COMBINE_RULES)}"
+                f"unknown combination rule {self.combine!r}; choose {', '.join(COMBINE_RULES)}"
             )
 
     def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
@@ -288,11 +289,11 @@ class EnsembleModel(LanguageModel):
         check_compatible(members)
         if combine not in COMBINE_RULES:
             raise UsageError(
-                f"unknown combination rule {combine!r}; choose {' or '.join(COMBINE_RULES)}"
+                f"unknown combination rule {combine!r}; choose {', '.join(COMBINE_RULES)}"
             )
-        if combine == "logits" and not isinstance(router, PreRouter):
+        if combine in ("logits", "product") and not isinstance(router, PreRouter):
             raise UsageError(
-                f"logit averaging needs weights known before the experts run; router "
+                f"--combine {combine} needs weights known before the experts run; router "
                 f"{router.name!r} depends on their outputs: use --combine mixture"
             )
         self.members = list(members)
@@ -529,6 +530,13 @@ class EnsembleModel(LanguageModel):
                     models, coefs, [sequences[i] for i in items], batch_tokens=self.batch_tokens
                 ),
             )
+        if self.combine == "product":
+            return self._logit_average(
+                routes,
+                lambda models, coefs, items: score_product(
+                    models, coefs, [sequences[i] for i in items]
+                ),
+            )
         keys = [("doc", tuple(sequence)) for sequence in sequences]
 
         def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
@@ -556,6 +564,8 @@ class EnsembleModel(LanguageModel):
                 raise UsageError(f"a request has an empty choice: {request.choices!r}")
         contexts = [Document(r.context, r.language) for r in requests]
         routes = self._routes(contexts)
+        if self.combine == "product":
+            return self._product_choices(routes, encoded)
         if self.combine == "logits":
             return [
                 choice_lps
@@ -592,13 +602,35 @@ class EnsembleModel(LanguageModel):
             results.append(choice_lps)
         return results
 
+    def _product_choices(
+        self, routes: Sequence[_Route], encoded: Sequence[tuple[list[int], list[list[int]]]]
+    ) -> list[list[Logprobs]]:
+        """The product rule on each choice: context + choice scored as one sequence."""
+        sequences = [
+            (i, [*context, *choice])
+            for i, (context, choices) in enumerate(encoded)
+            for choice in choices
+        ]
+        scored = self._logit_average(
+            [routes[i] for i, _ in sequences],
+            lambda models, coefs, items: score_product(
+                models, coefs, [sequences[j][1] for j in items]
+            ),
+        )
+        results: list[list[Logprobs]] = [[] for _ in encoded]
+        for (i, sequence), logprobs in zip(sequences, scored, strict=True):
+            choice = encoded[i][1][len(results[i])]
+            results[i].append(logprobs[len(sequence) - 1 - len(choice) :])
+        return results
+
     def _logit_average(self, routes: Sequence[_Route], score: "_GroupScorer") -> list[Any]:
         """Score items grouped by their weight vector, each group's experts loaded together."""
         groups: dict[tuple[float, ...], list[int]] = {}
         for item, route in enumerate(routes):
             if route.weights is None or route.weights.ndim != 1:
                 raise UsageError(
-                    "logit averaging needs one weight vector per document (no prefix routing)"
+                    f"--combine {self.combine} needs one weight vector per document (no prefix "
+                    "routing)"
                 )
             groups.setdefault(tuple(route.weights.tolist()), []).append(item)
         results: list[Any] = [None] * len(routes)
