@@ -11,7 +11,7 @@ sampling. Re-running with the same input, tokenizer and options does nothing.
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,6 +245,15 @@ class SourcePlan:
         source = self.sources[name]
         return source.language if self.recipe is not None else None
 
+    def streamed_languages(self, found: Iterable[str]) -> set[str]:
+        """Which of the languages ``found`` were read from a streamed source (a dataset)."""
+        streamed: set[str] = set()
+        for name, source in self.sources.items():
+            if isinstance(source, DatasetSource):
+                only = self.only_language(name)
+                streamed |= {only} if only else set(found)
+        return streamed
+
     def record(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the input is, with a digest of its content (spec/shards-v1.md section 3)."""
         if self.kind == "files":
@@ -321,6 +330,11 @@ def plan_sources(
         return SourcePlan(text, "dataset", {"corpus": dataset})
     if text_column or revision:
         raise UsageError("--text-column and --revision are for datasets, not corpus files")
+    if not Path(source).exists():
+        raise UsageError(
+            f"corpus not found: {text} (not a file or directory, a dataset id owner/name, or a "
+            "recipe that `xelm data recipes` lists)"
+        )
     files = FileSource(
         text,
         language=language,
@@ -670,12 +684,7 @@ def prepare(
             _check_languages(source, set(offsets), wanted, caps)
             counts = {lang: int(o[-1]) for lang, o in offsets.items()}
             budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
-            streamed = {
-                lang
-                for name, s in plan.sources.items()
-                if isinstance(s, DatasetSource)
-                for lang in ([plan.only_language(name)] if plan.only_language(name) else counts)
-            }
+            streamed = plan.streamed_languages(counts)
             with atomic_directory(out, overwrite=overwrite) as tmp:
                 entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
                 fields = {

@@ -14,8 +14,9 @@ from ..digest import short
 from ..errors import IntegrityError
 from ..languages import parse_language_list
 from ..progress import language_progress, stderr_console
-from ..recipes import parse_lang_map
+from ..recipes import load_recipe, parse_lang_map, shipped_recipes
 from ..shards import Shards
+from ..sources import FileSource
 from ..tokenizer_training import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
 from .options import ForceOpt, JsonOpt, OutDirOpt, print_json
 
@@ -37,6 +38,7 @@ CorpusArg = Annotated[
 SourceArg = Annotated[
     str,
     typer.Argument(
+        metavar="SOURCE",
         help="What to read: a corpus (.jsonl[.zst] / .txt file or directory, save_to_disk "
         "dataset), a dataset (Hub id owner/name, or a local directory laid out like one: "
         "streamed), or a corpus recipe (a recipe file, or a name from `xelm data recipes`).",
@@ -102,7 +104,7 @@ def _language_table(shards: Shards) -> Table:
 
 @app.command("prepare")
 def prepare_command(
-    corpus: SourceArg,
+    source: SourceArg,
     tokenizer: Annotated[
         Path, typer.Option("--tokenizer", "-t", help="Bundle or tokenizer directory.")
     ],
@@ -164,7 +166,7 @@ def prepare_command(
     """
     with language_progress() as progress:
         result = prepare(
-            corpus,
+            source,
             tokenizer,
             out,
             langs=parse_language_list(langs) if langs else None,
@@ -275,3 +277,57 @@ def inspect_command(
             console.print(f"[red]FAIL[/] {problem}", highlight=False)
     if problems:
         raise IntegrityError(f"{shards.path}: {len(problems)} problems found")
+
+
+def _recipe_summary(name: str) -> dict[str, Any]:
+    recipe = load_recipe(name)
+    languages: dict[str, dict[str, Any]] = {}
+    for lang in recipe.languages:
+        entry = recipe.entry(lang)
+        source = recipe.source(lang)
+        languages[lang] = {
+            **({"path": source.path} if isinstance(source, FileSource) else source.options()),
+            **{k: entry[k] for k in ("size", "licence") if k in entry},
+        }
+    return {
+        "name": recipe.name,
+        "description": recipe.raw.get("description", ""),
+        "licence": recipe.raw.get("licence", ""),
+        "languages": languages,
+    }
+
+
+@app.command("recipes")
+def recipes_command(
+    name: Annotated[
+        str | None, typer.Argument(help="Show this recipe's sources.", show_default=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the corpus recipes that ship with xelm, or show one (a name or a recipe file).
+
+    Example: xelm data recipes mc4
+    """
+    summaries = [_recipe_summary(name)] if name else [_recipe_summary(n) for n in shipped_recipes()]
+    if as_json:
+        print_json(summaries[0] if name else summaries)
+        return
+    if not name:
+        table = Table("recipe", "languages", "description")
+        for summary in summaries:
+            table.add_row(
+                summary["name"], str(len(summary["languages"])), escape(summary["description"])
+            )
+        console.print(table)
+        return
+    summary = summaries[0]
+    console.print(f"[bold]{escape(summary['name'])}[/]: {escape(summary['description'])}")
+    if summary["licence"]:
+        console.print(f"licence: {escape(summary['licence'])}")
+    table = Table("language", "source", "size")
+    for lang, entry in summary["languages"].items():
+        where = entry.get("path") or " ".join(
+            str(entry[k]) for k in ("dataset", "config", "split") if k in entry
+        )
+        table.add_row(lang, escape(where), escape(entry.get("size", "")))
+    console.print(table)

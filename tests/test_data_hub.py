@@ -1,0 +1,328 @@
+"""Data preparation from datasets laid out like Hub repositories: per-language configurations,
+streaming with caps, recipes, resume after an interruption, and broken sources."""
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from hub_fixtures import c4_like, write_readme, write_rows
+from transformers import AutoTokenizer
+
+from xelm_cli import prepare_work
+from xelm_cli.cli import run
+from xelm_cli.corpus import iter_documents
+from xelm_cli.data_prepare import prepare
+from xelm_cli.errors import FormatError, UsageError
+from xelm_cli.recipes import load_recipe, shipped_recipes
+from xelm_cli.shards import Shards
+from xelm_cli.sources import DatasetSource, SourceUnavailable
+
+CODES = {"ar": "ar", "bg": "bg", "he": "iw"}  # xelm code -> mC4's
+DOCS = 24
+
+
+def texts(lang: str, n: int = DOCS) -> list[str]:
+    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
+    return [d.text for d in itertools.islice(iter_documents(source), n)]
+
+
+@pytest.fixture(scope="module")
+def c4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """allenai/c4's layout: each language's documents as gzipped JSON lines in two files."""
+    root = tmp_path_factory.mktemp("mirror") / "allenai" / "c4"
+    return c4_like(root, {CODES[lang]: texts(lang) for lang in CODES})
+
+
+def token_counts(tokenizer_dir: Path, documents: list[str]) -> list[int]:
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [len(tok(t, add_special_tokens=False)["input_ids"]) for t in documents]
+
+
+def decoded(shards: Shards, lang: str, tokenizer_dir: Path) -> list[str]:
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return [tok.decode(d.tolist()) for d in shards.iter_documents([lang])]
+
+
+def issue_command(source: str, tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    """The command line of issue 14, as written."""
+    return [
+        "data", "prepare", source, "--config", "{lang}", "--langs", "ar,bg,he",
+        "--lang-map", "he=iw", "--cap", "100M", "--tokenizer", str(tokenizer), "-o", str(out),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_the_issue_command_line_reads_each_language_configuration(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shards"
+    assert run(issue_command(str(c4), tokenizer_dir, out, "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["languages"]) == ["ar", "bg", "he"]
+    shards = Shards.open(out)
+    for lang in CODES:  # every document, in stream order, decoded back to the text
+        assert decoded(shards, lang, tokenizer_dir) == texts(lang)
+        assert shards.stats[lang].tokens == sum(token_counts(tokenizer_dir, texts(lang)))
+    source = shards.manifest["source"]
+    assert source["kind"] == "recipe"
+    assert source["languages"]["he"]["config"] == "iw"
+    assert source["languages"]["bg"]["data_files"] == 2
+    assert shards.manifest["options"]["lang_map"] == {"he": "iw"}
+    assert run(issue_command(str(c4), tokenizer_dir, out)) == 0  # a re-run does nothing
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_a_hub_id_and_its_local_copy_give_the_same_shards(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = prepare(c4, tokenizer_dir, tmp_path / "local", langs=["ar", "he"],
+                    config="{lang}", lang_map={"he": "iw"}).shards  # fmt: skip
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(c4.parent.parent))
+    monkeypatch.chdir(tmp_path)
+    hub = prepare("allenai/c4", tokenizer_dir, tmp_path / "hub", langs=["ar", "he"],
+                  config="{lang}", lang_map={"he": "iw"}).shards  # fmt: skip
+    assert hub.manifest["source"]["path"] == "allenai/c4"
+    for lang in ("ar", "he"):
+        for kind in ("tokens", "offsets"):
+            name = f"{lang}.{kind}.bin"
+            assert (hub.path / name).read_bytes() == (local.path / name).read_bytes()
+
+
+def test_a_cap_stops_reading_at_the_first_document_over_it(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    lengths = token_counts(tokenizer_dir, texts("ar"))
+    cap = sum(lengths[:5]) + lengths[5] // 2  # five documents fit, the sixth does not
+    shards = prepare(c4, tokenizer_dir, tmp_path / "s", langs=["ar", "bg"], config="{lang}",
+                     token_caps={"ar": cap, "bg": 10**9}).shards  # fmt: skip
+    entry = shards.manifest["languages"]["ar"]
+    assert (entry["documents"], entry["tokens"]) == (5, sum(lengths[:5]))
+    assert entry["read_to_limit"] is True
+    assert decoded(shards, "ar", tokenizer_dir) == texts("ar")[:5]  # the stream's first five
+    assert shards.manifest["languages"]["bg"]["read_to_limit"] is False
+    assert shards.stats["bg"].documents == DOCS
+
+
+def test_temperature_sampling_of_streamed_languages(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    total = 2000
+    shards = prepare(c4, tokenizer_dir, tmp_path / "s", langs=["ar", "bg", "he"],
+                     config="{lang}", lang_map={"he": "iw"}, alpha=0.3, tokens=total,
+                     seed=3).shards  # fmt: skip
+    read = {lang: e["source_tokens"] for lang, e in shards.manifest["languages"].items()}
+    weights = {lang: n**0.3 for lang, n in read.items()}
+    for lang, entry in shards.manifest["languages"].items():
+        assert entry["source_tokens"] == min(total, sum(token_counts(tokenizer_dir, texts(lang))))
+        if entry["budget"] is not None:
+            assert entry["tokens"] <= entry["budget"]
+            share = total * weights[lang] / sum(weights.values())
+            assert entry["budget"] <= share + 1
+    assert sum(s.tokens for s in shards.stats.values()) <= total
+
+
+def test_shipped_mc4_recipe_from_a_mirror(
+    tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    recipe = load_recipe("mc4")
+    assert len(recipe.languages) == 20
+    assert recipe.source("he").config == "iw"  # type: ignore[union-attr]
+    mirror = tmp_path / "mirror"
+    chosen = {"ar": "ar", "he": "iw", "sw": "sw", "en": "en-multi"}
+    c4_like(mirror / "allenai" / "c4", {code: texts(lang, 8) for lang, code in chosen.items()})
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "shards"
+    argv = ["data", "prepare", "mc4", "--langs", ",".join(chosen), "--cap", "300",
+            "-t", str(tokenizer_dir), "-o", str(out), "--json"]  # fmt: skip
+    assert run(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["languages"]) == sorted(chosen)
+    assert all(0 < e["tokens"] <= 300 for e in report["languages"].values())
+    assert Shards.open(out).manifest["source"]["name"] == "mc4"
+    assert run(["data", "recipes", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in listed} == set(shipped_recipes())
+    mc4 = next(r for r in listed if r["name"] == "mc4")
+    assert mc4["languages"]["he"]["config"] == "iw"
+
+
+def test_a_recipe_mixes_datasets_and_local_files(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    local = tmp_path / "recipe" / "local"
+    local.mkdir(parents=True)
+    fineweb = tmp_path / "fineweb-2"  # FineWeb-2's layout: parquet per language configuration
+    write_rows(
+        fineweb / "data" / "bul_Cyrl" / "train" / "000_00000.parquet",
+        [{"text": t, "id": str(i)} for i, t in enumerate(texts("bg", 5))],
+    )
+    write_readme(fineweb, {"bul_Cyrl": {"train": "data/bul_Cyrl/train/*.parquet"}})
+    (local / "sv.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts("sv", 6)))
+    recipe = {
+        "format": "xelm-corpus-recipe",
+        "format_version": "1.0.0",
+        "name": "mixed",
+        "defaults": {"dataset": str(c4), "config": "{lang}"},
+        "languages": {"ar": {}, "he": {"code": "iw", "split": "validation"},
+                      "sv": {"path": "local/sv.jsonl"},
+                      "bg": {"dataset": str(fineweb), "config": "bul_Cyrl"}},
+    }  # fmt: skip
+    path = tmp_path / "recipe" / "mixed.json"
+    path.write_text(json.dumps(recipe))
+    shards = prepare(path, tokenizer_dir, tmp_path / "s").shards
+    assert shards.languages == ["ar", "bg", "he", "sv"]
+    assert decoded(shards, "bg", tokenizer_dir) == texts("bg", 5)
+    assert shards.stats["he"].documents == 3  # the validation split
+    assert decoded(shards, "sv", tokenizer_dir) == texts("sv", 6)
+    recipe["languages"]["ar"] = {"path": "x", "dataset": "y"}
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(FormatError, match=r"recipe mixed\.json is not valid: recipe languages/ar"):
+        prepare(path, tokenizer_dir, tmp_path / "s2")
+
+
+def test_an_interrupted_stream_resumes_to_the_same_shards(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = {"langs": ["ar", "bg", "he"], "config": "{lang}", "lang_map": {"he": "iw"},
+               "batch_size": 4}  # fmt: skip
+    whole = prepare(c4, tokenizer_dir, tmp_path / "whole", **options).shards
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    real_add, rows = DatasetSource._add, itertools.count()
+
+    def flaky(self, batch, row, number, default):  # type: ignore[no-untyped-def]
+        if next(rows) == 30:  # the network goes away in bg's stream (ar has 24 rows)
+            raise ConnectionError("Connection reset by peer")
+        real_add(self, batch, row, number, default)
+
+    monkeypatch.setattr(DatasetSource, "_add", flaky)
+    out = tmp_path / "resumed"
+    with pytest.raises(SourceUnavailable, match="run the same command again to continue"):
+        prepare(c4, tokenizer_dir, out, **options)
+    assert not out.exists()
+    state = json.loads((tmp_path / ".resumed.prepare" / "state.json").read_text())
+    assert state["sources"]["ar"]["done"] and not state["sources"]["bg"]["done"]
+    assert 0 < state["languages"]["bg"]["documents"] < DOCS
+    read_again: list[tuple[str, int]] = []
+
+    def counted(self, batch, row, number, default):  # type: ignore[no-untyped-def]
+        read_again.append((self.config, number))
+        real_add(self, batch, row, number, default)
+
+    monkeypatch.setattr(DatasetSource, "_add", counted)
+    resumed = prepare(c4, tokenizer_dir, out, **options).shards
+    done = state["sources"]["bg"]["position"]["rows"]
+    assert [n for config, n in read_again if config == "bg"] == list(range(done + 1, DOCS + 1))
+    assert not [n for config, n in read_again if config == "ar"]  # finished: not read again
+    assert not (tmp_path / ".resumed.prepare").exists()
+    for lang in ("ar", "bg", "he"):
+        for kind in ("tokens", "offsets"):
+            name = f"{lang}.{kind}.bin"
+            assert (resumed.path / name).read_bytes() == (whole.path / name).read_bytes()
+
+
+def test_only_the_requested_languages_files_are_read(tokenizer_dir: Path, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "en.jsonl").write_text(json.dumps({"text": "Hello there."}) + "\n")
+    (corpus / "tr.jsonl.zst").write_bytes(b"not zstd at all")  # would fail if read
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs=["en"]).shards
+    assert shards.languages == ["en"]
+    assert [f["name"] for f in shards.manifest["source"]["files"]] == ["en.jsonl"]
+
+
+# -- broken sources: one line, nothing left ----------------------------------------------------
+
+
+def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
+    root.mkdir(parents=True)
+    good = [{"text": t} for t in texts("ar", 6)]
+    options: dict[str, object] = {"langs": ["ar"], "config": "{lang}"}
+    if case == "truncated-parquet":
+        path = write_rows(root / "ar.parquet", good * 50)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        write_readme(root, {"ar": {"train": "ar.parquet"}})
+    elif case == "no-text-column":
+        write_rows(root / "ar.jsonl", [{"content": r["text"]} for r in good])
+        write_readme(root, {"ar": {"train": "ar.jsonl"}})
+    elif case == "record-without-text":
+        write_rows(root / "ar.jsonl", [*good[:3], {"url": "x"}, *good[3:]])
+        write_readme(root, {"ar": {"train": "ar.jsonl"}})
+    elif case == "not-utf8":
+        lines = b"".join(json.dumps(r).encode() + b"\n" for r in good)
+        (root / "ar.jsonl.gz").write_bytes(gzip.compress(lines + b'{"text": "\xff\xfe"}\n'))
+        write_readme(root, {"ar": {"train": "ar.jsonl.gz"}})
+    elif case in ("no-such-config", "no-such-split"):
+        write_rows(root / "ar.jsonl", good)
+        write_readme(root, {"ar": {"train": "ar.jsonl"}, "bg": {"train": "ar.jsonl"}})
+        options = {"langs": ["tr"], "config": "{lang}"}
+        if case == "no-such-split":
+            options = {"langs": ["ar"], "config": "{lang}", "split": "test"}
+    return root, options
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "message"),
+    [
+        (
+            "truncated-parquet",
+            FormatError,
+            r"cannot read .*ar\.parquet|cannot read .* \[ar/train\]",
+        ),
+        ("no-text-column", FormatError, r"row 1 has no column 'text' \(columns: content\)"),
+        ("record-without-text", FormatError, r"row 4: 'text' is not text"),
+        ("not-utf8", FormatError, r"cannot read .* \[ar/train\]"),
+        ("no-such-config", UsageError, r"has no configuration 'tr' \(it has ar, bg\)"),
+        ("no-such-split", UsageError, r"no split 'test' \(it has train\)"),
+    ],
+)
+def test_a_broken_source_is_one_line_and_leaves_nothing(
+    case: str, error: type, message: str, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    root, options = broken_repo(tmp_path / "repo", case)
+    with pytest.raises(error, match=message) as info:
+        prepare(root, tokenizer_dir, tmp_path / "out" / "shards", **options)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
+    cases = [
+        ({"config": "{lang}"}, "needs --langs"),
+        ({"langs": ["ar"], "config": "{lang}", "lang_map": {"bg": "x"}}, "--langs does not list"),
+        ({"langs": ["ar"], "config": "{lang}", "language": "ar"}, "--lang labels"),
+        ({"lang_map": {"he": "iw"}}, "--lang-map maps languages into a --config template"),
+    ]
+    for options, message in cases:
+        with pytest.raises(UsageError, match=message):
+            prepare(c4, tokenizer_dir, tmp_path / "s", **options)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"not found: nothing-like-this .*xelm data recipes"):
+        prepare("nothing-like-this", tokenizer_dir, tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Cutting a language down gathers its kept documents in slices: the same tokens as a
+    whole-array selection."""
+    from xelm_cli import data_prepare
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "en.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in texts("en", 200))
+    )
+    whole = prepare(corpus, tokenizer_dir, tmp_path / "a", token_caps=2000, seed=1).shards
+    data_prepare.SUBSAMPLE_TOKENS, saved = 7, data_prepare.SUBSAMPLE_TOKENS
+    try:
+        sliced = prepare(corpus, tokenizer_dir, tmp_path / "b", token_caps=2000, seed=1).shards
+    finally:
+        data_prepare.SUBSAMPLE_TOKENS = saved
+    for name in ("en.tokens.bin", "en.offsets.bin"):
+        assert (sliced.path / name).read_bytes() == (whole.path / name).read_bytes()
+    tokens = np.fromfile(whole.path / "en.tokens.bin", dtype=np.uint16)
+    assert len(tokens) == whole.stats["en"].tokens <= 2000
