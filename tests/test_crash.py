@@ -45,6 +45,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA, TEST_LANGS, same_weights
+from hub_fixtures import c4_like
 from reliability import record, scaled
 
 from xelm_cli.archive import pack_bundle, unpack_bundle
@@ -58,6 +59,7 @@ from xelm_cli.shards import Shards
 from xelm_cli.training import checkpoint_dir, list_checkpoints
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")
+STREAMED_PREPARE = "data prepare --config"
 TIMEOUT_S = 300
 # One compute thread in every run (reruns in this process too): the tiny model gains nothing
 # from more, idle threads spin on a shared machine, and all runs then compute alike.
@@ -90,6 +92,7 @@ class World:
     shards: Path
     expert: Path  # a branch of seed: the version that --force replaces
     expert_archive: Path
+    hub: Path  # a dataset laid out like allenai/c4, read by streaming
     baselines: dict[str, Baseline] = field(default_factory=dict)
 
 
@@ -134,6 +137,20 @@ def shards_problems(world: World, path: Path) -> list[str]:
         return Shards.open(path).verify()
     except XelmError as exc:
         return [str(exc)]
+
+
+def resumed_shards_problems(world: World, path: Path) -> list[str]:
+    """Shards of a streamed preparation must verify and hold the uninterrupted run's tokens."""
+    problems = shards_problems(world, path)
+    if problems:
+        return problems
+    baseline = world.baselines[STREAMED_PREPARE].target
+    data = sorted(p.name for p in baseline.glob("*.bin"))
+    if sorted(p.name for p in path.glob("*.bin")) != data or any(
+        (path / name).read_bytes() != (baseline / name).read_bytes() for name in data
+    ):
+        return ["token shards differ from the uninterrupted run's"]
+    return []
 
 
 def trained_problems(world: World, path: Path) -> list[str]:
@@ -222,6 +239,30 @@ OPS = [
         idempotent=True,
     ),
     Op(
+        STREAMED_PREPARE,
+        "shards",
+        lambda w: [
+            "data",
+            "prepare",
+            str(w.hub),
+            "--config",
+            "{lang}",
+            "--langs",
+            ",".join(TEST_LANGS),
+            "--cap",
+            "2K",
+            "--batch-size",
+            "8",
+            "--tokenizer",
+            str(w.tokenizer),
+        ],
+        lambda w: [w.hub, w.tokenizer],
+        resumed_shards_problems,
+        event_kills=2,
+        time_kills=1,
+        idempotent=True,
+    ),
+    Op(
         "train",
         "trained",
         lambda w: ["train", str(w.seed), "--data", str(w.shards), *TRAIN_OPTIONS],
@@ -237,12 +278,15 @@ OPS = [
 # --- the world: tiny real inputs, copied so that nothing shared is at risk -------------------
 
 
+def texts(lang: str, documents: int = 40) -> list[str]:
+    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
+    return [d.text for d in itertools.islice(iter_documents(source), documents)]
+
+
 def write_corpus(out: Path, documents: int = 40) -> Path:
     out.mkdir()
     for lang in TEST_LANGS:
-        source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
-        docs = itertools.islice(iter_documents(source), documents)
-        lines = [json.dumps({"text": d.text, "lang": lang}, ensure_ascii=False) for d in docs]
+        lines = [json.dumps({"text": t, "lang": lang}, ensure_ascii=False) for t in texts(lang)]
         (out / f"{lang}.jsonl").write_text("".join(f"{line}\n" for line in lines))
     return out
 
@@ -268,6 +312,7 @@ def world(
         shards=shards,
         expert=expert,
         expert_archive=pack_bundle(expert, src / "expert.xelm.tar.zst"),
+        hub=c4_like(src / "hub", {lang: texts(lang) for lang in TEST_LANGS}),
     )
 
 

@@ -24,7 +24,7 @@ from .errors import FormatError, IntegrityError, UsageError
 from .jsonio import pretty_json, read_json_object
 
 FORMAT = "xelm-shards"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"
 MANIFEST_NAME = "shards.json"
 OFFSETS_DTYPE = np.dtype("<u8")
 TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}

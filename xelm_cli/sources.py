@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .corpus import corpus_files, iter_documents
+from .corpus import corpus_files, iter_documents, source_kind
 from .digest import sha256_bytes, sha256_file
 from .errors import FormatError, UsageError
 from .jsonio import canonical_json, one_line
@@ -225,9 +225,10 @@ class FileSource:
                 {"name": name, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha}
             )
         content = [{k: f[k] for k in ("name", "size", "sha256")} for f in files]
-        sealed = {"kind": "files", "split": self.split, "content": content}
+        kind = source_kind(self.path)  # files, or hf-disk for a save_to_disk dataset
+        sealed = {"kind": kind, "split": self.split, "content": content}
         return {
-            "kind": "files",
+            "kind": kind,
             "path": self.path,
             "split": self.split,
             "digest": sha256_bytes(canonical_json(sealed)),
