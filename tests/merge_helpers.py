@@ -47,3 +47,21 @@ def perturbed_expert(
             writer.save_model(model)
     assert writer.result is not None
     return writer.result
+
+
+def seed_from_config(
+    model_type: str, tokenizer_dir: Path, out: Path, languages: list[str], **config: object
+) -> Bundle:
+    """A tiny randomly initialised seed of any transformers architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    settings = {"vocab_size": len(tokenizer), **config}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **settings))
+    step = {"relation": "init", "parents": [], "source": {"kind": "config", "name": model_type}}
+    with write_bundle(out, role="seed", languages=languages, step=step) as writer:
+        writer.save_model(model)
+        writer.save_tokenizer(tokenizer)
+    assert writer.result is not None
+    return writer.result

@@ -15,14 +15,8 @@ from .allocation import Allocation
 from .bundle import Bundle, Progress, write_bundle
 from .errors import FormatError, UsageError
 from .fingerprint import is_weight_file
-from .jsonio import pretty_json, read_json_object
-from .tensor_stream import (
-    INDEX_NAME,
-    TensorInfo,
-    TensorSource,
-    tensor_bytes,
-    write_safetensors,
-)
+from .jsonio import read_json_object
+from .tensor_stream import TensorSource, write_sharded
 
 
 def seed_of(bundle: Bundle) -> dict[str, str]:
@@ -222,7 +216,7 @@ def merge_weights(
 # ---------------------------------------------------------------------------- averaging
 
 
-def _average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], name: str) -> Any:
+def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], name: str) -> Any:
     """sum_e w_e T_e in float32 (float64 for float64 tensors), cast back to the first expert's
     dtype; tensors that are not floating point must be equal and are copied."""
     import torch
@@ -244,27 +238,6 @@ def _average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], n
         if weight:
             total += source.get(name).to(wide) * weight
     return total.to(dtype)
-
-
-def write_weights(
-    directory: Path,
-    layout: TensorSource,
-    produce: Any,
-    progress: Progress | None = None,
-    infos: dict[str, TensorInfo] | None = None,
-) -> None:
-    """Write weight files laid out as ``layout``'s (same files, same index), each tensor
-    from ``produce(name)``; ``infos`` overrides names, dtypes or shapes."""
-    tensors = infos if infos is not None else layout.tensors
-    for file in sorted({info.file for info in tensors.values()}):
-        part = {name: info for name, info in tensors.items() if info.file == file}
-        write_safetensors(directory / file, part, produce, advance=progress)
-    if layout.index is not None:
-        index = {
-            "metadata": {"total_size": sum(tensor_bytes(i) for i in tensors.values())},
-            "weight_map": {name: info.file for name, info in sorted(tensors.items())},
-        }
-        (directory / INDEX_NAME).write_bytes(pretty_json(index))
 
 
 def merge_average(
@@ -309,11 +282,12 @@ def merge_average(
         progress=progress,
     ) as writer:
         writer.remove(is_weight_file)
-        write_weights(
+        write_sharded(  # the first expert's files and index
             writer.directory,
-            sources[0],
-            lambda name: _average_tensor(sources, chosen, name),
+            sources[0].tensors,
+            lambda name: average_tensor(sources, chosen, name),
             progress,
+            index=sources[0].index is not None,
         )
     assert writer.result is not None
     return writer.result

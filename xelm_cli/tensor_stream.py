@@ -18,10 +18,11 @@ from safetensors import safe_open
 
 from .errors import FormatError
 from .fingerprint import reading_safetensors
-from .jsonio import read_json_object
+from .jsonio import pretty_json, read_json_object
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+MAX_SHARD_BYTES = 2 * 10**9  # as bundle writers shard (spec/bundle-v1.md: 2 GB)
 
 _DTYPE_CODES = {
     "float64": "F64",
@@ -146,3 +147,53 @@ def write_safetensors(
             out.write(memoryview(data))
             if advance is not None:
                 advance(data.nbytes)
+
+
+def plan_shards(
+    tensors: dict[str, TensorInfo], max_bytes: int = MAX_SHARD_BYTES
+) -> dict[str, TensorInfo]:
+    """``tensors`` assigned to files in name order: ``model.safetensors`` when they fit in
+    ``max_bytes``, else ``model-0000i-of-0000n.safetensors`` of at most ``max_bytes`` each
+    (a larger tensor gets a file of its own)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name in sorted(tensors):
+        nbytes = tensor_bytes(tensors[name])
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    planned = {}
+    for i, group in enumerate(groups):
+        file = (
+            SINGLE_NAME
+            if len(groups) == 1
+            else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        )
+        for name in group:
+            info = tensors[name]
+            planned[name] = TensorInfo(file, info.dtype, info.shape)
+    return planned
+
+
+def write_sharded(
+    directory: Path,
+    tensors: dict[str, TensorInfo],
+    produce: Callable[[str], Any],
+    advance: Callable[[int], None] | None = None,
+    *,
+    index: bool | None = None,
+) -> None:
+    """Write the files ``tensors`` names (each tensor from ``produce(name)``) and, with
+    ``index`` (default: when there are several files), ``model.safetensors.index.json``."""
+    files = sorted({info.file for info in tensors.values()})
+    for file in files:
+        part = {name: info for name, info in tensors.items() if info.file == file}
+        write_safetensors(directory / file, part, produce, advance=advance)
+    if index if index is not None else len(files) > 1:
+        content = {
+            "metadata": {"total_size": sum(tensor_bytes(i) for i in tensors.values())},
+            "weight_map": {name: info.file for name, info in sorted(tensors.items())},
+        }
+        (directory / INDEX_NAME).write_bytes(pretty_json(content))

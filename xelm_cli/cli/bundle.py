@@ -464,3 +464,65 @@ def merge(
         print_json({**_summary(bundle), "weights": chosen})
     else:
         _report_written(bundle, as_json)
+
+
+@app.command()
+def moe(
+    experts: ExpertsArg,
+    out: OutDirOpt,
+    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
+    gate: Annotated[
+        str,
+        typer.Option(
+            help="Router initialisation: language (mean hidden state of each expert's "
+            "languages, needs --calibration), random or uniform."
+        ),
+    ] = "uniform",
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Held-out labelled corpus for --gate language (e.g. FLORES dev)."),
+    ] = None,
+    calibration_limit: Annotated[
+        int, typer.Option(help="Calibration documents per language.")
+    ] = 50,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights for averaging the non-expert parameters (default uniform)."),
+    ] = None,
+    shared_from: Annotated[
+        Path | None,
+        typer.Option(help="Take attention, norms and embeddings from this seed bundle instead."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --gate random.")] = 0,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build one Mixture-of-Experts model from experts: each expert's MLP becomes an MoE expert.
+
+    Llama/Mistral experts become MixtralForCausalLM, Qwen2/Qwen3 experts Qwen2Moe/Qwen3Moe;
+    attention, norms and embeddings are averaged (or taken from the seed). The result loads in
+    plain transformers and records every expert as a parent.
+
+    Example: xelm bundle moe experts/* --gate language --calibration flores-dev/ -o moe/
+    """
+    from ..ensemble import expand_paths
+    from ..merging import parse_weights
+    from ..moe import build_moe
+
+    paths = expand_paths(experts)
+    chosen = parse_weights(weights, [Bundle.read(p) for p in paths]) if weights else None
+    with byte_progress("building the MoE model", None) as progress:
+        bundle = build_moe(
+            paths,
+            out,
+            top_k=top_k,
+            gate=gate,
+            calibration=calibration,
+            calibration_limit=calibration_limit,
+            weights=chosen,
+            shared_from=shared_from,
+            seed=seed,
+            overwrite=force,
+            progress=progress,
+        )
+    _report_written(bundle, as_json)

@@ -1,0 +1,212 @@
+"""xelm bundle moe: experts' MLPs as the experts of a transformers Mixture-of-Experts model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA, weights
+from merge_helpers import perturbed_expert, seed_from_config
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from xelm_cli.branching import branch
+from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.corpus import read_documents
+from xelm_cli.errors import UsageError
+from xelm_cli.moe import build_moe
+from xelm_cli.tensor_stream import TensorSource
+
+LANGS = ("en", "tr", "ar")
+FLORES = SHARED_DATA / "eval" / "flores200-devtest"
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+)
+
+
+def mlp_experts(seed: Path, root: Path, only: str = "mlp") -> list[Bundle]:
+    """Branches of ``seed`` that differ only in their MLP weights (or, with only="", in all)."""
+    made = []
+    for i, lang in enumerate(LANGS):
+        branched = branch(seed, root / f"b-{lang}", languages=[lang])
+        made.append(
+            perturbed_expert(
+                branched.path, root / lang, seed=i, languages=[lang], only=only, scale=0.2
+            )
+        )
+    return made
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Bundle]:
+    return mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe"))
+
+
+def route_all_to(model: torch.nn.Module, expert: int) -> None:
+    """Top-1 routing fixed to one expert in every layer (whatever the router weights say)."""
+    for layer in model.model.layers:
+        gate = layer.mlp.gate
+
+        def forward(hidden: torch.Tensor, gate: torch.nn.Module = gate) -> tuple:
+            n = hidden.reshape(-1, gate.weight.shape[1]).shape[0]
+            return (
+                torch.zeros(n, gate.weight.shape[0]),
+                torch.ones(n, 1),
+                torch.full((n, 1), expert),
+            )
+
+        gate.forward = forward
+
+
+def check_moe(moe: Bundle, experts: list[Bundle], architecture: str) -> None:
+    assert verify_bundle(moe.path) == []
+    model = AutoModelForCausalLM.from_pretrained(moe.path)  # plain transformers
+    assert type(model).__name__ == architecture
+    step = moe.manifest.lineage[-1]
+    assert (step["relation"], step["method"]) == ("merge", "moe")
+    assert step["parents"] == [b.ref for b in experts]
+    ids = torch.tensor([[3, 50, 7, 120, 9, 33, 200]])
+    for e, bundle in enumerate(experts):
+        dense = bundle.load_model()
+        layer = dense.model.layers[1].mlp
+        fused = model.model.layers[1].mlp.experts
+        gate_up = torch.cat([layer.gate_proj.weight, layer.up_proj.weight])  # bit for bit
+        assert torch.equal(fused.gate_up_proj[e], gate_up)
+        assert torch.equal(fused.down_proj[e], layer.down_proj.weight)
+        route_all_to(model, e)
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, dense(ids).logits, atol=2e-5, rtol=0)
+
+
+def test_llama_experts_become_mixtral(experts: list[Bundle], tmp_path: Path) -> None:
+    moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1)
+    check_moe(moe, experts, "MixtralForCausalLM")
+    stored = load_file(str(moe.path / "model.safetensors"))
+    for e, bundle in enumerate(experts):
+        dense = weights(bundle.path)
+        for ours, theirs in (("w1", "gate"), ("w2", "down"), ("w3", "up")):
+            name = f"model.layers.0.block_sparse_moe.experts.{e}.{ours}.weight"
+            assert torch.equal(stored[name], dense[f"model.layers.0.mlp.{theirs}_proj.weight"])
+    assert not stored["model.layers.0.block_sparse_moe.gate.weight"].any()  # uniform
+    config = json.loads((moe.path / "config.json").read_text())
+    assert (config["num_local_experts"], config["num_experts_per_tok"]) == (3, 1)
+    assert moe.languages == list(LANGS)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "architecture"),
+    [("qwen2", "Qwen2MoeForCausalLM"), ("qwen3", "Qwen3MoeForCausalLM")],
+)
+def test_qwen_experts_become_qwen_moe(
+    model_type: str, architecture: str, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    seed = seed_from_config(model_type, tokenizer_dir, tmp_path / "seed", list(LANGS), **SMALL)
+    experts = mlp_experts(seed.path, tmp_path)
+    moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1, gate="random")
+    check_moe(moe, experts, architecture)
+
+
+def test_language_gates_route_language_pure_text_to_its_expert(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    moe = build_moe(
+        [b.path for b in experts],
+        tmp_path / "moe",
+        top_k=1,
+        gate="language",
+        calibration=str(FLORES),
+        calibration_limit=10,
+    )
+    model = AutoModelForCausalLM.from_pretrained(moe.path)
+    router = model.model.layers[0].mlp.gate.weight
+    torch.testing.assert_close(router.norm(dim=1), torch.ones(3))
+    chosen: list[torch.Tensor] = []
+    model.model.layers[0].mlp.gate.register_forward_hook(
+        lambda module, inputs, output: chosen.append(output[2].flatten())
+    )
+    tokenizer = experts[0].load_tokenizer()
+    for e, lang in enumerate(LANGS):
+        held_out = read_documents(FLORES, languages=[lang], limit=30)[10:]  # not calibration
+        chosen.clear()
+        with torch.no_grad():
+            for doc in held_out:
+                model(torch.tensor([tokenizer(doc.text, add_special_tokens=False).input_ids]))
+        share = (torch.cat(chosen) == e).float().mean().item()
+        assert share > 0.4, (lang, share)  # chance is 1/3
+
+
+def test_shared_weights_from_the_seed(
+    experts: list[Bundle], tmp_path: Path, seed_bundle: Path
+) -> None:
+    general = mlp_experts(seed_bundle, tmp_path, only="")  # all weights differ
+    moe = build_moe([b.path for b in general], tmp_path / "moe", shared_from=seed_bundle)
+    stored, seed = load_file(str(moe.path / "model.safetensors")), weights(seed_bundle)
+    assert torch.equal(
+        stored["model.layers.1.self_attn.q_proj.weight"],
+        seed["model.layers.1.self_attn.q_proj.weight"],
+    )
+    assert moe.manifest.lineage[-1]["shared_from"] == Bundle.read(seed_bundle).ref
+    with pytest.raises(UsageError, match="is not the experts' seed"):
+        build_moe([b.path for b in general], tmp_path / "x", shared_from=general[0].path)
+
+
+@pytest.fixture()
+def no_tensor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: TensorSource, name: str) -> None:
+        raise AssertionError(f"read {name} before refusing")
+
+    monkeypatch.setattr(TensorSource, "get", refuse)
+
+
+def test_unsupported_architecture_is_one_line(
+    tmp_path: Path, tokenizer_dir: Path, no_tensor_reads: None, capsys: pytest.CaptureFixture
+) -> None:
+    from xelm_cli.cli import run
+
+    seed = seed_from_config(
+        "gpt2",
+        tokenizer_dir,
+        tmp_path / "seed",
+        ["en"],
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        n_positions=64,
+    )
+    paths = [str(branch(seed.path, tmp_path / f"b{i}", languages=["en"]).path) for i in range(2)]
+    capsys.readouterr()
+    code = run(["bundle", "moe", *paths, "-o", str(tmp_path / "moe")])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot build an MoE model from 'gpt2' experts; supported: llama/mistral -> " in err
+    assert "Qwen3MoeForCausalLM" in err
+    assert not (tmp_path / "moe").exists()
+
+
+def test_experts_of_another_seed_are_refused(
+    experts: list[Bundle], tmp_path: Path, tokenizer_dir: Path, no_tensor_reads: None
+) -> None:
+    from xelm_cli.seed import init_from_config
+
+    other = init_from_config("tiny", tokenizer_dir, tmp_path / "o", languages=["en"], seed=5)
+    with pytest.raises(UsageError, match=r"different seeds.*joined into one MoE model"):
+        build_moe([experts[0].path, other.path], tmp_path / "moe")
+
+
+def test_a_large_moe_is_sharded(
+    experts: list[Bundle], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xelm_cli import moe as moe_module
+    from xelm_cli.tensor_stream import INDEX_NAME, plan_shards
+
+    monkeypatch.setattr(moe_module, "plan_shards", lambda layout: plan_shards(layout, 300_000))
+    moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1)
+    assert (moe.path / INDEX_NAME).is_file() and not (moe.path / "model.safetensors").exists()
+    assert len(TensorSource(moe.path).files) > 1
+    check_moe(moe, experts, "MixtralForCausalLM")
