@@ -25,9 +25,22 @@ from .errors import (
     UsageError,
     XelmError,
 )
+from .evalsets import (
+    EvalSet,
+    dataset_configs,
+    dataset_rows,
+    eval_set_with,
+    eval_texts,
+    flores_code,
+    is_hub_dataset,
+    known_eval_set,
+    language_of_config,
+    usable_eval_set,
+)
 from .languages import normalize_language, parse_language_list
 from .plugins import Register, Registration, Registry, get_registry
 from .shards import Shards
+from .sources import DatasetSource
 from .training import (
     BlockStream,
     TrainRequest,
@@ -51,8 +64,10 @@ __all__ = [
     "Bundle",
     "ChoiceRequest",
     "Clusterer",
+    "DatasetSource",
     "Document",
     "EvalRequest",
+    "EvalSet",
     "Evaluator",
     "ExpertInfo",
     "FormatError",
@@ -75,12 +90,20 @@ __all__ = [
     "atomic_directory",
     "atomic_file",
     "check_weights",
+    "dataset_configs",
+    "dataset_rows",
     "distance_matrix",
+    "eval_set_with",
+    "eval_texts",
     "feature_set_name",
     "feature_vectors",
+    "flores_code",
     "get_registry",
     "hookimpl",
+    "is_hub_dataset",
     "iter_documents",
+    "known_eval_set",
+    "language_of_config",
     "list_checkpoints",
     "load_checkpoint",
     "normalize_language",
@@ -91,6 +114,7 @@ __all__ = [
     "read_documents",
     "save_checkpoint",
     "uriel_code",
+    "usable_eval_set",
     "verify_bundle",
     "write_allocation",
     "write_bundle",

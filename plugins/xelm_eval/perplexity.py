@@ -1,7 +1,9 @@
 """The perplexity evaluator: token perplexity and bits per byte, per language and overall."""
 
 import math
+import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -9,11 +11,19 @@ import numpy as np
 from xelm_cli.api import (
     Document,
     EvalRequest,
+    EvalSet,
     Evaluator,
     LanguageModel,
     UsageError,
+    eval_set_with,
+    eval_texts,
+    is_hub_dataset,
+    known_eval_set,
     read_documents,
+    usable_eval_set,
 )
+
+HUB_OPTIONS = ("config", "split", "text_column")
 
 
 def perplexity_metrics(nll: float, tokens: int, n_bytes: int, documents: int) -> dict[str, Any]:
@@ -36,6 +46,12 @@ class PerplexityEvaluator(Evaluator):
     directory of ``{lang}.txt`` files with one document per line (FLORES-200, NTREX-128 in
     ../shared/data/eval), JSON-lines files, a Hugging Face dataset. ``limit`` keeps the first
     N documents of each language.
+
+    Or a dataset with a configuration per language (a Hub id or a local copy laid out like
+    one): FLORES+ (``openlanguagedata/flores_plus``, devtest; gated, so without a token the
+    evaluator falls back to SIB-200's FLORES sentences and says so), SIB-200's FLORES text
+    (``Davlan/sib200``), or any other with ``--eval-arg config=TEMPLATE`` (``{lang}``: xelm's
+    code, ``{flores}``: ``arb_Arab``), ``split=a,b`` and ``text_column=``.
     """
 
     name: ClassVar[str] = "perplexity"
@@ -46,9 +62,25 @@ class PerplexityEvaluator(Evaluator):
         super().__init__(request)
         if not request.data:
             raise UsageError("the perplexity evaluator needs --data (a corpus of held-out text)")
-        self.documents = read_documents(
-            request.data, languages=request.languages, limit=request.limit
-        )
+        unknown = sorted(set(request.options) - set(HUB_OPTIONS))
+        if unknown:
+            raise UsageError(
+                f"the perplexity evaluator takes --eval-arg {', '.join(HUB_OPTIONS)} "
+                f"(got {', '.join(unknown)})"
+            )
+        self.source: dict[str, Any] = {}  # what a dataset read from the Hub was
+        base = known_eval_set(request.data)
+        if is_hub_dataset(request.data) and (base or request.options):
+            self.documents = self._hub_documents(request, base)
+        else:
+            if request.options:
+                raise UsageError(
+                    f"--eval-arg {', '.join(request.options)} applies to a dataset with a "
+                    f"configuration per language; {request.data} is a corpus"
+                )
+            self.documents = read_documents(
+                request.data, languages=request.languages, limit=request.limit
+            )
         present = {str(document.language) for document in self.documents}
         order = list(request.languages) if request.languages else sorted(present)
         self._languages = [language for language in order if language in present]
@@ -57,9 +89,35 @@ class PerplexityEvaluator(Evaluator):
     def languages(self) -> list[str]:
         return list(self._languages)
 
+    def _hub_documents(self, request: EvalRequest, base: EvalSet | None) -> list[Document]:
+        data = str(request.data)
+        if not request.languages:
+            raise UsageError(
+                f"{request.data} has a configuration per language: name the languages to "
+                "evaluate with --langs"
+            )
+        if base is None:
+            base = EvalSet(data, data, "{lang}", ("test",), "text", "unknown")
+        asked = eval_set_with(replace(base, dataset=data), request.options)
+        chosen, note = usable_eval_set(asked)
+        if note:
+            print(f"xelm: note: {note}", file=sys.stderr)
+            self.source["note"] = note
+        self.source.update(dataset=chosen.dataset, title=chosen.title, splits=chosen.splits)
+        documents = []
+        for language in request.languages:
+            texts = list(eval_texts(chosen, language, request.limit))
+            if not texts:
+                raise UsageError(
+                    f"{chosen.dataset} [{chosen.config_for(language)}] has no text to evaluate"
+                )
+            documents += [Document(text, language) for text in texts]
+        return documents
+
     def evaluate(self, model: LanguageModel) -> dict[str, Any]:
         scores = model.score_documents(self.documents)
-        return summarise(self.documents, scores, self._languages)
+        metrics = summarise(self.documents, scores, self._languages)
+        return {**metrics, "source": self.source} if self.source else metrics
 
 
 def summarise(

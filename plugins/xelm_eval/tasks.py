@@ -31,6 +31,13 @@ Layouts (a root may also be the folder that holds the task's folder, e.g. ``XNLI
 Languages are the ones the files provide (for xnli, the values of the ``language`` column),
 normalised with :func:`normalize_language`.
 
+A root may also be the task's dataset on the Hugging Face Hub (or a local copy laid out like
+it): one configuration per language, read through xelm's source layer. ``sib200``:
+``Davlan/sib200`` (configurations ``arb_Arab``..., test evaluated, train demonstrations);
+``xcopa``: ``cambridgeltl/xcopa`` (``tr``..., test and validation); ``xnli``: ``facebook/xnli``
+(``ar``..., test and validation; premise, hypothesis, label 0-2); ``xstorycloze``:
+``juletxara/xstory_cloze`` (``ru``..., eval and train). None of them is gated.
+
 Protocols:
 
 - ``paper`` (the X-ELM authors): English template words for every language; a candidate's
@@ -54,7 +61,17 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from xelm_cli.api import FormatError, UsageError, normalize_language
+from xelm_cli.api import (
+    DatasetSource,
+    EvalSet,
+    FormatError,
+    UsageError,
+    dataset_configs,
+    dataset_rows,
+    is_hub_dataset,
+    language_of_config,
+    normalize_language,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -337,9 +354,17 @@ class Task(ABC):
     name: ClassVar[str]
     layout: ClassVar[str]  # the expected files, for error messages
     folders: ClassVar[tuple[str, ...]] = ()  # subfolders of a root that may hold the files
+    # The task on the Hub: a configuration per language; splits (evaluated, demonstrations),
+    # one split when the evaluated examples are also the demonstration pool.
+    hub: ClassVar[EvalSet | None] = None
 
     def __init__(self, root: str | Path) -> None:
-        self.root = self._resolve(Path(root))
+        self.dataset: str | None = None  # a Hub id or a local Hub-layout copy
+        if self.hub is not None and is_hub_dataset(str(root)):
+            self.dataset = str(root)
+            self.root = Path(self.dataset)
+        else:
+            self.root = self._resolve(Path(root))
         self._languages: dict[str, str] | None = None
 
     def _resolve(self, root: Path) -> Path:
@@ -360,8 +385,32 @@ class Task(ABC):
         """{normalised code: the code as the files spell it} for every evaluated language."""
 
     @abstractmethod
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         """The examples of one language (as the files spell it) and split, and their file."""
+
+    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+        """The examples of one language (as the data spells it: a folder, a configuration)
+        and split, and where they were read."""
+        if self.dataset is None:
+            return self._read_files(raw, split)
+        assert self.hub is not None
+        source = DatasetSource(self.dataset, config=raw, split=self._hub_split(split))
+        where = source.describe()
+        rows = dataset_rows(source)
+        return [self.hub_example(row, f"{where} row {i}") for i, row in enumerate(rows, 1)], where
+
+    def _hub_split(self, split: Split) -> str:
+        assert self.hub is not None
+        splits = self.hub.splits
+        return splits[0] if split == "eval" or len(splits) == 1 else splits[1]
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        """An example from one record (a task whose Hub rows have its files' columns)."""
+        raise NotImplementedError(f"{self.name} reads no records")
+
+    def hub_example(self, row: dict[str, Any], where: str) -> Example:
+        """An example from a row of the Hub dataset."""
+        return self.example(row, where)
 
     @abstractmethod
     def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
@@ -369,17 +418,26 @@ class Task(ABC):
 
     def shares_demos(self, raw: str) -> bool:
         """Whether the demonstrations come from the evaluated file itself."""
-        return False
+        return self.dataset is not None and self.hub is not None and len(self.hub.splits) == 1
 
     def languages(self) -> list[str]:
         """The task's languages (normalised codes), sorted."""
         if self._languages is None:
-            self._languages = self._scan_languages()
+            self._languages = self._scan_languages() if self.dataset is None else self._configs()
         return sorted(self._languages)
 
+    def _configs(self) -> dict[str, str]:
+        assert self.dataset is not None
+        found = ((language_of_config(c), c) for c in dataset_configs(self.dataset))
+        return {language: config for language, config in found if language}
+
     def raw_language(self, language: str) -> str:
-        """The files' spelling of ``language``; UsageError listing the available ones."""
+        """The data's spelling of ``language``; UsageError listing the available ones. On the
+        Hub, its configuration (a missing one is reported when it is read)."""
         code = normalize_language(language)
+        if self.dataset is not None:
+            assert self.hub is not None
+            return self.hub.config_for(code)
         self.languages()
         assert self._languages is not None
         if code not in self._languages:
@@ -428,6 +486,9 @@ class XnliTask(Task):
     FILES: ClassVar[dict[str, str]] = {"demo": "xnli.dev.tsv", "eval": "xnli.test.tsv"}
     LABELS = ("entailment", "neutral", "contradiction")
     COLUMNS = ("language", "gold_label", "sentence1", "sentence2")
+    hub = EvalSet(
+        "facebook/xnli", "XNLI", "{lang}", ("test", "validation"), "premise", "CC BY-NC 4.0"
+    )
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
@@ -460,8 +521,16 @@ class XnliTask(Task):
         grouped = self._grouped("eval")
         return {_language(raw, items[0].where): raw for raw, items in grouped.items()}
 
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         return self._grouped(split).get(raw, []), str(self.root / self.FILES[split])
+
+    def hub_example(self, row: dict[str, Any], where: str) -> Example:
+        label = row.get("label")
+        if not isinstance(label, int) or not 0 <= label < len(self.LABELS):
+            raise FormatError(f"{where}: 'label' must be 0, 1 or 2 ({', '.join(self.LABELS)})")
+        fields = {"premise": _text(row, "premise", where)}
+        fields["hypothesis"] = _text(row, "hypothesis", where)
+        return Example(fields, label, where)
 
     def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
         words = XNLI_WORDS["en"]
@@ -486,6 +555,12 @@ class XStoryClozeTask(Task):
     }
     SENTENCES = ("InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4")
     ENDINGS = ("RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2")
+    hub = EvalSet(
+        "juletxara/xstory_cloze", "XStoryCloze", "{lang}", ("eval", "train"),
+        "input_sentence_1", "CC BY-SA 4.0",
+    )  # fmt: skip
+    HUB_SENTENCES = tuple(f"input_sentence_{i}" for i in range(1, 5))
+    HUB_ENDINGS = ("sentence_quiz1", "sentence_quiz2")
 
     def _eval_files(self, root: Path) -> list[Path]:
         return sorted(root.glob(f"{self.PREFIX}*{self.SUFFIXES['eval']}"))
@@ -500,7 +575,7 @@ class XStoryClozeTask(Task):
             languages.setdefault(_language(raw, str(path)), raw)
         return languages
 
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         path = self.root / f"{self.PREFIX}{raw}{self.SUFFIXES[split]}"
         _require_file(path, self.name)
         columns = (*self.SENTENCES, *self.ENDINGS, "AnswerRightEnding")
@@ -516,6 +591,16 @@ class XStoryClozeTask(Task):
             }
             examples.append(Example(fields, int(answer) - 1, where))
         return examples, str(path)
+
+    def hub_example(self, row: dict[str, Any], where: str) -> Example:
+        answer = row.get("answer_right_ending")
+        if answer not in (1, 2) or isinstance(answer, bool):
+            raise FormatError(f"{where}: 'answer_right_ending' must be 1 or 2")
+        fields = {
+            "sentences": [_text(row, key, where) for key in self.HUB_SENTENCES],
+            "endings": [_text(row, key, where) for key in self.HUB_ENDINGS],
+        }
+        return Example(fields, int(answer) - 1, where)
 
     def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
         return Prompt(
@@ -566,20 +651,21 @@ class Sib200Task(_FolderPerLanguage):
     layout = "{lang}/train.tsv and {lang}/test.tsv (SIB-200)"
     folders = ("sib200", "tasks/sib200")
     FILES: ClassVar[dict[str, tuple[str, ...]]] = {"demo": ("train.tsv",), "eval": ("test.tsv",)}
+    hub = EvalSet("Davlan/sib200", "SIB-200", "{flores}", ("test", "train"), "text", "CC BY-SA 4.0")
 
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         path = self._split_file(raw, split)
-        examples = []
-        for line, row in _read_tsv(path, ("category", "text"), quoted=True):
-            where = f"{path}:{line}"
-            category = row["category"].strip()
-            if category not in SIB200_CATEGORIES:
-                raise FormatError(
-                    f"{where}: category {category!r} is not one of {', '.join(SIB200_CATEGORIES)}"
-                )
-            fields = {"text": _text(row, "text", where)}
-            examples.append(Example(fields, SIB200_CATEGORIES.index(category), where))
-        return examples, str(path)
+        rows = _read_tsv(path, ("category", "text"), quoted=True)
+        return [self.example(row, f"{path}:{line}") for line, row in rows], str(path)
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        category = str(row.get("category", "")).strip()
+        if category not in SIB200_CATEGORIES:
+            raise FormatError(
+                f"{where}: category {category!r} is not one of {', '.join(SIB200_CATEGORIES)}"
+            )
+        fields = {"text": _text(row, "text", where)}
+        return Example(fields, SIB200_CATEGORIES.index(category), where)
 
     def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
         return Prompt(
@@ -592,30 +678,33 @@ class Sib200Task(_FolderPerLanguage):
 class XcopaTask(_FolderPerLanguage):
     name = "xcopa"
     layout = "{lang}/val.jsonl and {lang}/test.jsonl (XCOPA)"
+    hub = EvalSet(
+        "cambridgeltl/xcopa", "XCOPA", "{lang}", ("test", "validation"), "premise", "CC BY 4.0"
+    )
     folders = ("xcopa", "tasks/xcopa")
     FILES: ClassVar[dict[str, tuple[str, ...]]] = {
         "demo": ("val.jsonl", "val.{lang}.jsonl"),
         "eval": ("test.jsonl", "test.{lang}.jsonl"),
     }
 
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         path = self._split_file(raw, split)
-        examples = []
-        for line, record in _read_jsonl(path):
-            where = f"{path}:{line}"
-            question = record.get("question")
-            if question not in ("cause", "effect"):
-                raise FormatError(f"{where}: 'question' must be 'cause' or 'effect'")
-            label = record.get("label")
-            if label not in (0, 1) or isinstance(label, bool):
-                raise FormatError(f"{where}: 'label' must be 0 or 1")
-            fields = {
-                "premise": _text(record, "premise", where),
-                "choices": [_text(record, key, where) for key in ("choice1", "choice2")],
-                "question": question,
-            }
-            examples.append(Example(fields, int(label), where))
-        return examples, str(path)
+        records = _read_jsonl(path)
+        return [self.example(r, f"{path}:{line}") for line, r in records], str(path)
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        question = row.get("question")
+        if question not in ("cause", "effect"):
+            raise FormatError(f"{where}: 'question' must be 'cause' or 'effect'")
+        label = row.get("label")
+        if label not in (0, 1) or isinstance(label, bool):
+            raise FormatError(f"{where}: 'label' must be 0 or 1")
+        fields = {
+            "premise": _text(row, "premise", where),
+            "choices": [_text(row, key, where) for key in ("choice1", "choice2")],
+            "question": question,
+        }
+        return Example(fields, int(label), where)
 
     def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
         premise = example.fields["premise"]
@@ -669,7 +758,7 @@ class JsonlTask(Task):
     def shares_demos(self, raw: str) -> bool:
         return self._sources(self.root)[raw][1] is None
 
-    def read(self, raw: str, split: Split) -> tuple[list[Example], str]:
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         evaluated, demos = self._sources(self.root)[raw]
         path = evaluated if split == "eval" or demos is None else demos
         assert path is not None

@@ -1,0 +1,156 @@
+"""Evaluation data from the Hub, through local Hub-layout stand-ins (``XELM_HUB_MIRROR``):
+FLORES+ and SIB-200's FLORES text for perplexity, SIB-200, XCOPA and XNLI for in-context
+tasks; the gated FLORES+ without a token falls back to SIB-200 and says so."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from hub_eval_fixtures import fetch_mirror, flores_plus_like, xcopa_like, xnli_like
+
+from plugins.xelm_eval.perplexity import PerplexityEvaluator
+from plugins.xelm_eval.tasks import SIB200_CATEGORIES, open_task
+from xelm_cli.api import EvalRequest, UsageError
+from xelm_cli.cli import run
+from xelm_cli.evalsets import FLORES_PLUS, flores_code, language_of_config
+from xelm_cli.fetch import fetch
+
+LANGS = ("en", "tr", "ar", "ru")
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = fetch_mirror(tmp_path_factory.mktemp("hub"), [*LANGS, "zh"], documents=14)
+    xcopa_like(root / "cambridgeltl" / "xcopa", ["tr", "sw"])
+    xnli_like(root / "facebook" / "xnli", ["en", "ru"])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _offline(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hub ids read the stand-ins; no token, no network."""
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+def test_flores_codes_of_the_papers_languages_and_back() -> None:
+    assert [flores_code(c) for c in ("ar", "zh", "sw", "az", "he", "ko", "en")] == [
+        "arb_Arab", "zho_Hans", "swh_Latn", "azj_Latn", "heb_Hebr", "kor_Hang", "eng_Latn",
+    ]  # fmt: skip
+    assert flores_code("it") == "ita_Latn"  # outside the table: ISO 639-3 and likely script
+    assert FLORES_PLUS.config_for("zh") == "cmn_Hans"
+    assert language_of_config("arb_Arab") == "ar"
+    assert language_of_config("sw") == "sw"
+    assert language_of_config("all_languages") is None
+
+
+def test_sib200_text_for_perplexity_by_id_and_by_local_copy(mirror: Path) -> None:
+    by_id = PerplexityEvaluator(EvalRequest(data="Davlan/sib200", languages=("en", "ar")))
+    # test (5 rows), validation (2), train (7): 14 sentences per language, test first
+    assert [d.language for d in by_id.documents] == ["en"] * 14 + ["ar"] * 14
+    test_rows = (mirror / "Davlan/sib200/data/eng_Latn/test.tsv").read_text().splitlines()[1:]
+    assert [d.text for d in by_id.documents[:5]] == [row.split("\t")[2] for row in test_rows]
+    local = PerplexityEvaluator(
+        EvalRequest(data=str(mirror / "Davlan" / "sib200"), languages=("en", "ar"), limit=3)
+    )
+    assert local.documents == by_id.documents[:3] + by_id.documents[14:17]
+
+
+def test_flores_plus_devtest_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = {"zh": ["第一句。", "第二句。"], "tr": ["Bir.", "İki.", "Üç."]}
+    flores_plus_like(tmp_path / "openlanguagedata" / "flores_plus", texts)
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(tmp_path))
+    evaluator = PerplexityEvaluator(
+        EvalRequest(data="openlanguagedata/flores_plus", languages=("zh", "tr"))
+    )
+    assert [d.text for d in evaluator.documents] == [*texts["zh"], *texts["tr"]]
+    assert evaluator.source == {
+        "dataset": "openlanguagedata/flores_plus",
+        "title": "FLORES+ devtest",
+        "splits": ("devtest",),
+    }
+
+
+def test_gated_flores_plus_without_a_token_falls_back_to_sib200(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    evaluator = PerplexityEvaluator(
+        EvalRequest(data="openlanguagedata/flores_plus", languages=("tr",), limit=4)
+    )
+    sib200 = PerplexityEvaluator(EvalRequest(data="Davlan/sib200", languages=("tr",), limit=4))
+    assert evaluator.documents == sib200.documents
+    assert evaluator.source["dataset"] == "Davlan/sib200"
+    err = capsys.readouterr().err
+    assert err.startswith("xelm: note: openlanguagedata/flores_plus is gated")
+    assert "HF_TOKEN" in err and err.count("\n") == 1
+
+
+def test_hub_evaluation_errors_are_one_line() -> None:
+    with pytest.raises(
+        UsageError, match=r"no configuration 'deu_Latn' \(it has eng_Latn, tur_Latn, arb_Arab"
+    ):
+        PerplexityEvaluator(EvalRequest(data="Davlan/sib200", languages=("de",)))
+    with pytest.raises(UsageError, match="name the languages to evaluate with --langs"):
+        PerplexityEvaluator(EvalRequest(data="Davlan/sib200"))
+    with pytest.raises(UsageError, match="no split 'dev'"):
+        PerplexityEvaluator(
+            EvalRequest(data="Davlan/sib200", languages=("en",), options={"split": "dev"})
+        )
+    with pytest.raises(UsageError, match="takes --eval-arg config, split, text_column"):
+        PerplexityEvaluator(
+            EvalRequest(data="Davlan/sib200", languages=("en",), options={"colour": "red"})
+        )
+
+
+def test_sib200_task_from_the_hub_equals_the_fetched_files(mirror: Path, tmp_path: Path) -> None:
+    hub = open_task("sib200", "Davlan/sib200")
+    assert hub.languages() == sorted([*LANGS, "zh"])
+    fetched = tmp_path / "data"
+    fetch(fetched, ["ar", "zh"], size=1000, valid_documents=2)
+    files = open_task("sib200", fetched / "tasks" / "sib200")
+    for lang in ("ar", "zh"):
+        from_hub = hub.load(lang, "paper")
+        from_files = files.load(lang, "paper")
+        assert from_hub.examples == from_files.examples and len(from_hub.examples) == 5
+        assert from_hub.demos == from_files.demos and len(from_hub.demos) == 7
+    first = hub.load("ar", "paper").examples[0]
+    assert first.choices == tuple(f" {c}" for c in SIB200_CATEGORIES)
+    assert first.label == 9 % 7  # the stand-in's first test row is row 9 of 14
+
+
+def test_xcopa_and_xnli_from_the_hub(mirror: Path) -> None:
+    xcopa = open_task("xcopa", "cambridgeltl/xcopa")
+    assert xcopa.languages() == ["sw", "tr"]
+    data = xcopa.load("tr", "harness")
+    assert len(data.examples) == 6 and len(data.demos) == 4
+    rows = pq.read_table(mirror / "cambridgeltl" / "xcopa" / "tr" / "test.parquet").to_pylist()
+    premise = rows[0]["premise"].rstrip(".")
+    assert data.examples[0].context == f"{premise} çünkü"  # cause, the harness's Turkish word
+    assert [p.label for p in data.examples] == [r["label"] for r in rows]
+    xnli = open_task("xnli", "facebook/xnli").load("ru", "harness")
+    assert [p.label for p in xnli.examples] == [0, 1, 2, 0, 1, 2]
+    assert xnli.examples[0].context.endswith(", правильно? ")
+    with pytest.raises(UsageError, match="no configuration 'de'"):
+        open_task("xcopa", "cambridgeltl/xcopa").load("de", "paper")
+
+
+def test_icl_and_perplexity_end_to_end_on_hub_ids(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "icl.json"
+    args = ["ensemble", "eval", str(seed_bundle), "--task", "xcopa", "--data",
+            "cambridgeltl/xcopa", "--langs", "tr", "--shots", "1", "-o", str(out)]  # fmt: skip
+    assert run(args) == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    accuracy = result["systems"][0]["metrics"]["languages"]
+    assert set(accuracy) == {"tr"} and accuracy["tr"]["examples"] == 6
+    out = tmp_path / "ppl.json"
+    args = ["ensemble", "eval", str(seed_bundle), "--data", "Davlan/sib200", "--langs", "en,ar",
+            "--limit", "3", "-o", str(out)]  # fmt: skip
+    assert run(args) == 0, capsys.readouterr().err
+    metrics = json.loads(out.read_text())["systems"][0]["metrics"]
+    assert metrics["languages"]["en"]["documents"] == 3
+    assert metrics["source"]["dataset"] == "Davlan/sib200"
