@@ -331,3 +331,8 @@ def recipes_command(
         )
         table.add_row(lang, escape(where), escape(entry.get("size", "")))
     console.print(table)
+
+
+from .data_fetch import fetch_command  # noqa: E402 (registered last: its own module)
+
+app.command("fetch")(fetch_command)
