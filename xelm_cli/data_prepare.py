@@ -11,6 +11,7 @@ sampling. Re-running with the same input, tokenizer and options does nothing.
 import contextlib
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,6 +498,13 @@ def _subsample(
     return new_offsets
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
+
+
 def _finish(
     work: WorkDirectory,
     out: Path,
@@ -521,8 +529,8 @@ def _finish(
                     "raise --cap / --tokens or drop it with --langs"
                 )
             kept = _subsample(work.path, out, lang, full, keep, work.dtype)
-        else:
-            os.replace(work.path / tokens_file(lang), out / tokens_file(lang))
+        else:  # a link, not a move: a run killed now still finds the file to resume from
+            _link_or_copy(work.path / tokens_file(lang), out / tokens_file(lang))
             write_array(out / offsets_file(lang), full)
         entries[lang] = {
             "documents": len(kept) - 1,
