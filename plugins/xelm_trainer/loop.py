@@ -46,6 +46,7 @@ from .distributed import (
     unwrap,
     wrap,
 )
+from .lean_loss import supports_lean_loss, use_lean_loss
 from .options import TrainOptions
 
 TRAINER_NAME = "causal-lm"
@@ -53,7 +54,7 @@ METRICS_FILE = "metrics.jsonl"
 # Options that change the numbers a run computes: a resumed run must have the same ones.
 RUN_IDENTITY = (
     "block_size", "batch_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
-    "beta1", "beta2", "eps", "weight_decay", "clip", "seed",
+    "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
 )  # fmt: skip
 
 
@@ -97,7 +98,7 @@ class TrainingRun:
     ) -> Bundle:
         options = inputs.options
         torch.manual_seed(options.seed)  # the same on every rank
-        model = inputs.bundle.load_model(verify=False, dtype=torch.float32).to(device)
+        model = load_model(inputs, device)
         if options.gradient_checkpointing:  # renamed in transformers 5
             enable = getattr(model, "activation_checkpointing_enable", None)
             (enable or model.gradient_checkpointing_enable)()
@@ -108,7 +109,7 @@ class TrainingRun:
         if request.resume:  # every rank reads the checkpoint rank 0 wrote (before sharding)
             state = resume(request, inputs, model, saved, ranks.main)
         model = wrap(model, ranks, device, options.fsdp)
-        optimizer = make_optimizer(model, options)
+        optimizer = make_optimizer(model, options, device)
         if saved.value is not None:
             load_optimizer(model, optimizer, saved.value, options.fsdp)
         state = self.loop(request, inputs, model, optimizer, state, device, ranks)
@@ -150,47 +151,51 @@ class TrainingRun:
             )
             metrics.write({"step": 0, "valid_loss": state.valid_curve[-1][1]})
         round_blocks = options.batch_size * ranks.world  # blocks of one micro-batch on all ranks
+        # The host waits for the device only on logged steps (and validations, checkpoints):
+        # the loss and gradient norm stay tensors on the device until a metrics line needs them.
+        logged = Interval(state.step, options.batch_tokens)
         with TrainProgress(inputs.steps, state.step, ranks.main) as progress:
             while state.step < inputs.steps:
                 started = time.perf_counter()
                 lr = learning_rate(state.step, inputs.steps, options)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = 0.0
+                loss_sum = torch.zeros((), dtype=torch.float32, device=device)
                 for micro in range(options.accumulation):
                     # block i of the global batch goes to rank i % world
                     first = state.cursor + micro * round_blocks + ranks.rank
                     blocks = stream.strided(first, options.batch_size, ranks.world)
-                    batch = torch.from_numpy(blocks).to(device)
+                    batch = torch.from_numpy(blocks).to(device, non_blocking=True)
                     with no_sync(model, last=micro == options.accumulation - 1):
                         with autocast:
                             micro_loss = forward(input_ids=batch, labels=batch).loss
                         (micro_loss / options.accumulation).backward()
-                    loss += micro_loss.item() / options.accumulation
+                    loss_sum += micro_loss.detach()
                 state.cursor += round_blocks * options.accumulation
-                loss = ranks.mean(loss, device)  # DDP averages the gradients alike
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
-                if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
-                    norm = norm.full_tensor()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
-                elapsed = time.perf_counter() - started
-                state.seconds += elapsed
-                speed = options.batch_tokens / max(elapsed, 1e-9)
                 if state.step % options.log_every == 0 or state.step == inputs.steps:
+                    loss = ranks.mean(float(loss_sum) / options.accumulation, device)
+                    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
+                        norm = norm.full_tensor()
+                    speed = logged.speed(state.step)
                     state.loss_curve.append([state.step, loss])
-                metrics.write(
-                    {"step": state.step, "tokens": state.step * options.batch_tokens,
-                     "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed}
-                )  # fmt: skip
+                    metrics.write(
+                        {"step": state.step, "tokens": state.step * options.batch_tokens,
+                         "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed}
+                    )  # fmt: skip
+                    progress.update(state.step, loss, speed)
+                else:
+                    progress.update(state.step)
+                state.seconds += time.perf_counter() - started  # after a logged step's wait
                 if valid_blocks is not None and due(state.step, options.eval_every, inputs.steps):
                     valid = evaluate(evaluated, valid_blocks, options, device, autocast, ranks)
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
                 if due(state.step, options.checkpoint_every, inputs.steps):
                     checkpoint(request, inputs, model, optimizer, state, ranks)
-                progress.update(state.step, loss, speed)
                 self.on_step_end(state.step)
         return state
 
@@ -257,13 +262,45 @@ def check_output(request: TrainRequest) -> None:
 # --- 2. setup -------------------------------------------------------------------------------------
 
 
-def make_optimizer(model: Any, options: TrainOptions) -> torch.optim.Optimizer:
+def load_model(inputs: Inputs, device: torch.device) -> Any:
+    """fp32 master weights on ``device``, with the chosen attention and, where it equals the
+    plain loss, the chunked loss (lean_loss.py)."""
+    options = inputs.options
+    chosen: dict[str, Any] = {}
+    if options.attention != "auto":
+        chosen["attn_implementation"] = options.attention
+    model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
+    if options.lean_loss and supports_lean_loss(model):
+        use_lean_loss(model)
+    return model
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """torch's fused AdamW kernel: one launch per step for all parameters (CUDA)."""
+    return device.type == "cuda"
+
+
+def implementation(model: Any, device: torch.device) -> dict[str, Any]:
+    """How the run computed: recorded in the training record."""
+    return {
+        "attention": getattr(model.config, "_attn_implementation", None),
+        "loss": "chunked" if getattr(model, "lean_loss", False) else "plain",
+        "optimizer": "adamw-fused" if fused_adamw(device) else "adamw",
+        "autocast": "bfloat16" if device.type == "cuda" else None,
+    }
+
+
+def make_optimizer(
+    model: Any, options: TrainOptions, device: torch.device | None = None
+) -> torch.optim.Optimizer:
+    fused = {"fused": True} if device is not None and fused_adamw(device) else {}
     return torch.optim.AdamW(
         model.parameters(),
         lr=options.lr,
         betas=(options.beta1, options.beta2),
         eps=options.eps,
         weight_decay=options.weight_decay,
+        **fused,
     )
 
 
@@ -396,16 +433,16 @@ def evaluate(
     mine = blocks[ranks.rank :: ranks.world]
     batches = -(-len(blocks[:: ranks.world]) // options.batch_size)  # rank 0 has the most
     model.eval()
-    losses = []
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for index in range(batches):
         start = index * options.batch_size
         part = mine[start : start + options.batch_size]
         weight = len(part)
         batch = torch.from_numpy(part if weight else blocks[:1]).to(device)
         with autocast:
-            losses.append(model(input_ids=batch, labels=batch).loss.item() * weight)
+            total += model(input_ids=batch, labels=batch).loss.double() * weight
     model.train()
-    return ranks.sum(sum(losses), device) / len(blocks)
+    return ranks.sum(float(total), device) / len(blocks)
 
 
 def _step_of(line: str) -> float:
@@ -415,6 +452,22 @@ def _step_of(line: str) -> float:
         return float(record.get("step", 0)) if isinstance(record, dict) else math.inf
     except (ValueError, TypeError):
         return math.inf
+
+
+class Interval:
+    """Training speed between two logged steps (wall time, so it includes what the device did
+    while the host ran ahead)."""
+
+    def __init__(self, step: int, batch_tokens: int) -> None:
+        self.step, self.batch_tokens = step, batch_tokens
+        self.time = time.perf_counter()
+
+    def speed(self, step: int) -> float:
+        now = time.perf_counter()
+        tokens = (step - self.step) * self.batch_tokens
+        speed = tokens / max(now - self.time, 1e-9)
+        self.step, self.time = step, now
+        return speed
 
 
 class MetricsLog:
@@ -470,8 +523,12 @@ class TrainProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, step: int, loss: float, speed: float) -> None:
-        self.progress.update(self.task, completed=step, loss=loss, speed=speed)
+    def update(self, step: int, loss: float | None = None, speed: float | None = None) -> None:
+        """Advance to ``step``; the loss and speed shown change on logged steps only."""
+        if loss is None or speed is None:
+            self.progress.update(self.task, completed=step)
+        else:
+            self.progress.update(self.task, completed=step, loss=loss, speed=speed)
 
 
 # --- 4. the trained bundle ------------------------------------------------------------------------
@@ -509,6 +566,7 @@ def write_trained(
         "loss_curve": state.loss_curve,
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
+        "implementation": implementation(model, device),
         "hardware": {
             "device": device.type,
             "torch": torch.__version__,

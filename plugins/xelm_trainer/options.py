@@ -7,6 +7,7 @@ from xelm_cli.api import UsageError
 
 SCHEDULES = ("linear", "cosine", "constant")
 SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class TrainOptions:
     role: str | None = None
     fsdp: bool = False  # shard parameters, gradients and optimiser state (torchrun only)
     save_dtype: str = "auto"  # dtype of the saved weights; auto: the one the bundle is stored in
+    lean_loss: bool = True  # chunked output layer + cross-entropy where it equals the plain loss
+    attention: str = "auto"  # attn_implementation; auto: transformers' choice (sdpa if supported)
     world_size: int = 1  # ranks under torchrun (set by the trainer from WORLD_SIZE, not an option)
 
     @classmethod
@@ -58,6 +61,10 @@ class TrainOptions:
         if self.save_dtype not in SAVE_DTYPES:
             raise UsageError(
                 f"unknown --save-dtype {self.save_dtype!r}; choose one of {', '.join(SAVE_DTYPES)}"
+            )
+        if self.attention not in ATTENTION:
+            raise UsageError(
+                f"unknown --attention {self.attention!r}; choose one of {', '.join(ATTENTION)}"
             )
         for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:

@@ -103,6 +103,20 @@ def train(
     fsdp: Annotated[
         bool, typer.Option(help="Under torchrun: shard the model with FSDP instead of DDP.")
     ] = False,
+    lean_loss: Annotated[
+        bool,
+        typer.Option(
+            help="Output layer and cross-entropy in chunks of tokens: never the whole batch's "
+            "logits (models whose logits are more than the output layer keep the plain loss)."
+        ),
+    ] = True,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="attn_implementation: auto (transformers' choice, sdpa where supported), "
+            "sdpa, eager, flash_attention_2, ..."
+        ),
+    ] = "auto",
     save_dtype: Annotated[
         str,
         typer.Option(
@@ -147,6 +161,8 @@ def train(
         "role": role,
         "fsdp": fsdp,
         "save_dtype": save_dtype,
+        "lean_loss": lean_loss,
+        "attention": attention,
     }
     request = TrainRequest(
         bundle=bundle,

@@ -1,0 +1,129 @@
+"""A memory-lean causal-LM loss: the output layer and cross-entropy chunk by chunk of tokens.
+
+The plain loss of a Hugging Face causal LM materialises the logits of the whole batch (and an
+fp32 copy, and their gradient): at XGLM's 256k vocabulary and 8 x 1024 tokens that is 2.1G
+elements, over 16 GB. Here the output layer runs on ``rows`` tokens at a time; the gradients
+with respect to the hidden states and the output weights are computed in the same pass (the
+loss is a scalar, so its backward only scales them), so no chunk's logits outlive the chunk
+and nothing is recomputed: the same three matrix products per chunk as the plain loss.
+"""
+
+import types
+from typing import Any
+
+import torch
+
+IGNORE_INDEX = -100  # as transformers' loss: labels with this value are not predicted
+CHUNK_ELEMENTS = 1 << 26  # logits per chunk: 256 MB in fp32
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """mean over valid rows of -log softmax(hidden @ weight.T + bias)[target]."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        rows: int,
+    ) -> torch.Tensor:
+        device = hidden.device.type
+        compute = (
+            torch.get_autocast_dtype(device)
+            if torch.is_autocast_enabled(device)
+            else torch.promote_types(hidden.dtype, weight.dtype)
+        )
+        wide = torch.promote_types(compute, torch.float32)  # softmax and sums: fp32 at least
+        valid = targets != IGNORE_INDEX
+        count = valid.sum().clamp_min(1).to(wide)
+        w = weight.to(compute)
+        grad_hidden = torch.zeros_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=wide)
+        grad_bias = None if bias is None else torch.zeros_like(bias, dtype=wide)
+        total = torch.zeros((), dtype=wide, device=hidden.device)
+        with torch.autocast(device, enabled=False):
+            for start in range(0, hidden.shape[0], rows):
+                h = hidden[start : start + rows].to(compute)
+                target = targets[start : start + rows]
+                keep = valid[start : start + rows]
+                logits = (h @ w.T).to(wide)
+                if bias is not None:
+                    logits += bias.to(wide)
+                logsumexp = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0]
+                total += ((logsumexp - picked) * keep).sum()
+                # d loss / d logits = (softmax - one_hot) / count, on valid rows only
+                grad = logits.sub_(logsumexp[:, None]).exp_()
+                grad[torch.arange(len(target), device=grad.device), target.clamp_min(0)] -= 1
+                grad *= (keep / count)[:, None]
+                grad_hidden[start : start + rows] = (grad.to(compute) @ w).to(hidden.dtype)
+                grad_weight += (grad.to(compute).T @ h).to(wide)
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        ctx.bias_grad = None if grad_bias is None or bias is None else grad_bias.to(bias.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_bias = None if ctx.bias_grad is None else ctx.bias_grad * grad_loss
+        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    rows: int | None = None,
+) -> torch.Tensor:
+    """The mean cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``, computed
+    ``rows`` tokens at a time (default: ``CHUNK_ELEMENTS`` logits a chunk)."""
+    rows = rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    loss: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+    return loss
+
+
+def supports_lean_loss(model: Any) -> bool:
+    """Whether logits are the output layer applied to the body's last hidden states and nothing
+    else (no final soft-capping or logit scaling): only then is the chunked loss the same."""
+    config = model.config
+    head = model.get_output_embeddings()
+    return (
+        model.base_model is not model
+        and isinstance(head, torch.nn.Linear)
+        and not getattr(config, "final_logit_softcapping", None)
+        and getattr(config, "logit_scale", None) is None
+        and getattr(config, "logits_scaling", 1) in (1, 1.0, None)
+        and getattr(config, "output_mult", None) is None
+    )
+
+
+def use_lean_loss(model: Any, rows: int | None = None) -> None:
+    """Make ``model(input_ids=..., labels=...)`` compute its loss with
+    ``linear_cross_entropy`` (and no logits); calls without labels are unchanged. Set on the
+    instance, so DDP and FSDP, which call the model, run it inside their hooks."""
+    plain = model.forward
+
+    def forward(self: Any, input_ids: Any = None, labels: Any = None, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import CausalLMOutput
+
+        if labels is None:
+            return plain(input_ids=input_ids, **kwargs)
+        body = self.base_model(input_ids=input_ids, use_cache=False, **kwargs)
+        states = body.last_hidden_state[:, :-1]
+        head = self.get_output_embeddings()
+        loss = linear_cross_entropy(
+            states.reshape(-1, states.shape[-1]),
+            head.weight,
+            labels[:, 1:].reshape(-1),
+            head.bias,
+            rows,
+        )
+        return CausalLMOutput(loss=loss)
+
+    model.forward = types.MethodType(forward, model)
+    model.lean_loss = True  # recorded in the training record

@@ -1,0 +1,76 @@
+"""The chunked (memory-lean) loss against transformers' own loss: values and every gradient."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, XGLMConfig
+from xelm_trainer.lean_loss import linear_cross_entropy, supports_lean_loss, use_lean_loss
+
+VOCAB = 97  # not a multiple of the chunk size
+CONFIGS = {
+    "llama": LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    ),
+    "gpt2-tied": GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4),
+    "xglm": XGLMConfig(vocab_size=VOCAB, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4),
+}  # fmt: skip
+
+
+def _model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(CONFIGS[name], dtype=torch.float32)
+
+
+def _gradients(model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor) -> tuple:
+    model.zero_grad()
+    torch.manual_seed(3)  # the same dropout masks for both losses
+    loss = model(input_ids=batch, labels=labels).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_lean_loss_equals_the_plain_loss_and_gradients(name: str) -> None:
+    torch.manual_seed(1)
+    batch = torch.randint(0, VOCAB, (3, 17))
+    labels = batch.clone()
+    labels[1, 5:9] = -100  # ignored positions count as in transformers
+    model = _model(name)
+    assert supports_lean_loss(model)
+    plain_loss, plain_grads = _gradients(model, batch, labels)
+    use_lean_loss(model, rows=7)  # 48 predicted tokens: 7 chunks, the last one short
+    lean_loss, lean_grads = _gradients(model, batch, labels)
+    torch.testing.assert_close(lean_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    assert lean_grads.keys() == plain_grads.keys()
+    for param in plain_grads:
+        torch.testing.assert_close(lean_grads[param], plain_grads[param], atol=1e-5, rtol=1e-5)
+    assert model(input_ids=batch).logits.shape == (3, 17, VOCAB)  # no labels: the plain forward
+
+
+def test_linear_cross_entropy_with_bias_and_scaled_upstream_gradient() -> None:
+    torch.manual_seed(2)
+    hidden = torch.randn(10, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 8, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(13, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 13, (10,))
+    lean = linear_cross_entropy(hidden, weight, targets, bias, rows=3)
+    (3 * lean).backward()
+    got = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, targets)
+    (3 * plain).backward()
+    torch.testing.assert_close(lean, plain)
+    for mine, reference in zip(got, (hidden.grad, weight.grad, bias.grad), strict=True):
+        torch.testing.assert_close(mine, reference)
+
+
+def test_models_whose_logits_are_more_than_the_output_layer_keep_the_plain_loss() -> None:
+    from transformers import Gemma2Config
+
+    config = Gemma2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
+    )  # fmt: skip
+    assert not supports_lean_loss(AutoModelForCausalLM.from_config(config))
