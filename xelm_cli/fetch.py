@@ -169,7 +169,6 @@ def fetch(
     parts = plan_fetch(languages, size, valid_documents)
     advance = progress or (lambda n: None)
     with output_lock(out):
-        out.mkdir(parents=True, exist_ok=True)
         state = _read_state(out)
         fetched = []
         for part in parts:
@@ -179,12 +178,25 @@ def fetch(
             state["parts"][part.key] = {"cap": part.cap, "source": part.source(), **record}
             write_bytes_atomic(out / STATE, pretty_json(state))
             fetched.append(part.key)
-        write_bytes_atomic(out / "README.md", readme().encode())
+        text = readme().encode()
+        if not (out / "README.md").is_file() or (out / "README.md").read_bytes() != text:
+            write_bytes_atomic(out / "README.md", text)
     return {
         "path": str(out),
         "fetched": fetched,
         "parts": {part.key: state["parts"][part.key] for part in parts},
     }
+
+
+def describe_download(parts: list[Part], out: Path) -> str:
+    """The line said before a fetch starts: how much, from where, into where."""
+    total = sum(part.estimate for part in parts)
+    languages = len({part.language for part in parts})
+    return (
+        f"fetching {len(parts)} parts for {languages} language(s) into {out}: about "
+        f"{total / 1e6:,.1f} MB of text (an estimate from the caps, before compression) from "
+        f"allenai/c4 and {SIB200_TEXT.dataset}"
+    )
 
 
 def _zstd_jsonl(records: list[dict[str, str]]) -> bytes:
@@ -285,6 +297,7 @@ __all__ = [
     "DEFAULT_VALID_DOCUMENTS",
     "Part",
     "default_data_dir",
+    "describe_download",
     "fetch",
     "fetch_languages",
     "missing_parts",

@@ -9,8 +9,8 @@ from ..errors import UsageError
 from ..fetch import (
     DEFAULT_SIZE,
     DEFAULT_VALID_DOCUMENTS,
-    Part,
     default_data_dir,
+    describe_download,
     fetch,
     missing_parts,
     plan_fetch,
@@ -29,17 +29,6 @@ def parse_size(text: str) -> int:
         raise UsageError(
             f"--size takes a number of bytes such as 500K or 2M, not {text!r}"
         ) from None
-
-
-def describe_download(parts: list[Part], out: Path) -> str:
-    """The line said before a fetch starts: how much, from where, into where."""
-    total = sum(part.estimate for part in parts)
-    languages = len({part.language for part in parts})
-    return (
-        f"fetching {len(parts)} parts for {languages} language(s) into {out}: about "
-        f"{total / 1e6:,.1f} MB of text (an estimate from the caps, before compression) from "
-        "allenai/c4 and Davlan/sib200"
-    )
 
 
 def fetch_command(

@@ -5,10 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import UsageError
 from ..progress import stderr_console
-
-DEFAULT_DATA = Path("..") / "shared" / "data"
 
 
 def demo(
@@ -16,8 +13,13 @@ def demo(
         str, typer.Option("--preset", help="smoke (minutes), small (default), gpu.")
     ] = "small",
     data: Annotated[
-        Path, typer.Option("--data", help="Sample data: corpus/, eval/, tasks/.")
-    ] = DEFAULT_DATA,
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Sample data: corpus/, eval/, tasks/ (default: ../shared/data, else xelm's "
+            "cache, fetched from the Hub if incomplete).",
+        ),
+    ] = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Run directory (a re-run resumes it).")
     ] = Path("demo-run"),
@@ -29,14 +31,17 @@ def demo(
 
     Trains a tokenizer and a seed, a dense model and X-ELMs at equal compute, evaluates them on
     FLORES-200, adds two languages by HMR and LAPT, runs SIB-200 in context, and writes
-    OUT/report/report.md with figures. Re-running skips finished steps.
+    OUT/report/report.md with figures. Re-running skips finished steps. Without --data and
+    without ../shared/data it reads xelm's cache, running `xelm data fetch` first if needed.
 
     Example: xelm demo --preset smoke -o demo-smoke
     """
-    from ..demo import run_demo
+    from ..demo import get_preset, run_demo
+    from ..demo.data import demo_data
+    from ..fetch import DEFAULT_SIZE
 
-    if not data.is_dir():
-        raise UsageError(f"sample data not found at {data}: pass --data DIR")
+    size = max(DEFAULT_SIZE, get_preset(preset).corpus_bytes)
+    data = demo_data(data, size=size, say=stderr_console.print)
     results, files = run_demo(preset, data, output, device)
     stderr_console.print(f"finished in {results['seconds']:.0f} s")
     for claim in _claims(files[0]):  # the report's verdicts, one line each

@@ -24,6 +24,7 @@ from ..jsonio import pretty_json, read_json_object
 from ..plugins import get_registry
 from ..progress import stderr_console
 from ..training import checkpoint_dir
+from .data import REQUIRED
 from .presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
@@ -40,7 +41,7 @@ class Demo:
     """One demo run in ``out``: the steps, their records, and the results they add up to."""
 
     def __init__(self, preset: Preset, data: Path, out: Path, device: str | None = None) -> None:
-        for needed in ("corpus/train", "eval/flores200-devtest", "tasks/sib200"):
+        for needed in REQUIRED:
             if not (data / needed).is_dir():
                 raise UsageError(
                     f"{data} has no {needed}/: pass --data with the sample data layout"
