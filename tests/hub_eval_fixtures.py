@@ -158,3 +158,52 @@ def fetch_mirror(root: Path, languages: Sequence[str], documents: int = 30) -> P
     sentences = {lang: [s for d in docs for s in d.split(". ")] for lang, docs in texts.items()}
     sib200_like(root / "Davlan" / "sib200", sentences)
     return root
+
+
+def xstorycloze_like(
+    root: Path, languages: Sequence[str], *, sizes: tuple[int, int] = (3, 5)
+) -> Path:
+    """A mirror laid out like ``juletxara/xstory_cloze``: configuration per language, train
+    and eval splits of four-sentence stories with two endings."""
+    configs = {}
+    for language in languages:
+        words = synthetic_texts(language, 6 * sum(sizes), sentences=1)
+        splits, start = {}, 0
+        for split, size in zip(("train", "eval"), sizes, strict=True):
+            rows = []
+            for i in range(start, start + size):
+                row: dict[str, object] = {"story_id": f"s{i}"}
+                row.update({f"input_sentence_{k}": words[6 * i + k - 1] for k in range(1, 5)})
+                row.update(sentence_quiz1=words[6 * i + 4], sentence_quiz2=words[6 * i + 5])
+                row["answer_right_ending"] = 1 + i % 2
+                rows.append(row)
+            write_rows(root / language / f"{split}.parquet", rows)
+            splits[split] = f"{language}/{split}.parquet"
+            start += size
+        configs[language] = splits
+    write_readme(root, configs, "xstory_cloze stand-in")
+    return root
+
+
+def belebele_rows(language: str, count: int) -> list[dict[str, object]]:
+    """Belebele items (the release's columns) of made-up text."""
+    words = synthetic_texts(language, 6 * count, sentences=1)
+    return [
+        {"link": f"u{i}", "question_number": 1, "flores_passage": words[6 * i],
+         "question": words[6 * i + 1],
+         **{f"mc_answer{k}": words[6 * i + 1 + k] for k in range(1, 5)},
+         "correct_answer_num": str(1 + i % 4), "dialect": flores_code(language)}
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def belebele_like(root: Path, languages: Sequence[str], count: int = 6) -> Path:
+    """A mirror laid out like ``facebook/belebele``: ``data/CONFIG.jsonl`` per language
+    (FLORES-style configurations), one test split."""
+    configs = {}
+    for language in languages:
+        config = flores_code(language)
+        write_rows(root / "data" / f"{config}.jsonl", belebele_rows(language, count))
+        configs[config] = {"test": f"data/{config}.jsonl"}
+    write_readme(root, configs, "belebele stand-in")
+    return root

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hub_eval_fixtures import fetch_mirror, flores_plus_like, xcopa_like, xnli_like
+from hub_eval_fixtures import (
+    belebele_like,
+    belebele_rows,
+    fetch_mirror,
+    flores_plus_like,
+    write_rows,
+    xcopa_like,
+    xnli_like,
+    xstorycloze_like,
+)
 
 from plugins.xelm_eval.perplexity import PerplexityEvaluator
 from plugins.xelm_eval.tasks import SIB200_CATEGORIES, open_task
@@ -24,6 +33,8 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = fetch_mirror(tmp_path_factory.mktemp("hub"), [*LANGS, "zh"], documents=14)
     xcopa_like(root / "cambridgeltl" / "xcopa", ["tr", "sw"])
     xnli_like(root / "facebook" / "xnli", ["en", "ru"])
+    xstorycloze_like(root / "juletxara" / "xstory_cloze", ["ru"])
+    belebele_like(root / "facebook" / "belebele", ["ar", "tr"])
     return root
 
 
@@ -154,3 +165,34 @@ def test_icl_and_perplexity_end_to_end_on_hub_ids(
     metrics = json.loads(out.read_text())["systems"][0]["metrics"]
     assert metrics["languages"]["en"]["documents"] == 3
     assert metrics["source"]["dataset"] == "Davlan/sib200"
+
+
+def test_xstorycloze_from_the_hub(mirror: Path) -> None:
+    data = open_task("xstorycloze", "juletxara/xstory_cloze").load("ru", "paper")
+    rows = pq.read_table(mirror / "juletxara" / "xstory_cloze" / "ru" / "eval.parquet").to_pylist()
+    assert len(data.examples) == 5 and len(data.demos) == 3
+    first = rows[0]
+    assert data.examples[0].context == " ".join(first[f"input_sentence_{k}"] for k in range(1, 5))
+    assert data.examples[0].choices == (
+        " " + first["sentence_quiz1"],
+        " " + first["sentence_quiz2"],
+    )
+    assert [p.label for p in data.examples] == [r["answer_right_ending"] - 1 for r in rows]
+
+
+def test_belebele_from_the_release_files_and_from_the_hub(tmp_path: Path) -> None:
+    write_rows(tmp_path / "Belebele" / "arb_Arab.jsonl", belebele_rows("ar", 6))
+    files = open_task("belebele", tmp_path)
+    assert files.languages() == ["ar"]
+    data = files.load("ar", "harness")
+    hub = open_task("belebele", "facebook/belebele")
+    assert hub.languages() == ["ar", "tr"]
+    assert hub.load("ar", "harness").examples == data.examples
+    row = belebele_rows("ar", 1)[0]
+    assert data.examples[0].context == (
+        f"P: {row['flores_passage']}\nQ: {row['question']}\nA: {row['mc_answer1']}\n"
+        f"B: {row['mc_answer2']}\nC: {row['mc_answer3']}\nD: {row['mc_answer4']}\nAnswer:"
+    )
+    assert data.examples[0].choices == (" A", " B", " C", " D")
+    assert [p.label for p in data.examples] == [0, 1, 2, 3, 0, 1]
+    assert data.exclude_self and data.pool_size == 5  # one split: never its own demonstration

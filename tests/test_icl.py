@@ -276,7 +276,7 @@ def test_more_shots_than_the_pool_is_refused() -> None:
         (
             {"task": None},
             r"^--task is required for the icl evaluator \(tasks: xnli, xstorycloze, "
-            r"sib200, xcopa, jsonl\)$",
+            r"sib200, xcopa, belebele, jsonl\)$",
         ),
         ({"task": "hellaswag"}, r"unknown task 'hellaswag'; tasks: xnli, xstorycloze"),
         ({"data": None}, r"needs --data"),
@@ -474,6 +474,6 @@ def test_real_tiny_model_on_sib200(seed_bundle: Path) -> None:
 
 
 def test_task_names() -> None:
-    assert task_names() == ["xnli", "xstorycloze", "sib200", "xcopa", "jsonl"]
+    assert task_names() == ["xnli", "xstorycloze", "sib200", "xcopa", "belebele", "jsonl"]
     assert isinstance(open_task("SIB200", SHARED_TASKS), type(open_task("sib200", SHARED_TASKS)))
     assert TaskData("t", "en", (), ()).pool_size == 0

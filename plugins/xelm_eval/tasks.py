@@ -20,6 +20,11 @@ Layouts (a root may also be the folder that holds the task's folder, e.g. ``XNLI
 - ``xcopa``: ``ROOT/{lang}/val.jsonl`` (demonstrations) and ``ROOT/{lang}/test.jsonl``
   (evaluated), or the release's ``val.{lang}.jsonl`` and ``test.{lang}.jsonl``; JSON lines
   with ``premise``, ``choice1``, ``choice2``, ``question`` (cause or effect), ``label`` (0, 1).
+- ``belebele``: the Belebele release, ``ROOT/{flores}.jsonl`` (``arb_Arab.jsonl``), one file per
+  language that is both evaluated and the demonstration pool (an example is never its own
+  demonstration); JSON lines with ``flores_passage``, ``question``, ``mc_answer1..4`` and
+  ``correct_answer_num`` (1-4). Prompted as lm-evaluation-harness does: ``P: passage``,
+  ``Q: question``, ``A: ...`` to ``D: ...``, ``Answer:``, the candidates being `` A``..`` D``.
 - ``jsonl`` (any multiple-choice task already written as prompts): either
   ``ROOT/{lang}/test.jsonl`` (evaluated) with ``ROOT/{lang}/train.jsonl`` (demonstrations), or
   a single file, ``ROOT/{lang}.jsonl`` or a folder holding only one of the two, which is both
@@ -36,7 +41,8 @@ it): one configuration per language, read through xelm's source layer. ``sib200`
 ``Davlan/sib200`` (configurations ``arb_Arab``..., test evaluated, train demonstrations);
 ``xcopa``: ``cambridgeltl/xcopa`` (``tr``..., test and validation); ``xnli``: ``facebook/xnli``
 (``ar``..., test and validation; premise, hypothesis, label 0-2); ``xstorycloze``:
-``juletxara/xstory_cloze`` (``ru``..., eval and train). None of them is gated.
+``juletxara/xstory_cloze`` (``ru``..., eval and train); ``belebele``: ``facebook/belebele``
+(``arb_Arab``..., test, which is also the demonstration pool). None of them is gated.
 
 Protocols:
 
@@ -721,6 +727,63 @@ class XcopaTask(_FolderPerLanguage):
         )
 
 
+class BelebeleTask(Task):
+    name = "belebele"
+    layout = "{flores}.jsonl files (the Belebele release: arb_Arab.jsonl, ...)"
+    folders = ("Belebele", "belebele")
+    hub = EvalSet(
+        "facebook/belebele", "Belebele", "{flores}", ("test",), "flores_passage", "CC BY-SA 4.0"
+    )
+    ANSWERS = ("mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4")
+    LETTERS = ("A", "B", "C", "D")
+
+    @staticmethod
+    def _files(root: Path) -> list[Path]:
+        return sorted(p for p in root.glob("*.jsonl") if language_of_config(p.stem))
+
+    def _holds_data(self, root: Path) -> bool:
+        return bool(self._files(root))
+
+    def _scan_languages(self) -> dict[str, str]:
+        languages: dict[str, str] = {}
+        for path in self._files(self.root):
+            languages.setdefault(str(language_of_config(path.stem)), path.stem)
+        return languages
+
+    def shares_demos(self, raw: str) -> bool:
+        return True  # one split: demonstrations are other items of the evaluated file
+
+    def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
+        path = self.root / f"{raw}.jsonl"
+        _require_file(path, self.name)
+        return [self.example(r, f"{path}:{line}") for line, r in _read_jsonl(path)], str(path)
+
+    def example(self, row: dict[str, Any], where: str) -> Example:
+        answer = str(row.get("correct_answer_num", "")).strip()
+        if answer not in ("1", "2", "3", "4"):
+            raise FormatError(f"{where}: 'correct_answer_num' must be 1, 2, 3 or 4")
+        fields = {
+            "passage": _text(row, "flores_passage", where),
+            "question": _text(row, "question", where),
+            "answers": [_text(row, key, where) for key in self.ANSWERS],
+        }
+        return Example(fields, int(answer) - 1, where)
+
+    def prompt(self, example: Example, protocol: str, language: str) -> Prompt:
+        """lm-evaluation-harness's layout (both protocols): passage, question, lettered
+        answers, and the letters as the candidates."""
+        f = example.fields
+        answers = "".join(
+            f"{letter}: {answer}\n"
+            for letter, answer in zip(self.LETTERS, f["answers"], strict=True)
+        )
+        return Prompt(
+            f"P: {f['passage']}\nQ: {f['question']}\n{answers}Answer:",
+            tuple(f" {letter}" for letter in self.LETTERS),
+            example.label,
+        )
+
+
 class JsonlTask(Task):
     name = "jsonl"
     layout = "{lang}/test.jsonl (with {lang}/train.jsonl for demonstrations) or {lang}.jsonl"
@@ -796,6 +859,7 @@ TASKS: dict[str, type[Task]] = {
     "xstorycloze": XStoryClozeTask,
     "sib200": Sib200Task,
     "xcopa": XcopaTask,
+    "belebele": BelebeleTask,
     "jsonl": JsonlTask,
 }
 

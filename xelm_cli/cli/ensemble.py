@@ -156,7 +156,11 @@ def evaluate(
     ] = None,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Evaluation data: a corpus, or a task's directory."),
+        typer.Option(
+            "--data",
+            help="Evaluation data: a corpus, a task's directory, or a Hub dataset id "
+            "(openlanguagedata/flores_plus, Davlan/sib200, cambridgeltl/xcopa, ...).",
+        ),
     ] = None,
     langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
     limit: Annotated[
@@ -164,7 +168,9 @@ def evaluate(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option("--task", help="In-context task: xnli, xstorycloze, sib200, xcopa, jsonl."),
+        typer.Option(
+            "--task", help="In-context task: xnli, xstorycloze, sib200, xcopa, belebele, jsonl."
+        ),
     ] = None,
     shots: Annotated[int, typer.Option("--shots", help="Demonstrations per example.")] = 0,
     runs: Annotated[int, typer.Option("--runs", help="Demonstration samplings.")] = 1,
