@@ -89,6 +89,18 @@ def test_rerun_is_a_no_op_and_a_larger_size_refetches_only_the_training_text() -
     assert bigger["parts"]["train/sw"]["bytes"] >= 5000
 
 
+def test_json_output_is_the_fetch_record(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run(["data", "fetch", "--langs", "ko", "--size", "1K", "--valid-docs", "2", "--json"]) == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    record = json.loads((default_data_dir() / "fetch.json").read_text())
+    assert printed == {"path": str(default_data_dir()), "fetched": list(record["parts"]),
+                       "parts": record["parts"]}  # fmt: skip
+    assert printed["parts"]["valid/ko"]["documents"] == 2
+    assert printed["parts"]["sib200/ko"]["splits"] == {"train": 7, "validation": 2, "test": 5}
+
+
 def test_an_interrupted_fetch_continues_with_the_part_it_was_in(
     mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
