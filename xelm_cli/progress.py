@@ -83,6 +83,7 @@ class LanguageProgress:
             completed=count.tokens,
             documents=count.documents,
             megabytes=count.bytes / 1e6,
+            **({"total": count.tokens} if count.full else {}),  # stopped at its limit: done
         )
 
 
@@ -91,7 +92,7 @@ def language_progress() -> Iterator[LanguageProgress]:
     """Rows of ``LanguageProgress`` on stderr (terminal only)."""
     columns: list[ProgressColumn] = [
         TextColumn("{task.description:>5}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         MofNCompleteColumn(),
         TextColumn("tokens  {task.fields[documents]:,} docs  {task.fields[megabytes]:,.1f} MB"),
         _TokenRate(),
