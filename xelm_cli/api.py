@@ -27,8 +27,6 @@ from .errors import (
 )
 from .evalsets import (
     EvalSet,
-    dataset_configs,
-    dataset_rows,
     eval_set_with,
     eval_texts,
     flores_code,
@@ -40,7 +38,7 @@ from .evalsets import (
 from .languages import normalize_language, parse_language_list
 from .plugins import Register, Registration, Registry, get_registry
 from .shards import Shards
-from .sources import DatasetSource
+from .sources import DatasetSource, dataset_configs
 from .training import (
     BlockStream,
     TrainRequest,
@@ -91,7 +89,6 @@ __all__ = [
     "atomic_file",
     "check_weights",
     "dataset_configs",
-    "dataset_rows",
     "distance_matrix",
     "eval_set_with",
     "eval_texts",

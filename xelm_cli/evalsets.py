@@ -16,7 +16,7 @@ from typing import Any
 from .corpus import source_kind
 from .errors import UsageError
 from .languages import normalize_language
-from .sources import DatasetSource, _translated, resolve_dataset
+from .sources import DatasetSource, resolve_dataset
 
 # The 20 languages of the X-ELM paper. FLORES names the individual language where ISO 639-1
 # names a macrolanguage (Arabic is Modern Standard Arabic arb, Swahili swh, Azerbaijani the
@@ -143,14 +143,6 @@ def is_hub_dataset(data: str) -> bool:
     return source_kind(data) in ("hf-hub", "hf-dir")
 
 
-def dataset_configs(dataset: str) -> list[str]:
-    """The configuration names of a dataset (Hub id or local Hub-layout directory)."""
-    import datasets
-
-    with _translated(DatasetSource(dataset)):
-        return list(datasets.get_dataset_config_names(resolve_dataset(dataset)))
-
-
 def is_local_copy(dataset: str) -> bool:
     """Whether ``dataset`` is read from a local directory (itself, or a mirror's copy)."""
     return Path(resolve_dataset(dataset)).is_dir()
@@ -189,22 +181,6 @@ def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
     return replace(base, **changes)
 
 
-def dataset_rows(source: DatasetSource) -> Iterator[dict[str, Any]]:
-    """Every row of one configuration and split, all columns, streamed; failures are the
-    source layer's one-line errors (missing configuration or split, gated, offline)."""
-    import datasets
-
-    with _translated(source):
-        dataset = datasets.load_dataset(
-            resolve_dataset(source.dataset),
-            name=source.config,
-            split=source.split,
-            revision=source.revision,
-            streaming=True,
-        )
-        yield from dataset
-
-
 def eval_texts(evalset: EvalSet, language: str, limit: int | None = None) -> Iterator[str]:
     """The non-empty texts of one language, split after split, at most ``limit``."""
     count = 0
@@ -223,8 +199,6 @@ __all__ = [
     "FLORES_PLUS",
     "SIB200_TEXT",
     "EvalSet",
-    "dataset_configs",
-    "dataset_rows",
     "eval_set_with",
     "eval_texts",
     "flores_code",

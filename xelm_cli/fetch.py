@@ -28,7 +28,7 @@ import zstandard
 
 from .atomic import output_lock, write_bytes_atomic
 from .errors import UsageError
-from .evalsets import SIB200_TEXT, dataset_rows
+from .evalsets import SIB200_TEXT
 from .jsonio import pretty_json, read_json_object
 from .languages import normalize_language
 from .recipes import load_recipe
@@ -241,7 +241,7 @@ def _fetch_sib200(part: Part, out: Path, advance: Callable[[int], None]) -> dict
     for split in SIB200_FILES:
         source = DatasetSource(SIB200_TEXT.dataset, config=config, split=split)
         rows = []
-        for row in dataset_rows(source):
+        for row in source.rows():
             missing = [c for c in SIB200_COLUMNS if c not in row]
             if missing:
                 raise UsageError(f"{source.describe()}: rows lack {', '.join(missing)}")

@@ -132,17 +132,26 @@ class DatasetSource:
             )
         return [str(name) for name in data_files[self.split]]
 
-    def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
+    def _load(self) -> Any:
         import datasets
 
         with _translated(self):
-            dataset = datasets.load_dataset(
+            return datasets.load_dataset(
                 resolve_dataset(self.dataset),
                 name=self.config,
                 split=self.split,
                 revision=self.revision,
                 streaming=True,
             )
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every row, all columns (evaluation sets and task data, read whole)."""
+        dataset = self._load()
+        with _translated(self):
+            yield from dataset
+
+    def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
+        dataset = self._load()
         state = {"rows": 0, "dataset": None}
         if position:
             dataset.load_state_dict(position["dataset"])
@@ -296,6 +305,14 @@ def _translated(source: DatasetSource) -> Iterator[None]:
             ) from None
         reason = one_line(str(exc) or type(exc).__name__, 300)
         raise FormatError(f"cannot read {where}: {reason}") from None
+
+
+def dataset_configs(dataset: str) -> list[str]:
+    """The configuration names of a dataset (Hub id or local Hub-layout directory)."""
+    import datasets
+
+    with _translated(DatasetSource(dataset)):
+        return list(datasets.get_dataset_config_names(resolve_dataset(dataset)))
 
 
 def _is_network_error(exc: BaseException) -> bool:

@@ -73,7 +73,6 @@ from xelm_cli.api import (
     FormatError,
     UsageError,
     dataset_configs,
-    dataset_rows,
     is_hub_dataset,
     language_of_config,
     normalize_language,
@@ -402,7 +401,7 @@ class Task(ABC):
         assert self.hub is not None
         source = DatasetSource(self.dataset, config=raw, split=self._hub_split(split))
         where = source.describe()
-        rows = dataset_rows(source)
+        rows = source.rows()
         return [self.hub_example(row, f"{where} row {i}") for i, row in enumerate(rows, 1)], where
 
     def _hub_split(self, split: Split) -> str:
