@@ -13,7 +13,7 @@ from hub_eval_fixtures import fetch_mirror, synthetic_texts
 from xelm_cli.cli import run
 from xelm_cli.corpus import iter_documents
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
-from xelm_cli.errors import UsageError
+from xelm_cli.errors import UsageError, XelmError
 from xelm_cli.fetch import default_data_dir, fetch
 
 DEMO_LANGUAGES = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
@@ -59,7 +59,8 @@ def test_fetch_builds_the_demo_layout_with_sources_and_caps(
         size += len(text.encode())
     assert _texts(out / "corpus" / "train" / "en.jsonl.zst") == kept  # mC4's 'en-multi'
     valid = (out / "corpus" / "valid" / "zh.jsonl.zst").read_bytes()
-    records = [json.loads(line) for line in zstandard.decompress(valid).decode().splitlines()]
+    lines = zstandard.ZstdDecompressor().decompressobj().decompress(valid).decode().splitlines()
+    records = [json.loads(line) for line in lines]
     assert records == [{"text": t, "lang": "zh", "source": "mc4"} for t in synthetic_texts("zh", 3)]
     # SIB-200: the three splits as TSV, and their sentences (test first) as the FLORES text
     with (out / "tasks" / "sib200" / "zh" / "test.tsv").open(newline="") as f:
@@ -155,3 +156,18 @@ def test_demo_smoke_runs_to_a_report_from_the_hub_stand_ins(
     # the second run reads the cache without fetching
     assert run(["demo", "--preset", "smoke", "-o", str(out)]) == 0
     assert "fetching" not in capsys.readouterr().err
+
+
+def test_a_broken_source_leaves_no_file_of_its_part(
+    mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "mirror"
+    shutil.copytree(mirror, broken)
+    shard = next((broken / "allenai" / "c4" / "multilingual").glob("c4-vi.tfrecord-00001-*"))
+    shard.write_bytes(shard.read_bytes()[:40])  # a truncated gzip file
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(broken))
+    out = tmp_path / "data"
+    with pytest.raises(XelmError, match=r"allenai/c4 \[vi/train\]") as caught:
+        fetch(out, ["vi"], 10**6, 2)
+    assert "\n" not in str(caught.value)
+    assert not out.exists() or sorted(p.name for p in out.rglob("*")) == []

@@ -26,7 +26,7 @@ from typing import Any
 
 import zstandard
 
-from .atomic import output_lock, write_bytes_atomic
+from .atomic import atomic_file, output_lock, write_bytes_atomic
 from .errors import UsageError
 from .evalsets import SIB200_TEXT
 from .jsonio import pretty_json, read_json_object
@@ -199,11 +199,6 @@ def describe_download(parts: list[Part], out: Path) -> str:
     )
 
 
-def _zstd_jsonl(records: list[dict[str, str]]) -> bytes:
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(lines.encode())
-
-
 def _mc4_texts(part: Part) -> Iterator[str]:
     split = "train" if part.kind == "train" else "validation"
     for batch in _mc4(part.language, split).open():
@@ -211,20 +206,26 @@ def _mc4_texts(part: Part) -> Iterator[str]:
 
 
 def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict[str, Any]:
-    records: list[dict[str, str]] = []
-    size, exhausted = 0, True
-    for text in _mc4_texts(part):
-        if (size if part.kind == "train" else len(records)) >= part.cap:
-            exhausted = False
-            break
-        records.append({"text": text, "lang": part.language, "source": CORPUS_SOURCE})
-        n = len(text.encode())
-        size += n
-        advance(n)
-    if not records:
-        raise UsageError(f"{part.source()} has no text")
-    write_bytes_atomic(out / part.files[0], _zstd_jsonl(records))
-    return {"documents": len(records), "bytes": size, "exhausted": exhausted}
+    """mC4 documents up to the cap, compressed as they arrive (memory stays flat in --size)."""
+    documents, size, exhausted = 0, 0, True
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    with (
+        atomic_file(out / part.files[0], overwrite=True) as tmp,
+        tmp.open("wb") as raw,
+        compressor.stream_writer(raw) as compressed,
+    ):
+        for text in _mc4_texts(part):
+            if (size if part.kind == "train" else documents) >= part.cap:
+                exhausted = False
+                break
+            record = {"text": text, "lang": part.language, "source": CORPUS_SOURCE}
+            compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+            documents += 1
+            size += len(text.encode())
+            advance(len(text.encode()))
+        if not documents:
+            raise UsageError(f"{part.source()} has no text")
+    return {"documents": documents, "bytes": size, "exhausted": exhausted}
 
 
 def _tsv(rows: list[dict[str, Any]]) -> bytes:
