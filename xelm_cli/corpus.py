@@ -205,7 +205,9 @@ def _labelled(documents: Iterator[Document], where: str) -> Iterator[Document]:
         yield doc
 
 
-def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
+def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The records of a JSON-lines file (.jsonl or .jsonl.zst) with their line numbers, each
+    with a valid string ``text``, and every other field as written (``source``, ...)."""
     for number, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
@@ -217,6 +219,11 @@ def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
             raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
         if "\\u" in line and not is_unicode(record["text"]):  # only escapes make surrogates
             raise FormatError(f"{path}:{number}: 'text' holds a lone surrogate: not valid Unicode")
+        yield number, record
+
+
+def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
+    for number, record in iter_records(path):
         code = record.get("lang", record.get("language"))
         if code is not None and not isinstance(code, str):
             raise FormatError(f"{path}:{number}: 'lang' must be a string")

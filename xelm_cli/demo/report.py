@@ -12,6 +12,8 @@ from ..errors import UsageError
 from ..jsonio import pretty_json, read_json_object
 
 MIN_LANGUAGES_WON = 14
+PURITY_HEADERS = ("language", "documents", "shares over experts", "purity", "entropy (bits)",
+                  "routed")  # fmt: skip
 
 
 def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -166,6 +168,55 @@ def perplexity_table(results: dict[str, Any]) -> str:
     return _table(["language", *systems], rows)
 
 
+def text_sentence(results: dict[str, Any]) -> str:
+    """What was done to the sample text before training and clustering."""
+    corpus = results.get("corpus", {})
+    target = corpus.get("document_bytes") if isinstance(corpus, dict) else None
+    if not target:
+        return "Training text: the corpus records as they are (mostly single sentences)."
+    sizes, counts = corpus.get("bytes", {}), corpus.get("documents", {})
+    documents = sum(counts.values())
+    mean = f", {sum(sizes.values()) / documents:,.0f} bytes on average" if documents else ""
+    return (
+        "Training text: consecutive records of one language and one source joined into "
+        f"documents of about {target:,} bytes{mean} (single sentences in the sample corpus "
+        "are too short for TF-IDF clustering); every system trains on the same documents."
+    )
+
+
+def purity_section(results: dict[str, Any]) -> list[str]:
+    """The TF-IDF clusters' language purity, or nothing for results without it."""
+    clusters = results.get("tfidf_clusters", {})
+    purity = clusters.get("purity") if isinstance(clusters, dict) else None
+    if not purity:
+        return []
+    k = len(next(iter(purity.values()))["shares"])
+    routed = [p.get("eval_routed", "-") for p in purity.values()]
+    measured = [r for r in routed if isinstance(r, float | int)]
+    rows: list[list[Any]] = [
+        [lang, p["documents"], " / ".join(f"{s:.2f}" for s in p["shares"]), p["purity"],
+         p["entropy_bits"], share]
+        for (lang, p), share in zip(purity.items(), routed, strict=True)
+    ]  # fmt: skip
+    rows.append(["mean", sum(p["documents"] for p in purity.values()), "",
+                 _mean([p["purity"] for p in purity.values()]),
+                 _mean([p["entropy_bits"] for p in purity.values()]),
+                 _mean(measured) if measured else "-"])  # fmt: skip
+    return [
+        f"## TF-IDF clusters ({clusters.get('name', 'tfidf')}): language purity",
+        "",
+        text_sentence(results),
+        f"Purity of a language is the share of its training documents in its most common "
+        f"cluster (1: all with one expert; {1 / k:.2f}: spread evenly over the {k}); entropy is "
+        f"that of its shares in bits (0 to {math.log2(k):.0f}); routed is the share of its "
+        "evaluation sentences whose highest-weight expert under the TF-IDF router is that "
+        "most common cluster.",
+        "",
+        _table(PURITY_HEADERS, rows),
+        "",
+    ]
+
+
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     """report.md, results.json and the figures in ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +247,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f"- **{verdict}**: {claim['claim']}. This run: {claim['evidence']}.")
     lines += ["", "## Perplexity (FLORES-200 devtest, lower is better)", "",
               perplexity_table(results), ""]  # fmt: skip
+    lines += purity_section(results)
     adaptation = results.get("adaptation")
     if adaptation:
         rows = [

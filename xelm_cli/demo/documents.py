@@ -1,0 +1,82 @@
+"""Document-like text for the demo, and how purely a clustering keeps each language together.
+
+The sample corpus is mostly single sentences (61 bytes on average in English), while the
+paper clusters mC4 web pages (kilobytes). A TF-IDF vector of one sentence holds a handful of
+terms, too few for its nearest centroid to be its language's, so the demo joins consecutive
+records of one language and one source into documents of about ``target_bytes``
+(benchmarks/tfidf_purity.py measures the effect). Records that are already that long (fetched
+Hub documents) stay as they are.
+"""
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..corpus import iter_records
+
+SEPARATOR = "\n"
+
+
+def group_records(
+    records: Iterable[Mapping[str, Any]], target_bytes: int, separator: str = SEPARATOR
+) -> Iterator[str]:
+    """Documents of about ``target_bytes`` (UTF-8): each record's text is appended, after
+    ``separator``, to the open document of its ``lang`` and ``source``, which is yielded when
+    it reaches ``target_bytes``. So a document holds consecutive records of one language and
+    one source, in order, even where the file interleaves sources record by record (as the
+    sample corpus does); the documents still open at the end are yielded last, shorter.
+    Blank texts are skipped; ``target_bytes <= 0`` yields every record's text on its own."""
+    open_documents: dict[tuple[Any, Any], list[str]] = {}
+    sizes: dict[tuple[Any, Any], int] = {}
+    extra = len(separator.encode())
+    for record in records:
+        text = record["text"]
+        if not text.strip():
+            continue
+        key = (record.get("lang"), record.get("source"))
+        parts = open_documents.setdefault(key, [])
+        sizes[key] = sizes.get(key, -extra) + extra + len(text.encode())
+        parts.append(text)
+        if sizes[key] >= target_bytes:
+            yield separator.join(parts)
+            del open_documents[key], sizes[key]
+    for parts in open_documents.values():
+        yield separator.join(parts)
+
+
+def grouped_documents(path: Path, target_bytes: int) -> list[str]:
+    """The documents of one corpus file, grouped as :func:`group_records` does."""
+    return list(group_records((record for _, record in iter_records(path)), target_bytes))
+
+
+def cluster_purity(
+    languages: Sequence[str], clusters: Sequence[int], k: int
+) -> dict[str, dict[str, Any]]:
+    """For each language: its documents' shares over the k clusters, its purity (the share
+    of its most common cluster), that cluster, and the entropy of the shares in bits
+    (0: one cluster; log2(k): spread evenly)."""
+    if len(languages) != len(clusters):
+        raise ValueError(f"{len(languages)} languages for {len(clusters)} cluster labels")
+    counts: dict[str, list[int]] = {}
+    for language, cluster in zip(languages, clusters, strict=True):
+        counts.setdefault(language, [0] * k)[int(cluster)] += 1
+    result = {}
+    for language in sorted(counts):
+        row = counts[language]
+        total = sum(row)
+        shares = [c / total for c in row]
+        top = max(range(k), key=lambda i: row[i])
+        result[language] = {
+            "documents": total,
+            "shares": [round(s, 4) for s in shares],
+            "cluster": top,
+            "purity": round(shares[top], 4),
+            "entropy_bits": abs(round(-sum(s * math.log2(s) for s in shares if s > 0), 4)),
+        }
+    return result
+
+
+def mean_purity(purity: Mapping[str, Mapping[str, Any]]) -> float:
+    """The languages' purities averaged, each language counting once."""
+    return sum(p["purity"] for p in purity.values()) / len(purity) if purity else math.nan
