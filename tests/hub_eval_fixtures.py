@@ -7,7 +7,7 @@ configuration), so ``datasets`` reads them exactly as it reads the Hub; see hub_
 
 import csv
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hub_fixtures import c4_like, write_readme, write_rows
@@ -107,44 +107,68 @@ def flores_plus_like(root: Path, texts: dict[str, Sequence[str]]) -> Path:
     return root
 
 
-def xcopa_like(root: Path, languages: Sequence[str], *, sizes: tuple[int, int] = (4, 6)) -> Path:
-    """A mirror laid out like ``cambridgeltl/xcopa``'s parquet: configuration per language,
-    validation and test splits of premise/choice1/choice2/question/label rows."""
+def per_language(
+    root: Path,
+    languages: Sequence[str],
+    splits: dict[str, int],
+    row: Callable[[list[str], int], dict[str, object]],
+    *,
+    suffix: str = "parquet",
+    title: str = "stand-in",
+) -> Path:
+    """A mirror with a configuration per language (named by its xelm code) and files
+    ``LANG/SPLIT.SUFFIX`` of ``splits[SPLIT]`` rows, row ``i`` (counted across the splits)
+    being ``row(sentences, i)`` with six made-up sentences of the language per row."""
     configs = {}
     for language in languages:
-        words = synthetic_texts(language, sum(sizes) * 3, sentences=1)
-        splits = {}
-        start = 0
-        for split, size in zip(("validation", "test"), sizes, strict=True):
-            rows = [
-                {"premise": words[3 * i], "choice1": words[3 * i + 1], "choice2": words[3 * i + 2],
-                 "question": ("cause", "effect")[i % 2], "label": i % 2, "idx": i}
-                for i in range(start, start + size)
-            ]  # fmt: skip
-            write_rows(root / language / f"{split}.parquet", rows)
-            splits[split] = f"{language}/{split}.parquet"
+        sentences = synthetic_texts(language, 6 * sum(splits.values()), sentences=1)
+        files, start = {}, 0
+        for split, size in splits.items():
+            name = f"{language}/{split}.{suffix}"
+            write_rows(root / name, [row(sentences, i) for i in range(start, start + size)])
+            files[split] = name
             start += size
-        configs[language] = splits
-    write_readme(root, configs, "xcopa stand-in")
+        configs[language] = files
+    write_readme(root, configs, title)
     return root
+
+
+def xcopa_like(root: Path, languages: Sequence[str], *, sizes: tuple[int, int] = (4, 6)) -> Path:
+    """Laid out like ``cambridgeltl/xcopa``'s parquet: validation and test splits of
+    premise/choice1/choice2/question/label rows."""
+    return per_language(
+        root, languages, {"validation": sizes[0], "test": sizes[1]},
+        lambda s, i: {"premise": s[6 * i], "choice1": s[6 * i + 1], "choice2": s[6 * i + 2],
+                      "question": ("cause", "effect")[i % 2], "label": i % 2, "idx": i},
+        title="xcopa stand-in",
+    )  # fmt: skip
 
 
 def xnli_like(root: Path, languages: Sequence[str], *, size: int = 6) -> Path:
-    """A mirror laid out like ``facebook/xnli``: configuration per language, validation and
-    test splits of premise/hypothesis/label (0 entailment, 1 neutral, 2 contradiction)."""
-    configs = {}
-    for language in languages:
-        words = synthetic_texts(language, 4 * size, sentences=1)
-        splits = {}
-        for part, split in enumerate(("validation", "test")):
-            rows = [{"premise": words[2 * (part * size + i)],
-                     "hypothesis": words[2 * (part * size + i) + 1], "label": i % 3}
-                    for i in range(size)]  # fmt: skip
-            write_rows(root / language / f"{split}.jsonl", rows)
-            splits[split] = f"{language}/{split}.jsonl"
-        configs[language] = splits
-    write_readme(root, configs, "xnli stand-in")
-    return root
+    """Laid out like ``facebook/xnli``: validation and test splits of premise/hypothesis/label
+    (0 entailment, 1 neutral, 2 contradiction), as JSON lines."""
+    return per_language(
+        root, languages, {"validation": size, "test": size},
+        lambda s, i: {"premise": s[6 * i], "hypothesis": s[6 * i + 1], "label": i % 3},
+        suffix="jsonl", title="xnli stand-in",
+    )  # fmt: skip
+
+
+def xstorycloze_like(
+    root: Path, languages: Sequence[str], *, sizes: tuple[int, int] = (3, 5)
+) -> Path:
+    """Laid out like ``juletxara/xstory_cloze``: train and eval splits of four-sentence
+    stories with two endings."""
+
+    def story(s: list[str], i: int) -> dict[str, object]:
+        row: dict[str, object] = {"story_id": f"s{i}"}
+        row.update({f"input_sentence_{k}": s[6 * i + k - 1] for k in range(1, 5)})
+        row.update(sentence_quiz1=s[6 * i + 4], sentence_quiz2=s[6 * i + 5])
+        return {**row, "answer_right_ending": 1 + i % 2}
+
+    return per_language(
+        root, languages, {"train": sizes[0], "eval": sizes[1]}, story, title="xstory_cloze stand-in"
+    )
 
 
 def fetch_mirror(root: Path, languages: Sequence[str], documents: int = 30) -> Path:
@@ -157,31 +181,6 @@ def fetch_mirror(root: Path, languages: Sequence[str], documents: int = 30) -> P
             validation=5)  # fmt: skip
     sentences = {lang: [s for d in docs for s in d.split(". ")] for lang, docs in texts.items()}
     sib200_like(root / "Davlan" / "sib200", sentences)
-    return root
-
-
-def xstorycloze_like(
-    root: Path, languages: Sequence[str], *, sizes: tuple[int, int] = (3, 5)
-) -> Path:
-    """A mirror laid out like ``juletxara/xstory_cloze``: configuration per language, train
-    and eval splits of four-sentence stories with two endings."""
-    configs = {}
-    for language in languages:
-        words = synthetic_texts(language, 6 * sum(sizes), sentences=1)
-        splits, start = {}, 0
-        for split, size in zip(("train", "eval"), sizes, strict=True):
-            rows = []
-            for i in range(start, start + size):
-                row: dict[str, object] = {"story_id": f"s{i}"}
-                row.update({f"input_sentence_{k}": words[6 * i + k - 1] for k in range(1, 5)})
-                row.update(sentence_quiz1=words[6 * i + 4], sentence_quiz2=words[6 * i + 5])
-                row["answer_right_ending"] = 1 + i % 2
-                rows.append(row)
-            write_rows(root / language / f"{split}.parquet", rows)
-            splits[split] = f"{language}/{split}.parquet"
-            start += size
-        configs[language] = splits
-    write_readme(root, configs, "xstory_cloze stand-in")
     return root
 
 
