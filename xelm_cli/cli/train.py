@@ -17,6 +17,14 @@ from ..allocation import read_allocation
 from ..atomic import output_lock
 from ..bundle import Bundle
 from ..errors import UsageError
+from ..estimates import (
+    ModelShape,
+    Throughput,
+    device_memory,
+    largest_batch,
+    parse_size,
+    training_memory,
+)
 from ..languages import parse_language_list
 from ..plugins import get_registry
 from ..training import (
@@ -201,6 +209,70 @@ def train(
 # --- plan and train-all --------------------------------------------------------------------------
 
 
+def _train_setting(args: list[str], flag: str, default: Any) -> Any:
+    """The value ``args`` (extra `xelm train` options) give ``flag``, else ``default``."""
+    for index, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and index + 1 < len(args):
+            return args[index + 1]
+    return default
+
+
+def estimate_runs(
+    seed_bundle: Path,
+    train_args: str = "",
+    memory: int | None = None,
+    measured: Path | None = None,
+) -> dict[str, Any]:
+    """Parameters and device memory of one run of the plan (every run trains a model of the
+    seed's size, with the batch that ``train_args`` sets), refused in one line when the batch
+    cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and the
+    FLOP/s of a ``measured`` run for time estimates (xelm_cli.estimates)."""
+    args = shlex.split(train_args)
+    batch = int(_train_setting(args, "--batch-size", 8))
+    block = int(_train_setting(args, "--block-size", 1024))
+    device = _train_setting(args, "--device", "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = str(device).startswith("cuda")
+    options = {
+        "cuda": cuda,
+        "lean_loss": "--no-lean-loss" not in args,
+        "gradient_checkpointing": "--gradient-checkpointing" in args,
+    }
+    shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
+    estimate = training_memory(shape, batch, block, **options)
+    limit = memory if memory is not None else device_memory(cuda)
+    if estimate.total > limit:
+        fits, _ = largest_batch(shape, block, limit, **options)
+        way = (
+            f"the largest that fits is --batch-size {fits} (with --global-batch to keep the "
+            "tokens per step)"
+            if fits
+            else "not even --batch-size 1 fits: try --gradient-checkpointing or --fsdp"
+        )
+        raise UsageError(
+            f"a batch of {batch} x {block} tokens needs about {estimate.total / 1e9:.1f} GB "
+            f"on {'the GPU' if cuda else 'the CPU'}, which has {limit / 1e9:.1f} GB; {way}"
+        )
+    return {
+        "shape": shape,
+        "throughput": Throughput.of(measured) if measured else None,
+        "record": {
+            "parameters": shape.parameters,
+            "batch_size": batch,
+            "block_size": block,
+            "device": "cuda" if cuda else "cpu",
+            "memory_limit": limit,
+            "memory": estimate.as_dict(),
+            "measured": str(measured) if measured else None,
+        },
+    }
+
+
 def make_plan(
     budget: int,
     allocation: Path,
@@ -209,9 +281,15 @@ def make_plan(
     runs: Path,
     valid: Path | None,
     train_args: str = "",
+    memory: int | None = None,
+    measured: Path | None = None,
 ) -> dict[str, Any]:
-    """The runs that give X-ELM and the dense baseline equal training tokens, as commands."""
+    """The runs that give X-ELM and the dense baseline equal training tokens, as commands,
+    with memory and time estimates when the seed bundle exists (``estimate_runs``)."""
     alloc = read_allocation(allocation)
+    estimate = None
+    if (seed_bundle / "xelm.json").is_file():
+        estimate = estimate_runs(seed_bundle, train_args, memory, measured)
     entries = []
     for run in plan_budgets(budget, alloc.experts):
         output = runs / run.name
@@ -235,6 +313,11 @@ def make_plan(
                 "tokens": run.tokens,
                 "output": str(output),
                 "commands": [c for c in (branch, trained) if c],
+                "seconds": (
+                    estimate["throughput"].seconds(estimate["shape"], run.tokens)
+                    if estimate and estimate["throughput"]
+                    else None
+                ),
             }
         )
     return {
@@ -242,6 +325,7 @@ def make_plan(
         "budget": budget,
         "k": alloc.k,
         "allocation": {"path": str(allocation), "digest": alloc.digest},
+        "estimate": estimate["record"] if estimate else None,
         "runs": entries,
     }
 
@@ -262,6 +346,20 @@ def plan(
     train_args: Annotated[
         str, typer.Option(help="Options added to every `xelm train` (e.g. '--block-size 2048').")
     ] = "",
+    memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory of the training device, e.g. 80GB (default: this machine's first "
+            "GPU, else its RAM); a batch whose estimate exceeds it is refused."
+        ),
+    ] = None,
+    measured: Annotated[
+        Path | None,
+        typer.Option(
+            help="A bundle `xelm train` wrote on the machine that will train: run times are "
+            "estimated from the FLOP/s it reached."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
@@ -271,6 +369,12 @@ def plan(
 
     Save it with --json > plan.json and run it with `xelm train-all plan.json`.
 
+    When the seed bundle exists, the plan estimates each run's device memory (weights, gradients,
+    AdamW, activations and loss at the --train-args batch) and refuses a batch that cannot fit,
+    naming the largest that would; --measured BUNDLE (a run trained on the same machine) adds
+    each run's time:
+      xelm plan ... --train-args '--batch-size 16' --memory 80GB --measured runs/probe
+
     The runs are independent jobs. On SLURM, one array task per run (K = k):
     task I runs run I's commands in turn, its `xelm train` under torchrun
     (DDP) on N devices; see spec/training.md section 8:
@@ -278,17 +382,33 @@ def plan(
         'xelm train-all plan.json --only $SLURM_ARRAY_TASK_ID --nproc-per-node N'
     """
     result = make_plan(
-        parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args
-    )
+        parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args,
+        memory=parse_size(memory) if memory else None, measured=measured,
+    )  # fmt: skip
     if as_json:
         print_json(result)
         return
     table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
-    for column in ("run", "languages", "tokens", "output"):
-        table.add_column(column, justify="right" if column == "tokens" else "left")
+    for column in ("run", "languages", "tokens", "est. time", "output"):
+        table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
     for run in result["runs"]:
-        table.add_row(run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", run["output"])
+        time = f"{run['seconds'] / 60:,.1f} min" if run["seconds"] is not None else "-"
+        table.add_row(
+            run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", time, run["output"]
+        )
     console.print(table)
+    estimate = result["estimate"]
+    if estimate:
+        parts = estimate["memory"]
+        console.print(
+            f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
+            f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
+            f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
+            f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
+            f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f}, loss "
+            f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
+            highlight=False,
+        )
     experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
     console.print(f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens")
     console.print(

@@ -1,0 +1,147 @@
+"""`xelm plan` estimates: memory against a measured CPU training step, refusal of a batch that
+cannot fit with the largest that would, run times from a measured run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import train_tokenizer
+
+from xelm_cli.allocation import write_allocation
+from xelm_cli.bundle import Bundle
+from xelm_cli.cli import run
+from xelm_cli.estimates import ModelShape, largest_batch, parse_size, training_memory
+from xelm_cli.seed import NAMED_CONFIGS, init_from_config
+
+# Peak resident memory of two fp32 training steps (model load, chunked loss, AdamW), above the
+# level after a warm-up step of a tiny model (torch's allocator, threads and kernels set up).
+MEASURE = """
+import gc, json, sys, threading, time
+import psutil, torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+from xelm_trainer.lean_loss import use_lean_loss
+from xelm_cli.bundle import Bundle
+
+def steps(model, batch):
+    optimizer = torch.optim.AdamW(model.parameters())
+    for _ in range(2):
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+small = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=2)
+steps(AutoModelForCausalLM.from_config(small), torch.randint(0, 64, (2, 16)))
+gc.collect()
+process = psutil.Process()
+base = peak = process.memory_info().rss
+running = True
+def sample():
+    global peak
+    while running:
+        peak = max(peak, process.memory_info().rss)
+        time.sleep(0.0005)
+thread = threading.Thread(target=sample, daemon=True)
+thread.start()
+model = Bundle.open(sys.argv[1]).load_model(dtype=torch.float32)
+use_lean_loss(model)
+steps(model, torch.randint(0, model.config.vocab_size, (int(sys.argv[2]), int(sys.argv[3]))))
+running = False
+thread.join()
+print(json.dumps(peak - base))
+"""
+
+
+@pytest.fixture(scope="module")
+def wide_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seed whose activations dominate the memory of a step (3.4M parameters)."""
+    root = tmp_path_factory.mktemp("estimates")
+    NAMED_CONFIGS["estimate-test"] = dict(
+        hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024,
+    )  # fmt: skip
+    try:
+        tokenizer = train_tokenizer(root / "tok")
+        init_from_config("estimate-test", tokenizer, root / "seed", languages=["en", "tr"])
+    finally:
+        del NAMED_CONFIGS["estimate-test"]
+    return root / "seed"
+
+
+def test_memory_estimate_is_within_a_quarter_of_a_measured_cpu_step(wide_seed: Path) -> None:
+    shape = ModelShape.of(Bundle.open(wide_seed))
+    assert (shape.layers, shape.hidden, shape.intermediate, shape.heads) == (4, 256, 704, 4)
+    estimate = training_memory(shape, 8, 512, cuda=False).total
+    measured = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", MEASURE, str(wide_seed), "8", "512"],
+            check=True, capture_output=True, text=True,
+        ).stdout.splitlines()[-1]
+    )  # fmt: skip
+    assert 0.8 < measured / estimate < 1.25, (measured, estimate)
+
+
+def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None:
+    shape = ModelShape(1_700_000_000, 256_008 * 2048, 24, 2048, 8192, 256_008, 16)
+    plain = training_memory(shape, 8, 2048, cuda=True, lean_loss=False)
+    lean = training_memory(shape, 8, 2048, cuda=True)
+    assert plain.loss == 8 * 2048 * 256_008 * 10  # 41.9 GB of logits, fp32 copy and gradient
+    assert lean.loss < plain.loss / 10
+    limit = parse_size("80GB")
+    lean_fits = largest_batch(shape, 2048, limit, cuda=True)[0]
+    plain_fits = largest_batch(shape, 2048, limit, cuda=True, lean_loss=False)[0]
+    assert lean_fits > plain_fits >= 1
+
+
+def _plan(tmp_path: Path, seed: Path, *extra: str) -> list[str]:
+    alloc = tmp_path / "alloc.json"
+    if not alloc.exists():
+        write_allocation(alloc, clusterer="typology", experts=[["en"], ["tr"]])
+    return ["plan", "--budget", "1M", "--allocation", str(alloc), "--seed-bundle", str(seed),
+            "--data", "shards", "-o", str(tmp_path / "runs"), *extra]  # fmt: skip
+
+
+def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_would(
+    capsys: pytest.CaptureFixture[str], wide_seed: Path, tmp_path: Path
+) -> None:
+    shape = ModelShape.of(Bundle.open(wide_seed))
+    limit = parse_size("1GB")
+    fits, estimate = largest_batch(shape, 512, limit, cuda=False)
+    assert estimate.total <= limit < training_memory(shape, fits + 1, 512, cuda=False).total
+    args = _plan(tmp_path, wide_seed, "--memory", "1GB")
+    assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits}"]) == 0
+    capsys.readouterr()
+    assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits + 1}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the largest that fits is --batch-size {fits} " in err
+    assert run([*_plan(tmp_path, wide_seed, "--memory", "10MB")]) == 2
+    assert "not even --batch-size 1 fits" in capsys.readouterr().err
+
+
+def test_run_times_come_from_a_measured_run(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+) -> None:
+    from test_train import corpus_slice
+
+    from xelm_cli.data_prepare import prepare
+
+    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
+    common = [str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
+              "--batch-size", "4", "--log-every", "100"]  # fmt: skip
+    assert run(["train", *common, "--tokens", "256", "-o", str(tmp_path / "warm-up")]) == 0
+    assert run(["train", *common, "--tokens", "4096", "-o", str(tmp_path / "measured")]) == 0
+    assert run(["train", *common, "--tokens", "8192", "-o", str(tmp_path / "longer")]) == 0
+    capsys.readouterr()
+    args = _plan(tmp_path, seed_bundle, "--measured", str(tmp_path / "measured"), "--json")
+    args[2] = "16384"  # experts 8,192 tokens each, like the longer run
+    assert run(args) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["estimate"]["parameters"] == ModelShape.of(Bundle.open(seed_bundle)).parameters
+    expert = plan["runs"][0]
+    actual = Bundle.open(tmp_path / "longer").manifest.training["seconds"]  # type: ignore[index]
+    # other jobs on a shared 2-core machine move CPU step times by 2-3x: the bound catches a
+    # wrong scale (minutes for seconds, parameters not counted), not a 10% error
+    assert 0.2 < expert["seconds"] / actual < 5.0, (expert["seconds"], actual)
+    assert plan["runs"][-1]["seconds"] == pytest.approx(2 * expert["seconds"])  # dense: 2x
