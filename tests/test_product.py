@@ -97,7 +97,7 @@ def test_choices_are_the_choice_tokens_of_full_sequences(experts: list[Bundle]) 
 
 
 def test_product_needs_weights_known_in_advance(experts: list[Bundle]) -> None:
-    with pytest.raises(UsageError, match="--combine product needs weights known before"):
+    with pytest.raises(UsageError, match="the product rule needs weights known before"):
         EnsembleModel(experts, build_router("posterior"), "product")
     spec = EnsembleSpec(experts, "uniform", {}, "product")
     assert spec.to_dict()["combine"] == "product"

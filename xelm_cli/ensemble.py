@@ -51,6 +51,7 @@ from .scoring import (
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
 COMBINE_RULES = ("mixture", "logits", "product")
+_RULE_NAMES = {"logits": "logit averaging", "product": "the product rule"}
 
 
 # ---------------------------------------------------------------------------- members
@@ -293,7 +294,7 @@ class EnsembleModel(LanguageModel):
             )
         if combine in ("logits", "product") and not isinstance(router, PreRouter):
             raise UsageError(
-                f"--combine {combine} needs weights known before the experts run; router "
+                f"{_RULE_NAMES[combine]} needs weights known before the experts run; router "
                 f"{router.name!r} depends on their outputs: use --combine mixture"
             )
         self.members = list(members)
