@@ -152,7 +152,7 @@ def test_shared_weights_from_the_seed(
         seed["model.layers.1.self_attn.q_proj.weight"],
     )
     assert moe.manifest.lineage[-1]["shared_from"] == Bundle.read(seed_bundle).ref
-    with pytest.raises(UsageError, match="is not the experts' seed"):
+    with pytest.raises(UsageError, match="is not an ancestor of every expert"):
         build_moe([b.path for b in general], tmp_path / "x", shared_from=general[0].path)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from .bundle import Bundle, Progress, write_bundle
 from .errors import UsageError
 from .fingerprint import is_weight_file
-from .merging import average_tensor, check_mergeable, normalised, seed_of
+from .merging import ancestors, average_tensor, check_mergeable, normalised
 from .tensor_stream import TensorInfo, TensorSource, dtype_code, plan_shards, write_sharded
 
 GATES = ("language", "random", "uniform")
@@ -248,9 +248,10 @@ def build_moe(
     progress: Progress | None = None,
 ) -> Bundle:
     """Write ``out``: a transformers MoE bundle with one expert per bundle of ``paths`` (in
-    order). Non-expert weights: the experts' average (uniform, or ``weights``), or the common
-    seed's when ``shared_from`` names it. Mismatched experts and unsupported architectures are
-    refused from manifests and configs, before any tensor is read."""
+    order). Non-expert weights: the experts' average (uniform, or ``weights``), or those of
+    ``shared_from``, an ancestor of every expert (the seed they were branched from).
+    Mismatched experts and unsupported architectures are refused from manifests and configs,
+    before any tensor is read."""
     import torch
     from transformers import AutoConfig
 
@@ -272,10 +273,10 @@ def build_moe(
     seed_bundle = None
     if shared_from is not None:
         seed_bundle = Bundle.read(shared_from)
-        if seed_bundle.digest != seed_of(bundles[0])["digest"]:
+        if any(seed_bundle.digest not in ancestors(b) for b in bundles):
             raise UsageError(
-                f"{shared_from} is not the experts' seed (their lineage starts at "
-                f"{seed_of(bundles[0])['id'][:12]})"
+                f"{shared_from} is not an ancestor of every expert; pass the seed they were "
+                "branched from"
             )
     for bundle in [*bundles, *([seed_bundle] if seed_bundle else [])]:
         bundle.check_files(progress=progress)

@@ -491,7 +491,10 @@ def moe(
     ] = None,
     shared_from: Annotated[
         Path | None,
-        typer.Option(help="Take attention, norms and embeddings from this seed bundle instead."),
+        typer.Option(
+            help="Take attention, norms and embeddings from this bundle instead (the seed the "
+            "experts were branched from)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --gate random.")] = 0,
     force: ForceOpt = False,
