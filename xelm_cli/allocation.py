@@ -7,10 +7,7 @@ languages, optional per-language shares) and the arrays; clusterers add their ow
 (the typology tree, distances, fitted settings), which readers that do not need them ignore.
 """
 
-import functools
-import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +20,7 @@ from .errors import FormatError, IntegrityError, UsageError
 from .fingerprint import reading_safetensors
 from .jsonio import pretty_json, read_json_object, short_repr
 from .languages import normalize_language
-from .manifest import now_iso, schema_problems
+from .manifest import now_iso, schema_problems, spec_schema
 
 FORMAT_NAME = "xelm-allocation"
 FORMAT_VERSION = "1.0.0"
@@ -32,11 +29,8 @@ DIR_MANIFEST = "allocation.json"
 ARRAYS_FILE = "arrays.safetensors"
 
 
-@functools.cache
 def allocation_schema() -> dict[str, Any]:
-    text = resources.files("xelm_cli").joinpath("spec/allocation-v1.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return spec_schema("allocation-v1.schema.json")
 
 
 @dataclass(frozen=True)

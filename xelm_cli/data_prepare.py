@@ -274,20 +274,39 @@ class SourcePlan:
         }
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to read a source, beyond its path: what ``xelm data prepare`` takes for datasets and
+    unlabelled corpora (each None when not given)."""
+
+    split: str | None = None
+    language: str | None = None  # the language of documents that carry none
+    config: str | None = None  # with {lang}: one configuration per language
+    lang_map: dict[str, str] | None = None  # xelm code -> the dataset's, for {lang}
+    text_column: str | None = None
+    revision: str | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """The options a shards manifest records beside ``split`` (only those given, so that
+        manifests of earlier versions stay comparable)."""
+        given = {
+            "lang": self.language,
+            "config": self.config,
+            "lang_map": dict(sorted(self.lang_map.items())) if self.lang_map else None,
+            "text_column": self.text_column,
+            "revision": self.revision,
+        }
+        return {k: v for k, v in given.items() if v}
+
+
 def plan_sources(
-    source: str | Path,
-    *,
-    langs: list[str] | None = None,
-    split: str | None = None,
-    language: str | None = None,
-    config: str | None = None,
-    lang_map: dict[str, str] | None = None,
-    text_column: str | None = None,
-    revision: str | None = None,
+    source: str | Path, langs: list[str] | None = None, options: SourceOptions = SourceOptions()
 ) -> SourcePlan:
     """What ``xelm data prepare SOURCE`` reads: a recipe (a file, or a shipped recipe's name);
     a dataset with a per-language ``config`` template; a dataset whose rows carry languages
-    (or ``language``); or corpus files."""
+    (or ``options.language``); or corpus files."""
+    split, language, config = options.split, options.language, options.config
+    lang_map, text_column, revision = options.lang_map, options.text_column, options.revision
     text = str(source)
     per_language = config is not None and PLACEHOLDER in config
     if is_recipe(text) or per_language:
@@ -550,8 +569,7 @@ def _options(
     alpha: float | None,
     tokens: int | None,
     seed: int,
-    split: str | None,
-    extra: dict[str, Any],
+    source: SourceOptions,
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
@@ -563,11 +581,9 @@ def _options(
         "alpha": alpha,
         "tokens": tokens,
         "seed": seed,
-        "split": split,
+        "split": source.split,
     }
-    # only when given, so that earlier manifests stay comparable
-    options.update({k: v for k, v in extra.items() if v})
-    return options
+    return {**options, **source.recorded()}
 
 
 def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
@@ -639,25 +655,16 @@ def prepare(
     out = Path(os.path.abspath(out))
     wanted = sorted({normalize_language(code) for code in langs}) if langs else None
     caps = _normalise_caps(token_caps)
-    language = normalize_language(language) if language else None
-    extra = {
-        "lang": language,
-        "config": config,
-        "lang_map": dict(sorted((lang_map or {}).items())) or None,
-        "text_column": text_column,
-        "revision": revision,
-    }
-    options = _options(wanted, caps, alpha, tokens, seed, split, extra)
-    plan = plan_sources(
-        source,
-        langs=wanted,
+    reading = SourceOptions(
         split=split,
-        language=language,
+        language=normalize_language(language) if language else None,
         config=config,
         lang_map=lang_map,
         text_column=text_column,
         revision=revision,
     )
+    options = _options(wanted, caps, alpha, tokens, seed, reading)
+    plan = plan_sources(source, wanted, reading)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
     info = load_tokenizer(tokenizer)
@@ -715,6 +722,7 @@ def prepare(
 __all__ = [
     "MANIFEST_NAME",
     "PrepareResult",
+    "SourceOptions",
     "SourcePlan",
     "language_budgets",
     "load_tokenizer",

@@ -29,10 +29,15 @@ _MAJOR = re.compile(r"[0-9]{1,9}(\.|\Z)")  # ASCII digits only, and few enough f
 
 
 @functools.cache
-def bundle_schema() -> dict[str, Any]:
-    text = resources.files("xelm_cli").joinpath("spec/bundle-v1.schema.json").read_text()
+def spec_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema ``spec/NAME`` that ships with xelm."""
+    text = resources.files("xelm_cli").joinpath(f"spec/{name}").read_text()
     schema: dict[str, Any] = json.loads(text)
     return schema
+
+
+def bundle_schema() -> dict[str, Any]:
+    return spec_schema("bundle-v1.schema.json")
 
 
 def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:

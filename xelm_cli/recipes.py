@@ -8,8 +8,6 @@ open alternatives (``xelm data recipes``); ``xelm data prepare ID --config '{lan
 unnamed recipe from its options, so one code path reads every per-language source.
 """
 
-import functools
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 from .errors import FormatError, UsageError
 from .jsonio import read_json_object
 from .languages import normalize_language
-from .manifest import schema_problems
+from .manifest import schema_problems, spec_schema
 from .sources import DatasetSource, FileSource, Source
 
 FORMAT_NAME = "xelm-corpus-recipe"
@@ -28,11 +26,8 @@ PLACEHOLDER = "{lang}"
 SOURCE_FIELDS = ("dataset", "config", "split", "text_column", "revision")
 
 
-@functools.cache
 def recipe_schema() -> dict[str, Any]:
-    text = resources.files("xelm_cli").joinpath("spec/corpus-recipe-v1.schema.json").read_text()
-    schema: dict[str, Any] = json.loads(text)
-    return schema
+    return spec_schema("corpus-recipe-v1.schema.json")
 
 
 @dataclass(frozen=True)
