@@ -19,8 +19,16 @@ from typing import Any
 from .bundle import Bundle, Progress, write_bundle
 from .errors import UsageError
 from .fingerprint import is_weight_file
+from .jsonio import pretty_json, read_json_object
 from .merging import ancestors, average_tensor, check_mergeable, normalised
-from .tensor_stream import TensorInfo, TensorSource, dtype_code, plan_shards, write_sharded
+from .tensor_stream import (
+    TensorInfo,
+    TensorSource,
+    dtype_code,
+    element_size,
+    plan_shards,
+    write_sharded,
+)
 
 GATES = ("language", "random", "uniform")
 DEFAULT_TOP_K = 2
@@ -331,9 +339,20 @@ def build_moe(
     ) as writer:
         writer.remove(lambda n: is_weight_file(n) or n == "config.json")
         config.save_pretrained(writer.directory)
+        size = element_size(layout[family.router_tensor(0)].dtype)
+        if (config.hidden_size * size) % 16 or (dense.intermediate_size * size) % 16:
+            # transformers' default MoE kernel (grouped_mm) needs rows of 16-byte multiples;
+            # the key is read on load (transformers does not write it back when re-saving)
+            _set_config(writer.directory, experts_implementation="eager")
         write_sharded(writer.directory, plan_shards(layout), produce, progress)
     assert writer.result is not None
     return writer.result
+
+
+def _set_config(directory: Path, **values: Any) -> None:
+    path = directory / "config.json"
+    config = read_json_object(path, str(path))
+    path.write_bytes(pretty_json({**config, **values}))
 
 
 def _dtype(code: str) -> Any:
