@@ -48,6 +48,16 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     assert set(results["icl"]["xelm"]["languages"]) <= set(TRAIN_LANGUAGES)
     text = (report / "report.md").read_text()
     assert text.count("- **") == len(results["claims"]) >= 4
+    corpus = results["corpus"]
+    assert corpus["document_bytes"] == 500 and set(corpus["documents"]) >= set(TRAIN_LANGUAGES)
+    purity = results["tfidf_clusters"]["purity"]
+    assert set(purity) == set(TRAIN_LANGUAGES)
+    for lang, p in purity.items():
+        assert p["purity"] == max(p["shares"]) and abs(sum(p["shares"]) - 1) < 1e-3, lang
+        assert p["documents"] == corpus["documents"][lang], lang
+        assert 0 <= p["eval_routed"] <= 1, lang  # FLORES sentences routed to its main expert
+    assert "## TF-IDF clusters (tfidf-k4): language purity" in text
+    assert "consecutive records of one language and one source" in text
     for figure in FIGURES:
         assert f"]({figure})" in text
 

@@ -17,7 +17,7 @@ from ..api import EvalRequest, TrainRequest
 from ..atomic import write_bytes_atomic
 from ..branching import branch, hmr_branch
 from ..bundle import Bundle
-from ..corpus import iter_documents
+from ..corpus import iter_documents, read_documents
 from ..ensemble import EnsembleModel, ScoreCache, build_router, single_model
 from ..errors import UsageError
 from ..jsonio import pretty_json, read_json_object
@@ -25,6 +25,7 @@ from ..plugins import get_registry
 from ..progress import stderr_console
 from ..training import checkpoint_dir
 from .data import REQUIRED
+from .documents import cluster_purity, grouped_documents
 from .presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
@@ -132,6 +133,11 @@ class Demo:
         tfidf_name = f"tfidf-k{p.tfidf_k}"
         tfidf = self.step(tfidf_name, lambda: self.tfidf_experts(seed, corpus, tokenizer))
         experts[tfidf_name] = [Path(path) for path in tfidf["experts"]]
+        self.results["tfidf_clusters"] = {
+            "name": tfidf_name,
+            "cluster_documents": tfidf["cluster_documents"],
+            "purity": tfidf.get("purity", {}),
+        }
         main_k = 4 if 4 in p.typology_ks else p.typology_ks[0]
         main = f"typology-k{main_k}"
         self.results["main_xelm"] = main
@@ -155,13 +161,16 @@ class Demo:
         self.results["seconds"] = round(time.perf_counter() - started, 1)
         return self.results
 
-    def sample_corpus(self, corpus: Path) -> dict[str, int]:
-        """A random sample of about ``corpus_bytes`` of training text per language (and the
-        documents the TF-IDF clusterer is fitted on come from the same sample)."""
-        stats = {}
+    def sample_corpus(self, corpus: Path) -> dict[str, Any]:
+        """A random sample of about ``corpus_bytes`` of training text per language, in
+        documents of about ``document_bytes`` built from consecutive records of one source
+        (documents.group_records); every arm trains on this sample, and the TF-IDF clusterer
+        is fitted on documents from it."""
+        target = self.preset.document_bytes
+        sizes, counts = {}, {}
         for language in ALL_LANGUAGES:
             source = self.data / "corpus" / "train" / f"{language}.jsonl.zst"
-            texts = [d.text for d in iter_documents(source, language=language) if d.text.strip()]
+            texts = grouped_documents(source, target)
             random.Random(f"demo-{language}").shuffle(texts)
             chosen, size = [], 0
             for text in texts:
@@ -170,8 +179,8 @@ class Demo:
                 chosen.append(text)
                 size += len(text.encode())
             write_jsonl(corpus / f"{language}.jsonl", chosen, language)
-            stats[language] = size
-        return stats
+            sizes[language], counts[language] = size, len(chosen)
+        return {"document_bytes": target, "bytes": sizes, "documents": counts}
 
     def make_tokenizer(self, corpus: Path, out: Path) -> dict[str, Any]:
         from ..tokenizer_training import train_tokenizer_on_corpus
@@ -249,6 +258,8 @@ class Demo:
             for d in iter_documents(corpus / f"{language}.jsonl", language=language)
         ]
         clusters = assigner.assign(documents)
+        purity = cluster_purity([str(d.language) for d in documents], clusters.tolist(), k)
+        self.add_eval_routing(assigner, purity)
         paths, sizes = [], []
         for expert in range(k):
             mine = [d for d, c in zip(documents, clusters, strict=True) if c == expert]
@@ -268,7 +279,27 @@ class Demo:
             out = root / f"expert-{expert}"
             self.train(start, shards, out, self.preset.budget // k, sorted(by_language))
             paths.append(str(out))
-        return {"experts": paths, "allocation": str(allocation), "cluster_documents": sizes}
+        return {
+            "experts": paths,
+            "allocation": str(allocation),
+            "cluster_documents": sizes,
+            "purity": purity,
+        }
+
+    def add_eval_routing(self, assigner: Any, purity: dict[str, dict[str, Any]]) -> None:
+        """Add to each language's purity the share of its evaluation sentences whose
+        highest-weight expert under the tfidf router (the nearest centroid) is the one that
+        holds most of its training documents."""
+        flores = read_documents(
+            self.data / "eval" / "flores200-devtest",
+            languages=TRAIN_LANGUAGES,
+            limit=self.preset.eval_documents,
+        )
+        nearest = assigner.distances([d.text for d in flores]).argmin(axis=1)
+        for language, entry in purity.items():
+            mine = [int(c) for d, c in zip(flores, nearest, strict=True) if d.language == language]
+            if mine:
+                entry["eval_routed"] = round(mine.count(entry["cluster"]) / len(mine), 4)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -35,6 +35,7 @@ class Preset:
     model: dict[str, int]  # LlamaConfig sizes (the vocabulary comes from the tokenizer)
     vocab_size: int
     corpus_bytes: int  # training text per language taken from the corpus
+    document_bytes: int  # consecutive records of one source joined to this size (0: records)
     seed_tokens: int  # pre-training of the seed on all training languages
     budget: int  # B: the dense model's continued training; each X-ELM splits it over k experts
     typology_ks: tuple[int, ...]
@@ -57,6 +58,7 @@ PRESETS = {
         model={**NAMED_CONFIGS["tiny"], "max_position_embeddings": 256},
         vocab_size=1000,
         corpus_bytes=40_000,
+        document_bytes=500,
         seed_tokens=32_768,
         budget=32_768,
         typology_ks=(4,),
@@ -81,6 +83,7 @@ PRESETS = {
         model=dict(NAMED_CONFIGS["tiny"]),
         vocab_size=4000,
         corpus_bytes=1_500_000,
+        document_bytes=1500,
         seed_tokens=2_000_000,
         budget=4_000_000,
         typology_ks=(2, 4, 8),
@@ -105,6 +108,7 @@ PRESETS = {
         model={**NAMED_CONFIGS["small"], "max_position_embeddings": 1024},
         vocab_size=32000,
         corpus_bytes=12_000_000,
+        document_bytes=1500,
         seed_tokens=40_000_000,
         budget=80_000_000,
         typology_ks=(2, 4, 8),
