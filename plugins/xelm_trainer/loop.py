@@ -47,6 +47,7 @@ from .distributed import (
     wrap,
 )
 from .lean_loss import supports_lean_loss, use_lean_loss
+from .moe import configure_moe, is_moe, loss_parts, training_kwargs
 from .options import TrainOptions
 
 TRAINER_NAME = "causal-lm"
@@ -154,6 +155,8 @@ class TrainingRun:
         # The host waits for the device only on logged steps (and validations, checkpoints):
         # the loss and gradient norm stay tensors on the device until a metrics line needs them.
         logged = Interval(state.step, options.batch_tokens)
+        bare = unwrap(model)
+        extra = training_kwargs(bare)
         with TrainProgress(inputs.steps, state.step, ranks.main) as progress:
             while state.step < inputs.steps:
                 started = time.perf_counter()
@@ -161,6 +164,7 @@ class TrainingRun:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+                aux_sum = torch.zeros((), dtype=torch.float32, device=device)
                 for micro in range(options.accumulation):
                     # block i of the global batch goes to rank i % world
                     first = state.cursor + micro * round_blocks + ranks.rank
@@ -168,9 +172,12 @@ class TrainingRun:
                     batch = torch.from_numpy(blocks).to(device, non_blocking=True)
                     with no_sync(model, last=micro == options.accumulation - 1):
                         with autocast:
-                            micro_loss = forward(input_ids=batch, labels=batch).loss
-                        (micro_loss / options.accumulation).backward()
+                            output = forward(input_ids=batch, labels=batch, **extra)
+                        (output.loss / options.accumulation).backward()
+                    micro_loss, aux = loss_parts(output, bare)
                     loss_sum += micro_loss.detach()
+                    if aux is not None:
+                        aux_sum += aux.detach()
                 state.cursor += round_blocks * options.accumulation
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
                 optimizer.step()
@@ -182,9 +189,13 @@ class TrainingRun:
                         norm = norm.full_tensor()
                     speed = logged.speed(state.step)
                     state.loss_curve.append([state.step, loss])
+                    more = {}
+                    if extra:  # MoE: the load-balancing loss, besides the LM loss
+                        more["aux_loss"] = ranks.mean(float(aux_sum) / options.accumulation, device)
                     metrics.write(
                         {"step": state.step, "tokens": state.step * options.batch_tokens,
-                         "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed}
+                         "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed,
+                         **more}
                     )  # fmt: skip
                     progress.update(state.step, loss, speed)
                 else:
@@ -270,7 +281,9 @@ def load_model(inputs: Inputs, device: torch.device) -> Any:
     if options.attention != "auto":
         chosen["attn_implementation"] = options.attention
     model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
-    if options.lean_loss and supports_lean_loss(model):
+    configure_moe(model, options)
+    # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
+    if options.lean_loss and supports_lean_loss(model) and not is_moe(model):
         use_lean_loss(model)
     return model
 

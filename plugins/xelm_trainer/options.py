@@ -39,6 +39,8 @@ class TrainOptions:
     save_dtype: str = "auto"  # dtype of the saved weights; auto: the one the bundle is stored in
     lean_loss: bool = True  # chunked output layer + cross-entropy where it equals the plain loss
     attention: str = "auto"  # attn_implementation; auto: transformers' choice (sdpa if supported)
+    router_only: bool = False  # MoE bundles: train the routers only (moe.py)
+    aux_loss: float | None = None  # MoE bundles: load-balancing loss weight (default: config's)
     world_size: int = 1  # ranks under torchrun (set by the trainer from WORLD_SIZE, not an option)
 
     @classmethod
@@ -69,6 +71,8 @@ class TrainOptions:
         for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.aux_loss is not None and not self.aux_loss >= 0:
+            raise UsageError(f"--aux-loss must not be negative, not {self.aux_loss}")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")

@@ -135,6 +135,19 @@ def train(
     role: Annotated[
         str | None, typer.Option(help="Role of the new bundle (default: expert stays expert).")
     ] = None,
+    router_only: Annotated[
+        bool,
+        typer.Option(
+            "--router-only", help="MoE bundles (xelm bundle moe): train only the routers."
+        ),
+    ] = False,
+    aux_loss: Annotated[
+        float | None,
+        typer.Option(
+            help="MoE bundles: weight of the load-balancing loss (default: the config's "
+            "router_aux_loss_coef); it is logged as aux_loss."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -171,6 +184,8 @@ def train(
         "save_dtype": save_dtype,
         "lean_loss": lean_loss,
         "attention": attention,
+        "router_only": router_only,
+        "aux_loss": aux_loss,
     }
     request = TrainRequest(
         bundle=bundle,

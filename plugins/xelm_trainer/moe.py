@@ -1,0 +1,52 @@
+"""Fine-tuning Mixture-of-Experts bundles (``xelm bundle moe``): the load-balancing loss and
+router-only training.
+
+transformers' MoE models (Mixtral, Qwen2-MoE, Qwen3-MoE) add ``router_aux_loss_coef`` x the
+load-balancing loss to the language-model loss when a forward asks for the router logits. The
+trainer asks for them in its training forwards only, so validation losses stay pure
+language-model losses, comparable with dense models; the metrics log reports both parts.
+"""
+
+import re
+from typing import Any
+
+from xelm_cli.api import UsageError
+
+from .options import TrainOptions
+
+_ROUTER = re.compile(r"\.mlp\.gate\.weight$")  # the router of every MoE layer (not a dense MLP's)
+
+
+def is_moe(model: Any) -> bool:
+    return hasattr(model, "router_aux_loss_coef") and hasattr(model.config, "output_router_logits")
+
+
+def configure_moe(model: Any, options: TrainOptions) -> None:
+    """Set the load-balancing coefficient and, with ``router_only``, freeze every parameter
+    but the routers; both options are refused for models that are not MoE models."""
+    if not is_moe(model):
+        if options.router_only or options.aux_loss is not None:
+            raise UsageError(
+                "--router-only and --aux-loss apply to Mixture-of-Experts bundles "
+                "(made with `xelm bundle moe`)"
+            )
+        return
+    if options.aux_loss is not None:
+        model.router_aux_loss_coef = options.aux_loss
+    if options.router_only:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(bool(_ROUTER.search(name)))
+
+
+def training_kwargs(model: Any) -> dict[str, Any]:
+    """Extra arguments of a training forward: the router logits for MoE models."""
+    return {"output_router_logits": True} if is_moe(model) else {}
+
+
+def loss_parts(output: Any, model: Any) -> tuple[Any, Any | None]:
+    """(language-model loss, load-balancing loss or None) of a training forward's output,
+    whose ``loss`` is their sum with the load-balancing loss weighted by its coefficient."""
+    aux = getattr(output, "aux_loss", None)
+    if aux is None:
+        return output.loss, None
+    return output.loss - model.router_aux_loss_coef * aux, aux

@@ -1,0 +1,95 @@
+"""Fine-tuning an MoE bundle with the trainer: all weights or the routers only, with the
+load-balancing loss in the optimised loss and in the metrics log."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import weights
+from merge_helpers import perturbed_expert
+from test_train import corpus_slice
+from xelm_trainer import CausalLMTrainer
+
+from xelm_cli.branching import branch
+from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.data_prepare import prepare
+from xelm_cli.errors import UsageError
+from xelm_cli.moe import build_moe
+from xelm_cli.training import TrainRequest, checkpoint_dir
+
+SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Bundle:
+    root = tmp_path_factory.mktemp("moe-train")
+    experts = []
+    for i, lang in enumerate(("en", "tr")):
+        branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
+        experts.append(
+            perturbed_expert(
+                branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
+            )
+        )
+    return build_moe([b.path for b in experts], root / "moe", top_k=1, gate="random")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    root = tmp_path_factory.mktemp("moe-shards")
+    prepare(
+        corpus_slice("train", 100, root / "corpus"), seed_bundle, root / "shards", token_caps=3000
+    )
+    return root / "shards"
+
+
+def train(bundle: Path, shards: Path, out: Path, **options: object) -> Bundle:
+    request = TrainRequest(
+        bundle,
+        shards,
+        out,
+        tokens=1024,
+        options={**SMALL, **options},
+        command="test",
+        languages=["en", "tr"],
+    )
+    return CausalLMTrainer().train(request)
+
+
+def aux_losses(out: Path) -> list[float]:
+    lines = (checkpoint_dir(out) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["aux_loss"] for line in lines if "loss" in json.loads(line)]
+
+
+def test_router_only_changes_only_the_routers_and_logs_the_balance_loss(
+    moe: Bundle, shards: Path, tmp_path: Path
+) -> None:
+    trained = train(moe.path, shards, tmp_path / "t", router_only=True)
+    assert verify_bundle(trained.path) == []
+    before, after = weights(moe.path), weights(trained.path)
+    # with top-1 routing the LM loss gives the routers no gradient (the chosen expert's weight
+    # is renormalised to 1): they move only through the load-balancing loss
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"model.layers.{i}.block_sparse_moe.gate.weight" for i in range(2)}
+    losses = aux_losses(tmp_path / "t")
+    assert len(losses) == 2 and all(0.99 <= x <= 2.0 for x in losses)  # 1 when balanced
+    assert trained.manifest.training["options"]["router_only"] is True  # type: ignore[index]
+
+
+def test_all_weights_with_a_heavier_balance_loss(moe: Bundle, shards: Path, tmp_path: Path) -> None:
+    trained = train(moe.path, shards, tmp_path / "t", aux_loss=0.5)
+    before, after = weights(moe.path), weights(trained.path)
+    assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+    name = "model.layers.0.block_sparse_moe.experts.1.w2.weight"
+    assert not torch.equal(before[name], after[name])
+    assert len(aux_losses(tmp_path / "t")) == 2
+    assert trained.manifest.training["implementation"]["loss"] == "plain"  # type: ignore[index]
+
+
+def test_moe_options_are_refused_for_dense_bundles(
+    seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
+        train(seed_bundle, shards, tmp_path / "t", router_only=True)
+    assert not (tmp_path / "t").exists()
