@@ -101,9 +101,13 @@ def test_llama_experts_become_mixtral(experts: list[Bundle], tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("model_type", "architecture"),
-    [("qwen2", "Qwen2MoeForCausalLM"), ("qwen3", "Qwen3MoeForCausalLM")],
+    [
+        ("mistral", "MixtralForCausalLM"),
+        ("qwen2", "Qwen2MoeForCausalLM"),
+        ("qwen3", "Qwen3MoeForCausalLM"),
+    ],
 )
-def test_qwen_experts_become_qwen_moe(
+def test_mistral_and_qwen_experts(
     model_type: str, architecture: str, tmp_path: Path, tokenizer_dir: Path
 ) -> None:
     seed = seed_from_config(model_type, tokenizer_dir, tmp_path / "seed", list(LANGS), **SMALL)
