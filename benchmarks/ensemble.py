@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import psutil
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("XELM_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 LANGS = ["en", "de", "es", "fr", "ru", "bg", "el", "ar"]
 LANGS += ["tr", "ja", "ko", "zh", "hi", "ur", "sw", "vi"]
 

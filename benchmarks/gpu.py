@@ -16,8 +16,10 @@
 3. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
    ensemble's wall time / (8 x one expert's) and the language router's / one expert's.
 
---cpu-smoke runs the same code with tiny sizes on the CPU (a minute on 2 cores) to check the
-script; its numbers say nothing about a GPU. Text comes from ../shared/data (--data).
+--cpu-training runs only the training comparison on the CPU (30 steps of 8 x 256 tokens, a
+5.3M-parameter model); --cpu-smoke runs everything with tiny sizes on the CPU (about 2 minutes
+on 2 cores) to check the script, and its numbers say nothing about a GPU. Text comes from
+../shared/data (--data).
 """
 
 import argparse
@@ -50,6 +52,8 @@ SIZES = {  # name: (training model, steps, block, batch, 256k-vocabulary model, 
                 vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8, docs=48),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, block=64, batch=4, vocab_layers=1,
                       vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2, docs=4),
+    # --cpu-training: the training comparison alone, at a size where a CPU step is compute
+    "cpu-training": dict(hidden=256, layers=4, steps=30, block=256, batch=8),
 }  # fmt: skip
 
 
@@ -185,7 +189,8 @@ def ensembles(size: dict, args: argparse.Namespace) -> dict:
     argv = [sys.executable, str(ROOT / "ensemble.py"), "--ks", "8", "--json", "--repeat", "1",
             "--device", args.device, "--hidden", str(size["ens_hidden"]),
             "--layers", str(size["ens_layers"]), "--docs", str(size["docs"])]  # fmt: skip
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    data = os.environ | {"XELM_BENCH_DATA": str(args.data.resolve())}
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=data).stdout
     return dict(json.loads(out)[0])
 
 
@@ -235,13 +240,21 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
+    parser.add_argument(
+        "--cpu-training", action="store_true", help="only the training comparison, on the CPU"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "gpu.md")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
     parser.add_argument("--data", type=Path, default=throughput.DATA)
     args = parser.parse_args()
-    args.device = "cpu" if args.cpu_smoke else "cuda"
+    args.device = "cpu" if args.cpu_smoke or args.cpu_training else "cuda"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu.py: no CUDA device; use --cpu-smoke to check the script on a CPU")
+    if args.cpu_training:
+        with tempfile.TemporaryDirectory(prefix="xelm-cpu-bench-") as work:
+            result = training(Path(work), SIZES["cpu-training"], args)
+        print(json.dumps(result | {"machine": machine("cpu")}, indent=2))
+        return
     size = SIZES["cpu-smoke" if args.cpu_smoke else "gpu"]
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="xelm-gpu-bench-"))

@@ -1,6 +1,17 @@
 #!/bin/sh
-# Every GPU measurement of issue 15 in one run (about 6 minutes on one H100-class GPU);
-# writes benchmarks/gpu.md and gpu.json. `benchmarks/gpu.sh --cpu-smoke` checks it on a CPU.
+# Every GPU measurement of issue 15 in one run (about 6 minutes on one H100-class GPU): writes
+# benchmarks/gpu.md and benchmarks/gpu.json. `benchmarks/gpu.sh --cpu-smoke` checks it on a CPU.
+#
+# It reads text from ../shared/data, or from --data DIR holding eval/udhr,
+# eval/flores200-devtest and corpus/valid (4.4 MB: copy them into an ignored folder of the
+# checkout to take them to a machine that has no ../shared). On a machine where xelm is not
+# installed (a bare GPU machine with its own PyTorch), xelm is installed in place without its
+# dependencies; those the machine lacks (jsonschema, zstandard, langcodes, ...) must be there.
 set -eu
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-python}" benchmarks/gpu.py "$@"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(not m.entry_points(group='xelm'))"
+then
+    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e .
+fi
+exec "$PY" benchmarks/gpu.py "$@"

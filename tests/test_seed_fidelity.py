@@ -112,7 +112,9 @@ def test_branches_inherit_the_framing_and_training_packs_with_it(
     assert (inputs.framing.start, inputs.framing.end) == (start, end)
 
 
-def test_scoring_and_generation_start_documents_with_the_seeds_token(family_seed: tuple) -> None:
+def test_scoring_and_generation_start_documents_with_the_seeds_token(
+    family_seed: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
     seed, start, end = family_seed
     bundle = Bundle.open(seed)
     tokenizer = bundle.load_tokenizer()
@@ -123,6 +125,7 @@ def test_scoring_and_generation_start_documents_with_the_seeds_token(family_seed
         warnings.simplefilter("error")  # a deprecated cache keyword would fail here
         got = runner.score_documents([Document(TEXT, "en")])[0]
         generated = generate([bundle], build_router("uniform"), "hello", max_new_tokens=3)
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]  # nor a log line
     ids = [runner.bos, *tokenizer(TEXT, add_special_tokens=False)["input_ids"]]
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0].double()

@@ -55,9 +55,11 @@ def with_cache(model: Any, cache: Any) -> dict[str, Any]:
     return {_cache_keyword(model_class): cache, "use_cache": cache is not None}
 
 
-def cache_of(output: Any) -> Any:
-    """The key-value cache a forward returned (under either name; None when it made none)."""
-    return output.get("cache", output.get("past_key_values"))
+def cache_of(model: Any, output: Any) -> Any:
+    """The key-value cache ``model``'s forward returned, under the name that model uses (the
+    other name warns); None when it made none."""
+    model_class: Any = type(model)
+    return output.get(_cache_keyword(model_class))
 
 
 def default_batch_tokens(device: Any) -> int:
@@ -128,11 +130,11 @@ class LoadedModel:
         if self.chunked:
             body = self.model.base_model
             out = body(input_ids=input_ids, attention_mask=attention_mask, **with_cache(body, past))
-            return out.last_hidden_state, cache_of(out)
+            return out.last_hidden_state, cache_of(body, out)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, **with_cache(self.model, past)
         )
-        return out.logits, cache_of(out)
+        return out.logits, cache_of(self.model, out)
 
     def logits(self, states: Any) -> Any:
         if self.chunked:
