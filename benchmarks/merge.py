@@ -13,8 +13,9 @@
    experts' languages through the same runner; target tokens per second of a second run in a
    fresh process (load and start-up excluded), and of the first (loads included).
 3. quality (with --experts, e.g. the experts of `xelm demo`): FLORES-200 perplexity of each
-   system on the experts' languages, and the MoE's gap to each expert with top-1 routing fixed
-   to that expert on its own languages (mean |ln p_MoE - ln p_expert| per token).
+   system on the experts' languages (MoE routers initialised on 50 held-out corpus documents
+   per language), and the MoE's gap to each expert with top-1 routing fixed to that expert on
+   its own languages (mean |ln p_MoE - ln p_expert| per token).
 """
 
 import argparse
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +199,13 @@ def forced_gap(moe: Path, experts: list[Path], docs: int) -> list[dict[str, Any]
     return rows
 
 
-def quality(experts: list[Path], work: Path, docs: int) -> dict[str, Any]:
+def quality(
+    experts: list[Path],
+    work: Path,
+    docs: int,
+    finetune: tuple[Path, str] | None = None,
+    baselines: Sequence[Path] = (),
+) -> dict[str, Any]:
     from xelm_cli.api import EvalRequest
     from xelm_cli.bundle import Bundle
     from xelm_cli.ensemble import single_model
@@ -205,12 +213,14 @@ def quality(experts: list[Path], work: Path, docs: int) -> dict[str, Any]:
     from xelm_cli.results import build_evaluator
 
     languages = [x for p in experts for x in Bundle.read(p).languages]
-    # routers calibrated on sentences the evaluation does not use would be cleaner; FLORES
-    # devtest is the only held-out set here, so the gates see its first --docs sentences too
-    moes = build_moes(experts, work, "language", calibration=str(FLORES), calibration_limit=docs)
+    # routers initialised on held-out corpus text, not on the FLORES sentences evaluated
+    calibration = str(DATA / "corpus" / "valid")
+    moes = build_moes(experts, work, "language", calibration=calibration, calibration_limit=50)
     averaged = merge_average(experts, work / "averaged", overwrite=True)
     systems = _systems(experts, moes)
     systems["averaged (uniform)"] = lambda: single_model(averaged, "averaged")
+    for path in baselines:
+        systems[path.name] = lambda path=path: single_model(Bundle.read(path), path.name)
     request = EvalRequest(data=str(FLORES), languages=tuple(languages), limit=docs)
     evaluator = build_evaluator("perplexity", request)
     perplexity = {}
@@ -220,7 +230,48 @@ def quality(experts: list[Path], work: Path, docs: int) -> dict[str, Any]:
         metrics = evaluator.evaluate(make())
         perplexity[name] = metrics["overall"]["perplexity"]
     gap = forced_gap(moes["MoE top-1 (language gate)"], experts, docs)
+    if finetune is not None:  # (shards, tokens): BTX's fine-tune of the top-2 MoE
+        shards, tokens = finetune
+        trained = Bundle.read(experts[0]).manifest.training or {}
+        settings = trained.get("options", {})
+        for mode, flags in (("all weights", []), ("routers only", ["--router-only"])):
+            out = work / f"moe-ft-{len(flags)}"
+            command = [
+                sys.executable, "-m", "xelm_cli", "train", str(moes["MoE top-2 (language gate)"]),
+                "--data", str(shards), "--tokens", str(tokens), "-o", str(out), "--force",
+                "--block-size", str(settings.get("block_size", 128)),
+                "--batch-size", str(settings.get("batch_size", 8)),
+                "--lr", str(settings.get("lr", 1e-4)), *flags,
+            ]  # fmt: skip
+            subprocess.run(command, check=True, capture_output=True)
+            name = f"MoE top-2 after {tokens} tokens ({mode})"
+            perplexity[name] = evaluator.evaluate(single_model(Bundle.read(out), name))["overall"][
+                "perplexity"
+            ]
     return {"perplexity": perplexity, "forced_top1_gap": gap}
+
+
+def memory_and_speed(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    built = sorted(work.glob("e[0-9]"))
+    experts = built if len(built) == 8 else build(work, args.hidden, args.layers)
+    size = (experts[0] / "model.safetensors").stat().st_size
+    report: dict[str, Any] = {"expert_mb": size / 1e6, "merge": [], "speed": {}}
+    for k in [int(k) for k in args.ks.split(",")]:
+        measured = run_worker("merge", str(work), str(k))
+        report["merge"].append(
+            {"k": k, "peak_growth_vs_expert": measured["peak_growth"] / size, **measured}
+        )
+    four = experts[:4]
+    moes = build_moes(four, work, "random")
+    for system in _systems(four, moes):
+        job = json.dumps(
+            [[str(p) for p in four], {n: str(p) for n, p in moes.items()}, system, args.docs]
+        )
+        measured = run_worker("speed", job)
+        measured["tokens_per_second"] = measured["tokens"] / measured["seconds"]
+        measured["cold_tokens_per_second"] = measured["tokens"] / measured["cold_seconds"]
+        report["speed"][system] = measured
+    return report
 
 
 def main() -> None:
@@ -230,6 +281,10 @@ def main() -> None:
     parser.add_argument("--ks", default="2,4,8")
     parser.add_argument("--docs", type=int, default=16, help="FLORES sentences per language")
     parser.add_argument("--experts", help="quoted glob of trained experts for the quality part")
+    parser.add_argument("--finetune", help="token shards to fine-tune the top-2 MoE on")
+    parser.add_argument("--finetune-tokens", default="64K")
+    parser.add_argument("--baseline", action="append", default=[], help="bundle to evaluate too")
+    parser.add_argument("--skip-speed", action="store_true", help="quality only")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--work", help="keep the built models here (default: a temporary dir)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -246,41 +301,28 @@ def main() -> None:
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        built = sorted(work.glob("e[0-9]"))
-        experts = built if len(built) == 8 else build(work, args.hidden, args.layers)
-        size = (experts[0] / "model.safetensors").stat().st_size
-        report["expert_mb"] = size / 1e6
-        report["merge"] = []
-        for k in [int(k) for k in args.ks.split(",")]:
-            measured = run_worker("merge", str(work), str(k))
-            report["merge"].append(
-                {"k": k, "peak_growth_vs_expert": measured["peak_growth"] / size, **measured}
-            )
-        four = experts[:4]
-        moes = build_moes(four, work, "random")
-        report["speed"] = {}
-        for system in _systems(four, moes):
-            job = json.dumps(
-                [[str(p) for p in four], {n: str(p) for n, p in moes.items()}, system, args.docs]
-            )
-            measured = run_worker("speed", job)
-            measured["tokens_per_second"] = measured["tokens"] / measured["seconds"]
-            measured["cold_tokens_per_second"] = measured["tokens"] / measured["cold_seconds"]
-            report["speed"][system] = measured
+        if not args.skip_speed:
+            report.update(memory_and_speed(work, args))
         if args.experts:
+            finetune = (Path(args.finetune), args.finetune_tokens) if args.finetune else None
             report["quality"] = quality(
-                [Path(p) for p in sorted(glob.glob(args.experts))], work, args.docs
+                [Path(p) for p in sorted(glob.glob(args.experts))],
+                work,
+                args.docs,
+                finetune,
+                [Path(p) for p in args.baseline],
             )
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"one expert: {report['expert_mb']:.1f} MB")
-    for row in report["merge"]:
+    if "merge" in report:
+        print(f"one expert: {report['expert_mb']:.1f} MB")
+    for row in report.get("merge", []):
         print(
             f"merge k={row['k']}: peak growth {row['peak_growth'] / 1e6:.1f} MB = "
             f"{row['peak_growth_vs_expert']:.3f} x one expert, {row['seconds']:.1f} s"
         )
-    for name, row in report["speed"].items():
+    for name, row in report.get("speed", {}).items():
         print(
             f"{name:>28}: {row['tokens_per_second']:8.0f} tokens/s warm, "
             f"{row['cold_tokens_per_second']:8.0f} with loading ({row['tokens']} tokens)"
