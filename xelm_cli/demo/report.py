@@ -179,8 +179,9 @@ def text_sentence(results: dict[str, Any]) -> str:
     mean = f", {sum(sizes.values()) / documents:,.0f} bytes on average" if documents else ""
     return (
         "Training text: consecutive records of one language and one source joined into "
-        f"documents of about {target:,} bytes{mean} (single sentences in the sample corpus "
-        "are too short for TF-IDF clustering); every system trains on the same documents."
+        f"documents of about {target:,} bytes{mean} (the sample corpus's records are mostly "
+        "single sentences, too short for TF-IDF clustering; longer records stay whole); every "
+        "system trains on the same documents."
     )
 
 
