@@ -69,7 +69,9 @@ def c4_like(
                 part = rows[i * len(rows) // n : (i + 1) * len(rows) // n]
                 write_rows(folder / f"c4-{code}.tfrecord-{i:05d}-of-{n:05d}.json.gz", part)
             train = f"multilingual/c4-{code}.tfrecord-*.json.gz"
-        write_rows(folder / f"c4-{code}-validation.tfrecord-00000-of-00001.json.gz", rows[:validation])
+        write_rows(
+            folder / f"c4-{code}-validation.tfrecord-00000-of-00001.json.gz", rows[:validation]
+        )
         configs[code] = {
             "train": train,
             "validation": f"multilingual/c4-{code}-validation.tfrecord-*.json.gz",
