@@ -120,28 +120,29 @@ def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_would(
     assert "not even --batch-size 1 fits" in capsys.readouterr().err
 
 
-def test_run_times_come_from_a_measured_run(
-    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+def test_run_times_scale_a_measured_runs_flops(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, wide_seed: Path, tmp_path: Path
 ) -> None:
+    """Timings on this shared 2-core machine vary 2-7x between runs, so the test checks the
+    arithmetic: a run of N parameters and T tokens takes 6NT / (the measured run's 6N'T'/s')."""
     from test_train import corpus_slice
 
     from xelm_cli.data_prepare import prepare
 
     prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
-    common = [str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
-              "--batch-size", "4", "--log-every", "100"]  # fmt: skip
-    assert run(["train", *common, "--tokens", "256", "-o", str(tmp_path / "warm-up")]) == 0
-    assert run(["train", *common, "--tokens", "4096", "-o", str(tmp_path / "measured")]) == 0
-    assert run(["train", *common, "--tokens", "8192", "-o", str(tmp_path / "longer")]) == 0
-    capsys.readouterr()
-    args = _plan(tmp_path, seed_bundle, "--measured", str(tmp_path / "measured"), "--json")
-    args[2] = "16384"  # experts 8,192 tokens each, like the longer run
+    measured = tmp_path / "measured"
+    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
+            "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
     assert run(args) == 0
+    record = Bundle.open(measured).manifest.training
+    assert record is not None and record["seconds"] > 0
+    capsys.readouterr()
+    assert run(_plan(tmp_path, wide_seed, "--measured", str(measured), "--json")) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["estimate"]["parameters"] == ModelShape.of(Bundle.open(seed_bundle)).parameters
-    expert = plan["runs"][0]
-    actual = Bundle.open(tmp_path / "longer").manifest.training["seconds"]  # type: ignore[index]
-    # other jobs on a shared 2-core machine move CPU step times by 2-3x: the bound catches a
-    # wrong scale (minutes for seconds, parameters not counted), not a 10% error
-    assert 0.2 < expert["seconds"] / actual < 5.0, (expert["seconds"], actual)
-    assert plan["runs"][-1]["seconds"] == pytest.approx(2 * expert["seconds"])  # dense: 2x
+    n, n_measured = (ModelShape.of(Bundle.open(b)).parameters for b in (wide_seed, measured))
+    assert plan["estimate"]["parameters"] == n
+    seconds_per_token = record["seconds"] / record["tokens"] * n / n_measured
+    for entry in plan["runs"]:  # experts 500K tokens each, the dense run 1M
+        assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
+    assert run(_plan(tmp_path, wide_seed, "--measured", str(seed_bundle))) == 2
+    assert "holds no timed training run" in capsys.readouterr().err
