@@ -12,7 +12,7 @@ from xelm_cli.demo.documents import (
     grouped_documents,
     mean_purity,
 )
-from xelm_cli.demo.report import purity_section
+from xelm_cli.demo.report import purity_section, text_sentence
 from xelm_cli.errors import FormatError
 
 
@@ -118,3 +118,8 @@ def test_report_section_names_the_text_and_each_language() -> None:
     assert "| ru | 2 | 0.50 / 0.50 | 0.50 | 1.00 | - |" in text
     assert "| mean | 4 |  | 0.75 | 0.50 | 0.75 |" in text
     assert purity_section({"corpus": {}}) == []
+
+
+def test_report_says_when_records_were_used_as_they_are() -> None:
+    sentence = text_sentence({"corpus": {"document_bytes": 0, "bytes": {}, "documents": {}}})
+    assert sentence == "Training text: the corpus records as they are (mostly single sentences)."
