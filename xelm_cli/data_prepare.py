@@ -41,7 +41,7 @@ from .shards import (
     write_array,
     write_manifest,
 )
-from .sources import Batch, DatasetSource, FileSource, Source, SourceUnavailable
+from .sources import Batch, DatasetSource, FileSource, Source, SourceUnavailable, prefetched
 from .units import parse_token_count
 
 # (language, its counts so far, its read limit or None): called after each batch
@@ -461,12 +461,13 @@ def _read_sources(
             work.checkpoint(name, work.position(name), done=True)
             continue
         stream = source.open(work.position(name), batch_size=batch_size)
-        for batch in stream:
+        position = work.position(name)
+        for batch, position in prefetched(stream):
             _add_batch(work, batch, tokenizer, wanted, source_limits, progress)
             if exhausted():
                 break
-            work.checkpoint(name, stream.position)
-        work.checkpoint(name, stream.position, done=True)
+            work.checkpoint(name, position)
+        work.checkpoint(name, position, done=True)
 
 
 def _check_languages(

@@ -11,6 +11,7 @@ the output appears only when ``data_prepare`` renames a finished directory into 
 """
 
 import contextlib
+import itertools
 import os
 import shutil
 import time
@@ -57,9 +58,9 @@ class _Appender:
         self._dtype = dtype
 
     def add(self, documents: list[list[int]], nbytes: int) -> None:
-        lengths = np.fromiter((len(d) for d in documents), dtype=LENGTH_DTYPE, count=len(documents))
+        lengths = np.fromiter(map(len, documents), dtype=LENGTH_DTYPE, count=len(documents))
         flat = np.fromiter(
-            (i for ids in documents for i in ids), dtype=self._dtype, count=int(lengths.sum())
+            itertools.chain.from_iterable(documents), dtype=self._dtype, count=int(lengths.sum())
         )
         self._tokens.write(flat.data)  # not tofile: its errors lose the OS's reason (disk full)
         self._lengths.write(lengths.data)

@@ -20,7 +20,9 @@ file streams by skipping the documents already read.
 import contextlib
 import itertools
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,6 +76,43 @@ class Stream:
     @property
     def position(self) -> Any:
         return self._position() if callable(self._position) else self._position
+
+
+def prefetched(stream: Stream, depth: int = 2) -> Iterator[tuple[Batch, Any]]:
+    """``(batch, position after it)`` of ``stream``, read ahead on a thread: reading and
+    decoding the next batches overlaps the caller's tokenising of this one (the Rust
+    tokenizer releases the GIL). Positions are taken as each batch is read, so a position
+    never runs ahead of the batch it comes with; errors reach the caller in order."""
+    items: queue.Queue[tuple[Batch, Any] | BaseException | None] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Batch, Any] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in stream:
+                if not put((batch, stream.position)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+
+    reader = threading.Thread(target=read, name="xelm-source-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass(frozen=True)
