@@ -19,6 +19,7 @@ file streams by skipping the documents already read.
 
 import contextlib
 import itertools
+import logging
 import os
 import queue
 import re
@@ -314,7 +315,8 @@ def _translated(source: DatasetSource) -> Iterator[None]:
 
     where = source.describe()
     try:
-        yield
+        with _quiet_libraries():
+            yield
     except (UsageError, FormatError):
         raise
     except datasets.exceptions.DatasetNotFoundError as exc:
@@ -352,6 +354,21 @@ def dataset_configs(dataset: str) -> list[str]:
 
     with _translated(DatasetSource(dataset)):
         return list(datasets.get_dataset_config_names(resolve_dataset(dataset)))
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hide the Hub client's retry warnings and datasets' error logs: what went wrong reaches
+    the user once, as xelm's one line."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _is_network_error(exc: BaseException) -> bool:
