@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from xelm_cli.archive import pack_bundle, unpack_bundle
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
-from xelm_cli.tokenizer_training import train_bpe_tokenizer
+from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
 SAMPLE_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval" / "udhr" / "en.txt"
 

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import DEFAULT_BATCH_SIZE, load_tokenizer, prepare, tokenizer_threads
-from xelm_cli.languages import parse_language_list
-from xelm_cli.sources import DatasetSource
-from xelm_cli.tokenizer_training import train_tokenizer_on_corpus
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, load_tokenizer, prepare, tokenizer_threads
+from xelm_cli.data.sources import DatasetSource
+from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.lang.codes import parse_language_list
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

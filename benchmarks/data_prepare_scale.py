@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from xelm_cli.corpus import iter_documents
-from xelm_cli.languages import parse_language_list
-from xelm_cli.tokenizer_training import train_tokenizer_on_corpus
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.lang.codes import parse_language_list
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 XELM = [sys.executable, "-m", "xelm_cli"]

@@ -39,8 +39,8 @@ LANGS += ["tr", "ja", "ko", "zh", "hi", "ur", "sw", "vi"]
 
 
 def build(work: Path, hidden: int, layers: int) -> None:
-    from xelm_cli.seed import NAMED_CONFIGS, init_from_config
-    from xelm_cli.tokenizer_training import train_bpe_tokenizer
+    from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
+    from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
     texts = [
         line
@@ -104,9 +104,9 @@ class PeakMemory:
 
 def worker(work: Path, mode: str, k: int, docs: int, device: str) -> dict[str, float]:
     from xelm_cli.api import EvalRequest
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.ensemble import EnsembleModel, build_router, single_model
-    from xelm_cli.results import build_evaluator
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.ensemble.results import build_evaluator
+    from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
 
     languages = LANGS[: 2 * k]
     request = EvalRequest(

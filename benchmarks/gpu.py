@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import train_throughput as throughput
 from xelm_trainer.lean_loss import use_lean_loss
 
-from xelm_cli.seed import NAMED_CONFIGS
+from xelm_cli.bundle.seed import NAMED_CONFIGS
 
 ROOT = Path(__file__).resolve().parent
 XGLM_VOCAB = 256_008

@@ -42,9 +42,9 @@ FLORES = DATA / "eval" / "flores200-devtest"
 def build(work: Path, hidden: int, layers: int, count: int = 8) -> list[Path]:
     import torch
 
-    from xelm_cli.bundle import Bundle, write_bundle
-    from xelm_cli.seed import NAMED_CONFIGS, init_from_config
-    from xelm_cli.tokenizer_training import train_bpe_tokenizer
+    from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
+    from xelm_cli.bundle.store import Bundle, write_bundle
+    from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
     texts = [
         line
@@ -89,7 +89,7 @@ def build(work: Path, hidden: int, layers: int, count: int = 8) -> list[Path]:
 def merge_worker(work: Path, k: int) -> dict[str, float]:
     import torch  # noqa: F401 (imported before measuring, as the CLI has it)
 
-    from xelm_cli.merging import merge_average
+    from xelm_cli.bundle.merging import merge_average
 
     paths = [work / f"e{e}" for e in range(k)]
     started = time.perf_counter()
@@ -99,8 +99,8 @@ def merge_worker(work: Path, k: int) -> dict[str, float]:
 
 
 def _systems(paths: list[Path], moes: dict[str, Path]) -> dict[str, Any]:
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.ensemble import EnsembleModel, build_router, single_model
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
 
     members = [Bundle.read(p) for p in paths]
     return {
@@ -115,8 +115,8 @@ def _systems(paths: list[Path], moes: dict[str, Path]) -> dict[str, Any]:
 
 
 def speed_worker(paths: list[Path], moes: dict[str, Path], system: str, docs: int) -> dict:
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.corpus import read_documents
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.data.corpus import read_documents
 
     languages = [x for p in paths for x in Bundle.read(p).languages]
     documents = read_documents(FLORES, languages=languages, limit=docs)
@@ -141,7 +141,7 @@ def run_worker(*args: str) -> dict[str, Any]:
 
 
 def build_moes(paths: list[Path], work: Path, gate: str, **options: Any) -> dict[str, Path]:
-    from xelm_cli.moe import build_moe
+    from xelm_cli.bundle.moe import build_moe
 
     moes = {}
     for top_k in (1, 2):
@@ -156,8 +156,8 @@ def forced_gap(moe: Path, experts: list[Path], docs: int) -> list[dict[str, Any]
     token routed to that expert, and both perplexities."""
     import torch
 
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.corpus import read_documents
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.data.corpus import read_documents
 
     model = Bundle.read(moe).load_model().eval()
     rows = []
@@ -207,10 +207,10 @@ def quality(
     baselines: Sequence[Path] = (),
 ) -> dict[str, Any]:
     from xelm_cli.api import EvalRequest
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.ensemble import single_model
-    from xelm_cli.merging import merge_average
-    from xelm_cli.results import build_evaluator
+    from xelm_cli.bundle.merging import merge_average
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.ensemble.results import build_evaluator
+    from xelm_cli.ensemble.runner import single_model
 
     languages = [x for p in experts for x in Bundle.read(p).languages]
     # routers initialised on held-out corpus text, not on the FLORES sentences evaluated

@@ -26,11 +26,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from xelm_cli.api import Bundle, Shards
+from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.cli import run
-from xelm_cli.data_prepare import prepare
-from xelm_cli.seed import init_from_config
-from xelm_cli.tokenizer_training import train_bpe_tokenizer
-from xelm_cli.training import BlockStream
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.tokenizer import train_bpe_tokenizer
+from xelm_cli.training.checkpoints import BlockStream
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LANGS = ["en", "de", "ru", "zh"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xelm_cli.tokenizer_training import train_bpe_tokenizer
+from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -70,7 +70,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def seed_bundle(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A tiny randomly initialised seed bundle. Session-wide: tests must not modify it."""
-    from xelm_cli.seed import init_from_config
+    from xelm_cli.bundle.seed import init_from_config
 
     out = tmp_path_factory.mktemp("bundles") / "seed"
     init_from_config("tiny", tokenizer_dir, out, languages=list(TEST_LANGS))

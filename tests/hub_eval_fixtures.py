@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hub_fixtures import c4_like, write_readme, write_rows
 
-from xelm_cli.evalsets import FLORES_PLUS, flores_code
+from xelm_cli.data.evalsets import FLORES_PLUS, flores_code
 
 SIB200_CATEGORIES = ("science/technology", "travel", "politics", "sports", "health",
                      "entertainment", "geography")  # fmt: skip

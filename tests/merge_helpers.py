@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from xelm_cli.bundle import Bundle, write_bundle
+from xelm_cli.bundle.store import Bundle, write_bundle
 
 
 def perturbed_expert(

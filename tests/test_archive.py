@@ -17,16 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reliability import fuzz_settings, record
 
-from xelm_cli import archive as archive_mod
-from xelm_cli.archive import (
+from xelm_cli.bundle import archive as archive_mod
+from xelm_cli.bundle.archive import (
     ARCHIVE_SUFFIX,
     default_archive_name,
     pack_bundle,
     unpack_bundle,
 )
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
-from xelm_cli.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
-from xelm_cli.manifest import MANIFEST_NAME
+from xelm_cli.bundle.manifest import MANIFEST_NAME
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.common.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
 
 
 @pytest.fixture(scope="session")

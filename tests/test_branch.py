@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from xelm_cli.allocation import read_allocation
-from xelm_cli.branching import branch, hmr_branch
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
-from xelm_cli.errors import UsageError
-from xelm_cli.lineage import lineage_graph, roots
+from xelm_cli.bundle.branching import branch, hmr_branch
+from xelm_cli.bundle.lineage import lineage_graph, roots
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.cluster.allocation import read_allocation
+from xelm_cli.common.errors import UsageError
 
 
 def write_allocation(path: Path) -> Path:
@@ -31,7 +31,7 @@ def write_allocation(path: Path) -> Path:
 
 
 def digests(bundle_dir: Path) -> dict[str, str]:
-    from xelm_cli.digest import sha256_file
+    from xelm_cli.common.digest import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(bundle_dir.iterdir())}
 
@@ -144,7 +144,7 @@ def test_bad_branch_requests(tmp_path: Path, seed_bundle: Path) -> None:
     ],
 )
 def test_bad_allocation_files_are_refused(tmp_path: Path, edit, message: str) -> None:
-    from xelm_cli.errors import FormatError
+    from xelm_cli.common.errors import FormatError
 
     path = write_allocation(tmp_path / "alloc.json")
     data = json.loads(path.read_text())

@@ -9,9 +9,9 @@ import torch
 from conftest import FIXTURES, flip_byte
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
-from xelm_cli.errors import FormatError, IntegrityError
-from xelm_cli.manifest import MANIFEST_NAME, content_digest
+from xelm_cli.bundle.manifest import MANIFEST_NAME, content_digest
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.common.errors import FormatError, IntegrityError
 
 GOLDEN = FIXTURES / "golden-v1"
 GOLDEN_DIGEST = "sha256:0f6126770088ac5716952ce64a3a450020cd076bb2c481594061b862eb727d63"
@@ -168,7 +168,7 @@ def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
     out = tmp_path / "child"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    from xelm_cli.errors import UsageError
+    from xelm_cli.common.errors import UsageError
 
     with (
         pytest.raises(UsageError, match="already exists"),
@@ -185,7 +185,7 @@ def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
 
 
 def test_init_from_local_hf_directory(tmp_path: Path, seed_bundle: Path) -> None:
-    from xelm_cli.seed import init_from_hf
+    from xelm_cli.bundle.seed import init_from_hf
 
     hf_dir = tmp_path / "hf-model"
     AutoModelForCausalLM.from_pretrained(seed_bundle).save_pretrained(hf_dir)
@@ -204,8 +204,8 @@ def test_init_from_local_hf_directory(tmp_path: Path, seed_bundle: Path) -> None
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path: Path, seed_bundle: Path) -> None:
-    from xelm_cli.errors import UsageError
-    from xelm_cli.seed import init_from_hf
+    from xelm_cli.bundle.seed import init_from_hf
+    from xelm_cli.common.errors import UsageError
 
     hf_dir = tmp_path / "bin-model"
     model = AutoModelForCausalLM.from_pretrained(seed_bundle)
@@ -217,7 +217,7 @@ def test_pickle_only_checkpoint_is_refused(tmp_path: Path, seed_bundle: Path) ->
 
 
 def test_model_card_names_hub_base_model(seed_bundle: Path) -> None:
-    from xelm_cli.modelcard import render_model_card
+    from xelm_cli.bundle.modelcard import render_model_card
 
     manifest = Bundle.read(seed_bundle).manifest
     manifest.lineage = [

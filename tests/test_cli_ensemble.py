@@ -10,12 +10,12 @@ import pytest
 from conftest import SHARED_DATA
 from test_plugins import xelm
 
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.seed import init_from_config
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
-from xelm_cli.ensemble import EnsembleModel, build_router, single_model
-from xelm_cli.generation import generate
-from xelm_cli.seed import init_from_config
+from xelm_cli.ensemble.generation import generate
+from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
 
 LANGS = ("en", "tr", "ar", "ru")
 

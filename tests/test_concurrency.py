@@ -22,10 +22,10 @@ from conftest import SHARED_DATA
 from reliability import record, scaled
 from xelm_trainer import CausalLMTrainer
 
-from xelm_cli.branching import branch
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import prepare
-from xelm_cli.training import TrainRequest
+from xelm_cli.bundle.branching import branch
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.plugin.contracts import TrainRequest
 
 AREA = "concurrency"
 LANGS = ("en", "tr", "ar", "ru")

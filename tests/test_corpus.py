@@ -10,9 +10,9 @@ import zstandard
 from conftest import SHARED_DATA
 
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
-from xelm_cli.errors import FormatError, UsageError
-from xelm_cli.shards import Shards
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.shards import Shards
 
 RECORDS = [{"text": "Merhaba dünya.", "lang": "tr"}, {"text": "Hello world.", "lang": "en"}]
 
@@ -195,7 +195,7 @@ def test_sample_corpus_shards_match_the_manifest(
 
 def test_require_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "tr.txt").write_text("Merhaba dünya.\n")
-    from xelm_cli.data_prepare import prepare
+    from xelm_cli.data.prepare import prepare
 
     shards = prepare(tmp_path / "tr.txt", tokenizer_dir, tmp_path / "shards").shards
     shards.require_tokenizer(shards.tokenizer_fingerprint, "bundle seed/")

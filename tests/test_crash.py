@@ -48,15 +48,16 @@ from conftest import SHARED_DATA, TEST_LANGS, same_weights
 from hub_fixtures import c4_like
 from reliability import record, scaled
 
-from xelm_cli.archive import pack_bundle, unpack_bundle
-from xelm_cli.branching import branch
-from xelm_cli.bundle import verify_bundle
+from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.store import verify_bundle
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import prepare
-from xelm_cli.errors import XelmError
-from xelm_cli.shards import Shards
-from xelm_cli.training import checkpoint_dir, list_checkpoints
+from xelm_cli.common.errors import XelmError
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.shards import Shards
+from xelm_cli.plugin.contracts import checkpoint_dir
+from xelm_cli.training.checkpoints import list_checkpoints
 
 KILLPOINT = Path(__file__).with_name("killpoint.py")
 STREAMED_PREPARE = "data prepare --config"

@@ -11,19 +11,19 @@ import pytest
 from conftest import SHARED_DATA, train_tokenizer
 from transformers import AutoTokenizer
 
-from xelm_cli.bundle import Bundle
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import (
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import (
     language_budgets,
     parse_caps,
     parse_token_count,
     prepare,
     select_documents,
 )
-from xelm_cli.errors import FormatError, UsageError
-from xelm_cli.shards import MANIFEST_NAME, Shards, token_dtype_name
-from xelm_cli.tokenizer_training import train_tokenizer_on_corpus
+from xelm_cli.data.shards import MANIFEST_NAME, Shards, token_dtype_name
+from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 
 LANGS = ("en", "tr", "ar", "ru")
 DOCS_PER_LANGUAGE = 40

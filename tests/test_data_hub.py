@@ -12,14 +12,14 @@ from conftest import SHARED_DATA
 from hub_fixtures import c4_like, write_readme, write_rows
 from transformers import AutoTokenizer
 
-from xelm_cli import prepare_work
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import prepare
-from xelm_cli.errors import FormatError, UsageError
-from xelm_cli.recipes import load_recipe, shipped_recipes
-from xelm_cli.shards import Shards
-from xelm_cli.sources import DatasetSource, SourceUnavailable
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data import prepare_work
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.recipes import load_recipe, shipped_recipes
+from xelm_cli.data.shards import Shards
+from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 
 CODES = {"ar": "ar", "bg": "bg", "he": "iw"}  # xelm code -> mC4's
 DOCS = 24
@@ -309,7 +309,7 @@ def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: P
 def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path: Path) -> None:
     """Cutting a language down gathers its kept documents in slices: the same tokens as a
     whole-array selection."""
-    from xelm_cli import data_prepare
+    from xelm_cli.data import prepare as data_prepare
 
     corpus = tmp_path / "c"
     corpus.mkdir()

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from xelm_cli.common.errors import FormatError
 from xelm_cli.demo.documents import (
     cluster_purity,
     group_records,
@@ -13,7 +14,6 @@ from xelm_cli.demo.documents import (
     mean_purity,
 )
 from xelm_cli.demo.report import purity_section, text_sentence
-from xelm_cli.errors import FormatError
 
 
 def records(*texts: str, lang: str = "en", source: str = "s") -> list[dict[str, str]]:

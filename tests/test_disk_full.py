@@ -31,8 +31,8 @@ from conftest import SHARED_DATA
 from reliability import record
 
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
-from xelm_cli.data_prepare import prepare
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
 
 AREA = "disk-full"
 CLEAN = "clean one-line error, nothing left at target"

@@ -16,17 +16,17 @@ from xelm_cli.api import (
     UsageError,
     Weights,
 )
-from xelm_cli.bundle import Bundle
-from xelm_cli.ensemble import (
+from xelm_cli.bundle.seed import init_from_config
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.errors import IntegrityError, PluginError
+from xelm_cli.ensemble.runner import (
     EnsembleModel,
     EnsembleSpec,
     build_router,
     open_members,
     single_model,
 )
-from xelm_cli.errors import IntegrityError, PluginError
-from xelm_cli.scoring import LoadedModel, score_sequences, windows
-from xelm_cli.seed import init_from_config
+from xelm_cli.ensemble.scoring import LoadedModel, score_sequences, windows
 
 EXPERT_LANGUAGES = (["en", "tr"], ["ar"], ["ru"])
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -276,7 +276,7 @@ def test_calibration_fits_the_oracle_table_and_the_posterior_prior(experts: list
     totals = np.stack([s.logprobs.sum(axis=1) for s in scored])
 
     def likelihood(p: np.ndarray) -> float:
-        from xelm_cli.mixing import logsumexp
+        from xelm_cli.ensemble.mixing import logsumexp
 
         return float(logsumexp(totals + np.log(p), axis=1).sum())
 

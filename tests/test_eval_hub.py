@@ -22,8 +22,8 @@ from plugins.xelm_eval.perplexity import PerplexityEvaluator
 from plugins.xelm_eval.tasks import SIB200_CATEGORIES, open_task
 from xelm_cli.api import EvalRequest, UsageError
 from xelm_cli.cli import run
-from xelm_cli.evalsets import FLORES_PLUS, flores_code, language_of_config
-from xelm_cli.fetch import fetch
+from xelm_cli.data.evalsets import FLORES_PLUS, flores_code, language_of_config
+from xelm_cli.data.fetch import fetch
 
 LANGS = ("en", "tr", "ar", "ru")
 

@@ -11,10 +11,10 @@ import zstandard
 from hub_eval_fixtures import fetch_mirror, synthetic_texts
 
 from xelm_cli.cli import run
-from xelm_cli.corpus import iter_documents
+from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.fetch import default_data_dir, fetch
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
-from xelm_cli.errors import UsageError, XelmError
-from xelm_cli.fetch import default_data_dir, fetch
 
 DEMO_LANGUAGES = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
 DOCUMENTS = 30  # per language in the stand-ins

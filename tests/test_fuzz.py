@@ -28,15 +28,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from reliability import fuzz_settings, record
 
-from xelm_cli import corpus
-from xelm_cli.allocation import ARRAYS_FILE, DIR_MANIFEST, read_allocation, write_allocation
-from xelm_cli.bundle import Bundle, verify_bundle, write_bundle
+from xelm_cli.bundle.fingerprint import architecture_fingerprint
+from xelm_cli.bundle.manifest import MANIFEST_NAME, bundle_schema, content_digest
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cli import INTERNAL_ERROR_EXIT, run
-from xelm_cli.corpus import Document, iter_documents, read_documents
-from xelm_cli.errors import FormatError, XelmError
-from xelm_cli.fingerprint import architecture_fingerprint
-from xelm_cli.languages import normalize_language, parse_language_list, suggest_languages
-from xelm_cli.manifest import MANIFEST_NAME, bundle_schema, content_digest
+from xelm_cli.cluster.allocation import ARRAYS_FILE, DIR_MANIFEST, read_allocation, write_allocation
+from xelm_cli.common.errors import FormatError, XelmError
+from xelm_cli.data import corpus
+from xelm_cli.data.corpus import Document, iter_documents, read_documents
+from xelm_cli.lang.codes import normalize_language, parse_language_list, suggest_languages
 
 MAX_MESSAGE = 500  # characters: an error is one readable line, not a dump of the input
 LANGUAGE_TAG = re.compile(bundle_schema()["$defs"]["language"]["pattern"])
@@ -545,7 +545,7 @@ def arrays_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def seed_model(seed_bundle: Path) -> Any:
     import torch
 
-    from xelm_cli.scoring import LoadedModel
+    from xelm_cli.ensemble.scoring import LoadedModel
 
     return LoadedModel.load(Bundle.open(seed_bundle), torch.device("cpu"))
 

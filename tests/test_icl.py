@@ -453,8 +453,8 @@ def test_few_shot_runs_differ_and_stderr_is_over_runs(tmp_path: Path) -> None:
 
 
 def test_real_tiny_model_on_sib200(seed_bundle: Path) -> None:
-    from xelm_cli.bundle import Bundle
-    from xelm_cli.ensemble import single_model
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.ensemble.runner import single_model
 
     model = single_model(Bundle.read(seed_bundle), "seed")
     ev = evaluator("sib200", SHARED_TASKS / "sib200", languages=("en", "tr"), limit=5, shots=1,

@@ -12,15 +12,14 @@ import pytest
 from conftest import TEST_LANGS, flip_byte
 from reliability import record
 
-from xelm_cli import bundle as bundle_module
-from xelm_cli import verified
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle, write_bundle
+from xelm_cli.bundle import store as bundle_module
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.store import Bundle, verified, write_bundle
 from xelm_cli.cli import run
-from xelm_cli.data_prepare import load_tokenizer as load_tokenizer_info
-from xelm_cli.ensemble import open_members
-from xelm_cli.errors import FormatError, IntegrityError
-from xelm_cli.scoring import LoadedModel
+from xelm_cli.common.errors import FormatError, IntegrityError
+from xelm_cli.data.prepare import load_tokenizer as load_tokenizer_info
+from xelm_cli.ensemble.runner import open_members
+from xelm_cli.ensemble.scoring import LoadedModel
 
 WEIGHTS, TOKENIZER, CONFIG = "model.safetensors", "tokenizer.json", "config.json"
 

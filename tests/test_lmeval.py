@@ -22,8 +22,8 @@ from xelm_cli.api import (  # noqa: E402
     LanguageModel,
     UsageError,
 )
-from xelm_cli.bundle import Bundle  # noqa: E402
-from xelm_cli.ensemble import EnsembleModel, single_model  # noqa: E402
+from xelm_cli.bundle.store import Bundle  # noqa: E402
+from xelm_cli.ensemble.runner import EnsembleModel, single_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "plugins"

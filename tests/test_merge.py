@@ -10,14 +10,14 @@ from conftest import sample_texts, weights
 from merge_helpers import perturbed_expert
 from transformers import AutoModelForCausalLM
 
-from xelm_cli.allocation import write_allocation
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle, verify_bundle
-from xelm_cli.errors import UsageError
-from xelm_cli.merging import merge_average, merge_weights
-from xelm_cli.seed import NAMED_CONFIGS, init_from_config
-from xelm_cli.tensor_stream import INDEX_NAME, TensorSource
-from xelm_cli.tokenizer_training import train_bpe_tokenizer
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.merging import merge_average, merge_weights
+from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.bundle.tensor_stream import INDEX_NAME, TensorSource
+from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
 LANGS = ("en", "tr", "ar")
 

@@ -10,12 +10,12 @@ from merge_helpers import perturbed_expert, seed_from_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle, verify_bundle
-from xelm_cli.corpus import read_documents
-from xelm_cli.errors import UsageError
-from xelm_cli.moe import build_moe
-from xelm_cli.tensor_stream import TensorSource
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.moe import build_moe
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.bundle.tensor_stream import TensorSource
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import read_documents
 
 LANGS = ("en", "tr", "ar")
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"
@@ -196,7 +196,7 @@ def test_unsupported_architecture_is_one_line(
 def test_experts_of_another_seed_are_refused(
     experts: list[Bundle], tmp_path: Path, tokenizer_dir: Path, no_tensor_reads: None
 ) -> None:
-    from xelm_cli.seed import init_from_config
+    from xelm_cli.bundle.seed import init_from_config
 
     other = init_from_config("tiny", tokenizer_dir, tmp_path / "o", languages=["en"], seed=5)
     with pytest.raises(UsageError, match=r"different seeds.*joined into one MoE model"):
@@ -206,8 +206,8 @@ def test_experts_of_another_seed_are_refused(
 def test_a_large_moe_is_sharded(
     experts: list[Bundle], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from xelm_cli import moe as moe_module
-    from xelm_cli.tensor_stream import INDEX_NAME, plan_shards
+    from xelm_cli.bundle import moe as moe_module
+    from xelm_cli.bundle.tensor_stream import INDEX_NAME, plan_shards
 
     monkeypatch.setattr(moe_module, "plan_shards", lambda layout: plan_shards(layout, 300_000))
     moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1)

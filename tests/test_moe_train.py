@@ -11,12 +11,12 @@ from merge_helpers import perturbed_expert
 from test_train import corpus_slice
 from xelm_trainer import CausalLMTrainer
 
-from xelm_cli.branching import branch
-from xelm_cli.bundle import Bundle, verify_bundle
-from xelm_cli.data_prepare import prepare
-from xelm_cli.errors import UsageError
-from xelm_cli.moe import build_moe
-from xelm_cli.training import TrainRequest, checkpoint_dir
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.moe import build_moe
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.prepare import prepare
+from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 
 SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 

@@ -11,14 +11,14 @@ import pytest
 from conftest import SHARED_DATA, TEST_LANGS
 from reliability import record
 
-from xelm_cli.atomic import atomic_directory, atomic_file, output_lock
-from xelm_cli.bundle import verify_bundle
+from xelm_cli.bundle.store import verify_bundle
 from xelm_cli.cli import run
-from xelm_cli.data_prepare import prepare
-from xelm_cli.errors import UsageError
+from xelm_cli.common.atomic import atomic_directory, atomic_file, output_lock
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.prepare import prepare
 
 HOLD = (
-    "import sys, time; from xelm_cli.atomic import output_lock\n"
+    "import sys, time; from xelm_cli.common.atomic import output_lock\n"
     "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n"
 )
 

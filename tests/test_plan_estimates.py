@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import train_tokenizer
 
-from xelm_cli.allocation import write_allocation
-from xelm_cli.bundle import Bundle
+from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
-from xelm_cli.estimates import ModelShape, largest_batch, parse_size, training_memory
-from xelm_cli.seed import NAMED_CONFIGS, init_from_config
+from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.training.estimates import ModelShape, largest_batch, parse_size, training_memory
 
 # Peak resident memory of two fp32 training steps (model load, chunked loss, AdamW), above the
 # level after a warm-up step of a tiny model (torch's allocator, threads and kernels set up).
@@ -22,7 +22,7 @@ import gc, json, sys, threading, time
 import psutil, torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from xelm_trainer.lean_loss import use_lean_loss
-from xelm_cli.bundle import Bundle
+from xelm_cli.bundle.store import Bundle
 
 def steps(model, batch):
     optimizer = torch.optim.AdamW(model.parameters())
@@ -127,7 +127,7 @@ def test_run_times_scale_a_measured_runs_flops(
     arithmetic: a run of N parameters and T tokens takes 6NT / (the measured run's 6N'T'/s')."""
     from test_train import corpus_slice
 
-    from xelm_cli.data_prepare import prepare
+    from xelm_cli.data.prepare import prepare
 
     prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
     measured = tmp_path / "measured"

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import typer
 
-from xelm_cli import plugins as host
 from xelm_cli.api import (
     Document,
     ExpertInfo,
@@ -27,6 +26,7 @@ from xelm_cli.api import (
     hookimpl,
 )
 from xelm_cli.cli import run
+from xelm_cli.plugin import host
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BROKEN_WARNING = (

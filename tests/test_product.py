@@ -9,10 +9,10 @@ import torch
 from conftest import SHARED_DATA
 
 from xelm_cli.api import ChoiceRequest, Document, UsageError
-from xelm_cli.bundle import Bundle
-from xelm_cli.ensemble import EnsembleModel, EnsembleSpec, build_router
-from xelm_cli.mixing import product_weights
-from xelm_cli.seed import init_from_config
+from xelm_cli.bundle.seed import init_from_config
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.ensemble.mixing import product_weights
+from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, build_router
 
 WEIGHTS = [0.2, 0.3, 0.5]
 

@@ -20,14 +20,14 @@ from transformers import (
 from xelm_trainer.loop import check_inputs
 
 from xelm_cli.api import Document
-from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.bundle.framing import Framing
+from xelm_cli.bundle.seed import init_from_hf
+from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
-from xelm_cli.ensemble import EnsembleModel, build_router
-from xelm_cli.errors import UsageError
-from xelm_cli.framing import Framing
-from xelm_cli.generation import generate
-from xelm_cli.seed import init_from_hf
-from xelm_cli.training import TrainRequest
+from xelm_cli.common.errors import UsageError
+from xelm_cli.ensemble.generation import generate
+from xelm_cli.ensemble.runner import EnsembleModel, build_router
+from xelm_cli.plugin.contracts import TrainRequest
 
 TEXT = "hello world hello"
 LETTERS = "helowrd"
@@ -103,7 +103,7 @@ def test_branches_inherit_the_framing_and_training_packs_with_it(
     data = tmp_path / "corpus"
     data.mkdir()
     (data / "en.jsonl").write_text(json.dumps({"text": TEXT}) + "\n")
-    from xelm_cli.data_prepare import prepare
+    from xelm_cli.data.prepare import prepare
 
     prepare(data, tmp_path / "b", tmp_path / "shards")
     request = TrainRequest(tmp_path / "b", tmp_path / "shards", tmp_path / "out", tokens=8,

@@ -23,7 +23,7 @@ from xelm_cli.api import (
     read_allocation,
 )
 from xelm_cli.cli import run
-from xelm_cli.plugins import get_registry
+from xelm_cli.plugin.host import get_registry
 
 VALID = SHARED_DATA / "corpus" / "valid"
 LANGS = ("ar", "ru", "zh", "en")
@@ -154,7 +154,7 @@ def test_prefixes_as_the_runner_routes_them(allocation, model, held_out):
 
 
 def test_built_from_command_line_options(allocation, held_out):
-    from xelm_cli.ensemble import build_router, parse_options
+    from xelm_cli.ensemble.runner import build_router, parse_options
 
     pairs = [f"allocation={allocation.path}", "top_k=2", "temperature=0.5"]
     router = build_router("tfidf", parse_options([*pairs, "experts_in_order=true"], "router"))

@@ -18,18 +18,14 @@ from conftest import SHARED_DATA, TEST_LANGS, same_weights, train_tokenizer, wei
 from xelm_trainer import CausalLMTrainer
 from xelm_trainer.loop import TrainingRun
 
-from xelm_cli.allocation import write_allocation
-from xelm_cli.bundle import Bundle, verify_bundle
+from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
-from xelm_cli.data_prepare import prepare
-from xelm_cli.shards import Shards
-from xelm_cli.training import (
-    BlockStream,
-    TrainRequest,
-    checkpoint_dir,
-    plan_budgets,
-)
-from xelm_cli.units import parse_token_count
+from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.common.units import parse_token_count
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.shards import Shards
+from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
+from xelm_cli.training.checkpoints import BlockStream, plan_budgets
 
 SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 
@@ -146,7 +142,7 @@ def test_a_bf16_seed_stays_bf16_on_disk_unless_asked(
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from xelm_cli.seed import init_from_hf
+    from xelm_cli.bundle.seed import init_from_hf
 
     hf = tmp_path / "hf"
     AutoModelForCausalLM.from_pretrained(seed_bundle, dtype=torch.bfloat16).save_pretrained(hf)

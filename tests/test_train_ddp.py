@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from test_train import train_shards, valid_shards  # noqa: F401  (fixtures)
 from xelm_trainer.loop import TrainingRun
 
-from xelm_cli.bundle import Bundle, verify_bundle
-from xelm_cli.training import TrainRequest, checkpoint_dir
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 
 # 8 steps of a 256-token global batch (8 blocks of 32): 2 ranks x 2 blocks x 2 accumulated
 # micro-batches under torchrun, 4 blocks x 2 micro-batches in one process.

@@ -12,8 +12,8 @@ from xelm_typology import LanguageAssigner, TypologyClusterer, build_tree
 
 from xelm_cli.api import Document, UsageError, read_allocation
 from xelm_cli.cli import run
-from xelm_cli.languages import normalize_language
-from xelm_cli.typology import (
+from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.typology import (
     cosine_distances,
     distance_matrix,
     feature_set_name,

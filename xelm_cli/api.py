@@ -1,23 +1,14 @@
-"""The public API: everything a plugin (or a script) may import from xelm.
+"""The public API: everything a plugin (or a script) may import from xelm, re-exported.
 
 Plugins import this module and nothing else from xelm; if a plugin needs something that is not
-here, the API is missing a piece. The contracts are specified in spec/plugin-api.md.
+here, the API is missing a piece. The contracts are specified in spec/plugin-api.md and defined in
+:mod:`xelm_cli.plugin.contracts`; no module of xelm imports this one.
 """
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
-import pluggy
-from numpy.typing import NDArray
-
-from .allocation import Allocation, read_allocation, write_allocation
-from .atomic import atomic_directory, atomic_file, output_lock, write_bytes_atomic
-from .bundle import Bundle, verify_bundle, write_bundle
-from .corpus import Document, iter_documents, read_documents
-from .errors import (
+from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.cluster.allocation import Allocation, read_allocation, write_allocation
+from xelm_cli.common.atomic import atomic_directory, atomic_file, output_lock, write_bytes_atomic
+from xelm_cli.common.errors import (
     ArchiveError,
     FormatError,
     IntegrityError,
@@ -25,7 +16,8 @@ from .errors import (
     UsageError,
     XelmError,
 )
-from .evalsets import (
+from xelm_cli.data.corpus import Document, iter_documents, read_documents
+from xelm_cli.data.evalsets import (
     EvalSet,
     eval_set_with,
     eval_texts,
@@ -35,23 +27,40 @@ from .evalsets import (
     language_of_config,
     usable_eval_set,
 )
-from .languages import normalize_language, parse_language_list
-from .plugins import Register, Registration, Registry, get_registry
-from .shards import Shards
-from .sources import DatasetSource, dataset_configs
-from .training import (
-    BlockStream,
-    TrainRequest,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
-from .typology import (
+from xelm_cli.data.shards import Shards
+from xelm_cli.data.sources import DatasetSource, dataset_configs
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.lang.typology import (
     distance_matrix,
     feature_set_name,
     feature_vectors,
     rank_donors,
     uriel_code,
+)
+from xelm_cli.plugin.contracts import (
+    Assigner,
+    ChoiceRequest,
+    Clusterer,
+    EvalRequest,
+    Evaluator,
+    ExpertInfo,
+    LanguageModel,
+    OutputRouter,
+    PreRouter,
+    Router,
+    ScoredDocument,
+    Trainer,
+    TrainRequest,
+    Weights,
+    check_weights,
+    hookimpl,
+)
+from xelm_cli.plugin.host import Register, Registration, Registry, get_registry
+from xelm_cli.training.checkpoints import (
+    BlockStream,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 __all__ = [
@@ -117,264 +126,3 @@ __all__ = [
     "write_bundle",
     "write_bytes_atomic",
 ]
-
-hookimpl = pluggy.HookimplMarker("xelm")
-"""Marks a plugin's hook implementations: ``@hookimpl def register_routers(register): ...``."""
-
-Weights = NDArray[np.float64]
-"""Routing weights: shape (n_documents, n_experts), rows non-negative and summing to 1."""
-
-WEIGHT_SUM_TOLERANCE = 1e-6
-
-
-@dataclass(frozen=True)
-class ExpertInfo:
-    """What a router may know about an expert: its id, a readable name, its languages, and
-    which expert of a clustering it is (the manifest's allocation reference, spec/bundle-v1.md
-    3.1: ``{"clusterer", "expert", "digest", ...}``; None for a bundle outside one)."""
-
-    id: str
-    name: str
-    languages: tuple[str, ...]
-    allocation: dict[str, Any] | None = None
-
-
-class Router(ABC):
-    """Base of every router; a class registered through ``register_routers``.
-
-    A router is built from keyword options (``--router-arg KEY=VALUE`` on the command line, the
-    ``options`` of an ensemble file): ``RouterClass(**options)``. ``needs_expert_outputs`` tells
-    the runner how to execute the ensemble: False (a :class:`PreRouter`) chooses experts before
-    running them, so only experts with non-zero weight run; True (an :class:`OutputRouter`)
-    needs the experts' per-token log-probabilities (e.g. the posterior).
-    """
-
-    name: ClassVar[str]
-    needs_expert_outputs: ClassVar[bool]
-
-    def calibrate(
-        self, scored: Sequence["ScoredDocument"], experts: Sequence[ExpertInfo]
-    ) -> dict[str, Any]:
-        """Fit the router on held-out documents scored by every expert.
-
-        Returns the options to add to the router's own so that ``RouterClass(**options)``
-        rebuilds the calibrated router (``xelm ensemble create --calibrate DATA`` records them).
-        Routers that take no calibration data keep this default, which refuses.
-        """
-        raise UsageError(f"router {self.name!r} takes no calibration data")
-
-
-class PreRouter(Router):
-    """A router that chooses experts before running them (by language, fixed weights, ...).
-
-    ``stride``: None routes each document once, on its whole text; an integer n routes the
-    text *before* target tokens 0, n, 2n, ... (prefix routing: the weights of token t come from
-    the text preceding the most recent routed position), so perplexity never sees the text it
-    scores. ``fallback`` names a registered router for the documents this router abstains on
-    (rows of NaN); a router without one must not abstain.
-    """
-
-    needs_expert_outputs: ClassVar[bool] = False
-    stride: int | None = None
-    fallback: str | None = None
-
-    @abstractmethod
-    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
-        """Weights of shape (len(documents), len(experts)); each row >= 0 and summing to 1.
-
-        A zero weight means that expert need not run for that document. A row of NaN abstains
-        (only when ``fallback`` is set).
-        """
-
-
-@dataclass(frozen=True)
-class ScoredDocument:
-    """A document scored by experts: ``logprobs[e, t]`` is ln p_e(x_t | x_<t) for target
-    token t (the first target follows the BOS token) under expert e, in ensemble order."""
-
-    document: Document
-    logprobs: NDArray[np.float64]
-
-
-class OutputRouter(Router):
-    """A router whose weights depend on the experts' outputs (posterior, ...): every expert
-    runs on every document, then ``route_tokens`` weighs them token by token."""
-
-    needs_expert_outputs: ClassVar[bool] = True
-
-    @abstractmethod
-    def route_tokens(
-        self, scored: ScoredDocument, experts: Sequence[ExpertInfo]
-    ) -> NDArray[np.float64]:
-        """Weights of shape (k, T) like ``scored.logprobs``; column t >= 0, sums to 1 and may
-        depend only on ``logprobs[:, :t]`` (the prefix), never on token t itself or later."""
-
-
-def check_weights(
-    weights: Any,
-    n_docs: int,
-    n_experts: int,
-    *,
-    router: str | None = None,
-    allow_abstain: bool = False,
-) -> Weights:
-    """Validate what a router returned and give it back as a float64 array.
-
-    Raises :class:`PluginError` (a :class:`XelmError`) naming the fault: not a numeric array,
-    wrong shape, NaN or infinite, negative, or a row not summing to 1 within 1e-6. With
-    ``allow_abstain`` a row that is entirely NaN passes (the router abstains on that document).
-    """
-    source = f"router {router!r}" if router else "router"
-    try:
-        array = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PluginError(
-            f"{source} returned weights that are not a numeric array: {exc}"
-        ) from None
-    if array.shape != (n_docs, n_experts):
-        raise PluginError(
-            f"{source} returned weights of shape {array.shape}; expected "
-            f"({n_docs}, {n_experts}) (documents x experts)"
-        )
-    abstained = np.isnan(array).all(axis=1) if allow_abstain else np.zeros(n_docs, bool)
-    array = array.copy()
-    array[abstained] = 1.0 / max(n_experts, 1)
-    if not np.isfinite(array).all():
-        row = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise PluginError(f"{source} returned NaN or infinite weights (document {row})")
-    if (array < 0).any():
-        row, col = (int(i) for i in np.argwhere(array < 0)[0])
-        raise PluginError(
-            f"{source} returned a negative weight {array[row, col]:g} "
-            f"(document {row}, expert {col})"
-        )
-    sums = array.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > WEIGHT_SUM_TOLERANCE)
-    if bad.size:
-        row = int(bad[0])
-        raise PluginError(
-            f"{source} returned weights summing to {sums[row]:.9g} for document "
-            f"{row}; each row must sum to 1"
-        )
-    array[abstained] = np.nan
-    return array
-
-
-class Assigner(ABC):
-    """A fitted allocation that sends documents to experts."""
-
-    @abstractmethod
-    def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
-        """The expert index of each document, shape (len(documents),)."""
-
-
-class Clusterer(ABC):
-    """A way to allocate languages or documents to experts (registered by ``register_clusterers``).
-
-    A clusterer contributes the command ``xelm cluster NAME`` (which fits it and writes an
-    allocation with :func:`write_allocation`) and rebuilds an :class:`Assigner` from an
-    allocation it wrote, so trainers and routers can send any document to its expert.
-    """
-
-    name: ClassVar[str]
-
-    @classmethod
-    @abstractmethod
-    def command(cls) -> Callable[..., None]:
-        """The function behind ``xelm cluster NAME``: Typer-annotated parameters and a
-        docstring whose text includes an ``Example:`` line."""
-
-    @classmethod
-    @abstractmethod
-    def assigner(cls, allocation: Allocation) -> Assigner:
-        """Rebuild the fitted allocation; refuses (UsageError) one written by another clusterer."""
-
-
-class Trainer(ABC):
-    """A way to train a bundle on token shards (registered by ``register_trainers``).
-
-    ``xelm train --trainer NAME`` builds a :class:`TrainRequest` and calls ``train``, which
-    refuses bad input (one-line :class:`UsageError`) before any heavy work, writes checkpoints
-    to ``request.checkpoint_dir``, continues from the newest one when ``request.resume``, and
-    writes the trained model as a new bundle at ``request.output`` (lineage relation ``train``,
-    training record as in spec/bundle-v1.md section 3.3 and spec/training.md).
-    """
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    def train(self, request: TrainRequest) -> Bundle:
-        """Train and return the new bundle (already written, atomically)."""
-
-
-@dataclass(frozen=True)
-class ChoiceRequest:
-    """A multiple-choice item: a context and the candidate continuations (each scored as
-    ln p(choice | BOS, context)); ``language`` is what a language router sees."""
-
-    context: str
-    choices: tuple[str, ...]
-    language: str | None = None
-
-
-class LanguageModel(ABC):
-    """What an evaluator scores with: an ensemble or a single bundle (``name`` says which)."""
-
-    name: str
-
-    @abstractmethod
-    def score_documents(self, documents: Sequence[Document]) -> list[NDArray[np.float64]]:
-        """Per document, ln p(x_t | x_<t) of each of its tokens after BOS (no EOS), one
-        document per sequence; documents longer than the model's context in windows."""
-
-    @abstractmethod
-    def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[list[NDArray[np.float64]]]:
-        """Per request and choice, ln p of each token of the choice given BOS + context."""
-
-    @abstractmethod
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model's tokenizer makes of ``text`` (no special tokens)."""
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """What ``xelm ensemble eval`` asks an evaluator: the data, the languages (None: every
-    language in the data), a per-language document/example limit, and, for in-context tasks,
-    the task, shots, runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``."""
-
-    data: str | None = None
-    languages: tuple[str, ...] | None = None
-    limit: int | None = None
-    task: str | None = None
-    shots: int = 0
-    runs: int = 1
-    seed: int = 0
-    protocol: str = "paper"
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-class Evaluator(ABC):
-    """A way to evaluate language models (registered by ``register_evaluators``).
-
-    ``Evaluator(request)`` loads and checks its data (one-line :class:`UsageError` for bad
-    input, before any model runs); ``languages`` lists the languages it will present;
-    ``evaluate(model)`` returns ``{"overall": {metric: value}, "languages": {code: {...}}}``
-    plus anything else JSON-serialisable. ``primary`` names the headline metric and
-    ``higher_is_better`` its direction (for deltas against a baseline).
-    """
-
-    name: ClassVar[str]
-    primary: ClassVar[str]
-    higher_is_better: ClassVar[bool]
-
-    def __init__(self, request: EvalRequest) -> None:
-        self.request = request
-
-    @property
-    @abstractmethod
-    def languages(self) -> list[str]:
-        """Languages of the documents or examples this evaluator will score."""
-
-    @abstractmethod
-    def evaluate(self, model: LanguageModel) -> dict[str, Any]:
-        """Score ``model`` and return the metrics (see the class docstring)."""

@@ -78,7 +78,7 @@ class Inputs:
     languages: list[str]
     options: TrainOptions
     steps: int
-    framing: Any  # xelm_cli.framing.Framing: the start and end tokens of every document
+    framing: Any  # xelm_cli.bundle.framing.Framing: the start and end tokens of every document
 
 
 class TrainingRun:

@@ -1,6 +1,6 @@
 """The ``xelm`` command: one Typer app, a module per command group.
 
-Domain errors (:class:`xelm_cli.errors.XelmError`) become one line on stderr and their exit
+Domain errors (:class:`xelm_cli.common.errors.XelmError`) become one line on stderr and their exit
 code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
 """
 
@@ -10,10 +10,17 @@ import sys
 
 import typer
 
-from .. import __version__
-from ..atomic import shown_as_output
-from ..errors import XelmError
-from . import bundle, cluster, data, demo, ensemble, lang, plugins, train
+from xelm_cli import __version__
+from xelm_cli.bundle import cli as bundle
+from xelm_cli.cluster import cli as cluster
+from xelm_cli.common.atomic import shown_as_output
+from xelm_cli.common.errors import XelmError
+from xelm_cli.data import cli as data
+from xelm_cli.demo import cli as demo
+from xelm_cli.ensemble import cli as ensemble
+from xelm_cli.lang import cli as lang
+from xelm_cli.plugin import cli as plugins
+from xelm_cli.training import cli as train
 
 DEBUG_ENV = "XELM_DEBUG"
 INTERNAL_ERROR_EXIT = 70

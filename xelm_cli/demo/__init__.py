@@ -3,9 +3,9 @@
 from pathlib import Path
 from typing import Any
 
-from .pipeline import Demo
-from .presets import PRESETS, get_preset
-from .report import read_results, write_report
+from xelm_cli.demo.pipeline import Demo
+from xelm_cli.demo.presets import PRESETS, get_preset
+from xelm_cli.demo.report import read_results, write_report
 
 __all__ = ["PRESETS", "Demo", "get_preset", "read_results", "run_demo", "write_report"]
 

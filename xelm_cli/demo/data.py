@@ -5,8 +5,9 @@ when it lacks something."""
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import UsageError
-from ..fetch import (
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.progress import byte_progress
+from xelm_cli.data.fetch import (
     DEFAULT_SIZE,
     default_data_dir,
     describe_download,
@@ -14,9 +15,8 @@ from ..fetch import (
     missing_parts,
     plan_fetch,
 )
-from ..progress import byte_progress
-from ..sources import SourceUnavailable
-from .presets import NEW_LANGUAGES, TRAIN_LANGUAGES
+from xelm_cli.data.sources import SourceUnavailable
+from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
 
 DEVELOPMENT_DATA = Path("..") / "shared" / "data"
 REQUIRED = ("corpus/train", "eval/flores200-devtest", "tasks/sib200")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..atomic import atomic_file
+from xelm_cli.common.atomic import atomic_file
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -279,8 +279,8 @@ def _tree(results: dict[str, Any]) -> tuple[list[str], np.ndarray] | None:
     typology = results.get("typology")
     if not isinstance(typology, dict) or not isinstance(typology.get("tree"), dict):
         return None
-    from ..allocation import Allocation
-    from ..cli.cluster import tree_linkage
+    from xelm_cli.cluster.allocation import Allocation
+    from xelm_cli.cluster.cli import tree_linkage
 
     experts = [e.get("languages", []) for e in typology.get("experts", []) if isinstance(e, dict)]
     allocation = Allocation(
@@ -307,7 +307,7 @@ def _draw_dendrogram(
     from matplotlib.ticker import MaxNLocator
     from scipy.cluster.hierarchy import dendrogram
 
-    from ..cli.cluster import _by_round
+    from xelm_cli.cluster.cli import _by_round
 
     owners = expert_of_language(results)
     experts = expert_languages(results)

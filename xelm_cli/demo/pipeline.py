@@ -13,20 +13,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..api import EvalRequest, TrainRequest
-from ..atomic import write_bytes_atomic
-from ..branching import branch, hmr_branch
-from ..bundle import Bundle
-from ..corpus import iter_documents, read_documents
-from ..ensemble import EnsembleModel, ScoreCache, build_router, single_model
-from ..errors import UsageError
-from ..jsonio import pretty_json, read_json_object
-from ..plugins import get_registry
-from ..progress import stderr_console
-from ..training import checkpoint_dir
-from .data import REQUIRED
-from .documents import cluster_purity, grouped_documents
-from .presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
+from xelm_cli.bundle.branching import branch, hmr_branch
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.progress import stderr_console
+from xelm_cli.data.corpus import iter_documents, read_documents
+from xelm_cli.demo.data import REQUIRED
+from xelm_cli.demo.documents import cluster_purity, grouped_documents
+from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
+from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, build_router, single_model
+from xelm_cli.plugin.contracts import EvalRequest, TrainRequest, checkpoint_dir
+from xelm_cli.plugin.host import get_registry
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
 
@@ -183,7 +182,7 @@ class Demo:
         return {"document_bytes": target, "bytes": sizes, "documents": counts}
 
     def make_tokenizer(self, corpus: Path, out: Path) -> dict[str, Any]:
-        from ..tokenizer_training import train_tokenizer_on_corpus
+        from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 
         trained = train_tokenizer_on_corpus(
             corpus, out, vocab_size=self.preset.vocab_size, langs=list(ALL_LANGUAGES),
@@ -192,15 +191,15 @@ class Demo:
         return {"vocab_size": self.preset.vocab_size, "path": str(trained.path)}
 
     def prepare(self, corpus: Path, tokenizer: Path, shards: Path) -> dict[str, int]:
-        from ..data_prepare import prepare
-        from ..shards import Shards
+        from xelm_cli.data.prepare import prepare
+        from xelm_cli.data.shards import Shards
 
         prepare(corpus, tokenizer, shards, langs=list(ALL_LANGUAGES), overwrite=True)
         opened = Shards.open(shards)
         return {lang: opened.stats[lang].tokens for lang in ALL_LANGUAGES}
 
     def make_seed(self, tokenizer: Path, shards: Path, seed: Path) -> str:
-        from ..seed import NAMED_CONFIGS, init_from_config
+        from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 
         init = self.out / "seed-init"
         if not (init / "xelm.json").is_file():
@@ -212,8 +211,8 @@ class Demo:
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
 
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
-        from ..allocation import read_allocation
-        from ..cli import run
+        from xelm_cli.cli import run
+        from xelm_cli.cluster.allocation import read_allocation
 
         root = self.out / f"typology-k{k}"
         allocation = root / "allocation.json"
@@ -237,9 +236,9 @@ class Demo:
     def tfidf_experts(self, seed: Path, corpus: Path, tokenizer: Path) -> dict[str, Any]:
         """c-BTM's clusters: fit TF-IDF k-means on sample documents, assign every training
         document, and train expert i on its cluster's documents only."""
-        from ..allocation import read_allocation
-        from ..cli import run
-        from ..data_prepare import prepare
+        from xelm_cli.cli import run
+        from xelm_cli.cluster.allocation import read_allocation
+        from xelm_cli.data.prepare import prepare
 
         k = self.preset.tfidf_k
         root = self.out / f"tfidf-k{k}"
@@ -307,7 +306,7 @@ class Demo:
         self, model: EnsembleModel, languages: Sequence[str]
     ) -> dict[str, dict[str, float]]:
         """Per-language and overall perplexity and bits per byte on FLORES-200 devtest."""
-        from ..results import build_evaluator
+        from xelm_cli.ensemble.results import build_evaluator
 
         key = tuple(languages)
         if key not in self._flores:
@@ -392,7 +391,7 @@ class Demo:
         return result
 
     def icl(self, dense: Path, experts: list[Path]) -> dict[str, Any]:
-        from ..results import build_evaluator
+        from xelm_cli.ensemble.results import build_evaluator
 
         root = self.data / "tasks" / "sib200"
         languages = [lang for lang in TRAIN_LANGUAGES if (root / lang).is_dir()]

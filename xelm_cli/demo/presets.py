@@ -3,8 +3,8 @@
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import UsageError
-from ..seed import NAMED_CONFIGS
+from xelm_cli.bundle.seed import NAMED_CONFIGS
+from xelm_cli.common.errors import UsageError
 
 TRAIN_LANGUAGES = (
     "ar",

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_bytes_atomic
-from ..errors import UsageError
-from ..jsonio import pretty_json, read_json_object
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
 
 MIN_LANGUAGES_WON = 14
 PURITY_HEADERS = ("language", "documents", "shares over experts", "purity", "entropy (bits)",
@@ -224,7 +224,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     results = {**results, "claims": claims(results)}
     written = [out / "results.json"]
     write_bytes_atomic(written[0], pretty_json(results))
-    from .figures import draw_all
+    from xelm_cli.demo.figures import draw_all
 
     figures = draw_all(results, out)
     written += figures

@@ -1,0 +1,457 @@
+"""One-file bundle archives (``<name>.xelm.tar.zst``) for sharing bundles.
+
+An archive is a POSIX (pax) tar stream compressed with zstandard. ``xelm.json`` is the first
+member, so a reader checks the format version, the schema and the file list before it extracts
+anything; the other members follow in sorted order. Members are regular files with flat names and
+normalised metadata (mode 0444, uid/gid 0, no owner names, mtime 0), so one bundle always packs
+to the same bytes.
+
+Unpacking streams the archive once: each member is refused unless it is a regular file the
+manifest lists, with the manifest's size; it is hashed while it is written into a temporary
+directory that is renamed into place only after every size and digest has matched. Decompressed
+bytes are counted as they are read, so a decompression bomb stops at the sizes the manifest
+declares (plus header room) instead of filling memory or disk.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, BinaryIO, cast
+
+import zstandard
+
+from xelm_cli.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_format_version
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import atomic_directory, atomic_file
+from xelm_cli.common.digest import PREFIX, sha256_bytes
+from xelm_cli.common.errors import ArchiveError, IntegrityError, UsageError, XelmError
+from xelm_cli.common.jsonio import parse_json_object
+
+Progress = Callable[[int], None]
+
+ARCHIVE_SUFFIX = ".xelm.tar.zst"
+MAX_MANIFEST_SIZE = 16 << 20
+CHUNK = 1 << 20
+# zstd output is identical for every worker count >= 1 (though not for 0, the single-threaded
+# mode), so using all cores keeps archives byte-reproducible across machines.
+ZSTD_THREADS = -1
+# Room for the tar blocks that are not file content: each member's header, including pax or GNU
+# long-name records written by other tar tools, and its padding; then the end-of-archive blocks
+# and record padding; then one read-ahead buffer of the tar reader.
+_MEMBER_OVERHEAD = 8 << 10
+_TRAILER_OVERHEAD = (64 << 10) + CHUNK
+
+_TYPE_NAMES = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.DIRTYPE: "a directory",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a fifo",
+    tarfile.CONTTYPE: "a contiguous file",
+    tarfile.GNUTYPE_SPARSE: "a sparse file",
+}
+# Errors the tar and zstd readers raise on malformed input: hostile headers reach int(), bytes
+# decoding and indexing inside tarfile, so built-in exceptions mean "corrupt" here too.
+_READ_ERRORS = (
+    tarfile.TarError,
+    zstandard.ZstdError,
+    EOFError,
+    OSError,
+    ValueError,
+    LookupError,
+    OverflowError,
+)
+
+
+def default_archive_name(bundle: Bundle) -> str:
+    """``<bundle-name>.xelm.tar.zst``, reduced to characters that are safe in a file name."""
+    name = bundle.name or bundle.path.resolve().name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    return (stem or "bundle") + ARCHIVE_SUFFIX
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+
+
+def pack_bundle(
+    bundle_dir: str | Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    level: int = 3,
+    progress: Progress | None = None,
+) -> Path:
+    """Write the bundle at ``bundle_dir`` as one reproducible archive at ``out``.
+
+    Every file is hashed as it is packed and a digest that does not match the manifest aborts
+    (IntegrityError) with nothing written, so a corrupted bundle is never packed and the bundle
+    is read once. ``progress(n)`` receives the bytes of bundle files read (Bundle.size in all).
+    Raises UsageError for a bad level or an existing ``out`` without ``overwrite``.
+    """
+    if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise UsageError(
+            f"compression level {level} is not between 1 and {zstandard.MAX_COMPRESSION_LEVEL}"
+        )
+    bundle = Bundle.open(bundle_dir, verify=False)  # layout and sizes; digests while packing
+    if Path(out).absolute().parent.resolve() == bundle.path.resolve():
+        raise UsageError(
+            f"{out}: an archive inside the bundle would become an unlisted file "
+            f"there; write it somewhere else"
+        )
+    manifest_raw = (bundle.path / MANIFEST_NAME).read_bytes()
+    if sha256_bytes(manifest_raw) != bundle.digest:
+        raise IntegrityError(f"{bundle.path}: {MANIFEST_NAME} changed while packing; try again")
+    compressor = zstandard.ZstdCompressor(level=level, threads=ZSTD_THREADS, write_checksum=True)
+    with (
+        atomic_file(Path(out), overwrite=overwrite) as tmp,
+        open(tmp, "wb") as raw,
+        compressor.stream_writer(raw, closefd=False) as stream,
+    ):
+        _write_tar(stream, bundle, manifest_raw, progress)
+    return Path(os.path.abspath(out))
+
+
+def _write_tar(
+    stream: IO[bytes], bundle: Bundle, manifest_raw: bytes, progress: Progress | None
+) -> None:
+    offset = _write_member(stream, MANIFEST_NAME, len(manifest_raw), io.BytesIO(manifest_raw))
+    for name, entry in sorted(bundle.manifest.files.items()):
+        problem = _name_problem(name)
+        if problem:
+            raise ArchiveError(
+                f"{bundle.path}: file {_show(name)} {problem}; it cannot be archived"
+            )
+        offset += _pack_file(stream, bundle.path, name, entry, progress)
+    # End of archive: two zero blocks, then zeros up to a whole record, as tar(1) writes it.
+    end = offset + 2 * tarfile.BLOCKSIZE
+    end += -end % tarfile.RECORDSIZE
+    stream.write(tarfile.NUL * (end - offset))
+
+
+def _pack_file(
+    stream: IO[bytes], root: Path, name: str, entry: FileEntry, progress: Progress | None
+) -> int:
+    with open(root / name, "rb") as f:
+        source = _HashingReader(f, progress)
+        written = _write_member(stream, name, entry.size, source)
+        grew = bool(f.read(1))
+    if grew:
+        raise IntegrityError(f"{root}: {name}: file grew while packing; try again")
+    if source.digest != entry.sha256:
+        raise IntegrityError(
+            f"{root}: {name}: sha256 does not match the manifest "
+            f"(content changed); run `xelm bundle verify {root}`"
+        )
+    return written
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.type = tarfile.REGTYPE
+    info.mode = 0o444
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _write_member(stream: IO[bytes], name: str, size: int, source: Any) -> int:
+    """Write one member (header, content, padding); returns the bytes written."""
+    header = _member_info(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+    stream.write(header)
+    left = size
+    while left and (chunk := source.read(min(CHUNK, left))):
+        stream.write(chunk)
+        left -= len(chunk)
+    if left:
+        raise IntegrityError(f"{name}: file shrank while packing; try again")
+    padding = -size % tarfile.BLOCKSIZE
+    stream.write(tarfile.NUL * padding)
+    return len(header) + size + padding
+
+
+class _HashingReader:
+    """A file read through sha256 (and a progress callback)."""
+
+    def __init__(self, f: BinaryIO, progress: Progress | None):
+        self.f, self.progress = f, progress
+        self.hash = hashlib.sha256()
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
+        if self.progress and data:
+            self.progress(len(data))
+        return data
+
+    @property
+    def digest(self) -> str:
+        return PREFIX + self.hash.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Unpacking
+
+
+def unpack_bundle(
+    archive: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    max_bytes: int = 1 << 40,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Extract an archive into a new bundle directory ``out`` and return the opened bundle.
+
+    Raises ArchiveError (one line naming the member) for anything unsafe or malformed: a member
+    that is not a regular file, an unsafe or unlisted or duplicate name, a size or sha256 that
+    differs from the manifest, ``xelm.json`` not first or over 16 MiB, more than ``max_bytes`` in
+    all, a truncated or corrupt stream; FormatError for a manifest of an unknown version or that
+    breaks the schema; UsageError for a missing archive or an existing ``out`` without
+    ``overwrite``. On any error nothing is left at ``out``. ``progress(n)`` receives the
+    compressed bytes read (the archive's file size in all).
+    """
+    archive = Path(archive)
+    try:
+        raw = open(archive, "rb")  # noqa: SIM115 - closed by the ExitStack below
+    except OSError as exc:
+        raise UsageError(f"cannot read archive {archive}: {exc.strerror or exc}") from None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(raw)
+        source = _ProgressReader(raw, progress) if progress else raw
+        decompressed = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], source), read_across_frames=True
+        )
+        reader = _LimitedReader(stack.enter_context(decompressed), str(archive))
+        tmp = stack.enter_context(atomic_directory(Path(out), overwrite=overwrite))
+        _Extractor(reader, tmp, str(archive), max_bytes).run()
+        bundle = _open_unpacked(tmp, str(archive))
+    return dataclasses.replace(bundle, path=Path(out))
+
+
+def _open_unpacked(tmp: Path, label: str) -> Bundle:
+    """The core's own checks (sizes, listing, manifest rules), before the rename.
+
+    Digests were checked while extracting, so files are not hashed again.
+    """
+    try:
+        return Bundle.open(tmp, verify=False)
+    except XelmError as exc:
+        detail = str(exc).removeprefix(f"{tmp}: ").split("; run `")[0]
+        raise ArchiveError(f"{label}: the unpacked bundle does not verify: {detail}") from None
+
+
+class _ProgressReader:
+    def __init__(self, f: BinaryIO, progress: Progress):
+        self.f, self.progress = f, progress
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.progress(len(data))
+        return data
+
+
+class _LimitedReader:
+    """Decompressed bytes, refused past ``limit``: the bound on what a bomb can expand to."""
+
+    def __init__(self, f: Any, label: str):
+        self.f, self.label = f, label
+        self.limit = MAX_MANIFEST_SIZE + _MEMBER_OVERHEAD + _TRAILER_OVERHEAD
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        with _archive_errors(self.label):
+            data: bytes = self.f.read(n if n >= 0 else CHUNK)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise ArchiveError(
+                f"{self.label}: archive expands beyond the sizes its manifest "
+                f"declares (corrupt, or a decompression bomb)"
+            )
+        return data
+
+
+@contextlib.contextmanager
+def _archive_errors(label: str, where: str = "") -> Iterator[None]:
+    try:
+        yield
+    except XelmError:
+        raise
+    except _READ_ERRORS as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f" {where}" if where else ""
+        raise ArchiveError(
+            f"{label}: corrupt or truncated archive{where} ({detail[:200]})"
+        ) from None
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` may not be a member (spec: flat names only), or None."""
+    if name.startswith("/"):
+        return "has an absolute path"
+    if not name or name == "." or any(part in name for part in ("/", "\\", "..", "\0")):
+        return "is not a plain file name (empty, or has '/', '\\', '..' or NUL)"
+    return None
+
+
+def _show(name: str) -> str:
+    """A member name for a one-line message: quoted, escaped, shortened."""
+    shown = repr(name)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+class _Extractor:
+    """One pass over the tar stream, checking every member before writing it."""
+
+    def __init__(self, reader: _LimitedReader, dest: Path, label: str, max_bytes: int):
+        self.reader, self.dest, self.label, self.max_bytes = reader, dest, label, max_bytes
+        self.seen: set[str] = set()
+
+    def fail(self, message: str) -> ArchiveError:
+        return ArchiveError(f"{self.label}: {message}")
+
+    def run(self) -> None:
+        with _archive_errors(self.label):
+            stream = cast(IO[bytes], self.reader)
+            tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)  # noqa: SIM115
+        with tar:  # closing a stream-mode reader leaves self.reader open
+            manifest = self.extract_manifest(tar)
+            while (member := self.next_member(tar)) is not None:
+                entry = self.check_member(member, manifest)
+                self.extract_file(tar, member, entry)
+        missing = sorted(set(manifest.files) - self.seen)
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise self.fail(
+                f"archive ends before member {_show(missing[0])}{more}: "
+                f"truncated, corrupt or incomplete"
+            )
+        self.drain()
+
+    def next_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
+        with _archive_errors(self.label):
+            return tar.next()
+
+    def check_safe(self, member: tarfile.TarInfo) -> None:
+        shown = _show(member.name)
+        problem = _name_problem(member.name)
+        if problem:
+            raise self.fail(f"member {shown} {problem}; refusing the archive")
+        if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            kind = _TYPE_NAMES.get(member.type, f"of tar type {member.type!r}")
+            raise self.fail(f"member {shown} is {kind}; archives may hold only regular files")
+        if member.name in self.seen:
+            raise self.fail(f"member {shown} appears twice; refusing the archive")
+
+    def extract_manifest(self, tar: tarfile.TarFile) -> Manifest:
+        first = self.next_member(tar)
+        if first is None:
+            raise self.fail("empty archive; not an xelm bundle archive")
+        self.check_safe(first)
+        if first.name != MANIFEST_NAME:
+            raise self.fail(
+                f"first member is {_show(first.name)}, not {MANIFEST_NAME}; "
+                f"not an xelm bundle archive"
+            )
+        if not 0 <= first.size <= MAX_MANIFEST_SIZE:
+            raise self.fail(
+                f"member {MANIFEST_NAME} is {first.size} bytes, over the "
+                f"{MAX_MANIFEST_SIZE >> 20} MiB limit"
+            )
+        raw = self.read_member(tar, first)
+        manifest = self.parse_manifest(raw)
+        declared = len(raw) + sum(entry.size for entry in manifest.files.values())
+        if declared > self.max_bytes:
+            raise self.fail(
+                f"bundle holds {declared} bytes, over the limit of {self.max_bytes} bytes"
+            )
+        # Member sizes must equal the manifest's and names may not repeat, so from here on the
+        # stream can hold no more than the declared total plus tar's own blocks.
+        self.reader.limit = (
+            self.reader.count
+            + declared
+            + _MEMBER_OVERHEAD * len(manifest.files)
+            + _TRAILER_OVERHEAD
+        )
+        self.write(MANIFEST_NAME, [raw])
+        self.seen.add(MANIFEST_NAME)
+        return manifest
+
+    def read_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+        return b"".join(self.member_chunks(tar, member))
+
+    def parse_manifest(self, raw: bytes) -> Manifest:
+        what = f"{self.label} ({MANIFEST_NAME})"
+        data = parse_json_object(raw, what)
+        check_format_version(data, what)
+        manifest = Manifest.from_dict(data, what)
+        if manifest.edited:
+            raise self.fail(
+                f"{MANIFEST_NAME} was edited after it was written "
+                f"(content_digest differs); refusing the archive"
+            )
+        return manifest
+
+    def check_member(self, member: tarfile.TarInfo, manifest: Manifest) -> FileEntry:
+        self.check_safe(member)
+        shown = _show(member.name)
+        entry = manifest.files.get(member.name)
+        if entry is None:
+            raise self.fail(f"member {shown} is not listed in {MANIFEST_NAME}")
+        if member.size != entry.size:
+            raise self.fail(
+                f"member {shown} is {member.size} bytes, the manifest says {entry.size}"
+            )
+        return entry
+
+    def member_chunks(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> Iterator[bytes]:
+        """The member's content in chunks; never more than the size its header declares."""
+        where = f"in member {_show(member.name)}"
+        with _archive_errors(self.label, where):
+            source = tar.extractfile(member)
+        assert source is not None  # a regular file, checked before
+        left = member.size
+        while left:
+            with _archive_errors(self.label, where):
+                chunk = source.read(min(CHUNK, left))
+            if not chunk:
+                raise self.fail(f"archive is truncated {where}")
+            left -= len(chunk)
+            yield chunk
+
+    def extract_file(self, tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntry) -> None:
+        digest = self.write(member.name, self.member_chunks(tar, member))
+        self.seen.add(member.name)
+        if digest != entry.sha256:
+            raise self.fail(
+                f"member {_show(member.name)}: sha256 does not match the manifest "
+                f"(corrupt or tampered)"
+            )
+
+    def write(self, name: str, chunks: Iterator[bytes] | list[bytes]) -> str:
+        """Write a new file from chunks, hashing as it goes; returns its digest."""
+        h = hashlib.sha256()
+        try:
+            f = open(self.dest / name, "xb")  # noqa: SIM115 - closed just below
+        except FileExistsError:  # names that differ only in case, on a case-insensitive disk
+            raise self.fail(f"member {_show(name)} collides with another file here") from None
+        with f:
+            for chunk in chunks:
+                h.update(chunk)
+                f.write(chunk)
+            os.fchmod(f.fileno(), 0o444)  # bundles are immutable by convention
+        return PREFIX + h.hexdigest()
+
+    def drain(self) -> None:
+        """Read to the end of the stream, so zstd checks its frame checksum."""
+        while self.reader.read(CHUNK):
+            pass

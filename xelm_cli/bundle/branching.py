@@ -1,0 +1,118 @@
+"""Branching: new experts that start as (linked) copies of an existing bundle.
+
+``branch`` makes expert N of an allocation, or an expert for given languages, from a seed.
+``hmr_branch`` adds a new language by branching the expert that holds its typological donor
+(hierarchical multi-round training, xelm-method.md section 8): old experts stay untouched.
+"""
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from xelm_cli.bundle.manifest import MANIFEST_NAME
+from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.common.errors import UsageError
+
+
+def branch(
+    parent_dir: Path,
+    out: Path,
+    *,
+    languages: list[str] | None = None,
+    allocation: Allocation | None = None,
+    expert: int | None = None,
+    role: str = "expert",
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Branch ``parent_dir`` into ``out``; costs O(1) in model size when hard links work."""
+    if allocation is not None and (expert is None or languages):
+        raise UsageError("--allocation needs --expert N and cannot be combined with --langs")
+    if expert is not None and allocation is None:
+        raise UsageError("--expert needs --allocation FILE")
+    parent = Bundle.open(parent_dir)  # a corrupt parent would pass its digests on
+    allocation_ref = None
+    if allocation is not None and expert is not None:
+        allocation_ref = allocation.reference(expert)
+        languages = allocation.experts[expert]
+    with write_bundle(
+        out,
+        role=role,
+        languages=languages or parent.languages,
+        parent=parent,
+        step={"relation": "branch", "parents": [parent.ref]},
+        allocation=allocation_ref,
+        overwrite=overwrite,
+        progress=progress,
+    ) as w:
+        pass
+    assert w.result is not None
+    return w.result
+
+
+def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
+    """Bundles named directly, or found one level inside directories that are not bundles."""
+    bundles = []
+    for path in paths:
+        if (path / MANIFEST_NAME).is_file():
+            bundles.append(Bundle.read(path))
+        elif path.is_dir():
+            bundles += [
+                Bundle.read(c) for c in sorted(path.iterdir()) if (c / MANIFEST_NAME).is_file()
+            ]
+        else:
+            raise UsageError(f"not a bundle or a directory of bundles: {path}")
+    return bundles
+
+
+def _describe(bundles: Iterable[Bundle]) -> str:
+    return "; ".join(
+        f"{b.path} ({b.manifest.role}: {','.join(b.languages) or '-'})" for b in bundles
+    )
+
+
+def choose_donor_bundle(pool: list[Bundle], donor: str) -> Bundle:
+    """The one bundle of ``pool`` whose languages include ``donor`` (experts before others)."""
+    if not pool:
+        raise UsageError("the pool holds no bundles")
+    covering = [b for b in pool if donor in b.languages]
+    experts = [b for b in covering if b.manifest.role == "expert"]
+    candidates = experts or covering
+    if not candidates:
+        raise UsageError(
+            f"no bundle in the pool covers donor language {donor!r}; candidates: {_describe(pool)}"
+        )
+    if len(candidates) > 1:
+        raise UsageError(
+            f"several bundles cover donor language {donor!r}: "
+            f"{_describe(candidates)}; pass the one to branch with --from"
+        )
+    return candidates[0]
+
+
+def hmr_branch(
+    pool_paths: list[Path],
+    donor: str,
+    language: str,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Bundle:
+    parent_ref = choose_donor_bundle(find_bundles(pool_paths), donor)
+    if language in parent_ref.languages:
+        raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
+    parent = Bundle.open(parent_ref.path)
+    step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
+    with write_bundle(
+        out,
+        role="expert",
+        languages=[language],
+        parent=parent,
+        step=step,
+        overwrite=overwrite,
+        progress=progress,
+    ) as w:
+        pass
+    assert w.result is not None
+    return w.result

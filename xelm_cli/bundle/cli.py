@@ -1,0 +1,531 @@
+"""``xelm bundle``: make, inspect, verify, branch and share expert bundles."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from xelm_cli.bundle.branching import branch as branch_bundle
+from xelm_cli.bundle.branching import find_bundles, hmr_branch
+from xelm_cli.bundle.lineage import Node, children, graph_json, lineage_graph, roots
+from xelm_cli.bundle.manifest import ROLES
+from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.cluster.allocation import read_allocation
+from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
+from xelm_cli.common.digest import short
+from xelm_cli.common.errors import IntegrityError, UsageError
+from xelm_cli.common.progress import byte_progress
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+
+app = typer.Typer(
+    help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
+)
+console = Console(soft_wrap=True)
+
+LangsOpt = Annotated[
+    str | None, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,tr.")
+]
+
+
+def _summary(bundle: Bundle) -> dict[str, Any]:
+    m = bundle.manifest
+    return {
+        "path": str(bundle.path),
+        "id": m.id,
+        "name": bundle.name,
+        "digest": bundle.digest,
+        "role": m.role,
+        "languages": m.languages,
+        "relation": m.relation,
+    }
+
+
+@app.command()
+def init(
+    out: OutDirOpt,
+    hf: Annotated[
+        str | None, typer.Option("--hf", help="Local HF model directory or Hub id.")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help=f"Named Llama-style config: {', '.join(NAMED_CONFIGS)}."),
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer directory (with --config).")
+    ] = None,
+    langs: LangsOpt = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --config initialisation.")] = 0,
+    revision: Annotated[str | None, typer.Option(help="Hub revision (with --hf).")] = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code", help="Allow the model's own Python code (off by default)."
+        ),
+    ] = False,
+    doc_start: Annotated[
+        str | None,
+        typer.Option(
+            help="Token before every document (a token like '</s>', an id, or 'none'); "
+            "default: what the model's tokenizer puts before text (--config: its bos)."
+        ),
+    ] = None,
+    doc_end: Annotated[
+        str | None,
+        typer.Option(
+            help="Token after every document; default: what the tokenizer appends, else its "
+            "eos unless that is the start token (--config: its eos)."
+        ),
+    ] = None,
+    convert_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--convert-pickle",
+            help="Read a model that has only pytorch_model.bin with torch's weights_only "
+            "loader and store it as safetensors (recorded in the lineage).",
+        ),
+    ] = False,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a seed bundle from a HF model, or from a named config plus a tokenizer.
+
+    The manifest records how documents are framed (`framing`: start and end tokens) and
+    training, scoring and generation follow it; see spec/bundle-v1.md section 3.5.
+
+    Example: xelm bundle init --config tiny --tokenizer tok/ --langs en,tr -o seed/
+
+    Example: xelm bundle init --hf xglm-564M/ --convert-pickle --langs en,tr -o seed/
+    """
+    languages = parse_language_list(langs) if langs else []
+    if (hf is None) == (config is None):
+        raise UsageError("pass exactly one of --hf MODEL or --config NAME")
+    if convert_pickle and hf is None:
+        raise UsageError("--convert-pickle goes with --hf MODEL (a named config has no weights)")
+    with byte_progress("hashing", None) as progress:
+        if hf is not None:
+            bundle = init_from_hf(
+                hf,
+                out,
+                languages=languages,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                overwrite=force,
+                progress=progress,
+                doc_start=doc_start,
+                doc_end=doc_end,
+                convert_pickle=convert_pickle,
+            )
+        else:
+            if tokenizer is None:
+                raise UsageError(
+                    "--config needs --tokenizer DIR (train one with `xelm data tokenizer`)"
+                )
+            assert config is not None
+            bundle = init_from_config(
+                config,
+                tokenizer,
+                out,
+                languages=languages,
+                seed=seed,
+                overwrite=force,
+                progress=progress,
+                doc_start=doc_start,
+                doc_end=doc_end,
+            )
+    _report_written(bundle, as_json)
+
+
+def _report_written(bundle: Bundle, as_json: bool) -> None:
+    if as_json:
+        print_json(_summary(bundle))
+    else:
+        console.print(
+            f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
+            f"({bundle.size / 1e6:.1f} MB, digest {short(bundle.digest)})"
+        )
+
+
+@app.command()
+def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
+    """Show a bundle's manifest: role, languages, lineage, training, files.
+
+    Example: xelm bundle inspect experts/e2 --json
+    """
+    bundle = Bundle.read(bundle_dir)
+    m = bundle.manifest
+    if as_json:
+        print_json({**_summary(bundle), "manifest": m.raw})
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("path", str(bundle.path)),
+        ("name", bundle.name),
+        ("id", m.id),
+        ("digest", bundle.digest),
+        ("role", m.role),
+        ("languages", ", ".join(m.languages) or "-"),
+        ("format", f"xelm-bundle {m.format_version}, written by xelm {m.created_by.get('xelm')}"),
+        ("origin", json.dumps(m.origin)),
+        ("made by", f"{m.relation} from " + (", ".join(p["id"][:12] for p in m.parents) or "-")),
+    ]
+    if m.allocation:
+        a = m.allocation
+        rows.append(
+            ("allocation", f"expert {a['expert']} of {a['clusterer']} ({short(a['digest'])})")
+        )
+    if m.training:
+        rows.append(("training", f"{m.training['tokens']:,} tokens, {m.training['steps']:,} steps"))
+    rows += [
+        ("architecture", m.fingerprints["architecture"]),
+        ("tokenizer", m.fingerprints["tokenizer"]),
+        ("size", f"{bundle.size / 1e6:.2f} MB in {len(m.files)} files"),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", escape(value))
+    console.print(table)
+    files = Table("file", "bytes", "sha256")
+    for name, entry in sorted(m.files.items()):
+        files.add_row(name, f"{entry.size:,}", short(entry.sha256, 16))
+    console.print(files)
+
+
+@app.command()
+def verify(
+    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories.", show_default=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every file's size and sha256, the schema and the fingerprints; exit 4 on a problem.
+
+    Example: xelm bundle verify experts/*
+    """
+    report = {}
+    for path in bundles:
+        total = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else 0
+        with byte_progress(f"verifying {path.name}", total) as progress:
+            report[str(path)] = verify_bundle(path, progress)
+    if as_json:
+        print_json({"ok": not any(report.values()), "bundles": report})
+    else:
+        for path_str, problems in report.items():
+            if problems:
+                for problem in problems:
+                    console.print(f"[red]FAIL[/] {path_str}: {problem}", highlight=False)
+            else:
+                console.print(f"[green]OK[/]   {path_str}", highlight=False)
+    failed = sum(1 for p in report.values() if p)
+    if failed:
+        raise IntegrityError(f"{failed} of {len(report)} bundles failed verification")
+
+
+def _render(node: Node, kids: dict[str, list[Node]], tree: Tree, seen: set[str]) -> None:
+    label = (
+        f"[bold]{escape(node.name)}[/] {node.role} {escape(str(node.languages))}"
+        if node.present
+        else f"[dim]{node.id[:12]} (not in this set)[/]"
+    )
+    label += f" [dim]{node.relation} {short(node.digest)}[/]"
+    if node.digest in seen:
+        tree.add(label + " [dim](shown above)[/]")
+        return
+    seen.add(node.digest)
+    branch = tree.add(label)
+    for child in kids[node.digest]:
+        _render(child, kids, branch, seen)
+
+
+@app.command()
+def lineage(
+    bundles: Annotated[
+        list[Path], typer.Argument(help="Bundles, or directories of bundles.", show_default=False)
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Draw the family tree of a set of bundles from their manifests.
+
+    Example: xelm bundle lineage seed/ experts/
+    """
+    nodes = lineage_graph(find_bundles(bundles))
+    if as_json:
+        print_json(graph_json(nodes))
+        return
+    kids, seen = children(nodes), set[str]()
+    tree = Tree("bundles", hide_root=True)
+    for root in roots(nodes):
+        _render(root, kids, tree, seen)
+    console.print(tree)
+
+
+@app.command()
+def branch(
+    out: OutDirOpt,
+    parent: Annotated[
+        Path | None, typer.Argument(help="Bundle to branch.", show_default=False)
+    ] = None,
+    allocation: Annotated[
+        Path | None, typer.Option(help="Allocation file (with --expert).")
+    ] = None,
+    expert: Annotated[int | None, typer.Option(help="Expert index in the allocation.")] = None,
+    langs: LangsOpt = None,
+    role: Annotated[
+        str, typer.Option(help=f"Role of the new bundle: {', '.join(ROLES)}.")
+    ] = "expert",
+    pool: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from", help="HMR: bundles (or a directory of them) to pick the donor's expert from."
+        ),
+    ] = None,
+    donor: Annotated[str | None, typer.Option(help="HMR: seen language closest to --lang.")] = None,
+    lang: Annotated[str | None, typer.Option(help="HMR: the new language.")] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Branch a bundle into a new expert; weight files are hard links, so it costs nothing.
+
+    Examples:
+      xelm bundle branch seed/ --allocation alloc.json --expert 2 -o experts/e2
+      xelm bundle branch --from experts/ --donor tr --lang az -o experts/az   (HMR)
+    """
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    if pool:
+        if parent is not None or allocation is not None or langs:
+            raise UsageError(
+                "the HMR form (--from/--donor/--lang) takes no PARENT, --allocation or --langs"
+            )
+        if not donor or not lang:
+            raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
+        bundle = hmr_branch(
+            pool, normalize_language(donor), normalize_language(lang), out, overwrite=force
+        )
+    else:
+        if parent is None:
+            raise UsageError("pass the PARENT bundle to branch, or --from POOL for the HMR form")
+        if donor or lang:
+            raise UsageError("--donor and --lang belong to the HMR form: use them with --from POOL")
+        bundle = branch_bundle(
+            parent,
+            out,
+            languages=parse_language_list(langs) if langs else None,
+            allocation=read_allocation(allocation) if allocation else None,
+            expert=expert,
+            role=role,
+            overwrite=force,
+        )
+    _report_written(bundle, as_json)
+
+
+@app.command()
+def pack(
+    bundle_dir: BundleArg,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Archive path (default: NAME.xelm.tar.zst here)."),
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Pack a verified bundle into one reproducible .xelm.tar.zst file for sharing.
+
+    Example: xelm bundle pack experts/az -o az.xelm.tar.zst
+    """
+    from xelm_cli.bundle.archive import default_archive_name, pack_bundle
+
+    bundle = Bundle.read(bundle_dir)
+    target = output or Path(default_archive_name(bundle))
+    with byte_progress(f"packing {bundle.name}", bundle.size) as progress:
+        path = pack_bundle(bundle_dir, target, overwrite=force, progress=progress)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise UsageError(f"not a size: {text!r} (examples: 500M, 20G)") from None
+
+
+@app.command()
+def unpack(
+    archive: Annotated[Path, typer.Argument(help="A .xelm.tar.zst archive.", show_default=False)],
+    out: OutDirOpt,
+    max_size: Annotated[
+        str, typer.Option(help="Refuse archives that unpack to more than this.")
+    ] = "1T",
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unpack an archive safely and verify every digest before the bundle appears.
+
+    Example: xelm bundle unpack az.xelm.tar.zst -o experts/az
+    """
+    from xelm_cli.bundle.archive import unpack_bundle
+
+    if not archive.is_file():
+        raise UsageError(f"archive not found: {archive}")
+    with byte_progress(f"unpacking {archive.name}", archive.stat().st_size) as progress:
+        bundle = unpack_bundle(
+            archive, out, overwrite=force, max_bytes=_parse_size(max_size), progress=progress
+        )
+    _report_written(bundle, as_json)
+
+
+ExpertsArg = Annotated[
+    list[str],
+    typer.Argument(help="Expert bundles (paths or quoted globs).", show_default=False),
+]
+
+
+@app.command()
+def merge(
+    experts: ExpertsArg,
+    out: OutDirOpt,
+    method: Annotated[
+        str, typer.Option(help="How to merge: average (parameter averaging).")
+    ] = "average",
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights in the experts' order (0.5,0.3,0.2) or NAME=W pairs."),
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option(help="Ensemble file whose calibrated posterior prior gives the weights."),
+    ] = None,
+    language: Annotated[
+        str | None,
+        typer.Option(help="Weights for one language from the allocation (with --allocation)."),
+    ] = None,
+    allocation: Annotated[
+        Path | None, typer.Option(help="The experts' allocation file (with --language).")
+    ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Role of the result ({', '.join(ROLES)}); default dense, or expert "
+            "with --language."
+        ),
+    ] = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Average experts' parameters into one bundle (uniform weights unless one source is given).
+
+    The experts must share architecture, tokenizer and seed. Tensors are streamed one at a
+    time: memory stays about two tensors whatever k and the model size.
+
+    Examples:
+      xelm bundle merge experts/* -o averaged/
+      xelm bundle merge experts/e0 experts/e1 --weights 0.7,0.3 -o avg/
+      xelm bundle merge experts/* --prior ens.json -o avg/
+      xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
+    """
+    from xelm_cli.bundle.merging import merge_average, merge_weights
+    from xelm_cli.ensemble.runner import expand_paths
+
+    if method != "average":
+        raise UsageError(
+            f"unknown merge method {method!r}: use average (`xelm bundle moe` builds a "
+            "mixture-of-experts model)"
+        )
+    if role is not None and role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    paths = expand_paths(experts)
+    bundles = [Bundle.read(path) for path in paths]
+    lang = normalize_language(language) if language else None
+    chosen = merge_weights(
+        bundles,
+        weights=weights,
+        prior=prior,
+        language=lang,
+        allocation=read_allocation(allocation) if allocation else None,
+    )
+    with byte_progress("merging", None) as progress:
+        bundle = merge_average(
+            paths,
+            out,
+            weights=chosen,
+            language=lang,
+            role=role,
+            overwrite=force,
+            progress=progress,
+        )
+    if as_json:
+        print_json({**_summary(bundle), "weights": chosen})
+    else:
+        _report_written(bundle, as_json)
+
+
+@app.command()
+def moe(
+    experts: ExpertsArg,
+    out: OutDirOpt,
+    top_k: Annotated[int, typer.Option("--top-k", help="Experts per token.")] = 2,
+    gate: Annotated[
+        str,
+        typer.Option(
+            help="Router initialisation: language (mean hidden state of each expert's "
+            "languages, needs --calibration), random or uniform."
+        ),
+    ] = "uniform",
+    calibration: Annotated[
+        str | None,
+        typer.Option(help="Held-out labelled corpus for --gate language (e.g. FLORES dev)."),
+    ] = None,
+    calibration_limit: Annotated[
+        int, typer.Option(help="Calibration documents per language.")
+    ] = 50,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights for averaging the non-expert parameters (default uniform)."),
+    ] = None,
+    shared_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Take attention, norms and embeddings from this bundle instead (the seed the "
+            "experts were branched from)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed for --gate random.")] = 0,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build one Mixture-of-Experts model from experts: each expert's MLP becomes an MoE expert.
+
+    Llama/Mistral experts become MixtralForCausalLM, Qwen2/Qwen3 experts Qwen2Moe/Qwen3Moe;
+    attention, norms and embeddings are averaged (or taken from the seed). The result loads in
+    plain transformers and records every expert as a parent.
+
+    Example: xelm bundle moe experts/* --gate language --calibration flores-dev/ -o moe/
+    """
+    from xelm_cli.bundle.merging import parse_weights
+    from xelm_cli.bundle.moe import build_moe
+    from xelm_cli.ensemble.runner import expand_paths
+
+    paths = expand_paths(experts)
+    chosen = parse_weights(weights, [Bundle.read(p) for p in paths]) if weights else None
+    with byte_progress("building the MoE model", None) as progress:
+        bundle = build_moe(
+            paths,
+            out,
+            top_k=top_k,
+            gate=gate,
+            calibration=calibration,
+            calibration_limit=calibration_limit,
+            weights=chosen,
+            shared_from=shared_from,
+            seed=seed,
+            overwrite=force,
+            progress=progress,
+        )
+    _report_written(bundle, as_json)

@@ -1,0 +1,298 @@
+"""Parameter averaging: one bundle whose weights are the experts' weighted mean.
+
+The weights come from the user, from an ensemble file's calibrated prior, or from one
+language's row of the allocation (its expert, or its documents' shares over TF-IDF clusters).
+Experts must share architecture, tokenizer and seed, which is checked on their manifests before
+any tensor is read. The average streams tensor by tensor (tensor_stream): memory holds one
+accumulator and one input tensor, not k models, so it works on models larger than memory.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.fingerprint import is_weight_file
+from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
+from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.jsonio import read_json_object
+
+
+def seed_of(bundle: Bundle) -> dict[str, str]:
+    """The ``{id, digest}`` of the first bundle of this bundle's line (its lineage root)."""
+    steps = bundle.manifest.lineage
+    return dict(steps[1]["parents"][0]) if len(steps) > 1 else bundle.ref
+
+
+def ancestors(bundle: Bundle) -> set[str]:
+    """Digests of the bundles on this bundle's line: step i's first parent for every i >= 1."""
+    return {step["parents"][0]["digest"] for step in bundle.manifest.lineage[1:]}
+
+
+def _model_type(bundle: Bundle) -> str:
+    config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
+    return str(config.get("model_type", "?"))
+
+
+def _architecture_difference(a: Bundle, b: Bundle) -> str:
+    """What differs between two architectures, from configs and safetensors headers only."""
+    type_a, type_b = _model_type(a), _model_type(b)
+    if type_a != type_b:
+        return f"model_type {type_a!r} vs {type_b!r}"
+    tensors_a, tensors_b = TensorSource(a.path).tensors, TensorSource(b.path).tensors
+    for name in sorted(set(tensors_a) | set(tensors_b)):
+        if name not in tensors_b:
+            return f"tensor {name} only in {a.path}"
+        if name not in tensors_a:
+            return f"tensor {name} only in {b.path}"
+        if tensors_a[name].shape != tensors_b[name].shape:
+            return (
+                f"{name} has shape {list(tensors_a[name].shape)} vs {list(tensors_b[name].shape)}"
+            )
+    return "the recorded fingerprints differ"
+
+
+def check_mergeable(bundles: Sequence[Bundle], what: str = "merged") -> None:
+    """Refuse experts that cannot be combined parameter by parameter, naming the difference:
+    distinct bundles with one architecture, one tokenizer and one seed (manifests only)."""
+    if len(bundles) < 2:
+        raise UsageError(f"only {len(bundles)} bundle given: at least two experts can be {what}")
+    first = bundles[0]
+    seen: dict[str, Bundle] = {}
+    for bundle in bundles:
+        if bundle.id in seen:
+            raise UsageError(
+                f"{seen[bundle.id].path} and {bundle.path} are the same bundle; list each once"
+            )
+        seen[bundle.id] = bundle
+        prints, first_prints = bundle.manifest.fingerprints, first.manifest.fingerprints
+        if prints["architecture"] != first_prints["architecture"]:
+            raise UsageError(
+                f"{bundle.path} and {first.path} have different architectures "
+                f"({_architecture_difference(first, bundle)}); only experts of one architecture "
+                f"can be {what}"
+            )
+        if prints["tokenizer"] != first_prints["tokenizer"]:
+            raise UsageError(
+                f"{bundle.path} and {first.path} have different tokenizers; only experts "
+                f"branched from one seed can be {what}"
+            )
+        if seed_of(bundle)["digest"] != seed_of(first)["digest"]:
+            raise UsageError(
+                f"{bundle.path} and {first.path} descend from different seeds "
+                f"({seed_of(bundle)['id'][:12]} vs {seed_of(first)['id'][:12]}); only experts "
+                f"branched from one seed can be {what}"
+            )
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def normalised(weights: Sequence[float], source: str) -> list[float]:
+    values = [float(w) for w in weights]
+    if any(not w >= 0 or w == float("inf") for w in values):
+        raise UsageError(f"{source}: weights must be finite and non-negative, got {values}")
+    total = sum(values)
+    if total <= 0:
+        raise UsageError(f"{source}: the weights are all zero")
+    return [w / total for w in values]
+
+
+def parse_weights(text: str, bundles: Sequence[Bundle]) -> list[float]:
+    """``0.5,0.3,0.2`` (in the experts' order) or ``NAME=0.5,NAME=0.5`` (by bundle name,
+    directory or id; experts not named get 0); normalised to sum 1."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    named = any("=" in p for p in parts)
+    try:
+        if not named:
+            if len(parts) != len(bundles):
+                raise UsageError(
+                    f"--weights has {len(parts)} values for {len(bundles)} experts; give one per "
+                    "expert in order, or NAME=WEIGHT pairs"
+                )
+            return normalised([float(p) for p in parts], "--weights")
+        weights = [0.0] * len(bundles)
+        for part in parts:
+            key, _, value = part.partition("=")
+            matches = [
+                i
+                for i, b in enumerate(bundles)
+                if key.strip() in (b.name, b.path.name, str(b.path), b.id)
+            ]
+            if len(matches) != 1:
+                names = ", ".join(b.name for b in bundles)
+                raise UsageError(
+                    f"--weights: {key!r} names {len(matches)} of the experts ({names})"
+                )
+            weights[matches[0]] = float(value)
+        return normalised(weights, "--weights")
+    except ValueError:
+        raise UsageError(f"--weights must be numbers, e.g. 0.5,0.3,0.2; got {text!r}") from None
+
+
+def prior_weights(ensemble_file: Path, bundles: Sequence[Bundle]) -> list[float]:
+    """The calibrated prior an ensemble file records (``xelm ensemble create --router
+    posterior --calibrate DATA``), one value per expert, matched by bundle digest."""
+    data = read_json_object(ensemble_file, str(ensemble_file))
+    if data.get("format") != "xelm-ensemble":
+        raise FormatError(f"{ensemble_file}: not an xelm ensemble file")
+    try:
+        digests = [str(m["digest"]) for m in data["members"]]
+        prior = (data["router"].get("options") or {}).get("prior")
+    except (KeyError, TypeError, AttributeError):
+        raise FormatError(f"{ensemble_file}: malformed ensemble file") from None
+    if not isinstance(prior, list) or len(prior) != len(digests):
+        raise UsageError(
+            f"{ensemble_file} records no calibrated prior; make one with `xelm ensemble create "
+            "EXPERTS --router posterior --calibrate DATA -o ens.json`"
+        )
+    weights = []
+    for bundle in bundles:
+        if bundle.digest not in digests:
+            raise UsageError(f"{bundle.path} is not a member of the ensemble {ensemble_file}")
+        weights.append(prior[digests.index(bundle.digest)])
+    return normalised(weights, f"{ensemble_file} prior")
+
+
+def language_weights(
+    language: str, allocation: Allocation, bundles: Sequence[Bundle]
+) -> list[float]:
+    """One language's router weights over the experts: its share of documents per expert when
+    the allocation records them (TF-IDF), else 1 for the expert that holds it (typology)."""
+    expert_of: dict[int, int] = {}
+    for i, bundle in enumerate(bundles):
+        ref = bundle.manifest.allocation
+        if not ref or ref.get("digest") != allocation.digest:
+            raise UsageError(
+                f"{bundle.path} is not an expert of the allocation {allocation.path}; "
+                "weights by language need the experts of one allocation"
+            )
+        expert_of[int(ref["expert"])] = i
+    shares = allocation.raw.get("language_shares")
+    if isinstance(shares, dict) and language in shares:
+        row = [float(x) for x in shares[language]]
+    elif (holder := allocation.expert_of(language)) is not None:
+        row = [1.0 if e == holder else 0.0 for e in range(allocation.k)]
+    else:
+        raise UsageError(
+            f"{language!r} is not in the allocation {allocation.path} "
+            f"(languages: {', '.join(allocation.languages)})"
+        )
+    missing = [e for e, w in enumerate(row) if w > 0 and e not in expert_of]
+    if missing:
+        raise UsageError(
+            f"{language!r} has weight on expert {missing[0]} of {allocation.path}, which is not "
+            "among the bundles given; pass every expert of the allocation"
+        )
+    by_bundle = [0.0] * len(bundles)
+    for expert, i in expert_of.items():
+        by_bundle[i] = row[expert] if expert < len(row) else 0.0
+    return normalised(by_bundle, f"weights of {language!r}")
+
+
+def merge_weights(
+    bundles: Sequence[Bundle],
+    *,
+    weights: str | None = None,
+    prior: Path | None = None,
+    language: str | None = None,
+    allocation: Allocation | None = None,
+) -> list[float]:
+    """The weights one of the sources gives (uniform when none is given)."""
+    given = [
+        name
+        for name, v in (("--weights", weights), ("--prior", prior), ("--language", language))
+        if v
+    ]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} both set the weights; pass one of them")
+    if (language is None) != (allocation is None):
+        raise UsageError("--language LANG and --allocation FILE go together")
+    if weights:
+        return parse_weights(weights, bundles)
+    if prior is not None:
+        return prior_weights(prior, bundles)
+    if language is not None and allocation is not None:
+        return language_weights(language, allocation, bundles)
+    return [1.0 / len(bundles)] * len(bundles)
+
+
+# ---------------------------------------------------------------------------- averaging
+
+
+def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], name: str) -> Any:
+    """sum_e w_e T_e in float32 (float64 for float64 tensors), cast back to the first expert's
+    dtype; tensors that are not floating point must be equal and are copied."""
+    import torch
+
+    first = sources[0].get(name)
+    if not first.is_floating_point():
+        for source in sources[1:]:
+            if not torch.equal(source.get(name), first):
+                raise UsageError(
+                    f"{name} is an integer tensor that differs between {sources[0].directory} "
+                    f"and {source.directory}; it cannot be averaged"
+                )
+        return first
+    dtype = first.dtype
+    wide = torch.float64 if dtype == torch.float64 else torch.float32
+    total = first.to(wide) * weights[0]
+    del first
+    for source, weight in zip(sources[1:], weights[1:], strict=True):
+        if weight:
+            total += source.get(name).to(wide) * weight
+    return total.to(dtype)
+
+
+def merge_average(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    weights: Sequence[float] | None = None,
+    language: str | None = None,
+    role: str | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Write ``out``: the experts' weighted parameter average (uniform without ``weights``),
+    a bundle whose last lineage step is ``merge`` (method ``average``) naming every parent and
+    its weight. The first expert gives the config, tokenizer, dtypes and shard layout. With
+    ``language`` (weights made for one language) the result is an expert for it, else a dense
+    model for all the experts' languages."""
+    bundles = [Bundle.read(path) for path in paths]
+    check_mergeable(bundles)
+    chosen = normalised(weights, "weights") if weights else [1.0 / len(bundles)] * len(bundles)
+    if len(chosen) != len(bundles):
+        raise UsageError(f"{len(chosen)} weights for {len(bundles)} experts")
+    for bundle in bundles:  # every digest checked before any tensor is used
+        bundle.check_files(progress=progress)
+    sources = [TensorSource(b.path) for b in bundles]
+    step: dict[str, Any] = {
+        "relation": "merge",
+        "method": "average",
+        "parents": [b.ref for b in bundles],
+        "weights": chosen,
+    }
+    if language:
+        step["language"] = language
+    every = list(dict.fromkeys(x for b in bundles for x in b.languages))
+    with write_bundle(
+        out,
+        role=role or ("expert" if language else "dense"),
+        languages=[language] if language else every,
+        parent=bundles[0],
+        step=step,
+        overwrite=overwrite,
+        progress=progress,
+    ) as writer:
+        writer.remove(is_weight_file)
+        write_sharded(  # the first expert's files and index
+            writer.directory,
+            sources[0].tensors,
+            lambda name: average_tensor(sources, chosen, name),
+            progress,
+            index=sources[0].index is not None,
+        )
+    assert writer.result is not None
+    return writer.result

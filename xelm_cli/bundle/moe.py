@@ -1,0 +1,364 @@
+"""Experts into one Mixture-of-Experts model (Branch-Train-MiX) that plain transformers loads.
+
+Each expert's feed-forward block becomes MoE expert e of every layer, copied bit for bit; the
+other parameters (attention, norms, embeddings, output layer) are the experts' weighted average
+or the seed's. Llama and Mistral experts become ``MixtralForCausalLM``, Qwen2 and Qwen3 experts
+``Qwen2MoeForCausalLM`` / ``Qwen3MoeForCausalLM``. The tensors are written in the layout
+``save_pretrained`` writes (per-expert matrices; transformers fuses them on load), streamed one
+at a time like merging. Routers start ``uniform`` (zeros), ``random`` or ``language``: row e of
+layer l is the centred, unit-norm mean of what that router sees (the post-attention norm's
+output) over held-out text in expert e's languages, run through expert e itself.
+"""
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.fingerprint import is_weight_file
+from xelm_cli.bundle.merging import ancestors, average_tensor, check_mergeable, normalised
+from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.tensor_stream import (
+    TensorInfo,
+    TensorSource,
+    dtype_code,
+    element_size,
+    plan_shards,
+    write_sharded,
+)
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+
+GATES = ("language", "random", "uniform")
+DEFAULT_TOP_K = 2
+CALIBRATION_LIMIT = 50  # documents per language for --gate language
+_MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$")
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one dense architecture maps onto its transformers MoE counterpart."""
+
+    dense: tuple[str, ...]  # model_type values of the experts
+    moe_type: str
+    architecture: str
+    expert_names: dict[str, str]  # dense projection -> name inside experts.E
+    expert_prefix: str  # per layer, before the expert index
+    router: str  # per layer
+    extra_config: dict[str, Any]
+    shared_expert: bool = False  # Qwen2-MoE's always-on expert (kept empty here)
+
+    def expert_tensor(self, layer: int, expert: int, projection: str) -> str:
+        name = self.expert_names[projection]
+        return f"model.layers.{layer}.{self.expert_prefix}.{expert}.{name}.weight"
+
+    def router_tensor(self, layer: int) -> str:
+        return f"model.layers.{layer}.{self.router}.weight"
+
+
+_QWEN = dict(
+    expert_names={"gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
+    expert_prefix="mlp.experts",
+    router="mlp.gate",
+)
+FAMILIES = (
+    Family(
+        ("llama", "mistral"),
+        "mixtral",
+        "MixtralForCausalLM",
+        {"gate": "w1", "up": "w3", "down": "w2"},
+        "block_sparse_moe.experts",
+        "block_sparse_moe.gate",
+        {},
+    ),
+    Family(
+        ("qwen2",),
+        "qwen2_moe",
+        "Qwen2MoeForCausalLM",
+        extra_config={"shared_expert_intermediate_size": 0},
+        shared_expert=True,
+        **_QWEN,  # type: ignore[arg-type]
+    ),
+    Family(("qwen3",), "qwen3_moe", "Qwen3MoeForCausalLM", extra_config={}, **_QWEN),  # type: ignore[arg-type]
+)
+# dense config attributes an MoE config takes over as they are
+_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "use_cache",
+    "tie_word_embeddings",
+    "rope_parameters",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "attention_dropout",
+    "attention_bias",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
+
+def family_of(model_type: str) -> Family:
+    for family in FAMILIES:
+        if model_type in family.dense:
+            return family
+    supported = ", ".join(f"{'/'.join(f.dense)} -> {f.architecture}" for f in FAMILIES)
+    raise UsageError(
+        f"cannot build an MoE model from {model_type!r} experts; supported: {supported}"
+    )
+
+
+def moe_config(dense: Any, family: Family, k: int, top_k: int) -> Any:
+    """The MoE config: the dense one's shared fields, expert size = the dense MLP's."""
+    from transformers import AutoConfig
+
+    if getattr(dense, "mlp_bias", False) or (
+        family.moe_type == "mixtral" and getattr(dense, "attention_bias", False)
+    ):
+        raise UsageError(
+            f"{family.architecture} has no bias terms but these {dense.model_type} experts do"
+        )
+    fields = {name: getattr(dense, name) for name in _CONFIG_FIELDS if hasattr(dense, name)}
+    if family.moe_type == "mixtral":
+        fields.pop("attention_bias", None)
+        moe = {"num_local_experts": k, "intermediate_size": dense.intermediate_size}
+    else:
+        moe = {
+            "num_experts": k,
+            "moe_intermediate_size": dense.intermediate_size,
+            "intermediate_size": dense.intermediate_size,
+            "norm_topk_prob": True,  # top-1 gives the chosen expert weight 1, as Mixtral does
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+        }
+    config = AutoConfig.for_model(
+        family.moe_type,
+        **fields,
+        **moe,
+        **family.extra_config,
+        num_experts_per_tok=top_k,
+        output_router_logits=False,
+    )
+    config.architectures = [family.architecture]
+    return config
+
+
+def _moe_layout(
+    family: Family, source: TensorSource, k: int, config: Any
+) -> tuple[dict[str, TensorInfo], dict[str, tuple[int, str]]]:
+    """The MoE's tensors (dtype and shape) and, for expert tensors, (expert, dense name)."""
+    layout: dict[str, TensorInfo] = {}
+    from_expert: dict[str, tuple[int, str]] = {}
+    layers = set()
+    for name, info in source.tensors.items():
+        match = _MLP.match(name)
+        if match is None:
+            layout[name] = TensorInfo("", info.dtype, info.shape)
+            continue
+        layer, projection = int(match[1]), match[2]
+        layers.add(layer)
+        for expert in range(k):
+            moe_name = family.expert_tensor(layer, expert, projection)
+            layout[moe_name] = TensorInfo("", info.dtype, info.shape)
+            from_expert[moe_name] = (expert, name)
+    if layers != set(range(config.num_hidden_layers)):
+        raise UsageError(
+            f"{source.directory}: expected mlp.gate_proj/up_proj/down_proj in every layer"
+        )
+    dtype = source.tensors["model.embed_tokens.weight"].dtype
+    hidden = config.hidden_size
+    for layer in sorted(layers):
+        layout[family.router_tensor(layer)] = TensorInfo("", dtype, (k, hidden))
+        if family.shared_expert:
+            base = f"model.layers.{layer}.mlp.shared_expert"
+            layout[f"{base}.gate_proj.weight"] = TensorInfo("", dtype, (0, hidden))
+            layout[f"{base}.up_proj.weight"] = TensorInfo("", dtype, (0, hidden))
+            layout[f"{base}.down_proj.weight"] = TensorInfo("", dtype, (hidden, 0))
+            layout[f"{base}_gate.weight"] = TensorInfo("", dtype, (1, hidden))
+    return layout, from_expert
+
+
+def _mean_router_inputs(bundle: Bundle, documents: Sequence[Any], layers: int) -> Any:
+    """(layers, hidden): the mean over tokens of each layer's post-attention norm output."""
+    import torch
+
+    model = bundle.load_model(verify=False).eval()
+    tokenizer = bundle.load_tokenizer(verify=False)
+    sums = [torch.zeros(model.config.hidden_size, dtype=torch.float64) for _ in range(layers)]
+
+    def keep(layer: int) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            sums[layer] += output[0].double().sum(dim=0)
+
+        return hook
+
+    norms = [block.post_attention_layernorm for block in model.model.layers]
+    handles = [norm.register_forward_hook(keep(i)) for i, norm in enumerate(norms)]
+    count = 0
+    try:
+        with torch.inference_mode():
+            for document in documents:
+                ids = tokenizer(document.text, add_special_tokens=False)["input_ids"]
+                ids = ids[: model.config.max_position_embeddings]
+                if ids:
+                    model(torch.tensor([ids]))
+                    count += len(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not count:
+        raise UsageError(f"no calibration text in {bundle.languages} for {bundle.path}")
+    return torch.stack(sums) / count
+
+
+def language_gates(
+    bundles: Sequence[Bundle], calibration: str | Path, layers: int, limit: int
+) -> Any:
+    """(layers, k, hidden) router rows from each expert's own hidden states on held-out text
+    in its languages: per layer, the mean router input, centred over experts, unit norm."""
+    import torch
+
+    from xelm_cli.data.corpus import read_documents
+
+    means = [
+        _mean_router_inputs(
+            bundle, read_documents(calibration, languages=bundle.languages, limit=limit), layers
+        )
+        for bundle in bundles
+    ]
+    stacked = torch.stack(means, dim=1)  # (layers, k, hidden)
+    centred = stacked - stacked.mean(dim=1, keepdim=True)
+    return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def build_moe(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    gate: str = "uniform",
+    calibration: str | Path | None = None,
+    calibration_limit: int = CALIBRATION_LIMIT,
+    weights: Sequence[float] | None = None,
+    shared_from: Path | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> Bundle:
+    """Write ``out``: a transformers MoE bundle with one expert per bundle of ``paths`` (in
+    order). Non-expert weights: the experts' average (uniform, or ``weights``), or those of
+    ``shared_from``, an ancestor of every expert (the seed they were branched from).
+    Mismatched experts and unsupported architectures are refused from manifests and configs,
+    before any tensor is read."""
+    import torch
+    from transformers import AutoConfig
+
+    bundles = [Bundle.read(path) for path in paths]
+    check_mergeable(bundles, "joined into one MoE model")
+    dense = AutoConfig.from_pretrained(bundles[0].path)
+    family = family_of(dense.model_type)
+    k = len(bundles)
+    if not 1 <= top_k <= k:
+        raise UsageError(f"--top-k must be between 1 and the number of experts ({k}), not {top_k}")
+    if gate not in GATES:
+        raise UsageError(f"unknown --gate {gate!r}; choose {', '.join(GATES)}")
+    if gate == "language" and calibration is None:
+        raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
+    config = moe_config(dense, family, k, top_k)
+    chosen = normalised(weights, "weights") if weights else [1.0 / k] * k
+    if len(chosen) != k:
+        raise UsageError(f"{len(chosen)} weights for {k} experts")
+    seed_bundle = None
+    if shared_from is not None:
+        seed_bundle = Bundle.read(shared_from)
+        if any(seed_bundle.digest not in ancestors(b) for b in bundles):
+            raise UsageError(
+                f"{shared_from} is not an ancestor of every expert; pass the seed they were "
+                "branched from"
+            )
+    for bundle in [*bundles, *([seed_bundle] if seed_bundle else [])]:
+        bundle.check_files(progress=progress)
+    sources = [TensorSource(b.path) for b in bundles]
+    shared = TensorSource(seed_bundle.path) if seed_bundle else None
+    layout, from_expert = _moe_layout(family, sources[0], k, config)
+
+    if gate == "language":
+        assert calibration is not None
+        rows = language_gates(bundles, calibration, config.num_hidden_layers, calibration_limit)
+    elif gate == "random":
+        generator = torch.Generator().manual_seed(seed)
+        shape = (config.num_hidden_layers, k, config.hidden_size)
+        rows = torch.randn(shape, generator=generator) * config.initializer_range
+    else:
+        rows = torch.zeros(config.num_hidden_layers, k, config.hidden_size)
+    routers = {family.router_tensor(i): i for i in range(config.num_hidden_layers)}
+
+    def produce(name: str) -> Any:
+        info = layout[name]
+        if name in from_expert:
+            expert, dense_name = from_expert[name]
+            return sources[expert].get(dense_name).to(_dtype(info.dtype))
+        if name in routers:
+            return rows[routers[name]].to(_dtype(info.dtype)).contiguous()
+        if name.startswith("model.layers.") and ".mlp.shared_expert" in name:
+            return torch.zeros(info.shape, dtype=_dtype(info.dtype))
+        if shared is not None:
+            return shared.get(name).to(_dtype(info.dtype))
+        return average_tensor(sources, chosen, name)
+
+    step: dict[str, Any] = {
+        "relation": "merge",
+        "method": "moe",
+        "parents": [b.ref for b in bundles],
+        "top_k": top_k,
+        "gate": gate,
+    }
+    if seed_bundle is not None:
+        step["shared_from"] = seed_bundle.ref
+    else:
+        step["weights"] = chosen
+    languages = list(dict.fromkeys(x for b in bundles for x in b.languages))
+    with write_bundle(
+        out,
+        role="dense",
+        languages=languages,
+        parent=bundles[0],
+        step=step,
+        overwrite=overwrite,
+        progress=progress,
+    ) as writer:
+        writer.remove(lambda n: is_weight_file(n) or n == "config.json")
+        config.save_pretrained(writer.directory)
+        size = element_size(layout[family.router_tensor(0)].dtype)
+        if (config.hidden_size * size) % 16 or (dense.intermediate_size * size) % 16:
+            # transformers' default MoE kernel (grouped_mm) needs rows of 16-byte multiples;
+            # the key is read on load (transformers does not write it back when re-saving)
+            _set_config(writer.directory, experts_implementation="eager")
+        write_sharded(writer.directory, plan_shards(layout), produce, progress)
+    assert writer.result is not None
+    return writer.result
+
+
+def _set_config(directory: Path, **values: Any) -> None:
+    path = directory / "config.json"
+    config = read_json_object(path, str(path))
+    path.write_bytes(pretty_json({**config, **values}))
+
+
+def _dtype(code: str) -> Any:
+    import torch
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        if dtype_code(dtype) == code:
+            return dtype
+    raise UsageError(f"cannot build an MoE model from {code} weights")

@@ -1,0 +1,202 @@
+"""Seed bundles: from a Hugging Face model, or a named Llama-style config initialised at random."""
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
+from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.common.errors import UsageError
+
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
+# (small); the vocabulary comes from the tokenizer.
+NAMED_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    ),
+    "small": dict(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=12,
+        max_position_embeddings=2048,
+    ),
+}
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    if not path.is_dir():
+        raise UsageError(f"tokenizer directory not found: {path}")
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def _write_seed(
+    out: Path,
+    model: Any,
+    tokenizer: Any,
+    source: dict[str, Any],
+    languages: list[str],
+    overwrite: bool,
+    progress: Progress | None,
+    framing: Framing,
+) -> Bundle:
+    step = {"relation": "init", "parents": [], "source": source}
+    with write_bundle(
+        out,
+        role="seed",
+        languages=languages,
+        overwrite=overwrite,
+        step=step,
+        progress=progress,
+        framing=framing,
+    ) as writer:
+        writer.save_model(model)
+        writer.save_tokenizer(tokenizer)
+    assert writer.result is not None
+    return writer.result
+
+
+def config_for(name: str, tokenizer: Any) -> Any:
+    from transformers import LlamaConfig
+
+    if name not in NAMED_CONFIGS:
+        raise UsageError(f"unknown config {name!r}; choose one of: {', '.join(NAMED_CONFIGS)}")
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        **NAMED_CONFIGS[name],
+    )
+
+
+def init_from_config(
+    config_name: str,
+    tokenizer_dir: Path,
+    out: Path,
+    *,
+    languages: list[str],
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    doc_start: str | None = None,
+    doc_end: str | None = None,
+) -> Bundle:
+    """A randomly initialised seed bundle with the named architecture and the given tokenizer,
+    framing documents as ``bos doc eos`` (or with the ``doc_start``/``doc_end`` tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = _load_tokenizer(tokenizer_dir)
+    config = config_for(config_name, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    source = {"kind": "config", "name": config_name, "seed": seed}
+    framing = overridden(bos_eos(tokenizer), tokenizer, doc_start, doc_end)
+    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress, framing)
+
+
+def pickled_only(model_id: str) -> bool:
+    """Whether a local model directory has pickled weights and no safetensors."""
+    path = Path(model_id)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return False
+    return any((path / name).is_file() for name in PICKLED_WEIGHTS)
+
+
+def _load_hf_model(
+    model_id: str, revision: str | None, trust_remote_code: bool, pickled: bool
+) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        model_id,
+        revision=revision,
+        use_safetensors=not pickled,
+        weights_only=True,  # for pickles: torch's loader that runs no code from the file
+        dtype="auto",
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def init_from_hf(
+    model_id: str,
+    out: Path,
+    *,
+    languages: list[str],
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    doc_start: str | None = None,
+    doc_end: str | None = None,
+    convert_pickle: bool = False,
+) -> Bundle:
+    """A seed bundle from a local Hugging Face model directory or a Hub id.
+
+    Weights are read from safetensors and written back in the dtype they were stored in.
+    A model that ships only pickled weights (``pytorch_model.bin``) is refused unless
+    ``convert_pickle``: then they are read once with torch's ``weights_only`` loader (which
+    runs no code from the file) and the bundle holds safetensors; the init step records it.
+    Documents are framed as the model's tokenizer frames text (xelm_cli.bundle.framing), unless
+    ``doc_start``/``doc_end`` name other tokens.
+    """
+    from transformers import AutoTokenizer
+
+    local = Path(model_id).is_dir()
+    pickled = pickled_only(model_id)
+    if pickled and not convert_pickle:
+        raise UsageError(
+            f"{model_id} has only pickled weights (pytorch_model.bin); pass --convert-pickle "
+            "to convert them once to safetensors with torch's weights_only loader"
+        )
+    try:
+        try:
+            model = _load_hf_model(model_id, revision, trust_remote_code, pickled)
+        except OSError:
+            if local or not convert_pickle:
+                raise
+            pickled = True  # a Hub model without safetensors: its pickled weights, on request
+            model = _load_hf_model(model_id, revision, trust_remote_code, pickled)
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_id, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except pickle.UnpicklingError as exc:
+        found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        why = found[0].split(". ")[0] if found else str(exc).splitlines()[0]
+        raise UsageError(
+            f"cannot load model {model_id!r}: its pickled weights hold more than tensors "
+            f"({why}); torch's weights_only loader refuses them and xelm never runs such code"
+        ) from None
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0]
+        hint = "" if local else " (is it a local directory, or is the Hub reachable?)"
+        if not local and ".bin" in reason and not convert_pickle:
+            hint = " (pickled weights only? pass --convert-pickle)"
+        raise UsageError(f"cannot load model {model_id!r}: {reason}{hint}") from None
+    source: dict[str, Any] = {
+        "kind": "hf",
+        "model": str(Path(model_id).resolve()) if local else model_id,
+        "hub": not local,
+        "revision": revision,
+    }
+    if pickled:
+        source["converted"] = {"from": "pytorch_model.bin", "loader": "torch.load(weights_only)"}
+    framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
+    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress, framing)

@@ -1,0 +1,448 @@
+"""Expert bundles: open, verify and write them (normative text: spec/bundle-v1.md).
+
+A bundle is a directory that transformers loads as it is, plus ``xelm.json``. Bundles are
+immutable: every write builds a new directory beside the target and renames it into place, and
+derived bundles hard-link (or reflink) the files they share with their parent, so a new file is
+always a new inode and the parent can never change under its children.
+"""
+
+import contextlib
+import errno
+import fcntl
+import math
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli import __version__
+from xelm_cli.bundle import verified
+from xelm_cli.bundle.fingerprint import (
+    TOKENIZER_FILES,
+    architecture_fingerprint,
+    is_weight_file,
+    reading_safetensors,
+    tokenizer_fingerprint,
+)
+from xelm_cli.bundle.framing import Framing, bos_eos
+from xelm_cli.bundle.manifest import (
+    CARD_NAME,
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    check_format_version,
+    now_iso,
+    schema_problems,
+)
+from xelm_cli.bundle.modelcard import render_model_card
+from xelm_cli.common.atomic import atomic_directory
+from xelm_cli.common.digest import sha256_bytes, sha256_file
+from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+
+Progress = Callable[[int], None]
+MAX_SHARD_SIZE = "2GB"
+_FICLONE = 0x40049409  # ioctl number of Linux FICLONE (reflink)
+_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+
+
+def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
+    if not path.is_dir():
+        raise UsageError(f"not a bundle: {path} is not a directory")
+    manifest_path = path / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}")
+    raw = manifest_path.read_bytes()
+    return raw, read_json_object(manifest_path, "bundle manifest")
+
+
+@dataclass
+class Bundle:
+    """An opened bundle. ``digest`` (sha256 of ``xelm.json``) is its content identity."""
+
+    path: Path
+    manifest: Manifest
+    digest: str
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Bundle":
+        """The bundle's manifest only, checked against the schema; files are not looked at."""
+        path = Path(path)
+        raw, data = _read_manifest(path)
+        return cls(path, Manifest.from_dict(data, what=str(path)), sha256_bytes(raw))
+
+    @classmethod
+    def open(
+        cls, path: str | Path, *, verify: bool = True, progress: Progress | None = None
+    ) -> "Bundle":
+        """Open a bundle: check every file's presence and size, and with ``verify`` its sha256
+        (files unchanged since an earlier verification are not hashed again: bundle.verified).
+        """
+        bundle = cls.read(path)
+        bundle.check_files(hash_files=verify, progress=progress)
+        return bundle
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name or self.path.name
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.manifest.languages)
+
+    @property
+    def ref(self) -> dict[str, str]:
+        """How other manifests point at this bundle."""
+        return {"id": self.id, "digest": self.digest}
+
+    @property
+    def size(self) -> int:
+        return sum(entry.size for entry in self.manifest.files.values())
+
+    def file_problems(
+        self,
+        *,
+        hash_files: bool = True,
+        progress: Progress | None = None,
+        use_cache: bool = True,
+    ) -> list[str]:
+        """Missing, changed, unlisted or non-regular files, one line each.
+
+        With ``hash_files``, files whose stat signature is the one remembered from an earlier
+        verification are not hashed again unless ``use_cache`` is false.
+        """
+        problems = []
+        if self.manifest.edited:
+            problems.append(
+                f"{MANIFEST_NAME}: edited after it was written (content_digest differs)"
+            )
+        remembered = verified.remembered(self.digest, self.path) if hash_files else {}
+        known = remembered if use_cache else {}
+        matched: dict[str, verified.Signature] = {}
+        started = verified.now_ns()
+        for name, entry in sorted(self.manifest.files.items()):
+            file = self.path / name
+            try:
+                info = file.lstat()
+            except FileNotFoundError:
+                problems.append(f"{name}: missing")
+                continue
+            except OSError as exc:
+                problems.append(f"{name}: cannot be read ({exc.strerror or exc})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                problems.append(f"{name}: not a regular file")
+            elif info.st_size != entry.size:
+                problems.append(f"{name}: size {info.st_size} bytes, manifest says {entry.size}")
+            elif hash_files:
+                sig = verified.signature(info)
+                if known.get(name) == sig:
+                    if progress:
+                        progress(entry.size)  # verified before, unchanged since
+                elif sha256_file(file, progress) != entry.sha256:
+                    problems.append(f"{name}: sha256 does not match the manifest (content changed)")
+                    continue
+                matched[name] = sig
+        listed = set(self.manifest.files) | {MANIFEST_NAME}
+        for child in sorted(self.path.iterdir()):
+            if child.name not in listed:
+                problems.append(f"{child.name}: not listed in the manifest")
+        if hash_files and not problems:
+            verified.remember(self.digest, self.path, matched, started, remembered)
+        return problems
+
+    def fingerprint_problems(self) -> list[str]:
+        problems = []
+        for kind, compute in (
+            ("architecture", architecture_fingerprint),
+            ("tokenizer", tokenizer_fingerprint),
+        ):
+            try:
+                actual = compute(self.path)
+            except FormatError as exc:
+                problems.append(f"{kind} fingerprint: {exc}")
+                continue
+            if actual != self.manifest.fingerprints[kind]:
+                problems.append(f"{kind} fingerprint does not match the files")
+        return problems
+
+    def load_model(
+        self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any
+    ) -> Any:
+        """The model, via ``AutoModelForCausalLM.from_pretrained`` (safetensors only)."""
+        from transformers import AutoModelForCausalLM
+
+        if verify:
+            self.check_files()
+        wants_info = kwargs.pop("output_loading_info", False)
+        with self._load_errors("model"):
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                self.path,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                output_loading_info=True,
+                **kwargs,
+            )
+        model, info = loaded
+        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            if info.get(kind):  # transformers only logs these and fills in random weights
+                names = sorted(map(str, info[kind]))
+                raise FormatError(
+                    f"{self.path}: the weights do not fit the model's config: "
+                    f"{len(names)} {kind.replace('_', ' ')} ({names[0][:100]}, ...)"
+                )
+        return (model, info) if wants_info else model
+
+    def weights_dtype(self) -> str:
+        """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...),
+        read from the safetensors headers."""
+        from safetensors import safe_open
+
+        elements: dict[str, int] = {}
+        for path in sorted(self.path.glob("*.safetensors")):
+            with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
+                for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                    part = f.get_slice(name)
+                    dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                    if dtype:
+                        elements[dtype] = elements.get(dtype, 0) + math.prod(part.get_shape())
+        if not elements:
+            raise FormatError(f"{self.path}: no floating-point weights")
+        return max(elements, key=lambda dtype: elements[dtype])
+
+    def framing(self, tokenizer: Any = None) -> Framing:
+        """How documents are framed for this model (xelm_cli.bundle.framing): the recorded framing,
+        or ``bos doc eos`` of its tokenizer for a bundle written before the field existed."""
+        recorded = self.manifest.framing
+        if recorded is not None:
+            return Framing.from_record(recorded)
+        return bos_eos(tokenizer if tokenizer is not None else self.load_tokenizer(verify=False))
+
+    def load_tokenizer(self, *, verify: bool = True, trust_remote_code: bool = False) -> Any:
+        from transformers import AutoTokenizer
+
+        if verify:
+            self.check_files()
+        with self._load_errors("tokenizer"):
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+
+    @contextlib.contextmanager
+    def _load_errors(self, what: str) -> Iterator[None]:
+        """transformers raises many kinds of exceptions for files it cannot use (bad configs,
+        hostile safetensors headers, remote code refused): one line naming the bundle."""
+        try:
+            yield
+        except XelmError:
+            raise
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise FormatError(
+                f"{self.path}: cannot load the {what}: {type(exc).__name__}: {reason}"
+            ) from None
+
+    def check_files(
+        self, *, hash_files: bool = True, progress: Progress | None = None, use_cache: bool = True
+    ) -> None:
+        """Raise IntegrityError naming the first file problem (see ``file_problems``)."""
+        problems = self.file_problems(hash_files=hash_files, progress=progress, use_cache=use_cache)
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise IntegrityError(
+                f"{self.path}: {problems[0]}{more}; run `xelm bundle verify {self.path}`"
+            )
+
+
+def verify_bundle(path: str | Path, progress: Progress | None = None) -> list[str]:
+    """Every problem with a bundle: format, schema, files, digests and fingerprints."""
+    path = Path(path)
+    try:
+        raw, data = _read_manifest(path)
+        check_format_version(data, str(path))
+    except (UsageError, FormatError) as exc:
+        return [str(exc)]
+    problems = schema_problems(data)
+    if problems:
+        return problems
+    bundle = Bundle(path, Manifest.from_dict(data, str(path)), sha256_bytes(raw))
+    problems = bundle.file_problems(progress=progress, use_cache=False)
+    return problems or bundle.fingerprint_problems()
+
+
+def new_bundle_id() -> str:
+    return uuid.uuid4().hex
+
+
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Share ``src``'s content at ``dst``: hard link, else reflink, else copy; says which."""
+    try:
+        os.link(src, dst)
+        return "hardlink"
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return "reflink"
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
+    return "copy"
+
+
+def _written_by_save_model(name: str) -> bool:
+    return is_weight_file(name) or name in ("config.json", "generation_config.json")
+
+
+class BundleWriter:
+    """Files of a bundle being written; becomes a bundle when its ``write_bundle`` block ends."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.result: Bundle | None = None
+        # Files shared with the parent, with the inode they had when linked: their digests are
+        # reused instead of re-hashed, which is what makes branching O(1) in model size.
+        self._inherited: dict[str, tuple[FileEntry, int]] = {}
+
+    def inherit(self, parent: Bundle, names: Iterable[str]) -> None:
+        for name in names:
+            target = self.directory / name
+            if link_or_copy(parent.path / name, target) == "hardlink":
+                self._inherited[name] = (parent.manifest.files[name], target.stat().st_ino)
+
+    def remove(self, predicate: Callable[[str], bool]) -> None:
+        """Drop files (e.g. inherited weights) before writing their replacements."""
+        for child in list(self.directory.iterdir()):
+            if predicate(child.name):
+                child.unlink()
+                self._inherited.pop(child.name, None)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.remove(lambda n: n == name)  # never write through a link into the parent's file
+        (self.directory / name).write_bytes(data)
+
+    def save_model(self, model: Any) -> None:
+        """Write ``model``'s config and safetensors weights, replacing any inherited ones."""
+        self.remove(_written_by_save_model)
+        model.save_pretrained(self.directory, max_shard_size=MAX_SHARD_SIZE)
+
+    def save_tokenizer(self, tokenizer: Any) -> None:
+        self.remove(lambda n: n in TOKENIZER_FILES)
+        tokenizer.save_pretrained(self.directory)
+
+    def _file_entries(self, progress: Progress | None) -> dict[str, FileEntry]:
+        entries = {}
+        for child in sorted(self.directory.iterdir()):
+            info = child.lstat()
+            if not stat.S_ISREG(info.st_mode):
+                raise FormatError(f"bundle may hold only regular files; {child.name} is not one")
+            if child.name in (MANIFEST_NAME, CARD_NAME):
+                continue
+            inherited = self._inherited.get(child.name)
+            if inherited and inherited[1] == info.st_ino and inherited[0].size == info.st_size:
+                entries[child.name] = inherited[0]
+            else:
+                entries[child.name] = FileEntry(sha256_file(child, progress), info.st_size)
+        return entries
+
+    def finish(
+        self,
+        *,
+        role: str,
+        languages: list[str],
+        lineage: list[dict[str, Any]],
+        name: str,
+        allocation: dict[str, Any] | None,
+        training: dict[str, Any] | None,
+        progress: Progress | None,
+        framing: dict[str, Any] | None = None,
+    ) -> Manifest:
+        files = self._file_entries(progress)
+        manifest = Manifest(
+            id=new_bundle_id(),
+            name=name,
+            role=role,
+            languages=languages,
+            lineage=lineage,
+            files=files,
+            fingerprints={
+                "architecture": architecture_fingerprint(self.directory),
+                "tokenizer": tokenizer_fingerprint(self.directory),
+            },
+            allocation=allocation,
+            training=training,
+            framing=framing,
+            created_by={"xelm": __version__},
+            created_at=now_iso(),
+        )
+        card = render_model_card(manifest).encode()
+        (self.directory / CARD_NAME).unlink(missing_ok=True)
+        (self.directory / CARD_NAME).write_bytes(card)
+        manifest.files[CARD_NAME] = FileEntry(sha256_bytes(card), len(card))
+        problems = schema_problems(manifest.to_dict())
+        if problems:  # a bug or bad input upstream: never write a bundle that would not verify
+            raise FormatError(f"refusing to write an invalid manifest: {problems[0]}")
+        (self.directory / MANIFEST_NAME).write_bytes(pretty_json(manifest.to_dict()))
+        for child in self.directory.iterdir():
+            if stat.S_IMODE(child.lstat().st_mode) != 0o444:
+                child.chmod(0o444)  # immutable by convention; hard links share this mode
+        return manifest
+
+
+@contextlib.contextmanager
+def write_bundle(
+    out: str | Path,
+    *,
+    role: str,
+    languages: list[str],
+    step: dict[str, Any],
+    parent: Bundle | None = None,
+    name: str | None = None,
+    allocation: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    inherit_weights: bool = True,
+    progress: Progress | None = None,
+    framing: Framing | None = None,
+) -> Iterator[BundleWriter]:
+    """Write a new bundle at ``out`` atomically.
+
+    ``step`` is the lineage step that makes this bundle (relation, parents, details); with a
+    ``parent`` the new bundle starts as links to all of the parent's files (without its weights
+    and config when ``inherit_weights`` is false: a trainer writes its own, and on another file
+    system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
+    given. On any exception nothing is left at ``out``.
+    """
+    out = Path(out)
+    lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = BundleWriter(tmp)
+        if parent is not None:
+            shared = [
+                name
+                for name in parent.manifest.files
+                if name != CARD_NAME and (inherit_weights or not _written_by_save_model(name))
+            ]
+            writer.inherit(parent, shared)
+        yield writer
+        writer.finish(
+            role=role,
+            languages=languages,
+            lineage=lineage,
+            name=name or out.name,
+            allocation=allocation,
+            training=training,
+            progress=progress,
+            framing=framing.record() if framing else parent.manifest.framing if parent else None,
+        )
+    if parent is not None:
+        verified.relinked(parent.digest, parent.path)
+    writer.result = Bundle.open(out, verify=False)

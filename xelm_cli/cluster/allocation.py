@@ -1,0 +1,159 @@
+"""Allocation files: which expert learns which languages (normative text: spec/allocation-v1.md).
+
+An allocation is a JSON file, or, when a clusterer has fitted arrays (TF-IDF centroids, SVD
+components), a directory holding ``allocation.json`` and ``arrays.safetensors``. This module
+reads and writes the members every allocation has (format, clusterer, experts and their
+languages, optional per-language shares) and the arrays; clusterers add their own members
+(the typology tree, distances, fitted settings), which readers that do not need them ignore.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xelm_cli import __version__
+from xelm_cli.bundle.fingerprint import reading_safetensors
+from xelm_cli.bundle.manifest import now_iso, schema_problems, spec_schema
+from xelm_cli.common.atomic import atomic_directory, write_bytes_atomic
+from xelm_cli.common.digest import sha256_bytes, sha256_file
+from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.lang.codes import normalize_language
+
+FORMAT_NAME = "xelm-allocation"
+FORMAT_VERSION = "1.0.0"
+SUPPORTED_MAJOR = 1
+DIR_MANIFEST = "allocation.json"
+ARRAYS_FILE = "arrays.safetensors"
+
+
+def allocation_schema() -> dict[str, Any]:
+    return spec_schema("allocation-v1.schema.json")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    clusterer: str
+    experts: list[list[str]]  # expert index -> its languages
+    digest: str  # sha256 of the allocation JSON bytes (which record the arrays' digest)
+    path: Path  # the file, or the directory for allocations with arrays
+    raw: dict[str, Any]
+
+    @property
+    def k(self) -> int:
+        return len(self.experts)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(dict.fromkeys(lang for langs in self.experts for lang in langs))
+
+    def expert_of(self, language: str) -> int | None:
+        """The first expert whose languages include ``language``."""
+        return next((i for i, langs in enumerate(self.experts) if language in langs), None)
+
+    def reference(self, expert: int) -> dict[str, Any]:
+        """How a bundle's manifest records that it is ``expert`` of this allocation."""
+        if not 0 <= expert < self.k:
+            raise UsageError(
+                f"expert {expert} does not exist: {self.path} has experts 0..{self.k - 1}"
+            )
+        return {
+            "clusterer": self.clusterer,
+            "expert": expert,
+            "k": self.k,
+            "digest": self.digest,
+            "path": self.path.name,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays (digest-checked); empty for an allocation without any."""
+        entry = self.raw.get("arrays")
+        if entry is None:
+            return {}
+        from safetensors.numpy import load_file
+
+        file = self.path / ARRAYS_FILE
+        if not file.is_file():
+            raise UsageError(f"{self.path}: missing {ARRAYS_FILE}")
+        if sha256_file(file) != entry.get("sha256"):
+            raise IntegrityError(f"{file}: sha256 does not match {DIR_MANIFEST}")
+        with reading_safetensors(file):
+            return dict(load_file(str(file)))
+
+
+def _manifest_path(path: Path) -> Path:
+    return path / DIR_MANIFEST if path.is_dir() else path
+
+
+def read_allocation(path: Path) -> Allocation:
+    json_path = _manifest_path(path)
+    if not json_path.is_file():
+        raise UsageError(f"allocation not found: {path}")
+    raw = json_path.read_bytes()
+    data = read_json_object(json_path, "allocation")
+    if data.get("format") != FORMAT_NAME:
+        shown = short_repr(data.get("format"))
+        raise FormatError(f"{path}: not an xelm allocation (format is {shown})")
+    version = data.get("format_version", "")
+    if not isinstance(version, str) or version.split(".")[0] != str(SUPPORTED_MAJOR):
+        raise FormatError(
+            f"{path}: allocation format version {short_repr(version)} is not supported "
+            f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
+        )
+    problems = schema_problems(data, allocation_schema(), what="allocation")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FormatError(f"{path}: {problems[0]}{more}")
+    experts, clusterer = data["experts"], data["clusterer"]
+    if data.get("k", len(experts)) != len(experts):
+        raise FormatError(f"{path}: 'k' is {data['k']} but there are {len(experts)} experts")
+    languages: list[list[str]] = []
+    for i, expert in enumerate(experts):
+        langs = expert["languages"]
+        try:
+            languages.append([normalize_language(x) for x in langs])
+        except UsageError as exc:
+            raise FormatError(f"{path}: experts[{i}]: {exc}") from None
+    return Allocation(clusterer, languages, sha256_bytes(raw), path, data)
+
+
+def write_allocation(
+    out: Path,
+    *,
+    clusterer: str,
+    experts: list[list[str]],
+    members: dict[str, Any] | None = None,
+    language_shares: dict[str, list[float]] | None = None,
+    arrays: dict[str, np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> Allocation:
+    """Write an allocation atomically: a JSON file, or a directory when there are ``arrays``.
+
+    ``members`` are the clusterer's own JSON members (tree, distances, settings);
+    ``language_shares[lang][i]`` is the fraction of ``lang``'s documents that expert ``i`` gets.
+    """
+    data: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "clusterer": clusterer,
+        "k": len(experts),
+        "experts": [{"index": i, "languages": langs} for i, langs in enumerate(experts)],
+        "created_by": {"xelm": __version__},
+        "created_at": now_iso(),
+    }
+    if language_shares is not None:
+        data["language_shares"] = language_shares
+    data.update(members or {})
+    if not arrays:
+        write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)
+        return read_allocation(out)
+    from safetensors.numpy import save_file
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_FILE))
+        (tmp / ARRAYS_FILE).chmod(0o644)
+        data["arrays"] = {"file": ARRAYS_FILE, "sha256": sha256_file(tmp / ARRAYS_FILE)}
+        (tmp / DIR_MANIFEST).write_bytes(pretty_json(data))
+    return read_allocation(out)

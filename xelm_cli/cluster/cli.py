@@ -1,0 +1,212 @@
+"""``xelm cluster``: one command per registered clusterer, plus ``show``."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.common.atomic import atomic_file
+from xelm_cli.common.cli_options import JsonOpt, print_json
+from xelm_cli.common.errors import FormatError
+from xelm_cli.plugin.host import get_registry
+
+app = typer.Typer(
+    help="Allocate languages or documents to experts. Each clusterer plugin adds a command.\n\n"
+    "Example: xelm cluster typology --langs ar,bg,de,el,en,es,fr,hi -k 4 -o alloc.json",
+    no_args_is_help=True,
+)
+_added: set[str] = set()
+
+
+def add_clusterer_commands() -> None:
+    """Add ``xelm cluster NAME`` for every registered clusterer (once per name)."""
+    for name, registration in get_registry().clusterers.items():
+        if name not in _added and name != "show":
+            app.command(name, help=None)(registration.obj.command())
+            _added.add(name)
+
+
+def allocation_matrix(allocation: Allocation) -> tuple[list[str], np.ndarray, bool]:
+    """Languages, the language x expert matrix, and whether it holds document shares
+    (``language_shares``) rather than 0/1 membership from the experts' languages."""
+    shares = allocation.raw.get("language_shares")
+    if isinstance(shares, dict) and shares:
+        languages = sorted(shares)
+        try:
+            matrix = np.array([shares[lang] for lang in languages], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise FormatError(f"{allocation.path}: 'language_shares' must map to numbers") from None
+        if matrix.shape != (len(languages), allocation.k):
+            raise FormatError(
+                f"{allocation.path}: 'language_shares' rows need {allocation.k} values"
+            )
+        return languages, matrix, True
+    languages = allocation.languages
+    matrix = np.zeros((len(languages), allocation.k))
+    for expert, langs in enumerate(allocation.experts):
+        for lang in langs:
+            matrix[languages.index(lang), expert] = 1.0
+    return languages, matrix, False
+
+
+def _summary(allocation: Allocation) -> dict[str, Any]:
+    languages, matrix, has_shares = allocation_matrix(allocation)
+    summary: dict[str, Any] = {
+        "path": str(allocation.path),
+        "clusterer": allocation.clusterer,
+        "k": allocation.k,
+        "experts": [{"index": i, "languages": langs} for i, langs in enumerate(allocation.experts)],
+    }
+    if has_shares:
+        summary["language_shares"] = {
+            lang: row.tolist() for lang, row in zip(languages, matrix, strict=True)
+        }
+    return summary
+
+
+def _print_tables(allocation: Allocation, console: Console) -> None:
+    experts = Table(title=f"{allocation.path} ({allocation.clusterer}, k={allocation.k})")
+    experts.add_column("expert", justify="right")
+    experts.add_column("languages")
+    for index, langs in enumerate(allocation.experts):
+        experts.add_row(str(index), ", ".join(langs) or "-")
+    console.print(experts)
+    languages, matrix, has_shares = allocation_matrix(allocation)
+    if not has_shares:
+        return
+    shares = Table(title="share of each language's documents per expert")
+    shares.add_column("language")
+    for index in range(allocation.k):
+        shares.add_column(f"e{index}", justify="right")
+    for lang, row in zip(languages, matrix, strict=True):
+        best = int(row.argmax())
+        cells = [
+            f"[bold]{value:.0%}[/]" if i == best else f"{value:.0%}" for i, value in enumerate(row)
+        ]
+        shares.add_row(lang, *cells)
+    console.print(shares)
+
+
+def _save_figure(figure: Any, path: Path) -> None:
+    with atomic_file(path, overwrite=True) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_heatmap(allocation: Allocation, path: Path) -> None:
+    """The language x expert allocation (the paper's Figure 5)."""
+    import matplotlib.pyplot as plt
+
+    languages, matrix, has_shares = allocation_matrix(allocation)
+    height = max(2.5, 0.3 * len(languages) + 1.2)
+    figure, axes = plt.subplots(figsize=(max(3.5, 0.55 * allocation.k + 2.5), height))
+    image = axes.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(allocation.k), [str(i) for i in range(allocation.k)])
+    axes.set_yticks(range(len(languages)), languages)
+    axes.set_xlabel("expert")
+    axes.set_ylabel("language")
+    axes.set_title(f"{allocation.clusterer} allocation, k={allocation.k}")
+    label = "share of the language's documents" if has_shares else "language in expert"
+    figure.colorbar(image, ax=axes, label=label)
+    _save_figure(figure, path)
+    plt.close(figure)
+
+
+def tree_linkage(allocation: Allocation) -> tuple[list[str], np.ndarray] | None:
+    """The typology tree as (leaf labels, scipy linkage matrix), or None when there is none."""
+    tree = allocation.raw.get("tree")
+    if not isinstance(tree, dict):
+        return None
+    leaves, linkage = tree.get("leaves"), tree.get("linkage")
+    try:
+        matrix = np.asarray(linkage, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise FormatError(f"{allocation.path}: 'tree.linkage' must be a number matrix") from None
+    if not isinstance(leaves, list) or matrix.shape != (len(leaves) - 1, 4):
+        raise FormatError(
+            f"{allocation.path}: 'tree' needs 'leaves' (n languages) and an (n-1) x 4 'linkage'"
+        )
+    from scipy.cluster.hierarchy import is_valid_linkage
+
+    if len(leaves) > 1 and not is_valid_linkage(matrix):
+        raise FormatError(f"{allocation.path}: 'tree.linkage' is not a scipy linkage matrix")
+    return [str(leaf) for leaf in leaves], matrix
+
+
+def _by_round(linkage: np.ndarray, n_leaves: int) -> np.ndarray:
+    """The linkage with each merge's height set to its round (1 + the higher child's round).
+
+    The greedy pairing can merge at a smaller distance in a later round, so heights drawn as
+    distances would cross; rounds always rise, and the distances stay in the allocation.
+    """
+    rounds = np.zeros(n_leaves + len(linkage))
+    result = linkage.copy()
+    for j, (a, b, _, _) in enumerate(linkage):
+        rounds[n_leaves + j] = 1 + max(rounds[int(a)], rounds[int(b)])
+        result[j, 2] = rounds[n_leaves + j]
+    return result
+
+
+def plot_dendrogram(allocation: Allocation, path: Path) -> bool:
+    """The typology tree; False (nothing written) when the allocation has no tree."""
+    found = tree_linkage(allocation)
+    if found is None:
+        return False
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    from scipy.cluster.hierarchy import dendrogram
+
+    leaves, linkage = found
+    figure, axes = plt.subplots(figsize=(max(4.0, 0.45 * len(leaves) + 1.5), 4.0))
+    dendrogram(_by_round(linkage, len(leaves)), labels=leaves, ax=axes, color_threshold=0)
+    axes.set_title(f"typology tree ({len(leaves)} languages)")
+    axes.set_ylabel("merge round")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _save_figure(figure, path)
+    plt.close(figure)
+    return True
+
+
+def write_plots(allocation: Allocation, directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    tree_linkage(allocation)  # refuse a malformed tree before writing anything
+    allocation_matrix(allocation)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [directory / "heatmap.png"]
+    plot_heatmap(allocation, written[0])
+    if plot_dendrogram(allocation, directory / "dendrogram.png"):
+        written.append(directory / "dendrogram.png")
+    return written
+
+
+@app.command()
+def show(
+    allocation_path: Annotated[
+        Path, typer.Argument(metavar="ALLOC", help="Allocation file or directory.")
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write heatmap.png (and dendrogram.png for a tree) here."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the languages of each expert and, for TF-IDF, each language's share per expert.
+
+    Example: xelm cluster show alloc-tfidf/ --plot plots/
+    """
+    allocation = read_allocation(allocation_path)
+    summary = _summary(allocation)
+    if plot is not None:
+        summary["plots"] = [str(path) for path in write_plots(allocation, plot)]
+    if as_json:
+        print_json(summary)
+        return
+    console = Console(soft_wrap=True)
+    _print_tables(allocation, console)
+    for path in summary.get("plots", []):
+        console.print(f"wrote {path}")

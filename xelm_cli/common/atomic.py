@@ -1,0 +1,232 @@
+"""Atomic writes: build in a temporary sibling, then rename into place.
+
+A command that fails or is killed leaves the previous state at the target (nothing, or the
+version it was replacing), never a half-written file or directory. Temporaries are siblings of
+the target so the final rename stays on one filesystem; a directory replaced with ``overwrite``
+is swapped for the new one in a single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it.
+
+One writer per target: a writer holds an advisory lock on a sibling ``.NAME.lock`` file while
+it builds the target, so a second process writing the same path fails at once with one line
+instead of racing it. Holding the lock also proves that any ``.NAME.*.partial`` temporary
+beside the target belongs to a writer that died, so it is removed.
+"""
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from xelm_cli.common.errors import UsageError
+
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+_held_locks: dict[Path, int] = {}  # lock file -> depth: re-entrant within one process
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
+
+
+def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        prefix, suffix = f".{target.name}.", PARTIAL_SUFFIX
+        if make_dir:
+            return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
+        os.close(fd)
+        return Path(name)
+    except OSError as exc:
+        raise UsageError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{LOCK_SUFFIX}")
+
+
+def _open_locked(lock: Path, target: Path) -> int:
+    """A descriptor holding the exclusive lock on ``lock``; UsageError when another has it."""
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise UsageError(f"cannot write to {lock.parent}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            raise UsageError(
+                f"another process is writing {target} (it holds {lock.name}); "
+                f"wait for it to finish or choose another output"
+            ) from None
+        # A holder that just finished unlinks the file: lock the file that is there now.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                return fd
+        os.close(fd)
+
+
+def _temporary_name(target_name: str) -> str:
+    """A regex for the names ``_make_sibling_temp`` gives the temporaries of a target whose
+    name matches the regex ``target_name`` (tempfile adds 8 random characters)."""
+    return rf"\.{target_name}\.(?:old\.)?[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
+
+
+_ANY_TEMPORARY = re.compile(rf"/{_temporary_name('([^/]+?)')}(?=/|$)")
+
+
+def shown_as_output(path: str) -> str:
+    """``path`` with each temporary sibling in it shown as the output it becomes."""
+    return _ANY_TEMPORARY.sub(r"/\1", path)
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Temporaries of ``target`` left by a writer that was killed (we hold its lock now)."""
+    stale = re.compile(_temporary_name(re.escape(target.name)))
+    with contextlib.suppress(OSError):
+        for child in target.parent.iterdir():
+            if stale.fullmatch(child.name):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """Be the only writer of ``target`` for the block (re-entrant in one process)."""
+    target = Path(os.path.abspath(target))
+    lock = _lock_path(target)
+    if lock in _held_locks:
+        _held_locks[lock] += 1
+        try:
+            yield
+        finally:
+            _held_locks[lock] -= 1
+        return
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()][::-1]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write to {target.parent}: it is not a writable directory "
+            f"({exc.strerror or exc})"
+        ) from None
+    fd = _open_locked(lock, target)
+    _held_locks[lock] = 1
+    try:
+        _remove_stale_temporaries(target)
+        yield
+    finally:
+        del _held_locks[lock]
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still locked, so no one can lock the old file after us
+        os.close(fd)
+        if not target.exists():  # failed: directories made for it go too, if still empty
+            for directory in reversed(created):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+
+
+def _refuse_existing(target: Path, what: str) -> None:
+    if target.exists() or target.is_symlink():
+        raise UsageError(f"{what} {target} already exists; choose another path or pass --force")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory that becomes ``target`` when the block succeeds."""
+    target = Path(os.path.abspath(target))
+    if not overwrite:
+        _refuse_existing(target, "output")
+    with output_lock(target):
+        yield from _build_directory(target, overwrite)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the C
+    library, kernel or file system cannot, and the caller falls back to two renames."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
+    tmp = _make_sibling_temp(target, make_dir=True)
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+        yield tmp
+        if target.exists() and overwrite:
+            if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
+                shutil.rmtree(tmp, ignore_errors=True)  # it holds the old version now
+            else:
+                old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
+                os.rename(target, old / "x")
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            _refuse_existing(target, "output")
+            os.rename(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path that replaces ``target`` when the block succeeds."""
+    target = Path(os.path.abspath(target))
+    if not overwrite:
+        _refuse_existing(target, "output")
+    with output_lock(target):
+        yield from _build_file(target, overwrite)
+
+
+def _build_file(target: Path, overwrite: bool) -> Iterator[Path]:
+    tmp = _make_sibling_temp(target, make_dir=False)
+    try:
+        tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result should not be
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if not overwrite:
+            _refuse_existing(target, "output")
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:
+    with atomic_file(target, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,99 @@
+"""JSON helpers: canonical bytes for digests, readable files for people, hostile files refused."""
+
+import itertools
+import json
+import reprlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.errors import FormatError
+
+# Far deeper than any xelm file; what is deeper exhausts the recursion of the schema validator.
+MAX_DEPTH = 100
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for a value quoted in a one-line error."""
+    return _SHORT.repr(value)
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` shortened to ``limit`` characters, on one line (control characters escaped)."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic serialisation (sorted keys, no whitespace, UTF-8) used for fingerprints."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pretty_json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """Parse a JSON object, turning every failure into one FormatError line ``where: why``."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise FormatError(f"{where}: nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
+    except ValueError:  # Python reads integers of at most 4,300 digits
+        raise FormatError(f"{where}: not valid JSON: a number is too long to read") from None
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Read a JSON object, turning every failure into one FormatError line naming the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{what} not found: {path}") from None
+    return parse_json_object(raw, f"{what} {path}")
+
+
+def value_problem(value: Any) -> str | None:
+    """What makes a parsed JSON value unusable although ``json.loads`` accepts it, or None:
+    nesting deeper than ``MAX_DEPTH``, or a string with a lone surrogate (a ``\\ud800``
+    escape), which has no UTF-8 form and so no canonical form."""
+    if not isinstance(value, dict | list):
+        return _string_problem(value) if isinstance(value, str) else None
+    containers = [(value, 1)]
+    while containers:
+        container, depth = containers.pop()
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
+        children: Iterable[Any] = container
+        if isinstance(container, dict):  # its keys are strings to check too
+            children = itertools.chain(container, container.values())
+        for child in children:
+            if isinstance(child, dict | list):
+                containers.append((child, depth + 1))
+            elif isinstance(child, str) and (problem := _string_problem(child)):
+                return problem
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    if is_unicode(text):
+        return None
+    return f"string {short_repr(text)} holds a lone surrogate: not valid Unicode"
+
+
+def is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

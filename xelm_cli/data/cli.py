@@ -1,0 +1,338 @@
+"""``xelm data``: tokenise corpora into shards, train tokenizers, inspect shards."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
+from xelm_cli.common.digest import short
+from xelm_cli.common.errors import IntegrityError
+from xelm_cli.common.progress import language_progress, stderr_console
+from xelm_cli.data.prepare import parse_caps, parse_token_count, prepare
+from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
+from xelm_cli.data.shards import Shards
+from xelm_cli.data.sources import FileSource
+from xelm_cli.data.tokenizer import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
+from xelm_cli.lang.codes import parse_language_list
+
+app = typer.Typer(
+    help="Corpora: tokenise them into per-language shards, train tokenizers.\n\n"
+    "Example: xelm data prepare ../shared/data/corpus/train --tokenizer seed/ -o shards/",
+    no_args_is_help=True,
+)
+console = Console(soft_wrap=True)
+
+CorpusArg = Annotated[
+    str,
+    typer.Argument(
+        help="Corpus: a .jsonl[.zst] or .txt file, a directory of them, or a Hugging Face "
+        "dataset (save_to_disk directory, dataset directory or Hub id owner/name).",
+        show_default=False,
+    ),
+]
+SourceArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SOURCE",
+        help="What to read: a corpus (.jsonl[.zst] / .txt file or directory, save_to_disk "
+        "dataset), a dataset (Hub id owner/name, or a local directory laid out like one: "
+        "streamed), or a corpus recipe (a recipe file, or a name from `xelm data recipes`).",
+        show_default=False,
+    ),
+]
+LangsOpt = Annotated[
+    str | None, typer.Option("--langs", help="Only these languages, comma-separated: en,tr.")
+]
+LangOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        help="Language of documents that carry none (records without 'lang', files not named "
+        "LANG.jsonl / LANG.txt, datasets without a lang column).",
+    ),
+]
+SplitOpt = Annotated[
+    str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
+]
+
+
+def _shards_summary(shards: Shards) -> dict[str, Any]:
+    m = shards.manifest
+    return {
+        "path": str(shards.path),
+        "digest": shards.digest,
+        "dtype": m["dtype"],
+        "tokenizer": m["tokenizer"],
+        "source": {k: v for k, v in m["source"].items() if k != "files"},
+        "options": m["options"],
+        "languages": {
+            lang: {k: v for k, v in entry.items() if k != "files"}
+            for lang, entry in sorted(m["languages"].items())
+        },
+        "documents": sum(s.documents for s in shards.stats.values()),
+        "tokens": sum(s.tokens for s in shards.stats.values()),
+    }
+
+
+def _language_table(shards: Shards) -> Table:
+    table = Table("language", "documents", "tokens", "of corpus tokens", "budget")
+    for lang, entry in sorted(shards.manifest["languages"].items()):
+        source_tokens = entry.get("source_tokens") or entry["tokens"]
+        budget = entry.get("budget")
+        table.add_row(
+            lang,
+            f"{entry['documents']:,}",
+            f"{entry['tokens']:,}",
+            f"{entry['tokens'] / max(source_tokens, 1):.0%}",
+            "-" if budget is None else f"{budget:,}",
+        )
+    stats = shards.stats.values()
+    table.add_row(
+        "[bold]all[/]",
+        f"{sum(s.documents for s in stats):,}",
+        f"{sum(s.tokens for s in stats):,}",
+        "",
+        "",
+    )
+    return table
+
+
+@app.command("prepare")
+def prepare_command(
+    source: SourceArg,
+    tokenizer: Annotated[
+        Path, typer.Option("--tokenizer", "-t", help="Bundle or tokenizer directory.")
+    ],
+    out: OutDirOpt,
+    langs: LangsOpt = None,
+    cap: Annotated[
+        str | None,
+        typer.Option("--cap", help="Token cap per language: 5M for all, or en=5M,de=2M."),
+    ] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option(help="Temperature sampling: language weights n_l**alpha (e.g. 0.3)."),
+    ] = None,
+    tokens: Annotated[
+        str | None, typer.Option("--tokens", help="Total token budget, e.g. 20M.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
+    split: SplitOpt = None,
+    lang: LangOpt = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="Dataset configuration; '{lang}' reads one per language of --langs, "
+            "replaced by the language's code in the dataset (see --lang-map).",
+        ),
+    ] = None,
+    lang_map: Annotated[
+        str | None,
+        typer.Option(
+            "--lang-map", help="The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans."
+        ),
+    ] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Tokenizer threads (default: one per core).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Documents per tokenizer call.")] = 1000,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tokenise a corpus into memory-mappable shards with a per-language index.
+
+    Datasets are streamed: each language stops at its --cap (else --tokens). A killed or
+    interrupted run continues where it stopped when run again; re-running a finished one does
+    nothing.
+
+    Example: xelm data prepare corpus/ --tokenizer seed/ --alpha 0.3 --tokens 20M -o shards/
+
+    Example: xelm data prepare allenai/c4 --config '{lang}' --langs ar,bg,he --lang-map he=iw
+    --cap 100M --tokenizer seed/ -o shards/
+
+    Example (a shipped recipe): xelm data prepare mc4 --langs ar,tr --cap 10M -t seed/ -o shards/
+    """
+    with language_progress() as progress:
+        result = prepare(
+            source,
+            tokenizer,
+            out,
+            langs=parse_language_list(langs) if langs else None,
+            token_caps=parse_caps(cap) if cap else None,
+            alpha=alpha,
+            tokens=parse_token_count(tokens) if tokens else None,
+            seed=seed,
+            split=split,
+            language=lang,
+            config=config,
+            lang_map=parse_lang_map(lang_map) if lang_map else None,
+            text_column=text_column,
+            revision=revision,
+            batch_size=batch_size,
+            workers=workers,
+            overwrite=force,
+            progress=progress,
+        )
+    shards = result.shards
+    if as_json:
+        print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
+        return
+    if result.up_to_date:
+        console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
+        return
+    console.print(_language_table(shards))
+    console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
+
+
+@app.command("tokenizer")
+def tokenizer_command(
+    corpus: CorpusArg,
+    out: OutDirOpt,
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 32000,
+    langs: LangsOpt = None,
+    chars_per_language: Annotated[
+        int, typer.Option(help="Characters of training text per language.")
+    ] = DEFAULT_CHARS_PER_LANGUAGE,
+    split: SplitOpt = None,
+    lang: LangOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a byte-level BPE tokenizer on the same amount of text from every language.
+
+    Example: xelm data tokenizer ../shared/data/corpus/train --vocab-size 32000 -o tok/
+    """
+    with stderr_console.status("training the tokenizer", spinner="dots"):
+        trained = train_tokenizer_on_corpus(
+            corpus,
+            out,
+            vocab_size=vocab_size,
+            langs=parse_language_list(langs) if langs else None,
+            chars_per_language=chars_per_language,
+            split=split,
+            language=lang,
+            seed=seed,
+            overwrite=force,
+        )
+    if as_json:
+        print_json(
+            {
+                "path": str(trained.path),
+                "vocab_size": trained.vocab_size,
+                "characters": trained.characters,
+            }
+        )
+        return
+    languages = ", ".join(f"{k} {v:,}" for k, v in trained.characters.items())
+    console.print(f"wrote tokenizer [bold]{trained.path}[/] (characters per language: {languages})")
+
+
+@app.command("inspect")
+def inspect_command(
+    shards_dir: Annotated[Path, typer.Argument(help="Shards directory.", show_default=False)],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every file's sha256.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show shards: documents and tokens per language, tokenizer, source and options.
+
+    Example: xelm data inspect shards/ --json
+    """
+    shards = Shards.open(shards_dir)
+    problems = shards.verify() if verify else []
+    if as_json:
+        extra = {"problems": problems} if verify else {}
+        print_json({**_shards_summary(shards), **extra})
+    else:
+        m = shards.manifest
+        about = Table(show_header=False, box=None)
+        about.add_column(no_wrap=True)
+        about.add_column(overflow="fold")
+        for key, value in (
+            ("path", str(shards.path)),
+            ("format", f"{m['format']} {m['format_version']}, {m['dtype']}"),
+            ("digest", shards.digest),
+            ("tokenizer", shards.tokenizer_fingerprint),
+            ("source", f"{m['source'].get('path')} ({m['source']['digest']})"),
+            ("options", json.dumps(m["options"])),
+        ):
+            about.add_row(f"[bold]{key}[/]", escape(value))
+        console.print(about)
+        console.print(_language_table(shards))
+        for problem in problems:
+            console.print(f"[red]FAIL[/] {problem}", highlight=False)
+    if problems:
+        raise IntegrityError(f"{shards.path}: {len(problems)} problems found")
+
+
+def _recipe_summary(name: str) -> dict[str, Any]:
+    recipe = load_recipe(name)
+    languages: dict[str, dict[str, Any]] = {}
+    for lang in recipe.languages:
+        entry = recipe.entry(lang)
+        source = recipe.source(lang)
+        languages[lang] = {
+            **({"path": source.path} if isinstance(source, FileSource) else source.options()),
+            **{k: entry[k] for k in ("size", "licence") if k in entry},
+        }
+    return {
+        "name": recipe.name,
+        "description": recipe.raw.get("description", ""),
+        "licence": recipe.raw.get("licence", ""),
+        "languages": languages,
+    }
+
+
+@app.command("recipes")
+def recipes_command(
+    name: Annotated[
+        str | None, typer.Argument(help="Show this recipe's sources.", show_default=False)
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the corpus recipes that ship with xelm, or show one (a name or a recipe file).
+
+    Example: xelm data recipes mc4
+    """
+    summaries = [_recipe_summary(name)] if name else [_recipe_summary(n) for n in shipped_recipes()]
+    if as_json:
+        print_json(summaries[0] if name else summaries)
+        return
+    if not name:
+        table = Table("recipe", "languages", "description")
+        for summary in summaries:
+            table.add_row(
+                summary["name"], str(len(summary["languages"])), escape(summary["description"])
+            )
+        console.print(table)
+        return
+    summary = summaries[0]
+    console.print(f"[bold]{escape(summary['name'])}[/]: {escape(summary['description'])}")
+    if summary["licence"]:
+        console.print(f"licence: {escape(summary['licence'])}")
+    table = Table("language", "source", "size")
+    for lang, entry in summary["languages"].items():
+        where = entry.get("path") or " ".join(
+            str(entry[k]) for k in ("dataset", "config", "split") if k in entry
+        )
+        table.add_row(lang, escape(where), escape(entry.get("size", "")))
+    console.print(table)
+
+
+from xelm_cli.data.fetch_cli import fetch_command  # noqa: E402 (registered last: its own module)
+
+app.command("fetch")(fetch_command)

@@ -1,0 +1,210 @@
+"""Evaluation sets on the Hugging Face Hub: FLORES-style language codes, and where each set's
+text lives (dataset, per-language configuration, splits, column, whether it is gated).
+
+FLORES-200 and the sets built on it (FLORES+, SIB-200, Belebele) name a language by its ISO
+639-3 code and script, ``arb_Arab``; xelm names it ``ar``. :func:`flores_code` is the one place
+that maps between the two. A set's configuration is a template: ``{flores}`` is replaced by the
+FLORES-style code, ``{lang}`` by xelm's code.
+"""
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import source_kind
+from xelm_cli.data.sources import DatasetSource, resolve_dataset
+from xelm_cli.lang.codes import normalize_language
+
+# The 20 languages of the X-ELM paper. FLORES names the individual language where ISO 639-1
+# names a macrolanguage (Arabic is Modern Standard Arabic arb, Swahili swh, Azerbaijani the
+# North Azerbaijani azj); Korean's script is Hang, not langcodes' Kore.
+FLORES_CODES: dict[str, str] = {
+    "ar": "arb_Arab",
+    "az": "azj_Latn",
+    "bg": "bul_Cyrl",
+    "de": "deu_Latn",
+    "el": "ell_Grek",
+    "en": "eng_Latn",
+    "es": "spa_Latn",
+    "fr": "fra_Latn",
+    "he": "heb_Hebr",
+    "hi": "hin_Deva",
+    "ja": "jpn_Jpan",
+    "ko": "kor_Hang",
+    "pl": "pol_Latn",
+    "ru": "rus_Cyrl",
+    "sv": "swe_Latn",
+    "sw": "swh_Latn",
+    "tr": "tur_Latn",
+    "ur": "urd_Arab",
+    "vi": "vie_Latn",
+    "zh": "zho_Hans",
+}
+_SCRIPT_NAMES = {"Kore": "Hang"}
+
+
+def flores_code(language: str) -> str:
+    """The FLORES-style code of an xelm language code: ``ar`` -> ``arb_Arab``; languages
+    outside the table get ISO 639-3 and their likely script (``it`` -> ``ita_Latn``)."""
+    import langcodes
+
+    code = normalize_language(language)
+    if code in FLORES_CODES:
+        return FLORES_CODES[code]
+    tag = langcodes.Language.get(code)
+    script = tag.script or tag.maximize().script
+    if not script:
+        raise UsageError(f"no FLORES-style code for {code!r}: its script is unknown")
+    return f"{tag.to_alpha3()}_{_SCRIPT_NAMES.get(script, script)}"
+
+
+@functools.cache
+def _flores_languages() -> dict[str, str]:
+    return {flores: lang for lang, flores in FLORES_CODES.items()}
+
+
+def language_of_config(config: str) -> str | None:
+    """xelm's code of a per-language configuration (``arb_Arab`` -> ``ar``, ``sw`` -> ``sw``,
+    ``zho_Hant`` -> ``zh-Hant``); None for one that names no language (``all_languages``)."""
+    if config in _flores_languages():
+        return _flores_languages()[config]
+    try:
+        return normalize_language(config.replace("_", "-"))
+    except UsageError:
+        return None
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Where an evaluation set's text lives on the Hub."""
+
+    dataset: str
+    title: str
+    config: str  # template: {flores} or {lang}
+    splits: tuple[str, ...]  # read in this order (a --limit keeps the first documents)
+    text_column: str
+    licence: str
+    gated: bool = False
+    overrides: tuple[tuple[str, str], ...] = ()  # xelm code -> configuration, where it differs
+
+    def config_for(self, language: str) -> str:
+        code = normalize_language(language)
+        overridden = dict(self.overrides)
+        if code in overridden:
+            return overridden[code]
+        return self.config.replace("{flores}", flores_code(code)).replace("{lang}", code)
+
+    def source(self, language: str, split: str) -> DatasetSource:
+        return DatasetSource(
+            self.dataset,
+            config=self.config_for(language),
+            split=split,
+            text_column=self.text_column,
+            language=normalize_language(language),
+        )
+
+
+FLORES_PLUS = EvalSet(
+    dataset="openlanguagedata/flores_plus",
+    title="FLORES+ devtest",
+    config="{flores}",
+    splits=("devtest",),
+    text_column="text",
+    licence="CC BY-SA 4.0",
+    gated=True,
+    overrides=(("zh", "cmn_Hans"),),  # FLORES+ names Mandarin cmn, FLORES-200 zho
+)
+SIB200_TEXT = EvalSet(
+    dataset="Davlan/sib200",
+    title="the FLORES-200 sentences of SIB-200 (test, validation, train: 1004 per language)",
+    config="{flores}",
+    splits=("test", "validation", "train"),
+    text_column="text",
+    licence="CC BY-SA 4.0",
+)
+EVAL_SETS: dict[str, EvalSet] = {s.dataset: s for s in (FLORES_PLUS, SIB200_TEXT)}
+
+
+def known_eval_set(data: str) -> EvalSet | None:
+    """The evaluation set a Hub id names, or a local copy of one (a directory whose last two
+    path components are the id: ``mirror/Davlan/sib200``)."""
+    if data in EVAL_SETS:
+        return EVAL_SETS[data]
+    parts = Path(data).parts
+    return EVAL_SETS.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+
+
+def is_hub_dataset(data: str) -> bool:
+    """Whether ``data`` names a dataset read through ``datasets``: a Hub id (owner/name that
+    is no local path) or a local directory laid out like a Hub dataset repository."""
+    return source_kind(data) in ("hf-hub", "hf-dir")
+
+
+def is_local_copy(dataset: str) -> bool:
+    """Whether ``dataset`` is read from a local directory (itself, or a mirror's copy)."""
+    return Path(resolve_dataset(dataset)).is_dir()
+
+
+def has_hub_token() -> bool:
+    """Whether a Hugging Face token is configured (``HF_TOKEN`` or ``hf auth login``)."""
+    from huggingface_hub import get_token
+
+    return get_token() is not None
+
+
+def usable_eval_set(chosen: EvalSet) -> tuple[EvalSet, str | None]:
+    """``chosen``, or SIB-200's FLORES text when ``chosen`` is gated, not on this machine, and
+    no token is configured; the second value says why it fell back (None if it did not)."""
+    if not chosen.gated or is_local_copy(chosen.dataset) or has_hub_token():
+        return chosen, None
+    note = (
+        f"{chosen.dataset} is gated and no Hugging Face token is set: evaluating on "
+        f"{SIB200_TEXT.title} ({SIB200_TEXT.dataset}) instead; for {chosen.title}, accept its "
+        "terms on its Hub page, then `hf auth login` or set HF_TOKEN"
+    )
+    return SIB200_TEXT, note
+
+
+def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
+    """``base`` with ``config``, ``split`` (comma-separated) or ``text_column`` replaced."""
+    changes: dict[str, Any] = {}
+    if "config" in options:
+        changes["config"] = str(options["config"])
+        changes["overrides"] = ()
+    if "split" in options:
+        changes["splits"] = tuple(s.strip() for s in str(options["split"]).split(",") if s)
+    if "text_column" in options:
+        changes["text_column"] = str(options["text_column"])
+    return replace(base, **changes)
+
+
+def eval_texts(evalset: EvalSet, language: str, limit: int | None = None) -> Iterator[str]:
+    """The non-empty texts of one language, split after split, at most ``limit``."""
+    count = 0
+    for split in evalset.splits:
+        for batch in evalset.source(language, split).open():
+            for text in batch.texts:
+                if limit is not None and count >= limit:
+                    return
+                count += 1
+                yield text
+
+
+__all__ = [
+    "EVAL_SETS",
+    "FLORES_CODES",
+    "FLORES_PLUS",
+    "SIB200_TEXT",
+    "EvalSet",
+    "eval_set_with",
+    "eval_texts",
+    "flores_code",
+    "has_hub_token",
+    "is_hub_dataset",
+    "known_eval_set",
+    "language_of_config",
+    "usable_eval_set",
+]

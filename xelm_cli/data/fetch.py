@@ -1,0 +1,307 @@
+"""``xelm data fetch``: the demo's data layout built from non-gated Hugging Face datasets.
+
+Per language, into xelm's cache (``$XELM_HOME/data``, default ``~/.cache/xelm/data``):
+
+- ``corpus/train/{lang}.jsonl.zst``: mC4 (``allenai/c4``, the shipped ``mc4`` recipe's
+  configuration for the language), train split, streamed until ``size`` bytes of text;
+- ``corpus/valid/{lang}.jsonl.zst``: the first ``valid_documents`` of mC4's validation split;
+- ``eval/flores200-devtest/{lang}.txt`` and ``tasks/sib200/{lang}/{train,dev,test}.tsv``: the
+  FLORES-200 sentences of SIB-200 (``Davlan/sib200``) and its topic labels. FLORES+ itself is
+  gated, so the folder named like the sample data's holds SIB-200's 1004 FLORES sentences
+  (test, validation, train) rather than the 1012 of devtest (the fetched README says so).
+
+Every file is written atomically. ``fetch.json`` records each finished part with its cap; a
+re-run skips what is recorded (without touching the network), so an interrupted fetch
+continues with the part it was in, and asking for more text re-fetches only what is short.
+"""
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from xelm_cli.common.atomic import atomic_file, output_lock, write_bytes_atomic
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.data.evalsets import SIB200_TEXT
+from xelm_cli.data.recipes import load_recipe
+from xelm_cli.data.sources import DatasetSource
+from xelm_cli.lang.codes import normalize_language
+
+HOME_VARIABLE = "XELM_HOME"
+STATE = "fetch.json"
+STATE_FORMAT = "xelm-fetch"
+DEFAULT_SIZE = 2_000_000  # bytes of training text per language
+DEFAULT_VALID_DOCUMENTS = 500
+MC4_DOCUMENT_BYTES = 2_000  # rough mean size of an mC4 document, for the estimate only
+SIB200_BYTES = 250_000  # the three SIB-200 splits of one language, about
+SIB200_FILES = {"train": "train", "validation": "dev", "test": "test"}  # split -> file stem
+SIB200_COLUMNS = ("index_id", "category", "text")
+CORPUS_SOURCE = "mc4"
+ZSTD_LEVEL = 10
+
+
+def xelm_home() -> Path:
+    """``$XELM_HOME``, else ``xelm`` under the user's cache directory (``$XDG_CACHE_HOME``
+    or ``~/.cache``)."""
+    if os.environ.get(HOME_VARIABLE):
+        return Path(os.environ[HOME_VARIABLE]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "xelm"
+
+
+def default_data_dir() -> Path:
+    return xelm_home() / "data"
+
+
+def fetch_languages() -> list[str]:
+    """The languages fetch knows: the paper's 20 (the ``mc4`` recipe's)."""
+    return load_recipe(CORPUS_SOURCE).languages
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of the layout: a language's training text, held-out text, or SIB-200."""
+
+    kind: str  # train, valid, sib200
+    language: str
+    cap: int  # bytes (train), documents (valid); 0: the whole split (sib200)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.language}"
+
+    @property
+    def files(self) -> list[str]:
+        if self.kind == "sib200":
+            folder = f"tasks/sib200/{self.language}"
+            return [f"eval/flores200-devtest/{self.language}.txt"] + [
+                f"{folder}/{stem}.tsv" for stem in SIB200_FILES.values()
+            ]
+        return [f"corpus/{self.kind}/{self.language}.jsonl.zst"]
+
+    @property
+    def estimate(self) -> int:
+        """Bytes of text this part reads, about (from its cap)."""
+        if self.kind == "train":
+            return self.cap
+        if self.kind == "valid":
+            return self.cap * MC4_DOCUMENT_BYTES
+        return SIB200_BYTES
+
+    def source(self) -> str:
+        if self.kind == "sib200":
+            return f"{SIB200_TEXT.dataset} [{SIB200_TEXT.config_for(self.language)}]"
+        split = "train" if self.kind == "train" else "validation"
+        return _mc4(self.language, split).describe()
+
+
+def _mc4(language: str, split: str) -> DatasetSource:
+    source = load_recipe(CORPUS_SOURCE).source(language, split=split)
+    assert isinstance(source, DatasetSource)
+    return source
+
+
+def plan_fetch(
+    languages: list[str] | None = None,
+    size: int = DEFAULT_SIZE,
+    valid_documents: int = DEFAULT_VALID_DOCUMENTS,
+) -> list[Part]:
+    """The parts a fetch of ``languages`` (default: all 20) consists of."""
+    known = fetch_languages()
+    chosen = [normalize_language(code) for code in languages or known]
+    unknown = [code for code in chosen if code not in known]
+    if unknown:
+        raise UsageError(
+            f"xelm data fetch knows {', '.join(known)}; not {', '.join(unknown)} "
+            "(for other languages, use `xelm data prepare` with a dataset or recipe)"
+        )
+    if size < 1 or valid_documents < 1:
+        raise UsageError("the training size and held-out documents must be at least 1")
+    return [
+        Part(kind, language, cap)
+        for language in dict.fromkeys(chosen)
+        for kind, cap in (("train", size), ("valid", valid_documents), ("sib200", 0))
+    ]
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    path = out / STATE
+    if not path.is_file():
+        return {"format": STATE_FORMAT, "parts": {}}
+    state = read_json_object(path, "fetch record")
+    if state.get("format") != STATE_FORMAT or not isinstance(state.get("parts"), dict):
+        raise UsageError(f"{path} is not a fetch record: remove it to fetch again")
+    return state
+
+
+def is_done(part: Part, out: Path, state: dict[str, Any]) -> bool:
+    """Recorded with at least this cap (or its source held less), and its files present."""
+    record = state["parts"].get(part.key)
+    if not record or not all((out / name).is_file() for name in part.files):
+        return False
+    return bool(record.get("exhausted")) or record.get("cap", -1) >= part.cap
+
+
+def missing_parts(out: Path, parts: list[Part]) -> list[Part]:
+    """The parts ``out`` does not hold yet (read from its record, no network)."""
+    state = _read_state(out) if out.is_dir() else {"parts": {}}
+    return [part for part in parts if not is_done(part, out, state)]
+
+
+def fetch(
+    out: Path | None = None,
+    languages: list[str] | None = None,
+    size: int = DEFAULT_SIZE,
+    valid_documents: int = DEFAULT_VALID_DOCUMENTS,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fetch what ``out`` (default: xelm's cache) lacks; the fetch record of every part asked
+    for. ``progress(n)`` is told the bytes of text read."""
+    out = Path(out) if out is not None else default_data_dir()
+    parts = plan_fetch(languages, size, valid_documents)
+    advance = progress or (lambda n: None)
+    with output_lock(out):
+        state = _read_state(out)
+        fetched = []
+        for part in parts:
+            if is_done(part, out, state):
+                continue
+            record = _FETCHERS[part.kind](part, out, advance)
+            state["parts"][part.key] = {"cap": part.cap, "source": part.source(), **record}
+            write_bytes_atomic(out / STATE, pretty_json(state))
+            fetched.append(part.key)
+        text = readme().encode()
+        if not (out / "README.md").is_file() or (out / "README.md").read_bytes() != text:
+            write_bytes_atomic(out / "README.md", text)
+    return {
+        "path": str(out),
+        "fetched": fetched,
+        "parts": {part.key: state["parts"][part.key] for part in parts},
+    }
+
+
+def describe_download(parts: list[Part], out: Path) -> str:
+    """The line said before a fetch starts: how much, from where, into where."""
+    total = sum(part.estimate for part in parts)
+    languages = len({part.language for part in parts})
+    return (
+        f"fetching {len(parts)} parts for {languages} language(s) into {out}: about "
+        f"{total / 1e6:,.1f} MB of text (an estimate from the caps, before compression) from "
+        f"allenai/c4 and {SIB200_TEXT.dataset}"
+    )
+
+
+def _mc4_texts(part: Part) -> Iterator[str]:
+    split = "train" if part.kind == "train" else "validation"
+    for batch in _mc4(part.language, split).open():
+        yield from batch.texts
+
+
+def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict[str, Any]:
+    """mC4 documents up to the cap, compressed as they arrive (memory stays flat in --size)."""
+    documents, size, exhausted = 0, 0, True
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    with (
+        atomic_file(out / part.files[0], overwrite=True) as tmp,
+        tmp.open("wb") as raw,
+        compressor.stream_writer(raw) as compressed,
+    ):
+        for text in _mc4_texts(part):
+            if (size if part.kind == "train" else documents) >= part.cap:
+                exhausted = False
+                break
+            record = {"text": text, "lang": part.language, "source": CORPUS_SOURCE}
+            compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+            documents += 1
+            size += len(text.encode())
+            advance(len(text.encode()))
+        if not documents:
+            raise UsageError(f"{part.source()} has no text")
+    return {"documents": documents, "bytes": size, "exhausted": exhausted}
+
+
+def _tsv(rows: list[dict[str, Any]]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(SIB200_COLUMNS)
+    writer.writerows([row[c] for c in SIB200_COLUMNS] for row in rows)
+    return buffer.getvalue().encode()
+
+
+def _fetch_sib200(part: Part, out: Path, advance: Callable[[int], None]) -> dict[str, Any]:
+    config = SIB200_TEXT.config_for(part.language)
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for split in SIB200_FILES:
+        source = DatasetSource(SIB200_TEXT.dataset, config=config, split=split)
+        rows = []
+        for row in source.rows():
+            missing = [c for c in SIB200_COLUMNS if c not in row]
+            if missing:
+                raise UsageError(f"{source.describe()}: rows lack {', '.join(missing)}")
+            rows.append({**row, "text": " ".join(str(row["text"]).split())})
+            advance(len(rows[-1]["text"].encode()))
+        splits[split] = rows
+    text = "".join(row["text"] + "\n" for split in SIB200_TEXT.splits for row in splits[split])
+    devtest, *tasks = part.files
+    write_bytes_atomic(out / devtest, text.encode())
+    for (split, _), name in zip(SIB200_FILES.items(), tasks, strict=True):
+        write_bytes_atomic(out / name, _tsv(splits[split]))
+    sizes = {split: len(rows) for split, rows in splits.items()}
+    return {"documents": sum(sizes.values()), "splits": sizes, "bytes": len(text.encode())}
+
+
+_FETCHERS = {"train": _fetch_corpus, "valid": _fetch_corpus, "sib200": _fetch_sib200}
+
+
+def readme() -> str:
+    """The fetched folder's README: what each path holds, its source and licence."""
+    mc4 = f"`allenai/c4` (mC4; {load_recipe(CORPUS_SOURCE).raw.get('licence', 'ODC-By 1.0')})"
+    sib200 = f"`{SIB200_TEXT.dataset}` ({SIB200_TEXT.licence})"
+    rows = [
+        ("corpus/train/{lang}.jsonl.zst", "training documents: the first ones of mC4's train "
+         "split (configuration per language, `en-multi` for English, `iw` for Hebrew) up to "
+         "the cap", mc4),
+        ("corpus/valid/{lang}.jsonl.zst", "held-out documents: the first ones of mC4's "
+         "validation split", mc4),
+        ("eval/flores200-devtest/{lang}.txt", "FLORES-200 sentences, one per line: SIB-200's "
+         "test, validation and train splits (1004 per language), not FLORES devtest's 1012",
+         sib200),
+        ("tasks/sib200/{lang}/{train,dev,test}.tsv", "SIB-200 topic classification "
+         "(index_id, category, text)", sib200),
+    ]  # fmt: skip
+    table = "".join(f"| {path} | {what} | {source} |\n" for path, what, source in rows)
+    return f"""# Data fetched by `xelm data fetch`
+
+The layout `xelm demo` reads, built from non-gated datasets on the Hugging Face Hub; what was
+fetched (sources, caps, documents, bytes) is recorded in `{STATE}`. Records are
+`{{"text", "lang", "source"}}` JSON lines, zstd-compressed.
+
+| path | what | source (licence) |
+|---|---|---|
+{table}
+FLORES+ devtest itself (`openlanguagedata/flores_plus`) is gated on the Hub: to evaluate on
+it, accept its terms on its page, log in (`hf auth login`) and pass
+`--data openlanguagedata/flores_plus` to the perplexity evaluator.
+"""
+
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "DEFAULT_VALID_DOCUMENTS",
+    "Part",
+    "default_data_dir",
+    "describe_download",
+    "fetch",
+    "fetch_languages",
+    "missing_parts",
+    "plan_fetch",
+    "xelm_home",
+]

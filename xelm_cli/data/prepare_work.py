@@ -1,0 +1,161 @@
+"""The resumable work directory of ``xelm data prepare``.
+
+Tokenised documents are appended per language to ``LANG.tokens.bin`` and ``LANG.lengths.bin``
+(uint64 token count per document) in a hidden sibling of the output, ``.OUT.prepare/``. Every
+few seconds, and when a source is finished, the files are flushed to disk and ``state.json``
+records (atomically) how far each source was read and how many documents and tokens each
+language holds at that moment. A killed run leaves the directory behind; the same command
+finds it (same key: sources, tokenizer and options), cuts every file back to the recorded
+sizes and continues each source from its recorded position. Nothing in it looks like shards:
+the output appears only when ``data_prepare`` renames a finished directory into place.
+"""
+
+import contextlib
+import itertools
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.errors import FormatError
+from xelm_cli.common.jsonio import parse_json_object, pretty_json
+from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, tokens_file
+
+STATE_NAME = "state.json"
+CHECKPOINT_SECONDS = 2.0
+LENGTH_DTYPE = np.dtype("<u8")
+
+
+def lengths_file(language: str) -> str:
+    return f"{language}.lengths.bin"
+
+
+def work_directory(out: Path) -> Path:
+    return out.with_name(f".{out.name}.prepare")
+
+
+@dataclass
+class LanguageCount:
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    full: bool = False  # reached its read limit: no source adds to it any more
+
+
+class _Appender:
+    """Appends one language's documents; sizes are checked against the state on resume."""
+
+    def __init__(self, directory: Path, language: str, dtype: np.dtype[Any], count: LanguageCount):
+        self.count = count
+        self._tokens = _open_at(directory / tokens_file(language), count.tokens * dtype.itemsize)
+        self._lengths = _open_at(directory / lengths_file(language), count.documents * 8)
+        self._dtype = dtype
+
+    def add(self, documents: list[list[int]], nbytes: int) -> None:
+        lengths = np.fromiter(map(len, documents), dtype=LENGTH_DTYPE, count=len(documents))
+        flat = np.fromiter(
+            itertools.chain.from_iterable(documents), dtype=self._dtype, count=int(lengths.sum())
+        )
+        self._tokens.write(flat.data)  # not tofile: its errors lose the OS's reason (disk full)
+        self._lengths.write(lengths.data)
+        self.count.documents += len(documents)
+        self.count.tokens += int(lengths.sum())
+        self.count.bytes += nbytes
+
+    def sync(self) -> None:
+        for f in (self._tokens, self._lengths):
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        self._tokens.close()
+        self._lengths.close()
+
+
+def _open_at(path: Path, size: int) -> Any:
+    """``path`` opened for appending after its first ``size`` bytes (the rest is cut off)."""
+    f = open(path, "ab")  # noqa: SIM115
+    if f.tell() < size:
+        f.close()
+        raise FormatError(f"{path} is shorter than its recorded size: start over with --force")
+    f.truncate(size)
+    return f
+
+
+class WorkDirectory:
+    """Per-language appenders, source positions and the state file that ties them together."""
+
+    def __init__(self, out: Path, key: str, dtype_name: str, *, fresh: bool) -> None:
+        self.path = work_directory(out)
+        self.key = key
+        self.dtype = TOKEN_DTYPES[dtype_name]
+        state = None if fresh else self._read_state()
+        if state is None or state.get("key") != key:
+            shutil.rmtree(self.path, ignore_errors=True)
+            state = {"key": key, "sources": {}, "languages": {}}
+        self.resumed = bool(state["sources"])
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.sources: dict[str, dict[str, Any]] = state["sources"]
+        self.counts = {lang: LanguageCount(**c) for lang, c in state["languages"].items()}
+        self._appenders: dict[str, _Appender] = {}
+        self._saved = time.monotonic()
+
+    def _read_state(self) -> dict[str, Any] | None:
+        with contextlib.suppress(OSError, FormatError):
+            return parse_json_object((self.path / STATE_NAME).read_bytes(), "preparation state")
+        return None
+
+    def appender(self, language: str) -> _Appender:
+        if language not in self._appenders:
+            count = self.counts.setdefault(language, LanguageCount())
+            self._appenders[language] = _Appender(self.path, language, self.dtype, count)
+        return self._appenders[language]
+
+    def position(self, source: str) -> Any:
+        return self.sources.get(source, {}).get("position")
+
+    def finished(self, source: str) -> bool:
+        return bool(self.sources.get(source, {}).get("done"))
+
+    def checkpoint(self, source: str, position: Any, *, done: bool = False) -> None:
+        """Record ``position`` of ``source`` once the documents read before it are on disk;
+        at most every few seconds unless ``done``."""
+        if not done and time.monotonic() - self._saved < CHECKPOINT_SECONDS:
+            return
+        for appender in self._appenders.values():
+            appender.sync()
+        self.sources[source] = {"position": position, "done": done}
+        state = {
+            "key": self.key,
+            "sources": self.sources,
+            "languages": {lang: vars(c) for lang, c in sorted(self.counts.items())},
+        }
+        write_bytes_atomic(self.path / STATE_NAME, pretty_json(state))
+        self._saved = time.monotonic()
+
+    def close(self) -> dict[str, NDArray[np.uint64]]:
+        """Close every file; each language's document offsets (``documents + 1``)."""
+        for appender in self._appenders.values():
+            appender.close()
+        offsets = {}
+        for language, count in sorted(self.counts.items()):
+            if count.documents == 0:
+                continue
+            lengths = np.fromfile(self.path / lengths_file(language), dtype=LENGTH_DTYPE)
+            lengths = lengths[: count.documents]
+            result = np.zeros(count.documents + 1, dtype=OFFSETS_DTYPE)
+            np.cumsum(lengths, out=result[1:])
+            offsets[language] = result
+        return offsets
+
+    def remove(self) -> None:
+        for appender in self._appenders.values():
+            with contextlib.suppress(OSError):
+                appender.close()
+        shutil.rmtree(self.path, ignore_errors=True)

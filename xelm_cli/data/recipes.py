@@ -1,0 +1,186 @@
+"""Corpus recipes: which source each language's documents come from (spec/corpus-recipe-v1.md).
+
+A recipe is a JSON file naming, per language, a dataset configuration (``allenai/c4`` config
+``ar``), or local corpus files. ``defaults`` hold what most languages share; ``{lang}`` in a
+``config`` (or ``dataset``) is replaced by the language's code in that dataset (``code``,
+default the xelm code: mC4 calls Hebrew ``iw``). xelm ships recipes for the paper's corpus and
+open alternatives (``xelm data recipes``); ``xelm data prepare ID --config '{lang}'`` builds an
+unnamed recipe from its options, so one code path reads every per-language source.
+"""
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.manifest import schema_problems, spec_schema
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.data.sources import DatasetSource, FileSource, Source
+from xelm_cli.lang.codes import normalize_language
+
+FORMAT_NAME = "xelm-corpus-recipe"
+FORMAT_VERSION = "1.0.0"
+SUPPORTED_MAJOR = 1
+PLACEHOLDER = "{lang}"
+SOURCE_FIELDS = ("dataset", "config", "split", "text_column", "revision")
+
+
+def recipe_schema() -> dict[str, Any]:
+    return spec_schema("corpus-recipe-v1.schema.json")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    raw: dict[str, Any]
+    base: Path | None  # local paths in the recipe are relative to this directory
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.raw["languages"])
+
+    def entry(self, language: str) -> dict[str, Any]:
+        """A language's source settings, its own over the recipe's defaults."""
+        if language not in self.raw["languages"]:
+            raise UsageError(
+                f"recipe {self.name} has no {language} (it has {', '.join(self.languages)})"
+            )
+        entry = {**self.raw.get("defaults", {}), **self.raw["languages"][language]}
+        if "path" in self.raw["languages"][language]:  # a local source drops dataset defaults
+            entry = dict(self.raw["languages"][language])
+        return entry
+
+    def source(self, language: str, *, split: str | None = None) -> Source:
+        """The source of ``language``'s documents; ``split`` overrides the recipe's."""
+        entry = self.entry(language)
+        if "path" in entry:
+            path = Path(entry["path"])
+            if not path.is_absolute() and self.base is not None:
+                path = self.base / path
+            return FileSource(str(path), language=language, languages=None)
+        if "dataset" not in entry:
+            raise UsageError(f"recipe {self.name}: {language} names no dataset and no path")
+        code = entry.get("code", language)
+        fields = {k: entry[k] for k in SOURCE_FIELDS if k in entry}
+        for key in ("dataset", "config"):
+            if key in fields:
+                fields[key] = fields[key].replace(PLACEHOLDER, code)
+        if split is not None:
+            fields["split"] = split
+        return DatasetSource(**fields, language=language)
+
+    def sources(
+        self, languages: list[str] | None = None, *, split: str | None = None
+    ) -> dict[str, Source]:
+        return {lang: self.source(lang, split=split) for lang in languages or self.languages}
+
+
+def parse_recipe(data: dict[str, Any], name: str, base: Path | None) -> Recipe:
+    major = str(data.get("format_version", "")).split(".")[0]
+    if data.get("format") == FORMAT_NAME and major.isdigit() and int(major) > SUPPORTED_MAJOR:
+        raise FormatError(
+            f"recipe {name} has format version {data['format_version']}; this xelm reads "
+            f"{SUPPORTED_MAJOR}.x: upgrade xelm"
+        )
+    problems = schema_problems(data, recipe_schema(), what="recipe")
+    if problems:
+        raise FormatError(f"recipe {name} is not valid: {problems[0]}")
+    languages: dict[str, Any] = {}
+    for code, entry in data["languages"].items():
+        try:
+            languages[normalize_language(code)] = entry
+        except UsageError as exc:
+            raise FormatError(f"recipe {name}: {exc}") from None
+    return Recipe(str(data.get("name", name)), {**data, "languages": languages}, base)
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with xelm, by name."""
+    folder = resources.files("xelm_cli").joinpath("data", "shipped_recipes")
+    return {
+        entry.name.removesuffix(".json"): Path(str(entry))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".json")
+    }
+
+
+def is_recipe(source: str) -> bool:
+    """A recipe file (``*.json`` that says it is one) or the name of a shipped recipe."""
+    path = Path(source)
+    if path.is_file() and path.name.endswith(".json"):
+        with path.open("rb") as f:
+            return FORMAT_NAME.encode() in f.read(4096)
+    return not path.exists() and source in shipped_recipes()
+
+
+def load_recipe(source: str | Path) -> Recipe:
+    """A recipe from a file or a shipped recipe's name."""
+    path = Path(source)
+    if not path.exists():
+        shipped = shipped_recipes()
+        if str(source) not in shipped:
+            raise UsageError(
+                f"no recipe {source}: not a file, and xelm ships {', '.join(shipped)} "
+                "(see `xelm data recipes`)"
+            )
+        path = shipped[str(source)]
+        return parse_recipe(read_json_object(path, "recipe"), str(source), None)
+    return parse_recipe(read_json_object(path, "recipe"), path.name, path.parent)
+
+
+def recipe_from_options(
+    dataset: str,
+    *,
+    config: str,
+    languages: list[str],
+    lang_map: dict[str, str] | None = None,
+    split: str | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
+) -> Recipe:
+    """The recipe ``xelm data prepare DATASET --config TEMPLATE --langs ... --lang-map ...``
+    describes: one configuration per language."""
+    if PLACEHOLDER not in config:
+        raise UsageError(
+            f"--config {config!r} names one configuration; with --langs, use a template "
+            f"such as '{PLACEHOLDER}' (replaced by each language's code)"
+        )
+    lang_map = lang_map or {}
+    unknown = sorted(set(lang_map) - set(languages))
+    if unknown:
+        raise UsageError(f"--lang-map names {', '.join(unknown)}, which --langs does not list")
+    defaults = {"dataset": dataset, "config": config}
+    for key, value in (("split", split), ("text_column", text_column), ("revision", revision)):
+        if value is not None:
+            defaults[key] = value
+    entries = {lang: ({"code": lang_map[lang]} if lang in lang_map else {}) for lang in languages}
+    data = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "defaults": defaults,
+        "languages": entries,
+    }
+    return parse_recipe(data, dataset, None)
+
+
+def parse_lang_map(text: str) -> dict[str, str]:
+    """``"he=iw,zh=zh-Hans"``: xelm code = the dataset's code."""
+    mapping = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise UsageError(f"--lang-map takes LANG=CODE pairs such as he=iw, not {item!r}")
+        mapping[normalize_language(ours.strip())] = theirs.strip()
+    return mapping
+
+
+__all__ = [
+    "FORMAT_NAME",
+    "Recipe",
+    "is_recipe",
+    "load_recipe",
+    "parse_lang_map",
+    "recipe_from_options",
+    "shipped_recipes",
+]

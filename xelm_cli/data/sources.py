@@ -1,0 +1,411 @@
+"""Where a language's documents come from: corpus files, or a dataset streamed per language.
+
+A *source* yields batches of labelled texts. Two kinds:
+
+- ``DatasetSource``: one configuration and split of a Hugging Face dataset, read with
+  ``datasets.load_dataset(..., streaming=True)``. A Hub id and a local directory laid out like
+  a Hub dataset repository (data files per configuration, a README with a ``configs:``
+  section) take exactly the same path. Nothing is materialised, so reading can stop at a cap
+  after a sliver of a terabyte corpus. With ``language`` set, every row is that language
+  (mC4's ``ar`` configuration); otherwise rows carry a ``lang``/``language`` column.
+- ``FileSource``: corpus files read by ``xelm_cli.data.corpus`` (JSON lines, text, ``save_to_disk``
+  datasets), optionally only the files of some languages.
+
+A stream reports its position after each batch (``Stream.position``); opening the source again
+at that position continues after the last row of that batch, so a killed preparation resumes
+where it stopped. Dataset streams resume from ``IterableDataset.state_dict`` (no re-reading),
+file streams by skipping the documents already read.
+"""
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.digest import sha256_bytes, sha256_file
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.jsonio import canonical_json, one_line
+from xelm_cli.data.corpus import corpus_files, iter_documents, source_kind
+from xelm_cli.lang.codes import normalize_language
+
+DEFAULT_BATCH = 1000
+MIRROR_VARIABLE = "XELM_HUB_MIRROR"
+LANGUAGE_COLUMNS = ("lang", "language")
+_HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
+
+
+def resolve_dataset(dataset: str) -> str:
+    """Where to read a dataset from: ``$XELM_HUB_MIRROR/OWNER/NAME`` when that directory
+    exists (a local copy laid out like the Hub repository), else ``dataset`` itself."""
+    mirror = os.environ.get(MIRROR_VARIABLE)
+    if mirror and not Path(dataset).exists():
+        local = Path(mirror) / dataset
+        if (local / "README.md").is_file():
+            return str(local)
+    return dataset
+
+
+class SourceUnavailable(UsageError):
+    """The source could not be reached (network, Hub): the same command may succeed later, so
+    a preparation keeps what it has read so far."""
+
+
+@dataclass
+class Batch:
+    languages: list[str]
+    texts: list[str]
+
+
+class Stream:
+    """Batches of a source; ``position`` is where the next ``open`` continues after the batch
+    last yielded."""
+
+    def __init__(self, batches: Iterator[Batch], position: Any) -> None:
+        self._batches = batches
+        self._position = position
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches
+
+    @property
+    def position(self) -> Any:
+        return self._position() if callable(self._position) else self._position
+
+
+def prefetched(stream: Stream, depth: int = 2) -> Iterator[tuple[Batch, Any]]:
+    """``(batch, position after it)`` of ``stream``, read ahead on a thread: reading and
+    decoding the next batches overlaps the caller's tokenising of this one (the Rust
+    tokenizer releases the GIL). Positions are taken as each batch is read, so a position
+    never runs ahead of the batch it comes with; errors reach the caller in order."""
+    items: queue.Queue[tuple[Batch, Any] | BaseException | None] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: tuple[Batch, Any] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for batch in stream:
+                if not put((batch, stream.position)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the caller, raised there
+            put(exc)
+
+    reader = threading.Thread(target=read, name="xelm-source-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One configuration and split of a Hugging Face dataset (Hub id or local directory)."""
+
+    dataset: str
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    revision: str | None = None
+    language: str | None = None  # every row's language; None: rows carry a language column
+
+    def describe(self) -> str:
+        where = "/".join(p for p in (self.config, self.split) if p)
+        return f"{self.dataset} [{where}]"
+
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def record(self) -> dict[str, Any]:
+        """What this source is: its options and the data files it resolves to (names, sizes
+        and modification times of local files; for the Hub, file names at a commit)."""
+        files = self._data_files()
+        listing: list[Any] = []
+        revision = self.revision
+        for name in files:
+            path = Path(name)
+            if path.is_file():
+                info = path.stat()
+                listing.append([path.name, info.st_size, info.st_mtime_ns])
+            else:
+                listing.append(name)
+                match = _HUB_REVISION.search(name)
+                revision = revision or (match.group(1) if match else None)
+        return {
+            "kind": "dataset",
+            **self.options(),
+            "resolved_revision": revision,
+            "data_files": len(files),
+            "digest": sha256_bytes(canonical_json({"source": self.options(), "files": listing})),
+        }
+
+    def _data_files(self) -> list[str]:
+        import datasets
+
+        with _translated(self):
+            builder = datasets.load_dataset_builder(
+                resolve_dataset(self.dataset), name=self.config, revision=self.revision
+            )
+        data_files = builder.config.data_files or {}
+        if self.split not in data_files:
+            raise UsageError(
+                f"{self.describe()}: no split {self.split!r} (it has "
+                f"{', '.join(sorted(data_files)) or 'none'}); choose one with --split"
+            )
+        return [str(name) for name in data_files[self.split]]
+
+    def _load(self) -> Any:
+        import datasets
+
+        with _translated(self):
+            return datasets.load_dataset(
+                resolve_dataset(self.dataset),
+                name=self.config,
+                split=self.split,
+                revision=self.revision,
+                streaming=True,
+            )
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every row, all columns (evaluation sets and task data, read whole)."""
+        dataset = self._load()
+        with _translated(self):
+            yield from dataset
+
+    def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
+        dataset = self._load()
+        state = {"rows": 0, "dataset": None}
+        if position:
+            dataset.load_state_dict(position["dataset"])
+            state["rows"] = position["rows"]
+        state["dataset"] = dataset.state_dict()
+        return Stream(self._batches(dataset, state, batch_size), lambda: dict(state))
+
+    def _batches(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
+        rows = iter(dataset)
+        default = normalize_language(self.language) if self.language else None
+        while True:
+            batch, read = Batch([], []), 0
+            with _translated(self):
+                for row in itertools.islice(rows, size):
+                    read += 1
+                    state["rows"] += 1
+                    self._add(batch, row, state["rows"], default)
+            if not read:
+                return
+            state["dataset"] = dataset.state_dict()
+            yield batch
+
+    def _add(self, batch: Batch, row: dict[str, Any], number: int, default: str | None) -> None:
+        where = f"{self.describe()} row {number}"
+        if self.text_column not in row:
+            raise FormatError(
+                f"{where} has no column {self.text_column!r} (columns: "
+                f"{', '.join(sorted(row))}); choose one with --text-column"
+            )
+        text = row[self.text_column]
+        if not isinstance(text, str):
+            raise FormatError(f"{where}: {self.text_column!r} is not text ({type(text).__name__})")
+        language = default
+        if language is None:
+            code = next((row[c] for c in LANGUAGE_COLUMNS if row.get(c)), None)
+            if not isinstance(code, str):
+                raise UsageError(
+                    f"{where}: no language (a 'lang' column, --lang, or a per-language "
+                    "--config such as '{lang}')"
+                )
+            try:
+                language = normalize_language(code)
+            except UsageError as exc:
+                raise FormatError(f"{where}: {exc}") from None
+        if text.strip():
+            batch.languages.append(language)
+            batch.texts.append(text)
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Corpus files (or a ``save_to_disk`` dataset), optionally only some languages' files."""
+
+    path: str
+    language: str | None = None  # label of documents that carry none
+    split: str | None = None  # of a save_to_disk dataset
+    languages: tuple[str, ...] | None = field(default=None)
+
+    def describe(self) -> str:
+        return self.path
+
+    def files(self) -> list[Path]:
+        """The files read: with ``languages``, files named for another language are skipped
+        (``tr.jsonl`` holds Turkish)."""
+        return corpus_files(Path(self.path), languages=self.languages)
+
+    def record(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The files' names, sizes and sha256 (a file whose name, size and modification time
+        equal ``previous``'s keeps its recorded sha256 instead of being hashed again)."""
+        root = Path(self.path)
+        known = {f["name"]: f for f in (previous or {}).get("files", [])}
+        files = []
+        for path in self.files():
+            info = path.stat()
+            name = path.relative_to(root).as_posix() if root.is_dir() else path.name
+            old = known.get(name, {})
+            same = old.get("size") == info.st_size and old.get("mtime_ns") == info.st_mtime_ns
+            sha = old["sha256"] if same and "sha256" in old else sha256_file(path)
+            files.append(
+                {"name": name, "size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha}
+            )
+        content = [{k: f[k] for k in ("name", "size", "sha256")} for f in files]
+        kind = source_kind(self.path)  # files, or hf-disk for a save_to_disk dataset
+        sealed = {"kind": kind, "split": self.split, "content": content}
+        return {
+            "kind": kind,
+            "path": self.path,
+            "split": self.split,
+            "digest": sha256_bytes(canonical_json(sealed)),
+            "files": files,
+        }
+
+    def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
+        skip = int(position or 0)
+        state = {"rows": skip}
+        documents = iter_documents(
+            self.path,
+            language=self.language,
+            split=self.split,
+            require_language=True,
+            languages=self.languages,
+        )
+        documents = itertools.islice(documents, skip, None)
+
+        def batches() -> Iterator[Batch]:
+            while chunk := list(itertools.islice(documents, batch_size)):
+                state["rows"] += len(chunk)
+                kept = [d for d in chunk if d.text]
+                yield Batch([str(d.language) for d in kept], [d.text for d in kept])
+
+        return Stream(batches(), lambda: state["rows"])
+
+
+Source = DatasetSource | FileSource
+
+
+@contextlib.contextmanager
+def _translated(source: DatasetSource) -> Iterator[None]:
+    """``datasets``/Hub/Arrow failures as one line naming the source."""
+    import datasets
+
+    where = source.describe()
+    try:
+        with _quiet_libraries():
+            yield
+    except (UsageError, FormatError):
+        raise
+    except datasets.exceptions.DatasetNotFoundError as exc:
+        if "gated" in str(exc).lower():
+            raise UsageError(
+                f"cannot load dataset {source.dataset}: it is gated on the Hugging Face Hub: "
+                "accept its terms on its "
+                "page, then log in (`hf auth login`) or set HF_TOKEN"
+            ) from None
+        raise UsageError(
+            f"cannot load dataset {source.dataset}: not a local directory, and not found on "
+            "the Hub; check the name, or pass a local copy"
+        ) from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise SourceUnavailable(
+            f"cannot load dataset {source.dataset} ({where}): "
+            f"{one_line(str(exc) or type(exc).__name__, 200)} (offline? run the same command "
+            "again to continue, or pass a local copy)"
+        ) from None
+    except ValueError as exc:
+        raise _config_or_split_error(source, exc) from None
+    except Exception as exc:  # Arrow, gzip, JSON and generation errors: the data is broken
+        if _is_network_error(exc):
+            raise SourceUnavailable(
+                f"cannot load dataset {source.dataset} ({where}): {one_line(str(exc), 200)} "
+                "(run the same command again to continue)"
+            ) from None
+        reason = one_line(str(exc) or type(exc).__name__, 300)
+        raise FormatError(f"cannot read {where}: {reason}") from None
+
+
+def dataset_configs(dataset: str) -> list[str]:
+    """The configuration names of a dataset (Hub id or local Hub-layout directory)."""
+    import datasets
+
+    with _translated(DatasetSource(dataset)):
+        return list(datasets.get_dataset_config_names(resolve_dataset(dataset)))
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """Hide the Hub client's retry warnings and datasets' error logs: what went wrong reaches
+    the user once, as xelm's one line."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "datasets")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"HTTPError", "HfHubHTTPError", "ConnectError", "ReadTimeout"})
+
+
+def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
+    import datasets
+
+    message = str(exc)
+    if "BuilderConfig" in message or "Config name is missing" in message:
+        try:
+            names = datasets.get_dataset_config_names(
+                resolve_dataset(source.dataset), revision=source.revision
+            )
+        except Exception:  # listing failed too: report what load_dataset said
+            names = []
+        shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+        what = (
+            f"no configuration {source.config!r}"
+            if source.config
+            else "several configurations: choose one with --config"
+        )
+        return UsageError(
+            f"{source.dataset} has {what} (it has {shown or 'none listed'}); "
+            "check --config / --lang-map"
+        )
+    if "split" in message.lower():
+        try:
+            splits = datasets.get_dataset_split_names(
+                resolve_dataset(source.dataset), source.config, revision=source.revision
+            )
+        except Exception:
+            splits = []
+        return UsageError(
+            f"{source.describe()}: no split {source.split!r} (it has "
+            f"{', '.join(splits) or 'none listed'}); choose one with --split"
+        )
+    return FormatError(f"cannot read {source.describe()}: {one_line(message, 300)}")

@@ -1,0 +1,70 @@
+"""``xelm demo`` and ``xelm report``."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from xelm_cli.common.progress import stderr_console
+
+
+def demo(
+    preset: Annotated[
+        str, typer.Option("--preset", help="smoke (minutes), small (default), gpu.")
+    ] = "small",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Sample data: corpus/, eval/, tasks/ (default: ../shared/data, else xelm's "
+            "cache, fetched from the Hub if incomplete).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Run directory (a re-run resumes it).")
+    ] = Path("demo-run"),
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")
+    ] = None,
+) -> None:
+    """Reproduce X-ELM's findings end to end on the sample data and write a report.
+
+    Trains a tokenizer and a seed, a dense model and X-ELMs at equal compute, evaluates them on
+    FLORES-200, adds two languages by HMR and LAPT, runs SIB-200 in context, and writes
+    OUT/report/report.md with figures. Re-running skips finished steps. Without --data and
+    without ../shared/data it reads xelm's cache, running `xelm data fetch` first if needed.
+
+    Example: xelm demo --preset smoke -o demo-smoke
+    """
+    from xelm_cli.data.fetch import DEFAULT_SIZE
+    from xelm_cli.demo import get_preset, run_demo
+    from xelm_cli.demo.data import demo_data
+
+    size = max(DEFAULT_SIZE, get_preset(preset).corpus_bytes)
+    data = demo_data(data, size=size, say=stderr_console.print)
+    results, files = run_demo(preset, data, output, device)
+    stderr_console.print(f"finished in {results['seconds']:.0f} s")
+    for claim in _claims(files[0]):  # the report's verdicts, one line each
+        typer.echo(claim)
+    typer.echo(f"report: {files[0]}")
+
+
+def _claims(report: Path) -> list[str]:
+    return [line for line in report.read_text().splitlines() if line.startswith("- **")]
+
+
+def report(
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json files (merged in order).", show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report directory.")],
+) -> None:
+    """Redraw the demo report (report.md, figures) from results files, e.g. of runs on
+    several machines.
+
+    Example: xelm report demo-run/report/results.json -o report/
+    """
+    from xelm_cli.demo import read_results, write_report
+
+    files = write_report(read_results(results), output)
+    typer.echo(f"report: {files[0]}")

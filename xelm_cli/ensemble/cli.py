@@ -1,0 +1,303 @@
+"""``xelm ensemble``: create an ensemble file, evaluate, generate."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.cli_options import ForceOpt
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json
+from xelm_cli.common.progress import stderr_console
+from xelm_cli.data.corpus import read_documents
+from xelm_cli.ensemble.runner import (
+    COMBINE_RULES,
+    EnsembleModel,
+    EnsembleSpec,
+    build_router,
+    expand_paths,
+    is_ensemble_file,
+    open_members,
+    parse_options,
+)
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.plugin.contracts import EvalRequest
+
+app = typer.Typer(
+    help="Ensembles of expert bundles: routers, evaluation, generation.\n\n"
+    "Example: xelm ensemble eval experts/* --router language "
+    "--data ../shared/data/eval/flores200-devtest",
+    no_args_is_help=True,
+)
+
+MembersArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Expert bundles (paths or quoted globs), or one ensemble file (ens.json).",
+        show_default=False,
+    ),
+]
+RouterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--router",
+        help="Router name (xelm plugins list); default: the ensemble file's, else language.",
+    ),
+]
+RouterArgOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--router-arg",
+        help="Router option KEY=VALUE (repeatable), e.g. fallback=typology, top_k=2.",
+    ),
+]
+CombineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--combine",
+        help=f"How experts combine: {', '.join(COMBINE_RULES)} (default mixture; product: "
+        "product of experts, spec/ensemble-v1.md section 3).",
+    ),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
+]
+
+
+def load_spec(
+    members: list[str],
+    router: str | None,
+    router_args: list[str] | None,
+    combine: str | None,
+) -> EnsembleSpec:
+    """The ensemble from an ensemble file or from bundles plus options."""
+    options = parse_options(router_args or [], "--router-arg")
+    if len(members) == 1 and is_ensemble_file(members[0]):
+        spec = EnsembleSpec.read(Path(members[0]))
+        if router and router != spec.router:
+            spec.router, spec.router_options = router, options
+        elif options:
+            spec.router_options = {**spec.router_options, **options}
+        if combine:
+            spec.combine = combine
+        return spec
+    bundles = open_members(expand_paths(members))
+    return EnsembleSpec(bundles, router or "language", options, combine or "mixture")
+
+
+def _languages(langs: str | None) -> tuple[str, ...] | None:
+    return tuple(parse_language_list(langs)) if langs else None
+
+
+@app.command()
+def create(
+    members: MembersArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Ensemble file to write.")],
+    router: RouterOpt = None,
+    router_arg: RouterArgOpt = None,
+    combine: CombineOpt = None,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(
+            "--calibrate",
+            help="Held-out corpus to fit the router on (posterior prior, oracle table).",
+        ),
+    ] = None,
+    langs: Annotated[
+        str | None, typer.Option("--langs", help="Calibration languages (default: all).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Calibration documents per language.")
+    ] = 200,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Record an ensemble: member bundles (with digests), router and its options, combination.
+
+    Example: xelm ensemble create experts/* --router posterior --calibrate valid/ -o ens.json
+    """
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to replace it")
+    spec = load_spec(members, router, router_arg, combine)
+    built = build_router(spec.router, spec.router_options)
+    runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
+    if calibrate:  # (building the runner checked the members and the combination rule)
+        documents = read_documents(calibrate, languages=_languages(langs), limit=limit)
+        scored = runner.score_all_experts(documents)
+        spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
+    # a path option (the tfidf router's allocation) must not depend on the working directory
+    spec.router_options = {
+        key: str(Path(v).resolve()) if isinstance(v, str) and Path(v).exists() else v
+        for key, v in spec.router_options.items()
+    }
+    spec.write(output, overwrite=force)
+    stderr_console.print(
+        f"wrote {output}: {len(spec.members)} experts, router {spec.router} "
+        f"{json.dumps(spec.router_options)}, {spec.combine}"
+    )
+
+
+@app.command("eval")
+def evaluate(
+    members: MembersArg,
+    router: RouterOpt = None,
+    router_arg: RouterArgOpt = None,
+    combine: CombineOpt = None,
+    evaluator: Annotated[
+        str | None,
+        typer.Option(
+            "--evaluator",
+            help="perplexity, icl, lm-eval, or a plugin's (default: icl with --task, "
+            "else perplexity).",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Evaluation data: a corpus, a task's directory, or a Hub dataset id "
+            "(openlanguagedata/flores_plus, Davlan/sib200, cambridgeltl/xcopa, ...).",
+        ),
+    ] = None,
+    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Documents or examples per language.")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task", help="In-context task: xnli, xstorycloze, sib200, xcopa, belebele, jsonl."
+        ),
+    ] = None,
+    shots: Annotated[int, typer.Option("--shots", help="Demonstrations per example.")] = 0,
+    runs: Annotated[int, typer.Option("--runs", help="Demonstration samplings.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of demonstration sampling.")] = 0,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="paper (English template words, mean token NLL) or harness (summed "
+            "log-likelihood).",
+        ),
+    ] = "paper",
+    eval_arg: Annotated[
+        list[str] | None,
+        typer.Option("--eval-arg", help="Evaluator option KEY=VALUE (repeatable)."),
+    ] = None,
+    each: Annotated[
+        bool, typer.Option("--each", help="Also score every expert alone (expert x language).")
+    ] = False,
+    baseline: Annotated[
+        list[Path] | None,
+        typer.Option("--baseline", help="A bundle to score alongside (first one: delta column)."),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table, json or csv (on stdout).")
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the JSON results here.")
+    ] = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Evaluate an ensemble (and optionally each expert and baselines) on held-out text or
+    an in-context task.
+
+    Example: xelm ensemble eval experts/* --data flores200-devtest/ --each --baseline dense/
+    """
+    from xelm_cli.ensemble.results import (
+        FORMATS,
+        build_evaluator,
+        render_csv,
+        render_table,
+        run_evaluation,
+        systems_for,
+    )
+
+    if output_format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to replace it")
+    spec = load_spec(members, router, router_arg, combine)
+    name = evaluator or ("icl" if task else "perplexity")
+    request = EvalRequest(
+        data=data,
+        languages=_languages(langs),
+        limit=limit,
+        task=task,
+        shots=shots,
+        runs=runs,
+        seed=seed,
+        protocol=protocol,
+        options=parse_options(eval_arg or [], "--eval-arg"),
+    )
+    built_evaluator = build_evaluator(name, request)
+    baselines = [Bundle.read(path) for path in baseline or []]
+    systems = systems_for(
+        spec,
+        build_router(spec.router, spec.router_options),
+        each=each,
+        baselines=baselines,
+        device=device,
+    )
+    results = run_evaluation(name, built_evaluator, spec, systems)
+    if output is not None:
+        write_bytes_atomic(output, pretty_json(results), overwrite=True)
+    if output_format == "json":
+        typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
+    elif output_format == "csv":
+        typer.echo(render_csv(results), nl=False)
+    else:
+        from rich.console import Console
+
+        Console(soft_wrap=True).print(render_table(results))
+
+
+@app.command()
+def generate(
+    members: MembersArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+    lang: Annotated[
+        str | None, typer.Option("--lang", help="The prompt's language (language router).")
+    ] = None,
+    router: RouterOpt = None,
+    router_arg: RouterArgOpt = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 50,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="0 picks the most likely token.")
+    ] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print tokens and weights.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Sample a continuation from the ensemble's mixed next-token distribution.
+
+    Example: xelm ensemble generate experts/* --router language --lang tr --prompt "Bugün"
+    """
+    from xelm_cli.ensemble.generation import generate as run_generate
+
+    spec = load_spec(members, router, router_arg, None)
+    result = run_generate(
+        spec.members,
+        build_router(spec.router, spec.router_options),
+        prompt,
+        language=normalize_language(lang) if lang else None,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        device=device,
+    )
+    if as_json:
+        record: dict[str, Any] = {
+            "prompt": prompt,
+            "text": result.text,
+            "tokens": result.tokens,
+            "experts": result.experts,
+            "weights": result.weights,
+        }
+        typer.echo(json.dumps(record, ensure_ascii=False))
+    else:
+        typer.echo(prompt + result.text)

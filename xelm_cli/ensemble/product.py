@@ -1,0 +1,86 @@
+"""The product-of-experts combination rule (spec/ensemble-v1.md section 3, ``product``).
+
+ln p(x_t) = sum_e w[e, t] ln p_e(x_t) - ln sum_v exp(sum_e w[e, t] ln p_e(v)): a weighted
+geometric mean of the experts' next-token distributions, renormalised over the vocabulary,
+with weights from each expert's likelihood of the previous token times the cluster weights
+(mixing.product_weights). The normaliser needs every expert's full distribution at the same
+position, so the experts of a document run together; log-softmax runs on chunks of positions
+(at most ``CHUNK_ELEMENTS`` values per expert), never on T x V at once.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from xelm_cli.ensemble.mixing import product_weights
+from xelm_cli.ensemble.scoring import CHUNK_ELEMENTS, LoadedModel, Logprobs, windows
+
+
+def _states(model: LoadedModel, sequence: Sequence[int]) -> Any:
+    """Final hidden states (or logits) of the positions predicting tokens 1..n-1, in windows
+    of at most the model's context, each token predicted once (as scoring does)."""
+    import torch
+
+    max_length = model.max_length
+    parts = []
+    for start, end, first in windows(len(sequence), max_length, max(1, max_length // 2)):
+        ids = torch.tensor([list(sequence[start:end])], device=model.device)
+        states, _ = model.states(ids, torch.ones_like(ids))
+        parts.append(states[0, first - start - 1 : end - start - 1])
+    return torch.cat(parts)
+
+
+def product_logprobs(
+    models: Sequence[LoadedModel], prior: Sequence[float], sequence: Sequence[int]
+) -> Logprobs:
+    """ln p(x_t | x_<t) for t = 1..n-1 of one sequence (starting with BOS) under the product
+    rule with cluster weights ``prior`` (one per model, all positive)."""
+    import torch
+
+    targets = torch.tensor(list(sequence[1:]), dtype=torch.long)
+    states = [_states(model, sequence) for model in models]
+    c = np.asarray(prior, dtype=np.float64)
+    n = len(targets)
+    out = np.empty(n, dtype=np.float64)
+    rows = max(1, CHUNK_ELEMENTS // max(models[0].vocab_size(), 1))
+    carry: np.ndarray | None = None  # L[:, t] of the position before the chunk
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        chosen = targets[start:stop]
+        full = torch.stack(
+            [
+                torch.log_softmax(model.logits(state[start:stop]).double().cpu(), dim=-1)
+                for model, state in zip(models, states, strict=True)
+            ]
+        )  # (k, rows, V)
+        picked = full.gather(2, chosen[None, :, None].expand(len(models), -1, 1))[..., 0]
+        logprobs = picked.numpy()
+        if carry is None:
+            weights = product_weights(logprobs, c)
+        else:
+            weights = product_weights(np.concatenate([carry, logprobs], axis=1), c)[:, 1:]
+        w = torch.from_numpy(weights)
+        combined = (w[:, :, None] * full).sum(dim=0)
+        normaliser = torch.logsumexp(combined, dim=-1)
+        out[start:stop] = ((w * picked).sum(dim=0) - normaliser).numpy()
+        carry = logprobs[:, -1:]
+    return out
+
+
+def score_product(
+    models: Sequence[LoadedModel],
+    prior: Sequence[float],
+    sequences: Sequence[Sequence[int]],
+    *,
+    advance: Any = None,
+) -> list[Logprobs]:
+    import torch
+
+    results = []
+    with torch.inference_mode():
+        for sequence in sequences:
+            results.append(product_logprobs(models, prior, sequence))
+            if advance is not None:
+                advance(1)
+    return results

@@ -1,0 +1,213 @@
+"""Evaluation results: running the systems of one evaluation, the JSON record, table and CSV.
+
+A *system* is what one column of results describes: the ensemble, one expert alone, or a
+baseline bundle. Systems share a score cache, so an expert alone reuses what the ensemble
+already computed with it.
+"""
+
+import csv
+import io
+import math
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xelm_cli import __version__
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, ScoreCache, single_model
+from xelm_cli.plugin.contracts import EvalRequest, Evaluator
+from xelm_cli.plugin.host import get_registry
+
+RESULTS_FORMAT = "xelm-results"
+FORMATS = ("table", "json", "csv")
+
+
+@dataclass
+class System:
+    name: str
+    kind: str  # ensemble | expert | baseline
+    model: EnsembleModel
+
+
+def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
+    registration = get_registry().get("evaluator", name)
+    evaluator: Evaluator = registration.obj(request)
+    return evaluator
+
+
+def systems_for(
+    spec: EnsembleSpec,
+    router: Any,
+    *,
+    each: bool,
+    baselines: Sequence[Bundle],
+    device: str | None,
+) -> list[System]:
+    cache = ScoreCache()
+    systems = [
+        System(
+            f"ensemble[{spec.router}]",
+            "ensemble",
+            EnsembleModel(
+                spec.members,
+                router,
+                spec.combine,
+                name="ensemble",
+                device=device,
+                cache=cache,
+            ),
+        )
+    ]
+    if each:
+        for bundle in spec.members:
+            model = single_model(bundle, f"expert:{bundle.name}", device=device, cache=cache)
+            systems.append(System(model.name, "expert", model))
+    for bundle in baselines:
+        if (
+            bundle.manifest.fingerprints["tokenizer"]
+            != spec.members[0].manifest.fingerprints["tokenizer"]
+        ):
+            raise UsageError(
+                f"baseline {bundle.path} has a different tokenizer from the ensemble; token "
+                "perplexities would not be comparable"
+            )
+        model = single_model(bundle, f"baseline:{bundle.name}", device=device, cache=cache)
+        systems.append(System(model.name, "baseline", model))
+    names = [s.name for s in systems]
+    if len(set(names)) != len(names):
+        raise UsageError(f"two systems share a name ({', '.join(names)}); rename a bundle")
+    return systems
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {
+        "xelm": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_evaluation(
+    evaluator_name: str,
+    evaluator: Evaluator,
+    spec: EnsembleSpec,
+    systems: Sequence[System],
+) -> dict[str, Any]:
+    """Evaluate every system; the results record (spec/ensemble-v1.md section 5)."""
+    records = []
+    for system in systems:
+        started = time.perf_counter()
+        metrics = evaluator.evaluate(system.model)
+        records.append(
+            {
+                "name": system.name,
+                "kind": system.kind,
+                "bundles": [
+                    {"name": b.name, "id": b.id, "digest": b.digest} for b in system.model.members
+                ],
+                "metrics": metrics,
+                "executed": {
+                    "loads": dict(system.model.stats.loads),
+                    "sequences": dict(system.model.stats.sequences),
+                },
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+    request = evaluator.request
+    return {
+        "format": RESULTS_FORMAT,
+        "format_version": 1,
+        "evaluator": evaluator_name,
+        "primary": evaluator.primary,
+        "higher_is_better": evaluator.higher_is_better,
+        "request": {
+            "data": request.data,
+            "languages": evaluator.languages,
+            "limit": request.limit,
+            "task": request.task,
+            "shots": request.shots,
+            "runs": request.runs,
+            "seed": request.seed,
+            "protocol": request.protocol if evaluator_name != "perplexity" else None,
+            "options": request.options,
+        },
+        "ensemble": spec.to_dict(),
+        "device": str(systems[0].model.device),
+        "versions": _versions(),
+        "systems": records,
+    }
+
+
+def _value(metrics: dict[str, Any], language: str | None, metric: str) -> float:
+    scope = (
+        metrics.get("overall", {}) if language is None else metrics["languages"].get(language, {})
+    )
+    value = scope.get(metric)
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], list[list[Any]]]:
+    metric = results["primary"]
+    systems = results["systems"]
+    header = ["language", *(s["name"] for s in systems)]
+    if baseline:
+        header.append(f"delta vs {baseline}")
+    languages: list[str | None] = [*results["request"]["languages"], None]
+    rows = []
+    base = next((s for s in systems if s["name"] == baseline), None)
+    for language in languages:
+        values = [_value(s["metrics"], language, metric) for s in systems]
+        row: list[Any] = [language or "overall", *values]
+        if base is not None:
+            row.append(values[0] - _value(base["metrics"], language, metric))
+        rows.append(row)
+    return header, rows
+
+
+def baseline_name(results: dict[str, Any]) -> str | None:
+    return next((s["name"] for s in results["systems"] if s["kind"] == "baseline"), None)
+
+
+def render_csv(results: dict[str, Any]) -> str:
+    """Long format: system, kind, language, metric, value (every numeric metric)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["system", "kind", "language", "metric", "value"])
+    for system in results["systems"]:
+        metrics = system["metrics"]
+        scopes = [("overall", metrics.get("overall", {}))]
+        scopes += sorted(metrics.get("languages", {}).items())
+        for language, values in scopes:
+            for metric, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    writer.writerow([system["name"], system["kind"], language, metric, value])
+    return out.getvalue()
+
+
+def render_table(results: dict[str, Any]) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    header, rows = _rows(results, baseline_name(results))
+    direction = "higher" if results["higher_is_better"] else "lower"
+    title = f"{results['primary']} ({direction} is better)"
+    if results["request"].get("protocol"):
+        title += f", protocol {results['request']['protocol']}"
+    title += f"; router {results['ensemble']['router']['name']}, {results['ensemble']['combine']}"
+    table = Table(title=escape(title))
+    for index, name in enumerate(header):
+        table.add_column(escape(name), justify="left" if index == 0 else "right")
+    has_delta = header[-1].startswith("delta")
+    for row in rows:
+        cells = [f"{value:.3f}" for value in row[1:]]
+        if has_delta:
+            cells[-1] = f"{row[-1]:+.3f}"
+        table.add_row(row[0], *cells)
+    return table

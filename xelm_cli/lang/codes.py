@@ -1,0 +1,142 @@
+"""Language codes: accept ISO 639-1, ISO 639-3 and BCP-47, store one normalised form."""
+
+import difflib
+import functools
+import itertools
+import re
+import string
+
+import langcodes
+
+from xelm_cli.bundle.manifest import bundle_schema
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import short_repr
+
+# English names of the languages xelm users name most often (langcodes has no name data
+# without the optional `language_data` package), so "turkish" can suggest 'tr'.
+COMMON_NAMES: dict[str, str] = {
+    "arabic": "ar",
+    "azerbaijani": "az",
+    "bulgarian": "bg",
+    "bengali": "bn",
+    "catalan": "ca",
+    "czech": "cs",
+    "danish": "da",
+    "german": "de",
+    "greek": "el",
+    "english": "en",
+    "spanish": "es",
+    "estonian": "et",
+    "basque": "eu",
+    "persian": "fa",
+    "finnish": "fi",
+    "french": "fr",
+    "hebrew": "he",
+    "hindi": "hi",
+    "croatian": "hr",
+    "hungarian": "hu",
+    "armenian": "hy",
+    "indonesian": "id",
+    "italian": "it",
+    "japanese": "ja",
+    "georgian": "ka",
+    "kazakh": "kk",
+    "korean": "ko",
+    "lithuanian": "lt",
+    "latvian": "lv",
+    "malay": "ms",
+    "dutch": "nl",
+    "norwegian": "no",
+    "polish": "pl",
+    "portuguese": "pt",
+    "romanian": "ro",
+    "russian": "ru",
+    "slovak": "sk",
+    "slovenian": "sl",
+    "serbian": "sr",
+    "swedish": "sv",
+    "swahili": "sw",
+    "tamil": "ta",
+    "telugu": "te",
+    "thai": "th",
+    "turkish": "tr",
+    "ukrainian": "uk",
+    "urdu": "ur",
+    "uzbek": "uz",
+    "vietnamese": "vi",
+    "chinese": "zh",
+    "mandarin": "cmn",
+    "cantonese": "yue",
+    "tagalog": "tl",
+    "filipino": "fil",
+}
+MAX_SUGGESTIONS = 3
+# Longer than any real tag (the schemas allow 75 characters); langcodes' parser recurses once
+# per subtag, so a code of thousands of subtags overflowed the stack.
+MAX_CODE_LENGTH = 100
+
+
+@functools.cache
+def _two_letter_codes() -> tuple[str, ...]:
+    """Every ISO 639-1 code langcodes accepts as a language of its own."""
+    pairs = ("".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2))
+    return tuple(
+        code
+        for code in pairs
+        if langcodes.tag_is_valid(code) and langcodes.standardize_tag(code, macro=False) == code
+    )
+
+
+def suggest_languages(code: str) -> list[str]:
+    """Up to three known codes close to ``code``: by English name first, then by spelling."""
+    text = code.strip().lower()
+    if len(text) > MAX_CODE_LENGTH:
+        return []
+    by_name = difflib.get_close_matches(text, COMMON_NAMES, MAX_SUGGESTIONS, cutoff=0.75)
+    by_code: list[str] = []
+    if len(text) <= 3:  # a mistyped code, not a name
+        by_code = difflib.get_close_matches(text, _two_letter_codes(), MAX_SUGGESTIONS, 0.5)
+    suggestions = [COMMON_NAMES[name] for name in by_name] + by_code
+    return list(dict.fromkeys(suggestions))[:MAX_SUGGESTIONS]
+
+
+def _unknown(code: str) -> UsageError:
+    suggestions = suggest_languages(code)
+    hint = f" (did you mean {' or '.join(repr(s) for s in suggestions)}?)" if suggestions else ""
+    return UsageError(
+        f"unknown language code {short_repr(code)}: use an ISO 639-1, ISO 639-3 or BCP-47 code "
+        f"such as 'tr', 'azj' or 'zh-Hant'{hint}"
+    )
+
+
+def normalize_language(code: str) -> str:
+    """Return the shortest standard tag for ``code`` (``ara`` -> ``ar``, ``en-us`` -> ``en-US``).
+
+    Individual languages keep their own code (``arb`` stays ``arb``), so a macrolanguage and one
+    of its members remain distinguishable. An unknown code raises :class:`UsageError` with up
+    to three suggestions.
+    """
+    raw = code.strip()
+    try:
+        tag = langcodes.standardize_tag(raw, macro=False) if len(raw) <= MAX_CODE_LENGTH else ""
+    except (ValueError, langcodes.tag_parser.LanguageTagError):
+        tag = ""
+    if not tag or not langcodes.tag_is_valid(tag) or tag == "und":
+        raise _unknown(code)
+    if not _manifest_tag().fullmatch(tag):  # e.g. the private-use x-en: no manifest holds it
+        raise _unknown(code)
+    return tag
+
+
+@functools.cache
+def _manifest_tag() -> re.Pattern[str]:
+    """The language tags a bundle manifest may hold (spec/bundle-v1.schema.json)."""
+    return re.compile(bundle_schema()["$defs"]["language"]["pattern"])
+
+
+def parse_language_list(text: str) -> list[str]:
+    """Parse ``"ar, tr,az"`` into normalised codes, keeping order and dropping duplicates."""
+    codes = [normalize_language(part) for part in text.split(",") if part.strip()]
+    if not codes:
+        raise UsageError("no language codes given: pass a comma-separated list such as ar,tr")
+    return list(dict.fromkeys(codes))

@@ -1,0 +1,489 @@
+"""The plugin host: load the ``xelm`` entry points with pluggy and collect what they register.
+
+Normative text: spec/plugin-api.md. Plugins import only :mod:`xelm_cli.api`; the contracts
+are :mod:`xelm_cli.plugin.contracts`.
+
+Each hook is called once per plugin with a ``register`` callable bound to that plugin, so every
+registration is attributed to the plugin that made it, and a plugin that fails is dropped whole
+without losing the others.
+"""
+
+import inspect
+import os
+import re
+import sys
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any, Literal, Protocol, get_args
+
+import pluggy
+import typer
+
+from xelm_cli.common.errors import UsageError
+from xelm_cli.plugin import contracts as api
+
+PROJECT = "xelm"
+ENTRY_POINT_GROUP = "xelm"
+PLUGINS_ENV = "XELM_PLUGINS"
+FIRST_PARTY_DISTRIBUTION = "xelm"
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+BUILTIN_COMMANDS = frozenset(
+    {
+        "bundle",
+        "plugins",
+        "data",
+        "lang",
+        "cluster",
+        "train",
+        "ensemble",
+        "demo",
+        "plan",
+        "train-all",
+    }
+)
+PLUGIN_HELP_PANEL = "Plugin commands"
+
+Kind = Literal["clusterer", "trainer", "router", "evaluator", "command"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+HOOK_OF_KIND: dict[Kind, str] = {kind: f"register_{kind}s" for kind in KINDS}
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+class Register(Protocol):
+    """The callable a hook receives: ``register(name, obj, description="")``."""
+
+    def __call__(self, name: str, obj: Any, *, description: str = "") -> None: ...
+
+
+class XelmHookSpecs:
+    """The hooks a plugin may implement, each decorated with ``xelm_cli.api.hookimpl``."""
+
+    @hookspec
+    def register_clusterers(self, register: Register) -> None:
+        """Register clusterer classes: ``register("typology", TypologyClusterer)``."""
+
+    @hookspec
+    def register_trainers(self, register: Register) -> None:
+        """Register trainer classes: ``register("causal-lm", CausalLMTrainer)``."""
+
+    @hookspec
+    def register_routers(self, register: Register) -> None:
+        """Register router classes (subclasses of ``xelm_cli.api.Router``)."""
+
+    @hookspec
+    def register_evaluators(self, register: Register) -> None:
+        """Register evaluator classes: ``register("perplexity", PerplexityEvaluator)``."""
+
+    @hookspec
+    def register_commands(self, register: Register) -> None:
+        """Register CLI commands: a ``typer.Typer`` (a command group) or a function."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    kind: Kind
+    obj: Any
+    plugin: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    registered: dict[Kind, list[str]]
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin skipped whole: its import, its registration or one of its hooks failed."""
+
+    plugin: str
+    reason: str
+
+    def warning(self) -> str:
+        return f"xelm: warning: plugin {self.plugin!r} skipped: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """One registration (or setting) that was refused; the rest of the plugin still loads."""
+
+    plugin: str
+    message: str
+    kind: Kind | None = None
+    name: str | None = None
+
+    def warning(self) -> str:
+        return f"xelm: warning: plugin {self.plugin!r}: {self.message}"
+
+
+@dataclass
+class Registry:
+    clusterers: dict[str, Registration] = field(default_factory=dict)
+    trainers: dict[str, Registration] = field(default_factory=dict)
+    routers: dict[str, Registration] = field(default_factory=dict)
+    evaluators: dict[str, Registration] = field(default_factory=dict)
+    commands: dict[str, Registration] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    failures: list[PluginFailure] = field(default_factory=list)
+    problems: list[PluginProblem] = field(default_factory=list)
+
+    def of(self, kind: Kind) -> dict[str, Registration]:
+        if kind not in KINDS:
+            raise ValueError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
+        entries: dict[str, Registration] = getattr(self, f"{kind}s")
+        return entries
+
+    def get(self, kind: Kind, name: str) -> Registration:
+        """The registration of ``name``, or a one-line UsageError listing what is available."""
+        entries = self.of(kind)
+        if name in entries:
+            return entries[name]
+        available = ", ".join(sorted(entries)) or "none installed"
+        raise UsageError(f"unknown {kind} {name!r} (available: {available})")
+
+    def add_problem(self, problem: PluginProblem) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def warnings(self) -> list[str]:
+        return [f.warning() for f in self.failures] + [p.warning() for p in self.problems]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plugins": [asdict(info) for info in self.plugins],
+            "failures": [asdict(failure) for failure in self.failures],
+            "problems": [asdict(problem) for problem in self.problems],
+        }
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A plugin about to be loaded: an entry point or an object given in-process."""
+
+    name: str
+    load: Callable[[], object]
+    distribution: str | None = None
+    version: str | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {'; '.join(lines)}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _first_doc_line(obj: Any) -> str:
+    if isinstance(obj, typer.Typer):
+        doc = obj.info.help if isinstance(obj.info.help, str) else None
+    else:
+        # __doc__ of a class is its own, never its base's (unlike inspect.getdoc)
+        doc = getattr(obj, "__doc__", None)
+    if not isinstance(doc, str) or not doc.strip():
+        return ""
+    return inspect.cleandoc(doc).splitlines()[0]
+
+
+def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
+    """Why ``obj`` cannot be registered as a ``kind``, or None when it can."""
+    if obj is None:
+        return "object is None"
+    if kind == "command":
+        if isinstance(obj, typer.Typer) or (callable(obj) and not isinstance(obj, type)):
+            return None
+        return f"a command must be a typer.Typer or a function, not {type(obj).__name__}"
+
+    base = {
+        "clusterer": api.Clusterer,
+        "trainer": api.Trainer,
+        "router": api.Router,
+        "evaluator": api.Evaluator,
+    }.get(kind)
+    if base is None:
+        return None
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        return f"a {kind} must be a subclass of xelm_cli.api.{base.__name__}"
+    if inspect.isabstract(obj):
+        return f"{kind} class {obj.__name__} is abstract"
+    if getattr(obj, "name", None) != name:
+        return f"{kind} class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
+    if kind == "router":
+        needs_outputs = getattr(obj, "needs_expert_outputs", None)
+        if not isinstance(needs_outputs, bool):
+            return "router class attribute needs_expert_outputs must be True or False"
+        if not needs_outputs and not issubclass(obj, api.PreRouter):
+            return "a router with needs_expert_outputs = False must subclass xelm_cli.api.PreRouter"
+        if needs_outputs and not issubclass(obj, api.OutputRouter):
+            return (
+                "a router with needs_expert_outputs = True must subclass xelm_cli.api.OutputRouter"
+            )
+    return None
+
+
+# a register() call waiting to be committed: (kind, name, obj, description), as the plugin gave them
+_Staged = tuple[Kind, Any, Any, Any]
+
+
+class _Loader:
+    """Builds one Registry: loads each candidate plugin and commits what it registered."""
+
+    def __init__(self) -> None:
+        self.registry = Registry()
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(XelmHookSpecs)
+
+    def load(self, candidate: _Candidate) -> None:
+        try:
+            plugin = candidate.load()
+        except (Exception, SystemExit) as exc:
+            self._fail(candidate.name, _one_line(exc))
+            return
+        if self.pm.get_plugin(candidate.name) is not None:
+            self._fail(candidate.name, "another plugin is already registered under this name")
+            return
+        if self.pm.is_registered(plugin):
+            self._fail(
+                candidate.name,
+                f"the same object is already registered as plugin {self.pm.get_name(plugin)!r}",
+            )
+            return
+        try:
+            self.pm.register(plugin, name=candidate.name)
+        except Exception as exc:
+            self._fail(candidate.name, _one_line(exc))
+            return
+        self._report_unknown_hooks(candidate.name, plugin)
+        staged = self._call_hooks(candidate.name, plugin)
+        if staged is None:
+            return
+        registered: dict[Kind, list[str]] = {kind: [] for kind in KINDS}
+        for kind, name, obj, description in staged:
+            if self._commit(candidate.name, kind, name, obj, description):
+                registered[kind].append(name)
+        self.registry.plugins.append(
+            PluginInfo(candidate.name, candidate.distribution, candidate.version, registered)
+        )
+
+    def _call_hooks(self, plugin_name: str, plugin: object) -> list[_Staged] | None:
+        """Call each hook of this plugin alone; None (and a failure) if one raises."""
+        staged: list[_Staged] = []
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        for kind in KINDS:
+            hook = self.pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=others)
+            register, close = self._stager(kind, staged)
+            try:
+                hook(register=register)
+            except Exception as exc:
+                self.pm.unregister(plugin)
+                self._fail(plugin_name, f"{HOOK_OF_KIND[kind]} raised {_one_line(exc)}")
+                return None
+            finally:
+                close()
+        return staged
+
+    def _fail(self, plugin: str, reason: str) -> None:
+        self.registry.failures.append(PluginFailure(plugin, reason))
+
+    def _report_unknown_hooks(self, plugin_name: str, plugin: object) -> None:
+        callers = self.pm.get_hookcallers(plugin) or []
+        if not callers:
+            self.registry.add_problem(
+                PluginProblem(
+                    plugin_name, "implements no xelm hook (is each hook decorated with @hookimpl?)"
+                )
+            )
+        for caller in callers:
+            if caller.spec is None:
+                known = ", ".join(HOOK_OF_KIND.values())
+                self.registry.add_problem(
+                    PluginProblem(
+                        plugin_name, f"implements unknown hook {caller.name!r} (known: {known})"
+                    )
+                )
+
+    @staticmethod
+    def _stager(kind: Kind, staged: list[_Staged]) -> tuple[Register, Callable[[], None]]:
+        """A ``register`` that only records its arguments while the hook runs."""
+        is_open = True
+
+        def register(name: str, obj: Any, *, description: str = "") -> None:
+            if not is_open:
+                raise RuntimeError("register() called after the hook returned; call it inside it")
+            staged.append((kind, name, obj, description))
+
+        def close() -> None:
+            nonlocal is_open
+            is_open = False
+
+        return register, close
+
+    def _commit(self, plugin: str, kind: Kind, name: Any, obj: Any, description: Any) -> bool:
+        def refuse(message: str) -> bool:
+            label = name if isinstance(name, str) else None
+            self.registry.add_problem(PluginProblem(plugin, message, kind, label))
+            return False
+
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            return refuse(
+                f"invalid {kind} name {name!r}: names must match {NAME_PATTERN.pattern}; skipped"
+            )
+        if kind == "command" and name in BUILTIN_COMMANDS:
+            return refuse(f"command {name!r} collides with the built-in command {name!r}; skipped")
+        why = _invalid_object(kind, name, obj)
+        if why is not None:
+            return refuse(f"{kind} {name!r} refused: {why}")
+        entries = self.registry.of(kind)
+        if name in entries:
+            first = entries[name].plugin
+            if first == plugin:
+                return refuse(
+                    f"{kind} {name!r} registered twice by plugin {plugin!r}; the second is skipped"
+                )
+            return refuse(
+                f"{kind} {name!r} is already registered by plugin {first!r}; "
+                f"plugin {plugin!r}'s is skipped"
+            )
+        text = description if isinstance(description, str) and description else ""
+        entries[name] = Registration(name, kind, obj, plugin, text or _first_doc_line(obj))
+        return True
+
+
+def _entry_point_candidates(registry: Registry) -> list[_Candidate]:
+    entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    selected = os.environ.get(PLUGINS_ENV)
+    if selected is not None:
+        wanted = [part.strip() for part in selected.split(",") if part.strip()]
+        installed = {ep.name for ep in entry_points}
+        for name in wanted:
+            if name not in installed:
+                choices = ", ".join(sorted(installed)) or "none"
+                registry.add_problem(
+                    PluginProblem(
+                        name,
+                        f"{PLUGINS_ENV} names it but no such plugin is installed "
+                        f"(installed: {choices})",
+                    )
+                )
+        entry_points = [ep for ep in entry_points if ep.name in wanted]
+
+    def candidate(ep: metadata.EntryPoint) -> _Candidate:
+        dist = ep.dist
+        return _Candidate(
+            ep.name, ep.load, dist.name if dist else None, dist.version if dist else None
+        )
+
+    candidates = [candidate(ep) for ep in entry_points]
+    # xelm's own plugins first, then the others by name: a third party cannot take a built-in name
+    return sorted(candidates, key=lambda c: (c.distribution != FIRST_PARTY_DISTRIBUTION, c.name))
+
+
+def _returning(obj: object) -> Callable[[], object]:
+    return lambda: obj
+
+
+def load_registry(
+    extra_plugins: Iterable[tuple[str, object]] = (), *, entry_points: bool = True
+) -> Registry:
+    """Load a fresh registry: the installed plugins (when ``entry_points``), then ``extra_plugins``.
+
+    ``extra_plugins`` are ``(name, module_or_object)`` pairs registered in-process, after the
+    installed ones and in the given order; ``XELM_PLUGINS`` does not filter them.
+    """
+    loader = _Loader()
+    candidates = _entry_point_candidates(loader.registry) if entry_points else []
+    candidates += [_Candidate(name, _returning(obj)) for name, obj in extra_plugins]
+    for candidate in candidates:
+        loader.load(candidate)
+    return loader.registry
+
+
+_registry: Registry | None = None
+_warned: set[str] = set()
+_added_to: "weakref.WeakKeyDictionary[typer.Typer, list[Any]]" = weakref.WeakKeyDictionary()
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = load_registry()
+    return _registry
+
+
+def reset_registry(registry: Registry | None = None) -> None:
+    """Forget the cached registry (and the warnings already printed); optionally install one.
+
+    For tests: ``reset_registry(load_registry(extra_plugins=[("mine", module)]))``.
+    """
+    global _registry
+    _registry = registry
+    _warned.clear()
+
+
+def print_warnings(registry: Registry) -> None:
+    """Print each failure and problem to stderr as one line, once per process."""
+    for line in registry.warnings():
+        if line not in _warned:
+            _warned.add(line)
+            sys.stderr.write(line + "\n")
+
+
+def _names_in(root: typer.Typer) -> set[str]:
+    names: set[str] = set()
+    for group in root.registered_groups:
+        name = group.name
+        if not isinstance(name, str) and group.typer_instance is not None:
+            name = group.typer_instance.info.name
+        if isinstance(name, str):
+            names.add(name)
+    for command in root.registered_commands:
+        if isinstance(command.name, str):
+            names.add(command.name)
+        elif command.callback is not None:
+            names.add(command.callback.__name__.lower().replace("_", "-"))
+    return names
+
+
+def add_plugin_commands(root: typer.Typer) -> None:
+    """Add every registered command to ``root`` and print the plugin warnings.
+
+    Idempotent: the commands added by an earlier call are replaced, so calling it again (or after
+    ``reset_registry``) leaves exactly the current registry's commands.
+    """
+    registry = get_registry()
+    previous = _added_to.get(root, [])
+    root.registered_groups[:] = [g for g in root.registered_groups if g not in previous]
+    root.registered_commands[:] = [c for c in root.registered_commands if c not in previous]
+    taken = _names_in(root)
+    added: list[Any] = []
+    for registration in registry.commands.values():
+        name, obj = registration.name, registration.obj
+        if name in taken:
+            registry.add_problem(
+                PluginProblem(
+                    registration.plugin,
+                    f"command {name!r} collides with the built-in command {name!r}; skipped",
+                    "command",
+                    name,
+                )
+            )
+            continue
+        # the object's own help (with its example) wins; the description fills in when it has none
+        help_text = None if _first_doc_line(obj) else registration.description or None
+        if isinstance(obj, typer.Typer):
+            if help_text:
+                root.add_typer(obj, name=name, help=help_text, rich_help_panel=PLUGIN_HELP_PANEL)
+            else:
+                root.add_typer(obj, name=name, rich_help_panel=PLUGIN_HELP_PANEL)
+            added.append(root.registered_groups[-1])
+        else:
+            root.command(name, help=help_text, rich_help_panel=PLUGIN_HELP_PANEL)(obj)
+            added.append(root.registered_commands[-1])
+    _added_to[root] = added
+    print_warnings(registry)

@@ -1,0 +1,410 @@
+"""Declared options: one dataclass per plugin says each option's type, default and help.
+
+Everything else is derived from that declaration: converting ``KEY=VALUE`` text (``--router-arg``,
+``--train-arg``, ``--cluster-arg``, ``--eval-arg``) or JSON values (ensemble files, Python calls),
+the one-line errors for a bad value, the flags and ``--help`` text of commands, and
+``xelm plugins show``. Normative text: spec/plugin-api.md section 5.1.
+
+A plugin class declares ``Options``, a dataclass whose fields are built with :func:`option`::
+
+    @dataclass(frozen=True)
+    class Options:
+        temperature: float = option(0.1, help="Softmax temperature.", minimum=0)
+        top_k: int | None = option(None, help="Keep the K largest weights per document.")
+
+A router without ``Options`` is described by its ``__init__`` signature (names, annotations,
+defaults; no help), so routers written against plugin API 1.0 keep working unchanged.
+"""
+
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from xelm_cli.common.errors import UsageError
+
+REQUIRED: Any = MISSING
+"""The default of an option the user must give."""
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"none", "null"}
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The declaration of a plugin that takes no options."""
+
+
+def option(
+    default: Any = REQUIRED,
+    *,
+    help: str,
+    choices: Sequence[Any] | None = None,
+    minimum: float | None = None,
+    flag: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A declared option: a dataclass field carrying its help and checks.
+
+    ``choices``: the allowed values; ``minimum``: the smallest allowed number; ``flag``: the
+    command-line flag when it is not ``--NAME-WITH-DASHES``; ``parse``: how text becomes a value
+    when the type alone does not say (e.g. ``parse_token_count`` for ``4M``); ``cli=False``: an
+    option set by xelm, never by the user (not a flag, refused as ``KEY=VALUE``).
+    """
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "minimum": minimum,
+        "flag": flag,
+        "parse": parse,
+        "cli": cli,
+    }
+    if isinstance(default, list | dict | set):
+        frozen = default
+        return field(default_factory=lambda: type(frozen)(frozen), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One declared option, as xelm reads it from the declaration."""
+
+    name: str
+    annotation: Any
+    default: Any = REQUIRED
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    flag: str | None = None
+    parse: Callable[[str], Any] | None = None
+    cli: bool = True
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def type_name(self) -> str:
+        """How the type reads in help and errors: ``int``, ``list of float``, ``str or none``."""
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        return _type_name(self.annotation)
+
+    @property
+    def is_flag(self) -> bool:
+        """A plain boolean: ``--NAME/--no-NAME`` on the command line."""
+        return _strip_optional(self.annotation)[0] is bool
+
+    def describe(self) -> dict[str, Any]:
+        """What ``xelm plugins show --json`` prints for this option."""
+        return {
+            "name": self.name,
+            "type": self.type_name,
+            "default": None if self.required else _jsonable(self.default),
+            "required": self.required,
+            "help": self.help,
+            "flag": self.flag_name if self.cli else None,
+        }
+
+
+def options_class(owner: Any) -> type | None:
+    """The declaration of ``owner``: itself if it is a dataclass type, else its ``Options``."""
+    if isinstance(owner, type) and dataclasses.is_dataclass(owner) and not _is_plugin(owner):
+        return owner
+    declared = getattr(owner, "Options", None)
+    if isinstance(declared, type) and dataclasses.is_dataclass(declared):
+        return declared
+    return None
+
+
+def _is_plugin(cls: type) -> bool:
+    # a router may itself be a dataclass; its declaration is still its ``Options``
+    return any(hasattr(cls, attr) for attr in ("route", "route_tokens", "train", "fit", "evaluate"))
+
+
+def declared_options(owner: Any) -> tuple[OptionSpec, ...]:
+    """The options ``owner`` (a plugin class or an options dataclass) declares, in order."""
+    declaration = options_class(owner)
+    if declaration is not None:
+        hints = typing.get_type_hints(declaration, include_extras=True)
+        specs = []
+        for item in dataclasses.fields(declaration):
+            if not item.init:
+                continue
+            meta = item.metadata
+            if item.default is not MISSING:
+                default = item.default
+            elif item.default_factory is not MISSING:
+                default = item.default_factory()
+            else:
+                default = REQUIRED
+            specs.append(
+                OptionSpec(
+                    item.name,
+                    hints.get(item.name, Any),
+                    default,
+                    meta.get("help", ""),
+                    meta.get("choices"),
+                    meta.get("minimum"),
+                    meta.get("flag"),
+                    meta.get("parse"),
+                    meta.get("cli", True),
+                )
+            )
+        return tuple(specs)
+    if isinstance(owner, type) and owner.__init__ is not object.__init__:
+        return _from_signature(owner)
+    return ()
+
+
+def _from_signature(cls: type) -> tuple[OptionSpec, ...]:
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: treat them as untyped
+        hints = {}
+    specs = []
+    for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        default = REQUIRED if parameter.default is parameter.empty else parameter.default
+        specs.append(OptionSpec(parameter.name, hints.get(parameter.name, Any), default))
+    return tuple(specs)
+
+
+def parse_pairs(pairs: Sequence[str], via: str) -> dict[str, str]:
+    """``KEY=VALUE`` texts as a dict of texts (a one-line error for anything else)."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{via} must look like KEY=VALUE, got {pair!r}")
+        values[key.strip().replace("-", "_")] = value
+    return values
+
+
+def parse_options(
+    owner: Any, values: Mapping[str, Any], *, label: str, via: str = "KEY=VALUE"
+) -> dict[str, Any]:
+    """Check ``values`` against the declaration of ``owner`` and convert them.
+
+    Text values (from the command line) are converted by the declared type; other values (JSON,
+    Python) are checked against it. Returns only the given options, converted; missing required
+    options, unknown names and bad values raise a one-line :class:`UsageError` that names
+    ``label`` (``router 'fixed'``) and how to pass the option (``via``, e.g. ``--router-arg``).
+    """
+    specs = {spec.name: spec for spec in declared_options(owner)}
+    settable = {name: spec for name, spec in specs.items() if spec.cli}
+    parsed: dict[str, Any] = {}
+    for key, raw in values.items():
+        spec = settable.get(key)
+        if spec is None:
+            known = ", ".join(settable) if settable else None
+            listing = f"its options: {known}" if known else "it takes no options"
+            raise UsageError(f"{label} has no option {key!r} ({listing})")
+        parsed[key] = convert(spec, raw, label=label)
+    for spec in settable.values():
+        if spec.required and spec.name not in parsed:
+            what = f" ({spec.help})" if spec.help else ""
+            raise UsageError(
+                f"{label} needs option {spec.name!r}{what}; pass {via} {spec.name}=VALUE"
+            )
+    return parsed
+
+
+def build_options(owner: Any, values: Mapping[str, Any], *, label: str, via: str = "") -> Any:
+    """An instance of ``owner``'s declaration (defaults filled in) from ``values``."""
+    declaration = options_class(owner)
+    if declaration is None:
+        raise TypeError(f"{owner!r} declares no options dataclass")
+    return declaration(**parse_options(owner, values, label=label, via=via or "KEY=VALUE"))
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    """An options instance as JSON-ready data (paths as text), for manifests and results."""
+    return {k: _jsonable(v) for k, v in dataclasses.asdict(options).items()}
+
+
+# ---------------------------------------------------------------------------- conversion
+
+
+def convert(spec: OptionSpec, raw: Any, *, label: str) -> Any:
+    """``raw`` (text or a JSON value) as a value of the declared type; one-line error otherwise."""
+
+    def bad(reason: str = "") -> UsageError:
+        shown = raw if isinstance(raw, str) else json.dumps(_jsonable(raw))
+        return UsageError(
+            f"{label}: option {spec.name!r} expects {spec.type_name}, not {shown!r}{reason}"
+        )
+
+    if isinstance(raw, str) and spec.parse is not None and raw.strip().lower() not in _NONE:
+        try:
+            value = spec.parse(raw)
+        except (ValueError, UsageError) as exc:
+            raise bad(f" ({exc})") from None
+    else:
+        try:
+            value = _coerce(spec.annotation, raw)
+        except (ValueError, TypeError):
+            raise bad() from None
+    if spec.choices is not None and value is not None and value not in spec.choices:
+        choices = ", ".join(str(c) for c in spec.choices)
+        raise UsageError(f"{label}: option {spec.name!r} must be one of {choices}, not {raw!r}")
+    if (
+        spec.minimum is not None
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not value >= spec.minimum
+    ):
+        raise UsageError(
+            f"{label}: option {spec.name!r} must be at least {spec.minimum:g}, not {value}"
+        )
+    return value
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    """(the type without ``| None``, whether None is allowed)."""
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        optional = len(members) < len(get_args(annotation))
+        if len(members) == 1:
+            return members[0], optional
+        return Union[tuple(members)], optional  # noqa: UP007
+    return annotation, annotation is None or annotation is type(None)
+
+
+def _coerce(annotation: Any, raw: Any) -> Any:
+    inner, optional = _strip_optional(annotation)
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in _NONE and inner is not str):
+        if optional or inner is Any:
+            return None
+        raise ValueError("None is not allowed")
+    if inner is Any or inner is inspect.Parameter.empty:
+        return _json_or_text(raw) if isinstance(raw, str) else raw
+    origin = get_origin(inner)
+    if origin is Literal:
+        allowed = get_args(inner)
+        for choice in allowed:
+            if raw == choice or (isinstance(raw, str) and str(choice) == raw):
+                return choice
+        raise ValueError(raw)
+    if origin in (Union, types.UnionType):
+        for member in get_args(inner):
+            try:
+                return _coerce(member, raw)
+            except (ValueError, TypeError):
+                continue
+        raise ValueError(raw)
+    if origin in (list, tuple, Sequence, set, frozenset) or inner in (list, tuple):
+        items = _as_list(raw)
+        args = [a for a in get_args(inner) if a is not Ellipsis]
+        item_type = args[0] if args else Any
+        converted = [_coerce(item_type, item) for item in items]
+        return tuple(converted) if origin is tuple or inner is tuple else converted
+    if origin is dict or inner is dict:
+        mapping = json.loads(raw) if isinstance(raw, str) else raw
+        if not isinstance(mapping, dict):
+            raise ValueError(raw)
+        key_type, value_type = get_args(inner) or (Any, Any)
+        return {_coerce(key_type, k): _coerce(value_type, v) for k, v in mapping.items()}
+    if inner is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise ValueError(raw)
+    if inner is int:
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            return int(raw.strip())
+        raise ValueError(raw)
+    if inner is float:
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        if isinstance(raw, int | float):
+            return float(raw)
+        if isinstance(raw, str):
+            return float(raw.strip())
+        raise ValueError(raw)
+    if inner is str:
+        if isinstance(raw, str):
+            return raw
+        raise ValueError(raw)
+    if inner is Path or (isinstance(inner, type) and issubclass(inner, Path)):
+        if isinstance(raw, str | Path):
+            return Path(raw)
+        raise ValueError(raw)
+    if isinstance(inner, type) and isinstance(raw, inner):
+        return raw
+    raise TypeError(f"cannot convert to {inner!r}")
+
+
+def _as_list(raw: Any) -> list[Any]:
+    if isinstance(raw, list | tuple):
+        return list(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.startswith("["):
+            value = json.loads(text)
+            if isinstance(value, list):
+                return value
+            raise ValueError(raw)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    raise ValueError(raw)
+
+
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _type_name(annotation: Any) -> str:
+    inner, optional = _strip_optional(annotation)
+    if inner is Any or inner is inspect.Parameter.empty:
+        name = "a JSON value or text"
+    elif get_origin(inner) is Literal:
+        name = "one of " + ", ".join(str(a) for a in get_args(inner))
+    elif get_origin(inner) in (Union, types.UnionType):
+        name = " or ".join(_type_name(a) for a in get_args(inner))
+    elif get_origin(inner) in (list, tuple, Sequence) or inner in (list, tuple):
+        args = [a for a in get_args(inner) if a is not Ellipsis]
+        name = f"list of {_type_name(args[0])}" if args else "list"
+    elif get_origin(inner) is dict or inner is dict:
+        args = get_args(inner)
+        name = f"JSON object of {_type_name(args[1])}" if args else "JSON object"
+    elif inner is Path:
+        name = "path"
+    elif isinstance(inner, type):
+        name = inner.__name__
+    else:
+        name = str(inner)
+    return f"{name} or none" if optional and inner is not Any else name
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value

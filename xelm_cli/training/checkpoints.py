@@ -1,0 +1,274 @@
+"""Training: the request a trainer receives, budgets, block packing and checkpoints.
+
+Normative text: spec/training.md. Trainers (plugins) reach this module through
+``xelm_cli.api``; it holds everything that is the same for every trainer, so that two trainers
+read the same blocks in the same order and write checkpoints the same way.
+"""
+
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xelm_cli.common.atomic import atomic_directory
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.data.shards import Shards
+
+CHECKPOINT_PREFIX = "step-"
+STATE_FILE = "state.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FORMAT = "xelm-checkpoint"
+
+
+# --- budgets -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One run of a plan: a name, the languages it trains on, its tokens."""
+
+    name: str
+    languages: tuple[str, ...]
+    tokens: int
+    expert: int | None  # index in the allocation; None for the dense baseline
+
+
+def plan_budgets(budget: int, experts: Sequence[Sequence[str]]) -> list[Budget]:
+    """Equal compute: the dense model gets ``budget``; each of the k experts ``budget // k``.
+
+    Training FLOPs are proportional to tokens for models of one size, so the k experts together
+    cost what the dense model costs (up to k - 1 tokens lost to rounding down).
+    """
+    if not experts:
+        raise UsageError("the allocation has no experts")
+    k = len(experts)
+    if budget < k:
+        raise UsageError(f"a budget of {budget} tokens cannot be split among {k} experts")
+    runs = [Budget(f"expert-{i}", tuple(langs), budget // k, i) for i, langs in enumerate(experts)]
+    everything = tuple(dict.fromkeys(lang for langs in experts for lang in langs))
+    return [*runs, Budget("dense", everything, budget, None)]
+
+
+# --- data: documents packed into blocks ----------------------------------------------------------
+
+
+class BlockStream:
+    """Documents of some languages, shuffled per epoch, packed as ``bos doc eos`` into blocks.
+
+    The stream is the concatenation of epochs; epoch ``e`` is every document of the languages
+    once, in an order drawn from ``(seed, e)``. Block ``i`` is tokens ``[i * size, (i+1) * size)``
+    of the stream, so the data position is one integer (blocks consumed) and a resumed run reads
+    exactly the blocks an uninterrupted one would. Blocks never depend on anything but
+    ``(shards, languages, size, seed)``; under data parallelism rank ``r`` of ``w`` takes the
+    blocks ``i`` with ``i % w == r`` of each global batch (``strided``).
+    """
+
+    def __init__(
+        self,
+        shards: Shards,
+        languages: Sequence[str],
+        block_size: int,
+        *,
+        seed: int = 0,
+        bos: int | None = None,
+        eos: int | None = None,
+    ) -> None:
+        if block_size < 2:
+            raise UsageError(f"block size must be at least 2 tokens, not {block_size}")
+        shards.require_languages(languages)
+        self.languages = list(languages)
+        self.block_size = block_size
+        self.seed = seed
+        self.bos = [] if bos is None else [bos]
+        self.eos = [] if eos is None else [eos]
+        self._tokens = [shards.tokens(lang) for lang in self.languages]
+        self._offsets = [np.asarray(shards.offsets(lang), dtype=np.int64) for lang in languages]
+        # every document as (language index, document index), in the manifest's order
+        self._documents = np.concatenate(
+            [
+                np.stack([np.full(len(off) - 1, i), np.arange(len(off) - 1)], axis=1)
+                for i, off in enumerate(self._offsets)
+            ]
+        ).astype(np.int64)
+        lengths = np.concatenate([np.diff(off) for off in self._offsets])
+        self._lengths = lengths + len(self.bos) + len(self.eos)
+        self.epoch_tokens = int(self._lengths.sum())
+        if self.epoch_tokens == 0 or int(lengths.sum()) == 0:
+            raise UsageError(f"{shards.path} has no tokens in {', '.join(self.languages)}")
+        self._epoch_cache: dict[int, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+
+    def epoch_order(self, epoch: int) -> NDArray[np.int64]:
+        """Rows of the document table in the order epoch ``epoch`` reads them."""
+        return self._epoch(epoch)[0]
+
+    def _epoch(self, epoch: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        if epoch not in self._epoch_cache:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self._documents))
+            starts = np.zeros(len(order) + 1, dtype=np.int64)
+            np.cumsum(self._lengths[order], out=starts[1:])
+            self._epoch_cache = {epoch: (order, starts)}  # one epoch at a time is enough
+        return self._epoch_cache[epoch]
+
+    def documents_in(self, first_block: int, n_blocks: int) -> list[tuple[str, int]]:
+        """(language, document index) of every document that blocks touch (for audits)."""
+        seen: list[tuple[str, int]] = []
+        for start, end, row in self._pieces(first_block, n_blocks):
+            del start, end
+            lang_index, doc = self._documents[row]
+            item = (self.languages[int(lang_index)], int(doc))
+            if not seen or seen[-1] != item:
+                seen.append(item)
+        return seen
+
+    def _pieces(self, first_block: int, n_blocks: int) -> list[tuple[int, int, int]]:
+        """(start, end, row): slices of packed documents covering the blocks, in order."""
+        begin = first_block * self.block_size
+        end = begin + n_blocks * self.block_size
+        pieces = []
+        position = begin
+        while position < end:
+            epoch, within = divmod(position, self.epoch_tokens)
+            order, starts = self._epoch(epoch)
+            k = int(np.searchsorted(starts, within, side="right")) - 1
+            take = min(int(starts[k + 1]) - within, end - position)
+            offset = within - int(starts[k])
+            pieces.append((offset, offset + take, int(order[k])))
+            position += take
+        return pieces
+
+    def _packed(self, row: int) -> NDArray[np.int64]:
+        lang_index, doc = (int(x) for x in self._documents[row])
+        offsets = self._offsets[lang_index]
+        body = self._tokens[lang_index][int(offsets[doc]) : int(offsets[doc + 1])]
+        return np.concatenate([self.bos, np.asarray(body, dtype=np.int64), self.eos]).astype(
+            np.int64
+        )
+
+    def blocks(self, first_block: int, n_blocks: int) -> NDArray[np.int64]:
+        """Blocks ``first_block .. first_block + n_blocks - 1``, shape (n_blocks, block_size)."""
+        parts = [
+            self._packed(row)[start:end] for start, end, row in self._pieces(first_block, n_blocks)
+        ]
+        return np.concatenate(parts).reshape(n_blocks, self.block_size)
+
+    def strided(self, first_block: int, n_blocks: int, stride: int) -> NDArray[np.int64]:
+        """Blocks ``first_block + k * stride`` for ``k < n_blocks``: one rank's share.
+
+        Under data parallelism rank ``r`` of ``w`` reads ``strided(start + r, n, w)`` of the
+        ``n * w`` blocks from ``start``; with ``stride == 1`` this is ``blocks``.
+        """
+        if stride == 1:
+            return self.blocks(first_block, n_blocks)
+        return np.stack([self.blocks(first_block + k * stride, 1)[0] for k in range(n_blocks)])
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:09d}"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``directory`` as (step, path), oldest first."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in directory.iterdir():
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", child.name)
+        if match and (child / STATE_FILE).is_file():
+            found.append((int(match[1]), child))
+    return sorted(found)
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    model: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    keep: int = 1,
+) -> Path:
+    """Write ``step-NNN/`` atomically (model, optimiser, RNG states, JSON state); prune old ones.
+
+    No pickle: tensors go to safetensors, everything else to JSON.
+    """
+    import torch
+    from safetensors.torch import save_file, save_model
+
+    target = directory / checkpoint_name(step)
+    directory.mkdir(parents=True, exist_ok=True)
+    optimizer_tensors, optimizer_json = _split_optimizer_state(optimizer.state_dict())
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    with atomic_directory(target, overwrite=True) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
+        save_file(rng, str(tmp / RNG_FILE))
+        record = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer_json, **state}
+        (tmp / STATE_FILE).write_bytes(pretty_json(record))
+    for _, old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore model, optimiser and RNG states from ``path``; return its JSON state."""
+    import torch
+    from safetensors.torch import load_file, load_model
+
+    state = read_json_object(path / STATE_FILE, "checkpoint state")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{path}: not an xelm checkpoint")
+    missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
+    del missing, unexpected
+    tensors = load_file(str(path / OPTIMIZER_FILE))
+    optimizer.load_state_dict(_join_optimizer_state(tensors, state.pop("optimizer")))
+    rng = load_file(str(path / RNG_FILE))
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    return state
+
+
+def _split_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import torch
+
+    tensors: dict[str, Any] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in state_dict["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = json.loads(json.dumps(state_dict["param_groups"]))  # fails loudly on non-JSON
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def _join_optimizer_state(tensors: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, entries in saved.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(entries)
+    groups = saved["param_groups"]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}

@@ -1,0 +1,191 @@
+"""What a training run will cost before it starts: memory on the device and time.
+
+Memory of the ``causal-lm`` trainer (fp32 master weights, AdamW), in bytes, for N parameters,
+a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabulary V:
+
+- weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N;
+- activations kept for the backward pass: e (10h + 5i) + 8h bytes per token and layer (e = 2
+  under bf16 autocast, 4 in fp32), and on the CPU the attention probabilities, 4 x heads x s
+  (its SDPA kernel keeps them; CUDA's fused kernels do not); with gradient checkpointing 4h per
+  token and layer plus one layer's full activations. The coefficients were fitted to the peak
+  resident memory of fp32 training steps on the CPU (Llama-style, h = 256 and 512, s = 128 and
+  512; within 13%; tests/test_plan_estimates.py checks one); on a GPU they are not yet measured;
+- the loss: the plain loss holds the whole batch's logits with their fp32 copy and gradient
+  (10 bytes a logit under autocast, 12 in fp32); the chunked loss one chunk of 2^26 logits,
+  the hidden states' gradient and an fp32 gradient of the output layer.
+
+Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
+record: tokens, seconds and its model's parameters).
+"""
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.fingerprint import tensor_shapes
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import read_json_object
+
+LEAN_CHUNK_ELEMENTS = 1 << 26  # as plugins/xelm_trainer/lean_loss.py
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*")
+
+
+def parse_size(text: str) -> int:
+    """``80GB`` -> 80e9 bytes, ``141GiB`` -> 141 x 2^30; also ``512M``, ``2T``."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise UsageError(f"not a memory size: {text!r} (examples: 80GB, 141GiB, 512M)")
+    power = " KMGT".index(match[2].upper() or " ")
+    return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    parameters: int
+    embedding: int  # parameters of the input embedding
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    heads: int
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> "ModelShape":
+        config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
+        config |= config.get("text_config") or {}
+
+        def first(*names: str) -> int | None:
+            found = [config[n] for n in names if isinstance(config.get(n), int)]
+            return found[0] if found else None
+
+        shapes: dict[str, list[int]] = {}
+        for path in sorted(bundle.path.glob("*.safetensors")):
+            shapes |= tensor_shapes(path)
+        hidden = first("hidden_size", "n_embd", "d_model", "dim")
+        layers = first("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+        vocab = first("vocab_size")
+        if not (shapes and hidden and layers and vocab):
+            raise UsageError(
+                f"cannot estimate {bundle.path}: its config names no hidden size, layer count "
+                "or vocabulary size that xelm knows"
+            )
+        intermediate = first("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
+        heads = first("num_attention_heads", "n_head", "attention_heads", "num_heads")
+        embedding = max((math.prod(s) for s in shapes.values() if s[:1] == [vocab]), default=0)
+        return cls(
+            parameters=sum(math.prod(s) for s in shapes.values()),
+            embedding=embedding,
+            layers=layers,
+            hidden=hidden,
+            intermediate=intermediate or 4 * hidden,
+            vocab=vocab,
+            heads=heads or max(1, hidden // 64),
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on the training device, by what holds them."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    loss: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.loss
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self) | {"total": self.total}
+
+
+def training_memory(
+    shape: ModelShape,
+    batch_size: int,
+    block_size: int,
+    *,
+    cuda: bool,
+    lean_loss: bool = True,
+    gradient_checkpointing: bool = False,
+) -> MemoryEstimate:
+    """The formula of the module's docstring, for one micro-batch on one device."""
+    n, h, i = shape.parameters, shape.hidden, shape.intermediate
+    tokens = batch_size * block_size
+    element = 2 if cuda else 4
+    per_layer = element * (10 * h + 5 * i) + 8 * h + (0 if cuda else 4 * shape.heads * block_size)
+    if gradient_checkpointing:
+        activations = tokens * (4 * h * shape.layers + per_layer)
+    else:
+        activations = tokens * per_layer * shape.layers
+    activations += tokens * 8 * h  # the embedding's output and the final norm
+    if lean_loss:
+        chunk = min(tokens, max(1, LEAN_CHUNK_ELEMENTS // shape.vocab)) * shape.vocab
+        loss = chunk * (4 + element) + tokens * h * element + shape.vocab * h * 4
+    else:
+        loss = tokens * shape.vocab * (10 if cuda else 12)
+    return MemoryEstimate(
+        weights=4 * n + (2 * n if cuda else 0),
+        gradients=4 * n,
+        optimizer=8 * n,
+        activations=activations,
+        loss=loss,
+    )
+
+
+def largest_batch(
+    shape: ModelShape, block_size: int, limit: int, **options: Any
+) -> tuple[int, MemoryEstimate]:
+    """The largest micro-batch (sequences) whose estimate fits in ``limit`` bytes (0: none)."""
+    if training_memory(shape, 1, block_size, **options).total > limit:
+        return 0, training_memory(shape, 1, block_size, **options)
+    low, high = 1, 2
+    while training_memory(shape, high, block_size, **options).total <= limit:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if training_memory(shape, middle, block_size, **options).total <= limit:
+            low = middle
+        else:
+            high = middle
+    return low, training_memory(shape, low, block_size, **options)
+
+
+def device_memory(cuda: bool) -> int:
+    """Memory of the device that would train: the first GPU's, else the machine's RAM."""
+    if cuda:
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    import os
+
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The FLOP/s a measured training run reached (6N x tokens / seconds) and where."""
+
+    flops_per_s: float
+    device: str
+    measured: str
+
+    @classmethod
+    def of(cls, bundle_path: Path) -> "Throughput":
+        bundle = Bundle.read(bundle_path)
+        record = bundle.manifest.training or {}
+        tokens, seconds = record.get("tokens"), record.get("seconds")
+        if not (isinstance(tokens, int) and isinstance(seconds, int | float) and seconds > 0):
+            raise UsageError(
+                f"{bundle_path} holds no timed training run; pass a bundle `xelm train` wrote"
+            )
+        parameters = ModelShape.of(bundle).parameters
+        device = str((record.get("hardware") or {}).get("device", "unknown"))
+        return cls(6 * parameters * tokens / seconds, device, str(bundle_path))
+
+    def seconds(self, shape: ModelShape, tokens: int) -> float:
+        return 6 * shape.parameters * tokens / self.flops_per_s
