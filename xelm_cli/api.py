@@ -56,6 +56,15 @@ from xelm_cli.plugin.contracts import (
     hookimpl,
 )
 from xelm_cli.plugin.host import Register, Registration, Registry, get_registry
+from xelm_cli.plugin.options import (
+    NoOptions,
+    OptionSpec,
+    build_options,
+    declared_options,
+    option,
+    options_record,
+    parse_options,
+)
 from xelm_cli.training.checkpoints import (
     BlockStream,
     list_checkpoints,
@@ -80,6 +89,8 @@ __all__ = [
     "FormatError",
     "IntegrityError",
     "LanguageModel",
+    "NoOptions",
+    "OptionSpec",
     "OutputRouter",
     "PluginError",
     "PreRouter",
@@ -96,8 +107,10 @@ __all__ = [
     "XelmError",
     "atomic_directory",
     "atomic_file",
+    "build_options",
     "check_weights",
     "dataset_configs",
+    "declared_options",
     "distance_matrix",
     "eval_set_with",
     "eval_texts",
@@ -113,8 +126,11 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "normalize_language",
+    "option",
+    "options_record",
     "output_lock",
     "parse_language_list",
+    "parse_options",
     "rank_donors",
     "read_allocation",
     "read_documents",

@@ -19,6 +19,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import Allocation
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.data.corpus import Document
+from xelm_cli.plugin.options import NoOptions
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
@@ -54,6 +55,7 @@ class Router(ABC):
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     needs_expert_outputs: ClassVar[bool]
 
     def calibrate(
@@ -181,6 +183,7 @@ class Clusterer(ABC):
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
 
     @classmethod
     @abstractmethod
@@ -236,6 +239,7 @@ class Trainer(ABC):
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
 
     @abstractmethod
     def train(self, request: TrainRequest) -> Bundle:
@@ -299,6 +303,7 @@ class Evaluator(ABC):
     """
 
     name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     primary: ClassVar[str]
     higher_is_better: ClassVar[bool]
 

@@ -124,8 +124,14 @@ def options_class(owner: Any) -> type | None:
         return owner
     declared = getattr(owner, "Options", None)
     if isinstance(declared, type) and dataclasses.is_dataclass(declared):
+        if declared is NoOptions and _own_init(owner):
+            return None  # an API 1.0 router: its constructor declares its options
         return declared
     return None
+
+
+def _own_init(owner: Any) -> bool:
+    return isinstance(owner, type) and owner.__init__ is not object.__init__
 
 
 def _is_plugin(cls: type) -> bool:
@@ -163,7 +169,7 @@ def declared_options(owner: Any) -> tuple[OptionSpec, ...]:
                 )
             )
         return tuple(specs)
-    if isinstance(owner, type) and owner.__init__ is not object.__init__:
+    if _own_init(owner):
         return _from_signature(owner)
     return ()
 
@@ -408,3 +414,90 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return value
+
+
+# ---------------------------------------------------------------------------- command-line flags
+
+
+def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Parameter]:
+    """Keyword-only parameters, one flag per settable option of ``owner``, for a Typer command.
+
+    Each defaults to None, so the command passes on only what the user gave (and the plugin's
+    own default applies otherwise); its help states the declared default. Booleans become
+    ``--NAME/--no-NAME``; other values arrive as text and go through :func:`parse_options`.
+    """
+    import typer  # the CLI's dependency; plugins that only declare options never need it
+
+    parameters = []
+    for spec in declared_options(owner):
+        if not spec.cli or spec.name in skip:
+            continue
+        # rich markup would swallow a bare "[default: none]": the bracket is escaped
+        state = "required" if spec.required else f"default: {_shown(spec.default)}"
+        help_text = f"{spec.help} \\[{state}]".strip()
+        shown = False
+        if spec.is_flag:
+            negative = "--no-" + spec.flag_name.removeprefix("--")
+            info = typer.Option(f"{spec.flag_name}/{negative}", help=help_text, show_default=shown)
+            annotation: Any = Annotated[bool | None, info]
+        else:
+            info = typer.Option(
+                spec.flag_name, help=help_text, metavar=_metavar(spec), show_default=shown
+            )
+            annotation = Annotated[str | None, info]
+        parameters.append(
+            inspect.Parameter(
+                spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    return parameters
+
+
+def with_parameters(
+    function: Callable[..., Any], extra: Sequence[inspect.Parameter]
+) -> Callable[..., Any]:
+    """``function`` as a Typer command whose signature also has ``extra`` (keyword-only)
+    parameters; it receives them all as keyword arguments (``**options`` in ``function``)."""
+    signature = inspect.signature(function)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+
+    def command(**kwargs: Any) -> Any:
+        return function(**kwargs)
+
+    command.__name__ = function.__name__
+    command.__qualname__ = function.__qualname__
+    command.__doc__ = function.__doc__
+    command.__module__ = function.__module__
+    parameters = own + list(extra)
+    command.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+def given(values: Mapping[str, Any], owner: Any) -> dict[str, Any]:
+    """The options of ``owner`` among a command's keyword arguments that the user gave."""
+    names = {spec.name for spec in declared_options(owner)}
+    return {key: value for key, value in values.items() if key in names and value is not None}
+
+
+def _metavar(spec: OptionSpec) -> str:
+    if spec.choices:
+        return "|".join(str(c) for c in spec.choices).upper()
+    inner, _ = _strip_optional(spec.annotation)
+    if inner in (int, float):
+        return inner.__name__.upper()
+    if inner is Path:
+        return "PATH"
+    if get_origin(inner) in (list, tuple, Sequence):
+        return "LIST"
+    return "TEXT"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(_jsonable(value))
+    return str(value)

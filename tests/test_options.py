@@ -1,0 +1,206 @@
+"""Declared plugin options: conversion from text and JSON, one-line errors, derived flags."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from xelm_cli.api import (
+    NoOptions,
+    PreRouter,
+    UsageError,
+    build_options,
+    declared_options,
+    option,
+    options_record,
+    parse_options,
+)
+from xelm_cli.common.units import parse_token_count
+from xelm_cli.plugin.options import given, parse_pairs, typer_parameters, with_parameters
+
+
+@dataclass(frozen=True, kw_only=True)
+class Declared:
+    allocation: Path = option(help="Allocation directory.")
+    weights: list[float] = option([1.0, 1.0], help="One weight per expert.")
+    top_k: int | None = option(None, help="Keep the K largest.", minimum=1)
+    distance: str = option("squared", help="Distance.", choices=("squared", "squared-twice"))
+    calibrated: bool = option(False, help="Calibrated.")
+    tokens: int = option(4096, help="Tokens.", parse=parse_token_count)
+    table: dict[str, str] = option({}, help="Language -> expert id.")
+    internal: int = option(1, help="Set by xelm.", cli=False)
+
+
+LABEL = "router 'demo'"
+
+
+def parse(values: dict[str, Any]) -> dict[str, Any]:
+    return parse_options(Declared, values, label=LABEL, via="--router-arg")
+
+
+def test_text_values_are_converted_by_the_declared_type() -> None:
+    parsed = parse(
+        {
+            "allocation": "alloc/",
+            "weights": "[1, 3]",
+            "top_k": "2",
+            "distance": "squared-twice",
+            "calibrated": "yes",
+            "tokens": "20M",
+            "table": '{"ar": "e0"}',
+        }
+    )
+    assert parsed == {
+        "allocation": Path("alloc"),
+        "weights": [1.0, 3.0],
+        "top_k": 2,
+        "distance": "squared-twice",
+        "calibrated": True,
+        "tokens": 20_000_000,
+        "table": {"ar": "e0"},
+    }
+    assert isinstance(parsed["weights"][0], float)
+
+
+def test_comma_lists_none_and_json_values() -> None:
+    assert parse({"allocation": "a", "weights": "1,3", "top_k": "none"}) == {
+        "allocation": Path("a"),
+        "weights": [1.0, 3.0],
+        "top_k": None,
+    }
+    # values from an ensemble file or a Python call are checked, not re-parsed
+    assert parse({"allocation": "a", "weights": [2, 5], "top_k": 3})["weights"] == [2.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"weights": "[1,3]"},
+            "router 'demo' needs option 'allocation' (Allocation directory.); "
+            "pass --router-arg allocation=VALUE",
+        ),
+        (
+            {"allocation": "a", "weight": "1"},
+            "router 'demo' has no option 'weight' (its options: "
+            "allocation, weights, top_k, distance, calibrated, tokens, table)",
+        ),
+        (
+            {"allocation": "a", "top_k": "two"},
+            "router 'demo': option 'top_k' expects int or none, not 'two'",
+        ),
+        (
+            {"allocation": "a", "top_k": "0"},
+            "router 'demo': option 'top_k' must be at least 1, not 0",
+        ),
+        (
+            {"allocation": "a", "distance": "l1"},
+            "router 'demo': option 'distance' must be one of squared, squared-twice, not 'l1'",
+        ),
+        (
+            {"allocation": "a", "weights": "[1, x]"},
+            "router 'demo': option 'weights' expects list of float, not '[1, x]'",
+        ),
+        (
+            {"allocation": "a", "calibrated": "maybe"},
+            "router 'demo': option 'calibrated' expects bool, not 'maybe'",
+        ),
+        (
+            {"allocation": "a", "top_k": True},
+            "router 'demo': option 'top_k' expects int or none, not 'true'",
+        ),
+        ({"allocation": "a", "internal": "2"}, "router 'demo' has no option 'internal'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_option(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(UsageError) as caught:
+        parse(values)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_token_counts_go_through_the_declared_parser() -> None:
+    with pytest.raises(UsageError, match=r"option 'tokens' expects int, not '20Q'"):
+        parse({"allocation": "a", "tokens": "20Q"})
+
+
+def test_build_options_fills_defaults_and_records_as_json() -> None:
+    built = build_options(Declared, {"allocation": "a", "top_k": "2"}, label=LABEL)
+    assert built == Declared(allocation=Path("a"), top_k=2)
+    record = options_record(built)
+    assert record["allocation"] == "a" and record["weights"] == [1.0, 1.0]
+    assert record["internal"] == 1
+
+
+def test_api_1_routers_are_described_by_their_constructor() -> None:
+    class Legacy(PreRouter):
+        name = "legacy"
+
+        def __init__(self, weights: list[float] | None = None, scale: float = 1.0) -> None:
+            self.weights, self.scale = weights, scale
+
+        def route(self, documents: Any, experts: Any) -> Any:
+            raise NotImplementedError
+
+    assert [(s.name, s.type_name, s.default) for s in declared_options(Legacy)] == [
+        ("weights", "list of float or none", None),
+        ("scale", "float", 1.0),
+    ]
+    assert parse_options(Legacy, {"weights": "[1,2]", "scale": "2"}, label="r") == {
+        "weights": [1.0, 2.0],
+        "scale": 2.0,
+    }
+
+    class Bare(PreRouter):
+        name = "bare"
+
+        def route(self, documents: Any, experts: Any) -> Any:
+            raise NotImplementedError
+
+    assert Bare.Options is NoOptions and declared_options(Bare) == ()
+    with pytest.raises(
+        UsageError, match=r"router 'bare' has no option 'x' \(it takes no options\)"
+    ):
+        parse_options(Bare, {"x": "1"}, label="router 'bare'")
+
+
+def test_pairs_must_be_key_value() -> None:
+    assert parse_pairs(["top-k=2", "a=b=c"], "--router-arg") == {"top_k": "2", "a": "b=c"}
+    with pytest.raises(UsageError, match=r"--router-arg must look like KEY=VALUE, got 'top_k'"):
+        parse_pairs(["top_k"], "--router-arg")
+
+
+def test_flags_and_help_are_derived_from_the_declaration() -> None:
+    seen: dict[str, Any] = {}
+
+    def command(name: Annotated[str, typer.Argument(help="A name.")], **options: Any) -> None:
+        """Run it.
+
+        Example: demo NAME --top-k 2
+        """
+        seen.update(parse_options(Declared, given(options, Declared), label=LABEL))
+
+    app = typer.Typer()
+    app.command("run")(with_parameters(command, typer_parameters(Declared)))
+    app.command("other")(lambda: None)
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["run", "n", "--allocation", "a", "--top-k", "2", "--calibrated", "--weights", "1,2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen == {
+        "allocation": Path("a"),
+        "top_k": 2,
+        "calibrated": True,
+        "weights": [1.0, 2.0],
+    }
+    help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "Keep the K largest. [default: none]" in help_text
+    assert "Allocation directory. [required]" in help_text
+    assert "--no-calibrated" in help_text and "--internal" not in help_text
+    assert "SQUARED|SQUARED-TWICE" in help_text
