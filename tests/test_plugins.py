@@ -200,7 +200,7 @@ def make_router(router_name: str) -> type[PreRouter]:
     return FirstExpert
 
 
-def test_collision_keeps_the_first_and_names_both_plugins() -> None:
+def test_two_third_parties_sharing_a_name_are_both_kept_and_the_bare_name_refused() -> None:
     first_alpha, second_alpha = make_router("alpha"), make_router("alpha")
     registry = host.load_registry(
         extra_plugins=[
@@ -209,23 +209,87 @@ def test_collision_keeps_the_first_and_names_both_plugins() -> None:
         ],
         entry_points=False,
     )
-    assert registry.routers["alpha"].obj is first_alpha
-    assert registry.routers["alpha"].plugin == "first"
+    assert "alpha" not in registry.routers  # never silently resolved
     assert registry.routers["beta"].plugin == "second"
     assert [(p.name, p.registered["router"]) for p in registry.plugins] == [
         ("first", ["alpha"]),
-        ("second", ["beta"]),
+        ("second", ["alpha", "beta"]),
     ]
+    refusal = (
+        "router 'alpha' is registered by two plugins: plugin first and plugin second; "
+        "choose one as first:alpha or second:alpha"
+    )
+    assert registry.warnings() == [f"xelm: warning: plugin 'second': {refusal}"]
+    with pytest.raises(UsageError) as caught:
+        registry.get("router", "alpha")
+    assert str(caught.value) == refusal
+    assert registry.get("router", "first:alpha").obj is first_alpha
+    assert registry.get("router", "second:alpha").obj is second_alpha
+    assert registry.get("router", "second:beta").plugin == "second"
+    with pytest.raises(UsageError) as caught:
+        registry.get("router", "third:alpha")
+    assert str(caught.value) == (
+        "unknown router 'third:alpha': no plugin or distribution 'third' registers router "
+        "'alpha' (registered by plugin first and plugin second; choose first:alpha or "
+        "second:alpha)"
+    )
+    with pytest.raises(UsageError, match=r"^unknown router 'first:nope' \(available: "):
+        registry.get("router", "first:nope")
+
+
+def test_the_same_plugin_registering_a_name_twice_keeps_the_first() -> None:
+    one, two = make_router("alpha"), make_router("alpha")
+    registry = host.load_registry(
+        extra_plugins=[("twice", RouterPlugin(one, two))], entry_points=False
+    )
+    assert registry.routers["alpha"].obj is one
     assert registry.warnings() == [
-        "xelm: warning: plugin 'second': router 'alpha' is already registered by plugin "
-        "'first'; plugin 'second''s is skipped"
+        "xelm: warning: plugin 'twice': router 'alpha' registered twice by plugin 'twice'; "
+        "the second is skipped"
     ]
 
 
-def test_third_party_cannot_take_a_builtin_router_name() -> None:
-    registry = host.load_registry(extra_plugins=[("aaa", RouterPlugin(make_router("uniform")))])
+def test_a_builtin_router_name_stays_xelms_and_the_third_partys_is_qualified() -> None:
+    shadow = make_router("uniform")
+    registry = host.load_registry(extra_plugins=[("aaa", RouterPlugin(shadow))])
     assert registry.routers["uniform"].plugin == "routers"
-    assert "already registered by plugin 'routers'" in registry.problems[0].message
+    assert registry.get("router", "uniform").distribution == "xelm"
+    assert registry.get("router", "xelm:uniform").plugin == "routers"
+    assert registry.get("router", "routers:uniform").plugin == "routers"
+    assert registry.get("router", "aaa:uniform").obj is shadow
+    assert [p.message for p in registry.problems] == [
+        "router 'uniform' is also xelm's own (plugin 'routers'), which the name 'uniform' "
+        "selects; select this one as aaa:uniform"
+    ]
+
+
+def test_registrations_carry_their_provenance() -> None:
+    registry = host.load_registry(extra_plugins=[("mine", RouterPlugin(make_router("mine")))])
+    uniform = registry.get("router", "uniform")
+    assert uniform.provenance == {
+        "name": "uniform",
+        "plugin": "routers",
+        "distribution": "xelm",
+        "version": uniform.version,
+    }
+    assert uniform.version and uniform.qualified_name == "xelm:uniform"
+    assert registry.get("router", "mine").provenance == {
+        "name": "mine",
+        "plugin": "mine",
+        "distribution": None,
+        "version": None,
+    }
+
+
+def test_commands_cannot_be_qualified_so_the_first_keeps_the_name() -> None:
+    registry = host.load_registry(
+        extra_plugins=[("one", CommandPlugin(greet=greet)), ("two", CommandPlugin(greet=greet))],
+        entry_points=False,
+    )
+    assert registry.commands["greet"].plugin == "one"
+    assert [p.message for p in registry.problems] == [
+        "command 'greet' is already registered by plugin 'one'; plugin 'two''s is skipped"
+    ]
 
 
 def test_invalid_names_and_objects_are_skipped_not_fatal() -> None:

@@ -82,13 +82,92 @@ class XelmHookSpecs:
         """Register CLI commands: a ``typer.Typer`` (a command group) or a function."""
 
 
+def normalize_distribution(name: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): ``Dist_A`` -> ``dist-a``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 @dataclass(frozen=True)
 class Registration:
+    """One registered object and where it came from (its plugin, distribution and version).
+
+    ``distribution`` and ``version`` are the installed distribution of the plugin's entry
+    point; both are None for a plugin given in-process (``load_registry(extra_plugins=...)``).
+    """
+
     name: str
     kind: Kind
     obj: Any
     plugin: str
     description: str = ""
+    distribution: str | None = None
+    version: str | None = None
+
+    @property
+    def first_party(self) -> bool:
+        """Registered by xelm's own distribution (its names are reserved, section 3)."""
+        return self.distribution == FIRST_PARTY_DISTRIBUTION
+
+    @property
+    def qualified_name(self) -> str:
+        """``DIST:NAME`` (``PLUGIN:NAME`` for an in-process plugin): selects this one."""
+        return f"{self.distribution or self.plugin}:{self.name}"
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What results record about the code that produced them (spec/plugin-api.md 5)."""
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+    def matches(self, qualifier: str) -> bool:
+        """True when ``qualifier`` (of ``QUALIFIER:NAME``) is this plugin or its distribution."""
+        if qualifier == self.plugin:
+            return True
+        return self.distribution is not None and normalize_distribution(
+            self.distribution
+        ) == normalize_distribution(qualifier)
+
+    def label(self) -> str:
+        """``dist-a (plugin a)``, or ``plugin a`` for an in-process plugin."""
+        if self.distribution is None:
+            return f"plugin {self.plugin}"
+        return f"{self.distribution} (plugin {self.plugin})"
+
+
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+def _and_list(items: list[str], last: str = "and") -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+def _selectors(registrations: list[Registration]) -> list[str]:
+    """For each registration, the shortest qualified name that selects it among these."""
+    selectors = []
+    for registration in registrations:
+        dist = registration.distribution
+        same_dist = [
+            r
+            for r in registrations
+            if dist is not None
+            and r.distribution is not None
+            and normalize_distribution(r.distribution) == normalize_distribution(dist)
+        ]
+        qualifier = dist if dist is not None and len(same_dist) == 1 else registration.plugin
+        selectors.append(f"{qualifier}:{registration.name}")
+    return selectors
+
+
+def ambiguity(kind: str, name: str, registrations: list[Registration]) -> str:
+    """The one line refusing an unqualified ``name`` that several plugins registered."""
+    count = _COUNT_WORDS.get(len(registrations), str(len(registrations)))
+    labels = _and_list([r.label() for r in registrations])
+    choices = _and_list(_selectors(registrations), "or")
+    return f"{kind} {name!r} is registered by {count} plugins: {labels}; choose one as {choices}"
 
 
 @dataclass(frozen=True)
@@ -125,6 +204,15 @@ class PluginProblem:
 
 @dataclass
 class Registry:
+    """What the plugins registered.
+
+    ``entries`` holds every registration in load order, including names that several plugins
+    registered. ``clusterers``, ``trainers``, ``routers``, ``evaluators`` and ``commands`` map
+    each *unqualified* name to the registration it resolves to (section 3): the only one, or
+    xelm's own; a name two third parties registered is absent from them (``get`` refuses it
+    naming both, and each is reachable as ``DIST:NAME``).
+    """
+
     clusterers: dict[str, Registration] = field(default_factory=dict)
     trainers: dict[str, Registration] = field(default_factory=dict)
     routers: dict[str, Registration] = field(default_factory=dict)
@@ -133,20 +221,59 @@ class Registry:
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginFailure] = field(default_factory=list)
     problems: list[PluginProblem] = field(default_factory=list)
+    entries: list[Registration] = field(default_factory=list)
 
     def of(self, kind: Kind) -> dict[str, Registration]:
+        """Unqualified name -> the registration it resolves to (see the class docstring)."""
         if kind not in KINDS:
             raise ValueError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
         entries: dict[str, Registration] = getattr(self, f"{kind}s")
         return entries
 
+    def all_of(self, kind: Kind, name: str | None = None) -> list[Registration]:
+        """Every registration of ``kind`` (named ``name`` when given), in load order."""
+        self.of(kind)  # checks the kind
+        return [r for r in self.entries if r.kind == kind and (name is None or r.name == name)]
+
     def get(self, kind: Kind, name: str) -> Registration:
-        """The registration of ``name``, or a one-line UsageError listing what is available."""
-        entries = self.of(kind)
-        if name in entries:
-            return entries[name]
-        available = ", ".join(sorted(entries)) or "none installed"
-        raise UsageError(f"unknown {kind} {name!r} (available: {available})")
+        """The registration that ``name`` or ``DIST:NAME`` / ``PLUGIN:NAME`` selects.
+
+        An unqualified name resolves to its only registration, or to xelm's own when xelm
+        registers it; one that several third parties registered is refused. Every refusal is a
+        one-line UsageError naming the way out.
+        """
+        qualifier, sep, base = name.rpartition(":")
+        if not sep:
+            candidates = self.all_of(kind, name)
+            own = [r for r in candidates if r.first_party]
+            chosen = own or candidates
+            if len(chosen) == 1:
+                return chosen[0]
+            if chosen:
+                raise UsageError(ambiguity(kind, name, chosen))
+            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+        candidates = self.all_of(kind, base)
+        if not candidates:
+            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+        selected = [r for r in candidates if r.matches(qualifier)]
+        if len(selected) == 1:
+            return selected[0]
+        if not selected:
+            raise UsageError(
+                f"unknown {kind} {name!r}: no plugin or distribution {qualifier!r} registers "
+                f"{kind} {base!r} (registered by {_and_list([r.label() for r in candidates])}; "
+                f"choose {_and_list(_selectors(candidates), 'or')})"
+            )
+        by_plugin = [f"{r.plugin}:{r.name}" for r in selected]
+        raise UsageError(
+            f"{kind} {name!r} matches {len(selected)} plugins of {qualifier!r}: "
+            f"{_and_list([r.label() for r in selected])}; choose one as "
+            f"{_and_list(by_plugin, 'or')}"
+        )
+
+    def _available(self, kind: Kind) -> str:
+        names = sorted({r.name for r in self.all_of(kind)})
+        return ", ".join(names) or "none installed"
 
     def add_problem(self, problem: PluginProblem) -> None:
         if problem not in self.problems:
@@ -161,6 +288,50 @@ class Registry:
             "failures": [asdict(failure) for failure in self.failures],
             "problems": [asdict(problem) for problem in self.problems],
         }
+
+    def add(self, registration: Registration) -> None:
+        """Record ``registration`` and re-resolve its unqualified name."""
+        self.entries.append(registration)
+        kind, name = registration.kind, registration.name
+        candidates = self.all_of(kind, name)
+        chosen = [r for r in candidates if r.first_party] or candidates
+        resolved = self.of(kind)
+        if len(chosen) == 1:
+            resolved[name] = chosen[0]
+        else:
+            resolved.pop(name, None)
+
+    def note_shared_names(self) -> None:
+        """One notice per name that several plugins registered (after every plugin loaded)."""
+        seen: set[tuple[Kind, str]] = set()
+        for registration in self.entries:
+            key = (registration.kind, registration.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            kind, name = key
+            candidates = self.all_of(kind, name)
+            if len(candidates) < 2:
+                continue
+            own = [r for r in candidates if r.first_party]
+            if len(own) == 1:
+                for other in candidates:
+                    if other is not own[0]:
+                        self.add_problem(
+                            PluginProblem(
+                                other.plugin,
+                                f"{kind} {name!r} is also xelm's own (plugin "
+                                f"{own[0].plugin!r}), which the name {name!r} selects; "
+                                f"select this one as {other.qualified_name}",
+                                kind,
+                                name,
+                            )
+                        )
+                continue
+            chosen = own or candidates
+            self.add_problem(
+                PluginProblem(chosen[-1].plugin, ambiguity(kind, name, chosen), kind, name)
+            )
 
 
 @dataclass(frozen=True)
@@ -264,7 +435,7 @@ class _Loader:
             return
         registered: dict[Kind, list[str]] = {kind: [] for kind in KINDS}
         for kind, name, obj, description in staged:
-            if self._commit(candidate.name, kind, name, obj, description):
+            if self._commit(candidate, kind, name, obj, description):
                 registered[kind].append(name)
         self.registry.plugins.append(
             PluginInfo(candidate.name, candidate.distribution, candidate.version, registered)
@@ -323,7 +494,11 @@ class _Loader:
 
         return register, close
 
-    def _commit(self, plugin: str, kind: Kind, name: Any, obj: Any, description: Any) -> bool:
+    def _commit(
+        self, candidate: _Candidate, kind: Kind, name: Any, obj: Any, description: Any
+    ) -> bool:
+        plugin = candidate.name
+
         def refuse(message: str) -> bool:
             label = name if isinstance(name, str) else None
             self.registry.add_problem(PluginProblem(plugin, message, kind, label))
@@ -338,19 +513,29 @@ class _Loader:
         why = _invalid_object(kind, name, obj)
         if why is not None:
             return refuse(f"{kind} {name!r} refused: {why}")
-        entries = self.registry.of(kind)
-        if name in entries:
-            first = entries[name].plugin
-            if first == plugin:
-                return refuse(
-                    f"{kind} {name!r} registered twice by plugin {plugin!r}; the second is skipped"
-                )
+        taken = self.registry.all_of(kind, name)
+        if any(r.plugin == plugin for r in taken):
             return refuse(
-                f"{kind} {name!r} is already registered by plugin {first!r}; "
+                f"{kind} {name!r} registered twice by plugin {plugin!r}; the second is skipped"
+            )
+        if kind == "command" and taken:
+            # a command is a CLI word: it cannot be qualified, so the first one keeps it
+            return refuse(
+                f"command {name!r} is already registered by plugin {taken[0].plugin!r}; "
                 f"plugin {plugin!r}'s is skipped"
             )
         text = description if isinstance(description, str) and description else ""
-        entries[name] = Registration(name, kind, obj, plugin, text or _first_doc_line(obj))
+        self.registry.add(
+            Registration(
+                name,
+                kind,
+                obj,
+                plugin,
+                text or _first_doc_line(obj),
+                candidate.distribution,
+                candidate.version,
+            )
+        )
         return True
 
 
@@ -379,7 +564,7 @@ def _entry_point_candidates(registry: Registry) -> list[_Candidate]:
         )
 
     candidates = [candidate(ep) for ep in entry_points]
-    # xelm's own plugins first, then the others by name: a third party cannot take a built-in name
+    # xelm's own plugins first, then the others by name (the order of `xelm plugins list`)
     return sorted(candidates, key=lambda c: (c.distribution != FIRST_PARTY_DISTRIBUTION, c.name))
 
 
@@ -400,6 +585,7 @@ def load_registry(
     candidates += [_Candidate(name, _returning(obj)) for name, obj in extra_plugins]
     for candidate in candidates:
         loader.load(candidate)
+    loader.registry.note_shared_names()
     return loader.registry
 
 
