@@ -6,6 +6,7 @@ already computed with it.
 """
 
 import csv
+import dataclasses
 import io
 import math
 import platform
@@ -19,7 +20,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
-from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.host import Kind, get_registry
 
 RESULTS_FORMAT = "xelm-results"
 FORMATS = ("table", "json", "csv")
@@ -82,6 +83,16 @@ def systems_for(
     return systems
 
 
+def plugin_record(kind: Kind, name: str, options: Any) -> dict[str, Any]:
+    """``{name, options, plugin, distribution, version}`` of the plugin object ``name`` selects
+    (spec/ensemble-v1.md section 5): which installed code produced a result. ``options`` is a
+    dict or a declared-options dataclass instance."""
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        options = dataclasses.asdict(options)
+    provenance = get_registry().get(kind, name).provenance
+    return {"name": provenance["name"], "options": options, **provenance}
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -141,6 +152,10 @@ def run_evaluation(
         "ensemble": spec.to_dict(),
         "device": str(systems[0].model.device),
         "versions": _versions(),
+        "provenance": {
+            "router": plugin_record("router", spec.router, spec.router_options),
+            "evaluator": plugin_record("evaluator", evaluator_name, request.options),
+        },
         "systems": records,
     }
 
