@@ -30,7 +30,13 @@ from xelm_cli.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_f
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import atomic_directory, atomic_file
 from xelm_cli.common.digest import PREFIX, sha256_bytes
-from xelm_cli.common.errors import ArchiveError, IntegrityError, UsageError, XelmError
+from xelm_cli.common.errors import (
+    ArchiveError,
+    IntegrityError,
+    UsageError,
+    XelmError,
+    exception_line,
+)
 from xelm_cli.common.jsonio import parse_json_object
 
 Progress = Callable[[int], None]
@@ -287,10 +293,9 @@ def _archive_errors(label: str, where: str = "") -> Iterator[None]:
     except XelmError:
         raise
     except _READ_ERRORS as exc:
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = f" {where}" if where else ""
         raise ArchiveError(
-            f"{label}: corrupt or truncated archive{where} ({detail[:200]})"
+            f"{label}: corrupt or truncated archive{where} ({exception_line(exc, 200)})"
         ) from None
 
 

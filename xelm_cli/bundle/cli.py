@@ -21,6 +21,7 @@ from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt,
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import byte_progress
+from xelm_cli.common.units import parse_byte_size
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 
 app = typer.Typer(
@@ -345,23 +346,12 @@ def pack(
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
-def _parse_size(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    number, unit = text.strip().upper().rstrip("B"), ""
-    if number and number[-1] in units:
-        number, unit = number[:-1], number[-1]
-    try:
-        return int(float(number) * units[unit])
-    except ValueError:
-        raise UsageError(f"not a size: {text!r} (examples: 500M, 20G)") from None
-
-
 @app.command()
 def unpack(
     archive: Annotated[Path, typer.Argument(help="A .xelm.tar.zst archive.", show_default=False)],
     out: OutDirOpt,
     max_size: Annotated[
-        str, typer.Option(help="Refuse archives that unpack to more than this.")
+        str, typer.Option(help="Refuse archives that unpack to more than this (500G, 1T, 2TiB).")
     ] = "1T",
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -376,7 +366,11 @@ def unpack(
         raise UsageError(f"archive not found: {archive}")
     with byte_progress(f"unpacking {archive.name}", archive.stat().st_size) as progress:
         bundle = unpack_bundle(
-            archive, out, overwrite=force, max_bytes=_parse_size(max_size), progress=progress
+            archive,
+            out,
+            overwrite=force,
+            max_bytes=parse_byte_size(max_size, "--max-size"),
+            progress=progress,
         )
     _report_written(bundle, as_json)
 

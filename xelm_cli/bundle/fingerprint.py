@@ -14,8 +14,8 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 
 from xelm_cli.common.digest import sha256_bytes
-from xelm_cli.common.errors import FormatError
-from xelm_cli.common.jsonio import canonical_json, one_line, read_json_object
+from xelm_cli.common.errors import FormatError, exception_line
+from xelm_cli.common.jsonio import canonical_json, read_json_object
 
 # Files whose bytes define a tokenizer's behaviour (besides tokenizer.json).
 TOKENIZER_VOCAB_FILES = (
@@ -47,7 +47,7 @@ def reading_safetensors(label: str | Path) -> Iterator[None]:
     try:
         yield
     except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        reason = one_line(str(exc).splitlines()[0], 200) if str(exc) else type(exc).__name__
+        reason = exception_line(exc, 200)
         raise FormatError(f"{label}: not a readable safetensors file ({reason})") from None
 
 

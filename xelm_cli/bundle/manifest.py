@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 
 from xelm_cli.common.digest import sha256_bytes
-from xelm_cli.common.errors import FormatError
-from xelm_cli.common.jsonio import canonical_json, one_line, short_repr, value_problem
+from xelm_cli.common.errors import FormatError, one_line
+from xelm_cli.common.jsonio import canonical_json, short_repr, value_problem
 
 FORMAT_NAME = "xelm-bundle"
 FORMAT_VERSION = "1.1.0"  # 1.1: the optional `framing` member

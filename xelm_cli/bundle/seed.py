@@ -6,7 +6,7 @@ from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import Bundle, Progress, write_bundle
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, exception_line
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -40,9 +40,7 @@ def _load_tokenizer(path: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"cannot load a tokenizer from {path}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise UsageError(f"cannot load a tokenizer from {path}: {exception_line(exc)}") from None
 
 
 def _write_seed(
@@ -179,13 +177,13 @@ def init_from_hf(
         )
     except pickle.UnpicklingError as exc:
         found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
-        why = found[0].split(". ")[0] if found else str(exc).splitlines()[0]
+        why = found[0].split(". ")[0] if found else exception_line(exc)
         raise UsageError(
             f"cannot load model {model_id!r}: its pickled weights hold more than tensors "
             f"({why}); torch's weights_only loader refuses them and xelm never runs such code"
         ) from None
     except (OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = exception_line(exc)
         hint = "" if local else " (is it a local directory, or is the Hub reachable?)"
         if not local and ".bin" in reason and not convert_pickle:
             hint = " (pickled weights only? pass --convert-pickle)"

@@ -41,7 +41,13 @@ from xelm_cli.bundle.manifest import (
 from xelm_cli.bundle.modelcard import render_model_card
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.digest import sha256_bytes, sha256_file
-from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
+from xelm_cli.common.errors import (
+    FormatError,
+    IntegrityError,
+    UsageError,
+    XelmError,
+    exception_line,
+)
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 
 Progress = Callable[[int], None]
@@ -243,9 +249,8 @@ class Bundle:
         except XelmError:
             raise
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise FormatError(
-                f"{self.path}: cannot load the {what}: {type(exc).__name__}: {reason}"
+                f"{self.path}: cannot load the {what}: {exception_line(exc, with_type=True)}"
             ) from None
 
     def check_files(

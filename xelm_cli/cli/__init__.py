@@ -14,7 +14,7 @@ from xelm_cli import __version__
 from xelm_cli.bundle import cli as bundle
 from xelm_cli.cluster import cli as cluster
 from xelm_cli.common.atomic import shown_as_output
-from xelm_cli.common.errors import XelmError
+from xelm_cli.common.errors import XelmError, exception_line
 from xelm_cli.data import cli as data
 from xelm_cli.demo import cli as demo
 from xelm_cli.ensemble import cli as ensemble
@@ -119,9 +119,9 @@ def run(argv: list[str] | None = None) -> int:
         if os_error:  # e.g. a full disk while safetensors writes weights
             reason = os.strerror(int(os_error.group(1)))
             return _fail(f"{reason} (while {type(exc).__name__} was writing or reading)", 1)
-        detail = str(exc).splitlines()[0] if str(exc) else ""
+        detail = exception_line(exc, with_type=True)
         return _fail(
-            f"internal error: {type(exc).__name__}: {detail} (set {DEBUG_ENV}=1 for the traceback)",
+            f"internal error: {detail} (set {DEBUG_ENV}=1 for the traceback)",
             INTERNAL_ERROR_EXIT,
         )
 

@@ -22,12 +22,6 @@ def short_repr(value: Any) -> str:
     return _SHORT.repr(value)
 
 
-def one_line(text: str, limit: int) -> str:
-    """``text`` shortened to ``limit`` characters, on one line (control characters escaped)."""
-    cut = text if len(text) <= limit else text[:limit] + "..."
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
-
-
 def canonical_json(value: Any) -> bytes:
     """Deterministic serialisation (sorted keys, no whitespace, UTF-8) used for fingerprints."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -17,3 +17,19 @@ def parse_token_count(text: str) -> int:
     if value < 1 or value != int(value):
         raise UsageError(f"a token count must be a positive whole number, not {text!r}")
     return int(value)
+
+
+_BYTES = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*")
+
+
+def parse_byte_size(text: str, option: str = "a size") -> int:
+    """A size in bytes: ``80GB`` or ``80G`` -> 80e9, ``141GiB`` -> 141 x 2^30, ``512M``, ``2T``,
+    ``4096``. ``B`` means bytes here (unlike a token count, where ``1B`` is a billion).
+    ``option`` names what is parsed in the error (``--size``)."""
+    match = _BYTES.fullmatch(text)
+    if not match:
+        raise UsageError(
+            f"{option} takes a number of bytes such as 500K or 2M (also 2GB, 141GiB), not {text!r}"
+        )
+    power = " KMGT".index(match[2].upper() or " ")
+    return int(float(match[1]) * (1024 if match[3] else 1000) ** power)

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import zstandard
 
-from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.errors import FormatError, UsageError, exception_line
 from xelm_cli.common.jsonio import is_unicode
 from xelm_cli.lang.codes import normalize_language
 
@@ -253,9 +253,8 @@ def load_hf_dataset(source: str | Path, *, split: str | None = None) -> Any:
             loaded = datasets.load_dataset(str(source), split=split)
     except (ConnectionError, OSError) as exc:
         where = "the Hugging Face Hub" if kind == "hf-hub" else str(source)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(
-            f"cannot load dataset {source!s} from {where}: {reason} "
+            f"cannot load dataset {source!s} from {where}: {exception_line(exc)} "
             "(offline? pass a local path: a corpus directory or a save_to_disk dataset)"
         ) from None
     except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:

@@ -6,9 +6,8 @@ from typing import Annotated
 import typer
 
 from xelm_cli.common.cli_options import JsonOpt, print_json
-from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import byte_progress, stderr_console
-from xelm_cli.common.units import parse_token_count
+from xelm_cli.common.units import parse_byte_size
 from xelm_cli.data.fetch import (
     DEFAULT_SIZE,
     DEFAULT_VALID_DOCUMENTS,
@@ -19,16 +18,6 @@ from xelm_cli.data.fetch import (
     plan_fetch,
 )
 from xelm_cli.lang.codes import parse_language_list
-
-
-def parse_size(text: str) -> int:
-    """``2M`` -> 2_000_000 bytes (also 500K, 1.5G, 4096)."""
-    try:
-        return parse_token_count(text)
-    except UsageError:
-        raise UsageError(
-            f"--size takes a number of bytes such as 500K or 2M, not {text!r}"
-        ) from None
 
 
 def fetch_command(
@@ -60,7 +49,9 @@ def fetch_command(
     Example: xelm data fetch --langs en,tr,sw --size 500K
     """
     out = output if output is not None else default_data_dir()
-    parts = plan_fetch(parse_language_list(langs) if langs else None, parse_size(size), valid_docs)
+    parts = plan_fetch(
+        parse_language_list(langs) if langs else None, parse_byte_size(size, "--size"), valid_docs
+    )
     missing = missing_parts(out, parts)
     if missing:
         stderr_console.print(describe_download(missing, out))
@@ -68,7 +59,7 @@ def fetch_command(
         result = fetch(
             out,
             [part.language for part in parts if part.kind == "train"],
-            parse_size(size),
+            parse_byte_size(size, "--size"),
             valid_docs,
             progress=advance,
         )

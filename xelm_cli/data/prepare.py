@@ -25,7 +25,7 @@ from xelm_cli.bundle.manifest import MANIFEST_NAME as BUNDLE_MANIFEST
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
-from xelm_cli.common.errors import FormatError, UsageError, XelmError
+from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.corpus import source_kind
@@ -201,8 +201,7 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"cannot load the tokenizer in {path}: {reason}") from None
+        raise UsageError(f"cannot load the tokenizer in {path}: {exception_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"the tokenizer in {path} has no fast (Rust) version; convert it first")
     specials = {

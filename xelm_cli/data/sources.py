@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.digest import sha256_bytes, sha256_file
-from xelm_cli.common.errors import FormatError, UsageError
-from xelm_cli.common.jsonio import canonical_json, one_line
+from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
+from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.corpus import corpus_files, iter_documents, source_kind
 from xelm_cli.lang.codes import normalize_language
 
@@ -333,7 +333,7 @@ def _translated(source: DatasetSource) -> Iterator[None]:
     except (ConnectionError, TimeoutError) as exc:
         raise SourceUnavailable(
             f"cannot load dataset {source.dataset} ({where}): "
-            f"{one_line(str(exc) or type(exc).__name__, 200)} (offline? run the same command "
+            f"{exception_line(exc, 200)} (offline? run the same command "
             "again to continue, or pass a local copy)"
         ) from None
     except ValueError as exc:
@@ -341,10 +341,10 @@ def _translated(source: DatasetSource) -> Iterator[None]:
     except Exception as exc:  # Arrow, gzip, JSON and generation errors: the data is broken
         if _is_network_error(exc):
             raise SourceUnavailable(
-                f"cannot load dataset {source.dataset} ({where}): {one_line(str(exc), 200)} "
+                f"cannot load dataset {source.dataset} ({where}): {exception_line(exc, 200)} "
                 "(run the same command again to continue)"
             ) from None
-        reason = one_line(str(exc) or type(exc).__name__, 300)
+        reason = exception_line(exc)
         raise FormatError(f"cannot read {where}: {reason}") from None
 
 
