@@ -14,9 +14,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """Style, then the architecture: no import cycle in xelm_cli (pylint's cyclic-import) and
+    the contracts in pyproject's [tool.importlinter] (nothing inside xelm imports xelm_cli.api)."""
+    session.install(*INSTALL)
     session.run("ruff", "check", ".", *session.posargs)
     session.run("ruff", "format", "--check", ".")
+    session.run("pylint", "--disable=all", "--enable=cyclic-import", "xelm_cli")
+    session.run("lint-imports")
 
 
 @nox.session
