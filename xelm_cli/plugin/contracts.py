@@ -203,7 +203,9 @@ class TrainRequest:
 
     ``languages`` is empty for "the bundle's languages"; ``options`` holds the trainer's own
     settings (learning rate, block size, ...), already parsed; ``command`` is the exact command
-    line, recorded in the training record.
+    line, recorded in the training record; ``provenance`` is the trainer's own registration
+    (``{name, plugin, distribution, version}``, filled by xelm), recorded in the training
+    record as ``trainer`` (spec/bundle-v1.md section 3.3).
     """
 
     bundle: Path
@@ -216,6 +218,7 @@ class TrainRequest:
     resume: bool = False
     force: bool = False
     command: str = ""
+    provenance: dict[str, Any] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
