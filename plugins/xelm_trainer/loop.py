@@ -564,6 +564,7 @@ def write_trained(
         "steps": state.step,
         "data_digest": inputs.shards.digest,
         "command": request.command,
+        "trainer": request.provenance,  # the registration that ran (spec/bundle-v1.md 3.3)
         "options": {
             "trainer": TRAINER_NAME,
             "bundle": str(request.bundle),
