@@ -29,6 +29,13 @@ from xelm_cli.data.evalsets import (
 )
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import DatasetSource, dataset_configs
+from xelm_cli.ensemble.weights import (
+    Weights,
+    check_token_weights,
+    check_weights,
+    keep_top_k,
+    softmax,
+)
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.lang.typology import (
     distance_matrix,
@@ -41,6 +48,7 @@ from xelm_cli.plugin.contracts import (
     Assigner,
     ChoiceRequest,
     Clusterer,
+    ClusterRequest,
     EvalRequest,
     Evaluator,
     ExpertInfo,
@@ -51,8 +59,6 @@ from xelm_cli.plugin.contracts import (
     ScoredDocument,
     Trainer,
     TrainRequest,
-    Weights,
-    check_weights,
     hookimpl,
 )
 from xelm_cli.plugin.host import Register, Registration, Registry, get_registry
@@ -79,6 +85,7 @@ __all__ = [
     "BlockStream",
     "Bundle",
     "ChoiceRequest",
+    "ClusterRequest",
     "Clusterer",
     "DatasetSource",
     "Document",
@@ -108,6 +115,7 @@ __all__ = [
     "atomic_directory",
     "atomic_file",
     "build_options",
+    "check_token_weights",
     "check_weights",
     "dataset_configs",
     "declared_options",
@@ -121,6 +129,7 @@ __all__ = [
     "hookimpl",
     "is_hub_dataset",
     "iter_documents",
+    "keep_top_k",
     "known_eval_set",
     "language_of_config",
     "list_checkpoints",
@@ -135,6 +144,7 @@ __all__ = [
     "read_allocation",
     "read_documents",
     "save_checkpoint",
+    "softmax",
     "uriel_code",
     "usable_eval_set",
     "verify_bundle",

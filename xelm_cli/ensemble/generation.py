@@ -13,9 +13,9 @@ import numpy as np
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
-from xelm_cli.ensemble.mixing import check_token_weights
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.ensemble.scoring import LoadedModel, with_cache
+from xelm_cli.ensemble.weights import check_token_weights
 from xelm_cli.plugin.contracts import Document, Router, ScoredDocument
 
 

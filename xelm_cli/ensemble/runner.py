@@ -25,7 +25,7 @@ from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, PluginError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import byte_progress, document_progress
-from xelm_cli.ensemble.mixing import check_token_weights, mixture
+from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
@@ -35,6 +35,7 @@ from xelm_cli.ensemble.scoring import (
     score_choice_sets,
     score_sequences,
 )
+from xelm_cli.ensemble.weights import check_token_weights, check_weights
 from xelm_cli.plugin.contracts import (
     ChoiceRequest,
     Document,
@@ -44,7 +45,6 @@ from xelm_cli.plugin.contracts import (
     PreRouter,
     Router,
     ScoredDocument,
-    check_weights,
 )
 from xelm_cli.plugin.host import get_registry
 
