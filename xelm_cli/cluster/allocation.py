@@ -7,6 +7,9 @@ languages, optional per-language shares) and the arrays; clusterers add their ow
 (the typology tree, distances, fitted settings), which readers that do not need them ignore.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,26 @@ from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.lang.codes import normalize_language
 
 FORMAT_NAME = "xelm-allocation"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"  # 1.1.0 added the optional member `provenance`
 SUPPORTED_MAJOR = 1
 DIR_MANIFEST = "allocation.json"
 ARRAYS_FILE = "arrays.safetensors"
+
+
+_provenance: ContextVar[dict[str, Any] | None] = ContextVar("allocation_provenance", default=None)
+
+
+@contextmanager
+def recording_provenance(clusterer: dict[str, Any] | None) -> Iterator[None]:
+    """Within this block, :func:`write_allocation` records ``clusterer`` (a registration's
+    ``provenance``: name, plugin, distribution, version) as the allocation's
+    ``provenance.clusterer``. xelm wraps every ``Clusterer.fit`` in it, so a clusterer's
+    allocation names the code that fitted it without the clusterer doing anything."""
+    token = _provenance.set(clusterer)
+    try:
+        yield
+    finally:
+        _provenance.reset(token)
 
 
 def allocation_schema() -> dict[str, Any]:
@@ -40,6 +59,14 @@ class Allocation:
     digest: str  # sha256 of the allocation JSON bytes (which record the arrays' digest)
     path: Path  # the file, or the directory for allocations with arrays
     raw: dict[str, Any]
+
+    @property
+    def provenance(self) -> dict[str, Any] | None:
+        """The clusterer's ``{name, plugin, distribution, version}``, None when not recorded
+        (allocations written before format 1.1.0, or outside a clusterer's fit)."""
+        record = self.raw.get("provenance")
+        clusterer = record.get("clusterer") if isinstance(record, dict) else None
+        return clusterer if isinstance(clusterer, dict) else None
 
     @property
     def k(self) -> int:
@@ -128,12 +155,16 @@ def write_allocation(
     language_shares: dict[str, list[float]] | None = None,
     arrays: dict[str, np.ndarray] | None = None,
     overwrite: bool = False,
+    provenance: dict[str, Any] | None = None,
 ) -> Allocation:
     """Write an allocation atomically: a JSON file, or a directory when there are ``arrays``.
 
     ``members`` are the clusterer's own JSON members (tree, distances, settings);
-    ``language_shares[lang][i]`` is the fraction of ``lang``'s documents that expert ``i`` gets.
+    ``language_shares[lang][i]`` is the fraction of ``lang``'s documents that expert ``i`` gets;
+    ``provenance`` is the clusterer's registration provenance (by default the one
+    :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``).
     """
+    provenance = provenance if provenance is not None else _provenance.get()
     data: dict[str, Any] = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -146,6 +177,8 @@ def write_allocation(
     if language_shares is not None:
         data["language_shares"] = language_shares
     data.update(members or {})
+    if provenance is not None:
+        data["provenance"] = {"clusterer": dict(provenance)}
     if not arrays:
         write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)
         return read_allocation(out)

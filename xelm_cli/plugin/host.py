@@ -271,6 +271,12 @@ class Registry:
             f"{_and_list(by_plugin, 'or')}"
         )
 
+    def provenance_of(self, kind: Kind, obj: Any) -> dict[str, Any] | None:
+        """The provenance of the registration of ``obj`` as a ``kind`` (the first, when one
+        object is registered twice); None for an object no plugin registered."""
+        found = next((r for r in self.all_of(kind) if r.obj is obj), None)
+        return None if found is None else found.provenance
+
     def _available(self, kind: Kind) -> str:
         names = sorted({r.name for r in self.all_of(kind)})
         return ", ".join(names) or "none installed"
