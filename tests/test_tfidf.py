@@ -245,7 +245,10 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["assignment"] == "nearest"
     assert load_model(read_allocation(nearest)).offsets.tolist() == [0.0] * 4
     assert run([*plain[:4], str(tmp_path / "x"), "--assignment", "fair"]) == 2
-    assert "--assignment must be one of" in capsys.readouterr().err
+    assert (
+        "option 'assignment' must be one of balanced, nearest, not 'fair'"
+        in capsys.readouterr().err
+    )
     subset = ["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(tmp_path / "subset")]
     assert run([*subset, "--langs", ",".join(LANGS[:2]), "--components", "16", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["documents"] == 120

@@ -1,122 +1,114 @@
-"""``xelm cluster tfidf`` and the registered clusterer class."""
+"""The registered TF-IDF clusterer: its declared options and ``fit``."""
 
-import json
-from collections.abc import Callable
-from pathlib import Path
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Any
 
-import typer
-from rich.console import Console
-
-from xelm_cli.api import Allocation, Clusterer, UsageError, iter_documents, parse_language_list
+from xelm_cli.api import (
+    Allocation,
+    Clusterer,
+    ClusterRequest,
+    UsageError,
+    iter_documents,
+    option,
+)
 
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
-from .fitting import fit
+from .fitting import fit as fit_documents
 from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
-from .state import TfidfModel, load_model, save_model
+from .state import STATE_MEMBER, TfidfModel, load_model, save_model
 
 
-def _check_choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    if value not in choices:
-        raise UsageError(f"{option} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def cluster_tfidf(
-    corpus: Annotated[
-        Path, typer.Argument(help="Corpus: .jsonl[.zst]/.txt files or a directory of them.")
-    ],
-    out: Annotated[Path, typer.Option("--output", "-o", help="Allocation directory to write.")],
-    k: Annotated[int, typer.Option("-k", help="Number of experts (clusters).", min=1)] = 4,
-    langs: Annotated[
-        str | None, typer.Option(help="Only documents in these languages, e.g. ar,bg,de.")
-    ] = None,
-    max_docs_per_language: Annotated[
-        int,
-        typer.Option(help="Fit on at most this many documents per language (0: all).", min=0),
-    ] = 2000,
-    segment: Annotated[
-        str, typer.Option(help="cjk: cut Chinese/Japanese/Thai into character bigrams; none.")
-    ] = "cjk",
-    max_features: Annotated[int, typer.Option(help="TF-IDF vocabulary size.", min=2)] = 500_000,
-    components: Annotated[int, typer.Option(help="SVD dimensions.", min=1)] = 100,
-    batch_size: Annotated[int, typer.Option(help="Documents per k-means batch.", min=1)] = 4096,
-    solver: Annotated[
-        str, typer.Option(help="Balanced assignment: auto, auction or lsa (exact, small batches).")
-    ] = "auto",
-    assignment: Annotated[
-        str,
-        typer.Option(
-            help="How documents go to experts: balanced (nearest centroid after per-expert "
-            "offsets that split the training documents equally) or nearest (the reference's "
-            "plain nearest centroid)."
-        ),
-    ] = "balanced",
-    seed: Annotated[int, typer.Option(help="Random seed (sampling, SVD, k-means).")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
+class TfidfClusterer(Clusterer):
     """Cluster documents into k equal-size groups by TF-IDF (c-BTM balanced k-means).
 
     Writes an allocation directory (allocation.json + arrays.safetensors, no pickles) that
     assigns any text to an expert: by default the nearest centroid after per-expert offsets
     that split the training documents into equal groups (--assignment balanced); the
-    reference's plain nearest centroid with --assignment nearest. The sizes printed are those
-    the saved allocation gives the training documents.
+    reference's plain nearest centroid with --assignment nearest. --langs keeps only documents
+    in those languages. The sizes in the JSON summary are those the saved allocation gives the
+    training documents.
 
     Example: xelm cluster tfidf ../shared/data/corpus/train --langs ar,en,ru,zh -k 4 -o alloc/
     """
-    _check_choice(segment, SEGMENTERS, "--segment")
-    _check_choice(solver, SOLVERS, "--solver")
-    _check_choice(assignment, ASSIGNMENTS, "--assignment")
-    if out.exists() and not force:
-        raise UsageError(f"output {out} already exists; choose another path or pass --force")
-    documents = iter_documents(corpus)
-    if langs:
-        wanted = set(parse_language_list(langs))
-        documents = (d for d in documents if d.language in wanted)
-    result = fit(
-        documents,
-        kmeans=KMeansSettings(k=k, batch_size=batch_size, seed=seed, solver=solver),
-        tfidf=TfidfSettings(max_features=max_features, n_components=components, seed=seed),
-        segment=segment,
-        max_per_language=max_docs_per_language or None,
-        assignment=assignment,
-    )
-    allocation = save_model(
-        out, result.model, shares=result.shares, training=result.training, overwrite=force
-    )
-    summary = {
-        "path": str(allocation.path),
-        "k": allocation.k,
-        "experts": allocation.experts,
-        "documents": result.training["documents"],
-        "assignment": assignment,
-        "cluster_sizes": result.training["cluster_sizes"],
-        "seconds": result.training["seconds"],
-    }
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
-        return
-    console = Console(soft_wrap=True)
-    console.print(
-        f"wrote [bold]{allocation.path}[/]: k={allocation.k}, {summary['documents']} documents "
-        f"in {summary['seconds']} s"
-    )
-    for index, languages in enumerate(allocation.experts):
-        size = summary["cluster_sizes"][index]
-        console.print(f"  expert {index}: {size} documents; languages {','.join(languages)}")
-
-
-class TfidfClusterer(Clusterer):
-    """Balanced TF-IDF k-means over documents (c-BTM); assigns any text to an expert."""
 
     name = "tfidf"
+    default_k = 4
+
+    @dataclass(frozen=True)
+    class Options:
+        max_docs_per_language: int = option(
+            2000, help="Fit on at most this many documents per language (0: all).", minimum=0
+        )
+        segment: str = option(
+            "cjk",
+            help="cjk: cut Chinese/Japanese/Thai into character bigrams; none.",
+            choices=SEGMENTERS,
+        )
+        max_features: int = option(500_000, help="TF-IDF vocabulary size.", minimum=2)
+        components: int = option(100, help="SVD dimensions.", minimum=1)
+        batch_size: int = option(4096, help="Documents per k-means batch.", minimum=1)
+        solver: str = option(
+            "auto",
+            help="Balanced assignment: auto, auction or lsa (exact, small batches).",
+            choices=SOLVERS,
+        )
+        assignment: str = option(
+            "balanced",
+            help="How documents go to experts: balanced (nearest centroid after per-expert "
+            "offsets that split the training documents equally) or nearest (the reference's "
+            "plain nearest centroid).",
+            choices=ASSIGNMENTS,
+        )
+
+    def fit(self, request: ClusterRequest) -> Allocation:
+        options = self.options_of(request)
+        if request.data is None:
+            raise UsageError(
+                "the tfidf clusterer fits on documents: give a corpus (DATA, data= from "
+                "Python), e.g. xelm cluster tfidf ../shared/data/corpus/train -k 4 -o alloc/"
+            )
+        if request.output.exists() and not request.force:
+            raise UsageError(
+                f"output {request.output} already exists; choose another path or pass --force"
+            )
+        documents = iter_documents(request.data, languages=request.languages or None)
+        if request.languages:
+            wanted = set(request.languages)
+            documents = (d for d in documents if d.language in wanted)
+        result = fit_documents(
+            documents,
+            kmeans=KMeansSettings(
+                k=request.k,
+                batch_size=options.batch_size,
+                seed=request.seed,
+                solver=options.solver,
+            ),
+            tfidf=TfidfSettings(
+                max_features=options.max_features,
+                n_components=options.components,
+                seed=request.seed,
+            ),
+            segment=options.segment,
+            max_per_language=options.max_docs_per_language or None,
+            assignment=options.assignment,
+        )
+        return save_model(
+            request.output,
+            result.model,
+            shares=result.shares,
+            training=result.training,
+            overwrite=request.force,
+        )
 
     @classmethod
-    def command(cls) -> Callable[..., None]:
-        return cluster_tfidf
+    def summary(cls, allocation: Allocation) -> dict[str, Any]:
+        training = allocation.raw.get(STATE_MEMBER, {}).get("training", {})
+        return {
+            key: training[key]
+            for key in ("documents", "assignment", "cluster_sizes", "seconds")
+            if key in training
+        }
 
     @classmethod
     def assigner(cls, allocation: Allocation) -> TfidfModel:

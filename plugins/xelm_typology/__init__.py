@@ -12,29 +12,25 @@ Registered like a third party's plugin; it imports nothing from xelm but ``xelm_
 """
 
 import itertools
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-import typer
 from numpy.typing import NDArray
-from rich.console import Console
-from rich.table import Table
 
 from xelm_cli.api import (
     Allocation,
     Assigner,
     Clusterer,
+    ClusterRequest,
     Document,
     Register,
     UsageError,
     distance_matrix,
     feature_set_name,
     hookimpl,
-    parse_language_list,
+    option,
     uriel_code,
     write_allocation,
 )
@@ -143,76 +139,6 @@ def allocation_members(
     return tree, members
 
 
-def _print_result(allocation: Allocation, as_json: bool) -> None:
-    if as_json:
-        summary = {
-            "path": str(allocation.path),
-            "clusterer": allocation.clusterer,
-            "k": allocation.k,
-            "digest": allocation.digest,
-            "experts": allocation.experts,
-        }
-        typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
-        return
-    table = Table("expert", "languages")
-    for index, langs in enumerate(allocation.experts):
-        table.add_row(str(index), ", ".join(langs))
-    console = Console(soft_wrap=True)
-    console.print(table)
-    console.print(
-        f"wrote {allocation.path}: {allocation.k} typology experts", markup=False, highlight=False
-    )
-
-
-def cluster_typology(
-    langs: Annotated[
-        str, typer.Option("--langs", help="Comma-separated language codes, e.g. ar,bg,de,en.")
-    ],
-    k: Annotated[int, typer.Option("-k", help="Number of experts: a power of two.")],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Allocation file to write (must not exist).")
-    ],
-    features: Annotated[
-        str,
-        typer.Option(
-            "--features",
-            help="lang2vec feature set, e.g. syntax_average (default), syntax_knn, "
-            "phonology_average, fam; aliases syntax, phonology, inventory, family.",
-        ),
-    ] = DEFAULT_FEATURES,
-    minimal: Annotated[
-        bool,
-        typer.Option(
-            "--minimal/--no-minimal", help="Drop features that do not vary across --langs."
-        ),
-    ] = True,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-) -> None:
-    """Group languages into k experts by typological distance (URIEL, single linkage).
-
-    Each round merges the closest pairs of clusters, halving their number, so the groups form
-    a balanced tree; the allocation records the tree, every level and the distances. Experts
-    are numbered in the order their groups were formed (closest first).
-
-    Example: xelm cluster typology --langs ar,bg,de,el,en,es,fr,hi -k 4 -o alloc.json
-    """
-    languages = parse_language_list(langs)
-    _check_k(k, len(languages))
-    canonical = feature_set_name(features)
-    tree, members = allocation_members(languages, canonical, minimal)
-    experts = tree.groups(k)
-    allocation = write_allocation(
-        output,
-        clusterer=NAME,
-        experts=experts,
-        members=members,
-        language_shares=None,
-        overwrite=force,
-    )
-    _print_result(allocation, as_json)
-
-
 class LanguageAssigner(Assigner):
     """Sends each document to the expert whose languages contain its language label."""
 
@@ -235,13 +161,46 @@ class LanguageAssigner(Assigner):
 
 
 class TypologyClusterer(Clusterer):
-    """Languages -> experts by URIEL typological distance (balanced single-linkage tree)."""
+    """Group languages into k experts by typological distance (URIEL, single linkage).
+
+    Each round merges the closest pairs of clusters, halving their number, so the groups form
+    a balanced tree; the allocation records the tree, every level and the distances. Experts
+    are numbered in the order their groups were formed (closest first). Needs --langs; no
+    corpus.
+
+    Example: xelm cluster typology --langs ar,bg,de,el,en,es,fr,hi -k 4 -o alloc.json
+    """
 
     name = NAME
 
-    @classmethod
-    def command(cls) -> Callable[..., None]:
-        return cluster_typology
+    @dataclass(frozen=True)
+    class Options:
+        features: str = option(
+            DEFAULT_FEATURES,
+            help="lang2vec feature set, e.g. syntax_average, syntax_knn, phonology_average, "
+            "fam; aliases syntax, phonology, inventory, family.",
+        )
+        minimal: bool = option(True, help="Drop features that do not vary across --langs.")
+
+    def fit(self, request: ClusterRequest) -> Allocation:
+        options = self.options_of(request)
+        languages = list(request.languages)
+        if not languages:
+            raise UsageError(
+                "the typology clusterer needs the languages to group: pass --langs "
+                "(languages= from Python), e.g. --langs ar,bg,de,en"
+            )
+        _check_k(request.k, len(languages))
+        canonical = feature_set_name(options.features)
+        tree, members = allocation_members(languages, canonical, options.minimal)
+        return write_allocation(
+            request.output,
+            clusterer=NAME,
+            experts=tree.groups(request.k),
+            members=members,
+            language_shares=None,
+            overwrite=request.force,
+        )
 
     @classmethod
     def assigner(cls, allocation: Allocation) -> Assigner:

@@ -1,5 +1,7 @@
 """``xelm cluster``: one command per registered clusterer, plus ``show``."""
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,10 +11,13 @@ from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.cluster.fitting import cluster_request, fit
 from xelm_cli.common.atomic import atomic_file
-from xelm_cli.common.cli_options import JsonOpt, print_json
-from xelm_cli.common.errors import FormatError
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import given, parse_pairs, typer_parameters, with_parameters
 
 app = typer.Typer(
     help="Allocate languages or documents to experts. Each clusterer plugin adds a command.\n\n"
@@ -21,13 +26,115 @@ app = typer.Typer(
 )
 _added: set[str] = set()
 
+# the request's own flags: a declared option of the same name is reachable via --cluster-arg only
+REQUEST_PARAMETERS = ("data", "langs", "k", "output", "seed", "force", "cluster_arg", "as_json")
+
 
 def add_clusterer_commands() -> None:
-    """Add ``xelm cluster NAME`` for every registered clusterer (once per name)."""
+    """Add ``xelm cluster NAME`` for every registered clusterer (once per name): its own
+    ``command()`` when it provides one (plugin API 1.0), else the command built from ``fit``."""
     for name, registration in get_registry().clusterers.items():
-        if name not in _added and name != "show":
-            app.command(name, help=None)(registration.obj.command())
-            _added.add(name)
+        if name in _added or name == "show":
+            continue
+        clusterer = registration.obj
+        own = clusterer.command()
+        if own is not None:
+            app.command(name, help=None)(own)
+        else:
+            app.command(name, help=_help(clusterer))(fit_command(name, clusterer))
+        _added.add(name)
+
+
+def _help(clusterer: type[Clusterer]) -> str:
+    text = inspect.getdoc(clusterer) or f"Fit the {clusterer.name} clusterer."
+    if "Example:" not in text:
+        text += f"\n\nExample: xelm cluster {clusterer.name} CORPUS -k 4 -o alloc/"
+    return text
+
+
+def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
+    """``xelm cluster NAME``: the request's flags, one flag per declared option and
+    ``--cluster-arg KEY=VALUE``; fits, then prints the allocation like ``xelm cluster show``."""
+
+    def command(
+        data: Annotated[
+            str | None,
+            typer.Argument(
+                metavar="DATA",
+                help="Corpus (.jsonl[.zst]/.txt files or a directory) or a Hub dataset id; "
+                "clusterers of languages (typology) need none.",
+                show_default=False,
+            ),
+        ] = None,
+        langs: Annotated[
+            str | None,
+            typer.Option(
+                "--langs",
+                help="Comma-separated language codes, e.g. ar,bg,de,en: the languages to "
+                "allocate (default: every language in DATA).",
+            ),
+        ] = None,
+        k: Annotated[
+            int | None,
+            typer.Option(
+                "-k",
+                help="Number of experts"
+                + (f". \\[default: {clusterer.default_k}]" if clusterer.default_k else "."),
+                show_default=False,
+            ),
+        ] = None,
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Allocation to write (must not exist).")
+        ] = ...,  # type: ignore[assignment]
+        seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+        force: ForceOpt = False,
+        cluster_arg: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--cluster-arg",
+                help="Clusterer option KEY=VALUE (repeatable); the same options as the flags.",
+            ),
+        ] = None,
+        as_json: JsonOpt = False,
+        **flags: Any,
+    ) -> None:
+        if k is None:
+            if clusterer.default_k is None:
+                raise UsageError(f"xelm cluster {name} needs -k N, the number of experts")
+            k = clusterer.default_k
+        options = {
+            **parse_pairs(cluster_arg or [], "--cluster-arg"),
+            **given(flags, clusterer),
+        }
+        request = cluster_request(
+            clusterer,
+            k=k,
+            output=output,
+            languages=langs or (),
+            data=data,
+            seed=seed,
+            force=force,
+            options=options,
+        )
+        allocation = fit(clusterer, request)
+        if as_json:
+            print_json(fit_summary(clusterer, allocation))
+            return
+        console = Console(soft_wrap=True)
+        _print_tables(allocation, console)
+        console.print(
+            f"wrote {allocation.path}: {allocation.k} {name} experts", markup=False, highlight=False
+        )
+
+    command.__name__ = f"cluster_{name.replace('-', '_')}"
+    extra = typer_parameters(clusterer, skip=REQUEST_PARAMETERS)
+    return with_parameters(command, extra)
+
+
+def fit_summary(clusterer: type[Clusterer], allocation: Allocation) -> dict[str, Any]:
+    """What ``xelm cluster NAME --json`` prints: ``xelm cluster show``'s summary, the digest,
+    and the clusterer's own members (``Clusterer.summary``)."""
+    return {**_summary(allocation), "digest": allocation.digest, **clusterer.summary(allocation)}
 
 
 def allocation_matrix(allocation: Allocation) -> tuple[list[str], np.ndarray, bool]:

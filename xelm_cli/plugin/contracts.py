@@ -174,22 +174,66 @@ class Assigner(ABC):
         """The expert index of each document, shape (len(documents),)."""
 
 
+@dataclass(frozen=True)
+class ClusterRequest:
+    """Everything a clusterer needs to write one allocation (see ``Clusterer.fit``).
+
+    ``languages``: the languages to allocate, normalised codes (empty: every language in
+    ``data``); ``data``: a corpus (files or a directory, spec/corpus) or a Hugging Face dataset
+    id, None for clusterers that need no text (typology); ``options``: an instance of the
+    clusterer's declared ``Options`` with its defaults filled in (None reads as the defaults,
+    see ``Clusterer.options_of``), built by xelm from ``--cluster-arg KEY=VALUE``, the derived
+    flags or a Python call's keyword arguments, already checked against the declaration.
+    """
+
+    output: Path
+    k: int
+    languages: tuple[str, ...] = ()
+    data: str | None = None
+    seed: int = 0
+    force: bool = False
+    options: Any = None
+
+
 class Clusterer(ABC):
     """A way to allocate languages or documents to experts (registered by ``register_clusterers``).
 
-    A clusterer contributes the command ``xelm cluster NAME`` (which fits it and writes an
-    allocation with :func:`write_allocation`) and rebuilds an :class:`Assigner` from an
-    allocation it wrote, so trainers and routers can send any document to its expert.
+    ``fit(request)`` fits the clusterer and writes the allocation atomically at
+    ``request.output`` (with :func:`write_allocation`); ``assigner(allocation)`` rebuilds an
+    :class:`Assigner` from an allocation it wrote, so trainers and routers can send any
+    document to its expert. ``xelm cluster NAME`` is built from the request's flags and the
+    declared ``Options``; the class docstring is its help (include an ``Example:`` line).
+    ``default_k`` is the ``-k`` of the command when the user gives none (None: ``-k`` required).
+    A clusterer written against plugin API 1.0 may still provide ``command()`` instead.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
+    default_k: ClassVar[int | None] = None
+
+    def fit(self, request: ClusterRequest) -> Allocation:
+        """Fit on ``request`` and write the allocation at ``request.output`` (atomically,
+        replacing an existing one only with ``request.force``); return it as read back.
+        Bad input raises a one-line :class:`UsageError` before anything is written."""
+        raise PluginError(
+            f"clusterer {self.name!r} has no fit(); it can only run as `xelm cluster {self.name}`"
+        )
+
+    def options_of(self, request: ClusterRequest) -> Any:
+        """``request.options``, or the declared defaults when it is None."""
+        return self.Options() if request.options is None else request.options
 
     @classmethod
-    @abstractmethod
-    def command(cls) -> Callable[..., None]:
-        """The function behind ``xelm cluster NAME``: Typer-annotated parameters and a
-        docstring whose text includes an ``Example:`` line."""
+    def command(cls) -> Callable[..., None] | None:
+        """Optional (plugin API 1.0): a Typer function that replaces the generic
+        ``xelm cluster NAME``; None (the default) builds that command from ``fit``."""
+        return None
+
+    @classmethod
+    def summary(cls, allocation: Allocation) -> dict[str, Any]:
+        """Extra members of the JSON summary ``xelm cluster NAME --json`` prints after a fit
+        (e.g. documents per expert); none by default."""
+        return {}
 
     @classmethod
     @abstractmethod

@@ -1,0 +1,106 @@
+"""``cluster(...)``: fit a registered clusterer from Python and write its allocation.
+
+The same path as ``xelm cluster NAME``: options are checked against the clusterer's declared
+``Options`` (spec/plugin-api.md section 5.1), the request is built, ``fit`` writes the
+allocation atomically and the allocation read back is returned.
+"""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.cluster.allocation import Allocation, recording_provenance
+from xelm_cli.common.errors import PluginError, UsageError
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.plugin.contracts import Clusterer, ClusterRequest
+from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import options_class, parse_options
+
+
+def cluster(
+    name: str,
+    *,
+    k: int,
+    output: str | Path,
+    languages: Sequence[str] | str = (),
+    data: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    **options: Any,
+) -> Allocation:
+    """Fit clusterer ``name`` and write the allocation at ``output``; return it.
+
+    ``languages``: codes (or one comma-separated text) to allocate, empty for every language in
+    ``data``; ``data``: a corpus path or a Hub dataset id (None for clusterers that need no text,
+    such as ``typology``); ``options``: the clusterer's declared options by name, as Python
+    values or as text (``"2000"``), checked like ``--cluster-arg``. Bad input is a one-line
+    :class:`UsageError` and nothing is written.
+
+    Example: ``cluster("typology", k=4, output="alloc.json", languages="ar,bg,de,el,en,es,fr,hi")``
+    """
+    clusterer = get_registry().get("clusterer", name).obj
+    request = cluster_request(
+        clusterer,
+        k=k,
+        output=output,
+        languages=languages,
+        data=data,
+        seed=seed,
+        force=force,
+        options=options,
+    )
+    return fit(clusterer, request)
+
+
+def cluster_request(
+    clusterer: type[Clusterer],
+    *,
+    k: int,
+    output: str | Path,
+    languages: Sequence[str] | str = (),
+    data: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+    via: str = "--cluster-arg",
+) -> ClusterRequest:
+    """The checked request for ``clusterer``: codes normalised, options built from the
+    declaration (text or Python values), the output refused when it exists without ``force``."""
+    label = f"clusterer {clusterer.name!r}"
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError(f"-k must be a whole number of experts, at least 1, not {k!r}")
+    if isinstance(languages, str):
+        codes = tuple(parse_language_list(languages)) if languages.strip() else ()
+    else:
+        codes = tuple(dict.fromkeys(normalize_language(str(code)) for code in languages))
+    output = Path(output)
+    if output.exists() and not force:
+        raise UsageError(f"output {output} already exists; choose another path or pass --force")
+    values = dict(options or {})
+    declaration = options_class(clusterer)
+    if declaration is not None:
+        built: Any = declaration(**parse_options(clusterer, values, label=label, via=via))
+    else:  # a constructor-declared clusterer: its options as checked keyword values
+        built = parse_options(clusterer, values, label=label, via=via)
+    return ClusterRequest(
+        output=output,
+        k=k,
+        languages=codes,
+        data=None if data is None else str(data),
+        seed=seed,
+        force=force,
+        options=built,
+    )
+
+
+def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:
+    """Run ``clusterer``'s fit on ``request``; the allocation it wrote (recording the
+    clusterer's provenance: name, plugin, distribution, version), checked."""
+    with recording_provenance(get_registry().provenance_of("clusterer", clusterer)):
+        allocation = clusterer().fit(request)
+    if not isinstance(allocation, Allocation):
+        raise PluginError(
+            f"clusterer {clusterer.name!r} fit() returned {type(allocation).__name__}, not the "
+            "Allocation it wrote (return write_allocation(...))"
+        )
+    return allocation
