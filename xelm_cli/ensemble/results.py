@@ -8,6 +8,7 @@ already computed with it.
 import csv
 import dataclasses
 import io
+import json
 import math
 import platform
 import time
@@ -21,6 +22,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import Kind, get_registry
+from xelm_cli.plugin.options import NoOptions, parse_options
 
 RESULTS_FORMAT = "xelm-results"
 FORMATS = ("table", "json", "csv")
@@ -34,9 +36,32 @@ class System:
 
 
 def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
+    """Evaluator ``name`` built from ``request``; its ``options`` (``--eval-arg`` text or
+    Python values) first checked and converted by the evaluator's declared ``Options``."""
     registration = get_registry().get("evaluator", name)
-    evaluator: Evaluator = registration.obj(request)
+    options = evaluator_options(registration.obj, name, request.options)
+    evaluator: Evaluator = registration.obj(dataclasses.replace(request, options=options))
     return evaluator
+
+
+def evaluator_options(evaluator: Any, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` converted by ``evaluator``'s ``Options`` (spec/plugin-api.md 5.1), JSON-ready
+    as results record them (paths as text); an evaluator of plugin API 1.0 (no ``Options``)
+    gets text values as JSON where they parse."""
+    if getattr(evaluator, "Options", NoOptions) is NoOptions:
+        return {key: _json_or_text(value) for key, value in values.items()}
+    parsed = parse_options(evaluator, values, label=f"evaluator {name!r}", via="--eval-arg")
+    recorded: dict[str, Any] = json.loads(json.dumps(parsed, default=str))
+    return recorded
+
+
+def _json_or_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def systems_for(
