@@ -15,6 +15,8 @@ from typing import Any
 
 from xelm_cli.bundle.branching import branch, hmr_branch
 from xelm_cli.bundle.store import Bundle
+from xelm_cli.cluster.allocation import read_allocation
+from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
@@ -211,18 +213,15 @@ class Demo:
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
 
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
-        from xelm_cli.cli import run
-        from xelm_cli.cluster.allocation import read_allocation
-
         root = self.out / f"typology-k{k}"
         allocation = root / "allocation.json"
-        if not allocation.is_file():
+        if allocation.is_file():
+            alloc = read_allocation(allocation)
+        else:
             root.mkdir(parents=True, exist_ok=True)
-            code = run(["cluster", "typology", "--langs", ",".join(TRAIN_LANGUAGES),
-                        "-k", str(k), "-o", str(allocation), "--force"])  # fmt: skip
-            if code:
-                raise UsageError(f"xelm cluster typology failed for k={k}")
-        alloc = read_allocation(allocation)
+            alloc = cluster(
+                "typology", k=k, output=allocation, languages=TRAIN_LANGUAGES, force=True
+            )
         paths = []
         for expert, languages in enumerate(alloc.experts):
             start = root / f"branch-{expert}"
@@ -236,20 +235,23 @@ class Demo:
     def tfidf_experts(self, seed: Path, corpus: Path, tokenizer: Path) -> dict[str, Any]:
         """c-BTM's clusters: fit TF-IDF k-means on sample documents, assign every training
         document, and train expert i on its cluster's documents only."""
-        from xelm_cli.cli import run
-        from xelm_cli.cluster.allocation import read_allocation
         from xelm_cli.data.prepare import prepare
 
         k = self.preset.tfidf_k
         root = self.out / f"tfidf-k{k}"
         allocation = root / "allocation"
-        if not allocation.exists():
-            code = run(["cluster", "tfidf", str(corpus), "--langs", ",".join(TRAIN_LANGUAGES),
-                        "--max-docs-per-language", str(self.preset.tfidf_documents),
-                        "-k", str(k), "-o", str(allocation), "--force"])  # fmt: skip
-            if code:
-                raise UsageError("xelm cluster tfidf failed")
-        alloc = read_allocation(allocation)
+        if allocation.exists():
+            alloc = read_allocation(allocation)
+        else:
+            alloc = cluster(
+                "tfidf",
+                k=k,
+                output=allocation,
+                languages=TRAIN_LANGUAGES,
+                data=corpus,
+                force=True,
+                max_docs_per_language=self.preset.tfidf_documents,
+            )
         assigner = get_registry().get("clusterer", "tfidf").obj.assigner(alloc)
         documents = [
             d
