@@ -110,7 +110,11 @@ def test_hub_evaluation_errors_are_one_line() -> None:
         PerplexityEvaluator(
             EvalRequest(data="Davlan/sib200", languages=("en",), options={"split": "dev"})
         )
-    with pytest.raises(UsageError, match="takes --eval-arg config, split, text_column"):
+    with pytest.raises(
+        UsageError,
+        match=r"evaluator 'perplexity' has no option 'colour' \(its options: config, split, "
+        r"text_column\)",
+    ):
         PerplexityEvaluator(
             EvalRequest(data="Davlan/sib200", languages=("en",), options={"colour": "red"})
         )

@@ -222,10 +222,17 @@ def test_loglikelihood_and_rolling_tasks(model: EnsembleModel, task_dir: Path) -
     ("request_args", "message"),
     [
         ({}, "needs --task"),
-        ({"task": TASK, "options": {"model": "x"}}, "has no option model"),
+        ({"task": TASK, "options": {"model": "x"}}, "evaluator 'lm-eval' has no option 'model'"),
         ({"task": TASK, "runs": 3}, "runs each task once"),
         ({"task": TASK, "languages": ("en", "tr")}, "one language"),
-        ({"task": TASK, "options": {"bootstrap_iters": "many"}}, "bootstrap_iters"),
+        (
+            {"task": TASK, "options": {"bootstrap_iters": "many"}},
+            "option 'bootstrap_iters' expects int, not 'many'",
+        ),
+        (
+            {"task": TASK, "options": {"bootstrap_iters": -1}},
+            "option 'bootstrap_iters' must be at least 0, not -1",
+        ),
         ({"task": TASK, "options": {"include_path": "/nonexistent"}}, "not a directory"),
     ],
 )

@@ -93,7 +93,7 @@ def _route(router: TfidfRouter, documents, experts) -> np.ndarray:
 
 @pytest.mark.parametrize(("distance", "power"), [("squared", 1), ("squared-twice", 2)])
 def test_weights_are_the_softmax_of_the_distances(allocation, model, held_out, distance, power):
-    router = TfidfRouter(str(allocation.path), temperature=0.1, distance=distance)
+    router = TfidfRouter(allocation=str(allocation.path), temperature=0.1, distance=distance)
     weights = _route(router, held_out, _experts(allocation, range(K)))
     distances = model.distances([d.text for d in held_out])
     np.testing.assert_allclose(weights, _softmax(-(distances**power) / 0.1), rtol=1e-9, atol=1e-15)
@@ -104,7 +104,7 @@ def test_weights_are_the_softmax_of_the_distances(allocation, model, held_out, d
 
 def test_top_1_is_the_nearest_centroid(allocation, model, held_out):
     experts = _experts(allocation, range(K))
-    weights = _route(TfidfRouter(allocation.path, top_k=1), held_out, experts)
+    weights = _route(TfidfRouter(allocation=allocation.path, top_k=1), held_out, experts)
     assert set(np.unique(weights)) == {0.0, 1.0}
     texts = [d.text for d in held_out]
     np.testing.assert_array_equal(weights.argmax(axis=1), model.distances(texts).argmin(axis=1))
@@ -114,8 +114,8 @@ def test_top_1_is_the_nearest_centroid(allocation, model, held_out):
 
 def test_top_2_keeps_two_weights_renormalised(allocation, model, held_out):
     experts = _experts(allocation, range(K))
-    soft = _route(TfidfRouter(allocation.path), held_out, experts)
-    weights = _route(TfidfRouter(allocation.path, top_k=2), held_out, experts)
+    soft = _route(TfidfRouter(allocation=allocation.path), held_out, experts)
+    weights = _route(TfidfRouter(allocation=allocation.path, top_k=2), held_out, experts)
     assert ((weights > 0).sum(axis=1) == 2).all()
     best = np.argsort(-soft, axis=1)[:, :2]
     rows = np.arange(len(held_out))[:, None]
@@ -124,7 +124,7 @@ def test_top_2_keeps_two_weights_renormalised(allocation, model, held_out):
 
 
 def test_small_temperature_is_one_hot(allocation, model, held_out):
-    router = TfidfRouter(allocation.path, temperature=1e-6)
+    router = TfidfRouter(allocation=allocation.path, temperature=1e-6)
     weights = _route(router, held_out, _experts(allocation, range(K)))
     nearest = model.distances([d.text for d in held_out]).argmin(axis=1)
     np.testing.assert_allclose(weights, np.eye(K)[nearest], atol=1e-12)
@@ -132,7 +132,7 @@ def test_small_temperature_is_one_hot(allocation, model, held_out):
 
 @pytest.mark.parametrize("top_k", [None, 1])
 def test_text_without_known_terms_gets_equal_weights(allocation, model, top_k):
-    router = TfidfRouter(allocation.path, stride=16, top_k=top_k)
+    router = TfidfRouter(allocation=allocation.path, stride=16, top_k=top_k)
     assert router.stride == 16
     texts = ["", "   ", "qqqqzzzz xxyyxx"]
     # The zero embedding is not equally far from the centroids, so this is handled explicitly.
@@ -146,7 +146,7 @@ def test_prefixes_as_the_runner_routes_them(allocation, model, held_out):
     prefix first, then longer ones; every row is valid and the whole text routes as itself."""
     text = held_out[0].text
     prefixes = [Document(text[:end]) for end in (0, 1, len(text) // 2, len(text))]
-    router = TfidfRouter(allocation.path, stride=8)
+    router = TfidfRouter(allocation=allocation.path, stride=8)
     weights = _route(router, prefixes, _experts(allocation, range(K)))
     np.testing.assert_allclose(weights[0], 0.25)
     whole = _route(router, [held_out[0]], _experts(allocation, range(K)))
@@ -154,10 +154,11 @@ def test_prefixes_as_the_runner_routes_them(allocation, model, held_out):
 
 
 def test_built_from_command_line_options(allocation, held_out):
-    from xelm_cli.ensemble.runner import build_router, parse_options
+    from xelm_cli.ensemble.runner import build_router
+    from xelm_cli.plugin.options import parse_pairs
 
     pairs = [f"allocation={allocation.path}", "top_k=2", "temperature=0.5"]
-    router = build_router("tfidf", parse_options([*pairs, "experts_in_order=true"], "router"))
+    router = build_router("tfidf", parse_pairs([*pairs, "experts_in_order=true"], "--router-arg"))
     assert isinstance(router, TfidfRouter)
     assert (router.top_k, router.temperature, router.experts_in_order) == (2, 0.5, True)
     anonymous = [ExpertInfo(f"id-{i}", f"e{i}", ("en",)) for i in range(K)]
@@ -165,7 +166,7 @@ def test_built_from_command_line_options(allocation, held_out):
 
 
 def test_experts_are_mapped_by_their_allocation_reference(allocation, held_out):
-    router = TfidfRouter(allocation.path)
+    router = TfidfRouter(allocation=allocation.path)
     ordered = _route(router, held_out, _experts(allocation, range(K)))
     permutation = [2, 0, 3, 1]
     permuted = _route(router, held_out, _experts(allocation, permutation))
@@ -173,7 +174,7 @@ def test_experts_are_mapped_by_their_allocation_reference(allocation, held_out):
 
 
 def test_experts_of_one_cluster_share_and_missing_clusters_are_dropped(allocation, held_out):
-    router = TfidfRouter(allocation.path)
+    router = TfidfRouter(allocation=allocation.path)
     full = _route(router, held_out, _experts(allocation, range(K)))
     weights = _route(router, held_out, _experts(allocation, [1, 3, 1]))
     expected = full[:, [1, 3]] / full[:, [1, 3]].sum(axis=1, keepdims=True)
@@ -183,7 +184,7 @@ def test_experts_of_one_cluster_share_and_missing_clusters_are_dropped(allocatio
 
 
 def test_expert_without_a_reference_is_refused(allocation, held_out):
-    router = TfidfRouter(allocation.path)
+    router = TfidfRouter(allocation=allocation.path)
     experts = _experts(allocation, range(K))
     experts[2] = ExpertInfo("id-x", "stranger", ("en",), allocation=None)
     with pytest.raises(UsageError) as error:
@@ -198,35 +199,60 @@ def test_expert_without_a_reference_is_refused(allocation, held_out):
 
 def test_experts_in_order(allocation, held_out):
     anonymous = [ExpertInfo(f"id-{i}", f"e{i}", ("en",)) for i in range(K)]
-    router = TfidfRouter(allocation.path, experts_in_order=True)
-    reference = _route(TfidfRouter(allocation.path), held_out, _experts(allocation, range(K)))
+    router = TfidfRouter(allocation=allocation.path, experts_in_order=True)
+    reference = _route(
+        TfidfRouter(allocation=allocation.path), held_out, _experts(allocation, range(K))
+    )
     np.testing.assert_allclose(_route(router, held_out, anonymous), reference)
     with pytest.raises(UsageError, match="ensemble has 3"):
         router.route(held_out, anonymous[:3])
 
 
 def test_allocation_json_path_and_no_documents(allocation):
-    router = TfidfRouter(str(allocation.path / "allocation.json"))
+    router = TfidfRouter(allocation=str(allocation.path / "allocation.json"))
     assert router.route([], _experts(allocation, range(K))).shape == (0, K)
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"distance": "cosine"}, "distance must be one of squared, squared-twice"),
-        ({"temperature": 0}, "temperature must be positive"),
-        ({"temperature": -1.0}, "temperature must be positive"),
-        ({"temperature": float("inf")}, "temperature must be positive"),
-        ({"temperature": "hot"}, "temperature must be a number"),
-        ({"top_k": 0}, "top_k must be a positive integer"),
-        ({"top_k": 1.5}, "top_k must be a positive integer"),
-        ({"stride": 0}, "stride must be a positive integer"),
-        ({"experts_in_order": "yes"}, "experts_in_order must be true or false"),
+        (
+            {"distance": "cosine"},
+            "router 'tfidf': option 'distance' must be one of squared, squared-twice, not 'cosine'",
+        ),
+        ({"temperature": 0}, "tfidf router temperature must be positive and finite, got 0.0"),
+        ({"temperature": -1.0}, "tfidf router temperature must be positive and finite, got -1.0"),
+        (
+            {"temperature": float("inf")},
+            "tfidf router temperature must be positive and finite, got inf",
+        ),
+        ({"temperature": "hot"}, "router 'tfidf': option 'temperature' expects float, not 'hot'"),
+        ({"top_k": 0}, "router 'tfidf': option 'top_k' must be at least 1, not 0"),
+        ({"top_k": 1.5}, "router 'tfidf': option 'top_k' expects int or none, not '1.5'"),
+        ({"stride": 0}, "router 'tfidf': option 'stride' must be at least 1, not 0"),
+        ({"experts_in_order": "maybe"}, "router 'tfidf': option 'experts_in_order' expects bool"),
+        ({"experts_in_order": 1}, "router 'tfidf': option 'experts_in_order' expects bool"),
+        (
+            {"colour": "red"},
+            "router 'tfidf' has no option 'colour' (its options: allocation, temperature, "
+            "top_k, stride, distance, experts_in_order)",
+        ),
     ],
 )
 def test_bad_options_are_refused(allocation, options, message):
-    with pytest.raises(UsageError, match=message):
-        TfidfRouter(allocation.path, **options)
+    with pytest.raises(UsageError) as caught:
+        TfidfRouter(allocation=allocation.path, **options)
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
+def test_allocation_is_required(allocation):
+    with pytest.raises(UsageError) as caught:
+        TfidfRouter(temperature=0.5)
+    assert str(caught.value).startswith(
+        "router 'tfidf' needs option 'allocation' (The TF-IDF allocation"
+    )
+    assert str(caught.value).endswith("pass --router-arg allocation=VALUE")
 
 
 def test_other_allocations_are_refused(tmp_path: Path, capsys):
@@ -234,10 +260,10 @@ def test_other_allocations_are_refused(tmp_path: Path, capsys):
     assert run(["cluster", "typology", "--langs", "en,tr", "-k", "2", "-o", str(out)]) == 0
     assert read_allocation(out).clusterer == "typology"
     with pytest.raises(UsageError, match="'typology'") as error:
-        TfidfRouter(str(out))
+        TfidfRouter(allocation=str(out))
     assert "\n" not in str(error.value)
     with pytest.raises(UsageError, match="not found"):
-        TfidfRouter(str(tmp_path / "missing"))
+        TfidfRouter(allocation=str(tmp_path / "missing"))
 
 
 def test_registered():

@@ -9,6 +9,7 @@ are scored once.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,6 +21,7 @@ from xelm_cli.api import (
     LanguageModel,
     PluginError,
     UsageError,
+    build_options,
     normalize_language,
 )
 
@@ -43,8 +45,15 @@ class IclEvaluator(Evaluator):
     primary: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
 
+    @dataclass(frozen=True)
+    class Options:
+        """The icl evaluator takes no ``--eval-arg`` options (its settings are the request's)."""
+
     def __init__(self, request: EvalRequest) -> None:
         super().__init__(request)
+        self.options = build_options(
+            type(self), request.options, label=f"evaluator {self.name!r}", via="--eval-arg"
+        )
         if not request.task:
             raise UsageError(
                 f"--task is required for the icl evaluator (tasks: {', '.join(task_names())})"
@@ -58,10 +67,6 @@ class IclEvaluator(Evaluator):
             raise UsageError(f"--seed must be 0 or more (got {request.seed})")
         if request.limit is not None and request.limit < 1:
             raise UsageError(f"--limit must be at least 1 (got {request.limit})")
-        if request.options:
-            raise UsageError(
-                f"the icl evaluator takes no --eval-arg options (got {', '.join(request.options)})"
-            )
         if not request.data:
             raise UsageError(
                 f"the icl evaluator needs --data: the directory holding the {request.task} files"

@@ -3,7 +3,7 @@
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,15 +15,15 @@ from xelm_cli.api import (
     Evaluator,
     LanguageModel,
     UsageError,
+    build_options,
     eval_set_with,
     eval_texts,
     is_hub_dataset,
     known_eval_set,
+    option,
     read_documents,
     usable_eval_set,
 )
-
-HUB_OPTIONS = ("config", "split", "text_column")
 
 
 def perplexity_metrics(nll: float, tokens: int, n_bytes: int, documents: int) -> dict[str, Any]:
@@ -58,24 +58,34 @@ class PerplexityEvaluator(Evaluator):
     primary: ClassVar[str] = "perplexity"
     higher_is_better: ClassVar[bool] = False
 
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        config: str | None = option(
+            None,
+            help="A dataset's configuration of a language: {lang} is xelm's code, {flores} "
+            "the FLORES-style one (arb_Arab).",
+        )
+        split: list[str] | None = option(
+            None, help="The dataset's splits to read, comma-separated (default: the set's own)."
+        )
+        text_column: str | None = option(None, help="The column holding the text.")
+
     def __init__(self, request: EvalRequest) -> None:
         super().__init__(request)
+        self.options = build_options(
+            type(self), request.options, label=f"evaluator {self.name!r}", via="--eval-arg"
+        )
         if not request.data:
             raise UsageError("the perplexity evaluator needs --data (a corpus of held-out text)")
-        unknown = sorted(set(request.options) - set(HUB_OPTIONS))
-        if unknown:
-            raise UsageError(
-                f"the perplexity evaluator takes --eval-arg {', '.join(HUB_OPTIONS)} "
-                f"(got {', '.join(unknown)})"
-            )
+        hub_options = self._hub_options()
         self.source: dict[str, Any] = {}  # what a dataset read from the Hub was
         base = known_eval_set(request.data)
-        if is_hub_dataset(request.data) and (base or request.options):
-            self.documents = self._hub_documents(request, base)
+        if is_hub_dataset(request.data) and (base or hub_options):
+            self.documents = self._hub_documents(request, base, hub_options)
         else:
-            if request.options:
+            if hub_options:
                 raise UsageError(
-                    f"--eval-arg {', '.join(request.options)} applies to a dataset with a "
+                    f"--eval-arg {', '.join(hub_options)} applies to a dataset with a "
                     f"configuration per language; {request.data} is a corpus"
                 )
             self.documents = read_documents(
@@ -89,7 +99,18 @@ class PerplexityEvaluator(Evaluator):
     def languages(self) -> list[str]:
         return list(self._languages)
 
-    def _hub_documents(self, request: EvalRequest, base: EvalSet | None) -> list[Document]:
+    def _hub_options(self) -> dict[str, str]:
+        """The dataset options given, as ``eval_set_with`` reads them."""
+        given = {
+            "config": self.options.config,
+            "split": ",".join(self.options.split) if self.options.split is not None else None,
+            "text_column": self.options.text_column,
+        }
+        return {key: value for key, value in given.items() if value is not None}
+
+    def _hub_documents(
+        self, request: EvalRequest, base: EvalSet | None, options: dict[str, str]
+    ) -> list[Document]:
         data = str(request.data)
         if not request.languages:
             raise UsageError(
@@ -98,7 +119,7 @@ class PerplexityEvaluator(Evaluator):
             )
         if base is None:
             base = EvalSet(data, data, "{lang}", ("test",), "text", "unknown")
-        asked = eval_set_with(replace(base, dataset=data), request.options)
+        asked = eval_set_with(replace(base, dataset=data), options)
         chosen, note = usable_eval_set(asked)
         if note:
             print(f"xelm: note: {note}", file=sys.stderr)

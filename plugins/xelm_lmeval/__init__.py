@@ -20,6 +20,7 @@ plugin loads without it. It imports nothing from xelm but ``xelm_cli.api``.
 import difflib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,15 +30,16 @@ from xelm_cli.api import (
     LanguageModel,
     Register,
     UsageError,
+    build_options,
     hookimpl,
     normalize_language,
+    option,
 )
 
 __all__ = ["LmEvalEvaluator", "require_lm_eval"]
 
 INSTALL_HINT = "the lm-eval evaluator needs lm-evaluation-harness: pip install 'xelm[lm-eval]'"
 MIN_VERSION = "0.4.12"  # TaskManager.load, and simple_evaluate built on it
-OPTIONS = ("include_path", "language", "bootstrap_iters")
 DEFAULT_BOOTSTRAP_ITERS = 100_000
 SCORING_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 GREEDY_METRICS = {"loglikelihood": "acc", "multiple_choice": "exact_match"}
@@ -74,16 +76,26 @@ class LmEvalEvaluator(Evaluator):
     primary: ClassVar[str] = "acc"
     higher_is_better: ClassVar[bool] = True
 
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        include_path: Path | None = option(
+            None, help="A directory of custom lm-eval task YAML files (--data DIR is read too)."
+        )
+        language: str | None = option(
+            None, help="The language a language router is told (--langs with one does the same)."
+        )
+        bootstrap_iters: int = option(
+            DEFAULT_BOOTSTRAP_ITERS,
+            help="lm-eval's bootstrap iterations for standard errors (0: none).",
+            minimum=0,
+        )
+
     def __init__(self, request: EvalRequest) -> None:
         super().__init__(request)
+        self.options = build_options(
+            type(self), request.options, label=f"evaluator {self.name!r}", via="--eval-arg"
+        )
         self._lm_eval = require_lm_eval()
-        options = dict(request.options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UsageError(
-                f"the lm-eval evaluator has no option {', '.join(unknown)}; it takes "
-                f"{', '.join(OPTIONS)}"
-            )
         names = [part.strip() for part in (request.task or "").split(",") if part.strip()]
         if not names:
             raise UsageError(
@@ -97,11 +109,9 @@ class LmEvalEvaluator(Evaluator):
         if request.shots < 0:
             raise UsageError(f"--shots must be 0 or more, got {request.shots}")
         self.task_names = list(dict.fromkeys(names))
-        self.language = _language(options.get("language"), request.languages)
-        self.include_path = _include_paths(options.get("include_path"), request.data)
-        self.bootstrap_iters = _count(
-            options.get("bootstrap_iters", DEFAULT_BOOTSTRAP_ITERS), "bootstrap_iters"
-        )
+        self.language = _language(self.options.language, request.languages)
+        self.include_path = _include_paths(self.options.include_path, request.data)
+        self.bootstrap_iters = self.options.bootstrap_iters
         self._manager = self._task_manager()
         self._tasks, self._output_types, self._first = self._load_tasks()
 
@@ -240,12 +250,6 @@ def _include_paths(option: Any, data: str | None) -> list[str]:
 
 def _is_yaml_file(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) and Path(name).is_file()
-
-
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{what} must be a whole number >= 0, got {value!r}")
-    return value
 
 
 def _one_line(exc: BaseException) -> str:

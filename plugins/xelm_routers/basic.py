@@ -1,6 +1,8 @@
 """Routers that ignore the text: ``uniform`` and ``fixed`` weights."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -8,9 +10,27 @@ from xelm_cli.api import (
     Document,
     ExpertInfo,
     PreRouter,
+    Router,
     UsageError,
     Weights,
+    build_options,
+    declared_options,
+    option,
 )
+
+
+def options_of(router: Router, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
+    """``router``'s declared ``Options`` from its constructor's arguments (positional ones in
+    declaration order, then keywords), converted and checked by the declaration: a bad value is
+    a one-line :class:`UsageError` naming the router and the option."""
+    names = [spec.name for spec in declared_options(type(router))]
+    if len(args) > len(names):
+        raise TypeError(f"{type(router).__name__} takes at most {len(names)} positional options")
+    twice = [name for name in names[: len(args)] if name in options]
+    if twice:
+        raise TypeError(f"{type(router).__name__} got option {twice[0]!r} twice")
+    values = {**dict(zip(names, args, strict=False)), **options}
+    return build_options(type(router), values, label=f"router {router.name!r}", via="--router-arg")
 
 
 class UniformRouter(PreRouter):
@@ -29,12 +49,17 @@ class FixedRouter(PreRouter):
 
     name = "fixed"
 
-    def __init__(self, weights: Sequence[float]) -> None:
-        try:
-            values = np.asarray(weights, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise UsageError(f"fixed router weights must be numbers, got {weights!r}") from None
-        if values.ndim != 1 or values.size == 0:
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        weights: list[float] = option(
+            help="One non-negative weight per expert, in ensemble order (normalised to sum "
+            "to 1), e.g. [1,3] or 1,3.",
+        )
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        self.options = options_of(self, args, options)
+        values = np.asarray(self.options.weights, dtype=np.float64)
+        if values.size == 0:
             raise UsageError("fixed router weights must be a non-empty list, one per expert")
         if not np.isfinite(values).all() or (values < 0).any():
             raise UsageError(

@@ -1,6 +1,7 @@
 """Routers by language: ``language`` (the paper's top-1 typology routing) and ``oracle``."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,11 @@ from xelm_cli.api import (
     UsageError,
     Weights,
     normalize_language,
+    option,
     rank_donors,
 )
+
+from .basic import options_of
 
 TYPOLOGY = "typology"
 
@@ -39,9 +43,18 @@ class LanguageRouter(PreRouter):
 
     name = "language"
 
-    def __init__(self, fallback: str | None = None) -> None:
-        if fallback is not None and not isinstance(fallback, str):
-            raise UsageError(f"language router fallback must be a name, got {fallback!r}")
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        fallback: str | None = option(
+            None,
+            help="For a language no expert covers: none refuses; typology takes the expert of "
+            "the nearest covered language; a router's name (e.g. posterior) weighs those "
+            "documents.",
+        )
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        self.options = options_of(self, args, options)
+        fallback = self.options.fallback
         self.fallback = None if fallback in (None, TYPOLOGY) else fallback
         self.typology_fallback = fallback == TYPOLOGY
         self._nearest: dict[str, str] = {}
@@ -87,10 +100,18 @@ class OracleRouter(PreRouter):
 
     name = "oracle"
 
-    def __init__(self, table: dict[str, str] | None = None) -> None:
-        if table is not None and not isinstance(table, dict):
-            raise UsageError("oracle router table must map languages to expert ids")
-        self.table = {normalize_language(k): str(v) for k, v in (table or {}).items()}
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        table: dict[str, str] | None = option(
+            None,
+            help='Language -> expert id, e.g. {"tr": "ID"}; filled by xelm ensemble create '
+            "--router oracle --calibrate DEV.",
+        )
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        self.options = options_of(self, args, options)
+        table = self.options.table or {}
+        self.table = {normalize_language(k): v for k, v in table.items()}
 
     def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
         if not self.table:

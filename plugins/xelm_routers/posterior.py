@@ -1,12 +1,15 @@
 """Branch-Train-Merge posterior routers (xelm-method.md section 6)."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.api import ExpertInfo, OutputRouter, ScoredDocument, UsageError
+from xelm_cli.api import ExpertInfo, OutputRouter, ScoredDocument, UsageError, option
+
+from .basic import options_of
 
 PRIOR_ITERATIONS = 200
 PRIOR_TOLERANCE = 1e-10
@@ -29,14 +32,6 @@ def keep_top_k(weights: NDArray[np.float64], top_k: int | None) -> NDArray[np.fl
     return kept / kept.sum(axis=0, keepdims=True)
 
 
-def _check_top_k(top_k: Any) -> int | None:
-    if top_k is None:
-        return None
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"top_k must be a positive integer, got {top_k!r}")
-    return top_k
-
-
 class PosteriorRouter(OutputRouter):
     """w_{e,t} = P(e | x_<t), proportional to P(e) * prod_{i<t} p_e(x_i | x_<i).
 
@@ -48,15 +43,24 @@ class PosteriorRouter(OutputRouter):
 
     name = "posterior"
 
-    def __init__(self, prior: Sequence[float] | None = None, top_k: int | None = None) -> None:
-        self.top_k = _check_top_k(top_k)
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        prior: list[float] | None = option(
+            None,
+            help="P(e), one non-negative number per expert (normalised); none is uniform; "
+            "xelm ensemble create --calibrate DATA estimates it.",
+        )
+        top_k: int | None = option(
+            None, help="Keep the K largest weights of each token and renormalise.", minimum=1
+        )
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        self.options = options_of(self, args, options)
+        self.top_k = self.options.top_k
         self.prior: NDArray[np.float64] | None = None
-        if prior is not None:
-            try:
-                values = np.asarray(prior, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise UsageError(f"posterior prior must be numbers, got {prior!r}") from None
-            if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any():
+        if self.options.prior is not None:
+            values = np.asarray(self.options.prior, dtype=np.float64)
+            if values.size == 0 or not np.isfinite(values).all() or (values < 0).any():
                 raise UsageError("posterior prior must be a list of non-negative numbers")
             if values.sum() <= 0:
                 raise UsageError("posterior prior must not be all zero")

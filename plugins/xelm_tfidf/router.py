@@ -4,8 +4,8 @@ Equations and options in spec/allocation-tfidf.md, section 5.
 """
 
 import math
-import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from xelm_cli.api import (
     PreRouter,
     UsageError,
     Weights,
+    build_options,
+    option,
     read_allocation,
 )
 
@@ -44,22 +46,6 @@ def keep_top_k_rows(weights: NDArray[np.float64], top_k: int | None) -> NDArray[
     kept = np.zeros_like(weights)
     kept[rows, order] = weights[rows, order]
     return kept / kept.sum(axis=1, keepdims=True)
-
-
-def _positive_int(value: Any, option: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UsageError(f"tfidf router {option} must be a positive integer, got {value!r}")
-    return value
-
-
-def _temperature(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"tfidf router temperature must be a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise UsageError(f"tfidf router temperature must be positive and finite, got {value!r}")
-    return float(value)
 
 
 class TfidfRouter(PreRouter):
@@ -99,34 +85,54 @@ class TfidfRouter(PreRouter):
 
     name = "tfidf"
 
-    def __init__(
-        self,
-        allocation: str | os.PathLike[str],
-        temperature: float = 0.1,
-        top_k: int | None = None,
-        stride: int | None = None,
-        distance: str = "squared",
-        experts_in_order: bool = False,
-    ) -> None:
-        if not isinstance(allocation, str | os.PathLike) or not str(allocation):
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        allocation: Path = option(
+            help="The TF-IDF allocation (directory or its allocation.json) written by xelm "
+            "cluster tfidf.",
+        )
+        temperature: float = option(
+            0.1, help="Softmax temperature T > 0 (0.1 in c-BTM); smaller is closer to top-1."
+        )
+        top_k: int | None = option(
+            None,
+            help="Keep the K largest cluster weights of each text and renormalise; experts "
+            "with zero weight do not run.",
+            minimum=1,
+        )
+        stride: int | None = option(
+            None,
+            help="Route the text before every N-th target token (prefix routing); none "
+            "routes each document once on its whole text.",
+            minimum=1,
+        )
+        distance: str = option(
+            "squared",
+            help="squared: softmax(-D/T) as in c-BTM; squared-twice: softmax(-D^2/T) as the "
+            "authors' code.",
+            choices=DISTANCES,
+        )
+        experts_in_order: bool = option(
+            False,
+            help="Map ensemble expert e to cluster e (needs exactly k experts) instead of "
+            "reading the experts' allocation references.",
+        )
+
+    def __init__(self, **options: Any) -> None:
+        self.options = build_options(
+            type(self), options, label=f"router {self.name!r}", via="--router-arg"
+        )
+        temperature = self.options.temperature
+        if not (math.isfinite(temperature) and temperature > 0):
             raise UsageError(
-                f"tfidf router allocation must be the path of a TF-IDF allocation, "
-                f"got {allocation!r}"
+                f"tfidf router temperature must be positive and finite, got {temperature!r}"
             )
-        self.temperature = _temperature(temperature)
-        self.top_k = _positive_int(top_k, "top_k")
-        self.stride = _positive_int(stride, "stride")
-        if distance not in DISTANCES:
-            raise UsageError(
-                f"tfidf router distance must be one of {', '.join(DISTANCES)}, not {distance!r}"
-            )
-        self.distance = distance
-        if not isinstance(experts_in_order, bool):
-            raise UsageError(
-                f"tfidf router experts_in_order must be true or false, got {experts_in_order!r}"
-            )
-        self.experts_in_order = experts_in_order
-        self.allocation: Allocation = read_allocation(Path(allocation))
+        self.temperature = temperature
+        self.top_k = self.options.top_k
+        self.stride = self.options.stride
+        self.distance = self.options.distance
+        self.experts_in_order = self.options.experts_in_order
+        self.allocation: Allocation = read_allocation(self.options.allocation)
         if self.allocation.clusterer != "tfidf":
             raise UsageError(
                 f"the tfidf router needs an allocation of the 'tfidf' clusterer, but "

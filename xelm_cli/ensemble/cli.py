@@ -18,13 +18,14 @@ from xelm_cli.ensemble.runner import (
     EnsembleModel,
     EnsembleSpec,
     build_router,
+    check_router_options,
     expand_paths,
     is_ensemble_file,
     open_members,
-    parse_options,
 )
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.plugin.contracts import EvalRequest
+from xelm_cli.plugin.options import parse_pairs
 
 app = typer.Typer(
     help="Ensembles of expert bundles: routers, evaluation, generation.\n\n"
@@ -51,7 +52,8 @@ RouterArgOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--router-arg",
-        help="Router option KEY=VALUE (repeatable), e.g. fallback=typology, top_k=2.",
+        help="Router option KEY=VALUE (repeatable), e.g. fallback=typology, top_k=2; a "
+        "router's options: xelm plugins show NAME.",
     ),
 ]
 CombineOpt = Annotated[
@@ -73,19 +75,23 @@ def load_spec(
     router_args: list[str] | None,
     combine: str | None,
 ) -> EnsembleSpec:
-    """The ensemble from an ensemble file or from bundles plus options."""
-    options = parse_options(router_args or [], "--router-arg")
+    """The ensemble from an ensemble file or from bundles plus options; the router's options
+    (the file's, with ``--router-arg`` pairs on top) checked against its declaration."""
+    pairs = parse_pairs(router_args or [], "--router-arg")
     if len(members) == 1 and is_ensemble_file(members[0]):
         spec = EnsembleSpec.read(Path(members[0]))
         if router and router != spec.router:
-            spec.router, spec.router_options = router, options
-        elif options:
-            spec.router_options = {**spec.router_options, **options}
+            spec.router, spec.router_options = router, check_router_options(router, pairs)
+        elif pairs:
+            merged = {**spec.router_options, **pairs}
+            spec.router_options = check_router_options(spec.router, merged)
         if combine:
             spec.combine = combine
         return spec
+    name = router or "language"
+    options = check_router_options(name, pairs)  # before the (slow) member checks
     bundles = open_members(expand_paths(members))
-    return EnsembleSpec(bundles, router or "language", options, combine or "mixture")
+    return EnsembleSpec(bundles, name, options, combine or "mixture")
 
 
 def _languages(langs: str | None) -> tuple[str, ...] | None:
@@ -129,10 +135,7 @@ def create(
         scored = runner.score_all_experts(documents)
         spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
     # a path option (the tfidf router's allocation) must not depend on the working directory
-    spec.router_options = {
-        key: str(Path(v).resolve()) if isinstance(v, str) and Path(v).exists() else v
-        for key, v in spec.router_options.items()
-    }
+    spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
     spec.write(output, overwrite=force)
     stderr_console.print(
         f"wrote {output}: {len(spec.members)} experts, router {spec.router} "
@@ -232,7 +235,7 @@ def evaluate(
         runs=runs,
         seed=seed,
         protocol=protocol,
-        options=parse_options(eval_arg or [], "--eval-arg"),
+        options=parse_pairs(eval_arg or [], "--eval-arg"),
     )
     built_evaluator = build_evaluator(name, request)
     baselines = [Bundle.read(path) for path in baseline or []]

@@ -10,9 +10,8 @@ needs the experts of a document together and keeps them loaded for the call.
 
 import gc
 import glob
-import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ import numpy as np
 from xelm_cli import __version__
 from xelm_cli.bundle.store import MANIFEST_NAME, Bundle
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import FormatError, IntegrityError, PluginError, UsageError
+from xelm_cli.common.errors import (
+    FormatError,
+    IntegrityError,
+    PluginError,
+    UsageError,
+    XelmError,
+    exception_line,
+)
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import byte_progress, document_progress
 from xelm_cli.ensemble.mixing import mixture
@@ -47,6 +53,7 @@ from xelm_cli.plugin.contracts import (
     ScoredDocument,
 )
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import parse_options
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
@@ -127,27 +134,62 @@ def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
 # ---------------------------------------------------------------------------- routers
 
 
-def build_router(name: str, options: dict[str, Any] | None = None) -> Router:
-    """The registered router ``name`` built with ``options`` (a one-line error otherwise)."""
+def router_class(name: str) -> type[Router]:
+    """The class registered as router ``name`` (or ``DIST:NAME``); one-line error if none."""
+    router: type[Router] = get_registry().get("router", name).obj
+    return router
+
+
+def check_router_options(
+    name: str,
+    options: Mapping[str, Any] | None,
+    *,
+    where: str | None = None,
+    via: str = "--router-arg",
+    resolve_paths: bool = False,
+) -> dict[str, Any]:
+    """``options`` checked against router ``name``'s declaration (spec/plugin-api.md 5.1) and
+    converted: text (``--router-arg`` values) by the declared type, JSON values (an ensemble
+    file, a Python call) checked against it. The result is JSON-ready (paths as text), as an
+    ensemble file records it; ``resolve_paths`` makes path options absolute, so that the file
+    does not depend on the working directory. ``where`` names the file the options come from."""
+    label = f"router {name!r}" + (f" in {where}" if where else "")
+    parsed = parse_options(router_class(name), dict(options or {}), label=label, via=via)
+    return {key: _recordable(value, resolve_paths) for key, value in parsed.items()}
+
+
+def _recordable(value: Any, resolve_paths: bool) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve() if resolve_paths else value)
+    if isinstance(value, tuple | list):
+        return [_recordable(v, resolve_paths) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _recordable(v, resolve_paths) for k, v in value.items()}
+    return value
+
+
+def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
+    """Router ``name`` built as ``RouterClass(**options)``, the options first checked and
+    converted by its declaration (a one-line :class:`UsageError` naming the option).
+
+    Anything else the constructor raises that is not a :class:`XelmError` is a bug in the
+    router: a :class:`PluginError` naming the router and its plugin.
+    """
     registration = get_registry().get("router", name)
+    values = parse_options(
+        registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
+    )
     try:
-        return registration.obj(**(options or {}))
-    except TypeError as exc:
-        raise UsageError(f"router {name!r} does not accept options {options}: {exc}") from None
-
-
-def parse_options(pairs: Sequence[str], what: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; a value is JSON when it parses (numbers, lists), else a string."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{what} must look like KEY=VALUE, got {pair!r}")
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return options
+        router: Router = registration.obj(**values)
+    except XelmError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"router {name!r} (plugin {registration.plugin!r}) failed while being built: "
+            f"{exception_line(exc, with_type=True)}; this is a bug in the router "
+            "(XELM_DEBUG=1 shows the traceback)"
+        ) from exc
+    return router
 
 
 # ---------------------------------------------------------------------------- ensemble files
@@ -215,11 +257,12 @@ class EnsembleSpec:
         try:
             entries = list(data["members"])
             router = data["router"]
-            name, options = str(router["name"]), dict(router.get("options") or {})
+            name, recorded = str(router["name"]), dict(router.get("options") or {})
             combine = str(data.get("combine", "mixture"))
             paths = [(path.parent / str(entry["path"]), str(entry["digest"])) for entry in entries]
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{path}: malformed ensemble file ({exc!r})") from None
+        options = check_router_options(name, recorded, where=str(path))
         members = open_members([member for member, _ in paths])
         for bundle, (member, digest) in zip(members, paths, strict=True):
             if bundle.digest != digest:
