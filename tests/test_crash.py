@@ -578,3 +578,56 @@ def test_killpoint_counts_only_writes_under_the_watched_directory(tmp_path: Path
     count.unlink()
     assert go(2) == -signal.SIGKILL  # before the rename
     assert (watched / "a").exists() and not (watched / "b").exists() and not count.exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_resume(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A preempted job is re-queued with the same command line, --resume included: killed before
+    its first checkpoint, that command starts the run over (saying so in one line) and ends with
+    the uninterrupted run's weights, bit for bit."""
+    args = ["train", str(world.seed), "--data", str(world.shards), *TRAIN_OPTIONS, "--resume"]
+    args += ["--log-every", "2"]  # a loss line before the first checkpoint (step 4)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    full.mkdir()
+    killed.mkdir()
+    log = tmp_path / "events.log"
+    monkeypatch.setenv("XELM_KILL_LOG", str(log))
+    # the uninterrupted run (--resume with nothing to resume from the start) and its writes
+    process = launch([*args, "-o", str(full / "trained")], full)
+    _, err = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, err.decode()
+    assert "starting the run from the beginning" in err.decode()
+    monkeypatch.delenv("XELM_KILL_LOG")
+    events = [line.split("\t") for line in log.read_text().splitlines()]
+    first = next(int(n) for n, _, paths in events if "step-" in paths)  # the first checkpoint
+    assert any("metrics.jsonl" in paths for n, _, paths in events if int(n) < first)
+
+    target = killed / "trained"
+    process = launch([*args, "-o", str(target)], killed, kill_at=first)
+    process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == -signal.SIGKILL
+    assert not target.exists() and not list_checkpoints(checkpoint_dir(target))
+    assert (checkpoint_dir(target) / "metrics.jsonl").is_file()  # killed well into the run
+
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the uninterrupted run computed (ONE_THREAD)
+    try:
+        code = run([*args, "-o", str(target)])
+    finally:
+        torch.set_num_threads(threads)
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr
+    lines = [line for line in stderr.splitlines() if "--resume" in line]
+    assert lines == [
+        f"xelm: --resume: no checkpoint in {checkpoint_dir(target)} yet; "
+        "starting the run from the beginning"
+    ]
+    assert verify_bundle(target) == []
+    assert same_weights(target, full / "trained")
+    # the finished run removed its checkpoints; the hidden directory keeps only the loss log
+    assert sorted(p.name for p in checkpoint_dir(target).iterdir()) == ["metrics.jsonl"]

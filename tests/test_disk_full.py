@@ -194,7 +194,7 @@ def test_a_write_past_the_file_size_limit_is_one_clean_line(
     args = command_for(case, inputs, target)
     result = run_limited(args, tmp_path, limit)
     # a failed run's checkpoint directory stays for --resume (the checkpoint itself failed here)
-    left = leftovers(parent, allowed=(f"{target_name}.ckpt",) if case == "train" else ())
+    left = leftovers(parent, allowed=(f".{target_name}.ckpt",) if case == "train" else ())
     after = snapshot(*inputs.values())
     outcome = describe_failure(result.returncode, result.stderr, EFBIG, target, left, before, after)
     record(AREA, f"xelm {case}: a write past RLIMIT_FSIZE={limit} bytes (EFBIG)", outcome)
@@ -340,14 +340,14 @@ def test_training_onto_a_full_tmpfs_keeps_its_checkpoint_and_resumes(
             {"argv": ["bundle", "verify", target]},
         ],
     )
-    outcome = tmpfs_outcome(full, ("trained.ckpt",), before, snapshot(*inputs.values()))
+    outcome = tmpfs_outcome(full, (".trained.ckpt",), before, snapshot(*inputs.values()))
     record(
         AREA,
         "xelm train onto a tmpfs with room for the checkpoint, not the bundle (ENOSPC)",
         outcome,
     )
     # the checkpoint survived the failure and --resume finishes from it once there is room
-    assert any(f.startswith("trained.ckpt/step-") for f in full["files"]), full
+    assert any(f.startswith(".trained.ckpt/step-") for f in full["files"]), full
     assert resumed["code"] == 0 and verified["code"] == 0, (resumed, verified)
     assert json.loads(resumed["stdout"])["steps"] == 2
     assert outcome == CLEAN, full

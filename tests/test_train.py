@@ -1,5 +1,6 @@
 """Training: packing, the causal-LM trainer, bitwise resume, plans and refusals."""
 
+import glob
 import io
 import json
 import os
@@ -348,6 +349,112 @@ def test_plan_prints_equal_compute_budgets_and_commands(
                            "--nproc-per-node", 2)  # fmt: skip
     assert code == 0
     assert "torchrun --standalone --nproc-per-node 2 -m xelm_cli train runs/branches/" in stdout
+
+
+@pytest.fixture(scope="module")
+def flores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three FLORES-200 devtest sentences per test language, one per line."""
+    root = tmp_path_factory.mktemp("flores")
+    for lang in TEST_LANGS:
+        lines = (SHARED_DATA / "eval" / "flores200-devtest" / f"{lang}.txt").read_text()
+        (root / f"{lang}.txt").write_text("\n".join(lines.splitlines()[:3]) + "\n")
+    return root
+
+
+def eval_members(capsys: pytest.CaptureFixture[str], members: list[str], data: Path) -> list[str]:
+    """``xelm ensemble eval MEMBERS --each --format json``: the names of the systems evaluated."""
+    code, stdout, stderr = xelm(capsys, "ensemble", "eval", *members, "--data", data, "--each",
+                                "--router", "uniform", "--format", "json")  # fmt: skip
+    assert code == 0, stderr
+    return [system["name"] for system in json.loads(stdout)["systems"]]
+
+
+def test_a_glob_over_trained_experts_finds_only_bundles(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    train_shards: Path,
+    flores: Path,
+    tmp_path: Path,
+) -> None:
+    """`xelm ensemble eval experts/*` right after `xelm train -o experts/NAME`: the checkpoints
+    (kept here) and the loss log live in hidden siblings, which a shell glob skips."""
+    experts = tmp_path / "experts"
+    small = ["--tokens", "256", "--block-size", "32", "--batch-size", "4"]
+    for name, langs in (("a", "en,tr"), ("b", "ar,ru")):
+        args = [seed_bundle, "--data", train_shards, *small, "--langs", langs]
+        code, _, stderr = xelm(capsys, "train", *args, "-o", experts / name, "--keep-checkpoints")
+        assert code == 0, stderr
+    assert sorted(p.name for p in experts.iterdir()) == [".a.ckpt", ".b.ckpt", "a", "b"]
+    assert [p.name for p in checkpoint_dir(experts / "a").glob("step-*")] == ["step-000000002"]
+    shell = sorted(glob.glob(str(experts / "*")))  # what bash hands over for experts/*
+    assert shell == [str(experts / "a"), str(experts / "b")]
+    expected = ["ensemble[uniform]", "expert:a", "expert:b"]
+    assert eval_members(capsys, shell, flores) == expected
+    assert eval_members(capsys, [str(experts / "*")], flores) == expected  # a quoted glob
+
+
+def test_finished_runs_remove_their_checkpoints_unless_kept(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    args = [seed_bundle, "--data", train_shards, "--tokens", "512", "--block-size", "32",
+            "--batch-size", "4", "--checkpoint-every", "2"]  # fmt: skip
+    assert xelm(capsys, "train", *args, "-o", tmp_path / "plain")[0] == 0
+    assert xelm(capsys, "train", *args, "-o", tmp_path / "kept", "--keep-checkpoints")[0] == 0
+    # without --keep-checkpoints only the loss log stays; with it, the newest checkpoint too
+    assert sorted(p.name for p in checkpoint_dir(tmp_path / "plain").iterdir()) == ["metrics.jsonl"]
+    kept = checkpoint_dir(tmp_path / "kept")
+    assert sorted(p.name for p in kept.iterdir()) == ["metrics.jsonl", "step-000000004"]
+    assert (kept / "step-000000004" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".kept.ckpt", ".plain.ckpt", "kept",
+                                                         "plain"]  # fmt: skip
+
+
+def test_an_empty_checkpoint_directory_is_removed_with_the_checkpoints(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer whose run leaves nothing else there (here: no loss log) leaves no hidden
+    directory behind."""
+    from xelm_trainer import loop
+
+    monkeypatch.setattr(loop.MetricsLog, "write", lambda self, record: None)
+    out = tmp_path / "trained"
+    CausalLMTrainer().train(request(seed_bundle, train_shards, out, tokens=512))
+    assert verify_bundle(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained"]
+
+
+def test_train_all_leaves_runs_experts_an_ensemble(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    train_shards: Path,
+    flores: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan trains expert I to RUNS/experts/expert-I: `runs/experts/*` is the ensemble."""
+    monkeypatch.chdir(tmp_path)  # train-all runs `python -m xelm_cli`: not from the checkout
+    alloc = tmp_path / "alloc.json"
+    write_allocation(alloc, clusterer="typology", experts=[["en", "tr"], ["ar", "ru"]])
+    code, stdout, stderr = xelm(
+        capsys, "plan", "--budget", "512", "--allocation", alloc, "--seed-bundle", seed_bundle,
+        "--data", train_shards, "-o", "runs", "--train-args",
+        "--block-size 32 --batch-size 4 --checkpoint-every 1", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    (tmp_path / "plan.json").write_text(stdout)
+    code, _, stderr = xelm(capsys, "train-all", "plan.json")
+    assert code == 0, stderr
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == [".dense.ckpt", "branches", "dense", "experts"]
+    assert sorted(p.name for p in (runs / "experts").iterdir()) == [
+        ".expert-0.ckpt", ".expert-1.ckpt", "expert-0", "expert-1",
+    ]  # fmt: skip
+    shell = sorted(glob.glob("runs/experts/*"))
+    assert shell == ["runs/experts/expert-0", "runs/experts/expert-1"]
+    assert all(verify_bundle(Path(p)) == [] for p in shell)
+    assert eval_members(capsys, shell, flores) == [
+        "ensemble[uniform]", "expert:expert-0", "expert:expert-1",
+    ]  # fmt: skip
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,9 +100,9 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(
     assert valid[0][:, 0].tolist() == [0, 4, 8]
     assert torch.allclose(valid[0], valid[1], atol=1e-4), valid  # sharded, then summed
     # one writer: one bundle, one metrics file with one line per step, no stray checkpoints
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("ddp")) == [
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.lstrip(".").startswith("ddp")) == [
+        ".ddp.ckpt",
         "ddp",
-        "ddp.ckpt",
     ]
     lines = (checkpoint_dir(ddp) / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]

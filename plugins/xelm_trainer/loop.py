@@ -9,13 +9,14 @@ Under ``torchrun`` (``distributed``) every rank runs this loop on its own blocks
 batch inside DDP (or FSDP); rank 0 alone writes metrics, checkpoints and the bundle.
 """
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,16 @@ class TrainingRun:
     def train(self, request: TrainRequest) -> Bundle:
         ranks = Ranks.from_environment()
         inputs = check_inputs(request, ranks)
+        if request.resume and not list_checkpoints(request.checkpoint_dir):
+            # killed before its first checkpoint (or never started): a re-queued job with the
+            # same command line simply starts the run
+            if ranks.main:
+                print(
+                    f"xelm: --resume: no checkpoint in {request.checkpoint_dir} yet; "
+                    "starting the run from the beginning",
+                    file=sys.stderr,
+                )
+            request = replace(request, resume=False)
         device = pick_device(inputs.options.device, ranks)
         ranks.start(device)  # every rank has passed the checks: nothing is written before
         try:
@@ -261,8 +272,6 @@ def check_output(request: TrainRequest) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {output.parent}: {existing} is not a writable directory")
     has_checkpoints = bool(list_checkpoints(request.checkpoint_dir))
-    if request.resume and not has_checkpoints:
-        raise UsageError(f"nothing to resume: {request.checkpoint_dir} holds no checkpoint")
     if has_checkpoints and not request.resume and not request.force:
         raise UsageError(
             f"{request.checkpoint_dir} holds checkpoints of an earlier run; "
@@ -484,7 +493,7 @@ class Interval:
 
 
 class MetricsLog:
-    """``OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines
+    """``.OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines
     (and a last line torn by a kill)."""
 
     def __init__(self, path: Path, resumed_at: int, writes: bool = True) -> None:
@@ -604,5 +613,7 @@ def write_trained(
     if not options.keep_checkpoints:
         for _, path in list_checkpoints(request.checkpoint_dir):
             shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the hidden directory too, unless metrics remain
+            request.checkpoint_dir.rmdir()
     assert writer.result is not None
     return writer.result

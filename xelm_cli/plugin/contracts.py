@@ -270,9 +270,11 @@ class TrainRequest:
 
 
 def checkpoint_dir(output: Path) -> Path:
-    """Checkpoints of the run that writes ``output`` live beside it: ``OUT.ckpt/``."""
+    """Checkpoints (and metrics) of the run that writes ``output`` live in a hidden sibling,
+    ``PARENT/.NAME.ckpt/``: a shell glob such as ``experts/*`` skips dot-files, so it finds only
+    the bundles of a directory of trained experts."""
     output = Path(os.path.abspath(output))
-    return output.with_name(output.name + CHECKPOINT_SUFFIX)
+    return output.with_name(f".{output.name}{CHECKPOINT_SUFFIX}")
 
 
 class Trainer(ABC):

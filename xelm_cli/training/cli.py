@@ -97,7 +97,8 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
     log_every: Annotated[int, typer.Option(help="Loss-curve point every N steps.")] = 10,
     keep_checkpoints: Annotated[
-        bool, typer.Option(help="Keep the last checkpoint after writing the bundle.")
+        bool,
+        typer.Option(help="Keep the last checkpoint (in .OUT.ckpt/) after writing the bundle."),
     ] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="Use torch.compile.")] = False,
     gradient_checkpointing: Annotated[
@@ -150,7 +151,10 @@ def train(
 ) -> None:
     """Train a bundle on packed documents of its languages; write the result as a new bundle.
 
-    Checkpoints go to OUT.ckpt/ (with metrics.jsonl); --resume continues a killed run exactly.
+    Checkpoints and metrics.jsonl go to the hidden sibling .OUT.ckpt/ (a shell glob such as
+    experts/* skips it); the checkpoints are removed once the bundle is written unless
+    --keep-checkpoints. --resume continues a killed run exactly, or starts it when it was killed
+    before its first checkpoint (so a re-queued job can always pass --resume).
     Under `torchrun --nproc-per-node N -m xelm_cli train ...` it trains with DDP (gloo on CPU,
     NCCL on GPU): --batch-size is per rank, the global batch is batch x accumulation x N blocks,
     and rank 0 writes the bundle.
@@ -303,7 +307,8 @@ def make_plan(
         estimate = estimate_runs(seed_bundle, train_args, memory, measured)
     entries = []
     for run in plan_budgets(budget, alloc.experts):
-        output = runs / run.name
+        # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
+        output = runs / run.name if run.expert is None else runs / "experts" / run.name
         extra = ["--valid", str(valid)] if valid else []
         extra += shlex.split(train_args)
         if run.expert is None:
