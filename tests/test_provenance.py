@@ -232,10 +232,22 @@ def test_plugins_list_prints_each_problem_once_in_all(sites: list[Path]) -> None
 # ---------------------------------------------------------------- trainer and clusterer records
 
 
-def test_provenance_of_finds_the_registration_of_an_object() -> None:
-    registry = host.load_registry()
+def test_an_allocation_fitted_by_a_clusterer_names_it(tmp_path: Path) -> None:
+    from xelm_cli.cluster.fitting import cluster
+
+    host.reset_registry()
+    registry = host.get_registry()
     typology = registry.get("clusterer", "typology")
     assert registry.provenance_of("clusterer", typology.obj) == typology.provenance
+    assert registry.provenance_of("clusterer", object) is None
+    allocation = cluster("typology", k=2, output=tmp_path / "alloc.json", languages="en,tr,ar")
+    assert read_allocation(allocation.path).provenance == {
+        "name": "typology",
+        "plugin": "typology",
+        "distribution": "xelm",
+        "version": typology.version,
+    }
+    host.reset_registry()
 
 
 def test_allocation_provenance_is_recorded_and_optional(tmp_path: Path) -> None:
