@@ -5,8 +5,11 @@ here, the API is missing a piece. The contracts are specified in spec/plugin-api
 :mod:`xelm_cli.plugin.contracts`; no module of xelm imports this one.
 """
 
+from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation, write_allocation
+from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import atomic_directory, atomic_file, output_lock, write_bytes_atomic
 from xelm_cli.common.errors import (
     ArchiveError,
@@ -16,6 +19,7 @@ from xelm_cli.common.errors import (
     UsageError,
     XelmError,
 )
+from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.corpus import Document, iter_documents, read_documents
 from xelm_cli.data.evalsets import (
     EvalSet,
@@ -27,8 +31,11 @@ from xelm_cli.data.evalsets import (
     language_of_config,
     usable_eval_set,
 )
+from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import DatasetSource, dataset_configs
+from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.ensemble.evaluate import evaluate
 from xelm_cli.ensemble.weights import (
     Weights,
     check_token_weights,
@@ -77,6 +84,7 @@ from xelm_cli.training.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from xelm_cli.training.run import train
 
 __all__ = [
     "Allocation",
@@ -114,19 +122,23 @@ __all__ = [
     "XelmError",
     "atomic_directory",
     "atomic_file",
+    "branch",
     "build_options",
     "check_token_weights",
     "check_weights",
+    "cluster",
     "dataset_configs",
     "declared_options",
     "distance_matrix",
     "eval_set_with",
     "eval_texts",
+    "evaluate",
     "feature_set_name",
     "feature_vectors",
     "flores_code",
     "get_registry",
     "hookimpl",
+    "init_from_config",
     "is_hub_dataset",
     "iter_documents",
     "keep_top_k",
@@ -140,11 +152,15 @@ __all__ = [
     "output_lock",
     "parse_language_list",
     "parse_options",
+    "parse_token_count",
+    "prepare",
     "rank_donors",
     "read_allocation",
     "read_documents",
     "save_checkpoint",
     "softmax",
+    "train",
+    "train_tokenizer_on_corpus",
     "uriel_code",
     "usable_eval_set",
     "verify_bundle",

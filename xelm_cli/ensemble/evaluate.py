@@ -1,0 +1,126 @@
+"""``evaluate(...)``: evaluate an ensemble from Python, as ``xelm ensemble eval`` does.
+
+The members are checked like the command's (digests, one tokenizer), the router and evaluator
+are the registered plugins, and the result is the same record the command writes with
+``--format json`` (spec/ensemble-v1.md section 5).
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import pretty_json
+from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
+from xelm_cli.ensemble.runner import (
+    EnsembleSpec,
+    build_router,
+    expand_paths,
+    is_ensemble_file,
+    open_members,
+)
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.plugin.contracts import EvalRequest
+
+Member = str | Path | Bundle
+
+
+def evaluate(
+    members: Member | Sequence[Member],
+    *,
+    data: str | Path | None,
+    router: str | None = None,
+    router_options: dict[str, Any] | None = None,
+    evaluator: str | None = None,
+    languages: Sequence[str] | str | None = None,
+    limit: int | None = None,
+    task: str | None = None,
+    shots: int = 0,
+    runs: int = 1,
+    seed: int = 0,
+    protocol: str = "paper",
+    combine: str | None = None,
+    each: bool = False,
+    baselines: Sequence[str | Path | Bundle] = (),
+    output: str | Path | None = None,
+    force: bool = False,
+    device: str | None = None,
+    **eval_options: Any,
+) -> dict[str, Any]:
+    """Evaluate the ensemble of ``members`` on ``data``; the results record.
+
+    ``members``: bundle directories (or :class:`Bundle` objects, or quoted globs such as
+    ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
+    router and its options (default: the ensemble file's, else ``uniform``); ``evaluator``:
+    default ``icl`` with a ``task``, else ``perplexity``; ``languages``: codes (or one
+    comma-separated text), None for every language in the data; ``limit``: documents or
+    examples per language; ``each``: also score every expert alone; ``baselines``: bundles
+    scored alongside; ``output``: also write the record there (atomically; an existing file only
+    with ``force``); ``eval_options``: the evaluator's own options (``--eval-arg``).
+
+    Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
+    """
+    if output is not None and Path(output).exists() and not force:
+        raise UsageError(f"{output} exists; pass force=True to replace it")
+    spec = _spec(members, router, router_options, combine)
+    name = evaluator or ("icl" if task else "perplexity")
+    request = EvalRequest(
+        data=None if data is None else str(data),
+        languages=_languages(languages),
+        limit=limit,
+        task=task,
+        shots=shots,
+        runs=runs,
+        seed=seed,
+        protocol=protocol,
+        options=dict(eval_options),
+    )
+    built = build_evaluator(name, request)
+    systems = systems_for(
+        spec,
+        build_router(spec.router, spec.router_options),
+        each=each,
+        baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
+        device=device,
+    )
+    results = run_evaluation(name, built, spec, systems)
+    if output is not None:
+        write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
+    return results
+
+
+def _spec(
+    members: Member | Sequence[Member],
+    router: str | None,
+    router_options: dict[str, Any] | None,
+    combine: str | None,
+) -> EnsembleSpec:
+    options = dict(router_options or {})
+    if isinstance(members, str | Path) and is_ensemble_file(str(members)):
+        spec = EnsembleSpec.read(Path(members))
+        if router and router != spec.router:
+            spec.router, spec.router_options = router, options
+        elif options:
+            spec.router_options = {**spec.router_options, **options}
+        if combine:
+            spec.combine = combine
+        return spec
+    if isinstance(members, str | Path | Bundle):
+        members = [members]
+    paths: list[Path] = []
+    for member in members:
+        if isinstance(member, Bundle):
+            paths.append(member.path)
+        else:
+            paths += expand_paths([str(member)])
+    return EnsembleSpec(open_members(paths), router or "uniform", options, combine or "mixture")
+
+
+def _languages(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if languages is None:
+        return None
+    if isinstance(languages, str):
+        return tuple(parse_language_list(languages))
+    return tuple(normalize_language(str(code)) for code in languages)
