@@ -119,10 +119,13 @@ def test_python_callers_select_with_qualified_names(installed: host.Registry, po
 
     members = [Bundle.read(pool / "experts" / f"x{i}") for i in range(2)]
     spec = EnsembleSpec(members, "xelm-shared-a:shared")
-    evaluator = build_evaluator("perplexity", EvalRequest(data=str(pool / "flores")))
+    evaluator = build_evaluator("eval:perplexity", EvalRequest(data=str(pool / "flores")))
     systems = systems_for(spec, build_router(spec.router), each=False, baselines=[], device="cpu")
-    results = run_evaluation("perplexity", evaluator, spec, systems)
+    results = run_evaluation("eval:perplexity", evaluator, spec, systems)
     assert results["provenance"]["router"] == SHARED_A
+    assert results["provenance"]["evaluator"]["name"] == "perplexity"
+    assert results["provenance"]["evaluator"]["distribution"] == "xelm"
+    assert results["request"]["protocol"] is None  # perplexity has none, however selected
     assert results["ensemble"]["router"] == {"name": "xelm-shared-a:shared", "options": {}}
     assert results["systems"][0]["executed"]["sequences"] == {"x0": 6}
 

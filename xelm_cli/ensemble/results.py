@@ -157,6 +157,10 @@ def run_evaluation(
             }
         )
     request = evaluator.request
+    provenance = {
+        "router": plugin_record("router", spec.router, spec.router_options),
+        "evaluator": plugin_record("evaluator", evaluator_name, request.options),
+    }
     return {
         "format": RESULTS_FORMAT,
         "format_version": 1,
@@ -171,16 +175,15 @@ def run_evaluation(
             "shots": request.shots,
             "runs": request.runs,
             "seed": request.seed,
-            "protocol": request.protocol if evaluator_name != "perplexity" else None,
+            "protocol": (
+                request.protocol if provenance["evaluator"]["name"] != "perplexity" else None
+            ),
             "options": request.options,
         },
         "ensemble": spec.to_dict(),
         "device": str(systems[0].model.device),
         "versions": _versions(),
-        "provenance": {
-            "router": plugin_record("router", spec.router, spec.router_options),
-            "evaluator": plugin_record("evaluator", evaluator_name, request.options),
-        },
+        "provenance": provenance,
         "systems": records,
     }
 
