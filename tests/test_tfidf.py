@@ -255,6 +255,26 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert set(read_allocation(tmp_path / "subset").languages) <= set(LANGS[:2])
 
 
+def test_ctrl_c_during_a_fit_is_an_interrupt_not_a_usage_error(tmp_path, capsys, monkeypatch):
+    import xelm_tfidf.fitting
+
+    from xelm_cli.api import cluster
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(xelm_tfidf.fitting, "fit_embedder", interrupted)  # Ctrl-C mid-fit
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "en.txt").write_text("\n".join(d.text for d in _documents(["en"], 20)) + "\n")
+    out = tmp_path / "alloc"
+    assert run(["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(out)]) == 130
+    assert capsys.readouterr().err == "xelm: error: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):
+        cluster("tfidf", k=2, output=out, data=corpus)
+    assert not out.exists() and list(tmp_path.iterdir()) == [corpus]
+
+
 def test_cli_help_has_an_example(capsys):
     assert run(["cluster", "tfidf", "--help"]) == 0
     assert "Example:" in capsys.readouterr().out

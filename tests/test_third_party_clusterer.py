@@ -1,0 +1,174 @@
+"""A third-party clusterer (tests/fixtures/xelm-chunks-clusterer, pip-installed, entry point
+``chunks``) with declared options: used from Python through ``xelm_cli.api.cluster`` and its
+own ``fit``, and from the command line through the ``xelm cluster chunks`` xelm builds for it."""
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import install
+from test_plugins import xelm
+
+from xelm_cli.plugin import host
+
+LANGS = "tr,en,ru,ar,de"
+PROVENANCE = {
+    "name": "chunks",
+    "plugin": "chunks",
+    "distribution": "xelm-chunks-clusterer",
+    "version": "0.1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def chunks_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install("xelm-chunks-clusterer", tmp_path_factory.mktemp("chunks") / "site")
+
+
+@pytest.fixture
+def installed(chunks_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The package importable and its entry point visible in this process."""
+    monkeypatch.syspath_prepend(str(chunks_site))
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    host.reset_registry()
+    yield
+    host.reset_registry()
+    for name in [m for m in sys.modules if m == "xelm_chunks" or m.startswith("xelm_chunks.")]:
+        del sys.modules[name]
+
+
+def corpus(root: Path) -> Path:
+    """Documents per language: en 3, tr 2, ar 1."""
+    root.mkdir()
+    for lang, count in (("en", 3), ("tr", 2), ("ar", 1)):
+        (root / f"{lang}.txt").write_text("".join(f"{lang} document {i}\n" for i in range(count)))
+    return root
+
+
+# ---------------------------------------------------------------- Python
+
+
+def test_python_cluster_uses_the_declared_options(installed: None, tmp_path: Path) -> None:
+    from xelm_cli.api import UsageError, cluster, read_allocation
+
+    allocation = cluster("chunks", k=2, output=tmp_path / "a.json", languages=LANGS)
+    assert allocation.experts == [["ar", "de", "en"], ["ru", "tr"]]
+    assert allocation.raw["chunks"] == {"reverse": False, "min_documents": 1}
+    assert allocation.provenance == PROVENANCE
+    assert read_allocation(tmp_path / "a.json").digest == allocation.digest
+
+    # an option as a Python value or as text; data and min_documents together
+    reverse = cluster(
+        "chunks", k=2, output=tmp_path / "b.json", languages=["tr", "en", "ar"], reverse=True
+    )
+    assert reverse.experts == [["tr", "en"], ["ar"]]
+    by_data = cluster(
+        "chunks",
+        k=1,
+        output=tmp_path / "c.json",
+        data=corpus(tmp_path / "corpus"),
+        min_documents="2",
+    )
+    assert by_data.experts == [["en", "tr"]]
+
+    with pytest.raises(UsageError) as caught:
+        cluster("chunks", k=2, output=tmp_path / "d.json", languages=LANGS, reverse="maybe")
+    assert str(caught.value) == ("clusterer 'chunks': option 'reverse' expects bool, not 'maybe'")
+    with pytest.raises(UsageError, match=r"^clusterer 'chunks' has no option 'revers' "):
+        cluster("chunks", k=2, output=tmp_path / "d.json", languages=LANGS, revers=True)
+    with pytest.raises(UsageError, match=r"option 'min_documents' must be at least 1, not 0"):
+        cluster("chunks", k=2, output=tmp_path / "d.json", languages=LANGS, min_documents=0)
+    with pytest.raises(UsageError, match=r"a.json already exists; choose another path or pass"):
+        cluster("chunks", k=2, output=tmp_path / "a.json", languages=LANGS)
+    assert not (tmp_path / "d.json").exists()
+    replaced = cluster("chunks", k=5, output=tmp_path / "a.json", languages=LANGS, force=True)
+    assert replaced.k == 5
+
+
+def test_its_own_fit_and_assigner_through_the_contract(installed: None, tmp_path: Path) -> None:
+    from xelm_cli.api import ClusterRequest, Document, get_registry
+
+    clusterer = get_registry().get("clusterer", "chunks").obj
+    options = clusterer.Options(reverse=True)
+    request = ClusterRequest(
+        output=tmp_path / "a.json", k=2, languages=("ar", "en"), options=options
+    )
+    allocation = clusterer().fit(request)
+    assert allocation.experts == [["en"], ["ar"]]
+    # None reads as the declared defaults
+    plain = clusterer().fit(ClusterRequest(output=tmp_path / "b.json", k=2, languages=("ar", "en")))
+    assert plain.experts == [["ar"], ["en"]]
+    assigner = clusterer.assigner(allocation)
+    assert assigner.assign([Document("x", "ar"), Document("y", "en")]).tolist() == [1, 0]
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_flags_and_cluster_arg_from_the_declaration(chunks_site: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a.json"
+    result = xelm(
+        "cluster", "chunks", "--langs", LANGS, "-k", "2", "-o", str(out), "--reverse", "--json",
+        sites=[chunks_site],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["clusterer"] == "chunks" and summary["k"] == 2
+    assert [e["languages"] for e in summary["experts"]] == [["tr", "ru", "en"], ["de", "ar"]]
+    written = json.loads(out.read_text())
+    assert written["chunks"]["reverse"] is True and written["provenance"]["clusterer"] == PROVENANCE
+
+    data = corpus(tmp_path / "corpus")
+    result = xelm(
+        "cluster", "chunks", str(data), "-k", "1", "-o", str(tmp_path / "b.json"),
+        "--cluster-arg", "min_documents=3", sites=[chunks_site],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "en" in result.stdout and "wrote " in result.stdout
+    assert json.loads((tmp_path / "b.json").read_text())["experts"][0]["languages"] == ["en"]
+    result = xelm(
+        "cluster", "chunks", str(data), "-k", "1", "-o", str(tmp_path / "c.json"),
+        "--min-documents", "2", sites=[chunks_site],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["experts"][0]["languages"] == ["en", "tr"]
+
+
+def test_cli_errors_are_one_line_and_help_is_derived(
+    chunks_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "a.json"
+    args = ["cluster", "chunks", "--langs", LANGS, "-k", "2", "-o", str(out)]
+    result = xelm(*args, "--min-documents", "0", sites=[chunks_site])
+    assert (result.returncode, result.stderr) == (
+        2,
+        "xelm: error: clusterer 'chunks': option 'min_documents' must be at least 1, not 0\n",
+    )
+    result = xelm(*args, "--cluster-arg", "colour=blue", sites=[chunks_site])
+    assert (result.returncode, result.stderr) == (
+        2,
+        "xelm: error: clusterer 'chunks' has no option 'colour' (its options: reverse, "
+        "min_documents)\n",
+    )
+    result = xelm("cluster", "chunks", "-k", "2", "-o", str(out), sites=[chunks_site])
+    assert result.returncode == 2
+    assert result.stderr == (
+        "xelm: error: no languages to group: pass --langs or a corpus with enough documents\n"
+    )
+    result = xelm("cluster", "chunks", "--langs", LANGS, "-o", str(out), sites=[chunks_site])
+    assert (result.returncode, result.stderr) == (
+        2,
+        "xelm: error: xelm cluster chunks needs -k N, the number of experts\n",
+    )
+    assert not out.exists()
+    monkeypatch.setenv("COLUMNS", "200")  # help lines unwrapped
+    monkeypatch.setenv("TERMINAL_WIDTH", "200")
+    result = xelm("cluster", "chunks", "--help", sites=[chunks_site])
+    assert result.returncode == 0
+    text = result.stdout
+    assert "Example: xelm cluster chunks --langs ar,en,ru,tr -k 2 -o alloc.json --reverse" in text
+    assert "--reverse" in text and "--no-reverse" in text and "--min-documents" in text
+    assert "With DATA: leave out languages with fewer documents. [default: 1]" in text
+    assert "--cluster-arg" in text
