@@ -39,7 +39,10 @@ from .tasks import (
 
 
 class IclEvaluator(Evaluator):
-    """Multiple-choice accuracy with k-shot prompts (tasks and protocols in ``tasks.py``)."""
+    """Multiple-choice accuracy with k-shot prompts (xnli, xstorycloze, sib200, xcopa, ...).
+
+    Tasks and protocols in ``tasks.py``.
+    """
 
     name: ClassVar[str] = "icl"
     primary: ClassVar[str] = "accuracy"

@@ -62,7 +62,9 @@ def require_lm_eval() -> Any:
 
 
 class LmEvalEvaluator(Evaluator):
-    """lm-eval tasks, scored with xelm's :class:`LanguageModel` API (see the module docstring).
+    """lm-evaluation-harness tasks (multiple choice, log-likelihood) on ensembles and bundles.
+
+    Scored with xelm's :class:`LanguageModel` API (see the module docstring).
 
     ``evaluate`` returns ``{"overall": metrics of the first task, "languages": {language or
     "all": the same}, "tasks": {task: metrics}, "primary_metric", "higher_is_better",

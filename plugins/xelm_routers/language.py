@@ -32,8 +32,9 @@ def _language_of(document: Document, row: int, router: str) -> str:
 
 
 class LanguageRouter(PreRouter):
-    """Top-1 by language: W[d, e] = 1 for the first expert (ensemble order) whose languages
-    include d's language.
+    """Top-1 by language: each document goes to the first expert covering its language.
+
+    W[d, e] = 1 for the first expert (ensemble order) whose languages include d's language.
 
     ``fallback`` decides for a language no expert covers: None refuses (one line naming the
     covered languages); ``"typology"`` uses the expert of the typologically nearest covered

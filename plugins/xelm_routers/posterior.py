@@ -105,8 +105,10 @@ class PosteriorRouter(OutputRouter):
 
 
 class LastTokenPosteriorRouter(PosteriorRouter):
-    """The authors' script: w_{e,t} proportional to P(e) * p_e(x_{t-1} | x_<t-1), the
-    previous token's likelihood only (the prior alone for the first token)."""
+    """The authors' script: the posterior from the previous token's likelihood only.
+
+    w_{e,t} proportional to P(e) * p_e(x_{t-1} | x_<t-1) (the prior alone for the first token).
+    """
 
     name = "posterior-last-token"
 

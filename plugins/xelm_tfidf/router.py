@@ -49,8 +49,9 @@ def keep_top_k_rows(weights: NDArray[np.float64], top_k: int | None) -> NDArray[
 
 
 class TfidfRouter(PreRouter):
-    """c-BTM routing: weights from the distances of a text's TF-IDF embedding to the centroids
-    of the TF-IDF allocation the experts were trained from.
+    """c-BTM routing: softmax of the distances of a text's TF-IDF vector to the centroids.
+
+    The centroids are those of the TF-IDF allocation the experts were trained from.
 
     For a text with embedding v (spec/allocation-tfidf.md section 3) and D_i = ||v - c_i||^2,
     the weight of cluster i is softmax_i(-D_i / T) (``distance="squared"``, the c-BTM

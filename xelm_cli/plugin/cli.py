@@ -1,4 +1,8 @@
-"""``xelm plugins``: what the installed plugins register, and which ones failed."""
+"""``xelm plugins``: what the installed plugins register, what each registration takes, and a
+conformance check for plugin authors."""
+
+import json
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -6,11 +10,14 @@ from rich.table import Table
 from rich.text import Text
 
 from xelm_cli.common.cli_options import JsonOpt, print_json
+from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.plugin import host
+from xelm_cli.plugin.options import NoOptions, OptionSpec, declared_options, parse_pairs
 
 app = typer.Typer(
-    help="Plugins: list what is installed and what each one registers.\n\n"
-    "Example: xelm plugins list --json",
+    help="Plugins: list what is installed, show what one registration takes, check a router "
+    "or evaluator against the spec.\n\n"
+    "Example: xelm plugins show tfidf",
     no_args_is_help=True,
 )
 
@@ -25,9 +32,23 @@ def _registered_text(info: host.PluginInfo) -> str:
     return "\n".join(lines) or "(nothing)"
 
 
+def _registrations(registry: host.Registry) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": r.kind,
+            "name": r.name,
+            "qualified_name": r.qualified_name,
+            "plugin": r.plugin,
+            "description": r.description,
+        }
+        for r in registry.entries
+    ]
+
+
 @app.command("list")
 def list_plugins(as_json: JsonOpt = False) -> None:
-    """List the installed plugins, what each registers, and the plugins that failed to load.
+    """List the installed plugins, what each registers (with its description), and the plugins
+    that failed to load.
 
     Set XELM_PLUGINS=name,name to load only those plugins (XELM_PLUGINS= loads none).
 
@@ -35,7 +56,7 @@ def list_plugins(as_json: JsonOpt = False) -> None:
     """
     registry = host.get_registry()
     if as_json:
-        print_json(registry.as_dict())
+        print_json({**registry.as_dict(), "registrations": _registrations(registry)})
         return
     console = Console(soft_wrap=True)
     if registry.plugins:
@@ -48,10 +69,201 @@ def list_plugins(as_json: JsonOpt = False) -> None:
                 Text(_registered_text(info)),
             )
         console.print(table)
+        described = Table("Kind", "Name", "Plugin", "Description")
+        for registration in registry.entries:
+            described.add_row(
+                Text(registration.kind),
+                Text(registration.name),
+                Text(registration.plugin),
+                Text(registration.description or "-"),
+            )
+        console.print(described)
     else:
         console.print("No plugins loaded.")
-    for label, style, plugin, text in (
+    lines = [
         *(("failed", "bold red", f.plugin, f.reason) for f in registry.failures),
         *(("problem", "yellow", p.plugin, p.message) for p in registry.problems),
-    ):
+    ]
+    for label, style, plugin, text in dict.fromkeys(lines):  # each problem once
         console.print(Text.assemble((label, style), f": {plugin}: {text}"))
+
+
+# ---------------------------------------------------------------------------- show
+
+
+VIA = {
+    "router": "--router-arg",
+    "evaluator": "--eval-arg",
+    "clusterer": "--cluster-arg",
+    "trainer": "--train-arg",
+}
+
+
+def _where(obj: Any) -> str:
+    """``module:qualname`` of a registered object."""
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}:{name}"
+
+
+def _options_of(registration: host.Registration) -> tuple[list[OptionSpec], str]:
+    """The options a registration declares, and where they come from."""
+    obj = registration.obj
+    if registration.kind == "command":
+        return [], "a command: see xelm " + registration.name + " --help"
+    if registration.kind == "evaluator" and getattr(obj, "Options", NoOptions) is NoOptions:
+        return [], "no Options declared (plugin API 1.0): it reads --eval-arg values itself"
+    if registration.kind != "router" and getattr(obj, "Options", NoOptions) is NoOptions:
+        return [], "no Options declared"
+    specs = list(declared_options(obj))
+    if not specs:
+        return [], "it takes no options"
+    declared = getattr(obj, "Options", NoOptions) is not NoOptions
+    source = "Options dataclass" if declared else "constructor (plugin API 1.0)"
+    return specs, source
+
+
+def _shown_default(spec: OptionSpec) -> str:
+    described = spec.describe()
+    if spec.required:
+        return "(required)"
+    default = described["default"]
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default) if not isinstance(default, list | dict) else _json(default)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _show_record(registration: host.Registration) -> dict[str, Any]:
+    specs, source = _options_of(registration)
+    return {
+        "kind": registration.kind,
+        "name": registration.name,
+        "qualified_name": registration.qualified_name,
+        "class": _where(registration.obj),
+        "description": registration.description,
+        "plugin": registration.plugin,
+        "distribution": registration.distribution,
+        "version": registration.version,
+        "options_from": source,
+        "options": [spec.describe() for spec in specs if spec.cli],
+    }
+
+
+def _selected(name: str) -> list[host.Registration]:
+    """Every registration (of any kind) that ``name`` or ``DIST:NAME`` selects."""
+    registry = host.get_registry()
+    found: list[host.Registration] = []
+    ambiguous: list[str] = []
+    for kind in host.KINDS:
+        try:
+            found.append(registry.get(kind, name))
+        except UsageError as exc:
+            if registry.all_of(kind, name.rpartition(":")[2]) and ":" not in name:
+                ambiguous.append(str(exc))
+    if ambiguous and not found:
+        raise UsageError(ambiguous[0])
+    if not found:
+        installed = sorted({r.name for r in registry.entries})
+        raise UsageError(
+            f"nothing named {name!r} is installed (installed: {', '.join(installed) or 'none'}); "
+            "see xelm plugins list"
+        )
+    return found
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="A registered name, or DIST:NAME.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what NAME is, for each kind it is registered as: class, description, plugin,
+    distribution, version and its options (type, default, help).
+
+    Example: xelm plugins show tfidf
+    """
+    registrations = _selected(name)
+    records = [_show_record(r) for r in registrations]
+    if as_json:
+        print_json(records)
+        return
+    console = Console(soft_wrap=True)
+    for index, (registration, record) in enumerate(zip(registrations, records, strict=True)):
+        if index:
+            console.print()
+        console.print(Text.assemble((f"{record['kind']} {record['name']}", "bold")))
+        where = record["distribution"] or "in-process"
+        version = f" {record['version']}" if record["version"] else ""
+        for label, value in (
+            ("class", record["class"]),
+            ("description", record["description"] or "-"),
+            ("plugin", f"{record['plugin']} ({where}{version})"),
+            ("select as", record["qualified_name"]),
+        ):
+            console.print(Text(f"  {label + ':':13}{value}"))
+        specs, source = _options_of(registration)
+        shown = [spec for spec in specs if spec.cli]
+        if not shown:
+            console.print(Text(f"  {'options:':13}none: {source}"))
+            continue
+        via = VIA.get(record["kind"], "KEY=VALUE")
+        console.print(Text(f"  {'options:':13}{via} KEY=VALUE (from its {source})"))
+        width = max(len(spec.name) for spec in shown)
+        for spec in shown:
+            default = "required" if spec.required else f"default {_shown_default(spec)}"
+            console.print(Text(f"    {spec.name:{width}}  {spec.type_name}; {default}"))
+            if spec.help:
+                console.print(Text(f"    {'':{width}}  {spec.help}"))
+
+
+# ---------------------------------------------------------------------------- check
+
+
+@app.command("check")
+def check(
+    name: Annotated[str, typer.Argument(help="A router or evaluator name, or DIST:NAME.")],
+    router_arg: Annotated[
+        list[str] | None,
+        typer.Option("--router-arg", help="Router option KEY=VALUE to build it with (repeatable)."),
+    ] = None,
+    eval_arg: Annotated[
+        list[str] | None,
+        typer.Option("--eval-arg", help="Evaluator option KEY=VALUE (repeatable)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a router (or evaluator) against spec/plugin-api.md on three tiny generated experts:
+    weight shapes, normalisation, determinism, untouched arguments, causality of an output
+    router, options round-trip, stride/fallback, a run in an ensemble; an evaluator's attributes,
+    options and evaluate(). One line per check; exit code 6 when one fails.
+
+    Example: xelm plugins check posterior
+    """
+    from xelm_cli.plugin import conformance
+
+    reports = conformance.check(
+        name,
+        router_args=parse_pairs(router_arg or [], "--router-arg"),
+        eval_args=parse_pairs(eval_arg or [], "--eval-arg"),
+    )
+    if as_json:
+        print_json([report.as_dict() for report in reports])
+    else:
+        console = Console(soft_wrap=True, highlight=False)
+        for report in reports:
+            console.print(Text(f"{report.kind} {report.name} (plugin {report.plugin})"))
+            for result in report.results:
+                console.print(Text("  " + result.line()), markup=False)
+    failed = [(report, result) for report in reports for result in report.failed]
+    if failed:
+        report, first = failed[0]
+        raise PluginError(
+            f"{report.kind} {report.name!r} failed {len(failed)} check"
+            f"{'s' if len(failed) > 1 else ''} ({', '.join(r.check for _, r in failed)}); "
+            f"first: {first.check}: {first.reason}"
+        )
