@@ -124,6 +124,58 @@ def test_create_calibrates_and_eval_reproduces_from_the_file(
     assert (code, err) == (2, f"xelm: error: {ens} exists; pass --force to replace it\n")
 
 
+def test_router_options_are_checked_by_the_declaration_on_the_command_line_and_in_files(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
+) -> None:
+    experts = str(pool / "experts" / "*")
+    ens = tmp_path / "ens.json"
+    code, _, err = cli(
+        capsys, "ensemble", "create", experts, "--router", "posterior",
+        "--router-arg", "top_k=2", "--router-arg", "prior=1,2,1", "-o", str(ens),
+    )  # fmt: skip
+    assert code == 0, err
+    # recorded converted: an int and a list of floats, not the texts given
+    assert json.loads(ens.read_text())["router"] == {
+        "name": "posterior",
+        "options": {"top_k": 2, "prior": [1.0, 2.0, 1.0]},
+    }
+    code, _, err = cli(
+        capsys, "ensemble", "eval", experts, "--data", str(evalset), "--router", "posterior",
+        "--router-arg", "top_k=two",
+    )  # fmt: skip
+    assert (code, err) == (
+        2,
+        "xelm: error: router 'posterior': option 'top_k' expects int or none, not 'two'\n",
+    )
+    # an ensemble file's options are checked when it is read
+    edited = json.loads(ens.read_text())
+    edited["router"]["options"]["top_k"] = [2]
+    ens.write_text(json.dumps(edited))
+    code, _, err = cli(capsys, "ensemble", "eval", str(ens), "--data", str(evalset))
+    assert (code, err) == (
+        2,
+        f"xelm: error: router 'posterior' in {ens}: option 'top_k' expects int or none, "
+        "not '[2]'\n",
+    )
+    edited["router"]["options"] = {"top_k": 1, "temperature": 2}
+    ens.write_text(json.dumps(edited))
+    code, _, err = cli(capsys, "ensemble", "eval", str(ens), "--data", str(evalset))
+    assert (code, err) == (
+        2,
+        f"xelm: error: router 'posterior' in {ens} has no option 'temperature' (its options: "
+        "prior, top_k)\n",
+    )
+    # --router-arg on top of a file's options: converted and checked the same way
+    edited["router"]["options"] = {"top_k": 1}
+    ens.write_text(json.dumps(edited))
+    code, stdout, err = cli(
+        capsys, "ensemble", "eval", str(ens), "--data", str(evalset), "--langs", "ar",
+        "--router-arg", "top_k=3", "--format", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["ensemble"]["router"]["options"] == {"top_k": 3}
+
+
 def test_bad_inputs_are_one_line(
     capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
 ) -> None:
