@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from xelm_trainer.loop import TrainingRun
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.common.errors import UsageError
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
@@ -455,6 +457,65 @@ def test_train_all_leaves_runs_experts_an_ensemble(
     assert eval_members(capsys, shell, flores) == [
         "ensemble[uniform]", "expert:expert-0", "expert:expert-1",
     ]  # fmt: skip
+
+
+def test_the_python_verb_trains_like_the_command(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    """xelm_cli.api.train with the default trainer's options (Python values or text) writes
+    the bundle `xelm train` writes with the same flags, and refuses bad options in one line."""
+    from xelm_cli import api
+
+    flags = ["--block-size", "32", "--batch-size", "4", "--lr", "3e-3", "--global-batch", "256"]
+    args = [seed_bundle, "--data", train_shards, "--tokens", "1024", "--langs", "tr,en", *flags]
+    assert xelm(capsys, "train", *args, "-o", tmp_path / "cli")[0] == 0
+    trained = api.train(
+        seed_bundle, data=train_shards, tokens="1024", output=tmp_path / "python",
+        languages=["tr", "en"], block_size=32, batch_size="4", lr=3e-3, global_batch_tokens="256",
+    )  # fmt: skip
+    assert same_weights(tmp_path / "cli", tmp_path / "python")
+    record = trained.manifest.training
+    assert record is not None and record["steps"] == 4
+    assert record["options"]["global_batch_tokens"] == 256
+    assert record["trainer"]["name"] == "causal-lm"
+    assert record["command"].startswith("xelm_cli.api.train(")
+    cases = [
+        ({"schedule": "steep"}, "option 'schedule' must be one of linear, cosine, constant"),
+        ({"block_size": "big"}, "option 'block_size' expects int, not 'big'"),
+        ({"speed": 2}, "trainer 'causal-lm' has no option 'speed' (its options: block_size, "),
+        ({"world_size": 2}, "trainer 'causal-lm' has no option 'world_size'"),
+    ]
+    for options, error in cases:
+        with pytest.raises(UsageError, match=re.escape(error)):
+            api.train(seed_bundle, data=train_shards, tokens=1024, output=tmp_path / "bad",
+                      **options)  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+    capsys.readouterr()
+    code, stdout, stderr = xelm(capsys, "train", *args, "-o", tmp_path / "bad", "--schedule", "x")
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        "xelm: error: trainer 'causal-lm': option 'schedule' must be one of linear, cosine, "
+        "constant, not 'x'\n"
+    )
+
+
+def test_train_help_shows_every_declared_option_with_its_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xelm_trainer.options import TrainOptions
+
+    from xelm_cli.plugin.options import declared_options
+
+    monkeypatch.setenv("COLUMNS", "200")
+    code, stdout, _ = xelm(capsys, "train", "--help")
+    assert code == 0
+    for spec in declared_options(TrainOptions):
+        if spec.cli:
+            assert spec.flag_name in stdout, spec.name
+    assert "--world-size" not in stdout and "--train-arg" in stdout
+    assert "Tokens per packed block. [default: 1024]" in stdout
+    assert "Peak learning rate. [default: 0.0001]" in stdout
+    assert "--lean-loss --no-lean-loss" in " ".join(stdout.split())
 
 
 def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,14 @@ from typing import ClassVar
 
 from xelm_cli.api import Bundle, Register, Trainer, TrainRequest, hookimpl
 
+from .options import TrainOptions
+
 
 class CausalLMTrainer(Trainer):
     """Continue training a causal LM on packed ``bos doc eos`` blocks of its languages."""
 
     name: ClassVar[str] = "causal-lm"
+    Options: ClassVar[type] = TrainOptions  # the declaration `xelm train` derives its flags from
 
     def train(self, request: TrainRequest) -> Bundle:
         from .loop import TrainingRun

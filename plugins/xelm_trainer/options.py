@@ -1,57 +1,96 @@
-"""The trainer's options: defaults (the paper's optimiser), parsing and the derived batch shape."""
+"""The trainer's options: its declaration (defaults: the paper's optimiser; the help of every
+``xelm train`` flag), parsing and the derived batch shape."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from xelm_cli.api import UsageError
+from xelm_cli.api import UsageError, option, parse_options, parse_token_count
 
 SCHEDULES = ("linear", "cosine", "constant")
 SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+LABEL = "trainer 'causal-lm'"
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Every setting of a run; all of them are recorded in the training record."""
+    """Every setting of a run; all of them are recorded in the training record. The
+    declaration of the ``causal-lm`` trainer: ``xelm train`` derives its flags from it."""
 
-    block_size: int = 1024
-    batch_size: int = 8  # sequences per micro-batch (of each rank under torchrun)
-    global_batch_tokens: int | None = None  # default: one micro-batch per rank, no accumulation
-    lr: float = 1e-4
-    schedule: str = "linear"  # linear decay to 0 (the paper), cosine to 0, or constant
-    warmup_steps: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-6
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # 0: only before the first and after the last step
-    eval_blocks: int = 16
-    checkpoint_every: int = 100
-    keep_checkpoints: bool = False  # keep the last checkpoint once the bundle is written
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    device: str = "auto"
-    role: str | None = None
-    fsdp: bool = False  # shard parameters, gradients and optimiser state (torchrun only)
-    save_dtype: str = "auto"  # dtype of the saved weights; auto: the one the bundle is stored in
-    lean_loss: bool = True  # chunked output layer + cross-entropy where it equals the plain loss
-    attention: str = "auto"  # attn_implementation; auto: transformers' choice (sdpa if supported)
-    router_only: bool = False  # MoE bundles: train the routers only (moe.py)
-    aux_loss: float | None = None  # MoE bundles: load-balancing loss weight (default: config's)
-    world_size: int = 1  # ranks under torchrun (set by the trainer from WORLD_SIZE, not an option)
+    block_size: int = option(1024, help="Tokens per packed block.")
+    batch_size: int = option(8, help="Blocks per micro-batch (of each rank under torchrun).")
+    global_batch_tokens: int | None = option(
+        None,
+        help="Tokens per optimiser step, e.g. 4096 or 1M (gradient accumulation reaches it; "
+        "default: one micro-batch per rank, no accumulation).",
+        flag="--global-batch",
+        parse=parse_token_count,
+    )
+    lr: float = option(1e-4, help="Peak learning rate.")
+    schedule: str = option(
+        "linear", help="linear (decay to 0, the paper's), cosine (to 0) or constant.",
+        choices=SCHEDULES,
+    )  # fmt: skip
+    warmup_steps: int = option(0, help="Linear warm-up steps.")
+    beta1: float = option(0.9, help="AdamW beta1.")
+    beta2: float = option(0.95, help="AdamW beta2.")
+    eps: float = option(1e-6, help="AdamW epsilon.")
+    weight_decay: float = option(0.0, help="AdamW weight decay.")
+    clip: float = option(1.0, help="Gradient-norm clipping.")
+    seed: int = option(0, help="Seed of the data order and the RNGs.")
+    log_every: int = option(10, help="Loss-curve point every N steps.")
+    eval_every: int = option(
+        0, help="Validate every N steps (0: before the first and after the last)."
+    )
+    eval_blocks: int = option(16, help="Held-out blocks per validation.")
+    checkpoint_every: int = option(100, help="Checkpoint every N steps.")
+    keep_checkpoints: bool = option(
+        False, help="Keep the last checkpoint (in .OUT.ckpt/) after writing the bundle."
+    )
+    compile: bool = option(False, help="Use torch.compile.")
+    gradient_checkpointing: bool = option(
+        False, help="Activation checkpointing (less memory, more compute)."
+    )
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...")
+    role: str | None = option(
+        None, help="Role of the new bundle (default: the parent's; a trained seed is dense)."
+    )
+    fsdp: bool = option(False, help="Under torchrun: shard the model with FSDP instead of DDP.")
+    save_dtype: str = option(
+        "auto",
+        help="dtype of the saved weights: auto (the bundle's own, e.g. a bf16 seed stays bf16; "
+        "training keeps fp32 master weights), float32, bfloat16 or float16.",
+        choices=SAVE_DTYPES,
+    )
+    lean_loss: bool = option(
+        True,
+        help="Output layer and cross-entropy in chunks of tokens: never the whole batch's "
+        "logits (models whose logits are more than the output layer keep the plain loss).",
+    )
+    attention: str = option(
+        "auto",
+        help="attn_implementation: auto (transformers' choice, sdpa where supported), sdpa, "
+        "eager, flash_attention_2, ...",
+        choices=ATTENTION,
+    )
+    router_only: bool = option(False, help="MoE bundles (xelm bundle moe): train only the routers.")
+    aux_loss: float | None = option(
+        None,
+        help="MoE bundles: weight of the load-balancing loss (default: the config's "
+        "router_aux_loss_coef); it is logged as aux_loss.",
+    )
+    world_size: int = option(
+        1, help="Ranks under torchrun (set by the trainer from WORLD_SIZE).", cli=False
+    )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainOptions":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(
-                f"unknown trainer option {unknown[0]!r} (known: {', '.join(sorted(known))})"
-            )
-        options = cls(**{k: v for k, v in values.items() if v is not None})
+        """The options of ``values`` (text or Python values; None: the default), checked
+        against the declaration, then against each other (``check``)."""
+        given = {k: v for k, v in values.items() if v is not None and k != "world_size"}
+        parsed = parse_options(cls, given, label=LABEL, via="--train-arg")
+        world = values.get("world_size")
+        options = cls(**parsed, **({"world_size": int(world)} if world is not None else {}))
         options.check()
         return options
 

@@ -86,6 +86,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         plugins.add_plugin_commands(app)
         cluster.add_clusterer_commands()
+        train.add_trainer_flags()
         # Not standalone: usage errors come back here, to be one line like every other error.
         # What comes back is an exit code (typer.Exit, --help) or a command's None.
         code = app(args=argv, prog_name="xelm", standalone_mode=False)

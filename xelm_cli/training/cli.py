@@ -5,7 +5,6 @@ import os
 import shlex
 import subprocess
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,13 +14,19 @@ from rich.table import Table
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
-from xelm_cli.common.atomic import output_lock
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.lang.codes import parse_language_list
-from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
+from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import (
+    declared_options,
+    parse_options,
+    parse_pairs,
+    typer_parameters,
+    with_parameters,
+)
 from xelm_cli.training.checkpoints import list_checkpoints, plan_budgets
 from xelm_cli.training.estimates import (
     ModelShape,
@@ -31,9 +36,10 @@ from xelm_cli.training.estimates import (
     parse_size,
     training_memory,
 )
+from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
+from xelm_cli.training.run import train as train_verb
 
 console = Console(soft_wrap=True)
-DEFAULT_TRAINER = "causal-lm"
 PLAN_FORMAT = "xelm-train-plan"
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Token shards to train on.")]
@@ -79,75 +85,24 @@ def train(
     ] = None,
     expert: Annotated[int | None, typer.Option(help="Expert index (with --allocation).")] = None,
     valid: ValidOpt = None,
-    trainer: Annotated[str, typer.Option(help="Trainer plugin.")] = DEFAULT_TRAINER,
-    block_size: Annotated[int, typer.Option(help="Tokens per packed block.")] = 1024,
-    batch_size: Annotated[int, typer.Option(help="Blocks per micro-batch.")] = 8,
-    global_batch: Annotated[
-        str | None,
-        typer.Option(help="Tokens per optimiser step (gradient accumulation reaches it)."),
-    ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
-    schedule: Annotated[str, typer.Option(help="linear (to 0), cosine or constant.")] = "linear",
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
-    clip: Annotated[float, typer.Option(help="Gradient-norm clipping.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of the data order and the RNGs.")] = 0,
-    eval_every: Annotated[int, typer.Option(help="Validate every N steps (0: at the end).")] = 0,
-    eval_blocks: Annotated[int, typer.Option(help="Held-out blocks per validation.")] = 16,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
-    log_every: Annotated[int, typer.Option(help="Loss-curve point every N steps.")] = 10,
-    keep_checkpoints: Annotated[
-        bool,
-        typer.Option(help="Keep the last checkpoint (in .OUT.ckpt/) after writing the bundle."),
-    ] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="Use torch.compile.")] = False,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option(help="Activation checkpointing (less memory, more compute).")
-    ] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    fsdp: Annotated[
-        bool, typer.Option(help="Under torchrun: shard the model with FSDP instead of DDP.")
-    ] = False,
-    lean_loss: Annotated[
-        bool,
+    trainer: Annotated[
+        str, typer.Option(help="Trainer plugin (xelm plugins list); its options: --train-arg.")
+    ] = DEFAULT_TRAINER,
+    train_arg: Annotated[
+        list[str] | None,
         typer.Option(
-            help="Output layer and cross-entropy in chunks of tokens: never the whole batch's "
-            "logits (models whose logits are more than the output layer keep the plain loss)."
-        ),
-    ] = True,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="attn_implementation: auto (transformers' choice, sdpa where supported), "
-            "sdpa, eager, flash_attention_2, ..."
-        ),
-    ] = "auto",
-    save_dtype: Annotated[
-        str,
-        typer.Option(
-            help="dtype of the saved weights: auto (the bundle's own, e.g. a bf16 seed stays "
-            "bf16; training keeps fp32 master weights), float32, bfloat16 or float16."
-        ),
-    ] = "auto",
-    role: Annotated[
-        str | None, typer.Option(help="Role of the new bundle (default: expert stays expert).")
-    ] = None,
-    router_only: Annotated[
-        bool,
-        typer.Option(
-            "--router-only", help="MoE bundles (xelm bundle moe): train only the routers."
-        ),
-    ] = False,
-    aux_loss: Annotated[
-        float | None,
-        typer.Option(
-            help="MoE bundles: weight of the load-balancing loss (default: the config's "
-            "router_aux_loss_coef); it is logged as aux_loss."
+            "--train-arg",
+            help="Trainer option KEY=VALUE (repeatable), for any trainer's own options "
+            "(xelm plugins show NAME); the flags below are the default trainer's.",
         ),
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue from the newest checkpoint (none yet: start, and say so)."),
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
+    **flags: Any,
 ) -> None:
     """Train a bundle on packed documents of its languages; write the result as a new bundle.
 
@@ -159,50 +114,26 @@ def train(
     NCCL on GPU): --batch-size is per rank, the global batch is batch x accumulation x N blocks,
     and rank 0 writes the bundle.
 
+    The trainer options below are the default trainer's (causal-lm); another trainer takes its
+    own with --train-arg KEY=VALUE (xelm plugins show NAME lists them).
+
     Example: xelm train experts/e0 --data shards/ --valid valid/ --tokens 20M -o trained/e0
     """
-    options: dict[str, Any] = {
-        "block_size": block_size,
-        "batch_size": batch_size,
-        "global_batch_tokens": parse_token_count(global_batch) if global_batch else None,
-        "lr": lr,
-        "schedule": schedule,
-        "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay,
-        "clip": clip,
-        "seed": seed,
-        "eval_every": eval_every,
-        "eval_blocks": eval_blocks,
-        "checkpoint_every": checkpoint_every,
-        "log_every": log_every,
-        "keep_checkpoints": keep_checkpoints,
-        "compile": compile_model,
-        "gradient_checkpointing": gradient_checkpointing,
-        "device": device,
-        "role": role,
-        "fsdp": fsdp,
-        "save_dtype": save_dtype,
-        "lean_loss": lean_loss,
-        "attention": attention,
-        "router_only": router_only,
-        "aux_loss": aux_loss,
-    }
-    request = TrainRequest(
-        bundle=bundle,
+    options = command_options(trainer, flags, train_arg or [])
+    result = train_verb(
+        bundle,
         data=data,
+        tokens=tokens,
         output=out,
-        tokens=parse_token_count(tokens),
+        trainer=trainer,
         languages=_languages(bundle, langs, allocation, expert),
-        options=options,
         valid=valid,
         resume=resume,
         force=force,
         command=_command_line(),
+        **options,
     )
-    writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes and reports
-    with output_lock(out) if writer else nullcontext():  # one run per output, for its whole life
-        result = get_registry().get("trainer", trainer).obj().train(request)
-    if not writer:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return
     record = result.manifest.training or {}
     if as_json:
@@ -215,23 +146,109 @@ def train(
         if valid_curve
         else ""
     )
+    steps, trained = record.get("steps"), record.get("tokens")
     console.print(
-        f"wrote {result.manifest.role} bundle [bold]{result.path}[/]: "
-        f"{record.get('steps')} steps, {record.get('tokens'):,} tokens{valid_text}"
+        f"wrote {result.manifest.role} bundle [bold]{result.path}[/]"
+        + (
+            f": {steps} steps, {trained:,} tokens"
+            if steps is not None and trained is not None
+            else ""
+        )
+        + valid_text
     )
+
+
+# the request's own parameters: a declared option of the same name is reachable via --train-arg
+REQUEST_PARAMETERS = (
+    "bundle", "data", "tokens", "out", "output", "langs", "languages", "allocation", "expert",
+    "valid", "trainer", "train_arg", "resume", "force", "as_json", "command",
+)  # fmt: skip
+_flag_owner: list[Any] = []  # the declaration the flags of `xelm train` were derived from
+_plain = with_parameters(train, [])  # before add_trainer_flags: the request's own flags only
+train.__signature__ = _plain.__signature__  # type: ignore[attr-defined]
+train.__annotations__ = _plain.__annotations__
+
+
+def add_trainer_flags() -> None:
+    """Give ``xelm train`` one flag per option the default trainer declares (once per process:
+    the registry is loaded by then); without that trainer, only ``--train-arg``."""
+    if _flag_owner:
+        return
+    registry = get_registry()
+    owner = registry.trainers[DEFAULT_TRAINER].obj if DEFAULT_TRAINER in registry.trainers else None
+    extra = typer_parameters(owner, skip=REQUEST_PARAMETERS) if owner is not None else []
+    built = with_parameters(train, extra)
+    train.__signature__ = built.__signature__  # type: ignore[attr-defined]
+    train.__annotations__ = built.__annotations__
+    _flag_owner.append(owner)
+
+
+def command_options(trainer: str, flags: dict[str, Any], pairs: list[str]) -> dict[str, Any]:
+    """The trainer options of one ``xelm train``: ``--train-arg`` pairs, then the flags given
+    (those of the default trainer's declaration); a flag the chosen trainer does not declare
+    is refused in one line naming the trainer and its options."""
+    given = {key: value for key, value in flags.items() if value is not None}
+    options: dict[str, Any] = parse_pairs(pairs, "--train-arg")
+    if given:
+        registration = get_registry().get("trainer", trainer)
+        own = {spec.name: spec for spec in declared_options(registration.obj) if spec.cli}
+        foreign = [name for name in given if name not in own]
+        if foreign:
+            owner = _flag_owner[0] if _flag_owner else None
+            flag = next(
+                (s.flag_name for s in declared_options(owner) if s.name == foreign[0]),
+                "--" + foreign[0].replace("_", "-"),
+            )
+            listing = f"its options: {', '.join(own)}" if own else "it takes no options"
+            raise UsageError(
+                f"trainer {registration.name!r} has no option {flag} ({listing}; "
+                "pass them with --train-arg KEY=VALUE)"
+            )
+        options |= given
+    return options
 
 
 # --- plan and train-all --------------------------------------------------------------------------
 
 
-def _train_setting(args: list[str], flag: str, default: Any) -> Any:
-    """The value ``args`` (extra `xelm train` options) give ``flag``, else ``default``."""
-    for index, arg in enumerate(args):
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-        if arg == flag and index + 1 < len(args):
-            return args[index + 1]
-    return default
+def planned_options(train_args: str) -> dict[str, Any]:
+    """The default trainer's options that ``train_args`` (extra `xelm train` arguments: its
+    flags and ``--train-arg KEY=VALUE``) set, over its declared defaults; a bad value is
+    refused in one line now rather than when the run starts."""
+    registry = get_registry()
+    if DEFAULT_TRAINER not in registry.trainers:
+        raise UsageError(
+            f"estimating a plan needs the {DEFAULT_TRAINER} trainer, which is not loaded "
+            "(xelm plugins list)"
+        )
+    owner = registry.trainers[DEFAULT_TRAINER].obj
+    specs = [spec for spec in declared_options(owner) if spec.cli]
+    by_flag = {spec.flag_name: spec for spec in specs}
+    given: dict[str, Any] = {}
+    pairs: list[str] = []
+    args = shlex.split(train_args)
+    index = 0
+    while index < len(args):
+        name, equals, value = args[index].partition("=")
+        index += 1
+        negated = (
+            by_flag.get("--" + name.removeprefix("--no-")) if name.startswith("--no-") else None
+        )
+        spec = by_flag.get(name)
+        if negated is not None and negated.is_flag:
+            given[negated.name] = "false"
+        elif spec is not None and spec.is_flag:
+            given[spec.name] = value if equals else "true"
+        elif spec is not None or name == TRAIN_ARG:
+            if not equals and index < len(args):
+                value, index = args[index], index + 1
+            if name == TRAIN_ARG:
+                pairs.append(value)
+            else:
+                given[spec.name] = value  # type: ignore[union-attr]
+    values = {**parse_pairs(pairs, TRAIN_ARG), **given}
+    parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
+    return {spec.name: spec.default for spec in specs} | parsed
 
 
 def estimate_runs(
@@ -244,10 +261,8 @@ def estimate_runs(
     seed's size, with the batch that ``train_args`` sets), refused in one line when the batch
     cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and the
     FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
-    args = shlex.split(train_args)
-    batch = int(_train_setting(args, "--batch-size", 8))
-    block = int(_train_setting(args, "--block-size", 1024))
-    device = _train_setting(args, "--device", "auto")
+    planned = planned_options(train_args)
+    batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
     if device == "auto":
         import torch
 
@@ -255,8 +270,8 @@ def estimate_runs(
     cuda = str(device).startswith("cuda")
     options = {
         "cuda": cuda,
-        "lean_loss": "--no-lean-loss" not in args,
-        "gradient_checkpointing": "--gradient-checkpointing" in args,
+        "lean_loss": bool(planned["lean_loss"]),
+        "gradient_checkpointing": bool(planned["gradient_checkpointing"]),
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
     estimate = training_memory(shape, batch, block, **options)

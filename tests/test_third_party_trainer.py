@@ -1,0 +1,171 @@
+"""A third-party trainer with an option of its own, pip-installed for real (entry points), run
+through `xelm train --trainer scale --train-arg scale=...` and through `xelm_cli.api.train`.
+
+The fixture distribution tests/fixtures/xelm-scale-trainer registers the trainer ``scale``: the
+new bundle's weights are the input's times its declared option ``scale``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA, install, weights
+
+import xelm_cli.api as api
+from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.prepare import prepare
+from xelm_cli.plugin import host
+
+PROVENANCE = {
+    "name": "scale",
+    "plugin": "scale",
+    "distribution": "xelm-scale-trainer",
+    "version": "0.1.0",
+}
+
+
+@pytest.fixture(scope="module")
+def scale_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install("xelm-scale-trainer", tmp_path_factory.mktemp("scale") / "site")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    out = tmp_path_factory.mktemp("scale-data") / "shards"
+    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, langs=["en"], token_caps=500)
+    return out
+
+
+@pytest.fixture
+def installed(scale_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The fixture distribution importable in this process, its entry points found."""
+    monkeypatch.syspath_prepend(str(scale_site))
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    host.reset_registry()
+    yield scale_site
+    host.reset_registry()
+
+
+def xelm(*args: object, site: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m xelm_cli ARGS`` with the fixture distribution on its path."""
+    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *inherited])
+    return subprocess.run(
+        [sys.executable, "-m", "xelm_cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=site.parent,  # not the checkout, whose stale xelm.egg-info would shadow entry points
+    )
+
+
+def assert_scaled(trained: Path, parent: Path, scale: float) -> None:
+    """Every tensor of ``trained`` on disk is ``parent``'s times ``scale``, bit for bit."""
+    before, after = weights(parent), weights(trained)
+    assert after.keys() == before.keys()
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor * scale), name
+    assert verify_bundle(trained) == []
+
+
+def test_cli_passes_the_trainers_own_option(
+    scale_site: Path, seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "half"
+    args = [seed_bundle, "--data", shards, "--tokens", "1K", "-o", out, "--trainer", "scale"]
+    result = xelm("train", *args, "--train-arg", "scale=0.5", "--json", site=scale_site)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["path"] == str(out)
+    assert_scaled(out, seed_bundle, 0.5)
+    record = Bundle.open(out).manifest.training
+    assert record is not None
+    assert record["options"] == {"trainer": "scale", "scale": 0.5}
+    assert record["trainer"] == PROVENANCE
+    assert (
+        record["command"].startswith("xelm train ")
+        and "--train-arg scale=0.5" in (record["command"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--train-arg", "scale=big"], "trainer 'scale': option 'scale' expects float, not 'big'"),
+        (
+            ["--train-arg", "scale=-1"],
+            "trainer 'scale': option 'scale' must be at least 0, not -1.0",
+        ),
+        (["--train-arg", "speed=2"], "trainer 'scale' has no option 'speed' (its options: scale)"),
+        (["--train-arg", "scale"], "--train-arg must look like KEY=VALUE, got 'scale'"),
+        (
+            ["--lr", "0.1"],  # a flag of the default trainer's, which this one does not declare
+            "trainer 'scale' has no option --lr (its options: scale; pass them with "
+            "--train-arg KEY=VALUE)",
+        ),
+    ],
+)
+def test_cli_refuses_a_bad_option_in_one_line(
+    scale_site: Path,
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    args: list[str],
+    error: str,
+) -> None:
+    out = tmp_path / "out"
+    result = xelm("train", seed_bundle, "--data", shards, "--tokens", "1K", "-o", out,
+                  "--trainer", "scale", *args, site=scale_site)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"xelm: error: {error}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_python_api_passes_the_trainers_own_option(
+    installed: Path, seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    trained = api.train(
+        seed_bundle, data=shards, tokens="1K", output=tmp_path / "quarter", trainer="scale",
+        scale=0.25,
+    )  # fmt: skip
+    assert trained.path == tmp_path / "quarter"
+    assert_scaled(trained.path, seed_bundle, 0.25)
+    record = trained.manifest.training
+    assert record is not None
+    assert record["options"] == {"trainer": "scale", "scale": 0.25}
+    assert record["trainer"] == PROVENANCE
+    assert record["command"].startswith("xelm_cli.api.train(")
+    # text converts as on the command line; a qualified name selects the distribution
+    api.train(seed_bundle, data=shards, tokens=1024, output=tmp_path / "double",
+              trainer="xelm-scale-trainer:scale", scale="2")  # fmt: skip
+    assert_scaled(tmp_path / "double", seed_bundle, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"scale": "big"}, "trainer 'scale': option 'scale' expects float, not 'big'"),
+        ({"scale": -1}, "trainer 'scale': option 'scale' must be at least 0, not -1.0"),
+        ({"lr": 0.1}, "trainer 'scale' has no option 'lr' (its options: scale)"),
+    ],
+)
+def test_python_api_refuses_a_bad_option_in_one_line(
+    installed: Path,
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    options: dict[str, object],
+    error: str,
+) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(UsageError) as caught:
+        api.train(seed_bundle, data=shards, tokens="1K", output=out, trainer="scale", **options)
+    assert str(caught.value) == error
+    assert not out.exists()

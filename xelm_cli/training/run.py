@@ -1,0 +1,109 @@
+"""The ``train`` verb: train a bundle with a registered trainer, from Python or ``xelm train``.
+
+``xelm_cli.api.train`` re-exports it::
+
+    from xelm_cli.api import train
+    expert = train("branches/e0", data="shards/", tokens="20M", output="experts/e0", lr=3e-4)
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import output_lock
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.units import parse_token_count
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.plugin.contracts import Trainer, TrainRequest
+from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import parse_options
+
+DEFAULT_TRAINER = "causal-lm"
+TRAIN_ARG = "--train-arg"
+
+
+def train(
+    bundle: str | Path,
+    *,
+    data: str | Path,
+    tokens: int | str,
+    output: str | Path,
+    trainer: str = DEFAULT_TRAINER,
+    languages: Sequence[str] | str = (),
+    valid: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    command: str | None = None,
+    **options: Any,
+) -> Bundle:
+    """Train ``bundle`` on the token shards ``data`` for ``tokens`` tokens (an int or text such as
+    ``"20M"``) and write the result as a new bundle at ``output``; returns it.
+
+    ``trainer`` is a registered trainer's name (``xelm plugins list``; ``DIST:NAME`` selects one
+    of two same-named registrations); ``options`` are its declared options (``xelm plugins show
+    NAME``), as Python values or text, checked against its declaration with one-line errors.
+    ``languages``: the languages to train on (default: the bundle's). ``resume`` continues from
+    the newest checkpoint (and starts the run when there is none yet); ``force`` replaces an
+    existing output. ``command`` is what the training record calls the run (default: this call).
+    Under torchrun every rank calls this; rank 0 alone holds the output lock and writes.
+    """
+    registration = get_registry().get("trainer", trainer)
+    cls = registration.obj
+    label = f"trainer {registration.name!r}"
+    checked = trainer_options(cls, options, label=label)
+    count = _token_count(tokens)
+    request = TrainRequest(
+        bundle=Path(bundle),
+        data=Path(data),
+        output=Path(output),
+        tokens=count,
+        languages=_languages(languages),
+        options=checked,
+        valid=Path(valid) if valid is not None else None,
+        resume=resume,
+        force=force,
+        command=command or _call_text(bundle, data, count, output, registration.name, checked),
+        provenance=registration.provenance,
+    )
+    writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes
+    with output_lock(request.output) if writer else nullcontext():  # one run per output
+        return cls().train(request)
+
+
+def trainer_options(cls: type[Trainer], values: Mapping[str, Any], *, label: str) -> dict[str, Any]:
+    """``values`` checked against ``cls``'s declared options and converted (only those given:
+    the trainer fills in its defaults); a one-line error names ``label`` and its options."""
+    return parse_options(cls, dict(values), label=label, via=TRAIN_ARG)
+
+
+def _token_count(tokens: int | str) -> int:
+    if isinstance(tokens, str):
+        return parse_token_count(tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise UsageError(
+            f"tokens must be a positive whole number or text such as 20M, not {tokens!r}"
+        )
+    return tokens
+
+
+def _languages(languages: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(languages, str):
+        return tuple(parse_language_list(languages)) if languages.strip() else ()
+    return tuple(dict.fromkeys(normalize_language(code) for code in languages))
+
+
+def _call_text(
+    bundle: Any, data: Any, tokens: int, output: Any, trainer: str, options: Mapping[str, Any]
+) -> str:
+    """How the training record names a Python call: ``train('b', data='d', ...)``."""
+    words = [
+        repr(str(bundle)),
+        f"data={str(data)!r}",
+        f"tokens={tokens}",
+        f"output={str(output)!r}",
+    ]
+    words += [f"trainer={trainer!r}"] + [f"{key}={value!r}" for key, value in options.items()]
+    return f"xelm_cli.api.train({', '.join(words)})"
