@@ -4,7 +4,9 @@ deliberately broken routers fail it with the right lines."""
 
 import json
 import random
+import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from xelm_cli.api import (
     Weights,
     hookimpl,
 )
-from xelm_cli.cli import run
+from xelm_cli.cli import app, run
 from xelm_cli.ensemble.runner import build_router
 from xelm_cli.plugin import conformance, host
 from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts
@@ -384,3 +386,24 @@ def test_generated_sentences_are_deterministic() -> None:
     first = conformance.sentences("es", 2)
     random.seed(1)
     assert conformance.sentences("es", 2) == first
+
+
+# ---------------------------------------------------------------------------- reserved names
+
+
+def test_reserved_command_names_are_the_root_apps_and_the_specs() -> None:
+
+    builtin = {
+        group.name or group.typer_instance.info.name
+        for group in app.registered_groups
+        if group.rich_help_panel != host.PLUGIN_HELP_PANEL
+    } | {
+        command.name
+        for command in app.registered_commands
+        if command.rich_help_panel != host.PLUGIN_HELP_PANEL
+    }
+    assert builtin == set(host.BUILTIN_COMMANDS)
+    spec = (Path(__file__).parents[1] / "spec" / "plugin-api.md").read_text()
+    found = re.search(r"name of a built-in command group: (.*?) \(reserved", spec, re.DOTALL)
+    assert found is not None
+    assert set(re.findall(r"`([a-z-]+)`", found.group(1))) == set(host.BUILTIN_COMMANDS)

@@ -41,6 +41,7 @@ BUILTIN_COMMANDS = frozenset(
         "demo",
         "plan",
         "train-all",
+        "report",
     }
 )
 PLUGIN_HELP_PANEL = "Plugin commands"
