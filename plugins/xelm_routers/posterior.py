@@ -7,29 +7,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.api import ExpertInfo, OutputRouter, ScoredDocument, UsageError, option
+from xelm_cli.api import (
+    ExpertInfo,
+    OutputRouter,
+    ScoredDocument,
+    UsageError,
+    keep_top_k,
+    option,
+    softmax,
+)
 
 from .basic import options_of
 
 PRIOR_ITERATIONS = 200
 PRIOR_TOLERANCE = 1e-10
-
-
-def softmax_columns(scores: NDArray[np.float64]) -> NDArray[np.float64]:
-    shifted = np.exp(scores - scores.max(axis=0, keepdims=True))
-    return shifted / shifted.sum(axis=0, keepdims=True)
-
-
-def keep_top_k(weights: NDArray[np.float64], top_k: int | None) -> NDArray[np.float64]:
-    """Zero all but the k largest weights of each column and renormalise."""
-    if top_k is None or top_k >= weights.shape[0]:
-        return weights
-    order = np.argsort(-weights, axis=0, kind="stable")
-    kept = np.zeros_like(weights)
-    columns = np.arange(weights.shape[1])
-    for rank in range(top_k):
-        kept[order[rank], columns] = weights[order[rank], columns]
-    return kept / kept.sum(axis=0, keepdims=True)
 
 
 class PosteriorRouter(OutputRouter):
@@ -82,7 +73,7 @@ class PosteriorRouter(OutputRouter):
         logprobs = scored.logprobs
         prefix = np.cumsum(logprobs, axis=1) - logprobs  # sum over i < t
         scores = self._log_prior(logprobs.shape[0])[:, None] + prefix
-        return keep_top_k(softmax_columns(scores), self.top_k)
+        return keep_top_k(softmax(scores, axis=0), self.top_k, axis=0)
 
     def calibrate(
         self, scored: Sequence[ScoredDocument], experts: Sequence[ExpertInfo]
@@ -92,7 +83,7 @@ class PosteriorRouter(OutputRouter):
         totals = np.stack([item.logprobs.sum(axis=1) for item in scored])  # (n, k)
         prior = np.full(len(experts), 1.0 / len(experts))
         for _ in range(PRIOR_ITERATIONS):
-            responsibilities = softmax_columns((np.log(prior)[None, :] + totals).T).T
+            responsibilities = softmax(np.log(prior)[None, :] + totals, axis=1)
             updated = responsibilities.mean(axis=0)
             updated = np.maximum(updated, 1e-12)
             updated /= updated.sum()
@@ -119,4 +110,4 @@ class LastTokenPosteriorRouter(PosteriorRouter):
         previous = np.zeros_like(logprobs)
         previous[:, 1:] = logprobs[:, :-1]
         scores = self._log_prior(logprobs.shape[0])[:, None] + previous
-        return keep_top_k(softmax_columns(scores), self.top_k)
+        return keep_top_k(softmax(scores, axis=0), self.top_k, axis=0)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from xelm_cli.api import (
     Allocation,
@@ -20,32 +19,16 @@ from xelm_cli.api import (
     UsageError,
     Weights,
     build_options,
+    keep_top_k,
     option,
     read_allocation,
+    softmax,
 )
 
 from .kmeans import squared_distances
 from .state import TfidfModel, load_model
 
 DISTANCES = ("squared", "squared-twice")
-
-
-def softmax_rows(scores: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Row-wise softmax, computed after subtracting each row's maximum."""
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-def keep_top_k_rows(weights: NDArray[np.float64], top_k: int | None) -> NDArray[np.float64]:
-    """Zero all but the k largest weights of each row (the lowest column on ties) and
-    renormalise."""
-    if top_k is None or top_k >= weights.shape[1]:
-        return weights
-    order = np.argsort(-weights, axis=1, kind="stable")[:, :top_k]
-    rows = np.arange(weights.shape[0])[:, None]
-    kept = np.zeros_like(weights)
-    kept[rows, order] = weights[rows, order]
-    return kept / kept.sum(axis=1, keepdims=True)
 
 
 class TfidfRouter(PreRouter):
@@ -186,8 +169,8 @@ class TfidfRouter(PreRouter):
         distances = squared_distances(points, model.centroids)[:, list(clusters)]
         if self.distance == "squared-twice":
             distances = distances**2
-        weights = softmax_rows(-distances / self.temperature)
-        weights = keep_top_k_rows(weights, self.top_k)
+        weights = softmax(-distances / self.temperature, axis=1)
+        weights = keep_top_k(weights, self.top_k, axis=1)
         no_terms = ~points.any(axis=1)
         weights[no_terms] = 1.0 / len(clusters)
         return weights

@@ -131,7 +131,16 @@ def options_class(owner: Any) -> type | None:
 
 
 def _own_init(owner: Any) -> bool:
-    return isinstance(owner, type) and owner.__init__ is not object.__init__
+    """A router class with its own constructor: API 1.0 routers take their options as its
+    keyword arguments. (Trainers, clusterers and evaluators are built by xelm with a request,
+    so their constructors are no declaration.)"""
+    is_router = hasattr(owner, "route") or hasattr(owner, "route_tokens")
+    return isinstance(owner, type) and is_router and _constructor(owner) is not object.__init__
+
+
+def _constructor(cls: type) -> Any:
+    # getattr, because mypy calls ``cls.__init__`` on a class unsound
+    return getattr(cls, "__init__")  # noqa: B009
 
 
 def _is_plugin(cls: type) -> bool:
@@ -176,11 +185,11 @@ def declared_options(owner: Any) -> tuple[OptionSpec, ...]:
 
 def _from_signature(cls: type) -> tuple[OptionSpec, ...]:
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        hints = typing.get_type_hints(_constructor(cls))
     except Exception:  # unresolvable annotations: treat them as untyped
         hints = {}
     specs = []
-    for parameter in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+    for parameter in list(inspect.signature(_constructor(cls)).parameters.values())[1:]:
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         default = REQUIRED if parameter.default is parameter.empty else parameter.default
@@ -395,7 +404,7 @@ def _type_name(annotation: Any) -> str:
         args = [a for a in get_args(inner) if a is not Ellipsis]
         name = f"list of {_type_name(args[0])}" if args else "list"
     elif get_origin(inner) is dict or inner is dict:
-        args = get_args(inner)
+        args = list(get_args(inner))
         name = f"JSON object of {_type_name(args[1])}" if args else "JSON object"
     elif inner is Path:
         name = "path"
