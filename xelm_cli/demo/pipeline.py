@@ -26,8 +26,9 @@ from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, build_router, single_model
-from xelm_cli.plugin.contracts import EvalRequest, TrainRequest, checkpoint_dir
+from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
 
@@ -83,19 +84,15 @@ class Demo:
     ) -> str:
         """Train ``bundle`` into ``out`` (resuming a killed run); the new bundle's digest."""
         if not (out / "xelm.json").is_file():
-            trainer = get_registry().get("trainer", "causal-lm").obj()
-            options = {**self.preset.train, "device": self.device or "auto"}
-            trainer.train(
-                TrainRequest(
-                    bundle=bundle,
-                    data=data,
-                    output=out,
-                    tokens=tokens,
-                    languages=tuple(languages),
-                    options=options,
-                    resume=checkpoint_dir(out).exists(),
-                    command=f"xelm demo --preset {self.preset.name}",
-                )
+            train_bundle(
+                bundle,
+                data=data,
+                tokens=tokens,
+                output=out,
+                languages=languages,
+                resume=checkpoint_dir(out).exists(),
+                command=f"xelm demo --preset {self.preset.name}",
+                **{**self.preset.train, "device": self.device or "auto"},
             )
         return Bundle.read(out).digest
 
