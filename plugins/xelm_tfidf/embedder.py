@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import sparse
 
 from .analyzer import Analyzer, AnalyzerSettings
 
-if TYPE_CHECKING:  # scikit-learn costs ~1 s to import: only fitting needs it
+if TYPE_CHECKING:  # scikit-learn costs ~1 s to import, scipy.sparse 50 ms: only use needs them
+    from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -48,8 +48,10 @@ class Embedder:
     def dimensions(self) -> int:
         return int(self.components.shape[0])
 
-    def tfidf(self, texts: Sequence[str]) -> sparse.csr_matrix:
+    def tfidf(self, texts: Sequence[str]) -> "sparse.csr_matrix":
         """Rows: tf * idf, L2-normalised (rows without any known term stay zero)."""
+        from scipy import sparse
+
         indptr: list[int] = [0]
         indices: list[int] = []
         for text in texts:
@@ -73,7 +75,7 @@ class Embedder:
         return normalize_rows(np.asarray(projected))
 
 
-def _row_norms(matrix: sparse.csr_matrix) -> NDArray[np.float64]:
+def _row_norms(matrix: "sparse.csr_matrix") -> NDArray[np.float64]:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     norms[norms == 0] = 1.0
     return norms
