@@ -89,8 +89,9 @@ class TrainOptions:
         against the declaration, then against each other (``check``)."""
         given = {k: v for k, v in values.items() if v is not None and k != "world_size"}
         parsed = parse_options(cls, given, label=LABEL, via="--train-arg")
-        world = values.get("world_size")
-        options = cls(**parsed, **({"world_size": int(world)} if world is not None else {}))
+        if values.get("world_size") is not None:
+            parsed["world_size"] = int(values["world_size"])
+        options = cls(**parsed)
         options.check()
         return options
 
