@@ -19,17 +19,13 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import Allocation
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.data.corpus import Document
+from xelm_cli.ensemble.weights import Weights
 from xelm_cli.plugin.options import NoOptions
 
 CHECKPOINT_SUFFIX = ".ckpt"
 
 hookimpl = pluggy.HookimplMarker("xelm")
 """Marks a plugin's hook implementations: ``@hookimpl def register_routers(register): ...``."""
-
-Weights = NDArray[np.float64]
-"""Routing weights: shape (n_documents, n_experts), rows non-negative and summing to 1."""
-
-WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -114,56 +110,6 @@ class OutputRouter(Router):
     ) -> NDArray[np.float64]:
         """Weights of shape (k, T) like ``scored.logprobs``; column t >= 0, sums to 1 and may
         depend only on ``logprobs[:, :t]`` (the prefix), never on token t itself or later."""
-
-
-def check_weights(
-    weights: Any,
-    n_docs: int,
-    n_experts: int,
-    *,
-    router: str | None = None,
-    allow_abstain: bool = False,
-) -> Weights:
-    """Validate what a router returned and give it back as a float64 array.
-
-    Raises :class:`PluginError` (a :class:`XelmError`) naming the fault: not a numeric array,
-    wrong shape, NaN or infinite, negative, or a row not summing to 1 within 1e-6. With
-    ``allow_abstain`` a row that is entirely NaN passes (the router abstains on that document).
-    """
-    source = f"router {router!r}" if router else "router"
-    try:
-        array = np.asarray(weights, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise PluginError(
-            f"{source} returned weights that are not a numeric array: {exc}"
-        ) from None
-    if array.shape != (n_docs, n_experts):
-        raise PluginError(
-            f"{source} returned weights of shape {array.shape}; expected "
-            f"({n_docs}, {n_experts}) (documents x experts)"
-        )
-    abstained = np.isnan(array).all(axis=1) if allow_abstain else np.zeros(n_docs, bool)
-    array = array.copy()
-    array[abstained] = 1.0 / max(n_experts, 1)
-    if not np.isfinite(array).all():
-        row = int(np.argwhere(~np.isfinite(array))[0][0])
-        raise PluginError(f"{source} returned NaN or infinite weights (document {row})")
-    if (array < 0).any():
-        row, col = (int(i) for i in np.argwhere(array < 0)[0])
-        raise PluginError(
-            f"{source} returned a negative weight {array[row, col]:g} "
-            f"(document {row}, expert {col})"
-        )
-    sums = array.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > WEIGHT_SUM_TOLERANCE)
-    if bad.size:
-        row = int(bad[0])
-        raise PluginError(
-            f"{source} returned weights summing to {sums[row]:.9g} for document "
-            f"{row}; each row must sum to 1"
-        )
-    array[abstained] = np.nan
-    return array
 
 
 class Assigner(ABC):
