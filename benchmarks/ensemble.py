@@ -106,7 +106,8 @@ def worker(work: Path, mode: str, k: int, docs: int, device: str) -> dict[str, f
     from xelm_cli.api import EvalRequest
     from xelm_cli.bundle.store import Bundle
     from xelm_cli.ensemble.results import build_evaluator
-    from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
+    from xelm_cli.ensemble.routing import build_router
+    from xelm_cli.ensemble.runner import EnsembleModel, single_model
 
     languages = LANGS[: 2 * k]
     request = EvalRequest(

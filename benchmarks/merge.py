@@ -100,7 +100,8 @@ def merge_worker(work: Path, k: int) -> dict[str, float]:
 
 def _systems(paths: list[Path], moes: dict[str, Path]) -> dict[str, Any]:
     from xelm_cli.bundle.store import Bundle
-    from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
+    from xelm_cli.ensemble.routing import build_router
+    from xelm_cli.ensemble.runner import EnsembleModel, single_model
 
     members = [Bundle.read(p) for p in paths]
     return {

@@ -15,7 +15,8 @@ from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.ensemble.generation import generate
-from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel, single_model
 
 LANGS = ("en", "tr", "ar", "ru")
 

@@ -19,13 +19,10 @@ from xelm_cli.api import (
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import IntegrityError, PluginError
-from xelm_cli.ensemble.runner import (
-    EnsembleModel,
-    EnsembleSpec,
-    build_router,
-    open_members,
-    single_model,
-)
+from xelm_cli.ensemble.ensemble_file import EnsembleSpec
+from xelm_cli.ensemble.members import open_members
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel, single_model
 from xelm_cli.ensemble.scoring import LoadedModel, score_sequences, windows
 
 EXPERT_LANGUAGES = (["en", "tr"], ["ar"], ["ru"])

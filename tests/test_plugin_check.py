@@ -26,7 +26,7 @@ from xelm_cli.api import (
     hookimpl,
 )
 from xelm_cli.cli import app, run
-from xelm_cli.ensemble.runner import build_router
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import conformance, host
 from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts
 

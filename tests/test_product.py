@@ -11,8 +11,10 @@ from conftest import SHARED_DATA
 from xelm_cli.api import ChoiceRequest, Document, UsageError
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
+from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.mixing import product_weights
-from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, build_router
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel
 
 WEIGHTS = [0.2, 0.3, 0.5]
 

@@ -18,10 +18,11 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation, recording_provenance, write_allocation
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.prepare import prepare
+from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
-from xelm_cli.ensemble.runner import EnsembleSpec, build_router
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import host
-from xelm_cli.plugin.contracts import EvalRequest, PreRouter, TrainRequest
+from xelm_cli.plugin.contracts import EvalRequest, PreRouter
 
 LANGS = ("en", "tr", "ar")
 SHARED_REFUSAL = (
@@ -270,6 +271,9 @@ def test_allocation_provenance_is_recorded_and_optional(tmp_path: Path) -> None:
 
 
 def test_the_training_record_names_the_trainer(tmp_path: Path, seed_bundle: Path) -> None:
+    from xelm_cli.cli import run
+    from xelm_cli.training.run import train
+
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang in TEST_LANGS:
@@ -277,21 +281,25 @@ def test_the_training_record_names_the_trainer(tmp_path: Path, seed_bundle: Path
             reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), "utf-8")
             (corpus / f"{lang}.jsonl").write_text("".join(reader.readline() for _ in range(40)))
     prepare(corpus, seed_bundle, tmp_path / "shards", token_caps=1000)
-    registration = host.load_registry().get("trainer", "causal-lm")
-    request = TrainRequest(
-        seed_bundle,
-        tmp_path / "shards",
-        tmp_path / "trained",
-        tokens=256,
-        options={"block_size": 32, "batch_size": 4, "log_every": 4},
-        command="test",
-        provenance=registration.provenance,
-    )
-    trained = registration.obj().train(request)
-    record = Bundle.read(trained.path).manifest.training
-    assert record is not None and record["trainer"] == {
+    host.reset_registry()
+    registration = host.get_registry().get("trainer", "causal-lm")
+    expected = {
         "name": "causal-lm",
         "plugin": "trainer",
         "distribution": "xelm",
         "version": registration.version,
     }
+    assert registration.version
+    small = {"block_size": 32, "batch_size": 4, "log_every": 4}
+    trained = train(
+        seed_bundle, data=tmp_path / "shards", tokens=256, output=tmp_path / "py", **small
+    )
+    record = Bundle.read(trained.path).manifest.training
+    assert record is not None and record["trainer"] == expected
+    # the command line, with the trainer selected by its qualified name
+    args = [str(seed_bundle), "--data", str(tmp_path / "shards"), "--tokens", "256"]
+    args += ["--block-size", "32", "--batch-size", "4", "--trainer", "xelm:causal-lm"]
+    assert run(["train", *args, "-o", str(tmp_path / "cli")]) == 0
+    record = Bundle.read(tmp_path / "cli").manifest.training
+    assert record is not None and record["trainer"] == expected
+    host.reset_registry()

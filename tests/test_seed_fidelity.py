@@ -26,7 +26,8 @@ from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.generation import generate
-from xelm_cli.ensemble.runner import EnsembleModel, build_router
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.plugin.contracts import TrainRequest
 
 TEXT = "hello world hello"

@@ -154,7 +154,7 @@ def test_prefixes_as_the_runner_routes_them(allocation, model, held_out):
 
 
 def test_built_from_command_line_options(allocation, held_out):
-    from xelm_cli.ensemble.runner import build_router
+    from xelm_cli.ensemble.routing import build_router
     from xelm_cli.plugin.options import parse_pairs
 
     pairs = [f"allocation={allocation.path}", "top_k=2", "temperature=0.5"]

@@ -15,7 +15,8 @@ import pytest
 from conftest import install
 
 from xelm_cli import api
-from xelm_cli.ensemble.runner import EnsembleModel, build_router, single_model
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel, single_model
 from xelm_cli.plugin import host
 from xelm_cli.plugin.conformance import TinyExperts, build_tiny_experts
 

@@ -425,7 +425,7 @@ def merge(
       xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
     """
     from xelm_cli.bundle.merging import merge_average, merge_weights
-    from xelm_cli.ensemble.runner import expand_paths
+    from xelm_cli.ensemble.members import expand_paths
 
     if method != "average":
         raise UsageError(
@@ -504,7 +504,7 @@ def moe(
     """
     from xelm_cli.bundle.merging import parse_weights
     from xelm_cli.bundle.moe import build_moe
-    from xelm_cli.ensemble.runner import expand_paths
+    from xelm_cli.ensemble.members import expand_paths
 
     paths = expand_paths(experts)
     chosen = parse_weights(weights, [Bundle.read(p) for p in paths]) if weights else None

@@ -25,7 +25,8 @@ from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
-from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, build_router, single_model
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.training.run import train as train_bundle

@@ -6,25 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from xelm_cli.bundle.store import Bundle
-from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.cli_options import ForceOpt
 from xelm_cli.common.errors import UsageError
-from xelm_cli.common.jsonio import pretty_json
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.data.corpus import read_documents
-from xelm_cli.ensemble.runner import (
-    COMBINE_RULES,
-    EnsembleModel,
-    EnsembleSpec,
-    build_router,
-    check_router_options,
-    expand_paths,
-    is_ensemble_file,
-    open_members,
-)
+from xelm_cli.ensemble.ensemble_file import COMBINE_RULES, EnsembleSpec, resolve_ensemble
+from xelm_cli.ensemble.routing import build_router, check_router_options
+from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import normalize_language, parse_language_list
-from xelm_cli.plugin.contracts import EvalRequest
 from xelm_cli.plugin.options import parse_pairs
 
 app = typer.Typer(
@@ -75,23 +64,9 @@ def load_spec(
     router_args: list[str] | None,
     combine: str | None,
 ) -> EnsembleSpec:
-    """The ensemble from an ensemble file or from bundles plus options; the router's options
-    (the file's, with ``--router-arg`` pairs on top) checked against its declaration."""
+    """The ensemble of the command line (``--router-arg`` pairs as the router's options)."""
     pairs = parse_pairs(router_args or [], "--router-arg")
-    if len(members) == 1 and is_ensemble_file(members[0]):
-        spec = EnsembleSpec.read(Path(members[0]))
-        if router and router != spec.router:
-            spec.router, spec.router_options = router, check_router_options(router, pairs)
-        elif pairs:
-            merged = {**spec.router_options, **pairs}
-            spec.router_options = check_router_options(spec.router, merged)
-        if combine:
-            spec.combine = combine
-        return spec
-    name = router or "language"
-    options = check_router_options(name, pairs)  # before the (slow) member checks
-    bundles = open_members(expand_paths(members))
-    return EnsembleSpec(bundles, name, options, combine or "mixture")
+    return resolve_ensemble(members, router=router, router_options=pairs, combine=combine)
 
 
 def _languages(langs: str | None) -> tuple[str, ...] | None:
@@ -211,23 +186,19 @@ def evaluate(
 
     Example: xelm ensemble eval experts/* --data flores200-devtest/ --each --baseline dense/
     """
-    from xelm_cli.ensemble.results import (
-        FORMATS,
-        build_evaluator,
-        render_csv,
-        render_table,
-        run_evaluation,
-        systems_for,
-    )
+    from xelm_cli.ensemble.evaluate import evaluate as evaluate_ensemble
+    from xelm_cli.ensemble.results import FORMATS, render_csv, render_table
 
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
-    spec = load_spec(members, router, router_arg, combine)
-    name = evaluator or ("icl" if task else "perplexity")
-    request = EvalRequest(
+    results = evaluate_ensemble(
+        members,
         data=data,
+        router=router,
+        router_options=parse_pairs(router_arg or [], "--router-arg"),
+        evaluator=evaluator,
         languages=_languages(langs),
         limit=limit,
         task=task,
@@ -235,20 +206,14 @@ def evaluate(
         runs=runs,
         seed=seed,
         protocol=protocol,
-        options=parse_pairs(eval_arg or [], "--eval-arg"),
-    )
-    built_evaluator = build_evaluator(name, request)
-    baselines = [Bundle.read(path) for path in baseline or []]
-    systems = systems_for(
-        spec,
-        build_router(spec.router, spec.router_options),
+        combine=combine,
         each=each,
-        baselines=baselines,
+        baselines=baseline or [],
+        output=output,
+        force=True,  # checked above, before any model ran
         device=device,
+        **parse_pairs(eval_arg or [], "--eval-arg"),
     )
-    results = run_evaluation(name, built_evaluator, spec, systems)
-    if output is not None:
-        write_bytes_atomic(output, pretty_json(results), overwrite=True)
     if output_format == "json":
         typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
     elif output_format == "csv":

@@ -13,18 +13,11 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json
+from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
-from xelm_cli.ensemble.runner import (
-    EnsembleSpec,
-    build_router,
-    expand_paths,
-    is_ensemble_file,
-    open_members,
-)
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.plugin.contracts import EvalRequest
-
-Member = str | Path | Bundle
 
 
 def evaluate(
@@ -53,7 +46,7 @@ def evaluate(
 
     ``members``: bundle directories (or :class:`Bundle` objects, or quoted globs such as
     ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
-    router and its options (default: the ensemble file's, else ``uniform``); ``evaluator``:
+    router and its options (default: the ensemble file's, else ``language``); ``evaluator``:
     default ``icl`` with a ``task``, else ``perplexity``; ``languages``: codes (or one
     comma-separated text), None for every language in the data; ``limit``: documents or
     examples per language; ``each``: also score every expert alone; ``baselines``: bundles
@@ -64,7 +57,7 @@ def evaluate(
     """
     if output is not None and Path(output).exists() and not force:
         raise UsageError(f"{output} exists; pass force=True to replace it")
-    spec = _spec(members, router, router_options, combine)
+    spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
     name = evaluator or ("icl" if task else "perplexity")
     request = EvalRequest(
         data=None if data is None else str(data),
@@ -89,33 +82,6 @@ def evaluate(
     if output is not None:
         write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
-
-
-def _spec(
-    members: Member | Sequence[Member],
-    router: str | None,
-    router_options: dict[str, Any] | None,
-    combine: str | None,
-) -> EnsembleSpec:
-    options = dict(router_options or {})
-    if isinstance(members, str | Path) and is_ensemble_file(str(members)):
-        spec = EnsembleSpec.read(Path(members))
-        if router and router != spec.router:
-            spec.router, spec.router_options = router, options
-        elif options:
-            spec.router_options = {**spec.router_options, **options}
-        if combine:
-            spec.combine = combine
-        return spec
-    if isinstance(members, str | Path | Bundle):
-        members = [members]
-    paths: list[Path] = []
-    for member in members:
-        if isinstance(member, Bundle):
-            paths.append(member.path)
-        else:
-            paths += expand_paths([str(member)])
-    return EnsembleSpec(open_members(paths), router or "uniform", options, combine or "mixture")
 
 
 def _languages(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:

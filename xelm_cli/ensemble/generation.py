@@ -55,7 +55,7 @@ def generate(
     )
     ids = [runner.bos, *runner.encode(prompt)]
     generator = torch.Generator().manual_seed(seed)
-    models: list[LoadedModel] = [runner._load(e) for e in chosen]
+    models: list[LoadedModel] = [runner.load_expert(e) for e in chosen]
     result = Generation("", [], [runner.experts[e].name for e in chosen])
     stops = runner.framing.stops(runner.tokenizer)
     with torch.inference_mode():
@@ -115,6 +115,6 @@ def generate(
                 )
                 last_logprobs[index] = torch.log_softmax(logits, dim=-1).cpu().double()
     for model in models:
-        runner._free(model)
+        runner.free_expert(model)
     result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return result

@@ -19,7 +19,8 @@ from typing import Any
 from xelm_cli import __version__
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
-from xelm_cli.ensemble.runner import EnsembleModel, EnsembleSpec, ScoreCache, single_model
+from xelm_cli.ensemble.ensemble_file import EnsembleSpec
+from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import Kind, get_registry
 from xelm_cli.plugin.options import NoOptions, parse_options

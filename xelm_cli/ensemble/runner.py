@@ -1,4 +1,4 @@
-"""Ensembles of bundles: loading and checking members, ensemble files, and execution.
+"""Running an ensemble: its members as one :class:`LanguageModel`.
 
 Execution (spec/ensemble-v1.md, section 3): a pre-router's weights are known before any expert
 runs, so each expert scores only the documents it has weight on; an output-dependent router
@@ -9,30 +9,24 @@ needs the experts of a document together and keeps them loaded for the call.
 """
 
 import gc
-import glob
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xelm_cli import __version__
-from xelm_cli.bundle.store import MANIFEST_NAME, Bundle
-from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import (
-    FormatError,
-    IntegrityError,
     PluginError,
     UsageError,
-    XelmError,
-    exception_line,
 )
-from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.common.progress import byte_progress, document_progress
+from xelm_cli.common.progress import document_progress
+from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
+from xelm_cli.ensemble.members import check_compatible, expert_infos
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
@@ -45,237 +39,14 @@ from xelm_cli.ensemble.weights import check_token_weights, check_weights
 from xelm_cli.plugin.contracts import (
     ChoiceRequest,
     Document,
-    ExpertInfo,
     LanguageModel,
     OutputRouter,
     PreRouter,
     Router,
     ScoredDocument,
 )
-from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import parse_options
 
-ENSEMBLE_FORMAT = "xelm-ensemble"
-ENSEMBLE_FORMAT_VERSION = 1
-COMBINE_RULES = ("mixture", "logits", "product")
 _RULE_NAMES = {"logits": "logit averaging", "product": "the product rule"}
-
-
-# ---------------------------------------------------------------------------- members
-
-
-def expand_paths(patterns: Sequence[str]) -> list[Path]:
-    """Paths as given, with unexpanded glob patterns (quoted on the command line) expanded."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):  # a quoted glob: its bundles (not checkpoints, files...)
-            found = [Path(p) for p in sorted(glob.glob(pattern))]
-            bundles = [p for p in found if (p / MANIFEST_NAME).is_file()]
-            if not bundles:
-                raise UsageError(f"no bundle matches {pattern!r}")
-            paths += bundles
-        else:
-            paths.append(Path(pattern))
-    return paths
-
-
-def open_members(paths: Sequence[Path]) -> list[Bundle]:
-    """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
-    come first, so nothing is read from a file that does not match its manifest."""
-    for path in paths:
-        if not (path / MANIFEST_NAME).is_file():
-            what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
-            raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
-    bundles = [Bundle.read(path) for path in paths]
-    with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
-        for bundle in bundles:
-            bundle.check_files(progress=advance)
-    check_compatible(bundles)
-    return bundles
-
-
-def _model_type(bundle: Bundle) -> str:
-    config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
-    return str(config.get("model_type", "?"))
-
-
-def check_compatible(bundles: Sequence[Bundle]) -> None:
-    """One shared tokenizer and architecture family, distinct experts, languages declared."""
-    if not bundles:
-        raise UsageError("an ensemble needs at least one bundle")
-    first = bundles[0]
-    first_type = _model_type(first)
-    seen: dict[str, Bundle] = {}
-    for bundle in bundles:
-        if bundle.id in seen:
-            raise UsageError(
-                f"{seen[bundle.id].path} and {bundle.path} are the same expert "
-                f"(id {bundle.id}); list each expert once"
-            )
-        seen[bundle.id] = bundle
-        if bundle.manifest.fingerprints["tokenizer"] != first.manifest.fingerprints["tokenizer"]:
-            raise UsageError(
-                f"{bundle.path} and {first.path} have different tokenizers; the experts of an "
-                "ensemble must share one (branch them from the same seed)"
-            )
-        if (model_type := _model_type(bundle)) != first_type:
-            raise UsageError(
-                f"{bundle.path} is a {model_type!r} model but {first.path} is a "
-                f"{first_type!r} model; an ensemble needs one architecture family"
-            )
-        if not bundle.languages:
-            raise UsageError(f"{bundle.path} declares no languages")
-
-
-def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
-    return [ExpertInfo(b.id, b.name, tuple(b.languages), b.manifest.allocation) for b in bundles]
-
-
-# ---------------------------------------------------------------------------- routers
-
-
-def router_class(name: str) -> type[Router]:
-    """The class registered as router ``name`` (or ``DIST:NAME``); one-line error if none."""
-    router: type[Router] = get_registry().get("router", name).obj
-    return router
-
-
-def check_router_options(
-    name: str,
-    options: Mapping[str, Any] | None,
-    *,
-    where: str | None = None,
-    via: str = "--router-arg",
-    resolve_paths: bool = False,
-) -> dict[str, Any]:
-    """``options`` checked against router ``name``'s declaration (spec/plugin-api.md 5.1) and
-    converted: text (``--router-arg`` values) by the declared type, JSON values (an ensemble
-    file, a Python call) checked against it. The result is JSON-ready (paths as text), as an
-    ensemble file records it; ``resolve_paths`` makes path options absolute, so that the file
-    does not depend on the working directory. ``where`` names the file the options come from."""
-    label = f"router {name!r}" + (f" in {where}" if where else "")
-    parsed = parse_options(router_class(name), dict(options or {}), label=label, via=via)
-    return {key: _recordable(value, resolve_paths) for key, value in parsed.items()}
-
-
-def _recordable(value: Any, resolve_paths: bool) -> Any:
-    if isinstance(value, Path):
-        return str(value.resolve() if resolve_paths else value)
-    if isinstance(value, tuple | list):
-        return [_recordable(v, resolve_paths) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _recordable(v, resolve_paths) for k, v in value.items()}
-    return value
-
-
-def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
-    """Router ``name`` built as ``RouterClass(**options)``, the options first checked and
-    converted by its declaration (a one-line :class:`UsageError` naming the option).
-
-    Anything else the constructor raises that is not a :class:`XelmError` is a bug in the
-    router: a :class:`PluginError` naming the router and its plugin.
-    """
-    registration = get_registry().get("router", name)
-    values = parse_options(
-        registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
-    )
-    try:
-        router: Router = registration.obj(**values)
-    except XelmError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"router {name!r} (plugin {registration.plugin!r}) failed while being built: "
-            f"{exception_line(exc, with_type=True)}; this is a bug in the router "
-            "(XELM_DEBUG=1 shows the traceback)"
-        ) from exc
-    return router
-
-
-# ---------------------------------------------------------------------------- ensemble files
-
-
-@dataclass
-class EnsembleSpec:
-    """What an ensemble file records: members (with digests), router, combination rule."""
-
-    members: list[Bundle]
-    router: str
-    router_options: dict[str, Any] = field(default_factory=dict)
-    combine: str = "mixture"
-
-    def __post_init__(self) -> None:
-        if self.combine not in COMBINE_RULES:
-            raise UsageError(
-                f"unknown combination rule {self.combine!r}; choose {', '.join(COMBINE_RULES)}"
-            )
-
-    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
-        def where(bundle: Bundle) -> str:
-            path = bundle.path.resolve()
-            if relative_to is not None:
-                try:
-                    return str(path.relative_to(relative_to.resolve()))
-                except ValueError:
-                    pass
-            return str(path)
-
-        return {
-            "format": ENSEMBLE_FORMAT,
-            "format_version": ENSEMBLE_FORMAT_VERSION,
-            "created_by": f"xelm {__version__}",
-            "members": [
-                {
-                    "path": where(b),
-                    "id": b.id,
-                    "digest": b.digest,
-                    "name": b.name,
-                    "languages": b.languages,
-                }
-                for b in self.members
-            ],
-            "router": {"name": self.router, "options": self.router_options},
-            "combine": self.combine,
-        }
-
-    def write(self, path: Path, *, overwrite: bool = False) -> None:
-        if path.exists() and not overwrite:
-            raise UsageError(f"{path} exists; pass --force to replace it")
-        data = self.to_dict(relative_to=path.parent)
-        write_bytes_atomic(path, pretty_json(data), overwrite=True)
-
-    @classmethod
-    def read(cls, path: Path) -> "EnsembleSpec":
-        data = read_json_object(path, str(path))
-        if data.get("format") != ENSEMBLE_FORMAT:
-            raise FormatError(f"{path}: not an xelm ensemble file (format {data.get('format')!r})")
-        if data.get("format_version") != ENSEMBLE_FORMAT_VERSION:
-            raise FormatError(
-                f"{path}: ensemble format_version {data.get('format_version')!r} is not "
-                f"supported (this xelm reads {ENSEMBLE_FORMAT_VERSION})"
-            )
-        try:
-            entries = list(data["members"])
-            router = data["router"]
-            name, recorded = str(router["name"]), dict(router.get("options") or {})
-            combine = str(data.get("combine", "mixture"))
-            paths = [(path.parent / str(entry["path"]), str(entry["digest"])) for entry in entries]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: malformed ensemble file ({exc!r})") from None
-        options = check_router_options(name, recorded, where=str(path))
-        members = open_members([member for member, _ in paths])
-        for bundle, (member, digest) in zip(members, paths, strict=True):
-            if bundle.digest != digest:
-                raise IntegrityError(
-                    f"{member}: manifest digest {bundle.digest[:12]} differs from the "
-                    f"{digest[:12]} recorded in {path}; the bundle changed since the ensemble "
-                    "was created"
-                )
-        return cls(members, name, options, combine)
-
-
-def is_ensemble_file(path: str) -> bool:
-    return path.endswith(".json") and Path(path).is_file()
 
 
 # ---------------------------------------------------------------------------- execution
@@ -483,7 +254,8 @@ class EnsembleModel(LanguageModel):
 
     # -- running experts
 
-    def _load(self, index: int) -> LoadedModel:
+    def load_expert(self, index: int) -> LoadedModel:
+        """Expert ``index`` loaded on the ensemble's device (into the spare model when it fits)."""
         self.stats.loads[self.experts[index].name] += 1
         spare = self.cache.spare
         self.cache.spare = None
@@ -496,7 +268,7 @@ class EnsembleModel(LanguageModel):
             self._collect()
         return LoadedModel.load(self.members[index], self.device)
 
-    def _free(self, model: LoadedModel) -> None:
+    def free_expert(self, model: LoadedModel) -> None:
         """Keep the model as the cache's spare: the next expert of the same architecture is
         loaded into it (one model in memory at a time, built once)."""
         self.cache.spare = model
@@ -529,12 +301,12 @@ class EnsembleModel(LanguageModel):
                 continue
             info = self.experts[expert]
             label = f"{self.name}: expert {expert + 1}/{len(self.experts)} ({info.name})"
-            model = self._load(expert)
+            model = self.load_expert(expert)
             try:
                 with document_progress(label) as advance:
                     values = compute(model, missing, advance)
             finally:
-                self._free(model)
+                self.free_expert(model)
             self.stats.sequences[self.experts[expert].name] += len(missing)
             for item, value in zip(missing, values, strict=True):
                 self.cache.put(digest, keys[item], value)
@@ -684,17 +456,17 @@ class EnsembleModel(LanguageModel):
                 chosen = [e for e, w in enumerate(weights) if w > 0]
                 for e in list(loaded):
                     if e not in chosen:
-                        self._free(loaded.pop(e))
+                        self.free_expert(loaded.pop(e))
                 for e in chosen:
                     if e not in loaded:
-                        loaded[e] = self._load(e)
+                        loaded[e] = self.load_expert(e)
                     self.stats.sequences[self.experts[e].name] += len(items)
                 values = score([loaded[e] for e in chosen], [weights[e] for e in chosen], items)
                 for item, value in zip(items, values, strict=True):
                     results[item] = value
         finally:
             for model in loaded.values():
-                self._free(model)
+                self.free_expert(model)
         return results
 
     def score_all_experts(self, documents: Sequence[Document]) -> list[ScoredDocument]:

@@ -535,7 +535,8 @@ def check_router(
     registration: Registration, values: Mapping[str, Any], experts: TinyExperts
 ) -> Report:
     """Every router check of section 5.2 on ``experts``."""
-    from xelm_cli.ensemble.runner import EnsembleModel, expert_infos
+    from xelm_cli.ensemble.members import expert_infos
+    from xelm_cli.ensemble.runner import EnsembleModel
 
     report = Report("router", registration.name, registration.plugin)
     given = _given_options(registration, values)
@@ -616,7 +617,8 @@ def check_evaluator(
 ) -> Report:
     """Attributes, options declaration and, where it can build its data offline, evaluate()."""
     from xelm_cli.ensemble.results import build_evaluator
-    from xelm_cli.ensemble.runner import EnsembleModel, build_router
+    from xelm_cli.ensemble.routing import build_router
+    from xelm_cli.ensemble.runner import EnsembleModel
 
     report = Report("evaluator", registration.name, registration.plugin)
     owner = registration.obj

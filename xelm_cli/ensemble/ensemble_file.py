@@ -1,0 +1,141 @@
+"""The ensemble file (spec/ensemble-v1.md section 2): members with their digests, the router
+and its options, the combination rule; read back only if every member is unchanged."""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xelm_cli import __version__
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.ensemble.members import expand_paths, open_members
+from xelm_cli.ensemble.routing import check_router_options
+
+ENSEMBLE_FORMAT = "xelm-ensemble"
+ENSEMBLE_FORMAT_VERSION = 1
+COMBINE_RULES = ("mixture", "logits", "product")
+
+
+@dataclass
+class EnsembleSpec:
+    """What an ensemble file records: members (with digests), router, combination rule."""
+
+    members: list[Bundle]
+    router: str
+    router_options: dict[str, Any] = field(default_factory=dict)
+    combine: str = "mixture"
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE_RULES:
+            raise UsageError(
+                f"unknown combination rule {self.combine!r}; choose {', '.join(COMBINE_RULES)}"
+            )
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        def where(bundle: Bundle) -> str:
+            path = bundle.path.resolve()
+            if relative_to is not None:
+                try:
+                    return str(path.relative_to(relative_to.resolve()))
+                except ValueError:
+                    pass
+            return str(path)
+
+        return {
+            "format": ENSEMBLE_FORMAT,
+            "format_version": ENSEMBLE_FORMAT_VERSION,
+            "created_by": f"xelm {__version__}",
+            "members": [
+                {
+                    "path": where(b),
+                    "id": b.id,
+                    "digest": b.digest,
+                    "name": b.name,
+                    "languages": b.languages,
+                }
+                for b in self.members
+            ],
+            "router": {"name": self.router, "options": self.router_options},
+            "combine": self.combine,
+        }
+
+    def write(self, path: Path, *, overwrite: bool = False) -> None:
+        if path.exists() and not overwrite:
+            raise UsageError(f"{path} exists; pass --force to replace it")
+        data = self.to_dict(relative_to=path.parent)
+        write_bytes_atomic(path, pretty_json(data), overwrite=True)
+
+    @classmethod
+    def read(cls, path: Path) -> "EnsembleSpec":
+        data = read_json_object(path, str(path))
+        if data.get("format") != ENSEMBLE_FORMAT:
+            raise FormatError(f"{path}: not an xelm ensemble file (format {data.get('format')!r})")
+        if data.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+            raise FormatError(
+                f"{path}: ensemble format_version {data.get('format_version')!r} is not "
+                f"supported (this xelm reads {ENSEMBLE_FORMAT_VERSION})"
+            )
+        try:
+            entries = list(data["members"])
+            router = data["router"]
+            name, recorded = str(router["name"]), dict(router.get("options") or {})
+            combine = str(data.get("combine", "mixture"))
+            paths = [(path.parent / str(entry["path"]), str(entry["digest"])) for entry in entries]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: malformed ensemble file ({exc!r})") from None
+        options = check_router_options(name, recorded, where=str(path))
+        members = open_members([member for member, _ in paths])
+        for bundle, (member, digest) in zip(members, paths, strict=True):
+            if bundle.digest != digest:
+                raise IntegrityError(
+                    f"{member}: manifest digest {bundle.digest[:12]} differs from the "
+                    f"{digest[:12]} recorded in {path}; the bundle changed since the ensemble "
+                    "was created"
+                )
+        return cls(members, name, options, combine)
+
+
+def is_ensemble_file(path: str) -> bool:
+    return path.endswith(".json") and Path(path).is_file()
+
+
+DEFAULT_ROUTER = "language"
+Member = str | Path | Bundle
+
+
+def resolve_ensemble(
+    members: Member | Sequence[Member],
+    *,
+    router: str | None = None,
+    router_options: Mapping[str, Any] | None = None,
+    combine: str | None = None,
+) -> EnsembleSpec:
+    """The ensemble that ``members`` name: one ensemble file (its router and options, with
+    ``router``/``router_options`` on top), or bundles (directories, quoted globs such as
+    ``"experts/*"`` or :class:`Bundle` objects) with ``router`` (default ``language``).
+
+    The router's options (text as ``--router-arg`` gives them, or JSON values) are checked
+    against its declaration before the members (a slower check) are opened.
+    """
+    members = [members] if isinstance(members, str | Path | Bundle) else list(members)
+    options = dict(router_options or {})
+    single = members[0] if len(members) == 1 else None
+    if single is not None and not isinstance(single, Bundle) and is_ensemble_file(str(single)):
+        spec = EnsembleSpec.read(Path(single))
+        if router and router != spec.router:
+            spec.router, spec.router_options = router, check_router_options(router, options)
+        elif options:
+            merged = {**spec.router_options, **options}
+            spec.router_options = check_router_options(spec.router, merged)
+        if combine:
+            spec.combine = combine
+        return spec
+    name = router or DEFAULT_ROUTER
+    checked = check_router_options(name, options)
+    paths: list[Path] = []
+    for member in members:
+        paths += [member.path] if isinstance(member, Bundle) else expand_paths([str(member)])
+    return EnsembleSpec(open_members(paths), name, checked, combine or "mixture")

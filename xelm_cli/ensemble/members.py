@@ -1,0 +1,78 @@
+"""Ensemble members: bundles found by paths or globs, checked to run together."""
+
+import glob
+from collections.abc import Sequence
+from pathlib import Path
+
+from xelm_cli.bundle.store import MANIFEST_NAME, Bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.common.progress import byte_progress
+from xelm_cli.plugin.contracts import ExpertInfo
+
+
+def expand_paths(patterns: Sequence[str]) -> list[Path]:
+    """Paths as given, with unexpanded glob patterns (quoted on the command line) expanded."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):  # a quoted glob: its bundles (not checkpoints, files...)
+            found = [Path(p) for p in sorted(glob.glob(pattern))]
+            bundles = [p for p in found if (p / MANIFEST_NAME).is_file()]
+            if not bundles:
+                raise UsageError(f"no bundle matches {pattern!r}")
+            paths += bundles
+        else:
+            paths.append(Path(pattern))
+    return paths
+
+
+def open_members(paths: Sequence[Path]) -> list[Bundle]:
+    """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
+    come first, so nothing is read from a file that does not match its manifest."""
+    for path in paths:
+        if not (path / MANIFEST_NAME).is_file():
+            what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
+            raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
+    bundles = [Bundle.read(path) for path in paths]
+    with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
+        for bundle in bundles:
+            bundle.check_files(progress=advance)
+    check_compatible(bundles)
+    return bundles
+
+
+def _model_type(bundle: Bundle) -> str:
+    config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
+    return str(config.get("model_type", "?"))
+
+
+def check_compatible(bundles: Sequence[Bundle]) -> None:
+    """One shared tokenizer and architecture family, distinct experts, languages declared."""
+    if not bundles:
+        raise UsageError("an ensemble needs at least one bundle")
+    first = bundles[0]
+    first_type = _model_type(first)
+    seen: dict[str, Bundle] = {}
+    for bundle in bundles:
+        if bundle.id in seen:
+            raise UsageError(
+                f"{seen[bundle.id].path} and {bundle.path} are the same expert "
+                f"(id {bundle.id}); list each expert once"
+            )
+        seen[bundle.id] = bundle
+        if bundle.manifest.fingerprints["tokenizer"] != first.manifest.fingerprints["tokenizer"]:
+            raise UsageError(
+                f"{bundle.path} and {first.path} have different tokenizers; the experts of an "
+                "ensemble must share one (branch them from the same seed)"
+            )
+        if (model_type := _model_type(bundle)) != first_type:
+            raise UsageError(
+                f"{bundle.path} is a {model_type!r} model but {first.path} is a "
+                f"{first_type!r} model; an ensemble needs one architecture family"
+            )
+        if not bundle.languages:
+            raise UsageError(f"{bundle.path} declares no languages")
+
+
+def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
+    return [ExpertInfo(b.id, b.name, tuple(b.languages), b.manifest.allocation) for b in bundles]

@@ -1,0 +1,68 @@
+"""Routers of an ensemble: the registered class, its options checked by its declaration, built."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.errors import PluginError, XelmError, exception_line
+from xelm_cli.plugin.contracts import Router
+from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.options import parse_options
+
+
+def router_class(name: str) -> type[Router]:
+    """The class registered as router ``name`` (or ``DIST:NAME``); one-line error if none."""
+    router: type[Router] = get_registry().get("router", name).obj
+    return router
+
+
+def check_router_options(
+    name: str,
+    options: Mapping[str, Any] | None,
+    *,
+    where: str | None = None,
+    via: str = "--router-arg",
+    resolve_paths: bool = False,
+) -> dict[str, Any]:
+    """``options`` checked against router ``name``'s declaration (spec/plugin-api.md 5.1) and
+    converted: text (``--router-arg`` values) by the declared type, JSON values (an ensemble
+    file, a Python call) checked against it. The result is JSON-ready (paths as text), as an
+    ensemble file records it; ``resolve_paths`` makes path options absolute, so that the file
+    does not depend on the working directory. ``where`` names the file the options come from."""
+    label = f"router {name!r}" + (f" in {where}" if where else "")
+    parsed = parse_options(router_class(name), dict(options or {}), label=label, via=via)
+    return {key: _recordable(value, resolve_paths) for key, value in parsed.items()}
+
+
+def _recordable(value: Any, resolve_paths: bool) -> Any:
+    if isinstance(value, Path):
+        return str(value.resolve() if resolve_paths else value)
+    if isinstance(value, tuple | list):
+        return [_recordable(v, resolve_paths) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _recordable(v, resolve_paths) for k, v in value.items()}
+    return value
+
+
+def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
+    """Router ``name`` built as ``RouterClass(**options)``, the options first checked and
+    converted by its declaration (a one-line :class:`UsageError` naming the option).
+
+    Anything else the constructor raises that is not a :class:`XelmError` is a bug in the
+    router: a :class:`PluginError` naming the router and its plugin.
+    """
+    registration = get_registry().get("router", name)
+    values = parse_options(
+        registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
+    )
+    try:
+        router: Router = registration.obj(**values)
+    except XelmError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"router {name!r} (plugin {registration.plugin!r}) failed while being built: "
+            f"{exception_line(exc, with_type=True)}; this is a bug in the router "
+            "(XELM_DEBUG=1 shows the traceback)"
+        ) from exc
+    return router
