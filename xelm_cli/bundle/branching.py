@@ -8,8 +8,7 @@
 from collections.abc import Iterable
 from pathlib import Path
 
-from xelm_cli.bundle.manifest import MANIFEST_NAME
-from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, is_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation
 from xelm_cli.common.errors import UsageError
 
@@ -54,12 +53,10 @@ def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
     """Bundles named directly, or found one level inside directories that are not bundles."""
     bundles = []
     for path in paths:
-        if (path / MANIFEST_NAME).is_file():
+        if is_bundle(path):
             bundles.append(Bundle.read(path))
         elif path.is_dir():
-            bundles += [
-                Bundle.read(c) for c in sorted(path.iterdir()) if (c / MANIFEST_NAME).is_file()
-            ]
+            bundles += [Bundle.read(c) for c in sorted(path.iterdir()) if is_bundle(c)]
         else:
             raise UsageError(f"not a bundle or a directory of bundles: {path}")
     return bundles

@@ -66,6 +66,11 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     return raw, read_json_object(manifest_path, "bundle manifest")
 
 
+def is_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a bundle directory (has a manifest); nothing is read or checked."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
 @dataclass
 class Bundle:
     """An opened bundle. ``digest`` (sha256 of ``xelm.json``) is its content identity."""

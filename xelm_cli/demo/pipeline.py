@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.branching import branch, hmr_branch
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
@@ -22,6 +22,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.data.corpus import iter_documents, read_documents
+from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
@@ -84,7 +85,7 @@ class Demo:
         self, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]
     ) -> str:
         """Train ``bundle`` into ``out`` (resuming a killed run); the new bundle's digest."""
-        if not (out / "xelm.json").is_file():
+        if not is_bundle(out):
             train_bundle(
                 bundle,
                 data=data,
@@ -202,7 +203,7 @@ class Demo:
         from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 
         init = self.out / "seed-init"
-        if not (init / "xelm.json").is_file():
+        if not is_bundle(init):
             NAMED_CONFIGS[f"demo-{self.preset.name}"] = dict(self.preset.model)
             init_from_config(
                 f"demo-{self.preset.name}", tokenizer, init, languages=list(TRAIN_LANGUAGES),
@@ -223,7 +224,7 @@ class Demo:
         paths = []
         for expert, languages in enumerate(alloc.experts):
             start = root / f"branch-{expert}"
-            if not (start / "xelm.json").is_file():
+            if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
             out = root / f"expert-{expert}"
             self.train(start, shards, out, self.preset.budget // k, languages)
@@ -270,10 +271,10 @@ class Demo:
             for language, texts in by_language.items():
                 write_jsonl(cluster_corpus / f"{language}.jsonl", texts, language)
             shards = root / f"shards-{expert}"
-            if not (shards / "shards.json").is_file():
+            if not (shards / SHARDS_MANIFEST).is_file():
                 prepare(cluster_corpus, tokenizer, shards, overwrite=True)
             start = root / f"branch-{expert}"
-            if not (start / "xelm.json").is_file():
+            if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
             out = root / f"expert-{expert}"
             self.train(start, shards, out, self.preset.budget // k, sorted(by_language))
@@ -368,7 +369,7 @@ class Demo:
         hmr_experts = []
         for language, donor in NEW_LANGUAGES.items():
             start = self.out / "adapt" / f"hmr-{language}-branch"
-            if not (start / "xelm.json").is_file():
+            if not is_bundle(start):
                 hmr_branch(experts, donor, language, start, overwrite=True)
             hmr = self.out / "adapt" / f"hmr-{language}"
             self.train(start, shards, hmr, self.preset.adapt_tokens, [language])

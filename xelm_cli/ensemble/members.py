@@ -4,7 +4,7 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
-from xelm_cli.bundle.store import MANIFEST_NAME, Bundle
+from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, is_bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import byte_progress
@@ -17,7 +17,7 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
     for pattern in patterns:
         if glob.has_magic(pattern):  # a quoted glob: its bundles (not checkpoints, files...)
             found = [Path(p) for p in sorted(glob.glob(pattern))]
-            bundles = [p for p in found if (p / MANIFEST_NAME).is_file()]
+            bundles = [p for p in found if is_bundle(p)]
             if not bundles:
                 raise UsageError(f"no bundle matches {pattern!r}")
             paths += bundles
@@ -30,7 +30,7 @@ def open_members(paths: Sequence[Path]) -> list[Bundle]:
     """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
     come first, so nothing is read from a file that does not match its manifest."""
     for path in paths:
-        if not (path / MANIFEST_NAME).is_file():
+        if not is_bundle(path):
             what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
             raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
     bundles = [Bundle.read(path) for path in paths]

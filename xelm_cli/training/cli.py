@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.errors import UsageError
@@ -318,7 +318,7 @@ def make_plan(
     with memory and time estimates when the seed bundle exists (``estimate_runs``)."""
     alloc = read_allocation(allocation)
     estimate = None
-    if (seed_bundle / "xelm.json").is_file():
+    if is_bundle(seed_bundle):
         estimate = estimate_runs(seed_bundle, train_args, memory, measured)
     entries = []
     for run in plan_budgets(budget, alloc.experts):
@@ -467,7 +467,7 @@ def _read_plan(path: Path) -> dict[str, Any]:
 def _pending(command: list[str]) -> list[str] | None:
     """The command to run now (with --resume after a kill), or None when its output exists."""
     output = Path(command[command.index("-o") + 1])
-    if (output / "xelm.json").is_file():
+    if is_bundle(output):
         return None
     if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
         return [*command, "--resume"]
