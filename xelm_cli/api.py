@@ -19,6 +19,7 @@ from xelm_cli.common.errors import (
     UsageError,
     XelmError,
 )
+from xelm_cli.common.progress import stderr_progress
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.corpus import Document, iter_documents, read_documents
 from xelm_cli.data.evalsets import (
@@ -159,6 +160,7 @@ __all__ = [
     "read_documents",
     "save_checkpoint",
     "softmax",
+    "stderr_progress",
     "train",
     "train_tokenizer_on_corpus",
     "uriel_code",

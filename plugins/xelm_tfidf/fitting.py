@@ -1,7 +1,6 @@
 """Fit a TF-IDF allocation from documents: sample, embed, cluster, measure shares."""
 
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -11,10 +10,9 @@ from typing import Any
 import numpy as np
 import stopwordsiso
 from numpy.typing import NDArray
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from xelm_cli.api import Document, UsageError
+from xelm_cli.api import Document, UsageError, stderr_progress
 
 from .analyzer import AnalyzerSettings
 from .embedder import TfidfSettings, fit_embedder
@@ -73,14 +71,8 @@ def language_shares(
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not sys.stderr.isatty(),
+    return stderr_progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
     )
 
 

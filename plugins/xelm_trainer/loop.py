@@ -32,6 +32,7 @@ from xelm_cli.api import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    stderr_progress,
     write_bundle,
     write_bytes_atomic,
 )
@@ -521,20 +522,12 @@ class TrainProgress:
     """A rich progress bar on stderr (terminals only) with loss and tokens/s."""
 
     def __init__(self, total: int, done: int, shown: bool = True) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(
+        self.progress = stderr_progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} tok/s"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
-            disable=not (shown and sys.stderr.isatty()),
+            TimeRemainingColumn(), shown=shown,
         )  # fmt: skip
         self.task = self.progress.add_task("train", total=total, completed=done, loss=0, speed=0)
 

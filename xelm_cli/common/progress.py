@@ -25,16 +25,24 @@ from rich.text import Text
 stderr_console = Console(stderr=True, soft_wrap=True)
 
 
+def stderr_progress(
+    *columns: str | ProgressColumn, transient: bool = True, shown: bool = True
+) -> Progress:
+    """A rich ``Progress`` with ``columns`` on stderr, drawn only on a terminal (logs and pipes
+    stay clean) and only when ``shown`` (e.g. on rank 0 of a distributed run)."""
+    return Progress(
+        *columns,
+        console=stderr_console,
+        transient=transient,
+        disable=not (shown and sys.stderr.isatty()),
+    )
+
+
 @contextlib.contextmanager
 def _bar(
     description: str, total: int | None, columns: list[ProgressColumn]
 ) -> Iterator[Callable[[int], None]]:
-    with Progress(
-        *columns,
-        console=stderr_console,
-        transient=True,
-        disable=not sys.stderr.isatty(),
-    ) as progress:
+    with stderr_progress(*columns) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
 
@@ -98,7 +106,7 @@ def language_progress() -> Iterator[LanguageProgress]:
         _TokenRate(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=stderr_console, disable=not sys.stderr.isatty()) as progress:
+    with stderr_progress(*columns, transient=False) as progress:
         yield LanguageProgress(progress)
 
 
