@@ -220,11 +220,6 @@ def test_plugins_list_shows_both_and_each_problem_once(sites: list[Path]) -> Non
         assert result.stderr.count(message) <= 1, result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xelm_cli/plugin/cli.py (H3): `plugins list` repeats on stdout the warnings that "
-    "start-up printed on stderr; remove this marker with the fix",
-)
 def test_plugins_list_prints_each_problem_once_in_all(sites: list[Path]) -> None:
     result = xelm("plugins", "list", sites=sites)
     assert result.returncode == 0, result.stderr

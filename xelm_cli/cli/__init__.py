@@ -84,7 +84,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # ours are on stderr already
     try:
-        plugins.add_plugin_commands(app)
+        plugins.add_plugin_commands(app, sys.argv[1:] if argv is None else argv)
         cluster.add_clusterer_commands()
         train.add_trainer_flags()
         # Not standalone: usage errors come back here, to be one line like every other error.

@@ -22,9 +22,12 @@ app = typer.Typer(
 )
 
 
-def add_plugin_commands(root: typer.Typer) -> None:
-    """Add the plugins' commands to ``root`` (see :func:`host.add_plugin_commands`)."""
-    host.add_plugin_commands(root)
+def add_plugin_commands(root: typer.Typer, argv: list[str]) -> None:
+    """Add the plugins' commands to ``root`` (see :func:`host.add_plugin_commands`); their
+    problems go to stderr, except for ``xelm plugins list``'s table, which lists them itself
+    (its ``--json`` holds them as data, so they still go to stderr as warnings)."""
+    table = argv[:2] == ["plugins", "list"] and "--json" not in argv[2:]
+    host.add_plugin_commands(root, warn=not table)
 
 
 def _registered_text(info: host.PluginInfo) -> str:
@@ -80,12 +83,14 @@ def list_plugins(as_json: JsonOpt = False) -> None:
         console.print(described)
     else:
         console.print("No plugins loaded.")
+    # each problem once in all: those the start-up already printed on stderr are not repeated
     lines = [
-        *(("failed", "bold red", f.plugin, f.reason) for f in registry.failures),
-        *(("problem", "yellow", p.plugin, p.message) for p in registry.problems),
+        *(("failed", "bold red", f.plugin, f.reason, f.warning()) for f in registry.failures),
+        *(("problem", "yellow", p.plugin, p.message, p.warning()) for p in registry.problems),
     ]
-    for label, style, plugin, text in dict.fromkeys(lines):  # each problem once
-        console.print(Text.assemble((label, style), f": {plugin}: {text}"))
+    for label, style, plugin, text, warning in dict.fromkeys(lines):
+        if not host.was_printed(warning):
+            console.print(Text.assemble((label, style), f": {plugin}: {text}"))
 
 
 # ---------------------------------------------------------------------------- show

@@ -627,6 +627,11 @@ def print_warnings(registry: Registry) -> None:
             sys.stderr.write(line + "\n")
 
 
+def was_printed(warning: str) -> bool:
+    """Whether ``print_warnings`` already printed this line (so a listing need not repeat it)."""
+    return warning in _warned
+
+
 def _names_in(root: typer.Typer) -> set[str]:
     names: set[str] = set()
     for group in root.registered_groups:
@@ -643,7 +648,7 @@ def _names_in(root: typer.Typer) -> set[str]:
     return names
 
 
-def add_plugin_commands(root: typer.Typer) -> None:
+def add_plugin_commands(root: typer.Typer, *, warn: bool = True) -> None:
     """Add every registered command to ``root`` and print the plugin warnings.
 
     Idempotent: the commands added by an earlier call are replaced, so calling it again (or after
@@ -679,4 +684,5 @@ def add_plugin_commands(root: typer.Typer) -> None:
             root.command(name, help=help_text, rich_help_panel=PLUGIN_HELP_PANEL)(obj)
             added.append(root.registered_commands[-1])
     _added_to[root] = added
-    print_warnings(registry)
+    if warn:
+        print_warnings(registry)
