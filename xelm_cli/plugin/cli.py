@@ -1,7 +1,6 @@
 """``xelm plugins``: what the installed plugins register, what each registration takes, and a
 conformance check for plugin authors."""
 
-import json
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +11,13 @@ from rich.text import Text
 from xelm_cli.common.cli_options import JsonOpt, print_json
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.plugin import host
-from xelm_cli.plugin.options import NoOptions, OptionSpec, declared_options, parse_pairs
+from xelm_cli.plugin.options import (
+    NoOptions,
+    OptionSpec,
+    as_text,
+    declared_options,
+    parse_pairs,
+)
 
 app = typer.Typer(
     help="Plugins: list what is installed, show what one registration takes, check a router "
@@ -129,19 +134,7 @@ def _options_of(registration: host.Registration) -> tuple[list[OptionSpec], str]
 
 
 def _shown_default(spec: OptionSpec) -> str:
-    described = spec.describe()
-    if spec.required:
-        return "(required)"
-    default = described["default"]
-    if default is None:
-        return "none"
-    if isinstance(default, bool):
-        return str(default).lower()
-    return str(default) if not isinstance(default, list | dict) else _json(default)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    return "(required)" if spec.required else as_text(spec.default)
 
 
 def _show_record(registration: host.Registration) -> dict[str, Any]:

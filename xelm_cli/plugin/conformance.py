@@ -38,7 +38,13 @@ from xelm_cli.plugin.contracts import (
     ScoredDocument,
 )
 from xelm_cli.plugin.host import Registration, get_registry
-from xelm_cli.plugin.options import NoOptions, declared_options, options_class, parse_options
+from xelm_cli.plugin.options import (
+    NoOptions,
+    as_text,
+    declared_options,
+    options_class,
+    parse_options,
+)
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 UNKNOWN_OPTION = "xelm_check_no_such_option"
@@ -291,17 +297,6 @@ def declares_options(evaluator: Any) -> bool:
     return getattr(evaluator, "Options", NoOptions) is not NoOptions
 
 
-def _text(value: Any) -> str:
-    """How a user would type ``value`` after ``KEY=``."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple | dict):
-        return json.dumps(value if not isinstance(value, tuple) else list(value))
-    return str(value)
-
-
 def _recorded(value: Any) -> Any:
     """``value`` as JSON would carry it (tuples as lists, paths as text)."""
     return json.loads(json.dumps(value, default=str))
@@ -333,15 +328,15 @@ def check_options(registration: Registration, given: Mapping[str, Any], report: 
             continue
         # none as JSON null (how an ensemble file records it; a text "none" is a str option's
         # own value), anything else as the text a user would type
-        given_as = None if spec.default is None else _text(spec.default)
+        given_as = None if spec.default is None else as_text(spec.default)
         try:
             values = {**given, spec.name: given_as}
             back = parse_options(owner, values, label=label, via=via)[spec.name]
         except UsageError as exc:
-            bad.append(f"{spec.name}={_text(spec.default)} is refused ({exc})")
+            bad.append(f"{spec.name}={as_text(spec.default)} is refused ({exc})")
             continue
         if _recorded(back) != _recorded(spec.default):
-            bad.append(f"{spec.name}={_text(spec.default)} reads back as {back!r}")
+            bad.append(f"{spec.name}={as_text(spec.default)} reads back as {back!r}")
     if bad:
         report.add("defaults round-trip", FAIL, "; ".join(bad))
     else:
@@ -372,7 +367,7 @@ def _build(registration: Registration, options: Mapping[str, Any], report: Repor
     except Exception as exc:
         report.add("builds", FAIL, f"{registration.obj.__name__}(**options) {_failure(exc)}")
         return None
-    shown = ", ".join(f"{k}={_text(v)}" for k, v in options.items()) or "no options"
+    shown = ", ".join(f"{k}={as_text(v)}" for k, v in options.items()) or "no options"
     report.add("builds", PASS, f"with {shown}")
     return router
 

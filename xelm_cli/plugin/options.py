@@ -442,7 +442,7 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
         if not spec.cli or spec.name in skip:
             continue
         # rich markup would swallow a bare "[default: none]": the bracket is escaped
-        state = "required" if spec.required else f"default: {_shown(spec.default)}"
+        state = "required" if spec.required else f"default: {as_text(spec.default)}"
         help_text = f"{spec.help} \\[{state}]".strip()
         shown = False
         if spec.is_flag:
@@ -502,7 +502,8 @@ def _metavar(spec: OptionSpec) -> str:
     return "TEXT"
 
 
-def _shown(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """How a user types ``value`` after ``KEY=`` (and how help shows a default)."""
     if value is None:
         return "none"
     if isinstance(value, bool):
