@@ -38,6 +38,16 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     results = json.loads((report / "results.json").read_text())
     assert results["languages"] == list(TRAIN_LANGUAGES)
+    from xelm_cli import __version__
+
+    language = {
+        "name": "language",
+        "plugin": "routers",
+        "distribution": "xelm",
+        "version": __version__,
+    }
+    assert results["provenance"]["routers"]["language"] == language
+    assert set(results["provenance"]) == {"clusterers", "trainers", "routers", "evaluators"}
     systems = results["perplexity"]
     for system in ["seed", "dense", "typology-k4 language", "typology-k4 posterior",
                    "tfidf-k4 tfidf", "typology-k4 expert-0"]:  # fmt: skip

@@ -18,6 +18,7 @@ from xelm_cli.common.errors import (
     PluginError,
     UsageError,
     XelmError,
+    exception_line,
 )
 from xelm_cli.common.progress import stderr_progress
 from xelm_cli.common.units import parse_token_count
@@ -134,6 +135,7 @@ __all__ = [
     "eval_set_with",
     "eval_texts",
     "evaluate",
+    "exception_line",
     "feature_set_name",
     "feature_vectors",
     "flores_code",

@@ -31,6 +31,7 @@ from xelm_cli.api import (
     Register,
     UsageError,
     build_options,
+    exception_line,
     hookimpl,
     normalize_language,
     option,
@@ -155,7 +156,7 @@ class LmEvalEvaluator(Evaluator):
                 loaded = self._manager.load([name])
             except Exception as exc:  # lm-eval and datasets raise many kinds; report one line
                 raise UsageError(
-                    f"lm-eval could not load task {name!r}: {_one_line(exc)}"
+                    f"lm-eval could not load task {name!r}: {exception_line(exc, with_type=True)}"
                 ) from None
             if name in loaded["groups"]:
                 objects.append(loaded["groups"][name])
@@ -252,11 +253,6 @@ def _include_paths(option: Any, data: str | None) -> list[str]:
 
 def _is_yaml_file(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) and Path(name).is_file()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _number(value: Any) -> float | None:

@@ -43,12 +43,15 @@ def one_line(text: str, limit: int) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in cut)
 
 
-def exception_line(exc: BaseException, limit: int = 300, *, with_type: bool = False) -> str:
-    """What went wrong in one line: the first non-blank line of ``exc``'s message (its type's
-    name when it has none), shortened to ``limit``; ``with_type`` prefixes ``TypeName: ``."""
+def exception_line(
+    exc: BaseException, limit: int = 300, *, with_type: bool = False, all_lines: bool = False
+) -> str:
+    """What went wrong in one line: the first non-blank line of ``exc``'s message (with
+    ``all_lines``, every non-blank line joined by ``; ``), or its type's name when it has none,
+    shortened to ``limit``; ``with_type`` prefixes ``TypeName: ``."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     name = type(exc).__name__
     if not lines:
         return name
-    text = one_line(lines[0], limit)
+    text = one_line("; ".join(lines) if all_lines else lines[0], limit)
     return f"{name}: {text}" if with_type else text

@@ -29,10 +29,28 @@ from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
-from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.host import Kind, get_registry
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
+
+
+# the plugins the demo runs, by kind: what its results record as their provenance
+DEMO_PLUGINS: dict[Kind, tuple[str, ...]] = {
+    "clusterer": ("typology", "tfidf"),
+    "trainer": ("causal-lm",),
+    "router": ("uniform", "language", "posterior", "tfidf"),
+    "evaluator": ("perplexity", "icl"),
+}
+
+
+def plugins_used() -> dict[str, dict[str, dict[str, Any]]]:
+    """``{kind: {name: {name, plugin, distribution, version}}}`` of the plugins the demo runs."""
+    registry = get_registry()
+    return {
+        f"{kind}s": {name: registry.get(kind, name).provenance for name in names}
+        for kind, names in DEMO_PLUGINS.items()
+    }
 
 
 def write_jsonl(path: Path, texts: Sequence[str], language: str) -> None:
@@ -158,6 +176,7 @@ class Demo:
             ]
             for name, paths in experts.items()
         }
+        self.results["provenance"] = plugins_used()
         self.results["seconds"] = round(time.perf_counter() - started, 1)
         return self.results
 

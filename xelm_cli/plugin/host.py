@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, get_args
 import pluggy
 import typer
 
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.plugin import contracts as api
 
 PROJECT = "xelm"
@@ -351,10 +351,8 @@ class _Candidate:
     version: str | None = None
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {'; '.join(lines)}" if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+def _failure(exc: BaseException) -> str:
+    return exception_line(exc, with_type=True, all_lines=True)
 
 
 def _first_doc_line(obj: Any) -> str:
@@ -420,7 +418,7 @@ class _Loader:
         try:
             plugin = candidate.load()
         except (Exception, SystemExit) as exc:
-            self._fail(candidate.name, _one_line(exc))
+            self._fail(candidate.name, _failure(exc))
             return
         if self.pm.get_plugin(candidate.name) is not None:
             self._fail(candidate.name, "another plugin is already registered under this name")
@@ -434,7 +432,7 @@ class _Loader:
         try:
             self.pm.register(plugin, name=candidate.name)
         except Exception as exc:
-            self._fail(candidate.name, _one_line(exc))
+            self._fail(candidate.name, _failure(exc))
             return
         self._report_unknown_hooks(candidate.name, plugin)
         staged = self._call_hooks(candidate.name, plugin)
@@ -459,7 +457,10 @@ class _Loader:
                 hook(register=register)
             except Exception as exc:
                 self.pm.unregister(plugin)
-                self._fail(plugin_name, f"{HOOK_OF_KIND[kind]} raised {_one_line(exc)}")
+                self._fail(
+                    plugin_name,
+                    f"{HOOK_OF_KIND[kind]} raised {_failure(exc)}",
+                )
                 return None
             finally:
                 close()
