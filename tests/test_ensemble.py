@@ -295,6 +295,26 @@ def test_incompatible_members_are_refused(
         EnsembleModel(experts, build_router("posterior"), "logits")
 
 
+def test_members_framing_documents_differently_are_refused(
+    experts: list[Bundle], tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    tokenizer = experts[0].load_tokenizer()
+    start_is_end = init_from_config(
+        "tiny", tokenizer_dir, tmp_path / "framed", languages=["de"], doc_start=tokenizer.eos_token
+    )
+    framing = start_is_end.framing()
+    assert (framing.start, framing.end) == (tokenizer.eos_token_id, tokenizer.eos_token_id)
+    with pytest.raises(UsageError) as caught:
+        open_members([experts[0].path, start_is_end.path])
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    assert str(caught.value) == (
+        f"{start_is_end.path} frames documents with start/end tokens {eos}/{eos} but "
+        f"{experts[0].path} with {bos}/{eos}; the experts of an ensemble must frame documents "
+        "alike (branch them from one seed, or init seeds with the same --doc-start/--doc-end)"
+    )
+    assert len(open_members([experts[0].path, experts[1].path])) == 2  # alike: accepted
+
+
 def test_router_returning_bad_weights_is_named(experts: list[Bundle]) -> None:
     class Broken(FirstTokenRouter):
         def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:

@@ -72,6 +72,27 @@ def check_compatible(bundles: Sequence[Bundle]) -> None:
             )
         if not bundle.languages:
             raise UsageError(f"{bundle.path} declares no languages")
+    _check_framings(bundles)
+
+
+def _check_framings(bundles: Sequence[Bundle]) -> None:
+    """Every member frames documents alike (xelm_cli.bundle.framing): the ensemble scores all of
+    them on one token sequence, so a different start or end token would score another text."""
+    recorded = [bundle.manifest.framing for bundle in bundles]
+    if all(record is None for record in recorded):
+        return  # bundles older than the record: ``bos doc eos`` of their one tokenizer
+    tokenizer = None if all(recorded) else bundles[0].load_tokenizer(verify=False)
+    first = bundles[0].framing(tokenizer)
+    for bundle in bundles[1:]:
+        framing = bundle.framing(tokenizer)
+        if (framing.start, framing.end) != (first.start, first.end):
+            raise UsageError(
+                f"{bundle.path} frames documents with start/end tokens "
+                f"{framing.start}/{framing.end} but {bundles[0].path} with "
+                f"{first.start}/{first.end}; the experts of an ensemble must frame documents "
+                "alike (branch them from one seed, or init seeds with the same "
+                "--doc-start/--doc-end)"
+            )
 
 
 def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
