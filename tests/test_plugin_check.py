@@ -1,4 +1,4 @@
-"""`xelm plugins check` (xelm_cli/plugin/conformance.py) and `xelm plugins show`: every
+"""`xelm plugins check` (xelm_cli/plugin/conformance/) and `xelm plugins show`: every
 first-party router and evaluator passes the conformance check on three tiny real experts;
 deliberately broken routers fail it with the right lines."""
 
@@ -28,7 +28,7 @@ from xelm_cli.api import (
 from xelm_cli.cli import app, run
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import conformance, host
-from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts
+from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts, tiny
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,8 @@ def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(experts: TinyE
 
     texts = [
         Document(text, language)
-        for language in conformance.LANGUAGES
-        for text in conformance.sentences(language, 60)
+        for language in tiny.LANGUAGES
+        for text in tiny.sentences(language, 60)
     ]
     result = fit(
         texts,
@@ -379,13 +379,13 @@ def test_list_describes_every_registration(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_generated_sentences_are_deterministic() -> None:
-    assert conformance.sentences("tr", 3) == conformance.sentences("tr", 3)
-    assert conformance.sentences("tr", 3) != conformance.sentences("tr", 3, seed=1)
-    assert all(s.endswith(".") for s in conformance.sentences("en", 5))
+    assert tiny.sentences("tr", 3) == tiny.sentences("tr", 3)
+    assert tiny.sentences("tr", 3) != tiny.sentences("tr", 3, seed=1)
+    assert all(s.endswith(".") for s in tiny.sentences("en", 5))
     random.seed(0)  # the generator does not use the global random state
-    first = conformance.sentences("es", 2)
+    first = tiny.sentences("es", 2)
     random.seed(1)
-    assert conformance.sentences("es", 2) == first
+    assert tiny.sentences("es", 2) == first
 
 
 # ---------------------------------------------------------------------------- reserved names

@@ -1,0 +1,88 @@
+"""``xelm plugins check NAME``: run a router or an evaluator against tiny generated experts and
+report, one line per check, what spec/plugin-api.md requires of it.
+
+The experts are real: three tiny randomly initialised bundles (one per language of a small
+generated corpus, sharing a byte-level BPE tokenizer trained on it), built in a temporary
+directory in a few seconds on a CPU. A router is checked on documents of those languages: the
+shape and normalisation of its weights, determinism, that it leaves its arguments alone,
+causality (an output router), its options round-trip, its ``stride``/``fallback`` attributes,
+and that the ensemble runner runs it. An evaluator is checked for its declared attributes and
+options and, when it can build its data from a generated corpus or multiple-choice task without
+the network, for what ``evaluate()`` returns on the tiny experts.
+
+Normative text: spec/plugin-api.md section 5.2.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from xelm_cli.common.errors import UsageError
+from xelm_cli.plugin.conformance.evaluators import check_evaluator
+from xelm_cli.plugin.conformance.report import FAIL, PASS, SKIP, Report, given_options
+from xelm_cli.plugin.conformance.routers import check_router
+from xelm_cli.plugin.conformance.tiny import TinyExperts, build_tiny_experts, tiny_experts
+from xelm_cli.plugin.host import Registration, get_registry
+
+__all__ = [
+    "FAIL",
+    "PASS",
+    "SKIP",
+    "Report",
+    "TinyExperts",
+    "build_tiny_experts",
+    "check",
+    "tiny_experts",
+]
+
+
+def check(
+    name: str,
+    *,
+    router_args: Mapping[str, Any] | None = None,
+    eval_args: Mapping[str, Any] | None = None,
+    experts: TinyExperts | None = None,
+) -> list[Report]:
+    """Check every router and evaluator that ``name`` (or ``DIST:NAME``) selects.
+
+    ``router_args``/``eval_args``: options for the check to build them with (text, as
+    ``--router-arg``/``--eval-arg`` give them, or JSON values); needed for options without a
+    default. Anything the plugin gets wrong is a failed check in the report, not an exception;
+    an option the user must give and did not is a one-line :class:`UsageError`.
+    """
+    registry = get_registry()
+    registrations: list[Registration] = []
+    for kind in ("router", "evaluator"):
+        try:
+            registrations.append(registry.get(kind, name))
+        except UsageError:
+            continue
+    if not registrations:
+        other = [
+            kind
+            for kind in ("clusterer", "trainer", "command")
+            if registry.all_of(kind, name.rpartition(":")[2])
+        ]
+        if other:
+            raise UsageError(
+                f"xelm plugins check runs routers and evaluators; {name!r} is a "
+                f"{' and a '.join(other)} (see xelm plugins show {name})"
+            )
+        routers = sorted({r.name for r in registry.all_of("router")})
+        evaluators = sorted({r.name for r in registry.all_of("evaluator")})
+        raise UsageError(
+            f"no router or evaluator {name!r} is installed (routers: "
+            f"{', '.join(routers) or 'none'}; evaluators: {', '.join(evaluators) or 'none'})"
+        )
+    for registration in registrations:  # missing required options: before any model is built
+        values = router_args if registration.kind == "router" else eval_args
+        given_options(registration, values)
+    if experts is None:
+        with tiny_experts() as built:
+            return check(name, router_args=router_args, eval_args=eval_args, experts=built)
+    reports = []
+    for registration in registrations:
+        if registration.kind == "router":
+            reports.append(check_router(registration, router_args or {}, experts))
+        else:
+            reports.append(check_evaluator(registration, eval_args or {}, experts))
+    return reports

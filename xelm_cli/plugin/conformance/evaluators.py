@@ -1,0 +1,131 @@
+"""Conformance of an evaluator: its declared attributes and options, and what ``evaluate()``
+returns on the tiny experts (spec/plugin-api.md 5.2, 7.3)."""
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from xelm_cli.common.errors import UsageError, XelmError, exception_line
+from xelm_cli.plugin.conformance.report import (
+    FAIL,
+    PASS,
+    SKIP,
+    UNKNOWN_OPTION,
+    Report,
+    check_options,
+    declares_options,
+    failure,
+    given_options,
+)
+from xelm_cli.plugin.conformance.tiny import LANGUAGES, TinyExperts
+from xelm_cli.plugin.contracts import (
+    EvalRequest,
+)
+from xelm_cli.plugin.host import Registration
+
+
+def check_evaluator(
+    registration: Registration, values: Mapping[str, Any], experts: TinyExperts
+) -> Report:
+    """Attributes, options declaration and, where it can build its data offline, evaluate()."""
+    from xelm_cli.ensemble.results import build_evaluator
+    from xelm_cli.ensemble.routing import build_router
+    from xelm_cli.ensemble.runner import EnsembleModel
+
+    report = Report("evaluator", registration.name, registration.plugin)
+    owner = registration.obj
+    problems = []
+    if getattr(owner, "name", None) != registration.name:
+        problems.append(f"name is {getattr(owner, 'name', None)!r}")
+    if not isinstance(getattr(owner, "primary", None), str) or not owner.primary:
+        problems.append("primary (the headline metric) must be a non-empty str")
+    if not isinstance(getattr(owner, "higher_is_better", None), bool):
+        problems.append("higher_is_better must be True or False")
+    if problems:
+        report.add("attributes", FAIL, "; ".join(problems))
+    else:
+        direction = "higher" if owner.higher_is_better else "lower"
+        report.add("attributes", PASS, f"primary metric {owner.primary!r}, {direction} is better")
+    if declares_options(owner):
+        check_options(registration, given_options(registration, values), report)
+        try:
+            build_evaluator(
+                registration.qualified_name,
+                EvalRequest(data=str(experts.corpus), options={UNKNOWN_OPTION: "1"}),
+            )
+        except UsageError:
+            report.add("unknown option refused", PASS, f"--eval-arg {UNKNOWN_OPTION}=1 is refused")
+        except Exception as exc:
+            report.add("unknown option refused", FAIL, f"building it {failure(exc)}")
+        else:
+            report.add("unknown option refused", FAIL, f"--eval-arg {UNKNOWN_OPTION}=1 is accepted")
+    else:
+        report.add(
+            "options declaration",
+            SKIP,
+            "no Options (plugin API 1.0): it reads EvalRequest.options by itself",
+        )
+    languages = tuple(LANGUAGES)
+    attempts = [
+        (
+            "a generated corpus",
+            EvalRequest(data=str(experts.corpus), languages=languages, options=dict(values)),
+        ),
+        (
+            "a generated jsonl multiple-choice task",
+            EvalRequest(
+                data=str(experts.choice_task),
+                task="jsonl",
+                languages=languages,
+                options=dict(values),
+            ),
+        ),
+    ]
+    refusals = []
+    for what, request in attempts:
+        try:
+            evaluator = build_evaluator(registration.qualified_name, request)
+        except XelmError as exc:
+            refusals.append(f"{what}: {exception_line(exc)}")
+            continue
+        except Exception as exc:
+            report.add("builds", FAIL, f"on {what} it {failure(exc)}")
+            return report
+        report.add("builds", PASS, f"on {what}")
+        model = EnsembleModel(experts.bundles, build_router("uniform"), device="cpu", name="check")
+        try:
+            result = evaluator.evaluate(model)
+        except Exception as exc:
+            report.add("evaluate()", FAIL, failure(exc))
+            return report
+        report.add(*_check_result(result, owner))
+        return report
+    report.add(
+        "evaluate()",
+        SKIP,
+        "not run: it needs data that cannot be generated here ("
+        + "; ".join(refusals)
+        + "); checked its attributes and options only",
+    )
+    return report
+
+
+def _check_result(result: Any, owner: Any) -> tuple[str, str, str]:
+    if not isinstance(result, dict):
+        return "evaluate()", FAIL, f"returned {type(result).__name__}, not a dict"
+    overall, languages = result.get("overall"), result.get("languages")
+    if not isinstance(overall, dict) or not isinstance(languages, dict):
+        return "evaluate()", FAIL, "the result needs 'overall' and 'languages' dicts"
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return "evaluate()", FAIL, f"the result is not JSON-serialisable: {exc}"
+    value = overall.get(owner.primary)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "evaluate()", FAIL, f"overall[{owner.primary!r}] is {value!r}, not a number"
+    return (
+        "evaluate()",
+        PASS,
+        (f"overall {owner.primary} = {value:.4g} over {len(languages)} languages"),
+    )
