@@ -18,7 +18,6 @@ from xelm_cli.plugin.options import (
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 UNKNOWN_OPTION = "xelm_check_no_such_option"
-CAUSALITY_TOLERANCE = 1e-9
 
 
 # A tiny generated corpus: three "languages", each its own small vocabulary, so that every
