@@ -20,8 +20,6 @@ PASS, FAIL, SKIP = "pass", "fail", "skip"
 UNKNOWN_OPTION = "xelm_check_no_such_option"
 
 
-# A tiny generated corpus: three "languages", each its own small vocabulary, so that every
-# expert (one per language) and a language router have something to tell apart.
 @dataclass(frozen=True)
 class CheckResult:
     """One line of the report: ``check`` passed, failed or was skipped, and why."""

@@ -14,6 +14,8 @@ from xelm_cli.plugin.contracts import (
     Document,
 )
 
+# A tiny generated corpus: three "languages", each its own small vocabulary, so that every
+# expert (one per language) and a language router have something to tell apart.
 WORDS = {
     "en": [
         "the",
