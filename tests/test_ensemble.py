@@ -106,6 +106,19 @@ def test_posterior_mixture_equals_brute_force_over_all_experts(
     assert dict(ensemble.stats.loads) == {"e0": 1, "e1": 1, "e2": 1}  # streamed: one load each
 
 
+def test_resident_experts_load_once_and_score_as_streamed(experts: list[Bundle]) -> None:
+    streamed = EnsembleModel(experts, build_router("posterior"), device="cpu")
+    assert streamed.resident is False  # on a CPU the experts stream unless asked
+    resident = EnsembleModel(experts, build_router("posterior"), device="cpu", resident=True)
+    first, second = DOCS[:4], DOCS[4:]
+    got = resident.score_documents(first) + resident.score_documents(second)
+    want = streamed.score_documents(first) + streamed.score_documents(second)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert dict(resident.stats.loads) == {"e0": 1, "e1": 1, "e2": 1}  # kept between calls
+    assert dict(streamed.stats.loads) == {"e0": 2, "e1": 2, "e2": 2}  # loaded for each call
+
+
 def test_streaming_equals_all_experts_in_memory(experts: list[Bundle], device: str) -> None:
     models = [bundle.load_model().eval() for bundle in experts]  # all at once
     _, sequences = brute(experts[0], DOCS)

@@ -46,6 +46,9 @@ from xelm_cli.plugin.contracts import (
     ScoredDocument,
 )
 
+RESIDENT_SHARE = (
+    0.8  # of a GPU's free memory that resident experts may take (the rest: activations)
+)
 _RULE_NAMES = {"logits": "logit averaging", "product": "the product rule"}
 
 
@@ -100,6 +103,7 @@ class EnsembleModel(LanguageModel):
         device: str | None = None,
         cache: ScoreCache | None = None,
         batch_tokens: int | None = None,
+        resident: bool | None = None,
     ) -> None:
         check_compatible(members)
         if combine not in COMBINE_RULES:
@@ -120,6 +124,8 @@ class EnsembleModel(LanguageModel):
         self.cache = cache if cache is not None else ScoreCache()
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
         self.stats = RunStats()
+        self.resident = fits_on_device(members, self.device) if resident is None else resident
+        self._resident: dict[int, LoadedModel] = {}
         self._tokenizer: Any = None
         self._fallback: Router | None = None
 
@@ -255,8 +261,14 @@ class EnsembleModel(LanguageModel):
     # -- running experts
 
     def load_expert(self, index: int) -> LoadedModel:
-        """Expert ``index`` loaded on the ensemble's device (into the spare model when it fits)."""
+        """Expert ``index`` on the ensemble's device: kept there from an earlier call when the
+        ensemble is resident, else loaded (into the spare model when it fits)."""
+        if index in self._resident:
+            return self._resident[index]
         self.stats.loads[self.experts[index].name] += 1
+        if self.resident:
+            self._resident[index] = LoadedModel.load(self.members[index], self.device)
+            return self._resident[index]
         spare = self.cache.spare
         self.cache.spare = None
         if spare is not None and spare.device == self.device:
@@ -269,9 +281,11 @@ class EnsembleModel(LanguageModel):
         return LoadedModel.load(self.members[index], self.device)
 
     def free_expert(self, model: LoadedModel) -> None:
-        """Keep the model as the cache's spare: the next expert of the same architecture is
+        """Done with ``model`` for now: a resident ensemble keeps it on the device; a streamed
+        one keeps it as the cache's spare, and the next expert of the same architecture is
         loaded into it (one model in memory at a time, built once)."""
-        self.cache.spare = model
+        if not self.resident:
+            self.cache.spare = model
 
     def _collect(self) -> None:
         gc.collect()
@@ -483,6 +497,18 @@ class EnsembleModel(LanguageModel):
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)
         ]
+
+
+def fits_on_device(members: Sequence[Bundle], device: Any) -> bool:
+    """Whether every member can stay loaded on ``device`` (a CUDA device with the members'
+    files, an upper bound of their bf16 weights, within RESIDENT_SHARE of its free memory).
+    On a CPU the experts stream: memory stays at one expert whatever k is."""
+    if device.type != "cuda":
+        return False
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return sum(bundle.size for bundle in members) <= RESIDENT_SHARE * free
 
 
 def single_model(bundle: Bundle, name: str, **kwargs: Any) -> EnsembleModel:
