@@ -14,7 +14,8 @@ from xelm_cli.cli import run
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
 
 STEPS = ["corpus", "tokenizer", "shards", "seed", "dense", "typology-k4", "tfidf-k4", "evaluate",
-         "adapt", "icl"]  # fmt: skip
+         "average", "moe", "moe-finetune", "adapt", "icl"]  # fmt: skip
+MERGED = ["average", "moe", "moe+ft"]  # rows "typology-k4 NAME": one model from the experts
 FIGURES = ["perplexity.png", "gain_vs_data.png", "expert_heatmap.png", "typology_tree.png",
            "adaptation.png"]  # fmt: skip
 
@@ -31,6 +32,7 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     bundles = ["seed", "dense", *(f"typology-k4/expert-{i}" for i in range(4))]
     bundles += [f"tfidf-k4/expert-{i}" for i in range(4)]
     bundles += [f"adapt/{m}-{lang}" for m in ("hmr", "lapt") for lang in NEW_LANGUAGES]
+    bundles += ["typology-k4/average", "typology-k4/moe", "typology-k4/moe-ft"]
     for bundle in bundles:
         assert run(["bundle", "verify", str(smoke / bundle)]) == 0, bundle
     report = smoke / "report"
@@ -70,6 +72,59 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     assert "consecutive records of one language and one source" in text
     for figure in FIGURES:
         assert f"]({figure})" in text
+
+
+def test_the_experts_made_one_model_are_evaluated_beside_the_ensemble(smoke: Path) -> None:
+    """The main X-ELM's averaged model and its MoE (before and after the fine-tune) are rows of
+    the perplexity table, with lineage to every expert, and one sentence each in the report."""
+    import math
+
+    from xelm_cli.bundle.store import Bundle
+
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    experts = [Bundle.read(smoke / "typology-k4" / f"expert-{i}") for i in range(4)]
+    for name in MERGED:
+        scores = results["perplexity"][f"typology-k4 {name}"]
+        assert set(scores) == {*TRAIN_LANGUAGES, "overall"}, name
+        for lang, score in scores.items():
+            assert math.isfinite(score["perplexity"]) and score["perplexity"] > 1, (name, lang)
+    merging = results["merging"]
+    for name in ("average", "moe"):
+        step = Bundle.read(Path(merging[name]["bundle"])).manifest.lineage[-1]
+        assert step["relation"] == "merge" and step["method"] == name
+        assert [p["digest"] for p in step["parents"]] == [e.digest for e in experts]
+    assert merging["moe"]["top_k"] == 2 and merging["moe"]["gate"] == "language"
+    assert merging["moe"]["gate_text"] == "ntrex128"  # held out: not the FLORES sentences
+    tuned = Bundle.read(smoke / "typology-k4" / "moe-ft")
+    assert tuned.manifest.training["tokens"] == merging["moe+ft"]["tokens"] == 8192  # type: ignore[index]
+    assert tuned.manifest.lineage[-2]["method"] == "moe"  # trained from the MoE bundle
+    first, last = merging["moe+ft"]["aux_loss"]
+    assert first > 0 and last > 0 and merging["moe+ft"]["aux_loss_coefficient"] == 0.01
+    ensemble = results["perplexity"]["typology-k4 language"]["overall"]["perplexity"]
+    text = (smoke / "report" / "report.md").read_text()
+    assert "## One model from the experts (typology-k4)" in text
+    for label, name in (("Averaged model", "average"), ("MoE before fine-tune", "moe"),
+                        ("MoE after fine-tune", "moe+ft")):  # fmt: skip
+        overall = results["perplexity"][f"typology-k4 {name}"]["overall"]["perplexity"]
+        assert f"- _{label}_ (" in text
+        assert f"overall perplexity {overall:.2f} against the ensemble's {ensemble:.2f}" in text
+    header = next(line for line in text.splitlines() if line.startswith("| language | seed"))
+    for system in ("dense", "typology-k4 language", *(f"typology-k4 {n}" for n in MERGED)):
+        assert f"| {system} |" in header, system
+
+
+def test_report_on_results_from_before_the_merged_rows(smoke: Path, tmp_path: Path) -> None:
+    """results.json of an older demo (no averaged or MoE rows, no moe_tokens) still reports."""
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    del results["merging"], results["preset"]["moe_tokens"], results["preset"]["moe_aux_loss"]
+    for name in MERGED:
+        del results["perplexity"][f"typology-k4 {name}"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(results))
+    assert run(["report", str(old), "-o", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "One model from the experts" not in text and "Mixture-of-Experts" not in text
+    assert "| language | seed | dense | typology-k4 language |" in text
 
 
 def test_rerun_skips_finished_steps_and_report_redraws(

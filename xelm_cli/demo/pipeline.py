@@ -33,6 +33,7 @@ from xelm_cli.plugin.host import Kind, get_registry
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
+MOE_TOP_K = 2  # experts per token of the MoE built from the main X-ELM
 
 
 # the plugins the demo runs, by kind: what its results record as their provenance
@@ -162,6 +163,7 @@ class Demo:
         self.results["perplexity"] = self.step(
             "evaluate", lambda: self.evaluate(seed, dense, experts, main, tfidf)
         )
+        self.merging(main, experts[main], shards)
         self.results["adaptation"] = self.step(
             "adapt", lambda: self.adapt(dense, experts[main], shards)
         )
@@ -377,6 +379,107 @@ class Demo:
         for index, path in enumerate(experts[main]):
             systems[f"{main} expert-{index}"] = self._single(path, f"expert-{index}")
         return {name: self._perplexity(model, TRAIN_LANGUAGES) for name, model in systems.items()}
+
+    # ------------------------------------------------------------------ one model from the experts
+
+    def merging(self, main: str, experts: list[Path], shards: Path) -> None:
+        """The main X-ELM's experts as one model: their parameter average, and the
+        Mixture-of-Experts model built from them before and after a short fine-tune of all its
+        weights with the load-balancing loss; each a step, evaluated on the same FLORES
+        documents as every other system (rows ``{main} average``, ``{main} moe``,
+        ``{main} moe+ft`` of the perplexity table)."""
+        root = self.out / main
+        average, moe, tuned = root / "average", root / "moe", root / "moe-ft"
+        done = {
+            "average": self.step("average", lambda: self.average(experts, average)),
+            "moe": self.step("moe", lambda: self.moe(experts, moe)),
+            "moe+ft": self.step("moe-finetune", lambda: self.moe_finetune(moe, shards, tuned)),
+        }
+        merged = self.results.setdefault("merging", {})
+        for name, result in done.items():
+            self.results["perplexity"][f"{main} {name}"] = result.pop("perplexity")
+            merged[name] = result
+
+    def average(self, experts: list[Path], out: Path) -> dict[str, Any]:
+        """The experts' uniform parameter average (xelm bundle merge --method average)."""
+        from xelm_cli.bundle.merging import merge_average
+
+        if not is_bundle(out):
+            merge_average(experts, out, overwrite=True)
+        bundle = Bundle.read(out)
+        return {
+            "bundle": str(out),
+            "digest": bundle.digest,
+            "weights": [1 / len(experts)] * len(experts),
+            "tokens": 0,
+            "perplexity": self._perplexity(self._single(out, "average"), TRAIN_LANGUAGES),
+        }
+
+    def gate_text(self) -> tuple[Path, str]:
+        """Held-out text for the MoE's language gate: NTREX-128 when ``--data`` has it for
+        every training language (news, not the FLORES sentences evaluated on), else the
+        demo's training sample (then not held out: the report says which)."""
+        ntrex = self.data / "eval" / "ntrex128"
+        if all((ntrex / f"{lang}.txt").is_file() for lang in TRAIN_LANGUAGES):
+            return ntrex, "ntrex128"
+        return self.out / "corpus", "training sample"
+
+    def moe(self, experts: list[Path], out: Path) -> dict[str, Any]:
+        """Branch-Train-MiX: each expert's MLP becomes one expert of every MoE layer, the
+        other weights averaged; top-2 routing, routers from each expert's mean hidden state
+        on held-out text in its languages (xelm bundle moe --gate language)."""
+        from xelm_cli.bundle.moe import build_moe
+
+        text, source = self.gate_text()
+        if not is_bundle(out):
+            build_moe(
+                experts, out, top_k=MOE_TOP_K, gate="language", calibration=text,
+                calibration_limit=self.preset.eval_documents, overwrite=True,
+            )  # fmt: skip
+        return {
+            "bundle": str(out),
+            "digest": Bundle.read(out).digest,
+            "top_k": MOE_TOP_K,
+            "gate": "language",
+            "gate_text": source,
+            "tokens": 0,
+            "perplexity": self._perplexity(self._single(out, "moe"), TRAIN_LANGUAGES),
+        }
+
+    def moe_finetune(self, moe: Path, shards: Path, out: Path) -> dict[str, Any]:
+        """The MoE model trained (all weights) for the preset's ``moe_tokens`` on every
+        training language, with the load-balancing loss at ``moe_aux_loss``; the balance
+        loss of the first and last logged steps is recorded (transformers' load-balancing loss:
+        the top-k when perfectly balanced, more when the routers favour some experts)."""
+        p = self.preset
+        batch = p.train.get("batch_size", 1) * p.train.get("block_size", 1)
+        if not is_bundle(out):  # the balance loss logged four times, first and last kept
+            train_bundle(
+                moe,
+                data=shards,
+                tokens=p.moe_tokens,
+                output=out,
+                languages=TRAIN_LANGUAGES,
+                resume=checkpoint_dir(out).exists(),
+                command=f"xelm demo --preset {p.name}",
+                **{
+                    **p.train,
+                    "device": self.device or "auto",
+                    "aux_loss": p.moe_aux_loss,
+                    "log_every": max(1, p.moe_tokens // batch // 4),
+                },
+            )
+        metrics = checkpoint_dir(out) / "metrics.jsonl"
+        logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        aux = [m["aux_loss"] for m in logged if "aux_loss" in m]
+        return {
+            "bundle": str(out),
+            "digest": Bundle.read(out).digest,
+            "tokens": p.moe_tokens,
+            "aux_loss_coefficient": p.moe_aux_loss,
+            "aux_loss": [aux[0], aux[-1]] if aux else [],
+            "perplexity": self._perplexity(self._single(out, "moe+ft"), TRAIN_LANGUAGES),
+        }
 
     def adapt(self, dense: Path, experts: list[Path], shards: Path) -> dict[str, Any]:
         """HMR (branch the donor's expert, train on the new language) against LAPT (continue

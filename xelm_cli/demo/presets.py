@@ -42,11 +42,13 @@ class Preset:
     tfidf_k: int
     tfidf_documents: int  # documents per language the TF-IDF clusterer is fitted on
     adapt_tokens: int  # HMR and LAPT, per new language
+    moe_tokens: int  # fine-tune of the MoE built from the main X-ELM's experts (all weights)
     eval_documents: int  # FLORES-200 devtest sentences per language
     icl_examples: int  # SIB-200 test examples per language
     icl_shots: int
     icl_runs: int
     train: dict[str, Any] = field(default_factory=dict)  # trainer options
+    moe_aux_loss: float = 0.01  # load-balancing loss coefficient of the MoE fine-tune
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +67,7 @@ PRESETS = {
         tfidf_k=4,
         tfidf_documents=120,
         adapt_tokens=8_192,
+        moe_tokens=8_192,
         eval_documents=8,
         icl_examples=8,
         icl_shots=1,
@@ -90,6 +93,7 @@ PRESETS = {
         tfidf_k=4,
         tfidf_documents=1000,
         adapt_tokens=500_000,
+        moe_tokens=400_000,
         eval_documents=200,
         icl_examples=100,
         icl_shots=4,
@@ -115,6 +119,7 @@ PRESETS = {
         tfidf_k=4,
         tfidf_documents=4000,
         adapt_tokens=10_000_000,
+        moe_tokens=8_000_000,
         eval_documents=1012,
         icl_examples=204,
         icl_shots=4,

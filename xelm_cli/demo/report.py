@@ -168,6 +168,81 @@ def perplexity_table(results: dict[str, Any]) -> str:
     return _table(["language", *systems], rows)
 
 
+MERGED = (
+    ("average", "Averaged model"),
+    ("moe", "MoE before fine-tune"),
+    ("moe+ft", "MoE after fine-tune"),
+)
+
+
+def _describe(name: str, entry: dict[str, Any], k: Any, top_k: Any) -> str:
+    """What one merged system is, from its entry in ``results["merging"]``."""
+    if name == "average":
+        return f"the uniform parameter average of the {k} experts, no further training"
+    if name == "moe":
+        return (
+            f"each expert's MLP one expert of every MoE layer, other weights averaged, top-"
+            f"{entry.get('top_k', '?')} routing, routers from the experts' hidden states on "
+            f"{entry.get('gate_text', 'held-out text')} ({entry.get('gate', '?')} gate)"
+        )
+    aux = entry.get("aux_loss") or []
+    balance = (
+        f"; load-balancing loss {aux[0]:.2f} at the first logged step, {aux[-1]:.2f} at the last "
+        f"({top_k} when perfectly balanced)"
+        if aux
+        else ""
+    )
+    return (
+        f"that MoE model trained, all weights, for {entry.get('tokens', 0):,} more tokens with "
+        f"the load-balancing loss at {entry.get('aux_loss_coefficient', '?')}{balance}"
+    )
+
+
+def merging_section(results: dict[str, Any]) -> list[str]:
+    """The main X-ELM's experts as one model (averaged, MoE before and after its fine-tune),
+    one sentence each against the ensemble; nothing for results without them."""
+    main = results.get("main_xelm")
+    merging = results.get("merging")
+    ensemble = f"{main} language"
+    if not isinstance(merging, dict) or ensemble not in results["perplexity"]:
+        return []
+    languages = results["languages"]
+    k = len(results.get("experts", {}).get(main, [])) or "the"
+    reference = _ppl(results, ensemble, "overall")
+    top_k = (merging.get("moe") or {}).get("top_k", "the top-k")
+    lines = [
+        f"## One model from the experts ({main})",
+        "",
+        f"The X-ELM ensemble ({main}, language router) runs {k} models; these rows of the "
+        "perplexity table are one model each, built from the same experts and evaluated on the "
+        "same FLORES sentences (Branch-Train-Merge's average, Branch-Train-MiX's MoE).",
+        "",
+    ]
+    for name, label in MERGED:
+        entry = merging.get(name)
+        system = f"{main} {name}"
+        if not isinstance(entry, dict) or system not in results["perplexity"]:
+            continue
+        overall = _ppl(results, system, "overall")
+        better = [g for g in languages if _ppl(results, system, g) < _ppl(results, ensemble, g)]
+        direction = "lower" if overall < reference else "higher"
+        lines.append(
+            f"- _{label}_ ({_describe(name, entry, k, top_k)}): overall perplexity {overall:.2f} "
+            f"against the ensemble's {reference:.2f}, {direction} by a factor of "
+            f"{max(overall, reference) / min(overall, reference):.2f}; lower than the ensemble "
+            f"in {len(better)} of {len(languages)} languages."
+        )
+    tuned = merging.get("moe+ft")
+    if isinstance(tuned, dict) and tuned.get("tokens"):
+        lines += [
+            "",
+            f"The fine-tuned MoE has trained on {tuned['tokens']:,} tokens more than the "
+            "ensemble and the dense model; `xelm plan --moe-tokens N` splits one budget so that "
+            "dense, experts and MoE fine-tune add up to the same total.",
+        ]
+    return [*lines, ""]
+
+
 def text_sentence(results: dict[str, Any]) -> str:
     """What was done to the sample text before training and clustering."""
     corpus = results.get("corpus", {})
@@ -238,7 +313,14 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         f"{', '.join(str(k) for k in preset.get('typology_ks', []))} and a TF-IDF X-ELM with "
         f"k = {preset.get('tfidf_k', '?')} (each expert B/k tokens from the seed), evaluated on "
         f"FLORES-200 devtest ({preset.get('eval_documents', '?')} sentences per language); then "
-        "two new languages added by HMR and by LAPT.",
+        "two new languages added by HMR and by LAPT."
+        + (
+            f" The main X-ELM's experts are also made one model: their parameter average and a "
+            f"Mixture-of-Experts model, before and after a {preset.get('moe_tokens', 0):,}-token "
+            "fine-tune."
+            if results.get("merging")
+            else ""
+        ),
         "",
         "## The paper's claims",
         "",
@@ -248,6 +330,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         lines.append(f"- **{verdict}**: {claim['claim']}. This run: {claim['evidence']}.")
     lines += ["", "## Perplexity (FLORES-200 devtest, lower is better)", "",
               perplexity_table(results), ""]  # fmt: skip
+    lines += merging_section(results)
     lines += purity_section(results)
     adaptation = results.get("adaptation")
     if adaptation:
