@@ -146,3 +146,72 @@ def test_run_times_scale_a_measured_runs_flops(
         assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
     assert run(_plan(tmp_path, wide_seed, "--measured", str(seed_bundle))) == 2
     assert "holds no timed training run" in capsys.readouterr().err
+
+
+def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Branch-Train-MiX's accounting: with --moe-tokens M the experts share B - M, the averaged
+    model costs what they cost, the MoE adds its M-token fine-tune, and each totals B."""
+    from test_train import corpus_slice
+
+    from xelm_cli.data.prepare import prepare
+
+    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
+    measured = tmp_path / "measured"
+    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
+            "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
+    assert run(args) == 0
+    record = Bundle.open(measured).manifest.training
+    assert record is not None
+    capsys.readouterr()
+    plan_args = _plan(tmp_path, seed_bundle, "--moe-tokens", "200K", "--measured", str(measured))
+    assert run([*plan_args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["budget"] == 1_000_000 and plan["moe_tokens"] == 200_000
+    tokens = {entry["name"]: entry["tokens"] for entry in plan["runs"]}
+    assert tokens == {"expert-0": 400_000, "expert-1": 400_000, "dense": 1_000_000,
+                      "average": 0, "moe": 200_000}  # fmt: skip
+    assert tokens["expert-0"] + tokens["expert-1"] + tokens["moe"] == tokens["dense"]
+    runs = tmp_path / "runs"
+    experts = [str(runs / "experts" / f"expert-{i}") for i in range(2)]
+    by_name = {entry["name"]: entry for entry in plan["runs"]}
+    assert by_name["average"]["commands"] == [
+        ["xelm", "bundle", "merge", *experts, "--method", "average", "-o", str(runs / "average")]
+    ]
+    build, tune = by_name["moe"]["commands"]
+    assert build == ["xelm", "bundle", "moe", *experts, "--top-k", "2", "--gate", "random",
+                     "-o", str(runs / "moe-init")]  # fmt: skip
+    assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", "shards", "--aux-loss",
+                    "0.01", "--tokens", "200000", "-o", str(runs / "moe")]  # fmt: skip
+    assert by_name["moe"]["after"] == ["expert-0", "expert-1"]
+    # memory counts every MLP the MoE holds; time the two that top-2 routing runs per token
+    shape = ModelShape.of(Bundle.open(seed_bundle))
+    mlp = 3 * shape.hidden * shape.intermediate * shape.layers
+    assert by_name["moe"]["parameters"] == shape.parameters + mlp + 2 * shape.hidden * shape.layers
+    n_measured = ModelShape.of(Bundle.open(measured)).parameters
+    seconds_per_parameter_token = record["seconds"] / record["tokens"] / n_measured
+    active = shape.parameters + mlp + 2 * shape.hidden * shape.layers
+    assert by_name["moe"]["seconds"] == pytest.approx(
+        200_000 * active * seconds_per_parameter_token
+    )
+    assert by_name["dense"]["seconds"] == pytest.approx(
+        1_000_000 * shape.parameters * seconds_per_parameter_token
+    )
+
+    assert run([*plan_args, "--moe-calibration", "flores", "--moe-aux-loss", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "MoE: 800,000 + 200,000 fine-tune = 1,000,000 tokens" in out
+    assert "--top-k 2 --gate language --calibration flores -o" in out
+    assert "--aux-loss 0.1 --tokens 200000 -o" in out
+
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    assert run(["train-all", str(plan_file), "--only", "4", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = [["xelm", "bundle", "moe"], ["xelm", "train", str(runs / "moe-init")]]
+    assert [line.split()[:3] for line in lines] == expected
+
+    assert run(_plan(tmp_path, seed_bundle, "--moe-tokens", "1M")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--moe-tokens 1,000,000 must be below --budget" in err

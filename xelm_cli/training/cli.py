@@ -5,6 +5,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
@@ -33,6 +35,7 @@ from xelm_cli.training.estimates import (
     Throughput,
     device_memory,
     largest_batch,
+    moe_shapes,
     parse_size,
     training_memory,
 )
@@ -41,6 +44,7 @@ from xelm_cli.training.run import train as train_verb
 
 console = Console(soft_wrap=True)
 PLAN_FORMAT = "xelm-train-plan"
+DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Token shards to train on.")]
 ValidOpt = Annotated[
@@ -313,15 +317,30 @@ def make_plan(
     train_args: str = "",
     memory: int | None = None,
     measured: Path | None = None,
+    moe_tokens: int = 0,
+    moe_calibration: Path | None = None,
+    moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
 ) -> dict[str, Any]:
     """The runs that give X-ELM and the dense baseline equal training tokens, as commands,
-    with memory and time estimates when the seed bundle exists (``estimate_runs``)."""
+    with memory and time estimates when the seed bundle exists (``estimate_runs``).
+
+    With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
+    moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
+    and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
+    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``."""
     alloc = read_allocation(allocation)
+    if moe_tokens and not 0 < moe_tokens < budget:
+        raise UsageError(
+            f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
+            "on what is left of the budget"
+        )
     estimate = None
     if is_bundle(seed_bundle):
         estimate = estimate_runs(seed_bundle, train_args, memory, measured)
     entries = []
-    for run in plan_budgets(budget, alloc.experts):
+    budgets = plan_budgets(budget - moe_tokens, alloc.experts)
+    budgets = [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
+    for run in budgets:
         # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
         output = runs / run.name if run.expert is None else runs / "experts" / run.name
         extra = ["--valid", str(valid)] if valid else []
@@ -351,14 +370,65 @@ def make_plan(
                 ),
             }
         )
+    if moe_tokens:
+        experts = [e["output"] for e in entries if e["expert"] is not None]
+        everything = next(e["languages"] for e in entries if e["expert"] is None)
+        entries += merged_runs(
+            experts, everything, data, runs, valid, train_args, estimate,
+            moe_tokens, moe_calibration, moe_aux_loss,
+        )  # fmt: skip
     return {
         "format": PLAN_FORMAT,
         "budget": budget,
+        "moe_tokens": moe_tokens,
         "k": alloc.k,
         "allocation": {"path": str(allocation), "digest": alloc.digest},
         "estimate": estimate["record"] if estimate else None,
         "runs": entries,
     }
+
+
+def merged_runs(
+    experts: list[str],
+    languages: list[str],
+    data: Path,
+    runs: Path,
+    valid: Path | None,
+    train_args: str,
+    estimate: dict[str, Any] | None,
+    moe_tokens: int,
+    calibration: Path | None,
+    aux_loss: float,
+) -> list[dict[str, Any]]:
+    """The ``average`` and ``moe`` runs of a plan: one model each from the finished experts
+    (both wait for them: run them after the experts' array tasks)."""
+    names = [f"expert-{i}" for i in range(len(experts))]
+    average = ["xelm", "bundle", "merge", *experts, "--method", "average"]
+    average += ["-o", str(runs / "average")]
+    built = runs / "moe-init"
+    gate = ["--gate", "language", "--calibration", str(calibration)] if calibration else []
+    moe = ["xelm", "bundle", "moe", *experts, "--top-k", str(MOE_TOP_K),
+           *(gate or ["--gate", "random"]), "-o", str(built)]  # fmt: skip
+    extra = ["--valid", str(valid)] if valid else []
+    tuned = ["xelm", "train", str(built), "--data", str(data), *extra, *shlex.split(train_args),
+             "--aux-loss", str(aux_loss), "--tokens", str(moe_tokens),
+             "-o", str(runs / "moe")]  # fmt: skip
+    seconds = None
+    held_parameters = None
+    if estimate:
+        held, active = moe_shapes(estimate["shape"], len(experts), MOE_TOP_K)
+        held_parameters = held.parameters
+        if estimate["throughput"]:
+            seconds = estimate["throughput"].seconds(active, moe_tokens)
+    return [
+        {"name": "average", "expert": None, "languages": languages, "tokens": 0,
+         "output": str(runs / "average"), "commands": [average], "seconds": 0.0 if estimate
+         and estimate["throughput"] else None, "after": names},
+        {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
+         "output": str(runs / "moe"), "commands": [moe, tuned], "seconds": seconds,
+         "after": names, "parameters": held_parameters, "top_k": MOE_TOP_K,
+         "aux_loss": aux_loss},
+    ]  # fmt: skip
 
 
 BudgetOpt = Annotated[str, typer.Option("--budget", help="Dense training tokens: 20M, 1.5B.")]
@@ -391,10 +461,32 @@ def plan(
             "estimated from the FLOP/s it reached."
         ),
     ] = None,
+    moe_tokens: Annotated[
+        str | None,
+        typer.Option(
+            help="Also plan one model from the experts (Branch-Train-MiX): their average and "
+            "an MoE fine-tuned for this many tokens, taken from the experts' share of the "
+            "budget (they get (B - M)/k each)."
+        ),
+    ] = None,
+    moe_calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Held-out labelled text for the MoE's language gate (default: random gate)."
+        ),
+    ] = None,
+    moe_aux_loss: Annotated[
+        float, typer.Option(help="Load-balancing loss coefficient of the MoE fine-tune.")
+    ] = DEFAULT_MOE_AUX_LOSS,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
     tokens (dense: B; each of k experts: B/k), and the commands that run them.
+
+    --moe-tokens M adds the BTX comparison at one total: the experts share B - M, then their
+    parameter average (no training) and an MoE built from them and fine-tuned for M tokens
+    with the load-balancing loss (runs average and moe, after the experts):
+      xelm plan --budget 20M --moe-tokens 2M --allocation alloc.json --seed-bundle seed/ ...
 
     Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
 
@@ -415,6 +507,8 @@ def plan(
     result = make_plan(
         parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args,
         memory=parse_size(memory) if memory else None, measured=measured,
+        moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
+        moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss,
     )  # fmt: skip
     if as_json:
         print_json(result)
@@ -440,8 +534,22 @@ def plan(
             f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
             highlight=False,
         )
+    moe = next((r for r in result["runs"] if r["name"] == "moe"), None)
+    if moe and moe["parameters"]:
+        console.print(
+            f"the moe run: {moe['parameters']:,} parameters ({result['k']} MLPs a layer); its "
+            f"time counts those top-{moe['top_k']} routing uses per token",
+            highlight=False,
+        )
     experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
-    console.print(f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens")
+    summary = f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens"
+    if result["moe_tokens"]:
+        summary += (
+            f"; averaged model: {experts:,} tokens (the experts'); MoE: {experts:,} + "
+            f"{result['moe_tokens']:,} fine-tune = {experts + result['moe_tokens']:,} tokens "
+            "(run average and moe after the experts)"
+        )
+    console.print(summary)
     console.print(
         "the runs are independent jobs: one each (a SLURM array task: xelm train-all plan.json "
         "--only I [--nproc-per-node N]); see `xelm plan --help`",

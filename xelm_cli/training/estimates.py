@@ -16,11 +16,16 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
 
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
 record: tokens, seconds and its model's parameters).
+
+An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL
+parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
+N + (t - 1) x 3hiL of them per token: its memory is estimated at the first count, its time at
+the second (``moe_shapes``).
 """
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +194,14 @@ class Throughput:
 
     def seconds(self, shape: ModelShape, tokens: int) -> float:
         return 6 * shape.parameters * tokens / self.flops_per_s
+
+
+def moe_shapes(shape: ModelShape, k: int, top_k: int) -> tuple[ModelShape, ModelShape]:
+    """(held, active): the shape of the MoE model built from k experts of ``shape`` with every
+    parameter it holds (for memory), and with the parameters one token uses under top-``top_k``
+    routing (for time: 6 x active x tokens FLOP)."""
+    mlp = 3 * shape.hidden * shape.intermediate * shape.layers
+    routers = k * shape.hidden * shape.layers
+    held = replace(shape, parameters=shape.parameters + (k - 1) * mlp + routers)
+    active = replace(shape, parameters=shape.parameters + (top_k - 1) * mlp + routers)
+    return held, active
