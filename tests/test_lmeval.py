@@ -286,3 +286,75 @@ def test_the_plugin_imports_without_lm_eval() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------- an MoE bundle
+
+
+@pytest.fixture(scope="module")
+def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Bundle]:
+    """Two experts of the seed that differ in their MLPs, as tests/test_moe.py makes them."""
+    from merge_helpers import perturbed_expert
+
+    from xelm_cli.bundle.branching import branch
+
+    root = tmp_path_factory.mktemp("lmeval-moe")
+    experts = []
+    for i, lang in enumerate(("en", "tr")):
+        branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
+        experts.append(
+            perturbed_expert(
+                branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
+            )
+        )
+    return experts
+
+
+@pytest.fixture(scope="module")
+def moe_bundle(moe_experts: list[Bundle], tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    from xelm_cli.bundle.moe import build_moe
+
+    out = tmp_path_factory.mktemp("lmeval-moe-built") / "moe"
+    return build_moe([b.path for b in moe_experts], out, top_k=2, gate="random", seed=1)
+
+
+def test_an_moe_bundle_is_scored_like_any_other(
+    moe_bundle: Bundle, moe_experts: list[Bundle], task_dir: Path
+) -> None:
+    """The bridge scores a Mixtral bundle built by `xelm bundle moe`: its rolling
+    log-likelihood is the plain transformers model's, and a local task runs end to end."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    moe = single_model(moe_bundle, "moe")
+    texts = ["All human beings are born free and equal in dignity and rights.", "Hello world"]
+    rolling = XelmLM(moe, language="en").loglikelihood_rolling(
+        instances("loglikelihood_rolling", [(t,) for t in texts])
+    )
+    plain = AutoModelForCausalLM.from_pretrained(moe_bundle.path).eval()
+    assert type(plain).__name__ == "MixtralForCausalLM"
+    tokenizer = moe_bundle.load_tokenizer()
+    bos = moe_bundle.framing(tokenizer).prefix
+    for text, total in zip(texts, rolling, strict=True):
+        ids = [bos, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+        with torch.no_grad():
+            logits = plain(torch.tensor([ids])).logits[0, :-1].double()
+        expected = logits.log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None]).sum()
+        assert total < 0 and total == pytest.approx(float(expected), abs=1e-3)
+    # the MoE's numbers are its own: neither expert alone gives them
+    for expert in moe_experts:
+        alone = XelmLM(single_model(expert, "expert"), language="en").loglikelihood_rolling(
+            instances("loglikelihood_rolling", [(texts[0],)])
+        )
+        assert abs(alone[0] - rolling[0]) > 1e-3
+
+    pairs = [("The cat sat on the", " mat"), ("Hello", " world")]
+    results = XelmLM(moe, language="en").loglikelihood(instances("loglikelihood", pairs))
+    for (context, continuation), (loglikelihood, _) in zip(pairs, results, strict=True):
+        [[direct]] = moe.score_choices([ChoiceRequest(context, (continuation,), "en")])
+        assert loglikelihood == pytest.approx(float(direct.sum()), abs=1e-4) and loglikelihood < 0
+
+    request = EvalRequest(task=TASK, options={"include_path": str(task_dir), "language": "en"})
+    overall = LmEvalEvaluator(request).evaluate(moe)["overall"]
+    assert overall["examples"] == 6
+    assert overall["acc"] == pytest.approx(expected_accuracy(moe, task_dir, "en"))
