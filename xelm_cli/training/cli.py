@@ -371,8 +371,8 @@ def make_plan(
             }
         )
     if moe_tokens:
-        experts = [e["output"] for e in entries if e["expert"] is not None]
-        everything = next(e["languages"] for e in entries if e["expert"] is None)
+        experts = [str(runs / "experts" / b.name) for b in budgets if b.expert is not None]
+        everything = list(next(b.languages for b in budgets if b.expert is None))
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
             moe_tokens, moe_calibration, moe_aux_loss,
