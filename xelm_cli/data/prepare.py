@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from xelm_cli.data.sources import (
     Source,
     SourceUnavailable,
     prefetched,
+    read_ahead,
 )
 from xelm_cli.lang.codes import normalize_language
 
@@ -390,33 +391,60 @@ def _limit(limits: dict[str, int], language: str) -> int | None:
 # -- the run ---------------------------------------------------------------------------------
 
 
+@dataclass
+class _Encoded:
+    """A batch, the encodings of its documents ``kept`` (the others were not wanted) and its
+    source position after it."""
+
+    batch: Batch
+    position: Any
+    kept: Sequence[int]
+    encodings: list[Any]  # tokenizers.Encoding, one per kept document
+
+
+def _encode(
+    items: Iterable[tuple[Batch, Any]],
+    tokenizer: TokenizerInfo,
+    wanted: set[str] | None,
+    counts: dict[str, LanguageCount],
+) -> Iterator[_Encoded]:
+    """Tokenise each batch's documents of wanted languages that are not full yet. Runs ahead
+    of the writer (``_add_batch``): a language that fills meanwhile only costs the encoding
+    of documents the writer then drops (``full`` only ever turns on). Token ids are taken out
+    of the encodings by the writer, leaving this thread to the tokenizer."""
+    for batch, position in items:
+        languages = batch.languages
+        skip = {lang for lang, c in list(counts.items()) if c.full}  # list(): one atomic copy
+        if wanted is None and not skip:
+            keep: Sequence[int] = range(len(languages))  # no test per document
+        else:
+            allowed = {lang for lang in set(languages) if lang not in skip}
+            if wanted is not None:
+                allowed &= wanted
+            keep = [i for i, lang in enumerate(languages) if lang in allowed]
+        texts = batch.texts if len(keep) == len(languages) else [batch.texts[i] for i in keep]
+        encodings = tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
+        yield _Encoded(batch, position, keep, encodings)
+
+
 def _add_batch(
     work: WorkDirectory,
-    batch: Batch,
-    tokenizer: TokenizerInfo,
+    encoded: _Encoded,
     wanted: set[str] | None,
     limits: dict[str, int],
     progress: Progress | None,
 ) -> None:
-    """Tokenise a batch and append each wanted document to its language, stopping a language
+    """Append each wanted document of a tokenised batch to its language, stopping a language
     at the first document that would take it over its read limit."""
-    keep = [
-        i
-        for i, lang in enumerate(batch.languages)
-        if (wanted is None or lang in wanted)
-        and not (lang in work.counts and work.counts[lang].full)
-    ]
-    if not keep:
-        return
-    texts = [batch.texts[i] for i in keep]
-    encodings = tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
+    batch = encoded.batch
     grouped: dict[str, tuple[list[list[int]], int]] = {}
-    for i, encoding in zip(keep, encodings, strict=True):
+    for i, encoding in zip(encoded.kept, encoded.encodings, strict=True):
         lang = batch.languages[i]
-        if not encoding.ids:
+        count = work.counts.get(lang)
+        if (count is not None and count.full) or not (ids := encoding.ids):
             continue
         documents, nbytes = grouped.get(lang, ([], 0))
-        documents.append(encoding.ids)
+        documents.append(ids)
         grouped[lang] = (documents, nbytes + len(batch.texts[i].encode()))
     for lang, (documents, nbytes) in grouped.items():
         appender = work.appender(lang)
@@ -447,7 +475,8 @@ def _read_sources(
 ) -> None:
     """Pass 1: every source, from where an earlier run stopped, into the work directory.
     Streamed (dataset) sources stop at their languages' read limits; corpus files are read
-    whole, their budgets applied by sampling afterwards."""
+    whole, their budgets applied by sampling afterwards. Three stages overlap: reading (a
+    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here."""
     for name, source in plan.sources.items():
         if work.finished(name):
             continue
@@ -468,11 +497,16 @@ def _read_sources(
             continue
         stream = source.open(work.position(name), batch_size=batch_size)
         position = work.position(name)
-        for batch, position in prefetched(stream):
-            _add_batch(work, batch, tokenizer, wanted, source_limits, progress)
-            if exhausted():
-                break
-            work.checkpoint(name, position)
+        batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts))
+        try:
+            for encoded in batches:
+                position = encoded.position
+                _add_batch(work, encoded, wanted, source_limits, progress)
+                if exhausted():
+                    break
+                work.checkpoint(name, position)
+        finally:
+            batches.close()
         work.checkpoint(name, position, done=True)
 
 

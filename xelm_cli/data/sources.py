@@ -24,10 +24,10 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
@@ -37,7 +37,9 @@ from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_BATCH = 1000
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
+T = TypeVar("T")
 LANGUAGE_COLUMNS = ("lang", "language")
+COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
 
 
@@ -79,41 +81,47 @@ class Stream:
         return self._position() if callable(self._position) else self._position
 
 
-def prefetched(stream: Stream, depth: int = 2) -> Iterator[tuple[Batch, Any]]:
-    """``(batch, position after it)`` of ``stream``, read ahead on a thread: reading and
-    decoding the next batches overlaps the caller's tokenising of this one (the Rust
-    tokenizer releases the GIL). Positions are taken as each batch is read, so a position
-    never runs ahead of the batch it comes with; errors reach the caller in order."""
-    items: queue.Queue[tuple[Batch, Any] | BaseException | None] = queue.Queue(depth)
+def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced on a thread up to ``depth`` ahead of the caller: work that releases
+    the GIL (decompression, the Rust tokenizer) overlaps the caller's. Errors reach the caller
+    in order; closing the iterator stops the thread at its next item."""
+    ready: queue.Queue[tuple[T] | BaseException | None] = queue.Queue(depth)
     stop = threading.Event()
 
-    def put(item: tuple[Batch, Any] | BaseException | None) -> bool:
+    def put(item: tuple[T] | BaseException | None) -> bool:
         while not stop.is_set():
             try:
-                items.put(item, timeout=0.1)
+                ready.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def read() -> None:
+    def produce() -> None:
         try:
-            for batch in stream:
-                if not put((batch, stream.position)):
+            for item in items:
+                if not put((item,)):
                     return
             put(None)
         except BaseException as exc:  # handed to the caller, raised there
             put(exc)
 
-    reader = threading.Thread(target=read, name="xelm-source-reader", daemon=True)
-    reader.start()
+    thread = threading.Thread(target=produce, name="xelm-read-ahead", daemon=True)
+    thread.start()
     try:
-        while (item := items.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while (got := ready.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            yield got[0]
     finally:
         stop.set()
+
+
+def prefetched(stream: Stream, depth: int = 2) -> Iterator[tuple[Batch, Any]]:
+    """``(batch, position after it)`` of ``stream``, read ahead on a thread: reading and
+    decoding the next batches overlaps the caller's tokenising of this one. Positions are
+    taken as each batch is read, so a position never runs ahead of the batch it comes with."""
+    return read_ahead(((batch, stream.position) for batch in stream), depth)
 
 
 @dataclass(frozen=True)
@@ -157,14 +165,22 @@ class DatasetSource:
             "digest": sha256_bytes(canonical_json({"source": self.options(), "files": listing})),
         }
 
-    def _data_files(self) -> list[str]:
-        import datasets
+    def _builder(self) -> Any:
+        """The dataset's builder, resolved once per source object: ``record`` (which lists the
+        data files) and every ``open`` share it, so a Hub dataset's files are resolved once."""
+        builder = self.__dict__.get("_resolved")
+        if builder is None:
+            import datasets
 
-        with _translated(self):
-            builder = datasets.load_dataset_builder(
-                resolve_dataset(self.dataset), name=self.config, revision=self.revision
-            )
-        data_files = builder.config.data_files or {}
+            with _translated(self):
+                builder = datasets.load_dataset_builder(
+                    resolve_dataset(self.dataset), name=self.config, revision=self.revision
+                )
+            object.__setattr__(self, "_resolved", builder)  # a cache, not a field
+        return builder
+
+    def _data_files(self) -> list[str]:
+        data_files = self._builder().config.data_files or {}
         if self.split not in data_files:
             raise UsageError(
                 f"{self.describe()}: no split {self.split!r} (it has "
@@ -173,16 +189,11 @@ class DatasetSource:
         return [str(name) for name in data_files[self.split]]
 
     def _load(self) -> Any:
-        import datasets
-
+        """The split as an ``IterableDataset`` (what ``load_dataset(..., streaming=True)``
+        returns, from the builder ``record`` resolved)."""
+        builder = self._builder()
         with _translated(self):
-            return datasets.load_dataset(
-                resolve_dataset(self.dataset),
-                name=self.config,
-                split=self.split,
-                revision=self.revision,
-                streaming=True,
-            )
+            return builder.as_streaming_dataset(split=self.split)
 
     def rows(self) -> Iterator[dict[str, Any]]:
         """Every row, all columns (evaluation sets and task data, read whole)."""
@@ -191,15 +202,61 @@ class DatasetSource:
             yield from dataset
 
     def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
+        """Batches of at most ``batch_size`` rows from ``position`` on. Rows are read as Arrow
+        tables of ``batch_size`` rows (``IterableDataset.iter`` in the ``arrow`` format), their
+        columns converted to Python a column at a time; the position after each table is the
+        dataset's ``state_dict``, which resumes after that table's last row (with the batch size
+        it was taken with, whatever ``batch_size`` is now). A position of an earlier xelm (no
+        ``reader``: taken while reading row by row) resumes row by row."""
+        columnar = not position or position.get("reader") == COLUMNAR
         dataset = self._load()
-        state = {"rows": 0, "dataset": None}
+        if columnar:
+            dataset = dataset.with_format("arrow")
+        state: dict[str, Any] = {"rows": 0, "dataset": None}
+        if columnar:  # its state counts tables of batch_size rows: resume with the same size
+            batch_size = int((position or {}).get("batch_size", batch_size))
+            state.update(reader=COLUMNAR, batch_size=batch_size)
         if position:
             dataset.load_state_dict(position["dataset"])
             state["rows"] = position["rows"]
         state["dataset"] = dataset.state_dict()
-        return Stream(self._batches(dataset, state, batch_size), lambda: dict(state))
+        read = self._tables if columnar else self._batches
+        return Stream(read(dataset, state, batch_size), lambda: dict(state))
+
+    def _tables(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
+        default = normalize_language(self.language) if self.language else None
+        tables = iter(dataset.iter(batch_size=size))
+        while True:
+            with _translated(self):
+                table = next(tables, None)
+                if table is None:
+                    return
+                batch = self._from_table(table, state["rows"], default)
+            state["rows"] += table.num_rows
+            state["dataset"] = dataset.state_dict()
+            yield batch
+
+    def _from_table(self, table: Any, before: int, default: str | None) -> Batch:
+        """A batch from an Arrow table of rows ``before + 1 ...``: each row goes through
+        ``_add`` (the same checks and messages as a row read alone), with only the columns
+        ``_add`` looks at converted to Python."""
+        batch = Batch([], [])
+        names = table.column_names
+        if not table.num_rows:
+            return batch
+        if self.text_column not in names:  # _add names every column: give it a whole row
+            self._add(batch, table.slice(0, 1).to_pylist()[0], before + 1, default)
+        wanted = [self.text_column]
+        if default is None:
+            wanted += [c for c in LANGUAGE_COLUMNS if c in names]
+        columns = [table.column(name).to_pylist() for name in wanted]
+        add = self._add
+        for number, values in enumerate(zip(*columns, strict=True), start=before + 1):
+            add(batch, dict(zip(wanted, values, strict=True)), number, default)
+        return batch
 
     def _batches(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
+        """Row by row: what positions taken by earlier versions resume with."""
         rows = iter(dataset)
         default = normalize_language(self.language) if self.language else None
         while True:
