@@ -236,6 +236,100 @@ def test_only_the_requested_languages_files_are_read(tokenizer_dir: Path, tmp_pa
     assert [f["name"] for f in shards.manifest["source"]["files"]] == ["en.jsonl"]
 
 
+# -- reading in columnar batches ------------------------------------------------------------
+
+
+def test_a_stream_resumes_exactly_after_every_batch(tmp_path: Path) -> None:
+    """Arrow batches cross file and row-group boundaries; a position taken after any batch
+    continues with the next row, also when the run that resumes asks for another batch size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = {"ar": [f"ar {i} " + "x" * (i % 5) for i in range(61)]}
+    c4_root = c4_like(tmp_path / "c4", docs, files_per_language=3)
+    (tmp_path / "pq" / "data").mkdir(parents=True)
+    rows = [{"text": f"t{i}"} for i in range(700)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq/data/a.parquet", row_group_size=90)
+    write_rows(tmp_path / "pq" / "data" / "b.parquet", [{"text": f"u{i}"} for i in range(11)])
+    write_readme(tmp_path / "pq", {"default": {"train": "data/*.parquet"}})
+    for source in (
+        DatasetSource(str(c4_root), config="ar", language="ar"),
+        DatasetSource(str(tmp_path / "pq"), language="en"),
+    ):
+        whole = [t for batch in source.open() for t in batch.texts]
+        assert len(whole) in (61, 711)
+        for size in (7, 64):
+            stream = source.open(batch_size=size)
+            read: list[str] = []
+            for batch in stream:
+                read += batch.texts
+                position = stream.position
+                assert position["rows"] == len(read)
+                rest = [t for b in source.open(position, batch_size=5) for t in b.texts]
+                assert read + rest == whole
+            assert read == whole
+
+
+def test_the_tokenizer_streams_a_hub_dataset_and_stops_at_enough_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    many = [f"Merhaba dünya, belge {i}." for i in range(2500)]
+    mirror = tmp_path / "mirror"
+    c4_like(mirror / "allenai" / "c4", {"ar": texts("ar", 200), "tr": many, "iw": texts("he", 200)},
+            files_per_language=3)  # fmt: skip
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
+    monkeypatch.chdir(tmp_path)
+    read: dict[str | None, int] = {}
+    real_add = DatasetSource._add
+
+    def counted(self, batch, row, number, default):  # type: ignore[no-untyped-def]
+        read[self.config] = read.get(self.config, 0) + 1
+        real_add(self, batch, row, number, default)
+
+    monkeypatch.setattr(DatasetSource, "_add", counted)
+    args = ["data", "tokenizer", "allenai/c4", "--config", "{lang}", "--langs", "ar,tr,he",
+            "--lang-map", "he=iw", "--chars-per-language", "3000", "--vocab-size", "300",
+            "-o", "tok", "--json"]  # fmt: skip
+    assert run(args) == 0
+    characters = json.loads(capsys.readouterr().out)["characters"]
+    assert sorted(characters) == ["ar", "he", "tr"]
+    for lang, docs in (("ar", texts("ar", 200)), ("tr", many), ("he", texts("he", 200))):
+        expected = 0  # whole documents in stream order until 3,000 characters
+        for text in docs:
+            if expected >= 3000:
+                break
+            expected += len(text)
+        assert characters[lang] == expected >= 3000
+    assert read["tr"] == 1000  # one batch of 1000 rows had enough text: 1,500 rows never read
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert tok.decode(tok("Merhaba dünya", add_special_tokens=False)["input_ids"]) == (
+        "Merhaba dünya"
+    )
+    assert run([*args[:-3], "-o", "tok2", "--langs", "ar,tr,he,sw", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "has no configuration 'sw'" in err and "\n" not in err.strip()
+    assert not (tmp_path / "tok2").exists()
+
+
+def test_documents_of_a_hub_layout_dataset_are_streamed_not_converted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``iter_documents`` on a dataset directory (or Hub id) reads it as a stream: nothing is
+    downloaded or converted to Arrow files in the datasets cache."""
+    import datasets
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    repo = tmp_path / "repo"
+    rows = [{"text": t, "lang": "ar"} for t in texts("ar", 5)]
+    rows += [{"text": t, "lang": "bg"} for t in texts("bg", 4)]
+    write_rows(repo / "data" / "train.parquet", rows)
+    write_readme(repo, {"default": {"train": "data/train.parquet"}})
+    documents = list(iter_documents(repo))
+    assert [(d.text, d.language) for d in documents] == [(r["text"], r["lang"]) for r in rows]
+    assert not [p for p in cache.rglob("*.arrow")]
+
+
 # -- broken sources: one line, nothing left ----------------------------------------------------
 
 

@@ -27,14 +27,6 @@ app = typer.Typer(
 )
 console = Console(soft_wrap=True)
 
-CorpusArg = Annotated[
-    str,
-    typer.Argument(
-        help="Corpus: a .jsonl[.zst] or .txt file, a directory of them, or a Hugging Face "
-        "dataset (save_to_disk directory, dataset directory or Hub id owner/name).",
-        show_default=False,
-    ),
-]
 SourceArg = Annotated[
     str,
     typer.Argument(
@@ -59,6 +51,24 @@ LangOpt = Annotated[
 SplitOpt = Annotated[
     str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
 ]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        help="Dataset configuration; '{lang}' reads one per language of --langs, "
+        "replaced by the language's code in the dataset (see --lang-map).",
+    ),
+]
+LangMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--lang-map", help="The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans."
+    ),
+]
+TextColumnOpt = Annotated[
+    str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
+]
+RevisionOpt = Annotated[str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")]
 
 
 def _shards_summary(shards: Shards) -> dict[str, Any]:
@@ -124,26 +134,10 @@ def prepare_command(
     seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
     split: SplitOpt = None,
     lang: LangOpt = None,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            help="Dataset configuration; '{lang}' reads one per language of --langs, "
-            "replaced by the language's code in the dataset (see --lang-map).",
-        ),
-    ] = None,
-    lang_map: Annotated[
-        str | None,
-        typer.Option(
-            "--lang-map", help="The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans."
-        ),
-    ] = None,
-    text_column: Annotated[
-        str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
-    ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")
-    ] = None,
+    config: ConfigOpt = None,
+    lang_map: LangMapOpt = None,
+    text_column: TextColumnOpt = None,
+    revision: RevisionOpt = None,
     workers: Annotated[
         int | None, typer.Option(help="Tokenizer threads (default: one per core).")
     ] = None,
@@ -198,7 +192,7 @@ def prepare_command(
 
 @app.command("tokenizer")
 def tokenizer_command(
-    corpus: CorpusArg,
+    corpus: SourceArg,
     out: OutDirOpt,
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 32000,
     langs: LangsOpt = None,
@@ -207,13 +201,23 @@ def tokenizer_command(
     ] = DEFAULT_CHARS_PER_LANGUAGE,
     split: SplitOpt = None,
     lang: LangOpt = None,
+    config: ConfigOpt = None,
+    lang_map: LangMapOpt = None,
+    text_column: TextColumnOpt = None,
+    revision: RevisionOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on the same amount of text from every language.
 
+    Corpus files are sampled across the whole corpus. Datasets and recipes are streamed as
+    `xelm data prepare` reads them, each language only until it has --chars-per-language.
+
     Example: xelm data tokenizer ../shared/data/corpus/train --vocab-size 32000 -o tok/
+
+    Example: xelm data tokenizer allenai/c4 --config '{lang}' --langs ar,bg,he --lang-map he=iw
+    --chars-per-language 2000000 -o tok/
     """
     with stderr_console.status("training the tokenizer", spinner="dots"):
         trained = train_tokenizer_on_corpus(
@@ -226,6 +230,10 @@ def tokenizer_command(
             language=lang,
             seed=seed,
             overwrite=force,
+            config=config,
+            lang_map=parse_lang_map(lang_map) if lang_map else None,
+            text_column=text_column,
+            revision=revision,
         )
     if as_json:
         print_json(

@@ -242,7 +242,9 @@ def _text_documents(path: Path, language: str | None) -> Iterator[Document]:
 
 
 def load_hf_dataset(source: str | Path, *, split: str | None = None) -> Any:
-    """One split of a Hugging Face dataset (local or Hub), as a ``datasets.Dataset``."""
+    """One split of a Hugging Face dataset: a ``datasets.Dataset`` for a ``save_to_disk``
+    directory; for a Hub id or a local directory laid out like one, an ``IterableDataset``
+    (streamed: nothing is downloaded or converted beyond what is read)."""
     import datasets
 
     kind = source_kind(source)
@@ -250,7 +252,7 @@ def load_hf_dataset(source: str | Path, *, split: str | None = None) -> Any:
         if kind == "hf-disk":
             loaded = datasets.load_from_disk(str(source))
         else:
-            loaded = datasets.load_dataset(str(source), split=split)
+            loaded = datasets.load_dataset(str(source), split=split, streaming=True)
     except (ConnectionError, OSError) as exc:
         where = "the Hugging Face Hub" if kind == "hf-hub" else str(source)
         raise UsageError(
@@ -275,11 +277,33 @@ def _pick_split(splits: Any, split: str | None, source: str | Path) -> Any:
     return splits[split]
 
 
+def _read(items: Any, source: str | Path) -> Iterator[Any]:
+    """``items`` of a dataset, its read errors (a stream reads as it goes) as one line."""
+    iterator = iter(items)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except (ConnectionError, TimeoutError) as exc:
+            raise UsageError(
+                f"cannot read dataset {source!s}: {exception_line(exc)} (offline? run the "
+                "command again, or pass a local copy)"
+            ) from None
+        except (UsageError, FormatError):
+            raise
+        except Exception as exc:  # Arrow, JSON, gzip: the data is broken
+            raise FormatError(f"cannot read dataset {source!s}: {exception_line(exc)}") from None
+        yield item
+
+
 def _hf_documents(
     source: str | Path, language: str | None, split: str | None, require_language: bool
 ) -> Iterator[Document]:
     dataset = load_hf_dataset(source, split=split)
     columns = list(dataset.column_names or [])
+    if not columns:  # a stream whose features are not known before its first row
+        columns = list(next(iter(_read(dataset.take(1), source)), {}))
     if "text" not in columns:
         raise FormatError(f"dataset {source!s} has no 'text' column (columns: {columns})")
     lang_column = next((c for c in ("lang", "language") if c in columns), None)
@@ -288,7 +312,7 @@ def _hf_documents(
     row = 0
     if lang_column is None and default is None and require_language:
         raise _unlabelled(f"dataset {source!s}")
-    for batch in dataset.select_columns(wanted).iter(batch_size=HF_BATCH):
+    for batch in _read(dataset.select_columns(wanted).iter(batch_size=HF_BATCH), source):
         codes = batch[lang_column] if lang_column else [None] * len(batch["text"])
         for text, code in zip(batch["text"], codes, strict=True):
             row += 1

@@ -1,4 +1,9 @@
-"""Byte-level BPE tokenizers for seeds trained from scratch, saved in the transformers layout."""
+"""Byte-level BPE tokenizers for seeds trained from scratch, saved in the transformers layout.
+
+Training text comes from corpus files (sampled across the whole corpus) or from datasets and
+recipes, streamed like ``xelm data prepare`` reads them and read only until each language has
+enough text.
+"""
 
 import random
 from collections.abc import Iterable, Iterator
@@ -8,6 +13,7 @@ from pathlib import Path
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
+from xelm_cli.data.prepare import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_CHARS_PER_LANGUAGE = 1_000_000
@@ -50,15 +56,20 @@ class TrainedTokenizer:
     characters: dict[str, int]  # characters of training text per language
 
 
-def _documents(source: str | Path, split: str | None, language: str | None) -> Iterator[Document]:
-    return iter_documents(source, language=language, split=split, require_language=True)
+def _documents(
+    source: str | Path, split: str | None, language: str | None, wanted: set[str] | None
+) -> Iterator[Document]:
+    languages = sorted(wanted) if wanted else None  # files named for other languages: unread
+    return iter_documents(
+        source, language=language, split=split, require_language=True, languages=languages
+    )
 
 
 def _characters_per_language(
     source: str | Path, split: str | None, language: str | None, wanted: set[str] | None
 ) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for doc in _documents(source, split, language):
+    for doc in _documents(source, split, language, wanted):
         if doc.language and (wanted is None or doc.language in wanted):
             totals[doc.language] = totals.get(doc.language, 0) + len(doc.text)
     return totals
@@ -74,11 +85,43 @@ def _balanced_texts(
 ) -> Iterator[str]:
     """Each document of a kept language with probability ``keep_rate[lang]`` (seeded)."""
     rng = random.Random(seed)
-    for doc in _documents(source, split, language):
+    for doc in _documents(source, split, language, set(keep_rate)):
         rate = keep_rate.get(doc.language or "")
         if rate is not None and doc.text and (rate >= 1.0 or rng.random() < rate):
             used[doc.language or ""] += len(doc.text)
             yield doc.text
+
+
+def _streamed_texts(
+    plan: SourcePlan, wanted: set[str] | None, chars_per_language: int
+) -> tuple[list[str], dict[str, int]]:
+    """The first documents of each language of ``plan``'s sources, in stream order, until the
+    language has ``chars_per_language`` characters (the document that reaches it included):
+    a stream is read only as far as that, and stops once all its languages have enough. A
+    source whose rows carry their languages is read to its end when ``wanted`` is None (its
+    languages are not known before). Held in memory: at most about ``chars_per_language``
+    characters per language."""
+    texts: list[str] = []
+    used: dict[str, int] = {}
+
+    def enough(languages: set[str] | None) -> bool:
+        return bool(languages) and all(
+            used.get(lang, 0) >= chars_per_language for lang in languages or ()
+        )
+
+    for name, source in plan.sources.items():
+        only = plan.only_language(name)
+        languages = {only} if only else wanted
+        if enough(languages):
+            continue
+        for batch in source.open():
+            for lang, text in zip(batch.languages, batch.texts, strict=True):
+                if (wanted is None or lang in wanted) and used.get(lang, 0) < chars_per_language:
+                    used[lang] = used.get(lang, 0) + len(text)
+                    texts.append(text)
+            if enough(languages):
+                break
+    return texts, dict(sorted(used.items()))
 
 
 def train_tokenizer_on_corpus(
@@ -92,6 +135,10 @@ def train_tokenizer_on_corpus(
     language: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
+    config: str | None = None,
+    lang_map: dict[str, str] | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
 ) -> TrainedTokenizer:
     """Train a byte-level BPE on about the same amount of text from every language.
 
@@ -100,18 +147,44 @@ def train_tokenizer_on_corpus(
     corpus), so large languages do not take all the merges; languages with less text than that
     are taken whole. ``language`` labels documents that carry no language (a document left
     without one is refused).
+
+    A dataset (a Hub id or a local directory laid out like one; ``config`` with ``{lang}``
+    reads one configuration per language of ``langs``, see ``xelm data prepare``) or a recipe
+    is streamed instead, never loaded whole: each language's first documents up to
+    ``chars_per_language`` characters (see ``_streamed_texts``).
     """
     wanted = {normalize_language(code) for code in langs} if langs else None
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
-    totals = _characters_per_language(source, split, language, wanted)
+    if chars_per_language < 1:
+        raise UsageError(f"--chars-per-language must be positive, not {chars_per_language}")
+    reading = SourceOptions(
+        split=split,
+        language=normalize_language(language) if language else None,
+        config=config,
+        lang_map=lang_map,
+        text_column=text_column,
+        revision=revision,
+    )
+    plan = plan_sources(source, sorted(wanted) if wanted else None, reading)
+    if wanted is None and plan.recipe is not None:
+        wanted = set(plan.sources)
+    streamed: list[str] | None = None
+    if plan.kind == "files":
+        totals = _characters_per_language(source, split, language, wanted)
+    else:
+        streamed, totals = _streamed_texts(plan, wanted, chars_per_language)
     missing = sorted((wanted or set()) - set(totals))
     if not totals or missing:
         what = f"in {', '.join(missing)} " if missing else ""
         raise UsageError(f"no documents {what}in {source}")
     keep_rate = {lang: chars_per_language / max(n, 1) for lang, n in sorted(totals.items())}
-    used = dict.fromkeys(keep_rate, 0)
+    used = dict.fromkeys(keep_rate, 0) if streamed is None else totals
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
-        texts = _balanced_texts(source, split, language, keep_rate, used, seed)
+        texts: Iterable[str] = (
+            _balanced_texts(source, split, language, keep_rate, used, seed)
+            if streamed is None
+            else streamed
+        )
         train_bpe_tokenizer(texts, tmp, vocab_size=vocab_size)
     return TrainedTokenizer(Path(out), vocab_size, used)
