@@ -11,14 +11,22 @@ tokenizer alone (``encode_batch_fast`` over the same texts held in memory: the p
 limit), and prepare's throughput as a share of that limit ("of limit"; goal >= 0.8).
 ``--streamed`` reads the same documents from a local copy laid out like ``allenai/c4`` (one
 configuration per language, gzipped JSON lines) through the streaming path
-(``--config '{lang}'``) instead of the corpus files.
+(``--config '{lang}'``) instead of the corpus files. ``--repeat N`` measures each worker count
+N times and reports the median (and the range of "of limit"); ``--before DIR`` (the root of an
+earlier checkout, e.g. from ``git archive``) measures that version too, alternating with this
+one on the same text, tokenizer and corpus, so that a before/after comparison on a shared
+machine sees the same load.
 
 Example: .venv/bin/python benchmarks/data_prepare.py --langs en,de,tr,ar --workers 1,2
+Before/after: mkdir /tmp/old && git archive HEAD~3 xelm_cli spec | tar -x -C /tmp/old &&
+    .venv/bin/python benchmarks/data_prepare.py --streamed --repeat 3 --before /tmp/old
 """
 
 import argparse
 import gzip
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +55,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per worker count (median)")
+    parser.add_argument(
+        "--before", type=Path, help="an earlier checkout's root: measure it too, alternating"
+    )
     parser.add_argument(
         "--streamed", action="store_true", help="read a c4-like local dataset by streaming"
     )
@@ -137,26 +149,53 @@ def _measure(
 
 
 def _in_subprocess(
-    corpus: Path, tokenizer: Path, workers: int, batch_size: int, langs: list[str] | None
+    corpus: Path,
+    tokenizer: Path,
+    workers: int,
+    batch_size: int,
+    langs: list[str] | None,
+    code: Path | None = None,
 ) -> Any:
+    """One measurement in a fresh process, of this checkout's xelm or of the one at ``code``."""
     listed = ",".join(langs) if langs else "-"
     command = [sys.executable, __file__, "--child", str(corpus), str(tokenizer), str(workers)]
     command += [listed]
     command += ["--batch-size", str(batch_size)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(":")
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout)
+
+
+def _median(runs: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    """The run with the median prepare time, with the spread of "of limit" over all runs."""
+    ordered = sorted(runs, key=lambda r: r["prepare_s"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    limits = [r["of_limit"] for r in runs]
+    middle.update(
+        version=version,
+        runs=len(runs),
+        of_limit=statistics.median(limits),
+        of_limit_min=min(limits),
+        of_limit_max=max(limits),
+    )
+    return middle
 
 
 def _table(results: list[dict[str, Any]]) -> str:
     header = (
-        f"{'workers':>7} {'docs':>8} {'text MB':>8} {'tokens':>11} {'prepare s':>9} "
-        f"{'MB/s':>6} {'tok/s':>10} {'encode s':>8} {'MB/s':>6} {'tok/s':>10} {'of limit':>8}"
+        f"{'version':>7} {'workers':>7} {'docs':>8} {'text MB':>8} {'tokens':>11} "
+        f"{'prepare s':>9} {'MB/s':>6} {'tok/s':>10} {'encode s':>8} {'MB/s':>6} {'tok/s':>10} "
+        f"{'of limit':>8} {'range':>11}"
     )
     rows = [
-        f"{r['workers']:>7} {r['documents']:>8,} {r['text_mb']:>8.1f} {r['tokens']:>11,} "
-        f"{r['prepare_s']:>9.2f} {r['prepare_mb_per_s']:>6.2f} {r['prepare_tokens_per_s']:>10,.0f} "
+        f"{r.get('version', 'now'):>7} {r['workers']:>7} {r['documents']:>8,} "
+        f"{r['text_mb']:>8.1f} {r['tokens']:>11,} {r['prepare_s']:>9.2f} "
+        f"{r['prepare_mb_per_s']:>6.2f} {r['prepare_tokens_per_s']:>10,.0f} "
         f"{r['encode_s']:>8.2f} {r['encode_mb_per_s']:>6.2f} {r['encode_tokens_per_s']:>10,.0f} "
-        f"{r['of_limit']:>8.2f}"
+        f"{r['of_limit']:>8.2f} "
+        f"{r.get('of_limit_min', r['of_limit']):>5.2f}-{r.get('of_limit_max', r['of_limit']):<5.2f}"
         for r in results
     ]
     return "\n".join([header, *rows])
@@ -188,7 +227,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.streamed:
             streamed = langs or sorted({p.name.split(".")[0] for p in corpus.iterdir()})
             corpus = _c4_like(corpus, streamed, Path(tmp))
-        results = [_in_subprocess(corpus, tokenizer, w, args.batch_size, streamed) for w in workers]
+        versions = [("now", None)] + ([("before", args.before.resolve())] if args.before else [])
+        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for _ in range(args.repeat):  # alternating: every version sees the same machine load
+            for w in workers:
+                for version, code in versions:
+                    run = _in_subprocess(corpus, tokenizer, w, args.batch_size, streamed, code)
+                    runs.setdefault((version, w), []).append(run)
+        results = [_median(runs[(v, w)], v) for w in workers for v, _ in reversed(versions)]
     if args.json:
         print(json.dumps({"tokenizer_train_s": train_s, "results": results}, indent=2))
         return
