@@ -24,7 +24,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,7 +81,7 @@ class Stream:
         return self._position() if callable(self._position) else self._position
 
 
-def read_ahead(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+def read_ahead(items: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """``items``, produced on a thread up to ``depth`` ahead of the caller: work that releases
     the GIL (decompression, the Rust tokenizer) overlaps the caller's. Errors reach the caller
     in order; closing the iterator stops the thread at its next item."""
