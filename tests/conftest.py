@@ -1,10 +1,12 @@
 """Shared fixtures: a real tokenizer trained on sample text, real tiny bundles, installed
 plugin fixtures."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from xelm_cli.data.tokenizer import train_bpe_tokenizer
+from xelm_cli.plugin import host
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -75,6 +78,40 @@ def seed_bundle(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -
     out = tmp_path_factory.mktemp("bundles") / "seed"
     init_from_config("tiny", tokenizer_dir, out, languages=list(TEST_LANGS))
     return out
+
+
+def xelm(
+    *args: object, sites: Sequence[Path], plugins: str | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m xelm_cli`` with the given plugin sites (from ``install``) on its path."""
+    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
+    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join([*(str(site) for site in sites), *inherited])
+    if plugins is not None:
+        env[host.PLUGINS_ENV] = plugins
+    return subprocess.run(
+        [sys.executable, "-m", "xelm_cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def installed_sites(
+    monkeypatch: pytest.MonkeyPatch, sites: Sequence[Path], packages: Sequence[str] = ()
+) -> Iterator[host.Registry]:
+    """The plugin sites importable in this process and their entry points in a fresh registry;
+    afterwards the registry forgotten and ``packages`` unimported."""
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    for site in sites:
+        monkeypatch.syspath_prepend(str(site))
+    host.reset_registry()
+    yield host.get_registry()
+    host.reset_registry()
+    for name in [m for m in sys.modules if m.split(".")[0] in packages]:
+        del sys.modules[name]
 
 
 def install(fixture: str, target: Path) -> Path:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
-from test_plugins import xelm
+from conftest import SHARED_DATA, xelm
 
 from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.seed import init_from_config

@@ -1,9 +1,7 @@
 """The plugin system: loading, registration rules, built-in routers, real installed plugins."""
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
+from conftest import xelm
 
 from xelm_cli.api import (
     Document,
@@ -461,24 +460,6 @@ def test_add_plugin_commands_is_idempotent_and_respects_the_root() -> None:
 
 
 # ---------------------------------------------------------------- real installed plugins
-
-
-def xelm(
-    *args: str, sites: Sequence[Path], plugins: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m xelm_cli`` with the given plugin sites on its path."""
-    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
-    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([*(str(site) for site in sites), *inherited])
-    if plugins is not None:
-        env[host.PLUGINS_ENV] = plugins
-    return subprocess.run(
-        [sys.executable, "-m", "xelm_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def listed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:

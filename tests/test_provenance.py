@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import SHARED_DATA, TEST_LANGS, install
-from test_plugins import xelm
+from conftest import SHARED_DATA, TEST_LANGS, install, installed_sites, xelm
 
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
@@ -52,12 +51,8 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture
 def installed(sites: list[Path], monkeypatch: pytest.MonkeyPatch) -> host.Registry:
     """This process's registry with both distributions installed (entry points on sys.path)."""
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    for site in sites:
-        monkeypatch.syspath_prepend(str(site))
-    host.reset_registry()
-    yield host.get_registry()
-    host.reset_registry()
+    with installed_sites(monkeypatch, sites) as registry:
+        yield registry
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,11 @@
 own ``fit``, and from the command line through the ``xelm cluster chunks`` xelm builds for it."""
 
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import install
-from test_plugins import xelm
-
-from xelm_cli.plugin import host
+from conftest import install, installed_sites, xelm
 
 LANGS = "tr,en,ru,ar,de"
 PROVENANCE = {
@@ -30,13 +26,8 @@ def chunks_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def installed(chunks_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The package importable and its entry point visible in this process."""
-    monkeypatch.syspath_prepend(str(chunks_site))
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    host.reset_registry()
-    yield
-    host.reset_registry()
-    for name in [m for m in sys.modules if m == "xelm_chunks" or m.startswith("xelm_chunks.")]:
-        del sys.modules[name]
+    with installed_sites(monkeypatch, [chunks_site], ["xelm_chunks"]):
+        yield
 
 
 def corpus(root: Path) -> Path:

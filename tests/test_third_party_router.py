@@ -4,20 +4,18 @@ show/check`) and through Python (xelm_cli.api.evaluate, EnsembleModel); a bad va
 declaration's one-line typed error."""
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import install
+from conftest import install, installed_sites
+from conftest import xelm as run_xelm
 
 from xelm_cli import api
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, single_model
-from xelm_cli.plugin import host
 from xelm_cli.plugin.conformance import TinyExperts, build_tiny_experts
 
 
@@ -34,24 +32,12 @@ def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
 @pytest.fixture
 def installed(prefer_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The installed distribution visible to this process's registry (entry points)."""
-    monkeypatch.syspath_prepend(str(prefer_site))
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    host.reset_registry()
-    yield
-    host.reset_registry()
+    with installed_sites(monkeypatch, [prefer_site]):
+        yield
 
 
 def xelm(*args: str, site: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
-    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *inherited])
-    return subprocess.run(
-        [sys.executable, "-m", "xelm_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_xelm(*args, sites=[site], timeout=300)
 
 
 def members(experts: TinyExperts) -> list[str]:

@@ -6,21 +6,19 @@ new bundle's weights are the input's times its declared option ``scale``.
 """
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, install, weights
+from conftest import SHARED_DATA, install, installed_sites, weights
+from conftest import xelm as run_xelm
 
 import xelm_cli.api as api
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.prepare import prepare
-from xelm_cli.plugin import host
 
 PROVENANCE = {
     "name": "scale",
@@ -45,26 +43,13 @@ def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
 @pytest.fixture
 def installed(scale_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The fixture distribution importable in this process, its entry points found."""
-    monkeypatch.syspath_prepend(str(scale_site))
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    host.reset_registry()
-    yield scale_site
-    host.reset_registry()
+    with installed_sites(monkeypatch, [scale_site]):
+        yield scale_site
 
 
 def xelm(*args: object, site: Path) -> subprocess.CompletedProcess[str]:
     """``python -m xelm_cli ARGS`` with the fixture distribution on its path."""
-    env = {k: v for k, v in os.environ.items() if k not in (host.PLUGINS_ENV, "XELM_DEBUG")}
-    inherited = [os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []
-    env["PYTHONPATH"] = os.pathsep.join([str(site), *inherited])
-    return subprocess.run(
-        [sys.executable, "-m", "xelm_cli", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=site.parent,  # not the checkout, whose stale xelm.egg-info would shadow entry points
-    )
+    return run_xelm(*args, sites=[site], timeout=300)
 
 
 def assert_scaled(trained: Path, parent: Path, scale: float) -> None:
