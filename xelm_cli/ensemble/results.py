@@ -23,7 +23,7 @@ from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import Kind, get_registry
-from xelm_cli.plugin.options import NoOptions, parse_options
+from xelm_cli.plugin.options import declares_options, parse_options
 
 RESULTS_FORMAT = "xelm-results"
 FORMATS = ("table", "json", "csv")
@@ -49,7 +49,7 @@ def evaluator_options(evaluator: Any, name: str, values: dict[str, Any]) -> dict
     """``values`` converted by ``evaluator``'s ``Options`` (spec/plugin-api.md 5.1), JSON-ready
     as results record them (paths as text); an evaluator of plugin API 1.0 (no ``Options``)
     gets text values as JSON where they parse."""
-    if getattr(evaluator, "Options", NoOptions) is NoOptions:
+    if not declares_options(evaluator):
         return {key: _json_or_text(value) for key, value in values.items()}
     parsed = parse_options(evaluator, values, label=f"evaluator {name!r}", via="--eval-arg")
     recorded: dict[str, Any] = json.loads(json.dumps(parsed, default=str))

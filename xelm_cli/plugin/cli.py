@@ -12,10 +12,10 @@ from xelm_cli.common.cli_options import JsonOpt, print_json
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.plugin import host
 from xelm_cli.plugin.options import (
-    NoOptions,
     OptionSpec,
     as_text,
     declared_options,
+    declares_options,
     parse_pairs,
 )
 
@@ -121,14 +121,14 @@ def _options_of(registration: host.Registration) -> tuple[list[OptionSpec], str]
     obj = registration.obj
     if registration.kind == "command":
         return [], "a command: see xelm " + registration.name + " --help"
-    if registration.kind == "evaluator" and getattr(obj, "Options", NoOptions) is NoOptions:
+    if registration.kind == "evaluator" and not declares_options(obj):
         return [], "no Options declared (plugin API 1.0): it reads --eval-arg values itself"
-    if registration.kind != "router" and getattr(obj, "Options", NoOptions) is NoOptions:
+    if registration.kind != "router" and not declares_options(obj):
         return [], "no Options declared"
     specs = list(declared_options(obj))
     if not specs:
         return [], "it takes no options"
-    declared = getattr(obj, "Options", NoOptions) is not NoOptions
+    declared = declares_options(obj)
     source = "Options dataclass" if declared else "constructor (plugin API 1.0)"
     return specs, source
 

@@ -130,6 +130,13 @@ def options_class(owner: Any) -> type | None:
     return None
 
 
+def declares_options(owner: Any) -> bool:
+    """Whether a plugin class declares ``Options`` of its own (plugin API 1.1). An API 1.0
+    evaluator reads ``EvalRequest.options`` by itself; an API 1.0 router's constructor is its
+    declaration (``declared_options``)."""
+    return getattr(owner, "Options", NoOptions) is not NoOptions
+
+
 def _own_init(owner: Any) -> bool:
     """A router class with its own constructor: API 1.0 routers take their options as its
     keyword arguments. (Trainers, clusterers and evaluators are built by xelm with a request,

@@ -14,7 +14,6 @@ from xelm_cli.plugin.conformance.report import (
     UNKNOWN_OPTION,
     Report,
     check_options,
-    declares_options,
     failure,
     given_options,
 )
@@ -23,6 +22,7 @@ from xelm_cli.plugin.contracts import (
     EvalRequest,
 )
 from xelm_cli.plugin.host import Registration
+from xelm_cli.plugin.options import declares_options
 
 
 def check_evaluator(

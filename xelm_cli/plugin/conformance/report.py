@@ -9,9 +9,9 @@ from typing import Any
 from xelm_cli.common.errors import UsageError, XelmError, exception_line
 from xelm_cli.plugin.host import Registration
 from xelm_cli.plugin.options import (
-    NoOptions,
     as_text,
     declared_options,
+    declares_options,
     options_class,
     parse_options,
 )
@@ -76,12 +76,6 @@ def given_options(registration: Registration, values: Mapping[str, Any] | None) 
     return parse_options(
         owner, dict(values or {}), label=plugin_label(registration), via=option_via(registration)
     )
-
-
-def declares_options(evaluator: Any) -> bool:
-    """Whether an evaluator declares ``Options`` (plugin API 1.1); an API 1.0 evaluator reads
-    ``EvalRequest.options`` by itself."""
-    return getattr(evaluator, "Options", NoOptions) is not NoOptions
 
 
 def recorded(value: Any) -> Any:
