@@ -150,3 +150,27 @@ def test_draw_all_skips_figures_without_their_data(results: dict[str, Any], tmp_
 
 def test_draw_all_with_almost_nothing(tmp_path: Path) -> None:
     assert draw_all({"languages": LANGS, "perplexity": {}}, tmp_path) == []
+
+
+def test_perplexity_figure_has_a_bar_for_each_merged_system(
+    results: dict[str, Any], tmp_path: Path
+) -> None:
+    labels = [label for label, _, _ in figures.perplexity_series(results)]
+    assert labels == ["dense", f"X-ELM {MAIN}", "posterior"]
+    width = figures.figure_inches("perplexity", results)[0]
+    merged = copy.deepcopy(results)
+    xelm = merged["perplexity"][f"{MAIN} language"]
+    for name, factor in (("average", 5.0), ("moe", 6.0), ("moe+ft", 1.4)):
+        merged["perplexity"][f"{MAIN} {name}"] = {
+            lang: _score(score["perplexity"] * factor) for lang, score in xelm.items()
+        }
+    series = figures.perplexity_series(merged)
+    assert [label for label, _, _ in series] == [
+        "dense", f"X-ELM {MAIN}", "posterior", "averaged model", "MoE", "MoE fine-tuned",
+    ]  # fmt: skip
+    assert len({colour for _, colour, _ in series}) == 6
+    values = dict((label, values) for label, _, values in series)
+    assert values["MoE"][-1] == pytest.approx(6.0 * xelm["overall"]["perplexity"])
+    assert figures.figure_inches("perplexity", merged)[0] > width  # room for the extra bars
+    assert figures.draw_perplexity(merged, tmp_path / "perplexity.png")
+    _check_png(tmp_path / "perplexity.png", merged)

@@ -94,8 +94,9 @@ def figure_inches(name: str, results: dict[str, Any]) -> tuple[float, float]:
     n_langs = max(1, len(results.get("languages", [])))
     n_experts = max(1, len(expert_systems(results)), len(expert_languages(results)))
     n_new = len(results.get("adaptation", {}).get("new", {}))
+    n_series = max(3, len(perplexity_series(results)))
     sizes = {
-        "perplexity": (max(6.0, 0.75 * (n_langs + 1) + 1.5), 4.5),
+        "perplexity": (max(6.0, (0.45 + 0.1 * n_series) * (n_langs + 1) + 1.5), 4.5),
         "gain_vs_data": (7.5, 5.0),
         "expert_heatmap": (max(6.0, 0.6 * n_langs + 3.0), max(3.0, 0.55 * n_experts + 1.75)),
         "typology_tree": (
@@ -155,32 +156,52 @@ def _grouped_bars(
 # ----------------------------------------------------------------------------------- figures
 
 
-def draw_perplexity(results: dict[str, Any], path: Path) -> bool:
-    """Figure 3: per-language perplexity of dense, X-ELM (top-1 by language) and, if present,
-    the posterior-weighted ensemble."""
+PERPLEXITY_SERIES = (  # (system suffix after the main X-ELM's name, label, colour)
+    ("language", "X-ELM {main}", "#1f77b4"),
+    ("posterior", "posterior", "#ff7f0e"),
+    ("average", "averaged model", "#2ca02c"),
+    ("moe", "MoE", "#d62728"),
+    ("moe+ft", "MoE fine-tuned", "#9467bd"),
+)
+
+
+def perplexity_series(results: dict[str, Any]) -> list[tuple[str, str, list[float | None]]]:
+    """The bars of Figure 3 as (label, colour, perplexity per language then "overall"): dense,
+    the main X-ELM and, where present, its posterior ensemble, averaged model and MoE models."""
     main = main_system(results)
-    languages = list(results.get("languages", []))
-    candidates = [("dense", "dense")]
+    candidates = [("dense", "dense", "#7f7f7f")]
     if main is not None:
-        candidates += [(f"{main} language", f"X-ELM {main}"), (f"{main} posterior", "posterior")]
-    groups = [*languages, "overall"]
-    series = [
-        (label, [perplexity_of(results, system, lang) for lang in groups])
-        for system, label in candidates
+        candidates += [
+            (f"{main} {suffix}", label.format(main=main), colour)
+            for suffix, label, colour in PERPLEXITY_SERIES
+        ]
+    groups = [*results.get("languages", []), "overall"]
+    return [
+        (label, colour, [perplexity_of(results, system, lang) for lang in groups])
+        for system, label, colour in candidates
         if system in results.get("perplexity", {})
     ]
+
+
+def draw_perplexity(results: dict[str, Any], path: Path) -> bool:
+    """Figure 3: per-language perplexity of dense, X-ELM (top-1 by language) and, where
+    present, the posterior-weighted ensemble and the experts merged into one model."""
+    languages = list(results.get("languages", []))
+    groups = [*languages, "overall"]
+    bars = perplexity_series(results)
+    series = [(label, values) for label, _, values in bars]
     if not languages or not series or all(v is None for _, vs in series for v in vs):
         return False
     figure = _new_figure("perplexity", results)
     axes = figure.add_subplot()
-    _grouped_bars(axes, groups, series, ["#7f7f7f", "#1f77b4", "#ff7f0e"][: len(series)])
+    _grouped_bars(axes, groups, series, [colour for _, colour, _ in bars])
     values = [v for _, vs in series for v in vs if v is not None]
     if _wide_range(values):
         axes.set_yscale("log")
     axes.axvline(len(languages) - 0.5, color="black", linestyle=":", linewidth=0.8)
     axes.set_xlabel("language (FLORES-200 devtest)")
     axes.set_ylabel("perplexity (lower is better)")
-    axes.set_title("Perplexity per language: dense vs X-ELM")
+    axes.set_title("Perplexity per language: dense, X-ELM and the experts merged")
     axes.legend()
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
