@@ -12,6 +12,7 @@ import pytest
 from conftest import FIXTURES, SHARED_DATA
 
 from xelm_cli.cli import run
+from xelm_cli.cli.help_text import reflow
 
 GOLDEN = FIXTURES / "golden-v1"
 
@@ -186,3 +187,16 @@ def test_debug_env_shows_traceback(tmp_path: Path) -> None:
         cmd, capture_output=True, text=True, env={**os.environ, "XELM_DEBUG": "1"}
     )
     assert loud.returncode != 0 and "Traceback" in loud.stderr and "UsageError" in loud.stderr
+
+
+def test_help_prose_is_reflowed_and_examples_keep_their_lines(
+    capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = "Examples:\n  xelm a\n  xelm b\n- one\n- two"
+    text = f"Summary.\n\nProse that the source\nwrapped early.\n\n{examples}"
+    assert reflow(text) == f"Summary.\n\nProse that the source wrapped early.\n\n{examples}"
+    monkeypatch.setenv("COLUMNS", "200")  # wide: only the text's own breaks remain
+    code, out, _ = xelm(capsys, "bundle", "merge", "--help")
+    assert code == 0
+    assert "Tensors are streamed one at a time: memory stays about two tensors" in out
+    assert "\n   xelm bundle merge experts/* -o averaged/ " in out  # the examples, a line each

@@ -12,6 +12,7 @@ import typer
 
 from xelm_cli import __version__
 from xelm_cli.bundle import cli as bundle
+from xelm_cli.cli.help_text import reflow_commands
 from xelm_cli.cluster import cli as cluster
 from xelm_cli.common.atomic import shown_as_output
 from xelm_cli.common.errors import XelmError, exception_line
@@ -89,7 +90,9 @@ def run(argv: list[str] | None = None) -> int:
         train.add_trainer_flags()
         # Not standalone: usage errors come back here, to be one line like every other error.
         # What comes back is an exit code (typer.Exit, --help) or a command's None.
-        code = app(args=argv, prog_name="xelm", standalone_mode=False)
+        command = typer.main.get_command(app)
+        reflow_commands(command)
+        code = command(args=argv, prog_name="xelm", standalone_mode=False)
         if code == 130:  # Typer's answer to KeyboardInterrupt
             return _fail("interrupted", 130)
         return code if isinstance(code, int) else 0
