@@ -1,11 +1,13 @@
 """Data parallelism: `torchrun --nproc-per-node 2` on CPU (gloo) against one process."""
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,15 +38,19 @@ def free_port() -> int:
 
 
 def xelm_train(args: list[str], cwd: Path, ranks: int | None) -> subprocess.CompletedProcess[str]:
-    launcher = [sys.executable, "-m", "xelm_cli"]
+    return launch(["-m", "xelm_cli", "train", *args], cwd, ranks)
+
+
+def launch(program: list[str], cwd: Path, ranks: int | None) -> subprocess.CompletedProcess[str]:
+    """``python PROGRAM`` (``-m module ...`` or ``script ...``), under torchrun with ``ranks``."""
+    launcher = [sys.executable]
     if ranks is not None:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
+        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
         launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-        launcher += ["-m", "xelm_cli"]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(
-        [*launcher, "train", *args],
+        [*launcher, *program],
         cwd=cwd,  # not the checkout, whose stale xelm.egg-info would shadow the entry points
         env=env,
         capture_output=True,
@@ -149,3 +155,46 @@ def test_fsdp_without_torchrun_is_refused_in_one_line(
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1 and "--fsdp needs torchrun" in stderr
     assert not out.exists() and not checkpoint_dir(out).exists()
+
+
+def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(
+    seed_bundle: Path,
+    train_shards: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The other direction: 2 FSDP ranks stop after their step-4 checkpoint (this file run
+    under torchrun, below); one process reads it and finishes like an uninterrupted run."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    options = {"block_size": 32, "batch_size": 2, "global_batch_tokens": 256, "lr": 3e-3}
+    options |= {"checkpoint_every": 4, "log_every": 1, "seed": 1, "device": "cpu"}
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    fsdp = json.dumps(options | {"fsdp": True})
+    program = [__file__, str(seed_bundle), str(train_shards), str(sharded), fsdp]
+    done = launch(program, tmp_path, ranks=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [p.name for p in checkpoint_dir(sharded).glob("step-*")] == ["step-000000004"]
+    assert not sharded.exists()
+
+    request = TrainRequest(seed_bundle, train_shards, sharded, 2048, options=options, resume=True)
+    TrainingRun().train(request)
+    assert "resuming from step 4" in capsys.readouterr().err
+    TrainingRun().train(replace(request, output=single, resume=False))
+    diff = max_difference(sharded, single)
+    print(f"max abs weight difference, FSDP 2 ranks -> 1 process vs 1 process: {diff:.3g}")
+    assert diff < TOLERANCE, diff
+    assert max_difference(sharded, seed_bundle) > 1000 * TOLERANCE  # it trained
+    assert verify_bundle(sharded) == []
+    records = [Bundle.open(path).manifest.training or {} for path in (sharded, single)]
+    assert records[0]["hardware"]["world_size"] == 1 and records[0]["steps"] == 8
+    curves = [torch.tensor([loss for _, loss in r["loss_curve"]]) for r in records]
+    assert torch.allclose(curves[0], curves[1], atol=1e-4), curves  # steps 1-4 came from FSDP
+
+
+if __name__ == "__main__":  # under torchrun: a run that stops after its step-4 checkpoint
+    bundle, data, out, options = sys.argv[1:]
+    with contextlib.suppress(Killed):
+        StopsAt4().train(
+            TrainRequest(Path(bundle), Path(data), Path(out), 2048, options=json.loads(options))
+        )
