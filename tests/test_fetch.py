@@ -2,6 +2,7 @@
 stand-ins (``XELM_HUB_MIRROR``) of allenai/c4 and Davlan/sib200: no network anywhere."""
 
 import csv
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +13,11 @@ from hub_eval_fixtures import fetch_mirror, synthetic_texts
 
 from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.data import fetch as fetch_module
+from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.fetch import default_data_dir, fetch
+from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
 
 DEMO_LANGUAGES = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
@@ -119,6 +123,50 @@ def test_an_interrupted_fetch_continues_with_the_part_it_was_in(
     monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
     assert fetch(out, ["bg", "tr"], 1000, 2)["fetched"] == ["sib200/tr"]
     assert (out / "corpus" / "train" / "bg.jsonl.zst").stat().st_mtime_ns == stamp
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_network_failure_mid_language_resumes_from_the_stream_position(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch_module, "BATCH_ROWS", 4)
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    whole = tmp_path / "whole"
+    fetch(whole, ["bg", "tr"], 3000, 2)
+    assert json.loads((whole / "fetch.json").read_text())["parts"]["train/tr"]["documents"] > 12
+    real_add, tr_rows = DatasetSource._add, itertools.count(1)
+
+    def flaky(self, batch, row, number, default):  # type: ignore[no-untyped-def]
+        if (self.config, self.split) == ("tr", "train") and next(tr_rows) == 9:
+            raise ConnectionError("Connection reset by peer")  # the first row of batch 3
+        real_add(self, batch, row, number, default)
+
+    monkeypatch.setattr(DatasetSource, "_add", flaky)
+    out = tmp_path / "resumed"
+    with pytest.raises(SourceUnavailable, match="run the same command again to continue"):
+        fetch(out, ["bg", "tr"], 3000, 2)
+    assert sorted(json.loads((out / "fetch.json").read_text())["parts"]) == [
+        "sib200/bg", "train/bg", "valid/bg",
+    ]  # fmt: skip
+    assert not (out / "corpus" / "train" / "tr.jsonl.zst").exists()  # nothing half-written
+    state = json.loads((out / ".train-tr.prepare" / "state.json").read_text())
+    assert state["sources"]["train/tr"]["position"]["stream"]["rows"] == 8
+    read_again: list[int] = []
+
+    def counted(self, batch, row, number, default):  # type: ignore[no-untyped-def]
+        if (self.config, self.split) == ("tr", "train"):
+            read_again.append(number)
+        real_add(self, batch, row, number, default)
+
+    monkeypatch.setattr(DatasetSource, "_add", counted)
+    assert fetch(out, ["bg", "tr"], 3000, 2)["fetched"] == ["train/tr", "valid/tr", "sib200/tr"]
+    assert read_again[0] == 9  # rows 1-8 were not read again
+    assert read_again == list(range(9, 9 + len(read_again)))
+    assert not (out / ".train-tr.prepare").exists()
+    assert _files(out) == _files(whole)
 
 
 def test_bad_requests_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,16 +10,20 @@ Per language, into xelm's cache (``$XELM_HOME/data``, default ``~/.cache/xelm/da
   gated, so the folder named like the sample data's holds SIB-200's 1004 FLORES sentences
   (test, validation, train) rather than the 1012 of devtest (the fetched README says so).
 
-Every file is written atomically. ``fetch.json`` records each finished part with its cap; a
-re-run skips what is recorded (without touching the network), so an interrupted fetch
-continues with the part it was in, and asking for more text re-fetches only what is short.
+Every file is written atomically, when its part is complete. ``fetch.json`` records each
+finished part with its cap; a re-run skips what is recorded (without touching the network), and
+asking for more text re-fetches only what is short. A part streamed from mC4 is read through
+``xelm data prepare``'s resumable work directory (``prepare_work``): its JSON lines are
+appended to a hidden ``.KIND-LANG.prepare/`` beside the data, the stream position recorded
+with them every few seconds; a killed or network-interrupted fetch, run again, continues the
+stream from there and compresses the whole part when it is complete.
 """
 
 import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,13 @@ from typing import Any
 import zstandard
 
 from xelm_cli.common.atomic import atomic_file, output_lock, write_bytes_atomic
+from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError
-from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
 from xelm_cli.data.evalsets import SIB200_TEXT
+from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, _open_at
 from xelm_cli.data.recipes import load_recipe
-from xelm_cli.data.sources import DatasetSource
+from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 from xelm_cli.lang.codes import normalize_language
 
 HOME_VARIABLE = "XELM_HOME"
@@ -45,6 +51,9 @@ SIB200_FILES = {"train": "train", "validation": "dev", "test": "test"}  # split 
 SIB200_COLUMNS = ("index_id", "category", "text")
 CORPUS_SOURCE = "mc4"
 ZSTD_LEVEL = 10
+BATCH_ROWS = 200  # rows per streamed batch: a resumed fetch re-reads at most the last batch
+WORK_DOCUMENTS = "documents.jsonl.work"  # a part's uncompressed JSON lines while streaming
+WORK_DTYPE = "uint16"  # the work directory's token type: unused, fetch writes no tokens
 
 
 def xelm_home() -> Path:
@@ -95,11 +104,19 @@ class Part:
             return self.cap * MC4_DOCUMENT_BYTES
         return SIB200_BYTES
 
+    @property
+    def split(self) -> str:
+        """mC4's split of a corpus part."""
+        return "train" if self.kind == "train" else "validation"
+
     def source(self) -> str:
         if self.kind == "sib200":
             return f"{SIB200_TEXT.dataset} [{SIB200_TEXT.config_for(self.language)}]"
-        split = "train" if self.kind == "train" else "validation"
-        return _mc4(self.language, split).describe()
+        return _mc4(self.language, self.split).describe()
+
+    def full(self, count: LanguageCount) -> bool:
+        """Whether ``count`` reached the cap (bytes of training text, held-out documents)."""
+        return (count.bytes if self.kind == "train" else count.documents) >= self.cap
 
 
 def _mc4(language: str, split: str) -> DatasetSource:
@@ -199,33 +216,68 @@ def describe_download(parts: list[Part], out: Path) -> str:
     )
 
 
-def _mc4_texts(part: Part) -> Iterator[str]:
-    split = "train" if part.kind == "train" else "validation"
-    for batch in _mc4(part.language, split).open():
-        yield from batch.texts
-
-
 def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict[str, Any]:
-    """mC4 documents up to the cap, compressed as they arrive (memory stays flat in --size)."""
-    documents, size, exhausted = 0, 0, True
+    """mC4 documents up to the cap: streamed into a work directory that a re-run continues
+    from, then compressed into place (memory stays flat in --size)."""
+    source = _mc4(part.language, part.split)
+    key = {"part": part.key, "cap": part.cap, "source": source.record()["digest"]}
+    work = WorkDirectory(
+        out / f"{part.kind}-{part.language}",
+        sha256_bytes(canonical_json(key)),
+        WORK_DTYPE,
+        fresh=False,
+    )
+    try:
+        count = work.counts.setdefault(part.language, LanguageCount())
+        exhausted = _stream_documents(part, source, work, count, advance)
+        if not count.documents:
+            raise UsageError(f"{part.source()} has no text")
+        _compress(work.path / WORK_DOCUMENTS, out / part.files[0])
+    except (SourceUnavailable, KeyboardInterrupt):
+        raise  # the work directory stays: the same command continues from it
+    except BaseException:
+        work.remove()
+        raise
+    work.remove()
+    return {"documents": count.documents, "bytes": count.bytes, "exhausted": exhausted}
+
+
+def _stream_documents(
+    part: Part,
+    source: DatasetSource,
+    work: WorkDirectory,
+    count: LanguageCount,
+    advance: Callable[[int], None],
+) -> bool:
+    """Append the documents after the work directory's position until the cap; whether the
+    source ended first. A position is recorded only with the documents before it on disk."""
+    position = work.position(part.key) or {"stream": None, "written": 0}
+    with _open_at(work.path / WORK_DOCUMENTS, position["written"]) as documents:
+        stream = source.open(position["stream"], batch_size=BATCH_ROWS)
+        for batch in stream:
+            for text in batch.texts:
+                if part.full(count):
+                    return False
+                record = {"text": text, "lang": part.language, "source": CORPUS_SOURCE}
+                documents.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+                count.documents += 1
+                count.bytes += len(text.encode())
+                advance(len(text.encode()))
+            documents.flush()
+            os.fsync(documents.fileno())
+            work.checkpoint(part.key, {"stream": stream.position, "written": documents.tell()})
+    return True
+
+
+def _compress(documents: Path, target: Path) -> None:
+    """``documents`` zstd-compressed into ``target``, atomically."""
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     with (
-        atomic_file(out / part.files[0], overwrite=True) as tmp,
-        tmp.open("wb") as raw,
-        compressor.stream_writer(raw) as compressed,
+        atomic_file(target, overwrite=True) as tmp,
+        documents.open("rb") as src,
+        tmp.open("wb") as dst,
     ):
-        for text in _mc4_texts(part):
-            if (size if part.kind == "train" else documents) >= part.cap:
-                exhausted = False
-                break
-            record = {"text": text, "lang": part.language, "source": CORPUS_SOURCE}
-            compressed.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-            documents += 1
-            size += len(text.encode())
-            advance(len(text.encode()))
-        if not documents:
-            raise UsageError(f"{part.source()} has no text")
-    return {"documents": documents, "bytes": size, "exhausted": exhausted}
+        compressor.copy_stream(src, dst)
 
 
 def _tsv(rows: list[dict[str, Any]]) -> bytes:

@@ -43,8 +43,9 @@ def fetch_command(
     sentences, SIB-200) from non-gated Hugging Face datasets into xelm's cache.
 
     Training text is mC4 (allenai/c4), streamed and cut at --size per language; FLORES and
-    SIB-200 come from Davlan/sib200. An interrupted fetch continues when run again; a finished
-    one is not downloaded again. The folder's README names each source and licence.
+    SIB-200 come from Davlan/sib200. An interrupted fetch continues where it stopped when run
+    again; a finished one is not downloaded again. The folder's README names each source and
+    licence.
 
     Example: xelm data fetch --langs en,tr,sw --size 500K
     """
