@@ -22,17 +22,23 @@ SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 
 
 @pytest.fixture(scope="module")
-def moe(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Bundle:
-    root = tmp_path_factory.mktemp("moe-train")
+def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Path]:
+    """An English and a Turkish expert whose MLPs differ."""
+    root = tmp_path_factory.mktemp("moe-experts")
     experts = []
     for i, lang in enumerate(("en", "tr")):
         branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
-        experts.append(
-            perturbed_expert(
-                branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
-            )
+        expert = perturbed_expert(
+            branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
         )
-    return build_moe([b.path for b in experts], root / "moe", top_k=1, gate="random")
+        experts.append(expert.path)
+    return experts
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory: pytest.TempPathFactory, moe_experts: list[Path]) -> Bundle:
+    out = tmp_path_factory.mktemp("moe-train") / "moe"
+    return build_moe(moe_experts, out, top_k=1, gate="random")
 
 
 @pytest.fixture(scope="module")
