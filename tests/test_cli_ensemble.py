@@ -70,6 +70,9 @@ def test_eval_json_has_every_system_and_metric(
     assert ensemble["metrics"]["languages"]["ar"] == x1["metrics"]["languages"]["ar"]
     overall = dense["metrics"]["overall"]
     assert overall["documents"] == 16
+    for system in results["systems"]:  # throughput: the tokens scored over the system's time
+        tokens = system["metrics"]["overall"]["tokens"]
+        assert system["tokens_per_second"] == pytest.approx(tokens / system["seconds"], rel=1e-3)
     assert overall["perplexity"] == pytest.approx(np.exp(overall["nll"] / overall["tokens"]))
     assert overall["bits_per_byte"] == pytest.approx(overall["nll"] / np.log(2) / overall["bytes"])
     lines = [line for lang in LANGS for line in (evalset / f"{lang}.txt").read_text().split("\n")]
@@ -87,7 +90,7 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
     assert "delta vs baseline:dense" in table
     assert "ensemble[posterior]" in table
     rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
-    assert [row for row in rows if row] == ["tr", "ar", "overall"]
+    assert [row for row in rows if row] == ["tr", "ar", "overall", "tokens/s"]
     code, text, err = cli(
         capsys, "ensemble", "eval", *members, "--data", str(evalset), "--format", "csv",
         "--langs", "ru",

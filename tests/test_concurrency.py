@@ -116,9 +116,10 @@ def at_once(
 
 
 def without_timings(value: Any) -> Any:
-    """``value`` with every ``seconds`` field left out (the one thing that differs by run)."""
+    """``value`` without its timings (``seconds``, ``tokens_per_second``: what differs by run)."""
     if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k != "seconds"}
+        timings = ("seconds", "tokens_per_second")
+        return {k: without_timings(v) for k, v in value.items() if k not in timings}
     if isinstance(value, list):
         return [without_timings(v) for v in value]
     return value

@@ -142,6 +142,7 @@ def run_evaluation(
     for system in systems:
         started = time.perf_counter()
         metrics = evaluator.evaluate(system.model)
+        seconds = time.perf_counter() - started
         records.append(
             {
                 "name": system.name,
@@ -154,7 +155,8 @@ def run_evaluation(
                     "loads": dict(system.model.stats.loads),
                     "sequences": dict(system.model.stats.sequences),
                 },
-                "seconds": round(time.perf_counter() - started, 3),
+                "seconds": round(seconds, 3),
+                **_throughput(metrics, seconds),
             }
         )
     request = evaluator.request
@@ -187,6 +189,15 @@ def run_evaluation(
         "provenance": provenance,
         "systems": records,
     }
+
+
+def _throughput(metrics: dict[str, Any], seconds: float) -> dict[str, float]:
+    """``tokens_per_second`` when the evaluator counted the tokens it scored (perplexity
+    does); the time includes loading the experts, as a user waits for it."""
+    tokens = metrics.get("overall", {}).get("tokens")
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or seconds <= 0:
+        return {}
+    return {"tokens_per_second": round(tokens / seconds, 1)}
 
 
 def _value(metrics: dict[str, Any], language: str | None, metric: str) -> float:
@@ -254,4 +265,8 @@ def render_table(results: dict[str, Any]) -> Any:
         if has_delta:
             cells[-1] = f"{row[-1]:+.3f}"
         table.add_row(row[0], *cells)
+    speeds = [system.get("tokens_per_second") for system in results["systems"]]
+    if any(speed is not None for speed in speeds):
+        cells = [f"{speed:,.0f}" if speed is not None else "" for speed in speeds]
+        table.add_row("tokens/s", *cells, *([""] if has_delta else []), end_section=False)
     return table
