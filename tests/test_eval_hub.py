@@ -3,6 +3,7 @@ FLORES+ and SIB-200's FLORES text for perplexity, SIB-200, XCOPA and XNLI for in
 tasks; the gated FLORES+ without a token falls back to SIB-200 and says so."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,9 +18,11 @@ from hub_eval_fixtures import (
     xnli_like,
     xstorycloze_like,
 )
+from hub_fixtures import write_readme
+from xelm_eval.icl import IclEvaluator
+from xelm_eval.perplexity import PerplexityEvaluator
+from xelm_eval.tasks import SIB200_CATEGORIES, open_task
 
-from plugins.xelm_eval.perplexity import PerplexityEvaluator
-from plugins.xelm_eval.tasks import SIB200_CATEGORIES, open_task
 from xelm_cli.api import EvalRequest, UsageError
 from xelm_cli.cli import run
 from xelm_cli.data.evalsets import FLORES_PLUS, flores_code, language_of_config
@@ -99,25 +102,70 @@ def test_gated_flores_plus_without_a_token_falls_back_to_sib200(
     assert "HF_TOKEN" in err and err.count("\n") == 1
 
 
-def test_hub_evaluation_errors_are_one_line() -> None:
-    with pytest.raises(
-        UsageError, match=r"no configuration 'deu_Latn' \(it has eng_Latn, tur_Latn, arb_Arab"
-    ):
-        PerplexityEvaluator(EvalRequest(data="Davlan/sib200", languages=("de",)))
+def _one_line_error(make: Callable[[], object]) -> str:
+    with pytest.raises(UsageError) as caught:
+        make()
+    message = str(caught.value)
+    assert "\n" not in message and "--lang-map" not in message
+    return message
+
+
+def test_perplexity_names_a_missing_configuration_split_or_column_and_the_choices() -> None:
+    def perplexity(languages: tuple[str, ...], **options: str) -> object:
+        return PerplexityEvaluator(
+            EvalRequest(data="Davlan/sib200", languages=languages, options=options)
+        )
+
+    assert _one_line_error(lambda: perplexity(("en", "de"))) == (
+        "Davlan/sib200 has no configuration 'deu_Latn' for language de (it has en (eng_Latn), "
+        "tr (tur_Latn), ar (arb_Arab), ru (rus_Cyrl), zh (zho_Hans)); choose the languages "
+        "with --langs, or the configuration with --eval-arg config=TEMPLATE"
+    )
+    assert _one_line_error(lambda: perplexity(("en",), split="dev")) == (
+        "Davlan/sib200 [eng_Latn/dev]: no split 'dev' (it has train, validation, test); "
+        "choose them with --eval-arg split=NAME[,NAME...]"
+    )
+    assert _one_line_error(lambda: perplexity(("en",), text_column="sentence")) == (
+        "Davlan/sib200 [eng_Latn/test] has no column 'sentence' (its columns: index_id, "
+        "category, text); choose it with --eval-arg text_column=NAME"
+    )
     with pytest.raises(UsageError, match="name the languages to evaluate with --langs"):
         PerplexityEvaluator(EvalRequest(data="Davlan/sib200"))
-    with pytest.raises(UsageError, match="no split 'dev'"):
-        PerplexityEvaluator(
-            EvalRequest(data="Davlan/sib200", languages=("en",), options={"split": "dev"})
-        )
     with pytest.raises(
         UsageError,
         match=r"evaluator 'perplexity' has no option 'colour' \(its options: config, split, "
         r"text_column\)",
     ):
-        PerplexityEvaluator(
-            EvalRequest(data="Davlan/sib200", languages=("en",), options={"colour": "red"})
-        )
+        perplexity(("en",), colour="red")
+
+
+def test_an_icl_task_names_a_missing_configuration_split_or_column_and_the_choices(
+    tmp_path: Path,
+) -> None:
+    def icl(data: str | Path, languages: tuple[str, ...]) -> object:
+        request = EvalRequest(data=str(data), languages=languages, task="xcopa", shots=1)
+        return IclEvaluator(request)
+
+    assert _one_line_error(lambda: icl("cambridgeltl/xcopa", ("tr", "de"))) == (
+        "cambridgeltl/xcopa has no configuration 'de' for language de (it has tr, sw); "
+        "choose the languages with --langs"
+    )
+    no_validation = xcopa_like(tmp_path / "a" / "xcopa", ["tr"])
+    (no_validation / "tr" / "validation.parquet").unlink()
+    write_readme(no_validation, {"tr": {"test": "tr/test.parquet"}}, "xcopa without validation")
+    assert _one_line_error(lambda: icl(no_validation, ("tr",))) == (
+        f"{no_validation} [tr/validation]: no split 'validation' (it has test); XCOPA reads "
+        "splits test, validation: pass a copy of the dataset that has them"
+    )
+    no_choice = xcopa_like(tmp_path / "b" / "xcopa", ["tr"])
+    for split in ("test", "validation"):
+        path = no_choice / "tr" / f"{split}.parquet"
+        pq.write_table(pq.read_table(path).drop_columns(["choice2"]), path)
+    assert _one_line_error(lambda: icl(no_choice, ("tr",))) == (
+        f"{no_choice} [tr/test] has no column 'choice2' (its columns: premise, choice1, "
+        "question, label, idx); XCOPA reads columns premise, choice1, choice2, question, "
+        "label: pass a copy of the dataset that has them"
+    )
 
 
 def test_sib200_task_from_the_hub_equals_the_fetched_files(mirror: Path, tmp_path: Path) -> None:

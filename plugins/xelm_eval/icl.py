@@ -80,8 +80,7 @@ class IclEvaluator(Evaluator):
         else:
             chosen = self.task.languages()
         # Check every language (listing the available ones) before reading any file.
-        for language in chosen:
-            self.task.raw_language(language)
+        self.task.check_languages(chosen)
         self.data: dict[str, TaskData] = {}
         for language in chosen:
             data = self.task.load(

@@ -125,6 +125,7 @@ class PerplexityEvaluator(Evaluator):
             print(f"xelm: note: {note}", file=sys.stderr)
             self.source["note"] = note
         self.source.update(dataset=chosen.dataset, title=chosen.title, splits=chosen.splits)
+        chosen.check_languages(request.languages)
         documents = []
         for language in request.languages:
             texts = list(eval_texts(chosen, language, request.limit))

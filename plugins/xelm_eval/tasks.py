@@ -60,7 +60,7 @@ import csv
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -68,11 +68,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from xelm_cli.api import (
-    DatasetSource,
     EvalSet,
     FormatError,
     UsageError,
-    dataset_configs,
     is_hub_dataset,
     language_of_config,
     normalize_language,
@@ -367,6 +365,7 @@ class Task(ABC):
         self.dataset: str | None = None  # a Hub id or a local Hub-layout copy
         if self.hub is not None and is_hub_dataset(str(root)):
             self.dataset = str(root)
+            self.evalset = replace(self.hub, dataset=self.dataset)
             self.root = Path(self.dataset)
         else:
             self.root = self._resolve(Path(root))
@@ -398,11 +397,10 @@ class Task(ABC):
         and split, and where they were read."""
         if self.dataset is None:
             return self._read_files(raw, split)
-        assert self.hub is not None
-        source = DatasetSource(self.dataset, config=raw, split=self._hub_split(split))
-        where = source.describe()
-        rows = source.rows()
-        return [self.hub_example(row, f"{where} row {i}") for i, row in enumerate(rows, 1)], where
+        split_name = self._hub_split(split)
+        where = f"{self.dataset} [{raw}/{split_name}]"
+        rows = enumerate(self.evalset.rows(raw, split_name), 1)
+        return [self.hub_example(row, f"{where} row {i}") for i, row in rows], where
 
     def _hub_split(self, split: Split) -> str:
         assert self.hub is not None
@@ -432,13 +430,18 @@ class Task(ABC):
         return sorted(self._languages)
 
     def _configs(self) -> dict[str, str]:
-        assert self.dataset is not None
-        found = ((language_of_config(c), c) for c in dataset_configs(self.dataset))
-        return {language: config for language, config in found if language}
+        return self.evalset.languages()
+
+    def check_languages(self, languages: Sequence[str]) -> None:
+        """One line naming the first of ``languages`` the data lacks and those it has."""
+        if self.dataset is not None:
+            self.evalset.check_languages(languages)
+        for language in languages:
+            self.raw_language(language)
 
     def raw_language(self, language: str) -> str:
         """The data's spelling of ``language``; UsageError listing the available ones. On the
-        Hub, its configuration (a missing one is reported when it is read)."""
+        Hub, its configuration (a missing one is reported by ``check_languages``)."""
         code = normalize_language(language)
         if self.dataset is not None:
             assert self.hub is not None
@@ -492,8 +495,9 @@ class XnliTask(Task):
     LABELS = ("entailment", "neutral", "contradiction")
     COLUMNS = ("language", "gold_label", "sentence1", "sentence2")
     hub = EvalSet(
-        "facebook/xnli", "XNLI", "{lang}", ("test", "validation"), "premise", "CC BY-NC 4.0"
-    )
+        "facebook/xnli", "XNLI", "{lang}", ("test", "validation"), "premise", "CC BY-NC 4.0",
+        columns=("hypothesis", "label"),
+    )  # fmt: skip
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(root)
@@ -563,6 +567,8 @@ class XStoryClozeTask(Task):
     hub = EvalSet(
         "juletxara/xstory_cloze", "XStoryCloze", "{lang}", ("eval", "train"),
         "input_sentence_1", "CC BY-SA 4.0",
+        columns=(*(f"input_sentence_{i}" for i in range(2, 5)), "sentence_quiz1",
+                 "sentence_quiz2", "answer_right_ending"),
     )  # fmt: skip
     HUB_SENTENCES = tuple(f"input_sentence_{i}" for i in range(1, 5))
     HUB_ENDINGS = ("sentence_quiz1", "sentence_quiz2")
@@ -656,7 +662,10 @@ class Sib200Task(_FolderPerLanguage):
     layout = "{lang}/train.tsv and {lang}/test.tsv (SIB-200)"
     folders = ("sib200", "tasks/sib200")
     FILES: ClassVar[dict[str, tuple[str, ...]]] = {"demo": ("train.tsv",), "eval": ("test.tsv",)}
-    hub = EvalSet("Davlan/sib200", "SIB-200", "{flores}", ("test", "train"), "text", "CC BY-SA 4.0")
+    hub = EvalSet(
+        "Davlan/sib200", "SIB-200", "{flores}", ("test", "train"), "text", "CC BY-SA 4.0",
+        columns=("category",),
+    )  # fmt: skip
 
     def _read_files(self, raw: str, split: Split) -> tuple[list[Example], str]:
         path = self._split_file(raw, split)
@@ -684,8 +693,9 @@ class XcopaTask(_FolderPerLanguage):
     name = "xcopa"
     layout = "{lang}/val.jsonl and {lang}/test.jsonl (XCOPA)"
     hub = EvalSet(
-        "cambridgeltl/xcopa", "XCOPA", "{lang}", ("test", "validation"), "premise", "CC BY 4.0"
-    )
+        "cambridgeltl/xcopa", "XCOPA", "{lang}", ("test", "validation"), "premise", "CC BY 4.0",
+        columns=("choice1", "choice2", "question", "label"),
+    )  # fmt: skip
     folders = ("xcopa", "tasks/xcopa")
     FILES: ClassVar[dict[str, tuple[str, ...]]] = {
         "demo": ("val.jsonl", "val.{lang}.jsonl"),
@@ -731,8 +741,10 @@ class BelebeleTask(Task):
     layout = "{flores}.jsonl files (the Belebele release: arb_Arab.jsonl, ...)"
     folders = ("Belebele", "belebele")
     hub = EvalSet(
-        "facebook/belebele", "Belebele", "{flores}", ("test",), "flores_passage", "CC BY-SA 4.0"
-    )
+        "facebook/belebele", "Belebele", "{flores}", ("test",), "flores_passage", "CC BY-SA 4.0",
+        columns=("question", "mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4",
+                 "correct_answer_num"),
+    )  # fmt: skip
     ANSWERS = ("mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4")
     LETTERS = ("A", "B", "C", "D")
 

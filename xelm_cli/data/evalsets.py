@@ -8,15 +8,22 @@ FLORES-style code, ``{lang}`` by xelm's code.
 """
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import source_kind
-from xelm_cli.data.sources import DatasetSource, resolve_dataset
+from xelm_cli.data.sources import (
+    DatasetSource,
+    SourceUnavailable,
+    dataset_configs,
+    resolve_dataset,
+)
 from xelm_cli.lang.codes import normalize_language
+
+SHOWN_CHOICES = 40  # configurations named in a message, at most
 
 # The 20 languages of the X-ELM paper. FLORES names the individual language where ISO 639-1
 # names a macrolanguage (Arabic is Modern Standard Arabic arb, Swahili swh, Azerbaijani the
@@ -78,6 +85,26 @@ def language_of_config(config: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class WayOut:
+    """How the user of an evaluation set chooses another configuration, split or column: the
+    end of the one-line error naming a missing one (``{title}``, ``{splits}``, ``{columns}``
+    are the set's). By default only the languages are the user's to choose (an in-context
+    task's dataset); :func:`eval_set_with` gives a set chosen by ``--eval-arg`` options."""
+
+    config: str = "choose the languages with --langs"
+    split: str = "{title} reads splits {splits}: pass a copy of the dataset that has them"
+    column: str = "{title} reads columns {columns}: pass a copy of the dataset that has them"
+
+
+EVAL_ARG_WAY_OUT = WayOut(
+    config="choose the languages with --langs, or the configuration with "
+    "--eval-arg config=TEMPLATE",
+    split="choose them with --eval-arg split=NAME[,NAME...]",
+    column="choose it with --eval-arg text_column=NAME",
+)
+
+
+@dataclass(frozen=True)
 class EvalSet:
     """Where an evaluation set's text lives on the Hub."""
 
@@ -89,6 +116,8 @@ class EvalSet:
     licence: str
     gated: bool = False
     overrides: tuple[tuple[str, str], ...] = ()  # xelm code -> configuration, where it differs
+    columns: tuple[str, ...] = ()  # what every row holds besides text_column
+    way_out: WayOut = WayOut()
 
     def config_for(self, language: str) -> str:
         code = normalize_language(language)
@@ -105,6 +134,85 @@ class EvalSet:
             text_column=self.text_column,
             language=normalize_language(language),
         )
+
+    def languages(self) -> dict[str, str]:
+        """{xelm code: configuration} of the dataset's configurations that name a language."""
+        found = ((language_of_config(c), c) for c in dataset_configs(self.dataset))
+        return {language: config for language, config in found if language}
+
+    def check_languages(self, languages: Iterable[str]) -> None:
+        """One line naming the first of ``languages`` whose configuration the dataset lacks,
+        with the languages (and configurations) it has."""
+        configs = dataset_configs(self.dataset)
+        for language in languages:
+            self._check_config(self.config_for(language), configs, normalize_language(language))
+
+    def _check_config(self, config: str, configs: list[str], language: str | None = None) -> None:
+        if config not in configs:
+            asked = f"{config!r} for language {language}" if language else repr(config)
+            raise UsageError(
+                f"{self.dataset} has no configuration {asked} (it has "
+                f"{_shown_configs(configs)}); {self._way_out('config')}"
+            )
+
+    def rows(self, config: str, split: str) -> Iterator[dict[str, Any]]:
+        """Every row of one configuration and split; a split the dataset lacks, or a first row
+        without the set's columns, is one line naming it and the choices."""
+        source = DatasetSource(self.dataset, config=config, split=split)
+        rows = source.rows()
+        try:
+            first = next(rows, None)
+        except SourceUnavailable:
+            raise
+        except UsageError:
+            self._explain(source)
+            raise
+        if first is None:
+            return
+        wanted = (self.text_column, *self.columns)
+        missing = [column for column in wanted if column not in first]
+        if missing:
+            raise UsageError(
+                f"{source.describe()} has no column {missing[0]!r} (its columns: "
+                f"{', '.join(first)}); {self._way_out('column')}"
+            )
+        yield first
+        yield from rows
+
+    def _explain(self, source: DatasetSource) -> None:
+        """A missing configuration or split of ``source`` as one line naming the choices (an
+        error of another kind is the caller's to report)."""
+        import datasets
+
+        assert source.config is not None
+        self._check_config(source.config, dataset_configs(self.dataset))
+        try:
+            splits = datasets.get_dataset_split_names(resolve_dataset(self.dataset), source.config)
+        except Exception:  # listing failed too: the caller reports what reading said
+            return
+        if source.split not in splits:
+            raise UsageError(
+                f"{source.describe()}: no split {source.split!r} (it has {', '.join(splits)}); "
+                f"{self._way_out('split')}"
+            ) from None
+
+    def _way_out(self, what: str) -> str:
+        text: str = getattr(self.way_out, what)
+        return text.format(
+            title=self.title,
+            splits=", ".join(self.splits),
+            columns=", ".join((self.text_column, *self.columns)),
+        )
+
+
+def _shown_configs(configs: list[str]) -> str:
+    """Configurations with the language each names, where that differs: ``ar (arb_Arab)``."""
+    shown = []
+    for config in configs[:SHOWN_CHOICES]:
+        language = language_of_config(config)
+        shown.append(config if language in (None, config) else f"{language} ({config})")
+    more = len(configs) - SHOWN_CHOICES
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "") or "none"
 
 
 FLORES_PLUS = EvalSet(
@@ -169,8 +277,9 @@ def usable_eval_set(chosen: EvalSet) -> tuple[EvalSet, str | None]:
 
 
 def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
-    """``base`` with ``config``, ``split`` (comma-separated) or ``text_column`` replaced."""
-    changes: dict[str, Any] = {}
+    """``base`` with ``config``, ``split`` (comma-separated) or ``text_column`` replaced; its
+    errors name those options (``--eval-arg``) as the way to choose another."""
+    changes: dict[str, Any] = {"way_out": EVAL_ARG_WAY_OUT}
     if "config" in options:
         changes["config"] = str(options["config"])
         changes["overrides"] = ()
@@ -184,21 +293,31 @@ def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
 def eval_texts(evalset: EvalSet, language: str, limit: int | None = None) -> Iterator[str]:
     """The non-empty texts of one language, split after split, at most ``limit``."""
     count = 0
+    config = evalset.config_for(language)
     for split in evalset.splits:
-        for batch in evalset.source(language, split).open():
-            for text in batch.texts:
-                if limit is not None and count >= limit:
-                    return
-                count += 1
-                yield text
+        for number, row in enumerate(evalset.rows(config, split), 1):
+            text = row[evalset.text_column]
+            if not isinstance(text, str):
+                raise FormatError(
+                    f"{evalset.dataset} [{config}/{split}] row {number}: "
+                    f"{evalset.text_column!r} is not text ({type(text).__name__})"
+                )
+            if not text.strip():
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield text
 
 
 __all__ = [
+    "EVAL_ARG_WAY_OUT",
     "EVAL_SETS",
     "FLORES_CODES",
     "FLORES_PLUS",
     "SIB200_TEXT",
     "EvalSet",
+    "WayOut",
     "eval_set_with",
     "eval_texts",
     "flores_code",
