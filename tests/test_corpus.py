@@ -1,8 +1,11 @@
 """Bad corpus input: one `xelm: error:` line on stderr, a non-zero exit, nothing written."""
 
+import io
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.sources import Batch, FileSource
 
 RECORDS = [{"text": "Merhaba dünya.", "lang": "tr"}, {"text": "Hello world.", "lang": "en"}]
 
@@ -203,3 +207,150 @@ def test_require_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
         shards.require_tokenizer("sha256:" + "0" * 64, "bundle seed/")
     assert "\n" not in str(info.value)
     assert shards.tokenizer_fingerprint in str(info.value)
+
+
+# -- the columnar file reader ------------------------------------------------------------------
+
+
+def _by_hand(content: bytes, default: str | None) -> list[tuple[str, str | None]]:
+    """The documents of JSON lines, read as the line-by-line reader always did."""
+    documents = []
+    for line in io.StringIO(content.decode(), newline=None):
+        if line.strip():
+            record = json.loads(line)
+            code = record.get("lang", record.get("language")) or default
+            documents.append((record["text"], code))
+    return documents
+
+
+def test_columnar_reading_gives_the_line_by_line_documents() -> None:
+    """Every file of the sample corpus's valid split, read in blocks (Arrow), holds the
+    documents a json.loads per line gives, in order."""
+    for path in sorted((SHARED_DATA / "corpus" / "valid").glob("*.jsonl.zst")):
+        content = zstandard.ZstdDecompressor().stream_reader(path.read_bytes()).read()
+        documents = [(d.text, d.language) for d in iter_documents(path)]
+        assert documents == _by_hand(content, path.name.split(".")[0]), path.name
+
+
+# Lines Arrow reads, and lines only the line-by-line reading gets right (a blank line, "\r\n",
+# a null 'lang' beside a 'language', escapes, an empty and a blank text): blocks of both kinds.
+UNUSUAL = [
+    b'{"text": "a\\u00e9\\ud83d\\ude00 \\"q\\"", "lang": "tr", "source": {"n": [1, 2.5]}}\n',
+    b"\n",
+    b'{"text": "crlf", "lang": "de"}\r\n',
+    b'{"text": "null lang", "lang": null, "language": "ru"}\n',
+    b'{"text": "", "lang": "tr"}\n',
+    b'{"text": "   ", "language": "de"}\n',
+    b'{"text": "no label"}\n',
+]
+
+
+def _corpus(root: Path) -> Path:
+    """Three files: a multi-frame zstd file and plain JSON lines in several languages, and
+    text; 1,000 documents in all, with every kind of UNUSUAL line among them."""
+    corpus = root / "corpus"
+    corpus.mkdir()
+    common = [json.dumps({"text": f"doc {i} ü", "lang": "tr"}).encode() + b"\n" for i in range(600)]
+    frame = zstandard.ZstdCompressor()
+    first, second = b"".join(common[:250]), b"".join(common[250:])
+    (corpus / "a.jsonl.zst").write_bytes(frame.compress(first) + frame.compress(second))
+    mixed = [
+        json.dumps({"text": f"b {i}", "lang": ["en", "ja"][i % 2]}).encode() + b"\n"
+        for i in range(300)
+    ]
+    for i, line in enumerate(UNUSUAL):
+        mixed.insert(37 * i + 5, line)
+    (corpus / "b.jsonl").write_bytes(b"".join(mixed))
+    (corpus / "tr.txt").write_bytes(b"".join(f"line {i}\n\n".encode() for i in range(93)))
+    return corpus
+
+
+def _read_all(source: FileSource, position: object, batch_size: int) -> list[tuple[Batch, object]]:
+    stream = source.open(position, batch_size=batch_size)
+    return [(batch, stream.position) for batch in stream]
+
+
+def test_a_file_stream_resumes_exactly_after_every_batch(tmp_path: Path) -> None:
+    """Opening corpus files at the position after any batch continues with the next
+    document, mid-file (a zstd frame boundary, a blank line, "\\r\\n") and across files, also
+    with another batch size; the documents are those a json.loads per line gives."""
+    corpus = _corpus(tmp_path)
+    source = FileSource(str(corpus), language="sw")
+    batches = _read_all(source, None, 64)
+    texts = [text for batch, _ in batches for text in batch.texts]
+    languages = [lang for batch, _ in batches for lang in batch.languages]
+    expected = [
+        (text, code or "sw")
+        for name in ("a.jsonl.zst", "b.jsonl")
+        for text, code in _by_hand(_content(corpus / name), None)
+        if text
+    ] + [(f"line {i}", "tr") for i in range(93)]
+    assert list(zip(texts, languages, strict=True)) == expected
+    assert len(batches) > 3 * 3  # several batches in every file
+    for k, (_, position) in enumerate(batches):
+        assert json.loads(json.dumps(position)) == position  # kept in state.json
+        rest = [t for batch, _ in _read_all(source, position, 50) for t in batch.texts]
+        assert rest == [t for batch, _ in batches[k + 1 :] for t in batch.texts], position
+    assert batches[-1][1] == {"file": 2, "offset": (corpus / "tr.txt").stat().st_size, "line": 186}
+
+
+def _content(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.suffix == ".zst":
+        return zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
+    return data
+
+
+def test_a_position_of_an_earlier_version_skips_documents(tmp_path: Path) -> None:
+    """A file position taken by an earlier xelm (a count of documents) still resumes."""
+    source = FileSource(str(_corpus(tmp_path)), language="sw")
+    texts = [t for batch, _ in _read_all(source, None, 100) for t in batch.texts]
+    rest = [t for batch, _ in _read_all(source, 700, 100) for t in batch.texts]
+    everything = [d.text for d in iter_documents(source.path, language="sw") if d.text]
+    assert texts == everything
+    assert rest == [
+        d.text for d in list(iter_documents(source.path, language="sw"))[700:] if d.text
+    ]
+
+
+def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
+    tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed in the middle of a file, the same command continues at the line after the last
+    checkpoint (no line is read twice) and makes the shards an uninterrupted run makes."""
+    from xelm_cli.data import corpus as corpus_module
+    from xelm_cli.data import prepare_work
+    from xelm_cli.data.prepare import prepare
+
+    source = _corpus(tmp_path)
+    options: dict[str, Any] = {"language": "sw", "batch_size": 40}
+    whole = prepare(source, tokenizer_dir, tmp_path / "whole", **options).shards
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    real_parse, calls = corpus_module._jsonl_block, itertools.count()
+
+    def interrupted(data: bytes, path: Path, before: int, default: str | None) -> Any:
+        if path.name == "b.jsonl" and next(calls) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C (or a kill) does halfway through b.jsonl
+        return real_parse(data, path, before, default)
+
+    monkeypatch.setattr(corpus_module, "_jsonl_block", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, tokenizer_dir, out, **options)
+    state = json.loads((tmp_path / ".resumed.prepare" / "state.json").read_text())
+    (entry,) = state["sources"].values()  # one source: the corpus
+    position = entry["position"]
+    assert position["file"] == 1 and 0 < position["line"] < 300
+    read_again: list[tuple[str, int]] = []
+
+    def counted(data: bytes, path: Path, before: int, default: str | None) -> Any:
+        read_again.append((path.name, before))
+        return real_parse(data, path, before, default)
+
+    monkeypatch.setattr(corpus_module, "_jsonl_block", counted)
+    resumed = prepare(source, tokenizer_dir, out, **options).shards
+    assert read_again[0] == ("b.jsonl", position["line"])  # the first line not yet recorded
+    assert all(name == "b.jsonl" for name, _ in read_again)  # a.jsonl.zst: not read again
+    assert resumed.manifest["languages"] == whole.manifest["languages"]
+    for path in whole.path.glob("*.bin"):
+        assert (resumed.path / path.name).read_bytes() == path.read_bytes()

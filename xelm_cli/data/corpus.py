@@ -5,17 +5,25 @@ too), optionally zstd-compressed (``.jsonl.zst``); plain text (``.txt``, ``.txt.
 document per non-empty line, its language from the file name (``tr.txt``) or ``language=``; a
 directory of such files (sorted, recursive). A ``.zst`` file must hold complete zstd frames: a
 truncated or corrupt stream is an error, never a silently shorter corpus.
+
+Files are read in blocks of whole lines (``read_blocks``): a block of JSON lines is parsed at
+once by Arrow's JSON reader, with no Python object per line, and only a block with something
+unusual or broken in it is read line by line, so that both give the same documents and errors.
+Each block ends at a ``FilePosition`` (bytes and lines read) that reading can start from again.
 """
 
+import codecs
 import functools
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import zstandard
 
 from xelm_cli.common.errors import FormatError, UsageError, exception_line
@@ -33,6 +41,11 @@ MAX_LINE_CHARS = 64 << 20  # a "line" longer than this is not a document but a b
 # One zstd block (up to 128 KiB) can be encoded in 4 bytes, so compressed input is fed in pieces
 # this small: one piece then decompresses to at most 32 MiB, however hostile the stream.
 ZSTD_PIECE = 1 << 10
+NEWLINE, OPEN_BRACE, OPEN_BRACKET = ord("\n"), ord("{"), ord("[")
+LANGUAGE_FIELDS = ("lang", "language")
+# Deep nesting is an error of Python's JSON reader (RecursionError), not of Arrow's: a line with
+# more brackets than this is read line by line, where Python's reader decides.
+NESTING = 500  # a record's language: 'lang', else 'language'
 
 
 @dataclass(frozen=True)
@@ -166,26 +179,6 @@ class _ZstdReader(io.RawIOBase):
         return False
 
 
-def _lines(path: Path) -> Iterator[str]:
-    with open(path, "rb") as raw:
-        binary: Any = _ZstdReader(raw, path) if path.suffix == ".zst" else raw
-        text = io.TextIOWrapper(io.BufferedReader(binary, CHUNK), encoding="utf-8", errors="strict")
-        number = 0
-        try:
-            while line := text.readline(MAX_LINE_CHARS + 1):
-                number += 1
-                if len(line) > MAX_LINE_CHARS and not line.endswith("\n"):
-                    raise FormatError(
-                        f"{path}:{number}: line longer than {MAX_LINE_CHARS} characters "
-                        "(not a text corpus, or a broken file)"
-                    )
-                yield line
-        except UnicodeDecodeError as exc:
-            raise FormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"{path}: corrupt zstd stream ({exc})") from None
-
-
 def _file_language(path: Path, default: str | None) -> str | None:
     """The language a file name (``tr.jsonl``) gives, else ``default``."""
     try:
@@ -198,47 +191,288 @@ def _unlabelled(where: str) -> UsageError:
     return UsageError(f"{where}: documents have no language: add a 'lang' field or pass --lang")
 
 
-def _labelled(documents: Iterator[Document], where: str) -> Iterator[Document]:
-    for doc in documents:
-        if doc.language is None:
-            raise _unlabelled(where)
-        yield doc
-
-
 def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """The records of a JSON-lines file (.jsonl or .jsonl.zst) with their line numbers, each
     with a valid string ``text``, and every other field as written (``source``, ...)."""
-    for number, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
+    number = 0
+    for piece in _pieces(path, FilePosition(), HF_BATCH):
+        for line in _split_lines(piece, path):
+            number += 1
+            if line.strip():
+                yield number, _record(line, path, number)
+
+
+def _record(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        raise FormatError(f"{path}:{number}: not a JSON object") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
+    if "\\u" in line and not is_unicode(record["text"]):  # only escapes make surrogates
+        raise FormatError(f"{path}:{number}: 'text' holds a lone surrogate: not valid Unicode")
+    return record
+
+
+def _document(record: dict[str, Any], path: Path, number: int, default: str | None) -> Document:
+    code = record.get("lang", record.get("language"))
+    if code is not None and not isinstance(code, str):
+        raise FormatError(f"{path}:{number}: 'lang' must be a string")
+    code = code or default
+    try:
+        return Document(record["text"], _language(code) if code else None)
+    except UsageError as exc:
+        raise FormatError(f"{path}:{number}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class FilePosition:
+    """How far a corpus file was read: ``offset`` bytes of its (decompressed) content, which
+    end after its first ``line`` lines. Reading again from a position continues exactly there."""
+
+    offset: int = 0
+    line: int = 0
+
+
+@dataclass
+class Block:
+    """The documents of consecutive lines of one file, and the position after them."""
+
+    texts: list[str]
+    languages: list[str | None]
+    end: FilePosition
+
+
+def read_blocks(
+    path: Path,
+    default: str | None,
+    *,
+    start: FilePosition = FilePosition(),
+    lines: int = HF_BATCH,
+    require_language: bool = False,
+) -> Iterator[Block]:
+    """The documents of a corpus file (JSON lines or text) from ``start`` on, in blocks of at
+    most ``lines`` lines; ``default`` labels documents that carry no language. JSON lines are
+    parsed a block at a time by Arrow's JSON reader (no Python object per line); a block with
+    anything unusual in it, and every broken one, is read line by line instead, so documents
+    and errors (file and line named) are the same either way. With ``require_language`` a
+    document left without a language is a one-line ``UsageError``."""
+    parse = _jsonl_block if path.name.endswith(JSONL_SUFFIXES) else _text_block
+    offset, line = start.offset, start.line
+    for piece in _pieces(path, start, lines):
+        texts, languages, count = parse(piece, path, line, default)
+        if require_language and None in languages:
+            raise _unlabelled(str(path))
+        offset, line = offset + len(piece), line + count
+        yield Block(texts, languages, FilePosition(offset, line))
+
+
+def _pieces(path: Path, start: FilePosition, lines: int) -> Iterator[bytes]:
+    """The content of ``path`` after ``start``, in pieces of at most ``lines`` whole lines (the
+    file's last line may lack its newline). A line longer than ``MAX_LINE_CHARS`` characters
+    is a ``FormatError`` naming it, read no further than that."""
+    with open(path, "rb") as raw:
+        content: Any = _ZstdReader(raw, path) if path.suffix == ".zst" else raw
         try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            raise FormatError(f"{path}:{number}: not a JSON object") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
-        if "\\u" in line and not is_unicode(record["text"]):  # only escapes make surrogates
-            raise FormatError(f"{path}:{number}: 'text' holds a lone surrogate: not valid Unicode")
-        yield number, record
+            _skip(content, start.offset, path)
+            yield from _split_content(content, path, start.line, lines)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{path}: corrupt zstd stream ({exc})") from None
 
 
-def _jsonl_documents(path: Path, default: str | None) -> Iterator[Document]:
-    for number, record in iter_records(path):
-        code = record.get("lang", record.get("language"))
-        if code is not None and not isinstance(code, str):
-            raise FormatError(f"{path}:{number}: 'lang' must be a string")
-        code = code or default
-        try:
-            yield Document(record["text"], _language(code) if code else None)
-        except UsageError as exc:
-            raise FormatError(f"{path}:{number}: {exc}") from None
+def _split_content(content: BinaryIO, path: Path, before: int, lines: int) -> Iterator[bytes]:
+    """``_pieces`` of ``content``, whose first ``before`` lines were read before."""
+    pending = bytearray()
+    ends = np.zeros(0, dtype=np.int64)  # newline positions in ``pending``
+    unfinished = _UnfinishedLine(path)
+    while chunk := content.read(CHUNK):
+        found = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == NEWLINE)
+        ends = np.concatenate([ends, found + len(pending)])
+        pending += chunk
+        while len(ends) >= lines:
+            yield from _whole_lines(pending, ends[:lines], path, before)
+            cut = int(ends[lines - 1]) + 1
+            del pending[:cut]
+            before += lines
+            ends = ends[lines:] - cut
+        if unfinished.too_long(chunk, found, pending, int(ends[-1]) + 1 if len(ends) else 0):
+            yield from _whole_lines(pending, ends, path, before)
+            raise _too_long(path, before + len(ends) + 1)
+    if pending:
+        last = ends if pending.endswith(b"\n") else np.append(ends, len(pending))
+        yield from _whole_lines(pending, last, path, before)
 
 
-def _text_documents(path: Path, language: str | None) -> Iterator[Document]:
-    for line in _lines(path):
-        text = line.rstrip("\n")
-        if text.strip():
-            yield Document(text, language)
+def _whole_lines(pending: bytearray, ends: Any, path: Path, before: int) -> Iterator[bytes]:
+    """The lines of ``pending`` up to the newline at ``ends[-1]`` as one piece; if one of
+    them is longer than ``MAX_LINE_CHARS`` characters, the lines before it, then an error."""
+    if not len(ends):
+        return
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    for i in np.flatnonzero(ends - starts > MAX_LINE_CHARS):  # bytes: at least the characters
+        if _characters(memoryview(pending)[starts[i] : ends[i]]) > MAX_LINE_CHARS:
+            if i:
+                yield bytes(pending[: ends[i - 1] + 1])
+            raise _too_long(path, before + int(i) + 1)
+    yield bytes(pending[: ends[-1] + 1])
+
+
+def _too_long(path: Path, number: int) -> FormatError:
+    return FormatError(
+        f"{path}:{number}: line longer than {MAX_LINE_CHARS} characters "
+        "(not a text corpus, or a broken file)"
+    )
+
+
+class _UnfinishedLine:
+    """The characters of the last, unfinished line read, counted only once it holds more than
+    ``MAX_LINE_CHARS`` bytes, and from then on a chunk at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._chars = -1  # not counted yet
+
+    def too_long(self, chunk: bytes, newlines: Any, pending: bytearray, start: int) -> bool:
+        """Is the line from ``start`` on, which ``chunk`` (with ``newlines``) added to, too
+        long? A UTF-8 error in it is reported first, as reading it as text would."""
+        if len(newlines):
+            self._chars = -1
+        if len(pending) - start <= MAX_LINE_CHARS:
+            return False
+        if self._chars < 0:
+            self._chars = _characters(memoryview(pending)[start:])
+        else:
+            self._chars += _characters(chunk)
+        if self._chars <= MAX_LINE_CHARS:
+            return False
+        _decode(bytes(pending[start:]), self._path, final=False)
+        return True
+
+
+def _characters(utf8: Any) -> int:
+    """Characters in UTF-8 bytes: every byte but continuation bytes starts one."""
+    data = np.frombuffer(utf8, dtype=np.uint8)
+    return int(np.count_nonzero((data & 0xC0) != 0x80))
+
+
+def _skip(content: BinaryIO, offset: int, path: Path) -> None:
+    """Move past the first ``offset`` bytes of ``content`` (decompressing them when it must)."""
+    if not offset:
+        return
+    if content.seekable():
+        content.seek(offset)
+        skipped = min(offset, os.fstat(content.fileno()).st_size)
+    else:
+        skipped = 0
+        while skipped < offset and (chunk := content.read(min(CHUNK, offset - skipped))):
+            skipped += len(chunk)
+    if skipped < offset:
+        raise FormatError(f"{path} is shorter than where reading stopped: start over with --force")
+
+
+def _decode(data: bytes, path: Path, *, final: bool = True) -> str:
+    try:
+        return codecs.getincrementaldecoder("utf-8")("strict").decode(data, final=final)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
+
+
+def _split_lines(data: bytes, path: Path) -> list[str]:
+    """The lines of ``data`` as reading the file as text gives them (universal newlines)."""
+    return io.StringIO(_decode(data, path), newline=None).readlines()
+
+
+Parsed = tuple[list[str], list[str | None], int]  # texts, languages, lines read
+
+
+def _text_block(data: bytes, path: Path, before: int, default: str | None) -> Parsed:
+    lines = _split_lines(data, path)
+    texts = [text for line in lines if (text := line.rstrip("\n")).strip()]
+    return texts, [default] * len(texts), len(lines)
+
+
+def _jsonl_block(data: bytes, path: Path, before: int, default: str | None) -> Parsed:
+    parsed = _columnar_records(data, default)
+    if parsed is not None:
+        return parsed
+    texts: list[str] = []
+    languages: list[str | None] = []
+    lines = _split_lines(data, path)
+    for number, line in enumerate(lines, before + 1):
+        if line.strip():
+            document = _document(_record(line, path, number), path, number, default)
+            texts.append(document.text)
+            languages.append(document.language)
+    return texts, languages, len(lines)
+
+
+@functools.cache
+def _arrow() -> Any:
+    """pyarrow with its JSON reader and compute functions (imported when first used)."""
+    import pyarrow
+    import pyarrow.compute
+    import pyarrow.json
+
+    return pyarrow
+
+
+@functools.cache
+def _json_options() -> Any:
+    """Arrow's JSON parsing of records: the fields documents are made of, as text."""
+    pa = _arrow()
+    fields = [(name, pa.string()) for name in ("text", *LANGUAGE_FIELDS)]
+    schema = pa.schema(fields)
+    return pa.json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+
+def _columnar_records(data: bytes, default: str | None) -> Parsed | None:
+    """The documents of JSON lines ``data`` read by Arrow's JSON reader, or None unless every
+    line is one JSON object with a string ``text``, valid UTF-8 and ``\\n`` line ends and
+    every language code is known: the line-by-line reading decides (and words) the rest."""
+    pa = _arrow()
+    view = np.frombuffer(data, dtype=np.uint8)
+    starts = np.flatnonzero(view[:-1] == NEWLINE) + 1
+    # A line that is not an object (Arrow's reader crashes on a bare `null`), a byte-order
+    # mark, a blank line or a "\r" (a line break when read as text) is read line by line.
+    if b"\r" in data or view[0] != OPEN_BRACE or np.any(view[starts] != OPEN_BRACE):
+        return None
+    brackets = (view == OPEN_BRACE) | (view == OPEN_BRACKET)
+    if np.add.reduceat(brackets, np.concatenate([[0], starts]), dtype=np.int64).max() > NESTING:
+        return None
+    try:
+        data.decode("utf-8")  # Arrow checks only the fields it keeps
+        table = pa.json.read_json(
+            pa.BufferReader(data),
+            read_options=pa.json.ReadOptions(use_threads=False),
+            parse_options=_json_options(),
+        )
+    except (UnicodeDecodeError, pa.ArrowInvalid):
+        return None
+    rows = len(starts) + 1
+    text, lang, language = (table.column(name) for name in ("text", *LANGUAGE_FIELDS))
+    # More rows than lines: a line held several values. A null 'lang' beside a 'language':
+    # which of the two counts depends on whether the record has the key 'lang'.
+    lang_is_null = pa.compute.and_(lang.is_null(), language.is_valid())
+    if table.num_rows != rows or text.null_count or pa.compute.any(lang_is_null).as_py():
+        return None
+    languages = _languages(pa.compute.coalesce(lang, language, pa.scalar("")), default)
+    return None if languages is None else (text.to_pylist(), languages, rows)
+
+
+def _languages(codes: Any, default: str | None) -> list[str | None] | None:
+    """Each row's normalised language (``default`` where its code is empty); None if a code is
+    unknown (the line-by-line reading names the line)."""
+    compute = _arrow().compute
+    found = compute.unique(codes)
+    try:
+        names = [_language(code) if code else default for code in found.to_pylist()]
+    except UsageError:
+        return None
+    if len(names) == 1:
+        return names * len(codes)
+    indices = compute.index_in(codes, value_set=found).to_numpy()
+    languages: list[str | None] = np.array(names, dtype=object)[indices].tolist()
+    return languages
 
 
 def load_hf_dataset(source: str | Path, *, split: str | None = None) -> Any:
@@ -344,17 +578,22 @@ def iter_documents(
     is a one-line ``UsageError`` naming its file or dataset. ``split`` picks the split of a
     Hugging Face dataset (default ``train``, or its only split).
     """
-    language = _language(language) if language else None
     if source_kind(source) != "files":
-        yield from _hf_documents(source, language, split, require_language)
+        yield from _hf_documents(source, language and _language(language), split, require_language)
         return
-    for path in corpus_files(Path(source), languages=languages):
-        default = _file_language(path, language)
-        if path.name.endswith(JSONL_SUFFIXES):
-            documents = _jsonl_documents(path, default)
-        else:
-            documents = _text_documents(path, default)
-        yield from _labelled(documents, str(path)) if require_language else documents
+    for path, default in labelled_files(source, language=language, languages=languages):
+        for block in read_blocks(path, default, require_language=require_language):
+            yield from map(Document, block.texts, block.languages)
+
+
+def labelled_files(
+    source: str | Path, *, language: str | None = None, languages: Sequence[str] | None = None
+) -> list[tuple[Path, str | None]]:
+    """The files of a corpus of files (see ``corpus_files``), each with the language of its
+    documents that carry none: the file name's (``tr.jsonl``), else ``language``."""
+    default = _language(language) if language else None
+    files = corpus_files(Path(source), languages=languages)
+    return [(path, _file_language(path, default)) for path in files]
 
 
 def read_documents(

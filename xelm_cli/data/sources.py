@@ -13,8 +13,8 @@ A *source* yields batches of labelled texts. Two kinds:
 
 A stream reports its position after each batch (``Stream.position``); opening the source again
 at that position continues after the last row of that batch, so a killed preparation resumes
-where it stopped. Dataset streams resume from ``IterableDataset.state_dict`` (no re-reading),
-file streams by skipping the documents already read.
+where it stopped. Dataset streams resume from ``IterableDataset.state_dict``, file streams from
+the byte offset and line number reached in the file being read (neither re-reads a row).
 """
 
 import contextlib
@@ -27,12 +27,19 @@ import threading
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
 from xelm_cli.common.jsonio import canonical_json
-from xelm_cli.data.corpus import corpus_files, iter_documents, source_kind
+from xelm_cli.data.corpus import (
+    FilePosition,
+    corpus_files,
+    iter_documents,
+    labelled_files,
+    read_blocks,
+    source_kind,
+)
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_BATCH = 1000
@@ -342,7 +349,30 @@ class FileSource:
         }
 
     def open(self, position: Any = None, *, batch_size: int = DEFAULT_BATCH) -> Stream:
-        skip = int(position or 0)
+        """Batches of the documents of at most ``batch_size`` lines of one file, from
+        ``position`` on: ``{"file": index in files(), "offset": bytes of its content read,
+        "line": lines read}``, which continues at the next line without re-reading the lines
+        before it. A ``save_to_disk`` dataset, and a position of an earlier xelm (a number of
+        documents), are read from the start, skipping that many documents."""
+        if isinstance(position, int) or source_kind(self.path) != "files":
+            return self._skipping(int(position or 0), batch_size)
+        state = dict(position or {"file": 0, "offset": 0, "line": 0})
+        files = labelled_files(self.path, language=self.language, languages=self.languages)
+
+        def batches() -> Iterator[Batch]:
+            first, resume = state["file"], FilePosition(state["offset"], state["line"])
+            for index, (path, default) in enumerate(files[first:], start=first):
+                start = resume if index == first else FilePosition()
+                blocks = read_blocks(
+                    path, default, start=start, lines=batch_size, require_language=True
+                )
+                for block in blocks:
+                    state.update(file=index, offset=block.end.offset, line=block.end.line)
+                    yield _batch(block.texts, block.languages)
+
+        return Stream(batches(), lambda: dict(state))
+
+    def _skipping(self, skip: int, batch_size: int) -> Stream:
         state = {"rows": skip}
         documents = iter_documents(
             self.path,
@@ -356,10 +386,17 @@ class FileSource:
         def batches() -> Iterator[Batch]:
             while chunk := list(itertools.islice(documents, batch_size)):
                 state["rows"] += len(chunk)
-                kept = [d for d in chunk if d.text]
-                yield Batch([str(d.language) for d in kept], [d.text for d in kept])
+                yield _batch([d.text for d in chunk], [d.language for d in chunk])
 
         return Stream(batches(), lambda: state["rows"])
+
+
+def _batch(texts: list[str], languages: list[str | None]) -> Batch:
+    """The documents with text (every one is labelled: read with ``require_language``)."""
+    if "" in texts:
+        kept = [i for i, text in enumerate(texts) if text]
+        texts, languages = [texts[i] for i in kept], [languages[i] for i in kept]
+    return Batch(cast(list[str], languages), texts)
 
 
 Source = DatasetSource | FileSource
