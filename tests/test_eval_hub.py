@@ -24,6 +24,7 @@ from xelm_eval.perplexity import PerplexityEvaluator
 from xelm_eval.tasks import SIB200_CATEGORIES, open_task
 
 from xelm_cli.api import EvalRequest, UsageError
+from xelm_cli.bundle.branching import branch
 from xelm_cli.cli import run
 from xelm_cli.data.evalsets import FLORES_PLUS, flores_code, language_of_config
 from xelm_cli.data.fetch import fetch
@@ -217,6 +218,42 @@ def test_icl_and_perplexity_end_to_end_on_hub_ids(
     metrics = json.loads(out.read_text())["systems"][0]["metrics"]
     assert metrics["languages"]["en"]["documents"] == 3
     assert metrics["source"]["dataset"] == "Davlan/sib200"
+
+
+def test_an_icl_task_on_a_hub_id_evaluates_the_languages_the_ensemble_covers(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experts = [tmp_path / "en-de", tmp_path / "tr-sw"]
+    for expert, languages in zip(experts, (["en", "de"], ["tr", "sw"]), strict=True):
+        branch(seed_bundle, expert, languages=languages)
+    out = tmp_path / "sib200.json"
+    args = ["ensemble", "eval", *map(str, experts), "--router", "language", "--task", "sib200",
+            "--data", "Davlan/sib200", "--limit", "2", "-o", str(out)]  # fmt: skip
+    assert run(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        "xelm: note: sib200 on Davlan/sib200: evaluating the ensemble's languages en, tr; "
+        "skipped de, sw (no configuration in the dataset)"
+    ]  # the stand-in has en, tr, ar, ru and zh
+    result = json.loads(out.read_text())
+    assert result["request"]["languages"] == ["en", "tr"]
+    assert list(result["systems"][0]["metrics"]["languages"]) == ["en", "tr"]
+    out.unlink()
+    args[4:6] = ["--router", "uniform"]
+    assert run([*args, "--langs", "ar"]) == 0, capsys.readouterr().err  # --langs overrides
+    assert "note" not in capsys.readouterr().err
+    assert list(json.loads(out.read_text())["request"]["languages"]) == ["ar"]
+    args = ["ensemble", "eval", str(experts[1]), "--router", "language", "--task", "xnli",
+            "--data", "facebook/xnli"]  # fmt: skip
+    assert run(args) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "facebook/xnli has none of the ensemble's languages (tr, sw); choose some it has with "
+            "--langs (en, ru)"
+        )
+    )
 
 
 def test_xstorycloze_from_the_hub(mirror: Path) -> None:

@@ -9,6 +9,7 @@ are scored once.
 """
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,7 +42,8 @@ from .tasks import (
 class IclEvaluator(Evaluator):
     """Multiple-choice accuracy with k-shot prompts (xnli, xstorycloze, sib200, xcopa, ...).
 
-    Tasks and protocols in ``tasks.py``.
+    Tasks and protocols in ``tasks.py``. Without ``languages``: every language of the task's
+    files; of a Hub dataset, the languages the ensemble covers that it has.
     """
 
     name: ClassVar[str] = "icl"
@@ -78,7 +80,7 @@ class IclEvaluator(Evaluator):
         if request.languages:
             chosen = list(dict.fromkeys(normalize_language(c) for c in request.languages))
         else:
-            chosen = self.task.languages()
+            chosen = self._default_languages()
         # Check every language (listing the available ones) before reading any file.
         self.task.check_languages(chosen)
         self.data: dict[str, TaskData] = {}
@@ -88,6 +90,31 @@ class IclEvaluator(Evaluator):
             )
             check_shots(data, request.shots)
             self.data[language] = data
+
+    def _default_languages(self) -> list[str]:
+        """The task's languages; of a Hub dataset (SIB-200 has 200+ configurations), those
+        the ensemble covers, with a notice naming the covered ones it lacks."""
+        available = self.task.languages()
+        covered = self.request.model_languages
+        if self.task.dataset is None or not covered:
+            return available
+        covered = tuple(dict.fromkeys(normalize_language(code) for code in covered))
+        chosen = [language for language in covered if language in available]
+        skipped = [language for language in covered if language not in available]
+        if not chosen:
+            raise UsageError(
+                f"{self.task.dataset} has none of the ensemble's languages "
+                f"({', '.join(covered)}); choose some it has with --langs "
+                f"({', '.join(available) or 'none'})"
+            )
+        if skipped:
+            print(
+                f"xelm: note: {self.task.name} on {self.task.dataset}: evaluating the "
+                f"ensemble's languages {', '.join(chosen)}; skipped {', '.join(skipped)} "
+                "(no configuration in the dataset)",
+                file=sys.stderr,
+            )
+        return chosen
 
     @property
     def languages(self) -> list[str]:

@@ -69,6 +69,7 @@ def evaluate(
         seed=seed,
         protocol=protocol,
         options=dict(eval_options),
+        model_languages=tuple(dict.fromkeys(lang for b in spec.members for lang in b.languages)),
     )
     built = build_evaluator(name, request)
     systems = systems_for(

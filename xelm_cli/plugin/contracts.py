@@ -274,7 +274,9 @@ class LanguageModel(ABC):
 class EvalRequest:
     """What ``xelm ensemble eval`` asks an evaluator: the data, the languages (None: every
     language in the data), a per-language document/example limit, and, for in-context tasks,
-    the task, shots, runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``."""
+    the task, shots, runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``.
+    ``model_languages``: the languages the evaluated ensemble covers (its experts', in ensemble
+    order; None when unknown), a default where the data has far more (a Hub dataset)."""
 
     data: str | None = None
     languages: tuple[str, ...] | None = None
@@ -285,6 +287,7 @@ class EvalRequest:
     seed: int = 0
     protocol: str = "paper"
     options: dict[str, Any] = field(default_factory=dict)
+    model_languages: tuple[str, ...] | None = None
 
 
 class Evaluator(ABC):
