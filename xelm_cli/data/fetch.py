@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from xelm_cli.common.atomic import atomic_file, output_lock, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
+from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, _open_at
 from xelm_cli.data.recipes import load_recipe
@@ -250,8 +252,10 @@ def _stream_documents(
     advance: Callable[[int], None],
 ) -> bool:
     """Append the documents after the work directory's position until the cap; whether the
-    source ended first. A position is recorded only with the documents before it on disk."""
+    source ended first. Every few seconds (prepare's checkpoint interval) the documents are
+    synced to disk and the position after them recorded."""
     position = work.position(part.key) or {"stream": None, "written": 0}
+    synced = time.monotonic()
     with _open_at(work.path / WORK_DOCUMENTS, position["written"]) as documents:
         stream = source.open(position["stream"], batch_size=BATCH_ROWS)
         for batch in stream:
@@ -263,9 +267,11 @@ def _stream_documents(
                 count.documents += 1
                 count.bytes += len(text.encode())
                 advance(len(text.encode()))
-            documents.flush()
-            os.fsync(documents.fileno())
-            work.checkpoint(part.key, {"stream": stream.position, "written": documents.tell()})
+            if time.monotonic() - synced >= prepare_work.CHECKPOINT_SECONDS:
+                documents.flush()
+                os.fsync(documents.fileno())
+                work.checkpoint(part.key, {"stream": stream.position, "written": documents.tell()})
+                synced = time.monotonic()  # not before the work directory's: it writes each time
     return True
 
 
