@@ -140,7 +140,14 @@ def evaluate(
             "(openlanguagedata/flores_plus, Davlan/sib200, cambridgeltl/xcopa, ...).",
         ),
     ] = None,
-    langs: Annotated[str | None, typer.Option("--langs", help="Languages (default: all).")] = None,
+    langs: Annotated[
+        str | None,
+        typer.Option(
+            "--langs",
+            help="Languages (default: all the data has; an in-context task on a Hub id: "
+            "the experts' languages it has).",
+        ),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", help="Documents or examples per language.")
     ] = None,
