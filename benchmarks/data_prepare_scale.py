@@ -3,10 +3,11 @@
 1. Memory: the same languages prepared from a corpus and from one ``--scale`` times larger (the
    language files repeated), each in a fresh ``xelm data prepare`` process; peak resident memory
    (``ru_maxrss`` of the child) side by side. Goal: flat (the larger within 1.2x).
-2. Resume: the larger corpus read by streaming from a local dataset laid out like
-   ``allenai/c4`` (``--config '{lang}'``): one uninterrupted run; then a fresh run killed
-   (SIGKILL) at half that time and the same command run again. Reported: the time the second
-   command took against the uninterrupted run, and whether the shards are identical.
+2. Resume: the larger corpus, read from its files and by streaming from a local dataset laid
+   out like ``allenai/c4`` (``--config '{lang}'``): one uninterrupted run; then a fresh run
+   killed (SIGKILL) at half that time and the same command run again. Reported for each: the
+   time the second command took against the uninterrupted run, and whether the shards are
+   identical.
 
 Example: .venv/bin/python benchmarks/data_prepare_scale.py --langs sw,el --scale 10
 """
@@ -15,7 +16,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -69,20 +69,24 @@ def _as_c4(corpus: Path, langs: list[str], out: Path) -> Path:
 
 
 def _run(argv: list[str], kill_after: float | None = None) -> tuple[float, int]:
-    """Seconds and peak RSS (KiB) of one xelm process; killed after ``kill_after`` s."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Seconds and peak RSS (KiB, this process alone) of one xelm process; killed (SIGKILL)
+    after ``kill_after`` s."""
     start = time.perf_counter()
     process = subprocess.Popen([*XELM, *argv], stdout=subprocess.DEVNULL)
-    try:
-        process.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    deadline = None if kill_after is None else start + kill_after
+    while True:
+        pid, status, usage = os.wait4(process.pid, 0 if deadline is None else os.WNOHANG)
+        if pid:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
+            os.kill(process.pid, signal.SIGKILL)
+            deadline = None
+        time.sleep(0.05)
+    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, with its usage
     elapsed = time.perf_counter() - start
     if kill_after is None and process.returncode != 0:
         raise SystemExit(f"xelm {' '.join(argv)} failed ({process.returncode})")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, peak if peak > before else -1  # -1: not above an earlier child's peak
+    return elapsed, usage.ru_maxrss
 
 
 def _same_shards(a: Path, b: Path) -> bool:
@@ -107,7 +111,6 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = train_tokenizer_on_corpus(
             root / "small", root / "tok", vocab_size=8000, chars_per_language=300_000
         ).path
-        # fresh processes, the smaller first: ru_maxrss of children is a running maximum
         common = ["--tokenizer", str(tokenizer), "--workers", "1"]
         small_s, small_rss = _run(["data", "prepare", str(root / "small"), *common, "-o",
                                    str(root / "s-small")])  # fmt: skip
@@ -118,22 +121,29 @@ def main(argv: list[str] | None = None) -> None:
               f"{large_rss / 1024:.0f} MiB ({large_s:.1f} s); ratio "
               f"{large_rss / small_rss:.2f} (goal <= 1.2)")  # fmt: skip
         c4 = _as_c4(root / "large", langs, root / "c4")
-        streamed = ["data", "prepare", str(c4), "--config", "{lang}", "--langs", ",".join(langs),
-                    *common]  # fmt: skip
-        whole_s, _ = _run([*streamed, "-o", str(root / "whole")])
-        killed_s, _ = _run([*streamed, "-o", str(root / "resumed")], kill_after=whole_s / 2)
-        work = root / ".resumed.prepare" / "state.json"
-        state = json.loads(work.read_text()) if work.exists() else {"languages": {}}
-        kept = sum(c["tokens"] for c in state["languages"].values())
-        resume_s, _ = _run([*streamed, "-o", str(root / "resumed")])
-        total = sum(
-            e["tokens"]
-            for e in json.loads((root / "whole" / "shards.json").read_text())["languages"].values()
-        )
-        print(f"resume: uninterrupted streamed run {whole_s:.1f} s; killed at {killed_s:.1f} s "
-              f"with {kept:,} of {total:,} tokens on disk; the same command again took "
-              f"{resume_s:.1f} s = {resume_s / whole_s:.2f} of starting over; shards identical: "
-              f"{_same_shards(root / 'whole', root / 'resumed')}")  # fmt: skip
+        streamed = [str(c4), "--config", "{lang}", "--langs", ",".join(langs)]
+        for how, source in (("corpus files", [str(root / "large")]), ("streamed", streamed)):
+            print(f"resume ({how}): {_resume(root / how.replace(' ', '-'), [*source, *common])}")
+
+
+def _resume(root: Path, options: list[str]) -> str:
+    """An uninterrupted run, then one killed at half its time and the same command again."""
+    root.mkdir()
+    prepare = ["data", "prepare", *options]
+    whole_s, _ = _run([*prepare, "-o", str(root / "whole")])
+    killed_s, _ = _run([*prepare, "-o", str(root / "resumed")], kill_after=whole_s / 2)
+    work = root / ".resumed.prepare" / "state.json"
+    state = json.loads(work.read_text()) if work.exists() else {"languages": {}}
+    kept = sum(c["tokens"] for c in state["languages"].values())
+    resume_s, _ = _run([*prepare, "-o", str(root / "resumed")])
+    languages = json.loads((root / "whole" / "shards.json").read_text())["languages"]
+    total = sum(entry["tokens"] for entry in languages.values())
+    return (
+        f"uninterrupted run {whole_s:.1f} s; killed at {killed_s:.1f} s with {kept:,} of "
+        f"{total:,} tokens on disk; the same command again took {resume_s:.1f} s = "
+        f"{resume_s / whole_s:.2f} of starting over; shards identical: "
+        f"{_same_shards(root / 'whole', root / 'resumed')}"
+    )
 
 
 if __name__ == "__main__":
