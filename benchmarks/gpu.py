@@ -7,10 +7,13 @@
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
    AdamW, the chunked loss, the host waiting for the device only when a loss is logged) and
-   next to `transformers.Trainer`; tokens/s, the ratio to the bare loop and the model FLOP
-   utilisation MFU = (6 N + 12 L d s) x tokens/s / peak FLOP/s, with N the parameters without
-   the input embedding, L layers, d hidden size, s block size (the attention term of PaLM's
-   appendix B), over the GPU's bf16 dense peak (--peak-tflops; 989 for an H100 SXM).
+   next to `transformers.Trainer`, and both loops again under torch.compile (`xelm train
+   --compile`; --no-compile leaves them out); tokens/s after the warm-up steps (the first
+   logged interval, where compilation happens; its seconds are reported apart), the ratio to
+   the bare loop and the model FLOP utilisation MFU = (6 N + 12 L d s) x tokens/s / peak
+   FLOP/s, with N the parameters without the input embedding, L layers, d hidden size, s block
+   size (the attention term of PaLM's appendix B), over the GPU's bf16 dense peak
+   (--peak-tflops; 989 for an H100 SXM). Where torch.compile cannot run, one line says why.
 2. Peak GPU memory of one training step (forward, backward, AdamW) at XGLM's vocabulary of
    256,008 tokens with the chunked loss and with transformers' plain loss, same batch.
 3. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
@@ -47,14 +50,19 @@ from xelm_cli.bundle.seed import NAMED_CONFIGS
 
 ROOT = Path(__file__).resolve().parent
 XGLM_VOCAB = 256_008
-SIZES = {  # name: (training model, steps, block, batch, 256k-vocabulary model, ensemble model)
-    "gpu": dict(hidden=1024, layers=20, steps=40, block=1024, batch=8, vocab_layers=4,
-                vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8, docs=48),
-    "cpu-smoke": dict(hidden=64, layers=2, steps=4, block=64, batch=4, vocab_layers=1,
-                      vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2, docs=4),
+SIZES = {  # name: (training model, steps (the first log_every of them warm-up), block, batch,
+    #                256k-vocabulary model, ensemble model)
+    "gpu": dict(hidden=1024, layers=20, steps=40, log_every=10, block=1024, batch=8,
+                vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
+                docs=48),
+    "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
+                      vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
+                      docs=4),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
-    "cpu-training": dict(hidden=256, layers=4, steps=30, block=256, batch=8),
+    "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
+BARE, XELM = "bare loop, same optimisations", "xelm train"
+COMPILED = {BARE: "bare loop + torch.compile", XELM: "xelm train --compile"}
 
 
 def seed_config(hidden: int, layers: int) -> dict[str, int]:
@@ -73,30 +81,38 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def optimised_bare_loop(seed: Path, data: torch.Tensor, args: argparse.Namespace) -> float:
-    """The loop `xelm train` runs, without xelm: same optimisations, nothing else."""
+def optimised_bare_loop(
+    seed: Path, data: torch.Tensor, args: argparse.Namespace, compiled: bool = False
+) -> list[throughput.Interval]:
+    """The loop `xelm train` runs, without xelm: same optimisations, nothing else. The seconds
+    of each ``log_every`` steps (a logged loss: the one wait for the device)."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(seed, dtype=torch.float32).to(args.device)
     use_lean_loss(model)
+    forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-6, weight_decay=0.0,
         **({"fused": True} if args.device == "cuda" else {}),
     )  # fmt: skip
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=args.device == "cuda")
+    intervals, since = [], 0
     sync(args.device)
-    started = time.perf_counter()
+    last = time.perf_counter()
     for step in range(args.steps):
         batch = data[step * args.batch_size : (step + 1) * args.batch_size].to(args.device)
         with autocast:
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = forward(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 10 == 0 or step + 1 == args.steps:
-            loss.item()  # a logged step: the one wait for the device
-    sync(args.device)
-    return time.perf_counter() - started
+        since += 1
+        if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
+            loss.item()
+            now = time.perf_counter()
+            intervals.append((since, now - last))
+            last, since = now, 0
+    return intervals
 
 
 def mfu_flops_per_token(model: torch.nn.Module, block: int) -> float:
@@ -111,33 +127,45 @@ def training(work: Path, size: dict, args: argparse.Namespace) -> dict:
     seed, shards = throughput.setup(work, args.data, "gpu-bench")
     run = argparse.Namespace(
         steps=size["steps"], block_size=size["block"], batch_size=size["batch"], lr=1e-4,
-        device=args.device,
+        device=args.device, log_every=size["log_every"],
     )  # fmt: skip
     data = throughput.blocks(shards, seed, run.block_size, run.steps * run.batch_size)
-    optimised_bare_loop(seed, data, argparse.Namespace(**{**vars(run), "steps": 2}))  # warm-up
-    seconds = {
-        "bare loop, same optimisations": optimised_bare_loop(seed, data, run),
-        "xelm train": throughput.xelm_train(seed, shards, work / "xelm", run),
-        "transformers.Trainer": throughput.hf_trainer(seed, data, work / "hf", run),
+    loops = {
+        BARE: lambda i: optimised_bare_loop(seed, data, run),
+        XELM: lambda i: throughput.xelm_train(seed, shards, work / "xelm", run),
+        "transformers.Trainer": lambda i: throughput.hf_trainer(seed, data, work / "hf", run),
     }
+    skipped = "--no-compile" if args.no_compile else throughput.compile_unavailable(args.device)
+    if skipped is None:
+        loops |= {
+            COMPILED[BARE]: lambda i: optimised_bare_loop(seed, data, run, compiled=True),
+            COMPILED[XELM]: lambda i: throughput.xelm_train(
+                seed, shards, work / "xelm-compiled", run, ["--compile"]
+            ),
+        }
+    timed = throughput.steady_speeds(loops, 1, warmup=run.log_every)
     record = json.loads((work / "xelm" / "xelm.json").read_text())["training"]
     model = AutoModelForCausalLM.from_pretrained(seed)
     flops = mfu_flops_per_token(model, run.block_size)
-    tokens = run.steps * run.batch_size * run.block_size
-    bare = tokens / seconds["bare loop, same optimisations"]
+    speed = {name: run.batch_size * run.block_size / t["step_seconds"] for name, t in timed.items()}
     rows = {
         name: {
-            "tokens_per_s": tokens / s,
-            "vs_bare_loop": tokens / s / bare,
-            "mfu": flops * tokens / s / (args.peak_tflops * 1e12),
+            "tokens_per_s": s,
+            "vs_bare_loop": s / speed[BARE],
+            "mfu": flops * s / (args.peak_tflops * 1e12),
+            "warmup_seconds": timed[name]["warmup_seconds"],
         }
-        for name, s in seconds.items()
+        for name, s in speed.items()
     }
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab": model.config.vocab_size,
-        "steps": run.steps, "block": run.block_size, "batch": run.batch_size,
-        "flops_per_token": flops, "implementation": record.get("implementation"), "rows": rows,
+        "steps": run.steps, "warmup_steps": run.log_every, "block": run.block_size,
+        "batch": run.batch_size, "flops_per_token": flops,
+        "implementation": record.get("implementation"), "rows": rows,
+        "compile_speedup": {name: speed[COMPILED[name]] / speed[name]
+                            for name in COMPILED if COMPILED[name] in speed},
+        "compile_skipped": skipped,
     }  # fmt: skip
 
 
@@ -215,13 +243,20 @@ def report(results: dict, args: argparse.Namespace) -> str:
         f"## Training throughput: {t['parameters'] / 1e6:.0f}M-parameter Llama-style seed",
         "", f"{t['steps']} steps of {t['batch']} x {t['block']} tokens, vocabulary "
         f"{t['vocab']:,}; xelm's implementation: `{json.dumps(t['implementation'])}`.",
+        f"Tokens/s after the first {t['warmup_steps']} steps (warm-up; torch.compile compiles "
+        "there), whose seconds are the last column.",
         f"MFU = (6 N + 12 L d s) x tokens/s / {args.peak_tflops:g} TFLOP/s, "
         f"{t['flops_per_token'] / 1e9:.2f} GFLOP per token.", "",
-        "| loop | tokens/s | vs bare loop | MFU |", "|---|---:|---:|---:|",
+        "| loop | tokens/s | vs bare loop | MFU | warm-up s |", "|---|---:|---:|---:|---:|",
     ]  # fmt: skip
     for name, row in t["rows"].items():
         lines.append(f"| {name} | {row['tokens_per_s']:,.0f} | {row['vs_bare_loop']:.3f} | "
-                     f"{row['mfu']:.1%} |")  # fmt: skip
+                     f"{row['mfu']:.1%} | {row['warmup_seconds']:.1f} |")  # fmt: skip
+    lines.append("")
+    if t["compile_skipped"]:
+        lines.append(f"torch.compile loops left out: {t['compile_skipped']}")
+    for name, ratio in t["compile_speedup"].items():
+        lines.append(f"torch.compile speed-up of {name}: {ratio:.3f}x.")
     gib = m["gib"]
     lines += [
         "", f"## Peak memory of one training step at a {XGLM_VOCAB:,}-token vocabulary", "",
@@ -251,6 +286,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "gpu.md")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
     parser.add_argument("--data", type=Path, default=throughput.DATA)
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave out the torch.compile'd loops"
+    )
     args = parser.parse_args()
     args.device = "cpu" if args.cpu_smoke or args.cpu_training else "cuda"
     if args.device == "cuda" and not torch.cuda.is_available():
