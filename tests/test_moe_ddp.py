@@ -1,7 +1,8 @@
-"""Fine-tuning an MoE bundle under `torchrun --nproc-per-node 2` (DDP, gloo) against one
-process with the same global batch: all weights, the routers only (the rest frozen), and routers
-that leave an expert without tokens (transformers keeps a layer's experts in one 3D parameter,
-so an idle expert is a zero slice of its gradient, not a parameter DDP waits for in vain).
+"""Fine-tuning an MoE bundle under `torchrun --nproc-per-node 2` (gloo; DDP, and FSDP with
+--fsdp) against one process with the same global batch: all weights, the routers only (the rest
+frozen), and routers that leave an expert without tokens (transformers keeps a layer's experts
+in one 3D parameter, so an idle expert is a zero slice of its gradient, not a parameter DDP
+waits for in vain).
 
 One block per micro-batch on both sides: the load-balancing loss is a per-micro-batch statistic
 (token fractions x mean router probabilities), so only then do the two runs average the same
@@ -62,6 +63,8 @@ CASES = {  # id: (MoE fixture, trainer options)
     "router-only": ("moe", {"router_only": True}),
     "all-weights": ("moe", {"aux_loss": 0.5}),
     "idle-expert": ("idle_expert_moe", {"aux_loss": 0.5}),
+    "fsdp-router-only": ("moe", {"router_only": True, "fsdp": True}),
+    "fsdp-all-weights": ("moe", {"aux_loss": 0.5, "fsdp": True}),
 }
 
 
@@ -75,33 +78,35 @@ def test_two_ranks_fine_tune_an_moe_like_one_process(
 ) -> None:
     fixture, mode = CASES[case]
     trained: Bundle = request.getfixturevalue(fixture)
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    two_ranks, single = tmp_path / "two-ranks", tmp_path / "single"
     args = [str(trained.path), "--data", str(shards), "--langs", "en,tr", "--tokens", str(TOKENS)]
-    done = xelm_train([*args, *cli_args(OPTIONS | mode), "-o", str(ddp)], tmp_path, ranks=2)
+    done = xelm_train([*args, *cli_args(OPTIONS | mode), "-o", str(two_ranks)], tmp_path, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    unsharded = {name: value for name, value in mode.items() if name != "fsdp"}
     single_run = TrainRequest(
-        trained.path, shards, single, TOKENS, options=OPTIONS | mode, languages=["en", "tr"]
+        trained.path, shards, single, TOKENS, options=OPTIONS | unsharded, languages=["en", "tr"]
     )
     CausalLMTrainer().train(single_run)
 
-    assert verify_bundle(ddp) == []
-    diff = max_difference(ddp, single)
-    print(f"max abs weight difference, MoE {case} DDP vs one process: {diff:.3g}")
+    assert verify_bundle(two_ranks) == []
+    diff = max_difference(two_ranks, single)
+    print(f"max abs weight difference, MoE {case}, 2 ranks vs one process: {diff:.3g}")
     assert diff < TOLERANCE, diff
-    before, after = weights(trained.path), weights(ddp)
+    before, after = weights(trained.path), weights(two_ranks)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     routers = {f"model.layers.{i}.block_sparse_moe.gate.weight" for i in range(2)}
-    if case == "router-only":
+    if mode.get("router_only"):
         assert changed == routers  # the frozen experts and attention stayed as they were
     else:
         assert (
             routers < changed and "model.layers.1.block_sparse_moe.experts.0.w1.weight" in changed
         )
 
-    balance = [torch.tensor(metrics(out, "aux_loss")) for out in (ddp, single)]
+    balance = [torch.tensor(metrics(out, "aux_loss")) for out in (two_ranks, single)]
     assert len(balance[0]) == 4 and all(0.99 <= x <= 2.0 for x in balance[0])  # 1: balanced
     assert torch.allclose(balance[0], balance[1], atol=1e-5), balance  # the mean over ranks
-    records = [Bundle.open(path).manifest.training or {} for path in (ddp, single)]
+    records = [Bundle.open(path).manifest.training or {} for path in (two_ranks, single)]
     assert [r["hardware"]["world_size"] for r in records] == [2, 1]
-    assert records[0]["options"]["router_only"] is (case == "router-only")
+    for option in ("router_only", "fsdp"):
+        assert records[0]["options"][option] is bool(mode.get(option))
