@@ -1,8 +1,10 @@
 """Every GPU measurement of issue 15 in one run, written to benchmarks/gpu.md.
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
+                             [--no-compile]
 
-(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it takes about 6 minutes:
+(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it takes about 6 minutes, plus the
+compilation of the two torch.compile loops (not yet timed on a GPU):
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
