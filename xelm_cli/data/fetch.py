@@ -37,7 +37,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
 from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
-from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, _open_at
+from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
 from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 from xelm_cli.lang.codes import normalize_language
@@ -256,7 +256,7 @@ def _stream_documents(
     synced to disk and the position after them recorded."""
     position = work.position(part.key) or {"stream": None, "written": 0}
     synced = time.monotonic()
-    with _open_at(work.path / WORK_DOCUMENTS, position["written"]) as documents:
+    with open_at(work.path / WORK_DOCUMENTS, position["written"]) as documents:
         stream = source.open(position["stream"], batch_size=BATCH_ROWS)
         for batch in stream:
             for text in batch.texts:

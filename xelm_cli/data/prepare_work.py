@@ -53,8 +53,8 @@ class _Appender:
 
     def __init__(self, directory: Path, language: str, dtype: np.dtype[Any], count: LanguageCount):
         self.count = count
-        self._tokens = _open_at(directory / tokens_file(language), count.tokens * dtype.itemsize)
-        self._lengths = _open_at(directory / lengths_file(language), count.documents * 8)
+        self._tokens = open_at(directory / tokens_file(language), count.tokens * dtype.itemsize)
+        self._lengths = open_at(directory / lengths_file(language), count.documents * 8)
         self._dtype = dtype
 
     def add(self, documents: list[list[int]], nbytes: int) -> None:
@@ -78,7 +78,7 @@ class _Appender:
         self._lengths.close()
 
 
-def _open_at(path: Path, size: int) -> Any:
+def open_at(path: Path, size: int) -> Any:
     """``path`` opened for appending after its first ``size`` bytes (the rest is cut off)."""
     f = open(path, "ab")  # noqa: SIM115
     if f.tell() < size:
