@@ -202,7 +202,7 @@ def draw_perplexity(results: dict[str, Any], path: Path) -> bool:
     axes.set_xlabel("language (FLORES-200 devtest)")
     axes.set_ylabel("perplexity (lower is better)")
     axes.set_title("Perplexity per language: dense, X-ELM and the experts merged")
-    axes.legend()
+    figure.legend(loc="outside lower center", ncols=len(series))  # clear of the bars
     axes.grid(axis="y", alpha=0.3)
     _save(figure, path)
     return True
