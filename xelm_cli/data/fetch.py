@@ -39,7 +39,7 @@ from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
-from xelm_cli.data.sources import DatasetSource, SourceUnavailable
+from xelm_cli.data.sources import DatasetSource
 from xelm_cli.lang.codes import normalize_language
 
 HOME_VARIABLE = "XELM_HOME"
@@ -229,18 +229,12 @@ def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict
         WORK_DTYPE,
         fresh=False,
     )
-    try:
+    with work.removed_unless_resumable():
         count = work.counts.setdefault(part.language, LanguageCount())
         exhausted = _stream_documents(part, source, work, count, advance)
         if not count.documents:
             raise UsageError(f"{part.source()} has no text")
         _compress(work.path / WORK_DOCUMENTS, out / part.files[0])
-    except (SourceUnavailable, KeyboardInterrupt):
-        raise  # the work directory stays: the same command continues from it
-    except BaseException:
-        work.remove()
-        raise
-    work.remove()
     return {"documents": count.documents, "bytes": count.bytes, "exhausted": exhausted}
 
 

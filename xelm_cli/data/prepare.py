@@ -46,7 +46,6 @@ from xelm_cli.data.sources import (
     DatasetSource,
     FileSource,
     Source,
-    SourceUnavailable,
     prefetched,
     read_ahead,
 )
@@ -725,7 +724,7 @@ def prepare(
             canonical_json([record["digest"], info.fingerprint, options, dtype_name])
         )
         work = WorkDirectory(out, key, dtype_name, fresh=False)
-        try:
+        with work.removed_unless_resumable():
             with tokenizer_threads(workers):
                 _read_sources(
                     work,
@@ -751,12 +750,6 @@ def prepare(
                     "languages": entries,
                 }
                 write_manifest(tmp, fields)
-        except (SourceUnavailable, KeyboardInterrupt):
-            raise  # the work directory stays: the same command continues from it
-        except BaseException:
-            work.remove()
-            raise
-        work.remove()
     return PrepareResult(Shards.open(out), up_to_date=False)
 
 

@@ -15,6 +15,7 @@ import itertools
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, tokens_file
+from xelm_cli.data.sources import SourceUnavailable
 
 STATE_NAME = "state.json"
 CHECKPOINT_SECONDS = 2.0
@@ -159,3 +161,16 @@ class WorkDirectory:
             with contextlib.suppress(OSError):
                 appender.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def removed_unless_resumable(self) -> Iterator[None]:
+        """Remove the directory when the block ends, unless it ends by an interruption that the
+        same command continues from (the source unreachable, Ctrl-C)."""
+        try:
+            yield
+        except (SourceUnavailable, KeyboardInterrupt):
+            raise
+        except BaseException:
+            self.remove()
+            raise
+        self.remove()
