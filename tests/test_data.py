@@ -17,6 +17,7 @@ from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import (
     language_budgets,
+    load_tokenizer,
     parse_caps,
     parse_token_count,
     prepare,
@@ -403,3 +404,31 @@ def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for command in ("prepare", "tokenizer", "inspect"):
         assert run(["data", command, "--help"]) == 0
         assert "Example:" in capsys.readouterr().out
+
+
+def test_generic_tokenizers_load_as_auto_tokenizer_would_without_torch(tmp_path: Path) -> None:
+    """xelm's own tokenizers name the generic fast class: loaded directly, they give what
+    AutoTokenizer gives, without importing the model configurations and torch (start-up of
+    every `data prepare`); a tokenizer of a model's own class still goes through AutoTokenizer."""
+    import subprocess
+    import sys
+
+    from transformers import GPT2Tokenizer
+
+    generic = train_tokenizer(tmp_path / "tok")
+    info, auto = load_tokenizer(generic), AutoTokenizer.from_pretrained(generic)
+    assert info.vocab_size == len(auto) and info.backend.to_str() == auto.backend_tokenizer.to_str()
+    assert info.special_tokens == {
+        "bos": auto.bos_token_id, "eos": auto.eos_token_id, "pad": auto.pad_token_id,
+    }  # fmt: skip
+    probe = (
+        "import sys; from xelm_cli.data.prepare import load_tokenizer; "
+        f"load_tokenizer({str(generic)!r}); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+
+    vocab = {"<|endoftext|>": 0, "a": 1, "b": 2}
+    GPT2Tokenizer(vocab=vocab, merges=[]).save_pretrained(tmp_path / "gpt2")
+    own = load_tokenizer(tmp_path / "gpt2")
+    assert own.special_tokens["eos"] == 0 and own.vocab_size == 3

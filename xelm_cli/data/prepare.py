@@ -26,7 +26,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line
-from xelm_cli.common.jsonio import canonical_json
+from xelm_cli.common.jsonio import canonical_json, read_json_object
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.corpus import source_kind
 from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory
@@ -182,6 +182,24 @@ class TokenizerInfo:
         }
 
 
+# The class AutoTokenizer picks for a tokenizer that names one of these: loading it directly
+# spares importing AutoTokenizer's model configurations (and torch with them), about 1 s.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _tokenizer_class(path: Path) -> Any:
+    """The transformers class that loads the tokenizer in ``path``: the generic fast tokenizer
+    when its ``tokenizer_config.json`` names it (as xelm's own tokenizers do), else
+    ``AutoTokenizer``, which decides from the files."""
+    import transformers
+
+    with contextlib.suppress(OSError, FormatError):
+        config = read_json_object(path / "tokenizer_config.json", "tokenizer configuration")
+        if config.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+            return transformers.TokenizersBackend
+    return transformers.AutoTokenizer
+
+
 def load_tokenizer(path: str | Path) -> TokenizerInfo:
     """A fast tokenizer from a bundle or tokenizer directory, refused in one line otherwise."""
     path = Path(path)
@@ -196,10 +214,8 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
             f"{path} is not a tokenizer directory (no tokenizer.json, vocabulary or sentencepiece "
             "model); train one with `xelm data tokenizer` or pass a bundle"
         ) from None
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        tokenizer = _tokenizer_class(path).from_pretrained(path, trust_remote_code=False)
     except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
         raise UsageError(f"cannot load the tokenizer in {path}: {exception_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
