@@ -308,6 +308,10 @@ class SourceOptions:
     text_column: str | None = None
     revision: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.language:  # one form of each code, whoever builds the options
+            object.__setattr__(self, "language", normalize_language(self.language))
+
     def recorded(self) -> dict[str, Any]:
         """The options a shards manifest records beside ``split`` (only those given, so that
         manifests of earlier versions stay comparable)."""
@@ -367,7 +371,7 @@ def plan_sources(
             split=split or "train",
             text_column=text_column or "text",
             revision=revision,
-            language=normalize_language(language) if language else None,
+            language=language,  # normalised by SourceOptions
         )
         return SourcePlan(text, "dataset", {"corpus": dataset})
     if text_column or revision:
@@ -713,7 +717,7 @@ def prepare(
     caps = _normalise_caps(token_caps)
     reading = SourceOptions(
         split=split,
-        language=normalize_language(language) if language else None,
+        language=language,
         config=config,
         lang_map=lang_map,
         text_column=text_column,

@@ -160,7 +160,7 @@ def train_tokenizer_on_corpus(
         raise UsageError(f"--chars-per-language must be positive, not {chars_per_language}")
     reading = SourceOptions(
         split=split,
-        language=normalize_language(language) if language else None,
+        language=language,
         config=config,
         lang_map=lang_map,
         text_column=text_column,
