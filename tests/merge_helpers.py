@@ -1,9 +1,11 @@
 """Experts for the merging tests: branches of one seed whose weights really differ."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.store import Bundle, write_bundle
 
 
@@ -47,6 +49,22 @@ def perturbed_expert(
             writer.save_model(model)
     assert writer.result is not None
     return writer.result
+
+
+def mlp_experts(
+    seed: Path, root: Path, languages: Sequence[str], only: str = "mlp"
+) -> list[Bundle]:
+    """One branch of ``seed`` per language, each with noise on its MLP weights (or, with
+    only="", on all of them), so that the experts differ where an MoE keeps them apart."""
+    made = []
+    for i, lang in enumerate(languages):
+        branched = branch(seed, root / f"b-{lang}", languages=[lang])
+        made.append(
+            perturbed_expert(
+                branched.path, root / lang, seed=i, languages=[lang], only=only, scale=0.2
+            )
+        )
+    return made
 
 
 def seed_from_config(

@@ -293,21 +293,10 @@ def test_the_plugin_imports_without_lm_eval() -> None:
 
 @pytest.fixture(scope="module")
 def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Bundle]:
-    """Two experts of the seed that differ in their MLPs, as tests/test_moe.py makes them."""
-    from merge_helpers import perturbed_expert
+    """Two experts of the seed that differ in their MLPs."""
+    from merge_helpers import mlp_experts
 
-    from xelm_cli.bundle.branching import branch
-
-    root = tmp_path_factory.mktemp("lmeval-moe")
-    experts = []
-    for i, lang in enumerate(("en", "tr")):
-        branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
-        experts.append(
-            perturbed_expert(
-                branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
-            )
-        )
-    return experts
+    return mlp_experts(seed_bundle, tmp_path_factory.mktemp("lmeval-moe"), ("en", "tr"))
 
 
 @pytest.fixture(scope="module")

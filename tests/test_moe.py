@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA, weights
-from merge_helpers import perturbed_expert, seed_from_config
+from merge_helpers import mlp_experts, perturbed_expert, seed_from_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -30,22 +30,9 @@ SMALL = dict(
 )
 
 
-def mlp_experts(seed: Path, root: Path, only: str = "mlp") -> list[Bundle]:
-    """Branches of ``seed`` that differ only in their MLP weights (or, with only="", in all)."""
-    made = []
-    for i, lang in enumerate(LANGS):
-        branched = branch(seed, root / f"b-{lang}", languages=[lang])
-        made.append(
-            perturbed_expert(
-                branched.path, root / lang, seed=i, languages=[lang], only=only, scale=0.2
-            )
-        )
-    return made
-
-
 @pytest.fixture(scope="module")
 def experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Bundle]:
-    return mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe"))
+    return mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe"), LANGS)
 
 
 def route_all_to(model: torch.nn.Module, expert: int) -> None:
@@ -111,7 +98,7 @@ def test_mistral_and_qwen_experts(
     model_type: str, architecture: str, tmp_path: Path, tokenizer_dir: Path
 ) -> None:
     seed = seed_from_config(model_type, tokenizer_dir, tmp_path / "seed", list(LANGS), **SMALL)
-    experts = mlp_experts(seed.path, tmp_path)
+    experts = mlp_experts(seed.path, tmp_path, LANGS)
     moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1, gate="random")
     check_moe(moe, experts, architecture)
 
@@ -148,7 +135,7 @@ def test_language_gates_route_language_pure_text_to_its_expert(
 def test_shared_weights_from_the_seed(
     experts: list[Bundle], tmp_path: Path, seed_bundle: Path
 ) -> None:
-    general = mlp_experts(seed_bundle, tmp_path, only="")  # all weights differ
+    general = mlp_experts(seed_bundle, tmp_path, LANGS, only="")  # all weights differ
     moe = build_moe([b.path for b in general], tmp_path / "moe", shared_from=seed_bundle)
     stored, seed = load_file(str(moe.path / "model.safetensors")), weights(seed_bundle)
     assert torch.equal(

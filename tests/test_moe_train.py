@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import weights
-from merge_helpers import perturbed_expert
+from merge_helpers import mlp_experts
 from test_train import corpus_slice
 from xelm_trainer import CausalLMTrainer
 
-from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.common.errors import UsageError
@@ -24,15 +23,8 @@ SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 @pytest.fixture(scope="module")
 def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Path]:
     """An English and a Turkish expert whose MLPs differ."""
-    root = tmp_path_factory.mktemp("moe-experts")
-    experts = []
-    for i, lang in enumerate(("en", "tr")):
-        branched = branch(seed_bundle, root / f"b-{lang}", languages=[lang])
-        expert = perturbed_expert(
-            branched.path, root / lang, seed=i, languages=[lang], only="mlp", scale=0.2
-        )
-        experts.append(expert.path)
-    return experts
+    experts = mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe-experts"), ("en", "tr"))
+    return [expert.path for expert in experts]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import train_tokenizer
@@ -103,6 +104,22 @@ def _plan(tmp_path: Path, seed: Path, *extra: str) -> list[str]:
             "--data", "shards", "-o", str(tmp_path / "runs"), *extra]  # fmt: skip
 
 
+def _timed_run(seed_bundle: Path, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A short `xelm train` of the seed on this machine, and its training record (timed)."""
+    from test_train import corpus_slice
+
+    from xelm_cli.data.prepare import prepare
+
+    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
+    measured = tmp_path / "measured"
+    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
+            "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
+    assert run(args) == 0
+    record = Bundle.open(measured).manifest.training
+    assert record is not None and record["seconds"] > 0
+    return measured, record
+
+
 def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_would(
     capsys: pytest.CaptureFixture[str], wide_seed: Path, tmp_path: Path
 ) -> None:
@@ -125,17 +142,7 @@ def test_run_times_scale_a_measured_runs_flops(
 ) -> None:
     """Timings on this shared 2-core machine vary 2-7x between runs, so the test checks the
     arithmetic: a run of N parameters and T tokens takes 6NT / (the measured run's 6N'T'/s')."""
-    from test_train import corpus_slice
-
-    from xelm_cli.data.prepare import prepare
-
-    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
-    measured = tmp_path / "measured"
-    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
-            "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
-    assert run(args) == 0
-    record = Bundle.open(measured).manifest.training
-    assert record is not None and record["seconds"] > 0
+    measured, record = _timed_run(seed_bundle, tmp_path)
     capsys.readouterr()
     assert run(_plan(tmp_path, wide_seed, "--measured", str(measured), "--json")) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -153,17 +160,7 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
 ) -> None:
     """Branch-Train-MiX's accounting: with --moe-tokens M the experts share B - M, the averaged
     model costs what they cost, the MoE adds its M-token fine-tune, and each totals B."""
-    from test_train import corpus_slice
-
-    from xelm_cli.data.prepare import prepare
-
-    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
-    measured = tmp_path / "measured"
-    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
-            "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
-    assert run(args) == 0
-    record = Bundle.open(measured).manifest.training
-    assert record is not None
+    measured, record = _timed_run(seed_bundle, tmp_path)
     capsys.readouterr()
     plan_args = _plan(tmp_path, seed_bundle, "--moe-tokens", "200K", "--measured", str(measured))
     assert run([*plan_args, "--json"]) == 0
