@@ -16,14 +16,14 @@ from typing import Any
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import source_kind
 from xelm_cli.data.sources import (
+    SHOWN_CHOICES,
     DatasetSource,
     SourceUnavailable,
     dataset_configs,
+    dataset_splits,
     resolve_dataset,
 )
 from xelm_cli.lang.codes import normalize_language
-
-SHOWN_CHOICES = 40  # configurations named in a message, at most
 
 # The 20 languages of the X-ELM paper. FLORES names the individual language where ISO 639-1
 # names a macrolanguage (Arabic is Modern Standard Arabic arb, Swahili swh, Azerbaijani the
@@ -182,12 +182,10 @@ class EvalSet:
     def _explain(self, source: DatasetSource) -> None:
         """A missing configuration or split of ``source`` as one line naming the choices (an
         error of another kind is the caller's to report)."""
-        import datasets
-
         assert source.config is not None
         self._check_config(source.config, dataset_configs(self.dataset))
         try:
-            splits = datasets.get_dataset_split_names(resolve_dataset(self.dataset), source.config)
+            splits = dataset_splits(self.dataset, source.config)
         except Exception:  # listing failed too: the caller reports what reading said
             return
         if source.split not in splits:

@@ -43,6 +43,7 @@ from xelm_cli.data.corpus import (
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_BATCH = 1000
+SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
 T = TypeVar("T")
 LANGUAGE_COLUMNS = ("lang", "language")
@@ -442,12 +443,31 @@ def _translated(source: DatasetSource) -> Iterator[None]:
         raise FormatError(f"cannot read {where}: {reason}") from None
 
 
-def dataset_configs(dataset: str) -> list[str]:
+def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
     """The configuration names of a dataset (Hub id or local Hub-layout directory)."""
+    with _translated(DatasetSource(dataset, revision=revision)):
+        return _config_names(dataset, revision)
+
+
+def dataset_splits(dataset: str, config: str | None, revision: str | None = None) -> list[str]:
+    """The split names of one configuration of a dataset."""
+    with _translated(DatasetSource(dataset, config=config, revision=revision)):
+        return _split_names(dataset, config, revision)
+
+
+# Untranslated: what _config_or_split_error (itself part of _translated) lists the choices with.
+def _config_names(dataset: str, revision: str | None) -> list[str]:
     import datasets
 
-    with _translated(DatasetSource(dataset)):
-        return list(datasets.get_dataset_config_names(resolve_dataset(dataset)))
+    return list(datasets.get_dataset_config_names(resolve_dataset(dataset), revision=revision))
+
+
+def _split_names(dataset: str, config: str | None, revision: str | None) -> list[str]:
+    import datasets
+
+    return list(
+        datasets.get_dataset_split_names(resolve_dataset(dataset), config, revision=revision)
+    )
 
 
 @contextlib.contextmanager
@@ -471,17 +491,13 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
-    import datasets
-
     message = str(exc)
     if "BuilderConfig" in message or "Config name is missing" in message:
         try:
-            names = datasets.get_dataset_config_names(
-                resolve_dataset(source.dataset), revision=source.revision
-            )
+            names = _config_names(source.dataset, source.revision)
         except Exception:  # listing failed too: report what load_dataset said
             names = []
-        shown = ", ".join(names[:40]) + (" ..." if len(names) > 40 else "")
+        shown = ", ".join(names[:SHOWN_CHOICES]) + (" ..." if len(names) > SHOWN_CHOICES else "")
         what = (
             f"no configuration {source.config!r}"
             if source.config
@@ -493,9 +509,7 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
         )
     if "split" in message.lower():
         try:
-            splits = datasets.get_dataset_split_names(
-                resolve_dataset(source.dataset), source.config, revision=source.revision
-            )
+            splits = _split_names(source.dataset, source.config, source.revision)
         except Exception:
             splits = []
         return UsageError(
