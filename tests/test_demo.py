@@ -60,6 +60,7 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     assert set(results["icl"]["xelm"]["languages"]) <= set(TRAIN_LANGUAGES)
     text = (report / "report.md").read_text()
     assert text.count("- **") == len(results["claims"]) >= 4
+    assert results["icl"]["runs"] == 1 and ", 1 run (accuracy)" in text and "1 runs" not in text
     corpus = results["corpus"]
     assert corpus["document_bytes"] == 500 and set(corpus["documents"]) >= set(TRAIN_LANGUAGES)
     purity = results["tfidf_clusters"]["purity"]

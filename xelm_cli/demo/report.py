@@ -129,7 +129,7 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
         margin = 2 * max(icl["dense"]["overall"]["stderr"], icl["xelm"]["overall"]["stderr"])
         evidence = (
             f"accuracy {x:.3f} (X-ELM) vs {d:.3f} (dense), {icl['examples']} examples per "
-            f"language, {icl['runs']} runs"
+            f"language, {_runs(icl['runs'])}"
         )
         near_chance = chance is not None and max(x, d) < chance + max(margin, 0.05)
         if chance is not None:
@@ -157,6 +157,10 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def perplexity_table(results: dict[str, Any]) -> str:
@@ -353,7 +357,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         ]  # fmt: skip
         rows.append(["overall", icl["dense"]["overall"]["accuracy"],
                      icl["xelm"]["overall"]["accuracy"]])  # fmt: skip
-        lines += [f"## In-context: {icl['task']}, {icl['shots']}-shot, {icl['runs']} runs "
+        lines += [f"## In-context: {icl['task']}, {icl['shots']}-shot, {_runs(icl['runs'])} "
                   "(accuracy)", "", _table(["language", "dense", "X-ELM"], rows), ""]  # fmt: skip
     lines += ["## Figures", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
