@@ -169,6 +169,30 @@ def test_an_icl_task_names_a_missing_configuration_split_or_column_and_the_choic
     )
 
 
+def test_an_icl_task_on_a_hub_id_without_languages_lists_the_configurations_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datasets
+
+    listings: list[str] = []
+    real = datasets.get_dataset_config_names
+
+    def counted(path: str, **kwargs: object) -> list[str]:
+        listings.append(path)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(datasets, "get_dataset_config_names", counted)
+    default = IclEvaluator(EvalRequest(data="cambridgeltl/xcopa", task="xcopa", shots=1))
+    assert len(listings) == 1
+    assert default.languages == ["sw", "tr"]
+    chosen = IclEvaluator(
+        EvalRequest(data="cambridgeltl/xcopa", languages=("sw", "tr"), task="xcopa", shots=1)
+    )
+    assert len(listings) == 2
+    assert default.data == chosen.data
+    assert len(default.data["tr"].examples) == 6 and len(default.data["tr"].demos) == 4
+
+
 def test_sib200_task_from_the_hub_equals_the_fetched_files(mirror: Path, tmp_path: Path) -> None:
     hub = open_task("sib200", "Davlan/sib200")
     assert hub.languages() == sorted([*LANGS, "zh"])

@@ -71,6 +71,7 @@ from xelm_cli.api import (
     EvalSet,
     FormatError,
     UsageError,
+    dataset_configs,
     is_hub_dataset,
     language_of_config,
     normalize_language,
@@ -370,6 +371,7 @@ class Task(ABC):
         else:
             self.root = self._resolve(Path(root))
         self._languages: dict[str, str] | None = None
+        self._hub_configs: list[str] | None = None
 
     def _resolve(self, root: Path) -> Path:
         if not root.is_dir():
@@ -430,12 +432,19 @@ class Task(ABC):
         return sorted(self._languages)
 
     def _configs(self) -> dict[str, str]:
-        return self.evalset.languages()
+        return self.evalset.languages(self._listed_configs())
+
+    def _listed_configs(self) -> list[str]:
+        """The Hub dataset's configurations, listed once per task (a listing is a Hub
+        request): the default languages and their check both read them."""
+        if self._hub_configs is None:
+            self._hub_configs = dataset_configs(self.evalset.dataset)
+        return self._hub_configs
 
     def check_languages(self, languages: Sequence[str]) -> None:
         """One line naming the first of ``languages`` the data lacks and those it has."""
         if self.dataset is not None:
-            self.evalset.check_languages(languages)
+            self.evalset.check_languages(languages, self._listed_configs())
         for language in languages:
             self.raw_language(language)
 

@@ -135,15 +135,20 @@ class EvalSet:
             language=normalize_language(language),
         )
 
-    def languages(self) -> dict[str, str]:
-        """{xelm code: configuration} of the dataset's configurations that name a language."""
-        found = ((language_of_config(c), c) for c in dataset_configs(self.dataset))
+    def languages(self, configs: list[str] | None = None) -> dict[str, str]:
+        """{xelm code: configuration} of the dataset's configurations that name a language;
+        ``configs``: the configurations if the caller has listed them (else they are listed,
+        a Hub request)."""
+        if configs is None:
+            configs = dataset_configs(self.dataset)
+        found = ((language_of_config(c), c) for c in configs)
         return {language: config for language, config in found if language}
 
-    def check_languages(self, languages: Iterable[str]) -> None:
+    def check_languages(self, languages: Iterable[str], configs: list[str] | None = None) -> None:
         """One line naming the first of ``languages`` whose configuration the dataset lacks,
-        with the languages (and configurations) it has."""
-        configs = dataset_configs(self.dataset)
+        with the languages (and configurations) it has; ``configs`` as for :meth:`languages`."""
+        if configs is None:
+            configs = dataset_configs(self.dataset)
         for language in languages:
             self._check_config(self.config_for(language), configs, normalize_language(language))
 
