@@ -37,7 +37,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
 from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
-from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, open_at
+from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
 from xelm_cli.data.sources import DatasetSource
 from xelm_cli.lang.codes import normalize_language
@@ -55,7 +55,6 @@ CORPUS_SOURCE = "mc4"
 ZSTD_LEVEL = 10
 BATCH_ROWS = 200  # rows per streamed batch: a resumed fetch re-reads at most the last batch
 WORK_DOCUMENTS = "documents.jsonl.work"  # a part's uncompressed JSON lines while streaming
-WORK_DTYPE = "uint16"  # the work directory's token type: unused, fetch writes no tokens
 
 
 def xelm_home() -> Path:
@@ -223,11 +222,8 @@ def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict
     from, then compressed into place (memory stays flat in --size)."""
     source = _mc4(part.language, part.split)
     key = {"part": part.key, "cap": part.cap, "source": source.record()["digest"]}
-    work = WorkDirectory(
-        out / f"{part.kind}-{part.language}",
-        sha256_bytes(canonical_json(key)),
-        WORK_DTYPE,
-        fresh=False,
+    work = ResumableDirectory(
+        out / f"{part.kind}-{part.language}", sha256_bytes(canonical_json(key)), fresh=False
     )
     with work.removed_unless_resumable():
         count = work.counts.setdefault(part.language, LanguageCount())
@@ -241,7 +237,7 @@ def _fetch_corpus(part: Part, out: Path, advance: Callable[[int], None]) -> dict
 def _stream_documents(
     part: Part,
     source: DatasetSource,
-    work: WorkDirectory,
+    work: ResumableDirectory,
     count: LanguageCount,
     advance: Callable[[int], None],
 ) -> bool:

@@ -90,13 +90,15 @@ def open_at(path: Path, size: int) -> Any:
     return f
 
 
-class WorkDirectory:
-    """Per-language appenders, source positions and the state file that ties them together."""
+class ResumableDirectory:
+    """A work directory that a killed run continues from: how far each source was read, how
+    much each language holds, and the state file that records both. The files the counts
+    describe are its caller's to write and to sync before each checkpoint (``data fetch``'s
+    JSON lines), or :class:`WorkDirectory`'s (tokens)."""
 
-    def __init__(self, out: Path, key: str, dtype_name: str, *, fresh: bool) -> None:
+    def __init__(self, out: Path, key: str, *, fresh: bool) -> None:
         self.path = work_directory(out)
         self.key = key
-        self.dtype = TOKEN_DTYPES[dtype_name]
         state = None if fresh else self._read_state()
         if state is None or state.get("key") != key:
             shutil.rmtree(self.path, ignore_errors=True)
@@ -105,19 +107,12 @@ class WorkDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         self.sources: dict[str, dict[str, Any]] = state["sources"]
         self.counts = {lang: LanguageCount(**c) for lang, c in state["languages"].items()}
-        self._appenders: dict[str, _Appender] = {}
         self._saved = time.monotonic()
 
     def _read_state(self) -> dict[str, Any] | None:
         with contextlib.suppress(OSError, FormatError):
             return parse_json_object((self.path / STATE_NAME).read_bytes(), "preparation state")
         return None
-
-    def appender(self, language: str) -> _Appender:
-        if language not in self._appenders:
-            count = self.counts.setdefault(language, LanguageCount())
-            self._appenders[language] = _Appender(self.path, language, self.dtype, count)
-        return self._appenders[language]
 
     def position(self, source: str) -> Any:
         return self.sources.get(source, {}).get("position")
@@ -130,8 +125,7 @@ class WorkDirectory:
         at most every few seconds unless ``done``."""
         if not done and time.monotonic() - self._saved < CHECKPOINT_SECONDS:
             return
-        for appender in self._appenders.values():
-            appender.sync()
+        self._sync()
         self.sources[source] = {"position": position, "done": done}
         state = {
             "key": self.key,
@@ -140,6 +134,45 @@ class WorkDirectory:
         }
         write_bytes_atomic(self.path / STATE_NAME, pretty_json(state))
         self._saved = time.monotonic()
+
+    def _sync(self) -> None:
+        """Put the files this directory writes itself on disk (none here)."""
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def removed_unless_resumable(self) -> Iterator[None]:
+        """Remove the directory when the block ends, unless it ends by an interruption that the
+        same command continues from (the source unreachable, Ctrl-C)."""
+        try:
+            yield
+        except (SourceUnavailable, KeyboardInterrupt):
+            raise
+        except BaseException:
+            self.remove()
+            raise
+        self.remove()
+
+
+class WorkDirectory(ResumableDirectory):
+    """``data prepare``'s work directory: each language's tokens appended to its token and
+    length files, in ``dtype_name``'s token type."""
+
+    def __init__(self, out: Path, key: str, dtype_name: str, *, fresh: bool) -> None:
+        self.dtype = TOKEN_DTYPES[dtype_name]
+        super().__init__(out, key, fresh=fresh)
+        self._appenders: dict[str, _Appender] = {}
+
+    def appender(self, language: str) -> _Appender:
+        if language not in self._appenders:
+            count = self.counts.setdefault(language, LanguageCount())
+            self._appenders[language] = _Appender(self.path, language, self.dtype, count)
+        return self._appenders[language]
+
+    def _sync(self) -> None:
+        for appender in self._appenders.values():
+            appender.sync()
 
     def close(self) -> dict[str, NDArray[np.uint64]]:
         """Close every file; each language's document offsets (``documents + 1``)."""
@@ -160,17 +193,4 @@ class WorkDirectory:
         for appender in self._appenders.values():
             with contextlib.suppress(OSError):
                 appender.close()
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    @contextlib.contextmanager
-    def removed_unless_resumable(self) -> Iterator[None]:
-        """Remove the directory when the block ends, unless it ends by an interruption that the
-        same command continues from (the source unreachable, Ctrl-C)."""
-        try:
-            yield
-        except (SourceUnavailable, KeyboardInterrupt):
-            raise
-        except BaseException:
-            self.remove()
-            raise
-        self.remove()
+        super().remove()
