@@ -147,3 +147,68 @@ def test_bad_preset_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "unknown preset 'huge'" in capsys.readouterr().err
     assert run(["demo", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "y")]) == 2
     assert "sample data not found" in capsys.readouterr().err
+
+
+def test_plan_lists_each_preset_run_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Smoke trains in batches of 8 x 64 = 512 tokens: seed and dense 32,768 each, four
+    typology and four TF-IDF experts of 32,768 / 4, the MoE fine-tune 8,192 and HMR and LAPT
+    for two new languages 8,192 each; the seed is the tiny Llama shape at 1,000 tokens."""
+    out = tmp_path / "never-run"
+    assert run(["demo", "--preset", "smoke", "--plan", "--json", "-o", str(out)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    tokens = {step["step"]: (step["runs"], step["tokens"]) for step in plan["steps"]}
+    assert tokens == {"seed": (1, 32768), "dense": (1, 32768), "typology-k4": (4, 32768),
+                      "tfidf-k4": (4, 32768), "moe-finetune": (1, 8192),
+                      "adapt": (4, 32768)}  # fmt: skip
+    assert plan["tokens"] == plan["remaining_tokens"] == 172_032
+    h, i, layers, vocab = 64, 172, 2, 1000  # NAMED_CONFIGS["tiny"]
+    per_layer = 4 * h * h + 3 * h * i + 2 * h  # attention, MLP, two norms
+    assert plan["parameters"] == layers * per_layer + 2 * vocab * h + h
+    assert plan["tokens_per_second"] is None and plan["remaining_seconds"] is None
+    assert not out.exists()  # --plan runs nothing
+    assert run(["demo", "--preset", "gpu", "--plan", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "seed of 134,105,856 parameters" in text and "typology-k8       8" in text
+
+
+def test_plan_of_a_started_run_estimates_the_rest_at_its_measured_speed(
+    smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each training step's record holds its runs' tokens and training seconds (the bundles'
+    records); with only the seed finished, the rest is estimated at the seed's speed."""
+    from xelm_cli.bundle.store import Bundle
+
+    seed = Bundle.read(smoke / "seed").manifest.training or {}
+    record = json.loads((smoke / "steps" / "seed.json").read_text())
+    assert record["training"] == {"tokens": seed["tokens"], "seconds": round(seed["seconds"], 3)}
+    experts = [Bundle.read(smoke / "typology-k4" / f"expert-{i}") for i in range(4)]
+    trained = json.loads((smoke / "steps" / "typology-k4.json").read_text())["training"]
+    assert trained["tokens"] == sum(e.manifest.training["tokens"] for e in experts) == 32768  # type: ignore[index]
+    started = tmp_path / "started"
+    (started / "steps").mkdir(parents=True)
+    (started / "steps" / "seed.json").write_text(json.dumps(record))
+    assert run(["demo", "--preset", "smoke", "--plan", "--json", "-o", str(started)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    speed = seed["tokens"] / record["training"]["seconds"]
+    assert plan["tokens_per_second"] == pytest.approx(speed)
+    assert plan["remaining_tokens"] == 172_032 - 32768
+    assert plan["remaining_seconds"] == pytest.approx((172_032 - 32768) / speed)
+    assert run(["demo", "--preset", "smoke", "--plan", "-o", str(smoke)]) == 0
+    assert "All training done, at " in capsys.readouterr().out
+    assert (Bundle.read(smoke / "seed").path / "config.json").is_file()
+    from xelm_cli.training.estimates import ModelShape
+
+    assert ModelShape.of(Bundle.read(smoke / "seed")).parameters == plan["parameters"]
+
+
+def test_report_shows_the_training_speed_of_each_training_step(smoke: Path) -> None:
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    training = results["training"]
+    assert set(training) == {"seed", "dense", "typology-k4", "tfidf-k4", "moe-finetune", "adapt"}
+    text = (smoke / "report" / "report.md").read_text()
+    assert "| step | seconds | training tokens | training tokens/s |" in text
+    dense = training["dense"]
+    assert f"| dense | {results['steps']['dense']:.2f} | 32,768 | " in text
+    assert f"{dense['tokens'] / dense['seconds']:,.0f} |" in text

@@ -5,13 +5,13 @@ from typing import Annotated
 
 import typer
 
+from xelm_cli.common.cli_options import JsonOpt, print_json
 from xelm_cli.common.progress import stderr_console
+from xelm_cli.demo.presets import PRESET_HELP
 
 
 def demo(
-    preset: Annotated[
-        str, typer.Option("--preset", help="smoke (minutes), small (default), gpu.")
-    ] = "small",
+    preset: Annotated[str, typer.Option("--preset", help=f"{PRESET_HELP}.")] = "small",
     data: Annotated[
         Path | None,
         typer.Option(
@@ -26,6 +26,16 @@ def demo(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")
     ] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Print the preset's training runs and tokens (and, for a started run "
+            "directory, the time the rest of its training takes at its measured speed); run "
+            "nothing.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Reproduce X-ELM's findings end to end on the sample data and write a report.
 
@@ -35,10 +45,23 @@ def demo(
     without ../shared/data it reads xelm's cache, running `xelm data fetch` first if needed.
 
     Example: xelm demo --preset smoke -o demo-smoke
+
+    Before a long run: xelm demo --preset gpu --plan (after a few steps, with -o RUN, it also
+    says how long the remaining training takes at the speed measured so far).
     """
     from xelm_cli.data.fetch import DEFAULT_SIZE
     from xelm_cli.demo import get_preset, run_demo
     from xelm_cli.demo.data import demo_data
+
+    if plan:
+        from xelm_cli.demo.plan import demo_plan, format_plan
+
+        planned = demo_plan(get_preset(preset), output)
+        if as_json:
+            print_json(planned.as_dict())
+        else:
+            typer.echo(format_plan(planned))
+        return
 
     size = max(DEFAULT_SIZE, get_preset(preset).corpus_bytes)
     data = demo_data(data, size=size, say=stderr_console.print)

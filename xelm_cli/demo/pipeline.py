@@ -25,6 +25,7 @@ from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
+from xelm_cli.demo.plan import demo_plan, duration
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
@@ -78,6 +79,7 @@ class Demo:
         self.results: dict[str, Any] = {}
         self.cache = ScoreCache()
         self.index = 0
+        self._trained: list[tuple[int, float]] = []  # (tokens, seconds) of the current step
         self._flores: dict[tuple[str, ...], Any] = {}  # perplexity evaluators by languages
 
     # ------------------------------------------------------------------ step bookkeeping
@@ -86,19 +88,50 @@ class Demo:
         self.index += 1
         record = self.records / f"{name}.json"
         if record.is_file():
-            done = read_json_object(record, str(record))
-            stderr_console.print(f"[{self.index:>2}] {name}: done before ({done['seconds']:.1f} s)")
-            self.results.setdefault("steps", {})[name] = done["seconds"]
-            return done["result"]
+            before = read_json_object(record, str(record))
+            stderr_console.print(
+                f"[{self.index:>2}] {name}: done before ({before['seconds']:.1f} s)"
+            )
+            self._record(name, before)
+            return before["result"]
         stderr_console.print(f"[{self.index:>2}] {name} ...")
         started = time.perf_counter()
+        self._trained = []
         result = work()
         seconds = round(time.perf_counter() - started, 2)
+        done: dict[str, Any] = {"seconds": seconds, "result": result}
+        if self._trained:  # what its training runs record: the plan's speed (plan.py)
+            done["training"] = {
+                "tokens": sum(tokens for tokens, _ in self._trained),
+                "seconds": round(sum(s for _, s in self._trained), 3),
+            }
         self.records.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(record, pretty_json({"seconds": seconds, "result": result}))
-        stderr_console.print(f"[{self.index:>2}] {name}: {seconds:.1f} s")
-        self.results.setdefault("steps", {})[name] = seconds
+        write_bytes_atomic(record, pretty_json(done))
+        stderr_console.print(f"[{self.index:>2}] {name}: {seconds:.1f} s{self._remaining(done)}")
+        self._record(name, done)
         return result
+
+    def _record(self, name: str, done: dict[str, Any]) -> None:
+        self.results.setdefault("steps", {})[name] = done["seconds"]
+        if "training" in done:
+            self.results.setdefault("training", {})[name] = done["training"]
+
+    def _remaining(self, done: dict[str, Any]) -> str:
+        """After a training step: the training left and its time at the speed reached so far."""
+        if "training" not in done:
+            return ""
+        plan = demo_plan(self.preset, self.out)
+        if plan.remaining_seconds is None or not plan.remaining_tokens:
+            return ""
+        return (
+            f" ({plan.tokens_per_second:,.0f} training tokens/s so far; "
+            f"{plan.remaining_tokens:,} tokens left to train: about "
+            f"{duration(plan.remaining_seconds)})"
+        )
+
+    def _count_training(self, bundle: Path) -> None:
+        training = Bundle.read(bundle).manifest.training or {}
+        self._trained.append((int(training.get("tokens", 0)), float(training.get("seconds", 0))))
 
     def train(
         self, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]
@@ -115,6 +148,7 @@ class Demo:
                 command=f"xelm demo --preset {self.preset.name}",
                 **{**self.preset.train, "device": self.device or "auto"},
             )
+        self._count_training(out)
         return Bundle.read(out).digest
 
     # ------------------------------------------------------------------ the experiment
@@ -201,6 +235,15 @@ class Demo:
                 size += len(text.encode())
             write_jsonl(corpus / f"{language}.jsonl", chosen, language)
             sizes[language], counts[language] = size, len(chosen)
+        short = {lang: size for lang, size in sizes.items() if size < self.preset.corpus_bytes}
+        if short:  # the runs then read the same text several times
+            stderr_console.print(
+                f"note: preset {self.preset.name} asks {self.preset.corpus_bytes / 1e6:g} MB of "
+                f"training text per language; {self.data} has less in {len(short)}: "
+                + ", ".join(f"{lang} {size / 1e6:.1f} MB" for lang, size in short.items())
+                + f" (more: xelm data fetch --size {self.preset.corpus_bytes // 10**6}M -o DIR, "
+                "then --data DIR)"
+            )
         return {"document_bytes": target, "bytes": sizes, "documents": counts}
 
     def make_tokenizer(self, corpus: Path, out: Path) -> dict[str, Any]:
@@ -469,6 +512,7 @@ class Demo:
                     "log_every": max(1, p.moe_tokens // batch // 4),
                 },
             )
+        self._count_training(out)
         metrics = checkpoint_dir(out) / "metrics.jsonl"
         logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         aux = [m["aux_loss"] for m in logged if "aux_loss" in m]

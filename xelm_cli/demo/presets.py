@@ -32,6 +32,7 @@ class Preset:
     """Everything that sizes a demo run; recorded in results.json."""
 
     name: str
+    summary: str  # one phrase for --preset's help
     model: dict[str, int]  # LlamaConfig sizes (the vocabulary comes from the tokenizer)
     vocab_size: int
     corpus_bytes: int  # training text per language taken from the corpus
@@ -53,10 +54,35 @@ class Preset:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def batch_tokens(self) -> int:
+        """Tokens of one optimiser step of every training run."""
+        return int(self.train.get("batch_size", 1)) * int(self.train.get("block_size", 1))
+
+    def training_runs(self) -> dict[str, list[int]]:
+        """Tokens each training run of the demo trains, by the step that runs it: a run of T
+        tokens takes T // batch_tokens whole steps, as ``xelm train`` does."""
+        whole = self.batch_tokens
+
+        def runs(tokens: int, count: int = 1) -> list[int]:
+            return [tokens // whole * whole] * count
+
+        planned = {"seed": runs(self.seed_tokens), "dense": runs(self.budget)}
+        for k in self.typology_ks:
+            planned[f"typology-k{k}"] = runs(self.budget // k, k)
+        planned[f"tfidf-k{self.tfidf_k}"] = runs(self.budget // self.tfidf_k, self.tfidf_k)
+        planned["moe-finetune"] = runs(self.moe_tokens)
+        planned["adapt"] = runs(self.adapt_tokens, 2 * len(NEW_LANGUAGES))  # HMR and LAPT each
+        return planned
+
+    def training_tokens(self) -> int:
+        return sum(sum(tokens) for tokens in self.training_runs().values())
+
 
 PRESETS = {
     "smoke": Preset(
         name="smoke",
+        summary="tiny, for tests: 1-2 min on a CPU",
         model={**NAMED_CONFIGS["tiny"], "max_position_embeddings": 256},
         vocab_size=1000,
         corpus_bytes=40_000,
@@ -83,6 +109,7 @@ PRESETS = {
     ),
     "small": Preset(
         name="small",
+        summary="0.6M-parameter seed, 24M training tokens: 15-80 min on a 2-core CPU",
         model=dict(NAMED_CONFIGS["tiny"]),
         vocab_size=4000,
         corpus_bytes=1_500_000,
@@ -107,33 +134,77 @@ PRESETS = {
             checkpoint_every=500,
         ),
     ),
+    # Sized to train in about 4 of its 8 minutes on one H100-class GPU: 23.9M tokens at about
+    # 100K tokens/s. xelm train on the 91M-parameter `small` shape at this preset's 16 x 512
+    # tokens a step measured 120K tokens/s on an H100, before the current optimisations; this
+    # seed's 32,000-token output layer adds a quarter to its FLOP per token. Not yet run on a
+    # GPU: benchmarks/gpu.sh measures its training speed.
     "gpu": Preset(
         name="gpu",
+        summary="134M-parameter seed, 23.9M training tokens: sized for 8 min on one H100",
         model={**NAMED_CONFIGS["small"], "max_position_embeddings": 1024},
         vocab_size=32000,
-        corpus_bytes=12_000_000,
+        corpus_bytes=2_000_000,
         document_bytes=1500,
-        seed_tokens=40_000_000,
-        budget=80_000_000,
+        seed_tokens=6_000_000,
+        budget=3_000_000,
+        typology_ks=(2, 4, 8),
+        tfidf_k=4,
+        tfidf_documents=1000,
+        adapt_tokens=500_000,
+        moe_tokens=1_000_000,
+        eval_documents=500,
+        icl_examples=100,
+        icl_shots=4,
+        icl_runs=1,
+        train=dict(  # 8,192 tokens a step: the k = 8 experts take 44 steps each
+            block_size=512,
+            batch_size=16,
+            lr=6e-4,
+            warmup_steps=10,
+            log_every=25,
+            checkpoint_every=250,
+        ),
+    ),
+    # A GPU node's run (xelm demo --plan gives its tokens; the README its expected time).
+    "gpu-large": Preset(
+        name="gpu-large",
+        summary="374M-parameter seed, 3.3B training tokens from mC4: a GPU node, hours",
+        model=dict(
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            max_position_embeddings=2048,
+        ),
+        vocab_size=32000,
+        corpus_bytes=128_000_000,
+        document_bytes=1500,
+        seed_tokens=500_000_000,
+        budget=500_000_000,
         typology_ks=(2, 4, 8),
         tfidf_k=4,
         tfidf_documents=4000,
-        adapt_tokens=10_000_000,
-        moe_tokens=8_000_000,
+        adapt_tokens=50_000_000,
+        moe_tokens=100_000_000,
         eval_documents=1012,
         icl_examples=204,
         icl_shots=4,
-        icl_runs=5,
+        icl_runs=3,
         train=dict(
-            block_size=512,
+            block_size=1024,
             batch_size=32,
-            lr=6e-4,
-            warmup_steps=200,
-            log_every=50,
-            checkpoint_every=500,
+            lr=3e-4,
+            warmup_steps=500,
+            log_every=100,
+            checkpoint_every=1000,
         ),
     ),
 }
+
+
+PRESET_HELP = "; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items())
 
 
 def get_preset(name: str) -> Preset:

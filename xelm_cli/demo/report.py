@@ -159,6 +159,29 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _steps_section(results: dict[str, Any]) -> list[str]:
+    """Each step's seconds and, for steps that train, the tokens their runs trained and the
+    training speed (tokens over the runs' own training seconds; results from before these were
+    recorded show the seconds alone)."""
+    steps, training = results["steps"], results.get("training", {})
+    if not training:
+        table = _table(["step", "seconds"], list(steps.items()))
+        return [table, "", f"Total: {sum(steps.values()):.0f} s."]
+    rows = []
+    for name, seconds in steps.items():
+        run = training.get(name)
+        speed = run["tokens"] / run["seconds"] if run and run["seconds"] > 0 else None
+        rows.append([name, seconds, f"{run['tokens']:,}" if run else "",
+                     f"{speed:,.0f}" if speed else ""])  # fmt: skip
+    tokens = sum(run["tokens"] for run in training.values())
+    train_seconds = sum(run["seconds"] for run in training.values())
+    return [
+        _table(["step", "seconds", "training tokens", "training tokens/s"], rows), "",
+        f"Total: {sum(steps.values()):.0f} s, of which {train_seconds:.0f} s training "
+        f"{tokens:,} tokens ({tokens / max(train_seconds, 1e-9):,.0f} tokens/s).",
+    ]  # fmt: skip
+
+
 def _runs(count: int) -> str:
     return f"{count} run" if count == 1 else f"{count} runs"
 
@@ -361,10 +384,8 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
                   "(accuracy)", "", _table(["language", "dense", "X-ELM"], rows), ""]  # fmt: skip
     lines += ["## Figures", ""]
     lines += [f"![{f.stem}]({f.name})" for f in figures]
-    steps = results.get("steps", {})
-    if steps:
-        lines += ["", "## Steps", "", _table(["step", "seconds"], list(steps.items()))]
-        lines += ["", f"Total: {sum(steps.values()):.0f} s."]
+    if results.get("steps"):
+        lines += ["", "## Steps", "", *_steps_section(results)]
     lines += ["", "All numbers come from this run (results.json); nothing is tuned per language."]
     report = out / "report.md"
     write_bytes_atomic(report, ("\n".join(lines) + "\n").encode())

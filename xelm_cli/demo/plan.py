@@ -1,0 +1,138 @@
+"""What a demo preset trains, before it runs, and how long the rest takes at the speed measured.
+
+A step's record (``steps/NAME.json``) holds the tokens its training runs trained and the seconds
+those runs took (their bundles' training records); from the finished steps of a run directory
+the plan estimates the training still to do at the speed reached so far on that machine.
+Only training is estimated: data preparation, clustering and evaluation are not in it.
+"""
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.demo.presets import Preset
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    step: str
+    runs: int
+    tokens: int
+    done: bool
+    training_seconds: float | None  # measured, when done and recorded
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    preset: str
+    parameters: int  # of the seed model (the experts and the dense model have as many)
+    batch_tokens: int
+    steps: list[StepPlan]
+    tokens_per_second: float | None  # training speed of the finished steps (None: none yet)
+
+    @property
+    def tokens(self) -> int:
+        return sum(step.tokens for step in self.steps)
+
+    @property
+    def remaining_tokens(self) -> int:
+        return sum(step.tokens for step in self.steps if not step.done)
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        if not self.tokens_per_second:
+            return None
+        return self.remaining_tokens / self.tokens_per_second
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {
+            "tokens": self.tokens,
+            "flops": 6 * self.parameters * self.tokens,
+            "remaining_tokens": self.remaining_tokens,
+            "remaining_seconds": self.remaining_seconds,
+        }
+
+
+def seed_parameters(preset: Preset) -> int:
+    """Parameters of the preset's seed (Llama-style, untied embeddings), counted on the meta
+    device: nothing is allocated."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    sizes: dict[str, Any] = dict(preset.model)
+    config = LlamaConfig(vocab_size=preset.vocab_size, tie_word_embeddings=False, **sizes)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def recorded_training(record: Path) -> tuple[int, float] | None:
+    """(tokens, seconds) of the training runs a finished step's record holds, if any."""
+    if not record.is_file():
+        return None
+    training = read_json_object(record, str(record)).get("training")
+    if not isinstance(training, dict):
+        return None
+    return int(training["tokens"]), float(training["seconds"])
+
+
+def demo_plan(preset: Preset, out: Path | None = None) -> DemoPlan:
+    """The preset's training runs by step; with ``out`` (a run directory), which are done and
+    the training speed they reached."""
+    steps, tokens, seconds = [], 0, 0.0
+    for name, runs in preset.training_runs().items():
+        record = out / "steps" / f"{name}.json" if out is not None else None
+        done = record is not None and record.is_file()
+        measured = recorded_training(record) if record is not None else None
+        if measured is not None:
+            tokens += measured[0]
+            seconds += measured[1]
+        steps.append(StepPlan(name, len(runs), sum(runs), done, measured[1] if measured else None))
+    speed = tokens / seconds if tokens and seconds > 0 else None
+    return DemoPlan(preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed)
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_plan(plan: DemoPlan) -> str:
+    lines = [
+        f"preset {plan.preset}: seed of {plan.parameters:,} parameters, batches of "
+        f"{plan.batch_tokens:,} tokens; {plan.tokens:,} training tokens in "
+        f"{sum(s.runs for s in plan.steps)} runs ({6 * plan.parameters * plan.tokens:.3g} FLOP)",
+        "",
+        f"{'step':<14} {'runs':>4} {'tokens':>15}  status",
+    ]
+    for step in plan.steps:
+        status = "to do"
+        if step.done:
+            status = (
+                "done"
+                if step.training_seconds is None
+                else (f"done in {step.training_seconds:,.0f} s of training")
+            )
+        lines.append(f"{step.step:<14} {step.runs:>4} {step.tokens:>15,}  {status}")
+    lines.append("")
+    if plan.tokens_per_second and not plan.remaining_tokens:
+        lines.append(
+            f"All training done, at {plan.tokens_per_second:,.0f} tokens/s "
+            "(the runs' own training seconds)."
+        )
+    elif plan.remaining_seconds is None:
+        lines.append(
+            "No finished training in this run directory yet: its time is estimated once the "
+            "seed is trained (xelm demo --plan -o RUN)."
+        )
+    else:
+        lines.append(
+            f"Remaining training: {plan.remaining_tokens:,} tokens, about "
+            f"{duration(plan.remaining_seconds)} at the {plan.tokens_per_second:,.0f} tokens/s "
+            "reached so far (training only: evaluation and data steps are not included)."
+        )
+    return "\n".join(lines)
