@@ -28,6 +28,8 @@ from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 
 LANGS = ("en", "tr", "ar", "ru")
 DOCS_PER_LANGUAGE = 40
+# Byte-level: "Ġ" marks a space; no merges, so every letter is a token.
+TINY_GPT2_VOCAB = {"<|endoftext|>": 0, "Ġ": 1, **{c: i + 2 for i, c in enumerate("helowrd")}}
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
@@ -406,29 +408,98 @@ def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert "Example:" in capsys.readouterr().out
 
 
-def test_generic_tokenizers_load_as_auto_tokenizer_would_without_torch(tmp_path: Path) -> None:
-    """xelm's own tokenizers name the generic fast class: loaded directly, they give what
-    AutoTokenizer gives, without importing the model configurations and torch (start-up of
-    every `data prepare`); a tokenizer of a model's own class still goes through AutoTokenizer."""
-    import subprocess
-    import sys
-
-    from transformers import GPT2Tokenizer
-
-    generic = train_tokenizer(tmp_path / "tok")
-    info, auto = load_tokenizer(generic), AutoTokenizer.from_pretrained(generic)
+def _assert_loads_as_auto_tokenizer(path: Path, texts: list[str]) -> None:
+    info, auto = load_tokenizer(path), AutoTokenizer.from_pretrained(path)
     assert info.vocab_size == len(auto) and info.backend.to_str() == auto.backend_tokenizer.to_str()
     assert info.special_tokens == {
         "bos": auto.bos_token_id, "eos": auto.eos_token_id, "pad": auto.pad_token_id,
     }  # fmt: skip
+    encoded = [e.ids for e in info.backend.encode_batch(texts)]
+    assert encoded == [auto(text)["input_ids"] for text in texts]
+
+
+def _loads_without_torch(path: Path) -> bool:
+    import subprocess
+    import sys
+
     probe = (
         "import sys; from xelm_cli.data.prepare import load_tokenizer; "
-        f"load_tokenizer({str(generic)!r}); print('torch' in sys.modules)"
+        f"load_tokenizer({str(path)!r}); print('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip() == "False"
 
-    vocab = {"<|endoftext|>": 0, "a": 1, "b": 2}
-    GPT2Tokenizer(vocab=vocab, merges=[]).save_pretrained(tmp_path / "gpt2")
-    own = load_tokenizer(tmp_path / "gpt2")
-    assert own.special_tokens["eos"] == 0 and own.vocab_size == 3
+
+def _sample_texts() -> list[str]:
+    return [r["text"] for lang in LANGS for r in shared_records(lang, 2)]
+
+
+def test_generic_tokenizers_load_as_auto_tokenizer_would_without_torch(tmp_path: Path) -> None:
+    """xelm's own tokenizers name the generic fast class: loaded directly, they give what
+    AutoTokenizer gives, without importing the model configurations and torch (start-up of
+    every `data prepare`)."""
+    generic = train_tokenizer(tmp_path / "tok")
+    _assert_loads_as_auto_tokenizer(generic, _sample_texts())
+    assert _loads_without_torch(generic)
+
+
+def _llama_style_tokenizer(out: Path) -> Path:
+    """A tiny Llama-style tokenizer (Metaspace BPE, byte fallback) trained on the sample text,
+    saved by LlamaTokenizer, which names itself in tokenizer_config.json."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    texts = [r["text"] for lang in LANGS for r in shared_records(lang, 20)]
+    specials = ["<unk>", "<s>", "</s>"]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials))
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(merge) for merge in model["merges"]]
+    LlamaTokenizer(vocab=model["vocab"], merges=merges).save_pretrained(out)
+    return out
+
+
+def _tiny_gpt2(out: Path) -> Path:
+    from transformers import GPT2Tokenizer
+
+    GPT2Tokenizer(vocab=TINY_GPT2_VOCAB, merges=[]).save_pretrained(out)
+    return out
+
+
+def test_a_models_own_tokenizer_class_loads_as_auto_tokenizer_would_without_torch(
+    tmp_path: Path,
+) -> None:
+    """A tokenizer naming its model's class (a seed of a Llama or GPT-2 model) is loaded with
+    that class, as AutoTokenizer loads it, without torch."""
+    from xelm_cli.bundle.seed import init_from_config
+
+    llama = init_from_config(
+        "tiny", _llama_style_tokenizer(tmp_path / "llama"), tmp_path / "seed", languages=["en"]
+    ).path
+    config = json.loads((llama / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "LlamaTokenizer"
+    assert json.loads((llama / "config.json").read_text())["model_type"] == "llama"
+    for path in (llama, _tiny_gpt2(tmp_path / "gpt2")):
+        _assert_loads_as_auto_tokenizer(path, [*_sample_texts(), "hello world"])
+        assert _loads_without_torch(path)
+    assert load_tokenizer(llama).special_tokens == {"bos": 1, "eos": 2, "pad": None}
+
+
+def test_a_tokenizer_its_named_class_would_rebuild_differently_goes_through_auto_tokenizer(
+    tmp_path: Path,
+) -> None:
+    """A byte-level tokenizer.json named LlamaTokenizer: LlamaTokenizer would rebuild it as
+    Metaspace, AutoTokenizer loads it as it is; data prepare gets AutoTokenizer's."""
+    from transformers import LlamaTokenizer
+
+    path = _tiny_gpt2(tmp_path / "byte-level")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": "LlamaTokenizer"})
+    )
+    _assert_loads_as_auto_tokenizer(path, ["hello world"])
+    letters = [TINY_GPT2_VOCAB[c] for c in "hello world".replace(" ", "Ġ")]
+    assert load_tokenizer(path).backend.encode("hello world").ids == letters
+    assert 1 not in LlamaTokenizer.from_pretrained(path)("hello world")["input_ids"]  # no "Ġ"

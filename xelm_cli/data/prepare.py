@@ -187,17 +187,54 @@ class TokenizerInfo:
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
-def _tokenizer_class(path: Path) -> Any:
-    """The transformers class that loads the tokenizer in ``path``: the generic fast tokenizer
-    when its ``tokenizer_config.json`` names it (as xelm's own tokenizers do), else
-    ``AutoTokenizer``, which decides from the files."""
-    import transformers
-
+def _named_class(path: Path) -> str | None:
+    """The class ``tokenizer_config.json`` names; None without one, or when it declares remote
+    code (``auto_map``: AutoTokenizer's to resolve)."""
     with contextlib.suppress(OSError, FormatError):
         config = read_json_object(path / "tokenizer_config.json", "tokenizer configuration")
-        if config.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
-            return transformers.TokenizersBackend
-    return transformers.AutoTokenizer
+        named = config.get("tokenizer_class")
+        if isinstance(named, str) and "auto_map" not in config:
+            return named
+    return None
+
+
+def _from_pretrained(path: Path) -> Any:
+    """The tokenizer in ``path`` as AutoTokenizer loads it, without importing torch where the
+    named class settles it: the generic fast class, or a model's own fast class
+    (LlamaTokenizer) when it builds the same tokenizer as the generic class. AutoTokenizer
+    loads some tokenizers naming their model's class as the generic one instead (by the model
+    type in config.json, or a byte-level tokenizer.json named LlamaTokenizer), from tables
+    whose import brings in torch; where the two agree, its choice makes no difference.
+    Otherwise, AutoTokenizer."""
+    import transformers
+
+    generic = transformers.TokenizersBackend
+    named = _named_class(path)
+    if named in GENERIC_TOKENIZER_CLASSES:
+        return generic.from_pretrained(path, trust_remote_code=False)
+    own = getattr(transformers, named, None) if named else None
+    if isinstance(own, type) and issubclass(own, generic):
+        tokenizer = own.from_pretrained(path, trust_remote_code=False)
+        if _same_tokenizer(tokenizer, generic.from_pretrained(path, trust_remote_code=False)):
+            return tokenizer
+    return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers encode alike and agree on what data prepare reads of them."""
+    return (
+        a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+        and len(a) == len(b)
+        and _special_ids(a) == _special_ids(b)
+    )
+
+
+def _special_ids(tokenizer: Any) -> dict[str, int | None]:
+    return {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
 
 
 def load_tokenizer(path: str | Path) -> TokenizerInfo:
@@ -215,16 +252,12 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
             "model); train one with `xelm data tokenizer` or pass a bundle"
         ) from None
     try:
-        tokenizer = _tokenizer_class(path).from_pretrained(path, trust_remote_code=False)
+        tokenizer = _from_pretrained(path)
     except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
         raise UsageError(f"cannot load the tokenizer in {path}: {exception_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"the tokenizer in {path} has no fast (Rust) version; convert it first")
-    specials = {
-        "bos": tokenizer.bos_token_id,
-        "eos": tokenizer.eos_token_id,
-        "pad": tokenizer.pad_token_id,
-    }
+    specials = _special_ids(tokenizer)
     return TokenizerInfo(tokenizer.backend_tokenizer, fingerprint, len(tokenizer), specials)
 
 
