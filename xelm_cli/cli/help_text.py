@@ -4,8 +4,7 @@ become one line each (the terminal wraps them); lines that are indented or start
 (examples, option lists) keep their breaks."""
 
 import re
-
-import click
+from typing import Any
 
 _KEEPS_ITS_LINE = re.compile("\\s|[-*] |\\d+[.)] |\x08")
 
@@ -24,8 +23,9 @@ def reflow(text: str) -> str:
     return "\n\n".join(paragraphs)
 
 
-def reflow_commands(command: click.Command) -> None:
-    """Reflow the help of ``command`` and of every command under it, in place."""
+def reflow_commands(command: Any) -> None:
+    """Reflow the help of ``command`` (a Click command as Typer builds it: Typer vendors its
+    own Click) and of every command under it, in place."""
     if command.help:
         command.help = reflow(command.help)
     for sub in getattr(command, "commands", {}).values():
