@@ -3,8 +3,11 @@
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
                              [--no-compile]
 
-(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it takes about 6 minutes, plus the
-compilation of the two torch.compile loops (not yet timed on a GPU):
+(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it should take about 6.5 minutes, plus
+the compilation of the two torch.compile loops. Neither is timed on a GPU yet; the demo preset's
+timing (2.) is estimated at half a minute of that: its tokenizer, shards and seed took 14 s on
+a 2-core CPU, and 40 steps of the preset's model should take seconds on an H100, plus loading
+and saving the bundle.
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
@@ -16,9 +19,18 @@ compilation of the two torch.compile loops (not yet timed on a GPU):
    FLOP/s, with N the parameters without the input embedding, L layers, d hidden size, s block
    size (the attention term of PaLM's appendix B), over the GPU's bf16 dense peak
    (--peak-tflops; 989 for an H100 SXM). Where torch.compile cannot run, one line says why.
-2. Peak GPU memory of one training step (forward, backward, AdamW) at XGLM's vocabulary of
-   256,008 tokens with the chunked loss and with transformers' plain loss, same batch.
-3. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
+2. The `gpu` demo preset (``PRESETS["gpu"]``, read when the script runs): `xelm train` of a
+   seed of its model sizes, with a BPE of its vocabulary size trained by xelm on the text
+   under --data (a vocabulary that falls short is reported, not hidden), at its block, batch
+   and other train options (logging every 10 steps, no checkpoints), 40 steps; tokens/s after
+   the first 10, and `Preset.training_tokens()` / tokens/s, the seconds all the demo's
+   training runs would take, next to the demo's 8-minute goal (which also holds its data
+   preparation and evaluation).
+3. Peak GPU memory of one training step (forward, backward, AdamW) at XGLM's vocabulary of
+   256,008 tokens with the chunked loss and with transformers' plain loss, same batch, each
+   next to `xelm plan`'s estimate for the same model, batch, block and loss
+   (``training_memory``) and their ratio.
+4. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
    ensemble's wall time / (8 x one expert's) and the language router's / one expert's.
 
 --cpu-training runs only the training comparison on the CPU (30 steps of 8 x 256 tokens, a
@@ -37,29 +49,43 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import train_throughput as throughput
 from xelm_trainer.lean_loss import use_lean_loss
 
-from xelm_cli.bundle.seed import NAMED_CONFIGS
+from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.tokenizer import train_bpe_tokenizer
+from xelm_cli.demo.presets import PRESETS, Preset
+from xelm_cli.training.estimates import ModelShape, training_memory
 
 ROOT = Path(__file__).resolve().parent
 XGLM_VOCAB = 256_008
+DEMO_GOAL_SECONDS = 8 * 60  # `xelm demo --preset gpu` on one H100-class GPU, all of it
 SIZES = {  # name: (training model, steps (the first log_every of them warm-up), block, batch,
-    #                256k-vocabulary model, ensemble model)
+    #                256k-vocabulary model, ensemble model; cpu-smoke: the gpu preset's
+    #                stand-in, timed at its block and batch)
     "gpu": dict(hidden=1024, layers=20, steps=40, log_every=10, block=1024, batch=8,
                 vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
                 docs=48),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
-                      docs=4),
+                      docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
     "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
@@ -67,7 +93,7 @@ BARE, XELM = "bare loop, same optimisations", "xelm train"
 COMPILED = {BARE: "bare loop + torch.compile", XELM: "xelm train --compile"}
 
 
-def seed_config(hidden: int, layers: int) -> dict[str, int]:
+def seed_config(hidden: int, layers: int) -> dict[str, Any]:
     return dict(
         hidden_size=hidden,
         intermediate_size=hidden * 11 // 4 // 64 * 64 or hidden * 3,
@@ -117,11 +143,29 @@ def optimised_bare_loop(
     return intervals
 
 
-def mfu_flops_per_token(model: torch.nn.Module, block: int) -> float:
+def meta_model(config: PretrainedConfig) -> PreTrainedModel:
+    """The model of ``config`` without its weights' memory (their shapes only)."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def model_shape(model: PreTrainedModel) -> ModelShape:
+    """What `xelm plan` reads from a bundle, read from the model itself."""
     config = model.config
-    embedding = model.get_input_embeddings().weight.numel()
-    n = sum(p.numel() for p in model.parameters()) - embedding
-    return 6 * n + 12 * config.num_hidden_layers * config.hidden_size * block
+    return ModelShape(
+        parameters=sum(p.numel() for p in model.parameters()),
+        embedding=sum(p.numel() for p in model.get_input_embeddings().parameters()),
+        layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        intermediate=config.intermediate_size,
+        vocab=config.vocab_size,
+        heads=config.num_attention_heads,
+    )
+
+
+def mfu_flops_per_token(model: PreTrainedModel, block: int) -> float:
+    shape = model_shape(model)
+    return 6 * (shape.parameters - shape.embedding) + 12 * shape.layers * shape.hidden * block
 
 
 def training(work: Path, size: dict, args: argparse.Namespace) -> dict:
@@ -171,18 +215,82 @@ def training(work: Path, size: dict, args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
+def preset_shape(preset: Preset, size: dict) -> tuple[dict[str, int], int, int, int]:
+    """The model sizes, vocabulary, block and batch that stand for ``preset``: its own, or in
+    --cpu-smoke a tiny stand-in at the smoke sizes."""
+    if "preset_hidden" in size:
+        model = seed_config(size["preset_hidden"], size["preset_layers"])
+        return model, size["preset_vocab"], size["block"], size["batch"]
+    train = preset.train
+    return dict(preset.model), preset.vocab_size, train["block_size"], train["batch_size"]
+
+
+def preset_texts(data: Path) -> list[str]:
+    """Every line of UDHR and FLORES-200 devtest and every document of corpus/valid (4.8 MB in
+    20 languages: a BPE reaches 32,000 tokens on it)."""
+    lines = [line for name in ("udhr", "flores200-devtest")
+             for path in sorted((data / "eval" / name).glob("*.txt"))
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
+    return lines + [doc.text for doc in iter_documents(data / "corpus" / "valid")]
+
+
+def preset_seed(work: Path, data: Path, model: dict[str, int], vocab: int) -> tuple[Path, Path]:
+    """A seed of ``model``'s sizes with a BPE of ``vocab`` tokens trained on preset_texts (the
+    seed's vocabulary is what the BPE reached), and corpus/valid's shards for it."""
+    tokenizer = train_bpe_tokenizer(preset_texts(data), work / "tok", vocab_size=vocab)
+    valid = data / "corpus" / "valid"
+    languages = sorted(path.name.split(".")[0] for path in valid.glob("*.jsonl.zst"))
+    NAMED_CONFIGS["gpu-preset"] = model
+    seed = init_from_config("gpu-preset", tokenizer, work / "seed", languages=languages).path
+    prepare(valid, seed, work / "shards", langs=languages)
+    return seed, work / "shards"
+
+
+def preset_training(work: Path, size: dict, args: argparse.Namespace) -> dict:
+    """`xelm train` at the `gpu` demo preset's model, vocabulary, block, batch and train
+    options (read from PRESETS now), and the seconds its training runs would take at that
+    speed. Logging every ``log_every`` steps (the timing's intervals) and no checkpoints."""
+    preset = PRESETS["gpu"]
+    model, vocab, block, batch = preset_shape(preset, size)
+    work.mkdir()
+    seed, shards = preset_seed(work, args.data, model, vocab)
+    run = argparse.Namespace(
+        steps=size["steps"], block_size=block, batch_size=batch,
+        lr=preset.train.get("lr", 1e-4), device=args.device, log_every=size["log_every"],
+    )  # fmt: skip
+    options = [f"--train-arg={key}={value}" for key, value in preset.train.items()]
+    loop = {XELM: lambda i: throughput.xelm_train(seed, shards, work / "xelm", run, options)}
+    timed = throughput.steady_speeds(loop, 1, warmup=run.log_every)[XELM]
+    speed = block * batch / timed["step_seconds"]
+    timed_model = meta_model(AutoConfig.from_pretrained(seed))
+    runs = {name: sum(tokens) for name, tokens in preset.training_runs().items()}
+    return {
+        "preset": preset.name, "stand_in": "preset_hidden" in size,
+        "parameters": model_shape(timed_model).parameters,
+        "vocab_requested": vocab, "vocab": timed_model.config.vocab_size,
+        "steps": run.steps, "warmup_steps": run.log_every, "block": block, "batch": batch,
+        "train_options": preset.train, "tokens_per_s": speed,
+        "mfu": mfu_flops_per_token(timed_model, block) * speed / (args.peak_tflops * 1e12),
+        "warmup_seconds": timed["warmup_seconds"],
+        "training_tokens": preset.training_tokens(),
+        "expected_seconds": preset.training_tokens() / speed,
+        "run_seconds": {name: tokens / speed for name, tokens in runs.items()},
+    }  # fmt: skip
+
+
+def vocab_config(size: dict) -> LlamaConfig:
+    return LlamaConfig(vocab_size=XGLM_VOCAB, tie_word_embeddings=False,
+                       **seed_config(size["hidden"], size["vocab_layers"]))  # fmt: skip
+
+
 def step_peak_memory(lean: bool, size: dict, device: str) -> float:
     """Peak memory (GiB) of two training steps at a 256,008-token vocabulary (the second
     runs with AdamW's moments allocated, as every later step does)."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=XGLM_VOCAB, tie_word_embeddings=False,
-                         **seed_config(size["hidden"], size["vocab_layers"]))  # fmt: skip
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_config(vocab_config(size), dtype=torch.float32).to(device)
     if lean:
         use_lean_loss(model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), **({"fused": True} if device == "cuda" else {})
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), fused=device == "cuda")
     batch = torch.randint(0, XGLM_VOCAB, (size["vocab_batch"], size["vocab_block"]), device=device)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda")
 
@@ -208,7 +316,12 @@ def step_peak_memory(lean: bool, size: dict, device: str) -> float:
 
 
 def memory(size: dict, args: argparse.Namespace) -> dict:
-    results = {}
+    """Each loss's measured peak (GiB) next to `xelm plan`'s estimate of the same: on CUDA
+    both the total, weights included; on the CPU both without the weights (the measurement is
+    the growth above them)."""
+    shape = model_shape(meta_model(vocab_config(size)))
+    cuda = args.device == "cuda"
+    results, estimates = {}, {}
     for lean in (True, False):  # each in a fresh process: peaks do not mix
         code = (
             "import json, sys; sys.argv = ['gpu.py']; import gpu; "
@@ -216,8 +329,18 @@ def memory(size: dict, args: argparse.Namespace) -> dict:
         )
         out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout  # fmt: skip
-        results["chunked loss" if lean else "plain loss"] = json.loads(out.splitlines()[-1])
-    return {"tokens": size["vocab_batch"] * size["vocab_block"], "gib": results}
+        name = "chunked loss" if lean else "plain loss"
+        results[name] = json.loads(out.splitlines()[-1])
+        estimates[name] = training_memory(
+            shape, size["vocab_batch"], size["vocab_block"], cuda=cuda, lean_loss=lean
+        ).as_dict()
+    compared = {name: (e["total"] - (0 if cuda else e["weights"])) / 2**30
+                for name, e in estimates.items()}  # fmt: skip
+    return {
+        "tokens": size["vocab_batch"] * size["vocab_block"], "parameters": shape.parameters,
+        "gib": results, "estimate_gib": compared, "estimate_bytes": estimates,
+        "weights_included": cuda,
+    }  # fmt: skip
 
 
 def ensembles(size: dict, args: argparse.Namespace) -> dict:
@@ -259,13 +382,26 @@ def report(results: dict, args: argparse.Namespace) -> str:
         lines.append(f"torch.compile loops left out: {t['compile_skipped']}")
     for name, ratio in t["compile_speedup"].items():
         lines.append(f"torch.compile speed-up of {name}: {ratio:.3f}x.")
-    gib = m["gib"]
+    lines += preset_report(results["preset"])
+    gib, estimate = m["gib"], m["estimate_gib"]
+    compared = (
+        "both are totals, weights included (torch.cuda.max_memory_allocated; the estimate's "
+        "`total`)"
+        if m["weights_included"]
+        else "both leave the weights out: measured, the "
+        "resident memory's growth above the weights; estimated, `total` minus `weights`"
+    )
     lines += [
         "", f"## Peak memory of one training step at a {XGLM_VOCAB:,}-token vocabulary", "",
-        f"{m['tokens']:,} tokens a step; two steps of forward, backward and AdamW.", "",
-        "| loss | peak GiB |", "|---|---:|",
-        *(f"| {name} | {value:.2f} |" for name, value in gib.items()),
-        f"| ratio chunked / plain | {gib['chunked loss'] / max(gib['plain loss'], 1e-9):.3f} |",
+        f"{m['tokens']:,} tokens a step; two steps of forward, backward and AdamW, a "
+        f"{m['parameters'] / 1e6:.0f}M-parameter model. Estimate: `xelm plan`'s "
+        "(`xelm_cli.training.estimates.training_memory`) for the same model, batch, block and "
+        f"loss; {compared}.", "",
+        "| loss | peak GiB | estimate GiB | estimate / measured |", "|---|---:|---:|---:|",
+        *(f"| {name} | {value:.2f} | {estimate[name]:.2f} | "
+          f"{estimate[name] / max(value, 1e-9):.3f} |" for name, value in gib.items()),
+        f"| ratio chunked / plain | {gib['chunked loss'] / max(gib['plain loss'], 1e-9):.3f} | "
+        f"{estimate['chunked loss'] / estimate['plain loss']:.3f} | |",
         "", "## Ensemble evaluation, k = 8 (benchmarks/ensemble.py)", "",
         "| measure | value | goal |", "|---|---:|---:|",
         f"| posterior wall time / (8 x one expert) | {e['posterior_time_vs_k_single']:.3f} | "
@@ -275,6 +411,43 @@ def report(results: dict, args: argparse.Namespace) -> str:
         f"| one expert's evaluation | {e['single_seconds']:.2f} s | |", "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def preset_report(p: dict) -> list[str]:
+    timed = (
+        f"a tiny stand-in ({p['parameters'] / 1e6:.1f}M parameters), not the preset's shape"
+        if p["stand_in"]
+        else f"the preset's model, {p['parameters'] / 1e6:.0f}M parameters"
+    )
+    vocab = f"vocabulary {p['vocab']:,}, a BPE trained here by xelm"
+    if p["vocab"] != p["vocab_requested"]:
+        vocab += (
+            f" that reached only {p['vocab']:,} of the {p['vocab_requested']:,} tokens "
+            "asked for on the text it had: the speed is that of the smaller vocabulary"
+        )
+    kept = "the stand-in's block and batch, " if p["stand_in"] else ""
+    minutes = DEMO_GOAL_SECONDS / 60
+    return [
+        "", f"## `xelm demo --preset {p['preset']}`: training speed and expected training time",
+        "", f"`xelm train` of {timed}; {vocab}; {p['steps']} steps of {p['batch']} x "
+        f"{p['block']} tokens with the preset's train options "
+        f"(`{json.dumps(p['train_options'])}`) but {kept}a logged loss every "
+        f"{p['warmup_steps']} steps and no checkpoints. Tokens/s after the first "
+        f"{p['warmup_steps']} steps (warm-up, {p['warmup_seconds']:.1f} s).",
+        f"Expected training seconds = `Preset.training_tokens()` / tokens/s: every training "
+        "run of the demo at this speed. Training alone: the demo's data preparation (corpus, "
+        "tokenizer, shards), clustering, evaluation, checkpoints and saved bundles are not in "
+        f"it, and the MoE fine-tune is counted at the dense model's speed. The {minutes:g}-minute "
+        "goal is the whole demo's.", "",
+        "| measure | value | goal |", "|---|---:|---:|",
+        f"| tokens/s | {p['tokens_per_s']:,.0f} | |",
+        f"| MFU | {p['mfu']:.1%} | |",
+        f"| training tokens, all runs | {p['training_tokens']:,} | |",
+        f"| expected training seconds | {p['expected_seconds']:,.0f} | "
+        f"<= {DEMO_GOAL_SECONDS} (whole demo) |", "",
+        "| demo step | expected training seconds |", "|---|---:|",
+        *(f"| {name} | {seconds:,.1f} |" for name, seconds in p["run_seconds"].items()),
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -296,15 +469,19 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu.py: no CUDA device; use --cpu-smoke to check the script on a CPU")
     if args.cpu_training:
-        with tempfile.TemporaryDirectory(prefix="xelm-cpu-bench-") as work:
-            result = training(Path(work), SIZES["cpu-training"], args)
+        with tempfile.TemporaryDirectory(prefix="xelm-cpu-bench-") as cpu_work:
+            result = training(Path(cpu_work), SIZES["cpu-training"], args)
         print(json.dumps(result | {"machine": machine("cpu")}, indent=2))
         return
     size = SIZES["cpu-smoke" if args.cpu_smoke else "gpu"]
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="xelm-gpu-bench-"))
     try:
-        results = {"machine": machine(args.device), "training": training(work, size, args)}
+        results: dict[str, Any] = {
+            "machine": machine(args.device),
+            "training": training(work, size, args),
+        }
+        results["preset"] = preset_training(work / "preset", size, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["memory"] = memory(size, args)

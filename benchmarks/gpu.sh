@@ -1,8 +1,8 @@
 #!/bin/sh
-# Every GPU measurement of issue 15 in one run (about 6 minutes on one H100-class GPU, plus the
-# compilation of the two torch.compile loops, not yet timed on a GPU; --no-compile leaves them
-# out): writes benchmarks/gpu.md and benchmarks/gpu.json. `benchmarks/gpu.sh --cpu-smoke` checks
-# it on a CPU.
+# Every GPU measurement of issue 15 in one run (about 6.5 minutes on one H100-class GPU, an
+# estimate, plus the compilation of the two torch.compile loops, not yet timed on a GPU;
+# --no-compile leaves them out): writes benchmarks/gpu.md and benchmarks/gpu.json.
+# `benchmarks/gpu.sh --cpu-smoke` checks it on a CPU.
 #
 # It reads text from ../shared/data, or from --data DIR holding eval/udhr,
 # eval/flores200-devtest and corpus/valid (4.4 MB: copy them into an ignored folder of the
