@@ -532,3 +532,119 @@ def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path: Path) -> Non
     log.write_text("\n".join(lines) + '\n{"step": 8, "lo')  # the last line torn by a kill
     MetricsLog(log, resumed_at=4).write({"step": 5, "loss": 0.5})
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 5]
+
+
+def _lines(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, list[str]]:
+    code, _, stderr = xelm(capsys, *args)
+    return code, stderr.splitlines()
+
+
+def test_train_all_runs_several_at_once_and_the_merged_runs_after_the_experts(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    train_shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--parallel 2 trains dense and expert-0 side by side, each logging to runs/logs/NAME.log;
+    expert-1 fails (a bad option), so the average and moe runs that wait for it are not run and
+    the command fails in one line naming it and its log. Fixed, the same command on --devices
+    runs what is left (pinned to a device each) and skips what is done."""
+    from xelm_cli.training.plan_runner import run_plan
+
+    monkeypatch.chdir(tmp_path)
+    alloc = tmp_path / "alloc.json"
+    write_allocation(alloc, clusterer="typology", experts=[["en", "tr"], ["ar", "ru"]])
+    code, stdout, stderr = xelm(
+        capsys, "plan", "--budget", "1024", "--moe-tokens", "256", "--allocation", alloc,
+        "--seed-bundle", seed_bundle, "--data", train_shards, "-o", "runs", "--train-args",
+        "--block-size 32 --batch-size 4", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    plan = json.loads(stdout)
+    assert [r["name"] for r in plan["runs"]] == ["expert-0", "expert-1", "dense", "average", "moe"]
+    broken = json.loads(stdout)
+    trained = broken["runs"][1]["commands"][1]
+    trained[trained.index("--block-size") + 1] = "1"  # refused: a block is at least 2 tokens
+    (tmp_path / "plan.json").write_text(json.dumps(broken))
+
+    code, stderr = _lines(capsys, "train-all", "plan.json", "--parallel", "2")
+    assert code == 1
+    logs = tmp_path / "runs" / "logs"
+    assert stderr[-1] == (
+        f"xelm: error: 1 of 5 runs failed: expert-1 (exit 2; log {logs / 'expert-1.log'}); "
+        "not run: average, moe; fix the cause and run the same command again (finished runs "
+        "are skipped)"
+    )
+    assert "not run: average (a run it waits for failed)" in stderr
+    assert "block size must be at least 2" in (logs / "expert-1.log").read_text()
+    assert (
+        verify_bundle(Path("runs/dense")) == []
+        and verify_bundle(Path("runs/experts/expert-0")) == []
+    )
+    assert not Path("runs/average").exists() and not Path("runs/moe").exists()
+    header = (logs / "dense.log").read_text().splitlines()
+    assert header[0].endswith("dense: OMP_NUM_THREADS=" + str(max(1, (os.cpu_count() or 1) // 2)))
+    assert header[1].startswith("$ xelm train ") and "--role dense" in header[1]
+
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    said: list[str] = []
+    outcomes = {o.name: o for o in run_plan(Path("plan.json"), devices="5,6", say=said.append)}
+    assert {name: o.status for name, o in outcomes.items()} == {
+        "expert-0": "skipped", "dense": "skipped", "expert-1": "done", "average": "done",
+        "moe": "done",
+    }  # fmt: skip
+    assert "skip (done): dense" in said
+    assert outcomes["average"].started >= outcomes["expert-1"].ended  # type: ignore[operator]
+    assert outcomes["moe"].started >= outcomes["expert-1"].ended  # type: ignore[operator]
+    assert {outcomes[n].devices for n in ("expert-1", "average", "moe")} <= {"5", "6"}
+    assert "CUDA_VISIBLE_DEVICES=" in (logs / "moe.log").read_text().splitlines()[0]
+    for bundle in ("experts/expert-1", "average", "moe"):
+        assert verify_bundle(Path("runs") / bundle) == [], bundle
+    moe = Bundle.read(Path("runs/moe")).manifest
+    assert moe.training["tokens"] == 256  # type: ignore[index]
+
+
+def test_two_runs_train_at_the_same_time(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--parallel 2 on a plan of two runs: each starts before the other ends."""
+    from xelm_cli.training.plan_runner import run_plan
+
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for name in ("a", "b"):
+        command = ["xelm", "train", str(seed_bundle), "--data", str(train_shards)]
+        command += ["--tokens", "512", "--block-size", "32", "--batch-size", "4"]
+        command += ["-o", f"runs/{name}"]
+        runs.append({"name": name, "output": f"runs/{name}", "commands": [command]})
+    Path("plan.json").write_text(json.dumps({"format": "xelm-train-plan", "runs": runs}))
+    a, b = run_plan(Path("plan.json"), parallel=2, say=lambda line: None)
+    assert a.status == b.status == "done"
+    assert a.started < b.ended and b.started < a.ended  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--devices", "0,1,2", "--nproc-per-node", "2"], "a multiple of --nproc-per-node 2"),
+        (["--devices", "0,0"], "give distinct device numbers"),
+        (["--devices", "0,1", "--parallel", "2"], "give --devices or --parallel, not both"),
+        (["--parallel", "0"], "must be at least 1"),
+    ],
+)
+def test_train_all_refuses_devices_it_cannot_share_out(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], expected: str
+) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "xelm-train-plan", "runs": []}))
+    code, stdout, stderr = xelm(capsys, "train-all", plan, *args)
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1 and expected in stderr
+
+
+def test_device_groups_share_out_devices_by_nproc_per_node() -> None:
+    from xelm_cli.training.plan_runner import device_groups
+
+    assert device_groups("0,1,2,3", 2, 1) == ["0,1", "2,3"]
+    assert device_groups(" 4, 5 ", 1, 1) == ["4", "5"]
+    assert device_groups(None, 1, 3) == [None, None, None]

@@ -86,6 +86,7 @@ from xelm_cli.training.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from xelm_cli.training.plan_runner import run_plan
 from xelm_cli.training.run import train
 
 __all__ = [
@@ -160,6 +161,7 @@ __all__ = [
     "rank_donors",
     "read_allocation",
     "read_documents",
+    "run_plan",
     "save_checkpoint",
     "softmax",
     "stderr_progress",

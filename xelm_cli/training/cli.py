@@ -1,6 +1,5 @@
 """``xelm train``, ``xelm plan`` and ``xelm train-all``: train bundles at equal compute."""
 
-import json
 import os
 import shlex
 import subprocess
@@ -17,10 +16,10 @@ from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.progress import stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.lang.codes import parse_language_list
-from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     declared_options,
@@ -29,7 +28,7 @@ from xelm_cli.plugin.options import (
     typer_parameters,
     with_parameters,
 )
-from xelm_cli.training.checkpoints import list_checkpoints, plan_budgets
+from xelm_cli.training.checkpoints import plan_budgets
 from xelm_cli.training.estimates import (
     ModelShape,
     Throughput,
@@ -39,11 +38,21 @@ from xelm_cli.training.estimates import (
     parse_size,
     training_memory,
 )
+from xelm_cli.training.plan_runner import (
+    PLAN_FORMAT,
+    PlanRunner,
+    chosen_runs,
+    device_groups,
+    failures,
+    pending,
+    process_argv,
+    read_plan,
+    shown_command,
+)
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 from xelm_cli.training.run import train as train_verb
 
 console = Console(soft_wrap=True)
-PLAN_FORMAT = "xelm-train-plan"
 DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Token shards to train on.")]
@@ -562,26 +571,6 @@ def plan(
             typer.echo(shlex.join(command))
 
 
-def _read_plan(path: Path) -> dict[str, Any]:
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read plan {path}: {exc}") from None
-    if not isinstance(result, dict) or result.get("format") != PLAN_FORMAT:
-        raise UsageError(f"{path} is not a plan written by `xelm plan --json`")
-    return result
-
-
-def _pending(command: list[str]) -> list[str] | None:
-    """The command to run now (with --resume after a kill), or None when its output exists."""
-    output = Path(command[command.index("-o") + 1])
-    if is_bundle(output):
-        return None
-    if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
-        return [*command, "--resume"]
-    return command
-
-
 def train_all(
     plan_file: Annotated[Path, typer.Argument(help="Plan from `xelm plan --json`.")],
     only: Annotated[
@@ -591,36 +580,57 @@ def train_all(
     nproc_per_node: Annotated[
         int, typer.Option(help="Run `xelm train` under torchrun on this many devices (DDP).")
     ] = 1,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            help="GPUs to share out, e.g. 0,1,2,3: runs train at once, each on its own group "
+            "of --nproc-per-node of them (its CUDA_VISIBLE_DEVICES).",
+        ),
+    ] = None,
+    parallel: Annotated[
+        int, typer.Option(help="Runs to train at once without pinning devices (a CPU machine).")
+    ] = 1,
 ) -> None:
-    """Run a plan's runs one after another on this machine, skipping finished outputs and
-    resuming killed ones.
+    """Run a plan's runs on this machine, skipping finished outputs and resuming killed ones:
+    one after another, or several at once.
 
     Example: xelm train-all plan.json --only 2 --nproc-per-node 4
+
+    On one node with 8 GPUs, eight runs at a time, one GPU each (or four, two GPUs each under
+    torchrun); each run's output goes to ROOT/logs/NAME.log, a failed run does not stop the
+    others, and the average and moe runs start when the experts are done:
+      xelm train-all plan.json --devices 0,1,2,3,4,5,6,7
+      xelm train-all plan.json --devices 0,1,2,3,4,5,6,7 --nproc-per-node 2
     """
-    if nproc_per_node < 1:
-        raise UsageError("--nproc-per-node must be at least 1")
-    runs = _read_plan(plan_file)["runs"]
-    if only is not None:
-        if not 0 <= only < len(runs):
-            raise UsageError(f"--only {only}: the plan has runs 0..{len(runs) - 1}")
-        runs = [runs[only]]
+    slots = device_groups(devices, nproc_per_node, parallel)
+    plan = read_plan(plan_file)
+    runs = chosen_runs(plan, only)
+    if dry_run or (devices is None and len(slots) == 1):
+        run_in_turn(runs, nproc_per_node, dry_run)
+        return
+
+    def say(line: str) -> None:
+        stderr_console.print(line, markup=False, highlight=False)
+
+    outcomes = PlanRunner(plan, runs, slots, nproc_per_node, say).run()
+    problem = failures(outcomes)
+    if problem:
+        raise XelmError(problem)
+
+
+def run_in_turn(runs: list[dict[str, Any]], nproc_per_node: int, dry_run: bool) -> None:
+    """One command after another in this terminal (their progress bars shown); the first
+    failure stops the rest."""
     for run in runs:
         for command in run["commands"]:
-            pending = _pending(command)
-            if pending is None:
+            todo = pending(command)
+            if todo is None:
                 console.print(f"skip (done): {shlex.join(command)}", style="dim")
                 continue
-            launcher = ["xelm"]
-            if nproc_per_node > 1 and pending[1] == "train":
-                launcher = ["torchrun", "--standalone", "--nproc-per-node", str(nproc_per_node)]
-                launcher += ["-m", "xelm_cli"]
-            typer.echo(shlex.join([*launcher, *pending[1:]]))
+            shown = shown_command(todo, nproc_per_node)
+            typer.echo(shlex.join(shown))
             if dry_run:
                 continue
-            if launcher[0] == "torchrun":  # the torchrun of this interpreter
-                launcher[0:1] = [sys.executable, "-m", "torch.distributed.run"]
-            else:
-                launcher = [sys.executable, "-m", "xelm_cli"]
-            code = subprocess.call([*launcher, *pending[1:]])
+            code = subprocess.call(process_argv(shown))
             if code:
                 raise typer.Exit(code)

@@ -1,0 +1,283 @@
+"""Running a plan's runs (``xelm train-all``): one after another, or several at once.
+
+X-ELM's runs are independent (only ``average`` and ``moe`` wait for the experts: a run's
+``after``), so a machine with several GPUs trains several at a time: ``devices`` are shared out
+in groups of ``nproc_per_node`` (a run's ``xelm train`` sees its group as
+``CUDA_VISIBLE_DEVICES``; with more than one device a group trains under torchrun), and
+``parallel`` runs that many at once without pinning (a CPU machine). A run whose outputs all
+exist is skipped; a killed one resumes from its checkpoints. Running several at once, each run
+writes its commands' output to ``ROOT/logs/NAME.log`` (ROOT: the directory that holds every
+run's output), a failed run does not stop the others, and the runs that wait for it are not run.
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.store import is_bundle
+from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.plugin.contracts import checkpoint_dir
+from xelm_cli.training.checkpoints import list_checkpoints
+
+PLAN_FORMAT = "xelm-train-plan"
+
+
+@dataclass
+class RunOutcome:
+    """What became of one run: ``done``, ``skipped`` (finished before), ``failed`` or
+    ``not run`` (a run it waits for failed)."""
+
+    name: str
+    status: str
+    code: int = 0
+    started: float | None = None  # time.time() of its first command
+    ended: float | None = None
+    devices: str | None = None  # CUDA_VISIBLE_DEVICES it ran with
+    log: Path | None = None
+
+
+def read_plan(path: Path) -> dict[str, Any]:
+    plan = read_json_object(path, f"plan {path}") if path.is_file() else None
+    if plan is None:
+        raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
+    if plan.get("format") != PLAN_FORMAT:
+        raise UsageError(f"{path} is not a plan written by `xelm plan --json`")
+    return plan
+
+
+def pending(command: list[str]) -> list[str] | None:
+    """The command to run now (with --resume after a kill), or None when its output exists."""
+    output = Path(command[command.index("-o") + 1])
+    if is_bundle(output):
+        return None
+    if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
+        return [*command, "--resume"]
+    return command
+
+
+def shown_command(command: list[str], nproc_per_node: int) -> list[str]:
+    """``command`` as a user would type it: ``xelm ...``, or ``torchrun ... -m xelm_cli train``."""
+    if nproc_per_node > 1 and command[1] == "train":
+        launcher = ["torchrun", "--standalone", "--nproc-per-node", str(nproc_per_node)]
+        return [*launcher, "-m", "xelm_cli", *command[1:]]
+    return command
+
+
+def process_argv(shown: list[str]) -> list[str]:
+    """The argv that runs a shown command with this interpreter (its xelm, its torchrun)."""
+    if shown[0] == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *shown[1:]]
+    return [sys.executable, "-m", "xelm_cli", *shown[1:]]
+
+
+def device_groups(devices: str | None, nproc_per_node: int, parallel: int) -> list[str | None]:
+    """One slot per run that may train at once: a group of ``nproc_per_node`` of ``devices``
+    (``"0,1,2,3"``), or ``parallel`` slots that pin nothing."""
+    if nproc_per_node < 1 or parallel < 1:
+        raise UsageError("--nproc-per-node and --parallel must be at least 1")
+    if devices is None:
+        return [None] * parallel
+    if parallel != 1:
+        raise UsageError(
+            "give --devices or --parallel, not both: with --devices, as many runs train at "
+            "once as there are groups of --nproc-per-node devices"
+        )
+    ids = [d.strip() for d in devices.split(",") if d.strip()]
+    if not ids or len(ids) % nproc_per_node or len(set(ids)) != len(ids):
+        raise UsageError(
+            f"--devices {devices!r}: give distinct device numbers, a multiple of "
+            f"--nproc-per-node {nproc_per_node} of them (e.g. --devices 0,1,2,3)"
+        )
+    return [",".join(ids[i : i + nproc_per_node]) for i in range(0, len(ids), nproc_per_node)]
+
+
+def logs_directory(plan: dict[str, Any]) -> Path:
+    """``ROOT/logs``, ROOT the directory every run's output lies under."""
+    outputs = [os.path.abspath(run["output"]) for run in plan["runs"]]
+    root = os.path.commonpath(outputs)
+    return Path(root if len(outputs) > 1 else os.path.dirname(root)) / "logs"
+
+
+class PlanRunner:
+    """Runs ``runs`` of ``plan`` in ``slots`` (``device_groups``); ``say`` hears one line per
+    event (a run started, finished, failed, was skipped)."""
+
+    def __init__(
+        self,
+        plan: dict[str, Any],
+        runs: Sequence[dict[str, Any]],
+        slots: list[str | None],
+        nproc_per_node: int = 1,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.runs, self.slots, self.nproc = list(runs), slots, nproc_per_node
+        self.say = say
+        self.logs = logs_directory(plan)
+        self.threads = max(1, (os.cpu_count() or 1) // len(slots))  # CPU threads of each run
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def run(self) -> list[RunOutcome]:
+        outcomes: dict[str, RunOutcome] = {}
+        waiting = list(self.runs)
+        free = list(self.slots)
+        running: dict[Future[RunOutcome], str | None] = {}
+        with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:
+            try:
+                while waiting or running:
+                    progressed = False
+                    for run in list(waiting):
+                        ready = self._ready(run, outcomes)
+                        if ready is None or (ready and not free and not self._finished(run)):
+                            continue
+                        waiting.remove(run)
+                        progressed = True
+                        if not ready:
+                            outcomes[run["name"]] = RunOutcome(run["name"], "not run")
+                            self.say(f"not run: {run['name']} (a run it waits for failed)")
+                        elif self._finished(run):
+                            outcomes[run["name"]] = RunOutcome(run["name"], "skipped")
+                            self.say(f"skip (done): {run['name']}")
+                        else:
+                            slot = free.pop(0)
+                            running[pool.submit(self._run_one, run, slot)] = slot
+                    if running:
+                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            free.append(running.pop(future))
+                            outcome = future.result()
+                            outcomes[outcome.name] = outcome
+                    elif not progressed:  # waits for a run that is not in the plan: none left
+                        for run in waiting:
+                            outcomes[run["name"]] = RunOutcome(run["name"], "not run")
+                        break
+            except KeyboardInterrupt:
+                self._stop_all()
+                raise
+        return [outcomes[run["name"]] for run in self.runs]
+
+    @staticmethod
+    def _finished(run: dict[str, Any]) -> bool:
+        return all(pending(command) is None for command in run["commands"])
+
+    def _ready(self, run: dict[str, Any], outcomes: dict[str, RunOutcome]) -> bool | None:
+        """True when every run ``run`` waits for (of those planned here) is done, False when
+        one failed or was not run, None while one is still to finish."""
+        planned = {r["name"] for r in self.runs}
+        before = [name for name in run.get("after", []) if name in planned]
+        if any(outcomes[n].status in ("failed", "not run") for n in before if n in outcomes):
+            return False
+        return True if all(name in outcomes for name in before) else None
+
+    def _run_one(self, run: dict[str, Any], slot: str | None) -> RunOutcome:
+        name = run["name"]
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        where = f"devices {slot}" if slot is not None else f"{self.threads} CPU threads"
+        self.say(f"start: {name} ({where}; log {log})")
+        outcome = RunOutcome(name, "done", started=time.time(), devices=slot, log=log)
+        env = self._environment(slot)
+        with open(log, "ab") as sink:
+            pinned = (
+                f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env
+            )
+            sink.write(f"# {time.strftime('%F %T')} {name}: {' '.join(pinned)}\n".encode())
+            for command in run["commands"]:
+                todo = pending(command)
+                if todo is None:
+                    continue
+                shown = shown_command(todo, self.nproc)
+                sink.write(f"$ {shlex.join(shown)}\n".encode())
+                sink.flush()
+                outcome.code = self._call(process_argv(shown), env, sink)
+                if outcome.code:
+                    outcome.status = "failed"
+                    break
+        outcome.ended = time.time()
+        took = outcome.ended - (outcome.started or outcome.ended)
+        if outcome.status == "failed":
+            self.say(f"FAILED: {name} (exit {outcome.code} after {took:.0f} s): {last_line(log)}")
+        else:
+            self.say(f"done: {name} in {took:.0f} s")
+        return outcome
+
+    def _environment(self, slot: str | None) -> dict[str, str]:
+        """The run's devices, and its share of the CPU cores (unless OMP_NUM_THREADS is set)."""
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(self.threads))
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        return env
+
+    def _call(self, argv: list[str], env: dict[str, str], sink: Any) -> int:
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        with self._lock:
+            self._live.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self._lock:
+                self._live.discard(process)
+
+    def _stop_all(self) -> None:
+        """Ctrl-C: the runs in flight stop (a killed training resumes when run again)."""
+        with self._lock:
+            live = list(self._live)
+        for process in live:
+            process.terminate()
+        for process in live:
+            process.wait()
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def failures(outcomes: Sequence[RunOutcome]) -> str | None:
+    """One line naming the failed runs (with their logs) and those not run, or None."""
+    failed = [o for o in outcomes if o.status == "failed"]
+    if not failed:
+        return None
+    named = ", ".join(f"{o.name} (exit {o.code}; log {o.log})" for o in failed)
+    skipped = [o.name for o in outcomes if o.status == "not run"]
+    tail = f"; not run: {', '.join(skipped)}" if skipped else ""
+    return (
+        f"{len(failed)} of {len(outcomes)} runs failed: {named}{tail}; "
+        "fix the cause and run the same command again (finished runs are skipped)"
+    )
+
+
+def run_plan(
+    plan_file: Path,
+    *,
+    only: int | None = None,
+    parallel: int = 1,
+    devices: str | None = None,
+    nproc_per_node: int = 1,
+    say: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Run the plan's runs (all, or run ``only``) with ``parallel`` at once or one per group of
+    ``devices`` (``xelm train-all``), each run's output in ``ROOT/logs/NAME.log``; what became
+    of each. Failed runs do not stop the others (``failures`` says which failed)."""
+    plan = read_plan(plan_file)
+    slots = device_groups(devices, nproc_per_node, parallel)
+    return PlanRunner(plan, chosen_runs(plan, only), slots, nproc_per_node, say).run()
+
+
+def chosen_runs(plan: dict[str, Any], only: int | None) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = plan["runs"]
+    if only is None:
+        return runs
+    if not 0 <= only < len(runs):
+        raise UsageError(f"--only {only}: the plan has runs 0..{len(runs) - 1}")
+    return [runs[only]]
