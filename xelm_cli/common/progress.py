@@ -73,6 +73,20 @@ def document_progress(description: str) -> contextlib.AbstractContextManager[Cal
     return _bar(description, None, columns)
 
 
+def count_progress(
+    description: str, total: int, unit: str
+) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+    """A bar of ``total`` items (``unit``: what they are); yields ``advance(n)``."""
+    columns: list[ProgressColumn] = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+    ]
+    return _bar(description, total, columns)
+
+
 class LanguageProgress:
     """One row per language while preparing data: tokens read (of the read limit, where there
     is one), documents, megabytes, tokens per second and the time left."""

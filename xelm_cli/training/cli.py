@@ -17,7 +17,7 @@ from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.errors import UsageError, XelmError
-from xelm_cli.common.progress import stderr_console
+from xelm_cli.common.progress import count_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
@@ -612,7 +612,8 @@ def train_all(
     def say(line: str) -> None:
         stderr_console.print(line, markup=False, highlight=False)
 
-    outcomes = PlanRunner(plan, runs, slots, nproc_per_node, say).run()
+    with count_progress("train-all", len(runs), "runs") as advance:
+        outcomes = PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
     problem = failures(outcomes)
     if problem:
         raise XelmError(problem)

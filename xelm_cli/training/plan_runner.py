@@ -109,7 +109,8 @@ def logs_directory(plan: dict[str, Any]) -> Path:
 
 class PlanRunner:
     """Runs ``runs`` of ``plan`` in ``slots`` (``device_groups``); ``say`` hears one line per
-    event (a run started, finished, failed, was skipped)."""
+    event (a run started, finished, failed, was skipped), ``advance(1)`` is called as each run
+    ends one way or another."""
 
     def __init__(
         self,
@@ -118,9 +119,10 @@ class PlanRunner:
         slots: list[str | None],
         nproc_per_node: int = 1,
         say: Callable[[str], None] = print,
+        advance: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.runs, self.slots, self.nproc = list(runs), slots, nproc_per_node
-        self.say = say
+        self.say, self.advance = say, advance
         self.logs = logs_directory(plan)
         self.threads = max(1, (os.cpu_count() or 1) // len(slots))  # CPU threads of each run
         self._live: set[subprocess.Popen[bytes]] = set()
@@ -144,9 +146,11 @@ class PlanRunner:
                         if not ready:
                             outcomes[run["name"]] = RunOutcome(run["name"], "not run")
                             self.say(f"not run: {run['name']} (a run it waits for failed)")
+                            self.advance(1)
                         elif self._finished(run):
                             outcomes[run["name"]] = RunOutcome(run["name"], "skipped")
                             self.say(f"skip (done): {run['name']}")
+                            self.advance(1)
                         else:
                             slot = free.pop(0)
                             running[pool.submit(self._run_one, run, slot)] = slot
@@ -156,6 +160,7 @@ class PlanRunner:
                             free.append(running.pop(future))
                             outcome = future.result()
                             outcomes[outcome.name] = outcome
+                            self.advance(1)
                     elif not progressed:  # waits for a run that is not in the plan: none left
                         for run in waiting:
                             outcomes[run["name"]] = RunOutcome(run["name"], "not run")
