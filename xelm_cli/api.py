@@ -87,6 +87,7 @@ from xelm_cli.training.checkpoints import (
     save_checkpoint,
 )
 from xelm_cli.training.plan_runner import run_plan
+from xelm_cli.training.planning import make_plan
 from xelm_cli.training.run import train
 
 __all__ = [
@@ -150,6 +151,7 @@ __all__ = [
     "language_of_config",
     "list_checkpoints",
     "load_checkpoint",
+    "make_plan",
     "normalize_language",
     "option",
     "options_record",

@@ -4,7 +4,6 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
-from xelm_cli.bundle.store import Bundle, is_bundle
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.errors import UsageError, XelmError
@@ -23,23 +21,12 @@ from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     declared_options,
-    parse_options,
     parse_pairs,
     typer_parameters,
     with_parameters,
 )
-from xelm_cli.training.checkpoints import plan_budgets
-from xelm_cli.training.estimates import (
-    ModelShape,
-    Throughput,
-    device_memory,
-    largest_batch,
-    moe_shapes,
-    parse_size,
-    training_memory,
-)
+from xelm_cli.training.estimates import parse_size
 from xelm_cli.training.plan_runner import (
-    PLAN_FORMAT,
     PlanRunner,
     chosen_runs,
     device_groups,
@@ -49,11 +36,11 @@ from xelm_cli.training.plan_runner import (
     read_plan,
     shown_command,
 )
-from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
+from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan
+from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_verb
 
 console = Console(soft_wrap=True)
-DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Token shards to train on.")]
 ValidOpt = Annotated[
@@ -222,222 +209,6 @@ def command_options(trainer: str, flags: dict[str, Any], pairs: list[str]) -> di
 
 
 # --- plan and train-all --------------------------------------------------------------------------
-
-
-def planned_options(train_args: str) -> dict[str, Any]:
-    """The default trainer's options that ``train_args`` (extra `xelm train` arguments: its
-    flags and ``--train-arg KEY=VALUE``) set, over its declared defaults; a bad value is
-    refused in one line now rather than when the run starts."""
-    registry = get_registry()
-    if DEFAULT_TRAINER not in registry.trainers:
-        raise UsageError(
-            f"estimating a plan needs the {DEFAULT_TRAINER} trainer, which is not loaded "
-            "(xelm plugins list)"
-        )
-    owner = registry.trainers[DEFAULT_TRAINER].obj
-    specs = [spec for spec in declared_options(owner) if spec.cli]
-    by_flag = {spec.flag_name: spec for spec in specs}
-    given: dict[str, Any] = {}
-    pairs: list[str] = []
-    args = shlex.split(train_args)
-    index = 0
-    while index < len(args):
-        name, equals, value = args[index].partition("=")
-        index += 1
-        negated = (
-            by_flag.get("--" + name.removeprefix("--no-")) if name.startswith("--no-") else None
-        )
-        spec = by_flag.get(name)
-        if negated is not None and negated.is_flag:
-            given[negated.name] = "false"
-        elif spec is not None and spec.is_flag:
-            given[spec.name] = value if equals else "true"
-        elif spec is not None or name == TRAIN_ARG:
-            if not equals and index < len(args):
-                value, index = args[index], index + 1
-            if name == TRAIN_ARG:
-                pairs.append(value)
-            else:
-                given[spec.name] = value  # type: ignore[union-attr]
-    values = {**parse_pairs(pairs, TRAIN_ARG), **given}
-    parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
-    return {spec.name: spec.default for spec in specs} | parsed
-
-
-def estimate_runs(
-    seed_bundle: Path,
-    train_args: str = "",
-    memory: int | None = None,
-    measured: Path | None = None,
-) -> dict[str, Any]:
-    """Parameters and device memory of one run of the plan (every run trains a model of the
-    seed's size, with the batch that ``train_args`` sets), refused in one line when the batch
-    cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and the
-    FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
-    planned = planned_options(train_args)
-    batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = str(device).startswith("cuda")
-    options = {
-        "cuda": cuda,
-        "lean_loss": bool(planned["lean_loss"]),
-        "gradient_checkpointing": bool(planned["gradient_checkpointing"]),
-    }
-    shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
-    estimate = training_memory(shape, batch, block, **options)
-    limit = memory if memory is not None else device_memory(cuda)
-    if estimate.total > limit:
-        fits, _ = largest_batch(shape, block, limit, **options)
-        way = (
-            f"the largest that fits is --batch-size {fits} (with --global-batch to keep the "
-            "tokens per step)"
-            if fits
-            else "not even --batch-size 1 fits: try --gradient-checkpointing or --fsdp"
-        )
-        raise UsageError(
-            f"a batch of {batch} x {block} tokens needs about {estimate.total / 1e9:.1f} GB "
-            f"on {'the GPU' if cuda else 'the CPU'}, which has {limit / 1e9:.1f} GB; {way}"
-        )
-    return {
-        "shape": shape,
-        "throughput": Throughput.of(measured) if measured else None,
-        "record": {
-            "parameters": shape.parameters,
-            "batch_size": batch,
-            "block_size": block,
-            "device": "cuda" if cuda else "cpu",
-            "memory_limit": limit,
-            "memory": estimate.as_dict(),
-            "measured": str(measured) if measured else None,
-        },
-    }
-
-
-def make_plan(
-    budget: int,
-    allocation: Path,
-    seed_bundle: Path,
-    data: Path,
-    runs: Path,
-    valid: Path | None,
-    train_args: str = "",
-    memory: int | None = None,
-    measured: Path | None = None,
-    moe_tokens: int = 0,
-    moe_calibration: Path | None = None,
-    moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
-) -> dict[str, Any]:
-    """The runs that give X-ELM and the dense baseline equal training tokens, as commands,
-    with memory and time estimates when the seed bundle exists (``estimate_runs``).
-
-    With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
-    moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
-    and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
-    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``."""
-    alloc = read_allocation(allocation)
-    if moe_tokens and not 0 < moe_tokens < budget:
-        raise UsageError(
-            f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
-            "on what is left of the budget"
-        )
-    estimate = None
-    if is_bundle(seed_bundle):
-        estimate = estimate_runs(seed_bundle, train_args, memory, measured)
-    entries = []
-    budgets = plan_budgets(budget - moe_tokens, alloc.experts)
-    budgets = [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
-    for run in budgets:
-        # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
-        output = runs / run.name if run.expert is None else runs / "experts" / run.name
-        extra = ["--valid", str(valid)] if valid else []
-        extra += shlex.split(train_args)
-        if run.expert is None:
-            branch = None
-            trained = ["xelm", "train", str(seed_bundle), "--langs", ",".join(run.languages)]
-            trained += ["--role", "dense"]
-        else:
-            start = runs / "branches" / run.name
-            branch = ["xelm", "bundle", "branch", str(seed_bundle), "--allocation"]
-            branch += [str(allocation), "--expert", str(run.expert), "-o", str(start)]
-            trained = ["xelm", "train", str(start)]
-        trained += ["--data", str(data), *extra, "--tokens", str(run.tokens), "-o", str(output)]
-        entries.append(
-            {
-                "name": run.name,
-                "expert": run.expert,
-                "languages": list(run.languages),
-                "tokens": run.tokens,
-                "output": str(output),
-                "commands": [c for c in (branch, trained) if c],
-                "seconds": (
-                    estimate["throughput"].seconds(estimate["shape"], run.tokens)
-                    if estimate and estimate["throughput"]
-                    else None
-                ),
-            }
-        )
-    if moe_tokens:
-        experts = [str(runs / "experts" / b.name) for b in budgets if b.expert is not None]
-        everything = list(next(b.languages for b in budgets if b.expert is None))
-        entries += merged_runs(
-            experts, everything, data, runs, valid, train_args, estimate,
-            moe_tokens, moe_calibration, moe_aux_loss,
-        )  # fmt: skip
-    return {
-        "format": PLAN_FORMAT,
-        "budget": budget,
-        "moe_tokens": moe_tokens,
-        "k": alloc.k,
-        "allocation": {"path": str(allocation), "digest": alloc.digest},
-        "estimate": estimate["record"] if estimate else None,
-        "runs": entries,
-    }
-
-
-def merged_runs(
-    experts: list[str],
-    languages: list[str],
-    data: Path,
-    runs: Path,
-    valid: Path | None,
-    train_args: str,
-    estimate: dict[str, Any] | None,
-    moe_tokens: int,
-    calibration: Path | None,
-    aux_loss: float,
-) -> list[dict[str, Any]]:
-    """The ``average`` and ``moe`` runs of a plan: one model each from the finished experts
-    (both wait for them: run them after the experts' array tasks)."""
-    names = [f"expert-{i}" for i in range(len(experts))]
-    average = ["xelm", "bundle", "merge", *experts, "--method", "average"]
-    average += ["-o", str(runs / "average")]
-    built = runs / "moe-init"
-    gate = ["--gate", "language", "--calibration", str(calibration)] if calibration else []
-    moe = ["xelm", "bundle", "moe", *experts, "--top-k", str(MOE_TOP_K),
-           *(gate or ["--gate", "random"]), "-o", str(built)]  # fmt: skip
-    extra = ["--valid", str(valid)] if valid else []
-    tuned = ["xelm", "train", str(built), "--data", str(data), *extra, *shlex.split(train_args),
-             "--aux-loss", str(aux_loss), "--tokens", str(moe_tokens),
-             "-o", str(runs / "moe")]  # fmt: skip
-    seconds = None
-    held_parameters = None
-    if estimate:
-        held, active = moe_shapes(estimate["shape"], len(experts), MOE_TOP_K)
-        held_parameters = held.parameters
-        if estimate["throughput"]:
-            seconds = estimate["throughput"].seconds(active, moe_tokens)
-    return [
-        {"name": "average", "expert": None, "languages": languages, "tokens": 0,
-         "output": str(runs / "average"), "commands": [average], "seconds": 0.0 if estimate
-         and estimate["throughput"] else None, "after": names},
-        {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
-         "output": str(runs / "moe"), "commands": [moe, tuned], "seconds": seconds,
-         "after": names, "parameters": held_parameters, "top_k": MOE_TOP_K,
-         "aux_loss": aux_loss},
-    ]  # fmt: skip
 
 
 BudgetOpt = Annotated[str, typer.Option("--budget", help="Dense training tokens: 20M, 1.5B.")]
