@@ -577,6 +577,8 @@ def test_train_all_runs_several_at_once_and_the_merged_runs_after_the_experts(
         "are skipped)"
     )
     assert "not run: average (a run it waits for failed)" in stderr
+    started = [line.split()[1] for line in stderr if line.startswith("start: ")]
+    assert started[0] == "dense"  # the longest run first (1,024 tokens; an expert 384)
     assert "block size must be at least 2" in (logs / "expert-1.log").read_text()
     assert (
         verify_bundle(Path("runs/dense")) == []

@@ -5,7 +5,8 @@ X-ELM's runs are independent (only ``average`` and ``moe`` wait for the experts:
 in groups of ``nproc_per_node`` (a run's ``xelm train`` sees its group as
 ``CUDA_VISIBLE_DEVICES``; with more than one device a group trains under torchrun), and
 ``parallel`` runs that many at once without pinning (a CPU machine). A run whose outputs all
-exist is skipped; a killed one resumes from its checkpoints. Running several at once, each run
+exist is skipped; a killed one resumes from its checkpoints. Running several at once, the runs
+with the most tokens start first (the dense baseline before the experts), each run
 writes its commands' output to ``ROOT/logs/NAME.log`` (ROOT: the directory that holds every
 run's output), a failed run does not stop the others, and the runs that wait for it are not run.
 """
@@ -130,7 +131,9 @@ class PlanRunner:
 
     def run(self) -> list[RunOutcome]:
         outcomes: dict[str, RunOutcome] = {}
-        waiting = list(self.runs)
+        # the longest runs first (the dense baseline: B tokens, an expert B/k), so that the
+        # last runs to finish are short ones and the devices are not left waiting on one
+        waiting = sorted(self.runs, key=lambda run: -int(run.get("tokens") or 0))
         free = list(self.slots)
         running: dict[Future[RunOutcome], str | None] = {}
         with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:
@@ -153,6 +156,8 @@ class PlanRunner:
                             self.advance(1)
                         else:
                             slot = free.pop(0)
+                            where = f"devices {slot}" if slot else f"{self.threads} CPU threads"
+                            self.say(f"start: {run['name']} ({where}; log {self._log(run)})")
                             running[pool.submit(self._run_one, run, slot)] = slot
                     if running:
                         finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -184,11 +189,8 @@ class PlanRunner:
         return True if all(name in outcomes for name in before) else None
 
     def _run_one(self, run: dict[str, Any], slot: str | None) -> RunOutcome:
-        name = run["name"]
+        name, log = run["name"], self._log(run)
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
-        where = f"devices {slot}" if slot is not None else f"{self.threads} CPU threads"
-        self.say(f"start: {name} ({where}; log {log})")
         outcome = RunOutcome(name, "done", started=time.time(), devices=slot, log=log)
         env = self._environment(slot)
         with open(log, "ab") as sink:
@@ -214,6 +216,9 @@ class PlanRunner:
         else:
             self.say(f"done: {name} in {took:.0f} s")
         return outcome
+
+    def _log(self, run: dict[str, Any]) -> Path:
+        return self.logs / f"{run['name']}.log"
 
     def _environment(self, slot: str | None) -> dict[str, str]:
         """The run's devices, and its share of the CPU cores (unless OMP_NUM_THREADS is set)."""
