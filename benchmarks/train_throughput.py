@@ -58,7 +58,7 @@ def setup(work: Path, data: Path, config: str) -> tuple[Path, Path]:
     corpus = work / "corpus"
     corpus.mkdir()
     for source in sources:
-        (corpus / source.name).symlink_to(source)
+        (corpus / source.name).symlink_to(source.resolve())  # --data may be relative
     prepare(corpus, seed, shards)
     return seed, shards
 
