@@ -650,3 +650,17 @@ def test_device_groups_share_out_devices_by_nproc_per_node() -> None:
     assert device_groups("0,1,2,3", 2, 1) == ["0,1", "2,3"]
     assert device_groups(" 4, 5 ", 1, 1) == ["4", "5"]
     assert device_groups(None, 1, 3) == [None, None, None]
+
+
+def test_runs_that_wait_for_each_other_are_not_run(tmp_path: Path) -> None:
+    """A cycle of `after` (no plan of xelm's has one, a hand-edited one may): nothing can start,
+    so both are reported not run instead of waiting for ever."""
+    from xelm_cli.training.plan_runner import PlanRunner
+
+    runs = [
+        {"name": name, "after": [other], "output": str(tmp_path / name),
+         "commands": [["xelm", "train", "seed", "-o", str(tmp_path / name)]]}
+        for name, other in (("a", "b"), ("b", "a"))
+    ]  # fmt: skip
+    outcomes = PlanRunner({"runs": runs}, runs, [None, None], say=lambda line: None).run()
+    assert [(o.name, o.status) for o in outcomes] == [("a", "not run"), ("b", "not run")]

@@ -139,41 +139,59 @@ class PlanRunner:
         with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:
             try:
                 while waiting or running:
-                    progressed = False
-                    for run in list(waiting):
-                        ready = self._ready(run, outcomes)
-                        if ready is None or (ready and not free and not self._finished(run)):
-                            continue
+                    run = self._next(waiting, outcomes, bool(free))
+                    if run is not None:
                         waiting.remove(run)
-                        progressed = True
-                        if not ready:
-                            outcomes[run["name"]] = RunOutcome(run["name"], "not run")
-                            self.say(f"not run: {run['name']} (a run it waits for failed)")
-                            self.advance(1)
-                        elif self._finished(run):
-                            outcomes[run["name"]] = RunOutcome(run["name"], "skipped")
-                            self.say(f"skip (done): {run['name']}")
-                            self.advance(1)
-                        else:
-                            slot = free.pop(0)
-                            where = f"devices {slot}" if slot else f"{self.threads} CPU threads"
-                            self.say(f"start: {run['name']} ({where}; log {self._log(run)})")
-                            running[pool.submit(self._run_one, run, slot)] = slot
-                    if running:
+                        self._start(run, outcomes, free, running, pool)
+                    elif running:
                         finished, _ = wait(running, return_when=FIRST_COMPLETED)
                         for future in finished:
                             free.append(running.pop(future))
-                            outcome = future.result()
-                            outcomes[outcome.name] = outcome
-                            self.advance(1)
-                    elif not progressed:  # waits for a run that is not in the plan: none left
+                            self._settle(outcomes, future.result())
+                    else:  # a cycle of `after`: none of the rest can ever start
                         for run in waiting:
-                            outcomes[run["name"]] = RunOutcome(run["name"], "not run")
+                            self._settle(outcomes, RunOutcome(run["name"], "not run"))
                         break
             except KeyboardInterrupt:
                 self._stop_all()
                 raise
         return [outcomes[run["name"]] for run in self.runs]
+
+    def _start(
+        self,
+        run: dict[str, Any],
+        outcomes: dict[str, RunOutcome],
+        free: list[str | None],
+        running: dict[Future[RunOutcome], str | None],
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        """Settle ``run`` (not run, skipped) or start it on the first free slot."""
+        if self._ready(run, outcomes) is False:
+            self._settle(outcomes, RunOutcome(run["name"], "not run"))
+            self.say(f"not run: {run['name']} (a run it waits for failed)")
+        elif self._finished(run):
+            self._settle(outcomes, RunOutcome(run["name"], "skipped"))
+            self.say(f"skip (done): {run['name']}")
+        else:
+            slot = free.pop(0)
+            where = f"devices {slot}" if slot else f"{self.threads} CPU threads"
+            self.say(f"start: {run['name']} ({where}; log {self._log(run)})")
+            running[pool.submit(self._run_one, run, slot)] = slot
+
+    def _next(
+        self, waiting: list[dict[str, Any]], outcomes: dict[str, RunOutcome], free: bool
+    ) -> dict[str, Any] | None:
+        """The first waiting run that can be settled now: the runs before it have ended, and
+        a device is ``free`` unless it is to be skipped or not run."""
+        for run in waiting:
+            ready = self._ready(run, outcomes)
+            if ready is False or (ready and (free or self._finished(run))):
+                return run
+        return None
+
+    def _settle(self, outcomes: dict[str, RunOutcome], outcome: RunOutcome) -> None:
+        outcomes[outcome.name] = outcome
+        self.advance(1)
 
     @staticmethod
     def _finished(run: dict[str, Any]) -> bool:
