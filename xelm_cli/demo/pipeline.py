@@ -495,7 +495,6 @@ class Demo:
         loss of the first and last logged steps is recorded (transformers' load-balancing loss:
         the top-k when perfectly balanced, more when the routers favour some experts)."""
         p = self.preset
-        batch = p.train.get("batch_size", 1) * p.train.get("block_size", 1)
         if not is_bundle(out):  # the balance loss logged four times, first and last kept
             train_bundle(
                 moe,
@@ -509,7 +508,7 @@ class Demo:
                     **p.train,
                     "device": self.device or "auto",
                     "aux_loss": p.moe_aux_loss,
-                    "log_every": max(1, p.moe_tokens // batch // 4),
+                    "log_every": max(1, p.moe_tokens // p.batch_tokens // 4),
                 },
             )
         self._count_training(out)
