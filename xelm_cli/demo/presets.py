@@ -82,7 +82,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(
         name="smoke",
-        summary="tiny, for tests: 1-2 min on a CPU",
+        summary="tiny, for tests: about 25 s on a CPU",
         model={**NAMED_CONFIGS["tiny"], "max_position_embeddings": 256},
         vocab_size=1000,
         corpus_bytes=40_000,
