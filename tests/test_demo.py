@@ -212,3 +212,33 @@ def test_report_shows_the_training_speed_of_each_training_step(smoke: Path) -> N
     dense = training["dense"]
     assert f"| dense | {results['steps']['dense']:.2f} | 32,768 | " in text
     assert f"{dense['tokens'] / dense['seconds']:,.0f} |" in text
+
+
+def test_devices_train_the_dense_model_and_the_experts_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--devices 0,1 (on the CPU the devices only name the slots): after the seed, the dense
+    model and the four experts train two at a time, each logged, and the steps that follow
+    find them trained and record their training as before."""
+    from xelm_cli.bundle.store import Bundle
+
+    out = tmp_path / "run"
+    args = ["demo", "--preset", "smoke", "--data", str(SHARED_DATA), "-o", str(out)]
+    assert run([*args, "--devices", "0,1"]) == 0
+    err = capsys.readouterr().err
+    assert sorted(p.stem for p in (out / "steps").glob("*.json")) == sorted(
+        [*STEPS, "side-by-side"]
+    )
+    side = json.loads((out / "steps" / "side-by-side.json").read_text())["result"]
+    names = ["dense", *(f"typology-k4-expert-{i}" for i in range(4))]
+    assert side == dict.fromkeys(names, "done")
+    assert err.index("start: dense (devices 0") < err.index("[ 6] dense")
+    for name in names:
+        log = (out / "logs" / f"{name}.log").read_text()
+        assert "CUDA_VISIBLE_DEVICES=" in log.splitlines()[0] and "$ xelm train " in log
+    experts = [Bundle.read(out / "typology-k4" / f"expert-{i}") for i in range(4)]
+    record = json.loads((out / "steps" / "typology-k4.json").read_text())["training"]
+    assert record["tokens"] == sum(e.manifest.training["tokens"] for e in experts) == 32768  # type: ignore[index]
+    assert record["seconds"] == round(sum(e.manifest.training["seconds"] for e in experts), 3)  # type: ignore[index]
+    assert run([*args, "--devices", "0,0"]) == 2
+    assert "give distinct device numbers" in capsys.readouterr().err

@@ -11,8 +11,9 @@ __all__ = ["PRESETS", "Demo", "get_preset", "read_results", "run_demo", "write_r
 
 
 def run_demo(
-    preset: str, data: Path, out: Path, device: str | None = None
+    preset: str, data: Path, out: Path, device: str | None = None, devices: str | None = None
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Run (or resume) the demo into ``out``; the results and the report's files."""
-    results = Demo(get_preset(preset), data, out, device).run()
+    """Run (or resume) the demo into ``out`` (``devices``: GPUs to train the dense model and
+    the typology experts on side by side); the results and the report's files."""
+    results = Demo(get_preset(preset), data, out, device, devices).run()
     return results, write_report(results, out / "report")

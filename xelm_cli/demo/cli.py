@@ -26,6 +26,14 @@ def demo(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")
     ] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help="GPUs to train the dense model and the typology experts on side by side, one "
+            "run per GPU, e.g. 0,1,2,3 (default: one after another on --device).",
+        ),
+    ] = None,
     plan: Annotated[
         bool,
         typer.Option(
@@ -65,7 +73,7 @@ def demo(
 
     size = max(DEFAULT_SIZE, get_preset(preset).corpus_bytes)
     data = demo_data(data, size=size, say=stderr_console.print)
-    results, files = run_demo(preset, data, output, device)
+    results, files = run_demo(preset, data, output, device, devices)
     stderr_console.print(f"finished in {results['seconds']:.0f} s")
     for claim in _claims(files[0]):  # the report's verdicts, one line each
         typer.echo(claim)

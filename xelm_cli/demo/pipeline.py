@@ -18,7 +18,7 @@ from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.data.corpus import iter_documents, read_documents
@@ -31,6 +31,7 @@ from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import Kind, get_registry
+from xelm_cli.training.plan_runner import PlanRunner, device_groups, failures
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
@@ -65,7 +66,14 @@ def write_jsonl(path: Path, texts: Sequence[str], language: str) -> None:
 class Demo:
     """One demo run in ``out``: the steps, their records, and the results they add up to."""
 
-    def __init__(self, preset: Preset, data: Path, out: Path, device: str | None = None) -> None:
+    def __init__(
+        self,
+        preset: Preset,
+        data: Path,
+        out: Path,
+        device: str | None = None,
+        devices: str | None = None,
+    ) -> None:
         for needed in REQUIRED:
             if not (data / needed).is_dir():
                 raise UsageError(
@@ -75,6 +83,9 @@ class Demo:
         self.data = data
         self.out = out
         self.device = device
+        self.devices = devices  # GPUs to train the dense model and the experts on side by side
+        if devices:
+            device_groups(devices, 1, 1)  # refused now, not after the seed's training
         self.records = out / "steps"
         self.results: dict[str, Any] = {}
         self.cache = ScoreCache()
@@ -172,6 +183,8 @@ class Demo:
         )
         seed = self.out / "seed"
         self.step("seed", lambda: self.make_seed(tokenizer, shards, seed))
+        if self.devices:
+            self.step("side-by-side", lambda: self.side_by_side(seed, shards))
         dense = self.out / "dense"
         self.step("dense", lambda: self.train(seed, shards, dense, p.budget, TRAIN_LANGUAGES))
         experts: dict[str, list[Path]] = {}
@@ -276,6 +289,15 @@ class Demo:
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
 
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
+        paths = []
+        for start, out, languages in self.typology_branches(seed, k):
+            self.train(start, shards, out, self.preset.budget // k, languages)
+            paths.append(str(out))
+        return paths
+
+    def typology_branches(self, seed: Path, k: int) -> list[tuple[Path, Path, list[str]]]:
+        """(branch, output, languages) of each expert of the typology X-ELM with k experts:
+        its allocation and branches made, if they were not."""
         root = self.out / f"typology-k{k}"
         allocation = root / "allocation.json"
         if allocation.is_file():
@@ -285,15 +307,42 @@ class Demo:
             alloc = cluster(
                 "typology", k=k, output=allocation, languages=TRAIN_LANGUAGES, force=True
             )
-        paths = []
+        experts = []
         for expert, languages in enumerate(alloc.experts):
             start = root / f"branch-{expert}"
             if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
-            out = root / f"expert-{expert}"
-            self.train(start, shards, out, self.preset.budget // k, languages)
-            paths.append(str(out))
-        return paths
+            experts.append((start, root / f"expert-{expert}", list(languages)))
+        return experts
+
+    def side_by_side(self, seed: Path, shards: Path) -> dict[str, str]:
+        """The dense model and every typology expert trained at once, one run per device
+        group (``xelm train-all``'s runner); the steps that follow find them trained."""
+        p = self.preset
+        runs = [self._run("dense", seed, shards, self.out / "dense", p.budget, TRAIN_LANGUAGES)]
+        for k in p.typology_ks:
+            for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
+                name = f"typology-k{k}-expert-{expert}"
+                runs.append(self._run(name, start, shards, out, p.budget // k, languages))
+        slots = device_groups(self.devices, 1, 1)
+        say = functools.partial(stderr_console.print, markup=False, highlight=False)
+        outcomes = PlanRunner({"runs": runs}, runs, slots, say=say).run()
+        problem = failures(outcomes)
+        if problem:
+            raise XelmError(problem)
+        return {outcome.name: outcome.status for outcome in outcomes}
+
+    def _run(
+        self, name: str, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]
+    ) -> dict[str, Any]:
+        """One run of a plan (spec/training.md section 7): `xelm train` with the preset's
+        training options as flags."""
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in self.preset.train.items()]
+        if self.device:
+            flags.append(f"--device={self.device}")
+        command = ["xelm", "train", str(bundle), "--data", str(data), "--tokens", str(tokens),
+                   "--langs", ",".join(languages), *flags, "-o", str(out)]  # fmt: skip
+        return {"name": name, "output": str(out), "tokens": tokens, "commands": [command]}
 
     def tfidf_experts(self, seed: Path, corpus: Path, tokenizer: Path) -> dict[str, Any]:
         """c-BTM's clusters: fit TF-IDF k-means on sample documents, assign every training
