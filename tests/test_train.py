@@ -644,6 +644,22 @@ def test_train_all_refuses_devices_it_cannot_share_out(
     assert code == 2 and stdout == "" and stderr.count("\n") == 1 and expected in stderr
 
 
+def test_train_all_refuses_what_is_not_a_plan(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("not json")
+    (tmp_path / "other.json").write_text('{"format": "something-else"}')
+    expected = {
+        "missing.json": f"no plan at {tmp_path / 'missing.json'}: write one with `xelm plan",
+        "notes.txt": f"plan {tmp_path / 'notes.txt'}: not valid JSON",
+        "other.json": "is not a plan written by `xelm plan --json`",
+    }
+    for name, message in expected.items():
+        code, stdout, stderr = xelm(capsys, "train-all", tmp_path / name)
+        assert code in (2, 3) and stdout == "" and stderr.count("\n") == 1, name
+        assert message in stderr, stderr
+
+
 def test_device_groups_share_out_devices_by_nproc_per_node() -> None:
     from xelm_cli.training.plan_runner import device_groups
 

@@ -47,7 +47,7 @@ class RunOutcome:
 
 
 def read_plan(path: Path) -> dict[str, Any]:
-    plan = read_json_object(path, f"plan {path}") if path.is_file() else None
+    plan = read_json_object(path, "plan") if path.is_file() else None
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
     if plan.get("format") != PLAN_FORMAT:
