@@ -18,7 +18,7 @@ from xelm_cli.bundle.store import Bundle, is_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.data.corpus import iter_documents, read_documents
@@ -31,7 +31,7 @@ from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import Kind, get_registry
-from xelm_cli.training.plan_runner import PlanRunner, device_groups, failures
+from xelm_cli.training.plan_runner import PlanRunner, device_groups, raise_failures
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
@@ -324,12 +324,8 @@ class Demo:
             for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
                 name = f"typology-k{k}-expert-{expert}"
                 runs.append(self._run(name, start, shards, out, p.budget // k, languages))
-        slots = device_groups(self.devices, 1, 1)
-        say = functools.partial(stderr_console.print, markup=False, highlight=False)
-        outcomes = PlanRunner({"runs": runs}, runs, slots, say=say).run()
-        problem = failures(outcomes)
-        if problem:
-            raise XelmError(problem)
+        outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
+        raise_failures(outcomes)
         return {outcome.name: outcome.status for outcome in outcomes}
 
     def _run(

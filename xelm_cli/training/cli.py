@@ -14,8 +14,7 @@ from rich.table import Table
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
-from xelm_cli.common.errors import UsageError, XelmError
-from xelm_cli.common.progress import count_progress, stderr_console
+from xelm_cli.common.errors import UsageError
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
@@ -27,13 +26,13 @@ from xelm_cli.plugin.options import (
 )
 from xelm_cli.training.estimates import parse_size
 from xelm_cli.training.plan_runner import (
-    PlanRunner,
     chosen_runs,
     device_groups,
-    failures,
     pending,
     process_argv,
+    raise_failures,
     read_plan,
+    run_plan,
     shown_command,
 )
 from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan
@@ -373,21 +372,15 @@ def train_all(
       xelm train-all plan.json --devices 0,1,2,3,4,5,6,7
       xelm train-all plan.json --devices 0,1,2,3,4,5,6,7 --nproc-per-node 2
     """
-    slots = device_groups(devices, nproc_per_node, parallel)
-    plan = read_plan(plan_file)
-    runs = chosen_runs(plan, only)
-    if dry_run or (devices is None and len(slots) == 1):
-        run_in_turn(runs, nproc_per_node, dry_run)
+    if dry_run or (devices is None and parallel == 1):
+        device_groups(devices, nproc_per_node, parallel)  # the same refusals as side by side
+        run_in_turn(chosen_runs(read_plan(plan_file), only), nproc_per_node, dry_run)
         return
-
-    def say(line: str) -> None:
-        stderr_console.print(line, markup=False, highlight=False)
-
-    with count_progress("train-all", len(runs), "runs") as advance:
-        outcomes = PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
-    problem = failures(outcomes)
-    if problem:
-        raise XelmError(problem)
+    raise_failures(
+        run_plan(
+            plan_file, only=only, parallel=parallel, devices=devices, nproc_per_node=nproc_per_node
+        )
+    )
 
 
 def run_in_turn(runs: list[dict[str, Any]], nproc_per_node: int, dry_run: bool) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.store import is_bundle
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.common.progress import count_progress, stderr_console
 from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import list_checkpoints
 
@@ -44,6 +45,10 @@ class RunOutcome:
     ended: float | None = None
     devices: str | None = None  # CUDA_VISIBLE_DEVICES it ran with
     log: Path | None = None
+
+
+def say_on_stderr(line: str) -> None:
+    stderr_console.print(line, markup=False, highlight=False)
 
 
 def read_plan(path: Path) -> dict[str, Any]:
@@ -119,10 +124,11 @@ class PlanRunner:
         runs: Sequence[dict[str, Any]],
         slots: list[str | None],
         nproc_per_node: int = 1,
-        say: Callable[[str], None] = print,
+        say: Callable[[str], None] = say_on_stderr,
         advance: Callable[[int], None] = lambda n: None,
     ) -> None:
         self.runs, self.slots, self.nproc = list(runs), slots, nproc_per_node
+        self.planned = {run["name"] for run in self.runs}  # an `after` outside them is ignored
         self.say, self.advance = say, advance
         self.logs = logs_directory(plan)
         self.threads = max(1, (os.cpu_count() or 1) // len(slots))  # CPU threads of each run
@@ -200,8 +206,7 @@ class PlanRunner:
     def _ready(self, run: dict[str, Any], outcomes: dict[str, RunOutcome]) -> bool | None:
         """True when every run ``run`` waits for (of those planned here) is done, False when
         one failed or was not run, None while one is still to finish."""
-        planned = {r["name"] for r in self.runs}
-        before = [name for name in run.get("after", []) if name in planned]
+        before = [name for name in run.get("after", []) if name in self.planned]
         if any(outcomes[n].status in ("failed", "not run") for n in before if n in outcomes):
             return False
         return True if all(name in outcomes for name in before) else None
@@ -271,15 +276,15 @@ def last_line(log: Path) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
-def failures(outcomes: Sequence[RunOutcome]) -> str | None:
-    """One line naming the failed runs (with their logs) and those not run, or None."""
+def raise_failures(outcomes: Sequence[RunOutcome]) -> None:
+    """One error line naming the failed runs (with their logs) and those not run, if any."""
     failed = [o for o in outcomes if o.status == "failed"]
     if not failed:
-        return None
+        return
     named = ", ".join(f"{o.name} (exit {o.code}; log {o.log})" for o in failed)
     skipped = [o.name for o in outcomes if o.status == "not run"]
     tail = f"; not run: {', '.join(skipped)}" if skipped else ""
-    return (
+    raise XelmError(
         f"{len(failed)} of {len(outcomes)} runs failed: {named}{tail}; "
         "fix the cause and run the same command again (finished runs are skipped)"
     )
@@ -292,14 +297,17 @@ def run_plan(
     parallel: int = 1,
     devices: str | None = None,
     nproc_per_node: int = 1,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = say_on_stderr,
 ) -> list[RunOutcome]:
     """Run the plan's runs (all, or run ``only``) with ``parallel`` at once or one per group of
-    ``devices`` (``xelm train-all``), each run's output in ``ROOT/logs/NAME.log``; what became
-    of each. Failed runs do not stop the others (``failures`` says which failed)."""
-    plan = read_plan(plan_file)
+    ``devices`` (``xelm train-all``), each run's output in ``ROOT/logs/NAME.log``, with a bar
+    of the runs ended; what became of each. Failed runs do not stop the others
+    (``raise_failures`` reports them)."""
     slots = device_groups(devices, nproc_per_node, parallel)
-    return PlanRunner(plan, chosen_runs(plan, only), slots, nproc_per_node, say).run()
+    plan = read_plan(plan_file)
+    runs = chosen_runs(plan, only)
+    with count_progress("train-all", len(runs), "runs") as advance:
+        return PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
 
 
 def chosen_runs(plan: dict[str, Any], only: int | None) -> list[dict[str, Any]]:
