@@ -474,23 +474,36 @@ def _tiny_gpt2(out: Path) -> Path:
     return out
 
 
-def test_a_models_own_tokenizer_class_loads_as_auto_tokenizer_would_without_torch(
-    tmp_path: Path,
-) -> None:
-    """A tokenizer naming its model's class (a seed of a Llama or GPT-2 model) is loaded with
-    that class, as AutoTokenizer loads it, without torch."""
+def test_a_models_own_tokenizer_class_loads_as_auto_tokenizer_would(tmp_path: Path) -> None:
+    """A tokenizer directory naming its model's class (Llama's, GPT-2's) is loaded with that
+    class, as AutoTokenizer loads it, without torch; beside a model's config.json (a seed
+    bundle), AutoTokenizer itself decides, and the result is the same."""
     from xelm_cli.bundle.seed import init_from_config
 
-    llama = init_from_config(
-        "tiny", _llama_style_tokenizer(tmp_path / "llama"), tmp_path / "seed", languages=["en"]
-    ).path
+    tokenizer = _llama_style_tokenizer(tmp_path / "llama")
+    llama = init_from_config("tiny", tokenizer, tmp_path / "seed", languages=["en"]).path
     config = json.loads((llama / "tokenizer_config.json").read_text())
     assert config["tokenizer_class"] == "LlamaTokenizer"
     assert json.loads((llama / "config.json").read_text())["model_type"] == "llama"
-    for path in (llama, _tiny_gpt2(tmp_path / "gpt2")):
+    for path in (tokenizer, llama, _tiny_gpt2(tmp_path / "gpt2")):
         _assert_loads_as_auto_tokenizer(path, [*_sample_texts(), "hello world"])
-        assert _loads_without_torch(path)
+    assert _loads_without_torch(tokenizer) and _loads_without_torch(tmp_path / "gpt2")
     assert load_tokenizer(llama).special_tokens == {"bos": 1, "eos": 2, "pad": None}
+
+
+def test_a_model_type_that_overrides_the_named_class_is_followed(tmp_path: Path) -> None:
+    """Beside a Qwen2 config, AutoTokenizer loads Qwen2Tokenizer (digits one by one) though
+    tokenizer_config.json names the generic class: data prepare tokenizes as the model's
+    training and evaluation will, not as the named class would."""
+    from transformers import Qwen2Config, TokenizersBackend
+
+    model_dir = train_tokenizer(tmp_path / "qwen2")
+    Qwen2Config(vocab_size=len(AutoTokenizer.from_pretrained(model_dir))).save_pretrained(model_dir)
+    text = "In 2024 about 123456 people"
+    named = TokenizersBackend.from_pretrained(model_dir)(text)["input_ids"]
+    assert type(AutoTokenizer.from_pretrained(model_dir)).__name__ == "Qwen2Tokenizer"
+    _assert_loads_as_auto_tokenizer(model_dir, [text, *_sample_texts()])
+    assert load_tokenizer(model_dir).backend.encode(text).ids != named
 
 
 def test_a_tokenizer_its_named_class_would_rebuild_differently_goes_through_auto_tokenizer(

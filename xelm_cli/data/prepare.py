@@ -198,18 +198,26 @@ def _named_class(path: Path) -> str | None:
     return None
 
 
+def _has_model_type(path: Path) -> bool:
+    with contextlib.suppress(OSError, FormatError):
+        return "model_type" in read_json_object(path / "config.json", "model configuration")
+    return False
+
+
 def _from_pretrained(path: Path) -> Any:
-    """The tokenizer in ``path`` as AutoTokenizer loads it, without importing torch where the
-    named class settles it: the generic fast class, or a model's own fast class
-    (LlamaTokenizer) when it builds the same tokenizer as the generic class. AutoTokenizer
-    loads some tokenizers naming their model's class as the generic one instead (by the model
-    type in config.json, or a byte-level tokenizer.json named LlamaTokenizer), from tables
-    whose import brings in torch; where the two agree, its choice makes no difference.
-    Otherwise, AutoTokenizer."""
+    """The tokenizer in ``path`` as AutoTokenizer loads it.
+
+    Beside a model's config.json, AutoTokenizer's class depends on the model type, whatever
+    class tokenizer_config.json names (model type qwen2 loads Qwen2Tokenizer, which splits
+    digits apart), from tables whose import brings in torch: AutoTokenizer decides. A tokenizer
+    directory alone is loaded with the class it names, without torch: the generic fast class,
+    or a model's own fast class (LlamaTokenizer) when it builds the same tokenizer as the
+    generic class (AutoTokenizer loads a byte-level tokenizer.json named LlamaTokenizer as the
+    generic class; where the two agree, its choice makes no difference)."""
     import transformers
 
+    named = None if _has_model_type(path) else _named_class(path)
     generic = transformers.TokenizersBackend
-    named = _named_class(path)
     if named in GENERIC_TOKENIZER_CLASSES:
         return generic.from_pretrained(path, trust_remote_code=False)
     own = getattr(transformers, named, None) if named else None
