@@ -218,8 +218,8 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--devices 0,1 (on the CPU the devices only name the slots): after the seed, the dense
-    model and the four experts train two at a time, each logged, and the steps that follow
-    find them trained and record their training as before."""
+    model, the four typology experts and the four TF-IDF experts train two at a time, each
+    logged, and the steps that follow find them trained and record their training as before."""
     from xelm_cli.bundle.store import Bundle
 
     out = tmp_path / "run"
@@ -230,15 +230,20 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
         [*STEPS, "side-by-side"]
     )
     side = json.loads((out / "steps" / "side-by-side.json").read_text())["result"]
-    names = ["dense", *(f"typology-k4-expert-{i}" for i in range(4))]
+    names = ["dense", *(f"{x}-k4-expert-{i}" for x in ("typology", "tfidf") for i in range(4))]
     assert side == dict.fromkeys(names, "done")
     assert err.index("start: dense (devices 0") < err.index("[ 6] dense")
     for name in names:
         log = (out / "logs" / f"{name}.log").read_text()
         assert "CUDA_VISIBLE_DEVICES=" in log.splitlines()[0] and "$ xelm train " in log
-    experts = [Bundle.read(out / "typology-k4" / f"expert-{i}") for i in range(4)]
-    record = json.loads((out / "steps" / "typology-k4.json").read_text())["training"]
-    assert record["tokens"] == sum(e.manifest.training["tokens"] for e in experts) == 32768  # type: ignore[index]
-    assert record["seconds"] == round(sum(e.manifest.training["seconds"] for e in experts), 3)  # type: ignore[index]
+    for arm in ("typology-k4", "tfidf-k4"):
+        experts = [Bundle.read(out / arm / f"expert-{i}") for i in range(4)]
+        record = json.loads((out / "steps" / f"{arm}.json").read_text())["training"]
+        trained = [e.manifest.training for e in experts]
+        assert record["tokens"] == sum(t["tokens"] for t in trained) == 32768  # type: ignore[index]
+        assert record["seconds"] == round(sum(t["seconds"] for t in trained), 3)  # type: ignore[index]
+    tfidf = json.loads((out / "steps" / "tfidf-k4.json").read_text())["result"]
+    assert sum(tfidf["cluster_documents"]) > 0
+    assert all("eval_routed" in entry for entry in tfidf["purity"].values())
     assert run([*args, "--devices", "0,0"]) == 2
     assert "give distinct device numbers" in capsys.readouterr().err

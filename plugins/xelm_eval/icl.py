@@ -42,7 +42,7 @@ from .tasks import (
 class IclEvaluator(Evaluator):
     """Multiple-choice accuracy with k-shot prompts (xnli, xstorycloze, sib200, xcopa, ...).
 
-    Tasks and protocols in ``tasks.py``. Without ``languages``: every language of the task's
+    Tasks and protocols: the ``tasks`` package. Without ``languages``: every language of the task's
     files; of a Hub dataset, the languages the ensemble covers that it has.
     """
 

@@ -10,6 +10,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,17 @@ def write_jsonl(path: Path, texts: Sequence[str], language: str) -> None:
     lines = [json.dumps({"text": t, "lang": language}, ensure_ascii=False) for t in texts]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, ("\n".join(lines) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class TfidfClusters:
+    """The TF-IDF X-ELM ready to train: each expert's (branch, shards, output, languages)."""
+
+    allocation: Path
+    assigner: Any
+    experts: list[tuple[Path, Path, Path, list[str]]]
+    sizes: list[int]  # training documents per cluster
+    purity: dict[str, dict[str, Any]]
 
 
 class Demo:
@@ -316,14 +328,18 @@ class Demo:
         return experts
 
     def side_by_side(self, seed: Path, shards: Path) -> dict[str, str]:
-        """The dense model and every typology expert trained at once, one run per device
-        group (``xelm train-all``'s runner); the steps that follow find them trained."""
+        """The dense model and every typology and TF-IDF expert trained at once, one run per
+        device group (``xelm train-all``'s runner); the steps that follow find them trained."""
         p = self.preset
         runs = [self._run("dense", seed, shards, self.out / "dense", p.budget, TRAIN_LANGUAGES)]
         for k in p.typology_ks:
             for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
                 name = f"typology-k{k}-expert-{expert}"
                 runs.append(self._run(name, start, shards, out, p.budget // k, languages))
+        tfidf = self.tfidf_clusters(seed, self.out / "corpus", self.out / "tokenizer")
+        for expert, (start, data, out, languages) in enumerate(tfidf.experts):
+            name = f"tfidf-k{p.tfidf_k}-expert-{expert}"
+            runs.append(self._run(name, start, data, out, p.budget // p.tfidf_k, languages))
         outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
         raise_failures(outcomes)
         return {outcome.name: outcome.status for outcome in outcomes}
@@ -343,6 +359,23 @@ class Demo:
     def tfidf_experts(self, seed: Path, corpus: Path, tokenizer: Path) -> dict[str, Any]:
         """c-BTM's clusters: fit TF-IDF k-means on sample documents, assign every training
         document, and train expert i on its cluster's documents only."""
+        clusters = self.tfidf_clusters(seed, corpus, tokenizer)
+        self.add_eval_routing(clusters.assigner, clusters.purity)
+        paths = []
+        for start, shards, out, languages in clusters.experts:
+            self.train(start, shards, out, self.preset.budget // len(clusters.experts), languages)
+            paths.append(str(out))
+        return {
+            "experts": paths,
+            "allocation": str(clusters.allocation),
+            "cluster_documents": clusters.sizes,
+            "purity": clusters.purity,
+        }
+
+    def tfidf_clusters(self, seed: Path, corpus: Path, tokenizer: Path) -> TfidfClusters:
+        """The TF-IDF X-ELM before training: its allocation fitted, every training document
+        assigned, each cluster's documents prepared into shards and its branch made (what
+        was done before is reused)."""
         from xelm_cli.data.prepare import prepare
 
         k = self.preset.tfidf_k
@@ -368,8 +401,7 @@ class Demo:
         ]
         clusters = assigner.assign(documents)
         purity = cluster_purity([str(d.language) for d in documents], clusters.tolist(), k)
-        self.add_eval_routing(assigner, purity)
-        paths, sizes = [], []
+        experts, sizes = [], []
         for expert in range(k):
             mine = [d for d, c in zip(documents, clusters, strict=True) if c == expert]
             sizes.append(len(mine))
@@ -377,23 +409,16 @@ class Demo:
             by_language: dict[str, list[str]] = {}
             for d in mine:
                 by_language.setdefault(str(d.language), []).append(d.text)
-            for language, texts in by_language.items():
-                write_jsonl(cluster_corpus / f"{language}.jsonl", texts, language)
             shards = root / f"shards-{expert}"
             if not (shards / SHARDS_MANIFEST).is_file():
+                for language, texts in by_language.items():
+                    write_jsonl(cluster_corpus / f"{language}.jsonl", texts, language)
                 prepare(cluster_corpus, tokenizer, shards, overwrite=True)
             start = root / f"branch-{expert}"
             if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
-            out = root / f"expert-{expert}"
-            self.train(start, shards, out, self.preset.budget // k, sorted(by_language))
-            paths.append(str(out))
-        return {
-            "experts": paths,
-            "allocation": str(allocation),
-            "cluster_documents": sizes,
-            "purity": purity,
-        }
+            experts.append((start, shards, root / f"expert-{expert}", sorted(by_language)))
+        return TfidfClusters(allocation, assigner, experts, sizes, purity)
 
     def add_eval_routing(self, assigner: Any, purity: dict[str, dict[str, Any]]) -> None:
         """Add to each language's purity the share of its evaluation sentences whose
