@@ -318,7 +318,7 @@ def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
 ) -> None:
     """Killed in the middle of a file, the same command continues at the line after the last
     checkpoint (no line is read twice) and makes the shards an uninterrupted run makes."""
-    from xelm_cli.data import corpus as corpus_module
+    from xelm_cli.data import blocks as corpus_module
     from xelm_cli.data import prepare_work
     from xelm_cli.data.prepare import prepare
 

@@ -34,7 +34,7 @@ from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cli import INTERNAL_ERROR_EXIT, run
 from xelm_cli.cluster.allocation import ARRAYS_FILE, DIR_MANIFEST, read_allocation, write_allocation
 from xelm_cli.common.errors import FormatError, XelmError
-from xelm_cli.data import corpus
+from xelm_cli.data import blocks as corpus
 from xelm_cli.data.corpus import Document, iter_documents, read_documents
 from xelm_cli.lang.codes import normalize_language, parse_language_list, suggest_languages
 

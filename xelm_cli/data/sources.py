@@ -32,14 +32,8 @@ from typing import Any, TypeVar, cast
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
 from xelm_cli.common.jsonio import canonical_json
-from xelm_cli.data.corpus import (
-    FilePosition,
-    corpus_files,
-    iter_documents,
-    labelled_files,
-    read_blocks,
-    source_kind,
-)
+from xelm_cli.data.blocks import FilePosition, read_blocks
+from xelm_cli.data.corpus import corpus_files, iter_documents, labelled_files, source_kind
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_BATCH = 1000

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.data.corpus import iter_records
+from xelm_cli.data.blocks import iter_records
 
 SEPARATOR = "\n"
 
