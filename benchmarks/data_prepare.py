@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.data.corpus import iter_documents
-from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, load_tokenizer, prepare, tokenizer_threads
+from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, prepare
 from xelm_cli.data.sources import DatasetSource
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.data.tokenizer_loading import load_tokenizer, tokenizer_threads
 from xelm_cli.lang.codes import parse_language_list
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

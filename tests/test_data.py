@@ -14,17 +14,13 @@ from transformers import AutoTokenizer
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.units import parse_token_count
+from xelm_cli.data.budgets import language_budgets, parse_caps, select_documents
 from xelm_cli.data.corpus import iter_documents
-from xelm_cli.data.prepare import (
-    language_budgets,
-    load_tokenizer,
-    parse_caps,
-    parse_token_count,
-    prepare,
-    select_documents,
-)
+from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import MANIFEST_NAME, Shards, token_dtype_name
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.data.tokenizer_loading import load_tokenizer
 
 LANGS = ("en", "tr", "ar", "ru")
 DOCS_PER_LANGUAGE = 40
@@ -431,7 +427,9 @@ def _imports_torch(code: str) -> bool:
 def _loads_without_torch(path: Path) -> bool:
     """load_tokenizer leaves torch unimported wherever transformers' fast tokenizer class does
     (5.24's does; 5.17's imports torch itself, so there nothing can be left out)."""
-    loaded = f"from xelm_cli.data.prepare import load_tokenizer; load_tokenizer({str(path)!r})"
+    loaded = (
+        f"from xelm_cli.data.tokenizer_loading import load_tokenizer; load_tokenizer({str(path)!r})"
+    )
     if _imports_torch("import transformers; transformers.TokenizersBackend"):
         return True  # nothing xelm can leave out
     return not _imports_torch(loaded)

@@ -17,7 +17,7 @@ from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.store import Bundle, verified, write_bundle
 from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, IntegrityError
-from xelm_cli.data.prepare import load_tokenizer as load_tokenizer_info
+from xelm_cli.data.tokenizer_loading import load_tokenizer as load_tokenizer_info
 from xelm_cli.ensemble.members import open_members
 from xelm_cli.ensemble.scoring import LoadedModel
 

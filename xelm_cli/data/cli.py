@@ -13,7 +13,9 @@ from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError
 from xelm_cli.common.progress import language_progress, stderr_console
-from xelm_cli.data.prepare import parse_caps, parse_token_count, prepare
+from xelm_cli.common.units import parse_token_count
+from xelm_cli.data.budgets import parse_caps
+from xelm_cli.data.prepare import prepare
 from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import FileSource

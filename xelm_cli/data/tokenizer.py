@@ -13,7 +13,7 @@ from pathlib import Path
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
-from xelm_cli.data.prepare import SourceOptions, SourcePlan, plan_sources
+from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_CHARS_PER_LANGUAGE = 1_000_000

@@ -1,0 +1,140 @@
+"""Loading the tokenizer ``xelm data prepare`` encodes with, from a bundle or a tokenizer
+directory, as AutoTokenizer would load it; and the threads its Rust backend may use."""
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.bundle.fingerprint import tokenizer_fingerprint
+from xelm_cli.bundle.manifest import MANIFEST_NAME as BUNDLE_MANIFEST
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.errors import FormatError, UsageError, exception_line
+from xelm_cli.common.jsonio import read_json_object
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    backend: Any  # tokenizers.Tokenizer
+    fingerprint: str
+    vocab_size: int
+    special_tokens: dict[str, int | None]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "vocab_size": self.vocab_size,
+            "special_tokens": self.special_tokens,
+        }
+
+
+# The class AutoTokenizer picks for a tokenizer that names one of these: loading it directly
+# spares importing AutoTokenizer's model configurations (and torch with them), about 1 s.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _named_class(path: Path) -> str | None:
+    """The class ``tokenizer_config.json`` names; None without one, or when it declares remote
+    code (``auto_map``: AutoTokenizer's to resolve)."""
+    with contextlib.suppress(OSError, FormatError):
+        config = read_json_object(path / "tokenizer_config.json", "tokenizer configuration")
+        named = config.get("tokenizer_class")
+        if isinstance(named, str) and "auto_map" not in config:
+            return named
+    return None
+
+
+def _has_model_type(path: Path) -> bool:
+    with contextlib.suppress(OSError, FormatError):
+        return "model_type" in read_json_object(path / "config.json", "model configuration")
+    return False
+
+
+def _from_pretrained(path: Path) -> Any:
+    """The tokenizer in ``path`` as AutoTokenizer loads it.
+
+    Beside a model's config.json, AutoTokenizer's class depends on the model type, whatever
+    class tokenizer_config.json names (model type qwen2 loads Qwen2Tokenizer, which splits
+    digits apart), from tables whose import brings in torch: AutoTokenizer decides. A tokenizer
+    directory alone is loaded with the class it names, without torch: the generic fast class,
+    or a model's own fast class (LlamaTokenizer) when it builds the same tokenizer as the
+    generic class (AutoTokenizer loads a byte-level tokenizer.json named LlamaTokenizer as the
+    generic class; where the two agree, its choice makes no difference)."""
+    import transformers
+
+    named = None if _has_model_type(path) else _named_class(path)
+    generic = transformers.TokenizersBackend
+    if named in GENERIC_TOKENIZER_CLASSES:
+        return generic.from_pretrained(path, trust_remote_code=False)
+    own = getattr(transformers, named, None) if named else None
+    if isinstance(own, type) and issubclass(own, generic):
+        tokenizer = own.from_pretrained(path, trust_remote_code=False)
+        if _same_tokenizer(tokenizer, generic.from_pretrained(path, trust_remote_code=False)):
+            return tokenizer
+    return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers encode alike and agree on what data prepare reads of them."""
+    return (
+        a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+        and len(a) == len(b)
+        and _special_ids(a) == _special_ids(b)
+    )
+
+
+def _special_ids(tokenizer: Any) -> dict[str, int | None]:
+    return {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
+
+
+def load_tokenizer(path: str | Path) -> TokenizerInfo:
+    """A fast tokenizer from a bundle or tokenizer directory, refused in one line otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"tokenizer not found: {path} is not a directory (a bundle or tokenizer)")
+    if (path / BUNDLE_MANIFEST).is_file():
+        Bundle.open(path)  # a bundle's tokenizer must match its digests like any other file
+    try:
+        fingerprint = tokenizer_fingerprint(path)
+    except FormatError:
+        raise UsageError(
+            f"{path} is not a tokenizer directory (no tokenizer.json, vocabulary or sentencepiece "
+            "model); train one with `xelm data tokenizer` or pass a bundle"
+        ) from None
+    try:
+        tokenizer = _from_pretrained(path)
+    except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
+        raise UsageError(f"cannot load the tokenizer in {path}: {exception_line(exc)}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(f"the tokenizer in {path} has no fast (Rust) version; convert it first")
+    specials = _special_ids(tokenizer)
+    return TokenizerInfo(tokenizer.backend_tokenizer, fingerprint, len(tokenizer), specials)
+
+
+@contextlib.contextmanager
+def tokenizer_threads(workers: int | None) -> Iterator[None]:
+    """Let the Rust tokenizer use ``workers`` threads (1: none; ``None``: one per core).
+
+    The thread pool size is fixed at the first parallel call in a process, so ``workers > 1``
+    only takes effect when nothing was tokenised in parallel before.
+    """
+    saved = {k: os.environ.get(k) for k in ("TOKENIZERS_PARALLELISM", "RAYON_NUM_THREADS")}
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {workers}")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers == 1 else "true"
+    if workers and workers > 1:
+        os.environ.setdefault("RAYON_NUM_THREADS", str(workers))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
