@@ -495,13 +495,14 @@ def test_a_model_type_that_overrides_the_named_class_is_followed(tmp_path: Path)
     training and evaluation will, not as the named class would."""
     from transformers import Qwen2Config, TokenizersBackend
 
-    model_dir = train_tokenizer(tmp_path / "qwen2")
-    Qwen2Config(vocab_size=len(AutoTokenizer.from_pretrained(model_dir))).save_pretrained(model_dir)
+    model_dir = train_tokenizer(tmp_path / "qwen2", vocab_size=600)  # merges " 1" into "Ġ1"
+    Qwen2Config(vocab_size=600).save_pretrained(model_dir)
     text = "In 2024 about 123456 people"
-    named = TokenizersBackend.from_pretrained(model_dir)(text)["input_ids"]
     assert type(AutoTokenizer.from_pretrained(model_dir)).__name__ == "Qwen2Tokenizer"
     _assert_loads_as_auto_tokenizer(model_dir, [text, *_sample_texts()])
-    assert load_tokenizer(model_dir).backend.encode(text).ids != named
+    named = TokenizersBackend.from_pretrained(model_dir)
+    assert "Ġ1" in named.convert_ids_to_tokens(named(text)["input_ids"])
+    assert "Ġ1" not in load_tokenizer(model_dir).backend.encode(text).tokens
 
 
 def test_a_tokenizer_its_named_class_would_rebuild_differently_goes_through_auto_tokenizer(
