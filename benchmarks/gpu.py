@@ -1,7 +1,7 @@
 """Every GPU measurement of issue 15 in one run, written to benchmarks/gpu.md.
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
-                             [--no-compile]
+                             [--no-compile] [--sections training,preset,memory,ensemble]
 
 (``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it should take about 6.5 minutes, plus
 the compilation of the two torch.compile loops. Neither is timed on a GPU yet; the demo preset's
@@ -33,6 +33,11 @@ and saving the bundle.
 4. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
    ensemble's wall time / (8 x one expert's) and the language router's / one expert's.
 
+The four sections run in turn (--sections training,preset,memory,ensemble picks some, e.g. to
+rerun one); one that fails is reported in gpu.md with its error and the others still run, and
+gpu.md and gpu.json are rewritten after each section, so a run stopped by a time limit keeps
+what it measured. The exit status is non-zero when a section failed.
+
 --cpu-training runs only the training comparison on the CPU (30 steps of 8 x 256 tokens, a
 5.3M-parameter model); --cpu-smoke runs everything with tiny sizes on the CPU (about 2 minutes
 on 2 cores) to check the script, and its numbers say nothing about a GPU. Text comes from
@@ -43,11 +48,11 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +81,7 @@ from xelm_cli.training.estimates import ModelShape, training_memory
 
 ROOT = Path(__file__).resolve().parent
 XGLM_VOCAB = 256_008
+DATA_NEEDED = ("eval/udhr", "eval/flores200-devtest", "corpus/valid")  # under --data
 DEMO_GOAL_SECONDS = 8 * 60  # `xelm demo --preset gpu` on one H100-class GPU, all of it
 SIZES = {  # name: (training model, steps (the first log_every of them warm-up), block, batch,
     #                256k-vocabulary model, ensemble model; cpu-smoke: the gpu preset's
@@ -359,13 +365,25 @@ def machine(device: str) -> str:
 
 
 def report(results: dict, args: argparse.Namespace) -> str:
-    t, m, e = results["training"], results["memory"], results["ensemble"]
+    """gpu.md: the sections measured, in order, then those that failed, each with its error."""
     smoke = " (CPU smoke run: checks the script, not a GPU measurement)" if args.cpu_smoke else ""
     lines = [
         "# GPU measurements (issue 15)", "",
         f"Machine: {results['machine']}; torch {torch.__version__}; written by "
-        f"`benchmarks/gpu.sh` in {results['seconds']:.0f} s{smoke}.", "",
-        f"## Training throughput: {t['parameters'] / 1e6:.0f}M-parameter Llama-style seed",
+        f"`benchmarks/gpu.sh` in {results['seconds']:.0f} s{smoke}. Seconds per section: "
+        + ", ".join(f"{name} {s:.0f}" for name, s in results["section_seconds"].items()) + ".",
+    ]  # fmt: skip
+    for name, render in RENDERERS.items():
+        if name in results:
+            lines += render(results[name], args)
+    for name, error in results["failed"].items():
+        lines += ["", f"## {name}: failed", "", f"`{error}` (the rest ran; see the log)"]
+    return "\n".join(lines)
+
+
+def training_report(t: dict, args: argparse.Namespace) -> list[str]:
+    lines = [
+        "", f"## Training throughput: {t['parameters'] / 1e6:.0f}M-parameter Llama-style seed",
         "", f"{t['steps']} steps of {t['batch']} x {t['block']} tokens, vocabulary "
         f"{t['vocab']:,}; xelm's implementation: `{json.dumps(t['implementation'])}`.",
         f"Tokens/s after the first {t['warmup_steps']} steps (warm-up; torch.compile compiles "
@@ -382,7 +400,10 @@ def report(results: dict, args: argparse.Namespace) -> str:
         lines.append(f"torch.compile loops left out: {t['compile_skipped']}")
     for name, ratio in t["compile_speedup"].items():
         lines.append(f"torch.compile speed-up of {name}: {ratio:.3f}x.")
-    lines += preset_report(results["preset"])
+    return lines
+
+
+def memory_report(m: dict, args: argparse.Namespace) -> list[str]:
     gib, estimate = m["gib"], m["estimate_gib"]
     compared = (
         "both are totals, weights included (torch.cuda.max_memory_allocated; the estimate's "
@@ -391,7 +412,7 @@ def report(results: dict, args: argparse.Namespace) -> str:
         else "both leave the weights out: measured, the "
         "resident memory's growth above the weights; estimated, `total` minus `weights`"
     )
-    lines += [
+    return [
         "", f"## Peak memory of one training step at a {XGLM_VOCAB:,}-token vocabulary", "",
         f"{m['tokens']:,} tokens a step; two steps of forward, backward and AdamW, a "
         f"{m['parameters'] / 1e6:.0f}M-parameter model. Estimate: `xelm plan`'s "
@@ -402,6 +423,11 @@ def report(results: dict, args: argparse.Namespace) -> str:
           f"{estimate[name] / max(value, 1e-9):.3f} |" for name, value in gib.items()),
         f"| ratio chunked / plain | {gib['chunked loss'] / max(gib['plain loss'], 1e-9):.3f} | "
         f"{estimate['chunked loss'] / estimate['plain loss']:.3f} | |",
+    ]  # fmt: skip
+
+
+def ensemble_report(e: dict, args: argparse.Namespace) -> list[str]:
+    return [
         "", "## Ensemble evaluation, k = 8 (benchmarks/ensemble.py)", "",
         "| measure | value | goal |", "|---|---:|---:|",
         f"| posterior wall time / (8 x one expert) | {e['posterior_time_vs_k_single']:.3f} | "
@@ -410,10 +436,9 @@ def report(results: dict, args: argparse.Namespace) -> str:
         "<= 1.1 |",
         f"| one expert's evaluation | {e['single_seconds']:.2f} s | |", "",
     ]  # fmt: skip
-    return "\n".join(lines)
 
 
-def preset_report(p: dict) -> list[str]:
+def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     timed = (
         f"a tiny stand-in ({p['parameters'] / 1e6:.1f}M parameters), not the preset's shape"
         if p["stand_in"]
@@ -450,6 +475,60 @@ def preset_report(p: dict) -> list[str]:
     ]  # fmt: skip
 
 
+SECTIONS = {  # name: the measurement, given a scratch directory of its own
+    "training": lambda work, size, args: training(work, size, args),
+    "preset": lambda work, size, args: preset_training(work / "preset", size, args),
+    "memory": lambda work, size, args: memory(size, args),
+    "ensemble": lambda work, size, args: ensembles(size, args),
+}
+RENDERERS = {
+    "training": training_report,
+    "preset": preset_report,
+    "memory": memory_report,
+    "ensemble": ensemble_report,
+}
+
+
+def sections(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(SECTIONS)}")
+    return names
+
+
+def failure(exc: Exception) -> str:
+    """One line for a failed section: a subprocess's last line of stderr, else the error."""
+    if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
+        return exc.stderr.strip().splitlines()[-1]
+    return (f"{type(exc).__name__}: {exc}".strip().splitlines() or ["?"])[0]
+
+
+def measure(names: list[str], size: dict, args: argparse.Namespace) -> dict:
+    """Each section in turn; one that fails is recorded and the others still run, and the
+    report is rewritten after each (a run cut short by a time limit keeps what it measured)."""
+    started = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(args.device), "failed": {},
+                               "section_seconds": {}}  # fmt: skip
+    for name in names:
+        began = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"xelm-gpu-{name}-") as work:
+                results[name] = SECTIONS[name](Path(work), size, args)
+        except Exception as exc:  # one failed measurement must not cost the others
+            traceback.print_exc()
+            results["failed"][name] = failure(exc)
+        results["section_seconds"][name] = round(time.perf_counter() - began, 1)
+        results["seconds"] = time.perf_counter() - started
+        write(results, args)
+    return results
+
+
+def write(results: dict, args: argparse.Namespace) -> None:
+    args.out.write_text(report(results, args) + "\n", encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -464,6 +543,10 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="leave out the torch.compile'd loops"
     )
+    parser.add_argument(
+        "--sections", type=sections, default=list(SECTIONS),
+        help=f"which measurements, in order (default: {','.join(SECTIONS)})",
+    )  # fmt: skip
     args = parser.parse_args()
     args.device = "cpu" if args.cpu_smoke or args.cpu_training else "cuda"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -473,24 +556,14 @@ def main() -> None:
             result = training(Path(cpu_work), SIZES["cpu-training"], args)
         print(json.dumps(result | {"machine": machine("cpu")}, indent=2))
         return
-    size = SIZES["cpu-smoke" if args.cpu_smoke else "gpu"]
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="xelm-gpu-bench-"))
-    try:
-        results: dict[str, Any] = {
-            "machine": machine(args.device),
-            "training": training(work, size, args),
-        }
-        results["preset"] = preset_training(work / "preset", size, args)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    results["memory"] = memory(size, args)
-    results["ensemble"] = ensembles(size, args)
-    results["seconds"] = time.perf_counter() - started
-    text = report(results, args)
-    args.out.write_text(text + "\n", encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(text)
+    missing = [need for need in DATA_NEEDED if not (args.data / need).is_dir()]
+    if missing:
+        raise SystemExit(f"gpu.py: {args.data} has no {', '.join(missing)}; pass --data DIR")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = measure(args.sections, SIZES["cpu-smoke" if args.cpu_smoke else "gpu"], args)
+    print(report(results, args))
+    if results["failed"]:
+        raise SystemExit(f"gpu.py: failed: {', '.join(results['failed'])} (the rest written)")
 
 
 if __name__ == "__main__":
