@@ -318,22 +318,21 @@ def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
 ) -> None:
     """Killed in the middle of a file, the same command continues at the line after the last
     checkpoint (no line is read twice) and makes the shards an uninterrupted run makes."""
-    from xelm_cli.data import blocks as corpus_module
-    from xelm_cli.data import prepare_work
+    from xelm_cli.data import blocks, prepare_work
     from xelm_cli.data.prepare import prepare
 
     source = _corpus(tmp_path)
     options: dict[str, Any] = {"language": "sw", "batch_size": 40}
     whole = prepare(source, tokenizer_dir, tmp_path / "whole", **options).shards
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
-    real_parse, calls = corpus_module._jsonl_block, itertools.count()
+    real_parse, calls = blocks._jsonl_block, itertools.count()
 
     def interrupted(data: bytes, path: Path, before: int, default: str | None) -> Any:
         if path.name == "b.jsonl" and next(calls) == 3:
             raise KeyboardInterrupt  # what Ctrl-C (or a kill) does halfway through b.jsonl
         return real_parse(data, path, before, default)
 
-    monkeypatch.setattr(corpus_module, "_jsonl_block", interrupted)
+    monkeypatch.setattr(blocks, "_jsonl_block", interrupted)
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         prepare(source, tokenizer_dir, out, **options)
@@ -347,7 +346,7 @@ def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
         read_again.append((path.name, before))
         return real_parse(data, path, before, default)
 
-    monkeypatch.setattr(corpus_module, "_jsonl_block", counted)
+    monkeypatch.setattr(blocks, "_jsonl_block", counted)
     resumed = prepare(source, tokenizer_dir, out, **options).shards
     assert read_again[0] == ("b.jsonl", position["line"])  # the first line not yet recorded
     assert all(name == "b.jsonl" for name, _ in read_again)  # a.jsonl.zst: not read again

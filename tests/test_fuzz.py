@@ -34,7 +34,7 @@ from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cli import INTERNAL_ERROR_EXIT, run
 from xelm_cli.cluster.allocation import ARRAYS_FILE, DIR_MANIFEST, read_allocation, write_allocation
 from xelm_cli.common.errors import FormatError, XelmError
-from xelm_cli.data import blocks as corpus
+from xelm_cli.data import blocks
 from xelm_cli.data.corpus import Document, iter_documents, read_documents
 from xelm_cli.lang.codes import normalize_language, parse_language_list, suggest_languages
 
@@ -714,7 +714,7 @@ def zstd_frames(data: st.DataObject, raw: bytes) -> tuple[bytes, str]:
 def test_hostile_jsonl_corpora(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, data: st.DataObject
 ) -> None:
-    monkeypatch.setattr(corpus, "MAX_LINE_CHARS", CORPUS_LINE_LIMIT)
+    monkeypatch.setattr(blocks, "MAX_LINE_CHARS", CORPUS_LINE_LIMIT)
     name = data.draw(st.sampled_from(["tr.jsonl", "corpus.jsonl", "tr.jsonl.zst", "c.json.zst"]))
     default = "tr" if name.startswith("tr.") else None
     good = good_lines(default)
@@ -762,7 +762,7 @@ def _peak_memory(action: Callable[[], Any]) -> int:
 def test_over_long_line_is_refused_not_split(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(corpus, "MAX_LINE_CHARS", 1 << 20)
+    monkeypatch.setattr(blocks, "MAX_LINE_CHARS", 1 << 20)
     raw = b'{"text": "first"}\n' + b"a" * (3 << 20) + b"\nlast line\n"
     if name.endswith(".zst"):
         raw = zstandard.ZstdCompressor().compress(raw)
@@ -775,7 +775,7 @@ def test_zstd_bomb_in_a_corpus_is_read_in_bounded_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 256 MiB of NUL bytes (no newline) from 256 one-MiB frames of a few dozen bytes each.
-    monkeypatch.setattr(corpus, "MAX_LINE_CHARS", 1 << 20)
+    monkeypatch.setattr(blocks, "MAX_LINE_CHARS", 1 << 20)
     frame = zstandard.ZstdCompressor().compress(b"\0" * (1 << 20))
     path = tmp_path / "tr.jsonl.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "x"}\n') + frame * 256)
