@@ -217,9 +217,11 @@ def test_report_shows_the_training_speed_of_each_training_step(smoke: Path) -> N
 def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--devices 0,1 (on the CPU the devices only name the slots): after the seed, the dense
-    model, the four typology experts and the four TF-IDF experts train two at a time, each
-    logged, and the steps that follow find them trained and record their training as before."""
+    """--devices 0,1 (on the CPU the devices only name the slots): after the seed, every
+    training run two at a time, each logged: the dense model and the four typology and four
+    TF-IDF experts, LAPT after the dense model, HMR (its branch made first) and the MoE (built
+    first) after the typology experts; the steps that follow find them trained and record
+    their training as before."""
     from xelm_cli.bundle.store import Bundle
 
     out = tmp_path / "run"
@@ -230,18 +232,29 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
         [*STEPS, "side-by-side"]
     )
     side = json.loads((out / "steps" / "side-by-side.json").read_text())["result"]
-    names = ["dense", *(f"{x}-k4-expert-{i}" for x in ("typology", "tfidf") for i in range(4))]
-    assert side == dict.fromkeys(names, "done")
+    experts = [f"{x}-k4-expert-{i}" for x in ("typology", "tfidf") for i in range(4)]
+    later = ["lapt-pl", "lapt-sv", "hmr-pl", "hmr-sv", "moe-finetune"]
+    assert side == dict.fromkeys(["dense", *experts, *later], "done")
     assert err.index("start: dense (devices 0") < err.index("[ 6] dense")
-    for name in names:
+    assert err.index("done: dense") < err.index("start: lapt-pl")
+    assert max(err.index(f"done: typology-k4-expert-{i}") for i in range(4)) < min(
+        err.index(f"start: {name}") for name in ("hmr-pl", "hmr-sv", "moe-finetune")
+    )
+    for name in ["dense", *experts, *later]:
         log = (out / "logs" / f"{name}.log").read_text()
         assert "CUDA_VISIBLE_DEVICES=" in log.splitlines()[0] and "$ xelm train " in log
+    assert "$ xelm bundle branch --from " in (out / "logs" / "hmr-pl.log").read_text()
+    assert "$ xelm bundle moe " in (out / "logs" / "moe-finetune.log").read_text()
     for arm in ("typology-k4", "tfidf-k4"):
         experts = [Bundle.read(out / arm / f"expert-{i}") for i in range(4)]
         record = json.loads((out / "steps" / f"{arm}.json").read_text())["training"]
         trained = [e.manifest.training for e in experts]
         assert record["tokens"] == sum(t["tokens"] for t in trained) == 32768  # type: ignore[index]
         assert record["seconds"] == round(sum(t["seconds"] for t in trained), 3)  # type: ignore[index]
+    moe = json.loads((out / "steps" / "moe-finetune.json").read_text())
+    assert moe["training"]["tokens"] == 8192 and len(moe["result"]["aux_loss"]) == 2
+    adapt = json.loads((out / "steps" / "adapt.json").read_text())["training"]
+    assert adapt["tokens"] == 4 * 8192
     tfidf = json.loads((out / "steps" / "tfidf-k4.json").read_text())["result"]
     assert sum(tfidf["cluster_documents"]) > 0
     assert all("eval_routed" in entry for entry in tfidf["purity"].values())

@@ -216,8 +216,7 @@ class Demo:
             "cluster_documents": tfidf["cluster_documents"],
             "purity": tfidf.get("purity", {}),
         }
-        main_k = 4 if 4 in p.typology_ks else p.typology_ks[0]
-        main = f"typology-k{main_k}"
+        main = f"typology-k{self.main_k}"
         self.results["main_xelm"] = main
         self.results["perplexity"] = self.step(
             "evaluate", lambda: self.evaluate(seed, dense, experts, main, tfidf)
@@ -300,6 +299,11 @@ class Demo:
             )  # fmt: skip
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
 
+    @property
+    def main_k(self) -> int:
+        """The experts of the X-ELM that is merged, adapted and evaluated in context."""
+        return 4 if 4 in self.preset.typology_ks else self.preset.typology_ks[0]
+
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
         paths = []
         for start, out, languages in self.typology_branches(seed, k):
@@ -328,10 +332,13 @@ class Demo:
         return experts
 
     def side_by_side(self, seed: Path, shards: Path) -> dict[str, str]:
-        """The dense model and every typology and TF-IDF expert trained at once, one run per
-        device group (``xelm train-all``'s runner); the steps that follow find them trained."""
+        """Every training run after the seed's, one per device group at a time (``xelm
+        train-all``'s runner): the dense model and the typology and TF-IDF experts at once, the
+        adaptation runs after the model each continues, the MoE's fine-tune after the experts
+        it is built from; the steps that follow find them trained."""
         p = self.preset
-        runs = [self._run("dense", seed, shards, self.out / "dense", p.budget, TRAIN_LANGUAGES)]
+        dense = self.out / "dense"
+        runs = [self._run("dense", seed, shards, dense, p.budget, TRAIN_LANGUAGES)]
         for k in p.typology_ks:
             for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
                 name = f"typology-k{k}-expert-{expert}"
@@ -340,16 +347,70 @@ class Demo:
         for expert, (start, data, out, languages) in enumerate(tfidf.experts):
             name = f"tfidf-k{p.tfidf_k}-expert-{expert}"
             runs.append(self._run(name, start, data, out, p.budget // p.tfidf_k, languages))
+        main = [(f"typology-k{self.main_k}-expert-{i}", out) for i, (_, out, _) in
+                enumerate(self.typology_branches(seed, self.main_k))]  # fmt: skip
+        runs += [*self._adaptation_runs(dense, main, shards), self._moe_run(main, shards)]
         outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
         raise_failures(outcomes)
         return {outcome.name: outcome.status for outcome in outcomes}
 
+    def _adaptation_runs(
+        self, dense: Path, main: list[tuple[str, Path]], shards: Path
+    ) -> list[dict[str, Any]]:
+        """For each new language, LAPT (after the dense model) and HMR (the donor's expert
+        branched once the main X-ELM's experts are trained): what the adapt step trains."""
+        runs, tokens = [], self.preset.adapt_tokens
+        experts = [arg for _, out in main for arg in ("--from", str(out))]
+        for language, donor in NEW_LANGUAGES.items():
+            root = self.out / "adapt"
+            lapt = self._run(f"lapt-{language}", dense, shards, root / f"lapt-{language}",
+                             tokens, [language])  # fmt: skip
+            start = root / f"hmr-{language}-branch"
+            hmr = self._run(f"hmr-{language}", start, shards, root / f"hmr-{language}",
+                            tokens, [language])  # fmt: skip
+            branch_command = ["xelm", "bundle", "branch", *experts, "--donor", donor,
+                              "--lang", language, "-o", str(start)]  # fmt: skip
+            hmr["commands"].insert(0, branch_command)
+            runs += [lapt | {"after": ["dense"]}, hmr | {"after": [name for name, _ in main]}]
+        return runs
+
+    def _moe_run(self, main: list[tuple[str, Path]], shards: Path) -> dict[str, Any]:
+        """The MoE built from the main X-ELM's experts (as the moe step builds it) and its
+        fine-tune (as the moe-finetune step trains it), once those experts are trained."""
+        p, root = self.preset, self.out / f"typology-k{self.main_k}"
+        moe, text = root / "moe", self.gate_text()[0]
+        run = self._run("moe-finetune", moe, shards, root / "moe-ft", p.moe_tokens,
+                        TRAIN_LANGUAGES, **self.moe_training)  # fmt: skip
+        build = ["xelm", "bundle", "moe", *(str(out) for _, out in main), "--top-k",
+                 str(MOE_TOP_K), "--gate", "language", "--calibration", str(text),
+                 "--calibration-limit", str(p.eval_documents), "-o", str(moe)]  # fmt: skip
+        run["commands"].insert(0, build)
+        return run | {"after": [name for name, _ in main]}
+
+    @property
+    def moe_training(self) -> dict[str, Any]:
+        """The MoE fine-tune's options beyond the preset's: the load-balancing loss, logged
+        four times (the first and last are recorded)."""
+        p = self.preset
+        return {
+            "aux_loss": p.moe_aux_loss,
+            "log_every": max(1, p.moe_tokens // p.batch_tokens // 4),
+        }
+
     def _run(
-        self, name: str, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]
+        self,
+        name: str,
+        bundle: Path,
+        data: Path,
+        out: Path,
+        tokens: int,
+        languages: Sequence[str],
+        **options: Any,
     ) -> dict[str, Any]:
         """One run of a plan (spec/training.md section 7): `xelm train` with the preset's
-        training options as flags."""
-        flags = [f"--{key.replace('_', '-')}={value}" for key, value in self.preset.train.items()]
+        training options (and ``options``) as flags."""
+        chosen = {**self.preset.train, **options}
+        flags = [f"--{key.replace('_', '-')}={value}" for key, value in chosen.items()]
         if self.device:
             flags.append(f"--device={self.device}")
         command = ["xelm", "train", str(bundle), "--data", str(data), "--tokens", str(tokens),
@@ -574,12 +635,7 @@ class Demo:
                 languages=TRAIN_LANGUAGES,
                 resume=checkpoint_dir(out).exists(),
                 command=f"xelm demo --preset {p.name}",
-                **{
-                    **p.train,
-                    "device": self.device or "auto",
-                    "aux_loss": p.moe_aux_loss,
-                    "log_every": max(1, p.moe_tokens // p.batch_tokens // 4),
-                },
+                **{**p.train, "device": self.device or "auto", **self.moe_training},
             )
         self._count_training(out)
         metrics = checkpoint_dir(out) / "metrics.jsonl"
