@@ -212,3 +212,52 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     assert run(_plan(tmp_path, seed_bundle, "--moe-tokens", "1M")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--moe-tokens 1,000,000 must be below --budget" in err
+
+
+def test_parallel_estimates_train_all_side_by_side_in_its_order(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+) -> None:
+    """--parallel 2 on the BTX plan: dense (1M tokens) and expert-0 start, expert-1 follows
+    expert-0, the MoE waits for both experts, so the plan ends at max(dense, 2 experts + MoE),
+    by hand from each run's estimated seconds; in tokens, 1M instead of 2M in turn."""
+    measured, _ = _timed_run(seed_bundle, tmp_path)
+    capsys.readouterr()
+    args = _plan(tmp_path, seed_bundle, "--moe-tokens", "200K", "--measured", str(measured))
+    assert run([*args, "--parallel", "2", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    seconds = {entry["name"]: entry["seconds"] for entry in plan["runs"]}
+    expected = max(seconds["dense"], seconds["expert-0"] + seconds["expert-1"] + seconds["moe"])
+    estimate = plan["side_by_side"]
+    assert estimate["runs_at_a_time"] == 2 and estimate["tokens"] == 1_000_000
+    assert estimate["seconds"] == pytest.approx(expected)
+    assert estimate["one_after_another"] == {
+        "tokens": 2_000_000, "seconds": pytest.approx(sum(seconds.values())),
+    }  # fmt: skip
+    assert run([*args, "--parallel", "2"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "2 runs at a time (xelm train-all --devices with 2 groups): the time of 1,000,000 tokens"
+        in out
+    )
+    assert f"about {expected / 60:,.1f} min instead of {sum(seconds.values()) / 60:,.1f}" in out
+    assert run([*args, "--parallel", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("--parallel must be at least 1, not 0\n")
+
+
+def test_side_by_side_length_follows_the_runners_order_and_finds_cycles() -> None:
+    from xelm_cli.training.plan_runner import side_by_side_length
+
+    def runs(*specs: tuple[str, int, list[str]]) -> list[dict[str, Any]]:
+        return [{"name": name, "tokens": tokens, "after": after} for name, tokens, after in specs]
+
+    plan = runs(("a", 5, []), ("b", 3, []), ("c", 3, []), ("d", 1, ["b"]), ("e", 4, ["d"]))
+    tokens = lambda run: run["tokens"]  # noqa: E731
+    assert side_by_side_length(plan, 1, tokens) == 16
+    # two at a time: a [0,5], b [0,3], then c is first in order and ready: c [3,6],
+    # d [5,6] (b ended), e [6,10] after d
+    assert side_by_side_length(plan, 2, tokens) == 10
+    assert side_by_side_length(plan, 5, tokens) == 8  # b, d, e in a chain
+    looped = runs(("a", 1, ["b"]), ("b", 1, ["a"]), ("c", 1, []))
+    assert side_by_side_length(looped, 2, tokens) is None
+    assert side_by_side_length(runs(("a", 1, ["elsewhere"])), 1, tokens) == 1

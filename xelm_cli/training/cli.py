@@ -257,6 +257,13 @@ def plan(
     moe_aux_loss: Annotated[
         float, typer.Option(help="Load-balancing loss coefficient of the MoE fine-tune.")
     ] = DEFAULT_MOE_AUX_LOSS,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            help="Also estimate how long `xelm train-all` takes running this many at a time "
+            "(--devices with as many groups), each run on a device of its own."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
@@ -274,8 +281,10 @@ def plan(
     When the seed bundle exists, the plan estimates each run's device memory (weights, gradients,
     AdamW, activations and loss at the --train-args batch) and refuses a batch that cannot fit,
     naming the largest that would; --measured BUNDLE (a run trained on the same machine) adds
-    each run's time:
+    each run's time, and --parallel N the whole plan's under `xelm train-all --devices` with
+    N runs at a time (its order: the most tokens first, a run's `after` runs before it):
       xelm plan ... --train-args '--batch-size 16' --memory 80GB --measured runs/probe
+      --parallel 8
 
     The runs are independent jobs. On SLURM, one array task per run (K = k):
     task I runs run I's commands in turn, its `xelm train` under torchrun
@@ -287,7 +296,7 @@ def plan(
         parse_token_count(budget), allocation, seed_bundle, data, out, valid, train_args,
         memory=parse_size(memory) if memory else None, measured=measured,
         moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
-        moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss,
+        moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss, parallel=parallel,
     )  # fmt: skip
     if as_json:
         print_json(result)
@@ -329,6 +338,8 @@ def plan(
             "(run average and moe after the experts)"
         )
     console.print(summary)
+    if "side_by_side" in result:
+        console.print(_side_by_side_line(result["side_by_side"]), highlight=False)
     console.print(
         "the runs are independent jobs: one each (a SLURM array task: xelm train-all plan.json "
         "--only I [--nproc-per-node N]); see `xelm plan --help`",
@@ -339,6 +350,22 @@ def plan(
     for run in result["runs"]:
         for command in run["commands"]:
             typer.echo(shlex.join(command))
+
+
+def _side_by_side_line(estimate: dict[str, Any]) -> str:
+    n, alone = estimate["runs_at_a_time"], estimate["one_after_another"]
+    if estimate["tokens"] is None:
+        return f"{n} runs at a time: never done (a cycle of `after` among the runs)"
+    line = (
+        f"{n} runs at a time (xelm train-all --devices with {n} groups): the time of "
+        f"{estimate['tokens']:,} tokens at one run's speed, one after another {alone['tokens']:,}"
+    )
+    if estimate["seconds"] is not None:
+        line += (
+            f"; about {estimate['seconds'] / 60:,.1f} min instead of "
+            f"{alone['seconds'] / 60:,.1f} min, each run on a device of its own"
+        )
+    return line
 
 
 def train_all(

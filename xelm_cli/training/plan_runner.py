@@ -11,6 +11,7 @@ writes its commands' output to ``ROOT/logs/NAME.log`` (ROOT: the directory that 
 run's output), a failed run does not stop the others, and the runs that wait for it are not run.
 """
 
+import heapq
 import os
 import shlex
 import subprocess
@@ -113,6 +114,40 @@ def logs_directory(plan: dict[str, Any]) -> Path:
     return Path(root if len(outputs) > 1 else os.path.dirname(root)) / "logs"
 
 
+def longest_first(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order in which runs start when several are ready: the most tokens first (the dense
+    baseline: B tokens, an expert B/k), so that the last to finish are short ones and the
+    devices are not left waiting on one."""
+    return sorted(runs, key=lambda run: -int(run.get("tokens") or 0))
+
+
+def side_by_side_length(
+    runs: Sequence[dict[str, Any]], at_a_time: int, length: Callable[[dict[str, Any]], float]
+) -> float | None:
+    """How long :class:`PlanRunner` takes over ``runs``, ``at_a_time`` of them at once, when
+    each run lasts ``length(run)``: as the runner does, whenever a slot is free it starts the
+    first run, in ``longest_first`` order, whose ``after`` runs have ended. None when a cycle of
+    ``after`` leaves runs that can never start."""
+    planned = {run["name"] for run in runs}
+    waiting, ended = longest_first(runs), set()
+    running: list[tuple[float, str]] = []  # (end, name), a heap
+    now = 0.0
+    while waiting or running:
+        ready = next(
+            (r for r in waiting if all(a in ended for a in r.get("after", []) if a in planned)),
+            None,
+        )
+        if ready is not None and len(running) < at_a_time:
+            waiting.remove(ready)
+            heapq.heappush(running, (now + length(ready), ready["name"]))
+        elif running:
+            now, name = heapq.heappop(running)
+            ended.add(name)
+        else:
+            return None
+    return now
+
+
 class PlanRunner:
     """Runs ``runs`` of ``plan`` in ``slots`` (``device_groups``); ``say`` hears one line per
     event (a run started, finished, failed, was skipped), ``advance(1)`` is called as each run
@@ -137,9 +172,7 @@ class PlanRunner:
 
     def run(self) -> list[RunOutcome]:
         outcomes: dict[str, RunOutcome] = {}
-        # the longest runs first (the dense baseline: B tokens, an expert B/k), so that the
-        # last runs to finish are short ones and the devices are not left waiting on one
-        waiting = sorted(self.runs, key=lambda run: -int(run.get("tokens") or 0))
+        waiting = longest_first(self.runs)
         free = list(self.slots)
         running: dict[Future[RunOutcome], str | None] = {}
         with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:

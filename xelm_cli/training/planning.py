@@ -21,7 +21,7 @@ from xelm_cli.training.estimates import (
     moe_shapes,
     training_memory,
 )
-from xelm_cli.training.plan_runner import PLAN_FORMAT
+from xelm_cli.training.plan_runner import PLAN_FORMAT, side_by_side_length
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 
 DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
@@ -132,14 +132,19 @@ def make_plan(
     moe_tokens: int = 0,
     moe_calibration: Path | None = None,
     moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     """The runs that give X-ELM and the dense baseline equal training tokens, as commands,
-    with memory and time estimates when the seed bundle exists (``estimate_runs``).
+    with memory and time estimates when the seed bundle exists (``estimate_runs``), and with
+    ``parallel``, how long ``xelm train-all`` takes running that many at a time
+    (``side_by_side``).
 
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
     and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
     load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``."""
+    if parallel is not None and parallel < 1:
+        raise UsageError(f"--parallel must be at least 1, not {parallel}")
     alloc = read_allocation(allocation)
     if moe_tokens and not 0 < moe_tokens < budget:
         raise UsageError(
@@ -189,7 +194,7 @@ def make_plan(
             experts, everything, data, runs, valid, train_args, estimate,
             moe_tokens, moe_calibration, moe_aux_loss,
         )  # fmt: skip
-    return {
+    plan = {
         "format": PLAN_FORMAT,
         "budget": budget,
         "moe_tokens": moe_tokens,
@@ -197,6 +202,29 @@ def make_plan(
         "allocation": {"path": str(allocation), "digest": alloc.digest},
         "estimate": estimate["record"] if estimate else None,
         "runs": entries,
+    }
+    if parallel is not None:
+        plan["side_by_side"] = side_by_side(entries, parallel)
+    return plan
+
+
+def side_by_side(runs: list[dict[str, Any]], at_a_time: int) -> dict[str, Any]:
+    """How long ``xelm train-all`` takes with ``at_a_time`` runs at once, each on a device of
+    its own: in tokens (as if every token took as long) and, when every run's time is
+    estimated, in seconds; beside the same one after another."""
+    timed = all(run["seconds"] is not None for run in runs)
+    tokens = side_by_side_length(runs, at_a_time, lambda run: run["tokens"])
+    if tokens is not None:
+        tokens = int(tokens)
+    seconds = side_by_side_length(runs, at_a_time, lambda run: run["seconds"]) if timed else None
+    return {
+        "runs_at_a_time": at_a_time,
+        "tokens": tokens,
+        "seconds": seconds,
+        "one_after_another": {
+            "tokens": sum(run["tokens"] for run in runs),
+            "seconds": sum(run["seconds"] for run in runs) if timed else None,
+        },
     }
 
 
