@@ -173,6 +173,19 @@ def test_plan_lists_each_preset_run_before_anything_runs(
     assert "seed of 134,105,856 parameters" in text and "typology-k8       8" in text
 
 
+def test_plan_on_devices_follows_the_runners_order(capsys: pytest.CaptureFixture[str]) -> None:
+    """Smoke on two GPUs, by hand: the seed (32,768 tokens), then dense (32,768) beside the
+    four typology experts (4 x 8,192), then the nine other runs of 8,192 (TF-IDF experts, the
+    MoE and HMR once the typology experts are done, LAPT once dense is) two at a time: five
+    rounds. 32,768 + 32,768 + 5 x 8,192 = 106,496 instead of 172,032 in turn."""
+    assert run(["demo", "--preset", "smoke", "--plan", "--json", "--devices", "0,1"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["devices"] == 2 and plan["side_by_side_tokens"] == 106_496
+    assert run(["demo", "--preset", "smoke", "--plan", "--devices", "0,1,2,3,4,5,6,7,8"]) == 0
+    text = capsys.readouterr().out  # nine GPUs: dense, then LAPT, bound it
+    assert "On 9 GPUs (--devices)" in text and "the time of 73,728 tokens" in text
+
+
 def test_plan_of_a_started_run_estimates_the_rest_at_its_measured_speed(
     smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

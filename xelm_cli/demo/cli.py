@@ -38,9 +38,9 @@ def demo(
         bool,
         typer.Option(
             "--plan",
-            help="Print the preset's training runs and tokens (and, for a started run "
-            "directory, the time the rest of its training takes at its measured speed); run "
-            "nothing.",
+            help="Print the preset's training runs and tokens (for a started run directory, "
+            "the time the rest of its training takes at its measured speed; with --devices, "
+            "the time of its training side by side); run nothing.",
         ),
     ] = False,
     as_json: JsonOpt = False,
@@ -63,8 +63,10 @@ def demo(
 
     if plan:
         from xelm_cli.demo.plan import demo_plan, format_plan
+        from xelm_cli.training.plan_runner import device_groups
 
-        planned = demo_plan(get_preset(preset), output)
+        groups = len(device_groups(devices, 1, 1)) if devices else None
+        planned = demo_plan(get_preset(preset), output, groups)
         if as_json:
             print_json(planned.as_dict())
         else:

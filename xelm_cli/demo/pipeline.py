@@ -216,7 +216,7 @@ class Demo:
             "cluster_documents": tfidf["cluster_documents"],
             "purity": tfidf.get("purity", {}),
         }
-        main = f"typology-k{self.main_k}"
+        main = f"typology-k{self.preset.main_k}"
         self.results["main_xelm"] = main
         self.results["perplexity"] = self.step(
             "evaluate", lambda: self.evaluate(seed, dense, experts, main, tfidf)
@@ -299,11 +299,6 @@ class Demo:
             )  # fmt: skip
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
 
-    @property
-    def main_k(self) -> int:
-        """The experts of the X-ELM that is merged, adapted and evaluated in context."""
-        return 4 if 4 in self.preset.typology_ks else self.preset.typology_ks[0]
-
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
         paths = []
         for start, out, languages in self.typology_branches(seed, k):
@@ -333,11 +328,21 @@ class Demo:
 
     def side_by_side(self, seed: Path, shards: Path) -> dict[str, str]:
         """Every training run after the seed's, one per device group at a time (``xelm
-        train-all``'s runner): the dense model and the typology and TF-IDF experts at once, the
-        adaptation runs after the model each continues, the MoE's fine-tune after the experts
-        it is built from; the steps that follow find them trained."""
-        p = self.preset
-        dense = self.out / "dense"
+        train-all``'s runner), each as soon as the runs it waits for have ended
+        (``Preset.runs``: the adaptation runs after the model each continues, the MoE's
+        fine-tune after the experts it is built from); the steps that follow find them
+        trained."""
+        commands = self._commands(seed, shards)
+        runs = [commands[run.name] | {"after": list(run.after)}
+                for run in self.preset.runs() if run.step != "seed"]  # fmt: skip
+        outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
+        raise_failures(outcomes)
+        return {outcome.name: outcome.status for outcome in outcomes}
+
+    def _commands(self, seed: Path, shards: Path) -> dict[str, dict[str, Any]]:
+        """Each training run after the seed's as a run of a plan, by name: its commands
+        (branches, allocations and the TF-IDF clusters' shards made first)."""
+        p, dense = self.preset, self.out / "dense"
         runs = [self._run("dense", seed, shards, dense, p.budget, TRAIN_LANGUAGES)]
         for k in p.typology_ks:
             for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
@@ -347,45 +352,40 @@ class Demo:
         for expert, (start, data, out, languages) in enumerate(tfidf.experts):
             name = f"tfidf-k{p.tfidf_k}-expert-{expert}"
             runs.append(self._run(name, start, data, out, p.budget // p.tfidf_k, languages))
-        main = [(f"typology-k{self.main_k}-expert-{i}", out) for i, (_, out, _) in
-                enumerate(self.typology_branches(seed, self.main_k))]  # fmt: skip
+        main = [out for _, out, _ in self.typology_branches(seed, p.main_k)]
         runs += [*self._adaptation_runs(dense, main, shards), self._moe_run(main, shards)]
-        outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
-        raise_failures(outcomes)
-        return {outcome.name: outcome.status for outcome in outcomes}
+        return {run["name"]: run for run in runs}
 
     def _adaptation_runs(
-        self, dense: Path, main: list[tuple[str, Path]], shards: Path
+        self, dense: Path, experts: list[Path], shards: Path
     ) -> list[dict[str, Any]]:
-        """For each new language, LAPT (after the dense model) and HMR (the donor's expert
-        branched once the main X-ELM's experts are trained): what the adapt step trains."""
-        runs, tokens = [], self.preset.adapt_tokens
-        experts = [arg for _, out in main for arg in ("--from", str(out))]
+        """For each new language, LAPT (continuing the dense model) and HMR (branching the
+        donor's expert among ``experts``): what the adapt step trains."""
+        runs, tokens, root = [], self.preset.adapt_tokens, self.out / "adapt"
+        sources = [arg for out in experts for arg in ("--from", str(out))]
         for language, donor in NEW_LANGUAGES.items():
-            root = self.out / "adapt"
             lapt = self._run(f"lapt-{language}", dense, shards, root / f"lapt-{language}",
                              tokens, [language])  # fmt: skip
             start = root / f"hmr-{language}-branch"
             hmr = self._run(f"hmr-{language}", start, shards, root / f"hmr-{language}",
                             tokens, [language])  # fmt: skip
-            branch_command = ["xelm", "bundle", "branch", *experts, "--donor", donor,
-                              "--lang", language, "-o", str(start)]  # fmt: skip
-            hmr["commands"].insert(0, branch_command)
-            runs += [lapt | {"after": ["dense"]}, hmr | {"after": [name for name, _ in main]}]
+            hmr["commands"].insert(0, ["xelm", "bundle", "branch", *sources, "--donor", donor,
+                                       "--lang", language, "-o", str(start)])  # fmt: skip
+            runs += [lapt, hmr]
         return runs
 
-    def _moe_run(self, main: list[tuple[str, Path]], shards: Path) -> dict[str, Any]:
-        """The MoE built from the main X-ELM's experts (as the moe step builds it) and its
-        fine-tune (as the moe-finetune step trains it), once those experts are trained."""
-        p, root = self.preset, self.out / f"typology-k{self.main_k}"
+    def _moe_run(self, experts: list[Path], shards: Path) -> dict[str, Any]:
+        """The MoE built from ``experts`` (as the moe step builds it) and its fine-tune (as
+        the moe-finetune step trains it)."""
+        p, root = self.preset, self.out / f"typology-k{self.preset.main_k}"
         moe, text = root / "moe", self.gate_text()[0]
         run = self._run("moe-finetune", moe, shards, root / "moe-ft", p.moe_tokens,
                         TRAIN_LANGUAGES, **self.moe_training)  # fmt: skip
-        build = ["xelm", "bundle", "moe", *(str(out) for _, out in main), "--top-k",
-                 str(MOE_TOP_K), "--gate", "language", "--calibration", str(text),
+        build = ["xelm", "bundle", "moe", *map(str, experts), "--top-k", str(MOE_TOP_K),
+                 "--gate", "language", "--calibration", str(text),
                  "--calibration-limit", str(p.eval_documents), "-o", str(moe)]  # fmt: skip
         run["commands"].insert(0, build)
-        return run | {"after": [name for name, _ in main]}
+        return run
 
     @property
     def moe_training(self) -> dict[str, Any]:

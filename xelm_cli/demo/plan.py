@@ -12,6 +12,7 @@ from typing import Any
 
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.demo.presets import Preset
+from xelm_cli.training.plan_runner import side_by_side_length
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,14 @@ class DemoPlan:
     batch_tokens: int
     steps: list[StepPlan]
     tokens_per_second: float | None  # training speed of the finished steps (None: none yet)
+    devices: int | None = None  # with --devices: the runs after the seed's side by side
+    side_by_side_tokens: int | None = None  # then: the seed's tokens + the runner's span
+
+    @property
+    def side_by_side_seconds(self) -> float | None:
+        if self.side_by_side_tokens is None or not self.tokens_per_second:
+            return None
+        return self.side_by_side_tokens / self.tokens_per_second
 
     @property
     def tokens(self) -> int:
@@ -51,6 +60,7 @@ class DemoPlan:
             "flops": 6 * self.parameters * self.tokens,
             "remaining_tokens": self.remaining_tokens,
             "remaining_seconds": self.remaining_seconds,
+            "side_by_side_seconds": self.side_by_side_seconds,
         }
 
 
@@ -77,9 +87,21 @@ def recorded_training(record: Path) -> tuple[int, float] | None:
     return int(training["tokens"]), float(training["seconds"])
 
 
-def demo_plan(preset: Preset, out: Path | None = None) -> DemoPlan:
+def side_by_side_tokens(preset: Preset, devices: int) -> int:
+    """The demo's training on ``devices`` GPUs (``xelm demo --devices``), in the time of how
+    many tokens at one run's speed: the seed's run, then the others as the runner starts them
+    (most tokens first, each once the runs in its ``after`` have ended)."""
+    seed, *rest = preset.runs()
+    runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after)} for r in rest]
+    span = side_by_side_length(runs, devices, lambda run: run["tokens"])
+    assert span is not None  # the preset's runs wait only for runs before them
+    return seed.tokens + int(span)
+
+
+def demo_plan(preset: Preset, out: Path | None = None, devices: int | None = None) -> DemoPlan:
     """The preset's training runs by step; with ``out`` (a run directory), which are done and
-    the training speed they reached."""
+    the training speed they reached; with ``devices``, the time of its training side by side
+    on that many GPUs."""
     steps, tokens, seconds = [], 0, 0.0
     for name, runs in preset.training_runs().items():
         record = out / "steps" / f"{name}.json" if out is not None else None
@@ -90,7 +112,10 @@ def demo_plan(preset: Preset, out: Path | None = None) -> DemoPlan:
             seconds += measured[1]
         steps.append(StepPlan(name, len(runs), sum(runs), done, measured[1] if measured else None))
     speed = tokens / seconds if tokens and seconds > 0 else None
-    return DemoPlan(preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed)
+    span = side_by_side_tokens(preset, devices) if devices else None
+    return DemoPlan(
+        preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed, devices, span
+    )
 
 
 def duration(seconds: float) -> str:
@@ -135,4 +160,16 @@ def format_plan(plan: DemoPlan) -> str:
             f"{duration(plan.remaining_seconds)} at the {plan.tokens_per_second:,.0f} tokens/s "
             "reached so far (training only: evaluation and data steps are not included)."
         )
+    if plan.side_by_side_tokens is not None:
+        line = (
+            f"On {plan.devices} GPU{'s' if plan.devices > 1 else ''} (--devices), the seed first and then every other run side "
+            f"by side: the time of {plan.side_by_side_tokens:,} tokens at one run's speed "
+            f"instead of {plan.tokens:,}"
+        )
+        if plan.side_by_side_seconds is not None:
+            line += (
+                f", about {duration(plan.side_by_side_seconds)} at the speed reached so far, "
+                "each run on a GPU of its own"
+            )
+        lines.append(line + ".")
     return "\n".join(lines)

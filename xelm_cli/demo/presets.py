@@ -28,6 +28,17 @@ NEW_LANGUAGES = {"pl": "ru", "sv": "en"}  # new language -> donor (xelm-method.m
 
 
 @dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the demo: its name (and log's), its step, tokens and the runs it
+    waits for when runs train side by side."""
+
+    name: str
+    step: str
+    tokens: int
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything that sizes a demo run; recorded in results.json."""
 
@@ -59,21 +70,40 @@ class Preset:
         """Tokens of one optimiser step of every training run."""
         return int(self.train.get("batch_size", 1)) * int(self.train.get("block_size", 1))
 
-    def training_runs(self) -> dict[str, list[int]]:
-        """Tokens each training run of the demo trains, by the step that runs it: a run of T
-        tokens takes T // batch_tokens whole steps, as ``xelm train`` does."""
+    @property
+    def main_k(self) -> int:
+        """The experts of the X-ELM that is merged, adapted and evaluated in context."""
+        return 4 if 4 in self.typology_ks else self.typology_ks[0]
+
+    def runs(self) -> list["PlannedRun"]:
+        """Every training run of the demo, by the step that trains it. A run of T tokens takes
+        T // batch_tokens whole steps, as ``xelm train`` does. Side by side (``--devices``),
+        every run but the seed's starts as soon as the runs in its ``after`` have ended."""
         whole = self.batch_tokens
+        main = tuple(f"typology-k{self.main_k}-expert-{i}" for i in range(self.main_k))
 
-        def runs(tokens: int, count: int = 1) -> list[int]:
-            return [tokens // whole * whole] * count
+        def run(step: str, name: str, tokens: int, after: tuple[str, ...] = ()) -> PlannedRun:
+            return PlannedRun(name, step, tokens // whole * whole, after)
 
-        planned = {"seed": runs(self.seed_tokens), "dense": runs(self.budget)}
+        planned = [run("seed", "seed", self.seed_tokens), run("dense", "dense", self.budget)]
         for k in self.typology_ks:
-            planned[f"typology-k{k}"] = runs(self.budget // k, k)
-        planned[f"tfidf-k{self.tfidf_k}"] = runs(self.budget // self.tfidf_k, self.tfidf_k)
-        planned["moe-finetune"] = runs(self.moe_tokens)
-        planned["adapt"] = runs(self.adapt_tokens, 2 * len(NEW_LANGUAGES))  # HMR and LAPT each
+            step = f"typology-k{k}"
+            planned += [run(step, f"{step}-expert-{i}", self.budget // k) for i in range(k)]
+        step = f"tfidf-k{self.tfidf_k}"
+        planned += [run(step, f"{step}-expert-{i}", self.budget // self.tfidf_k)
+                    for i in range(self.tfidf_k)]  # fmt: skip
+        planned.append(run("moe-finetune", "moe-finetune", self.moe_tokens, main))
+        for language in NEW_LANGUAGES:  # LAPT continues the dense model, HMR a main expert
+            planned.append(run("adapt", f"lapt-{language}", self.adapt_tokens, ("dense",)))
+            planned.append(run("adapt", f"hmr-{language}", self.adapt_tokens, main))
         return planned
+
+    def training_runs(self) -> dict[str, list[int]]:
+        """Tokens of each training run, by the step that trains it."""
+        steps: dict[str, list[int]] = {}
+        for planned in self.runs():
+            steps.setdefault(planned.step, []).append(planned.tokens)
+        return steps
 
     def training_tokens(self) -> int:
         return sum(sum(tokens) for tokens in self.training_runs().values())
