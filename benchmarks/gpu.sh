@@ -10,16 +10,9 @@
 # installed (a bare GPU machine with its own PyTorch), xelm is installed in place without its
 # dependencies; those the machine lacks (jsonschema, zstandard, langcodes, ...) must be there.
 #
-# On the lent H200 (Python 3.12 with torch and transformers, no network), prepared here:
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt
-#   mkdir -p gpu-data/eval gpu-data/corpus; cp -r ../shared/data/eval/udhr \
-#     ../shared/data/eval/flores200-devtest gpu-data/eval/; cp -r ../shared/data/corpus/valid gpu-data/corpus/
-# (both folders in .git/info/exclude), then one device call carrying .whl and gpu-data:
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-#     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
-#   PYTHONUNBUFFERED=1 sh benchmarks/gpu.sh --data gpu-data --out $OUT/gpu.md 2>&1 | tee $OUT/gpu.log
+# On the lent H200 (Python 3.12 with torch and transformers, no network): here
+# `sh benchmarks/gpu-prepare.sh` (wheels into .whl/, text into gpu-data/, both ignored by git),
+# then one device call carrying .whl and gpu-data that runs `sh benchmarks/gpu-device.sh`.
 # benchmarks/gpu-wheels.txt: the packages xelm needs that the H200's image lacks (KINDS.md of
 # the device tool lists what it has), pinned to what the tests here run with.
 set -eu
