@@ -273,3 +273,24 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     assert all("eval_routed" in entry for entry in tfidf["purity"].values())
     assert run([*args, "--devices", "0,0"]) == 2
     assert "give distinct device numbers" in capsys.readouterr().err
+
+
+def test_an_in_context_claim_near_chance_is_inconclusive(smoke: Path, tmp_path: Path) -> None:
+    """Both models near chance: the run cannot tell them apart, so the verdict is neither
+    supported nor NOT supported; well above chance the accuracies decide."""
+    from xelm_cli.demo.report import claims, write_report
+
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    icl = results["icl"]
+    chance = icl["dense"]["overall"]["chance"]
+
+    def verdict(xelm: float, dense: float) -> bool | None:
+        for system, accuracy in (("xelm", xelm), ("dense", dense)):
+            icl[system]["overall"].update(accuracy=accuracy, stderr=0.01)
+        return claims(results)[-1]["supported"]
+
+    assert verdict(chance + 0.03, chance) is None
+    assert verdict(0.9, 0.6) is True and verdict(0.6, 0.9) is False
+    verdict(chance, chance + 0.01)
+    text = write_report(results, tmp_path / "report")[0].read_text()
+    assert "- **inconclusive**: X-ELM is at least as good as dense in-context" in text

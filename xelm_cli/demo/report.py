@@ -51,6 +51,9 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+VERDICTS = {True: "supported", False: "NOT supported", None: "inconclusive"}
+
+
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each claim of the paper this run can test, whether the run supports it, and why."""
     languages = results["languages"]
@@ -143,7 +146,7 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "claim": f"X-ELM is at least as good as dense in-context ({icl['task']}, "
                 f"{icl['shots']}-shot)",
-                "supported": x >= d and not near_chance,
+                "supported": None if near_chance else x >= d,  # None: this run cannot tell
                 "evidence": evidence,
             }
         )
@@ -353,7 +356,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         "",
     ]
     for claim in results["claims"]:
-        verdict = "supported" if claim["supported"] else "NOT supported"
+        verdict = VERDICTS[claim["supported"]]
         lines.append(f"- **{verdict}**: {claim['claim']}. This run: {claim['evidence']}.")
     lines += ["", "## Perplexity (FLORES-200 devtest, lower is better)", "",
               perplexity_table(results), ""]  # fmt: skip
