@@ -160,11 +160,12 @@ def format_plan(plan: DemoPlan) -> str:
             f"{duration(plan.remaining_seconds)} at the {plan.tokens_per_second:,.0f} tokens/s "
             "reached so far (training only: evaluation and data steps are not included)."
         )
-    if plan.side_by_side_tokens is not None:
+    if plan.side_by_side_tokens is not None and plan.devices:
+        gpus = f"{plan.devices} GPU{'s' if plan.devices > 1 else ''}"
         line = (
-            f"On {plan.devices} GPU{'s' if plan.devices > 1 else ''} (--devices), the seed first and then every other run side "
-            f"by side: the time of {plan.side_by_side_tokens:,} tokens at one run's speed "
-            f"instead of {plan.tokens:,}"
+            f"On {gpus} (--devices), the seed first and then every other run side by side: "
+            f"the time of {plan.side_by_side_tokens:,} tokens at one run's speed instead of "
+            f"{plan.tokens:,}"
         )
         if plan.side_by_side_seconds is not None:
             line += (
