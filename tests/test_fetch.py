@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from xelm_cli.data import fetch as fetch_module
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.fetch import default_data_dir, fetch
-from xelm_cli.data.sources import DatasetSource, SourceUnavailable
+from xelm_cli.data.sources import DatasetSource, SourceUnavailable, hub_unreachable
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
 
 DEMO_LANGUAGES = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
@@ -30,15 +31,22 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _offline(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hub ids read the stand-ins, the cache is a temporary one, and the working directory
+def _offline(mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Hub ids read the stand-ins, the Hub itself is offline (huggingface_hub reads
+    HF_HUB_OFFLINE once, when imported), the cache is a temporary one, and the working directory
     has no ../shared beside it."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("XELM_HOME", str(tmp_path / "xelm-home"))
     (tmp_path / "work" / "repo").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work" / "repo")
+    hub_unreachable.cache_clear()
+    yield
+    hub_unreachable.cache_clear()
 
 
 def _texts(path: Path) -> list[str]:
@@ -187,6 +195,22 @@ def test_demo_offline_without_data_says_what_to_run(
     assert err.startswith("xelm: error: no demo data: ../shared/data is absent")
     assert "run `xelm data fetch` with network access" in err and "--data DIR" in err
     assert not default_data_dir().exists() and not (tmp_path / "run").exists()
+
+
+def test_fetch_without_the_hub_says_so_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not after the Hub client's retries (about 25 s): one request decides, and the line
+    names the datasets that are not local copies."""
+    monkeypatch.setenv("XELM_HUB_MIRROR", str(tmp_path / "no-mirror"))
+    assert run(["data", "fetch", "--langs", "sw", "-o", str(tmp_path / "data")]) == 2
+    said, error = capsys.readouterr().err.strip().splitlines()  # what it would fetch, why not
+    assert said.startswith("fetching 3 parts for 1 language(s)")
+    assert error.startswith(
+        "xelm: error: cannot reach the Hugging Face Hub for Davlan/sib200, allenai/c4: "
+        "HF_HUB_OFFLINE is set"
+    )
+    assert not any((tmp_path / "data").glob("corpus/*"))
 
 
 def test_demo_smoke_runs_to_a_report_from_the_hub_stand_ins(

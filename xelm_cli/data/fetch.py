@@ -39,7 +39,12 @@ from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
-from xelm_cli.data.sources import DatasetSource
+from xelm_cli.data.sources import (
+    DatasetSource,
+    SourceUnavailable,
+    hub_unreachable,
+    resolve_dataset,
+)
 from xelm_cli.lang.codes import normalize_language
 
 HOME_VARIABLE = "XELM_HOME"
@@ -109,6 +114,13 @@ class Part:
     def split(self) -> str:
         """mC4's split of a corpus part."""
         return "train" if self.kind == "train" else "validation"
+
+    @property
+    def dataset(self) -> str:
+        """The Hub dataset the part is read from."""
+        if self.kind == "sib200":
+            return SIB200_TEXT.dataset
+        return _mc4(self.language, self.split).dataset
 
     def source(self) -> str:
         if self.kind == "sib200":
@@ -189,9 +201,9 @@ def fetch(
     with output_lock(out):
         state = _read_state(out)
         fetched = []
-        for part in parts:
-            if is_done(part, out, state):
-                continue
+        todo = [part for part in parts if not is_done(part, out, state)]
+        _require_hub({part.dataset for part in todo})
+        for part in todo:
             record = _FETCHERS[part.kind](part, out, advance)
             state["parts"][part.key] = {"cap": part.cap, "source": part.source(), **record}
             write_bytes_atomic(out / STATE, pretty_json(state))
@@ -204,6 +216,18 @@ def fetch(
         "fetched": fetched,
         "parts": {part.key: state["parts"][part.key] for part in parts},
     }
+
+
+def _require_hub(datasets: set[str]) -> None:
+    """Refuse at once, rather than after the Hub client's retries, when a dataset to read is
+    on the Hub (not a local copy: XELM_HUB_MIRROR) and the Hub cannot be reached."""
+    remote = sorted(d for d in datasets if not Path(resolve_dataset(d)).is_dir())
+    why = hub_unreachable() if remote else None
+    if why:
+        raise SourceUnavailable(
+            f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
+            "the same command again with network access)"
+        )
 
 
 def describe_download(parts: list[Part], out: Path) -> str:

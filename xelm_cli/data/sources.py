@@ -18,6 +18,7 @@ the byte offset and line number reached in the file being read (neither re-reads
 """
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -39,10 +40,28 @@ from xelm_cli.lang.codes import normalize_language
 DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
+HUB_PROBE_SECONDS = 5
 T = TypeVar("T")
 LANGUAGE_COLUMNS = ("lang", "language")
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or None when it answers: one request to
+    its endpoint through huggingface_hub's own session (its endpoint, proxies and certificates)
+    with a short timeout, where a dataset load retries a failed connection for about 25 s."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as exc:  # any answer means reachable; no answer, whatever the error, not
+        return exception_line(exc, 200)
+    return None
 
 
 def resolve_dataset(dataset: str) -> str:
