@@ -174,16 +174,19 @@ def test_plan_lists_each_preset_run_before_anything_runs(
 
 
 def test_plan_on_devices_follows_the_runners_order(capsys: pytest.CaptureFixture[str]) -> None:
-    """Smoke on two GPUs, by hand: the seed (32,768 tokens), then dense (32,768) beside the
-    four typology experts (4 x 8,192), then the nine other runs of 8,192 (TF-IDF experts, the
-    MoE and HMR once the typology experts are done, LAPT once dense is) two at a time: five
-    rounds. 32,768 + 32,768 + 5 x 8,192 = 106,496 instead of 172,032 in turn."""
+    """Smoke on two GPUs, by hand: the seed (32,768 tokens) on both at once (its batch of 8
+    blocks halved on each rank), then dense (32,768) beside the four typology experts
+    (4 x 8,192), then the nine other runs of 8,192 (TF-IDF experts, the MoE and HMR once the
+    typology experts are done, LAPT once dense is) two at a time: five rounds.
+    16,384 + 32,768 + 5 x 8,192 = 90,112 instead of 172,032 in turn."""
     assert run(["demo", "--preset", "smoke", "--plan", "--json", "--devices", "0,1"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["devices"] == 2 and plan["side_by_side_tokens"] == 106_496
+    assert plan["devices"] == 2 and plan["seed_ranks"] == 2
+    assert plan["side_by_side_tokens"] == 90_112
     assert run(["demo", "--preset", "smoke", "--plan", "--devices", "0,1,2,3,4,5,6,7,8"]) == 0
-    text = capsys.readouterr().out  # nine GPUs: dense, then LAPT, bound it
-    assert "On 9 GPUs (--devices)" in text and "the time of 73,728 tokens" in text
+    text = capsys.readouterr().out  # nine GPUs: the seed on 8 (8 divides its batch), dense, LAPT
+    assert "On 9 GPUs (--devices), the seed first (on 8 at once" in text
+    assert "the time of 45,056 tokens" in text  # 4,096 + 32,768 + 8,192
 
 
 def test_plan_of_a_started_run_estimates_the_rest_at_its_measured_speed(
@@ -230,8 +233,9 @@ def test_report_shows_the_training_speed_of_each_training_step(smoke: Path) -> N
 def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--devices 0,1 (on the CPU the devices only name the slots): after the seed, every
-    training run two at a time, each logged: the dense model and the four typology and four
+    """--devices 0,1 (on the CPU the devices only name the slots): the seed on both at once
+    (torchrun, DDP on gloo, half its batch on each rank), then every training run two at a
+    time, each logged: the dense model and the four typology and four
     TF-IDF experts, LAPT after the dense model, HMR (its branch made first) and the MoE (built
     first) after the typology experts; the steps that follow find them trained and record
     their training as before."""
@@ -248,6 +252,10 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     experts = [f"{x}-k4-expert-{i}" for x in ("typology", "tfidf") for i in range(4)]
     later = ["lapt-pl", "lapt-sv", "hmr-pl", "hmr-sv", "moe-finetune"]
     assert side == dict.fromkeys(["dense", *experts, *later], "done")
+    assert err.index("start: seed (devices 0,1") < err.index("[ 4] seed: ")
+    seed_log = (out / "logs" / "seed.log").read_text()
+    assert "$ torchrun --standalone --nproc-per-node 2 -m xelm_cli train " in seed_log
+    assert "--batch-size=4 " in seed_log and "--global-batch=512 " in seed_log
     assert err.index("start: dense (devices 0") < err.index("[ 6] dense")
     assert err.index("done: dense") < err.index("start: lapt-pl")
     assert max(err.index(f"done: typology-k4-expert-{i}") for i in range(4)) < min(

@@ -32,7 +32,9 @@ from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import Kind, get_registry
+from xelm_cli.plugin.options import as_flags
 from xelm_cli.training.plan_runner import PlanRunner, device_groups, raise_failures
+from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
@@ -297,7 +299,24 @@ class Demo:
                 f"demo-{self.preset.name}", tokenizer, init, languages=list(TRAIN_LANGUAGES),
                 overwrite=True,
             )  # fmt: skip
+        ranks = self.preset.seed_ranks(len(self.device_ids))
+        if ranks > 1 and not is_bundle(seed):
+            self._train_seed_on_devices(init, shards, seed, ranks)
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
+
+    @property
+    def device_ids(self) -> list[str]:
+        return [d.strip() for d in (self.devices or "").split(",") if d.strip()]
+
+    def _train_seed_on_devices(self, init: Path, shards: Path, seed: Path, ranks: int) -> None:
+        """The seed's run under torchrun on the first ``ranks`` of --devices (DDP) at the
+        preset's batch, each rank a 1/ranks share of its micro-batch."""
+        p = self.preset
+        share = {"batch_size": int(p.train["batch_size"]) // ranks,
+                 "global_batch_tokens": p.batch_tokens}  # fmt: skip
+        run = self._run("seed", init, shards, seed, p.seed_tokens, TRAIN_LANGUAGES, **share)
+        group = device_groups(",".join(self.device_ids[:ranks]), ranks, 1)
+        raise_failures(PlanRunner({"runs": [run]}, [run], group, nproc_per_node=ranks).run())
 
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
         paths = []
@@ -408,9 +427,9 @@ class Demo:
         **options: Any,
     ) -> dict[str, Any]:
         """One run of a plan (spec/training.md section 7): `xelm train` with the preset's
-        training options (and ``options``) as flags."""
-        chosen = {**self.preset.train, **options}
-        flags = [f"--{key.replace('_', '-')}={value}" for key, value in chosen.items()]
+        training options (and ``options``) as the trainer declares their flags."""
+        trainer = get_registry().get("trainer", DEFAULT_TRAINER).obj
+        flags = as_flags(trainer, {**self.preset.train, **options})
         if self.device:
             flags.append(f"--device={self.device}")
         command = ["xelm", "train", str(bundle), "--data", str(data), "--tokens", str(tokens),

@@ -32,7 +32,8 @@ class DemoPlan:
     steps: list[StepPlan]
     tokens_per_second: float | None  # training speed of the finished steps (None: none yet)
     devices: int | None = None  # with --devices: the runs after the seed's side by side
-    side_by_side_tokens: int | None = None  # then: the seed's tokens + the runner's span
+    side_by_side_tokens: int | None = None  # then: the seed's share + the runner's span
+    seed_ranks: int | None = None  # then: the GPUs the seed trains on at once
 
     @property
     def side_by_side_seconds(self) -> float | None:
@@ -89,13 +90,14 @@ def recorded_training(record: Path) -> tuple[int, float] | None:
 
 def side_by_side_tokens(preset: Preset, devices: int) -> int:
     """The demo's training on ``devices`` GPUs (``xelm demo --devices``), in the time of how
-    many tokens at one run's speed: the seed's run, then the others as the runner starts them
-    (most tokens first, each once the runs in its ``after`` have ended)."""
+    many tokens at one run's speed: the seed's run on ``Preset.seed_ranks`` of them at once
+    (DDP, counted that many times as fast: an upper bound on its speed), then the others as
+    the runner starts them (most tokens first, each once the runs in its ``after`` ended)."""
     seed, *rest = preset.runs()
     runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after)} for r in rest]
     span = side_by_side_length(runs, devices, lambda run: run["tokens"])
     assert span is not None  # the preset's runs wait only for runs before them
-    return seed.tokens + int(span)
+    return seed.tokens // preset.seed_ranks(devices) + int(span)
 
 
 def demo_plan(preset: Preset, out: Path | None = None, devices: int | None = None) -> DemoPlan:
@@ -113,9 +115,11 @@ def demo_plan(preset: Preset, out: Path | None = None, devices: int | None = Non
         steps.append(StepPlan(name, len(runs), sum(runs), done, measured[1] if measured else None))
     speed = tokens / seconds if tokens and seconds > 0 else None
     span = side_by_side_tokens(preset, devices) if devices else None
+    ranks = preset.seed_ranks(devices) if devices else None
     return DemoPlan(
-        preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed, devices, span
-    )
+        preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed, devices, span,
+        ranks,
+    )  # fmt: skip
 
 
 def duration(seconds: float) -> str:
@@ -163,9 +167,9 @@ def format_plan(plan: DemoPlan) -> str:
     if plan.side_by_side_tokens is not None and plan.devices:
         gpus = f"{plan.devices} GPU{'s' if plan.devices > 1 else ''}"
         line = (
-            f"On {gpus} (--devices), the seed first and then every other run side by side: "
-            f"the time of {plan.side_by_side_tokens:,} tokens at one run's speed instead of "
-            f"{plan.tokens:,}"
+            f"On {gpus} (--devices), the seed first (on {plan.seed_ranks} at once, DDP, counted "
+            f"{plan.seed_ranks} times as fast), then every other run side by side: the time of "
+            f"{plan.side_by_side_tokens:,} tokens at one run's speed instead of {plan.tokens:,}"
         )
         if plan.side_by_side_seconds is not None:
             line += (

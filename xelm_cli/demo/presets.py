@@ -75,6 +75,12 @@ class Preset:
         """The experts of the X-ELM that is merged, adapted and evaluated in context."""
         return 4 if 4 in self.typology_ks else self.typology_ks[0]
 
+    def seed_ranks(self, devices: int) -> int:
+        """On how many of ``devices`` GPUs the seed trains at once (DDP) at the preset's
+        batch: the most whose count divides ``batch_size`` (each rank a share of it)."""
+        batch = int(self.train.get("batch_size", 1))
+        return max(n for n in range(1, devices + 1) if batch % n == 0)
+
     def runs(self) -> list["PlannedRun"]:
         """Every training run of the demo, by the step that trains it. A run of T tokens takes
         T // batch_tokens whole steps, as ``xelm train`` does. Side by side (``--devices``),

@@ -509,6 +509,23 @@ def _metavar(spec: OptionSpec) -> str:
     return "TEXT"
 
 
+def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
+    """The command-line flags that set ``values`` (options of ``owner`` by name) as its
+    command reads them: ``--FLAG=VALUE``, or ``--FLAG``/``--no-FLAG`` for a boolean; a name
+    that is not one of its flags is refused."""
+    specs = {spec.name: spec for spec in declared_options(owner)}
+    flags = []
+    for name, value in values.items():
+        spec = specs.get(name)
+        if spec is None or not spec.cli:
+            raise UsageError(f"{name!r} is not an option with a flag of {owner.name!r}")
+        if spec.is_flag:
+            flags.append(spec.flag_name if value else "--no-" + spec.flag_name.removeprefix("--"))
+        else:
+            flags.append(f"{spec.flag_name}={as_text(value)}")
+    return flags
+
+
 def as_text(value: Any) -> str:
     """How a user types ``value`` after ``KEY=`` (and how help shows a default)."""
     if value is None:
