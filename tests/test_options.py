@@ -19,7 +19,13 @@ from xelm_cli.api import (
     parse_options,
 )
 from xelm_cli.common.units import parse_token_count
-from xelm_cli.plugin.options import given, parse_pairs, typer_parameters, with_parameters
+from xelm_cli.plugin.options import (
+    as_flags,
+    given,
+    parse_pairs,
+    typer_parameters,
+    with_parameters,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -199,6 +205,15 @@ def test_flags_and_help_are_derived_from_the_declaration() -> None:
         "calibrated": True,
         "weights": [1.0, 2.0],
     }
+    values = {"allocation": Path("b"), "top_k": 3, "calibrated": False, "weights": [0.5, 2.0],
+              "distance": "squared-twice", "tokens": 8192}  # fmt: skip
+    flags = as_flags(Declared, values)  # what `xelm demo` passes to the runs it launches
+    assert "--no-calibrated" in flags and "--top-k=3" in flags
+    seen.clear()
+    assert runner.invoke(app, ["run", "n", *flags]).exit_code == 0
+    assert seen == values
+    with pytest.raises(UsageError, match="'internal' is not an option with a flag of 'Declared'"):
+        as_flags(Declared, {"internal": 2})
     help_text = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
     assert "Keep the K largest. [default: none]" in help_text
     assert "Allocation directory. [required]" in help_text

@@ -518,7 +518,8 @@ def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
     for name, value in values.items():
         spec = specs.get(name)
         if spec is None or not spec.cli:
-            raise UsageError(f"{name!r} is not an option with a flag of {owner.name!r}")
+            owner_name = getattr(owner, "name", None) or getattr(owner, "__name__", "")
+            raise UsageError(f"{name!r} is not an option with a flag of {owner_name!r}")
         if spec.is_flag:
             flags.append(spec.flag_name if value else "--no-" + spec.flag_name.removeprefix("--"))
         else:
