@@ -13,7 +13,7 @@ __all__ = ["PRESETS", "Demo", "get_preset", "read_results", "run_demo", "write_r
 def run_demo(
     preset: str, data: Path, out: Path, device: str | None = None, devices: str | None = None
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Run (or resume) the demo into ``out`` (``devices``: GPUs to train every run after the
-    seed's on side by side); the results and the report's files."""
+    """Run (or resume) the demo into ``out`` (``devices``: GPUs to train the seed on at once,
+    then the other runs side by side); the results and the report's files."""
     results = Demo(get_preset(preset), data, out, device, devices).run()
     return results, write_report(results, out / "report")

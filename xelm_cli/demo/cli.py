@@ -30,8 +30,8 @@ def demo(
         str | None,
         typer.Option(
             "--devices",
-            help="GPUs to train every run after the seed's on side by side, one run per GPU, "
-            "e.g. 0,1,2,3 (default: one after another on --device).",
+            help="GPUs to train on, e.g. 0,1,2,3: the seed on all at once (torchrun), then "
+            "the other runs side by side, one per GPU (default: one after another on --device).",
         ),
     ] = None,
     plan: Annotated[
