@@ -31,7 +31,7 @@ class DemoPlan:
     batch_tokens: int
     steps: list[StepPlan]
     tokens_per_second: float | None  # training speed of the finished steps (None: none yet)
-    devices: int | None = None  # with --devices: the runs after the seed's side by side
+    devices: int | None = None  # GPUs of --devices: the seed on some at once, the rest side by side
     side_by_side_tokens: int | None = None  # then: the seed's share + the runner's span
     seed_ranks: int | None = None  # then: the GPUs the seed trains on at once
 

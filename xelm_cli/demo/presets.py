@@ -81,7 +81,7 @@ class Preset:
         batch = int(self.train.get("batch_size", 1))
         return max(n for n in range(1, devices + 1) if batch % n == 0)
 
-    def runs(self) -> list["PlannedRun"]:
+    def runs(self) -> list[PlannedRun]:
         """Every training run of the demo, by the step that trains it. A run of T tokens takes
         T // batch_tokens whole steps, as ``xelm train`` does. Side by side (``--devices``),
         every run but the seed's starts as soon as the runs in its ``after`` have ended."""
