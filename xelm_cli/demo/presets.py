@@ -79,7 +79,7 @@ class Preset:
         """On how many of ``devices`` GPUs the seed trains at once (DDP) at the preset's
         batch: the most whose count divides ``batch_size`` (each rank a share of it)."""
         batch = int(self.train.get("batch_size", 1))
-        return max(n for n in range(1, devices + 1) if batch % n == 0)
+        return max((n for n in range(1, devices + 1) if batch % n == 0), default=1)
 
     def runs(self) -> list[PlannedRun]:
         """Every training run of the demo, by the step that trains it. A run of T tokens takes
