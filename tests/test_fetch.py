@@ -5,6 +5,7 @@ import csv
 import itertools
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,16 +201,23 @@ def test_demo_offline_without_data_says_what_to_run(
 def test_fetch_without_the_hub_says_so_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Not after the Hub client's retries (about 25 s): one request decides, and the line
-    names the datasets that are not local copies."""
+    """Not after the Hub client's retries (about 25 s): one request to the Hub's endpoint (here
+    a closed local port) decides, and the line names the datasets that are not local copies."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("XELM_HUB_MIRROR", str(tmp_path / "no-mirror"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    started = time.perf_counter()
     assert run(["data", "fetch", "--langs", "sw", "-o", str(tmp_path / "data")]) == 2
+    assert time.perf_counter() - started < 10  # the probe's timeout is 5 s; retries take ~25
     said, error = capsys.readouterr().err.strip().splitlines()  # what it would fetch, why not
     assert said.startswith("fetching 3 parts for 1 language(s)")
     assert error.startswith(
         "xelm: error: cannot reach the Hugging Face Hub for Davlan/sib200, allenai/c4: "
-        "HF_HUB_OFFLINE is set"
     )
+    assert error.endswith("(offline? run the same command again with network access, or pass "
+                          "a local copy)")  # fmt: skip
     assert not any((tmp_path / "data").glob("corpus/*"))
 
 

@@ -39,12 +39,7 @@ from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
-from xelm_cli.data.sources import (
-    DatasetSource,
-    SourceUnavailable,
-    hub_unreachable,
-    resolve_dataset,
-)
+from xelm_cli.data.sources import DatasetSource, require_hub
 from xelm_cli.lang.codes import normalize_language
 
 HOME_VARIABLE = "XELM_HOME"
@@ -202,7 +197,7 @@ def fetch(
         state = _read_state(out)
         fetched = []
         todo = [part for part in parts if not is_done(part, out, state)]
-        _require_hub({part.dataset for part in todo})
+        require_hub(part.dataset for part in todo)
         for part in todo:
             record = _FETCHERS[part.kind](part, out, advance)
             state["parts"][part.key] = {"cap": part.cap, "source": part.source(), **record}
@@ -216,18 +211,6 @@ def fetch(
         "fetched": fetched,
         "parts": {part.key: state["parts"][part.key] for part in parts},
     }
-
-
-def _require_hub(datasets: set[str]) -> None:
-    """Refuse at once, rather than after the Hub client's retries, when a dataset to read is
-    on the Hub (not a local copy: XELM_HUB_MIRROR) and the Hub cannot be reached."""
-    remote = sorted(d for d in datasets if not Path(resolve_dataset(d)).is_dir())
-    why = hub_unreachable() if remote else None
-    if why:
-        raise SourceUnavailable(
-            f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
-            "the same command again with network access)"
-        )
 
 
 def describe_download(parts: list[Part], out: Path) -> str:

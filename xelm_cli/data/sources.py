@@ -47,23 +47,6 @@ COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.op
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
 
 
-@functools.cache
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face Hub cannot be reached now, or None when it answers: one request to
-    its endpoint through huggingface_hub's own session (its endpoint, proxies and certificates)
-    with a short timeout, where a dataset load retries a failed connection for about 25 s."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
-    except Exception as exc:  # any answer means reachable; no answer, whatever the error, not
-        return exception_line(exc, 200)
-    return None
-
-
 def resolve_dataset(dataset: str) -> str:
     """Where to read a dataset from: ``$XELM_HUB_MIRROR/OWNER/NAME`` when that directory
     exists (a local copy laid out like the Hub repository), else ``dataset`` itself."""
@@ -78,6 +61,37 @@ def resolve_dataset(dataset: str) -> str:
 class SourceUnavailable(UsageError):
     """The source could not be reached (network, Hub): the same command may succeed later, so
     a preparation keeps what it has read so far."""
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached now, or None when it answers: one request to
+    its endpoint through huggingface_hub's own session (its endpoint, proxies and certificates)
+    with a short timeout, where a dataset load retries a failed connection for about 25 s."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as exc:  # any answer means reachable; no answer, whatever the error, not
+        return exception_line(exc, 200)
+    return None
+
+
+def require_hub(datasets: Iterable[str]) -> None:
+    """Refuse at once, rather than after the Hub client's retries, to read ``datasets`` when
+    some are on the Hub (not local copies, XELM_HUB_MIRROR included) and the Hub cannot be
+    reached. With HF_HUB_OFFLINE set the datasets library decides (it fails at once).
+    Everything xelm reads from a Hub dataset is streamed, so nothing cached can stand in."""
+    from huggingface_hub import constants
+
+    remote = sorted({d for d in datasets if not Path(resolve_dataset(d)).exists()})
+    why = hub_unreachable() if remote and not constants.HF_HUB_OFFLINE else None
+    if why:
+        raise SourceUnavailable(
+            f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
+            "the same command again with network access, or pass a local copy)"
+        )
 
 
 @dataclass
@@ -193,6 +207,7 @@ class DatasetSource:
         if builder is None:
             import datasets
 
+            require_hub([self.dataset])
             with _translated(self):
                 builder = datasets.load_dataset_builder(
                     resolve_dataset(self.dataset), name=self.config, revision=self.revision
@@ -458,12 +473,14 @@ def _translated(source: DatasetSource) -> Iterator[None]:
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
     """The configuration names of a dataset (Hub id or local Hub-layout directory)."""
+    require_hub([dataset])
     with _translated(DatasetSource(dataset, revision=revision)):
         return _config_names(dataset, revision)
 
 
 def dataset_splits(dataset: str, config: str | None, revision: str | None = None) -> list[str]:
     """The split names of one configuration of a dataset."""
+    require_hub([dataset])
     with _translated(DatasetSource(dataset, config=config, revision=revision)):
         return _split_names(dataset, config, revision)
 
