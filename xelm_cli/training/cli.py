@@ -354,8 +354,6 @@ def plan(
 
 def _side_by_side_line(estimate: dict[str, Any]) -> str:
     n, alone = estimate["runs_at_a_time"], estimate["one_after_another"]
-    if estimate["tokens"] is None:
-        return f"{n} runs at a time: never done (a cycle of `after` among the runs)"
     line = (
         f"{n} runs at a time (xelm train-all --devices with {n} groups): the time of "
         f"{estimate['tokens']:,} tokens at one run's speed, one after another {alone['tokens']:,}"

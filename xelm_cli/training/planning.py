@@ -214,12 +214,11 @@ def side_by_side(runs: list[dict[str, Any]], at_a_time: int) -> dict[str, Any]:
     estimated, in seconds; beside the same one after another."""
     timed = all(run["seconds"] is not None for run in runs)
     tokens = side_by_side_length(runs, at_a_time, lambda run: run["tokens"])
-    if tokens is not None:
-        tokens = int(tokens)
+    assert tokens is not None  # a plan's runs wait only for its experts: no cycle
     seconds = side_by_side_length(runs, at_a_time, lambda run: run["seconds"]) if timed else None
     return {
         "runs_at_a_time": at_a_time,
-        "tokens": tokens,
+        "tokens": int(tokens),
         "seconds": seconds,
         "one_after_another": {
             "tokens": sum(run["tokens"] for run in runs),
