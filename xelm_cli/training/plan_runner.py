@@ -100,9 +100,9 @@ def device_groups(devices: str | None, nproc_per_node: int, parallel: int) -> li
         )
     ids = [d.strip() for d in devices.split(",") if d.strip()]
     if not ids or len(ids) % nproc_per_node or len(set(ids)) != len(ids):
+        groups = f", a multiple of --nproc-per-node {nproc_per_node}" if nproc_per_node > 1 else ""
         raise UsageError(
-            f"--devices {devices!r}: give distinct device numbers, a multiple of "
-            f"--nproc-per-node {nproc_per_node} of them (e.g. --devices 0,1,2,3)"
+            f"--devices {devices!r}: give distinct device numbers{groups} (e.g. --devices 0,1,2,3)"
         )
     return [",".join(ids[i : i + nproc_per_node]) for i in range(0, len(ids), nproc_per_node)]
 
