@@ -476,7 +476,7 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
 
 
 SECTIONS = {  # name: the measurement, given a scratch directory of its own
-    "training": lambda work, size, args: training(work, size, args),
+    "training": training,
     "preset": lambda work, size, args: preset_training(work / "preset", size, args),
     "memory": lambda work, size, args: memory(size, args),
     "ensemble": lambda work, size, args: ensembles(size, args),

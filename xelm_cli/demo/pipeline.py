@@ -97,9 +97,9 @@ class Demo:
         self.data = data
         self.out = out
         self.device = device
-        self.devices = devices  # GPUs to train the dense model and the experts on side by side
-        if devices:
-            device_groups(devices, 1, 1)  # refused now, not after the seed's training
+        # GPUs to train the seed on at once, then the other runs side by side; refused now,
+        # not after the seed's training
+        self.devices: list[str] = [str(d) for d in device_groups(devices, 1, 1)] if devices else []
         self.records = out / "steps"
         self.results: dict[str, Any] = {}
         self.cache = ScoreCache()
@@ -299,14 +299,10 @@ class Demo:
                 f"demo-{self.preset.name}", tokenizer, init, languages=list(TRAIN_LANGUAGES),
                 overwrite=True,
             )  # fmt: skip
-        ranks = self.preset.seed_ranks(len(self.device_ids))
+        ranks = self.preset.seed_ranks(len(self.devices))
         if ranks > 1 and not is_bundle(seed):
             self._train_seed_on_devices(init, shards, seed, ranks)
         return self.train(init, shards, seed, self.preset.seed_tokens, TRAIN_LANGUAGES)
-
-    @property
-    def device_ids(self) -> list[str]:
-        return [d.strip() for d in (self.devices or "").split(",") if d.strip()]
 
     def _train_seed_on_devices(self, init: Path, shards: Path, seed: Path, ranks: int) -> None:
         """The seed's run under torchrun on the first ``ranks`` of --devices (DDP) at the
@@ -315,7 +311,7 @@ class Demo:
         share = {"batch_size": int(p.train["batch_size"]) // ranks,
                  "global_batch_tokens": p.batch_tokens}  # fmt: skip
         run = self._run("seed", init, shards, seed, p.seed_tokens, TRAIN_LANGUAGES, **share)
-        group = device_groups(",".join(self.device_ids[:ranks]), ranks, 1)
+        group: list[str | None] = [",".join(self.devices[:ranks])]
         raise_failures(PlanRunner({"runs": [run]}, [run], group, nproc_per_node=ranks).run())
 
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
@@ -354,7 +350,7 @@ class Demo:
         commands = self._commands(seed, shards)
         runs = [commands[run.name] | {"after": list(run.after)}
                 for run in self.preset.runs() if run.step != "seed"]  # fmt: skip
-        outcomes = PlanRunner({"runs": runs}, runs, device_groups(self.devices, 1, 1)).run()
+        outcomes = PlanRunner({"runs": runs}, runs, list(self.devices)).run()
         raise_failures(outcomes)
         return {outcome.name: outcome.status for outcome in outcomes}
 
@@ -363,15 +359,16 @@ class Demo:
         (branches, allocations and the TF-IDF clusters' shards made first)."""
         p, dense = self.preset, self.out / "dense"
         runs = [self._run("dense", seed, shards, dense, p.budget, TRAIN_LANGUAGES)]
-        for k in p.typology_ks:
-            for expert, (start, out, languages) in enumerate(self.typology_branches(seed, k)):
+        branches = {k: self.typology_branches(seed, k) for k in p.typology_ks}
+        for k, experts in branches.items():
+            for expert, (start, out, languages) in enumerate(experts):
                 name = f"typology-k{k}-expert-{expert}"
                 runs.append(self._run(name, start, shards, out, p.budget // k, languages))
         tfidf = self.tfidf_clusters(seed, self.out / "corpus", self.out / "tokenizer")
         for expert, (start, data, out, languages) in enumerate(tfidf.experts):
             name = f"tfidf-k{p.tfidf_k}-expert-{expert}"
             runs.append(self._run(name, start, data, out, p.budget // p.tfidf_k, languages))
-        main = [out for _, out, _ in self.typology_branches(seed, p.main_k)]
+        main = [out for _, out, _ in branches[p.main_k]]
         runs += [*self._adaptation_runs(dense, main, shards), self._moe_run(main, shards)]
         return {run["name"]: run for run in runs}
 
