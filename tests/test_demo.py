@@ -11,7 +11,8 @@ import pytest
 from conftest import SHARED_DATA
 
 from xelm_cli.cli import run
-from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
+from xelm_cli.demo.plan import runner_span_tokens
+from xelm_cli.demo.presets import NEW_LANGUAGES, PRESETS, TRAIN_LANGUAGES
 
 STEPS = ["corpus", "tokenizer", "shards", "seed", "dense", "typology-k4", "tfidf-k4", "evaluate",
          "average", "moe", "moe-finetune", "adapt", "icl"]  # fmt: skip
@@ -256,6 +257,15 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     seed_log = (out / "logs" / "seed.log").read_text()
     assert "$ torchrun --standalone --nproc-per-node 2 -m xelm_cli train " in seed_log
     assert "--batch-size=4 " in seed_log and "--global-batch=512 " in seed_log
+    seed = json.loads((out / "steps" / "seed.json").read_text())["training"]
+    assert seed["device_seconds"] == pytest.approx(2 * seed["seconds"], abs=0.002)
+    speed = seed["tokens"] / seed["device_seconds"]  # one run's on one device
+    span = runner_span_tokens(PRESETS["smoke"], 2)
+    assert (
+        f"({speed:,.0f} training tokens/s per device so far; the other runs side by side on "
+        f"2 devices: the time of {span:,} tokens, about " in err
+    )
+    assert "left to train" not in err  # they are all trained by the side-by-side step
     assert err.index("start: dense (devices 0") < err.index("[ 6] dense")
     assert err.index("done: dense") < err.index("start: lapt-pl")
     assert max(err.index(f"done: typology-k4-expert-{i}") for i in range(4)) < min(

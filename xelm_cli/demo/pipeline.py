@@ -26,7 +26,7 @@ from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
-from xelm_cli.demo.plan import demo_plan, duration
+from xelm_cli.demo.plan import demo_plan, duration, runner_span_tokens
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
@@ -104,7 +104,8 @@ class Demo:
         self.results: dict[str, Any] = {}
         self.cache = ScoreCache()
         self.index = 0
-        self._trained: list[tuple[int, float]] = []  # (tokens, seconds) of the current step
+        # (tokens, seconds, devices) of the current step's training runs
+        self._trained: list[tuple[int, float, int]] = []
         self._flores: dict[tuple[str, ...], Any] = {}  # perplexity evaluators by languages
 
     # ------------------------------------------------------------------ step bookkeeping
@@ -127,12 +128,14 @@ class Demo:
         done: dict[str, Any] = {"seconds": seconds, "result": result}
         if self._trained:  # what its training runs record: the plan's speed (plan.py)
             done["training"] = {
-                "tokens": sum(tokens for tokens, _ in self._trained),
-                "seconds": round(sum(s for _, s in self._trained), 3),
+                "tokens": sum(tokens for tokens, _, _ in self._trained),
+                "seconds": round(sum(s for _, s, _ in self._trained), 3),
+                "device_seconds": round(sum(s * n for _, s, n in self._trained), 3),
             }
         self.records.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(record, pretty_json(done))
-        stderr_console.print(f"[{self.index:>2}] {name}: {seconds:.1f} s{self._remaining(done)}")
+        remaining = self._remaining(name, done)
+        stderr_console.print(f"[{self.index:>2}] {name}: {seconds:.1f} s{remaining}")
         self._record(name, done)
         return result
 
@@ -141,13 +144,25 @@ class Demo:
         if "training" in done:
             self.results.setdefault("training", {})[name] = done["training"]
 
-    def _remaining(self, done: dict[str, Any]) -> str:
-        """After a training step: the training left and its time at the speed reached so far."""
+    def _remaining(self, name: str, done: dict[str, Any]) -> str:
+        """After a training step: the training left and its time at the speed reached so far
+        (with --devices, once after the seed's: the other runs side by side; they are all
+        trained by the side-by-side step)."""
         if "training" not in done:
             return ""
         plan = demo_plan(self.preset, self.out)
         if plan.remaining_seconds is None or not plan.remaining_tokens:
             return ""
+        if self.devices:
+            if name != "seed":
+                return ""
+            span = runner_span_tokens(self.preset, len(self.devices))
+            assert plan.tokens_per_second is not None
+            return (
+                f" ({plan.tokens_per_second:,.0f} training tokens/s per device so far; the "
+                f"other runs side by side on {len(self.devices)} devices: the time of "
+                f"{span:,} tokens, about {duration(span / plan.tokens_per_second)})"
+            )
         return (
             f" ({plan.tokens_per_second:,.0f} training tokens/s so far; "
             f"{plan.remaining_tokens:,} tokens left to train: about "
@@ -156,7 +171,10 @@ class Demo:
 
     def _count_training(self, bundle: Path) -> None:
         training = Bundle.read(bundle).manifest.training or {}
-        self._trained.append((int(training.get("tokens", 0)), float(training.get("seconds", 0))))
+        devices = int(training.get("hardware", {}).get("world_size", 1))
+        self._trained.append(
+            (int(training.get("tokens", 0)), float(training.get("seconds", 0)), devices)
+        )
 
     def train(
         self, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]

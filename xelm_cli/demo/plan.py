@@ -79,25 +79,36 @@ def seed_parameters(preset: Preset) -> int:
 
 
 def recorded_training(record: Path) -> tuple[int, float] | None:
-    """(tokens, seconds) of the training runs a finished step's record holds, if any."""
+    """(tokens, device seconds) of the training runs a finished step's record holds, if any:
+    each run's seconds times the devices it ran on (a seed trained on 8 GPUs at once counts
+    8 times its seconds), so that tokens over them is the speed of one run on one device."""
     if not record.is_file():
         return None
     training = read_json_object(record, str(record)).get("training")
     if not isinstance(training, dict):
         return None
-    return int(training["tokens"]), float(training["seconds"])
+    seconds = training["device_seconds"] if "device_seconds" in training else training["seconds"]
+    return int(training["tokens"]), float(seconds)
+
+
+def runner_span_tokens(preset: Preset, devices: int) -> int:
+    """The demo's runs after the seed's side by side on ``devices`` GPUs, in the time of how
+    many tokens at one run's speed: as the runner starts them (most tokens first, each once
+    the runs in its ``after`` ended)."""
+    runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after)}
+            for r in preset.runs()[1:]]  # fmt: skip
+    span = side_by_side_length(runs, devices, lambda run: run["tokens"])
+    assert span is not None  # the preset's runs wait only for runs before them
+    return int(span)
 
 
 def side_by_side_tokens(preset: Preset, devices: int) -> int:
     """The demo's training on ``devices`` GPUs (``xelm demo --devices``), in the time of how
     many tokens at one run's speed: the seed's run on ``Preset.seed_ranks`` of them at once
-    (DDP, counted that many times as fast: an upper bound on its speed), then the others as
-    the runner starts them (most tokens first, each once the runs in its ``after`` ended)."""
-    seed, *rest = preset.runs()
-    runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after)} for r in rest]
-    span = side_by_side_length(runs, devices, lambda run: run["tokens"])
-    assert span is not None  # the preset's runs wait only for runs before them
-    return seed.tokens // preset.seed_ranks(devices) + int(span)
+    (DDP, counted that many times as fast: an upper bound on its speed), then the others
+    side by side (``runner_span_tokens``)."""
+    seed = preset.runs()[0]
+    return seed.tokens // preset.seed_ranks(devices) + runner_span_tokens(preset, devices)
 
 
 def demo_plan(preset: Preset, out: Path | None = None, devices: int | None = None) -> DemoPlan:
