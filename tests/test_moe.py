@@ -101,6 +101,15 @@ def test_mistral_and_qwen_experts(
     experts = mlp_experts(seed.path, tmp_path, LANGS)
     moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1, gate="random")
     check_moe(moe, experts, architecture)
+    if model_type == "qwen2":  # its always-on shared expert adds nothing and learns nothing
+        model = AutoModelForCausalLM.from_pretrained(moe.path)
+        ids = torch.tensor([[3, 50, 7, 120, 9, 33, 200]])
+        model(ids, labels=ids).loss.backward()
+        shared = {n: p for n, p in model.named_parameters() if ".shared_expert" in n}
+        assert len(shared) == 4 * SMALL["num_hidden_layers"]
+        for name, parameter in shared.items():
+            assert parameter.numel() > 0 and not parameter.any(), name
+            assert parameter.grad is not None and not parameter.grad.any(), name
 
 
 def test_language_gates_route_language_pure_text_to_its_expert(

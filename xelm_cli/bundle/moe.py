@@ -47,7 +47,10 @@ class Family:
     expert_prefix: str  # per layer, before the expert index
     router: str  # per layer
     extra_config: dict[str, Any]
-    shared_expert: bool = False  # Qwen2-MoE's always-on expert (kept empty here)
+    # Qwen2-MoE's always-on expert: one unit wide and all zero, so it adds nothing and, its
+    # gradients being zero too, stays so under fine-tuning (a zero-wide one cannot be built
+    # without torch warning that initialising it does nothing)
+    shared_expert: bool = False
 
     def expert_tensor(self, layer: int, expert: int, projection: str) -> str:
         name = self.expert_names[projection]
@@ -76,7 +79,7 @@ FAMILIES = (
         ("qwen2",),
         "qwen2_moe",
         "Qwen2MoeForCausalLM",
-        extra_config={"shared_expert_intermediate_size": 0},
+        extra_config={"shared_expert_intermediate_size": 1},
         shared_expert=True,
         **_QWEN,  # type: ignore[arg-type]
     ),
@@ -181,9 +184,9 @@ def _moe_layout(
         layout[family.router_tensor(layer)] = TensorInfo("", dtype, (k, hidden))
         if family.shared_expert:
             base = f"model.layers.{layer}.mlp.shared_expert"
-            layout[f"{base}.gate_proj.weight"] = TensorInfo("", dtype, (0, hidden))
-            layout[f"{base}.up_proj.weight"] = TensorInfo("", dtype, (0, hidden))
-            layout[f"{base}.down_proj.weight"] = TensorInfo("", dtype, (hidden, 0))
+            layout[f"{base}.gate_proj.weight"] = TensorInfo("", dtype, (1, hidden))
+            layout[f"{base}.up_proj.weight"] = TensorInfo("", dtype, (1, hidden))
+            layout[f"{base}.down_proj.weight"] = TensorInfo("", dtype, (hidden, 1))
             layout[f"{base}_gate.weight"] = TensorInfo("", dtype, (1, hidden))
     return layout, from_expert
 
