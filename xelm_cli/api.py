@@ -70,7 +70,7 @@ from xelm_cli.plugin.contracts import (
     TrainRequest,
     hookimpl,
 )
-from xelm_cli.plugin.host import Register, Registration, Registry, get_registry
+from xelm_cli.plugin.host import Register, get_registry
 from xelm_cli.plugin.options import (
     NoOptions,
     OptionSpec,
@@ -80,6 +80,7 @@ from xelm_cli.plugin.options import (
     options_record,
     parse_options,
 )
+from xelm_cli.plugin.registry import Registration, Registry
 from xelm_cli.training.checkpoints import (
     BlockStream,
     list_checkpoints,

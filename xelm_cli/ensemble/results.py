@@ -22,8 +22,9 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
-from xelm_cli.plugin.host import Kind, get_registry
+from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declares_options, parse_options
+from xelm_cli.plugin.registry import Kind
 
 RESULTS_FORMAT = "xelm-results"
 FORMATS = ("table", "json", "csv")

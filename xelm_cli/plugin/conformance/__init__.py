@@ -21,7 +21,8 @@ from xelm_cli.plugin.conformance.evaluators import check_evaluator
 from xelm_cli.plugin.conformance.report import FAIL, PASS, SKIP, Report, given_options
 from xelm_cli.plugin.conformance.routers import check_router
 from xelm_cli.plugin.conformance.tiny import TinyExperts, build_tiny_experts, tiny_experts
-from xelm_cli.plugin.host import Registration, get_registry
+from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.registry import Registration
 
 __all__ = [
     "FAIL",

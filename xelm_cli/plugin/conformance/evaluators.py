@@ -21,8 +21,8 @@ from xelm_cli.plugin.conformance.tiny import LANGUAGES, TinyExperts
 from xelm_cli.plugin.contracts import (
     EvalRequest,
 )
-from xelm_cli.plugin.host import Registration
 from xelm_cli.plugin.options import declares_options
+from xelm_cli.plugin.registry import Registration
 
 
 def check_evaluator(

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xelm_cli.common.errors import UsageError, XelmError, exception_line
-from xelm_cli.plugin.host import Registration
 from xelm_cli.plugin.options import (
     as_text,
     declared_options,
@@ -15,6 +14,7 @@ from xelm_cli.plugin.options import (
     options_class,
     parse_options,
 )
+from xelm_cli.plugin.registry import Registration
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 UNKNOWN_OPTION = "xelm_check_no_such_option"

@@ -26,11 +26,12 @@ from xelm_cli.plugin.contracts import (
     Router,
     ScoredDocument,
 )
-from xelm_cli.plugin.host import Registration, get_registry
+from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     as_text,
     parse_options,
 )
+from xelm_cli.plugin.registry import Registration
 
 CAUSALITY_TOLERANCE = 1e-9  # how far an earlier token's weights may move
 

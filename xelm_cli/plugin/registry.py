@@ -1,0 +1,276 @@
+"""What the plugins registered: each registration and its provenance, the registry that resolves
+a name to one of them (spec/plugin-api.md section 3), and the plugins that failed or had a
+registration refused.
+
+This module only holds and resolves registrations; :mod:`xelm_cli.plugin.host` loads the plugins
+that make them.
+"""
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
+
+from xelm_cli.common.errors import UsageError
+
+FIRST_PARTY_DISTRIBUTION = "xelm"
+
+Kind = Literal["clusterer", "trainer", "router", "evaluator", "command"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name as packaging compares them (PEP 503): ``Dist_A`` -> ``dist-a``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered object and where it came from (its plugin, distribution and version).
+
+    ``distribution`` and ``version`` are the installed distribution of the plugin's entry
+    point; both are None for a plugin given in-process (``load_registry(extra_plugins=...)``).
+    """
+
+    name: str
+    kind: Kind
+    obj: Any
+    plugin: str
+    description: str = ""
+    distribution: str | None = None
+    version: str | None = None
+
+    @property
+    def first_party(self) -> bool:
+        """Registered by xelm's own distribution (its names are reserved, section 3)."""
+        return self.distribution == FIRST_PARTY_DISTRIBUTION
+
+    @property
+    def qualified_name(self) -> str:
+        """``DIST:NAME`` (``PLUGIN:NAME`` for an in-process plugin): selects this one."""
+        return f"{self.distribution or self.plugin}:{self.name}"
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What results record about the code that produced them (spec/plugin-api.md 5)."""
+        return {
+            "name": self.name,
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+        }
+
+    def matches(self, qualifier: str) -> bool:
+        """True when ``qualifier`` (of ``QUALIFIER:NAME``) is this plugin or its distribution."""
+        if qualifier == self.plugin:
+            return True
+        return self.distribution is not None and normalize_distribution(
+            self.distribution
+        ) == normalize_distribution(qualifier)
+
+    def label(self) -> str:
+        """``dist-a (plugin a)``, or ``plugin a`` for an in-process plugin."""
+        if self.distribution is None:
+            return f"plugin {self.plugin}"
+        return f"{self.distribution} (plugin {self.plugin})"
+
+
+_COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+def _and_list(items: list[str], last: str = "and") -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
+def _selectors(registrations: list[Registration]) -> list[str]:
+    """For each registration, the shortest qualified name that selects it among these."""
+    selectors = []
+    for registration in registrations:
+        dist = registration.distribution
+        same_dist = [
+            r
+            for r in registrations
+            if dist is not None
+            and r.distribution is not None
+            and normalize_distribution(r.distribution) == normalize_distribution(dist)
+        ]
+        qualifier = dist if dist is not None and len(same_dist) == 1 else registration.plugin
+        selectors.append(f"{qualifier}:{registration.name}")
+    return selectors
+
+
+def ambiguity(kind: str, name: str, registrations: list[Registration]) -> str:
+    """The one line refusing an unqualified ``name`` that several plugins registered."""
+    count = _COUNT_WORDS.get(len(registrations), str(len(registrations)))
+    labels = _and_list([r.label() for r in registrations])
+    choices = _and_list(_selectors(registrations), "or")
+    return f"{kind} {name!r} is registered by {count} plugins: {labels}; choose one as {choices}"
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    registered: dict[Kind, list[str]]
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin skipped whole: its import, its registration or one of its hooks failed."""
+
+    plugin: str
+    reason: str
+
+    def warning(self) -> str:
+        return f"xelm: warning: plugin {self.plugin!r} skipped: {self.reason}"
+
+
+@dataclass(frozen=True)
+class PluginProblem:
+    """One registration (or setting) that was refused; the rest of the plugin still loads."""
+
+    plugin: str
+    message: str
+    kind: Kind | None = None
+    name: str | None = None
+
+    def warning(self) -> str:
+        return f"xelm: warning: plugin {self.plugin!r}: {self.message}"
+
+
+@dataclass
+class Registry:
+    """What the plugins registered.
+
+    ``entries`` holds every registration in load order, including names that several plugins
+    registered. ``clusterers``, ``trainers``, ``routers``, ``evaluators`` and ``commands`` map
+    each *unqualified* name to the registration it resolves to (section 3): the only one, or
+    xelm's own; a name two third parties registered is absent from them (``get`` refuses it
+    naming both, and each is reachable as ``DIST:NAME``).
+    """
+
+    clusterers: dict[str, Registration] = field(default_factory=dict)
+    trainers: dict[str, Registration] = field(default_factory=dict)
+    routers: dict[str, Registration] = field(default_factory=dict)
+    evaluators: dict[str, Registration] = field(default_factory=dict)
+    commands: dict[str, Registration] = field(default_factory=dict)
+    plugins: list[PluginInfo] = field(default_factory=list)
+    failures: list[PluginFailure] = field(default_factory=list)
+    problems: list[PluginProblem] = field(default_factory=list)
+    entries: list[Registration] = field(default_factory=list)
+
+    def of(self, kind: Kind) -> dict[str, Registration]:
+        """Unqualified name -> the registration it resolves to (see the class docstring)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
+        entries: dict[str, Registration] = getattr(self, f"{kind}s")
+        return entries
+
+    def all_of(self, kind: Kind, name: str | None = None) -> list[Registration]:
+        """Every registration of ``kind`` (named ``name`` when given), in load order."""
+        self.of(kind)  # checks the kind
+        return [r for r in self.entries if r.kind == kind and (name is None or r.name == name)]
+
+    def get(self, kind: Kind, name: str) -> Registration:
+        """The registration that ``name`` or ``DIST:NAME`` / ``PLUGIN:NAME`` selects.
+
+        An unqualified name resolves to its only registration, or to xelm's own when xelm
+        registers it; one that several third parties registered is refused. Every refusal is a
+        one-line UsageError naming the way out.
+        """
+        qualifier, sep, base = name.rpartition(":")
+        if not sep:
+            candidates = self.all_of(kind, name)
+            own = [r for r in candidates if r.first_party]
+            chosen = own or candidates
+            if len(chosen) == 1:
+                return chosen[0]
+            if chosen:
+                raise UsageError(ambiguity(kind, name, chosen))
+            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+        candidates = self.all_of(kind, base)
+        if not candidates:
+            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+        selected = [r for r in candidates if r.matches(qualifier)]
+        if len(selected) == 1:
+            return selected[0]
+        if not selected:
+            raise UsageError(
+                f"unknown {kind} {name!r}: no plugin or distribution {qualifier!r} registers "
+                f"{kind} {base!r} (registered by {_and_list([r.label() for r in candidates])}; "
+                f"choose {_and_list(_selectors(candidates), 'or')})"
+            )
+        by_plugin = [f"{r.plugin}:{r.name}" for r in selected]
+        raise UsageError(
+            f"{kind} {name!r} matches {len(selected)} plugins of {qualifier!r}: "
+            f"{_and_list([r.label() for r in selected])}; choose one as "
+            f"{_and_list(by_plugin, 'or')}"
+        )
+
+    def provenance_of(self, kind: Kind, obj: Any) -> dict[str, Any] | None:
+        """The provenance of the registration of ``obj`` as a ``kind`` (the first, when one
+        object is registered twice); None for an object no plugin registered."""
+        found = next((r for r in self.all_of(kind) if r.obj is obj), None)
+        return None if found is None else found.provenance
+
+    def _available(self, kind: Kind) -> str:
+        names = sorted({r.name for r in self.all_of(kind)})
+        return ", ".join(names) or "none installed"
+
+    def add_problem(self, problem: PluginProblem) -> None:
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+    def warnings(self) -> list[str]:
+        return [f.warning() for f in self.failures] + [p.warning() for p in self.problems]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plugins": [asdict(info) for info in self.plugins],
+            "failures": [asdict(failure) for failure in self.failures],
+            "problems": [asdict(problem) for problem in self.problems],
+        }
+
+    def add(self, registration: Registration) -> None:
+        """Record ``registration`` and re-resolve its unqualified name."""
+        self.entries.append(registration)
+        kind, name = registration.kind, registration.name
+        candidates = self.all_of(kind, name)
+        chosen = [r for r in candidates if r.first_party] or candidates
+        resolved = self.of(kind)
+        if len(chosen) == 1:
+            resolved[name] = chosen[0]
+        else:
+            resolved.pop(name, None)
+
+    def note_shared_names(self) -> None:
+        """One notice per name that several plugins registered (after every plugin loaded)."""
+        seen: set[tuple[Kind, str]] = set()
+        for registration in self.entries:
+            key = (registration.kind, registration.name)
+            if key in seen:
+                continue
+            seen.add(key)
+            kind, name = key
+            candidates = self.all_of(kind, name)
+            if len(candidates) < 2:
+                continue
+            own = [r for r in candidates if r.first_party]
+            if len(own) == 1:
+                for other in candidates:
+                    if other is not own[0]:
+                        self.add_problem(
+                            PluginProblem(
+                                other.plugin,
+                                f"{kind} {name!r} is also xelm's own (plugin "
+                                f"{own[0].plugin!r}), which the name {name!r} selects; "
+                                f"select this one as {other.qualified_name}",
+                                kind,
+                                name,
+                            )
+                        )
+                continue
+            chosen = own or candidates
+            self.add_problem(
+                PluginProblem(chosen[-1].plugin, ambiguity(kind, name, chosen), kind, name)
+            )
