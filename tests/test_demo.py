@@ -199,7 +199,10 @@ def test_plan_of_a_started_run_estimates_the_rest_at_its_measured_speed(
 
     seed = Bundle.read(smoke / "seed").manifest.training or {}
     record = json.loads((smoke / "steps" / "seed.json").read_text())
-    assert record["training"] == {"tokens": seed["tokens"], "seconds": round(seed["seconds"], 3)}
+    seconds = round(seed["seconds"], 3)  # on one device: its device seconds are as many
+    assert record["training"] == {
+        "tokens": seed["tokens"], "seconds": seconds, "device_seconds": seconds
+    }  # fmt: skip
     experts = [Bundle.read(smoke / "typology-k4" / f"expert-{i}") for i in range(4)]
     trained = json.loads((smoke / "steps" / "typology-k4.json").read_text())["training"]
     assert trained["tokens"] == sum(e.manifest.training["tokens"] for e in experts) == 32768  # type: ignore[index]
