@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from xelm_cli.data.tokenizer import train_bpe_tokenizer
 from xelm_cli.plugin import host
+from xelm_cli.plugin.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -101,7 +102,7 @@ def xelm(
 @contextlib.contextmanager
 def installed_sites(
     monkeypatch: pytest.MonkeyPatch, sites: Sequence[Path], packages: Sequence[str] = ()
-) -> Iterator[host.Registry]:
+) -> Iterator[Registry]:
     """The plugin sites importable in this process and their entry points in a fresh registry;
     afterwards the registry forgotten and ``packages`` unimported."""
     monkeypatch.delenv(host.PLUGINS_ENV, raising=False)

@@ -22,6 +22,7 @@ from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_f
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import host
 from xelm_cli.plugin.contracts import EvalRequest, PreRouter
+from xelm_cli.plugin.registry import Registry
 
 LANGS = ("en", "tr", "ar")
 SHARED_REFUSAL = (
@@ -49,7 +50,7 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture
-def installed(sites: list[Path], monkeypatch: pytest.MonkeyPatch) -> host.Registry:
+def installed(sites: list[Path], monkeypatch: pytest.MonkeyPatch) -> Registry:
     """This process's registry with both distributions installed (entry points on sys.path)."""
     with installed_sites(monkeypatch, sites) as registry:
         yield registry
@@ -83,7 +84,7 @@ def evaluate(
 
 
 def test_both_registrations_are_kept_with_their_distribution_and_version(
-    installed: host.Registry,
+    installed: Registry,
 ) -> None:
     a, b = installed.all_of("router", "shared")
     assert (a.plugin, a.distribution, a.version) == ("shared-a", "xelm-shared-a", "1.0.0")
@@ -107,7 +108,7 @@ def test_both_registrations_are_kept_with_their_distribution_and_version(
     assert [p.message for p in installed.problems] == [UNIFORM_NOTICE, SHARED_REFUSAL]
 
 
-def test_python_callers_select_with_qualified_names(installed: host.Registry, pool: Path) -> None:
+def test_python_callers_select_with_qualified_names(installed: Registry, pool: Path) -> None:
     with pytest.raises(UsageError, match=r"^router 'shared' is registered by two plugins: "):
         build_router("shared")
     router = build_router("xelm-shared-b:shared")

@@ -31,8 +31,9 @@ from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
-from xelm_cli.plugin.host import Kind, get_registry
+from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import as_flags
+from xelm_cli.plugin.registry import Kind
 from xelm_cli.training.plan_runner import PlanRunner, device_groups, raise_failures
 from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_bundle

@@ -18,6 +18,7 @@ from xelm_cli.plugin.options import (
     declares_options,
     parse_pairs,
 )
+from xelm_cli.plugin.registry import KINDS, PluginInfo, Registration, Registry
 
 app = typer.Typer(
     help="Plugins: list what is installed, show what one registration takes, check a router "
@@ -35,12 +36,12 @@ def add_plugin_commands(root: typer.Typer, argv: list[str]) -> None:
     host.add_plugin_commands(root, warn=not table)
 
 
-def _registered_text(info: host.PluginInfo) -> str:
+def _registered_text(info: PluginInfo) -> str:
     lines = [f"{kind}: {', '.join(names)}" for kind, names in info.registered.items() if names]
     return "\n".join(lines) or "(nothing)"
 
 
-def _registrations(registry: host.Registry) -> list[dict[str, Any]]:
+def _registrations(registry: Registry) -> list[dict[str, Any]]:
     return [
         {
             "kind": r.kind,
@@ -116,7 +117,7 @@ def _where(obj: Any) -> str:
     return f"{module}:{name}"
 
 
-def _options_of(registration: host.Registration) -> tuple[list[OptionSpec], str]:
+def _options_of(registration: Registration) -> tuple[list[OptionSpec], str]:
     """The options a registration declares, and where they come from."""
     obj = registration.obj
     if registration.kind == "command":
@@ -137,7 +138,7 @@ def _shown_default(spec: OptionSpec) -> str:
     return "(required)" if spec.required else as_text(spec.default)
 
 
-def _show_record(registration: host.Registration) -> dict[str, Any]:
+def _show_record(registration: Registration) -> dict[str, Any]:
     specs, source = _options_of(registration)
     return {
         "kind": registration.kind,
@@ -153,12 +154,12 @@ def _show_record(registration: host.Registration) -> dict[str, Any]:
     }
 
 
-def _selected(name: str) -> list[host.Registration]:
+def _selected(name: str) -> list[Registration]:
     """Every registration (of any kind) that ``name`` or ``DIST:NAME`` selects."""
     registry = host.get_registry()
-    found: list[host.Registration] = []
+    found: list[Registration] = []
     ambiguous: list[str] = []
-    for kind in host.KINDS:
+    for kind in KINDS:
         try:
             found.append(registry.get(kind, name))
         except UsageError as exc:
