@@ -89,6 +89,15 @@ class TrainingRun:
     def train(self, request: TrainRequest) -> Bundle:
         ranks = Ranks.from_environment()
         inputs = check_inputs(request, ranks)
+        trained = inputs.steps * inputs.options.batch_tokens
+        if ranks.main and trained != request.tokens:
+            steps = f"{inputs.steps:,} whole step{'s' if inputs.steps > 1 else ''}"
+            print(
+                f"xelm: --tokens {request.tokens:,} is {steps} of {inputs.options.batch_tokens:,}"
+                f" tokens: training {trained:,} (a step is --batch-size x --block-size x "
+                "accumulation x ranks)",
+                file=sys.stderr,
+            )
         if request.resume and not list_checkpoints(request.checkpoint_dir):
             # killed before its first checkpoint (or never started): a re-queued job with the
             # same command line simply starts the run
@@ -526,10 +535,10 @@ class TrainProgress:
 
         self.progress = stderr_progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} tok/s"),
-            TimeRemainingColumn(), shown=shown,
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), shown=shown,
         )  # fmt: skip
-        self.task = self.progress.add_task("train", total=total, completed=done, loss=0, speed=0)
+        # nothing measured until the first logged step
+        self.task = self.progress.add_task("train", total=total, completed=done, stats="loss -")
 
     def __enter__(self) -> "TrainProgress":
         self.progress.start()
@@ -543,7 +552,8 @@ class TrainProgress:
         if loss is None or speed is None:
             self.progress.update(self.task, completed=step)
         else:
-            self.progress.update(self.task, completed=step, loss=loss, speed=speed)
+            stats = f"loss {loss:.4f}  {speed:,.0f} tok/s"
+            self.progress.update(self.task, completed=step, stats=stats)
 
 
 # --- 4. the trained bundle ------------------------------------------------------------------------
