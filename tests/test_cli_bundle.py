@@ -163,7 +163,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and err.endswith("xelm: error: interrupted\n"), err
+    assert process.returncode == 130, err
+    assert err.endswith(
+        "xelm: error: interrupted (nothing half-written is left): run the same command again\n"
+    ), err
 
 
 def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:

@@ -80,12 +80,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _interrupted(argv: list[str]) -> int:
+    """Ctrl-C: the way back (every command leaves nothing half-written; a training run keeps
+    its checkpoints)."""
+    if "train" in argv[:1]:
+        return _fail("interrupted: run the same command with --resume to continue", 130)
+    return _fail("interrupted (nothing half-written is left): run the same command again", 130)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (what ``main`` exits with; handy in tests)."""
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    arguments = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # ours are on stderr already
     try:
-        plugins.add_plugin_commands(app, sys.argv[1:] if argv is None else argv)
+        plugins.add_plugin_commands(app, arguments)
         cluster.add_clusterer_commands()
         train.add_trainer_flags()
         # Not standalone: usage errors come back here, to be one line like every other error.
@@ -94,7 +103,7 @@ def run(argv: list[str] | None = None) -> int:
         reflow_commands(command)
         code = command(args=argv, prog_name="xelm", standalone_mode=False)
         if code == 130:  # Typer's answer to KeyboardInterrupt
-            return _fail("interrupted", 130)
+            return _interrupted(arguments)
         return code if isinstance(code, int) else 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -105,13 +114,13 @@ def run(argv: list[str] | None = None) -> int:
         where = f" (see '{context.command_path} -h')" if context is not None else ""
         return _fail(f"{exc.format_message()}{where}", exc.exit_code)
     except typer.Abort:
-        return _fail("interrupted", 130)
+        return _interrupted(arguments)
     except XelmError as exc:
         if debug:
             raise
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _interrupted(arguments)
     except OSError as exc:  # disk full, permissions, ...: the OS's words, and the file
         if debug:
             raise
