@@ -60,20 +60,23 @@ def demo(
     from xelm_cli.data.fetch import DEFAULT_SIZE
     from xelm_cli.demo import get_preset, run_demo
     from xelm_cli.demo.data import demo_data
+    from xelm_cli.demo.pipeline import check_run
 
     if plan:
         from xelm_cli.demo.plan import demo_plan, format_plan
         from xelm_cli.training.plan_runner import device_groups
 
         groups = len(device_groups(devices, 1, 1)) if devices else None
-        planned = demo_plan(get_preset(preset), output, groups)
+        planned = demo_plan(preset, output, groups)
         if as_json:
             print_json(planned.as_dict())
         else:
             typer.echo(format_plan(planned))
         return
 
-    size = max(DEFAULT_SIZE, get_preset(preset).corpus_bytes)
+    chosen = get_preset(preset)
+    check_run(chosen, output, device)  # before the data, which may be fetched first
+    size = max(DEFAULT_SIZE, chosen.corpus_bytes)
     data = demo_data(data, size=size, say=stderr_console.print)
     results, files = run_demo(preset, data, output, device, devices)
     stderr_console.print(f"finished in {results['seconds']:.0f} s")

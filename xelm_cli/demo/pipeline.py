@@ -26,10 +26,12 @@ from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
+from xelm_cli.demo.folder import check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, duration, runner_span_tokens
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
+from xelm_cli.ensemble.scoring import pick_device
 from xelm_cli.plugin.contracts import EvalRequest, checkpoint_dir
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import as_flags
@@ -78,6 +80,13 @@ class TfidfClusters:
     purity: dict[str, dict[str, Any]]
 
 
+def check_run(preset: Preset, out: Path, device: str | None) -> None:
+    """Refuse before any work a run folder made by another preset and a device that cannot
+    run here (``device`` None or ``auto``: CUDA if present, else the CPU)."""
+    check_folder(out, preset)
+    pick_device(None if device == "auto" else device)
+
+
 class Demo:
     """One demo run in ``out``: the steps, their records, and the results they add up to."""
 
@@ -89,6 +98,7 @@ class Demo:
         device: str | None = None,
         devices: str | None = None,
     ) -> None:
+        check_run(preset, out, device)
         for needed in REQUIRED:
             if not (data / needed).is_dir():
                 raise UsageError(
@@ -200,6 +210,7 @@ class Demo:
     def run(self) -> dict[str, Any]:
         p = self.preset
         started = time.perf_counter()
+        record_folder(self.out, p, self.data)
         self.results.update(
             preset=p.as_dict(),
             data=str(self.data),

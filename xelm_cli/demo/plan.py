@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.jsonio import read_json_object
-from xelm_cli.demo.presets import Preset
+from xelm_cli.demo.folder import check_folder
+from xelm_cli.demo.presets import Preset, get_preset
 from xelm_cli.training.plan_runner import side_by_side_length
 
 
@@ -111,10 +112,16 @@ def side_by_side_tokens(preset: Preset, devices: int) -> int:
     return seed.tokens // preset.seed_ranks(devices) + runner_span_tokens(preset, devices)
 
 
-def demo_plan(preset: Preset, out: Path | None = None, devices: int | None = None) -> DemoPlan:
-    """The preset's training runs by step; with ``out`` (a run directory), which are done and
-    the training speed they reached; with ``devices``, the time of its training side by side
-    on that many GPUs."""
+def demo_plan(
+    preset: str | Preset, out: str | Path | None = None, devices: int | None = None
+) -> DemoPlan:
+    """The training runs by step of ``preset`` (its name or itself); with ``out`` (a run
+    directory, refused if another preset made it), which are done and the training speed they
+    reached; with ``devices``, the time of its training side by side on that many GPUs."""
+    preset = get_preset(preset)
+    if out is not None:
+        out = Path(out)
+        check_folder(out, preset)
     steps, tokens, seconds = [], 0, 0.0
     for name, runs in preset.training_runs().items():
         record = out / "steps" / f"{name}.json" if out is not None else None

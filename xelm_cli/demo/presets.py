@@ -243,7 +243,10 @@ PRESETS = {
 PRESET_HELP = "; ".join(f"{name}: {preset.summary}" for name, preset in PRESETS.items())
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str | Preset) -> Preset:
+    """The preset of that name (a Preset is its own)."""
+    if isinstance(name, Preset):
+        return name
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -1,0 +1,128 @@
+"""A demo run folder records the preset that made it and refuses another one before any work;
+--device is checked before any work too; demo_plan takes a preset's name."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from xelm_cli.cli import run
+from xelm_cli.common.errors import UsageError
+from xelm_cli.demo import Demo
+from xelm_cli.demo.folder import RECORD, preset_settings
+from xelm_cli.demo.plan import demo_plan
+from xelm_cli.demo.presets import PRESETS
+
+SMOKE_SEED = json.dumps({"seconds": 1.0, "result": "d", "training": {"tokens": 32768,
+                                                                     "seconds": 2.0}})  # fmt: skip
+
+
+def empty_data(root: Path) -> Path:
+    """A data directory with the demo's folders and no files: its corpus step fails."""
+    for needed in ("corpus/train", "eval/flores200-devtest", "tasks/sib200"):
+        (root / needed).mkdir(parents=True)
+    return root
+
+
+def started_by_smoke(out: Path) -> None:
+    """A folder whose seed step smoke finished (its record as the demo writes it)."""
+    (out / "steps").mkdir(parents=True)
+    (out / "steps" / "seed.json").write_text(SMOKE_SEED)
+
+
+def test_the_first_run_records_its_preset_before_its_first_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The corpus step fails on empty data, after the record is written; another preset is
+    then refused in one line, and the same one goes on (and fails at the same step)."""
+    data, out = empty_data(tmp_path / "data"), tmp_path / "run"
+    args = ["--data", str(data), "-o", str(out)]
+    assert run(["demo", "--preset", "smoke", *args]) != 0
+    made = json.loads((out / RECORD).read_text())
+    assert made == {"preset": "smoke", "settings": preset_settings(PRESETS["smoke"]),
+                    "data": str(data.resolve())}  # fmt: skip
+    assert made["settings"]["budget"] == 32768 and "summary" not in made["settings"]
+    assert not list(out.glob(".*"))  # no temporary or lock left beside it
+    capsys.readouterr()
+    assert run(["demo", "--preset", "small", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{out}/ was made by --preset smoke: pass that preset, or another -o")
+    assert len(err.splitlines()) == 1
+    assert run(["demo", "--preset", "smoke", *args]) != 0
+    assert "[ 1] corpus ..." in capsys.readouterr().err
+
+
+def test_plan_of_a_folder_made_by_another_preset_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    started_by_smoke(out)
+    (out / RECORD).write_text(json.dumps({"preset": "smoke"}))
+    assert run(["demo", "--preset", "small", "--plan", "-o", str(out)]) == 2
+    assert "was made by --preset smoke: pass that preset, or another -o" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="made by --preset smoke"):
+        demo_plan("small", out)
+    assert demo_plan("smoke", out).steps[0].done
+
+
+def test_a_same_named_preset_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """A record written by an xelm whose smoke preset trained the dense model longer; a
+    setting the record lacks (added by a later xelm) is not compared."""
+    settings = preset_settings(PRESETS["smoke"])
+    settings["budget"] = 65536
+    del settings["moe_tokens"]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / RECORD).write_text(json.dumps({"preset": "smoke", "settings": settings}))
+    with pytest.raises(UsageError) as refused:
+        demo_plan("smoke", out)
+    assert str(refused.value) == (
+        f"{out}/ was made by another xelm's preset smoke, with other budget: pass another -o"
+    )
+
+
+def test_a_folder_from_before_the_record_is_checked_by_its_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """steps/ without a record: the preset its report's results name, if any, else accepted."""
+    out = tmp_path / "run"
+    started_by_smoke(out)
+    assert run(["demo", "--preset", "small", "--plan", "--json", "-o", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"][0]["done"]  # nothing to tell: accepted
+    (out / "report").mkdir()
+    (out / "report" / "results.json").write_text(json.dumps({"preset": {"name": "smoke"}}))
+    assert run(["demo", "--preset", "small", "--plan", "-o", str(out)]) == 2
+    assert "was made by --preset smoke" in capsys.readouterr().err
+    assert run(["demo", "--preset", "smoke", "--plan", "-o", str(out)]) == 0
+
+
+def test_demo_plan_takes_a_preset_name_as_the_readme_shows() -> None:
+    by_name = demo_plan("smoke", None, devices=8)
+    assert by_name == demo_plan(PRESETS["smoke"], None, devices=8)
+    assert by_name.preset == "smoke" and sum(step.runs for step in by_name.steps) == 15
+    with pytest.raises(UsageError, match="unknown preset 'huge'"):
+        demo_plan("huge")
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda"])
+def test_a_device_that_cannot_run_is_refused_before_any_work(
+    device: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "run"
+    args = ["--preset", "smoke", "--data", str(SHARED_DATA), "-o", str(out)]
+    assert run(["demo", *args, "--device", device]) == 2
+    err = capsys.readouterr().err.strip()
+    expected = "unknown device 'tpu'" if device == "tpu" else "CUDA is not available"
+    assert expected in err and len(err.splitlines()) == 1
+    assert not out.exists()
+    with pytest.raises(UsageError, match=expected):
+        Demo(PRESETS["smoke"], SHARED_DATA, out, device)
+
+
+def test_auto_device_is_accepted(tmp_path: Path) -> None:
+    demo = Demo(PRESETS["smoke"], SHARED_DATA, tmp_path / "run", "auto")
+    assert demo.device == "auto" and not (tmp_path / "run").exists()
