@@ -320,6 +320,14 @@ def test_truncated_archive_refused(packed: Path, tmp_path: Path, fraction: float
     _refused(tmp_path, blob[: int(len(blob) * fraction)], "truncated|corrupt")
 
 
+def test_an_archive_cut_inside_its_first_block_says_nothing_decompresses(
+    packed: Path, tmp_path: Path
+) -> None:
+    """zstd decodes whole blocks (up to 128 KiB): cut inside the first, it yields no bytes,
+    which tarfile calls an 'empty file' although the file is not empty."""
+    _refused(tmp_path, packed.read_bytes()[:5000], r"truncated archive \(nothing decompresses")
+
+
 def test_truncated_tar_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
     raw = _tar(_valid_members(contents))
     _refused(tmp_path, _zst(raw[: len(raw) // 2]), "truncated")

@@ -294,9 +294,10 @@ def _archive_errors(label: str, where: str = "") -> Iterator[None]:
         raise
     except _READ_ERRORS as exc:
         where = f" {where}" if where else ""
-        raise ArchiveError(
-            f"{label}: corrupt or truncated archive{where} ({exception_line(exc, 200)})"
-        ) from None
+        reason = exception_line(exc, 200)
+        if isinstance(exc, tarfile.ReadError) and str(exc) == "empty file":
+            reason = "nothing decompresses from it"  # tarfile's words for a stream of no bytes
+        raise ArchiveError(f"{label}: corrupt or truncated archive{where} ({reason})") from None
 
 
 def _name_problem(name: str) -> str | None:

@@ -134,7 +134,7 @@ def parse_weights(text: str, bundles: Sequence[Bundle]) -> list[float]:
 def prior_weights(ensemble_file: Path, bundles: Sequence[Bundle]) -> list[float]:
     """The calibrated prior an ensemble file records (``xelm ensemble create --router
     posterior --calibrate DATA``), one value per expert, matched by bundle digest."""
-    data = read_json_object(ensemble_file, str(ensemble_file))
+    data = read_json_object(ensemble_file, "ensemble file")
     if data.get("format") != "xelm-ensemble":
         raise FormatError(f"{ensemble_file}: not an xelm ensemble file")
     try:

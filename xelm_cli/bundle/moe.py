@@ -354,7 +354,7 @@ def build_moe(
 
 def _set_config(directory: Path, **values: Any) -> None:
     path = directory / "config.json"
-    config = read_json_object(path, str(path))
+    config = read_json_object(path, "model config")
     path.write_bytes(pretty_json({**config, **values}))
 
 

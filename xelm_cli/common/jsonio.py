@@ -46,13 +46,14 @@ def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
     return value
 
 
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """Read a JSON object, turning every failure into one FormatError line naming the file."""
+def read_json_object(path: Path, what: str | None = None) -> dict[str, Any]:
+    """Read a JSON object, turning every failure into one FormatError line naming the file
+    (and, given, what it is: ``allocation not found: PATH``)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise FormatError(f"{what} not found: {path}") from None
-    return parse_json_object(raw, f"{what} {path}")
+        raise FormatError(f"{what} not found: {path}" if what else f"{path} not found") from None
+    return parse_json_object(raw, f"{what} {path}" if what else str(path))
 
 
 def value_problem(value: Any) -> str | None:
