@@ -195,12 +195,19 @@ def test_bad_inputs_are_one_line(
         (["--data", str(evalset), "--combine", "logits", "--router", "posterior"],
          "logit averaging needs weights known before the experts run"),
         (["--data", str(evalset), "--evaluator", "nope"], "unknown evaluator 'nope'"),
+        (["--data", str(evalset), "--limit", "0"], "--limit must be at least 1 (got 0)"),
+        (["--data", str(evalset), "--limit=-3"], "--limit must be at least 1 (got -3)"),
         (["--data", str(evalset), "--task", "sib200"], "unknown"),
     ]  # fmt: skip
     for args, message in cases[:-1]:
         code, _, err = cli(capsys, "ensemble", "eval", experts, *args)
         assert code == 2 and err.startswith("xelm: error: ") and message in err, (args, err)
         assert err.count("\n") == 1
+    code, _, err = cli(
+        capsys, "ensemble", "create", experts, "--router", "oracle", "--calibrate", str(evalset),
+        "--limit", "0", "-o", str(tmp_path / "ens.json"),
+    )  # fmt: skip
+    assert (code, err) == (2, "xelm: error: --limit must be at least 1 (got 0)\n")
     # a language no expert covers, without a fallback
     only_ar = str(pool / "experts" / "x1")
     code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset))
