@@ -126,3 +126,20 @@ def test_a_device_that_cannot_run_is_refused_before_any_work(
 def test_auto_device_is_accepted(tmp_path: Path) -> None:
     demo = Demo(PRESETS["smoke"], SHARED_DATA, tmp_path / "run", "auto")
     assert demo.device == "auto" and not (tmp_path / "run").exists()
+
+
+def test_readme_presets_table_has_each_presets_runs_and_tokens_from_its_plan() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text().splitlines()
+    header = readme.index(
+        "| preset | seed parameters | training runs | training tokens | tokens a step | where |"
+    )
+    rows = {}
+    for line in readme[header + 2 :]:
+        if not line.startswith("| `"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].split("`")[1]] = [int(cell.replace(",", "")) for cell in cells[1:5]]
+    for name, preset in PRESETS.items():
+        plan = demo_plan(name)
+        runs = sum(step.runs for step in plan.steps)
+        assert rows[name] == [plan.parameters, runs, plan.tokens, preset.batch_tokens], name
