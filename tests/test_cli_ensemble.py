@@ -70,9 +70,13 @@ def test_eval_json_has_every_system_and_metric(
     assert ensemble["metrics"]["languages"]["ar"] == x1["metrics"]["languages"]["ar"]
     overall = dense["metrics"]["overall"]
     assert overall["documents"] == 16
-    for system in results["systems"]:  # throughput: the tokens scored over the system's time
+    assert x0["executed"]["reused"] == {"x0": 8}
+    for system in (ensemble, dense):  # throughput: the tokens scored over the system's time
         tokens = system["metrics"]["overall"]["tokens"]
         assert system["tokens_per_second"] == pytest.approx(tokens / system["seconds"], rel=1e-3)
+        assert system["executed"]["reused"] == {}
+    # each expert alone took some scores from the ensemble: its time does not cover them
+    assert [s["tokens_per_second"] for s in results["systems"][1:4]] == [None] * 3
     assert overall["perplexity"] == pytest.approx(np.exp(overall["nll"] / overall["tokens"]))
     assert overall["bits_per_byte"] == pytest.approx(overall["nll"] / np.log(2) / overall["bytes"])
     lines = [line for lang in LANGS for line in (evalset / f"{lang}.txt").read_text().split("\n")]
@@ -101,6 +105,29 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
     assert {(r["system"], r["language"]) for r in ppl} == {
         ("ensemble[language]", "overall"), ("ensemble[language]", "ru"),
     }  # fmt: skip
+
+
+def test_a_system_whose_scores_were_all_reused_reports_no_throughput(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    # on ar the ensemble runs x1 only: x1 alone then finds every score cached and runs nothing
+    args = ["ensemble", "eval", str(pool / "experts" / "*"), "--data", str(evalset),
+            "--langs", "ar", "--each"]  # fmt: skip
+    code, stdout, err = cli(capsys, *args, "--format", "json")
+    assert code == 0, err
+    ensemble, x0, x1, _x2 = json.loads(stdout)["systems"]
+    assert x1["executed"] == {"loads": {}, "sequences": {}, "reused": {"x1": 4}}
+    assert x1["tokens_per_second"] is None
+    assert x0["executed"] == {"loads": {"x0": 1}, "sequences": {"x0": 4}, "reused": {}}
+    for system in (ensemble, x0):
+        tokens = system["metrics"]["overall"]["tokens"]
+        assert system["tokens_per_second"] == pytest.approx(tokens / system["seconds"], rel=1e-3)
+    code, table, err = cli(capsys, *args)
+    assert code == 0, err
+    speeds = next(line for line in table.splitlines() if line.startswith("│ tokens/s"))
+    cells = [cell.strip() for cell in speeds.split("│")[2:-1]]
+    assert cells[2] == "reused"
+    assert all(cell.replace(",", "").isdigit() for cell in cells[:2] + cells[3:])
 
 
 def test_create_calibrates_and_eval_reproduces_from_the_file(

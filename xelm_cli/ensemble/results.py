@@ -155,9 +155,10 @@ def run_evaluation(
                 "executed": {
                     "loads": dict(system.model.stats.loads),
                     "sequences": dict(system.model.stats.sequences),
+                    "reused": dict(system.model.stats.reused),
                 },
                 "seconds": seconds,
-                **_throughput(metrics, seconds),
+                **_throughput(metrics, seconds, reused=bool(system.model.stats.reused)),
             }
         )
     request = evaluator.request
@@ -192,13 +193,14 @@ def run_evaluation(
     }
 
 
-def _throughput(metrics: dict[str, Any], seconds: float) -> dict[str, float]:
+def _throughput(metrics: dict[str, Any], seconds: float, *, reused: bool) -> dict[str, Any]:
     """``tokens_per_second`` when the evaluator counted the tokens it scored (perplexity
-    does); the time includes loading the experts, as a user waits for it."""
+    does); the time includes loading the experts, as a user waits for it. None for a system
+    that reused scores another system computed: its time leaves that work out."""
     tokens = metrics.get("overall", {}).get("tokens")
     if not isinstance(tokens, int) or isinstance(tokens, bool) or seconds <= 0:
         return {}
-    return {"tokens_per_second": round(tokens / seconds, 1)}
+    return {"tokens_per_second": None if reused else round(tokens / seconds, 1)}
 
 
 def _value(metrics: dict[str, Any], language: str | None, metric: str) -> float:
@@ -266,8 +268,14 @@ def render_table(results: dict[str, Any]) -> Any:
         if has_delta:
             cells[-1] = f"{row[-1]:+.3f}"
         table.add_row(row[0], *cells)
-    speeds = [system.get("tokens_per_second") for system in results["systems"]]
-    if any(speed is not None for speed in speeds):
-        cells = [f"{speed:,.0f}" if speed is not None else "" for speed in speeds]
+    if any("tokens_per_second" in system for system in results["systems"]):
+        cells = [_speed(system) for system in results["systems"]]
         table.add_row("tokens/s", *cells, *([""] if has_delta else []), end_section=False)
     return table
+
+
+def _speed(system: dict[str, Any]) -> str:
+    if "tokens_per_second" not in system:
+        return ""
+    speed = system["tokens_per_second"]
+    return "reused" if speed is None else f"{speed:,.0f}"

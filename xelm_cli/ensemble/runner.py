@@ -57,10 +57,12 @@ _RULE_NAMES = {"logits": "logit averaging", "product": "the product rule"}
 
 @dataclass
 class RunStats:
-    """What an ensemble ran: model loads and sequences scored, per expert name."""
+    """What an ensemble ran: model loads and sequences scored, per expert name; and the
+    sequences whose scores it took from the cache instead (another system computed them)."""
 
     loads: Counter[str] = field(default_factory=Counter)
     sequences: Counter[str] = field(default_factory=Counter)
+    reused: Counter[str] = field(default_factory=Counter)
 
 
 class ScoreCache:
@@ -311,6 +313,8 @@ class EnsembleModel(LanguageModel):
                     missing.append(item)
                 else:
                     results[(expert, item)] = value
+            if len(missing) < len(items):
+                self.stats.reused[self.experts[expert].name] += len(items) - len(missing)
             if not missing:
                 continue
             info = self.experts[expert]
