@@ -100,8 +100,8 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
         "--langs", "ru",
     )  # fmt: skip
     assert code == 0, err
-    rows = list(csv.DictReader(io.StringIO(text)))
-    ppl = [r for r in rows if r["metric"] == "perplexity"]
+    records = list(csv.DictReader(io.StringIO(text)))
+    ppl = [r for r in records if r["metric"] == "perplexity"]
     assert {(r["system"], r["language"]) for r in ppl} == {
         ("ensemble[language]", "overall"), ("ensemble[language]", "ru"),
     }  # fmt: skip
@@ -128,6 +128,41 @@ def test_a_system_whose_scores_were_all_reused_reports_no_throughput(
     cells = [cell.strip() for cell in speeds.split("│")[2:-1]]
     assert cells[2] == "reused"
     assert all(cell.replace(",", "").isdigit() for cell in cells[:2] + cells[3:])
+
+
+def test_the_table_keeps_whole_system_names_at_80_columns(
+    capsys: pytest.CaptureFixture[str], tokenizer_dir: Path, evalset: Path, tmp_path: Path
+) -> None:
+    from rich.console import Console
+
+    from xelm_cli.ensemble.results import render_table
+
+    for i, langs in enumerate((["tr"], ["ar"], ["en", "ru"])):
+        name = f"flores-expert-{'-'.join(langs)}-cluster{i}"
+        init_from_config("tiny", tokenizer_dir, tmp_path / "experts" / name, languages=langs)
+    init_from_config("tiny", tokenizer_dir, tmp_path / "dense-baseline-4lang", languages=["tr"])
+    code, stdout, err = cli(
+        capsys, "ensemble", "eval", str(tmp_path / "experts" / "*"), "--data", str(evalset),
+        "--langs", "tr,ar", "--each", "--baseline", str(tmp_path / "dense-baseline-4lang"),
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads(stdout)
+    console = Console(width=80, file=io.StringIO())
+    console.print(render_table(results))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert max(len(line) for line in lines) <= 80 and "…" not in "".join(lines)
+    head = lines[lines.index(next(ln for ln in lines if ln.startswith("┏"))) + 1 :]
+    head = head[: next(i for i, ln in enumerate(head) if ln.startswith("┡"))]
+    columns = zip(*(ln.split("┃")[1:-1] for ln in head), strict=True)
+    headers = ["".join(piece.strip() for piece in column) for column in columns]
+    names = [system["name"] for system in results["systems"]]
+    assert names == [
+        "ensemble[language]", "expert:flores-expert-ar-cluster1",
+        "expert:flores-expert-en-ru-cluster2", "expert:flores-expert-tr-cluster0",
+        "baseline:dense-baseline-4lang",
+    ]  # fmt: skip
+    assert headers == ["language", *names, "delta vsbaseline:dense-baseline-4lang"]
 
 
 def test_create_calibrates_and_eval_reproduces_from_the_file(

@@ -260,8 +260,9 @@ def render_table(results: dict[str, Any]) -> Any:
         title += f", protocol {results['request']['protocol']}"
     title += f"; router {results['ensemble']['router']['name']}, {results['ensemble']['combine']}"
     table = Table(title=escape(title))
-    for index, name in enumerate(header):
-        table.add_column(escape(name), justify="left" if index == 0 else "right")
+    table.add_column(escape(header[0]), no_wrap=True)
+    for name in header[1:]:  # a narrow terminal folds system names and numbers, never cuts them
+        table.add_column(escape(name), justify="right", overflow="fold")
     has_delta = header[-1].startswith("delta")
     for row in rows:
         cells = [f"{value:.3f}" for value in row[1:]]
