@@ -96,23 +96,30 @@ def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None
     assert lean_fits > plain_fits >= 1
 
 
-def _plan(tmp_path: Path, seed: Path, *extra: str) -> list[str]:
-    alloc = tmp_path / "alloc.json"
-    if not alloc.exists():
-        write_allocation(alloc, clusterer="typology", experts=[["en"], ["tr"]])
-    return ["plan", "--budget", "1M", "--allocation", str(alloc), "--seed-bundle", str(seed),
-            "--data", "shards", "-o", str(tmp_path / "runs"), *extra]  # fmt: skip
-
-
-def _timed_run(seed_bundle: Path, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    """A short `xelm train` of the seed on this machine, and its training record (timed)."""
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    """Token shards of the test languages, with the seed's tokenizer."""
     from test_train import corpus_slice
 
     from xelm_cli.data.prepare import prepare
 
-    prepare(corpus_slice("train", 100, tmp_path / "corpus"), seed_bundle, tmp_path / "shards")
+    root = tmp_path_factory.mktemp("plan-shards")
+    prepare(corpus_slice("train", 100, root / "corpus"), seed_bundle, root / "shards")
+    return root / "shards"
+
+
+def _plan(tmp_path: Path, seed: Path, shards: Path, *extra: str) -> list[str]:
+    alloc = tmp_path / "alloc.json"
+    if not alloc.exists():
+        write_allocation(alloc, clusterer="typology", experts=[["en"], ["tr"]])
+    return ["plan", "--budget", "1M", "--allocation", str(alloc), "--seed-bundle", str(seed),
+            "--data", str(shards), "-o", str(tmp_path / "runs"), *extra]  # fmt: skip
+
+
+def _timed_run(seed_bundle: Path, shards: Path, tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """A short `xelm train` of the seed on this machine, and its training record (timed)."""
     measured = tmp_path / "measured"
-    args = ["train", str(seed_bundle), "--data", str(tmp_path / "shards"), "--block-size", "32",
+    args = ["train", str(seed_bundle), "--data", str(shards), "--block-size", "32",
             "--batch-size", "4", "--tokens", "1024", "-o", str(measured)]  # fmt: skip
     assert run(args) == 0
     record = Bundle.open(measured).manifest.training
@@ -121,48 +128,54 @@ def _timed_run(seed_bundle: Path, tmp_path: Path) -> tuple[Path, dict[str, Any]]
 
 
 def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_would(
-    capsys: pytest.CaptureFixture[str], wide_seed: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], wide_seed: Path, shards: Path, tmp_path: Path
 ) -> None:
     shape = ModelShape.of(Bundle.open(wide_seed))
     limit = parse_size("1GB")
     fits, estimate = largest_batch(shape, 512, limit, cuda=False)
     assert estimate.total <= limit < training_memory(shape, fits + 1, 512, cuda=False).total
-    args = _plan(tmp_path, wide_seed, "--memory", "1GB")
+    args = _plan(tmp_path, wide_seed, shards, "--memory", "1GB")
     assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits}"]) == 0
     capsys.readouterr()
     assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits + 1}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"the largest that fits is --batch-size {fits} " in err
-    assert run([*_plan(tmp_path, wide_seed, "--memory", "10MB")]) == 2
+    assert run([*_plan(tmp_path, wide_seed, shards, "--memory", "10MB")]) == 2
     assert "not even --batch-size 1 fits" in capsys.readouterr().err
 
 
 def test_run_times_scale_a_measured_runs_flops(
-    capsys: pytest.CaptureFixture[str], seed_bundle: Path, wide_seed: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    wide_seed: Path,
+    shards: Path,
+    tmp_path: Path,
 ) -> None:
     """Timings on this shared 2-core machine vary 2-7x between runs, so the test checks the
     arithmetic: a run of N parameters and T tokens takes 6NT / (the measured run's 6N'T'/s')."""
-    measured, record = _timed_run(seed_bundle, tmp_path)
+    measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
-    assert run(_plan(tmp_path, wide_seed, "--measured", str(measured), "--json")) == 0
+    assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(measured), "--json")) == 0
     plan = json.loads(capsys.readouterr().out)
     n, n_measured = (ModelShape.of(Bundle.open(b)).parameters for b in (wide_seed, measured))
     assert plan["estimate"]["parameters"] == n
     seconds_per_token = record["seconds"] / record["tokens"] * n / n_measured
     for entry in plan["runs"]:  # experts 500K tokens each, the dense run 1M
         assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
-    assert run(_plan(tmp_path, wide_seed, "--measured", str(seed_bundle))) == 2
+    assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(seed_bundle))) == 2
     assert "holds no timed training run" in capsys.readouterr().err
 
 
 def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget(
-    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
     """Branch-Train-MiX's accounting: with --moe-tokens M the experts share B - M, the averaged
     model costs what they cost, the MoE adds its M-token fine-tune, and each totals B."""
-    measured, record = _timed_run(seed_bundle, tmp_path)
+    measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
-    plan_args = _plan(tmp_path, seed_bundle, "--moe-tokens", "200K", "--measured", str(measured))
+    plan_args = _plan(
+        tmp_path, seed_bundle, shards, "--moe-tokens", "200K", "--measured", str(measured)
+    )
     assert run([*plan_args, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["budget"] == 1_000_000 and plan["moe_tokens"] == 200_000
@@ -179,7 +192,7 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     build, tune = by_name["moe"]["commands"]
     assert build == ["xelm", "bundle", "moe", *experts, "--top-k", "2", "--gate", "random",
                      "-o", str(runs / "moe-init")]  # fmt: skip
-    assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", "shards", "--aux-loss",
+    assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", str(shards), "--aux-loss",
                     "0.01", "--tokens", "200000", "-o", str(runs / "moe")]  # fmt: skip
     assert by_name["moe"]["after"] == ["expert-0", "expert-1"]
     # memory counts every MLP the MoE holds; time the two that top-2 routing runs per token
@@ -209,20 +222,20 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     expected = [["xelm", "bundle", "moe"], ["xelm", "train", str(runs / "moe-init")]]
     assert [line.split()[:3] for line in lines] == expected
 
-    assert run(_plan(tmp_path, seed_bundle, "--moe-tokens", "1M")) == 2
+    assert run(_plan(tmp_path, seed_bundle, shards, "--moe-tokens", "1M")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--moe-tokens 1,000,000 must be below --budget" in err
 
 
 def test_parallel_estimates_train_all_side_by_side_in_its_order(
-    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
     """--parallel 2 on the BTX plan: dense (1M tokens) and expert-0 start, expert-1 follows
     expert-0, the MoE waits for both experts, so the plan ends at max(dense, 2 experts + MoE),
     by hand from each run's estimated seconds; in tokens, 1M instead of 2M in turn."""
-    measured, _ = _timed_run(seed_bundle, tmp_path)
+    measured, _ = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
-    args = _plan(tmp_path, seed_bundle, "--moe-tokens", "200K", "--measured", str(measured))
+    args = _plan(tmp_path, seed_bundle, shards, "--moe-tokens", "200K", "--measured", str(measured))
     assert run([*args, "--parallel", "2", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     seconds = {entry["name"]: entry["seconds"] for entry in plan["runs"]}

@@ -320,12 +320,17 @@ def test_bad_input_is_one_line_and_writes_nothing(
 
 
 def test_plan_prints_equal_compute_budgets_and_commands(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    train_shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     alloc = tmp_path / "alloc.json"
     write_allocation(alloc, clusterer="typology", experts=[["en", "ru"], ["tr"], ["ar"]])
-    common = ["--allocation", alloc, "--seed-bundle", "seed", "--data", "shards", "-o", "runs"]
+    common = ["--allocation", alloc, "--seed-bundle", seed_bundle, "--data", train_shards,
+              "-o", "runs"]  # fmt: skip
     code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common, "--json")
     assert code == 0
     plan = json.loads(stdout)
@@ -338,7 +343,7 @@ def test_plan_prints_equal_compute_budgets_and_commands(
     assert expert[1][expert[1].index("--tokens") + 1] == "6666666"
     code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common)
     assert code == 0 and "6,666,666" in stdout
-    assert "xelm train seed --langs en,ru,tr,ar --role dense" in stdout
+    assert f"xelm train {seed_bundle} --langs en,ru,tr,ar --role dense" in stdout
 
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     done = Path("runs/branches/expert-1")
@@ -631,6 +636,9 @@ def test_two_runs_train_at_the_same_time(
     [
         (["--devices", "0,1,2", "--nproc-per-node", "2"], "a multiple of --nproc-per-node 2"),
         (["--devices", "0,0"], "give distinct device numbers"),
+        (["--devices", "0,00"], "give distinct device numbers"),
+        (["--devices", "x,y"], "'x' is not a device number; give non-negative integers"),
+        (["--devices=0,-1"], "'-1' is not a device number; give non-negative integers"),
         (["--devices", "0,1", "--parallel", "2"], "give --devices or --parallel, not both"),
         (["--parallel", "0"], "must be at least 1"),
     ],
@@ -665,6 +673,7 @@ def test_device_groups_share_out_devices_by_nproc_per_node() -> None:
 
     assert device_groups("0,1,2,3", 2, 1) == ["0,1", "2,3"]
     assert device_groups(" 4, 5 ", 1, 1) == ["4", "5"]
+    assert device_groups("00,01", 1, 1) == ["0", "1"]
     assert device_groups(None, 1, 3) == [None, None, None]
 
 

@@ -29,6 +29,7 @@ from xelm_cli.training.plan_runner import (
     chosen_runs,
     device_groups,
     pending,
+    plan_directory,
     process_argv,
     raise_failures,
     read_plan,
@@ -278,7 +279,11 @@ def plan(
 
     Save it with --json > plan.json and run it with `xelm train-all plan.json`.
 
-    When the seed bundle exists, the plan estimates each run's device memory (weights, gradients,
+    The seed bundle and the shards are checked first (the shards hold every language of the
+    allocation); the plan records the directory it is made in (`directory`), where
+    `xelm train-all` runs its commands, so relative paths keep their meaning wherever it starts.
+
+    The plan estimates each run's device memory (weights, gradients,
     AdamW, activations and loss at the --train-args batch) and refuses a batch that cannot fit,
     naming the largest that would; --measured BUNDLE (a run trained on the same machine) adds
     each run's time, and --parallel N the whole plan's under `xelm train-all --devices` with
@@ -311,19 +316,18 @@ def plan(
         )
     console.print(table)
     estimate = result["estimate"]
-    if estimate:
-        parts = estimate["memory"]
-        console.print(
-            f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
-            f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
-            f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
-            f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
-            f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f}, loss "
-            f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
-            highlight=False,
-        )
+    parts = estimate["memory"]
+    console.print(
+        f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
+        f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
+        f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
+        f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
+        f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f}, loss "
+        f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
+        highlight=False,
+    )
     moe = next((r for r in result["runs"] if r["name"] == "moe"), None)
-    if moe and moe["parameters"]:
+    if moe:
         console.print(
             f"the moe run: {moe['parameters']:,} parameters ({result['k']} MLPs a layer); its "
             f"time counts those top-{moe['top_k']} routing uses per token",
@@ -385,9 +389,19 @@ def train_all(
     parallel: Annotated[
         int, typer.Option(help="Runs to train at once without pinning devices (a CPU machine).")
     ] = 1,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print what became of each run (done, skipped, failed, not run; its times, "
+            "devices and log) as JSON, as xelm_cli.api.run_plan returns it; the commands' "
+            "output goes to the logs, as side by side.",
+        ),
+    ] = False,
 ) -> None:
     """Run a plan's runs on this machine, skipping finished outputs and resuming killed ones:
-    one after another, or several at once.
+    one after another, or several at once. The commands run in the directory the plan was made
+    in (its `directory`), wherever train-all starts, so a SLURM job may start anywhere.
 
     Example: xelm train-all plan.json --only 2 --nproc-per-node 4
 
@@ -396,24 +410,34 @@ def train_all(
     others, and the average and moe runs start when the experts are done:
       xelm train-all plan.json --devices 0,1,2,3,4,5,6,7
       xelm train-all plan.json --devices 0,1,2,3,4,5,6,7 --nproc-per-node 2
+
+    --json prints a list with one object per run (name, status, code, started, ended,
+    devices, log), what xelm_cli.api.run_plan returns; it exits 1 when a run failed:
+      xelm train-all plan.json --parallel 2 --json > outcomes.json
     """
-    if dry_run or (devices is None and parallel == 1):
+    if dry_run and as_json:
+        raise UsageError("--dry-run prints the commands, --json what became of the runs: pick one")
+    if dry_run or (devices is None and parallel == 1 and not as_json):
         device_groups(devices, nproc_per_node, parallel)  # the same refusals as side by side
-        run_in_turn(chosen_runs(read_plan(plan_file), only), nproc_per_node, dry_run)
+        plan = read_plan(plan_file)
+        run_in_turn(chosen_runs(plan, only), plan_directory(plan), nproc_per_node, dry_run)
         return
-    raise_failures(
-        run_plan(
-            plan_file, only=only, parallel=parallel, devices=devices, nproc_per_node=nproc_per_node
-        )
+    outcomes = run_plan(
+        plan_file, only=only, parallel=parallel, devices=devices, nproc_per_node=nproc_per_node
     )
+    if as_json:
+        print_json([outcome.as_dict() for outcome in outcomes])
+    raise_failures(outcomes)
 
 
-def run_in_turn(runs: list[dict[str, Any]], nproc_per_node: int, dry_run: bool) -> None:
-    """One command after another in this terminal (their progress bars shown); the first
-    failure stops the rest."""
+def run_in_turn(
+    runs: list[dict[str, Any]], directory: Path | None, nproc_per_node: int, dry_run: bool
+) -> None:
+    """One command after another in this terminal (their progress bars shown), in the plan's
+    ``directory``; the first failure stops the rest."""
     for run in runs:
         for command in run["commands"]:
-            todo = pending(command)
+            todo = pending(command, directory)
             if todo is None:
                 console.print(f"skip (done): {shlex.join(command)}", style="dim")
                 continue
@@ -421,6 +445,6 @@ def run_in_turn(runs: list[dict[str, Any]], nproc_per_node: int, dry_run: bool) 
             typer.echo(shlex.join(shown))
             if dry_run:
                 continue
-            code = subprocess.call(process_argv(shown))
+            code = subprocess.call(process_argv(shown), cwd=directory)
             if code:
                 raise typer.Exit(code)

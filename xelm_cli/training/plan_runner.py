@@ -9,6 +9,8 @@ exist is skipped; a killed one resumes from its checkpoints. Running several at 
 with the most tokens start first (the dense baseline before the experts), each run
 writes its commands' output to ``ROOT/logs/NAME.log`` (ROOT: the directory that holds every
 run's output), a failed run does not stop the others, and the runs that wait for it are not run.
+Every command runs in the plan's ``directory`` (where ``xelm plan`` ran, so that its relative
+paths mean what they meant there), or in the current one for a plan without it.
 """
 
 import heapq
@@ -20,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,10 @@ class RunOutcome:
     devices: str | None = None  # CUDA_VISIBLE_DEVICES it ran with
     log: Path | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        """What ``xelm train-all --json`` prints of it."""
+        return {**asdict(self), "log": str(self.log) if self.log else None}
+
 
 def say_on_stderr(line: str) -> None:
     stderr_console.print(line, markup=False, highlight=False)
@@ -61,9 +67,31 @@ def read_plan(path: Path) -> dict[str, Any]:
     return plan
 
 
-def pending(command: list[str]) -> list[str] | None:
-    """The command to run now (with --resume after a kill), or None when its output exists."""
-    output = Path(command[command.index("-o") + 1])
+def plan_directory(plan: dict[str, Any]) -> Path | None:
+    """The directory ``xelm plan`` ran in (its ``directory``), where the plan's commands run
+    and its relative paths lie; None for a plan without one (an older or hand-written plan):
+    the current directory."""
+    recorded = plan.get("directory")
+    if recorded is None:
+        return None
+    if not (isinstance(recorded, str) and os.path.isabs(recorded) and os.path.isdir(recorded)):
+        raise UsageError(
+            f"the plan's directory {recorded!r} (where `xelm plan` ran) is not on this "
+            "machine; make the plan again here: `xelm plan ... --json > plan.json` in the "
+            "folder its paths are relative to"
+        )
+    return Path(recorded)
+
+
+def within(directory: Path | None, path: str) -> Path:
+    """A path of the plan as the plan's commands see it (``directory``: ``plan_directory``)."""
+    return directory / path if directory else Path(path)
+
+
+def pending(command: list[str], directory: Path | None = None) -> list[str] | None:
+    """The command to run now in ``directory`` (with --resume after a kill), or None when its
+    output exists."""
+    output = within(directory, command[command.index("-o") + 1])
     if is_bundle(output):
         return None
     if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
@@ -99,6 +127,13 @@ def device_groups(devices: str | None, nproc_per_node: int, parallel: int) -> li
             "once as there are groups of --nproc-per-node devices"
         )
     ids = [d.strip() for d in devices.split(",") if d.strip()]
+    named = next((d for d in ids if not (d.isascii() and d.isdigit())), None)
+    if named is not None:
+        raise UsageError(
+            f"--devices {devices!r}: {named!r} is not a device number; give non-negative "
+            "integers (e.g. --devices 0,1,2,3)"
+        )
+    ids = [str(int(d)) for d in ids]  # 00 is device 0
     if not ids or len(ids) % nproc_per_node or len(set(ids)) != len(ids):
         groups = f", a multiple of --nproc-per-node {nproc_per_node}" if nproc_per_node > 1 else ""
         raise UsageError(
@@ -107,9 +142,10 @@ def device_groups(devices: str | None, nproc_per_node: int, parallel: int) -> li
     return [",".join(ids[i : i + nproc_per_node]) for i in range(0, len(ids), nproc_per_node)]
 
 
-def logs_directory(plan: dict[str, Any]) -> Path:
-    """``ROOT/logs``, ROOT the directory every run's output lies under."""
-    outputs = [os.path.abspath(run["output"]) for run in plan["runs"]]
+def logs_directory(plan: dict[str, Any], directory: Path | None) -> Path:
+    """``ROOT/logs``, ROOT the directory every run's output lies under (relative outputs:
+    under ``directory``, ``plan_directory``)."""
+    outputs = [os.path.abspath(within(directory, run["output"])) for run in plan["runs"]]
     root = os.path.commonpath(outputs)
     return Path(root if len(outputs) > 1 else os.path.dirname(root)) / "logs"
 
@@ -165,7 +201,8 @@ class PlanRunner:
         self.runs, self.slots, self.nproc = list(runs), slots, nproc_per_node
         self.planned = {run["name"] for run in self.runs}  # an `after` outside them is ignored
         self.say, self.advance = say, advance
-        self.logs = logs_directory(plan)
+        self.directory = plan_directory(plan)
+        self.logs = logs_directory(plan, self.directory)
         self.threads = max(1, (os.cpu_count() or 1) // len(slots))  # CPU threads of each run
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -232,9 +269,8 @@ class PlanRunner:
         outcomes[outcome.name] = outcome
         self.advance(1)
 
-    @staticmethod
-    def _finished(run: dict[str, Any]) -> bool:
-        return all(pending(command) is None for command in run["commands"])
+    def _finished(self, run: dict[str, Any]) -> bool:
+        return all(pending(command, self.directory) is None for command in run["commands"])
 
     def _ready(self, run: dict[str, Any], outcomes: dict[str, RunOutcome]) -> bool | None:
         """True when every run ``run`` waits for (of those planned here) is done, False when
@@ -255,7 +291,7 @@ class PlanRunner:
             )
             sink.write(f"# {time.strftime('%F %T')} {name}: {' '.join(pinned)}\n".encode())
             for command in run["commands"]:
-                todo = pending(command)
+                todo = pending(command, self.directory)
                 if todo is None:
                     continue
                 shown = shown_command(todo, self.nproc)
@@ -285,7 +321,9 @@ class PlanRunner:
         return env
 
     def _call(self, argv: list[str], env: dict[str, str], sink: Any) -> int:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=self.directory
+        )
         with self._lock:
             self._live.add(process)
         try:
@@ -333,9 +371,9 @@ def run_plan(
     say: Callable[[str], None] = say_on_stderr,
 ) -> list[RunOutcome]:
     """Run the plan's runs (all, or run ``only``) with ``parallel`` at once or one per group of
-    ``devices`` (``xelm train-all``), each run's output in ``ROOT/logs/NAME.log``, with a bar
-    of the runs ended; what became of each. Failed runs do not stop the others
-    (``raise_failures`` reports them)."""
+    ``devices`` (``xelm train-all``), in the plan's ``directory``, each run's output in
+    ``ROOT/logs/NAME.log``, with a bar of the runs ended; what became of each. Failed runs do
+    not stop the others (``raise_failures`` reports them)."""
     slots = device_groups(devices, nproc_per_node, parallel)
     plan = read_plan(plan_file)
     runs = chosen_runs(plan, only)

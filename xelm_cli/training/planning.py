@@ -1,15 +1,18 @@
 """The plan of ``xelm plan`` (``make_plan``): the runs that give X-ELM and the dense baseline
 equal training tokens, as commands, with device-memory and time estimates of each run."""
 
+import os
 import shlex
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
-from xelm_cli.bundle.store import Bundle, is_bundle
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.errors import UsageError
+from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
 from xelm_cli.training.checkpoints import plan_budgets
@@ -65,6 +68,30 @@ def planned_options(train_args: str) -> dict[str, Any]:
     values = {**parse_pairs(pairs, TRAIN_ARG), **given}
     parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
     return {spec.name: spec.default for spec in specs} | parsed
+
+
+def check_inputs(
+    seed_bundle: Path, data: Path, valid: Path | None, languages: Sequence[str]
+) -> None:
+    """Refuse now, one line each, what every run's ``xelm train`` would refuse when it starts:
+    a seed that is not a bundle, ``data`` (and ``valid``) that are not shards of its tokenizer
+    or lack one of the ``languages`` the runs train on."""
+    try:
+        seed = Bundle.read(seed_bundle)
+    except UsageError as error:
+        raise UsageError(
+            f"--seed-bundle: {error}; give the bundle the experts branch from (`xelm bundle "
+            "init` makes one)"
+        ) from None
+    for option, path in (("--data", data), ("--valid", valid)):
+        if path is None:
+            continue
+        try:
+            shards = Shards.open(path)
+        except UsageError as error:
+            raise UsageError(f"{option}: {error}; make them with `xelm data prepare`") from None
+        shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
+        shards.require_languages(languages)
 
 
 def estimate_runs(
@@ -134,8 +161,9 @@ def make_plan(
     moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
     parallel: int | None = None,
 ) -> dict[str, Any]:
-    """The runs that give X-ELM and the dense baseline equal training tokens, as commands,
-    with memory and time estimates when the seed bundle exists (``estimate_runs``), and with
+    """The runs that give X-ELM and the dense baseline equal training tokens, as commands to
+    run in this process's current directory (the plan's ``directory``), once the inputs are
+    checked (``check_inputs``), with memory and time estimates (``estimate_runs``), and with
     ``parallel``, how long ``xelm train-all`` takes running that many at a time
     (``side_by_side``).
 
@@ -151,12 +179,12 @@ def make_plan(
             f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
             "on what is left of the budget"
         )
-    estimate = None
-    if is_bundle(seed_bundle):
-        estimate = estimate_runs(seed_bundle, train_args, memory, measured)
-    entries = []
     budgets = plan_budgets(budget - moe_tokens, alloc.experts)
     budgets = [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
+    everything = list(next(b.languages for b in budgets if b.expert is None))
+    check_inputs(seed_bundle, data, valid, everything)
+    estimate = estimate_runs(seed_bundle, train_args, memory, measured)
+    entries = []
     for run in budgets:
         # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
         output = runs / run.name if run.expert is None else runs / "experts" / run.name
@@ -182,25 +210,25 @@ def make_plan(
                 "commands": [c for c in (branch, trained) if c],
                 "seconds": (
                     estimate["throughput"].seconds(estimate["shape"], run.tokens)
-                    if estimate and estimate["throughput"]
+                    if estimate["throughput"]
                     else None
                 ),
             }
         )
     if moe_tokens:
         experts = [str(runs / "experts" / b.name) for b in budgets if b.expert is not None]
-        everything = list(next(b.languages for b in budgets if b.expert is None))
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
             moe_tokens, moe_calibration, moe_aux_loss,
         )  # fmt: skip
     plan = {
         "format": PLAN_FORMAT,
+        "directory": os.getcwd(),
         "budget": budget,
         "moe_tokens": moe_tokens,
         "k": alloc.k,
         "allocation": {"path": str(allocation), "digest": alloc.digest},
-        "estimate": estimate["record"] if estimate else None,
+        "estimate": estimate["record"],
         "runs": entries,
     }
     if parallel is not None:
@@ -234,7 +262,7 @@ def merged_runs(
     runs: Path,
     valid: Path | None,
     train_args: str,
-    estimate: dict[str, Any] | None,
+    estimate: dict[str, Any],
     moe_tokens: int,
     calibration: Path | None,
     aux_loss: float,
@@ -252,19 +280,15 @@ def merged_runs(
     tuned = ["xelm", "train", str(built), "--data", str(data), *extra, *shlex.split(train_args),
              "--aux-loss", str(aux_loss), "--tokens", str(moe_tokens),
              "-o", str(runs / "moe")]  # fmt: skip
-    seconds = None
-    held_parameters = None
-    if estimate:
-        held, active = moe_shapes(estimate["shape"], len(experts), MOE_TOP_K)
-        held_parameters = held.parameters
-        if estimate["throughput"]:
-            seconds = estimate["throughput"].seconds(active, moe_tokens)
+    held, active = moe_shapes(estimate["shape"], len(experts), MOE_TOP_K)
+    throughput = estimate["throughput"]
+    seconds = throughput.seconds(active, moe_tokens) if throughput else None
     return [
         {"name": "average", "expert": None, "languages": languages, "tokens": 0,
-         "output": str(runs / "average"), "commands": [average], "seconds": 0.0 if estimate
-         and estimate["throughput"] else None, "after": names},
+         "output": str(runs / "average"), "commands": [average],
+         "seconds": 0.0 if throughput else None, "after": names},
         {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
          "output": str(runs / "moe"), "commands": [moe, tuned], "seconds": seconds,
-         "after": names, "parameters": held_parameters, "top_k": MOE_TOP_K,
+         "after": names, "parameters": held.parameters, "top_k": MOE_TOP_K,
          "aux_loss": aux_loss},
     ]  # fmt: skip
