@@ -22,7 +22,13 @@ from xelm_tfidf.kmeans import (
 )
 from xelm_tfidf.state import load_model, save_model
 
-from xelm_cli.api import Document, IntegrityError, iter_documents, read_allocation
+from xelm_cli.api import (
+    Document,
+    IntegrityError,
+    group_documents,
+    iter_documents,
+    read_allocation,
+)
 from xelm_cli.cli import run
 
 VALID = SHARED_DATA / "corpus" / "valid"
@@ -269,7 +275,9 @@ def test_ctrl_c_during_a_fit_is_an_interrupt_not_a_usage_error(tmp_path, capsys,
     (corpus / "en.txt").write_text("\n".join(d.text for d in _documents(["en"], 20)) + "\n")
     out = tmp_path / "alloc"
     assert run(["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(out)]) == 130
-    assert capsys.readouterr().err == "xelm: error: interrupted\n"
+    assert capsys.readouterr().err == (
+        "xelm: error: interrupted (nothing half-written is left): run the same command again\n"
+    )
     with pytest.raises(KeyboardInterrupt):
         cluster("tfidf", k=2, output=out, data=corpus)
     assert not out.exists() and list(tmp_path.iterdir()) == [corpus]
@@ -318,3 +326,39 @@ def test_assigner_refuses_another_clusterers_allocation(tmp_path):
     allocation = write_allocation(tmp_path / "a.json", clusterer="typology", experts=[["en"]])
     with pytest.raises(UsageError, match="typology"):
         TfidfClusterer.assigner(allocation)
+
+
+def test_group_documents_joins_consecutive_documents_of_one_language():
+    """Interleaved languages, target 8 bytes: "ab\ncd" (5) + "\nefgh" reaches 10 >= 8."""
+    documents = [Document(t, lang) for t, lang in
+                 [("ab", "en"), ("xy", "ru"), ("cd", "en"), ("  ", "en"), ("efgh", "en"),
+                  ("z", "ru"), ("ij", "en")]]  # fmt: skip
+    assert list(group_documents(documents, 8)) == [
+        Document("ab\ncd\nefgh", "en"), Document("xy\nz", "ru"), Document("ij", "en")
+    ]  # fmt: skip
+    assert [d.text for d in group_documents(documents, 0)] == ["ab", "xy", "cd", "efgh", "z", "ij"]
+
+
+def _mean_purity(allocation: Path) -> float:
+    shares = read_allocation(allocation).raw["language_shares"]
+    return sum(max(row) for row in shares.values()) / len(shares)
+
+
+def test_cli_document_bytes_keeps_each_language_in_its_cluster(tmp_path, capsys):
+    """The sample corpus's single sentences of four languages of four scripts spread over the
+    four clusters (mean purity 0.31 measured at 100 and 300 documents a language); joined
+    into ~1,500-byte documents they fall one language to a cluster (1.00 measured)."""
+    corpus = SHARED_DATA / "corpus" / "train"
+    argv = ["cluster", "tfidf", str(corpus), "--langs", "ar,en,ru,zh", "-k", "4",
+            "--max-docs-per-language", "100", "--components", "16", "--json"]  # fmt: skip
+    assert run([*argv, "-o", str(tmp_path / "records")]) == 0
+    assert json.loads(capsys.readouterr().out)["document_bytes"] == 0
+    assert run([*argv, "--document-bytes", "1500", "-o", str(tmp_path / "documents")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["document_bytes"] == 1500 and summary["documents"] == 400
+    records, documents = _mean_purity(tmp_path / "records"), _mean_purity(tmp_path / "documents")
+    assert records < 0.6 and documents > 0.9, (records, documents)
+    training = read_allocation(tmp_path / "documents").raw["tfidf"]["training"]
+    assert training["document_bytes"] == 1500
+    assert run(["cluster", "tfidf", "--help"]) == 0
+    assert "--document-bytes" in capsys.readouterr().out

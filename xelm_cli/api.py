@@ -23,6 +23,7 @@ from xelm_cli.common.errors import (
 from xelm_cli.common.progress import stderr_progress
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.corpus import Document, iter_documents, read_documents
+from xelm_cli.data.documents import group_documents
 from xelm_cli.data.evalsets import (
     EvalSet,
     eval_set_with,
@@ -143,6 +144,7 @@ __all__ = [
     "feature_vectors",
     "flores_code",
     "get_registry",
+    "group_documents",
     "hookimpl",
     "init_from_config",
     "is_hub_dataset",

@@ -14,35 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.data.blocks import iter_records
-
-SEPARATOR = "\n"
+from xelm_cli.data.documents import SEPARATOR, group_texts
 
 
 def group_records(
     records: Iterable[Mapping[str, Any]], target_bytes: int, separator: str = SEPARATOR
 ) -> Iterator[str]:
-    """Documents of about ``target_bytes`` (UTF-8): each record's text is appended, after
-    ``separator``, to the open document of its ``lang`` and ``source``, which is yielded when
-    it reaches ``target_bytes``. So a document holds consecutive records of one language and
-    one source, in order, even where the file interleaves sources record by record (as the
-    sample corpus does); the documents still open at the end are yielded last, shorter.
-    Blank texts are skipped; ``target_bytes <= 0`` yields every record's text on its own."""
-    open_documents: dict[tuple[Any, Any], list[str]] = {}
-    sizes: dict[tuple[Any, Any], int] = {}
-    extra = len(separator.encode())
-    for record in records:
-        text = record["text"]
-        if not text.strip():
-            continue
-        key = (record.get("lang"), record.get("source"))
-        parts = open_documents.setdefault(key, [])
-        sizes[key] = sizes.get(key, -extra) + extra + len(text.encode())
-        parts.append(text)
-        if sizes[key] >= target_bytes:
-            yield separator.join(parts)
-            del open_documents[key], sizes[key]
-    for parts in open_documents.values():
-        yield separator.join(parts)
+    """Documents of about ``target_bytes`` (UTF-8) of consecutive records of one ``lang`` and
+    ``source``, as :func:`xelm_cli.data.documents.group_texts` joins them: in order, even where
+    the file interleaves sources record by record (as the sample corpus does)."""
+    keyed = (((record.get("lang"), record.get("source")), record["text"]) for record in records)
+    for _, text in group_texts(keyed, target_bytes, separator):
+        yield text
 
 
 def grouped_documents(path: Path, target_bytes: int) -> list[str]:
