@@ -165,6 +165,24 @@ def test_the_table_keeps_whole_system_names_at_80_columns(
     assert headers == ["language", *names, "delta vsbaseline:dense-baseline-4lang"]
 
 
+def test_icl_table_shows_the_standard_error_over_runs(
+    capsys: pytest.CaptureFixture[str], pool: Path, tmp_path: Path
+) -> None:
+    data = Path(__file__).parent / "fixtures" / "tasks" / "jsonl"
+    out = tmp_path / "results.json"
+    code, table, err = cli(
+        capsys, "ensemble", "eval", str(pool / "experts" / "x0"), "--task", "jsonl",
+        "--data", str(data), "--shots", "1", "--runs", "3", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "accuracy ± standard error over 3 runs (higher is better)" in table
+    metrics = json.loads(out.read_text())["systems"][0]["metrics"]
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in table.splitlines()
+            if line.startswith("│")}  # fmt: skip
+    for language, scope in [*metrics["languages"].items(), ("overall", metrics["overall"])]:
+        assert rows[language] == f"{scope['accuracy']:.3f} ± {scope['stderr']:.3f}"
+
+
 def test_create_calibrates_and_eval_reproduces_from_the_file(
     capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
 ) -> None:

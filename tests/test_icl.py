@@ -400,6 +400,20 @@ def test_zero_shot_accuracy_by_hand(tmp_path: Path, protocol: str, en: float, tr
     json.dumps(result)
 
 
+def test_equal_runs_give_exact_means_and_a_stderr_of_exactly_zero(tmp_path: Path) -> None:
+    # one item of ten right in every language and run: float sums of 0.1 would drift
+    for lang in ("en", "tr", "ar"):
+        write_jsonl(tmp_path / lang / "test.jsonl", [
+            {"context": f"{lang} {i}", "choices": [" a", " b"], "label": int(i > 0)}
+            for i in range(10)
+        ])  # fmt: skip
+    model = TableModel({" a": [-1.0], " b": [-2.0]})  # always predicts " a" (label 0)
+    result = evaluator("jsonl", tmp_path, runs=3).evaluate(model)
+    for scope in (*result["languages"].values(), result["overall"]):
+        assert (scope["accuracy"], scope["stderr"], scope["runs"]) == (0.1, 0.0, [0.1] * 3)
+    assert result["overall"]["chance"] == 0.5
+
+
 def test_limit_keeps_a_fixed_random_sample_in_file_order(tmp_path: Path) -> None:
     data = arithmetic_data(tmp_path)
     task = open_task("jsonl", data)

@@ -9,8 +9,11 @@ are scored once.
 """
 
 import math
+import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, ClassVar
 
 import numpy as np
@@ -156,20 +159,18 @@ class IclEvaluator(Evaluator):
             predictions.append(predict(choices, self.protocol))
 
         languages: dict[str, Any] = {}
-        per_run = np.zeros((len(self.data), self.request.runs))
-        for row, (language, data) in enumerate(self.data.items()):
-            labels = np.array([prompt.label for prompt in data.examples])
-            for run, indices in enumerate(plan[language]):
-                chosen = np.array([predictions[i] for i in indices])
-                per_run[row, run] = float(np.mean(chosen == labels))
+        per_run: dict[str, list[Fraction]] = {}  # exact: equal runs give a stderr of exactly 0
+        for language, data in self.data.items():
+            labels = [prompt.label for prompt in data.examples]
+            per_run[language] = [
+                _accuracy([predictions[i] for i in indices], labels) for indices in plan[language]
+            ]
             languages[language] = {
-                "accuracy": float(per_run[row].mean()),
-                "stderr": _stderr(per_run[row]),
-                "runs": [float(a) for a in per_run[row]],
+                **_over_runs(per_run[language]),
                 "examples": len(data.examples),
-                "chance": float(np.mean([1 / len(p.choices) for p in data.examples])),
+                "chance": float(_chance(data)),
             }
-        macro = per_run.mean(axis=0)  # per run: the mean over languages
+        macro = [statistics.mean(run) for run in zip(*per_run.values(), strict=True)]
         return {
             "task": self.task.name,
             "protocol": self.protocol,
@@ -179,17 +180,28 @@ class IclEvaluator(Evaluator):
             "seed": self.request.seed,
             "data": str(self.task.root),
             "overall": {
-                "accuracy": float(macro.mean()),
-                "stderr": _stderr(macro),
-                "runs": [float(a) for a in macro],
-                "chance": float(np.mean([v["chance"] for v in languages.values()])),
+                **_over_runs(macro),
+                "chance": float(statistics.mean(_chance(data) for data in self.data.values())),
             },
             "languages": languages,
         }
 
 
-def _stderr(values: np.ndarray) -> float:
-    """Standard error of the mean over runs: sample standard deviation / sqrt(runs)."""
-    if values.size < 2:
-        return 0.0
-    return float(np.std(values, ddof=1) / math.sqrt(values.size))
+def _accuracy(predicted: Sequence[int], labels: Sequence[int]) -> Fraction:
+    right = sum(guess == label for guess, label in zip(predicted, labels, strict=True))
+    return Fraction(right, len(labels))
+
+
+def _over_runs(runs: Sequence[Fraction]) -> dict[str, Any]:
+    """Mean accuracy over runs and its standard error (sample standard deviation / sqrt(runs)),
+    computed on exact fractions and rounded to float once, so no float noise shows."""
+    stderr = math.sqrt(statistics.variance(runs) / len(runs)) if len(runs) > 1 else 0.0
+    return {
+        "accuracy": float(statistics.mean(runs)),
+        "stderr": stderr,
+        "runs": [float(run) for run in runs],
+    }
+
+
+def _chance(data: TaskData) -> Fraction:
+    return statistics.mean(Fraction(1, len(prompt.choices)) for prompt in data.examples)

@@ -211,9 +211,13 @@ def _value(metrics: dict[str, Any], language: str | None, metric: str) -> float:
     return float(value) if isinstance(value, int | float) else math.nan
 
 
-def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], list[list[Any]]]:
+def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows as text: the primary metric per language and system (with
+    its standard error when the evaluator averaged several runs), then the first system's
+    difference from the baseline."""
     metric = results["primary"]
     systems = results["systems"]
+    spread = _shows_stderr(results)
     header = ["language", *(s["name"] for s in systems)]
     if baseline:
         header.append(f"delta vs {baseline}")
@@ -221,12 +225,29 @@ def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], lis
     rows = []
     base = next((s for s in systems if s["name"] == baseline), None)
     for language in languages:
-        values = [_value(s["metrics"], language, metric) for s in systems]
-        row: list[Any] = [language or "overall", *values]
+        row = [language or "overall"]
+        row += [_cell(s["metrics"], language, metric, spread) for s in systems]
         if base is not None:
-            row.append(values[0] - _value(base["metrics"], language, metric))
+            first = _value(systems[0]["metrics"], language, metric)
+            row.append(f"{first - _value(base['metrics'], language, metric):+.3f}")
         rows.append(row)
     return header, rows
+
+
+def _runs(results: dict[str, Any]) -> int:
+    return int(results["request"].get("runs") or 1)
+
+
+def _shows_stderr(results: dict[str, Any]) -> bool:
+    """Whether the metrics are means over several runs with their standard errors (icl)."""
+    overall = [system["metrics"].get("overall", {}) for system in results["systems"]]
+    return _runs(results) > 1 and any("stderr" in scope for scope in overall)
+
+
+def _cell(metrics: dict[str, Any], language: str | None, metric: str, spread: bool) -> str:
+    text = f"{_value(metrics, language, metric):.3f}"
+    stderr = _value(metrics, language, "stderr")
+    return f"{text} ± {stderr:.3f}" if spread and not math.isnan(stderr) else text
 
 
 def baseline_name(results: dict[str, Any]) -> str | None:
@@ -255,7 +276,10 @@ def render_table(results: dict[str, Any]) -> Any:
 
     header, rows = _rows(results, baseline_name(results))
     direction = "higher" if results["higher_is_better"] else "lower"
-    title = f"{results['primary']} ({direction} is better)"
+    title = results["primary"]
+    if _shows_stderr(results):
+        title += f" ± standard error over {_runs(results)} runs"
+    title += f" ({direction} is better)"
     if results["request"].get("protocol"):
         title += f", protocol {results['request']['protocol']}"
     title += f"; router {results['ensemble']['router']['name']}, {results['ensemble']['combine']}"
@@ -265,10 +289,7 @@ def render_table(results: dict[str, Any]) -> Any:
         table.add_column(escape(name), justify="right", overflow="fold")
     has_delta = header[-1].startswith("delta")
     for row in rows:
-        cells = [f"{value:.3f}" for value in row[1:]]
-        if has_delta:
-            cells[-1] = f"{row[-1]:+.3f}"
-        table.add_row(row[0], *cells)
+        table.add_row(*row)
     if any("tokens_per_second" in system for system in results["systems"]):
         cells = [_speed(system) for system in results["systems"]]
         table.add_row("tokens/s", *cells, *([""] if has_delta else []), end_section=False)
