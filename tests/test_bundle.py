@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -201,6 +203,47 @@ def test_init_from_local_hf_directory(tmp_path: Path, seed_bundle: Path) -> None
     assert bundle.manifest.fingerprints == seed.manifest.fingerprints
     assert verify_bundle(bundle.path) == []
     assert "base_model" not in (bundle.path / "README.md").read_text()
+
+
+@pytest.fixture
+def hub_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The Hub refusing connections at once (a closed local port) and an empty Hugging Face
+    cache of our own; yields the cache."""
+    import huggingface_hub.constants
+
+    from xelm_cli.common.hub import hub_unreachable
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    hub_unreachable.cache_clear()
+    yield cache
+    hub_unreachable.cache_clear()
+
+
+def test_a_hub_model_without_the_hub_is_refused_at_once_or_read_from_the_cache(
+    hub_down: Path, tmp_path: Path, seed_bundle: Path
+) -> None:
+    """Offline, a Hub id not in the cache is one line at once, and one in the cache is read
+    from it, neither after the Hub client's retries (about 25 s)."""
+    from xelm_cli.bundle.seed import init_from_hf
+    from xelm_cli.common.errors import UsageError
+
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"^cannot reach the Hugging Face Hub for org/tiny: "):
+        init_from_hf("org/tiny", tmp_path / "refused", languages=["en"])
+    assert time.monotonic() - started < 15 and not (tmp_path / "refused").exists()
+    snapshot = hub_down / "models--org--tiny" / "snapshots" / ("a" * 40)
+    AutoModelForCausalLM.from_pretrained(seed_bundle).save_pretrained(snapshot)
+    AutoTokenizer.from_pretrained(seed_bundle).save_pretrained(snapshot)
+    (hub_down / "models--org--tiny" / "refs").mkdir()
+    (hub_down / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    started = time.monotonic()
+    bundle = init_from_hf("org/tiny", tmp_path / "seed", languages=["en"])
+    assert time.monotonic() - started < 15  # not through the retries
+    assert bundle.manifest.origin["model"] == "org/tiny" and bundle.manifest.origin["hub"]
+    assert bundle.manifest.fingerprints == Bundle.read(seed_bundle).manifest.fingerprints
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path: Path, seed_bundle: Path) -> None:

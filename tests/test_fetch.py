@@ -15,11 +15,12 @@ from hub_eval_fixtures import fetch_mirror, synthetic_texts
 
 from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.data import fetch as fetch_module
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.fetch import default_data_dir, fetch
-from xelm_cli.data.sources import DatasetSource, SourceUnavailable, hub_unreachable
+from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
 
 DEMO_LANGUAGES = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]

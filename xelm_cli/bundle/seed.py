@@ -7,6 +7,7 @@ from typing import Any
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import Bundle, Progress, write_bundle
 from xelm_cli.common.errors import UsageError, exception_line
+from xelm_cli.common.hub import hub_unreachable
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -119,7 +120,7 @@ def pickled_only(model_id: str) -> bool:
 
 
 def _load_hf_model(
-    model_id: str, revision: str | None, trust_remote_code: bool, pickled: bool
+    model_id: str, revision: str | None, trust_remote_code: bool, pickled: bool, cached: bool
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
@@ -130,7 +131,33 @@ def _load_hf_model(
         weights_only=True,  # for pickles: torch's loader that runs no code from the file
         dtype="auto",
         trust_remote_code=trust_remote_code,
+        local_files_only=cached,
     )
+
+
+def _cached_only(model_id: str, revision: str | None) -> bool:
+    """Whether a Hub model must be read from the local Hugging Face cache alone: the Hub does
+    not answer (asked once, quickly) but the model's config is cached. Refused at once when it
+    is not, rather than after the Hub client's retries. With HF_HUB_OFFLINE transformers
+    reads the cache by itself."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except HFValidationError:
+        return False  # not a Hub id either: loading it says so
+    why = hub_unreachable()
+    if why is None:
+        return False
+    if not isinstance(cached, str):
+        raise UsageError(
+            f"cannot reach the Hugging Face Hub for {model_id}: {why} (offline? run the same "
+            "command again with network access, or pass a local model directory)"
+        )
+    return True
 
 
 def init_from_hf(
@@ -164,16 +191,20 @@ def init_from_hf(
             f"{model_id} has only pickled weights (pytorch_model.bin); pass --convert-pickle "
             "to convert them once to safetensors with torch's weights_only loader"
         )
+    cached = not local and _cached_only(model_id, revision)
     try:
         try:
-            model = _load_hf_model(model_id, revision, trust_remote_code, pickled)
+            model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
         except OSError:
             if local or not convert_pickle:
                 raise
             pickled = True  # a Hub model without safetensors: its pickled weights, on request
-            model = _load_hf_model(model_id, revision, trust_remote_code, pickled)
+            model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
         tokenizer = AutoTokenizer.from_pretrained(
-            model_id, revision=revision, trust_remote_code=trust_remote_code
+            model_id,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=cached,
         )
     except pickle.UnpicklingError as exc:
         found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]

@@ -18,7 +18,6 @@ the byte offset and line number reached in the file being read (neither re-reads
 """
 
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any, TypeVar, cast
 
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
+from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.blocks import FilePosition, read_blocks
 from xelm_cli.data.corpus import corpus_files, iter_documents, labelled_files, source_kind
@@ -40,7 +40,6 @@ from xelm_cli.lang.codes import normalize_language
 DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
-HUB_PROBE_SECONDS = 5
 T = TypeVar("T")
 LANGUAGE_COLUMNS = ("lang", "language")
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
@@ -61,21 +60,6 @@ def resolve_dataset(dataset: str) -> str:
 class SourceUnavailable(UsageError):
     """The source could not be reached (network, Hub): the same command may succeed later, so
     a preparation keeps what it has read so far."""
-
-
-@functools.cache
-def hub_unreachable() -> str | None:
-    """Why the Hugging Face Hub cannot be reached now, or None when it answers: one request to
-    its endpoint through huggingface_hub's own session (its endpoint, proxies and certificates)
-    with a short timeout, where a dataset load retries a failed connection for about 25 s."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
-    except Exception as exc:  # any answer means reachable; no answer, whatever the error, not
-        return exception_line(exc, 200)
-    return None
 
 
 def require_hub(datasets: Iterable[str]) -> None:
