@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, SHARED_DATA
 
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cli.help_text import reflow
 
@@ -66,6 +67,9 @@ def test_init_branch_inspect_verify_lineage(capsys, tmp_path: Path, tokenizer_di
     code, out, _ = xelm(capsys, "bundle", "inspect", tmp_path / "pool" / "az", "--json")
     manifest = json.loads(out)["manifest"]
     assert manifest["languages"] == ["az"] and manifest["lineage"][-1]["donor"] == "tr"
+    code, out, _ = xelm(capsys, "bundle", "inspect", tmp_path / "pool" / "az")
+    donor = Bundle.read(tmp_path / "pool" / "tr")  # named as lineage names it: id and digest
+    assert f"hmr-branch from {donor.id[:12]} (digest {donor.digest[7:19]})" in out
 
     code, out, _ = xelm(
         capsys,

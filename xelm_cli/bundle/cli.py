@@ -152,6 +152,11 @@ def _report_written(bundle: Bundle, as_json: bool) -> None:
         )
 
 
+def _parent(ref: dict[str, str]) -> str:
+    """A parent as lineage and init show it: its id, then its digest."""
+    return f"{ref['id'][:12]} (digest {short(ref['digest'])})"
+
+
 @app.command()
 def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
     """Show a bundle's manifest: role, languages, lineage, training, files.
@@ -175,7 +180,7 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
         ("languages", ", ".join(m.languages) or "-"),
         ("format", f"xelm-bundle {m.format_version}, written by xelm {m.created_by.get('xelm')}"),
         ("origin", json.dumps(m.origin)),
-        ("made by", f"{m.relation} from " + (", ".join(p["id"][:12] for p in m.parents) or "-")),
+        ("made by", f"{m.relation} from " + (", ".join(map(_parent, m.parents)) or "-")),
     ]
     if m.allocation:
         a = m.allocation
