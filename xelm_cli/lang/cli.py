@@ -39,7 +39,8 @@ def nearest(
         bool,
         typer.Option(
             "--minimal/--no-minimal",
-            help="Drop features that do not vary across LANG and --among.",
+            help="Drop features that do not vary across LANG and --among (so distances "
+            "depend on the candidates; --no-minimal gives distances that do not).",
         ),
     ] = True,
     as_json: JsonOpt = False,
