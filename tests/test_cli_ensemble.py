@@ -271,6 +271,8 @@ def test_bad_inputs_are_one_line(
         (["--data", str(tmp_path / "nope")], f"evaluation data not found: {tmp_path / 'nope'}"),
         (["--data", str(evalset), "--langs", "de"], "has no documents in de"),
         (["--data", str(evalset), "--router", "nope"], "unknown router 'nope'"),
+        (["--data", str(evalset), "--router", "posteror"],
+         "unknown router 'posteror' (did you mean 'posterior'? available: fixed, language, "),
         (["--data", str(evalset), "--router-arg", "oops"], "--router-arg must look like KEY=VALUE"),
         (["--data", str(evalset), "--combine", "logits", "--router", "posterior"],
          "logit averaging needs weights known before the experts run"),
@@ -291,7 +293,12 @@ def test_bad_inputs_are_one_line(
     # a language no expert covers, without a fallback
     only_ar = str(pool / "experts" / "x1")
     code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset))
-    assert code == 2 and "no expert covers language 'en' (covered: ar)" in err
+    assert (code, err) == (
+        2,
+        "xelm: error: no expert covers language 'en' (covered: ar): keep to covered languages "
+        "(--langs ar), add an expert for it, or use --router-arg fallback=typology or "
+        "fallback=posterior\n",
+    )
 
 
 def test_different_tokenizers_are_refused(
@@ -307,6 +314,39 @@ def test_different_tokenizers_are_refused(
         "--data", str(evalset),
     )  # fmt: skip
     assert code == 2 and "have different tokenizers" in err
+
+
+def test_another_architecture_family_is_refused_naming_baseline_which_scores_it(
+    capsys: pytest.CaptureFixture[str],
+    pool: Path,
+    evalset: Path,
+    tmp_path: Path,
+    tokenizer_dir: Path,
+) -> None:
+    from merge_helpers import seed_from_config
+
+    expert = pool / "experts" / "x0"
+    small = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=2, head_dim=16)  # fmt: skip
+    mistral = seed_from_config("mistral", tokenizer_dir, tmp_path / "mistral", ["en"], **small)
+    capsys.readouterr()  # transformers' progress bar while writing it
+    data = ["--data", str(evalset), "--langs", "en"]
+    code, _, err = cli(capsys, "ensemble", "eval", str(expert), str(mistral.path), *data)
+    assert (code, err) == (
+        2,
+        f"xelm: error: {mistral.path} is a 'mistral' model but {expert} is a 'llama' model; an "
+        "ensemble needs one architecture family (to score them side by side: xelm ensemble eval "
+        f"{expert} --baseline {mistral.path})\n",
+    )
+    code, stdout, err = cli(
+        capsys, "ensemble", "eval", str(expert), "--baseline", str(mistral.path), *data,
+        "--format", "json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert [s["name"] for s in json.loads(stdout)["systems"]] == [
+        "ensemble[language]",
+        "baseline:mistral",
+    ]
 
 
 def test_third_party_router_plugin_is_usable_by_name(

@@ -68,7 +68,8 @@ def check_compatible(bundles: Sequence[Bundle]) -> None:
         if (model_type := _model_type(bundle)) != first_type:
             raise UsageError(
                 f"{bundle.path} is a {model_type!r} model but {first.path} is a "
-                f"{first_type!r} model; an ensemble needs one architecture family"
+                f"{first_type!r} model; an ensemble needs one architecture family (to score "
+                f"them side by side: xelm ensemble eval {first.path} --baseline {bundle.path})"
             )
         if not bundle.languages:
             raise UsageError(f"{bundle.path} declares no languages")
