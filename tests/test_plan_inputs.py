@@ -59,19 +59,16 @@ def test_train_all_runs_a_plan_in_the_directory_it_was_made_in(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A plan made in b/ with relative paths, run from its parent (as a SLURM job may start
-    elsewhere): every run trains, outputs and logs land under b/, nothing in the parent; run
-    again from a third folder, every run is found done."""
+    """A plan made in b/ with relative paths, run in turn from its parent (as a SLURM job may
+    start elsewhere): every run trains under b/, nothing is written in the parent; run again
+    from a third folder, every run is found done."""
     make_plan_in(capsys, monkeypatch, tmp_path / "b", seed_bundle, shards)
     monkeypatch.chdir(tmp_path)
-    code, _, stderr = xelm(capsys, "train-all", "b/plan.json", "--parallel", "2")
+    code, _, stderr = xelm(capsys, "train-all", "b/plan.json")
     assert code == 0, stderr
     runs = tmp_path / "b" / "runs"
     for bundle in ("experts/expert-0", "experts/expert-1", "dense"):
         assert verify_bundle(runs / bundle) == [], bundle
-    assert sorted(p.name for p in (runs / "logs").iterdir()) == [
-        "dense.log", "expert-0.log", "expert-1.log",
-    ]  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
     (tmp_path / "c").mkdir()
@@ -94,14 +91,16 @@ def test_train_all_json_reports_each_run_and_still_fails_in_one_line(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """--json prints run_plan's outcomes (one run broken: it fails, the others are done);
-    the exit code and the error line are those without --json."""
+    """--json prints run_plan's outcomes (one run broken: it fails, the others are done), the
+    runs logging under the plan's directory, started elsewhere; the exit code and the error
+    line are those without --json."""
     plan_file = make_plan_in(capsys, monkeypatch, tmp_path / "a", seed_bundle, shards)
     plan = json.loads(plan_file.read_text())
     trained = plan["runs"][1]["commands"][1]
     trained[trained.index("--block-size") + 1] = "1"  # refused: a block is at least 2 tokens
     plan_file.write_text(json.dumps(plan))
-    code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--json")
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = xelm(capsys, "train-all", "a/plan.json", "--json")
     assert code == 1
     outcomes = {o["name"]: o for o in json.loads(stdout)}
     assert {name: o["status"] for name, o in outcomes.items()} == {
@@ -112,6 +111,9 @@ def test_train_all_json_reports_each_run_and_still_fails_in_one_line(
     assert outcomes["expert-1"]["log"] == str(logs / "expert-1.log")
     assert outcomes["dense"]["ended"] >= outcomes["dense"]["started"] > 0
     assert outcomes["dense"]["devices"] is None
+    assert sorted(p.name for p in logs.iterdir()) == ["dense.log", "expert-0.log", "expert-1.log"]
+    assert verify_bundle(tmp_path / "a" / "runs" / "dense") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert stderr.splitlines()[-1].startswith("xelm: error: 1 of 3 runs failed: expert-1")
     code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--json", "--dry-run")
     assert code == 2 and stdout == "" and "pick one" in stderr
