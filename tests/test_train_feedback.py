@@ -71,5 +71,6 @@ def test_tokens_that_do_not_fill_whole_steps_are_said(
     assert run(train(seed_bundle, shards, out, "--tokens", "300", "--device", "cpu")) == 0
     err = capsys.readouterr().err
     assert "xelm: --tokens 300 is 2 whole steps of 128 tokens: training 256 " in err
-    assert run(train(seed_bundle, shards, tmp_path / "two", "--tokens", "256")) == 0
-    assert "whole step" not in capsys.readouterr().err
+    assert run(train(seed_bundle, shards, tmp_path / "one", "--tokens", "128")) == 0
+    out, err = capsys.readouterr()
+    assert "whole step" not in err and ": 1 step, 128 tokens" in out

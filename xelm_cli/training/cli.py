@@ -150,7 +150,7 @@ def train(
     console.print(
         f"wrote {result.manifest.role} bundle [bold]{result.path}[/]"
         + (
-            f": {steps} steps, {trained:,} tokens"
+            f": {steps:,} step{'' if steps == 1 else 's'}, {trained:,} tokens"
             if steps is not None and trained is not None
             else ""
         )
