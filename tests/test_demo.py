@@ -142,6 +142,22 @@ def test_rerun_skips_finished_steps_and_report_redraws(
     assert (redrawn / "report.md").read_text() == (smoke / "report" / "report.md").read_text()
 
 
+def test_a_folder_made_by_smoke_refuses_another_preset_before_any_work(
+    smoke: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its steps would otherwise be reused: small's experts trained from smoke's seed."""
+    files = sorted(p.relative_to(smoke) for p in smoke.rglob("*"))
+    assert json.loads((smoke / "demo.json").read_text())["preset"] == "smoke"
+    args = ["--preset", "small", "-o", str(smoke)]
+    refusal = f"{smoke}/ was made by --preset smoke: pass that preset, or another -o"
+    assert run(["demo", *args, "--data", str(SHARED_DATA)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(refusal) and len(err.splitlines()) == 1
+    assert run(["demo", *args, "--plan"]) == 2
+    assert capsys.readouterr().err.strip().endswith(refusal)
+    assert sorted(p.relative_to(smoke) for p in smoke.rglob("*")) == files
+
+
 def test_bad_preset_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--data", str(SHARED_DATA), "-o", str(tmp_path / "x")]
     assert run(["demo", "--preset", "huge", *args]) == 2
@@ -280,9 +296,9 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     assert "$ xelm bundle branch --from " in (out / "logs" / "hmr-pl.log").read_text()
     assert "$ xelm bundle moe " in (out / "logs" / "moe-finetune.log").read_text()
     for arm in ("typology-k4", "tfidf-k4"):
-        experts = [Bundle.read(out / arm / f"expert-{i}") for i in range(4)]
+        bundles = [Bundle.read(out / arm / f"expert-{i}") for i in range(4)]
         record = json.loads((out / "steps" / f"{arm}.json").read_text())["training"]
-        trained = [e.manifest.training for e in experts]
+        trained = [e.manifest.training for e in bundles]
         assert record["tokens"] == sum(t["tokens"] for t in trained) == 32768  # type: ignore[index]
         assert record["seconds"] == round(sum(t["seconds"] for t in trained), 3)  # type: ignore[index]
     moe = json.loads((out / "steps" / "moe-finetune.json").read_text())

@@ -21,7 +21,10 @@ def demo(
         ),
     ] = None,
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Run directory (a re-run resumes it).")
+        Path,
+        typer.Option(
+            "--output", "-o", help="Run directory (a re-run with the same preset resumes it)."
+        ),
     ] = Path("demo-run"),
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")

@@ -2,7 +2,8 @@
 
 Every step writes its outputs atomically and then a record ``steps/NAME.json`` (its result and
 how long it took); a re-run skips the steps that have a record, and a training run killed
-half-way resumes from its last checkpoint.
+half-way resumes from its last checkpoint. ``demo.json``, written before the first step,
+records the preset that made the folder: another one is refused (folder.py).
 """
 
 import functools
