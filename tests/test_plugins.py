@@ -133,6 +133,16 @@ def test_unknown_router_names_the_available_ones() -> None:
         get_registry().get("router", "nope")
 
 
+@pytest.mark.parametrize(
+    ("kind", "name", "guess"),
+    [("router", "posteror", "'posterior'"), ("clusterer", "tfdf", "'tfidf'"),
+     ("evaluator", "perplexty", "'perplexity'"), ("router", "xelm:langauge", "'language'")],
+)  # fmt: skip
+def test_a_mistyped_plugin_name_suggests_the_closest(kind: str, name: str, guess: str) -> None:
+    with pytest.raises(UsageError, match=rf"^unknown {kind} '{name}' \(did you mean {guess}\? "):
+        get_registry().get(kind, name)  # type: ignore[arg-type]
+
+
 class UnnormalisedRouter(PreRouter):
     name = "unnormalised"
 
@@ -546,7 +556,8 @@ def test_xelm_plugins_restricts_what_loads(hello_site: Path, broken_site: Path) 
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "xelm: error: unknown router 'language' (available: shared-language)\n"
+        "xelm: error: unknown router 'language' (did you mean 'shared-language'? "
+        "available: shared-language)\n"
     )
 
 

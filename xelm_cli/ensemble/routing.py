@@ -1,34 +1,18 @@
 """Routers of an ensemble: the registered class, its options checked by its declaration, built."""
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.common.errors import PluginError, UsageError, XelmError, exception_line
+from xelm_cli.common.errors import PluginError, XelmError, exception_line
 from xelm_cli.plugin.contracts import Router
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
-from xelm_cli.plugin.registry import Registration
-
-
-def router_registration(name: str) -> Registration:
-    """The registration router ``name`` (or ``DIST:NAME``) selects; one-line error if none,
-    suggesting the registered names closest to a mistyped one."""
-    registry = get_registry()
-    known = sorted({r.name for r in registry.all_of("router")})
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    if ":" not in name and name not in known and close:
-        raise UsageError(
-            f"unknown router {name!r} (did you mean {' or '.join(repr(c) for c in close)}? "
-            f"available: {', '.join(known)})"
-        )
-    return registry.get("router", name)
 
 
 def router_class(name: str) -> type[Router]:
     """The class registered as router ``name`` (or ``DIST:NAME``); one-line error if none."""
-    router: type[Router] = router_registration(name).obj
+    router: type[Router] = get_registry().get("router", name).obj
     return router
 
 
@@ -67,7 +51,7 @@ def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
     Anything else the constructor raises that is not a :class:`XelmError` is a bug in the
     router: a :class:`PluginError` naming the router and its plugin.
     """
-    registration = router_registration(name)
+    registration = get_registry().get("router", name)
     values = parse_options(
         registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
     )

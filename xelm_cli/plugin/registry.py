@@ -6,6 +6,7 @@ This module only holds and resolves registrations; :mod:`xelm_cli.plugin.host` l
 that make them.
 """
 
+import difflib
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -187,10 +188,10 @@ class Registry:
                 return chosen[0]
             if chosen:
                 raise UsageError(ambiguity(kind, name, chosen))
-            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+            raise UsageError(self._unknown(kind, name, name))
         candidates = self.all_of(kind, base)
         if not candidates:
-            raise UsageError(f"unknown {kind} {name!r} (available: {self._available(kind)})")
+            raise UsageError(self._unknown(kind, name, base))
         selected = [r for r in candidates if r.matches(qualifier)]
         if len(selected) == 1:
             return selected[0]
@@ -213,9 +214,19 @@ class Registry:
         found = next((r for r in self.all_of(kind) if r.obj is obj), None)
         return None if found is None else found.provenance
 
+    def _unknown(self, kind: Kind, name: str, base: str) -> str:
+        """``name`` (``base`` without its qualifier) is not registered: the names closest to
+        it, if any, and every registered one."""
+        names = self._names(kind)
+        close = difflib.get_close_matches(base, names, n=3, cutoff=0.6)
+        guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        return f"unknown {kind} {name!r} ({guess}available: {self._available(kind)})"
+
+    def _names(self, kind: Kind) -> list[str]:
+        return sorted({r.name for r in self.all_of(kind)})
+
     def _available(self, kind: Kind) -> str:
-        names = sorted({r.name for r in self.all_of(kind)})
-        return ", ".join(names) or "none installed"
+        return ", ".join(self._names(kind)) or "none installed"
 
     def add_problem(self, problem: PluginProblem) -> None:
         if problem not in self.problems:
