@@ -115,6 +115,19 @@ def test_the_experts_made_one_model_are_evaluated_beside_the_ensemble(smoke: Pat
         assert f"| {system} |" in header, system
 
 
+def test_report_on_a_missing_or_foreign_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope" / "results.json"
+    assert run(["report", str(missing), "-o", str(tmp_path / "r")]) != 0
+    assert capsys.readouterr().err == f"xelm: error: results file not found: {missing}\n"
+    other = tmp_path / "other.json"
+    other.write_text("{}")
+    assert run(["report", str(other), "-o", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == f"xelm: error: {other} is not a results file of xelm demo\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_on_results_from_before_the_merged_rows(smoke: Path, tmp_path: Path) -> None:
     """results.json of an older demo (no averaged or MoE rows, no moe_tokens) still reports."""
     results = json.loads((smoke / "report" / "results.json").read_text())

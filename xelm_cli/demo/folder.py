@@ -35,10 +35,10 @@ def made_by(out: Path) -> dict[str, Any] | None:
     preset its results name; None for a new folder or an old one that names none."""
     record = out / RECORD
     if record.is_file():
-        return read_json_object(record, str(record))
+        return read_json_object(record, "run record")
     results = out / "report" / "results.json"
     if (out / "steps").is_dir() and results.is_file():
-        preset = read_json_object(results, str(results)).get("preset")
+        preset = read_json_object(results, "results file").get("preset")
         if isinstance(preset, dict) and "name" in preset:
             return {"preset": preset["name"]}
     return None

@@ -126,7 +126,7 @@ class Demo:
         self.index += 1
         record = self.records / f"{name}.json"
         if record.is_file():
-            before = read_json_object(record, str(record))
+            before = read_json_object(record, "step record")
             stderr_console.print(
                 f"[{self.index:>2}] {name}: done before ({before['seconds']:.1f} s)"
             )

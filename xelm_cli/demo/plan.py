@@ -85,7 +85,7 @@ def recorded_training(record: Path) -> tuple[int, float] | None:
     8 times its seconds), so that tokens over them is the speed of one run on one device."""
     if not record.is_file():
         return None
-    training = read_json_object(record, str(record)).get("training")
+    training = read_json_object(record, "step record").get("training")
     if not isinstance(training, dict):
         return None
     seconds = training["device_seconds"] if "device_seconds" in training else training["seconds"]

@@ -35,7 +35,7 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def read_results(paths: Sequence[Path]) -> dict[str, Any]:
     loaded = []
     for path in paths:
-        data = read_json_object(path, str(path))
+        data = read_json_object(path, "results file")
         if "perplexity" not in data or "languages" not in data:
             raise UsageError(f"{path} is not a results file of xelm demo")
         loaded.append(data)

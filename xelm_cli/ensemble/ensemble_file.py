@@ -70,7 +70,7 @@ class EnsembleSpec:
 
     @classmethod
     def read(cls, path: Path) -> "EnsembleSpec":
-        data = read_json_object(path, str(path))
+        data = read_json_object(path, "ensemble file")
         if data.get("format") != ENSEMBLE_FORMAT:
             raise FormatError(f"{path}: not an xelm ensemble file (format {data.get('format')!r})")
         if data.get("format_version") != ENSEMBLE_FORMAT_VERSION:
