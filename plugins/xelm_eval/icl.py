@@ -67,14 +67,6 @@ class IclEvaluator(Evaluator):
                 f"--task is required for the icl evaluator (tasks: {', '.join(task_names())})"
             )
         self.protocol = check_protocol(request.protocol)
-        if request.shots < 0:
-            raise UsageError(f"--shots must be 0 or more (got {request.shots})")
-        if request.runs < 1:
-            raise UsageError(f"--runs must be at least 1 (got {request.runs})")
-        if request.seed < 0:
-            raise UsageError(f"--seed must be 0 or more (got {request.seed})")
-        if request.limit is not None and request.limit < 1:
-            raise UsageError(f"--limit must be at least 1 (got {request.limit})")
         if not request.data:
             raise UsageError(
                 f"the icl evaluator needs --data: the directory holding the {request.task} files"

@@ -107,10 +107,6 @@ class LmEvalEvaluator(Evaluator):
             )
         if request.runs != 1:
             raise UsageError("the lm-eval evaluator runs each task once; leave --runs at 1")
-        if request.limit is not None and request.limit < 1:
-            raise UsageError(f"--limit must be at least 1, got {request.limit}")
-        if request.shots < 0:
-            raise UsageError(f"--shots must be 0 or more, got {request.shots}")
         self.task_names = list(dict.fromkeys(names))
         self.language = _language(self.options.language, request.languages)
         self.include_path = _include_paths(self.options.include_path, request.data)

@@ -11,7 +11,6 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES, EnsembleSpec, resolve_ensemble
-from xelm_cli.ensemble.evaluate import check_limit
 from xelm_cli.ensemble.routing import build_router, check_router_options
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import normalize_language, parse_language_list
@@ -101,7 +100,8 @@ def create(
 
     Example: xelm ensemble create experts/* --router posterior --calibrate valid/ -o ens.json
     """
-    check_limit(limit)
+    if limit is not None and limit < 1:  # would calibrate on nothing
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
     if output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     spec = load_spec(members, router, router_arg, combine)

@@ -55,7 +55,6 @@ def evaluate(
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
-    check_limit(limit)
     if output is not None and Path(output).exists() and not force:
         raise UsageError(f"{output} exists; pass force=True to replace it")
     spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
@@ -84,12 +83,6 @@ def evaluate(
     if output is not None:
         write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
-
-
-def check_limit(limit: int | None) -> None:
-    """A per-language limit keeps at least one document or example (0 would keep none)."""
-    if limit is not None and limit < 1:
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
 
 
 def _languages(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:

@@ -289,6 +289,16 @@ class EvalRequest:
     options: dict[str, Any] = field(default_factory=dict)
     model_languages: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        """Values no evaluator can use are refused in one line, named by their flags."""
+        for flag, value, least in (
+            ("--limit", self.limit, 1), ("--shots", self.shots, 0),
+            ("--runs", self.runs, 1), ("--seed", self.seed, 0),
+        ):  # fmt: skip
+            if value is not None and value < least:
+                bound = "at least 1" if least else "0 or more"
+                raise UsageError(f"{flag} must be {bound} (got {value})")
+
 
 class Evaluator(ABC):
     """A way to evaluate language models (registered by ``register_evaluators``).
