@@ -207,6 +207,28 @@ def test_create_calibrates_and_eval_reproduces_from_the_file(
     assert (code, err) == (2, f"xelm: error: {ens} exists; pass --force to replace it\n")
 
 
+def test_create_ensemble_from_python_writes_what_the_command_writes(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
+) -> None:
+    from xelm_cli.api import UsageError, create_ensemble
+
+    by_command, by_call = tmp_path / "command.json", tmp_path / "call.json"
+    code, _, err = cli(
+        capsys, "ensemble", "create", str(pool / "experts" / "*"), "--router", "oracle",
+        "--calibrate", str(evalset), "--langs", f"{LANGS[0]},{LANGS[1]}", "--limit", "3",
+        "-o", str(by_command),
+    )  # fmt: skip
+    assert code == 0, err
+    spec = create_ensemble(
+        str(pool / "experts" / "*"), str(by_call), router="oracle", calibrate=evalset,
+        languages=LANGS[:2], limit=3,
+    )  # fmt: skip
+    assert json.loads(by_call.read_text()) == json.loads(by_command.read_text())
+    assert set(spec.router_options["table"]) == set(LANGS[:2])
+    with pytest.raises(UsageError, match="exists; pass --force"):
+        create_ensemble(str(pool / "experts" / "*"), by_call)
+
+
 def test_router_options_are_checked_by_the_declaration_on_the_command_line_and_in_files(
     capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
 ) -> None:

@@ -5,8 +5,11 @@ here, the API is missing a piece. The contracts are specified in spec/plugin-api
 :mod:`xelm_cli.plugin.contracts`; no module of xelm imports this one.
 """
 
+from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
 from xelm_cli.bundle.branching import branch
-from xelm_cli.bundle.seed import init_from_config
+from xelm_cli.bundle.merging import merge_average
+from xelm_cli.bundle.moe import build_moe
+from xelm_cli.bundle.seed import init_from_config, init_from_hf
 from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation, write_allocation
 from xelm_cli.cluster.fitting import cluster
@@ -34,10 +37,15 @@ from xelm_cli.data.evalsets import (
     language_of_config,
     usable_eval_set,
 )
+from xelm_cli.data.fetch import fetch as fetch_data
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import DatasetSource, dataset_configs
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
+from xelm_cli.demo import run_demo
+from xelm_cli.demo.plan import demo_plan
+from xelm_cli.demo.report import read_results, write_report
+from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.evaluate import evaluate
 from xelm_cli.ensemble.weights import (
     Weights,
@@ -129,12 +137,15 @@ __all__ = [
     "atomic_directory",
     "atomic_file",
     "branch",
+    "build_moe",
     "build_options",
     "check_token_weights",
     "check_weights",
     "cluster",
+    "create_ensemble",
     "dataset_configs",
     "declared_options",
+    "demo_plan",
     "distance_matrix",
     "eval_set_with",
     "eval_texts",
@@ -142,11 +153,13 @@ __all__ = [
     "exception_line",
     "feature_set_name",
     "feature_vectors",
+    "fetch_data",
     "flores_code",
     "get_registry",
     "group_documents",
     "hookimpl",
     "init_from_config",
+    "init_from_hf",
     "is_hub_dataset",
     "iter_documents",
     "keep_top_k",
@@ -155,10 +168,12 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "make_plan",
+    "merge_average",
     "normalize_language",
     "option",
     "options_record",
     "output_lock",
+    "pack_bundle",
     "parse_language_list",
     "parse_options",
     "parse_token_count",
@@ -166,16 +181,20 @@ __all__ = [
     "rank_donors",
     "read_allocation",
     "read_documents",
+    "read_results",
+    "run_demo",
     "run_plan",
     "save_checkpoint",
     "softmax",
     "stderr_progress",
     "train",
     "train_tokenizer_on_corpus",
+    "unpack_bundle",
     "uriel_code",
     "usable_eval_set",
     "verify_bundle",
     "write_allocation",
     "write_bundle",
     "write_bytes_atomic",
+    "write_report",
 ]

@@ -9,11 +9,10 @@ import typer
 from xelm_cli.common.cli_options import ForceOpt
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
-from xelm_cli.data.corpus import read_documents
+from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES, EnsembleSpec, resolve_ensemble
-from xelm_cli.ensemble.routing import build_router, check_router_options
-from xelm_cli.ensemble.runner import EnsembleModel
-from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.ensemble.routing import build_router
+from xelm_cli.lang.codes import normalize_language
 from xelm_cli.plugin.options import parse_pairs
 
 app = typer.Typer(
@@ -69,10 +68,6 @@ def load_spec(
     return resolve_ensemble(members, router=router, router_options=pairs, combine=combine)
 
 
-def _languages(langs: str | None) -> tuple[str, ...] | None:
-    return tuple(parse_language_list(langs)) if langs else None
-
-
 @app.command()
 def create(
     members: MembersArg,
@@ -99,21 +94,21 @@ def create(
     """Record an ensemble: member bundles (with digests), router and its options, combination.
 
     Example: xelm ensemble create experts/* --router posterior --calibrate valid/ -o ens.json
+
+    Python: xelm_cli.api.create_ensemble
     """
-    if limit is not None and limit < 1:  # would calibrate on nothing
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
-    if output.exists() and not force:
-        raise UsageError(f"{output} exists; pass --force to replace it")
-    spec = load_spec(members, router, router_arg, combine)
-    built = build_router(spec.router, spec.router_options)
-    runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
-    if calibrate:  # (building the runner checked the members and the combination rule)
-        documents = read_documents(calibrate, languages=_languages(langs), limit=limit)
-        scored = runner.score_all_experts(documents)
-        spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
-    # a path option (the tfidf router's allocation) must not depend on the working directory
-    spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
-    spec.write(output, overwrite=force)
+    spec = create_ensemble(
+        members,
+        output,
+        router=router,
+        router_options=parse_pairs(router_arg or [], "--router-arg"),
+        combine=combine,
+        calibrate=calibrate,
+        languages=langs,
+        limit=limit,
+        device=device,
+        force=force,
+    )
     stderr_console.print(
         f"wrote {output}: {len(spec.members)} experts, router {spec.router} "
         f"{json.dumps(spec.router_options)}, {spec.combine}"
@@ -208,7 +203,7 @@ def evaluate(
         router=router,
         router_options=parse_pairs(router_arg or [], "--router-arg"),
         evaluator=evaluator,
-        languages=_languages(langs),
+        languages=langs,
         limit=limit,
         task=task,
         shots=shots,

@@ -16,7 +16,7 @@ from xelm_cli.common.jsonio import pretty_json
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
 from xelm_cli.ensemble.routing import build_router
-from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest
 
 
@@ -61,7 +61,7 @@ def evaluate(
     name = evaluator or ("icl" if task else "perplexity")
     request = EvalRequest(
         data=None if data is None else str(data),
-        languages=_languages(languages),
+        languages=language_codes(languages),
         limit=limit,
         task=task,
         shots=shots,
@@ -83,11 +83,3 @@ def evaluate(
     if output is not None:
         write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
-
-
-def _languages(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    if languages is None:
-        return None
-    if isinstance(languages, str):
-        return tuple(parse_language_list(languages))
-    return tuple(normalize_language(str(code)) for code in languages)

@@ -5,6 +5,7 @@ import functools
 import itertools
 import re
 import string
+from collections.abc import Sequence
 
 import langcodes
 
@@ -140,3 +141,13 @@ def parse_language_list(text: str) -> list[str]:
     if not codes:
         raise UsageError("no language codes given: pass a comma-separated list such as ar,tr")
     return list(dict.fromkeys(codes))
+
+
+def language_codes(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Languages as a Python caller gives them (``"ar,tr"``, ``["ar", "tr"]`` or None: all),
+    normalised."""
+    if languages is None:
+        return None
+    if isinstance(languages, str):
+        return tuple(parse_language_list(languages))
+    return tuple(dict.fromkeys(normalize_language(str(code)) for code in languages))

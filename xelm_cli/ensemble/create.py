@@ -1,0 +1,56 @@
+"""An ensemble file made from Python or ``xelm ensemble create``: members, router (calibrated
+on held-out text when asked), combination rule."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import read_documents
+from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
+from xelm_cli.ensemble.routing import build_router, check_router_options
+from xelm_cli.ensemble.runner import EnsembleModel
+from xelm_cli.lang.codes import language_codes
+
+
+def create_ensemble(
+    members: Sequence[Member] | Member,
+    output: str | Path,
+    *,
+    router: str | None = None,
+    router_options: Mapping[str, Any] | None = None,
+    combine: str | None = None,
+    calibrate: str | Path | None = None,
+    languages: Sequence[str] | str | None = None,
+    limit: int | None = 200,
+    device: str | None = None,
+    force: bool = False,
+) -> EnsembleSpec:
+    """Write the ensemble file ``output`` (atomically; an existing one only with ``force``).
+
+    ``members``: bundle directories, :class:`Bundle` objects or quoted globs, or one ensemble
+    file; ``router`` and ``router_options``: the registered router and its options (default
+    ``language``); ``calibrate``: a held-out corpus the router is fitted on (the posterior
+    router's prior, the oracle's table), ``limit`` documents of each of ``languages`` (None:
+    every language it has).
+
+    Example: ``create_ensemble("experts/*", "ens.json", router="posterior", calibrate="valid/")``
+    """
+    output = Path(output)
+    if limit is not None and limit < 1:  # would calibrate on nothing
+        raise UsageError(f"--limit must be at least 1 (got {limit})")
+    if output.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to replace it")
+    spec = resolve_ensemble(
+        members, router=router, router_options=dict(router_options or {}), combine=combine
+    )
+    built = build_router(spec.router, spec.router_options)
+    runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
+    if calibrate:  # (building the runner checked the members and the combination rule)
+        documents = read_documents(calibrate, languages=language_codes(languages), limit=limit)
+        scored = runner.score_all_experts(documents)
+        spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
+    # a path option (the tfidf router's allocation) must not depend on the working directory
+    spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
+    spec.write(output, overwrite=force)
+    return spec
