@@ -186,6 +186,21 @@ def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_seeds_from_python_take_text_paths_and_languages(
+    tmp_path: Path, tokenizer_dir: Path, seed_bundle: Path
+) -> None:
+    """As the commands take them: paths as text, languages as "en,tr" (normalised)."""
+    from xelm_cli.bundle.seed import init_from_config, init_from_hf
+
+    seed = init_from_config("tiny", str(tokenizer_dir), str(tmp_path / "a"), languages="eng,tr")
+    assert seed.path == tmp_path / "a" and seed.languages == ["en", "tr"]
+    hf_dir = tmp_path / "hf-model"
+    AutoModelForCausalLM.from_pretrained(seed_bundle).save_pretrained(hf_dir)
+    AutoTokenizer.from_pretrained(seed_bundle).save_pretrained(hf_dir)
+    seed = init_from_hf(hf_dir, str(tmp_path / "b"), languages=["ara"])
+    assert seed.languages == ["ar"] and seed.manifest.origin["model"] == str(hf_dir.resolve())
+
+
 def test_init_from_local_hf_directory(tmp_path: Path, seed_bundle: Path) -> None:
     from xelm_cli.bundle.seed import init_from_hf
 

@@ -1,6 +1,7 @@
 """Seed bundles: from a Hugging Face model, or a named Llama-style config initialised at random."""
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import Bundle, Progress, write_bundle
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
+from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -49,7 +51,7 @@ def _write_seed(
     model: Any,
     tokenizer: Any,
     source: dict[str, Any],
-    languages: list[str],
+    languages: Sequence[str],
     overwrite: bool,
     progress: Progress | None,
     framing: Framing,
@@ -58,7 +60,7 @@ def _write_seed(
     with write_bundle(
         out,
         role="seed",
-        languages=languages,
+        languages=list(languages),
         overwrite=overwrite,
         step=step,
         progress=progress,
@@ -87,10 +89,10 @@ def config_for(name: str, tokenizer: Any) -> Any:
 
 def init_from_config(
     config_name: str,
-    tokenizer_dir: Path,
-    out: Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
     *,
-    languages: list[str],
+    languages: Sequence[str] | str,
     seed: int = 0,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -102,13 +104,16 @@ def init_from_config(
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = _load_tokenizer(tokenizer_dir)
+    tokenizer = _load_tokenizer(Path(tokenizer_dir))
     config = config_for(config_name, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     source = {"kind": "config", "name": config_name, "seed": seed}
     framing = overridden(bos_eos(tokenizer), tokenizer, doc_start, doc_end)
-    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress, framing)
+    return _write_seed(
+        Path(out), model, tokenizer, source, language_codes(languages) or (), overwrite,
+        progress, framing,
+    )  # fmt: skip
 
 
 def pickled_only(model_id: str) -> bool:
@@ -161,10 +166,10 @@ def _cached_only(model_id: str, revision: str | None) -> bool:
 
 
 def init_from_hf(
-    model_id: str,
-    out: Path,
+    model_id: str | Path,
+    out: str | Path,
     *,
-    languages: list[str],
+    languages: Sequence[str] | str,
     revision: str | None = None,
     trust_remote_code: bool = False,
     overwrite: bool = False,
@@ -183,6 +188,8 @@ def init_from_hf(
     ``doc_start``/``doc_end`` name other tokens.
     """
     from transformers import AutoTokenizer
+
+    model_id = str(model_id)
 
     local = Path(model_id).is_dir()
     pickled = pickled_only(model_id)
@@ -228,4 +235,7 @@ def init_from_hf(
     if pickled:
         source["converted"] = {"from": "pytorch_model.bin", "loader": "torch.load(weights_only)"}
     framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
-    return _write_seed(out, model, tokenizer, source, languages, overwrite, progress, framing)
+    return _write_seed(
+        Path(out), model, tokenizer, source, language_codes(languages) or (), overwrite,
+        progress, framing,
+    )  # fmt: skip
