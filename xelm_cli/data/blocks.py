@@ -46,7 +46,9 @@ def _record(line: str, path: Path, number: int) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
-        raise FormatError(f"{path}:{number}: not a JSON object") from None
+        # a line that does not even open an object is likely text in a file named .jsonl
+        hint = "" if line.lstrip().startswith("{") else " (plain text? name the file .txt)"
+        raise FormatError(f"{path}:{number}: not a JSON object{hint}") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
     if "\\u" in line and not is_unicode(record["text"]):  # only escapes make surrogates

@@ -30,10 +30,26 @@ def parse_caps(text: str) -> dict[str, int]:
     return caps
 
 
-def normalise_caps(caps: dict[str, int] | int | None) -> dict[str, int] | None:
-    """``prepare``'s ``token_caps`` (an int: every language) by normalised code, sorted."""
+def total_budget(tokens: int | str | None) -> int | None:
+    """``prepare``'s ``tokens``: an int or text such as ``"20M"``; None: no total budget."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, str):
+        return parse_token_count(tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise UsageError(
+            f"--tokens must be a positive whole number or text such as 20M, not {tokens!r}"
+        )
+    return tokens
+
+
+def normalise_caps(caps: dict[str, int] | int | str | None) -> dict[str, int] | None:
+    """``prepare``'s ``token_caps`` (an int: every language; text as ``--cap`` takes it) by
+    normalised code, sorted."""
     if caps is None:
         return None
+    if isinstance(caps, str):
+        caps = parse_caps(caps)
     if isinstance(caps, int):
         caps = {ALL_LANGUAGES: caps}
     out = {(k if k == ALL_LANGUAGES else normalize_language(k)): int(v) for k, v in caps.items()}
@@ -85,6 +101,16 @@ def language_budgets(
         remaining -= limits[lang]
         pending.pop(0)
     return budgets
+
+
+def shortfall(
+    tokens: dict[str, int], *, caps: dict[str, int] | None, total: int | None
+) -> int | None:
+    """How many tokens short of ``total`` the budgets fall because the languages, within their
+    caps, hold fewer (``total - sum u_l``): 0 when they hold enough, None without a total."""
+    if total is None:
+        return None
+    return max(0, total - sum(_capped(n, caps, lang) for lang, n in tokens.items()))
 
 
 def _capped(n: int, caps: dict[str, int] | None, lang: str) -> int:

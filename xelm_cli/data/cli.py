@@ -15,7 +15,7 @@ from xelm_cli.common.errors import IntegrityError
 from xelm_cli.common.progress import language_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.budgets import parse_caps
-from xelm_cli.data.prepare import prepare
+from xelm_cli.data.prepare import prepare, token_shortfall
 from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import FileSource
@@ -88,7 +88,24 @@ def _shards_summary(shards: Shards) -> dict[str, Any]:
         },
         "documents": sum(s.documents for s in shards.stats.values()),
         "tokens": sum(s.tokens for s in shards.stats.values()),
+        "shortfall": token_shortfall(m),
     }
+
+
+def _warn_shortfall(shards: Shards) -> None:
+    """One line when the corpus held too few tokens for ``--tokens``."""
+    missing = token_shortfall(shards.manifest)
+    if not missing:
+        return
+    options = shards.manifest["options"]
+    total = options["tokens"]
+    within = " within --cap" if options.get("token_caps") else ""
+    stderr_console.print(
+        f"xelm: warning: --tokens {total:,} not reached: the corpus holds {total - missing:,} "
+        f"tokens{within} in {', '.join(shards.languages)}",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _language_table(shards: Shards) -> Table:
@@ -182,6 +199,7 @@ def prepare_command(
             progress=progress,
         )
     shards = result.shards
+    _warn_shortfall(shards)
     if as_json:
         print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
         return
@@ -237,12 +255,22 @@ def tokenizer_command(
             text_column=text_column,
             revision=revision,
         )
+    if trained.short:
+        short = ", ".join(f"{k} {v:,}" for k, v in trained.short.items())
+        stderr_console.print(
+            f"xelm: warning: less text than --chars-per-language {chars_per_language:,} in "
+            f"{short} characters: the corpus holds no more, so these languages weigh less",
+            highlight=False,
+            markup=False,
+        )
     if as_json:
         print_json(
             {
                 "path": str(trained.path),
                 "vocab_size": trained.vocab_size,
+                "chars_per_language": chars_per_language,
                 "characters": trained.characters,
+                "short": trained.short,
             }
         )
         return

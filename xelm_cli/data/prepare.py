@@ -30,7 +30,11 @@ from xelm_cli.data.budgets import (
     read_limit,
     read_limits,
     select_documents,
+    shortfall,
+    total_budget,
 )
+from xelm_cli.data.corpus import labelled_files, source_kind
+from xelm_cli.data.labels import language_list
 from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
@@ -45,7 +49,6 @@ from xelm_cli.data.shards import (
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import Batch, DatasetSource, prefetched, read_ahead
 from xelm_cli.data.tokenizer_loading import TokenizerInfo, load_tokenizer, tokenizer_threads
-from xelm_cli.lang.codes import normalize_language
 
 # (language, its counts so far, its read limit or None): called after each batch
 Progress = Callable[[str, LanguageCount, int | None], None]
@@ -56,6 +59,22 @@ DEFAULT_BATCH_SIZE = 1000
 class PrepareResult:
     shards: Shards
     up_to_date: bool
+
+    @property
+    def shortfall(self) -> int | None:
+        """See ``token_shortfall``."""
+        return token_shortfall(self.shards.manifest)
+
+
+def token_shortfall(manifest: dict[str, Any]) -> int | None:
+    """How many tokens short of ``options.tokens`` shards are because the corpus, within the
+    caps, holds fewer (0: it holds enough; None: no ``tokens`` was given)."""
+    options = manifest["options"]
+    source_tokens = {
+        lang: entry.get("source_tokens", entry["tokens"])
+        for lang, entry in manifest["languages"].items()
+    }
+    return shortfall(source_tokens, caps=options.get("token_caps"), total=options.get("tokens"))
 
 
 @dataclass
@@ -74,13 +93,16 @@ def _encode(
     tokenizer: TokenizerInfo,
     wanted: set[str] | None,
     counts: dict[str, LanguageCount],
+    seen: set[str],
 ) -> Iterator[_Encoded]:
     """Tokenise each batch's documents of wanted languages that are not full yet. Runs ahead
     of the writer (``_add_batch``): a language that fills meanwhile only costs the encoding
     of documents the writer then drops (``full`` only ever turns on). Token ids are taken out
-    of the encodings by the writer, leaving this thread to the tokenizer."""
+    of the encodings by the writer, leaving this thread to the tokenizer. Every language read,
+    wanted or not, is added to ``seen``."""
     for batch, position in items:
         languages = batch.languages
+        seen.update(languages)
         skip = {lang for lang, c in list(counts.items()) if c.full}  # list(): one atomic copy
         if wanted is None and not skip:
             keep: Sequence[int] = range(len(languages))  # no test per document
@@ -139,11 +161,13 @@ def _read_sources(
     limits: dict[str, int],
     batch_size: int,
     progress: Progress | None,
+    seen: set[str],
 ) -> None:
     """Pass 1: every source, from where an earlier run stopped, into the work directory.
     Streamed (dataset) sources stop at their languages' read limits; corpus files are read
     whole, their budgets applied by sampling afterwards. Three stages overlap: reading (a
-    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here."""
+    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here.
+    ``seen`` gathers the languages read (see ``_encode``)."""
     for name, source in plan.sources.items():
         if work.finished(name):
             continue
@@ -164,7 +188,7 @@ def _read_sources(
             continue
         stream = source.open(work.position(name), batch_size=batch_size)
         position = work.position(name)
-        batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts))
+        batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts, seen))
         try:
             for encoded in batches:
                 position = encoded.position
@@ -177,17 +201,45 @@ def _read_sources(
         work.checkpoint(name, position, done=True)
 
 
+def _check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
+    """A cap for a language outside ``langs`` is a mistake (it would never apply)."""
+    outside = [lang for lang in caps or {} if lang != ALL_LANGUAGES and langs and lang not in langs]
+    if outside:
+        raise UsageError(
+            f"--cap {', '.join(outside)}: not in --langs {','.join(langs or [])}; "
+            "add it to --langs or drop its cap"
+        )
+
+
+def _corpus_languages(plan: SourcePlan, seen: set[str]) -> list[str]:
+    """The languages ``plan``'s input has, as far as known without reading more: those read
+    (``seen``), a recipe's, and those corpus files are named for (left unread when not wanted)."""
+    languages = set(seen)
+    if plan.recipe is not None:
+        languages |= set(plan.recipe.languages)
+    if plan.kind == "files" and source_kind(plan.path) == "files":
+        languages |= {lang for _, lang in labelled_files(plan.path) if lang}
+    return sorted(languages)
+
+
 def _check_languages(
-    source: str | Path, found: set[str], langs: list[str] | None, caps: dict[str, int] | None
+    plan: SourcePlan,
+    found: set[str],
+    seen: set[str],
+    langs: list[str] | None,
+    caps: dict[str, int] | None,
 ) -> None:
+    source = plan.path
     if not found:
         raise UsageError(f"no documents in {source}" + (" for --langs" if langs else ""))
     named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
     missing = sorted({lang for lang in named if lang not in found})
     if missing:
+        has = _corpus_languages(plan, seen)
         raise UsageError(
             f"no documents in {', '.join(missing)} in {source} "
-            f"(it has {', '.join(sorted(found))}); drop them from --langs / --cap"
+            f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
+            "drop them from --langs / --cap"
         )
 
 
@@ -281,8 +333,7 @@ def _options(
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
-    if tokens is not None and tokens <= 0:
-        raise UsageError(f"--tokens must be positive, not {tokens}")
+    _check_caps(langs, caps)
     options: dict[str, Any] = {
         "languages": langs,
         "token_caps": caps,
@@ -328,10 +379,10 @@ def prepare(
     tokenizer: str | Path,
     out: str | Path,
     *,
-    langs: list[str] | None = None,
-    token_caps: dict[str, int] | int | None = None,
+    langs: Sequence[str] | str | None = None,
+    token_caps: dict[str, int] | int | str | None = None,
     alpha: float | None = None,
-    tokens: int | None = None,
+    tokens: int | str | None = None,
     seed: int = 0,
     split: str | None = None,
     language: str | None = None,
@@ -349,10 +400,13 @@ def prepare(
     ``source`` is a corpus (files, a directory, a ``save_to_disk`` dataset), a dataset (a Hub
     id or a local directory laid out like one: streamed, never materialised), or a recipe
     (a file or a shipped recipe's name); ``config`` with ``{lang}`` reads one configuration
-    per language of ``langs``, ``lang_map`` giving the dataset's code where it differs.
-    ``token_caps`` limits tokens per language (an int: every language; ``{"*": n}`` too);
-    ``alpha`` and ``tokens`` set temperature sampling (see ``language_budgets``); ``seed``
-    picks the sampled documents; ``language`` labels documents that carry no language.
+    per language of ``langs`` (a list, or text such as ``"en,tr"``), ``lang_map`` giving the
+    dataset's code where it differs. ``token_caps`` limits tokens per language (an int: every
+    language; ``{"*": n}`` too; text as ``--cap`` takes it: ``"en=5M,de=2M"``); ``alpha`` and
+    ``tokens`` (an int, or text such as ``"20M"``) set temperature sampling (see
+    ``language_budgets``); ``seed`` picks the sampled documents; ``language`` labels documents
+    that carry no language. A corpus too small for ``tokens`` is no error: the result's
+    ``shortfall`` says by how much it fell short.
 
     A streamed language is read until its cap (else ``tokens``) is reached; its size for
     ``alpha`` is what was read. A killed or interrupted run continues where it stopped when
@@ -361,8 +415,10 @@ def prepare(
     unless ``overwrite``.
     """
     out = Path(os.path.abspath(out))
-    wanted = sorted({normalize_language(code) for code in langs}) if langs else None
+    chosen = language_list(langs)
+    wanted = sorted(set(chosen)) if chosen else None
     caps = normalise_caps(token_caps)
+    tokens = total_budget(tokens)
     reading = SourceOptions(
         split=split,
         language=language,
@@ -392,6 +448,7 @@ def prepare(
             canonical_json([record["digest"], info.fingerprint, options, dtype_name])
         )
         work = WorkDirectory(out, key, dtype_name, fresh=False)
+        seen: set[str] = set()
         with work.removed_unless_resumable():
             with tokenizer_threads(workers):
                 _read_sources(
@@ -402,9 +459,10 @@ def prepare(
                     limits=read_limits(wanted, caps, tokens),
                     batch_size=batch_size,
                     progress=progress,
+                    seen=seen,
                 )
             offsets = work.close()
-            _check_languages(source, set(offsets), wanted, caps)
+            _check_languages(plan, set(offsets), seen, wanted, caps)
             counts = {lang: int(o[-1]) for lang, o in offsets.items()}
             budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
             streamed = plan.streamed_languages(counts)
@@ -421,4 +479,4 @@ def prepare(
     return PrepareResult(Shards.open(out), up_to_date=False)
 
 
-__all__ = ["MANIFEST_NAME", "PrepareResult", "prepare"]
+__all__ = ["MANIFEST_NAME", "PrepareResult", "prepare", "token_shortfall"]

@@ -6,15 +6,15 @@ enough text.
 """
 
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
+from xelm_cli.data.labels import language_list
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
-from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_CHARS_PER_LANGUAGE = 1_000_000
 MIN_VOCAB_SIZE = 256 + 4  # the byte alphabet and the special tokens
@@ -54,6 +54,7 @@ class TrainedTokenizer:
     path: Path
     vocab_size: int
     characters: dict[str, int]  # characters of training text per language
+    short: dict[str, int]  # the languages with less text than asked for: all they have
 
 
 def _documents(
@@ -129,7 +130,7 @@ def train_tokenizer_on_corpus(
     out: str | Path,
     *,
     vocab_size: int = 32000,
-    langs: list[str] | None = None,
+    langs: Sequence[str] | str | None = None,
     chars_per_language: int = DEFAULT_CHARS_PER_LANGUAGE,
     split: str | None = None,
     language: str | None = None,
@@ -145,7 +146,8 @@ def train_tokenizer_on_corpus(
     A first pass counts each language's characters; the second keeps each document with
     probability ``chars_per_language / characters[lang]`` (a seeded draw, spread over the whole
     corpus), so large languages do not take all the merges; languages with less text than that
-    are taken whole. ``language`` labels documents that carry no language (a document left
+    are taken whole (``short`` of the result lists them). ``langs`` is a list or text such as
+    ``"en,tr"``. ``language`` labels documents that carry no language (a document left
     without one is refused).
 
     A dataset (a Hub id or a local directory laid out like one; ``config`` with ``{lang}``
@@ -153,7 +155,8 @@ def train_tokenizer_on_corpus(
     is streamed instead, never loaded whole: each language's first documents up to
     ``chars_per_language`` characters (see ``_streamed_texts``).
     """
-    wanted = {normalize_language(code) for code in langs} if langs else None
+    chosen = language_list(langs)
+    wanted = set(chosen) if chosen else None
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
     if chars_per_language < 1:
@@ -187,4 +190,5 @@ def train_tokenizer_on_corpus(
             else streamed
         )
         train_bpe_tokenizer(texts, tmp, vocab_size=vocab_size)
-    return TrainedTokenizer(Path(out), vocab_size, used)
+    short = {lang: n for lang, n in sorted(totals.items()) if n < chars_per_language}
+    return TrainedTokenizer(Path(out), vocab_size, used, short)
