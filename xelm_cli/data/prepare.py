@@ -333,7 +333,6 @@ def _options(
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
-    _check_caps(langs, caps)
     options: dict[str, Any] = {
         "languages": langs,
         "token_caps": caps,
@@ -419,6 +418,7 @@ def prepare(
     wanted = sorted(set(chosen)) if chosen else None
     caps = normalise_caps(token_caps)
     tokens = total_budget(tokens)
+    _check_caps(wanted, caps)
     reading = SourceOptions(
         split=split,
         language=language,
