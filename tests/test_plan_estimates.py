@@ -14,6 +14,7 @@ from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.common.units import duration
 from xelm_cli.training.estimates import ModelShape, largest_batch, parse_size, training_memory
 
 # Peak resident memory of two fp32 training steps (model load, chunked loss, AdamW), above the
@@ -82,6 +83,79 @@ def test_memory_estimate_is_within_a_quarter_of_a_measured_cpu_step(wide_seed: P
         ).stdout.splitlines()[-1]
     )  # fmt: skip
     assert 0.8 < measured / estimate < 1.25, (measured, estimate)
+
+
+def test_eager_attention_keeps_each_layers_scores_and_probabilities() -> None:
+    """By hand, a micro-batch of 8 x 512 tokens (4,096), 4 layers, h = 256, i = 704, 4 heads:
+    eager attention keeps batch x heads x 512^2 scores and as many probabilities per layer,
+    2 x 4 heads x 512 per token and layer, in the compute dtype (fp32 on the CPU, bf16 under
+    CUDA's autocast); the CPU's SDPA keeps its fp32 probabilities only, CUDA's none."""
+    shape = ModelShape(3_000_000, 1000 * 256, 4, 256, 704, 1000, 4)
+    tokens, layers = 8 * 512, 4
+
+    def activations(**options: Any) -> int:
+        return training_memory(shape, 8, 512, **options).activations
+
+    # per token and layer: e (10h + 5i) + 8h, plus the attention matrix; 8h once per token
+    plain_cpu, plain_cuda = 4 * (2560 + 3520) + 2048, 2 * (2560 + 3520) + 2048
+    assert activations(cuda=False, attention="eager") == tokens * (
+        layers * (plain_cpu + 2 * 4 * 4 * 512) + 2048
+    )  # 708,837,376 bytes
+    assert activations(cuda=False) == tokens * (layers * (plain_cpu + 4 * 4 * 512) + 2048)
+    assert activations(cuda=True, attention="eager") == tokens * (
+        layers * (plain_cuda + 2 * 2 * 4 * 512) + 2048
+    )
+    assert activations(cuda=True) == activations(cuda=True, attention="flash_attention_2")
+    assert activations(cuda=True) == tokens * (layers * plain_cuda + 2048)
+    # checkpointed: 4h per token and layer plus one layer's full activations, eager matrix too
+    assert activations(cuda=False, attention="eager", gradient_checkpointing=True) == tokens * (
+        4 * 256 * layers + plain_cpu + 2 * 4 * 4 * 512 + 2048
+    )
+    eager_fits = largest_batch(shape, 512, parse_size("1GB"), cuda=False, attention="eager")[0]
+    assert eager_fits < largest_batch(shape, 512, parse_size("1GB"), cuda=False)[0]
+
+
+def test_the_plan_states_the_attention_its_estimate_assumes(
+    capsys: pytest.CaptureFixture[str], wide_seed: Path, shards: Path, tmp_path: Path
+) -> None:
+    shape = ModelShape.of(Bundle.open(wide_seed))
+    args = _plan(tmp_path, wide_seed, shards, "--memory", "80GB")
+    for attention, assumed in (("auto", "sdpa"), ("sdpa", "sdpa"), ("eager", "eager")):
+        train_args = f"--block-size 512 --batch-size 8 --device cpu --attention {attention}"
+        assert run([*args, "--train-args", train_args, "--json"]) == 0
+        estimate = json.loads(capsys.readouterr().out)["estimate"]
+        expected = training_memory(shape, 8, 512, cuda=False, attention=assumed)
+        assert estimate["attention"] == assumed
+        assert estimate["memory"] == expected.as_dict()
+    assert run([*args, "--train-args", train_args]) == 0
+    out = capsys.readouterr().out
+    assert f"activations {expected.activations / 1e9:.2f} with eager attention, loss" in out
+
+
+def test_durations_read_in_seconds_minutes_or_hours() -> None:
+    assert [duration(s) for s in (0.04, 6, 89.4, 90, 5399, 5400, 36_000)] == [
+        "0 s", "6 s", "89 s", "1.5 min", "90.0 min", "1.5 h", "10.0 h",
+    ]  # fmt: skip
+
+
+def test_short_runs_show_their_time_in_seconds(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """A plan of a few thousand tokens: each run takes seconds, shown as such (not 0.0 min)."""
+    measured, _ = _timed_run(seed_bundle, shards, tmp_path)
+    capsys.readouterr()
+    args = _plan(tmp_path, seed_bundle, shards, "--measured", str(measured), "--parallel", "2")
+    args[args.index("--budget") + 1] = "4K"
+    assert run([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    seconds = [entry["seconds"] for entry in plan["runs"]]
+    assert all(0 < s < 90 for s in seconds), seconds
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if "expert-0" in line and "│" in line]
+    assert f"{seconds[0]:.0f} s" in table[0] and "min" not in table[0]
+    together = plan["side_by_side"]
+    assert f"about {together['seconds']:.0f} s instead of " in out
 
 
 def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None:
@@ -252,7 +326,7 @@ def test_parallel_estimates_train_all_side_by_side_in_its_order(
         "2 runs at a time (xelm train-all --devices with 2 groups): the time of 1,000,000 tokens"
         in out
     )
-    assert f"about {expected / 60:,.1f} min instead of {sum(seconds.values()) / 60:,.1f}" in out
+    assert f"about {duration(expected)} instead of {duration(sum(seconds.values()))}," in out
     assert run([*args, "--parallel", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("--parallel must be at least 1, not 0\n")

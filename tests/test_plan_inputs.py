@@ -3,6 +3,10 @@ was made in, wherever it starts, and reports what became of each run with --json
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ from xelm_cli.bundle.store import verify_bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
 from xelm_cli.data.prepare import prepare
+from xelm_cli.training.plan_runner import failure_reason
+from xelm_cli.training.planning import make_plan
 
 TRAIN_ARGS = "--block-size 32 --batch-size 4"
 
@@ -198,3 +204,149 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
     assert code == 2 and stdout == "", stderr
     assert stderr.count("\n") == 1 and expected in stderr, stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("train_args", "expected"),
+    [
+        ("--bogus 3 --block-size 64", "`xelm train` has no trainer option --bogus (its options"),
+        (
+            "--batch-size 4 --block-size 32 --checkpointing",
+            "no trainer option --checkpointing (did you mean --gradient-checkpointing? its",
+        ),
+        ("--valid shards", "no trainer option --valid"),  # xelm plan sets it itself
+        ("--block-size 32 64", "'64' is not a flag; give `xelm train` flags and their values"),
+        ("--batch-size", "--train-args: --batch-size needs a value (--batch-size VALUE)"),
+        ("--lean-loss=false", "--train-args: --lean-loss takes no value; drop =false"),
+        ("--batch-size four", "option 'batch_size' expects int, not 'four'"),
+        ("--attention fast", "option 'attention' must be one of auto, sdpa, eager"),
+        ("--train-arg lr=x", "option 'lr' expects float, not 'x'"),
+        ("--train-arg nope=1", "trainer 'causal-lm' has no option 'nope'"),
+    ],
+)
+def test_plan_refuses_train_args_its_runs_would_fail_on(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    train_args: str,
+    expected: str,
+) -> None:
+    """What `xelm train` would refuse in every run (an unknown flag, with the closest one; a
+    flag without its value; a bad value) is refused by the plan, in one line, nothing on
+    stdout."""
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    code, stdout, stderr = xelm(
+        capsys, "plan", "--budget", "4K", "--allocation", "alloc.json",
+        "--seed-bundle", seed_bundle, "--data", shards, "-o", "runs",
+        "--train-args", train_args, "--json",
+    )  # fmt: skip
+    assert code == 2 and stdout == "", stderr
+    assert stderr.count("\n") == 1 and expected in stderr, stderr
+
+
+def test_plan_takes_every_trainer_flag_form_in_train_args(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    train_args = (
+        "--block-size=32 --batch-size 4 --no-lean-loss --gradient-checkpointing "
+        "--train-arg lr=0.01 --train-arg=seed=3 --attention eager"
+    )
+    code, stdout, stderr = xelm(
+        capsys, "plan", "--budget", "4K", "--allocation", "alloc.json",
+        "--seed-bundle", seed_bundle, "--data", shards, "-o", "runs",
+        "--train-args", train_args, "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    estimate = json.loads(stdout)["estimate"]
+    assert (estimate["batch_size"], estimate["block_size"]) == (4, 32)
+    assert estimate["attention"] == "eager"
+
+
+def test_make_plan_takes_text_paths_and_budget_and_no_valid(
+    seed_bundle: Path, shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From Python as from the command line: str or Path for every path, '4K' or 4000."""
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    as_text = make_plan(
+        "4K", "alloc.json", str(seed_bundle), str(shards), "runs", train_args=TRAIN_ARGS
+    )
+    as_paths = make_plan(
+        4000, Path("alloc.json"), seed_bundle, shards, Path("runs"), None, TRAIN_ARGS
+    )
+    assert as_text == as_paths
+    assert as_text["budget"] == 4000
+    assert [run["tokens"] for run in as_text["runs"]] == [2000, 2000, 4000]
+    with_valid = make_plan(4000, "alloc.json", str(seed_bundle), str(shards), "runs", str(shards))
+    dense = with_valid["runs"][2]["commands"][0]
+    assert dense[dense.index("--valid") + 1] == str(shards)
+
+
+def test_a_failed_runs_reason_is_its_attempts_last_error_line(tmp_path: Path) -> None:
+    """Not an info line, nor an earlier attempt's error, nor what follows the error."""
+    log = tmp_path / "dense.log"
+    log.write_text("# first attempt\nxelm: error: disk full\n")
+    offset = log.stat().st_size
+    with open(log, "a") as file:
+        file.write("# 2026-12-01 dense: OMP_NUM_THREADS=1\n$ xelm train seed --tokens 400000\n")
+        file.write("xelm: --tokens 400,000 is 781 whole steps of 512 tokens\n")
+        file.write("xelm: error: --block-size 1 must be at least 2\n")
+        file.write("Exception ignored in atexit callback\n\n")
+    assert failure_reason(log, offset) == "xelm: error: --block-size 1 must be at least 2"
+    assert failure_reason(log) == "xelm: error: --block-size 1 must be at least 2"
+    log.write_text("$ xelm train seed\nTraceback (most recent call last):\nKeyError: 'x'\n")
+    assert failure_reason(log) == "KeyError: 'x'"
+    log.write_text("")
+    assert failure_reason(log) == "(no output)"
+
+
+def test_an_interrupted_train_all_says_its_runs_were_interrupted_not_failed(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGINT to the process group (Ctrl-C, `timeout -s INT`) while two runs train: each is
+    reported interrupted (and its log says so), exit 130 with the usual interrupted line."""
+    plan_file = make_plan_in(capsys, monkeypatch, tmp_path / "a", seed_bundle, shards)
+    plan = json.loads(plan_file.read_text())
+    for run_ in plan["runs"]:  # long enough to be running when interrupted
+        trained = run_["commands"][-1]
+        trained[trained.index("--tokens") + 1] = "40000000"
+    plan_file.write_text(json.dumps(plan))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xelm_cli", "train-all", str(plan_file), "--parallel", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    logs = tmp_path / "a" / "runs" / "logs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+        (logs / f"{name}.log").is_file() and "$ xelm train" in (logs / f"{name}.log").read_text()
+        for name in ("dense", "expert-0")
+    ):
+        time.sleep(0.2)
+    time.sleep(2)  # the trainings under way
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = stderr.splitlines()
+    assert "interrupted: dense (a re-run resumes it)" in lines, stderr
+    assert "interrupted: expert-0 (a re-run resumes it)" in lines, stderr
+    assert "FAILED" not in stderr
+    assert lines[-1] == (
+        "xelm: error: interrupted (nothing half-written is left): run the same command again"
+    )
+    assert (
+        "dense: interrupted: train-all was stopped (a re-run resumes it)"
+        in (logs / "dense.log").read_text()
+    )

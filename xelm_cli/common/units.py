@@ -33,3 +33,12 @@ def parse_byte_size(text: str, option: str = "a size") -> int:
         )
     power = " KMGT".index(match[2].upper() or " ")
     return int(float(match[1]) * (1024 if match[3] else 1000) ** power)
+
+
+def duration(seconds: float) -> str:
+    """A time as people read it: ``45 s`` under 90 s, ``12.5 min`` under 90 min, else ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -15,7 +15,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.errors import UsageError
-from xelm_cli.common.units import parse_token_count
+from xelm_cli.common.units import duration, parse_token_count
 from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
@@ -310,7 +310,7 @@ def plan(
     for column in ("run", "languages", "tokens", "est. time", "output"):
         table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
     for run in result["runs"]:
-        time = f"{run['seconds'] / 60:,.1f} min" if run["seconds"] is not None else "-"
+        time = duration(run["seconds"]) if run["seconds"] is not None else "-"
         table.add_row(
             run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", time, run["output"]
         )
@@ -322,7 +322,8 @@ def plan(
         f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
         f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
         f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
-        f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f}, loss "
+        f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f} with "
+        f"{estimate['attention']} attention, loss "
         f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
         highlight=False,
     )
@@ -364,8 +365,8 @@ def _side_by_side_line(estimate: dict[str, Any]) -> str:
     )
     if estimate["seconds"] is not None:
         line += (
-            f"; about {estimate['seconds'] / 60:,.1f} min instead of "
-            f"{alone['seconds'] / 60:,.1f} min, each run on a device of its own"
+            f"; about {duration(estimate['seconds'])} instead of "
+            f"{duration(alone['seconds'])}, each run on a device of its own"
         )
     return line
 

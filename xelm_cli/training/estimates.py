@@ -5,9 +5,12 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
 
 - weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N;
 - activations kept for the backward pass: e (10h + 5i) + 8h bytes per token and layer (e = 2
-  under bf16 autocast, 4 in fp32), and on the CPU the attention probabilities, 4 x heads x s
-  (its SDPA kernel keeps them; CUDA's fused kernels do not); with gradient checkpointing 4h per
-  token and layer plus one layer's full activations. The coefficients were fitted to the peak
+  under bf16 autocast, 4 in fp32), and the attention matrix: with SDPA (``--attention sdpa``,
+  and ``auto``, transformers' choice where the model supports it) on the CPU its
+  probabilities, 4 x heads x s (its SDPA kernel keeps them; CUDA's fused kernels, SDPA and
+  flash attention, do not); with eager attention its scores and probabilities, 2e x heads x s,
+  on either device; with gradient checkpointing 4h per token and layer plus one layer's full
+  activations. The coefficients were fitted to the peak
   resident memory of fp32 training steps on the CPU (Llama-style, h = 256 and 512, s = 128 and
   512; within 13%; tests/test_plan_estimates.py checks one); on a GPU they are not yet measured;
 - the loss: the plain loss holds the whole batch's logits with their fp32 copy and gradient
@@ -117,12 +120,16 @@ def training_memory(
     cuda: bool,
     lean_loss: bool = True,
     gradient_checkpointing: bool = False,
+    attention: str = "sdpa",
 ) -> MemoryEstimate:
-    """The formula of the module's docstring, for one micro-batch on one device."""
+    """The formula of the module's docstring, for one micro-batch on one device, with the
+    ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa)."""
     n, h, i = shape.parameters, shape.hidden, shape.intermediate
     tokens = batch_size * block_size
     element = 2 if cuda else 4
-    per_layer = element * (10 * h + 5 * i) + 8 * h + (0 if cuda else 4 * shape.heads * block_size)
+    per_layer = (
+        element * (10 * h + 5 * i) + 8 * h + attention_matrix(shape, block_size, cuda, attention)
+    )
     if gradient_checkpointing:
         activations = tokens * (4 * h * shape.layers + per_layer)
     else:
@@ -140,6 +147,15 @@ def training_memory(
         activations=activations,
         loss=loss,
     )
+
+
+def attention_matrix(shape: ModelShape, block_size: int, cuda: bool, attention: str) -> int:
+    """Bytes per token and layer of the attention matrix kept for the backward pass: eager
+    attention's scores and probabilities (heads x s each, in the compute dtype); SDPA's on the
+    CPU keeps the fp32 probabilities; the fused kernels of CUDA none."""
+    if attention == "eager":
+        return 2 * (2 if cuda else 4) * shape.heads * block_size
+    return 0 if cuda else 4 * shape.heads * block_size
 
 
 def largest_batch(

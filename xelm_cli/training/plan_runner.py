@@ -16,6 +16,7 @@ paths mean what they meant there), or in the current one for a plan without it.
 import heapq
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -38,8 +39,9 @@ PLAN_FORMAT = "xelm-train-plan"
 
 @dataclass
 class RunOutcome:
-    """What became of one run: ``done``, ``skipped`` (finished before), ``failed`` or
-    ``not run`` (a run it waits for failed)."""
+    """What became of one run: ``done``, ``skipped`` (finished before), ``failed``,
+    ``interrupted`` (train-all was stopped while it ran) or ``not run`` (a run it waits for
+    failed)."""
 
     name: str
     status: str
@@ -206,12 +208,13 @@ class PlanRunner:
         self.threads = max(1, (os.cpu_count() or 1) // len(slots))  # CPU threads of each run
         self._live: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
+        self._stopping = False  # set by Ctrl-C: no command starts any more
 
     def run(self) -> list[RunOutcome]:
         outcomes: dict[str, RunOutcome] = {}
         waiting = longest_first(self.runs)
         free = list(self.slots)
-        running: dict[Future[RunOutcome], str | None] = {}
+        running: dict[Future[tuple[RunOutcome, int]], str | None] = {}
         with ThreadPoolExecutor(max_workers=len(self.slots)) as pool:
             try:
                 while waiting or running:
@@ -223,13 +226,15 @@ class PlanRunner:
                         finished, _ = wait(running, return_when=FIRST_COMPLETED)
                         for future in finished:
                             free.append(running.pop(future))
-                            self._settle(outcomes, future.result())
+                            self._settle(outcomes, self._reported(*future.result()))
                     else:  # a cycle of `after`: none of the rest can ever start
                         for run in waiting:
                             self._settle(outcomes, RunOutcome(run["name"], "not run"))
                         break
             except KeyboardInterrupt:
                 self._stop_all()
+                for future in running:
+                    self._settle(outcomes, self._interrupted(future.result()[0]))
                 raise
         return [outcomes[run["name"]] for run in self.runs]
 
@@ -238,7 +243,7 @@ class PlanRunner:
         run: dict[str, Any],
         outcomes: dict[str, RunOutcome],
         free: list[str | None],
-        running: dict[Future[RunOutcome], str | None],
+        running: dict[Future[tuple[RunOutcome, int]], str | None],
         pool: ThreadPoolExecutor,
     ) -> None:
         """Settle ``run`` (not run, skipped) or start it on the first free slot."""
@@ -280,12 +285,15 @@ class PlanRunner:
             return False
         return True if all(name in outcomes for name in before) else None
 
-    def _run_one(self, run: dict[str, Any], slot: str | None) -> RunOutcome:
+    def _run_one(self, run: dict[str, Any], slot: str | None) -> tuple[RunOutcome, int]:
+        """Run ``run``'s commands in turn, their output appended to its log; what became of
+        it, and where this attempt's output starts in the log."""
         name, log = run["name"], self._log(run)
         self.logs.mkdir(parents=True, exist_ok=True)
         outcome = RunOutcome(name, "done", started=time.time(), devices=slot, log=log)
         env = self._environment(slot)
         with open(log, "ab") as sink:
+            offset = sink.tell()
             pinned = (
                 f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env
             )
@@ -302,11 +310,30 @@ class PlanRunner:
                     outcome.status = "failed"
                     break
         outcome.ended = time.time()
-        took = outcome.ended - (outcome.started or outcome.ended)
-        if outcome.status == "failed":
-            self.say(f"FAILED: {name} (exit {outcome.code} after {took:.0f} s): {last_line(log)}")
+        return outcome, offset
+
+    def _reported(self, outcome: RunOutcome, offset: int) -> RunOutcome:
+        """``outcome`` of a run that ended, said in one line: done, or failed with the reason
+        its log gives (from ``offset``, where this attempt's output starts)."""
+        took = (outcome.ended or 0) - (outcome.started or 0)
+        if outcome.status == "failed" and outcome.log is not None:
+            reason = failure_reason(outcome.log, offset)
+            self.say(f"FAILED: {outcome.name} (exit {outcome.code} after {took:.0f} s): {reason}")
         else:
-            self.say(f"done: {name} in {took:.0f} s")
+            self.say(f"done: {outcome.name} in {took:.0f} s")
+        return outcome
+
+    def _interrupted(self, outcome: RunOutcome) -> RunOutcome:
+        """``outcome`` of a run in flight when train-all was stopped: ``interrupted`` (unless
+        it was done), said and recorded in its log."""
+        if outcome.status == "done":
+            return self._reported(outcome, 0)
+        outcome.status = "interrupted"
+        if outcome.log is not None:
+            with open(outcome.log, "a") as log:
+                log.write(f"# {time.strftime('%F %T')} {outcome.name}: interrupted: train-all "
+                          "was stopped (a re-run resumes it)\n")  # fmt: skip
+        self.say(f"interrupted: {outcome.name} (a re-run resumes it)")
         return outcome
 
     def _log(self, run: dict[str, Any]) -> Path:
@@ -321,10 +348,14 @@ class PlanRunner:
         return env
 
     def _call(self, argv: list[str], env: dict[str, str], sink: Any) -> int:
-        process = subprocess.Popen(
-            argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=self.directory
-        )
+        """Run ``argv`` to its end (its exit code), unless train-all is stopping: -SIGTERM,
+        as if it had been stopped."""
         with self._lock:
+            if self._stopping:
+                return -signal.SIGTERM
+            process = subprocess.Popen(
+                argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=self.directory
+            )
             self._live.add(process)
         try:
             return process.wait()
@@ -335,6 +366,7 @@ class PlanRunner:
     def _stop_all(self) -> None:
         """Ctrl-C: the runs in flight stop (a killed training resumes when run again)."""
         with self._lock:
+            self._stopping = True
             live = list(self._live)
         for process in live:
             process.terminate()
@@ -342,9 +374,15 @@ class PlanRunner:
             process.wait()
 
 
-def last_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
+def failure_reason(log: Path, offset: int = 0) -> str:
+    """Why a run failed, from its log after ``offset``: the last ``xelm: error:`` line, else
+    the last line."""
+    with open(log, "rb") as file:
+        file.seek(offset)
+        text = file.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("xelm: error:")]
+    return (errors or lines or ["(no output)"])[-1]
 
 
 def raise_failures(outcomes: Sequence[RunOutcome]) -> None:

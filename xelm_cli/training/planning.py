@@ -1,6 +1,7 @@
 """The plan of ``xelm plan`` (``make_plan``): the runs that give X-ELM and the dense baseline
 equal training tokens, as commands, with device-memory and time estimates of each run."""
 
+import difflib
 import os
 import shlex
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.errors import UsageError
+from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
@@ -32,8 +34,8 @@ DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
 
 def planned_options(train_args: str) -> dict[str, Any]:
     """The default trainer's options that ``train_args`` (extra `xelm train` arguments: its
-    flags and ``--train-arg KEY=VALUE``) set, over its declared defaults; a bad value is
-    refused in one line now rather than when the run starts."""
+    flags and ``--train-arg KEY=VALUE``) set, over its declared defaults; an unknown flag (with
+    the closest one) or a bad value is refused in one line now rather than when the runs start."""
     registry = get_registry()
     if DEFAULT_TRAINER not in registry.trainers:
         raise UsageError(
@@ -43,6 +45,7 @@ def planned_options(train_args: str) -> dict[str, Any]:
     owner = registry.trainers[DEFAULT_TRAINER].obj
     specs = [spec for spec in declared_options(owner) if spec.cli]
     by_flag = {spec.flag_name: spec for spec in specs}
+    negations = {"--no-" + flag.removeprefix("--"): s for flag, s in by_flag.items() if s.is_flag}
     given: dict[str, Any] = {}
     pairs: list[str] = []
     args = shlex.split(train_args)
@@ -50,24 +53,40 @@ def planned_options(train_args: str) -> dict[str, Any]:
     while index < len(args):
         name, equals, value = args[index].partition("=")
         index += 1
-        negated = (
-            by_flag.get("--" + name.removeprefix("--no-")) if name.startswith("--no-") else None
-        )
-        spec = by_flag.get(name)
-        if negated is not None and negated.is_flag:
-            given[negated.name] = "false"
-        elif spec is not None and spec.is_flag:
-            given[spec.name] = value if equals else "true"
-        elif spec is not None or name == TRAIN_ARG:
-            if not equals and index < len(args):
-                value, index = args[index], index + 1
-            if name == TRAIN_ARG:
-                pairs.append(value)
-            else:
-                given[spec.name] = value  # type: ignore[union-attr]
+        spec = by_flag.get(name) or negations.get(name)
+        if name != TRAIN_ARG and spec is None:
+            raise unknown_train_arg(name, [*by_flag, *negations, TRAIN_ARG])
+        if spec is not None and spec.is_flag:
+            if equals:
+                raise UsageError(f"--train-args: {name} takes no value; drop ={value}")
+            given[spec.name] = "false" if name in negations else "true"
+            continue
+        if not equals:
+            if index == len(args):
+                raise UsageError(f"--train-args: {name} needs a value ({name} VALUE)")
+            value, index = args[index], index + 1
+        if spec is None:
+            pairs.append(value)
+        else:
+            given[spec.name] = value
     values = {**parse_pairs(pairs, TRAIN_ARG), **given}
     parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
     return {spec.name: spec.default for spec in specs} | parsed
+
+
+def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
+    """The one-line refusal of ``name`` in --train-args, naming the closest of ``flags``."""
+    if not name.startswith("-"):
+        return UsageError(
+            f"--train-args: {name!r} is not a flag; give `xelm train` flags and their values "
+            "(e.g. '--block-size 2048 --batch-size 16')"
+        )
+    close = difflib.get_close_matches(name, flags, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return UsageError(
+        f"--train-args: `xelm train` has no trainer option {name} ({hint}its options: "
+        f"xelm train --help)"
+    )
 
 
 def check_inputs(
@@ -111,10 +130,13 @@ def estimate_runs(
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = str(device).startswith("cuda")
-    options = {
+    # auto: transformers' choice, SDPA for the models xelm trains
+    attention = "sdpa" if planned["attention"] == "auto" else planned["attention"]
+    options: dict[str, Any] = {
         "cuda": cuda,
         "lean_loss": bool(planned["lean_loss"]),
         "gradient_checkpointing": bool(planned["gradient_checkpointing"]),
+        "attention": attention,
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
     estimate = training_memory(shape, batch, block, **options)
@@ -139,6 +161,7 @@ def estimate_runs(
             "batch_size": batch,
             "block_size": block,
             "device": "cuda" if cuda else "cpu",
+            "attention": attention,
             "memory_limit": limit,
             "memory": estimate.as_dict(),
             "measured": str(measured) if measured else None,
@@ -147,17 +170,17 @@ def estimate_runs(
 
 
 def make_plan(
-    budget: int,
-    allocation: Path,
-    seed_bundle: Path,
-    data: Path,
-    runs: Path,
-    valid: Path | None,
+    budget: int | str,
+    allocation: Path | str,
+    seed_bundle: Path | str,
+    data: Path | str,
+    runs: Path | str,
+    valid: Path | str | None = None,
     train_args: str = "",
     memory: int | None = None,
-    measured: Path | None = None,
-    moe_tokens: int = 0,
-    moe_calibration: Path | None = None,
+    measured: Path | str | None = None,
+    moe_tokens: int | str = 0,
+    moe_calibration: Path | str | None = None,
     moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
     parallel: int | None = None,
 ) -> dict[str, Any]:
@@ -170,7 +193,16 @@ def make_plan(
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
     and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
-    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``."""
+    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``.
+
+    ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``); every path may
+    be text."""
+    budget = parse_token_count(budget) if isinstance(budget, str) else budget
+    moe_tokens = parse_token_count(moe_tokens) if isinstance(moe_tokens, str) else moe_tokens
+    allocation, seed_bundle, data, runs = map(Path, (allocation, seed_bundle, data, runs))
+    valid, measured, moe_calibration = (
+        Path(path) if path is not None else None for path in (valid, measured, moe_calibration)
+    )
     if parallel is not None and parallel < 1:
         raise UsageError(f"--parallel must be at least 1, not {parallel}")
     alloc = read_allocation(allocation)
