@@ -34,7 +34,6 @@ from xelm_cli.data.budgets import (
     total_budget,
 )
 from xelm_cli.data.corpus import labelled_files, source_kind
-from xelm_cli.data.labels import language_list
 from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
@@ -49,6 +48,7 @@ from xelm_cli.data.shards import (
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import Batch, DatasetSource, prefetched, read_ahead
 from xelm_cli.data.tokenizer_loading import TokenizerInfo, load_tokenizer, tokenizer_threads
+from xelm_cli.lang.codes import language_codes
 
 # (language, its counts so far, its read limit or None): called after each batch
 Progress = Callable[[str, LanguageCount, int | None], None]
@@ -414,7 +414,7 @@ def prepare(
     unless ``overwrite``.
     """
     out = Path(os.path.abspath(out))
-    chosen = language_list(langs)
+    chosen = language_codes(langs)
     wanted = sorted(set(chosen)) if chosen else None
     caps = normalise_caps(token_caps)
     tokens = total_budget(tokens)

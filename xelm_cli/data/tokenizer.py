@@ -13,8 +13,8 @@ from pathlib import Path
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
-from xelm_cli.data.labels import language_list
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
+from xelm_cli.lang.codes import language_codes
 
 DEFAULT_CHARS_PER_LANGUAGE = 1_000_000
 MIN_VOCAB_SIZE = 256 + 4  # the byte alphabet and the special tokens
@@ -155,7 +155,7 @@ def train_tokenizer_on_corpus(
     is streamed instead, never loaded whole: each language's first documents up to
     ``chars_per_language`` characters (see ``_streamed_texts``).
     """
-    chosen = language_list(langs)
+    chosen = language_codes(langs)
     wanted = set(chosen) if chosen else None
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")

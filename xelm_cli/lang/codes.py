@@ -144,10 +144,9 @@ def parse_language_list(text: str) -> list[str]:
 
 
 def language_codes(languages: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """Languages as a Python caller gives them (``"ar,tr"``, ``["ar", "tr"]`` or None: all),
-    normalised."""
-    if languages is None:
-        return None
+    """Languages as a Python caller gives them (``"ar,tr"`` or ``["ar", "tr"]``), normalised,
+    in order, without repeats; None for no choice (None, blank text, an empty list)."""
     if isinstance(languages, str):
-        return tuple(parse_language_list(languages))
-    return tuple(dict.fromkeys(normalize_language(str(code)) for code in languages))
+        return tuple(parse_language_list(languages)) if languages.strip() else None
+    codes = tuple(dict.fromkeys(normalize_language(str(code)) for code in languages or ()))
+    return codes or None
