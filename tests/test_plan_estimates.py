@@ -47,7 +47,7 @@ def sample():
         time.sleep(0.0005)
 thread = threading.Thread(target=sample, daemon=True)
 thread.start()
-model = Bundle.open(sys.argv[1]).load_model(dtype=torch.float32)
+model = Bundle.open(sys.argv[1]).load_model(dtype=torch.float32, attn_implementation=sys.argv[4])
 use_lean_loss(model)
 steps(model, torch.randint(0, model.config.vocab_size, (int(sys.argv[2]), int(sys.argv[3]))))
 running = False
@@ -72,13 +72,17 @@ def wide_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "seed"
 
 
-def test_memory_estimate_is_within_a_quarter_of_a_measured_cpu_step(wide_seed: Path) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_memory_estimate_is_within_a_quarter_of_a_measured_cpu_step(
+    wide_seed: Path, attention: str
+) -> None:
+    """Measured here (2 cores): sdpa 0.59 GB for an estimate of 0.64, eager 0.79 for 0.78."""
     shape = ModelShape.of(Bundle.open(wide_seed))
     assert (shape.layers, shape.hidden, shape.intermediate, shape.heads) == (4, 256, 704, 4)
-    estimate = training_memory(shape, 8, 512, cuda=False).total
+    estimate = training_memory(shape, 8, 512, cuda=False, attention=attention).total
     measured = json.loads(
         subprocess.run(
-            [sys.executable, "-c", MEASURE, str(wide_seed), "8", "512"],
+            [sys.executable, "-c", MEASURE, str(wide_seed), "8", "512", attention],
             check=True, capture_output=True, text=True,
         ).stdout.splitlines()[-1]
     )  # fmt: skip

@@ -12,7 +12,9 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
   on either device; with gradient checkpointing 4h per token and layer plus one layer's full
   activations. The coefficients were fitted to the peak
   resident memory of fp32 training steps on the CPU (Llama-style, h = 256 and 512, s = 128 and
-  512; within 13%; tests/test_plan_estimates.py checks one); on a GPU they are not yet measured;
+  512; within 13%; tests/test_plan_estimates.py checks one, with SDPA and with eager attention,
+  the latter 2% over the measured peak at b x s = 8 x 512 and 14% over at 2 x 2048); on a GPU
+  they are not yet measured;
 - the loss: the plain loss holds the whole batch's logits with their fp32 copy and gradient
   (10 bytes a logit under autocast, 12 in fp32); the chunked loss one chunk of 2^26 logits,
   the hidden states' gradient and an fp32 gradient of the output layer.
