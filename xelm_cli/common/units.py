@@ -19,6 +19,17 @@ def parse_token_count(text: str) -> int:
     return int(value)
 
 
+def token_count(tokens: int | str, option: str = "tokens") -> int:
+    """A token count as a Python caller gives it: a positive int, or text such as ``20M``."""
+    if isinstance(tokens, str):
+        return parse_token_count(tokens)
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise UsageError(
+            f"{option} must be a positive whole number or text such as 20M, not {tokens!r}"
+        )
+    return tokens
+
+
 _BYTES = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*")
 
 

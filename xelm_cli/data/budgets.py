@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.common.units import parse_token_count
+from xelm_cli.common.units import parse_token_count, token_count
 from xelm_cli.lang.codes import normalize_language
 
 ALL_LANGUAGES = "*"  # in caps and limits: every language not named
@@ -32,15 +32,7 @@ def parse_caps(text: str) -> dict[str, int]:
 
 def total_budget(tokens: int | str | None) -> int | None:
     """``prepare``'s ``tokens``: an int or text such as ``"20M"``; None: no total budget."""
-    if tokens is None:
-        return None
-    if isinstance(tokens, str):
-        return parse_token_count(tokens)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise UsageError(
-            f"--tokens must be a positive whole number or text such as 20M, not {tokens!r}"
-        )
-    return tokens
+    return None if tokens is None else token_count(tokens, "--tokens")
 
 
 def normalise_caps(caps: dict[str, int] | int | str | None) -> dict[str, int] | None:

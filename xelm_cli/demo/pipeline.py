@@ -23,12 +23,13 @@ from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
+from xelm_cli.common.units import duration
 from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.folder import check_folder, record_folder
-from xelm_cli.demo.plan import demo_plan, duration, runner_span_tokens
+from xelm_cli.demo.plan import demo_plan, runner_span_tokens
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model

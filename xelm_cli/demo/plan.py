@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.common.units import duration
 from xelm_cli.demo.folder import check_folder
 from xelm_cli.demo.presets import Preset, get_preset
 from xelm_cli.training.plan_runner import side_by_side_length
@@ -138,14 +139,6 @@ def demo_plan(
         preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed, devices, span,
         ranks,
     )  # fmt: skip
-
-
-def duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def format_plan(plan: DemoPlan) -> str:

@@ -13,7 +13,7 @@ from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.errors import UsageError
-from xelm_cli.common.units import parse_token_count
+from xelm_cli.common.units import token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
@@ -197,8 +197,8 @@ def make_plan(
 
     ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``); every path may
     be text."""
-    budget = parse_token_count(budget) if isinstance(budget, str) else budget
-    moe_tokens = parse_token_count(moe_tokens) if isinstance(moe_tokens, str) else moe_tokens
+    budget = token_count(budget, "budget")
+    moe_tokens = moe_tokens if moe_tokens == 0 else token_count(moe_tokens, "moe_tokens")
     allocation, seed_bundle, data, runs = map(Path, (allocation, seed_bundle, data, runs))
     valid, measured, moe_calibration = (
         Path(path) if path is not None else None for path in (valid, measured, moe_calibration)

@@ -14,9 +14,8 @@ from typing import Any
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock
-from xelm_cli.common.errors import UsageError
-from xelm_cli.common.units import parse_token_count
-from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.common.units import token_count
+from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import Trainer, TrainRequest
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
@@ -54,13 +53,13 @@ def train(
     cls = registration.obj
     label = f"trainer {registration.name!r}"
     checked = trainer_options(cls, options, label=label)
-    count = _token_count(tokens)
+    count = token_count(tokens)
     request = TrainRequest(
         bundle=Path(bundle),
         data=Path(data),
         output=Path(output),
         tokens=count,
-        languages=_languages(languages),
+        languages=language_codes(languages) or (),
         options=checked,
         valid=Path(valid) if valid is not None else None,
         resume=resume,
@@ -77,22 +76,6 @@ def trainer_options(cls: type[Trainer], values: Mapping[str, Any], *, label: str
     """``values`` checked against ``cls``'s declared options and converted (only those given:
     the trainer fills in its defaults); a one-line error names ``label`` and its options."""
     return parse_options(cls, dict(values), label=label, via=TRAIN_ARG)
-
-
-def _token_count(tokens: int | str) -> int:
-    if isinstance(tokens, str):
-        return parse_token_count(tokens)
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise UsageError(
-            f"tokens must be a positive whole number or text such as 20M, not {tokens!r}"
-        )
-    return tokens
-
-
-def _languages(languages: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(languages, str):
-        return tuple(parse_language_list(languages)) if languages.strip() else ()
-    return tuple(dict.fromkeys(normalize_language(code) for code in languages))
 
 
 def _call_text(
