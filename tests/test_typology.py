@@ -319,6 +319,15 @@ def test_assigner_refuses_another_clusterers_allocation(tmp_path: Path) -> None:
     assert LanguageAssigner([["en"], ["tr"]]).assign([Document("x", "tr")]).tolist() == [1]
 
 
+def test_allocations_are_written_and_read_at_paths_given_as_text(tmp_path: Path) -> None:
+    from xelm_cli.api import read_allocation, write_allocation
+
+    written = write_allocation(str(tmp_path / "a.json"), clusterer="typology",
+                               experts=[["en", "de"], ["tr"]])  # fmt: skip
+    read = read_allocation(str(tmp_path / "a.json"))
+    assert read.experts == written.experts == [["en", "de"], ["tr"]]
+
+
 def test_plugins_list_shows_the_typology_clusterer(capsys) -> None:
     code, stdout, _ = xelm(capsys, "plugins", "list", "--json")
     assert code == 0

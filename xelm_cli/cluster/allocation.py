@@ -114,7 +114,8 @@ def _manifest_path(path: Path) -> Path:
     return path / DIR_MANIFEST if path.is_dir() else path
 
 
-def read_allocation(path: Path) -> Allocation:
+def read_allocation(path: str | Path) -> Allocation:
+    path = Path(path)
     json_path = _manifest_path(path)
     if not json_path.is_file():
         raise UsageError(f"allocation not found: {path}")
@@ -147,7 +148,7 @@ def read_allocation(path: Path) -> Allocation:
 
 
 def write_allocation(
-    out: Path,
+    out: str | Path,
     *,
     clusterer: str,
     experts: list[list[str]],
@@ -164,6 +165,7 @@ def write_allocation(
     ``provenance`` is the clusterer's registration provenance (by default the one
     :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``).
     """
+    out = Path(out)
     provenance = provenance if provenance is not None else _provenance.get()
     data: dict[str, Any] = {
         "format": FORMAT_NAME,
