@@ -1,16 +1,27 @@
 """What xelm train tells its user: the progress bar before and after the first logged step,
-a --device it cannot use refused in one line before anything is written, and --tokens that
-do not fill whole steps."""
+a plain line per logged step in logs, a --device or --attention it cannot use refused in one
+line before anything is written, --tokens that do not fill whole steps or pass over the data
+more than once, out of memory as one line with the way out, and --compile's wait."""
 
+import importlib.util
+import json
+import re
+from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 from conftest import SHARED_DATA
 from rich.console import Console
+from xelm_trainer import loop
 from xelm_trainer.loop import TrainProgress
 
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.data.prepare import prepare
+from xelm_cli.plugin.contracts import checkpoint_dir
+from xelm_cli.training.checkpoints import list_checkpoints
 
 
 def shown(bar: TrainProgress) -> str:
@@ -72,5 +83,154 @@ def test_tokens_that_do_not_fill_whole_steps_are_said(
     err = capsys.readouterr().err
     assert "xelm: --tokens 300 is 2 whole steps of 128 tokens: training 256 " in err
     assert run(train(seed_bundle, shards, tmp_path / "one", "--tokens", "128")) == 0
-    out, err = capsys.readouterr()
-    assert "whole step" not in err and ": 1 step, 128 tokens" in out
+    printed, err = capsys.readouterr()
+    assert "whole step" not in err and ": 1 step, 128 tokens" in printed
+    assert "passes over" not in err  # 128 tokens of the about 3,000 the shards hold
+
+
+def test_logs_get_a_plain_line_per_logged_step(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"  # 4 steps of 128 tokens, logged at 2 and 4; stderr is not a terminal
+    assert run(train(seed_bundle, shards, out, "--tokens", "512", "--log-every", "2")) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    curve = Bundle.open(out).manifest.training["loss_curve"]  # type: ignore[index]
+    assert [step for step, _ in curve] == [2, 4]
+    assert len(lines) == 2
+    for line, (step, loss) in zip(lines, curve, strict=True):
+        left = "0s" if step == 4 else r"\d+s"
+        pattern = rf"step {step}/4  loss {loss:.3f}  [\d,]+ tok/s  \d+s elapsed, {left} left"
+        assert re.fullmatch(pattern, line), line
+
+
+def test_a_terminal_gets_the_bar_and_no_lines(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    bar = TrainProgress(total=4, done=0)
+    bar.update(2, loss=3.0, speed=100.0)
+    assert "step 2/4" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [(0.4, "0s"), (45, "45s"), (62, "1m02s"), (3599.6, "1h00m"), (3 * 3600 + 7 * 60 + 5, "3h07m")],
+)
+def test_times_are_short(seconds: float, expected: str) -> None:
+    assert loop.clock(seconds) == expected
+
+
+@pytest.fixture(scope="module")
+def few_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    out = tmp_path_factory.mktemp("few") / "shards"
+    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, langs=["en"], token_caps=200)
+    return out
+
+
+def test_tokens_beyond_the_data_say_how_many_passes(
+    seed_bundle: Path, few_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = json.loads((few_shards / "shards.json").read_text())
+    held = manifest["languages"]["en"]["tokens"]
+    assert 100 < held < 512
+    out = tmp_path / "out"
+    assert run(train(seed_bundle, few_shards, out, "--tokens", "512")) == 0
+    expected = (
+        f"xelm: --tokens 512 is about {512 / held:.1f} passes over the {held:,} tokens "
+        "these shards hold in en (the paper trains one pass)\n"
+    )
+    assert expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("attention", "module", "expected"),
+    [
+        ("flash_attention_2", "flash_attn", "the flash-attn package: pip install flash-attn"),
+        (
+            "flash_attention_3",
+            "flash_attn_interface",
+            "the flash-attn-3 package: build it from hopper/ in "
+            "github.com/Dao-AILab/flash-attention",
+        ),
+    ],
+)
+def test_flash_attention_without_its_package_is_refused_before_anything_is_read(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    attention: str, module: str, expected: str,
+) -> None:  # fmt: skip
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed")
+    missing = tmp_path / "no-shards"  # not read: the refusal comes first
+    args = train(seed_bundle, missing, tmp_path / "out", "--tokens", "128")
+    assert run([*args, "--attention", attention]) == 2
+    err = capsys.readouterr().err
+    refusal = f"--attention {attention} needs {expected}, or use --attention sdpa"
+    assert err == f"xelm: error: {refusal}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+CPU_OUT_OF_MEMORY = (
+    "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"
+)
+
+
+def fails_at_forward(monkeypatch: pytest.MonkeyPatch, error: Exception, call: int) -> None:
+    """The loaded model's ``call``-th forward raises ``error`` (a hook on the real model)."""
+    load = loop.load_model
+    calls = count(1)
+
+    def raise_at_call(*_: Any) -> None:
+        if next(calls) == call:
+            raise error
+
+    def load_failing(*args: Any) -> Any:
+        model = load(*args)
+        model.register_forward_hook(raise_at_call)
+        return model
+
+    monkeypatch.setattr(loop, "load_model", load_failing)
+
+
+@pytest.mark.parametrize(
+    "error", [torch.OutOfMemoryError("CUDA out of memory"), RuntimeError(CPU_OUT_OF_MEMORY)]
+)
+def test_out_of_memory_is_one_line_naming_the_way_out_and_keeps_checkpoints(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, error: Exception,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"  # 4 steps, a checkpoint after step 2; step 3's forward fails
+    args = train(seed_bundle, shards, out, "--tokens", "512", "--checkpoint-every", "2")
+    fails_at_forward(monkeypatch, error, call=3)
+    assert run(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "xelm: error: out of memory in step 3 at --batch-size 4 x --block-size 32: use a "
+        "smaller --batch-size with --global-batch 128 (gradient accumulation keeps the step "
+        "size) or --gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch "
+        "that fits; the checkpoint of step 2 stays: --resume --gradient-checkpointing "
+        "continues from it"
+    )
+    assert [step for step, _ in list_checkpoints(checkpoint_dir(out))] == [2]
+    assert not out.exists()
+    monkeypatch.undo()
+    assert run([*args, "--resume", "--gradient-checkpointing"]) == 0
+    assert "resuming from step 2" in capsys.readouterr().err
+
+
+def test_other_runtime_errors_stay_internal_errors(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    fails_at_forward(monkeypatch, RuntimeError("mat1 and mat2 shapes cannot be multiplied"), 1)
+    assert run(train(seed_bundle, shards, tmp_path / "out", "--tokens", "128")) == 70
+    assert "internal error: RuntimeError: mat1 and mat2" in capsys.readouterr().err
+
+
+def test_compile_says_the_first_steps_take_longer(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(train(seed_bundle, shards, tmp_path / "out", "--tokens", "128", "--compile")) == 0
+    err = capsys.readouterr().err
+    assert err.count("compiling the model") == 1
+    assert "xelm: compiling the model (torch.compile): the first steps take longer\n" in err

@@ -10,9 +10,11 @@ batch inside DDP (or FSDP); rank 0 alone writes metrics, checkpoints and the bun
 """
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -55,6 +57,15 @@ from .options import TrainOptions
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
 # Options that change the numbers a run computes: a resumed run must have the same ones.
+# --attention: (module transformers looks for, package, how to install it)
+FLASH_PACKAGES = {
+    "flash_attention_2": ("flash_attn", "flash-attn", "pip install flash-attn"),
+    "flash_attention_3": (
+        "flash_attn_interface",
+        "flash-attn-3",
+        "build it from hopper/ in github.com/Dao-AILab/flash-attention",
+    ),
+}
 RUN_IDENTITY = (
     "block_size", "batch_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
     "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
@@ -98,6 +109,8 @@ class TrainingRun:
                 "accumulation x ranks)",
                 file=sys.stderr,
             )
+        if ranks.main and (note := passes_note(request.tokens, inputs)):
+            print(note, file=sys.stderr)
         if request.resume and not list_checkpoints(request.checkpoint_dir):
             # killed before its first checkpoint (or never started): a re-queued job with the
             # same command line simply starts the run
@@ -134,7 +147,12 @@ class TrainingRun:
         optimizer = make_optimizer(model, options, device)
         if saved.value is not None:
             load_optimizer(model, optimizer, saved.value, options.fsdp)
-        state = self.loop(request, inputs, model, optimizer, state, device, ranks)
+        try:
+            state = self.loop(request, inputs, model, optimizer, state, device, ranks)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not out_of_memory(exc):
+                raise
+            raise UsageError(out_of_memory_line(request, inputs.options, state.step)) from None
         full = full_state_dict(model, options.fsdp)  # FSDP: a collective, before rank 0 writes
         result = None
         if ranks.main:
@@ -162,6 +180,11 @@ class TrainingRun:
             bos=inputs.framing.start, eos=inputs.framing.end,
         )  # fmt: skip
         valid_blocks = validation_blocks(inputs, options)
+        if options.compile and ranks.main:
+            print(
+                "xelm: compiling the model (torch.compile): the first steps take longer",
+                file=sys.stderr,
+            )
         forward = torch.compile(model) if options.compile else model
         # DDP: validate the bare module (no collectives in its forward); FSDP: all ranks shard it
         evaluated = forward if options.fsdp or not ranks.launched else unwrap(model)
@@ -243,6 +266,7 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
         raise UsageError(
             "--fsdp needs torchrun: torchrun --nproc-per-node N -m xelm_cli train ... --fsdp"
         )
+    require_attention_package(options.attention)
     bundle = Bundle.open(request.bundle)
     shards = Shards.open(request.data)
     shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
@@ -270,6 +294,32 @@ def require_tokens(shards: Shards, languages: list[str]) -> None:
     empty = [lang for lang in languages if shards.stats[lang].tokens == 0]
     if empty:
         raise UsageError(f"{shards.path} has no tokens in {', '.join(empty)}")
+
+
+def require_attention_package(attention: str) -> None:
+    """FlashAttention needs its own package: refused before the model is read."""
+    if attention not in FLASH_PACKAGES:
+        return
+    module, package, install = FLASH_PACKAGES[attention]
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(
+            f"--attention {attention} needs the {package} package: {install}, "
+            "or use --attention sdpa"
+        )
+
+
+def passes_note(tokens: int, inputs: Inputs) -> str | None:
+    """A line when ``tokens`` are more than one pass over the shards' tokens of the run's
+    languages (the stream then repeats every document)."""
+    held = sum(inputs.shards.stats[lang].tokens for lang in inputs.languages)
+    if tokens <= held:
+        return None
+    passes = tokens / held
+    about = f"{passes:.1f}" if passes < 10 else f"{passes:,.0f}"
+    return (
+        f"xelm: --tokens {tokens:,} is about {about} passes over the {held:,} tokens these "
+        f"shards hold in {', '.join(inputs.languages)} (the paper trains one pass)"
+    )
 
 
 def check_output(request: TrainRequest) -> None:
@@ -477,6 +527,29 @@ def evaluate(
     return ranks.sum(float(total), device) / len(blocks)
 
 
+def out_of_memory(exc: RuntimeError) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
+    return isinstance(exc, torch.OutOfMemoryError) or bool(
+        re.search(r"can(no|')t allocate memory", str(exc), re.IGNORECASE)
+    )
+
+
+def out_of_memory_line(request: TrainRequest, options: TrainOptions, done: int) -> str:
+    line = (
+        f"out of memory in step {done + 1} at --batch-size {options.batch_size} x --block-size "
+        f"{options.block_size}: use a smaller --batch-size with --global-batch "
+        f"{options.batch_tokens} (gradient accumulation keeps the step size) or "
+        "--gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch that fits"
+    )
+    if kept := list_checkpoints(request.checkpoint_dir):
+        # a smaller --batch-size is another run (RUN_IDENTITY); checkpointing is not
+        line += (
+            f"; the checkpoint of step {kept[-1][0]} stays: --resume --gradient-checkpointing "
+            "continues from it"
+        )
+    return line
+
+
 def _step_of(line: str) -> float:
     """The step of a metrics line; infinite (dropped on resume) for a line torn by a kill."""
     try:
@@ -528,7 +601,8 @@ class MetricsLog:
 
 
 class TrainProgress:
-    """A rich progress bar on stderr (terminals only) with loss and tokens/s."""
+    """A rich progress bar on stderr with loss and tokens/s on terminals; elsewhere (logs,
+    pipes, batch jobs) a plain line per logged step."""
 
     def __init__(self, total: int, done: int, shown: bool = True) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -539,6 +613,8 @@ class TrainProgress:
         )  # fmt: skip
         # nothing measured until the first logged step
         self.task = self.progress.add_task("train", total=total, completed=done, stats="loss -")
+        self.lines = shown and not sys.stderr.isatty()
+        self.total, self.done, self.started = total, done, time.perf_counter()
 
     def __enter__(self) -> "TrainProgress":
         self.progress.start()
@@ -554,6 +630,28 @@ class TrainProgress:
         else:
             stats = f"loss {loss:.4f}  {speed:,.0f} tok/s"
             self.progress.update(self.task, completed=step, stats=stats)
+            if self.lines:
+                print(self.line(step, loss, speed), file=sys.stderr, flush=True)
+
+    def line(self, step: int, loss: float, speed: float) -> str:
+        """``step 300/781  loss 3.412  12,345 tok/s  1m02s elapsed, 1m38s left``: the time
+        left at this run's pace so far."""
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / (step - self.done) * (self.total - step)
+        return (
+            f"step {step}/{self.total}  loss {loss:.3f}  {speed:,.0f} tok/s  "
+            f"{clock(elapsed)} elapsed, {clock(left)} left"
+        )
+
+
+def clock(seconds: float) -> str:
+    """``45s``, ``1m02s``, ``3h07m``."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # --- 4. the trained bundle ------------------------------------------------------------------------
