@@ -15,7 +15,7 @@ import torch
 from conftest import SHARED_DATA
 from rich.console import Console
 from xelm_trainer import loop
-from xelm_trainer.loop import TrainProgress
+from xelm_trainer.feedback import TrainProgress, clock
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
@@ -117,7 +117,7 @@ def test_a_terminal_gets_the_bar_and_no_lines(
     [(0.4, "0s"), (45, "45s"), (62, "1m02s"), (3599.6, "1h00m"), (3 * 3600 + 7 * 60 + 5, "3h07m")],
 )
 def test_times_are_short(seconds: float, expected: str) -> None:
-    assert loop.clock(seconds) == expected
+    assert clock(seconds) == expected
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,9 @@ batch inside DDP (or FSDP); rank 0 alone writes metrics, checkpoints and the bun
 """
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
-import re
 import shutil
 import sys
 import time
@@ -34,7 +32,6 @@ from xelm_cli.api import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
-    stderr_progress,
     write_bundle,
     write_bytes_atomic,
 )
@@ -50,6 +47,13 @@ from .distributed import (
     unwrap,
     wrap,
 )
+from .feedback import (
+    TrainProgress,
+    out_of_memory,
+    out_of_memory_line,
+    passes_note,
+    require_attention_package,
+)
 from .lean_loss import supports_lean_loss, use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs
 from .options import TrainOptions
@@ -57,15 +61,6 @@ from .options import TrainOptions
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
 # Options that change the numbers a run computes: a resumed run must have the same ones.
-# --attention: (module transformers looks for, package, how to install it)
-FLASH_PACKAGES = {
-    "flash_attention_2": ("flash_attn", "flash-attn", "pip install flash-attn"),
-    "flash_attention_3": (
-        "flash_attn_interface",
-        "flash-attn-3",
-        "build it from hopper/ in github.com/Dao-AILab/flash-attention",
-    ),
-}
 RUN_IDENTITY = (
     "block_size", "batch_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
     "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
@@ -109,7 +104,7 @@ class TrainingRun:
                 "accumulation x ranks)",
                 file=sys.stderr,
             )
-        if ranks.main and (note := passes_note(request.tokens, inputs)):
+        if ranks.main and (note := passes_note(request.tokens, inputs.shards, inputs.languages)):
             print(note, file=sys.stderr)
         if request.resume and not list_checkpoints(request.checkpoint_dir):
             # killed before its first checkpoint (or never started): a re-queued job with the
@@ -294,32 +289,6 @@ def require_tokens(shards: Shards, languages: list[str]) -> None:
     empty = [lang for lang in languages if shards.stats[lang].tokens == 0]
     if empty:
         raise UsageError(f"{shards.path} has no tokens in {', '.join(empty)}")
-
-
-def require_attention_package(attention: str) -> None:
-    """FlashAttention needs its own package: refused before the model is read."""
-    if attention not in FLASH_PACKAGES:
-        return
-    module, package, install = FLASH_PACKAGES[attention]
-    if importlib.util.find_spec(module) is None:
-        raise UsageError(
-            f"--attention {attention} needs the {package} package: {install}, "
-            "or use --attention sdpa"
-        )
-
-
-def passes_note(tokens: int, inputs: Inputs) -> str | None:
-    """A line when ``tokens`` are more than one pass over the shards' tokens of the run's
-    languages (the stream then repeats every document)."""
-    held = sum(inputs.shards.stats[lang].tokens for lang in inputs.languages)
-    if tokens <= held:
-        return None
-    passes = tokens / held
-    about = f"{passes:.1f}" if passes < 10 else f"{passes:,.0f}"
-    return (
-        f"xelm: --tokens {tokens:,} is about {about} passes over the {held:,} tokens these "
-        f"shards hold in {', '.join(inputs.languages)} (the paper trains one pass)"
-    )
 
 
 def check_output(request: TrainRequest) -> None:
@@ -527,29 +496,6 @@ def evaluate(
     return ranks.sum(float(total), device) / len(blocks)
 
 
-def out_of_memory(exc: RuntimeError) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("can't allocate memory")."""
-    return isinstance(exc, torch.OutOfMemoryError) or bool(
-        re.search(r"can(no|')t allocate memory", str(exc), re.IGNORECASE)
-    )
-
-
-def out_of_memory_line(request: TrainRequest, options: TrainOptions, done: int) -> str:
-    line = (
-        f"out of memory in step {done + 1} at --batch-size {options.batch_size} x --block-size "
-        f"{options.block_size}: use a smaller --batch-size with --global-batch "
-        f"{options.batch_tokens} (gradient accumulation keeps the step size) or "
-        "--gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch that fits"
-    )
-    if kept := list_checkpoints(request.checkpoint_dir):
-        # a smaller --batch-size is another run (RUN_IDENTITY); checkpointing is not
-        line += (
-            f"; the checkpoint of step {kept[-1][0]} stays: --resume --gradient-checkpointing "
-            "continues from it"
-        )
-    return line
-
-
 def _step_of(line: str) -> float:
     """The step of a metrics line; infinite (dropped on resume) for a line torn by a kill."""
     try:
@@ -598,60 +544,6 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-class TrainProgress:
-    """A rich progress bar on stderr with loss and tokens/s on terminals; elsewhere (logs,
-    pipes, batch jobs) a plain line per logged step."""
-
-    def __init__(self, total: int, done: int, shown: bool = True) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-
-        self.progress = stderr_progress(
-            TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), shown=shown,
-        )  # fmt: skip
-        # nothing measured until the first logged step
-        self.task = self.progress.add_task("train", total=total, completed=done, stats="loss -")
-        self.lines = shown and not sys.stderr.isatty()
-        self.total, self.done, self.started = total, done, time.perf_counter()
-
-    def __enter__(self) -> "TrainProgress":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, step: int, loss: float | None = None, speed: float | None = None) -> None:
-        """Advance to ``step``; the loss and speed shown change on logged steps only."""
-        if loss is None or speed is None:
-            self.progress.update(self.task, completed=step)
-        else:
-            stats = f"loss {loss:.4f}  {speed:,.0f} tok/s"
-            self.progress.update(self.task, completed=step, stats=stats)
-            if self.lines:
-                print(self.line(step, loss, speed), file=sys.stderr, flush=True)
-
-    def line(self, step: int, loss: float, speed: float) -> str:
-        """``step 300/781  loss 3.412  12,345 tok/s  1m02s elapsed, 1m38s left``: the time
-        left at this run's pace so far."""
-        elapsed = time.perf_counter() - self.started
-        left = elapsed / (step - self.done) * (self.total - step)
-        return (
-            f"step {step}/{self.total}  loss {loss:.3f}  {speed:,.0f} tok/s  "
-            f"{clock(elapsed)} elapsed, {clock(left)} left"
-        )
-
-
-def clock(seconds: float) -> str:
-    """``45s``, ``1m02s``, ``3h07m``."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 # --- 4. the trained bundle ------------------------------------------------------------------------
