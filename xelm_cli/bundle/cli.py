@@ -395,7 +395,10 @@ def merge(
     ] = "average",
     weights: Annotated[
         str | None,
-        typer.Option(help="Weights in the experts' order (0.5,0.3,0.2) or NAME=W pairs."),
+        typer.Option(
+            help="Weights in the experts' order (0.5,0.3,0.2) or NAME=W pairs; scaled to sum "
+            "to 1 (0.3,0.3 averages equally), as recorded in the lineage."
+        ),
     ] = None,
     prior: Annotated[
         Path | None,
