@@ -234,3 +234,19 @@ def test_compile_says_the_first_steps_take_longer(
     err = capsys.readouterr().err
     assert err.count("compiling the model") == 1
     assert "xelm: compiling the model (torch.compile): the first steps take longer\n" in err
+
+
+def test_a_block_past_the_models_positions_is_said(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny seed declares 512 positions (max_position_embeddings); its rotary positions
+    still run past them, so the run trains, and says so first."""
+    long = train(seed_bundle, shards, tmp_path / "long", "--tokens", "640",
+                 "--block-size", "640", "--batch-size", "1")  # fmt: skip
+    assert run(long) == 0
+    assert (
+        "xelm: --block-size 640 is longer than the 512 positions this model declares "
+        "(max_position_embeddings): pass --block-size 512 or less" in capsys.readouterr().err
+    )
+    assert run(train(seed_bundle, shards, tmp_path / "short", "--tokens", "128")) == 0
+    assert "positions this model declares" not in capsys.readouterr().err

@@ -3,9 +3,11 @@ no terminal), a note when a run passes over its data more than once, out of memo
 missing FlashAttention package as one line naming the way out."""
 
 import importlib.util
+import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,6 +49,21 @@ def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None
     return (
         f"xelm: --tokens {tokens:,} is about {about} passes over the {held:,} tokens these "
         f"shards hold in {', '.join(languages)} (the paper trains one pass)"
+    )
+
+
+def positions_note(block_size: int, bundle: Path) -> str | None:
+    """A line when a block is longer than the positions the model declares
+    (``max_position_embeddings``, GPT-2's ``n_positions``): rotary models then see positions
+    they never saw; learned position tables fail."""
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    positions = config.get("max_position_embeddings") or config.get("n_positions")
+    if not isinstance(positions, int) or block_size <= positions:
+        return None
+    return (
+        f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions this "
+        f"model declares (max_position_embeddings): pass --block-size {positions:,} or less "
+        "unless you mean to train past them"
     )
 
 

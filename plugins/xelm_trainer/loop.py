@@ -52,6 +52,7 @@ from .feedback import (
     out_of_memory,
     out_of_memory_line,
     passes_note,
+    positions_note,
     require_attention_package,
 )
 from .lean_loss import supports_lean_loss, use_lean_loss
@@ -105,6 +106,8 @@ class TrainingRun:
                 file=sys.stderr,
             )
         if ranks.main and (note := passes_note(request.tokens, inputs.shards, inputs.languages)):
+            print(note, file=sys.stderr)
+        if ranks.main and (note := positions_note(inputs.options.block_size, inputs.bundle.path)):
             print(note, file=sys.stderr)
         if request.resume and not list_checkpoints(request.checkpoint_dir):
             # killed before its first checkpoint (or never started): a re-queued job with the
