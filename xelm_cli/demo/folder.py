@@ -63,8 +63,7 @@ def check_folder(out: Path, preset: Preset) -> None:
 
 
 def record_folder(out: Path, preset: Preset, data: Path) -> None:
-    """Check ``out`` (``check_folder``), then record what makes it if it has no record yet."""
-    check_folder(out, preset)
+    """Record what makes ``out`` if it has no record yet (``check_folder`` has passed)."""
     if not (out / RECORD).is_file():
         made = {"preset": preset.name, "settings": preset_settings(preset),
                 "data": str(data.resolve())}  # fmt: skip

@@ -161,14 +161,12 @@ class Demo:
         """After a training step: the training left and its time at the speed reached so far
         (with --devices, once after the seed's: the other runs side by side; they are all
         trained by the side-by-side step)."""
-        if "training" not in done:
+        if "training" not in done or (self.devices and name != "seed"):
             return ""
         plan = demo_plan(self.preset, self.out)
         if plan.remaining_seconds is None or not plan.remaining_tokens:
             return ""
         if self.devices:
-            if name != "seed":
-                return ""
             span = runner_span_tokens(self.preset, len(self.devices))
             assert plan.tokens_per_second is not None
             return (
