@@ -1,5 +1,6 @@
 """The README's "From Python" block, run exactly as printed: the whole method from Python
-(tokenizer, seed, typology clustering, branch, train, ensemble evaluation) on the sample data."""
+(tokenizer, seed, typology clustering, branch, train, ensemble evaluation) on the sample data;
+and the Python calls agree with the commands they stand for."""
 
 import json
 import math
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SHARED_DATA
 
+from xelm_cli import api
+from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import read_allocation
 
 README = ROOT / "README.md"
@@ -90,3 +93,32 @@ def test_the_readme_block_runs_the_whole_method(tmp_path: Path) -> None:
     assert results["request"]["languages"] == ["en", "tr", "ar", "ru"]
     overall = results["systems"][0]["metrics"]["overall"]["perplexity"]
     assert round(overall, 1) == ensemble
+
+
+def test_generate_text_is_what_ensemble_generate_prints(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, langs in enumerate((["en", "tr"], ["ar"])):
+        api.init_from_config(
+            "tiny", tokenizer_dir, tmp_path / "experts" / f"x{i}", languages=langs, seed=i
+        )
+    experts, ensemble = str(tmp_path / "experts" / "*"), str(tmp_path / "ens.json")
+    api.create_ensemble(experts, ensemble, router="posterior")
+    record = api.generate_text(ensemble, "Merhaba", max_new_tokens=4, seed=3)
+    assert run(["ensemble", "generate", ensemble, "--prompt", "Merhaba", "--max-new-tokens", "4",
+                "--seed", "3", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == record
+    assert record["prompt"] == "Merhaba" and record["experts"] == ["x0", "x1"]
+    assert len(record["tokens"]) == len(record["weights"]) == 4
+    assert all(sum(weights) == pytest.approx(1.0) for weights in record["weights"])
+
+    greedy = api.generate_text(experts, "Merhaba", language="tur", max_new_tokens=3, temperature=0)
+    assert run(["ensemble", "generate", experts, "--lang", "tr", "--prompt", "Merhaba",
+                "--max-new-tokens", "3", "--temperature", "0"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == "Merhaba" + greedy["text"] + "\n"
+    assert greedy["experts"] == ["x0"] and greedy["weights"] == [[1.0]] * 3
+
+
+def test_generate_text_checks_its_arguments_before_opening_the_members() -> None:
+    with pytest.raises(api.UsageError, match=r"^--max-new-tokens must be at least 1$"):
+        api.generate_text("no/such/experts/*", "x", max_new_tokens=0)

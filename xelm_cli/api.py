@@ -47,6 +47,7 @@ from xelm_cli.demo.plan import demo_plan
 from xelm_cli.demo.report import read_results, write_report
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.evaluate import evaluate
+from xelm_cli.ensemble.generation import generate_text
 from xelm_cli.ensemble.weights import (
     Weights,
     check_token_weights,
@@ -155,6 +156,7 @@ __all__ = [
     "feature_vectors",
     "fetch_data",
     "flores_code",
+    "generate_text",
     "get_registry",
     "group_documents",
     "hookimpl",

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -10,9 +10,7 @@ from xelm_cli.common.cli_options import ForceOpt
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
-from xelm_cli.ensemble.ensemble_file import COMBINE_RULES, EnsembleSpec, resolve_ensemble
-from xelm_cli.ensemble.routing import build_router
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.plugin.options import parse_pairs
 
 app = typer.Typer(
@@ -55,17 +53,6 @@ CombineOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
 ]
-
-
-def load_spec(
-    members: list[str],
-    router: str | None,
-    router_args: list[str] | None,
-    combine: str | None,
-) -> EnsembleSpec:
-    """The ensemble of the command line (``--router-arg`` pairs as the router's options)."""
-    pairs = parse_pairs(router_args or [], "--router-arg")
-    return resolve_ensemble(members, router=router, router_options=pairs, combine=combine)
 
 
 @app.command()
@@ -248,28 +235,20 @@ def generate(
     """Sample a continuation from the ensemble's mixed next-token distribution.
 
     Example: xelm ensemble generate experts/* --router language --lang tr --prompt "Bugün"
-    """
-    from xelm_cli.ensemble.generation import generate as run_generate
 
-    spec = load_spec(members, router, router_arg, None)
-    result = run_generate(
-        spec.members,
-        build_router(spec.router, spec.router_options),
+    Python: xelm_cli.api.generate_text
+    """
+    from xelm_cli.ensemble.generation import generate_text
+
+    record = generate_text(
+        members,
         prompt,
-        language=normalize_language(lang) if lang else None,
+        router=router,
+        router_options=parse_pairs(router_arg or [], "--router-arg"),
+        language=lang,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
         device=device,
     )
-    if as_json:
-        record: dict[str, Any] = {
-            "prompt": prompt,
-            "text": result.text,
-            "tokens": result.tokens,
-            "experts": result.experts,
-            "weights": result.weights,
-        }
-        typer.echo(json.dumps(record, ensure_ascii=False))
-    else:
-        typer.echo(prompt + result.text)
+    typer.echo(json.dumps(record, ensure_ascii=False) if as_json else prompt + record["text"])

@@ -4,18 +4,25 @@ The experts with non-zero weight run together, each with its own key-value cache
 step the next-token distribution is sum_e w_e p_e (a pre-router's weights are fixed for the
 prompt, an output-dependent router's are recomputed from the tokens so far), then sharpened
 by the temperature and sampled (temperature 0: the most likely token).
+
+``generate_text`` is ``xelm ensemble generate`` from Python; ``generate`` is its engine, on
+opened bundles and a built router.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
+from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.ensemble.scoring import LoadedModel, with_cache
 from xelm_cli.ensemble.weights import check_token_weights
+from xelm_cli.lang.codes import normalize_language
 from xelm_cli.plugin.contracts import Document, Router, ScoredDocument
 
 
@@ -25,6 +32,57 @@ class Generation:
     tokens: list[int]
     experts: list[str]  # names of the experts that ran
     weights: list[list[float]] = field(default_factory=list)  # per generated token
+
+
+def generate_text(
+    members: Member | Sequence[Member],
+    prompt: str,
+    *,
+    router: str | None = None,
+    router_options: Mapping[str, Any] | None = None,
+    language: str | None = None,
+    max_new_tokens: int = 50,
+    temperature: float = 1.0,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Continue ``prompt`` with the ensemble of ``members``; the record ``xelm ensemble
+    generate --json`` prints: ``prompt``, ``text`` (the continuation), ``tokens``, ``experts``
+    (the names of those that ran) and ``weights`` (theirs, per generated token).
+
+    ``members``: bundle directories (or :class:`Bundle` objects, or quoted globs such as
+    ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
+    router and its options (default: the ensemble file's, else ``language``); ``language``: the
+    prompt's (the language router needs it); ``temperature`` 0 picks the most likely token.
+
+    Example: ``generate_text("experts/*", "Bugün", router="language", language="tr")``
+    """
+    check_sampling(max_new_tokens, temperature)  # before the members' (slower) checks
+    spec = resolve_ensemble(members, router=router, router_options=router_options)
+    result = generate(
+        spec.members,
+        build_router(spec.router, spec.router_options),
+        prompt,
+        language=normalize_language(language) if language else None,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        device=device,
+    )
+    return {
+        "prompt": prompt,
+        "text": result.text,
+        "tokens": result.tokens,
+        "experts": result.experts,
+        "weights": result.weights,
+    }
+
+
+def check_sampling(max_new_tokens: int, temperature: float) -> None:
+    if max_new_tokens < 1:
+        raise UsageError("--max-new-tokens must be at least 1")
+    if not (temperature >= 0 and np.isfinite(temperature)):
+        raise UsageError("--temperature must be a finite number >= 0")
 
 
 def generate(
@@ -41,10 +99,7 @@ def generate(
     import torch
     from transformers import DynamicCache
 
-    if max_new_tokens < 1:
-        raise UsageError("--max-new-tokens must be at least 1")
-    if not (temperature >= 0 and np.isfinite(temperature)):
-        raise UsageError("--temperature must be a finite number >= 0")
+    check_sampling(max_new_tokens, temperature)
     runner = EnsembleModel(members, router, device=device, name="generate")
     document = Document(prompt, language)
     fixed = runner.route_one(document)  # None: an output-dependent router weighs each step
