@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED_DATA, train_tokenizer
+from xelm_typology import LanguageAssigner
 
 from xelm_cli.api import (
     ChoiceRequest,
@@ -126,7 +127,9 @@ def test_streaming_equals_all_experts_in_memory(experts: list[Bundle], device: s
     for got, ids in zip(ensemble.score_documents(DOCS), sequences, strict=True):
         with torch.no_grad():
             probs = [torch.softmax(m(torch.tensor([ids])).logits[0].double(), -1) for m in models]
-        mixed = torch.log(sum(probs) / 3)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        mixed = torch.log(torch.stack(probs).sum(0) / 3)[:-1].gather(
+            1, torch.tensor(ids[1:])[:, None]
+        )[:, 0]
         np.testing.assert_allclose(got, mixed.numpy(), atol=tolerance(device))
 
 
@@ -291,6 +294,31 @@ def test_calibration_fits_the_oracle_table_and_the_posterior_prior(experts: list
         return float(logsumexp(totals + np.log(p), axis=1).sum())
 
     assert likelihood(prior) >= likelihood(np.full(3, 1 / 3)) - 1e-9  # EM never loses
+
+
+def test_a_language_no_expert_covers_is_refused_with_the_ways_out(experts: list[Bundle]) -> None:
+    oracle = build_router("oracle", {"table": {"en": experts[0].id, "ar": experts[1].id}})
+    with pytest.raises(UsageError) as refused:
+        EnsembleModel(experts, oracle).score_documents(flores("ru", 1))
+    assert str(refused.value) == (
+        "the oracle router was calibrated without language 'ru' (has: ar, en): keep to those "
+        "(--langs ar,en) or calibrate on data that has it (xelm ensemble create --router oracle "
+        "--calibrate DEV_DATA)"
+    )
+    assigner = LanguageAssigner([["en", "tr"], ["ar"]])
+    with pytest.raises(UsageError) as refused:
+        assigner.assign([Document("Dzień dobry.", "pl"), Document("Hi.", "en")])
+    assert str(refused.value) == (
+        "no expert covers language(s) pl (covered: en, tr, ar); keep to the covered languages "
+        "(--langs en,tr,ar) or re-cluster with it (xelm cluster typology --langs en,tr,ar,pl "
+        "-k 2 -o ALLOCATION)"
+    )
+    with pytest.raises(UsageError) as refused:
+        assigner.assign([Document("?", None), Document("Bonjour.", "fr"), Document("Cześć.", "pl")])
+    assert str(refused.value).endswith(
+        "re-cluster with them (xelm cluster typology --langs en,tr,ar,fr,pl -k 2 -o ALLOCATION) "
+        "or give every document its language"
+    )
 
 
 def test_incompatible_members_are_refused(

@@ -127,9 +127,12 @@ class OracleRouter(PreRouter):
             language = _language_of(document, row, self.name)
             expert = self.table.get(language)
             if expert is None:
+                calibrated = sorted(self.table)
                 raise UsageError(
-                    f"the oracle router was calibrated without language {language!r} "
-                    f"(has: {', '.join(sorted(self.table))})"
+                    f"the oracle router was calibrated without language {language!r} (has: "
+                    f"{', '.join(calibrated)}): keep to those (--langs {','.join(calibrated)}) "
+                    "or calibrate on data that has it (xelm ensemble create --router oracle "
+                    "--calibrate DEV_DATA)"
                 )
             if expert not in index:
                 raise UsageError(

@@ -37,6 +37,7 @@ from xelm_cli.api import (
 
 NAME = "typology"
 DEFAULT_FEATURES = "syntax_average"
+NO_LANGUAGE = "(no language)"  # how a document without a language label is named
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class LanguageAssigner(Assigner):
     """Sends each document to the expert whose languages contain its language label."""
 
     def __init__(self, experts: Sequence[Sequence[str]]) -> None:
+        self.k = len(experts)
         self.expert_of: dict[str, int] = {}
         for index, langs in enumerate(experts):
             for lang in langs:
@@ -150,14 +152,29 @@ class LanguageAssigner(Assigner):
 
     def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
         uncovered = sorted(
-            {d.language or "(no language)" for d in documents if d.language not in self.expert_of}
+            {d.language or NO_LANGUAGE for d in documents if d.language not in self.expert_of}
         )
         if uncovered:
-            raise UsageError(
-                f"no expert covers language(s) {', '.join(uncovered)} (covered: "
-                f"{', '.join(self.expert_of)}); re-cluster with those languages or drop them"
-            )
+            raise UsageError(self._uncovered_message(uncovered))
         return np.array([self.expert_of[str(d.language)] for d in documents], dtype=np.int64)
+
+    def _uncovered_message(self, uncovered: list[str]) -> str:
+        """The one-line refusal, with the ways out: keep to the covered languages, re-cluster
+        with the new ones (at the same k), label the documents that have no language."""
+        covered = list(self.expert_of)
+        labelled = [language for language in uncovered if language != NO_LANGUAGE]
+        ways = [f"keep to the covered languages (--langs {','.join(covered)})"]
+        if labelled:
+            ways.append(
+                f"re-cluster with {'it' if len(labelled) == 1 else 'them'} (xelm cluster typology "
+                f"--langs {','.join(covered + labelled)} -k {self.k} -o ALLOCATION)"
+            )
+        if NO_LANGUAGE in uncovered:
+            ways.append("give every document its language")
+        return (
+            f"no expert covers language(s) {', '.join(uncovered)} (covered: "
+            f"{', '.join(covered)}); {', '.join(ways[:-1])} or {ways[-1]}"
+        )
 
 
 class TypologyClusterer(Clusterer):
