@@ -15,7 +15,7 @@ import torch
 from conftest import SHARED_DATA
 from rich.console import Console
 from xelm_trainer import loop
-from xelm_trainer.feedback import TrainProgress, clock
+from xelm_trainer.feedback import TrainProgress, clock, smaller_batch
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
@@ -208,14 +208,37 @@ def test_out_of_memory_is_one_line_naming_the_way_out_and_keeps_checkpoints(
         "xelm: error: out of memory in step 3 at --batch-size 4 x --block-size 32: use a "
         "smaller --batch-size with --global-batch 128 (gradient accumulation keeps the step "
         "size) or --gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch "
-        "that fits; the checkpoint of step 2 stays: --resume --gradient-checkpointing "
-        "continues from it"
+        "that fits; the checkpoint of step 2 stays: --resume --batch-size 2 --global-batch 128 "
+        "continues from it (or --resume --gradient-checkpointing)"
     )
     assert [step for step, _ in list_checkpoints(checkpoint_dir(out))] == [2]
     assert not out.exists()
     monkeypatch.undo()
-    assert run([*args, "--resume", "--gradient-checkpointing"]) == 0
+    assert run([*args, "--resume", "--batch-size", "2", "--global-batch", "128"]) == 0
     assert "resuming from step 2" in capsys.readouterr().err
+    assert Bundle.open(out).manifest.training["options"]["batch_size"] == 2  # type: ignore[index]
+
+
+def test_out_of_memory_at_batch_size_one_names_gradient_checkpointing_alone(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    out = tmp_path / "out"  # 4 steps of 1 x 32 tokens, a checkpoint after step 2
+    args = train(seed_bundle, shards, out, "--tokens", "128", "--checkpoint-every", "2")
+    fails_at_forward(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"), call=3)
+    assert run([*args, "--batch-size", "1"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith(
+            "; the checkpoint of step 2 stays: --resume --gradient-checkpointing continues from it"
+        )
+    )
+
+
+@pytest.mark.parametrize(("batch_size", "smaller"), [(1, None), (2, 1), (5, 1), (6, 3), (9, 3)])
+def test_the_smaller_batch_divides_the_batch(batch_size: int, smaller: int | None) -> None:
+    assert smaller_batch(batch_size) == smaller
 
 
 def test_other_runtime_errors_stay_internal_errors(
@@ -250,3 +273,73 @@ def test_a_block_past_the_models_positions_is_said(
     )
     assert run(train(seed_bundle, shards, tmp_path / "short", "--tokens", "128")) == 0
     assert "positions this model declares" not in capsys.readouterr().err
+
+
+def tiny_seed(family: str, tokenizer_of: Path, out: Path) -> Path:
+    """A random seed of ``family`` (hidden 16, one layer, 64 positions) with the tokenizer of
+    the bundle ``tokenizer_of``: the shards made for that bundle fit a GPT-2 or OPT seed."""
+    from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig, Qwen2Config
+
+    from xelm_cli.bundle.seed import init_from_hf
+
+    tokenizer = Bundle.open(tokenizer_of).load_tokenizer()
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    configs = {
+        "gpt2": lambda: GPT2Config(n_embd=16, n_layer=1, n_head=2, n_positions=64, **ids),
+        "opt": lambda: OPTConfig(
+            hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+            word_embed_proj_dim=16, max_position_embeddings=64, **ids,
+        ),
+        "qwen2": lambda: Qwen2Config(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, max_position_embeddings=64, **ids,
+        ),
+    }  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(configs[family]()).save_pretrained(out / "hf")
+    tokenizer.save_pretrained(out / "hf")
+    return init_from_hf(str(out / "hf"), out / "seed", languages=["en"]).path
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt"])
+def test_a_block_past_a_learned_position_table_is_refused_before_anything_is_written(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    family: str,
+) -> None:  # fmt: skip
+    """GPT-2's wpe and OPT's embed_positions (64 positions, OPT's table 2 rows longer) would
+    be indexed past their end inside the model; a block of 64 still trains."""
+    seed = tiny_seed(family, seed_bundle, tmp_path / family)
+    capsys.readouterr()
+    before = sorted(tmp_path.rglob("*"))
+    one = ("--batch-size", "1", "--device", "cpu")
+    long = train(seed, shards, tmp_path / "long", "--tokens", "65", "--block-size", "65", *one)
+    assert run(long) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: --block-size 65 is longer than the 64 positions of this model's learned "
+        "position table: pass --block-size 64 or less\n"
+    )
+    assert sorted(tmp_path.rglob("*")) == before
+    fits = train(seed, shards, tmp_path / "fits", "--tokens", "128", "--block-size", "64", *one)
+    assert run(fits) == 0
+    assert "positions" not in capsys.readouterr().err
+
+
+def test_a_rotary_model_past_its_positions_is_only_warned(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Qwen2's rotary positions run past the 64 it declares (as the Llama seed's do)."""
+    seed = tiny_seed("qwen2", seed_bundle, tmp_path / "qwen2")
+    own = tmp_path / "shards"  # transformers gives the tokenizer Qwen2's class: its own shards
+    prepare(SHARED_DATA / "corpus" / "valid", seed, own, langs=["en"], token_caps=200)
+    long = train(seed, own, tmp_path / "long", "--tokens", "80", "--block-size", "80",
+                 "--batch-size", "1")  # fmt: skip
+    assert run(long) == 0
+    assert (
+        "xelm: --block-size 80 is longer than the 64 positions this model declares "
+        "(max_position_embeddings): pass --block-size 64 or less" in capsys.readouterr().err
+    )

@@ -1,5 +1,6 @@
 """What the trainer tells its user: a progress bar (a plain line per logged step where stderr is
-no terminal), a note when a run passes over its data more than once, out of memory and a
+no terminal), a note when a run passes over its data more than once or a block is longer than
+the model's positions, out of memory, a block longer than a learned position table and a
 missing FlashAttention package as one line naming the way out."""
 
 import importlib.util
@@ -52,18 +53,61 @@ def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None
     )
 
 
-def positions_note(block_size: int, bundle: Path) -> str | None:
-    """A line when a block is longer than the positions the model declares
-    (``max_position_embeddings``, GPT-2's ``n_positions``): rotary models then see positions
-    they never saw; learned position tables fail."""
+# rows a fairseq-style position table (OPT, BART, BioGPT) keeps before position 0
+POSITION_OFFSET = 2
+
+
+def declared_positions(bundle: Path) -> int | None:
+    """The positions the model's config declares (``max_position_embeddings``, GPT-2's
+    ``n_positions``), if any."""
     config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
     positions = config.get("max_position_embeddings") or config.get("n_positions")
-    if not isinstance(positions, int) or block_size <= positions:
+    return positions if isinstance(positions, int) else None
+
+
+def positions_note(block_size: int, bundle: Path) -> str | None:
+    """A line when a block is longer than the positions the model declares: rotary, ALiBi and
+    sinusoidal positions run past them into positions the model never saw (a learned position
+    table cannot: ``require_block_fits``)."""
+    positions = declared_positions(bundle)
+    if positions is None or block_size <= positions:
         return None
     return (
         f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions this "
-        f"model declares (max_position_embeddings): pass --block-size {positions:,} or less "
+        f"model declares (max_position_embeddings): pass --block-size {positions} or less "
         "unless you mean to train past them"
+    )
+
+
+def require_block_fits(block_size: int, bundle: Path) -> None:
+    """A block longer than a learned position table (GPT-2's ``wpe``, OPT's
+    ``embed_positions``) would index past it inside the model (on CUDA a device-side assert
+    that kills the process): refused before anything is written."""
+    positions = declared_positions(bundle)
+    if positions is None or block_size <= positions or not learned_positions(bundle, positions):
+        return
+    raise UsageError(
+        f"--block-size {block_size:,} is longer than the {positions:,} positions of this "
+        f"model's learned position table: pass --block-size {positions} or less"
+    )
+
+
+def learned_positions(bundle: Path, positions: int) -> bool:
+    """Whether the model holds a learned position table: an embedding besides the token
+    embedding with a row per position (GPT-2, GPT-Neo; OPT's, BART's and BioGPT's have
+    ``POSITION_OFFSET`` more), found in the model built from its config on the meta device (no
+    weights read, no memory taken). Rotary, ALiBi and sinusoidal positions (Llama, Qwen,
+    GPT-NeoX, BLOOM, XGLM) hold none; Gemma 3n's per-layer token tables are no position table."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(bundle))
+    tokens = model.get_input_embeddings()
+    return any(
+        isinstance(module, torch.nn.Embedding)
+        and module is not tokens
+        and positions <= module.num_embeddings <= positions + POSITION_OFFSET
+        for module in model.modules()
     )
 
 
@@ -82,12 +126,26 @@ def out_of_memory_line(request: TrainRequest, options: TrainOptions, done: int) 
         "--gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch that fits"
     )
     if kept := list_checkpoints(request.checkpoint_dir):
-        # a smaller --batch-size is another run (RUN_IDENTITY); checkpointing is not
-        line += (
-            f"; the checkpoint of step {kept[-1][0]} stays: --resume --gradient-checkpointing "
-            "continues from it"
+        # neither --batch-size nor --gradient-checkpointing is in the run's identity
+        # (RUN_IDENTITY in loop.py): --global-batch is
+        checkpointing = "--resume --gradient-checkpointing"
+        smaller = smaller_batch(options.batch_size)
+        resumes = (
+            f"--resume --batch-size {smaller} --global-batch {options.batch_tokens} continues "
+            f"from it (or {checkpointing})"
+            if smaller
+            else f"{checkpointing} continues from it"
         )
+        line += f"; the checkpoint of step {kept[-1][0]} stays: {resumes}"
     return line
+
+
+def smaller_batch(batch_size: int) -> int | None:
+    """The largest micro-batch up to half of ``batch_size`` that divides it (so it divides the
+    global batch too); None for a batch of 1."""
+    return max(
+        (size for size in range(1, batch_size // 2 + 1) if batch_size % size == 0), default=None
+    )
 
 
 class TrainProgress:

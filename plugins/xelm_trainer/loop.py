@@ -54,6 +54,7 @@ from .feedback import (
     passes_note,
     positions_note,
     require_attention_package,
+    require_block_fits,
 )
 from .lean_loss import supports_lean_loss, use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs
@@ -61,9 +62,12 @@ from .options import TrainOptions
 
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
-# Options that change the numbers a run computes: a resumed run must have the same ones.
+# Options that change the numbers a run computes: a resumed run must have the same ones. Not
+# --batch-size (nor the world size): a step reads the same global batch of blocks from the
+# cursor however it is split into micro-batches, so after an out-of-memory a run continues
+# with a smaller --batch-size at the same --global-batch.
 RUN_IDENTITY = (
-    "block_size", "batch_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
+    "block_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
     "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
 )  # fmt: skip
 
@@ -266,6 +270,7 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
         )
     require_attention_package(options.attention)
     bundle = Bundle.open(request.bundle)
+    require_block_fits(options.block_size, bundle.path)
     shards = Shards.open(request.data)
     shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
     languages = list(request.languages) or bundle.languages
@@ -379,13 +384,14 @@ def resume(
 ) -> RunState:
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
     with open(path / "state.json", encoding="utf-8") as f:
-        saved_identity = json.load(f).get("identity")
+        saved_identity = json.load(f).get("identity") or {}
     identity = run_identity(request, inputs)
-    if saved_identity != identity:
-        changed = sorted(k for k in identity if (saved_identity or {}).get(k) != identity[k])
+    # only the keys this version compares: older checkpoints also stored batch_size
+    changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
+    if changed:
         raise UsageError(
             f"cannot resume {path}: the run differs in {', '.join(changed)}; "
-            "use the same inputs and options, or --force to start over"
+            f"{same_run(changed, saved_identity)}, or --force to start over"
         )
     saved = load_checkpoint(path, model=model, optimizer=optimizer)
     if main:
@@ -397,6 +403,17 @@ def resume(
         valid_curve=saved["valid_curve"],
         seconds=saved["seconds"],
     )
+
+
+def same_run(changed: list[str], saved_identity: dict[str, Any]) -> str:
+    """The way back to the checkpoint's run: its --global-batch when that differs (a
+    --batch-size alone changes it when --global-batch is not given)."""
+    if "global_batch_tokens" not in changed:
+        return "use the same inputs and options"
+    step = f"--global-batch {saved_identity['global_batch_tokens']}"
+    if changed == ["global_batch_tokens"]:
+        return f"pass {step} (the checkpoint's tokens per step)"
+    return f"use the same inputs and options ({step})"
 
 
 def checkpoint(
