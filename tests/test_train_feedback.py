@@ -1,7 +1,8 @@
 """What xelm train tells its user: the progress bar before and after the first logged step,
-a plain line per logged step in logs, a --device or --attention it cannot use refused in one
-line before anything is written, --tokens that do not fill whole steps or pass over the data
-more than once, out of memory as one line with the way out, and --compile's wait."""
+a plain line per logged step in logs, a --device or --attention it cannot use and a block past
+a learned position table refused in one line before anything is written, --tokens that do not
+fill whole steps or pass over the data more than once, a block past rotary positions, out of
+memory as one line with the way out, and --compile's wait."""
 
 import importlib.util
 import json
