@@ -7,6 +7,7 @@ code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
 import os
 import re
 import sys
+from typing import Any
 
 import typer
 
@@ -64,6 +65,16 @@ def _root(
     """xelm: cross-lingual expert language models."""
 
 
+def _flags_without_type(command: Any) -> None:
+    """A flag takes no value, so its help shows none (Typer would show ``<bool>``, in a column
+    that squeezes the flag names at 80 columns); in place, for ``command`` and all under it."""
+    for param in command.params:
+        if isinstance(param, typer.core.TyperOption) and param.is_flag:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_without_type(sub)
+
+
 # Rust libraries (safetensors, tokenizers) report OS errors inside their own exception types.
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
@@ -101,6 +112,7 @@ def run(argv: list[str] | None = None) -> int:
         # What comes back is an exit code (typer.Exit, --help) or a command's None.
         command = typer.main.get_command(app)
         reflow_commands(command)
+        _flags_without_type(command)
         code = command(args=argv, prog_name="xelm", standalone_mode=False)
         if code == 130:  # Typer's answer to KeyboardInterrupt
             return _interrupted(arguments)

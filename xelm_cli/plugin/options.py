@@ -106,6 +106,11 @@ class OptionSpec:
         """A plain boolean: ``--NAME/--no-NAME`` on the command line."""
         return _strip_optional(self.annotation)[0] is bool
 
+    @property
+    def negative_flag(self) -> str:
+        """The flag that turns a boolean option off: ``--no-NAME``."""
+        return "--no-" + self.flag_name.removeprefix("--")
+
     def describe(self) -> dict[str, Any]:
         """What ``xelm plugins show --json`` prints for this option."""
         return {
@@ -448,13 +453,11 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
     for spec in declared_options(owner):
         if not spec.cli or spec.name in skip:
             continue
-        # rich markup would swallow a bare "[default: none]": the bracket is escaped
-        state = "required" if spec.required else f"default: {as_text(spec.default)}"
-        help_text = f"{spec.help} \\[{state}]".strip()
+        help_text = _help_text(spec)
         shown = False
         if spec.is_flag:
-            negative = "--no-" + spec.flag_name.removeprefix("--")
-            info = typer.Option(f"{spec.flag_name}/{negative}", help=help_text, show_default=shown)
+            names = f"{spec.flag_name}/{spec.negative_flag}"
+            info = typer.Option(names, help=help_text, show_default=shown)
             annotation: Any = Annotated[bool | None, info]
         else:
             info = typer.Option(
@@ -467,6 +470,14 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
             )
         )
     return parameters
+
+
+def _help_text(spec: OptionSpec) -> str:
+    """The declared help and, in brackets, the choices and the default."""
+    notes = [spec.type_name] if spec.choices else []
+    notes.append("required" if spec.required else f"default: {as_text(spec.default)}")
+    # rich markup would swallow a bare "[default: none]": the bracket is escaped
+    return f"{spec.help} \\[{'; '.join(notes)}]".strip()
 
 
 def with_parameters(
@@ -497,8 +508,8 @@ def given(values: Mapping[str, Any], owner: Any) -> dict[str, Any]:
 
 
 def _metavar(spec: OptionSpec) -> str:
-    if spec.choices:
-        return "|".join(str(c) for c in spec.choices).upper()
+    """The value's kind (choices are listed in the help: as the metavar they would take a
+    wide column)."""
     inner, _ = _strip_optional(spec.annotation)
     if inner in (int, float):
         return inner.__name__.upper()
@@ -521,7 +532,7 @@ def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
             owner_name = getattr(owner, "name", None) or getattr(owner, "__name__", "")
             raise UsageError(f"{name!r} is not an option with a flag of {owner_name!r}")
         if spec.is_flag:
-            flags.append(spec.flag_name if value else "--no-" + spec.flag_name.removeprefix("--"))
+            flags.append(spec.flag_name if value else spec.negative_flag)
         else:
             flags.append(f"{spec.flag_name}={as_text(value)}")
     return flags
