@@ -202,6 +202,18 @@ def test_windows_predict_every_token_once_with_context() -> None:
     assert all(first - start >= 8 for start, _, first in spans[1:])
 
 
+def test_progress_counts_each_target_token_once(experts: list[Bundle]) -> None:
+    model = LoadedModel.load(experts[0], torch.device("cpu"))
+    model.max_length = 16
+    _, (long, short) = brute(
+        experts[0], [Document(" ".join(d.text for d in DOCS[:2]), "en"), DOCS[0]]
+    )
+    told: list[int] = []
+    score_sequences([model], [1.0], [long, short[:10]], batch_tokens=16, advance=told.append)
+    assert len(told) == len(windows(len(long), 16, 8)) + 1  # one window a batch
+    assert sum(told) == len(long) - 1 + 9  # overlapping windows count their context once
+
+
 def test_long_documents_are_scored_in_windows(experts: list[Bundle]) -> None:
     model = LoadedModel.load(experts[0], torch.device("cpu"))
     model.max_length = 16

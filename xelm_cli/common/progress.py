@@ -12,7 +12,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
-    SpinnerColumn,
     Task,
     TaskID,
     TextColumn,
@@ -61,28 +60,18 @@ def byte_progress(
     return _bar(description, total, columns)
 
 
-def document_progress(description: str) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-    """A counter of documents of unknown total; yields ``advance(n_documents)``."""
-    columns: list[ProgressColumn] = [
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        MofNCompleteColumn(),
-        TextColumn("documents"),
-        TimeElapsedColumn(),
-    ]
-    return _bar(description, None, columns)
-
-
 def count_progress(
     description: str, total: int, unit: str
 ) -> contextlib.AbstractContextManager[Callable[[int], None]]:
-    """A bar of ``total`` items (``unit``: what they are); yields ``advance(n)``."""
+    """A bar of ``total`` items (``unit``: what they are) with the time taken and the time
+    left; yields ``advance(n)``."""
     columns: list[ProgressColumn] = [
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(unit),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
     ]
     return _bar(description, total, columns)
 

@@ -21,7 +21,7 @@ from xelm_cli.common.errors import (
     PluginError,
     UsageError,
 )
-from xelm_cli.common.progress import document_progress
+from xelm_cli.common.progress import count_progress
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos
 from xelm_cli.ensemble.mixing import mixture
@@ -301,8 +301,11 @@ class EnsembleModel(LanguageModel):
         needed: dict[int, list[int]],
         keys: Sequence[Any],
         compute: Callable[[LoadedModel, list[int], Callable[[int], None]], list[Any]],
+        sizes: Sequence[int],
+        unit: str,
     ) -> dict[tuple[int, int], Any]:
-        """Run each expert once over the items it is needed for (cache misses only)."""
+        """Run each expert once over the items it is needed for (cache misses only), with a
+        progress bar of their ``sizes`` (in ``unit``, as ``compute`` advances it)."""
         results: dict[tuple[int, int], Any] = {}
         for expert, items in needed.items():
             digest = self.members[expert].digest
@@ -321,7 +324,7 @@ class EnsembleModel(LanguageModel):
             label = f"{self.name}: expert {expert + 1}/{len(self.experts)} ({info.name})"
             model = self.load_expert(expert)
             try:
-                with document_progress(label) as advance:
+                with count_progress(label, sum(sizes[i] for i in missing), unit) as advance:
                     values = compute(model, missing, advance)
             finally:
                 self.free_expert(model)
@@ -382,7 +385,8 @@ class EnsembleModel(LanguageModel):
                 advance=advance,
             )
 
-        scored = self._stream(self._needed(routes), keys, compute)
+        tokens = [len(sequence) - 1 for sequence in sequences]
+        scored = self._stream(self._needed(routes), keys, compute, tokens, "tokens")
         return [
             self._combine_tokens(route, document, {e: scored[(e, i)] for e in route.experts})
             for i, (route, document) in enumerate(zip(routes, documents, strict=True))
@@ -417,7 +421,7 @@ class EnsembleModel(LanguageModel):
         def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
             return score_choice_sets([model], [1.0], [encoded[i] for i in items], advance=advance)
 
-        scored = self._stream(self._needed(routes), keys, compute)
+        scored = self._stream(self._needed(routes), keys, compute, [1] * len(keys), "examples")
         results = []
         for i, (route, request) in enumerate(zip(routes, requests, strict=True)):
             per_expert = {e: scored[(e, i)] for e in route.experts}
@@ -496,7 +500,7 @@ class EnsembleModel(LanguageModel):
         def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
             return score_sequences([model], [1.0], [sequences[i] for i in items], advance=advance)
 
-        scored = self._stream(every, keys, compute)
+        scored = self._stream(every, keys, compute, [len(s) - 1 for s in sequences], "tokens")
         return [
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)

@@ -229,7 +229,8 @@ def score_sequences(
     advance: Any = None,
 ) -> list[Logprobs]:
     """For each token sequence (starting with BOS), ln p(x_t | x_<t) for t = 1..n-1 under the
-    models' logit combination; sequences longer than the context are scored in windows."""
+    models' logit combination; sequences longer than the context are scored in windows.
+    ``advance(n)`` is told of the n target tokens each batch scored (each token once)."""
     import torch
 
     max_length = min(model.max_length for model in models)
@@ -269,7 +270,7 @@ def score_sequences(
                 )
                 offset += count
             if advance is not None:
-                advance(len(batch))
+                advance(len(targets))
     results = []
     for parts in pieces:
         parts.sort(key=lambda part: part[0])
