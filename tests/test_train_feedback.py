@@ -20,6 +20,7 @@ from xelm_trainer.feedback import TrainProgress, clock, smaller_batch
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
+from xelm_cli.cluster.allocation import write_allocation
 from xelm_cli.data.prepare import prepare
 from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import list_checkpoints
@@ -328,6 +329,24 @@ def test_a_block_past_a_learned_position_table_is_refused_before_anything_is_wri
     fits = train(seed, shards, tmp_path / "fits", "--tokens", "128", "--block-size", "64", *one)
     assert run(fits) == 0
     assert "positions" not in capsys.readouterr().err
+
+
+def test_plan_refuses_a_block_past_a_learned_position_table(
+    seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xelm plan` refuses the block every run of it would be refused with, nothing written."""
+    seed = tiny_seed("gpt2", seed_bundle, tmp_path / "gpt2")
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"]])
+    capsys.readouterr()
+    args = ["plan", "--budget", "4K", "--allocation", str(tmp_path / "alloc.json")]
+    args += ["--seed-bundle", str(seed), "--data", str(shards), "-o", str(tmp_path / "runs")]
+    assert run([*args, "--train-args", "--block-size 65"]) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: --block-size 65 is longer than the 64 positions of this model's learned "
+        "position table: pass --block-size 64 or less\n"
+    )
+    assert not (tmp_path / "runs").exists()
+    assert run([*args, "--train-args", "--block-size 64"]) == 0
 
 
 def test_a_rotary_model_past_its_positions_is_only_warned(

@@ -99,6 +99,7 @@ from xelm_cli.training.checkpoints import (
 )
 from xelm_cli.training.plan_runner import run_plan
 from xelm_cli.training.planning import make_plan
+from xelm_cli.training.positions import declared_positions, require_block_fits
 from xelm_cli.training.run import train
 
 __all__ = [
@@ -146,6 +147,7 @@ __all__ = [
     "create_ensemble",
     "dataset_configs",
     "declared_options",
+    "declared_positions",
     "demo_plan",
     "distance_matrix",
     "eval_set_with",
@@ -184,6 +186,7 @@ __all__ = [
     "read_allocation",
     "read_documents",
     "read_results",
+    "require_block_fits",
     "run_demo",
     "run_plan",
     "save_checkpoint",

@@ -4,7 +4,6 @@ the model's positions, out of memory, a block longer than a learned position tab
 missing FlashAttention package as one line naming the way out."""
 
 import importlib.util
-import json
 import re
 import sys
 import time
@@ -12,7 +11,14 @@ from pathlib import Path
 
 import torch
 
-from xelm_cli.api import Shards, TrainRequest, UsageError, list_checkpoints, stderr_progress
+from xelm_cli.api import (
+    Shards,
+    TrainRequest,
+    UsageError,
+    declared_positions,
+    list_checkpoints,
+    stderr_progress,
+)
 
 from .options import TrainOptions
 
@@ -53,22 +59,10 @@ def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None
     )
 
 
-# rows a fairseq-style position table (OPT, BART, BioGPT) keeps before position 0
-POSITION_OFFSET = 2
-
-
-def declared_positions(bundle: Path) -> int | None:
-    """The positions the model's config declares (``max_position_embeddings``, GPT-2's
-    ``n_positions``), if any."""
-    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
-    positions = config.get("max_position_embeddings") or config.get("n_positions")
-    return positions if isinstance(positions, int) else None
-
-
 def positions_note(block_size: int, bundle: Path) -> str | None:
     """A line when a block is longer than the positions the model declares: rotary, ALiBi and
     sinusoidal positions run past them into positions the model never saw (a learned position
-    table cannot: ``require_block_fits``)."""
+    table cannot: ``xelm_cli.api.require_block_fits``)."""
     positions = declared_positions(bundle)
     if positions is None or block_size <= positions:
         return None
@@ -76,38 +70,6 @@ def positions_note(block_size: int, bundle: Path) -> str | None:
         f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions this "
         f"model declares (max_position_embeddings): pass --block-size {positions} or less "
         "unless you mean to train past them"
-    )
-
-
-def require_block_fits(block_size: int, bundle: Path) -> None:
-    """A block longer than a learned position table (GPT-2's ``wpe``, OPT's
-    ``embed_positions``) would index past it inside the model (on CUDA a device-side assert
-    that kills the process): refused before anything is written."""
-    positions = declared_positions(bundle)
-    if positions is None or block_size <= positions or not learned_positions(bundle, positions):
-        return
-    raise UsageError(
-        f"--block-size {block_size:,} is longer than the {positions:,} positions of this "
-        f"model's learned position table: pass --block-size {positions} or less"
-    )
-
-
-def learned_positions(bundle: Path, positions: int) -> bool:
-    """Whether the model holds a learned position table: an embedding besides the token
-    embedding with a row per position (GPT-2, GPT-Neo; OPT's, BART's and BioGPT's have
-    ``POSITION_OFFSET`` more), found in the model built from its config on the meta device (no
-    weights read, no memory taken). Rotary, ALiBi and sinusoidal positions (Llama, Qwen,
-    GPT-NeoX, BLOOM, XGLM) hold none; Gemma 3n's per-layer token tables are no position table."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(bundle))
-    tokens = model.get_input_embeddings()
-    return any(
-        isinstance(module, torch.nn.Embedding)
-        and module is not tokens
-        and positions <= module.num_embeddings <= positions + POSITION_OFFSET
-        for module in model.modules()
     )
 
 

@@ -31,6 +31,7 @@ from xelm_cli.api import (
     UsageError,
     list_checkpoints,
     load_checkpoint,
+    require_block_fits,
     save_checkpoint,
     write_bundle,
     write_bytes_atomic,
@@ -54,7 +55,6 @@ from .feedback import (
     passes_note,
     positions_note,
     require_attention_package,
-    require_block_fits,
 )
 from .lean_loss import supports_lean_loss, use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs

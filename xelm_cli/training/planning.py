@@ -27,6 +27,7 @@ from xelm_cli.training.estimates import (
     training_memory,
 )
 from xelm_cli.training.plan_runner import PLAN_FORMAT, side_by_side_length
+from xelm_cli.training.positions import require_block_fits
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 
 DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
@@ -125,6 +126,7 @@ def estimate_runs(
     FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
     planned = planned_options(train_args)
     batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
+    require_block_fits(block, Path(seed_bundle))
     if device == "auto":
         import torch
 
