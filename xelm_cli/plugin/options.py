@@ -103,7 +103,7 @@ class OptionSpec:
 
     @property
     def is_flag(self) -> bool:
-        """A plain boolean: ``--NAME/--no-NAME`` on the command line."""
+        """A plain boolean: ``--NAME`` on the command line, ``--no-NAME`` to turn it off."""
         return _strip_optional(self.annotation)[0] is bool
 
     @property
@@ -444,8 +444,10 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
     """Keyword-only parameters, one flag per settable option of ``owner``, for a Typer command.
 
     Each defaults to None, so the command passes on only what the user gave (and the plugin's
-    own default applies otherwise); its help states the declared default. Booleans become
-    ``--NAME/--no-NAME``; other values arrive as text and go through :func:`parse_options`.
+    own default applies otherwise); its help states the declared default. A boolean is a plain
+    flag, ``--NAME``, and its ``--no-NAME`` a hidden one that :func:`given` reads as
+    NAME=False (shown, it would take a column of its own that squeezes ``--help`` past 80
+    columns); other values arrive as text and go through :func:`parse_options`.
     """
     import typer  # the CLI's dependency; plugins that only declare options never need it
 
@@ -453,29 +455,39 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
     for spec in declared_options(owner):
         if not spec.cli or spec.name in skip:
             continue
-        help_text = _help_text(spec)
-        shown = False
         if spec.is_flag:
-            names = f"{spec.flag_name}/{spec.negative_flag}"
-            info = typer.Option(names, help=help_text, show_default=shown)
-            annotation: Any = Annotated[bool | None, info]
+            info = typer.Option(spec.flag_name, help=_help_text(spec), show_default=False)
+            negative = typer.Option(spec.negative_flag, hidden=True)
+            parameters.append(_keyword(spec.name, Annotated[bool | None, info]))
+            parameters.append(_keyword(_NEGATED + spec.name, Annotated[bool | None, negative]))
         else:
             info = typer.Option(
-                spec.flag_name, help=help_text, metavar=_metavar(spec), show_default=shown
+                spec.flag_name, help=_help_text(spec), metavar=_metavar(spec), show_default=False
             )
-            annotation = Annotated[str | None, info]
-        parameters.append(
-            inspect.Parameter(
-                spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
-            )
-        )
+            parameters.append(_keyword(spec.name, Annotated[str | None, info]))
     return parameters
 
 
+_NEGATED = "no__"
+"""The name prefix of a boolean's hidden ``--no-NAME`` parameter."""
+
+
+def _keyword(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
 def _help_text(spec: OptionSpec) -> str:
-    """The declared help and, in brackets, the choices and the default."""
+    """The declared help and, in brackets, the choices and the default, and for a boolean that
+    is not off by default the flag that turns it off (a plain flag, off unless given, gets no
+    brackets)."""
+    if spec.is_flag and spec.default is False:
+        return spec.help
     notes = [spec.type_name] if spec.choices else []
     notes.append("required" if spec.required else f"default: {as_text(spec.default)}")
+    if spec.is_flag:
+        notes.append(f"{spec.negative_flag} turns it off")
     # rich markup would swallow a bare "[default: none]": the bracket is escaped
     return f"{spec.help} \\[{'; '.join(notes)}]".strip()
 
@@ -502,9 +514,21 @@ def with_parameters(
 
 
 def given(values: Mapping[str, Any], owner: Any) -> dict[str, Any]:
-    """The options of ``owner`` among a command's keyword arguments that the user gave."""
-    names = {spec.name for spec in declared_options(owner)}
-    return {key: value for key, value in values.items() if key in names and value is not None}
+    """The options of ``owner`` among a command's keyword arguments (its flags from
+    :func:`typer_parameters`) that the user gave; a boolean's ``--no-NAME`` as NAME=False."""
+    options = {}
+    for spec in declared_options(owner):
+        value = values.get(spec.name)
+        if values.get(_NEGATED + spec.name):
+            if value:
+                raise UsageError(
+                    f"{spec.flag_name} and {spec.negative_flag} contradict each other: "
+                    "give one of them"
+                )
+            value = False
+        if value is not None:
+            options[spec.name] = value
+    return options
 
 
 def _metavar(spec: OptionSpec) -> str:

@@ -20,6 +20,7 @@ from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     declared_options,
+    given,
     parse_pairs,
     typer_parameters,
     with_parameters,
@@ -98,7 +99,9 @@ def train(
     ] = None,
     resume: Annotated[
         bool,
-        typer.Option(help="Continue from the newest checkpoint (none yet: start, and say so)."),
+        typer.Option(
+            "--resume", help="Continue from the newest checkpoint (none yet: start, and say so)."
+        ),
     ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -187,12 +190,12 @@ def command_options(trainer: str, flags: dict[str, Any], pairs: list[str]) -> di
     """The trainer options of one ``xelm train``: ``--train-arg`` pairs, then the flags given
     (those of the default trainer's declaration); a flag the chosen trainer does not declare
     is refused in one line naming the trainer and its options."""
-    given = {key: value for key, value in flags.items() if value is not None}
+    flagged = given(flags, _flag_owner[0]) if flags else {}
     options: dict[str, Any] = parse_pairs(pairs, "--train-arg")
-    if given:
+    if flagged:
         registration = get_registry().get("trainer", trainer)
         own = {spec.name: spec for spec in declared_options(registration.obj) if spec.cli}
-        foreign = [name for name in given if name not in own]
+        foreign = [name for name in flagged if name not in own]
         if foreign:
             owner = _flag_owner[0] if _flag_owner else None
             flag = next(
@@ -204,7 +207,7 @@ def command_options(trainer: str, flags: dict[str, Any], pairs: list[str]) -> di
                 f"trainer {registration.name!r} has no option {flag} ({listing}; "
                 "pass them with --train-arg KEY=VALUE)"
             )
-        options |= given
+        options |= flagged
     return options
 
 
