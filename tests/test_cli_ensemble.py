@@ -317,9 +317,8 @@ def test_bad_inputs_are_one_line(
     code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset))
     assert (code, err) == (
         2,
-        "xelm: error: no expert covers language 'en' (covered: ar): keep to covered languages "
-        "(--langs ar), add an expert for it, or use --router-arg fallback=typology or "
-        "fallback=posterior\n",
+        "xelm: error: no expert covers language 'en' (covered: ar): choose a covered language, "
+        "add an expert for it, or use --router-arg fallback=typology or fallback=posterior\n",
     )
 
 
@@ -422,6 +421,91 @@ def test_generate_command(capsys: pytest.CaptureFixture[str], pool: Path) -> Non
         "--max-new-tokens", "0",
     )  # fmt: skip
     assert (code, err) == (2, "xelm: error: --max-new-tokens must be at least 1\n")
+
+
+def hand_argmaxes(
+    members: list[Bundle], prompt: str, c: np.ndarray
+) -> tuple[dict[str, int], list[float]]:
+    """Each rule's most likely next token after ``prompt`` with weights ``c``, from the experts'
+    own next-token logits z_e; and the product rule's weights (c_e times the expert's
+    probability of the prompt's last token, normalised)."""
+    import torch
+
+    tokenizer = members[0].load_tokenizer()
+    ids = [tokenizer.bos_token_id, *tokenizer(prompt, add_special_tokens=False).input_ids]
+    with torch.no_grad():
+        logits = [m.load_model().eval()(torch.tensor([ids])).logits[0].double() for m in members]
+    z = np.stack([row[-1].numpy() for row in logits])
+    logprobs = np.stack([torch.log_softmax(row, dim=-1).numpy() for row in logits])
+    w = c * np.exp(logprobs[:, -2, ids[-1]])
+    w /= w.sum()
+    argmaxes = {
+        "mixture": int(np.argmax(c @ np.exp(logprobs[:, -1]))),
+        "logits": int(np.argmax(c @ z)),
+        "product": int(np.argmax(w @ logprobs[:, -1])),
+    }
+    return argmaxes, w.tolist()
+
+
+def test_generation_follows_the_ensemble_files_combination_rule(
+    capsys: pytest.CaptureFixture[str], pool: Path, tmp_path: Path
+) -> None:
+    experts = [str(pool / "experts" / f"x{i}") for i in range(3)]
+    members = [Bundle.read(Path(e)) for e in experts[:2]]
+    # prompt and weights chosen so that every two rules disagree on the first token somewhere
+    firsts: dict[str, list[int]] = {}
+    for c in ((0.6, 0.4), (0.5, 0.5)):
+        hand, product_weights = hand_argmaxes(members, "a", np.array(c))
+        for rule in ("mixture", "logits", "product"):
+            ens = str(tmp_path / f"{rule}-{c[0]}.json")
+            code, _, err = cli(
+                capsys, "ensemble", "create", *experts, "--router", "fixed",
+                "--router-arg", f"weights={c[0]},{c[1]},0", "--combine", rule, "-o", ens,
+            )  # fmt: skip
+            assert code == 0, err
+            code, out, err = cli(
+                capsys, "ensemble", "generate", ens, "--prompt", "a", "--max-new-tokens", "1",
+                "--temperature", "0", "--json", "--device", "cpu",  # as computed by hand
+            )  # fmt: skip
+            assert code == 0, err
+            record = json.loads(out)
+            assert (record["combine"], record["experts"]) == (rule, ["x0", "x1"])
+            assert record["tokens"] == [hand[rule]], (rule, c)
+            expected = product_weights if rule == "product" else list(c)
+            assert record["weights"] == [pytest.approx(expected)]
+            firsts.setdefault(rule, []).append(record["tokens"][0])
+    assert firsts["mixture"] != firsts["logits"] != firsts["product"] != firsts["mixture"]
+    product_file = str(tmp_path / "product-0.5.json")
+    code, out, err = cli(
+        capsys, "ensemble", "generate", product_file, "--combine", "mixture", "--prompt", "a",
+        "--max-new-tokens", "1", "--temperature", "0", "--json", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["tokens"] == [firsts["mixture"][-1]]  # --combine overrides the file's
+
+
+def test_generation_refuses_a_rule_its_router_cannot_serve(
+    capsys: pytest.CaptureFixture[str], pool: Path
+) -> None:
+    only_ar = str(pool / "experts" / "x1")
+    code, _, err = cli(
+        capsys, "ensemble", "generate", str(pool / "experts" / "*"), "--router", "posterior",
+        "--combine", "logits", "--prompt", "a",
+    )  # fmt: skip
+    assert (code, err) == (
+        2,
+        "xelm: error: logit averaging needs weights known before the experts run; router "
+        "'posterior' depends on their outputs: use --combine mixture\n",
+    )
+    code, _, err = cli(
+        capsys, "ensemble", "generate", only_ar, "--lang", "en", "--router-arg",
+        "fallback=posterior", "--combine", "product", "--prompt", "a",
+    )  # fmt: skip
+    assert (code, err) == (
+        2,
+        "xelm: error: --combine product needs the prompt's weights before the experts run; "
+        "router 'posterior' depends on their outputs: use --combine mixture\n",
+    )
 
 
 def test_single_model_and_one_expert_ensemble_agree(pool: Path) -> None:

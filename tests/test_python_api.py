@@ -109,6 +109,7 @@ def test_generate_text_is_what_ensemble_generate_prints(
                 "--seed", "3", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out) == record
     assert record["prompt"] == "Merhaba" and record["experts"] == ["x0", "x1"]
+    assert record["combine"] == "mixture"  # the ensemble file's rule
     assert len(record["tokens"]) == len(record["weights"]) == 4
     assert all(sum(weights) == pytest.approx(1.0) for weights in record["weights"])
 

@@ -224,6 +224,7 @@ def generate(
     ] = None,
     router: RouterOpt = None,
     router_arg: RouterArgOpt = None,
+    combine: CombineOpt = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 50,
     temperature: Annotated[
         float, typer.Option("--temperature", help="0 picks the most likely token.")
@@ -232,7 +233,8 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="Print tokens and weights.")] = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Sample a continuation from the ensemble's mixed next-token distribution.
+    """Sample a continuation from the experts' next-token distributions, combined by the
+    ensemble's rule (--combine).
 
     Example: xelm ensemble generate experts/* --router language --lang tr --prompt "Bugün"
 
@@ -245,6 +247,7 @@ def generate(
         prompt,
         router=router,
         router_options=parse_pairs(router_arg or [], "--router-arg"),
+        combine=combine,
         language=lang,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

@@ -1,9 +1,12 @@
-"""Sampling text from an ensemble's mixed next-token distribution.
+"""Sampling text from an ensemble's next-token distribution, combined by its rule.
 
 The experts with non-zero weight run together, each with its own key-value cache; at every
-step the next-token distribution is sum_e w_e p_e (a pre-router's weights are fixed for the
-prompt, an output-dependent router's are recomputed from the tokens so far), then sharpened
-by the temperature and sampled (temperature 0: the most likely token).
+step their next-token distributions combine as eval combines them (spec/ensemble-v1.md
+section 3): ``mixture`` sum_e w_e p_e (a pre-router's weights are fixed for the prompt, an
+output-dependent router's are recomputed from the tokens so far), ``logits``
+softmax(sum_e w_e z_e), ``product`` the same geometric mean with the previous-token weights
+of ``mixing.product_weights``. The result is sharpened by the temperature and sampled
+(temperature 0: the most likely token).
 
 ``generate_text`` is ``xelm ensemble generate`` from Python; ``generate`` is its engine, on
 opened bundles and a built router.
@@ -18,6 +21,7 @@ import numpy as np
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
+from xelm_cli.ensemble.mixing import mixture, product_weights
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.ensemble.scoring import LoadedModel, with_cache
@@ -31,6 +35,7 @@ class Generation:
     text: str
     tokens: list[int]
     experts: list[str]  # names of the experts that ran
+    combine: str = "mixture"  # the combination rule of their next-token distributions
     weights: list[list[float]] = field(default_factory=list)  # per generated token
 
 
@@ -40,6 +45,7 @@ def generate_text(
     *,
     router: str | None = None,
     router_options: Mapping[str, Any] | None = None,
+    combine: str | None = None,
     language: str | None = None,
     max_new_tokens: int = 50,
     temperature: float = 1.0,
@@ -48,21 +54,25 @@ def generate_text(
 ) -> dict[str, Any]:
     """Continue ``prompt`` with the ensemble of ``members``; the record ``xelm ensemble
     generate --json`` prints: ``prompt``, ``text`` (the continuation), ``tokens``, ``experts``
-    (the names of those that ran) and ``weights`` (theirs, per generated token).
+    (the names of those that ran), ``combine`` (the rule that combined them) and ``weights``
+    (theirs, per generated token; the product rule's are its previous-token weights).
 
     ``members``: bundle directories (or :class:`Bundle` objects, or quoted globs such as
     ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
-    router and its options (default: the ensemble file's, else ``language``); ``language``: the
-    prompt's (the language router needs it); ``temperature`` 0 picks the most likely token.
+    router and its options (default: the ensemble file's, else ``language``); ``combine``:
+    ``mixture``, ``logits`` or ``product`` (default: the ensemble file's, else ``mixture``);
+    ``language``: the prompt's (the language router needs it); ``temperature`` 0 picks the
+    most likely token.
 
     Example: ``generate_text("experts/*", "Bugün", router="language", language="tr")``
     """
     check_sampling(max_new_tokens, temperature)  # before the members' (slower) checks
-    spec = resolve_ensemble(members, router=router, router_options=router_options)
+    spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
     result = generate(
         spec.members,
         build_router(spec.router, spec.router_options),
         prompt,
+        combine=spec.combine,
         language=normalize_language(language) if language else None,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -74,6 +84,7 @@ def generate_text(
         "text": result.text,
         "tokens": result.tokens,
         "experts": result.experts,
+        "combine": result.combine,
         "weights": result.weights,
     }
 
@@ -90,6 +101,7 @@ def generate(
     router: Router,
     prompt: str,
     *,
+    combine: str = "mixture",
     language: str | None = None,
     max_new_tokens: int = 50,
     temperature: float = 1.0,
@@ -100,9 +112,14 @@ def generate(
     from transformers import DynamicCache
 
     check_sampling(max_new_tokens, temperature)
-    runner = EnsembleModel(members, router, device=device, name="generate")
+    runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
     fixed = runner.route_one(document)  # None: an output-dependent router weighs each step
+    if fixed is None and combine != "mixture":
+        raise UsageError(
+            f"--combine {combine} needs the prompt's weights before the experts run; router "
+            f"{runner.output_router().name!r} depends on their outputs: use --combine mixture"
+        )
     chosen = (
         [int(e) for e in np.flatnonzero(fixed > 0)]
         if fixed is not None
@@ -111,7 +128,7 @@ def generate(
     ids = [runner.bos, *runner.encode(prompt)]
     generator = torch.Generator().manual_seed(seed)
     models: list[LoadedModel] = [runner.load_expert(e) for e in chosen]
-    result = Generation("", [], [runner.experts[e].name for e in chosen])
+    result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
     stops = runner.framing.stops(runner.tokenizer)
     with torch.inference_mode():
         caches, last_logprobs, history = [], [], []
@@ -131,29 +148,15 @@ def generate(
             targets = torch.tensor(ids[1:], dtype=torch.long)
             history.append(logprobs[:-1].gather(1, targets[:, None])[:, 0].numpy())
         for _ in range(max_new_tokens):
-            if fixed is not None:
+            if fixed is None:
+                weights = _output_weights(runner, prompt, result.tokens, language, history)
+            elif combine == "product":
+                weights = product_weights(_with_next_token(history), fixed[chosen])[:, -1]
+            else:
                 weights = fixed[chosen]
-            else:
-                router = runner.output_router()
-                stacked = np.stack([np.append(h, 0.0) for h in history])
-                text = prompt + runner.tokenizer.decode(result.tokens)
-                token_weights = check_token_weights(
-                    router.route_tokens(
-                        ScoredDocument(Document(text, language), stacked), runner.experts
-                    ),
-                    stacked.shape,
-                    router.name,
-                )
-                weights = token_weights[:, -1]
-            mixed = sum(
-                float(w) * torch.exp(lp) for w, lp in zip(weights, last_logprobs, strict=True)
+            token = _pick(
+                combined_logprobs(combine, weights, last_logprobs), temperature, generator
             )
-            assert isinstance(mixed, torch.Tensor)
-            if temperature == 0:
-                token = int(torch.argmax(mixed))
-            else:
-                scaled = torch.exp(torch.log(mixed.clamp_min(1e-300)) / temperature)
-                token = int(torch.multinomial(scaled / scaled.sum(), 1, generator=generator))
             result.tokens.append(token)
             result.weights.append([float(w) for w in weights])
             if token in stops:
@@ -173,3 +176,53 @@ def generate(
         runner.free_expert(model)
     result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return result
+
+
+def _with_next_token(history: Sequence[np.ndarray]) -> np.ndarray:
+    """L (k, T + 1): each expert's log-probabilities of the tokens so far, and a placeholder
+    column for the token about to be chosen (its weights depend only on the columns before)."""
+    return np.stack([np.append(h, 0.0) for h in history])
+
+
+def _output_weights(
+    runner: EnsembleModel,
+    prompt: str,
+    tokens: list[int],
+    language: str | None,
+    history: Sequence[np.ndarray],
+) -> np.ndarray:
+    """An output-dependent router's weights (k,) for the next token."""
+    router = runner.output_router()
+    stacked = _with_next_token(history)
+    text = prompt + runner.tokenizer.decode(tokens)
+    token_weights = check_token_weights(
+        router.route_tokens(ScoredDocument(Document(text, language), stacked), runner.experts),
+        stacked.shape,
+        router.name,
+    )
+    return token_weights[:, -1]
+
+
+def combined_logprobs(combine: str, weights: np.ndarray, logprobs: Sequence[Any]) -> Any:
+    """ln p(v) over the vocabulary for the next token under rule ``combine``, from the experts'
+    ln p_e(v) (``logprobs``: k tensors of shape (V,)) and their ``weights`` (k,) for this step
+    (for ``product``, already its previous-token weights)."""
+    import torch
+
+    stacked = torch.stack(list(logprobs))
+    if combine == "mixture":
+        return torch.from_numpy(mixture(stacked.numpy(), weights))
+    # logits and product: ln p_e = z_e - logsumexp(z_e), a constant per expert that the
+    # softmax cancels, so log_softmax(sum_e w_e ln p_e) = log_softmax(sum_e w_e z_e)
+    return torch.log_softmax(torch.from_numpy(np.ascontiguousarray(weights)) @ stacked, dim=-1)
+
+
+def _pick(logprobs: Any, temperature: float, generator: Any) -> int:
+    """The most likely token (temperature 0), else one sampled from the distribution
+    sharpened by the temperature."""
+    import torch
+
+    if temperature == 0:
+        return int(torch.argmax(logprobs))
+    probabilities = torch.softmax(logprobs / temperature, dim=-1)
+    return int(torch.multinomial(probabilities, 1, generator=generator))
