@@ -515,7 +515,10 @@ def test_installed_plugin_command_routes_through_the_public_api(hello_site: Path
     assert result.stdout == "tr -> expert 0 (tr) weight 1.000\n"
     result = xelm("hello", "--lang", "fr", "--experts", "en;tr", sites=[hello_site])
     assert result.returncode == 2
-    assert result.stderr == "xelm: error: no expert covers language 'fr'\n"
+    assert result.stderr == (
+        "xelm: error: no expert covers language 'fr': choose a covered language or add an "
+        "expert for it\n"
+    )
 
 
 def test_broken_plugin_is_reported_and_skipped(hello_site: Path, broken_site: Path) -> None:

@@ -85,9 +85,8 @@ class LanguageRouter(PreRouter):
             else:
                 raise UsageError(
                     f"no expert covers language {document.language!r} (covered: "
-                    f"{', '.join(covered) or 'none'}): keep to covered languages (--langs "
-                    f"{','.join(covered)}), add an expert for it, or use "
-                    "--router-arg fallback=typology or fallback=posterior"
+                    f"{', '.join(covered) or 'none'}): choose a covered language, add an "
+                    "expert for it, or use --router-arg fallback=typology or fallback=posterior"
                 )
         return weights
 
