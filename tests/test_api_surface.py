@@ -2,6 +2,7 @@
 ``xelm_cli.api.__all__``, and the façade only re-exports (it defines nothing of its own)."""
 
 import ast
+import inspect
 import re
 from pathlib import Path
 
@@ -46,3 +47,63 @@ def test_every_exported_name_exists_and_the_facade_defines_nothing() -> None:
         )
     ]
     assert defined == []
+
+
+def spec_signatures() -> list[tuple[str, str]]:
+    """Every ``name(parameters)`` written in section 1's first column (``(...)`` elides)."""
+    text = SPEC.read_text()
+    section = text[text.index("## 1. The public API") : text.index("## 2.")]
+    calls = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            for code in re.findall(r"`([^`]+)`", line.split("|")[1]):
+                if match := re.fullmatch(r"([A-Za-z_]\w*)\((.*)\)", code):
+                    calls.append((match[1], match[2]))
+    return calls
+
+
+def written(parameters: str) -> list[tuple[str, inspect._ParameterKind, object]]:
+    """Parameters as the spec writes them: name, kind and default (``REQUIRED`` and ``<stderr>``
+    stand for a default the reader cannot write; they and names stay as text)."""
+    arguments = ast.parse(f"def f({parameters.replace('<stderr>', 'STDERR')}): ...").body[0].args  # type: ignore[attr-defined]
+    kinds = inspect.Parameter
+    listed: list[tuple[str, inspect._ParameterKind, ast.expr | None]] = []
+    positional = arguments.posonlyargs + arguments.args
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(arguments.defaults))
+    defaults += arguments.defaults
+    for arg, default in zip(positional, defaults, strict=True):
+        listed.append((arg.arg, kinds.POSITIONAL_OR_KEYWORD, default))
+    if arguments.vararg:
+        listed.append((arguments.vararg.arg, kinds.VAR_POSITIONAL, None))
+    for arg, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True):
+        listed.append((arg.arg, kinds.KEYWORD_ONLY, default))
+    if arguments.kwarg:
+        listed.append((arguments.kwarg.arg, kinds.VAR_KEYWORD, None))
+    return [(name, kind, literal(default)) for name, kind, default in listed]
+
+
+def literal(node: ast.expr | None) -> object:
+    if node is None:
+        return inspect.Parameter.empty
+    try:
+        return eval(compile(ast.Expression(node), "<spec>", "eval"), {})  # 2**40, "a", (), None
+    except NameError:
+        return ast.unparse(node)
+
+
+def test_spec_section_1_writes_each_signature_as_the_code_has_it() -> None:
+    """Names, order, keyword-only markers and literal defaults: a third party calling
+    ``distance_matrix(languages=...)`` from the table must not meet a TypeError."""
+    checked = 0
+    for name, parameters in spec_signatures():
+        if parameters == "...":
+            continue
+        real = inspect.signature(getattr(api, name)).parameters.values()
+        code = [(p.name, p.kind, p.default) for p in real]
+        spec = written(parameters)
+        assert [(n, k) for n, k, _ in spec] == [(n, k) for n, k, _ in code], name
+        for (parameter, _, wrote), (_, _, default) in zip(spec, code, strict=True):
+            if not isinstance(wrote, str) or isinstance(default, str):
+                assert wrote == default, f"{name}({parameter}=...)"
+        checked += 1
+    assert checked > 50
