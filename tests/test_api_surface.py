@@ -65,7 +65,9 @@ def spec_signatures() -> list[tuple[str, str]]:
 def written(parameters: str) -> list[tuple[str, inspect._ParameterKind, object]]:
     """Parameters as the spec writes them: name, kind and default (``REQUIRED`` and ``<stderr>``
     stand for a default the reader cannot write; they and names stay as text)."""
-    arguments = ast.parse(f"def f({parameters.replace('<stderr>', 'STDERR')}): ...").body[0].args  # type: ignore[attr-defined]
+    function = ast.parse(f"def f({parameters.replace('<stderr>', 'STDERR')}): ...").body[0]
+    assert isinstance(function, ast.FunctionDef)
+    arguments = function.args
     kinds = inspect.Parameter
     listed: list[tuple[str, inspect._ParameterKind, ast.expr | None]] = []
     positional = arguments.posonlyargs + arguments.args
