@@ -314,7 +314,7 @@ def test_a_language_no_expert_covers_is_refused_with_the_ways_out(experts: list[
         EnsembleModel(experts, oracle).score_documents(flores("ru", 1))
     assert str(refused.value) == (
         "the oracle router was calibrated without language 'ru' (has: ar, en): keep to those "
-        "(--langs ar,en) or calibrate on data that has it (xelm ensemble create --router oracle "
+        "languages or calibrate on data that has it (xelm ensemble create --router oracle "
         "--calibrate DEV_DATA)"
     )
     assigner = LanguageAssigner([["en", "tr"], ["ar"]])

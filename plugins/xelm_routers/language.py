@@ -129,9 +129,8 @@ class OracleRouter(PreRouter):
                 calibrated = sorted(self.table)
                 raise UsageError(
                     f"the oracle router was calibrated without language {language!r} (has: "
-                    f"{', '.join(calibrated)}): keep to those (--langs {','.join(calibrated)}) "
-                    "or calibrate on data that has it (xelm ensemble create --router oracle "
-                    "--calibrate DEV_DATA)"
+                    f"{', '.join(calibrated)}): keep to those languages or calibrate on data that "
+                    "has it (xelm ensemble create --router oracle --calibrate DEV_DATA)"
                 )
             if expert not in index:
                 raise UsageError(

@@ -46,8 +46,8 @@ CombineOpt = Annotated[
     str | None,
     typer.Option(
         "--combine",
-        help=f"How experts combine: {', '.join(COMBINE_RULES)} (default mixture; product: "
-        "product of experts, spec/ensemble-v1.md section 3).",
+        help=f"How experts combine: {', '.join(COMBINE_RULES)} (default: the ensemble "
+        "file's, else mixture; product: product of experts, spec/ensemble-v1.md section 3).",
     ),
 ]
 DeviceOpt = Annotated[
