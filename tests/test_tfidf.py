@@ -318,6 +318,15 @@ def test_corrupted_arrays_are_refused(fitted, tmp_path):
         load_model(read_allocation(tmp_path / "alloc"))
 
 
+def test_an_allocation_named_by_its_json_file_finds_its_arrays(fitted, tmp_path):
+    save_model(tmp_path / "alloc", fitted.model, shares=fitted.shares, training={})
+    by_file = read_allocation(tmp_path / "alloc" / "allocation.json")
+    by_directory = read_allocation(tmp_path / "alloc")
+    assert by_file.path == by_directory.path == tmp_path / "alloc"
+    arrays = by_file.arrays()
+    assert arrays.keys() == by_directory.arrays().keys() and arrays
+
+
 def test_assigner_refuses_another_clusterers_allocation(tmp_path):
     from xelm_tfidf import TfidfClusterer
 

@@ -1,8 +1,10 @@
 """Typology: URIEL codes, features, distances, the balanced single-linkage tree, donors, CLI."""
 
+import importlib.metadata
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +93,13 @@ def test_feature_vectors_minimal_drops_constant_features() -> None:
         assert present.size and not constant
 
 
-def test_feature_vectors_equal_lang2vec_get_features() -> None:
+def test_feature_vectors_equal_lang2vec_get_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the package, not the lang2vec.py script it installs beside the console scripts, which
+    # shadows it when .venv/bin/pytest puts that folder first on sys.path
+    site = importlib.metadata.distribution("lang2vec").locate_file("")
+    monkeypatch.syspath_prepend(str(site))
+    for name in ("lang2vec", "lang2vec.lang2vec"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     lang2vec = pytest.importorskip("lang2vec.lang2vec")  # slow import: only here
     for feature_set in ("syntax_average", "syntax_knn"):
         codes = [uriel_code(lang, feature_set) for lang in TRAINING]

@@ -144,6 +144,8 @@ def read_allocation(path: str | Path) -> Allocation:
             languages.append([normalize_language(x) for x in langs])
         except UsageError as exc:
             raise FormatError(f"{path}: experts[{i}]: {exc}") from None
+    if "arrays" in data and not path.is_dir():  # named by its JSON file: the arrays lie beside
+        path = path.parent
     return Allocation(clusterer, languages, sha256_bytes(raw), path, data)
 
 
