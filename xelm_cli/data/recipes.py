@@ -86,13 +86,27 @@ def parse_recipe(data: dict[str, Any], name: str, base: Path | None) -> Recipe:
     problems = schema_problems(data, recipe_schema(), what="recipe")
     if problems:
         raise FormatError(f"recipe {name} is not valid: {problems[0]}")
+    languages = normalized_entries(data["languages"], name)
+    return Recipe(str(data.get("name", name)), {**data, "languages": languages}, base)
+
+
+def normalized_entries(entries: dict[str, Any], name: str) -> dict[str, Any]:
+    """The recipe's entries by normalised language tag; two tags of one language (``he`` and
+    ``heb``) are refused rather than one silently dropped."""
     languages: dict[str, Any] = {}
-    for code, entry in data["languages"].items():
+    spelled: dict[str, str] = {}
+    for code, entry in entries.items():
         try:
-            languages[normalize_language(code)] = entry
+            language = normalize_language(code)
         except UsageError as exc:
             raise FormatError(f"recipe {name}: {exc}") from None
-    return Recipe(str(data.get("name", name)), {**data, "languages": languages}, base)
+        if language in spelled:
+            raise FormatError(
+                f"recipe {name}: entries {spelled[language]!r} and {code!r} are both language "
+                f"{language}; keep one of them"
+            )
+        languages[language], spelled[language] = entry, code
+    return languages
 
 
 def shipped_recipes() -> dict[str, Path]:
