@@ -5,10 +5,11 @@ preset's findings are in the README.
 """
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, same_weights
 
 from xelm_cli.cli import run
 from xelm_cli.demo.plan import runner_span_tokens
@@ -40,6 +41,7 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     for name in ["report.md", "results.json", *FIGURES]:
         assert (report / name).is_file() and (report / name).stat().st_size > 0, name
     results = json.loads((report / "results.json").read_text())
+    assert (results["format"], results["format_version"]) == ("xelm-demo-results", 1)
     assert results["languages"] == list(TRAIN_LANGUAGES)
     from xelm_cli import __version__
 
@@ -128,10 +130,35 @@ def test_report_on_a_missing_or_foreign_file_is_one_line(
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("members", "code", "problem"),
+    [
+        ({"format_version": 2}, 3, "demo results format version 2 is not supported by this "
+         "xelm (reads 1); upgrade xelm to read it"),
+        ({"format": "xelm-results", "format_version": 1}, 2, "is not a results file of xelm demo"),
+    ],
+)  # fmt: skip
+def test_report_refuses_results_of_another_format_or_version_in_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    members: dict[str, object],
+    code: int,
+    problem: str,
+) -> None:
+    results = tmp_path / "results.json"
+    minimal = {"format": "xelm-demo-results", "perplexity": {}, "languages": []}
+    results.write_text(json.dumps(minimal | members))
+    assert run(["report", str(results), "-o", str(tmp_path / "r")]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(f"xelm: error: {results}") and err.endswith(f"{problem}\n")
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
 def test_report_on_results_from_before_the_merged_rows(smoke: Path, tmp_path: Path) -> None:
     """results.json of an older demo (no averaged or MoE rows, no moe_tokens) still reports."""
     results = json.loads((smoke / "report" / "results.json").read_text())
     del results["merging"], results["preset"]["moe_tokens"], results["preset"]["moe_aux_loss"]
+    del results["format"], results["format_version"]  # read as version 1
     for name in MERGED:
         del results["perplexity"][f"typology-k4 {name}"]
     old = tmp_path / "old.json"
@@ -153,6 +180,27 @@ def test_rerun_skips_finished_steps_and_report_redraws(
     redrawn = tmp_path / "again"
     assert run(["report", str(smoke / "report" / "results.json"), "-o", str(redrawn)]) == 0
     assert (redrawn / "report.md").read_text() == (smoke / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("bundle", "parent"), [("dense", "seed"), ("typology-k4/moe-ft", "typology-k4/moe")]
+)
+def test_a_training_record_names_the_xelm_train_command_that_remakes_it(
+    smoke: Path, tmp_path: Path, bundle: str, parent: str
+) -> None:
+    """The record's command (spec/training.md section 1: the exact command line) is the
+    `xelm train` line of that run, not `xelm demo`: run with another -o, it trains the same
+    weights, bit for bit (section 6)."""
+    from xelm_cli.bundle.store import Bundle
+
+    training = Bundle.read(smoke / bundle).manifest.training
+    assert training is not None
+    args = shlex.split(training["command"])
+    assert args[:3] == ["xelm", "train", str(smoke / parent)]
+    assert args[args.index("-o") + 1] == str(smoke / bundle)
+    args[args.index("-o") + 1] = str(tmp_path / "again")
+    assert run(args[1:]) == 0
+    assert same_weights(smoke / bundle, tmp_path / "again")
 
 
 def test_a_folder_made_by_smoke_refuses_another_preset_before_any_work(

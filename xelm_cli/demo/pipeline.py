@@ -9,6 +9,7 @@ records the preset that made the folder: another one is refused (folder.py).
 import functools
 import json
 import random
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -188,19 +189,29 @@ class Demo:
         )
 
     def train(
-        self, bundle: Path, data: Path, out: Path, tokens: int, languages: Sequence[str]
+        self,
+        bundle: Path,
+        data: Path,
+        out: Path,
+        tokens: int,
+        languages: Sequence[str],
+        **options: Any,
     ) -> str:
-        """Train ``bundle`` into ``out`` (resuming a killed run); the new bundle's digest."""
+        """Train ``bundle`` into ``out`` with the preset's training options and ``options``
+        (resuming a killed run); the new bundle's digest. The training record's command is the
+        `xelm train` command line that trains the same bundle (the one --devices runs)."""
         if not is_bundle(out):
+            resume = checkpoint_dir(out).exists()
+            command = self._train_command(bundle, data, out, tokens, languages, **options)
             train_bundle(
                 bundle,
                 data=data,
                 tokens=tokens,
                 output=out,
                 languages=languages,
-                resume=checkpoint_dir(out).exists(),
-                command=f"xelm demo --preset {self.preset.name}",
-                **{**self.preset.train, "device": self.device or "auto"},
+                resume=resume,
+                command=shlex.join([*command, "--resume"] if resume else command),
+                **{**self.preset.train, "device": self.device or "auto", **options},
             )
         self._count_training(out)
         return Bundle.read(out).digest
@@ -453,15 +464,27 @@ class Demo:
         languages: Sequence[str],
         **options: Any,
     ) -> dict[str, Any]:
-        """One run of a plan (spec/training.md section 7): `xelm train` with the preset's
-        training options (and ``options``) as the trainer declares their flags."""
+        """One run of a plan (spec/training.md section 7): its `xelm train` command."""
+        command = self._train_command(bundle, data, out, tokens, languages, **options)
+        return {"name": name, "output": str(out), "tokens": tokens, "commands": [command]}
+
+    def _train_command(
+        self,
+        bundle: Path,
+        data: Path,
+        out: Path,
+        tokens: int,
+        languages: Sequence[str],
+        **options: Any,
+    ) -> list[str]:
+        """`xelm train` with the preset's training options (and ``options``) as the trainer
+        declares their flags."""
         trainer = get_registry().get("trainer", DEFAULT_TRAINER).obj
         flags = as_flags(trainer, {**self.preset.train, **options})
         if self.device:
             flags.append(f"--device={self.device}")
-        command = ["xelm", "train", str(bundle), "--data", str(data), "--tokens", str(tokens),
-                   "--langs", ",".join(languages), *flags, "-o", str(out)]  # fmt: skip
-        return {"name": name, "output": str(out), "tokens": tokens, "commands": [command]}
+        return ["xelm", "train", str(bundle), "--data", str(data), "--tokens", str(tokens),
+                "--langs", ",".join(languages), *flags, "-o", str(out)]  # fmt: skip
 
     def tfidf_experts(self, seed: Path, corpus: Path, tokenizer: Path) -> dict[str, Any]:
         """c-BTM's clusters: fit TF-IDF k-means on sample documents, assign every training
@@ -672,18 +695,8 @@ class Demo:
         loss of the first and last logged steps is recorded (transformers' load-balancing loss:
         the top-k when perfectly balanced, more when the routers favour some experts)."""
         p = self.preset
-        if not is_bundle(out):  # the balance loss logged four times, first and last kept
-            train_bundle(
-                moe,
-                data=shards,
-                tokens=p.moe_tokens,
-                output=out,
-                languages=TRAIN_LANGUAGES,
-                resume=checkpoint_dir(out).exists(),
-                command=f"xelm demo --preset {p.name}",
-                **{**p.train, "device": self.device or "auto", **self.moe_training},
-            )
-        self._count_training(out)
+        # the balance loss logged four times, first and last kept
+        self.train(moe, shards, out, p.moe_tokens, TRAIN_LANGUAGES, **self.moe_training)
         metrics = checkpoint_dir(out) / "metrics.jsonl"
         logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         aux = [m["aux_loss"] for m in logged if "aux_loss" in m]

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import UsageError
-from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 
+RESULTS_FORMAT = "xelm-demo-results"  # spec/demo-results.md
+RESULTS_FORMAT_VERSION = 1
 MIN_LANGUAGES_WON = 14
 PURITY_HEADERS = ("language", "documents", "shares over experts", "purity", "entropy (bits)",
                   "routed")  # fmt: skip
@@ -33,11 +35,20 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def read_results(paths: Sequence[Path]) -> dict[str, Any]:
+    """The demo results files ``paths`` (spec/demo-results.md) merged in order; files without
+    ``format`` (written before it) are recognised by their ``perplexity`` and ``languages``."""
     loaded = []
     for path in paths:
         data = read_json_object(path, "results file")
-        if "perplexity" not in data or "languages" not in data:
+        ours = data.get("format", RESULTS_FORMAT) == RESULTS_FORMAT
+        if not ours or "perplexity" not in data or "languages" not in data:
             raise UsageError(f"{path} is not a results file of xelm demo")
+        version = data.get("format_version", 1)  # results of xelm before the field are 1
+        if version != RESULTS_FORMAT_VERSION:
+            raise FormatError(
+                f"{path}: demo results format version {short_repr(version)} is not supported "
+                f"by this xelm (reads {RESULTS_FORMAT_VERSION}); upgrade xelm to read it"
+            )
         loaded.append(data)
     return merge(loaded)
 
@@ -326,7 +337,8 @@ def purity_section(results: dict[str, Any]) -> list[str]:
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
     """report.md, results.json and the figures in ``out``; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
-    results = {**results, "claims": claims(results)}
+    results = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results,
+               "claims": claims(results)}  # fmt: skip
     written = [out / "results.json"]
     write_bytes_atomic(written[0], pretty_json(results))
     from xelm_cli.demo.figures import draw_all
