@@ -53,7 +53,10 @@ def make_plan_in(
         "--train-args", TRAIN_ARGS, "--json",
     )  # fmt: skip
     assert code == 0, stderr
-    assert json.loads(stdout)["directory"] == str(folder)
+    plan = json.loads(stdout)
+    assert (plan["format"], plan["format_version"], plan["directory"]) == (
+        "xelm-train-plan", 1, str(folder),
+    )  # fmt: skip
     (folder / "plan.json").write_text(stdout)
     return folder / "plan.json"
 
@@ -136,6 +139,32 @@ def test_a_plan_whose_directory_is_not_here_is_refused_in_one_line(
         assert code == 2 and stdout == "" and stderr.count("\n") == 1, extra
         assert f"the plan's directory {gone!r} (where `xelm plan` ran) is not on this" in stderr
         assert "make the plan again here" in stderr
+
+
+@pytest.mark.parametrize("version", [None, 1, 2, "2.0.0"])
+def test_train_all_refuses_a_plan_of_an_unknown_version_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, version: object
+) -> None:
+    """A plan without format_version (written before it) is version 1 and runs; another
+    version is refused before anything runs."""
+    plan_file = tmp_path / "plan.json"
+    plan = {"format": "xelm-train-plan", "directory": str(tmp_path), "runs": []}
+    plan_file.write_text(
+        json.dumps(plan | ({} if version is None else {"format_version": version}))
+    )
+    code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--dry-run")
+    if version in (None, 1):
+        assert (code, stdout, stderr) == (0, "", "")
+        return
+    assert (
+        code == 3
+        and stdout == ""
+        and stderr
+        == (
+            f"xelm: error: {plan_file}: plan format version {version!r} is not supported by this "
+            "xelm (reads 1); upgrade xelm to run it, or make the plan again with this one\n"
+        )
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,17 @@ from xelm_trainer.loop import TrainingRun
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
-from xelm_cli.training.checkpoints import BlockStream, plan_budgets
+from xelm_cli.training.checkpoints import (
+    BlockStream,
+    load_checkpoint,
+    plan_budgets,
+    save_checkpoint,
+)
 
 SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
 
@@ -242,6 +247,37 @@ def test_a_run_resumes_with_a_smaller_batch_size_at_the_same_global_batch(
     np.testing.assert_allclose(resumed["loss_curve"], expected["loss_curve"], rtol=1e-5)
     for name, tensor in weights(full.output).items():  # measured: at most 8.4e-9 apart
         torch.testing.assert_close(weights(killed.output)[name], tensor, rtol=0, atol=1e-6)
+
+
+def test_a_checkpoint_of_an_unknown_format_version_is_refused_naming_force(
+    tmp_path: Path,
+) -> None:
+    """state.json says its format version; one without it (written before it) is version 1
+    and loads, another version is refused in one line before anything is restored."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    path = save_checkpoint(tmp_path, 3, model=model, optimizer=optimizer, state={"cursor": 7})
+    state = json.loads((path / "state.json").read_text())
+    assert (state["format"], state["format_version"]) == ("xelm-checkpoint", 1)
+    del state["format_version"]
+    (path / "state.json").write_text(json.dumps(state))
+    fresh = torch.nn.Linear(2, 2)
+    restored = load_checkpoint(path, model=fresh, optimizer=torch.optim.AdamW(fresh.parameters()))
+    assert (restored["step"], restored["cursor"]) == (3, 7)
+    assert torch.equal(fresh.weight, model.weight)
+
+    (path / "state.json").write_text(json.dumps(state | {"format_version": 2}))
+    other = torch.nn.Linear(2, 2)
+    before = other.weight.clone()
+    refusal = (
+        f"{path}: checkpoint format version 2 is not supported by this xelm (reads 1); resume "
+        "with the xelm that wrote it, or pass --force to start over"
+    )
+    with pytest.raises(FormatError, match=f"^{re.escape(refusal)}$"):
+        load_checkpoint(path, model=other, optimizer=torch.optim.AdamW(other.parameters()))
+    assert torch.equal(other.weight, before)
 
 
 def test_sigkilled_cli_run_resumes_to_identical_weights(

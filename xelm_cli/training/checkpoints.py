@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import FormatError, UsageError
-from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.data.shards import Shards
 
 CHECKPOINT_PREFIX = "step-"
@@ -28,6 +28,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "xelm-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
 
 
 # --- budgets -----------------------------------------------------------------------------------
@@ -218,7 +219,8 @@ def save_checkpoint(
         save_model(model, str(tmp / MODEL_FILE))
         save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
         save_file(rng, str(tmp / RNG_FILE))
-        record = {"format": CHECKPOINT_FORMAT, "step": step, "optimizer": optimizer_json, **state}
+        record = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
+                  "step": step, "optimizer": optimizer_json, **state}  # fmt: skip
         (tmp / STATE_FILE).write_bytes(pretty_json(record))
     for _, old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -230,9 +232,7 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]
     import torch
     from safetensors.torch import load_file, load_model
 
-    state = read_json_object(path / STATE_FILE, "checkpoint state")
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise FormatError(f"{path}: not an xelm checkpoint")
+    state = read_checkpoint_state(path)
     missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
     del missing, unexpected
     tensors = load_file(str(path / OPTIMIZER_FILE))
@@ -242,6 +242,22 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]
     cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
+    return state
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The JSON state of the checkpoint ``path``, refused in one line when it is not one or has
+    a format version this xelm does not read (checkpoints of xelm before the field are 1)."""
+    state = read_json_object(path / STATE_FILE, "checkpoint state")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{path}: not an xelm checkpoint")
+    version = state.get("format_version", 1)
+    if version != CHECKPOINT_FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: checkpoint format version {short_repr(version)} is not supported by this "
+            f"xelm (reads {CHECKPOINT_FORMAT_VERSION}); resume with the xelm that wrote it, or "
+            "pass --force to start over"
+        )
     return state
 
 

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.store import is_bundle
-from xelm_cli.common.errors import UsageError, XelmError
-from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.common.errors import FormatError, UsageError, XelmError
+from xelm_cli.common.jsonio import read_json_object, short_repr
 from xelm_cli.common.progress import count_progress, stderr_console
 from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import list_checkpoints
 
 PLAN_FORMAT = "xelm-train-plan"
+PLAN_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -66,6 +67,13 @@ def read_plan(path: Path) -> dict[str, Any]:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
     if plan.get("format") != PLAN_FORMAT:
         raise UsageError(f"{path} is not a plan written by `xelm plan --json`")
+    version = plan.get("format_version", 1)  # plans of xelm before the field are version 1
+    if version != PLAN_FORMAT_VERSION:
+        raise FormatError(
+            f"{path}: plan format version {short_repr(version)} is not supported by this xelm "
+            f"(reads {PLAN_FORMAT_VERSION}); upgrade xelm to run it, or make the plan again "
+            "with this one"
+        )
     return plan
 
 

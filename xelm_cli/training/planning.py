@@ -26,7 +26,7 @@ from xelm_cli.training.estimates import (
     moe_shapes,
     training_memory,
 )
-from xelm_cli.training.plan_runner import PLAN_FORMAT, side_by_side_length
+from xelm_cli.training.plan_runner import PLAN_FORMAT, PLAN_FORMAT_VERSION, side_by_side_length
 from xelm_cli.training.positions import require_block_fits
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 
@@ -257,6 +257,7 @@ def make_plan(
         )  # fmt: skip
     plan = {
         "format": PLAN_FORMAT,
+        "format_version": PLAN_FORMAT_VERSION,
         "directory": os.getcwd(),
         "budget": budget,
         "moe_tokens": moe_tokens,
