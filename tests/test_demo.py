@@ -127,6 +127,13 @@ def test_report_on_a_missing_or_foreign_file_is_one_line(
     other.write_text("{}")
     assert run(["report", str(other), "-o", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err == f"xelm: error: {other} is not a results file of xelm demo\n"
+    partial = tmp_path / "partial.json"  # a run stopped before its ensembles were evaluated
+    partial.write_text(json.dumps({"perplexity": {}, "languages": ["en"]}))
+    assert run(["report", str(partial), "-o", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: the results files name no main X-ELM (main_xelm: the demo writes it when "
+        "it evaluates the typology k = 4 ensemble); add the results file of that run\n"
+    )
     assert not (tmp_path / "r").exists()
 
 

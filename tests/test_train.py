@@ -238,6 +238,10 @@ def test_a_run_resumes_with_a_smaller_batch_size_at_the_same_global_batch(
     )
     with pytest.raises(UsageError, match=f"^{re.escape(refusal)}$"):
         CausalLMTrainer().train(other_step)
+    state.write_text(json.dumps(saved | {"format_version": 2}))  # the version is read first
+    with pytest.raises(FormatError, match="checkpoint format version 2 is not supported"):
+        CausalLMTrainer().train(other_step)
+    state.write_text(json.dumps(saved))
     resumed = CausalLMTrainer().train(halved).manifest.training
     expected = Bundle.open(full.output).manifest.training
     assert resumed is not None and expected is not None

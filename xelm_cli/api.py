@@ -95,6 +95,7 @@ from xelm_cli.training.checkpoints import (
     BlockStream,
     list_checkpoints,
     load_checkpoint,
+    read_checkpoint_state,
     save_checkpoint,
 )
 from xelm_cli.training.plan_runner import run_plan
@@ -184,6 +185,7 @@ __all__ = [
     "prepare",
     "rank_donors",
     "read_allocation",
+    "read_checkpoint_state",
     "read_documents",
     "read_results",
     "require_block_fits",

@@ -31,6 +31,7 @@ from xelm_cli.api import (
     UsageError,
     list_checkpoints,
     load_checkpoint,
+    read_checkpoint_state,
     require_block_fits,
     save_checkpoint,
     write_bundle,
@@ -383,8 +384,7 @@ def resume(
     request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, main: bool = True
 ) -> RunState:
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
-    with open(path / "state.json", encoding="utf-8") as f:
-        saved_identity = json.load(f).get("identity") or {}
+    saved_identity = read_checkpoint_state(path).get("identity") or {}
     identity = run_identity(request, inputs)
     # only the keys this version compares: older checkpoints also stored batch_size
     changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])

@@ -50,7 +50,13 @@ def read_results(paths: Sequence[Path]) -> dict[str, Any]:
                 f"by this xelm (reads {RESULTS_FORMAT_VERSION}); upgrade xelm to read it"
             )
         loaded.append(data)
-    return merge(loaded)
+    merged = merge(loaded)
+    if "main_xelm" not in merged:
+        raise UsageError(
+            "the results files name no main X-ELM (main_xelm: the demo writes it when it "
+            "evaluates the typology k = 4 ensemble); add the results file of that run"
+        )
+    return merged
 
 
 def _ppl(results: dict[str, Any], system: str, language: str) -> float:
