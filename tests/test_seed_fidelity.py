@@ -165,7 +165,31 @@ def test_pickled_only_seed_is_refused_then_converted_on_request(tmp_path: Path) 
     assert not (tmp_path / "refused").exists()
     seed = init_from_hf(str(hf), tmp_path / "seed", languages=["en"], convert_pickle=True)
     assert not any(seed.path.glob("*.bin"))
-    assert seed.manifest.origin["converted"]["loader"] == "torch.load(weights_only)"
+    assert seed.manifest.origin["converted"] == {
+        "from": "pytorch_model.bin",
+        "loader": "torch.load(weights_only)",
+    }
+    converted = AutoModelForCausalLM.from_pretrained(seed.path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(converted.state_dict()[name], tensor), name
+
+
+def test_sharded_pickles_are_named_by_their_index(tmp_path: Path) -> None:
+    hf = _llama(tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    (hf / "model.safetensors").unlink()
+    state = model.state_dict()  # two pickled shards and their index, as older models ship
+    names = sorted(state)
+    shards = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+    for file, part in shards.items():
+        torch.save({name: state[name] for name in part}, hf / file)
+    weight_map = {name: file for file, part in shards.items() for name in part}
+    index = {"metadata": {}, "weight_map": weight_map}
+    (hf / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    with pytest.raises(UsageError, match=r"only pickled weights \(pytorch_model.bin.index.json\)"):
+        init_from_hf(str(hf), tmp_path / "refused", languages=["en"])
+    seed = init_from_hf(str(hf), tmp_path / "seed", languages=["en"], convert_pickle=True)
+    assert seed.manifest.origin["converted"]["from"] == "pytorch_model.bin.index.json"
     converted = AutoModelForCausalLM.from_pretrained(seed.path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(converted.state_dict()[name], tensor), name

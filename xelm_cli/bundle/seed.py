@@ -116,23 +116,28 @@ def init_from_config(
     )  # fmt: skip
 
 
-def pickled_only(model_id: str) -> bool:
-    """Whether a local model directory has pickled weights and no safetensors."""
+def pickled_only(model_id: str) -> str | None:
+    """The pickled weights file of a local model directory that has no safetensors: the shard
+    index when there is one (it names the shards), else ``pytorch_model.bin``; None otherwise."""
     path = Path(model_id)
     if not path.is_dir() or any(path.glob("*.safetensors")):
-        return False
-    return any((path / name).is_file() for name in PICKLED_WEIGHTS)
+        return None
+    return next((name for name in PICKLED_WEIGHTS[::-1] if (path / name).is_file()), None)
 
 
 def _load_hf_model(
-    model_id: str, revision: str | None, trust_remote_code: bool, pickled: bool, cached: bool
+    model_id: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    pickled: str | None,
+    cached: bool,
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
         model_id,
         revision=revision,
-        use_safetensors=not pickled,
+        use_safetensors=pickled is None,
         weights_only=True,  # for pickles: torch's loader that runs no code from the file
         dtype="auto",
         trust_remote_code=trust_remote_code,
@@ -195,7 +200,7 @@ def init_from_hf(
     pickled = pickled_only(model_id)
     if pickled and not convert_pickle:
         raise UsageError(
-            f"{model_id} has only pickled weights (pytorch_model.bin); pass --convert-pickle "
+            f"{model_id} has only pickled weights ({pickled}); pass --convert-pickle "
             "to convert them once to safetensors with torch's weights_only loader"
         )
     cached = not local and _cached_only(model_id, revision)
@@ -205,7 +210,7 @@ def init_from_hf(
         except OSError:
             if local or not convert_pickle:
                 raise
-            pickled = True  # a Hub model without safetensors: its pickled weights, on request
+            pickled = PICKLED_WEIGHTS[0]  # a Hub model without safetensors: pickles, on request
             model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
         tokenizer = AutoTokenizer.from_pretrained(
             model_id,
@@ -233,7 +238,7 @@ def init_from_hf(
         "revision": revision,
     }
     if pickled:
-        source["converted"] = {"from": "pytorch_model.bin", "loader": "torch.load(weights_only)"}
+        source["converted"] = {"from": pickled, "loader": "torch.load(weights_only)"}
     framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
     return _write_seed(
         Path(out), model, tokenizer, source, language_codes(languages) or (), overwrite,
