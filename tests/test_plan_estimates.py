@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import train_tokenizer
+from conftest import SHARED_DATA, train_tokenizer
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 from xelm_cli.bundle.store import Bundle
@@ -16,6 +16,8 @@ from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
 from xelm_cli.common.units import duration
 from xelm_cli.training.estimates import ModelShape, largest_batch, parse_size, training_memory
+
+FLORES = SHARED_DATA / "eval" / "flores200-devtest"  # held-out text for the language gate
 
 # Peak resident memory of two fp32 training steps (model load, chunked loss, AdamW), above the
 # level after a warm-up step of a tiny model (torch's allocator, threads and kernels set up).
@@ -287,10 +289,10 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
         1_000_000 * shape.parameters * seconds_per_parameter_token
     )
 
-    assert run([*plan_args, "--moe-calibration", "flores", "--moe-aux-loss", "0.1"]) == 0
+    assert run([*plan_args, "--moe-calibration", str(FLORES), "--moe-aux-loss", "0.1"]) == 0
     out = capsys.readouterr().out
     assert "MoE: 800,000 + 200,000 fine-tune = 1,000,000 tokens" in out
-    assert "--top-k 2 --gate language --calibration flores -o" in out
+    assert f"--top-k 2 --gate language --calibration {FLORES} -o" in out
     assert "--aux-loss 0.1 --tokens 200000 -o" in out
 
     plan_file = tmp_path / "plan.json"

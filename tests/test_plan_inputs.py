@@ -3,20 +3,26 @@ was made in, wherever it starts, and reports what became of each run with --json
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import train_tokenizer
+from conftest import SHARED_DATA, train_tokenizer
 from test_train import corpus_slice
 
-from xelm_cli.bundle.store import verify_bundle
+from xelm_cli.bundle.moe import build_moe
+from xelm_cli.bundle.seed import init_from_hf
+from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.common.errors import UsageError
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.shards import Shards
 from xelm_cli.training.plan_runner import failure_reason
 from xelm_cli.training.planning import make_plan
 
@@ -378,4 +384,147 @@ def test_an_interrupted_train_all_says_its_runs_were_interrupted_not_failed(
     assert (
         "dense: interrupted: train-all was stopped (a re-run resumes it)"
         in (logs / "dense.log").read_text()
+    )
+
+
+def seed_of(config: Any, tokenizer_of: Path, out: Path) -> Path:
+    """A random seed bundle of transformers ``config`` (vocabulary and special tokens filled
+    in) with the tokenizer of the bundle ``tokenizer_of``, so shards made for it fit."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = Bundle.open(tokenizer_of).load_tokenizer()
+    config.vocab_size = len(tokenizer)
+    config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    AutoModelForCausalLM.from_config(config).save_pretrained(out / "hf")
+    tokenizer.save_pretrained(out / "hf")
+    return init_from_hf(str(out / "hf"), out / "seed", languages=["en", "tr"]).path
+
+
+def plan_args(seed: Path, shards: Path, *extra: object, budget: object = "40K") -> list[object]:
+    """`xelm plan --json` of the allocation alloc.json in the current directory."""
+    return ["plan", "--budget", budget, "--allocation", "alloc.json", "--seed-bundle", seed,
+            "--data", shards, "-o", "runs", "--train-args", TRAIN_ARGS, *extra,
+            "--json"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("xglm", "cannot build an MoE model from 'xglm' experts; supported: llama/mistral"),
+        ("llama with attention bias", "MixtralForCausalLM has no bias terms but these llama"),
+    ],
+)
+def test_a_moe_plan_whose_experts_bundle_moe_refuses_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    family: str,
+    expected: str,
+) -> None:
+    """What `xelm bundle moe` refuses of the trained experts (the seed's family, or its bias
+    terms) is refused by the plan, with bundle moe's own words; the plan without --moe-tokens
+    stands."""
+    from transformers import LlamaConfig, XGLMConfig
+
+    config = (
+        XGLMConfig(d_model=16, ffn_dim=32, num_layers=1, attention_heads=2,
+                   max_position_embeddings=64)
+        if family == "xglm"
+        else LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=64, attention_bias=True)
+    )  # fmt: skip
+    seed = seed_of(config, seed_bundle, tmp_path / "seed")
+    experts = [tmp_path / "en", tmp_path / "tr"]
+    for expert in experts:
+        assert run(["bundle", "branch", str(seed), "--langs", expert.name, "-o", str(expert)]) == 0
+    with pytest.raises(UsageError) as refused:
+        build_moe(experts, tmp_path / "moe")
+    assert expected in str(refused.value)
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    code, stdout, stderr = xelm(capsys, *plan_args(seed, shards, "--moe-tokens", "8K"))
+    assert code == 2 and stdout == "", stderr
+    assert stderr == (
+        f"xelm: error: --moe-tokens: {refused.value}; drop --moe-tokens to plan the experts "
+        "and the dense run only\n"
+    )
+    code, stdout, stderr = xelm(capsys, *plan_args(seed, shards))
+    assert code == 0, stderr
+    assert [run["name"] for run in json.loads(stdout)["runs"]] == ["expert-0", "expert-1", "dense"]
+
+
+def test_moe_calibration_text_bundle_moe_cannot_read_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Missing, or without one of the experts' languages: refused naming --moe-calibration;
+    text in each (UDHR, a file per language) is planned as the language gate's."""
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    (tmp_path / "english").mkdir()
+    shutil.copy(SHARED_DATA / "eval" / "udhr" / "en.txt", tmp_path / "english")
+    way_out = (
+        "; give held-out labelled text in en, tr (`xelm bundle moe --gate language` reads it), "
+        "or drop --moe-calibration for a random gate\n"
+    )
+    for calibration, reason in [
+        ("/nonexistent", "evaluation data not found: /nonexistent"),
+        ("english", "english has no documents in tr (it has: en)"),
+    ]:
+        extra = ["--moe-tokens", "8K", "--moe-calibration", calibration]
+        code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
+        assert code == 2 and stdout == "", stderr
+        assert stderr == f"xelm: error: --moe-calibration: {reason}{way_out}"
+    udhr = SHARED_DATA / "eval" / "udhr"
+    extra = ["--moe-tokens", "8K", "--moe-calibration", str(udhr)]
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
+    assert code == 0, stderr
+    build = json.loads(stdout)["runs"][-1]["commands"][0]
+    assert build[build.index("--gate") :][:4] == ["--gate", "language", "--calibration", str(udhr)]
+
+
+def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As `xelm train` notes for one run, once for the plan: each run's passes (its tokens
+    over the shards' tokens of its languages) in --json, the runs over one on stderr."""
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    held = {lang: stats.tokens for lang, stats in Shards.open(shards).stats.items()}
+    # experts just under one pass of the smaller language's tokens
+    budget = 2 * min(held["en"], held["tr"]) - 2
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, budget=budget))
+    assert code == 0, stderr
+    assert stderr == ""
+    passes = {run["name"]: run["passes"] for run in json.loads(stdout)["runs"]}
+    assert passes == pytest.approx({
+        "expert-0": budget / 2 / held["en"], "expert-1": budget / 2 / held["tr"],
+        "dense": budget / (held["en"] + held["tr"]),
+    })  # fmt: skip
+
+    budget, moe = 3 * (held["en"] + held["tr"]), held["en"] + held["tr"]
+    extra = ["--moe-tokens", moe]
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra, budget=budget))
+    assert code == 0, stderr
+    expected = {"expert-0": (budget - moe) / 2 / held["en"],
+                "expert-1": (budget - moe) / 2 / held["tr"], "dense": 3.0, "average": 0.0,
+                "moe": 1.0}  # fmt: skip
+    passes = {run["name"]: run["passes"] for run in json.loads(stdout)["runs"]}
+    assert passes == pytest.approx(expected)
+    each = ", ".join(f"{name} about {expected[name]:,.1f}" for name in ("expert-0", "expert-1"))
+    assert stderr == (
+        "xelm: 3 of the plan's runs go over the tokens these shards hold in their languages "
+        "more than once (the paper trains one pass: a smaller --budget or more --data keeps to "
+        f"it): {each}, dense about 3.0 passes\n"
     )

@@ -121,16 +121,22 @@ def family_of(model_type: str) -> Family:
     )
 
 
-def moe_config(dense: Any, family: Family, k: int, top_k: int) -> Any:
-    """The MoE config: the dense one's shared fields, expert size = the dense MLP's."""
-    from transformers import AutoConfig
-
+def require_no_bias(dense: Any, family: Family) -> None:
+    """Refuse experts (of transformers config ``dense``) with bias terms ``family``'s MoE
+    architecture lacks."""
     if getattr(dense, "mlp_bias", False) or (
         family.moe_type == "mixtral" and getattr(dense, "attention_bias", False)
     ):
         raise UsageError(
             f"{family.architecture} has no bias terms but these {dense.model_type} experts do"
         )
+
+
+def moe_config(dense: Any, family: Family, k: int, top_k: int) -> Any:
+    """The MoE config: the dense one's shared fields, expert size = the dense MLP's."""
+    from transformers import AutoConfig
+
+    require_no_bias(dense, family)
     fields = {name: getattr(dense, name) for name in _CONFIG_FIELDS if hasattr(dense, name)}
     if family.moe_type == "mixtral":
         fields.pop("attention_bias", None)

@@ -35,9 +35,10 @@ from xelm_cli.training.plan_runner import (
     raise_failures,
     read_plan,
     run_plan,
+    say_on_stderr,
     shown_command,
 )
-from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan
+from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan, passes_line
 from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_verb
 
@@ -283,8 +284,11 @@ def plan(
     Save it with --json > plan.json and run it with `xelm train-all plan.json`.
 
     The seed bundle and the shards are checked first (the shards hold every language of the
-    allocation); the plan records the directory it is made in (`directory`), where
-    `xelm train-all` runs its commands, so relative paths keep their meaning wherever it starts.
+    allocation), with --moe-tokens also what `xelm bundle moe` would refuse (the seed's family,
+    --moe-calibration text it cannot read); the runs whose tokens go over the shards' text in
+    their languages more than once are noted on stderr (each run's `passes` in --json). The
+    plan records the directory it is made in (`directory`), where `xelm train-all` runs its
+    commands, so relative paths keep their meaning wherever it starts.
 
     The plan estimates each run's device memory (weights, gradients,
     AdamW, activations and loss at the --train-args batch) and refuses a batch that cannot fit,
@@ -306,6 +310,8 @@ def plan(
         moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
         moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss, parallel=parallel,
     )  # fmt: skip
+    if note := passes_line(result):
+        say_on_stderr(note)
     if as_json:
         print_json(result)
         return

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
+from xelm_cli.bundle.moe import family_of, require_no_bias
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
+from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
@@ -92,10 +94,10 @@ def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
 
 def check_inputs(
     seed_bundle: Path, data: Path, valid: Path | None, languages: Sequence[str]
-) -> None:
+) -> Shards:
     """Refuse now, one line each, what every run's ``xelm train`` would refuse when it starts:
     a seed that is not a bundle, ``data`` (and ``valid``) that are not shards of its tokenizer
-    or lack one of the ``languages`` the runs train on."""
+    or lack one of the ``languages`` the runs train on. The ``data`` shards, opened."""
     try:
         seed = Bundle.read(seed_bundle)
     except UsageError as error:
@@ -103,15 +105,67 @@ def check_inputs(
             f"--seed-bundle: {error}; give the bundle the experts branch from (`xelm bundle "
             "init` makes one)"
         ) from None
-    for option, path in (("--data", data), ("--valid", valid)):
-        if path is None:
-            continue
-        try:
-            shards = Shards.open(path)
-        except UsageError as error:
-            raise UsageError(f"{option}: {error}; make them with `xelm data prepare`") from None
-        shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
-        shards.require_languages(languages)
+    shards = open_shards("--data", data, seed, languages)
+    if valid is not None:
+        open_shards("--valid", valid, seed, languages)
+    return shards
+
+
+def open_shards(option: str, path: Path, seed: Bundle, languages: Sequence[str]) -> Shards:
+    """The shards at ``path`` (given as ``option``), refused unless they are of ``seed``'s
+    tokenizer and hold every one of ``languages``."""
+    try:
+        shards = Shards.open(path)
+    except UsageError as error:
+        raise UsageError(f"{option}: {error}; make them with `xelm data prepare`") from None
+    shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
+    shards.require_languages(languages)
+    return shards
+
+
+def check_moe_inputs(seed_bundle: Path, calibration: Path | None, languages: Sequence[str]) -> None:
+    """Refuse now, in one line naming the option, what the ``moe`` run's `xelm bundle moe`
+    would refuse once every expert is trained: experts (branches of the seed) of a family
+    with no transformers MoE architecture or with bias terms it lacks, and --moe-calibration
+    text it cannot read in every one of the experts' ``languages``."""
+    from transformers import AutoConfig
+
+    dense = AutoConfig.from_pretrained(seed_bundle)
+    try:
+        require_no_bias(dense, family_of(dense.model_type))
+    except UsageError as error:
+        raise UsageError(
+            f"--moe-tokens: {error}; drop --moe-tokens to plan the experts and the dense run only"
+        ) from None
+    if calibration is None:
+        return
+    try:
+        read_documents(calibration, languages=languages, limit=1)
+    except (XelmError, OSError) as error:
+        raise UsageError(
+            f"--moe-calibration: {error}; give held-out labelled text in "
+            f"{', '.join(languages)} (`xelm bundle moe --gate language` reads it), or drop "
+            "--moe-calibration for a random gate"
+        ) from None
+
+
+def passes(tokens: int, shards: Shards, languages: Sequence[str]) -> float:
+    """How many times ``tokens`` go over the shards' tokens of ``languages``."""
+    return tokens / sum(shards.stats[language].tokens for language in languages)
+
+
+def passes_line(plan: dict[str, Any]) -> str | None:
+    """A note naming the runs of ``plan`` that go over their data more than once (as `xelm
+    train` notes for one run), or None."""
+    over = [run for run in plan["runs"] if run["passes"] > 1]
+    if not over:
+        return None
+    each = ", ".join(f"{run['name']} about {run['passes']:,.1f}" for run in over)
+    return (
+        f"xelm: {len(over)} of the plan's runs go over the tokens these shards hold in their "
+        f"languages more than once (the paper trains one pass: a smaller --budget or more "
+        f"--data keeps to it): {each} passes"
+    )
 
 
 def estimate_runs(
@@ -190,12 +244,15 @@ def make_plan(
     run in this process's current directory (the plan's ``directory``), once the inputs are
     checked (``check_inputs``), with memory and time estimates (``estimate_runs``), and with
     ``parallel``, how long ``xelm train-all`` takes running that many at a time
-    (``side_by_side``).
+    (``side_by_side``). Each run holds ``passes``: how many times its tokens go over the
+    ``data`` shards' tokens of its languages (``passes_line`` notes the runs over one).
 
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
     and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
-    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``.
+    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``;
+    what ``xelm bundle moe`` would refuse of the experts or ``moe_calibration`` is refused
+    first (``check_moe_inputs``).
 
     ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``); every path may
     be text."""
@@ -216,7 +273,9 @@ def make_plan(
     budgets = plan_budgets(budget - moe_tokens, alloc.experts)
     budgets = [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
     everything = list(next(b.languages for b in budgets if b.expert is None))
-    check_inputs(seed_bundle, data, valid, everything)
+    shards = check_inputs(seed_bundle, data, valid, everything)
+    if moe_tokens:
+        check_moe_inputs(seed_bundle, moe_calibration, everything)
     estimate = estimate_runs(seed_bundle, train_args, memory, measured)
     entries = []
     for run in budgets:
@@ -240,6 +299,7 @@ def make_plan(
                 "expert": run.expert,
                 "languages": list(run.languages),
                 "tokens": run.tokens,
+                "passes": passes(run.tokens, shards, run.languages),
                 "output": str(output),
                 "commands": [c for c in (branch, trained) if c],
                 "seconds": (
@@ -253,7 +313,7 @@ def make_plan(
         experts = [str(runs / "experts" / b.name) for b in budgets if b.expert is not None]
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
-            moe_tokens, moe_calibration, moe_aux_loss,
+            moe_tokens, moe_calibration, moe_aux_loss, passes(moe_tokens, shards, everything),
         )  # fmt: skip
     plan = {
         "format": PLAN_FORMAT,
@@ -301,9 +361,11 @@ def merged_runs(
     moe_tokens: int,
     calibration: Path | None,
     aux_loss: float,
+    moe_passes: float,
 ) -> list[dict[str, Any]]:
     """The ``average`` and ``moe`` runs of a plan: one model each from the finished experts
-    (both wait for them: run them after the experts' array tasks)."""
+    (both wait for them: run them after the experts' array tasks); ``moe_passes``: how many
+    times the fine-tune goes over its data."""
     names = [f"expert-{i}" for i in range(len(experts))]
     average = ["xelm", "bundle", "merge", *experts, "--method", "average"]
     average += ["-o", str(runs / "average")]
@@ -319,11 +381,11 @@ def merged_runs(
     throughput = estimate["throughput"]
     seconds = throughput.seconds(active, moe_tokens) if throughput else None
     return [
-        {"name": "average", "expert": None, "languages": languages, "tokens": 0,
+        {"name": "average", "expert": None, "languages": languages, "tokens": 0, "passes": 0.0,
          "output": str(runs / "average"), "commands": [average],
          "seconds": 0.0 if throughput else None, "after": names},
         {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
-         "output": str(runs / "moe"), "commands": [moe, tuned], "seconds": seconds,
-         "after": names, "parameters": held.parameters, "top_k": MOE_TOP_K,
+         "passes": moe_passes, "output": str(runs / "moe"), "commands": [moe, tuned],
+         "seconds": seconds, "after": names, "parameters": held.parameters, "top_k": MOE_TOP_K,
          "aux_loss": aux_loss},
     ]  # fmt: skip
