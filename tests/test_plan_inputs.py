@@ -488,6 +488,12 @@ def test_moe_calibration_text_bundle_moe_cannot_read_is_refused_in_one_line(
     assert code == 0, stderr
     build = json.loads(stdout)["runs"][-1]["commands"][0]
     assert build[build.index("--gate") :][:4] == ["--gate", "language", "--calibration", str(udhr)]
+    alone = ["--moe-calibration", str(udhr)]  # without the MoE run it would do nothing
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *alone))
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        "xelm: error: --moe-calibration is for the MoE run: give --moe-tokens too, or drop it\n"
+    )
 
 
 def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(

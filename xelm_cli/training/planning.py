@@ -264,6 +264,8 @@ def make_plan(
     )
     if parallel is not None and parallel < 1:
         raise UsageError(f"--parallel must be at least 1, not {parallel}")
+    if moe_calibration is not None and not moe_tokens:
+        raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
     alloc = read_allocation(allocation)
     if moe_tokens and not 0 < moe_tokens < budget:
         raise UsageError(
