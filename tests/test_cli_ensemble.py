@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,6 +164,47 @@ def test_the_table_keeps_whole_system_names_at_80_columns(
         "baseline:dense-baseline-4lang",
     ]  # fmt: skip
     assert headers == ["language", *names, "delta vsbaseline:dense-baseline-4lang"]
+
+
+def test_numbers_never_wrap_at_80_columns_with_several_baselines() -> None:
+    """As ``xelm ensemble eval ... --each --baseline A --baseline B --baseline C | cat``
+    prints: no terminal, so 80 columns (was: 1321.745 shown as "1321.74" over "5")."""
+    from rich.console import Console
+
+    from xelm_cli.ensemble.results import render_table
+
+    names = ["ensemble[language]", "expert:expert-0", "expert:expert-1", "baseline:dense",
+             "baseline:average", "baseline:expert-0"]  # fmt: skip
+    kinds = ["ensemble", "expert", "expert", "baseline", "baseline", "baseline"]
+    languages = ["en", "de", "ru", "tr"]
+
+    def metrics(offset: float) -> dict[str, Any]:
+        scores = {lang: {"perplexity": 1321.745 + offset + i} for i, lang in enumerate(languages)}
+        return {"overall": {"perplexity": 1000.5 + offset}, "languages": scores}
+
+    systems: list[dict[str, Any]] = [{"name": name, "kind": kind, "metrics": metrics(100.0 * i)}
+               for i, (name, kind) in enumerate(zip(names, kinds, strict=True))]  # fmt: skip
+    results = {
+        "primary": "perplexity", "higher_is_better": False, "systems": systems,
+        "request": {"languages": languages},
+        "ensemble": {"router": {"name": "language"}, "combine": "mixture"},
+    }  # fmt: skip
+    console = Console(width=80, file=io.StringIO(), soft_wrap=True)  # as the command prints
+    console.print(render_table(results))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    body = [ln.split("│")[1:-1] for ln in lines if ln.startswith("│")]
+    assert [cells[0].strip() for cells in body] == [*languages, "overall"]
+    for column, system in enumerate(systems, start=1):
+        scopes = system["metrics"]
+        expected = [f"{scopes['languages'][lang]['perplexity']:.3f}" for lang in languages]
+        expected.append(f"{scopes['overall']['perplexity']:.3f}")
+        assert [cells[column].strip() for cells in body] == expected
+    assert [cells[-1].strip() for cells in body] == ["-300.000"] * 5  # delta vs baseline:dense
+    head = lines[lines.index(next(ln for ln in lines if ln.startswith("┏"))) + 1 :]
+    head = head[: next(i for i, ln in enumerate(head) if ln.startswith("┡"))]
+    columns = zip(*(ln.split("┃")[1:-1] for ln in head), strict=True)
+    headers = ["".join(piece.strip() for piece in column) for column in columns]
+    assert headers == ["language", *names, "delta vsbaseline:dense"]
 
 
 def test_icl_table_shows_the_standard_error_over_runs(

@@ -273,6 +273,7 @@ def render_csv(results: dict[str, Any]) -> str:
 def render_table(results: dict[str, Any]) -> Any:
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     header, rows = _rows(results, baseline_name(results))
     direction = "higher" if results["higher_is_better"] else "lower"
@@ -283,16 +284,22 @@ def render_table(results: dict[str, Any]) -> Any:
     if results["request"].get("protocol"):
         title += f", protocol {results['request']['protocol']}"
     title += f"; router {results['ensemble']['router']['name']}, {results['ensemble']['combine']}"
-    table = Table(title=escape(title))
-    table.add_column(escape(header[0]), no_wrap=True)
-    for name in header[1:]:  # a narrow terminal folds system names and numbers, never cuts them
-        table.add_column(escape(name), justify="right", overflow="fold")
-    has_delta = header[-1].startswith("delta")
-    for row in rows:
-        table.add_row(*row)
     if any("tokens_per_second" in system for system in results["systems"]):
         cells = [_speed(system) for system in results["systems"]]
-        table.add_row("tokens/s", *cells, *([""] if has_delta else []), end_section=False)
+        rows.append(["tokens/s", *cells, *([""] if header[-1].startswith("delta") else [])])
+    table = Table(title=escape(title))
+    # No column is narrower than its widest cell, so a number never wraps: a narrow terminal
+    # (80 columns when stdout is no terminal) folds the system names in the header instead,
+    # and a table that cannot fit stays whole, wider than the terminal (printed soft-wrapped).
+    for index, name in enumerate(header):
+        table.add_column(
+            Text(name),
+            justify="right" if index else "left",
+            overflow="fold",
+            min_width=max(len(row[index]) for row in rows),
+        )
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
