@@ -4,15 +4,18 @@ tasks; the gated FLORES+ without a token falls back to SIB-200 and says so."""
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import xelm
 from hub_eval_fixtures import (
     belebele_like,
     belebele_rows,
     fetch_mirror,
     flores_plus_like,
+    synthetic_texts,
     write_rows,
     xcopa_like,
     xnli_like,
@@ -25,6 +28,7 @@ from xelm_eval.tasks import SIB200_CATEGORIES, open_task
 
 from xelm_cli.api import EvalRequest, UsageError
 from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.cli import run
 from xelm_cli.data.evalsets import FLORES_PLUS, flores_code, language_of_config
 from xelm_cli.data.fetch import fetch
@@ -138,6 +142,62 @@ def test_perplexity_names_a_missing_configuration_split_or_column_and_the_choice
         r"text_column\)",
     ):
         perplexity(("en",), colour="red")
+
+
+def _webtext_like(root: Path, languages: tuple[str, ...]) -> Path:
+    """Laid out like a web-text dataset on the Hub: a FLORES-named configuration per language,
+    parquet files of ``content`` and ``id``, train and test splits."""
+    configs = {}
+    for language in languages:
+        config = flores_code(language)
+        rows = [{"content": t, "id": i} for i, t in enumerate(synthetic_texts(language, 600))]
+        for split, part in (("train", rows[:100]), ("test", rows[100:])):
+            write_rows(root / "data" / config / f"{split}-00000-of-00001.parquet", part)
+        configs[config] = {s: f"data/{config}/{s}-*.parquet" for s in ("train", "test")}
+    write_readme(root, configs, "webtext stand-in")
+    return root
+
+
+def test_perplexity_on_a_dataset_of_several_configurations_names_the_config_option(
+    tmp_path: Path,
+) -> None:
+    webtext = _webtext_like(tmp_path / "myorg" / "webtext", ("en", "de"))
+    # was: datasets' multi-line "Config name is missing ..." passed through
+    assert _one_line_error(
+        lambda: PerplexityEvaluator(EvalRequest(data=str(webtext), languages=("en",)))
+    ) == (
+        f"{webtext} has no configuration 'en' for language en (it has en (eng_Latn), "
+        "de (deu_Latn)); choose the languages with --langs, or the configuration with "
+        "--eval-arg config={flores}"
+    )
+    chosen = PerplexityEvaluator(
+        EvalRequest(
+            data=str(webtext),
+            languages=("de",),
+            options={"config": "{flores}", "split": ["test"], "text_column": "content"},
+        )
+    )
+    assert [d.text for d in chosen.documents] == synthetic_texts("de", 600)[100:]
+
+
+def test_a_missing_text_column_on_parquet_exits_2_every_time(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    # was: exit 134 ("terminate called without an active exception") in about one run of
+    # three on a busy machine: pyarrow tore the abandoned parquet scan down on its own thread
+    # while the interpreter finalized. Runs side by side keep the machine busy.
+    webtext = _webtext_like(tmp_path / "myorg" / "webtext", ("en",))
+    expert = tmp_path / "expert"
+    init_from_config("tiny", tokenizer_dir, expert, languages=["en"])
+    args = ["ensemble", "eval", expert, "--data", webtext, "--eval-arg", "config={flores}",
+            "--eval-arg", "split=test", "--langs", "en", "--limit", "5"]  # fmt: skip
+    with ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(lambda _: xelm(*args, sites=[]), range(6)))
+    assert [run.returncode for run in runs] == [2] * 6, [run.stderr for run in runs]
+    assert runs[0].stderr == (
+        f"xelm: error: {webtext} [eng_Latn/test] has no column 'text' (its columns: content, "
+        "id); choose it with --eval-arg text_column=NAME\n"
+    )
 
 
 def test_an_icl_task_names_a_missing_configuration_split_or_column_and_the_choices(

@@ -16,6 +16,7 @@ from xelm_cli.api import (
     LanguageModel,
     UsageError,
     build_options,
+    dataset_configs,
     eval_set_with,
     eval_texts,
     is_hub_dataset,
@@ -51,7 +52,8 @@ class PerplexityEvaluator(Evaluator):
     one): FLORES+ (``openlanguagedata/flores_plus``, devtest; gated, so without a token the
     evaluator falls back to SIB-200's FLORES sentences and says so), SIB-200's FLORES text
     (``Davlan/sib200``), or any other with ``--eval-arg config=TEMPLATE`` (``{lang}``: xelm's
-    code, ``{flores}``: ``arb_Arab``), ``split=a,b`` and ``text_column=``.
+    code, ``{flores}``: ``arb_Arab``), ``split=a,b`` and ``text_column=``; a dataset with
+    several configurations is read that way even without them.
     """
 
     name: ClassVar[str] = "perplexity"
@@ -80,7 +82,8 @@ class PerplexityEvaluator(Evaluator):
         hub_options = self._hub_options()
         self.source: dict[str, Any] = {}  # what a dataset read from the Hub was
         base = known_eval_set(request.data)
-        if is_hub_dataset(request.data) and (base or hub_options):
+        hub = is_hub_dataset(request.data)
+        if hub and (base or hub_options or _has_several_configs(request.data)):
             self.documents = self._hub_documents(request, base, hub_options)
         else:
             if hub_options:
@@ -140,6 +143,12 @@ class PerplexityEvaluator(Evaluator):
         scores = model.score_documents(self.documents)
         metrics = summarise(self.documents, scores, self._languages)
         return {**metrics, "source": self.source} if self.source else metrics
+
+
+def _has_several_configs(dataset: str) -> bool:
+    """Whether a Hub dataset has several configurations: read as one corpus, ``datasets``
+    refuses it, so each is taken as a language's (its errors name ``--eval-arg config=``)."""
+    return len(dataset_configs(dataset)) > 1
 
 
 def summarise(

@@ -18,6 +18,7 @@ from xelm_cli.cluster import cli as cluster
 from xelm_cli.common.atomic import shown_as_output
 from xelm_cli.common.errors import XelmError, exception_line
 from xelm_cli.data import cli as data
+from xelm_cli.data.sources import finish_arrow_work
 from xelm_cli.demo import cli as demo
 from xelm_cli.ensemble import cli as ensemble
 from xelm_cli.lang import cli as lang
@@ -152,4 +153,6 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run())
+    code = run()
+    finish_arrow_work()
+    sys.exit(code)

@@ -89,7 +89,9 @@ class WayOut:
     """How the user of an evaluation set chooses another configuration, split or column: the
     end of the one-line error naming a missing one (``{title}``, ``{splits}``, ``{columns}``
     are the set's). By default only the languages are the user's to choose (an in-context
-    task's dataset); :func:`eval_set_with` gives a set chosen by ``--eval-arg`` options."""
+    task's dataset); :func:`eval_set_with` gives a set chosen by ``--eval-arg`` options.
+    ``{template}`` is the configuration template that names the dataset's configurations
+    (``{flores}``, ``{lang}``) where it is not the set's own, else ``TEMPLATE``."""
 
     config: str = "choose the languages with --langs"
     split: str = "{title} reads splits {splits}: pass a copy of the dataset that has them"
@@ -98,7 +100,7 @@ class WayOut:
 
 EVAL_ARG_WAY_OUT = WayOut(
     config="choose the languages with --langs, or the configuration with "
-    "--eval-arg config=TEMPLATE",
+    "--eval-arg config={template}",
     split="choose them with --eval-arg split=NAME[,NAME...]",
     column="choose it with --eval-arg text_column=NAME",
 )
@@ -157,7 +159,7 @@ class EvalSet:
             asked = f"{config!r} for language {language}" if language else repr(config)
             raise UsageError(
                 f"{self.dataset} has no configuration {asked} (it has "
-                f"{_shown_configs(configs)}); {self._way_out('config')}"
+                f"{_shown_configs(configs)}); {self._way_out('config', configs)}"
             )
 
     def rows(self, config: str, split: str) -> Iterator[dict[str, Any]]:
@@ -199,13 +201,27 @@ class EvalSet:
                 f"{self._way_out('split')}"
             ) from None
 
-    def _way_out(self, what: str) -> str:
+    def _way_out(self, what: str, configs: Iterable[str] = ()) -> str:
         text: str = getattr(self.way_out, what)
+        fitting = config_template(configs)
         return text.format(
             title=self.title,
             splits=", ".join(self.splits),
             columns=", ".join((self.text_column, *self.columns)),
+            template=fitting if fitting and fitting != self.config else "TEMPLATE",
         )
+
+
+def config_template(configs: Iterable[str]) -> str | None:
+    """The configuration template whose names ``configs`` are: ``{flores}`` for FLORES-style
+    names (``eng_Latn``), ``{lang}`` for xelm's codes (``en``); None for neither."""
+    for config in configs:
+        language = language_of_config(config)
+        if language == config:
+            return "{lang}"
+        if language and config == FLORES_CODES.get(language):
+            return "{flores}"
+    return None
 
 
 def _shown_configs(configs: list[str]) -> str:
@@ -321,6 +337,7 @@ __all__ = [
     "SIB200_TEXT",
     "EvalSet",
     "WayOut",
+    "config_template",
     "eval_set_with",
     "eval_texts",
     "flores_code",

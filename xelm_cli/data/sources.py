@@ -18,11 +18,14 @@ the byte offset and line number reached in the file being read (neither re-reads
 """
 
 import contextlib
+import ctypes
+import gc
 import itertools
 import logging
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -76,6 +79,47 @@ def require_hub(datasets: Iterable[str]) -> None:
             f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
             "the same command again with network access, or pass a local copy)"
         )
+
+
+def finish_arrow_work() -> None:
+    """Let Arrow's worker threads finish before the interpreter exits (the CLI calls this last).
+
+    ``datasets`` streams parquet through ``ParquetFragment.to_batches`` over a Python file
+    object. Once such a scan's iterator is dropped (read to its end or not), pyarrow 26 tears
+    the scan down on one of its worker threads, and that teardown takes the GIL to release the
+    Python buffers it read. If the interpreter is finalizing by then, CPython ends the thread
+    inside a C++ destructor and the process aborts ("terminate called without an active
+    exception", exit 134). Collecting garbage drops every abandoned scan now; waiting for the
+    pools lets their teardown run while the GIL can still be taken. pyarrow has no Python API
+    for the wait, so this calls libarrow's ``ThreadPool::WaitForIdle``; where that library or
+    its symbols are not found, nothing is waited for."""
+    if "pyarrow" not in sys.modules:
+        return
+    gc.collect()
+    pools, wait_for_idle = _arrow_thread_pools()
+    for _ in range(2):  # a task on one pool can queue work on the other
+        for pool in pools:
+            wait_for_idle(pool)  # ctypes releases the GIL for the call
+
+
+def _arrow_thread_pools() -> tuple[list[int], Any]:
+    """Arrow's I/O and CPU thread pools, and its ``ThreadPool::WaitForIdle`` (C++ names, as
+    libarrow exports them); no pools where they are not found."""
+    import pyarrow
+
+    for directory in pyarrow.get_library_dirs():
+        for path in sorted(Path(directory).glob("libarrow.so.*")):
+            try:
+                library = ctypes.CDLL(str(path))
+                io_pool = library._ZN5arrow2io8internal15GetIOThreadPoolEv
+                cpu_pool = library._ZN5arrow8internal16GetCpuThreadPoolEv
+                wait_for_idle = library._ZN5arrow8internal10ThreadPool11WaitForIdleEv
+            except (OSError, AttributeError):
+                continue
+            io_pool.restype = cpu_pool.restype = ctypes.c_void_p
+            wait_for_idle.argtypes = [ctypes.c_void_p]
+            return [io_pool(), cpu_pool()], wait_for_idle
+    return [], None
 
 
 @dataclass
