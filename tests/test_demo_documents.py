@@ -116,7 +116,7 @@ def test_report_section_names_the_text_and_each_language() -> None:
     assert "documents of about 1,500 bytes, 1,000 bytes on average" in text
     assert "| en | 2 | 1.00 / 0.00 | 1.00 | 0.00 | 0.75 |" in text
     assert "| ru | 2 | 0.50 / 0.50 | 0.50 | 1.00 | - |" in text
-    assert "| mean | 4 |  | 0.75 | 0.50 | 0.75 |" in text
+    assert "| mean (documents: all) | 4 |  | 0.75 | 0.50 | 0.75 |" in text
     assert purity_section({"corpus": {}}) == []
 
 

@@ -235,9 +235,9 @@ def draw_gain_vs_data(results: dict[str, Any], path: Path) -> bool:
         axes.annotate(lang, (count, gain), xytext=(4, 4), textcoords="offset points", fontsize=9)
     axes.axhline(0.0, color="black", linewidth=0.8)
     axes.set_xscale("log")
-    axes.set_xlabel("training tokens of the language (log scale)")
+    axes.set_xlabel("tokens of the language in the training shards (log scale)")
     axes.set_ylabel("perplexity gain of X-ELM over dense (%)")
-    axes.set_title(f"Gain of {main} over dense vs training data")
+    axes.set_title(f"Gain of {main} over dense vs the language's data")
     axes.grid(alpha=0.3)
     _save(figure, path)
     return True

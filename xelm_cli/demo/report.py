@@ -98,7 +98,8 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "claim": "typological clustering beats TF-IDF clustering at the same k",
                 "supported": typology_overall < tfidf_overall,
                 "evidence": f"overall perplexity {typology_overall:.2f} ({main}) vs "
-                f"{tfidf_overall:.2f} ({tfidf.removesuffix(' tfidf')}, TF-IDF router)",
+                f"{tfidf_overall:.2f} ({tfidf.removesuffix(' tfidf')}, TF-IDF router on each "
+                "sentence's whole text, not c-BTM's prefix routing)",
             }
         )
     adaptation = results.get("adaptation")
@@ -260,9 +261,10 @@ def merging_section(results: dict[str, Any]) -> list[str]:
     lines = [
         f"## One model from the experts ({main})",
         "",
-        f"The X-ELM ensemble ({main}, language router) runs {k} models; these rows of the "
-        "perplexity table are one model each, built from the same experts and evaluated on the "
-        "same FLORES sentences (Branch-Train-Merge's average, Branch-Train-MiX's MoE).",
+        f"The X-ELM ensemble ({main}, language router) keeps {k} models and runs the one of "
+        "each sentence's language; these rows of the perplexity table are one model each, "
+        "built from the same experts and evaluated on the same FLORES sentences "
+        "(Branch-Train-Merge's average, Branch-Train-MiX's MoE).",
         "",
     ]
     for name, label in MERGED:
@@ -297,8 +299,12 @@ def text_sentence(results: dict[str, Any]) -> str:
     if not target:
         return "Training text: the corpus records as they are (mostly single sentences)."
     sizes, counts = corpus.get("bytes", {}), corpus.get("documents", {})
-    documents = sum(counts.values())
-    mean = f", {sum(sizes.values()) / documents:,.0f} bytes on average" if documents else ""
+    clusters = results.get("tfidf_clusters")
+    purity = clusters.get("purity") if isinstance(clusters, dict) else None
+    clustered = purity or counts  # the clustered languages, not the ones added later
+    documents = sum(counts.get(lang, 0) for lang in clustered)
+    size = sum(sizes.get(lang, 0) for lang in clustered)
+    mean = f", {size / documents:,.0f} bytes on average" if documents else ""
     return (
         "Training text: consecutive records of one language and one source joined into "
         f"documents of about {target:,} bytes{mean} (the sample corpus's records are mostly "
@@ -321,7 +327,7 @@ def purity_section(results: dict[str, Any]) -> list[str]:
          p["entropy_bits"], share]
         for (lang, p), share in zip(purity.items(), routed, strict=True)
     ]  # fmt: skip
-    rows.append(["mean", sum(p["documents"] for p in purity.values()), "",
+    rows.append(["mean (documents: all)", sum(p["documents"] for p in purity.values()), "",
                  _mean([p["purity"] for p in purity.values()]),
                  _mean([p["entropy_bits"] for p in purity.values()]),
                  _mean(measured) if measured else "-"])  # fmt: skip
