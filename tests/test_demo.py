@@ -383,8 +383,9 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
 
 
 def test_an_in_context_claim_near_chance_is_inconclusive(smoke: Path, tmp_path: Path) -> None:
-    """Both models near chance: the run cannot tell them apart, so the verdict is neither
-    supported nor NOT supported; well above chance the accuracies decide."""
+    """Both models near chance, or closer to each other than two standard errors (examples
+    and demonstrations drawn): the run cannot tell them apart, so the verdict is neither
+    supported nor NOT supported; well above chance and apart the accuracies decide."""
     from xelm_cli.demo.report import claims, write_report
 
     results = json.loads((smoke / "report" / "results.json").read_text())
@@ -398,6 +399,8 @@ def test_an_in_context_claim_near_chance_is_inconclusive(smoke: Path, tmp_path: 
 
     assert verdict(chance + 0.03, chance) is None
     assert verdict(0.9, 0.6) is True and verdict(0.6, 0.9) is False
+    assert verdict(0.62, 0.6) is None  # above chance, but closer than the noise: cannot tell
+    assert "the difference +0.020 is within two standard errors" in claims(results)[-1]["evidence"]
     verdict(chance, chance + 0.01)
     text = write_report(results, tmp_path / "report")[0].read_text()
     assert "- **inconclusive**: X-ELM is at least as good as dense in-context" in text

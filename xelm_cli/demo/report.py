@@ -144,31 +144,50 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
         )  # fmt: skip
     icl = results.get("icl")
     if icl:
-        d = icl["dense"]["overall"]["accuracy"]
-        x = icl["xelm"]["overall"]["accuracy"]
-        chance = icl["dense"]["overall"].get("chance")
-        margin = 2 * max(icl["dense"]["overall"]["stderr"], icl["xelm"]["overall"]["stderr"])
-        evidence = (
-            f"accuracy {x:.3f} (X-ELM) vs {d:.3f} (dense), {icl['examples']} examples per "
-            f"language, {_runs(icl['runs'])}"
-        )
-        near_chance = chance is not None and max(x, d) < chance + max(margin, 0.05)
-        if chance is not None:
-            evidence += f"; chance is {chance:.3f}"
-            if near_chance:
-                evidence += (
-                    ": both models are near chance, so this run cannot tell them apart (the "
-                    "models are too small to learn the task in context)"
-                )
-        out.append(
-            {
-                "claim": f"X-ELM is at least as good as dense in-context ({icl['task']}, "
-                f"{icl['shots']}-shot)",
-                "supported": None if near_chance else x >= d,  # None: this run cannot tell
-                "evidence": evidence,
-            }
-        )
+        out.append(_in_context_claim(icl))
     return out
+
+
+def _in_context_claim(icl: dict[str, Any]) -> dict[str, Any]:
+    """X-ELM against dense in context. Each accuracy's standard error counts the examples drawn
+    (binomial, over every language's examples) and the demonstrations drawn (over runs); the
+    run decides only where a model is two standard errors above chance and the two differ by
+    more than two standard errors of their difference."""
+    dense, xelm = icl["dense"]["overall"], icl["xelm"]["overall"]
+    d, x, chance = dense["accuracy"], xelm["accuracy"], dense.get("chance")
+    examples = icl["examples"] * max(1, len(icl["dense"].get("languages", {})))
+
+    def stderr(overall: dict[str, Any]) -> float:
+        p = overall["accuracy"]
+        return math.sqrt(p * (1 - p) / examples + overall["stderr"] ** 2)
+
+    se_x, se_d = stderr(xelm), stderr(dense)
+    se_diff = math.hypot(se_x, se_d)
+    evidence = (
+        f"accuracy {x:.3f} ± {se_x:.3f} (X-ELM) vs {d:.3f} ± {se_d:.3f} (dense), "
+        f"{icl['examples']} examples per language, {_runs(icl['runs'])}"
+    )
+    supported: bool | None = x > d
+    if chance is not None:
+        evidence += f"; chance is {chance:.3f}"
+        if max(x - 2 * se_x, d - 2 * se_d) <= chance:
+            supported = None
+            evidence += (
+                ": both models are within two standard errors of chance, so this run cannot "
+                "tell them apart (the models are too small to learn the task in context)"
+            )
+    if supported is not None and abs(x - d) <= 2 * se_diff:
+        supported = None
+        evidence += (
+            f"; the difference {x - d:+.3f} is within two standard errors ({2 * se_diff:.3f}), "
+            "so this run cannot tell them apart"
+        )
+    return {
+        "claim": f"X-ELM is at least as good as dense in-context ({icl['task']}, "
+        f"{icl['shots']}-shot)",
+        "supported": supported,  # None: this run cannot tell
+        "evidence": evidence,
+    }
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
