@@ -48,7 +48,7 @@ def planned_options(train_args: str) -> dict[str, Any]:
     owner = registry.trainers[DEFAULT_TRAINER].obj
     specs = [spec for spec in declared_options(owner) if spec.cli]
     by_flag = {spec.flag_name: spec for spec in specs}
-    negations = {"--no-" + flag.removeprefix("--"): s for flag, s in by_flag.items() if s.is_flag}
+    negations = {spec.negative_flag: spec for spec in specs if spec.is_flag}
     given: dict[str, Any] = {}
     pairs: list[str] = []
     args = shlex.split(train_args)
