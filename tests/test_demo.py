@@ -60,6 +60,8 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     assert set(results["adaptation"]["new"]) == set(NEW_LANGUAGES)
     old = results["adaptation"]["old"]
     assert old["xelm after"] == old["xelm before"]  # HMR never touches the old experts
+    assert results["adaptation"]["old_experts"] == {"bundles": 4, "problems": []}
+    assert results["preset"]["tfidf_stride"] == 1
     assert set(results["icl"]["xelm"]["languages"]) <= set(TRAIN_LANGUAGES)
     text = (report / "report.md").read_text()
     assert text.count("- **") == len(results["claims"]) >= 4
@@ -404,3 +406,48 @@ def test_an_in_context_claim_near_chance_is_inconclusive(smoke: Path, tmp_path: 
     verdict(chance, chance + 0.01)
     text = write_report(results, tmp_path / "report")[0].read_text()
     assert "- **inconclusive**: X-ELM is at least as good as dense in-context" in text
+
+
+def test_claims_every_language_prefix_routing_and_untouched_experts(
+    smoke: Path, tmp_path: Path
+) -> None:
+    """Claim 1 needs every language (the paper's result) and names lost languages among the
+    paper's largest gains; claim 2 says how the TF-IDF X-ELM was routed; claim 4 fails when
+    an old expert's files changed on disk, which its cached perplexities cannot show."""
+    import shutil
+
+    from xelm_cli.demo.pipeline import hash_again
+    from xelm_cli.demo.report import claims
+
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    table = results["perplexity"]
+    for lang in TRAIN_LANGUAGES:
+        table["typology-k4 language"][lang]["perplexity"] = table["dense"][lang]["perplexity"] / 2
+    first = claims(results)[0]
+    assert first["supported"] is True and first["evidence"] == "lower in 16 of 16 languages"
+    table["typology-k4 language"]["ja"]["perplexity"] = table["dense"]["ja"]["perplexity"] * 2
+    first = claims(results)[0]
+    assert first["supported"] is False
+    assert first["evidence"] == (
+        "lower in 15 of 16 languages (not in ja); ja is among the paper's five largest gains "
+        "(hi, zh, tr, vi, ja)"
+    )
+    routing = claims(results)[1]["evidence"]
+    assert "TF-IDF router on the text before every token, as c-BTM" in routing
+    del results["preset"]["tfidf_stride"]  # results of an xelm before the setting
+    assert "on each sentence's whole text" in claims(results)[1]["evidence"]
+
+    expert = tmp_path / "expert-0"
+    shutil.copytree(smoke / "typology-k4" / "expert-0", expert)
+    assert hash_again([expert]) == {"bundles": 1, "problems": []}
+    weights = expert / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    record = hash_again([expert])
+    assert len(record["problems"]) == 1 and str(expert) in record["problems"][0]
+    untouched = next(c for c in claims(results) if c["claim"].startswith("HMR leaves"))
+    results["adaptation"]["old_experts"] = record
+    changed = next(c for c in claims(results) if c["claim"].startswith("HMR leaves"))
+    assert changed["supported"] is False and untouched["supported"] is not False
+    assert "an old expert changed on disk" in changed["evidence"]

@@ -274,6 +274,40 @@ def test_prefix_routing_sees_only_the_text_before_each_token(
     np.testing.assert_allclose(whole[0], brute(experts[1], DOCS[:1])[0][0], atol=tolerance(device))
 
 
+class PrefixLengthRouter(PreRouter):
+    """Weights from the prefix's length, so every prefix routes differently; records the
+    number of prefixes of each call."""
+
+    name = "prefix-length"
+    stride = 2
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        self.calls.append(len(documents))
+        rows = np.array([[1.0 + len(d.text) % 3, 1.0, 2.0] for d in documents])
+        return rows / rows.sum(axis=1, keepdims=True)
+
+
+def test_prefixes_of_many_documents_are_routed_in_bounded_batches(
+    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xelm_cli.ensemble.runner as runner
+
+    router = PrefixLengthRouter()
+    each = [EnsembleModel(experts, router).score_documents([d])[0] for d in DOCS[:3]]
+    assert len(router.calls) == 3
+    monkeypatch.setattr(runner, "PREFIX_BATCH", 5)
+    router.calls.clear()
+    together = EnsembleModel(experts, router).score_documents(DOCS[:3])
+    tokens = [len(EnsembleModel(experts, router).encode(d.text)) for d in DOCS[:3]]
+    assert sum(router.calls) == sum((t + 1) // 2 for t in tokens)  # one prefix per 2 tokens
+    assert max(router.calls) <= 5 and len(router.calls) > 1
+    for alone, batched in zip(each, together, strict=True):
+        np.testing.assert_allclose(batched, alone, rtol=1e-12)
+
+
 def test_language_router_fallbacks(experts: list[Bundle]) -> None:
     az = Document("Bu gün hava çox gözəldir.", "az")
     with pytest.raises(UsageError, match=r"no expert covers language 'az'.*fallback=typology"):

@@ -43,6 +43,7 @@ class Embedder:
     def __post_init__(self) -> None:
         self._analyze = Analyzer(self.analyzer)
         self._columns = {term: column for column, term in enumerate(self.terms)}
+        self._projection: Matrix | None = None  # components.T in float64, made on first use
 
     @property
     def dimensions(self) -> int:
@@ -71,7 +72,9 @@ class Embedder:
 
     def transform(self, texts: Sequence[str]) -> Matrix:
         """Unit-length embeddings of shape (len(texts), dimensions)."""
-        projected = self.tfidf(texts) @ self.components.T.astype(np.float64)
+        if self._projection is None:  # a copy of (features x dims) per call cost routing 10x
+            self._projection = np.ascontiguousarray(self.components.T, dtype=np.float64)
+        projected = self.tfidf(texts) @ self._projection
         return normalize_rows(np.asarray(projected))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.branching import branch, hmr_branch
-from xelm_cli.bundle.store import Bundle, is_bundle
+from xelm_cli.bundle.store import Bundle, is_bundle, verify_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
@@ -45,6 +45,18 @@ from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
 MOE_TOP_K = 2  # experts per token of the MoE built from the main X-ELM
+
+
+def hash_again(bundles: Sequence[Path]) -> dict[str, Any]:
+    """Every problem ``xelm bundle verify`` finds in ``bundles``, their files hashed again.
+
+    HMR copies share their donors' files (hard links), so after adding languages the old
+    experts are hashed anew: their perplexities alone come from the score cache and would be
+    identical however their files had changed."""
+    return {
+        "bundles": len(bundles),
+        "problems": [f"{path}: {problem}" for path in bundles for problem in verify_bundle(path)],
+    }
 
 
 # the plugins the demo runs, by kind: what its results record as their provenance
@@ -617,7 +629,11 @@ class Demo:
         systems[f"{main} posterior"] = self._model(experts[main], "posterior", main)
         tfidf_name = next(name for name in experts if name.startswith("tfidf"))
         systems[f"{tfidf_name} tfidf"] = self._model(
-            experts[tfidf_name], "tfidf", tfidf_name, allocation=tfidf["allocation"]
+            experts[tfidf_name],
+            "tfidf",
+            tfidf_name,
+            allocation=tfidf["allocation"],
+            stride=self.preset.tfidf_stride,
         )
         for index, path in enumerate(experts[main]):
             systems[f"{main} expert-{index}"] = self._single(path, f"expert-{index}")
@@ -739,6 +755,7 @@ class Demo:
             )
         after = self._model([*experts, *hmr_experts], "language", "xelm+hmr")
         result["old"]["xelm after"] = self._perplexity(after, TRAIN_LANGUAGES)
+        result["old_experts"] = hash_again(experts)
         return result
 
     def icl(self, dense: Path, experts: list[Path]) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class Preset:
     icl_runs: int
     train: dict[str, Any] = field(default_factory=dict)  # trainer options
     moe_aux_loss: float = 0.01  # load-balancing loss coefficient of the MoE fine-tune
+    # The TF-IDF X-ELM routes the text before every n-th token (1: every prefix, as c-BTM
+    # does); None routes each sentence once on its whole text.
+    tfidf_stride: int | None = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,6 +49,7 @@ from xelm_cli.plugin.contracts import (
 RESIDENT_SHARE = (
     0.8  # of a GPU's free memory that resident experts may take (the rest: activations)
 )
+PREFIX_BATCH = 4096  # prefixes routed per call of a stride router
 _RULE_NAMES = {"logits": "logit averaging", "product": "the product rule"}
 
 
@@ -175,10 +176,7 @@ class EnsembleModel(LanguageModel):
         """Routes of a pre-router; None where it abstained."""
         k = len(self.experts)
         if router.stride and offsets is not None:
-            return [
-                self._prefix_route(router, document, ends)
-                for document, ends in zip(documents, offsets, strict=True)
-            ]
+            return list(self._prefix_routes(router, documents, offsets))
         weights = check_weights(
             router.route(documents, self.experts),
             len(documents),
@@ -194,25 +192,46 @@ class EnsembleModel(LanguageModel):
                 routes.append(_Route(row, [int(e) for e in np.flatnonzero(row > 0)]))
         return routes
 
-    def _prefix_route(self, router: PreRouter, document: Document, starts: Any) -> _Route:
-        """Route the text before target tokens 0, s, 2s, ...: weights (k, T)."""
+    def _prefix_routes(
+        self, router: PreRouter, documents: Sequence[Document], offsets: Sequence[Any]
+    ) -> list[_Route]:
+        """Route the text before target tokens 0, s, 2s, ... of each document: weights (k, T).
+
+        The prefixes of all documents go to the router together, PREFIX_BATCH at a time (one
+        call per document cost more in per-call overhead than in routing)."""
         stride = int(router.stride or 1)
-        positions = list(range(0, len(starts), stride)) or [0]
-        prefixes = [
-            Document(
-                document.text[: int(starts[p])] if p < len(starts) else document.text,
-                document.language,
-            )
-            for p in positions
-        ]
-        rows = check_weights(
-            router.route(prefixes, self.experts),
-            len(prefixes),
-            len(self.experts),
-            router=router.name,
+        prefixes: list[Document] = []
+        counts: list[int] = []
+        for document, starts in zip(documents, offsets, strict=True):
+            positions = range(0, max(len(starts), 1), stride)
+            prefixes += [
+                Document(
+                    document.text[: int(starts[p])] if p < len(starts) else document.text,
+                    document.language,
+                )
+                for p in positions
+            ]
+            counts.append(len(positions))
+        rows = np.concatenate(
+            [
+                check_weights(
+                    router.route(prefixes[first : first + PREFIX_BATCH], self.experts),
+                    len(prefixes[first : first + PREFIX_BATCH]),
+                    len(self.experts),
+                    router=router.name,
+                )
+                for first in range(0, len(prefixes), PREFIX_BATCH)
+            ]
+            or [np.zeros((0, len(self.experts)))]
         )
-        per_token = np.repeat(rows, stride, axis=0)[: max(len(starts), 1)].T
-        return _Route(per_token, [int(e) for e in np.flatnonzero(rows.sum(axis=0) > 0)])
+        routes = []
+        first = 0
+        for starts, count in zip(offsets, counts, strict=True):
+            own = rows[first : first + count]
+            first += count
+            per_token = np.repeat(own, stride, axis=0)[: max(len(starts), 1)].T
+            routes.append(_Route(per_token, [int(e) for e in np.flatnonzero(own.sum(axis=0) > 0)]))
+        return routes
 
     def _routes(
         self, documents: Sequence[Document], offsets: Sequence[Any] | None = None
