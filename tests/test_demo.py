@@ -123,7 +123,7 @@ def test_report_on_a_missing_or_foreign_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "nope" / "results.json"
-    assert run(["report", str(missing), "-o", str(tmp_path / "r")]) != 0
+    assert run(["report", str(missing), "-o", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err == f"xelm: error: results file not found: {missing}\n"
     other = tmp_path / "other.json"
     other.write_text("{}")

@@ -282,6 +282,12 @@ def test_every_help_fits_80_columns_uncut(
     for path in paths:
         lines = help_at_80_columns(path, capsys, monkeypatch).splitlines()
         cut[" ".join(path)] = [line for line in lines if "…" in line or len(line) > 80]
+        # a flag shows no value type, -h/--help included; no flag shows its --no- twin
+        cut[" ".join(path)] += [line for line in lines if "<bool>" in line]
+        cut[" ".join(path)] += [
+            line for line in lines if re.search(r"--([\w-]+)\s+--no-\1(?![\w-])", line)
+        ]
+        assert any(re.search(r"--help\s+-h\s", line) for line in lines), path
     assert {name: lines for name, lines in cut.items() if lines} == {}
 
 

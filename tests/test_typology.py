@@ -16,6 +16,7 @@ from xelm_cli.api import Document, UsageError, read_allocation
 from xelm_cli.cli import run
 from xelm_cli.lang.codes import normalize_language
 from xelm_cli.lang.typology import (
+    DEFAULT_FEATURE_SET,
     cosine_distances,
     distance_matrix,
     feature_set_name,
@@ -281,6 +282,15 @@ def test_lang_nearest_json(capsys) -> None:
     assert all(0 <= row["distance"] <= 1 for row in rows)
     code, stdout, _ = xelm(capsys, "lang", "nearest", "az", "--among", "ar,tr,ru,en")
     assert code == 0 and "tr" in stdout and "tur" in stdout
+    among = ["ar", "tr", "ru", "en"]
+    for flags, minimal in (([], True), (["--no-minimal"], False)):
+        code, stdout, err = xelm(capsys, "lang", "nearest", "az", "--among", ",".join(among),
+                                 "--json", *flags)  # fmt: skip
+        assert code == 0, err
+        expected = rank_donors("az", among, DEFAULT_FEATURE_SET, minimal)
+        assert [(r["language"], r["distance"]) for r in json.loads(stdout)] == [
+            (lang, pytest.approx(distance)) for lang, distance in expected
+        ]
 
 
 def test_lang_info_and_help(capsys) -> None:

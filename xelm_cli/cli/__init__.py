@@ -66,14 +66,18 @@ def _root(
     """xelm: cross-lingual expert language models."""
 
 
-def _flags_without_type(command: Any) -> None:
+def _flags_without_type(command: Any, parent: Any = None) -> None:
     """A flag takes no value, so its help shows none (Typer would show ``<bool>``, in a column
-    that squeezes the flag names at 80 columns); in place, for ``command`` and all under it."""
-    for param in command.params:
+    that squeezes the flag names at 80 columns); in place, for ``command`` and all under it,
+    ``-h/--help`` included (click makes it once per command, in a context that inherits the
+    root's help option names)."""
+    context = command.context_class(command, parent=parent, **(command.context_settings or {}))
+    help_option = command.get_help_option(context)
+    for param in [*command.params, *([help_option] if help_option else [])]:
         if isinstance(param, typer.core.TyperOption) and param.is_flag:
             param.metavar = ""
     for sub in getattr(command, "commands", {}).values():
-        _flags_without_type(sub)
+        _flags_without_type(sub, context)
 
 
 # Rust libraries (safetensors, tokenizers) report OS errors inside their own exception types.

@@ -40,6 +40,8 @@ def read_results(paths: Sequence[Path]) -> dict[str, Any]:
     ``format`` (written before it) are recognised by their ``perplexity`` and ``languages``."""
     loaded = []
     for path in paths:
+        if not path.is_file():  # a path the user typed: usage (exit 2), not a broken format
+            raise UsageError(f"results file not found: {path}")
         data = read_json_object(path, "results file")
         ours = data.get("format", RESULTS_FORMAT) == RESULTS_FORMAT
         if not ours or "perplexity" not in data or "languages" not in data:

@@ -35,14 +35,14 @@ def nearest(
         str, typer.Option("--among", help="Candidate donors, comma-separated, e.g. ar,tr,ru,en.")
     ],
     features: FeaturesOpt = DEFAULT_FEATURE_SET,
-    minimal: Annotated[
+    every_feature: Annotated[
         bool,
         typer.Option(
-            "--minimal/--no-minimal",
-            help="Drop features that do not vary across LANG and --among (so distances "
-            "depend on the candidates; --no-minimal gives distances that do not).",
+            "--no-minimal",
+            help="Keep the features that do not vary across LANG and --among (by default "
+            "they are dropped, so distances depend on the candidates; with this they do not).",
         ),
-    ] = True,
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rank candidate donor languages by typological distance to LANG, nearest first.
@@ -53,7 +53,7 @@ def nearest(
     """
     feature_set = feature_set_name(features)
     target = normalize_language(lang)
-    ranked = rank_donors(target, parse_language_list(among), feature_set, minimal)
+    ranked = rank_donors(target, parse_language_list(among), feature_set, not every_feature)
     rows: list[dict[str, Any]] = [
         {"language": code, "uriel": uriel_code(code, feature_set), "distance": distance}
         for code, distance in ranked

@@ -385,7 +385,9 @@ def train_all(
     only: Annotated[
         int | None, typer.Option(help="Run only the run with this index (an array task).")
     ] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the commands; run nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the commands; run nothing.")
+    ] = False,
     nproc_per_node: Annotated[
         int, typer.Option(help="Run `xelm train` under torchrun on this many devices (DDP).")
     ] = 1,
