@@ -346,6 +346,8 @@ def test_devices_train_the_dense_model_and_the_experts_side_by_side(
     seed_log = (out / "logs" / "seed.log").read_text()
     assert "$ torchrun --standalone --nproc-per-node 2 -m xelm_cli train " in seed_log
     assert "--batch-size=4 " in seed_log and "--global-batch=512 " in seed_log
+    recorded = Bundle.read(out / "seed").manifest.training["command"]  # type: ignore[index]
+    assert recorded.startswith("torchrun --standalone --nproc-per-node 2 -m xelm_cli train ")
     seed = json.loads((out / "steps" / "seed.json").read_text())["training"]
     assert seed["device_seconds"] == pytest.approx(2 * seed["seconds"], abs=0.002)
     speed = seed["tokens"] / seed["device_seconds"]  # one run's on one device

@@ -755,6 +755,30 @@ def test_device_groups_share_out_devices_by_nproc_per_node() -> None:
     assert device_groups(None, 1, 3) == [None, None, None]
 
 
+@pytest.mark.parametrize(
+    ("environment", "launcher"),
+    [
+        ({}, "xelm"),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, "xelm"),  # no torchrun: as typed
+        ({"TORCHELASTIC_RUN_ID": "r", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"},
+         "torchrun --standalone --nproc-per-node 1 -m xelm_cli"),
+        ({"TORCHELASTIC_RUN_ID": "r", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8"},
+         "torchrun --nnodes 2 --nproc-per-node 8 -m xelm_cli"),
+    ],
+)  # fmt: skip
+def test_the_recorded_command_names_torchrun_when_it_launched_the_run(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], launcher: str
+) -> None:
+    from xelm_cli.training.cli import _command_line
+
+    for name in ("TORCHELASTIC_RUN_ID", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sys, "argv", ["/x/xelm_cli/__main__.py", "train", "seed/", "-o", "a b"])
+    assert _command_line() == f"{launcher} train seed/ -o 'a b'"
+
+
 def test_runs_that_wait_for_each_other_are_not_run(tmp_path: Path) -> None:
     """A cycle of `after` (no plan of xelm's has one, a hand-edited one may): nothing can start,
     so both are reported not run instead of waiting for ever."""

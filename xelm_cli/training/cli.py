@@ -37,6 +37,7 @@ from xelm_cli.training.plan_runner import (
     run_plan,
     say_on_stderr,
     shown_command,
+    under_torchrun,
 )
 from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan, passes_line
 from xelm_cli.training.run import DEFAULT_TRAINER
@@ -54,7 +55,15 @@ LangsOpt = Annotated[
 
 
 def _command_line() -> str:
-    return shlex.join(["xelm", *sys.argv[1:]])
+    """This command as a user would type it again; under torchrun with its launcher, as
+    ``xelm train-all`` shows it (rendezvous flags of a multi-node job are the cluster's)."""
+    command = ["xelm", *sys.argv[1:]]
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not local.isdigit():
+        return shlex.join(command)
+    world = os.environ.get("WORLD_SIZE", local)
+    nodes = int(world) // int(local) if world.isdigit() and int(local) > 0 else 1
+    return shlex.join(under_torchrun(command, int(local), max(nodes, 1)))
 
 
 def _languages(

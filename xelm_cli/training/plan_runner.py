@@ -112,9 +112,16 @@ def pending(command: list[str], directory: Path | None = None) -> list[str] | No
 def shown_command(command: list[str], nproc_per_node: int) -> list[str]:
     """``command`` as a user would type it: ``xelm ...``, or ``torchrun ... -m xelm_cli train``."""
     if nproc_per_node > 1 and command[1] == "train":
-        launcher = ["torchrun", "--standalone", "--nproc-per-node", str(nproc_per_node)]
-        return [*launcher, "-m", "xelm_cli", *command[1:]]
+        return under_torchrun(command, nproc_per_node)
     return command
+
+
+def under_torchrun(command: list[str], nproc_per_node: int, nodes: int = 1) -> list[str]:
+    """``xelm ...`` launched by torchrun: ``--standalone`` on one node; on several, the
+    rendezvous flags are the cluster's and are left out."""
+    where = ["--standalone"] if nodes == 1 else ["--nnodes", str(nodes)]
+    return ["torchrun", *where, "--nproc-per-node", str(nproc_per_node), "-m", "xelm_cli",
+            *command[1:]]  # fmt: skip
 
 
 def process_argv(shown: list[str]) -> list[str]:
