@@ -48,7 +48,7 @@ def require_attention_package(attention: str) -> None:
 def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None:
     """A line when ``tokens`` are more than one pass over the shards' tokens of the run's
     languages (the stream then repeats every document)."""
-    held = sum(shards.stats[lang].tokens for lang in languages)
+    held = shards.tokens_in(languages)
     if tokens <= held:
         return None
     passes = tokens / held

@@ -174,6 +174,10 @@ class Shards:
             for lang, entry in sorted(self.manifest["languages"].items())
         }
 
+    def tokens_in(self, languages: Sequence[str]) -> int:
+        """The tokens these shards hold in ``languages`` (one pass over them)."""
+        return sum(int(self.manifest["languages"][lang]["tokens"]) for lang in languages)
+
     @property
     def dtype(self) -> np.dtype[Any]:
         return TOKEN_DTYPES[self.manifest["dtype"]]

@@ -151,7 +151,7 @@ def check_moe_inputs(seed_bundle: Path, calibration: Path | None, languages: Seq
 
 def passes(tokens: int, shards: Shards, languages: Sequence[str]) -> float:
     """How many times ``tokens`` go over the shards' tokens of ``languages``."""
-    return tokens / sum(shards.stats[language].tokens for language in languages)
+    return tokens / shards.tokens_in(languages)
 
 
 def passes_line(plan: dict[str, Any]) -> str | None:
