@@ -270,6 +270,21 @@ def test_a_stream_resumes_exactly_after_every_batch(tmp_path: Path) -> None:
             assert read == whole
 
 
+def test_a_repository_mixing_parquet_and_json_lines_reads_each_in_its_format(
+    tmp_path: Path,
+) -> None:
+    """datasets reads every configuration of a repository in its most common format; a
+    configuration whose files are in another (here the one parquet language among JSON lines
+    ones) is read with the builder of its own files."""
+    docs = {code: [f"{code} document {i}" for i in range(5)] for code in ("ar", "tr", "ru")}
+    root = c4_like(tmp_path / "c4", docs, parquet=["ru"])
+    for code, expected in docs.items():
+        source = DatasetSource(str(root), config=code, language=code)
+        assert [t for batch in source.open() for t in batch.texts] == expected, code
+    validation = DatasetSource(str(root), config="ru", split="validation", language="ru")
+    assert [row["text"] for row in validation.rows()] == docs["ru"][:3]
+
+
 def test_the_tokenizer_streams_a_hub_dataset_and_stops_at_enough_text(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -240,6 +240,7 @@ class DatasetSource:
                 builder = datasets.load_dataset_builder(
                     resolve_dataset(self.dataset), name=self.config, revision=self.revision
                 )
+                builder = _with_own_format(builder, self.split)
             object.__setattr__(self, "_resolved", builder)  # a cache, not a field
         return builder
 
@@ -575,3 +576,30 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
             f"{', '.join(splits) or 'none listed'}); choose one with --split"
         )
     return FormatError(f"cannot read {source.describe()}: {one_line(message, 300)}")
+
+
+# datasets' packaged builder of each data file extension (compressed files: the inner one)
+FORMAT_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json",
+                   ".csv": "csv", ".txt": "text", ".arrow": "arrow"}  # fmt: skip
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+def _file_format(name: str) -> str | None:
+    suffixes = Path(name.split("?")[0]).suffixes
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return FORMAT_BUILDERS.get(suffixes[-1].lower()) if suffixes else None
+
+
+def _with_own_format(builder: Any, split: str) -> Any:
+    """``builder``, or one for the format the files of ``split`` are in: datasets reads every
+    configuration of a repository in one format (its most common), so a repository mixing
+    parquet and JSON lines (a configuration, or a split of one) is otherwise read wrongly."""
+    import datasets
+
+    files = [str(name) for name in (builder.config.data_files or {}).get(split, [])]
+    formats = {_file_format(name) for name in files}
+    if len(formats) != 1 or None in formats or builder.name in formats:
+        return builder
+    (own,) = formats
+    return datasets.load_dataset_builder(str(own), data_files={split: files})
