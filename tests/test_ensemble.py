@@ -194,6 +194,27 @@ def test_posterior_top_k_keeps_k_experts_per_token(experts: list[Bundle]) -> Non
     np.testing.assert_allclose(weights.sum(axis=0), 1.0)
 
 
+def test_a_model_that_scales_its_logits_scores_as_its_own_logits() -> None:
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    from xelm_cli.api import logits_are_output_layer
+
+    torch.manual_seed(0)
+    config = GraniteConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=64, logits_scaling=8.0)  # fmt: skip
+    model = GraniteForCausalLM(config).eval()
+    sequence = [1, 5, 7, 9, 11, 13]
+    got = score_sequences([LoadedModel(model, torch.device("cpu"), 64)], [1.0], [sequence])[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([sequence])).logits[0, :-1].double()
+    own = torch.log_softmax(logits, -1).gather(1, torch.tensor(sequence[1:])[:, None])[:, 0]
+    np.testing.assert_allclose(got, own.numpy(), atol=1e-5)
+    assert not logits_are_output_layer(model)
+    config.logits_scaling = 1.0
+    assert logits_are_output_layer(GraniteForCausalLM(config))
+
+
 def test_windows_predict_every_token_once_with_context() -> None:
     spans = windows(40, 16, 8)
     predicted = [t for _, end, first in spans for t in range(first, end)]

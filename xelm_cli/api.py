@@ -48,6 +48,7 @@ from xelm_cli.demo.report import read_results, write_report
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.evaluate import evaluate
 from xelm_cli.ensemble.generation import generate_text
+from xelm_cli.ensemble.scoring import logits_are_output_layer
 from xelm_cli.ensemble.weights import (
     Weights,
     check_token_weights,
@@ -172,6 +173,7 @@ __all__ = [
     "language_of_config",
     "list_checkpoints",
     "load_checkpoint",
+    "logits_are_output_layer",
     "make_plan",
     "merge_average",
     "normalize_language",

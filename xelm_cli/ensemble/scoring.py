@@ -41,6 +41,24 @@ def pick_device(name: str | None = None) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def logits_are_output_layer(model: Any) -> bool:
+    """Whether a causal LM's logits are its output layer (an ``nn.Linear``) applied to its
+    body's last hidden states and nothing else: no final soft-capping, no logit scaling
+    (Gemma 2, Cohere, Granite's ``logits_scaling``, ``output_mult``). Only then may logits be
+    computed from the hidden states chunk by chunk."""
+    import torch
+
+    config = model.config
+    return (
+        model.base_model is not model
+        and isinstance(model.get_output_embeddings(), torch.nn.Linear)
+        and not getattr(config, "final_logit_softcapping", None)
+        and getattr(config, "logit_scale", None) is None
+        and getattr(config, "logits_scaling", 1) in (1, None)
+        and getattr(config, "output_mult", None) is None
+    )
+
+
 @functools.cache
 def _cache_keyword(model_class: Any) -> str:
     parameters = inspect.signature(model_class.forward).parameters
@@ -116,14 +134,8 @@ class LoadedModel:
     @property
     def chunked(self) -> bool:
         """Whether logits can be computed from the body's hidden states by the output layer
-        alone (false for models with a final soft-cap or without a separate body)."""
-        config = self.model.config
-        return (
-            self.model.base_model is not self.model
-            and self.model.get_output_embeddings() is not None
-            and not getattr(config, "final_logit_softcapping", None)
-            and getattr(config, "logit_scale", None) is None
-        )
+        alone (``logits_are_output_layer``)."""
+        return logits_are_output_layer(self.model)
 
     def states(self, input_ids: Any, attention_mask: Any, past: Any = None) -> tuple[Any, Any]:
         """(hidden states or, for non-chunked models, logits; the key-value cache)."""
