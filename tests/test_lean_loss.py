@@ -74,3 +74,32 @@ def test_models_whose_logits_are_more_than_the_output_layer_keep_the_plain_loss(
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
     )  # fmt: skip
     assert not supports_lean_loss(AutoModelForCausalLM.from_config(config))
+
+
+def test_without_grad_only_the_loss_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation runs under torch.no_grad: the same value as the plain loss, and no chunk's
+    gradients (counted); with grad, every chunk's."""
+    from xelm_trainer import lean_loss
+
+    chunks_with_gradients = 0
+    add = lean_loss._Gradients.add
+
+    def counted(*args: object) -> None:
+        nonlocal chunks_with_gradients
+        chunks_with_gradients += 1
+        add(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lean_loss._Gradients, "add", counted)
+    torch.manual_seed(4)
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(13, 8, requires_grad=True)
+    targets = torch.randint(0, 13, (10,))
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets)
+    with torch.no_grad():
+        lean = linear_cross_entropy(hidden, weight, targets, rows=3)
+    torch.testing.assert_close(lean, plain.detach(), atol=1e-5, rtol=1e-5)
+    assert lean.grad_fn is None and chunks_with_gradients == 0
+    linear_cross_entropy(hidden.detach(), weight.detach(), targets, rows=3)  # nothing asks
+    assert chunks_with_gradients == 0
+    linear_cross_entropy(hidden, weight, targets, rows=3).backward()
+    assert chunks_with_gradients == 4  # 10 rows, 3 a chunk

@@ -5,7 +5,8 @@ fp32 copy, and their gradient): at XGLM's 256k vocabulary and 8 x 1024 tokens th
 elements, over 16 GB. Here the output layer runs on ``rows`` tokens at a time; the gradients
 with respect to the hidden states and the output weights are computed in the same pass (the
 loss is a scalar, so its backward only scales them), so no chunk's logits outlive the chunk
-and nothing is recomputed: the same three matrix products per chunk as the plain loss.
+and nothing is recomputed: the same three matrix products per chunk as the plain loss. Under
+``torch.no_grad`` (validation), or when no input requires grad, only the loss is computed.
 """
 
 import types
@@ -17,8 +18,44 @@ IGNORE_INDEX = -100  # as transformers' loss: labels with this value are not pre
 CHUNK_ELEMENTS = 1 << 26  # logits per chunk: 256 MB in fp32
 
 
+class _Gradients:
+    """The gradients of the loss with respect to the hidden states, output weights and bias,
+    filled chunk by chunk in the forward pass."""
+
+    def __init__(
+        self,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        wide: torch.dtype,
+    ) -> None:
+        self.hidden = torch.zeros_like(hidden)
+        self.weight = torch.zeros_like(weight, dtype=wide)
+        self.bias = None if bias is None else torch.zeros_like(bias, dtype=wide)
+
+    def add(
+        self,
+        start: int,
+        log_probs: torch.Tensor,
+        target: torch.Tensor,
+        scale: torch.Tensor,
+        h: torch.Tensor,
+        w: torch.Tensor,
+    ) -> None:
+        """Add one chunk's: d loss / d logits = (softmax - one_hot) x ``scale`` (1 / count on
+        valid rows, 0 on ignored ones); ``log_probs`` is overwritten."""
+        grad = log_probs.exp_()
+        grad[torch.arange(len(target), device=grad.device), target.clamp_min(0)] -= 1
+        grad *= scale[:, None]
+        self.hidden[start : start + len(target)] = (grad.to(w.dtype) @ w).to(self.hidden.dtype)
+        self.weight += (grad.to(w.dtype).T @ h).to(self.weight.dtype)
+        if self.bias is not None:
+            self.bias += grad.sum(0)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
-    """mean over valid rows of -log softmax(hidden @ weight.T + bias)[target]."""
+    """mean over valid rows of -log softmax(hidden @ weight.T + bias)[target]; the gradients
+    only when ``gradients`` (not under torch.no_grad, as in validation)."""
 
     @staticmethod
     def forward(
@@ -28,6 +65,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor | None,
         targets: torch.Tensor,
         rows: int,
+        gradients: bool,
     ) -> torch.Tensor:
         device = hidden.device.type
         compute = (
@@ -39,9 +77,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != IGNORE_INDEX
         count = valid.sum().clamp_min(1).to(wide)
         w = weight.to(compute)
-        grad_hidden = torch.zeros_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=wide)
-        grad_bias = None if bias is None else torch.zeros_like(bias, dtype=wide)
+        grads = _Gradients(hidden, weight, bias, wide) if gradients else None
         total = torch.zeros((), dtype=wide, device=hidden.device)
         with torch.autocast(device, enabled=False):
             for start in range(0, hidden.shape[0], rows):
@@ -54,23 +90,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logsumexp = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, target.clamp_min(0)[:, None])[:, 0]
                 total += ((logsumexp - picked) * keep).sum()
-                # d loss / d logits = (softmax - one_hot) / count, on valid rows only
-                grad = logits.sub_(logsumexp[:, None]).exp_()
-                grad[torch.arange(len(target), device=grad.device), target.clamp_min(0)] -= 1
-                grad *= (keep / count)[:, None]
-                grad_hidden[start : start + rows] = (grad.to(compute) @ w).to(hidden.dtype)
-                grad_weight += (grad.to(compute).T @ h).to(wide)
-                if grad_bias is not None:
-                    grad_bias += grad.sum(0)
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
-        ctx.bias_grad = None if grad_bias is None or bias is None else grad_bias.to(bias.dtype)
+                if grads is not None:
+                    log_probs = logits.sub_(logsumexp[:, None])
+                    grads.add(start, log_probs, target, keep / count, h, w)
+        if grads is not None:
+            ctx.save_for_backward(grads.hidden, grads.weight.to(weight.dtype))
+            ctx.bias_grad = (
+                None if grads.bias is None or bias is None else grads.bias.to(bias.dtype)
+            )
         return total / count
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
         grad_hidden, grad_weight = ctx.saved_tensors
         grad_bias = None if ctx.bias_grad is None else ctx.bias_grad * grad_loss
-        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None
+        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None, None
 
 
 def linear_cross_entropy(
@@ -83,7 +117,9 @@ def linear_cross_entropy(
     """The mean cross-entropy of ``hidden @ weight.T (+ bias)`` against ``targets``, computed
     ``rows`` tokens at a time (default: ``CHUNK_ELEMENTS`` logits a chunk)."""
     rows = rows or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    loss: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows)
+    inputs = (hidden, weight, bias)
+    gradients = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    loss: torch.Tensor = _LinearCrossEntropy.apply(hidden, weight, bias, targets, rows, gradients)
     return loss
 
 
