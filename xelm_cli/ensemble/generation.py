@@ -28,6 +28,7 @@ from xelm_cli.ensemble.scoring import LoadedModel, with_cache
 from xelm_cli.ensemble.weights import check_token_weights
 from xelm_cli.lang.codes import normalize_language
 from xelm_cli.plugin.contracts import Document, Router, ScoredDocument
+from xelm_cli.training.positions import declared_positions
 
 
 @dataclass
@@ -96,6 +97,27 @@ def check_sampling(max_new_tokens: int, temperature: float) -> None:
         raise UsageError("--temperature must be a finite number >= 0")
 
 
+def check_positions(members: Sequence[Bundle], prompt_tokens: int, max_new_tokens: int) -> None:
+    """The prefix token, the prompt's tokens and the new tokens must fit the positions the
+    members declare: past a learned table (GPT-2) the model indexes out of it, past rotary
+    positions it runs on positions it never saw."""
+    declared = [p for p in (declared_positions(m.path) for m in members) if p is not None]
+    needed = 1 + prompt_tokens + max_new_tokens
+    if not declared or needed <= min(declared):
+        return
+    positions = min(declared)
+    room = positions - 1 - prompt_tokens  # new tokens that fit after this prompt
+    way_out = (
+        f"pass --max-new-tokens {room} or less, or shorten the prompt"
+        if room >= 1
+        else f"shorten the prompt to at most {positions - 2} tokens"
+    )
+    raise UsageError(
+        f"the prompt's {prompt_tokens:,} tokens, its prefix token and --max-new-tokens "
+        f"{max_new_tokens:,} need {needed:,} positions; the model has {positions:,}: {way_out}"
+    )
+
+
 def generate(
     members: Sequence[Bundle],
     router: Router,
@@ -126,6 +148,7 @@ def generate(
         else list(range(len(members)))
     )
     ids = [runner.bos, *runner.encode(prompt)]
+    check_positions(members, len(ids) - 1, max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     models: list[LoadedModel] = [runner.load_expert(e) for e in chosen]
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
