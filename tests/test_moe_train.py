@@ -2,13 +2,15 @@
 load-balancing loss in the optimised loss and in the metrics log."""
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import weights
 from merge_helpers import mlp_experts
-from test_train import corpus_slice
+from test_train import Killed, StopsAt, corpus_slice
 from xelm_trainer import CausalLMTrainer
 
 from xelm_cli.bundle.moe import build_moe
@@ -42,8 +44,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     return root / "shards"
 
 
-def train(bundle: Path, shards: Path, out: Path, **options: object) -> Bundle:
-    request = TrainRequest(
+def train_request(bundle: Path, shards: Path, out: Path, **options: object) -> TrainRequest:
+    return TrainRequest(
         bundle,
         shards,
         out,
@@ -52,7 +54,10 @@ def train(bundle: Path, shards: Path, out: Path, **options: object) -> Bundle:
         command="test",
         languages=["en", "tr"],
     )
-    return CausalLMTrainer().train(request)
+
+
+def train(bundle: Path, shards: Path, out: Path, **options: object) -> Bundle:
+    return CausalLMTrainer().train(train_request(bundle, shards, out, **options))
 
 
 def aux_losses(out: Path) -> list[float]:
@@ -91,3 +96,31 @@ def test_moe_options_are_refused_for_dense_bundles(
     with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
         train(seed_bundle, shards, tmp_path / "t", router_only=True)
     assert not (tmp_path / "t").exists()
+
+
+def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
+    moe: Bundle, shards: Path, tmp_path: Path
+) -> None:
+    """aux_loss and router_only change what a run computes: a checkpoint resumes only with the
+    same ones; one written before the identity held them resumes at their defaults."""
+    killed = train_request(moe.path, shards, tmp_path / "t", checkpoint_every=4)
+    with pytest.raises(Killed):
+        StopsAt(5).train(killed)
+    state = checkpoint_dir(killed.output) / "step-000000004" / "state.json"
+    for changed in ({"aux_loss": 0.1}, {"router_only": True}):
+        other = replace(killed, resume=True, options={**killed.options, **changed})
+        refusal = (
+            f"cannot resume {state.parent}: the run differs in {next(iter(changed))}; use the "
+            "same inputs and options, or --force to start over"
+        )
+        with pytest.raises(UsageError, match=f"^{re.escape(refusal)}$"):
+            CausalLMTrainer().train(other)
+    saved = json.loads(state.read_text())
+    for name in ("aux_loss", "router_only"):  # as checkpoints written before they were compared
+        del saved["identity"][name]
+    state.write_text(json.dumps(saved))
+    again = replace(killed, resume=True, options={**killed.options, "aux_loss": 0.1})
+    with pytest.raises(UsageError, match="differs in aux_loss;"):
+        CausalLMTrainer().train(again)
+    resumed = CausalLMTrainer().train(replace(killed, resume=True))
+    assert resumed.manifest.training["steps"] == 8  # type: ignore[index]

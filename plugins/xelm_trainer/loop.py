@@ -70,7 +70,11 @@ METRICS_FILE = "metrics.jsonl"
 RUN_IDENTITY = (
     "block_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
     "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
+    "aux_loss", "router_only",
 )  # fmt: skip
+# What runs had of the identity's later keys before they were added: a checkpoint without one
+# resumes when the option is at this value.
+IDENTITY_BEFORE_ADDED: dict[str, Any] = {"aux_loss": None, "router_only": False}
 
 
 @dataclass
@@ -384,7 +388,7 @@ def resume(
     request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, main: bool = True
 ) -> RunState:
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
-    saved_identity = read_checkpoint_state(path).get("identity") or {}
+    saved_identity = IDENTITY_BEFORE_ADDED | (read_checkpoint_state(path).get("identity") or {})
     identity = run_identity(request, inputs)
     # only the keys this version compares: older checkpoints also stored batch_size
     changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
