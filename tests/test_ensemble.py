@@ -295,6 +295,38 @@ def test_prefix_routing_sees_only_the_text_before_each_token(
     np.testing.assert_allclose(whole[0], brute(experts[1], DOCS[:1])[0][0], atol=tolerance(device))
 
 
+class AbstainsOnEmptyPrefix(PreRouter):
+    """Expert 1 on every prefix but the empty one, where it abstains (NaN)."""
+
+    name = "abstains-on-empty"
+    stride = 1
+
+    def __init__(self, fallback: str | None = "uniform") -> None:
+        self.fallback = fallback
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        return np.array([[0.0, 1.0, 0.0] if d.text else [np.nan] * 3 for d in documents])
+
+
+def test_prefixes_a_stride_router_abstains_on_are_weighed_by_its_fallback(
+    experts: list[Bundle],
+) -> None:
+    got = EnsembleModel(experts, AbstainsOnEmptyPrefix()).score_documents(DOCS[:1])[0]
+    each = [brute(expert, DOCS[:1])[0][0] for expert in experts]
+    uniform = np.log(np.mean([np.exp(lp[0]) for lp in each]))  # token 0: the empty prefix
+    assert got[0] == pytest.approx(uniform, abs=2e-5)
+    np.testing.assert_allclose(got[1:], each[1][1:], atol=2e-5)
+    with pytest.raises(PluginError, match=r"returned NaN or infinite weights \(prefix 0\)$"):
+        EnsembleModel(experts, AbstainsOnEmptyPrefix(None)).score_documents(DOCS[:1])
+    with pytest.raises(UsageError) as refused:
+        EnsembleModel(experts, AbstainsOnEmptyPrefix("posterior"))
+    assert str(refused.value) == (
+        "router 'abstains-on-empty' routes prefixes (stride 1) but its fallback 'posterior' "
+        "depends on the experts' outputs: give it a pre-router fallback (e.g. fallback=uniform) "
+        "or no stride"
+    )
+
+
 class PrefixLengthRouter(PreRouter):
     """Weights from the prefix's length, so every prefix routes differently; records the
     number of prefixes of each call."""

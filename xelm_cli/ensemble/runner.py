@@ -26,7 +26,7 @@ from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
-from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.routing import build_router, router_class
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
@@ -35,7 +35,7 @@ from xelm_cli.ensemble.scoring import (
     score_choice_sets,
     score_sequences,
 )
-from xelm_cli.ensemble.weights import check_token_weights, check_weights
+from xelm_cli.ensemble.weights import check_distributions, check_token_weights, check_weights
 from xelm_cli.plugin.contracts import (
     ChoiceRequest,
     Document,
@@ -118,6 +118,7 @@ class EnsembleModel(LanguageModel):
                 f"{_RULE_NAMES[combine]} needs weights known before the experts run; router "
                 f"{router.name!r} depends on their outputs: use --combine mixture"
             )
+        check_prefix_fallback(router)
         self.members = list(members)
         self.experts = expert_infos(members)
         self.router = router
@@ -214,12 +215,7 @@ class EnsembleModel(LanguageModel):
             counts.append(len(positions))
         rows = np.concatenate(
             [
-                check_weights(
-                    router.route(prefixes[first : first + PREFIX_BATCH], self.experts),
-                    len(prefixes[first : first + PREFIX_BATCH]),
-                    len(self.experts),
-                    router=router.name,
-                )
+                self._route_prefixes(router, prefixes[first : first + PREFIX_BATCH])
                 for first in range(0, len(prefixes), PREFIX_BATCH)
             ]
             or [np.zeros((0, len(self.experts)))]
@@ -232,6 +228,26 @@ class EnsembleModel(LanguageModel):
             per_token = np.repeat(own, stride, axis=0)[: max(len(starts), 1)].T
             routes.append(_Route(per_token, [int(e) for e in np.flatnonzero(own.sum(axis=0) > 0)]))
         return routes
+
+    def _route_prefixes(self, router: PreRouter, prefixes: Sequence[Document]) -> np.ndarray:
+        """Rows (len(prefixes), k); where the router abstains, its fallback pre-router's."""
+        rows = self._prefix_rows(router, prefixes)
+        abstained = [int(i) for i in np.flatnonzero(np.isnan(rows).all(axis=1))]
+        if abstained:
+            fallback = self._fallback_router(router)
+            assert isinstance(fallback, PreRouter)  # __init__ refused an output router
+            rows[abstained] = self._prefix_rows(fallback, [prefixes[i] for i in abstained])
+        return rows
+
+    def _prefix_rows(self, router: PreRouter, prefixes: Sequence[Document]) -> np.ndarray:
+        return check_distributions(
+            router.route(prefixes, self.experts),
+            (len(prefixes), len(self.experts)),
+            expert_axis=1,
+            router=router.name,
+            allow_abstain=router.fallback is not None,
+            unit="prefix",
+        )
 
     def _routes(
         self, documents: Sequence[Document], offsets: Sequence[Any] | None = None
@@ -524,6 +540,19 @@ class EnsembleModel(LanguageModel):
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)
         ]
+
+
+def check_prefix_fallback(router: Router) -> None:
+    """A router that routes prefixes falls back on prefixes too: only a pre-router can weigh
+    a prefix before the experts run (an output router weighs whole scored documents)."""
+    if not (isinstance(router, PreRouter) and router.stride and router.fallback):
+        return
+    if issubclass(router_class(router.fallback), OutputRouter):
+        raise UsageError(
+            f"router {router.name!r} routes prefixes (stride {router.stride}) but its fallback "
+            f"{router.fallback!r} depends on the experts' outputs: give it a pre-router "
+            "fallback (e.g. fallback=uniform) or no stride"
+        )
 
 
 def fits_on_device(members: Sequence[Bundle], device: Any) -> bool:

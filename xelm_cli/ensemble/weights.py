@@ -45,17 +45,19 @@ def check_distributions(
     expert_axis: int,
     router: str | None = None,
     allow_abstain: bool = False,
+    unit: str | None = None,
 ) -> NDArray[np.float64]:
     """Validate a router's weights of ``shape`` whose ``expert_axis`` holds the distributions.
 
     Raises :class:`PluginError` naming the fault: not a numeric array, wrong shape, NaN or
-    infinite, negative, or a distribution not summing to 1 within 1e-6. With ``allow_abstain``
-    a distribution that is entirely NaN passes (the router abstains there).
+    infinite, negative, or a distribution not summing to 1 within 1e-6, and where: the
+    ``unit`` a distribution weighs (default: token, or document for a pre-router's rows).
+    With ``allow_abstain`` a distribution that is entirely NaN passes (the router abstains).
     """
     source = f"router {router!r}" if router else "router"
     per_token = expert_axis == 0
     noun = "token weights" if per_token else "weights"
-    unit = "token" if per_token else "document"
+    unit = unit or ("token" if per_token else "document")
     layout = "experts x tokens" if per_token else "documents x experts"
     try:
         array = np.array(weights, dtype=np.float64)
