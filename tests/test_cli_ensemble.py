@@ -545,8 +545,9 @@ def test_generation_refuses_a_rule_its_router_cannot_serve(
     )  # fmt: skip
     assert (code, err) == (
         2,
-        "xelm: error: --combine product needs the prompt's weights before the experts run; "
-        "router 'posterior' depends on their outputs: use --combine mixture\n",
+        "xelm: error: the product rule needs weights known before the experts run; router "
+        "'language' falls back to 'posterior', which depends on their outputs: use --combine "
+        "mixture or a pre-router fallback\n",
     )
 
 

@@ -435,6 +435,26 @@ def test_incompatible_members_are_refused(
         EnsembleModel(experts, build_router("posterior"), "logits")
 
 
+@pytest.mark.parametrize("combine", ["logits", "product"])
+def test_rules_that_need_one_weight_vector_refuse_prefix_routing_and_output_fallbacks(
+    experts: list[Bundle], combine: str
+) -> None:
+    rule = {"logits": "logit averaging", "product": "the product rule"}[combine]
+    with pytest.raises(UsageError) as refused:
+        EnsembleModel(experts, FirstTokenRouter(), combine)
+    assert str(refused.value) == (
+        f"{rule} needs one weight vector per document; router 'first-token' routes prefixes "
+        "(stride 1): use --combine mixture or no stride"
+    )
+    with pytest.raises(UsageError) as refused:
+        EnsembleModel(experts, build_router("language", {"fallback": "posterior"}), combine)
+    assert str(refused.value) == (
+        f"{rule} needs weights known before the experts run; router 'language' falls back to "
+        "'posterior', which depends on their outputs: use --combine mixture or a pre-router "
+        "fallback"
+    )
+
+
 def test_members_framing_documents_differently_are_refused(
     experts: list[Bundle], tmp_path: Path, tokenizer_dir: Path
 ) -> None:

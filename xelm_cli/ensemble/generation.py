@@ -137,11 +137,6 @@ def generate(
     runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
     fixed = runner.route_one(document)  # None: an output-dependent router weighs each step
-    if fixed is None and combine != "mixture":
-        raise UsageError(
-            f"--combine {combine} needs the prompt's weights before the experts run; router "
-            f"{runner.output_router().name!r} depends on their outputs: use --combine mixture"
-        )
     chosen = (
         [int(e) for e in np.flatnonzero(fixed > 0)]
         if fixed is not None

@@ -113,11 +113,7 @@ class EnsembleModel(LanguageModel):
             raise UsageError(
                 f"unknown combination rule {combine!r}; choose {', '.join(COMBINE_RULES)}"
             )
-        if combine in ("logits", "product") and not isinstance(router, PreRouter):
-            raise UsageError(
-                f"{_RULE_NAMES[combine]} needs weights known before the experts run; router "
-                f"{router.name!r} depends on their outputs: use --combine mixture"
-            )
+        check_rule_weights(router, combine)
         check_prefix_fallback(router)
         self.members = list(members)
         self.experts = expert_infos(members)
@@ -500,11 +496,7 @@ class EnsembleModel(LanguageModel):
         """Score items grouped by their weight vector, each group's experts loaded together."""
         groups: dict[tuple[float, ...], list[int]] = {}
         for item, route in enumerate(routes):
-            if route.weights is None or route.weights.ndim != 1:
-                raise UsageError(
-                    f"--combine {self.combine} needs one weight vector per document (no prefix "
-                    "routing)"
-                )
+            assert route.weights is not None  # check_rule_weights: a pre-router, no stride
             groups.setdefault(tuple(route.weights.tolist()), []).append(item)
         results: list[Any] = [None] * len(routes)
         loaded: dict[int, LoadedModel] = {}
@@ -540,6 +532,30 @@ class EnsembleModel(LanguageModel):
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)
         ]
+
+
+def check_rule_weights(router: Router, combine: str) -> None:
+    """Logit averaging and the product rule need one weight vector per document before the
+    experts run: no output router, as the router or as its fallback, and no prefix routing."""
+    rule = _RULE_NAMES.get(combine)
+    if rule is None:
+        return
+    if not isinstance(router, PreRouter):
+        raise UsageError(
+            f"{rule} needs weights known before the experts run; router {router.name!r} "
+            "depends on their outputs: use --combine mixture"
+        )
+    if router.stride:
+        raise UsageError(
+            f"{rule} needs one weight vector per document; router {router.name!r} routes "
+            f"prefixes (stride {router.stride}): use --combine mixture or no stride"
+        )
+    if router.fallback and issubclass(router_class(router.fallback), OutputRouter):
+        raise UsageError(
+            f"{rule} needs weights known before the experts run; router {router.name!r} falls "
+            f"back to {router.fallback!r}, which depends on their outputs: use --combine "
+            "mixture or a pre-router fallback"
+        )
 
 
 def check_prefix_fallback(router: Router) -> None:
