@@ -15,7 +15,13 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
 from xelm_cli.common.units import duration
-from xelm_cli.training.estimates import ModelShape, largest_batch, parse_size, training_memory
+from xelm_cli.training.estimates import (
+    ModelShape,
+    largest_batch,
+    moe_shapes,
+    parse_size,
+    training_memory,
+)
 
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"  # held-out text for the language gate
 
@@ -305,6 +311,36 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     assert run(_plan(tmp_path, seed_bundle, shards, "--moe-tokens", "1M")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--moe-tokens 1,000,000 must be below --budget" in err
+
+
+def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_loss(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """The MoE of the 2 experts holds both MLPs a layer and trains with transformers' loss
+    (the trainer's chunked loss has no load-balancing term): under a limit between its memory
+    and a dense-size run's, the plan is refused naming the moe run and its largest batch."""
+    shape = ModelShape.of(Bundle.open(seed_bundle))
+    held, _ = moe_shapes(shape, 2, 2)
+    dense = training_memory(shape, 16, 32, cuda=False).total
+    moe = training_memory(held, 16, 32, cuda=False, lean_loss=False).total
+    limit = (dense + moe) // 2
+    assert dense < limit < moe
+    fits, _ = largest_batch(held, 32, limit, cuda=False, lean_loss=False)
+    assert 1 <= fits < 16
+    args = _plan(tmp_path, seed_bundle, shards, "--memory", str(limit), "--json")
+    train_args = "--block-size 32 --device cpu --batch-size"
+    assert run([*args, "--train-args", f"{train_args} 16"]) == 0  # the dense-size runs fit
+    capsys.readouterr()
+    assert run([*args, "--moe-tokens", "200K", "--train-args", f"{train_args} 16"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(
+        "xelm: error: the moe run (2 MLPs a layer, the plain loss): a batch of 16 x 32 tokens "
+    )
+    assert f"; the largest that fits is --batch-size {fits} in --train-args (with" in err
+    assert run([*args, "--moe-tokens", "200K", "--train-args", f"{train_args} {fits}"]) == 0
+    by_name = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["runs"]}
+    expected = training_memory(held, fits, 32, cuda=False, lean_loss=False)
+    assert by_name["moe"]["memory"] == expected.as_dict()
 
 
 def test_parallel_estimates_train_all_side_by_side_in_its_order(

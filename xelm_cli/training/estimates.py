@@ -22,10 +22,12 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
 record: tokens, seconds and its model's parameters).
 
-An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL
+An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL + khL
 parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
-N + (t - 1) x 3hiL of them per token: its memory is estimated at the first count, its time at
-the second (``moe_shapes``).
+N + (t - 1) x 3hiL + khL of them per token (every router weight: each token is scored against
+all k experts): its memory is estimated at the first count with the plain loss (the trainer
+keeps transformers' loss, which adds the load-balancing term, for MoE models), its time at the
+second (``moe_shapes``).
 """
 
 import math

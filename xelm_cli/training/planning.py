@@ -21,6 +21,7 @@ from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
 from xelm_cli.training.checkpoints import plan_budgets
 from xelm_cli.training.estimates import (
+    MemoryEstimate,
     ModelShape,
     Throughput,
     device_memory,
@@ -173,11 +174,13 @@ def estimate_runs(
     train_args: str = "",
     memory: int | None = None,
     measured: Path | None = None,
+    moe_experts: int = 0,
 ) -> dict[str, Any]:
     """Parameters and device memory of one run of the plan (every run trains a model of the
-    seed's size, with the batch that ``train_args`` sets), refused in one line when the batch
-    cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and the
-    FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
+    seed's size, with the batch that ``train_args`` sets) and, given ``moe_experts`` (k), of the
+    ``moe`` run (the MoE of k experts, with the plain loss), each refused in one line when the
+    batch cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and
+    the FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
     planned = planned_options(train_args)
     batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
     require_block_fits(block, Path(seed_bundle))
@@ -195,23 +198,19 @@ def estimate_runs(
         "attention": attention,
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
-    estimate = training_memory(shape, batch, block, **options)
     limit = memory if memory is not None else device_memory(cuda)
-    if estimate.total > limit:
-        fits, _ = largest_batch(shape, block, limit, **options)
-        way = (
-            f"the largest that fits is --batch-size {fits} (with --global-batch to keep the "
-            "tokens per step)"
-            if fits
-            else "not even --batch-size 1 fits: try --gradient-checkpointing or --fsdp"
-        )
-        raise UsageError(
-            f"a batch of {batch} x {block} tokens needs about {estimate.total / 1e9:.1f} GB "
-            f"on {'the GPU' if cuda else 'the CPU'}, which has {limit / 1e9:.1f} GB; {way}"
-        )
+    estimate = require_fits(shape, batch, block, limit, options)
+    moe_memory = None
+    if moe_experts:
+        held, _ = moe_shapes(shape, moe_experts, MOE_TOP_K)
+        # the trainer keeps transformers' own loss for MoE models (its load-balancing term)
+        moe_options = options | {"lean_loss": False}
+        run = f"the moe run ({moe_experts} MLPs a layer, the plain loss)"
+        moe_memory = require_fits(held, batch, block, limit, moe_options, run)
     return {
         "shape": shape,
         "throughput": Throughput.of(measured) if measured else None,
+        "moe_memory": moe_memory,
         "record": {
             "parameters": shape.parameters,
             "batch_size": batch,
@@ -223,6 +222,37 @@ def estimate_runs(
             "measured": str(measured) if measured else None,
         },
     }
+
+
+def require_fits(
+    shape: ModelShape,
+    batch: int,
+    block: int,
+    limit: int,
+    options: dict[str, Any],
+    run: str | None = None,
+) -> MemoryEstimate:
+    """The memory of a micro-batch of ``batch`` x ``block`` tokens, refused in one line with
+    the largest --batch-size that fits when it exceeds ``limit`` bytes (``run``: the one run
+    it is of, named in the refusal; None: every run)."""
+    estimate = training_memory(shape, batch, block, **options)
+    if estimate.total <= limit:
+        return estimate
+    fits, _ = largest_batch(shape, block, limit, **options)
+    if fits:
+        where = " in --train-args" if run else ""
+        way = (
+            f"the largest that fits is --batch-size {fits}{where} (with --global-batch to keep "
+            "the tokens per step)"
+        )
+    else:
+        way = "not even --batch-size 1 fits: try --gradient-checkpointing or --fsdp"
+        way += ", or drop --moe-tokens" if run else ""
+    device = "the GPU" if options["cuda"] else "the CPU"
+    raise UsageError(
+        f"{run + ': ' if run else ''}a batch of {batch} x {block} tokens needs about "
+        f"{estimate.total / 1e9:.1f} GB on {device}, which has {limit / 1e9:.1f} GB; {way}"
+    )
 
 
 def make_plan(
@@ -278,7 +308,9 @@ def make_plan(
     shards = check_inputs(seed_bundle, data, valid, everything)
     if moe_tokens:
         check_moe_inputs(seed_bundle, moe_calibration, everything)
-    estimate = estimate_runs(seed_bundle, train_args, memory, measured)
+    estimate = estimate_runs(
+        seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0
+    )
     entries = []
     for run in budgets:
         # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
@@ -389,5 +421,5 @@ def merged_runs(
         {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
          "passes": moe_passes, "output": str(runs / "moe"), "commands": [moe, tuned],
          "seconds": seconds, "after": names, "parameters": held.parameters, "top_k": MOE_TOP_K,
-         "aux_loss": aux_loss},
+         "aux_loss": aux_loss, "memory": estimate["moe_memory"].as_dict()},
     ]  # fmt: skip
