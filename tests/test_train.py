@@ -31,6 +31,7 @@ from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 from xelm_cli.training.checkpoints import (
     BlockStream,
+    list_checkpoints,
     load_checkpoint,
     plan_budgets,
     save_checkpoint,
@@ -282,6 +283,17 @@ def test_a_checkpoint_of_an_unknown_format_version_is_refused_naming_force(
     with pytest.raises(FormatError, match=f"^{re.escape(refusal)}$"):
         load_checkpoint(path, model=other, optimizer=torch.optim.AdamW(other.parameters()))
     assert torch.equal(other.weight, before)
+
+
+def test_save_checkpoint_keeps_the_newest_and_refuses_to_keep_none(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model=model, optimizer=optimizer, state={}, keep=2)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 3]
+    with pytest.raises(ValueError, match="keep must be at least 1"):  # [:-0] would keep all
+        save_checkpoint(tmp_path, 4, model=model, optimizer=optimizer, state={}, keep=0)
+    assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 3]
 
 
 def test_sigkilled_cli_run_resumes_to_identical_weights(

@@ -26,7 +26,6 @@ STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "xelm-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
 
@@ -202,10 +201,15 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 1,
 ) -> Path:
-    """Write ``step-NNN/`` atomically (model, optimiser, RNG states, JSON state); prune old ones.
+    """Write ``step-NNN/`` atomically (model, optimiser, RNG states, JSON state); keep the
+    newest ``keep`` (at least 1: this one), delete older ones.
 
     No pickle: tensors go to safetensors, everything else to JSON.
     """
+    if keep < 1:
+        raise ValueError(
+            f"save_checkpoint: keep must be at least 1 (the checkpoint it writes), not {keep}"
+        )
     import torch
     from safetensors.torch import save_file, save_model
 
