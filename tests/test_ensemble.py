@@ -1,6 +1,6 @@
 """Ensemble execution and routers, pinned against brute-force computations on tiny models."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +233,30 @@ def test_progress_counts_each_target_token_once(experts: list[Bundle]) -> None:
     score_sequences([model], [1.0], [long, short[:10]], batch_tokens=16, advance=told.append)
     assert len(told) == len(windows(len(long), 16, 8)) + 1  # one window a batch
     assert sum(told) == len(long) - 1 + 9  # overlapping windows count their context once
+
+
+def test_calibration_scores_in_the_ensembles_batches(
+    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score_all_experts batches as score_documents does: one document a batch at
+    batch_tokens=1 (told to the progress bar once a batch), the same numbers."""
+    import contextlib
+
+    import xelm_cli.ensemble.runner as runner
+
+    told: list[int] = []
+
+    @contextlib.contextmanager
+    def recording(label: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
+        yield told.append
+
+    monkeypatch.setattr(runner, "count_progress", recording)
+    same = [DOCS[0]] * 3  # equal lengths: one batch of the three at the default batch_tokens
+    model = EnsembleModel(experts, build_router("uniform"), batch_tokens=1)
+    scored = model.score_all_experts(same)
+    assert len(told) == 3 * len(experts)
+    reference = brute(experts[1], DOCS[:1])[0][0]
+    np.testing.assert_allclose(scored[2].logprobs[1], reference, atol=2e-5)
 
 
 def test_long_documents_are_scored_in_windows(experts: list[Bundle]) -> None:

@@ -82,6 +82,7 @@ class ScoreCache:
 
 
 _GroupScorer = Callable[[list[LoadedModel], list[float], list[int]], list[Any]]
+_ExpertScorer = Callable[[LoadedModel, list[int], Callable[[int], None]], list[Any]]
 
 
 @dataclass
@@ -331,7 +332,7 @@ class EnsembleModel(LanguageModel):
         self,
         needed: dict[int, list[int]],
         keys: Sequence[Any],
-        compute: Callable[[LoadedModel, list[int], Callable[[int], None]], list[Any]],
+        compute: _ExpertScorer,
         sizes: Sequence[int],
         unit: str,
     ) -> dict[tuple[int, int], Any]:
@@ -406,18 +407,10 @@ class EnsembleModel(LanguageModel):
                 ),
             )
         keys = [("doc", tuple(sequence)) for sequence in sequences]
-
-        def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
-            return score_sequences(
-                [model],
-                [1.0],
-                [sequences[i] for i in items],
-                batch_tokens=self.batch_tokens,
-                advance=advance,
-            )
-
         tokens = [len(sequence) - 1 for sequence in sequences]
-        scored = self._stream(self._needed(routes), keys, compute, tokens, "tokens")
+        scored = self._stream(
+            self._needed(routes), keys, self._each_expert(sequences), tokens, "tokens"
+        )
         return [
             self._combine_tokens(route, document, {e: scored[(e, i)] for e in route.experts})
             for i, (route, document) in enumerate(zip(routes, documents, strict=True))
@@ -518,16 +511,27 @@ class EnsembleModel(LanguageModel):
                 self.free_expert(model)
         return results
 
+    def _each_expert(self, sequences: Sequence[list[int]]) -> _ExpertScorer:
+        """What ``_stream`` runs for an expert: its own log-probabilities of the sequences."""
+
+        def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
+            return score_sequences(
+                [model],
+                [1.0],
+                [sequences[i] for i in items],
+                batch_tokens=self.batch_tokens,
+                advance=advance,
+            )
+
+        return compute
+
     def score_all_experts(self, documents: Sequence[Document]) -> list[ScoredDocument]:
         """Every expert on every document (for router calibration)."""
         sequences = [[self.bos, *self.encode(d.text)] for d in documents]
         keys = [("doc", tuple(s)) for s in sequences]
         every = {e: list(range(len(documents))) for e in range(len(self.experts))}
-
-        def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
-            return score_sequences([model], [1.0], [sequences[i] for i in items], advance=advance)
-
-        scored = self._stream(every, keys, compute, [len(s) - 1 for s in sequences], "tokens")
+        tokens = [len(s) - 1 for s in sequences]
+        scored = self._stream(every, keys, self._each_expert(sequences), tokens, "tokens")
         return [
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)
