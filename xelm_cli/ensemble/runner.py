@@ -456,10 +456,7 @@ class EnsembleModel(LanguageModel):
                     for e, (ctx_lp, choice_list) in per_expert.items()
                 }
                 document = Document(request.context + choice, request.language)
-                weights = route.weights
-                if weights is not None and weights.ndim == 2:  # prefix routing: context's route
-                    weights = weights[:, -1]
-                combined = self._combine_tokens(_Route(weights, route.experts), document, joined)
+                combined = self._combine_tokens(route, document, joined)
                 choice_lps.append(combined[-len(encoded[i][1][c]) :])
             results.append(choice_lps)
         return results
