@@ -34,6 +34,7 @@ from xelm_cli.training.checkpoints import (
     list_checkpoints,
     load_checkpoint,
     plan_budgets,
+    restore_rng_states,
     save_checkpoint,
 )
 
@@ -294,6 +295,22 @@ def test_save_checkpoint_keeps_the_newest_and_refuses_to_keep_none(tmp_path: Pat
     with pytest.raises(ValueError, match="keep must be at least 1"):  # [:-0] would keep all
         save_checkpoint(tmp_path, 4, model=model, optimizer=optimizer, state={}, keep=0)
     assert [step for step, _ in list_checkpoints(tmp_path)] == [2, 3]
+
+
+def test_a_resume_on_fewer_gpus_restores_the_visible_ones_rng_states() -> None:
+    """A checkpoint saved with two more GPUs than this machine shows (none here): the CPU
+    generator and each visible GPU's are restored, the missing GPUs' states skipped (all of
+    them were set, an IndexError on the first missing)."""
+    visible = torch.cuda.device_count()
+    cuda = [torch.cuda.get_rng_state(i) for i in range(visible)]
+    rng = {"torch": torch.get_rng_state()}
+    rng |= {f"cuda.{i}": state for i, state in enumerate(cuda + [torch.get_rng_state()] * 2)}
+    expected = torch.rand(3)
+    expected_cuda = torch.rand(3, device="cuda") if visible else None
+    restore_rng_states(rng)
+    assert torch.equal(torch.rand(3), expected)
+    if visible:
+        assert torch.equal(torch.rand(3, device="cuda"), expected_cuda)
 
 
 def test_sigkilled_cli_run_resumes_to_identical_weights(

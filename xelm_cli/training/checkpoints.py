@@ -233,7 +233,6 @@ def save_checkpoint(
 
 def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]:
     """Restore model, optimiser and RNG states from ``path``; return its JSON state."""
-    import torch
     from safetensors.torch import load_file, load_model
 
     state = read_checkpoint_state(path)
@@ -241,12 +240,19 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]
     del missing, unexpected
     tensors = load_file(str(path / OPTIMIZER_FILE))
     optimizer.load_state_dict(_join_optimizer_state(tensors, state.pop("optimizer")))
-    rng = load_file(str(path / RNG_FILE))
-    torch.set_rng_state(rng["torch"])
-    cuda = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    restore_rng_states(load_file(str(path / RNG_FILE)))
     return state
+
+
+def restore_rng_states(rng: dict[str, Any]) -> None:
+    """Set torch's CPU generator and each visible GPU's from a checkpoint's ``rng`` (``torch``,
+    ``cuda.I``); a run resumed on fewer GPUs than it saved skips the states of the missing."""
+    import torch
+
+    torch.set_rng_state(rng["torch"])
+    saved = [rng[f"cuda.{i}"] for i in range(len(rng) - 1)]
+    for device, cuda_state in enumerate(saved[: torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
