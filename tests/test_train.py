@@ -764,14 +764,14 @@ def test_train_all_refuses_what_is_not_a_plan(
 ) -> None:
     (tmp_path / "notes.txt").write_text("not json")
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
-    expected = {
-        "missing.json": f"no plan at {tmp_path / 'missing.json'}: write one with `xelm plan",
-        "notes.txt": f"plan {tmp_path / 'notes.txt'}: not valid JSON",
-        "other.json": "is not a plan written by `xelm plan --json`",
+    expected = {  # a missing file is a usage error (2), one that is not a plan a format error (3)
+        "missing.json": (2, f"no plan at {tmp_path / 'missing.json'}: write one with `xelm plan"),
+        "notes.txt": (3, f"plan {tmp_path / 'notes.txt'}: not valid JSON"),
+        "other.json": (3, "is not a plan written by `xelm plan --json`"),
     }
-    for name, message in expected.items():
+    for name, (exit_code, message) in expected.items():
         code, stdout, stderr = xelm(capsys, "train-all", tmp_path / name)
-        assert code in (2, 3) and stdout == "" and stderr.count("\n") == 1, name
+        assert code == exit_code and stdout == "" and stderr.count("\n") == 1, name
         assert message in stderr, stderr
 
 

@@ -66,7 +66,7 @@ def read_plan(path: Path) -> dict[str, Any]:
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
     if plan.get("format") != PLAN_FORMAT:
-        raise UsageError(f"{path} is not a plan written by `xelm plan --json`")
+        raise FormatError(f"{path} is not a plan written by `xelm plan --json`")
     version = plan.get("format_version", 1)  # plans of xelm before the field are version 1
     if version != PLAN_FORMAT_VERSION:
         raise FormatError(
