@@ -39,10 +39,15 @@ class System:
 
 def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
     """Evaluator ``name`` built from ``request``; its ``options`` (``--eval-arg`` text or
-    Python values) first checked and converted by the evaluator's declared ``Options``."""
+    Python values) first checked and converted by the evaluator's declared ``Options``.
+    ``evaluator.request`` is that request even when the class did not call
+    ``super().__init__(request)``."""
     registration = get_registry().get("evaluator", name)
     options = evaluator_options(registration.obj, name, request.options)
-    evaluator: Evaluator = registration.obj(dataclasses.replace(request, options=options))
+    converted = dataclasses.replace(request, options=options)
+    evaluator: Evaluator = registration.obj(converted)
+    if not hasattr(evaluator, "request"):
+        evaluator.request = converted
     return evaluator
 
 

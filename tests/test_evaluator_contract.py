@@ -1,0 +1,101 @@
+"""A third-party evaluator held to its contract (spec/plugin-api.md 7.3) by `xelm ensemble eval`
+and `xelm plugins check`: xelm sets ``evaluator.request`` when the class did not, a bad result or
+an exception in ``evaluate()`` is one line naming the evaluator and its plugin (exit 6), never an
+internal error after all the scoring."""
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xelm_cli.api import Document, EvalRequest, Evaluator, LanguageModel, Register, hookimpl
+from xelm_cli.cli import run
+from xelm_cli.plugin import conformance, host
+from xelm_cli.plugin.conformance import FAIL, PASS, Report, TinyExperts
+
+
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
+    return conformance.build_tiny_experts(tmp_path_factory.mktemp("contract") / "experts")
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    host.reset_registry()
+    yield
+    host.reset_registry()
+
+
+class EvaluatorPlugin:
+    def __init__(self, evaluator: type[Evaluator]) -> None:
+        self.evaluator = evaluator
+
+    @hookimpl
+    def register_evaluators(self, register: Register) -> None:
+        register(self.evaluator.name, self.evaluator)
+
+
+class FirstLine(Evaluator):
+    """Mean ln p of the tokens of each language's first corpus line."""
+
+    name = "first-line"
+    primary = "logprob"
+    higher_is_better = True
+
+    def __init__(self, request: EvalRequest) -> None:  # no super().__init__(request)
+        corpus = Path(str(request.data))
+        self.documents = [
+            Document(path.read_text().splitlines()[0], path.stem)
+            for path in sorted(corpus.glob("*.txt"))
+        ]
+
+    @property
+    def languages(self) -> list[str]:
+        return [str(document.language) for document in self.documents]
+
+    def evaluate(self, model: LanguageModel) -> dict[str, Any]:
+        scores = model.score_documents(self.documents)
+        by_language = {
+            str(document.language): {self.primary: float(np.mean(logprobs))}
+            for document, logprobs in zip(self.documents, scores, strict=True)
+        }
+        overall = float(np.mean([scope[self.primary] for scope in by_language.values()]))
+        return {"overall": {self.primary: overall}, "languages": by_language}
+
+
+def install(evaluator: type[Evaluator]) -> None:
+    plugin = EvaluatorPlugin(evaluator)
+    host.reset_registry(host.load_registry(extra_plugins=[("mine", plugin)]))
+
+
+def evaluate(experts: TinyExperts, capsys: pytest.CaptureFixture[str], name: str) -> int:
+    members = [str(bundle.path) for bundle in experts.bundles]
+    code = run(
+        ["ensemble", "eval", *members, "--data", str(experts.corpus), "--evaluator", name]
+        + ["--format", "json"]
+    )
+    return code
+
+
+def check(name: str, experts: TinyExperts) -> Report:
+    (report,) = conformance.check(name, experts=experts)
+    return report
+
+
+def test_an_evaluator_without_super_init_gets_its_request(
+    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(FirstLine)
+    assert evaluate(experts, capsys, "first-line") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["request"]["data"] == str(experts.corpus)
+    assert results["provenance"]["evaluator"]["plugin"] == "mine"
+    overall = results["systems"][0]["metrics"]["overall"]["logprob"]
+    assert math.isfinite(overall) and overall < 0  # a mean log-probability
+    report = check("first-line", experts)
+    assert [r.check for r in report.results if r.status != PASS] == ["options declaration"]
