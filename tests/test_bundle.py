@@ -289,3 +289,21 @@ def test_model_card_names_hub_base_model(seed_bundle: Path) -> None:
     front = render_model_card(manifest).split("---")[1]
     assert 'base_model: "facebook/xglm-564M"' in front
     assert "base_model_relation: finetune" in front
+
+
+def test_loading_and_saving_draw_no_transformers_bars(
+    tmp_path: Path, seed_bundle: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as in a fresh session (scoring turns them off for good)
+    parent = Bundle.open(seed_bundle)
+    model = parent.load_model()
+    step = {"relation": "train", "parents": [parent.ref]}
+    with write_bundle(
+        tmp_path / "saved", role="seed", languages=parent.languages, parent=parent, step=step
+    ) as writer:
+        writer.save_model(model)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err, err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is given back

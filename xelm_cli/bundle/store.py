@@ -49,6 +49,7 @@ from xelm_cli.common.errors import (
     exception_line,
 )
 from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.progress import transformers_bars_off
 
 Progress = Callable[[int], None]
 MAX_SHARD_SIZE = "2GB"
@@ -194,7 +195,7 @@ class Bundle:
         if verify:
             self.check_files()
         wants_info = kwargs.pop("output_loading_info", False)
-        with self._load_errors("model"):
+        with self._load_errors("model"), transformers_bars_off():
             loaded: Any = AutoModelForCausalLM.from_pretrained(
                 self.path,
                 use_safetensors=True,
@@ -342,7 +343,8 @@ class BundleWriter:
     def save_model(self, model: Any) -> None:
         """Write ``model``'s config and safetensors weights, replacing any inherited ones."""
         self.remove(_written_by_save_model)
-        model.save_pretrained(self.directory, max_shard_size=MAX_SHARD_SIZE)
+        with transformers_bars_off():
+            model.save_pretrained(self.directory, max_shard_size=MAX_SHARD_SIZE)
 
     def save_tokenizer(self, tokenizer: Any) -> None:
         self.remove(lambda n: n in TOKENIZER_FILES)

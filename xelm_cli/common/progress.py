@@ -24,6 +24,21 @@ from rich.text import Text
 stderr_console = Console(stderr=True, soft_wrap=True)
 
 
+@contextlib.contextmanager
+def transformers_bars_off() -> Iterator[None]:
+    """transformers' own tqdm bars ("Loading weights", "Writing model shards") off for the
+    block, as they are under the command line, then back as they were."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def stderr_progress(
     *columns: str | ProgressColumn, transient: bool = True, shown: bool = True
 ) -> Progress:
