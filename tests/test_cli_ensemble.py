@@ -551,6 +551,28 @@ def test_generation_refuses_a_rule_its_router_cannot_serve(
     )
 
 
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("meta", "device 'meta' is not one xelm runs on; use cpu, cuda or mps"),
+        ("mps", "device 'mps' asked for but MPS is not available in this torch; use --device cpu"),
+        ("tpu", "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_eval_refuses_a_device_it_cannot_run_on_in_one_line(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, device: str, expected: str
+) -> None:
+    import torch
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this torch sees an MPS device")
+    code, _, err = cli(
+        capsys, "ensemble", "eval", str(pool / "experts" / "*"), "--data", str(evalset),
+        "--device", device,
+    )  # fmt: skip
+    assert (code, err) == (2, f"xelm: error: {expected}\n")
+
+
 def test_single_model_and_one_expert_ensemble_agree(pool: Path) -> None:
     bundle = Bundle.read(pool / "dense")
     from xelm_cli.api import Document

@@ -48,7 +48,7 @@ from xelm_cli.demo.report import read_results, write_report
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.evaluate import evaluate
 from xelm_cli.ensemble.generation import generate_text
-from xelm_cli.ensemble.scoring import logits_are_output_layer
+from xelm_cli.ensemble.scoring import logits_are_output_layer, pick_device
 from xelm_cli.ensemble.weights import (
     Weights,
     check_token_weights,
@@ -184,6 +184,7 @@ __all__ = [
     "parse_language_list",
     "parse_options",
     "parse_token_count",
+    "pick_device",
     "prepare",
     "rank_donors",
     "read_allocation",

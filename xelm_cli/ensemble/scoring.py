@@ -27,18 +27,32 @@ Logprobs = NDArray[np.float64]
 
 
 def pick_device(name: str | None = None) -> Any:
-    """``name`` if given, else CUDA when present, else CPU."""
+    """The torch device ``name`` names, checked: a kind xelm runs on (cpu, cuda, mps) that
+    this torch sees, else a one-line :class:`UsageError` naming the way out. None or
+    ``auto``: CUDA when present, else the CPU."""
     import torch
 
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise UsageError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device {name!r} asked for but CUDA is not available")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}  # fmt: skip
+    if device.type not in available:
+        raise UsageError(f"device {name!r} is not one xelm runs on; use cpu, cuda or mps")
+    if not available[device.type]:
+        raise UsageError(
+            f"device {name!r} asked for but {device.type.upper()} is not available in this "
+            "torch; use --device cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(
+            f"device {name!r} asked for but this machine has {torch.cuda.device_count()} CUDA "
+            "devices; use cuda:0 or another it has"
+        )
+    return device
 
 
 def logits_are_output_layer(model: Any) -> bool:
