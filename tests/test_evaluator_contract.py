@@ -73,13 +73,11 @@ def install(evaluator: type[Evaluator]) -> None:
     host.reset_registry(host.load_registry(extra_plugins=[("mine", plugin)]))
 
 
-def evaluate(experts: TinyExperts, capsys: pytest.CaptureFixture[str], name: str) -> int:
+def evaluate(experts: TinyExperts, name: str) -> int:
+    """``xelm ensemble eval`` of the tiny experts with evaluator ``name``: its exit code."""
     members = [str(bundle.path) for bundle in experts.bundles]
-    code = run(
-        ["ensemble", "eval", *members, "--data", str(experts.corpus), "--evaluator", name]
-        + ["--format", "json"]
-    )
-    return code
+    data = ["--data", str(experts.corpus)]
+    return run(["ensemble", "eval", *members, *data, "--evaluator", name, "--format", "json"])
 
 
 def check(name: str, experts: TinyExperts) -> Report:
@@ -91,7 +89,7 @@ def test_an_evaluator_without_super_init_gets_its_request(
     experts: TinyExperts, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install(FirstLine)
-    assert evaluate(experts, capsys, "first-line") == 0
+    assert evaluate(experts, "first-line") == 0
     results = json.loads(capsys.readouterr().out)
     assert results["request"]["data"] == str(experts.corpus)
     assert results["provenance"]["evaluator"]["plugin"] == "mine"
@@ -99,3 +97,49 @@ def test_an_evaluator_without_super_init_gets_its_request(
     assert math.isfinite(overall) and overall < 0  # a mean log-probability
     report = check("first-line", experts)
     assert [r.check for r in report.results if r.status != PASS] == ["options declaration"]
+
+
+class Raising(FirstLine):
+    """Raises inside evaluate(): a bug in the evaluator."""
+
+    name = "raising"
+
+    def evaluate(self, model: LanguageModel) -> dict[str, Any]:
+        raise KeyError("boom")
+
+
+class RaisingWhenBuilt(FirstLine):
+    """Raises in its constructor: a bug in the evaluator."""
+
+    name = "raising-built"
+
+    def __init__(self, request: EvalRequest) -> None:
+        raise ValueError("no data today")
+
+
+@pytest.mark.parametrize(
+    ("evaluator", "line"),
+    [
+        (
+            Raising,
+            "xelm: error: evaluator 'raising' (plugin 'mine') failed while evaluating "
+            "ensemble[language]: KeyError: 'boom'; this is a bug in the evaluator "
+            "(XELM_DEBUG=1 shows the traceback)",
+        ),
+        (
+            RaisingWhenBuilt,
+            "xelm: error: evaluator 'raising-built' (plugin 'mine') failed while being built: "
+            "ValueError: no data today; this is a bug in the evaluator "
+            "(XELM_DEBUG=1 shows the traceback)",
+        ),
+    ],
+)
+def test_an_exception_in_the_evaluator_is_one_line_naming_it(
+    experts: TinyExperts, capsys: pytest.CaptureFixture[str], evaluator: type[Evaluator], line: str
+) -> None:
+    install(evaluator)
+    assert evaluate(experts, evaluator.name) == 6
+    assert capsys.readouterr().err.strip() == line
+    report = check(evaluator.name, experts)
+    failed = {r.check: r.reason for r in report.results if r.status == FAIL}
+    assert list(failed) == ["builds" if evaluator is RaisingWhenBuilt else "evaluate()"]

@@ -24,7 +24,7 @@ from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declares_options, parse_options
-from xelm_cli.plugin.registry import Kind
+from xelm_cli.plugin.registry import Kind, Registration, bugs_reported
 
 RESULTS_FORMAT = "xelm-results"
 FORMATS = ("table", "json", "csv")
@@ -45,10 +45,18 @@ def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
     registration = get_registry().get("evaluator", name)
     options = evaluator_options(registration.obj, name, request.options)
     converted = dataclasses.replace(request, options=options)
-    evaluator: Evaluator = registration.obj(converted)
+    with bugs_reported(registration, "while being built"):
+        evaluator: Evaluator = registration.obj(converted)
     if not hasattr(evaluator, "request"):
         evaluator.request = converted
     return evaluator
+
+
+def evaluate_checked(registration: Registration, evaluator: Evaluator, system: System) -> Any:
+    """``evaluator.evaluate(system.model)``; an exception that is no :class:`XelmError` is one
+    line naming the evaluator and its plugin (a :class:`PluginError`)."""
+    with bugs_reported(registration, f"while evaluating {system.name}"):
+        return evaluator.evaluate(system.model)
 
 
 def evaluator_options(evaluator: Any, name: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -144,10 +152,11 @@ def run_evaluation(
     systems: Sequence[System],
 ) -> dict[str, Any]:
     """Evaluate every system; the results record (spec/ensemble-v1.md section 5)."""
+    registration = get_registry().get("evaluator", evaluator_name)
     records = []
     for system in systems:
         started = time.perf_counter()
-        metrics = evaluator.evaluate(system.model)
+        metrics = evaluate_checked(registration, evaluator, system)
         seconds = round(time.perf_counter() - started, 3)  # the rate agrees with the record
         records.append(
             {

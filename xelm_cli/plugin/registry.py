@@ -8,10 +8,12 @@ that make them.
 
 import difflib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import PluginError, UsageError, XelmError, exception_line
 
 FIRST_PARTY_DISTRIBUTION = "xelm"
 
@@ -59,6 +61,10 @@ class Registration:
             "distribution": self.distribution,
             "version": self.version,
         }
+
+    def object_label(self) -> str:
+        """``evaluator 'NAME' (plugin 'PLUGIN')``: which object, and whose it is."""
+        return f"{self.kind} {self.name!r} (plugin {self.plugin!r})"
 
     def matches(self, qualifier: str) -> bool:
         """True when ``qualifier`` (of ``QUALIFIER:NAME``) is this plugin or its distribution."""
@@ -285,3 +291,22 @@ class Registry:
             self.add_problem(
                 PluginProblem(chosen[-1].plugin, ambiguity(kind, name, chosen), kind, name)
             )
+
+
+@contextmanager
+def bugs_reported(registration: Registration, doing: str) -> Iterator[None]:
+    """Run a third-party plugin's code: an exception other than a :class:`XelmError` becomes a
+    one-line :class:`PluginError` (exit 6) naming the object and its plugin, not an internal
+    error of xelm. ``doing`` says when: ``"while being built"``. xelm's own plugins are left
+    alone: their bugs are xelm's internal errors."""
+    try:
+        yield
+    except XelmError:
+        raise
+    except Exception as exc:
+        if registration.first_party:
+            raise
+        raise PluginError(
+            f"{registration.object_label()} failed {doing}: {exception_line(exc, with_type=True)}; "
+            f"this is a bug in the {registration.kind} (XELM_DEBUG=1 shows the traceback)"
+        ) from exc

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from xelm_cli.common.errors import UsageError, XelmError, exception_line
+from xelm_cli.common.errors import PluginError, UsageError, XelmError, exception_line
 from xelm_cli.plugin.conformance.report import (
     FAIL,
     PASS,
@@ -86,6 +86,9 @@ def check_evaluator(
     for what, request in attempts:
         try:
             evaluator = build_evaluator(registration.qualified_name, request)
+        except PluginError as exc:  # a bug while being built, not a refusal of the data
+            report.add("builds", FAIL, f"on {what}: {exception_line(exc)}")
+            return report
         except XelmError as exc:
             refusals.append(f"{what}: {exception_line(exc)}")
             continue
