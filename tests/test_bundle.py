@@ -307,3 +307,16 @@ def test_loading_and_saving_draw_no_transformers_bars(
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err, err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is given back
+
+
+def test_written_languages_are_normalised(tmp_path: Path, seed_bundle: Path) -> None:
+    from xelm_cli.bundle.branching import branch
+
+    parent = Bundle.read(seed_bundle)
+    step = {"relation": "branch", "parents": [parent.ref]}
+    with write_bundle(
+        tmp_path / "w", role="expert", languages=["tur", "ara", "tr"], parent=parent, step=step
+    ) as writer:
+        pass
+    assert writer.result is not None and writer.result.languages == ["tr", "ar"]
+    assert branch(seed_bundle, tmp_path / "b", languages=["tur", "ara"]).languages == ["tr", "ar"]

@@ -50,6 +50,7 @@ from xelm_cli.common.errors import (
 )
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import transformers_bars_off
+from xelm_cli.lang.codes import normalize_language
 
 Progress = Callable[[int], None]
 MAX_SHARD_SIZE = "2GB"
@@ -431,9 +432,11 @@ def write_bundle(
     ``parent`` the new bundle starts as links to all of the parent's files (without its weights
     and config when ``inherit_weights`` is false: a trainer writes its own, and on another file
     system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
-    given. On any exception nothing is left at ``out``.
+    given. ``languages`` are stored normalised (``tur`` as ``tr``), without repeats. On any
+    exception nothing is left at ``out``.
     """
     out = Path(out)
+    languages = list(dict.fromkeys(normalize_language(code) for code in languages))
     lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
     with atomic_directory(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp)
