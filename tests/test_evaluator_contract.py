@@ -143,3 +143,45 @@ def test_an_exception_in_the_evaluator_is_one_line_naming_it(
     report = check(evaluator.name, experts)
     failed = {r.check: r.reason for r in report.results if r.status == FAIL}
     assert list(failed) == ["builds" if evaluator is RaisingWhenBuilt else "evaluate()"]
+
+
+def returning(name: str, result: dict[str, Any]) -> type[Evaluator]:
+    """A FirstLine registered as ``name`` whose evaluate() returns ``result``."""
+
+    def evaluate(self: FirstLine, model: LanguageModel) -> dict[str, Any]:
+        return result
+
+    return type(name.title(), (FirstLine,), {"name": name, "evaluate": evaluate})
+
+
+@pytest.mark.parametrize(
+    ("result", "problem"),
+    [
+        ({"overall": {"logprob": math.nan}, "languages": {}}, "overall['logprob'] is nan"),
+        ({"overall": {"accuracy": 0.5}, "languages": {}}, "overall['logprob'] is None"),
+        ({"overall": {"logprob": 1.0}}, "the result needs 'overall' and 'languages' dicts"),
+        (
+            {"overall": {"logprob": 1.0}, "languages": {}, "where": Path("x")},
+            "the result is not JSON-serialisable: Object of type PosixPath",
+        ),
+    ],
+)
+def test_a_result_that_breaks_the_contract_is_refused_in_one_line(
+    experts: TinyExperts,
+    capsys: pytest.CaptureFixture[str],
+    result: dict[str, Any],
+    problem: str,
+) -> None:
+    install(returning("broken", result))
+    assert evaluate(experts, "broken") == 6
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no results with a bare NaN in them
+    prefix = (
+        "xelm: error: evaluator 'broken' (plugin 'mine') broke its contract evaluating "
+        f"ensemble[language]: {problem}"
+    )
+    line = captured.err.strip()
+    assert line.startswith(prefix) and "\n" not in line, line
+    assert line.endswith("; this is a bug in the evaluator (xelm plugins check broken shows it)")
+    failed = {r.check: r.reason for r in check("broken", experts).results if r.status == FAIL}
+    assert failed["evaluate()"].startswith(problem)

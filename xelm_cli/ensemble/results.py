@@ -18,10 +18,10 @@ from typing import Any
 
 from xelm_cli import __version__
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
-from xelm_cli.plugin.contracts import EvalRequest, Evaluator
+from xelm_cli.plugin.contracts import EvalRequest, Evaluator, result_problem
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declares_options, parse_options
 from xelm_cli.plugin.registry import Kind, Registration, bugs_reported
@@ -53,10 +53,18 @@ def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
 
 
 def evaluate_checked(registration: Registration, evaluator: Evaluator, system: System) -> Any:
-    """``evaluator.evaluate(system.model)``; an exception that is no :class:`XelmError` is one
-    line naming the evaluator and its plugin (a :class:`PluginError`)."""
+    """``evaluator.evaluate(system.model)``, refused in one line (a :class:`PluginError`) when it
+    raises or returns what the contract does not allow (as ``xelm plugins check`` checks)."""
     with bugs_reported(registration, f"while evaluating {system.name}"):
-        return evaluator.evaluate(system.model)
+        metrics = evaluator.evaluate(system.model)
+    problem = result_problem(metrics, evaluator.primary)
+    if problem is not None:
+        raise PluginError(
+            f"{registration.object_label()} broke its contract evaluating {system.name}: "
+            f"{problem}; this is a bug in the evaluator (xelm plugins check "
+            f"{registration.name} shows it)"
+        )
+    return metrics
 
 
 def evaluator_options(evaluator: Any, name: str, values: dict[str, Any]) -> dict[str, Any]:

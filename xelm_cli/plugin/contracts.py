@@ -4,6 +4,8 @@ Normative text: spec/plugin-api.md. This module imports no other part of xelm th
 it back; the public façade :mod:`xelm_cli.api` re-exports it. Internal modules import from here.
 """
 
+import json
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -326,3 +328,21 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, model: LanguageModel) -> dict[str, Any]:
         """Score ``model`` and return the metrics (see the class docstring)."""
+
+
+def result_problem(result: Any, primary: str) -> str | None:
+    """Why ``result``, returned by an evaluator's ``evaluate()``, breaks the contract (the
+    ``Evaluator`` docstring; spec/plugin-api.md 7.3), or None when it keeps it."""
+    if not isinstance(result, dict):
+        return f"returned {type(result).__name__}, not a dict"
+    overall, languages = result.get("overall"), result.get("languages")
+    if not isinstance(overall, dict) or not isinstance(languages, dict):
+        return "the result needs 'overall' and 'languages' dicts"
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        return f"the result is not JSON-serialisable: {exc}"
+    value = overall.get(primary)
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return f"overall[{primary!r}] is {value!r}, not a number"
+    return None

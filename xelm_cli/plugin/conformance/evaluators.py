@@ -1,8 +1,6 @@
 """Conformance of an evaluator: its declared attributes and options, and what ``evaluate()``
 returns on the tiny experts (spec/plugin-api.md 5.2, 7.3)."""
 
-import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,9 +16,7 @@ from xelm_cli.plugin.conformance.report import (
     given_options,
 )
 from xelm_cli.plugin.conformance.tiny import LANGUAGES, TinyExperts
-from xelm_cli.plugin.contracts import (
-    EvalRequest,
-)
+from xelm_cli.plugin.contracts import EvalRequest, result_problem
 from xelm_cli.plugin.options import declares_options
 from xelm_cli.plugin.registry import Registration
 
@@ -115,20 +111,12 @@ def check_evaluator(
 
 
 def _check_result(result: Any, owner: Any) -> tuple[str, str, str]:
-    if not isinstance(result, dict):
-        return "evaluate()", FAIL, f"returned {type(result).__name__}, not a dict"
-    overall, languages = result.get("overall"), result.get("languages")
-    if not isinstance(overall, dict) or not isinstance(languages, dict):
-        return "evaluate()", FAIL, "the result needs 'overall' and 'languages' dicts"
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        return "evaluate()", FAIL, f"the result is not JSON-serialisable: {exc}"
-    value = overall.get(owner.primary)
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return "evaluate()", FAIL, f"overall[{owner.primary!r}] is {value!r}, not a number"
+    problem = result_problem(result, owner.primary)
+    if problem is not None:
+        return "evaluate()", FAIL, problem
+    value, languages = result["overall"][owner.primary], result["languages"]
     return (
         "evaluate()",
         PASS,
-        (f"overall {owner.primary} = {value:.4g} over {len(languages)} languages"),
+        f"overall {owner.primary} = {value:.4g} over {len(languages)} languages",
     )
