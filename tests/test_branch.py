@@ -152,3 +152,24 @@ def test_bad_allocation_files_are_refused(tmp_path: Path, edit, message: str) ->
     path.write_text(json.dumps(data))
     with pytest.raises(FormatError, match=message):
         read_allocation(path)
+
+
+def test_branch_from_python_takes_an_allocation_file_and_language_text(
+    tmp_path: Path, seed_bundle: Path
+) -> None:
+    alloc_file = write_allocation(tmp_path / "alloc.json")
+    by_path = branch(seed_bundle, tmp_path / "e1", allocation=alloc_file, expert=1)
+    by_text = branch(
+        str(seed_bundle), str(tmp_path / "e1-text"), allocation=str(alloc_file), expert=1
+    )
+    assert by_path.languages == by_text.languages == ["tr", "ar"]
+    assert by_path.manifest.allocation == read_allocation(alloc_file).reference(1)
+    assert branch(seed_bundle, tmp_path / "en-tr", languages="en, tur").languages == ["en", "tr"]
+
+
+def test_branch_refuses_an_unknown_role_in_one_line(tmp_path: Path, seed_bundle: Path) -> None:
+    with pytest.raises(
+        UsageError, match=r"^unknown role 'boss'; choose one of: seed, expert, dense$"
+    ):
+        branch(seed_bundle, tmp_path / "x", languages=["en"], role="boss")
+    assert not (tmp_path / "x").exists()

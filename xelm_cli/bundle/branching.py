@@ -5,39 +5,60 @@
 (hierarchical multi-round training, xelm-method.md section 8): old experts stay untouched.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from xelm_cli.bundle.store import Bundle, Progress, is_bundle, write_bundle
-from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.bundle.store import Bundle, Progress, check_role, is_bundle, write_bundle
+from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import UsageError
+from xelm_cli.lang.codes import language_codes
 
 
 def branch(
-    parent_dir: Path,
-    out: Path,
+    parent_dir: str | Path,
+    out: str | Path,
     *,
-    languages: list[str] | None = None,
-    allocation: Allocation | None = None,
+    languages: Sequence[str] | str | None = None,
+    allocation: Allocation | str | Path | None = None,
     expert: int | None = None,
     role: str = "expert",
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
-    """Branch ``parent_dir`` into ``out``; costs O(1) in model size when hard links work."""
+    """Branch ``parent_dir`` into ``out``; costs O(1) in model size when hard links work.
+
+    Args:
+        parent_dir: the bundle to branch; its files are verified first.
+        out: the new bundle's directory.
+        languages: the new bundle's languages, a list or text such as ``"ar,tr"``
+            (normalised); default: the parent's. Not with ``allocation``.
+        allocation: an :class:`Allocation` or its file; with ``expert``, the new bundle is
+            that expert: its languages, and a reference to the allocation in the manifest.
+        expert: the index of the expert in ``allocation``.
+        role: ``expert``, ``seed`` or ``dense``.
+        overwrite: replace an existing ``out``.
+        progress: called with the number of bytes hashed.
+
+    Returns:
+        The new bundle, whose last lineage step is ``branch`` from the parent.
+    """
+    check_role(role)
     if allocation is not None and (expert is None or languages):
         raise UsageError("--allocation needs --expert N and cannot be combined with --langs")
     if expert is not None and allocation is None:
         raise UsageError("--expert needs --allocation FILE")
+    codes = language_codes(languages)
     parent = Bundle.open(parent_dir)  # a corrupt parent would pass its digests on
     allocation_ref = None
     if allocation is not None and expert is not None:
+        if not isinstance(allocation, Allocation):
+            allocation = read_allocation(allocation)
         allocation_ref = allocation.reference(expert)
-        languages = allocation.experts[expert]
+        codes = tuple(allocation.experts[expert])
     with write_bundle(
         out,
         role=role,
-        languages=languages or parent.languages,
+        languages=list(codes or parent.languages),
         parent=parent,
         step={"relation": "branch", "parents": [parent.ref]},
         allocation=allocation_ref,

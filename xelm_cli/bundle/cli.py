@@ -15,7 +15,7 @@ from xelm_cli.bundle.branching import find_bundles, hmr_branch
 from xelm_cli.bundle.lineage import Node, children, graph_json, lineage_graph, roots
 from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
-from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.bundle.store import Bundle, check_role, verify_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.digest import short
@@ -300,8 +300,7 @@ def branch(
       xelm bundle branch seed/ --allocation alloc.json --expert 2 -o experts/e2
       xelm bundle branch --from experts/ --donor tr --lang az -o experts/az   (HMR)
     """
-    if role not in ROLES:
-        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    check_role(role)
     if pool:
         if parent is not None or allocation is not None or langs:
             raise UsageError(
@@ -320,8 +319,8 @@ def branch(
         bundle = branch_bundle(
             parent,
             out,
-            languages=parse_language_list(langs) if langs else None,
-            allocation=read_allocation(allocation) if allocation else None,
+            languages=langs,
+            allocation=allocation,
             expert=expert,
             role=role,
             overwrite=force,
@@ -440,8 +439,8 @@ def merge(
             f"unknown merge method {method!r}: use average (`xelm bundle moe` builds a "
             "mixture-of-experts model)"
         )
-    if role is not None and role not in ROLES:
-        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    if role is not None:
+        check_role(role)
     paths = expand_paths(experts)
     bundles = [Bundle.read(path) for path in paths]
     lang = normalize_language(language) if language else None

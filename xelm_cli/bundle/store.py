@@ -32,6 +32,7 @@ from xelm_cli.bundle.framing import Framing, bos_eos
 from xelm_cli.bundle.manifest import (
     CARD_NAME,
     MANIFEST_NAME,
+    ROLES,
     FileEntry,
     Manifest,
     check_format_version,
@@ -66,6 +67,12 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}")
     raw = manifest_path.read_bytes()
     return raw, read_json_object(manifest_path, "bundle manifest")
+
+
+def check_role(role: str) -> None:
+    """Refuse a bundle role the format does not know, naming the ones it does."""
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
 
 
 def is_bundle(path: str | Path) -> bool:
