@@ -173,3 +173,24 @@ def test_branch_refuses_an_unknown_role_in_one_line(tmp_path: Path, seed_bundle:
     ):
         branch(seed_bundle, tmp_path / "x", languages=["en"], role="boss")
     assert not (tmp_path / "x").exists()
+
+
+def test_hmr_from_python_records_what_the_command_records(experts, tmp_path: Path) -> None:
+    from xelm_cli.cli import run  # (imports every command group)
+
+    pool = experts[0].parent
+    args = ["--from", str(pool), "--donor", "tr", "--lang", "az", "-o", str(tmp_path / "cli")]
+    assert run(["bundle", "branch", *args]) == 0
+    by_python = hmr_branch(str(pool), "tur", "aze", tmp_path / "py")  # codes are normalised
+    by_command = Bundle.open(tmp_path / "cli")
+    lineage = [b.manifest.lineage[-1] for b in (by_python, by_command)]
+    keys = ("relation", "parents", "donor", "language")
+    assert [{k: step[k] for k in keys} for step in lineage] == 2 * [
+        {
+            "relation": "hmr-branch",
+            "parents": [Bundle.read(experts[1]).ref],
+            "donor": "tr",
+            "language": "az",
+        }
+    ]
+    assert by_python.languages == by_command.languages == ["az"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from xelm_cli.bundle.store import Bundle, Progress, check_role, is_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import UsageError
-from xelm_cli.lang.codes import language_codes
+from xelm_cli.lang.codes import language_codes, normalize_language
 
 
 def branch(
@@ -109,15 +109,34 @@ def choose_donor_bundle(pool: list[Bundle], donor: str) -> Bundle:
 
 
 def hmr_branch(
-    pool_paths: list[Path],
+    pool: str | Path | Sequence[str | Path],
     donor: str,
     language: str,
-    out: Path,
+    out: str | Path,
     *,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
-    parent_ref = choose_donor_bundle(find_bundles(pool_paths), donor)
+    """Add ``language`` by branching the one expert of ``pool`` that holds ``donor`` (HMR,
+    ``xelm bundle branch --from POOL --donor DONOR --lang LANGUAGE``); the pool is untouched.
+
+    Args:
+        pool: bundles, or directories of bundles (one level deep), to pick the donor's
+            expert from; experts are preferred over other roles.
+        donor: a language the pool has seen, typologically close to ``language``
+            (:func:`rank_donors` ranks candidates).
+        language: the new language.
+        out: the new expert's directory.
+        overwrite: replace an existing ``out``.
+        progress: called with the number of bytes hashed.
+
+    Returns:
+        The new expert for ``[language]``, whose last lineage step is ``hmr-branch`` from the
+        donor's expert, recording ``donor`` and ``language`` (normalised codes).
+    """
+    donor, language = normalize_language(donor), normalize_language(language)
+    paths = [pool] if isinstance(pool, str | Path) else pool
+    parent_ref = choose_donor_bundle(find_bundles(map(Path, paths)), donor)
     if language in parent_ref.languages:
         raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
     parent = Bundle.open(parent_ref.path)

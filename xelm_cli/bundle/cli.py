@@ -308,9 +308,7 @@ def branch(
             )
         if not donor or not lang:
             raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
-        bundle = hmr_branch(
-            pool, normalize_language(donor), normalize_language(lang), out, overwrite=force
-        )
+        bundle = hmr_branch(pool, donor, lang, out, overwrite=force)
     else:
         if parent is None:
             raise UsageError("pass the PARENT bundle to branch, or --from POOL for the HMR form")
