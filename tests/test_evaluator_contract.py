@@ -12,10 +12,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from xelm_cli.api import Document, EvalRequest, Evaluator, LanguageModel, Register, hookimpl
+from xelm_cli.api import (
+    Document,
+    EvalRequest,
+    Evaluator,
+    LanguageModel,
+    NoOptions,
+    Register,
+    hookimpl,
+)
 from xelm_cli.cli import run
+from xelm_cli.ensemble.results import build_evaluator
 from xelm_cli.plugin import conformance, host
 from xelm_cli.plugin.conformance import FAIL, PASS, Report, TinyExperts
+from xelm_cli.plugin.options import declares_options
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +195,30 @@ def test_a_result_that_breaks_the_contract_is_refused_in_one_line(
     assert line.endswith("; this is a bug in the evaluator (xelm plugins check broken shows it)")
     failed = {r.check: r.reason for r in check("broken", experts).results if r.status == FAIL}
     assert failed["evaluate()"].startswith(problem)
+
+
+class Declared(FirstLine):
+    """Declares, explicitly, that it takes no options."""
+
+    name = "declared"
+    Options = NoOptions
+
+
+def test_an_explicit_no_options_declares_none(
+    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(Declared)
+    members = [str(bundle.path) for bundle in experts.bundles]
+    given = ["--data", str(experts.corpus), "--evaluator", "declared", "--eval-arg", "nope=1"]
+    assert run(["ensemble", "eval", *members, *given]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "xelm: error: evaluator 'declared' has no option 'nope' (it takes no options)"
+    )
+    report = check("declared", experts)
+    assert {r.check: r.status for r in report.results}["unknown option refused"] == PASS
+
+    # a class that sets no Options at all is of plugin API 1.0: it reads the options itself
+    assert not declares_options(FirstLine) and declares_options(Declared)
+    install(FirstLine)
+    request = EvalRequest(str(experts.corpus), options={"k": "1", "name": "x"})
+    assert build_evaluator("first-line", request).request.options == {"k": 1, "name": "x"}

@@ -12,8 +12,10 @@ import typer
 from conftest import xelm
 
 from xelm_cli.api import (
+    Clusterer,
     Document,
     ExpertInfo,
+    NoOptions,
     PluginError,
     PreRouter,
     Register,
@@ -21,8 +23,10 @@ from xelm_cli.api import (
     Weights,
     XelmError,
     check_weights,
+    declared_options,
     get_registry,
     hookimpl,
+    parse_options,
 )
 from xelm_cli.cli import run
 from xelm_cli.plugin import host
@@ -578,3 +582,25 @@ def test_names_must_match_the_whole_pattern() -> None:
     )
     assert list(registry.commands) == ["a-1"]
     assert registry.problems[0].message.startswith("invalid command name 'greet\\n'")
+
+
+def test_an_explicit_no_options_declares_none_for_every_kind() -> None:
+    class Constructed(make_router("constructed")):  # type: ignore[misc]
+        def __init__(self, pivot: int = 10) -> None:
+            self.pivot = pivot
+
+    class Explicit(Constructed):
+        Options = NoOptions
+
+    class Plain(Clusterer):
+        name = "plain"
+
+    class ExplicitClusterer(Plain):
+        Options = NoOptions
+
+    # an API 1.0 router: its constructor declares pivot; an explicit NoOptions declares none
+    assert [spec.name for spec in declared_options(Constructed)] == ["pivot"]
+    assert declared_options(Explicit) == ()
+    for owner in (make_router("bare"), Explicit, Plain, ExplicitClusterer):
+        with pytest.raises(UsageError, match=r"has no option 'nope' \(it takes no options\)$"):
+            parse_options(owner, {"nope": "1"}, label="it")

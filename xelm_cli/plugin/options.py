@@ -36,6 +36,9 @@ _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null"}
 
 
+_CONTRACTS = "xelm_cli.plugin.contracts"  # the base classes; they cannot be imported here
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """The declaration of a plugin that takes no options."""
@@ -129,17 +132,26 @@ def options_class(owner: Any) -> type | None:
         return owner
     declared = getattr(owner, "Options", None)
     if isinstance(declared, type) and dataclasses.is_dataclass(declared):
-        if declared is NoOptions and _own_init(owner):
+        if declared is NoOptions and _own_init(owner) and not _sets_options(owner):
             return None  # an API 1.0 router: its constructor declares its options
         return declared
     return None
 
 
 def declares_options(owner: Any) -> bool:
-    """Whether a plugin class declares ``Options`` of its own (plugin API 1.1). An API 1.0
-    evaluator reads ``EvalRequest.options`` by itself; an API 1.0 router's constructor is its
+    """Whether a plugin class declares its options (plugin API 1.1): an ``Options`` of its own,
+    ``NoOptions`` included (it declares none). A class that sets no ``Options`` is of plugin API
+    1.0: an evaluator reads ``EvalRequest.options`` by itself; a router's constructor is its
     declaration (``declared_options``)."""
-    return getattr(owner, "Options", NoOptions) is not NoOptions
+    return getattr(owner, "Options", NoOptions) is not NoOptions or _sets_options(owner)
+
+
+def _sets_options(owner: Any) -> bool:
+    """Whether ``owner`` or a class it derives from, other than xelm's base classes (whose
+    ``Options`` is the ``NoOptions`` default), sets ``Options``."""
+    return isinstance(owner, type) and any(
+        "Options" in vars(cls) and cls.__module__ != _CONTRACTS for cls in owner.__mro__
+    )
 
 
 def _own_init(owner: Any) -> bool:
