@@ -6,8 +6,10 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from xelm_cli.api import write_allocation
+from xelm_cli.api import UsageError, write_allocation
+from xelm_cli.bundle.manifest import schema_problems
 from xelm_cli.cli import run
+from xelm_cli.cluster.allocation import allocation_schema
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TREE = {
@@ -86,3 +88,26 @@ def test_malformed_tree_is_one_line_error(tmp_path, capsys):
 def test_missing_allocation(tmp_path, capsys):
     assert run(["cluster", "show", str(tmp_path / "nope")]) == 2
     assert "allocation not found" in capsys.readouterr().err
+
+
+def test_an_expert_without_languages_is_refused_when_written_and_read(tmp_path, capsys):
+    out = tmp_path / "empty.json"
+    with pytest.raises(UsageError) as caught:
+        write_allocation(out, clusterer="typology", experts=[["en"], []])
+    assert str(caught.value) == "expert 1 has no languages; give every expert at least one"
+    assert not out.exists()
+
+    # a file written by other code: the same line when read (was a ZeroDivisionError in plan)
+    write_allocation(out, clusterer="typology", experts=[["en"], ["es"]])
+    data = json.loads(out.read_text())
+    data["experts"][1]["languages"] = []
+    out.write_text(json.dumps(data))
+    assert run(["cluster", "show", str(out)]) == 3
+    assert capsys.readouterr().err == (
+        f"xelm: error: {out}: expert 1 has no languages; give every expert at least one\n"
+    )
+    data["experts"][1]["languages"] = ["es"]
+    data["experts"].append({"index": 2, "languages": []})
+    data["k"] = 3
+    problems = schema_problems(data, allocation_schema(), what="allocation")
+    assert problems == ["allocation experts/2/languages: [] should be non-empty"]

@@ -114,6 +114,15 @@ def _manifest_path(path: Path) -> Path:
     return path / DIR_MANIFEST if path.is_dir() else path
 
 
+def _expert_without_languages(experts: Any) -> str | None:
+    """The problem of the first expert with no languages, or None. Such an expert has nothing
+    to learn (and a plan would divide by its share of no data)."""
+    for index, expert in enumerate(experts if isinstance(experts, list) else []):
+        if isinstance(expert, dict) and expert.get("languages") == []:
+            return f"expert {index} has no languages; give every expert at least one"
+    return None
+
+
 def read_allocation(path: str | Path) -> Allocation:
     path = Path(path)
     json_path = _manifest_path(path)
@@ -130,6 +139,9 @@ def read_allocation(path: str | Path) -> Allocation:
             f"{path}: allocation format version {short_repr(version)} is not supported "
             f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
         )
+    empty = _expert_without_languages(data.get("experts"))
+    if empty is not None:
+        raise FormatError(f"{path}: {empty}")
     problems = schema_problems(data, allocation_schema(), what="allocation")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -178,6 +190,9 @@ def write_allocation(
         "created_by": {"xelm": __version__},
         "created_at": now_iso(),
     }
+    empty = _expert_without_languages(data["experts"])
+    if empty is not None:
+        raise UsageError(empty)
     if language_shares is not None:
         data["language_shares"] = language_shares
     data.update(members or {})
