@@ -15,7 +15,7 @@ from xelm_cli.bundle.merging import merge_average, merge_weights
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.bundle.tensor_stream import INDEX_NAME, TensorSource
-from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.cluster.allocation import Allocation, write_allocation
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.tokenizer import train_bpe_tokenizer
 
@@ -108,6 +108,25 @@ def test_sharded_experts_give_a_sharded_average(experts: list[Bundle], tmp_path:
         assert torch.equal(tensor, expected[name]), name
 
 
+def allocated_experts(experts: list[Bundle], tmp_path: Path) -> tuple[Allocation, list[Bundle]]:
+    """A TF-IDF allocation of ``experts``' languages and copies of them as its experts."""
+    alloc = write_allocation(
+        tmp_path / "alloc.json",
+        clusterer="tfidf",
+        experts=[["en"], ["tr"], ["ar"]],
+        language_shares={"en": [0.5, 0.25, 0.25], "tr": [0.0, 1.0, 0.0]},
+    )
+    bundles = []
+    for i, b in enumerate(experts):
+        out = tmp_path / f"x{i}"
+        bundles.append(
+            perturbed_expert(
+                b.path, out, seed=0, languages=b.languages, scale=0, allocation=alloc.reference(i)
+            )
+        )
+    return alloc, bundles
+
+
 def test_weights_from_a_calibrated_prior_and_from_a_language(
     experts: list[Bundle], tmp_path: Path
 ) -> None:
@@ -125,28 +144,14 @@ def test_weights_from_a_calibrated_prior_and_from_a_language(
         )
     )
     assert merge_weights(experts, prior=ens) == pytest.approx([0.6, 0.2, 0.2])
+    by_prior = merge_average([b.path for b in experts], tmp_path / "p", prior=str(ens))
+    assert by_prior.manifest.lineage[-1]["weights"] == pytest.approx([0.6, 0.2, 0.2])
 
-    alloc = write_allocation(
-        tmp_path / "alloc.json",
-        clusterer="tfidf",
-        experts=[["en"], ["tr"], ["ar"]],
-        language_shares={"en": [0.5, 0.25, 0.25], "tr": [0.0, 1.0, 0.0]},
-    )
-    bundles = []
-    for i, b in enumerate(experts):
-        out = tmp_path / f"x{i}"
-        bundles.append(
-            perturbed_expert(
-                b.path, out, seed=0, languages=b.languages, scale=0, allocation=alloc.reference(i)
-            )
-        )
+    alloc, bundles = allocated_experts(experts, tmp_path)
     assert merge_weights(bundles, language="en", allocation=alloc) == [0.5, 0.25, 0.25]
     assert merge_weights(bundles, language="ar", allocation=alloc) == [0.0, 0.0, 1.0]  # one-hot
     merged = merge_average(
-        [b.path for b in bundles],
-        tmp_path / "tr",
-        language="tr",
-        weights=merge_weights(bundles, language="tr", allocation=alloc),
+        [b.path for b in bundles], tmp_path / "tr", language="tr", allocation=alloc
     )
     assert merged.manifest.role == "expert" and merged.languages == ["tr"]
     assert merged.manifest.lineage[-1]["language"] == "tr"
@@ -216,3 +221,38 @@ def test_cli_merge_and_one_line_errors(experts: list[Bundle], tmp_path: Path, ca
     _, err = capsys.readouterr()
     assert code == 2 and "at least two experts" in err
     assert not (tmp_path / "n").exists()
+
+
+def test_merge_from_python_weighs_a_language_as_the_command_does(
+    experts: list[Bundle], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xelm_cli.cli import run  # (imports every command group)
+
+    alloc, bundles = allocated_experts(experts, tmp_path)
+    paths = [str(b.path) for b in bundles]
+    args = ["--language", "en", "--allocation", str(alloc.path), "-o", str(tmp_path / "cli")]
+    assert run(["bundle", "merge", *paths, *args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == [0.5, 0.25, 0.25]
+    by_python = merge_average(paths, tmp_path / "py", language="eng", allocation=alloc.path)
+    by_command = Bundle.read(tmp_path / "cli")
+    for merged in (by_python, by_command):
+        step = merged.manifest.lineage[-1]
+        assert step["weights"] == [0.5, 0.25, 0.25] and step["language"] == "en"
+        assert merged.languages == ["en"] and merged.manifest.role == "expert"
+    assert weights(by_python.path).keys() == weights(by_command.path).keys()
+    assert all(
+        torch.equal(weights(by_python.path)[n], t) for n, t in weights(by_command.path).items()
+    )
+
+
+def test_merge_from_python_refuses_a_language_without_its_weights(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    paths = [b.path for b in experts]
+    with pytest.raises(UsageError, match=r"^--language LANG and --allocation FILE go together$"):
+        merge_average(paths, tmp_path / "m", language="tr")
+    with pytest.raises(UsageError, match=r"^--weights and --language both set the weights"):
+        merge_average(paths, tmp_path / "m", language="tr", weights=[0, 1, 0])
+    with pytest.raises(UsageError, match=r"^unknown role 'boss'; choose one of"):
+        merge_average(paths, tmp_path / "m", role="boss")
+    assert not (tmp_path / "m").exists()

@@ -16,13 +16,12 @@ from xelm_cli.bundle.lineage import Node, children, graph_json, lineage_graph, r
 from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
 from xelm_cli.bundle.store import Bundle, check_role, verify_bundle
-from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import byte_progress
 from xelm_cli.common.units import parse_byte_size
-from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.lang.codes import parse_language_list
 
 app = typer.Typer(
     help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
@@ -429,7 +428,7 @@ def merge(
       xelm bundle merge experts/* --prior ens.json -o avg/
       xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
     """
-    from xelm_cli.bundle.merging import merge_average, merge_weights
+    from xelm_cli.bundle.merging import merge_average
     from xelm_cli.ensemble.members import expand_paths
 
     if method != "average":
@@ -437,30 +436,20 @@ def merge(
             f"unknown merge method {method!r}: use average (`xelm bundle moe` builds a "
             "mixture-of-experts model)"
         )
-    if role is not None:
-        check_role(role)
-    paths = expand_paths(experts)
-    bundles = [Bundle.read(path) for path in paths]
-    lang = normalize_language(language) if language else None
-    chosen = merge_weights(
-        bundles,
-        weights=weights,
-        prior=prior,
-        language=lang,
-        allocation=read_allocation(allocation) if allocation else None,
-    )
     with byte_progress("merging", None) as progress:
         bundle = merge_average(
-            paths,
+            expand_paths(experts),
             out,
-            weights=chosen,
-            language=lang,
+            weights=weights,
+            prior=prior,
+            language=language,
+            allocation=allocation,
             role=role,
             overwrite=force,
             progress=progress,
         )
     if as_json:
-        print_json({**_summary(bundle), "weights": chosen})
+        print_json({**_summary(bundle), "weights": bundle.manifest.lineage[-1]["weights"]})
     else:
         _report_written(bundle, as_json)
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
-from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, check_role, write_bundle
 from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
-from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.lang.codes import normalize_language
 
 
 def seed_of(bundle: Bundle) -> dict[str, str]:
@@ -194,12 +195,14 @@ def language_weights(
 def merge_weights(
     bundles: Sequence[Bundle],
     *,
-    weights: str | None = None,
-    prior: Path | None = None,
+    weights: Sequence[float] | str | None = None,
+    prior: str | Path | None = None,
     language: str | None = None,
-    allocation: Allocation | None = None,
+    allocation: Allocation | str | Path | None = None,
 ) -> list[float]:
-    """The weights one of the sources gives (uniform when none is given)."""
+    """The weights one of the sources gives, normalised (uniform when none is given):
+    ``weights`` (numbers in the experts' order, or text as ``--weights`` takes it), ``prior``
+    (an ensemble file) or ``language`` with ``allocation`` (its row of the allocation)."""
     given = [
         name
         for name, v in (("--weights", weights), ("--prior", prior), ("--language", language))
@@ -209,11 +212,17 @@ def merge_weights(
         raise UsageError(f"{' and '.join(given)} both set the weights; pass one of them")
     if (language is None) != (allocation is None):
         raise UsageError("--language LANG and --allocation FILE go together")
-    if weights:
+    if isinstance(weights, str):
         return parse_weights(weights, bundles)
-    if prior is not None:
-        return prior_weights(prior, bundles)
+    if weights:
+        if len(weights) != len(bundles):
+            raise UsageError(f"{len(weights)} weights for {len(bundles)} experts")
+        return normalised(weights, "weights")
+    if prior:
+        return prior_weights(Path(prior), bundles)
     if language is not None and allocation is not None:
+        if not isinstance(allocation, Allocation):
+            allocation = read_allocation(allocation)
         return language_weights(language, allocation, bundles)
     return [1.0 / len(bundles)] * len(bundles)
 
@@ -246,25 +255,44 @@ def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], na
 
 
 def merge_average(
-    paths: Sequence[Path],
-    out: Path,
+    paths: Sequence[str | Path],
+    out: str | Path,
     *,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | str | None = None,
+    prior: str | Path | None = None,
     language: str | None = None,
+    allocation: Allocation | str | Path | None = None,
     role: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
-    """Write ``out``: the experts' weighted parameter average (uniform without ``weights``),
-    a bundle whose last lineage step is ``merge`` (method ``average``) naming every parent and
-    its weight. The first expert gives the config, tokenizer, dtypes and shard layout. With
-    ``language`` (weights made for one language) the result is an expert for it, else a dense
-    model for all the experts' languages."""
+    """Write ``out``: the experts' weighted parameter average, a bundle whose last lineage step
+    is ``merge`` (method ``average``) naming every parent and its weight. The first expert
+    gives the config, tokenizer, dtypes and shard layout.
+
+    Args:
+        paths: the experts' bundle directories.
+        out: the new bundle's directory.
+        weights: one weight per expert (scaled to sum 1), or text as ``--weights`` takes it
+            (``0.5,0.3,0.2`` or ``NAME=W`` pairs).
+        prior: an ensemble file whose calibrated posterior prior gives the weights.
+        language: with ``allocation`` (an :class:`Allocation` or its file), the weights are
+            that language's row of the allocation and the result is an expert for it.
+        role: the result's role; default ``expert`` with ``language``, else ``dense`` (for
+            all the experts' languages).
+        overwrite: replace an existing ``out``.
+        progress: called with the number of bytes hashed.
+
+    At most one of ``weights``, ``prior`` and ``language`` is given; none averages uniformly.
+    """
+    if role is not None:
+        check_role(role)
+    language = normalize_language(language) if language else None
     bundles = [Bundle.read(path) for path in paths]
     check_mergeable(bundles)
-    chosen = normalised(weights, "weights") if weights else [1.0 / len(bundles)] * len(bundles)
-    if len(chosen) != len(bundles):
-        raise UsageError(f"{len(chosen)} weights for {len(bundles)} experts")
+    chosen = merge_weights(
+        bundles, weights=weights, prior=prior, language=language, allocation=allocation
+    )
     for bundle in bundles:  # every digest checked before any tensor is used
         bundle.check_files(progress=progress)
     sources = [TensorSource(b.path) for b in bundles]
