@@ -57,9 +57,12 @@ def train(seed: Path, shards: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("device", "expected"),
     [
-        ("tpu", "unknown --device 'tpu'; use auto, cpu, cuda or cuda:N"),
-        ("meta", "--device meta: xelm trains on cpu, cuda or mps; use one of them"),
-        ("cuda", "--device cuda: this torch sees no cuda device; use --device cpu"),
+        ("tpu", "unknown device 'tpu'; use auto, cpu, cuda, cuda:N or mps"),
+        ("meta", "device 'meta' is not one xelm runs on; use cpu, cuda or mps"),
+        (
+            "cuda",
+            "device 'cuda' asked for but CUDA is not available in this torch; use --device cpu",
+        ),
     ],
 )
 def test_a_device_it_cannot_use_is_one_line_before_anything_is_written(

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from xelm_cli.api import UsageError
+from xelm_cli.api import pick_device as checked_device
 
 
 @dataclass(frozen=True)
@@ -70,21 +71,9 @@ class Ranks:
 
 
 def pick_device(name: str, ranks: Ranks) -> torch.device:
-    """``auto``: CUDA if there is one (``cuda:LOCAL_RANK`` under torchrun), else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": torch.backends.mps.is_available()}  # fmt: skip
-    if device.type not in available:
-        raise UsageError(f"--device {name}: xelm trains on cpu, cuda or mps; use one of them")
-    if not available[device.type]:
-        raise UsageError(
-            f"--device {name}: this torch sees no {device.type} device; use --device cpu"
-        )
+    """The checked device ``name`` names (``xelm_cli.api.pick_device``); under torchrun plain
+    ``cuda`` is this rank's own, ``cuda:LOCAL_RANK``."""
+    device: torch.device = checked_device(name)
     if device.type == "cuda" and ranks.launched:
         if device.index is None:  # one device per rank
             device = torch.device("cuda", ranks.local)
