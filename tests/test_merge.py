@@ -256,3 +256,12 @@ def test_merge_from_python_refuses_a_language_without_its_weights(
     with pytest.raises(UsageError, match=r"^unknown role 'boss'; choose one of"):
         merge_average(paths, tmp_path / "m", role="boss")
     assert not (tmp_path / "m").exists()
+
+
+def test_merge_from_python_expands_a_quoted_glob(experts: list[Bundle], tmp_path: Path) -> None:
+    pattern = str(experts[0].path.parent / "??")  # the experts, not the b-* branches beside them
+    merged = merge_average(pattern, tmp_path / "m")
+    in_glob_order = sorted(experts, key=lambda b: b.path.name)
+    assert merged.manifest.lineage[-1]["parents"] == [b.ref for b in in_glob_order]
+    with pytest.raises(UsageError, match=r"^no bundle matches '.*/none\*'$"):
+        merge_average(str(tmp_path / "none*"), tmp_path / "n")

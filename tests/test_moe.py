@@ -238,3 +238,10 @@ def test_bf16_experts_give_a_bf16_moe_that_runs(experts: list[Bundle], tmp_path:
     with torch.no_grad():
         gap = (model(ids).logits - dense(ids).logits).abs().max().item()
     assert gap < 1e-3  # 0.0 on the development machine
+
+
+def test_moe_from_python_expands_a_quoted_glob(experts: list[Bundle], tmp_path: Path) -> None:
+    pattern = str(experts[0].path.parent / "??")  # the experts, not the b-* branches beside them
+    moe = build_moe(pattern, tmp_path / "moe", top_k=1)
+    in_glob_order = sorted(experts, key=lambda b: b.path.name)
+    assert moe.manifest.lineage[-1]["parents"] == [b.ref for b in in_glob_order]

@@ -123,3 +123,9 @@ def test_generate_text_is_what_ensemble_generate_prints(
 def test_generate_text_checks_its_arguments_before_opening_the_members() -> None:
     with pytest.raises(api.UsageError, match=r"^--max-new-tokens must be at least 1$"):
         api.generate_text("no/such/experts/*", "x", max_new_tokens=0)
+
+
+def test_rank_donors_takes_candidates_as_text() -> None:
+    ranked = api.rank_donors("az", "en, tur")
+    assert ranked == api.rank_donors("az", ["en", "tr"])
+    assert [code for code, _ in ranked] == ["tr", "en"]  # Turkish is Azerbaijani's neighbour

@@ -429,7 +429,6 @@ def merge(
       xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
     """
     from xelm_cli.bundle.merging import merge_average
-    from xelm_cli.ensemble.members import expand_paths
 
     if method != "average":
         raise UsageError(
@@ -438,7 +437,7 @@ def merge(
         )
     with byte_progress("merging", None) as progress:
         bundle = merge_average(
-            expand_paths(experts),
+            experts,
             out,
             weights=weights,
             prior=prior,

@@ -17,7 +17,15 @@ from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import read_json_object
+from xelm_cli.ensemble.members import expand_paths
 from xelm_cli.lang.codes import normalize_language
+
+
+def expert_paths(experts: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Bundle directories as a Python caller names them: one path or quoted glob, or a list
+    of them; globs are expanded as the commands expand them (their bundles only)."""
+    given = [experts] if isinstance(experts, str | Path) else experts
+    return expand_paths([str(path) for path in given])
 
 
 def seed_of(bundle: Bundle) -> dict[str, str]:
@@ -255,7 +263,7 @@ def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], na
 
 
 def merge_average(
-    paths: Sequence[str | Path],
+    paths: str | Path | Sequence[str | Path],
     out: str | Path,
     *,
     weights: Sequence[float] | str | None = None,
@@ -271,7 +279,7 @@ def merge_average(
     gives the config, tokenizer, dtypes and shard layout.
 
     Args:
-        paths: the experts' bundle directories.
+        paths: the experts' bundle directories, or quoted globs (``"experts/*"``).
         out: the new bundle's directory.
         weights: one weight per expert (scaled to sum 1), or text as ``--weights`` takes it
             (``0.5,0.3,0.2`` or ``NAME=W`` pairs).
@@ -288,7 +296,7 @@ def merge_average(
     if role is not None:
         check_role(role)
     language = normalize_language(language) if language else None
-    bundles = [Bundle.read(path) for path in paths]
+    bundles = [Bundle.read(path) for path in expert_paths(paths)]
     check_mergeable(bundles)
     chosen = merge_weights(
         bundles, weights=weights, prior=prior, language=language, allocation=allocation

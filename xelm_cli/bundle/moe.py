@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
-from xelm_cli.bundle.merging import ancestors, average_tensor, check_mergeable, normalised
+from xelm_cli.bundle.merging import (
+    ancestors,
+    average_tensor,
+    check_mergeable,
+    expert_paths,
+    normalised,
+)
 from xelm_cli.bundle.store import Bundle, Progress, write_bundle
 from xelm_cli.bundle.tensor_stream import (
     TensorInfo,
@@ -251,7 +257,7 @@ def language_gates(
 
 
 def build_moe(
-    paths: Sequence[Path],
+    paths: str | Path | Sequence[str | Path],
     out: Path,
     *,
     top_k: int = DEFAULT_TOP_K,
@@ -265,14 +271,14 @@ def build_moe(
     progress: Progress | None = None,
 ) -> Bundle:
     """Write ``out``: a transformers MoE bundle with one expert per bundle of ``paths`` (in
-    order). Non-expert weights: the experts' average (uniform, or ``weights``), or those of
-    ``shared_from``, an ancestor of every expert (the seed they were branched from).
-    Mismatched experts and unsupported architectures are refused from manifests and configs,
-    before any tensor is read."""
+    order; a quoted glob such as ``"experts/*"`` is expanded). Non-expert weights: the
+    experts' average (uniform, or ``weights``), or those of ``shared_from``, an ancestor of
+    every expert (the seed they were branched from). Mismatched experts and unsupported
+    architectures are refused from manifests and configs, before any tensor is read."""
     import torch
     from transformers import AutoConfig
 
-    bundles = [Bundle.read(path) for path in paths]
+    bundles = [Bundle.read(path) for path in expert_paths(paths)]
     check_mergeable(bundles, "joined into one MoE model")
     dense = AutoConfig.from_pretrained(bundles[0].path)
     family = family_of(dense.model_type)

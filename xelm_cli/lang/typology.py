@@ -36,6 +36,7 @@ import functools
 import importlib.metadata
 import importlib.util
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import language_codes, normalize_language
 
 MISSING = -1.0
 
@@ -252,9 +253,13 @@ def distance_matrix(
 
 
 def rank_donors(
-    lang: str, among: list[str], feature_set: str = DEFAULT_FEATURE_SET, minimal: bool = True
+    lang: str,
+    among: Sequence[str] | str,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    minimal: bool = True,
 ) -> list[tuple[str, float]]:
-    """The languages of ``among`` from nearest to farthest from ``lang``, with distances.
+    """The languages of ``among`` (a list, or text such as ``"en,tr"``) from nearest to
+    farthest from ``lang``, with distances.
 
     Features are chosen over ``{lang} | among`` (choosing them per pair would drop every
     feature the two languages share and make all distances large and uninformative). ``lang``
@@ -262,7 +267,7 @@ def rank_donors(
     normalised.
     """
     target = normalize_language(lang)
-    candidates = [c for c in dict.fromkeys(normalize_language(x) for x in among) if c != target]
+    candidates = [c for c in language_codes(among) or () if c != target]
     if not candidates:
         raise UsageError(f"no candidate donors for {target!r}: --among needs other languages")
     distances = distance_matrix([target, *candidates], feature_set, minimal)[0, 1:]
