@@ -14,6 +14,7 @@ from conftest import xelm
 from xelm_cli.api import (
     Clusterer,
     Document,
+    Evaluator,
     ExpertInfo,
     NoOptions,
     PluginError,
@@ -604,3 +605,42 @@ def test_an_explicit_no_options_declares_none_for_every_kind() -> None:
     for owner in (make_router("bare"), Explicit, Plain, ExplicitClusterer):
         with pytest.raises(UsageError, match=r"has no option 'nope' \(it takes no options\)$"):
             parse_options(owner, {"nope": "1"}, label="it")
+
+
+def test_an_evaluator_without_its_headline_metric_is_refused_at_registration() -> None:
+    def evaluator(evaluator_name: str, **attributes: Any) -> type[Evaluator]:
+        class Scoring(Evaluator):
+            name = evaluator_name
+
+            @property
+            def languages(self) -> list[str]:
+                return []
+
+            def evaluate(self, model: Any) -> dict[str, Any]:
+                return {"overall": {"score": 1.0}, "languages": {}}
+
+        for key, value in attributes.items():
+            setattr(Scoring, key, value)
+        return Scoring
+
+    class Evaluators:
+        @hookimpl
+        def register_evaluators(self, register: Register) -> None:
+            register("no-primary", evaluator("no-primary", higher_is_better=True))
+            register("empty", evaluator("empty", primary="", higher_is_better=True))
+            register("no-direction", evaluator("no-direction", primary="score"))
+            register("yes", evaluator("yes", primary="score", higher_is_better="yes"))
+            register("good", evaluator("good", primary="score", higher_is_better=False))
+
+    registry = host.load_registry(extra_plugins=[("scores", Evaluators())], entry_points=False)
+    assert list(registry.evaluators) == ["good"]
+    assert registry.warnings() == [
+        "xelm: warning: plugin 'scores': evaluator 'no-primary' refused: evaluator class "
+        "attribute primary is None; set it to the name of the headline metric (a non-empty str)",
+        "xelm: warning: plugin 'scores': evaluator 'empty' refused: evaluator class "
+        "attribute primary is ''; set it to the name of the headline metric (a non-empty str)",
+        "xelm: warning: plugin 'scores': evaluator 'no-direction' refused: evaluator class "
+        "attribute higher_is_better must be True or False",
+        "xelm: warning: plugin 'scores': evaluator 'yes' refused: evaluator class "
+        "attribute higher_is_better must be True or False",
+    ]

@@ -140,15 +140,32 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
     if getattr(obj, "name", None) != name:
         return f"{kind} class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
     if kind == "router":
-        needs_outputs = getattr(obj, "needs_expert_outputs", None)
-        if not isinstance(needs_outputs, bool):
-            return "router class attribute needs_expert_outputs must be True or False"
-        if not needs_outputs and not issubclass(obj, api.PreRouter):
-            return "a router with needs_expert_outputs = False must subclass xelm_cli.api.PreRouter"
-        if needs_outputs and not issubclass(obj, api.OutputRouter):
-            return (
-                "a router with needs_expert_outputs = True must subclass xelm_cli.api.OutputRouter"
-            )
+        return _invalid_router(obj)
+    if kind == "evaluator":
+        return _invalid_evaluator(obj)
+    return None
+
+
+def _invalid_router(obj: type) -> str | None:
+    needs_outputs = getattr(obj, "needs_expert_outputs", None)
+    if not isinstance(needs_outputs, bool):
+        return "router class attribute needs_expert_outputs must be True or False"
+    if not needs_outputs and not issubclass(obj, api.PreRouter):
+        return "a router with needs_expert_outputs = False must subclass xelm_cli.api.PreRouter"
+    if needs_outputs and not issubclass(obj, api.OutputRouter):
+        return "a router with needs_expert_outputs = True must subclass xelm_cli.api.OutputRouter"
+    return None
+
+
+def _invalid_evaluator(obj: type) -> str | None:
+    primary = getattr(obj, "primary", None)
+    if not isinstance(primary, str) or not primary:
+        return (
+            f"evaluator class attribute primary is {primary!r}; set it to the name of "
+            "the headline metric (a non-empty str)"
+        )
+    if not isinstance(getattr(obj, "higher_is_better", None), bool):
+        return "evaluator class attribute higher_is_better must be True or False"
     return None
 
 

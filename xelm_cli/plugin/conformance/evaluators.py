@@ -31,18 +31,9 @@ def check_evaluator(
 
     report = Report("evaluator", registration.name, registration.plugin)
     owner = registration.obj
-    problems = []
-    if getattr(owner, "name", None) != registration.name:
-        problems.append(f"name is {getattr(owner, 'name', None)!r}")
-    if not isinstance(getattr(owner, "primary", None), str) or not owner.primary:
-        problems.append("primary (the headline metric) must be a non-empty str")
-    if not isinstance(getattr(owner, "higher_is_better", None), bool):
-        problems.append("higher_is_better must be True or False")
-    if problems:
-        report.add("attributes", FAIL, "; ".join(problems))
-    else:
-        direction = "higher" if owner.higher_is_better else "lower"
-        report.add("attributes", PASS, f"primary metric {owner.primary!r}, {direction} is better")
+    # registration refused a class with a wrong name, primary or higher_is_better
+    direction = "higher" if owner.higher_is_better else "lower"
+    report.add("attributes", PASS, f"primary metric {owner.primary!r}, {direction} is better")
     if declares_options(owner):
         check_options(registration, given_options(registration, values), report)
         try:
