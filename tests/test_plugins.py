@@ -631,6 +631,7 @@ def test_an_evaluator_without_its_headline_metric_is_refused_at_registration() -
             register("no-direction", evaluator("no-direction", primary="score"))
             register("yes", evaluator("yes", primary="score", higher_is_better="yes"))
             register("good", evaluator("good", primary="score", higher_is_better=False))
+            register("no-class", object)
 
     registry = host.load_registry(extra_plugins=[("scores", Evaluators())], entry_points=False)
     assert list(registry.evaluators) == ["good"]
@@ -643,4 +644,6 @@ def test_an_evaluator_without_its_headline_metric_is_refused_at_registration() -
         "attribute higher_is_better must be True or False",
         "xelm: warning: plugin 'scores': evaluator 'yes' refused: evaluator class "
         "attribute higher_is_better must be True or False",
+        "xelm: warning: plugin 'scores': evaluator 'no-class' refused: an evaluator must be a "
+        "subclass of xelm_cli.api.Evaluator",
     ]

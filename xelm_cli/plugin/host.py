@@ -134,7 +134,8 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
     if base is None:
         return None
     if not (isinstance(obj, type) and issubclass(obj, base)):
-        return f"a {kind} must be a subclass of xelm_cli.api.{base.__name__}"
+        article = "an" if kind == "evaluator" else "a"
+        return f"{article} {kind} must be a subclass of xelm_cli.api.{base.__name__}"
     if inspect.isabstract(obj):
         return f"{kind} class {obj.__name__} is abstract"
     if getattr(obj, "name", None) != name:
