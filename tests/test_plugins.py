@@ -20,6 +20,7 @@ from xelm_cli.api import (
     PluginError,
     PreRouter,
     Register,
+    ScoredDocument,
     UsageError,
     Weights,
     XelmError,
@@ -647,3 +648,20 @@ def test_an_evaluator_without_its_headline_metric_is_refused_at_registration() -
         "xelm: warning: plugin 'scores': evaluator 'no-class' refused: an evaluator must be a "
         "subclass of xelm_cli.api.Evaluator",
     ]
+
+
+def test_a_router_that_takes_no_calibration_names_those_that_do() -> None:
+    class Fitted(make_router("fitted")):  # type: ignore[misc]
+        def calibrate(
+            self, scored: Sequence[ScoredDocument], experts: Sequence[ExpertInfo]
+        ) -> dict[str, Any]:
+            return {}
+
+    plugin = RouterPlugin(make_router("plain"), Fitted)
+    host.reset_registry(host.load_registry(extra_plugins=[("mine", plugin)]))
+    with pytest.raises(UsageError) as caught:
+        get_registry().get("router", "plain").obj().calibrate([], EXPERTS)
+    assert str(caught.value) == (
+        "router 'plain' takes no calibration data; drop --calibrate, or use a router that "
+        "calibrates: fitted, oracle, posterior, posterior-last-token"
+    )

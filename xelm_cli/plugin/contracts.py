@@ -65,7 +65,18 @@ class Router(ABC):
         rebuilds the calibrated router (``xelm ensemble create --calibrate DATA`` records them).
         Routers that take no calibration data keep this default, which refuses.
         """
-        raise UsageError(f"router {self.name!r} takes no calibration data")
+        raise UsageError(
+            f"router {self.name!r} takes no calibration data; drop --calibrate, or use a router "
+            f"that calibrates: {', '.join(calibrating_routers()) or 'none is installed'}"
+        )
+
+
+def calibrating_routers() -> list[str]:
+    """The names of the installed routers that take calibration data, sorted."""
+    from xelm_cli.plugin.host import get_registry  # the host imports this module
+
+    routers = get_registry().routers.values()
+    return sorted(r.name for r in routers if r.obj.calibrate is not Router.calibrate)
 
 
 class PreRouter(Router):

@@ -142,7 +142,7 @@ def _attributes(router: Router, report: Report) -> bool:
             PASS,
             "none: routes whole documents"
             if stride is None
-            else f"{stride}: routes the text before every {stride}-th target token",
+            else f"{stride}: routes the text before target tokens 0, {stride}, {2 * stride}, ...",
         )
     fallback = getattr(router, "fallback", None)
     if fallback is None:
