@@ -3,7 +3,9 @@
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, XGLMConfig
-from xelm_trainer.lean_loss import linear_cross_entropy, supports_lean_loss, use_lean_loss
+from xelm_trainer.lean_loss import linear_cross_entropy, use_lean_loss
+
+from xelm_cli.api import logits_are_output_layer
 
 VOCAB = 97  # not a multiple of the chunk size
 CONFIGS = {
@@ -37,7 +39,7 @@ def test_lean_loss_equals_the_plain_loss_and_gradients(name: str) -> None:
     labels = batch.clone()
     labels[1, 5:9] = -100  # ignored positions count as in transformers
     model = _model(name)
-    assert supports_lean_loss(model)
+    assert logits_are_output_layer(model)
     plain_loss, plain_grads = _gradients(model, batch, labels)
     use_lean_loss(model, rows=7)  # 48 predicted tokens: 7 chunks, the last one short
     lean_loss, lean_grads = _gradients(model, batch, labels)
@@ -73,7 +75,7 @@ def test_models_whose_logits_are_more_than_the_output_layer_keep_the_plain_loss(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
     )  # fmt: skip
-    assert not supports_lean_loss(AutoModelForCausalLM.from_config(config))
+    assert not logits_are_output_layer(AutoModelForCausalLM.from_config(config))
 
 
 def test_without_grad_only_the_loss_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:

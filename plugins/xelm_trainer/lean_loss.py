@@ -123,21 +123,6 @@ def linear_cross_entropy(
     return loss
 
 
-def supports_lean_loss(model: Any) -> bool:
-    """Whether logits are the output layer applied to the body's last hidden states and nothing
-    else (no final soft-capping or logit scaling): only then is the chunked loss the same."""
-    config = model.config
-    head = model.get_output_embeddings()
-    return (
-        model.base_model is not model
-        and isinstance(head, torch.nn.Linear)
-        and not getattr(config, "final_logit_softcapping", None)
-        and getattr(config, "logit_scale", None) is None
-        and getattr(config, "logits_scaling", 1) in (1, 1.0, None)
-        and getattr(config, "output_mult", None) is None
-    )
-
-
 def use_lean_loss(model: Any, rows: int | None = None) -> None:
     """Make ``model(input_ids=..., labels=...)`` compute its loss with
     ``linear_cross_entropy`` (and no logits); calls without labels are unchanged. Set on the

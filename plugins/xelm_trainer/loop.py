@@ -31,6 +31,7 @@ from xelm_cli.api import (
     UsageError,
     list_checkpoints,
     load_checkpoint,
+    logits_are_output_layer,
     read_checkpoint_state,
     require_block_fits,
     save_checkpoint,
@@ -57,7 +58,7 @@ from .feedback import (
     positions_note,
     require_attention_package,
 )
-from .lean_loss import supports_lean_loss, use_lean_loss
+from .lean_loss import use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs
 from .options import TrainOptions
 
@@ -334,7 +335,7 @@ def load_model(inputs: Inputs, device: torch.device) -> Any:
     model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
     configure_moe(model, options)
     # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
-    if options.lean_loss and supports_lean_loss(model) and not is_moe(model):
+    if options.lean_loss and logits_are_output_layer(model) and not is_moe(model):
         use_lean_loss(model)
     return model
 
