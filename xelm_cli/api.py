@@ -6,7 +6,7 @@ here, the API is missing a piece. The contracts are specified in spec/plugin-api
 """
 
 from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
-from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.branching import branch, hmr_branch
 from xelm_cli.bundle.merging import merge_average
 from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.seed import init_from_config, init_from_hf
@@ -163,6 +163,7 @@ __all__ = [
     "generate_text",
     "get_registry",
     "group_documents",
+    "hmr_branch",
     "hookimpl",
     "init_from_config",
     "init_from_hf",
