@@ -394,7 +394,7 @@ def test_generated_sentences_are_deterministic() -> None:
 def test_reserved_command_names_are_the_root_apps_and_the_specs() -> None:
 
     builtin = {
-        group.name or group.typer_instance.info.name
+        group.name or (group.typer_instance and group.typer_instance.info.name)
         for group in app.registered_groups
         if group.rich_help_panel != host.PLUGIN_HELP_PANEL
     } | {
