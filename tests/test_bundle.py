@@ -304,7 +304,14 @@ def test_loading_and_saving_draw_no_transformers_bars(
         tmp_path / "saved", role="seed", languages=parent.languages, parent=parent, step=step
     ) as writer:
         writer.save_model(model)
+    from xelm_cli.bundle.seed import init_from_hf
+
     err = capfd.readouterr().err
+    model.save_pretrained(tmp_path / "hf-model")  # transformers' own call: its bar shows
+    AutoTokenizer.from_pretrained(seed_bundle).save_pretrained(tmp_path / "hf-model")
+    capfd.readouterr()
+    init_from_hf(str(tmp_path / "hf-model"), tmp_path / "from-hf", languages=["en"])
+    err += capfd.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err, err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is given back
 

@@ -9,6 +9,7 @@ from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import Bundle, Progress, write_bundle
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
+from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -134,15 +135,16 @@ def _load_hf_model(
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(
-        model_id,
-        revision=revision,
-        use_safetensors=pickled is None,
-        weights_only=True,  # for pickles: torch's loader that runs no code from the file
-        dtype="auto",
-        trust_remote_code=trust_remote_code,
-        local_files_only=cached,
-    )
+    with transformers_bars_off():  # xelm's own progress is on stderr already
+        return AutoModelForCausalLM.from_pretrained(
+            model_id,
+            revision=revision,
+            use_safetensors=pickled is None,
+            weights_only=True,  # for pickles: torch's loader that runs no code from the file
+            dtype="auto",
+            trust_remote_code=trust_remote_code,
+            local_files_only=cached,
+        )
 
 
 def _cached_only(model_id: str, revision: str | None) -> bool:

@@ -111,9 +111,7 @@ class LoadedModel:
     @classmethod
     def load(cls, bundle: Bundle, device: Any) -> "LoadedModel":
         import torch
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # ours is on stderr already
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         model = bundle.load_model(dtype=dtype).to(device).eval()
         max_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
