@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import pytest
 import typer
+from conftest import SHARED_DATA
 from typer.testing import CliRunner
 from xelm_trainer.options import TrainOptions
 
@@ -29,6 +30,7 @@ from xelm_cli.plugin.options import (
     typer_parameters,
     with_parameters,
 )
+from xelm_cli.training.planning import planned_options
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,3 +302,29 @@ def test_train_help_fits_80_columns_with_every_flag_whole(
         if spec.cli:
             assert re.search(rf"(?<![\w-]){spec.flag_name}(?![\w-])", text), spec.flag_name
     assert "[default: true; --no-lean-loss turns it off]" in " ".join(text.replace("│", "").split())
+
+
+def test_an_option_given_twice_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Twice as KEY=VALUE, or as a flag and as KEY=VALUE: which one was meant is not xelm's to
+    guess (the last one used to win silently); nothing is written."""
+    corpus = SHARED_DATA / "corpus" / "valid"
+    out = tmp_path / "alloc"
+    cluster = ["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(out)]
+    cases = [
+        ([*cluster, "--cluster-arg", "max_docs_per_language=3",
+          "--cluster-arg", "max-docs-per-language=5"],
+         "--cluster-arg gives 'max_docs_per_language' twice (max_docs_per_language=3, "
+         "max_docs_per_language=5); give it once"),
+        ([*cluster, "--max-docs-per-language", "3", "--cluster-arg", "max_docs_per_language=5"],
+         "option 'max_docs_per_language' is given twice (--max-docs-per-language 3 and "
+         "--cluster-arg max_docs_per_language=5); give it once"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert cli.run(args) == 2
+        assert capsys.readouterr().err == f"xelm: error: {message}\n"
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"option 'lr' is given twice \(--lr 1e-3 and "
+                       r"--train-arg lr=2e-3\); give it once"):  # fmt: skip
+        planned_options("--lr 1e-3 --train-arg lr=2e-3")

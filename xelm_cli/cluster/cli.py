@@ -17,7 +17,13 @@ from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import given, parse_pairs, typer_parameters, with_parameters
+from xelm_cli.plugin.options import (
+    given,
+    parse_pairs,
+    typer_parameters,
+    with_flags,
+    with_parameters,
+)
 
 app = typer.Typer(
     help="Allocate languages or documents to experts. Each clusterer plugin adds a command.\n\n"
@@ -102,10 +108,12 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             if clusterer.default_k is None:
                 raise UsageError(f"xelm cluster {name} needs -k N, the number of experts")
             k = clusterer.default_k
-        options = {
-            **parse_pairs(cluster_arg or [], "--cluster-arg"),
-            **given(flags, clusterer),
-        }
+        options = with_flags(
+            parse_pairs(cluster_arg or [], "--cluster-arg"),
+            given(flags, clusterer),
+            clusterer,
+            "--cluster-arg",
+        )
         request = cluster_request(
             clusterer,
             k=k,

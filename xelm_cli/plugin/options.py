@@ -222,14 +222,36 @@ def _from_signature(cls: type) -> tuple[OptionSpec, ...]:
 
 
 def parse_pairs(pairs: Sequence[str], via: str) -> dict[str, str]:
-    """``KEY=VALUE`` texts as a dict of texts (a one-line error for anything else)."""
+    """``KEY=VALUE`` texts as a dict of texts (a one-line error for anything else, and for a
+    key given twice: which one was meant is not ours to guess)."""
     values: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"{via} must look like KEY=VALUE, got {pair!r}")
-        values[key.strip().replace("-", "_")] = value
+        name = key.strip().replace("-", "_")
+        if name in values:
+            raise UsageError(
+                f"{via} gives {name!r} twice ({name}={values[name]}, {name}={value}); give it once"
+            )
+        values[name] = value
     return values
+
+
+def with_flags(
+    pairs: Mapping[str, Any], flagged: Mapping[str, Any], owner: Any, via: str
+) -> dict[str, Any]:
+    """Options from ``via`` pairs and from the flags of ``owner``'s declaration together; an
+    option given both ways is refused in one line naming both."""
+    both = sorted(set(pairs) & set(flagged))
+    if both:
+        name = both[0]
+        flag = next((s.flag_name for s in declared_options(owner) if s.name == name), name)
+        raise UsageError(
+            f"option {name!r} is given twice ({flag} {flagged[name]} and {via} "
+            f"{name}={pairs[name]}); give it once"
+        )
+    return {**pairs, **flagged}
 
 
 def parse_options(

@@ -23,6 +23,7 @@ from xelm_cli.plugin.options import (
     given,
     parse_pairs,
     typer_parameters,
+    with_flags,
     with_parameters,
 )
 from xelm_cli.training.estimates import parse_size
@@ -217,7 +218,7 @@ def command_options(trainer: str, flags: dict[str, Any], pairs: list[str]) -> di
                 f"trainer {registration.name!r} has no option {flag} ({listing}; "
                 "pass them with --train-arg KEY=VALUE)"
             )
-        options |= flagged
+        options = with_flags(options, flagged, registration.obj, "--train-arg")
     return options
 
 

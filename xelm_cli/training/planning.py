@@ -18,7 +18,7 @@ from xelm_cli.common.units import token_count
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs
+from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs, with_flags
 from xelm_cli.training.checkpoints import plan_budgets
 from xelm_cli.training.estimates import (
     MemoryEstimate,
@@ -73,7 +73,7 @@ def planned_options(train_args: str) -> dict[str, Any]:
             pairs.append(value)
         else:
             given[spec.name] = value
-    values = {**parse_pairs(pairs, TRAIN_ARG), **given}
+    values = with_flags(parse_pairs(pairs, TRAIN_ARG), given, owner, TRAIN_ARG)
     parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
     return {spec.name: spec.default for spec in specs} | parsed
 
