@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -521,3 +522,18 @@ def test_ensemble_file_records_digests_and_router(experts: list[Bundle], tmp_pat
     path.write_text(text)
     with pytest.raises(IntegrityError, match=r"e1: manifest digest .* differs"):
         EnsembleSpec.read(path)
+
+
+def test_calibrating_a_router_that_takes_none_is_refused_before_any_expert_scores(
+    experts: list[Bundle], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xelm_cli.api import create_ensemble
+
+    def scored(*_: Any) -> None:
+        raise AssertionError("the experts scored the calibration data")
+
+    monkeypatch.setattr(EnsembleModel, "score_all_experts", scored)
+    corpus = SHARED_DATA / "corpus" / "valid"
+    with pytest.raises(UsageError, match=r"router 'language' takes no calibration data; drop"):
+        create_ensemble(experts, tmp_path / "ens.json", router="language", calibrate=corpus)
+    assert not (tmp_path / "ens.json").exists()
