@@ -124,6 +124,9 @@ def _expert_without_languages(experts: Any) -> str | None:
 
 
 def read_allocation(path: str | Path) -> Allocation:
+    """The allocation at ``path`` (its allocation.json, or the directory holding it with its
+    arrays), checked against spec/allocation-v1.md: format, version, schema; a one-line
+    :class:`UsageError` when it is missing, :class:`FormatError` when it is not one."""
     path = Path(path)
     json_path = _manifest_path(path)
     if not json_path.is_file():
