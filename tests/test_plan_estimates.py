@@ -316,16 +316,20 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
 def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_loss(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
-    """The MoE of the 2 experts holds both MLPs a layer and trains with transformers' loss
-    (the trainer's chunked loss has no load-balancing term): under a limit between its memory
-    and a dense-size run's, the plan is refused naming the moe run and its largest batch."""
+    """The MoE of the 2 experts holds both MLPs a layer, runs 2 a token (top-2) and trains
+    with transformers' loss (the trainer's chunked loss has no load-balancing term): under a
+    limit between its memory and a dense-size run's, the plan is refused naming the moe run
+    and its largest batch."""
     shape = ModelShape.of(Bundle.open(seed_bundle))
     held, _ = moe_shapes(shape, 2, 2)
+    moe_run = {"cuda": False, "lean_loss": False, "mlps_per_token": 2}
     dense = training_memory(shape, 16, 32, cuda=False).total
-    moe = training_memory(held, 16, 32, cuda=False, lean_loss=False).total
+    moe = training_memory(held, 16, 32, **moe_run).total
+    one_mlp = training_memory(held, 16, 32, cuda=False, lean_loss=False).total
+    assert moe - one_mlp == 16 * 32 * shape.layers * 4 * 5 * shape.intermediate  # by hand
     limit = (dense + moe) // 2
     assert dense < limit < moe
-    fits, _ = largest_batch(held, 32, limit, cuda=False, lean_loss=False)
+    fits, _ = largest_batch(held, 32, limit, **moe_run)
     assert 1 <= fits < 16
     args = _plan(tmp_path, seed_bundle, shards, "--memory", str(limit), "--json")
     train_args = "--block-size 32 --device cpu --batch-size"
@@ -334,12 +338,13 @@ def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_los
     assert run([*args, "--moe-tokens", "200K", "--train-args", f"{train_args} 16"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(
-        "xelm: error: the moe run (2 MLPs a layer, the plain loss): a batch of 16 x 32 tokens "
+        "xelm: error: the moe run (2 MLPs a layer, 2 a token, the plain loss): a batch of 16 x "
+        "32 tokens "
     )
     assert f"; the largest that fits is --batch-size {fits} in --train-args (with" in err
     assert run([*args, "--moe-tokens", "200K", "--train-args", f"{train_args} {fits}"]) == 0
     by_name = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["runs"]}
-    expected = training_memory(held, fits, 32, cuda=False, lean_loss=False)
+    expected = training_memory(held, fits, 32, **moe_run)
     assert by_name["moe"]["memory"] == expected.as_dict()
 
 

@@ -26,8 +26,8 @@ An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k -
 parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
 N + (t - 1) x 3hiL + khL of them per token (every router weight: each token is scored against
 all k experts): its memory is estimated at the first count with the plain loss (the trainer
-keeps transformers' loss, which adds the load-balancing term, for MoE models), its time at the
-second (``moe_shapes``).
+keeps transformers' loss, which adds the load-balancing term, for MoE models) and t MLPs'
+activations a token, its time at the second (``moe_shapes``).
 """
 
 import math
@@ -125,14 +125,18 @@ def training_memory(
     lean_loss: bool = True,
     gradient_checkpointing: bool = False,
     attention: str = "sdpa",
+    mlps_per_token: int = 1,
 ) -> MemoryEstimate:
     """The formula of the module's docstring, for one micro-batch on one device, with the
-    ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa)."""
+    ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa) and
+    ``mlps_per_token`` MLPs' activations a token and layer (an MoE's top-t routing: t)."""
     n, h, i = shape.parameters, shape.hidden, shape.intermediate
     tokens = batch_size * block_size
     element = 2 if cuda else 4
     per_layer = (
-        element * (10 * h + 5 * i) + 8 * h + attention_matrix(shape, block_size, cuda, attention)
+        element * (10 * h + 5 * i * mlps_per_token)
+        + 8 * h
+        + attention_matrix(shape, block_size, cuda, attention)
     )
     if gradient_checkpointing:
         activations = tokens * (4 * h * shape.layers + per_layer)

@@ -204,8 +204,8 @@ def estimate_runs(
     if moe_experts:
         held, _ = moe_shapes(shape, moe_experts, MOE_TOP_K)
         # the trainer keeps transformers' own loss for MoE models (its load-balancing term)
-        moe_options = options | {"lean_loss": False}
-        run = f"the moe run ({moe_experts} MLPs a layer, the plain loss)"
+        moe_options = options | {"lean_loss": False, "mlps_per_token": MOE_TOP_K}
+        run = f"the moe run ({moe_experts} MLPs a layer, {MOE_TOP_K} a token, the plain loss)"
         moe_memory = require_fits(held, batch, block, limit, moe_options, run)
     return {
         "shape": shape,
