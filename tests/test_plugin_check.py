@@ -29,6 +29,7 @@ from xelm_cli.cli import app, run
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import conformance, host
 from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts, tiny
+from xelm_cli.plugin.registry import FIRST_PARTY_DISTRIBUTION, Registration, Registry
 
 
 @pytest.fixture(scope="module")
@@ -298,6 +299,15 @@ def test_a_bug_in_a_constructor_is_a_plugin_error_not_an_options_error() -> None
     )
     with pytest.raises(UsageError, match=r"^router 'buggy': option 'scale' expects float"):
         build_router("buggy", {"scale": "big"})
+
+
+def test_a_bug_in_xelms_own_router_constructor_stays_an_internal_error() -> None:
+    own = Registration("buggy", "router", Buggy, "routers", "", FIRST_PARTY_DISTRIBUTION, "0")
+    registry = Registry()
+    registry.add(own)
+    host.reset_registry(registry)
+    with pytest.raises(TypeError, match="object of type 'float' has no len"):
+        build_router("buggy")
 
 
 @pytest.mark.usefixtures("broken")

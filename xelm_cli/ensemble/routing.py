@@ -4,10 +4,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.common.errors import PluginError, XelmError, exception_line
 from xelm_cli.plugin.contracts import Router
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
+from xelm_cli.plugin.registry import bugs_reported
 
 
 def router_class(name: str) -> type[Router]:
@@ -48,21 +48,14 @@ def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
     """Router ``name`` built as ``RouterClass(**options)``, the options first checked and
     converted by its declaration (a one-line :class:`UsageError` naming the option).
 
-    Anything else the constructor raises that is not a :class:`XelmError` is a bug in the
-    router: a :class:`PluginError` naming the router and its plugin.
+    Anything else a third party's constructor raises that is not a :class:`XelmError` is a bug
+    in the router: a :class:`PluginError` naming the router and its plugin (xelm's own routers'
+    bugs are internal errors, as :func:`bugs_reported` says).
     """
     registration = get_registry().get("router", name)
     values = parse_options(
         registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
     )
-    try:
+    with bugs_reported(registration, "while being built"):
         router: Router = registration.obj(**values)
-    except XelmError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"router {name!r} (plugin {registration.plugin!r}) failed while being built: "
-            f"{exception_line(exc, with_type=True)}; this is a bug in the router "
-            "(XELM_DEBUG=1 shows the traceback)"
-        ) from exc
     return router
