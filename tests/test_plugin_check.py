@@ -167,6 +167,22 @@ def test_a_name_that_is_no_router_or_evaluator_is_one_line() -> None:
         conformance.check("nope")
 
 
+def test_options_for_the_other_kind_are_refused_not_ignored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(["plugins", "check", "uniform", "--eval-arg", "x=1"]) == UsageError.exit_code
+    assert capsys.readouterr().err == (
+        "xelm: error: --eval-arg is for evaluators, and router 'uniform' (plugin 'routers') is "
+        "no evaluator: give its options as --router-arg\n"
+    )
+    with pytest.raises(UsageError) as caught:
+        conformance.check("perplexity", router_args={"x": "1"})
+    assert str(caught.value) == (
+        "--router-arg is for routers, and evaluator 'perplexity' (plugin 'eval') is no router: "
+        "give its options as --eval-arg"
+    )
+
+
 # ---------------------------------------------------------------------------- broken routers
 
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from xelm_cli.common.errors import UsageError
 from xelm_cli.plugin.conformance.evaluators import check_evaluator
-from xelm_cli.plugin.conformance.report import FAIL, PASS, SKIP, Report, given_options
+from xelm_cli.plugin.conformance.report import (
+    FAIL,
+    PASS,
+    SKIP,
+    Report,
+    given_options,
+    option_via,
+)
 from xelm_cli.plugin.conformance.routers import check_router
 from xelm_cli.plugin.conformance.tiny import TinyExperts, build_tiny_experts, tiny_experts
 from xelm_cli.plugin.host import get_registry
@@ -48,7 +55,8 @@ def check(
     ``router_args``/``eval_args``: options for the check to build them with (text, as
     ``--router-arg``/``--eval-arg`` give them, or JSON values); needed for options without a
     default. Anything the plugin gets wrong is a failed check in the report, not an exception;
-    an option the user must give and did not is a one-line :class:`UsageError`.
+    an option the user must give and did not, or options for a kind ``name`` is not
+    (``eval_args`` for a router), is a one-line :class:`UsageError`.
     """
     registry = get_registry()
     registrations: list[Registration] = []
@@ -74,6 +82,7 @@ def check(
             f"no router or evaluator {name!r} is installed (routers: "
             f"{', '.join(routers) or 'none'}; evaluators: {', '.join(evaluators) or 'none'})"
         )
+    _refuse_options_of_other_kind(name, registrations, router_args, eval_args)
     for registration in registrations:  # missing required options: before any model is built
         values = router_args if registration.kind == "router" else eval_args
         given_options(registration, values)
@@ -87,3 +96,24 @@ def check(
         else:
             reports.append(check_evaluator(registration, eval_args or {}, experts))
     return reports
+
+
+def _refuse_options_of_other_kind(
+    name: str,
+    registrations: list[Registration],
+    router_args: Mapping[str, Any] | None,
+    eval_args: Mapping[str, Any] | None,
+) -> None:
+    """Options for a kind that ``name`` is not (``--eval-arg`` for a router) would be ignored:
+    refused in one line naming what ``name`` is."""
+    kinds = {registration.kind for registration in registrations}
+    for kind, values, via in (
+        ("router", router_args, "--router-arg"),
+        ("evaluator", eval_args, "--eval-arg"),
+    ):
+        if values and kind not in kinds:
+            other = registrations[0]
+            raise UsageError(
+                f"{via} is for {kind}s, and {other.object_label()} is no {kind}: "
+                f"give its options as {option_via(other)}"
+            )
