@@ -328,3 +328,25 @@ def test_an_option_given_twice_is_refused_in_one_line(
     with pytest.raises(UsageError, match=r"option 'lr' is given twice \(--lr 1e-3 and "
                        r"--train-arg lr=2e-3\); give it once"):  # fmt: skip
         planned_options("--lr 1e-3 --train-arg lr=2e-3")
+
+
+def test_derived_flags_and_pair_flags_show_what_to_type_as_built_in_flags_do(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = typer.Typer()
+    app.command("run")(with_parameters(lambda **options: None, typer_parameters(Declared)))
+    app.command("other")(lambda: None)
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    for flag, metavar in [
+        ("--allocation", "<path>"),
+        ("--top-k", "<int>"),
+        ("--weights", "<list>"),
+    ]:
+        assert re.search(rf"{flag} +{metavar} ", help_text), flag
+
+    tfidf = help_at_80_columns(("cluster", "tfidf"), capsys, monkeypatch)
+    assert re.search(r"-k +<int> ", tfidf) and re.search(r"--max-features +<int> ", tfidf)
+    assert re.search(r"--cluster-arg +KEY=VALUE ", tfidf)
+    check = help_at_80_columns(("plugins", "check"), capsys, monkeypatch)
+    assert re.search(r"--router-arg +KEY=VALUE ", check)
+    assert re.search(r"--eval-arg +KEY=VALUE ", check)

@@ -18,6 +18,7 @@ from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
+    PAIRS_METAVAR,
     given,
     parse_pairs,
     typer_parameters,
@@ -98,6 +99,7 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             list[str] | None,
             typer.Option(
                 "--cluster-arg",
+                metavar=PAIRS_METAVAR,
                 help="Clusterer option KEY=VALUE (repeatable); the same options as the flags.",
             ),
         ] = None,

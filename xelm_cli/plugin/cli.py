@@ -12,6 +12,7 @@ from xelm_cli.common.cli_options import JsonOpt, print_json
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.plugin import host
 from xelm_cli.plugin.options import (
+    PAIRS_METAVAR,
     OptionSpec,
     as_text,
     declared_options,
@@ -228,11 +229,17 @@ def check(
     name: Annotated[str, typer.Argument(help="A router or evaluator name, or DIST:NAME.")],
     router_arg: Annotated[
         list[str] | None,
-        typer.Option("--router-arg", help="Router option KEY=VALUE to build it with (repeatable)."),
+        typer.Option(
+            "--router-arg",
+            metavar=PAIRS_METAVAR,
+            help="Router option KEY=VALUE to build it with (repeatable).",
+        ),
     ] = None,
     eval_arg: Annotated[
         list[str] | None,
-        typer.Option("--eval-arg", help="Evaluator option KEY=VALUE (repeatable)."),
+        typer.Option(
+            "--eval-arg", metavar=PAIRS_METAVAR, help="Evaluator option KEY=VALUE (repeatable)."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:

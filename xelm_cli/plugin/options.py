@@ -565,16 +565,21 @@ def given(values: Mapping[str, Any], owner: Any) -> dict[str, Any]:
     return options
 
 
+PAIRS_METAVAR = "KEY=VALUE"
+"""The metavar of ``--router-arg``, ``--eval-arg``, ``--cluster-arg``, ``--train-arg``: what to
+type, where Typer would show ``<list[str]>``."""
+
+
 def _metavar(spec: OptionSpec) -> str:
-    """The value's kind (choices are listed in the help: as the metavar they would take a
-    wide column)."""
+    """The value's kind, as Typer shows a typed flag's (``<int>``); choices are listed in the
+    help: as the metavar they would take a wide column."""
     inner, _ = _strip_optional(spec.annotation)
     if inner in (int, float):
-        return inner.__name__.upper()
+        return f"<{inner.__name__}>"
     if inner is Path:
-        return "PATH"
+        return "<path>"
     if get_origin(inner) in (list, tuple, Sequence):
-        return "LIST"
+        return "<list>"
     return "TEXT"
 
 
