@@ -409,6 +409,30 @@ def test_xelm_plugins_env_selects_entry_points(monkeypatch: pytest.MonkeyPatch) 
     assert registry.problems[0].plugin == "nosuch"
 
 
+def test_a_name_in_a_plugin_xelm_plugins_leaves_out_says_which_and_the_way_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv(host.PLUGINS_ENV, "eval")
+    # no --router: the default, language, is xelm's plugin routers'
+    code, _, err = cli(capsys, "ensemble", "eval", str(tmp_path), "--data", str(tmp_path))
+    assert (code, err) == (
+        2,
+        "xelm: error: router 'language' is in plugin 'routers', which XELM_PLUGINS=eval does "
+        "not load: add routers to XELM_PLUGINS, or choose one it loads (available: none "
+        "installed)\n",
+    )
+    registry = host.load_registry()
+    with pytest.raises(UsageError) as caught:
+        registry.get("router", "nosuch")
+    assert str(caught.value) == (
+        "unknown router 'nosuch' (available: none installed; XELM_PLUGINS=eval leaves out the "
+        "installed plugins lmeval, routers, tfidf, trainer, typology)"
+    )
+    monkeypatch.delenv(host.PLUGINS_ENV)
+    with pytest.raises(UsageError, match=r"^unknown router 'nosuch' \(available: fixed, "):
+        host.load_registry().get("router", "nosuch")
+
+
 def greet(name: str = "world") -> None:
     """Say hello.
 
@@ -565,8 +589,9 @@ def test_xelm_plugins_restricts_what_loads(hello_site: Path, broken_site: Path) 
     )
     assert result.returncode == 2
     assert result.stderr == (
-        "xelm: error: unknown router 'language' (did you mean 'shared-language'? "
-        "available: shared-language)\n"
+        "xelm: error: router 'language' is in plugin 'routers', which XELM_PLUGINS=hello does "
+        "not load: add routers to XELM_PLUGINS, or choose one it loads (available: "
+        "shared-language)\n"
     )
 
 

@@ -9,6 +9,7 @@ registration is attributed to the plugin that made it, and a plugin that fails i
 without losing the others.
 """
 
+import functools
 import inspect
 import os
 import re
@@ -28,6 +29,7 @@ from xelm_cli.plugin.registry import (
     FIRST_PARTY_DISTRIBUTION,
     KINDS,
     Kind,
+    LeftOut,
     PluginFailure,
     PluginInfo,
     PluginProblem,
@@ -315,6 +317,27 @@ class _Loader:
         return True
 
 
+def _candidate(ep: metadata.EntryPoint) -> _Candidate:
+    dist = ep.dist
+    return _Candidate(ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
+
+
+def _left_out(value: str, candidates: list[_Candidate]) -> LeftOut:
+    """The plugins ``XELM_PLUGINS=value`` leaves out; xelm's own are loaded, apart, only when
+    an unknown name asks which one registers it."""
+    own = [c for c in candidates if c.distribution == FIRST_PARTY_DISTRIBUTION]
+
+    @functools.cache
+    def own_registrations() -> list[Registration]:
+        loader = _Loader()
+        for candidate in own:
+            loader.load(candidate)
+        return loader.registry.entries
+
+    plugins = tuple(sorted({c.name for c in candidates}))
+    return LeftOut(PLUGINS_ENV, value, plugins, own_registrations)
+
+
 def _entry_point_candidates(registry: Registry) -> list[_Candidate]:
     entry_points = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     selected = os.environ.get(PLUGINS_ENV)
@@ -331,15 +354,11 @@ def _entry_point_candidates(registry: Registry) -> list[_Candidate]:
                         f"(installed: {choices})",
                     )
                 )
+        left_out = [_candidate(ep) for ep in entry_points if ep.name not in wanted]
+        registry.left_out = _left_out(selected, left_out)
         entry_points = [ep for ep in entry_points if ep.name in wanted]
 
-    def candidate(ep: metadata.EntryPoint) -> _Candidate:
-        dist = ep.dist
-        return _Candidate(
-            ep.name, ep.load, dist.name if dist else None, dist.version if dist else None
-        )
-
-    candidates = [candidate(ep) for ep in entry_points]
+    candidates = [_candidate(ep) for ep in entry_points]
     # xelm's own plugins first, then the others by name (the order of `xelm plugins list`)
     return sorted(candidates, key=lambda c: (c.distribution != FIRST_PARTY_DISTRIBUTION, c.name))
 

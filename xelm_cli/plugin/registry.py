@@ -8,7 +8,7 @@ that make them.
 
 import difflib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
@@ -145,6 +145,32 @@ class PluginProblem:
         return f"xelm: warning: plugin {self.plugin!r}: {self.message}"
 
 
+@dataclass(frozen=True)
+class LeftOut:
+    """The installed plugins that ``variable`` (XELM_PLUGINS, set to ``value``) leaves out.
+
+    ``own_registrations`` loads xelm's own among them, only when called (a name was not found):
+    to tell which one registers it. Third parties' are not loaded: a plugin may be left out
+    because importing it fails or takes long."""
+
+    variable: str
+    value: str
+    plugins: tuple[str, ...]
+    own_registrations: Callable[[], list[Registration]]
+
+    def registering(self, kind: Kind, name: str) -> list[str]:
+        """xelm's own left-out plugins that register what ``name`` (or ``DIST:NAME``) selects."""
+        qualifier, qualified, base = name.rpartition(":")
+        return [
+            r.plugin
+            for r in self.own_registrations()
+            if (r.kind, r.name) == (kind, base) and (not qualified or r.matches(qualifier))
+        ]
+
+    def setting(self) -> str:
+        return f"{self.variable}={self.value}"
+
+
 @dataclass
 class Registry:
     """What the plugins registered.
@@ -165,6 +191,7 @@ class Registry:
     failures: list[PluginFailure] = field(default_factory=list)
     problems: list[PluginProblem] = field(default_factory=list)
     entries: list[Registration] = field(default_factory=list)
+    left_out: LeftOut | None = None
 
     def of(self, kind: Kind) -> dict[str, Registration]:
         """Unqualified name -> the registration it resolves to (see the class docstring)."""
@@ -222,11 +249,26 @@ class Registry:
 
     def _unknown(self, kind: Kind, name: str, base: str) -> str:
         """``name`` (``base`` without its qualifier) is not registered: the names closest to
-        it, if any, and every registered one."""
-        names = self._names(kind)
-        close = difflib.get_close_matches(base, names, n=3, cutoff=0.6)
+        it, if any, and every registered one; when XELM_PLUGINS leaves out the plugin of xelm's
+        that registers it, that plugin and the ways out."""
+        available = self._available(kind)
+        left_out = self.left_out
+        registering = left_out.registering(kind, name) if left_out else []
+        if left_out and registering:
+            plugin = registering[0]
+            return (
+                f"{kind} {name!r} is in plugin {plugin!r}, which {left_out.setting()} does not "
+                f"load: add {plugin} to {left_out.variable}, or choose one it loads "
+                f"(available: {available})"
+            )
+        close = difflib.get_close_matches(base, self._names(kind), n=3, cutoff=0.6)
         guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        return f"unknown {kind} {name!r} ({guess}available: {self._available(kind)})"
+        unloaded = (
+            f"; {left_out.setting()} leaves out the installed plugins {', '.join(left_out.plugins)}"
+            if left_out and left_out.plugins
+            else ""
+        )
+        return f"unknown {kind} {name!r} ({guess}available: {available}{unloaded})"
 
     def _names(self, kind: Kind) -> list[str]:
         return sorted({r.name for r in self.all_of(kind)})
