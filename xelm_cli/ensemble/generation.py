@@ -118,6 +118,18 @@ def check_positions(members: Sequence[Bundle], prompt_tokens: int, max_new_token
     )
 
 
+@dataclass
+class _RunningExpert:
+    """One expert as generation runs it: its key-value cache, ln p of the next token over the
+    vocabulary (V,), and ln p of each token so far after the prefix token (what an
+    output-dependent router and the product rule weigh)."""
+
+    model: LoadedModel
+    cache: Any
+    next_logprobs: Any
+    history: np.ndarray
+
+
 def generate(
     members: Sequence[Bundle],
     router: Router,
@@ -130,18 +142,22 @@ def generate(
     seed: int = 0,
     device: str | None = None,
 ) -> Generation:
+    """Continue ``prompt`` (in ``language``, for the routers that need it) with the
+    ``members`` that ``router`` gives weight, their next-token distributions combined by
+    ``combine`` (``mixture``, ``logits`` or ``product``): at most ``max_new_tokens`` tokens,
+    fewer when one ends the text, sampled at ``temperature`` (0: the most likely) from
+    ``seed``, on ``device`` (default: CUDA when present, else the CPU).
+
+    Returns the :class:`Generation`: the continuation's text and tokens, the names of the
+    experts that ran, and their weights for each generated token."""
     import torch
-    from transformers import DynamicCache
 
     check_sampling(max_new_tokens, temperature)
     runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
     fixed = runner.route_one(document)  # None: an output-dependent router weighs each step
-    chosen = (
-        [int(e) for e in np.flatnonzero(fixed > 0)]
-        if fixed is not None
-        else list(range(len(members)))
-    )
+    chosen = _experts_to_run(fixed, len(members))
+    prior = fixed[chosen] if fixed is not None else None
     ids = [runner.bos, *runner.encode(prompt)]
     check_positions(members, len(ids) - 1, max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
@@ -149,51 +165,78 @@ def generate(
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
     stops = runner.framing.stops(runner.tokenizer)
     with torch.inference_mode():
-        caches, last_logprobs, history = [], [], []
-        for model in models:
-            cache = DynamicCache()
-            logits = (
-                model.model(
-                    input_ids=torch.tensor([ids], device=model.device),
-                    **with_cache(model.model, cache),
-                )
-                .logits[0]
-                .float()
-            )
-            logprobs = torch.log_softmax(logits, dim=-1).cpu().double()
-            caches.append(cache)
-            last_logprobs.append(logprobs[-1])
-            targets = torch.tensor(ids[1:], dtype=torch.long)
-            history.append(logprobs[:-1].gather(1, targets[:, None])[:, 0].numpy())
+        experts = [_read_prompt(model, ids) for model in models]
         for _ in range(max_new_tokens):
-            if fixed is None:
-                weights = _output_weights(runner, prompt, result.tokens, language, history)
-            elif combine == "product":
-                weights = product_weights(_with_next_token(history), fixed[chosen])[:, -1]
-            else:
-                weights = fixed[chosen]
-            token = _pick(
-                combined_logprobs(combine, weights, last_logprobs), temperature, generator
-            )
+            weights = _next_token_weights(runner, document, prior, result.tokens, experts)
+            logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
+            token = _pick(logprobs, temperature, generator)
             result.tokens.append(token)
             result.weights.append([float(w) for w in weights])
             if token in stops:
                 break
-            for index, model in enumerate(models):
-                history[index] = np.append(history[index], float(last_logprobs[index][token]))
-                logits = (
-                    model.model(
-                        input_ids=torch.tensor([[token]], device=model.device),
-                        **with_cache(model.model, caches[index]),
-                    )
-                    .logits[0, -1]
-                    .float()
-                )
-                last_logprobs[index] = torch.log_softmax(logits, dim=-1).cpu().double()
+            for expert in experts:
+                _read_token(expert, token)
     for model in models:
         runner.free_expert(model)
     result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return result
+
+
+def _experts_to_run(fixed: np.ndarray | None, count: int) -> list[int]:
+    """The experts with non-zero weight; every one for an output-dependent router (``fixed``
+    None)."""
+    if fixed is None:
+        return list(range(count))
+    return [int(e) for e in np.flatnonzero(fixed > 0)]
+
+
+def _read_prompt(model: LoadedModel, ids: list[int]) -> _RunningExpert:
+    """``model`` after one pass over the prefix token and the prompt (``ids``), its cache
+    filled."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    logprobs = torch.log_softmax(_logits(model, cache, ids), dim=-1).cpu().double()
+    targets = torch.tensor(ids[1:], dtype=torch.long)
+    history = logprobs[:-1].gather(1, targets[:, None])[:, 0].numpy()
+    return _RunningExpert(model, cache, logprobs[-1], history)
+
+
+def _read_token(expert: _RunningExpert, token: int) -> None:
+    """Record ``token``'s ln p in the expert's history and run it on the token."""
+    import torch
+
+    expert.history = np.append(expert.history, float(expert.next_logprobs[token]))
+    logits = _logits(expert.model, expert.cache, [token])[-1]
+    expert.next_logprobs = torch.log_softmax(logits, dim=-1).cpu().double()
+
+
+def _logits(model: LoadedModel, cache: Any, ids: list[int]) -> Any:
+    """The model's float logits (len(ids), V) on ``ids`` after those in ``cache``, which
+    takes them in."""
+    import torch
+
+    inputs = torch.tensor([ids], device=model.device)
+    return model.model(input_ids=inputs, **with_cache(model.model, cache)).logits[0].float()
+
+
+def _next_token_weights(
+    runner: EnsembleModel,
+    document: Document,
+    prior: np.ndarray | None,
+    tokens: list[int],
+    experts: Sequence[_RunningExpert],
+) -> np.ndarray:
+    """The running experts' weights (k,) for the next token: an output-dependent router's
+    (``prior`` None) from the ``tokens`` generated so far, the product rule's previous-token
+    weights, else the router's ``prior`` for the prompt."""
+    history = [e.history for e in experts]
+    if prior is None:
+        return _output_weights(runner, document.text, tokens, document.language, history)
+    if runner.combine == "product":
+        return product_weights(_with_next_token(history), prior)[:, -1]
+    return prior
 
 
 def _with_next_token(history: Sequence[np.ndarray]) -> np.ndarray:
