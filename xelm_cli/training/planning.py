@@ -12,14 +12,14 @@ from typing import Any
 from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.moe import family_of, require_no_bias
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.cluster.allocation import read_allocation
+from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs, with_flags
-from xelm_cli.training.checkpoints import plan_budgets
+from xelm_cli.training.checkpoints import Budget, plan_budgets
 from xelm_cli.training.estimates import (
     MemoryEstimate,
     ModelShape,
@@ -292,18 +292,9 @@ def make_plan(
     valid, measured, moe_calibration = (
         Path(path) if path is not None else None for path in (valid, measured, moe_calibration)
     )
-    if parallel is not None and parallel < 1:
-        raise UsageError(f"--parallel must be at least 1, not {parallel}")
-    if moe_calibration is not None and not moe_tokens:
-        raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
+    _check_plan_options(parallel, moe_tokens, moe_calibration)
     alloc = read_allocation(allocation)
-    if moe_tokens and not 0 < moe_tokens < budget:
-        raise UsageError(
-            f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
-            "on what is left of the budget"
-        )
-    budgets = plan_budgets(budget - moe_tokens, alloc.experts)
-    budgets = [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
+    budgets = _run_budgets(budget, moe_tokens, alloc)
     everything = list(next(b.languages for b in budgets if b.expert is None))
     shards = check_inputs(seed_bundle, data, valid, everything)
     if moe_tokens:
@@ -311,40 +302,14 @@ def make_plan(
     estimate = estimate_runs(
         seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0
     )
+    train_extra = ["--valid", str(valid)] if valid else []
+    train_extra += shlex.split(train_args)
     entries = []
     for run in budgets:
-        # the experts side by side in runs/experts/ (so runs/experts/* is the ensemble)
-        output = runs / run.name if run.expert is None else runs / "experts" / run.name
-        extra = ["--valid", str(valid)] if valid else []
-        extra += shlex.split(train_args)
-        if run.expert is None:
-            branch = None
-            trained = ["xelm", "train", str(seed_bundle), "--langs", ",".join(run.languages)]
-            trained += ["--role", "dense"]
-        else:
-            start = runs / "branches" / run.name
-            branch = ["xelm", "bundle", "branch", str(seed_bundle), "--allocation"]
-            branch += [str(allocation), "--expert", str(run.expert), "-o", str(start)]
-            trained = ["xelm", "train", str(start)]
-        trained += ["--data", str(data), *extra, "--tokens", str(run.tokens), "-o", str(output)]
-        entries.append(
-            {
-                "name": run.name,
-                "expert": run.expert,
-                "languages": list(run.languages),
-                "tokens": run.tokens,
-                "passes": passes(run.tokens, shards, run.languages),
-                "output": str(output),
-                "commands": [c for c in (branch, trained) if c],
-                "seconds": (
-                    estimate["throughput"].seconds(estimate["shape"], run.tokens)
-                    if estimate["throughput"]
-                    else None
-                ),
-            }
-        )
+        commands = _run_commands(run, seed_bundle, allocation, data, runs, train_extra)
+        entries.append(_run_entry(run, commands, runs, shards, estimate))
     if moe_tokens:
-        experts = [str(runs / "experts" / b.name) for b in budgets if b.expert is not None]
+        experts = [str(_run_output(runs, b)) for b in budgets if b.expert is not None]
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
             moe_tokens, moe_calibration, moe_aux_loss, passes(moe_tokens, shards, everything),
@@ -363,6 +328,75 @@ def make_plan(
     if parallel is not None:
         plan["side_by_side"] = side_by_side(entries, parallel)
     return plan
+
+
+def _check_plan_options(parallel: int | None, moe_tokens: int, calibration: Path | None) -> None:
+    if parallel is not None and parallel < 1:
+        raise UsageError(f"--parallel must be at least 1, not {parallel}")
+    if calibration is not None and not moe_tokens:
+        raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
+
+
+def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation) -> list[Budget]:
+    """The experts' runs, sharing ``budget - moe_tokens``, and the dense run, of ``budget``;
+    refused when ``moe_tokens`` leaves the experts nothing."""
+    if moe_tokens and not 0 < moe_tokens < budget:
+        raise UsageError(
+            f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
+            "on what is left of the budget"
+        )
+    budgets = plan_budgets(budget - moe_tokens, alloc.experts)
+    return [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
+
+
+def _run_output(runs: Path, run: Budget) -> Path:
+    """Where ``run`` writes its model: the experts side by side in runs/experts/ (so
+    runs/experts/* is the ensemble)."""
+    return runs / run.name if run.expert is None else runs / "experts" / run.name
+
+
+def _run_commands(
+    run: Budget,
+    seed_bundle: Path,
+    allocation: Path,
+    data: Path,
+    runs: Path,
+    train_extra: list[str],
+) -> list[list[str]]:
+    """The commands of ``run``: the dense run trains the seed on every language; an expert
+    branches the seed for its cluster, then trains the branch (each `xelm train` with
+    ``train_extra``, the options every run of the plan takes)."""
+    training = ["--data", str(data), *train_extra, "--tokens", str(run.tokens)]
+    training += ["-o", str(_run_output(runs, run))]
+    if run.expert is None:
+        dense = ["xelm", "train", str(seed_bundle), "--langs", ",".join(run.languages)]
+        return [[*dense, "--role", "dense", *training]]
+    start = runs / "branches" / run.name
+    branch = ["xelm", "bundle", "branch", str(seed_bundle), "--allocation", str(allocation)]
+    branch += ["--expert", str(run.expert), "-o", str(start)]
+    return [branch, ["xelm", "train", str(start), *training]]
+
+
+def _run_entry(
+    run: Budget,
+    commands: list[list[str]],
+    runs: Path,
+    shards: Shards,
+    estimate: dict[str, Any],
+) -> dict[str, Any]:
+    """The plan's record of an expert's or the dense run: with how many times its tokens go
+    over its languages in ``shards``, and its time when ``estimate`` has a throughput."""
+    throughput = estimate["throughput"]
+    return {
+        "name": run.name,
+        "expert": run.expert,
+        "languages": list(run.languages),
+        "tokens": run.tokens,
+        "passes": passes(run.tokens, shards, run.languages),
+        "output": str(_run_output(runs, run)),
+        "commands": commands,
+        "seconds": throughput.seconds(estimate["shape"], run.tokens) if throughput else None,
+    }
 
 
 def side_by_side(runs: list[dict[str, Any]], at_a_time: int) -> dict[str, Any]:
