@@ -6,6 +6,7 @@ internal error after all the scoring."""
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from xelm_cli.api import (
     NoOptions,
     Register,
     hookimpl,
+    option,
 )
 from xelm_cli.cli import run
 from xelm_cli.ensemble.results import build_evaluator
@@ -83,10 +85,10 @@ def install(evaluator: type[Evaluator]) -> None:
     host.reset_registry(host.load_registry(extra_plugins=[("mine", plugin)]))
 
 
-def evaluate(experts: TinyExperts, name: str) -> int:
+def evaluate(experts: TinyExperts, name: str, *flags: str) -> int:
     """``xelm ensemble eval`` of the tiny experts with evaluator ``name``: its exit code."""
     members = [str(bundle.path) for bundle in experts.bundles]
-    data = ["--data", str(experts.corpus)]
+    data = ["--data", str(experts.corpus), *flags]
     return run(["ensemble", "eval", *members, *data, "--evaluator", name, "--format", "json"])
 
 
@@ -222,3 +224,31 @@ def test_an_explicit_no_options_declares_none(
     install(FirstLine)
     request = EvalRequest(str(experts.corpus), options={"k": "1", "name": "x"})
     assert build_evaluator("first-line", request).request.options == {"k": 1, "name": "x"}
+
+
+class Tuned(FirstLine):
+    """Declares two options with defaults."""
+
+    name = "tuned"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        shift: float = option(0.0, help="Added to the result.")
+        label: str = option("first", help="A name.")
+
+
+def test_results_record_every_option_a_declaring_plugin_ran_with(
+    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install(Tuned)
+    assert evaluate(experts, "tuned", "--eval-arg", "shift=2") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["provenance"]["evaluator"]["options"] == {"shift": 2.0, "label": "first"}
+    assert results["provenance"]["router"]["options"] == {"fallback": None}  # all defaults
+    assert results["request"]["options"] == {"shift": 2.0}  # what the user gave
+    assert results["ensemble"]["router"] == {"name": "language", "options": {}}
+
+    install(FirstLine)  # plugin API 1.0: no declaration, so the given options alone
+    assert evaluate(experts, "first-line", "--eval-arg", "k=1") == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["provenance"]["evaluator"]["options"] == {"k": 1}

@@ -224,7 +224,7 @@ def test_flags_and_help_are_derived_from_the_declaration() -> None:
     assert "Allocation directory. [required]" in help_text
     assert "--calibrated" in help_text and "--internal" not in help_text
     assert "Distance. [one of squared, squared-twice; default: squared]" in help_text
-    assert re.search(r"--distance +TEXT +Distance\.", help_text)  # not a column of choices
+    assert re.search(r"--distance +<str> +Distance\.", help_text)  # not a column of choices
 
 
 @dataclass(frozen=True)

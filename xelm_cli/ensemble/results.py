@@ -23,7 +23,12 @@ from xelm_cli.ensemble.ensemble_file import EnsembleSpec
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator, result_problem
 from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import declares_options, parse_options
+from xelm_cli.plugin.options import (
+    build_options,
+    declares_options,
+    options_record,
+    parse_options,
+)
 from xelm_cli.plugin.registry import Kind, Registration, bugs_reported
 
 RESULTS_FORMAT = "xelm-results"
@@ -131,13 +136,17 @@ def systems_for(
     return systems
 
 
-def plugin_record(kind: Kind, name: str, options: Any) -> dict[str, Any]:
+def plugin_record(kind: Kind, name: str, options: dict[str, Any]) -> dict[str, Any]:
     """``{name, options, plugin, distribution, version}`` of the plugin object ``name`` selects
-    (spec/ensemble-v1.md section 5): which installed code produced a result. ``options`` is a
-    dict or a declared-options dataclass instance."""
-    if dataclasses.is_dataclass(options) and not isinstance(options, type):
-        options = dataclasses.asdict(options)
-    provenance = get_registry().get(kind, name).provenance
+    (spec/ensemble-v1.md section 5): which installed code produced a result. ``options`` are
+    those given; a plugin that declares its options records every one it ran with, its
+    defaults included."""
+    registration = get_registry().get(kind, name)
+    if declares_options(registration.obj):
+        via = "--router-arg" if kind == "router" else "--eval-arg"
+        label = f"{kind} {name!r}"
+        options = options_record(build_options(registration.obj, options, label=label, via=via))
+    provenance = registration.provenance
     return {"name": provenance["name"], "options": options, **provenance}
 
 

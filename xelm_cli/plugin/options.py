@@ -580,7 +580,7 @@ def _metavar(spec: OptionSpec) -> str:
         return "<path>"
     if get_origin(inner) in (list, tuple, Sequence):
         return "<list>"
-    return "TEXT"
+    return "<str>"
 
 
 def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
