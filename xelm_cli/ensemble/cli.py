@@ -11,7 +11,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
-from xelm_cli.plugin.options import parse_pairs
+from xelm_cli.plugin.options import PAIRS_METAVAR, parse_pairs
 
 app = typer.Typer(
     help="Ensembles of expert bundles: routers, evaluation, generation.\n\n"
@@ -38,6 +38,7 @@ RouterArgOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--router-arg",
+        metavar=PAIRS_METAVAR,
         help="Router option KEY=VALUE (repeatable), e.g. fallback=typology, top_k=2; a "
         "router's options: xelm plugins show NAME.",
     ),
@@ -154,7 +155,9 @@ def evaluate(
     ] = "paper",
     eval_arg: Annotated[
         list[str] | None,
-        typer.Option("--eval-arg", help="Evaluator option KEY=VALUE (repeatable)."),
+        typer.Option(
+            "--eval-arg", metavar=PAIRS_METAVAR, help="Evaluator option KEY=VALUE (repeatable)."
+        ),
     ] = None,
     each: Annotated[
         bool, typer.Option("--each", help="Also score every expert alone (expert x language).")
