@@ -325,43 +325,18 @@ def plan(
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
-    for column in ("run", "languages", "tokens", "est. time", "output"):
-        table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
-    for run in result["runs"]:
-        time = duration(run["seconds"]) if run["seconds"] is not None else "-"
-        table.add_row(
-            run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", time, run["output"]
-        )
-    console.print(table)
-    estimate = result["estimate"]
-    parts = estimate["memory"]
-    console.print(
-        f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
-        f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
-        f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
-        f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
-        f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f} with "
-        f"{estimate['attention']} attention, loss "
-        f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB",
-        highlight=False,
-    )
+    _print_plan(result)
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    """The plan for a reader: its runs' table, the memory and token notes, then the commands,
+    one a line."""
+    console.print(_runs_table(result))
+    console.print(_memory_line(result["estimate"]), highlight=False)
     moe = next((r for r in result["runs"] if r["name"] == "moe"), None)
     if moe:
-        console.print(
-            f"the moe run: {moe['parameters']:,} parameters ({result['k']} MLPs a layer); its "
-            f"time counts those top-{moe['top_k']} routing uses per token",
-            highlight=False,
-        )
-    experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
-    summary = f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens"
-    if result["moe_tokens"]:
-        summary += (
-            f"; averaged model: {experts:,} tokens (the experts'); MoE: {experts:,} + "
-            f"{result['moe_tokens']:,} fine-tune = {experts + result['moe_tokens']:,} tokens "
-            "(run average and moe after the experts)"
-        )
-    console.print(summary)
+        console.print(_moe_line(moe, result["k"]), highlight=False)
+    console.print(_tokens_line(result))
     if "side_by_side" in result:
         console.print(_side_by_side_line(result["side_by_side"]), highlight=False)
     console.print(
@@ -374,6 +349,52 @@ def plan(
     for run in result["runs"]:
         for command in run["commands"]:
             typer.echo(shlex.join(command))
+
+
+def _runs_table(result: dict[str, Any]) -> Table:
+    table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
+    for column in ("run", "languages", "tokens", "est. time", "output"):
+        table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
+    for run in result["runs"]:
+        time = duration(run["seconds"]) if run["seconds"] is not None else "-"
+        table.add_row(
+            run["name"], ",".join(run["languages"]), f"{run['tokens']:,}", time, run["output"]
+        )
+    return table
+
+
+def _memory_line(estimate: dict[str, Any]) -> str:
+    parts = estimate["memory"]
+    return (
+        f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
+        f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
+        f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
+        f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
+        f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f} with "
+        f"{estimate['attention']} attention, loss "
+        f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB"
+    )
+
+
+def _moe_line(moe: dict[str, Any], k: int) -> str:
+    return (
+        f"the moe run: {moe['parameters']:,} parameters ({k} MLPs a layer); its "
+        f"time counts those top-{moe['top_k']} routing uses per token"
+    )
+
+
+def _tokens_line(result: dict[str, Any]) -> str:
+    """The training tokens of the experts together and the dense run and, with --moe-tokens,
+    of the averaged model and the MoE."""
+    experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
+    summary = f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens"
+    if result["moe_tokens"]:
+        summary += (
+            f"; averaged model: {experts:,} tokens (the experts'); MoE: {experts:,} + "
+            f"{result['moe_tokens']:,} fine-tune = {experts + result['moe_tokens']:,} tokens "
+            "(run average and moe after the experts)"
+        )
+    return summary
 
 
 def _side_by_side_line(estimate: dict[str, Any]) -> str:
