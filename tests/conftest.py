@@ -29,6 +29,16 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["XELM_CACHE_DIR"] = str(tmp_path_factory.mktemp("xelm-cache"))
 
 
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A registry of the installed plugins alone (XELM_PLUGINS unset), fresh for the test and
+    dropped after it: tests that register plugins in-process use it (``pytestmark``)."""
+    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
+    host.reset_registry()
+    yield
+    host.reset_registry()
+
+
 def weights(bundle: Path) -> dict[str, torch.Tensor]:
     return load_file(str(bundle / "model.safetensors"))
 

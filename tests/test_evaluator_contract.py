@@ -5,7 +5,6 @@ internal error after all the scoring."""
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,7 @@ def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
     return conformance.build_tiny_experts(tmp_path_factory.mktemp("contract") / "experts")
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    host.reset_registry()
-    yield
-    host.reset_registry()
+pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
 class EvaluatorPlugin:

@@ -5,7 +5,7 @@ deliberately broken routers fail it with the right lines."""
 import json
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,7 @@ def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
     return conformance.build_tiny_experts(tmp_path_factory.mktemp("check") / "experts")
 
 
-@pytest.fixture(autouse=True)
-def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(host.PLUGINS_ENV, raising=False)
-    host.reset_registry()
-    yield
-    host.reset_registry()
+pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
 def statuses(report: Report) -> dict[str, str]:
@@ -260,7 +255,7 @@ class BrokenRouters:
 
 
 @pytest.fixture
-def broken() -> None:
+def broken(isolated_registry: None) -> None:
     host.reset_registry(host.load_registry(extra_plugins=[("broken-routers", BrokenRouters())]))
 
 
