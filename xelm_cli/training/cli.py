@@ -19,6 +19,7 @@ from xelm_cli.common.units import duration, parse_token_count
 from xelm_cli.lang.codes import parse_language_list
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
+    PAIRS_METAVAR,
     declared_options,
     given,
     parse_pairs,
@@ -104,6 +105,7 @@ def train(
         list[str] | None,
         typer.Option(
             "--train-arg",
+            metavar=PAIRS_METAVAR,
             help="Trainer option KEY=VALUE (repeatable), for any trainer's own options "
             "(xelm plugins show NAME); the flags below are the default trainer's.",
         ),
