@@ -346,6 +346,10 @@ def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_los
     by_name = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["runs"]}
     expected = training_memory(held, fits, 32, **moe_run)
     assert by_name["moe"]["memory"] == expected.as_dict()
+    shown = [a for a in args if a != "--json"]
+    assert run([*shown, "--moe-tokens", "200K", "--train-args", f"{train_args} {fits}"]) == 0
+    needs = f"(2 MLPs a layer); the same micro-batch needs about {expected.total / 1e9:.2f} GB;"
+    assert needs in capsys.readouterr().out
 
 
 def test_parallel_estimates_train_all_side_by_side_in_its_order(

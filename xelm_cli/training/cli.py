@@ -379,8 +379,10 @@ def _memory_line(estimate: dict[str, Any]) -> str:
 
 
 def _moe_line(moe: dict[str, Any], k: int) -> str:
+    memory = moe.get("memory")
+    needs = f"; the same micro-batch needs about {memory['total'] / 1e9:.2f} GB" if memory else ""
     return (
-        f"the moe run: {moe['parameters']:,} parameters ({k} MLPs a layer); its "
+        f"the moe run: {moe['parameters']:,} parameters ({k} MLPs a layer){needs}; its "
         f"time counts those top-{moe['top_k']} routing uses per token"
     )
 
