@@ -264,7 +264,9 @@ def preset_training(work: Path, size: dict, args: argparse.Namespace) -> dict:
         steps=size["steps"], block_size=block, batch_size=batch,
         lr=preset.train.get("lr", 1e-4), device=args.device, log_every=size["log_every"],
     )  # fmt: skip
-    options = [f"--train-arg={key}={value}" for key, value in preset.train.items()]
+    flagged = {"block_size", "batch_size", "lr", "log_every", "checkpoint_every", "device"}
+    options = [f"--train-arg={key}={value}" for key, value in preset.train.items()
+               if key not in flagged]  # the rest: xelm_train's own flags  # fmt: skip
     loop = {XELM: lambda i: throughput.xelm_train(seed, shards, work / "xelm", run, options)}
     timed = throughput.steady_speeds(loop, 1, warmup=run.log_every)[XELM]
     speed = block * batch / timed["step_seconds"]

@@ -58,7 +58,7 @@ def test_through_the_cli(prefer_site: Path, experts: TinyExperts) -> None:
     assert results["ensemble"]["router"] == {"name": "prefer", "options": options}
     assert results["provenance"]["router"] == {
         "name": "prefer",
-        "options": options,
+        "options": {**options, "by_language": False},  # what ran: the default too
         "plugin": "prefer",
         "distribution": "xelm-prefer-router",
         "version": "1.3.0",
