@@ -494,6 +494,14 @@ def test_moe_calibration_text_bundle_moe_cannot_read_is_refused_in_one_line(
     assert stderr == (
         "xelm: error: --moe-calibration is for the MoE run: give --moe-tokens too, or drop it\n"
     )
+    for given in ("--aux-loss 0.1", "--train-arg aux_loss=0.1"):  # --moe-aux-loss's to give
+        extra = ["--moe-tokens", "8K", "--train-args", f"{TRAIN_ARGS} {given}"]
+        code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
+        assert (code, stdout) == (2, ""), given
+        assert stderr == (
+            "xelm: error: --train-args sets aux_loss, which the moe run takes from "
+            "--moe-aux-loss: give it there (the other runs have no load-balancing loss)\n"
+        )
 
 
 def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(

@@ -40,6 +40,13 @@ def planned_options(train_args: str) -> dict[str, Any]:
     """The default trainer's options that ``train_args`` (extra `xelm train` arguments: its
     flags and ``--train-arg KEY=VALUE``) set, over its declared defaults; an unknown flag (with
     the closest one) or a bad value is refused in one line now rather than when the runs start."""
+    given = given_options(train_args)  # (refuses a plan without the default trainer)
+    owner = get_registry().trainers[DEFAULT_TRAINER].obj
+    return {spec.name: spec.default for spec in declared_options(owner) if spec.cli} | given
+
+
+def given_options(train_args: str) -> dict[str, Any]:
+    """The options ``train_args`` gives the default trainer, converted (no defaults)."""
     registry = get_registry()
     if DEFAULT_TRAINER not in registry.trainers:
         raise UsageError(
@@ -74,8 +81,7 @@ def planned_options(train_args: str) -> dict[str, Any]:
         else:
             given[spec.name] = value
     values = with_flags(parse_pairs(pairs, TRAIN_ARG), given, owner, TRAIN_ARG)
-    parsed = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
-    return {spec.name: spec.default for spec in specs} | parsed
+    return parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
 
 
 def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
@@ -292,7 +298,7 @@ def make_plan(
     valid, measured, moe_calibration = (
         Path(path) if path is not None else None for path in (valid, measured, moe_calibration)
     )
-    _check_plan_options(parallel, moe_tokens, moe_calibration)
+    _check_plan_options(parallel, moe_tokens, moe_calibration, train_args)
     alloc = read_allocation(allocation)
     budgets = _run_budgets(budget, moe_tokens, alloc)
     everything = list(next(b.languages for b in budgets if b.expert is None))
@@ -330,11 +336,18 @@ def make_plan(
     return plan
 
 
-def _check_plan_options(parallel: int | None, moe_tokens: int, calibration: Path | None) -> None:
+def _check_plan_options(
+    parallel: int | None, moe_tokens: int, calibration: Path | None, train_args: str
+) -> None:
     if parallel is not None and parallel < 1:
         raise UsageError(f"--parallel must be at least 1, not {parallel}")
     if calibration is not None and not moe_tokens:
         raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
+    if moe_tokens and "aux_loss" in given_options(train_args):
+        raise UsageError(
+            "--train-args sets aux_loss, which the moe run takes from --moe-aux-loss: give it "
+            "there (the other runs have no load-balancing loss)"
+        )
 
 
 def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation) -> list[Budget]:
