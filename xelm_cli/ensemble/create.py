@@ -11,7 +11,7 @@ from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemb
 from xelm_cli.ensemble.routing import build_router, check_router_options
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import language_codes
-from xelm_cli.plugin.contracts import Router
+from xelm_cli.plugin.contracts import calibrates
 
 
 def create_ensemble(
@@ -48,7 +48,7 @@ def create_ensemble(
     built = build_router(spec.router, spec.router_options)
     runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
     if calibrate:  # (building the runner checked the members and the combination rule)
-        if type(built).calibrate is Router.calibrate:  # refuses: before every expert scores
+        if not calibrates(built):  # its calibrate refuses: before every expert scores
             built.calibrate([], runner.experts)
         documents = read_documents(calibrate, languages=language_codes(languages), limit=limit)
         scored = runner.score_all_experts(documents)

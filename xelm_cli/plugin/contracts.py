@@ -76,7 +76,13 @@ def calibrating_routers() -> list[str]:
     from xelm_cli.plugin.host import get_registry  # the host imports this module
 
     routers = get_registry().routers.values()
-    return sorted(r.name for r in routers if r.obj.calibrate is not Router.calibrate)
+    return sorted(r.name for r in routers if calibrates(r.obj))
+
+
+def calibrates(router: "Router | type[Router]") -> bool:
+    """Whether a router (or its class) takes calibration data: it overrides ``calibrate``."""
+    cls = router if isinstance(router, type) else type(router)
+    return cls.calibrate is not Router.calibrate
 
 
 class PreRouter(Router):

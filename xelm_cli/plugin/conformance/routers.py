@@ -25,6 +25,7 @@ from xelm_cli.plugin.contracts import (
     PreRouter,
     Router,
     ScoredDocument,
+    calibrates,
 )
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
@@ -221,7 +222,7 @@ def check_router(
     documents = list(experts.documents)
     ensemble = EnsembleModel(experts.bundles, router, device="cpu", name="check")
     scored_all: list[ScoredDocument] | None = None
-    if type(router).calibrate is not Router.calibrate:
+    if calibrates(router):
         scored_all = ensemble.score_all_experts(documents)
         try:
             found = router.calibrate(scored_all, infos)
