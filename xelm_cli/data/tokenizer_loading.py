@@ -114,7 +114,19 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"the tokenizer in {path} has no fast (Rust) version; convert it first")
     specials = _special_ids(tokenizer)
-    return TokenizerInfo(tokenizer.backend_tokenizer, fingerprint, len(tokenizer), specials)
+    return TokenizerInfo(_whole_documents(tokenizer), fingerprint, len(tokenizer), specials)
+
+
+def _whole_documents(tokenizer: Any) -> Any:
+    """A copy of ``tokenizer``'s Rust backend that encodes every document whole: truncation
+    and padding stored in tokenizer.json would otherwise cut documents or write pad ids into
+    them (transformers switches them off per call; data prepare calls the backend itself)."""
+    import tokenizers
+
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend
 
 
 @contextlib.contextmanager
