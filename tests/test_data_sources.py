@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hub_fixtures import write_readme, write_rows
 from tokenizers import Tokenizer
 
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 
+LANGS = ("de", "en", "tr")
 TEXTS = [
     "All human beings are born free and equal in dignity and rights.",
     "They are endowed with reason and conscience.",
@@ -51,3 +53,38 @@ def test_truncation_or_padding_stored_in_the_tokenizer_is_not_applied(
     assert min(len(ids) for ids in expected) > 4  # long enough to be cut, of unequal lengths
     assert len({len(ids) for ids in expected}) > 1
     assert documents(shards, "en") == expected
+
+
+def labelled_rows() -> list[dict[str, str]]:
+    """Three languages' rows, and two without a language (one empty, one missing)."""
+    rows = [
+        {"text": f"{lang} {i} {TEXTS[i % 3]}", "lang": lang} for lang in LANGS for i in range(5)
+    ]
+    return [*rows, {"text": "unlabelled, empty", "lang": ""}, {"text": "unlabelled, missing"}]
+
+
+def hub_layout(root: Path, rows: list[dict[str, str]]) -> Path:
+    """A local dataset laid out like a Hub repository: one ``test`` split of parquet rows, the
+    text in column ``content`` (a missing language is null)."""
+    renamed = [{"content": r["text"], "lang": r.get("lang")} for r in rows]
+    write_rows(root / "data" / "test-00000.parquet", renamed)
+    write_readme(root, {"default": {"test": "data/test-*.parquet"}})
+    return root
+
+
+def counts(shards: Shards) -> dict[str, int]:
+    return {lang: s.documents for lang, s in shards.stats.items()}
+
+
+def test_lang_labels_only_rows_without_a_language_in_files_and_datasets(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", labelled_rows()).parent
+    dataset = hub_layout(tmp_path / "hub", labelled_rows())
+    from_files = prepare(files, tokenizer_dir, tmp_path / "a", language="en").shards
+    from_dataset = prepare(
+        dataset, tokenizer_dir, tmp_path / "b", language="en", split="test", text_column="content"
+    ).shards
+    assert counts(from_files) == counts(from_dataset) == {"de": 5, "en": 7, "tr": 5}
+    for lang in LANGS:
+        assert documents(from_files, lang) == documents(from_dataset, lang)

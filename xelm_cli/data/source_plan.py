@@ -132,7 +132,7 @@ def plan_sources(
             split=split or "train",
             text_column=text_column or "text",
             revision=revision,
-            language=language,  # normalised by SourceOptions
+            label=language,  # normalised by SourceOptions
         )
         return SourcePlan(text, "dataset", {"corpus": dataset})
     if text_column or revision:

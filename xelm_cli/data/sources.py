@@ -7,7 +7,8 @@ A *source* yields batches of labelled texts. Two kinds:
   a Hub dataset repository (data files per configuration, a README with a ``configs:``
   section) take exactly the same path. Nothing is materialised, so reading can stop at a cap
   after a sliver of a terabyte corpus. With ``language`` set, every row is that language
-  (mC4's ``ar`` configuration); otherwise rows carry a ``lang``/``language`` column.
+  (mC4's ``ar`` configuration); otherwise rows carry a ``lang``/``language`` column, and
+  ``label`` (``--lang``) is the language of rows whose column is empty or missing.
 - ``FileSource``: corpus files read by ``xelm_cli.data.corpus`` (JSON lines, text, ``save_to_disk``
   datasets), optionally only the files of some languages.
 
@@ -44,6 +45,7 @@ DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
 T = TypeVar("T")
+Labels = tuple[str | None, str | None]  # every row's language; that of rows without one
 LANGUAGE_COLUMNS = ("lang", "language")
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
@@ -197,6 +199,7 @@ class DatasetSource:
     text_column: str = "text"
     revision: str | None = None
     language: str | None = None  # every row's language; None: rows carry a language column
+    label: str | None = None  # the language of rows whose language column is empty or missing
 
     def describe(self) -> str:
         where = "/".join(p for p in (self.config, self.split) if p)
@@ -288,20 +291,26 @@ class DatasetSource:
         read = self._tables if columnar else self._batches
         return Stream(read(dataset, state, batch_size), lambda: dict(state))
 
+    def _labels(self) -> Labels:
+        """Every row's language (``language``), and that of rows without one (``label``)."""
+        every = normalize_language(self.language) if self.language else None
+        unlabelled = normalize_language(self.label) if self.label else None
+        return every, unlabelled
+
     def _tables(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
-        default = normalize_language(self.language) if self.language else None
+        labels = self._labels()
         tables = iter(dataset.iter(batch_size=size))
         while True:
             with _translated(self):
                 table = next(tables, None)
                 if table is None:
                     return
-                batch = self._from_table(table, state["rows"], default)
+                batch = self._from_table(table, state["rows"], labels)
             state["rows"] += table.num_rows
             state["dataset"] = dataset.state_dict()
             yield batch
 
-    def _from_table(self, table: Any, before: int, default: str | None) -> Batch:
+    def _from_table(self, table: Any, before: int, labels: Labels) -> Batch:
         """A batch from an Arrow table of rows ``before + 1 ...``: each row goes through
         ``_add`` (the same checks and messages as a row read alone), with only the columns
         ``_add`` looks at converted to Python."""
@@ -310,33 +319,33 @@ class DatasetSource:
         if not table.num_rows:
             return batch
         if self.text_column not in names:  # _add names every column: give it a whole row
-            self._add(batch, table.slice(0, 1).to_pylist()[0], before + 1, default)
+            self._add(batch, table.slice(0, 1).to_pylist()[0], before + 1, labels)
         wanted = [self.text_column]
-        if default is None:
+        if labels[0] is None:
             wanted += [c for c in LANGUAGE_COLUMNS if c in names]
         columns = [table.column(name).to_pylist() for name in wanted]
         add = self._add
         for number, values in enumerate(zip(*columns, strict=True), start=before + 1):
-            add(batch, dict(zip(wanted, values, strict=True)), number, default)
+            add(batch, dict(zip(wanted, values, strict=True)), number, labels)
         return batch
 
     def _batches(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
         """Row by row: what positions taken by earlier versions resume with."""
         rows = iter(dataset)
-        default = normalize_language(self.language) if self.language else None
+        labels = self._labels()
         while True:
             batch, read = Batch([], []), 0
             with _translated(self):
                 for row in itertools.islice(rows, size):
                     read += 1
                     state["rows"] += 1
-                    self._add(batch, row, state["rows"], default)
+                    self._add(batch, row, state["rows"], labels)
             if not read:
                 return
             state["dataset"] = dataset.state_dict()
             yield batch
 
-    def _add(self, batch: Batch, row: dict[str, Any], number: int, default: str | None) -> None:
+    def _add(self, batch: Batch, row: dict[str, Any], number: int, labels: Labels) -> None:
         where = f"{self.describe()} row {number}"
         if self.text_column not in row:
             raise FormatError(
@@ -346,21 +355,27 @@ class DatasetSource:
         text = row[self.text_column]
         if not isinstance(text, str):
             raise FormatError(f"{where}: {self.text_column!r} is not text ({type(text).__name__})")
-        language = default
+        language, unlabelled = labels
         if language is None:
             code = next((row[c] for c in LANGUAGE_COLUMNS if row.get(c)), None)
-            if not isinstance(code, str):
-                raise UsageError(
-                    f"{where}: no language (a 'lang' column, --lang, or a per-language "
-                    "--config such as '{lang}')"
-                )
-            try:
-                language = normalize_language(code)
-            except UsageError as exc:
-                raise FormatError(f"{where}: {exc}") from None
+            language = self._row_language(code, where) if code is not None else unlabelled
+        if language is None:
+            raise UsageError(
+                f"{where}: no language (a 'lang' column, --lang, or a per-language "
+                "--config such as '{lang}')"
+            )
         if text.strip():
             batch.languages.append(language)
             batch.texts.append(text)
+
+    @staticmethod
+    def _row_language(code: Any, where: str) -> str:
+        if not isinstance(code, str):
+            raise FormatError(f"{where}: its language is not text ({type(code).__name__})")
+        try:
+            return normalize_language(code)
+        except UsageError as exc:
+            raise FormatError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)
