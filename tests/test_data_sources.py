@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import datasets
 import pytest
 from hub_fixtures import write_readme, write_rows
 from tokenizers import Tokenizer
@@ -88,3 +89,21 @@ def test_lang_labels_only_rows_without_a_language_in_files_and_datasets(
     assert counts(from_files) == counts(from_dataset) == {"de": 5, "en": 7, "tr": 5}
     for lang in LANGS:
         assert documents(from_files, lang) == documents(from_dataset, lang)
+
+
+def test_blank_documents_are_dropped_alike_from_files_and_datasets(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    rows = [{"text": t, "lang": "en"} for t in (TEXTS[0], "  ", "", "\n\t ", TEXTS[1])]
+    files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", rows).parent
+    dataset = hub_layout(tmp_path / "hub", rows)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(saved)
+    read = [
+        prepare(files, tokenizer_dir, tmp_path / "a").shards,
+        prepare(dataset, tokenizer_dir, tmp_path / "b", split="test", text_column="content").shards,
+        prepare(saved, tokenizer_dir, tmp_path / "c").shards,
+    ]
+    plain = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    expected = [plain.encode(t, add_special_tokens=False).ids for t in TEXTS[:2]]
+    assert [documents(shards, "en") for shards in read] == [expected] * 3

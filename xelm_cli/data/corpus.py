@@ -33,6 +33,12 @@ class Document:
     language: str | None = None
 
 
+def has_text(text: str) -> bool:
+    """Whether ``text`` is a document: blank ones (empty, or only whitespace) are dropped, the
+    same way whatever they are read from."""
+    return bool(text) and not text.isspace()
+
+
 def source_kind(source: str | Path) -> str:
     """How a corpus is read: ``files``, ``hf-disk`` (save_to_disk), ``hf-dir`` or ``hf-hub``."""
     path = Path(source)
@@ -157,7 +163,7 @@ def read_documents(
     documents = []
     for document in iter_documents(source, require_language=True, languages=languages):
         language = str(document.language)
-        if (wanted is not None and language not in wanted) or not document.text.strip():
+        if (wanted is not None and language not in wanted) or not has_text(document.text):
             continue
         if limit is not None and counts.get(language, 0) >= limit:
             continue

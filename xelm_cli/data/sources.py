@@ -38,7 +38,13 @@ from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_
 from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.blocks import FilePosition, read_blocks
-from xelm_cli.data.corpus import corpus_files, iter_documents, labelled_files, source_kind
+from xelm_cli.data.corpus import (
+    corpus_files,
+    has_text,
+    iter_documents,
+    labelled_files,
+    source_kind,
+)
 from xelm_cli.lang.codes import normalize_language
 
 DEFAULT_BATCH = 1000
@@ -364,7 +370,7 @@ class DatasetSource:
                 f"{where}: no language (a 'lang' column, --lang, or a per-language "
                 "--config such as '{lang}')"
             )
-        if text.strip():
+        if has_text(text):
             batch.languages.append(language)
             batch.texts.append(text)
 
@@ -466,8 +472,8 @@ class FileSource:
 
 def _batch(texts: list[str], languages: list[str | None]) -> Batch:
     """The documents with text (every one is labelled: read with ``require_language``)."""
-    if "" in texts:
-        kept = [i for i, text in enumerate(texts) if text]
+    kept = [i for i, text in enumerate(texts) if has_text(text)]
+    if len(kept) < len(texts):
         texts, languages = [texts[i] for i in kept], [languages[i] for i in kept]
     return Batch(cast(list[str], languages), texts)
 
