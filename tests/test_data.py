@@ -377,6 +377,36 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(errors) == 1
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["prepare", "--batch-size", "0"],
+        ["prepare", "--workers", "0"],
+        ["tokenizer", "--chars-per-language", "0"],
+        ["tokenizer", "--vocab-size", "259"],
+        ["fetch", "--valid-docs", "0"],
+    ],
+)
+def test_cli_counts_below_their_least_are_refused_in_one_line(
+    tokenizer_dir: Path,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Refused before anything is read (--batch-size 0 read no document, forever)."""
+    name, option, value = command
+    where = {
+        "prepare": [str(corpus), "-t", str(tokenizer_dir), "-o", str(tmp_path / "o")],
+        "tokenizer": [str(corpus), "-o", str(tmp_path / "o")],
+        "fetch": ["-o", str(tmp_path / "o")],
+    }[name]
+    assert run(["data", name, *where, option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"'{option}'" in err and f"xelm data {name} -h" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "corpus"
     root.mkdir()

@@ -19,7 +19,11 @@ from xelm_cli.data.prepare import prepare, token_shortfall
 from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import FileSource
-from xelm_cli.data.tokenizer import DEFAULT_CHARS_PER_LANGUAGE, train_tokenizer_on_corpus
+from xelm_cli.data.tokenizer import (
+    DEFAULT_CHARS_PER_LANGUAGE,
+    MIN_VOCAB_SIZE,
+    train_tokenizer_on_corpus,
+)
 from xelm_cli.lang.codes import parse_language_list
 
 app = typer.Typer(
@@ -158,9 +162,9 @@ def prepare_command(
     text_column: TextColumnOpt = None,
     revision: RevisionOpt = None,
     workers: Annotated[
-        int | None, typer.Option(help="Tokenizer threads (default: one per core).")
+        int | None, typer.Option(min=1, help="Tokenizer threads (default: one per core).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Documents per tokenizer call.")] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per tokenizer call.")] = 1000,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -214,10 +218,10 @@ def prepare_command(
 def tokenizer_command(
     corpus: SourceArg,
     out: OutDirOpt,
-    vocab_size: Annotated[int, typer.Option(help="Vocabulary size.")] = 32000,
+    vocab_size: Annotated[int, typer.Option(min=MIN_VOCAB_SIZE, help="Vocabulary size.")] = 32000,
     langs: LangsOpt = None,
     chars_per_language: Annotated[
-        int, typer.Option(help="Characters of training text per language.")
+        int, typer.Option(min=1, help="Characters of training text per language.")
     ] = DEFAULT_CHARS_PER_LANGUAGE,
     split: SplitOpt = None,
     lang: LangOpt = None,

@@ -29,7 +29,7 @@ def fetch_command(
         str, typer.Option("--size", help="Training text per language, in bytes: 500K, 2M.")
     ] = f"{DEFAULT_SIZE // 1_000_000}M",
     valid_docs: Annotated[
-        int, typer.Option("--valid-docs", help="Held-out documents per language.")
+        int, typer.Option("--valid-docs", min=1, help="Held-out documents per language.")
     ] = DEFAULT_VALID_DOCUMENTS,
     output: Annotated[
         Path | None,
