@@ -10,6 +10,7 @@ import pytest
 from hub_fixtures import write_readme, write_rows
 from tokenizers import Tokenizer
 
+from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 
@@ -107,3 +108,24 @@ def test_blank_documents_are_dropped_alike_from_files_and_datasets(
     plain = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     expected = [plain.encode(t, add_special_tokens=False).ids for t in TEXTS[:2]]
     assert [documents(shards, "en") for shards in read] == [expected] * 3
+
+
+def test_text_column_reads_a_save_to_disk_dataset(tokenizer_dir: Path, tmp_path: Path) -> None:
+    rows = labelled_rows()[:15]
+    files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", rows).parent
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(
+        [{"content": r["text"], "lang": r["lang"]} for r in rows]
+    ).save_to_disk(saved)
+    with pytest.raises(
+        FormatError,
+        match=r"no 'text' column \(columns: content, lang\); choose one with --text-column",
+    ):
+        prepare(saved, tokenizer_dir, tmp_path / "a")
+    from_disk = prepare(saved, tokenizer_dir, tmp_path / "a", text_column="content").shards
+    from_files = prepare(files, tokenizer_dir, tmp_path / "b").shards
+    assert from_disk.manifest["source"]["text_column"] == "content"
+    for lang in LANGS:
+        assert documents(from_disk, lang) == documents(from_files, lang)
+    with pytest.raises(UsageError, match="--text-column is for datasets, not corpus files"):
+        prepare(files, tokenizer_dir, tmp_path / "c", text_column="content")

@@ -118,9 +118,11 @@ def iter_documents(
     split: str | None = None,
     require_language: bool = False,
     languages: Sequence[str] | None = None,
+    text_column: str | None = None,
 ) -> Iterator[Document]:
     """Every document of a corpus, in file order; ``language`` labels unlabelled documents.
     With ``languages``, files named for other languages are not read (see ``corpus_files``).
+    ``text_column`` is a Hugging Face dataset's column with the text (default ``text``).
 
     A document's language comes from its record (``lang``/``language``), else the file name
     (``tr.jsonl``), else ``language``. With ``require_language`` a document left without one
@@ -129,7 +131,8 @@ def iter_documents(
     """
     kind = source_kind(source)
     if kind != "files":
-        rows = hf_rows(source, kind, language and language_code(language), split, require_language)
+        label = language and language_code(language)
+        rows = hf_rows(source, kind, label, split, require_language, text_column or "text")
         yield from itertools.starmap(Document, rows)
         return
     for path, default in labelled_files(source, language=language, languages=languages):

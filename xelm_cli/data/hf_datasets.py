@@ -68,28 +68,37 @@ def _read(items: Any, source: str | Path) -> Iterator[Any]:
 
 
 def hf_rows(
-    source: str | Path, kind: str, language: str | None, split: str | None, require_language: bool
+    source: str | Path,
+    kind: str,
+    language: str | None,
+    split: str | None,
+    require_language: bool,
+    text_column: str = "text",
 ) -> Iterator[tuple[str, str | None]]:
-    """The text and language of each row of dataset ``source`` (``language`` where it has
-    none)."""
+    """The text (column ``text_column``) and language of each row of dataset ``source``
+    (``language`` where it has none)."""
     dataset = load_hf_dataset(source, kind, split=split)
     columns = list(dataset.column_names or [])
     if not columns:  # a stream whose features are not known before its first row
         columns = list(next(iter(_read(dataset.take(1), source)), {}))
-    if "text" not in columns:
-        raise FormatError(f"dataset {source!s} has no 'text' column (columns: {columns})")
+    if text_column not in columns:
+        raise FormatError(
+            f"dataset {source!s} has no {text_column!r} column (columns: {', '.join(columns)}); "
+            "choose one with --text-column"
+        )
     lang_column = next((c for c in ("lang", "language") if c in columns), None)
-    wanted = ["text"] + ([lang_column] if lang_column else [])
+    wanted = [text_column] + ([lang_column] if lang_column else [])
     default = language_code(language) if language else None
     row = 0
     if lang_column is None and default is None and require_language:
         raise unlabelled(f"dataset {source!s}")
     for batch in _read(dataset.select_columns(wanted).iter(batch_size=HF_BATCH), source):
-        codes = batch[lang_column] if lang_column else [None] * len(batch["text"])
-        for text, code in zip(batch["text"], codes, strict=True):
+        texts = batch[text_column]
+        codes = batch[lang_column] if lang_column else [None] * len(texts)
+        for text, code in zip(texts, codes, strict=True):
             row += 1
             if not isinstance(text, str):
-                raise FormatError(f"dataset {source!s} row {row}: 'text' is not a string")
+                raise FormatError(f"dataset {source!s} row {row}: {text_column!r} is not a string")
             if code is not None and not isinstance(code, str):
                 raise FormatError(f"dataset {source!s} row {row}: '{lang_column}' is not a string")
             if not code and default is None and require_language:

@@ -135,17 +135,22 @@ def plan_sources(
             label=language,  # normalised by SourceOptions
         )
         return SourcePlan(text, "dataset", {"corpus": dataset})
-    if text_column or revision:
-        raise UsageError("--text-column and --revision are for datasets, not corpus files")
     if not Path(source).exists():
         raise UsageError(
             f"corpus not found: {text} (not a file or directory, a dataset id owner/name, or a "
             "recipe that `xelm data recipes` lists)"
+        )
+    if revision:
+        raise UsageError("--revision is for Hub datasets, not corpus files: drop it")
+    if text_column and kind != "hf-disk":
+        raise UsageError(
+            "--text-column is for datasets, not corpus files (their records hold 'text'): drop it"
         )
     files = FileSource(
         text,
         language=language,
         split=split,
         languages=tuple(langs) if langs else None,
+        text_column=text_column,
     )
     return SourcePlan(text, "files", {"corpus": files})

@@ -392,6 +392,7 @@ class FileSource:
     language: str | None = None  # label of documents that carry none
     split: str | None = None  # of a save_to_disk dataset
     languages: tuple[str, ...] | None = field(default=None)
+    text_column: str | None = None  # of a save_to_disk dataset (None: text)
 
     def describe(self) -> str:
         return self.path
@@ -418,11 +419,13 @@ class FileSource:
             )
         content = [{k: f[k] for k in ("name", "size", "sha256")} for f in files]
         kind = source_kind(self.path)  # files, or hf-disk for a save_to_disk dataset
-        sealed = {"kind": kind, "split": self.split, "content": content}
+        column = {"text_column": self.text_column} if self.text_column else {}
+        sealed = {"kind": kind, "split": self.split, **column, "content": content}
         return {
             "kind": kind,
             "path": self.path,
             "split": self.split,
+            **column,
             "digest": sha256_bytes(canonical_json(sealed)),
             "files": files,
         }
@@ -459,6 +462,7 @@ class FileSource:
             split=self.split,
             require_language=True,
             languages=self.languages,
+            text_column=self.text_column,
         )
         documents = itertools.islice(documents, skip, None)
 
