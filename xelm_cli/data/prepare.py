@@ -344,6 +344,29 @@ def _options(
     return {**options, **source.recorded()}
 
 
+def _reading_inputs(
+    plan: SourcePlan,
+    record: dict[str, Any],
+    tokenizer: TokenizerInfo,
+    dtype_name: str,
+    wanted: list[str] | None,
+    limits: dict[str, int],
+    reading: SourceOptions,
+) -> dict[str, Any]:
+    """What the first pass (reading into the work directory) depends on, so that a rerun
+    continues its work: not the options of the second pass (--seed, --alpha, and --cap and
+    --tokens where no source is streamed: corpus files are read whole)."""
+    streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
+    return {
+        "input": record["digest"],
+        "tokenizer": tokenizer.fingerprint,
+        "token type": dtype_name,
+        "languages": wanted,
+        "read limits (--cap, --tokens)": limits if streamed else None,
+        "reading options": {"split": reading.split, **reading.recorded()},
+    }
+
+
 def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
     """The manifest of shards already at ``out``; anything else there is refused."""
     if not out.exists():
@@ -444,10 +467,10 @@ def prepare(
                 "pass --force to rebuild, or choose another -o"
             )
         dtype_name = token_dtype_name(info.vocab_size)
-        key = sha256_bytes(
-            canonical_json([record["digest"], info.fingerprint, options, dtype_name])
-        )
-        work = WorkDirectory(out, key, dtype_name, fresh=False)
+        limits = read_limits(wanted, caps, tokens)
+        inputs = _reading_inputs(plan, record, info, dtype_name, wanted, limits, reading)
+        key = sha256_bytes(canonical_json(inputs))
+        work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs)
         seen: set[str] = set()
         with work.removed_unless_resumable():
             with tokenizer_threads(workers):
@@ -456,7 +479,7 @@ def prepare(
                     plan,
                     info,
                     wanted=set(wanted) if wanted else None,
-                    limits=read_limits(wanted, caps, tokens),
+                    limits=limits,
                     batch_size=batch_size,
                     progress=progress,
                     seen=seen,

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,11 +97,17 @@ class ResumableDirectory:
     describe are its caller's to write and to sync before each checkpoint (``data fetch``'s
     JSON lines), or :class:`WorkDirectory`'s (tokens)."""
 
-    def __init__(self, out: Path, key: str, *, fresh: bool) -> None:
+    def __init__(
+        self, out: Path, key: str, *, fresh: bool, inputs: dict[str, Any] | None = None
+    ) -> None:
         self.path = work_directory(out)
         self.key = key
-        state = None if fresh else self._read_state()
-        if state is None or state.get("key") != key:
+        self.inputs = inputs or {}
+        state = None if fresh else saved_state(self.path)
+        if state is not None and state.get("key") != key:
+            _say_discarded(self.path, self._why_not_resumed(state))
+            state = None
+        if state is None:
             shutil.rmtree(self.path, ignore_errors=True)
             state = {"key": key, "sources": {}, "languages": {}}
         self.resumed = bool(state["sources"])
@@ -109,10 +116,10 @@ class ResumableDirectory:
         self.counts = {lang: LanguageCount(**c) for lang, c in state["languages"].items()}
         self._saved = time.monotonic()
 
-    def _read_state(self) -> dict[str, Any] | None:
-        with contextlib.suppress(OSError, FormatError):
-            return parse_json_object((self.path / STATE_NAME).read_bytes(), "preparation state")
-        return None
+    def _why_not_resumed(self, state: dict[str, Any]) -> str:
+        before = state.get("inputs", {})
+        changed = sorted(k for k in {*before, *self.inputs} if before.get(k) != self.inputs.get(k))
+        return f"other {', '.join(changed)}" if changed else "made for other options"
 
     def position(self, source: str) -> Any:
         return self.sources.get(source, {}).get("position")
@@ -131,6 +138,7 @@ class ResumableDirectory:
             "key": self.key,
             "sources": self.sources,
             "languages": {lang: vars(c) for lang, c in sorted(self.counts.items())},
+            "inputs": self.inputs,
         }
         write_bytes_atomic(self.path / STATE_NAME, pretty_json(state))
         self._saved = time.monotonic()
@@ -155,13 +163,28 @@ class ResumableDirectory:
         self.remove()
 
 
+def saved_state(path: Path) -> dict[str, Any] | None:
+    """The state recorded in work directory ``path``; None: none readable."""
+    with contextlib.suppress(OSError, FormatError):
+        return parse_json_object((path / STATE_NAME).read_bytes(), "preparation state")
+    return None
+
+
+def _say_discarded(path: Path, why: str) -> None:
+    sys.stderr.write(
+        f"xelm: warning: discarding the work of an earlier run in {path} ({why}): starting afresh\n"
+    )
+
+
 class WorkDirectory(ResumableDirectory):
     """``data prepare``'s work directory: each language's tokens appended to its token and
     length files, in ``dtype_name``'s token type."""
 
-    def __init__(self, out: Path, key: str, dtype_name: str, *, fresh: bool) -> None:
+    def __init__(
+        self, out: Path, key: str, dtype_name: str, *, fresh: bool, inputs: dict[str, Any]
+    ) -> None:
         self.dtype = TOKEN_DTYPES[dtype_name]
-        super().__init__(out, key, fresh=fresh)
+        super().__init__(out, key, fresh=fresh, inputs=inputs)
         self._appenders: dict[str, _Appender] = {}
 
     def appender(self, language: str) -> _Appender:

@@ -1,0 +1,102 @@
+"""``xelm data prepare`` on corpora too big to read twice: the work of an interrupted run is
+kept for every option the reading does not depend on, and discarded only with a line saying
+why."""
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SHARED_DATA
+
+from xelm_cli.data import prepare_work
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.prepare_work import LanguageCount
+
+DOCS = 40  # per language
+BATCH = 4  # documents per batch: many checkpoints
+
+
+def write_corpus(root: Path, langs: tuple[str, ...] = ("en", "tr")) -> Path:
+    root.mkdir()
+    for lang in langs:
+        docs = itertools.islice(
+            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), DOCS
+        )
+        lines = [json.dumps({"text": d.text, "lang": lang}, ensure_ascii=False) for d in docs]
+        (root / f"{lang}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    return write_corpus(tmp_path / "corpus")
+
+
+class Counting:
+    """A progress callback that records each language's document count after each batch and,
+    after ``stop_after`` batches, interrupts the run as Ctrl-C does."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.stop_after = stop_after
+
+    def __call__(self, lang: str, count: LanguageCount, limit: int | None) -> None:
+        self.seen.append((lang, count.documents))
+        if self.stop_after is not None and len(self.seen) >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def interrupted(corpus: Path, tokenizer: Path, out: Path, **options: Any) -> dict[str, Any]:
+    """Run ``prepare`` until its 5th batch, as Ctrl-C stops it; the state its work kept."""
+    with pytest.raises(KeyboardInterrupt):
+        prepare(corpus, tokenizer, out, batch_size=BATCH, progress=Counting(5), **options)
+    state: dict[str, Any] = json.loads((out.parent / f".{out.name}.prepare/state.json").read_text())
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _checkpoint_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+
+
+# -- 1. the resume key holds only what reading depends on ----------------------------------------
+
+
+def test_seed_and_alpha_of_the_second_pass_keep_the_first_pass_work(
+    corpus: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    state = interrupted(corpus, tokenizer_dir, out, tokens=2_000, seed=0)
+    kept = state["languages"]["en"]["documents"]
+    assert 0 < kept < DOCS
+    progress = Counting()
+    # corpus files are read whole: none of these options changes what is read
+    second: dict[str, Any] = {"tokens": 2_000, "seed": 1, "alpha": 0.5, "token_caps": 500}
+    resumed = prepare(corpus, tokenizer_dir, out, batch_size=BATCH, progress=progress, **second)
+    assert progress.seen[0] == ("en", kept + BATCH)  # continued after the kept documents
+    assert "discarding" not in capsys.readouterr().err
+    fresh = prepare(corpus, tokenizer_dir, tmp_path / "fresh", batch_size=BATCH, **second)
+    assert resumed.shards.manifest["languages"] == fresh.shards.manifest["languages"]
+    for lang in ("en", "tr"):
+        for kind in ("tokens", "offsets"):
+            name = f"{lang}.{kind}.bin"
+            assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes()
+
+
+def test_work_for_other_reading_is_discarded_with_a_line_saying_why(
+    corpus: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "s"
+    interrupted(corpus, tokenizer_dir, out)
+    capsys.readouterr()
+    progress = Counting()
+    prepare(corpus, tokenizer_dir, out, language="en", batch_size=BATCH, progress=progress)
+    assert progress.seen[0] == ("en", BATCH)  # read from the start
+    work = tmp_path / ".s.prepare"
+    assert capsys.readouterr().err.splitlines() == [
+        f"xelm: warning: discarding the work of an earlier run in {work} (other reading options): "
+        "starting afresh"
+    ]
