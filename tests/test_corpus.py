@@ -14,7 +14,7 @@ from conftest import SHARED_DATA
 
 from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
-from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import Batch, FileSource
 
@@ -353,3 +353,20 @@ def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
     assert resumed.manifest["languages"] == whole.manifest["languages"]
     for path in whole.path.glob("*.bin"):
         assert (resumed.path / path.name).read_bytes() == path.read_bytes()
+
+
+def test_read_documents_stops_once_every_language_has_its_limit(tmp_path: Path) -> None:
+    """What follows the first ``limit`` documents of each wanted language is not read (here
+    a broken file, which reading would report; files are read in blocks of lines)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    en = [json.dumps({"text": f"en {i}", "lang": "en"}) for i in range(3)]
+    tr = [json.dumps({"text": f"tr {i}", "lang": "tr"}) for i in range(2)]
+    (corpus / "a.jsonl").write_text("\n".join([en[0], tr[0], en[1], tr[1]]))
+    (corpus / "b.jsonl").write_text("\n".join(["{broken", *en[2:]]))
+    got = read_documents(corpus, languages=["en", "tr"], limit=2)
+    assert [(d.text, d.language) for d in got] == [
+        ("en 0", "en"), ("tr 0", "tr"), ("en 1", "en"), ("tr 1", "tr")
+    ]  # fmt: skip
+    with pytest.raises(FormatError, match=r"b\.jsonl:1: not a JSON object"):
+        read_documents(corpus, languages=["en", "tr"], limit=3)

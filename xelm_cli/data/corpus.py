@@ -157,13 +157,14 @@ def read_documents(
     limit: int | None = None,
 ) -> list[Document]:
     """The non-empty documents of a labelled corpus, optionally only some languages and the
-    first ``limit`` of each; a language asked for but absent, or nothing left, is a one-line
-    ``UsageError``."""
+    first ``limit`` of each (reading stops once each of ``languages`` has them); a language
+    asked for but absent, or nothing left, is a one-line ``UsageError``."""
     if not Path(source).exists() and source_kind(source) == "files":
         raise UsageError(f"evaluation data not found: {source}")
     wanted = set(languages) if languages else None
     counts: dict[str, int] = {}
     documents = []
+    full: set[str] = set()
     for document in iter_documents(source, require_language=True, languages=languages):
         language = str(document.language)
         if (wanted is not None and language not in wanted) or not has_text(document.text):
@@ -172,6 +173,10 @@ def read_documents(
             continue
         counts[language] = counts.get(language, 0) + 1
         documents.append(document)
+        if counts[language] == limit:
+            full.add(language)
+            if full == wanted:
+                break
     if wanted is not None and wanted - set(counts):
         raise UsageError(
             f"{source} has no documents in {', '.join(sorted(wanted - set(counts)))} "
