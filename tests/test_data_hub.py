@@ -405,7 +405,10 @@ def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: P
         ({"config": "{lang}"}, "needs --langs"),
         ({"langs": ["ar"], "config": "{lang}", "lang_map": {"bg": "x"}}, "--langs does not list"),
         ({"langs": ["ar"], "config": "{lang}", "language": "ar"}, "--lang labels"),
-        ({"lang_map": {"he": "iw"}}, "--lang-map maps languages into a --config template"),
+        (
+            {"lang_map": {"he": "iw"}},
+            "--lang-map maps languages into a --config / --data-dir template",
+        ),
     ]
     for options, message in cases:
         with pytest.raises(UsageError, match=message):

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourceOptions, plan_sources
 
 LANGS = ("de", "en", "tr")
 TEXTS = [
@@ -129,3 +130,53 @@ def test_text_column_reads_a_save_to_disk_dataset(tokenizer_dir: Path, tmp_path:
         assert documents(from_disk, lang) == documents(from_files, lang)
     with pytest.raises(UsageError, match="--text-column is for datasets, not corpus files"):
         prepare(files, tokenizer_dir, tmp_path / "c", text_column="content")
+
+
+def by_folder(root: Path, texts: dict[str, list[str]]) -> Path:
+    """A Hub-like dataset with one folder per language (``data/en``) and no configurations:
+    its README declares none, and its rows carry no language."""
+    for lang, lines in texts.items():
+        write_rows(root / "data" / lang / "train-00000.parquet", [{"text": t} for t in lines])
+    (root / "README.md").write_text("---\nlicense: odc-by\n---\n# by folder\n")
+    return root
+
+
+def folder_texts() -> dict[str, list[str]]:
+    return {
+        lang: [f"{lang} {i} {TEXTS[i % 3]}" for i in range(4 + n)] for n, lang in enumerate(LANGS)
+    }
+
+
+def test_data_dir_reads_one_folder_per_language(tokenizer_dir: Path, tmp_path: Path) -> None:
+    texts = folder_texts()
+    hub = by_folder(tmp_path / "hub", texts)
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({
+        "format": "xelm-corpus-recipe", "format_version": "1.0.0",
+        "defaults": {"dataset": str(hub), "data_dir": "data/{lang}"},
+        "languages": {"de": {}, "tr": {}},
+    }))  # fmt: skip
+    from_recipe = prepare(recipe, tokenizer_dir, tmp_path / "a").shards
+    files = tmp_path / "corpus"
+    for lang in ("de", "tr"):
+        write_jsonl(files / f"{lang}.jsonl", [{"text": t} for t in texts[lang]])
+    from_files = prepare(files, tokenizer_dir, tmp_path / "b").shards
+    assert counts(from_recipe) == {"de": 4, "tr": 6}
+    for lang in ("de", "tr"):
+        assert documents(from_recipe, lang) == documents(from_files, lang)
+
+
+def test_data_dir_options_plan_a_folder_per_language(tmp_path: Path) -> None:
+    hub = by_folder(tmp_path / "hub", folder_texts())
+    plan = plan_sources(hub, ["en", "tr"], SourceOptions(data_dir="data/{lang}"))
+    assert {lang: s.data_dir for lang, s in plan.sources.items()} == {  # type: ignore[union-attr]
+        "en": "data/en",
+        "tr": "data/tr",
+    }
+    one = plan_sources(hub, None, SourceOptions(data_dir="data/en", language="en"))
+    assert [b.texts for b in one.sources["corpus"].open()] == [folder_texts()["en"]]
+    with pytest.raises(UsageError, match=r"--data-dir 'data/\{lang\}' needs --langs"):
+        plan_sources(hub, None, SourceOptions(data_dir="data/{lang}"))
+    missing = plan_sources(hub, ["sw"], SourceOptions(data_dir="data/{lang}"))
+    with pytest.raises(UsageError, match=r"folder 'data/sw' holds no data files; check --data-dir"):
+        missing.sources["sw"].record()

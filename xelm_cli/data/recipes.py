@@ -1,9 +1,10 @@
 """Corpus recipes: which source each language's documents come from (spec/corpus-recipe-v1.md).
 
 A recipe is a JSON file naming, per language, a dataset configuration (``allenai/c4`` config
-``ar``), or local corpus files. ``defaults`` hold what most languages share; ``{lang}`` in a
-``config`` (or ``dataset``) is replaced by the language's code in that dataset (``code``,
-default the xelm code: mC4 calls Hebrew ``iw``). xelm ships recipes for the paper's corpus and
+``ar``) or data directory (``data_dir`` ``data/ar``), or local corpus files. ``defaults`` hold
+what most languages share; ``{lang}`` in a ``config``, ``data_dir`` (or ``dataset``) is
+replaced by the language's code in that dataset (``code``, default the xelm code: mC4 calls
+Hebrew ``iw``). xelm ships recipes for the paper's corpus and
 open alternatives (``xelm data recipes``); ``xelm data prepare ID --config '{lang}'`` builds an
 unnamed recipe from its options, so one code path reads every per-language source.
 """
@@ -23,7 +24,8 @@ FORMAT_NAME = "xelm-corpus-recipe"
 FORMAT_VERSION = "1.0.0"
 SUPPORTED_MAJOR = 1
 PLACEHOLDER = "{lang}"
-SOURCE_FIELDS = ("dataset", "config", "split", "text_column", "revision")
+SOURCE_FIELDS = ("dataset", "config", "data_dir", "split", "text_column", "revision")
+PER_LANGUAGE_FIELDS = ("dataset", "config", "data_dir")  # where {lang} is replaced
 
 
 def recipe_schema() -> dict[str, Any]:
@@ -63,7 +65,7 @@ class Recipe:
             raise UsageError(f"recipe {self.name}: {language} names no dataset and no path")
         code = entry.get("code", language)
         fields = {k: entry[k] for k in SOURCE_FIELDS if k in entry}
-        for key in ("dataset", "config"):
+        for key in PER_LANGUAGE_FIELDS:
             if key in fields:
                 fields[key] = fields[key].replace(PLACEHOLDER, code)
         if split is not None:
@@ -146,28 +148,29 @@ def load_recipe(source: str | Path) -> Recipe:
 def recipe_from_options(
     dataset: str,
     *,
-    config: str,
+    config: str | None,
     languages: list[str],
     lang_map: dict[str, str] | None = None,
     split: str | None = None,
     text_column: str | None = None,
     revision: str | None = None,
+    data_dir: str | None = None,
 ) -> Recipe:
     """The recipe ``xelm data prepare DATASET --config TEMPLATE --langs ... --lang-map ...``
-    describes: one configuration per language."""
-    if PLACEHOLDER not in config:
+    (or ``--data-dir TEMPLATE``) describes: one configuration (or folder) per language."""
+    if PLACEHOLDER not in (config or "") + (data_dir or ""):
         raise UsageError(
-            f"--config {config!r} names one configuration; with --langs, use a template "
-            f"such as '{PLACEHOLDER}' (replaced by each language's code)"
+            f"--config / --data-dir name one configuration or folder; with --langs, use a "
+            f"template such as '{PLACEHOLDER}' (replaced by each language's code)"
         )
     lang_map = lang_map or {}
     unknown = sorted(set(lang_map) - set(languages))
     if unknown:
         raise UsageError(f"--lang-map names {', '.join(unknown)}, which --langs does not list")
-    defaults = {"dataset": dataset, "config": config}
-    for key, value in (("split", split), ("text_column", text_column), ("revision", revision)):
-        if value is not None:
-            defaults[key] = value
+    defaults = {"dataset": dataset}
+    given = {"config": config, "data_dir": data_dir, "split": split}
+    given |= {"text_column": text_column, "revision": revision}
+    defaults |= {key: value for key, value in given.items() if value is not None}
     entries = {lang: ({"code": lang_map[lang]} if lang in lang_map else {}) for lang in languages}
     data = {
         "format": FORMAT_NAME,

@@ -65,6 +65,7 @@ class SourceOptions:
     split: str | None = None
     language: str | None = None  # the language of documents that carry none
     config: str | None = None  # with {lang}: one configuration per language
+    data_dir: str | None = None  # a folder of a dataset; with {lang}: one per language
     lang_map: dict[str, str] | None = None  # xelm code -> the dataset's, for {lang}
     text_column: str | None = None
     revision: str | None = None
@@ -79,6 +80,7 @@ class SourceOptions:
         given = {
             "lang": self.language,
             "config": self.config,
+            "data_dir": self.data_dir,
             "lang_map": dict(sorted(self.lang_map.items())) if self.lang_map else None,
             "text_column": self.text_column,
             "revision": self.revision,
@@ -94,15 +96,20 @@ def plan_sources(
     (or ``options.language``); or corpus files."""
     split, language, config = options.split, options.language, options.config
     lang_map, text_column, revision = options.lang_map, options.text_column, options.revision
+    data_dir = options.data_dir
     text = str(source)
-    per_language = config is not None and PLACEHOLDER in config
+    per_language = PLACEHOLDER in (config or "") + (data_dir or "")
     if is_recipe(text) or per_language:
         if language is not None:
             raise UsageError("--lang labels an unlabelled corpus; a recipe names each language")
         if per_language:
             if not langs:
-                raise UsageError(f"--config {config!r} needs --langs: the languages to read")
-            assert config is not None
+                option, template = (
+                    ("--config", config)
+                    if PLACEHOLDER in (config or "")
+                    else ("--data-dir", data_dir)
+                )
+                raise UsageError(f"{option} {template!r} needs --langs: the languages to read")
             recipe = recipe_from_options(
                 text,
                 config=config,
@@ -111,24 +118,28 @@ def plan_sources(
                 split=split,
                 text_column=text_column,
                 revision=revision,
+                data_dir=data_dir,
             )
             split = None  # in the recipe already
         else:
-            if config is not None or lang_map or text_column or revision:
+            if config is not None or data_dir or lang_map or text_column or revision:
                 raise UsageError(
-                    "--config, --lang-map, --text-column and --revision describe a dataset; "
-                    "a recipe sets them per language"
+                    "--config, --data-dir, --lang-map, --text-column and --revision describe a "
+                    "dataset; a recipe sets them per language"
                 )
             recipe = load_recipe(text)
         chosen = langs or recipe.languages
         return SourcePlan(text, "recipe", recipe.sources(chosen, split=split), recipe)
     if lang_map:
-        raise UsageError("--lang-map maps languages into a --config template such as '{lang}'")
+        raise UsageError(
+            "--lang-map maps languages into a --config / --data-dir template such as '{lang}'"
+        )
     kind = source_kind(source)
-    if config is not None or kind in ("hf-hub", "hf-dir"):
+    if config is not None or data_dir or kind in ("hf-hub", "hf-dir"):
         dataset = DatasetSource(
             text,
             config=config,
+            data_dir=data_dir,
             split=split or "train",
             text_column=text_column or "text",
             revision=revision,

@@ -2,7 +2,8 @@
 
 A *source* yields batches of labelled texts. Two kinds:
 
-- ``DatasetSource``: one configuration and split of a Hugging Face dataset, read with
+- ``DatasetSource``: one configuration (or data directory) and split of a Hugging Face
+  dataset, read with
   ``datasets.load_dataset(..., streaming=True)``. A Hub id and a local directory laid out like
   a Hub dataset repository (data files per configuration, a README with a ``configs:``
   section) take exactly the same path. Nothing is materialised, so reading can stop at a cap
@@ -197,10 +198,12 @@ def prefetched(stream: Stream, depth: int = 2) -> Iterator[tuple[Batch, Any]]:
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """One configuration and split of a Hugging Face dataset (Hub id or local directory)."""
+    """One configuration (or data directory) and split of a Hugging Face dataset (Hub id or
+    local directory)."""
 
     dataset: str
     config: str | None = None
+    data_dir: str | None = None  # a folder of the repository: its files alone (data/ar)
     split: str = "train"
     text_column: str = "text"
     revision: str | None = None
@@ -208,7 +211,7 @@ class DatasetSource:
     label: str | None = None  # the language of rows whose language column is empty or missing
 
     def describe(self) -> str:
-        where = "/".join(p for p in (self.config, self.split) if p)
+        where = "/".join(p for p in (self.config, self.data_dir, self.split) if p)
         return f"{self.dataset} [{where}]"
 
     def options(self) -> dict[str, Any]:
@@ -247,7 +250,10 @@ class DatasetSource:
             require_hub([self.dataset])
             with _translated(self):
                 builder = datasets.load_dataset_builder(
-                    resolve_dataset(self.dataset), name=self.config, revision=self.revision
+                    resolve_dataset(self.dataset),
+                    name=self.config,
+                    data_dir=self.data_dir,
+                    revision=self.revision,
                 )
                 builder = _with_own_format(builder, self.split)
             object.__setattr__(self, "_resolved", builder)  # a cache, not a field
@@ -507,6 +513,11 @@ def _translated(source: DatasetSource) -> Iterator[None]:
             f"cannot load dataset {source.dataset}: not a local directory, and not found on "
             "the Hub; check the name, or pass a local copy"
         ) from None
+    except datasets.data_files.EmptyDatasetError:
+        folder = f"folder {source.data_dir!r}" if source.data_dir else "repository"
+        raise UsageError(
+            f"{where}: its {folder} holds no data files; check --data-dir / --config"
+        ) from None
     except (ConnectionError, TimeoutError) as exc:
         raise SourceUnavailable(
             f"cannot load dataset {source.dataset} ({where}): "
@@ -546,11 +557,15 @@ def _config_names(dataset: str, revision: str | None) -> list[str]:
     return list(datasets.get_dataset_config_names(resolve_dataset(dataset), revision=revision))
 
 
-def _split_names(dataset: str, config: str | None, revision: str | None) -> list[str]:
+def _split_names(
+    dataset: str, config: str | None, revision: str | None, data_dir: str | None = None
+) -> list[str]:
     import datasets
 
     return list(
-        datasets.get_dataset_split_names(resolve_dataset(dataset), config, revision=revision)
+        datasets.get_dataset_split_names(
+            resolve_dataset(dataset), config, revision=revision, data_dir=data_dir
+        )
     )
 
 
@@ -593,7 +608,7 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
         )
     if "split" in message.lower():
         try:
-            splits = _split_names(source.dataset, source.config, source.revision)
+            splits = _split_names(source.dataset, source.config, source.revision, source.data_dir)
         except Exception:
             splits = []
         return UsageError(
