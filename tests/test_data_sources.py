@@ -3,6 +3,7 @@ the same rows give the same documents whatever form they arrive in."""
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -11,9 +12,11 @@ from hub_fixtures import write_readme, write_rows
 from tokenizers import Tokenizer
 
 from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions, plan_sources
+from xelm_cli.lang.codes import wanted_form
 
 LANGS = ("de", "en", "tr")
 TEXTS = [
@@ -180,3 +183,45 @@ def test_data_dir_options_plan_a_folder_per_language(tmp_path: Path) -> None:
     missing = plan_sources(hub, ["sw"], SourceOptions(data_dir="data/{lang}"))
     with pytest.raises(UsageError, match=r"folder 'data/sw' holds no data files; check --data-dir"):
         missing.sources["sw"].record()
+
+
+FINEWEB2_CODES = {"deu_Latn": 3, "arb_Arab": 2, "cmn_Hani": 2, "swh_Latn": 1, "tur_Latn": 1}
+
+
+def fineweb2_rows() -> list[dict[str, str]]:
+    """Rows labelled as FineWeb-2 labels them: ISO 639-3 individual language and script."""
+    return [
+        {"text": f"{code} {i} {TEXTS[i % 3]}", "language": code}
+        for code, n in FINEWEB2_CODES.items()
+        for i in range(n)
+    ]
+
+
+def test_individual_languages_count_as_the_wanted_macrolanguage(tmp_path: Path) -> None:
+    assert wanted_form("arb-Arab", {"ar", "de"}) == "ar"
+    assert wanted_form("cmn-Hani", {"zh"}) == "zh"
+    assert wanted_form("swh-Latn", {"sw"}) == "sw"
+    assert wanted_form("arb-Arab", {"arb", "ar"}) == "arb"  # the individual language, if named
+    assert wanted_form("arb-Arab", {"de"}) == "arb-Arab"  # not wanted: unchanged
+    wanted = ["ar", "de", "sw", "zh"]
+    corpus = write_jsonl(tmp_path / "corpus" / "rows.jsonl", fineweb2_rows()).parent
+    got = read_documents(corpus, languages=wanted)
+    assert Counter(d.language for d in got) == {"ar": 2, "de": 3, "sw": 1, "zh": 2}
+    (corpus / "arb.jsonl").write_text(json.dumps({"text": "from a file named arb"}) + "\n")
+    assert [d.text for d in read_documents(corpus, languages=["ar"]) if "named" in d.text]
+
+
+def test_fineweb2_codes_fill_the_wanted_languages_from_files_and_datasets(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    rows = fineweb2_rows()
+    files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", rows).parent
+    dataset = tmp_path / "hub"
+    write_rows(dataset / "data" / "train.parquet", rows)
+    write_readme(dataset, {"default": {"train": "data/train.parquet"}})
+    wanted = "ar,de,sw,zh"
+    from_files = prepare(files, tokenizer_dir, tmp_path / "a", langs=wanted).shards
+    from_dataset = prepare(dataset, tokenizer_dir, tmp_path / "b", langs=wanted).shards
+    assert counts(from_files) == counts(from_dataset) == {"ar": 2, "de": 3, "sw": 1, "zh": 2}
+    for lang in from_files.languages:
+        assert documents(from_files, lang) == documents(from_dataset, lang)

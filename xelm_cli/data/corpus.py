@@ -19,6 +19,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.data.blocks import JSONL_SUFFIXES, TEXT_SUFFIXES, read_blocks
 from xelm_cli.data.hf_datasets import hf_rows
 from xelm_cli.data.labels import language_code
+from xelm_cli.lang.codes import wanted_form
 
 HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
 HF_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
@@ -99,8 +100,13 @@ def corpus_files(source: Path, *, languages: Sequence[str] | None = None) -> lis
         raise UsageError(f"no corpus files (*.jsonl[.zst], *.txt[.zst]) in {source}")
     if languages is not None:
         wanted = set(languages)
-        files = [p for p in files if _file_language(p, None) in wanted | {None}]
+        files = [p for p in files if _wanted_file(_file_language(p, None), wanted)]
     return files
+
+
+def _wanted_file(language: str | None, wanted: set[str]) -> bool:
+    """Whether a file named for ``language`` (None: for none) may hold wanted documents."""
+    return language is None or wanted_form(language, wanted) in wanted
 
 
 def _file_language(path: Path, default: str | None) -> str | None:
@@ -166,13 +172,13 @@ def read_documents(
     documents = []
     full: set[str] = set()
     for document in iter_documents(source, require_language=True, languages=languages):
-        language = str(document.language)
+        language = wanted_form(str(document.language), wanted or ())
         if (wanted is not None and language not in wanted) or not has_text(document.text):
             continue
         if limit is not None and counts.get(language, 0) >= limit:
             continue
         counts[language] = counts.get(language, 0) + 1
-        documents.append(document)
+        documents.append(Document(document.text, language))
         if counts[language] == limit:
             full.add(language)
             if full == wanted:

@@ -140,6 +140,7 @@ def plan_sources(
             text,
             config=config,
             data_dir=data_dir,
+            languages=tuple(langs) if langs else None,
             split=split or "train",
             text_column=text_column or "text",
             revision=revision,

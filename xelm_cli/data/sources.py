@@ -29,7 +29,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -46,7 +46,7 @@ from xelm_cli.data.corpus import (
     labelled_files,
     source_kind,
 )
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import normalize_language, wanted_form
 
 DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
@@ -209,13 +209,16 @@ class DatasetSource:
     revision: str | None = None
     language: str | None = None  # every row's language; None: rows carry a language column
     label: str | None = None  # the language of rows whose language column is empty or missing
+    languages: tuple[str, ...] | None = None  # wanted: rows' labels as these name them
 
     def describe(self) -> str:
         where = "/".join(p for p in (self.config, self.data_dir, self.split) if p)
         return f"{self.dataset} [{where}]"
 
     def options(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Where the rows come from (not which of their languages are wanted)."""
+        given = asdict(self).items()
+        return {k: v for k, v in given if v is not None and k != "languages"}
 
     def record(self) -> dict[str, Any]:
         """What this source is: its options and the data files it resolves to (names, sizes
@@ -301,7 +304,8 @@ class DatasetSource:
             state["rows"] = position["rows"]
         state["dataset"] = dataset.state_dict()
         read = self._tables if columnar else self._batches
-        return Stream(read(dataset, state, batch_size), lambda: dict(state))
+        batches = as_wanted(read(dataset, state, batch_size), self.languages)
+        return Stream(batches, lambda: dict(state))
 
     def _labels(self) -> Labels:
         """Every row's language (``language``), and that of rows without one (``label``)."""
@@ -458,7 +462,7 @@ class FileSource:
                     state.update(file=index, offset=block.end.offset, line=block.end.line)
                     yield _batch(block.texts, block.languages)
 
-        return Stream(batches(), lambda: dict(state))
+        return Stream(as_wanted(batches(), self.languages), lambda: dict(state))
 
     def _skipping(self, skip: int, batch_size: int) -> Stream:
         state = {"rows": skip}
@@ -477,7 +481,19 @@ class FileSource:
                 state["rows"] += len(chunk)
                 yield _batch([d.text for d in chunk], [d.language for d in chunk])
 
-        return Stream(batches(), lambda: state["rows"])
+        return Stream(as_wanted(batches(), self.languages), lambda: state["rows"])
+
+
+def as_wanted(batches: Iterator[Batch], wanted: Sequence[str] | None) -> Iterator[Batch]:
+    """``batches``, each label as ``wanted`` names its language (see ``wanted_form``: rows of
+    ``arb-Arab`` are ``ar`` when ar is wanted)."""
+    wanted_set = set(wanted or ())
+    for batch in batches:
+        if wanted_set:
+            forms = {lang: wanted_form(lang, wanted_set) for lang in set(batch.languages)}
+            if any(lang != form for lang, form in forms.items()):
+                batch.languages = [forms[lang] for lang in batch.languages]
+        yield batch
 
 
 def _batch(texts: list[str], languages: list[str | None]) -> Batch:

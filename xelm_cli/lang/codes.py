@@ -5,7 +5,7 @@ import functools
 import itertools
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import langcodes
 
@@ -127,6 +127,21 @@ def normalize_language(code: str) -> str:
     if not _manifest_tag().fullmatch(tag):  # e.g. the private-use x-en: no manifest holds it
         raise _unknown(code)
     return tag
+
+
+def wanted_form(code: str, wanted: Collection[str]) -> str:
+    """``code`` as ``wanted`` names its language: ``code`` when listed, else the first broader
+    tag listed (without the script, then the macrolanguage: FineWeb-2's ``arb_Arab`` rows are
+    ``ar`` when ar is wanted, ``cmn_Hani`` ``zh``, ``swh_Latn`` ``sw``), else ``code``."""
+    if code in wanted:
+        return code
+    return next((tag for tag in _broader_tags(code) if tag in wanted), code)
+
+
+@functools.cache
+def _broader_tags(code: str) -> tuple[str, ...]:
+    tags = langcodes.Language.get(code).broader_tags()[1:]
+    return tuple(tag for tag in tags if not tag.startswith("und"))
 
 
 @functools.cache
