@@ -33,6 +33,11 @@ def pretty_json(value: Any) -> bytes:
 
 def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
     """Parse a JSON object, turning every failure into one FormatError line ``where: why``."""
+    if not raw.strip():  # json.loads says "Expecting value: line 1 column 1 (char 0)"
+        raise FormatError(
+            f"{where} is empty (an interrupted write?): write it again with the xelm command "
+            "that made it"
+        )
     try:
         value = json.loads(raw)
     except RecursionError:
