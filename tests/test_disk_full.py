@@ -11,7 +11,10 @@ Two real faults, no mocks:
 
 Each command must exit non-zero with exactly one ``xelm: error:`` line (the last on stderr,
 no traceback, no "internal error") that gives the OS's reason; leave nothing at the target and
-no ``.partial`` or lock file beside it; and leave its inputs byte-for-byte as they were.
+no ``.partial`` or lock file beside it; and leave its inputs byte-for-byte as they were. What
+a command continues from is kept beside the target: ``train``'s checkpoints, and the work
+directory of ``data prepare`` once it recorded documents (its error line says so), which the
+same command, given room, completes into the shards an uninterrupted run makes.
 """
 
 import hashlib
@@ -28,11 +31,13 @@ from typing import Any
 
 import pytest
 from conftest import SHARED_DATA
+from hub_fixtures import write_readme, write_rows
 from reliability import record
 
 from xelm_cli.cli import run
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.shards import Shards
 
 AREA = "disk-full"
 CLEAN = "clean one-line error, nothing left at target"
@@ -193,14 +198,52 @@ def test_a_write_past_the_file_size_limit_is_one_clean_line(
     before = snapshot(*inputs.values())
     args = command_for(case, inputs, target)
     result = run_limited(args, tmp_path, limit)
-    # a failed run's checkpoint directory stays for --resume (the checkpoint itself failed here)
-    left = leftovers(parent, allowed=(f".{target_name}.ckpt",) if case == "train" else ())
+    # a failed run's checkpoint directory stays for --resume (the checkpoint itself failed
+    # here); prepare keeps its work directory only once it recorded documents (see below)
+    kept = {"train": f".{target_name}.ckpt", "data prepare": f".{target_name}.prepare"}
+    left = leftovers(parent, allowed=(kept[case],) if case in kept else ())
     after = snapshot(*inputs.values())
     outcome = describe_failure(result.returncode, result.stderr, EFBIG, target, left, before, after)
     record(AREA, f"xelm {case}: a write past RLIMIT_FSIZE={limit} bytes (EFBIG)", outcome)
     # nothing the failed run left behind stands in the way of the same command with room
     assert run(args) == 0 and target.exists()
     assert outcome == CLEAN, result.stderr
+
+
+def test_prepare_past_the_file_size_limit_keeps_its_work_for_the_same_command(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    # a dataset read one language at a time: en (small) is recorded as done before tr's
+    # tokens outgrow the limit
+    hub = tmp_path / "hub"
+    for lang, n in (("en", 5), ("tr", 120)):
+        docs = itertools.islice(
+            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), n
+        )
+        write_rows(hub / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
+    write_readme(hub, {lang: {"train": f"data/{lang}.jsonl"} for lang in ("en", "tr")})
+    whole = prepare(hub, inputs["seed"], tmp_path / "whole", langs="en,tr", config="{lang}")
+    parent = tmp_path / "out"
+    parent.mkdir()
+    target, work = parent / "shards", parent / ".shards.prepare"
+    args = ["data", "prepare", str(hub), "--config", "{lang}", "--langs", "en,tr",
+            "--tokenizer", str(inputs["seed"]), "-o", str(target)]  # fmt: skip
+    before = snapshot(hub, inputs["seed"])
+    result = run_limited(args, tmp_path, SHARDS_LIMIT)
+    left = leftovers(parent, allowed=(work.name,))
+    after = snapshot(hub, inputs["seed"])
+    outcome = describe_failure(result.returncode, result.stderr, EFBIG, target, left, before, after)
+    record(AREA, "xelm data prepare of a dataset past RLIMIT_FSIZE, work kept", outcome)
+    assert outcome == CLEAN, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"xelm: error: {EFBIG}; what was read so far is kept in {work}: the same command "
+        "continues from there (delete that directory to start afresh)"
+    )
+    state = json.loads((work / "state.json").read_text())
+    assert state["sources"]["en"]["done"] and "tr" not in state["sources"]
+    assert run(args) == 0
+    assert Shards.open(target).digest == whole.shards.digest
+    assert not work.exists()
 
 
 # --- a full tmpfs: ENOSPC, where the machine lets us mount one ---------------------------------

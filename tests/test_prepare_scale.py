@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from conftest import SHARED_DATA
+from hub_fixtures import write_readme, write_rows
 
+from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
@@ -100,3 +102,46 @@ def test_work_for_other_reading_is_discarded_with_a_line_saying_why(
         f"xelm: warning: discarding the work of an earlier run in {work} (other reading options): "
         "starting afresh"
     ]
+
+
+# -- 2. an error while reading keeps the work, and says the same command continues it -----------
+
+
+def test_a_corrupt_line_keeps_the_documents_before_it_for_a_rerun(
+    corpus: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 1e9)  # only the one taken on error
+    with open(corpus / "tr.jsonl", "a") as f:
+        f.write("{broken\n")
+    out = tmp_path / "s"
+    work = tmp_path / ".s.prepare"
+    with pytest.raises(FormatError) as info:
+        prepare(corpus, tokenizer_dir, out, batch_size=BATCH)
+    assert str(info.value) == (
+        f"{corpus / 'tr.jsonl'}:{DOCS + 1}: not a JSON object; what was read so far is kept in "
+        f"{work}: the same command continues from there (delete that directory to start afresh)"
+    )
+    assert not out.exists()
+    state = json.loads((work / "state.json").read_text())
+    assert {lang: c["documents"] for lang, c in state["languages"].items()} == {
+        "en": DOCS,
+        "tr": DOCS,
+    }
+    tr_size = (corpus / "tr.jsonl").stat().st_size - len("{broken\n")
+    assert state["sources"]["corpus"]["position"] == {"file": 1, "offset": tr_size, "line": DOCS}
+
+
+def test_a_language_without_documents_is_reported_before_the_next_source_is_read(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    texts = {"de": [" ", "\n"], "en": ["Hello there."] * 3, "tr": ["Merhaba."] * 3}
+    for lang, rows in texts.items():
+        write_rows(repo / "data" / f"{lang}.jsonl", [{"text": t} for t in rows])
+    write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in texts})
+    progress = Counting()
+    with pytest.raises(UsageError, match=r"^no documents in de in .* drop them from --langs"):
+        prepare(repo, tokenizer_dir, tmp_path / "s", langs="de,en,tr", config="{lang}",
+                progress=progress)  # fmt: skip
+    assert progress.seen == []  # de is read first; en and tr never were
+    assert not (tmp_path / ".s.prepare").exists()  # it held nothing to continue from

@@ -8,6 +8,7 @@ complete. Budgets (see ``xelm_cli.data.budgets``) come from per-language caps an
 sampling. Re-running with the same input, tokenizer and options does nothing.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -46,7 +47,7 @@ from xelm_cli.data.shards import (
     write_manifest,
 )
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
-from xelm_cli.data.sources import Batch, DatasetSource, prefetched, read_ahead
+from xelm_cli.data.sources import Batch, DatasetSource, Source, prefetched, read_ahead
 from xelm_cli.data.tokenizer_loading import TokenizerInfo, load_tokenizer, tokenizer_threads
 from xelm_cli.lang.codes import language_codes
 
@@ -169,36 +170,73 @@ def _read_sources(
     thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here.
     ``seen`` gathers the languages read (see ``_encode``)."""
     for name, source in plan.sources.items():
-        if work.finished(name):
-            continue
-        streamed = isinstance(source, DatasetSource)
         only = plan.only_language(name)
-        yields = {only} if only else wanted
-        source_limits = limits if streamed else {}
-
-        def exhausted(languages: set[str] | None = yields, bounded: bool = streamed) -> bool:
-            return bool(
-                bounded
-                and languages
-                and all(lang in work.counts and work.counts[lang].full for lang in languages)
+        if not work.finished(name):
+            _read_source(
+                work,
+                name,
+                source,
+                yields={only} if only else wanted,
+                tokenizer=tokenizer,
+                wanted=wanted,
+                limits=limits if isinstance(source, DatasetSource) else {},
+                batch_size=batch_size,
+                progress=progress,
+                seen=seen,
             )
+        if only and not (only in work.counts and work.counts[only].documents):
+            raise _no_documents_in(plan, [only], seen)  # at once, not after the other sources
 
-        if exhausted():
-            work.checkpoint(name, work.position(name), done=True)
-            continue
-        stream = source.open(work.position(name), batch_size=batch_size)
-        position = work.position(name)
-        batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts, seen))
-        try:
-            for encoded in batches:
-                position = encoded.position
-                _add_batch(work, encoded, wanted, source_limits, progress)
-                if exhausted():
-                    break
-                work.checkpoint(name, position)
-        finally:
-            batches.close()
-        work.checkpoint(name, position, done=True)
+
+def _read_source(
+    work: WorkDirectory,
+    name: str,
+    source: Source,
+    *,
+    yields: set[str] | None,
+    tokenizer: TokenizerInfo,
+    wanted: set[str] | None,
+    limits: dict[str, int],
+    batch_size: int,
+    progress: Progress | None,
+    seen: set[str],
+) -> None:
+    """One source of ``_read_sources`` (``yields``: the languages it has, None: not known),
+    from its recorded position, up to ``limits``. When reading fails (not writing: a batch
+    half written would be read again) the position after the last batch written is recorded
+    first, for a rerun to continue from."""
+
+    def exhausted() -> bool:
+        return bool(
+            limits
+            and yields
+            and all(lang in work.counts and work.counts[lang].full for lang in yields)
+        )
+
+    written = work.position(name)
+    if exhausted():
+        work.checkpoint(name, written, done=True)
+        return
+    stream = source.open(written, batch_size=batch_size)
+    batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts, seen))
+    writing = False
+    try:
+        for encoded in batches:
+            writing = True
+            _add_batch(work, encoded, wanted, limits, progress)
+            writing = False
+            written = encoded.position
+            if exhausted():
+                break
+            work.checkpoint(name, written)
+    except (XelmError, OSError):
+        if not writing:
+            with contextlib.suppress(OSError):  # a full disk: the last checkpoint stands
+                work.checkpoint(name, written, now=True)
+        raise
+    finally:
+        batches.close()
+    work.checkpoint(name, written, done=True)
 
 
 def _check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
@@ -229,18 +267,21 @@ def _check_languages(
     langs: list[str] | None,
     caps: dict[str, int] | None,
 ) -> None:
-    source = plan.path
     if not found:
-        raise UsageError(f"no documents in {source}" + (" for --langs" if langs else ""))
+        raise UsageError(f"no documents in {plan.path}" + (" for --langs" if langs else ""))
     named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
     missing = sorted({lang for lang in named if lang not in found})
     if missing:
-        has = _corpus_languages(plan, seen)
-        raise UsageError(
-            f"no documents in {', '.join(missing)} in {source} "
-            f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
-            "drop them from --langs / --cap"
-        )
+        raise _no_documents_in(plan, missing, seen)
+
+
+def _no_documents_in(plan: SourcePlan, missing: list[str], seen: set[str]) -> UsageError:
+    has = _corpus_languages(plan, seen)
+    return UsageError(
+        f"no documents in {', '.join(missing)} in {plan.path} "
+        f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
+        "drop them from --langs / --cap"
+    )
 
 
 SUBSAMPLE_TOKENS = 1 << 24  # tokens gathered per step when cutting a language down
@@ -472,7 +513,7 @@ def prepare(
         key = sha256_bytes(canonical_json(inputs))
         work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs)
         seen: set[str] = set()
-        with work.removed_unless_resumable():
+        with work.kept_on_error():
             with tokenizer_threads(workers):
                 _read_sources(
                     work,

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import FormatError
+from xelm_cli.common.errors import FormatError, XelmError
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, tokens_file
 from xelm_cli.data.sources import SourceUnavailable
@@ -127,10 +127,12 @@ class ResumableDirectory:
     def finished(self, source: str) -> bool:
         return bool(self.sources.get(source, {}).get("done"))
 
-    def checkpoint(self, source: str, position: Any, *, done: bool = False) -> None:
+    def checkpoint(
+        self, source: str, position: Any, *, done: bool = False, now: bool = False
+    ) -> None:
         """Record ``position`` of ``source`` once the documents read before it are on disk;
-        at most every few seconds unless ``done``."""
-        if not done and time.monotonic() - self._saved < CHECKPOINT_SECONDS:
+        at most every few seconds unless ``done`` or ``now``."""
+        if not (done or now) and time.monotonic() - self._saved < CHECKPOINT_SECONDS:
             return
         self._sync()
         self.sources[source] = {"position": position, "done": done}
@@ -146,7 +148,11 @@ class ResumableDirectory:
     def _sync(self) -> None:
         """Put the files this directory writes itself on disk (none here)."""
 
+    def release(self) -> None:
+        """Close the files this directory writes itself (none here)."""
+
     def remove(self) -> None:
+        self.release()
         shutil.rmtree(self.path, ignore_errors=True)
 
     @contextlib.contextmanager
@@ -157,6 +163,26 @@ class ResumableDirectory:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
             raise
+        except BaseException:
+            self.remove()
+            raise
+        self.remove()
+
+    @contextlib.contextmanager
+    def kept_on_error(self) -> Iterator[None]:
+        """Remove the directory when the block ends. On an error keep it when it holds what a
+        rerun continues from (documents recorded in its state), the error then saying so;
+        Ctrl-C and an unreachable source keep it as they are."""
+        try:
+            yield
+        except (SourceUnavailable, KeyboardInterrupt):
+            raise
+        except (XelmError, OSError) as exc:
+            if not _holds_documents(saved_state(self.path)):
+                self.remove()
+                raise
+            self.release()
+            raise _continued_by_a_rerun(exc, self.path) from exc
         except BaseException:
             self.remove()
             raise
@@ -174,6 +200,22 @@ def _say_discarded(path: Path, why: str) -> None:
     sys.stderr.write(
         f"xelm: warning: discarding the work of an earlier run in {path} ({why}): starting afresh\n"
     )
+
+
+def _holds_documents(state: dict[str, Any] | None) -> bool:
+    return any(count["documents"] for count in (state or {}).get("languages", {}).values())
+
+
+def _continued_by_a_rerun(exc: XelmError | OSError, path: Path) -> XelmError:
+    """``exc`` as an error (of the same exit status) that says the work read so far is kept."""
+    kept = (
+        f"; what was read so far is kept in {path}: the same command continues from there "
+        "(delete that directory to start afresh)"
+    )
+    if isinstance(exc, XelmError):
+        return type(exc)(f"{exc}{kept}")
+    where = f": {exc.filename}" if exc.filename else ""
+    return XelmError(f"{exc.strerror or exc}{where}{kept}")
 
 
 class WorkDirectory(ResumableDirectory):
@@ -212,8 +254,7 @@ class WorkDirectory(ResumableDirectory):
             offsets[language] = result
         return offsets
 
-    def remove(self) -> None:
+    def release(self) -> None:
         for appender in self._appenders.values():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # a full disk: what the state records is synced
                 appender.close()
-        super().remove()
