@@ -321,6 +321,15 @@ def test_router_options_are_checked_by_the_declaration_on_the_command_line_and_i
     )  # fmt: skip
     assert code == 0, err
     assert json.loads(stdout)["ensemble"]["router"]["options"] == {"top_k": 3}
+    # a field missing from the file is named, with the command that writes the file
+    del edited["router"]
+    ens.write_text(json.dumps(edited))
+    code, _, err = cli(capsys, "ensemble", "eval", str(ens), "--data", str(evalset))
+    assert (code, err) == (
+        3,
+        f"xelm: error: {ens}: ensemble file without the 'router' field; write it again with "
+        f"xelm ensemble create MEMBERS --router NAME -o {ens}\n",
+    )
 
 
 def test_bad_inputs_are_one_line(

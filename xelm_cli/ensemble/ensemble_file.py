@@ -17,6 +17,7 @@ from xelm_cli.ensemble.routing import check_router_options
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
 COMBINE_RULES = ("mixture", "logits", "product")
+REMAKE = "write it again with xelm ensemble create MEMBERS --router NAME -o"
 
 
 @dataclass
@@ -84,8 +85,12 @@ class EnsembleSpec:
             name, recorded = str(router["name"]), dict(router.get("options") or {})
             combine = str(data.get("combine", "mixture"))
             paths = [(path.parent / str(entry["path"]), str(entry["digest"])) for entry in entries]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: malformed ensemble file ({exc!r})") from None
+        except KeyError as exc:
+            raise FormatError(
+                f"{path}: ensemble file without the {exc.args[0]!r} field; {REMAKE} {path}"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: malformed ensemble file ({exc}); {REMAKE} {path}") from None
         options = check_router_options(name, recorded, where=str(path))
         members = open_members([member for member, _ in paths])
         for bundle, (member, digest) in zip(members, paths, strict=True):
