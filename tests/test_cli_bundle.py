@@ -138,6 +138,7 @@ def test_bad_input_is_one_line(capsys, tmp_path: Path, args: list[str], message:
     [
         (["lang", "info", "-x", "en"], "No such option: -x (see 'xelm lang info -h')"),
         (["bundle", "verify"], "Missing argument 'bundles'. (see 'xelm bundle verify -h')"),
+        (["bundle", "verify", "nowhere/"], "not a bundle: nowhere does not exist"),
         (["bundle", "frobnicate"], "No such command 'frobnicate'. (see 'xelm bundle -h')"),
         (["data", "prepare", "c", "-t", "t", "-o", "o", "--workers", "two"], "'--workers'"),
     ],

@@ -207,10 +207,14 @@ def verify(
     bundles: Annotated[list[Path], typer.Argument(help="Bundle directories.", show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every file's size and sha256, the schema and the fingerprints; exit 4 on a problem.
+    """Check every file's size and sha256, the schema and the fingerprints; exit 4 on a problem
+    (2 when a path does not exist).
 
     Example: xelm bundle verify experts/*
     """
+    for path in bundles:
+        if not path.exists():  # a mistyped path, not a damaged bundle
+            raise UsageError(f"not a bundle: {path} does not exist")
     report = {}
     for path in bundles:
         total = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else 0
