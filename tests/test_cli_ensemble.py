@@ -106,6 +106,16 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
     assert {(r["system"], r["language"]) for r in ppl} == {
         ("ensemble[language]", "overall"), ("ensemble[language]", "ru"),
     }  # fmt: skip
+    # --json, as other commands take it: the record --format json prints
+    code, text, err = cli(
+        capsys, "ensemble", "eval", *members, "--data", str(evalset), "--json", "--langs", "ru"
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(text)["request"]["languages"] == ["ru"]
+    code, _, err = cli(
+        capsys, "ensemble", "eval", *members, "--data", str(evalset), "--json", "--format", "csv"
+    )  # fmt: skip
+    assert (code, err) == (2, "xelm: error: --json and --format csv disagree: pass one of them\n")
 
 
 def test_a_system_whose_scores_were_all_reused_reports_no_throughput(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from xelm_cli.common.cli_options import ForceOpt
+from xelm_cli.common.cli_options import ForceOpt, print_json
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
@@ -169,6 +169,7 @@ def evaluate(
     output_format: Annotated[
         str, typer.Option("--format", help="table, json or csv (on stdout).")
     ] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also write the JSON results here.")
     ] = None,
@@ -185,6 +186,10 @@ def evaluate(
 
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if as_json and output_format not in ("table", "json"):
+        raise UsageError(f"--json and --format {output_format} disagree: pass one of them")
+    if as_json:
+        output_format = "json"
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     results = evaluate_ensemble(
@@ -209,7 +214,7 @@ def evaluate(
         **parse_pairs(eval_arg or [], "--eval-arg"),
     )
     if output_format == "json":
-        typer.echo(json.dumps(results, indent=2, ensure_ascii=False))
+        print_json(results)
     elif output_format == "csv":
         typer.echo(render_csv(results), nl=False)
     else:
