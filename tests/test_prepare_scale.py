@@ -4,6 +4,7 @@ why."""
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import SHARED_DATA
 from hub_fixtures import write_readme, write_rows
 
+from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
@@ -145,3 +147,24 @@ def test_a_language_without_documents_is_reported_before_the_next_source_is_read
                 progress=progress)  # fmt: skip
     assert progress.seen == []  # de is read first; en and tr never were
     assert not (tmp_path / ".s.prepare").exists()  # it held nothing to continue from
+
+
+# -- 4. a rerun does not hash again the files whose name, size and modification time it knows ---
+
+
+def test_a_rerun_reuses_the_hashes_of_files_it_recorded(
+    corpus: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    tr = corpus / "tr.jsonl"
+    recorded = sha256_bytes(tr.read_bytes())
+    out = tmp_path / "s"
+    interrupted(corpus, tokenizer_dir, out)  # in en: tr not read yet
+    info = tr.stat()
+    tr.write_bytes(tr.read_bytes().replace(b"a", b"e", 1))  # in the first text, same size
+    os.utime(tr, ns=(info.st_atime_ns, info.st_mtime_ns))
+    progress = Counting()
+    shards = prepare(corpus, tokenizer_dir, out, batch_size=BATCH, progress=progress).shards
+    files = {f["name"]: f["sha256"] for f in shards.manifest["source"]["files"]}
+    # not hashed again: the recorded hash stands for the file (name, size and mtime the same)
+    assert files["tr.jsonl"] == recorded != sha256_bytes(tr.read_bytes())
+    assert progress.seen[0][1] > BATCH  # and the work was continued

@@ -35,7 +35,7 @@ from xelm_cli.data.budgets import (
     total_budget,
 )
 from xelm_cli.data.corpus import labelled_files, source_kind
-from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory
+from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, recorded_source
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
@@ -498,7 +498,7 @@ def prepare(
     info = load_tokenizer(tokenizer)
     with output_lock(out):
         old = _existing(out, overwrite=overwrite)
-        record = plan.record(previous=(old or {}).get("source"))
+        record = plan.record(previous=(old or {}).get("source") or recorded_source(out))
         if old is not None and not overwrite:
             changed = _differences(old, record, info.fingerprint, options)
             if not changed:
@@ -511,7 +511,7 @@ def prepare(
         limits = read_limits(wanted, caps, tokens)
         inputs = _reading_inputs(plan, record, info, dtype_name, wanted, limits, reading)
         key = sha256_bytes(canonical_json(inputs))
-        work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs)
+        work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
         seen: set[str] = set()
         with work.kept_on_error():
             with tokenizer_threads(workers):

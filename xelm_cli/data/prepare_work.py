@@ -98,11 +98,18 @@ class ResumableDirectory:
     JSON lines), or :class:`WorkDirectory`'s (tokens)."""
 
     def __init__(
-        self, out: Path, key: str, *, fresh: bool, inputs: dict[str, Any] | None = None
+        self,
+        out: Path,
+        key: str,
+        *,
+        fresh: bool,
+        inputs: dict[str, Any] | None = None,
+        notes: dict[str, Any] | None = None,
     ) -> None:
         self.path = work_directory(out)
         self.key = key
-        self.inputs = inputs or {}
+        self.inputs = inputs or {}  # what the key is made of: says why a state is not resumed
+        self.notes = notes or {}  # kept in the state for the next run, not part of the key
         state = None if fresh else saved_state(self.path)
         if state is not None and state.get("key") != key:
             _say_discarded(self.path, self._why_not_resumed(state))
@@ -141,6 +148,7 @@ class ResumableDirectory:
             "sources": self.sources,
             "languages": {lang: vars(c) for lang, c in sorted(self.counts.items())},
             "inputs": self.inputs,
+            "notes": self.notes,
         }
         write_bytes_atomic(self.path / STATE_NAME, pretty_json(state))
         self._saved = time.monotonic()
@@ -196,6 +204,13 @@ def saved_state(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def recorded_source(out: Path) -> dict[str, Any] | None:
+    """The input's record (``SourcePlan.record``) in the state of ``out``'s work directory: a
+    rerun reuses its file hashes instead of reading every file again."""
+    source = (saved_state(work_directory(out)) or {}).get("notes", {}).get("source")
+    return source if isinstance(source, dict) else None
+
+
 def _say_discarded(path: Path, why: str) -> None:
     sys.stderr.write(
         f"xelm: warning: discarding the work of an earlier run in {path} ({why}): starting afresh\n"
@@ -223,10 +238,17 @@ class WorkDirectory(ResumableDirectory):
     length files, in ``dtype_name``'s token type."""
 
     def __init__(
-        self, out: Path, key: str, dtype_name: str, *, fresh: bool, inputs: dict[str, Any]
+        self,
+        out: Path,
+        key: str,
+        dtype_name: str,
+        *,
+        fresh: bool,
+        inputs: dict[str, Any],
+        source: dict[str, Any],
     ) -> None:
         self.dtype = TOKEN_DTYPES[dtype_name]
-        super().__init__(out, key, fresh=fresh, inputs=inputs)
+        super().__init__(out, key, fresh=fresh, inputs=inputs, notes={"source": source})
         self._appenders: dict[str, _Appender] = {}
 
     def appender(self, language: str) -> _Appender:
