@@ -168,3 +168,33 @@ def test_a_rerun_reuses_the_hashes_of_files_it_recorded(
     # not hashed again: the recorded hash stands for the file (name, size and mtime the same)
     assert files["tr.jsonl"] == recorded != sha256_bytes(tr.read_bytes())
     assert progress.seen[0][1] > BATCH  # and the work was continued
+
+
+# -- 5. --alpha over streamed languages cut at their read limit ----------------------------------
+
+
+def test_weights_of_languages_cut_at_their_read_limit_are_named_in_a_warning(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = tmp_path / "repo"
+    sizes = {"en": 40, "tr": 20}  # documents
+    for lang, n in sizes.items():
+        docs = itertools.islice(
+            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), n
+        )
+        write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
+    write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in sizes})
+    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}", "alpha": 0.3}
+    whole = prepare(repo, tokenizer_dir, tmp_path / "whole", **options).shards
+    assert capsys.readouterr().err == ""  # read whole: weighed by size
+    limit = whole.stats["tr"].tokens - 1  # both are cut there
+    cut = prepare(repo, tokenizer_dir, tmp_path / "cut", tokens=limit, **options).shards
+    assert [lang for lang, e in cut.manifest["languages"].items() if e["read_to_limit"]] == [
+        "en",
+        "tr",
+    ]
+    assert capsys.readouterr().err.splitlines() == [
+        "xelm: warning: --alpha weighs en, tr by the tokens read up to the read limit (--cap, "
+        "else --tokens), not by size; to set each language's share, give a --cap per language "
+        "(en=5M,de=2M) instead"
+    ]

@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,16 @@ def _read_source(
     finally:
         batches.close()
     work.checkpoint(name, written, done=True)
+
+
+def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
+    """``language_budgets`` weighs a language by its tokens: for one whose reading stopped at
+    its read limit that is the limit, not its size."""
+    sys.stderr.write(
+        f"xelm: warning: {option} weighs {', '.join(cut)} by the tokens read up to the read "
+        "limit (--cap, else --tokens), not by size; to set each language's share, give a "
+        "--cap per language (en=5M,de=2M) instead\n"
+    )
 
 
 def _check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
@@ -530,6 +541,9 @@ def prepare(
             counts = {lang: int(o[-1]) for lang, o in offsets.items()}
             budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
             streamed = plan.streamed_languages(counts)
+            cut = sorted(lang for lang in streamed if work.counts[lang].full)
+            if len(counts) > 1 and cut and (alpha is not None or tokens is not None):
+                _warn_weighted_by_tokens_read(cut, "--alpha" if alpha is not None else "--tokens")
             with atomic_directory(out, overwrite=overwrite) as tmp:
                 entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
                 fields = {
