@@ -59,6 +59,17 @@ def test_show_shares_table_and_json(shares, capsys):
     assert data["experts"][2] == {"index": 2, "languages": ["zh"]}
 
 
+def test_show_reports_each_languages_purity_and_their_mean(shares, capsys):
+    """Purity: a language's largest share (ar 0.9, en 0.7, zh 0.9); their mean 2.5 / 3."""
+    assert run(["cluster", "show", str(shares)]) == 0
+    out = capsys.readouterr().out
+    assert "mean purity 0.83" in out and "0.70" in out
+    assert run(["cluster", "show", str(shares), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["language_purity"] == {"ar": 0.9, "en": 0.7, "zh": 0.9}
+    assert data["mean_purity"] == pytest.approx(2.5 / 3)
+
+
 def test_plot_writes_heatmap_and_dendrogram(typology, tmp_path, capsys):
     plots = tmp_path / "plots"
     assert run(["cluster", "show", str(typology), "--plot", str(plots), "--json"]) == 0

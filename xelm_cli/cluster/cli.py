@@ -182,6 +182,8 @@ def _summary(allocation: Allocation) -> dict[str, Any]:
         summary["language_shares"] = {
             lang: row.tolist() for lang, row in zip(languages, matrix, strict=True)
         }
+        summary["language_purity"] = dict(zip(languages, matrix.max(axis=1).tolist(), strict=True))
+        summary["mean_purity"] = float(matrix.max(axis=1).mean())
     return summary
 
 
@@ -195,16 +197,22 @@ def _print_tables(allocation: Allocation, console: Console) -> None:
     languages, matrix, has_shares = allocation_matrix(allocation)
     if not has_shares:
         return
-    shares = Table(title="share of each language's documents per expert")
+    purity = matrix.max(axis=1)
+    shares = Table(
+        title="share of each language's documents per expert",
+        caption=f"mean purity {purity.mean():.2f} (purity: a language's largest share; "
+        f"1 = one expert, {1 / allocation.k:.2f} = spread evenly)",
+    )
     shares.add_column("language")
     for index in range(allocation.k):
         shares.add_column(f"e{index}", justify="right")
-    for lang, row in zip(languages, matrix, strict=True):
+    shares.add_column("purity", justify="right")
+    for lang, row, pure in zip(languages, matrix, purity, strict=True):
         best = int(row.argmax())
         cells = [
             f"[bold]{value:.0%}[/]" if i == best else f"{value:.0%}" for i, value in enumerate(row)
         ]
-        shares.add_row(lang, *cells)
+        shares.add_row(lang, *cells, f"{pure:.2f}")
     console.print(shares)
 
 
