@@ -262,6 +262,10 @@ def test_hub_dataset_offline_is_one_line(
     with pytest.raises(UsageError, match="cannot load dataset someone/corpus") as info:
         prepare("someone/corpus", tokenizer_dir, tmp_path / "shards")
     assert "\n" not in str(info.value)
+    assert str(info.value).endswith(
+        "(HF_HUB_OFFLINE is set: unset it to read from the Hub, or set XELM_HUB_MIRROR to a "
+        "folder holding a copy of it as someone/corpus/)"
+    )
     assert not (tmp_path / "shards").exists()
 
 

@@ -51,6 +51,7 @@ from xelm_cli.lang.codes import normalize_language, wanted_form
 DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
+OFFLINE_MODE = "OfflineModeIsEnabled"  # huggingface_hub's error while HF_HUB_OFFLINE is set
 T = TypeVar("T")
 Labels = tuple[str | None, str | None]  # every row's language; that of rows without one
 LANGUAGE_COLUMNS = ("lang", "language")
@@ -537,8 +538,7 @@ def _translated(source: DatasetSource) -> Iterator[None]:
     except (ConnectionError, TimeoutError) as exc:
         raise SourceUnavailable(
             f"cannot load dataset {source.dataset} ({where}): "
-            f"{exception_line(exc, 200)} (offline? run the same command "
-            "again to continue, or pass a local copy)"
+            f"{exception_line(exc, 200)} ({_without_the_hub(source.dataset, exc)})"
         ) from None
     except ValueError as exc:
         raise _config_or_split_error(source, exc) from None
@@ -546,10 +546,33 @@ def _translated(source: DatasetSource) -> Iterator[None]:
         if _is_network_error(exc):
             raise SourceUnavailable(
                 f"cannot load dataset {source.dataset} ({where}): {exception_line(exc, 200)} "
-                "(run the same command again to continue)"
+                f"({_without_the_hub(source.dataset, exc)})"
             ) from None
         reason = exception_line(exc)
         raise FormatError(f"cannot read {where}: {reason}") from None
+
+
+def _without_the_hub(dataset: str, exc: BaseException) -> str:
+    """The way out when the Hub did not answer for ``dataset`` (``exc``): HF_HUB_OFFLINE unset
+    when that is why (nothing is read from the Hub while it is set), else the same command
+    again; or a local copy where ``resolve_dataset`` looks for one."""
+    copy = f"or set {MIRROR_VARIABLE} to a folder holding a copy of it as {dataset}/"
+    if _offline_mode(exc):
+        return f"HF_HUB_OFFLINE is set: unset it to read from the Hub, {copy}"
+    return f"offline? run the same command again to continue, {copy}"
+
+
+def _offline_mode(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error that caused it, is huggingface_hub's refusal to go online
+    (``OfflineModeIsEnabled``: HF_HUB_OFFLINE is set), or says so (datasets names it in a
+    ConnectionError of its own, "Couldn't reach ... on the Hub (OfflineModeIsEnabled)")."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if type(exc).__name__ == OFFLINE_MODE or f"({OFFLINE_MODE})" in str(exc):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
