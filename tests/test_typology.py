@@ -296,7 +296,15 @@ def test_lang_nearest_json(capsys) -> None:
 def test_lang_info_and_help(capsys) -> None:
     code, stdout, _ = xelm(capsys, "lang", "info", "ar", "--features", "family", "--json")
     assert code == 0
-    assert json.loads(stdout)["uriel"] == "arb"
+    details = json.loads(stdout)
+    assert details["uriel"] == "arb"
+    assert details["family"] == (
+        "Afro-Asiatic > Semitic > West Semitic > Central Semitic > Arabian > Arabic"
+    )
+    code, stdout, _ = xelm(capsys, "lang", "info", "ar")
+    assert code == 0
+    assert "ISO 639-3 code" in stdout and "lang2vec's code for it in this set" in stdout
+    assert "family" not in stdout  # only the family set says it
     for command in (["lang", "nearest"], ["lang", "info"], ["cluster", "typology"]):
         code, stdout, _ = xelm(capsys, *command, "--help")
         assert code == 0 and "Example:" in stdout

@@ -4,13 +4,22 @@ import importlib.util
 from typing import Annotated, Any
 
 import langcodes
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.common.cli_options import JsonOpt, print_json
+from xelm_cli.common.errors import UsageError
 from xelm_cli.lang.codes import COMMON_NAMES, normalize_language, parse_language_list
-from xelm_cli.lang.typology import DEFAULT_FEATURE_SET, feature_set_name, rank_donors, uriel_code
+from xelm_cli.lang.typology import (
+    DEFAULT_FEATURE_SET,
+    FAMILY_BASED_SETS,
+    feature_set_name,
+    feature_vectors,
+    rank_donors,
+    uriel_code,
+)
 
 app = typer.Typer(
     help="Languages: normalised codes, URIEL codes, typologically nearest donors.\n\n"
@@ -88,7 +97,9 @@ def info(
     features: FeaturesOpt = DEFAULT_FEATURE_SET,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a language code's normalised tag, name and URIEL (ISO 639-3) code.
+    """Show a language code's normalised tag, name, ISO 639-3 code, and what lang2vec (URIEL)
+    holds for it in a feature set: the code it is held under, how many of the set's features
+    have a value, and for the family set its family tree.
 
     Example: xelm lang info ar --features family
     """
@@ -100,11 +111,34 @@ def info(
         "alpha3": langcodes.Language.get(tag).to_alpha3(),
         "features": feature_set,
         "uriel": uriel_code(tag, feature_set),
+        **_feature_summary(tag, feature_set),
     }
     if as_json:
         print_json(details)
         return
+    meaning = {
+        "alpha3": "ISO 639-3 code",
+        "features": "lang2vec feature set",
+        "uriel": "lang2vec's code for it in this set",
+        "known": "features of the set with a value",
+        "family": "language family, outermost first",
+    }
     table = Table(show_header=False, box=None)
     for key, value in details.items():
-        table.add_row(key, str(value))
+        table.add_row(key, str(value), meaning.get(key, ""))
     Console(soft_wrap=True).print(table)
+
+
+def _feature_summary(tag: str, feature_set: str) -> dict[str, Any]:
+    """How many of the set's features lang2vec has a value for; of the family set, also the
+    families the language belongs to (its features with value 1)."""
+    try:
+        values, names = feature_vectors([tag], feature_set, minimal=False)
+    except UsageError:  # lang2vec knows the language but has no value in this set
+        return {"known": "none"}
+    row = values[0]
+    summary: dict[str, Any] = {"known": f"{int(np.sum(~np.isnan(row)))} of {len(names)}"}
+    if feature_set in FAMILY_BASED_SETS:
+        families = [name for name, value in zip(names, row, strict=True) if value == 1]
+        summary["family"] = " > ".join(f.removeprefix("F_").replace("_", " ") for f in families)
+    return summary
