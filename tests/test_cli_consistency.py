@@ -1,6 +1,8 @@
 """What a new user meets across commands: one line naming the way out, the same flag for the
 same thing."""
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -35,3 +37,17 @@ def test_an_empty_json_file_is_called_empty(
             f"xelm: error: {where} is empty (an interrupted write?): write it again with the "
             "xelm command that made it\n",
         ), args
+
+
+def test_the_global_batch_examples_of_train_help_are_accepted_with_the_defaults() -> None:
+    """`--global-batch 1M` was the help's example and was refused: not a multiple of 8192."""
+    from xelm_trainer.options import TrainOptions
+
+    field = {f.name: f for f in dataclasses.fields(TrainOptions)}["global_batch_tokens"]
+    found = re.search(r"e\.g\. (.+?) \(", field.metadata["help"])
+    assert found is not None
+    examples = found[1].split(" or ")
+    assert len(examples) == 2
+    for example in examples:
+        options = TrainOptions.from_dict({"global_batch_tokens": example})
+        assert options.accumulation * options.micro_batch_tokens == options.batch_tokens

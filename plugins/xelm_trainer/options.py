@@ -21,8 +21,9 @@ class TrainOptions:
     batch_size: int = option(8, help="Blocks per micro-batch (of each rank under torchrun).")
     global_batch_tokens: int | None = option(
         None,
-        help="Tokens per optimiser step, e.g. 4096 or 1M (gradient accumulation reaches it; "
-        "default: one micro-batch per rank, no accumulation).",
+        help="Tokens per optimiser step, a multiple of one micro-batch (--batch-size x "
+        "--block-size, 8 x 1024 = 8192 by default), e.g. 65536 or 1.024M (gradient "
+        "accumulation reaches it; default: one micro-batch per rank, no accumulation).",
         flag="--global-batch",
         parse=parse_token_count,
     )
