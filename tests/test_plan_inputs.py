@@ -27,6 +27,7 @@ from xelm_cli.training.plan_runner import failure_reason
 from xelm_cli.training.planning import make_plan
 
 TRAIN_ARGS = "--block-size 32 --batch-size 4"
+RUN = {"name": "dense", "output": "out", "commands": [["xelm", "train", "seed", "-o", "out"]]}
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_a_plan_whose_directory_is_not_here_is_refused_in_one_line(
 ) -> None:
     plan = tmp_path / "plan.json"
     gone = str(tmp_path / "elsewhere")
-    plan.write_text(json.dumps({"format": "xelm-train-plan", "directory": gone, "runs": []}))
+    plan.write_text(json.dumps({"format": "xelm-train-plan", "directory": gone, "runs": [RUN]}))
     for extra in ([], ["--dry-run"], ["--parallel", "2"]):
         code, stdout, stderr = xelm(capsys, "train-all", plan, *extra)
         assert code == 2 and stdout == "" and stderr.count("\n") == 1, extra
@@ -154,13 +155,13 @@ def test_train_all_refuses_a_plan_of_an_unknown_version_in_one_line(
     """A plan without format_version (written before it) is version 1 and runs; another
     version is refused before anything runs."""
     plan_file = tmp_path / "plan.json"
-    plan = {"format": "xelm-train-plan", "directory": str(tmp_path), "runs": []}
+    plan = {"format": "xelm-train-plan", "directory": str(tmp_path), "runs": [RUN]}
     plan_file.write_text(
         json.dumps(plan | ({} if version is None else {"format_version": version}))
     )
     code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--dry-run")
     if version in (None, 1):
-        assert (code, stdout, stderr) == (0, "", "")
+        assert (code, stdout, stderr) == (0, "xelm train seed -o out\n", "")
         return
     assert (
         code == 3
@@ -171,6 +172,89 @@ def test_train_all_refuses_a_plan_of_an_unknown_version_in_one_line(
             "xelm (reads 1); upgrade xelm to run it, or make the plan again with this one\n"
         )
     )
+
+
+@pytest.fixture(scope="module")
+def made_plan(
+    tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path, shards: Path
+) -> dict[str, Any]:
+    """A plan as `xelm plan --json` writes it (two experts and the dense run), made in a
+    folder of its own."""
+    folder = tmp_path_factory.mktemp("made-plan")
+    write_allocation(folder / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    plan = make_plan(512, folder / "alloc.json", seed_bundle, shards, folder / "runs",
+                     train_args=TRAIN_ARGS)  # fmt: skip
+    return plan | {"directory": str(folder)}
+
+
+def renamed(members: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    return {new if name == old else name: value for name, value in members.items()}
+
+
+def broken_plans(plan: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Plans that lack, misspell or mistype a member, and how train-all names the problem."""
+    first = plan["runs"][0]
+
+    def with_first_run(run: dict[str, Any]) -> dict[str, Any]:
+        return plan | {"runs": [run, *plan["runs"][1:]]}
+
+    no_output = {name: value for name, value in first.items() if name != "output"}
+    return {
+        "runz": (renamed(plan, "runs", "runz"),
+                 "plan (top level): unknown member 'runz' (did you mean 'runs'?)"),
+        "outptu": (with_first_run(renamed(first, "output", "outptu")),
+                   "plan runs/0: unknown member 'outptu' (did you mean 'output'?)"),
+        "tokenz": (with_first_run(renamed(first, "tokens", "tokenz")),
+                   "plan runs/0: unknown member 'tokenz' (did you mean 'tokens'?)"),
+        "no output": (with_first_run(no_output), "plan runs/0: 'output' is a required property"),
+        "tokens as text": (with_first_run(first | {"tokens": "2K"}),
+                           "plan runs/0/tokens: '2K' is not of type 'integer'"),
+        "a command without -o": (
+            with_first_run(first | {"commands": [["xelm", "train", "seed"]]}),
+            "plan runs/0/commands/0: ['xelm', 'train', 'seed'] does not contain items matching "
+            "the given schema",
+        ),
+        "no runs": (plan | {"runs": []}, "plan runs: [] should be non-empty"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case", ["runz", "outptu", "tokenz", "no output", "tokens as text", "a command without -o",
+             "no runs"]
+)  # fmt: skip
+@pytest.mark.parametrize("how", [["--dry-run"], ["--parallel", "2"], []])
+def test_train_all_refuses_a_plan_with_a_missing_misspelt_or_mistyped_member_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    made_plan: dict[str, Any],
+    tmp_path: Path,
+    case: str,
+    how: list[str],
+) -> None:
+    """The plan is checked when read (spec/train-plan-v1.schema.json, and an unknown member
+    close to a known one it lacks is a misspelling), before any run starts, whichever way the
+    runs run: one line naming the member and how to make the plan again."""
+    plan, problem = broken_plans(made_plan)[case]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    code, stdout, stderr = xelm(capsys, "train-all", plan_file, *how)
+    assert (code, stdout) == (3, ""), stderr
+    assert stderr == (
+        f"xelm: error: {plan_file}: {problem}; make the plan again with `xelm plan ... --json > "
+        f"{plan_file}`\n"
+    )
+    assert not (Path(made_plan["directory"]) / "runs").exists()
+
+
+def test_train_all_ignores_a_member_it_does_not_know(
+    capsys: pytest.CaptureFixture[str], made_plan: dict[str, Any], tmp_path: Path
+) -> None:
+    """A member unlike any known one (a newer xelm's, a note) is ignored, as the spec says."""
+    plan_file = tmp_path / "plan.json"
+    noted = [run | {"note": "from the wiki"} for run in made_plan["runs"]]
+    plan_file.write_text(json.dumps(made_plan | {"runs": noted, "comment": "try 1"}))
+    code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--dry-run")
+    assert code == 0 and stderr == ""
+    assert stdout.splitlines()[0].startswith("xelm bundle branch ")
 
 
 @pytest.fixture(scope="module")

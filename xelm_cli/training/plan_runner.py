@@ -13,6 +13,7 @@ Every command runs in the plan's ``directory`` (where ``xelm plan`` ran, so that
 paths mean what they meant there), or in the current one for a plan without it.
 """
 
+import difflib
 import heapq
 import os
 import shlex
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.bundle.manifest import schema_problems, spec_schema
 from xelm_cli.bundle.store import is_bundle
 from xelm_cli.common.errors import FormatError, UsageError, XelmError
 from xelm_cli.common.jsonio import read_json_object, short_repr
@@ -62,6 +64,9 @@ def say_on_stderr(line: str) -> None:
 
 
 def read_plan(path: Path) -> dict[str, Any]:
+    """The plan at ``path``, refused in one line unless it is one this xelm runs: its format
+    and version, then spec/train-plan-v1.schema.json (the members train-all needs, their
+    types) and no misspelt member (``misspelt_member``)."""
     plan = read_json_object(path, "plan") if path.is_file() else None
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
@@ -74,7 +79,35 @@ def read_plan(path: Path) -> dict[str, Any]:
             f"(reads {PLAN_FORMAT_VERSION}); upgrade xelm to run it, or make the plan again "
             "with this one"
         )
+    schema, remake = plan_schema(), f"make the plan again with `xelm plan ... --json > {path}`"
+    if misspelt := misspelt_member(plan, schema):
+        raise FormatError(f"{path}: plan {misspelt}; {remake}")
+    if problems := schema_problems(plan, schema, what="plan"):
+        raise FormatError(f"{path}: {problems[0]}; {remake}")
     return plan
+
+
+def plan_schema() -> dict[str, Any]:
+    return spec_schema("train-plan-v1.schema.json")
+
+
+def misspelt_member(plan: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    """An unknown member of the plan or of one of its runs that is close to a known member
+    it lacks (``runz``, ``tokenz``), as ``where: ...`` (or None): readers ignore members they
+    do not know (newer xelm may add some), but a misspelt one would be ignored silently."""
+    runs = plan.get("runs")
+    objects = [("(top level)", plan, schema)]
+    if isinstance(runs, list):  # (else refused by the schema)
+        run_schema = schema["$defs"]["run"]
+        objects += [(f"runs/{i}", run, run_schema) for i, run in enumerate(runs)
+                    if isinstance(run, dict)]  # fmt: skip
+    for where, members, of in objects:
+        absent = [name for name in of["properties"] if name not in members]
+        for name in members:
+            close = difflib.get_close_matches(name, absent, n=1, cutoff=0.75)
+            if name not in of["properties"] and close:
+                return f"{where}: unknown member {name!r} (did you mean {close[0]!r}?)"
+    return None
 
 
 def plan_directory(plan: dict[str, Any]) -> Path | None:
