@@ -3,9 +3,12 @@ same thing."""
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 
 from xelm_cli.cli import run
 
@@ -51,3 +54,31 @@ def test_the_global_batch_examples_of_train_help_are_accepted_with_the_defaults(
     for example in examples:
         options = TrainOptions.from_dict({"global_batch_tokens": example})
         assert options.accumulation * options.micro_batch_tokens == options.batch_tokens
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    yield " ".join(("xelm", *path)), command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _commands(sub, (*path, name))
+
+
+SPELLED_OUT = {
+    "HMR": r"HMR( form)? \(hierarchical multi-round training",
+    "LAPT": r"LAPT \(language-adaptive pre-training",
+}
+
+
+def test_every_help_text_spells_out_hmr_and_lapt_at_first_use() -> None:
+    from xelm_cli.cli import app
+
+    used = set()
+    for name, command in _commands(typer.main.get_command(app)):
+        text = " ".join(
+            [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
+        )
+        for word, spelled in SPELLED_OUT.items():
+            if word in text:
+                used.add(word)
+                first = text[text.index(word) :]
+                assert re.match(spelled, " ".join(first.split())), (name, first[:80])
+    assert used == set(SPELLED_OUT)  # the check ran on help texts that use both

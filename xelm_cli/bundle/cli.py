@@ -299,6 +299,9 @@ def branch(
 ) -> None:
     """Branch a bundle into a new expert; weight files are hard links, so it costs nothing.
 
+    The HMR form (hierarchical multi-round training: a new language's expert starts from the
+    expert of a related language already seen, the donor) takes --from, --donor and --lang.
+
     Examples:
       xelm bundle branch seed/ --allocation alloc.json --expert 2 -o experts/e2
       xelm bundle branch --from experts/ --donor tr --lang az -o experts/az   (HMR)

@@ -51,9 +51,11 @@ def demo(
     """Reproduce X-ELM's findings end to end on the sample data and write a report.
 
     Trains a tokenizer and a seed, a dense model and X-ELMs at equal compute, evaluates them on
-    FLORES-200, adds two languages by HMR and LAPT, runs SIB-200 in context, and writes
-    OUT/report/report.md with figures. Re-running skips finished steps. Without --data and
-    without ../shared/data it reads xelm's cache, running `xelm data fetch` first if needed.
+    FLORES-200, adds two languages by HMR (hierarchical multi-round training: branching the
+    expert of a related language) and by LAPT (language-adaptive pre-training of the dense
+    model), runs SIB-200 in context, and writes OUT/report/report.md with figures. Re-running
+    skips finished steps. Without --data and without ../shared/data it reads xelm's cache,
+    running `xelm data fetch` first if needed.
 
     Example: xelm demo --preset smoke -o demo-smoke
 
