@@ -174,6 +174,18 @@ def test_train_all_refuses_a_plan_of_an_unknown_version_in_one_line(
     )
 
 
+def test_train_all_given_a_directory_asks_for_the_plan_file_in_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Not `write one with xelm plan ... --json > DIR` (a shell cannot write to a directory)."""
+    code, stdout, stderr = xelm(capsys, "train-all", tmp_path, "--dry-run")
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        f"xelm: error: {tmp_path} is a directory, not a plan: give the file `xelm plan ... "
+        "--json > plan.json` wrote\n"
+    )
+
+
 @pytest.fixture(scope="module")
 def made_plan(
     tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path, shards: Path

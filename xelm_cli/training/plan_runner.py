@@ -67,6 +67,11 @@ def read_plan(path: Path) -> dict[str, Any]:
     """The plan at ``path``, refused in one line unless it is one this xelm runs: its format
     and version, then spec/train-plan-v1.schema.json (the members train-all needs, their
     types) and no misspelt member (``misspelt_member``)."""
+    if path.is_dir():
+        raise UsageError(
+            f"{path} is a directory, not a plan: give the file `xelm plan ... --json > "
+            "plan.json` wrote"
+        )
     plan = read_json_object(path, "plan") if path.is_file() else None
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
