@@ -144,6 +144,30 @@ def test_the_plan_states_the_attention_its_estimate_assumes(
     assert f"activations {expected.activations / 1e9:.2f} with eager attention, loss" in out
 
 
+def test_a_block_past_the_seeds_positions_is_noted_once_and_estimated_as_the_runs_train(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """The tiny seed declares 512 positions and the trainer's default block is 1,024: its
+    rotary positions run past them, and `xelm train` notes that and trains 1,024-token blocks
+    (measured: 2 steps of 2 x 1,024, no error). The plan says so once, and its memory estimate
+    is of the block the runs train with."""
+    shape = ModelShape.of(Bundle.open(seed_bundle))
+    args = _plan(tmp_path, seed_bundle, shards, "--memory", "80GB", "--json")
+    assert run([*args, "--train-args", "--device cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines()[0] == (
+        "xelm: --block-size 1,024 is longer than the 512 positions the seed declares "
+        "(max_position_embeddings): every run trains past them; pass --train-args "
+        '"--block-size 512" (or less) unless you mean to'
+    )
+    assert err.count("positions the seed declares") == 1
+    estimate = json.loads(out)["estimate"]
+    assert (estimate["block_size"], estimate["positions"]) == (1024, 512)
+    assert estimate["memory"] == training_memory(shape, 8, 1024, cuda=False).as_dict()
+    assert run([*args, "--train-args", "--device cpu --block-size 512"]) == 0
+    assert "positions the seed declares" not in capsys.readouterr().err
+
+
 def test_durations_read_in_seconds_minutes_or_hours() -> None:
     assert [duration(s) for s in (0.04, 6, 89.4, 90, 5399, 5400, 36_000)] == [
         "0 s", "6 s", "89 s", "1.5 min", "90.0 min", "1.5 h", "10.0 h",
@@ -322,7 +346,7 @@ def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_los
     and its largest batch."""
     shape = ModelShape.of(Bundle.open(seed_bundle))
     held, _ = moe_shapes(shape, 2, 2)
-    moe_run = {"cuda": False, "lean_loss": False, "mlps_per_token": 2}
+    moe_run: dict[str, Any] = {"cuda": False, "lean_loss": False, "mlps_per_token": 2}
     dense = training_memory(shape, 16, 32, cuda=False).total
     moe = training_memory(held, 16, 32, **moe_run).total
     one_mlp = training_memory(held, 16, 32, cuda=False, lean_loss=False).total

@@ -41,7 +41,12 @@ from xelm_cli.training.plan_runner import (
     shown_command,
     under_torchrun,
 )
-from xelm_cli.training.planning import DEFAULT_MOE_AUX_LOSS, make_plan, passes_line
+from xelm_cli.training.planning import (
+    DEFAULT_MOE_AUX_LOSS,
+    make_plan,
+    passes_line,
+    positions_line,
+)
 from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_verb
 
@@ -298,7 +303,8 @@ def plan(
     The seed bundle and the shards are checked first (the shards hold every language of the
     allocation), with --moe-tokens also what `xelm bundle moe` would refuse (the seed's family,
     --moe-calibration text it cannot read); the runs whose tokens go over the shards' text in
-    their languages more than once are noted on stderr (each run's `passes` in --json). The
+    their languages more than once are noted on stderr (each run's `passes` in --json), and so
+    is a block longer than the positions the seed declares (the runs would train past them). The
     plan records the directory it is made in (`directory`), where `xelm train-all` runs its
     commands, so relative paths keep their meaning wherever it starts.
 
@@ -322,8 +328,9 @@ def plan(
         moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
         moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss, parallel=parallel,
     )  # fmt: skip
-    if note := passes_line(result):
-        say_on_stderr(note)
+    for note in (positions_line(result), passes_line(result)):
+        if note:
+            say_on_stderr(note)
     if as_json:
         print_json(result)
         return
