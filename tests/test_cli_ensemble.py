@@ -373,14 +373,35 @@ def test_bad_inputs_are_one_line(
         "--limit", "0", "-o", str(tmp_path / "ens.json"),
     )  # fmt: skip
     assert (code, err) == (2, "xelm: error: --limit must be at least 1 (got 0)\n")
-    # a language no expert covers, without a fallback
+    # a language no expert covers, named with --langs, without a fallback
     only_ar = str(pool / "experts" / "x1")
-    code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset))
+    code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset), "--langs", "en")
     assert (code, err) == (
         2,
         "xelm: error: no expert covers language 'en' (covered: ar): choose a covered language, "
         "add an expert for it, or use --router-arg fallback=typology or fallback=posterior\n",
     )
+
+
+def test_eval_keeps_by_default_to_the_data_languages_the_experts_cover(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    """FLORES has languages no expert covers: without --langs they are left out, in a note."""
+    experts = [str(pool / "experts" / "x2"), str(pool / "experts" / "x1")]  # ru, ar
+    code, out, err = cli(capsys, "ensemble", "eval", *experts, "--data", str(evalset), "--json")
+    assert code == 0, err
+    assert json.loads(out)["request"]["languages"] == ["ar", "ru"]
+    assert err == (
+        f"xelm: note: evaluating the languages of {evalset} that the experts cover (ar, ru); "
+        "left out en, tr: name them with --langs to evaluate them with a router that takes them "
+        "(e.g. --router-arg fallback=typology)\n"
+    )
+    code, out, err = cli(
+        capsys, "ensemble", "eval", *experts, "--data", str(evalset), "--langs", "ar,tr",
+        "--router-arg", "fallback=typology", "--json",
+    )  # fmt: skip
+    assert code == 0 and err == ""
+    assert json.loads(out)["request"]["languages"] == ["ar", "tr"]
 
 
 def test_different_tokenizers_are_refused(

@@ -129,8 +129,8 @@ def evaluate(
         str | None,
         typer.Option(
             "--langs",
-            help="Languages (default: all the data has; an in-context task on a Hub id: "
-            "the experts' languages it has).",
+            help="Languages (default: those of the data that the experts cover; a note "
+            "names the others).",
         ),
     ] = None,
     limit: Annotated[

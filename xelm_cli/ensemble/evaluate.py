@@ -5,6 +5,8 @@ are the registered plugins, and the result is the same record the command writes
 ``--format json`` (spec/ensemble-v1.md section 5).
 """
 
+import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
-from xelm_cli.plugin.contracts import EvalRequest
+from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 
 
 def evaluate(
@@ -48,10 +50,11 @@ def evaluate(
     ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
     router and its options (default: the ensemble file's, else ``language``); ``evaluator``:
     default ``icl`` with a ``task``, else ``perplexity``; ``languages``: codes (or one
-    comma-separated text), None for every language in the data; ``limit``: documents or
-    examples per language; ``each``: also score every expert alone; ``baselines``: bundles
-    scored alongside; ``output``: also write the record there (atomically; an existing file only
-    with ``force``); ``eval_options``: the evaluator's own options (``--eval-arg``).
+    comma-separated text), None for the languages of the data that the experts cover (a note
+    on stderr names the others); ``limit``: documents or examples per language; ``each``: also
+    score every expert alone; ``baselines``: bundles scored alongside; ``output``: also write
+    the record there (atomically; an existing file only with ``force``); ``eval_options``: the
+    evaluator's own options (``--eval-arg``).
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
@@ -72,6 +75,8 @@ def evaluate(
         model_languages=tuple(dict.fromkeys(lang for b in spec.members for lang in b.languages)),
     )
     built = build_evaluator(name, request)
+    if request.languages is None:
+        built = _on_covered_languages(name, request, built)
     systems = systems_for(
         spec,
         build_router(spec.router, spec.router_options),
@@ -83,3 +88,22 @@ def evaluate(
     if output is not None:
         write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
+
+
+def _on_covered_languages(name: str, request: EvalRequest, built: Evaluator) -> Evaluator:
+    """Without chosen languages, the evaluator again on the data's languages that the experts
+    cover (``EvalRequest.model_languages``, which an in-context task on a Hub dataset already
+    keeps to): the language router refuses the others. With none covered, the evaluator as
+    it is (the router's refusal names the covered languages)."""
+    covered = set(request.model_languages or ())
+    kept = [language for language in built.languages if language in covered]
+    left_out = [language for language in built.languages if language not in covered]
+    if not kept or not left_out:
+        return built
+    print(
+        f"xelm: note: evaluating the languages of {request.data} that the experts cover "
+        f"({', '.join(kept)}); left out {', '.join(left_out)}: name them with --langs to "
+        "evaluate them with a router that takes them (e.g. --router-arg fallback=typology)",
+        file=sys.stderr,
+    )
+    return build_evaluator(name, dataclasses.replace(request, languages=tuple(kept)))
