@@ -362,6 +362,8 @@ def test_bad_inputs_are_one_line(
         (["--data", str(evalset), "--evaluator", "nope"], "unknown evaluator 'nope'"),
         (["--data", str(evalset), "--limit", "0"], "--limit must be at least 1 (got 0)"),
         (["--data", str(evalset), "--limit=-3"], "--limit must be at least 1 (got -3)"),
+        (["--data", str(SHARED_DATA / "tasks" / "sib200"), "--langs", "en"],
+         "; to evaluate the sib200 task in context pass --task sib200"),
         (["--data", str(evalset), "--task", "sib200"], "unknown"),
     ]  # fmt: skip
     for args, message in cases[:-1]:

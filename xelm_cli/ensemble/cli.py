@@ -11,6 +11,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
+from xelm_cli.ensemble.evaluate import IN_CONTEXT_TASKS
 from xelm_cli.plugin.options import PAIRS_METAVAR, parse_pairs
 
 app = typer.Typer(
@@ -138,9 +139,7 @@ def evaluate(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(
-            "--task", help="In-context task: xnli, xstorycloze, sib200, xcopa, belebele, jsonl."
-        ),
+        typer.Option("--task", help=f"In-context task: {', '.join(IN_CONTEXT_TASKS)}."),
     ] = None,
     shots: Annotated[int, typer.Option("--shots", help="Demonstrations per example.")] = 0,
     runs: Annotated[int, typer.Option("--runs", help="Demonstration samplings.")] = 1,

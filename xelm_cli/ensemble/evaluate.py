@@ -21,6 +21,9 @@ from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 
+# The first-party icl evaluator's tasks (--task); a folder named for one holds that task.
+IN_CONTEXT_TASKS = ("xnli", "xstorycloze", "sib200", "xcopa", "belebele", "jsonl")
+
 
 def evaluate(
     members: Member | Sequence[Member],
@@ -74,7 +77,7 @@ def evaluate(
         options=dict(eval_options),
         model_languages=tuple(dict.fromkeys(lang for b in spec.members for lang in b.languages)),
     )
-    built = build_evaluator(name, request)
+    built = _build_evaluator(name, request, chosen=evaluator is not None or task is not None)
     if request.languages is None:
         built = _on_covered_languages(name, request, built)
     systems = systems_for(
@@ -88,6 +91,28 @@ def evaluate(
     if output is not None:
         write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
+
+
+def _build_evaluator(name: str, request: EvalRequest, *, chosen: bool) -> Evaluator:
+    """The evaluator; when the perplexity one was taken by default, data it cannot read from a
+    folder named for an in-context task is refused naming ``--task`` as the way out."""
+    try:
+        return build_evaluator(name, request)
+    except UsageError as exc:
+        task = None if chosen else _task_of_folder(request.data)
+        if task is None:
+            raise
+        raise UsageError(
+            f"{exc}; to evaluate the {task} task in context pass --task {task}"
+        ) from None
+
+
+def _task_of_folder(data: str | None) -> str | None:
+    """The in-context task a local folder is named for (``sib200``, ``XNLI-1.0``), or None."""
+    if data is None or not Path(data).is_dir():
+        return None
+    folder = Path(data).resolve().name.lower()
+    return next((task for task in IN_CONTEXT_TASKS if folder.startswith(task)), None)
 
 
 def _on_covered_languages(name: str, request: EvalRequest, built: Evaluator) -> Evaluator:
