@@ -483,10 +483,11 @@ def prepare(
     ``shortfall`` says by how much it fell short.
 
     A streamed language is read until its cap (else ``tokens``) is reached; its size for
-    ``alpha`` is what was read. A killed or interrupted run continues where it stopped when
-    run again with the same arguments. Nothing is written when ``out`` already holds shards of
-    the same input, tokenizer and options (``up_to_date``); other shards there are an error
-    unless ``overwrite``.
+    ``alpha`` is what was read (a warning names the languages cut so). A killed, interrupted
+    or failed run continues where it stopped when run again with the same arguments (the
+    options of the second pass, ``seed`` and ``alpha``, may differ). Nothing is written when
+    ``out`` already holds shards of the same input, tokenizer and options (``up_to_date``);
+    other shards there are an error unless ``overwrite``.
     """
     out = Path(os.path.abspath(out))
     chosen = language_codes(langs)

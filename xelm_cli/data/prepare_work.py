@@ -4,10 +4,12 @@ Tokenised documents are appended per language to ``LANG.tokens.bin`` and ``LANG.
 (uint64 token count per document) in a hidden sibling of the output, ``.OUT.prepare/``. Every
 few seconds, and when a source is finished, the files are flushed to disk and ``state.json``
 records (atomically) how far each source was read and how many documents and tokens each
-language holds at that moment. A killed run leaves the directory behind; the same command
-finds it (same key: sources, tokenizer and options), cuts every file back to the recorded
-sizes and continues each source from its recorded position. Nothing in it looks like shards:
-the output appears only when ``data_prepare`` renames a finished directory into place.
+language holds at that moment. A killed run leaves the directory behind, and so does one that
+failed (a corrupt file, a full disk) once it recorded documents; a rerun finds it (same key:
+what reading depends on, see ``prepare._reading_inputs``), cuts every file back to the
+recorded sizes and continues each source from its recorded position. A directory of another
+key is discarded with a line saying what differs. Nothing in it looks like shards: the output
+appears only when ``data_prepare`` renames a finished directory into place.
 """
 
 import contextlib
