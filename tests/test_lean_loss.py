@@ -1,5 +1,7 @@
 """The chunked (memory-lean) loss against transformers' own loss: values and every gradient."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, XGLMConfig
@@ -68,14 +70,33 @@ def test_linear_cross_entropy_with_bias_and_scaled_upstream_gradient() -> None:
         torch.testing.assert_close(mine, reference)
 
 
-def test_models_whose_logits_are_more_than_the_output_layer_keep_the_plain_loss() -> None:
+def _gemma2_softcapped() -> torch.nn.Module:
     from transformers import Gemma2Config
 
     config = Gemma2Config(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
     )  # fmt: skip
-    assert not logits_are_output_layer(AutoModelForCausalLM.from_config(config))
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _bert_decoder() -> torch.nn.Module:
+    from transformers import BertConfig
+
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, is_decoder=True,
+    )  # fmt: skip
+    return AutoModelForCausalLM.from_config(config)  # a transform before the output Linear
+
+
+@pytest.mark.parametrize("build", [_gemma2_softcapped, _bert_decoder])
+def test_models_whose_logits_are_more_than_the_output_layer_keep_the_plain_loss(
+    build: Callable[[], torch.nn.Module],
+) -> None:
+    model = build().train()
+    assert not logits_are_output_layer(model)
+    assert model.training  # probed in eval mode, then left as it was
 
 
 def test_without_grad_only_the_loss_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    BertConfig,
+    BertTokenizer,
     GPT2Config,
     GPT2Tokenizer,
     LlamaConfig,
@@ -17,7 +19,7 @@ from transformers import (
     XGLMConfig,
     XGLMTokenizer,
 )
-from xelm_trainer.loop import check_inputs
+from xelm_trainer.loop import check_inputs, load_model
 
 from xelm_cli.api import Document
 from xelm_cli.bundle.framing import Framing
@@ -63,6 +65,19 @@ def _llama(out: Path) -> Path:
     return _save(out, config, tokenizer)
 
 
+def _bert_decoder(out: Path) -> Path:
+    """A causal LM whose head is more than its output Linear: dense, activation and LayerNorm
+    before it (RoBERTa, XLM-R, ELECTRA and RoFormer heads are alike)."""
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 4, "world": 5,
+             **{c: i + 6 for i, c in enumerate(LETTERS)}}  # fmt: skip
+    tokenizer = BertTokenizer(vocab=vocab)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, is_decoder=True,
+    )  # fmt: skip
+    return _save(out, config, tokenizer)
+
+
 def _save(out: Path, config: object, tokenizer: object, dtype: torch.dtype = torch.float32) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).to(dtype)
@@ -76,6 +91,7 @@ FAMILIES = {
     "xglm": (_xglm, 2, None),  # </s> before text; </s> already separates documents
     "gpt2": (_gpt2, None, 0),  # nothing added: <|endoftext|> separates documents
     "llama": (_llama, 1, 2),  # <s> before text, </s> after the document
+    "bert-decoder": (_bert_decoder, 2, 3),  # [CLS] text [SEP]
 }
 
 
@@ -133,6 +149,26 @@ def test_scoring_and_generation_start_documents_with_the_seeds_token(
     expected = torch.log_softmax(logits, -1)[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
     assert 1 <= len(generated.tokens) <= 3
+
+
+def test_the_trainer_trains_the_head_transform_of_a_bert_decoder(tmp_path: Path) -> None:
+    """Its logits are not the output Linear of the body's states: the chunked loss, which
+    would skip the transform, is not used, and every head parameter gets a gradient."""
+    seed = init_from_hf(str(_bert_decoder(tmp_path / "hf")), tmp_path / "seed", languages=["en"])
+    data = tmp_path / "corpus"
+    data.mkdir()
+    (data / "en.jsonl").write_text(json.dumps({"text": TEXT}) + "\n")
+    from xelm_cli.data.prepare import prepare
+
+    prepare(data, seed.path, tmp_path / "shards")
+    request = TrainRequest(seed.path, tmp_path / "shards", tmp_path / "out", tokens=8,
+                           options={"block_size": 4, "batch_size": 1})  # fmt: skip
+    model = load_model(check_inputs(request), torch.device("cpu"))
+    assert not getattr(model, "lean_loss", False)
+    batch = torch.tensor([[2, 4, 5, 4, 3]])
+    model(input_ids=batch, labels=batch).loss.backward()
+    transform = model.cls.predictions.transform
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in transform.parameters())
 
 
 def test_framing_can_be_overridden_at_init(tmp_path: Path) -> None:

@@ -335,8 +335,12 @@ def load_model(inputs: Inputs, device: torch.device) -> Any:
     model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
     configure_moe(model, options)
     # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
-    if options.lean_loss and logits_are_output_layer(model) and not is_moe(model):
-        use_lean_loss(model)
+    if options.lean_loss and not is_moe(model):
+        # probed as training runs it (flash attention runs in half precision only)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            chunked = logits_are_output_layer(model)
+        if chunked:
+            use_lean_loss(model)
     return model
 
 

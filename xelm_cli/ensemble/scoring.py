@@ -8,6 +8,7 @@ sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 
 import functools
 import inspect
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,22 +56,49 @@ def pick_device(name: str | None = None) -> Any:
     return device
 
 
+_OUTPUT_LAYER_PROBES: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+PROBE_TOKENS = 6  # the forward that checks a model's head: a handful of tokens
+
+
 def logits_are_output_layer(model: Any) -> bool:
     """Whether a causal LM's logits are its output layer (an ``nn.Linear``) applied to its
-    body's last hidden states and nothing else: no final soft-capping, no logit scaling
-    (Gemma 2, Cohere, Granite's ``logits_scaling``, ``output_mult``). Only then may logits be
-    computed from the hidden states chunk by chunk."""
+    body's last hidden states and nothing else: no head transform before it (BERT-style
+    heads), no logit scaling after it (Granite's ``logits_scaling``, Cohere). Only then may
+    logits be computed from the hidden states chunk by chunk. Decided by running the model
+    once on a few tokens (``_head_is_output_layer``), remembered per model object: call it
+    on the bare model, before DDP or FSDP wrap it or a lean loss replaces its forward."""
     import torch
 
-    config = model.config
-    return (
-        model.base_model is not model
-        and isinstance(model.get_output_embeddings(), torch.nn.Linear)
-        and not getattr(config, "final_logit_softcapping", None)
-        and getattr(config, "logit_scale", None) is None
-        and getattr(config, "logits_scaling", 1) in (1, None)
-        and getattr(config, "output_mult", None) is None
-    )
+    if model not in _OUTPUT_LAYER_PROBES:
+        _OUTPUT_LAYER_PROBES[model] = (
+            model.base_model is not model
+            and isinstance(model.get_output_embeddings(), torch.nn.Linear)
+            # soft-capping is near the identity on small logits (an untrained model's),
+            # where the probe cannot see it
+            and not getattr(model.config, "final_logit_softcapping", None)
+            and _head_is_output_layer(model)
+        )
+    return _OUTPUT_LAYER_PROBES[model]
+
+
+def _head_is_output_layer(model: Any) -> bool:
+    """Whether ``model``'s logits on a few tokens equal its output layer applied to its body's
+    last hidden states (in eval mode, so dropout does not differ between the two)."""
+    import torch
+
+    parameter = next(model.parameters())
+    ids = torch.arange(PROBE_TOKENS, device=parameter.device)[None] % model.config.vocab_size
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits.float()
+            hidden = model.base_model(input_ids=ids).last_hidden_state
+            chunked = model.get_output_embeddings()(hidden).float()
+    finally:
+        model.train(training)
+    tolerance = max(1e-5, 4 * torch.finfo(parameter.dtype).eps)
+    return torch.allclose(logits, chunked, rtol=tolerance, atol=tolerance)
 
 
 @functools.cache
