@@ -82,3 +82,22 @@ def test_every_help_text_spells_out_hmr_and_lapt_at_first_use() -> None:
                 first = text[text.index(word) :]
                 assert re.match(spelled, " ".join(first.split())), (name, first[:80])
     assert used == set(SPELLED_OUT)  # the check ran on help texts that use both
+
+
+# One flag per concept (canonical first); the older spellings stay accepted as aliases.
+FLAGS = {
+    "--lang": {"bundle merge": "--language", "bundle branch": None, "ensemble generate": None},
+    "--calibration": {"ensemble create": "--calibrate", "bundle moe": None},
+    "--calibration-limit": {"ensemble create": "--limit", "bundle moe": None},
+}
+
+
+def test_one_concept_has_one_flag_across_commands() -> None:
+    from xelm_cli.cli import app
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    for flag, uses in FLAGS.items():
+        for name, alias in uses.items():
+            declared = [p.opts for p in commands[f"xelm {name}"].params if flag in p.opts]
+            assert [opts[0] for opts in declared] == [flag], (name, flag)
+            assert alias is None or alias in declared[0], (name, alias)

@@ -267,8 +267,8 @@ def test_create_ensemble_from_python_writes_what_the_command_writes(
     by_command, by_call = tmp_path / "command.json", tmp_path / "call.json"
     code, _, err = cli(
         capsys, "ensemble", "create", str(pool / "experts" / "*"), "--router", "oracle",
-        "--calibrate", str(evalset), "--langs", f"{LANGS[0]},{LANGS[1]}", "--limit", "3",
-        "-o", str(by_command),
+        "--calibration", str(evalset), "--langs", f"{LANGS[0]},{LANGS[1]}",
+        "--calibration-limit", "3", "-o", str(by_command),
     )  # fmt: skip
     assert code == 0, err
     spec = create_ensemble(
@@ -370,7 +370,7 @@ def test_bad_inputs_are_one_line(
         code, _, err = cli(capsys, "ensemble", "eval", experts, *args)
         assert code == 2 and err.startswith("xelm: error: ") and message in err, (args, err)
         assert err.count("\n") == 1
-    code, _, err = cli(
+    code, _, err = cli(  # the older spellings of --calibration and --calibration-limit
         capsys, "ensemble", "create", experts, "--router", "oracle", "--calibrate", str(evalset),
         "--limit", "0", "-o", str(tmp_path / "ens.json"),
     )  # fmt: skip

@@ -409,16 +409,19 @@ def merge(
     ] = None,
     language: Annotated[
         str | None,
-        typer.Option(help="Weights for one language from the allocation (with --allocation)."),
+        typer.Option(
+            "--lang",
+            "--language",
+            help="Weights for one language from the allocation (with --allocation).",
+        ),
     ] = None,
     allocation: Annotated[
-        Path | None, typer.Option(help="The experts' allocation file (with --language).")
+        Path | None, typer.Option(help="The experts' allocation file (with --lang).")
     ] = None,
     role: Annotated[
         str | None,
         typer.Option(
-            help=f"Role of the result ({', '.join(ROLES)}); default dense, or expert "
-            "with --language."
+            help=f"Role of the result ({', '.join(ROLES)}); default dense, or expert with --lang."
         ),
     ] = None,
     force: ForceOpt = False,
@@ -433,7 +436,7 @@ def merge(
       xelm bundle merge experts/* -o averaged/
       xelm bundle merge experts/e0 experts/e1 --weights 0.7,0.3 -o avg/
       xelm bundle merge experts/* --prior ens.json -o avg/
-      xelm bundle merge experts/* --language tr --allocation alloc.json -o avg-tr/
+      xelm bundle merge experts/* --lang tr --allocation alloc.json -o avg-tr/
     """
     from xelm_cli.bundle.merging import merge_average
 

@@ -67,6 +67,7 @@ def create(
     calibrate: Annotated[
         str | None,
         typer.Option(
+            "--calibration",
             "--calibrate",
             help="Held-out corpus to fit the router on (posterior prior, oracle table).",
         ),
@@ -75,14 +76,15 @@ def create(
         str | None, typer.Option("--langs", help="Calibration languages (default: all).")
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="Calibration documents per language.")
+        int | None,
+        typer.Option("--calibration-limit", "--limit", help="Calibration documents per language."),
     ] = 200,
     device: DeviceOpt = None,
     force: ForceOpt = False,
 ) -> None:
     """Record an ensemble: member bundles (with digests), router and its options, combination.
 
-    Example: xelm ensemble create experts/* --router posterior --calibrate valid/ -o ens.json
+    Example: xelm ensemble create experts/* --router posterior --calibration valid/ -o ens.json
 
     Python: xelm_cli.api.create_ensemble
     """
