@@ -101,3 +101,16 @@ def test_one_concept_has_one_flag_across_commands() -> None:
             declared = [p.opts for p in commands[f"xelm {name}"].params if flag in p.opts]
             assert [opts[0] for opts in declared] == [flag], (name, flag)
             assert alias is None or alias in declared[0], (name, alias)
+
+
+def test_the_other_commands_trainer_flag_is_refused_naming_this_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """train takes --train-arg KEY=VALUE, plan --train-args '--flag value': each refusal of the
+    other's spelling suggests its own."""
+    for command, given, suggested in (("plan", "--train-arg", "--train-args"),
+                                      ("train", "--train-args", "--train-arg")):  # fmt: skip
+        code, _, err = cli(capsys, command, given, "lr=1")
+        assert code == 2 and err.count("\n") == 1, err
+        found = re.search(rf"No such option: {given} \(Possible options: ([^)]*)\)", err)
+        assert found is not None and suggested in found[1].split(", "), err
