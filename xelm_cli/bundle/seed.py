@@ -13,6 +13,7 @@ from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+CAUSAL_PROBE_TOKENS = 6  # the forward that checks a seed's attention: a handful of tokens
 
 # Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
 # (small); the vocabulary comes from the tokenizer.
@@ -147,6 +148,23 @@ def _load_hf_model(
         )
 
 
+def _sees_later_tokens(model: Any) -> bool:
+    """Whether ``model``'s logits at a position change when only a later token changes: its
+    attention is not causal (a masked LM such as BERT loads as a causal-LM class with
+    bidirectional attention, and ``config.is_decoder`` is false for decoder-only models too)."""
+    import torch
+
+    vocab = model.config.vocab_size
+    ids = torch.arange(1, CAUSAL_PROBE_TOKENS + 1)[None] % vocab
+    changed = ids.clone()
+    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    with torch.no_grad():
+        before, after = (model(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
+    # causal attention leaves them as they were, to the bit on the CPU; a leak in a tiny
+    # random model is ~1e-3 of its logits
+    return not torch.allclose(before, after, rtol=1e-5, atol=1e-6)
+
+
 def _cached_only(model_id: str, revision: str | None) -> bool:
     """Whether a Hub model must be read from the local Hugging Face cache alone: the Hub does
     not answer (asked once, quickly) but the model's config is cached. Refused at once when it
@@ -233,6 +251,12 @@ def init_from_hf(
         if not local and ".bin" in reason and not convert_pickle:
             hint = " (pickled weights only? pass --convert-pickle)"
         raise UsageError(f"cannot load model {model_id!r}: {reason}{hint}") from None
+    if _sees_later_tokens(model):
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: its predictions change when a later token "
+            "changes (bidirectional attention, as in a masked LM such as BERT); xelm needs a "
+            "decoder-only causal LM"
+        )
     source: dict[str, Any] = {
         "kind": "hf",
         "model": str(Path(model_id).resolve()) if local else model_id,
