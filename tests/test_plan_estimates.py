@@ -156,11 +156,11 @@ def test_a_block_past_the_seeds_positions_is_noted_once_and_estimated_as_the_run
     assert run([*args, "--train-args", "--device cpu"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == (
-        "xelm: --block-size 1,024 is longer than the 512 positions the seed declares "
-        "(max_position_embeddings): every run trains past them; pass --train-args "
+        "xelm: --block-size 1,024 is longer than the 512 positions the model declares "
+        "(max_position_embeddings): training runs past them; pass --train-args "
         '"--block-size 512" (or less) unless you mean to'
     )
-    assert err.count("positions the seed declares") == 1
+    assert err.count("positions the model declares") == 1
     estimate = json.loads(out)["estimate"]
     assert (estimate["block_size"], estimate["positions"]) == (1024, 512)
     assert estimate["memory"] == training_memory(shape, 8, 1024, cuda=False).as_dict()

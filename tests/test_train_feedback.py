@@ -273,11 +273,12 @@ def test_a_block_past_the_models_positions_is_said(
                  "--block-size", "640", "--batch-size", "1")  # fmt: skip
     assert run(long) == 0
     assert (
-        "xelm: --block-size 640 is longer than the 512 positions this model declares "
-        "(max_position_embeddings): pass --block-size 512 or less" in capsys.readouterr().err
+        "xelm: --block-size 640 is longer than the 512 positions the model declares "
+        "(max_position_embeddings): training runs past them; pass --block-size 512 (or less)"
+        in capsys.readouterr().err
     )
     assert run(train(seed_bundle, shards, tmp_path / "short", "--tokens", "128")) == 0
-    assert "positions this model declares" not in capsys.readouterr().err
+    assert "positions the model declares" not in capsys.readouterr().err
 
 
 def tiny_seed(family: str, tokenizer_of: Path, out: Path) -> Path:
@@ -363,6 +364,7 @@ def test_a_rotary_model_past_its_positions_is_only_warned(
                  "--batch-size", "1")  # fmt: skip
     assert run(long) == 0
     assert (
-        "xelm: --block-size 80 is longer than the 64 positions this model declares "
-        "(max_position_embeddings): pass --block-size 64 or less" in capsys.readouterr().err
+        "xelm: --block-size 80 is longer than the 64 positions the model declares "
+        "(max_position_embeddings): training runs past them; pass --block-size 64 (or less)"
+        in capsys.readouterr().err
     )

@@ -101,7 +101,11 @@ from xelm_cli.training.checkpoints import (
 )
 from xelm_cli.training.plan_runner import run_plan
 from xelm_cli.training.planning import make_plan
-from xelm_cli.training.positions import declared_positions, require_block_fits
+from xelm_cli.training.positions import (
+    declared_positions,
+    past_positions_line,
+    require_block_fits,
+)
 from xelm_cli.training.run import train
 
 __all__ = [
@@ -185,6 +189,7 @@ __all__ = [
     "parse_language_list",
     "parse_options",
     "parse_token_count",
+    "past_positions_line",
     "pick_device",
     "prepare",
     "rank_donors",

@@ -17,6 +17,7 @@ from xelm_cli.api import (
     UsageError,
     declared_positions,
     list_checkpoints,
+    past_positions_line,
     stderr_progress,
 )
 
@@ -60,17 +61,8 @@ def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None
 
 
 def positions_note(block_size: int, bundle: Path) -> str | None:
-    """A line when a block is longer than the positions the model declares: rotary, ALiBi and
-    sinusoidal positions run past them into positions the model never saw (a learned position
-    table cannot: ``xelm_cli.api.require_block_fits``)."""
-    positions = declared_positions(bundle)
-    if positions is None or block_size <= positions:
-        return None
-    return (
-        f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions this "
-        f"model declares (max_position_embeddings): pass --block-size {positions} or less "
-        "unless you mean to train past them"
-    )
+    """A line when a block is longer than the positions the model declares."""
+    return past_positions_line(block_size, declared_positions(bundle), "--block-size {}")
 
 
 def out_of_memory(exc: RuntimeError) -> bool:

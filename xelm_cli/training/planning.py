@@ -30,7 +30,11 @@ from xelm_cli.training.estimates import (
     training_memory,
 )
 from xelm_cli.training.plan_runner import PLAN_FORMAT, PLAN_FORMAT_VERSION, side_by_side_length
-from xelm_cli.training.positions import declared_positions, require_block_fits
+from xelm_cli.training.positions import (
+    declared_positions,
+    past_positions_line,
+    require_block_fits,
+)
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 
 DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
@@ -176,18 +180,10 @@ def passes_line(plan: dict[str, Any]) -> str | None:
 
 
 def positions_line(plan: dict[str, Any]) -> str | None:
-    """A note when the runs' block is longer than the positions the seed declares, or None:
-    rotary, ALiBi and sinusoidal positions run past them, so every run would train on positions
-    the model does not declare (as each run's `xelm train` notes; a learned position table is
-    refused: ``require_block_fits``)."""
+    """A note when the runs' block is longer than the positions the seed declares, or None (as
+    each run's `xelm train` notes)."""
     block, positions = plan["estimate"]["block_size"], plan["estimate"]["positions"]
-    if positions is None or block <= positions:
-        return None
-    return (
-        f"xelm: --block-size {block:,} is longer than the {positions:,} positions the seed "
-        f"declares (max_position_embeddings): every run trains past them; pass --train-args "
-        f'"--block-size {positions}" (or less) unless you mean to'
-    )
+    return past_positions_line(block, positions, '--train-args "--block-size {}"')
 
 
 def estimate_runs(

@@ -20,6 +20,20 @@ def declared_positions(bundle: Path) -> int | None:
     return positions if isinstance(positions, int) else None
 
 
+def past_positions_line(block_size: int, positions: int | None, way_out: str) -> str | None:
+    """A note when ``block_size`` is longer than the ``positions`` a model declares, else None:
+    rotary, ALiBi and sinusoidal positions run past them into positions the model never saw (a
+    learned position table is refused: ``require_block_fits``). ``way_out``: the flag that
+    shortens the block, ``{}`` standing for the length."""
+    if positions is None or block_size <= positions:
+        return None
+    return (
+        f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions the model "
+        f"declares (max_position_embeddings): training runs past them; pass "
+        f"{way_out.format(positions)} (or less) unless you mean to"
+    )
+
+
 def require_block_fits(block_size: int, bundle: Path) -> None:
     """A block longer than a learned position table (GPT-2's ``wpe``, OPT's
     ``embed_positions``) would index past it inside the model (on CUDA a device-side assert
