@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
-from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, loading_problem, write_bundle
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+NEEDED = "xelm needs a decoder-only causal LM (GPT-2, Llama, XGLM, ...)"
 CAUSAL_PROBE_TOKENS = 6  # the forward that checks a seed's attention: a handful of tokens
 
 # Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
@@ -127,6 +128,23 @@ def pickled_only(model_id: str) -> str | None:
     return next((name for name in PICKLED_WEIGHTS[::-1] if (path / name).is_file()), None)
 
 
+def _refuse_encoder_decoder(
+    model_id: str, revision: str | None, trust_remote_code: bool, cached: bool
+) -> None:
+    """Refuse an encoder-decoder checkpoint (BART): as a causal LM transformers would load its
+    decoder alone, without the encoder it was trained with."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(
+        model_id, revision=revision, trust_remote_code=trust_remote_code, local_files_only=cached
+    )
+    if getattr(config, "is_encoder_decoder", False):
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: it is an encoder-decoder model "
+            f"({config.model_type}); {NEEDED}"
+        )
+
+
 def _load_hf_model(
     model_id: str,
     revision: str | None,
@@ -134,10 +152,12 @@ def _load_hf_model(
     pickled: str | None,
     cached: bool,
 ) -> Any:
+    """The model, refused when the checkpoint's weights do not fit its causal-LM class
+    (transformers would fill in the missing ones at random and drop the others)."""
     from transformers import AutoModelForCausalLM
 
     with transformers_bars_off():  # xelm's own progress is on stderr already
-        return AutoModelForCausalLM.from_pretrained(
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
             model_id,
             revision=revision,
             use_safetensors=pickled is None,
@@ -145,7 +165,16 @@ def _load_hf_model(
             dtype="auto",
             trust_remote_code=trust_remote_code,
             local_files_only=cached,
+            output_loading_info=True,
         )
+    model, info = loaded
+    problem = loading_problem(info)
+    if problem:
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: its weights do not fit "
+            f"{type(model).__name__}: {problem}; {NEEDED} with all its weights"
+        )
+    return model
 
 
 def _sees_later_tokens(model: Any) -> bool:
@@ -225,6 +254,7 @@ def init_from_hf(
         )
     cached = not local and _cached_only(model_id, revision)
     try:
+        _refuse_encoder_decoder(model_id, revision, trust_remote_code, cached)
         try:
             model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
         except OSError:
@@ -254,8 +284,7 @@ def init_from_hf(
     if _sees_later_tokens(model):
         raise UsageError(
             f"cannot use {model_id!r} as a seed: its predictions change when a later token "
-            "changes (bidirectional attention, as in a masked LM such as BERT); xelm needs a "
-            "decoder-only causal LM"
+            f"changes (bidirectional attention, as in a masked LM such as BERT); {NEEDED}"
         )
     source: dict[str, Any] = {
         "kind": "hf",

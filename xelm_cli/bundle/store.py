@@ -80,6 +80,17 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def loading_problem(info: dict[str, Any]) -> str | None:
+    """How the weights ``from_pretrained(output_loading_info=True)`` read do not fit the model
+    (``2 missing keys (lm_head.weight, ...)``), which transformers only logs, filling in random
+    weights; None when they fit. Tied weights a checkpoint legitimately omits are not missing."""
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        if info.get(kind):
+            names = sorted(map(str, info[kind]))
+            return f"{len(names)} {kind.replace('_', ' ')} ({names[0][:100]}, ...)"
+    return None
+
+
 @dataclass
 class Bundle:
     """An opened bundle. ``digest`` (sha256 of ``xelm.json``) is its content identity."""
@@ -212,13 +223,9 @@ class Bundle:
                 **kwargs,
             )
         model, info = loaded
-        for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-            if info.get(kind):  # transformers only logs these and fills in random weights
-                names = sorted(map(str, info[kind]))
-                raise FormatError(
-                    f"{self.path}: the weights do not fit the model's config: "
-                    f"{len(names)} {kind.replace('_', ' ')} ({names[0][:100]}, ...)"
-                )
+        problem = loading_problem(info)
+        if problem:
+            raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
         return (model, info) if wants_info else model
 
     def weights_dtype(self) -> str:
