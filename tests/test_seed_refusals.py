@@ -13,10 +13,15 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertTokenizer,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
     LlamaConfig,
     LlamaForCausalLM,
     LlamaModel,
     LlamaTokenizer,
+    T5Config,
+    T5ForConditionalGeneration,
+    T5Tokenizer,
 )
 
 from xelm_cli.bundle.seed import init_from_hf
@@ -85,6 +90,31 @@ def test_an_encoder_decoder_is_refused_not_cut_to_its_decoder(tmp_path: Path) ->
     line = _refused(hf, tmp_path / "seed")
     assert "is an encoder-decoder model (bart)" in line
     assert "decoder-only causal LM" in line
+
+
+def test_t5_is_refused_as_an_encoder_decoder(tmp_path: Path) -> None:
+    """transformers has no causal-LM class for T5: its own refusal named a config class."""
+    tokenizer = T5Tokenizer(
+        vocab=[(p, 0.0) for p in ["<pad>", "</s>", "<unk>", *WORDS]], extra_ids=0
+    )
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2
+    )
+    hf = _save(tmp_path / "hf", T5ForConditionalGeneration(config), tokenizer)
+    line = _refused(hf, tmp_path / "seed")
+    assert "is an encoder-decoder model (t5)" in line
+    assert "decoder-only causal LM" in line
+
+
+def test_a_model_type_without_a_causal_lm_class_is_refused_as_such(tmp_path: Path) -> None:
+    config = DistilBertConfig(
+        vocab_size=len(_bert_tokenizer()), dim=16, n_layers=1, n_heads=2, hidden_dim=32,
+        max_position_embeddings=64,
+    )  # fmt: skip
+    hf = _save(tmp_path / "hf", DistilBertForMaskedLM(config), _bert_tokenizer())
+    line = _refused(hf, tmp_path / "seed")
+    assert "is not a causal LM (transformers has no causal-LM class for distilbert)" in line
+    assert "Unrecognized configuration class" not in line
 
 
 def test_a_checkpoint_without_its_output_layer_is_refused(tmp_path: Path) -> None:

@@ -128,12 +128,13 @@ def pickled_only(model_id: str) -> str | None:
     return next((name for name in PICKLED_WEIGHTS[::-1] if (path / name).is_file()), None)
 
 
-def _refuse_encoder_decoder(
+def _refuse_non_causal_lm(
     model_id: str, revision: str | None, trust_remote_code: bool, cached: bool
 ) -> None:
-    """Refuse an encoder-decoder checkpoint (BART): as a causal LM transformers would load its
-    decoder alone, without the encoder it was trained with."""
-    from transformers import AutoConfig
+    """Refuse, from its config, a checkpoint that is not a decoder-only causal LM: an
+    encoder-decoder (BART: as a causal LM transformers would load its decoder alone, without
+    the encoder it was trained with; T5), or a model type with no causal-LM class."""
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     config = AutoConfig.from_pretrained(
         model_id, revision=revision, trust_remote_code=trust_remote_code, local_files_only=cached
@@ -142,6 +143,12 @@ def _refuse_encoder_decoder(
         raise UsageError(
             f"cannot use {model_id!r} as a seed: it is an encoder-decoder model "
             f"({config.model_type}); {NEEDED}"
+        )
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not remote:
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: it is not a causal LM (transformers has no "
+            f"causal-LM class for {config.model_type}); {NEEDED}"
         )
 
 
@@ -254,7 +261,7 @@ def init_from_hf(
         )
     cached = not local and _cached_only(model_id, revision)
     try:
-        _refuse_encoder_decoder(model_id, revision, trust_remote_code, cached)
+        _refuse_non_causal_lm(model_id, revision, trust_remote_code, cached)
         try:
             model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
         except OSError:
