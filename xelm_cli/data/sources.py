@@ -204,11 +204,11 @@ class DatasetSource:
 
     dataset: str
     config: str | None = None
-    data_dir: str | None = None  # a folder of the repository: its files alone (data/ar)
     split: str = "train"
     text_column: str = "text"
     revision: str | None = None
     language: str | None = None  # every row's language; None: rows carry a language column
+    data_dir: str | None = None  # a folder of the repository: its files alone (data/ar)
     label: str | None = None  # the language of rows whose language column is empty or missing
     languages: tuple[str, ...] | None = None  # wanted: rows' labels as these name them
 
