@@ -11,6 +11,7 @@ import pytest
 from hub_fixtures import write_readme, write_rows
 from tokenizers import Tokenizer
 
+from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.prepare import prepare
@@ -167,6 +168,25 @@ def test_data_dir_reads_one_folder_per_language(tokenizer_dir: Path, tmp_path: P
     assert counts(from_recipe) == {"de": 4, "tr": 6}
     for lang in ("de", "tr"):
         assert documents(from_recipe, lang) == documents(from_files, lang)
+
+
+def test_data_dir_on_the_command_line_reads_one_folder_per_language(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    texts = folder_texts()
+    hub = str(by_folder(tmp_path / "hub", texts))
+    options = ["--data-dir", "data/{lang}", "--langs", "de,tr"]
+    out = tmp_path / "shards"
+    assert run(["data", "prepare", hub, *options, "-t", str(tokenizer_dir), "-o", str(out)]) == 0
+    shards = Shards.open(out)
+    assert counts(shards) == {"de": 4, "tr": 6}
+    assert shards.manifest["source"]["languages"]["tr"]["data_dir"] == "data/tr"
+    capsys.readouterr()
+    tok = tmp_path / "tok"
+    assert run(["data", "tokenizer", hub, *options, "--vocab-size", "300", "-o", str(tok),
+                "--json"]) == 0  # fmt: skip
+    characters = json.loads(capsys.readouterr().out)["characters"]
+    assert characters == {lang: sum(map(len, texts[lang])) for lang in ("de", "tr")}
 
 
 def test_data_dir_options_plan_a_folder_per_language(tmp_path: Path) -> None:

@@ -75,6 +75,14 @@ TextColumnOpt = Annotated[
     str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
 ]
 RevisionOpt = Annotated[str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir",
+        help="Dataset folder to read (data/ar); '{lang}' reads one per language of --langs, "
+        "as in --config.",
+    ),
+]
 
 
 def _shards_summary(shards: Shards) -> dict[str, Any]:
@@ -161,6 +169,7 @@ def prepare_command(
     lang_map: LangMapOpt = None,
     text_column: TextColumnOpt = None,
     revision: RevisionOpt = None,
+    data_dir: DataDirOpt = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Tokenizer threads (default: one per core).")
     ] = None,
@@ -197,6 +206,7 @@ def prepare_command(
             lang_map=parse_lang_map(lang_map) if lang_map else None,
             text_column=text_column,
             revision=revision,
+            data_dir=data_dir,
             batch_size=batch_size,
             workers=workers,
             overwrite=force,
@@ -229,6 +239,7 @@ def tokenizer_command(
     lang_map: LangMapOpt = None,
     text_column: TextColumnOpt = None,
     revision: RevisionOpt = None,
+    data_dir: DataDirOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -258,6 +269,7 @@ def tokenizer_command(
             lang_map=parse_lang_map(lang_map) if lang_map else None,
             text_column=text_column,
             revision=revision,
+            data_dir=data_dir,
         )
     if trained.short:
         short = ", ".join(f"{k} {v:,}" for k, v in trained.short.items())

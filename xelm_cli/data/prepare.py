@@ -464,6 +464,7 @@ def prepare(
     lang_map: dict[str, str] | None = None,
     text_column: str | None = None,
     revision: str | None = None,
+    data_dir: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     overwrite: bool = False,
@@ -502,6 +503,7 @@ def prepare(
         lang_map=lang_map,
         text_column=text_column,
         revision=revision,
+        data_dir=data_dir,
     )
     options = _options(wanted, caps, alpha, tokens, seed, reading)
     plan = plan_sources(source, wanted, reading)

@@ -140,6 +140,7 @@ def train_tokenizer_on_corpus(
     lang_map: dict[str, str] | None = None,
     text_column: str | None = None,
     revision: str | None = None,
+    data_dir: str | None = None,
 ) -> TrainedTokenizer:
     """Train a byte-level BPE on about the same amount of text from every language.
 
@@ -168,6 +169,7 @@ def train_tokenizer_on_corpus(
         lang_map=lang_map,
         text_column=text_column,
         revision=revision,
+        data_dir=data_dir,
     )
     plan = plan_sources(source, sorted(wanted) if wanted else None, reading)
     if wanted is None and plan.recipe is not None:
