@@ -374,7 +374,7 @@ def test_bad_inputs_are_one_line(
         capsys, "ensemble", "create", experts, "--router", "oracle", "--calibrate", str(evalset),
         "--limit", "0", "-o", str(tmp_path / "ens.json"),
     )  # fmt: skip
-    assert (code, err) == (2, "xelm: error: --limit must be at least 1 (got 0)\n")
+    assert (code, err) == (2, "xelm: error: --calibration-limit must be at least 1 (got 0)\n")
     # a language no expert covers, named with --langs, without a fallback
     only_ar = str(pool / "experts" / "x1")
     code, _, err = cli(capsys, "ensemble", "eval", only_ar, "--data", str(evalset), "--langs", "en")

@@ -427,7 +427,7 @@ def test_a_language_no_expert_covers_is_refused_with_the_ways_out(experts: list[
     assert str(refused.value) == (
         "the oracle router was calibrated without language 'ru' (has: ar, en): keep to those "
         "languages or calibrate on data that has it (xelm ensemble create --router oracle "
-        "--calibrate DEV_DATA)"
+        "--calibration DEV_DATA)"
     )
     assigner = LanguageAssigner([["en", "tr"], ["ar"]])
     with pytest.raises(UsageError) as refused:

@@ -249,7 +249,7 @@ def test_merge_from_python_refuses_a_language_without_its_weights(
     experts: list[Bundle], tmp_path: Path
 ) -> None:
     paths = [b.path for b in experts]
-    with pytest.raises(UsageError, match=r"^--language LANG and --allocation FILE go together$"):
+    with pytest.raises(UsageError, match=r"^--lang LANG and --allocation FILE go together$"):
         merge_average(paths, tmp_path / "m", language="tr")
     with pytest.raises(UsageError, match=r"^--weights and --language both set the weights"):
         merge_average(paths, tmp_path / "m", language="tr", weights=[0, 1, 0])

@@ -682,6 +682,6 @@ def test_a_router_that_takes_no_calibration_names_those_that_do() -> None:
     with pytest.raises(UsageError) as caught:
         get_registry().get("router", "plain").obj().calibrate([], EXPERTS)
     assert str(caught.value) == (
-        "router 'plain' takes no calibration data; drop --calibrate, or use a router that "
+        "router 'plain' takes no calibration data; drop --calibration, or use a router that "
         "calibrates: fitted, oracle, posterior, posterior-last-token"
     )

@@ -95,7 +95,7 @@ class OracleRouter(PreRouter):
     """Top-1 by language with the expert that is best for the language on a dev set.
 
     ``table`` maps a language to an expert id; ``xelm ensemble create --router oracle
-    --calibrate DEV`` fills it: for each language, the expert with the lowest mean token NLL
+    --calibration DEV`` fills it: for each language, the expert with the lowest mean token NLL
     on DEV. An analysis tool (an upper bound for top-1 routing), not a deployable router.
     """
 
@@ -106,7 +106,7 @@ class OracleRouter(PreRouter):
         table: dict[str, str] | None = option(
             None,
             help='Language -> expert id, e.g. {"tr": "ID"}; filled by xelm ensemble create '
-            "--router oracle --calibrate DEV.",
+            "--router oracle --calibration DEV.",
         )
 
     def __init__(self, *args: Any, **options: Any) -> None:
@@ -118,7 +118,7 @@ class OracleRouter(PreRouter):
         if not self.table:
             raise UsageError(
                 "the oracle router is not calibrated: create the ensemble with "
-                "--router oracle --calibrate DEV_DATA"
+                "--router oracle --calibration DEV_DATA"
             )
         index = {expert.id: i for i, expert in enumerate(experts)}
         weights = np.zeros((len(documents), len(experts)))
@@ -130,7 +130,7 @@ class OracleRouter(PreRouter):
                 raise UsageError(
                     f"the oracle router was calibrated without language {language!r} (has: "
                     f"{', '.join(calibrated)}): keep to those languages or calibrate on data that "
-                    "has it (xelm ensemble create --router oracle --calibrate DEV_DATA)"
+                    "has it (xelm ensemble create --router oracle --calibration DEV_DATA)"
                 )
             if expert not in index:
                 raise UsageError(

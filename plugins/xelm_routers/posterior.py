@@ -27,7 +27,7 @@ class PosteriorRouter(OutputRouter):
     """w_{e,t} = P(e | x_<t), proportional to P(e) * prod_{i<t} p_e(x_i | x_<i).
 
     ``prior``: None (uniform) or one non-negative number per expert (normalised);
-    ``xelm ensemble create --router posterior --calibrate DATA`` estimates it on held-out
+    ``xelm ensemble create --router posterior --calibration DATA`` estimates it on held-out
     documents as the maximum-likelihood mixture weights (EM: P(e) <- mean over documents of
     P(e | document)). ``top_k`` keeps the k largest weights per token and renormalises.
     """
@@ -39,7 +39,7 @@ class PosteriorRouter(OutputRouter):
         prior: list[float] | None = option(
             None,
             help="P(e), one non-negative number per expert (normalised); none is uniform; "
-            "xelm ensemble create --calibrate DATA estimates it.",
+            "xelm ensemble create --calibration DATA estimates it.",
         )
         top_k: int | None = option(
             None, help="Keep the K largest weights of each token and renormalise.", minimum=1

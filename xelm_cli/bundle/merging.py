@@ -142,7 +142,7 @@ def parse_weights(text: str, bundles: Sequence[Bundle]) -> list[float]:
 
 def prior_weights(ensemble_file: Path, bundles: Sequence[Bundle]) -> list[float]:
     """The calibrated prior an ensemble file records (``xelm ensemble create --router
-    posterior --calibrate DATA``), one value per expert, matched by bundle digest."""
+    posterior --calibration DATA``), one value per expert, matched by bundle digest."""
     data = read_json_object(ensemble_file, "ensemble file")
     if data.get("format") != "xelm-ensemble":
         raise FormatError(f"{ensemble_file}: not an xelm ensemble file")
@@ -154,7 +154,7 @@ def prior_weights(ensemble_file: Path, bundles: Sequence[Bundle]) -> list[float]
     if not isinstance(prior, list) or len(prior) != len(digests):
         raise UsageError(
             f"{ensemble_file} records no calibrated prior; make one with `xelm ensemble create "
-            "EXPERTS --router posterior --calibrate DATA -o ens.json`"
+            "EXPERTS --router posterior --calibration DATA -o ens.json`"
         )
     weights = []
     for bundle in bundles:
@@ -219,7 +219,7 @@ def merge_weights(
     if len(given) > 1:
         raise UsageError(f"{' and '.join(given)} both set the weights; pass one of them")
     if (language is None) != (allocation is None):
-        raise UsageError("--language LANG and --allocation FILE go together")
+        raise UsageError("--lang LANG and --allocation FILE go together")
     if isinstance(weights, str):
         return parse_weights(weights, bundles)
     if weights:

@@ -39,7 +39,7 @@ def create_ensemble(
     """
     output = Path(output)
     if limit is not None and limit < 1:  # would calibrate on nothing
-        raise UsageError(f"--limit must be at least 1 (got {limit})")
+        raise UsageError(f"--calibration-limit must be at least 1 (got {limit})")
     if output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     spec = resolve_ensemble(

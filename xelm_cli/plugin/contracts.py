@@ -62,11 +62,11 @@ class Router(ABC):
         """Fit the router on held-out documents scored by every expert.
 
         Returns the options to add to the router's own so that ``RouterClass(**options)``
-        rebuilds the calibrated router (``xelm ensemble create --calibrate DATA`` records them).
+        rebuilds the calibrated router (``xelm ensemble create --calibration DATA`` records them).
         Routers that take no calibration data keep this default, which refuses.
         """
         raise UsageError(
-            f"router {self.name!r} takes no calibration data; drop --calibrate, or use a router "
+            f"router {self.name!r} takes no calibration data; drop --calibration, or use a router "
             f"that calibrates: {', '.join(calibrating_routers()) or 'none is installed'}"
         )
 
