@@ -246,3 +246,24 @@ def test_results_record_every_option_a_declaring_plugin_ran_with(
     assert evaluate(experts, "first-line", "--eval-arg", "k=1") == 0
     results = json.loads(capsys.readouterr().out)
     assert results["provenance"]["evaluator"]["options"] == {"k": 1}
+
+
+def test_a_folder_named_for_an_evaluators_task_is_refused_naming_task(
+    experts: TinyExperts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin's evaluator declares its tasks; a folder named for one, evaluated without --task
+    (so by the perplexity evaluator, which finds no corpus in it), names --task as the way out."""
+
+    class Quiz(FirstLine):
+        name = "quiz-eval"
+        tasks = ("quiz",)
+
+    install(Quiz)
+    folder = tmp_path / "quiz-v2"
+    folder.mkdir()
+    (folder / "items.tsv").write_text("question\tanswer\n")
+    members = [str(bundle.path) for bundle in experts.bundles]
+    assert run(["ensemble", "eval", *members, "--data", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.endswith("; to evaluate the quiz task in context pass --task quiz\n")

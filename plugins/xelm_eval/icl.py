@@ -52,6 +52,7 @@ class IclEvaluator(Evaluator):
     name: ClassVar[str] = "icl"
     primary: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = tuple(task_names())
 
     @dataclass(frozen=True)
     class Options:

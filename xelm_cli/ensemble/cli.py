@@ -11,7 +11,6 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
-from xelm_cli.ensemble.evaluate import IN_CONTEXT_TASKS
 from xelm_cli.plugin.options import PAIRS_METAVAR, parse_pairs
 
 app = typer.Typer(
@@ -141,7 +140,10 @@ def evaluate(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option("--task", help=f"In-context task: {', '.join(IN_CONTEXT_TASKS)}."),
+        typer.Option(
+            "--task",
+            help="In-context task (icl: xnli, xstorycloze, sib200, xcopa, belebele, jsonl).",
+        ),
     ] = None,
     shots: Annotated[int, typer.Option("--shots", help="Demonstrations per example.")] = 0,
     runs: Annotated[int, typer.Option("--runs", help="Demonstration samplings.")] = 1,

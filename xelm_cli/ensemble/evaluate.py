@@ -20,9 +20,9 @@ from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_f
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
+from xelm_cli.plugin.host import get_registry
 
 # The first-party icl evaluator's tasks (--task); a folder named for one holds that task.
-IN_CONTEXT_TASKS = ("xnli", "xstorycloze", "sib200", "xcopa", "belebele", "jsonl")
 
 
 def evaluate(
@@ -112,7 +112,8 @@ def _task_of_folder(data: str | None) -> str | None:
     if data is None or not Path(data).is_dir():
         return None
     folder = Path(data).resolve().name.lower()
-    return next((task for task in IN_CONTEXT_TASKS if folder.startswith(task)), None)
+    tasks = [task for r in get_registry().all_of("evaluator") for task in r.obj.tasks]
+    return next((task for task in tasks if folder.startswith(task)), None)
 
 
 def _on_covered_languages(name: str, request: EvalRequest, built: Evaluator) -> Evaluator:

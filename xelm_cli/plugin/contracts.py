@@ -326,13 +326,16 @@ class Evaluator(ABC):
     input, before any model runs); ``languages`` lists the languages it will present;
     ``evaluate(model)`` returns ``{"overall": {metric: value}, "languages": {code: {...}}}``
     plus anything else JSON-serialisable. ``primary`` names the headline metric and
-    ``higher_is_better`` its direction (for deltas against a baseline).
+    ``higher_is_better`` its direction (for deltas against a baseline). ``tasks``: the task
+    names ``--task`` may give it, where it has a fixed set (a data folder named for one of them
+    without ``--task`` is refused naming it).
     """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     primary: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    tasks: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, request: EvalRequest) -> None:
         self.request = request
