@@ -4,6 +4,7 @@ streaming with caps, recipes, resume after an interruption, and broken sources."
 import gzip
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,23 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
     assert decoded(shards, "ar", tokenizer_dir) == texts("ar")[:5]  # the stream's first five
     assert shards.manifest["languages"]["bg"]["read_to_limit"] is False
     assert shards.stats["bg"].documents == DOCS
+
+
+def test_a_limit_below_the_first_document_is_one_line_naming_its_option(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    first = token_counts(tokenizer_dir, texts("bg")[:1])[0]
+    out = tmp_path / "s"
+    cap_line = (
+        f"a cap of {first - 1:,} tokens is below the first document of bg ({first:,} tokens): "
+        "raise --cap bg=... or drop bg from --langs"
+    )
+    caps = {"ar": 10**9, "bg": first - 1}  # ar is read whole first: no "continues" for bg
+    with pytest.raises(UsageError, match=f"^{re.escape(cap_line)}$"):
+        prepare(c4, tokenizer_dir, out, langs="ar,bg", config="{lang}", token_caps=caps)
+    with pytest.raises(UsageError, match=r"^a budget \(--tokens\) of .* raise --tokens or drop"):
+        prepare(c4, tokenizer_dir, out, langs="ar,bg", config="{lang}", tokens=first - 1)
+    assert not (tmp_path / ".s.prepare").exists() and not out.exists()
 
 
 def test_temperature_sampling_of_streamed_languages(

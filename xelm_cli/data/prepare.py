@@ -36,7 +36,12 @@ from xelm_cli.data.budgets import (
     total_budget,
 )
 from xelm_cli.data.corpus import labelled_files, source_kind
-from xelm_cli.data.prepare_work import LanguageCount, WorkDirectory, recorded_source
+from xelm_cli.data.prepare_work import (
+    LanguageCount,
+    RepeatedByARerun,
+    WorkDirectory,
+    recorded_source,
+)
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
@@ -145,6 +150,8 @@ def _add_batch(
             lengths = np.cumsum([len(d) for d in documents])
             fits = int(np.searchsorted(lengths, room, side="right"))
             if fits < len(documents):
+                if fits == 0 and appender.count.documents == 0:
+                    raise _FirstDocumentOverLimit(lang, limit, len(documents[0]))
                 appender.count.full = True
                 nbytes = round(nbytes * fits / len(documents))  # for progress only
                 documents = documents[:fits]
@@ -152,6 +159,32 @@ def _add_batch(
             appender.add(documents, nbytes)
         if progress:
             progress(lang, appender.count, limit)
+
+
+class _FirstDocumentOverLimit(Exception):
+    """A language's read limit is below its first document: it would get no documents."""
+
+    def __init__(self, language: str, limit: int, length: int) -> None:
+        super().__init__(language, limit, length)
+        self.language, self.limit, self.length = language, limit, length
+
+
+@contextlib.contextmanager
+def _limits_named(caps: dict[str, int] | None, tokens: int | None) -> Iterator[None]:
+    """``_FirstDocumentOverLimit`` as one line naming the option that set the limit."""
+    try:
+        yield
+    except _FirstDocumentOverLimit as exc:
+        lang = exc.language
+        cap = read_limit(caps or {}, lang)
+        by_cap = cap is not None and (tokens is None or cap <= tokens)
+        what, way_out = (
+            ("a cap", f"--cap {lang}=...") if by_cap else ("a budget (--tokens)", "--tokens")
+        )
+        raise RepeatedByARerun(
+            f"{what} of {exc.limit:,} tokens is below the first document of {lang} "
+            f"({exc.length:,} tokens): raise {way_out} or drop {lang} from --langs"
+        ) from None
 
 
 def _read_sources(
@@ -528,7 +561,7 @@ def prepare(
         work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
         seen: set[str] = set()
         with work.kept_on_error():
-            with tokenizer_threads(workers):
+            with tokenizer_threads(workers), _limits_named(caps, tokens):
                 _read_sources(
                     work,
                     plan,

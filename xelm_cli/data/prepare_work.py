@@ -27,7 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import FormatError, XelmError
+from xelm_cli.common.errors import FormatError, UsageError, XelmError
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, tokens_file
 from xelm_cli.data.sources import SourceUnavailable
@@ -43,6 +43,10 @@ def lengths_file(language: str) -> str:
 
 def work_directory(out: Path) -> Path:
     return out.with_name(f".{out.name}.prepare")
+
+
+class RepeatedByARerun(UsageError):
+    """A usage error that the same command meets again: the work directory is not kept for it."""
 
 
 @dataclass
@@ -181,11 +185,15 @@ class ResumableDirectory:
     @contextlib.contextmanager
     def kept_on_error(self) -> Iterator[None]:
         """Remove the directory when the block ends. On an error keep it when it holds what a
-        rerun continues from (documents recorded in its state), the error then saying so;
-        Ctrl-C and an unreachable source keep it as they are."""
+        rerun continues from (documents recorded in its state) and the error is not one a rerun
+        meets again, the error then saying so; Ctrl-C and an unreachable source keep it as
+        they are."""
         try:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
+            raise
+        except RepeatedByARerun:
+            self.remove()
             raise
         except (XelmError, OSError) as exc:
             if not _holds_documents(saved_state(self.path)):
