@@ -17,6 +17,7 @@ from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions, plan_sources
+from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 from xelm_cli.lang.codes import wanted_form
 
 LANGS = ("de", "en", "tr")
@@ -245,3 +246,22 @@ def test_fineweb2_codes_fill_the_wanted_languages_from_files_and_datasets(
     assert counts(from_files) == counts(from_dataset) == {"ar": 2, "de": 3, "sw": 1, "zh": 2}
     for lang in from_files.languages:
         assert documents(from_files, lang) == documents(from_dataset, lang)
+
+
+def test_the_tokenizer_reads_corpus_files_as_prepare_does(tmp_path: Path) -> None:
+    """FineWeb-2 labels fill the wanted macrolanguage, and a save_to_disk dataset's text is in
+    the column --text-column names."""
+    rows = fineweb2_rows()
+    files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", rows).parent
+    texts = {"ar": [r["text"] for r in rows if r["language"] == "arb_Arab"]}
+    texts["de"] = [r["text"] for r in rows if r["language"] == "deu_Latn"]
+    expected = {lang: sum(map(len, texts[lang])) for lang in ("ar", "de")}
+    trained = train_tokenizer_on_corpus(files, tmp_path / "a", vocab_size=300, langs="ar,de")
+    assert trained.characters == expected
+    saved = tmp_path / "saved"
+    renamed = [{"content": r["text"], "language": r["language"]} for r in rows]
+    datasets.Dataset.from_list(renamed).save_to_disk(saved)
+    trained = train_tokenizer_on_corpus(
+        saved, tmp_path / "b", vocab_size=300, langs="ar,de", text_column="content"
+    )
+    assert trained.characters == expected

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
+from xelm_cli.data.sources import Source
 from xelm_cli.lang.codes import language_codes
 
 DEFAULT_CHARS_PER_LANGUAGE = 1_000_000
@@ -57,40 +57,32 @@ class TrainedTokenizer:
     short: dict[str, int]  # the languages with less text than asked for: all they have
 
 
-def _documents(
-    source: str | Path, split: str | None, language: str | None, wanted: set[str] | None
-) -> Iterator[Document]:
-    languages = sorted(wanted) if wanted else None  # files named for other languages: unread
-    return iter_documents(
-        source, language=language, split=split, require_language=True, languages=languages
-    )
+def _labelled_texts(files: Source) -> Iterator[tuple[str, str]]:
+    """Each document of corpus files (or a ``save_to_disk`` dataset) with its language, read
+    as ``xelm data prepare`` reads them: labels in the form the wanted languages name, blank
+    documents dropped, files named for other languages unread."""
+    for batch in files.open():
+        yield from zip(batch.languages, batch.texts, strict=True)
 
 
-def _characters_per_language(
-    source: str | Path, split: str | None, language: str | None, wanted: set[str] | None
-) -> dict[str, int]:
+def _characters_per_language(files: Source, wanted: set[str] | None) -> dict[str, int]:
     totals: dict[str, int] = {}
-    for doc in _documents(source, split, language, wanted):
-        if doc.language and (wanted is None or doc.language in wanted):
-            totals[doc.language] = totals.get(doc.language, 0) + len(doc.text)
+    for lang, text in _labelled_texts(files):
+        if wanted is None or lang in wanted:
+            totals[lang] = totals.get(lang, 0) + len(text)
     return totals
 
 
 def _balanced_texts(
-    source: str | Path,
-    split: str | None,
-    language: str | None,
-    keep_rate: dict[str, float],
-    used: dict[str, int],
-    seed: int,
+    files: Source, keep_rate: dict[str, float], used: dict[str, int], seed: int
 ) -> Iterator[str]:
     """Each document of a kept language with probability ``keep_rate[lang]`` (seeded)."""
     rng = random.Random(seed)
-    for doc in _documents(source, split, language, set(keep_rate)):
-        rate = keep_rate.get(doc.language or "")
-        if rate is not None and doc.text and (rate >= 1.0 or rng.random() < rate):
-            used[doc.language or ""] += len(doc.text)
-            yield doc.text
+    for lang, text in _labelled_texts(files):
+        rate = keep_rate.get(lang)
+        if rate is not None and (rate >= 1.0 or rng.random() < rate):
+            used[lang] += len(text)
+            yield text
 
 
 def _streamed_texts(
@@ -176,7 +168,7 @@ def train_tokenizer_on_corpus(
         wanted = set(plan.sources)
     streamed: list[str] | None = None
     if plan.kind == "files":
-        totals = _characters_per_language(source, split, language, wanted)
+        totals = _characters_per_language(plan.sources["corpus"], wanted)
     else:
         streamed, totals = _streamed_texts(plan, wanted, chars_per_language)
     missing = sorted((wanted or set()) - set(totals))
@@ -187,7 +179,7 @@ def train_tokenizer_on_corpus(
     used = dict.fromkeys(keep_rate, 0) if streamed is None else totals
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
         texts: Iterable[str] = (
-            _balanced_texts(source, split, language, keep_rate, used, seed)
+            _balanced_texts(plan.sources["corpus"], keep_rate, used, seed)
             if streamed is None
             else streamed
         )
