@@ -417,6 +417,23 @@ def test_cli_counts_below_their_least_are_refused_in_one_line(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("count", "line"),
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1, not 0"),
+        ({"workers": 0}, "--workers must be at least 1, not 0"),
+    ],
+)
+def test_prepare_refuses_counts_below_their_least(
+    tokenizer_dir: Path, corpus: Path, tmp_path: Path, count: dict[str, int], line: str
+) -> None:
+    """As the command line does (``prepare(batch_size=0)`` read no document, forever)."""
+    out = tmp_path / "o"
+    with pytest.raises(UsageError, match=f"^{line}$"):
+        prepare(corpus, tokenizer_dir, out, **count)
+    assert not out.exists() and not (tmp_path / ".o.prepare").exists()
+
+
 def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "corpus"
     root.mkdir()

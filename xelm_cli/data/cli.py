@@ -15,7 +15,7 @@ from xelm_cli.common.errors import IntegrityError
 from xelm_cli.common.progress import language_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.budgets import parse_caps
-from xelm_cli.data.prepare import prepare, token_shortfall
+from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, prepare, token_shortfall
 from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import FileSource
@@ -173,7 +173,9 @@ def prepare_command(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Tokenizer threads (default: one per core).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Documents per tokenizer call.")] = 1000,
+    batch_size: Annotated[
+        int, typer.Option(min=MIN_BATCH_SIZE, help="Documents per tokenizer call.")
+    ] = DEFAULT_BATCH_SIZE,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

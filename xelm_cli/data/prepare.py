@@ -60,6 +60,7 @@ from xelm_cli.lang.codes import language_codes
 # (language, its counts so far, its read limit or None): called after each batch
 Progress = Callable[[str, LanguageCount, int | None], None]
 DEFAULT_BATCH_SIZE = 1000
+MIN_BATCH_SIZE = 1  # none: reading would never advance
 
 
 @dataclass(frozen=True)
@@ -523,6 +524,8 @@ def prepare(
     ``out`` already holds shards of the same input, tokenizer and options (``up_to_date``);
     other shards there are an error unless ``overwrite``.
     """
+    if batch_size < MIN_BATCH_SIZE:
+        raise UsageError(f"--batch-size must be at least {MIN_BATCH_SIZE}, not {batch_size}")
     out = Path(os.path.abspath(out))
     chosen = language_codes(langs)
     wanted = sorted(set(chosen)) if chosen else None
