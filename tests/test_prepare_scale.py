@@ -106,6 +106,28 @@ def test_work_for_other_reading_is_discarded_with_a_line_saying_why(
     ]
 
 
+def test_work_whose_files_lost_recorded_tokens_is_discarded_with_a_line_saying_why(
+    corpus: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokens file cut short (a copy, a full disk) cannot be continued: the rerun starts
+    afresh by itself (it said to use --force, which kept the work and failed again)."""
+    out = tmp_path / "s"
+    interrupted(corpus, tokenizer_dir, out)
+    work = tmp_path / ".s.prepare"
+    with open(work / "en.tokens.bin", "r+b") as f:
+        f.truncate(3)
+    capsys.readouterr()
+    progress = Counting()
+    shards = prepare(corpus, tokenizer_dir, out, batch_size=BATCH, progress=progress).shards
+    assert progress.seen[0] == ("en", BATCH)  # read from the start
+    assert capsys.readouterr().err.splitlines() == [
+        f"xelm: warning: discarding the work of an earlier run in {work} (en.tokens.bin is "
+        "shorter than its recorded size): starting afresh"
+    ]
+    fresh = prepare(corpus, tokenizer_dir, tmp_path / "fresh").shards
+    assert shards.manifest["languages"] == fresh.manifest["languages"]
+
+
 # -- 2. an error while reading keeps the work, and says the same command continues it -----------
 
 

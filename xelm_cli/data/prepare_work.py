@@ -8,8 +8,9 @@ language holds at that moment. A killed run leaves the directory behind, and so 
 failed (a corrupt file, a full disk) once it recorded documents; a rerun finds it (same key:
 what reading depends on, see ``prepare._reading_inputs``), cuts every file back to the
 recorded sizes and continues each source from its recorded position. A directory of another
-key is discarded with a line saying what differs. Nothing in it looks like shards: the output
-appears only when ``data_prepare`` renames a finished directory into place.
+key, or one whose files hold less than its state records, is discarded with a line saying
+why. Nothing in it looks like shards: the output appears only when ``data_prepare`` renames
+a finished directory into place.
 """
 
 import contextlib
@@ -47,6 +48,10 @@ def work_directory(out: Path) -> Path:
 
 class RepeatedByARerun(UsageError):
     """A usage error that the same command meets again: the work directory is not kept for it."""
+
+
+class DamagedWork(FormatError):
+    """A work file lost part of what its state records: that work cannot be continued."""
 
 
 @dataclass
@@ -92,7 +97,7 @@ def open_at(path: Path, size: int) -> Any:
     f = open(path, "ab")  # noqa: SIM115
     if f.tell() < size:
         f.close()
-        raise FormatError(f"{path} is shorter than its recorded size: start over with --force")
+        raise DamagedWork(f"{path} is shorter than its recorded size: run again to start afresh")
     f.truncate(size)
     return f
 
@@ -117,9 +122,11 @@ class ResumableDirectory:
         self.inputs = inputs or {}  # what the key is made of: says why a state is not resumed
         self.notes = notes or {}  # kept in the state for the next run, not part of the key
         state = None if fresh else saved_state(self.path)
-        if state is not None and state.get("key") != key:
-            _say_discarded(self.path, self._why_not_resumed(state))
-            state = None
+        if state is not None:
+            why = self._why_not_resumed(state) if state.get("key") != key else self._damage(state)
+            if why:
+                _say_discarded(self.path, why)
+                state = None
         if state is None:
             shutil.rmtree(self.path, ignore_errors=True)
             state = {"key": key, "sources": {}, "languages": {}}
@@ -133,6 +140,10 @@ class ResumableDirectory:
         before = state.get("inputs", {})
         changed = sorted(k for k in {*before, *self.inputs} if before.get(k) != self.inputs.get(k))
         return f"other {', '.join(changed)}" if changed else "made for other options"
+
+    def _damage(self, state: dict[str, Any]) -> str | None:
+        """Why the files of ``state`` cannot be continued (None: they can; none checked here)."""
+        return None
 
     def position(self, source: str) -> Any:
         return self.sources.get(source, {}).get("position")
@@ -192,7 +203,7 @@ class ResumableDirectory:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
             raise
-        except RepeatedByARerun:
+        except (RepeatedByARerun, DamagedWork):
             self.remove()
             raise
         except (XelmError, OSError) as exc:
@@ -260,6 +271,20 @@ class WorkDirectory(ResumableDirectory):
         self.dtype = TOKEN_DTYPES[dtype_name]
         super().__init__(out, key, fresh=fresh, inputs=inputs, notes={"source": source})
         self._appenders: dict[str, _Appender] = {}
+
+    def _damage(self, state: dict[str, Any]) -> str | None:
+        """A token or length file shorter than the state records (a full disk, a copy cut
+        short, a file edited): its documents are lost."""
+        for language, count in sorted(state["languages"].items()):
+            recorded = {
+                tokens_file(language): count["tokens"] * self.dtype.itemsize,
+                lengths_file(language): count["documents"] * LENGTH_DTYPE.itemsize,
+            }
+            for name, size in recorded.items():
+                path = self.path / name
+                if (path.stat().st_size if path.exists() else 0) < size:
+                    return f"{name} is shorter than its recorded size"
+        return None
 
     def appender(self, language: str) -> _Appender:
         if language not in self._appenders:
