@@ -157,7 +157,11 @@ def prepare_command(
     ] = None,
     alpha: Annotated[
         float | None,
-        typer.Option(help="Temperature sampling: language weights n_l**alpha (e.g. 0.3)."),
+        typer.Option(
+            help="Temperature sampling: language weights n_l**alpha (e.g. 0.3). A streamed "
+            "language cut at its read limit is weighed by the tokens read, not its size (a "
+            "--cap per language avoids it)."
+        ),
     ] = None,
     tokens: Annotated[
         str | None, typer.Option("--tokens", help="Total token budget, e.g. 20M.")
