@@ -217,8 +217,9 @@ def test_fetch_without_the_hub_says_so_at_once(
     assert error.startswith(
         "xelm: error: cannot reach the Hugging Face Hub for Davlan/sib200, allenai/c4: "
     )
-    assert error.endswith("(offline? run the same command again with network access, or pass "
-                          "a local copy)")  # fmt: skip
+    assert error.endswith("(offline? run the same command again with network access, or set "
+                          "XELM_HUB_MIRROR to a folder holding copies of them as Davlan/sib200/, "
+                          "allenai/c4/)")  # fmt: skip
     assert not any((tmp_path / "data").glob("corpus/*"))
 
 

@@ -87,7 +87,7 @@ def require_hub(datasets: Iterable[str]) -> None:
     if why:
         raise SourceUnavailable(
             f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
-            "the same command again with network access, or pass a local copy)"
+            f"the same command again with network access, or {_local_copies(remote)})"
         )
 
 
@@ -556,10 +556,17 @@ def _without_the_hub(dataset: str, exc: BaseException) -> str:
     """The way out when the Hub did not answer for ``dataset`` (``exc``): HF_HUB_OFFLINE unset
     when that is why (nothing is read from the Hub while it is set), else the same command
     again; or a local copy where ``resolve_dataset`` looks for one."""
-    copy = f"or set {MIRROR_VARIABLE} to a folder holding a copy of it as {dataset}/"
+    copy = f"or {_local_copies([dataset])}"
     if _offline_mode(exc):
         return f"HF_HUB_OFFLINE is set: unset it to read from the Hub, {copy}"
     return f"offline? run the same command again to continue, {copy}"
+
+
+def _local_copies(datasets: list[str]) -> str:
+    """The way to read ``datasets`` without the Hub: where ``resolve_dataset`` looks."""
+    what = "a copy of it" if len(datasets) == 1 else "copies of them"
+    where = ", ".join(f"{d}/" for d in datasets)
+    return f"set {MIRROR_VARIABLE} to a folder holding {what} as {where}"
 
 
 def _offline_mode(exc: BaseException | None) -> bool:
