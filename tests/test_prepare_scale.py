@@ -192,6 +192,30 @@ def test_a_rerun_reuses_the_hashes_of_files_it_recorded(
     assert progress.seen[0][1] > BATCH  # and the work was continued
 
 
+def test_a_local_dataset_touched_meanwhile_is_continued(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dataset directory's record holds its files' names and sizes, not their modification
+    times: a copy or a touch of the same files keeps an interrupted run's work."""
+    repo = tmp_path / "repo"
+    for lang in ("en", "tr"):
+        docs = itertools.islice(
+            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), DOCS
+        )
+        write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
+    write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in ("en", "tr")})
+    out = tmp_path / "s"
+    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}"}
+    kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
+    for data in (repo / "data").iterdir():
+        os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    progress = Counting()
+    prepare(repo, tokenizer_dir, out, batch_size=BATCH, progress=progress, **options)
+    assert "discarding" not in capsys.readouterr().err
+    assert progress.seen[0] == ("en", kept + BATCH)  # continued after the kept documents
+
+
 # -- 5. --alpha over streamed languages cut at their read limit ----------------------------------
 
 

@@ -222,16 +222,16 @@ class DatasetSource:
         return {k: v for k, v in given if v is not None and k != "languages"}
 
     def record(self) -> dict[str, Any]:
-        """What this source is: its options and the data files it resolves to (names, sizes
-        and modification times of local files; for the Hub, file names at a commit)."""
+        """What this source is: its options and the data files it resolves to (names and
+        sizes of local files, not their modification times: a copy or a touch is the same
+        data; for the Hub, file names at a commit)."""
         files = self._data_files()
         listing: list[Any] = []
         revision = self.revision
         for name in files:
             path = Path(name)
             if path.is_file():
-                info = path.stat()
-                listing.append([path.name, info.st_size, info.st_mtime_ns])
+                listing.append([path.name, path.stat().st_size])
             else:
                 listing.append(name)
                 match = _HUB_REVISION.search(name)
