@@ -18,6 +18,7 @@ from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.prepare_work import LanguageCount
+from xelm_cli.data.sources import DatasetSource
 
 DOCS = 40  # per language
 BATCH = 4  # documents per batch: many checkpoints
@@ -32,6 +33,17 @@ def write_corpus(root: Path, langs: tuple[str, ...] = ("en", "tr")) -> Path:
         lines = [json.dumps({"text": d.text, "lang": lang}, ensure_ascii=False) for d in docs]
         (root / f"{lang}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root
+
+
+def local_dataset(repo: Path, langs: tuple[str, ...] = ("en", "tr")) -> Path:
+    """A local dataset laid out like a Hub repository: one configuration per language."""
+    for lang in langs:
+        docs = itertools.islice(
+            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), DOCS
+        )
+        write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
+    write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in langs})
+    return repo
 
 
 @pytest.fixture
@@ -197,13 +209,7 @@ def test_a_local_dataset_touched_meanwhile_is_continued(
 ) -> None:
     """A dataset directory's record holds its files' names and sizes, not their modification
     times: a copy or a touch of the same files keeps an interrupted run's work."""
-    repo = tmp_path / "repo"
-    for lang in ("en", "tr"):
-        docs = itertools.islice(
-            iter_documents(SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"), DOCS
-        )
-        write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
-    write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in ("en", "tr")})
+    repo = local_dataset(tmp_path / "repo")
     out = tmp_path / "s"
     options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}"}
     kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
@@ -214,6 +220,46 @@ def test_a_local_dataset_touched_meanwhile_is_continued(
     prepare(repo, tokenizer_dir, out, batch_size=BATCH, progress=progress, **options)
     assert "discarding" not in capsys.readouterr().err
     assert progress.seen[0] == ("en", kept + BATCH)  # continued after the kept documents
+
+
+def test_a_hub_dataset_given_a_new_commit_meanwhile_is_continued_at_the_commit_begun(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Hub's answer is stood in for (no network here): the data files a revision resolves
+    to, named by commit as the Hub names them (a branch, or none, to its newest commit); the
+    rows are read from a local copy."""
+    repo = local_dataset(tmp_path / "repo")
+    newest = {"commit": "a" * 40}
+
+    def hub_files(self: DatasetSource) -> list[str]:
+        commit = self.revision or newest["commit"]
+        return [f"hf://datasets/someone/corpus@{commit}/data/{self.config}.jsonl"]
+
+    monkeypatch.setattr(DatasetSource, "_data_files", hub_files)
+    out = tmp_path / "s"
+    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}"}
+    kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
+    newest["commit"] = "b" * 40
+    capsys.readouterr()
+    progress = Counting()
+    shards = prepare(repo, tokenizer_dir, out, batch_size=BATCH, progress=progress, **options)
+    assert "discarding" not in capsys.readouterr().err
+    assert progress.seen[0] == ("en", kept + BATCH)  # continued after the kept documents
+    recorded = shards.shards.manifest["source"]["languages"]
+    assert {lang: r["resolved_revision"] for lang, r in recorded.items()} == {
+        "en": "a" * 40,
+        "tr": "a" * 40,
+    }
+    fresh = prepare(repo, tokenizer_dir, tmp_path / "fresh", **options).shards
+    assert fresh.manifest["source"]["languages"]["en"]["resolved_revision"] == "b" * 40
+    assert fresh.manifest["source"]["digest"] != shards.shards.manifest["source"]["digest"]
+    interrupted(repo, tokenizer_dir, out, langs="en,tr", config="{lang}", overwrite=True)
+    newest["commit"] = "c" * 40  # and other languages: that work is not continued
+    again = prepare(repo, tokenizer_dir, out, langs="en", config="{lang}", overwrite=True)
+    assert again.shards.manifest["source"]["languages"]["en"]["resolved_revision"] == "c" * 40
 
 
 # -- 5. --alpha over streamed languages cut at their read limit ----------------------------------

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from xelm_cli.data.prepare_work import (
     RepeatedByARerun,
     WorkDirectory,
     recorded_source,
+    saved_state,
+    work_directory,
 )
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
@@ -453,6 +455,21 @@ def _reading_inputs(
     }
 
 
+def _pinned(plan: SourcePlan, recorded: dict[str, Any] | None) -> SourcePlan:
+    """``plan`` with each Hub dataset read at the commit that ``recorded`` (the record of an
+    unfinished run's input) says it was read at; ``plan`` itself when none differs."""
+    if recorded is None:
+        return plan
+    recipe = recorded.get("kind") == "recipe"  # a record per language, else one in all
+    sources = dict(plan.sources)
+    for name, source in plan.sources.items():
+        record = recorded.get("languages", {}).get(name) if recipe else recorded
+        commit = record.get("resolved_revision") if isinstance(record, dict) else None
+        if isinstance(source, DatasetSource) and commit and source.revision != commit:
+            sources[name] = replace(source, revision=commit)
+    return plan if sources == plan.sources else replace(plan, sources=sources)
+
+
 def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
     """The manifest of shards already at ``out``; anything else there is refused."""
     if not out.exists():
@@ -520,9 +537,10 @@ def prepare(
     A streamed language is read until its cap (else ``tokens``) is reached; its size for
     ``alpha`` is what was read (a warning names the languages cut so). A killed, interrupted
     or failed run continues where it stopped when run again with the same arguments (the
-    options of the second pass, ``seed`` and ``alpha``, may differ). Nothing is written when
-    ``out`` already holds shards of the same input, tokenizer and options (``up_to_date``);
-    other shards there are an error unless ``overwrite``.
+    options of the second pass, ``seed`` and ``alpha``, may differ), a Hub dataset at the
+    commit it was begun with. Nothing is written when ``out`` already holds shards of the same
+    input, tokenizer and options (``up_to_date``); other shards there are an error unless
+    ``overwrite``.
     """
     if batch_size < MIN_BATCH_SIZE:
         raise UsageError(f"--batch-size must be at least {MIN_BATCH_SIZE}, not {batch_size}")
@@ -559,8 +577,18 @@ def prepare(
             )
         dtype_name = token_dtype_name(info.vocab_size)
         limits = read_limits(wanted, caps, tokens)
-        inputs = _reading_inputs(plan, record, info, dtype_name, wanted, limits, reading)
-        key = sha256_bytes(canonical_json(inputs))
+
+        def keyed(plan: SourcePlan, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+            inputs = _reading_inputs(plan, record, info, dtype_name, wanted, limits, reading)
+            return inputs, sha256_bytes(canonical_json(inputs))
+
+        inputs, key = keyed(plan, record)
+        pinned = _pinned(plan, recorded_source(out))
+        if pinned is not plan:  # a Hub dataset moved on since the work was begun: continue it
+            pinned_record = pinned.record(previous=recorded_source(out))
+            pinned_inputs, pinned_key = keyed(pinned, pinned_record)
+            if pinned_key == (saved_state(work_directory(out)) or {}).get("key"):
+                plan, record, inputs, key = pinned, pinned_record, pinned_inputs, pinned_key
         work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
         seen: set[str] = set()
         with work.kept_on_error():

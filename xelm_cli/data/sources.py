@@ -235,13 +235,17 @@ class DatasetSource:
             else:
                 listing.append(name)
                 match = _HUB_REVISION.search(name)
-                revision = revision or (match.group(1) if match else None)
+                revision = match.group(1) if match else revision
+        # a Hub file's name holds its commit: the revision asked for (none, a branch or that
+        # commit) adds nothing to what is read, and a run pinned to the commit is the same
+        hub = any(isinstance(entry, str) for entry in listing)
+        options = {k: v for k, v in self.options().items() if not (hub and k == "revision")}
         return {
             "kind": "dataset",
             **self.options(),
             "resolved_revision": revision,
             "data_files": len(files),
-            "digest": sha256_bytes(canonical_json({"source": self.options(), "files": listing})),
+            "digest": sha256_bytes(canonical_json({"source": options, "files": listing})),
         }
 
     def _builder(self) -> Any:
