@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s reliability`."""
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s reliability`,
+`nox -s oldest` (the tests on the oldest transformers and datasets pyproject admits)."""
 
 import nox
 
@@ -10,6 +11,18 @@ INSTALL = ["-c", "constraints.txt", "-e", ".[dev]"]
 def tests(session: nox.Session) -> None:
     session.install(*INSTALL)
     session.run("python", "-m", "pytest", *session.posargs)  # bin/lang2vec.py shadows lang2vec
+
+
+# The oldest releases pyproject admits of the libraries whose APIs xelm uses most (torch stays at
+# constraints.txt's, the only wheel that installs without CUDA packages).
+OLDEST = ["transformers==5.4.0", "datasets==3.0.0"]
+
+
+@nox.session
+def oldest(session: nox.Session) -> None:
+    """The tests against the oldest transformers and datasets the declared ranges admit."""
+    session.install(*INSTALL, *OLDEST)
+    session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session
