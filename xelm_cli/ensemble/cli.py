@@ -76,8 +76,9 @@ def create(
     ] = None,
     limit: Annotated[
         int | None,
-        typer.Option("--calibration-limit", "--limit", help="Calibration documents per language."),
+        typer.Option("--calibration-limit", help="Calibration documents per language."),
     ] = 200,
+    older_limit: Annotated[int | None, typer.Option("--limit", hidden=True)] = None,
     device: DeviceOpt = None,
     force: ForceOpt = False,
 ) -> None:
@@ -95,7 +96,7 @@ def create(
         combine=combine,
         calibrate=calibrate,
         languages=langs,
-        limit=limit,
+        limit=limit if older_limit is None else older_limit,  # --limit: the older spelling
         device=device,
         force=force,
     )
