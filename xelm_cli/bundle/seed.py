@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
-from xelm_cli.bundle.store import Bundle, Progress, loading_problem, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, loading_problem, probe_ids, write_bundle
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.common.progress import transformers_bars_off
@@ -14,7 +14,6 @@ from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 NEEDED = "xelm needs a decoder-only causal LM (GPT-2, Llama, XGLM, ...)"
-CAUSAL_PROBE_TOKENS = 6  # the forward that checks a seed's attention: a handful of tokens
 
 # Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
 # (small); the vocabulary comes from the tokenizer.
@@ -190,10 +189,9 @@ def _sees_later_tokens(model: Any) -> bool:
     bidirectional attention, and ``config.is_decoder`` is false for decoder-only models too)."""
     import torch
 
-    vocab = model.config.vocab_size
-    ids = torch.arange(1, CAUSAL_PROBE_TOKENS + 1)[None] % vocab
+    ids = probe_ids(model)
     changed = ids.clone()
-    changed[0, -1] = (ids[0, -1] + 1) % vocab
+    changed[0, -1] = (ids[0, -1] + 1) % model.config.vocab_size
     with torch.no_grad():
         before, after = (model(input_ids=x).logits[0, :-1].float() for x in (ids, changed))
     # causal attention leaves them as they were, to the bit on the CPU; a leak in a tiny

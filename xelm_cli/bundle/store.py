@@ -57,6 +57,7 @@ Progress = Callable[[int], None]
 MAX_SHARD_SIZE = "2GB"
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (reflink)
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+PROBE_TOKENS = 6  # a forward that checks a model: a handful of tokens
 
 
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
@@ -89,6 +90,15 @@ def loading_problem(info: dict[str, Any]) -> str | None:
             names = sorted(map(str, info[kind]))
             return f"{len(names)} {kind.replace('_', ' ')} ({names[0][:100]}, ...)"
     return None
+
+
+def probe_ids(model: Any) -> Any:
+    """The input of a short forward that checks how a model computes: ``PROBE_TOKENS`` token
+    ids (0, 1, ... modulo its vocabulary) as a batch of one, on the model's device."""
+    import torch
+
+    device = next(model.parameters()).device
+    return torch.arange(PROBE_TOKENS, device=device)[None] % model.config.vocab_size
 
 
 @dataclass

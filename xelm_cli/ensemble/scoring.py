@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.bundle.fingerprint import reading_safetensors
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.store import Bundle, probe_ids
 from xelm_cli.common.errors import UsageError
 
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
@@ -57,7 +57,6 @@ def pick_device(name: str | None = None) -> Any:
 
 
 _OUTPUT_LAYER_PROBES: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
-PROBE_TOKENS = 6  # the forward that checks a model's head: a handful of tokens
 
 
 def logits_are_output_layer(model: Any) -> bool:
@@ -86,8 +85,7 @@ def _head_is_output_layer(model: Any) -> bool:
     last hidden states (in eval mode, so dropout does not differ between the two)."""
     import torch
 
-    parameter = next(model.parameters())
-    ids = torch.arange(PROBE_TOKENS, device=parameter.device)[None] % model.config.vocab_size
+    ids = probe_ids(model)
     training = model.training
     model.eval()
     try:
@@ -97,7 +95,7 @@ def _head_is_output_layer(model: Any) -> bool:
             chunked = model.get_output_embeddings()(hidden).float()
     finally:
         model.train(training)
-    tolerance = max(1e-5, 4 * torch.finfo(parameter.dtype).eps)
+    tolerance = max(1e-5, 4 * torch.finfo(next(model.parameters()).dtype).eps)
     return torch.allclose(logits, chunked, rtol=tolerance, atol=tolerance)
 
 
