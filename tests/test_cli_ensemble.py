@@ -395,8 +395,9 @@ def test_eval_keeps_by_default_to_the_data_languages_the_experts_cover(
     assert json.loads(out)["request"]["languages"] == ["ar", "ru"]
     assert err == (
         f"xelm: note: evaluating the languages of {evalset} that the experts cover (ar, ru); "
-        "left out en, tr: name them with --langs to evaluate them with a router that takes them "
-        "(e.g. --router-arg fallback=typology)\n"
+        "left out en, tr, which router 'language' does not route: evaluate them with a router "
+        "that does (e.g. --router posterior; the language router with --router-arg "
+        "fallback=typology)\n"
     )
     code, out, err = cli(
         capsys, "ensemble", "eval", *experts, "--data", str(evalset), "--langs", "ar,tr",
@@ -404,6 +405,35 @@ def test_eval_keeps_by_default_to_the_data_languages_the_experts_cover(
     )  # fmt: skip
     assert code == 0 and err == ""
     assert json.loads(out)["request"]["languages"] == ["ar", "tr"]
+
+
+def test_eval_keeps_by_default_the_languages_the_router_takes(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    """A router that routes any language (Router.routes_uncovered_languages) is evaluated on
+    every language of the data, the ones no expert covers scored like the others."""
+    experts = [str(pool / "experts" / "x2"), str(pool / "experts" / "x1")]  # ru, ar
+    code, out, err = cli(
+        capsys, "ensemble", "eval", *experts, "--data", str(evalset), "--router", "posterior",
+        "--each", "--limit", "1", "--json",
+    )  # fmt: skip
+    assert code == 0 and err == ""
+    results = json.loads(out)
+    assert results["request"]["languages"] == list(sorted(LANGS))
+    ensemble, alone_ru, alone_ar = (s["metrics"]["languages"] for s in results["systems"])
+    # One document a language: the posterior mixture's probability of the whole document is
+    # the prior-weighted sum of the experts' (the product of its token probabilities telescopes)
+    for language in ("en", "tr"):
+        nlls = np.array([alone_ru[language]["nll"], alone_ar[language]["nll"]])
+        expected = np.log(2) - np.logaddexp(*-nlls)
+        assert ensemble[language]["nll"] == pytest.approx(expected, rel=1e-9)
+        assert ensemble[language]["documents"] == 1
+    code, out, err = cli(  # the language router takes them with a fallback, an option
+        capsys, "ensemble", "eval", *experts, "--data", str(evalset), "--limit", "1",
+        "--router-arg", "fallback=typology", "--json",
+    )  # fmt: skip
+    assert code == 0 and err == ""
+    assert json.loads(out)["request"]["languages"] == list(sorted(LANGS))
 
 
 def test_different_tokenizers_are_refused(

@@ -37,6 +37,7 @@ class UniformRouter(PreRouter):
     """Equal weight on every expert: every expert runs on every document."""
 
     name = "uniform"
+    routes_uncovered_languages = True
 
     def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
         if not experts:
@@ -48,6 +49,7 @@ class FixedRouter(PreRouter):
     """The same user-given weights for every document, normalised to sum to 1."""
 
     name = "fixed"
+    routes_uncovered_languages = True
 
     @dataclass(frozen=True, kw_only=True)
     class Options:

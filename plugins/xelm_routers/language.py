@@ -58,6 +58,7 @@ class LanguageRouter(PreRouter):
         fallback = self.options.fallback
         self.fallback = None if fallback in (None, TYPOLOGY) else fallback
         self.typology_fallback = fallback == TYPOLOGY
+        self.routes_uncovered_languages = fallback is not None
         self._nearest: dict[str, str] = {}
 
     def _expert_language(self, language: str, covered: list[str]) -> str | None:

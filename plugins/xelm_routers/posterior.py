@@ -33,6 +33,7 @@ class PosteriorRouter(OutputRouter):
     """
 
     name = "posterior"
+    routes_uncovered_languages = True
 
     @dataclass(frozen=True, kw_only=True)
     class Options:

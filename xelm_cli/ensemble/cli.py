@@ -132,8 +132,8 @@ def evaluate(
         str | None,
         typer.Option(
             "--langs",
-            help="Languages (default: those of the data that the experts cover; a note "
-            "names the others).",
+            help="Languages (default: the data's; those no expert covers are left out, "
+            "in a note, when the router cannot route them).",
         ),
     ] = None,
     limit: Annotated[

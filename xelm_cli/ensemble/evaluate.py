@@ -22,8 +22,6 @@ from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import get_registry
 
-# The first-party icl evaluator's tasks (--task); a folder named for one holds that task.
-
 
 def evaluate(
     members: Member | Sequence[Member],
@@ -53,8 +51,9 @@ def evaluate(
     ``"experts/*"``), or one ensemble file; ``router`` and ``router_options``: the registered
     router and its options (default: the ensemble file's, else ``language``); ``evaluator``:
     default ``icl`` with a ``task``, else ``perplexity``; ``languages``: codes (or one
-    comma-separated text), None for the languages of the data that the experts cover (a note
-    on stderr names the others); ``limit``: documents or examples per language; ``each``: also
+    comma-separated text), None for the data's languages (only those the experts cover, a note
+    on stderr naming the others, when the router routes no other: ``language`` without a
+    fallback); ``limit``: documents or examples per language; ``each``: also
     score every expert alone; ``baselines``: bundles scored alongside; ``output``: also write
     the record there (atomically; an existing file only with ``force``); ``eval_options``: the
     evaluator's own options (``--eval-arg``).
@@ -78,11 +77,12 @@ def evaluate(
         model_languages=tuple(dict.fromkeys(lang for b in spec.members for lang in b.languages)),
     )
     built = _build_evaluator(name, request, chosen=evaluator is not None or task is not None)
-    if request.languages is None:
-        built = _on_covered_languages(name, request, built)
+    chosen_router = build_router(spec.router, spec.router_options)
+    if request.languages is None and not chosen_router.routes_uncovered_languages:
+        built = _on_covered_languages(name, request, built, router=spec.router)
     systems = systems_for(
         spec,
-        build_router(spec.router, spec.router_options),
+        chosen_router,
         each=each,
         baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
         device=device,
@@ -116,11 +116,14 @@ def _task_of_folder(data: str | None) -> str | None:
     return next((task for task in tasks if folder.startswith(task)), None)
 
 
-def _on_covered_languages(name: str, request: EvalRequest, built: Evaluator) -> Evaluator:
+def _on_covered_languages(
+    name: str, request: EvalRequest, built: Evaluator, *, router: str
+) -> Evaluator:
     """Without chosen languages, the evaluator again on the data's languages that the experts
     cover (``EvalRequest.model_languages``, which an in-context task on a Hub dataset already
-    keeps to): the language router refuses the others. With none covered, the evaluator as
-    it is (the router's refusal names the covered languages)."""
+    keeps to), for a ``router`` that refuses the others (``Router.routes_uncovered_languages``
+    False). With none covered, the evaluator as it is (the router's refusal names the covered
+    languages)."""
     covered = set(request.model_languages or ())
     kept = [language for language in built.languages if language in covered]
     left_out = [language for language in built.languages if language not in covered]
@@ -128,8 +131,9 @@ def _on_covered_languages(name: str, request: EvalRequest, built: Evaluator) -> 
         return built
     print(
         f"xelm: note: evaluating the languages of {request.data} that the experts cover "
-        f"({', '.join(kept)}); left out {', '.join(left_out)}: name them with --langs to "
-        "evaluate them with a router that takes them (e.g. --router-arg fallback=typology)",
+        f"({', '.join(kept)}); left out {', '.join(left_out)}, which router {router!r} does "
+        "not route: evaluate them with a router that does (e.g. --router posterior; the "
+        "language router with --router-arg fallback=typology)",
         file=sys.stderr,
     )
     return build_evaluator(name, dataclasses.replace(request, languages=tuple(kept)))

@@ -50,11 +50,15 @@ class Router(ABC):
     the runner how to execute the ensemble: False (a :class:`PreRouter`) chooses experts before
     running them, so only experts with non-zero weight run; True (an :class:`OutputRouter`)
     needs the experts' per-token log-probabilities (e.g. the posterior).
+    ``routes_uncovered_languages`` (a class or instance attribute) tells ``xelm ensemble eval``
+    without ``--langs`` whether to keep the data's languages that no expert covers: False (the
+    default, as the ``language`` router without a fallback) leaves them out with a note.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     needs_expert_outputs: ClassVar[bool]
+    routes_uncovered_languages: bool = False
 
     def calibrate(
         self, scored: Sequence["ScoredDocument"], experts: Sequence[ExpertInfo]
