@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypedDict
 
 import typer
 
@@ -56,6 +56,21 @@ DeviceOpt = Annotated[
 ]
 
 
+class EnsembleChoice(TypedDict):
+    """--router, --router-arg and --combine as the Python API's keywords."""
+
+    router: str | None
+    router_options: dict[str, Any]
+    combine: str | None
+
+
+def _ensemble_choice(
+    router: str | None, router_arg: list[str] | None, combine: str | None
+) -> EnsembleChoice:
+    router_options = parse_pairs(router_arg or [], "--router-arg")
+    return EnsembleChoice(router=router, router_options=router_options, combine=combine)
+
+
 @app.command()
 def create(
     members: MembersArg,
@@ -91,9 +106,7 @@ def create(
     spec = create_ensemble(
         members,
         output,
-        router=router,
-        router_options=parse_pairs(router_arg or [], "--router-arg"),
-        combine=combine,
+        **_ensemble_choice(router, router_arg, combine),
         calibrate=calibrate,
         languages=langs,
         limit=limit if older_limit is None else older_limit,  # --limit: the older spelling
@@ -199,8 +212,7 @@ def evaluate(
     results = evaluate_ensemble(
         members,
         data=data,
-        router=router,
-        router_options=parse_pairs(router_arg or [], "--router-arg"),
+        **_ensemble_choice(router, router_arg, combine),
         evaluator=evaluator,
         languages=langs,
         limit=limit,
@@ -209,7 +221,6 @@ def evaluate(
         runs=runs,
         seed=seed,
         protocol=protocol,
-        combine=combine,
         each=each,
         baselines=baseline or [],
         output=output,
@@ -257,9 +268,7 @@ def generate(
     record = generate_text(
         members,
         prompt,
-        router=router,
-        router_options=parse_pairs(router_arg or [], "--router-arg"),
-        combine=combine,
+        **_ensemble_choice(router, router_arg, combine),
         language=lang,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
