@@ -278,19 +278,30 @@ def test_long_documents_are_scored_in_windows(experts: list[Bundle]) -> None:
     assert not np.allclose(got, full[0])  # the windows really cut the context
 
 
+@pytest.mark.parametrize("combine", ["mixture", "logits", "product"])
+@pytest.mark.parametrize(
+    "request_",
+    [
+        ChoiceRequest("The capital of France is", (" Paris", " a large city by the sea"), "en"),
+        # a context ending in whitespace (the xnli prompt "..., right? "): a byte-level BPE
+        # gives the space to the word after it, so it is scored with each choice
+        ChoiceRequest("The capital of France is ", ("the city of Paris", "an old town"), "en"),
+    ],
+    ids=["space-in-choice", "space-ends-context"],
+)
 def test_choices_reuse_the_context_and_match_full_sequences(
-    experts: list[Bundle], device: str
+    experts: list[Bundle], device: str, combine: str, request_: ChoiceRequest
 ) -> None:
-    model = single_model(experts[0], "e0", device=device)
-    request = ChoiceRequest(
-        "The capital of France is", (" Paris", " a large city by the sea"), "en"
-    )
-    got = model.score_choices([request])[0]
-    for choice, lp in zip(request.choices, got, strict=True):
-        (full,), _ = brute(experts[0], [Document(request.context + choice, "en")])
-        n = len(model.encode(choice))
+    model = EnsembleModel([experts[0]], build_router("uniform"), combine, device=device)
+    got = model.score_choices([request_])[0]
+    context = request_.context.rstrip()
+    for choice, lp in zip(request_.choices, got, strict=True):
+        (full,), _ = brute(experts[0], [Document(request_.context + choice, "en")])
+        n = len(model.encode(request_.context + choice)) - len(model.encode(context))
         assert len(lp) == n
         np.testing.assert_allclose(lp, full[-n:], atol=tolerance(device))
+    if context == request_.context:  # nothing moves: the choice's own tokens, as before
+        assert [len(lp) for lp in got] == [len(model.encode(c)) for c in request_.choices]
 
 
 class FirstTokenRouter(PreRouter):

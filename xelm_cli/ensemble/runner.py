@@ -416,14 +416,20 @@ class EnsembleModel(LanguageModel):
             for i, (route, document) in enumerate(zip(routes, documents, strict=True))
         ]
 
+    def _encode_request(self, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
+        """BOS + the context's tokens, and each choice's. The context's trailing whitespace
+        starts every choice (``"right? ", "Yes"`` is scored as ``"right?", " Yes"``, as
+        lm-evaluation-harness does): a byte-level BPE joins a word-initial space to its word,
+        so the choice's tokens are those of the one text context + choice, not a lone space
+        token and a word without its space that running text never has."""
+        if not request.choices or any(not choice for choice in request.choices):
+            raise UsageError(f"a request has an empty choice: {request.choices!r}")
+        context = request.context.rstrip()
+        space = request.context[len(context) :]
+        return [self.bos, *self.encode(context)], [self.encode(space + c) for c in request.choices]
+
     def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[list[Logprobs]]:
-        encoded = [
-            ([self.bos, *self.encode(r.context)], [self.encode(c) for c in r.choices])
-            for r in requests
-        ]
-        for request, (_, choices) in zip(requests, encoded, strict=True):
-            if not choices or any(not c for c in choices):
-                raise UsageError(f"a request has an empty choice: {request.choices!r}")
+        encoded = [self._encode_request(request) for request in requests]
         contexts = [Document(r.context, r.language) for r in requests]
         routes = self._routes(contexts)
         if self.combine == "product":
