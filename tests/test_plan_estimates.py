@@ -206,6 +206,43 @@ def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None
     assert lean_fits > plain_fits >= 1
 
 
+# XGLM-1.7B: 24 layers of 50,358,272 parameters (attention 4 x (2048^2 + 2048), fc1 and fc2
+# 2 x 2048 x 8192 + 8192 + 2048, two norms 4 x 2048), then the tied embedding 256,008 x 2048
+# and the final norm 2 x 2048: 1,732,907,008 in all (transformers' XGLMConfig on the meta device)
+XGLM_1_7B = ModelShape(1_732_907_008, 256_008 * 2048, 24, 2048, 8192, 256_008, 16, 50_358_272)
+
+
+def test_fsdp_shards_the_model_states_and_gathers_the_root_and_one_layer() -> None:
+    """By hand, XGLM-1.7B at 8 x 2048 under FSDP over 8 ranks: each holds N/8 = 216,613,376
+    parameters' fp32 weights, gradients and AdamW moments, plus the gathered weights and
+    gradients of the root unit (embedding and final norm, 524,308,480) and of one decoder
+    layer (50,358,272); autocast's bf16 copies (2N) and the activations stay as without it."""
+    whole = training_memory(XGLM_1_7B, 8, 2048, cuda=True)
+    sharded = training_memory(XGLM_1_7B, 8, 2048, cuda=True, shards=8)
+    held = 216_613_376 + 524_308_480 + 50_358_272  # 791,280,128
+    assert sharded.weights == 4 * held + 2 * 1_732_907_008  # 6,630,934,528
+    assert sharded.gradients == 4 * held
+    assert sharded.optimizer == 8 * 216_613_376
+    assert (sharded.activations, sharded.loss) == (whole.activations, whole.loss)
+    assert whole.total - sharded.total == 8 * (1_732_907_008 - held) + 7 * 8 * 216_613_376
+    # 88.8 GB unsharded does not fit on 80 GB (6 sequences do); 69.1 GB sharded does (9 do)
+    assert round(whole.total / 1e9, 1) == 88.8 and round(sharded.total / 1e9, 1) == 69.1
+    limit = parse_size("80GB")
+    assert largest_batch(XGLM_1_7B, 2048, limit, cuda=True)[0] == 6
+    assert largest_batch(XGLM_1_7B, 2048, limit, cuda=True, shards=8)[0] == 9
+
+
+def test_a_bundles_decoder_layers_are_counted_from_its_tensors(wide_seed: Path) -> None:
+    """The wide seed's layer: attention 4 x 256^2, MLP 3 x 256 x 704, two norms 2 x 256; the
+    rest (embedding, untied output layer, final norm) is the root unit FSDP keeps gathered."""
+    shape = ModelShape.of(Bundle.open(wide_seed))
+    assert shape.layer_parameters == 4 * 256**2 + 3 * 256 * 704 + 2 * 256  # 803,328
+    root = shape.parameters - 4 * shape.layer_parameters
+    assert root == 2 * shape.vocab * 256 + 256
+    two = training_memory(shape, 8, 512, cuda=False, shards=2)
+    assert two.gradients == 4 * (shape.parameters // 2 + root + shape.layer_parameters)
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     """Token shards of the test languages, with the seed's tokenizer."""

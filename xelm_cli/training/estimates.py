@@ -4,6 +4,12 @@ Memory of the ``causal-lm`` trainer (fp32 master weights, AdamW), in bytes, for 
 a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabulary V:
 
 - weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N;
+  under FSDP over r ranks (``--fsdp``, each decoder layer a shard unit and the rest of the
+  model the root unit, as the trainer wraps it) each device holds 1/r of the weights,
+  gradients and moments, plus the gathered weights and gradients of the root unit (embeddings,
+  final norm, an untied output layer: FSDP keeps the root gathered from the forward to the end
+  of the backward) and of one decoder layer, 8 bytes a parameter; the bf16 copies stay whole
+  (autocast casts each gathered layer and the backward keeps the casts);
 - activations kept for the backward pass: e (10h + 5i) + 8h bytes per token and layer (e = 2
   under bf16 autocast, 4 in fp32), and the attention matrix: with SDPA (``--attention sdpa``,
   and ``auto``, transformers' choice where the model supports it) on the CPU its
@@ -42,6 +48,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 
 LEAN_CHUNK_ELEMENTS = 1 << 26  # as plugins/xelm_trainer/lean_loss.py
+LAYERS = "model.layers."  # the decoder layers the trainer's FSDP shards one by one
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*")
 
 
@@ -63,6 +70,9 @@ class ModelShape:
     intermediate: int
     vocab: int
     heads: int
+    # one decoder layer's (model.layers.I: FSDP's shard unit); 0: no such layers, the whole
+    # model is one unit
+    layer_parameters: int = 0
 
     @classmethod
     def of(cls, bundle: Bundle) -> "ModelShape":
@@ -87,6 +97,7 @@ class ModelShape:
         intermediate = first("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
         heads = first("num_attention_heads", "n_head", "attention_heads", "num_heads")
         embedding = max((math.prod(s) for s in shapes.values() if s[:1] == [vocab]), default=0)
+        in_layers = sum(math.prod(s) for name, s in shapes.items() if name.startswith(LAYERS))
         return cls(
             parameters=sum(math.prod(s) for s in shapes.values()),
             embedding=embedding,
@@ -95,6 +106,7 @@ class ModelShape:
             intermediate=intermediate or 4 * hidden,
             vocab=vocab,
             heads=heads or max(1, hidden // 64),
+            layer_parameters=in_layers // layers,
         )
 
 
@@ -126,10 +138,12 @@ def training_memory(
     gradient_checkpointing: bool = False,
     attention: str = "sdpa",
     mlps_per_token: int = 1,
+    shards: int = 1,
 ) -> MemoryEstimate:
     """The formula of the module's docstring, for one micro-batch on one device, with the
-    ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa) and
-    ``mlps_per_token`` MLPs' activations a token and layer (an MoE's top-t routing: t)."""
+    ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa),
+    ``mlps_per_token`` MLPs' activations a token and layer (an MoE's top-t routing: t) and the
+    model sharded over ``shards`` ranks by FSDP (1: every device holds all of it)."""
     n, h, i = shape.parameters, shape.hidden, shape.intermediate
     tokens = batch_size * block_size
     element = 2 if cuda else 4
@@ -148,13 +162,25 @@ def training_memory(
         loss = chunk * (4 + element) + tokens * h * element + shape.vocab * h * 4
     else:
         loss = tokens * shape.vocab * (10 if cuda else 12)
+    held = held_parameters(shape, shards)
     return MemoryEstimate(
-        weights=4 * n + (2 * n if cuda else 0),
-        gradients=4 * n,
-        optimizer=8 * n,
+        weights=4 * held + (2 * n if cuda else 0),
+        gradients=4 * held,
+        optimizer=8 * math.ceil(n / shards),
         activations=activations,
         loss=loss,
     )
+
+
+def held_parameters(shape: ModelShape, shards: int) -> int:
+    """The parameters whose fp32 weights and gradients one device holds at the peak: all of
+    them, or under FSDP over ``shards`` ranks its 1/shards slice of each plus the gathered
+    root unit (every parameter outside the decoder layers) and one gathered decoder layer."""
+    n = shape.parameters
+    if shards == 1:
+        return n
+    root = n - shape.layers * shape.layer_parameters
+    return math.ceil(n / shards) + root + shape.layer_parameters
 
 
 def attention_matrix(shape: ModelShape, block_size: int, cuda: bool, attention: str) -> int:
@@ -226,6 +252,10 @@ def moe_shapes(shape: ModelShape, k: int, top_k: int) -> tuple[ModelShape, Model
     routing (for time: 6 x active x tokens FLOP)."""
     mlp = 3 * shape.hidden * shape.intermediate * shape.layers
     routers = k * shape.hidden * shape.layers
-    held = replace(shape, parameters=shape.parameters + (k - 1) * mlp + routers)
+    held = replace(
+        shape,
+        parameters=shape.parameters + (k - 1) * mlp + routers,
+        layer_parameters=shape.layer_parameters + ((k - 1) * mlp + routers) // shape.layers,
+    )
     active = replace(shape, parameters=shape.parameters + (top_k - 1) * mlp + routers)
     return held, active
