@@ -24,7 +24,7 @@ from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.mixing import mixture, product_weights
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel
-from xelm_cli.ensemble.scoring import LoadedModel, with_cache
+from xelm_cli.ensemble.scoring import LoadedModel, new_cache, with_cache
 from xelm_cli.ensemble.weights import check_token_weights
 from xelm_cli.lang.codes import normalize_language
 from xelm_cli.plugin.contracts import Document, Router, ScoredDocument
@@ -194,9 +194,8 @@ def _read_prompt(model: LoadedModel, ids: list[int]) -> _RunningExpert:
     """``model`` after one pass over the prefix token and the prompt (``ids``), its cache
     filled."""
     import torch
-    from transformers import DynamicCache
 
-    cache = DynamicCache()
+    cache = new_cache(model.model)
     logprobs = torch.log_softmax(_logits(model, cache, ids), dim=-1).cpu().double()
     targets = torch.tensor(ids[1:], dtype=torch.long)
     history = logprobs[:-1].gather(1, targets[:, None])[:, 0].numpy()

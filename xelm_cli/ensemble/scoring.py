@@ -24,6 +24,7 @@ CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
 DEFAULT_BATCH_TOKENS = 2048  # on CPU, small batches stay in cache: faster than big ones
 CUDA_BATCH_TOKENS = 16384
 MAX_PADDING = 0.1  # share of a batch's positions that may be padding
+UNCHUNKED_LOGITS = 1 << 28  # a batch's logits where they cannot be chunked: 512 MB in bf16
 Logprobs = NDArray[np.float64]
 
 
@@ -100,24 +101,46 @@ def _head_is_output_layer(model: Any) -> bool:
 
 
 @functools.cache
-def _cache_keyword(model_class: Any) -> str:
+def _cache_keyword(model_class: Any) -> str | None:
+    """``cache`` in the transformers versions that renamed it (``past_key_values`` warns
+    there), else ``past_key_values``; None for a forward that takes neither (Mamba in
+    transformers before the rename takes ``cache_params``, a state of its own kind)."""
     parameters = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
 def with_cache(model: Any, cache: Any) -> dict[str, Any]:
-    """The keyword arguments that pass a key-value cache to ``model``'s forward: ``cache`` in
-    the transformers versions that renamed it (``past_key_values`` warns there), else
-    ``past_key_values``."""
+    """The keyword arguments that pass ``cache`` (from :func:`new_cache`) to ``model``'s
+    forward; a one-line :class:`UsageError` where the forward takes no cache xelm can pass."""
     model_class: Any = type(model)
-    return {_cache_keyword(model_class): cache, "use_cache": cache is not None}
+    keyword = _cache_keyword(model_class)
+    if keyword is None:
+        if cache is not None:
+            import transformers
+
+            raise UsageError(
+                f"{type(model).__name__} takes no cache that xelm can pass in transformers "
+                f"{transformers.__version__}: install a newer transformers to generate text "
+                "and score choices with it"
+            )
+        return {}
+    return {keyword: cache, "use_cache": cache is not None}
+
+
+def new_cache(model: Any) -> Any:
+    """An empty cache of the kinds ``model``'s layers keep (keys and values, a sliding
+    window, a recurrent state), made from its config as transformers' own generation does."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
 
 
 def cache_of(model: Any, output: Any) -> Any:
-    """The key-value cache ``model``'s forward returned, under the name that model uses (the
-    other name warns); None when it made none."""
+    """The cache ``model``'s forward returned, under the name that model uses (the other
+    name warns); None when it made none."""
     model_class: Any = type(model)
-    return output.get(_cache_keyword(model_class))
+    keyword = _cache_keyword(model_class)
+    return None if keyword is None else output.get(keyword)
 
 
 def default_batch_tokens(device: Any) -> int:
@@ -270,6 +293,14 @@ def _batches(segments: list[_Segment], batch_tokens: int) -> list[list[_Segment]
     return batches
 
 
+def _capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
+    """``batch_tokens``, lowered so that a model whose forward must return a whole batch's
+    logits (not :attr:`LoadedModel.chunked`) returns at most ``UNCHUNKED_LOGITS`` of them
+    (a batch still holds one window, whatever the cap)."""
+    caps = [UNCHUNKED_LOGITS // model.vocab_size() for model in models if not model.chunked]
+    return max(1, min([batch_tokens, *caps]))
+
+
 def score_sequences(
     models: Sequence[LoadedModel],
     coefficients: Sequence[float],
@@ -285,6 +316,7 @@ def score_sequences(
 
     max_length = min(model.max_length for model in models)
     stride = max(1, max_length // 2)
+    batch_tokens = _capped_for_whole_logits(models, batch_tokens)
     segments = []
     for index, sequence in enumerate(sequences):
         spans = windows(len(sequence), max_length, stride)
@@ -330,6 +362,27 @@ def score_sequences(
     return results
 
 
+def _context_and_choices(
+    model: LoadedModel, context: Any, choices: Any, mask: Any
+) -> tuple[Any, Any]:
+    """``model``'s states on ``context`` (1, n) and on each row of ``choices`` (right-padded,
+    ``mask`` over context and choice) after it. The context runs once and its keys and values
+    are repeated for the rows, except in models with layers whose state is not keys and values
+    (recurrent ones: transformers neither repeats such a state nor continues it by several
+    tokens exactly): there each row runs whole, without a mask (right padding changes no
+    earlier position)."""
+    import torch
+
+    cache = new_cache(model.model)
+    if all(hasattr(layer, "batch_repeat_interleave") for layer in cache.layers):
+        states, past = model.states(context, torch.ones_like(context), cache)
+        past.batch_repeat_interleave(len(choices))
+        return states, model.states(choices, mask, past)[0]
+    rows = torch.cat([context.expand(len(choices), -1), choices], dim=1)
+    states = model.states(rows, None)[0]
+    return states[:1, : context.shape[1]], states[:, context.shape[1] :]
+
+
 def score_choice_sets(
     models: Sequence[LoadedModel],
     coefficients: Sequence[float],
@@ -370,11 +423,7 @@ def score_choice_sets(
                 mask[row, len(context) : len(context) + len(choice)] = 1
             ctx_states, choice_states = [], []
             for model in models:
-                from transformers import DynamicCache
-
-                states, past = model.states(ctx, torch.ones_like(ctx), DynamicCache())
-                past.batch_repeat_interleave(len(choices))
-                more, _ = model.states(conts.to(device), mask.to(device), past)
+                states, more = _context_and_choices(model, ctx, conts.to(device), mask.to(device))
                 ctx_states.append(states[0])
                 choice_states.append((states[0, -1], more))
             ctx_targets = torch.tensor(context[1:], dtype=torch.long)
