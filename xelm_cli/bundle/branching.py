@@ -7,6 +7,7 @@
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from xelm_cli.bundle.store import Bundle, Progress, check_role, is_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation
@@ -55,19 +56,38 @@ def branch(
             allocation = read_allocation(allocation)
         allocation_ref = allocation.reference(expert)
         codes = tuple(allocation.experts[expert])
+    step = {"relation": "branch", "parents": [parent.ref]}
+    return _linked_child(
+        parent, out, step, role=role, languages=list(codes or parent.languages),
+        allocation=allocation_ref, overwrite=overwrite, progress=progress,
+    )  # fmt: skip
+
+
+def _linked_child(
+    parent: Bundle,
+    out: str | Path,
+    step: dict[str, Any],
+    *,
+    role: str,
+    languages: list[str],
+    overwrite: bool,
+    progress: Progress | None,
+    allocation: dict[str, Any] | None = None,
+) -> Bundle:
+    """A new bundle at ``out`` whose files are the parent's, linked, under its own manifest."""
     with write_bundle(
         out,
         role=role,
-        languages=list(codes or parent.languages),
+        languages=languages,
         parent=parent,
-        step={"relation": "branch", "parents": [parent.ref]},
-        allocation=allocation_ref,
+        step=step,
+        allocation=allocation,
         overwrite=overwrite,
         progress=progress,
-    ) as w:
+    ) as writer:
         pass
-    assert w.result is not None
-    return w.result
+    assert writer.result is not None
+    return writer.result
 
 
 def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
@@ -141,15 +161,7 @@ def hmr_branch(
         raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
     parent = Bundle.open(parent_ref.path)
     step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
-    with write_bundle(
-        out,
-        role="expert",
-        languages=[language],
-        parent=parent,
-        step=step,
-        overwrite=overwrite,
+    return _linked_child(
+        parent, out, step, role="expert", languages=[language], overwrite=overwrite,
         progress=progress,
-    ) as w:
-        pass
-    assert w.result is not None
-    return w.result
+    )  # fmt: skip
