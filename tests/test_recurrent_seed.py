@@ -1,6 +1,7 @@
 """A recurrent (state-space) seed, Mamba: its state is a cache that is not keys and values, so
 generation and choice scoring must build the cache the model's config asks for."""
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,16 @@ from transformers import MambaConfig, MambaForCausalLM, PreTrainedTokenizerFast
 from xelm_cli.api import Document
 from xelm_cli.bundle.seed import init_from_hf
 from xelm_cli.bundle.store import Bundle
+from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.generation import generate
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.plugin.contracts import ChoiceRequest
 
 TEXT = "All human beings are born free and equal in dignity and rights."
+# Mamba's forward took its state as cache_params, which xelm does not pass, before transformers
+# renamed it (after 5.4)
+TAKES_A_CACHE = "cache" in inspect.signature(MambaForCausalLM.forward).parameters
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,7 @@ def test_perplexity_scores_are_the_models_own(mamba: Bundle) -> None:
     np.testing.assert_allclose(got, _full_logprobs(mamba, ids), atol=1e-5)
 
 
+@pytest.mark.skipif(not TAKES_A_CACHE, reason="Mamba takes cache_params in this transformers")
 def test_generation_is_the_models_greedy_decoding(mamba: Bundle) -> None:
     result = generate([mamba], build_router("uniform"), "All human", max_new_tokens=6,
                       temperature=0)  # fmt: skip
@@ -62,6 +68,12 @@ def test_generation_is_the_models_greedy_decoding(mamba: Bundle) -> None:
         .tolist()
     )
     assert result.tokens == greedy
+
+
+@pytest.mark.skipif(TAKES_A_CACHE, reason="Mamba takes a cache in this transformers")
+def test_generation_without_a_cache_xelm_can_pass_is_refused(mamba: Bundle) -> None:
+    with pytest.raises(UsageError, match="install a newer transformers"):
+        generate([mamba], build_router("uniform"), "All human", max_new_tokens=2)
 
 
 def test_choices_reuse_the_context_and_match_full_sequences(mamba: Bundle) -> None:

@@ -362,6 +362,17 @@ def score_sequences(
     return results
 
 
+def _repeatable_cache(model: Any) -> Any:
+    """A new cache for ``model`` whose rows can be repeated; None where it takes no cache or
+    keeps a state per layer that cannot be (recurrent layers)."""
+    model_class: Any = type(model)
+    if _cache_keyword(model_class) is None:
+        return None
+    cache = new_cache(model)
+    layers = getattr(cache, "layers", [])
+    return cache if all(hasattr(layer, "batch_repeat_interleave") for layer in layers) else None
+
+
 def _context_and_choices(
     model: LoadedModel, context: Any, choices: Any, mask: Any
 ) -> tuple[Any, Any]:
@@ -373,8 +384,8 @@ def _context_and_choices(
     earlier position)."""
     import torch
 
-    cache = new_cache(model.model)
-    if all(hasattr(layer, "batch_repeat_interleave") for layer in cache.layers):
+    cache = _repeatable_cache(model.model)
+    if cache is not None:
         states, past = model.states(context, torch.ones_like(context), cache)
         past.batch_repeat_interleave(len(choices))
         return states, model.states(choices, mask, past)[0]
