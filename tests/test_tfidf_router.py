@@ -183,6 +183,17 @@ def test_experts_of_one_cluster_share_and_missing_clusters_are_dropped(allocatio
     np.testing.assert_allclose(weights[:, 1], expected[:, 1])
 
 
+def test_texts_in_languages_no_expert_covers_are_routed(allocation, held_out):
+    """Every expert covers en; ar, ru and zh texts are weighed by their terms all the same, so
+    ``xelm ensemble eval`` keeps those languages by default (``routes_uncovered_languages``)."""
+    router = TfidfRouter(allocation=allocation.path)
+    assert router.routes_uncovered_languages
+    foreign = [d for d in held_out if d.language != "en"]
+    weights = _route(router, foreign, _experts(allocation, range(K)))
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert (weights.max(axis=1) > 0.5).mean() > 0.5  # mostly one cluster, not uniform
+
+
 def test_expert_without_a_reference_is_refused(allocation, held_out):
     router = TfidfRouter(allocation=allocation.path)
     experts = _experts(allocation, range(K))

@@ -68,6 +68,7 @@ class TfidfRouter(PreRouter):
     """
 
     name = "tfidf"
+    routes_uncovered_languages = True  # it weighs a text by its terms, whatever its language
 
     @dataclass(frozen=True, kw_only=True)
     class Options:
