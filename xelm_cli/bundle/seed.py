@@ -6,10 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
-from xelm_cli.bundle.store import Bundle, Progress, loading_problem, probe_ids, write_bundle
+from xelm_cli.bundle.store import (
+    Bundle,
+    Progress,
+    load_causal_lm,
+    loading_problem,
+    probe_ids,
+    write_bundle,
+)
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
-from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import language_codes
 
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -160,20 +166,15 @@ def _load_hf_model(
 ) -> Any:
     """The model, refused when the checkpoint's weights do not fit its causal-LM class
     (transformers would fill in the missing ones at random and drop the others)."""
-    from transformers import AutoModelForCausalLM
-
-    with transformers_bars_off():  # xelm's own progress is on stderr already
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
-            model_id,
-            revision=revision,
-            use_safetensors=pickled is None,
-            weights_only=True,  # for pickles: torch's loader that runs no code from the file
-            dtype="auto",
-            trust_remote_code=trust_remote_code,
-            local_files_only=cached,
-            output_loading_info=True,
-        )
-    model, info = loaded
+    model, info = load_causal_lm(
+        model_id,
+        revision=revision,
+        use_safetensors=pickled is None,
+        weights_only=True,  # for pickles: torch's loader that runs no code from the file
+        dtype="auto",
+        trust_remote_code=trust_remote_code,
+        local_files_only=cached,
+    )
     problem = loading_problem(info)
     if problem:
         raise UsageError(

@@ -92,6 +92,18 @@ def loading_problem(info: dict[str, Any]) -> str | None:
     return None
 
 
+def load_causal_lm(source: str | Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """``AutoModelForCausalLM.from_pretrained(source, **kwargs)`` without transformers' progress
+    bars (xelm's own are on stderr), and its loading information (see :func:`loading_problem`)."""
+    from transformers import AutoModelForCausalLM
+
+    with transformers_bars_off():
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            source, output_loading_info=True, **kwargs
+        )
+    return loaded
+
+
 def probe_ids(model: Any) -> Any:
     """The input of a short forward that checks how a model computes: ``PROBE_TOKENS`` token
     ids (0, 1, ... modulo its vocabulary) as a batch of one, on the model's device."""
@@ -219,20 +231,13 @@ class Bundle:
         self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any
     ) -> Any:
         """The model, via ``AutoModelForCausalLM.from_pretrained`` (safetensors only)."""
-        from transformers import AutoModelForCausalLM
-
         if verify:
             self.check_files()
         wants_info = kwargs.pop("output_loading_info", False)
-        with self._load_errors("model"), transformers_bars_off():
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
-                self.path,
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-                output_loading_info=True,
-                **kwargs,
+        with self._load_errors("model"):
+            model, info = load_causal_lm(
+                self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
             )
-        model, info = loaded
         problem = loading_problem(info)
         if problem:
             raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
