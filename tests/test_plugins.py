@@ -670,6 +670,18 @@ def test_an_evaluator_without_its_headline_metric_is_refused_at_registration() -
     ]
 
 
+def test_a_router_whose_uncovered_languages_flag_is_not_a_bool_is_refused() -> None:
+    vague = make_router("vague")
+    vague.routes_uncovered_languages = "yes"  # type: ignore[assignment]
+    plugin = RouterPlugin(vague, make_router("plain"))
+    registry = host.load_registry(extra_plugins=[("mine", plugin)], entry_points=False)
+    assert list(registry.routers) == ["plain"]
+    assert registry.warnings() == [
+        "xelm: warning: plugin 'mine': router 'vague' refused: router class attribute "
+        "routes_uncovered_languages must be True or False"
+    ]
+
+
 def test_a_router_that_takes_no_calibration_names_those_that_do() -> None:
     class Fitted(make_router("fitted")):  # type: ignore[misc]
         def calibrate(

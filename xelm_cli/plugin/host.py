@@ -157,6 +157,8 @@ def _invalid_router(obj: type) -> str | None:
         return "a router with needs_expert_outputs = False must subclass xelm_cli.api.PreRouter"
     if needs_outputs and not issubclass(obj, api.OutputRouter):
         return "a router with needs_expert_outputs = True must subclass xelm_cli.api.OutputRouter"
+    if not isinstance(getattr(obj, "routes_uncovered_languages", False), bool):
+        return "router class attribute routes_uncovered_languages must be True or False"
     return None
 
 
