@@ -1,5 +1,7 @@
 """Ensemble execution and routers, pinned against brute-force computations on tiny models."""
 
+import gc
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from xelm_cli.api import (
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import IntegrityError, PluginError
+from xelm_cli.ensemble import results
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
+from xelm_cli.ensemble.evaluate import evaluate
 from xelm_cli.ensemble.members import open_members
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, single_model
@@ -119,6 +123,58 @@ def test_resident_experts_load_once_and_score_as_streamed(experts: list[Bundle])
         np.testing.assert_array_equal(a, b)
     assert dict(resident.stats.loads) == {"e0": 1, "e1": 1, "e2": 1}  # kept between calls
     assert dict(streamed.stats.loads) == {"e0": 2, "e1": 2, "e2": 2}  # loaded for each call
+
+
+@pytest.mark.parametrize("combine", ["mixture", "logits"])
+def test_resident_systems_of_one_evaluation_share_one_copy_of_each_bundle(
+    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch, combine: str
+) -> None:
+    """With --each and a baseline, the ensemble's experts, the experts alone and the baseline
+    hold one model per distinct bundle (3, not 2k + 1 = 5 as when each system kept its own);
+    residency is asked once, of those 3 bundles, and the numbers are the streamed ones."""
+    run: dict[str, Any] = {
+        "data": SHARED_DATA / "eval" / "flores200-devtest",
+        "router": "fixed",
+        "router_options": {"weights": [1, 1]},
+        "combine": combine,
+        "each": True,
+        "baselines": [experts[2]],
+        "languages": ["en"],
+        "limit": 2,
+        "device": "cpu",
+    }
+    streamed = evaluate(experts[:2], **run)
+    asked: list[list[str]] = []
+    live: list[weakref.ref[LoadedModel]] = []
+    peak = [0]
+    load = LoadedModel.load
+
+    def fits(members: Sequence[Bundle], device: Any) -> bool:  # a GPU that holds them all
+        asked.append(sorted(bundle.name for bundle in members))
+        return True
+
+    def counted_load(bundle: Bundle, device: Any) -> LoadedModel:
+        model = load(bundle, device)
+        live.append(weakref.ref(model))
+        gc.collect()
+        peak[0] = max(peak[0], sum(ref() is not None for ref in live))
+        return model
+
+    monkeypatch.setattr(results, "fits_on_device", fits)
+    monkeypatch.setattr(LoadedModel, "load", counted_load)
+    resident = evaluate(experts[:2], **run)
+    assert asked == [["e0", "e1", "e2"]]
+    assert peak[0] == 3
+    assert [s["executed"]["loads"] for s in resident["systems"]] == [
+        {"e0": 1, "e1": 1},
+        {},
+        {},
+        {"e2": 1},
+    ]
+    for a, b in zip(resident["systems"], streamed["systems"], strict=True):
+        assert a["metrics"]["overall"]["perplexity"] == pytest.approx(
+            b["metrics"]["overall"]["perplexity"], rel=1e-6
+        )
 
 
 def test_streaming_equals_all_experts_in_memory(experts: list[Bundle], device: str) -> None:

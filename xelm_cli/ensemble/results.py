@@ -20,7 +20,8 @@ from xelm_cli import __version__
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
-from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
+from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, fits_on_device, single_model
+from xelm_cli.ensemble.scoring import pick_device
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator, result_problem
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
@@ -100,24 +101,22 @@ def systems_for(
     baselines: Sequence[Bundle],
     device: str | None,
 ) -> list[System]:
-    cache = ScoreCache()
+    """The systems of one evaluation. They share a score cache and, on a device that holds
+    every distinct bundle among them at once, one resident copy of each (decided here, before
+    anything loads, and not per system: each would see the same free memory)."""
+    distinct = list({bundle.digest: bundle for bundle in [*spec.members, *baselines]}.values())
+    resident = fits_on_device(distinct, pick_device(device))
+    shared: dict[str, Any] = {"device": device, "cache": ScoreCache(), "resident": resident}
     systems = [
         System(
             f"ensemble[{spec.router}]",
             "ensemble",
-            EnsembleModel(
-                spec.members,
-                router,
-                spec.combine,
-                name="ensemble",
-                device=device,
-                cache=cache,
-            ),
+            EnsembleModel(spec.members, router, spec.combine, name="ensemble", **shared),
         )
     ]
     if each:
         for bundle in spec.members:
-            model = single_model(bundle, f"expert:{bundle.name}", device=device, cache=cache)
+            model = single_model(bundle, f"expert:{bundle.name}", **shared)
             systems.append(System(model.name, "expert", model))
     for bundle in baselines:
         if (
@@ -128,7 +127,7 @@ def systems_for(
                 f"baseline {bundle.path} has a different tokenizer from the ensemble; token "
                 "perplexities would not be comparable"
             )
-        model = single_model(bundle, f"baseline:{bundle.name}", device=device, cache=cache)
+        model = single_model(bundle, f"baseline:{bundle.name}", **shared)
         systems.append(System(model.name, "baseline", model))
     names = [s.name for s in systems]
     if len(set(names)) != len(names):

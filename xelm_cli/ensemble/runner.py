@@ -9,6 +9,7 @@ needs the experts of a document together and keeps them loaded for the call.
 """
 
 import gc
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,11 +69,16 @@ class RunStats:
 
 class ScoreCache:
     """Log-probabilities already computed, per (bundle digest, request): lets single-expert
-    systems reuse what the ensemble computed in the same run."""
+    systems reuse what the ensemble computed in the same run. Also the models resident
+    systems keep on their device, by (bundle digest, device): systems of one run share one
+    copy of a bundle, which lives as long as a system holds it."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, Any], Any] = {}
         self.spare: LoadedModel | None = None  # the last model used, reused by the next load
+        self.resident: weakref.WeakValueDictionary[tuple[str, str], LoadedModel] = (
+            weakref.WeakValueDictionary()
+        )
 
     def get(self, digest: str, key: Any) -> Any:
         return self._entries.get((digest, key))
@@ -299,10 +305,10 @@ class EnsembleModel(LanguageModel):
         ensemble is resident, else loaded (into the spare model when it fits)."""
         if index in self._resident:
             return self._resident[index]
-        self.stats.loads[self.experts[index].name] += 1
         if self.resident:
-            self._resident[index] = LoadedModel.load(self.members[index], self.device)
+            self._resident[index] = self._shared_resident(index)
             return self._resident[index]
+        self.stats.loads[self.experts[index].name] += 1
         spare = self.cache.spare
         self.cache.spare = None
         if spare is not None and spare.device == self.device:
@@ -313,6 +319,17 @@ class EnsembleModel(LanguageModel):
             del spare
             self._collect()
         return LoadedModel.load(self.members[index], self.device)
+
+    def _shared_resident(self, index: int) -> LoadedModel:
+        """The copy of expert ``index`` that another resident system of the cache holds on
+        this device, else a new one that it shares from now on."""
+        key = (self.members[index].digest, str(self.device))
+        model = self.cache.resident.get(key)
+        if model is None:
+            self.stats.loads[self.experts[index].name] += 1
+            model = LoadedModel.load(self.members[index], self.device)
+            self.cache.resident[key] = model
+        return model
 
     def free_expert(self, model: LoadedModel) -> None:
         """Done with ``model`` for now: a resident ensemble keeps it on the device; a streamed
