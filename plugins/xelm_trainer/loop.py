@@ -341,7 +341,8 @@ def load_model(inputs: Inputs, device: torch.device) -> Any:
             chunked = logits_are_output_layer(model)
         if chunked:
             use_lean_loss(model)
-    return model
+    # from_pretrained returns eval mode, in which dropout and gradient checkpointing do nothing
+    return model.train()
 
 
 def fused_adamw(device: torch.device) -> bool:

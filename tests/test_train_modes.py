@@ -1,0 +1,110 @@
+"""The trainer trains in train mode: dropout and gradient checkpointing act from the first step
+and after a --resume (``from_pretrained`` returns a model in eval mode)."""
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import TEST_LANGS, same_weights
+from test_train import Killed, request, train_shards, valid_shards  # noqa: F401  (fixtures)
+from xelm_trainer.distributed import Ranks, unwrap
+from xelm_trainer.loop import Inputs, RunState, TrainingRun
+
+from xelm_cli.bundle.store import Bundle
+from xelm_cli.plugin.contracts import TrainRequest
+
+
+@pytest.fixture(scope="module")
+def dropout_seed(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    """A tiny XGLM seed (dropout 0.1, the config's default) with the test tokenizer."""
+    from transformers import XGLMConfig, XGLMForCausalLM
+
+    from xelm_cli.bundle.seed import init_from_hf
+
+    root = tmp_path_factory.mktemp("xglm")
+    tokenizer = Bundle.open(seed_bundle).load_tokenizer()
+    config = XGLMConfig(
+        d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=64,
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    assert config.dropout == config.attention_dropout == 0.1
+    torch.manual_seed(0)
+    XGLMForCausalLM(config).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    init_from_hf(root / "hf", root / "seed", languages=list(TEST_LANGS))
+    return root / "seed"
+
+
+class Watched(TrainingRun):
+    """Notes the model's mode after every step and counts the forwards of the first layer's
+    attention (which runs again in the backward pass when the layer is checkpointed); stops
+    after step ``stop``."""
+
+    def __init__(self, stop: int | None = None) -> None:
+        self.stop, self.modes, self.attention_forwards = stop, list[bool](), 0
+
+    def loop(
+        self,
+        request: TrainRequest,
+        inputs: Inputs,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        state: RunState,
+        device: torch.device,
+        ranks: Ranks | None = None,
+    ) -> RunState:
+        self.model = unwrap(model)
+        self.model.model.layers[0].self_attn.register_forward_hook(self.count_forward)
+        return super().loop(request, inputs, model, optimizer, state, device, ranks)
+
+    def count_forward(self, *_: Any) -> None:
+        self.attention_forwards += 1
+
+    def on_step_end(self, step: int) -> None:
+        self.modes.append(self.model.training)
+        if step == self.stop:
+            raise Killed
+
+
+def test_a_resumed_run_with_dropout_equals_the_uninterrupted_one(
+    dropout_seed: Path,
+    train_shards: Path,  # noqa: F811
+    valid_shards: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """With --valid, whose evaluation sets eval mode and then train mode: the resumed run
+    must not train its first steps in eval mode (without dropout) until the next validation."""
+    options = {"checkpoint_every": 1, "eval_blocks": 4}
+    full = request(
+        dropout_seed, train_shards, tmp_path / "full", tokens=128 * 4, options=options,
+        valid=valid_shards,
+    )  # fmt: skip
+    uninterrupted = Watched()
+    uninterrupted.train(full)
+    killed = replace(full, output=tmp_path / "killed")
+    with pytest.raises(Killed):
+        Watched(stop=2).train(killed)
+    resumed = Watched()
+    resumed.train(replace(killed, resume=True))
+    assert uninterrupted.modes == [True] * 4 and resumed.modes == [True] * 2
+    assert same_weights(full.output, killed.output)
+
+
+def test_gradient_checkpointing_recomputes_layers_without_valid(
+    seed_bundle: Path,
+    train_shards: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    forwards = {}
+    for checkpointing in (False, True):
+        run = Watched()
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        options = {"gradient_checkpointing": checkpointing}
+        run.train(request(seed_bundle, train_shards, out, tokens=128 * 3, options=options))
+        assert run.modes == [True] * 3
+        forwards[checkpointing] = run.attention_forwards
+    # 3 steps of one micro-batch; checkpointed, the layer runs again in each backward pass
+    assert forwards == {False: 3, True: 6}
