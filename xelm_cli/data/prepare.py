@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,21 +98,29 @@ class _Encoded:
     encodings: list[Any]  # tokenizers.Encoding, one per kept document
 
 
-def _encode(
-    items: Iterable[tuple[Batch, Any]],
-    tokenizer: TokenizerInfo,
-    wanted: set[str] | None,
-    counts: dict[str, LanguageCount],
-    seen: set[str],
-) -> Iterator[_Encoded]:
+@dataclass(frozen=True)
+class _ReadContext:
+    """What pass 1 reads every source with, into ``work``."""
+
+    work: WorkDirectory
+    tokenizer: TokenizerInfo
+    wanted: set[str] | None  # None: every language
+    limits: dict[str, int]  # the read limits of streamed sources
+    batch_size: int
+    progress: Progress | None
+    seen: set[str] = field(default_factory=set)  # the languages read, wanted or not
+
+
+def _encode(items: Iterable[tuple[Batch, Any]], context: _ReadContext) -> Iterator[_Encoded]:
     """Tokenise each batch's documents of wanted languages that are not full yet. Runs ahead
     of the writer (``_add_batch``): a language that fills meanwhile only costs the encoding
     of documents the writer then drops (``full`` only ever turns on). Token ids are taken out
     of the encodings by the writer, leaving this thread to the tokenizer. Every language read,
-    wanted or not, is added to ``seen``."""
+    wanted or not, is added to ``context.seen``."""
+    wanted, counts = context.wanted, context.work.counts
     for batch, position in items:
         languages = batch.languages
-        seen.update(languages)
+        context.seen.update(languages)
         skip = {lang for lang, c in list(counts.items()) if c.full}  # list(): one atomic copy
         if wanted is None and not skip:
             keep: Sequence[int] = range(len(languages))  # no test per document
@@ -122,16 +130,12 @@ def _encode(
                 allowed &= wanted
             keep = [i for i, lang in enumerate(languages) if lang in allowed]
         texts = batch.texts if len(keep) == len(languages) else [batch.texts[i] for i in keep]
-        encodings = tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
+        encodings = context.tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
         yield _Encoded(batch, position, keep, encodings)
 
 
 def _add_batch(
-    work: WorkDirectory,
-    encoded: _Encoded,
-    wanted: set[str] | None,
-    limits: dict[str, int],
-    progress: Progress | None,
+    work: WorkDirectory, encoded: _Encoded, limits: dict[str, int], progress: Progress | None
 ) -> None:
     """Append each wanted document of a tokenised batch to its language, stopping a language
     at the first document that would take it over its read limit."""
@@ -190,58 +194,29 @@ def _limits_named(caps: dict[str, int] | None, tokens: int | None) -> Iterator[N
         ) from None
 
 
-def _read_sources(
-    work: WorkDirectory,
-    plan: SourcePlan,
-    tokenizer: TokenizerInfo,
-    *,
-    wanted: set[str] | None,
-    limits: dict[str, int],
-    batch_size: int,
-    progress: Progress | None,
-    seen: set[str],
-) -> None:
+def _read_sources(context: _ReadContext, plan: SourcePlan) -> None:
     """Pass 1: every source, from where an earlier run stopped, into the work directory.
     Streamed (dataset) sources stop at their languages' read limits; corpus files are read
     whole, their budgets applied by sampling afterwards. Three stages overlap: reading (a
-    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here.
-    ``seen`` gathers the languages read (see ``_encode``)."""
+    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here."""
+    counts = context.work.counts
     for name, source in plan.sources.items():
         only = plan.only_language(name)
-        if not work.finished(name):
-            _read_source(
-                work,
-                name,
-                source,
-                yields={only} if only else wanted,
-                tokenizer=tokenizer,
-                wanted=wanted,
-                limits=limits if isinstance(source, DatasetSource) else {},
-                batch_size=batch_size,
-                progress=progress,
-                seen=seen,
-            )
-        if only and not (only in work.counts and work.counts[only].documents):
-            raise _no_documents_in(plan, [only], seen)  # at once, not after the other sources
+        if not context.work.finished(name):
+            _read_source(context, name, source, yields={only} if only else context.wanted)
+        if only and not (only in counts and counts[only].documents):
+            raise _no_documents_in(plan, [only], context.seen)  # at once, not after the others
 
 
 def _read_source(
-    work: WorkDirectory,
-    name: str,
-    source: Source,
-    *,
-    yields: set[str] | None,
-    tokenizer: TokenizerInfo,
-    wanted: set[str] | None,
-    limits: dict[str, int],
-    batch_size: int,
-    progress: Progress | None,
-    seen: set[str],
+    context: _ReadContext, name: str, source: Source, *, yields: set[str] | None
 ) -> None:
     """One source of ``_read_sources`` (``yields``: the languages it has, None: not known),
-    from its recorded position, up to ``limits``. When reading fails (not writing: a batch
-    half written would be read again) the position after the last batch written is recorded
-    first, for a rerun to continue from."""
+    from its recorded position, up to its read limits. When reading fails (not writing: a
+    batch half written would be read again) the position after the last batch written is
+    recorded first, for a rerun to continue from."""
+    work = context.work
+    limits = context.limits if isinstance(source, DatasetSource) else {}
 
     def exhausted() -> bool:
         return bool(
@@ -254,13 +229,13 @@ def _read_source(
     if exhausted():
         work.checkpoint(name, written, done=True)
         return
-    stream = source.open(written, batch_size=batch_size)
-    batches = read_ahead(_encode(prefetched(stream), tokenizer, wanted, work.counts, seen))
+    stream = source.open(written, batch_size=context.batch_size)
+    batches = read_ahead(_encode(prefetched(stream), context))
     writing = False
     try:
         for encoded in batches:
             writing = True
-            _add_batch(work, encoded, wanted, limits, progress)
+            _add_batch(work, encoded, limits, context.progress)
             writing = False
             written = encoded.position
             if exhausted():
@@ -590,21 +565,13 @@ def prepare(
             if pinned_key == (saved_state(work_directory(out)) or {}).get("key"):
                 plan, record, inputs, key = pinned, pinned_record, pinned_inputs, pinned_key
         work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
-        seen: set[str] = set()
+        wanted_set = set(wanted) if wanted else None
+        context = _ReadContext(work, info, wanted_set, limits, batch_size, progress)
         with work.kept_on_error():
             with tokenizer_threads(workers), _limits_named(caps, tokens):
-                _read_sources(
-                    work,
-                    plan,
-                    info,
-                    wanted=set(wanted) if wanted else None,
-                    limits=limits,
-                    batch_size=batch_size,
-                    progress=progress,
-                    seen=seen,
-                )
+                _read_sources(context, plan)
             offsets = work.close()
-            _check_languages(plan, set(offsets), seen, wanted, caps)
+            _check_languages(plan, set(offsets), context.seen, wanted, caps)
             counts = {lang: int(o[-1]) for lang, o in offsets.items()}
             budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
             streamed = plan.streamed_languages(counts)
