@@ -12,7 +12,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,7 +285,8 @@ def baseline_name(results: dict[str, Any]) -> str | None:
 
 
 def render_csv(results: dict[str, Any]) -> str:
-    """Long format: system, kind, language, metric, value (every numeric metric)."""
+    """Long format: system, kind, language, metric, value (every numeric metric; one in a
+    group, as perplexity's ``overall.mean_over_languages``, named ``group.metric``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["system", "kind", "language", "metric", "value"])
@@ -294,10 +295,17 @@ def render_csv(results: dict[str, Any]) -> str:
         scopes = [("overall", metrics.get("overall", {}))]
         scopes += sorted(metrics.get("languages", {}).items())
         for language, values in scopes:
-            for metric, value in values.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    writer.writerow([system["name"], system["kind"], language, metric, value])
+            for metric, value in _numbers(values):
+                writer.writerow([system["name"], system["kind"], language, metric, value])
     return out.getvalue()
+
+
+def _numbers(values: dict[str, Any], group: str = "") -> Iterator[tuple[str, float]]:
+    for metric, value in values.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{group}{metric}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{group}{metric}", value
 
 
 def render_table(results: dict[str, Any]) -> Any:

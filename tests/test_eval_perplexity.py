@@ -1,0 +1,50 @@
+"""The perplexity evaluator's summary: pooled over every token, and the mean over languages."""
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+from xelm_eval.perplexity import summarise
+
+from xelm_cli.api import Document, evaluate
+from xelm_cli.ensemble.results import render_csv
+
+
+def test_mean_over_languages_counts_each_language_once_where_overall_pools_tokens() -> None:
+    documents = [Document("ab", "en"), Document("cd", "en"), Document("e", "tr")]
+    scores = [np.log([0.5, 0.5]), np.log([0.5, 0.5]), np.log([0.125])]  # en: p = 1/2, tr: 1/8
+    metrics = summarise(documents, scores, ["en", "tr"])
+    en, tr = metrics["languages"]["en"], metrics["languages"]["tr"]
+    assert (en["perplexity"], tr["perplexity"]) == pytest.approx((2.0, 8.0))
+    assert (en["bits_per_byte"], tr["bits_per_byte"]) == pytest.approx((1.0, 3.0))
+    assert metrics["overall"]["mean_over_languages"] == pytest.approx(
+        {"perplexity": (2.0 + 8.0) / 2, "bits_per_byte": (1.0 + 3.0) / 2, "languages": 2}
+    )
+    # pooled: 4 tokens at 1/2 and 1 at 1/8, 5 bytes; the fields it always had are unchanged
+    assert metrics["overall"]["perplexity"] == pytest.approx(2 ** ((4 + 3) / 5))
+    assert metrics["overall"]["bits_per_byte"] == pytest.approx((4 + 3) / 5)
+    assert {"nll", "tokens", "bytes", "documents"} <= set(metrics["overall"])
+
+
+def test_the_record_and_csv_hold_the_mean_of_the_languages_perplexities(seed_bundle: Path) -> None:
+    results = evaluate(
+        [seed_bundle],
+        data=SHARED_DATA / "eval" / "flores200-devtest",
+        languages=["en", "ar", "ru"],
+        limit=2,
+        device="cpu",
+    )
+    metrics = results["systems"][0]["metrics"]
+    per_language = [metrics["languages"][code] for code in ("en", "ar", "ru")]
+    mean = metrics["overall"]["mean_over_languages"]
+    assert mean["perplexity"] == pytest.approx(sum(m["perplexity"] for m in per_language) / 3)
+    assert mean["bits_per_byte"] == pytest.approx(sum(m["bits_per_byte"] for m in per_language) / 3)
+    assert not math.isclose(mean["perplexity"], metrics["overall"]["perplexity"])
+    rows = list(csv.DictReader(io.StringIO(render_csv(results))))
+    overall = {r["metric"]: float(r["value"]) for r in rows if r["language"] == "overall"}
+    assert overall["mean_over_languages.perplexity"] == pytest.approx(mean["perplexity"])
+    assert overall["perplexity"] == pytest.approx(metrics["overall"]["perplexity"])
