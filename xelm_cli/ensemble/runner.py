@@ -439,11 +439,12 @@ class EnsembleModel(LanguageModel):
         lm-evaluation-harness does): a byte-level BPE joins a word-initial space to its word,
         so the choice's tokens are those of the one text context + choice, not a lone space
         token and a word without its space that running text never has."""
-        if not request.choices or any(not choice for choice in request.choices):
-            raise UsageError(f"a request has an empty choice: {request.choices!r}")
         context = request.context.rstrip()
         space = request.context[len(context) :]
-        return [self.bos, *self.encode(context)], [self.encode(space + c) for c in request.choices]
+        choices = [self.encode(space + choice) for choice in request.choices]
+        if not choices or not all(request.choices) or not all(choices):
+            raise UsageError(f"a request has an empty choice: {request.choices!r}")
+        return [self.bos, *self.encode(context)], choices
 
     def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[list[Logprobs]]:
         encoded = [self._encode_request(request) for request in requests]
