@@ -1,6 +1,9 @@
 """The trainer trains in train mode: dropout and gradient checkpointing act from the first step
-and after a --resume (``from_pretrained`` returns a model in eval mode)."""
+and after a --resume (``from_pretrained`` returns a model in eval mode); under torchrun every
+rank draws its own dropout masks and a resume continues each rank's stream."""
 
+import contextlib
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -8,12 +11,14 @@ from typing import Any
 import pytest
 import torch
 from conftest import TEST_LANGS, same_weights
-from test_train import Killed, request, train_shards, valid_shards  # noqa: F401  (fixtures)
+from safetensors.torch import load_file
+from test_train import Killed, StopsAt, request, train_shards, valid_shards  # noqa: F401
+from test_train_ddp import launch
 from xelm_trainer.distributed import Ranks, unwrap
 from xelm_trainer.loop import Inputs, RunState, TrainingRun
 
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.plugin.contracts import TrainRequest
+from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +113,37 @@ def test_gradient_checkpointing_recomputes_layers_without_valid(
         forwards[checkpointing] = run.attention_forwards
     # 3 steps of one micro-batch; checkpointed, the layer runs again in each backward pass
     assert forwards == {False: 3, True: 6}
+
+
+def test_two_ranks_draw_their_own_dropout_and_resume_each_stream(
+    dropout_seed: Path,
+    train_shards: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """2 gloo ranks (this file under torchrun, below): an uninterrupted run, and one stopped
+    after its step-2 checkpoint, then resumed (a torchrun each: started a third time in one
+    process, the gloo process group failed to connect, "Connection refused")."""
+    for out, how in (("full", "run"), ("killed", "stop"), ("killed", "resume")):
+        program = [__file__, str(dropout_seed), str(train_shards), str(tmp_path / out), how]
+        done = launch(program, tmp_path, ranks=2)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert same_weights(tmp_path / "full", tmp_path / "killed")
+    last = checkpoint_dir(tmp_path / "killed") / "step-000000004"
+    rank_0, rank_1 = (
+        load_file(str(last / f))["torch"] for f in ("rng.safetensors", "rng.rank-1.safetensors")
+    )
+    assert not torch.equal(rank_0, rank_1)  # seeded with seed + rank: two streams
+
+
+if __name__ == "__main__":  # under torchrun: one run of the test above
+    seed, data, out, how = sys.argv[1:]
+    options: dict[str, Any] = {
+        "block_size": 32,
+        "batch_size": 2,
+        "global_batch_tokens": 128,
+        "lr": 3e-3,
+    }
+    options |= {"checkpoint_every": 2, "device": "cpu", "keep_checkpoints": True}
+    run = TrainRequest(Path(seed), Path(data), Path(out), 128 * 4, options=options)
+    with contextlib.suppress(Killed):
+        (StopsAt(2) if how == "stop" else TrainingRun()).train(replace(run, resume=how == "resume"))

@@ -61,6 +61,7 @@ from .feedback import (
 from .lean_loss import use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs
 from .options import TrainOptions
+from .rng import restore_rank_rng, save_rank_rng, seed_rank
 
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
@@ -140,7 +141,7 @@ class TrainingRun:
         self, request: TrainRequest, inputs: Inputs, ranks: Ranks, device: torch.device
     ) -> Bundle:
         options = inputs.options
-        torch.manual_seed(options.seed)  # the same on every rank
+        seed_rank(options.seed, ranks)
         model = load_model(inputs, device)
         if options.gradient_checkpointing:  # renamed in transformers 5
             enable = getattr(model, "activation_checkpointing_enable", None)
@@ -150,7 +151,7 @@ class TrainingRun:
         ranks.barrier()
         state, saved = RunState(), OptimizerState()
         if request.resume:  # every rank reads the checkpoint rank 0 wrote (before sharding)
-            state = resume(request, inputs, model, saved, ranks.main)
+            state = resume(request, inputs, model, saved, ranks, device)
         model = wrap(model, ranks, device, options.fsdp)
         optimizer = make_optimizer(model, options, device)
         if saved.value is not None:
@@ -258,7 +259,7 @@ class TrainingRun:
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
                 if due(state.step, options.checkpoint_every, inputs.steps):
-                    checkpoint(request, inputs, model, optimizer, state, ranks)
+                    checkpoint(request, inputs, model, optimizer, state, ranks, device)
                 self.on_step_end(state.step)
         return state
 
@@ -391,7 +392,12 @@ def start_fresh(request: TrainRequest) -> None:
 
 
 def resume(
-    request: TrainRequest, inputs: Inputs, model: Any, optimizer: Any, main: bool = True
+    request: TrainRequest,
+    inputs: Inputs,
+    model: Any,
+    optimizer: Any,
+    ranks: Ranks,
+    device: torch.device,
 ) -> RunState:
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
     saved_identity = IDENTITY_BEFORE_ADDED | (read_checkpoint_state(path).get("identity") or {})
@@ -404,7 +410,10 @@ def resume(
             f"{same_run(changed, saved_identity)}, or --force to start over"
         )
     saved = load_checkpoint(path, model=model, optimizer=optimizer)
-    if main:
+    # checkpoints without world_size were written by one process or kept rank 0's states alone
+    saved_world = saved.get("world_size", 1)
+    restore_rank_rng(path, saved_world, inputs.options.seed, saved["step"], ranks, device)
+    if ranks.main:
         print(f"xelm: resuming from step {step} ({path})", file=sys.stderr)
     return RunState(
         step=saved["step"],
@@ -432,11 +441,11 @@ def checkpoint(
     model: Any,
     optimizer: Any,
     state: RunState,
-    ranks: Ranks | None = None,
+    ranks: Ranks,
+    device: torch.device,
 ) -> None:
     """Rank 0 writes (DDP keeps every rank's weights and optimiser state equal; FSDP gathers
-    them first, all ranks together); the others wait."""
-    ranks = ranks or Ranks()
+    them first, all ranks together); the others wait, then add their RNG states to it."""
     model, saved = unwrap(model), optimizer
     if inputs.options.fsdp:
         weights, saved = gather_for_checkpoint(model, optimizer)
@@ -448,6 +457,12 @@ def checkpoint(
             state=checkpoint_state(request, inputs, state),
         )  # fmt: skip
     ranks.barrier()
+    if ranks.launched:
+        # a rank that does not see the checkpoint (no shared file system) cannot resume from it
+        written = dict(list_checkpoints(request.checkpoint_dir)).get(state.step)
+        if written is not None:
+            save_rank_rng(written, ranks, device)
+        ranks.barrier()
 
 
 def unsharded_copy(bundle: Bundle, weights: dict[str, Any]) -> Any:
@@ -465,6 +480,7 @@ def checkpoint_state(request: TrainRequest, inputs: Inputs, state: RunState) -> 
         loss_curve=state.loss_curve,
         valid_curve=state.valid_curve,
         seconds=state.seconds,
+        world_size=inputs.options.world_size,  # whose RNG states it holds (rng.py)
     )
 
 

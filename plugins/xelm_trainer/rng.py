@@ -1,0 +1,53 @@
+"""Every rank's own random stream (dropout masks differ across ranks): a run seeds torch with
+``seed + rank``; a checkpoint keeps each rank's generator states, and a run resumed on as many
+ranks continues every rank's stream exactly (spec/training.md section 8, Seeds)."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from xelm_cli.api import write_bytes_atomic
+
+from .distributed import Ranks
+
+
+def seed_rank(seed: int, ranks: Ranks) -> None:
+    """One process (rank 0) seeds with ``seed`` itself."""
+    torch.manual_seed(seed + ranks.rank)
+
+
+def rank_rng_file(rank: int) -> str:
+    """Rank ``rank``'s states in a checkpoint; rank 0's are the checkpoint's ``rng.safetensors``."""
+    return f"rng.rank-{rank}.safetensors"
+
+
+def save_rank_rng(checkpoint: Path, ranks: Ranks, device: torch.device) -> None:
+    """This rank's CPU generator state and its device's, beside the files rank 0 wrote."""
+    if ranks.main:
+        return
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    write_bytes_atomic(checkpoint / rank_rng_file(ranks.rank), save(states))
+
+
+def restore_rank_rng(
+    checkpoint: Path, saved_world: int, seed: int, step: int, ranks: Ranks, device: torch.device
+) -> None:
+    """After ``load_checkpoint`` set rank 0's states on every rank: this rank's own. On another
+    number of ranks (or without the rank's file: killed while the ranks wrote theirs) a fresh
+    stream drawn from ``(seed, rank, step)``."""
+    path = checkpoint / rank_rng_file(ranks.rank)
+    if saved_world != ranks.world or not (ranks.main or path.is_file()):
+        torch.manual_seed(fresh_seed(seed, ranks.rank, step))
+    elif not ranks.main:
+        states = load_file(str(path))
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def fresh_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
