@@ -360,6 +360,15 @@ def test_choices_reuse_the_context_and_match_full_sequences(
         assert [len(lp) for lp in got] == [len(model.encode(c)) for c in request_.choices]
 
 
+@pytest.mark.parametrize("choices", [(), ("", "the city"), ("the city", "")])
+def test_an_empty_choice_is_refused_even_after_a_context_space(
+    experts: list[Bundle], choices: tuple[str, ...]
+) -> None:
+    model = single_model(experts[0], "e0", device="cpu")
+    with pytest.raises(UsageError, match="a request has an empty choice"):
+        model.score_choices([ChoiceRequest("The capital of France is ", choices, "en")])
+
+
 class FirstTokenRouter(PreRouter):
     """Expert 0 while the prefix is empty, expert 1 afterwards (tests prefix routing)."""
 
