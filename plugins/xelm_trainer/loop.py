@@ -87,7 +87,8 @@ class RunState:
     cursor: int = 0  # blocks of the stream consumed so far (the data position)
     loss_curve: list[list[float]] = field(default_factory=list)
     valid_curve: list[list[float]] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # in steps: what throughput is measured by
+    wall_seconds: float = 0.0  # everything from the start of the loop: validations, checkpoints
 
 
 @dataclass
@@ -183,6 +184,7 @@ class TrainingRun:
         ranks: Ranks | None = None,
     ) -> RunState:
         ranks = ranks or Ranks()
+        wall = WallClock(state.wall_seconds)
         options = inputs.options
         stream = BlockStream(
             inputs.shards, inputs.languages, options.block_size, seed=options.seed,
@@ -258,9 +260,11 @@ class TrainingRun:
                     valid = evaluate(evaluated, valid_blocks, options, device, autocast, ranks)
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
+                state.wall_seconds = wall.seconds()
                 if due(state.step, options.checkpoint_every, inputs.steps):
                     checkpoint(request, inputs, model, optimizer, state, ranks, device)
                 self.on_step_end(state.step)
+        state.wall_seconds = wall.seconds()  # with the last checkpoint
         return state
 
 
@@ -421,6 +425,8 @@ def resume(
         loss_curve=saved["loss_curve"],
         valid_curve=saved["valid_curve"],
         seconds=saved["seconds"],
+        # a checkpoint written before wall_seconds: its time in steps, the nearest known
+        wall_seconds=saved.get("wall_seconds", saved["seconds"]),
     )
 
 
@@ -480,6 +486,7 @@ def checkpoint_state(request: TrainRequest, inputs: Inputs, state: RunState) -> 
         loss_curve=state.loss_curve,
         valid_curve=state.valid_curve,
         seconds=state.seconds,
+        wall_seconds=state.wall_seconds,
         world_size=inputs.options.world_size,  # whose RNG states it holds (rng.py)
     )
 
@@ -567,6 +574,16 @@ class Interval:
         return speed
 
 
+class WallClock:
+    """Seconds since it started plus ``before`` (a resumed run's time until its checkpoint)."""
+
+    def __init__(self, before: float) -> None:
+        self.before, self.started = before, time.perf_counter()
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
 class MetricsLog:
     """``.OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines
     (and a last line torn by a kill)."""
@@ -628,6 +645,7 @@ def write_trained(
         "loss_curve": state.loss_curve,
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
+        "wall_seconds": round(state.wall_seconds, 3),
         "implementation": implementation(model, device),
         "hardware": {
             "device": device.type,
