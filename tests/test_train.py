@@ -93,6 +93,15 @@ def test_blocks_pack_bos_doc_eos_in_a_seeded_order(train_shards: Path) -> None:
     assert not np.array_equal(other.epoch_order(0), order)
 
 
+def test_a_ranks_strided_share_is_every_world_th_block(train_shards: Path) -> None:
+    stream = BlockStream(Shards.open(train_shards), ["tr", "en"], 16, seed=3, bos=0, eos=1)
+    start = stream.epoch_tokens // 16 - 5  # the shares cross into the second epoch
+    both_epochs = stream.blocks(start, 4 * 3)
+    for rank in range(3):
+        assert np.array_equal(stream.strided(start + rank, 4, 3), both_epochs[rank::3])
+    assert np.array_equal(stream.strided(start, 4, 1), both_epochs[:4])
+
+
 def test_token_counts_and_equal_compute_budgets() -> None:
     assert parse_token_count("20M") == 20_000_000
     assert parse_token_count("1.5B") == 1_500_000_000
