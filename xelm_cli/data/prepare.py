@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -194,18 +194,31 @@ def _limits_named(caps: dict[str, int] | None, tokens: int | None) -> Iterator[N
         ) from None
 
 
-def _read_sources(context: _ReadContext, plan: SourcePlan) -> None:
-    """Pass 1: every source, from where an earlier run stopped, into the work directory.
-    Streamed (dataset) sources stop at their languages' read limits; corpus files are read
-    whole, their budgets applied by sampling afterwards. Three stages overlap: reading (a
-    thread), tokenising (a thread; the Rust tokenizer releases the GIL) and writing here."""
+def _read_sources(
+    context: _ReadContext,
+    plan: SourcePlan,
+    *,
+    workers: int | None,
+    caps: dict[str, int] | None,
+    tokens: int | None,
+) -> dict[str, NDArray[np.uint64]]:
+    """Pass 1: every source, from where an earlier run stopped, into the work directory; each
+    language's document offsets. Streamed (dataset) sources stop at their languages' read
+    limits (``caps``, else ``tokens``); corpus files are read whole, their budgets applied by
+    sampling afterwards. Three stages overlap: reading (a thread), tokenising (``workers``
+    threads; the Rust tokenizer releases the GIL) and writing here. A language asked for
+    (--langs, --cap) that has no documents is an error."""
     counts = context.work.counts
-    for name, source in plan.sources.items():
-        only = plan.only_language(name)
-        if not context.work.finished(name):
-            _read_source(context, name, source, yields={only} if only else context.wanted)
-        if only and not (only in counts and counts[only].documents):
-            raise _no_documents_in(plan, [only], context.seen)  # at once, not after the others
+    with tokenizer_threads(workers), _limits_named(caps, tokens):
+        for name, source in plan.sources.items():
+            only = plan.only_language(name)
+            if not context.work.finished(name):
+                _read_source(context, name, source, yields={only} if only else context.wanted)
+            if only and not (only in counts and counts[only].documents):
+                raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
+    offsets = context.work.close()
+    _check_languages(plan, set(offsets), context.seen, context.wanted, caps)
+    return offsets
 
 
 def _read_source(
@@ -251,6 +264,26 @@ def _read_source(
     work.checkpoint(name, written, done=True)
 
 
+def _budgets(
+    work: WorkDirectory,
+    plan: SourcePlan,
+    offsets: dict[str, NDArray[np.uint64]],
+    *,
+    caps: dict[str, int] | None,
+    alpha: float | None,
+    tokens: int | None,
+) -> tuple[dict[str, int], set[str]]:
+    """Each language's budget, from the tokens read, and the languages read from streamed
+    sources, warning when a streamed language's read limit stands in for its size."""
+    counts = {lang: int(o[-1]) for lang, o in offsets.items()}
+    budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
+    streamed = plan.streamed_languages(counts)
+    cut = sorted(lang for lang in streamed if work.counts[lang].full)
+    if len(counts) > 1 and cut and (alpha is not None or tokens is not None):
+        _warn_weighted_by_tokens_read(cut, "--alpha" if alpha is not None else "--tokens")
+    return budgets, streamed
+
+
 def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
     """``language_budgets`` weighs a language by its tokens: for one whose reading stopped at
     its read limit that is the limit, not its size."""
@@ -286,7 +319,7 @@ def _check_languages(
     plan: SourcePlan,
     found: set[str],
     seen: set[str],
-    langs: list[str] | None,
+    langs: Collection[str] | None,
     caps: dict[str, int] | None,
 ) -> None:
     if not found:
@@ -409,19 +442,17 @@ def _options(
 
 def _reading_inputs(
     plan: SourcePlan,
-    record: dict[str, Any],
     tokenizer: TokenizerInfo,
     dtype_name: str,
     wanted: list[str] | None,
     limits: dict[str, int],
     reading: SourceOptions,
 ) -> dict[str, Any]:
-    """What the first pass (reading into the work directory) depends on, so that a rerun
-    continues its work: not the options of the second pass (--seed, --alpha, and --cap and
-    --tokens where no source is streamed: corpus files are read whole)."""
+    """What the first pass (reading into the work directory) depends on beside the input, so
+    that a rerun continues its work: not the options of the second pass (--seed, --alpha, and
+    --cap and --tokens where no source is streamed: corpus files are read whole)."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
     return {
-        "input": record["digest"],
         "tokenizer": tokenizer.fingerprint,
         "token type": dtype_name,
         "languages": wanted,
@@ -445,6 +476,29 @@ def _pinned(plan: SourcePlan, recorded: dict[str, Any] | None) -> SourcePlan:
     return plan if sources == plan.sources else replace(plan, sources=sources)
 
 
+def _resumable_work(
+    out: Path, plan: SourcePlan, record: dict[str, Any], reading: dict[str, Any], dtype_name: str
+) -> tuple[SourcePlan, dict[str, Any], WorkDirectory]:
+    """``out``'s work directory, keyed by the input's digest and ``reading`` (see
+    ``_reading_inputs``), with the plan to read into it and that plan's record: ``plan`` and
+    ``record``, or ``plan`` at the commits the unfinished work there was begun with
+    (``_pinned``) when that is the work's key."""
+
+    def keyed(record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        inputs = {"input": record["digest"], **reading}
+        return inputs, sha256_bytes(canonical_json(inputs))
+
+    recorded = recorded_source(out)
+    pinned = _pinned(plan, recorded)
+    if pinned is not plan:  # a Hub dataset moved on since the work was begun: continue it
+        pinned_record = pinned.record(previous=recorded)
+        if keyed(pinned_record)[1] == (saved_state(work_directory(out)) or {}).get("key"):
+            plan, record = pinned, pinned_record
+    inputs, key = keyed(record)
+    work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
+    return plan, record, work
+
+
 def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
     """The manifest of shards already at ``out``; anything else there is refused."""
     if not out.exists():
@@ -459,9 +513,15 @@ def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
         ) from None
 
 
-def _differences(
-    old: dict[str, Any], source: dict[str, Any], fingerprint: str, options: dict[str, Any]
-) -> list[str]:
+def _check_unchanged(
+    out: Path,
+    old: dict[str, Any],
+    source: dict[str, Any],
+    fingerprint: str,
+    options: dict[str, Any],
+) -> None:
+    """Shards at ``out`` (``old``: their manifest) made of another input, with another
+    tokenizer or other options are refused."""
     changed = []
     if old.get("source", {}).get("digest") != source["digest"]:
         changed.append("the input changed")
@@ -471,7 +531,11 @@ def _differences(
         keys = {*options, *old.get("options", {})}
         differing = sorted(k for k in keys if old.get("options", {}).get(k) != options.get(k))
         changed.append("other options (" + ", ".join(differing) + ")")
-    return changed
+    if changed:
+        raise UsageError(
+            f"{out} holds shards made differently ({'; '.join(changed)}); "
+            "pass --force to rebuild, or choose another -o"
+        )
 
 
 def prepare(
@@ -543,51 +607,22 @@ def prepare(
         old = _existing(out, overwrite=overwrite)
         record = plan.record(previous=(old or {}).get("source") or recorded_source(out))
         if old is not None and not overwrite:
-            changed = _differences(old, record, info.fingerprint, options)
-            if not changed:
-                return PrepareResult(Shards.open(out), up_to_date=True)
-            raise UsageError(
-                f"{out} holds shards made differently ({'; '.join(changed)}); "
-                "pass --force to rebuild, or choose another -o"
-            )
+            _check_unchanged(out, old, record, info.fingerprint, options)
+            return PrepareResult(Shards.open(out), up_to_date=True)
         dtype_name = token_dtype_name(info.vocab_size)
         limits = read_limits(wanted, caps, tokens)
-
-        def keyed(plan: SourcePlan, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
-            inputs = _reading_inputs(plan, record, info, dtype_name, wanted, limits, reading)
-            return inputs, sha256_bytes(canonical_json(inputs))
-
-        inputs, key = keyed(plan, record)
-        pinned = _pinned(plan, recorded_source(out))
-        if pinned is not plan:  # a Hub dataset moved on since the work was begun: continue it
-            pinned_record = pinned.record(previous=recorded_source(out))
-            pinned_inputs, pinned_key = keyed(pinned, pinned_record)
-            if pinned_key == (saved_state(work_directory(out)) or {}).get("key"):
-                plan, record, inputs, key = pinned, pinned_record, pinned_inputs, pinned_key
-        work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
-        wanted_set = set(wanted) if wanted else None
-        context = _ReadContext(work, info, wanted_set, limits, batch_size, progress)
+        reading_inputs = _reading_inputs(plan, info, dtype_name, wanted, limits, reading)
+        plan, record, work = _resumable_work(out, plan, record, reading_inputs, dtype_name)
+        context = _ReadContext(
+            work, info, set(wanted) if wanted else None, limits, batch_size, progress
+        )
+        header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
         with work.kept_on_error():
-            with tokenizer_threads(workers), _limits_named(caps, tokens):
-                _read_sources(context, plan)
-            offsets = work.close()
-            _check_languages(plan, set(offsets), context.seen, wanted, caps)
-            counts = {lang: int(o[-1]) for lang, o in offsets.items()}
-            budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
-            streamed = plan.streamed_languages(counts)
-            cut = sorted(lang for lang in streamed if work.counts[lang].full)
-            if len(counts) > 1 and cut and (alpha is not None or tokens is not None):
-                _warn_weighted_by_tokens_read(cut, "--alpha" if alpha is not None else "--tokens")
+            offsets = _read_sources(context, plan, workers=workers, caps=caps, tokens=tokens)
+            budgets, streamed = _budgets(work, plan, offsets, caps=caps, alpha=alpha, tokens=tokens)
             with atomic_directory(out, overwrite=overwrite) as tmp:
                 entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
-                fields = {
-                    "dtype": dtype_name,
-                    "tokenizer": info.record(),
-                    "source": record,
-                    "options": options,
-                    "languages": entries,
-                }
-                write_manifest(tmp, fields)
+                write_manifest(tmp, {**header, "options": options, "languages": entries})
     return PrepareResult(Shards.open(out), up_to_date=False)
 
 
