@@ -95,7 +95,7 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
     assert "delta vs baseline:dense" in table
     assert "ensemble[posterior]" in table
     rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
-    assert [row for row in rows if row] == ["tr", "ar", "overall", "tokens/s"]
+    assert [row for row in rows if row] == ["tr", "ar", "pooled", "mean", "tokens/s"]
     code, text, err = cli(
         capsys, "ensemble", "eval", *members, "--data", str(evalset), "--format", "csv",
         "--langs", "ru",

@@ -1,17 +1,20 @@
 """The perplexity evaluator's summary: pooled over every token, and the mean over languages."""
 
+import copy
 import csv
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from rich.console import Console
 from xelm_eval.perplexity import summarise
 
 from xelm_cli.api import Document, evaluate
-from xelm_cli.ensemble.results import render_csv
+from xelm_cli.ensemble.results import render_csv, render_table
 
 
 def test_mean_over_languages_counts_each_language_once_where_overall_pools_tokens() -> None:
@@ -30,14 +33,20 @@ def test_mean_over_languages_counts_each_language_once_where_overall_pools_token
     assert {"nll", "tokens", "bytes", "documents"} <= set(metrics["overall"])
 
 
-def test_the_record_and_csv_hold_the_mean_of_the_languages_perplexities(seed_bundle: Path) -> None:
-    results = evaluate(
+@pytest.fixture(scope="module")
+def results(seed_bundle: Path) -> dict[str, Any]:
+    return evaluate(
         [seed_bundle],
         data=SHARED_DATA / "eval" / "flores200-devtest",
         languages=["en", "ar", "ru"],
         limit=2,
         device="cpu",
     )
+
+
+def test_the_record_and_csv_hold_the_mean_of_the_languages_perplexities(
+    results: dict[str, Any],
+) -> None:
     metrics = results["systems"][0]["metrics"]
     per_language = [metrics["languages"][code] for code in ("en", "ar", "ru")]
     mean = metrics["overall"]["mean_over_languages"]
@@ -48,3 +57,33 @@ def test_the_record_and_csv_hold_the_mean_of_the_languages_perplexities(seed_bun
     overall = {r["metric"]: float(r["value"]) for r in rows if r["language"] == "overall"}
     assert overall["mean_over_languages.perplexity"] == pytest.approx(mean["perplexity"])
     assert overall["perplexity"] == pytest.approx(metrics["overall"]["perplexity"])
+
+
+def test_the_table_labels_the_pooled_row_and_adds_the_mean_of_the_languages(
+    results: dict[str, Any],
+) -> None:
+    console = Console(width=100, file=io.StringIO())
+    console.print(render_table(results))
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    rows = {
+        cells[0].strip(): cells[1].strip()
+        for line in text.splitlines()
+        if line.startswith("│") and (cells := line.split("│")[1:-1])
+    }
+    assert list(rows) == ["en", "ar", "ru", "pooled", "mean", "tokens/s"]
+    overall = results["systems"][0]["metrics"]["overall"]
+    assert rows["pooled"] == f"{overall['perplexity']:.3f}"
+    assert rows["mean"] == f"{overall['mean_over_languages']['perplexity']:.3f}"
+
+
+def test_a_table_without_the_mean_keeps_its_overall_row(results: dict[str, Any]) -> None:
+    older = copy.deepcopy(results)  # as written before the mean was recorded
+    del older["systems"][0]["metrics"]["overall"]["mean_over_languages"]
+    console = Console(width=100, file=io.StringIO())
+    console.print(render_table(older))
+    labels = [
+        line.split("│")[1].strip()
+        for line in console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        if line.startswith("│")
+    ]
+    assert labels == ["en", "ar", "ru", "overall", "tokens/s"]

@@ -33,6 +33,7 @@ from xelm_cli.plugin.options import (
 from xelm_cli.plugin.registry import Kind, Registration, bugs_reported
 
 RESULTS_FORMAT = "xelm-results"
+MEAN_OVER_LANGUAGES = "mean_over_languages"  # in a pooled overall: each language once
 FORMATS = ("table", "json", "csv")
 
 
@@ -233,12 +234,25 @@ def _throughput(metrics: dict[str, Any], seconds: float, *, reused: bool) -> dic
     return {"tokens_per_second": None if reused else round(tokens / seconds, 1)}
 
 
-def _value(metrics: dict[str, Any], language: str | None, metric: str) -> float:
-    scope = (
-        metrics.get("overall", {}) if language is None else metrics["languages"].get(language, {})
-    )
-    value = scope.get(metric)
+def _value(metrics: dict[str, Any], scope: tuple[str, ...], metric: str) -> float:
+    """``metric`` of the metrics at the path ``scope`` (``("languages", "en")``,
+    ``("overall",)``); NaN where there is none."""
+    values = metrics
+    for key in scope:
+        values = values.get(key, {})
+    value = values.get(metric)
     return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _scopes(results: dict[str, Any]) -> list[tuple[str, tuple[str, ...]]]:
+    """The table's rows: (label, scope) per language, then overall. Where a system records
+    ``overall.mean_over_languages`` (perplexity), ``overall`` pools every token: its row is
+    ``pooled``, and ``mean``, the mean over the languages (each once, the paper's), follows.
+    Labels no wider than ``tokens/s``: a wider first column would fold the system names."""
+    rows = [(language, ("languages", language)) for language in results["request"]["languages"]]
+    if any(MEAN_OVER_LANGUAGES in s["metrics"].get("overall", {}) for s in results["systems"]):
+        return [*rows, ("pooled", ("overall",)), ("mean", ("overall", MEAN_OVER_LANGUAGES))]
+    return [*rows, ("overall", ("overall",))]
 
 
 def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], list[list[str]]]:
@@ -251,15 +265,13 @@ def _rows(results: dict[str, Any], baseline: str | None) -> tuple[list[str], lis
     header = ["language", *(s["name"] for s in systems)]
     if baseline:
         header.append(f"delta vs {baseline}")
-    languages: list[str | None] = [*results["request"]["languages"], None]
     rows = []
     base = next((s for s in systems if s["name"] == baseline), None)
-    for language in languages:
-        row = [language or "overall"]
-        row += [_cell(s["metrics"], language, metric, spread) for s in systems]
+    for label, scope in _scopes(results):
+        row = [label, *(_cell(s["metrics"], scope, metric, spread) for s in systems)]
         if base is not None:
-            first = _value(systems[0]["metrics"], language, metric)
-            row.append(f"{first - _value(base['metrics'], language, metric):+.3f}")
+            first = _value(systems[0]["metrics"], scope, metric)
+            row.append(f"{first - _value(base['metrics'], scope, metric):+.3f}")
         rows.append(row)
     return header, rows
 
@@ -274,9 +286,9 @@ def _shows_stderr(results: dict[str, Any]) -> bool:
     return _runs(results) > 1 and any("stderr" in scope for scope in overall)
 
 
-def _cell(metrics: dict[str, Any], language: str | None, metric: str, spread: bool) -> str:
-    text = f"{_value(metrics, language, metric):.3f}"
-    stderr = _value(metrics, language, "stderr")
+def _cell(metrics: dict[str, Any], scope: tuple[str, ...], metric: str, spread: bool) -> str:
+    text = f"{_value(metrics, scope, metric):.3f}"
+    stderr = _value(metrics, scope, "stderr")
     return f"{text} ± {stderr:.3f}" if spread and not math.isnan(stderr) else text
 
 
