@@ -14,7 +14,7 @@ from conftest import TEST_LANGS, same_weights
 from safetensors.torch import load_file
 from test_train import Killed, StopsAt, request, train_shards, valid_shards  # noqa: F401
 from test_train_ddp import launch
-from xelm_trainer.distributed import Ranks, unwrap
+from xelm_trainer.distributed import unwrap
 from xelm_trainer.loop import Inputs, RunState, TrainingRun
 
 from xelm_cli.bundle.store import Bundle
@@ -52,18 +52,11 @@ class Watched(TrainingRun):
         self.stop, self.modes, self.attention_forwards = stop, list[bool](), 0
 
     def loop(
-        self,
-        request: TrainRequest,
-        inputs: Inputs,
-        model: Any,
-        optimizer: torch.optim.Optimizer,
-        state: RunState,
-        device: torch.device,
-        ranks: Ranks | None = None,
+        self, request: TrainRequest, inputs: Inputs, model: Any, *rest: Any, **named: Any
     ) -> RunState:
         self.model = unwrap(model)
         self.model.model.layers[0].self_attn.register_forward_hook(self.count_forward)
-        return super().loop(request, inputs, model, optimizer, state, device, ranks)
+        return super().loop(request, inputs, model, *rest, **named)
 
     def count_forward(self, *_: Any) -> None:
         self.attention_forwards += 1
