@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -120,7 +121,12 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(
     # killed after its step-4 checkpoint; 2 ranks read it and finish like the uninterrupted run
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     killed = tmp_path / "killed"
-    options = {"block_size": 32, "batch_size": 2, "global_batch_tokens": 256, "lr": 3e-3}
+    options: dict[str, Any] = {
+        "block_size": 32,
+        "batch_size": 2,
+        "global_batch_tokens": 256,
+        "lr": 3e-3,
+    }
     options |= {"checkpoint_every": 4, "log_every": 1, "seed": 1, "device": "cpu"}
     with pytest.raises(Killed):
         StopsAt4().train(TrainRequest(seed_bundle, train_shards, killed, 2048, options=options))
@@ -167,7 +173,12 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(
     """The other direction: 2 FSDP ranks stop after their step-4 checkpoint (this file run
     under torchrun, below); one process reads it and finishes like an uninterrupted run."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    options = {"block_size": 32, "batch_size": 2, "global_batch_tokens": 256, "lr": 3e-3}
+    options: dict[str, Any] = {
+        "block_size": 32,
+        "batch_size": 2,
+        "global_batch_tokens": 256,
+        "lr": 3e-3,
+    }
     options |= {"checkpoint_every": 4, "log_every": 1, "seed": 1, "device": "cpu"}
     sharded, single = tmp_path / "sharded", tmp_path / "single"
     fsdp = json.dumps(options | {"fsdp": True})
