@@ -56,7 +56,11 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
     systems = results["perplexity"]
     for system in ["seed", "dense", "typology-k4 language", "typology-k4 posterior",
                    "tfidf-k4 tfidf", "typology-k4 expert-0"]:  # fmt: skip
-        assert set(systems[system]) == {*TRAIN_LANGUAGES, "overall"}, system
+        assert set(systems[system]) == {*TRAIN_LANGUAGES, "overall", "mean"}, system
+        scores = [systems[system][lang]["perplexity"] for lang in TRAIN_LANGUAGES]
+        mean = sum(scores) / len(scores)
+        assert systems[system]["mean"]["perplexity"] == pytest.approx(mean), system
+        assert systems[system]["mean"]["languages"] == len(TRAIN_LANGUAGES)
     assert set(results["adaptation"]["new"]) == set(NEW_LANGUAGES)
     old = results["adaptation"]["old"]
     assert old["xelm after"] == old["xelm before"]  # HMR never touches the old experts
@@ -91,7 +95,7 @@ def test_the_experts_made_one_model_are_evaluated_beside_the_ensemble(smoke: Pat
     experts = [Bundle.read(smoke / "typology-k4" / f"expert-{i}") for i in range(4)]
     for name in MERGED:
         scores = results["perplexity"][f"typology-k4 {name}"]
-        assert set(scores) == {*TRAIN_LANGUAGES, "overall"}, name
+        assert set(scores) == {*TRAIN_LANGUAGES, "overall", "mean"}, name
         for lang, score in scores.items():
             assert math.isfinite(score["perplexity"]) and score["perplexity"] > 1, (name, lang)
     merging = results["merging"]
@@ -164,18 +168,25 @@ def test_report_refuses_results_of_another_format_or_version_in_one_line(
 
 
 def test_report_on_results_from_before_the_merged_rows(smoke: Path, tmp_path: Path) -> None:
-    """results.json of an older demo (no averaged or MoE rows, no moe_tokens) still reports."""
+    """results.json of an older demo (no averaged or MoE rows, no moe_tokens, no mean over
+    languages) still reports, with the mean made from its languages."""
     results = json.loads((smoke / "report" / "results.json").read_text())
     del results["merging"], results["preset"]["moe_tokens"], results["preset"]["moe_aux_loss"]
     del results["format"], results["format_version"]  # read as version 1
     for name in MERGED:
         del results["perplexity"][f"typology-k4 {name}"]
+    means = {system: table.pop("mean") for system, table in results["perplexity"].items()}
+    for table in results["adaptation"]["old"].values():
+        del table["mean"]
     old = tmp_path / "old.json"
     old.write_text(json.dumps(results))
     assert run(["report", str(old), "-o", str(tmp_path / "report")]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "One model from the experts" not in text and "Mixture-of-Experts" not in text
     assert "| language | seed | dense | typology-k4 language |" in text
+    redrawn = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert {system: table["mean"] for system, table in redrawn["perplexity"].items()} == means
+    assert "| mean over languages |" in text
 
 
 def test_rerun_skips_finished_steps_and_report_redraws(

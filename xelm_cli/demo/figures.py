@@ -43,6 +43,14 @@ def perplexity_of(results: dict[str, Any], system: str, lang: str) -> float | No
     return None
 
 
+def perplexity_groups(results: dict[str, Any]) -> list[str]:
+    """The groups of Figure 3: the languages, ``overall`` (pooled over every token) and, where
+    any system records it, ``mean`` (over languages, the paper's aggregate)."""
+    tables = results.get("perplexity", {}).values()
+    mean = ["mean"] if any(isinstance(t, dict) and "mean" in t for t in tables) else []
+    return [*results.get("languages", []), "overall", *mean]
+
+
 def expert_languages(results: dict[str, Any]) -> list[list[str]]:
     """The languages of each expert of the main X-ELM, in expert order: from
     ``results["experts"][main]``, else from the typology allocation's ``experts``."""
@@ -95,8 +103,9 @@ def figure_inches(name: str, results: dict[str, Any]) -> tuple[float, float]:
     n_experts = max(1, len(expert_systems(results)), len(expert_languages(results)))
     n_new = len(results.get("adaptation", {}).get("new", {}))
     n_series = max(3, len(perplexity_series(results)))
+    n_groups = max(n_langs + 1, len(perplexity_groups(results)))
     sizes = {
-        "perplexity": (max(6.0, (0.45 + 0.1 * n_series) * (n_langs + 1) + 1.5), 4.5),
+        "perplexity": (max(6.0, (0.45 + 0.1 * n_series) * n_groups + 1.5), 4.5),
         "gain_vs_data": (7.5, 5.0),
         "expert_heatmap": (max(6.0, 0.6 * n_langs + 3.0), max(3.0, 0.55 * n_experts + 1.75)),
         "typology_tree": (
@@ -166,8 +175,9 @@ PERPLEXITY_SERIES = (  # (system suffix after the main X-ELM's name, label, colo
 
 
 def perplexity_series(results: dict[str, Any]) -> list[tuple[str, str, list[float | None]]]:
-    """The bars of Figure 3 as (label, colour, perplexity per language then "overall"): dense,
-    the main X-ELM and, where present, its posterior ensemble, averaged model and MoE models."""
+    """The bars of Figure 3 as (label, colour, perplexity per group of ``perplexity_groups``):
+    dense, the main X-ELM and, where present, its posterior ensemble, averaged model and MoE
+    models."""
     main = main_system(results)
     candidates = [("dense", "dense", "#7f7f7f")]
     if main is not None:
@@ -175,9 +185,9 @@ def perplexity_series(results: dict[str, Any]) -> list[tuple[str, str, list[floa
             (f"{main} {suffix}", label.format(main=main), colour)
             for suffix, label, colour in PERPLEXITY_SERIES
         ]
-    groups = [*results.get("languages", []), "overall"]
+    groups = perplexity_groups(results)
     return [
-        (label, colour, [perplexity_of(results, system, lang) for lang in groups])
+        (label, colour, [perplexity_of(results, system, group) for group in groups])
         for system, label, colour in candidates
         if system in results.get("perplexity", {})
     ]
@@ -187,7 +197,7 @@ def draw_perplexity(results: dict[str, Any], path: Path) -> bool:
     """Figure 3: per-language perplexity of dense, X-ELM (top-1 by language) and, where
     present, the posterior-weighted ensemble and the experts merged into one model."""
     languages = list(results.get("languages", []))
-    groups = [*languages, "overall"]
+    groups = perplexity_groups(results)
     bars = perplexity_series(results)
     series = [(label, values) for label, _, values in bars]
     if not languages or not series or all(v is None for _, vs in series for v in vs):
@@ -199,6 +209,8 @@ def draw_perplexity(results: dict[str, Any], path: Path) -> bool:
     if _wide_range(values):
         axes.set_yscale("log")
     axes.axvline(len(languages) - 0.5, color="black", linestyle=":", linewidth=0.8)
+    aggregates = {"overall": "overall\n(pooled)", "mean": "mean over\nlanguages"}
+    axes.set_xticks(range(len(groups)), [aggregates.get(g, g) for g in groups])
     axes.set_xlabel("language (FLORES-200 devtest)")
     axes.set_ylabel("perplexity (lower is better)")
     axes.set_title("Perplexity per language: dense, X-ELM and the experts merged")

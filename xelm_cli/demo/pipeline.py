@@ -32,6 +32,7 @@ from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.folder import check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
+from xelm_cli.demo.report import mean_over_languages
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.ensemble.scoring import pick_device
@@ -582,7 +583,8 @@ class Demo:
     def _perplexity(
         self, model: EnsembleModel, languages: Sequence[str]
     ) -> dict[str, dict[str, float]]:
-        """Per-language and overall perplexity and bits per byte on FLORES-200 devtest."""
+        """Per-language perplexity and bits per byte on FLORES-200 devtest, ``overall``
+        (pooled over every token) and ``mean`` (over languages, the paper's aggregate)."""
         from xelm_cli.ensemble.results import build_evaluator
 
         key = tuple(languages)
@@ -595,10 +597,11 @@ class Demo:
             self._flores[key] = build_evaluator("perplexity", request)
         metrics = self._flores[key].evaluate(model)
         scopes = {**metrics["languages"], "overall": metrics["overall"]}
-        return {
+        scores = {
             scope: {"perplexity": m["perplexity"], "bits_per_byte": m["bits_per_byte"]}
             for scope, m in scopes.items()
         }
+        return {**scores, "mean": mean_over_languages(scores)}
 
     def _model(
         self, paths: Sequence[Path], router: str, name: str, **options: Any
