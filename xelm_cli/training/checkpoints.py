@@ -147,20 +147,25 @@ class BlockStream:
             position += take
         return pieces
 
-    def _packed(self, row: int) -> NDArray[np.int64]:
+    def _packed(self, row: int, start: int, end: int) -> NDArray[np.int64]:
+        """Tokens ``[start, end)`` of document ``row`` packed as ``bos doc eos``, reading only
+        that part of the memory-mapped document (a block of a long document costs a block)."""
         lang_index, doc = (int(x) for x in self._documents[row])
         offsets = self._offsets[lang_index]
-        body = self._tokens[lang_index][int(offsets[doc]) : int(offsets[doc + 1])]
-        return np.concatenate([self.bos, np.asarray(body, dtype=np.int64), self.eos]).astype(
-            np.int64
+        first, length = int(offsets[doc]), int(offsets[doc + 1] - offsets[doc])
+        lead, tail = len(self.bos), len(self.bos) + length  # where the body and eos start
+        low, high = (first + min(max(at - lead, 0), length) for at in (start, end))
+        return np.concatenate(
+            [
+                np.asarray(self.bos[start:end], dtype=np.int64),
+                np.asarray(self._tokens[lang_index][low:high], dtype=np.int64),
+                np.asarray(self.eos[max(start - tail, 0) : max(end - tail, 0)], dtype=np.int64),
+            ]
         )
 
     def blocks(self, first_block: int, n_blocks: int) -> NDArray[np.int64]:
         """Blocks ``first_block .. first_block + n_blocks - 1``, shape (n_blocks, block_size)."""
-        parts = [
-            self._packed(row)[start:end] for start, end, row in self._pieces(first_block, n_blocks)
-        ]
-        return np.concatenate(parts).reshape(n_blocks, self.block_size)
+        return self._assembled(self._pieces(first_block, n_blocks), n_blocks)
 
     def strided(self, first_block: int, n_blocks: int, stride: int) -> NDArray[np.int64]:
         """Blocks ``first_block + k * stride`` for ``k < n_blocks``: one rank's share.
@@ -168,9 +173,12 @@ class BlockStream:
         Under data parallelism rank ``r`` of ``w`` reads ``strided(start + r, n, w)`` of the
         ``n * w`` blocks from ``start``; with ``stride == 1`` this is ``blocks``.
         """
-        if stride == 1:
-            return self.blocks(first_block, n_blocks)
-        return np.stack([self.blocks(first_block + k * stride, 1)[0] for k in range(n_blocks)])
+        pieces = [p for k in range(n_blocks) for p in self._pieces(first_block + k * stride, 1)]
+        return self._assembled(pieces, n_blocks)
+
+    def _assembled(self, pieces: list[tuple[int, int, int]], n_blocks: int) -> NDArray[np.int64]:
+        parts = [self._packed(row, start, end) for start, end, row in pieces]
+        return np.concatenate(parts).reshape(n_blocks, self.block_size)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
