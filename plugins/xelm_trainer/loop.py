@@ -61,7 +61,7 @@ from .feedback import (
 from .lean_loss import use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs
 from .options import TrainOptions
-from .rng import restore_rank_rng, save_rank_rng, seed_rank
+from .rng import other_ranks_rng, restore_rank_rng, seed_rank
 
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
@@ -451,24 +451,19 @@ def checkpoint(
     device: torch.device,
 ) -> None:
     """Rank 0 writes (DDP keeps every rank's weights and optimiser state equal; FSDP gathers
-    them first, all ranks together); the others wait, then add their RNG states to it."""
+    them first, all ranks together), with every rank's RNG states; the others wait."""
     model, saved = unwrap(model), optimizer
     if inputs.options.fsdp:
         weights, saved = gather_for_checkpoint(model, optimizer)
         if ranks.main:
             model = unsharded_copy(inputs.bundle, weights)
+    rng_files = other_ranks_rng(ranks, device)
     if ranks.main:
         save_checkpoint(
             request.checkpoint_dir, state.step, model=model, optimizer=saved,
-            state=checkpoint_state(request, inputs, state),
+            state=checkpoint_state(request, inputs, state), tensor_files=rng_files,
         )  # fmt: skip
     ranks.barrier()
-    if ranks.launched:
-        # a rank that does not see the checkpoint (no shared file system) cannot resume from it
-        written = dict(list_checkpoints(request.checkpoint_dir)).get(state.step)
-        if written is not None:
-            save_rank_rng(written, ranks, device)
-        ranks.barrier()
 
 
 def unsharded_copy(bundle: Bundle, weights: dict[str, Any]) -> Any:

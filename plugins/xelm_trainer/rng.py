@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save
-
-from xelm_cli.api import write_bytes_atomic
+from safetensors.torch import load_file
 
 from .distributed import Ranks
 
@@ -23,21 +21,29 @@ def rank_rng_file(rank: int) -> str:
     return f"rng.rank-{rank}.safetensors"
 
 
-def save_rank_rng(checkpoint: Path, ranks: Ranks, device: torch.device) -> None:
-    """This rank's CPU generator state and its device's, beside the files rank 0 wrote."""
-    if ranks.main:
-        return
+def other_ranks_rng(ranks: Ranks, device: torch.device) -> dict[str, dict[str, torch.Tensor]]:
+    """On rank 0: every other rank's CPU generator state and its device's, by the checkpoint
+    file that keeps them (written with rank 0's files, in one atomic checkpoint); elsewhere
+    empty. Every rank must call it (a gather)."""
+    if not ranks.launched:
+        return {}
     states = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
-    write_bytes_atomic(checkpoint / rank_rng_file(ranks.rank), save(states))
+    gathered: list[dict[str, torch.Tensor]] | None = (
+        [{} for _ in range(ranks.world)] if ranks.main else None
+    )
+    torch.distributed.gather_object(states, gathered, dst=0)
+    if gathered is None:
+        return {}
+    return {rank_rng_file(rank): gathered[rank] for rank in range(1, ranks.world)}
 
 
 def restore_rank_rng(
     checkpoint: Path, saved_world: int, seed: int, step: int, ranks: Ranks, device: torch.device
 ) -> None:
     """After ``load_checkpoint`` set rank 0's states on every rank: this rank's own. On another
-    number of ranks (or without the rank's file: killed while the ranks wrote theirs) a fresh
+    number of ranks (or without the rank's file: a checkpoint of an earlier version) a fresh
     stream drawn from ``(seed, rank, step)``."""
     path = checkpoint / rank_rng_file(ranks.rank)
     if saved_world != ranks.world or not (ranks.main or path.is_file()):

@@ -208,9 +208,11 @@ def save_checkpoint(
     optimizer: Any,
     state: dict[str, Any],
     keep: int = 1,
+    tensor_files: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Write ``step-NNN/`` atomically (model, optimiser, RNG states, JSON state); keep the
-    newest ``keep`` (at least 1: this one), delete older ones.
+    """Write ``step-NNN/`` atomically (model, optimiser, RNG states, JSON state, and
+    ``tensor_files``: more safetensors files by name, e.g. the other ranks' RNG states);
+    keep the newest ``keep`` (at least 1: this one), delete older ones.
 
     No pickle: tensors go to safetensors, everything else to JSON.
     """
@@ -231,6 +233,8 @@ def save_checkpoint(
         save_model(model, str(tmp / MODEL_FILE))
         save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
         save_file(rng, str(tmp / RNG_FILE))
+        for name, tensors in (tensor_files or {}).items():
+            save_file(tensors, str(tmp / name))
         record = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_FORMAT_VERSION,
                   "step": step, "optimizer": optimizer_json, **state}  # fmt: skip
         (tmp / STATE_FILE).write_bytes(pretty_json(record))
