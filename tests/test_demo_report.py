@@ -112,6 +112,19 @@ def test_results_without_the_mean_report_it_beside_the_pooled_overall(
     assert (tmp_path / "report" / "perplexity.png").is_file()
 
 
+def test_results_without_a_preset_report_with_question_marks(
+    old_results: dict[str, Any], tmp_path: Path
+) -> None:
+    """spec/demo-results.md: members other than languages, perplexity and main_xelm may be
+    absent (the report failed formatting a missing budget with a thousands separator)."""
+    del old_results["preset"]
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(old_results))
+    assert run(["report", str(bare), "-o", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "a dense model continued for B = ? tokens" in text
+
+
 def test_the_perplexity_figure_has_a_mean_group_where_results_have_the_mean(
     old_results: dict[str, Any],
 ) -> None:

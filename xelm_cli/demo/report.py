@@ -104,6 +104,11 @@ def _ppl(results: dict[str, Any], system: str, language: str) -> float:
     return float(value) if value is not None else math.nan
 
 
+def _count(value: Any) -> str:
+    """A number of tokens with thousands separators; ``?`` where the results lack it."""
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else math.nan
 
@@ -460,7 +465,7 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         "",
         "X-ELM's experiment at small scale on the sample data: a seed LM pre-trained on "
         f"{len(results['languages'])} languages, a dense model continued for B = "
-        f"{preset.get('budget', '?'):,} tokens, typology X-ELMs with k = "
+        f"{_count(preset.get('budget'))} tokens, typology X-ELMs with k = "
         f"{', '.join(str(k) for k in preset.get('typology_ks', []))} and a TF-IDF X-ELM with "
         f"k = {preset.get('tfidf_k', '?')} (each expert B/k tokens from the seed), evaluated on "
         f"FLORES-200 devtest ({preset.get('eval_documents', '?')} sentences per language); then "
