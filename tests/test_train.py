@@ -180,8 +180,8 @@ def test_a_bf16_seed_stays_bf16_on_disk_unless_asked(
 
     kept = CausalLMTrainer().train(request(seed, train_shards, tmp_path / "kept", tokens=256))
     assert dtypes(kept.path) == {"BF16"}
-    assert kept.manifest.training["saved_dtype"] == "bfloat16"  # type: ignore[index]
-    assert kept.manifest.training["options"]["save_dtype"] == "auto"  # type: ignore[index]
+    assert kept.manifest.training["saved_dtype"] == "bfloat16"
+    assert kept.manifest.training["options"]["save_dtype"] == "auto"
     assert not torch.equal(weights(seed)["lm_head.weight"], weights(kept.path)["lm_head.weight"])
     wide = request(
         seed, train_shards, tmp_path / "fp32", tokens=256, options={"save_dtype": "float32"}
@@ -222,8 +222,8 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(
     assert same_weights(full.output, killed.output)
     assert resumed.manifest.training == {
         **Bundle.open(full.output).manifest.training,  # type: ignore[dict-item]
-        "seconds": resumed.manifest.training["seconds"],  # type: ignore[index]
-        "wall_seconds": resumed.manifest.training["wall_seconds"],  # type: ignore[index]
+        "seconds": resumed.manifest.training["seconds"],
+        "wall_seconds": resumed.manifest.training["wall_seconds"],
         "command": "test",
     }
 
@@ -374,7 +374,7 @@ def test_an_expert_reads_only_its_languages_tokens(
     # and the documents the run consumed are Turkish documents of the data index
     shards = Shards.open(train_shards)
     stream = BlockStream(shards, ["tr"], 32, bos=0, eos=1)
-    consumed = stream.documents_in(0, trained.manifest.training["steps"] * 4)  # type: ignore[index]
+    consumed = stream.documents_in(0, trained.manifest.training["steps"] * 4)
     assert {lang for lang, _ in consumed} == {"tr"}
     assert all(0 <= doc < shards.stats["tr"].documents for _, doc in consumed)
 
