@@ -210,49 +210,29 @@ class TrainingRun:
         # The host waits for the device only on logged steps (and validations, checkpoints):
         # the loss and gradient norm stay tensors on the device until a metrics line needs them.
         logged = Interval(state.step, options.batch_tokens)
-        bare = unwrap(model)
-        extra = training_kwargs(bare)
         with TrainProgress(inputs.steps, state.step, ranks.main) as progress:
             while state.step < inputs.steps:
                 started = time.perf_counter()
                 lr = learning_rate(state.step, inputs.steps, options)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-                aux_sum = torch.zeros((), dtype=torch.float32, device=device)
-                for micro in range(options.accumulation):
+                micro_batches = (
                     # block i of the global batch goes to rank i % world
-                    first = state.cursor + micro * round_blocks + ranks.rank
-                    blocks = stream.strided(first, options.batch_size, ranks.world)
-                    batch = torch.from_numpy(blocks).to(device, non_blocking=True)
-                    with no_sync(model, last=micro == options.accumulation - 1):
-                        with autocast:
-                            output = forward(input_ids=batch, labels=batch, **extra)
-                        (output.loss / options.accumulation).backward()
-                    micro_loss, aux = loss_parts(output, bare)
-                    loss_sum += micro_loss.detach()
-                    if aux is not None:
-                        aux_sum += aux.detach()
+                    stream.strided(state.cursor + m * round_blocks + ranks.rank,
+                                   options.batch_size, ranks.world)
+                    for m in range(options.accumulation)
+                )  # fmt: skip
+                sums = accumulate(model, forward, micro_batches, options, device, autocast)
                 state.cursor += round_blocks * options.accumulation
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 if state.step % options.log_every == 0 or state.step == inputs.steps:
-                    loss = ranks.mean(float(loss_sum) / options.accumulation, device)
-                    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
-                        norm = norm.full_tensor()
-                    speed = logged.speed(state.step)
-                    state.loss_curve.append([state.step, loss])
-                    more = {}
-                    if extra:  # MoE: the load-balancing loss, besides the LM loss
-                        more["aux_loss"] = ranks.mean(float(aux_sum) / options.accumulation, device)
-                    metrics.write(
-                        {"step": state.step, "tokens": state.step * options.batch_tokens,
-                         "loss": loss, "lr": lr, "grad_norm": float(norm), "tokens_per_s": speed,
-                         **more}
-                    )  # fmt: skip
-                    progress.update(state.step, loss, speed)
+                    record = step_record(state, sums, norm, lr, logged, options, ranks, device)
+                    state.loss_curve.append([state.step, record["loss"]])
+                    metrics.write(record)
+                    progress.update(state.step, record["loss"], record["tokens_per_s"])
                 else:
                     progress.update(state.step)
                 state.seconds += time.perf_counter() - started  # after a logged step's wait
@@ -487,6 +467,70 @@ def checkpoint_state(request: TrainRequest, inputs: Inputs, state: RunState) -> 
 
 
 # --- 3. the loop's pieces -------------------------------------------------------------------------
+
+
+@dataclass
+class StepSums:
+    """One step's LM loss and, for MoE models, load-balancing loss, summed over its
+    micro-batches; tensors on the device until a metrics line reads them."""
+
+    loss: torch.Tensor
+    aux: torch.Tensor | None
+
+
+def accumulate(
+    model: Any,
+    forward: Any,
+    micro_batches: Any,
+    options: TrainOptions,
+    device: torch.device,
+    autocast: Any,
+) -> StepSums:
+    """Forward and backward over one step's micro-batches (arrays of blocks), the gradient
+    all-reduced (DDP) after the last only. No host synchronisation."""
+    bare = unwrap(model)
+    extra = training_kwargs(bare)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    aux_sum = torch.zeros((), dtype=torch.float32, device=device) if extra else None
+    for micro, blocks in enumerate(micro_batches):
+        batch = torch.from_numpy(blocks).to(device, non_blocking=True)
+        with no_sync(model, last=micro == options.accumulation - 1):
+            with autocast:
+                output = forward(input_ids=batch, labels=batch, **extra)
+            (output.loss / options.accumulation).backward()
+        micro_loss, aux = loss_parts(output, bare)
+        loss_sum += micro_loss.detach()
+        if aux_sum is not None and aux is not None:
+            aux_sum += aux.detach()
+    return StepSums(loss_sum, aux_sum)
+
+
+def step_record(
+    state: RunState,
+    sums: StepSums,
+    norm: Any,
+    lr: float,
+    logged: "Interval",
+    options: TrainOptions,
+    ranks: Ranks,
+    device: torch.device,
+) -> dict[str, Any]:
+    """The metrics line of a logged step (the host waits for the device here: the speed
+    since the last logged step counts the wait), the loss a mean over the ranks."""
+    loss = ranks.mean(float(sums.loss) / options.accumulation, device)
+    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor
+        norm = norm.full_tensor()
+    record = {
+        "step": state.step,
+        "tokens": state.step * options.batch_tokens,
+        "loss": loss,
+        "lr": lr,
+        "grad_norm": float(norm),
+        "tokens_per_s": logged.speed(state.step),
+    }
+    if sums.aux is not None:  # MoE: the load-balancing loss, besides the LM loss
+        record["aux_loss"] = ranks.mean(float(sums.aux) / options.accumulation, device)
+    return record
 
 
 def learning_rate(step: int, total: int, options: TrainOptions) -> float:
