@@ -318,6 +318,39 @@ def test_a_bundles_decoder_layers_are_counted_from_its_tensors(wide_seed: Path) 
     assert two.weights == 4 * (shape.parameters // 2 + root + shape.layer_parameters)
 
 
+def test_the_plan_shards_the_estimate_over_the_ranks_of_fsdp(
+    capsys: pytest.CaptureFixture[str], wide_seed: Path, shards: Path, tmp_path: Path
+) -> None:
+    """--fsdp in --train-args with --nproc-per-node 4: the estimate is of one rank's shard, a
+    batch that fits only sharded is planned, and a refusal names the largest batch that fits
+    sharded; --fsdp on one device (which `xelm train` refuses) is refused first."""
+    shape = ModelShape.of(Bundle.open(wide_seed))
+    whole = training_memory(shape, 2, 512, cuda=False)
+    sharded = training_memory(shape, 2, 512, cuda=False, shards=4)
+    limit = (whole.total + sharded.total) // 2
+    args = _plan(tmp_path, wide_seed, shards, "--memory", str(limit))
+    train_args = "--block-size 512 --device cpu --batch-size"
+    assert run([*args, "--train-args", f"{train_args} 2", "--nproc-per-node", "4"]) == 2
+    assert "sharded" not in capsys.readouterr().err  # DDP: every rank holds the whole model
+    fsdp = [*args, "--nproc-per-node", "4", "--train-args", f"{train_args} 2 --fsdp"]
+    assert run([*fsdp, "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    assert (estimate["ranks"], estimate["fsdp"]) == (4, True)
+    assert estimate["memory"] == sharded.as_dict()
+    assert run(fsdp) == 0
+    out = capsys.readouterr().out
+    assert f"needs about {sharded.total / 1e9:.2f} GB on each of 4 CPU ranks under FSDP" in out
+    assert "xelm train-all plan.json --only I --nproc-per-node 4)" in out
+    fits = largest_batch(shape, 512, limit, cuda=False, shards=4)[0]
+    assert run([*fsdp[:-1], f"{train_args} {fits + 1} --fsdp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "GB sharded over 4 ranks on the CPU" in err
+    assert f"the largest that fits is --batch-size {fits} " in err
+    assert run([*args, "--train-args", f"{train_args} 2 --fsdp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "give --nproc-per-node N" in err
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     """Token shards of the test languages, with the seed's tokenizer."""

@@ -286,6 +286,13 @@ def plan(
             "(--devices with as many groups), each run on a device of its own."
         ),
     ] = None,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            help="Devices each run trains on (`xelm train-all --nproc-per-node`): with --fsdp "
+            "in --train-args, memory is estimated for one device's shard of the model."
+        ),
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
@@ -309,10 +316,12 @@ def plan(
     commands, so relative paths keep their meaning wherever it starts.
 
     The plan estimates each run's device memory (weights, gradients,
-    AdamW, activations and loss at the --train-args batch) and refuses a batch that cannot fit,
-    naming the largest that would; --measured BUNDLE (a run trained on the same machine) adds
-    each run's time, and --parallel N the whole plan's under `xelm train-all --devices` with
-    N runs at a time (its order: the most tokens first, a run's `after` runs before it):
+    AdamW, activations and loss at the --train-args batch; with --fsdp there, one device's
+    shard of the model over --nproc-per-node N, as `xelm train-all --nproc-per-node N` runs
+    it) and refuses a batch that cannot fit, naming the largest that would; --measured BUNDLE
+    (a run trained on the same machine) adds each run's time, and --parallel N the whole
+    plan's under `xelm train-all --devices` with N runs at a time (its order: the most tokens
+    first, a run's `after` runs before it):
       xelm plan ... --train-args '--batch-size 16' --memory 80GB --measured runs/probe
       --parallel 8
 
@@ -327,6 +336,7 @@ def plan(
         memory=parse_size(memory) if memory else None, measured=measured,
         moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
         moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss, parallel=parallel,
+        nproc_per_node=nproc_per_node,
     )  # fmt: skip
     for note in (positions_line(result), passes_line(result)):
         if note:
@@ -348,9 +358,11 @@ def _print_plan(result: dict[str, Any]) -> None:
     console.print(_tokens_line(result))
     if "side_by_side" in result:
         console.print(_side_by_side_line(result["side_by_side"]), highlight=False)
+    ranks = result["estimate"]["ranks"]
     console.print(
         "the runs are independent jobs: one each (a SLURM array task: xelm train-all plan.json "
-        "--only I [--nproc-per-node N]); see `xelm plan --help`",
+        f"--only I {f'--nproc-per-node {ranks}' if ranks > 1 else '[--nproc-per-node N]'}); "
+        "see `xelm plan --help`",
         style="dim",
         highlight=False,
         markup=False,
@@ -373,11 +385,13 @@ def _runs_table(result: dict[str, Any]) -> Table:
 
 
 def _memory_line(estimate: dict[str, Any]) -> str:
-    parts = estimate["memory"]
+    parts, device = estimate["memory"], estimate["device"].upper()
+    where = f"each of {estimate['ranks']} {device} ranks under FSDP"
+    where = where if estimate["fsdp"] else f"the {device}"
     return (
         f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
         f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
-        f"{parts['total'] / 1e9:.2f} GB on the {estimate['device'].upper()} (weights "
+        f"{parts['total'] / 1e9:.2f} GB on {where} (weights "
         f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
         f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f} with "
         f"{estimate['attention']} attention, loss "

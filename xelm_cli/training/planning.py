@@ -192,13 +192,16 @@ def estimate_runs(
     memory: int | None = None,
     measured: Path | None = None,
     moe_experts: int = 0,
+    ranks: int = 1,
 ) -> dict[str, Any]:
     """Parameters and device memory of one run of the plan (every run trains a model of the
-    seed's size, with the batch that ``train_args`` sets) and, given ``moe_experts`` (k), of the
-    ``moe`` run (the MoE of k experts, with the plain loss), each refused in one line when the
-    batch cannot fit in ``memory`` bytes (default: this machine's first GPU, else its RAM); and
-    the FLOP/s of a ``measured`` run for time estimates (xelm_cli.training.estimates)."""
+    seed's size, with the batch that ``train_args`` sets, on ``ranks`` devices: with --fsdp
+    sharded over them) and, given ``moe_experts`` (k), of the ``moe`` run (the MoE of k
+    experts, with the plain loss), each refused in one line when the batch cannot fit in
+    ``memory`` bytes (default: this machine's first GPU, else its RAM); and the FLOP/s of a
+    ``measured`` run for time estimates (xelm_cli.training.estimates)."""
     planned = planned_options(train_args)
+    shards = fsdp_shards(bool(planned["fsdp"]), ranks)
     batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
     require_block_fits(block, Path(seed_bundle))
     if device == "auto":
@@ -213,6 +216,7 @@ def estimate_runs(
         "lean_loss": bool(planned["lean_loss"]),
         "gradient_checkpointing": bool(planned["gradient_checkpointing"]),
         "attention": attention,
+        "shards": shards,
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
     limit = memory if memory is not None else device_memory(cuda)
@@ -235,11 +239,26 @@ def estimate_runs(
             "positions": declared_positions(Path(seed_bundle)),
             "device": "cuda" if cuda else "cpu",
             "attention": attention,
+            "ranks": ranks,
+            "fsdp": shards > 1,
             "memory_limit": limit,
             "memory": estimate.as_dict(),
             "measured": str(measured) if measured else None,
         },
     }
+
+
+def fsdp_shards(fsdp: bool, ranks: int) -> int:
+    """The ranks --fsdp shards each run's model over (1: none), refused in one line where the
+    runs' `xelm train` would refuse it (--fsdp without torchrun's ranks)."""
+    if ranks < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, not {ranks}")
+    if fsdp and ranks == 1:
+        raise UsageError(
+            "--train-args sets --fsdp, which shards each run over torchrun's ranks: give "
+            "--nproc-per-node N (as `xelm train-all --nproc-per-node N` runs it), or drop --fsdp"
+        )
+    return ranks if fsdp else 1
 
 
 def require_fits(
@@ -264,12 +283,15 @@ def require_fits(
             "the tokens per step)"
         )
     else:
-        way = "not even --batch-size 1 fits: try --gradient-checkpointing or --fsdp"
+        more = "more --nproc-per-node" if options["shards"] > 1 else "--fsdp on --nproc-per-node N"
+        way = f"not even --batch-size 1 fits: try --gradient-checkpointing or {more}"
         way += ", or drop --moe-tokens" if run else ""
     device = "the GPU" if options["cuda"] else "the CPU"
+    sharded = f" sharded over {options['shards']} ranks" if options["shards"] > 1 else ""
     raise UsageError(
         f"{run + ': ' if run else ''}a batch of {batch} x {block} tokens needs about "
-        f"{estimate.total / 1e9:.1f} GB on {device}, which has {limit / 1e9:.1f} GB; {way}"
+        f"{estimate.total / 1e9:.1f} GB{sharded} on {device}, which has {limit / 1e9:.1f} GB; "
+        f"{way}"
     )
 
 
@@ -287,13 +309,16 @@ def make_plan(
     moe_calibration: Path | str | None = None,
     moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
     parallel: int | None = None,
+    nproc_per_node: int = 1,
 ) -> dict[str, Any]:
     """The runs that give X-ELM and the dense baseline equal training tokens, as commands to
     run in this process's current directory (the plan's ``directory``), once the inputs are
     checked (``check_inputs``), with memory and time estimates (``estimate_runs``), and with
     ``parallel``, how long ``xelm train-all`` takes running that many at a time
     (``side_by_side``). Each run holds ``passes``: how many times its tokens go over the
-    ``data`` shards' tokens of its languages (``passes_line`` notes the runs over one).
+    ``data`` shards' tokens of its languages (``passes_line`` notes the runs over one). Each
+    run's `xelm train` runs on ``nproc_per_node`` devices (``xelm train-all --nproc-per-node``):
+    with --fsdp in ``train_args`` the memory estimate shards the model over them.
 
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
@@ -318,7 +343,7 @@ def make_plan(
     if moe_tokens:
         check_moe_inputs(seed_bundle, moe_calibration, everything)
     estimate = estimate_runs(
-        seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0
+        seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0, nproc_per_node
     )
     train_extra = ["--valid", str(valid)] if valid else []
     train_extra += shlex.split(train_args)
