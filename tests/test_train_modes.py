@@ -125,7 +125,7 @@ def test_two_ranks_draw_their_own_dropout_and_resume_each_stream(
     rank_0, rank_1 = (
         load_file(str(last / f))["torch"] for f in ("rng.safetensors", "rng.rank-1.safetensors")
     )
-    assert not torch.equal(rank_0, rank_1)  # seeded with seed + rank: two streams
+    assert not torch.equal(rank_0, rank_1)  # each rank its own seed: two streams
 
 
 if __name__ == "__main__":  # under torchrun: one run of the test above

@@ -1,6 +1,7 @@
 """Every rank's own random stream (dropout masks differ across ranks): a run seeds torch with
-``seed + rank``; a checkpoint keeps each rank's generator states, and a run resumed on as many
-ranks continues every rank's stream exactly (spec/training.md section 8, Seeds)."""
+``seed`` on rank 0 and a seed drawn from ``(seed, rank)`` on the others; a checkpoint keeps
+each rank's generator states, and a run resumed on as many ranks continues every rank's
+stream exactly (spec/training.md section 8, Seeds)."""
 
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from .distributed import Ranks
 
 
 def seed_rank(seed: int, ranks: Ranks) -> None:
-    """One process (rank 0) seeds with ``seed`` itself."""
-    torch.manual_seed(seed + ranks.rank)
+    """Rank 0 (one process) seeds with ``seed`` itself, rank r > 0 with a seed drawn from
+    ``(seed, r)``: not ``seed + r``, which would be rank 0's stream of the run seeded
+    ``seed + r``."""
+    torch.manual_seed(seed if ranks.main else fresh_seed(seed, ranks.rank, 0))
 
 
 def rank_rng_file(rank: int) -> str:
