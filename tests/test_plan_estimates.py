@@ -414,11 +414,47 @@ def test_run_times_scale_a_measured_runs_flops(
     plan = json.loads(capsys.readouterr().out)
     n, n_measured = (ModelShape.of(Bundle.open(b)).parameters for b in (wide_seed, measured))
     assert plan["estimate"]["parameters"] == n
-    seconds_per_token = record["seconds"] / record["tokens"] * n / n_measured
+    timed = record[plan["estimate"]["measured_time"]]  # wall_seconds (an older record: seconds)
+    seconds_per_token = timed / record["tokens"] * n / n_measured
     for entry in plan["runs"]:  # experts 500K tokens each, the dense run 1M
         assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
     assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(seed_bundle))) == 2
     assert "holds no timed training run" in capsys.readouterr().err
+
+
+def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """A training record's `seconds` are its steps' alone; `wall_seconds`, from its loop's
+    start, add validation and checkpoints (in the audit's exaggerated run 286 s against 9.67):
+    the plan scales `wall_seconds`, or, in a record without them (an older xelm's), `seconds`,
+    and says which. Here the record's times are set by hand: 2 s of steps, 8 s in all."""
+    measured, record = _timed_run(seed_bundle, shards, tmp_path)
+    capsys.readouterr()
+    manifest = measured / "xelm.json"
+    args = _plan(tmp_path, seed_bundle, shards, "--measured", str(measured))
+    for times, timed in (({"seconds": 2.0, "wall_seconds": 8.0}, "wall_seconds"),
+                         ({"seconds": 2.0}, "seconds")):  # fmt: skip
+        data = json.loads(manifest.read_text())
+        data["training"] = {k: v for k, v in data["training"].items() if k != "wall_seconds"}
+        data["training"] |= times
+        manifest.write_text(json.dumps(data))
+        assert run([*args, "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert plan["estimate"]["measured_time"] == timed
+        dense = next(entry for entry in plan["runs"] if entry["name"] == "dense")
+        # the same model as the measured run: 1M tokens take 1M / its tokens times its time
+        assert dense["seconds"] == pytest.approx(1_000_000 / record["tokens"] * times[timed])
+        assert run(args) == 0
+        out = capsys.readouterr().out
+        said = f"run times: at the FLOP/s of {measured} over its "
+        if timed == "wall_seconds":
+            said += "wall time (wall_seconds: validation and checkpoints included)"
+        else:
+            said += "steps' time (seconds; its training record has no wall_seconds): they leave"
+        assert said in out
+    assert run(_plan(tmp_path, seed_bundle, shards, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["estimate"]["measured_time"] is None
 
 
 def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget(
@@ -455,7 +491,8 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     mlp = 3 * shape.hidden * shape.intermediate * shape.layers
     assert by_name["moe"]["parameters"] == shape.parameters + mlp + 2 * shape.hidden * shape.layers
     n_measured = ModelShape.of(Bundle.open(measured)).parameters
-    seconds_per_parameter_token = record["seconds"] / record["tokens"] / n_measured
+    timed = record[plan["estimate"]["measured_time"]]
+    seconds_per_parameter_token = timed / record["tokens"] / n_measured
     active = shape.parameters + mlp + 2 * shape.hidden * shape.layers
     assert by_name["moe"]["seconds"] == pytest.approx(
         200_000 * active * seconds_per_parameter_token

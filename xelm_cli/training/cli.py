@@ -46,6 +46,7 @@ from xelm_cli.training.planning import (
     make_plan,
     passes_line,
     positions_line,
+    time_line,
 )
 from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_verb
@@ -352,6 +353,9 @@ def _print_plan(result: dict[str, Any]) -> None:
     one a line."""
     console.print(_runs_table(result))
     console.print(_memory_line(result["estimate"]), highlight=False)
+    timed = time_line(result)
+    if timed:
+        console.print(timed, highlight=False)
     moe = next((r for r in result["runs"] if r["name"] == "moe"), None)
     if moe:
         console.print(_moe_line(moe, result["k"]), highlight=False)

@@ -30,7 +30,9 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
   the hidden states' gradient and an fp32 gradient of the output layer.
 
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
-record: tokens, seconds and its model's parameters).
+record: tokens, ``wall_seconds``, the time from the training loop's start, validation and
+checkpoints included, and its model's parameters; a record without ``wall_seconds``, of an
+older xelm, gives ``seconds``, the training steps' time alone).
 
 An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL + khL
 parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
@@ -228,24 +230,28 @@ def device_memory(cuda: bool) -> int:
 
 @dataclass(frozen=True)
 class Throughput:
-    """The FLOP/s a measured training run reached (6N x tokens / seconds) and where."""
+    """The FLOP/s a measured training run reached (6N x tokens / seconds), where, and which
+    time of its training record it divides by (``timed``): ``wall_seconds``, everything from
+    the training loop's start, or, in a record without it, ``seconds``, the steps alone."""
 
     flops_per_s: float
     device: str
     measured: str
+    timed: str
 
     @classmethod
     def of(cls, bundle_path: Path) -> "Throughput":
         bundle = Bundle.read(bundle_path)
         record = bundle.manifest.training or {}
-        tokens, seconds = record.get("tokens"), record.get("seconds")
+        timed = "wall_seconds" if "wall_seconds" in record else "seconds"
+        tokens, seconds = record.get("tokens"), record.get(timed)
         if not (isinstance(tokens, int) and isinstance(seconds, int | float) and seconds > 0):
             raise UsageError(
                 f"{bundle_path} holds no timed training run; pass a bundle `xelm train` wrote"
             )
         parameters = ModelShape.of(bundle).parameters
         device = str((record.get("hardware") or {}).get("device", "unknown"))
-        return cls(6 * parameters * tokens / seconds, device, str(bundle_path))
+        return cls(6 * parameters * tokens / seconds, device, str(bundle_path), timed)
 
     def seconds(self, shape: ModelShape, tokens: int) -> float:
         return 6 * shape.parameters * tokens / self.flops_per_s

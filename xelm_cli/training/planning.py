@@ -221,6 +221,7 @@ def estimate_runs(
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
     limit = memory if memory is not None else device_memory(cuda)
     estimate = require_fits(shape, batch, block, limit, options)
+    throughput = Throughput.of(measured) if measured else None
     moe_memory = None
     if moe_experts:
         held, _ = moe_shapes(shape, moe_experts, MOE_TOP_K)
@@ -230,7 +231,7 @@ def estimate_runs(
         moe_memory = require_fits(held, batch, block, limit, moe_options, run)
     return {
         "shape": shape,
-        "throughput": Throughput.of(measured) if measured else None,
+        "throughput": throughput,
         "moe_memory": moe_memory,
         "record": {
             "parameters": shape.parameters,
@@ -244,6 +245,7 @@ def estimate_runs(
             "memory_limit": limit,
             "memory": estimate.as_dict(),
             "measured": str(measured) if measured else None,
+            "measured_time": throughput.timed if throughput else None,
         },
     }
 
@@ -259,6 +261,21 @@ def fsdp_shards(fsdp: bool, ranks: int) -> int:
             "--nproc-per-node N (as `xelm train-all --nproc-per-node N` runs it), or drop --fsdp"
         )
     return ranks if fsdp else 1
+
+
+def time_line(plan: dict[str, Any]) -> str | None:
+    """Which time of the measured run's training record the run times scale, or None
+    without --measured: its wall time, or, in an older record, its steps' time alone."""
+    estimate = plan["estimate"]
+    if estimate["measured_time"] is None:
+        return None
+    source = f"run times: at the FLOP/s of {estimate['measured']} over its"
+    if estimate["measured_time"] == "wall_seconds":
+        return f"{source} wall time (wall_seconds: validation and checkpoints included)"
+    return (
+        f"{source} steps' time (seconds; its training record has no wall_seconds): they leave "
+        "out validation and checkpoints (a bundle a newer `xelm train` wrote records both)"
+    )
 
 
 def require_fits(
