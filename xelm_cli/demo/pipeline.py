@@ -32,7 +32,6 @@ from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.folder import check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
 from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
-from xelm_cli.demo.report import mean_over_languages
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.ensemble.scoring import pick_device
@@ -596,12 +595,13 @@ class Demo:
             )
             self._flores[key] = build_evaluator("perplexity", request)
         metrics = self._flores[key].evaluate(model)
-        scopes = {**metrics["languages"], "overall": metrics["overall"]}
-        scores = {
+        mean = metrics["overall"]["mean_over_languages"]  # the evaluator's, each language once
+        scopes = {**metrics["languages"], "overall": metrics["overall"], "mean": mean}
+        return {
             scope: {"perplexity": m["perplexity"], "bits_per_byte": m["bits_per_byte"]}
+            | ({"languages": m["languages"]} if scope == "mean" else {})
             for scope, m in scopes.items()
         }
-        return {**scores, "mean": mean_over_languages(scores)}
 
     def _model(
         self, paths: Sequence[Path], router: str, name: str, **options: Any

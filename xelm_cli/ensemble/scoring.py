@@ -121,7 +121,7 @@ def with_cache(model: Any, cache: Any) -> dict[str, Any]:
             raise UsageError(
                 f"{type(model).__name__} takes no cache that xelm can pass in transformers "
                 f"{transformers.__version__}: install a newer transformers to generate text "
-                "and score choices with it"
+                "with it"
             )
         return {}
     return {keyword: cache, "use_cache": cache is not None}
