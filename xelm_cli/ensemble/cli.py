@@ -56,7 +56,7 @@ DeviceOpt = Annotated[
 ]
 
 
-class EnsembleChoice(TypedDict):
+class RoutingKeywords(TypedDict):
     """--router, --router-arg and --combine as the Python API's keywords."""
 
     router: str | None
@@ -64,11 +64,11 @@ class EnsembleChoice(TypedDict):
     combine: str | None
 
 
-def _ensemble_choice(
+def _routing_keywords(
     router: str | None, router_arg: list[str] | None, combine: str | None
-) -> EnsembleChoice:
+) -> RoutingKeywords:
     router_options = parse_pairs(router_arg or [], "--router-arg")
-    return EnsembleChoice(router=router, router_options=router_options, combine=combine)
+    return RoutingKeywords(router=router, router_options=router_options, combine=combine)
 
 
 @app.command()
@@ -106,7 +106,7 @@ def create(
     spec = create_ensemble(
         members,
         output,
-        **_ensemble_choice(router, router_arg, combine),
+        **_routing_keywords(router, router_arg, combine),
         calibrate=calibrate,
         languages=langs,
         limit=limit if older_limit is None else older_limit,  # --limit: the older spelling
@@ -212,7 +212,7 @@ def evaluate(
     results = evaluate_ensemble(
         members,
         data=data,
-        **_ensemble_choice(router, router_arg, combine),
+        **_routing_keywords(router, router_arg, combine),
         evaluator=evaluator,
         languages=langs,
         limit=limit,
@@ -268,7 +268,7 @@ def generate(
     record = generate_text(
         members,
         prompt,
-        **_ensemble_choice(router, router_arg, combine),
+        **_routing_keywords(router, router_arg, combine),
         language=lang,
         max_new_tokens=max_new_tokens,
         temperature=temperature,

@@ -107,17 +107,27 @@ def systems_for(
     anything loads, and not per system: each would see the same free memory)."""
     distinct = list({bundle.digest: bundle for bundle in [*spec.members, *baselines]}.values())
     resident = fits_on_device(distinct, pick_device(device))
-    shared: dict[str, Any] = {"device": device, "cache": ScoreCache(), "resident": resident}
+    cache = ScoreCache()
     systems = [
         System(
             f"ensemble[{spec.router}]",
             "ensemble",
-            EnsembleModel(spec.members, router, spec.combine, name="ensemble", **shared),
+            EnsembleModel(
+                spec.members,
+                router,
+                spec.combine,
+                name="ensemble",
+                device=device,
+                cache=cache,
+                resident=resident,
+            ),
         )
     ]
     if each:
         for bundle in spec.members:
-            model = single_model(bundle, f"expert:{bundle.name}", **shared)
+            model = single_model(
+                bundle, f"expert:{bundle.name}", device=device, cache=cache, resident=resident
+            )
             systems.append(System(model.name, "expert", model))
     for bundle in baselines:
         if (
@@ -128,7 +138,9 @@ def systems_for(
                 f"baseline {bundle.path} has a different tokenizer from the ensemble; token "
                 "perplexities would not be comparable"
             )
-        model = single_model(bundle, f"baseline:{bundle.name}", **shared)
+        model = single_model(
+            bundle, f"baseline:{bundle.name}", device=device, cache=cache, resident=resident
+        )
         systems.append(System(model.name, "baseline", model))
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
