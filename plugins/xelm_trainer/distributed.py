@@ -86,17 +86,30 @@ def wrap(model: Any, ranks: Ranks, device: torch.device, fsdp: bool) -> Any:
     if not ranks.launched:
         return model
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        layers = getattr(getattr(model, "model", None), "layers", None) or []
-        for layer in layers:  # one shard unit per decoder layer, then the rest
-            fully_shard(layer)
-        fully_shard(model)
-        return model
+        return shard(model)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def shard(model: Any) -> Any:
+    """FSDP2 in place: one shard unit per decoder layer (:func:`shard_units`), then the rest
+    of the model (embeddings, final norm, output layer) as the root unit."""
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in shard_units(model):
+        fully_shard(unit)
+    return fully_shard(model)
+
+
+def shard_units(model: Any) -> list[Any]:
+    """The modules of the classes the model declares must not be split (transformers'
+    ``_no_split_modules``: its decoder layers, ``GPT2Block``, ``LlamaDecoderLayer``, ...),
+    inner ones first; none where it declares none (the whole model is one unit)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    units = [module for module in model.modules() if type(module).__name__ in names]
+    return units[::-1]
 
 
 def unwrap(model: Any) -> Any:

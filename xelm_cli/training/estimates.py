@@ -54,7 +54,9 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 
 LEAN_CHUNK_ELEMENTS = 1 << 26  # as plugins/xelm_trainer/lean_loss.py
-LAYERS = "model.layers."  # the decoder layers the trainer's FSDP shards one by one
+# a tensor of a decoder layer (the trainer's FSDP shards them one by one): its name has a
+# numbered part, the layer's (model.layers.3.mlp, transformer.h.3.attn, gpt_neox.layers.3...)
+IN_A_LAYER = re.compile(r"\.\d+\.")
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*")
 
 
@@ -76,8 +78,8 @@ class ModelShape:
     intermediate: int
     vocab: int
     heads: int
-    # one decoder layer's (model.layers.I: FSDP's shard unit); 0: no such layers, the whole
-    # model is one unit
+    # one decoder layer's (FSDP's shard unit); 0: no numbered layers, the whole model is one
+    # unit
     layer_parameters: int = 0
 
     @classmethod
@@ -103,7 +105,7 @@ class ModelShape:
         intermediate = first("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
         heads = first("num_attention_heads", "n_head", "attention_heads", "num_heads")
         embedding = max((math.prod(s) for s in shapes.values() if s[:1] == [vocab]), default=0)
-        in_layers = sum(math.prod(s) for name, s in shapes.items() if name.startswith(LAYERS))
+        in_layers = sum(math.prod(s) for name, s in shapes.items() if IN_A_LAYER.search(name))
         return cls(
             parameters=sum(math.prod(s) for s in shapes.values()),
             embedding=embedding,
@@ -182,12 +184,13 @@ def model_states(shape: ModelShape, shards: int) -> tuple[int, int, int]:
     """Bytes of the fp32 weights, gradients and AdamW moments one device holds at the peak:
     the whole model's, or under FSDP over ``shards`` ranks a 1/shards slice of each, plus the
     gathered weights of the root unit (every parameter outside the decoder layers) and one
-    decoder layer's gathered weights and gradients."""
+    decoder layer's gathered weights and gradients (a model without numbered layers is one
+    unit: its weights and gradients are gathered whole)."""
     n, layer = shape.parameters, shape.layer_parameters
     if shards == 1:
         return 4 * n, 4 * n, 8 * n
     part, root = math.ceil(n / shards), n - shape.layers * layer
-    return 4 * (part + root + layer), 4 * (part + layer), 8 * part
+    return 4 * (part + root + layer), 4 * (part + (layer or n)), 8 * part
 
 
 def attention_matrix(shape: ModelShape, block_size: int, cuda: bool, attention: str) -> int:
