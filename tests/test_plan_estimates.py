@@ -26,14 +26,13 @@ from xelm_cli.training.estimates import (
 
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"  # held-out text for the language gate
 
-# Peak resident memory of two fp32 training steps (model load, chunked loss, AdamW), above the
-# level after a warm-up step of a tiny model (torch's allocator, threads and kernels set up).
-MEASURE = """
+# Peak resident memory of two fp32 training steps of `model`, above the level after two steps
+# of a tiny model (torch's allocator, threads and kernels set up): the start of both scripts.
+PEAK_OF_STEPS = """
 import gc, json, sys, threading, time
 import psutil, torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from xelm_trainer.lean_loss import use_lean_loss
-from xelm_cli.bundle.store import Bundle
 
 def steps(model, batch):
     optimizer = torch.optim.AdamW(model.parameters())
@@ -42,27 +41,43 @@ def steps(model, batch):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-small = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=2)
-steps(AutoModelForCausalLM.from_config(small), torch.randint(0, 64, (2, 16)))
-gc.collect()
-process = psutil.Process()
-base = peak = process.memory_info().rss
-running = True
-def sample():
-    global peak
-    while running:
-        peak = max(peak, process.memory_info().rss)
-        time.sleep(0.0005)
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
-model = Bundle.open(sys.argv[1]).load_model(dtype=torch.float32, attn_implementation=sys.argv[4])
-use_lean_loss(model)
-steps(model, torch.randint(0, model.config.vocab_size, (int(sys.argv[2]), int(sys.argv[3]))))
-running = False
-thread.join()
-print(json.dumps(peak - base))
+def peak_of_steps(prepared, make_model, batch_shape):
+    small = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+    steps(prepared(AutoModelForCausalLM.from_config(small)), torch.randint(0, 64, (1, 16)))
+    gc.collect()
+    process = psutil.Process()
+    base = peak = process.memory_info().rss
+    running = True
+    def sample():
+        nonlocal peak
+        while running:
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.0005)
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    model = prepared(make_model())
+    steps(model, torch.randint(0, model.config.vocab_size, batch_shape))
+    running = False
+    thread.join()
+    return peak - base
 """
+
+# A bundle's model (chunked loss) at batch argv[2] x argv[3] with attention argv[4].
+MEASURE = (
+    PEAK_OF_STEPS
+    + """
+from xelm_cli.bundle.store import Bundle
+
+def lean(model):
+    use_lean_loss(model)
+    return model
+
+bundle = Bundle.open(sys.argv[1])
+load = lambda: bundle.load_model(dtype=torch.float32, attn_implementation=sys.argv[4])
+print(json.dumps(peak_of_steps(lean, load, (int(sys.argv[2]), int(sys.argv[3])))))
+"""
+)
 
 
 @pytest.fixture(scope="module")
@@ -233,57 +248,32 @@ def test_fsdp_shards_the_model_states_and_gathers_the_root_and_one_layer() -> No
     assert largest_batch(XGLM_1_7B, 2048, limit, cuda=True, shards=8)[0] == 9
 
 
-# Peak resident memory of rank 0 of 8 (a fake process group: no-op collectives, real buffers)
-# over two fp32 FSDP training steps of a 58M-parameter Llama whose weights dominate, above the
-# level after a warm-up. Blocks over 64 KiB come from mmap and go back on free, so the full
-# model the ranks shard does not stay in glibc's heap.
-MEASURE_FSDP = """
-import gc, json, sys, threading, time
-import psutil, torch
+# Rank 0 of 8 (a fake process group: no-op collectives, real buffers) of FSDP over a 58M-
+# parameter Llama (argv[2] llama) or a GPT-2 (gpt2) whose weights dominate, with the chunked
+# loss or the plain one (argv[1]). Blocks over 64 KiB come from mmap and go back on free, so
+# the full model the ranks shard does not stay in glibc's heap.
+MEASURE_FSDP = (
+    PEAK_OF_STEPS
+    + """
 import torch.distributed as dist
 from torch.testing._internal.distributed.fake_pg import FakeStore
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 from xelm_trainer.distributed import shard
-from xelm_trainer.lean_loss import use_lean_loss
 
-def sharded(config, lean):
-    model = AutoModelForCausalLM.from_config(config)
-    if lean:
+def sharded(model):
+    if sys.argv[1] == "lean":
         use_lean_loss(model)
     return shard(model)  # as the trainer wraps it
 
-def steps(model, batch):
-    optimizer = torch.optim.AdamW(model.parameters())
-    for _ in range(2):
-        model(input_ids=batch, labels=batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
 dist.init_process_group("fake", rank=0, world_size=8, store=FakeStore())
-small = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=2, num_key_value_heads=2)
-steps(sharded(small, True), torch.randint(0, 64, (1, 16)))
-gc.collect()
-process = psutil.Process()
-base = peak = process.memory_info().rss
-running = True
-def sample():
-    global peak
-    while running:
-        peak = max(peak, process.memory_info().rss)
-        time.sleep(0.0005)
-thread = threading.Thread(target=sample, daemon=True)
-thread.start()
 config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1408,
                      num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                      tie_word_embeddings=False)
 if sys.argv[2] == "gpt2":  # decoder layers at transformer.h, not model.layers
     config = GPT2Config(vocab_size=32000, n_embd=512, n_layer=8, n_head=8, n_positions=128)
-steps(sharded(config, sys.argv[1] == "lean"), torch.randint(0, 32000, (1, 128)))
-running = False
-thread.join()
-print(json.dumps(peak - base))
+make = lambda: AutoModelForCausalLM.from_config(config)
+print(json.dumps(peak_of_steps(sharded, make, (1, 128))))
 """
+)
 
 
 # Llama layer: attention 4 x 512^2, MLP 3 x 512 x 1408, two norms; root: embedding and output
