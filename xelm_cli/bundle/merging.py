@@ -237,10 +237,22 @@ def merge_weights(
 
 # ---------------------------------------------------------------------------- averaging
 
+WIDENED_CHUNK = 1 << 22  # elements of an input widened at a time (16 MiB in float32)
+
+
+def _add_scaled(total: Any, tensor: Any, weight: float) -> None:
+    """``total += tensor.to(total.dtype) * weight`` (the same roundings) a chunk at a time, without
+    that expression's two temporaries of the whole tensor in the wide dtype."""
+    flat_total, flat = total.view(-1), tensor.reshape(-1)
+    for start in range(0, flat.numel(), WIDENED_CHUNK):
+        piece = slice(start, start + WIDENED_CHUNK)
+        flat_total[piece].add_(flat[piece].to(total.dtype) * weight)
+
 
 def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], name: str) -> Any:
     """sum_e w_e T_e in float32 (float64 for float64 tensors), cast back to the first expert's
-    dtype; tensors that are not floating point must be equal and are copied."""
+    dtype; tensors that are not floating point must be equal and are copied. Memory: the wide
+    accumulator, one input and the result (measured: 3.5 times a bf16 tensor)."""
     import torch
 
     first = sources[0].get(name)
@@ -254,11 +266,12 @@ def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], na
         return first
     dtype = first.dtype
     wide = torch.float64 if dtype == torch.float64 else torch.float32
-    total = first.to(wide) * weights[0]
+    total = first.to(wide)  # first itself when already wide: it is ours to change
     del first
+    total.mul_(weights[0])
     for source, weight in zip(sources[1:], weights[1:], strict=True):
         if weight:
-            total += source.get(name).to(wide) * weight
+            _add_scaled(total, source.get(name), weight)
     return total.to(dtype)
 
 
@@ -289,7 +302,7 @@ def merge_average(
         role: the result's role; default ``expert`` with ``language``, else ``dense`` (for
             all the experts' languages).
         overwrite: replace an existing ``out``.
-        progress: called with the number of bytes hashed.
+        progress: called with the number of bytes hashed or written.
 
     At most one of ``weights``, ``prior`` and ``language`` is given; none averages uniformly.
     """
@@ -323,12 +336,13 @@ def merge_average(
         progress=progress,
     ) as writer:
         writer.remove(is_weight_file)
-        write_sharded(  # the first expert's files and index
+        written = write_sharded(  # the first expert's files and index
             writer.directory,
             sources[0].tensors,
             lambda name: average_tensor(sources, chosen, name),
             progress,
             index=sources[0].index is not None,
         )
+        writer.record_written(written)
     assert writer.result is not None
     return writer.result

@@ -359,7 +359,9 @@ def build_moe(
             # transformers' default MoE kernel (grouped_mm) needs rows of 16-byte multiples;
             # the key is read on load (transformers does not write it back when re-saving)
             _set_config(writer.directory, experts_implementation="eager")
-        write_sharded(writer.directory, plan_shards(layout), produce, progress)
+        writer.record_written(
+            write_sharded(writer.directory, plan_shards(layout), produce, progress)
+        )
     assert writer.result is not None
     return writer.result
 

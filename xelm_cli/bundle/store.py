@@ -343,28 +343,42 @@ def _written_by_save_model(name: str) -> bool:
     return is_weight_file(name) or name in ("config.json", "generation_config.json")
 
 
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    """What tells that a file is still the one whose digest was taken: a replacement has another
+    inode, a rewrite another size or modification time (linking or chmod change neither)."""
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 class BundleWriter:
     """Files of a bundle being written; becomes a bundle when its ``write_bundle`` block ends."""
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.result: Bundle | None = None
-        # Files shared with the parent, with the inode they had when linked: their digests are
-        # reused instead of re-hashed, which is what makes branching O(1) in model size.
-        self._inherited: dict[str, tuple[FileEntry, int]] = {}
+        # Files whose digests are known without reading them, with their stamp at the time:
+        # those shared with the parent (what makes branching O(1) in model size) and those
+        # hashed as they were written (record_written).
+        self._known: dict[str, tuple[FileEntry, tuple[int, int, int]]] = {}
 
     def inherit(self, parent: Bundle, names: Iterable[str]) -> None:
         for name in names:
             target = self.directory / name
             if link_or_copy(parent.path / name, target) == "hardlink":
-                self._inherited[name] = (parent.manifest.files[name], target.stat().st_ino)
+                self._known[name] = (parent.manifest.files[name], _stamp(target.stat()))
+
+    def record_written(self, entries: dict[str, FileEntry]) -> None:
+        """Digests of files just written into the bundle, hashed as they were written
+        (tensor_stream.write_sharded): finish() takes them instead of reading the files back,
+        unless a file was replaced or rewritten since."""
+        for name, entry in entries.items():
+            self._known[name] = (entry, _stamp((self.directory / name).stat()))
 
     def remove(self, predicate: Callable[[str], bool]) -> None:
         """Drop files (e.g. inherited weights) before writing their replacements."""
         for child in list(self.directory.iterdir()):
             if predicate(child.name):
                 child.unlink()
-                self._inherited.pop(child.name, None)
+                self._known.pop(child.name, None)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self.remove(lambda n: n == name)  # never write through a link into the parent's file
@@ -388,9 +402,9 @@ class BundleWriter:
                 raise FormatError(f"bundle may hold only regular files; {child.name} is not one")
             if child.name in (MANIFEST_NAME, CARD_NAME):
                 continue
-            inherited = self._inherited.get(child.name)
-            if inherited and inherited[1] == info.st_ino and inherited[0].size == info.st_size:
-                entries[child.name] = inherited[0]
+            known = self._known.get(child.name)
+            if known and known[1] == _stamp(info) and known[0].size == info.st_size:
+                entries[child.name] = known[0]
             else:
                 entries[child.name] = FileEntry(sha256_file(child, progress), info.st_size)
         return entries

@@ -5,6 +5,7 @@ models that way would hold a whole model. Here the header (names, dtypes, shapes
 first, from shapes known in advance, and each tensor's bytes are appended as it is computed,
 so memory holds about two tensors whatever the model's size. Inputs are opened per tensor:
 an mmap kept open would keep every page already read resident, k models' worth in the end.
+Each file is hashed as it is written (its manifest entry comes back), not read back afterwards.
 """
 
 import json
@@ -17,6 +18,8 @@ from typing import Any
 from safetensors import safe_open
 
 from xelm_cli.bundle.fingerprint import reading_safetensors
+from xelm_cli.bundle.manifest import FileEntry
+from xelm_cli.common.digest import HashingWriter, sha256_bytes
 from xelm_cli.common.errors import FormatError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 
@@ -113,10 +116,11 @@ def write_safetensors(
     produce: Callable[[str], Any],
     *,
     advance: Callable[[int], None] | None = None,
-) -> None:
+) -> FileEntry:
     """Write ``path`` holding the tensors of ``layout`` (name -> dtype and shape), asking
     ``produce(name)`` for each one in turn; each must have exactly the announced dtype and
-    shape. Metadata ``{"format": "pt"}`` as transformers expects."""
+    shape. Metadata ``{"format": "pt"}`` as transformers expects. Returns the file's sha256
+    and size, hashed from the bytes as they were written."""
     import torch
 
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -132,7 +136,8 @@ def write_safetensors(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    with open(path, "xb") as out:
+    with open(path, "xb") as file:
+        out = HashingWriter(file)
         out.write(struct.pack("<Q", len(encoded)))
         out.write(encoded)
         for name in names:
@@ -147,6 +152,7 @@ def write_safetensors(
             out.write(memoryview(data))
             if advance is not None:
                 advance(data.nbytes)
+    return FileEntry(out.digest(), out.size)
 
 
 def plan_shards(
@@ -184,16 +190,22 @@ def write_sharded(
     advance: Callable[[int], None] | None = None,
     *,
     index: bool | None = None,
-) -> None:
+) -> dict[str, FileEntry]:
     """Write the files ``tensors`` names (each tensor from ``produce(name)``) and, with
-    ``index`` (default: when there are several files), ``model.safetensors.index.json``."""
+    ``index`` (default: when there are several files), ``model.safetensors.index.json``.
+    Returns each written file's sha256 and size, by file name."""
     files = sorted({info.file for info in tensors.values()})
+    written = {}
     for file in files:
         part = {name: info for name, info in tensors.items() if info.file == file}
-        write_safetensors(directory / file, part, produce, advance=advance)
+        written[file] = write_safetensors(directory / file, part, produce, advance=advance)
     if index if index is not None else len(files) > 1:
-        content = {
-            "metadata": {"total_size": sum(tensor_bytes(i) for i in tensors.values())},
-            "weight_map": {name: info.file for name, info in sorted(tensors.items())},
-        }
-        (directory / INDEX_NAME).write_bytes(pretty_json(content))
+        content = pretty_json(
+            {
+                "metadata": {"total_size": sum(tensor_bytes(i) for i in tensors.values())},
+                "weight_map": {name: info.file for name, info in sorted(tensors.items())},
+            }
+        )
+        (directory / INDEX_NAME).write_bytes(content)
+        written[INDEX_NAME] = FileEntry(sha256_bytes(content), len(content))
+    return written
