@@ -1,10 +1,11 @@
 """How many tokens of each language ``xelm data prepare`` keeps and reads: token caps (``--cap``),
-budgets from caps and temperature sampling (``language_budgets``), the seeded choice of whole
-documents within a budget (``select_documents``), and how far a streamed source is read
-(``read_limits``)."""
+sizes known before reading (``--sizes``), budgets from caps and temperature sampling
+(``language_budgets``), the seeded choice of whole documents within a budget
+(``select_documents``), and how far a streamed source is read (``read_limits``)."""
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -14,6 +15,7 @@ from xelm_cli.common.units import parse_token_count, token_count
 from xelm_cli.lang.codes import normalize_language
 
 ALL_LANGUAGES = "*"  # in caps and limits: every language not named
+Number = TypeVar("Number", int, float)
 
 
 def parse_caps(text: str) -> dict[str, int]:
@@ -28,6 +30,48 @@ def parse_caps(text: str) -> dict[str, int]:
     if not caps:
         raise UsageError("--cap needs a token count such as 5M or en=5M,de=2M")
     return caps
+
+
+def parse_sizes(text: str) -> dict[str, float]:
+    """``"en=3.07B,de=397M,sw=1.1M"``: each language's size in any one unit."""
+    sizes: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        lang, sep, size = item.rpartition("=")
+        if not sep or not lang.strip():
+            raise UsageError(f"--sizes {item}: give LANG=SIZE pairs such as en=3.07B,de=397M")
+        sizes[normalize_language(lang.strip())] = _size(size, item)
+    if not sizes:
+        raise UsageError("--sizes needs LANG=SIZE pairs such as en=3.07B,de=397M,sw=1.1M")
+    return sizes
+
+
+def _size(value: float | str, item: str) -> float:
+    way_out = f"--sizes {item}: a size is a positive number such as 3.07B, 397M or 1.1M"
+    if isinstance(value, str):
+        try:
+            return parse_token_count(value)
+        except UsageError:
+            raise UsageError(way_out) from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(way_out)
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(way_out)
+    return value
+
+
+def normalise_sizes(
+    sizes: Mapping[str, float | str] | str | None,
+) -> dict[str, float] | None:
+    """``prepare``'s ``sizes`` (text as ``--sizes`` takes it, or a dict) by normalised code,
+    sorted."""
+    if sizes is None:
+        return None
+    if isinstance(sizes, str):
+        return dict(sorted(parse_sizes(sizes).items()))
+    out = {normalize_language(k): _size(v, f"{k}={v}") for k, v in sizes.items()}
+    return dict(sorted(out.items()))
 
 
 def total_budget(tokens: int | str | None) -> int | None:
@@ -56,56 +100,78 @@ def language_budgets(
     caps: dict[str, int] | None = None,
     alpha: float | None = None,
     total: int | None = None,
+    sizes: Mapping[str, float] | None = None,
 ) -> dict[str, int]:
     """How many tokens of each language to keep, given ``tokens`` per language in the corpus.
 
     Each language is limited to ``u_l = min(n_l, cap_l)``. Without ``alpha`` and ``total`` the
-    budget is ``u_l``. Otherwise languages are weighted ``p_l = n_l**alpha / sum(n_k**alpha)``
-    (XLM / mT5; ``alpha`` defaults to 1, proportional) and get ``b_l = min(u_l, lam * p_l)``
-    with ``lam`` chosen so that the budgets add up to ``total`` (or to everything there is,
-    when ``total`` exceeds it): tokens a small language cannot supply go to the others in
-    the same proportions. Without ``total``, ``lam`` is the largest value at which no language
-    runs out (``min u_l / p_l``): the temperature-sampled mixture that repeats no document.
-    Budgets are rounded down.
+    budget is ``u_l``. Otherwise languages are weighted ``p_l = s_l**alpha / sum(s_k**alpha)``
+    (XLM / mT5; ``alpha`` defaults to 1, proportional), ``s_l`` their ``sizes`` (any unit),
+    else their tokens ``n_l``, and get ``b_l = min(u_l, lam * p_l)`` with ``lam`` chosen so
+    that the budgets add up to ``total`` (or to everything there is, when ``total`` exceeds
+    it): tokens a small language cannot supply go to the others in the same proportions.
+    Without ``total``, ``lam`` is the largest value at which no language runs out
+    (``min u_l / p_l``): the temperature-sampled mixture that repeats no document. A language
+    with no tokens gets none. Budgets are rounded down.
     """
     limits = {lang: _capped(n, caps, lang) for lang, n in tokens.items()}
     if alpha is None and total is None:
         return limits
-    exponent = 1.0 if alpha is None else alpha
-    weights = {lang: float(n) ** exponent for lang, n in tokens.items() if n > 0}
-    norm = sum(weights.values())
-    shares = {lang: w / norm for lang, w in weights.items()}
+    weights = sizes or tokens
+    shares = _shares({lang: weights[lang] for lang, n in tokens.items() if n > 0}, alpha)
     budgets = {lang: 0 for lang in tokens}
     if total is None:
         scale = min(limits[lang] / p for lang, p in shares.items())
         budgets.update({lang: _floor(scale * p, limits[lang]) for lang, p in shares.items()})
-        return budgets
-    remaining, pending = float(total), sorted(shares, key=lambda lang: limits[lang] / shares[lang])
-    while pending:
-        lang = pending[0]
-        share = remaining * shares[lang] / sum(shares[k] for k in pending)
-        if limits[lang] > share:  # no language left runs out: split what remains by weight
-            weight = sum(shares[k] for k in pending)
-            for k in pending:
-                budgets[k] = _floor(remaining * shares[k] / weight, limits[k])
-            break
-        budgets[lang] = limits[lang]
-        remaining -= limits[lang]
-        pending.pop(0)
+    else:
+        filled = _water_fill(shares, limits, total)
+        budgets.update({lang: _floor(value, limits[lang]) for lang, value in filled.items()})
     return budgets
 
 
+def _shares(weights: Mapping[str, float], alpha: float | None) -> dict[str, float]:
+    """``p_l = w_l**alpha / sum(w_k**alpha)``; ``alpha`` defaults to 1."""
+    powered = {lang: float(w) ** (1.0 if alpha is None else alpha) for lang, w in weights.items()}
+    norm = sum(powered.values())
+    return {lang: w / norm for lang, w in powered.items()}
+
+
+def _water_fill(shares: dict[str, float], limits: dict[str, int], total: int) -> dict[str, float]:
+    """``min(u_l, lam * p_l)`` (not rounded) with ``lam`` such that they add up to ``total``,
+    or to every ``u_l`` when ``total`` exceeds their sum."""
+    filled: dict[str, float] = {}
+    remaining, pending = float(total), sorted(shares, key=lambda lang: limits[lang] / shares[lang])
+    while pending:
+        lang = pending[0]
+        weight = sum(shares[k] for k in pending)
+        if limits[lang] > remaining * shares[lang] / weight:  # no language left runs out
+            filled.update({k: remaining * shares[k] / weight for k in pending})
+            break
+        filled[lang] = float(limits[lang])
+        remaining -= limits[lang]
+        pending.pop(0)
+    return filled
+
+
 def shortfall(
-    tokens: dict[str, int], *, caps: dict[str, int] | None, total: int | None
+    tokens: dict[str, int],
+    *,
+    caps: dict[str, int] | None,
+    total: int | None,
+    read_to: dict[str, float] | None = None,
 ) -> int | None:
     """How many tokens short of ``total`` the budgets fall because the languages, within their
-    caps, hold fewer (``total - sum u_l``): 0 when they hold enough, None without a total."""
+    caps, hold fewer (``total - sum u_l``): 0 when they hold enough, None without a total.
+    A language in ``read_to`` (its reading stopped at its read limit, ``unrounded_read_limits``)
+    holds at least that limit."""
     if total is None:
         return None
-    return max(0, total - sum(_capped(n, caps, lang) for lang, n in tokens.items()))
+    held = {lang: max(n, (read_to or {}).get(lang, 0)) for lang, n in tokens.items()}
+    within = sum(_capped(n, caps, lang) for lang, n in held.items())
+    return max(0, total - math.floor(within + 1e-6))
 
 
-def _capped(n: int, caps: dict[str, int] | None, lang: str) -> int:
+def _capped(n: Number, caps: dict[str, int] | None, lang: str) -> Number:
     cap = (caps or {}).get(lang, (caps or {}).get(ALL_LANGUAGES))
     return n if cap is None else min(n, cap)
 
@@ -130,19 +196,40 @@ def select_documents(
     return np.sort(order[:taken])
 
 
-def read_limits(
-    languages: list[str] | None, caps: dict[str, int] | None, tokens: int | None
-) -> dict[str, int]:
-    """How many tokens of each language a streamed source is read for: its cap, else the total
-    budget (no language can get more), else everything (no entry). ``"*"`` covers languages not
-    named."""
+def unrounded_read_limits(
+    caps: dict[str, int] | None,
+    tokens: int | None,
+    *,
+    sizes: Mapping[str, float] | None = None,
+    alpha: float | None = None,
+) -> dict[str, float]:
+    """How many tokens of each language a streamed source is read for. With ``sizes`` (every
+    language's) and the total ``tokens``: its share of the total, ``min(cap_l, lam * p_l)``
+    weighed by the sizes as ``language_budgets`` does, not rounded. Otherwise its cap, else
+    ``tokens`` (no language can get more), else everything (no entry); ``"*"`` covers the
+    languages not named."""
+    if sizes and tokens is not None:
+        limits = {lang: _capped(tokens, caps, lang) for lang in sizes}
+        return _water_fill(_shares(sizes, alpha), limits, tokens)
     limits = dict(caps or {})
     if tokens is not None:
         limits = {k: min(v, tokens) for k, v in limits.items()}
         limits.setdefault(ALL_LANGUAGES, tokens)
-    return limits
+    return {k: float(v) for k, v in limits.items()}
 
 
-def read_limit(limits: dict[str, int], language: str) -> int | None:
+def read_limits(
+    caps: dict[str, int] | None,
+    tokens: int | None,
+    *,
+    sizes: Mapping[str, float] | None = None,
+    alpha: float | None = None,
+) -> dict[str, int]:
+    """``unrounded_read_limits`` rounded down: the tokens a streamed language is read for."""
+    limits = unrounded_read_limits(caps, tokens, sizes=sizes, alpha=alpha)
+    return {lang: math.floor(value + 1e-6) for lang, value in limits.items()}
+
+
+def read_limit(limits: dict[str, Number], language: str) -> Number | None:
     """``language``'s limit in ``read_limits``'s ``limits``; None: no limit."""
     return limits.get(language, limits.get(ALL_LANGUAGES))

@@ -14,7 +14,7 @@ from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError
 from xelm_cli.common.progress import language_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
-from xelm_cli.data.budgets import parse_caps
+from xelm_cli.data.budgets import parse_caps, parse_sizes
 from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, prepare, token_shortfall
 from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
 from xelm_cli.data.shards import Shards
@@ -158,13 +158,24 @@ def prepare_command(
     alpha: Annotated[
         float | None,
         typer.Option(
-            help="Temperature sampling: language weights n_l**alpha (e.g. 0.3). A streamed "
-            "language cut at its read limit is weighed by the tokens read, not its size (a "
-            "--cap per language avoids it)."
+            help="Temperature sampling: language weights s_l**alpha (e.g. 0.3), s_l the "
+            "language's --sizes, else its tokens. Without --sizes, a streamed language cut at "
+            "its read limit is weighed by the tokens read, not its size (a --cap per language "
+            "avoids it too)."
         ),
     ] = None,
     tokens: Annotated[
         str | None, typer.Option("--tokens", help="Total token budget, e.g. 20M.")
+    ] = None,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            "--sizes",
+            help="Each language's size in one unit (documents, bytes or tokens: only ratios "
+            "count), e.g. en=3.07B,de=397M,sw=1.1M; default: a recipe's documents. The "
+            "languages' weights for --alpha / --tokens; with --tokens, a streamed language is "
+            "read only up to its share (without it, up to its --cap, else whole).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
     split: SplitOpt = None,
@@ -185,9 +196,9 @@ def prepare_command(
 ) -> None:
     """Tokenise a corpus into memory-mappable shards with a per-language index.
 
-    Datasets are streamed: each language stops at its --cap (else --tokens). A killed or
-    interrupted run continues where it stopped when run again; re-running a finished one does
-    nothing.
+    Datasets are streamed: each language stops at its --cap (else --tokens), or with --sizes
+    and --tokens at its share of --tokens. A killed or interrupted run continues where it
+    stopped when run again; re-running a finished one does nothing.
 
     Example: xelm data prepare corpus/ --tokenizer seed/ --alpha 0.3 --tokens 20M -o shards/
 
@@ -195,6 +206,10 @@ def prepare_command(
     --cap 100M --tokenizer seed/ -o shards/
 
     Example (a shipped recipe): xelm data prepare mc4 --langs ar,tr --cap 10M -t seed/ -o shards/
+
+    Example (each language read only up to its share of 1B tokens, by its mC4 documents):
+    xelm data prepare allenai/c4 --config '{lang}' --langs ar,de,hi --sizes
+    ar=53.3M,de=397M,hi=18.5M --alpha 0.3 --tokens 1B -t seed/ -o shards/
     """
     with language_progress() as progress:
         result = prepare(
@@ -205,6 +220,7 @@ def prepare_command(
             token_caps=parse_caps(cap) if cap else None,
             alpha=alpha,
             tokens=parse_token_count(tokens) if tokens else None,
+            sizes=parse_sizes(sizes) if sizes else None,
             seed=seed,
             split=split,
             language=lang,

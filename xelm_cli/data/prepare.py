@@ -5,7 +5,9 @@ languages is tokenised (in batches, the Rust tokenizer using its own threads) an
 its language's shard; then languages over their token budget are cut down to a seeded random
 subset of whole documents, kept in corpus order. The result is renamed into place only when
 complete. Budgets (see ``xelm_cli.data.budgets``) come from per-language caps and temperature
-sampling. Re-running with the same input, tokenizer and options does nothing.
+sampling, weighing languages by their sizes when known before reading (``--sizes``, or a
+recipe's ``documents``), else by their tokens. Re-running with the same input, tokenizer and
+options does nothing.
 """
 
 import contextlib
@@ -13,7 +15,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,13 @@ from xelm_cli.data.budgets import (
     ALL_LANGUAGES,
     language_budgets,
     normalise_caps,
+    normalise_sizes,
     read_limit,
     read_limits,
     select_documents,
     shortfall,
     total_budget,
+    unrounded_read_limits,
 )
 from xelm_cli.data.corpus import labelled_files, source_kind
 from xelm_cli.data.prepare_work import (
@@ -78,13 +82,27 @@ class PrepareResult:
 
 def token_shortfall(manifest: dict[str, Any]) -> int | None:
     """How many tokens short of ``options.tokens`` shards are because the corpus, within the
-    caps, holds fewer (0: it holds enough; None: no ``tokens`` was given)."""
-    options = manifest["options"]
+    caps, holds fewer (0: it holds enough; None: no ``tokens`` was given). A streamed language
+    read to its limit holds at least that limit; with sizes, one that held less than its share
+    is kept whole and the others are not read beyond theirs, so the shards fall short by the
+    difference."""
+    languages = manifest["languages"]
     source_tokens = {
-        lang: entry.get("source_tokens", entry["tokens"])
-        for lang, entry in manifest["languages"].items()
+        lang: entry.get("source_tokens", entry["tokens"]) for lang, entry in languages.items()
     }
-    return shortfall(source_tokens, caps=options.get("token_caps"), total=options.get("tokens"))
+    reached = {lang for lang, entry in languages.items() if entry.get("read_to_limit")}
+    return _shortfall(source_tokens, reached, manifest["options"])
+
+
+def _shortfall(tokens: dict[str, int], reached: set[str], options: dict[str, Any]) -> int | None:
+    """``shortfall`` of languages holding ``tokens``, ``reached`` those read to their limit,
+    under a manifest's ``options``."""
+    caps, total = options.get("token_caps"), options.get("tokens")
+    limits = unrounded_read_limits(
+        caps, total, sizes=options.get("sizes"), alpha=options.get("alpha")
+    )
+    read_to = {lang: read_limit(limits, lang) or 0.0 for lang in reached}
+    return shortfall(tokens, caps=caps, total=total, read_to=read_to)
 
 
 @dataclass
@@ -177,16 +195,19 @@ class _FirstDocumentOverLimit(Exception):
 
 
 @contextlib.contextmanager
-def _limits_named(caps: dict[str, int] | None, tokens: int | None) -> Iterator[None]:
-    """``_FirstDocumentOverLimit`` as one line naming the option that set the limit."""
+def _limits_named(caps: dict[str, int] | None, sized: bool) -> Iterator[None]:
+    """``_FirstDocumentOverLimit`` as one line naming the option that set the limit (``sized``:
+    ``--tokens`` is shared out by sizes)."""
     try:
         yield
     except _FirstDocumentOverLimit as exc:
         lang = exc.language
         cap = read_limit(caps or {}, lang)
-        by_cap = cap is not None and (tokens is None or cap <= tokens)
+        budget = "a budget (--tokens shared by --sizes)" if sized else "a budget (--tokens)"
         what, way_out = (
-            ("a cap", f"--cap {lang}=...") if by_cap else ("a budget (--tokens)", "--tokens")
+            ("a cap", f"--cap {lang}=...")
+            if cap is not None and cap <= exc.limit
+            else (budget, "--tokens")
         )
         raise RepeatedByARerun(
             f"{what} of {exc.limit:,} tokens is below the first document of {lang} "
@@ -200,16 +221,17 @@ def _read_sources(
     *,
     workers: int | None,
     caps: dict[str, int] | None,
-    tokens: int | None,
+    sized: bool,
 ) -> dict[str, NDArray[np.uint64]]:
     """Pass 1: every source, from where an earlier run stopped, into the work directory; each
     language's document offsets. Streamed (dataset) sources stop at their languages' read
-    limits (``caps``, else ``tokens``); corpus files are read whole, their budgets applied by
-    sampling afterwards. Three stages overlap: reading (a thread), tokenising (``workers``
-    threads; the Rust tokenizer releases the GIL) and writing here. A language asked for
-    (--langs, --cap) that has no documents is an error."""
+    limits (``context.limits``: see ``read_limits``; ``sized``: shares of ``--tokens`` by
+    sizes); corpus files are read whole, their budgets applied by sampling afterwards. Three
+    stages overlap: reading (a thread), tokenising (``workers`` threads; the Rust tokenizer
+    releases the GIL) and writing here. A language asked for (--langs, --cap) that has no
+    documents is an error."""
     counts = context.work.counts
-    with tokenizer_threads(workers), _limits_named(caps, tokens):
+    with tokenizer_threads(workers), _limits_named(caps, sized):
         for name, source in plan.sources.items():
             only = plan.only_language(name)
             if not context.work.finished(name):
@@ -268,19 +290,29 @@ def _budgets(
     work: WorkDirectory,
     plan: SourcePlan,
     offsets: dict[str, NDArray[np.uint64]],
-    *,
-    caps: dict[str, int] | None,
-    alpha: float | None,
-    tokens: int | None,
+    options: dict[str, Any],
 ) -> tuple[dict[str, int], set[str]]:
-    """Each language's budget, from the tokens read, and the languages read from streamed
-    sources, warning when a streamed language's read limit stands in for its size."""
+    """Each language's budget under ``options`` (``_options``), from the tokens read, and the
+    languages read from streamed sources. Without sizes, a warning names the streamed
+    languages whose read limit stands in for their size; with sizes and ``--tokens``, one
+    names those that held less than their share."""
+    caps, alpha, tokens, sizes = (
+        options.get(k) for k in ("token_caps", "alpha", "tokens", "sizes")
+    )
     counts = {lang: int(o[-1]) for lang, o in offsets.items()}
-    budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens)
+    budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens, sizes=sizes)
     streamed = plan.streamed_languages(counts)
     cut = sorted(lang for lang in streamed if work.counts[lang].full)
-    if len(counts) > 1 and cut and (alpha is not None or tokens is not None):
+    if sizes is None and len(counts) > 1 and cut and (alpha is not None or tokens is not None):
         _warn_weighted_by_tokens_read(cut, "--alpha" if alpha is not None else "--tokens")
+    if sizes is not None and tokens is not None:
+        limits = read_limits(caps, tokens, sizes=sizes, alpha=alpha)
+        short = [
+            lang for lang in sorted(streamed) if lang not in cut and counts[lang] < limits[lang]
+        ]
+        if short:
+            missing = _shortfall(counts, set(cut), options) or 0
+            _warn_short_of_share({lang: (counts[lang], limits[lang]) for lang in short}, missing)
     return budgets, streamed
 
 
@@ -289,8 +321,21 @@ def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
     its read limit that is the limit, not its size."""
     sys.stderr.write(
         f"xelm: warning: {option} weighs {', '.join(cut)} by the tokens read up to the read "
-        "limit (--cap, else --tokens), not by size; to set each language's share, give a "
-        "--cap per language (en=5M,de=2M) instead\n"
+        "limit (--cap, else --tokens), not by size; to weigh each language by its size, give "
+        "--sizes (en=3.07B,de=397M: documents, bytes or tokens)\n"
+    )
+
+
+def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int) -> None:
+    """Streamed languages that held fewer tokens than their share of ``--tokens`` (``short``:
+    language -> tokens held, share) are kept whole; the others were read only to their
+    shares, so the shards fall ``missing`` tokens short."""
+    held = ", ".join(f"{lang} {n:,} of {share:,}" for lang, (n, share) in short.items())
+    their = "its" if len(short) == 1 else "their"
+    sys.stderr.write(
+        f"xelm: warning: {', '.join(short)} held fewer tokens than {their} "
+        f"share of --tokens by --sizes ({held}): kept whole, the shards fall {missing:,} tokens "
+        "short; raise --tokens to take more of the other languages, or give --sizes in tokens\n"
     )
 
 
@@ -301,6 +346,46 @@ def _check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
         raise UsageError(
             f"--cap {', '.join(outside)}: not in --langs {','.join(langs or [])}; "
             "add it to --langs or drop its cap"
+        )
+
+
+def _sizes_used(
+    sizes: dict[str, float] | None,
+    plan: SourcePlan,
+    languages: list[str] | None,
+    *,
+    weighed: bool,
+) -> dict[str, float] | None:
+    """The sizes that weigh ``languages`` when ``weighed`` (--alpha or --tokens is given):
+    ``sizes`` as given, else the recipe's ``documents`` when it has them for every language;
+    None: the languages are weighed by the tokens read."""
+    if sizes is not None:
+        _check_sizes(sizes, languages, weighed=weighed)
+        return sizes
+    if not weighed or plan.recipe is None or not languages:
+        return None
+    return plan.recipe.sizes(languages)
+
+
+def _check_sizes(sizes: dict[str, float], languages: list[str] | None, *, weighed: bool) -> None:
+    """``--sizes`` weighs exactly the languages read, for --alpha or --tokens."""
+    if not weighed:
+        raise UsageError(
+            "--sizes weighs the languages for --tokens and --alpha: give either, or drop --sizes"
+        )
+    if not languages:
+        raise UsageError("--sizes needs --langs: the languages whose sizes it gives")
+    outside = [lang for lang in sizes if lang not in languages]
+    if outside:
+        raise UsageError(
+            f"--sizes {', '.join(outside)}: not in --langs {','.join(languages)}; "
+            "add it to --langs or drop its size"
+        )
+    missing = [lang for lang in languages if lang not in sizes]
+    if missing:
+        raise UsageError(
+            f"--sizes has no size for {', '.join(missing)}: give one for every language read "
+            "(--langs, else the recipe's), in one unit (documents, bytes or tokens)"
         )
 
 
@@ -449,14 +534,15 @@ def _reading_inputs(
     reading: SourceOptions,
 ) -> dict[str, Any]:
     """What the first pass (reading into the work directory) depends on beside the input, so
-    that a rerun continues its work: not the options of the second pass (--seed, --alpha, and
-    --cap and --tokens where no source is streamed: corpus files are read whole)."""
+    that a rerun continues its work: not the options of the second pass (--seed; --cap,
+    --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
+    always where no source is streamed: corpus files are read whole)."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
     return {
         "tokenizer": tokenizer.fingerprint,
         "token type": dtype_name,
         "languages": wanted,
-        "read limits (--cap, --tokens)": limits if streamed else None,
+        "read limits (--cap, --tokens, --sizes, --alpha)": limits if streamed else None,
         "reading options": {"split": reading.split, **reading.recorded()},
     }
 
@@ -547,6 +633,7 @@ def prepare(
     token_caps: dict[str, int] | int | str | None = None,
     alpha: float | None = None,
     tokens: int | str | None = None,
+    sizes: Mapping[str, float | str] | str | None = None,
     seed: int = 0,
     split: str | None = None,
     language: str | None = None,
@@ -569,17 +656,26 @@ def prepare(
     dataset's code where it differs. ``token_caps`` limits tokens per language (an int: every
     language; ``{"*": n}`` too; text as ``--cap`` takes it: ``"en=5M,de=2M"``); ``alpha`` and
     ``tokens`` (an int, or text such as ``"20M"``) set temperature sampling (see
-    ``language_budgets``); ``seed`` picks the sampled documents; ``language`` labels documents
-    that carry no language. A corpus too small for ``tokens`` is no error: the result's
-    ``shortfall`` says by how much it fell short.
+    ``language_budgets``); ``sizes`` (``{"en": 3.07e9, "sw": 1.1e6}``, or text as ``--sizes``
+    takes it: ``"en=3.07B,sw=1.1M"``) are the languages' sizes in any one unit (documents,
+    bytes, tokens: only their ratios count), one for every language read, default a recipe's
+    ``documents`` when it has them for every language. ``seed`` picks the sampled documents;
+    ``language`` labels documents that carry no language. A corpus too small for ``tokens`` is
+    no error: the result's ``shortfall`` says by how much it fell short.
 
-    A streamed language is read until its cap (else ``tokens``) is reached; its size for
-    ``alpha`` is what was read (a warning names the languages cut so). A killed, interrupted
-    or failed run continues where it stopped when run again with the same arguments (the
-    options of the second pass, ``seed`` and ``alpha``, may differ), a Hub dataset at the
-    commit it was begun with. Nothing is written when ``out`` already holds shards of the same
-    input, tokenizer and options (``up_to_date``); other shards there are an error unless
-    ``overwrite``.
+    With sizes, languages are weighed by them (``s_l**alpha``), not by their tokens, corpus
+    files too. With ``tokens`` too, a streamed language is read only up to its share of it,
+    ``min(cap_l, lam * p_l)`` (``read_limits``): one that holds less is kept whole and the
+    shards fall short by the difference (a warning names it; ``shortfall`` counts it). Without
+    ``tokens`` the budgets are ``lam = min u_l / p_l`` of everything read, so each streamed
+    language is read up to its cap, else whole. Without sizes, a streamed language is read
+    until its cap (else ``tokens``) is reached, and its weight for ``alpha`` is what was read (a
+    warning names the languages cut so). A killed, interrupted or failed run continues where it
+    stopped when run again with the same arguments (``seed`` may differ, and so may options
+    that leave the read limits as they were: ``alpha`` without sizes and ``tokens``), a Hub
+    dataset at the commit it was begun with; other read limits start afresh. Nothing is
+    written when ``out`` already holds shards of the same input, tokenizer and options
+    (``up_to_date``); other shards there are an error unless ``overwrite``.
     """
     if batch_size < MIN_BATCH_SIZE:
         raise UsageError(f"--batch-size must be at least {MIN_BATCH_SIZE}, not {batch_size}")
@@ -588,6 +684,7 @@ def prepare(
     wanted = sorted(set(chosen)) if chosen else None
     caps = normalise_caps(token_caps)
     tokens = total_budget(tokens)
+    given_sizes = normalise_sizes(sizes)
     _check_caps(wanted, caps)
     reading = SourceOptions(
         split=split,
@@ -602,6 +699,11 @@ def prepare(
     plan = plan_sources(source, wanted, reading)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
+    weights = _sizes_used(
+        given_sizes, plan, wanted, weighed=alpha is not None or tokens is not None
+    )
+    if weights is not None:
+        options["sizes"] = weights
     info = load_tokenizer(tokenizer)
     with output_lock(out):
         old = _existing(out, overwrite=overwrite)
@@ -610,7 +712,7 @@ def prepare(
             _check_unchanged(out, old, record, info.fingerprint, options)
             return PrepareResult(Shards.open(out), up_to_date=True)
         dtype_name = token_dtype_name(info.vocab_size)
-        limits = read_limits(wanted, caps, tokens)
+        limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
         reading_inputs = _reading_inputs(plan, info, dtype_name, wanted, limits, reading)
         plan, record, work = _resumable_work(out, plan, record, reading_inputs, dtype_name)
         context = _ReadContext(
@@ -618,8 +720,9 @@ def prepare(
         )
         header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
         with work.kept_on_error():
-            offsets = _read_sources(context, plan, workers=workers, caps=caps, tokens=tokens)
-            budgets, streamed = _budgets(work, plan, offsets, caps=caps, alpha=alpha, tokens=tokens)
+            sized = weights is not None and tokens is not None
+            offsets = _read_sources(context, plan, workers=workers, caps=caps, sized=sized)
+            budgets, streamed = _budgets(work, plan, offsets, options)
             with atomic_directory(out, overwrite=overwrite) as tmp:
                 entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
                 write_manifest(tmp, {**header, "options": options, "languages": entries})

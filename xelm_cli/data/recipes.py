@@ -1,8 +1,9 @@
 """Corpus recipes: which source each language's documents come from (spec/corpus-recipe-v1.md).
 
 A recipe is a JSON file naming, per language, a dataset configuration (``allenai/c4`` config
-``ar``) or data directory (``data_dir`` ``data/ar``), or local corpus files. ``defaults`` hold
-what most languages share; ``{lang}`` in a ``config``, ``data_dir`` (or ``dataset``) is
+``ar``) or data directory (``data_dir`` ``data/ar``), or local corpus files, and optionally the
+language's size in ``documents`` (``xelm data prepare``'s default ``--sizes``). ``defaults``
+hold what most languages share; ``{lang}`` in a ``config``, ``data_dir`` (or ``dataset``) is
 replaced by the language's code in that dataset (``code``, default the xelm code: mC4 calls
 Hebrew ``iw``). xelm ships recipes for the paper's corpus and
 open alternatives (``xelm data recipes``); ``xelm data prepare ID --config '{lang}'`` builds an
@@ -21,7 +22,7 @@ from xelm_cli.data.sources import DatasetSource, FileSource, Source
 from xelm_cli.lang.codes import normalize_language
 
 FORMAT_NAME = "xelm-corpus-recipe"
-FORMAT_VERSION = "1.0.0"
+FORMAT_VERSION = "1.1.0"
 SUPPORTED_MAJOR = 1
 PLACEHOLDER = "{lang}"
 SOURCE_FIELDS = ("dataset", "config", "data_dir", "split", "text_column", "revision")
@@ -52,6 +53,14 @@ class Recipe:
         if "path" in self.raw["languages"][language]:  # a local source drops dataset defaults
             entry = dict(self.raw["languages"][language])
         return entry
+
+    def sizes(self, languages: list[str]) -> dict[str, float] | None:
+        """``languages``' sizes in documents (the entries' ``documents``), the weights of
+        ``xelm data prepare``'s budgets; None unless every one of them has one."""
+        sizes = {lang: self.entry(lang).get("documents") for lang in languages}
+        if not all(sizes.values()):
+            return None
+        return {lang: int(size) for lang, size in sizes.items() if size}
 
     def source(self, language: str, *, split: str | None = None) -> Source:
         """The source of ``language``'s documents; ``split`` overrides the recipe's."""

@@ -1,0 +1,327 @@
+"""``xelm data prepare --sizes``: languages' sizes known before reading, so that with --tokens
+each streamed language is read only up to its share of the total (not up to the total), a
+recipe's ``documents`` as the default sizes, resuming only reads made for the same shares,
+and one-line errors for sizes that cannot be used."""
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SHARED_DATA
+from hub_fixtures import c4_like
+from transformers import AutoTokenizer
+
+from xelm_cli.cli import run
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data import prepare_work
+from xelm_cli.data.budgets import language_budgets, read_limits
+from xelm_cli.data.corpus import iter_documents
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.prepare_work import LanguageCount
+from xelm_cli.data.recipes import load_recipe
+
+DOCS = 60  # per language: 2,891 to 6,830 tokens, more than any share below
+# square roots 40, 30, 20 and 10: with alpha 0.5 the shares are 0.4, 0.3, 0.2 and 0.1
+SIZES: dict[str, float] = {"de": 900, "en": 1600, "fr": 400, "sw": 100}
+TOKENS = 2_000
+SHARES = {"de": 600, "en": 800, "fr": 400, "sw": 200}  # 2,000 x 0.3, 0.4, 0.2, 0.1
+BATCH = 4
+
+
+def texts(lang: str, n: int = DOCS) -> list[str]:
+    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
+    return [d.text for d in itertools.islice(iter_documents(source), n)]
+
+
+@pytest.fixture(scope="module")
+def c4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("mirror") / "allenai" / "c4"
+    return c4_like(root, {lang: texts(lang) for lang in SIZES})
+
+
+@pytest.fixture(scope="module")
+def lengths(tokenizer_dir: Path) -> dict[str, list[int]]:
+    """Each language's document lengths in tokens, in the stream's order."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return {
+        lang: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts(lang)]
+        for lang in SIZES
+    }
+
+
+def read_up_to(lengths: list[int], limit: int) -> int:
+    """The tokens of the leading documents that fit within ``limit``: where reading stops."""
+    total = 0
+    for n in lengths:
+        if total + n > limit:
+            break
+        total += n
+    return total
+
+
+def source_tokens(manifest: dict[str, Any]) -> dict[str, int]:
+    return {lang: e["source_tokens"] for lang, e in manifest["languages"].items()}
+
+
+STREAM: dict[str, Any] = {
+    "langs": "en,de,fr,sw",
+    "config": "{lang}",
+    "alpha": 0.5,
+    "tokens": TOKENS,
+}
+
+
+def test_each_streamed_language_is_read_only_up_to_its_share_of_tokens(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, lengths: dict[str, list[int]]
+) -> None:
+    result = prepare(c4, tokenizer_dir, tmp_path / "sized", sizes=SIZES, **STREAM)
+    manifest = result.shards.manifest
+    assert source_tokens(manifest) == {
+        lang: read_up_to(lengths[lang], share) for lang, share in SHARES.items()
+    }
+    for entry in manifest["languages"].values():
+        assert entry["read_to_limit"] is True
+        assert entry["tokens"] == entry["source_tokens"]  # all that was read is kept
+        assert entry["budget"] is None
+    assert manifest["options"]["sizes"] == SIZES
+    assert result.shortfall == 0
+    # without sizes every language is read up to the whole --tokens, 4 times the budget
+    unsized = prepare(c4, tokenizer_dir, tmp_path / "unsized", **STREAM).shards.manifest
+    assert source_tokens(unsized) == {lang: read_up_to(lengths[lang], TOKENS) for lang in SIZES}
+    assert "sizes" not in unsized["options"]
+
+
+def test_read_limits_are_the_shares_water_filled_within_the_caps() -> None:
+    assert read_limits(None, TOKENS, sizes=SIZES, alpha=0.5) == SHARES
+    # de capped at 500: the other 1,500 go to en, fr, sw as 4 : 2 : 1
+    capped = {"de": 500, "en": 857, "fr": 428, "sw": 214}  # 1,500 x 4/7, 2/7, 1/7
+    assert read_limits({"de": 500}, TOKENS, sizes=SIZES, alpha=0.5) == capped
+    tokens_read = {lang: TOKENS for lang in SIZES}  # what the budgets would be, had all held more
+    assert language_budgets(
+        tokens_read, caps={"de": 500}, alpha=0.5, total=TOKENS, sizes=SIZES
+    ) == (capped)
+    assert read_limits({"de": 500}, TOKENS) == {"de": 500, "*": TOKENS}  # without sizes: as before
+
+
+def test_a_language_short_of_its_share_is_kept_whole_and_the_shortfall_says_by_how_much(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    lengths: dict[str, list[int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mirror = c4_like(tmp_path / "c4", {"en": texts("en"), "sw": texts("sw", 3)})
+    held = sum(lengths["sw"][:3])  # 374 tokens
+    out = tmp_path / "s"
+    command = ["data", "prepare", str(mirror), "--config", "{lang}", "--langs", "en,sw",
+               "--sizes", "en=1,sw=1", "--tokens", "1000", "-t", str(tokenizer_dir),
+               "-o", str(out), "--json"]  # fmt: skip
+    assert run(command) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["languages"]["sw"]["read_to_limit"] is False
+    assert summary["languages"]["sw"]["tokens"] == held  # kept whole
+    assert summary["languages"]["en"]["source_tokens"] == read_up_to(lengths["en"], 500)
+    assert summary["shortfall"] == 500 - held  # sw's share is 1,000 / 2
+    assert (
+        f"xelm: warning: sw held fewer tokens than its share of --tokens by --sizes (sw {held} of "
+        f"500): kept whole, the shards fall {500 - held} tokens short; raise --tokens to take more "
+        "of the other languages, or give --sizes in tokens"
+    ) in captured.err.splitlines()
+
+
+def test_a_share_below_the_first_document_is_one_line_naming_tokens(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, lengths: dict[str, list[int]]
+) -> None:
+    first = lengths["sw"][0]
+    with pytest.raises(UsageError) as caught:
+        prepare(c4, tokenizer_dir, tmp_path / "s", langs="en,sw", config="{lang}", tokens=1000,
+                sizes={"en": 10_000, "sw": 1})  # fmt: skip
+    assert str(caught.value) == (
+        f"a budget (--tokens shared by --sizes) of 0 tokens is below the first document of sw "
+        f"({first} tokens): raise --tokens or drop sw from --langs"
+    )
+
+
+def test_sizes_weigh_corpus_files_in_place_of_their_token_counts(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("en", "fr"):
+        lines = [json.dumps({"text": t}) for t in texts(lang)]
+        (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs="en,fr", tokens=1000,
+                     sizes="en=3,fr=1").shards  # fmt: skip
+    budgets = {lang: e["budget"] for lang, e in shards.manifest["languages"].items()}
+    assert budgets == {"en": 750, "fr": 250}  # read whole, then 1,000 x 3/4 and 1/4
+
+
+# -- recipes -------------------------------------------------------------------------------------
+
+
+def write_recipe(path: Path, c4: Path, documents: dict[str, float]) -> Path:
+    languages = {
+        lang: ({"documents": documents[lang]} if lang in documents else {}) for lang in SIZES
+    }
+    recipe = {
+        "format": "xelm-corpus-recipe",
+        "format_version": "1.1.0",
+        "defaults": {"dataset": str(c4), "config": "{lang}"},
+        "languages": languages,
+    }
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def test_a_recipes_documents_are_the_default_sizes_and_given_sizes_win(
+    c4: Path,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    lengths: dict[str, list[int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    recipe = write_recipe(tmp_path / "sized.json", c4, SIZES)
+    weighed: dict[str, Any] = {"alpha": 0.5, "tokens": TOKENS}
+    manifest = prepare(recipe, tokenizer_dir, tmp_path / "recipe", **weighed).shards.manifest
+    assert manifest["options"]["sizes"] == SIZES
+    assert source_tokens(manifest) == {
+        lang: read_up_to(lengths[lang], share) for lang, share in SHARES.items()
+    }
+    equal: dict[str, float] = {lang: 1 for lang in SIZES}
+    given = prepare(recipe, tokenizer_dir, tmp_path / "given", sizes=equal, **weighed)
+    assert given.shards.manifest["options"]["sizes"] == equal
+    assert source_tokens(given.shards.manifest) == {
+        lang: read_up_to(lengths[lang], TOKENS // 4) for lang in SIZES
+    }
+    capsys.readouterr()
+    unsized = write_recipe(tmp_path / "unsized.json", c4, {"en": 1600, "de": 900, "fr": 400})
+    manifest = prepare(unsized, tokenizer_dir, tmp_path / "unsized", **weighed).shards.manifest
+    assert "sizes" not in manifest["options"]  # sw has none: weighed by the tokens read
+    assert source_tokens(manifest) == {lang: read_up_to(lengths[lang], TOKENS) for lang in SIZES}
+    assert capsys.readouterr().err.splitlines() == [
+        "xelm: warning: --alpha weighs de, en, fr, sw by the tokens read up to the read limit "
+        "(--cap, else --tokens), not by size; to weigh each language by its size, give --sizes "
+        "(en=3.07B,de=397M: documents, bytes or tokens)"
+    ]
+
+
+def test_the_shipped_recipes_give_sizes_in_documents_where_their_size_text_has_them() -> None:
+    mc4 = load_recipe("mc4")
+    assert mc4.sizes(["ar", "en", "sw"]) is None  # mC4's sw has no size
+    assert mc4.sizes(["ar", "en", "az"]) == {"ar": 53_300_000, "en": 3_070_000_000, "az": 5_280_000}
+    fineweb2 = load_recipe("fineweb2")
+    assert fineweb2.sizes(["sw", "de"]) == {"sw": 1_210_000, "de": 496_000_000}
+    assert fineweb2.sizes(["en"]) is None  # sample-10BT's size is in tokens, not documents
+    assert load_recipe("wikipedia").sizes(["en"]) == {"en": 6_400_000}
+
+
+# -- resuming ------------------------------------------------------------------------------------
+
+
+class Interrupting:
+    """Progress that records each language's document count after each batch and, after
+    ``stop_after`` batches, interrupts the run as Ctrl-C does."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.seen: list[tuple[str, int]] = []
+        self.stop_after = stop_after
+
+    def __call__(self, lang: str, count: LanguageCount, limit: int | None) -> None:
+        self.seen.append((lang, count.documents))
+        if self.stop_after is not None and len(self.seen) >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_a_rerun_with_other_sizes_starts_afresh_and_with_the_same_continues(
+    c4: Path,
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    options: dict[str, Any] = {**STREAM, "batch_size": BATCH}
+
+    def interrupted(out: Path) -> None:
+        """Stopped in its 2nd batch: the work records de's first batch."""
+        with pytest.raises(KeyboardInterrupt):
+            prepare(c4, tokenizer_dir, out, sizes=SIZES, progress=Interrupting(2), **options)
+
+    interrupted(tmp_path / "same")
+    progress = Interrupting()
+    prepare(c4, tokenizer_dir, tmp_path / "same", sizes=SIZES, progress=progress, **options)
+    # continued after the batch kept: 3 more documents reach de's share, 600 tokens
+    assert progress.seen[0] == ("de", BATCH + 3)
+    assert "discarding" not in capsys.readouterr().err
+    interrupted(tmp_path / "other")
+    other = {**SIZES, "sw": 400}
+    progress = Interrupting()
+    result = prepare(
+        c4, tokenizer_dir, tmp_path / "other", sizes=other, progress=progress, **options
+    )
+    assert progress.seen[0] == ("de", BATCH)  # read from the start
+    work = tmp_path / ".other.prepare"
+    assert capsys.readouterr().err.splitlines() == [
+        f"xelm: warning: discarding the work of an earlier run in {work} (other read limits "
+        "(--cap, --tokens, --sizes, --alpha)): starting afresh"
+    ]
+    assert result.shards.manifest["options"]["sizes"] == other
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+NOT_A_SIZE = "a size is a positive number such as 3.07B, 397M or 1.1M"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "weighed", "message"),
+    [
+        ("en=abc,sw=1", True, f"--sizes en=abc: {NOT_A_SIZE}"),
+        ("en=0,sw=1", True, f"--sizes en=0: {NOT_A_SIZE}"),
+        ("en=-5,sw=1", True, f"--sizes en=-5: {NOT_A_SIZE}"),
+        ("en,sw=1", True, "--sizes en: give LANG=SIZE pairs such as en=3.07B,de=397M"),
+        (
+            "en=1,sw=1,de=2",
+            True,
+            "--sizes de: not in --langs en,sw; add it to --langs or drop its size",
+        ),
+        (
+            "en=1",
+            True,
+            "--sizes has no size for sw: give one for every language read (--langs, else the "
+            "recipe's), in one unit (documents, bytes or tokens)",
+        ),
+        (
+            "en=1,sw=1",
+            False,
+            "--sizes weighs the languages for --tokens and --alpha: give either, or drop --sizes",
+        ),
+    ],
+)
+def test_sizes_that_cannot_be_used_are_one_line_and_nothing_is_written(
+    c4: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    sizes: str,
+    weighed: bool,
+    message: str,
+) -> None:
+    budget = ["--tokens", "2000"] if weighed else []
+    out = tmp_path / "s"
+    command = ["data", "prepare", str(c4), "--config", "{lang}", "--langs", "en,sw",
+               "--sizes", sizes, *budget, "-t", "unused", "-o", str(out)]  # fmt: skip
+    assert run(command) == 2
+    assert capsys.readouterr().err == f"xelm: error: {message}\n"
+    assert not out.exists()
+
+
+def test_sizes_given_in_python_are_checked_as_on_the_command_line(
+    c4: Path, tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match=r"^--sizes sw=0: a size is a positive number"):
+        prepare(c4, tokenizer_dir, tmp_path / "s", sizes={"en": 1, "sw": 0}, **STREAM)
+    with pytest.raises(UsageError, match=r"^--sizes needs --langs"):
+        prepare(c4, tokenizer_dir, tmp_path / "s", tokens=10, sizes={"en": 1})
