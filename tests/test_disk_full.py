@@ -137,6 +137,8 @@ def describe_failure(
         return f"reported as an internal error: {last}"
     if reason not in last:
         return f"error does not give the OS reason ({reason!r}): {last}"
+    if not any(way in last for way in ("free space where the output goes", "same command")):
+        return f"error names no way out: {last}"
     if target.exists():
         return "something left at the target"
     if left:

@@ -4,6 +4,7 @@ Domain errors (:class:`xelm_cli.common.errors.XelmError`) become one line on std
 code; any other exception too, unless ``XELM_DEBUG=1`` asks for the traceback.
 """
 
+import errno
 import os
 import re
 import sys
@@ -84,11 +85,23 @@ def _flags_without_type(command: Any, parent: Any = None) -> None:
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
-def _os_error(exc: OSError) -> str:
+# a full disk, a quota, a file-size limit: nothing is half-written, so the way out is space
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_MAKE_ROOM = (
+    "; free space where the output goes (or write it elsewhere), then run the command again"
+)
+
+
+def _make_room(argv: list[str]) -> str:
+    return _MAKE_ROOM + (" with --resume" if "train" in argv[:1] else "")
+
+
+def _os_error(exc: OSError, argv: list[str]) -> str:
     path = exc.filename2 or exc.filename  # a copy names its source first, its target second
-    if not path:
-        return str(exc.strerror or exc)
-    return f"{exc.strerror or exc}: {shown_as_output(os.fsdecode(path))}"
+    reason = str(exc.strerror or exc)
+    if path:
+        reason = f"{reason}: {shown_as_output(os.fsdecode(path))}"
+    return reason + (_make_room(argv) if exc.errno in _NO_ROOM else "")
 
 
 def _fail(message: str, code: int) -> int:
@@ -141,14 +154,15 @@ def run(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, permissions, ...: the OS's words, and the file
         if debug:
             raise
-        return _fail(_os_error(exc), 1)
+        return _fail(_os_error(exc, arguments), 1)
     except Exception as exc:
         if debug:
             raise
         os_error = _RUST_OS_ERROR.search(str(exc))
         if os_error:  # e.g. a full disk while safetensors writes weights
-            reason = os.strerror(int(os_error.group(1)))
-            return _fail(f"{reason} (while {type(exc).__name__} was writing or reading)", 1)
+            number = int(os_error.group(1))
+            reason = f"{os.strerror(number)} (while {type(exc).__name__} was writing or reading)"
+            return _fail(reason + (_make_room(arguments) if number in _NO_ROOM else ""), 1)
         detail = exception_line(exc, with_type=True)
         return _fail(
             f"internal error: {detail} (set {DEBUG_ENV}=1 for the traceback)",
