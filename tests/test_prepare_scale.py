@@ -287,6 +287,6 @@ def test_weights_of_languages_cut_at_their_read_limit_are_named_in_a_warning(
     ]
     assert capsys.readouterr().err.splitlines() == [
         "xelm: warning: --alpha weighs en, tr by the tokens read up to the read limit (--cap, "
-        "else --tokens), not by size; to set each language's share, give a --cap per language "
-        "(en=5M,de=2M) instead"
+        "else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, bytes or "
+        "tokens) to weigh each language by its size and read only its share"
     ]

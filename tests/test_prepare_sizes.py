@@ -202,8 +202,8 @@ def test_a_recipes_documents_are_the_default_sizes_and_given_sizes_win(
     assert source_tokens(manifest) == {lang: read_up_to(lengths[lang], TOKENS) for lang in SIZES}
     assert capsys.readouterr().err.splitlines() == [
         "xelm: warning: --alpha weighs de, en, fr, sw by the tokens read up to the read limit "
-        "(--cap, else --tokens), not by size; to weigh each language by its size, give --sizes "
-        "(en=3.07B,de=397M: documents, bytes or tokens)"
+        "(--cap, else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, bytes "
+        "or tokens) to weigh each language by its size and read only its share"
     ]
 
 

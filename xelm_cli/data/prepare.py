@@ -321,8 +321,8 @@ def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
     its read limit that is the limit, not its size."""
     sys.stderr.write(
         f"xelm: warning: {option} weighs {', '.join(cut)} by the tokens read up to the read "
-        "limit (--cap, else --tokens), not by size; to weigh each language by its size, give "
-        "--sizes (en=3.07B,de=397M: documents, bytes or tokens)\n"
+        "limit (--cap, else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, "
+        "bytes or tokens) to weigh each language by its size and read only its share\n"
     )
 
 
