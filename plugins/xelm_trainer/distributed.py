@@ -7,13 +7,15 @@ environment) every helper is a no-op and the run is the plain single-process loo
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from xelm_cli.api import UsageError
 from xelm_cli.api import pick_device as checked_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,14 @@ class Ranks:
         if self.launched and dist.is_initialized():
             dist.barrier()
 
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (a collective; pickled, so small values only)."""
+        if not self.launched:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def mean(self, value: float, device: torch.device) -> float:
         """The mean of ``value`` over all ranks (logging: every rank gets rank 0's number)."""
         return self.sum(value, device) / self.world
@@ -81,26 +91,79 @@ def pick_device(name: str, ranks: Ranks) -> torch.device:
     return device
 
 
-def wrap(model: Any, ranks: Ranks, device: torch.device, fsdp: bool) -> Any:
-    """DDP (or FSDP's ``fully_shard``) around ``model``; the model itself without torchrun."""
+@dataclass(frozen=True)
+class Sharding:
+    """How FSDP runs: the dtypes it all-gathers parameters in and reduces gradients in (the
+    sharded parameters and the optimiser stay fp32), and ``from_main``: rank 0 alone reads
+    the weights, the other ranks build the model on the meta device and receive their shards
+    after sharding (else every rank reads the whole model, as before; tests compare the two)."""
+
+    param_dtype: torch.dtype = torch.float32
+    reduce_dtype: torch.dtype = torch.float32
+    from_main: bool = True
+
+    @classmethod
+    def on(cls, device: torch.device) -> "Sharding":
+        """On CUDA parameters are gathered in bf16, which autocast computes in anyway: half
+        the traffic of fp32; elsewhere fp32 throughout."""
+        return cls(param_dtype=torch.bfloat16) if device.type == "cuda" else cls()
+
+    def reads_weights(self, ranks: Ranks) -> bool:
+        return ranks.main or not self.from_main
+
+    def record(self) -> dict[str, str]:
+        """The training record's ``implementation.fsdp``."""
+        return {
+            "param_dtype": str(self.param_dtype).removeprefix("torch."),
+            "reduce_dtype": str(self.reduce_dtype).removeprefix("torch."),
+        }
+
+
+def wrap(model: Any, ranks: Ranks, device: torch.device, sharding: Sharding | None) -> Any:
+    """DDP, or FSDP's ``fully_shard`` with ``sharding``, around ``model``; the model itself
+    without torchrun."""
     if not ranks.launched:
         return model
-    if fsdp:
-        return shard(model)
+    if sharding is not None:
+        return shard_from_main(model, sharding, ranks, device)
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def shard(model: Any) -> Any:
+def shard(model: Any, sharding: Sharding | None = None) -> Any:
     """FSDP2 in place: one shard unit per decoder layer (:func:`shard_units`), then the rest
-    of the model (embeddings, final norm, output layer) as the root unit."""
-    from torch.distributed.fsdp import fully_shard
+    of the model (embeddings, final norm, output layer) as the root unit; gathers and
+    reductions in ``sharding``'s dtypes (default: fp32)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    sharding = sharding or Sharding()
+    policy = MixedPrecisionPolicy(
+        param_dtype=sharding.param_dtype, reduce_dtype=sharding.reduce_dtype
+    )
     for unit in shard_units(model):
-        fully_shard(unit)
-    return fully_shard(model)
+        fully_shard(unit, mp_policy=policy)
+    return fully_shard(model, mp_policy=policy)
+
+
+def shard_from_main(model: Any, sharding: Sharding, ranks: Ranks, device: torch.device) -> Any:
+    """:func:`shard`, then with ``sharding.from_main`` every rank's shards of rank 0's
+    parameters, and rank 0's buffers whole (a collective; the other ranks' models are on the
+    meta device until then)."""
+    if not sharding.from_main:
+        return shard(model, sharding)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = model.state_dict() if ranks.main else {}  # keeps rank 0's whole tensors until sent
+    shard(model, sharding)
+    if not ranks.main:
+        model.to_empty(device=device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=options)
+    for buffer in model.buffers():  # non-persistent ones (rotary frequencies) are in no state dict
+        dist.broadcast(buffer, src=0)
+    return model
 
 
 def shard_units(model: Any) -> list[Any]:
@@ -174,20 +237,31 @@ def gather_for_checkpoint(model: Any, optimizer: Any) -> tuple[dict[str, Any], O
     return weights, OptimizerState({"state": state, "param_groups": groups})
 
 
-def load_optimizer(model: Any, optimizer: Any, saved: dict[str, Any], fsdp: bool) -> None:
+def load_optimizer(
+    model: Any, optimizer: Any, saved: dict[str, Any] | None, sharding: Sharding | None
+) -> None:
     """Restore a checkpoint's optimiser state (parameter indices) into the run's optimiser;
-    FSDP: every rank passes the full state and keeps its shard."""
-    if not fsdp:
+    FSDP: every rank keeps its shard of the full state, which every rank passes, or with
+    ``sharding.from_main`` rank 0 alone (``saved`` is None elsewhere; a collective)."""
+    if sharding is None:
+        assert saved is not None
         optimizer.load_state_dict(saved)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    full = {} if saved is None else optimizer_state_by_name(model, saved)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharding.from_main)
+    set_optimizer_state_dict(model, optimizer, full, options=options)
+
+
+def optimizer_state_by_name(model: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """An optimiser state keyed by parameter index as the one keyed by parameter name that
+    ``set_optimizer_state_dict`` reads."""
     names = [name for name, _ in model.named_parameters()]
-    full: dict[str, Any] = {
+    return {
         "state": {names[int(i)]: value for i, value in saved["state"].items()},
         "param_groups": [
             {**group, "params": [names[int(i)] for i in group["params"]]}
             for group in saved["param_groups"]
         ],
     }
-    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))

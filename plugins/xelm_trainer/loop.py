@@ -42,6 +42,7 @@ from xelm_cli.api import (
 from .distributed import (
     OptimizerState,
     Ranks,
+    Sharding,
     full_state_dict,
     gather_for_checkpoint,
     load_optimizer,
@@ -142,21 +143,8 @@ class TrainingRun:
         self, request: TrainRequest, inputs: Inputs, ranks: Ranks, device: torch.device
     ) -> Bundle:
         options = inputs.options
-        seed_rank(options.seed, ranks)
-        model = load_model(inputs, device)
-        if options.gradient_checkpointing:  # renamed in transformers 5
-            enable = getattr(model, "activation_checkpointing_enable", None)
-            (enable or model.gradient_checkpointing_enable)()
-        if not request.resume and ranks.main:
-            start_fresh(request)
-        ranks.barrier()
-        state, saved = RunState(), OptimizerState()
-        if request.resume:  # every rank reads the checkpoint rank 0 wrote (before sharding)
-            state = resume(request, inputs, model, saved, ranks, device)
-        model = wrap(model, ranks, device, options.fsdp)
-        optimizer = make_optimizer(model, options, device)
-        if saved.value is not None:
-            load_optimizer(model, optimizer, saved.value, options.fsdp)
+        sharding = self.sharding(options, device)
+        model, optimizer, state = self.setup(request, inputs, sharding, ranks, device)
         try:
             state = self.loop(request, inputs, model, optimizer, state, device, ranks)
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
@@ -166,9 +154,45 @@ class TrainingRun:
         full = full_state_dict(model, options.fsdp)  # FSDP: a collective, before rank 0 writes
         result = None
         if ranks.main:
-            result = write_trained(request, inputs, unwrap(model), state, device, full)
+            result = write_trained(request, inputs, unwrap(model), state, device, full, sharding)
         ranks.barrier()  # the other ranks wait for the bundle
         return Bundle.open(request.output) if result is None else result
+
+    def sharding(self, options: TrainOptions, device: torch.device) -> Sharding | None:
+        """How FSDP runs (``Sharding.on`` the device); None without ``--fsdp``. Tests override
+        it (bf16 gathers on the CPU, every rank reading the weights)."""
+        return Sharding.on(device) if options.fsdp else None
+
+    def setup(
+        self,
+        request: TrainRequest,
+        inputs: Inputs,
+        sharding: Sharding | None,
+        ranks: Ranks,
+        device: torch.device,
+    ) -> tuple[Any, torch.optim.Optimizer, RunState]:
+        """The model (wrapped or sharded), its optimiser and the run's state: a fresh one, or
+        the newest checkpoint's, which every rank reads (rank 0 wrote it). Under FSDP rank 0
+        alone reads the weights and optimiser state, see ``Sharding.from_main``."""
+        options = inputs.options
+        model = load_model(inputs, device, ranks, sharding)
+        # after loading: neither reading weights nor building on the meta device moves a stream
+        seed_rank(options.seed, ranks)
+        if options.gradient_checkpointing:  # renamed in transformers 5
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
+        if not request.resume and ranks.main:
+            start_fresh(request)
+        ranks.barrier()
+        state, saved = RunState(), OptimizerState()
+        reads = sharding is None or sharding.reads_weights(ranks)
+        if request.resume:  # before sharding
+            state = resume(request, inputs, model if reads else None, saved, ranks, device)
+        model = wrap(model, ranks, device, sharding)
+        optimizer = make_optimizer(model, options, device)
+        if request.resume:
+            load_optimizer(model, optimizer, saved.value, sharding)
+        return model, optimizer, state
 
     def on_step_end(self, step: int) -> None:
         """Called after every optimiser step (and its checkpoint); tests stop runs here."""
@@ -310,24 +334,51 @@ def check_output(request: TrainRequest) -> None:
 # --- 2. setup -------------------------------------------------------------------------------------
 
 
-def load_model(inputs: Inputs, device: torch.device) -> Any:
+def load_model(
+    inputs: Inputs,
+    device: torch.device,
+    ranks: Ranks | None = None,
+    sharding: Sharding | None = None,
+) -> Any:
     """fp32 master weights on ``device``, with the chosen attention and, where it equals the
-    plain loss, the chunked loss (lean_loss.py)."""
-    options = inputs.options
+    plain loss, the chunked loss (lean_loss.py); on the ranks that do not read the weights
+    (``Sharding.from_main``) the same model on the meta device."""
+    options, ranks = inputs.options, ranks or Ranks()
     chosen: dict[str, Any] = {}
     if options.attention != "auto":
         chosen["attn_implementation"] = options.attention
-    model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
+    reads = sharding is None or sharding.reads_weights(ranks)
+    if reads:
+        model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
+    else:
+        model = empty_model(inputs.bundle, chosen)
     configure_moe(model, options)
     # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
     if options.lean_loss and not is_moe(model):
-        # probed as training runs it (flash attention runs in half precision only)
-        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            chunked = logits_are_output_layer(model)
+        chunked = reads and loss_can_be_chunked(model, device)
+        if sharding is not None and sharding.from_main:
+            chunked = ranks.from_main(chunked)  # the others' models cannot run the probe
         if chunked:
             use_lean_loss(model)
     # from_pretrained returns eval mode, in which dropout and gradient checkpointing do nothing
     return model.train()
+
+
+def empty_model(bundle: Bundle, chosen: dict[str, Any]) -> Any:
+    """The bundle's model, as ``load_model`` builds it, with its parameters and buffers on the
+    meta device: no weights are read."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(bundle.path)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **chosen)
+
+
+def loss_can_be_chunked(model: Any, device: torch.device) -> bool:
+    """``logits_are_output_layer``, probed as training runs it (flash attention runs in half
+    precision only)."""
+    with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+        return logits_are_output_layer(model)
 
 
 def fused_adamw(device: torch.device) -> bool:
@@ -335,13 +386,16 @@ def fused_adamw(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def implementation(model: Any, device: torch.device) -> dict[str, Any]:
-    """How the run computed: recorded in the training record."""
+def implementation(
+    model: Any, device: torch.device, sharding: Sharding | None = None
+) -> dict[str, Any]:
+    """How the run computed: recorded in the training record (FSDP runs: its dtypes too)."""
     return {
         "attention": getattr(model.config, "_attn_implementation", None),
         "loss": "chunked" if getattr(model, "lean_loss", False) else "plain",
         "optimizer": "adamw-fused" if fused_adamw(device) else "adamw",
         "autocast": "bfloat16" if device.type == "cuda" else None,
+        **({"fsdp": sharding.record()} if sharding is not None else {}),
     }
 
 
@@ -383,6 +437,9 @@ def resume(
     ranks: Ranks,
     device: torch.device,
 ) -> RunState:
+    """The newest checkpoint's run state, its weights into ``model`` and its optimiser state
+    into ``optimizer``; without a ``model`` (FSDP's ranks that receive rank 0's) neither is
+    read."""
     step, path = list_checkpoints(request.checkpoint_dir)[-1]
     saved_identity = IDENTITY_BEFORE_ADDED | (read_checkpoint_state(path).get("identity") or {})
     identity = run_identity(request, inputs)
@@ -393,7 +450,10 @@ def resume(
             f"cannot resume {path}: the run differs in {', '.join(changed)}; "
             f"{same_run(changed, saved_identity)}, or --force to start over"
         )
-    saved = load_checkpoint(path, model=model, optimizer=optimizer)
+    if model is None:
+        saved = read_checkpoint_state(path)
+    else:
+        saved = load_checkpoint(path, model=model, optimizer=optimizer)
     # checkpoints without world_size were written by one process or kept rank 0's states alone
     saved_world = saved.get("world_size", 1)
     restore_rank_rng(path, saved_world, inputs.options.seed, saved["step"], ranks, device)
@@ -658,6 +718,7 @@ def write_trained(
     state: RunState,
     device: torch.device,
     full_state: dict[str, Any] | None = None,
+    sharding: Sharding | None = None,
 ) -> Bundle:
     parent, options = inputs.bundle, inputs.options
     role = options.role or (parent.manifest.role if parent.manifest.role != "seed" else "dense")
@@ -685,7 +746,7 @@ def write_trained(
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
         "wall_seconds": round(state.wall_seconds, 3),
-        "implementation": implementation(model, device),
+        "implementation": implementation(model, device, sharding),
         "hardware": {
             "device": device.type,
             "torch": torch.__version__,
