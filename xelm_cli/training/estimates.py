@@ -12,8 +12,9 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
   gradients (the output layer's is the loss's, the input embedding's comes last, when the
   activations are freed). Measured on the CPU (rank 0 of 8 in a fake process group, fp32,
   a 58M-parameter Llama at 1 x 128): 0.43 GB for 0.43 estimated with the chunked loss, 0.38
-  for 0.38 with the plain one. The bf16 copies stay whole (autocast casts each gathered layer
-  and the backward keeps the casts; not measured);
+  for 0.38 with the plain one. On CUDA FSDP gathers in bf16 (the trainer's mixed-precision
+  policy), so the gathered weights take 2 bytes a parameter and autocast makes no copies of
+  its own (not yet measured on a GPU);
 - activations kept for the backward pass: e (10h + 5i) + 8h bytes per token and layer (e = 2
   under bf16 autocast, 4 in fp32), and the attention matrix: with SDPA (``--attention sdpa``,
   and ``auto``, transformers' choice where the model supports it) on the CPU its
@@ -170,9 +171,9 @@ def training_memory(
         loss = chunk * (4 + element) + tokens * h * element + shape.vocab * h * 4
     else:
         loss = tokens * shape.vocab * (10 if cuda else 12)
-    weights, gradients, moments = model_states(shape, shards)
+    weights, gradients, moments = model_states(shape, shards, cuda=cuda)
     return MemoryEstimate(
-        weights=weights + (2 * n if cuda else 0),
+        weights=weights + (2 * n if cuda and shards == 1 else 0),  # autocast's bf16 copies
         gradients=gradients,
         optimizer=moments,
         activations=activations,
@@ -180,17 +181,18 @@ def training_memory(
     )
 
 
-def model_states(shape: ModelShape, shards: int) -> tuple[int, int, int]:
+def model_states(shape: ModelShape, shards: int, *, cuda: bool = False) -> tuple[int, int, int]:
     """Bytes of the fp32 weights, gradients and AdamW moments one device holds at the peak:
     the whole model's, or under FSDP over ``shards`` ranks a 1/shards slice of each, plus the
     gathered weights of the root unit (every parameter outside the decoder layers) and one
-    decoder layer's gathered weights and gradients (a model without numbered layers is one
-    unit: its weights and gradients are gathered whole)."""
+    decoder layer's gathered weights (bf16 on CUDA, fp32 elsewhere) and gradients (a model
+    without numbered layers is one unit: its weights and gradients are gathered whole)."""
     n, layer = shape.parameters, shape.layer_parameters
     if shards == 1:
         return 4 * n, 4 * n, 8 * n
     part, root = math.ceil(n / shards), n - shape.layers * layer
-    return 4 * (part + root + layer), 4 * (part + (layer or n)), 8 * part
+    gathered = 2 if cuda else 4
+    return 4 * part + gathered * (root + layer), 4 * (part + (layer or n)), 8 * part
 
 
 def attention_matrix(shape: ModelShape, block_size: int, cuda: bool, attention: str) -> int:
