@@ -13,6 +13,7 @@ fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1  # no network there
 status=0  # gpu.md and gpu.json are rewritten after each section; the log after each line
 sh benchmarks/gpu.sh --data gpu-data --out "$OUT/gpu.md" "$@" > "$OUT/gpu.log" 2>&1 || status=$?
 tail -n 80 "$OUT/gpu.log"

@@ -7,6 +7,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
+rm -rf .whl  # a changed pin must not leave its old wheel beside the new one
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-wheels.txt

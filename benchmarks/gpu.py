@@ -1,24 +1,24 @@
 """Every GPU measurement of issue 15 in one run, written to benchmarks/gpu.md.
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
-                             [--no-compile] [--sections training,preset,memory,ensemble]
+                             [--no-compile] [--budget 480]
+                             [--sections training,preset,memory,ensemble,compile]
 
-(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU it should take about 6.5 minutes, plus
-the compilation of the two torch.compile loops. Neither is timed on a GPU yet; the demo preset's
+(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU the first four sections should take
+about 6.5 minutes, an estimate (nothing here has been timed on a GPU yet); the demo preset's
 timing (2.) is estimated at half a minute of that: its tokenizer, shards and seed took 14 s on
 a 2-core CPU, and 40 steps of the preset's model should take seconds on an H100, plus loading
-and saving the bundle.
+and saving the bundle. The compile section (5.) gets what is left of --budget (480 s).
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
    AdamW, the chunked loss, the host waiting for the device only when a loss is logged) and
-   next to `transformers.Trainer`, and both loops again under torch.compile (`xelm train
-   --compile`; --no-compile leaves them out); tokens/s after the warm-up steps (the first
-   logged interval, where compilation happens; its seconds are reported apart), the ratio to
-   the bare loop and the model FLOP utilisation MFU = (6 N + 12 L d s) x tokens/s / peak
-   FLOP/s, with N the parameters without the input embedding, L layers, d hidden size, s block
-   size (the attention term of PaLM's appendix B), over the GPU's bf16 dense peak
-   (--peak-tflops; 989 for an H100 SXM). Where torch.compile cannot run, one line says why.
+   next to `transformers.Trainer`; tokens/s after the warm-up steps (the first logged
+   interval; its seconds are reported apart), the ratio to the bare loop and the model FLOP
+   utilisation MFU = (6 N + 12 L d s) x tokens/s / peak FLOP/s, with N the parameters without
+   the input embedding, L layers, d hidden size, s block size (the attention term of PaLM's
+   appendix B), over the GPU's bf16 dense peak (--peak-tflops; 989 for an H100 SXM). Each
+   loop is timed on its own: one that fails is named in its row and the others still run.
 2. The `gpu` demo preset (``PRESETS["gpu"]``, read when the script runs): `xelm train` of a
    seed of its model sizes, with a BPE of its vocabulary size trained by xelm on the text
    under --data (a vocabulary that falls short is reported, not hidden), at its block, batch
@@ -31,32 +31,44 @@ and saving the bundle.
    next to `xelm plan`'s estimate for the same model, batch, block and loss
    (``training_memory``) and their ratio.
 4. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
-   ensemble's wall time / (8 x one expert's) and the language router's / one expert's.
+   ensemble's wall time / (8 x one expert's) and the language router's / one expert's, on
+   every FLORES-200 devtest sentence of 16 languages (1.06M tokens: on a GPU the experts'
+   loading, inside the timed part, should then be the smaller part of it).
+5. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
+   last and in a process of their own (compiling is the slowest and least tried part): not
+   begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
+   not finish is named as failed; --no-compile leaves it out, and where torch.compile cannot
+   run one line says why.
 
-The four sections run in turn (--sections training,preset,memory,ensemble picks some, e.g. to
-rerun one); one that fails is reported in gpu.md with its error and the others still run, and
-gpu.md and gpu.json are rewritten after each section, so a run stopped by a time limit keeps
-what it measured. The exit status is non-zero when a section failed.
+The sections run in turn (--sections picks some, e.g. to rerun one); one that fails is
+reported in gpu.md with its error and the others still run, and gpu.md and gpu.json are
+rewritten after each section, so a run stopped by a time limit keeps what it measured. The
+exit status is non-zero when a section or a loop failed. XELM_DEBUG is set (a failed `xelm
+train` raises, its traceback goes to the log); XELM_GPU_FAIL="training: xelm train;..." makes
+the named loops fail, for the tests.
 
---cpu-training runs only the training comparison on the CPU (30 steps of 8 x 256 tokens, a
-5.3M-parameter model); --cpu-smoke runs everything with tiny sizes on the CPU (about 2 minutes
-on 2 cores) to check the script, and its numbers say nothing about a GPU. Text comes from
-../shared/data (--data).
+--cpu-training runs only the training comparison and its compiled loops on the CPU (30 steps
+of 8 x 256 tokens, a 5.3M-parameter model); --cpu-smoke runs everything with tiny sizes on
+the CPU (about 2 minutes on 2 cores) to check the script, and its numbers say nothing about a
+GPU. Text comes from ../shared/data (--data).
 """
 
 import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("XELM_DEBUG", "1")  # a failed `xelm train` raises: its traceback in the log
 
 import torch
 from transformers import (
@@ -88,7 +100,7 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
     #                stand-in, timed at its block and batch)
     "gpu": dict(hidden=1024, layers=20, steps=40, log_every=10, block=1024, batch=8,
                 vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
-                docs=48),
+                docs=1012),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
                       docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000),
@@ -97,6 +109,8 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
 }  # fmt: skip
 BARE, XELM = "bare loop, same optimisations", "xelm train"
 COMPILED = {BARE: "bare loop + torch.compile", XELM: "xelm train --compile"}
+BUDGET_SECONDS = 480  # the whole run (--budget); the compile section gets what is left
+COMPILE_MIN_SECONDS = 60  # not begun with less left
 
 
 def seed_config(hidden: int, layers: int) -> dict[str, Any]:
@@ -174,7 +188,10 @@ def mfu_flops_per_token(model: PreTrainedModel, block: int) -> float:
     return 6 * (shape.parameters - shape.embedding) + 12 * shape.layers * shape.hidden * block
 
 
-def training(work: Path, size: dict, args: argparse.Namespace) -> dict:
+def training_setup(
+    work: Path, size: dict, args: argparse.Namespace
+) -> tuple[Path, Path, torch.Tensor, argparse.Namespace]:
+    """The seed, shards, blocks and run options the training loops share."""
     NAMED_CONFIGS["gpu-bench"] = seed_config(size["hidden"], size["layers"])
     seed, shards = throughput.setup(work, args.data, "gpu-bench")
     run = argparse.Namespace(
@@ -182,42 +199,151 @@ def training(work: Path, size: dict, args: argparse.Namespace) -> dict:
         device=args.device, log_every=size["log_every"],
     )  # fmt: skip
     data = throughput.blocks(shards, seed, run.block_size, run.steps * run.batch_size)
+    return seed, shards, data, run
+
+
+def time_loops(
+    section: str, loops: dict[str, Callable[[int], list[throughput.Interval]]], warmup: int
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Each loop timed on its own (steady_speeds); one that fails is recorded as one line and
+    the others still run. XELM_GPU_FAIL ("section: loop;..."): loops made to fail, for the
+    tests."""
+    forced = {name.strip() for name in os.environ.get("XELM_GPU_FAIL", "").split(";")}
+    timed: dict[str, dict[str, float]] = {}
+    failed: dict[str, str] = {}
+    for name, loop in loops.items():
+        try:
+            if f"{section}: {name}" in forced:
+                raise RuntimeError(f"forced to fail by XELM_GPU_FAIL={os.environ['XELM_GPU_FAIL']}")
+            timed |= throughput.steady_speeds({name: loop}, 1, warmup=warmup)
+        except (Exception, SystemExit) as exc:  # one failed loop must not cost the others
+            traceback.print_exc()
+            failed[name] = failure(exc)
+    return timed, failed
+
+
+def loop_rows(
+    timed: dict[str, dict[str, float]],
+    tokens_per_step: int,
+    flops: float,
+    bare: float | None,
+    peak_tflops: float,
+) -> dict[str, dict[str, float | None]]:
+    """Tokens/s, the ratio to the bare loop's ``bare`` tokens/s (None when it has none), MFU
+    and warm-up seconds of each timed loop."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for name, t in timed.items():
+        speed = tokens_per_step / t["step_seconds"]
+        rows[name] = {
+            "tokens_per_s": speed,
+            "vs_bare_loop": speed / bare if bare else None,
+            "mfu": flops * speed / (peak_tflops * 1e12),
+            "warmup_seconds": t["warmup_seconds"],
+        }
+    return rows
+
+
+def training(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """`xelm train`, the bare loop and transformers.Trainer, eager (the compiled loops are the
+    compile section's)."""
+    seed, shards, data, run = training_setup(work, size, args)
     loops = {
         BARE: lambda i: optimised_bare_loop(seed, data, run),
         XELM: lambda i: throughput.xelm_train(seed, shards, work / "xelm", run),
         "transformers.Trainer": lambda i: throughput.hf_trainer(seed, data, work / "hf", run),
     }
-    skipped = "--no-compile" if args.no_compile else throughput.compile_unavailable(args.device)
-    if skipped is None:
-        loops |= {
-            COMPILED[BARE]: lambda i: optimised_bare_loop(seed, data, run, compiled=True),
-            COMPILED[XELM]: lambda i: throughput.xelm_train(
-                seed, shards, work / "xelm-compiled", run, ["--compile"]
-            ),
-        }
-    timed = throughput.steady_speeds(loops, 1, warmup=run.log_every)
-    record = json.loads((work / "xelm" / "xelm.json").read_text())["training"]
-    model = AutoModelForCausalLM.from_pretrained(seed)
+    timed, failed = time_loops("training", loops, run.log_every)
+    model = meta_model(AutoConfig.from_pretrained(seed))
     flops = mfu_flops_per_token(model, run.block_size)
-    speed = {name: run.batch_size * run.block_size / t["step_seconds"] for name, t in timed.items()}
-    rows = {
-        name: {
-            "tokens_per_s": s,
-            "vs_bare_loop": s / speed[BARE],
-            "mfu": flops * s / (args.peak_tflops * 1e12),
-            "warmup_seconds": timed[name]["warmup_seconds"],
-        }
-        for name, s in speed.items()
-    }
+    tokens_per_step = run.batch_size * run.block_size
+    bare = tokens_per_step / timed[BARE]["step_seconds"] if BARE in timed else None
+    xelm_record = work / "xelm" / "xelm.json"
+    implementation = (
+        json.loads(xelm_record.read_text())["training"].get("implementation")
+        if XELM in timed
+        else None
+    )
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab": model.config.vocab_size,
+        "parameters": model_shape(model).parameters, "vocab": model.config.vocab_size,
         "steps": run.steps, "warmup_steps": run.log_every, "block": run.block_size,
-        "batch": run.batch_size, "flops_per_token": flops,
-        "implementation": record.get("implementation"), "rows": rows,
-        "compile_speedup": {name: speed[COMPILED[name]] / speed[name]
-                            for name in COMPILED if COMPILED[name] in speed},
-        "compile_skipped": skipped,
+        "batch": run.batch_size, "flops_per_token": flops, "implementation": implementation,
+        "rows": loop_rows(timed, tokens_per_step, flops, bare, args.peak_tflops),
+        "failed": failed,
+    }  # fmt: skip
+
+
+def compiled_training(work: str, size: dict, data: str, device: str) -> None:
+    """(The compile section's own process.) The torch.compile'd twins of the bare loop and of
+    `xelm train`, timed as the training section's loops; what is measured goes to
+    ``work``/measured.json after each loop, so a crash or the time budget costs only what
+    comes after it."""
+    out = Path(work) / "measured.json"
+    unavailable = throughput.compile_unavailable(device)
+    if unavailable:
+        out.write_text(json.dumps({"skipped": f"torch.compile cannot run here: {unavailable}"}))
+        return
+    args = argparse.Namespace(data=Path(data), device=device)
+    seed, shards, blocks, run = training_setup(Path(work) / "run", size, args)
+    loops = {
+        COMPILED[BARE]: lambda i: optimised_bare_loop(seed, blocks, run, compiled=True),
+        COMPILED[XELM]: lambda i: throughput.xelm_train(
+            seed, shards, Path(work) / "xelm-compiled", run, ["--compile"]
+        ),
+    }
+    model = meta_model(AutoConfig.from_pretrained(seed))
+    measured: dict[str, Any] = {
+        "flops_per_token": mfu_flops_per_token(model, run.block_size), "timed": {}, "failed": {},
+    }  # fmt: skip
+    for name, loop in loops.items():
+        timed, failed = time_loops("compile", {name: loop}, run.log_every)
+        measured["timed"] |= timed
+        measured["failed"] |= failed
+        out.write_text(json.dumps(measured))
+
+
+def run_within(code: str, seconds: float) -> str | None:
+    """Runs Python ``code`` in a process of its own (in a session of its own, so that the
+    compiler's worker processes stop with it), for at most ``seconds``: None when it ended
+    well, else why not, in one line."""
+    with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True) as child:
+        try:
+            status = child.wait(timeout=max(seconds, 0))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            return f"stopped when the time budget ran out ({seconds:.0f} s were left for it)"
+    return None if status == 0 else f"its process ended with status {status}"
+
+
+def compiled(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """The compiled loops, last and in a process of their own (compiling is the riskiest and
+    slowest part): stopped when --budget seconds since the start have passed, and not begun
+    with less than COMPILE_MIN_SECONDS of them left."""
+    if args.no_compile:
+        return {"skipped": "--no-compile"}
+    left = args.budget - (time.perf_counter() - args.started)
+    if left < COMPILE_MIN_SECONDS:
+        spent = f"{max(left, 0):.0f} s of the {args.budget:g}-second budget (--budget) were left"
+        return {"skipped": f"{spent}, under the {COMPILE_MIN_SECONDS} s it needs"}
+    code = (
+        "import sys; sys.argv = ['gpu.py']; import gpu; gpu.compiled_training("
+        f"{str(work)!r}, {size!r}, {str(args.data.resolve())!r}, {args.device!r})"
+    )
+    stopped = run_within(code, left)
+    out = work / "measured.json"
+    measured = json.loads(out.read_text()) if out.exists() else {"timed": {}, "failed": {}}
+    if "skipped" in measured:
+        return measured
+    failed = measured["failed"] | {name: stopped for name in COMPILED.values()
+                                   if stopped and name not in measured["timed"]}  # fmt: skip
+    eager = done.get("training", {}).get("rows", {})
+    bare = eager.get(BARE, {}).get("tokens_per_s")
+    rows = loop_rows(measured["timed"], size["batch"] * size["block"],
+                     measured.get("flops_per_token", 0.0), bare, args.peak_tflops)  # fmt: skip
+    return {
+        "rows": rows, "failed": failed, "skipped": None,
+        "speedup": {name: rows[twin]["tokens_per_s"] / eager[name]["tokens_per_s"]
+                    for name, twin in COMPILED.items() if twin in rows and name in eager},
     }  # fmt: skip
 
 
@@ -252,13 +378,12 @@ def preset_seed(work: Path, data: Path, model: dict[str, int], vocab: int) -> tu
     return seed, work / "shards"
 
 
-def preset_training(work: Path, size: dict, args: argparse.Namespace) -> dict:
+def preset_training(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """`xelm train` at the `gpu` demo preset's model, vocabulary, block, batch and train
     options (read from PRESETS now), and the seconds its training runs would take at that
     speed. Logging every ``log_every`` steps (the timing's intervals) and no checkpoints."""
     preset = PRESETS["gpu"]
     model, vocab, block, batch = preset_shape(preset, size)
-    work.mkdir()
     seed, shards = preset_seed(work, args.data, model, vocab)
     run = argparse.Namespace(
         steps=size["steps"], block_size=block, batch_size=batch,
@@ -323,7 +448,7 @@ def step_peak_memory(lean: bool, size: dict, device: str) -> float:
     return memory.growth / 2**30
 
 
-def memory(size: dict, args: argparse.Namespace) -> dict:
+def memory(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """Each loss's measured peak (GiB) next to `xelm plan`'s estimate of the same: on CUDA
     both the total, weights included; on the CPU both without the weights (the measurement is
     the growth above them)."""
@@ -351,13 +476,13 @@ def memory(size: dict, args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def ensembles(size: dict, args: argparse.Namespace) -> dict:
+def ensembles(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     argv = [sys.executable, str(ROOT / "ensemble.py"), "--ks", "8", "--json", "--repeat", "1",
             "--device", args.device, "--hidden", str(size["ens_hidden"]),
             "--layers", str(size["ens_layers"]), "--docs", str(size["docs"])]  # fmt: skip
     data = os.environ | {"XELM_BENCH_DATA": str(args.data.resolve())}
     out = subprocess.run(argv, check=True, capture_output=True, text=True, env=data).stdout
-    return dict(json.loads(out)[0])
+    return dict(json.loads(out)[0]) | {"docs": size["docs"]}
 
 
 def machine(device: str) -> str:
@@ -388,21 +513,37 @@ def training_report(t: dict, args: argparse.Namespace) -> list[str]:
         "", f"## Training throughput: {t['parameters'] / 1e6:.0f}M-parameter Llama-style seed",
         "", f"{t['steps']} steps of {t['batch']} x {t['block']} tokens, vocabulary "
         f"{t['vocab']:,}; xelm's implementation: `{json.dumps(t['implementation'])}`.",
-        f"Tokens/s after the first {t['warmup_steps']} steps (warm-up; torch.compile compiles "
-        "there), whose seconds are the last column.",
+        f"Tokens/s after the first {t['warmup_steps']} steps (warm-up), whose seconds are the "
+        "last column; each loop timed on its own, one that fails is named in its row.",
         f"MFU = (6 N + 12 L d s) x tokens/s / {args.peak_tflops:g} TFLOP/s, "
         f"{t['flops_per_token'] / 1e9:.2f} GFLOP per token.", "",
-        "| loop | tokens/s | vs bare loop | MFU | warm-up s |", "|---|---:|---:|---:|---:|",
+        *loop_table(t["rows"], t["failed"]),
     ]  # fmt: skip
-    for name, row in t["rows"].items():
-        lines.append(f"| {name} | {row['tokens_per_s']:,.0f} | {row['vs_bare_loop']:.3f} | "
-                     f"{row['mfu']:.1%} | {row['warmup_seconds']:.1f} |")  # fmt: skip
-    lines.append("")
-    if t["compile_skipped"]:
-        lines.append(f"torch.compile loops left out: {t['compile_skipped']}")
-    for name, ratio in t["compile_speedup"].items():
-        lines.append(f"torch.compile speed-up of {name}: {ratio:.3f}x.")
     return lines
+
+
+def loop_table(rows: dict[str, dict], failed: dict[str, str]) -> list[str]:
+    """The timed loops' rows, then those that failed, each with its error."""
+    lines = ["| loop | tokens/s | vs bare loop | MFU | warm-up s |", "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        ratio = "" if row["vs_bare_loop"] is None else f"{row['vs_bare_loop']:.3f}"
+        lines.append(f"| {name} | {row['tokens_per_s']:,.0f} | {ratio} | {row['mfu']:.1%} | "
+                     f"{row['warmup_seconds']:.1f} |")  # fmt: skip
+    lines += [f"| {name} | failed: `{error}` | | | |" for name, error in failed.items()]
+    return lines
+
+
+def compiled_report(c: dict, args: argparse.Namespace) -> list[str]:
+    lines = ["", "## Training under torch.compile (the training section's model and steps)", ""]
+    if c["skipped"]:
+        return [*lines, f"Left out: {c['skipped']}."]
+    lines += [
+        "Each compiled loop timed as the training section's, in a process of its own run last; "
+        "the warm-up seconds hold the compilation. vs bare loop: against the eager bare loop.",
+        "", *loop_table(c["rows"], c["failed"]), "",
+    ]  # fmt: skip
+    return lines + [f"torch.compile speed-up of {name}: {ratio:.3f}x."
+                    for name, ratio in c["speedup"].items()]  # fmt: skip
 
 
 def memory_report(m: dict, args: argparse.Namespace) -> list[str]:
@@ -431,6 +572,11 @@ def memory_report(m: dict, args: argparse.Namespace) -> list[str]:
 def ensemble_report(e: dict, args: argparse.Namespace) -> list[str]:
     return [
         "", "## Ensemble evaluation, k = 8 (benchmarks/ensemble.py)", "",
+        f"Perplexity of the first {e['docs']:,} FLORES-200 devtest sentences of each of 16 "
+        "languages, 8 experts of two languages each. Timed: the second of two evaluations in a "
+        "fresh process, each with fresh models, so loading every expert's weights (and checking "
+        "their files) and tokenizing are inside the timed part; the one-off start-up is not.",
+        "",
         "| measure | value | goal |", "|---|---:|---:|",
         f"| posterior wall time / (8 x one expert) | {e['posterior_time_vs_k_single']:.3f} | "
         "<= 1.1 |",
@@ -477,17 +623,20 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
-SECTIONS = {  # name: the measurement, given a scratch directory of its own
+SECTIONS = {  # name: the measurement, given a scratch directory of its own and what the
+    # sections before it measured
     "training": training,
-    "preset": lambda work, size, args: preset_training(work / "preset", size, args),
-    "memory": lambda work, size, args: memory(size, args),
-    "ensemble": lambda work, size, args: ensembles(size, args),
+    "preset": preset_training,
+    "memory": memory,
+    "ensemble": ensembles,
+    "compile": compiled,
 }
 RENDERERS = {
     "training": training_report,
     "preset": preset_report,
     "memory": memory_report,
     "ensemble": ensemble_report,
+    "compile": compiled_report,
 }
 
 
@@ -499,7 +648,7 @@ def sections(text: str) -> list[str]:
     return names
 
 
-def failure(exc: Exception) -> str:
+def failure(exc: BaseException) -> str:
     """One line for a failed section: a subprocess's last line of stderr, else the error."""
     if isinstance(exc, subprocess.CalledProcessError) and exc.stderr:
         return exc.stderr.strip().splitlines()[-1]
@@ -509,15 +658,15 @@ def failure(exc: Exception) -> str:
 def measure(names: list[str], size: dict, args: argparse.Namespace) -> dict:
     """Each section in turn; one that fails is recorded and the others still run, and the
     report is rewritten after each (a run cut short by a time limit keeps what it measured)."""
-    started = time.perf_counter()
+    started = args.started = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(args.device), "failed": {},
                                "section_seconds": {}}  # fmt: skip
     for name in names:
         began = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory(prefix=f"xelm-gpu-{name}-") as work:
-                results[name] = SECTIONS[name](Path(work), size, args)
-        except Exception as exc:  # one failed measurement must not cost the others
+                results[name] = SECTIONS[name](Path(work), size, args, results)
+        except (Exception, SystemExit) as exc:  # one failed measurement must not cost the others
             traceback.print_exc()
             results["failed"][name] = failure(exc)
         results["section_seconds"][name] = round(time.perf_counter() - began, 1)
@@ -546,6 +695,10 @@ def main() -> None:
         "--no-compile", action="store_true", help="leave out the torch.compile'd loops"
     )
     parser.add_argument(
+        "--budget", type=float, default=BUDGET_SECONDS,
+        help="seconds the whole run may take: the compile section, last, is stopped then",
+    )  # fmt: skip
+    parser.add_argument(
         "--sections", type=sections, default=list(SECTIONS),
         help=f"which measurements, in order (default: {','.join(SECTIONS)})",
     )  # fmt: skip
@@ -554,9 +707,12 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu.py: no CUDA device; use --cpu-smoke to check the script on a CPU")
     if args.cpu_training:
-        with tempfile.TemporaryDirectory(prefix="xelm-cpu-bench-") as cpu_work:
-            result = training(Path(cpu_work), SIZES["cpu-training"], args)
-        print(json.dumps(result | {"machine": machine("cpu")}, indent=2))
+        args.started = time.perf_counter()
+        done: dict[str, dict] = {}
+        for name in ("training", "compile"):
+            with tempfile.TemporaryDirectory(prefix=f"xelm-cpu-{name}-") as cpu_work:
+                done[name] = SECTIONS[name](Path(cpu_work), SIZES["cpu-training"], args, done)
+        print(json.dumps(done | {"machine": machine("cpu")}, indent=2))
         return
     missing = [need for need in DATA_NEEDED if not (args.data / need).is_dir()]
     if missing:
@@ -564,8 +720,17 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = measure(args.sections, SIZES["cpu-smoke" if args.cpu_smoke else "gpu"], args)
     print(report(results, args))
-    if results["failed"]:
-        raise SystemExit(f"gpu.py: failed: {', '.join(results['failed'])} (the rest written)")
+    failed = failures(results)
+    if failed:
+        raise SystemExit(f"gpu.py: failed: {', '.join(failed)} (the rest written)")
+
+
+def failures(results: dict) -> list[str]:
+    """The sections that failed, and the loops that failed in those that ran ("section:
+    loop")."""
+    loops = [f"{name}: {loop}" for name in SECTIONS if isinstance(results.get(name), dict)
+             for loop in results[name].get("failed", {})]  # fmt: skip
+    return list(results["failed"]) + loops
 
 
 if __name__ == "__main__":

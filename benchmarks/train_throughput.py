@@ -148,8 +148,9 @@ def xelm_train(
             str(args.batch_size), "--lr", str(args.lr), "--device", args.device,
             "--checkpoint-every", str(10**9), "--log-every", str(args.log_every),
             *extra]  # fmt: skip
-    if run(argv) != 0:
-        raise SystemExit("xelm train failed")
+    status = run(argv)
+    if status != 0:  # an exception, not SystemExit: a caller timing several loops goes on
+        raise RuntimeError(f"xelm train failed with exit status {status} (its error is above)")
     record = Bundle.read(work).manifest.training
     assert record is not None and record["steps"] == args.steps
     return logged_intervals(work)

@@ -1,24 +1,34 @@
 """benchmarks/gpu.sh, the one script a lent GPU runs (issue 15), checked on the CPU at tiny
 sizes: a GPU session is short, so the script must not fail there for reasons a CPU can show."""
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, SHARED_DATA
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu
+import train_throughput
 
 HEADINGS = (
     "## Training throughput",
     "## `xelm demo --preset gpu`",
     "## Peak memory of one training step",
     "## Ensemble evaluation, k = 8",
+    "## Training under torch.compile",
 )
+BARE, XELM = "bare loop, same optimisations", "xelm train"
+COMPILED = {BARE: "bare loop + torch.compile", XELM: "xelm train --compile"}
 
 
-def gpu_sh(*args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHON": sys.executable}
+def gpu_sh(*args: str, fail: str = "") -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHON": sys.executable, "XELM_GPU_FAIL": fail}
     command = ["sh", str(ROOT / "benchmarks" / "gpu.sh"), "--cpu-smoke", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, check=False)
 
@@ -31,15 +41,25 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["failed"] == {}
-    assert list(results["section_seconds"]) == ["training", "preset", "memory", "ensemble"]
+    sections = ["training", "preset", "memory", "ensemble", "compile"]
+    assert list(results["section_seconds"]) == sections
+    assert results["training"]["failed"] == {}
     rows = results["training"]["rows"]
-    assert rows["xelm train"]["tokens_per_s"] > 0
-    bare = rows["bare loop, same optimisations"]["tokens_per_s"]
-    assert rows["xelm train"]["vs_bare_loop"] == rows["xelm train"]["tokens_per_s"] / bare
+    assert rows[XELM]["tokens_per_s"] > 0
+    bare = rows[BARE]["tokens_per_s"]
+    assert rows[XELM]["vs_bare_loop"] == rows[XELM]["tokens_per_s"] / bare
     preset = results["preset"]
     assert preset["expected_seconds"] == preset["training_tokens"] / preset["tokens_per_s"]
     assert set(results["memory"]["gib"]) == {"chunked loss", "plain loss"}
     assert results["ensemble"]["single_seconds"] > 0
+    assert results["ensemble"]["docs"] == gpu.SIZES["cpu-smoke"]["docs"]
+    compiled = results["compile"]
+    if compiled["skipped"] is None:  # torch.compile runs here (inductor has a C++ compiler)
+        assert compiled["failed"] == {} and set(compiled["rows"]) == set(COMPILED.values())
+        speedup = compiled["rows"][COMPILED[XELM]]["tokens_per_s"] / rows[XELM]["tokens_per_s"]
+        assert compiled["speedup"][XELM] == speedup
+    else:
+        assert compiled["skipped"].startswith("torch.compile cannot run here: ")
 
 
 def test_a_failed_section_is_reported_and_the_others_still_run(tmp_path: Path) -> None:
@@ -66,3 +86,79 @@ def test_the_gpu_script_refuses_data_without_its_folders(tmp_path: Path) -> None
     assert done.returncode == 1
     assert done.stderr.strip().endswith("corpus/valid; pass --data DIR")
     assert not (tmp_path / "gpu.md").exists()
+
+
+def test_a_failed_loop_is_named_in_its_row_and_the_other_loops_still_run(tmp_path: Path) -> None:
+    """The bare loop (the others' yardstick) and one compiled loop fail: the other loops of
+    both sections are timed and written, and the exit status says what failed."""
+    out = tmp_path / "gpu.md"
+    fail = f"training: {BARE};compile: {COMPILED[BARE]}"
+    done = gpu_sh("--out", str(out), "--data", str(SHARED_DATA), "--sections",
+                  "training,compile", fail=fail)  # fmt: skip
+    assert done.returncode == 1
+    failed = f"training: {BARE}, compile: {COMPILED[BARE]}"
+    assert done.stderr.strip().splitlines()[-1] == f"gpu.py: failed: {failed} (the rest written)"
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert results["failed"] == {}
+    forced = f"RuntimeError: forced to fail by XELM_GPU_FAIL={fail}"
+    training = results["training"]
+    assert training["failed"] == {BARE: forced}
+    assert set(training["rows"]) == {XELM, "transformers.Trainer"}
+    assert training["rows"][XELM]["tokens_per_s"] > 0
+    assert training["rows"][XELM]["vs_bare_loop"] is None
+    text = out.read_text()
+    assert f"| {BARE} | failed: `{forced}` | | | |" in text
+    assert f"| {XELM} | " in text
+    compiled = results["compile"]
+    if compiled["skipped"] is None:
+        assert compiled["failed"] == {COMPILED[BARE]: forced}
+        assert list(compiled["rows"]) == [COMPILED[XELM]]
+        assert compiled["speedup"][XELM] > 0
+        assert f"| {COMPILED[BARE]} | failed: `{forced}` | | | |" in text
+
+
+def test_the_compile_section_is_left_out_when_the_budget_is_spent(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.md"
+    done = gpu_sh("--out", str(out), "--data", str(SHARED_DATA), "--sections", "compile",
+                  "--budget", "0")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    left = json.loads(out.with_suffix(".json").read_text())["compile"]["skipped"]
+    assert left == "0 s of the 0-second budget (--budget) were left, under the 60 s it needs"
+    assert f"Left out: {left}." in out.read_text()
+
+
+def test_the_budget_stops_a_process_and_the_processes_it_started(tmp_path: Path) -> None:
+    """What the compile section runs under: at the deadline its process and the compiler's
+    worker processes (here one `sleep`) are killed."""
+    pid = tmp_path / "pid"
+    code = (
+        "import pathlib, subprocess, time; "
+        "child = subprocess.Popen(['sleep', '60']); "
+        f"pathlib.Path({str(pid)!r}).write_text(str(child.pid)); time.sleep(60)"
+    )
+    started = time.perf_counter()
+    assert gpu.run_within(code, 3) == "stopped when the time budget ran out (3 s were left for it)"
+    assert time.perf_counter() - started < 20
+    state = Path(f"/proc/{pid.read_text()}/stat")
+    deadline = time.perf_counter() + 5  # the orphaned `sleep` is reaped by init
+    while state.exists() and state.read_text().split()[2] != "Z" and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    assert not state.exists() or state.read_text().split()[2] == "Z"
+    assert gpu.run_within("import sys; sys.exit(3)", 30) == "its process ended with status 3"
+    assert gpu.run_within("pass", 30) is None
+
+
+def test_a_failed_xelm_train_raises_an_exception_that_a_section_catches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not SystemExit, which would end gpu.py and every section after this one; with
+    XELM_DEBUG=1 (gpu.py sets it) xelm's own error, traceback and all."""
+    run = argparse.Namespace(steps=2, batch_size=1, block_size=8, lr=1e-4, device="cpu",
+                             log_every=1)  # fmt: skip
+    seed = tmp_path / "no-seed"
+    monkeypatch.delenv("XELM_DEBUG", raising=False)
+    with pytest.raises(RuntimeError, match=r"^xelm train failed with exit status 2 \(its error"):
+        train_throughput.xelm_train(seed, tmp_path / "no-shards", tmp_path / "out", run)
+    monkeypatch.setenv("XELM_DEBUG", "1")
+    with pytest.raises(Exception, match=f"not a bundle: {seed} is not a directory"):
+        train_throughput.xelm_train(seed, tmp_path / "no-shards", tmp_path / "out", run)
