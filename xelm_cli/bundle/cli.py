@@ -14,6 +14,7 @@ from xelm_cli.bundle.branching import branch as branch_bundle
 from xelm_cli.bundle.branching import find_bundles, hmr_branch
 from xelm_cli.bundle.lineage import Node, children, graph_json, lineage_graph, roots
 from xelm_cli.bundle.manifest import ROLES
+from xelm_cli.bundle.moe import CALIBRATION_TOKENS
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
 from xelm_cli.bundle.store import Bundle, check_role, verify_bundle
 from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
@@ -21,6 +22,7 @@ from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import byte_progress
 from xelm_cli.common.units import parse_byte_size
+from xelm_cli.ensemble.cli import DeviceOpt
 from xelm_cli.lang.codes import parse_language_list
 
 app = typer.Typer(
@@ -478,7 +480,11 @@ def moe(
     ] = "uniform",
     calibration: Annotated[
         str | None,
-        typer.Option(help="Held-out labelled corpus for --gate language (e.g. FLORES dev)."),
+        typer.Option(
+            help="Held-out labelled corpus for --gate language (e.g. FLORES dev); of each "
+            f"document, the first {CALIBRATION_TOKENS:,} tokens (at most the experts' "
+            "context) are run."
+        ),
     ] = None,
     calibration_limit: Annotated[
         int, typer.Option(help="Calibration documents per language.")
@@ -495,6 +501,7 @@ def moe(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --gate random.")] = 0,
+    device: DeviceOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -502,9 +509,10 @@ def moe(
 
     Llama/Mistral experts become MixtralForCausalLM, Qwen2/Qwen3 experts Qwen2Moe/Qwen3Moe;
     attention, norms and embeddings are averaged (or taken from the seed). The result loads in
-    plain transformers and records every expert as a parent.
+    plain transformers and records every expert as a parent. --gate language runs each expert
+    over its languages' calibration text on --device, in batches.
 
-    Example: xelm bundle moe experts/* --gate language --calibration flores-dev/ -o moe/
+    Example: xelm bundle moe experts/* --gate language --calibration dev/ --device cuda -o moe/
     """
     from xelm_cli.bundle.merging import parse_weights
     from xelm_cli.bundle.moe import build_moe
@@ -523,6 +531,7 @@ def moe(
             weights=chosen,
             shared_from=shared_from,
             seed=seed,
+            device=device,
             overwrite=force,
             progress=progress,
         )

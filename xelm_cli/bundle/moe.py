@@ -35,10 +35,14 @@ from xelm_cli.bundle.tensor_stream import (
 )
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.ensemble.scoring import _batches, _Segment, default_batch_tokens, pick_device
 
 GATES = ("language", "random", "uniform")
 DEFAULT_TOP_K = 2
 CALIBRATION_LIMIT = 50  # documents per language for --gate language
+# tokens of a calibration document run (at most the model's context): a mean over tokens
+# needs no long context, and one 128k-token document would need attention memory quadratic in it
+CALIBRATION_TOKENS = 2048
 _MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight$")
 
 
@@ -203,17 +207,60 @@ def _moe_layout(
     return layout, from_expert
 
 
-def _mean_router_inputs(bundle: Bundle, documents: Sequence[Any], layers: int) -> Any:
-    """(layers, hidden): the mean over tokens of each layer's post-attention norm output."""
+def _calibration_batches(
+    tokenizer: Any, documents: Sequence[Any], cut: int, batch_tokens: int
+) -> list[list[_Segment]]:
+    """The documents' tokens, each cut at ``cut``, in length-sorted batches of at most
+    ``batch_tokens`` padded tokens (``_Segment.sequence``: the document's index)."""
+    texts = [document.text for document in documents]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    segments = [_Segment(i, 0, list(tokens[:cut]), 0) for i, tokens in enumerate(ids) if tokens]
+    return _batches(segments, batch_tokens)
+
+
+def _padded(batch: Sequence[_Segment], device: Any) -> tuple[Any, Any]:
+    """(token ids, mask of the real tokens): the batch right-padded, on ``device``."""
     import torch
 
-    model = bundle.load_model(verify=False).eval()
-    tokenizer = bundle.load_tokenizer(verify=False)
-    sums = [torch.zeros(model.config.hidden_size, dtype=torch.float64) for _ in range(layers)]
+    width = max(len(segment.tokens) for segment in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, segment in enumerate(batch):
+        ids[row, : len(segment.tokens)] = torch.tensor(segment.tokens)
+        mask[row, : len(segment.tokens)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _mean_router_inputs(
+    bundle: Bundle,
+    documents: Sequence[Any],
+    layers: int,
+    device: Any,
+    progress: Progress | None = None,
+) -> Any:
+    """(layers, hidden), float64 on the CPU: the mean over the documents' tokens (each
+    document cut at ``CALIBRATION_TOKENS`` or the model's context, whichever is shorter) of
+    each layer's post-attention norm output, the model in its stored dtype on ``device``,
+    the documents in length-sorted, right-padded batches as scoring batches them there
+    (padding is not counted). ``progress`` is told the bytes of text each batch ran."""
+    import torch
+
+    model = bundle.load_model(verify=False).to(device).eval()
+    cut = min(model.config.max_position_embeddings, CALIBRATION_TOKENS)
+    batches = _calibration_batches(
+        bundle.load_tokenizer(verify=False),
+        documents,
+        cut,
+        default_batch_tokens(device),
+    )
+    # float64 sums stay where the norm outputs are, except on MPS, which has no float64
+    sums_device = torch.device("cpu") if device.type == "mps" else device
+    sums = torch.zeros(layers, model.config.hidden_size, dtype=torch.float64, device=sums_device)
+    real: list[Any] = []  # the running batch's mask of real (unpadded) positions
 
     def keep(layer: int) -> Callable[..., None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            sums[layer] += output[0].double().sum(dim=0)
+            sums[layer] += output[real[0]].to(sums_device).double().sum(dim=0)
 
         return hook
 
@@ -222,32 +269,43 @@ def _mean_router_inputs(bundle: Bundle, documents: Sequence[Any], layers: int) -
     count = 0
     try:
         with torch.inference_mode():
-            for document in documents:
-                ids = tokenizer(document.text, add_special_tokens=False)["input_ids"]
-                ids = ids[: model.config.max_position_embeddings]
-                if ids:
-                    model(torch.tensor([ids]))
-                    count += len(ids)
+            for batch in batches:
+                ids, mask = _padded(batch, device)
+                real[:] = [mask.bool()]
+                model.model(input_ids=ids, attention_mask=mask)  # the body: no logits needed
+                count += sum(len(segment.tokens) for segment in batch)
+                if progress is not None:
+                    progress(sum(len(documents[s.sequence].text.encode()) for s in batch))
     finally:
         for handle in handles:
             handle.remove()
     if not count:
         raise UsageError(f"no calibration text in {bundle.languages} for {bundle.path}")
-    return torch.stack(sums) / count
+    return (sums / count).cpu()
 
 
 def language_gates(
-    bundles: Sequence[Bundle], calibration: str | Path, layers: int, limit: int
+    bundles: Sequence[Bundle],
+    calibration: str | Path,
+    layers: int,
+    limit: int,
+    device: Any,
+    progress: Progress | None = None,
 ) -> Any:
     """(layers, k, hidden) router rows from each expert's own hidden states on held-out text
-    in its languages: per layer, the mean router input, centred over experts, unit norm."""
+    in its languages (on ``device``): per layer, the mean router input, centred over experts,
+    unit norm."""
     import torch
 
     from xelm_cli.data.corpus import read_documents
 
     means = [
         _mean_router_inputs(
-            bundle, read_documents(calibration, languages=bundle.languages, limit=limit), layers
+            bundle,
+            read_documents(calibration, languages=bundle.languages, limit=limit),
+            layers,
+            device,
+            progress,
         )
         for bundle in bundles
     ]
@@ -267,6 +325,7 @@ def build_moe(
     weights: Sequence[float] | None = None,
     shared_from: Path | None = None,
     seed: int = 0,
+    device: str | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
@@ -274,7 +333,12 @@ def build_moe(
     order; a quoted glob such as ``"experts/*"`` is expanded). Non-expert weights: the
     experts' average (uniform, or ``weights``), or those of ``shared_from``, an ancestor of
     every expert (the seed they were branched from). Mismatched experts and unsupported
-    architectures are refused from manifests and configs, before any tensor is read."""
+    architectures are refused from manifests and configs, before any tensor is read.
+
+    ``gate="language"`` runs each expert on ``device`` (None or ``auto``: CUDA if present,
+    else the CPU) over up to ``calibration_limit`` documents per language of
+    ``calibration``, each cut at ``CALIBRATION_TOKENS`` tokens. ``progress`` is told the
+    bytes hashed, the bytes of calibration text run and the bytes written."""
     import torch
     from transformers import AutoConfig
 
@@ -289,6 +353,7 @@ def build_moe(
         raise UsageError(f"unknown --gate {gate!r}; choose {', '.join(GATES)}")
     if gate == "language" and calibration is None:
         raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
+    chosen_device = pick_device(device)
     config = moe_config(dense, family, k, top_k)
     chosen = normalised(weights, "weights") if weights else [1.0 / k] * k
     if len(chosen) != k:
@@ -309,7 +374,14 @@ def build_moe(
 
     if gate == "language":
         assert calibration is not None
-        rows = language_gates(bundles, calibration, config.num_hidden_layers, calibration_limit)
+        rows = language_gates(
+            bundles,
+            calibration,
+            config.num_hidden_layers,
+            calibration_limit,
+            chosen_device,
+            progress,
+        )
     elif gate == "random":
         generator = torch.Generator().manual_seed(seed)
         shape = (config.num_hidden_layers, k, config.hidden_size)

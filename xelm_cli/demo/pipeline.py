@@ -696,7 +696,7 @@ class Demo:
         if not is_bundle(out):
             build_moe(
                 experts, out, top_k=MOE_TOP_K, gate="language", calibration=text,
-                calibration_limit=self.preset.eval_documents, overwrite=True,
+                calibration_limit=self.preset.eval_documents, device=self.device, overwrite=True,
             )  # fmt: skip
         return {
             "bundle": str(out),
