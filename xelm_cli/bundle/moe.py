@@ -35,7 +35,13 @@ from xelm_cli.bundle.tensor_stream import (
 )
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.ensemble.scoring import _batches, _Segment, default_batch_tokens, pick_device
+from xelm_cli.ensemble.scoring import (
+    Segment,
+    default_batch_tokens,
+    length_batches,
+    pick_device,
+    right_padded,
+)
 
 GATES = ("language", "random", "uniform")
 DEFAULT_TOP_K = 2
@@ -209,26 +215,13 @@ def _moe_layout(
 
 def _calibration_batches(
     tokenizer: Any, documents: Sequence[Any], cut: int, batch_tokens: int
-) -> list[list[_Segment]]:
+) -> list[list[Segment]]:
     """The documents' tokens, each cut at ``cut``, in length-sorted batches of at most
-    ``batch_tokens`` padded tokens (``_Segment.sequence``: the document's index)."""
+    ``batch_tokens`` padded tokens (``Segment.sequence``: the document's index)."""
     texts = [document.text for document in documents]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    segments = [_Segment(i, 0, list(tokens[:cut]), 0) for i, tokens in enumerate(ids) if tokens]
-    return _batches(segments, batch_tokens)
-
-
-def _padded(batch: Sequence[_Segment], device: Any) -> tuple[Any, Any]:
-    """(token ids, mask of the real tokens): the batch right-padded, on ``device``."""
-    import torch
-
-    width = max(len(segment.tokens) for segment in batch)
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, segment in enumerate(batch):
-        ids[row, : len(segment.tokens)] = torch.tensor(segment.tokens)
-        mask[row, : len(segment.tokens)] = 1
-    return ids.to(device), mask.to(device)
+    segments = [Segment(i, 0, list(tokens[:cut]), 0) for i, tokens in enumerate(ids) if tokens]
+    return length_batches(segments, batch_tokens)
 
 
 def _mean_router_inputs(
@@ -270,7 +263,7 @@ def _mean_router_inputs(
     try:
         with torch.inference_mode():
             for batch in batches:
-                ids, mask = _padded(batch, device)
+                ids, mask = (tensor.to(device) for tensor in right_padded(batch))
                 real[:] = [mask.bool()]
                 model.model(input_ids=ids, attention_mask=mask)  # the body: no logits needed
                 count += sum(len(segment.tokens) for segment in batch)

@@ -252,7 +252,7 @@ def target_logprobs(
 
 
 @dataclass(frozen=True)
-class _Segment:
+class Segment:
     sequence: int
     window: int
     tokens: list[int]
@@ -274,11 +274,11 @@ def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, i
     return spans
 
 
-def _batches(segments: list[_Segment], batch_tokens: int) -> list[list[_Segment]]:
+def length_batches(segments: list[Segment], batch_tokens: int) -> list[list[Segment]]:
     """Length-sorted batches of at most ``batch_tokens`` padded tokens, and at most
     ``MAX_PADDING`` of them padding (a long batch of short documents wastes compute)."""
     ordered = sorted(segments, key=lambda s: -len(s.tokens))
-    batches: list[list[_Segment]] = []
+    batches: list[list[Segment]] = []
     real = 0
     for segment in ordered:
         if batches:
@@ -291,6 +291,19 @@ def _batches(segments: list[_Segment], batch_tokens: int) -> list[list[_Segment]
         batches.append([segment])
         real = len(segment.tokens)
     return batches
+
+
+def right_padded(batch: Sequence[Segment]) -> tuple[Any, Any]:
+    """(token ids, mask of the real tokens) of ``batch``, right-padded to its longest row."""
+    import torch
+
+    width = max(len(segment.tokens) for segment in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, segment in enumerate(batch):
+        ids[row, : len(segment.tokens)] = torch.tensor(segment.tokens)
+        mask[row, : len(segment.tokens)] = 1
+    return ids, mask
 
 
 def _capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
@@ -321,17 +334,12 @@ def score_sequences(
     for index, sequence in enumerate(sequences):
         spans = windows(len(sequence), max_length, stride)
         for window, (start, end, first) in enumerate(spans):
-            segments.append(_Segment(index, window, list(sequence[start:end]), first - start - 1))
+            segments.append(Segment(index, window, list(sequence[start:end]), first - start - 1))
     pieces: list[list[tuple[int, Any]]] = [[] for _ in sequences]
     device = models[0].device
     with torch.inference_mode():
-        for batch in _batches(segments, batch_tokens):
-            width = len(batch[0].tokens)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, segment in enumerate(batch):
-                ids[row, : len(segment.tokens)] = torch.tensor(segment.tokens)
-                mask[row, : len(segment.tokens)] = 1
+        for batch in length_batches(segments, batch_tokens):
+            ids, mask = right_padded(batch)
             rows: list[int] = []
             cols: list[int] = []
             targets: list[int] = []
