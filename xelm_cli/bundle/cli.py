@@ -17,12 +17,18 @@ from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.moe import CALIBRATION_TOKENS
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
 from xelm_cli.bundle.store import Bundle, check_role, verify_bundle
-from xelm_cli.common.cli_options import BundleArg, ForceOpt, JsonOpt, OutDirOpt, print_json
+from xelm_cli.common.cli_options import (
+    BundleArg,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    OutDirOpt,
+    print_json,
+)
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import byte_progress
 from xelm_cli.common.units import parse_byte_size
-from xelm_cli.ensemble.cli import DeviceOpt
 from xelm_cli.lang.codes import parse_language_list
 
 app = typer.Typer(

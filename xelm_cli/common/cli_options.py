@@ -8,6 +8,9 @@ import typer
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
+]
 OutDirOpt = Annotated[
     Path, typer.Option("--output", "-o", help="Output directory (must not exist).")
 ]

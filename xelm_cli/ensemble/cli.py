@@ -6,7 +6,7 @@ from typing import Annotated, Any, TypedDict
 
 import typer
 
-from xelm_cli.common.cli_options import ForceOpt, print_json
+from xelm_cli.common.cli_options import DeviceOpt, ForceOpt, print_json
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
@@ -50,9 +50,6 @@ CombineOpt = Annotated[
         help=f"How experts combine: {', '.join(COMBINE_RULES)} (default: the ensemble "
         "file's, else mixture; product: product of experts, spec/ensemble-v1.md section 3).",
     ),
-]
-DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")
 ]
 
 
