@@ -4,11 +4,12 @@
                              [--no-compile] [--budget 480]
                              [--sections training,preset,memory,ensemble,compile]
 
-(``benchmarks/gpu.sh`` runs it.) On one H100-class GPU the first four sections should take
-about 6.5 minutes, an estimate (nothing here has been timed on a GPU yet); the demo preset's
-timing (2.) is estimated at half a minute of that: its tokenizer, shards and seed took 14 s on
-a 2-core CPU, and 40 steps of the preset's model should take seconds on an H100, plus loading
-and saving the bundle. The compile section (5.) gets what is left of --budget (480 s).
+(``benchmarks/gpu.sh`` runs it.) Nothing here has been timed on a GPU yet. On one H100-class
+GPU the first four sections should take about 4.5 minutes, estimated from their CPU-side costs
+on a 2-core CPU and their FLOPs: training half a minute, the demo preset (2.) half a minute
+(its tokenizer, shards and seed took 8-14 s on the CPU; 40 steps should take seconds), memory
+half a minute, the ensemble 2.5 minutes (building 8 experts took 24 s on the CPU; see 4.).
+The compile section (5.) gets what is left of --budget (480 s).
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
@@ -32,8 +33,11 @@ and saving the bundle. The compile section (5.) gets what is left of --budget (4
    (``training_memory``) and their ratio.
 4. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
    ensemble's wall time / (8 x one expert's) and the language router's / one expert's, on
-   every FLORES-200 devtest sentence of 16 languages (1.06M tokens: on a GPU the experts'
-   loading, inside the timed part, should then be the smaller part of it).
+   all 1,012 FLORES-200 devtest sentences of each of 16 languages (1.06M tokens). The timed
+   part loads the experts too: on the CPU one 109M-parameter expert loaded in 0.5 s (1.0 s
+   swapped in, files checked), while the host's share of evaluating took 0.13-0.25 ms a
+   sentence and expert, so on a GPU (~0.6 s of FLOPs a pass) evaluation should be 80-90% of
+   one expert's timed seconds and about 70% of the posterior's (at 48 sentences, 20-30%).
 5. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
    last and in a process of their own (compiling is the slowest and least tried part): not
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
