@@ -109,6 +109,11 @@ def _cache_keyword(model_class: Any) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
 
+@functools.cache
+def _takes_positions(model_class: Any) -> bool:
+    return "position_ids" in inspect.signature(model_class.forward).parameters
+
+
 def with_cache(model: Any, cache: Any) -> dict[str, Any]:
     """The keyword arguments that pass ``cache`` (from :func:`new_cache`) to ``model``'s
     forward; a one-line :class:`UsageError` where the forward takes no cache xelm can pass."""
@@ -198,16 +203,26 @@ class LoadedModel:
         alone (``logits_are_output_layer``)."""
         return logits_are_output_layer(self.model)
 
-    def states(self, input_ids: Any, attention_mask: Any, past: Any = None) -> tuple[Any, Any]:
-        """(hidden states or, for non-chunked models, logits; the key-value cache)."""
-        if self.chunked:
-            body = self.model.base_model
-            out = body(input_ids=input_ids, attention_mask=attention_mask, **with_cache(body, past))
-            return out.last_hidden_state, cache_of(body, out)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, **with_cache(self.model, past)
+    def states(
+        self, input_ids: Any, attention_mask: Any, past: Any = None, positions: Any = None
+    ) -> tuple[Any, Any]:
+        """(hidden states or, for non-chunked models, logits; the key-value cache).
+        ``positions``: explicit position ids, only for a model that :attr:`takes_positions`."""
+        forward = self.model.base_model if self.chunked else self.model
+        out = forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            **with_cache(forward, past),
+            **({} if positions is None else {"position_ids": positions}),
         )
-        return out.logits, cache_of(self.model, out)
+        states = out.last_hidden_state if self.chunked else out.logits
+        return states, cache_of(forward, out)
+
+    @property
+    def takes_positions(self) -> bool:
+        """Whether the forward that :meth:`states` calls takes ``position_ids``."""
+        forward: Any = type(self.model.base_model if self.chunked else self.model)
+        return _takes_positions(forward)
 
     def logits(self, states: Any) -> Any:
         if self.chunked:
@@ -370,6 +385,12 @@ def score_sequences(
     return results
 
 
+# model types that take no position ids and need none under left padding: BLOOM's ALiBi counts
+# a row's real tokens in the attention mask; MPT's moves with the key's index, a shift that is
+# the same for all of a row's keys and that softmax ignores
+POSITIONS_WITHOUT_IDS = frozenset({"bloom", "mpt"})
+
+
 def _repeatable_cache(model: Any) -> Any:
     """A new cache for ``model`` whose rows can be repeated; None where it takes no cache or
     keeps a state per layer that cannot be (recurrent layers)."""
@@ -381,25 +402,187 @@ def _repeatable_cache(model: Any) -> Any:
     return cache if all(hasattr(layer, "batch_repeat_interleave") for layer in layers) else None
 
 
+def batches_choice_sets(model: LoadedModel) -> bool:
+    """Whether ``model`` scores several requests' contexts in one left-padded forward exactly
+    as one at a time: its cache rows can be repeated for the choices, and each row's positions
+    can be given (``position_ids``) or need not be (``POSITIONS_WITHOUT_IDS``). Otherwise each
+    request runs on its own: recurrent models (Mamba), and models of other types whose forward
+    takes no ``position_ids``."""
+    return _repeatable_cache(model.model) is not None and (
+        model.takes_positions or model.model.config.model_type in POSITIONS_WITHOUT_IDS
+    )
+
+
+@dataclass(frozen=True)
+class _ChoiceSet:
+    context: list[int]
+    choices: list[list[int]]
+
+
+def _fitted(
+    context: Sequence[int], choices: Sequence[Sequence[int]], max_length: int
+) -> _ChoiceSet:
+    """The request checked, its context cut to fit the model's positions beside its longest
+    choice (keeping its BOS, losing its oldest tokens)."""
+    if not context:
+        raise UsageError("every context must start with its BOS token")
+    longest = max((len(c) for c in choices), default=0)
+    if longest < 1 or any(len(c) == 0 for c in choices):
+        raise UsageError("every choice must have at least one token")
+    room = max_length - longest
+    if room < 2:
+        raise UsageError(
+            f"a choice of {longest} tokens leaves no room for its context in "
+            f"the model's {max_length} positions"
+        )
+    kept = list(context)
+    if len(kept) > room:
+        kept = [kept[0], *kept[len(kept) - room + 1 :]]
+    return _ChoiceSet(kept, [list(choice) for choice in choices])
+
+
+def _choice_batch_tokens(requests: int, width: int, choices: int, choice_width: int) -> int:
+    """The key and value positions a batch holds: its ``requests`` contexts left-padded to
+    ``width``, and each of their ``choices`` rows (its context's cache repeated, then the
+    choice right-padded to ``choice_width``)."""
+    return requests * (width + choices * (width + choice_width))
+
+
+def choice_batches(requests: Sequence[_ChoiceSet], batch_tokens: int) -> list[list[int]]:
+    """Indices of ``requests`` in batches that share a number of choices (a cache repeats its
+    rows uniformly), sorted by context length, each within ``batch_tokens``
+    (:func:`_choice_batch_tokens`) and with at most ``MAX_PADDING`` of its context positions
+    padding; a request over the budget on its own is a batch of one."""
+    order = sorted(
+        range(len(requests)),
+        key=lambda i: (len(requests[i].choices), -len(requests[i].context)),
+    )
+    batches: list[list[int]] = []
+    width = real = choice_width = 0
+    for index in order:
+        request = requests[index]
+        count, longest = len(request.choices), max(len(c) for c in request.choices)
+        if batches and count == len(requests[batches[-1][0]].choices):
+            rows = len(batches[-1]) + 1
+            wider = max(choice_width, longest)
+            if _choice_batch_tokens(rows, width, count, wider) <= batch_tokens and real + len(
+                request.context
+            ) >= rows * width * (1 - MAX_PADDING):
+                batches[-1].append(index)
+                real += len(request.context)
+                choice_width = wider
+                continue
+        batches.append([index])
+        width = real = len(request.context)
+        choice_width = longest
+    return batches
+
+
+def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
+    """(token ids, mask of the real tokens) of ``rows``, left-padded to the longest."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, width - len(row) :] = torch.tensor(row)
+        mask[index, width - len(row) :] = 1
+    return ids, mask
+
+
 def _context_and_choices(
-    model: LoadedModel, context: Any, choices: Any, mask: Any
+    model: LoadedModel, contexts: Any, context_mask: Any, choices: Any, choice_mask: Any
 ) -> tuple[Any, Any]:
-    """``model``'s states on ``context`` (1, n) and on each row of ``choices`` (right-padded,
-    ``mask`` over context and choice) after it. The context runs once and its keys and values
-    are repeated for the rows, except in models with layers whose state is not keys and values
+    """``model``'s states on ``contexts`` (B, n; left-padded, ``context_mask``) and on each
+    row of ``choices`` (B * K, right-padded, ``choice_mask``: K rows per context, in order)
+    after its context. The contexts run once and their keys and values are repeated for the
+    rows, positions counted from each row's first real token as transformers' generation does
+    for left padding; except in models with layers whose state is not keys and values
     (recurrent ones: transformers neither repeats such a state nor continues it by several
-    tokens exactly): there each row runs whole, without a mask (right padding changes no
-    earlier position)."""
+    tokens exactly), which get one unpadded context at a time: there each row runs whole,
+    without a mask (right padding changes no earlier position)."""
     import torch
 
     cache = _repeatable_cache(model.model)
-    if cache is not None:
-        states, past = model.states(context, torch.ones_like(context), cache)
-        past.batch_repeat_interleave(len(choices))
-        return states, model.states(choices, mask, past)[0]
-    rows = torch.cat([context.expand(len(choices), -1), choices], dim=1)
-    states = model.states(rows, None)[0]
-    return states[:1, : context.shape[1]], states[:, context.shape[1] :]
+    if cache is None:
+        rows = torch.cat([contexts.expand(len(choices), -1), choices], dim=1)
+        states = model.states(rows, None)[0]
+        return states[:1, : contexts.shape[1]], states[:, contexts.shape[1] :]
+    repeats = len(choices) // len(contexts)
+    positions = (context_mask.cumsum(dim=1) - 1).clamp(min=0)
+    states, past = model.states(
+        contexts, context_mask, cache, positions if model.takes_positions else None
+    )
+    past.batch_repeat_interleave(repeats)
+    mask = torch.cat([context_mask.repeat_interleave(repeats, dim=0), choice_mask], dim=1)
+    following = positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
+    following = following + torch.arange(choices.shape[1], device=choices.device)
+    more = model.states(choices, mask, past, following if model.takes_positions else None)[0]
+    return states, more
+
+
+def _score_choice_batch(
+    models: Sequence[LoadedModel], coefficients: Sequence[float], batch: Sequence[_ChoiceSet]
+) -> list[tuple[Logprobs, list[Logprobs]]]:
+    """Each request's context and choice log-probabilities, its contexts in one forward per
+    model and its choices in another: a context's from its left-padded row, a choice's first
+    token from its context's last state, its others from the choice's own row."""
+    import torch
+
+    device = models[0].device
+    contexts, context_mask = _left_padded([request.context for request in batch])
+    choice_rows = [choice for request in batch for choice in request.choices]
+    choices, choice_mask = right_padded([Segment(0, 0, choice, 0) for choice in choice_rows])
+    width = contexts.shape[1]
+    # from the context states: each context's tokens 1..n-1, then each choice's first token
+    rows, cols, targets = [], [], []
+    for row, request in enumerate(batch):
+        n = len(request.context)
+        rows += [row] * (n - 1 + len(request.choices))
+        cols += [*range(width - n, width - 1), *[width - 1] * len(request.choices)]
+        targets += [*request.context[1:], *(choice[0] for choice in request.choices)]
+    # from the choice states: each choice's tokens 1..m-1
+    more_rows = [row for row, choice in enumerate(choice_rows) for _ in choice[1:]]
+    more_cols = [col for choice in choice_rows for col in range(len(choice) - 1)]
+    more_targets = [token for choice in choice_rows for token in choice[1:]]
+    firsts, others = [], []
+    for model in models:
+        states, more = _context_and_choices(
+            model,
+            contexts.to(device),
+            context_mask.to(device),
+            choices.to(device),
+            choice_mask.to(device),
+        )
+        firsts.append(states[rows, cols])
+        others.append(more[more_rows, more_cols])
+    first_lp = target_logprobs(models, coefficients, firsts, torch.tensor(targets)).numpy()
+    other_targets = torch.tensor(more_targets, dtype=torch.long)
+    other_lp = target_logprobs(models, coefficients, others, other_targets).numpy()
+    return _split_choice_logprobs(batch, first_lp, other_lp)
+
+
+def _split_choice_logprobs(
+    batch: Sequence[_ChoiceSet], first_lp: Logprobs, other_lp: Logprobs
+) -> list[tuple[Logprobs, list[Logprobs]]]:
+    """Each request's (context log-probabilities, each choice's) from the batch's two runs:
+    ``first_lp`` (per request: its context's, then its choices' first tokens) and
+    ``other_lp`` (per choice: its tokens after the first)."""
+    results = []
+    first, other = 0, 0
+    for request in batch:
+        n = len(request.context) - 1
+        context_lp = first_lp[first : first + n]
+        starts = first_lp[first + n : first + n + len(request.choices)]
+        first += n + len(request.choices)
+        choice_lps = []
+        for start, choice in zip(starts, request.choices, strict=True):
+            rest = other_lp[other : other + len(choice) - 1]
+            other += len(choice) - 1
+            choice_lps.append(np.concatenate([[start], rest]))
+        results.append((context_lp, choice_lps))
+    return results
 
 
 def score_choice_sets(
@@ -407,57 +590,32 @@ def score_choice_sets(
     coefficients: Sequence[float],
     requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
     *,
+    batch_tokens: int | None = None,
     advance: Any = None,
 ) -> list[tuple[Logprobs, list[Logprobs]]]:
     """For each (context, choices): the context's own log-probabilities (tokens 1..n-1, as in
-    ``score_sequences``) and each choice's, given the context. The context (starting with BOS)
+    ``score_sequences``) and each choice's, given the context. A context (starting with BOS)
     is encoded once per model and its key-value cache reused by every choice; a context too
-    long for the model keeps its BOS and loses its oldest tokens."""
+    long for the model keeps its BOS and loses its oldest tokens. Requests with as many
+    choices run together (:func:`choice_batches`, within ``batch_tokens``, by default the
+    device's :func:`default_batch_tokens`) where every model :func:`batches_choice_sets`,
+    else one at a time. ``advance(n)`` is told of the n requests each batch scored."""
     import torch
 
     max_length = min(model.max_length for model in models)
-    device = models[0].device
-    results = []
+    fitted = [_fitted(context, choices, max_length) for context, choices in requests]
+    budget = _capped_for_whole_logits(
+        models, batch_tokens or default_batch_tokens(models[0].device)
+    )
+    if all(batches_choice_sets(model) for model in models):
+        batches = choice_batches(fitted, budget)
+    else:
+        batches = [[index] for index in range(len(fitted))]
+    results: dict[int, tuple[Logprobs, list[Logprobs]]] = {}
     with torch.inference_mode():
-        for context, choices in requests:
-            longest = max((len(c) for c in choices), default=0)
-            if longest < 1 or any(len(c) == 0 for c in choices):
-                raise UsageError("every choice must have at least one token")
-            room = max_length - longest
-            if room < 2:
-                raise UsageError(
-                    f"a choice of {longest} tokens leaves no room for its context in "
-                    f"the model's {max_length} positions"
-                )
-            context = list(context)
-            if len(context) > room:
-                context = [context[0], *context[len(context) - room + 1 :]]
-            ctx = torch.tensor([context], device=device)
-            width = longest
-            conts = torch.zeros((len(choices), width), dtype=torch.long)
-            mask = torch.zeros((len(choices), len(context) + width), dtype=torch.long)
-            mask[:, : len(context)] = 1
-            for row, choice in enumerate(choices):
-                conts[row, : len(choice)] = torch.tensor(list(choice))
-                mask[row, len(context) : len(context) + len(choice)] = 1
-            ctx_states, choice_states = [], []
-            for model in models:
-                states, more = _context_and_choices(model, ctx, conts.to(device), mask.to(device))
-                ctx_states.append(states[0])
-                choice_states.append((states[0, -1], more))
-            ctx_targets = torch.tensor(context[1:], dtype=torch.long)
-            context_lp = target_logprobs(
-                models, coefficients, [s[:-1] for s in ctx_states], ctx_targets
-            ).numpy()
-            choice_lps = []
-            for row, choice in enumerate(choices):
-                states = [
-                    torch.cat([last[None], more[row, : len(choice) - 1]])
-                    for last, more in choice_states
-                ]
-                lp = target_logprobs(models, coefficients, states, torch.tensor(list(choice)))
-                choice_lps.append(lp.numpy())
-            results.append((context_lp, choice_lps))
+        for batch in batches:
+            scored = _score_choice_batch(models, coefficients, [fitted[i] for i in batch])
+            results.update(zip(batch, scored, strict=True))
             if advance is not None:
-                advance(1)
-    return results
+                advance(len(batch))
+    return [results[index] for index in range(len(fitted))]
