@@ -71,9 +71,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("XELM_DEBUG", "1")  # a failed `xelm train` raises: its traceback in the log
-
 import torch
 from transformers import (
     AutoConfig,
@@ -685,6 +682,9 @@ def write(results: dict, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    # set here, not on import: tests import this module beside every other test
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("XELM_DEBUG", "1")  # a failed `xelm train` raises: its traceback logged
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
