@@ -1,16 +1,17 @@
 """In-context multiple-choice scoring: one request per forward vs requests batched.
 
     python benchmarks/icl_throughput.py [--device cpu|cuda] [--model demo-small|llama-25m]
-                                        [--requests 200]
+                                        [--requests 200] [--threads N] [--batch-tokens N]
 
 ``score_choice_sets`` on SIB-200-like requests (7 choices of 1-3 tokens) with zero-shot
 (~60-token) and few-shot (~400-token) contexts, random token ids, a randomly initialised
 Llama: ``demo-small`` is the demo's ``small`` preset model (hidden 64, 2 layers, vocabulary
 4,000), ``llama-25m`` a 25M-parameter one (hidden 512, 6 layers, vocabulary 8,000). Per
 request: ``batch_tokens=1``, a batch of one request each, two forwards per request as before
-batching; batched: the device's default token budget. One timed run of each, alternating,
-after an untimed warm-up; prints requests/s, their ratio and the largest difference between
-the two paths' log-probabilities.
+batching; batched: ``--batch-tokens``, by default the device's token budget. One timed run of
+each, alternating, after an untimed warm-up; prints requests/s, their ratio and the largest
+difference between the two paths' log-probabilities. On a CPU shared with other work,
+``--threads 1`` gives steadier numbers than torch's default (one thread per core).
 """
 
 import argparse
@@ -96,10 +97,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", choices=sorted(MODELS), default="demo-small")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: torch's own")
+    parser.add_argument("--batch-tokens", type=int, default=0, help="0: the device's default")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model = build_model(args.model, device)
-    budget = default_batch_tokens(device)
+    budget = args.batch_tokens or default_batch_tokens(device)
     vocab = model.vocab_size()
     score_choice_sets([model], [1.0], sib_like(4, 60, vocab, seed=99))  # warm-up
     print(
