@@ -458,7 +458,7 @@ class EnsembleModel(LanguageModel):
                 for _, choice_lps in self._logit_average(
                     routes,
                     lambda models, coefs, items: score_choice_sets(
-                        models, coefs, [encoded[i] for i in items]
+                        models, coefs, [encoded[i] for i in items], batch_tokens=self.batch_tokens
                     ),
                 )
             ]
@@ -467,7 +467,10 @@ class EnsembleModel(LanguageModel):
         ]
 
         def compute(model: LoadedModel, items: list[int], advance: Callable[[int], None]) -> Any:
-            return score_choice_sets([model], [1.0], [encoded[i] for i in items], advance=advance)
+            return score_choice_sets(
+                [model], [1.0], [encoded[i] for i in items], advance=advance,
+                batch_tokens=self.batch_tokens,
+            )  # fmt: skip
 
         scored = self._stream(self._needed(routes), keys, compute, [1] * len(keys), "examples")
         results = []
