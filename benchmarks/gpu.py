@@ -2,14 +2,14 @@
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
                              [--no-compile] [--budget 480]
-                             [--sections training,preset,memory,ensemble,compile]
+                             [--sections training,preset,memory,ensemble,choices,compile]
 
 (``benchmarks/gpu.sh`` runs it.) Nothing here has been timed on a GPU yet. On one H100-class
 GPU the first four sections should take about 4.5 minutes, estimated from their CPU-side costs
 on a 2-core CPU and their FLOPs: training half a minute, the demo preset (2.) half a minute
 (its tokenizer, shards and seed took 8-14 s on the CPU; 40 steps should take seconds), memory
 half a minute, the ensemble 2.5 minutes (building 8 experts took 24 s on the CPU; see 4.).
-The compile section (5.) gets what is left of --budget (480 s).
+The compile section (6.) gets what is left of --budget (480 s).
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
@@ -38,7 +38,10 @@ The compile section (5.) gets what is left of --budget (480 s).
    swapped in, files checked), while the host's share of evaluating took 0.13-0.25 ms a
    sentence and expert, so on a GPU (~0.6 s of FLOPs a pass) evaluation should be 80-90% of
    one expert's timed seconds and about 70% of the posterior's (at 48 sentences, 20-30%).
-5. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
+5. Multiple-choice scoring (benchmarks/icl_throughput.py): 400 SIB-200-shaped items of 7
+   choices on a 25M-parameter Llama in bf16, zero-shot and few-shot contexts, one item per
+   forward pair against items batched within the device's token budget (seconds on a GPU).
+6. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
    last and in a process of their own (compiling is the slowest and least tried part): not
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
    not finish is named as failed; --no-compile leaves it out, and where torch.compile cannot
@@ -101,10 +104,11 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
     #                stand-in, timed at its block and batch)
     "gpu": dict(hidden=1024, layers=20, steps=40, log_every=10, block=1024, batch=8,
                 vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
-                docs=1012),
+                docs=1012, icl_model="llama-25m", icl_requests=400),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
-                      docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000),
+                      docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000,
+                      icl_model="demo-small", icl_requests=6),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
     "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
@@ -486,6 +490,14 @@ def ensembles(work: Path, size: dict, args: argparse.Namespace, done: dict) -> d
     return dict(json.loads(out)[0]) | {"docs": size["docs"]}
 
 
+def choice_scoring(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """benchmarks/icl_throughput.py: multiple-choice items one to a forward against batched."""
+    argv = [sys.executable, str(ROOT / "icl_throughput.py"), "--json", "--device", args.device,
+            "--model", size["icl_model"], "--requests", str(size["icl_requests"])]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.splitlines()[-1]))
+
+
 def machine(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)"
@@ -587,6 +599,21 @@ def ensemble_report(e: dict, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def choice_report(c: dict, args: argparse.Namespace) -> list[str]:
+    return [
+        "", "## Multiple-choice scoring (benchmarks/icl_throughput.py)", "",
+        f"{c['requests']} SIB-200-shaped items of {c['choices']} choices (random tokens, the "
+        f"`{c['model']}` Llama, random weights), scored one item per forward pair and batched "
+        f"within {c['budget']:,} tokens; the largest difference between the two paths' "
+        "log-probabilities.", "",
+        "| context | one at a time, items/s | batched, items/s | ratio | batches | max diff |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(f"| {shape} | {r['per_request_per_s']:,.1f} | {r['batched_per_s']:,.1f} | "
+          f"{r['ratio']:.2f} | {r['batches']} | {r['max_difference']:.1e} |"
+          for shape, r in c["shapes"].items()),
+    ]  # fmt: skip
+
+
 def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     timed = (
         f"a tiny stand-in ({p['parameters'] / 1e6:.1f}M parameters), not the preset's shape"
@@ -630,6 +657,7 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "preset": preset_training,
     "memory": memory,
     "ensemble": ensembles,
+    "choices": choice_scoring,
     "compile": compiled,
 }
 RENDERERS = {
@@ -637,6 +665,7 @@ RENDERERS = {
     "preset": preset_report,
     "memory": memory_report,
     "ensemble": ensemble_report,
+    "choices": choice_report,
     "compile": compiled_report,
 }
 

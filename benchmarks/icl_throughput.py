@@ -15,6 +15,7 @@ difference between the two paths' log-probabilities. On a CPU shared with other 
 """
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -92,6 +93,26 @@ def largest_difference(one: Any, other: Any) -> float:
     )
 
 
+def measure(model: LoadedModel, count: int, budget: int) -> dict[str, dict[str, float]]:
+    """Per shape: requests/s one at a time and batched, their ratio, the batches and the
+    largest difference between the two paths' log-probabilities."""
+    vocab = model.vocab_size()
+    score_choice_sets([model], [1.0], sib_like(4, 60, vocab, seed=99))  # warm-up
+    rows = {}
+    for shape, context_tokens in SHAPES.items():
+        requests = sib_like(count, context_tokens, vocab, seed=context_tokens)
+        per_request_s, one_by_one, _ = timed(model, requests, batch_tokens=1)
+        batched_s, batched, batches = timed(model, requests, batch_tokens=budget)
+        rows[shape] = {
+            "per_request_per_s": count / per_request_s,
+            "batched_per_s": count / batched_s,
+            "ratio": per_request_s / batched_s,
+            "batches": batches,
+            "max_difference": largest_difference(one_by_one, batched),
+        }
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -99,14 +120,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: torch's own")
     parser.add_argument("--batch-tokens", type=int, default=0, help="0: the device's default")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model = build_model(args.model, device)
     budget = args.batch_tokens or default_batch_tokens(device)
-    vocab = model.vocab_size()
-    score_choice_sets([model], [1.0], sib_like(4, 60, vocab, seed=99))  # warm-up
+    rows = measure(model, args.requests, budget)
+    if args.json:
+        print(json.dumps({"model": args.model, "requests": args.requests, "budget": budget,
+                          "choices": CHOICES, "shapes": rows}))  # fmt: skip
+        return
     print(
         f"model {args.model}, device {device}, {torch.get_num_threads()} threads, "
         f"batch budget {budget} tokens, {args.requests} requests of {CHOICES} choices"
@@ -115,14 +140,10 @@ def main() -> None:
         f"{'shape':<10} {'per request/s':>14} {'batched/s':>10} {'ratio':>6} "
         f"{'batches':>8} {'max |diff|':>11}"
     )
-    for shape, context_tokens in SHAPES.items():
-        requests = sib_like(args.requests, context_tokens, vocab, seed=context_tokens)
-        per_request_s, one_by_one, _ = timed(model, requests, batch_tokens=1)
-        batched_s, batched, batches = timed(model, requests, batch_tokens=budget)
+    for shape, row in rows.items():
         print(
-            f"{shape:<10} {len(requests) / per_request_s:>14.1f} "
-            f"{len(requests) / batched_s:>10.1f} {per_request_s / batched_s:>6.2f} "
-            f"{batches:>8} {largest_difference(one_by_one, batched):>11.2e}"
+            f"{shape:<10} {row['per_request_per_s']:>14.1f} {row['batched_per_s']:>10.1f} "
+            f"{row['ratio']:>6.2f} {row['batches']:>8} {row['max_difference']:>11.2e}"
         )
 
 

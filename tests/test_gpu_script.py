@@ -21,6 +21,7 @@ HEADINGS = (
     "## `xelm demo --preset gpu`",
     "## Peak memory of one training step",
     "## Ensemble evaluation, k = 8",
+    "## Multiple-choice scoring",
     "## Training under torch.compile",
 )
 BARE, XELM = "bare loop, same optimisations", "xelm train"
@@ -41,7 +42,7 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["failed"] == {}
-    sections = ["training", "preset", "memory", "ensemble", "compile"]
+    sections = ["training", "preset", "memory", "ensemble", "choices", "compile"]
     assert list(results["section_seconds"]) == sections
     assert results["training"]["failed"] == {}
     rows = results["training"]["rows"]
@@ -53,6 +54,8 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert set(results["memory"]["gib"]) == {"chunked loss", "plain loss"}
     assert results["ensemble"]["single_seconds"] > 0
     assert results["ensemble"]["docs"] == gpu.SIZES["cpu-smoke"]["docs"]
+    for shape in results["choices"]["shapes"].values():  # batched scores equal one at a time
+        assert shape["batched_per_s"] > 0 and shape["max_difference"] < 1e-5
     compiled = results["compile"]
     if compiled["skipped"] is None:  # torch.compile runs here (inductor has a C++ compiler)
         assert compiled["failed"] == {} and set(compiled["rows"]) == set(COMPILED.values())
