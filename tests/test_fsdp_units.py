@@ -31,6 +31,20 @@ def test_every_familys_decoder_layers_are_shard_units() -> None:
     assert shard_units(torch.nn.Linear(2, 2)) == []  # no declared layers: one unit
 
 
+def test_a_module_tied_to_one_outside_it_stays_in_the_root_unit() -> None:
+    """BERT as a decoder declares BertEmbeddings unsplittable, but its word embeddings are
+    the output layer's weights: FSDP refuses a parameter in two units, so only the layers
+    are units."""
+    from transformers import BertConfig, BertLMHeadModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, is_decoder=True, tie_word_embeddings=True)  # fmt: skip
+    bert = BertLMHeadModel(config)
+    assert "BertEmbeddings" in bert._no_split_modules
+    assert bert.cls.predictions.decoder.weight is bert.bert.embeddings.word_embeddings.weight
+    assert shard_units(bert) == list(bert.bert.encoder.layer)[::-1]
+
+
 def test_the_plan_counts_a_gpt2_layer_from_its_tensors(tokenizer_dir: Path, tmp_path: Path) -> None:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
     model = _gpt2(len(tokenizer))

@@ -169,9 +169,27 @@ def shard_from_main(model: Any, sharding: Sharding, ranks: Ranks, device: torch.
 def shard_units(model: Any) -> list[Any]:
     """The modules of the classes the model declares must not be split (transformers'
     ``_no_split_modules``: its decoder layers, ``GPT2Block``, ``LlamaDecoderLayer``, ...),
-    inner ones first; none where it declares none (the whole model is one unit)."""
+    inner ones first; none where it declares none (the whole model is one unit). A module
+    holding a parameter tied to one outside it (BERT's embeddings, tied to its output layer)
+    stays in the root unit: FSDP manages a parameter in one unit only."""
     names = set(getattr(model, "_no_split_modules", None) or ())
-    units = [module for module in model.modules() if type(module).__name__ in names]
+    owners: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(id(parameter), []).append(name)
+
+    def tied_outside(prefix: str, module: Any) -> bool:
+        inside = prefix + "."
+        return any(
+            not name.startswith(inside)
+            for parameter in module.parameters()
+            for name in owners[id(parameter)]
+        )
+
+    units = [
+        module
+        for prefix, module in model.named_modules()
+        if type(module).__name__ in names and not tied_outside(prefix, module)
+    ]
     return units[::-1]
 
 
