@@ -126,8 +126,12 @@ def test_a_language_short_of_its_share_is_kept_whole_and_the_shortfall_says_by_h
     assert summary["shortfall"] == 500 - held  # sw's share is 1,000 / 2
     assert (
         f"xelm: warning: sw held fewer tokens than its share of --tokens by --sizes (sw {held} of "
-        f"500): kept whole, the shards fall {500 - held} tokens short; raise --tokens to take more "
-        "of the other languages, or give --sizes in tokens"
+        f"500): kept whole, {500 - held} tokens fewer than --tokens asks; raise --tokens to take "
+        "more of the other languages, or give --sizes in tokens"
+    ) in captured.err.splitlines()
+    assert (  # en was read to its share (whole documents: a little under it), sw held less
+        f"xelm: warning: --tokens 1,000 not reached: the corpus holds {500 + held} tokens within "
+        "their shares by --sizes in en, sw"
     ) in captured.err.splitlines()
 
 

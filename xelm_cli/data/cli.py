@@ -112,10 +112,10 @@ def _warn_shortfall(shards: Shards) -> None:
     options = shards.manifest["options"]
     total = options["tokens"]
     within = " within --cap" if options.get("token_caps") else ""
-    # with --sizes, languages short of their shares were named already; the others were cut
-    holding = "the shards hold" if options.get("sizes") else "the corpus holds"
+    if options.get("sizes"):  # the other languages were read only up to their shares
+        within += " within their shares by --sizes"
     stderr_console.print(
-        f"xelm: warning: --tokens {total:,} not reached: {holding} {total - missing:,} "
+        f"xelm: warning: --tokens {total:,} not reached: the corpus holds {total - missing:,} "
         f"tokens{within} in {', '.join(shards.languages)}",
         highlight=False,
         markup=False,

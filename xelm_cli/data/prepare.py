@@ -85,7 +85,8 @@ def token_shortfall(manifest: dict[str, Any]) -> int | None:
     caps, holds fewer (0: it holds enough; None: no ``tokens`` was given). A streamed language
     read to its limit holds at least that limit; with sizes, one that held less than its share
     is kept whole and the others are not read beyond theirs, so the shards fall short by the
-    difference."""
+    difference (besides the few tokens whole documents leave under each limit, which are not
+    counted: reading stops before the first document over it)."""
     languages = manifest["languages"]
     source_tokens = {
         lang: entry.get("source_tokens", entry["tokens"]) for lang, entry in languages.items()
@@ -329,13 +330,15 @@ def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
 def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int) -> None:
     """Streamed languages that held fewer tokens than their share of ``--tokens`` (``short``:
     language -> tokens held, share) are kept whole; the others were read only to their
-    shares, so the shards fall ``missing`` tokens short."""
+    shares, so ``--tokens`` is ``missing`` tokens short of reached (the shortfall; whole
+    documents aside, which leave each share a little short too)."""
     held = ", ".join(f"{lang} {n:,} of {share:,}" for lang, (n, share) in short.items())
     their = "its" if len(short) == 1 else "their"
+    fewer = f", {missing:,} tokens fewer than --tokens asks" if missing else ""
     sys.stderr.write(
         f"xelm: warning: {', '.join(short)} held fewer tokens than {their} "
-        f"share of --tokens by --sizes ({held}): kept whole, the shards fall {missing:,} tokens "
-        "short; raise --tokens to take more of the other languages, or give --sizes in tokens\n"
+        f"share of --tokens by --sizes ({held}): kept whole{fewer}; raise --tokens to take more "
+        "of the other languages, or give --sizes in tokens\n"
     )
 
 
