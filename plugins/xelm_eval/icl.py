@@ -8,11 +8,12 @@ ensemble then loads each expert once); identical prompts (every run of a 0-shot 
 are scored once.
 """
 
+import copy
 import math
 import statistics
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -115,6 +116,22 @@ class IclEvaluator(Evaluator):
     @property
     def languages(self) -> list[str]:
         return list(self.data)
+
+    def on_languages(self, languages: Sequence[str]) -> "IclEvaluator":
+        """Restricted to ``languages`` (presented in that order) in memory: their examples and
+        demonstration pools, already read, are what loading them again would give, and
+        a language's demonstrations are drawn with its own generator (the module docstring),
+        so its prompts do not change either."""
+        kept = list(dict.fromkeys(normalize_language(code) for code in languages))
+        if not kept or not set(kept) <= set(self.data):
+            raise UsageError(
+                f"cannot restrict the evaluation of {self.task.name} to "
+                f"{', '.join(kept) or 'no language'}: choose among {', '.join(self.data)}"
+            )
+        restricted = copy.copy(self)
+        restricted.request = replace(self.request, languages=tuple(kept))
+        restricted.data = {language: self.data[language] for language in kept}
+        return restricted
 
     def _prompts(self) -> tuple[list[ChoiceRequest], dict[str, list[list[int]]]]:
         """The unique requests, and per language, per run, each example's request index."""

@@ -1,6 +1,7 @@
 """The perplexity evaluator: token perplexity and bits per byte, per language and overall
 (pooled over every token, and the mean over languages)."""
 
+import copy
 import math
 import statistics
 import sys
@@ -103,6 +104,23 @@ class PerplexityEvaluator(Evaluator):
     @property
     def languages(self) -> list[str]:
         return list(self._languages)
+
+    def on_languages(self, languages: Sequence[str]) -> "PerplexityEvaluator":
+        """Restricted to ``languages`` (presented in that order) in memory: the documents
+        already read of them are those reading the data again would give (a Hub corpus is
+        not streamed twice)."""
+        kept = list(dict.fromkeys(languages))
+        wanted = set(kept)
+        if not kept or not wanted <= set(self._languages):
+            raise UsageError(
+                f"cannot restrict the evaluation of {self.request.data} to "
+                f"{', '.join(kept) or 'no language'}: choose among {', '.join(self._languages)}"
+            )
+        restricted = copy.copy(self)
+        restricted.request = replace(self.request, languages=tuple(kept))
+        restricted.documents = [d for d in self.documents if str(d.language) in wanted]
+        restricted._languages = kept
+        return restricted
 
     def _hub_options(self) -> dict[str, str]:
         """The dataset options given, as ``eval_set_with`` reads them."""

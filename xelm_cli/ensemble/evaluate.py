@@ -5,7 +5,6 @@ are the registered plugins, and the result is the same record the command writes
 ``--format json`` (spec/ensemble-v1.md section 5).
 """
 
-import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.registry import bugs_reported
 
 
 def evaluate(
@@ -119,11 +119,12 @@ def _task_of_folder(data: str | None) -> str | None:
 def _on_covered_languages(
     name: str, request: EvalRequest, built: Evaluator, *, router: str
 ) -> Evaluator:
-    """Without chosen languages, the evaluator again on the data's languages that the experts
-    cover (``EvalRequest.model_languages``, which an in-context task on a Hub dataset already
-    keeps to), for a ``router`` that refuses the others (``Router.routes_uncovered_languages``
-    False). With none covered, the evaluator as it is (the router's refusal names the covered
-    languages)."""
+    """Without chosen languages, the evaluator restricted to the data's languages that the
+    experts cover (``EvalRequest.model_languages``, which an in-context task on a Hub dataset
+    already keeps to), for a ``router`` that refuses the others
+    (``Router.routes_uncovered_languages`` False): ``Evaluator.on_languages``, which xelm's own
+    evaluators answer without reading their data again. With none covered, the evaluator as it
+    is (the router's refusal names the covered languages)."""
     covered = set(request.model_languages or ())
     kept = [language for language in built.languages if language in covered]
     left_out = [language for language in built.languages if language not in covered]
@@ -136,4 +137,6 @@ def _on_covered_languages(
         "language router with --router-arg fallback=typology)",
         file=sys.stderr,
     )
-    return build_evaluator(name, dataclasses.replace(request, languages=tuple(kept)))
+    registration = get_registry().get("evaluator", name)
+    with bugs_reported(registration, f"while being restricted to {', '.join(kept)}"):
+        return built.on_languages(kept)

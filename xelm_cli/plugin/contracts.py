@@ -9,7 +9,7 @@ import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -329,7 +329,8 @@ class Evaluator(ABC):
     ``Evaluator(request)`` loads and checks its data (one-line :class:`UsageError` for bad
     input, before any model runs); ``languages`` lists the languages it will present;
     ``evaluate(model)`` returns ``{"overall": {metric: value}, "languages": {code: {...}}}``
-    plus anything else JSON-serialisable. ``primary`` names the headline metric and
+    plus anything else JSON-serialisable. ``on_languages(languages)``: the same evaluation
+    restricted to some of its languages. ``primary`` names the headline metric and
     ``higher_is_better`` its direction (for deltas against a baseline). ``tasks``: the task
     names ``--task`` may give it, where it has a fixed set (a data folder named for one of them
     without ``--task`` is refused naming it).
@@ -352,6 +353,17 @@ class Evaluator(ABC):
     @abstractmethod
     def evaluate(self, model: LanguageModel) -> dict[str, Any]:
         """Score ``model`` and return the metrics (see the class docstring)."""
+
+    def on_languages(self, languages: Sequence[str]) -> "Evaluator":
+        """The same evaluation restricted to ``languages`` (some of ``self.languages``, in the
+        order to present them): what building it with ``request.languages`` set to them would
+        give. By default it is built again from ``self.request`` so (reading its data again);
+        an evaluator holding its data per language overrides this to keep what it read."""
+        request = replace(self.request, languages=tuple(languages))
+        evaluator = type(self)(request)
+        if not hasattr(evaluator, "request"):  # a constructor that did not call ours
+            evaluator.request = request
+        return evaluator
 
 
 def result_problem(result: Any, primary: str) -> str | None:
