@@ -206,5 +206,5 @@ def test_help_prose_is_reflowed_and_examples_keep_their_lines(
     monkeypatch.setenv("COLUMNS", "200")  # wide: only the text's own breaks remain
     code, out, _ = xelm(capsys, "bundle", "merge", "--help")
     assert code == 0
-    assert "Tensors are streamed one at a time: memory stays about two tensors" in out
+    assert "Tensors are streamed one at a time (each file hashed as it is written): memory" in out
     assert "\n   xelm bundle merge experts/* -o averaged/ " in out  # the examples, a line each
