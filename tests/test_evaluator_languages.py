@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from test_evaluator_contract import experts, install  # noqa: F401  (fixture)
+from test_evaluator_contract import FirstLine, experts, install  # noqa: F401  (fixture)
 from xelm_eval.icl import IclEvaluator
 from xelm_eval.perplexity import PerplexityEvaluator
 
-from xelm_cli.api import Document, EvalRequest, Evaluator, LanguageModel, UsageError
+from xelm_cli.api import Document, EvalRequest, Evaluator, UsageError
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.ensemble.results import build_evaluator
@@ -99,13 +98,11 @@ def test_restricting_to_a_language_it_lacks_is_one_line(tmp_path: Path) -> None:
     )
 
 
-class FirstLines(Evaluator):
-    """Mean ln p of the first corpus line of each language asked for (every one by default);
-    no ``on_languages`` of its own, no ``super().__init__``."""
+class FirstLines(FirstLine):
+    """The contract test's evaluator, on the languages asked for (every one by default); no
+    ``on_languages`` of its own, no ``super().__init__``."""
 
     name = "first-lines"
-    primary = "logprob"
-    higher_is_better = True
 
     def __init__(self, request: EvalRequest) -> None:
         files = sorted(Path(str(request.data)).glob("*.txt"))
@@ -115,19 +112,6 @@ class FirstLines(Evaluator):
             for path in files
             if path.stem in asked
         ]
-
-    @property
-    def languages(self) -> list[str]:
-        return [str(document.language) for document in self.documents]
-
-    def evaluate(self, model: LanguageModel) -> dict[str, Any]:
-        scores = model.score_documents(self.documents)
-        by_language = {
-            str(document.language): {self.primary: float(np.mean(logprobs))}
-            for document, logprobs in zip(self.documents, scores, strict=True)
-        }
-        overall = float(np.mean([scope[self.primary] for scope in by_language.values()]))
-        return {"overall": {self.primary: overall}, "languages": by_language}
 
 
 @pytest.mark.usefixtures("isolated_registry")
