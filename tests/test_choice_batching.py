@@ -189,10 +189,27 @@ def test_batches_share_a_count_of_choices_and_stay_within_budget_and_padding() -
     requests = [_fitted(10, [1, 1]), _fitted(3, [1, 1]), _fitted(10, [2, 1]),
                 _fitted(9, [1, 1]), _fitted(10, [1, 1, 1])]  # fmt: skip
     # two contexts of 10 with two choices of up to 2 tokens: 2 x 10 + 4 x (10 + 2) = 68
-    assert choice_batches(requests, 68) == [[0, 2], [3], [1], [4]]
+    assert choice_batches(requests, 68, POSITIONS) == [[0, 2], [3], [1], [4]]
     # 3 x 10 + 6 x 12 = 102; the context of 3 would make 4 x 10 positions, 30% padding
-    assert choice_batches(requests, 102) == [[0, 2, 3], [1], [4]]
-    assert choice_batches(requests, 1) == [[0], [2], [3], [1], [4]]
+    assert choice_batches(requests, 102, POSITIONS) == [[0, 2, 3], [1], [4]]
+    assert choice_batches(requests, 1, POSITIONS) == [[0], [2], [3], [1], [4]]
+    # a context of 10 and a choice of 2 need 12 positions
+    assert choice_batches(requests, 102, 11) == [[0], [2], [3], [1], [4]]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "opt", "bert-decoder", "mpt"])
+def test_a_batch_never_pads_rows_past_the_models_positions(family: str) -> None:
+    """Each context is cut for its own longest choice; in a batch the widest context and the
+    widest choice must still fit, or learned positions (and MPT's ALiBi) run out."""
+    loaded = _loaded(family)
+    requests = [
+        ([1, *[7] * 79], [[5], [6]]),
+        ([1, *[8] * 59], [[5] * 5, [6] * 5]),
+        ([1, *[9] * 100], [[5, 6], [7]]),
+        ([1, *[4] * 120], [[5] * 4, [6] * 3]),
+    ]
+    got = score_choice_sets([loaded], [1.0], requests, batch_tokens=4096)
+    _assert_close(got, score_choice_sets([loaded], [1.0], requests, batch_tokens=1))
 
 
 def test_a_context_is_cut_to_the_positions_its_longest_choice_leaves() -> None:

@@ -448,11 +448,15 @@ def _choice_batch_tokens(requests: int, width: int, choices: int, choice_width: 
     return requests * (width + choices * (width + choice_width))
 
 
-def choice_batches(requests: Sequence[_ChoiceSet], batch_tokens: int) -> list[list[int]]:
+def choice_batches(
+    requests: Sequence[_ChoiceSet], batch_tokens: int, max_length: int
+) -> list[list[int]]:
     """Indices of ``requests`` in batches that share a number of choices (a cache repeats its
     rows uniformly), sorted by context length, each within ``batch_tokens``
-    (:func:`_choice_batch_tokens`) and with at most ``MAX_PADDING`` of its context positions
-    padding; a request over the budget on its own is a batch of one."""
+    (:func:`_choice_batch_tokens`), with at most ``MAX_PADDING`` of its context positions
+    padding, and with its widest context and widest choice within the models' ``max_length``
+    positions (padded rows count positions too: a table of learned positions ends there);
+    a request over the budget on its own is a batch of one."""
     order = sorted(
         range(len(requests)),
         key=lambda i: (len(requests[i].choices), -len(requests[i].context)),
@@ -465,9 +469,10 @@ def choice_batches(requests: Sequence[_ChoiceSet], batch_tokens: int) -> list[li
         if batches and count == len(requests[batches[-1][0]].choices):
             rows = len(batches[-1]) + 1
             wider = max(choice_width, longest)
-            if _choice_batch_tokens(rows, width, count, wider) <= batch_tokens and real + len(
-                request.context
-            ) >= rows * width * (1 - MAX_PADDING):
+            fits = width + wider <= max_length
+            within = _choice_batch_tokens(rows, width, count, wider) <= batch_tokens
+            dense = real + len(request.context) >= rows * width * (1 - MAX_PADDING)
+            if fits and within and dense:
                 batches[-1].append(index)
                 real += len(request.context)
                 choice_width = wider
@@ -608,7 +613,7 @@ def score_choice_sets(
         models, batch_tokens or default_batch_tokens(models[0].device)
     )
     if all(batches_choice_sets(model) for model in models):
-        batches = choice_batches(fitted, budget)
+        batches = choice_batches(fitted, budget, max_length)
     else:
         batches = [[index] for index in range(len(fitted))]
     results: dict[int, tuple[Logprobs, list[Logprobs]]] = {}
