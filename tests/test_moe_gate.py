@@ -9,6 +9,7 @@ import torch
 from conftest import SHARED_DATA
 from merge_helpers import mlp_experts, seed_from_config
 from safetensors.torch import load_file
+from test_moe import SMALL as MOE_SMALL
 
 from xelm_cli.bundle.moe import (
     CALIBRATION_TOKENS,
@@ -24,15 +25,7 @@ from xelm_cli.ensemble.scoring import default_batch_tokens
 
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"
 CPU = torch.device("cpu")
-SMALL = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=96,  # the long document below is cut here
-)
+SMALL = {**MOE_SMALL, "max_position_embeddings": 96}  # the long document below is cut here
 
 
 def calibration_documents() -> list[Document]:

@@ -3,23 +3,21 @@ each streamed language is read only up to its share of the total (not up to the 
 recipe's ``documents`` as the default sizes, resuming only reads made for the same shares,
 and one-line errors for sizes that cannot be used."""
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED_DATA
 from hub_fixtures import c4_like
+from test_data_hub import texts
+from test_prepare_scale import Counting
 from transformers import AutoTokenizer
 
 from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data import prepare_work
 from xelm_cli.data.budgets import language_budgets, read_limits
-from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
-from xelm_cli.data.prepare_work import LanguageCount
 from xelm_cli.data.recipes import load_recipe
 
 DOCS = 60  # per language: 2,891 to 6,830 tokens, more than any share below
@@ -30,15 +28,10 @@ SHARES = {"de": 600, "en": 800, "fr": 400, "sw": 200}  # 2,000 x 0.3, 0.4, 0.2, 
 BATCH = 4
 
 
-def texts(lang: str, n: int = DOCS) -> list[str]:
-    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
-    return [d.text for d in itertools.islice(iter_documents(source), n)]
-
-
 @pytest.fixture(scope="module")
 def c4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mirror") / "allenai" / "c4"
-    return c4_like(root, {lang: texts(lang) for lang in SIZES})
+    return c4_like(root, {lang: texts(lang, DOCS) for lang in SIZES})
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def lengths(tokenizer_dir: Path) -> dict[str, list[int]]:
     """Each language's document lengths in tokens, in the stream's order."""
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return {
-        lang: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts(lang)]
+        lang: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts(lang, DOCS)]
         for lang in SIZES
     }
 
@@ -111,7 +104,7 @@ def test_a_language_short_of_its_share_is_kept_whole_and_the_shortfall_says_by_h
     lengths: dict[str, list[int]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en"), "sw": texts("sw", 3)})
+    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
     held = sum(lengths["sw"][:3])  # 374 tokens
     out = tmp_path / "s"
     command = ["data", "prepare", str(mirror), "--config", "{lang}", "--langs", "en,sw",
@@ -154,7 +147,7 @@ def test_sizes_weigh_corpus_files_in_place_of_their_token_counts(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang in ("en", "fr"):
-        lines = [json.dumps({"text": t}) for t in texts(lang)]
+        lines = [json.dumps({"text": t}) for t in texts(lang, DOCS)]
         (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
     shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs="en,fr", tokens=1000,
                      sizes="en=3,fr=1").shards  # fmt: skip
@@ -224,20 +217,6 @@ def test_the_shipped_recipes_give_sizes_in_documents_where_their_size_text_has_t
 # -- resuming ------------------------------------------------------------------------------------
 
 
-class Interrupting:
-    """Progress that records each language's document count after each batch and, after
-    ``stop_after`` batches, interrupts the run as Ctrl-C does."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.seen: list[tuple[str, int]] = []
-        self.stop_after = stop_after
-
-    def __call__(self, lang: str, count: LanguageCount, limit: int | None) -> None:
-        self.seen.append((lang, count.documents))
-        if self.stop_after is not None and len(self.seen) >= self.stop_after:
-            raise KeyboardInterrupt
-
-
 def test_a_rerun_with_other_sizes_starts_afresh_and_with_the_same_continues(
     c4: Path,
     tokenizer_dir: Path,
@@ -251,17 +230,17 @@ def test_a_rerun_with_other_sizes_starts_afresh_and_with_the_same_continues(
     def interrupted(out: Path) -> None:
         """Stopped in its 2nd batch: the work records de's first batch."""
         with pytest.raises(KeyboardInterrupt):
-            prepare(c4, tokenizer_dir, out, sizes=SIZES, progress=Interrupting(2), **options)
+            prepare(c4, tokenizer_dir, out, sizes=SIZES, progress=Counting(2), **options)
 
     interrupted(tmp_path / "same")
-    progress = Interrupting()
+    progress = Counting()
     prepare(c4, tokenizer_dir, tmp_path / "same", sizes=SIZES, progress=progress, **options)
     # continued after the batch kept: 3 more documents reach de's share, 600 tokens
     assert progress.seen[0] == ("de", BATCH + 3)
     assert "discarding" not in capsys.readouterr().err
     interrupted(tmp_path / "other")
     other = {**SIZES, "sw": 400}
-    progress = Interrupting()
+    progress = Counting()
     result = prepare(
         c4, tokenizer_dir, tmp_path / "other", sizes=other, progress=progress, **options
     )
