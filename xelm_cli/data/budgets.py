@@ -4,7 +4,7 @@ sizes known before reading (``--sizes``), budgets from caps and temperature samp
 (``select_documents``), and how far a streamed source is read (``read_limits``)."""
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,15 +18,20 @@ ALL_LANGUAGES = "*"  # in caps and limits: every language not named
 Number = TypeVar("Number", int, float)
 
 
+def _items(text: str) -> Iterator[tuple[str, str, str]]:
+    """``"en=5M, 1M"`` as (item, language or "", value) for each non-blank item."""
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            lang, _, value = item.rpartition("=")
+            yield item, lang.strip(), value
+
+
 def parse_caps(text: str) -> dict[str, int]:
     """``"5M"`` (every language), ``"en=5M,de=2M"`` or both (``"1M,en=5M"``)."""
-    caps: dict[str, int] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        lang, _, count = item.rpartition("=")
-        key = normalize_language(lang) if lang else ALL_LANGUAGES
-        caps[key] = parse_token_count(count)
+    caps = {
+        normalize_language(lang) if lang else ALL_LANGUAGES: parse_token_count(count)
+        for _, lang, count in _items(text)
+    }
     if not caps:
         raise UsageError("--cap needs a token count such as 5M or en=5M,de=2M")
     return caps
@@ -35,13 +40,10 @@ def parse_caps(text: str) -> dict[str, int]:
 def parse_sizes(text: str) -> dict[str, float]:
     """``"en=3.07B,de=397M,sw=1.1M"``: each language's size in any one unit."""
     sizes: dict[str, float] = {}
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        lang, sep, size = item.rpartition("=")
-        if not sep or not lang.strip():
+    for item, lang, size in _items(text):
+        if not lang:
             raise UsageError(f"--sizes {item}: give LANG=SIZE pairs such as en=3.07B,de=397M")
-        sizes[normalize_language(lang.strip())] = _size(size, item)
+        sizes[normalize_language(lang)] = _size(size, item)
     if not sizes:
         raise UsageError("--sizes needs LANG=SIZE pairs such as en=3.07B,de=397M,sw=1.1M")
     return sizes
