@@ -297,13 +297,17 @@ class WorkDirectory(ResumableDirectory):
             appender.sync()
 
     def close(self) -> dict[str, NDArray[np.uint64]]:
-        """Close every file; each language's document offsets (``documents + 1``)."""
+        """Close every file; each language's document offsets (``documents + 1``). Every
+        file is cut to what the state records: a language this run never appended to may
+        still hold what a killed run wrote after its last checkpoint."""
         for appender in self._appenders.values():
             appender.close()
         offsets = {}
         for language, count in sorted(self.counts.items()):
             if count.documents == 0:
                 continue
+            os.truncate(self.path / tokens_file(language), count.tokens * self.dtype.itemsize)
+            os.truncate(self.path / lengths_file(language), count.documents * LENGTH_DTYPE.itemsize)
             lengths = np.fromfile(self.path / lengths_file(language), dtype=LENGTH_DTYPE)
             lengths = lengths[: count.documents]
             result = np.zeros(count.documents + 1, dtype=OFFSETS_DTYPE)
