@@ -155,6 +155,26 @@ def test_sizes_weigh_corpus_files_in_place_of_their_token_counts(
     assert budgets == {"en": 750, "fr": 250}  # read whole, then 1,000 x 3/4 and 1/4
 
 
+def test_corpus_files_short_of_tokens_are_held_whole_not_within_shares(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in ("en", "fr"):
+        lines = [json.dumps({"text": t}) for t in texts(lang, 5)]
+        (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "s"
+    command = ["data", "prepare", str(corpus), "--langs", "en,fr", "--sizes", "en=3,fr=1",
+               "--tokens", "100K", "-t", str(tokenizer_dir), "-o", str(out)]  # fmt: skip
+    assert run(command) == 0
+    held = sum(
+        e["tokens"] for e in json.loads((out / "shards.json").read_text())["languages"].values()
+    )
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"xelm: warning: --tokens 100,000 not reached: the corpus holds {held:,} tokens in en, fr"
+    )
+
+
 # -- recipes -------------------------------------------------------------------------------------
 
 

@@ -112,8 +112,9 @@ def _warn_shortfall(shards: Shards) -> None:
     options = shards.manifest["options"]
     total = options["tokens"]
     within = " within --cap" if options.get("token_caps") else ""
-    if options.get("sizes"):  # the other languages were read only up to their shares
-        within += " within their shares by --sizes"
+    languages = shards.manifest["languages"].values()
+    if options.get("sizes") and any(entry.get("read_to_limit") for entry in languages):
+        within += " within their shares by --sizes"  # some were read only up to their shares
     stderr_console.print(
         f"xelm: warning: --tokens {total:,} not reached: the corpus holds {total - missing:,} "
         f"tokens{within} in {', '.join(shards.languages)}",
