@@ -37,6 +37,7 @@ class TfidfClusterer(Clusterer):
 
     name = "tfidf"
     default_k = 4
+    assigns_documents = True  # each expert trains on the documents assigned to it
 
     @dataclass(frozen=True)
     class Options:

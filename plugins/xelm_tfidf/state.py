@@ -50,6 +50,7 @@ class TfidfModel(Assigner):
     centroids: NDArray[np.float64]
     offsets: NDArray[np.float64] | None = None
     assignment: str = "nearest"
+    document_bytes: int = 0  # the fit's --document-bytes
 
     def __post_init__(self) -> None:
         if self.offsets is None:
@@ -162,7 +163,9 @@ def load_model(allocation: Allocation) -> TfidfModel:
     _check_shapes(allocation, embedder, centroids, offsets)
     if assignment not in ASSIGNMENTS:
         raise FormatError(f"{allocation.path}: unknown assignment {assignment!r}")
-    return TfidfModel(embedder, centroids, offsets, assignment)
+    training = state.get("training")
+    joined = training.get("document_bytes", 0) if isinstance(training, dict) else 0
+    return TfidfModel(embedder, centroids, offsets, assignment, int(joined or 0))
 
 
 def _check_shapes(

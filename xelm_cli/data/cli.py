@@ -188,6 +188,17 @@ def prepare_command(
     text_column: TextColumnOpt = None,
     revision: RevisionOpt = None,
     data_dir: DataDirOpt = None,
+    allocation: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep only the documents this allocation assigns to --expert (a TF-IDF "
+            "allocation: each expert trains on its own documents); default --langs: the "
+            "expert's languages.",
+        ),
+    ] = None,
+    expert: Annotated[
+        int | None, typer.Option(min=0, help="The expert of --allocation whose documents to keep.")
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Tokenizer threads (default: one per core).")
     ] = None,
@@ -213,6 +224,9 @@ def prepare_command(
     Example (each language read only up to its share of 1B tokens, by its mC4 documents):
     xelm data prepare allenai/c4 --config '{lang}' --langs ar,de,hi --sizes
     ar=53.3M,de=397M,hi=18.5M --alpha 0.3 --tokens 1B -t seed/ -o shards/
+
+    Example (the documents a TF-IDF allocation assigns to expert 0, for `xelm train`):
+    xelm data prepare corpus/ --allocation alloc-tfidf/ --expert 0 -t seed/ -o shards-0/
     """
     with language_progress() as progress:
         result = prepare(
@@ -232,6 +246,8 @@ def prepare_command(
             text_column=text_column,
             revision=revision,
             data_dir=data_dir,
+            allocation=allocation,
+            expert=expert,
             batch_size=batch_size,
             workers=workers,
             overwrite=force,

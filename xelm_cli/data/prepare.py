@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.cluster.assigning import ExpertDocuments, allocation_and_expert
 from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError, XelmError
@@ -127,6 +129,7 @@ class _ReadContext:
     limits: dict[str, int]  # the read limits of streamed sources
     batch_size: int
     progress: Progress | None
+    expert: ExpertDocuments | None = None  # keep only the documents it assigns to its expert
     seen: set[str] = field(default_factory=set)  # the languages read, wanted or not
 
 
@@ -134,9 +137,10 @@ def _encode(items: Iterable[tuple[Batch, Any]], context: _ReadContext) -> Iterat
     """Tokenise each batch's documents of wanted languages that are not full yet. Runs ahead
     of the writer (``_add_batch``): a language that fills meanwhile only costs the encoding
     of documents the writer then drops (``full`` only ever turns on). Token ids are taken out
-    of the encodings by the writer, leaving this thread to the tokenizer. Every language read,
-    wanted or not, is added to ``context.seen``."""
-    wanted, counts = context.wanted, context.work.counts
+    of the encodings by the writer, leaving this thread to the tokenizer. With
+    ``context.expert``, only the documents its allocation assigns to it are kept. Every
+    language read, wanted or not, is added to ``context.seen``."""
+    wanted, counts, expert = context.wanted, context.work.counts, context.expert
     for batch, position in items:
         languages = batch.languages
         context.seen.update(languages)
@@ -148,6 +152,9 @@ def _encode(items: Iterable[tuple[Batch, Any]], context: _ReadContext) -> Iterat
             if wanted is not None:
                 allowed &= wanted
             keep = [i for i, lang in enumerate(languages) if lang in allowed]
+        if expert is not None:
+            mine = expert.mine([batch.texts[i] for i in keep], [languages[i] for i in keep])
+            keep = [i for i, assigned in zip(keep, mine, strict=True) if assigned]
         texts = batch.texts if len(keep) == len(languages) else [batch.texts[i] for i in keep]
         encodings = context.tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
         yield _Encoded(batch, position, keep, encodings)
@@ -237,10 +244,12 @@ def _read_sources(
             only = plan.only_language(name)
             if not context.work.finished(name):
                 _read_source(context, name, source, yields={only} if only else context.wanted)
-            if only and not (only in counts and counts[only].documents):
+            empty = only and not (only in counts and counts[only].documents)
+            assigned_elsewhere = context.expert and only in context.seen  # named at the end
+            if only and empty and not assigned_elsewhere:
                 raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
     offsets = context.work.close()
-    _check_languages(plan, set(offsets), context.seen, context.wanted, caps)
+    _check_languages(plan, set(offsets), context.seen, context.wanted, caps, context.expert)
     return offsets
 
 
@@ -409,13 +418,27 @@ def _check_languages(
     seen: set[str],
     langs: Collection[str] | None,
     caps: dict[str, int] | None,
+    expert: ExpertDocuments | None = None,
 ) -> None:
+    """Languages asked for (``langs``, ``caps``) with no documents ``found`` are an error; with
+    ``expert``, one read (``seen``) whose documents went to other experts is only named."""
+    mine = f" assigned to {_expert_name(expert)}" if expert else ""
     if not found:
-        raise UsageError(f"no documents in {plan.path}" + (" for --langs" if langs else ""))
+        raise UsageError(f"no documents in {plan.path}{mine}" + (" for --langs" if langs else ""))
     named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
     missing = sorted({lang for lang in named if lang not in found})
+    if expert is not None and (elsewhere := [lang for lang in missing if lang in seen]):
+        sys.stderr.write(
+            f"xelm: warning: {_expert_name(expert)} got no documents of {', '.join(elsewhere)}: "
+            f"the shards hold {', '.join(sorted(found))}\n"
+        )
+        missing = [lang for lang in missing if lang not in seen]
     if missing:
         raise _no_documents_in(plan, missing, seen)
+
+
+def _expert_name(expert: ExpertDocuments) -> str:
+    return f"expert {expert.index} of {expert.allocation.path.name}"
 
 
 def _no_documents_in(plan: SourcePlan, missing: list[str], seen: set[str]) -> UsageError:
@@ -535,19 +558,23 @@ def _reading_inputs(
     wanted: list[str] | None,
     limits: dict[str, int],
     reading: SourceOptions,
+    expert: ExpertDocuments | None,
 ) -> dict[str, Any]:
     """What the first pass (reading into the work directory) depends on beside the input, so
     that a rerun continues its work: not the options of the second pass (--seed; --cap,
     --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
     always where no source is streamed: corpus files are read whole)."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
-    return {
+    inputs = {
         "tokenizer": tokenizer.fingerprint,
         "token type": dtype_name,
         "languages": wanted,
         "read limits (--cap, --tokens, --sizes, --alpha)": limits if streamed else None,
         "reading options": {"split": reading.split, **reading.recorded()},
     }
+    if expert is not None:  # absent otherwise: the work of earlier versions stays resumable
+        inputs["documents of"] = expert.reference
+    return inputs
 
 
 def _pinned(plan: SourcePlan, recorded: dict[str, Any] | None) -> SourcePlan:
@@ -645,6 +672,8 @@ def prepare(
     text_column: str | None = None,
     revision: str | None = None,
     data_dir: str | None = None,
+    allocation: Allocation | str | Path | None = None,
+    expert: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
     overwrite: bool = False,
@@ -665,6 +694,12 @@ def prepare(
     ``documents`` when it has them for every language. ``seed`` picks the sampled documents;
     ``language`` labels documents that carry no language. A corpus too small for ``tokens`` is
     no error: the result's ``shortfall`` says by how much it fell short.
+
+    ``allocation`` (an :class:`Allocation` or its path) with ``expert`` (an index) keeps only the
+    documents that the allocation's clusterer assigns to that expert (TF-IDF: the nearest
+    centroid), each as read; ``langs`` defaults to the expert's languages. The manifest records
+    the expert (``options.allocation``), and ``xelm train`` trains only that expert on them.
+    Caps, budgets and read limits count the documents kept.
 
     With sizes, languages are weighed by them (``s_l**alpha``), not by their tokens, corpus
     files too. With ``tokens`` too, a streamed language is read only up to its share of it,
@@ -688,6 +723,9 @@ def prepare(
     caps = normalise_caps(token_caps)
     tokens = total_budget(tokens)
     given_sizes = normalise_sizes(sizes)
+    documents_of = allocation_and_expert(allocation, expert)
+    if documents_of is not None and wanted is None:
+        wanted = sorted(documents_of.languages)
     _check_caps(wanted, caps)
     reading = SourceOptions(
         split=split,
@@ -699,6 +737,8 @@ def prepare(
         data_dir=data_dir,
     )
     options = _options(wanted, caps, alpha, tokens, seed, reading)
+    if documents_of is not None:
+        options["allocation"] = documents_of.reference
     plan = plan_sources(source, wanted, reading)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
@@ -716,10 +756,12 @@ def prepare(
             return PrepareResult(Shards.open(out), up_to_date=True)
         dtype_name = token_dtype_name(info.vocab_size)
         limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
-        reading_inputs = _reading_inputs(plan, info, dtype_name, wanted, limits, reading)
+        reading_inputs = _reading_inputs(
+            plan, info, dtype_name, wanted, limits, reading, documents_of
+        )
         plan, record, work = _resumable_work(out, plan, record, reading_inputs, dtype_name)
         context = _ReadContext(
-            work, info, set(wanted) if wanted else None, limits, batch_size, progress
+            work, info, set(wanted) if wanted else None, limits, batch_size, progress, documents_of
         )
         header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
         with work.kept_on_error():

@@ -19,12 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli import __version__
-from xelm_cli.common.digest import sha256_bytes, sha256_file
+from xelm_cli.common.digest import sha256_bytes, sha256_file, short
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 
 FORMAT = "xelm-shards"
-FORMAT_VERSION = "1.2.0"  # 1.2: the optional option `sizes`
+FORMAT_VERSION = "1.3.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`
 MANIFEST_NAME = "shards.json"
 OFFSETS_DTYPE = np.dtype("<u8")
 TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
@@ -209,6 +209,44 @@ class Shards:
                 "(`xelm data prepare --tokenizer`)"
             )
 
+    @property
+    def expert(self) -> dict[str, Any] | None:
+        """The allocation expert whose documents alone these shards hold (``options.allocation``:
+        ``clusterer``, ``expert``, ``k``, ``digest``, ``path``, as a bundle's manifest records
+        it); None: every document of their languages."""
+        found = self.manifest.get("options", {}).get("allocation")
+        return dict(found) if isinstance(found, dict) else None
+
+    def require_expert(
+        self, reference: dict[str, Any] | None, what: str, *, assigns_documents: bool
+    ) -> None:
+        """Refuse, in one line, to train ``what`` (a bundle that is ``reference``'s expert, None:
+        no allocation's) on these shards when they hold the documents of another allocation's
+        expert, or when ``what`` is an expert of an allocation that ``assigns_documents`` and
+        these shards hold every document of their languages."""
+        held = self.expert
+        if (
+            held is not None
+            and reference is not None
+            and _expert_key(held) != _expert_key(reference)
+        ):
+            mine = f"expert {reference.get('expert')}"
+            if held.get("digest") != reference.get("digest"):
+                mine += f" of {reference.get('path')} ({short(str(reference.get('digest')))})"
+            raise UsageError(
+                f"{self.path} holds the documents of expert {held.get('expert')} of allocation "
+                f"{held.get('path')} ({short(str(held.get('digest')))}), but {what} is {mine}: "
+                "give the shards prepared for it (xelm data prepare --allocation --expert)"
+            )
+        if held is None and reference is not None and assigns_documents:
+            name, index = reference.get("path"), reference.get("expert")
+            raise UsageError(
+                f"{what} is expert {index} of {name}, whose {reference.get('clusterer')} "
+                f"clusterer assigns documents, not languages, and {self.path} holds every "
+                f"document of its languages: prepare its own with `xelm data prepare CORPUS "
+                f"--allocation {name} --expert {index} -o DIR`"
+            )
+
     def _arrays(self, language: str) -> tuple[NDArray[Any], NDArray[np.uint64]]:
         if language not in self._maps:
             self.require_languages([language])
@@ -288,3 +326,7 @@ class Shards:
             elif np.any(np.diff(offsets.astype(np.int64)) < 0):
                 problems.append(f"{offsets_file(language)}: offsets decrease")
         return problems
+
+
+def _expert_key(reference: dict[str, Any]) -> tuple[Any, Any]:
+    return reference.get("digest"), reference.get("expert")

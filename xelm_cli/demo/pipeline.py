@@ -547,19 +547,22 @@ class Demo:
         for expert in range(k):
             mine = [d for d, c in zip(documents, clusters, strict=True) if c == expert]
             sizes.append(len(mine))
-            cluster_corpus = root / f"corpus-{expert}"
-            by_language: dict[str, list[str]] = {}
-            for d in mine:
-                by_language.setdefault(str(d.language), []).append(d.text)
+            languages = sorted({str(d.language) for d in mine})
             shards = root / f"shards-{expert}"
             if not (shards / SHARDS_MANIFEST).is_file():
-                for language, texts in by_language.items():
-                    write_jsonl(cluster_corpus / f"{language}.jsonl", texts, language)
-                prepare(cluster_corpus, tokenizer, shards, overwrite=True)
+                prepare(
+                    corpus,
+                    tokenizer,
+                    shards,
+                    langs=languages,
+                    allocation=alloc,
+                    expert=expert,
+                    overwrite=True,
+                )
             start = root / f"branch-{expert}"
             if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
-            experts.append((start, shards, root / f"expert-{expert}", sorted(by_language)))
+            experts.append((start, shards, root / f"expert-{expert}", languages))
         return TfidfClusters(allocation, assigner, experts, sizes, purity)
 
     def add_eval_routing(self, assigner: Any, purity: dict[str, dict[str, Any]]) -> None:

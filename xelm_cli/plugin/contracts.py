@@ -136,7 +136,12 @@ class OutputRouter(Router):
 
 
 class Assigner(ABC):
-    """A fitted allocation that sends documents to experts."""
+    """A fitted allocation that sends documents to experts. ``document_bytes`` > 0: it was
+    fitted on consecutive records of one language joined into documents of about that many
+    bytes (``group_documents``), so records are best assigned so joined (``xelm data prepare
+    --allocation`` does)."""
+
+    document_bytes: int = 0
 
     @abstractmethod
     def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
@@ -173,12 +178,17 @@ class Clusterer(ABC):
     document to its expert. ``xelm cluster NAME`` is built from the request's flags and the
     declared ``Options``; the class docstring is its help (include an ``Example:`` line).
     ``default_k`` is the ``-k`` of the command when the user gives none (None: ``-k`` required).
+    ``assigns_documents`` is True for a clusterer that sends each document to an expert by its
+    text (TF-IDF), so that the experts' languages overlap and each expert trains on its own
+    documents only (``xelm data prepare --allocation A --expert I``); False (the default):
+    an expert trains on every document of its languages.
     A clusterer written against plugin API 1.0 may still provide ``command()`` instead.
     """
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     default_k: ClassVar[int | None] = None
+    assigns_documents: ClassVar[bool] = False
 
     def fit(self, request: ClusterRequest) -> Allocation:
         """Fit on ``request`` and write the allocation at ``request.output`` (atomically,
@@ -208,6 +218,15 @@ class Clusterer(ABC):
     @abstractmethod
     def assigner(cls, allocation: Allocation) -> Assigner:
         """Rebuild the fitted allocation; refuses (UsageError) one written by another clusterer."""
+
+
+def assigns_documents(clusterer: str) -> bool:
+    """Whether the installed clusterer ``clusterer`` assigns documents rather than languages
+    (``Clusterer.assigns_documents``); False when none of that name is installed."""
+    from xelm_cli.plugin.host import get_registry  # the host imports this module
+
+    found = get_registry().clusterers.get(clusterer)
+    return bool(found and getattr(found.obj, "assigns_documents", False))
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import Any
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock
 from xelm_cli.common.units import token_count
+from xelm_cli.data.shards import Shards
 from xelm_cli.lang.codes import language_codes
-from xelm_cli.plugin.contracts import Trainer, TrainRequest
+from xelm_cli.plugin.contracts import Trainer, TrainRequest, assigns_documents
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
 
@@ -54,12 +55,13 @@ def train(
     label = f"trainer {registration.name!r}"
     checked = trainer_options(cls, options, label=label)
     count = token_count(tokens)
+    languages = expert_languages(Path(bundle), Path(data), language_codes(languages) or ())
     request = TrainRequest(
         bundle=Path(bundle),
         data=Path(data),
         output=Path(output),
         tokens=count,
-        languages=language_codes(languages) or (),
+        languages=languages,
         options=checked,
         valid=Path(valid) if valid is not None else None,
         resume=resume,
@@ -70,6 +72,23 @@ def train(
     writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes
     with output_lock(request.output) if writer else nullcontext():  # one run per output
         return cls().train(request)
+
+
+def expert_languages(bundle: Path, data: Path, languages: tuple[str, ...]) -> tuple[str, ...]:
+    """The languages to train ``bundle`` on: ``languages`` when given, else ``()`` (its own),
+    or, for an expert on the shards of its own documents, those of its languages the shards
+    hold (the allocation may have sent it no document of one). Refuses an expert on another
+    expert's documents, or an expert of an allocation that assigns documents (TF-IDF) on every
+    document of its languages (``Shards.require_expert``)."""
+    manifest = Bundle.read(bundle).manifest
+    reference = manifest.allocation
+    shards = Shards.open(data)
+    clusterer = str((reference or {}).get("clusterer", ""))
+    shards.require_expert(reference, str(bundle), assigns_documents=assigns_documents(clusterer))
+    if languages or reference is None or shards.expert is None:
+        return languages
+    held = tuple(lang for lang in manifest.languages if lang in shards.languages)
+    return held if held and len(held) < len(manifest.languages) else ()
 
 
 def trainer_options(cls: type[Trainer], values: Mapping[str, Any], *, label: str) -> dict[str, Any]:

@@ -1,0 +1,229 @@
+"""An allocation that assigns documents (TF-IDF): `xelm data prepare --allocation A --expert I`
+keeps the documents A's assigner sends to expert I, records the expert in the shards manifest,
+and `xelm train` trains an expert only on the shards prepared for it."""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TEST_LANGS
+from numpy.typing import NDArray
+from test_train import corpus_slice
+
+from xelm_cli.bundle.branching import branch
+from xelm_cli.cli import run
+from xelm_cli.cluster.allocation import read_allocation, write_allocation
+from xelm_cli.cluster.assigning import ExpertDocuments, expert_documents
+from xelm_cli.cluster.fitting import cluster
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import Document, iter_documents
+from xelm_cli.data.documents import group_positions
+from xelm_cli.data.prepare import prepare
+from xelm_cli.data.shards import Shards
+from xelm_cli.plugin.contracts import Assigner, assigns_documents
+from xelm_cli.training.run import train
+
+LANGS = list(TEST_LANGS)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return corpus_slice("train", 120, tmp_path_factory.mktemp("expert-docs") / "corpus")
+
+
+@pytest.fixture(scope="module")
+def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("alloc") / "alloc-tfidf"
+    cluster("tfidf", k=2, output=out, languages=LANGS, data=corpus, components=8)
+    return out
+
+
+def _assigned(allocation: Path, corpus: Path) -> dict[int, dict[str, list[str]]]:
+    """Expert -> language -> the texts the allocation's assigner sends there, in corpus order
+    (blank records aside: prepare keeps no empty document)."""
+    documents = [d for d in iter_documents(corpus) if d.text.strip()]
+    experts = expert_documents(allocation, 0).assigner.assign(documents)
+    out: dict[int, dict[str, list[str]]] = {0: {}, 1: {}}
+    for document, expert in zip(documents, experts, strict=True):
+        out[int(expert)].setdefault(str(document.language), []).append(document.text)
+    return out
+
+
+def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Each expert's shards hold, language by language, as many documents as the assigner sends
+    it, in the same order and tokens (each document's first token ids checked), and record the
+    expert as a bundle branched for it records it; together the two hold every document."""
+    from transformers import AutoTokenizer
+
+    alloc = read_allocation(allocation)
+    assigned = _assigned(allocation, corpus)
+    tokenizer = AutoTokenizer.from_pretrained(seed_bundle)
+    total = 0
+    for expert in (0, 1):
+        shards = prepare(
+            corpus, seed_bundle, tmp_path / f"s{expert}", langs=LANGS,
+            allocation=allocation, expert=expert,
+        ).shards  # fmt: skip
+        assert shards.expert == alloc.reference(expert)
+        assert shards.manifest["options"]["allocation"]["expert"] == expert
+        assert shards.languages == sorted(assigned[expert])
+        for lang, texts in assigned[expert].items():
+            assert shards.stats[lang].documents == len(texts)
+            for index in (0, len(texts) - 1):
+                ids = tokenizer(texts[index], add_special_tokens=False)["input_ids"]
+                assert shards.document(lang, index).tolist() == ids
+            total += len(texts)
+    assert total == sum(1 for d in iter_documents(corpus) if d.text.strip())
+
+
+def test_langs_default_to_the_experts_and_the_expert_is_part_of_the_options(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Without --langs an expert's shards hold its languages of the allocation; the same output
+    asked for another expert is refused naming the option that differs."""
+    alloc = read_allocation(allocation)
+    out = tmp_path / "s"
+    code = run(["data", "prepare", str(corpus), "--allocation", str(allocation), "--expert",
+                "1", "-t", str(seed_bundle), "-o", str(out), "--json"])  # fmt: skip
+    assert code == 0
+    shards = Shards.open(out)
+    assert shards.languages == sorted(alloc.experts[1])
+    with pytest.raises(UsageError, match=r"other options \(allocation\)"):
+        prepare(corpus, seed_bundle, out, allocation=allocation, expert=0, langs=LANGS)
+    assert prepare(corpus, seed_bundle, out, allocation=allocation, expert=1).up_to_date
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--expert", "0"], "--allocation and --expert go together"),
+        (["--allocation", "ALLOC"], "--allocation and --expert go together"),
+        (["--allocation", "ALLOC", "--expert", "2"], "expert 2 does not exist"),
+    ],
+)
+def test_bad_allocation_arguments_are_one_line_and_write_nothing(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    message: str,
+) -> None:
+    argv = [str(allocation) if a == "ALLOC" else a for a in arguments]
+    code = run(["data", "prepare", str(corpus), *argv, "-t", str(seed_bundle), "-o",
+                str(tmp_path / "s")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
+
+
+@dataclass
+class ByLength(Assigner):
+    """Expert 1 for a document of at least ``long`` bytes, else expert 0."""
+
+    long: int
+    document_bytes: int = 0
+
+    def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
+        return np.array([int(len(d.text.encode()) >= self.long) for d in documents])
+
+
+def test_records_are_assigned_joined_as_the_fit_joined_them(tmp_path: Path) -> None:
+    """An assigner fitted on ~8-byte joined records (document_bytes 8) sees "ab\\ncd\\nefgh" for
+    the first three English records and sends all three to expert 1, though each alone is
+    short; with document_bytes 0 each record goes on its own (all short: expert 0)."""
+    write_allocation(tmp_path / "a.json", clusterer="typology", experts=[["en"], ["en"]])
+    alloc = read_allocation(tmp_path / "a.json")
+    texts = ["ab", "xy", "cd", "efgh", "z", "ij"]
+    langs = ["en", "ru", "en", "en", "ru", "en"]
+    joined = ExpertDocuments(alloc, 1, ByLength(long=8, document_bytes=8))
+    assert joined.mine(texts, langs).tolist() == [True, False, True, True, False, False]
+    alone = ExpertDocuments(alloc, 1, ByLength(long=8))
+    assert not alone.mine(texts, langs).any()
+
+
+def test_group_positions_groups_as_group_texts_joins() -> None:
+    """The positions of consecutive items of one key, closed when they reach the target."""
+    items = [("en", 2), ("ru", 2), ("en", 2), ("en", 4), ("ru", 1), ("en", 2)]
+    assert list(group_positions(items, 8)) == [("en", [0, 2, 3]), ("ru", [1, 4]), ("en", [5])]
+    assert [g for _, g in group_positions(items, 0)] == [[i] for i in range(6)]
+
+
+def test_train_refuses_an_expert_on_documents_that_are_not_its_own(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A branch for expert 0 of the TF-IDF allocation is refused, in one line naming the way
+    out, on shards of every document of its languages and on expert 1's shards; on its own it
+    trains. A seed (no allocation) may train on an expert's shards."""
+    assert assigns_documents("tfidf") and not assigns_documents("typology")
+    start = tmp_path / "branch-0"
+    branch(seed_bundle, start, allocation=allocation, expert=0)
+    languages = read_allocation(allocation).experts[0]
+    every = prepare(corpus, seed_bundle, tmp_path / "every", langs=LANGS).shards
+    own, other = (
+        prepare(corpus, seed_bundle, tmp_path / f"s{i}", langs=LANGS, allocation=allocation,
+                expert=i).shards
+        for i in (0, 1)
+    )  # fmt: skip
+    small = ["--tokens", "64", "--block-size", "16", "--batch-size", "2"]
+    for data, message in (
+        (every, "assigns documents, not languages"),
+        (other, "holds the documents of expert 1"),
+    ):
+        code = run(["train", str(start), "--data", str(data.path), *small, "-o",
+                    str(tmp_path / "out")])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert "--allocation" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+    trained = train(start, data=own.path, tokens=64, output=tmp_path / "out", block_size=16,
+                    batch_size=2)  # fmt: skip
+    assert list(trained.languages) == languages
+    seed_run = train(seed_bundle, data=own.path, tokens=64, output=tmp_path / "dense",
+                     languages=languages, block_size=16, batch_size=2)  # fmt: skip
+    assert seed_run.path.is_dir()
+    assert (trained.manifest.allocation or {})["expert"] == 0
+
+
+def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A corpus whose English documents all go to expert 1: expert 0's shards hold only
+    Russian, with a warning naming English (not an error: English was read), and expert 0's
+    branch trains on Russian alone. English not in the corpus at all stays an error."""
+    assigned = _assigned(allocation, corpus)
+    other = tmp_path / "corpus"
+    other.mkdir()
+    (other / "en.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in assigned[1]["en"]), encoding="utf-8"
+    )
+    (other / "ru.jsonl").write_bytes((corpus / "ru.jsonl").read_bytes())
+    shards = prepare(
+        other, seed_bundle, tmp_path / "s0", langs="en,ru", allocation=allocation, expert=0
+    ).shards
+    err = capsys.readouterr().err
+    assert shards.languages == ["ru"]
+    assert "expert 0 of alloc-tfidf got no documents of en: the shards hold ru" in err
+    start = tmp_path / "branch-0"
+    branch(seed_bundle, start, allocation=allocation, expert=0)
+    trained = train(start, data=shards.path, tokens=64, output=tmp_path / "out", block_size=16,
+                    batch_size=2)  # fmt: skip
+    assert list(trained.languages) == ["ru"]
+    (other / "en.jsonl").unlink()
+    with pytest.raises(UsageError, match="no documents in en"):
+        prepare(other, seed_bundle, tmp_path / "s1", langs="en,ru", allocation=allocation,
+                expert=0)  # fmt: skip

@@ -1,0 +1,76 @@
+"""The documents one expert of an allocation gets: what ``xelm data prepare --allocation A
+--expert I`` keeps, by the assigner of the clusterer that wrote the allocation."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import Document
+from xelm_cli.data.documents import SEPARATOR, group_positions
+from xelm_cli.plugin.contracts import Assigner
+from xelm_cli.plugin.host import get_registry
+
+
+@dataclass(frozen=True)
+class ExpertDocuments:
+    """Expert ``index`` of ``allocation``, with the assigner that sends a document to it."""
+
+    allocation: Allocation
+    index: int
+    assigner: Assigner
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The expert as a bundle's manifest and a shards manifest record it."""
+        return self.allocation.reference(self.index)
+
+    @property
+    def languages(self) -> list[str]:
+        return list(self.allocation.experts[self.index])
+
+    def mine(self, texts: Sequence[str], languages: Sequence[str | None]) -> NDArray[np.bool_]:
+        """Whether each document (its text and language) goes to this expert. When the
+        assigner was fitted on joined records (``Assigner.document_bytes``), consecutive
+        documents of one language here are joined as the fit joined them and go together."""
+        sizes = ((lang, len(text.encode())) for text, lang in zip(texts, languages, strict=True))
+        joined = group_positions(sizes, self.assigner.document_bytes, len(SEPARATOR.encode()))
+        groups = [positions for _, positions in joined]
+        documents = [
+            Document(SEPARATOR.join(texts[i] for i in group), languages[group[0]])
+            for group in groups
+        ]
+        chosen = np.zeros(len(texts), dtype=bool)
+        if documents:
+            experts = np.asarray(self.assigner.assign(documents))
+            for group, assigned in zip(groups, experts, strict=True):
+                chosen[group] = assigned == self.index
+        return chosen
+
+
+def expert_documents(allocation: Allocation | str | Path, expert: int) -> ExpertDocuments:
+    """Expert ``expert`` of ``allocation`` (an :class:`Allocation` or its path); an index out of
+    range, or an allocation whose clusterer is not installed, is a one-line UsageError."""
+    alloc = allocation if isinstance(allocation, Allocation) else read_allocation(allocation)
+    alloc.reference(expert)  # refuses an index out of range
+    registration = get_registry().get("clusterer", alloc.clusterer)
+    return ExpertDocuments(alloc, expert, registration.obj.assigner(alloc))
+
+
+def allocation_and_expert(
+    allocation: Allocation | str | Path | None, expert: int | None
+) -> ExpertDocuments | None:
+    """``expert_documents`` when both are given, None when neither; one alone is refused."""
+    if allocation is None and expert is None:
+        return None
+    if allocation is None or expert is None:
+        raise UsageError(
+            "--allocation and --expert go together: the allocation's expert whose documents "
+            "to keep (e.g. --allocation alloc-tfidf/ --expert 0)"
+        )
+    return expert_documents(allocation, expert)
