@@ -246,6 +246,13 @@ def plan(
     data: DataOpt,
     out: RunsOpt,
     valid: ValidOpt = None,
+    expert_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Each expert's own shards, a path with {expert} for its index (e.g. "
+            "'shards-{expert}/'); needed by an allocation that assigns documents (tfidf)."
+        ),
+    ] = None,
     train_args: Annotated[
         str, typer.Option(help="Options added to every `xelm train` (e.g. '--block-size 2048').")
     ] = "",
@@ -306,10 +313,18 @@ def plan(
 
     Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
 
+    With an allocation that assigns documents (xelm cluster tfidf), each expert trains on its
+    own shards (xelm data prepare CORPUS --allocation A --expert I), given by --expert-data
+    with {expert} for its index; the dense run keeps --data:
+
+    Example: xelm plan --budget 20M --allocation alloc-tfidf/ --seed-bundle seed/ --data sh/
+    --expert-data 'sh-{expert}/' -o runs/
+
     Save it with --json > plan.json and run it with `xelm train-all plan.json`.
 
     The seed bundle and the shards are checked first (the shards hold every language of the
-    allocation), with --moe-tokens also what `xelm bundle moe` would refuse (the seed's family,
+    allocation, each expert's --expert-data its languages and its documents), with
+    --moe-tokens also what `xelm bundle moe` would refuse (the seed's family,
     --moe-calibration text it cannot read); the runs whose tokens go over the shards' text in
     their languages more than once are noted on stderr (each run's `passes` in --json), and so
     is a block longer than the positions the seed declares (the runs would train past them). The
@@ -337,7 +352,7 @@ def plan(
         memory=parse_size(memory) if memory else None, measured=measured,
         moe_tokens=parse_token_count(moe_tokens) if moe_tokens else 0,
         moe_calibration=moe_calibration, moe_aux_loss=moe_aux_loss, parallel=parallel,
-        nproc_per_node=nproc_per_node,
+        nproc_per_node=nproc_per_node, expert_data=expert_data,
     )  # fmt: skip
     for note in (positions_line(result), passes_line(result)):
         if note:

@@ -4,7 +4,8 @@ equal training tokens, as commands, with device-memory and time estimates of eac
 import difflib
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
+from xelm_cli.plugin.contracts import assigns_documents
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs, with_flags
 from xelm_cli.training.checkpoints import Budget, plan_budgets
@@ -108,30 +110,100 @@ def check_inputs(
 ) -> Shards:
     """Refuse now, one line each, what every run's ``xelm train`` would refuse when it starts:
     a seed that is not a bundle, ``data`` (and ``valid``) that are not shards of its tokenizer
-    or lack one of the ``languages`` the runs train on. The ``data`` shards, opened."""
-    try:
-        seed = Bundle.read(seed_bundle)
-    except UsageError as error:
-        raise UsageError(
-            f"--seed-bundle: {error}; give the bundle the experts branch from (`xelm bundle "
-            "init` makes one)"
-        ) from None
+    or lack one of the ``languages`` the runs train on; and ``data`` that holds one
+    allocation expert's documents only (the dense run would train on a part of the corpus).
+    The ``data`` shards, opened."""
+    seed = read_seed(seed_bundle)
     shards = open_shards("--data", data, seed, languages)
+    if (held := shards.expert) is not None:
+        raise UsageError(
+            f"--data: {data} holds only the documents of expert {held.get('expert')} of "
+            f"{held.get('path')}, and the dense run trains on every document: give the shards "
+            "of the whole corpus there, and each expert's to --expert-data"
+        )
     if valid is not None:
         open_shards("--valid", valid, seed, languages)
     return shards
 
 
+def read_seed(seed_bundle: Path) -> Bundle:
+    """The seed bundle the plan's runs start from, refused in one line unless it is one."""
+    try:
+        return Bundle.read(seed_bundle)
+    except UsageError as error:
+        raise UsageError(
+            f"--seed-bundle: {error}; give the bundle the experts branch from (`xelm bundle "
+            "init` makes one)"
+        ) from None
+
+
 def open_shards(option: str, path: Path, seed: Bundle, languages: Sequence[str]) -> Shards:
-    """The shards at ``path`` (given as ``option``), refused unless they are of ``seed``'s
-    tokenizer and hold every one of ``languages``."""
+    """The shards at ``path`` (given as ``option``, which each refusal names), refused unless
+    they are of ``seed``'s tokenizer and hold every one of ``languages``."""
     try:
         shards = Shards.open(path)
     except UsageError as error:
         raise UsageError(f"{option}: {error}; make them with `xelm data prepare`") from None
-    shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
-    shards.require_languages(languages)
+    with refusals_naming(option):
+        shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
+        shards.require_languages(languages)
     return shards
+
+
+@contextmanager
+def refusals_naming(option: str) -> Iterator[None]:
+    """Within this block, a one-line refusal starts with the ``option`` it is about."""
+    try:
+        yield
+    except UsageError as error:
+        raise UsageError(f"{option}: {error}") from None
+
+
+def expert_data_paths(
+    template: str | None, alloc: Allocation, allocation: Path, seed_bundle: Path
+) -> list[Path] | None:
+    """Each expert's shards by the --expert-data ``template`` (``{expert}``: the expert's
+    index), or None without one: every expert then trains on --data. Refused in one line: a
+    template that does not place the index, and no template for an allocation whose clusterer
+    assigns documents (TF-IDF), whose experts must each train on their own documents."""
+    if template is None:
+        if assigns_documents(alloc.clusterer):
+            raise UsageError(
+                f"{allocation} ({alloc.clusterer}) assigns documents, not languages: each "
+                f"expert trains on its own; prepare them (xelm data prepare CORPUS --allocation "
+                f"{allocation} --expert I -t {seed_bundle} -o shards-I/) and give --expert-data "
+                "'shards-{expert}/'"
+            )
+        return None
+    try:
+        paths = [template.format(expert=i) for i in range(max(alloc.k, 2))]
+    except (KeyError, IndexError, ValueError):
+        paths = []  # another {field}, or braces that do not pair
+    if not paths or len(set(paths)) < len(paths):
+        raise UsageError(
+            f"--expert-data {template!r} must hold {{expert}}, where each expert's index goes, "
+            "and no other {...}: e.g. 'shards-{expert}/'"
+        )
+    return [Path(path) for path in paths[: alloc.k]]
+
+
+def check_expert_data(seed_bundle: Path, alloc: Allocation, paths: list[Path]) -> list[Shards]:
+    """Each expert's shards (``paths``, by index), opened and refused in one line naming
+    --expert-data where expert I's `xelm train` would refuse them: not shards of the seed's
+    tokenizer, without one of its languages, of another expert's documents, or of every
+    document of its languages when the allocation assigns documents (``Shards.require_expert``)."""
+    seed = read_seed(seed_bundle)
+    documents = assigns_documents(alloc.clusterer)
+    opened = []
+    for expert, path in enumerate(paths):
+        option = f"--expert-data (expert {expert})"
+        shards = open_shards(option, path, seed, alloc.experts[expert])
+        with refusals_naming(option):
+            shards.require_expert(
+                alloc.reference(expert), f"run expert-{expert}", assigns_documents=documents
+            )
+        opened.append(shards)
+    return opened
 
 
 def check_moe_inputs(seed_bundle: Path, calibration: Path | None, languages: Sequence[str]) -> None:
@@ -327,6 +399,7 @@ def make_plan(
     moe_aux_loss: float = DEFAULT_MOE_AUX_LOSS,
     parallel: int | None = None,
     nproc_per_node: int = 1,
+    expert_data: str | None = None,
 ) -> dict[str, Any]:
     """The runs that give X-ELM and the dense baseline equal training tokens, as commands to
     run in this process's current directory (the plan's ``directory``), once the inputs are
@@ -336,6 +409,12 @@ def make_plan(
     ``data`` shards' tokens of its languages (``passes_line`` notes the runs over one). Each
     run's `xelm train` runs on ``nproc_per_node`` devices (``xelm train-all --nproc-per-node``):
     with --fsdp in ``train_args`` the memory estimate shards the model over them.
+
+    ``expert_data`` (``'shards-{expert}/'``) gives each expert its own shards, the path with its
+    index, checked like ``data`` (``check_expert_data``) and each expert's ``passes`` counted
+    over them; the other runs keep ``data``. An allocation whose clusterer assigns documents
+    (TF-IDF) needs it (``expert_data_paths``). Each run records the shards it trains on
+    (``data``).
 
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
@@ -354,9 +433,11 @@ def make_plan(
     )
     _check_plan_options(parallel, moe_tokens, moe_calibration, train_args)
     alloc = read_allocation(allocation)
+    expert_paths = expert_data_paths(expert_data, alloc, allocation, seed_bundle)
     budgets = _run_budgets(budget, moe_tokens, alloc)
     everything = list(next(b.languages for b in budgets if b.expert is None))
     shards = check_inputs(seed_bundle, data, valid, everything)
+    expert_shards = check_expert_data(seed_bundle, alloc, expert_paths) if expert_paths else []
     if moe_tokens:
         check_moe_inputs(seed_bundle, moe_calibration, everything)
     estimate = estimate_runs(
@@ -366,8 +447,9 @@ def make_plan(
     train_extra += shlex.split(train_args)
     entries = []
     for run in budgets:
-        commands = _run_commands(run, seed_bundle, allocation, data, runs, train_extra)
-        entries.append(_run_entry(run, commands, runs, shards, estimate))
+        trained_on = _run_shards(run, shards, expert_shards)
+        commands = _run_commands(run, seed_bundle, allocation, trained_on.path, runs, train_extra)
+        entries.append(_run_entry(run, commands, runs, trained_on, estimate))
     if moe_tokens:
         experts = [str(_run_output(runs, b)) for b in budgets if b.expert is not None]
         entries += merged_runs(
@@ -416,6 +498,12 @@ def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation) -> list[Budget
     return [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
 
 
+def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> Shards:
+    """The shards ``run`` trains on: its own with --expert-data (an expert's run), else
+    --data's ``shards``."""
+    return expert_shards[run.expert] if run.expert is not None and expert_shards else shards
+
+
 def _run_output(runs: Path, run: Budget) -> Path:
     """Where ``run`` writes its model: the experts side by side in runs/experts/ (so
     runs/experts/* is the ensemble)."""
@@ -451,8 +539,9 @@ def _run_entry(
     shards: Shards,
     estimate: dict[str, Any],
 ) -> dict[str, Any]:
-    """The plan's record of an expert's or the dense run: with how many times its tokens go
-    over its languages in ``shards``, and its time when ``estimate`` has a throughput."""
+    """The plan's record of an expert's or the dense run: the ``shards`` it trains on, with how
+    many times its tokens go over its languages in them, and its time when ``estimate`` has a
+    throughput."""
     throughput = estimate["throughput"]
     return {
         "name": run.name,
@@ -460,6 +549,7 @@ def _run_entry(
         "languages": list(run.languages),
         "tokens": run.tokens,
         "passes": passes(run.tokens, shards, run.languages),
+        "data": str(shards.path),
         "output": str(_run_output(runs, run)),
         "commands": commands,
         "seconds": throughput.seconds(estimate["shape"], run.tokens) if throughput else None,
@@ -517,10 +607,11 @@ def merged_runs(
     seconds = throughput.seconds(active, moe_tokens) if throughput else None
     return [
         {"name": "average", "expert": None, "languages": languages, "tokens": 0, "passes": 0.0,
-         "output": str(runs / "average"), "commands": [average],
+         "data": None, "output": str(runs / "average"), "commands": [average],
          "seconds": 0.0 if throughput else None, "after": names},
         {"name": "moe", "expert": None, "languages": languages, "tokens": moe_tokens,
-         "passes": moe_passes, "output": str(runs / "moe"), "commands": [moe, tuned],
+         "passes": moe_passes, "data": str(data), "output": str(runs / "moe"),
+         "commands": [moe, tuned],
          "seconds": seconds, "after": names, "parameters": held.parameters, "top_k": MOE_TOP_K,
          "aux_loss": aux_loss, "memory": estimate["moe_memory"].as_dict()},
     ]  # fmt: skip
