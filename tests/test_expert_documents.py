@@ -41,7 +41,7 @@ def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _assigned(allocation: Path, corpus: Path) -> dict[int, dict[str, list[str]]]:
+def documents_by_expert(allocation: Path, corpus: Path) -> dict[int, dict[str, list[str]]]:
     """Expert -> language -> the texts the allocation's assigner sends there, in corpus order
     (blank records aside: prepare keeps no empty document)."""
     documents = [d for d in iter_documents(corpus) if d.text.strip()]
@@ -61,7 +61,7 @@ def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
     from transformers import AutoTokenizer
 
     alloc = read_allocation(allocation)
-    assigned = _assigned(allocation, corpus)
+    assigned = documents_by_expert(allocation, corpus)
     tokenizer = AutoTokenizer.from_pretrained(seed_bundle)
     total = 0
     for expert in (0, 1):
@@ -205,7 +205,7 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
     """A corpus whose English documents all go to expert 1: expert 0's shards hold only
     Russian, with a warning naming English (not an error: English was read), and expert 0's
     branch trains on Russian alone. English not in the corpus at all stays an error."""
-    assigned = _assigned(allocation, corpus)
+    assigned = documents_by_expert(allocation, corpus)
     other = tmp_path / "corpus"
     other.mkdir()
     (other / "en.jsonl").write_text(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_LANGS
+from test_expert_documents import documents_by_expert
 from test_plan_inputs import TRAIN_ARGS, xelm
 from test_train import corpus_slice
 
@@ -222,3 +223,26 @@ def test_the_tfidf_allocation_assigns_overlapping_languages(root: Path) -> None:
 
     alloc: Allocation = read_allocation(root / "alloc-tfidf")
     assert [sorted(langs) for langs in alloc.experts] == [sorted(TEST_LANGS)] * 2
+
+
+def test_an_expert_sent_no_document_of_a_language_is_planned_on_those_it_has(
+    in_root: Path,
+) -> None:
+    """Expert 0's shards of a corpus whose English documents all went to expert 1 hold Turkish
+    alone: the plan takes them (as `xelm train` trains the expert on what they hold), its run
+    lists Turkish and counts passes over it."""
+    assigned = documents_by_expert(Path("alloc-tfidf"), Path("corpus"))
+    other = Path("corpus-no-en-for-0")
+    if not other.exists():
+        other.mkdir()
+        (other / "en.jsonl").write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in assigned[1]["en"]), encoding="utf-8"
+        )
+        (other / "tr.jsonl").write_bytes(Path("corpus/tr.jsonl").read_bytes())
+        prepare(other, "seed", "turkish-0", langs="en,tr", allocation="alloc-tfidf", expert=0)
+    template = linked("narrow", "turkish-0", "shards-1")
+    plan = make_plan(4000, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+                     expert_data=template)  # fmt: skip
+    run = next(r for r in plan["runs"] if r["name"] == "expert-0")
+    assert run["languages"] == ["tr"]
+    assert run["passes"] == pytest.approx(2000 / Shards.open("turkish-0").tokens_in(["tr"]))

@@ -190,18 +190,23 @@ def expert_data_paths(
 def check_expert_data(seed_bundle: Path, alloc: Allocation, paths: list[Path]) -> list[Shards]:
     """Each expert's shards (``paths``, by index), opened and refused in one line naming
     --expert-data where expert I's `xelm train` would refuse them: not shards of the seed's
-    tokenizer, without one of its languages, of another expert's documents, or of every
-    document of its languages when the allocation assigns documents (``Shards.require_expert``)."""
+    tokenizer, of another expert's documents, of every document of its languages when the
+    allocation assigns documents (``Shards.require_expert``), or without one of its languages
+    (shards of its own documents need only one: the allocation may have sent it no document of
+    another, and `xelm train` trains it on those they hold)."""
     seed = read_seed(seed_bundle)
     documents = assigns_documents(alloc.clusterer)
     opened = []
     for expert, path in enumerate(paths):
         option = f"--expert-data (expert {expert})"
-        shards = open_shards(option, path, seed, alloc.experts[expert])
+        shards = open_shards(option, path, seed, ())
+        languages = alloc.experts[expert]
         with refusals_naming(option):
             shards.require_expert(
                 alloc.reference(expert), f"run expert-{expert}", assigns_documents=documents
             )
+            if shards.expert is None or not set(languages) & set(shards.languages):
+                shards.require_languages(languages)
         opened.append(shards)
     return opened
 
@@ -447,7 +452,7 @@ def make_plan(
     train_extra += shlex.split(train_args)
     entries = []
     for run in budgets:
-        trained_on = _run_shards(run, shards, expert_shards)
+        run, trained_on = _run_shards(run, shards, expert_shards)
         commands = _run_commands(run, seed_bundle, allocation, trained_on.path, runs, train_extra)
         entries.append(_run_entry(run, commands, runs, trained_on, estimate))
     if moe_tokens:
@@ -498,10 +503,17 @@ def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation) -> list[Budget
     return [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
 
 
-def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> Shards:
+def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> tuple[Budget, Shards]:
     """The shards ``run`` trains on: its own with --expert-data (an expert's run), else
-    --data's ``shards``."""
-    return expert_shards[run.expert] if run.expert is not None and expert_shards else shards
+    --data's ``shards``; on shards of an expert's own documents, the run's languages are
+    those they hold (as `xelm train` trains it)."""
+    if run.expert is None or not expert_shards:
+        return run, shards
+    own = expert_shards[run.expert]
+    if own.expert is not None:
+        held = tuple(lang for lang in run.languages if lang in own.languages)
+        run = replace(run, languages=held)
+    return run, own
 
 
 def _run_output(runs: Path, run: Budget) -> Path:
