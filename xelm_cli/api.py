@@ -39,7 +39,9 @@ from xelm_cli.data.evalsets import (
 )
 from xelm_cli.data.fetch import fetch as fetch_data
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.sampling import sample_documents, sample_per_language
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import DatasetSource, dataset_configs
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 from xelm_cli.demo import run_demo
@@ -137,6 +139,7 @@ __all__ = [
     "Router",
     "ScoredDocument",
     "Shards",
+    "SourceOptions",
     "TrainRequest",
     "Trainer",
     "UsageError",
@@ -200,6 +203,8 @@ __all__ = [
     "require_block_fits",
     "run_demo",
     "run_plan",
+    "sample_documents",
+    "sample_per_language",
     "save_checkpoint",
     "softmax",
     "stderr_progress",

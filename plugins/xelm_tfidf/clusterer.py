@@ -1,5 +1,6 @@
 """The registered TF-IDF clusterer: its declared options and ``fit``."""
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -8,14 +9,13 @@ from xelm_cli.api import (
     Clusterer,
     ClusterRequest,
     UsageError,
-    group_documents,
-    iter_documents,
     option,
+    sample_documents,
 )
 
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
-from .fitting import fit as fit_documents
+from .fitting import fit_sample, reading_progress
 from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
 from .state import STATE_MEMBER, TfidfModel, load_model, save_model
 
@@ -32,7 +32,17 @@ class TfidfClusterer(Clusterer):
     language's documents together far more purely. The sizes in the JSON summary are those the
     saved allocation gives the training documents.
 
+    DATA is read as `xelm data prepare` reads it (--split, --lang, --config, --lang-map,
+    --text-column, --revision, --data-dir the same). Corpus files are sampled uniformly,
+    --max-docs-per-language of each language from all its documents. Datasets and recipes
+    (mC4: --config '{lang}', or the recipe mc4) are streamed and read only as far as the
+    sample needs: each language's first --max-docs-per-language documents.
+
     Example: xelm cluster tfidf ../shared/data/corpus/train --langs ar,en,ru,zh -k 4 -o alloc/
+
+    Example (mC4, 10,000 documents a language, each language's stream left after them):
+    xelm cluster tfidf allenai/c4 --config '{lang}' --langs ar,de,he,hi --lang-map he=iw -k 4
+    --max-docs-per-language 10000 -o alloc-tfidf/
     """
 
     name = "tfidf"
@@ -76,21 +86,27 @@ class TfidfClusterer(Clusterer):
         options = self.options_of(request)
         if request.data is None:
             raise UsageError(
-                "the tfidf clusterer fits on documents: give a corpus (DATA, data= from "
-                "Python), e.g. xelm cluster tfidf ../shared/data/corpus/train -k 4 -o alloc/"
+                "the tfidf clusterer fits on documents: give a corpus, dataset or recipe (DATA, "
+                "data= from Python), e.g. xelm cluster tfidf ../shared/data/corpus/train -k 4 "
+                "-o alloc/"
             )
         if request.output.exists() and not request.force:
             raise UsageError(
                 f"output {request.output} already exists; choose another path or pass --force"
             )
-        documents = iter_documents(request.data, languages=request.languages or None)
-        if request.languages:
-            wanted = set(request.languages)
-            documents = (d for d in documents if d.language in wanted)
-        if options.document_bytes:
-            documents = group_documents(documents, options.document_bytes)
-        result = fit_documents(
-            documents,
+        started = time.perf_counter()
+        with reading_progress() as advance:
+            sample = sample_documents(
+                request.data,
+                languages=request.languages,
+                per_language=options.max_docs_per_language or None,
+                document_bytes=options.document_bytes,
+                seed=request.seed,
+                reading=request.reading,
+                progress=advance,
+            )
+        result = fit_sample(
+            sample,
             kmeans=KMeansSettings(
                 k=request.k,
                 batch_size=options.batch_size,
@@ -106,11 +122,16 @@ class TfidfClusterer(Clusterer):
             max_per_language=options.max_docs_per_language or None,
             assignment=options.assignment,
         )
+        training = {
+            **result.training,
+            "document_bytes": options.document_bytes,
+            "seconds": round(time.perf_counter() - started, 2),  # reading included
+        }
         return save_model(
             request.output,
             result.model,
             shares=result.shares,
-            training={**result.training, "document_bytes": options.document_bytes},
+            training=training,
             overwrite=request.force,
         )
 

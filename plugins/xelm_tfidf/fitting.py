@@ -1,9 +1,9 @@
 """Fit a TF-IDF allocation from documents: sample, embed, cluster, measure shares."""
 
-import random
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import stopwordsiso
 from numpy.typing import NDArray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from xelm_cli.api import Document, UsageError, stderr_progress
+from xelm_cli.api import Document, UsageError, sample_per_language, stderr_progress
 
 from .analyzer import AnalyzerSettings
 from .embedder import TfidfSettings, fit_embedder
@@ -27,27 +27,6 @@ class FitResult:
     model: TfidfModel
     shares: dict[str, list[float]]
     training: dict[str, Any] = field(default_factory=dict)
-
-
-def sample_per_language(
-    documents: Iterable[Document], max_per_language: int | None, seed: int
-) -> list[Document]:
-    """At most ``max_per_language`` documents per language, a uniform sample chosen by
-    reservoir sampling (deterministic for a seed), in first-seen language order."""
-    rng = random.Random(seed)
-    reservoirs: dict[str, list[Document]] = {}
-    seen: Counter[str] = Counter()
-    for document in documents:
-        if not document.text.strip():
-            continue
-        language = document.language or UNLABELLED
-        reservoir = reservoirs.setdefault(language, [])
-        seen[language] += 1
-        if max_per_language is None or len(reservoir) < max_per_language:
-            reservoir.append(document)
-        elif (slot := rng.randrange(seen[language])) < max_per_language:
-            reservoir[slot] = document
-    return [document for reservoir in reservoirs.values() for document in reservoir]
 
 
 def stop_words_for(languages: Iterable[str]) -> frozenset[str]:
@@ -76,10 +55,12 @@ def _progress() -> Progress:
     )
 
 
-def _counted(documents: Iterable[Document], advance: Any) -> Iterator[Document]:
-    for document in documents:
-        advance()
-        yield document
+@contextmanager
+def reading_progress() -> Iterator[Callable[[int], object]]:
+    """A progress line counting the records read (``sample_documents``' ``progress``)."""
+    with _progress() as progress:
+        reading = progress.add_task("reading corpus", total=None)
+        yield lambda records: progress.advance(reading, records)
 
 
 def fit(
@@ -91,19 +72,44 @@ def fit(
     max_per_language: int | None = 2000,
     assignment: str = "balanced",
 ) -> FitResult:
-    """Sample, embed, fit balanced k-means, then the ``assignment`` rule's offsets
-    (kmeans.ASSIGNMENTS); ``training["cluster_sizes"]`` are the sizes the model's ``assign``
-    gives on the sampled documents."""
+    """``fit_sample`` on a uniform sample of ``documents``: at most ``max_per_language`` of
+    each language (``sample_per_language``, seeded with ``kmeans.seed``)."""
+    with reading_progress() as advance:
+        sample = sample_per_language(_counted(documents, advance), max_per_language, kmeans.seed)
+    return fit_sample(
+        sample,
+        kmeans=kmeans,
+        tfidf=tfidf,
+        segment=segment,
+        max_per_language=max_per_language,
+        assignment=assignment,
+    )
+
+
+def _counted(documents: Iterable[Document], advance: Callable[[int], object]) -> Iterator[Document]:
+    for document in documents:
+        advance(1)
+        yield document
+
+
+def fit_sample(
+    sample: list[Document],
+    *,
+    kmeans: KMeansSettings,
+    tfidf: TfidfSettings,
+    segment: str = "cjk",
+    max_per_language: int | None = 2000,
+    assignment: str = "balanced",
+) -> FitResult:
+    """Embed the sampled documents, fit balanced k-means, then the ``assignment`` rule's
+    offsets (kmeans.ASSIGNMENTS); ``training["cluster_sizes"]`` are the sizes the model's
+    ``assign`` gives on the sample, and ``max_per_language`` is recorded as the sample's cap."""
     started = time.perf_counter()
+    if not sample:
+        raise UsageError("the corpus has no documents with text")
+    if kmeans.k > len(sample):
+        raise UsageError(f"-k {kmeans.k} is more than the {len(sample)} documents sampled")
     with _progress() as progress:
-        reading = progress.add_task("reading corpus", total=None)
-        sample = sample_per_language(
-            _counted(documents, lambda: progress.advance(reading)), max_per_language, kmeans.seed
-        )
-        if not sample:
-            raise UsageError("the corpus has no documents with text")
-        if kmeans.k > len(sample):
-            raise UsageError(f"-k {kmeans.k} is more than the {len(sample)} documents sampled")
         languages = [d.language or UNLABELLED for d in sample]
         analyzer = AnalyzerSettings(segment=segment, stop_words=stop_words_for(set(languages)))
         embedding = progress.add_task("embedding (TF-IDF, SVD)", total=None)

@@ -11,10 +11,20 @@ from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.cluster.allocation import Allocation, read_allocation
-from xelm_cli.cluster.fitting import cluster_request, fit
+from xelm_cli.cluster.fitting import cluster_request, fit, reading_options
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
 from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data.cli import (
+    ConfigOpt,
+    DataDirOpt,
+    LangMapOpt,
+    LangOpt,
+    RevisionOpt,
+    SplitOpt,
+    TextColumnOpt,
+)
+from xelm_cli.data.recipes import parse_lang_map
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
@@ -33,8 +43,12 @@ app = typer.Typer(
 )
 _added: set[str] = set()
 
-# the request's own flags: a declared option of the same name is reachable via --cluster-arg only
-REQUEST_PARAMETERS = ("data", "langs", "k", "output", "seed", "force", "cluster_arg", "as_json")
+# the request's own flags (and the names cluster(...) reads DATA with): a declared option of
+# the same name is reachable via --cluster-arg only
+REQUEST_PARAMETERS = (
+    "data", "langs", "k", "output", "seed", "force", "cluster_arg", "as_json",
+    "split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir",
+)  # fmt: skip
 
 
 def add_clusterer_commands() -> None:
@@ -60,16 +74,19 @@ def _help(clusterer: type[Clusterer]) -> str:
 
 
 def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
-    """``xelm cluster NAME``: the request's flags, one flag per declared option and
-    ``--cluster-arg KEY=VALUE``; fits, then prints the allocation like ``xelm cluster show``."""
+    """``xelm cluster NAME``: the request's flags (DATA read with ``xelm data prepare``'s
+    flags), one flag per declared option and ``--cluster-arg KEY=VALUE``; fits, then prints
+    the allocation like ``xelm cluster show``."""
 
     def command(
         data: Annotated[
             str | None,
             typer.Argument(
                 metavar="DATA",
-                help="Corpus (.jsonl[.zst]/.txt files or a directory) or a Hub dataset id; "
-                "clusterers of languages (typology) need none.",
+                help="Corpus (.jsonl[.zst]/.txt files or a directory), a dataset (Hub id "
+                "owner/name, or a local directory laid out like one: streamed) or a corpus "
+                "recipe (a file, or a name from `xelm data recipes`); clusterers of languages "
+                "(typology) need none.",
                 show_default=False,
             ),
         ] = None,
@@ -104,6 +121,13 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             ),
         ] = None,
         as_json: JsonOpt = False,
+        split: SplitOpt = None,
+        lang: LangOpt = None,
+        config: ConfigOpt = None,
+        lang_map: LangMapOpt = None,
+        text_column: TextColumnOpt = None,
+        revision: RevisionOpt = None,
+        data_dir: DataDirOpt = None,
         **flags: Any,
     ) -> None:
         if k is None:
@@ -125,6 +149,15 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             seed=seed,
             force=force,
             options=options,
+            reading=reading_options(
+                split=split,
+                language=lang,
+                config=config,
+                lang_map=parse_lang_map(lang_map) if lang_map else None,
+                text_column=text_column,
+                revision=revision,
+                data_dir=data_dir,
+            ),
         )
         allocation = fit(clusterer, request)
         if as_json:

@@ -11,6 +11,7 @@ from typing import Any
 
 from xelm_cli.cluster.allocation import Allocation, recording_provenance
 from xelm_cli.common.errors import PluginError, UsageError
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.plugin.contracts import Clusterer, ClusterRequest
 from xelm_cli.plugin.host import get_registry
@@ -26,19 +27,40 @@ def cluster(
     data: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
+    split: str | None = None,
+    language: str | None = None,
+    config: str | None = None,
+    lang_map: dict[str, str] | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
+    data_dir: str | None = None,
     **options: Any,
 ) -> Allocation:
     """Fit clusterer ``name`` and write the allocation at ``output``; return it.
 
     ``languages``: codes (or one comma-separated text) to allocate, empty for every language in
-    ``data``; ``data``: a corpus path or a Hub dataset id (None for clusterers that need no text,
-    such as ``typology``); ``options``: the clusterer's declared options by name, as Python
-    values or as text (``"2000"``), checked like ``--cluster-arg``. Bad input is a one-line
-    :class:`UsageError` and nothing is written.
+    ``data``; ``data``: a corpus path, a dataset (Hub id or local copy) or a corpus recipe
+    (None for clusterers that need no text, such as ``typology``); ``split`` ... ``data_dir``:
+    how to read ``data``, as :func:`xelm_cli.data.prepare.prepare` takes them (``config="{lang}"``
+    reads one configuration per language, e.g. mC4's); ``options``: the clusterer's declared
+    options by name, as Python values or as text (``"2000"``), checked like ``--cluster-arg``.
+    Bad input is a one-line :class:`UsageError` and nothing is written.
 
     Example: ``cluster("typology", k=4, output="alloc.json", languages="ar,bg,de,el,en,es,fr,hi")``
+
+    Example: ``cluster("tfidf", k=4, output="alloc/", data="allenai/c4", config="{lang}",
+    languages="ar,de,he,hi", lang_map={"he": "iw"}, max_docs_per_language=10000)``
     """
     clusterer = get_registry().get("clusterer", name).obj
+    reading = reading_options(
+        split=split,
+        language=language,
+        config=config,
+        lang_map=lang_map,
+        text_column=text_column,
+        revision=revision,
+        data_dir=data_dir,
+    )
     request = cluster_request(
         clusterer,
         k=k,
@@ -48,8 +70,33 @@ def cluster(
         seed=seed,
         force=force,
         options=options,
+        reading=reading,
     )
     return fit(clusterer, request)
+
+
+def reading_options(
+    *,
+    split: str | None = None,
+    language: str | None = None,
+    config: str | None = None,
+    lang_map: dict[str, str] | None = None,
+    text_column: str | None = None,
+    revision: str | None = None,
+    data_dir: str | None = None,
+) -> SourceOptions | None:
+    """How to read a clusterer's data, or None when nothing is given (the defaults: what a
+    request of an earlier xelm carried)."""
+    reading = SourceOptions(
+        split=split,
+        language=language,
+        config=config,
+        data_dir=data_dir,
+        lang_map=lang_map or None,
+        text_column=text_column,
+        revision=revision,
+    )
+    return None if reading == SourceOptions() else reading
 
 
 def cluster_request(
@@ -63,12 +110,19 @@ def cluster_request(
     force: bool = False,
     options: Mapping[str, Any] | None = None,
     via: str = "--cluster-arg",
+    reading: SourceOptions | None = None,
 ) -> ClusterRequest:
     """The checked request for ``clusterer``: codes normalised, options built from the
-    declaration (text or Python values), the output refused when it exists without ``force``."""
+    declaration (text or Python values), the output refused when it exists without ``force``,
+    ``reading`` (how to read ``data``) refused without ``data``."""
     label = f"clusterer {clusterer.name!r}"
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError(f"-k must be a whole number of experts, at least 1, not {k!r}")
+    if reading is not None and data is None:
+        raise UsageError(
+            "--split, --lang, --config, --lang-map, --text-column, --revision and --data-dir "
+            "say how to read DATA: give DATA, or drop them"
+        )
     if isinstance(languages, str):
         codes = tuple(parse_language_list(languages)) if languages.strip() else ()
     else:
@@ -90,6 +144,7 @@ def cluster_request(
         seed=seed,
         force=force,
         options=built,
+        reading=reading,
     )
 
 

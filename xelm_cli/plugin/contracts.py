@@ -21,6 +21,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import Allocation
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.data.corpus import Document
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.ensemble.weights import Weights
 from xelm_cli.plugin.options import NoOptions
 
@@ -157,7 +158,12 @@ class ClusterRequest:
     id, None for clusterers that need no text (typology); ``options``: an instance of the
     clusterer's declared ``Options`` with its defaults filled in (None reads as the defaults,
     see ``Clusterer.options_of``), built by xelm from ``--cluster-arg KEY=VALUE``, the derived
-    flags or a Python call's keyword arguments, already checked against the declaration.
+    flags or a Python call's keyword arguments, already checked against the declaration;
+    ``reading``: how to read ``data`` when the user said (``--split``, ``--lang``,
+    ``--config``, ``--lang-map``, ``--text-column``, ``--revision``, ``--data-dir``, as
+    ``xelm data prepare`` takes them), None for the defaults. ``data`` may then also be a
+    recipe or a dataset with one configuration per language; :func:`sample_documents` reads
+    any of them with ``reading``.
     """
 
     output: Path
@@ -167,6 +173,7 @@ class ClusterRequest:
     seed: int = 0
     force: bool = False
     options: Any = None
+    reading: SourceOptions | None = None
 
 
 class Clusterer(ABC):

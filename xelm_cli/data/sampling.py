@@ -1,0 +1,188 @@
+"""A sample of each language's documents, for fitting a clusterer on a corpus of any size.
+
+Corpus files are sampled uniformly: every document is read, and a seeded reservoir keeps at
+most N of each language. Datasets and recipes (mC4 has billions of documents) are streamed
+instead, as ``xelm data prepare`` reads them: each language's first N documents, its stream
+read only until it has them.
+"""
+
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data.corpus import Document, iter_documents
+from xelm_cli.data.documents import group_documents
+from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
+from xelm_cli.data.sources import DEFAULT_BATCH, Source
+from xelm_cli.lang.codes import language_codes
+
+UNLABELLED = "und"  # the language code of undetermined language
+Progress = Callable[[int], object]  # told how many records were read since it was last told
+
+
+def sample_per_language(
+    documents: Iterable[Document], per_language: int | None, seed: int
+) -> list[Document]:
+    """At most ``per_language`` documents of each language (None: all), a uniform sample chosen
+    by reservoir sampling (deterministic for a seed), in first-seen language order; blank
+    documents are dropped, and documents without a language are sampled as one more language,
+    ``und``'s."""
+    rng = random.Random(seed)
+    reservoirs: dict[str, list[Document]] = {}
+    seen: Counter[str] = Counter()
+    for document in documents:
+        if not document.text.strip():
+            continue
+        language = document.language or UNLABELLED
+        reservoir = reservoirs.setdefault(language, [])
+        seen[language] += 1
+        if per_language is None or len(reservoir) < per_language:
+            reservoir.append(document)
+        elif (slot := rng.randrange(seen[language])) < per_language:
+            reservoir[slot] = document
+    return [document for reservoir in reservoirs.values() for document in reservoir]
+
+
+def sample_documents(
+    data: str | Path,
+    *,
+    languages: Sequence[str] | str | None = None,
+    per_language: int | None,
+    document_bytes: int = 0,
+    seed: int = 0,
+    reading: SourceOptions | None = None,
+    progress: Progress | None = None,
+) -> list[Document]:
+    """At most ``per_language`` documents of each of ``languages`` (None or empty: every
+    language in ``data``), for a clusterer to fit on.
+
+    ``data`` is what ``xelm data prepare`` reads, and ``reading`` how (its ``--split``,
+    ``--lang``, ``--config``, ...; None: the defaults): corpus files, a dataset (a Hub id or a
+    local copy laid out like one) or a recipe. With ``document_bytes`` > 0, consecutive records
+    of one language are joined into documents of about that many bytes first
+    (``group_documents``), and ``per_language`` counts the joined documents.
+
+    - Corpus files: a uniform sample over all of them (``sample_per_language`` with ``seed``),
+      so every file is read to its end.
+    - A dataset or recipe, streamed: each language's first documents, in stream order. A
+      language's stream is read only until the language has ``per_language`` documents (to
+      within one batch of rows), then left; a recipe's (or a ``{lang}`` configuration's)
+      languages are read one after another. A dataset whose rows carry their languages is
+      read until every language of ``languages`` has enough, or to its end without
+      ``languages``. ``per_language=None`` reads every stream to its end: all of mC4.
+
+    A language of ``languages`` without documents is a one-line ``UsageError``. ``progress``,
+    when given, is called with the number of records read as reading goes on.
+    """
+    if per_language is not None and per_language < 1:
+        raise UsageError(f"per_language must be at least 1 (None: all), not {per_language}")
+    wanted = language_codes(languages)
+    plan = plan_sources(data, list(wanted) if wanted else None, reading or SourceOptions())
+    if plan.kind == "files":
+        sample = _corpus_sample(
+            plan.path, wanted, per_language, document_bytes, seed, reading, progress
+        )
+    else:
+        sample = _streamed_sample(plan, wanted, per_language, document_bytes, progress)
+    missing = [lang for lang in wanted or () if lang not in {d.language for d in sample}]
+    if missing:
+        found = sorted({d.language or "unlabelled" for d in sample})
+        raise UsageError(
+            f"no documents in {', '.join(missing)} in {data} (it has: {', '.join(found) or 'none'}"
+            "); drop them from --langs"
+        )
+    return sample
+
+
+def _corpus_sample(
+    path: str,
+    wanted: tuple[str, ...] | None,
+    per_language: int | None,
+    document_bytes: int,
+    seed: int,
+    reading: SourceOptions | None,
+    progress: Progress | None,
+) -> list[Document]:
+    reading = reading or SourceOptions()
+    documents = iter_documents(
+        path,
+        language=reading.language,
+        split=reading.split,
+        languages=wanted,
+        text_column=reading.text_column,
+    )
+    if wanted:
+        documents = (d for d in documents if d.language in wanted)
+    if document_bytes > 0:
+        documents = group_documents(documents, document_bytes)
+    return sample_per_language(_counted(documents, progress), per_language, seed)
+
+
+def _counted(documents: Iterable[Document], progress: Progress | None) -> Iterator[Document]:
+    for document in documents:
+        if progress is not None:
+            progress(1)
+        yield document
+
+
+def _streamed_sample(
+    plan: SourcePlan,
+    wanted: tuple[str, ...] | None,
+    per_language: int | None,
+    document_bytes: int,
+    progress: Progress | None,
+) -> list[Document]:
+    """The first ``per_language`` documents of each language of ``plan``'s sources, one
+    source after another; a source whose languages all have enough is not opened."""
+    kept: dict[str, list[Document]] = {}
+    languages = set(wanted) if wanted else (set(plan.sources) if plan.recipe else None)
+    for name, source in plan.sources.items():
+        only = plan.only_language(name)
+        reader = _FirstDocuments(kept, per_language, {only} if only else languages)
+        if reader.all_full():
+            continue
+        documents = reader.records(source, progress)
+        if document_bytes > 0:
+            documents = group_documents(documents, document_bytes)
+        for document in documents:
+            kept.setdefault(str(document.language), []).append(document)
+    return [document for documents in kept.values() for document in documents]
+
+
+class _FirstDocuments:
+    """Reads one source's records of the languages that lack documents in ``kept``, and stops
+    when each of ``languages`` (None: not known before reading, so never) has
+    ``per_language`` (None: never)."""
+
+    def __init__(
+        self, kept: dict[str, list[Document]], per_language: int | None, languages: set[str] | None
+    ) -> None:
+        self.kept, self.per_language, self.languages = kept, per_language, languages
+
+    def full(self, language: str) -> bool:
+        return self.per_language is not None and len(self.kept.get(language, ())) >= (
+            self.per_language
+        )
+
+    def all_full(self) -> bool:
+        return bool(self.languages) and all(map(self.full, self.languages or ()))
+
+    def records(self, source: Source, progress: Progress | None) -> Iterator[Document]:
+        """The source's records that a language still needs. ``kept`` grows while this is
+        read (each record is yielded before the next is looked at, joined or not: a joined
+        document is yielded with the record that completes it), so a language stops taking
+        records the moment it has enough, and the stream is left after the batch in which
+        the last language got its documents. Batches are no larger than ``per_language``
+        rows, so a small sample reads little past it."""
+        rows = min(DEFAULT_BATCH, self.per_language or DEFAULT_BATCH)
+        for batch in source.open(batch_size=max(rows, 1)):
+            for language, text in zip(batch.languages, batch.texts, strict=True):
+                wanted = self.languages is None or language in self.languages
+                if wanted and not self.full(language):
+                    yield Document(text, language)
+            if progress is not None:
+                progress(len(batch.texts))
+            if self.all_full():
+                return
