@@ -3,6 +3,7 @@ each streamed language is read only up to its share of the total (not up to the 
 recipe's ``documents`` as the default sizes, resuming only reads made for the same shares,
 and one-line errors for sizes that cannot be used."""
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,19 @@ def read_up_to(lengths: list[int], limit: int) -> int:
     return total
 
 
+def read_twice(lengths: list[int], first: int, then: int, batch: int) -> int:
+    """Where reading stops when it stops at ``first`` (after the batch of ``batch`` documents
+    that reached it: the rest of that batch is not taken) and goes on to ``then``."""
+    total, start = 0, 0
+    while start < len(lengths):
+        chunk, start = lengths[start : start + batch], start + batch
+        fits = [n for n in itertools.accumulate(chunk, initial=total) if n <= first]
+        total = fits[-1]
+        if len(fits) <= len(chunk):  # a document did not fit: the language is full
+            break
+    return read_up_to(lengths[start:], then - total) + total
+
+
 def source_tokens(manifest: dict[str, Any]) -> dict[str, int]:
     return {lang: e["source_tokens"] for lang, e in manifest["languages"].items()}
 
@@ -98,34 +112,87 @@ def test_read_limits_are_the_shares_water_filled_within_the_caps() -> None:
     assert read_limits({"de": 500}, TOKENS) == {"de": 500, "*": TOKENS}  # without sizes: as before
 
 
-def test_a_language_short_of_its_share_is_kept_whole_and_the_shortfall_says_by_how_much(
+def test_a_language_short_of_its_share_is_kept_whole_and_the_others_read_further(
     tokenizer_dir: Path,
     tmp_path: Path,
     lengths: dict[str, list[int]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """sw's share of 1,000 tokens is 500 but it holds 374: kept whole, and en, read to its own
+    500 first, is read further from where it stopped (the batch after the one that reached
+    500) up to 1,000 - 374 = 626, so --tokens is reached (but for the whole documents under
+    en's limit)."""
     mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
     held = sum(lengths["sw"][:3])  # 374 tokens
     out = tmp_path / "s"
     command = ["data", "prepare", str(mirror), "--config", "{lang}", "--langs", "en,sw",
-               "--sizes", "en=1,sw=1", "--tokens", "1000", "-t", str(tokenizer_dir),
-               "-o", str(out), "--json"]  # fmt: skip
+               "--sizes", "en=1,sw=1", "--tokens", "1000", "--batch-size", str(BATCH),
+               "-t", str(tokenizer_dir), "-o", str(out), "--json"]  # fmt: skip
     assert run(command) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["languages"]["sw"]["read_to_limit"] is False
     assert summary["languages"]["sw"]["tokens"] == held  # kept whole
-    assert summary["languages"]["en"]["source_tokens"] == read_up_to(lengths["en"], 500)
-    assert summary["shortfall"] == 500 - held  # sw's share is 1,000 / 2
-    assert (
+    assert summary["languages"]["en"]["read_to_limit"] is True
+    en = read_twice(lengths["en"], 500, 1000 - held, BATCH)
+    assert summary["languages"]["en"]["source_tokens"] == en > read_up_to(lengths["en"], 500)
+    assert summary["shortfall"] == 0
+    assert captured.err.splitlines()[-1] == (
         f"xelm: warning: sw held fewer tokens than its share of --tokens by --sizes (sw {held} of "
-        f"500): kept whole, {500 - held} tokens fewer than --tokens asks; raise --tokens to take "
-        "more of the other languages, or give --sizes in tokens"
-    ) in captured.err.splitlines()
-    assert (  # en was read to its share (whole documents: a little under it), sw held less
-        f"xelm: warning: --tokens 1,000 not reached: the corpus holds {500 + held} tokens within "
-        "their shares by --sizes in en, sw"
-    ) in captured.err.splitlines()
+        "500): kept whole, the other languages read further in its place"
+    )
+
+
+def test_when_every_language_is_short_the_shortfall_says_by_how_much(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    lengths: dict[str, list[int]],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    mirror = c4_like(tmp_path / "c4", {"en": texts("en", 4), "sw": texts("sw", 3)})
+    held = {"en": sum(lengths["en"][:4]), "sw": sum(lengths["sw"][:3])}
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", config="{lang}", langs="en,sw",
+                     sizes="en=1,sw=1", tokens=100_000)  # fmt: skip
+    assert source_tokens(result.shards.manifest) == held
+    assert result.shortfall == 100_000 - sum(held.values())
+    assert (
+        f"xelm: warning: en, sw held fewer tokens than their share of --tokens by --sizes (en "
+        f"{held['en']:,} of 50,000, sw {held['sw']:,} of 50,000): kept whole, the others could "
+        f"not make up {result.shortfall:,} tokens of it (read to their end or --cap)"
+    ) in capsys.readouterr().err.splitlines()
+
+
+def test_a_run_killed_while_reading_further_continues_with_the_made_up_limits(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    lengths: dict[str, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stopped in the second reading of en (after sw ran out), a rerun continues it to the
+    made-up limit, not to en's first share, and keeps what the first reading wrote."""
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
+    held = sum(lengths["sw"][:3])
+    options: dict[str, Any] = {"config": "{lang}", "langs": "en,sw", "sizes": "en=1,sw=1",
+                               "tokens": 1000, "batch_size": BATCH}  # fmt: skip
+    whole = prepare(mirror, tokenizer_dir, tmp_path / "whole", **options).shards
+    first = Counting()
+    prepare(mirror, tokenizer_dir, tmp_path / "count", progress=first, **options)
+    second_reading = next(i for i, (lang, _) in enumerate(first.seen) if lang == "sw") + 2
+    with pytest.raises(KeyboardInterrupt):
+        prepare(mirror, tokenizer_dir, tmp_path / "s", progress=Counting(second_reading),
+                **options)  # fmt: skip
+    state = json.loads((tmp_path / ".s.prepare" / "state.json").read_text())
+    assert state["notes"]["read limits made up for languages short of their shares"]["en"] == (
+        1000 - held
+    )
+    rest = Counting()
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", progress=rest, **options)
+    assert rest.seen[0][0] == "en" and rest.seen[0][1] > 0  # continued, not from the start
+    assert result.shards.manifest["languages"] == whole.manifest["languages"]
+    assert source_tokens(result.shards.manifest)["en"] == read_twice(
+        lengths["en"], 500, 1000 - held, BATCH
+    )
 
 
 def test_a_share_below_the_first_document_is_one_line_naming_tokens(

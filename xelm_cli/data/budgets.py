@@ -204,14 +204,17 @@ def unrounded_read_limits(
     *,
     sizes: Mapping[str, float] | None = None,
     alpha: float | None = None,
+    held: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
     """How many tokens of each language a streamed source is read for. With ``sizes`` (every
     language's) and the total ``tokens``: its share of the total, ``min(cap_l, lam * p_l)``
-    weighed by the sizes as ``language_budgets`` does, not rounded. Otherwise its cap, else
-    ``tokens`` (no language can get more), else everything (no entry); ``"*"`` covers the
-    languages not named."""
+    weighed by the sizes as ``language_budgets`` does, not rounded; the languages in ``held``
+    (read to their end) hold at most those tokens, and what they cannot supply goes to the
+    others in proportion. Otherwise its cap, else ``tokens`` (no language can get more), else
+    everything (no entry); ``"*"`` covers the languages not named."""
     if sizes and tokens is not None:
         limits = {lang: _capped(tokens, caps, lang) for lang in sizes}
+        limits.update({k: min(limits[k], n) for k, n in (held or {}).items() if k in limits})
         return _water_fill(_shares(sizes, alpha), limits, tokens)
     limits = dict(caps or {})
     if tokens is not None:
@@ -226,9 +229,10 @@ def read_limits(
     *,
     sizes: Mapping[str, float] | None = None,
     alpha: float | None = None,
+    held: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """``unrounded_read_limits`` rounded down: the tokens a streamed language is read for."""
-    limits = unrounded_read_limits(caps, tokens, sizes=sizes, alpha=alpha)
+    limits = unrounded_read_limits(caps, tokens, sizes=sizes, alpha=alpha, held=held)
     return {lang: math.floor(value + 1e-6) for lang, value in limits.items()}
 
 

@@ -86,9 +86,9 @@ def token_shortfall(manifest: dict[str, Any]) -> int | None:
     """How many tokens short of ``options.tokens`` shards are because the corpus, within the
     caps, holds fewer (0: it holds enough; None: no ``tokens`` was given). A streamed language
     read to its limit holds at least that limit; with sizes, one that held less than its share
-    is kept whole and the others are not read beyond theirs, so the shards fall short by the
-    difference (besides the few tokens whole documents leave under each limit, which are not
-    counted: reading stops before the first document over it)."""
+    is kept whole and the others are read further in its place, so the shards fall short only
+    when they too run out or are capped (the few tokens whole documents leave under each limit
+    are not counted: reading stops before the first document over it)."""
     languages = manifest["languages"]
     source_tokens = {
         lang: entry.get("source_tokens", entry["tokens"]) for lang, entry in languages.items()
@@ -100,10 +100,9 @@ def token_shortfall(manifest: dict[str, Any]) -> int | None:
 def _shortfall(tokens: dict[str, int], reached: set[str], options: dict[str, Any]) -> int | None:
     """``shortfall`` of languages holding ``tokens``, ``reached`` those read to their limit,
     under a manifest's ``options``."""
-    caps, total = options.get("token_caps"), options.get("tokens")
-    limits = unrounded_read_limits(
-        caps, total, sizes=options.get("sizes"), alpha=options.get("alpha")
-    )
+    caps, total, sizes = options.get("token_caps"), options.get("tokens"), options.get("sizes")
+    held = {lang: n for lang, n in tokens.items() if lang not in reached} if sizes else None
+    limits = unrounded_read_limits(caps, total, sizes=sizes, alpha=options.get("alpha"), held=held)
     read_to = {lang: read_limit(limits, lang) or 0.0 for lang in reached}
     return shortfall(tokens, caps=caps, total=total, read_to=read_to)
 
@@ -228,29 +227,79 @@ def _read_sources(
     plan: SourcePlan,
     *,
     workers: int | None,
-    caps: dict[str, int] | None,
-    sized: bool,
+    options: dict[str, Any],
 ) -> dict[str, NDArray[np.uint64]]:
     """Pass 1: every source, from where an earlier run stopped, into the work directory; each
     language's document offsets. Streamed (dataset) sources stop at their languages' read
-    limits (``context.limits``: see ``read_limits``; ``sized``: shares of ``--tokens`` by
-    sizes); corpus files are read whole, their budgets applied by sampling afterwards. Three
-    stages overlap: reading (a thread), tokenising (``workers`` threads; the Rust tokenizer
-    releases the GIL) and writing here. A language asked for (--langs, --cap) that has no
-    documents is an error."""
-    counts = context.work.counts
+    limits (``context.limits``: see ``read_limits``; with sizes and ``--tokens``, shares of
+    ``--tokens``, read a second time further where a language held less than its share:
+    ``_made_up``); corpus files are read whole, their budgets applied by sampling afterwards.
+    Three stages overlap: reading (a thread), tokenising (``workers`` threads; the Rust
+    tokenizer releases the GIL) and writing here. A language asked for (--langs, --cap) that
+    has no documents is an error."""
+    caps = options.get("token_caps")
+    sized = options.get("sizes") is not None and options.get("tokens") is not None
+    made_up = context.work.notes.get(MADE_UP_LIMITS)
+    if made_up is not None:  # a rerun continues the second reading
+        context = replace(context, limits=made_up)
     with tokenizer_threads(workers), _limits_named(caps, sized):
-        for name, source in plan.sources.items():
-            only = plan.only_language(name)
-            if not context.work.finished(name):
-                _read_source(context, name, source, yields={only} if only else context.wanted)
-            empty = only and not (only in counts and counts[only].documents)
-            assigned_elsewhere = context.expert and only in context.seen  # named at the end
-            if only and empty and not assigned_elsewhere:
-                raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
+        _read_unfinished(context, plan)
+        further = _made_up(context, plan, options) if sized else None
+        if further is not None:
+            _read_unfinished(further, plan)
     offsets = context.work.close()
     _check_languages(plan, set(offsets), context.seen, context.wanted, caps, context.expert)
     return offsets
+
+
+MADE_UP_LIMITS = "read limits made up for languages short of their shares"
+
+
+def _made_up(
+    context: _ReadContext, plan: SourcePlan, options: dict[str, Any]
+) -> _ReadContext | None:
+    """With sizes and ``--tokens``: when streamed languages held less than their shares, the
+    context that reads the others further, to their shares of what those could not supply
+    (``read_limits`` with ``held``), their sources reopened where they stopped; None when
+    none did or no other can take more (caps). The new limits are kept in the work's notes,
+    for a rerun to continue with."""
+    work = context.work
+    held = {lang: count.tokens for lang, count in work.counts.items() if not count.full}
+    limits = read_limits(
+        options.get("token_caps"),
+        options["tokens"],
+        sizes=options["sizes"],
+        alpha=options.get("alpha"),
+        held=held,
+    )
+    more = {
+        lang
+        for lang, count in work.counts.items()
+        if count.full and limits.get(lang, 0) > (read_limit(context.limits, lang) or 0)
+    }
+    if not more:
+        return None
+    work.notes[MADE_UP_LIMITS] = limits
+    for lang in more:
+        work.counts[lang].full = False
+    for name, source in plan.sources.items():
+        only = plan.only_language(name)
+        if isinstance(source, DatasetSource) and (only is None or only in more):
+            work.checkpoint(name, work.position(name), now=True)  # not done: read on
+    return replace(context, limits=limits)
+
+
+def _read_unfinished(context: _ReadContext, plan: SourcePlan) -> None:
+    """Every source not read to its end or its languages' read limits yet, in turn."""
+    counts = context.work.counts
+    for name, source in plan.sources.items():
+        only = plan.only_language(name)
+        if not context.work.finished(name):
+            _read_source(context, name, source, yields={only} if only else context.wanted)
+        empty = only and not (only in counts and counts[only].documents)
+        assigned_elsewhere = context.expert and only in context.seen  # named at the end
+        if only and empty and not assigned_elsewhere:
+            raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
 
 
 def _read_source(
@@ -338,16 +387,19 @@ def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
 
 def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int) -> None:
     """Streamed languages that held fewer tokens than their share of ``--tokens`` (``short``:
-    language -> tokens held, share) are kept whole; the others were read only to their
-    shares, so ``--tokens`` is ``missing`` tokens short of reached (the shortfall; whole
-    documents aside, which leave each share a little short too)."""
+    language -> tokens held, share) are kept whole and the others read further in their place;
+    ``missing``: the tokens the others could not make up (the shortfall; whole documents aside,
+    which leave each share a little short too)."""
     held = ", ".join(f"{lang} {n:,} of {share:,}" for lang, (n, share) in short.items())
     their = "its" if len(short) == 1 else "their"
-    fewer = f", {missing:,} tokens fewer than --tokens asks" if missing else ""
+    made_up = (
+        f"the others could not make up {missing:,} tokens of it (read to their end or --cap)"
+        if missing
+        else f"the other languages read further in {their} place"
+    )
     sys.stderr.write(
-        f"xelm: warning: {', '.join(short)} held fewer tokens than {their} "
-        f"share of --tokens by --sizes ({held}): kept whole{fewer}; raise --tokens to take more "
-        "of the other languages, or give --sizes in tokens\n"
+        f"xelm: warning: {', '.join(short)} held fewer tokens than {their} share of --tokens "
+        f"by --sizes ({held}): kept whole, {made_up}\n"
     )
 
 
@@ -704,7 +756,8 @@ def prepare(
     With sizes, languages are weighed by them (``s_l**alpha``), not by their tokens, corpus
     files too. With ``tokens`` too, a streamed language is read only up to its share of it,
     ``min(cap_l, lam * p_l)`` (``read_limits``): one that holds less is kept whole and the
-    shards fall short by the difference (a warning names it; ``shortfall`` counts it). Without
+    others are read further, from where they stopped, to their shares of what it could not
+    supply (a warning names it); ``shortfall`` counts what none could supply. Without
     ``tokens`` the budgets are ``lam = min u_l / p_l`` of everything read, so each streamed
     language is read up to its cap, else whole. Without sizes, a streamed language is read
     until its cap (else ``tokens``) is reached, and its weight for ``alpha`` is what was read (a
@@ -765,8 +818,7 @@ def prepare(
         )
         header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
         with work.kept_on_error():
-            sized = weights is not None and tokens is not None
-            offsets = _read_sources(context, plan, workers=workers, caps=caps, sized=sized)
+            offsets = _read_sources(context, plan, workers=workers, options=options)
             budgets, streamed = _budgets(work, plan, offsets, options)
             with atomic_directory(out, overwrite=overwrite) as tmp:
                 entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)

@@ -131,6 +131,7 @@ class ResumableDirectory:
             shutil.rmtree(self.path, ignore_errors=True)
             state = {"key": key, "sources": {}, "languages": {}}
         self.resumed = bool(state["sources"])
+        self.notes = {**state.get("notes", {}), **self.notes}  # a resumed run's, updated
         self.path.mkdir(parents=True, exist_ok=True)
         self.sources: dict[str, dict[str, Any]] = state["sources"]
         self.counts = {lang: LanguageCount(**c) for lang, c in state["languages"].items()}
