@@ -6,16 +6,17 @@ instead, as ``xelm data prepare`` reads them: each language's first N documents,
 read only until it has them.
 """
 
+import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.documents import group_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
-from xelm_cli.data.sources import DEFAULT_BATCH, Source
+from xelm_cli.data.sources import DEFAULT_BATCH
 from xelm_cli.lang.codes import language_codes
 
 UNLABELLED = "und"  # the language code of undetermined language
@@ -135,54 +136,55 @@ def _streamed_sample(
     progress: Progress | None,
 ) -> list[Document]:
     """The first ``per_language`` documents of each language of ``plan``'s sources, one
-    source after another; a source whose languages all have enough is not opened."""
+    source after another (``first_records``); a source whose languages all have enough is not
+    opened."""
     kept: dict[str, list[Document]] = {}
+
+    def enough(language: str) -> bool:
+        return per_language is not None and len(kept.get(language, ())) >= per_language
+
+    rows = min(DEFAULT_BATCH, per_language or DEFAULT_BATCH)  # read little past a small sample
+    records = first_records(plan, wanted, enough, batch_size=rows, progress=progress)
+    documents: Iterable[Document] = itertools.starmap(Document, records)
+    if document_bytes > 0:  # a joined document comes with the record that completes it
+        documents = group_documents(documents, document_bytes)
+    for document in documents:
+        kept.setdefault(str(document.language), []).append(document)
+    # the joined documents still open when reading ended come last: beyond a full language's
+    return [document for documents in kept.values() for document in documents[:per_language]]
+
+
+def first_records(
+    plan: SourcePlan,
+    wanted: Collection[str] | None,
+    enough: Callable[[str], bool],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> Iterator[tuple[str, str]]:
+    """The text and language of each record of ``plan``'s sources, in stream order, of the
+    languages of ``wanted`` (None: every language) that do not have ``enough`` yet, one source
+    after another. ``enough(language)`` is asked before each record, so the caller counts what
+    it takes as it goes; a source is left after the batch (``batch_size`` records) in which all
+    its languages (its one language, or ``wanted``, or of a recipe every language) have enough,
+    and not opened when they already do. A dataset whose rows carry their languages is read to
+    its end when ``wanted`` is None (its languages are not known before). ``progress`` is told
+    the records of each batch read."""
     languages = set(wanted) if wanted else (set(plan.sources) if plan.recipe else None)
     for name, source in plan.sources.items():
         only = plan.only_language(name)
-        reader = _FirstDocuments(kept, per_language, {only} if only else languages)
-        if reader.all_full():
+        own = {only} if only else languages
+
+        def all_enough(own: set[str] | None = own) -> bool:
+            return bool(own) and all(map(enough, own or ()))
+
+        if all_enough():
             continue
-        documents = reader.records(source, progress)
-        if document_bytes > 0:
-            documents = group_documents(documents, document_bytes)
-        for document in documents:
-            kept.setdefault(str(document.language), []).append(document)
-    return [document for documents in kept.values() for document in documents]
-
-
-class _FirstDocuments:
-    """Reads one source's records of the languages that lack documents in ``kept``, and stops
-    when each of ``languages`` (None: not known before reading, so never) has
-    ``per_language`` (None: never)."""
-
-    def __init__(
-        self, kept: dict[str, list[Document]], per_language: int | None, languages: set[str] | None
-    ) -> None:
-        self.kept, self.per_language, self.languages = kept, per_language, languages
-
-    def full(self, language: str) -> bool:
-        return self.per_language is not None and len(self.kept.get(language, ())) >= (
-            self.per_language
-        )
-
-    def all_full(self) -> bool:
-        return bool(self.languages) and all(map(self.full, self.languages or ()))
-
-    def records(self, source: Source, progress: Progress | None) -> Iterator[Document]:
-        """The source's records that a language still needs. ``kept`` grows while this is
-        read (each record is yielded before the next is looked at, joined or not: a joined
-        document is yielded with the record that completes it), so a language stops taking
-        records the moment it has enough, and the stream is left after the batch in which
-        the last language got its documents. Batches are no larger than ``per_language``
-        rows, so a small sample reads little past it."""
-        rows = min(DEFAULT_BATCH, self.per_language or DEFAULT_BATCH)
-        for batch in source.open(batch_size=max(rows, 1)):
+        for batch in source.open(batch_size=max(batch_size, 1)):
             for language, text in zip(batch.languages, batch.texts, strict=True):
-                wanted = self.languages is None or language in self.languages
-                if wanted and not self.full(language):
-                    yield Document(text, language)
+                if (own is None or language in own) and not enough(language):
+                    yield text, language
             if progress is not None:
                 progress(len(batch.texts))
-            if self.all_full():
-                return
+            if all_enough():
+                break

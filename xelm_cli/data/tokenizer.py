@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
+from xelm_cli.data.sampling import first_records
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import Source
 from xelm_cli.lang.codes import language_codes
@@ -90,30 +91,15 @@ def _streamed_texts(
 ) -> tuple[list[str], dict[str, int]]:
     """The first documents of each language of ``plan``'s sources, in stream order, until the
     language has ``chars_per_language`` characters (the document that reaches it included):
-    a stream is read only as far as that, and stops once all its languages have enough. A
-    source whose rows carry their languages is read to its end when ``wanted`` is None (its
-    languages are not known before). Held in memory: at most about ``chars_per_language``
-    characters per language."""
+    a stream is read only as far as that (``first_records``). Held in memory: at most about
+    ``chars_per_language`` characters per language."""
     texts: list[str] = []
     used: dict[str, int] = {}
-
-    def enough(languages: set[str] | None) -> bool:
-        return bool(languages) and all(
-            used.get(lang, 0) >= chars_per_language for lang in languages or ()
-        )
-
-    for name, source in plan.sources.items():
-        only = plan.only_language(name)
-        languages = {only} if only else wanted
-        if enough(languages):
-            continue
-        for batch in source.open():
-            for lang, text in zip(batch.languages, batch.texts, strict=True):
-                if (wanted is None or lang in wanted) and used.get(lang, 0) < chars_per_language:
-                    used[lang] = used.get(lang, 0) + len(text)
-                    texts.append(text)
-            if enough(languages):
-                break
+    for text, lang in first_records(
+        plan, wanted, lambda lang: used.get(lang, 0) >= chars_per_language
+    ):
+        used[lang] = used.get(lang, 0) + len(text)
+        texts.append(text)
     return texts, dict(sorted(used.items()))
 
 
