@@ -150,8 +150,7 @@ def _streamed_sample(
         documents = group_documents(documents, document_bytes)
     for document in documents:
         kept.setdefault(str(document.language), []).append(document)
-    # the joined documents still open when reading ended come last: beyond a full language's
-    return [document for documents in kept.values() for document in documents[:per_language]]
+    return [document for documents in kept.values() for document in documents]
 
 
 def first_records(
