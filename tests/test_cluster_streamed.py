@@ -201,10 +201,33 @@ def test_an_unknown_recipe_or_a_missing_language_or_reading_without_data_is_one_
     (corpus / "tr.txt").write_text("\n".join(texts("tr", 10)) + "\n")
     assert run(cli_args(corpus, out, "--langs", "tr,sw")) == 2
     assert "no documents in sw in" in one_line_error(capsys)
+    assert run(["cluster", "tfidf", "-k", "2", "--config", "{lang}", "-o", str(out)]) == 2
+    assert one_line_error(capsys) == (
+        "xelm: error: --split, --lang, --config, --lang-map, --text-column, --revision and "
+        "--data-dir say how to read DATA: give DATA, or drop them"
+    )
+    with pytest.raises(UsageError, match="say how to read DATA: give DATA"):
+        cluster("tfidf", k=2, output=out, languages="ar,bg", split="train")
+    assert not out.exists()
+
+
+def test_reading_flags_are_refused_for_a_clusterer_that_reads_no_data_with_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """typology reads no DATA (no ``reads_data``): --config would be ignored, so it is refused
+    (giving DATA would not help)."""
+    out = tmp_path / "alloc.json"
+    refusal = (
+        "clusterer 'typology' does not read DATA with --split, --lang, --config, --lang-map, "
+        "--text-column, --revision and --data-dir: drop them"
+    )
     argv = ["cluster", "typology", "--langs", "ar,bg", "-k", "2", "--config", "{lang}",
             "-o", str(out)]  # fmt: skip
     assert run(argv) == 2
-    assert "say how to read DATA: give DATA" in one_line_error(capsys)
-    with pytest.raises(UsageError, match="say how to read DATA"):
+    assert one_line_error(capsys) == f"xelm: error: {refusal}"
+    with pytest.raises(UsageError) as caught:
         cluster("typology", k=2, output=out, languages="ar,bg", split="train")
+    assert str(caught.value) == refusal
     assert not out.exists()
+    plain = cluster("typology", k=2, output=out, languages="ar,bg")  # without them it fits
+    assert plain.k == 2 and sorted(plain.languages) == ["ar", "bg"]

@@ -4,10 +4,16 @@ own ``fit``, and from the command line through the ``xelm cluster chunks`` xelm 
 
 import json
 from collections.abc import Iterator
+from dataclasses import make_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import install, installed_sites, xelm
+
+from xelm_cli.api import Clusterer, PluginError, UsageError, hookimpl, option, write_allocation
+from xelm_cli.cli import run
+from xelm_cli.plugin import host
 
 LANGS = "tr,en,ru,ar,de"
 PROVENANCE = {
@@ -163,3 +169,92 @@ def test_cli_errors_are_one_line_and_help_is_derived(
     assert "--reverse" in text and "--no-reverse" not in text and "--min-documents" in text
     assert "With DATA: leave out languages with fewer documents. [default: 1]" in text
     assert "--cluster-arg" in text
+
+
+# ---------------------------------------------------------------- reading DATA
+
+
+def test_reading_flags_are_refused_for_a_clusterer_that_does_not_read_data_with_them(
+    installed: None, chunks_site: Path, tmp_path: Path
+) -> None:
+    """chunks reads DATA with iter_documents and no ``request.reading`` (no ``reads_data``):
+    ``--config`` and the others would be ignored, so they are refused."""
+    from xelm_cli.api import cluster
+
+    data = corpus(tmp_path / "corpus")
+    refusal = (
+        "clusterer 'chunks' does not read DATA with --split, --lang, --config, --lang-map, "
+        "--text-column, --revision and --data-dir: drop them"
+    )
+    with pytest.raises(UsageError) as caught:
+        cluster("chunks", k=1, output=tmp_path / "a.json", data=data, language="tr")
+    assert str(caught.value) == refusal
+    result = xelm(
+        "cluster", "chunks", str(data), "-k", "1", "-o", str(tmp_path / "a.json"),
+        "--config", "{lang}", "--langs", "en,tr", sites=[chunks_site],
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (2, f"xelm: error: {refusal}\n")
+    assert not (tmp_path / "a.json").exists()
+
+
+class NamedPlugin:
+    """An in-process plugin registering one clusterer whose one option is named like a reading
+    flag, ``named-OPTION`` (a name of its own: xelm adds a clusterer's command once a process)."""
+
+    def __init__(self, option_name: str) -> None:
+        self.option_name = option_name
+        self.name = "named-" + option_name.replace("_", "-")
+
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        class Named(Clusterer):
+            """One expert of every language.
+
+            Example: xelm cluster named-split --langs en,tr -k 1 -o alloc.json
+            """
+
+            name = self.name
+            Options = make_dataclass(
+                "Options",
+                [(self.option_name, str, option("x", help="Named like a reading flag."))],
+                frozen=True,
+            )
+
+            def fit(self, request: Any) -> Any:
+                experts = [list(request.languages)]
+                return write_allocation(
+                    request.output, clusterer=self.name, experts=experts, overwrite=request.force
+                )
+
+            @classmethod
+            def assigner(cls, allocation: Any) -> Any:
+                raise UsageError("named has no assigner")
+
+        register(self.name, Named)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize(
+    "option_name",
+    ["split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir"],
+)
+def test_an_option_named_like_a_reading_flag_is_refused(
+    option_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its flag and Python keyword say how to read DATA: the option could never be set so."""
+    from xelm_cli.api import cluster
+
+    plugin = NamedPlugin(option_name)
+    host.reset_registry(host.load_registry(extra_plugins=[("named", plugin)]))
+    refusal = (
+        f"clusterer {plugin.name!r} declares option {option_name!r}, a name xelm keeps for reading "
+        "DATA (split, lang, language, config, lang_map, text_column, revision, data_dir); its "
+        "plugin must rename the option"
+    )
+    out = tmp_path / "a.json"
+    with pytest.raises(PluginError) as caught:
+        cluster(plugin.name, k=1, output=out, languages="en,tr")
+    assert str(caught.value) == refusal
+    assert run(["cluster", plugin.name, "--langs", "en,tr", "-k", "1", "-o", str(out)]) == 6
+    assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
+    assert not out.exists()

@@ -48,6 +48,7 @@ class TfidfClusterer(Clusterer):
     name = "tfidf"
     default_k = 4
     assigns_documents = True  # each expert trains on the documents assigned to it
+    reads_data = True  # sample_documents reads DATA with request.reading
 
     @dataclass(frozen=True)
     class Options:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.cluster.allocation import Allocation, read_allocation
-from xelm_cli.cluster.fitting import cluster_request, fit, reading_options
+from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit, reading_options
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
 from xelm_cli.common.errors import FormatError, UsageError
@@ -43,11 +43,11 @@ app = typer.Typer(
 )
 _added: set[str] = set()
 
-# the request's own flags (and the names cluster(...) reads DATA with): a declared option of
-# the same name is reachable via --cluster-arg only
+# the request's own flags: a declared option of the same name is reachable via --cluster-arg
+# only (one named like a reading flag is refused when the command runs, refuse_reading_names)
 REQUEST_PARAMETERS = (
     "data", "langs", "k", "output", "seed", "force", "cluster_arg", "as_json",
-    "split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir",
+    *READING_PARAMETERS,
 )  # fmt: skip
 
 

@@ -15,7 +15,17 @@ from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.plugin.contracts import Clusterer, ClusterRequest
 from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import options_class, parse_options
+from xelm_cli.plugin.options import declared_options, options_class, parse_options
+
+READING_PARAMETERS = (
+    "split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir",
+)  # fmt: skip
+"""The names that say how to read DATA: the flags of ``xelm cluster NAME`` and the keyword
+arguments of ``cluster(...)`` (``--lang`` is ``language=``). A clusterer may not declare an
+option of these names: its flag and keyword would set ``ClusterRequest.reading`` instead."""
+
+READING_FLAGS = "--split, --lang, --config, --lang-map, --text-column, --revision and --data-dir"
+"""The reading flags in a sentence (a Python caller's keywords are named as in ``prepare``)."""
 
 
 def cluster(
@@ -114,15 +124,17 @@ def cluster_request(
 ) -> ClusterRequest:
     """The checked request for ``clusterer``: codes normalised, options built from the
     declaration (text or Python values), the output refused when it exists without ``force``,
-    ``reading`` (how to read ``data``) refused without ``data``."""
+    ``reading`` (how to read ``data``) refused without ``data`` or for a clusterer that does
+    not read DATA with it (``Clusterer.reads_data``); a declaration with an option named like
+    a reading flag is refused (``refuse_reading_names``)."""
     label = f"clusterer {clusterer.name!r}"
+    refuse_reading_names(clusterer)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError(f"-k must be a whole number of experts, at least 1, not {k!r}")
+    if reading is not None and not clusterer.reads_data:
+        raise UsageError(f"{label} does not read DATA with {READING_FLAGS}: drop them")
     if reading is not None and data is None:
-        raise UsageError(
-            "--split, --lang, --config, --lang-map, --text-column, --revision and --data-dir "
-            "say how to read DATA: give DATA, or drop them"
-        )
+        raise UsageError(f"{READING_FLAGS} say how to read DATA: give DATA, or drop them")
     if isinstance(languages, str):
         codes = tuple(parse_language_list(languages)) if languages.strip() else ()
     else:
@@ -146,6 +158,19 @@ def cluster_request(
         options=built,
         reading=reading,
     )
+
+
+def refuse_reading_names(clusterer: type[Clusterer]) -> None:
+    """Refuse (``PluginError``) a clusterer that declares an option named like a reading flag
+    (``READING_PARAMETERS``): its flag and Python keyword say how to read DATA, so the option
+    would be silently lost; only its plugin can rename it."""
+    for spec in declared_options(clusterer):
+        if spec.name in READING_PARAMETERS:
+            raise PluginError(
+                f"clusterer {clusterer.name!r} declares option {spec.name!r}, a name xelm keeps "
+                f"for reading DATA ({', '.join(READING_PARAMETERS)}); its plugin must rename "
+                "the option"
+            )
 
 
 def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:

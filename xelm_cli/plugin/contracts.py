@@ -161,9 +161,9 @@ class ClusterRequest:
     flags or a Python call's keyword arguments, already checked against the declaration;
     ``reading``: how to read ``data`` when the user said (``--split``, ``--lang``,
     ``--config``, ``--lang-map``, ``--text-column``, ``--revision``, ``--data-dir``, as
-    ``xelm data prepare`` takes them), None for the defaults. ``data`` may then also be a
-    recipe or a dataset with one configuration per language; :func:`sample_documents` reads
-    any of them with ``reading``.
+    ``xelm data prepare`` takes them), None for the defaults; xelm gives it only to a clusterer
+    that ``reads_data``. ``data`` may then also be a recipe or a dataset with one configuration
+    per language; :func:`sample_documents` reads any of them with ``reading``.
     """
 
     output: Path
@@ -189,6 +189,11 @@ class Clusterer(ABC):
     text (TF-IDF), so that the experts' languages overlap and each expert trains on its own
     documents only (``xelm data prepare --allocation A --expert I``); False (the default):
     an expert trains on every document of its languages.
+    ``reads_data`` is True for a clusterer that reads DATA with ``request.reading`` (through
+    :func:`sample_documents`, as TF-IDF does); False (the default): xelm refuses the reading
+    flags (``--config``, ``--split``, ...) for it rather than let them be ignored.
+    No declared option may be named like a reading flag (``split``, ``lang``, ``language``,
+    ``config``, ``lang_map``, ``text_column``, ``revision``, ``data_dir``).
     A clusterer written against plugin API 1.0 may still provide ``command()`` instead.
     """
 
@@ -196,6 +201,7 @@ class Clusterer(ABC):
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
     default_k: ClassVar[int | None] = None
     assigns_documents: ClassVar[bool] = False
+    reads_data: ClassVar[bool] = False
 
     def fit(self, request: ClusterRequest) -> Allocation:
         """Fit on ``request`` and write the allocation at ``request.output`` (atomically,
