@@ -73,9 +73,9 @@ def fit(
     assignment: str = "balanced",
 ) -> FitResult:
     """``fit_sample`` on a uniform sample of ``documents``: at most ``max_per_language`` of
-    each language (``sample_per_language``, seeded with ``kmeans.seed``)."""
-    with reading_progress() as advance:
-        sample = sample_per_language(_counted(documents, advance), max_per_language, kmeans.seed)
+    each language (``sample_per_language``, seeded with ``kmeans.seed``). For tests and
+    benchmarks that hold documents; the clusterer samples DATA with ``sample_documents``."""
+    sample = sample_per_language(documents, max_per_language, kmeans.seed)
     return fit_sample(
         sample,
         kmeans=kmeans,
@@ -84,12 +84,6 @@ def fit(
         max_per_language=max_per_language,
         assignment=assignment,
     )
-
-
-def _counted(documents: Iterable[Document], advance: Callable[[int], object]) -> Iterator[Document]:
-    for document in documents:
-        advance(1)
-        yield document
 
 
 def fit_sample(
