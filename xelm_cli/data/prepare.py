@@ -54,6 +54,7 @@ from xelm_cli.data.shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
     Shards,
+    format_minor,
     offsets_file,
     token_dtype_name,
     tokens_file,
@@ -94,14 +95,21 @@ def token_shortfall(manifest: dict[str, Any]) -> int | None:
         lang: entry.get("source_tokens", entry["tokens"]) for lang, entry in languages.items()
     }
     reached = {lang for lang, entry in languages.items() if entry.get("read_to_limit")}
-    return _shortfall(source_tokens, reached, manifest["options"])
+    made_up = format_minor(manifest) >= 3  # 1.3 on: languages read further in short ones' place
+    return _shortfall(source_tokens, reached, manifest["options"], made_up=made_up)
 
 
-def _shortfall(tokens: dict[str, int], reached: set[str], options: dict[str, Any]) -> int | None:
+def _shortfall(
+    tokens: dict[str, int], reached: set[str], options: dict[str, Any], *, made_up: bool = True
+) -> int | None:
     """``shortfall`` of languages holding ``tokens``, ``reached`` those read to their limit,
-    under a manifest's ``options``."""
+    under a manifest's ``options``. With sizes, the languages ``reached`` were read to the
+    limits that the others' tokens give (``made_up``: shards of format 1.3 on; before, to their
+    first shares). A language of the sizes with no document holds 0."""
     caps, total, sizes = options.get("token_caps"), options.get("tokens"), options.get("sizes")
-    held = {lang: n for lang, n in tokens.items() if lang not in reached} if sizes else None
+    held = None
+    if sizes and made_up:
+        held = {lang: tokens.get(lang, 0) for lang in sizes if lang not in reached}
     limits = unrounded_read_limits(caps, total, sizes=sizes, alpha=options.get("alpha"), held=held)
     read_to = {lang: read_limit(limits, lang) or 0.0 for lang in reached}
     return shortfall(tokens, caps=caps, total=total, read_to=read_to)
@@ -232,21 +240,22 @@ def _read_sources(
     """Pass 1: every source, from where an earlier run stopped, into the work directory; each
     language's document offsets. Streamed (dataset) sources stop at their languages' read
     limits (``context.limits``: see ``read_limits``; with sizes and ``--tokens``, shares of
-    ``--tokens``, read a second time further where a language held less than its share:
-    ``_made_up``); corpus files are read whole, their budgets applied by sampling afterwards.
+    ``--tokens``, read further, round after round, while some language held less than its
+    share and others can take its place: ``_made_up``); corpus files are read whole, their
+    budgets applied by sampling afterwards.
     Three stages overlap: reading (a thread), tokenising (``workers`` threads; the Rust
     tokenizer releases the GIL) and writing here. A language asked for (--langs, --cap) that
     has no documents is an error."""
     caps = options.get("token_caps")
     sized = options.get("sizes") is not None and options.get("tokens") is not None
     made_up = context.work.notes.get(MADE_UP_LIMITS)
-    if made_up is not None:  # a rerun continues the second reading
+    if made_up is not None:  # a rerun continues the reading further
         context = replace(context, limits=made_up)
     with tokenizer_threads(workers), _limits_named(caps, sized):
         _read_unfinished(context, plan)
-        further = _made_up(context, plan, options) if sized else None
-        if further is not None:
-            _read_unfinished(further, plan)
+        while sized and (further := _made_up(context, plan, options)) is not None:
+            context = further
+            _read_unfinished(context, plan)
     offsets = context.work.close()
     _check_languages(plan, set(offsets), context.seen, context.wanted, caps, context.expert)
     return offsets
@@ -258,13 +267,17 @@ MADE_UP_LIMITS = "read limits made up for languages short of their shares"
 def _made_up(
     context: _ReadContext, plan: SourcePlan, options: dict[str, Any]
 ) -> _ReadContext | None:
-    """With sizes and ``--tokens``: when streamed languages held less than their shares, the
-    context that reads the others further, to their shares of what those could not supply
-    (``read_limits`` with ``held``), their sources reopened where they stopped; None when
-    none did or no other can take more (caps). The new limits are kept in the work's notes,
-    for a rerun to continue with."""
+    """With sizes and ``--tokens``: when languages held less than their shares (read to their
+    end: not ``full``; a language of the sizes with no document holds 0), the context that
+    reads the others further, to their shares of what those could not supply (``read_limits``
+    with ``held``), their sources reopened where they stopped; None when none did or no other
+    can take more (caps). The new limits, the reopened sources and the counts are saved at
+    once, the limits in the work's notes, for a rerun to continue with. A language that runs
+    out in turn is made up for in the next round, so the rounds end with every language read
+    to the limits that what the others held gives (what ``token_shortfall`` assumes)."""
     work = context.work
     held = {lang: count.tokens for lang, count in work.counts.items() if not count.full}
+    held.update({lang: 0 for lang in options["sizes"] if lang not in work.counts})
     limits = read_limits(
         options.get("token_caps"),
         options["tokens"],
@@ -282,10 +295,11 @@ def _made_up(
     work.notes[MADE_UP_LIMITS] = limits
     for lang in more:
         work.counts[lang].full = False
-    for name, source in plan.sources.items():
-        only = plan.only_language(name)
-        if isinstance(source, DatasetSource) and (only is None or only in more):
-            work.checkpoint(name, work.position(name), now=True)  # not done: read on
+    work.reopen(
+        name
+        for name, source in plan.sources.items()
+        if isinstance(source, DatasetSource) and plan.only_language(name) in (None, *more)
+    )
     return replace(context, limits=limits)
 
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,17 @@ class ResumableDirectory:
             return
         self._sync()
         self.sources[source] = {"position": position, "done": done}
+        self._write_state()
+
+    def reopen(self, sources: Iterable[str]) -> None:
+        """Mark ``sources`` as not read to their end, to be read on from their recorded
+        positions, with the counts and notes as they are now: one state written for all."""
+        self._sync()
+        for source in sources:
+            self.sources[source] = {**self.sources.get(source, {}), "done": False}
+        self._write_state()
+
+    def _write_state(self) -> None:
         state = {
             "key": self.key,
             "sources": self.sources,
@@ -188,6 +199,7 @@ class ResumableDirectory:
         try:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
+            self.release()  # see kept_on_error
             raise
         except BaseException:
             self.remove()
@@ -203,6 +215,9 @@ class ResumableDirectory:
         try:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
+            # closed now, not when collected: a rerun in this process (a notebook's) would
+            # otherwise get a killed run's buffered writes appended to the files it resumes
+            self.release()
             raise
         except (RepeatedByARerun, DamagedWork):
             self.remove()

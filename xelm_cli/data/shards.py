@@ -129,6 +129,12 @@ def _check_version(manifest: dict[str, Any], where: Path) -> None:
         )
 
 
+def format_minor(manifest: dict[str, Any]) -> int:
+    """The MINOR of a manifest's ``format_version`` (``1.MINOR.PATCH``); 0 when unreadable."""
+    parts = str(manifest.get("format_version", "")).split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
 def _map(path: Path, dtype: np.dtype[Any]) -> NDArray[Any]:
     if path.stat().st_size == 0:  # mmap refuses empty files
         return np.zeros(0, dtype=dtype)
