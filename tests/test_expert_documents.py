@@ -3,6 +3,7 @@ keeps the documents A's assigner sends to expert I, records the expert in the sh
 and `xelm train` trains an expert only on the shards prepared for it."""
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from numpy.typing import NDArray
 from test_train import corpus_slice
 
 from xelm_cli.bundle.branching import branch
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import read_allocation, write_allocation
 from xelm_cli.cluster.assigning import ExpertDocuments, expert_documents
@@ -227,3 +229,85 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
     with pytest.raises(UsageError, match="no documents in en"):
         prepare(other, seed_bundle, tmp_path / "s1", langs="en,ru", allocation=allocation,
                 expert=0)  # fmt: skip
+
+
+def test_documents_of_a_language_outside_the_experts_own_list_are_kept_and_trained_on(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """An expert's languages in the allocation are those that send it a good share of their
+    documents; the few others it gets are its documents too. With English left out of expert
+    0's list, its shards still hold the English documents the assigner sends it, and its
+    branch trains on English as well (the trained expert lists it)."""
+    edited = tmp_path / "alloc-tfidf"
+    shutil.copytree(allocation, edited)
+    record = json.loads((edited / "allocation.json").read_text())
+    record["experts"][0]["languages"] = [lang for lang in LANGS if lang != "en"]
+    (edited / "allocation.json").write_text(json.dumps(record))
+    assigned = documents_by_expert(allocation, corpus)
+    shards = prepare(corpus, seed_bundle, tmp_path / "s0", allocation=edited, expert=0).shards
+    assert shards.languages == sorted(assigned[0])
+    assert shards.stats["en"].documents == len(assigned[0]["en"])
+    start = tmp_path / "branch-0"
+    branch(seed_bundle, start, allocation=edited, expert=0)
+    assert "en" not in Bundle.read(start).languages
+    trained = train(start, data=shards.path, tokens=64, output=tmp_path / "out", block_size=16,
+                    batch_size=2)  # fmt: skip
+    assert sorted(trained.languages) == shards.languages
+
+
+def test_the_demo_makes_again_the_shards_of_an_older_run_that_do_not_record_the_expert(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """A demo folder of an older xelm holds each TF-IDF cluster's shards without the expert
+    recorded (xelm train refuses them now): they are not reused; the expert's own are."""
+    from xelm_cli.demo.pipeline import _shards_of
+
+    reference = read_allocation(allocation).reference(0)
+    older = prepare(corpus, seed_bundle, tmp_path / "older", langs=LANGS).shards
+    own = prepare(corpus, seed_bundle, tmp_path / "own", allocation=allocation, expert=0).shards
+    assert not _shards_of(older.path, reference)
+    assert _shards_of(own.path, reference)
+    assert not _shards_of(tmp_path / "none", reference)
+    (own.path / "en.tokens.bin").write_bytes(b"")  # damaged
+    assert not _shards_of(own.path, reference)
+
+
+def test_an_expert_of_a_clusterer_that_is_not_installed_is_refused(
+    seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whether its clusterer assigns documents cannot be told, so its expert is not trained
+    (as if it did not) on whatever shards it is given: one line naming the clusterer."""
+    write_allocation(tmp_path / "a.json", clusterer="nonesuch", experts=[["en"], ["tr"]])
+    start = tmp_path / "branch-0"
+    branch(seed_bundle, start, allocation=tmp_path / "a.json", expert=0)
+    shards = prepare(corpus_slice("train", 20, tmp_path / "corpus"), seed_bundle,
+                     tmp_path / "s", langs="en").shards  # fmt: skip
+    small = ["--tokens", "64", "--block-size", "16", "--batch-size", "2"]
+    code = run(["train", str(start), "--data", str(shards.path), *small, "-o",
+                str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "nonesuch" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_with_joined_records_the_batch_size_is_an_option_and_experts_split_the_corpus(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """An allocation fitted on records joined to ~300 bytes: records are joined so within each
+    batch read, so the batch size is recorded (and part of what a rerun must match); at one
+    batch size the two experts' shards hold every record once. Without joining it is not an
+    option."""
+    joined = cluster("tfidf", k=2, output=tmp_path / "joined", languages=LANGS, data=corpus,
+                     components=8, document_bytes=300)  # fmt: skip
+    held = 0
+    for expert in (0, 1):
+        shards = prepare(corpus, seed_bundle, tmp_path / f"s{expert}", allocation=joined,
+                         expert=expert, batch_size=64).shards  # fmt: skip
+        assert shards.manifest["options"]["batch_size"] == 64
+        held += sum(stats.documents for stats in shards.stats.values())
+    assert held == sum(1 for d in iter_documents(corpus) if d.text.strip())
+    with pytest.raises(UsageError, match=r"other options \(batch_size\)"):
+        prepare(corpus, seed_bundle, tmp_path / "s0", allocation=joined, expert=0, batch_size=128)
+    records = prepare(corpus, seed_bundle, tmp_path / "records", allocation=allocation,
+                      expert=0, batch_size=64).shards  # fmt: skip
+    assert "batch_size" not in records.manifest["options"]

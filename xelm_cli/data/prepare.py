@@ -487,17 +487,20 @@ def _check_languages(
     expert: ExpertDocuments | None = None,
 ) -> None:
     """Languages asked for (``langs``, ``caps``) with no documents ``found`` are an error; with
-    ``expert``, one read (``seen``) whose documents went to other experts is only named."""
+    ``expert``, one read (``seen``) whose documents all went to other experts is not, and is
+    named when it is one of the expert's own languages."""
     mine = f" assigned to {_expert_name(expert)}" if expert else ""
     if not found:
         raise UsageError(f"no documents in {plan.path}{mine}" + (" for --langs" if langs else ""))
     named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
     missing = sorted({lang for lang in named if lang not in found})
-    if expert is not None and (elsewhere := [lang for lang in missing if lang in seen]):
-        sys.stderr.write(
-            f"xelm: warning: {_expert_name(expert)} got no documents of {', '.join(elsewhere)}: "
-            f"the shards hold {', '.join(sorted(found))}\n"
-        )
+    if expert is not None:
+        own = [lang for lang in missing if lang in seen and lang in expert.languages]
+        if own:
+            sys.stderr.write(
+                f"xelm: warning: {_expert_name(expert)} got no documents of {', '.join(own)}: "
+                f"the shards hold {', '.join(sorted(found))}\n"
+            )
         missing = [lang for lang in missing if lang not in seen]
     if missing:
         raise _no_documents_in(plan, missing, seen)
@@ -624,22 +627,23 @@ def _reading_inputs(
     wanted: list[str] | None,
     limits: dict[str, int],
     reading: SourceOptions,
-    expert: ExpertDocuments | None,
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     """What the first pass (reading into the work directory) depends on beside the input, so
     that a rerun continues its work: not the options of the second pass (--seed; --cap,
     --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
     always where no source is streamed: corpus files are read whole)."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
-    inputs = {
+    inputs: dict[str, Any] = {
         "tokenizer": tokenizer.fingerprint,
         "token type": dtype_name,
         "languages": wanted,
         "read limits (--cap, --tokens, --sizes, --alpha)": limits if streamed else None,
         "reading options": {"split": reading.split, **reading.recorded()},
     }
-    if expert is not None:  # absent otherwise: the work of earlier versions stays resumable
-        inputs["documents of"] = expert.reference
+    expert = {k: options[k] for k in ("allocation", "batch_size") if k in options}
+    if expert:  # absent otherwise: the work of earlier versions stays resumable
+        inputs["documents of"] = expert
     return inputs
 
 
@@ -763,7 +767,9 @@ def prepare(
 
     ``allocation`` (an :class:`Allocation` or its path) with ``expert`` (an index) keeps only the
     documents that the allocation's clusterer assigns to that expert (TF-IDF: the nearest
-    centroid), each as read; ``langs`` defaults to the expert's languages. The manifest records
+    centroid), each as read; ``langs`` defaults to every language of the allocation (an
+    expert's own languages are those that send it a good share of their documents; it gets
+    some of others' too). The manifest records
     the expert (``options.allocation``), and ``xelm train`` trains only that expert on them.
     Caps, budgets and read limits count the documents kept.
 
@@ -791,8 +797,8 @@ def prepare(
     tokens = total_budget(tokens)
     given_sizes = normalise_sizes(sizes)
     documents_of = allocation_and_expert(allocation, expert)
-    if documents_of is not None and wanted is None:
-        wanted = sorted(documents_of.languages)
+    if documents_of is not None and wanted is None:  # every document it gets, whatever its
+        wanted = sorted(documents_of.allocation.languages)  # language's share of the expert
     _check_caps(wanted, caps)
     reading = SourceOptions(
         split=split,
@@ -806,6 +812,8 @@ def prepare(
     options = _options(wanted, caps, alpha, tokens, seed, reading)
     if documents_of is not None:
         options["allocation"] = documents_of.reference
+        if documents_of.assigner.document_bytes:  # records are joined within a batch
+            options["batch_size"] = batch_size  # so the batch decides which go together
     plan = plan_sources(source, wanted, reading)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
@@ -823,9 +831,7 @@ def prepare(
             return PrepareResult(Shards.open(out), up_to_date=True)
         dtype_name = token_dtype_name(info.vocab_size)
         limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
-        reading_inputs = _reading_inputs(
-            plan, info, dtype_name, wanted, limits, reading, documents_of
-        )
+        reading_inputs = _reading_inputs(plan, info, dtype_name, wanted, limits, reading, options)
         plan, record, work = _resumable_work(out, plan, record, reading_inputs, dtype_name)
         context = _ReadContext(
             work, info, set(wanted) if wanted else None, limits, batch_size, progress, documents_of

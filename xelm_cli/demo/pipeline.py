@@ -21,12 +21,13 @@ from xelm_cli.bundle.store import Bundle, is_bundle, verify_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.common.units import duration
 from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
+from xelm_cli.data.shards import Shards
 from xelm_cli.demo.data import REQUIRED
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.folder import check_folder, record_folder
@@ -100,6 +101,14 @@ def check_run(preset: Preset, out: Path, device: str | None) -> None:
     run here (``device`` None or ``auto``: CUDA if present, else the CPU)."""
     check_folder(out, preset)
     pick_device(None if device == "auto" else device)
+
+
+def _shards_of(path: Path, expert: dict[str, Any]) -> bool:
+    """Whether ``path`` holds shards of ``expert``'s documents (``Allocation.reference``)."""
+    try:
+        return (path / SHARDS_MANIFEST).is_file() and Shards.open(path).expert == expert
+    except XelmError:  # damaged: made again
+        return False
 
 
 class Demo:
@@ -549,7 +558,8 @@ class Demo:
             sizes.append(len(mine))
             languages = sorted({str(d.language) for d in mine})
             shards = root / f"shards-{expert}"
-            if not (shards / SHARDS_MANIFEST).is_file():
+            # an older xelm's shards there do not record the expert: xelm train refuses them
+            if not _shards_of(shards, alloc.reference(expert)):
                 prepare(
                     corpus,
                     tokenizer,

@@ -235,11 +235,13 @@ class Clusterer(ABC):
 
 def assigns_documents(clusterer: str) -> bool:
     """Whether the installed clusterer ``clusterer`` assigns documents rather than languages
-    (``Clusterer.assigns_documents``); False when none of that name is installed."""
+    (``Clusterer.assigns_documents``). One that is not installed is the registry's one-line
+    UsageError: what it would say cannot be guessed, and a wrong guess trains an expert on
+    documents that are not its own."""
     from xelm_cli.plugin.host import get_registry  # the host imports this module
 
-    found = get_registry().clusterers.get(clusterer)
-    return bool(found and getattr(found.obj, "assigns_documents", False))
+    found = get_registry().get("clusterer", clusterer)
+    return bool(getattr(found.obj, "assigns_documents", False))
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def expert_data_paths(
     template that does not place the index, and no template for an allocation whose clusterer
     assigns documents (TF-IDF), whose experts must each train on their own documents."""
     if template is None:
-        if assigns_documents(alloc.clusterer):
+        if _assigns_documents(alloc):
             raise UsageError(
                 f"{allocation} ({alloc.clusterer}) assigns documents, not languages: each "
                 f"expert trains on its own; prepare them (xelm data prepare CORPUS --allocation "
@@ -187,15 +187,22 @@ def expert_data_paths(
     return [Path(path) for path in paths[: alloc.k]]
 
 
+def _assigns_documents(alloc: Allocation) -> bool:
+    """``assigns_documents`` of the allocation's clusterer, refused naming --allocation when
+    that clusterer is not installed."""
+    with refusals_naming(f"--allocation {alloc.path}"):
+        return assigns_documents(alloc.clusterer)
+
+
 def check_expert_data(seed_bundle: Path, alloc: Allocation, paths: list[Path]) -> list[Shards]:
     """Each expert's shards (``paths``, by index), opened and refused in one line naming
     --expert-data where expert I's `xelm train` would refuse them: not shards of the seed's
     tokenizer, of another expert's documents, of every document of its languages when the
-    allocation assigns documents (``Shards.require_expert``), or without one of its languages
-    (shards of its own documents need only one: the allocation may have sent it no document of
-    another, and `xelm train` trains it on those they hold)."""
+    allocation assigns documents (``Shards.require_expert``), or, unless they are its own
+    documents (`xelm train` trains it on every language they hold), without one of its
+    languages."""
     seed = read_seed(seed_bundle)
-    documents = assigns_documents(alloc.clusterer)
+    documents = _assigns_documents(alloc)
     opened = []
     for expert, path in enumerate(paths):
         option = f"--expert-data (expert {expert})"
@@ -205,7 +212,7 @@ def check_expert_data(seed_bundle: Path, alloc: Allocation, paths: list[Path]) -
             shards.require_expert(
                 alloc.reference(expert), f"run expert-{expert}", assigns_documents=documents
             )
-            if shards.expert is None or not set(languages) & set(shards.languages):
+            if shards.expert is None:
                 shards.require_languages(languages)
         opened.append(shards)
     return opened
@@ -511,8 +518,7 @@ def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> tup
         return run, shards
     own = expert_shards[run.expert]
     if own.expert is not None:
-        held = tuple(lang for lang in run.languages if lang in own.languages)
-        run = replace(run, languages=held)
+        run = replace(run, languages=tuple(own.languages))
     return run, own
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock
+from xelm_cli.common.errors import UsageError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.lang.codes import language_codes
@@ -76,19 +77,26 @@ def train(
 
 def expert_languages(bundle: Path, data: Path, languages: tuple[str, ...]) -> tuple[str, ...]:
     """The languages to train ``bundle`` on: ``languages`` when given, else ``()`` (its own),
-    or, for an expert on the shards of its own documents, those of its languages the shards
-    hold (the allocation may have sent it no document of one). Refuses an expert on another
+    or, for an expert on the shards of its own documents, every language the shards hold (all
+    the documents the allocation sent it: some of languages beside its own, none of one of
+    its own, maybe). Refuses an expert on another
     expert's documents, or an expert of an allocation that assigns documents (TF-IDF) on every
     document of its languages (``Shards.require_expert``)."""
     manifest = Bundle.read(bundle).manifest
     reference = manifest.allocation
     shards = Shards.open(data)
-    clusterer = str((reference or {}).get("clusterer", ""))
-    shards.require_expert(reference, str(bundle), assigns_documents=assigns_documents(clusterer))
+    try:
+        documents = reference is not None and assigns_documents(str(reference.get("clusterer")))
+    except UsageError as exc:
+        raise UsageError(
+            f"{bundle} is an expert of {(reference or {}).get('path')}, by a clusterer xelm "
+            f"cannot load to tell whether it assigns documents: {exc}; install its plugin"
+        ) from None
+    shards.require_expert(reference, str(bundle), assigns_documents=documents)
     if languages or reference is None or shards.expert is None:
         return languages
-    held = tuple(lang for lang in manifest.languages if lang in shards.languages)
-    return held if held and len(held) < len(manifest.languages) else ()
+    held = tuple(shards.languages)
+    return () if set(held) == set(manifest.languages) else held
 
 
 def trainer_options(cls: type[Trainer], values: Mapping[str, Any], *, label: str) -> dict[str, Any]:
