@@ -105,6 +105,7 @@ def test_the_cli_fits_on_n_documents_a_language_of_mc4s_layout(
     assert run(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["documents"] == 3 * N
+    assert summary["sample"] == "first"  # streamed: each language's first documents
     allocation = read_allocation(out)
     training = allocation.raw["tfidf"]["training"]
     assert training["documents_per_language"] == dict.fromkeys(CODES, N)

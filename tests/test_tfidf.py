@@ -365,6 +365,7 @@ def test_cli_document_bytes_keeps_each_language_in_its_cluster(tmp_path, capsys)
     assert run([*argv, "--document-bytes", "1500", "-o", str(tmp_path / "documents")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["document_bytes"] == 1500 and summary["documents"] == 400
+    assert summary["sample"] == "uniform"  # corpus files: over every document
     records, documents = _mean_purity(tmp_path / "records"), _mean_purity(tmp_path / "documents")
     assert records < 0.6 and documents > 0.9, (records, documents)
     training = read_allocation(tmp_path / "documents").raw["tfidf"]["training"]

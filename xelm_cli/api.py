@@ -39,7 +39,7 @@ from xelm_cli.data.evalsets import (
 )
 from xelm_cli.data.fetch import fetch as fetch_data
 from xelm_cli.data.prepare import prepare
-from xelm_cli.data.sampling import sample_documents, sample_per_language
+from xelm_cli.data.sampling import sample_documents, sample_kind, sample_per_language
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import DatasetSource, dataset_configs
@@ -204,6 +204,7 @@ __all__ = [
     "run_demo",
     "run_plan",
     "sample_documents",
+    "sample_kind",
     "sample_per_language",
     "save_checkpoint",
     "softmax",

@@ -11,6 +11,7 @@ from xelm_cli.api import (
     UsageError,
     option,
     sample_documents,
+    sample_kind,
 )
 
 from .analyzer import SEGMENTERS
@@ -125,6 +126,9 @@ class TfidfClusterer(Clusterer):
         )
         training = {
             **result.training,
+            "sample": sample_kind(
+                request.data, languages=request.languages, reading=request.reading
+            ),
             "document_bytes": options.document_bytes,
             "seconds": round(time.perf_counter() - started, 2),  # reading included
         }
@@ -141,7 +145,9 @@ class TfidfClusterer(Clusterer):
         training = allocation.raw.get(STATE_MEMBER, {}).get("training", {})
         return {
             key: training[key]
-            for key in ("documents", "document_bytes", "assignment", "cluster_sizes", "seconds")
+            for key in (
+                "documents", "sample", "document_bytes", "assignment", "cluster_sizes", "seconds"
+            )
             if key in training
         }
 

@@ -46,6 +46,32 @@ def sample_per_language(
     return [document for reservoir in reservoirs.values() for document in reservoir]
 
 
+UNIFORM, FIRST = "uniform", "first"  # how sample_documents samples: see sample_kind
+
+
+def sample_kind(
+    data: str | Path,
+    *,
+    languages: Sequence[str] | str | None = None,
+    reading: SourceOptions | None = None,
+) -> str:
+    """How ``sample_documents`` samples ``data`` read with ``reading``: ``"uniform"`` over every
+    document of corpus files (the seed matters), or each language's ``"first"`` documents of a
+    streamed dataset or recipe."""
+    return _kind(_plan(data, languages, reading))
+
+
+def _plan(
+    data: str | Path, languages: Sequence[str] | str | None, reading: SourceOptions | None
+) -> SourcePlan:
+    wanted = language_codes(languages)
+    return plan_sources(data, list(wanted) if wanted else None, reading or SourceOptions())
+
+
+def _kind(plan: SourcePlan) -> str:
+    return UNIFORM if plan.kind == "files" else FIRST
+
+
 def sample_documents(
     data: str | Path,
     *,
@@ -80,8 +106,8 @@ def sample_documents(
     if per_language is not None and per_language < 1:
         raise UsageError(f"per_language must be at least 1 (None: all), not {per_language}")
     wanted = language_codes(languages)
-    plan = plan_sources(data, list(wanted) if wanted else None, reading or SourceOptions())
-    if plan.kind == "files":
+    plan = _plan(data, wanted, reading)
+    if _kind(plan) == UNIFORM:
         sample = _corpus_sample(
             plan.path, wanted, per_language, document_bytes, seed, reading, progress
         )
