@@ -192,8 +192,8 @@ def prepare_command(
         Path | None,
         typer.Option(
             help="Keep only the documents this allocation assigns to --expert (a TF-IDF "
-            "allocation: each expert trains on its own documents); default --langs: the "
-            "expert's languages.",
+            "allocation: each expert trains on its own documents); default --langs: every "
+            "language of the allocation.",
         ),
     ] = None,
     expert: Annotated[
