@@ -14,7 +14,7 @@ from typing import Any
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.lang.codes import language_codes
@@ -79,21 +79,27 @@ def expert_languages(bundle: Path, data: Path, languages: tuple[str, ...]) -> tu
     """The languages to train ``bundle`` on: ``languages`` when given, else ``()`` (its own),
     or, for an expert on the shards of its own documents, every language the shards hold (all
     the documents the allocation sent it: some of languages beside its own, none of one of
-    its own, maybe). Refuses an expert on another
-    expert's documents, or an expert of an allocation that assigns documents (TF-IDF) on every
-    document of its languages (``Shards.require_expert``)."""
-    manifest = Bundle.read(bundle).manifest
-    reference = manifest.allocation
-    shards = Shards.open(data)
+    its own, maybe). Refuses an expert on another expert's documents, or an expert of an
+    allocation that assigns documents (TF-IDF) on every document of its languages
+    (``Shards.require_expert``). A bundle or shards that cannot be read are left to the
+    trainer, which refuses them after its own options."""
     try:
-        documents = reference is not None and assigns_documents(str(reference.get("clusterer")))
+        manifest = Bundle.read(bundle).manifest
+        reference = manifest.allocation
+        if reference is None:  # no expert: any shards will do
+            return languages
+        shards = Shards.open(data)
+    except XelmError:  # not a bundle, not shards: the trainer says so, after its options
+        return languages
+    try:
+        documents = assigns_documents(str(reference.get("clusterer")))
     except UsageError as exc:
         raise UsageError(
-            f"{bundle} is an expert of {(reference or {}).get('path')}, by a clusterer xelm "
-            f"cannot load to tell whether it assigns documents: {exc}; install its plugin"
+            f"{bundle} is an expert of {reference.get('path')}, by a clusterer xelm cannot load "
+            f"to tell whether it assigns documents: {exc}; install its plugin"
         ) from None
     shards.require_expert(reference, str(bundle), assigns_documents=documents)
-    if languages or reference is None or shards.expert is None:
+    if languages or shards.expert is None:
         return languages
     held = tuple(shards.languages)
     return () if set(held) == set(manifest.languages) else held
