@@ -85,27 +85,11 @@ def cluster(
     return fit(clusterer, request)
 
 
-def reading_options(
-    *,
-    split: str | None = None,
-    language: str | None = None,
-    config: str | None = None,
-    lang_map: dict[str, str] | None = None,
-    text_column: str | None = None,
-    revision: str | None = None,
-    data_dir: str | None = None,
-) -> SourceOptions | None:
-    """How to read a clusterer's data, or None when nothing is given (the defaults: what a
-    request of an earlier xelm carried)."""
-    reading = SourceOptions(
-        split=split,
-        language=language,
-        config=config,
-        data_dir=data_dir,
-        lang_map=lang_map or None,
-        text_column=text_column,
-        revision=revision,
-    )
+def reading_options(**given: Any) -> SourceOptions | None:
+    """How to read a clusterer's data from the reading keywords (``SourceOptions``' fields:
+    ``split``, ``language``, ``config``, ``lang_map``, ...), or None when none is given (the
+    defaults: what a request of an earlier xelm carried)."""
+    reading = SourceOptions(**{name: value or None for name, value in given.items()})
     return None if reading == SourceOptions() else reading
 
 
