@@ -74,3 +74,12 @@ def allocation_and_expert(
             "to keep (e.g. --allocation alloc-tfidf/ --expert 0)"
         )
     return expert_documents(allocation, expert)
+
+
+def assigns_documents(clusterer: str) -> bool:
+    """Whether the installed clusterer ``clusterer`` assigns documents rather than languages
+    (``Clusterer.assigns_documents``). One that is not installed is the registry's one-line
+    UsageError: what it would say cannot be guessed, and a wrong guess trains an expert on
+    documents that are not its own."""
+    found = get_registry().get("clusterer", clusterer)
+    return bool(getattr(found.obj, "assigns_documents", False))

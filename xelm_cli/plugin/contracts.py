@@ -233,17 +233,6 @@ class Clusterer(ABC):
         """Rebuild the fitted allocation; refuses (UsageError) one written by another clusterer."""
 
 
-def assigns_documents(clusterer: str) -> bool:
-    """Whether the installed clusterer ``clusterer`` assigns documents rather than languages
-    (``Clusterer.assigns_documents``). One that is not installed is the registry's one-line
-    UsageError: what it would say cannot be guessed, and a wrong guess trains an expert on
-    documents that are not its own."""
-    from xelm_cli.plugin.host import get_registry  # the host imports this module
-
-    found = get_registry().get("clusterer", clusterer)
-    return bool(getattr(found.obj, "assigns_documents", False))
-
-
 @dataclass(frozen=True)
 class TrainRequest:
     """Everything a trainer needs to make one trained bundle (see ``Trainer.train``).

@@ -14,11 +14,11 @@ from xelm_cli.bundle.moe import DEFAULT_TOP_K as MOE_TOP_K
 from xelm_cli.bundle.moe import family_of, require_no_bias
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
-from xelm_cli.plugin.contracts import assigns_documents
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, parse_options, parse_pairs, with_flags
 from xelm_cli.training.checkpoints import Budget, plan_budgets

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.store import Bundle
+from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import output_lock
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.lang.codes import language_codes
-from xelm_cli.plugin.contracts import Trainer, TrainRequest, assigns_documents
+from xelm_cli.plugin.contracts import Trainer, TrainRequest
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
 
