@@ -1,5 +1,5 @@
 """Shared fixtures: a real tokenizer trained on sample text, real tiny bundles, installed
-plugin fixtures."""
+plugin fixtures, and the shards, MoE bundles and tiny experts that several modules test with."""
 
 import contextlib
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -16,6 +17,10 @@ from safetensors.torch import load_file
 from xelm_cli.data.tokenizer import train_bpe_tokenizer
 from xelm_cli.plugin import host
 from xelm_cli.plugin.registry import Registry
+
+if TYPE_CHECKING:
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.plugin.conformance import TinyExperts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -159,3 +164,75 @@ def hello_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def broken_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install("xelm-broken-plugin", tmp_path_factory.mktemp("broken") / "site")
+
+
+# --- fixtures of several modules: each module builds its own (scope "module") -------------------
+
+
+@pytest.fixture(scope="module")
+def train_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    """Shards of the first 400 training documents of each test language, with the seed's
+    tokenizer (6000 tokens at most a language)."""
+    from corpus_helpers import corpus_slice
+
+    from xelm_cli.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("train")
+    source = corpus_slice("train", 400, root / "corpus")
+    prepare(source, seed_bundle, root / "shards", token_caps=6000)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def valid_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    """Shards of the first 100 validation documents of each test language (1500 tokens at
+    most a language)."""
+    from corpus_helpers import corpus_slice
+
+    from xelm_cli.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("valid")
+    source = corpus_slice("valid", 100, root / "corpus")
+    prepare(source, seed_bundle, root / "shards", token_caps=1500)
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Path]:
+    """An English and a Turkish expert whose MLPs differ."""
+    from merge_helpers import mlp_experts
+
+    experts = mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe-experts"), ("en", "tr"))
+    return [expert.path for expert in experts]
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory: pytest.TempPathFactory, moe_experts: list[Path]) -> "Bundle":
+    """The MoE of ``moe_experts``, top-1 of a random gate."""
+    from xelm_cli.bundle.moe import build_moe
+
+    out = tmp_path_factory.mktemp("moe-train") / "moe"
+    return build_moe(moe_experts, out, top_k=1, gate="random")
+
+
+@pytest.fixture(scope="module")
+def moe_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
+    """Shards of the first 100 training documents of each test language (3000 tokens at most
+    a language), for the MoE fine-tuning tests."""
+    from corpus_helpers import corpus_slice
+
+    from xelm_cli.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("moe-shards")
+    prepare(
+        corpus_slice("train", 100, root / "corpus"), seed_bundle, root / "shards", token_caps=3000
+    )
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def tiny_experts(tmp_path_factory: pytest.TempPathFactory) -> "TinyExperts":
+    """The conformance checks' tiny experts and their corpus, for the evaluator tests."""
+    from xelm_cli.plugin import conformance
+
+    return conformance.build_tiny_experts(tmp_path_factory.mktemp("contract") / "experts")

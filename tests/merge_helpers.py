@@ -8,6 +8,17 @@ import torch
 from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.store import Bundle, write_bundle
 
+# The dimensions of a tiny model for ``seed_from_config`` (any architecture that takes them).
+SMALL_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=128,
+)
+
 
 def perturbed_expert(
     parent: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from corpus_helpers import valid_texts
 from hub_fixtures import c4_like, write_readme, write_rows
 from transformers import AutoTokenizer
 
@@ -26,16 +26,11 @@ CODES = {"ar": "ar", "bg": "bg", "he": "iw"}  # xelm code -> mC4's
 DOCS = 24
 
 
-def texts(lang: str, n: int = DOCS) -> list[str]:
-    source = SHARED_DATA / "corpus" / "valid" / f"{lang}.jsonl.zst"
-    return [d.text for d in itertools.islice(iter_documents(source), n)]
-
-
 @pytest.fixture(scope="module")
 def c4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """allenai/c4's layout: each language's documents as gzipped JSON lines in two files."""
     root = tmp_path_factory.mktemp("mirror") / "allenai" / "c4"
-    return c4_like(root, {CODES[lang]: texts(lang) for lang in CODES})
+    return c4_like(root, {CODES[lang]: valid_texts(lang, DOCS) for lang in CODES})
 
 
 def token_counts(tokenizer_dir: Path, documents: list[str]) -> list[int]:
@@ -66,8 +61,10 @@ def test_the_issue_command_line_reads_each_language_configuration(
     assert sorted(report["languages"]) == ["ar", "bg", "he"]
     shards = Shards.open(out)
     for lang in CODES:  # every document, in stream order, decoded back to the text
-        assert decoded(shards, lang, tokenizer_dir) == texts(lang)
-        assert shards.stats[lang].tokens == sum(token_counts(tokenizer_dir, texts(lang)))
+        assert decoded(shards, lang, tokenizer_dir) == valid_texts(lang, DOCS)
+        assert shards.stats[lang].tokens == sum(
+            token_counts(tokenizer_dir, valid_texts(lang, DOCS))
+        )
     source = shards.manifest["source"]
     assert source["kind"] == "recipe"
     assert source["languages"]["he"]["config"] == "iw"
@@ -96,14 +93,14 @@ def test_a_hub_id_and_its_local_copy_give_the_same_shards(
 def test_a_cap_stops_reading_at_the_first_document_over_it(
     c4: Path, tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    lengths = token_counts(tokenizer_dir, texts("ar"))
+    lengths = token_counts(tokenizer_dir, valid_texts("ar", DOCS))
     cap = sum(lengths[:5]) + lengths[5] // 2  # five documents fit, the sixth does not
     shards = prepare(c4, tokenizer_dir, tmp_path / "s", langs=["ar", "bg"], config="{lang}",
                      token_caps={"ar": cap, "bg": 10**9}).shards  # fmt: skip
     entry = shards.manifest["languages"]["ar"]
     assert (entry["documents"], entry["tokens"]) == (5, sum(lengths[:5]))
     assert entry["read_to_limit"] is True
-    assert decoded(shards, "ar", tokenizer_dir) == texts("ar")[:5]  # the stream's first five
+    assert decoded(shards, "ar", tokenizer_dir) == valid_texts("ar", 5)  # the stream's first five
     assert shards.manifest["languages"]["bg"]["read_to_limit"] is False
     assert shards.stats["bg"].documents == DOCS
 
@@ -111,7 +108,7 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
 def test_a_limit_below_the_first_document_is_one_line_naming_its_option(
     c4: Path, tokenizer_dir: Path, tmp_path: Path
 ) -> None:
-    first = token_counts(tokenizer_dir, texts("bg")[:1])[0]
+    first = token_counts(tokenizer_dir, valid_texts("bg", DOCS)[:1])[0]
     out = tmp_path / "s"
     cap_line = (
         f"a cap of {first - 1:,} tokens is below the first document of bg ({first:,} tokens): "
@@ -135,7 +132,9 @@ def test_temperature_sampling_of_streamed_languages(
     read = {lang: e["source_tokens"] for lang, e in shards.manifest["languages"].items()}
     weights = {lang: n**0.3 for lang, n in read.items()}
     for lang, entry in shards.manifest["languages"].items():
-        assert entry["source_tokens"] == min(total, sum(token_counts(tokenizer_dir, texts(lang))))
+        assert entry["source_tokens"] == min(
+            total, sum(token_counts(tokenizer_dir, valid_texts(lang, DOCS)))
+        )
         if entry["budget"] is not None:
             assert entry["tokens"] <= entry["budget"]
             share = total * weights[lang] / sum(weights.values())
@@ -152,7 +151,9 @@ def test_shipped_mc4_recipe_from_a_mirror(
     assert recipe.source("he").config == "iw"  # type: ignore[union-attr]
     mirror = tmp_path / "mirror"
     chosen = {"ar": "ar", "he": "iw", "sw": "sw", "en": "en-multi"}
-    c4_like(mirror / "allenai" / "c4", {code: texts(lang, 8) for lang, code in chosen.items()})
+    c4_like(
+        mirror / "allenai" / "c4", {code: valid_texts(lang, 8) for lang, code in chosen.items()}
+    )
     monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "shards"
@@ -178,10 +179,12 @@ def test_a_recipe_mixes_datasets_and_local_files(
     fineweb = tmp_path / "fineweb-2"  # FineWeb-2's layout: parquet per language configuration
     write_rows(
         fineweb / "data" / "bul_Cyrl" / "train" / "000_00000.parquet",
-        [{"text": t, "id": str(i)} for i, t in enumerate(texts("bg", 5))],
+        [{"text": t, "id": str(i)} for i, t in enumerate(valid_texts("bg", 5))],
     )
     write_readme(fineweb, {"bul_Cyrl": {"train": "data/bul_Cyrl/train/*.parquet"}})
-    (local / "sv.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts("sv", 6)))
+    (local / "sv.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in valid_texts("sv", 6))
+    )
     recipe = {
         "format": "xelm-corpus-recipe",
         "format_version": "1.0.0",
@@ -195,9 +198,9 @@ def test_a_recipe_mixes_datasets_and_local_files(
     path.write_text(json.dumps(recipe))
     shards = prepare(path, tokenizer_dir, tmp_path / "s").shards
     assert shards.languages == ["ar", "bg", "he", "sv"]
-    assert decoded(shards, "bg", tokenizer_dir) == texts("bg", 5)
+    assert decoded(shards, "bg", tokenizer_dir) == valid_texts("bg", 5)
     assert shards.stats["he"].documents == 3  # the validation split
-    assert decoded(shards, "sv", tokenizer_dir) == texts("sv", 6)
+    assert decoded(shards, "sv", tokenizer_dir) == valid_texts("sv", 6)
     recipe["languages"]["ar"] = {"path": "x", "dataset": "y"}
     path.write_text(json.dumps(recipe))
     with pytest.raises(FormatError, match=r"recipe mixed\.json is not valid: recipe languages/ar"):
@@ -308,7 +311,8 @@ def test_the_tokenizer_streams_a_hub_dataset_and_stops_at_enough_text(
 ) -> None:
     many = [f"Merhaba dünya, belge {i}." for i in range(2500)]
     mirror = tmp_path / "mirror"
-    c4_like(mirror / "allenai" / "c4", {"ar": texts("ar", 200), "tr": many, "iw": texts("he", 200)},
+    c4_like(mirror / "allenai" / "c4",
+            {"ar": valid_texts("ar", 200), "tr": many, "iw": valid_texts("he", 200)},
             files_per_language=3)  # fmt: skip
     monkeypatch.setenv("XELM_HUB_MIRROR", str(mirror))
     monkeypatch.chdir(tmp_path)
@@ -326,7 +330,11 @@ def test_the_tokenizer_streams_a_hub_dataset_and_stops_at_enough_text(
     assert run(args) == 0
     characters = json.loads(capsys.readouterr().out)["characters"]
     assert sorted(characters) == ["ar", "he", "tr"]
-    for lang, docs in (("ar", texts("ar", 200)), ("tr", many), ("he", texts("he", 200))):
+    for lang, docs in (
+        ("ar", valid_texts("ar", 200)),
+        ("tr", many),
+        ("he", valid_texts("he", 200)),
+    ):
         expected = 0  # whole documents in stream order until 3,000 characters
         for text in docs:
             if expected >= 3000:
@@ -354,8 +362,8 @@ def test_documents_of_a_hub_layout_dataset_are_streamed_not_converted(
     cache = tmp_path / "cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
     repo = tmp_path / "repo"
-    rows = [{"text": t, "lang": "ar"} for t in texts("ar", 5)]
-    rows += [{"text": t, "lang": "bg"} for t in texts("bg", 4)]
+    rows = [{"text": t, "lang": "ar"} for t in valid_texts("ar", 5)]
+    rows += [{"text": t, "lang": "bg"} for t in valid_texts("bg", 4)]
     write_rows(repo / "data" / "train.parquet", rows)
     write_readme(repo, {"default": {"train": "data/train.parquet"}})
     documents = list(iter_documents(repo))
@@ -368,7 +376,7 @@ def test_documents_of_a_hub_layout_dataset_are_streamed_not_converted(
 
 def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     root.mkdir(parents=True)
-    good = [{"text": t} for t in texts("ar", 6)]
+    good = [{"text": t} for t in valid_texts("ar", 6)]
     options: dict[str, object] = {"langs": ["ar"], "config": "{lang}"}
     if case == "truncated-parquet":
         path = write_rows(root / "ar.parquet", good * 50)
@@ -444,7 +452,7 @@ def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path
     corpus = tmp_path / "c"
     corpus.mkdir()
     (corpus / "en.jsonl").write_text(
-        "".join(json.dumps({"text": t}) + "\n" for t in texts("en", 200))
+        "".join(json.dumps({"text": t}) + "\n" for t in valid_texts("en", 200))
     )
     whole = prepare(corpus, tokenizer_dir, tmp_path / "a", token_caps=2000, seed=1).shards
     data_prepare.SUBSAMPLE_TOKENS, saved = 7, data_prepare.SUBSAMPLE_TOKENS

@@ -9,74 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from evaluator_helpers import FirstLine, install_evaluator
 
-from xelm_cli.api import (
-    Document,
-    EvalRequest,
-    Evaluator,
-    LanguageModel,
-    NoOptions,
-    Register,
-    hookimpl,
-    option,
-)
+from xelm_cli.api import EvalRequest, Evaluator, LanguageModel, NoOptions, option
 from xelm_cli.cli import run
 from xelm_cli.ensemble.results import build_evaluator
-from xelm_cli.plugin import conformance, host
+from xelm_cli.plugin import conformance
 from xelm_cli.plugin.conformance import FAIL, PASS, Report, TinyExperts
 from xelm_cli.plugin.options import declares_options
 
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
-    return conformance.build_tiny_experts(tmp_path_factory.mktemp("contract") / "experts")
-
-
 pytestmark = pytest.mark.usefixtures("isolated_registry")
-
-
-class EvaluatorPlugin:
-    def __init__(self, evaluator: type[Evaluator]) -> None:
-        self.evaluator = evaluator
-
-    @hookimpl
-    def register_evaluators(self, register: Register) -> None:
-        register(self.evaluator.name, self.evaluator)
-
-
-class FirstLine(Evaluator):
-    """Mean ln p of the tokens of each language's first corpus line."""
-
-    name = "first-line"
-    primary = "logprob"
-    higher_is_better = True
-
-    def __init__(self, request: EvalRequest) -> None:  # no super().__init__(request)
-        corpus = Path(str(request.data))
-        self.documents = [
-            Document(path.read_text().splitlines()[0], path.stem)
-            for path in sorted(corpus.glob("*.txt"))
-        ]
-
-    @property
-    def languages(self) -> list[str]:
-        return [str(document.language) for document in self.documents]
-
-    def evaluate(self, model: LanguageModel) -> dict[str, Any]:
-        scores = model.score_documents(self.documents)
-        by_language = {
-            str(document.language): {self.primary: float(np.mean(logprobs))}
-            for document, logprobs in zip(self.documents, scores, strict=True)
-        }
-        overall = float(np.mean([scope[self.primary] for scope in by_language.values()]))
-        return {"overall": {self.primary: overall}, "languages": by_language}
-
-
-def install(evaluator: type[Evaluator]) -> None:
-    plugin = EvaluatorPlugin(evaluator)
-    host.reset_registry(host.load_registry(extra_plugins=[("mine", plugin)]))
 
 
 def evaluate(experts: TinyExperts, name: str, *flags: str) -> int:
@@ -92,16 +35,16 @@ def check(name: str, experts: TinyExperts) -> Report:
 
 
 def test_an_evaluator_without_super_init_gets_its_request(
-    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+    tiny_experts: TinyExperts, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    install(FirstLine)
-    assert evaluate(experts, "first-line") == 0
+    install_evaluator(FirstLine)
+    assert evaluate(tiny_experts, "first-line") == 0
     results = json.loads(capsys.readouterr().out)
-    assert results["request"]["data"] == str(experts.corpus)
+    assert results["request"]["data"] == str(tiny_experts.corpus)
     assert results["provenance"]["evaluator"]["plugin"] == "mine"
     overall = results["systems"][0]["metrics"]["overall"]["logprob"]
     assert math.isfinite(overall) and overall < 0  # a mean log-probability
-    report = check("first-line", experts)
+    report = check("first-line", tiny_experts)
     assert [r.check for r in report.results if r.status != PASS] == ["options declaration"]
 
 
@@ -141,12 +84,15 @@ class RaisingWhenBuilt(FirstLine):
     ],
 )
 def test_an_exception_in_the_evaluator_is_one_line_naming_it(
-    experts: TinyExperts, capsys: pytest.CaptureFixture[str], evaluator: type[Evaluator], line: str
+    tiny_experts: TinyExperts,
+    capsys: pytest.CaptureFixture[str],
+    evaluator: type[Evaluator],
+    line: str,
 ) -> None:
-    install(evaluator)
-    assert evaluate(experts, evaluator.name) == 6
+    install_evaluator(evaluator)
+    assert evaluate(tiny_experts, evaluator.name) == 6
     assert capsys.readouterr().err.strip() == line
-    report = check(evaluator.name, experts)
+    report = check(evaluator.name, tiny_experts)
     failed = {r.check: r.reason for r in report.results if r.status == FAIL}
     assert list(failed) == ["builds" if evaluator is RaisingWhenBuilt else "evaluate()"]
 
@@ -173,13 +119,13 @@ def returning(name: str, result: dict[str, Any]) -> type[Evaluator]:
     ],
 )
 def test_a_result_that_breaks_the_contract_is_refused_in_one_line(
-    experts: TinyExperts,
+    tiny_experts: TinyExperts,
     capsys: pytest.CaptureFixture[str],
     result: dict[str, Any],
     problem: str,
 ) -> None:
-    install(returning("broken", result))
-    assert evaluate(experts, "broken") == 6
+    install_evaluator(returning("broken", result))
+    assert evaluate(tiny_experts, "broken") == 6
     captured = capsys.readouterr()
     assert captured.out == ""  # no results with a bare NaN in them
     prefix = (
@@ -189,7 +135,7 @@ def test_a_result_that_breaks_the_contract_is_refused_in_one_line(
     line = captured.err.strip()
     assert line.startswith(prefix) and "\n" not in line, line
     assert line.endswith("; this is a bug in the evaluator (xelm plugins check broken shows it)")
-    failed = {r.check: r.reason for r in check("broken", experts).results if r.status == FAIL}
+    failed = {r.check: r.reason for r in check("broken", tiny_experts).results if r.status == FAIL}
     assert failed["evaluate()"].startswith(problem)
 
 
@@ -201,22 +147,22 @@ class Declared(FirstLine):
 
 
 def test_an_explicit_no_options_declares_none(
-    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+    tiny_experts: TinyExperts, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    install(Declared)
-    members = [str(bundle.path) for bundle in experts.bundles]
-    given = ["--data", str(experts.corpus), "--evaluator", "declared", "--eval-arg", "nope=1"]
+    install_evaluator(Declared)
+    members = [str(bundle.path) for bundle in tiny_experts.bundles]
+    given = ["--data", str(tiny_experts.corpus), "--evaluator", "declared", "--eval-arg", "nope=1"]
     assert run(["ensemble", "eval", *members, *given]) == 2
     assert capsys.readouterr().err.strip() == (
         "xelm: error: evaluator 'declared' has no option 'nope' (it takes no options)"
     )
-    report = check("declared", experts)
+    report = check("declared", tiny_experts)
     assert {r.check: r.status for r in report.results}["unknown option refused"] == PASS
 
     # a class that sets no Options at all is of plugin API 1.0: it reads the options itself
     assert not declares_options(FirstLine) and declares_options(Declared)
-    install(FirstLine)
-    request = EvalRequest(str(experts.corpus), options={"k": "1", "name": "x"})
+    install_evaluator(FirstLine)
+    request = EvalRequest(str(tiny_experts.corpus), options={"k": "1", "name": "x"})
     assert build_evaluator("first-line", request).request.options == {"k": 1, "name": "x"}
 
 
@@ -232,24 +178,24 @@ class Tuned(FirstLine):
 
 
 def test_results_record_every_option_a_declaring_plugin_ran_with(
-    experts: TinyExperts, capsys: pytest.CaptureFixture[str]
+    tiny_experts: TinyExperts, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    install(Tuned)
-    assert evaluate(experts, "tuned", "--eval-arg", "shift=2") == 0
+    install_evaluator(Tuned)
+    assert evaluate(tiny_experts, "tuned", "--eval-arg", "shift=2") == 0
     results = json.loads(capsys.readouterr().out)
     assert results["provenance"]["evaluator"]["options"] == {"shift": 2.0, "label": "first"}
     assert results["provenance"]["router"]["options"] == {"fallback": None}  # all defaults
     assert results["request"]["options"] == {"shift": 2.0}  # what the user gave
     assert results["ensemble"]["router"] == {"name": "language", "options": {}}
 
-    install(FirstLine)  # plugin API 1.0: no declaration, so the given options alone
-    assert evaluate(experts, "first-line", "--eval-arg", "k=1") == 0
+    install_evaluator(FirstLine)  # plugin API 1.0: no declaration, so the given options alone
+    assert evaluate(tiny_experts, "first-line", "--eval-arg", "k=1") == 0
     results = json.loads(capsys.readouterr().out)
     assert results["provenance"]["evaluator"]["options"] == {"k": 1}
 
 
 def test_a_folder_named_for_an_evaluators_task_is_refused_naming_task(
-    experts: TinyExperts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_experts: TinyExperts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A plugin's evaluator declares its tasks; a folder named for one, evaluated without --task
     (so by the perplexity evaluator, which finds no corpus in it), names --task as the way out."""
@@ -258,11 +204,11 @@ def test_a_folder_named_for_an_evaluators_task_is_refused_naming_task(
         name = "quiz-eval"
         tasks = ("quiz",)
 
-    install(Quiz)
+    install_evaluator(Quiz)
     folder = tmp_path / "quiz-v2"
     folder.mkdir()
     (folder / "items.tsv").write_text("question\tanswer\n")
-    members = [str(bundle.path) for bundle in experts.bundles]
+    members = [str(bundle.path) for bundle in tiny_experts.bundles]
     assert run(["ensemble", "eval", *members, "--data", str(folder)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1

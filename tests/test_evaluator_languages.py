@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_evaluator_contract import FirstLine, experts, install  # noqa: F401  (fixture)
+from evaluator_helpers import FirstLine, install_evaluator
 from xelm_eval.icl import IclEvaluator
 from xelm_eval.perplexity import PerplexityEvaluator
 
@@ -116,11 +116,11 @@ class FirstLines(FirstLine):
 
 @pytest.mark.usefixtures("isolated_registry")
 def test_an_evaluator_without_the_override_is_built_again(
-    experts: TinyExperts,  # noqa: F811
+    tiny_experts: TinyExperts,
     tmp_path: Path,
 ) -> None:
-    install(FirstLines)
-    corpus = shutil.copytree(experts.corpus, tmp_path / "corpus")
+    install_evaluator(FirstLines)
+    corpus = shutil.copytree(tiny_experts.corpus, tmp_path / "corpus")
     whole = build_evaluator("first-lines", EvalRequest(str(corpus)))
     (corpus / "tr.txt").write_text("a line written later\n")
 
@@ -138,16 +138,16 @@ def en_and_tr_experts(tiny: TinyExperts) -> list[str]:
 
 @pytest.mark.usefixtures("isolated_registry")
 def test_eval_without_langs_keeps_a_third_party_evaluator_to_the_covered_languages(
-    experts: TinyExperts,  # noqa: F811
+    tiny_experts: TinyExperts,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    install(FirstLines)
-    members = en_and_tr_experts(experts)
-    data = ["--data", str(experts.corpus), "--evaluator", "first-lines", "--format", "json"]
+    install_evaluator(FirstLines)
+    members = en_and_tr_experts(tiny_experts)
+    data = ["--data", str(tiny_experts.corpus), "--evaluator", "first-lines", "--format", "json"]
     assert run(["ensemble", "eval", *members, *data]) == 0
     captured = capsys.readouterr()
     assert captured.err == (
-        f"xelm: note: evaluating the languages of {experts.corpus} that the experts cover "
+        f"xelm: note: evaluating the languages of {tiny_experts.corpus} that the experts cover "
         "(en, tr); left out es, which router 'language' does not route: evaluate them with a "
         "router that does (e.g. --router posterior; the language router with --router-arg "
         "fallback=typology)\n"
@@ -168,12 +168,12 @@ class RestrictsBadly(FirstLines):
 
 @pytest.mark.usefixtures("isolated_registry")
 def test_an_exception_while_restricting_is_one_line_naming_the_evaluator(
-    experts: TinyExperts,  # noqa: F811
+    tiny_experts: TinyExperts,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    install(RestrictsBadly)
-    members = en_and_tr_experts(experts)
-    data = ["--data", str(experts.corpus), "--evaluator", "restricts-badly"]
+    install_evaluator(RestrictsBadly)
+    members = en_and_tr_experts(tiny_experts)
+    data = ["--data", str(tiny_experts.corpus), "--evaluator", "restricts-badly"]
     assert run(["ensemble", "eval", *members, *data]) == 6
     assert capsys.readouterr().err.splitlines()[-1] == (
         "xelm: error: evaluator 'restricts-badly' (plugin 'mine') failed while being restricted "

@@ -11,21 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TEST_LANGS
+from corpus_helpers import corpus_slice, documents_by_expert
 from numpy.typing import NDArray
-from test_train import corpus_slice
 
 from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import read_allocation, write_allocation
-from xelm_cli.cluster.assigning import ExpertDocuments, expert_documents
+from xelm_cli.cluster.assigning import ExpertDocuments, assigns_documents
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.documents import group_positions
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
-from xelm_cli.plugin.contracts import Assigner, assigns_documents
+from xelm_cli.plugin.contracts import Assigner
 from xelm_cli.training.run import train
 
 LANGS = list(TEST_LANGS)
@@ -40,17 +40,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("alloc") / "alloc-tfidf"
     cluster("tfidf", k=2, output=out, languages=LANGS, data=corpus, components=8)
-    return out
-
-
-def documents_by_expert(allocation: Path, corpus: Path) -> dict[int, dict[str, list[str]]]:
-    """Expert -> language -> the texts the allocation's assigner sends there, in corpus order
-    (blank records aside: prepare keeps no empty document)."""
-    documents = [d for d in iter_documents(corpus) if d.text.strip()]
-    experts = expert_documents(allocation, 0).assigner.assign(documents)
-    out: dict[int, dict[str, list[str]]] = {0: {}, 1: {}}
-    for document, expert in zip(documents, experts, strict=True):
-        out[int(expert)].setdefault(str(document.language), []).append(document.text)
     return out
 
 

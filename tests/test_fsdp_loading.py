@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import torch
 from conftest import same_weights
+from ddp_helpers import TOLERANCE, launch, max_difference
 from safetensors.torch import load_file
-from test_train import Killed, train_shards  # noqa: F401  (fixture)
-from test_train_ddp import TOLERANCE, launch, max_difference
+from train_helpers import Killed
 from xelm_trainer.distributed import Sharding
 from xelm_trainer.loop import TrainingRun
 from xelm_trainer.options import TrainOptions
@@ -72,7 +72,7 @@ Run = Callable[..., Path]
 def sharded_run(
     tmp_path_factory: pytest.TempPathFactory,
     seeds: dict[str, Path],
-    train_shards: Path,  # noqa: F811
+    train_shards: Path,
 ) -> Run:
     """``sharded_run(seed, mode, ranks=2, stop=0, resume_from=None)``: the trained bundle of
     a run under torchrun (remembered: tests share the uninterrupted runs); with ``stop`` the

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA, weights
-from merge_helpers import mlp_experts, perturbed_expert, seed_from_config
+from merge_helpers import SMALL_CONFIG, mlp_experts, perturbed_expert, seed_from_config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -19,15 +19,6 @@ from xelm_cli.data.corpus import read_documents
 
 LANGS = ("en", "tr", "ar")
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"
-SMALL = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=2,
-    head_dim=16,
-    max_position_embeddings=128,
-)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +88,9 @@ def test_llama_experts_become_mixtral(experts: list[Bundle], tmp_path: Path) -> 
 def test_mistral_and_qwen_experts(
     model_type: str, architecture: str, tmp_path: Path, tokenizer_dir: Path
 ) -> None:
-    seed = seed_from_config(model_type, tokenizer_dir, tmp_path / "seed", list(LANGS), **SMALL)
+    seed = seed_from_config(
+        model_type, tokenizer_dir, tmp_path / "seed", list(LANGS), **SMALL_CONFIG
+    )
     experts = mlp_experts(seed.path, tmp_path, LANGS)
     moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1, gate="random")
     check_moe(moe, experts, architecture)
@@ -106,7 +99,7 @@ def test_mistral_and_qwen_experts(
         ids = torch.tensor([[3, 50, 7, 120, 9, 33, 200]])
         model(ids, labels=ids).loss.backward()
         shared = {n: p for n, p in model.named_parameters() if ".shared_expert" in n}
-        assert len(shared) == 4 * SMALL["num_hidden_layers"]
+        assert len(shared) == 4 * SMALL_CONFIG["num_hidden_layers"]
         for name, parameter in shared.items():
             assert parameter.numel() > 0 and not parameter.any(), name
             assert parameter.grad is not None and not parameter.grad.any(), name

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import weights
-from test_moe_train import moe, moe_experts, shards  # noqa: F401  (fixtures)
-from test_train_ddp import TOLERANCE, max_difference, xelm_train
+from ddp_helpers import TOLERANCE, max_difference, xelm_train
 from xelm_trainer import CausalLMTrainer
 
 from xelm_cli.bundle.moe import build_moe
@@ -43,7 +42,7 @@ def metrics(out: Path, key: str) -> list[float]:
 @pytest.fixture(scope="module")
 def idle_expert_moe(
     tmp_path_factory: pytest.TempPathFactory,
-    moe_experts: list[Path],  # noqa: F811
+    moe_experts: list[Path],
 ) -> Bundle:
     """Zero routers: top-1 of equal probabilities is expert 0 for every token, so expert 1
     gets no token on either rank until the load-balancing loss moves the routers."""
@@ -71,7 +70,7 @@ CASES = {  # id: (MoE fixture, trainer options)
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_fine_tune_an_moe_like_one_process(
     case: str,
-    shards: Path,  # noqa: F811
+    moe_shards: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
@@ -79,13 +78,15 @@ def test_two_ranks_fine_tune_an_moe_like_one_process(
     fixture, mode = CASES[case]
     trained: Bundle = request.getfixturevalue(fixture)
     two_ranks, single = tmp_path / "two-ranks", tmp_path / "single"
-    args = [str(trained.path), "--data", str(shards), "--langs", "en,tr", "--tokens", str(TOKENS)]
+    args = [str(trained.path), "--data", str(moe_shards), "--langs", "en,tr"]
+    args += ["--tokens", str(TOKENS)]
     done = xelm_train([*args, *cli_args(OPTIONS | mode), "-o", str(two_ranks)], tmp_path, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     unsharded = {name: value for name, value in mode.items() if name != "fsdp"}
+    options = OPTIONS | unsharded
     single_run = TrainRequest(
-        trained.path, shards, single, TOKENS, options=OPTIONS | unsharded, languages=["en", "tr"]
+        trained.path, moe_shards, single, TOKENS, options=options, languages=["en", "tr"]
     )
     CausalLMTrainer().train(single_run)
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA
-from merge_helpers import mlp_experts, seed_from_config
+from merge_helpers import SMALL_CONFIG, mlp_experts, seed_from_config
 from safetensors.torch import load_file
-from test_moe import SMALL as MOE_SMALL
 
 from xelm_cli.bundle.moe import (
     CALIBRATION_TOKENS,
@@ -25,7 +24,7 @@ from xelm_cli.ensemble.scoring import default_batch_tokens
 
 FLORES = SHARED_DATA / "eval" / "flores200-devtest"
 CPU = torch.device("cpu")
-SMALL = {**MOE_SMALL, "max_position_embeddings": 96}  # the long document below is cut here
+SMALL = {**SMALL_CONFIG, "max_position_embeddings": 96}  # the long document below is cut here
 
 
 def calibration_documents() -> list[Document]:

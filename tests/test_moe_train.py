@@ -9,39 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import weights
-from merge_helpers import mlp_experts
-from test_train import Killed, StopsAt, corpus_slice
+from train_helpers import SMALL_OPTIONS, Killed, StopsAt
 from xelm_trainer import CausalLMTrainer
 
-from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.prepare import prepare
 from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
-
-SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
-
-
-@pytest.fixture(scope="module")
-def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Path]:
-    """An English and a Turkish expert whose MLPs differ."""
-    experts = mlp_experts(seed_bundle, tmp_path_factory.mktemp("moe-experts"), ("en", "tr"))
-    return [expert.path for expert in experts]
-
-
-@pytest.fixture(scope="module")
-def moe(tmp_path_factory: pytest.TempPathFactory, moe_experts: list[Path]) -> Bundle:
-    out = tmp_path_factory.mktemp("moe-train") / "moe"
-    return build_moe(moe_experts, out, top_k=1, gate="random")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
-    root = tmp_path_factory.mktemp("moe-shards")
-    prepare(
-        corpus_slice("train", 100, root / "corpus"), seed_bundle, root / "shards", token_caps=3000
-    )
-    return root / "shards"
 
 
 def train_request(bundle: Path, shards: Path, out: Path, **options: object) -> TrainRequest:
@@ -50,7 +23,7 @@ def train_request(bundle: Path, shards: Path, out: Path, **options: object) -> T
         shards,
         out,
         tokens=1024,
-        options={**SMALL, **options},
+        options={**SMALL_OPTIONS, **options},
         command="test",
         languages=["en", "tr"],
     )
@@ -66,9 +39,9 @@ def aux_losses(out: Path) -> list[float]:
 
 
 def test_router_only_changes_only_the_routers_and_logs_the_balance_loss(
-    moe: Bundle, shards: Path, tmp_path: Path
+    moe: Bundle, moe_shards: Path, tmp_path: Path
 ) -> None:
-    trained = train(moe.path, shards, tmp_path / "t", router_only=True)
+    trained = train(moe.path, moe_shards, tmp_path / "t", router_only=True)
     assert verify_bundle(trained.path) == []
     before, after = weights(moe.path), weights(trained.path)
     # with top-1 routing the LM loss gives the routers no gradient (the chosen expert's weight
@@ -80,8 +53,10 @@ def test_router_only_changes_only_the_routers_and_logs_the_balance_loss(
     assert trained.manifest.training["options"]["router_only"] is True  # type: ignore[index]
 
 
-def test_all_weights_with_a_heavier_balance_loss(moe: Bundle, shards: Path, tmp_path: Path) -> None:
-    trained = train(moe.path, shards, tmp_path / "t", aux_loss=0.5)
+def test_all_weights_with_a_heavier_balance_loss(
+    moe: Bundle, moe_shards: Path, tmp_path: Path
+) -> None:
+    trained = train(moe.path, moe_shards, tmp_path / "t", aux_loss=0.5)
     before, after = weights(moe.path), weights(trained.path)
     assert not torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
     name = "model.layers.0.block_sparse_moe.experts.1.w2.weight"
@@ -91,19 +66,19 @@ def test_all_weights_with_a_heavier_balance_loss(moe: Bundle, shards: Path, tmp_
 
 
 def test_moe_options_are_refused_for_dense_bundles(
-    seed_bundle: Path, shards: Path, tmp_path: Path
+    seed_bundle: Path, moe_shards: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
-        train(seed_bundle, shards, tmp_path / "t", router_only=True)
+        train(seed_bundle, moe_shards, tmp_path / "t", router_only=True)
     assert not (tmp_path / "t").exists()
 
 
 def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
-    moe: Bundle, shards: Path, tmp_path: Path
+    moe: Bundle, moe_shards: Path, tmp_path: Path
 ) -> None:
     """aux_loss and router_only change what a run computes: a checkpoint resumes only with the
     same ones; one written before the identity held them resumes at their defaults."""
-    killed = train_request(moe.path, shards, tmp_path / "t", checkpoint_every=4)
+    killed = train_request(moe.path, moe_shards, tmp_path / "t", checkpoint_every=4)
     with pytest.raises(Killed):
         StopsAt(5).train(killed)
     state = checkpoint_dir(killed.output) / "step-000000004" / "state.json"

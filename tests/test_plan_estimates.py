@@ -356,7 +356,7 @@ def test_the_plan_shards_the_estimate_over_the_ranks_of_fsdp(
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     """Token shards of the test languages, with the seed's tokenizer."""
-    from test_train import corpus_slice
+    from corpus_helpers import corpus_slice
 
     from xelm_cli.data.prepare import prepare
 

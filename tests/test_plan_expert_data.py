@@ -5,10 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import xelm
 from conftest import TEST_LANGS
-from test_expert_documents import documents_by_expert
-from test_plan_inputs import TRAIN_ARGS, xelm
-from test_train import corpus_slice
+from corpus_helpers import corpus_slice, documents_by_expert
+from train_helpers import TRAIN_ARGS
 
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cluster.allocation import Allocation, write_allocation

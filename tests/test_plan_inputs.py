@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import xelm
 from conftest import SHARED_DATA, train_tokenizer
-from test_train import corpus_slice
+from corpus_helpers import corpus_slice
+from train_helpers import TRAIN_ARGS
 
 from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.seed import init_from_hf
@@ -26,7 +28,6 @@ from xelm_cli.data.shards import Shards
 from xelm_cli.training.plan_runner import failure_reason
 from xelm_cli.training.planning import make_plan
 
-TRAIN_ARGS = "--block-size 32 --batch-size 4"
 RUN = {"name": "dense", "output": "out", "commands": [["xelm", "train", "seed", "-o", "out"]]}
 
 
@@ -35,12 +36,6 @@ def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     root = tmp_path_factory.mktemp("inputs")
     prepare(corpus_slice("train", 100, root / "corpus"), seed_bundle, root / "shards")
     return root / "shards"
-
-
-def xelm(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def make_plan_in(

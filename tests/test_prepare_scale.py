@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import SHARED_DATA
+from corpus_helpers import Counting
 from hub_fixtures import write_readme, write_rows
 
 from xelm_cli.common.digest import sha256_bytes
@@ -17,7 +18,6 @@ from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
-from xelm_cli.data.prepare_work import LanguageCount
 from xelm_cli.data.sources import DatasetSource
 
 DOCS = 40  # per language
@@ -49,20 +49,6 @@ def local_dataset(repo: Path, langs: tuple[str, ...] = ("en", "tr")) -> Path:
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus")
-
-
-class Counting:
-    """A progress callback that records each language's document count after each batch and,
-    after ``stop_after`` batches, interrupts the run as Ctrl-C does."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.seen: list[tuple[str, int]] = []
-        self.stop_after = stop_after
-
-    def __call__(self, lang: str, count: LanguageCount, limit: int | None) -> None:
-        self.seen.append((lang, count.documents))
-        if self.stop_after is not None and len(self.seen) >= self.stop_after:
-            raise KeyboardInterrupt
 
 
 def interrupted(corpus: Path, tokenizer: Path, out: Path, **options: Any) -> dict[str, Any]:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus_helpers import Counting, valid_texts
 from hub_fixtures import c4_like
-from test_data_hub import texts
-from test_prepare_scale import Counting
 from transformers import AutoTokenizer
 
 from xelm_cli.cli import run
@@ -32,7 +31,7 @@ BATCH = 4
 @pytest.fixture(scope="module")
 def c4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mirror") / "allenai" / "c4"
-    return c4_like(root, {lang: texts(lang, DOCS) for lang in SIZES})
+    return c4_like(root, {lang: valid_texts(lang, DOCS) for lang in SIZES})
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,7 @@ def lengths(tokenizer_dir: Path) -> dict[str, list[int]]:
     """Each language's document lengths in tokens, in the stream's order."""
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     return {
-        lang: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts(lang, DOCS)]
+        lang: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in valid_texts(lang, DOCS)]
         for lang in SIZES
     }
 
@@ -122,7 +121,7 @@ def test_a_language_short_of_its_share_is_kept_whole_and_the_others_read_further
     500 first, is read further from where it stopped (the batch after the one that reached
     500) up to 1,000 - 374 = 626, so --tokens is reached (but for the whole documents under
     en's limit)."""
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     held = sum(lengths["sw"][:3])  # 374 tokens
     out = tmp_path / "s"
     command = ["data", "prepare", str(mirror), "--config", "{lang}", "--langs", "en,sw",
@@ -149,7 +148,7 @@ def test_when_every_language_is_short_the_shortfall_says_by_how_much(
     lengths: dict[str, list[int]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en", 4), "sw": texts("sw", 3)})
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", 4), "sw": valid_texts("sw", 3)})
     held = {"en": sum(lengths["en"][:4]), "sw": sum(lengths["sw"][:3])}
     result = prepare(mirror, tokenizer_dir, tmp_path / "s", config="{lang}", langs="en,sw",
                      sizes="en=1,sw=1", tokens=100_000)  # fmt: skip
@@ -171,7 +170,7 @@ def test_a_run_killed_while_reading_further_continues_with_the_made_up_limits(
     """Stopped in the second reading of en (after sw ran out), a rerun continues it to the
     made-up limit, not to en's first share, and keeps what the first reading wrote."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     held = sum(lengths["sw"][:3])
     options: dict[str, Any] = {"config": "{lang}", "langs": "en,sw", "sizes": "en=1,sw=1",
                                "tokens": 1000, "batch_size": BATCH}  # fmt: skip
@@ -214,7 +213,7 @@ def test_sizes_weigh_corpus_files_in_place_of_their_token_counts(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang in ("en", "fr"):
-        lines = [json.dumps({"text": t}) for t in texts(lang, DOCS)]
+        lines = [json.dumps({"text": t}) for t in valid_texts(lang, DOCS)]
         (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
     shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs="en,fr", tokens=1000,
                      sizes="en=3,fr=1").shards  # fmt: skip
@@ -228,7 +227,7 @@ def test_corpus_files_short_of_tokens_are_held_whole_not_within_shares(
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang in ("en", "fr"):
-        lines = [json.dumps({"text": t}) for t in texts(lang, 5)]
+        lines = [json.dumps({"text": t}) for t in valid_texts(lang, 5)]
         (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "s"
     command = ["data", "prepare", str(corpus), "--langs", "en,fr", "--sizes", "en=3,fr=1",
@@ -405,7 +404,8 @@ def test_a_language_that_runs_out_while_reading_further_is_made_up_for_in_turn(
     documents. A run killed at any point and run again gives the same shards."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     mirror = c4_like(
-        tmp_path / "c4", {"en": texts("en", DOCS), "de": texts("de", 18), "sw": texts("sw", 3)}
+        tmp_path / "c4",
+        {"en": valid_texts("en", DOCS), "de": valid_texts("de", 18), "sw": valid_texts("sw", 3)},
     )
     options: dict[str, Any] = {"config": "{lang}", "langs": "en,de,sw", "sizes": "en=1,de=1,sw=1",
                                "tokens": 3000, "batch_size": BATCH}  # fmt: skip
@@ -414,7 +414,7 @@ def test_a_language_that_runs_out_while_reading_further_is_made_up_for_in_turn(
     languages = whole.shards.manifest["languages"]
     assert [languages[lang]["read_to_limit"] for lang in ("en", "de", "sw")] == [True, False, False]
     held = sum(languages[lang]["tokens"] for lang in ("de", "sw"))
-    longest = max(len(t) for t in texts("en", DOCS))  # more than any en document's tokens
+    longest = max(len(t) for t in valid_texts("en", DOCS))  # more than any en document's tokens
     assert 3000 - longest < languages["en"]["tokens"] + held <= 3000
     assert whole.shortfall == 0
     for stop in range(1, len(counted.seen) + 1, 3):
@@ -430,7 +430,7 @@ def test_shards_of_format_1_2_count_the_shortfall_as_they_were_read(
 ) -> None:
     """Before 1.3 a language short of its share was not made up for: the shortfall of such a
     manifest counts the others at their first shares (en's 500), as the code that wrote it."""
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS), "sw": texts("sw", 3)})
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     result = prepare(mirror, tokenizer_dir, tmp_path / "s", config="{lang}", langs="en,sw",
                      sizes="en=1,sw=1", tokens=1000, batch_size=BATCH)  # fmt: skip
     assert token_shortfall(result.shards.manifest) == 0
@@ -454,7 +454,7 @@ def test_an_interrupted_run_leaves_no_write_pending_for_a_rerun_in_the_same_proc
     rerun appends to (collected later, it did: about one rerun in six gave shards whose tokens
     disagreed with their offsets)."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
-    mirror = c4_like(tmp_path / "c4", {"en": texts("en", DOCS)})
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS)})
     options: dict[str, Any] = {"config": "{lang}", "langs": "en", "batch_size": BATCH}
     out = tmp_path / "s"
     with pytest.raises(KeyboardInterrupt):

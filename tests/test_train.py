@@ -1,7 +1,6 @@
 """Training: packing, the causal-LM trainer, bitwise resume, plans and refusals."""
 
 import glob
-import io
 import json
 import os
 import re
@@ -16,10 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zstandard
+from cli_helpers import xelm
 from conftest import SHARED_DATA, TEST_LANGS, same_weights, train_tokenizer, weights
+from train_helpers import Killed, StopsAt, request
 from xelm_trainer import CausalLMTrainer
-from xelm_trainer.loop import TrainingRun
 
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.cli import run
@@ -28,7 +27,7 @@ from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
-from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
+from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import (
     BlockStream,
     list_checkpoints,
@@ -37,42 +36,6 @@ from xelm_cli.training.checkpoints import (
     restore_rng_states,
     save_checkpoint,
 )
-
-SMALL = {"block_size": 32, "batch_size": 4, "lr": 3e-3, "log_every": 4}
-
-
-def corpus_slice(split: str, lines: int, out: Path) -> Path:
-    """The first ``lines`` documents of each test language of ../shared/data/corpus/SPLIT."""
-    out.mkdir(parents=True)
-    for lang in TEST_LANGS:
-        with open(SHARED_DATA / "corpus" / split / f"{lang}.jsonl.zst", "rb") as f:
-            reader = io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(f), "utf-8")
-            head = [reader.readline() for _ in range(lines)]
-        (out / f"{lang}.jsonl").write_text("".join(head), encoding="utf-8")
-    return out
-
-
-@pytest.fixture(scope="module")
-def train_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
-    root = tmp_path_factory.mktemp("train")
-    source = corpus_slice("train", 400, root / "corpus")
-    prepare(source, seed_bundle, root / "shards", token_caps=6000)
-    return root / "shards"
-
-
-@pytest.fixture(scope="module")
-def valid_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
-    root = tmp_path_factory.mktemp("valid")
-    source = corpus_slice("valid", 100, root / "corpus")
-    prepare(source, seed_bundle, root / "shards", token_caps=1500)
-    return root / "shards"
-
-
-def request(seed_bundle: Path, data: Path, out: Path, **changes: object) -> TrainRequest:
-    options = {**SMALL, **changes.pop("options", {})}  # type: ignore[dict-item]
-    base = TrainRequest(seed_bundle, data, out, tokens=2048, options=options, command="test")
-    return replace(base, **changes)  # type: ignore[arg-type]
-
 
 # --- packing -------------------------------------------------------------------------------------
 
@@ -187,19 +150,6 @@ def test_a_bf16_seed_stays_bf16_on_disk_unless_asked(
         seed, train_shards, tmp_path / "fp32", tokens=256, options={"save_dtype": "float32"}
     )
     assert dtypes(CausalLMTrainer().train(wide).path) == {"F32"}
-
-
-class Killed(Exception):
-    pass
-
-
-class StopsAt(TrainingRun):
-    def __init__(self, step: int) -> None:
-        self.stop = step
-
-    def on_step_end(self, step: int) -> None:
-        if step == self.stop:
-            raise Killed
 
 
 @pytest.mark.parametrize("killed_at", [5, 6])  # just after a checkpoint, and between two
@@ -380,12 +330,6 @@ def test_an_expert_reads_only_its_languages_tokens(
 
 
 # --- the CLI -------------------------------------------------------------------------------------
-
-
-def xelm(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

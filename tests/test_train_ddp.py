@@ -2,10 +2,7 @@
 
 import contextlib
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +10,8 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from test_train import train_shards, valid_shards  # noqa: F401  (fixtures)
+from ddp_helpers import TOLERANCE, launch, max_difference, xelm_train
+from train_helpers import Killed, StopsAt
 from xelm_trainer.loop import TrainingRun
 
 from xelm_cli.bundle.store import Bundle, verify_bundle
@@ -24,62 +21,12 @@ from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 # micro-batches under torchrun, 4 blocks x 2 micro-batches in one process.
 COMMON = ["--block-size", "32", "--global-batch", "256", "--tokens", "2048", "--lr", "3e-3"]
 COMMON += ["--checkpoint-every", "4", "--log-every", "1", "--seed", "1", "--device", "cpu"]
-# Measured (torch 2.13, CPU): the DDP and one-process weights differ by 1.1e-6 at most, float32
-# sums in another order (DDP averages two ranks' gradients instead of summing one batch's),
-# amplified a little by AdamW's normalised updates over 8 steps. The same run with another data
-# order (--seed 2) differs by 2.6e-2, so 1e-5 (10x the noise, 2600x below a real change)
-# tells "the same optimiser updates" from "other blocks or another batch".
-TOLERANCE = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def xelm_train(args: list[str], cwd: Path, ranks: int | None) -> subprocess.CompletedProcess[str]:
-    return launch(["-m", "xelm_cli", "train", *args], cwd, ranks)
-
-
-def launch(program: list[str], cwd: Path, ranks: int | None) -> subprocess.CompletedProcess[str]:
-    """``python PROGRAM`` (``-m module ...`` or ``script ...``), under torchrun with ``ranks``."""
-    launcher = [sys.executable]
-    if ranks is not None:
-        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
-        launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [*launcher, *program],
-        cwd=cwd,  # not the checkout, whose stale xelm.egg-info would shadow the entry points
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def max_difference(a: Path, b: Path) -> float:
-    wa, wb = (load_file(str(path / "model.safetensors")) for path in (a, b))
-    assert wa.keys() == wb.keys()
-    return max(float((wa[name] - wb[name]).abs().max()) for name in wa)
-
-
-class Killed(Exception):
-    pass
-
-
-class StopsAt4(TrainingRun):
-    def on_step_end(self, step: int) -> None:
-        if step == 4:
-            raise Killed
 
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(
     seed_bundle: Path,
-    train_shards: Path,  # noqa: F811
-    valid_shards: Path,  # noqa: F811
+    train_shards: Path,
+    valid_shards: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -129,7 +76,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(
     }
     options |= {"checkpoint_every": 4, "log_every": 1, "seed": 1, "device": "cpu"}
     with pytest.raises(Killed):
-        StopsAt4().train(TrainRequest(seed_bundle, train_shards, killed, 2048, options=options))
+        StopsAt(4).train(TrainRequest(seed_bundle, train_shards, killed, 2048, options=options))
     assert not killed.exists() and (checkpoint_dir(killed) / "step-000000004").is_dir()
     sharded = tmp_path / "sharded"  # the same checkpoint, resumed with FSDP below
     shutil.copytree(checkpoint_dir(killed), checkpoint_dir(sharded))
@@ -146,7 +93,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(
 
 def test_fsdp_without_torchrun_is_refused_in_one_line(
     seed_bundle: Path,
-    train_shards: Path,  # noqa: F811
+    train_shards: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -165,7 +112,7 @@ def test_fsdp_without_torchrun_is_refused_in_one_line(
 
 def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(
     seed_bundle: Path,
-    train_shards: Path,  # noqa: F811
+    train_shards: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -206,6 +153,6 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_in_one_process(
 if __name__ == "__main__":  # under torchrun: a run that stops after its step-4 checkpoint
     bundle, data, out, options = sys.argv[1:]
     with contextlib.suppress(Killed):
-        StopsAt4().train(
+        StopsAt(4).train(
             TrainRequest(Path(bundle), Path(data), Path(out), 2048, options=json.loads(options))
         )

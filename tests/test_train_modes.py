@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 from conftest import TEST_LANGS, same_weights
+from ddp_helpers import launch
 from safetensors.torch import load_file
-from test_train import Killed, StopsAt, request, train_shards, valid_shards  # noqa: F401
-from test_train_ddp import launch
+from train_helpers import Killed, StopsAt, request
 from xelm_trainer.distributed import unwrap
 from xelm_trainer.loop import Inputs, RunState, TrainingRun
 
@@ -69,8 +69,8 @@ class Watched(TrainingRun):
 
 def test_a_resumed_run_with_dropout_equals_the_uninterrupted_one(
     dropout_seed: Path,
-    train_shards: Path,  # noqa: F811
-    valid_shards: Path,  # noqa: F811
+    train_shards: Path,
+    valid_shards: Path,
     tmp_path: Path,
 ) -> None:
     """With --valid, whose evaluation sets eval mode and then train mode: the resumed run
@@ -93,7 +93,7 @@ def test_a_resumed_run_with_dropout_equals_the_uninterrupted_one(
 
 def test_gradient_checkpointing_recomputes_layers_without_valid(
     seed_bundle: Path,
-    train_shards: Path,  # noqa: F811
+    train_shards: Path,
     tmp_path: Path,
 ) -> None:
     forwards = {}
@@ -110,7 +110,7 @@ def test_gradient_checkpointing_recomputes_layers_without_valid(
 
 def test_two_ranks_draw_their_own_dropout_and_resume_each_stream(
     dropout_seed: Path,
-    train_shards: Path,  # noqa: F811
+    train_shards: Path,
     tmp_path: Path,
 ) -> None:
     """2 gloo ranks (this file under torchrun, below): an uninterrupted run, and one stopped
