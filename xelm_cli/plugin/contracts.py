@@ -8,7 +8,7 @@ import json
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,12 +76,18 @@ class Router(ABC):
         )
 
 
+def _no_routers() -> Iterable[Any]:
+    return ()
+
+
+# The installed routers' registrations. The plugin host, which imports this module (never the
+# other way round), sets it when it is imported.
+installed_routers: Callable[[], Iterable[Any]] = _no_routers
+
+
 def calibrating_routers() -> list[str]:
     """The names of the installed routers that take calibration data, sorted."""
-    from xelm_cli.plugin.host import get_registry  # the host imports this module
-
-    routers = get_registry().routers.values()
-    return sorted(r.name for r in routers if calibrates(r.obj))
+    return sorted(r.name for r in installed_routers() if calibrates(r.obj))
 
 
 def calibrates(router: "Router | type[Router]") -> bool:

@@ -399,6 +399,9 @@ def get_registry() -> Registry:
     return _registry
 
 
+api.installed_routers = lambda: get_registry().routers.values()
+
+
 def reset_registry(registry: Registry | None = None) -> None:
     """Forget the cached registry (and the warnings already printed); optionally install one.
 
