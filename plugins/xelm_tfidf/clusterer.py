@@ -146,7 +146,12 @@ class TfidfClusterer(Clusterer):
         return {
             key: training[key]
             for key in (
-                "documents", "sample", "document_bytes", "assignment", "cluster_sizes", "seconds"
+                "documents",
+                "sample",
+                "document_bytes",
+                "assignment",
+                "cluster_sizes",
+                "seconds",
             )
             if key in training
         }
