@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.api import UsageError, get_registry, iter_documents
+from xelm_cli.api import Document, UsageError, get_registry, iter_documents, sample_per_language
 
 LANGUAGES = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ja", "ko"]
 LANGUAGES += ["ru", "sw", "tr", "ur", "vi", "zh", "az", "he", "pl", "sv"]
@@ -105,17 +105,19 @@ def default_cap() -> int:
 
 def bench_tfidf(corpus: Path, k: int, cap: int) -> dict[str, Any]:
     from xelm_tfidf.embedder import TfidfSettings
-    from xelm_tfidf.fitting import fit, sample_per_language
+    from xelm_tfidf.fitting import FitResult, fit_sample
     from xelm_tfidf.kmeans import KMeansSettings
 
-    fit_s, result = timed(
-        lambda: fit(
-            iter_documents(corpus), kmeans=KMeansSettings(k=k), tfidf=TfidfSettings(),
-            max_per_language=cap,
-        )
-    )  # fmt: skip
+    kmeans = KMeansSettings(k=k)
+
+    def sample_and_fit() -> tuple[list[Document], FitResult]:
+        """The training sample (read from the corpus) and the model fitted on it."""
+        documents = sample_per_language(iter_documents(corpus), cap, kmeans.seed)
+        fitted = fit_sample(documents, kmeans=kmeans, tfidf=TfidfSettings(), max_per_language=cap)
+        return documents, fitted
+
+    fit_s, (documents, result) = timed(sample_and_fit)
     model = result.model
-    documents = sample_per_language(iter_documents(corpus), cap, 0)  # the training sample
     assign_s, labels = timed(lambda: model.assign(documents))
     points = model.embed([d.text for d in documents])
     vectors_s, _ = timed(lambda: model.assign_points(points))

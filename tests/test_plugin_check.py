@@ -98,7 +98,7 @@ def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(experts: TinyE
     assert str(caught.value).endswith("pass --router-arg allocation=VALUE")
 
     from xelm_tfidf.embedder import TfidfSettings
-    from xelm_tfidf.fitting import fit
+    from xelm_tfidf.fitting import fit_sample
     from xelm_tfidf.kmeans import KMeansSettings
     from xelm_tfidf.state import save_model
 
@@ -107,7 +107,7 @@ def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(experts: TinyE
         for language in tiny.LANGUAGES
         for text in tiny.sentences(language, 60)
     ]
-    result = fit(
+    result = fit_sample(
         texts,
         kmeans=KMeansSettings(k=3),
         tfidf=TfidfSettings(max_features=1000, n_components=8),

@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED_DATA
 from xelm_tfidf.analyzer import Analyzer, AnalyzerSettings
 from xelm_tfidf.embedder import TfidfSettings, fit_embedder, fit_pipeline, normalize_rows
-from xelm_tfidf.fitting import fit, stop_words_for
+from xelm_tfidf.fitting import fit_sample, stop_words_for
 from xelm_tfidf.kmeans import (
     KMeansSettings,
     assign_auction,
@@ -47,7 +47,7 @@ def _documents(langs=LANGS, per_language=PER_LANGUAGE, skip=0) -> list[Document]
 
 @pytest.fixture(scope="module")
 def fitted():
-    return fit(_documents(), kmeans=KMeansSettings(k=4), tfidf=SMALL, max_per_language=None)
+    return fit_sample(_documents(), kmeans=KMeansSettings(k=4), tfidf=SMALL, max_per_language=None)
 
 
 def test_numbers_become_one_token():
@@ -141,7 +141,7 @@ def _paragraphs(sentences_per_document: int = 5, per_language: int = 100) -> lis
     [("nearest", 0.45), ("balanced", 0.35)],
 )
 def test_languages_of_different_scripts_mostly_separate(assignment, lowest):
-    result = fit(
+    result = fit_sample(
         _paragraphs(),
         kmeans=KMeansSettings(k=4),
         tfidf=SMALL,
@@ -154,7 +154,7 @@ def test_languages_of_different_scripts_mostly_separate(assignment, lowest):
 
 
 def test_fitting_is_deterministic(fitted):
-    again = fit(_documents(), kmeans=KMeansSettings(k=4), tfidf=SMALL, max_per_language=None)
+    again = fit_sample(_documents(), kmeans=KMeansSettings(k=4), tfidf=SMALL, max_per_language=None)
     np.testing.assert_array_equal(again.model.centroids, fitted.model.centroids)
 
 
@@ -187,7 +187,7 @@ def test_training_clusters_are_balanced(fitted):
 
 
 def test_nearest_assignment_is_plain_argmin(fitted):
-    nearest = fit(
+    nearest = fit_sample(
         _documents(),
         kmeans=KMeansSettings(k=4),
         tfidf=SMALL,

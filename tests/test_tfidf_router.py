@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED_DATA
 from xelm_tfidf import TfidfRouter
 from xelm_tfidf.embedder import TfidfSettings
-from xelm_tfidf.fitting import fit
+from xelm_tfidf.fitting import fit_sample
 from xelm_tfidf.kmeans import KMeansSettings
 from xelm_tfidf.state import TfidfModel, load_model, save_model
 
@@ -41,7 +41,7 @@ def _documents(per_language: int, skip: int = 0, langs=LANGS) -> list[Document]:
 @pytest.fixture(scope="module")
 def allocation(tmp_path_factory: pytest.TempPathFactory) -> Allocation:
     """A k=4 nearest-centroid TF-IDF allocation of 4 x 150 real sentences."""
-    result = fit(
+    result = fit_sample(
         _documents(150),
         kmeans=KMeansSettings(k=K),
         tfidf=TfidfSettings(max_features=20_000, n_components=20),

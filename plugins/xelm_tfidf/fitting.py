@@ -12,7 +12,7 @@ import stopwordsiso
 from numpy.typing import NDArray
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from xelm_cli.api import Document, UsageError, sample_per_language, stderr_progress
+from xelm_cli.api import Document, UsageError, stderr_progress
 
 from .analyzer import AnalyzerSettings
 from .embedder import TfidfSettings, fit_embedder
@@ -61,29 +61,6 @@ def reading_progress() -> Iterator[Callable[[int], object]]:
     with _progress() as progress:
         reading = progress.add_task("reading corpus", total=None)
         yield lambda records: progress.advance(reading, records)
-
-
-def fit(
-    documents: Iterable[Document],
-    *,
-    kmeans: KMeansSettings,
-    tfidf: TfidfSettings,
-    segment: str = "cjk",
-    max_per_language: int | None = 2000,
-    assignment: str = "balanced",
-) -> FitResult:
-    """``fit_sample`` on a uniform sample of ``documents``: at most ``max_per_language`` of
-    each language (``sample_per_language``, seeded with ``kmeans.seed``). For tests and
-    benchmarks that hold documents; the clusterer samples DATA with ``sample_documents``."""
-    sample = sample_per_language(documents, max_per_language, kmeans.seed)
-    return fit_sample(
-        sample,
-        kmeans=kmeans,
-        tfidf=tfidf,
-        segment=segment,
-        max_per_language=max_per_language,
-        assignment=assignment,
-    )
 
 
 def fit_sample(
