@@ -105,15 +105,12 @@ def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
     )
 
 
-def check_inputs(
-    seed_bundle: Path, data: Path, valid: Path | None, languages: Sequence[str]
-) -> Shards:
+def check_inputs(seed: Bundle, data: Path, valid: Path | None, languages: Sequence[str]) -> Shards:
     """Refuse now, one line each, what every run's ``xelm train`` would refuse when it starts:
-    a seed that is not a bundle, ``data`` (and ``valid``) that are not shards of its tokenizer
-    or lack one of the ``languages`` the runs train on; and ``data`` that holds one
-    allocation expert's documents only (the dense run would train on a part of the corpus).
+    ``data`` (and ``valid``) that are not shards of the ``seed`` bundle's tokenizer (read by
+    ``read_seed``) or lack one of the ``languages`` the runs train on; and ``data`` that holds
+    one allocation expert's documents only (the dense run would train on a part of the corpus).
     The ``data`` shards, opened."""
-    seed = read_seed(seed_bundle)
     shards = open_shards("--data", data, seed, languages)
     if (held := shards.expert) is not None:
         raise UsageError(
@@ -194,14 +191,13 @@ def _assigns_documents(alloc: Allocation) -> bool:
         return assigns_documents(alloc.clusterer)
 
 
-def check_expert_data(seed_bundle: Path, alloc: Allocation, paths: list[Path]) -> list[Shards]:
+def check_expert_data(seed: Bundle, alloc: Allocation, paths: list[Path]) -> list[Shards]:
     """Each expert's shards (``paths``, by index), opened and refused in one line naming
-    --expert-data where expert I's `xelm train` would refuse them: not shards of the seed's
-    tokenizer, of another expert's documents, of every document of its languages when the
-    allocation assigns documents (``Shards.require_expert``), or, unless they are its own
-    documents (`xelm train` trains it on every language they hold), without one of its
+    --expert-data where expert I's `xelm train` would refuse them: not shards of the ``seed``
+    bundle's tokenizer, of another expert's documents, of every document of its languages
+    when the allocation assigns documents (``Shards.require_expert``), or, unless they are its
+    own documents (`xelm train` trains it on every language they hold), without one of its
     languages."""
-    seed = read_seed(seed_bundle)
     documents = _assigns_documents(alloc)
     opened = []
     for expert, path in enumerate(paths):
@@ -448,8 +444,9 @@ def make_plan(
     expert_paths = expert_data_paths(expert_data, alloc, allocation, seed_bundle)
     budgets = _run_budgets(budget, moe_tokens, alloc)
     everything = list(next(b.languages for b in budgets if b.expert is None))
-    shards = check_inputs(seed_bundle, data, valid, everything)
-    expert_shards = check_expert_data(seed_bundle, alloc, expert_paths) if expert_paths else []
+    seed = read_seed(seed_bundle)
+    shards = check_inputs(seed, data, valid, everything)
+    expert_shards = check_expert_data(seed, alloc, expert_paths) if expert_paths else []
     if moe_tokens:
         check_moe_inputs(seed_bundle, moe_calibration, everything)
     estimate = estimate_runs(
