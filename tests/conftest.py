@@ -232,7 +232,8 @@ def moe_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> P
 
 @pytest.fixture(scope="module")
 def tiny_experts(tmp_path_factory: pytest.TempPathFactory) -> "TinyExperts":
-    """The conformance checks' tiny experts and their corpus, for the evaluator tests."""
+    """The conformance checks' tiny experts and their corpus, for the evaluator, router and
+    plugin check tests."""
     from xelm_cli.plugin import conformance
 
     return conformance.build_tiny_experts(tmp_path_factory.mktemp("contract") / "experts")

@@ -9,19 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import xelm
 from conftest import FIXTURES, SHARED_DATA
 
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.cli import run
 from xelm_cli.cli.help_text import reflow
 
 GOLDEN = FIXTURES / "golden-v1"
-
-
-def xelm(capsys, *args: str) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_init_branch_inspect_verify_lineage(capsys, tmp_path: Path, tokenizer_dir: Path) -> None:

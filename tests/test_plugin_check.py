@@ -31,12 +31,6 @@ from xelm_cli.plugin import conformance, host
 from xelm_cli.plugin.conformance import FAIL, PASS, SKIP, Report, TinyExperts, tiny
 from xelm_cli.plugin.registry import FIRST_PARTY_DISTRIBUTION, Registration, Registry
 
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
-    return conformance.build_tiny_experts(tmp_path_factory.mktemp("check") / "experts")
-
-
 pytestmark = pytest.mark.usefixtures("isolated_registry")
 
 
@@ -83,17 +77,19 @@ ROUTER_CHECKS = {
     ],
 )
 def test_every_first_party_router_passes(
-    experts: TinyExperts, name: str, options: dict[str, str], extra: set[str]
+    tiny_experts: TinyExperts, name: str, options: dict[str, str], extra: set[str]
 ) -> None:
-    report = only(conformance.check(name, router_args=options, experts=experts))
+    report = only(conformance.check(name, router_args=options, experts=tiny_experts))
     assert (report.kind, report.name, report.plugin) == ("router", name, "routers")
     assert failures(report) == {}
     assert statuses(report) == dict.fromkeys(ROUTER_CHECKS | extra, PASS)
 
 
-def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(experts: TinyExperts) -> None:
+def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(
+    tiny_experts: TinyExperts,
+) -> None:
     with pytest.raises(UsageError) as caught:
-        conformance.check("tfidf", experts=experts)
+        conformance.check("tfidf", experts=tiny_experts)
     assert str(caught.value).startswith("router 'tfidf' needs option 'allocation'")
     assert str(caught.value).endswith("pass --router-arg allocation=VALUE")
 
@@ -114,17 +110,19 @@ def test_the_tfidf_router_needs_an_allocation_and_passes_with_one(experts: TinyE
         max_per_language=None,
         assignment="nearest",
     )
-    allocation = save_model(experts.root / "tfidf", result.model, shares=result.shares, training={})
+    allocation = save_model(
+        tiny_experts.root / "tfidf", result.model, shares=result.shares, training={}
+    )
     options = {"allocation": str(allocation.path), "experts_in_order": "true", "stride": "4"}
-    report = only(conformance.check("tfidf", router_args=options, experts=experts))
+    report = only(conformance.check("tfidf", router_args=options, experts=tiny_experts))
     assert failures(report) == {}
     assert statuses(report) == dict.fromkeys(ROUTER_CHECKS | {"stride", "fallback"}, PASS)
     stride = next(r for r in report.results if r.check == "stride")
     assert stride.reason == "4: routes the text before target tokens 0, 4, 8, ..."
 
 
-def test_first_party_evaluators(experts: TinyExperts) -> None:
-    perplexity = only(conformance.check("perplexity", experts=experts))
+def test_first_party_evaluators(tiny_experts: TinyExperts) -> None:
+    perplexity = only(conformance.check("perplexity", experts=tiny_experts))
     assert failures(perplexity) == {}
     lines = {r.check: r.reason for r in perplexity.results}
     assert lines["builds"] == "on a generated corpus"
@@ -134,14 +132,14 @@ def test_first_party_evaluators(experts: TinyExperts) -> None:
         "declared by an Options dataclass; options: config, split, text_column"
     )
 
-    icl = only(conformance.check("icl", experts=experts))
+    icl = only(conformance.check("icl", experts=tiny_experts))
     assert failures(icl) == {}
     assert {r.check: r.reason for r in icl.results}["builds"] == (
         "on a generated jsonl multiple-choice task"
     )
 
     # lm-eval cannot build its tasks from generated data: said plainly, not a failure
-    lmeval = only(conformance.check("lm-eval", experts=experts))
+    lmeval = only(conformance.check("lm-eval", experts=tiny_experts))
     assert failures(lmeval) == {}
     skipped = [r for r in lmeval.results if r.status == SKIP]
     assert [r.check for r in skipped] == ["evaluate()"]
@@ -288,9 +286,9 @@ def broken(isolated_registry: None) -> None:
     ],
 )
 def test_broken_routers_fail_with_the_right_lines(
-    experts: TinyExperts, name: str, failed: dict[str, str]
+    tiny_experts: TinyExperts, name: str, failed: dict[str, str]
 ) -> None:
-    report = only(conformance.check(name, experts=experts))
+    report = only(conformance.check(name, experts=tiny_experts))
     found = failures(report)
     assert set(found) == set(failed), report.results
     for check, reason in failed.items():

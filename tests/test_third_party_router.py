@@ -16,17 +16,12 @@ from conftest import xelm as run_xelm
 from xelm_cli import api
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, single_model
-from xelm_cli.plugin.conformance import TinyExperts, build_tiny_experts
+from xelm_cli.plugin.conformance import TinyExperts
 
 
 @pytest.fixture(scope="module")
 def prefer_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return install("xelm-prefer-router", tmp_path_factory.mktemp("prefer") / "site")
-
-
-@pytest.fixture(scope="module")
-def experts(tmp_path_factory: pytest.TempPathFactory) -> TinyExperts:
-    return build_tiny_experts(tmp_path_factory.mktemp("prefer-experts") / "experts")
 
 
 @pytest.fixture
@@ -44,9 +39,9 @@ def members(experts: TinyExperts) -> list[str]:
     return [str(bundle.path) for bundle in experts.bundles]
 
 
-def test_through_the_cli(prefer_site: Path, experts: TinyExperts) -> None:
+def test_through_the_cli(prefer_site: Path, tiny_experts: TinyExperts) -> None:
     result = xelm(
-        "ensemble", "eval", *members(experts), "--data", str(experts.corpus),
+        "ensemble", "eval", *members(tiny_experts), "--data", str(tiny_experts.corpus),
         "--router", "prefer", "--router-arg", "expert=1", "--router-arg", "share=0.9",
         "--router-arg", "names=expert-tr,expert-es", "--format", "json",
         site=prefer_site,
@@ -78,7 +73,7 @@ def test_through_the_cli(prefer_site: Path, experts: TinyExperts) -> None:
     ):  # fmt: skip
         pairs = [part for pair in args for part in ("--router-arg", pair)]
         result = xelm(
-            "ensemble", "eval", *members(experts), "--data", str(experts.corpus),
+            "ensemble", "eval", *members(tiny_experts), "--data", str(tiny_experts.corpus),
             "--router", "prefer", *pairs, site=prefer_site,
         )  # fmt: skip
         assert (result.returncode, result.stderr) == (2, f"xelm: error: {error}\n")
@@ -106,7 +101,7 @@ def test_show_and_check(prefer_site: Path) -> None:
 
 
 @pytest.mark.usefixtures("installed")
-def test_through_python(experts: TinyExperts) -> None:
+def test_through_python(tiny_experts: TinyExperts) -> None:
     from xelm_prefer import PreferRouter
 
     # the registered class, built with Python values or text alike
@@ -118,9 +113,9 @@ def test_through_python(experts: TinyExperts) -> None:
     assert str(caught.value) == "router 'prefer': option 'expert' expects int, not 'two'"
 
     # all the weight on expert 2: the ensemble scores exactly as that expert alone
-    documents = experts.documents
-    ensemble = EnsembleModel(experts.bundles, router, device="cpu")
-    alone = single_model(experts.bundles[2], "alone", device="cpu")
+    documents = tiny_experts.documents
+    ensemble = EnsembleModel(tiny_experts.bundles, router, device="cpu")
+    alone = single_model(tiny_experts.bundles[2], "alone", device="cpu")
     for mixed, single in zip(
         ensemble.score_documents(documents), alone.score_documents(documents), strict=True
     ):
@@ -128,8 +123,8 @@ def test_through_python(experts: TinyExperts) -> None:
     assert dict(ensemble.stats.loads) == {"expert-es": 1}
 
     results = api.evaluate(
-        [bundle.path for bundle in experts.bundles],
-        data=experts.corpus,
+        [bundle.path for bundle in tiny_experts.bundles],
+        data=tiny_experts.corpus,
         router="prefer",
         router_options={"expert": 0, "share": 0.5},
         device="cpu",
@@ -138,8 +133,8 @@ def test_through_python(experts: TinyExperts) -> None:
     assert results["ensemble"]["router"]["options"] == {"expert": 0, "share": 0.5}
     with pytest.raises(api.UsageError, match=r"^router 'prefer': option 'share' expects float"):
         api.evaluate(
-            [bundle.path for bundle in experts.bundles],
-            data=experts.corpus,
+            [bundle.path for bundle in tiny_experts.bundles],
+            data=tiny_experts.corpus,
             router="prefer",
             router_options={"expert": 0, "share": [0.5]},
         )

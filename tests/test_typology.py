@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import xelm
 from scipy.cluster.hierarchy import is_valid_linkage
 from xelm_typology import LanguageAssigner, TypologyClusterer, build_tree
 
 from xelm_cli.api import Document, UsageError, read_allocation
-from xelm_cli.cli import run
 from xelm_cli.lang.codes import normalize_language
 from xelm_cli.lang.typology import (
     DEFAULT_FEATURE_SET,
@@ -37,12 +37,6 @@ EXPECTED = {
 
 def as_sets(groups: list[list[str]]) -> set[frozenset[str]]:
     return {frozenset(group) for group in groups}
-
-
-def xelm(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
