@@ -132,9 +132,17 @@ def test_a_recipe_and_python_fit_as_the_command_line_does(
     by_recipe = tmp_path / "recipe"
     assert run(cli_args(recipe, by_recipe)) == 0
     capsys.readouterr()
-    by_python = cluster("tfidf", k=2, output=tmp_path / "python", data=standin,
-                        languages=["ar", "bg", "he"], config="{lang}", lang_map={"he": "iw"},
-                        max_docs_per_language=N, components=4, max_features=2000)  # fmt: skip
+    by_python = cluster(
+        "tfidf",
+        k=2,
+        output=tmp_path / "python",
+        data=standin,
+        languages=["ar", "bg", "he"],
+        reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}),
+        max_docs_per_language=N,
+        components=4,
+        max_features=2000,
+    )
     assert by_python.raw["tfidf"]["training"]["documents"] == 3 * N
     assert fitted_state(by_recipe) == fitted_state(by_flags) == fitted_state(by_python.path)
 
@@ -204,11 +212,14 @@ def test_an_unknown_recipe_or_a_missing_language_or_reading_without_data_is_one_
     assert "no documents in sw in" in one_line_error(capsys)
     assert run(["cluster", "tfidf", "-k", "2", "--config", "{lang}", "-o", str(out)]) == 2
     assert one_line_error(capsys) == (
-        "xelm: error: --split, --lang, --config, --lang-map, --text-column, --revision and "
-        "--data-dir say how to read DATA: give DATA, or drop them"
+        "xelm: error: --config says how to read DATA: give DATA, or drop it"
     )
-    with pytest.raises(UsageError, match="say how to read DATA: give DATA"):
-        cluster("tfidf", k=2, output=out, languages="ar,bg", split="train")
+    reading = SourceOptions(split="train", lang_map={"he": "iw"}, revision="main")
+    with pytest.raises(UsageError) as caught:
+        cluster("tfidf", k=2, output=out, languages="ar,bg", reading=reading)
+    assert str(caught.value) == (
+        "--split, --lang-map and --revision say how to read DATA: give DATA, or drop them"
+    )
     assert not out.exists()
 
 
@@ -218,17 +229,17 @@ def test_reading_flags_are_refused_for_a_clusterer_that_reads_no_data_with_them(
     """typology reads no DATA (no ``reads_data``): --config would be ignored, so it is refused
     (giving DATA would not help)."""
     out = tmp_path / "alloc.json"
-    refusal = (
-        "clusterer 'typology' does not read DATA with --split, --lang, --config, --lang-map, "
-        "--text-column, --revision and --data-dir: drop them"
-    )
+    refusal = "clusterer 'typology' does not read DATA with --config: drop it"
     argv = ["cluster", "typology", "--langs", "ar,bg", "-k", "2", "--config", "{lang}",
             "-o", str(out)]  # fmt: skip
     assert run(argv) == 2
     assert one_line_error(capsys) == f"xelm: error: {refusal}"
     with pytest.raises(UsageError) as caught:
-        cluster("typology", k=2, output=out, languages="ar,bg", split="train")
-    assert str(caught.value) == refusal
+        reading = SourceOptions(config="{lang}", split="train")
+        cluster("typology", k=2, output=out, languages="ar,bg", reading=reading)
+    assert str(caught.value) == (
+        "clusterer 'typology' does not read DATA with --split and --config: drop them"
+    )
     assert not out.exists()
     plain = cluster("typology", k=2, output=out, languages="ar,bg")  # without them it fits
     assert plain.k == 2 and sorted(plain.languages) == ["ar", "bg"]

@@ -16,6 +16,7 @@ from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import Batch, FileSource
 
 RECORDS = [{"text": "Merhaba dünya.", "lang": "tr"}, {"text": "Hello world.", "lang": "en"}]
@@ -322,7 +323,7 @@ def test_an_interrupted_preparation_resumes_mid_file_to_the_same_shards(
     from xelm_cli.data.prepare import prepare
 
     source = _corpus(tmp_path)
-    options: dict[str, Any] = {"language": "sw", "batch_size": 40}
+    options: dict[str, Any] = {"reading": SourceOptions(language="sw"), "batch_size": 40}
     whole = prepare(source, tokenizer_dir, tmp_path / "whole", **options).shards
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     real_parse, calls = blocks._jsonl_block, itertools.count()

@@ -20,6 +20,7 @@ from xelm_cli.data.budgets import language_budgets, parse_caps, select_documents
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import MANIFEST_NAME, Shards, token_dtype_name
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 from xelm_cli.data.tokenizer_loading import load_tokenizer
 
@@ -247,7 +248,9 @@ def test_local_hf_dataset(tokenizer_dir: Path, tmp_path: Path) -> None:
     datasets.DatasetDict({"train": data, "test": data.select([2])}).save_to_disk(
         str(tmp_path / "dd")
     )
-    test_split = prepare(tmp_path / "dd", tokenizer_dir, tmp_path / "s2", split="test").shards
+    test_split = prepare(
+        tmp_path / "dd", tokenizer_dir, tmp_path / "s2", reading=SourceOptions(split="test")
+    ).shards
     assert test_split.languages == ["tr"]
 
 

@@ -20,6 +20,7 @@ from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.recipes import load_recipe, shipped_recipes
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import DatasetSource, SourceUnavailable
 
 CODES = {"ar": "ar", "bg": "bg", "he": "iw"}  # xelm code -> mC4's
@@ -77,12 +78,17 @@ def test_the_issue_command_line_reads_each_language_configuration(
 def test_a_hub_id_and_its_local_copy_give_the_same_shards(
     c4: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    local = prepare(c4, tokenizer_dir, tmp_path / "local", langs=["ar", "he"],
-                    config="{lang}", lang_map={"he": "iw"}).shards  # fmt: skip
+    local = prepare(
+        c4,
+        tokenizer_dir,
+        tmp_path / "local",
+        langs=["ar", "he"],
+        reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}),
+    ).shards
     monkeypatch.setenv("XELM_HUB_MIRROR", str(c4.parent.parent))
     monkeypatch.chdir(tmp_path)
     hub = prepare("allenai/c4", tokenizer_dir, tmp_path / "hub", langs=["ar", "he"],
-                  config="{lang}", lang_map={"he": "iw"}).shards  # fmt: skip
+                  reading=SourceOptions(config="{lang}", lang_map={"he": "iw"})).shards  # fmt: skip
     assert hub.manifest["source"]["path"] == "allenai/c4"
     for lang in ("ar", "he"):
         for kind in ("tokens", "offsets"):
@@ -95,8 +101,14 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
 ) -> None:
     lengths = token_counts(tokenizer_dir, valid_texts("ar", DOCS))
     cap = sum(lengths[:5]) + lengths[5] // 2  # five documents fit, the sixth does not
-    shards = prepare(c4, tokenizer_dir, tmp_path / "s", langs=["ar", "bg"], config="{lang}",
-                     token_caps={"ar": cap, "bg": 10**9}).shards  # fmt: skip
+    shards = prepare(
+        c4,
+        tokenizer_dir,
+        tmp_path / "s",
+        langs=["ar", "bg"],
+        reading=SourceOptions(config="{lang}"),
+        token_caps={"ar": cap, "bg": 10**9},
+    ).shards
     entry = shards.manifest["languages"]["ar"]
     assert (entry["documents"], entry["tokens"]) == (5, sum(lengths[:5]))
     assert entry["read_to_limit"] is True
@@ -115,10 +127,11 @@ def test_a_limit_below_the_first_document_is_one_line_naming_its_option(
         "raise --cap bg=... or drop bg from --langs"
     )
     caps = {"ar": 10**9, "bg": first - 1}  # ar is read whole first: no "continues" for bg
+    per_language: dict[str, object] = {"langs": "ar,bg", "reading": SourceOptions(config="{lang}")}
     with pytest.raises(UsageError, match=f"^{re.escape(cap_line)}$"):
-        prepare(c4, tokenizer_dir, out, langs="ar,bg", config="{lang}", token_caps=caps)
+        prepare(c4, tokenizer_dir, out, token_caps=caps, **per_language)
     with pytest.raises(UsageError, match=r"^a budget \(--tokens\) of .* raise --tokens or drop"):
-        prepare(c4, tokenizer_dir, out, langs="ar,bg", config="{lang}", tokens=first - 1)
+        prepare(c4, tokenizer_dir, out, tokens=first - 1, **per_language)
     assert not (tmp_path / ".s.prepare").exists() and not out.exists()
 
 
@@ -126,9 +139,16 @@ def test_temperature_sampling_of_streamed_languages(
     c4: Path, tokenizer_dir: Path, tmp_path: Path
 ) -> None:
     total = 2000
-    shards = prepare(c4, tokenizer_dir, tmp_path / "s", langs=["ar", "bg", "he"],
-                     config="{lang}", lang_map={"he": "iw"}, alpha=0.3, tokens=total,
-                     seed=3).shards  # fmt: skip
+    shards = prepare(
+        c4,
+        tokenizer_dir,
+        tmp_path / "s",
+        langs=["ar", "bg", "he"],
+        reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}),
+        alpha=0.3,
+        tokens=total,
+        seed=3,
+    ).shards
     read = {lang: e["source_tokens"] for lang, e in shards.manifest["languages"].items()}
     weights = {lang: n**0.3 for lang, n in read.items()}
     for lang, entry in shards.manifest["languages"].items():
@@ -210,8 +230,8 @@ def test_a_recipe_mixes_datasets_and_local_files(
 def test_an_interrupted_stream_resumes_to_the_same_shards(
     c4: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    options = {"langs": ["ar", "bg", "he"], "config": "{lang}", "lang_map": {"he": "iw"},
-               "batch_size": 4}  # fmt: skip
+    reading = SourceOptions(config="{lang}", lang_map={"he": "iw"})
+    options = {"langs": ["ar", "bg", "he"], "reading": reading, "batch_size": 4}
     whole = prepare(c4, tokenizer_dir, tmp_path / "whole", **options).shards
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     real_add, rows = DatasetSource._add, itertools.count()
@@ -377,7 +397,7 @@ def test_documents_of_a_hub_layout_dataset_are_streamed_not_converted(
 def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     root.mkdir(parents=True)
     good = [{"text": t} for t in valid_texts("ar", 6)]
-    options: dict[str, object] = {"langs": ["ar"], "config": "{lang}"}
+    options: dict[str, object] = {"langs": ["ar"], "reading": SourceOptions(config="{lang}")}
     if case == "truncated-parquet":
         path = write_rows(root / "ar.parquet", good * 50)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -395,9 +415,9 @@ def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     elif case in ("no-such-config", "no-such-split"):
         write_rows(root / "ar.jsonl", good)
         write_readme(root, {"ar": {"train": "ar.jsonl"}, "bg": {"train": "ar.jsonl"}})
-        options = {"langs": ["tr"], "config": "{lang}"}
+        options = {"langs": ["tr"], "reading": SourceOptions(config="{lang}")}
         if case == "no-such-split":
-            options = {"langs": ["ar"], "config": "{lang}", "split": "test"}
+            options = {"langs": ["ar"], "reading": SourceOptions(config="{lang}", split="test")}
     return root, options
 
 
@@ -428,11 +448,17 @@ def test_a_broken_source_is_one_line_and_leaves_nothing(
 
 def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: Path) -> None:
     cases = [
-        ({"config": "{lang}"}, "needs --langs"),
-        ({"langs": ["ar"], "config": "{lang}", "lang_map": {"bg": "x"}}, "--langs does not list"),
-        ({"langs": ["ar"], "config": "{lang}", "language": "ar"}, "--lang labels"),
+        ({"reading": SourceOptions(config="{lang}")}, "needs --langs"),
         (
-            {"lang_map": {"he": "iw"}},
+            {"langs": ["ar"], "reading": SourceOptions(config="{lang}", lang_map={"bg": "x"})},
+            "--langs does not list",
+        ),
+        (
+            {"langs": ["ar"], "reading": SourceOptions(config="{lang}", language="ar")},
+            "--lang labels",
+        ),
+        (
+            {"reading": SourceOptions(lang_map={"he": "iw"})},
             "--lang-map maps languages into a --config / --data-dir template",
         ),
     ]

@@ -89,9 +89,14 @@ def test_lang_labels_only_rows_without_a_language_in_files_and_datasets(
 ) -> None:
     files = write_jsonl(tmp_path / "corpus" / "rows.jsonl", labelled_rows()).parent
     dataset = hub_layout(tmp_path / "hub", labelled_rows())
-    from_files = prepare(files, tokenizer_dir, tmp_path / "a", language="en").shards
+    from_files = prepare(
+        files, tokenizer_dir, tmp_path / "a", reading=SourceOptions(language="en")
+    ).shards
     from_dataset = prepare(
-        dataset, tokenizer_dir, tmp_path / "b", language="en", split="test", text_column="content"
+        dataset,
+        tokenizer_dir,
+        tmp_path / "b",
+        reading=SourceOptions(language="en", split="test", text_column="content"),
     ).shards
     assert counts(from_files) == counts(from_dataset) == {"de": 5, "en": 7, "tr": 5}
     for lang in LANGS:
@@ -108,7 +113,12 @@ def test_blank_documents_are_dropped_alike_from_files_and_datasets(
     datasets.Dataset.from_list(rows).save_to_disk(saved)
     read = [
         prepare(files, tokenizer_dir, tmp_path / "a").shards,
-        prepare(dataset, tokenizer_dir, tmp_path / "b", split="test", text_column="content").shards,
+        prepare(
+            dataset,
+            tokenizer_dir,
+            tmp_path / "b",
+            reading=SourceOptions(split="test", text_column="content"),
+        ).shards,
         prepare(saved, tokenizer_dir, tmp_path / "c").shards,
     ]
     plain = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
@@ -128,13 +138,15 @@ def test_text_column_reads_a_save_to_disk_dataset(tokenizer_dir: Path, tmp_path:
         match=r"no 'text' column \(columns: content, lang\); choose one with --text-column",
     ):
         prepare(saved, tokenizer_dir, tmp_path / "a")
-    from_disk = prepare(saved, tokenizer_dir, tmp_path / "a", text_column="content").shards
+    from_disk = prepare(
+        saved, tokenizer_dir, tmp_path / "a", reading=SourceOptions(text_column="content")
+    ).shards
     from_files = prepare(files, tokenizer_dir, tmp_path / "b").shards
     assert from_disk.manifest["source"]["text_column"] == "content"
     for lang in LANGS:
         assert documents(from_disk, lang) == documents(from_files, lang)
     with pytest.raises(UsageError, match="--text-column is for datasets, not corpus files"):
-        prepare(files, tokenizer_dir, tmp_path / "c", text_column="content")
+        prepare(files, tokenizer_dir, tmp_path / "c", reading=SourceOptions(text_column="content"))
 
 
 def by_folder(root: Path, texts: dict[str, list[str]]) -> Path:
@@ -262,6 +274,10 @@ def test_the_tokenizer_reads_corpus_files_as_prepare_does(tmp_path: Path) -> Non
     renamed = [{"content": r["text"], "language": r["language"]} for r in rows]
     datasets.Dataset.from_list(renamed).save_to_disk(saved)
     trained = train_tokenizer_on_corpus(
-        saved, tmp_path / "b", vocab_size=300, langs="ar,de", text_column="content"
+        saved,
+        tmp_path / "b",
+        vocab_size=300,
+        langs="ar,de",
+        reading=SourceOptions(text_column="content"),
     )
     assert trained.characters == expected

@@ -38,6 +38,7 @@ from xelm_cli.cli import run
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourceOptions
 
 AREA = "disk-full"
 CLEAN = "clean one-line error, nothing left at target"
@@ -224,7 +225,13 @@ def test_prepare_past_the_file_size_limit_keeps_its_work_for_the_same_command(
         )
         write_rows(hub / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
     write_readme(hub, {lang: {"train": f"data/{lang}.jsonl"} for lang in ("en", "tr")})
-    whole = prepare(hub, inputs["seed"], tmp_path / "whole", langs="en,tr", config="{lang}")
+    whole = prepare(
+        hub,
+        inputs["seed"],
+        tmp_path / "whole",
+        langs="en,tr",
+        reading=SourceOptions(config="{lang}"),
+    )
     parent = tmp_path / "out"
     parent.mkdir()
     target, work = parent / "shards", parent / ".shards.prepare"

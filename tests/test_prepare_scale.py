@@ -18,7 +18,10 @@ from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data import prepare_work
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import DatasetSource
+
+PER_LANGUAGE = SourceOptions(config="{lang}")  # one configuration per language
 
 DOCS = 40  # per language
 BATCH = 4  # documents per batch: many checkpoints
@@ -95,7 +98,14 @@ def test_work_for_other_reading_is_discarded_with_a_line_saying_why(
     interrupted(corpus, tokenizer_dir, out)
     capsys.readouterr()
     progress = Counting()
-    prepare(corpus, tokenizer_dir, out, language="en", batch_size=BATCH, progress=progress)
+    prepare(
+        corpus,
+        tokenizer_dir,
+        out,
+        reading=SourceOptions(language="en"),
+        batch_size=BATCH,
+        progress=progress,
+    )
     assert progress.seen[0] == ("en", BATCH)  # read from the start
     work = tmp_path / ".s.prepare"
     assert capsys.readouterr().err.splitlines() == [
@@ -163,8 +173,14 @@ def test_a_language_without_documents_is_reported_before_the_next_source_is_read
     write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in texts})
     progress = Counting()
     with pytest.raises(UsageError, match=r"^no documents in de in .* drop them from --langs"):
-        prepare(repo, tokenizer_dir, tmp_path / "s", langs="de,en,tr", config="{lang}",
-                progress=progress)  # fmt: skip
+        prepare(
+            repo,
+            tokenizer_dir,
+            tmp_path / "s",
+            langs="de,en,tr",
+            reading=PER_LANGUAGE,
+            progress=progress,
+        )
     assert progress.seen == []  # de is read first; en and tr never were
     assert not (tmp_path / ".s.prepare").exists()  # it held nothing to continue from
 
@@ -197,7 +213,7 @@ def test_a_local_dataset_touched_meanwhile_is_continued(
     times: a copy or a touch of the same files keeps an interrupted run's work."""
     repo = local_dataset(tmp_path / "repo")
     out = tmp_path / "s"
-    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}"}
+    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE}
     kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
     for data in (repo / "data").iterdir():
         os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
@@ -226,7 +242,7 @@ def test_a_hub_dataset_given_a_new_commit_meanwhile_is_continued_at_the_commit_b
 
     monkeypatch.setattr(DatasetSource, "_data_files", hub_files)
     out = tmp_path / "s"
-    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}"}
+    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE}
     kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
     newest["commit"] = "b" * 40
     capsys.readouterr()
@@ -242,9 +258,9 @@ def test_a_hub_dataset_given_a_new_commit_meanwhile_is_continued_at_the_commit_b
     fresh = prepare(repo, tokenizer_dir, tmp_path / "fresh", **options).shards
     assert fresh.manifest["source"]["languages"]["en"]["resolved_revision"] == "b" * 40
     assert fresh.manifest["source"]["digest"] != shards.shards.manifest["source"]["digest"]
-    interrupted(repo, tokenizer_dir, out, langs="en,tr", config="{lang}", overwrite=True)
+    interrupted(repo, tokenizer_dir, out, overwrite=True, **options)
     newest["commit"] = "c" * 40  # and other languages: that work is not continued
-    again = prepare(repo, tokenizer_dir, out, langs="en", config="{lang}", overwrite=True)
+    again = prepare(repo, tokenizer_dir, out, langs="en", reading=PER_LANGUAGE, overwrite=True)
     assert again.shards.manifest["source"]["languages"]["en"]["resolved_revision"] == "c" * 40
 
 
@@ -262,7 +278,7 @@ def test_weights_of_languages_cut_at_their_read_limit_are_named_in_a_warning(
         )
         write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
     write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in sizes})
-    options: dict[str, Any] = {"langs": "en,tr", "config": "{lang}", "alpha": 0.3}
+    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE, "alpha": 0.3}
     whole = prepare(repo, tokenizer_dir, tmp_path / "whole", **options).shards
     assert capsys.readouterr().err == ""  # read whole: weighed by size
     limit = whole.stats["tr"].tokens - 1  # both are cut there

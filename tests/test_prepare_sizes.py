@@ -19,6 +19,9 @@ from xelm_cli.data import prepare_work
 from xelm_cli.data.budgets import language_budgets, read_limits
 from xelm_cli.data.prepare import prepare, token_shortfall
 from xelm_cli.data.recipes import load_recipe
+from xelm_cli.data.source_plan import SourceOptions
+
+PER_LANGUAGE = SourceOptions(config="{lang}")  # one configuration per language
 
 DOCS = 60  # per language: 2,891 to 6,830 tokens, more than any share below
 # square roots 40, 30, 20 and 10: with alpha 0.5 the shares are 0.4, 0.3, 0.2 and 0.1
@@ -73,7 +76,7 @@ def source_tokens(manifest: dict[str, Any]) -> dict[str, int]:
 
 STREAM: dict[str, Any] = {
     "langs": "en,de,fr,sw",
-    "config": "{lang}",
+    "reading": PER_LANGUAGE,
     "alpha": 0.5,
     "tokens": TOKENS,
 }
@@ -150,7 +153,7 @@ def test_when_every_language_is_short_the_shortfall_says_by_how_much(
 ) -> None:
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", 4), "sw": valid_texts("sw", 3)})
     held = {"en": sum(lengths["en"][:4]), "sw": sum(lengths["sw"][:3])}
-    result = prepare(mirror, tokenizer_dir, tmp_path / "s", config="{lang}", langs="en,sw",
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, langs="en,sw",
                      sizes="en=1,sw=1", tokens=100_000)  # fmt: skip
     assert source_tokens(result.shards.manifest) == held
     assert result.shortfall == 100_000 - sum(held.values())
@@ -172,7 +175,7 @@ def test_a_run_killed_while_reading_further_continues_with_the_made_up_limits(
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     held = sum(lengths["sw"][:3])
-    options: dict[str, Any] = {"config": "{lang}", "langs": "en,sw", "sizes": "en=1,sw=1",
+    options: dict[str, Any] = {"reading": PER_LANGUAGE, "langs": "en,sw", "sizes": "en=1,sw=1",
                                "tokens": 1000, "batch_size": BATCH}  # fmt: skip
     whole = prepare(mirror, tokenizer_dir, tmp_path / "whole", **options).shards
     first = Counting()
@@ -199,8 +202,15 @@ def test_a_share_below_the_first_document_is_one_line_naming_tokens(
 ) -> None:
     first = lengths["sw"][0]
     with pytest.raises(UsageError) as caught:
-        prepare(c4, tokenizer_dir, tmp_path / "s", langs="en,sw", config="{lang}", tokens=1000,
-                sizes={"en": 10_000, "sw": 1})  # fmt: skip
+        prepare(
+            c4,
+            tokenizer_dir,
+            tmp_path / "s",
+            langs="en,sw",
+            reading=PER_LANGUAGE,
+            tokens=1000,
+            sizes={"en": 10_000, "sw": 1},
+        )
     assert str(caught.value) == (
         f"a budget (--tokens shared by --sizes) of 0 tokens is below the first document of sw "
         f"({first} tokens): raise --tokens or drop sw from --langs"
@@ -407,8 +417,10 @@ def test_a_language_that_runs_out_while_reading_further_is_made_up_for_in_turn(
         tmp_path / "c4",
         {"en": valid_texts("en", DOCS), "de": valid_texts("de", 18), "sw": valid_texts("sw", 3)},
     )
-    options: dict[str, Any] = {"config": "{lang}", "langs": "en,de,sw", "sizes": "en=1,de=1,sw=1",
-                               "tokens": 3000, "batch_size": BATCH}  # fmt: skip
+    options: dict[str, Any] = {
+        "reading": PER_LANGUAGE, "langs": "en,de,sw", "sizes": "en=1,de=1,sw=1", "tokens": 3000,
+        "batch_size": BATCH,
+    }  # fmt: skip
     counted = Counting()
     whole = prepare(mirror, tokenizer_dir, tmp_path / "whole", progress=counted, **options)
     languages = whole.shards.manifest["languages"]
@@ -431,7 +443,7 @@ def test_shards_of_format_1_2_count_the_shortfall_as_they_were_read(
     """Before 1.3 a language short of its share was not made up for: the shortfall of such a
     manifest counts the others at their first shares (en's 500), as the code that wrote it."""
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
-    result = prepare(mirror, tokenizer_dir, tmp_path / "s", config="{lang}", langs="en,sw",
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, langs="en,sw",
                      sizes="en=1,sw=1", tokens=1000, batch_size=BATCH)  # fmt: skip
     assert token_shortfall(result.shards.manifest) == 0
     manifest = result.shards.manifest
@@ -455,7 +467,7 @@ def test_an_interrupted_run_leaves_no_write_pending_for_a_rerun_in_the_same_proc
     disagreed with their offsets)."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS)})
-    options: dict[str, Any] = {"config": "{lang}", "langs": "en", "batch_size": BATCH}
+    options: dict[str, Any] = {"reading": PER_LANGUAGE, "langs": "en", "batch_size": BATCH}
     out = tmp_path / "s"
     with pytest.raises(KeyboardInterrupt):
         prepare(mirror, tokenizer_dir, out, progress=Counting(2), **options)

@@ -13,6 +13,7 @@ from conftest import install, installed_sites, xelm
 
 from xelm_cli.api import Clusterer, PluginError, UsageError, hookimpl, option, write_allocation
 from xelm_cli.cli import run
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.plugin import host
 
 LANGS = "tr,en,ru,ar,de"
@@ -182,13 +183,11 @@ def test_reading_flags_are_refused_for_a_clusterer_that_does_not_read_data_with_
     from xelm_cli.api import cluster
 
     data = corpus(tmp_path / "corpus")
-    refusal = (
-        "clusterer 'chunks' does not read DATA with --split, --lang, --config, --lang-map, "
-        "--text-column, --revision and --data-dir: drop them"
-    )
     with pytest.raises(UsageError) as caught:
-        cluster("chunks", k=1, output=tmp_path / "a.json", data=data, language="tr")
-    assert str(caught.value) == refusal
+        reading = SourceOptions(language="tr")
+        cluster("chunks", k=1, output=tmp_path / "a.json", data=data, reading=reading)
+    assert str(caught.value) == "clusterer 'chunks' does not read DATA with --lang: drop it"
+    refusal = "clusterer 'chunks' does not read DATA with --config: drop it"
     result = xelm(
         "cluster", "chunks", str(data), "-k", "1", "-o", str(tmp_path / "a.json"),
         "--config", "{lang}", "--langs", "en,tr", sites=[chunks_site],
@@ -236,7 +235,7 @@ class NamedPlugin:
 @pytest.mark.usefixtures("isolated_registry")
 @pytest.mark.parametrize(
     "option_name",
-    ["split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir"],
+    ["reading", "split", "lang", "config", "data_dir", "lang_map", "text_column", "revision"],
 )
 def test_an_option_named_like_a_reading_flag_is_refused(
     option_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -248,7 +247,7 @@ def test_an_option_named_like_a_reading_flag_is_refused(
     host.reset_registry(host.load_registry(extra_plugins=[("named", plugin)]))
     refusal = (
         f"clusterer {plugin.name!r} declares option {option_name!r}, a name xelm keeps for reading "
-        "DATA (split, lang, language, config, lang_map, text_column, revision, data_dir); its "
+        "DATA (reading, split, lang, config, data_dir, lang_map, text_column, revision); its "
         "plugin must rename the option"
     )
     out = tmp_path / "a.json"

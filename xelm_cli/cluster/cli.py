@@ -11,20 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.cluster.allocation import Allocation, read_allocation
-from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit, reading_options
+from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
 from xelm_cli.common.errors import FormatError, UsageError
-from xelm_cli.data.cli import (
-    ConfigOpt,
-    DataDirOpt,
-    LangMapOpt,
-    LangOpt,
-    RevisionOpt,
-    SplitOpt,
-    TextColumnOpt,
-)
-from xelm_cli.data.recipes import parse_lang_map
+from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
@@ -121,13 +112,6 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             ),
         ] = None,
         as_json: JsonOpt = False,
-        split: SplitOpt = None,
-        lang: LangOpt = None,
-        config: ConfigOpt = None,
-        lang_map: LangMapOpt = None,
-        text_column: TextColumnOpt = None,
-        revision: RevisionOpt = None,
-        data_dir: DataDirOpt = None,
         **flags: Any,
     ) -> None:
         if k is None:
@@ -149,15 +133,7 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             seed=seed,
             force=force,
             options=options,
-            reading=reading_options(
-                split=split,
-                language=lang,
-                config=config,
-                lang_map=parse_lang_map(lang_map) if lang_map else None,
-                text_column=text_column,
-                revision=revision,
-                data_dir=data_dir,
-            ),
+            reading=reading_from_flags(flags),
         )
         allocation = fit(clusterer, request)
         if as_json:
@@ -171,6 +147,7 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
 
     command.__name__ = f"cluster_{name.replace('-', '_')}"
     extra = typer_parameters(clusterer, skip=REQUEST_PARAMETERS)
+    extra += reading_parameters(hidden=not clusterer.reads_data)  # refused: cluster_request
     return with_parameters(command, extra)
 
 

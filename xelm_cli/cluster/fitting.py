@@ -17,15 +17,10 @@ from xelm_cli.plugin.contracts import Clusterer, ClusterRequest
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, options_class, parse_options
 
-READING_PARAMETERS = (
-    "split", "lang", "language", "config", "lang_map", "text_column", "revision", "data_dir",
-)  # fmt: skip
-"""The names that say how to read DATA: the flags of ``xelm cluster NAME`` and the keyword
-arguments of ``cluster(...)`` (``--lang`` is ``language=``). A clusterer may not declare an
-option of these names: its flag and keyword would set ``ClusterRequest.reading`` instead."""
-
-READING_FLAGS = "--split, --lang, --config, --lang-map, --text-column, --revision and --data-dir"
-"""The reading flags in a sentence (a Python caller's keywords are named as in ``prepare``)."""
+READING_PARAMETERS = ("reading", *SourceOptions.parameters().values())
+"""The names that say how to read DATA: ``cluster(..., reading=)`` and the parameters of the
+reading flags of ``xelm cluster NAME`` (``lang`` for ``--lang``). A clusterer may not declare
+an option of these names: its flag would set ``ClusterRequest.reading`` instead."""
 
 
 def cluster(
@@ -37,40 +32,32 @@ def cluster(
     data: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
-    split: str | None = None,
-    language: str | None = None,
-    config: str | None = None,
-    lang_map: dict[str, str] | None = None,
-    text_column: str | None = None,
-    revision: str | None = None,
-    data_dir: str | None = None,
+    reading: SourceOptions | None = None,
     **options: Any,
 ) -> Allocation:
     """Fit clusterer ``name`` and write the allocation at ``output``; return it.
 
     ``languages``: codes (or one comma-separated text) to allocate, empty for every language in
     ``data``; ``data``: a corpus path, a dataset (Hub id or local copy) or a corpus recipe
-    (None for clusterers that need no text, such as ``typology``); ``split`` ... ``data_dir``:
-    how to read ``data``, as :func:`xelm_cli.data.prepare.prepare` takes them (``config="{lang}"``
+    (None for clusterers that need no text, such as ``typology``); ``reading``: how to read
+    ``data``, as :func:`xelm_cli.data.prepare.prepare` takes it (``SourceOptions(config="{lang}")``
     reads one configuration per language, e.g. mC4's); ``options``: the clusterer's declared
     options by name, as Python values or as text (``"2000"``), checked like ``--cluster-arg``.
     Bad input is a one-line :class:`UsageError` and nothing is written.
 
     Example: ``cluster("typology", k=4, output="alloc.json", languages="ar,bg,de,el,en,es,fr,hi")``
 
-    Example: ``cluster("tfidf", k=4, output="alloc/", data="allenai/c4", config="{lang}",
-    languages="ar,de,he,hi", lang_map={"he": "iw"}, max_docs_per_language=10000)``
+    Example: ``cluster("tfidf", k=4, output="alloc/", data="allenai/c4", languages="ar,de,he,hi",
+    reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}), max_docs_per_language=10000)``
     """
+    field_of = {parameter: name for name, parameter in SourceOptions.parameters().items()}
+    field_of.update({name: name for name in SourceOptions.flags()})
+    misplaced = sorted(set(options) & set(field_of))
+    if misplaced:
+        given = ", ".join(f"{key}=..." for key in misplaced)
+        fields = ", ".join(f"{field_of[key]}=..." for key in misplaced)
+        raise UsageError(f"{given} say how to read DATA: pass reading=SourceOptions({fields})")
     clusterer = get_registry().get("clusterer", name).obj
-    reading = reading_options(
-        split=split,
-        language=language,
-        config=config,
-        lang_map=lang_map,
-        text_column=text_column,
-        revision=revision,
-        data_dir=data_dir,
-    )
     request = cluster_request(
         clusterer,
         k=k,
@@ -83,14 +70,6 @@ def cluster(
         reading=reading,
     )
     return fit(clusterer, request)
-
-
-def reading_options(**given: Any) -> SourceOptions | None:
-    """How to read a clusterer's data from the reading keywords (``SourceOptions``' fields:
-    ``split``, ``language``, ``config``, ``lang_map``, ...), or None when none is given (the
-    defaults: what a request of an earlier xelm carried)."""
-    reading = SourceOptions(**{name: value or None for name, value in given.items()})
-    return None if reading == SourceOptions() else reading
 
 
 def cluster_request(
@@ -113,12 +92,17 @@ def cluster_request(
     a reading flag is refused (``refuse_reading_names``)."""
     label = f"clusterer {clusterer.name!r}"
     refuse_reading_names(clusterer)
+    if reading == SourceOptions():
+        reading = None  # nothing given: what a request of an earlier xelm carried
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise UsageError(f"-k must be a whole number of experts, at least 1, not {k!r}")
     if reading is not None and not clusterer.reads_data:
-        raise UsageError(f"{label} does not read DATA with {READING_FLAGS}: drop them")
+        flags, them = _named(reading)
+        raise UsageError(f"{label} does not read DATA with {flags}: drop {them}")
     if reading is not None and data is None:
-        raise UsageError(f"{READING_FLAGS} say how to read DATA: give DATA, or drop them")
+        flags, them = _named(reading)
+        say = "says" if them == "it" else "say"
+        raise UsageError(f"{flags} {say} how to read DATA: give DATA, or drop {them}")
     if isinstance(languages, str):
         codes = tuple(parse_language_list(languages)) if languages.strip() else ()
     else:
@@ -142,6 +126,13 @@ def cluster_request(
         options=built,
         reading=reading,
     )
+
+
+def _named(reading: SourceOptions) -> tuple[str, str]:
+    """The flags ``reading`` gives, in a line (``--config and --lang-map``), and the pronoun
+    for them."""
+    *first, last = reading.given_flags()
+    return (f"{', '.join(first)} and {last}", "them") if first else (last, "it")
 
 
 def refuse_reading_names(clusterer: type[Clusterer]) -> None:

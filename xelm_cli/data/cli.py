@@ -16,7 +16,8 @@ from xelm_cli.common.progress import language_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.budgets import parse_caps, parse_sizes
 from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, prepare, token_shortfall
-from xelm_cli.data.recipes import load_recipe, parse_lang_map, shipped_recipes
+from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
+from xelm_cli.data.recipes import load_recipe, shipped_recipes
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.sources import FileSource
 from xelm_cli.data.tokenizer import (
@@ -25,6 +26,7 @@ from xelm_cli.data.tokenizer import (
     train_tokenizer_on_corpus,
 )
 from xelm_cli.lang.codes import parse_language_list
+from xelm_cli.plugin.options import with_parameters
 
 app = typer.Typer(
     help="Corpora: tokenise them into per-language shards, train tokenizers.\n\n"
@@ -45,43 +47,6 @@ SourceArg = Annotated[
 ]
 LangsOpt = Annotated[
     str | None, typer.Option("--langs", help="Only these languages, comma-separated: en,tr.")
-]
-LangOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--lang",
-        help="Language of documents that carry none (records without 'lang', files not named "
-        "LANG.jsonl / LANG.txt, datasets without a lang column).",
-    ),
-]
-SplitOpt = Annotated[
-    str | None, typer.Option("--split", help="Split of a Hugging Face dataset (default train).")
-]
-ConfigOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--config",
-        help="Dataset configuration; '{lang}' reads one per language of --langs, "
-        "replaced by the language's code in the dataset (see --lang-map).",
-    ),
-]
-LangMapOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--lang-map", help="The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans."
-    ),
-]
-TextColumnOpt = Annotated[
-    str | None, typer.Option("--text-column", help="Dataset column with the text (text).")
-]
-RevisionOpt = Annotated[str | None, typer.Option(help="Dataset revision: a branch, tag or commit.")]
-DataDirOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-dir",
-        help="Dataset folder to read (data/ar); '{lang}' reads one per language of --langs, "
-        "as in --config.",
-    ),
 ]
 
 
@@ -146,7 +111,6 @@ def _language_table(shards: Shards) -> Table:
     return table
 
 
-@app.command("prepare")
 def prepare_command(
     source: SourceArg,
     tokenizer: Annotated[
@@ -181,13 +145,6 @@ def prepare_command(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the document sampling.")] = 0,
-    split: SplitOpt = None,
-    lang: LangOpt = None,
-    config: ConfigOpt = None,
-    lang_map: LangMapOpt = None,
-    text_column: TextColumnOpt = None,
-    revision: RevisionOpt = None,
-    data_dir: DataDirOpt = None,
     allocation: Annotated[
         Path | None,
         typer.Option(
@@ -207,6 +164,7 @@ def prepare_command(
     ] = DEFAULT_BATCH_SIZE,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
+    **reading: Any,
 ) -> None:
     """Tokenise a corpus into memory-mappable shards with a per-language index.
 
@@ -239,13 +197,7 @@ def prepare_command(
             tokens=parse_token_count(tokens) if tokens else None,
             sizes=parse_sizes(sizes) if sizes else None,
             seed=seed,
-            split=split,
-            language=lang,
-            config=config,
-            lang_map=parse_lang_map(lang_map) if lang_map else None,
-            text_column=text_column,
-            revision=revision,
-            data_dir=data_dir,
+            reading=reading_from_flags(reading),
             allocation=allocation,
             expert=expert,
             batch_size=batch_size,
@@ -265,7 +217,9 @@ def prepare_command(
     console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
 
 
-@app.command("tokenizer")
+app.command("prepare")(with_parameters(prepare_command, reading_parameters()))
+
+
 def tokenizer_command(
     corpus: SourceArg,
     out: OutDirOpt,
@@ -274,16 +228,10 @@ def tokenizer_command(
     chars_per_language: Annotated[
         int, typer.Option(min=1, help="Characters of training text per language.")
     ] = DEFAULT_CHARS_PER_LANGUAGE,
-    split: SplitOpt = None,
-    lang: LangOpt = None,
-    config: ConfigOpt = None,
-    lang_map: LangMapOpt = None,
-    text_column: TextColumnOpt = None,
-    revision: RevisionOpt = None,
-    data_dir: DataDirOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the text sampling.")] = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
+    **reading: Any,
 ) -> None:
     """Train a byte-level BPE tokenizer on the same amount of text from every language.
 
@@ -302,15 +250,9 @@ def tokenizer_command(
             vocab_size=vocab_size,
             langs=parse_language_list(langs) if langs else None,
             chars_per_language=chars_per_language,
-            split=split,
-            language=lang,
             seed=seed,
             overwrite=force,
-            config=config,
-            lang_map=parse_lang_map(lang_map) if lang_map else None,
-            text_column=text_column,
-            revision=revision,
-            data_dir=data_dir,
+            reading=reading_from_flags(reading),
         )
     if trained.short:
         short = ", ".join(f"{k} {v:,}" for k, v in trained.short.items())
@@ -333,6 +275,9 @@ def tokenizer_command(
         return
     languages = ", ".join(f"{k} {v:,}" for k, v in trained.characters.items())
     console.print(f"wrote tokenizer [bold]{trained.path}[/] (characters per language: {languages})")
+
+
+app.command("tokenizer")(with_parameters(tokenizer_command, reading_parameters()))
 
 
 @app.command("inspect")

@@ -735,13 +735,7 @@ def prepare(
     tokens: int | str | None = None,
     sizes: Mapping[str, float | str] | str | None = None,
     seed: int = 0,
-    split: str | None = None,
-    language: str | None = None,
-    config: str | None = None,
-    lang_map: dict[str, str] | None = None,
-    text_column: str | None = None,
-    revision: str | None = None,
-    data_dir: str | None = None,
+    reading: SourceOptions | None = None,
     allocation: Allocation | str | Path | None = None,
     expert: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -753,17 +747,19 @@ def prepare(
 
     ``source`` is a corpus (files, a directory, a ``save_to_disk`` dataset), a dataset (a Hub
     id or a local directory laid out like one: streamed, never materialised), or a recipe
-    (a file or a shipped recipe's name); ``config`` with ``{lang}`` reads one configuration
-    per language of ``langs`` (a list, or text such as ``"en,tr"``), ``lang_map`` giving the
-    dataset's code where it differs. ``token_caps`` limits tokens per language (an int: every
+    (a file or a shipped recipe's name), read as ``reading`` (:class:`SourceOptions`: the
+    ``--split``, ``--lang``, ``--config``... of the command) says: ``config="{lang}"`` reads
+    one configuration per language of ``langs`` (a list, or text such as ``"en,tr"``),
+    ``lang_map`` giving the dataset's code where it differs; ``language`` labels documents
+    that carry no language. ``token_caps`` limits tokens per language (an int: every
     language; ``{"*": n}`` too; text as ``--cap`` takes it: ``"en=5M,de=2M"``); ``alpha`` and
     ``tokens`` (an int, or text such as ``"20M"``) set temperature sampling (see
     ``language_budgets``); ``sizes`` (``{"en": 3.07e9, "sw": 1.1e6}``, or text as ``--sizes``
     takes it: ``"en=3.07B,sw=1.1M"``) are the languages' sizes in any one unit (documents,
     bytes, tokens: only their ratios count), one for every language read, default a recipe's
-    ``documents`` when it has them for every language. ``seed`` picks the sampled documents;
-    ``language`` labels documents that carry no language. A corpus too small for ``tokens`` is
-    no error: the result's ``shortfall`` says by how much it fell short.
+    ``documents`` when it has them for every language. ``seed`` picks the sampled documents.
+    A corpus too small for ``tokens`` is no error: the result's ``shortfall`` says by how much
+    it fell short.
 
     ``allocation`` (an :class:`Allocation` or its path) with ``expert`` (an index) keeps only the
     documents that the allocation's clusterer assigns to that expert (TF-IDF: the nearest
@@ -800,15 +796,7 @@ def prepare(
     if documents_of is not None and wanted is None:  # every document it gets, whatever its
         wanted = sorted(documents_of.allocation.languages)  # language's share of the expert
     _check_caps(wanted, caps)
-    reading = SourceOptions(
-        split=split,
-        language=language,
-        config=config,
-        lang_map=lang_map,
-        text_column=text_column,
-        revision=revision,
-        data_dir=data_dir,
-    )
+    reading = reading or SourceOptions()
     options = _options(wanted, caps, alpha, tokens, seed, reading)
     if documents_of is not None:
         options["allocation"] = documents_of.reference

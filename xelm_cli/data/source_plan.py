@@ -1,8 +1,8 @@
 """What ``xelm data prepare`` (and ``xelm data tokenizer``) reads: a recipe, a dataset or
 corpus files, as named sources (``plan_sources``), and how to read them (``SourceOptions``)."""
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +10,14 @@ from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.corpus import source_kind
-from xelm_cli.data.recipes import PLACEHOLDER, Recipe, is_recipe, load_recipe, recipe_from_options
+from xelm_cli.data.recipes import (
+    PLACEHOLDER,
+    Recipe,
+    is_recipe,
+    load_recipe,
+    parse_lang_map,
+    recipe_from_options,
+)
 from xelm_cli.data.sources import DatasetSource, FileSource, Source
 from xelm_cli.lang.codes import normalize_language
 
@@ -57,18 +64,58 @@ class SourcePlan:
         }
 
 
+def reading_field(flag: str, help: str, parse: Callable[[str], Any] | None = None) -> Any:
+    """A field of ``SourceOptions``: its command-line flag (``--lang``), the flag's help, and
+    how the flag's text becomes the field's value (``parse``; the text itself when None)."""
+    return field(default=None, metadata={"flag": flag, "help": help, "parse": parse})
+
+
 @dataclass(frozen=True)
 class SourceOptions:
-    """How to read a source, beyond its path: what ``xelm data prepare`` takes for datasets and
-    unlabelled corpora (each None when not given)."""
+    """How to read a source, beyond its path (each None when not given): the ``reading`` of
+    ``prepare``, ``train_tokenizer_on_corpus``, ``cluster`` and ``sample_documents``. The flags
+    of ``xelm data prepare``, ``xelm data tokenizer`` and ``xelm cluster NAME`` that set them
+    are derived from these fields (``xelm_cli.data.reading_flags``)."""
 
-    split: str | None = None
-    language: str | None = None  # the language of documents that carry none
-    config: str | None = None  # with {lang}: one configuration per language
-    data_dir: str | None = None  # a folder of a dataset; with {lang}: one per language
-    lang_map: dict[str, str] | None = None  # xelm code -> the dataset's, for {lang}
-    text_column: str | None = None
-    revision: str | None = None
+    split: str | None = reading_field("--split", "Split of a Hugging Face dataset (default train).")
+    language: str | None = reading_field(
+        "--lang",
+        "Language of documents that carry none (records without 'lang', files not named "
+        "LANG.jsonl / LANG.txt, datasets without a lang column).",
+    )
+    config: str | None = reading_field(
+        "--config",
+        "Dataset configuration; '{lang}' reads one per language of --langs, replaced by the "
+        "language's code in the dataset (see --lang-map).",
+    )
+    data_dir: str | None = reading_field(
+        "--data-dir",
+        "Dataset folder to read (data/ar); '{lang}' reads one per language of --langs, as in "
+        "--config.",
+    )
+    lang_map: dict[str, str] | None = reading_field(
+        "--lang-map",
+        "The dataset's code where it differs from xelm's: he=iw,zh=zh-Hans.",
+        parse_lang_map,
+    )
+    text_column: str | None = reading_field("--text-column", "Dataset column with the text (text).")
+    revision: str | None = reading_field("--revision", "Dataset revision: a branch, tag or commit.")
+
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """Each field's flag, in declaration order (``{"split": "--split", "language":
+        "--lang", ...}``)."""
+        return {f.name: f.metadata["flag"] for f in fields(cls)}
+
+    def given_flags(self) -> list[str]:
+        """The flags of the options given (not None), in declaration order."""
+        return [flag for name, flag in self.flags().items() if getattr(self, name) is not None]
+
+    @classmethod
+    def parameters(cls) -> dict[str, str]:
+        """Each field's parameter in a command: its flag's name (``{"language": "lang",
+        "lang_map": "lang_map", ...}``)."""
+        return {name: flag[2:].replace("-", "_") for name, flag in cls.flags().items()}
 
     def __post_init__(self) -> None:
         if self.language:  # one form of each code, whoever builds the options

@@ -110,15 +110,9 @@ def train_tokenizer_on_corpus(
     vocab_size: int = 32000,
     langs: Sequence[str] | str | None = None,
     chars_per_language: int = DEFAULT_CHARS_PER_LANGUAGE,
-    split: str | None = None,
-    language: str | None = None,
     seed: int = 0,
     overwrite: bool = False,
-    config: str | None = None,
-    lang_map: dict[str, str] | None = None,
-    text_column: str | None = None,
-    revision: str | None = None,
-    data_dir: str | None = None,
+    reading: SourceOptions | None = None,
 ) -> TrainedTokenizer:
     """Train a byte-level BPE on about the same amount of text from every language.
 
@@ -126,11 +120,12 @@ def train_tokenizer_on_corpus(
     probability ``chars_per_language / characters[lang]`` (a seeded draw, spread over the whole
     corpus), so large languages do not take all the merges; languages with less text than that
     are taken whole (``short`` of the result lists them). ``langs`` is a list or text such as
-    ``"en,tr"``. ``language`` labels documents that carry no language (a document left
-    without one is refused).
+    ``"en,tr"``. ``reading`` says how to read ``source`` as ``prepare`` takes it; its
+    ``language`` labels documents that carry no language (a document left without one is
+    refused).
 
-    A dataset (a Hub id or a local directory laid out like one; ``config`` with ``{lang}``
-    reads one configuration per language of ``langs``, see ``xelm data prepare``) or a recipe
+    A dataset (a Hub id or a local directory laid out like one; ``reading.config`` with
+    ``{lang}`` reads one configuration per language of ``langs``, see ``prepare``) or a recipe
     is streamed instead, never loaded whole: each language's first documents up to
     ``chars_per_language`` characters (see ``_streamed_texts``).
     """
@@ -140,16 +135,7 @@ def train_tokenizer_on_corpus(
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
     if chars_per_language < 1:
         raise UsageError(f"--chars-per-language must be positive, not {chars_per_language}")
-    reading = SourceOptions(
-        split=split,
-        language=language,
-        config=config,
-        lang_map=lang_map,
-        text_column=text_column,
-        revision=revision,
-        data_dir=data_dir,
-    )
-    plan = plan_sources(source, sorted(wanted) if wanted else None, reading)
+    plan = plan_sources(source, sorted(wanted) if wanted else None, reading or SourceOptions())
     if wanted is None and plan.recipe is not None:
         wanted = set(plan.sources)
     streamed: list[str] | None = None

@@ -198,8 +198,9 @@ class Clusterer(ABC):
     ``reads_data`` is True for a clusterer that reads DATA with ``request.reading`` (through
     :func:`sample_documents`, as TF-IDF does); False (the default): xelm refuses the reading
     flags (``--config``, ``--split``, ...) for it rather than let them be ignored.
-    No declared option may be named like a reading flag (``split``, ``lang``, ``language``,
-    ``config``, ``lang_map``, ``text_column``, ``revision``, ``data_dir``).
+    No declared option may be named like a reading flag or ``cluster()``'s keyword for them
+    (``reading``, ``split``, ``lang``, ``config``, ``data_dir``, ``lang_map``, ``text_column``,
+    ``revision``).
     A clusterer written against plugin API 1.0 may still provide ``command()`` instead.
     """
 
