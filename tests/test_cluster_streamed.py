@@ -223,6 +223,29 @@ def test_an_unknown_recipe_or_a_missing_language_or_reading_without_data_is_one_
     assert not out.exists()
 
 
+def test_reading_keywords_given_as_clusterer_options_name_reading(tmp_path: Path) -> None:
+    """``cluster(..., config="{lang}")`` (the keywords before ``reading``) would otherwise be
+    refused as an option tfidf does not declare, naming no way out."""
+    out = tmp_path / "alloc"
+    with pytest.raises(UsageError) as caught:
+        cluster("tfidf", k=2, output=out, data=tmp_path, config="{lang}", lang="ar")
+    assert str(caught.value) == (
+        "config=..., lang=...: how to read DATA goes in "
+        "reading=SourceOptions(config=..., language=...)"
+    )
+    assert not out.exists()
+
+
+def test_the_reading_flags_are_in_a_help_panel_of_their_own_for_clusterers_that_read_data(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command, shown in (("tfidf", True), ("typology", False)):
+        assert run(["cluster", command, "--help"]) == 0
+        help_text = capsys.readouterr().out
+        assert ("Reading the source" in help_text) is shown
+        assert ("--lang-map" in help_text) is shown
+
+
 def test_reading_flags_are_refused_for_a_clusterer_that_reads_no_data_with_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -56,7 +56,7 @@ def cluster(
     if misplaced:
         given = ", ".join(f"{key}=..." for key in misplaced)
         fields = ", ".join(f"{field_of[key]}=..." for key in misplaced)
-        raise UsageError(f"{given} say how to read DATA: pass reading=SourceOptions({fields})")
+        raise UsageError(f"{given}: how to read DATA goes in reading=SourceOptions({fields})")
     clusterer = get_registry().get("clusterer", name).obj
     request = cluster_request(
         clusterer,
