@@ -78,8 +78,8 @@ def test_the_experts_of_a_tfidf_allocation_need_their_own_shards(
     assert (code, stdout) == (2, "")
     assert stderr == (
         "xelm: error: alloc-tfidf (tfidf) assigns documents, not languages: each expert trains "
-        "on its own; prepare them (xelm data prepare CORPUS --allocation alloc-tfidf --expert I "
-        "-t seed -o shards-I/) and give --expert-data 'shards-{expert}/'\n"
+        "on its own; prepare them (xelm data prepare CORPUS --allocation alloc-tfidf --expert all "
+        "-t seed -o 'shards-{expert}/') and give --expert-data 'shards-{expert}/'\n"
     )
 
 

@@ -38,7 +38,7 @@ from xelm_cli.data.evalsets import (
     usable_eval_set,
 )
 from xelm_cli.data.fetch import fetch as fetch_data
-from xelm_cli.data.prepare import prepare
+from xelm_cli.data.prepare import prepare, prepare_experts
 from xelm_cli.data.sampling import sample_documents, sample_kind, sample_per_language
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions
@@ -195,6 +195,7 @@ __all__ = [
     "past_positions_line",
     "pick_device",
     "prepare",
+    "prepare_experts",
     "rank_donors",
     "read_allocation",
     "read_checkpoint_state",

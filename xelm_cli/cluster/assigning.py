@@ -2,7 +2,7 @@
 --expert I`` keeps, by the assigner of the clusterer that wrote the allocation."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,22 +35,28 @@ class ExpertDocuments:
         return list(self.allocation.experts[self.index])
 
     def mine(self, texts: Sequence[str], languages: Sequence[str | None]) -> NDArray[np.bool_]:
-        """Whether each document (its text and language) goes to this expert. When the
-        assigner was fitted on joined records (``Assigner.document_bytes``), consecutive
-        documents of one language here are joined as the fit joined them and go together."""
-        sizes = ((lang, len(text.encode())) for text, lang in zip(texts, languages, strict=True))
-        joined = group_positions(sizes, self.assigner.document_bytes, len(SEPARATOR.encode()))
-        groups = [positions for _, positions in joined]
-        documents = [
-            Document(SEPARATOR.join(texts[i] for i in group), languages[group[0]])
-            for group in groups
-        ]
-        chosen = np.zeros(len(texts), dtype=bool)
-        if documents:
-            experts = np.asarray(self.assigner.assign(documents))
-            for group, assigned in zip(groups, experts, strict=True):
-                chosen[group] = assigned == self.index
-        return chosen
+        """Whether each document (its text and language) goes to this expert (see
+        ``assigned_experts``)."""
+        return assigned_experts(self.assigner, texts, languages) == self.index
+
+
+def assigned_experts(
+    assigner: Assigner, texts: Sequence[str], languages: Sequence[str | None]
+) -> NDArray[np.int64]:
+    """The expert ``assigner`` sends each document (its text and language) to. When the
+    assigner was fitted on joined records (``Assigner.document_bytes``), consecutive documents
+    of one language here are joined as the fit joined them and go together."""
+    sizes = ((lang, len(text.encode())) for text, lang in zip(texts, languages, strict=True))
+    joined = group_positions(sizes, assigner.document_bytes, len(SEPARATOR.encode()))
+    groups = [positions for _, positions in joined]
+    documents = [
+        Document(SEPARATOR.join(texts[i] for i in group), languages[group[0]]) for group in groups
+    ]
+    experts = np.full(len(texts), -1, dtype=np.int64)
+    if documents:
+        for group, assigned in zip(groups, np.asarray(assigner.assign(documents)), strict=True):
+            experts[group] = assigned
+    return experts
 
 
 def expert_documents(allocation: Allocation | str | Path, expert: int) -> ExpertDocuments:
@@ -60,6 +66,12 @@ def expert_documents(allocation: Allocation | str | Path, expert: int) -> Expert
     alloc.reference(expert)  # refuses an index out of range
     registration = get_registry().get("clusterer", alloc.clusterer)
     return ExpertDocuments(alloc, expert, registration.obj.assigner(alloc))
+
+
+def every_expert(allocation: Allocation | str | Path) -> tuple[ExpertDocuments, ...]:
+    """``expert_documents`` of each expert of ``allocation``, in order, sharing one assigner."""
+    first = expert_documents(allocation, 0)
+    return tuple(replace(first, index=index) for index in range(first.allocation.k))
 
 
 def allocation_and_expert(

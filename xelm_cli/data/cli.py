@@ -11,11 +11,18 @@ from rich.table import Table
 
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
 from xelm_cli.common.digest import short
-from xelm_cli.common.errors import IntegrityError
+from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import language_progress, stderr_console
 from xelm_cli.common.units import parse_token_count
 from xelm_cli.data.budgets import parse_caps, parse_sizes
-from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, MIN_BATCH_SIZE, prepare, token_shortfall
+from xelm_cli.data.prepare import (
+    ALL_EXPERTS,
+    DEFAULT_BATCH_SIZE,
+    MIN_BATCH_SIZE,
+    prepare,
+    prepare_experts,
+    token_shortfall,
+)
 from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.data.recipes import load_recipe, shipped_recipes
 from xelm_cli.data.shards import Shards
@@ -154,7 +161,12 @@ def prepare_command(
         ),
     ] = None,
     expert: Annotated[
-        int | None, typer.Option(min=0, help="The expert of --allocation whose documents to keep.")
+        str | None,
+        typer.Option(
+            metavar="I|all",
+            help="The expert of --allocation whose documents to keep; all: every expert's, "
+            "reading the corpus once, into -o with {expert} for its index (shards-{expert}/).",
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="Tokenizer threads (default: one per core).")
@@ -185,36 +197,56 @@ def prepare_command(
 
     Example (the documents a TF-IDF allocation assigns to expert 0, for `xelm train`):
     xelm data prepare corpus/ --allocation alloc-tfidf/ --expert 0 -t seed/ -o shards-0/
+
+    Example (every expert's documents, the corpus read once: shards-0/, shards-1/, ...):
+    xelm data prepare corpus/ --allocation alloc-tfidf/ --expert all -t seed/ -o 'shards-{expert}/'
     """
+    every = expert == ALL_EXPERTS
+    if every and allocation is None:
+        raise UsageError("--expert all keeps each expert's documents of --allocation: give it")
     with language_progress() as progress:
-        result = prepare(
-            source,
-            tokenizer,
-            out,
-            langs=parse_language_list(langs) if langs else None,
-            token_caps=parse_caps(cap) if cap else None,
-            alpha=alpha,
-            tokens=parse_token_count(tokens) if tokens else None,
-            sizes=parse_sizes(sizes) if sizes else None,
-            seed=seed,
-            reading=reading_from_flags(reading),
-            allocation=allocation,
-            expert=expert,
-            batch_size=batch_size,
-            workers=workers,
-            overwrite=force,
-            progress=progress,
-        )
-    shards = result.shards
-    _warn_shortfall(shards)
+        options: dict[str, Any] = {
+            "langs": parse_language_list(langs) if langs else None,
+            "token_caps": parse_caps(cap) if cap else None,
+            "alpha": alpha,
+            "tokens": parse_token_count(tokens) if tokens else None,
+            "sizes": parse_sizes(sizes) if sizes else None,
+            "seed": seed,
+            "reading": reading_from_flags(reading),
+            "batch_size": batch_size,
+            "workers": workers,
+            "overwrite": force,
+            "progress": progress,
+        }
+        if every:
+            assert allocation is not None
+            results = prepare_experts(source, tokenizer, out, allocation=allocation, **options)
+        else:
+            one = _expert_index(expert)
+            result = prepare(source, tokenizer, out, allocation=allocation, expert=one, **options)
+            results = [result]
+    for result in results:
+        _warn_shortfall(result.shards)
+    summaries = [{"up_to_date": r.up_to_date, **_shards_summary(r.shards)} for r in results]
     if as_json:
-        print_json({"up_to_date": result.up_to_date, **_shards_summary(shards)})
+        print_json({"experts": summaries} if every else summaries[0])
         return
-    if result.up_to_date:
-        console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
-        return
-    console.print(_language_table(shards))
-    console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
+    for result in results:
+        shards = result.shards
+        if result.up_to_date:
+            console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
+            continue
+        console.print(_language_table(shards))
+        console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
+
+
+def _expert_index(text: str | None) -> int | None:
+    """``--expert``'s index (None: not given)."""
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise UsageError(f"--expert takes an expert's index (0, 1, ...) or all, not {text!r}")
+    return int(text)
 
 
 app.command("prepare")(with_parameters(prepare_command, reading_parameters()))

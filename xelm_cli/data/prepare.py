@@ -11,6 +11,7 @@ options does nothing.
 """
 
 import contextlib
+import inspect
 import math
 import os
 import shutil
@@ -24,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.cluster.allocation import Allocation
-from xelm_cli.cluster.assigning import ExpertDocuments, allocation_and_expert
+from xelm_cli.cluster.assigning import ExpertDocuments, allocation_and_expert, every_expert
 from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError, XelmError
@@ -50,6 +51,7 @@ from xelm_cli.data.prepare_work import (
     saved_state,
     work_directory,
 )
+from xelm_cli.data.routing import Routing
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
     OFFSETS_DTYPE,
@@ -117,12 +119,14 @@ def _shortfall(
 
 @dataclass
 class _Encoded:
-    """A batch, the encodings of its documents ``kept`` (the others were not wanted) and its
-    source position after it."""
+    """A batch, the encodings of its documents ``kept`` (the others were not wanted) with the
+    key each goes under (``Routing``: its language, or language and expert), and its source
+    position after it."""
 
     batch: Batch
     position: Any
     kept: Sequence[int]
+    keys: Sequence[str]
     encodings: list[Any]  # tokenizers.Encoding, one per kept document
 
 
@@ -136,69 +140,98 @@ class _ReadContext:
     limits: dict[str, int]  # the read limits of streamed sources
     batch_size: int
     progress: Progress | None
-    expert: ExpertDocuments | None = None  # keep only the documents it assigns to its expert
+    routing: Routing = field(default_factory=Routing)  # the experts kept, under which keys
     seen: set[str] = field(default_factory=set)  # the languages read, wanted or not
+
+    def full(self, language: str) -> bool:
+        """Whether every key of ``language`` reached its read limit."""
+        counts = self.work.counts
+        return all(key in counts and counts[key].full for key in self.routing.keys(language))
+
+
+def _key_limit(limits: dict[str, int], key: str, routing: Routing) -> int | None:
+    """The read limit of ``key``: its own (an expert's language read further, ``_made_up``),
+    else its language's (``read_limit``)."""
+    return limits[key] if key in limits else read_limit(limits, routing.language(key))
 
 
 def _encode(items: Iterable[tuple[Batch, Any]], context: _ReadContext) -> Iterator[_Encoded]:
     """Tokenise each batch's documents of wanted languages that are not full yet. Runs ahead
-    of the writer (``_add_batch``): a language that fills meanwhile only costs the encoding
-    of documents the writer then drops (``full`` only ever turns on). Token ids are taken out
-    of the encodings by the writer, leaving this thread to the tokenizer. With
-    ``context.expert``, only the documents its allocation assigns to it are kept. Every
-    language read, wanted or not, is added to ``context.seen``."""
-    wanted, counts, expert = context.wanted, context.work.counts, context.expert
+    of the writer (``_add_batch``): a key that fills meanwhile only costs the encoding of
+    documents the writer then drops (``full`` only ever turns on). Token ids are taken out
+    of the encodings by the writer, leaving this thread to the tokenizer. With experts
+    (``context.routing``), only the documents the allocation assigns to them are kept, each
+    under its key. Every language read, wanted or not, is added to ``context.seen``."""
+    wanted, counts, routing = context.wanted, context.work.counts, context.routing
     for batch, position in items:
         languages = batch.languages
         context.seen.update(languages)
-        skip = {lang for lang, c in list(counts.items()) if c.full}  # list(): one atomic copy
-        if wanted is None and not skip:
+        full = {key for key, c in list(counts.items()) if c.full}  # list(): one atomic copy
+        if wanted is None and not full and not routing.assigns:
             keep: Sequence[int] = range(len(languages))  # no test per document
+            keys: Sequence[str] = languages
         else:
-            allowed = {lang for lang in set(languages) if lang not in skip}
+            allowed = {lang for lang in set(languages) if not full.issuperset(routing.keys(lang))}
             if wanted is not None:
                 allowed &= wanted
             keep = [i for i, lang in enumerate(languages) if lang in allowed]
-        if expert is not None:
-            mine = expert.mine([batch.texts[i] for i in keep], [languages[i] for i in keep])
-            keep = [i for i, assigned in zip(keep, mine, strict=True) if assigned]
+            keys = [languages[i] for i in keep]
+            if routing.assigns:
+                labels = routing.labels([batch.texts[i] for i in keep], keys)
+                kept = [(i, k) for i, k in zip(keep, labels, strict=True) if k and k not in full]
+                keep, keys = [i for i, _ in kept], [k for _, k in kept]
         texts = batch.texts if len(keep) == len(languages) else [batch.texts[i] for i in keep]
         encodings = context.tokenizer.backend.encode_batch_fast(texts, add_special_tokens=False)
-        yield _Encoded(batch, position, keep, encodings)
+        yield _Encoded(batch, position, keep, keys, encodings)
 
 
-def _add_batch(
-    work: WorkDirectory, encoded: _Encoded, limits: dict[str, int], progress: Progress | None
-) -> None:
-    """Append each wanted document of a tokenised batch to its language, stopping a language
-    at the first document that would take it over its read limit."""
+def _add_batch(context: _ReadContext, encoded: _Encoded, limits: dict[str, int]) -> None:
+    """Append each wanted document of a tokenised batch under its key, stopping a key at the
+    first document that would take it over its read limit (its language's)."""
+    work, routing = context.work, context.routing
     batch = encoded.batch
     grouped: dict[str, tuple[list[list[int]], int]] = {}
-    for i, encoding in zip(encoded.kept, encoded.encodings, strict=True):
-        lang = batch.languages[i]
-        count = work.counts.get(lang)
+    for i, key, encoding in zip(encoded.kept, encoded.keys, encoded.encodings, strict=True):
+        count = work.counts.get(key)
         if (count is not None and count.full) or not (ids := encoding.ids):
             continue
-        documents, nbytes = grouped.get(lang, ([], 0))
+        documents, nbytes = grouped.get(key, ([], 0))
         documents.append(ids)
-        grouped[lang] = (documents, nbytes + len(batch.texts[i].encode()))
-    for lang, (documents, nbytes) in grouped.items():
-        appender = work.appender(lang)
-        limit = read_limit(limits, lang)
+        grouped[key] = (documents, nbytes + len(batch.texts[i].encode()))
+    for key, (documents, nbytes) in grouped.items():
+        appender = work.appender(key)
+        limit = _key_limit(limits, key, routing)
         if limit is not None:
             room = limit - appender.count.tokens
             lengths = np.cumsum([len(d) for d in documents])
             fits = int(np.searchsorted(lengths, room, side="right"))
             if fits < len(documents):
                 if fits == 0 and appender.count.documents == 0:
-                    raise _FirstDocumentOverLimit(lang, limit, len(documents[0]))
+                    raise _FirstDocumentOverLimit(routing.language(key), limit, len(documents[0]))
                 appender.count.full = True
                 nbytes = round(nbytes * fits / len(documents))  # for progress only
                 documents = documents[:fits]
         if documents:
             appender.add(documents, nbytes)
-        if progress:
-            progress(lang, appender.count, limit)
+    if context.progress:
+        for language in sorted({routing.language(key) for key in grouped}):
+            _report(context, language, limits)
+
+
+def _report(context: _ReadContext, language: str, limits: dict[str, int]) -> None:
+    """Tell ``context.progress`` what ``language`` holds, over all its keys."""
+    assert context.progress is not None
+    keys = context.routing.keys(language)
+    counts = [context.work.counts[key] for key in keys if key in context.work.counts]
+    total = LanguageCount(
+        documents=sum(c.documents for c in counts),
+        tokens=sum(c.tokens for c in counts),
+        bytes=sum(c.bytes for c in counts),
+        full=context.full(language),
+    )
+    each = [_key_limit(limits, key, context.routing) for key in keys]
+    limit = sum(n for n in each if n is not None) if None not in each else None
+    context.progress(language, total, limit)
 
 
 class _FirstDocumentOverLimit(Exception):
@@ -257,7 +290,9 @@ def _read_sources(
             context = further
             _read_unfinished(context, plan)
     offsets = context.work.close()
-    _check_languages(plan, set(offsets), context.seen, context.wanted, caps, context.expert)
+    for index, expert in context.routing.members():
+        found = set(context.routing.of_expert(list(offsets), index))
+        _check_languages(plan, found, context.seen, context.wanted, caps, expert)
     return offsets
 
 
@@ -275,30 +310,38 @@ def _made_up(
     once, the limits in the work's notes, for a rerun to continue with. A language that runs
     out in turn is made up for in the next round, so the rounds end with every language read
     to the limits that what the others held gives (what ``token_shortfall`` assumes)."""
-    work = context.work
-    held = {lang: count.tokens for lang, count in work.counts.items() if not count.full}
-    held.update({lang: 0 for lang in options["sizes"] if lang not in work.counts})
-    limits = read_limits(
-        options.get("token_caps"),
-        options["tokens"],
-        sizes=options["sizes"],
-        alpha=options.get("alpha"),
-        held=held,
-    )
-    more = {
-        lang
-        for lang, count in work.counts.items()
-        if count.full and limits.get(lang, 0) > (read_limit(context.limits, lang) or 0)
-    }
+    work, routing = context.work, context.routing
+    limits: dict[str, int] = {}
+    more: set[str] = set()  # keys
+    for index in routing.indexes:  # each expert's languages are made up for among themselves
+        mine = routing.of_expert(list(work.counts), index)
+        counts = {lang: work.counts[key] for lang, key in mine.items()}
+        held = {lang: count.tokens for lang, count in counts.items() if not count.full}
+        held.update({lang: 0 for lang in options["sizes"] if lang not in mine})
+        own = read_limits(
+            options.get("token_caps"),
+            options["tokens"],
+            sizes=options["sizes"],
+            alpha=options.get("alpha"),
+            held=held,
+        )
+        limits.update({routing.key(lang, index): limit for lang, limit in own.items()})
+        more |= {
+            key
+            for lang, key in mine.items()
+            if work.counts[key].full
+            and own.get(lang, 0) > (_key_limit(context.limits, key, routing) or 0)
+        }
     if not more:
         return None
     work.notes[MADE_UP_LIMITS] = limits
-    for lang in more:
-        work.counts[lang].full = False
+    for key in more:
+        work.counts[key].full = False
+    languages = {routing.language(key) for key in more}
     work.reopen(
         name
         for name, source in plan.sources.items()
-        if isinstance(source, DatasetSource) and plan.only_language(name) in (None, *more)
+        if isinstance(source, DatasetSource) and plan.only_language(name) in (None, *languages)
     )
     return replace(context, limits=limits)
 
@@ -310,8 +353,10 @@ def _read_unfinished(context: _ReadContext, plan: SourcePlan) -> None:
         only = plan.only_language(name)
         if not context.work.finished(name):
             _read_source(context, name, source, yields={only} if only else context.wanted)
-        empty = only and not (only in counts and counts[only].documents)
-        assigned_elsewhere = context.expert and only in context.seen  # named at the end
+        empty = only and not any(
+            key in counts and counts[key].documents for key in context.routing.keys(only)
+        )
+        assigned_elsewhere = context.routing.assigns and only in context.seen  # named at the end
         if only and empty and not assigned_elsewhere:
             raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
 
@@ -327,11 +372,7 @@ def _read_source(
     limits = context.limits if isinstance(source, DatasetSource) else {}
 
     def exhausted() -> bool:
-        return bool(
-            limits
-            and yields
-            and all(lang in work.counts and work.counts[lang].full for lang in yields)
-        )
+        return bool(limits and yields and all(context.full(lang) for lang in yields))
 
     written = work.position(name)
     if exhausted():
@@ -343,7 +384,7 @@ def _read_source(
     try:
         for encoded in batches:
             writing = True
-            _add_batch(work, encoded, limits, context.progress)
+            _add_batch(context, encoded, limits)
             writing = False
             written = encoded.position
             if exhausted():
@@ -359,25 +400,45 @@ def _read_source(
     work.checkpoint(name, written, done=True)
 
 
+@dataclass(frozen=True)
+class _Held:
+    """What the work holds for one output: each language's key, document offsets and whether
+    it was read to its limit; ``who`` names the expert in warnings ("" for a single output)."""
+
+    keys: dict[str, str]
+    offsets: dict[str, NDArray[np.uint64]]
+    full: dict[str, bool]
+    who: str = ""
+
+    @classmethod
+    def of(
+        cls, work: WorkDirectory, offsets: dict[str, NDArray[np.uint64]], keys: dict[str, str]
+    ) -> "_Held":
+        """The languages of ``keys`` (language -> key) among the work's ``offsets``."""
+        return cls(
+            keys,
+            {lang: offsets[key] for lang, key in keys.items()},
+            {lang: work.counts[key].full for lang, key in keys.items()},
+        )
+
+
 def _budgets(
-    work: WorkDirectory,
-    plan: SourcePlan,
-    offsets: dict[str, NDArray[np.uint64]],
-    options: dict[str, Any],
+    held: _Held, plan: SourcePlan, options: dict[str, Any]
 ) -> tuple[dict[str, int], set[str]]:
-    """Each language's budget under ``options`` (``_options``), from the tokens read, and the
-    languages read from streamed sources. Without sizes, a warning names the streamed
+    """Each language's budget under ``options`` (``_options``), from the tokens ``held``, and
+    the languages read from streamed sources. Without sizes, a warning names the streamed
     languages whose read limit stands in for their size; with sizes and ``--tokens``, one
     names those that held less than their share."""
     caps, alpha, tokens, sizes = (
         options.get(k) for k in ("token_caps", "alpha", "tokens", "sizes")
     )
-    counts = {lang: int(o[-1]) for lang, o in offsets.items()}
+    counts = {lang: int(o[-1]) for lang, o in held.offsets.items()}
     budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens, sizes=sizes)
     streamed = plan.streamed_languages(counts)
-    cut = sorted(lang for lang in streamed if work.counts[lang].full)
+    cut = sorted(lang for lang in streamed if held.full[lang])
     if sizes is None and len(counts) > 1 and cut and (alpha is not None or tokens is not None):
-        _warn_weighted_by_tokens_read(cut, "--alpha" if alpha is not None else "--tokens")
+        option = "--alpha" if alpha is not None else "--tokens"
+        _warn_weighted_by_tokens_read(cut, option, held.who)
     if sizes is not None and tokens is not None:
         limits = read_limits(caps, tokens, sizes=sizes, alpha=alpha)
         short = [
@@ -385,21 +446,22 @@ def _budgets(
         ]
         if short:
             missing = _shortfall(counts, set(cut), options) or 0
-            _warn_short_of_share({lang: (counts[lang], limits[lang]) for lang in short}, missing)
+            shares = {lang: (counts[lang], limits[lang]) for lang in short}
+            _warn_short_of_share(shares, missing, held.who)
     return budgets, streamed
 
 
-def _warn_weighted_by_tokens_read(cut: list[str], option: str) -> None:
+def _warn_weighted_by_tokens_read(cut: list[str], option: str, who: str) -> None:
     """``language_budgets`` weighs a language by its tokens: for one whose reading stopped at
-    its read limit that is the limit, not its size."""
+    its read limit that is the limit, not its size (``who``: whose shards, or "")."""
     sys.stderr.write(
-        f"xelm: warning: {option} weighs {', '.join(cut)} by the tokens read up to the read "
+        f"xelm: warning: {who}{option} weighs {', '.join(cut)} by the tokens read up to the read "
         "limit (--cap, else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, "
         "bytes or tokens) to weigh each language by its size and read only its share\n"
     )
 
 
-def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int) -> None:
+def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int, who: str) -> None:
     """Streamed languages that held fewer tokens than their share of ``--tokens`` (``short``:
     language -> tokens held, share) are kept whole and the others read further in their place;
     ``missing``: the tokens the others could not make up (the shortfall; whole documents aside,
@@ -412,7 +474,7 @@ def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int) -> Non
         else f"the other languages read further in {their} place"
     )
     sys.stderr.write(
-        f"xelm: warning: {', '.join(short)} held fewer tokens than {their} share of --tokens "
+        f"xelm: warning: {who}{', '.join(short)} held fewer tokens than {their} share of --tokens "
         f"by --sizes ({held}): kept whole, {made_up}\n"
     )
 
@@ -529,14 +591,16 @@ def _subsample(
     offsets: NDArray[np.uint64],
     keep: NDArray[np.int64],
     dtype: Any,
+    key: str,
 ) -> NDArray[np.uint64]:
-    """Write ``lang``'s documents ``keep`` from ``work`` to ``out``; return their offsets.
-    Memory stays bounded: documents are gathered a slice of ``SUBSAMPLE_TOKENS`` at a time."""
+    """Write ``lang``'s documents ``keep`` from ``work`` (its files under ``key``) to ``out``;
+    return their offsets. Memory stays bounded: documents are gathered a slice of
+    ``SUBSAMPLE_TOKENS`` at a time."""
     starts = np.asarray(offsets[:-1], dtype=np.int64)[keep]
     lengths = np.asarray(np.diff(offsets), dtype=np.int64)[keep]
     new_offsets = np.zeros(len(keep) + 1, dtype=OFFSETS_DTYPE)
     np.cumsum(lengths, out=new_offsets[1:])
-    tokens = np.memmap(work / tokens_file(lang), dtype=dtype, mode="r")
+    tokens = np.memmap(work / tokens_file(key), dtype=dtype, mode="r")
     with open(out / tokens_file(lang), "wb") as f:
         first = 0
         while first < len(keep):
@@ -563,16 +627,17 @@ def _link_or_copy(source: Path, target: Path) -> None:
 def _finish(
     work: WorkDirectory,
     out: Path,
-    offsets: dict[str, NDArray[np.uint64]],
+    held: _Held,
     budgets: dict[str, int],
     *,
     seed: int,
     streamed: set[str],
 ) -> dict[str, dict[str, Any]]:
-    """Pass 2: each language into ``out``, cut down to its budget where over it; the manifest's
-    per-language entries."""
+    """Pass 2: each language ``held`` into ``out``, cut down to its budget where over it; the
+    manifest's per-language entries."""
     entries = {}
-    for lang, full in offsets.items():
+    for lang, full in held.offsets.items():
+        key = held.keys[lang]
         source_tokens, source_documents = int(full[-1]), len(full) - 1
         kept = full
         if budgets[lang] < source_tokens:
@@ -583,9 +648,9 @@ def _finish(
                     f"a budget of {budgets[lang]} tokens leaves no whole document in {lang}; "
                     "raise --cap / --tokens or drop it with --langs"
                 )
-            kept = _subsample(work.path, out, lang, full, keep, work.dtype)
+            kept = _subsample(work.path, out, lang, full, keep, work.dtype, key)
         else:  # a link, not a move: a run killed now still finds the file to resume from
-            _link_or_copy(work.path / tokens_file(lang), out / tokens_file(lang))
+            _link_or_copy(work.path / tokens_file(key), out / tokens_file(lang))
             write_array(out / offsets_file(lang), full)
         entries[lang] = {
             "documents": len(kept) - 1,
@@ -595,7 +660,7 @@ def _finish(
             "budget": budgets[lang] if budgets[lang] < source_tokens else None,
         }
         if lang in streamed:
-            entries[lang]["read_to_limit"] = work.counts[lang].full
+            entries[lang]["read_to_limit"] = held.full[lang]
     return entries
 
 
@@ -627,12 +692,13 @@ def _reading_inputs(
     wanted: list[str] | None,
     limits: dict[str, int],
     reading: SourceOptions,
-    options: dict[str, Any],
+    documents_of: dict[str, Any],
 ) -> dict[str, Any]:
     """What the first pass (reading into the work directory) depends on beside the input, so
     that a rerun continues its work: not the options of the second pass (--seed; --cap,
     --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
-    always where no source is streamed: corpus files are read whole)."""
+    always where no source is streamed: corpus files are read whole); ``documents_of``: the
+    allocation and expert(s) whose documents are kept (``_documents_of``)."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
     inputs: dict[str, Any] = {
         "tokenizer": tokenizer.fingerprint,
@@ -641,9 +707,8 @@ def _reading_inputs(
         "read limits (--cap, --tokens, --sizes, --alpha)": limits if streamed else None,
         "reading options": {"split": reading.split, **reading.recorded()},
     }
-    expert = {k: options[k] for k in ("allocation", "batch_size") if k in options}
-    if expert:  # absent otherwise: the work of earlier versions stays resumable
-        inputs["documents of"] = expert
+    if documents_of:  # absent otherwise: the work of earlier versions stays resumable
+        inputs["documents of"] = documents_of
     return inputs
 
 
@@ -784,54 +849,199 @@ def prepare(
     written when ``out`` already holds shards of the same input, tokenizer and options
     (``up_to_date``); other shards there are an error unless ``overwrite``.
     """
-    if batch_size < MIN_BATCH_SIZE:
-        raise UsageError(f"--batch-size must be at least {MIN_BATCH_SIZE}, not {batch_size}")
-    out = Path(os.path.abspath(out))
-    chosen = language_codes(langs)
-    wanted = sorted(set(chosen)) if chosen else None
-    caps = normalise_caps(token_caps)
-    tokens = total_budget(tokens)
-    given_sizes = normalise_sizes(sizes)
     documents_of = allocation_and_expert(allocation, expert)
-    if documents_of is not None and wanted is None:  # every document it gets, whatever its
-        wanted = sorted(documents_of.allocation.languages)  # language's share of the expert
+    settings = _Settings(
+        langs=langs,
+        token_caps=token_caps,
+        alpha=alpha,
+        tokens=tokens,
+        sizes=sizes,
+        seed=seed,
+        reading=reading,
+        batch_size=batch_size,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+    )
+    routing = Routing((documents_of,) if documents_of else ())
+    (result,) = _prepare(source, tokenizer, {None: Path(out)}, Path(out), routing, settings)
+    return result
+
+
+EXPERT_PLACEHOLDER = "{expert}"
+ALL_EXPERTS = "all"
+
+
+def prepare_experts(
+    source: str | Path,
+    tokenizer: str | Path,
+    out: str | Path,
+    *,
+    allocation: Allocation | str | Path,
+    **options: Any,
+) -> list[PrepareResult]:
+    """``prepare(..., allocation=allocation, expert=I)`` for every expert I of ``allocation``,
+    reading ``source`` once: each document read goes to the expert the allocation's assigner
+    sends it to, into the shards at ``out`` with ``{expert}`` replaced by I (``"shards-{expert}"``).
+    ``options``: ``prepare``'s keyword arguments but ``expert``. The results, in expert order,
+    hold the same shards as the k runs of ``prepare`` would, except where languages are read
+    further in the place of short ones (``sizes`` with ``tokens``): then the further documents
+    follow those read for any expert, not those read for this one. A killed run continues as
+    ``prepare``'s does (its work directory is ``out`` with ``{expert}`` as ``all``).
+
+    Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",
+    reading=SourceOptions(config="{lang}"), langs="ar,de,hi", tokens="1B", sizes=...)``
+    """
+    if EXPERT_PLACEHOLDER not in str(out):
+        raise UsageError(
+            f"--expert all writes one shards directory per expert: -o needs {EXPERT_PLACEHOLDER}"
+            f" for the expert's index (e.g. shards-{EXPERT_PLACEHOLDER}/), not {out}"
+        )
+    experts = every_expert(allocation)
+    outputs: dict[int | None, Path] = {
+        e.index: Path(str(out).replace(EXPERT_PLACEHOLDER, str(e.index))) for e in experts
+    }
+    settings = _Settings(**{**_SETTINGS_DEFAULTS, **options})
+    work_out = Path(str(out).replace(EXPERT_PLACEHOLDER, ALL_EXPERTS))
+    return _prepare(source, tokenizer, outputs, work_out, Routing(experts, split=True), settings)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The keyword arguments of ``prepare`` beside the input, the output and the expert."""
+
+    langs: Sequence[str] | str | None
+    token_caps: dict[str, int] | int | str | None
+    alpha: float | None
+    tokens: int | str | None
+    sizes: Mapping[str, float | str] | str | None
+    seed: int
+    reading: SourceOptions | None
+    batch_size: int
+    workers: int | None
+    overwrite: bool
+    progress: Progress | None
+
+
+_SETTINGS_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(prepare).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY and name not in ("allocation", "expert")
+}  # prepare's defaults: declared once, in its signature
+
+
+def _prepare(
+    source: str | Path,
+    tokenizer: str | Path,
+    outputs: dict[int | None, Path],
+    work_out: Path,
+    routing: Routing,
+    settings: _Settings,
+) -> list[PrepareResult]:
+    """``prepare`` into ``outputs`` (expert index -> shards; None: a single output), each
+    document kept as ``routing`` says, the work in ``work_out``'s hidden sibling; the results
+    in the order of ``outputs``. Outputs that already hold these shards are left as they are
+    (``up_to_date``)."""
+    if settings.batch_size < MIN_BATCH_SIZE:
+        raise UsageError(
+            f"--batch-size must be at least {MIN_BATCH_SIZE}, not {settings.batch_size}"
+        )
+    outputs = {index: Path(os.path.abspath(out)) for index, out in outputs.items()}
+    work_out = Path(os.path.abspath(work_out))
+    chosen = language_codes(settings.langs)
+    wanted = sorted(set(chosen)) if chosen else None
+    caps = normalise_caps(settings.token_caps)
+    tokens = total_budget(settings.tokens)
+    given_sizes = normalise_sizes(settings.sizes)
+    alpha = settings.alpha
+    if routing.assigns and wanted is None:  # every document an expert gets, whatever its
+        wanted = sorted(routing.experts[0].allocation.languages)  # language's share of it
     _check_caps(wanted, caps)
-    reading = reading or SourceOptions()
-    options = _options(wanted, caps, alpha, tokens, seed, reading)
-    if documents_of is not None:
-        options["allocation"] = documents_of.reference
-        if documents_of.assigner.document_bytes:  # records are joined within a batch
-            options["batch_size"] = batch_size  # so the batch decides which go together
+    reading = settings.reading or SourceOptions()
+    options = _options(wanted, caps, alpha, tokens, settings.seed, reading)
+    joined = routing.assigns and routing.experts[0].assigner.document_bytes
     plan = plan_sources(source, wanted, reading)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
-    weights = _sizes_used(
-        given_sizes, plan, wanted, weighed=alpha is not None or tokens is not None
-    )
-    if weights is not None:
-        options["sizes"] = weights
+    weighed = alpha is not None or tokens is not None
+    weights = _sizes_used(given_sizes, plan, wanted, weighed=weighed)
+    own = {  # each output's options, in the order earlier versions wrote them
+        index: {
+            **options,
+            **({"allocation": expert.reference} if expert else {}),
+            **({"batch_size": settings.batch_size} if joined else {}),  # records are joined
+            **({"sizes": weights} if weights is not None else {}),  # within a batch
+        }
+        for index, expert in routing.members()
+    }
     info = load_tokenizer(tokenizer)
-    with output_lock(out):
-        old = _existing(out, overwrite=overwrite)
-        record = plan.record(previous=(old or {}).get("source") or recorded_source(out))
-        if old is not None and not overwrite:
-            _check_unchanged(out, old, record, info.fingerprint, options)
-            return PrepareResult(Shards.open(out), up_to_date=True)
-        dtype_name = token_dtype_name(info.vocab_size)
-        limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
-        reading_inputs = _reading_inputs(plan, info, dtype_name, wanted, limits, reading, options)
-        plan, record, work = _resumable_work(out, plan, record, reading_inputs, dtype_name)
-        context = _ReadContext(
-            work, info, set(wanted) if wanted else None, limits, batch_size, progress, documents_of
-        )
-        header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
-        with work.kept_on_error():
-            offsets = _read_sources(context, plan, workers=workers, options=options)
-            budgets, streamed = _budgets(work, plan, offsets, options)
-            with atomic_directory(out, overwrite=overwrite) as tmp:
-                entries = _finish(work, tmp, offsets, budgets, seed=seed, streamed=streamed)
-                write_manifest(tmp, {**header, "options": options, "languages": entries})
-    return PrepareResult(Shards.open(out), up_to_date=False)
+    with contextlib.ExitStack() as locks:
+        for out in outputs.values():
+            locks.enter_context(output_lock(out))
+        old = {i: _existing(out, overwrite=settings.overwrite) for i, out in outputs.items()}
+        previous = next((m["source"] for m in old.values() if m and "source" in m), None)
+        record = plan.record(previous=previous or recorded_source(work_out))
+        pending = {}
+        for index, out in outputs.items():
+            manifest = old[index]
+            if manifest is not None and not settings.overwrite:
+                _check_unchanged(out, manifest, record, info.fingerprint, own[index])
+            else:
+                pending[index] = out
+        if pending:
+            dtype_name = token_dtype_name(info.vocab_size)
+            limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
+            reading_inputs = _reading_inputs(
+                plan, info, dtype_name, wanted, limits, reading, _documents_of(routing, own)
+            )
+            plan, record, work = _resumable_work(work_out, plan, record, reading_inputs, dtype_name)
+            context = _ReadContext(
+                work,
+                info,
+                set(wanted) if wanted else None,
+                limits,
+                settings.batch_size,
+                settings.progress,
+                routing,
+            )
+            header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
+            with work.kept_on_error():
+                any_own = next(iter(own.values()))  # the limits' options are everyone's
+                offsets = _read_sources(context, plan, workers=settings.workers, options=any_own)
+                for index, out in pending.items():
+                    keys = routing.of_expert(list(offsets), index)
+                    who = f"expert {index}: " if index is not None else ""
+                    held = replace(_Held.of(work, offsets, keys), who=who)
+                    budgets, streamed = _budgets(held, plan, own[index])
+                    with atomic_directory(out, overwrite=settings.overwrite) as tmp:
+                        entries = _finish(
+                            work, tmp, held, budgets, seed=settings.seed, streamed=streamed
+                        )
+                        manifest = {**header, "options": own[index], "languages": entries}
+                        write_manifest(tmp, manifest)
+    return [
+        PrepareResult(Shards.open(out), up_to_date=index not in pending)
+        for index, out in outputs.items()
+    ]
 
 
-__all__ = ["MANIFEST_NAME", "PrepareResult", "prepare", "token_shortfall"]
+def _documents_of(routing: Routing, own: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
+    """What the work's documents are chosen by (none: every document), for its key."""
+    if not routing.assigns:
+        return {}
+    first = own[routing.members()[0][0]]
+    chosen: dict[str, Any] = {k: first[k] for k in ("allocation", "batch_size") if k in first}
+    if routing.split:
+        chosen["allocation"] = {**chosen["allocation"], "expert": ALL_EXPERTS}
+    return chosen
+
+
+__all__ = [
+    "ALL_EXPERTS",
+    "EXPERT_PLACEHOLDER",
+    "MANIFEST_NAME",
+    "PrepareResult",
+    "prepare",
+    "prepare_experts",
+    "token_shortfall",
+]

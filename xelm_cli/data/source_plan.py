@@ -43,7 +43,7 @@ class SourcePlan:
             if isinstance(source, DatasetSource):
                 only = self.only_language(name)
                 streamed |= {only} if only else set(found)
-        return streamed
+        return streamed & set(found)  # a source of one language may have given none of it
 
     def record(self, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         """What the input is, with a digest of its content (spec/shards-v1.md section 3)."""

@@ -314,8 +314,8 @@ def plan(
     Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
 
     With an allocation that assigns documents (xelm cluster tfidf), each expert trains on its
-    own shards (xelm data prepare CORPUS --allocation A --expert I), given by --expert-data
-    with {expert} for its index; the dense run keeps --data:
+    own shards (xelm data prepare CORPUS --allocation A --expert all -o 'shards-{expert}/'),
+    given by --expert-data with {expert} for its index; the dense run keeps --data:
 
     Example: xelm plan --budget 20M --allocation alloc-tfidf/ --seed-bundle seed/ --data sh/
     --expert-data 'sh-{expert}/' -o runs/

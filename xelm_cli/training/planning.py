@@ -168,8 +168,8 @@ def expert_data_paths(
             raise UsageError(
                 f"{allocation} ({alloc.clusterer}) assigns documents, not languages: each "
                 f"expert trains on its own; prepare them (xelm data prepare CORPUS --allocation "
-                f"{allocation} --expert I -t {seed_bundle} -o shards-I/) and give --expert-data "
-                "'shards-{expert}/'"
+                f"{allocation} --expert all -t {seed_bundle} -o 'shards-{{expert}}/') and give "
+                "--expert-data 'shards-{expert}/'"
             )
         return None
     try:

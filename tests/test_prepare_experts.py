@@ -1,0 +1,213 @@
+"""`xelm data prepare --allocation A --expert all` (``prepare_experts``): every expert's shards
+of a TF-IDF allocation from one reading of the corpus, the same shards a run per expert
+(``--expert I``) writes, however the reading is cut (read limits, a kill and a rerun)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_LANGS
+from corpus_helpers import Counting, corpus_slice, valid_texts
+from hub_fixtures import c4_like
+
+from xelm_cli.cli import run
+from xelm_cli.cluster.fitting import cluster
+from xelm_cli.common.errors import UsageError
+from xelm_cli.data import prepare_work
+from xelm_cli.data.prepare import PrepareResult, prepare, prepare_experts, token_shortfall
+from xelm_cli.data.source_plan import SourceOptions
+from xelm_cli.data.sources import DatasetSource, FileSource
+
+LANGS = list(TEST_LANGS)
+K = 3
+PER_LANGUAGE = SourceOptions(config="{lang}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return corpus_slice("train", 120, tmp_path_factory.mktemp("experts") / "corpus")
+
+
+@pytest.fixture(scope="module")
+def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("alloc") / "alloc-tfidf"
+    cluster("tfidf", k=K, output=out, languages=LANGS, data=corpus, components=8)
+    return out
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A streamed dataset: one configuration per language, as mC4's."""
+    root = tmp_path_factory.mktemp("mirror") / "c4"
+    return c4_like(root, {lang: valid_texts(lang, 60) for lang in LANGS})
+
+
+def files(shards: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(shards.iterdir())}
+
+
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sources opened from now on (their paths), each time one is."""
+    calls: list[str] = []
+    for kind in (FileSource, DatasetSource):
+        real = kind.open
+
+        def counted(self: Any, *args: Any, real: Any = real, **kwargs: Any) -> Any:
+            calls.append(str(getattr(self, "path", None) or getattr(self, "dataset", "")))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(kind, "open", counted)
+    return calls
+
+
+def one_by_one(source: Path, seed_bundle: Path, out: Path, **options: Any) -> list[PrepareResult]:
+    """What a run per expert writes, into OUT-0, OUT-1, ..."""
+    return [prepare(source, seed_bundle, f"{out}-{i}", expert=i, **options) for i in range(K)]
+
+
+def test_every_expert_from_one_reading_of_corpus_files_as_a_run_per_expert_writes_it(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Corpus files are read whole and cut down to each expert's budgets afterwards: the bytes
+    of every file (manifest too) are those of ``--expert I``, the corpus opened once, not K
+    times."""
+    options: dict[str, Any] = {"allocation": allocation, "alpha": 0.3, "tokens": 9_000, "seed": 1}
+    reads = opened(monkeypatch)
+    every = prepare_experts(corpus, seed_bundle, tmp_path / "all-{expert}", **options)
+    assert len(reads) == 1
+    reads.clear()
+    apart = one_by_one(corpus, seed_bundle, tmp_path / "one", **options)
+    assert len(reads) == K
+    assert [r.shards.path.name for r in every] == [f"all-{i}" for i in range(K)]
+    for together, alone in zip(every, apart, strict=True):
+        assert together.shards.expert == alone.shards.expert
+        assert files(together.shards.path) == files(alone.shards.path)
+    assert not (tmp_path / ".all-all.prepare").exists()  # the work is gone once all are written
+
+
+def test_a_streamed_dataset_is_read_once_to_every_experts_limits_even_when_killed(
+    mirror: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each expert's language stops at its own read limit (--cap), its source only once every
+    expert's has: the shards are those of a run per expert, and a run killed halfway (Ctrl-C)
+    continues, when run again, to the same shards."""
+    options: dict[str, Any] = {
+        "allocation": allocation, "reading": PER_LANGUAGE, "langs": LANGS,
+        "token_caps": 2_000, "batch_size": 8,
+    }  # fmt: skip
+    apart = one_by_one(mirror, seed_bundle, tmp_path / "one", **options)
+    assert any(entry["read_to_limit"] for entry in apart[0].shards.manifest["languages"].values())
+    out = tmp_path / "all-{expert}"
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)  # after every batch
+    with pytest.raises(KeyboardInterrupt):
+        prepare_experts(mirror, seed_bundle, out, progress=Counting(6), **options)
+    assert (tmp_path / ".all-all.prepare" / "state.json").exists()
+    reads = opened(monkeypatch)
+    every = prepare_experts(mirror, seed_bundle, out, **options)
+    assert len(reads) == len(LANGS)  # one configuration a language, each opened once
+    for together, alone in zip(every, apart, strict=True):
+        assert files(together.shards.path) == files(alone.shards.path)
+
+
+def test_languages_read_further_for_short_ones_give_each_expert_its_shares(
+    allocation: Path, seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --sizes and --tokens, an expert's language that held less than its share is kept
+    whole and the expert's other languages are read further in its place, as in a run per
+    expert: each expert falls short of --tokens by as much (here expert 1 runs out of en) and
+    holds every tr document the allocation sends it; each warning names its expert."""
+    texts = {"en": valid_texts("en", 200), "tr": valid_texts("tr", 6)}
+    short = c4_like(tmp_path / "c4", texts)
+    options: dict[str, Any] = {
+        "allocation": allocation, "reading": PER_LANGUAGE, "langs": "en,tr",
+        "sizes": "en=1,tr=1", "tokens": 3_000, "batch_size": 8,
+    }  # fmt: skip
+    every = prepare_experts(short, seed_bundle, tmp_path / "all-{expert}", **options)
+    warnings = capsys.readouterr().err
+    apart = one_by_one(short, seed_bundle, tmp_path / "one", **options)
+    shortfalls = []
+    for together, alone in zip(every, apart, strict=True):
+        shortfalls.append(token_shortfall(together.shards.manifest))
+        assert shortfalls[-1] == token_shortfall(alone.shards.manifest)
+        assert together.shards.languages == alone.shards.languages
+        if "tr" in alone.shards.languages:
+            assert together.shards.stats["tr"] == alone.shards.stats["tr"]
+    assert 0 in shortfalls and any(shortfalls)
+    assert "xelm: warning: expert 0: tr held fewer tokens than its share" in warnings
+
+
+def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "s-{expert}"
+    argv = ["data", "prepare", str(corpus), "--allocation", str(allocation), "--expert", "all",
+            "-t", str(seed_bundle), "-o", str(out), "--json"]  # fmt: skip
+    assert run(argv) == 0
+    experts = json.loads(capsys.readouterr().out)["experts"]
+    assert [e["path"] for e in experts] == [str(tmp_path / f"s-{i}") for i in range(K)]
+    assert [e["options"]["allocation"]["expert"] for e in experts] == list(range(K))
+    assert not any(e["up_to_date"] for e in experts)
+    kept = files(tmp_path / "s-1")
+    for name in ("s-0", "s-2"):
+        for f in (tmp_path / name).iterdir():
+            f.unlink()
+        (tmp_path / name).rmdir()
+    assert run(argv) == 0
+    again = json.loads(capsys.readouterr().out)["experts"]
+    assert [e["up_to_date"] for e in again] == [False, True, False]
+    assert files(tmp_path / "s-1") == kept
+    assert [e["digest"] for e in again] == [e["digest"] for e in experts]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--expert", "all", "-o", "shards"], "-o needs {expert} for the expert's index"),
+        (
+            ["--expert", "first", "-o", "s-{expert}"],
+            "--expert takes an expert's index (0, 1, ...) or all, not 'first'",
+        ),
+        (
+            ["--expert", "all", "-o", "s-{expert}", "--no-allocation"],
+            "--expert all keeps each expert's documents of --allocation: give it",
+        ),
+    ],
+)
+def test_bad_expert_arguments_are_one_line_and_write_nothing(
+    extra: list[str],
+    message: str,
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parent = tmp_path / "out"
+    parent.mkdir()
+    argv = ["data", "prepare", str(corpus), "-t", str(seed_bundle)]
+    if "--no-allocation" in extra:
+        extra = [arg for arg in extra if arg != "--no-allocation"]
+    else:
+        argv += ["--allocation", str(allocation)]
+    argv += [str(parent / arg) if arg.startswith(("shards", "s-")) else arg for arg in extra]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert list(parent.iterdir()) == []
+    with pytest.raises(UsageError, match=r"-o needs \{expert\}"):
+        prepare_experts(corpus, seed_bundle, parent / "shards", allocation=allocation)
+    with pytest.raises(TypeError, match="expert"):
+        prepare_experts(corpus, seed_bundle, parent / "s-{expert}", allocation=allocation, expert=0)
