@@ -473,7 +473,7 @@ def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: P
 def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path: Path) -> None:
     """Cutting a language down gathers its kept documents in slices: the same tokens as a
     whole-array selection."""
-    from xelm_cli.data import prepare as data_prepare
+    from xelm_cli.data import prepare_finish
 
     corpus = tmp_path / "c"
     corpus.mkdir()
@@ -481,11 +481,11 @@ def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path
         "".join(json.dumps({"text": t}) + "\n" for t in valid_texts("en", 200))
     )
     whole = prepare(corpus, tokenizer_dir, tmp_path / "a", token_caps=2000, seed=1).shards
-    data_prepare.SUBSAMPLE_TOKENS, saved = 7, data_prepare.SUBSAMPLE_TOKENS
+    prepare_finish.SUBSAMPLE_TOKENS, saved = 7, prepare_finish.SUBSAMPLE_TOKENS
     try:
         sliced = prepare(corpus, tokenizer_dir, tmp_path / "b", token_caps=2000, seed=1).shards
     finally:
-        data_prepare.SUBSAMPLE_TOKENS = saved
+        prepare_finish.SUBSAMPLE_TOKENS = saved
     for name in ("en.tokens.bin", "en.offsets.bin"):
         assert (sliced.path / name).read_bytes() == (whole.path / name).read_bytes()
     tokens = np.fromfile(whole.path / "en.tokens.bin", dtype=np.uint16)

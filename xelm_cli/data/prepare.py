@@ -7,16 +7,15 @@ subset of whole documents, kept in corpus order. The result is renamed into plac
 complete. Budgets (see ``xelm_cli.data.budgets``) come from per-language caps and temperature
 sampling, weighing languages by their sizes when known before reading (``--sizes``, or a
 recipe's ``documents``), else by their tokens. Re-running with the same input, tokenizer and
-options does nothing.
+options does nothing. The second pass is ``xelm_cli.data.prepare_finish``; the refusals of
+inputs that need no reading are ``xelm_cli.data.prepare_checks``.
 """
 
 import contextlib
 import inspect
 import math
 import os
-import shutil
-import sys
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,24 +24,27 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.cluster.allocation import Allocation
-from xelm_cli.cluster.assigning import ExpertDocuments, allocation_and_expert, every_expert
+from xelm_cli.cluster.assigning import allocation_and_expert, every_expert
 from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.budgets import (
-    ALL_LANGUAGES,
-    language_budgets,
     normalise_caps,
     normalise_sizes,
     read_limit,
     read_limits,
-    select_documents,
-    shortfall,
     total_budget,
-    unrounded_read_limits,
 )
-from xelm_cli.data.corpus import labelled_files, source_kind
+from xelm_cli.data.prepare_checks import (
+    check_caps,
+    check_languages,
+    check_unchanged,
+    existing_manifest,
+    no_documents_in,
+    sizes_used,
+)
+from xelm_cli.data.prepare_finish import Held, finish, output_budgets, shortfall_under
 from xelm_cli.data.prepare_work import (
     LanguageCount,
     RepeatedByARerun,
@@ -54,13 +56,9 @@ from xelm_cli.data.prepare_work import (
 from xelm_cli.data.routing import Routing
 from xelm_cli.data.shards import (
     MANIFEST_NAME,
-    OFFSETS_DTYPE,
     Shards,
     format_minor,
-    offsets_file,
     token_dtype_name,
-    tokens_file,
-    write_array,
     write_manifest,
 )
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
@@ -98,23 +96,7 @@ def token_shortfall(manifest: dict[str, Any]) -> int | None:
     }
     reached = {lang for lang, entry in languages.items() if entry.get("read_to_limit")}
     made_up = format_minor(manifest) >= 3  # 1.3 on: languages read further in short ones' place
-    return _shortfall(source_tokens, reached, manifest["options"], made_up=made_up)
-
-
-def _shortfall(
-    tokens: dict[str, int], reached: set[str], options: dict[str, Any], *, made_up: bool = True
-) -> int | None:
-    """``shortfall`` of languages holding ``tokens``, ``reached`` those read to their limit,
-    under a manifest's ``options``. With sizes, the languages ``reached`` were read to the
-    limits that the others' tokens give (``made_up``: shards of format 1.3 on; before, to their
-    first shares). A language of the sizes with no document holds 0."""
-    caps, total, sizes = options.get("token_caps"), options.get("tokens"), options.get("sizes")
-    held = None
-    if sizes and made_up:
-        held = {lang: tokens.get(lang, 0) for lang in sizes if lang not in reached}
-    limits = unrounded_read_limits(caps, total, sizes=sizes, alpha=options.get("alpha"), held=held)
-    read_to = {lang: read_limit(limits, lang) or 0.0 for lang in reached}
-    return shortfall(tokens, caps=caps, total=total, read_to=read_to)
+    return shortfall_under(source_tokens, reached, manifest["options"], made_up=made_up)
 
 
 @dataclass
@@ -292,7 +274,7 @@ def _read_sources(
     offsets = context.work.close()
     for index, expert in context.routing.members():
         found = set(context.routing.of_expert(list(offsets), index))
-        _check_languages(plan, found, context.seen, context.wanted, caps, expert)
+        check_languages(plan, found, context.seen, context.wanted, caps, expert)
     return offsets
 
 
@@ -358,7 +340,7 @@ def _read_unfinished(context: _ReadContext, plan: SourcePlan) -> None:
         )
         assigned_elsewhere = context.routing.assigns and only in context.seen  # named at the end
         if only and empty and not assigned_elsewhere:
-            raise _no_documents_in(plan, [only], context.seen)  # at once, not at the end
+            raise no_documents_in(plan, [only], context.seen)  # at once, not at the end
 
 
 def _read_source(
@@ -398,270 +380,6 @@ def _read_source(
     finally:
         batches.close()
     work.checkpoint(name, written, done=True)
-
-
-@dataclass(frozen=True)
-class _Held:
-    """What the work holds for one output: each language's key, document offsets and whether
-    it was read to its limit; ``who`` names the expert in warnings ("" for a single output)."""
-
-    keys: dict[str, str]
-    offsets: dict[str, NDArray[np.uint64]]
-    full: dict[str, bool]
-    who: str = ""
-
-    @classmethod
-    def of(
-        cls, work: WorkDirectory, offsets: dict[str, NDArray[np.uint64]], keys: dict[str, str]
-    ) -> "_Held":
-        """The languages of ``keys`` (language -> key) among the work's ``offsets``."""
-        return cls(
-            keys,
-            {lang: offsets[key] for lang, key in keys.items()},
-            {lang: work.counts[key].full for lang, key in keys.items()},
-        )
-
-
-def _budgets(
-    held: _Held, plan: SourcePlan, options: dict[str, Any]
-) -> tuple[dict[str, int], set[str]]:
-    """Each language's budget under ``options`` (``_options``), from the tokens ``held``, and
-    the languages read from streamed sources. Without sizes, a warning names the streamed
-    languages whose read limit stands in for their size; with sizes and ``--tokens``, one
-    names those that held less than their share."""
-    caps, alpha, tokens, sizes = (
-        options.get(k) for k in ("token_caps", "alpha", "tokens", "sizes")
-    )
-    counts = {lang: int(o[-1]) for lang, o in held.offsets.items()}
-    budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens, sizes=sizes)
-    streamed = plan.streamed_languages(counts)
-    cut = sorted(lang for lang in streamed if held.full[lang])
-    if sizes is None and len(counts) > 1 and cut and (alpha is not None or tokens is not None):
-        option = "--alpha" if alpha is not None else "--tokens"
-        _warn_weighted_by_tokens_read(cut, option, held.who)
-    if sizes is not None and tokens is not None:
-        limits = read_limits(caps, tokens, sizes=sizes, alpha=alpha)
-        short = [
-            lang for lang in sorted(streamed) if lang not in cut and counts[lang] < limits[lang]
-        ]
-        if short:
-            missing = _shortfall(counts, set(cut), options) or 0
-            shares = {lang: (counts[lang], limits[lang]) for lang in short}
-            _warn_short_of_share(shares, missing, held.who)
-    return budgets, streamed
-
-
-def _warn_weighted_by_tokens_read(cut: list[str], option: str, who: str) -> None:
-    """``language_budgets`` weighs a language by its tokens: for one whose reading stopped at
-    its read limit that is the limit, not its size (``who``: whose shards, or "")."""
-    sys.stderr.write(
-        f"xelm: warning: {who}{option} weighs {', '.join(cut)} by the tokens read up to the read "
-        "limit (--cap, else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, "
-        "bytes or tokens) to weigh each language by its size and read only its share\n"
-    )
-
-
-def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int, who: str) -> None:
-    """Streamed languages that held fewer tokens than their share of ``--tokens`` (``short``:
-    language -> tokens held, share) are kept whole and the others read further in their place;
-    ``missing``: the tokens the others could not make up (the shortfall; whole documents aside,
-    which leave each share a little short too)."""
-    held = ", ".join(f"{lang} {n:,} of {share:,}" for lang, (n, share) in short.items())
-    their = "its" if len(short) == 1 else "their"
-    made_up = (
-        f"the others could not make up {missing:,} tokens of it (read to their end or --cap)"
-        if missing
-        else f"the other languages read further in {their} place"
-    )
-    sys.stderr.write(
-        f"xelm: warning: {who}{', '.join(short)} held fewer tokens than {their} share of --tokens "
-        f"by --sizes ({held}): kept whole, {made_up}\n"
-    )
-
-
-def _check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
-    """A cap for a language outside ``langs`` is a mistake (it would never apply)."""
-    outside = [lang for lang in caps or {} if lang != ALL_LANGUAGES and langs and lang not in langs]
-    if outside:
-        raise UsageError(
-            f"--cap {', '.join(outside)}: not in --langs {','.join(langs or [])}; "
-            "add it to --langs or drop its cap"
-        )
-
-
-def _sizes_used(
-    sizes: dict[str, float] | None,
-    plan: SourcePlan,
-    languages: list[str] | None,
-    *,
-    weighed: bool,
-) -> dict[str, float] | None:
-    """The sizes that weigh ``languages`` when ``weighed`` (--alpha or --tokens is given):
-    ``sizes`` as given, else the recipe's ``documents`` when it has them for every language;
-    None: the languages are weighed by the tokens read."""
-    if sizes is not None:
-        _check_sizes(sizes, languages, weighed=weighed)
-        return sizes
-    if not weighed or plan.recipe is None or not languages:
-        return None
-    return plan.recipe.sizes(languages)
-
-
-def _check_sizes(sizes: dict[str, float], languages: list[str] | None, *, weighed: bool) -> None:
-    """``--sizes`` weighs exactly the languages read, for --alpha or --tokens."""
-    if not weighed:
-        raise UsageError(
-            "--sizes weighs the languages for --tokens and --alpha: give either, or drop --sizes"
-        )
-    if not languages:
-        raise UsageError("--sizes needs --langs: the languages whose sizes it gives")
-    outside = [lang for lang in sizes if lang not in languages]
-    if outside:
-        raise UsageError(
-            f"--sizes {', '.join(outside)}: not in --langs {','.join(languages)}; "
-            "add it to --langs or drop its size"
-        )
-    missing = [lang for lang in languages if lang not in sizes]
-    if missing:
-        raise UsageError(
-            f"--sizes has no size for {', '.join(missing)}: give one for every language read "
-            "(--langs, else the recipe's), in one unit (documents, bytes or tokens)"
-        )
-
-
-def _corpus_languages(plan: SourcePlan, seen: set[str]) -> list[str]:
-    """The languages ``plan``'s input has, as far as known without reading more: those read
-    (``seen``), a recipe's, and those corpus files are named for (left unread when not wanted)."""
-    languages = set(seen)
-    if plan.recipe is not None:
-        languages |= set(plan.recipe.languages)
-    if plan.kind == "files" and source_kind(plan.path) == "files":
-        languages |= {lang for _, lang in labelled_files(plan.path) if lang}
-    return sorted(languages)
-
-
-def _check_languages(
-    plan: SourcePlan,
-    found: set[str],
-    seen: set[str],
-    langs: Collection[str] | None,
-    caps: dict[str, int] | None,
-    expert: ExpertDocuments | None = None,
-) -> None:
-    """Languages asked for (``langs``, ``caps``) with no documents ``found`` are an error; with
-    ``expert``, one read (``seen``) whose documents all went to other experts is not, and is
-    named when it is one of the expert's own languages."""
-    mine = f" assigned to {_expert_name(expert)}" if expert else ""
-    if not found:
-        raise UsageError(f"no documents in {plan.path}{mine}" + (" for --langs" if langs else ""))
-    named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
-    missing = sorted({lang for lang in named if lang not in found})
-    if expert is not None:
-        own = [lang for lang in missing if lang in seen and lang in expert.languages]
-        if own:
-            sys.stderr.write(
-                f"xelm: warning: {_expert_name(expert)} got no documents of {', '.join(own)}: "
-                f"the shards hold {', '.join(sorted(found))}\n"
-            )
-        missing = [lang for lang in missing if lang not in seen]
-    if missing:
-        raise _no_documents_in(plan, missing, seen)
-
-
-def _expert_name(expert: ExpertDocuments) -> str:
-    return f"expert {expert.index} of {expert.allocation.path.name}"
-
-
-def _no_documents_in(plan: SourcePlan, missing: list[str], seen: set[str]) -> UsageError:
-    has = _corpus_languages(plan, seen)
-    return UsageError(
-        f"no documents in {', '.join(missing)} in {plan.path} "
-        f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
-        "drop them from --langs / --cap"
-    )
-
-
-SUBSAMPLE_TOKENS = 1 << 24  # tokens gathered per step when cutting a language down
-
-
-def _subsample(
-    work: Path,
-    out: Path,
-    lang: str,
-    offsets: NDArray[np.uint64],
-    keep: NDArray[np.int64],
-    dtype: Any,
-    key: str,
-) -> NDArray[np.uint64]:
-    """Write ``lang``'s documents ``keep`` from ``work`` (its files under ``key``) to ``out``;
-    return their offsets. Memory stays bounded: documents are gathered a slice of
-    ``SUBSAMPLE_TOKENS`` at a time."""
-    starts = np.asarray(offsets[:-1], dtype=np.int64)[keep]
-    lengths = np.asarray(np.diff(offsets), dtype=np.int64)[keep]
-    new_offsets = np.zeros(len(keep) + 1, dtype=OFFSETS_DTYPE)
-    np.cumsum(lengths, out=new_offsets[1:])
-    tokens = np.memmap(work / tokens_file(key), dtype=dtype, mode="r")
-    with open(out / tokens_file(lang), "wb") as f:
-        first = 0
-        while first < len(keep):
-            ends = new_offsets[first + 1 :] - new_offsets[first]
-            last = first + max(1, int(np.searchsorted(ends, SUBSAMPLE_TOKENS, side="right")))
-            part_lengths = lengths[first:last]
-            shift = starts[first:last] - (np.cumsum(part_lengths) - part_lengths)
-            index = np.arange(int(part_lengths.sum()), dtype=np.int64)
-            index += np.repeat(shift, part_lengths)
-            f.write(np.ascontiguousarray(tokens[index]).data)
-            first = last
-    del tokens
-    write_array(out / offsets_file(lang), new_offsets)
-    return new_offsets
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        shutil.copyfile(source, target)
-
-
-def _finish(
-    work: WorkDirectory,
-    out: Path,
-    held: _Held,
-    budgets: dict[str, int],
-    *,
-    seed: int,
-    streamed: set[str],
-) -> dict[str, dict[str, Any]]:
-    """Pass 2: each language ``held`` into ``out``, cut down to its budget where over it; the
-    manifest's per-language entries."""
-    entries = {}
-    for lang, full in held.offsets.items():
-        key = held.keys[lang]
-        source_tokens, source_documents = int(full[-1]), len(full) - 1
-        kept = full
-        if budgets[lang] < source_tokens:
-            lengths = np.asarray(np.diff(full), dtype=np.int64)
-            keep = select_documents(lengths, budgets[lang], seed=seed, language=lang)
-            if len(keep) == 0:
-                raise UsageError(
-                    f"a budget of {budgets[lang]} tokens leaves no whole document in {lang}; "
-                    "raise --cap / --tokens or drop it with --langs"
-                )
-            kept = _subsample(work.path, out, lang, full, keep, work.dtype, key)
-        else:  # a link, not a move: a run killed now still finds the file to resume from
-            _link_or_copy(work.path / tokens_file(key), out / tokens_file(lang))
-            write_array(out / offsets_file(lang), full)
-        entries[lang] = {
-            "documents": len(kept) - 1,
-            "tokens": int(kept[-1]),
-            "source_documents": source_documents,
-            "source_tokens": source_tokens,
-            "budget": budgets[lang] if budgets[lang] < source_tokens else None,
-        }
-        if lang in streamed:
-            entries[lang]["read_to_limit"] = held.full[lang]
-    return entries
 
 
 def _options(
@@ -748,45 +466,6 @@ def _resumable_work(
     inputs, key = keyed(record)
     work = WorkDirectory(out, key, dtype_name, fresh=False, inputs=inputs, source=record)
     return plan, record, work
-
-
-def _existing(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
-    """The manifest of shards already at ``out``; anything else there is refused."""
-    if not out.exists():
-        return None
-    try:
-        return Shards.open(out).manifest
-    except XelmError as exc:
-        if overwrite:
-            return None
-        raise UsageError(
-            f"output {out} exists and is not usable shards ({exc}); pass --force"
-        ) from None
-
-
-def _check_unchanged(
-    out: Path,
-    old: dict[str, Any],
-    source: dict[str, Any],
-    fingerprint: str,
-    options: dict[str, Any],
-) -> None:
-    """Shards at ``out`` (``old``: their manifest) made of another input, with another
-    tokenizer or other options are refused."""
-    changed = []
-    if old.get("source", {}).get("digest") != source["digest"]:
-        changed.append("the input changed")
-    if old.get("tokenizer", {}).get("fingerprint") != fingerprint:
-        changed.append("another tokenizer")
-    if old.get("options") != options:
-        keys = {*options, *old.get("options", {})}
-        differing = sorted(k for k in keys if old.get("options", {}).get(k) != options.get(k))
-        changed.append("other options (" + ", ".join(differing) + ")")
-    if changed:
-        raise UsageError(
-            f"{out} holds shards made differently ({'; '.join(changed)}); "
-            "pass --force to rebuild, or choose another -o"
-        )
 
 
 def prepare(
@@ -956,7 +635,7 @@ def _prepare(
     alpha = settings.alpha
     if routing.assigns and wanted is None:  # every document an expert gets, whatever its
         wanted = sorted(routing.experts[0].allocation.languages)  # language's share of it
-    _check_caps(wanted, caps)
+    check_caps(wanted, caps)
     reading = settings.reading or SourceOptions()
     options = _options(wanted, caps, alpha, tokens, settings.seed, reading)
     joined = routing.assigns and routing.experts[0].assigner.document_bytes
@@ -964,7 +643,7 @@ def _prepare(
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
     weighed = alpha is not None or tokens is not None
-    weights = _sizes_used(given_sizes, plan, wanted, weighed=weighed)
+    weights = sizes_used(given_sizes, plan, wanted, weighed=weighed)
     own = {  # each output's options, in the order earlier versions wrote them
         index: {
             **options,
@@ -978,14 +657,16 @@ def _prepare(
     with contextlib.ExitStack() as locks:
         for out in outputs.values():
             locks.enter_context(output_lock(out))
-        old = {i: _existing(out, overwrite=settings.overwrite) for i, out in outputs.items()}
+        old = {
+            i: existing_manifest(out, overwrite=settings.overwrite) for i, out in outputs.items()
+        }
         previous = next((m["source"] for m in old.values() if m and "source" in m), None)
         record = plan.record(previous=previous or recorded_source(work_out))
         pending = {}
         for index, out in outputs.items():
             manifest = old[index]
             if manifest is not None and not settings.overwrite:
-                _check_unchanged(out, manifest, record, info.fingerprint, own[index])
+                check_unchanged(out, manifest, record, info.fingerprint, own[index])
             else:
                 pending[index] = out
         if pending:
@@ -1011,10 +692,10 @@ def _prepare(
                 for index, out in pending.items():
                     keys = routing.of_expert(list(offsets), index)
                     who = f"expert {index}: " if index is not None else ""
-                    held = replace(_Held.of(work, offsets, keys), who=who)
-                    budgets, streamed = _budgets(held, plan, own[index])
+                    held = replace(Held.of(work, offsets, keys), who=who)
+                    budgets, streamed = output_budgets(held, plan, own[index])
                     with atomic_directory(out, overwrite=settings.overwrite) as tmp:
-                        entries = _finish(
+                        entries = finish(
                             work, tmp, held, budgets, seed=settings.seed, streamed=streamed
                         )
                         manifest = {**header, "options": own[index], "languages": entries}

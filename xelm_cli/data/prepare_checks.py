@@ -1,0 +1,166 @@
+"""The refusals of ``xelm data prepare`` that need no further reading: options that contradict
+each other or the input, languages asked for with no documents, and an output holding shards
+made differently."""
+
+import sys
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from xelm_cli.cluster.assigning import ExpertDocuments
+from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.data.budgets import ALL_LANGUAGES
+from xelm_cli.data.corpus import labelled_files, source_kind
+from xelm_cli.data.shards import Shards
+from xelm_cli.data.source_plan import SourcePlan
+
+
+def check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
+    """A cap for a language outside ``langs`` is a mistake (it would never apply)."""
+    outside = [lang for lang in caps or {} if lang != ALL_LANGUAGES and langs and lang not in langs]
+    if outside:
+        raise UsageError(
+            f"--cap {', '.join(outside)}: not in --langs {','.join(langs or [])}; "
+            "add it to --langs or drop its cap"
+        )
+
+
+def sizes_used(
+    sizes: dict[str, float] | None,
+    plan: SourcePlan,
+    languages: list[str] | None,
+    *,
+    weighed: bool,
+) -> dict[str, float] | None:
+    """The sizes that weigh ``languages`` when ``weighed`` (--alpha or --tokens is given):
+    ``sizes`` as given, else the recipe's ``documents`` when it has them for every language;
+    None: the languages are weighed by the tokens read."""
+    if sizes is not None:
+        _check_sizes(sizes, languages, weighed=weighed)
+        return sizes
+    if not weighed or plan.recipe is None or not languages:
+        return None
+    return plan.recipe.sizes(languages)
+
+
+def _check_sizes(sizes: dict[str, float], languages: list[str] | None, *, weighed: bool) -> None:
+    """``--sizes`` weighs exactly the languages read, for --alpha or --tokens."""
+    if not weighed:
+        raise UsageError(
+            "--sizes weighs the languages for --tokens and --alpha: give either, or drop --sizes"
+        )
+    if not languages:
+        raise UsageError("--sizes needs --langs: the languages whose sizes it gives")
+    outside = [lang for lang in sizes if lang not in languages]
+    if outside:
+        raise UsageError(
+            f"--sizes {', '.join(outside)}: not in --langs {','.join(languages)}; "
+            "add it to --langs or drop its size"
+        )
+    missing = [lang for lang in languages if lang not in sizes]
+    if missing:
+        raise UsageError(
+            f"--sizes has no size for {', '.join(missing)}: give one for every language read "
+            "(--langs, else the recipe's), in one unit (documents, bytes or tokens)"
+        )
+
+
+def _corpus_languages(plan: SourcePlan, seen: set[str]) -> list[str]:
+    """The languages ``plan``'s input has, as far as known without reading more: those read
+    (``seen``), a recipe's, and those corpus files are named for (left unread when not wanted)."""
+    languages = set(seen)
+    if plan.recipe is not None:
+        languages |= set(plan.recipe.languages)
+    if plan.kind == "files" and source_kind(plan.path) == "files":
+        languages |= {lang for _, lang in labelled_files(plan.path) if lang}
+    return sorted(languages)
+
+
+def check_languages(
+    plan: SourcePlan,
+    found: set[str],
+    seen: set[str],
+    langs: Collection[str] | None,
+    caps: dict[str, int] | None,
+    expert: ExpertDocuments | None = None,
+) -> None:
+    """Languages asked for (``langs``, ``caps``) with no documents ``found`` are an error; with
+    ``expert``, one read (``seen``) whose documents all went to other experts is not, and is
+    named when it is one of the expert's own languages."""
+    mine = f" assigned to {_expert_name(expert)}" if expert else ""
+    if not found:
+        raise UsageError(f"no documents in {plan.path}{mine}" + (" for --langs" if langs else ""))
+    named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
+    missing = sorted({lang for lang in named if lang not in found})
+    if expert is not None:
+        own = [lang for lang in missing if lang in seen and lang in expert.languages]
+        if own:
+            sys.stderr.write(
+                f"xelm: warning: {_expert_name(expert)} got no documents of {', '.join(own)}: "
+                f"the shards hold {', '.join(sorted(found))}\n"
+            )
+        missing = [lang for lang in missing if lang not in seen]
+    if missing:
+        raise no_documents_in(plan, missing, seen)
+
+
+def _expert_name(expert: ExpertDocuments) -> str:
+    return f"expert {expert.index} of {expert.allocation.path.name}"
+
+
+def no_documents_in(plan: SourcePlan, missing: list[str], seen: set[str]) -> UsageError:
+    has = _corpus_languages(plan, seen)
+    return UsageError(
+        f"no documents in {', '.join(missing)} in {plan.path} "
+        f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
+        "drop them from --langs / --cap"
+    )
+
+
+def existing_manifest(out: Path, *, overwrite: bool) -> dict[str, Any] | None:
+    """The manifest of shards already at ``out``; anything else there is refused."""
+    if not out.exists():
+        return None
+    try:
+        return Shards.open(out).manifest
+    except XelmError as exc:
+        if overwrite:
+            return None
+        raise UsageError(
+            f"output {out} exists and is not usable shards ({exc}); pass --force"
+        ) from None
+
+
+def check_unchanged(
+    out: Path,
+    old: dict[str, Any],
+    source: dict[str, Any],
+    fingerprint: str,
+    options: dict[str, Any],
+) -> None:
+    """Shards at ``out`` (``old``: their manifest) made of another input, with another
+    tokenizer or other options are refused."""
+    changed = []
+    if old.get("source", {}).get("digest") != source["digest"]:
+        changed.append("the input changed")
+    if old.get("tokenizer", {}).get("fingerprint") != fingerprint:
+        changed.append("another tokenizer")
+    if old.get("options") != options:
+        keys = {*options, *old.get("options", {})}
+        differing = sorted(k for k in keys if old.get("options", {}).get(k) != options.get(k))
+        changed.append("other options (" + ", ".join(differing) + ")")
+    if changed:
+        raise UsageError(
+            f"{out} holds shards made differently ({'; '.join(changed)}); "
+            "pass --force to rebuild, or choose another -o"
+        )
+
+
+__all__ = [
+    "check_caps",
+    "check_languages",
+    "check_unchanged",
+    "existing_manifest",
+    "no_documents_in",
+    "sizes_used",
+]
