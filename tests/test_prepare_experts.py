@@ -175,7 +175,7 @@ def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--expert", "all", "-o", "shards"], "-o needs {expert} for the expert's index"),
+        (["--expert", "all", "-o", "shards"], "-o needs {expert} in its last name"),
         (
             ["--expert", "first", "-o", "s-{expert}"],
             "--expert takes an expert's index (0, 1, ...) or all, not 'first'",
@@ -207,7 +207,8 @@ def test_bad_expert_arguments_are_one_line_and_write_nothing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
     assert list(parent.iterdir()) == []
-    with pytest.raises(UsageError, match=r"-o needs \{expert\}"):
-        prepare_experts(corpus, seed_bundle, parent / "shards", allocation=allocation)
+    for out in (parent / "shards", parent / "{expert}" / "shards"):
+        with pytest.raises(UsageError, match=r"-o needs \{expert\} in its last name"):
+            prepare_experts(corpus, seed_bundle, out, allocation=allocation)
     with pytest.raises(TypeError, match="expert"):
         prepare_experts(corpus, seed_bundle, parent / "s-{expert}", allocation=allocation, expert=0)

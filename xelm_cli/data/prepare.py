@@ -571,10 +571,11 @@ def prepare_experts(
     Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",
     reading=SourceOptions(config="{lang}"), langs="ar,de,hi", tokens="1B", sizes=...)``
     """
-    if EXPERT_PLACEHOLDER not in str(out):
+    if EXPERT_PLACEHOLDER not in Path(out).name:  # the directories are siblings, as is the work
         raise UsageError(
             f"--expert all writes one shards directory per expert: -o needs {EXPERT_PLACEHOLDER}"
-            f" for the expert's index (e.g. shards-{EXPERT_PLACEHOLDER}/), not {out}"
+            f" in its last name for the expert's index (e.g. shards-{EXPERT_PLACEHOLDER}/), not "
+            f"{out}"
         )
     experts = every_expert(allocation)
     outputs: dict[int | None, Path] = {
