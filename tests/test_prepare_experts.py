@@ -14,6 +14,7 @@ from hub_fixtures import c4_like
 from xelm_cli.cli import run
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.errors import UsageError
+from xelm_cli.data import prepare as prepare_module
 from xelm_cli.data import prepare_work
 from xelm_cli.data.prepare import PrepareResult, prepare, prepare_experts, token_shortfall
 from xelm_cli.data.source_plan import SourceOptions
@@ -152,9 +153,8 @@ def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = tmp_path / "s-{expert}"
-    argv = ["data", "prepare", str(corpus), "--allocation", str(allocation), "--expert", "all",
-            "-t", str(seed_bundle), "-o", str(out), "--json"]  # fmt: skip
+    argv = [*command(corpus, seed_bundle, allocation), "--expert", "all", "--json",
+            "-o", str(tmp_path / "s-{expert}")]  # fmt: skip
     assert run(argv) == 0
     experts = json.loads(capsys.readouterr().out)["experts"]
     assert [e["path"] for e in experts] == [str(tmp_path / f"s-{i}") for i in range(K)]
@@ -176,6 +176,7 @@ def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
     ("extra", "message"),
     [
         (["--expert", "all", "-o", "shards"], "-o needs {expert} in its last name"),
+        (["--expert", "all", "-o", "r-{expert}/s-{expert}"], "in its last name (only there)"),
         (
             ["--expert", "first", "-o", "s-{expert}"],
             "--expert takes an expert's index (0, 1, ...) or all, not 'first'",
@@ -197,12 +198,10 @@ def test_bad_expert_arguments_are_one_line_and_write_nothing(
 ) -> None:
     parent = tmp_path / "out"
     parent.mkdir()
-    argv = ["data", "prepare", str(corpus), "-t", str(seed_bundle)]
-    if "--no-allocation" in extra:
-        extra = [arg for arg in extra if arg != "--no-allocation"]
-    else:
-        argv += ["--allocation", str(allocation)]
-    argv += [str(parent / arg) if arg.startswith(("shards", "s-")) else arg for arg in extra]
+    given = None if "--no-allocation" in extra else allocation
+    argv = command(corpus, seed_bundle, given)
+    argv += [str(parent / arg) if "/" in arg or arg.startswith(("shards", "s-")) else arg
+             for arg in extra if arg != "--no-allocation"]  # fmt: skip
     assert run(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
@@ -210,5 +209,68 @@ def test_bad_expert_arguments_are_one_line_and_write_nothing(
     for out in (parent / "shards", parent / "{expert}" / "shards"):
         with pytest.raises(UsageError, match=r"-o needs \{expert\} in its last name"):
             prepare_experts(corpus, seed_bundle, out, allocation=allocation)
-    with pytest.raises(TypeError, match="expert"):
+    with pytest.raises(TypeError, match=r"^prepare_experts\(\) got unexpected keyword .* expert:"):
         prepare_experts(corpus, seed_bundle, parent / "s-{expert}", allocation=allocation, expert=0)
+    assert list(parent.iterdir()) == []
+
+
+def command(corpus: Path, seed_bundle: Path, allocation: Path | None) -> list[str]:
+    """``xelm data prepare CORPUS -t SEED [--allocation A]``: the rest is each test's."""
+    allocated = ["--allocation", str(allocation)] if allocation else []
+    return ["data", "prepare", str(corpus), "-t", str(seed_bundle), *allocated]
+
+
+def test_experts_that_get_no_document_are_named_after_the_others_are_written(
+    allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Two documents of one language, for 3 experts: at least one gets none of them. The
+    others' shards are written, the run fails in one line naming the empty experts and the way
+    out, and no work is left behind (a rerun would meet the same)."""
+    tr_only = tmp_path / "tr"
+    tr_only.mkdir()
+    (tr_only / "tr.jsonl").write_text(
+        "".join(json.dumps({"text": text}) + "\n" for text in valid_texts("tr", 2))
+    )
+    out = tmp_path / "s-{expert}"
+    with pytest.raises(UsageError) as caught:
+        prepare_experts(tr_only, seed_bundle, out, allocation=allocation, langs="tr")
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s-"))
+    empty = [i for i in range(K) if f"s-{i}" not in written]
+    assert written and empty
+    assert str(caught.value).startswith(
+        f"no documents of tr in {tr_only} assigned to expert"
+        f"{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} of alloc-tfidf: the "
+        "other experts' shards are written, not theirs; read the languages they were fitted on"
+    )
+    assert not (tmp_path / ".s-all.prepare").exists()
+
+
+def test_a_run_killed_while_writing_the_experts_continues_with_those_left(
+    corpus: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C after the first expert's shards are written: the rerun reads nothing again (the
+    work is kept), leaves expert 0's as they are and writes the others, as --expert I would."""
+    real = prepare_module.finish
+    calls = iter(range(100))
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "finish", interrupted)
+    out = tmp_path / "s-{expert}"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_experts(corpus, seed_bundle, out, allocation=allocation)
+    assert (tmp_path / "s-0").exists() and not (tmp_path / "s-1").exists()
+    monkeypatch.setattr(prepare_module, "finish", real)
+    reads = opened(monkeypatch)
+    again = prepare_experts(corpus, seed_bundle, out, allocation=allocation)
+    assert reads == []  # the work was read to its end: nothing to open
+    assert [r.up_to_date for r in again] == [True] + [False] * (K - 1)
+    alone = prepare(corpus, seed_bundle, tmp_path / "one-1", allocation=allocation, expert=1)
+    assert files(again[1].shards.path) == files(alone.shards.path)

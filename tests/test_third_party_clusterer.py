@@ -257,3 +257,20 @@ def test_an_option_named_like_a_reading_flag_is_refused(
     assert run(["cluster", plugin.name, "--langs", "en,tr", "-k", "1", "-o", str(out)]) == 6
     assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
     assert not out.exists()
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_an_option_named_language_is_a_clusterers_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``language`` is a field of ``SourceOptions`` but no reading flag (that is ``--lang``) and
+    no keyword of ``cluster()`` any more: a clusterer may declare it, set by keyword and flag."""
+    from xelm_cli.api import cluster
+
+    plugin = NamedPlugin("language")
+    host.reset_registry(host.load_registry(extra_plugins=[("named", plugin)]))
+    alloc = cluster(plugin.name, k=1, output=tmp_path / "a.json", languages="en,tr", language="y")
+    assert alloc.experts == [["en", "tr"]]
+    argv = ["cluster", plugin.name, "--langs", "en,tr", "-k", "1", "--language", "y"]
+    assert run([*argv, "-o", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "b.json").exists()

@@ -50,14 +50,15 @@ def cluster(
     Example: ``cluster("tfidf", k=4, output="alloc/", data="allenai/c4", languages="ar,de,he,hi",
     reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}), max_docs_per_language=10000)``
     """
+    clusterer = get_registry().get("clusterer", name).obj
     field_of = {parameter: name for name, parameter in SourceOptions.parameters().items()}
     field_of.update({name: name for name in SourceOptions.flags()})
-    misplaced = sorted(set(options) & set(field_of))
+    declared = {spec.name for spec in declared_options(clusterer)}  # language may be one
+    misplaced = sorted(set(options) & set(field_of) - declared)
     if misplaced:
         given = ", ".join(f"{key}=..." for key in misplaced)
         fields = ", ".join(f"{field_of[key]}=..." for key in misplaced)
         raise UsageError(f"{given}: how to read DATA goes in reading=SourceOptions({fields})")
-    clusterer = get_registry().get("clusterer", name).obj
     request = cluster_request(
         clusterer,
         k=k,

@@ -274,7 +274,8 @@ def _read_sources(
     offsets = context.work.close()
     for index, expert in context.routing.members():
         found = set(context.routing.of_expert(list(offsets), index))
-        check_languages(plan, found, context.seen, context.wanted, caps, expert)
+        if found or not context.routing.split:  # an expert of none: after the others' shards
+            check_languages(plan, found, context.seen, context.wanted, caps, expert)
     return offsets
 
 
@@ -571,19 +572,28 @@ def prepare_experts(
     Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",
     reading=SourceOptions(config="{lang}"), langs="ar,de,hi", tokens="1B", sizes=...)``
     """
-    if EXPERT_PLACEHOLDER not in Path(out).name:  # the directories are siblings, as is the work
-        raise UsageError(
-            f"--expert all writes one shards directory per expert: -o needs {EXPERT_PLACEHOLDER}"
-            f" in its last name for the expert's index (e.g. shards-{EXPERT_PLACEHOLDER}/), not "
-            f"{out}"
+    template = Path(out)
+    if EXPERT_PLACEHOLDER not in template.name or EXPERT_PLACEHOLDER in str(template.parent):
+        raise UsageError(  # the experts' shards are siblings, and so is the work
+            f"--expert all writes one shards directory per expert, side by side: -o needs "
+            f"{EXPERT_PLACEHOLDER} in its last name (only there) for the expert's index (e.g. "
+            f"shards-{EXPERT_PLACEHOLDER}/), not {out}"
+        )
+    unknown = sorted(set(options) - set(_SETTINGS_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"prepare_experts() got unexpected keyword arguments {', '.join(unknown)}: it takes "
+            f"prepare()'s but expert ({', '.join(_SETTINGS_DEFAULTS)})"
         )
     experts = every_expert(allocation)
-    outputs: dict[int | None, Path] = {
-        e.index: Path(str(out).replace(EXPERT_PLACEHOLDER, str(e.index))) for e in experts
-    }
+
+    def named(index: str) -> Path:
+        return template.with_name(template.name.replace(EXPERT_PLACEHOLDER, index))
+
+    outputs: dict[int | None, Path] = {e.index: named(str(e.index)) for e in experts}
     settings = _Settings(**{**_SETTINGS_DEFAULTS, **options})
-    work_out = Path(str(out).replace(EXPERT_PLACEHOLDER, ALL_EXPERTS))
-    return _prepare(source, tokenizer, outputs, work_out, Routing(experts, split=True), settings)
+    routing = Routing(experts, split=True)
+    return _prepare(source, tokenizer, outputs, named(ALL_EXPERTS), routing, settings)
 
 
 @dataclass(frozen=True)
@@ -656,8 +666,8 @@ def _prepare(
     }
     info = load_tokenizer(tokenizer)
     with contextlib.ExitStack() as locks:
-        for out in outputs.values():
-            locks.enter_context(output_lock(out))
+        for path in sorted({*outputs.values(), work_out}):  # the work's too: a plain run's
+            locks.enter_context(output_lock(path))  # may share it; in order: no deadlock
         old = {
             i: existing_manifest(out, overwrite=settings.overwrite) for i, out in outputs.items()
         }
@@ -690,7 +700,10 @@ def _prepare(
             with work.kept_on_error():
                 any_own = next(iter(own.values()))  # the limits' options are everyone's
                 offsets = _read_sources(context, plan, workers=settings.workers, options=any_own)
+                empty = [i for i in pending if not routing.of_expert(list(offsets), i)]
                 for index, out in pending.items():
+                    if index in empty:
+                        continue
                     keys = routing.of_expert(list(offsets), index)
                     who = f"expert {index}: " if index is not None else ""
                     held = replace(Held.of(work, offsets, keys), who=who)
@@ -701,10 +714,29 @@ def _prepare(
                         )
                         manifest = {**header, "options": own[index], "languages": entries}
                         write_manifest(tmp, manifest)
+                if empty:
+                    raise _nothing_for(routing, empty, plan.path, wanted)
     return [
         PrepareResult(Shards.open(out), up_to_date=index not in pending)
         for index, out in outputs.items()
     ]
+
+
+def _nothing_for(
+    routing: Routing, empty: list[int | None], source: str, langs: list[str] | None
+) -> RepeatedByARerun:
+    """The refusal of experts of ``prepare_experts`` that got no document (the others' shards
+    are written by then)."""
+    experts = {e.index: e for e in routing.experts}
+    fitted = sorted({lang for i in empty if i is not None for lang in experts[i].languages})
+    which = ", ".join(str(i) for i in empty)
+    name = routing.experts[0].allocation.path.name
+    read = f" of {', '.join(langs)}" if langs else ""
+    return RepeatedByARerun(
+        f"no documents{read} in {source} assigned to expert{'s' if len(empty) > 1 else ''} "
+        f"{which} of {name}: the other experts' shards are written, not theirs; read the "
+        f"languages they were fitted on too (--langs with {', '.join(fitted)})"
+    )
 
 
 def _documents_of(routing: Routing, own: dict[int | None, dict[str, Any]]) -> dict[str, Any]:
