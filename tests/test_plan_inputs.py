@@ -472,9 +472,33 @@ def test_an_interrupted_train_all_says_its_runs_were_interrupted_not_failed(
     assert lines[-1] == (
         "xelm: error: interrupted (nothing half-written is left): run the same command again"
     )
-    assert (
-        "dense: interrupted: train-all was stopped (a re-run resumes it)"
-        in (logs / "dense.log").read_text()
+    dense_log = (logs / "dense.log").read_text()
+    assert "dense: interrupted: train-all was stopped (a re-run resumes it)" in dense_log
+    assert "--resume" not in stderr  # what a run stopped says: see the test below
+
+
+def test_a_run_of_train_all_stopped_says_train_all_resumes_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command train-all runs gets the Ctrl-C too: its line must not send the user to its own
+    --resume (train-all adds that, and takes no such flag), but back to train-all."""
+    from xelm_cli.cli import run
+    from xelm_cli.training import cli as training_cli
+    from xelm_cli.training.plan_runner import RUN_OF_TRAIN_ALL
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_cli, "train_verb", stopped)
+    argv = ["train", "seed", "--data", "shards", "--tokens", "1K", "-o", "out"]
+    assert run(argv) == 130
+    assert capsys.readouterr().err == (
+        "xelm: error: interrupted: run the same command with --resume to continue\n"
+    )
+    monkeypatch.setenv(RUN_OF_TRAIN_ALL, "1")
+    assert run(argv) == 130
+    assert capsys.readouterr().err == (
+        "xelm: error: interrupted: run train-all again to continue this run\n"
     )
 
 

@@ -183,7 +183,7 @@ def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
         ),
         (
             ["--expert", "all", "-o", "s-{expert}", "--no-allocation"],
-            "--expert all keeps each expert's documents of --allocation: give it",
+            "--expert all needs --allocation: the allocation whose experts' documents to keep",
         ),
     ],
 )
@@ -274,3 +274,26 @@ def test_a_run_killed_while_writing_the_experts_continues_with_those_left(
     assert [r.up_to_date for r in again] == [True] + [False] * (K - 1)
     alone = prepare(corpus, seed_bundle, tmp_path / "one-1", allocation=allocation, expert=1)
     assert files(again[1].shards.path) == files(alone.shards.path)
+
+
+def test_one_expert_writes_to_its_index_in_an_output_named_with_expert(
+    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+) -> None:
+    """``-o 'shards-{expert}/'`` with ``--expert 1`` (a job array's loop) writes shards-1/, as
+    --expert all would; without --expert the placeholder has no index and is refused."""
+    one = prepare(corpus, seed_bundle, tmp_path / "s-{expert}", allocation=allocation, expert=1)
+    assert one.shards.path == tmp_path / "s-1"
+    assert one.shards.expert is not None and one.shards.expert["expert"] == 1
+    with pytest.raises(UsageError, match=r"\{expert\} stands for the index of --expert"):
+        prepare(corpus, seed_bundle, tmp_path / "t-{expert}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s-1"]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_leaves_no_work(
+    corpus: Path, seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C before the work recorded anything: nothing to continue from, nothing left."""
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 1e9)  # only at a source's end
+    with pytest.raises(KeyboardInterrupt):
+        prepare(corpus, seed_bundle, tmp_path / "s", progress=Counting(1))
+    assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ from xelm_cli.ensemble import cli as ensemble
 from xelm_cli.lang import cli as lang
 from xelm_cli.plugin import cli as plugins
 from xelm_cli.training import cli as train
+from xelm_cli.training.plan_runner import RUN_OF_TRAIN_ALL
 
 DEBUG_ENV = "XELM_DEBUG"
 INTERNAL_ERROR_EXIT = 70
@@ -112,6 +113,8 @@ def _fail(message: str, code: int) -> int:
 def _interrupted(argv: list[str]) -> int:
     """Ctrl-C: the way back (every command leaves nothing half-written; a training run keeps
     its checkpoints)."""
+    if os.environ.get(RUN_OF_TRAIN_ALL):
+        return _fail("interrupted: run train-all again to continue this run", 130)
     if "train" in argv[:1]:
         return _fail("interrupted: run the same command with --resume to continue", 130)
     return _fail("interrupted (nothing half-written is left): run the same command again", 130)

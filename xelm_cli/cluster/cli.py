@@ -193,7 +193,7 @@ def _summary(allocation: Allocation) -> dict[str, Any]:
             lang: row.tolist() for lang, row in zip(languages, matrix, strict=True)
         }
         summary["language_purity"] = dict(zip(languages, matrix.max(axis=1).tolist(), strict=True))
-        summary["mean_purity"] = float(matrix.max(axis=1).mean())
+        summary["mean_purity"] = round(float(matrix.max(axis=1).mean()), 6)  # not 0.834127000001
     return summary
 
 

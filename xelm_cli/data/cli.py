@@ -123,7 +123,16 @@ def prepare_command(
     tokenizer: Annotated[
         Path, typer.Option("--tokenizer", "-t", help="Bundle or tokenizer directory.")
     ],
-    out: OutDirOpt,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Shards directory to write; the same command run again leaves it as it is (up "
+            "to date), other shards there are refused unless --force. With --expert: "
+            "{expert} stands for the index (shards-{expert}/).",
+        ),
+    ],
     langs: LangsOpt = None,
     cap: Annotated[
         str | None,
@@ -203,7 +212,10 @@ def prepare_command(
     """
     every = expert == ALL_EXPERTS
     if every and allocation is None:
-        raise UsageError("--expert all keeps each expert's documents of --allocation: give it")
+        raise UsageError(
+            "--expert all needs --allocation: the allocation whose experts' documents to keep "
+            "(e.g. --allocation alloc-tfidf/)"
+        )
     with language_progress() as progress:
         options: dict[str, Any] = {
             "langs": parse_language_list(langs) if langs else None,

@@ -544,6 +544,13 @@ def prepare(
         progress=progress,
     )
     routing = Routing((documents_of,) if documents_of else ())
+    if EXPERT_PLACEHOLDER in str(out):  # shards-{expert}/, as for --expert all and xelm plan
+        if expert is None:
+            raise UsageError(
+                f"-o {out}: {EXPERT_PLACEHOLDER} stands for the index of --expert (with "
+                "--allocation); give them, or name the shards without it"
+            )
+        out = _expert_output(out, str(expert))
     (result,) = _prepare(source, tokenizer, {None: Path(out)}, Path(out), routing, settings)
     return result
 
@@ -572,13 +579,7 @@ def prepare_experts(
     Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",
     reading=SourceOptions(config="{lang}"), langs="ar,de,hi", tokens="1B", sizes=...)``
     """
-    template = Path(out)
-    if EXPERT_PLACEHOLDER not in template.name or EXPERT_PLACEHOLDER in str(template.parent):
-        raise UsageError(  # the experts' shards are siblings, and so is the work
-            f"--expert all writes one shards directory per expert, side by side: -o needs "
-            f"{EXPERT_PLACEHOLDER} in its last name (only there) for the expert's index (e.g. "
-            f"shards-{EXPERT_PLACEHOLDER}/), not {out}"
-        )
+    _expert_output(out, ALL_EXPERTS)  # refuses a misplaced {expert} before anything is read
     unknown = sorted(set(options) - set(_SETTINGS_DEFAULTS))
     if unknown:
         raise TypeError(
@@ -586,14 +587,24 @@ def prepare_experts(
             f"prepare()'s but expert ({', '.join(_SETTINGS_DEFAULTS)})"
         )
     experts = every_expert(allocation)
-
-    def named(index: str) -> Path:
-        return template.with_name(template.name.replace(EXPERT_PLACEHOLDER, index))
-
-    outputs: dict[int | None, Path] = {e.index: named(str(e.index)) for e in experts}
+    outputs: dict[int | None, Path] = {e.index: _expert_output(out, str(e.index)) for e in experts}
     settings = _Settings(**{**_SETTINGS_DEFAULTS, **options})
     routing = Routing(experts, split=True)
-    return _prepare(source, tokenizer, outputs, named(ALL_EXPERTS), routing, settings)
+    work_out = _expert_output(out, ALL_EXPERTS)
+    return _prepare(source, tokenizer, outputs, work_out, routing, settings)
+
+
+def _expert_output(template: str | Path, index: str) -> Path:
+    """``template`` with ``{expert}`` as ``index``: in its last name, and only there (the
+    experts' shards are siblings, and so is the work of ``--expert all``)."""
+    path = Path(template)
+    if EXPERT_PLACEHOLDER not in path.name or EXPERT_PLACEHOLDER in str(path.parent):
+        raise UsageError(
+            f"-o needs {EXPERT_PLACEHOLDER} in its last name (only there) for the expert's "
+            f"index: one shards directory per expert, side by side (e.g. "
+            f"shards-{EXPERT_PLACEHOLDER}/), not {template}"
+        )
+    return path.with_name(path.name.replace(EXPERT_PLACEHOLDER, index))
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,8 @@ class ResumableDirectory:
             # closed now, not when collected: a rerun in this process (a notebook's) would
             # otherwise get a killed run's buffered writes appended to the files it resumes
             self.release()
+            if saved_state(self.path) is None:  # stopped before its first checkpoint:
+                self.remove()  # nothing to continue from, and nothing left behind
             raise
         except (RepeatedByARerun, DamagedWork):
             self.remove()

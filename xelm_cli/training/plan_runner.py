@@ -37,6 +37,9 @@ from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import list_checkpoints
 
 PLAN_FORMAT = "xelm-train-plan"
+RUN_OF_TRAIN_ALL = "XELM_RUN_OF_TRAIN_ALL"
+"""Set in the environment of the commands train-all runs: stopped, they say that train-all
+resumes them, not the way back of the command itself (``--resume``, which train-all adds)."""
 PLAN_FORMAT_VERSION = 1
 
 
@@ -395,6 +398,7 @@ class PlanRunner:
     def _environment(self, slot: str | None) -> dict[str, str]:
         """The run's devices, and its share of the CPU cores (unless OMP_NUM_THREADS is set)."""
         env = dict(os.environ)
+        env[RUN_OF_TRAIN_ALL] = "1"
         env.setdefault("OMP_NUM_THREADS", str(self.threads))
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
