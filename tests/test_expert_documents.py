@@ -300,3 +300,24 @@ def test_with_joined_records_the_batch_size_is_an_option_and_experts_split_the_c
     records = prepare(corpus, seed_bundle, tmp_path / "records", allocation=allocation,
                       expert=0, batch_size=64).shards  # fmt: skip
     assert "batch_size" not in records.manifest["options"]
+
+
+def test_experts_of_documents_routed_by_language_by_default_are_warned_about(
+    allocation: Path, seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TF-IDF experts share languages: the default (language) router picks among them by
+    language alone. Said once, naming the router that routes as the allocation assigns; not
+    said when a router is chosen."""
+    from xelm_cli.ensemble.ensemble_file import resolve_ensemble
+
+    experts = [branch(seed_bundle, tmp_path / f"b{i}", allocation=allocation, expert=i).path
+               for i in (0, 1)]  # fmt: skip
+    capsys.readouterr()
+    assert resolve_ensemble(experts).router == "language"
+    assert capsys.readouterr().err == (
+        "xelm: warning: the experts are of tfidf allocation alloc-tfidf, which assigns "
+        "documents, not languages: routed by language (the default); give --router tfidf "
+        "--router-arg allocation=PATH to route each document as it assigns it\n"
+    )
+    resolve_ensemble(experts, router="language")
+    assert capsys.readouterr().err == ""

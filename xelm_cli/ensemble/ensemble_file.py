@@ -1,6 +1,7 @@
 """The ensemble file (spec/ensemble-v1.md section 2): members with their digests, the router
 and its options, the combination rule; read back only if every member is unchanged."""
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,8 +9,9 @@ from typing import Any
 
 from xelm_cli import __version__
 from xelm_cli.bundle.store import Bundle
+from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
+from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.ensemble.members import expand_paths, open_members
 from xelm_cli.ensemble.routing import check_router_options
@@ -143,4 +145,30 @@ def resolve_ensemble(
     paths: list[Path] = []
     for member in members:
         paths += [member.path] if isinstance(member, Bundle) else expand_paths([str(member)])
-    return EnsembleSpec(open_members(paths), name, checked, combine or "mixture")
+    bundles = open_members(paths)
+    if router is None:
+        _warn_documents_routed_by_language(bundles)
+    return EnsembleSpec(bundles, name, checked, combine or "mixture")
+
+
+def _warn_documents_routed_by_language(bundles: Sequence[Bundle]) -> None:
+    """Experts of an allocation that assigns documents (TF-IDF) share languages: the default
+    router picks among them by language alone, not as the allocation assigned documents."""
+    allocations = {
+        (a.get("clusterer"), a.get("path"))
+        for b in bundles
+        if (a := b.manifest.allocation) is not None
+    }
+    if len(allocations) != 1:
+        return
+    ((clusterer, path),) = allocations
+    try:
+        documents = assigns_documents(str(clusterer))
+    except XelmError:  # not installed: what it does is not known here
+        return
+    if documents:
+        sys.stderr.write(
+            f"xelm: warning: the experts are of {clusterer} allocation {path}, which assigns "
+            f"documents, not languages: routed by language (the default); give --router "
+            f"{clusterer} --router-arg allocation=PATH to route each document as it assigns it\n"
+        )
