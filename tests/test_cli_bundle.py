@@ -202,3 +202,23 @@ def test_help_prose_is_reflowed_and_examples_keep_their_lines(
     assert code == 0
     assert "Tensors are streamed one at a time (each file hashed as it is written): memory" in out
     assert "\n   xelm bundle merge experts/* -o averaged/ " in out  # the examples, a line each
+
+
+def test_ctrl_c_while_arrow_finishes_after_the_command_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last step of ``xelm`` (letting Arrow's threads finish) can meet a late Ctrl-C too:
+    one line and exit 130, not a traceback."""
+    import xelm_cli.cli as cli
+
+    def stopped() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "finish_arrow_work", stopped)
+    monkeypatch.setattr(sys, "argv", ["xelm", "--version"])
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == (
+        "xelm: error: interrupted (nothing half-written is left): run the same command again\n"
+    )

@@ -175,5 +175,8 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     code = run()
-    finish_arrow_work()
+    try:
+        finish_arrow_work()
+    except KeyboardInterrupt:  # Ctrl-C after the command's work: what it wrote is complete
+        code = code or _interrupted(sys.argv[1:])
     sys.exit(code)
