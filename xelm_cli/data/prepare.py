@@ -510,9 +510,10 @@ def prepare(
     documents that the allocation's clusterer assigns to that expert (TF-IDF: the nearest
     centroid), each as read; ``langs`` defaults to every language of the allocation (an
     expert's own languages are those that send it a good share of their documents; it gets
-    some of others' too). The manifest records
-    the expert (``options.allocation``), and ``xelm train`` trains only that expert on them.
-    Caps, budgets and read limits count the documents kept.
+    some of others' too). The manifest records the expert (``options.allocation``), and
+    ``xelm train`` trains only that expert on them. Caps, budgets and read limits count the
+    documents kept. ``{expert}`` in ``out``'s last name stands for the index (``shards-{expert}``:
+    one name for every expert, as ``prepare_experts`` and ``xelm plan --expert-data`` take it).
 
     With sizes, languages are weighed by them (``s_l**alpha``), not by their tokens, corpus
     files too. With ``tokens`` too, a streamed language is read only up to its share of it,
