@@ -11,6 +11,7 @@ from xelm_tfidf.analyzer import Analyzer, AnalyzerSettings
 from xelm_tfidf.embedder import TfidfSettings, fit_embedder, fit_pipeline, normalize_rows
 from xelm_tfidf.fitting import fit_sample, stop_words_for
 from xelm_tfidf.kmeans import (
+    LSA_MAX_DOCUMENTS,
     KMeansSettings,
     assign_auction,
     assign_balanced,
@@ -97,6 +98,18 @@ def test_batch_assignment_sizes_within_one(solver):
     labels, _ = assign_balanced(cost, solver)
     sizes = np.bincount(labels, minlength=5)
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 503
+
+
+def test_auto_solver_is_exact_only_for_small_batches():
+    """benchmarks/tfidf_solver.md: lsa is faster up to about LSA_MAX_DOCUMENTS documents a
+    batch, the auction beyond (only the auction returns prices)."""
+    rng = np.random.default_rng(4)
+    for n, solver in ((LSA_MAX_DOCUMENTS, "lsa"), (LSA_MAX_DOCUMENTS + 1, "auction")):
+        cost = rng.random((n, 4))
+        labels, prices = assign_balanced(cost, "auto")
+        expected, _ = assign_balanced(cost, solver)
+        assert (prices is None) == (solver == "lsa")
+        np.testing.assert_array_equal(labels, expected)
 
 
 def test_auction_matches_the_exact_solver():

@@ -23,7 +23,11 @@ Labels = NDArray[np.int64]
 SOLVERS = ("auto", "auction", "lsa")
 ASSIGNMENTS = ("balanced", "nearest")
 WARM_START_DIVISOR = 512.0
-LSA_MAX_DOCUMENTS = 2000  # "auto": measured faster than the auction up to about this size
+# "auto": lsa up to this many documents a batch, the auction beyond. Measured on the sample
+# corpus (benchmarks/tfidf_solver.md): lsa is 5-50x faster up to 500 documents and even with
+# the auction at 1000 on records, 4x slower at 2000 and 17-20x at 4000 (its time grows about as
+# n^3, the auction's about linearly).
+LSA_MAX_DOCUMENTS = 1000
 
 
 @dataclass(frozen=True)

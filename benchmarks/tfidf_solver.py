@@ -1,0 +1,180 @@
+"""TF-IDF balanced k-means: the exact solver (lsa) against the auction on the same cost matrices.
+
+    python benchmarks/tfidf_solver.py [--sizes 250,500,1000,2000,4000] [-k 4,8]
+        [--document-bytes 0,1500] [--data ../shared/data] [--json FILE]
+
+Every k-means batch of `xelm cluster tfidf` is split into equal-size clusters by a balanced
+assignment, up to 20 times per batch, and ``--solver auto`` chooses between scipy's exact
+``linear_sum_assignment`` ("lsa") and the epsilon-scaled auction by the batch's size
+(``kmeans.LSA_MAX_DOCUMENTS``). This measures both on the matrices a fit meets:
+
+- Documents: a uniform sample of the sample corpus's training files (``sample_documents``, seed
+  0), the same number per language, as records (``--document-bytes 0``, the CLI's default) and
+  as ~1500-byte documents; embedded as the clusterer embeds them (TF-IDF, 100 SVD dimensions).
+- For each size n (a batch of n documents; the CLI's batches hold up to 4096) and k: the cost
+  matrices (squared distances to the centroids) of fitting one batch as ``kmeans._fit_batch``
+  fits the first one: k-means++ start, then up to 20 iterations until no centroid moves more
+  than 1e-3, the auction's labels moving the centroids.
+- On each of these matrices: lsa; the auction from zero prices ("cold"); the auction started
+  from the previous iteration's prices ("warm", what the fit does from the second iteration).
+  Seconds are summed over the batch's iterations. Cost gap: the auction's total squared
+  distance over lsa's (the exact minimum), minus one, largest over the iterations.
+
+Prints measured numbers only; ``--json FILE`` also writes them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xelm_cli.api import sample_documents
+
+LANGUAGES = ("en", "ru", "de", "fr", "es", "ja", "zh", "tr")
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+Result = TypeVar("Result")
+Matrix = NDArray[np.float64]
+
+
+def timed(call: Callable[..., Result], *args: Any, **kwargs: Any) -> tuple[float, Result]:
+    started = time.perf_counter()
+    result = call(*args, **kwargs)
+    return time.perf_counter() - started, result
+
+
+def embedded_pool(corpus: Path, count: int, document_bytes: int) -> Matrix:
+    """SVD vectors of ``count`` sampled documents, equal numbers per language, shuffled."""
+    from xelm_tfidf.analyzer import AnalyzerSettings
+    from xelm_tfidf.embedder import TfidfSettings, fit_embedder
+    from xelm_tfidf.fitting import stop_words_for
+
+    per_language = -(-count // len(LANGUAGES))
+    documents = sample_documents(
+        corpus, languages=LANGUAGES, per_language=per_language, document_bytes=document_bytes
+    )
+    texts = [d.text for d in documents]
+    analyzer = AnalyzerSettings(stop_words=stop_words_for(LANGUAGES))
+    points = fit_embedder(texts, analyzer, TfidfSettings()).transform(texts)
+    return points[np.random.default_rng(0).permutation(len(points))]
+
+
+def batch_costs(points: Matrix, k: int, max_iter: int = 20, tol: float = 1e-3) -> list[Matrix]:
+    """The cost matrices of fitting ``points`` as one (first) k-means batch."""
+    from sklearn.cluster import kmeans_plusplus
+    from xelm_tfidf.kmeans import assign_balanced, squared_distances
+
+    centroids, _ = kmeans_plusplus(points, k, random_state=0)
+    costs, prices = [], None
+    for _ in range(max_iter):
+        cost = squared_distances(points, centroids)
+        costs.append(cost)
+        labels, prices = assign_balanced(cost, "auction", prices)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, points)
+        updated = sums / np.bincount(labels, minlength=k)[:, None]
+        shift = float(np.linalg.norm(updated - centroids, axis=1).max())
+        centroids = updated
+        if shift <= tol:
+            break
+    return costs
+
+
+def total_cost(cost: Matrix, labels: NDArray[np.int64]) -> float:
+    return float(cost[np.arange(cost.shape[0]), labels].sum())
+
+
+def compare_solvers(costs: list[Matrix]) -> dict[str, Any]:
+    """Seconds of each solver summed over the matrices, and the auction's largest cost gap."""
+    from xelm_tfidf.kmeans import assign_auction, assign_lsa, equal_capacities
+
+    n, k = costs[0].shape
+    capacities = equal_capacities(n, k)
+    seconds = {"lsa": 0.0, "auction_cold": 0.0, "auction_warm": 0.0}
+    gaps, prices = [], None
+    for cost in costs:
+        lsa_s, exact = timed(assign_lsa, cost, capacities)
+        cold_s, _ = timed(assign_auction, cost, capacities)
+        warm_s, (labels, prices) = timed(assign_auction, cost, capacities, prices=prices)
+        seconds["lsa"] += lsa_s
+        seconds["auction_cold"] += cold_s
+        seconds["auction_warm"] += warm_s
+        gaps.append(total_cost(cost, labels) / total_cost(cost, exact) - 1.0)
+    return {
+        "iterations": len(costs),
+        **{f"{name}_s": round(value, 3) for name, value in seconds.items()},
+        "lsa_over_warm": round(seconds["lsa"] / seconds["auction_warm"], 2),
+        "max_cost_gap": float(f"{max(gaps):.2g}"),
+    }
+
+
+def machine() -> str:
+    """The CPU's model name (Linux) or architecture, and the cores this process may use."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    model = names[0] if names else platform.machine()
+    return f"{model}, {len(os.sched_getaffinity(0))} cores, {platform.system()}"
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    import scipy
+
+    rows = []
+    corpus = args.data / "corpus" / "train"
+    for document_bytes in args.document_bytes:
+        pool = embedded_pool(corpus, max(args.sizes), document_bytes)
+        for n in args.sizes:
+            for k in args.k:
+                costs = batch_costs(pool[:n], k)
+                rows.append({"document_bytes": document_bytes, "n": n, "k": k})
+                rows[-1].update(compare_solvers(costs))
+                print_row(rows[-1])
+    return {
+        "machine": machine(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "languages": list(LANGUAGES),
+        "rows": rows,
+    }
+
+
+def print_row(row: dict[str, Any]) -> None:
+    text = "records" if row["document_bytes"] == 0 else f"~{row['document_bytes']} B"
+    print(
+        f"{text:>8} n={row['n']:<5} k={row['k']} iterations {row['iterations']:>2}: "
+        f"lsa {row['lsa_s']:.3f} s, auction cold {row['auction_cold_s']:.3f} s, "
+        f"warm {row['auction_warm_s']:.3f} s (lsa/warm {row['lsa_over_warm']}); "
+        f"cost gap {row['max_cost_gap']:.1e}",
+        flush=True,
+    )
+
+
+def integers(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=integers, default=[250, 500, 1000, 2000, 4000])
+    parser.add_argument("-k", type=integers, default=[4, 8])
+    parser.add_argument("--document-bytes", type=integers, default=[0, 1500])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data folder.")
+    parser.add_argument("--json", type=Path, help="Also write the numbers to this file.")
+    args = parser.parse_args()
+    report = measure(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
