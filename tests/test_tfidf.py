@@ -368,15 +368,24 @@ def _mean_purity(allocation: Path) -> float:
 
 def test_cli_document_bytes_keeps_each_language_in_its_cluster(tmp_path, capsys):
     """The sample corpus's single sentences of four languages of four scripts spread over the
-    four clusters (mean purity 0.31 measured at 100 and 300 documents a language); joined
-    into ~1,500-byte documents they fall one language to a cluster (1.00 measured)."""
+    four clusters (mean purity 0.31 measured at 100 and 300 documents a language), and a
+    warning names their average length and --document-bytes; joined into ~1,500-byte
+    documents they fall one language to a cluster (1.00 measured), without a warning."""
     corpus = SHARED_DATA / "corpus" / "train"
     argv = ["cluster", "tfidf", str(corpus), "--langs", "ar,en,ru,zh", "-k", "4",
             "--max-docs-per-language", "100", "--components", "16", "--json"]  # fmt: skip
     assert run([*argv, "-o", str(tmp_path / "records")]) == 0
-    assert json.loads(capsys.readouterr().out)["document_bytes"] == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["document_bytes"] == 0
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "fitted on 400 documents of " in warnings[0]
+    assert warnings[0].endswith("with --document-bytes 1500")
+    mean_bytes = int(warnings[0].split(" documents of ")[1].split()[0])
+    assert 20 < mean_bytes < 300, warnings[0]
     assert run([*argv, "--document-bytes", "1500", "-o", str(tmp_path / "documents")]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    summary = json.loads(captured.out)
     assert summary["document_bytes"] == 1500 and summary["documents"] == 400
     assert summary["sample"] == "uniform"  # corpus files: over every document
     records, documents = _mean_purity(tmp_path / "records"), _mean_purity(tmp_path / "documents")
@@ -385,3 +394,19 @@ def test_cli_document_bytes_keeps_each_language_in_its_cluster(tmp_path, capsys)
     assert training["document_bytes"] == 1500
     assert run(["cluster", "tfidf", "--help"]) == 0
     assert "--document-bytes" in capsys.readouterr().out
+
+
+def test_cli_long_records_fit_without_a_warning(tmp_path, capsys):
+    """Records of 20 sentences each (well over 300 bytes) are documents already: no warning."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in LANGS[:2]:
+        sentences = [d.text.replace("\n", " ") for d in _documents([lang], 400)]
+        records = [" ".join(sentences[i : i + 20]) for i in range(0, len(sentences), 20)]
+        (corpus / f"{lang}.txt").write_text("\n".join(records) + "\n")
+    out = tmp_path / "alloc"
+    argv = ["cluster", "tfidf", str(corpus), "-k", "2", "--components", "8", "-o", str(out)]
+    assert run([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["documents"] == 40
+    assert "warning" not in captured.err

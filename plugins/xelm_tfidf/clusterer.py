@@ -1,5 +1,6 @@
 """The registered TF-IDF clusterer: its declared options and ``fit``."""
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from xelm_cli.api import (
 
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
-from .fitting import fit_sample, reading_progress
+from .fitting import fit_sample, reading_progress, short_documents_warning
 from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
 from .state import STATE_MEMBER, TfidfModel, load_model, save_model
 
@@ -30,7 +31,8 @@ class TfidfClusterer(Clusterer):
     reference's plain nearest centroid with --assignment nearest. --langs keeps only documents
     in those languages. --document-bytes 1500 joins consecutive records of one language into
     documents of about 1.5 KB first: on a corpus of sentences (the sample data) it keeps each
-    language's documents together far more purely. The sizes in the JSON summary are those the
+    language's documents together far more purely, and without it, records that average fewer
+    than 300 bytes get a warning saying so. The sizes in the JSON summary are those the
     saved allocation gives the training documents.
 
     DATA is read as `xelm data prepare` reads it (--split, --lang, --config, --lang-map,
@@ -132,13 +134,17 @@ class TfidfClusterer(Clusterer):
             "document_bytes": options.document_bytes,
             "seconds": round(time.perf_counter() - started, 2),  # reading included
         }
-        return save_model(
+        allocation = save_model(
             request.output,
             result.model,
             shares=result.shares,
             training=training,
             overwrite=request.force,
         )
+        warning = short_documents_warning(sample, options.document_bytes)
+        if warning:  # after the fit, so that a failed one still ends in its one error line
+            print(warning, file=sys.stderr)
+        return allocation
 
     @classmethod
     def summary(cls, allocation: Allocation) -> dict[str, Any]:

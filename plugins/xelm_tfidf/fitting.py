@@ -20,6 +20,10 @@ from .kmeans import KMeansSettings, assignment_offsets, fit_balanced_kmeans
 from .state import TfidfModel
 
 UNLABELLED = "und"
+# Below this mean document length the clusters are close to chance: the sample corpus's
+# sentences (92 bytes) gave a mean held-out purity of 0.60, ~500-byte documents 0.91, ~1500
+# bytes 0.94 (benchmarks/tfidf_purity.md, 16 languages, k = 4).
+SHORT_DOCUMENT_BYTES = 300
 
 
 @dataclass
@@ -47,6 +51,22 @@ def language_shares(
         counts = np.bincount(labels[codes == language], minlength=k)
         shares[language] = [round(float(c) / counts.sum(), 6) for c in counts]
     return shares
+
+
+def short_documents_warning(sample: list[Document], document_bytes: int) -> str | None:
+    """A one-line warning when records were fitted as they are (``document_bytes`` 0) and
+    average fewer than SHORT_DOCUMENT_BYTES bytes: TF-IDF then sees too few terms per
+    document to keep a language in one cluster. None otherwise."""
+    if document_bytes or not sample:
+        return None
+    mean_bytes = sum(len(d.text.encode("utf-8")) for d in sample) / len(sample)
+    if mean_bytes >= SHORT_DOCUMENT_BYTES:
+        return None
+    return (
+        f"xelm: warning: fitted on {len(sample):,} documents of {mean_bytes:.0f} bytes on "
+        "average, too short for TF-IDF to keep a language in one cluster (clusters near "
+        "chance); join consecutive records into documents with --document-bytes 1500"
+    )
 
 
 def _progress() -> Progress:
