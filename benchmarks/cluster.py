@@ -15,7 +15,6 @@ Prints measured numbers only.
 
 import argparse
 import importlib
-import inspect
 import json
 import subprocess
 import sys
@@ -97,10 +96,8 @@ def per_second(count: int, seconds: float) -> float:
 
 
 def default_cap() -> int:
-    from xelm_tfidf.clusterer import cluster_tfidf
-
-    cap: int = inspect.signature(cluster_tfidf).parameters["max_docs_per_language"].default
-    return cap
+    """The clusterer's own default of --max-docs-per-language, from its declared options."""
+    return int(get_registry().get("clusterer", "tfidf").obj.Options().max_docs_per_language)
 
 
 def bench_tfidf(corpus: Path, k: int, cap: int) -> dict[str, Any]:
