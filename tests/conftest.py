@@ -198,6 +198,15 @@ def valid_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) ->
 
 
 @pytest.fixture(scope="module")
+def expert_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 120 training documents of each test language: what the TF-IDF expert tests
+    fit their allocations on and prepare each expert's shards from."""
+    from corpus_helpers import corpus_slice
+
+    return corpus_slice("train", 120, tmp_path_factory.mktemp("expert-corpus") / "corpus")
+
+
+@pytest.fixture(scope="module")
 def moe_experts(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> list[Path]:
     """An English and a Turkish expert whose MLPs differ."""
     from merge_helpers import mlp_experts

@@ -32,19 +32,14 @@ LANGS = list(TEST_LANGS)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return corpus_slice("train", 120, tmp_path_factory.mktemp("expert-docs") / "corpus")
-
-
-@pytest.fixture(scope="module")
-def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def allocation(expert_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("alloc") / "alloc-tfidf"
-    cluster("tfidf", k=2, output=out, languages=LANGS, data=corpus, components=8)
+    cluster("tfidf", k=2, output=out, languages=LANGS, data=expert_corpus, components=8)
     return out
 
 
 def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """Each expert's shards hold, language by language, as many documents as the assigner sends
     it, in the same order and tokens (each document's first token ids checked), and record the
@@ -52,12 +47,12 @@ def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
     from transformers import AutoTokenizer
 
     alloc = read_allocation(allocation)
-    assigned = documents_by_expert(allocation, corpus)
+    assigned = documents_by_expert(allocation, expert_corpus)
     tokenizer = AutoTokenizer.from_pretrained(seed_bundle)
     total = 0
     for expert in (0, 1):
         shards = prepare(
-            corpus, seed_bundle, tmp_path / f"s{expert}", langs=LANGS,
+            expert_corpus, seed_bundle, tmp_path / f"s{expert}", langs=LANGS,
             allocation=allocation, expert=expert,
         ).shards  # fmt: skip
         assert shards.expert == alloc.reference(expert)
@@ -69,24 +64,24 @@ def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
                 ids = tokenizer(texts[index], add_special_tokens=False)["input_ids"]
                 assert shards.document(lang, index).tolist() == ids
             total += len(texts)
-    assert total == sum(1 for d in iter_documents(corpus) if d.text.strip())
+    assert total == sum(1 for d in iter_documents(expert_corpus) if d.text.strip())
 
 
 def test_langs_default_to_the_experts_and_the_expert_is_part_of_the_options(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """Without --langs an expert's shards hold its languages of the allocation; the same output
     asked for another expert is refused naming the option that differs."""
     alloc = read_allocation(allocation)
     out = tmp_path / "s"
-    code = run(["data", "prepare", str(corpus), "--allocation", str(allocation), "--expert",
+    code = run(["data", "prepare", str(expert_corpus), "--allocation", str(allocation), "--expert",
                 "1", "-t", str(seed_bundle), "-o", str(out), "--json"])  # fmt: skip
     assert code == 0
     shards = Shards.open(out)
     assert shards.languages == sorted(alloc.experts[1])
     with pytest.raises(UsageError, match=r"other options \(allocation\)"):
-        prepare(corpus, seed_bundle, out, allocation=allocation, expert=0, langs=LANGS)
-    assert prepare(corpus, seed_bundle, out, allocation=allocation, expert=1).up_to_date
+        prepare(expert_corpus, seed_bundle, out, allocation=allocation, expert=0, langs=LANGS)
+    assert prepare(expert_corpus, seed_bundle, out, allocation=allocation, expert=1).up_to_date
 
 
 @pytest.mark.parametrize(
@@ -98,7 +93,7 @@ def test_langs_default_to_the_experts_and_the_expert_is_part_of_the_options(
     ],
 )
 def test_bad_allocation_arguments_are_one_line_and_write_nothing(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -107,7 +102,7 @@ def test_bad_allocation_arguments_are_one_line_and_write_nothing(
     message: str,
 ) -> None:
     argv = [str(allocation) if a == "ALLOC" else a for a in arguments]
-    code = run(["data", "prepare", str(corpus), *argv, "-t", str(seed_bundle), "-o",
+    code = run(["data", "prepare", str(expert_corpus), *argv, "-t", str(seed_bundle), "-o",
                 str(tmp_path / "s")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -147,7 +142,7 @@ def test_group_positions_groups_as_group_texts_joins() -> None:
 
 
 def test_train_refuses_an_expert_on_documents_that_are_not_its_own(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -160,9 +155,9 @@ def test_train_refuses_an_expert_on_documents_that_are_not_its_own(
     start = tmp_path / "branch-0"
     branch(seed_bundle, start, allocation=allocation, expert=0)
     languages = read_allocation(allocation).experts[0]
-    every = prepare(corpus, seed_bundle, tmp_path / "every", langs=LANGS).shards
+    every = prepare(expert_corpus, seed_bundle, tmp_path / "every", langs=LANGS).shards
     own, other = (
-        prepare(corpus, seed_bundle, tmp_path / f"s{i}", langs=LANGS, allocation=allocation,
+        prepare(expert_corpus, seed_bundle, tmp_path / f"s{i}", langs=LANGS, allocation=allocation,
                 expert=i).shards
         for i in (0, 1)
     )  # fmt: skip
@@ -187,7 +182,7 @@ def test_train_refuses_an_expert_on_documents_that_are_not_its_own(
 
 
 def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -196,13 +191,13 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
     """A corpus whose English documents all go to expert 1: expert 0's shards hold only
     Russian, with a warning naming English (not an error: English was read), and expert 0's
     branch trains on Russian alone. English not in the corpus at all stays an error."""
-    assigned = documents_by_expert(allocation, corpus)
+    assigned = documents_by_expert(allocation, expert_corpus)
     other = tmp_path / "corpus"
     other.mkdir()
     (other / "en.jsonl").write_text(
         "".join(json.dumps({"text": t}) + "\n" for t in assigned[1]["en"]), encoding="utf-8"
     )
-    (other / "ru.jsonl").write_bytes((corpus / "ru.jsonl").read_bytes())
+    (other / "ru.jsonl").write_bytes((expert_corpus / "ru.jsonl").read_bytes())
     shards = prepare(
         other, seed_bundle, tmp_path / "s0", langs="en,ru", allocation=allocation, expert=0
     ).shards
@@ -221,7 +216,7 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
 
 
 def test_documents_of_a_language_outside_the_experts_own_list_are_kept_and_trained_on(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """An expert's languages in the allocation are those that send it a good share of their
     documents; the few others it gets are its documents too. With English left out of expert
@@ -232,8 +227,10 @@ def test_documents_of_a_language_outside_the_experts_own_list_are_kept_and_train
     record = json.loads((edited / "allocation.json").read_text())
     record["experts"][0]["languages"] = [lang for lang in LANGS if lang != "en"]
     (edited / "allocation.json").write_text(json.dumps(record))
-    assigned = documents_by_expert(allocation, corpus)
-    shards = prepare(corpus, seed_bundle, tmp_path / "s0", allocation=edited, expert=0).shards
+    assigned = documents_by_expert(allocation, expert_corpus)
+    shards = prepare(
+        expert_corpus, seed_bundle, tmp_path / "s0", allocation=edited, expert=0
+    ).shards
     assert shards.languages == sorted(assigned[0])
     assert shards.stats["en"].documents == len(assigned[0]["en"])
     start = tmp_path / "branch-0"
@@ -245,15 +242,17 @@ def test_documents_of_a_language_outside_the_experts_own_list_are_kept_and_train
 
 
 def test_the_demo_makes_again_the_shards_of_an_older_run_that_do_not_record_the_expert(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """A demo folder of an older xelm holds each TF-IDF cluster's shards without the expert
     recorded (xelm train refuses them now): they are not reused; the expert's own are."""
     from xelm_cli.demo.pipeline import _shards_of
 
     reference = read_allocation(allocation).reference(0)
-    older = prepare(corpus, seed_bundle, tmp_path / "older", langs=LANGS).shards
-    own = prepare(corpus, seed_bundle, tmp_path / "own", allocation=allocation, expert=0).shards
+    older = prepare(expert_corpus, seed_bundle, tmp_path / "older", langs=LANGS).shards
+    own = prepare(
+        expert_corpus, seed_bundle, tmp_path / "own", allocation=allocation, expert=0
+    ).shards
     assert not _shards_of(older.path, reference)
     assert _shards_of(own.path, reference)
     assert not _shards_of(tmp_path / "none", reference)
@@ -280,24 +279,26 @@ def test_an_expert_of_a_clusterer_that_is_not_installed_is_refused(
 
 
 def test_with_joined_records_the_batch_size_is_an_option_and_experts_split_the_corpus(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """An allocation fitted on records joined to ~300 bytes: records are joined so within each
     batch read, so the batch size is recorded (and part of what a rerun must match); at one
     batch size the two experts' shards hold every record once. Without joining it is not an
     option."""
-    joined = cluster("tfidf", k=2, output=tmp_path / "joined", languages=LANGS, data=corpus,
+    joined = cluster("tfidf", k=2, output=tmp_path / "joined", languages=LANGS, data=expert_corpus,
                      components=8, document_bytes=300)  # fmt: skip
     held = 0
     for expert in (0, 1):
-        shards = prepare(corpus, seed_bundle, tmp_path / f"s{expert}", allocation=joined,
+        shards = prepare(expert_corpus, seed_bundle, tmp_path / f"s{expert}", allocation=joined,
                          expert=expert, batch_size=64).shards  # fmt: skip
         assert shards.manifest["options"]["batch_size"] == 64
         held += sum(stats.documents for stats in shards.stats.values())
-    assert held == sum(1 for d in iter_documents(corpus) if d.text.strip())
+    assert held == sum(1 for d in iter_documents(expert_corpus) if d.text.strip())
     with pytest.raises(UsageError, match=r"other options \(batch_size\)"):
-        prepare(corpus, seed_bundle, tmp_path / "s0", allocation=joined, expert=0, batch_size=128)
-    records = prepare(corpus, seed_bundle, tmp_path / "records", allocation=allocation,
+        prepare(
+            expert_corpus, seed_bundle, tmp_path / "s0", allocation=joined, expert=0, batch_size=128
+        )
+    records = prepare(expert_corpus, seed_bundle, tmp_path / "records", allocation=allocation,
                       expert=0, batch_size=64).shards  # fmt: skip
     assert "batch_size" not in records.manifest["options"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from conftest import TEST_LANGS
-from corpus_helpers import Counting, corpus_slice, valid_texts
+from corpus_helpers import Counting, valid_texts
 from hub_fixtures import c4_like
 
 from xelm_cli.cli import run
@@ -26,14 +26,9 @@ PER_LANGUAGE = SourceOptions(config="{lang}")
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return corpus_slice("train", 120, tmp_path_factory.mktemp("experts") / "corpus")
-
-
-@pytest.fixture(scope="module")
-def allocation(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def allocation(expert_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("alloc") / "alloc-tfidf"
-    cluster("tfidf", k=K, output=out, languages=LANGS, data=corpus, components=8)
+    cluster("tfidf", k=K, output=out, languages=LANGS, data=expert_corpus, components=8)
     return out
 
 
@@ -68,7 +63,7 @@ def one_by_one(source: Path, seed_bundle: Path, out: Path, **options: Any) -> li
 
 
 def test_every_expert_from_one_reading_of_corpus_files_as_a_run_per_expert_writes_it(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -79,10 +74,10 @@ def test_every_expert_from_one_reading_of_corpus_files_as_a_run_per_expert_write
     times."""
     options: dict[str, Any] = {"allocation": allocation, "alpha": 0.3, "tokens": 9_000, "seed": 1}
     reads = opened(monkeypatch)
-    every = prepare_experts(corpus, seed_bundle, tmp_path / "all-{expert}", **options)
+    every = prepare_experts(expert_corpus, seed_bundle, tmp_path / "all-{expert}", **options)
     assert len(reads) == 1
     reads.clear()
-    apart = one_by_one(corpus, seed_bundle, tmp_path / "one", **options)
+    apart = one_by_one(expert_corpus, seed_bundle, tmp_path / "one", **options)
     assert len(reads) == K
     assert [r.shards.path.name for r in every] == [f"all-{i}" for i in range(K)]
     for together, alone in zip(every, apart, strict=True):
@@ -147,13 +142,13 @@ def test_languages_read_further_for_short_ones_give_each_expert_its_shares(
 
 
 def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    argv = [*command(corpus, seed_bundle, allocation), "--expert", "all", "--json",
+    argv = [*command(expert_corpus, seed_bundle, allocation), "--expert", "all", "--json",
             "-o", str(tmp_path / "s-{expert}")]  # fmt: skip
     assert run(argv) == 0
     experts = json.loads(capsys.readouterr().out)["experts"]
@@ -190,7 +185,7 @@ def test_the_command_writes_every_expert_and_a_rerun_only_what_is_missing(
 def test_bad_expert_arguments_are_one_line_and_write_nothing(
     extra: list[str],
     message: str,
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -199,7 +194,7 @@ def test_bad_expert_arguments_are_one_line_and_write_nothing(
     parent = tmp_path / "out"
     parent.mkdir()
     given = None if "--no-allocation" in extra else allocation
-    argv = command(corpus, seed_bundle, given)
+    argv = command(expert_corpus, seed_bundle, given)
     argv += [str(parent / arg) if "/" in arg or arg.startswith(("shards", "s-")) else arg
              for arg in extra if arg != "--no-allocation"]  # fmt: skip
     assert run(argv) == 2
@@ -208,16 +203,18 @@ def test_bad_expert_arguments_are_one_line_and_write_nothing(
     assert list(parent.iterdir()) == []
     for out in (parent / "shards", parent / "{expert}" / "shards"):
         with pytest.raises(UsageError, match=r"-o needs \{expert\} in its last name"):
-            prepare_experts(corpus, seed_bundle, out, allocation=allocation)
+            prepare_experts(expert_corpus, seed_bundle, out, allocation=allocation)
     with pytest.raises(TypeError, match=r"^prepare_experts\(\) got unexpected keyword .* expert:"):
-        prepare_experts(corpus, seed_bundle, parent / "s-{expert}", allocation=allocation, expert=0)
+        prepare_experts(
+            expert_corpus, seed_bundle, parent / "s-{expert}", allocation=allocation, expert=0
+        )
     assert list(parent.iterdir()) == []
 
 
-def command(corpus: Path, seed_bundle: Path, allocation: Path | None) -> list[str]:
+def command(expert_corpus: Path, seed_bundle: Path, allocation: Path | None) -> list[str]:
     """``xelm data prepare CORPUS -t SEED [--allocation A]``: the rest is each test's."""
     allocated = ["--allocation", str(allocation)] if allocation else []
-    return ["data", "prepare", str(corpus), "-t", str(seed_bundle), *allocated]
+    return ["data", "prepare", str(expert_corpus), "-t", str(seed_bundle), *allocated]
 
 
 def test_experts_that_get_no_document_are_named_after_the_others_are_written(
@@ -246,7 +243,7 @@ def test_experts_that_get_no_document_are_named_after_the_others_are_written(
 
 
 def test_a_run_killed_while_writing_the_experts_continues_with_those_left(
-    corpus: Path,
+    expert_corpus: Path,
     allocation: Path,
     seed_bundle: Path,
     tmp_path: Path,
@@ -265,35 +262,37 @@ def test_a_run_killed_while_writing_the_experts_continues_with_those_left(
     monkeypatch.setattr(prepare_module, "finish", interrupted)
     out = tmp_path / "s-{expert}"
     with pytest.raises(KeyboardInterrupt):
-        prepare_experts(corpus, seed_bundle, out, allocation=allocation)
+        prepare_experts(expert_corpus, seed_bundle, out, allocation=allocation)
     assert (tmp_path / "s-0").exists() and not (tmp_path / "s-1").exists()
     monkeypatch.setattr(prepare_module, "finish", real)
     reads = opened(monkeypatch)
-    again = prepare_experts(corpus, seed_bundle, out, allocation=allocation)
+    again = prepare_experts(expert_corpus, seed_bundle, out, allocation=allocation)
     assert reads == []  # the work was read to its end: nothing to open
     assert [r.up_to_date for r in again] == [True] + [False] * (K - 1)
-    alone = prepare(corpus, seed_bundle, tmp_path / "one-1", allocation=allocation, expert=1)
+    alone = prepare(expert_corpus, seed_bundle, tmp_path / "one-1", allocation=allocation, expert=1)
     assert files(again[1].shards.path) == files(alone.shards.path)
 
 
 def test_one_expert_writes_to_its_index_in_an_output_named_with_expert(
-    corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
+    expert_corpus: Path, allocation: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     """``-o 'shards-{expert}/'`` with ``--expert 1`` (a job array's loop) writes shards-1/, as
     --expert all would; without --expert the placeholder has no index and is refused."""
-    one = prepare(corpus, seed_bundle, tmp_path / "s-{expert}", allocation=allocation, expert=1)
+    one = prepare(
+        expert_corpus, seed_bundle, tmp_path / "s-{expert}", allocation=allocation, expert=1
+    )
     assert one.shards.path == tmp_path / "s-1"
     assert one.shards.expert is not None and one.shards.expert["expert"] == 1
     with pytest.raises(UsageError, match=r"\{expert\} stands for the index of --expert"):
-        prepare(corpus, seed_bundle, tmp_path / "t-{expert}")
+        prepare(expert_corpus, seed_bundle, tmp_path / "t-{expert}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s-1"]
 
 
 def test_a_run_stopped_before_its_first_checkpoint_leaves_no_work(
-    corpus: Path, seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    expert_corpus: Path, seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C before the work recorded anything: nothing to continue from, nothing left."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 1e9)  # only at a source's end
     with pytest.raises(KeyboardInterrupt):
-        prepare(corpus, seed_bundle, tmp_path / "s", progress=Counting(1))
+        prepare(expert_corpus, seed_bundle, tmp_path / "s", progress=Counting(1))
     assert list(tmp_path.iterdir()) == []
