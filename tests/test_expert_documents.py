@@ -24,6 +24,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.documents import group_positions
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.routing import Routing
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.contracts import Assigner
 from xelm_cli.training.run import train
@@ -128,10 +129,11 @@ def test_records_are_assigned_joined_as_the_fit_joined_them(tmp_path: Path) -> N
     alloc = read_allocation(tmp_path / "a.json")
     texts = ["ab", "xy", "cd", "efgh", "z", "ij"]
     langs = ["en", "ru", "en", "en", "ru", "en"]
-    joined = ExpertDocuments(alloc, 1, ByLength(long=8, document_bytes=8))
-    assert joined.mine(texts, langs).tolist() == [True, False, True, True, False, False]
-    alone = ExpertDocuments(alloc, 1, ByLength(long=8))
-    assert not alone.mine(texts, langs).any()
+    joined = Routing((ExpertDocuments(alloc, 1, ByLength(long=8, document_bytes=8)),))
+    mine = [key is not None for key in joined.labels(texts, langs)]  # what prepare keeps
+    assert mine == [True, False, True, True, False, False]
+    alone = Routing((ExpertDocuments(alloc, 1, ByLength(long=8)),))
+    assert not any(key is not None for key in alone.labels(texts, langs))
 
 
 def test_group_positions_groups_as_group_texts_joins() -> None:

@@ -34,11 +34,6 @@ class ExpertDocuments:
     def languages(self) -> list[str]:
         return list(self.allocation.experts[self.index])
 
-    def mine(self, texts: Sequence[str], languages: Sequence[str | None]) -> NDArray[np.bool_]:
-        """Whether each document (its text and language) goes to this expert (see
-        ``assigned_experts``)."""
-        return assigned_experts(self.assigner, texts, languages) == self.index
-
 
 def assigned_experts(
     assigner: Assigner, texts: Sequence[str], languages: Sequence[str | None]

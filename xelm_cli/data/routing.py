@@ -27,7 +27,7 @@ class Routing:
     @property
     def indexes(self) -> list[int | None]:
         """The experts with keys of their own; [None] when the keys are the languages."""
-        return [expert.index for expert in self.experts] if self.split else [None]
+        return [index for index, _ in self.members()]
 
     def members(self) -> list[tuple[int | None, ExpertDocuments | None]]:
         """Each set of keys (``indexes``) with the expert whose documents it holds (None:
