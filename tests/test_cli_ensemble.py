@@ -72,6 +72,11 @@ def test_eval_json_has_every_system_and_metric(
     overall = dense["metrics"]["overall"]
     assert overall["documents"] == 16
     assert x0["executed"]["reused"] == {"x0": 8}
+    # where the router sent each language: x0 covers en and tr, x1 ar, x2 ru
+    one_hot = {"x0": [1.0, 0.0, 0.0], "x1": [0.0, 1.0, 0.0], "x2": [0.0, 0.0, 1.0]}
+    expected = {"ar": one_hot["x1"], "en": one_hot["x0"], "ru": one_hot["x2"], "tr": one_hot["x0"]}
+    assert ensemble["routing"] == expected
+    assert all("routing" not in system for system in (x0, x1, dense))  # one bundle: no routing
     for system in (ensemble, dense):  # throughput: the tokens scored over the system's time
         tokens = system["metrics"]["overall"]["tokens"]
         assert system["tokens_per_second"] == pytest.approx(tokens / system["seconds"], rel=1e-3)
@@ -95,7 +100,9 @@ def test_eval_table_and_csv(capsys: pytest.CaptureFixture[str], pool: Path, eval
     assert "delta vs baseline:dense" in table
     assert "ensemble[posterior]" in table
     rows = [line.split("│")[1].strip() for line in table.splitlines() if line.startswith("│")]
-    assert [row for row in rows if row] == ["tr", "ar", "pooled", "mean", "tokens/s"]
+    results_rows, routing_rows = ["tr", "ar", "pooled", "mean", "tokens/s"], ["ar", "tr"]
+    assert [row for row in rows if row] == results_rows + routing_rows
+    assert "ensemble[posterior]: mean routing weight per language" in table
     code, text, err = cli(
         capsys, "ensemble", "eval", *members, "--data", str(evalset), "--format", "csv",
         "--langs", "ru",

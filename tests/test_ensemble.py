@@ -613,3 +613,38 @@ def test_calibrating_a_router_that_takes_none_is_refused_before_any_expert_score
     with pytest.raises(UsageError, match=r"router 'language' takes no calibration data; drop"):
         create_ensemble(experts, tmp_path / "ens.json", router="language", calibrate=corpus)
     assert not (tmp_path / "ens.json").exists()
+
+
+def test_routing_weights_are_tallied_per_language_as_the_router_weighed(
+    experts: list[Bundle],
+) -> None:
+    """``stats.routing``: each document's weights averaged over its tokens, then over the
+    language's documents (what results record as a system's ``routing``)."""
+    posterior = build_router("posterior")
+    model = EnsembleModel(experts, posterior)
+    model.score_documents(DOCS)
+    scored = EnsembleModel(experts, build_router("uniform")).score_all_experts(DOCS)
+    got = model.stats.routing.means()
+    assert list(got) == ["ar", "en", "ru", "tr"]
+    for language, weights in got.items():
+        documents = [s for s in scored if s.document.language == language]
+        per_document = [posterior.route_tokens(s, model.experts).mean(axis=1) for s in documents]
+        np.testing.assert_allclose(weights, np.mean(per_document, axis=0), atol=1e-4)
+    # prefix routing: token 0 (empty prefix) on expert 0, every later token on expert 1
+    model = EnsembleModel(experts, FirstTokenRouter())
+    model.score_documents(DOCS[:1])
+    tokens = len(model.encode(DOCS[0].text))
+    first = round(1 / tokens, 4)
+    assert model.stats.routing.means() == {"en": [first, round(1 - 1 / tokens, 4), 0.0]}
+    # logit averaging on documents and choice requests; a document without a language: "und"
+    model = EnsembleModel(experts, build_router("fixed", {"weights": [1, 3, 0]}), "logits")
+    model.score_documents([DOCS[0], Document(DOCS[5].text)])
+    model.score_choices([ChoiceRequest("The capital of France is", ("Paris", "Rome"), "en")])
+    assert model.stats.routing.means() == {"en": [0.25, 0.75, 0.0], "und": [0.25, 0.75, 0.0]}
+    # choice requests in a mixture: the language router's one expert; the posterior's weights
+    model = EnsembleModel(experts, build_router("language"))
+    model.score_choices([ChoiceRequest("Bugün hava", (" güzel", " kötü"), "tr")])
+    assert model.stats.routing.means() == {"tr": [1.0, 0.0, 0.0]}
+    model = EnsembleModel(experts, posterior)
+    model.score_choices([ChoiceRequest("Bugün hava", (" güzel", " kötü"), "tr")])
+    assert sum(model.stats.routing.means()["tr"]) == pytest.approx(1.0, abs=1e-3)

@@ -202,6 +202,7 @@ def run_evaluation(
                 },
                 "seconds": seconds,
                 **_throughput(metrics, seconds, reused=bool(system.model.stats.reused)),
+                **_routing(system),
             }
         )
     request = evaluator.request
@@ -244,6 +245,14 @@ def _throughput(metrics: dict[str, Any], seconds: float, *, reused: bool) -> dic
     if not isinstance(tokens, int) or isinstance(tokens, bool) or seconds <= 0:
         return {}
     return {"tokens_per_second": None if reused else round(tokens / seconds, 1)}
+
+
+def _routing(system: System) -> dict[str, Any]:
+    """``routing``, for a system of several experts: per language, the mean weight each
+    expert got (in the order of ``bundles``), as the router actually weighed them."""
+    if len(system.model.members) < 2:
+        return {}
+    return {"routing": system.model.stats.routing.means()}
 
 
 def _value(metrics: dict[str, Any], scope: tuple[str, ...], metric: str) -> float:
@@ -333,6 +342,34 @@ def _numbers(values: dict[str, Any], group: str = "") -> Iterator[tuple[str, flo
 
 
 def render_table(results: dict[str, Any]) -> Any:
+    """The results table, followed by each ensemble's routing table."""
+    from rich.console import Group
+
+    routing = [_routing_table(system) for system in results["systems"] if system.get("routing")]
+    return Group(_results_table(results), *routing)
+
+
+def _routing_table(system: dict[str, Any]) -> Any:
+    """Mean routing weight per language (rows) and expert (columns) of one ensemble; the
+    expert with the most weight on a language in bold."""
+    from rich.markup import escape
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=escape(f"{system['name']}: mean routing weight per language"))
+    table.add_column("language")
+    for bundle in system["bundles"]:
+        table.add_column(Text(bundle["name"]), justify="right", overflow="fold", min_width=5)
+    for language, weights in system["routing"].items():
+        top = max(range(len(weights)), key=weights.__getitem__)
+        table.add_row(
+            language,
+            *(Text(f"{w:.2f}", style="bold" if e == top else "") for e, w in enumerate(weights)),
+        )
+    return table
+
+
+def _results_table(results: dict[str, Any]) -> Any:
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text

@@ -65,6 +65,34 @@ class RunStats:
     loads: Counter[str] = field(default_factory=Counter)
     sequences: Counter[str] = field(default_factory=Counter)
     reused: Counter[str] = field(default_factory=Counter)
+    routing: "RoutingTally" = field(default_factory=lambda: RoutingTally())
+
+
+UNDETERMINED = "und"  # BCP 47's code for a document whose language nobody gave
+
+
+@dataclass
+class RoutingTally:
+    """The weight each expert got, per language: each document's (or request's) weights
+    averaged over its tokens, then over the language's documents. Results record it per
+    ensemble, so a user sees which experts a language was sent to."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    documents: Counter[str] = field(default_factory=Counter)
+
+    def add(self, language: str | None, weights: np.ndarray) -> None:
+        """Tally one document's weights, (k,) or per token (k, T)."""
+        key = language or UNDETERMINED
+        per_document = weights if weights.ndim == 1 else weights.mean(axis=1)
+        self.sums[key] = self.sums.get(key, 0.0) + per_document
+        self.documents[key] += 1
+
+    def means(self) -> dict[str, list[float]]:
+        """Per language (sorted), the mean weight of each expert, in ensemble order."""
+        return {
+            language: [round(float(w), 4) for w in total / self.documents[language]]
+            for language, total in sorted(self.sums.items())
+        }
 
 
 class ScoreCache:
@@ -282,7 +310,9 @@ class EnsembleModel(LanguageModel):
 
     def _combine_tokens(
         self, route: _Route, document: Document, logprobs: dict[int, Logprobs]
-    ) -> Logprobs:
+    ) -> tuple[Logprobs, np.ndarray]:
+        """The mixture of the experts' log-probabilities, and the weights of every expert it
+        took: (k,), or (k, T) per token."""
         if route.weights is None:
             router = self.output_router()
             stacked = np.stack([logprobs[e] for e in range(len(self.experts))])
@@ -291,12 +321,12 @@ class EnsembleModel(LanguageModel):
                 stacked.shape,
                 router.name,
             )
-            return mixture(stacked, weights)
+            return mixture(stacked, weights), weights
         chosen = route.experts
         if len(chosen) == 1 and route.weights.ndim == 1:
-            return logprobs[chosen[0]]
-        weights = route.weights[chosen]
-        return mixture(np.stack([logprobs[e] for e in chosen]), weights)
+            return logprobs[chosen[0]], route.weights
+        stacked = np.stack([logprobs[e] for e in chosen])
+        return mixture(stacked, route.weights[chosen]), route.weights
 
     # -- running experts
 
@@ -409,6 +439,10 @@ class EnsembleModel(LanguageModel):
             if len(sequence) < 2:
                 raise UsageError(f"a document has no tokens to score: {document.text[:40]!r}")
         routes = self._routes(documents, starts if stride_router else None)
+        if self.combine in ("logits", "product"):
+            for route, document in zip(routes, documents, strict=True):
+                assert route.weights is not None  # check_rule_weights: a pre-router
+                self.stats.routing.add(document.language, route.weights)
         if self.combine == "logits":
             return self._logit_average(
                 routes,
@@ -428,10 +462,14 @@ class EnsembleModel(LanguageModel):
         scored = self._stream(
             self._needed(routes), keys, self._each_expert(sequences), tokens, "tokens"
         )
-        return [
-            self._combine_tokens(route, document, {e: scored[(e, i)] for e in route.experts})
-            for i, (route, document) in enumerate(zip(routes, documents, strict=True))
-        ]
+        combined = []
+        for i, (route, document) in enumerate(zip(routes, documents, strict=True)):
+            logprobs, weights = self._combine_tokens(
+                route, document, {e: scored[(e, i)] for e in route.experts}
+            )
+            self.stats.routing.add(document.language, weights)
+            combined.append(logprobs)
+        return combined
 
     def _encode_request(self, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
         """BOS + the context's tokens, and each choice's. The context's trailing whitespace
@@ -450,6 +488,10 @@ class EnsembleModel(LanguageModel):
         encoded = [self._encode_request(request) for request in requests]
         contexts = [Document(r.context, r.language) for r in requests]
         routes = self._routes(contexts)
+        if self.combine in ("logits", "product"):
+            for route, request in zip(routes, requests, strict=True):
+                assert route.weights is not None  # check_rule_weights: a pre-router
+                self.stats.routing.add(request.language, route.weights)
         if self.combine == "product":
             return self._product_choices(routes, encoded)
         if self.combine == "logits":
@@ -476,15 +518,17 @@ class EnsembleModel(LanguageModel):
         results = []
         for i, (route, request) in enumerate(zip(routes, requests, strict=True)):
             per_expert = {e: scored[(e, i)] for e in route.experts}
-            choice_lps = []
+            choice_lps, choice_weights = [], []
             for c, choice in enumerate(request.choices):
                 joined = {
                     e: np.concatenate([ctx_lp, choice_list[c]])
                     for e, (ctx_lp, choice_list) in per_expert.items()
                 }
                 document = Document(request.context + choice, request.language)
-                combined = self._combine_tokens(route, document, joined)
+                combined, weights = self._combine_tokens(route, document, joined)
                 choice_lps.append(combined[-len(encoded[i][1][c]) :])
+                choice_weights.append(weights if weights.ndim == 1 else weights.mean(axis=1))
+            self.stats.routing.add(request.language, np.mean(choice_weights, axis=0))
             results.append(choice_lps)
         return results
 
