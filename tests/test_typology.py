@@ -245,8 +245,9 @@ def test_cluster_typology_16_languages_table(capsys, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("langs", "k", "message"),
     [
-        ("en,tr,ar,ru", "3", "-k must be a power of two between 1 and the number of languages"),
-        (",".join(TRAINING), "32", "-k must be a power of two between 1 and the number of"),
+        ("en,tr,ar,ru", "3", r"no level with k=3 groups \(levels: 4, 2, 1\); pick one"),
+        (",".join(TRAINING), "32", "-k must be between 1 and the number of languages \\(16\\)"),
+        ("en,tr", "3", "-k must be between 1 and the number of languages \\(2\\), got 3"),
         ("en,tr,xx", "2", "unknown language code 'xx': .*did you mean 'xh'"),
         ("en,tr,sgn", "2", "lang2vec \\(URIEL\\) does not know language 'sgn'"),
         ("en,tr,azj", "2", "no syntax_average values for 'azj'"),
@@ -263,6 +264,22 @@ def test_cluster_typology_bad_input(
     assert len(lines) == 1
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_every_level_of_a_tree_is_a_k_not_only_powers_of_two(capsys, tmp_path: Path) -> None:
+    """Six languages merge 6 -> 3 -> 2 -> 1: k=3 and k=6 are levels (were refused as not
+    powers of two, while the refusal of k=4 named 3 as a level)."""
+    langs = ["en", "de", "ru", "tr", "ar", "ja"]
+    for k in (3, 6):
+        out = tmp_path / f"alloc-{k}.json"
+        code, _, err = xelm(
+            capsys, "cluster", "typology", "--langs", ",".join(langs), "-k", str(k), "-o", out
+        )
+        assert code == 0, err
+        allocation = read_allocation(out)
+        expected = allocation.raw["levels"]["3"] if k == 3 else [[lang] for lang in langs]
+        assert allocation.k == k and allocation.experts == expected
+        assert sorted(lang for group in allocation.experts for lang in group) == sorted(langs)
 
 
 def test_lang_nearest_json(capsys) -> None:
