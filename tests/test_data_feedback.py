@@ -147,7 +147,20 @@ def test_cli_tokenizer_warns_of_short_languages(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["short"] == {"en": en, "tr": tr}
     assert captured.err.splitlines() == [
-        f"xelm: warning: less text than --chars-per-language 1,000,000 in en {en:,}, tr {tr:,} "
+        "xelm: warning: every language has less text than --chars-per-language 1,000,000 "
+        f"(en {en:,}, tr {tr:,} characters): the tokenizer trains on all of it, so each "
+        "language weighs as much as its text, not equally"
+    ]
+    # one language short of what the others have: it weighs less
+    out = str(tmp_path / "tok2")
+    asked = str((en + tr) // 2 + 1)  # between the two languages' text
+    args = ["data", "tokenizer", str(root), "-o", out, "--vocab-size", "300"]
+    assert run([*args, "--chars-per-language", asked]) == 0
+    short = {lang: n for lang, n in (("en", en), ("tr", tr)) if n < int(asked)}
+    assert len(short) == 1
+    ((lang, n),) = short.items()
+    assert capsys.readouterr().err.splitlines() == [
+        f"xelm: warning: less text than --chars-per-language {int(asked):,} in {lang} {n:,} "
         "characters: the corpus holds no more, so these languages weigh less"
     ]
 

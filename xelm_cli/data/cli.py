@@ -300,12 +300,18 @@ def tokenizer_command(
         )
     if trained.short:
         short = ", ".join(f"{k} {v:,}" for k, v in trained.short.items())
-        stderr_console.print(
-            f"xelm: warning: less text than --chars-per-language {chars_per_language:,} in "
-            f"{short} characters: the corpus holds no more, so these languages weigh less",
-            highlight=False,
-            markup=False,
-        )
+        if len(trained.short) == len(trained.characters):
+            warning = (
+                f"every language has less text than --chars-per-language "
+                f"{chars_per_language:,} ({short} characters): the tokenizer trains on all of "
+                "it, so each language weighs as much as its text, not equally"
+            )
+        else:
+            warning = (
+                f"less text than --chars-per-language {chars_per_language:,} in {short} "
+                "characters: the corpus holds no more, so these languages weigh less"
+            )
+        stderr_console.print(f"xelm: warning: {warning}", highlight=False, markup=False)
     if as_json:
         print_json(
             {
