@@ -254,7 +254,7 @@ def generate(
     device: DeviceOpt = None,
 ) -> None:
     """Sample a continuation from the experts' next-token distributions, combined by the
-    ensemble's rule (--combine).
+    ensemble's rule (--combine); it never emits the document-start token.
 
     Example: xelm ensemble generate experts/* --router language --lang tr --prompt "Bugün"
 

@@ -6,7 +6,9 @@ section 3): ``mixture`` sum_e w_e p_e (a pre-router's weights are fixed for the 
 output-dependent router's are recomputed from the tokens so far), ``logits``
 softmax(sum_e w_e z_e), ``product`` the same geometric mean with the previous-token weights
 of ``mixing.product_weights``. The result is sharpened by the temperature and sampled
-(temperature 0: the most likely token).
+(temperature 0: the most likely token). The document-start token is never picked (unless it
+also ends a text): inside a document, which xelm frames ``start doc end``, it never follows
+another token, and an undertrained model that predicts it would repeat it, decoded to nothing.
 
 ``generate_text`` is ``xelm ensemble generate`` from Python; ``generate`` is its engine, on
 opened bundles and a built router.
@@ -63,7 +65,7 @@ def generate_text(
     router and its options (default: the ensemble file's, else ``language``); ``combine``:
     ``mixture``, ``logits`` or ``product`` (default: the ensemble file's, else ``mixture``);
     ``language``: the prompt's (the language router needs it); ``temperature`` 0 picks the
-    most likely token.
+    most likely token. The document-start token is never generated.
 
     Example: ``generate_text("experts/*", "Bugün", router="language", language="tr")``
     """
@@ -149,13 +151,14 @@ def generate(
     ``seed``, on ``device`` (default: CUDA when present, else the CPU).
 
     Returns the :class:`Generation`: the continuation's text and tokens, the names of the
-    experts that ran, and their weights for each generated token."""
+    experts that ran, and their weights for each generated token. The document-start token is
+    never picked (see the module's docstring)."""
     import torch
 
     check_sampling(max_new_tokens, temperature)
     runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
-    fixed = runner.route_one(document)  # None: an output-dependent router weighs each step
+    fixed = _route_prompt(runner, document)  # None: an output-dependent router weighs each step
     chosen = _experts_to_run(fixed, len(members))
     prior = fixed[chosen] if fixed is not None else None
     ids = [runner.bos, *runner.encode(prompt)]
@@ -164,12 +167,13 @@ def generate(
     models: list[LoadedModel] = [runner.load_expert(e) for e in chosen]
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
     stops = runner.framing.stops(runner.tokenizer)
+    never = _never_generated(runner.framing.start, stops)
     with torch.inference_mode():
         experts = [_read_prompt(model, ids) for model in models]
         for _ in range(max_new_tokens):
             weights = _next_token_weights(runner, document, prior, result.tokens, experts)
             logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
-            token = _pick(logprobs, temperature, generator)
+            token = _pick(_without(logprobs, never), temperature, generator)
             result.tokens.append(token)
             result.weights.append([float(w) for w in weights])
             if token in stops:
@@ -180,6 +184,50 @@ def generate(
         runner.free_expert(model)
     result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return result
+
+
+def _route_prompt(runner: EnsembleModel, document: Document) -> np.ndarray | None:
+    """The router's weights for the prompt (``runner.route_one``). A prompt without a language
+    that the router refuses, but would route with one, is refused naming ``--lang``: the
+    router's own message speaks of documents, which generation has none of."""
+    try:
+        return runner.route_one(document)
+    except UsageError as refusal:
+        if document.language is None and _routes_with_a_language(runner, document.text):
+            raise UsageError(
+                f"router {runner.router.name!r} needs the prompt's language and it has none: "
+                "pass --lang CODE (language= from Python), or a router that needs none "
+                "(--router posterior)"
+            ) from refusal
+        raise
+
+
+def _routes_with_a_language(runner: EnsembleModel, text: str) -> bool:
+    """Whether the router routes ``text`` once it is given one of the experts' languages."""
+    languages = dict.fromkeys(language for e in runner.experts for language in e.languages)
+    for language in languages:
+        try:
+            runner.route_one(Document(text, language))
+        except UsageError:
+            continue
+        return True
+    return False
+
+
+def _never_generated(start: int | None, stops: set[int]) -> int | None:
+    """The token generation never picks: the document-start token, unless there is none or it
+    also ends a text (XGLM frames documents ``</s> doc </s>``)."""
+    return None if start is None or start in stops else start
+
+
+def _without(logprobs: Any, token: int | None) -> Any:
+    """``logprobs`` with ``token`` impossible (ln p = -inf); the others keep their values, so
+    sampling renormalises over them."""
+    if token is None:
+        return logprobs
+    masked = logprobs.clone()
+    masked[token] = float("-inf")
+    return masked
 
 
 def _experts_to_run(fixed: np.ndarray | None, count: int) -> list[int]:
