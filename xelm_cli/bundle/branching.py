@@ -109,23 +109,57 @@ def _describe(bundles: Iterable[Bundle]) -> str:
     )
 
 
-def choose_donor_bundle(pool: list[Bundle], donor: str) -> Bundle:
-    """The one bundle of ``pool`` whose languages include ``donor`` (experts before others)."""
+def choose_donor_bundle(
+    pool: list[Bundle], donor: str, *, language: str = "LANG", out: str | Path = "OUT"
+) -> Bundle:
+    """The one expert of ``pool`` whose languages include ``donor``.
+
+    HMR branches the donor's *expert*: a seed or dense bundle that covers ``donor`` is not
+    taken in its place (it would start the new expert from the wrong weights); the refusal
+    names it, with ``language`` and ``out`` in the command that branches it directly.
+    """
     if not pool:
         raise UsageError("the pool holds no bundles")
     covering = [b for b in pool if donor in b.languages]
-    experts = [b for b in covering if b.manifest.role == "expert"]
-    candidates = experts or covering
-    if not candidates:
+    if not covering:
         raise UsageError(
             f"no bundle in the pool covers donor language {donor!r}; candidates: {_describe(pool)}"
         )
-    if len(candidates) > 1:
+    experts = [b for b in covering if b.manifest.role == "expert"]
+    if not experts:
+        other = covering[0]
+        raise UsageError(
+            f"no expert covers donor language {donor!r}: the pool (read one level deep) held "
+            f"{_describe(pool)}; pass the experts' directory with --from {_experts_hint(pool)}, "
+            f"or branch {other.path} itself: "
+            f"xelm bundle branch {other.path} --langs {language} -o {out}"
+        )
+    if len(experts) > 1:
         raise UsageError(
             f"several bundles cover donor language {donor!r}: "
-            f"{_describe(candidates)}; pass the one to branch with --from"
+            f"{_describe(experts)}; pass the one to branch with --from"
         )
-    return candidates[0]
+    return experts[0]
+
+
+def _experts_hint(pool: list[Bundle]) -> str:
+    """Where the experts probably are: directories of bundles beside the pool's bundles
+    (``runs/experts`` beside ``runs/dense``), which a pool read one level deep misses."""
+    searched = {b.path.parent for b in pool}
+    nested = [str(d) for parent in sorted(searched) for d in _bundle_dirs(parent) - searched]
+    return " ".join(sorted(nested)) or "DIR"
+
+
+def _bundle_dirs(parent: Path) -> set[Path]:
+    """The directories directly in ``parent`` that are not bundles but hold some."""
+    try:
+        return {
+            d
+            for d in parent.iterdir()
+            if d.is_dir() and not is_bundle(d) and any(is_bundle(c) for c in d.iterdir())
+        }
+    except OSError:  # an unreadable directory only costs the hint
+        return set()
 
 
 def hmr_branch(
@@ -142,7 +176,7 @@ def hmr_branch(
 
     Args:
         pool: bundles, or directories of bundles (one level deep), to pick the donor's
-            expert from; experts are preferred over other roles.
+            expert from; only experts are taken (a seed or dense bundle is refused).
         donor: a language the pool has seen, typologically close to ``language``
             (:func:`rank_donors` ranks candidates).
         language: the new language.
@@ -156,7 +190,8 @@ def hmr_branch(
     """
     donor, language = normalize_language(donor), normalize_language(language)
     paths = [pool] if isinstance(pool, str | Path) else pool
-    parent_ref = choose_donor_bundle(find_bundles(map(Path, paths)), donor)
+    pool_bundles = find_bundles(map(Path, paths))
+    parent_ref = choose_donor_bundle(pool_bundles, donor, language=language, out=out)
     if language in parent_ref.languages:
         raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
     parent = Bundle.open(parent_ref.path)

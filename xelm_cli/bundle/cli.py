@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 from rich.tree import Tree
 
@@ -159,6 +160,31 @@ def _report_written(bundle: Bundle, as_json: bool) -> None:
         )
 
 
+def _report_hmr(bundle: Bundle, donor_bundle: Bundle, as_json: bool) -> None:
+    """What ``branch --from`` wrote, and which expert of the pool it branched: the pool may
+    hold several, and the donor's expert is the one choice the command made."""
+    donor = bundle.manifest.lineage[-1]["donor"]
+    if as_json:
+        print_json({**_summary(bundle), "donor": donor, "donor_bundle": str(donor_bundle.path)})
+        return
+    _report_written(bundle, as_json)
+    console.print(
+        f"branched from [bold]{donor_bundle.path}[/], the expert of donor language {donor} "
+        f"({', '.join(donor_bundle.languages)})"
+    )
+
+
+def _print_whole(renderable: Any) -> None:
+    """Print a table or tree; into a pipe or file at its own width, since a file has no
+    columns to fit and a line cut at the terminal's width loses its end."""
+    if console.is_terminal:
+        console.print(renderable, soft_wrap=False)  # wrapped at the terminal's width, not cut
+        return
+    wide = console.options.update_width(1_000_000)
+    width = Measurement.get(console, wide, renderable).maximum
+    Console(file=console.file, soft_wrap=True, width=max(width, 1)).print(renderable)
+
+
 def _parent(ref: dict[str, str]) -> str:
     """A parent as lineage and init show it: its id, then its digest."""
     return f"{ref['id'][:12]} (digest {short(ref['digest'])})"
@@ -203,11 +229,11 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
     ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", escape(value))
-    console.print(table)
+    _print_whole(table)
     files = Table("file", "bytes", "sha256")
     for name, entry in sorted(m.files.items()):
         files.add_row(name, f"{entry.size:,}", short(entry.sha256, 16))
-    console.print(files)
+    _print_whole(files)
 
 
 @app.command()
@@ -277,7 +303,7 @@ def lineage(
     tree = Tree("bundles", hide_root=True)
     for root in roots(nodes):
         _render(root, kids, tree, seen)
-    console.print(tree)
+    _print_whole(tree)
 
 
 @app.command()
@@ -312,7 +338,11 @@ def branch(
 
     Examples:
       xelm bundle branch seed/ --allocation alloc.json --expert 2 -o experts/e2
-      xelm bundle branch --from experts/ --donor tr --lang az -o experts/az   (HMR)
+      xelm bundle branch --from experts/ --donor tr --lang az -o branches/az
+
+    Next (HMR): train the branch on the new language's shards, then ensemble it with the
+    other experts: xelm train branches/az --data shards/ --tokens 20M -o experts/az;
+    xelm ensemble eval experts/* --router language --data DIR.
     """
     check_role(role)
     if pool:
@@ -323,6 +353,10 @@ def branch(
         if not donor or not lang:
             raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
         bundle = hmr_branch(pool, donor, lang, out, overwrite=force)
+        branched = bundle.manifest.parents[0]["digest"]
+        donor_bundle = next(b for b in find_bundles(pool) if b.digest == branched)
+        _report_hmr(bundle, donor_bundle, as_json)
+        return
     else:
         if parent is None:
             raise UsageError("pass the PARENT bundle to branch, or --from POOL for the HMR form")
