@@ -123,7 +123,8 @@ def test_train_all_json_reports_each_run_and_still_fails_in_one_line(
     assert outcomes["dense"]["ended"] >= outcomes["dense"]["started"] > 0
     assert outcomes["dense"]["devices"] is None
     assert sorted(p.name for p in logs.iterdir()) == ["dense.log", "expert-0.log", "expert-1.log"]
-    assert verify_bundle(tmp_path / "a" / "runs" / "dense") == []
+    assert outcomes["dense"]["output"] == str(tmp_path / "a" / "runs" / "dense")  # absolute
+    assert verify_bundle(outcomes["dense"]["output"]) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
     assert stderr.splitlines()[-1].startswith("xelm: error: 1 of 3 runs failed: expert-1")
     code, stdout, stderr = xelm(capsys, "train-all", plan_file, "--json", "--dry-run")

@@ -690,10 +690,14 @@ def test_two_runs_train_at_the_same_time(
         command += ["--tokens", "512", "--block-size", "32", "--batch-size", "4"]
         command += ["-o", f"runs/{name}"]
         runs.append({"name": name, "output": f"runs/{name}", "commands": [command]})
-    Path("plan.json").write_text(json.dumps({"format": "xelm-train-plan", "runs": runs}))
-    a, b = run_plan(Path("plan.json"), parallel=2, say=lambda line: None)
+    plan = {"format": "xelm-train-plan", "runs": runs}  # given whole, as make_plan returns it
+    a, b = run_plan(plan, parallel=2, say=lambda line: None)
     assert a.status == b.status == "done"
     assert a.started < b.ended and b.started < a.ended  # type: ignore[operator]
+    assert a.output == tmp_path / "runs" / "a"
+    refusal = r"^the plan is not a plan written by `xelm plan --json`$"
+    with pytest.raises(FormatError, match=refusal):
+        run_plan({"runs": runs})
 
 
 @pytest.mark.parametrize(

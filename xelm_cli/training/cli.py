@@ -481,7 +481,7 @@ def train_all(
         typer.Option(
             "--json",
             help="Print what became of each run (done, skipped, failed, not run; its times, "
-            "devices and log) as JSON, as xelm_cli.api.run_plan returns it; the commands' "
+            "devices, log and output bundle) as JSON, as xelm_cli.api.run_plan returns it; the commands' "
             "output goes to the logs, as side by side.",
         ),
     ] = False,
@@ -499,7 +499,8 @@ def train_all(
       xelm train-all plan.json --devices 0,1,2,3,4,5,6,7 --nproc-per-node 2
 
     --json prints a list with one object per run (name, status, code, started, ended,
-    devices, log), what xelm_cli.api.run_plan returns; it exits 1 when a run failed:
+    devices, log, output: the bundle it writes), what xelm_cli.api.run_plan returns; it exits
+    1 when a run failed:
       xelm train-all plan.json --parallel 2 --json > outcomes.json
     """
     if dry_run and as_json:

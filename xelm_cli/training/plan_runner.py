@@ -56,10 +56,14 @@ class RunOutcome:
     ended: float | None = None
     devices: str | None = None  # CUDA_VISIBLE_DEVICES it ran with
     log: Path | None = None
+    output: Path | None = None  # the bundle it writes (absolute)
 
     def as_dict(self) -> dict[str, Any]:
         """What ``xelm train-all --json`` prints of it."""
-        return {**asdict(self), "log": str(self.log) if self.log else None}
+        record = asdict(self)
+        for path in ("log", "output"):
+            record[path] = str(record[path]) if record[path] else None
+        return record
 
 
 def say_on_stderr(line: str) -> None:
@@ -78,20 +82,28 @@ def read_plan(path: Path) -> dict[str, Any]:
     plan = read_json_object(path, "plan") if path.is_file() else None
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
+    return check_plan(plan, path)
+
+
+def check_plan(plan: dict[str, Any], file: Path | None = None) -> dict[str, Any]:
+    """``plan`` (read from ``file``, or given whole), refused in one line unless this xelm
+    runs it."""
+    where = str(file) if file else "the plan"
     if plan.get("format") != PLAN_FORMAT:
-        raise FormatError(f"{path} is not a plan written by `xelm plan --json`")
+        raise FormatError(f"{where} is not a plan written by `xelm plan --json`")
     version = plan.get("format_version", 1)  # plans of xelm before the field are version 1
     if version != PLAN_FORMAT_VERSION:
         raise FormatError(
-            f"{path}: plan format version {short_repr(version)} is not supported by this xelm "
-            f"(reads {PLAN_FORMAT_VERSION}); upgrade xelm to run it, or make the plan again "
-            "with this one"
+            f"{where}: plan format version {short_repr(version)} is not supported by this "
+            f"xelm (reads {PLAN_FORMAT_VERSION}); upgrade xelm to run it, or make the plan "
+            "again with this one"
         )
-    schema, remake = plan_schema(), f"make the plan again with `xelm plan ... --json > {path}`"
+    schema = plan_schema()
+    remake = f"make the plan again with `xelm plan ... --json > {file or 'plan.json'}`"
     if misspelt := misspelt_member(plan, schema):
-        raise FormatError(f"{path}: plan {misspelt}; {remake}")
+        raise FormatError(f"{where}: plan {misspelt}; {remake}")
     if problems := schema_problems(plan, schema, what="plan"):
-        raise FormatError(f"{path}: {problems[0]}; {remake}")
+        raise FormatError(f"{where}: {problems[0]}; {remake}")
     return plan
 
 
@@ -285,7 +297,7 @@ class PlanRunner:
                             self._settle(outcomes, self._reported(*future.result()))
                     else:  # a cycle of `after`: none of the rest can ever start
                         for run in waiting:
-                            self._settle(outcomes, RunOutcome(run["name"], "not run"))
+                            self._settle(outcomes, self._outcome(run, "not run"))
                         break
             except KeyboardInterrupt:
                 self._stop_all()
@@ -304,10 +316,10 @@ class PlanRunner:
     ) -> None:
         """Settle ``run`` (not run, skipped) or start it on the first free slot."""
         if self._ready(run, outcomes) is False:
-            self._settle(outcomes, RunOutcome(run["name"], "not run"))
+            self._settle(outcomes, self._outcome(run, "not run"))
             self.say(f"not run: {run['name']} (a run it waits for failed)")
         elif self._finished(run):
-            self._settle(outcomes, RunOutcome(run["name"], "skipped"))
+            self._settle(outcomes, self._outcome(run, "skipped"))
             self.say(f"skip (done): {run['name']}")
         else:
             slot = free.pop(0)
@@ -325,6 +337,10 @@ class PlanRunner:
             if ready is False or (ready and (free or self._finished(run))):
                 return run
         return None
+
+    def _outcome(self, run: dict[str, Any], status: str, **details: Any) -> RunOutcome:
+        output = Path(os.path.abspath(within(self.directory, run["output"])))
+        return RunOutcome(run["name"], status, output=output, **details)
 
     def _settle(self, outcomes: dict[str, RunOutcome], outcome: RunOutcome) -> None:
         outcomes[outcome.name] = outcome
@@ -346,7 +362,7 @@ class PlanRunner:
         it, and where this attempt's output starts in the log."""
         name, log = run["name"], self._log(run)
         self.logs.mkdir(parents=True, exist_ok=True)
-        outcome = RunOutcome(name, "done", started=time.time(), devices=slot, log=log)
+        outcome = self._outcome(run, "done", started=time.time(), devices=slot, log=log)
         env = self._environment(slot)
         with open(log, "ab") as sink:
             offset = sink.tell()
@@ -457,7 +473,7 @@ def raise_failures(outcomes: Sequence[RunOutcome]) -> None:
 
 
 def run_plan(
-    plan_file: Path,
+    plan: str | Path | dict[str, Any],
     *,
     only: int | None = None,
     parallel: int = 1,
@@ -468,9 +484,10 @@ def run_plan(
     """Run the plan's runs (all, or run ``only``) with ``parallel`` at once or one per group of
     ``devices`` (``xelm train-all``), in the plan's ``directory``, each run's output in
     ``ROOT/logs/NAME.log``, with a bar of the runs ended; what became of each. Failed runs do
-    not stop the others (``raise_failures`` reports them)."""
+    not stop the others (``raise_failures`` reports them). ``plan``: a plan file, or the
+    plan itself (what ``make_plan`` returns)."""
     slots = device_groups(devices, nproc_per_node, parallel)
-    plan = read_plan(plan_file)
+    plan = check_plan(plan) if isinstance(plan, dict) else read_plan(Path(plan))
     runs = chosen_runs(plan, only)
     with count_progress("train-all", len(runs), "runs") as advance:
         return PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
