@@ -16,7 +16,9 @@ from xelm_cli.api import (
     ChoiceRequest,
     Document,
     ExpertInfo,
+    OutputRouter,
     PreRouter,
+    ScoredDocument,
     UsageError,
     Weights,
 )
@@ -648,3 +650,45 @@ def test_routing_weights_are_tallied_per_language_as_the_router_weighed(
     model = EnsembleModel(experts, posterior)
     model.score_choices([ChoiceRequest("Bugün hava", (" güzel", " kötü"), "tr")])
     assert sum(model.stats.routing.means()["tr"]) == pytest.approx(1.0, abs=1e-3)
+
+
+class FirstThreeTokensRouter(OutputRouter):
+    """Expert 0 for the first three target tokens, expert 1 after (weights by position)."""
+
+    name = "first-three"
+
+    def route_tokens(self, scored: ScoredDocument, experts: Sequence[ExpertInfo]) -> np.ndarray:
+        weights = np.zeros(scored.logprobs.shape)
+        weights[0, :3], weights[1, 3:] = 1.0, 1.0
+        return weights
+
+
+def test_a_choice_requests_routing_is_that_of_its_scored_choice_tokens(
+    experts: list[Bundle],
+) -> None:
+    """The context is not scored: a request's weights are its choices' tokens' (here all after
+    the context's first three tokens: expert 1), not the context's too."""
+    model = EnsembleModel(experts, FirstThreeTokensRouter())
+    request = ChoiceRequest("The capital of France is a city", (" Paris", " Rome"), "en")
+    assert len(model.encode(request.context)) > 3
+    model.score_choices([request])
+    assert model.stats.routing.means() == {"en": [0.0, 1.0, 0.0]}
+
+
+def test_the_routing_table_bolds_the_largest_weights_and_none_in_a_tie() -> None:
+    from xelm_cli.ensemble.results import render_table
+
+    routing = {"en": [0.5, 0.5], "tr": [0.25, 0.75]}
+    system = {"name": "ensemble[uniform]", "kind": "ensemble", "routing": routing,
+              "bundles": [{"name": "x0"}, {"name": "x1"}], "metrics": {}}  # fmt: skip
+    results = {
+        "primary": "perplexity", "higher_is_better": False, "systems": [system],
+        "request": {"languages": ["en", "tr"]},
+        "ensemble": {"router": {"name": "uniform"}, "combine": "mixture"},
+    }  # fmt: skip
+    table = render_table(results).renderables[1]
+    cells = [list(column.cells) for column in table.columns[1:]]
+    bold = [[cell.style == "bold" for cell in column] for column in cells]
+    shown = [[cell.plain for cell in column] for column in cells]
+    assert shown == [["0.50", "0.25"], ["0.50", "0.75"]]
+    assert bold == [[False, False], [False, True]]

@@ -314,8 +314,9 @@ def test_an_icl_task_on_a_hub_id_evaluates_the_languages_the_ensemble_covers(
     args = ["ensemble", "eval", *map(str, experts), "--router", "language", "--task", "sib200",
             "--data", "Davlan/sib200", "--limit", "2", "-o", str(out)]  # fmt: skip
     assert run(args) == 0, capsys.readouterr().err
-    err = capsys.readouterr().err
-    assert err.strip().splitlines() == [
+    lines = capsys.readouterr().err.strip().splitlines()
+    untrained = [line for line in lines if "not trained since" in line]  # branches of the seed
+    assert [line for line in lines if line not in untrained] == [
         "xelm: note: sib200 on Davlan/sib200: evaluating the ensemble's languages en, tr; "
         "skipped de, sw (no configuration in the dataset)"
     ]  # the stand-in has en, tr, ar, ru and zh
@@ -325,7 +326,7 @@ def test_an_icl_task_on_a_hub_id_evaluates_the_languages_the_ensemble_covers(
     out.unlink()
     args[4:6] = ["--router", "uniform"]
     assert run([*args, "--langs", "ar"]) == 0, capsys.readouterr().err  # --langs overrides
-    assert "note" not in capsys.readouterr().err
+    assert "evaluating the ensemble's languages" not in capsys.readouterr().err
     assert list(json.loads(out.read_text())["request"]["languages"]) == ["ar"]
     args = ["ensemble", "eval", str(experts[1]), "--router", "language", "--task", "xnli",
             "--data", "facebook/xnli"]  # fmt: skip

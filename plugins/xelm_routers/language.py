@@ -1,5 +1,6 @@
 """Routers by language: ``language`` (the paper's top-1 typology routing) and ``oracle``."""
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ class LanguageRouter(PreRouter):
         self.typology_fallback = fallback == TYPOLOGY
         self.routes_uncovered_languages = fallback is not None
         self._nearest: dict[str, str] = {}
+        self._noted: set[str] = set()
 
     def _expert_language(self, language: str, covered: list[str]) -> str | None:
         if language in covered:
@@ -89,7 +91,42 @@ class LanguageRouter(PreRouter):
                     f"{', '.join(covered) or 'none'}): choose a covered language, add an "
                     "expert for it, or use --router-arg fallback=typology or fallback=posterior"
                 )
+        self._note_shared(weights, documents, experts)
         return weights
+
+    def _note_shared(
+        self, weights: Weights, documents: Sequence[Document], experts: Sequence[ExpertInfo]
+    ) -> None:
+        """Say once per language routed here that a later expert covers it too and gets none
+        of it (an expert retrained beside the old one, both listed, silently loses). Experts of
+        one clustering that assigns documents (TF-IDF) share languages by design: not noted
+        (the ensemble already warns that they are routed by language)."""
+        shared = []
+        for row, document in enumerate(documents):
+            language = document.language
+            if language is None or language in self._noted or np.isnan(weights[row]).any():
+                continue
+            covering = [expert for expert in experts if language in expert.languages]
+            if len(covering) > 1 and not _one_clustering(covering):
+                self._noted.add(language)
+                names = [expert.name for expert in covering]
+                shared.append(f"{language} to {names[0]}, not {', '.join(names[1:])}")
+        if shared:
+            print(
+                "xelm: note: the language router sends a language to the first expert that "
+                f"covers it: {'; '.join(shared)} (reorder the members, or drop one)",
+                file=sys.stderr,
+            )
+
+
+def _one_clustering(experts: Sequence[ExpertInfo]) -> bool:
+    """Whether ``experts`` are different experts of one allocation."""
+    references = [expert.allocation for expert in experts]
+    if not all(references):
+        return False
+    digests = {reference.get("digest") for reference in references if reference}
+    indexes = {reference.get("expert") for reference in references if reference}
+    return len(digests) == 1 and None not in digests and len(indexes) == len(experts)
 
 
 class OracleRouter(PreRouter):

@@ -254,7 +254,8 @@ def generate(
     device: DeviceOpt = None,
 ) -> None:
     """Sample a continuation from the experts' next-token distributions, combined by the
-    ensemble's rule (--combine); it never emits the document-start token.
+    ensemble's rule (--combine); it never emits the document-start token (unless that token
+    also ends a text, as XGLM's does).
 
     Example: xelm ensemble generate experts/* --router language --lang tr --prompt "Bugün"
 

@@ -1,6 +1,7 @@
 """The ensemble file (spec/ensemble-v1.md section 2): members with their digests, the router
 and its options, the combination rule; read back only if every member is unchanged."""
 
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.ensemble.members import expand_paths, open_members
+from xelm_cli.ensemble.members import expand_paths, not_a_bundle, open_members
 from xelm_cli.ensemble.routing import check_router_options
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
@@ -140,6 +141,9 @@ def resolve_ensemble(
         if combine:
             spec.combine = combine
         return spec
+    for member in members:
+        if not isinstance(member, Bundle) and is_ensemble_file(str(member)):
+            raise UsageError(_file_among_bundles(Path(member)))  # (other files: not bundles)
     name = router or DEFAULT_ROUTER
     checked = check_router_options(name, options)
     paths: list[Path] = []
@@ -148,7 +152,42 @@ def resolve_ensemble(
     bundles = open_members(paths)
     if router is None:
         _warn_documents_routed_by_language(bundles)
+    _note_untrained_branches(bundles)
     return EnsembleSpec(bundles, name, checked, combine or "mixture")
+
+
+def _file_among_bundles(path: Path) -> str:
+    """The refusal of an ensemble file listed with other members: a file stands alone (its
+    router options, a posterior's prior, are fitted to its k experts); the way out lists its
+    bundles, which the new ones join. Another JSON file is refused as any non-bundle is."""
+    try:
+        data = read_json_object(path, "ensemble file")
+        entries = data["members"] if data.get("format") == ENSEMBLE_FORMAT else None
+        listed = [shlex.quote(str(path.parent / str(entry["path"]))) for entry in entries or []]
+    except (XelmError, KeyError, TypeError):
+        entries, listed = None, []
+    if not entries or not listed:
+        return not_a_bundle(path)
+    return (
+        f"{path} is an ensemble file, which stands alone as the members; to add experts to "
+        f"it, list its bundles with them: xelm ensemble create {' '.join(listed)} NEW... "
+        "-o NEW.json"
+    )
+
+
+UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without training
+
+
+def _note_untrained_branches(bundles: Sequence[Bundle]) -> None:
+    """A member made by a branch and not trained since scores exactly as its parent: say so
+    (branching an expert for a new language and ensembling it before training is easy)."""
+    for bundle in bundles:
+        if bundle.manifest.relation in UNTRAINED:
+            sys.stderr.write(
+                f"xelm: note: {bundle.path} is a {bundle.manifest.relation} not trained since: "
+                f"it scores as its parent does; train it first (xelm train {bundle.path} "
+                "--data SHARDS --tokens N -o TRAINED)\n"
+            )
 
 
 def _warn_documents_routed_by_language(bundles: Sequence[Bundle]) -> None:

@@ -14,6 +14,8 @@ another token, and an undertrained model that predicts it would repeat it, decod
 opened bundles and a built router.
 """
 
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +67,8 @@ def generate_text(
     router and its options (default: the ensemble file's, else ``language``); ``combine``:
     ``mixture``, ``logits`` or ``product`` (default: the ensemble file's, else ``mixture``);
     ``language``: the prompt's (the language router needs it); ``temperature`` 0 picks the
-    most likely token. The document-start token is never generated.
+    most likely token. The document-start token is never generated (unless it also ends a
+    text, as XGLM's ``</s>`` does).
 
     Example: ``generate_text("experts/*", "Bugün", router="language", language="tr")``
     """
@@ -207,7 +210,8 @@ def _routes_with_a_language(runner: EnsembleModel, text: str) -> bool:
     languages = dict.fromkeys(language for e in runner.experts for language in e.languages)
     for language in languages:
         try:
-            runner.route_one(Document(text, language))
+            with contextlib.redirect_stderr(io.StringIO()):  # a probe: the router's notes
+                runner.route_one(Document(text, language))  # would name a language not given
         except UsageError:
             continue
         return True

@@ -31,14 +31,25 @@ def open_members(paths: Sequence[Path]) -> list[Bundle]:
     come first, so nothing is read from a file that does not match its manifest."""
     for path in paths:
         if not is_bundle(path):
-            what = "does not exist" if not path.exists() else f"has no {MANIFEST_NAME}"
-            raise UsageError(f"{path} {what}: an ensemble member must be a bundle directory")
+            raise UsageError(not_a_bundle(path))
     bundles = [Bundle.read(path) for path in paths]
     with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
         for bundle in bundles:
             bundle.check_files(progress=advance)
     check_compatible(bundles)
     return bundles
+
+
+def not_a_bundle(path: Path) -> str:
+    """Why ``path`` cannot be a member, naming the way out for a directory of bundles."""
+    if not path.exists():
+        return f"{path} does not exist: an ensemble member must be a bundle directory"
+    if path.is_dir() and any(is_bundle(child) for child in path.iterdir()):
+        return (
+            f"{path} is a directory of bundles, not a bundle: pass its bundles, e.g. "
+            f"'{path / '*'}' (quoted: xelm expands it and skips checkpoints)"
+        )
+    return f"{path} has no {MANIFEST_NAME}: an ensemble member must be a bundle directory"
 
 
 def _model_type(bundle: Bundle) -> str:

@@ -351,7 +351,7 @@ def render_table(results: dict[str, Any]) -> Any:
 
 def _routing_table(system: dict[str, Any]) -> Any:
     """Mean routing weight per language (rows) and expert (columns) of one ensemble; the
-    expert with the most weight on a language in bold."""
+    experts with the most weight on a language in bold (none when all weigh the same)."""
     from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
@@ -361,10 +361,9 @@ def _routing_table(system: dict[str, Any]) -> Any:
     for bundle in system["bundles"]:
         table.add_column(Text(bundle["name"]), justify="right", overflow="fold", min_width=5)
     for language, weights in system["routing"].items():
-        top = max(range(len(weights)), key=weights.__getitem__)
+        top = max(weights) if len(set(weights)) > 1 else None  # a tie for all: none in bold
         table.add_row(
-            language,
-            *(Text(f"{w:.2f}", style="bold" if e == top else "") for e, w in enumerate(weights)),
+            language, *(Text(f"{w:.2f}", style="bold" if w == top else "") for w in weights)
         )
     return table
 

@@ -526,8 +526,11 @@ class EnsembleModel(LanguageModel):
                 }
                 document = Document(request.context + choice, request.language)
                 combined, weights = self._combine_tokens(route, document, joined)
-                choice_lps.append(combined[-len(encoded[i][1][c]) :])
-                choice_weights.append(weights if weights.ndim == 1 else weights.mean(axis=1))
+                scored_tokens = len(encoded[i][1][c])  # the choice's: the context is not scored
+                choice_lps.append(combined[-scored_tokens:])
+                choice_weights.append(
+                    weights if weights.ndim == 1 else weights[:, -scored_tokens:].mean(axis=1)
+                )
             self.stats.routing.add(request.language, np.mean(choice_weights, axis=0))
             results.append(choice_lps)
         return results
