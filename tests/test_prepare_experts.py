@@ -296,3 +296,54 @@ def test_a_run_stopped_before_its_first_checkpoint_leaves_no_work(
     with pytest.raises(KeyboardInterrupt):
         prepare(expert_corpus, seed_bundle, tmp_path / "s", progress=Counting(1))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- --max-records: a ceiling on the reading of each streamed source ----------------------------
+
+
+def documents(result: PrepareResult) -> dict[str, int]:
+    return {lang: e["documents"] for lang, e in result.shards.manifest["languages"].items()}
+
+
+def test_max_records_bounds_each_streamed_language_and_the_experts_split_that_reading(
+    mirror: Path,
+    allocation: Path,
+    seed_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without it, an expert fills its cap from far down a language's stream; with it, each
+    language is read for its first records only (to the end of the batch that reaches them),
+    whatever each expert keeps: the experts share out exactly the records a plain run reads,
+    --expert all as a run per expert does, and a run killed halfway continues to the same."""
+    bounded: dict[str, Any] = {
+        "reading": PER_LANGUAGE, "langs": LANGS, "batch_size": 8, "max_records": "20",
+    }  # fmt: skip
+    dense = prepare(mirror, seed_bundle, tmp_path / "dense", **bounded)
+    read = documents(dense)
+    assert all(20 <= n < 20 + 8 for n in read.values()), read  # 57 a language unbounded
+    assert dense.shards.manifest["options"]["max_records"] == 20
+    options = {**bounded, "allocation": allocation, "token_caps": 100_000}
+    apart = one_by_one(mirror, seed_bundle, tmp_path / "one", **options)
+    out = tmp_path / "all-{expert}"
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)  # after every batch
+    with pytest.raises(KeyboardInterrupt):
+        prepare_experts(mirror, seed_bundle, out, progress=Counting(3), **options)
+    every = prepare_experts(mirror, seed_bundle, out, **options)
+    for together, alone in zip(every, apart, strict=True):
+        assert files(together.shards.path) == files(alone.shards.path)
+    shared = {lang: sum(documents(r).get(lang, 0) for r in every) for lang in LANGS}
+    assert shared == read  # every record read went to one expert: none read further
+
+
+def test_max_records_is_refused_for_corpus_files_which_are_read_whole(
+    expert_corpus: Path, seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["data", "prepare", str(expert_corpus), "-t", str(seed_bundle), "--max-records",
+            "2M", "-o", str(tmp_path / "shards")]  # fmt: skip
+    assert run(argv) == 2
+    assert capsys.readouterr().err == (
+        f"xelm: error: --max-records bounds the reading of streamed datasets; {expert_corpus} "
+        "is read whole (corpus files): bound it with --cap or --tokens instead\n"
+    )
+    assert list(tmp_path.iterdir()) == []

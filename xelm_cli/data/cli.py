@@ -183,6 +183,16 @@ def prepare_command(
     batch_size: Annotated[
         int, typer.Option(min=MIN_BATCH_SIZE, help="Documents per tokenizer call.")
     ] = DEFAULT_BATCH_SIZE,
+    max_records: Annotated[
+        str | None,
+        typer.Option(
+            "--max-records",
+            help="Read each streamed dataset for at most about N records, e.g. 2M (to the end "
+            "of the --batch-size records that reach them; per language with --config '{lang}' "
+            "or a recipe), whatever is kept: bounds the reading where an expert gets a small "
+            "share of a language (--allocation).",
+        ),
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     **reading: Any,
@@ -226,6 +236,7 @@ def prepare_command(
             "seed": seed,
             "reading": reading_from_flags(reading),
             "batch_size": batch_size,
+            "max_records": max_records,
             "workers": workers,
             "overwrite": force,
             "progress": progress,

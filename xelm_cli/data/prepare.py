@@ -42,6 +42,7 @@ from xelm_cli.data.prepare_checks import (
     check_unchanged,
     existing_manifest,
     no_documents_in,
+    record_ceiling,
     sizes_used,
 )
 from xelm_cli.data.prepare_finish import Held, finish, output_budgets, shortfall_under
@@ -124,6 +125,7 @@ class _ReadContext:
     progress: Progress | None
     routing: Routing = field(default_factory=Routing)  # the experts kept, under which keys
     seen: set[str] = field(default_factory=set)  # the languages read, wanted or not
+    max_records: int | None = None  # records a streamed source is read for, at most about
 
     def full(self, language: str) -> bool:
         """Whether every key of ``language`` reached its read limit."""
@@ -352,9 +354,13 @@ def _read_source(
     batch half written would be read again) the position after the last batch written is
     recorded first, for a rerun to continue from."""
     work = context.work
-    limits = context.limits if isinstance(source, DatasetSource) else {}
+    streamed = isinstance(source, DatasetSource)
+    limits = context.limits if streamed else {}
+    ceiling = context.max_records if streamed else None
 
     def exhausted() -> bool:
+        if ceiling is not None and records_read(written) >= ceiling:
+            return True
         return bool(limits and yields and all(context.full(lang) for lang in yields))
 
     written = work.position(name)
@@ -381,6 +387,11 @@ def _read_source(
     finally:
         batches.close()
     work.checkpoint(name, written, done=True)
+
+
+def records_read(position: Any) -> int:
+    """The records a dataset source's stream read before ``position`` (0 at its start)."""
+    return int(position.get("rows", 0)) if isinstance(position, dict) else 0
 
 
 def _options(
@@ -412,12 +423,13 @@ def _reading_inputs(
     limits: dict[str, int],
     reading: SourceOptions,
     documents_of: dict[str, Any],
+    max_records: int | None,
 ) -> dict[str, Any]:
     """What the first pass (reading into the work directory) depends on beside the input, so
     that a rerun continues its work: not the options of the second pass (--seed; --cap,
     --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
     always where no source is streamed: corpus files are read whole); ``documents_of``: the
-    allocation and expert(s) whose documents are kept (``_documents_of``)."""
+    allocation and expert(s) whose documents are kept (``_documents_of``); ``max_records``."""
     streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
     inputs: dict[str, Any] = {
         "tokenizer": tokenizer.fingerprint,
@@ -428,6 +440,8 @@ def _reading_inputs(
     }
     if documents_of:  # absent otherwise: the work of earlier versions stays resumable
         inputs["documents of"] = documents_of
+    if max_records is not None:  # (likewise)
+        inputs["records read per streamed source (--max-records)"] = max_records
     return inputs
 
 
@@ -484,6 +498,7 @@ def prepare(
     allocation: Allocation | str | Path | None = None,
     expert: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    max_records: int | str | None = None,
     workers: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
@@ -529,6 +544,13 @@ def prepare(
     dataset at the commit it was begun with; other read limits start afresh. Nothing is
     written when ``out`` already holds shards of the same input, tokenizer and options
     (``up_to_date``); other shards there are an error unless ``overwrite``.
+
+    ``max_records`` (an int, or text such as ``"2M"``) bounds the reading of every streamed
+    source, whatever it keeps: each is read until it has read that many records, to the end
+    of the ``batch_size`` records that reach them (a source per language, as ``config=
+    "{lang}"`` and recipes read: that many per language). A language it stops before its
+    read limit is kept whole, as one read to its end. With an allocation, an expert that gets
+    a small share of a language would otherwise read far into its stream to fill its limit.
     """
     documents_of = allocation_and_expert(allocation, expert)
     settings = _Settings(
@@ -540,6 +562,7 @@ def prepare(
         seed=seed,
         reading=reading,
         batch_size=batch_size,
+        max_records=max_records,
         workers=workers,
         overwrite=overwrite,
         progress=progress,
@@ -620,6 +643,7 @@ class _Settings:
     seed: int
     reading: SourceOptions | None
     batch_size: int
+    max_records: int | str | None
     workers: int | None
     overwrite: bool
     progress: Progress | None
@@ -663,6 +687,7 @@ def _prepare(
     options = _options(wanted, caps, alpha, tokens, settings.seed, reading)
     joined = routing.assigns and routing.experts[0].assigner.document_bytes
     plan = plan_sources(source, wanted, reading)
+    max_records = record_ceiling(settings.max_records, plan)
     if wanted is None and plan.recipe is not None:
         wanted = sorted(plan.sources)
     weighed = alpha is not None or tokens is not None
@@ -673,6 +698,7 @@ def _prepare(
             **({"allocation": expert.reference} if expert else {}),
             **({"batch_size": settings.batch_size} if joined else {}),  # records are joined
             **({"sizes": weights} if weights is not None else {}),  # within a batch
+            **({"max_records": max_records} if max_records is not None else {}),
         }
         for index, expert in routing.members()
     }
@@ -696,7 +722,14 @@ def _prepare(
             dtype_name = token_dtype_name(info.vocab_size)
             limits = read_limits(caps, tokens, sizes=weights, alpha=alpha)
             reading_inputs = _reading_inputs(
-                plan, info, dtype_name, wanted, limits, reading, _documents_of(routing, own)
+                plan,
+                info,
+                dtype_name,
+                wanted,
+                limits,
+                reading,
+                _documents_of(routing, own),
+                max_records,
             )
             plan, record, work = _resumable_work(work_out, plan, record, reading_inputs, dtype_name)
             context = _ReadContext(
@@ -707,6 +740,7 @@ def _prepare(
                 settings.batch_size,
                 settings.progress,
                 routing,
+                max_records=max_records,
             )
             header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
             with work.kept_on_error():

@@ -9,10 +9,12 @@ from typing import Any
 
 from xelm_cli.cluster.assigning import ExpertDocuments
 from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.units import token_count
 from xelm_cli.data.budgets import ALL_LANGUAGES
 from xelm_cli.data.corpus import labelled_files, source_kind
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourcePlan
+from xelm_cli.data.sources import DatasetSource
 
 
 def check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
@@ -23,6 +25,20 @@ def check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
             f"--cap {', '.join(outside)}: not in --langs {','.join(langs or [])}; "
             "add it to --langs or drop its cap"
         )
+
+
+def record_ceiling(max_records: int | str | None, plan: SourcePlan) -> int | None:
+    """``prepare``'s ``max_records`` as a number, refused for a source with nothing streamed:
+    corpus files are read whole (their budgets apply by sampling)."""
+    if max_records is None:
+        return None
+    ceiling = token_count(max_records, "--max-records")
+    if not any(isinstance(source, DatasetSource) for source in plan.sources.values()):
+        raise UsageError(
+            f"--max-records bounds the reading of streamed datasets; {plan.path} is read "
+            "whole (corpus files): bound it with --cap or --tokens instead"
+        )
+    return ceiling
 
 
 def sizes_used(
@@ -162,5 +178,6 @@ __all__ = [
     "check_unchanged",
     "existing_manifest",
     "no_documents_in",
+    "record_ceiling",
     "sizes_used",
 ]

@@ -24,7 +24,7 @@ from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 
 FORMAT = "xelm-shards"
-FORMAT_VERSION = "1.3.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`
+FORMAT_VERSION = "1.4.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`; 1.4: `max_records`
 MANIFEST_NAME = "shards.json"
 OFFSETS_DTYPE = np.dtype("<u8")
 TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
