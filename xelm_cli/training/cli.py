@@ -481,8 +481,8 @@ def train_all(
         typer.Option(
             "--json",
             help="Print what became of each run (done, skipped, failed, not run; its times, "
-            "devices, log and output bundle) as JSON, as xelm_cli.api.run_plan returns it; the commands' "
-            "output goes to the logs, as side by side.",
+            "devices, log and output bundle) as JSON, as xelm_cli.api.run_plan returns it; the "
+            "commands' output goes to the logs, as side by side.",
         ),
     ] = False,
 ) -> None:
