@@ -22,7 +22,8 @@ Matrix = NDArray[np.float64]
 Labels = NDArray[np.int64]
 SOLVERS = ("auto", "auction", "lsa")
 ASSIGNMENTS = ("balanced", "nearest")
-WARM_START_DIVISOR = 512.0
+COLD_START_DIVISOR = 4.0  # the first epsilon from zero prices: a quarter of the cost range
+EPSILON_REDUCTION = 8.0  # each epsilon phase is this many times finer than the one before
 # "auto": lsa up to this many documents a batch, the auction beyond. Measured on the sample
 # corpus (benchmarks/tfidf_solver.md): lsa is 5-50x faster up to 500 documents and even with
 # the auction at 1000 on records, 4x slower at 2000 and 17-20x at 4000 (its time grows about as
@@ -109,21 +110,56 @@ def assign_auction(
     the lowest bid it keeps. Bids are placed by all unassigned documents at once (Jacobi), so
     the result is optimal within about n * eps in the worst case and usually exact. Returns the
     labels and the final prices; passing the prices of a similar earlier problem (the previous
-    k-means iteration) as ``prices`` starts near the answer and skips the coarse phases.
+    k-means iteration) as ``prices`` starts from them and skips the coarse phases finer than
+    their error (``_warm_start_step``), all of them when they already clear.
     """
     value = -cost
     scale = max(float(np.ptp(value)), eps)
+    step = scale / COLD_START_DIVISOR
     if prices is None:
         prices = np.zeros(cost.shape[1])  # the price of each cluster's cheapest slot
-        step = scale / 4.0
     else:
         prices = prices.copy()
-        step = max(scale / WARM_START_DIVISOR, eps)
+        step = _warm_start_step(step, _price_error(value, capacities, prices), eps)
     while True:
         labels = _auction_phase(value, capacities, prices, step)
         if step <= eps:
             return labels, prices
-        step = max(step / 8.0, eps)
+        step = max(step / EPSILON_REDUCTION, eps)
+
+
+def _price_error(value: Matrix, capacities: NDArray[np.int64], prices: Matrix) -> float:
+    """How far ``prices`` are from clearing: the largest rise one cluster's price needs, the
+    others fixed, before no more documents prefer it than it holds (0 when none is
+    over-demanded, i.e. everyone already gets a best cluster)."""
+    n, k = value.shape
+    if k < 2:
+        return 0.0
+    net = value - prices
+    top_two = np.argpartition(net, k - 2, axis=1)[:, -2:]
+    rows = np.arange(n)
+    first, second = net[rows, top_two[:, 0]], net[rows, top_two[:, 1]]
+    best = np.where(first > second, top_two[:, 0], top_two[:, 1])
+    margin = np.abs(first - second)  # how much more each document values its best cluster
+    error = 0.0
+    for cluster in range(k):
+        margins = margin[best == cluster]
+        excess = margins.size - int(capacities[cluster])
+        if excess > 0:
+            # The price must pass the margin of the excess-th least attached document.
+            error = max(error, float(np.partition(margins, excess - 1)[excess - 1]))
+    return error
+
+
+def _warm_start_step(cold_step: float, price_error: float, eps: float) -> float:
+    """The first epsilon from earlier prices: the finest step of the cold schedule that is
+    still at least their error. A step much finer than the error makes the first phase raise
+    prices by many tiny bids (thousands of rounds: benchmarks/tfidf_solver.md); one on the
+    cold schedule but below its coarse start keeps the earlier prices' head start."""
+    step = cold_step
+    while step / EPSILON_REDUCTION >= max(price_error, eps):
+        step /= EPSILON_REDUCTION
+    return step
 
 
 def _auction_phase(
