@@ -14,7 +14,8 @@ assignment, up to 20 times per batch, and ``--solver auto`` chooses between scip
 - For each size n (a batch of n documents; the CLI's batches hold up to 4096) and k: the cost
   matrices (squared distances to the centroids) of fitting one batch as ``kmeans._fit_batch``
   fits the first one: k-means++ start, then up to 20 iterations until no centroid moves more
-  than 1e-3, the auction's labels moving the centroids.
+  than 1e-3, the cold auction's labels moving the centroids (the same matrices whatever the
+  warm start does).
 - On each of these matrices: lsa; the auction from zero prices ("cold"); the auction started
   from the previous iteration's prices ("warm", what the fit does from the second iteration).
   Seconds are summed over the batch's iterations. Cost gap: the auction's total squared
@@ -66,16 +67,19 @@ def embedded_pool(corpus: Path, count: int, document_bytes: int) -> Matrix:
 
 
 def batch_costs(points: Matrix, k: int, max_iter: int = 20, tol: float = 1e-3) -> list[Matrix]:
-    """The cost matrices of fitting ``points`` as one (first) k-means batch."""
+    """The cost matrices of fitting ``points`` as one (first) k-means batch. The centroids move
+    by the cold auction's labels, so that the matrices do not depend on the warm start being
+    measured (its labels may differ where costs tie, and so the later iterations)."""
     from sklearn.cluster import kmeans_plusplus
-    from xelm_tfidf.kmeans import assign_balanced, squared_distances
+    from xelm_tfidf.kmeans import assign_auction, equal_capacities, squared_distances
 
     centroids, _ = kmeans_plusplus(points, k, random_state=0)
-    costs, prices = [], None
+    costs = []
+    capacities = equal_capacities(points.shape[0], k)
     for _ in range(max_iter):
         cost = squared_distances(points, centroids)
         costs.append(cost)
-        labels, prices = assign_balanced(cost, "auction", prices)
+        labels, _ = assign_auction(cost, capacities)
         sums = np.zeros_like(centroids)
         np.add.at(sums, labels, points)
         updated = sums / np.bincount(labels, minlength=k)[:, None]
