@@ -9,7 +9,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.bundle.store import Bundle, Progress, check_role, is_bundle, write_bundle
+from xelm_cli.bundle.store import (
+    Bundle,
+    Progress,
+    check_role,
+    holds_bundles,
+    is_bundle,
+    write_bundle,
+)
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import UsageError
 from xelm_cli.lang.codes import language_codes, normalize_language
@@ -153,11 +160,7 @@ def _experts_hint(pool: list[Bundle]) -> str:
 def _bundle_dirs(parent: Path) -> set[Path]:
     """The directories directly in ``parent`` that are not bundles but hold some."""
     try:
-        return {
-            d
-            for d in parent.iterdir()
-            if d.is_dir() and not is_bundle(d) and any(is_bundle(c) for c in d.iterdir())
-        }
+        return {d for d in parent.iterdir() if holds_bundles(d)}
     except OSError:  # an unreadable directory only costs the hint
         return set()
 

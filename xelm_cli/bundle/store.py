@@ -81,6 +81,12 @@ def is_bundle(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
+def holds_bundles(path: Path) -> bool:
+    """Whether ``path`` is a directory, not itself a bundle, with bundles directly in it
+    (``runs/experts``): given where a bundle was expected, its bundles were meant."""
+    return path.is_dir() and not is_bundle(path) and any(is_bundle(c) for c in path.iterdir())
+
+
 def loading_problem(info: dict[str, Any]) -> str | None:
     """How the weights ``from_pretrained(output_loading_info=True)`` read do not fit the model
     (``2 missing keys (lm_head.weight, ...)``), which transformers only logs, filling in random

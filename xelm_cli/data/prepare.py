@@ -430,7 +430,7 @@ def _reading_inputs(
     --tokens, --sizes and --alpha as far as they leave the read limits as they were, and
     always where no source is streamed: corpus files are read whole); ``documents_of``: the
     allocation and expert(s) whose documents are kept (``_documents_of``); ``max_records``."""
-    streamed = any(isinstance(s, DatasetSource) for s in plan.sources.values())
+    streamed = plan.streams
     inputs: dict[str, Any] = {
         "tokenizer": tokenizer.fingerprint,
         "token type": dtype_name,

@@ -14,7 +14,6 @@ from xelm_cli.data.budgets import ALL_LANGUAGES
 from xelm_cli.data.corpus import labelled_files, source_kind
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourcePlan
-from xelm_cli.data.sources import DatasetSource
 
 
 def check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
@@ -33,7 +32,7 @@ def record_ceiling(max_records: int | str | None, plan: SourcePlan) -> int | Non
     if max_records is None:
         return None
     ceiling = token_count(max_records, "--max-records")
-    if not any(isinstance(source, DatasetSource) for source in plan.sources.values()):
+    if not plan.streams:
         raise UsageError(
             f"--max-records bounds the reading of streamed datasets; {plan.path} is read "
             "whole (corpus files): bound it with --cap or --tokens instead"

@@ -36,6 +36,11 @@ class SourcePlan:
         source = self.sources[name]
         return source.language if self.recipe is not None else None
 
+    @property
+    def streams(self) -> bool:
+        """Whether any source is streamed (a dataset); corpus files are read whole."""
+        return any(isinstance(source, DatasetSource) for source in self.sources.values())
+
     def streamed_languages(self, found: Iterable[str]) -> set[str]:
         """Which of the languages ``found`` were read from a streamed source (a dataset)."""
         streamed: set[str] = set()

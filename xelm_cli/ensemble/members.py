@@ -4,7 +4,7 @@ import glob
 from collections.abc import Sequence
 from pathlib import Path
 
-from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, is_bundle
+from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, holds_bundles, is_bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import byte_progress
@@ -44,7 +44,7 @@ def not_a_bundle(path: Path) -> str:
     """Why ``path`` cannot be a member, naming the way out for a directory of bundles."""
     if not path.exists():
         return f"{path} does not exist: an ensemble member must be a bundle directory"
-    if path.is_dir() and any(is_bundle(child) for child in path.iterdir()):
+    if holds_bundles(path):
         return (
             f"{path} is a directory of bundles, not a bundle: pass its bundles, e.g. "
             f"'{path / '*'}' (quoted: xelm expands it and skips checkpoints)"

@@ -439,10 +439,7 @@ class EnsembleModel(LanguageModel):
             if len(sequence) < 2:
                 raise UsageError(f"a document has no tokens to score: {document.text[:40]!r}")
         routes = self._routes(documents, starts if stride_router else None)
-        if self.combine in ("logits", "product"):
-            for route, document in zip(routes, documents, strict=True):
-                assert route.weights is not None  # check_rule_weights: a pre-router
-                self.stats.routing.add(document.language, route.weights)
+        self._tally_rule_weights(routes, [document.language for document in documents])
         if self.combine == "logits":
             return self._logit_average(
                 routes,
@@ -471,6 +468,15 @@ class EnsembleModel(LanguageModel):
             combined.append(logprobs)
         return combined
 
+    def _tally_rule_weights(self, routes: Sequence[_Route], languages: list[str | None]) -> None:
+        """Under logit averaging or the product rule, each item's one weight vector (a
+        mixture tallies the weights it combined with, in ``_combine_tokens``' callers)."""
+        if self.combine not in _RULE_NAMES:
+            return
+        for route, language in zip(routes, languages, strict=True):
+            assert route.weights is not None  # check_rule_weights: a pre-router
+            self.stats.routing.add(language, route.weights)
+
     def _encode_request(self, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
         """BOS + the context's tokens, and each choice's. The context's trailing whitespace
         starts every choice (``"right? ", "Yes"`` is scored as ``"right?", " Yes"``, as
@@ -488,10 +494,7 @@ class EnsembleModel(LanguageModel):
         encoded = [self._encode_request(request) for request in requests]
         contexts = [Document(r.context, r.language) for r in requests]
         routes = self._routes(contexts)
-        if self.combine in ("logits", "product"):
-            for route, request in zip(routes, requests, strict=True):
-                assert route.weights is not None  # check_rule_weights: a pre-router
-                self.stats.routing.add(request.language, route.weights)
+        self._tally_rule_weights(routes, [request.language for request in requests])
         if self.combine == "product":
             return self._product_choices(routes, encoded)
         if self.combine == "logits":
