@@ -36,6 +36,7 @@ from typing import Any
 
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import DEFAULT_BATCH_SIZE, prepare
+from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.data.sources import DatasetSource
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 from xelm_cli.data.tokenizer_loading import load_tokenizer, tokenizer_threads
@@ -121,7 +122,9 @@ def _measure(
     """One prepare run plus the tokenizer alone, in this (fresh) process."""
     texts = _texts(corpus, langs)
     text_bytes = sum(len(t.encode()) for t in texts)
-    options: dict[str, Any] = {"config": "{lang}", "langs": langs} if langs else {}
+    options: dict[str, Any] = (
+        {"reading": SourceOptions(config="{lang}"), "languages": langs} if langs else {}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         shards = prepare(corpus, tokenizer, Path(tmp) / "shards", workers=workers, **options)

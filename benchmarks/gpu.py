@@ -379,7 +379,7 @@ def preset_seed(work: Path, data: Path, model: dict[str, int], vocab: int) -> tu
     languages = sorted(path.name.split(".")[0] for path in valid.glob("*.jsonl.zst"))
     NAMED_CONFIGS["gpu-preset"] = model
     seed = init_from_config("gpu-preset", tokenizer, work / "seed", languages=languages).path
-    prepare(valid, seed, work / "shards", langs=languages)
+    prepare(valid, seed, work / "shards", languages=languages)
     return seed, work / "shards"
 
 

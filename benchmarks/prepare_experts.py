@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         corpus = _corpus(args.data / "corpus" / "train", langs, root)
         tokenizer = root / "tok"
-        train_tokenizer_on_corpus(corpus, tokenizer, vocab_size=4000, langs=langs)
+        train_tokenizer_on_corpus(corpus, tokenizer, vocab_size=4000, languages=langs)
         allocation = root / "alloc"
         cluster("tfidf", k=args.k, output=allocation, languages=langs, data=corpus)
         source: Path = corpus if args.files else _c4_like(corpus, langs, root)
-        options: dict[str, Any] = {"allocation": allocation, "langs": langs}
+        options: dict[str, Any] = {"allocation": allocation, "languages": langs}
         if not args.files:
             options["reading"] = SourceOptions(config="{lang}")
         if args.cap:

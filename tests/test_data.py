@@ -106,7 +106,7 @@ def test_per_language_index_matches_hand_counts(
 
 
 def test_a_bundle_serves_as_tokenizer(seed_bundle: Path, corpus: Path, tmp_path: Path) -> None:
-    shards = prepare(corpus, seed_bundle, tmp_path / "shards", langs=["tr"]).shards
+    shards = prepare(corpus, seed_bundle, tmp_path / "shards", languages=["tr"]).shards
     assert shards.languages == ["tr"]
     assert (
         shards.tokenizer_fingerprint == Bundle.read(seed_bundle).manifest.fingerprints["tokenizer"]
@@ -119,7 +119,7 @@ def test_reader_refuses_another_major_version_and_finds_tampering(
     tokenizer_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "shards"
-    prepare(corpus, tokenizer_dir, out, langs=["en"])
+    prepare(corpus, tokenizer_dir, out, languages=["en"])
     data = out / "en.tokens.bin"
     data.chmod(0o644)
     raw = bytearray(data.read_bytes())
@@ -199,33 +199,33 @@ def test_caps_and_alpha_end_to_end(tokenizer_dir: Path, corpus: Path, tmp_path: 
 
 def test_same_input_is_a_no_op(tokenizer_dir: Path, corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "shards"
-    first = prepare(corpus, tokenizer_dir, out, langs=["en", "tr"])
+    first = prepare(corpus, tokenizer_dir, out, languages=["en", "tr"])
     before = snapshot(out)
-    second = prepare(corpus, tokenizer_dir, out, langs=["tr", "en"])
+    second = prepare(corpus, tokenizer_dir, out, languages=["tr", "en"])
     assert not first.up_to_date and second.up_to_date
     assert snapshot(out) == before
     assert second.shards.digest == first.shards.digest
     os.utime(corpus / "en.jsonl")  # touched, same bytes: hashed again, still up to date
-    assert prepare(corpus, tokenizer_dir, out, langs=["en", "tr"]).up_to_date
+    assert prepare(corpus, tokenizer_dir, out, languages=["en", "tr"]).up_to_date
 
 
 def test_changed_input_tokenizer_or_options_are_detected(
     tokenizer_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "shards"
-    prepare(corpus, tokenizer_dir, out, langs=["en"])
+    prepare(corpus, tokenizer_dir, out, languages=["en"])
     before = snapshot(out)
     other_tokenizer = train_tokenizer(tmp_path / "tok2", vocab_size=300)
     with pytest.raises(UsageError, match=r"another tokenizer.*--force"):
-        prepare(corpus, other_tokenizer, out, langs=["en"])
+        prepare(corpus, other_tokenizer, out, languages=["en"])
     with pytest.raises(UsageError, match=r"other options \(languages\)"):
-        prepare(corpus, tokenizer_dir, out, langs=["en", "tr"])
+        prepare(corpus, tokenizer_dir, out, languages=["en", "tr"])
     with (corpus / "en.jsonl").open("a") as f:
         f.write(json.dumps({"text": "One more.", "lang": "en"}) + "\n")
     with pytest.raises(UsageError, match="input changed"):
-        prepare(corpus, tokenizer_dir, out, langs=["en"])
+        prepare(corpus, tokenizer_dir, out, languages=["en"])
     assert snapshot(out) == before
-    rebuilt = prepare(corpus, tokenizer_dir, out, langs=["en"], overwrite=True)
+    rebuilt = prepare(corpus, tokenizer_dir, out, languages=["en"], overwrite=True)
     assert rebuilt.shards.stats["en"].documents == DOCS_PER_LANGUAGE + 1
 
 
@@ -310,9 +310,9 @@ def test_bad_input_is_one_line_and_writes_no_shards(
         source = tmp_path / "empty.jsonl"
         source.write_text("")
     elif case == "missing-language":
-        kwargs = {"langs": ["en", "de"]}
+        kwargs = {"languages": ["en", "de"]}
     elif case == "bad-code":
-        kwargs = {"langs": ["english!"]}
+        kwargs = {"languages": ["english!"]}
     elif case == "not-a-tokenizer":
         tokenizer = tmp_path / "nothing"
         tokenizer.mkdir()

@@ -56,17 +56,17 @@ def test_a_token_budget_the_corpus_cannot_fill_reports_its_shortfall(
     tokenizer_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
     en, tr = (tokens_by_hand(tokenizer_dir, corpus, lang) for lang in ("en", "tr"))
-    short = prepare(corpus, tokenizer_dir, tmp_path / "a", langs=["en", "tr"], tokens=1_000_000)
+    short = prepare(corpus, tokenizer_dir, tmp_path / "a", languages=["en", "tr"], tokens=1_000_000)
     assert short.shards.stats["en"].tokens + short.shards.stats["tr"].tokens == en + tr
     assert short.shortfall == 1_000_000 - (en + tr)
     capped = prepare(
-        corpus, tokenizer_dir, tmp_path / "b", langs=["en", "tr"], token_caps={"en": 100},
+        corpus, tokenizer_dir, tmp_path / "b", languages=["en", "tr"], token_caps={"en": 100},
         tokens=1_000_000,
     )  # fmt: skip
     assert capped.shortfall == 1_000_000 - (100 + tr)
-    enough = prepare(corpus, tokenizer_dir, tmp_path / "c", langs=["en", "tr"], tokens=en)
+    enough = prepare(corpus, tokenizer_dir, tmp_path / "c", languages=["en", "tr"], tokens=en)
     assert enough.shortfall == 0
-    unbounded = prepare(corpus, tokenizer_dir, tmp_path / "d", langs=["en", "tr"])
+    unbounded = prepare(corpus, tokenizer_dir, tmp_path / "d", languages=["en", "tr"])
     assert unbounded.shortfall is None
 
 
@@ -96,7 +96,7 @@ def test_a_missing_language_names_every_language_of_the_corpus(
 ) -> None:
     write_jsonl(corpus / "mixed.jsonl", [{"text": "Guten Tag", "lang": "de"}])
     with pytest.raises(UsageError) as info:
-        prepare(corpus, tokenizer_dir, tmp_path / "s", langs=["en", "qu"])
+        prepare(corpus, tokenizer_dir, tmp_path / "s", languages=["en", "qu"])
     # ar, ru, tr: files left unread (named for other languages); de: read from mixed.jsonl
     assert "no documents in qu in " in str(info.value)
     assert "(it has 5 languages: ar, de, en, ru, tr)" in str(info.value)
@@ -128,7 +128,7 @@ def test_tokenizer_training_names_the_languages_short_of_text(tmp_path: Path) ->
     asked = 2 * max(tr, ar)
     assert characters_by_hand(root, "en") > 2 * asked  # en has enough: sampled, not short
     trained = train_tokenizer_on_corpus(
-        root, tmp_path / "tok", vocab_size=300, chars_per_language=asked, langs="en,tr,ar"
+        root, tmp_path / "tok", vocab_size=300, chars_per_language=asked, languages="en,tr,ar"
     )
     assert trained.short == {"ar": ar, "tr": tr}
     assert trained.characters["ar"] == ar and trained.characters["tr"] == tr
@@ -172,11 +172,11 @@ def test_prepare_takes_text_for_languages_counts_and_paths(
     tokenizer_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:
     as_values = prepare(
-        corpus, tokenizer_dir, tmp_path / "a", langs=["tr", "en"], token_caps={"en": 1000},
+        corpus, tokenizer_dir, tmp_path / "a", languages=["tr", "en"], token_caps={"en": 1000},
         tokens=10_000,
     )  # fmt: skip
     as_text = prepare(
-        str(corpus), str(tokenizer_dir), str(tmp_path / "b"), langs="en,tr",
+        str(corpus), str(tokenizer_dir), str(tmp_path / "b"), languages="en,tr",
         token_caps="en=1K", tokens="10K",
     )  # fmt: skip
     assert as_text.shards.manifest["options"] == as_values.shards.manifest["options"]

@@ -82,12 +82,12 @@ def test_a_hub_id_and_its_local_copy_give_the_same_shards(
         c4,
         tokenizer_dir,
         tmp_path / "local",
-        langs=["ar", "he"],
+        languages=["ar", "he"],
         reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}),
     ).shards
     monkeypatch.setenv("XELM_HUB_MIRROR", str(c4.parent.parent))
     monkeypatch.chdir(tmp_path)
-    hub = prepare("allenai/c4", tokenizer_dir, tmp_path / "hub", langs=["ar", "he"],
+    hub = prepare("allenai/c4", tokenizer_dir, tmp_path / "hub", languages=["ar", "he"],
                   reading=SourceOptions(config="{lang}", lang_map={"he": "iw"})).shards  # fmt: skip
     assert hub.manifest["source"]["path"] == "allenai/c4"
     for lang in ("ar", "he"):
@@ -105,7 +105,7 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
         c4,
         tokenizer_dir,
         tmp_path / "s",
-        langs=["ar", "bg"],
+        languages=["ar", "bg"],
         reading=SourceOptions(config="{lang}"),
         token_caps={"ar": cap, "bg": 10**9},
     ).shards
@@ -127,7 +127,10 @@ def test_a_limit_below_the_first_document_is_one_line_naming_its_option(
         "raise --cap bg=... or drop bg from --langs"
     )
     caps = {"ar": 10**9, "bg": first - 1}  # ar is read whole first: no "continues" for bg
-    per_language: dict[str, object] = {"langs": "ar,bg", "reading": SourceOptions(config="{lang}")}
+    per_language: dict[str, object] = {
+        "languages": "ar,bg",
+        "reading": SourceOptions(config="{lang}"),
+    }
     with pytest.raises(UsageError, match=f"^{re.escape(cap_line)}$"):
         prepare(c4, tokenizer_dir, out, token_caps=caps, **per_language)
     with pytest.raises(UsageError, match=r"^a budget \(--tokens\) of .* raise --tokens or drop"):
@@ -143,7 +146,7 @@ def test_temperature_sampling_of_streamed_languages(
         c4,
         tokenizer_dir,
         tmp_path / "s",
-        langs=["ar", "bg", "he"],
+        languages=["ar", "bg", "he"],
         reading=SourceOptions(config="{lang}", lang_map={"he": "iw"}),
         alpha=0.3,
         tokens=total,
@@ -231,7 +234,7 @@ def test_an_interrupted_stream_resumes_to_the_same_shards(
     c4: Path, tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reading = SourceOptions(config="{lang}", lang_map={"he": "iw"})
-    options = {"langs": ["ar", "bg", "he"], "reading": reading, "batch_size": 4}
+    options = {"languages": ["ar", "bg", "he"], "reading": reading, "batch_size": 4}
     whole = prepare(c4, tokenizer_dir, tmp_path / "whole", **options).shards
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     real_add, rows = DatasetSource._add, itertools.count()
@@ -272,7 +275,7 @@ def test_only_the_requested_languages_files_are_read(tokenizer_dir: Path, tmp_pa
     corpus.mkdir()
     (corpus / "en.jsonl").write_text(json.dumps({"text": "Hello there."}) + "\n")
     (corpus / "tr.jsonl.zst").write_bytes(b"not zstd at all")  # would fail if read
-    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs=["en"]).shards
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", languages=["en"]).shards
     assert shards.languages == ["en"]
     assert [f["name"] for f in shards.manifest["source"]["files"]] == ["en.jsonl"]
 
@@ -397,7 +400,7 @@ def test_documents_of_a_hub_layout_dataset_are_streamed_not_converted(
 def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     root.mkdir(parents=True)
     good = [{"text": t} for t in valid_texts("ar", 6)]
-    options: dict[str, object] = {"langs": ["ar"], "reading": SourceOptions(config="{lang}")}
+    options: dict[str, object] = {"languages": ["ar"], "reading": SourceOptions(config="{lang}")}
     if case == "truncated-parquet":
         path = write_rows(root / "ar.parquet", good * 50)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -415,9 +418,9 @@ def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     elif case in ("no-such-config", "no-such-split"):
         write_rows(root / "ar.jsonl", good)
         write_readme(root, {"ar": {"train": "ar.jsonl"}, "bg": {"train": "ar.jsonl"}})
-        options = {"langs": ["tr"], "reading": SourceOptions(config="{lang}")}
+        options = {"languages": ["tr"], "reading": SourceOptions(config="{lang}")}
         if case == "no-such-split":
-            options = {"langs": ["ar"], "reading": SourceOptions(config="{lang}", split="test")}
+            options = {"languages": ["ar"], "reading": SourceOptions(config="{lang}", split="test")}
     return root, options
 
 
@@ -450,11 +453,11 @@ def test_streamed_options_are_checked(c4: Path, tokenizer_dir: Path, tmp_path: P
     cases = [
         ({"reading": SourceOptions(config="{lang}")}, "needs --langs"),
         (
-            {"langs": ["ar"], "reading": SourceOptions(config="{lang}", lang_map={"bg": "x"})},
+            {"languages": ["ar"], "reading": SourceOptions(config="{lang}", lang_map={"bg": "x"})},
             "--langs does not list",
         ),
         (
-            {"langs": ["ar"], "reading": SourceOptions(config="{lang}", language="ar")},
+            {"languages": ["ar"], "reading": SourceOptions(config="{lang}", language="ar")},
             "--lang labels",
         ),
         (

@@ -253,8 +253,8 @@ def test_fineweb2_codes_fill_the_wanted_languages_from_files_and_datasets(
     write_rows(dataset / "data" / "train.parquet", rows)
     write_readme(dataset, {"default": {"train": "data/train.parquet"}})
     wanted = "ar,de,sw,zh"
-    from_files = prepare(files, tokenizer_dir, tmp_path / "a", langs=wanted).shards
-    from_dataset = prepare(dataset, tokenizer_dir, tmp_path / "b", langs=wanted).shards
+    from_files = prepare(files, tokenizer_dir, tmp_path / "a", languages=wanted).shards
+    from_dataset = prepare(dataset, tokenizer_dir, tmp_path / "b", languages=wanted).shards
     assert counts(from_files) == counts(from_dataset) == {"ar": 2, "de": 3, "sw": 1, "zh": 2}
     for lang in from_files.languages:
         assert documents(from_files, lang) == documents(from_dataset, lang)
@@ -268,7 +268,7 @@ def test_the_tokenizer_reads_corpus_files_as_prepare_does(tmp_path: Path) -> Non
     texts = {"ar": [r["text"] for r in rows if r["language"] == "arb_Arab"]}
     texts["de"] = [r["text"] for r in rows if r["language"] == "deu_Latn"]
     expected = {lang: sum(map(len, texts[lang])) for lang in ("ar", "de")}
-    trained = train_tokenizer_on_corpus(files, tmp_path / "a", vocab_size=300, langs="ar,de")
+    trained = train_tokenizer_on_corpus(files, tmp_path / "a", vocab_size=300, languages="ar,de")
     assert trained.characters == expected
     saved = tmp_path / "saved"
     renamed = [{"content": r["text"], "language": r["language"]} for r in rows]
@@ -277,7 +277,7 @@ def test_the_tokenizer_reads_corpus_files_as_prepare_does(tmp_path: Path) -> Non
         saved,
         tmp_path / "b",
         vocab_size=300,
-        langs="ar,de",
+        languages="ar,de",
         reading=SourceOptions(text_column="content"),
     )
     assert trained.characters == expected

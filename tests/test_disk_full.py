@@ -229,7 +229,7 @@ def test_prepare_past_the_file_size_limit_keeps_its_work_for_the_same_command(
         hub,
         inputs["seed"],
         tmp_path / "whole",
-        langs="en,tr",
+        languages="en,tr",
         reading=SourceOptions(config="{lang}"),
     )
     parent = tmp_path / "out"

@@ -53,7 +53,7 @@ def test_prepare_keeps_exactly_the_documents_assigned_to_the_expert(
     total = 0
     for expert in (0, 1):
         shards = prepare(
-            expert_corpus, seed_bundle, tmp_path / f"s{expert}", langs=LANGS,
+            expert_corpus, seed_bundle, tmp_path / f"s{expert}", languages=LANGS,
             allocation=allocation, expert=expert,
         ).shards  # fmt: skip
         assert shards.expert == alloc.reference(expert)
@@ -81,7 +81,7 @@ def test_langs_default_to_the_experts_and_the_expert_is_part_of_the_options(
     shards = Shards.open(out)
     assert shards.languages == sorted(alloc.experts[1])
     with pytest.raises(UsageError, match=r"other options \(allocation\)"):
-        prepare(expert_corpus, seed_bundle, out, allocation=allocation, expert=0, langs=LANGS)
+        prepare(expert_corpus, seed_bundle, out, allocation=allocation, expert=0, languages=LANGS)
     assert prepare(expert_corpus, seed_bundle, out, allocation=allocation, expert=1).up_to_date
 
 
@@ -157,10 +157,10 @@ def test_train_refuses_an_expert_on_documents_that_are_not_its_own(
     start = tmp_path / "branch-0"
     branch(seed_bundle, start, allocation=allocation, expert=0)
     languages = read_allocation(allocation).experts[0]
-    every = prepare(expert_corpus, seed_bundle, tmp_path / "every", langs=LANGS).shards
+    every = prepare(expert_corpus, seed_bundle, tmp_path / "every", languages=LANGS).shards
     own, other = (
-        prepare(expert_corpus, seed_bundle, tmp_path / f"s{i}", langs=LANGS, allocation=allocation,
-                expert=i).shards
+        prepare(expert_corpus, seed_bundle, tmp_path / f"s{i}", languages=LANGS,
+                allocation=allocation, expert=i).shards
         for i in (0, 1)
     )  # fmt: skip
     small = ["--tokens", "64", "--block-size", "16", "--batch-size", "2"]
@@ -201,7 +201,7 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
     )
     (other / "ru.jsonl").write_bytes((expert_corpus / "ru.jsonl").read_bytes())
     shards = prepare(
-        other, seed_bundle, tmp_path / "s0", langs="en,ru", allocation=allocation, expert=0
+        other, seed_bundle, tmp_path / "s0", languages="en,ru", allocation=allocation, expert=0
     ).shards
     err = capsys.readouterr().err
     assert shards.languages == ["ru"]
@@ -213,7 +213,7 @@ def test_a_language_the_expert_got_no_document_of_is_named_and_left_out(
     assert list(trained.languages) == ["ru"]
     (other / "en.jsonl").unlink()
     with pytest.raises(UsageError, match="no documents in en"):
-        prepare(other, seed_bundle, tmp_path / "s1", langs="en,ru", allocation=allocation,
+        prepare(other, seed_bundle, tmp_path / "s1", languages="en,ru", allocation=allocation,
                 expert=0)  # fmt: skip
 
 
@@ -251,7 +251,7 @@ def test_the_demo_makes_again_the_shards_of_an_older_run_that_do_not_record_the_
     from xelm_cli.demo.pipeline import _shards_of
 
     reference = read_allocation(allocation).reference(0)
-    older = prepare(expert_corpus, seed_bundle, tmp_path / "older", langs=LANGS).shards
+    older = prepare(expert_corpus, seed_bundle, tmp_path / "older", languages=LANGS).shards
     own = prepare(
         expert_corpus, seed_bundle, tmp_path / "own", allocation=allocation, expert=0
     ).shards
@@ -271,7 +271,7 @@ def test_an_expert_of_a_clusterer_that_is_not_installed_is_refused(
     start = tmp_path / "branch-0"
     branch(seed_bundle, start, allocation=tmp_path / "a.json", expert=0)
     shards = prepare(corpus_slice("train", 20, tmp_path / "corpus"), seed_bundle,
-                     tmp_path / "s", langs="en").shards  # fmt: skip
+                     tmp_path / "s", languages="en").shards  # fmt: skip
     small = ["--tokens", "64", "--block-size", "16", "--batch-size", "2"]
     code = run(["train", str(start), "--data", str(shards.path), *small, "-o",
                 str(tmp_path / "out")])  # fmt: skip

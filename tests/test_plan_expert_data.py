@@ -37,7 +37,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
         prepare(corpus, seed_bundle, folder / f"shards-{expert}", allocation=alloc, expert=expert)
     write_allocation(folder / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
     for expert, language in enumerate(["en", "tr"]):
-        prepare(corpus, seed_bundle, folder / f"lang-{expert}", langs=[language])
+        prepare(corpus, seed_bundle, folder / f"lang-{expert}", languages=[language])
     return folder
 
 
@@ -239,7 +239,7 @@ def test_an_expert_sent_no_document_of_a_language_is_planned_on_those_it_has(
             "".join(json.dumps({"text": t}) + "\n" for t in assigned[1]["en"]), encoding="utf-8"
         )
         (other / "tr.jsonl").write_bytes(Path("corpus/tr.jsonl").read_bytes())
-        prepare(other, "seed", "turkish-0", langs="en,tr", allocation="alloc-tfidf", expert=0)
+        prepare(other, "seed", "turkish-0", languages="en,tr", allocation="alloc-tfidf", expert=0)
     template = linked("narrow", "turkish-0", "shards-1")
     plan = make_plan(4000, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
                      expert_data=template)  # fmt: skip

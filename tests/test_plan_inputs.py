@@ -269,7 +269,9 @@ def test_train_all_ignores_a_member_it_does_not_know(
 def english(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     """Held-out English shards only, with the seed's tokenizer."""
     root = tmp_path_factory.mktemp("english")
-    prepare(corpus_slice("valid", 20, root / "corpus"), seed_bundle, root / "shards", langs=["en"])
+    prepare(
+        corpus_slice("valid", 20, root / "corpus"), seed_bundle, root / "shards", languages=["en"]
+    )
     return root / "shards"
 
 

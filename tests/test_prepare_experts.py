@@ -97,7 +97,7 @@ def test_a_streamed_dataset_is_read_once_to_every_experts_limits_even_when_kille
     expert's has: the shards are those of a run per expert, and a run killed halfway (Ctrl-C)
     continues, when run again, to the same shards."""
     options: dict[str, Any] = {
-        "allocation": allocation, "reading": PER_LANGUAGE, "langs": LANGS,
+        "allocation": allocation, "reading": PER_LANGUAGE, "languages": LANGS,
         "token_caps": 2_000, "batch_size": 8,
     }  # fmt: skip
     apart = one_by_one(mirror, seed_bundle, tmp_path / "one", **options)
@@ -124,7 +124,7 @@ def test_languages_read_further_for_short_ones_give_each_expert_its_shares(
     texts = {"en": valid_texts("en", 200), "tr": valid_texts("tr", 6)}
     short = c4_like(tmp_path / "c4", texts)
     options: dict[str, Any] = {
-        "allocation": allocation, "reading": PER_LANGUAGE, "langs": "en,tr",
+        "allocation": allocation, "reading": PER_LANGUAGE, "languages": "en,tr",
         "sizes": "en=1,tr=1", "tokens": 3_000, "batch_size": 8,
     }  # fmt: skip
     every = prepare_experts(short, seed_bundle, tmp_path / "all-{expert}", **options)
@@ -230,7 +230,7 @@ def test_experts_that_get_no_document_are_named_after_the_others_are_written(
     )
     out = tmp_path / "s-{expert}"
     with pytest.raises(UsageError) as caught:
-        prepare_experts(tr_only, seed_bundle, out, allocation=allocation, langs="tr")
+        prepare_experts(tr_only, seed_bundle, out, allocation=allocation, languages="tr")
     written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s-"))
     empty = [i for i in range(K) if f"s-{i}" not in written]
     assert written and empty
@@ -317,7 +317,7 @@ def test_max_records_bounds_each_streamed_language_and_the_experts_split_that_re
     whatever each expert keeps: the experts share out exactly the records a plain run reads,
     --expert all as a run per expert does, and a run killed halfway continues to the same."""
     bounded: dict[str, Any] = {
-        "reading": PER_LANGUAGE, "langs": LANGS, "batch_size": 8, "max_records": "20",
+        "reading": PER_LANGUAGE, "languages": LANGS, "batch_size": 8, "max_records": "20",
     }  # fmt: skip
     dense = prepare(mirror, seed_bundle, tmp_path / "dense", **bounded)
     read = documents(dense)

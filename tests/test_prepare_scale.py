@@ -177,7 +177,7 @@ def test_a_language_without_documents_is_reported_before_the_next_source_is_read
             repo,
             tokenizer_dir,
             tmp_path / "s",
-            langs="de,en,tr",
+            languages="de,en,tr",
             reading=PER_LANGUAGE,
             progress=progress,
         )
@@ -213,7 +213,7 @@ def test_a_local_dataset_touched_meanwhile_is_continued(
     times: a copy or a touch of the same files keeps an interrupted run's work."""
     repo = local_dataset(tmp_path / "repo")
     out = tmp_path / "s"
-    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE}
+    options: dict[str, Any] = {"languages": "en,tr", "reading": PER_LANGUAGE}
     kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
     for data in (repo / "data").iterdir():
         os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
@@ -242,7 +242,7 @@ def test_a_hub_dataset_given_a_new_commit_meanwhile_is_continued_at_the_commit_b
 
     monkeypatch.setattr(DatasetSource, "_data_files", hub_files)
     out = tmp_path / "s"
-    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE}
+    options: dict[str, Any] = {"languages": "en,tr", "reading": PER_LANGUAGE}
     kept = interrupted(repo, tokenizer_dir, out, **options)["languages"]["en"]["documents"]
     newest["commit"] = "b" * 40
     capsys.readouterr()
@@ -260,7 +260,7 @@ def test_a_hub_dataset_given_a_new_commit_meanwhile_is_continued_at_the_commit_b
     assert fresh.manifest["source"]["digest"] != shards.shards.manifest["source"]["digest"]
     interrupted(repo, tokenizer_dir, out, overwrite=True, **options)
     newest["commit"] = "c" * 40  # and other languages: that work is not continued
-    again = prepare(repo, tokenizer_dir, out, langs="en", reading=PER_LANGUAGE, overwrite=True)
+    again = prepare(repo, tokenizer_dir, out, languages="en", reading=PER_LANGUAGE, overwrite=True)
     assert again.shards.manifest["source"]["languages"]["en"]["resolved_revision"] == "c" * 40
 
 
@@ -278,7 +278,7 @@ def test_weights_of_languages_cut_at_their_read_limit_are_named_in_a_warning(
         )
         write_rows(repo / "data" / f"{lang}.jsonl", [{"text": d.text} for d in docs])
     write_readme(repo, {lang: {"train": f"data/{lang}.jsonl"} for lang in sizes})
-    options: dict[str, Any] = {"langs": "en,tr", "reading": PER_LANGUAGE, "alpha": 0.3}
+    options: dict[str, Any] = {"languages": "en,tr", "reading": PER_LANGUAGE, "alpha": 0.3}
     whole = prepare(repo, tokenizer_dir, tmp_path / "whole", **options).shards
     assert capsys.readouterr().err == ""  # read whole: weighed by size
     limit = whole.stats["tr"].tokens - 1  # both are cut there

@@ -75,7 +75,7 @@ def source_tokens(manifest: dict[str, Any]) -> dict[str, int]:
 
 
 STREAM: dict[str, Any] = {
-    "langs": "en,de,fr,sw",
+    "languages": "en,de,fr,sw",
     "reading": PER_LANGUAGE,
     "alpha": 0.5,
     "tokens": TOKENS,
@@ -153,7 +153,7 @@ def test_when_every_language_is_short_the_shortfall_says_by_how_much(
 ) -> None:
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", 4), "sw": valid_texts("sw", 3)})
     held = {"en": sum(lengths["en"][:4]), "sw": sum(lengths["sw"][:3])}
-    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, langs="en,sw",
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, languages="en,sw",
                      sizes="en=1,sw=1", tokens=100_000)  # fmt: skip
     assert source_tokens(result.shards.manifest) == held
     assert result.shortfall == 100_000 - sum(held.values())
@@ -175,7 +175,7 @@ def test_a_run_killed_while_reading_further_continues_with_the_made_up_limits(
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     held = sum(lengths["sw"][:3])
-    options: dict[str, Any] = {"reading": PER_LANGUAGE, "langs": "en,sw", "sizes": "en=1,sw=1",
+    options: dict[str, Any] = {"reading": PER_LANGUAGE, "languages": "en,sw", "sizes": "en=1,sw=1",
                                "tokens": 1000, "batch_size": BATCH}  # fmt: skip
     whole = prepare(mirror, tokenizer_dir, tmp_path / "whole", **options).shards
     first = Counting()
@@ -206,7 +206,7 @@ def test_a_share_below_the_first_document_is_one_line_naming_tokens(
             c4,
             tokenizer_dir,
             tmp_path / "s",
-            langs="en,sw",
+            languages="en,sw",
             reading=PER_LANGUAGE,
             tokens=1000,
             sizes={"en": 10_000, "sw": 1},
@@ -225,7 +225,7 @@ def test_sizes_weigh_corpus_files_in_place_of_their_token_counts(
     for lang in ("en", "fr"):
         lines = [json.dumps({"text": t}) for t in valid_texts(lang, DOCS)]
         (corpus / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
-    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", langs="en,fr", tokens=1000,
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", languages="en,fr", tokens=1000,
                      sizes="en=3,fr=1").shards  # fmt: skip
     budgets = {lang: e["budget"] for lang, e in shards.manifest["languages"].items()}
     assert budgets == {"en": 750, "fr": 250}  # read whole, then 1,000 x 3/4 and 1/4
@@ -418,7 +418,7 @@ def test_a_language_that_runs_out_while_reading_further_is_made_up_for_in_turn(
         {"en": valid_texts("en", DOCS), "de": valid_texts("de", 18), "sw": valid_texts("sw", 3)},
     )
     options: dict[str, Any] = {
-        "reading": PER_LANGUAGE, "langs": "en,de,sw", "sizes": "en=1,de=1,sw=1", "tokens": 3000,
+        "reading": PER_LANGUAGE, "languages": "en,de,sw", "sizes": "en=1,de=1,sw=1", "tokens": 3000,
         "batch_size": BATCH,
     }  # fmt: skip
     counted = Counting()
@@ -443,7 +443,7 @@ def test_shards_of_format_1_2_count_the_shortfall_as_they_were_read(
     """Before 1.3 a language short of its share was not made up for: the shortfall of such a
     manifest counts the others at their first shares (en's 500), as the code that wrote it."""
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
-    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, langs="en,sw",
+    result = prepare(mirror, tokenizer_dir, tmp_path / "s", reading=PER_LANGUAGE, languages="en,sw",
                      sizes="en=1,sw=1", tokens=1000, batch_size=BATCH)  # fmt: skip
     assert token_shortfall(result.shards.manifest) == 0
     manifest = result.shards.manifest
@@ -467,7 +467,7 @@ def test_an_interrupted_run_leaves_no_write_pending_for_a_rerun_in_the_same_proc
     disagreed with their offsets)."""
     monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS)})
-    options: dict[str, Any] = {"reading": PER_LANGUAGE, "langs": "en", "batch_size": BATCH}
+    options: dict[str, Any] = {"reading": PER_LANGUAGE, "languages": "en", "batch_size": BATCH}
     out = tmp_path / "s"
     with pytest.raises(KeyboardInterrupt):
         prepare(mirror, tokenizer_dir, out, progress=Counting(2), **options)

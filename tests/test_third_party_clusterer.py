@@ -81,7 +81,8 @@ def test_python_cluster_uses_the_declared_options(installed: None, tmp_path: Pat
     with pytest.raises(UsageError, match=r"a.json already exists; choose another path or pass"):
         cluster("chunks", k=2, output=tmp_path / "a.json", languages=LANGS)
     assert not (tmp_path / "d.json").exists()
-    replaced = cluster("chunks", k=5, output=tmp_path / "a.json", languages=LANGS, force=True)
+    # the fixture reads request.force, the earlier name of request.overwrite
+    replaced = cluster("chunks", k=5, output=tmp_path / "a.json", languages=LANGS, overwrite=True)
     assert replaced.k == 5
 
 

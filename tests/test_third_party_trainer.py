@@ -36,7 +36,7 @@ def scale_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     out = tmp_path_factory.mktemp("scale-data") / "shards"
-    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, langs=["en"], token_caps=500)
+    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, languages=["en"], token_caps=500)
     return out
 
 

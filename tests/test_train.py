@@ -338,7 +338,7 @@ def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("other")
     tokenizer = train_tokenizer(root / "tok", vocab_size=300)
     out = root / "shards"
-    prepare(SHARED_DATA / "corpus" / "valid", tokenizer, out, langs=["en"], token_caps=500)
+    prepare(SHARED_DATA / "corpus" / "valid", tokenizer, out, languages=["en"], token_caps=500)
     return out
 
 

@@ -45,7 +45,7 @@ def test_nothing_measured_shows_no_loss_until_a_logged_step() -> None:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     out = tmp_path_factory.mktemp("feedback") / "shards"
-    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, langs=["en"], token_caps=3000)
+    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, languages=["en"], token_caps=3000)
     return out
 
 
@@ -128,7 +128,7 @@ def test_times_are_short(seconds: float, expected: str) -> None:
 @pytest.fixture(scope="module")
 def few_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> Path:
     out = tmp_path_factory.mktemp("few") / "shards"
-    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, langs=["en"], token_caps=200)
+    prepare(SHARED_DATA / "corpus" / "valid", seed_bundle, out, languages=["en"], token_caps=200)
     return out
 
 
@@ -359,7 +359,7 @@ def test_a_rotary_model_past_its_positions_is_only_warned(
     """Qwen2's rotary positions run past the 64 it declares (as the Llama seed's do)."""
     seed = tiny_seed("qwen2", seed_bundle, tmp_path / "qwen2")
     own = tmp_path / "shards"  # transformers gives the tokenizer Qwen2's class: its own shards
-    prepare(SHARED_DATA / "corpus" / "valid", seed, own, langs=["en"], token_caps=200)
+    prepare(SHARED_DATA / "corpus" / "valid", seed, own, languages=["en"], token_caps=200)
     long = train(seed, own, tmp_path / "long", "--tokens", "80", "--block-size", "80",
                  "--batch-size", "1")  # fmt: skip
     assert run(long) == 0

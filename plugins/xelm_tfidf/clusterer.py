@@ -94,7 +94,7 @@ class TfidfClusterer(Clusterer):
                 "data= from Python), e.g. xelm cluster tfidf ../shared/data/corpus/train -k 4 "
                 "-o alloc/"
             )
-        if request.output.exists() and not request.force:
+        if request.output.exists() and not request.overwrite:
             raise UsageError(
                 f"output {request.output} already exists; choose another path or pass --force"
             )
@@ -139,7 +139,7 @@ class TfidfClusterer(Clusterer):
             result.model,
             shares=result.shares,
             training=training,
-            overwrite=request.force,
+            overwrite=request.overwrite,
         )
         warning = short_documents_warning(sample, options.document_bytes)
         if warning:  # after the fit, so that a failed one still ends in its one error line

@@ -316,7 +316,7 @@ def require_tokens(shards: Shards, languages: list[str]) -> None:
 
 def check_output(request: TrainRequest) -> None:
     output = Path(os.path.abspath(request.output))
-    if output.exists() and not request.force:
+    if output.exists() and not request.overwrite:
         raise UsageError(f"output {output} already exists; choose another path or pass --force")
     existing = output.parent
     while not existing.exists():
@@ -324,7 +324,7 @@ def check_output(request: TrainRequest) -> None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {output.parent}: {existing} is not a writable directory")
     has_checkpoints = bool(list_checkpoints(request.checkpoint_dir))
-    if has_checkpoints and not request.resume and not request.force:
+    if has_checkpoints and not request.resume and not request.overwrite:
         raise UsageError(
             f"{request.checkpoint_dir} holds checkpoints of an earlier run; "
             "pass --resume to continue it or --force to start over"
@@ -761,7 +761,7 @@ def write_trained(
         step={"relation": "train", "parents": [parent.ref]},
         allocation=parent.manifest.allocation,
         training=training,
-        overwrite=request.force,
+        overwrite=request.overwrite,
         inherit_weights=False,
     ) as writer:
         if full_state is not None:  # FSDP: the gathered weights into an unsharded copy

@@ -217,7 +217,7 @@ class TypologyClusterer(Clusterer):
             experts=tree.groups(request.k),
             members=members,
             language_shares=None,
-            overwrite=request.force,
+            overwrite=request.overwrite,
         )
 
     @classmethod

@@ -37,7 +37,7 @@ _added: set[str] = set()
 # the request's own flags: a declared option of the same name is reachable via --cluster-arg
 # only (one named like a reading flag is refused when the command runs, refuse_reading_names)
 REQUEST_PARAMETERS = (
-    "data", "langs", "k", "output", "seed", "force", "cluster_arg", "as_json",
+    "data", "langs", "k", "output", "seed", "force", "overwrite", "cluster_arg", "as_json",
     *READING_PARAMETERS,
 )  # fmt: skip
 
@@ -131,7 +131,7 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             languages=langs or (),
             data=data,
             seed=seed,
-            force=force,
+            overwrite=force,
             options=options,
             reading=reading_from_flags(flags),
         )

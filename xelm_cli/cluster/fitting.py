@@ -31,7 +31,7 @@ def cluster(
     languages: Sequence[str] | str = (),
     data: str | Path | None = None,
     seed: int = 0,
-    force: bool = False,
+    overwrite: bool = False,
     reading: SourceOptions | None = None,
     **options: Any,
 ) -> Allocation:
@@ -66,7 +66,7 @@ def cluster(
         languages=languages,
         data=data,
         seed=seed,
-        force=force,
+        overwrite=overwrite,
         options=options,
         reading=reading,
     )
@@ -81,13 +81,13 @@ def cluster_request(
     languages: Sequence[str] | str = (),
     data: str | Path | None = None,
     seed: int = 0,
-    force: bool = False,
+    overwrite: bool = False,
     options: Mapping[str, Any] | None = None,
     via: str = "--cluster-arg",
     reading: SourceOptions | None = None,
 ) -> ClusterRequest:
     """The checked request for ``clusterer``: codes normalised, options built from the
-    declaration (text or Python values), the output refused when it exists without ``force``,
+    declaration (text or Python values), the output refused when it exists without ``overwrite``,
     ``reading`` (how to read ``data``) refused without ``data`` or for a clusterer that does
     not read DATA with it (``Clusterer.reads_data``); a declaration with an option named like
     a reading flag is refused (``refuse_reading_names``)."""
@@ -109,7 +109,7 @@ def cluster_request(
     else:
         codes = tuple(dict.fromkeys(normalize_language(str(code)) for code in languages))
     output = Path(output)
-    if output.exists() and not force:
+    if output.exists() and not overwrite:
         raise UsageError(f"output {output} already exists; choose another path or pass --force")
     values = dict(options or {})
     declaration = options_class(clusterer)
@@ -123,7 +123,7 @@ def cluster_request(
         languages=codes,
         data=None if data is None else str(data),
         seed=seed,
-        force=force,
+        overwrite=overwrite,
         options=built,
         reading=reading,
     )

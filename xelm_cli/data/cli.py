@@ -228,7 +228,7 @@ def prepare_command(
         )
     with language_progress() as progress:
         options: dict[str, Any] = {
-            "langs": parse_language_list(langs) if langs else None,
+            "languages": parse_language_list(langs) if langs else None,
             "token_caps": parse_caps(cap) if cap else None,
             "alpha": alpha,
             "tokens": parse_token_count(tokens) if tokens else None,
@@ -303,7 +303,7 @@ def tokenizer_command(
             corpus,
             out,
             vocab_size=vocab_size,
-            langs=parse_language_list(langs) if langs else None,
+            languages=parse_language_list(langs) if langs else None,
             chars_per_language=chars_per_language,
             seed=seed,
             overwrite=force,

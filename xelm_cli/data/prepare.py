@@ -395,7 +395,7 @@ def records_read(position: Any) -> int:
 
 
 def _options(
-    langs: list[str] | None,
+    languages: list[str] | None,
     caps: dict[str, int] | None,
     alpha: float | None,
     tokens: int | None,
@@ -405,7 +405,7 @@ def _options(
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
     options: dict[str, Any] = {
-        "languages": langs,
+        "languages": languages,
         "token_caps": caps,
         "alpha": alpha,
         "tokens": tokens,
@@ -488,7 +488,7 @@ def prepare(
     tokenizer: str | Path,
     out: str | Path,
     *,
-    langs: Sequence[str] | str | None = None,
+    languages: Sequence[str] | str | None = None,
     token_caps: dict[str, int] | int | str | None = None,
     alpha: float | None = None,
     tokens: int | str | None = None,
@@ -509,7 +509,7 @@ def prepare(
     id or a local directory laid out like one: streamed, never materialised), or a recipe
     (a file or a shipped recipe's name), read as ``reading`` (:class:`SourceOptions`: the
     ``--split``, ``--lang``, ``--config``... of the command) says: ``config="{lang}"`` reads
-    one configuration per language of ``langs`` (a list, or text such as ``"en,tr"``),
+    one configuration per language of ``languages`` (a list, or text such as ``"en,tr"``),
     ``lang_map`` giving the dataset's code where it differs; ``language`` labels documents
     that carry no language. ``token_caps`` limits tokens per language (an int: every
     language; ``{"*": n}`` too; text as ``--cap`` takes it: ``"en=5M,de=2M"``); ``alpha`` and
@@ -523,7 +523,7 @@ def prepare(
 
     ``allocation`` (an :class:`Allocation` or its path) with ``expert`` (an index) keeps only the
     documents that the allocation's clusterer assigns to that expert (TF-IDF: the nearest
-    centroid), each as read; ``langs`` defaults to every language of the allocation (an
+    centroid), each as read; ``languages`` defaults to every language of the allocation (an
     expert's own languages are those that send it a good share of their documents; it gets
     some of others' too). The manifest records the expert (``options.allocation``), and
     ``xelm train`` trains only that expert on them. Caps, budgets and read limits count the
@@ -554,7 +554,7 @@ def prepare(
     """
     documents_of = allocation_and_expert(allocation, expert)
     settings = _Settings(
-        langs=langs,
+        languages=languages,
         token_caps=token_caps,
         alpha=alpha,
         tokens=tokens,
@@ -601,7 +601,7 @@ def prepare_experts(
     ``prepare``'s does (its work directory is ``out`` with ``{expert}`` as ``all``).
 
     Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",
-    reading=SourceOptions(config="{lang}"), langs="ar,de,hi", tokens="1B", sizes=...)``
+    reading=SourceOptions(config="{lang}"), languages="ar,de,hi", tokens="1B", sizes=...)``
     """
     _expert_output(out, ALL_EXPERTS)  # refuses a misplaced {expert} before anything is read
     unknown = sorted(set(options) - set(_SETTINGS_DEFAULTS))
@@ -635,7 +635,7 @@ def _expert_output(template: str | Path, index: str) -> Path:
 class _Settings:
     """The keyword arguments of ``prepare`` beside the input, the output and the expert."""
 
-    langs: Sequence[str] | str | None
+    languages: Sequence[str] | str | None
     token_caps: dict[str, int] | int | str | None
     alpha: float | None
     tokens: int | str | None
@@ -674,7 +674,7 @@ def _prepare(
         )
     outputs = {index: Path(os.path.abspath(out)) for index, out in outputs.items()}
     work_out = Path(os.path.abspath(work_out))
-    chosen = language_codes(settings.langs)
+    chosen = language_codes(settings.languages)
     wanted = sorted(set(chosen)) if chosen else None
     caps = normalise_caps(settings.token_caps)
     tokens = total_budget(settings.tokens)
@@ -769,7 +769,7 @@ def _prepare(
 
 
 def _nothing_for(
-    routing: Routing, empty: list[int | None], source: str, langs: list[str] | None
+    routing: Routing, empty: list[int | None], source: str, languages: list[str] | None
 ) -> RepeatedByARerun:
     """The refusal of experts of ``prepare_experts`` that got no document (the others' shards
     are written by then)."""
@@ -777,7 +777,7 @@ def _nothing_for(
     fitted = sorted({lang for i in empty if i is not None for lang in experts[i].languages})
     which = ", ".join(str(i) for i in empty)
     name = routing.experts[0].allocation.path.name
-    read = f" of {', '.join(langs)}" if langs else ""
+    read = f" of {', '.join(languages)}" if languages else ""
     return RepeatedByARerun(
         f"no documents{read} in {source} assigned to expert{'s' if len(empty) > 1 else ''} "
         f"{which} of {name}: the other experts' shards are written, not theirs; read the "

@@ -108,7 +108,7 @@ def train_tokenizer_on_corpus(
     out: str | Path,
     *,
     vocab_size: int = 32000,
-    langs: Sequence[str] | str | None = None,
+    languages: Sequence[str] | str | None = None,
     chars_per_language: int = DEFAULT_CHARS_PER_LANGUAGE,
     seed: int = 0,
     overwrite: bool = False,
@@ -119,17 +119,17 @@ def train_tokenizer_on_corpus(
     A first pass counts each language's characters; the second keeps each document with
     probability ``chars_per_language / characters[lang]`` (a seeded draw, spread over the whole
     corpus), so large languages do not take all the merges; languages with less text than that
-    are taken whole (``short`` of the result lists them). ``langs`` is a list or text such as
+    are taken whole (``short`` of the result lists them). ``languages`` is a list or text such as
     ``"en,tr"``. ``reading`` says how to read ``source`` as ``prepare`` takes it; its
     ``language`` labels documents that carry no language (a document left without one is
     refused).
 
     A dataset (a Hub id or a local directory laid out like one; ``reading.config`` with
-    ``{lang}`` reads one configuration per language of ``langs``, see ``prepare``) or a recipe
+    ``{lang}`` reads one configuration per language of ``languages``, see ``prepare``) or a recipe
     is streamed instead, never loaded whole: each language's first documents up to
     ``chars_per_language`` characters (see ``_streamed_texts``).
     """
-    chosen = language_codes(langs)
+    chosen = language_codes(languages)
     wanted = set(chosen) if chosen else None
     if vocab_size < MIN_VOCAB_SIZE:
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")

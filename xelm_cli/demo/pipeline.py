@@ -338,7 +338,7 @@ class Demo:
         from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 
         trained = train_tokenizer_on_corpus(
-            corpus, out, vocab_size=self.preset.vocab_size, langs=list(ALL_LANGUAGES),
+            corpus, out, vocab_size=self.preset.vocab_size, languages=list(ALL_LANGUAGES),
             overwrite=True,
         )  # fmt: skip
         return {"vocab_size": self.preset.vocab_size, "path": str(trained.path)}
@@ -347,7 +347,7 @@ class Demo:
         from xelm_cli.data.prepare import prepare
         from xelm_cli.data.shards import Shards
 
-        prepare(corpus, tokenizer, shards, langs=list(ALL_LANGUAGES), overwrite=True)
+        prepare(corpus, tokenizer, shards, languages=list(ALL_LANGUAGES), overwrite=True)
         opened = Shards.open(shards)
         return {lang: opened.stats[lang].tokens for lang in ALL_LANGUAGES}
 
@@ -393,7 +393,7 @@ class Demo:
         else:
             root.mkdir(parents=True, exist_ok=True)
             alloc = cluster(
-                "typology", k=k, output=allocation, languages=TRAIN_LANGUAGES, force=True
+                "typology", k=k, output=allocation, languages=TRAIN_LANGUAGES, overwrite=True
             )
         experts = []
         for expert, languages in enumerate(alloc.experts):
@@ -541,7 +541,7 @@ class Demo:
                 output=allocation,
                 languages=TRAIN_LANGUAGES,
                 data=corpus,
-                force=True,
+                overwrite=True,
                 max_docs_per_language=self.preset.tfidf_documents,
             )
         assigner = get_registry().get("clusterer", "tfidf").obj.assigner(alloc)
@@ -564,7 +564,7 @@ class Demo:
                     corpus,
                     tokenizer,
                     shards,
-                    langs=languages,
+                    languages=languages,
                     allocation=alloc,
                     expert=expert,
                     overwrite=True,

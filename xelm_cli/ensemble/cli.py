@@ -108,7 +108,7 @@ def create(
         languages=langs,
         limit=limit if older_limit is None else older_limit,  # --limit: the older spelling
         device=device,
-        force=force,
+        overwrite=force,
     )
     stderr_console.print(
         f"wrote {output}: {len(spec.members)} experts, router {spec.router} "
@@ -221,7 +221,7 @@ def evaluate(
         each=each,
         baselines=baseline or [],
         output=output,
-        force=True,  # checked above, before any model ran
+        overwrite=True,  # checked above, before any model ran
         device=device,
         **parse_pairs(eval_arg or [], "--eval-arg"),
     )

@@ -25,9 +25,9 @@ def create_ensemble(
     languages: Sequence[str] | str | None = None,
     limit: int | None = 200,
     device: str | None = None,
-    force: bool = False,
+    overwrite: bool = False,
 ) -> EnsembleSpec:
-    """Write the ensemble file ``output`` (atomically; an existing one only with ``force``).
+    """Write the ensemble file ``output`` (atomically; an existing one only with ``overwrite``).
 
     ``members``: bundle directories, :class:`Bundle` objects or quoted globs, or one ensemble
     file; ``router`` and ``router_options``: the registered router and its options (default
@@ -40,7 +40,7 @@ def create_ensemble(
     output = Path(output)
     if limit is not None and limit < 1:  # would calibrate on nothing
         raise UsageError(f"--calibration-limit must be at least 1 (got {limit})")
-    if output.exists() and not force:
+    if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --force to replace it")
     spec = resolve_ensemble(
         members, router=router, router_options=dict(router_options or {}), combine=combine
@@ -55,5 +55,5 @@ def create_ensemble(
         spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
     # a path option (the tfidf router's allocation) must not depend on the working directory
     spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
-    spec.write(output, overwrite=force)
+    spec.write(output, overwrite=overwrite)
     return spec

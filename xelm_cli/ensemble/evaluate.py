@@ -41,7 +41,7 @@ def evaluate(
     each: bool = False,
     baselines: Sequence[str | Path | Bundle] = (),
     output: str | Path | None = None,
-    force: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     **eval_options: Any,
 ) -> dict[str, Any]:
@@ -55,13 +55,13 @@ def evaluate(
     on stderr naming the others, when the router routes no other: ``language`` without a
     fallback); ``limit``: documents or examples per language; ``each``: also
     score every expert alone; ``baselines``: bundles scored alongside; ``output``: also write
-    the record there (atomically; an existing file only with ``force``); ``eval_options``: the
+    the record there (atomically; an existing file only with ``overwrite``); ``eval_options``: the
     evaluator's own options (``--eval-arg``).
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
-    if output is not None and Path(output).exists() and not force:
-        raise UsageError(f"{output} exists; pass force=True to replace it")
+    if output is not None and Path(output).exists() and not overwrite:
+        raise UsageError(f"{output} exists; pass overwrite=True to replace it")
     spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
     name = evaluator or ("icl" if task else "perplexity")
     request = EvalRequest(

@@ -177,9 +177,14 @@ class ClusterRequest:
     languages: tuple[str, ...] = ()
     data: str | None = None
     seed: int = 0
-    force: bool = False
+    overwrite: bool = False
     options: Any = None
     reading: SourceOptions | None = None
+
+    @property
+    def force(self) -> bool:
+        """``overwrite`` by its earlier name, so that plugins that read ``request.force`` work."""
+        return self.overwrite
 
 
 class Clusterer(ABC):
@@ -212,7 +217,7 @@ class Clusterer(ABC):
 
     def fit(self, request: ClusterRequest) -> Allocation:
         """Fit on ``request`` and write the allocation at ``request.output`` (atomically,
-        replacing an existing one only with ``request.force``); return it as read back.
+        replacing an existing one only with ``request.overwrite``); return it as read back.
         Bad input raises a one-line :class:`UsageError` before anything is written."""
         raise PluginError(
             f"clusterer {self.name!r} has no fit(); it can only run as `xelm cluster {self.name}`"
@@ -259,9 +264,14 @@ class TrainRequest:
     options: dict[str, Any] = field(default_factory=dict)
     valid: Path | None = None
     resume: bool = False
-    force: bool = False
+    overwrite: bool = False
     command: str = ""
     provenance: dict[str, Any] | None = None
+
+    @property
+    def force(self) -> bool:
+        """``overwrite`` by its earlier name, so that plugins that read ``request.force`` work."""
+        return self.overwrite
 
     @property
     def checkpoint_dir(self) -> Path:

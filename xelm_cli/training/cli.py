@@ -151,7 +151,7 @@ def train(
         languages=_languages(bundle, langs, allocation, expert),
         valid=valid,
         resume=resume,
-        force=force,
+        overwrite=force,
         command=_command_line(),
         **options,
     )
@@ -183,7 +183,7 @@ def train(
 # the request's own parameters: a declared option of the same name is reachable via --train-arg
 REQUEST_PARAMETERS = (
     "bundle", "data", "tokens", "out", "output", "langs", "languages", "allocation", "expert",
-    "valid", "trainer", "train_arg", "resume", "force", "as_json", "command",
+    "valid", "trainer", "train_arg", "resume", "force", "overwrite", "as_json", "command",
 )  # fmt: skip
 _flag_owner: list[Any] = []  # the declaration the flags of `xelm train` were derived from
 _plain = with_parameters(train, [])  # before add_trainer_flags: the request's own flags only

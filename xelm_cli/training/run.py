@@ -37,7 +37,7 @@ def train(
     languages: Sequence[str] | str = (),
     valid: str | Path | None = None,
     resume: bool = False,
-    force: bool = False,
+    overwrite: bool = False,
     command: str | None = None,
     **options: Any,
 ) -> Bundle:
@@ -48,7 +48,7 @@ def train(
     of two same-named registrations); ``options`` are its declared options (``xelm plugins show
     NAME``), as Python values or text, checked against its declaration with one-line errors.
     ``languages``: the languages to train on (default: the bundle's). ``resume`` continues from
-    the newest checkpoint (and starts the run when there is none yet); ``force`` replaces an
+    the newest checkpoint (and starts the run when there is none yet); ``overwrite`` replaces an
     existing output. ``command`` is what the training record calls the run (default: this call).
     Under torchrun every rank calls this; rank 0 alone holds the output lock and writes.
     """
@@ -67,7 +67,7 @@ def train(
         options=checked,
         valid=Path(valid) if valid is not None else None,
         resume=resume,
-        force=force,
+        overwrite=overwrite,
         command=command or _call_text(bundle, data, count, output, registration.name, checked),
         provenance=registration.provenance,
     )
