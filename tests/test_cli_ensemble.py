@@ -660,3 +660,16 @@ def test_single_model_and_one_expert_ensemble_agree(pool: Path) -> None:
     a = single_model(bundle, "dense").score_documents(docs)
     b = EnsembleModel([bundle], build_router("language")).score_documents(docs)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_one_bundle_is_named_as_a_model_not_an_ensemble(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    code, stdout, err = cli(
+        capsys, "ensemble", "eval", str(pool / "dense"), "--data", str(evalset), "--langs", "en",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    (system,) = json.loads(stdout)["systems"]
+    assert system["name"] == "model:dense"
+    assert system["bundles"][0]["name"] == "dense"

@@ -108,9 +108,12 @@ def systems_for(
     distinct = list({bundle.digest: bundle for bundle in [*spec.members, *baselines]}.values())
     resident = fits_on_device(distinct, pick_device(device))
     cache = ScoreCache()
+    name = f"ensemble[{spec.router}]"
+    if len(spec.members) == 1:  # one bundle (a dense model evaluated alone) is no ensemble
+        name = f"model:{spec.members[0].name}"
     systems = [
         System(
-            f"ensemble[{spec.router}]",
+            name,
             "ensemble",
             EnsembleModel(
                 spec.members,
