@@ -486,7 +486,7 @@ def test_another_architecture_family_is_refused_naming_baseline_which_scores_it(
     )  # fmt: skip
     assert code == 0, err
     assert [s["name"] for s in json.loads(stdout)["systems"]] == [
-        "ensemble[language]",
+        "model:x0",
         "baseline:mistral",
     ]
 
