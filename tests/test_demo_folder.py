@@ -143,3 +143,19 @@ def test_readme_presets_table_has_each_presets_runs_and_tokens_from_its_plan() -
         plan = demo_plan(name)
         runs = sum(step.runs for step in plan.steps)
         assert rows[name] == [plan.parameters, runs, plan.tokens, preset.batch_tokens], name
+
+
+def test_every_presets_x_elms_train_exactly_what_its_dense_model_trains() -> None:
+    """Equal compute in whole steps: each expert of every X-ELM trains B / k in whole steps
+    (`xelm train` rounds a run down to them), so the k experts together train the dense
+    model's tokens; small's B = 4M would give its dense run 1,953 steps of 2,048 tokens and its
+    k = 8 experts 8 x 244 = 1,952."""
+    for name, preset in PRESETS.items():
+        runs = preset.training_runs()
+        experts = [step for step in runs if step.startswith(("typology-", "tfidf-"))]
+        assert experts, name
+        for step in experts:
+            assert sum(runs[step]) == runs["dense"][0], (name, step)
+        for tokens in (t for step in runs.values() for t in step):
+            assert tokens % preset.batch_tokens == 0, name
+    assert PRESETS["small"].equal_budget == 1_952 * 2_048

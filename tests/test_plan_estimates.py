@@ -198,6 +198,7 @@ def test_short_runs_show_their_time_in_seconds(
     capsys.readouterr()
     args = _plan(tmp_path, seed_bundle, shards, "--measured", str(measured), "--parallel", "2")
     args[args.index("--budget") + 1] = "4K"
+    args += ["--train-args", "--block-size 32 --batch-size 4"]  # steps of 128 tokens
     assert run([*args, "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     seconds = [entry["seconds"] for entry in plan["runs"]]
@@ -418,7 +419,7 @@ def test_run_times_scale_a_measured_runs_flops(
     assert plan["estimate"]["parameters"] == n
     timed = record[plan["estimate"]["measured_time"]]  # wall_seconds (an older record: seconds)
     seconds_per_token = timed / record["tokens"] * n / n_measured
-    for entry in plan["runs"]:  # experts 500K tokens each, the dense run 1M
+    for entry in plan["runs"]:  # experts 61 steps of 8,192 tokens each, the dense run both
         assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
     assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(seed_bundle))) == 2
     assert "holds no timed training run" in capsys.readouterr().err
@@ -445,8 +446,8 @@ def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
         plan = json.loads(capsys.readouterr().out)
         assert plan["estimate"]["measured_time"] == timed
         dense = next(entry for entry in plan["runs"] if entry["name"] == "dense")
-        # the same model as the measured run: 1M tokens take 1M / its tokens times its time
-        assert dense["seconds"] == pytest.approx(1_000_000 / record["tokens"] * times[timed])
+        # the same model as the measured run: T tokens take T / its tokens times its time
+        assert dense["seconds"] == pytest.approx(999_424 / record["tokens"] * times[timed])
         assert run(args) == 0
         out = capsys.readouterr().out
         said = f"run times: at the FLOP/s of {measured} over its "
@@ -459,11 +460,43 @@ def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
     assert json.loads(capsys.readouterr().out)["estimate"]["measured_time"] is None
 
 
+def test_every_run_is_whole_steps_so_the_experts_train_what_the_dense_run_trains(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """`xelm train` trains whole steps (here 8 x 512 = 4,096 tokens): the plan gives each of
+    the 2 experts 20K rounded down (4 steps, 16,384) and the dense run their sum, not the 40K
+    budget (which `xelm train` would have cut to 9 steps, 36,864, unequal to the experts')."""
+    args = [*_plan(tmp_path, seed_bundle, shards), "--train-args", "--block-size 512"]
+    args[args.index("1M")] = "40K"
+    assert run([*args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["step_tokens"] == 4096 and plan["budget"] == 40_000
+    tokens = {entry["name"]: entry["tokens"] for entry in plan["runs"]}
+    assert tokens == {"expert-0": 16_384, "expert-1": 16_384, "dense": 32_768}
+    for entry in plan["runs"]:
+        assert entry["commands"][-1][-3:-2] == [str(entry["tokens"])]  # --tokens N -o OUT
+    assert run(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "experts together: 32,768 tokens; dense: 32,768 tokens; every run is whole steps of "
+        "4,096 tokens, 7,232 of the budget are left untrained"
+    ) in out
+    args[args.index("40K")] = "8K"
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "xelm: error: a budget of 8,000 tokens gives each of 2 experts less than one step of "
+        "4,096 tokens: raise --budget or make a step smaller (--batch-size, --block-size)\n"
+    )
+
+
 def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
     """Branch-Train-MiX's accounting: with --moe-tokens M the experts share B - M, the averaged
-    model costs what they cost, the MoE adds its M-token fine-tune, and each totals B."""
+    model costs what they cost, the MoE adds its M-token fine-tune, and each totals what the
+    dense run trains: B, each run rounded down to whole steps of 8 x 1024 tokens (400K is 48
+    steps, 393,216 tokens; 200K is 24)."""
     measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
     plan_args = _plan(
@@ -473,8 +506,9 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     plan = json.loads(capsys.readouterr().out)
     assert plan["budget"] == 1_000_000 and plan["moe_tokens"] == 200_000
     tokens = {entry["name"]: entry["tokens"] for entry in plan["runs"]}
-    assert tokens == {"expert-0": 400_000, "expert-1": 400_000, "dense": 1_000_000,
-                      "average": 0, "moe": 200_000}  # fmt: skip
+    assert tokens == {"expert-0": 393_216, "expert-1": 393_216, "dense": 983_040,
+                      "average": 0, "moe": 196_608}  # fmt: skip
+    assert plan["step_tokens"] == 8192
     assert tokens["expert-0"] + tokens["expert-1"] + tokens["moe"] == tokens["dense"]
     runs = tmp_path / "runs"
     experts = [str(runs / "experts" / f"expert-{i}") for i in range(2)]
@@ -486,7 +520,7 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     assert build == ["xelm", "bundle", "moe", *experts, "--top-k", "2", "--gate", "random",
                      "-o", str(runs / "moe-init")]  # fmt: skip
     assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", str(shards), "--aux-loss",
-                    "0.01", "--tokens", "200000", "-o", str(runs / "moe")]  # fmt: skip
+                    "0.01", "--tokens", "196608", "-o", str(runs / "moe")]  # fmt: skip
     assert by_name["moe"]["after"] == ["expert-0", "expert-1"]
     # memory counts every MLP the MoE holds; time the two that top-2 routing runs per token
     shape = ModelShape.of(Bundle.open(seed_bundle))
@@ -497,17 +531,18 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     seconds_per_parameter_token = timed / record["tokens"] / n_measured
     active = shape.parameters + mlp + 2 * shape.hidden * shape.layers
     assert by_name["moe"]["seconds"] == pytest.approx(
-        200_000 * active * seconds_per_parameter_token
+        196_608 * active * seconds_per_parameter_token
     )
     assert by_name["dense"]["seconds"] == pytest.approx(
-        1_000_000 * shape.parameters * seconds_per_parameter_token
+        983_040 * shape.parameters * seconds_per_parameter_token
     )
 
     assert run([*plan_args, "--moe-calibration", str(FLORES), "--moe-aux-loss", "0.1"]) == 0
     out = capsys.readouterr().out
-    assert "MoE: 800,000 + 200,000 fine-tune = 1,000,000 tokens" in out
+    assert "MoE: 786,432 + 196,608 fine-tune = 983,040 tokens" in out
+    assert "every run is whole steps of 8,192 tokens, 16,960 of the budget are left" in out
     assert f"--top-k 2 --gate language --calibration {FLORES} -o" in out
-    assert "--aux-loss 0.1 --tokens 200000 -o" in out
+    assert "--aux-loss 0.1 --tokens 196608 -o" in out
 
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
@@ -563,9 +598,10 @@ def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_los
 def test_parallel_estimates_train_all_side_by_side_in_its_order(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
-    """--parallel 2 on the BTX plan: dense (1M tokens) and expert-0 start, expert-1 follows
-    expert-0, the MoE waits for both experts, so the plan ends at max(dense, 2 experts + MoE),
-    by hand from each run's estimated seconds; in tokens, 1M instead of 2M in turn."""
+    """--parallel 2 on the BTX plan: dense (983,040 tokens, the 1M budget in whole steps) and
+    expert-0 start, expert-1 follows expert-0, the MoE waits for both experts, so the plan ends
+    at max(dense, 2 experts + MoE), by hand from each run's estimated seconds; in tokens, the
+    dense run's instead of twice that in turn."""
     measured, _ = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
     args = _plan(tmp_path, seed_bundle, shards, "--moe-tokens", "200K", "--measured", str(measured))
@@ -574,15 +610,15 @@ def test_parallel_estimates_train_all_side_by_side_in_its_order(
     seconds = {entry["name"]: entry["seconds"] for entry in plan["runs"]}
     expected = max(seconds["dense"], seconds["expert-0"] + seconds["expert-1"] + seconds["moe"])
     estimate = plan["side_by_side"]
-    assert estimate["runs_at_a_time"] == 2 and estimate["tokens"] == 1_000_000
+    assert estimate["runs_at_a_time"] == 2 and estimate["tokens"] == 983_040
     assert estimate["seconds"] == pytest.approx(expected)
     assert estimate["one_after_another"] == {
-        "tokens": 2_000_000, "seconds": pytest.approx(sum(seconds.values())),
+        "tokens": 1_966_080, "seconds": pytest.approx(sum(seconds.values())),
     }  # fmt: skip
     assert run([*args, "--parallel", "2"]) == 0
     out = capsys.readouterr().out
     assert (
-        "2 runs at a time (xelm train-all --devices with 2 groups): the time of 1,000,000 tokens"
+        "2 runs at a time (xelm train-all --devices with 2 groups): the time of 983,040 tokens"
         in out
     )
     assert f"about {duration(expected)} instead of {duration(sum(seconds.values()))}," in out

@@ -48,8 +48,9 @@ def in_root(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def plan_args(allocation: str, *extra: str) -> list[str]:
-    """`xelm plan` of 4000 tokens in the fixture's folder, with relative paths."""
-    return ["plan", "--budget", "4000", "--allocation", allocation, "--seed-bundle", "seed",
+    """`xelm plan` of 4096 tokens (16 steps of 128 an expert) in the fixture's folder, with
+    relative paths."""
+    return ["plan", "--budget", "4096", "--allocation", allocation, "--seed-bundle", "seed",
             "--data", "shards", "-o", "runs", "--train-args", TRAIN_ARGS, *extra]  # fmt: skip
 
 
@@ -87,19 +88,21 @@ def test_each_expert_trains_on_its_own_shards(in_root: Path, tmp_path: Path) -> 
     """Expert I's `xelm train` reads shards-I and its passes count their tokens; the dense and
     moe runs read --data; every training run records its shards (`data`), and train-all reads
     the plan."""
-    plan = make_plan(4000, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
-                     moe_tokens=1000, expert_data=TEMPLATE)  # fmt: skip
+    plan = make_plan(4096, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+                     moe_tokens=1024, expert_data=TEMPLATE)  # fmt: skip
     runs = {run["name"]: run for run in plan["runs"]}
     for expert in range(2):
         run = runs[f"expert-{expert}"]
         own = Shards.open(f"shards-{expert}")
         assert training_data(run) == run["data"] == f"shards-{expert}"
-        tokens = (4000 - 1000) // 2  # the experts share what the moe fine-tune leaves
+        tokens = (
+            4096 - 1024
+        ) // 2  # 12 steps of 128: the experts share what the moe fine-tune leaves
         assert run["passes"] == pytest.approx(tokens / own.tokens_in(run["languages"]))
     whole = Shards.open("shards")
     assert runs["expert-0"]["passes"] != runs["expert-1"]["passes"]  # counted over each one's
     assert training_data(runs["dense"]) == runs["dense"]["data"] == "shards"
-    assert runs["dense"]["passes"] == pytest.approx(4000 / whole.tokens_in(list(TEST_LANGS)))
+    assert runs["dense"]["passes"] == pytest.approx(4096 / whole.tokens_in(list(TEST_LANGS)))
     assert training_data(runs["moe"]) == runs["moe"]["data"] == "shards"
     assert runs["average"]["data"] is None
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -137,14 +140,14 @@ def test_expert_shards_that_expert_i_cannot_train_on_are_refused_naming_the_opti
 
 def test_a_language_allocation_takes_expert_data_too(in_root: Path) -> None:
     """A typology allocation's experts may each train on shards of their languages only."""
-    plan = make_plan(4000, "alloc.json", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+    plan = make_plan(4096, "alloc.json", "seed", "shards", "runs", train_args=TRAIN_ARGS,
                      expert_data="lang-{expert}")  # fmt: skip
     experts = [run for run in plan["runs"] if run["expert"] is not None]
     assert [training_data(run) for run in experts] == ["lang-0", "lang-1"]
     assert [run["passes"] for run in experts] == pytest.approx(
         [
-            2000 / Shards.open("lang-0").tokens_in(["en"]),
-            2000 / Shards.open("lang-1").tokens_in(["tr"]),
+            2048 / Shards.open("lang-0").tokens_in(["en"]),
+            2048 / Shards.open("lang-1").tokens_in(["tr"]),
         ]
     )
     assert training_data(plan["runs"][-1]) == "shards"
@@ -163,7 +166,15 @@ def test_a_language_allocation_refuses_expert_shards_it_cannot_train_on(
     """Shards without expert 0's language (Turkish for both), and those of a TF-IDF expert."""
     template = linked("tr", "lang-1", "lang-1") if case == "tr" else TEMPLATE
     with pytest.raises(UsageError) as info:
-        make_plan(4000, "alloc.json", "seed", "shards", "runs", expert_data=template)
+        make_plan(
+            4096,
+            "alloc.json",
+            "seed",
+            "shards",
+            "runs",
+            train_args=TRAIN_ARGS,
+            expert_data=template,
+        )
     assert str(info.value).startswith("--expert-data (expert 0): ")
     assert expected in str(info.value)
 
@@ -182,7 +193,15 @@ def test_a_template_without_the_expert_index_is_refused(
 
 def test_data_of_one_expert_is_refused_for_the_dense_run(in_root: Path) -> None:
     with pytest.raises(UsageError) as info:
-        make_plan(4000, "alloc-tfidf", "seed", "shards-0", "runs", expert_data=TEMPLATE)
+        make_plan(
+            4096,
+            "alloc-tfidf",
+            "seed",
+            "shards-0",
+            "runs",
+            train_args=TRAIN_ARGS,
+            expert_data=TEMPLATE,
+        )
     assert str(info.value) == (
         "--data: shards-0 holds only the documents of expert 0 of alloc-tfidf, and the dense "
         "run trains on every document: give the shards of the whole corpus there, and each "
@@ -241,8 +260,8 @@ def test_an_expert_sent_no_document_of_a_language_is_planned_on_those_it_has(
         (other / "tr.jsonl").write_bytes(Path("corpus/tr.jsonl").read_bytes())
         prepare(other, "seed", "turkish-0", languages="en,tr", allocation="alloc-tfidf", expert=0)
     template = linked("narrow", "turkish-0", "shards-1")
-    plan = make_plan(4000, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+    plan = make_plan(4096, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
                      expert_data=template)  # fmt: skip
     run = next(r for r in plan["runs"] if r["name"] == "expert-0")
     assert run["languages"] == ["tr"]
-    assert run["passes"] == pytest.approx(2000 / Shards.open("turkish-0").tokens_in(["tr"]))
+    assert run["passes"] == pytest.approx(2048 / Shards.open("turkish-0").tokens_in(["tr"]))

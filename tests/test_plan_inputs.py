@@ -414,8 +414,11 @@ def test_make_plan_takes_text_paths_and_budget_and_no_valid(
     )
     assert as_text == as_paths
     assert as_text["budget"] == 4000
-    assert [run["tokens"] for run in as_text["runs"]] == [2000, 2000, 4000]
-    with_valid = make_plan(4000, "alloc.json", str(seed_bundle), str(shards), "runs", str(shards))
+    # 2,000 an expert is 15 whole steps of 4 x 32 tokens; dense trains what both experts do
+    assert [run["tokens"] for run in as_text["runs"]] == [1920, 1920, 3840]
+    with_valid = make_plan(
+        4000, "alloc.json", str(seed_bundle), str(shards), "runs", str(shards), TRAIN_ARGS
+    )
     dense = with_valid["runs"][2]["commands"][0]
     assert dense[dense.index("--valid") + 1] == str(shards)
 
@@ -634,29 +637,33 @@ def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(
     monkeypatch.chdir(tmp_path)
     write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
     held = {lang: stats.tokens for lang, stats in Shards.open(shards).stats.items()}
+    whole = lambda tokens: tokens // 128 * 128  # noqa: E731 (steps of 4 x 32 tokens)
     # experts just under one pass of the smaller language's tokens
     budget = 2 * min(held["en"], held["tr"]) - 2
     code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, budget=budget))
     assert code == 0, stderr
     assert stderr == ""
     passes = {run["name"]: run["passes"] for run in json.loads(stdout)["runs"]}
+    expert = whole(budget // 2)
     assert passes == pytest.approx({
-        "expert-0": budget / 2 / held["en"], "expert-1": budget / 2 / held["tr"],
-        "dense": budget / (held["en"] + held["tr"]),
+        "expert-0": expert / held["en"], "expert-1": expert / held["tr"],
+        "dense": 2 * expert / (held["en"] + held["tr"]),
     })  # fmt: skip
 
+    # 3 passes of both languages' tokens (whole steps: just under), one the MoE fine-tune's
     budget, moe = 3 * (held["en"] + held["tr"]), held["en"] + held["tr"]
     extra = ["--moe-tokens", moe]
     code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra, budget=budget))
     assert code == 0, stderr
-    expected = {"expert-0": (budget - moe) / 2 / held["en"],
-                "expert-1": (budget - moe) / 2 / held["tr"], "dense": 3.0, "average": 0.0,
-                "moe": 1.0}  # fmt: skip
+    expert, tuned = whole((budget - moe) // 2), whole(moe)
+    expected = {"expert-0": expert / held["en"], "expert-1": expert / held["tr"],
+                "dense": (2 * expert + tuned) / moe, "average": 0.0,
+                "moe": tuned / moe}  # fmt: skip
     passes = {run["name"]: run["passes"] for run in json.loads(stdout)["runs"]}
     assert passes == pytest.approx(expected)
     each = ", ".join(f"{name} about {expected[name]:,.1f}" for name in ("expert-0", "expert-1"))
     assert stderr == (
         "xelm: 3 of the plan's runs go over the tokens these shards hold in their languages "
         "more than once (the paper trains one pass: a smaller --budget or more --data keeps to "
-        f"it): {each}, dense about 3.0 passes\n"
+        f"it): {each}, dense about {expected['dense']:,.1f} passes\n"
     )

@@ -74,9 +74,14 @@ def test_token_counts_and_equal_compute_budgets() -> None:
         ("expert-0", 6_666_666),
         ("expert-1", 6_666_666),
         ("expert-2", 6_666_666),
-        ("dense", 20_000_000),
+        ("dense", 19_999_998),  # what the experts train together
     ]
     assert runs[-1].languages == ("en", "ru", "tr", "ar")
+    # `xelm train` trains whole steps: 10,000 tokens each is 2 steps of 4,096
+    runs = plan_budgets(40_000, [["en"], ["ru"], ["tr"], ["ar"]], step=4096)
+    assert [r.tokens for r in runs] == [8192, 8192, 8192, 8192, 32_768]
+    with pytest.raises(UsageError, match="less than one step of 4,096 tokens"):
+        plan_budgets(16_000, [["en"], ["ru"], ["tr"], ["ar"]], step=4096)
 
 
 # --- the trainer ----------------------------------------------------------------------------------
@@ -400,14 +405,15 @@ def test_plan_prints_equal_compute_budgets_and_commands(
     assert code == 0
     plan = json.loads(stdout)
     tokens = {run["name"]: run["tokens"] for run in plan["runs"]}
-    assert tokens == {"expert-0": 6_666_666, "expert-1": 6_666_666, "expert-2": 6_666_666,
-                      "dense": 20_000_000}  # fmt: skip
+    # 20M / 3 in whole steps of 8 x 1024 tokens: 813 steps, 6,660,096 tokens an expert
+    assert tokens == {"expert-0": 6_660_096, "expert-1": 6_660_096, "expert-2": 6_660_096,
+                      "dense": 19_980_288}  # fmt: skip
     expert = plan["runs"][1]["commands"]
     assert expert[0][:3] == ["xelm", "bundle", "branch"] and "--expert" in expert[0]
     assert expert[1][:3] == ["xelm", "train", "runs/branches/expert-1"]
-    assert expert[1][expert[1].index("--tokens") + 1] == "6666666"
+    assert expert[1][expert[1].index("--tokens") + 1] == "6660096"
     code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common)
-    assert code == 0 and "6,666,666" in stdout
+    assert code == 0 and "6,660,096" in stdout
     assert f"xelm train {seed_bundle} --langs en,ru,tr,ar --role dense" in stdout
 
     (tmp_path / "plan.json").write_text(json.dumps(plan))

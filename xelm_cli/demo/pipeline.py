@@ -262,7 +262,7 @@ class Demo:
         if self.devices:
             self.step("side-by-side", lambda: self.side_by_side(seed, shards))
         dense = self.out / "dense"
-        self.step("dense", lambda: self.train(seed, shards, dense, p.budget, TRAIN_LANGUAGES))
+        self.step("dense", lambda: self.train(seed, shards, dense, p.equal_budget, TRAIN_LANGUAGES))
         experts: dict[str, list[Path]] = {}
         for k in p.typology_ks:
             name = f"typology-k{k}"
@@ -379,7 +379,7 @@ class Demo:
     def typology_experts(self, seed: Path, shards: Path, k: int) -> list[str]:
         paths = []
         for start, out, languages in self.typology_branches(seed, k):
-            self.train(start, shards, out, self.preset.budget // k, languages)
+            self.train(start, shards, out, self.preset.equal_budget // k, languages)
             paths.append(str(out))
         return paths
 
@@ -420,16 +420,16 @@ class Demo:
         """Each training run after the seed's as a run of a plan, by name: its commands
         (branches, allocations and the TF-IDF clusters' shards made first)."""
         p, dense = self.preset, self.out / "dense"
-        runs = [self._run("dense", seed, shards, dense, p.budget, TRAIN_LANGUAGES)]
+        runs = [self._run("dense", seed, shards, dense, p.equal_budget, TRAIN_LANGUAGES)]
         branches = {k: self.typology_branches(seed, k) for k in p.typology_ks}
         for k, experts in branches.items():
             for expert, (start, out, languages) in enumerate(experts):
                 name = f"typology-k{k}-expert-{expert}"
-                runs.append(self._run(name, start, shards, out, p.budget // k, languages))
+                runs.append(self._run(name, start, shards, out, p.equal_budget // k, languages))
         tfidf = self.tfidf_clusters(seed, self.out / "corpus", self.out / "tokenizer")
         for expert, (start, data, out, languages) in enumerate(tfidf.experts):
             name = f"tfidf-k{p.tfidf_k}-expert-{expert}"
-            runs.append(self._run(name, start, data, out, p.budget // p.tfidf_k, languages))
+            runs.append(self._run(name, start, data, out, p.equal_budget // p.tfidf_k, languages))
         main = [out for _, out, _ in branches[p.main_k]]
         runs += [*self._adaptation_runs(dense, main, shards), self._moe_run(main, shards)]
         return {run["name"]: run for run in runs}
@@ -514,7 +514,9 @@ class Demo:
         self.add_eval_routing(clusters.assigner, clusters.purity)
         paths = []
         for start, shards, out, languages in clusters.experts:
-            self.train(start, shards, out, self.preset.budget // len(clusters.experts), languages)
+            self.train(
+                start, shards, out, self.preset.equal_budget // len(clusters.experts), languages
+            )
             paths.append(str(out))
         return {
             "experts": paths,

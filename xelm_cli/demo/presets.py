@@ -1,5 +1,6 @@
 """The demo's presets: model size, token budgets and evaluation sizes."""
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,6 +75,13 @@ class Preset:
         return int(self.train.get("batch_size", 1)) * int(self.train.get("block_size", 1))
 
     @property
+    def equal_budget(self) -> int:
+        """B rounded down so that every expert of every X-ELM trains whole steps and the k
+        experts together exactly what the dense model trains (``xelm plan`` rounds the same)."""
+        unit = self.batch_tokens * math.lcm(*self.typology_ks, self.tfidf_k)
+        return self.budget // unit * unit
+
+    @property
     def main_k(self) -> int:
         """The experts of the X-ELM that is merged, adapted and evaluated in context."""
         return 4 if 4 in self.typology_ks else self.typology_ks[0]
@@ -94,12 +102,12 @@ class Preset:
         def run(step: str, name: str, tokens: int, after: tuple[str, ...] = ()) -> PlannedRun:
             return PlannedRun(name, step, tokens // whole * whole, after)
 
-        planned = [run("seed", "seed", self.seed_tokens), run("dense", "dense", self.budget)]
+        planned = [run("seed", "seed", self.seed_tokens), run("dense", "dense", self.equal_budget)]
         for k in self.typology_ks:
             step = f"typology-k{k}"
-            planned += [run(step, f"{step}-expert-{i}", self.budget // k) for i in range(k)]
+            planned += [run(step, f"{step}-expert-{i}", self.equal_budget // k) for i in range(k)]
         step = f"tfidf-k{self.tfidf_k}"
-        planned += [run(step, f"{step}-expert-{i}", self.budget // self.tfidf_k)
+        planned += [run(step, f"{step}-expert-{i}", self.equal_budget // self.tfidf_k)
                     for i in range(self.tfidf_k)]  # fmt: skip
         planned.append(run("moe-finetune", "moe-finetune", self.moe_tokens, main))
         for language in NEW_LANGUAGES:  # LAPT continues the dense model, HMR a main expert
@@ -173,14 +181,14 @@ PRESETS = {
             checkpoint_every=500,
         ),
     ),
-    # Sized to train in about 4 of its 8 minutes on one H100-class GPU: 23.9M tokens at about
+    # Sized to train in about 4 of its 8 minutes on one H100-class GPU: 23.7M tokens at about
     # 100K tokens/s. xelm train on the 91M-parameter `small` shape at this preset's 16 x 512
     # tokens a step measured 120K tokens/s on an H100, before the current optimisations; this
     # seed's 32,000-token output layer adds a quarter to its FLOP per token. Not yet run on a
     # GPU: benchmarks/gpu.sh measures its training speed.
     "gpu": Preset(
         name="gpu",
-        summary="134M-parameter seed, 23.9M training tokens: sized for 8 min on one H100",
+        summary="134M-parameter seed, 23.7M training tokens: sized for 8 min on one H100",
         model={**NAMED_CONFIGS["small"], "max_position_embeddings": 1024},
         vocab_size=32000,
         corpus_bytes=2_000_000,

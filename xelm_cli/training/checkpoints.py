@@ -43,20 +43,27 @@ class Budget:
     expert: int | None  # index in the allocation; None for the dense baseline
 
 
-def plan_budgets(budget: int, experts: Sequence[Sequence[str]]) -> list[Budget]:
-    """Equal compute: the dense model gets ``budget``; each of the k experts ``budget // k``.
+def plan_budgets(budget: int, experts: Sequence[Sequence[str]], step: int = 1) -> list[Budget]:
+    """Equal compute: each of the k experts trains ``budget // k`` tokens rounded down to whole
+    optimiser steps of ``step`` tokens (as `xelm train` trains them), and the dense model what
+    they train together.
 
     Training FLOPs are proportional to tokens for models of one size, so the k experts together
-    cost what the dense model costs (up to k - 1 tokens lost to rounding down).
+    cost exactly what the dense model costs; the rounding leaves less than k steps of
+    ``budget`` untrained.
     """
     if not experts:
         raise UsageError("the allocation has no experts")
     k = len(experts)
-    if budget < k:
-        raise UsageError(f"a budget of {budget} tokens cannot be split among {k} experts")
-    runs = [Budget(f"expert-{i}", tuple(langs), budget // k, i) for i, langs in enumerate(experts)]
+    share = budget // k // step * step
+    if share < 1:
+        raise UsageError(
+            f"a budget of {budget:,} tokens gives each of {k} experts less than one step of "
+            f"{step:,} tokens: raise --budget or make a step smaller (--batch-size, --block-size)"
+        )
+    runs = [Budget(f"expert-{i}", tuple(langs), share, i) for i, langs in enumerate(experts)]
     everything = tuple(dict.fromkeys(lang for langs in experts for lang in langs))
-    return [*runs, Budget("dense", everything, budget, None)]
+    return [*runs, Budget("dense", everything, share * k, None)]
 
 
 # --- data: documents packed into blocks ----------------------------------------------------------

@@ -429,14 +429,23 @@ def _moe_line(moe: dict[str, Any], k: int) -> str:
 
 def _tokens_line(result: dict[str, Any]) -> str:
     """The training tokens of the experts together and the dense run and, with --moe-tokens,
-    of the averaged model and the MoE."""
+    of the averaged model and the MoE; with what the rounding to whole steps leaves of the
+    budget."""
+    runs = {r["name"]: r for r in result["runs"]}
     experts = sum(r["tokens"] for r in result["runs"] if r["expert"] is not None)
-    summary = f"experts together: {experts:,} tokens; dense: {result['budget']:,} tokens"
-    if result["moe_tokens"]:
+    dense = runs["dense"]["tokens"]
+    summary = f"experts together: {experts:,} tokens; dense: {dense:,} tokens"
+    if "moe" in runs:
+        tuned = runs["moe"]["tokens"]
         summary += (
             f"; averaged model: {experts:,} tokens (the experts'); MoE: {experts:,} + "
-            f"{result['moe_tokens']:,} fine-tune = {experts + result['moe_tokens']:,} tokens "
+            f"{tuned:,} fine-tune = {experts + tuned:,} tokens "
             "(run average and moe after the experts)"
+        )
+    if dense < result["budget"]:
+        summary += (
+            f"; every run is whole steps of {result['step_tokens']:,} tokens, "
+            f"{result['budget'] - dense:,} of the budget are left untrained"
         )
     return summary
 

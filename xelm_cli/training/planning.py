@@ -442,7 +442,8 @@ def make_plan(
     _check_plan_options(parallel, moe_tokens, moe_calibration, train_args)
     alloc = read_allocation(allocation)
     expert_paths = expert_data_paths(expert_data, alloc, allocation, seed_bundle)
-    budgets = _run_budgets(budget, moe_tokens, alloc)
+    step = step_tokens(train_args, nproc_per_node)
+    budgets = _run_budgets(budget, moe_tokens, alloc, step)
     everything = list(next(b.languages for b in budgets if b.expert is None))
     seed = read_seed(seed_bundle)
     shards = check_inputs(seed, data, valid, everything)
@@ -461,9 +462,10 @@ def make_plan(
         entries.append(_run_entry(run, commands, runs, trained_on, estimate))
     if moe_tokens:
         experts = [str(_run_output(runs, b)) for b in budgets if b.expert is not None]
+        tuned = moe_tokens // step * step
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
-            moe_tokens, moe_calibration, moe_aux_loss, passes(moe_tokens, shards, everything),
+            tuned, moe_calibration, moe_aux_loss, passes(tuned, shards, everything),
         )  # fmt: skip
     plan = {
         "format": PLAN_FORMAT,
@@ -471,6 +473,7 @@ def make_plan(
         "directory": os.getcwd(),
         "budget": budget,
         "moe_tokens": moe_tokens,
+        "step_tokens": step,
         "k": alloc.k,
         "allocation": {"path": str(allocation), "digest": alloc.digest},
         "estimate": estimate["record"],
@@ -495,16 +498,37 @@ def _check_plan_options(
         )
 
 
-def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation) -> list[Budget]:
-    """The experts' runs, sharing ``budget - moe_tokens``, and the dense run, of ``budget``;
-    refused when ``moe_tokens`` leaves the experts nothing."""
+def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation, step: int) -> list[Budget]:
+    """The experts' runs, sharing ``budget - moe_tokens``, and the dense run, of what they and
+    the MoE fine-tune train together, every run whole steps of ``step`` tokens; refused when
+    ``moe_tokens`` leaves the experts nothing or is less than one step."""
     if moe_tokens and not 0 < moe_tokens < budget:
         raise UsageError(
             f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
             "on what is left of the budget"
         )
-    budgets = plan_budgets(budget - moe_tokens, alloc.experts)
-    return [b if b.expert is not None else replace(b, tokens=budget) for b in budgets]
+    if moe_tokens and moe_tokens < step:
+        raise UsageError(
+            f"--moe-tokens {moe_tokens:,} is less than one step of {step:,} tokens: raise it or "
+            "make a step smaller (--batch-size, --block-size)"
+        )
+    budgets = plan_budgets(budget - moe_tokens, alloc.experts, step)
+    tuned = moe_tokens // step * step
+    return [b if b.expert is not None else replace(b, tokens=b.tokens + tuned) for b in budgets]
+
+
+def step_tokens(train_args: str, ranks: int) -> int:
+    """Tokens of one optimiser step of every run of a plan (`xelm train` trains whole steps):
+    --global-batch of ``train_args``, else one micro-batch on each of ``ranks`` devices."""
+    planned = planned_options(train_args)
+    micro_batch = planned["batch_size"] * planned["block_size"] * ranks
+    step = planned["global_batch_tokens"] or micro_batch
+    if step % micro_batch:
+        raise UsageError(
+            f"--train-args: --global-batch {step:,} must be a multiple of one micro-batch "
+            f"(--batch-size x --block-size x {ranks} ranks = {micro_batch:,} tokens)"
+        )
+    return int(step)
 
 
 def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> tuple[Budget, Shards]:
