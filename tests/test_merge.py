@@ -192,6 +192,15 @@ def test_other_architecture_and_tokenizer_are_refused_naming_the_difference(
     deeper = init_from_config("tiny3", tokenizer_dir, tmp_path / "deep", languages=["en"])
     with pytest.raises(UsageError, match=r"different architectures \(tensor model.layers.2"):
         merge_average([experts[0].path, deeper.path], tmp_path / "out")
+    # the shapes in the order of the paths that the message names
+    monkeypatch.setitem(NAMED_CONFIGS, "wide", {**NAMED_CONFIGS["tiny"], "intermediate_size": 344})
+    wide = init_from_config("wide", tokenizer_dir, tmp_path / "wide", languages=["en"])
+    with pytest.raises(UsageError) as refused:
+        merge_average([experts[0].path, wide.path], tmp_path / "out")
+    assert str(refused.value).startswith(
+        f"{experts[0].path} and {wide.path} have different architectures "
+        "(model.layers.0.mlp.down_proj.weight has shape [64, 172] vs [64, 344]); "
+    )
     english = [t for t in sample_texts() if t.isascii()]  # another tokenizer, same size
     tok = train_bpe_tokenizer(english, tmp_path / "tok", vocab_size=320)
     retok = init_from_config("tiny", tok, tmp_path / "retok", languages=["en"])

@@ -78,19 +78,19 @@ def check_mergeable(bundles: Sequence[Bundle], what: str = "merged") -> None:
         prints, first_prints = bundle.manifest.fingerprints, first.manifest.fingerprints
         if prints["architecture"] != first_prints["architecture"]:
             raise UsageError(
-                f"{bundle.path} and {first.path} have different architectures "
+                f"{first.path} and {bundle.path} have different architectures "
                 f"({_architecture_difference(first, bundle)}); only experts of one architecture "
                 f"can be {what}"
             )
         if prints["tokenizer"] != first_prints["tokenizer"]:
             raise UsageError(
-                f"{bundle.path} and {first.path} have different tokenizers; only experts "
+                f"{first.path} and {bundle.path} have different tokenizers; only experts "
                 f"branched from one seed can be {what}"
             )
         if seed_of(bundle)["digest"] != seed_of(first)["digest"]:
             raise UsageError(
-                f"{bundle.path} and {first.path} descend from different seeds "
-                f"({seed_of(bundle)['id'][:12]} vs {seed_of(first)['id'][:12]}); only experts "
+                f"{first.path} and {bundle.path} descend from different seeds "
+                f"({seed_of(first)['id'][:12]} vs {seed_of(bundle)['id'][:12]}); only experts "
                 f"branched from one seed can be {what}"
             )
 
