@@ -126,3 +126,29 @@ def test_piped_lineage_and_inspect_keep_whole_lines(runs: Path, tmp_path: Path) 
     lines = inspect.stdout.splitlines()
     assert any(str(merged.path) in line for line in lines)
     assert any(merged.digest in line for line in lines)
+
+
+def test_a_pool_of_branches_and_the_experts_trained_from_them_gives_the_trained_expert(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    """A demo's X-ELM directory holds each expert's untrained branch beside the expert trained
+    from it (typology-k4/branch-0, expert-0), both covering the donor: --from that directory
+    branches the trained expert, the one whose line holds the other."""
+    from xelm_cli.api import train
+
+    pool = tmp_path / "typology-k2"
+    branch(seed_bundle, pool / "branch-0", languages="ru,en")
+    branch(seed_bundle, pool / "branch-1", languages="tr,ar")
+    trained = train(pool / "branch-0", data=train_shards, tokens=256, output=pool / "expert-0",
+                    block_size=32, batch_size=4, device="cpu")  # fmt: skip
+    out = tmp_path / "pl"
+    result = xelm("bundle", "branch", "--from", pool, "--donor", "ru", "--lang", "pl", "-o", out,
+                  "--json", sites=[])  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["donor_bundle"] == str(pool / "expert-0")
+    assert Bundle.read(out).manifest.parents == [trained.ref]
+    # two experts of the donor, neither trained from the other, are still refused
+    branch(seed_bundle, pool / "another", languages="ru")
+    result = xelm("bundle", "branch", "--from", pool, "--donor", "ru", "--lang", "pl", "-o", out,
+                  "--force", sites=[])  # fmt: skip
+    assert result.returncode == 2 and "several bundles cover donor language 'ru'" in result.stderr

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.bundle.merging import ancestors
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,
@@ -137,10 +138,13 @@ def choose_donor_bundle(
         other = covering[0]
         raise UsageError(
             f"no expert covers donor language {donor!r}: the pool (read one level deep) held "
-            f"{_describe(pool)}; pass the experts' directory with --from {_experts_hint(pool)}, "
-            f"or branch {other.path} itself: "
+            f"{_describe(pool)}; {_experts_hint(pool)}, or branch {other.path} itself: "
             f"xelm bundle branch {other.path} --langs {language} -o {out}"
         )
+    # a branch and the expert trained from it (demo-run/typology-k4/branch-0 and expert-0)
+    # both cover the donor: the donor's expert is the trained one
+    trained_from = set().union(*(ancestors(b) for b in experts))
+    experts = [b for b in experts if b.digest not in trained_from]
     if len(experts) > 1:
         raise UsageError(
             f"several bundles cover donor language {donor!r}: "
@@ -153,8 +157,12 @@ def _experts_hint(pool: list[Bundle]) -> str:
     """Where the experts probably are: directories of bundles beside the pool's bundles
     (``runs/experts`` beside ``runs/dense``), which a pool read one level deep misses."""
     searched = {b.path.parent for b in pool}
-    nested = [str(d) for parent in sorted(searched) for d in _bundle_dirs(parent) - searched]
-    return " ".join(sorted(nested)) or "DIR"
+    nested = sorted(str(d) for parent in searched for d in _bundle_dirs(parent) - searched)
+    if len(nested) == 1:
+        return f"pass the experts' directory with --from {nested[0]}"
+    if nested:
+        return f"pass the experts' directory with --from DIR (one of {', '.join(nested)})"
+    return "pass the experts' directory with --from DIR"
 
 
 def _bundle_dirs(parent: Path) -> set[Path]:
