@@ -124,7 +124,8 @@ def test_perplexity_names_a_missing_configuration_split_or_column_and_the_choice
     assert _one_line_error(lambda: perplexity(("en", "de"))) == (
         "Davlan/sib200 has no configuration 'deu_Latn' for language de (it has en (eng_Latn), "
         "tr (tur_Latn), ar (arb_Arab), ru (rus_Cyrl), zh (zho_Hans)); choose the languages "
-        "with --langs, or the configuration with --eval-arg config=TEMPLATE"
+        "with --langs, or the configuration with --eval-arg config=TEMPLATE (and a language's "
+        "own code in it with --eval-arg lang_map=he=iw,...)"
     )
     assert _one_line_error(lambda: perplexity(("en",), split="dev")) == (
         "Davlan/sib200 [eng_Latn/dev]: no split 'dev' (it has train, validation, test); "
@@ -139,9 +140,39 @@ def test_perplexity_names_a_missing_configuration_split_or_column_and_the_choice
     with pytest.raises(
         UsageError,
         match=r"evaluator 'perplexity' has no option 'colour' \(its options: config, split, "
-        r"text_column\)",
+        r"text_column, lang_map\)",
     ):
         perplexity(("en",), colour="red")
+
+
+def test_perplexity_on_mc4_maps_xelms_codes_to_the_datasets(mirror: Path) -> None:
+    """allenai/c4 names English's multilingual part en-multi (its en is another corpus) and
+    Hebrew iw: --eval-arg lang_map puts the dataset's code in config={lang}, and without it the
+    missing configuration is refused naming the option."""
+
+    def perplexity(**options: object) -> PerplexityEvaluator:
+        request = EvalRequest(
+            data="allenai/c4",
+            languages=("en", "tr"),
+            limit=3,
+            options={"config": "{lang}", "split": ["validation"], **options},
+        )
+        return PerplexityEvaluator(request)  # fmt: skip
+
+    mapped = perplexity(lang_map="en=en-multi")
+    english = [d.text for d in mapped.documents if d.language == "en"]
+    direct = PerplexityEvaluator(EvalRequest(
+        data="allenai/c4", languages=("en",), limit=3,
+        options={"config": "en-multi", "split": ["validation"]},
+    ))  # fmt: skip
+    assert english == [d.text for d in direct.documents] and len(english) == 3
+    assert [d.language for d in mapped.documents] == ["en"] * 3 + ["tr"] * 3
+    refused = _one_line_error(lambda: perplexity())
+    assert refused.startswith("allenai/c4 has no configuration 'en' for language en (it has ")
+    assert refused.endswith("(and a language's own code in it with --eval-arg lang_map=he=iw,...)")
+    assert _one_line_error(lambda: perplexity(lang_map="en")) == (
+        "--eval-arg lang_map= takes LANG=CODE pairs such as he=iw, not 'en'"
+    )
 
 
 def _webtext_like(root: Path, languages: tuple[str, ...]) -> Path:
@@ -168,7 +199,8 @@ def test_perplexity_on_a_dataset_of_several_configurations_names_the_config_opti
     ) == (
         f"{webtext} has no configuration 'en' for language en (it has en (eng_Latn), "
         "de (deu_Latn)); choose the languages with --langs, or the configuration with "
-        "--eval-arg config={flores}"
+        "--eval-arg config={flores} (and a language's own code in it with --eval-arg "
+        "lang_map=he=iw,...)"
     )
     chosen = PerplexityEvaluator(
         EvalRequest(

@@ -129,7 +129,7 @@ def test_first_party_evaluators(tiny_experts: TinyExperts) -> None:
     assert lines["evaluate()"].startswith("overall perplexity = ")
     assert lines["evaluate()"].endswith(" over 3 languages")
     assert lines["options declaration"] == (
-        "declared by an Options dataclass; options: config, split, text_column"
+        "declared by an Options dataclass; options: config, split, text_column, lang_map"
     )
 
     icl = only(conformance.check("icl", experts=tiny_experts))

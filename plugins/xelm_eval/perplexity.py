@@ -55,8 +55,9 @@ class PerplexityEvaluator(Evaluator):
     one): FLORES+ (``openlanguagedata/flores_plus``, devtest; gated, so without a token the
     evaluator falls back to SIB-200's FLORES sentences and says so), SIB-200's FLORES text
     (``Davlan/sib200``), or any other with ``--eval-arg config=TEMPLATE`` (``{lang}``: xelm's
-    code, ``{flores}``: ``arb_Arab``), ``split=a,b`` and ``text_column=``; a dataset with
-    several configurations is read that way even without them.
+    code, ``{flores}``: ``arb_Arab``), ``lang_map=he=iw`` (the dataset's code for ``{lang}``
+    where it differs), ``split=a,b`` and ``text_column=``; a dataset with several
+    configurations is read that way even without them.
     """
 
     name: ClassVar[str] = "perplexity"
@@ -74,6 +75,11 @@ class PerplexityEvaluator(Evaluator):
             None, help="The dataset's splits to read, comma-separated (default: the set's own)."
         )
         text_column: str | None = option(None, help="The column holding the text.")
+        lang_map: str | None = option(
+            None,
+            help="The dataset's code for {lang} where it differs from xelm's, comma-separated "
+            "(allenai/c4: he=iw,en=en-multi).",
+        )
 
     def __init__(self, request: EvalRequest) -> None:
         super().__init__(request)
@@ -128,6 +134,7 @@ class PerplexityEvaluator(Evaluator):
             "config": self.options.config,
             "split": ",".join(self.options.split) if self.options.split is not None else None,
             "text_column": self.options.text_column,
+            "lang_map": self.options.lang_map,
         }
         return {key: value for key, value in given.items() if value is not None}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.corpus import source_kind
+from xelm_cli.data.recipes import parse_lang_map
 from xelm_cli.data.sources import (
     SHOWN_CHOICES,
     DatasetSource,
@@ -100,7 +101,8 @@ class WayOut:
 
 EVAL_ARG_WAY_OUT = WayOut(
     config="choose the languages with --langs, or the configuration with "
-    "--eval-arg config={template}",
+    "--eval-arg config={template} (and a language's own code in it with --eval-arg "
+    "lang_map=he=iw,...)",
     split="choose them with --eval-arg split=NAME[,NAME...]",
     column="choose it with --eval-arg text_column=NAME",
 )
@@ -118,6 +120,7 @@ class EvalSet:
     licence: str
     gated: bool = False
     overrides: tuple[tuple[str, str], ...] = ()  # xelm code -> configuration, where it differs
+    codes: tuple[tuple[str, str], ...] = ()  # xelm code -> the dataset's {lang}, where it differs
     columns: tuple[str, ...] = ()  # what every row holds besides text_column
     way_out: WayOut = WayOut()
 
@@ -126,7 +129,8 @@ class EvalSet:
         overridden = dict(self.overrides)
         if code in overridden:
             return overridden[code]
-        return self.config.replace("{flores}", flores_code(code)).replace("{lang}", code)
+        theirs = dict(self.codes).get(code, code)
+        return self.config.replace("{flores}", flores_code(code)).replace("{lang}", theirs)
 
     def source(self, language: str, split: str) -> DatasetSource:
         return DatasetSource(
@@ -296,11 +300,17 @@ def usable_eval_set(chosen: EvalSet) -> tuple[EvalSet, str | None]:
 
 
 def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
-    """``base`` with ``config``, ``split`` (comma-separated) or ``text_column`` replaced; its
-    errors name those options (``--eval-arg``) as the way to choose another."""
+    """``base`` with ``config``, ``split`` (comma-separated) or ``text_column`` replaced, and
+    with ``lang_map`` (``he=iw,en=en-multi``) the dataset's codes put in the configuration's
+    ``{lang}`` where they differ from xelm's; its errors name those options (``--eval-arg``)
+    as the way to choose another."""
     changes: dict[str, Any] = {"way_out": EVAL_ARG_WAY_OUT}
     if "config" in options:
         changes["config"] = str(options["config"])
+        changes["overrides"] = ()
+    if "lang_map" in options:
+        mapping = parse_lang_map(str(options["lang_map"]), "--eval-arg lang_map=")
+        changes["codes"] = tuple(sorted(mapping.items()))
         changes["overrides"] = ()
     if "split" in options:
         changes["splits"] = tuple(s.strip() for s in str(options["split"]).split(",") if s)

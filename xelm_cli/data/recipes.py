@@ -190,13 +190,13 @@ def recipe_from_options(
     return parse_recipe(data, dataset, None)
 
 
-def parse_lang_map(text: str) -> dict[str, str]:
-    """``"he=iw,zh=zh-Hans"``: xelm code = the dataset's code."""
+def parse_lang_map(text: str, flag: str = "--lang-map") -> dict[str, str]:
+    """``"he=iw,zh=zh-Hans"``: xelm code = the dataset's code; errors name ``flag``."""
     mapping = {}
     for item in (part.strip() for part in text.split(",") if part.strip()):
         ours, sep, theirs = item.partition("=")
         if not sep or not ours.strip() or not theirs.strip():
-            raise UsageError(f"--lang-map takes LANG=CODE pairs such as he=iw, not {item!r}")
+            raise UsageError(f"{flag} takes LANG=CODE pairs such as he=iw, not {item!r}")
         mapping[normalize_language(ours.strip())] = theirs.strip()
     return mapping
 
