@@ -330,6 +330,29 @@ def test_invalid_names_and_objects_are_skipped_not_fatal() -> None:
     assert len(messages) == 5
 
 
+def test_an_abstract_class_is_refused_naming_what_it_does_not_implement() -> None:
+    """The README's first clusterer, written with fit alone: the problem says assigner is
+    missing, not only that the class is abstract."""
+
+    class HalfDone(Clusterer):
+        name = "half-done"
+
+        def fit(self, request: Any) -> Any:
+            raise NotImplementedError
+
+    class Registering:
+        @hookimpl
+        def register_clusterers(self, register: Register) -> None:
+            register("half-done", HalfDone)
+
+    registry = host.load_registry(extra_plugins=[("half", Registering())], entry_points=False)
+    assert not registry.clusterers
+    [problem] = registry.problems
+    assert problem.message.endswith(
+        "clusterer class HalfDone is abstract: it does not implement assigner"
+    ), problem.message
+
+
 def test_a_raising_hook_drops_that_plugin_only() -> None:
     class Raising:
         @hookimpl

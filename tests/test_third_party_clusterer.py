@@ -275,3 +275,66 @@ def test_an_option_named_language_is_a_clusterers_own(
     argv = ["cluster", plugin.name, "--langs", "en,tr", "-k", "1", "--language", "y"]
     assert run([*argv, "-o", str(tmp_path / "b.json")]) == 0
     assert (tmp_path / "b.json").exists()
+
+
+class CarelessPlugin:
+    """An in-process plugin whose clusterer ``careless-WHAT`` writes one expert of every
+    language, to the requested output (``k``) or beside it (``path``), whatever -k asks."""
+
+    def __init__(self, what: str) -> None:
+        self.name = f"careless-{what}"
+        self.what = what
+
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        what = self.what
+
+        class Careless(Clusterer):
+            """One expert of every language, whatever -k says.
+
+            Example: xelm cluster careless-k --langs en,tr -k 2 -o alloc.json
+            """
+
+            name = self.name
+
+            def fit(self, request: Any) -> Any:
+                out = request.output if what == "k" else request.output.with_name("other.json")
+                return write_allocation(
+                    out, clusterer=self.name, experts=[["en", "tr"]], overwrite=True
+                )
+
+            @classmethod
+            def assigner(cls, allocation: Any) -> Any:
+                raise UsageError("careless has no assigner")
+
+        register(self.name, Careless)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize(
+    ("what", "refusal"),
+    [
+        ("k", "clusterer 'careless-k' (plugin 'careless') fit() wrote 1 experts for -k 2; this "
+         "is a bug in the clusterer (or it should refuse -k it cannot meet, with a UsageError)"),
+        ("path", "clusterer 'careless-path' (plugin 'careless') fit() wrote {other}, not the "
+         "requested output {out} (write_allocation(request.output, ...)); this is a bug in the "
+         "clusterer"),
+    ],
+)  # fmt: skip
+def test_an_allocation_other_than_the_one_asked_for_is_the_clusterers_bug(
+    what: str, refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xelm cluster` reports success only for the allocation it was asked for: -k experts at
+    -o; another is one line naming the clusterer and its plugin (exit 6)."""
+    from xelm_cli.api import cluster
+
+    plugin = CarelessPlugin(what)
+    host.reset_registry(host.load_registry(extra_plugins=[("careless", plugin)]))
+    out = tmp_path / "alloc.json"
+    refusal = refusal.format(other=tmp_path / "other.json", out=out)
+    with pytest.raises(PluginError) as caught:
+        cluster(plugin.name, k=2, output=out, languages="en,tr")
+    assert str(caught.value) == refusal
+    argv = ["cluster", plugin.name, "--langs", "en,tr", "-k", "2", "-o", str(out), "--force"]
+    assert run(argv) == 6
+    assert capsys.readouterr().err == f"xelm: error: {refusal}\n"

@@ -152,11 +152,24 @@ def refuse_reading_names(clusterer: type[Clusterer]) -> None:
 def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:
     """Run ``clusterer``'s fit on ``request``; the allocation it wrote (recording the
     clusterer's provenance: name, plugin, distribution, version), checked."""
-    with recording_provenance(get_registry().provenance_of("clusterer", clusterer)):
+    provenance = get_registry().provenance_of("clusterer", clusterer)
+    with recording_provenance(provenance):
         allocation = clusterer().fit(request)
+    plugin = (provenance or {}).get("plugin")
+    who = f"clusterer {clusterer.name!r}" + (f" (plugin {plugin!r})" if plugin else "")
     if not isinstance(allocation, Allocation):
         raise PluginError(
-            f"clusterer {clusterer.name!r} fit() returned {type(allocation).__name__}, not the "
-            "Allocation it wrote (return write_allocation(...))"
+            f"{who} fit() returned {type(allocation).__name__}, not the Allocation it wrote "
+            "(return write_allocation(request.output, ...))"
+        )
+    if Path(allocation.path).resolve() != Path(request.output).resolve():
+        raise PluginError(
+            f"{who} fit() wrote {allocation.path}, not the requested output {request.output} "
+            "(write_allocation(request.output, ...)); this is a bug in the clusterer"
+        )
+    if allocation.k != request.k:
+        raise PluginError(
+            f"{who} fit() wrote {allocation.k} experts for -k {request.k}; this is a bug in the "
+            "clusterer (or it should refuse -k it cannot meet, with a UsageError)"
         )
     return allocation

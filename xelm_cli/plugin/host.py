@@ -139,7 +139,8 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
         article = "an" if kind == "evaluator" else "a"
         return f"{article} {kind} must be a subclass of xelm_cli.api.{base.__name__}"
     if inspect.isabstract(obj):
-        return f"{kind} class {obj.__name__} is abstract"
+        missing = ", ".join(sorted(obj.__abstractmethods__))
+        return f"{kind} class {obj.__name__} is abstract: it does not implement {missing}"
     if getattr(obj, "name", None) != name:
         return f"{kind} class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
     if kind == "router":
