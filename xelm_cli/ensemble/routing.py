@@ -1,6 +1,7 @@
 """Routers of an ensemble: the registered class, its options checked by its declaration, built."""
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,25 @@ def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
     with bugs_reported(registration, "while being built"):
         router: Router = registration.obj(**values)
     return router
+
+
+def third_party_plugin(router: Router) -> str | None:
+    """The plugin that registered ``router``'s class when it is a third party's (its errors
+    name it); None for xelm's own routers and for classes no plugin registered."""
+    registration = get_registry().registration_of("router", type(router))
+    if registration is None or registration.first_party:
+        return None
+    return registration.plugin
+
+
+@contextmanager
+def routing(router: Router) -> Iterator[None]:
+    """Call ``router``'s routing: what a third party's raises other than a :class:`XelmError`
+    is a one-line :class:`PluginError` naming the router and its plugin (exit 6), not an
+    internal error of xelm (nor of the evaluator that was scoring)."""
+    registration = get_registry().registration_of("router", type(router))
+    if registration is None:
+        yield
+        return
+    with bugs_reported(registration, "while routing"):
+        yield

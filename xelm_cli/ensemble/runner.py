@@ -27,7 +27,7 @@ from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
-from xelm_cli.ensemble.routing import build_router, router_class
+from xelm_cli.ensemble.routing import build_router, router_class, routing, third_party_plugin
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
@@ -209,12 +209,15 @@ class EnsembleModel(LanguageModel):
         k = len(self.experts)
         if router.stride and offsets is not None:
             return list(self._prefix_routes(router, documents, offsets))
+        with routing(router):
+            returned = router.route(documents, self.experts)
         weights = check_weights(
-            router.route(documents, self.experts),
+            returned,
             len(documents),
             k,
             router=router.name,
             allow_abstain=router.fallback is not None,
+            plugin=third_party_plugin(router),
         )
         routes: list[_Route | None] = []
         for row in weights:
@@ -271,13 +274,16 @@ class EnsembleModel(LanguageModel):
         return rows
 
     def _prefix_rows(self, router: PreRouter, prefixes: Sequence[Document]) -> np.ndarray:
+        with routing(router):
+            returned = router.route(prefixes, self.experts)
         return check_distributions(
-            router.route(prefixes, self.experts),
+            returned,
             (len(prefixes), len(self.experts)),
             expert_axis=1,
             router=router.name,
             allow_abstain=router.fallback is not None,
             unit="prefix",
+            plugin=third_party_plugin(router),
         )
 
     def _routes(
@@ -316,10 +322,10 @@ class EnsembleModel(LanguageModel):
         if route.weights is None:
             router = self.output_router()
             stacked = np.stack([logprobs[e] for e in range(len(self.experts))])
+            with routing(router):
+                returned = router.route_tokens(ScoredDocument(document, stacked), self.experts)
             weights = check_token_weights(
-                router.route_tokens(ScoredDocument(document, stacked), self.experts),
-                stacked.shape,
-                router.name,
+                returned, stacked.shape, router.name, third_party_plugin(router)
             )
             return mixture(stacked, weights), weights
         chosen = route.experts

@@ -46,6 +46,7 @@ def check_distributions(
     router: str | None = None,
     allow_abstain: bool = False,
     unit: str | None = None,
+    plugin: str | None = None,
 ) -> NDArray[np.float64]:
     """Validate a router's weights of ``shape`` whose ``expert_axis`` holds the distributions.
 
@@ -53,8 +54,10 @@ def check_distributions(
     infinite, negative, or a distribution not summing to 1 within 1e-6, and where: the
     ``unit`` a distribution weighs (default: token, or document for a pre-router's rows).
     With ``allow_abstain`` a distribution that is entirely NaN passes (the router abstains).
+    ``plugin``: the third party's plugin that registered the router, named in the message.
     """
     source = f"router {router!r}" if router else "router"
+    source += f" (plugin {plugin!r})" if plugin else ""
     per_token = expert_axis == 0
     noun = "token weights" if per_token else "weights"
     unit = unit or ("token" if per_token else "document")
@@ -99,6 +102,7 @@ def check_weights(
     *,
     router: str | None = None,
     allow_abstain: bool = False,
+    plugin: str | None = None,
 ) -> Weights:
     """Validate what a pre-router returned, (n_docs, n_experts), and give it back as float64.
 
@@ -107,10 +111,17 @@ def check_weights(
     ``allow_abstain`` a row that is entirely NaN passes (the router abstains on that document).
     """
     return check_distributions(
-        weights, (n_docs, n_experts), expert_axis=1, router=router, allow_abstain=allow_abstain
+        weights,
+        (n_docs, n_experts),
+        expert_axis=1,
+        router=router,
+        allow_abstain=allow_abstain,
+        plugin=plugin,
     )
 
 
-def check_token_weights(weights: Any, shape: tuple[int, int], router: str) -> Weights:
+def check_token_weights(
+    weights: Any, shape: tuple[int, int], router: str, plugin: str | None = None
+) -> Weights:
     """Validate an output router's (experts x tokens) weights: each column a distribution."""
-    return check_distributions(weights, shape, expert_axis=0, router=router)
+    return check_distributions(weights, shape, expert_axis=0, router=router, plugin=plugin)

@@ -241,10 +241,15 @@ class Registry:
             f"{_and_list(by_plugin, 'or')}"
         )
 
+    def registration_of(self, kind: Kind, obj: Any) -> Registration | None:
+        """The registration of ``obj`` as a ``kind`` (the first, when one object is registered
+        twice); None for an object no plugin registered."""
+        return next((r for r in self.all_of(kind) if r.obj is obj), None)
+
     def provenance_of(self, kind: Kind, obj: Any) -> dict[str, Any] | None:
-        """The provenance of the registration of ``obj`` as a ``kind`` (the first, when one
-        object is registered twice); None for an object no plugin registered."""
-        found = next((r for r in self.all_of(kind) if r.obj is obj), None)
+        """The provenance of the registration of ``obj`` as a ``kind`` (see
+        :meth:`registration_of`)."""
+        found = self.registration_of(kind, obj)
         return None if found is None else found.provenance
 
     def _unknown(self, kind: Kind, name: str, base: str) -> str:
