@@ -135,6 +135,22 @@ def test_cli_flags_and_cluster_arg_from_the_declaration(chunks_site: Path, tmp_p
     assert json.loads((tmp_path / "c.json").read_text())["experts"][0]["languages"] == ["en", "tr"]
 
 
+def test_the_qualified_name_is_a_command_too(chunks_site: Path, tmp_path: Path) -> None:
+    """`xelm cluster DIST:NAME` runs the registration the qualified name selects, as --router
+    DIST:NAME does (spec/plugin-api.md 5): the same allocation as the plain name's; `xelm cluster
+    --help` lists the plain name alone, the one that selects it."""
+    written = []
+    for name in ("chunks", "xelm-chunks-clusterer:chunks"):
+        out = tmp_path / f"{name.replace(':', '-')}.json"
+        result = xelm("cluster", name, "--langs", LANGS, "-k", "2", "-o", out, "--json",
+                      sites=[chunks_site])  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        written.append(json.loads(out.read_text())["experts"])
+    assert written[0] == written[1]
+    listed = xelm("cluster", "--help", sites=[chunks_site]).stdout
+    assert " chunks " in listed and "xelm-chunks-clusterer:chunks" not in listed
+
+
 def test_cli_errors_are_one_line_and_help_is_derived(
     chunks_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -338,3 +354,55 @@ def test_an_allocation_other_than_the_one_asked_for_is_the_clusterers_bug(
     argv = ["cluster", plugin.name, "--langs", "en,tr", "-k", "2", "-o", str(out), "--force"]
     assert run(argv) == 6
     assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
+
+
+class SameNamePlugin:
+    """An in-process plugin registering clusterer ``same-name``: an expert a language, in the
+    order given (``first``) or reversed (``last``), which tells which one ran."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        where = self.where
+
+        class Same(Clusterer):
+            """An expert a language, in the order given or reversed.
+
+            Example: xelm cluster same-name --langs en,tr -k 2 -o alloc.json
+            """
+
+            name = "same-name"
+
+            def fit(self, request: Any) -> Any:
+                experts = [[lang] for lang in request.languages]
+                experts = experts if where == "first" else experts[::-1]
+                return write_allocation(request.output, clusterer=self.name, experts=experts)
+
+            @classmethod
+            def assigner(cls, allocation: Any) -> Any:
+                raise UsageError("same-name has no assigner")
+
+        register("same-name", Same)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_name_two_plugins_register_is_run_by_its_qualified_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The plain name is refused naming both; `xelm cluster first:same-name` and
+    `last:same-name` run each, and `xelm cluster --help` lists both."""
+    plugins = [(where, SameNamePlugin(where)) for where in ("first", "last")]
+    host.reset_registry(host.load_registry(extra_plugins=plugins))
+    args = ["--langs", "en,tr", "-k", "2", "-o"]
+    assert run(["cluster", "same-name", *args, str(tmp_path / "plain.json")]) == 2
+    assert "choose one as first:same-name or last:same-name" in capsys.readouterr().err
+    for where, order in (("first", [["en"], ["tr"]]), ("last", [["tr"], ["en"]])):
+        out = tmp_path / f"{where}.json"
+        assert run(["cluster", f"{where}:same-name", *args, str(out)]) == 0
+        assert [e["languages"] for e in json.loads(out.read_text())["experts"]] == order
+    capsys.readouterr()
+    run(["cluster", "--help"])
+    listed = capsys.readouterr().out
+    assert "first:same-name" in listed and "last:same-name" in listed

@@ -44,17 +44,27 @@ REQUEST_PARAMETERS = (
 
 def add_clusterer_commands() -> None:
     """Add ``xelm cluster NAME`` for every registered clusterer (once per name): its own
-    ``command()`` when it provides one (plugin API 1.0), else the command built from ``fit``."""
-    for name, registration in get_registry().clusterers.items():
-        if name in _added or name == "show":
-            continue
-        clusterer = registration.obj
-        own = clusterer.command()
-        if own is not None:
-            app.command(name, help=None)(own)
-        else:
-            app.command(name, help=_help(clusterer))(fit_command(name, clusterer))
-        _added.add(name)
+    ``command()`` when it provides one (plugin API 1.0), else the command built from ``fit``.
+    Every registration is also ``xelm cluster DIST:NAME``, its qualified name (spec/plugin-api.md
+    3, 5): listed where the plain name does not select it (a name two third parties register,
+    or a third party's registration of one of xelm's), hidden where it does."""
+    registry = get_registry()
+    for registration in registry.all_of("clusterer"):
+        plain = registry.clusterers.get(registration.name) is registration
+        if plain:
+            _add_clusterer_command(registration.name, registration.obj, hidden=False)
+        _add_clusterer_command(registration.qualified_name, registration.obj, hidden=plain)
+
+
+def _add_clusterer_command(name: str, clusterer: type[Clusterer], *, hidden: bool) -> None:
+    if name in _added or name == "show":
+        return
+    own = clusterer.command()
+    if own is not None:
+        app.command(name, help=None, hidden=hidden)(own)
+    else:
+        app.command(name, help=_help(clusterer), hidden=hidden)(fit_command(name, clusterer))
+    _added.add(name)
 
 
 def _help(clusterer: type[Clusterer]) -> str:
@@ -145,7 +155,7 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
             f"wrote {allocation.path}: {allocation.k} {name} experts", markup=False, highlight=False
         )
 
-    command.__name__ = f"cluster_{name.replace('-', '_')}"
+    command.__name__ = f"cluster_{name.replace('-', '_').replace(':', '__')}"
     extra = typer_parameters(clusterer, skip=REQUEST_PARAMETERS)
     extra += reading_parameters(hidden=not clusterer.reads_data)  # refused: cluster_request
     return with_parameters(command, extra)
