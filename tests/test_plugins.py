@@ -351,6 +351,13 @@ def test_an_abstract_class_is_refused_naming_what_it_does_not_implement() -> Non
     assert problem.message.endswith(
         "clusterer class HalfDone is abstract: it does not implement assigner"
     ), problem.message
+    # asked for by name, it is that refusal, not an unknown name
+    with pytest.raises(UsageError) as caught:
+        registry.get("clusterer", "half-done")
+    assert str(caught.value) == (
+        "clusterer 'half-done' was refused when plugin 'half' loaded: clusterer class HalfDone is "
+        "abstract: it does not implement assigner (available: none installed)"
+    )
 
 
 def test_a_raising_hook_drops_that_plugin_only() -> None:

@@ -149,7 +149,12 @@ def test_a_qualified_router_runs_and_results_name_its_distribution(
     evaluator = results["provenance"]["evaluator"]
     assert evaluator == {
         "name": "perplexity",
-        "options": {"config": None, "split": None, "text_column": None},  # every one, defaults too
+        "options": {
+            "config": None,
+            "split": None,
+            "text_column": None,
+            "lang_map": None,
+        },  # every one, defaults too
         "plugin": "eval",
         "distribution": "xelm",
         "version": results["versions"]["xelm"],

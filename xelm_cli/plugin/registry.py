@@ -266,6 +266,13 @@ class Registry:
                 f"load: add {plugin} to {left_out.variable}, or choose one it loads "
                 f"(available: {available})"
             )
+        refused = next((p for p in self.problems if (p.kind, p.name) == (kind, base)), None)
+        if refused is not None and not self.all_of(kind, base):
+            why = refused.message.removeprefix(f"{kind} {base!r} refused: ")
+            return (
+                f"{kind} {name!r} was refused when plugin {refused.plugin!r} loaded: {why} "
+                f"(available: {available})"
+            )
         close = difflib.get_close_matches(base, self._names(kind), n=3, cutoff=0.6)
         guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         unloaded = (
