@@ -160,6 +160,24 @@ def test_a_name_that_is_no_router_or_evaluator_is_one_line() -> None:
         conformance.check("nope")
 
 
+def test_options_that_do_not_fit_the_checks_experts_are_the_users_to_fix(
+    capsys: pytest.CaptureFixture[str], tiny_experts: TinyExperts
+) -> None:
+    """--router-arg weights=1,2 for the check's three experts: the fixed router refuses them
+    (a UsageError), which is the options' fault, not a failed check of the router (was: FAIL
+    routes, exit 6, and the checks after it not run)."""
+    refusal = (
+        "router 'fixed' refused to route the check's 3 tiny experts (en / tr / es) with the "
+        "--router-arg given: the fixed router has 2 weights but the ensemble has 3 experts: "
+        "give one weight per expert; give options that fit them"
+    )
+    with pytest.raises(UsageError) as caught:
+        conformance.check("fixed", router_args={"weights": "1,2"}, experts=tiny_experts)
+    assert str(caught.value) == refusal
+    (report,) = conformance.check("fixed", router_args={"weights": "1,1,2"}, experts=tiny_experts)
+    assert not report.failed and "runs in an ensemble" in [r.check for r in report.results]
+
+
 def test_options_for_the_other_kind_are_refused_not_ignored(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.ensemble.weights import WEIGHT_SUM_TOLERANCE
 from xelm_cli.plugin.conformance.report import (
     FAIL,
@@ -101,12 +102,28 @@ def _weights_checks(
 
 
 def _routed(
-    report: Report, compute: Callable[[], Any], arguments: Sequence[Any]
+    report: Report,
+    compute: Callable[[], Any],
+    arguments: Sequence[Any],
+    given: Mapping[str, Any],
 ) -> tuple[Any, Any] | None:
-    """Call the router twice on the same input: determinism and untouched arguments."""
+    """Call the router twice on the same input: determinism and untouched arguments. A
+    ``UsageError`` with options the user ``given`` is theirs to fix (options that do not fit
+    the check's experts), not the router's failure."""
     before = _snapshot(list(arguments))
     try:
         first = compute()
+    except UsageError as exc:
+        if not given:
+            report.add("routes", FAIL, failure(exc))
+            return None
+        experts = arguments[-1]
+        shown = " / ".join(",".join(info.languages) for info in experts)
+        raise UsageError(
+            f"router {report.name!r} refused to route the check's {len(experts)} tiny experts "
+            f"({shown}) with the --router-arg given: {exception_line(exc)}; give options that "
+            "fit them"
+        ) from None
     except Exception as exc:
         report.add("routes", FAIL, failure(exc))
         return None
@@ -249,14 +266,14 @@ def check_router(
     runnable = _attributes(router, report)
     k = len(infos)
     if isinstance(router, PreRouter):
-        routed = _routed(report, lambda: router.route(documents, infos), [documents, infos])
+        routed = _routed(report, lambda: router.route(documents, infos), [documents, infos], given)
         if routed is None:
             return report
         _weights_checks(report, routed[0], (len(documents), k), 1, "documents x experts")
     elif isinstance(router, OutputRouter):
         scored_all = scored_all or ensemble.score_all_experts(documents)
         scored = scored_all[0]
-        routed = _routed(report, lambda: router.route_tokens(scored, infos), [scored, infos])
+        routed = _routed(report, lambda: router.route_tokens(scored, infos), [scored, infos], given)
         if routed is None:
             return report
         shape = scored.logprobs.shape
