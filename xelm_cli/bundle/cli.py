@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 from rich.tree import Tree
 
@@ -25,6 +24,7 @@ from xelm_cli.common.cli_options import (
     JsonOpt,
     OutDirOpt,
     print_json,
+    print_whole,
 )
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
@@ -174,17 +174,6 @@ def _report_hmr(bundle: Bundle, donor_bundle: Bundle, as_json: bool) -> None:
     )
 
 
-def _print_whole(renderable: Any) -> None:
-    """Print a table or tree; into a pipe or file at its own width, since a file has no
-    columns to fit and a line cut at the terminal's width loses its end."""
-    if console.is_terminal:
-        console.print(renderable, soft_wrap=False)  # wrapped at the terminal's width, not cut
-        return
-    wide = console.options.update_width(1_000_000)
-    width = Measurement.get(console, wide, renderable).maximum
-    Console(file=console.file, soft_wrap=True, width=max(width, 1)).print(renderable)
-
-
 def _parent(ref: dict[str, str]) -> str:
     """A parent as lineage and init show it: its id, then its digest."""
     return f"{ref['id'][:12]} (digest {short(ref['digest'])})"
@@ -229,11 +218,11 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
     ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", escape(value))
-    _print_whole(table)
+    print_whole(console, table)
     files = Table("file", "bytes", "sha256")
     for name, entry in sorted(m.files.items()):
         files.add_row(name, f"{entry.size:,}", short(entry.sha256, 16))
-    _print_whole(files)
+    print_whole(console, files)
 
 
 @app.command()
@@ -303,7 +292,7 @@ def lineage(
     tree = Tree("bundles", hide_root=True)
     for root in roots(nodes):
         _render(root, kids, tree, seen)
-    _print_whole(tree)
+    print_whole(console, tree)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from rich.table import Table
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit
 from xelm_cli.common.atomic import atomic_file
-from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json, print_whole
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.plugin.contracts import Clusterer
@@ -213,7 +213,7 @@ def _print_tables(allocation: Allocation, console: Console) -> None:
     experts.add_column("languages")
     for index, langs in enumerate(allocation.experts):
         experts.add_row(str(index), ", ".join(langs) or "-")
-    console.print(experts)
+    print_whole(console, experts)
     languages, matrix, has_shares = allocation_matrix(allocation)
     if not has_shares:
         return
@@ -233,7 +233,7 @@ def _print_tables(allocation: Allocation, console: Console) -> None:
             f"[bold]{value:.0%}[/]" if i == best else f"{value:.0%}" for i, value in enumerate(row)
         ]
         shares.add_row(lang, *cells, f"{pure:.2f}")
-    console.print(shares)
+    print_whole(console, shares)
 
 
 def _save_figure(figure: Any, path: Path) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json, print_whole
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import language_progress, stderr_console
@@ -259,7 +259,7 @@ def prepare_command(
         if result.up_to_date:
             console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
             continue
-        console.print(_language_table(shards))
+        print_whole(console, _language_table(shards))
         console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
 
 
@@ -372,8 +372,8 @@ def inspect_command(
             ("options", json.dumps(m["options"])),
         ):
             about.add_row(f"[bold]{key}[/]", escape(value))
-        console.print(about)
-        console.print(_language_table(shards))
+        print_whole(console, about)
+        print_whole(console, _language_table(shards))
         for problem in problems:
             console.print(f"[red]FAIL[/] {problem}", highlight=False)
     if problems:
@@ -419,7 +419,7 @@ def recipes_command(
             table.add_row(
                 summary["name"], str(len(summary["languages"])), escape(summary["description"])
             )
-        console.print(table)
+        print_whole(console, table)
         return
     summary = summaries[0]
     console.print(f"[bold]{escape(summary['name'])}[/]: {escape(summary['description'])}")

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import read_allocation
-from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json, print_whole
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.units import duration, parse_token_count
 from xelm_cli.lang.codes import parse_language_list
@@ -366,7 +366,7 @@ def plan(
 def _print_plan(result: dict[str, Any]) -> None:
     """The plan for a reader: its runs' table, the memory and token notes, then the commands,
     one a line."""
-    console.print(_runs_table(result))
+    print_whole(console, _runs_table(result))
     console.print(_memory_line(result["estimate"]), highlight=False)
     timed = time_line(result)
     if timed:

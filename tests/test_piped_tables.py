@@ -1,0 +1,35 @@
+"""Tables printed into a pipe or a file keep whole lines: a digest, a path or a run's output is
+never cut at 80 columns (rich's width when stdout is no terminal), as the bundle commands keep
+theirs (test_hmr_user)."""
+
+from pathlib import Path
+
+from conftest import xelm
+
+from xelm_cli.cluster.allocation import write_allocation
+from xelm_cli.data.shards import Shards
+
+LONG = "runs-in-a-folder-whose-name-alone-is-wider-than-a-terminal-" + "x" * 100
+
+
+def test_data_inspect_keeps_the_digest_and_every_column(train_shards: Path) -> None:
+    inspected = xelm("data", "inspect", train_shards, sites=[])  # stdout is a pipe
+    assert inspected.returncode == 0, inspected.stderr
+    lines = inspected.stdout.splitlines()
+    assert any(Shards.open(train_shards).digest in line for line in lines)
+    header = next(line for line in lines if "documents" in line)
+    assert "of corpus tokens" in header and "budget" in header
+
+
+def test_the_plan_table_keeps_each_runs_whole_output_path(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    alloc = tmp_path / "alloc.json"
+    write_allocation(alloc, clusterer="typology", experts=[["en", "ru"], ["tr", "ar"]])
+    runs = tmp_path / LONG
+    planned = xelm("plan", "--budget", "64K", "--allocation", alloc, "--seed-bundle", seed_bundle,
+                   "--data", train_shards, "-o", runs, "--train-args", "--block-size 64",
+                   sites=[])  # fmt: skip
+    assert planned.returncode == 0, planned.stderr
+    table = [line for line in planned.stdout.splitlines() if "expert-0" in line and "│" in line]
+    assert len(table) == 1 and str(runs / "experts" / "expert-0") in table[0]
