@@ -97,7 +97,7 @@ def test_a_hub_id_and_its_local_copy_give_the_same_shards(
 
 
 def test_a_cap_stops_reading_at_the_first_document_over_it(
-    c4: Path, tokenizer_dir: Path, tmp_path: Path
+    c4: Path, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lengths = token_counts(tokenizer_dir, valid_texts("ar", DOCS))
     cap = sum(lengths[:5]) + lengths[5] // 2  # five documents fit, the sixth does not
@@ -115,6 +115,14 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
     assert decoded(shards, "ar", tokenizer_dir) == valid_texts("ar", 5)  # the stream's first five
     assert shards.manifest["languages"]["bg"]["read_to_limit"] is False
     assert shards.stats["bg"].documents == DOCS
+    # the table gives ar's share of what was read, marked so: the stream holds more than 100%
+    capsys.readouterr()
+    assert run(["data", "inspect", str(shards.path)]) == 0
+    out = capsys.readouterr().out
+    ar = next(line for line in out.splitlines() if line.startswith("│ ar "))
+    bg = next(line for line in out.splitlines() if line.startswith("│ bg "))
+    assert "100%*" in ar and "100% " in bg and "*" not in bg
+    assert "* of the tokens read: reading stopped at the language's read limit" in out
 
 
 def test_a_limit_below_the_first_document_is_one_line_naming_its_option(

@@ -100,13 +100,20 @@ def _language_table(shards: Shards) -> Table:
     for lang, entry in sorted(shards.manifest["languages"].items()):
         source_tokens = entry.get("source_tokens") or entry["tokens"]
         budget = entry.get("budget")
+        # a stream read to its limit: a share of what was read, not of the source's tokens
+        cut = "*" if entry.get("read_to_limit") else ""
         table.add_row(
             lang,
             f"{entry['documents']:,}",
             f"{entry['tokens']:,}",
-            f"{entry['tokens'] / max(source_tokens, 1):.0%}",
+            f"{entry['tokens'] / max(source_tokens, 1):.0%}{cut}",
             "-" if budget is None else f"{budget:,}",
         )
+        if cut:
+            table.caption = (
+                "* of the tokens read: reading stopped at the language's read limit "
+                "(its --cap or --max-records), and the source holds more"
+            )
     stats = shards.stats.values()
     table.add_row(
         "[bold]all[/]",
