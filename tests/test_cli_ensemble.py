@@ -284,6 +284,13 @@ def test_create_ensemble_from_python_writes_what_the_command_writes(
     )  # fmt: skip
     assert json.loads(by_call.read_text()) == json.loads(by_command.read_text())
     assert set(spec.router_options["table"]) == set(LANGS[:2])
+    code, stdout, err = cli(
+        capsys, "ensemble", "create", str(pool / "experts" / "*"), "--router", "oracle",
+        "--calibration", str(evalset), "--langs", f"{LANGS[0]},{LANGS[1]}",
+        "--calibration-limit", "3", "-o", str(by_command), "--force", "--json",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert json.loads(stdout) == {"path": str(by_command), **json.loads(by_call.read_text())}
     with pytest.raises(UsageError, match="exists; pass --force"):
         create_ensemble(str(pool / "experts" / "*"), by_call)
 

@@ -93,6 +93,9 @@ def create(
     older_limit: Annotated[int | None, typer.Option("--limit", hidden=True)] = None,
     device: DeviceOpt = None,
     force: ForceOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the ensemble file written, with its path.")
+    ] = False,
 ) -> None:
     """Record an ensemble: member bundles (with digests), router and its options, combination.
 
@@ -110,6 +113,9 @@ def create(
         device=device,
         overwrite=force,
     )
+    if as_json:
+        print_json({"path": str(output), **json.loads(output.read_text(encoding="utf-8"))})
+        return
     stderr_console.print(
         f"wrote {output}: {len(spec.members)} experts, router {spec.router} "
         f"{json.dumps(spec.router_options)}, {spec.combine}"
