@@ -136,3 +136,20 @@ def test_unavailable_device_refused_before_any_work(experts: list[Bundle], tmp_p
         with pytest.raises(UsageError, match="use --device cpu"):
             build_moe(paths, tmp_path / "moe", gate="language", calibration=FLORES, device="cuda")
     assert not (tmp_path / "moe").exists()
+
+
+def test_missing_calibration_text_is_named_by_its_option(
+    experts: list[Bundle], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before any tensor is read, in one line naming --calibration (was: 'evaluation data not
+    found', when nothing was being evaluated); ensemble create's --calibration says the same."""
+    paths = [str(b.path) for b in experts]
+    missing = tmp_path / "valid"
+    gate = ["--gate", "language", "--calibration", str(missing)]
+    assert run(["bundle", "moe", *paths, *gate, "-o", str(tmp_path / "moe")]) == 2
+    line = f"xelm: error: --calibration data (held-out labelled text) not found: {missing}\n"
+    assert capsys.readouterr().err == line
+    assert not (tmp_path / "moe").exists()
+    argv = ["ensemble", "create", *paths, "--router", "posterior", "--calibration", str(missing)]
+    assert run([*argv, "-o", str(tmp_path / "ens.json")]) == 2
+    assert capsys.readouterr().err == line

@@ -346,6 +346,10 @@ def build_moe(
         raise UsageError(f"unknown --gate {gate!r}; choose {', '.join(GATES)}")
     if gate == "language" and calibration is None:
         raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
+    if calibration is not None:
+        from xelm_cli.data.corpus import require_source
+
+        require_source(calibration, "--calibration data (held-out labelled text)")
     chosen_device = pick_device(device)
     config = moe_config(dense, family, k, top_k)
     chosen = normalised(weights, "weights") if weights else [1.0 / k] * k

@@ -156,6 +156,13 @@ def labelled_files(
     return [(path, _file_language(path, default)) for path in files]
 
 
+def require_source(source: str | Path, what: str) -> None:
+    """A one-line ``UsageError`` naming ``what`` (``--calibration data``) when ``source`` is a
+    path that does not exist (not a Hub id nor a recipe)."""
+    if not Path(source).exists() and source_kind(source) == "files":
+        raise UsageError(f"{what} not found: {source}")
+
+
 def read_documents(
     source: str | Path,
     *,
@@ -165,8 +172,7 @@ def read_documents(
     """The non-empty documents of a labelled corpus, optionally only some languages and the
     first ``limit`` of each (reading stops once each of ``languages`` has them); a language
     asked for but absent, or nothing left, is a one-line ``UsageError``."""
-    if not Path(source).exists() and source_kind(source) == "files":
-        raise UsageError(f"evaluation data not found: {source}")
+    require_source(source, "evaluation data")
     wanted = set(languages) if languages else None
     counts: dict[str, int] = {}
     documents = []

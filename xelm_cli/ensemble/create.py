@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.corpus import read_documents
+from xelm_cli.data.corpus import read_documents, require_source
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
 from xelm_cli.ensemble.routing import build_router, check_router_options
 from xelm_cli.ensemble.runner import EnsembleModel
@@ -42,6 +42,8 @@ def create_ensemble(
         raise UsageError(f"--calibration-limit must be at least 1 (got {limit})")
     if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --force to replace it")
+    if calibrate:
+        require_source(calibrate, "--calibration data (held-out labelled text)")
     spec = resolve_ensemble(
         members, router=router, router_options=dict(router_options or {}), combine=combine
     )
