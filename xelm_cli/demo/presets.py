@@ -129,7 +129,7 @@ class Preset:
 PRESETS = {
     "smoke": Preset(
         name="smoke",
-        summary="tiny, for tests: about 25 s on a CPU",
+        summary="tiny, for tests: about 25 s alone on a 2-core CPU",
         model={**NAMED_CONFIGS["tiny"], "max_position_embeddings": 256},
         vocab_size=1000,
         corpus_bytes=40_000,
@@ -156,7 +156,8 @@ PRESETS = {
     ),
     "small": Preset(
         name="small",
-        summary="0.6M-parameter seed, 24M training tokens: 15-80 min on a 2-core CPU",
+        summary="0.6M-parameter seed, 24M training tokens: 15 min alone on a 2-core CPU, longer "
+        "when its cores are shared",
         model=dict(NAMED_CONFIGS["tiny"]),
         vocab_size=4000,
         corpus_bytes=1_500_000,
