@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,7 @@ def test_numbers_never_wrap_at_80_columns_with_several_baselines() -> None:
     assert headers == ["language", *names, "delta vsbaseline:dense"]
 
 
-def test_icl_table_shows_the_standard_error_over_runs(
+def test_icl_table_shows_the_standard_error_of_the_examples_and_the_runs(
     capsys: pytest.CaptureFixture[str], pool: Path, tmp_path: Path
 ) -> None:
     data = Path(__file__).parent / "fixtures" / "tasks" / "jsonl"
@@ -234,12 +235,15 @@ def test_icl_table_shows_the_standard_error_over_runs(
         "--data", str(data), "--shots", "1", "--runs", "3", "-o", str(out),
     )  # fmt: skip
     assert code == 0, err
-    assert "accuracy ± standard error over 3 runs (higher is better)" in table
+    title = "accuracy ± standard error of the examples and demonstrations (3 runs) (higher is"
+    assert title in " ".join(table.split())
     metrics = json.loads(out.read_text())["systems"][0]["metrics"]
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in table.splitlines()
             if line.startswith("│")}  # fmt: skip
     for language, scope in [*metrics["languages"].items(), ("overall", metrics["overall"])]:
-        assert rows[language] == f"{scope['accuracy']:.3f} ± {scope['stderr']:.3f}"
+        both = math.sqrt(scope["stderr_examples"] ** 2 + scope["stderr"] ** 2)
+        assert scope["stderr_examples"] > 0  # not the ± 0.000 of equal runs alone
+        assert rows[language] == f"{scope['accuracy']:.3f} ± {both:.3f}"
 
 
 def test_create_calibrates_and_eval_reproduces_from_the_file(

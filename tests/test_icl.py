@@ -389,6 +389,7 @@ def test_zero_shot_accuracy_by_hand(tmp_path: Path, protocol: str, en: float, tr
     assert result["languages"]["en"] == {
         "accuracy": en,
         "stderr": 0.0,
+        "stderr_examples": pytest.approx(math.sqrt(en * (1 - en) / 4)),  # the 4 examples drawn
         "runs": [en] * 3,
         "examples": 4,
         "chance": pytest.approx((1 / 2 + 1 / 2 + 1 / 3 + 1 / 2) / 4),  # one item has 3 choices
@@ -397,6 +398,9 @@ def test_zero_shot_accuracy_by_hand(tmp_path: Path, protocol: str, en: float, tr
     assert result["overall"]["chance"] == pytest.approx(((11 / 6) / 4 + 1 / 2) / 2)
     assert result["overall"]["accuracy"] == pytest.approx((en + tr) / 2)
     assert result["overall"]["stderr"] == 0.0
+    # the mean of two languages' independent samples: sqrt(var_en + var_tr) / 2
+    by_hand = math.sqrt(en * (1 - en) / 4 + tr * (1 - tr) / 2) / 2
+    assert result["overall"]["stderr_examples"] == pytest.approx(by_hand)
     json.dumps(result)
 
 
@@ -411,6 +415,9 @@ def test_equal_runs_give_exact_means_and_a_stderr_of_exactly_zero(tmp_path: Path
     result = evaluator("jsonl", tmp_path, runs=3).evaluate(model)
     for scope in (*result["languages"].values(), result["overall"]):
         assert (scope["accuracy"], scope["stderr"], scope["runs"]) == (0.1, 0.0, [0.1] * 3)
+    # equal runs leave the examples' error: sqrt(0.1 x 0.9 / 10), over 3 languages / sqrt(3)
+    assert result["languages"]["en"]["stderr_examples"] == pytest.approx(math.sqrt(0.009))
+    assert result["overall"]["stderr_examples"] == pytest.approx(math.sqrt(0.009 / 3))
     assert result["overall"]["chance"] == 0.5
 
 

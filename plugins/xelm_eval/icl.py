@@ -175,12 +175,17 @@ class IclEvaluator(Evaluator):
             per_run[language] = [
                 _accuracy([predictions[i] for i in indices], labels) for indices in plan[language]
             ]
+            scores = _over_runs(per_run[language])
+            examples = len(data.examples)
             languages[language] = {
-                **_over_runs(per_run[language]),
-                "examples": len(data.examples),
+                **scores,
+                "stderr_examples": _binomial_stderr(scores["accuracy"], examples),
+                "examples": examples,
                 "chance": float(_chance(data)),
             }
         macro = [statistics.mean(run) for run in zip(*per_run.values(), strict=True)]
+        # the mean over languages of independent samples: its variance is theirs over L**2
+        examples_variance = sum(scope["stderr_examples"] ** 2 for scope in languages.values())
         return {
             "task": self.task.name,
             "protocol": self.protocol,
@@ -191,6 +196,7 @@ class IclEvaluator(Evaluator):
             "data": str(self.task.root),
             "overall": {
                 **_over_runs(macro),
+                "stderr_examples": math.sqrt(examples_variance) / len(languages),
                 "chance": float(statistics.mean(_chance(data) for data in self.data.values())),
             },
             "languages": languages,
@@ -211,6 +217,13 @@ def _over_runs(runs: Sequence[Fraction]) -> dict[str, Any]:
         "stderr": stderr,
         "runs": [float(run) for run in runs],
     }
+
+
+def _binomial_stderr(accuracy: float, examples: int) -> float:
+    """The standard error that drawing ``examples`` examples puts on an ``accuracy``:
+    sqrt(p (1 - p) / n). ``stderr`` (over runs) is the demonstrations' share; a reader
+    comparing two systems needs both (the table shows their root sum of squares)."""
+    return math.sqrt(accuracy * (1 - accuracy) / examples)
 
 
 def _chance(data: TaskData) -> Fraction:

@@ -241,7 +241,9 @@ def _in_context_claim(icl: dict[str, Any]) -> dict[str, Any]:
 
     def stderr(overall: dict[str, Any]) -> float:
         p = overall["accuracy"]
-        return math.sqrt(p * (1 - p) / examples + overall["stderr"] ** 2)
+        # the evaluator's (each language's examples apart); results of older runs lack it
+        drawn = overall.get("stderr_examples", math.sqrt(p * (1 - p) / examples))
+        return math.hypot(drawn, overall["stderr"])
 
     se_x, se_d = stderr(xelm), stderr(dense)
     se_diff = math.hypot(se_x, se_d)

@@ -305,14 +305,31 @@ def _runs(results: dict[str, Any]) -> int:
 
 
 def _shows_stderr(results: dict[str, Any]) -> bool:
-    """Whether the metrics are means over several runs with their standard errors (icl)."""
+    """Whether the metrics carry standard errors: the examples' (icl) or, from evaluators
+    that give only those, the runs' over several runs."""
     overall = [system["metrics"].get("overall", {}) for system in results["systems"]]
+    if any("stderr_examples" in scope for scope in overall):
+        return True
     return _runs(results) > 1 and any("stderr" in scope for scope in overall)
 
 
+def _stderr_title(results: dict[str, Any]) -> str:
+    overall = [system["metrics"].get("overall", {}) for system in results["systems"]]
+    if any("stderr_examples" in scope for scope in overall):
+        runs = _runs(results)
+        drawn = f" and demonstrations ({runs} runs)" if runs > 1 else ""
+        return f" ± standard error of the examples{drawn}"
+    return f" ± standard error over {_runs(results)} runs"
+
+
 def _cell(metrics: dict[str, Any], scope: tuple[str, ...], metric: str, spread: bool) -> str:
+    """A metric, with its standard error where the table shows them: the examples' and the
+    runs' combined (root sum of squares) where the evaluator gives both."""
     text = f"{_value(metrics, scope, metric):.3f}"
     stderr = _value(metrics, scope, "stderr")
+    examples = _value(metrics, scope, "stderr_examples")
+    if not math.isnan(examples):
+        stderr = math.hypot(examples, 0.0 if math.isnan(stderr) else stderr)
     return f"{text} ± {stderr:.3f}" if spread and not math.isnan(stderr) else text
 
 
@@ -380,7 +397,7 @@ def _results_table(results: dict[str, Any]) -> Any:
     direction = "higher" if results["higher_is_better"] else "lower"
     title = results["primary"]
     if _shows_stderr(results):
-        title += f" ± standard error over {_runs(results)} runs"
+        title += _stderr_title(results)
     title += f" ({direction} is better)"
     if results["request"].get("protocol"):
         title += f", protocol {results['request']['protocol']}"
