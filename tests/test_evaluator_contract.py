@@ -42,6 +42,7 @@ def test_an_evaluator_without_super_init_gets_its_request(
     results = json.loads(capsys.readouterr().out)
     assert results["request"]["data"] == str(tiny_experts.corpus)
     assert results["provenance"]["evaluator"]["plugin"] == "mine"
+    assert results["request"]["protocol"] is None  # it scores no choices (uses_protocol False)
     overall = results["systems"][0]["metrics"]["overall"]["logprob"]
     assert math.isfinite(overall) and overall < 0  # a mean log-probability
     report = check("first-line", tiny_experts)

@@ -54,6 +54,7 @@ class IclEvaluator(Evaluator):
     primary: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
     tasks: ClassVar[tuple[str, ...]] = tuple(task_names())
+    uses_protocol: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:

@@ -227,9 +227,7 @@ def run_evaluation(
             "shots": request.shots,
             "runs": request.runs,
             "seed": request.seed,
-            "protocol": (
-                request.protocol if provenance["evaluator"]["name"] != "perplexity" else None
-            ),
+            "protocol": request.protocol if evaluator.uses_protocol else None,
             "options": request.options,
         },
         "ensemble": spec.to_dict(),

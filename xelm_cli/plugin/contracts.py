@@ -373,7 +373,8 @@ class Evaluator(ABC):
     restricted to some of its languages. ``primary`` names the headline metric and
     ``higher_is_better`` its direction (for deltas against a baseline). ``tasks``: the task
     names ``--task`` may give it, where it has a fixed set (a data folder named for one of them
-    without ``--task`` is refused naming it).
+    without ``--task`` is refused naming it). ``uses_protocol``: whether it scores choices by
+    ``request.protocol`` (``--protocol``), which results then record (else null).
     """
 
     name: ClassVar[str]
@@ -381,6 +382,7 @@ class Evaluator(ABC):
     primary: ClassVar[str]
     higher_is_better: ClassVar[bool]
     tasks: ClassVar[tuple[str, ...]] = ()
+    uses_protocol: ClassVar[bool] = False
 
     def __init__(self, request: EvalRequest) -> None:
         self.request = request
