@@ -122,7 +122,7 @@ def test_a_cap_stops_reading_at_the_first_document_over_it(
     ar = next(line for line in out.splitlines() if line.startswith("│ ar "))
     bg = next(line for line in out.splitlines() if line.startswith("│ bg "))
     assert "100%*" in ar and "100% " in bg and "*" not in bg
-    assert "* of the tokens read: reading stopped at the language's read limit" in out
+    assert "* of the tokens read: reading stopped at the language's token limit" in out
 
 
 def test_a_limit_below_the_first_document_is_one_line_naming_its_option(

@@ -311,6 +311,7 @@ def test_max_records_bounds_each_streamed_language_and_the_experts_split_that_re
     seed_bundle: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Without it, an expert fills its cap from far down a language's stream; with it, each
     language is read for its first records only (to the end of the batch that reaches them),
@@ -323,6 +324,12 @@ def test_max_records_bounds_each_streamed_language_and_the_experts_split_that_re
     read = documents(dense)
     assert all(20 <= n < 20 + 8 for n in read.values()), read  # 57 a language unbounded
     assert dense.shards.manifest["options"]["max_records"] == 20
+    # the table's shares are of the records read, and say so (each language was cut)
+    assert run(["data", "inspect", str(dense.shards.path)]) == 0
+    out = capsys.readouterr().out
+    assert all(line.split("│")[4].strip().endswith("%*") for line in out.splitlines()
+               if line.startswith("│ ") and line.split("│")[1].strip() in LANGS)  # fmt: skip
+    assert "or at 20 records (--max-records), so the source may hold more" in out
     options = {**bounded, "allocation": allocation, "token_caps": 100_000}
     apart = one_by_one(mirror, seed_bundle, tmp_path / "one", **options)
     out = tmp_path / "all-{expert}"

@@ -97,11 +97,13 @@ def _warn_shortfall(shards: Shards) -> None:
 
 def _language_table(shards: Shards) -> Table:
     table = Table("language", "documents", "tokens", "of corpus tokens", "budget")
+    max_records = shards.manifest.get("options", {}).get("max_records")
     for lang, entry in sorted(shards.manifest["languages"].items()):
         source_tokens = entry.get("source_tokens") or entry["tokens"]
         budget = entry.get("budget")
         # a stream read to its limit: a share of what was read, not of the source's tokens
-        cut = "*" if entry.get("read_to_limit") else ""
+        streamed = "read_to_limit" in entry
+        cut = "*" if entry.get("read_to_limit") or (streamed and max_records) else ""
         table.add_row(
             lang,
             f"{entry['documents']:,}",
@@ -111,8 +113,10 @@ def _language_table(shards: Shards) -> Table:
         )
         if cut:
             table.caption = (
-                "* of the tokens read: reading stopped at the language's read limit "
-                "(its --cap or --max-records), and the source holds more"
+                "* of the tokens read: reading stopped at the language's token limit (--cap, "
+                "--tokens or its --sizes share)"
+                + (f" or at {max_records:,} records (--max-records)" if max_records else "")
+                + ", so the source may hold more"
             )
     stats = shards.stats.values()
     table.add_row(
