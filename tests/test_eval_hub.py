@@ -173,6 +173,12 @@ def test_perplexity_on_mc4_maps_xelms_codes_to_the_datasets(mirror: Path) -> Non
     assert _one_line_error(lambda: perplexity(lang_map="en")) == (
         "--eval-arg lang_map= takes LANG=CODE pairs such as he=iw, not 'en'"
     )
+    # a template without {lang} (SIB-200's FLORES codes) has nowhere to put the codes
+    no_slot = EvalRequest(data="Davlan/sib200", languages=("en",), options={"lang_map": "en=x"})
+    assert _one_line_error(lambda: PerplexityEvaluator(no_slot)) == (
+        "--eval-arg lang_map= puts a dataset's codes in a configuration's {lang}; "
+        "Davlan/sib200's is '{flores}': give --eval-arg config=... with {lang} too"
+    )
 
 
 def _webtext_like(root: Path, languages: tuple[str, ...]) -> Path:

@@ -485,8 +485,20 @@ def test_every_run_is_whole_steps_so_the_experts_train_what_the_dense_run_trains
     assert run(args) == 2
     err = capsys.readouterr().err
     assert err == (
-        "xelm: error: a budget of 8,000 tokens gives each of 2 experts less than one step of "
-        "4,096 tokens: raise --budget or make a step smaller (--batch-size, --block-size)\n"
+        "xelm: error: --budget 8,000 gives each of 2 experts less than one step of 4,096 "
+        "tokens: raise --budget or make a step smaller: --global-batch, or --batch-size x "
+        "--block-size, in --train-args, or fewer --nproc-per-node\n"
+    )
+    assert run([*args, "--moe-tokens", "4096"]) == 2  # of 8K, 4K left: 2K an expert
+    assert capsys.readouterr().err.startswith(
+        "xelm: error: --budget 8,000 less --moe-tokens 4,096 gives each of 2 experts less than "
+        "one step of 4,096 tokens: raise --budget (or lower --moe-tokens) or make a step smaller"
+    )
+    args[args.index("--block-size 512")] = "--block-size 512 --global-batch 6000"
+    assert run(args) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: --train-args: --global-batch 6,000 must be a multiple of one micro-batch "
+        "(--batch-size x --block-size = 4,096 tokens)\n"
     )
 
 

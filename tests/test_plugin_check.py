@@ -167,9 +167,9 @@ def test_options_that_do_not_fit_the_checks_experts_are_the_users_to_fix(
     (a UsageError), which is the options' fault, not a failed check of the router (was: FAIL
     routes, exit 6, and the checks after it not run)."""
     refusal = (
-        "router 'fixed' refused to route the check's 3 tiny experts (en / tr / es) with the "
-        "--router-arg given: the fixed router has 2 weights but the ensemble has 3 experts: "
-        "give one weight per expert; give options that fit them"
+        "the --router-arg given do not fit the check's 3 tiny experts (en / tr / es): router "
+        "'fixed' refused them: the fixed router has 2 weights but the ensemble has 3 experts: "
+        "give one weight per expert"
     )
     with pytest.raises(UsageError) as caught:
         conformance.check("fixed", router_args={"weights": "1,2"}, experts=tiny_experts)

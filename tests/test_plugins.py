@@ -358,6 +358,10 @@ def test_an_abstract_class_is_refused_naming_what_it_does_not_implement() -> Non
         "clusterer 'half-done' was refused when plugin 'half' loaded: clusterer class HalfDone is "
         "abstract: it does not implement assigner (available: none installed)"
     )
+    with pytest.raises(UsageError, match=r"^clusterer 'half:half-done' was refused when"):
+        registry.get("clusterer", "half:half-done")  # qualified by the plugin refused
+    with pytest.raises(UsageError, match=r"^unknown clusterer 'other:half-done'"):
+        registry.get("clusterer", "other:half-done")  # not the plugin that was refused
 
 
 def test_a_raising_hook_drops_that_plugin_only() -> None:

@@ -3,6 +3,8 @@ in ``route()`` or ``route_tokens()``, or weights that are no distributions, is o
 router and its plugin (exit 6), never an internal error of xelm or of the evaluator scoring."""
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -45,10 +47,18 @@ class RaisingPerToken(OutputRouter):
         raise KeyError("no such token")
 
 
+class RaisingCalibration(DoublingRouter):
+    name = "raising-calibration"
+
+    def calibrate(self, scored: Sequence[ScoredDocument], experts: Sequence[ExpertInfo]) -> Any:
+        weights = {"xx": 1.0}  # a language it forgot
+        return {"prior": [weights[str(doc.document.language)] for doc in scored]}
+
+
 class Routers:
     @hookimpl
     def register_routers(self, register: Register) -> None:
-        for router in (RaisingRouter, DoublingRouter, RaisingPerToken):
+        for router in (RaisingRouter, DoublingRouter, RaisingPerToken, RaisingCalibration):
             register(router.name, router)
 
 
@@ -76,3 +86,18 @@ def test_a_routers_bug_is_one_line_naming_it_and_its_plugin(
     host.reset_registry(host.load_registry(extra_plugins=[("mine", Routers())]))
     assert evaluate(tiny_experts, router) == 6
     assert capsys.readouterr().err == f"xelm: error: {line}\n"
+
+
+def test_a_bug_in_calibration_is_one_line_naming_the_router_and_its_plugin(
+    tiny_experts: TinyExperts, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    host.reset_registry(host.load_registry(extra_plugins=[("mine", Routers())]))
+    members = [str(bundle.path) for bundle in tiny_experts.bundles]
+    argv = ["ensemble", "create", *members, "--router", "raising-calibration"]
+    out = tmp_path / "ens.json"
+    assert run([*argv, "--calibration", str(tiny_experts.corpus), "-o", str(out)]) == 6
+    assert capsys.readouterr().err == (
+        "xelm: error: router 'raising-calibration' (plugin 'mine') failed while calibrating: "
+        "KeyError: 'en'; this is a bug in the router (XELM_DEBUG=1 shows the traceback)\n"
+    )
+    assert not out.exists()

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.bundle.merging import ancestors
+from xelm_cli.bundle.lineage import ancestors
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,

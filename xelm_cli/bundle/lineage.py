@@ -11,6 +11,11 @@ from typing import Any
 from xelm_cli.bundle.store import Bundle
 
 
+def ancestors(bundle: Bundle) -> set[str]:
+    """Digests of the bundles on this bundle's line: step i's first parent for every i >= 1."""
+    return {step["parents"][0]["digest"] for step in bundle.manifest.lineage[1:]}
+
+
 @dataclass
 class Node:
     digest: str

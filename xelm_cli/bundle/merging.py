@@ -34,11 +34,6 @@ def seed_of(bundle: Bundle) -> dict[str, str]:
     return dict(steps[1]["parents"][0]) if len(steps) > 1 else bundle.ref
 
 
-def ancestors(bundle: Bundle) -> set[str]:
-    """Digests of the bundles on this bundle's line: step i's first parent for every i >= 1."""
-    return {step["parents"][0]["digest"] for step in bundle.manifest.lineage[1:]}
-
-
 def _model_type(bundle: Bundle) -> str:
     config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
     return str(config.get("model_type", "?"))

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
+from xelm_cli.bundle.lineage import ancestors
 from xelm_cli.bundle.merging import (
-    ancestors,
     average_tensor,
     check_mergeable,
     expert_paths,

@@ -53,7 +53,24 @@ def add_clusterer_commands() -> None:
         plain = registry.clusterers.get(registration.name) is registration
         if plain:
             _add_clusterer_command(registration.name, registration.obj, hidden=False)
+        elif registration.name not in registry.clusterers:
+            _add_refusal(registration.name)
         _add_clusterer_command(registration.qualified_name, registration.obj, hidden=plain)
+
+
+def _add_refusal(name: str) -> None:
+    """``xelm cluster NAME`` for a name several third parties register: the registry's
+    one-line refusal naming each and their qualified names (not click's 'No such command')."""
+    if name in _added or name == "show":
+        return
+
+    def command(ctx: typer.Context) -> None:
+        get_registry().get("clusterer", name)  # raises: NAME selects no one registration
+
+    command.__name__ = f"cluster_{name.replace('-', '_')}"
+    settings = {"ignore_unknown_options": True, "allow_extra_args": True}
+    app.command(name, hidden=True, context_settings=settings, add_help_option=False)(command)
+    _added.add(name)
 
 
 def _add_clusterer_command(name: str, clusterer: type[Clusterer], *, hidden: bool) -> None:

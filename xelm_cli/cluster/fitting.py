@@ -5,6 +5,7 @@ The same path as ``xelm cluster NAME``: options are checked against the clustere
 allocation atomically and the allocation read back is returned.
 """
 
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,8 +169,17 @@ def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:
             "(write_allocation(request.output, ...)); this is a bug in the clusterer"
         )
     if allocation.k != request.k:
+        _remove(Path(allocation.path))  # not an allocation the user asked for: none is left
+        experts = f"{allocation.k} expert{'s' if allocation.k != 1 else ''}"
         raise PluginError(
-            f"{who} fit() wrote {allocation.k} experts for -k {request.k}; this is a bug in the "
-            "clusterer (or it should refuse -k it cannot meet, with a UsageError)"
+            f"{who} fit() wrote {experts} for -k {request.k}; this is a bug in the clusterer "
+            "(or it should refuse -k it cannot meet, with a UsageError)"
         )
     return allocation
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -309,9 +309,14 @@ def eval_set_with(base: EvalSet, options: dict[str, Any]) -> EvalSet:
         changes["config"] = str(options["config"])
         changes["overrides"] = ()
     if "lang_map" in options:
+        template = changes.get("config", base.config)
+        if "{lang}" not in template:
+            raise UsageError(
+                f"--eval-arg lang_map= puts a dataset's codes in a configuration's {{lang}}; "
+                f"{base.dataset}'s is {template!r}: give --eval-arg config=... with {{lang}} too"
+            )
         mapping = parse_lang_map(str(options["lang_map"]), "--eval-arg lang_map=")
         changes["codes"] = tuple(sorted(mapping.items()))
-        changes["overrides"] = ()
     if "split" in options:
         changes["splits"] = tuple(s.strip() for s in str(options["split"]).split(",") if s)
     if "text_column" in options:

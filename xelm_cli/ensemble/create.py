@@ -8,7 +8,7 @@ from typing import Any
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import read_documents, require_source
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
-from xelm_cli.ensemble.routing import build_router, check_router_options
+from xelm_cli.ensemble.routing import build_router, check_router_options, routing
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import calibrates
@@ -51,10 +51,13 @@ def create_ensemble(
     runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
     if calibrate:  # (building the runner checked the members and the combination rule)
         if not calibrates(built):  # its calibrate refuses: before every expert scores
-            built.calibrate([], runner.experts)
+            with routing(built, "while calibrating"):
+                built.calibrate([], runner.experts)
         documents = read_documents(calibrate, languages=language_codes(languages), limit=limit)
         scored = runner.score_all_experts(documents)
-        spec.router_options = {**spec.router_options, **built.calibrate(scored, runner.experts)}
+        with routing(built, "while calibrating"):
+            found = built.calibrate(scored, runner.experts)
+        spec.router_options = {**spec.router_options, **found}
     # a path option (the tfidf router's allocation) must not depend on the working directory
     spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
     spec.write(output, overwrite=overwrite)

@@ -72,13 +72,13 @@ def third_party_plugin(router: Router) -> str | None:
 
 
 @contextmanager
-def routing(router: Router) -> Iterator[None]:
-    """Call ``router``'s routing: what a third party's raises other than a :class:`XelmError`
-    is a one-line :class:`PluginError` naming the router and its plugin (exit 6), not an
-    internal error of xelm (nor of the evaluator that was scoring)."""
+def routing(router: Router, doing: str = "while routing") -> Iterator[None]:
+    """Call ``router``'s routing (or, ``doing`` says, its calibration): what a third party's
+    raises other than a :class:`XelmError` is a one-line :class:`PluginError` naming the router
+    and its plugin (exit 6), not an internal error of xelm (nor of the evaluator scoring)."""
     registration = get_registry().registration_of("router", type(router))
     if registration is None:
         yield
         return
-    with bugs_reported(registration, "while routing"):
+    with bugs_reported(registration, doing):
         yield

@@ -266,7 +266,15 @@ class Registry:
                 f"load: add {plugin} to {left_out.variable}, or choose one it loads "
                 f"(available: {available})"
             )
-        refused = next((p for p in self.problems if (p.kind, p.name) == (kind, base)), None)
+        qualifier = name.rpartition(":")[0]
+        refused = next(
+            (
+                p
+                for p in self.problems
+                if (p.kind, p.name) == (kind, base) and qualifier in ("", p.plugin)
+            ),
+            None,
+        )
         if refused is not None and not self.all_of(kind, base):
             why = refused.message.removeprefix(f"{kind} {base!r} refused: ")
             return (

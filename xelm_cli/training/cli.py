@@ -392,7 +392,9 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def _runs_table(result: dict[str, Any]) -> Table:
-    table = Table(title=f"equal compute: {result['budget']:,} tokens, k = {result['k']}")
+    dense = next(run["tokens"] for run in result["runs"] if run["name"] == "dense")
+    title = f"equal compute: {dense:,} tokens a system (budget {result['budget']:,}), k = "
+    table = Table(title=title + str(result["k"]))
     for column in ("run", "languages", "tokens", "est. time", "output"):
         table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
     for run in result["runs"]:

@@ -507,10 +507,23 @@ def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation, step: int) -> 
             f"--moe-tokens {moe_tokens:,} must be below --budget {budget:,}: the experts train "
             "on what is left of the budget"
         )
+    smaller = (
+        "or make a step smaller: --global-batch, or --batch-size x --block-size, in "
+        "--train-args, or fewer --nproc-per-node"
+    )
     if moe_tokens and moe_tokens < step:
         raise UsageError(
-            f"--moe-tokens {moe_tokens:,} is less than one step of {step:,} tokens: raise it or "
-            "make a step smaller (--batch-size, --block-size)"
+            f"--moe-tokens {moe_tokens:,} is less than one step of {step:,} tokens: raise it "
+            f"{smaller}"
+        )
+    if (budget - moe_tokens) // alloc.k < step:
+        given = f"--budget {budget:,}" + (
+            f" less --moe-tokens {moe_tokens:,}" if moe_tokens else ""
+        )
+        lower = " (or lower --moe-tokens)" if moe_tokens else ""
+        raise UsageError(
+            f"{given} gives each of {alloc.k} experts less than one step of {step:,} tokens: "
+            f"raise --budget{lower} {smaller}"
         )
     budgets = plan_budgets(budget - moe_tokens, alloc.experts, step)
     tuned = moe_tokens // step * step
@@ -524,9 +537,10 @@ def step_tokens(train_args: str, ranks: int) -> int:
     micro_batch = planned["batch_size"] * planned["block_size"] * ranks
     step = planned["global_batch_tokens"] or micro_batch
     if step % micro_batch:
+        on_ranks = f" x {ranks} ranks" if ranks > 1 else ""
         raise UsageError(
             f"--train-args: --global-batch {step:,} must be a multiple of one micro-batch "
-            f"(--batch-size x --block-size x {ranks} ranks = {micro_batch:,} tokens)"
+            f"(--batch-size x --block-size{on_ranks} = {micro_batch:,} tokens)"
         )
     return int(step)
 

@@ -120,9 +120,8 @@ def _routed(
         experts = arguments[-1]
         shown = " / ".join(",".join(info.languages) for info in experts)
         raise UsageError(
-            f"router {report.name!r} refused to route the check's {len(experts)} tiny experts "
-            f"({shown}) with the --router-arg given: {exception_line(exc)}; give options that "
-            "fit them"
+            f"the --router-arg given do not fit the check's {len(experts)} tiny experts "
+            f"({shown}): router {report.name!r} refused them: {exception_line(exc)}"
         ) from None
     except Exception as exc:
         report.add("routes", FAIL, failure(exc))
