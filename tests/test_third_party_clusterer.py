@@ -3,7 +3,7 @@
 own ``fit``, and from the command line through the ``xelm cluster chunks`` xelm builds for it."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import make_dataclass
 from pathlib import Path
 from typing import Any
@@ -293,37 +293,49 @@ def test_an_option_named_language_is_a_clusterers_own(
     assert (tmp_path / "b.json").exists()
 
 
-class CarelessPlugin:
-    """An in-process plugin whose clusterer ``careless-WHAT`` writes one expert of every
-    language, to the requested output (``k``) or beside it (``path``), whatever -k asks."""
+Written = tuple[Path, list[list[str]]]  # where a clusterer's fit writes, and its experts
 
-    def __init__(self, what: str) -> None:
-        self.name = f"careless-{what}"
-        self.what = what
+
+class OneClusterer:
+    """An in-process plugin registering clusterer ``name``, whose fit writes the allocation
+    ``write(request)`` says: where, and which experts (with no assigner)."""
+
+    def __init__(self, name: str, write: Callable[[Any], Written]) -> None:
+        self.name = name
+        self.write = write
 
     @hookimpl
     def register_clusterers(self, register: Any) -> None:
-        what = self.what
+        write = self.write
 
-        class Careless(Clusterer):
-            """One expert of every language, whatever -k says.
+        class Plain(Clusterer):
+            """Writes what the test's function says.
 
-            Example: xelm cluster careless-k --langs en,tr -k 2 -o alloc.json
+            Example: xelm cluster NAME --langs en,tr -k 2 -o alloc.json
             """
 
             name = self.name
 
             def fit(self, request: Any) -> Any:
-                out = request.output if what == "k" else request.output.with_name("other.json")
-                return write_allocation(
-                    out, clusterer=self.name, experts=[["en", "tr"]], overwrite=True
-                )
+                out, experts = write(request)
+                return write_allocation(out, clusterer=self.name, experts=experts, overwrite=True)
 
             @classmethod
             def assigner(cls, allocation: Any) -> Any:
-                raise UsageError("careless has no assigner")
+                raise UsageError(f"{cls.name} has no assigner")
 
-        register(self.name, Careless)
+        register(self.name, Plain)
+
+
+def careless(what: str) -> OneClusterer:
+    """``careless-WHAT``: one expert of every language, whatever -k asks, written to the
+    requested output (``k``) or beside it (``path``)."""
+
+    def write(request: Any) -> Written:
+        out = request.output if what == "k" else request.output.with_name("other.json")
+        return out, [["en", "tr"]]
+
+    return OneClusterer(f"careless-{what}", write)
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -344,7 +356,7 @@ def test_an_allocation_other_than_the_one_asked_for_is_the_clusterers_bug(
     -o; another is one line naming the clusterer and its plugin (exit 6)."""
     from xelm_cli.api import cluster
 
-    plugin = CarelessPlugin(what)
+    plugin = careless(what)
     host.reset_registry(host.load_registry(extra_plugins=[("careless", plugin)]))
     out = tmp_path / "alloc.json"
     refusal = refusal.format(other=tmp_path / "other.json", out=out)
@@ -357,35 +369,15 @@ def test_an_allocation_other_than_the_one_asked_for_is_the_clusterers_bug(
     assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
 
 
-class SameNamePlugin:
-    """An in-process plugin registering clusterer ``same-name``: an expert a language, in the
-    order given (``first``) or reversed (``last``), which tells which one ran."""
+def same_name(where: str) -> OneClusterer:
+    """``same-name``: an expert a language, in the order given (``first``) or reversed
+    (``last``), which tells which registration ran."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
+    def write(request: Any) -> Written:
+        experts = [[lang] for lang in request.languages]
+        return request.output, experts if where == "first" else experts[::-1]
 
-    @hookimpl
-    def register_clusterers(self, register: Any) -> None:
-        where = self.where
-
-        class Same(Clusterer):
-            """An expert a language, in the order given or reversed.
-
-            Example: xelm cluster same-name --langs en,tr -k 2 -o alloc.json
-            """
-
-            name = "same-name"
-
-            def fit(self, request: Any) -> Any:
-                experts = [[lang] for lang in request.languages]
-                experts = experts if where == "first" else experts[::-1]
-                return write_allocation(request.output, clusterer=self.name, experts=experts)
-
-            @classmethod
-            def assigner(cls, allocation: Any) -> Any:
-                raise UsageError("same-name has no assigner")
-
-        register("same-name", Same)
+    return OneClusterer("same-name", write)
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -394,7 +386,7 @@ def test_a_name_two_plugins_register_is_run_by_its_qualified_names(
 ) -> None:
     """The plain name is refused naming both; `xelm cluster first:same-name` and
     `last:same-name` run each, and `xelm cluster --help` lists both."""
-    plugins = [(where, SameNamePlugin(where)) for where in ("first", "last")]
+    plugins = [(where, same_name(where)) for where in ("first", "last")]
     host.reset_registry(host.load_registry(extra_plugins=plugins))
     args = ["--langs", "en,tr", "-k", "2", "-o"]
     assert run(["cluster", "same-name", *args, str(tmp_path / "plain.json")]) == 2
