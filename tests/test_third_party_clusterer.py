@@ -13,6 +13,7 @@ from conftest import install, installed_sites, xelm
 
 from xelm_cli.api import Clusterer, PluginError, UsageError, hookimpl, option, write_allocation
 from xelm_cli.cli import run
+from xelm_cli.cluster.assigning import expert_documents
 from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.plugin import host
 
@@ -300,13 +301,14 @@ class OneClusterer:
     """An in-process plugin registering clusterer ``name``, whose fit writes the allocation
     ``write(request)`` says: where, and which experts (with no assigner)."""
 
-    def __init__(self, name: str, write: Callable[[Any], Written]) -> None:
+    def __init__(self, name: str, write: Callable[[Any], Written], plugin: str = "") -> None:
         self.name = name
         self.write = write
+        self.plugin = plugin  # the name it is loaded under, for its assigner's refusal
 
     @hookimpl
     def register_clusterers(self, register: Any) -> None:
-        write = self.write
+        write, plugin = self.write, self.plugin
 
         class Plain(Clusterer):
             """Writes what the test's function says.
@@ -322,7 +324,7 @@ class OneClusterer:
 
             @classmethod
             def assigner(cls, allocation: Any) -> Any:
-                raise UsageError(f"{cls.name} has no assigner")
+                raise UsageError(f"{cls.name} of plugin {plugin} has no assigner")
 
         register(self.name, Plain)
 
@@ -377,7 +379,7 @@ def same_name(where: str) -> OneClusterer:
         experts = [[lang] for lang in request.languages]
         return request.output, experts if where == "first" else experts[::-1]
 
-    return OneClusterer("same-name", write)
+    return OneClusterer("same-name", write, plugin=where)
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -402,3 +404,8 @@ def test_a_name_two_plugins_register_is_run_by_its_qualified_names(
     run(["cluster", "--help"])
     listed = capsys.readouterr().out
     assert "first:same-name" in listed and "last:same-name" in listed
+    # each allocation reaches its own writer's assigner (its recorded provenance qualifies the
+    # name), not the refusal of the plain name
+    for where in ("first", "last"):
+        with pytest.raises(UsageError, match=f"^same-name of plugin {where} has no assigner$"):
+            expert_documents(tmp_path / f"{where}.json", 0)

@@ -15,6 +15,7 @@ from xelm_cli.data.corpus import Document
 from xelm_cli.data.documents import SEPARATOR, group_positions
 from xelm_cli.plugin.contracts import Assigner
 from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.registry import Registration
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,22 @@ def expert_documents(allocation: Allocation | str | Path, expert: int) -> Expert
     range, or an allocation whose clusterer is not installed, is a one-line UsageError."""
     alloc = allocation if isinstance(allocation, Allocation) else read_allocation(allocation)
     alloc.reference(expert)  # refuses an index out of range
-    registration = get_registry().get("clusterer", alloc.clusterer)
-    return ExpertDocuments(alloc, expert, registration.obj.assigner(alloc))
+    return ExpertDocuments(alloc, expert, writer_of(alloc).obj.assigner(alloc))
+
+
+def writer_of(alloc: Allocation) -> Registration:
+    """The registration of the clusterer that wrote ``alloc``: the one its recorded provenance
+    qualifies (``PLUGIN:NAME``, ``DIST:NAME``; a name several plugins register), else the one
+    its clusterer's name selects (an allocation without provenance, or whose plugin is gone)."""
+    registry = get_registry()
+    recorded = alloc.provenance or {}
+    qualifier = recorded.get("distribution") or recorded.get("plugin")
+    if qualifier and recorded.get("name") == alloc.clusterer:
+        try:
+            return registry.get("clusterer", f"{qualifier}:{alloc.clusterer}")
+        except UsageError:
+            pass  # not installed now: the name decides
+    return registry.get("clusterer", alloc.clusterer)
 
 
 def every_expert(allocation: Allocation | str | Path) -> tuple[ExpertDocuments, ...]:
@@ -83,10 +98,14 @@ def allocation_and_expert(
     return expert_documents(allocation, expert)
 
 
-def assigns_documents(clusterer: str) -> bool:
-    """Whether the installed clusterer ``clusterer`` assigns documents rather than languages
+def assigns_documents(clusterer: str | Allocation) -> bool:
+    """Whether the installed clusterer ``clusterer`` (a name, or the one that wrote an
+    allocation: :func:`writer_of`) assigns documents rather than languages
     (``Clusterer.assigns_documents``). One that is not installed is the registry's one-line
     UsageError: what it would say cannot be guessed, and a wrong guess trains an expert on
     documents that are not its own."""
-    found = get_registry().get("clusterer", clusterer)
+    if isinstance(clusterer, Allocation):
+        found = writer_of(clusterer)
+    else:
+        found = get_registry().get("clusterer", clusterer)
     return bool(getattr(found.obj, "assigns_documents", False))

@@ -188,7 +188,7 @@ def _assigns_documents(alloc: Allocation) -> bool:
     """``assigns_documents`` of the allocation's clusterer, refused naming --allocation when
     that clusterer is not installed."""
     with refusals_naming(f"--allocation {alloc.path}"):
-        return assigns_documents(alloc.clusterer)
+        return assigns_documents(alloc)
 
 
 def check_expert_data(seed: Bundle, alloc: Allocation, paths: list[Path]) -> list[Shards]:
