@@ -304,7 +304,8 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the per-expert budgets that make X-ELM and the dense baseline equal in training
-    tokens (dense: B; each of k experts: B/k), and the commands that run them.
+    tokens (each of k experts: B/k in whole optimiser steps, as `xelm train` trains them;
+    dense: what the k experts train together), and the commands that run them.
 
     --moe-tokens M adds the BTX comparison at one total: the experts share B - M, then their
     parameter average (no training) and an MoE built from them and fine-tuned for M tokens
