@@ -173,6 +173,11 @@ def test_perplexity_on_mc4_maps_xelms_codes_to_the_datasets(mirror: Path) -> Non
     assert _one_line_error(lambda: perplexity(lang_map="en")) == (
         "--eval-arg lang_map= takes LANG=CODE pairs such as he=iw, not 'en'"
     )
+    # one configuration for two languages would score English text as Russian
+    assert _one_line_error(lambda: perplexity(config="en-multi")) == (
+        "--eval-arg config=en-multi names one configuration for every language (en, tr): give a "
+        "template with {lang} or {flores} in it, or evaluate one language at a time"
+    )
     # a template without {lang} (SIB-200's FLORES codes) has nowhere to put the codes
     no_slot = EvalRequest(data="Davlan/sib200", languages=("en",), options={"lang_map": "en=x"})
     assert _one_line_error(lambda: PerplexityEvaluator(no_slot)) == (

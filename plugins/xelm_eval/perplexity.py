@@ -150,6 +150,13 @@ class PerplexityEvaluator(Evaluator):
         if base is None:
             base = EvalSet(data, data, "{lang}", ("test",), "text", "unknown")
         asked = eval_set_with(replace(base, dataset=data), options)
+        configs = {asked.config_for(language) for language in request.languages}
+        if len(request.languages) > 1 and len(configs) == 1:
+            raise UsageError(
+                f"--eval-arg config={asked.config} names one configuration for every language "
+                f"({', '.join(request.languages)}): give a template with {{lang}} or {{flores}} "
+                "in it, or evaluate one language at a time"
+            )
         chosen, note = usable_eval_set(asked)
         if note:
             print(f"xelm: note: {note}", file=sys.stderr)
