@@ -370,7 +370,8 @@ def test_bad_inputs_are_one_line(
     cases = [
         (["--data", str(empty)], f"no documents to evaluate in {empty}"),
         (["--data", str(tmp_path / "nope")], f"evaluation data not found: {tmp_path / 'nope'}"),
-        (["--data", str(evalset), "--langs", "de"], "has no documents in de"),
+        (["--data", str(evalset), "--langs", "de"],  # every file's language (was: none)
+         f"has no documents in de (it has: {', '.join(sorted(LANGS))})"),
         (["--data", str(evalset), "--router", "nope"], "unknown router 'nope'"),
         (["--data", str(evalset), "--router", "posteror"],
          "unknown router 'posteror' (did you mean 'posterior'? available: fixed, language, "),

@@ -11,7 +11,7 @@ blocks of whole lines (``xelm_cli.data.blocks``); a Hugging Face dataset is read
 
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +146,16 @@ def iter_documents(
             yield from map(Document, block.texts, block.languages)
 
 
+def _languages_held(source: str | Path, read: Mapping[str, int]) -> list[str]:
+    """The languages a corpus holds: its files' (named ``tr.jsonl``), which reading some
+    languages did not open, else those read (a dataset, files without a language in the name)."""
+    if source_kind(source) == "files":
+        named = {lang for _, lang in labelled_files(source) if lang}
+        if named:
+            return sorted(named)
+    return sorted(read)
+
+
 def labelled_files(
     source: str | Path, *, language: str | None = None, languages: Sequence[str] | None = None
 ) -> list[tuple[Path, str | None]]:
@@ -192,7 +202,7 @@ def read_documents(
     if wanted is not None and wanted - set(counts):
         raise UsageError(
             f"{source} has no documents in {', '.join(sorted(wanted - set(counts)))} "
-            f"(it has: {', '.join(sorted(counts)) or 'none'})"
+            f"(it has: {', '.join(_languages_held(source, counts)) or 'none'})"
         )
     if not documents:
         raise UsageError(f"no documents to evaluate in {source}")
