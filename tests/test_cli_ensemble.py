@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,21 @@ def test_create_calibrates_and_eval_reproduces_from_the_file(
     assert sum(systems[0]["executed"]["sequences"].values()) == 16  # top-1: one run per document
     code, _, err = cli(capsys, "ensemble", "create", str(pool / "experts" / "*"), "-o", str(ens))
     assert (code, err) == (2, f"xelm: error: {ens} exists; pass --force to replace it\n")
+
+    # held-out text of a language no expert covers is left out of the calibration, and said so
+    wider = tmp_path / "wider"
+    shutil.copytree(evalset, wider)
+    lines = (SHARED_DATA / "eval" / "flores200-devtest" / "de.txt").read_text().splitlines()[:4]
+    (wider / "de.txt").write_text("\n".join(lines) + "\n")
+    code, _, err = cli(
+        capsys, "ensemble", "create", str(pool / "experts" / "*"), "--router", "oracle",
+        "--calibration", str(wider), "-o", str(ens), "--force",
+    )  # fmt: skip
+    assert code == 0 and err.startswith(
+        f"xelm: note: calibrating on the languages of {wider} that the experts cover (ar, en, "
+        "ru, tr); left out de (--langs chooses the languages)\n"
+    ), err
+    assert set(json.loads(ens.read_text())["router"]["options"]["table"]) == set(LANGS)
 
 
 def test_create_ensemble_from_python_writes_what_the_command_writes(

@@ -1,12 +1,14 @@
 """An ensemble file made from Python or ``xelm ensemble create``: members, router (calibrated
 on held-out text when asked), combination rule."""
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.corpus import read_documents, require_source
+from xelm_cli.data.corpus import Document, read_documents, require_source
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
 from xelm_cli.ensemble.routing import build_router, check_router_options, routing
 from xelm_cli.ensemble.runner import EnsembleModel
@@ -54,6 +56,8 @@ def create_ensemble(
             with routing(built, "while calibrating"):
                 built.calibrate([], runner.experts)
         documents = read_documents(calibrate, languages=language_codes(languages), limit=limit)
+        if languages is None:
+            documents = _covered(documents, spec.members, calibrate)
         scored = runner.score_all_experts(documents)
         with routing(built, "while calibrating"):
             found = built.calibrate(scored, runner.experts)
@@ -62,3 +66,23 @@ def create_ensemble(
     spec.router_options = check_router_options(spec.router, spec.router_options, resolve_paths=True)
     spec.write(output, overwrite=overwrite)
     return spec
+
+
+def _covered(
+    documents: list[Document], members: Sequence[Bundle], data: str | Path
+) -> list[Document]:
+    """Without chosen languages, the calibration documents in the languages the experts cover
+    (the router is fitted for them; every expert scores every document), said on stderr when
+    that leaves some out; all of them when the experts cover none."""
+    covered = {language for member in members for language in member.languages}
+    held = list(dict.fromkeys(str(document.language) for document in documents))
+    kept = [language for language in held if language in covered]
+    left_out = [language for language in held if language not in covered]
+    if not kept or not left_out:
+        return documents
+    print(
+        f"xelm: note: calibrating on the languages of {data} that the experts cover "
+        f"({', '.join(kept)}); left out {', '.join(left_out)} (--langs chooses the languages)",
+        file=sys.stderr,
+    )
+    return [document for document in documents if str(document.language) in covered]
