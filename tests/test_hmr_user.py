@@ -64,6 +64,11 @@ def test_the_command_says_which_bundle_it_branched(runs: Path, tmp_path: Path) -
     donor_expert = runs / "experts" / "e1"
     assert f"wrote expert bundle {out}" in text.stdout
     assert f"branched from {donor_expert}, the expert of donor language tr (tr, ar)" in text.stdout
+    assert text.stderr == (  # the fixture's experts are branches, never trained
+        f"xelm: note: {donor_expert} is a branch not trained since: the new expert starts from "
+        "its parent's weights, not a trained donor's (train it first: xelm train "
+        f"{donor_expert} --data SHARDS --tokens N -o TRAINED)\n"
+    )
 
     record = json.loads(xelm(*args, "-o", out, "--force", "--json", sites=[]).stdout)
     written = Bundle.read(out)

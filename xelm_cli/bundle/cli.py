@@ -1,6 +1,7 @@
 """``xelm bundle``: make, inspect, verify, branch and share expert bundles."""
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,14 @@ from rich.tree import Tree
 
 from xelm_cli.bundle.branching import branch as branch_bundle
 from xelm_cli.bundle.branching import find_bundles, hmr_branch
-from xelm_cli.bundle.lineage import Node, children, graph_json, lineage_graph, roots
+from xelm_cli.bundle.lineage import (
+    UNTRAINED,
+    Node,
+    children,
+    graph_json,
+    lineage_graph,
+    roots,
+)
 from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.moe import CALIBRATION_TOKENS
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
@@ -172,6 +180,13 @@ def _report_hmr(bundle: Bundle, donor_bundle: Bundle, as_json: bool) -> None:
         f"branched from [bold]{donor_bundle.path}[/], the expert of donor language {donor} "
         f"({', '.join(donor_bundle.languages)})"
     )
+    if donor_bundle.manifest.relation in UNTRAINED:
+        sys.stderr.write(
+            f"xelm: note: {donor_bundle.path} is a {donor_bundle.manifest.relation} not trained "
+            "since: the new expert starts from its parent's weights, not a trained donor's "
+            f"(train it first: xelm train {donor_bundle.path} --data SHARDS --tokens N -o "
+            "TRAINED)\n"
+        )
 
 
 def _parent(ref: dict[str, str]) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 from xelm_cli.bundle.store import Bundle
 
+UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without training
+
 
 def ancestors(bundle: Bundle) -> set[str]:
     """Digests of the bundles on this bundle's line: step i's first parent for every i >= 1."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli import __version__
+from xelm_cli.bundle.lineage import UNTRAINED
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
@@ -173,9 +174,6 @@ def _file_among_bundles(path: Path) -> str:
         f"it, list its bundles with them: xelm ensemble create {' '.join(listed)} NEW... "
         "-o NEW.json"
     )
-
-
-UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without training
 
 
 def _note_untrained_branches(bundles: Sequence[Bundle]) -> None:
