@@ -289,7 +289,7 @@ def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         ("no seed", "--seed-bundle: not a bundle: noseed is not a directory; give the bundle"),
         ("seed not a bundle", "--seed-bundle: not a bundle: empty has no xelm.json; give"),
-        ("no shards", "--data: not a shards directory: noshards has no shards.json; make them"),
+        ("no shards", "--data: not a shards directory: noshards does not exist; make them"),
         ("shards not shards", "--data: not a shards directory: empty has no shards.json; make"),
         ("languages", "has no documents in es, bg (it has ar, en, ru, tr); prepare them"),
         ("valid languages", "has no documents in tr (it has en); prepare them"),
@@ -343,7 +343,11 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
             "--batch-size 4 --block-size 32 --checkpointing",
             "no trainer option --checkpointing (did you mean --gradient-checkpointing? its",
         ),
-        ("--valid shards", "no trainer option --valid"),  # xelm plan sets it itself
+        ("--valid shards", "--train-args: --valid is the plan's to set (from --valid); drop it"),
+        (
+            "--block-size 64 --tokens 5000",  # `xelm train` has --tokens: the plan gives it
+            "--train-args: --tokens is the plan's to set (each run's tokens come from --budget)",
+        ),
         ("--block-size 32 64", "'64' is not a flag; give `xelm train` flags and their values"),
         ("--batch-size", "--train-args: --batch-size needs a value (--batch-size VALUE)"),
         ("--lean-loss=false", "--train-args: --lean-loss takes no value; drop =false"),

@@ -90,6 +90,17 @@ def given_options(train_args: str) -> dict[str, Any]:
     return parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
 
 
+# `xelm train` options every run of a plan gets from the plan itself, not from --train-args
+PLAN_SETS = {
+    "--tokens": "each run's tokens come from --budget",
+    "--data": "from --data, or --expert-data for an expert",
+    "--valid": "from --valid",
+    "-o": "each run's output is under -o",
+    "--output": "each run's output is under -o",
+    "--langs": "each run trains its allocation's languages",
+}
+
+
 def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
     """The one-line refusal of ``name`` in --train-args, naming the closest of ``flags``."""
     if not name.startswith("-"):
@@ -97,6 +108,9 @@ def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
             f"--train-args: {name!r} is not a flag; give `xelm train` flags and their values "
             "(e.g. '--block-size 2048 --batch-size 16')"
         )
+    sets = PLAN_SETS.get(name)
+    if sets:
+        return UsageError(f"--train-args: {name} is the plan's to set ({sets}); drop it there")
     close = difflib.get_close_matches(name, flags, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
     return UsageError(
