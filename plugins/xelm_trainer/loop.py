@@ -300,8 +300,10 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
     steps = request.tokens // options.batch_tokens
     if steps < 1:
         raise UsageError(
-            f"--tokens {request.tokens} is smaller than one global batch of "
-            f"{options.batch_tokens} tokens (--batch-size x --block-size x accumulation x ranks)"
+            f"--tokens {request.tokens:,} is smaller than one global batch of "
+            f"{options.batch_tokens:,} tokens (--batch-size x --block-size x accumulation x "
+            f"ranks): raise --tokens to {options.batch_tokens:,} or more (K counts thousands: "
+            "8K is 8,000) or make a batch smaller"
         )
     check_output(request)
     return Inputs(bundle, shards, valid, languages, options, steps, bundle.framing())
