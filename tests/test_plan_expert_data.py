@@ -117,8 +117,8 @@ def test_each_expert_trains_on_its_own_shards(in_root: Path, tmp_path: Path) -> 
         ("every document", "--expert-data (expert 0): run expert-0 is expert 0 of alloc-tfidf, "
          "whose tfidf clusterer assigns documents, not languages, and all-0 holds every "
          "document of its languages: prepare its own"),
-        ("missing", "--expert-data (expert 0): not a shards directory: none-0 has no "
-         "shards.json; make them with `xelm data prepare`"),
+        ("missing", "--expert-data (expert 0): not a shards directory: none-0 does not exist; "
+         "make them with `xelm data prepare`"),
     ],
 )  # fmt: skip
 def test_expert_shards_that_expert_i_cannot_train_on_are_refused_naming_the_option(

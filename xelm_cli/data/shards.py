@@ -155,6 +155,8 @@ class Shards:
         """Read and check the manifest, and that every data file has its recorded size."""
         path = Path(path)
         manifest_path = path / MANIFEST_NAME
+        if not path.exists():
+            raise UsageError(f"not a shards directory: {path} does not exist")
         if not manifest_path.is_file():
             raise UsageError(f"not a shards directory: {path} has no {MANIFEST_NAME}")
         raw = manifest_path.read_bytes()
