@@ -149,7 +149,8 @@ def evaluate(
         typer.Option(
             "--langs",
             help="Languages (default: the data's; those no expert covers are left out, "
-            "in a note, when the router cannot route them).",
+            "in a note, when the router cannot route them; a dataset with a configuration per "
+            "language needs them, unless an in-context task keeps to the experts').",
         ),
     ] = None,
     limit: Annotated[
@@ -176,7 +177,10 @@ def evaluate(
     eval_arg: Annotated[
         list[str] | None,
         typer.Option(
-            "--eval-arg", metavar=PAIRS_METAVAR, help="Evaluator option KEY=VALUE (repeatable)."
+            "--eval-arg",
+            metavar=PAIRS_METAVAR,
+            help="Evaluator option KEY=VALUE (repeatable; the evaluator's options: xelm plugins "
+            "show NAME, e.g. perplexity's config=, lang_map=, split=, text_column=).",
         ),
     ] = None,
     each: Annotated[
