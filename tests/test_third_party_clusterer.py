@@ -301,10 +301,17 @@ class OneClusterer:
     """An in-process plugin registering clusterer ``name``, whose fit writes the allocation
     ``write(request)`` says: where, and which experts (with no assigner)."""
 
-    def __init__(self, name: str, write: Callable[[Any], Written], plugin: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        write: Callable[[Any], Written],
+        plugin: str = "",
+        assigns_documents: bool = False,
+    ) -> None:
         self.name = name
         self.write = write
         self.plugin = plugin  # the name it is loaded under, for its assigner's refusal
+        self.assigns_documents = assigns_documents
 
     @hookimpl
     def register_clusterers(self, register: Any) -> None:
@@ -317,6 +324,7 @@ class OneClusterer:
             """
 
             name = self.name
+            assigns_documents = self.assigns_documents
 
             def fit(self, request: Any) -> Any:
                 out, experts = write(request)
@@ -379,7 +387,8 @@ def same_name(where: str) -> OneClusterer:
         experts = [[lang] for lang in request.languages]
         return request.output, experts if where == "first" else experts[::-1]
 
-    return OneClusterer("same-name", write, plugin=where)
+    # only first's assigns documents: which one a check asked shows in what it refuses
+    return OneClusterer("same-name", write, plugin=where, assigns_documents=where == "first")
 
 
 @pytest.mark.usefixtures("isolated_registry")
@@ -409,3 +418,40 @@ def test_a_name_two_plugins_register_is_run_by_its_qualified_names(
     for where in ("first", "last"):
         with pytest.raises(UsageError, match=f"^same-name of plugin {where} has no assigner$"):
             expert_documents(tmp_path / f"{where}.json", 0)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_an_expert_of_a_name_two_plugins_register_is_checked_by_its_own_clusterer(
+    tmp_path: Path, seed_bundle: Path, train_shards: Path
+) -> None:
+    """A bundle branched from first:same-name's allocation records the clusterer's provenance
+    in its allocation reference (bundle-v1 3.1), so `xelm train` asks first's clusterer whether
+    it assigns documents (it does: the shards of every document are refused) and last's expert
+    trains past that check; a reference without provenance (a bundle written before 1.2) is the
+    plain name's refusal naming both."""
+    from xelm_cli.api import Bundle, branch, cluster
+    from xelm_cli.cluster.assigning import assigns_documents
+    from xelm_cli.training.run import expert_languages
+
+    plugins = [(where, same_name(where)) for where in ("first", "last")]
+    host.reset_registry(host.load_registry(extra_plugins=plugins))
+    experts = {}
+    for where in ("first", "last"):
+        alloc = tmp_path / f"{where}.json"
+        cluster(f"{where}:same-name", k=2, output=alloc, languages="en,tr")
+        expert = tmp_path / f"expert-{where}"
+        branch(seed_bundle, expert, allocation=alloc, expert=0)
+        reference = Bundle.read(expert).manifest.allocation
+        assert reference is not None
+        assert reference["provenance"] == {
+            "name": "same-name", "plugin": where, "distribution": None, "version": None,
+        }  # fmt: skip
+        experts[where] = (expert, reference)
+    assert assigns_documents(experts["first"][1]) and not assigns_documents(experts["last"][1])
+    first, last = experts["first"][0], experts["last"][0]
+    with pytest.raises(UsageError, match="whose same-name clusterer assigns documents"):
+        expert_languages(first, train_shards, ())
+    assert expert_languages(last, train_shards, ()) == ()
+    bare = {k: v for k, v in experts["first"][1].items() if k != "provenance"}
+    with pytest.raises(UsageError, match="registered by two plugins"):
+        assigns_documents(bare)

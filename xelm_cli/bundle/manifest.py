@@ -20,7 +20,7 @@ from xelm_cli.common.errors import FormatError, one_line
 from xelm_cli.common.jsonio import canonical_json, short_repr, value_problem
 
 FORMAT_NAME = "xelm-bundle"
-FORMAT_VERSION = "1.1.0"  # 1.1: the optional `framing` member
+FORMAT_VERSION = "1.2.0"  # 1.1: optional `framing`; 1.2: `allocation.provenance`
 MANIFEST_NAME = "xelm.json"
 CARD_NAME = "README.md"
 ROLES = ("seed", "expert", "dense")

@@ -92,6 +92,7 @@ class Allocation:
             "k": self.k,
             "digest": self.digest,
             "path": self.path.name,
+            **({"provenance": self.provenance} if self.provenance else {}),
         }
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """The documents one expert of an allocation gets: what ``xelm data prepare --allocation A
 --expert I`` keeps, by the assigner of the clusterer that wrote the allocation."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -64,18 +64,24 @@ def expert_documents(allocation: Allocation | str | Path, expert: int) -> Expert
 
 
 def writer_of(alloc: Allocation) -> Registration:
-    """The registration of the clusterer that wrote ``alloc``: the one its recorded provenance
-    qualifies (``PLUGIN:NAME``, ``DIST:NAME``; a name several plugins register), else the one
-    its clusterer's name selects (an allocation without provenance, or whose plugin is gone)."""
+    """The registration of the clusterer that wrote ``alloc``: :func:`registration_of`."""
+    return registration_of(alloc.clusterer, alloc.provenance)
+
+
+def registration_of(clusterer: str, provenance: Mapping[str, Any] | None) -> Registration:
+    """The installed clusterer named ``clusterer`` whose plugin ``provenance`` records (an
+    allocation's, or an allocation reference's ``{name, plugin, distribution, version}``):
+    qualified as ``DIST:NAME`` or ``PLUGIN:NAME``, which tells apart a name several plugins
+    register. Without provenance, or when its plugin is not installed now, the name decides."""
     registry = get_registry()
-    recorded = alloc.provenance or {}
+    recorded = provenance or {}
     qualifier = recorded.get("distribution") or recorded.get("plugin")
-    if qualifier and recorded.get("name") == alloc.clusterer:
+    if qualifier and recorded.get("name") == clusterer:
         try:
-            return registry.get("clusterer", f"{qualifier}:{alloc.clusterer}")
+            return registry.get("clusterer", f"{qualifier}:{clusterer}")
         except UsageError:
             pass  # not installed now: the name decides
-    return registry.get("clusterer", alloc.clusterer)
+    return registry.get("clusterer", clusterer)
 
 
 def every_expert(allocation: Allocation | str | Path) -> tuple[ExpertDocuments, ...]:
@@ -98,14 +104,21 @@ def allocation_and_expert(
     return expert_documents(allocation, expert)
 
 
-def assigns_documents(clusterer: str | Allocation) -> bool:
-    """Whether the installed clusterer ``clusterer`` (a name, or the one that wrote an
-    allocation: :func:`writer_of`) assigns documents rather than languages
-    (``Clusterer.assigns_documents``). One that is not installed is the registry's one-line
+def assigns_documents(clusterer: str | Allocation | Mapping[str, Any]) -> bool:
+    """Whether an installed clusterer assigns documents rather than languages
+    (``Clusterer.assigns_documents``): ``clusterer`` names it, or is an allocation it wrote
+    (:func:`writer_of`), or an allocation reference (a bundle manifest's ``allocation``, whose
+    ``provenance`` qualifies its name). One that is not installed is the registry's one-line
     UsageError: what it would say cannot be guessed, and a wrong guess trains an expert on
     documents that are not its own."""
     if isinstance(clusterer, Allocation):
         found = writer_of(clusterer)
+    elif isinstance(clusterer, Mapping):
+        provenance = clusterer.get("provenance")
+        found = registration_of(
+            str(clusterer.get("clusterer")),
+            provenance if isinstance(provenance, Mapping) else None,
+        )
     else:
         found = get_registry().get("clusterer", clusterer)
     return bool(getattr(found.obj, "assigns_documents", False))

@@ -191,16 +191,13 @@ def _note_untrained_branches(bundles: Sequence[Bundle]) -> None:
 def _warn_documents_routed_by_language(bundles: Sequence[Bundle]) -> None:
     """Experts of an allocation that assigns documents (TF-IDF) share languages: the default
     router picks among them by language alone, not as the allocation assigned documents."""
-    allocations = {
-        (a.get("clusterer"), a.get("path"))
-        for b in bundles
-        if (a := b.manifest.allocation) is not None
-    }
+    allocations = {a.get("digest"): a for b in bundles if (a := b.manifest.allocation) is not None}
     if len(allocations) != 1:
         return
-    ((clusterer, path),) = allocations
+    (reference,) = allocations.values()
+    clusterer, path = reference.get("clusterer"), reference.get("path")
     try:
-        documents = assigns_documents(str(clusterer))
+        documents = assigns_documents(reference)
     except XelmError:  # not installed: what it does is not known here
         return
     if documents:

@@ -93,7 +93,7 @@ def expert_languages(bundle: Path, data: Path, languages: tuple[str, ...]) -> tu
     except XelmError:  # not a bundle, not shards: the trainer says so, after its options
         return languages
     try:
-        documents = assigns_documents(str(reference.get("clusterer")))
+        documents = assigns_documents(reference)
     except UsageError as exc:
         raise UsageError(
             f"{bundle} is an expert of {reference.get('path')}, by a clusterer xelm cannot load "
