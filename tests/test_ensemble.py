@@ -362,6 +362,40 @@ def test_choices_reuse_the_context_and_match_full_sequences(
         assert [len(lp) for lp in got] == [len(model.encode(c)) for c in request_.choices]
 
 
+@pytest.mark.parametrize("router", ["uniform", "posterior"])
+def test_experts_of_different_positions_score_choices_together(
+    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch, router: str
+) -> None:
+    """An expert of fewer positions cuts a long context more than the others: the mixture
+    lines their context log-probabilities up on the tokens all of them scored (was a crash
+    stacking arrays of different lengths). Under the uniform router each choice token is the
+    mean of the experts' probabilities, each expert scoring with its own positions."""
+    load = LoadedModel.load
+
+    def short_first(bundle: Bundle, device: Any) -> LoadedModel:
+        model = load(bundle, device)
+        if bundle.path == experts[0].path:
+            model.max_length = 24
+        return model
+
+    monkeypatch.setattr(LoadedModel, "load", staticmethod(short_first))
+    monkeypatch.setattr(LoadedModel, "swap", lambda self, bundle: None)  # each loads afresh
+    request = ChoiceRequest(" ".join(d.text for d in DOCS[:2]), (" Paris", " an old town"), "en")
+    pair = experts[:2]
+    model = EnsembleModel(pair, build_router(router), resident=False)
+    assert len(model.encode(request.context)) > 24  # cut for the first expert only
+    got = model.score_choices([request])[0]
+    alone = [
+        EnsembleModel([e], build_router("uniform"), resident=False).score_choices([request])[0]
+        for e in pair
+    ]
+    for c, lp in enumerate(got):
+        assert len(lp) == len(alone[0][c]) == len(alone[1][c])
+        if router == "uniform":
+            expected = np.log((np.exp(alone[0][c]) + np.exp(alone[1][c])) / 2)
+            np.testing.assert_allclose(lp, expected, atol=2e-6)
+
+
 @pytest.mark.parametrize("choices", [(), ("", "the city"), ("the city", "")])
 def test_an_empty_choice_is_refused_even_after_a_context_space(
     experts: list[Bundle], choices: tuple[str, ...]
@@ -536,6 +570,37 @@ def test_incompatible_members_are_refused(
         open_members([tmp_path / "missing"])
     with pytest.raises(UsageError, match="logit averaging needs weights known before"):
         EnsembleModel(experts, build_router("posterior"), "logits")
+
+
+def test_logit_rules_refuse_experts_of_different_output_sizes(
+    tmp_path: Path, experts: list[Bundle]
+) -> None:
+    """One tokenizer on an embedding table padded to 384: its logits cannot be added to the
+    others' 320, so logits and product are refused naming both and the way out; the mixture,
+    which takes each expert's probability of the token, runs."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xelm_cli.bundle.seed import init_from_hf
+
+    hf_dir = tmp_path / "padded"
+    model = AutoModelForCausalLM.from_pretrained(experts[0].path)
+    model.resize_token_embeddings(384, mean_resizing=False)
+    model.save_pretrained(hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(experts[0].path)
+    tokenizer.save_pretrained(hf_dir)
+    padded = init_from_hf(
+        hf_dir, tmp_path / "seed", languages=["en"], doc_start=tokenizer.bos_token
+    )  # framed as init_from_config frames the others
+    pair = [experts[1], padded]
+    for combine, rule in (("logits", "logit averaging"), ("product", "the product rule")):
+        with pytest.raises(UsageError) as refused:
+            EnsembleModel(pair, build_router("uniform"), combine)
+        assert str(refused.value) == (
+            f"{rule} adds the experts' logits, which needs as many from each: {padded.path} "
+            f"gives 384 a token, {experts[1].path} 320: use --combine mixture"
+        )
+    (scored,) = EnsembleModel(pair, build_router("uniform")).score_documents(DOCS[:1])
+    assert np.isfinite(scored).all()
 
 
 @pytest.mark.parametrize("combine", ["logits", "product"])

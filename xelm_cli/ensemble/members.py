@@ -52,9 +52,22 @@ def not_a_bundle(path: Path) -> str:
     return f"{path} has no {MANIFEST_NAME}: an ensemble member must be a bundle directory"
 
 
+def _config(bundle: Bundle) -> dict[str, object]:
+    return read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
+
+
 def _model_type(bundle: Bundle) -> str:
-    config = read_json_object(bundle.path / "config.json", f"{bundle.path}/config.json")
-    return str(config.get("model_type", "?"))
+    return str(_config(bundle).get("model_type", "?"))
+
+
+def output_size(bundle: Bundle) -> object:
+    """The logits the model gives a position (its config's ``vocab_size``, a text model's in
+    ``text_config``): at least its tokenizer's, more when the embedding table is padded."""
+    config = _config(bundle)
+    text = config.get("text_config")
+    if "vocab_size" not in config and isinstance(text, dict):
+        return text.get("vocab_size")
+    return config.get("vocab_size")
 
 
 def check_compatible(bundles: Sequence[Bundle]) -> None:

@@ -24,7 +24,7 @@ from xelm_cli.common.errors import (
 )
 from xelm_cli.common.progress import count_progress
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
-from xelm_cli.ensemble.members import check_compatible, expert_infos
+from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
 from xelm_cli.ensemble.routing import build_router, router_class, routing, third_party_plugin
@@ -149,6 +149,7 @@ class EnsembleModel(LanguageModel):
                 f"unknown combination rule {combine!r}; choose {', '.join(COMBINE_RULES)}"
             )
         check_rule_weights(router, combine)
+        check_output_sizes(members, combine)
         check_prefix_fallback(router)
         self.members = list(members)
         self.experts = expert_infos(members)
@@ -527,10 +528,13 @@ class EnsembleModel(LanguageModel):
         results = []
         for i, (route, request) in enumerate(zip(routes, requests, strict=True)):
             per_expert = {e: scored[(e, i)] for e in route.experts}
+            # an expert of fewer positions cut the context more (keeping its last tokens): the
+            # experts' context tokens line up on the ones every one of them scored
+            shared = min(len(ctx_lp) for ctx_lp, _ in per_expert.values())
             choice_lps, choice_weights = [], []
             for c, choice in enumerate(request.choices):
                 joined = {
-                    e: np.concatenate([ctx_lp, choice_list[c]])
+                    e: np.concatenate([ctx_lp[len(ctx_lp) - shared :], choice_list[c]])
                     for e, (ctx_lp, choice_list) in per_expert.items()
                 }
                 document = Document(request.context + choice, request.language)
@@ -640,6 +644,21 @@ def check_rule_weights(router: Router, combine: str) -> None:
             f"back to {router.fallback!r}, which depends on their outputs: use --combine "
             "mixture or a pre-router fallback"
         )
+
+
+def check_output_sizes(members: Sequence[Bundle], combine: str) -> None:
+    """Logit averaging and the product rule add the experts' logits position by position: the
+    experts must give as many (one tokenizer can sit on embedding tables padded differently)."""
+    rule = _RULE_NAMES.get(combine)
+    if rule is None:
+        return
+    first = members[0]
+    for member in members[1:]:
+        if (size := output_size(member)) != (expected := output_size(first)):
+            raise UsageError(
+                f"{rule} adds the experts' logits, which needs as many from each: {member.path} "
+                f"gives {size} a token, {first.path} {expected}: use --combine mixture"
+            )
 
 
 def check_prefix_fallback(router: Router) -> None:
