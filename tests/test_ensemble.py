@@ -243,6 +243,23 @@ def test_last_token_posterior_follows_the_authors_script(
             assert got[d][t] == pytest.approx(expected, abs=tolerance(device))
 
 
+@pytest.mark.parametrize("name", ["posterior", "posterior-last-token"])
+def test_a_token_of_probability_zero_leaves_the_posterior_defined(name: str) -> None:
+    """An expert that gave a token probability 0 (ln p = -inf) weighs nothing once that token
+    is evidence (was NaN: -inf - -inf); where every expert did, the prior weighs them."""
+    from xelm_cli.api import ScoredDocument
+
+    with np.errstate(divide="ignore"):
+        logprobs = np.log(np.array([[0.5, 0.0, 0.25, 0.5], [0.25, 0.5, 0.0, 0.5]]))
+    router = build_router(name, {"prior": [0.75, 0.25]})
+    weights = router.route_tokens(ScoredDocument(DOCS[0], logprobs), [])  # type: ignore[attr-defined]
+    if name == "posterior":  # P(e) * prod_{i<t} p_e(x_i), the prior once both are 0
+        expected = [[0.75, 6 / 7, 0.0, 0.75], [0.25, 1 / 7, 1.0, 0.25]]
+    else:  # P(e) * p_e(x_{t-1})
+        expected = [[0.75, 6 / 7, 0.0, 1.0], [0.25, 1 / 7, 1.0, 0.0]]
+    np.testing.assert_allclose(weights, expected)
+
+
 def test_posterior_top_k_keeps_k_experts_per_token(experts: list[Bundle]) -> None:
     from xelm_cli.api import ScoredDocument
 

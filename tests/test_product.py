@@ -77,6 +77,11 @@ def test_product_weights_follow_the_previous_token() -> None:
     np.testing.assert_allclose(w[:, 0], [0.5, 0.5])
     np.testing.assert_allclose(w[:, 1], [2 / 3, 1 / 3])
     np.testing.assert_allclose(w[:, 2], [0.2, 0.8])
+    # a previous token one expert gave probability 0 weighs it 0; both: the cluster weights
+    with np.errstate(divide="ignore"):
+        zeros = np.log(np.array([[0.0, 0.0, 0.3], [0.5, 0.0, 0.2]]))
+    w = product_weights(zeros, np.array([0.75, 0.25]))
+    np.testing.assert_allclose(w, [[0.75, 0.0, 0.75], [0.25, 1.0, 0.25]])
 
 
 def test_one_hot_cluster_weights_give_the_single_expert(experts: list[Bundle]) -> None:

@@ -72,8 +72,18 @@ class PosteriorRouter(OutputRouter):
         self, scored: ScoredDocument, experts: Sequence[ExpertInfo]
     ) -> NDArray[np.float64]:
         logprobs = scored.logprobs
-        prefix = np.cumsum(logprobs, axis=1) - logprobs  # sum over i < t
-        scores = self._log_prior(logprobs.shape[0])[:, None] + prefix
+        evidence = np.zeros_like(logprobs)  # sum over i < t (an expert's -inf stays -inf)
+        evidence[:, 1:] = np.cumsum(logprobs[:, :-1], axis=1)
+        return self._weighed(evidence)
+
+    def _weighed(self, evidence: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Weights (k, T) proportional to the prior times exp(``evidence``) (k, T), the top k
+        kept; the prior alone where every expert's evidence is -inf (it gave a token it
+        conditions on probability 0), there the posterior is undefined."""
+        log_prior = self._log_prior(evidence.shape[0])[:, None]
+        scores = log_prior + evidence
+        undefined = np.isneginf(scores).all(axis=0)
+        scores[:, undefined] = log_prior
         return keep_top_k(softmax(scores, axis=0), self.top_k, axis=0)
 
     def calibrate(
@@ -110,5 +120,4 @@ class LastTokenPosteriorRouter(PosteriorRouter):
         logprobs = scored.logprobs
         previous = np.zeros_like(logprobs)
         previous[:, 1:] = logprobs[:, :-1]
-        scores = self._log_prior(logprobs.shape[0])[:, None] + previous
-        return keep_top_k(softmax(scores, axis=0), self.top_k, axis=0)
+        return self._weighed(previous)

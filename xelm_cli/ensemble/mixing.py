@@ -35,4 +35,8 @@ def product_weights(
         log_prior = np.log(prior)[:, None]
     previous = np.zeros_like(logprobs)
     previous[:, 1:] = logprobs[:, :-1]
-    return softmax(log_prior + previous, axis=0)
+    scores = log_prior + previous
+    # a previous token every expert gave probability 0: the cluster weights alone
+    undefined = np.isneginf(scores).all(axis=0)
+    scores[:, undefined] = np.broadcast_to(log_prior, (len(prior), int(undefined.sum())))
+    return softmax(scores, axis=0)
