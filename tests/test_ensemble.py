@@ -413,6 +413,15 @@ def test_experts_of_different_positions_score_choices_together(
             np.testing.assert_allclose(lp, expected, atol=2e-6)
 
 
+def test_a_document_without_tokens_is_refused_when_scoring_and_calibrating(
+    experts: list[Bundle],
+) -> None:
+    model = EnsembleModel(experts, build_router("uniform"))
+    for score in (model.score_documents, model.score_all_experts):
+        with pytest.raises(UsageError, match=r"^a document has no tokens to score: ''$"):
+            score([DOCS[0], Document("", "en")])
+
+
 @pytest.mark.parametrize("choices", [(), ("", "the city"), ("the city", "")])
 def test_an_empty_choice_is_refused_even_after_a_context_space(
     experts: list[Bundle], choices: tuple[str, ...]
@@ -447,6 +456,30 @@ def test_prefix_routing_sees_only_the_text_before_each_token(
         DOCS[:1]
     )
     np.testing.assert_allclose(whole[0], brute(experts[1], DOCS[:1])[0][0], atol=tolerance(device))
+
+
+class AlternatingPairs(PreRouter):
+    """Experts 0 and 1 for even documents, 1 and 2 for odd ones, each document its own
+    weights."""
+
+    name = "alternating-pairs"
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        rows = []
+        for i, _ in enumerate(documents):
+            share = 0.5 + i / (4 * len(documents))
+            rows.append([share, 1 - share, 0.0] if i % 2 == 0 else [0.0, share, 1 - share])
+        return np.array(rows)
+
+
+@pytest.mark.parametrize("combine", ["logits", "product"])
+def test_logit_rules_load_each_set_of_experts_once(experts: list[Bundle], combine: str) -> None:
+    """Documents weighed by alternating pairs of experts, no two alike: each pair is loaded
+    once (was each document's pair afresh), expert 1, in both, kept loaded between them."""
+    model = EnsembleModel(experts, AlternatingPairs(), combine, resident=False)
+    scored = model.score_documents(DOCS[:6])
+    assert len(scored) == 6 and all(np.isfinite(lp).all() for lp in scored)
+    assert dict(model.stats.loads) == {"e0": 1, "e1": 1, "e2": 1}  # was 3, 1, 3
 
 
 class AbstainsOnEmptyPrefix(PreRouter):
@@ -681,6 +714,27 @@ def test_ensemble_file_records_digests_and_router(experts: list[Bundle], tmp_pat
     text = path.read_text().replace(experts[1].digest, "sha256:" + "0" * 64)
     path.write_text(text)
     with pytest.raises(IntegrityError, match=r"e1: manifest digest .* differs"):
+        EnsembleSpec.read(path)
+
+
+def test_a_member_changed_since_the_ensemble_file_is_named_before_its_files_are_hashed(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    """The ensemble file's recorded digest is compared with the manifest first: a member both
+    changed and damaged is reported as changed since the ensemble was created."""
+    import shutil
+
+    from conftest import flip_byte
+
+    copies = [tmp_path / f"e{i}" for i in range(2)]
+    for bundle, copy in zip(experts, copies, strict=False):
+        shutil.copytree(bundle.path, copy)
+    path = tmp_path / "ens.json"
+    EnsembleSpec([Bundle.read(c) for c in copies], "uniform", {}, "mixture").write(path)
+    text = path.read_text().replace(experts[1].digest, "sha256:" + "0" * 64)
+    path.write_text(text)
+    flip_byte(copies[1] / "model.safetensors")
+    with pytest.raises(IntegrityError, match=r"e1: manifest digest .* differs from the"):
         EnsembleSpec.read(path)
 
 

@@ -73,3 +73,22 @@ def test_new_tokens_past_rotary_positions_are_refused(tmp_path: Path, tokenizer_
     n = prompt_tokens(seed.path, "Hello")
     with pytest.raises(UsageError, match=rf"need {n + 601} positions; the model has 512: pass "):
         generate_text(seed.path, "Hello", router="uniform", max_new_tokens=600, device="cpu")
+
+
+def test_the_last_new_token_is_not_read_by_the_experts(
+    gpt2_seed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each expert reads every new token but the last, whose forward would go unused."""
+    from xelm_cli.ensemble import generation
+
+    read: list[int] = []
+    original = generation._read_token
+    monkeypatch.setattr(
+        generation,
+        "_read_token",
+        lambda expert, token: (read.append(token), original(expert, token)),
+    )
+    made = generate_text(
+        gpt2_seed, PROMPT, router="uniform", max_new_tokens=4, temperature=0, device="cpu"
+    )
+    assert read == made["tokens"][:-1]

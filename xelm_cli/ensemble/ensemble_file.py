@@ -15,7 +15,13 @@ from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.ensemble.members import expand_paths, not_a_bundle, open_members
+from xelm_cli.ensemble.members import (
+    expand_paths,
+    not_a_bundle,
+    open_members,
+    read_members,
+    verify_members,
+)
 from xelm_cli.ensemble.routing import check_router_options
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
@@ -96,15 +102,15 @@ class EnsembleSpec:
         except (TypeError, ValueError) as exc:
             raise FormatError(f"{path}: malformed ensemble file ({exc}); {REMAKE} {path}") from None
         options = check_router_options(name, recorded, where=str(path))
-        members = open_members([member for member, _ in paths])
+        members = read_members([member for member, _ in paths])
         for bundle, (member, digest) in zip(members, paths, strict=True):
-            if bundle.digest != digest:
+            if bundle.digest != digest:  # before hashing gigabytes of files it did not record
                 raise IntegrityError(
                     f"{member}: manifest digest {bundle.digest[:12]} differs from the "
                     f"{digest[:12]} recorded in {path}; the bundle changed since the ensemble "
                     "was created"
                 )
-        return cls(members, name, options, combine)
+        return cls(verify_members(members), name, options, combine)
 
 
 def is_ensemble_file(path: str) -> bool:

@@ -167,24 +167,27 @@ def generate(
     ids = [runner.bos, *runner.encode(prompt)]
     check_positions(members, len(ids) - 1, max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
-    models: list[LoadedModel] = [runner.load_expert(e) for e in chosen]
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
     stops = runner.framing.stops(runner.tokenizer)
     never = _never_generated(runner.framing.start, stops)
-    with torch.inference_mode():
-        experts = [_read_prompt(model, ids) for model in models]
-        for _ in range(max_new_tokens):
-            weights = _next_token_weights(runner, document, prior, result.tokens, experts)
-            logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
-            token = _pick(_without(logprobs, never), temperature, generator)
-            result.tokens.append(token)
-            result.weights.append([float(w) for w in weights])
-            if token in stops:
-                break
-            for expert in experts:
-                _read_token(expert, token)
-    for model in models:
-        runner.free_expert(model)
+    models: list[LoadedModel] = []
+    try:
+        models += (runner.load_expert(e) for e in chosen)
+        with torch.inference_mode():
+            experts = [_read_prompt(model, ids) for model in models]
+            for step in range(max_new_tokens):
+                weights = _next_token_weights(runner, document, prior, result.tokens, experts)
+                logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
+                token = _pick(_without(logprobs, never), temperature, generator)
+                result.tokens.append(token)
+                result.weights.append([float(w) for w in weights])
+                if token in stops or step == max_new_tokens - 1:
+                    break  # no expert reads the last token: nothing comes after it
+                for expert in experts:
+                    _read_token(expert, token)
+    finally:
+        for model in models:
+            runner.free_expert(model)
     result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return result
 

@@ -29,10 +29,19 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 def open_members(paths: Sequence[Path]) -> list[Bundle]:
     """Read and verify the bundles of an ensemble (manifests, digests, compatibility); digests
     come first, so nothing is read from a file that does not match its manifest."""
+    return verify_members(read_members(paths))
+
+
+def read_members(paths: Sequence[Path]) -> list[Bundle]:
+    """The bundles' manifests, their files not yet checked (:func:`verify_members`)."""
     for path in paths:
         if not is_bundle(path):
             raise UsageError(not_a_bundle(path))
-    bundles = [Bundle.read(path) for path in paths]
+    return [Bundle.read(path) for path in paths]
+
+
+def verify_members(bundles: list[Bundle]) -> list[Bundle]:
+    """``bundles`` once every file matches its manifest's digest and they can run together."""
     with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
         for bundle in bundles:
             bundle.check_files(progress=advance)

@@ -430,22 +430,29 @@ class EnsembleModel(LanguageModel):
 
     # -- LanguageModel
 
-    def score_documents(self, documents: Sequence[Document]) -> list[Logprobs]:
-        stride_router = isinstance(self.router, PreRouter) and bool(self.router.stride)
-        sequences, starts = [], []
+    def _sequences(
+        self, documents: Sequence[Document], *, starts: bool = False
+    ) -> tuple[list[list[int]], list[list[int]] | None]:
+        """Each document's tokens after the prefix token, and with ``starts`` the character
+        where each token starts (for prefix routing); a document without tokens is refused."""
+        sequences, token_starts = [], []
         for document in documents:
-            if stride_router:
+            if starts:
                 encoded = self.tokenizer(
                     document.text, add_special_tokens=False, return_offsets_mapping=True
                 )
                 sequences.append([self.bos, *encoded["input_ids"]])
-                starts.append([start for start, _ in encoded["offset_mapping"]])
+                token_starts.append([start for start, _ in encoded["offset_mapping"]])
             else:
                 sequences.append([self.bos, *self.encode(document.text)])
-        for document, sequence in zip(documents, sequences, strict=True):
-            if len(sequence) < 2:
+            if len(sequences[-1]) < 2:
                 raise UsageError(f"a document has no tokens to score: {document.text[:40]!r}")
-        routes = self._routes(documents, starts if stride_router else None)
+        return sequences, token_starts if starts else None
+
+    def score_documents(self, documents: Sequence[Document]) -> list[Logprobs]:
+        stride_router = isinstance(self.router, PreRouter) and bool(self.router.stride)
+        sequences, starts = self._sequences(documents, starts=stride_router)
+        routes = self._routes(documents, starts)
         self._tally_rule_weights(routes, [document.language for document in documents])
         if self.combine == "logits":
             return self._logit_average(
@@ -577,8 +584,10 @@ class EnsembleModel(LanguageModel):
             groups.setdefault(tuple(route.weights.tolist()), []).append(item)
         results: list[Any] = [None] * len(routes)
         loaded: dict[int, LoadedModel] = {}
+        # groups of one set of experts run one after another: each set is loaded once
+        by_experts = sorted(groups.items(), key=lambda group: [w > 0 for w in group[0]])
         try:
-            for weights, items in groups.items():
+            for weights, items in by_experts:
                 chosen = [e for e, w in enumerate(weights) if w > 0]
                 for e in list(loaded):
                     if e not in chosen:
@@ -611,7 +620,7 @@ class EnsembleModel(LanguageModel):
 
     def score_all_experts(self, documents: Sequence[Document]) -> list[ScoredDocument]:
         """Every expert on every document (for router calibration)."""
-        sequences = [[self.bos, *self.encode(d.text)] for d in documents]
+        sequences, _ = self._sequences(documents)
         keys = [("doc", tuple(s)) for s in sequences]
         every = {e: list(range(len(documents))) for e in range(len(self.experts))}
         tokens = [len(s) - 1 for s in sequences]
