@@ -10,6 +10,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, read_documents, require_source
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
+from xelm_cli.ensemble.members import split_covered
 from xelm_cli.ensemble.routing import build_router, check_router_options, routing
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import language_codes
@@ -75,11 +76,10 @@ def _covered(
     (the router is fitted for them; every expert scores every document), said on stderr when
     that leaves some out; all of them when the experts cover none."""
     covered = {language for member in members for language in member.languages}
-    held = list(dict.fromkeys(str(document.language) for document in documents))
-    kept = [language for language in held if language in covered]
-    left_out = [language for language in held if language not in covered]
-    if not kept or not left_out:
+    split = split_covered((str(document.language) for document in documents), covered)
+    if split is None:
         return documents
+    kept, left_out = split
     print(
         f"xelm: note: calibrating on the languages of {data} that the experts cover "
         f"({', '.join(kept)}); left out {', '.join(left_out)} (--langs chooses the languages)",

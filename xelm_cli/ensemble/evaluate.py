@@ -15,6 +15,7 @@ from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
+from xelm_cli.ensemble.members import split_covered
 from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
@@ -125,11 +126,10 @@ def _on_covered_languages(
     (``Router.routes_uncovered_languages`` False): ``Evaluator.on_languages``, which xelm's own
     evaluators answer without reading their data again. With none covered, the evaluator as it
     is (the router's refusal names the covered languages)."""
-    covered = set(request.model_languages or ())
-    kept = [language for language in built.languages if language in covered]
-    left_out = [language for language in built.languages if language not in covered]
-    if not kept or not left_out:
+    split = split_covered(built.languages, set(request.model_languages or ()))
+    if split is None:
         return built
+    kept, left_out = split
     print(
         f"xelm: note: evaluating the languages of {request.data} that the experts cover "
         f"({', '.join(kept)}); left out {', '.join(left_out)}, which router {router!r} does "

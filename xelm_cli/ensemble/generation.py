@@ -26,7 +26,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.mixing import mixture, product_weights
-from xelm_cli.ensemble.routing import build_router, routing, third_party_plugin
+from xelm_cli.ensemble.routing import build_router, routing
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.ensemble.scoring import LoadedModel, new_cache, with_cache
 from xelm_cli.ensemble.weights import check_token_weights
@@ -310,13 +310,11 @@ def _output_weights(
     router = runner.output_router()
     stacked = _with_next_token(history)
     text = prompt + runner.tokenizer.decode(tokens)
-    with routing(router):
+    with routing(router) as plugin:
         returned = router.route_tokens(
             ScoredDocument(Document(text, language), stacked), runner.experts
         )
-    token_weights = check_token_weights(
-        returned, stacked.shape, router.name, third_party_plugin(router)
-    )
+    token_weights = check_token_weights(returned, stacked.shape, router.name, plugin)
     return token_weights[:, -1]
 
 

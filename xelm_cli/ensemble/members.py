@@ -1,7 +1,7 @@
 """Ensemble members: bundles found by paths or globs, checked to run together."""
 
 import glob
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, holds_bundles, is_bundle
@@ -131,3 +131,14 @@ def _check_framings(bundles: Sequence[Bundle]) -> None:
 
 def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
     return [ExpertInfo(b.id, b.name, tuple(b.languages), b.manifest.allocation) for b in bundles]
+
+
+def split_covered(
+    languages: Iterable[str], covered: Collection[str]
+) -> tuple[list[str], list[str]] | None:
+    """``languages`` (in order, once each) as those in ``covered`` and those left out; None
+    when that leaves nothing out or keeps nothing (no restriction worth making)."""
+    held = list(dict.fromkeys(languages))
+    kept = [language for language in held if language in covered]
+    left_out = [language for language in held if language not in covered]
+    return (kept, left_out) if kept and left_out else None

@@ -62,23 +62,16 @@ def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
     return router
 
 
-def third_party_plugin(router: Router) -> str | None:
-    """The plugin that registered ``router``'s class when it is a third party's (its errors
-    name it); None for xelm's own routers and for classes no plugin registered."""
-    registration = get_registry().registration_of("router", type(router))
-    if registration is None or registration.first_party:
-        return None
-    return registration.plugin
-
-
 @contextmanager
-def routing(router: Router, doing: str = "while routing") -> Iterator[None]:
+def routing(router: Router, doing: str = "while routing") -> Iterator[str | None]:
     """Call ``router``'s routing (or, ``doing`` says, its calibration): what a third party's
     raises other than a :class:`XelmError` is a one-line :class:`PluginError` naming the router
-    and its plugin (exit 6), not an internal error of xelm (nor of the evaluator scoring)."""
+    and its plugin (exit 6), not an internal error of xelm (nor of the evaluator scoring).
+    Yields that plugin's name, for the weight checks to name (None for xelm's own routers and
+    for classes no plugin registered)."""
     registration = get_registry().registration_of("router", type(router))
     if registration is None:
-        yield
+        yield None
         return
     with bugs_reported(registration, doing):
-        yield
+        yield None if registration.first_party else registration.plugin

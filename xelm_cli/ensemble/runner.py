@@ -27,7 +27,7 @@ from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
-from xelm_cli.ensemble.routing import build_router, router_class, routing, third_party_plugin
+from xelm_cli.ensemble.routing import build_router, router_class, routing
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
@@ -210,7 +210,7 @@ class EnsembleModel(LanguageModel):
         k = len(self.experts)
         if router.stride and offsets is not None:
             return list(self._prefix_routes(router, documents, offsets))
-        with routing(router):
+        with routing(router) as plugin:
             returned = router.route(documents, self.experts)
         weights = check_weights(
             returned,
@@ -218,7 +218,7 @@ class EnsembleModel(LanguageModel):
             k,
             router=router.name,
             allow_abstain=router.fallback is not None,
-            plugin=third_party_plugin(router),
+            plugin=plugin,
         )
         routes: list[_Route | None] = []
         for row in weights:
@@ -275,7 +275,7 @@ class EnsembleModel(LanguageModel):
         return rows
 
     def _prefix_rows(self, router: PreRouter, prefixes: Sequence[Document]) -> np.ndarray:
-        with routing(router):
+        with routing(router) as plugin:
             returned = router.route(prefixes, self.experts)
         return check_distributions(
             returned,
@@ -284,7 +284,7 @@ class EnsembleModel(LanguageModel):
             router=router.name,
             allow_abstain=router.fallback is not None,
             unit="prefix",
-            plugin=third_party_plugin(router),
+            plugin=plugin,
         )
 
     def _routes(
@@ -323,11 +323,9 @@ class EnsembleModel(LanguageModel):
         if route.weights is None:
             router = self.output_router()
             stacked = np.stack([logprobs[e] for e in range(len(self.experts))])
-            with routing(router):
+            with routing(router) as plugin:
                 returned = router.route_tokens(ScoredDocument(document, stacked), self.experts)
-            weights = check_token_weights(
-                returned, stacked.shape, router.name, third_party_plugin(router)
-            )
+            weights = check_token_weights(returned, stacked.shape, router.name, plugin)
             return mixture(stacked, weights), weights
         chosen = route.experts
         if len(chosen) == 1 and route.weights.ndim == 1:
