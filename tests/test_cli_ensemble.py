@@ -150,6 +150,21 @@ def test_a_system_whose_scores_were_all_reused_reports_no_throughput(
     assert all(cell.replace(",", "").isdigit() for cell in cells[:2] + cells[3:])
 
 
+def test_a_system_that_reused_part_of_its_scores_says_how_much(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    """On ar and tr the ensemble runs x1 on ar and x0 on tr: each expert alone reuses half its
+    documents and scores the other half, which the table says instead of a rate."""
+    args = ["ensemble", "eval", str(pool / "experts" / "*"), "--data", str(evalset),
+            "--langs", "ar,tr", "--each"]  # fmt: skip
+    code, table, err = cli(capsys, *args)
+    assert code == 0, err
+    speeds = next(line for line in table.splitlines() if line.startswith("│ tokens/s"))
+    cells = [cell.strip() for cell in speeds.split("│")[2:-1]]
+    assert cells[1:3] == ["50% reused", "50% reused"]
+    assert cells[0].replace(",", "").isdigit()
+
+
 def test_the_table_keeps_whole_system_names_at_80_columns(
     capsys: pytest.CaptureFixture[str], tokenizer_dir: Path, evalset: Path, tmp_path: Path
 ) -> None:

@@ -420,7 +420,14 @@ def _results_table(results: dict[str, Any]) -> Any:
 
 
 def _speed(system: dict[str, Any]) -> str:
+    """The system's tokens/s; for one that reused scores (no rate), the share of its
+    sequences another system of the run scored, when it scored some itself."""
     if "tokens_per_second" not in system:
         return ""
     speed = system["tokens_per_second"]
-    return "reused" if speed is None else f"{speed:,.0f}"
+    if speed is not None:
+        return f"{speed:,.0f}"
+    executed = system.get("executed", {})
+    reused = sum(executed.get("reused", {}).values())
+    own = sum(executed.get("sequences", {}).values())
+    return "reused" if not own else f"{100 * reused / (reused + own):.0f}% reused"
