@@ -223,6 +223,42 @@ def test_perplexity_on_a_dataset_of_several_configurations_names_the_config_opti
     assert [d.text for d in chosen.documents] == synthetic_texts("de", 600)[100:]
 
 
+def test_perplexity_on_a_dataset_without_a_test_split_reads_its_validation_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dataset xelm does not know with train and validation splits: its held-out text is
+    read (said on stderr and in the results' source), never the train split unasked; one with
+    train alone is refused naming its splits and --eval-arg split=."""
+    root = tmp_path / "myorg" / "web"
+    texts = synthetic_texts("tr", 40)
+    for language in ("tr", "en"):
+        for split, part in (("train", texts[:30]), ("validation", texts[30:])):
+            write_rows(root / "data" / language / f"{split}.jsonl", [{"text": t} for t in part])
+    splits = ("train", "validation")
+    write_readme(
+        root, {lang: {s: f"data/{lang}/{s}.jsonl" for s in splits} for lang in ("tr", "en")}
+    )
+    found = PerplexityEvaluator(EvalRequest(data=str(root), languages=("tr",)))
+    assert [d.text for d in found.documents] == texts[30:]
+    note = f"{root} has no test split: reading its validation split (--eval-arg split=NAME chooses another)"
+    assert capsys.readouterr().err == f"xelm: note: {note}\n"
+    assert found.source["note"] == note and found.source["splits"] == ("validation",)
+    asked = PerplexityEvaluator(
+        EvalRequest(data=str(root), languages=("tr",), options={"split": ["train"]})
+    )
+    assert [d.text for d in asked.documents] == texts[:30]
+    only_train = tmp_path / "myorg" / "train-only"
+    for language in ("tr", "en"):
+        write_rows(only_train / "data" / f"{language}.jsonl", [{"text": t} for t in texts])
+    write_readme(only_train, {lang: {"train": f"data/{lang}.jsonl"} for lang in ("tr", "en")})
+    refused = _one_line_error(
+        lambda: PerplexityEvaluator(EvalRequest(data=str(only_train), languages=("tr",)))
+    )
+    assert refused.endswith(
+        "no split 'test' (it has train); choose them with --eval-arg split=NAME[,NAME...]"
+    )
+
+
 def test_a_missing_text_column_on_parquet_exits_2_every_time(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:

@@ -22,6 +22,7 @@ from xelm_cli.api import (
     dataset_configs,
     eval_set_with,
     eval_texts,
+    held_out_split,
     is_hub_dataset,
     known_eval_set,
     option,
@@ -147,6 +148,7 @@ class PerplexityEvaluator(Evaluator):
                 f"{request.data} has a configuration per language: name the languages to "
                 "evaluate with --langs"
             )
+        unknown = base is None  # a dataset xelm knows nothing of: its held-out split is found
         if base is None:
             base = EvalSet(data, data, "{lang}", ("test",), "text", "unknown")
         asked = eval_set_with(replace(base, dataset=data), options)
@@ -157,10 +159,15 @@ class PerplexityEvaluator(Evaluator):
                 f"({', '.join(request.languages)}): give a template with {{lang}} or {{flores}} "
                 "in it, or evaluate one language at a time"
             )
-        chosen, note = usable_eval_set(asked)
-        if note:
+        split_note = None
+        if unknown and "split" not in options:
+            asked, split_note = held_out_split(asked, request.languages[0])
+        chosen, fallback_note = usable_eval_set(asked)
+        notes = [note for note in (split_note, fallback_note) if note]
+        for note in notes:
             print(f"xelm: note: {note}", file=sys.stderr)
-            self.source["note"] = note
+        if notes:
+            self.source["note"] = "; ".join(notes)
         self.source.update(dataset=chosen.dataset, title=chosen.title, splits=chosen.splits)
         chosen.check_languages(request.languages)
         documents = []

@@ -286,6 +286,28 @@ def has_hub_token() -> bool:
     return get_token() is not None
 
 
+HELD_OUT_SPLITS = ("test", "validation", "dev", "devtest")
+
+
+def held_out_split(evalset: EvalSet, language: str) -> tuple[EvalSet, str | None]:
+    """``evalset`` reading the first held-out split (:data:`HELD_OUT_SPLITS`) that the
+    configuration of ``language`` has, with a note naming it when it is not the set's own;
+    ``evalset`` as it is when the configuration has none of them, or its splits cannot be
+    listed (reading it then names the splits there are: never the training text unasked)."""
+    try:
+        splits = dataset_splits(evalset.dataset, evalset.config_for(language))
+    except Exception:  # listing failed: reading reports what is there, or what went wrong
+        return evalset, None
+    found = next((split for split in HELD_OUT_SPLITS if split in splits), None)
+    if found is None or (found,) == evalset.splits:
+        return evalset, None
+    note = (
+        f"{evalset.dataset} has no {evalset.splits[0]} split: reading its {found} split "
+        "(--eval-arg split=NAME chooses another)"
+    )
+    return replace(evalset, splits=(found,)), note
+
+
 def usable_eval_set(chosen: EvalSet) -> tuple[EvalSet, str | None]:
     """``chosen``, or SIB-200's FLORES text when ``chosen`` is gated, not on this machine, and
     no token is configured; the second value says why it fell back (None if it did not)."""
