@@ -110,3 +110,32 @@ def test_product_needs_weights_known_in_advance(experts: list[Bundle]) -> None:
     assert spec.to_dict()["combine"] == "product"
     with pytest.raises(UsageError, match="choose mixture, logits, product"):
         EnsembleSpec(experts, "uniform", {}, "geometric")
+
+
+@pytest.mark.parametrize("lengths", [(16, 16), (16, 24)])
+def test_long_documents_run_window_by_window(
+    experts: list[Bundle], lengths: tuple[int, int]
+) -> None:
+    """Two copies of one expert: their product is that expert, window by window as scoring
+    windows it, whether the copies share a context length (their windows run side by side)
+    or not (each windows the document with its own)."""
+    from xelm_cli.ensemble.product import product_logprobs
+    from xelm_cli.ensemble.scoring import LoadedModel, score_sequences
+
+    copies = []
+    for length in lengths:
+        model = LoadedModel.load(experts[0], torch.device("cpu"))
+        model.max_length = length
+        copies.append(model)
+    tokenizer = experts[0].load_tokenizer()
+    text = " ".join(d.text for d in documents()[:2])
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False).input_ids]
+    assert len(ids) > 3 * max(lengths)
+    with torch.inference_mode():
+        got = product_logprobs(copies, [0.4, 0.6], ids)
+        (alone,) = score_sequences(copies[:1], [1.0], [ids])
+    if lengths[0] == lengths[1]:
+        np.testing.assert_allclose(got, alone, atol=1e-6)
+    else:  # the first window, where both see the same tokens, agrees
+        np.testing.assert_allclose(got[: lengths[0] - 1], alone[: lengths[0] - 1], atol=1e-6)
+        assert np.isfinite(got).all() and len(got) == len(ids) - 1

@@ -4,11 +4,12 @@ ln p(x_t) = sum_e w[e, t] ln p_e(x_t) - ln sum_v exp(sum_e w[e, t] ln p_e(v)): a
 geometric mean of the experts' next-token distributions, renormalised over the vocabulary,
 with weights from each expert's likelihood of the previous token times the cluster weights
 (mixing.product_weights). The normaliser needs every expert's full distribution at the same
-position, so the experts of a document run together; log-softmax runs on chunks of positions
-(at most ``CHUNK_ELEMENTS`` values per expert), never on T x V at once.
+position, so the experts of a document run together, window by window when they share a
+context length; log-softmax runs on chunks of positions (at most ``CHUNK_ELEMENTS`` values per
+expert), never on T x V at once.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,18 +18,34 @@ from xelm_cli.ensemble.mixing import product_weights
 from xelm_cli.ensemble.scoring import CHUNK_ELEMENTS, LoadedModel, Logprobs, windows
 
 
-def _states(model: LoadedModel, sequence: Sequence[int]) -> Any:
-    """Final hidden states (or logits) of the positions predicting tokens 1..n-1, in windows
-    of at most the model's context, each token predicted once (as scoring does)."""
+def _window_states(model: LoadedModel, sequence: Sequence[int], max_length: int) -> Iterator[Any]:
+    """Final hidden states (or, for a model whose logits cannot be chunked, logits) of the
+    positions predicting tokens 1..n-1, window by window of at most ``max_length`` tokens,
+    each token predicted once (as scoring does)."""
     import torch
 
-    max_length = model.max_length
-    parts = []
     for start, end, first in windows(len(sequence), max_length, max(1, max_length // 2)):
         ids = torch.tensor([list(sequence[start:end])], device=model.device)
         states, _ = model.states(ids, torch.ones_like(ids))
-        parts.append(states[0, first - start - 1 : end - start - 1])
-    return torch.cat(parts)
+        yield states[0, first - start - 1 : end - start - 1]
+
+
+def _blocks(models: Sequence[LoadedModel], sequence: Sequence[int]) -> Iterator[list[Any]]:
+    """The models' states of consecutive runs of target positions, one list a run. Models of
+    one context length run window by window side by side, so no more than a window of states
+    (of logits, for a model that cannot chunk them) is held at once; models of different
+    lengths each window the sequence with their own, and their states come as one run."""
+    import torch
+
+    lengths = {model.max_length for model in models}
+    if len(lengths) == 1:
+        (max_length,) = lengths
+        yield from (
+            list(run)
+            for run in zip(*(_window_states(m, sequence, max_length) for m in models), strict=True)
+        )
+    else:
+        yield [torch.cat(list(_window_states(m, sequence, m.max_length))) for m in models]
 
 
 def product_logprobs(
@@ -39,32 +56,34 @@ def product_logprobs(
     import torch
 
     targets = torch.tensor(list(sequence[1:]), dtype=torch.long)
-    states = [_states(model, sequence) for model in models]
     c = np.asarray(prior, dtype=np.float64)
-    n = len(targets)
-    out = np.empty(n, dtype=np.float64)
+    out = np.empty(len(targets), dtype=np.float64)
     rows = max(1, CHUNK_ELEMENTS // max(models[0].vocab_size(), 1))
     carry: np.ndarray | None = None  # L[:, t] of the position before the chunk
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        chosen = targets[start:stop]
-        full = torch.stack(
-            [
-                torch.log_softmax(model.logits(state[start:stop]).double().cpu(), dim=-1)
-                for model, state in zip(models, states, strict=True)
-            ]
-        )  # (k, rows, V)
-        picked = full.gather(2, chosen[None, :, None].expand(len(models), -1, 1))[..., 0]
-        logprobs = picked.numpy()
-        if carry is None:
-            weights = product_weights(logprobs, c)
-        else:
-            weights = product_weights(np.concatenate([carry, logprobs], axis=1), c)[:, 1:]
-        w = torch.from_numpy(weights)
-        combined = (w[:, :, None] * full).sum(dim=0)
-        normaliser = torch.logsumexp(combined, dim=-1)
-        out[start:stop] = ((w * picked).sum(dim=0) - normaliser).numpy()
-        carry = logprobs[:, -1:]
+    offset = 0  # the first target of the block
+    for states in _blocks(models, sequence):
+        size = len(states[0])
+        for start in range(0, size, rows):
+            stop = min(start + rows, size)
+            chosen = targets[offset + start : offset + stop]
+            full = torch.stack(
+                [
+                    torch.log_softmax(model.logits(state[start:stop]).double().cpu(), dim=-1)
+                    for model, state in zip(models, states, strict=True)
+                ]
+            )  # (k, rows, V)
+            picked = full.gather(2, chosen[None, :, None].expand(len(models), -1, 1))[..., 0]
+            logprobs = picked.numpy()
+            if carry is None:
+                weights = product_weights(logprobs, c)
+            else:
+                weights = product_weights(np.concatenate([carry, logprobs], axis=1), c)[:, 1:]
+            w = torch.from_numpy(weights)
+            combined = (w[:, :, None] * full).sum(dim=0)
+            normaliser = torch.logsumexp(combined, dim=-1)
+            out[offset + start : offset + stop] = ((w * picked).sum(dim=0) - normaliser).numpy()
+            carry = logprobs[:, -1:]
+        offset += size
     return out
 
 
