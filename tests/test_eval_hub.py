@@ -240,7 +240,10 @@ def test_perplexity_on_a_dataset_without_a_test_split_reads_its_validation_split
     )
     found = PerplexityEvaluator(EvalRequest(data=str(root), languages=("tr",)))
     assert [d.text for d in found.documents] == texts[30:]
-    note = f"{root} has no test split: reading its validation split (--eval-arg split=NAME chooses another)"
+    note = (
+        f"{root} has no test split: reading its validation split "
+        "(--eval-arg split=NAME chooses another)"
+    )
     assert capsys.readouterr().err == f"xelm: note: {note}\n"
     assert found.source["note"] == note and found.source["splits"] == ("validation",)
     asked = PerplexityEvaluator(

@@ -137,3 +137,30 @@ def test_a_failed_write_removes_the_directories_it_made(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_directory(tmp_path / "new" / "deeper" / "out"):
         raise RuntimeError("the command failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_is_on_disk_before_it_takes_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file written into an atomic directory is flushed (fsync) while it still has its
+    temporary name: a crash after the rename cannot leave empty files under the final name
+    (a checkpoint that lists as complete, whose weights are gone)."""
+    import xelm_cli.common.atomic as atomic
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", recording)
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "a.bin").write_bytes(b"a")
+        (tmp / "sub" / "b.bin").write_bytes(b"b")
+    files = [Path(path) for path in flushed if path.endswith(".bin")]
+    assert sorted(path.name for path in files) == ["a.bin", "b.bin"]
+    assert all(target not in path.parents for path in files)  # before the rename
+    assert (target / "sub" / "b.bin").read_bytes() == b"b"

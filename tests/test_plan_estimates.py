@@ -531,8 +531,14 @@ def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget
     build, tune = by_name["moe"]["commands"]
     assert build == ["xelm", "bundle", "moe", *experts, "--top-k", "2", "--gate", "random",
                      "-o", str(runs / "moe-init")]  # fmt: skip
-    assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", str(shards), "--aux-loss",
-                    "0.01", "--tokens", "196608", "-o", str(runs / "moe")]  # fmt: skip
+    # every run's steps are the plan's, on however many devices train-all gives it
+    assert tune == ["xelm", "train", str(runs / "moe-init"), "--data", str(shards),
+                    "--global-batch", "8192", "--aux-loss", "0.01", "--tokens", "196608",
+                    "-o", str(runs / "moe")]  # fmt: skip
+    assert all(
+        command[command.index("--global-batch") + 1] == "8192"
+        for entry in plan["runs"] for command in entry["commands"] if command[1] == "train"
+    )  # fmt: skip
     assert by_name["moe"]["after"] == ["expert-0", "expert-1"]
     # memory counts every MLP the MoE holds; time the two that top-2 routing runs per token
     shape = ModelShape.of(Bundle.open(seed_bundle))

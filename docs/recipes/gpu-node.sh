@@ -37,7 +37,8 @@ mkdir -p "$OUT"
     $XELM cluster typology --langs "$LANGS" -k "$K" -o "$OUT/alloc.json"
 # Equal compute: each expert BUDGET/K tokens of its languages, the dense model BUDGET of all.
 $XELM plan --budget "$BUDGET" --allocation "$OUT/alloc.json" --seed-bundle "$OUT/seed" \
-    --data "$OUT/shards" -o "$OUT/runs" --train-args "$TRAIN_ARGS" --json > "$OUT/plan.json.tmp"
+    --data "$OUT/shards" -o "$OUT/runs" --train-args "$TRAIN_ARGS" --nproc-per-node "$NPROC" \
+    --json > "$OUT/plan.json.tmp"
 mv "$OUT/plan.json.tmp" "$OUT/plan.json"
 if [ -n "$DEVICES" ]; then
     $XELM train-all "$OUT/plan.json" --devices "$DEVICES" --nproc-per-node "$NPROC"

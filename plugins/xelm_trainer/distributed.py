@@ -7,6 +7,7 @@ environment) every helper is a no-op and the run is the plain single-process loo
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -16,6 +17,10 @@ from xelm_cli.api import UsageError
 from xelm_cli.api import pick_device as checked_device
 
 T = TypeVar("T")
+
+# Other ranks wait in a barrier while rank 0 writes a checkpoint or the bundle (and hashes
+# it): gigabytes on a shared file system can outlast NCCL's 10-minute default.
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,9 @@ class Ranks:
         """Join the process group (gloo on CPU, NCCL on CUDA); a rendezvous of all ranks."""
         if not self.launched or dist.is_initialized():
             return
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT
+        )
 
     def stop(self) -> None:
         if self.launched and dist.is_initialized():
@@ -201,7 +208,9 @@ def unwrap(model: Any) -> Any:
 
 
 def no_sync(model: Any, last: bool) -> AbstractContextManager[Any]:
-    """Skip DDP's gradient all-reduce on every micro-batch but the last of a step."""
+    """Skip DDP's gradient all-reduce on every micro-batch but the last of a step. FSDP keeps
+    reduce-scattering each micro-batch: skipping it would hold every rank's unsharded
+    gradients, the memory FSDP is there to save."""
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(model, DistributedDataParallel) and not last:

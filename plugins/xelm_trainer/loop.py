@@ -73,11 +73,14 @@ METRICS_FILE = "metrics.jsonl"
 RUN_IDENTITY = (
     "block_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
     "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
-    "aux_loss", "router_only",
+    "aux_loss", "router_only", "eval_blocks",
 )  # fmt: skip
 # What runs had of the identity's later keys before they were added: a checkpoint without one
 # resumes when the option is at this value.
 IDENTITY_BEFORE_ADDED: dict[str, Any] = {"aux_loss": None, "router_only": False}
+# Keys added later whose value an older checkpoint's run cannot be known to have had: such a
+# checkpoint (or one of a run without held-out shards) resumes with any.
+IDENTITY_UNKNOWN_BEFORE = ("valid", "eval_blocks")
 
 
 @dataclass
@@ -122,19 +125,20 @@ class TrainingRun:
             print(note, file=sys.stderr)
         if ranks.main and (note := positions_note(inputs.options.block_size, inputs.bundle.path)):
             print(note, file=sys.stderr)
-        if request.resume and not list_checkpoints(request.checkpoint_dir):
-            # killed before its first checkpoint (or never started): a re-queued job with the
-            # same command line simply starts the run
-            if ranks.main:
-                print(
-                    f"xelm: --resume: no checkpoint in {request.checkpoint_dir} yet; "
-                    "starting the run from the beginning",
-                    file=sys.stderr,
-                )
-            request = replace(request, resume=False)
         device = pick_device(inputs.options.device, ranks)
         ranks.start(device)  # every rank has passed the checks: nothing is written before
         try:
+            # rank 0 decides (a lagging shared file system must not split the ranks)
+            if request.resume and not ranks.from_main(latest_checkpoint(request, ranks)):
+                # killed before its first checkpoint (or never started): a re-queued job with
+                # the same command line simply starts the run
+                if ranks.main:
+                    print(
+                        f"xelm: --resume: no checkpoint in {request.checkpoint_dir} yet; "
+                        "starting the run from the beginning",
+                        file=sys.stderr,
+                    )
+                request = replace(request, resume=False)
             return self.run(request, inputs, ranks, device)
         finally:
             ranks.stop()
@@ -248,7 +252,7 @@ class TrainingRun:
                 )  # fmt: skip
                 sums = accumulate(model, forward, micro_batches, options, device, autocast)
                 state.cursor += round_blocks * options.accumulation
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip or math.inf)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
@@ -304,6 +308,12 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
             f"{options.batch_tokens:,} tokens (--batch-size x --block-size x accumulation x "
             f"ranks): raise --tokens to {options.batch_tokens:,} or more (K counts thousands: "
             "8K is 8,000) or make a batch smaller"
+        )
+    if options.warmup_steps >= steps:
+        raise UsageError(
+            f"--warmup-steps {options.warmup_steps:,} is not below the run's {steps:,} steps, "
+            f"so the learning rate would never reach --lr: warm up for fewer than {steps:,} "
+            "steps or raise --tokens"
         )
     check_output(request)
     return Inputs(bundle, shards, valid, languages, options, steps, bundle.framing())
@@ -406,13 +416,26 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     fused = {"fused": True} if device is not None and fused_adamw(device) else {}
     return torch.optim.AdamW(
-        model.parameters(),
+        decay_groups(model, options.weight_decay),
         lr=options.lr,
         betas=(options.beta1, options.beta2),
         eps=options.eps,
         weight_decay=options.weight_decay,
         **fused,
     )
+
+
+def decay_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """The parameters as AdamW groups: with weight decay, matrices decay and vectors (biases,
+    norm scales) do not, as transformers' Trainer groups them; without, one group."""
+    parameters = list(model.parameters())
+    if not weight_decay:
+        return [{"params": parameters}]
+    groups = [
+        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
 
 
 def run_identity(request: TrainRequest, inputs: Inputs) -> dict[str, Any]:
@@ -422,6 +445,8 @@ def run_identity(request: TrainRequest, inputs: Inputs) -> dict[str, Any]:
         "data": inputs.shards.digest,
         "languages": inputs.languages,
         "tokens": request.tokens,
+        # what the validation curve measures: a resume on other held-out blocks would mix two
+        "valid": None if inputs.valid is None else inputs.valid.digest,
         **{name: resolved[name] for name in RUN_IDENTITY},
     }
 
@@ -442,9 +467,15 @@ def resume(
     """The newest checkpoint's run state, its weights into ``model`` and its optimiser state
     into ``optimizer``; without a ``model`` (FSDP's ranks that receive rank 0's) neither is
     read."""
-    step, path = list_checkpoints(request.checkpoint_dir)[-1]
-    saved_identity = IDENTITY_BEFORE_ADDED | (read_checkpoint_state(path).get("identity") or {})
+    latest = ranks.from_main(latest_checkpoint(request, ranks))
+    assert latest is not None  # run() resumes only from a checkpoint rank 0 found
+    step, path = latest
     identity = run_identity(request, inputs)
+    unknown = {name: identity[name] for name in IDENTITY_UNKNOWN_BEFORE}
+    recorded = read_checkpoint_state(path).get("identity") or {}
+    if recorded.get("valid") is None:  # no held-out set before: validation may start now
+        recorded = {k: v for k, v in recorded.items() if k not in IDENTITY_UNKNOWN_BEFORE}
+    saved_identity = IDENTITY_BEFORE_ADDED | unknown | recorded
     # only the keys this version compares: older checkpoints also stored batch_size
     changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
     if changed:
@@ -470,6 +501,15 @@ def resume(
         # a checkpoint written before wall_seconds: its time in steps, the nearest known
         wall_seconds=saved.get("wall_seconds", saved["seconds"]),
     )
+
+
+def latest_checkpoint(request: TrainRequest, ranks: Ranks) -> tuple[int, Path] | None:
+    """Rank 0's newest complete checkpoint, None without one (on other ranks: None; they take
+    rank 0's with ``Ranks.from_main``, and read it or fail)."""
+    if not ranks.main:
+        return None
+    found = list_checkpoints(request.checkpoint_dir)
+    return found[-1] if found else None
 
 
 def same_run(changed: list[str], saved_identity: dict[str, Any]) -> str:
@@ -596,7 +636,9 @@ def step_record(
 
 
 def learning_rate(step: int, total: int, options: TrainOptions) -> float:
-    """Warm-up linearly to ``lr``, then decay to 0 at ``total`` (linear or cosine) or stay."""
+    """The rate of 0-based step ``step`` of ``total``: warm-up linearly to ``lr`` over the
+    first ``warmup_steps`` (step s < W: lr (s + 1) / W), then decay towards 0 at ``total``,
+    one step past the last (linear: lr (1 - (s - W) / (T - W)); cosine alike) or stay."""
     if step < options.warmup_steps:
         return options.lr * (step + 1) / options.warmup_steps
     if options.schedule == "constant":

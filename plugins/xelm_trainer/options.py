@@ -36,8 +36,10 @@ class TrainOptions:
     beta1: float = option(0.9, help="AdamW beta1.")
     beta2: float = option(0.95, help="AdamW beta2.")
     eps: float = option(1e-6, help="AdamW epsilon.")
-    weight_decay: float = option(0.0, help="AdamW weight decay.")
-    clip: float = option(1.0, help="Gradient-norm clipping.")
+    weight_decay: float = option(
+        0.0, help="AdamW weight decay, of weight matrices (not of biases and norm scales)."
+    )
+    clip: float = option(1.0, help="Gradient-norm clipping (0: none; the norm is still logged).")
     seed: int = option(0, help="Seed of the data order and the RNGs.")
     log_every: int = option(10, help="Loss-curve point every N steps.")
     eval_every: int = option(

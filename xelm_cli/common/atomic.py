@@ -179,11 +179,27 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(a), None, str(b))
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` to disk: a directory renamed into place
+    after a crash then holds what was written, not empty files under complete names."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        fsync_dir(Path(directory))
+
+
 def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
         yield tmp
+        fsync_tree(tmp)
         if target.exists() and overwrite:
             if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
                 shutil.rmtree(tmp, ignore_errors=True)  # it holds the old version now

@@ -412,7 +412,7 @@ def _results_table(results: dict[str, Any]) -> Any:
             Text(name),
             justify="right" if index else "left",
             overflow="fold",
-            min_width=max(len(row[index]) for row in rows),
+            min_width=max(len(line) for row in rows for line in row[index].splitlines()),
         )
     for row in rows:
         table.add_row(*row)
@@ -430,4 +430,4 @@ def _speed(system: dict[str, Any]) -> str:
     executed = system.get("executed", {})
     reused = sum(executed.get("reused", {}).values())
     own = sum(executed.get("sequences", {}).values())
-    return "reused" if not own else f"{100 * reused / (reused + own):.0f}% reused"
+    return "reused" if not own else f"{100 * reused / (reused + own):.0f}%\nreused"

@@ -467,6 +467,8 @@ def make_plan(
     estimate = estimate_runs(
         seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0, nproc_per_node
     )
+    # each run trains steps of exactly `step` tokens, however many devices train-all gives it
+    train_args = with_global_batch(train_args, step)
     train_extra = ["--valid", str(valid)] if valid else []
     train_extra += shlex.split(train_args)
     entries = []
@@ -557,6 +559,15 @@ def step_tokens(train_args: str, ranks: int) -> int:
             f"(--batch-size x --block-size{on_ranks} = {micro_batch:,} tokens)"
         )
     return int(step)
+
+
+def with_global_batch(train_args: str, step: int) -> str:
+    """``train_args`` with ``--global-batch step`` unless they set it: the plan's equal compute
+    then holds when a run trains on other devices than the plan assumed (`xelm train-all
+    --nproc-per-node`), or `xelm train` refuses a step those devices cannot make."""
+    if planned_options(train_args)["global_batch_tokens"] is not None:
+        return train_args
+    return f"{train_args} --global-batch {step}".strip()
 
 
 def _run_shards(run: Budget, shards: Shards, expert_shards: list[Shards]) -> tuple[Budget, Shards]:
