@@ -299,6 +299,7 @@ def test_broken_record_names_file_and_line(
         ("bad-code", "unknown language code"),
         ("not-a-tokenizer", "not a tokenizer directory"),
         ("cap-language", "no documents in sw in"),
+        ("negative-seed", r"^--seed must be 0 or more \(got -1\)$"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_no_shards(
@@ -319,6 +320,8 @@ def test_bad_input_is_one_line_and_writes_no_shards(
         (tokenizer / "config.json").write_text("{}")
     elif case == "cap-language":
         kwargs = {"token_caps": {"sw": 10}}
+    elif case == "negative-seed":  # was a traceback after the whole reading, its work deleted
+        kwargs = {"seed": -1, "token_caps": {"en": 10}}
     out = tmp_path / "shards"
     with pytest.raises(UsageError, match=message) as info:
         prepare(source, tokenizer, out, **kwargs)

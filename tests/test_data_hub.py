@@ -492,12 +492,15 @@ def test_shards_memory_stays_bounded_when_sampling(tokenizer_dir: Path, tmp_path
         "".join(json.dumps({"text": t}) + "\n" for t in valid_texts("en", 200))
     )
     whole = prepare(corpus, tokenizer_dir, tmp_path / "a", token_caps=2000, seed=1).shards
-    prepare_finish.SUBSAMPLE_TOKENS, saved = 7, prepare_finish.SUBSAMPLE_TOKENS
-    try:
-        sliced = prepare(corpus, tokenizer_dir, tmp_path / "b", token_caps=2000, seed=1).shards
-    finally:
-        prepare_finish.SUBSAMPLE_TOKENS = saved
-    for name in ("en.tokens.bin", "en.offsets.bin"):
-        assert (sliced.path / name).read_bytes() == (whole.path / name).read_bytes()
+    saved = prepare_finish.SUBSAMPLE_TOKENS
+    for size in (7, 150):  # one document a slice (each is longer), or several
+        prepare_finish.SUBSAMPLE_TOKENS = size
+        try:
+            out = tmp_path / f"b{size}"
+            sliced = prepare(corpus, tokenizer_dir, out, token_caps=2000, seed=1).shards
+        finally:
+            prepare_finish.SUBSAMPLE_TOKENS = saved
+        for name in ("en.tokens.bin", "en.offsets.bin"):
+            assert (sliced.path / name).read_bytes() == (whole.path / name).read_bytes()
     tokens = np.fromfile(whole.path / "en.tokens.bin", dtype=np.uint16)
     assert len(tokens) == whole.stats["en"].tokens <= 2000

@@ -266,7 +266,17 @@ def test_a_run_killed_while_writing_the_experts_continues_with_those_left(
     assert (tmp_path / "s-0").exists() and not (tmp_path / "s-1").exists()
     monkeypatch.setattr(prepare_module, "finish", real)
     reads = opened(monkeypatch)
+    # expert 0's shards hold read-only hard links to the complete work files: the rerun
+    # must not truncate them (EACCES for a user other than root; it would touch sealed shards)
+    cut: list[str] = []
+    real_truncate = prepare_work.os.truncate
+    monkeypatch.setattr(
+        prepare_work.os,
+        "truncate",
+        lambda path, size: (cut.append(str(path)), real_truncate(path, size)),
+    )
     again = prepare_experts(expert_corpus, seed_bundle, out, allocation=allocation)
+    assert cut == []
     assert reads == []  # the work was read to its end: nothing to open
     assert [r.up_to_date for r in again] == [True] + [False] * (K - 1)
     alone = prepare(expert_corpus, seed_bundle, tmp_path / "one-1", allocation=allocation, expert=1)

@@ -106,3 +106,11 @@ def test_a_resume_on_other_held_out_shards_is_refused(
     later = CausalLMTrainer().train(replace(unvalidated, valid=valid_shards, resume=True))
     record = later.manifest.training
     assert record is not None and [step for step, _ in record["valid_curve"]][-1] == 6
+
+
+def test_a_negative_seed_is_refused_before_the_model_loads(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    req = request(seed_bundle, train_shards, tmp_path / "out", options={"seed": -1})
+    with pytest.raises(UsageError, match=r"^--seed must not be negative$"):
+        CausalLMTrainer().train(req)

@@ -266,6 +266,14 @@ def test_cluster_typology_bad_input(
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_negative_seed_is_refused_for_every_clusterer(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "alloc.json"
+    args = ["cluster", "typology", "--langs", "en,tr", "-k", "2", "-o", out, "--seed", "-1"]
+    code, _, err = xelm(capsys, *args)
+    assert (code, err) == (2, "xelm: error: --seed must be 0 or more (got -1)\n")
+    assert not out.exists()
+
+
 def test_every_level_of_a_tree_is_a_k_not_only_powers_of_two(capsys, tmp_path: Path) -> None:
     """Six languages merge 6 -> 3 -> 2 -> 1: k=3 and k=6 are levels (were refused as not
     powers of two, while the refusal of k=4 named 3 as a level)."""

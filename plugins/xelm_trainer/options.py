@@ -116,7 +116,14 @@ class TrainOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.aux_loss is not None and not self.aux_loss >= 0:
             raise UsageError(f"--aux-loss must not be negative, not {self.aux_loss}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "weight_decay", "clip"):
+        for name in (
+            "warmup_steps",
+            "eval_every",
+            "checkpoint_every",
+            "weight_decay",
+            "clip",
+            "seed",
+        ):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
         if self.lr <= 0:

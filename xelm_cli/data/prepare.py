@@ -404,6 +404,8 @@ def _options(
 ) -> dict[str, Any]:
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 0):
         raise UsageError(f"--alpha must be a number >= 0 (0.3 is usual), not {alpha}")
+    if seed < 0:  # checked now: the sampling that takes it runs after the whole reading
+        raise UsageError(f"--seed must be 0 or more (got {seed})")
     options: dict[str, Any] = {
         "languages": languages,
         "token_caps": caps,

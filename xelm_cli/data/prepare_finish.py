@@ -144,8 +144,10 @@ def _subsample(
     with open(out / tokens_file(lang), "wb") as f:
         first = 0
         while first < len(keep):
-            ends = new_offsets[first + 1 :] - new_offsets[first]
-            last = first + max(1, int(np.searchsorted(ends, SUBSAMPLE_TOKENS, side="right")))
+            # the documents that end within SUBSAMPLE_TOKENS of this slice's start (at least one)
+            limit = new_offsets[first] + np.uint64(SUBSAMPLE_TOKENS)
+            ending = int(np.searchsorted(new_offsets, limit, side="right")) - first - 1
+            last = first + max(1, ending)
             part_lengths = lengths[first:last]
             shift = starts[first:last] - (np.cumsum(part_lengths) - part_lengths)
             index = np.arange(int(part_lengths.sum()), dtype=np.int64)

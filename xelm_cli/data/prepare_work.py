@@ -92,6 +92,14 @@ class _Appender:
         self._lengths.close()
 
 
+def cut_to(path: Path, size: int) -> None:
+    """``path`` cut to its first ``size`` bytes; left alone when it has as many. A complete
+    language's file may be hard-linked into shards already written (read-only, sealed): a
+    rerun after an interruption must neither fail on it nor touch it."""
+    if path.stat().st_size != size:
+        os.truncate(path, size)
+
+
 def open_at(path: Path, size: int) -> Any:
     """``path`` opened for appending after its first ``size`` bytes (the rest is cut off)."""
     f = open(path, "ab")  # noqa: SIM115
@@ -324,8 +332,8 @@ class WorkDirectory(ResumableDirectory):
         for language, count in sorted(self.counts.items()):
             if count.documents == 0:
                 continue
-            os.truncate(self.path / tokens_file(language), count.tokens * self.dtype.itemsize)
-            os.truncate(self.path / lengths_file(language), count.documents * LENGTH_DTYPE.itemsize)
+            cut_to(self.path / tokens_file(language), count.tokens * self.dtype.itemsize)
+            cut_to(self.path / lengths_file(language), count.documents * LENGTH_DTYPE.itemsize)
             lengths = np.fromfile(self.path / lengths_file(language), dtype=LENGTH_DTYPE)
             lengths = lengths[: count.documents]
             result = np.zeros(count.documents + 1, dtype=OFFSETS_DTYPE)

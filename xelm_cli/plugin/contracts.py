@@ -181,6 +181,10 @@ class ClusterRequest:
     options: Any = None
     reading: SourceOptions | None = None
 
+    def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy's generators refuse it, after the data is read
+            raise UsageError(f"--seed must be 0 or more (got {self.seed})")
+
     @property
     def force(self) -> bool:
         """``overwrite`` by its earlier name, so that plugins that read ``request.force`` work."""
