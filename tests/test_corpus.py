@@ -371,3 +371,36 @@ def test_read_documents_stops_once_every_language_has_its_limit(tmp_path: Path) 
     ]  # fmt: skip
     with pytest.raises(FormatError, match=r"b\.jsonl:1: not a JSON object"):
         read_documents(corpus, languages=["en", "tr"], limit=3)
+
+
+def test_every_reader_takes_the_first_language_label_that_is_not_empty(tmp_path: Path) -> None:
+    """'lang', else 'language', skipping a null or empty one, whether the records are JSON
+    lines read as Arrow or line by line, a saved dataset or a dataset streamed from a
+    Hub-layout directory (the streamed reader said tr for {"lang": "", "language": "tr"}, the
+    others the --lang default or a refusal)."""
+    from hub_fixtures import write_readme, write_rows
+
+    records: list[dict[str, Any]] = [
+        {"text": "a", "lang": "", "language": "tr"},
+        {"text": "b", "lang": None, "language": "tr"},
+        {"text": "c", "language": "ar"},
+        {"text": "d", "lang": "en", "language": "tr"},
+    ]
+    expected = [("a", "tr"), ("b", "tr"), ("c", "ar"), ("d", "en")]
+    arrow = tmp_path / "arrow"
+    arrow.mkdir()
+    (arrow / "docs.jsonl").write_bytes(jsonl(records))
+    by_line = tmp_path / "by-line"
+    by_line.mkdir()  # a blank line: the Arrow reading gives way to the line-by-line one
+    (by_line / "docs.jsonl").write_bytes(jsonl(records[:2]) + b"\n" + jsonl(records[2:]))
+    saved = hf_dataset(tmp_path / "saved", {
+        "text": [r["text"] for r in records],
+        "lang": [r.get("lang") for r in records],
+        "language": [r["language"] for r in records],
+    })  # fmt: skip
+    hub = tmp_path / "hub"
+    write_rows(hub / "data" / "train.jsonl", records)
+    write_readme(hub, {"default": {"train": "data/train.jsonl"}})
+    for source in (arrow, by_line, saved, hub):
+        found = [(d.text, d.language) for d in iter_documents(source, language="ru")]
+        assert found == expected, source.name

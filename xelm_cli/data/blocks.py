@@ -22,7 +22,7 @@ import zstandard
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import is_unicode
 from xelm_cli.data.columnar import NEWLINE, Parsed, columnar_records
-from xelm_cli.data.labels import language_code, unlabelled
+from xelm_cli.data.labels import language_code, record_label, unlabelled
 from xelm_cli.data.zstd_stream import CHUNK, ZstdReader
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".json.zst")
@@ -59,10 +59,10 @@ def _record(line: str, path: Path, number: int) -> dict[str, Any]:
 def _record_language(
     record: dict[str, Any], path: Path, number: int, default: str | None
 ) -> str | None:
-    code = record.get("lang", record.get("language"))
-    if code is not None and not isinstance(code, str):
-        raise FormatError(f"{path}:{number}: 'lang' must be a string")
-    code = code or default
+    label = record_label(record)
+    if label is not None and not isinstance(label[1], str):
+        raise FormatError(f"{path}:{number}: {label[0]!r} must be a string")
+    code = label[1] if label is not None else default
     try:
         return language_code(code) if code else None
     except UsageError as exc:

@@ -8,10 +8,9 @@ from typing import Any
 import numpy as np
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.labels import language_code
+from xelm_cli.data.labels import LANGUAGE_FIELDS, language_code
 
 NEWLINE, OPEN_BRACE, OPEN_BRACKET = ord("\n"), ord("{"), ord("[")
-LANGUAGE_FIELDS = ("lang", "language")  # a record's language: 'lang', else 'language'
 # Deep nesting is an error of Python's JSON reader (RecursionError), not of Arrow's: a line with
 # more brackets than this is read line by line, where Python's reader decides.
 NESTING = 500
@@ -61,13 +60,13 @@ def columnar_records(data: bytes, default: str | None) -> Parsed | None:
     except (UnicodeDecodeError, pa.ArrowInvalid):
         return None
     rows = len(starts) + 1
-    text, lang, language = (table.column(name) for name in ("text", *LANGUAGE_FIELDS))
-    # More rows than lines: a line held several values. A null 'lang' beside a 'language':
-    # which of the two counts depends on whether the record has the key 'lang'.
-    lang_is_null = pa.compute.and_(lang.is_null(), language.is_valid())
-    if table.num_rows != rows or text.null_count or pa.compute.any(lang_is_null).as_py():
+    text, *labels = (table.column(name) for name in ("text", *LANGUAGE_FIELDS))
+    if table.num_rows != rows or text.null_count:  # more rows than lines: a line held several
         return None
-    languages = _languages(pa.compute.coalesce(lang, language, pa.scalar("")), default)
+    # the first label that is neither null nor empty (labels.record_label)
+    present = [pa.compute.if_else(pa.compute.equal(c, ""), pa.scalar(None, pa.string()), c)
+               for c in labels]  # fmt: skip
+    languages = _languages(pa.compute.coalesce(*present, pa.scalar("")), default)
     return None if languages is None else (text.to_pylist(), languages, rows)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.errors import FormatError, UsageError, exception_line
-from xelm_cli.data.labels import language_code, unlabelled
+from xelm_cli.data.labels import LANGUAGE_FIELDS, language_code, record_label, unlabelled
 
 HF_BATCH = 1000
 
@@ -86,21 +86,22 @@ def hf_rows(
             f"dataset {source!s} has no {text_column!r} column (columns: {', '.join(columns)}); "
             "choose one with --text-column"
         )
-    lang_column = next((c for c in ("lang", "language") if c in columns), None)
-    wanted = [text_column] + ([lang_column] if lang_column else [])
+    label_columns = [c for c in LANGUAGE_FIELDS if c in columns]
+    wanted = [text_column, *label_columns]
     default = language_code(language) if language else None
     row = 0
-    if lang_column is None and default is None and require_language:
+    if not label_columns and default is None and require_language:
         raise unlabelled(f"dataset {source!s}")
     for batch in _read(dataset.select_columns(wanted).iter(batch_size=HF_BATCH), source):
         texts = batch[text_column]
-        codes = batch[lang_column] if lang_column else [None] * len(texts)
-        for text, code in zip(texts, codes, strict=True):
+        for index, text in enumerate(texts):
             row += 1
             if not isinstance(text, str):
                 raise FormatError(f"dataset {source!s} row {row}: {text_column!r} is not a string")
-            if code is not None and not isinstance(code, str):
-                raise FormatError(f"dataset {source!s} row {row}: '{lang_column}' is not a string")
+            label = record_label({c: batch[c][index] for c in label_columns})
+            code = None if label is None else label[1]
+            if label is not None and not isinstance(code, str):
+                raise FormatError(f"dataset {source!s} row {row}: '{label[0]}' is not a string")
             if not code and default is None and require_language:
                 raise unlabelled(f"dataset {source!s} row {row}")
             try:

@@ -46,6 +46,7 @@ from xelm_cli.data.corpus import (
     labelled_files,
     source_kind,
 )
+from xelm_cli.data.labels import LANGUAGE_FIELDS, record_label
 from xelm_cli.lang.codes import normalize_language, wanted_form
 
 DEFAULT_BATCH = 1000
@@ -54,7 +55,6 @@ MIRROR_VARIABLE = "XELM_HUB_MIRROR"
 OFFLINE_MODE = "OfflineModeIsEnabled"  # huggingface_hub's error while HF_HUB_OFFLINE is set
 T = TypeVar("T")
 Labels = tuple[str | None, str | None]  # every row's language; that of rows without one
-LANGUAGE_COLUMNS = ("lang", "language")
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
 
@@ -343,7 +343,7 @@ class DatasetSource:
             self._add(batch, table.slice(0, 1).to_pylist()[0], before + 1, labels)
         wanted = [self.text_column]
         if labels[0] is None:
-            wanted += [c for c in LANGUAGE_COLUMNS if c in names]
+            wanted += [c for c in LANGUAGE_FIELDS if c in names]
         columns = [table.column(name).to_pylist() for name in wanted]
         add = self._add
         for number, values in enumerate(zip(*columns, strict=True), start=before + 1):
@@ -378,8 +378,8 @@ class DatasetSource:
             raise FormatError(f"{where}: {self.text_column!r} is not text ({type(text).__name__})")
         language, unlabelled = labels
         if language is None:
-            code = next((row[c] for c in LANGUAGE_COLUMNS if row.get(c)), None)
-            language = self._row_language(code, where) if code is not None else unlabelled
+            label = record_label(row)
+            language = self._row_language(label[1], where) if label else unlabelled
         if language is None:
             raise UsageError(
                 f"{where}: no language (a 'lang' column, --lang, or a per-language "
