@@ -214,12 +214,13 @@ def test_require_tokenizer(tokenizer_dir: Path, tmp_path: Path) -> None:
 
 
 def _by_hand(content: bytes, default: str | None) -> list[tuple[str, str | None]]:
-    """The documents of JSON lines, read as the line-by-line reader always did."""
+    """The documents of JSON lines: their language the first of 'lang', 'language' that is
+    neither null nor empty."""
     documents = []
     for line in io.StringIO(content.decode(), newline=None):
         if line.strip():
             record = json.loads(line)
-            code = record.get("lang", record.get("language")) or default
+            code = record.get("lang") or record.get("language") or default
             documents.append((record["text"], code))
     return documents
 
@@ -234,7 +235,7 @@ def test_columnar_reading_gives_the_line_by_line_documents() -> None:
 
 
 # Lines Arrow reads, and lines only the line-by-line reading gets right (a blank line, "\r\n",
-# a null 'lang' beside a 'language', escapes, an empty and a blank text): blocks of both kinds.
+# a null 'lang' beside a 'language' (which then counts), escapes, an empty and a blank text): blocks of both kinds.
 UNUSUAL = [
     b'{"text": "a\\u00e9\\ud83d\\ude00 \\"q\\"", "lang": "tr", "source": {"n": [1, 2.5]}}\n',
     b"\n",

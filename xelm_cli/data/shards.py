@@ -47,33 +47,6 @@ def offsets_file(language: str) -> str:
     return f"{language}.offsets.bin"
 
 
-class LanguageWriter:
-    """Appends tokenised documents of one language to ``LANG.tokens.bin`` in ``directory``."""
-
-    def __init__(self, directory: Path, language: str, dtype_name: str) -> None:
-        self.directory = directory
-        self.language = language
-        self.dtype = TOKEN_DTYPES[dtype_name]
-        self._file = open(directory / tokens_file(language), "wb")  # noqa: SIM115
-        self._lengths: list[int] = []
-
-    def add(self, documents: Sequence[Sequence[int]]) -> None:
-        lengths = [len(ids) for ids in documents]
-        flat = np.fromiter(
-            (i for ids in documents for i in ids), dtype=self.dtype, count=sum(lengths)
-        )
-        self._file.write(flat.data)  # not tofile: its errors lose the OS's reason (disk full)
-        self._lengths += lengths
-
-    def close(self) -> NDArray[np.uint64]:
-        """Close the tokens file, write the offsets file and return the offsets."""
-        self._file.close()
-        offsets = np.zeros(len(self._lengths) + 1, dtype=OFFSETS_DTYPE)
-        np.cumsum(self._lengths, out=offsets[1:])
-        write_array(self.directory / offsets_file(self.language), offsets)
-        return offsets
-
-
 def write_array(path: Path, array: NDArray[Any]) -> None:
     """``array``'s bytes to a new file; unlike ``ndarray.tofile``, a failed write (a full disk)
     raises OSError with its errno and file name."""
