@@ -235,7 +235,8 @@ def test_columnar_reading_gives_the_line_by_line_documents() -> None:
 
 
 # Lines Arrow reads, and lines only the line-by-line reading gets right (a blank line, "\r\n",
-# a null 'lang' beside a 'language' (which then counts), escapes, an empty and a blank text): blocks of both kinds.
+# a null 'lang' beside a 'language' (which then counts), escapes, an empty and a blank text):
+# blocks of both kinds.
 UNUSUAL = [
     b'{"text": "a\\u00e9\\ud83d\\ude00 \\"q\\"", "lang": "tr", "source": {"n": [1, 2.5]}}\n',
     b"\n",

@@ -121,6 +121,8 @@ class TrainingRun:
                 "accumulation x ranks)",
                 file=sys.stderr,
             )
+        if ranks.main and (note := warmup_note(inputs.options.warmup_steps, inputs.steps)):
+            print(note, file=sys.stderr)
         if ranks.main and (note := passes_note(request.tokens, inputs.shards, inputs.languages)):
             print(note, file=sys.stderr)
         if ranks.main and (note := positions_note(inputs.options.block_size, inputs.bundle.path)):
@@ -309,14 +311,20 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
             f"ranks): raise --tokens to {options.batch_tokens:,} or more (K counts thousands: "
             "8K is 8,000) or make a batch smaller"
         )
-    if options.warmup_steps >= steps:
-        raise UsageError(
-            f"--warmup-steps {options.warmup_steps:,} is not below the run's {steps:,} steps, "
-            f"so the learning rate would never reach --lr: warm up for fewer than {steps:,} "
-            "steps or raise --tokens"
-        )
     check_output(request)
     return Inputs(bundle, shards, valid, languages, options, steps, bundle.framing())
+
+
+def warmup_note(warmup_steps: int, steps: int) -> str | None:
+    """A warning when the warm-up does not end before the run does (a short trial of a
+    preset's options may mean it; a real run rarely does)."""
+    if warmup_steps < steps:
+        return None
+    return (
+        f"xelm: warning: --warmup-steps {warmup_steps:,} is not below the run's {steps:,} "
+        f"steps: the learning rate never reaches --lr (warm up for fewer than {steps:,} steps "
+        "or raise --tokens)"
+    )
 
 
 def require_tokens(shards: Shards, languages: list[str]) -> None:
