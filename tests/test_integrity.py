@@ -77,7 +77,16 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "tokenizer deleted": (TOKENIZER, lambda b: (b / TOKENIZER).unlink()),
     "manifest edited": ("xelm.json", edit_manifest),
     "unlisted file added": ("extra.bin", lambda b: (b / "extra.bin").write_bytes(b"x")),
+    "manifest a link to one elsewhere": ("xelm.json", lambda b: linked_manifest(b)),
 }
+
+
+def linked_manifest(bundle: Path) -> None:
+    """The manifest moved out of the bundle and linked back: its digests could then vouch
+    for another bundle's files."""
+    elsewhere = bundle.parent / "elsewhere.json"
+    (bundle / "xelm.json").rename(elsewhere)
+    (bundle / "xelm.json").symlink_to(elsewhere)
 
 
 @pytest.mark.parametrize("corruption", CORRUPTIONS)

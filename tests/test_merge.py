@@ -274,3 +274,41 @@ def test_merge_from_python_expands_a_quoted_glob(experts: list[Bundle], tmp_path
     assert merged.manifest.lineage[-1]["parents"] == [b.ref for b in in_glob_order]
     with pytest.raises(UsageError, match=r"^no bundle matches '.*/none\*'$"):
         merge_average(str(tmp_path / "none*"), tmp_path / "n")
+
+
+def test_two_bundles_of_one_expert_are_refused_when_weighing_a_language(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    """A branch beside the expert trained from it, both expert 0: one would silently take the
+    language's weight and the other none."""
+    alloc, bundles = allocated_experts(experts, tmp_path)
+    twin = perturbed_expert(bundles[0].path, tmp_path / "twin", seed=1, languages=["en"],
+                            scale=0, allocation=alloc.reference(0))  # fmt: skip
+    paths = [*(b.path for b in bundles), twin.path]
+    with pytest.raises(UsageError) as refused:
+        merge_average(paths, tmp_path / "m", language="en", allocation=alloc.path)
+    assert str(refused.value) == (
+        f"{bundles[0].path} and {twin.path} are both expert 0 of {alloc.path}: weights by "
+        "language need one bundle an expert"
+    )
+    assert not (tmp_path / "m").exists()
+
+
+def test_tensors_of_other_shapes_are_not_averaged_flattened(tmp_path: Path) -> None:
+    """Six values as 2 x 3 in one bundle and 3 x 2 in another (manifests that lie about their
+    architecture): refused by name, not averaged element by element."""
+    from safetensors.torch import save_file
+
+    from xelm_cli.bundle.merging import average_tensor
+
+    sources = []
+    for name, shape in (("a", (2, 3)), ("b", (3, 2))):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.ones(shape)}, str(tmp_path / name / "model.safetensors"))
+        sources.append(TensorSource(tmp_path / name))
+    with pytest.raises(UsageError) as refused:
+        average_tensor(sources, [0.5, 0.5], "w")
+    assert str(refused.value) == (
+        f"w is (2, 3) in {tmp_path / 'a'} but (3, 2) in {tmp_path / 'b'}; it cannot be averaged"
+    )
+    assert torch.equal(average_tensor(sources[:1] * 2, [0.5, 0.5], "w"), torch.ones(2, 3))

@@ -63,7 +63,7 @@ def check_moe(moe: Bundle, experts: list[Bundle], architecture: str) -> None:
 
 
 def test_llama_experts_become_mixtral(experts: list[Bundle], tmp_path: Path) -> None:
-    moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1)
+    moe = build_moe([b.path for b in experts], tmp_path / "moe", top_k=1, gate="uniform")
     check_moe(moe, experts, "MixtralForCausalLM")
     stored = load_file(str(moe.path / "model.safetensors"))
     for e, bundle in enumerate(experts):
@@ -238,3 +238,24 @@ def test_moe_from_python_expands_a_quoted_glob(experts: list[Bundle], tmp_path: 
     moe = build_moe(pattern, tmp_path / "moe", top_k=1)
     in_glob_order = sorted(experts, key=lambda b: b.path.name)
     assert moe.manifest.lineage[-1]["parents"] == [b.ref for b in in_glob_order]
+
+
+def test_the_default_gate_spreads_tokens_over_the_experts(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    """Random rows by default: an untrained MoE sends tokens to more than one expert (the zero
+    rows of --gate uniform tie, and top-1 then sends every token to the same expert)."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.arange(3, 40)[None]
+    chosen = {}
+    for gate in ("random", "uniform"):
+        built = build_moe([b.path for b in experts], tmp_path / gate, top_k=1, **(
+            {} if gate == "random" else {"gate": gate}))  # fmt: skip
+        assert built.manifest.lineage[-1]["gate"] == gate
+        model = AutoModelForCausalLM.from_pretrained(built.path).eval()
+        with torch.no_grad():
+            hidden = model.model.embed_tokens(ids)
+            logits = hidden @ model.model.layers[0].mlp.gate.weight.T  # the router's logits
+        chosen[gate] = set(logits.argmax(-1).flatten().tolist())
+    assert len(chosen["random"]) > 1 and len(chosen["uniform"]) == 1

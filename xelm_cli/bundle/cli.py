@@ -518,10 +518,12 @@ def moe(
     gate: Annotated[
         str,
         typer.Option(
-            help="Router initialisation: language (mean hidden state of each expert's "
-            "languages, needs --calibration), random or uniform."
+            help="Router initialisation: random (small random rows: tokens spread over the "
+            "experts), language (mean hidden state of each expert's languages, needs "
+            "--calibration) or uniform (zero rows: equal weights, and under --top-k below the "
+            "experts every token ties, so the same top-k take all until training splits them)."
         ),
-    ] = "uniform",
+    ] = "random",
     calibration: Annotated[
         str | None,
         typer.Option(

@@ -172,7 +172,13 @@ def language_weights(
                 f"{bundle.path} is not an expert of the allocation {allocation.path}; "
                 "weights by language need the experts of one allocation"
             )
-        expert_of[int(ref["expert"])] = i
+        expert = int(ref["expert"])
+        if expert in expert_of:  # a branch beside the expert trained from it, say
+            raise UsageError(
+                f"{bundles[expert_of[expert]].path} and {bundle.path} are both expert {expert} of "
+                f"{allocation.path}: weights by language need one bundle an expert"
+            )
+        expert_of[expert] = i
     shares = allocation.raw.get("language_shares")
     if isinstance(shares, dict) and language in shares:
         row = [float(x) for x in shares[language]]
@@ -266,7 +272,13 @@ def average_tensor(sources: Sequence[TensorSource], weights: Sequence[float], na
     total.mul_(weights[0])
     for source, weight in zip(sources[1:], weights[1:], strict=True):
         if weight:
-            _add_scaled(total, source.get(name), weight)
+            tensor = source.get(name)
+            if tensor.shape != total.shape:  # equal sizes would otherwise average flattened
+                raise UsageError(
+                    f"{name} is {tuple(total.shape)} in {sources[0].directory} but "
+                    f"{tuple(tensor.shape)} in {source.directory}; it cannot be averaged"
+                )
+            _add_scaled(total, tensor, weight)
     return total.to(dtype)
 
 

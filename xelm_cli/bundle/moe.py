@@ -312,7 +312,7 @@ def build_moe(
     out: Path,
     *,
     top_k: int = DEFAULT_TOP_K,
-    gate: str = "uniform",
+    gate: str = "random",
     calibration: str | Path | None = None,
     calibration_limit: int = CALIBRATION_LIMIT,
     weights: Sequence[float] | None = None,

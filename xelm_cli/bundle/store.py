@@ -66,6 +66,8 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}")
+    if manifest_path.is_symlink():  # its digests would vouch for files of another bundle
+        raise IntegrityError(f"{manifest_path}: a symbolic link, not the bundle's own manifest")
     raw = manifest_path.read_bytes()
     return raw, read_json_object(manifest_path, "bundle manifest")
 
