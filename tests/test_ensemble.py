@@ -828,3 +828,28 @@ def test_the_routing_table_bolds_the_largest_weights_and_none_in_a_tie() -> None
     shown = [[cell.plain for cell in column] for column in cells]
     assert shown == [["0.50", "0.25"], ["0.50", "0.75"]]
     assert bold == [[False, False], [False, True]]
+
+
+def test_bundles_without_a_framing_record_frame_with_their_own_tokenizers(
+    tmp_path: Path,
+) -> None:
+    """Two bundles from before the framing record, one tokenizer.json, but one designates its
+    end token as the start too: each frames as its own tokenizer says, so they are refused
+    (were accepted, both scored with the first one's start token)."""
+    from xelm_cli.bundle.store import write_bundle
+
+    golden = Bundle.open(Path(__file__).parent / "fixtures" / "golden-v1")
+    assert golden.manifest.framing is None
+    other = tmp_path / "other"
+    step = {"relation": "branch", "parents": [golden.ref]}
+    with write_bundle(other, role="expert", languages=["en"], step=step, parent=golden) as out:
+        tokenizer = golden.load_tokenizer()
+        tokenizer.bos_token = tokenizer.eos_token
+        out.save_tokenizer(tokenizer)
+    relabelled = Bundle.open(other)
+    assert relabelled.manifest.framing is None
+    assert (
+        relabelled.manifest.fingerprints["tokenizer"] == golden.manifest.fingerprints["tokenizer"]
+    )
+    with pytest.raises(UsageError, match="frames documents with start/end tokens"):
+        open_members([golden.path, other])

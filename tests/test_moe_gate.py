@@ -35,10 +35,12 @@ def calibration_documents() -> list[Document]:
 
 
 def one_by_one(bundle: Bundle, documents: list[Document], cut: int) -> torch.Tensor:
-    """The reference: every document alone (no padding, no mask), float64 sums of each
-    layer's post-attention norm output over its first ``cut`` tokens, divided by the tokens."""
+    """The reference: every document alone after the model's prefix token, as training and
+    scoring put it (no padding, no mask), float64 sums of each layer's post-attention norm
+    output over its first ``cut`` tokens, divided by the tokens."""
     model = bundle.load_model().eval()
     tokenizer = bundle.load_tokenizer()
+    prefix = bundle.framing(tokenizer).prefix
     layers = model.model.layers
     sums = torch.zeros(len(layers), model.config.hidden_size, dtype=torch.float64)
 
@@ -53,8 +55,8 @@ def one_by_one(bundle: Bundle, documents: list[Document], cut: int) -> torch.Ten
     count = 0
     with torch.no_grad():
         for document in documents:
-            ids = tokenizer(document.text, add_special_tokens=False).input_ids[:cut]
-            if ids:
+            ids = [prefix, *tokenizer(document.text, add_special_tokens=False).input_ids][:cut]
+            if len(ids) > 1:
                 model(torch.tensor([ids]))
                 count += len(ids)
     return sums / count
@@ -67,7 +69,9 @@ def test_batched_means_equal_one_by_one(
     seed = seed_from_config(model_type, tokenizer_dir, tmp_path / "seed", ["en"], **SMALL)
     documents = calibration_documents()
     tokenizer = seed.load_tokenizer()
-    batches = _calibration_batches(tokenizer, documents, 96, default_batch_tokens(CPU))
+    prefix = seed.framing(tokenizer).prefix
+    batches = _calibration_batches(tokenizer, documents, 96, default_batch_tokens(CPU), prefix)
+    assert all(s.tokens[0] == prefix for batch in batches for s in batch)
     widths = [[len(s.tokens) for s in batch] for batch in batches]
     assert len(batches) > 1 and any(len(set(w)) > 1 for w in widths)  # padding to mask
     assert max(map(max, widths)) == 96  # the long document, cut at the context

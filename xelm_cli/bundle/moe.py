@@ -214,13 +214,14 @@ def _moe_layout(
 
 
 def _calibration_batches(
-    tokenizer: Any, documents: Sequence[Any], cut: int, batch_tokens: int
+    tokenizer: Any, documents: Sequence[Any], cut: int, batch_tokens: int, prefix: int
 ) -> list[list[Segment]]:
-    """The documents' tokens, each cut at ``cut``, in length-sorted batches of at most
+    """The documents' tokens after the ``prefix`` token (as the model sees a document in
+    training and scoring), each cut at ``cut``, in length-sorted batches of at most
     ``batch_tokens`` padded tokens (``Segment.sequence``: the document's index)."""
     texts = [document.text for document in documents]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    segments = [Segment(i, 0, list(tokens[:cut]), 0) for i, tokens in enumerate(ids) if tokens]
+    segments = [Segment(i, 0, [prefix, *tokens][:cut], 0) for i, tokens in enumerate(ids) if tokens]
     return length_batches(segments, batch_tokens)
 
 
@@ -240,11 +241,9 @@ def _mean_router_inputs(
 
     model = bundle.load_model(verify=False).to(device).eval()
     cut = min(model.config.max_position_embeddings, CALIBRATION_TOKENS)
+    tokenizer = bundle.load_tokenizer(verify=False)
     batches = _calibration_batches(
-        bundle.load_tokenizer(verify=False),
-        documents,
-        cut,
-        default_batch_tokens(device),
+        tokenizer, documents, cut, default_batch_tokens(device), bundle.framing(tokenizer).prefix
     )
     # float64 sums stay where the norm outputs are, except on MPS, which has no float64
     sums_device = torch.device("cpu") if device.type == "mps" else device

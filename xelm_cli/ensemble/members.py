@@ -112,13 +112,11 @@ def check_compatible(bundles: Sequence[Bundle]) -> None:
 def _check_framings(bundles: Sequence[Bundle]) -> None:
     """Every member frames documents alike (xelm_cli.bundle.framing): the ensemble scores all of
     them on one token sequence, so a different start or end token would score another text."""
-    recorded = [bundle.manifest.framing for bundle in bundles]
-    if all(record is None for record in recorded):
-        return  # bundles older than the record: ``bos doc eos`` of their one tokenizer
-    tokenizer = None if all(recorded) else bundles[0].load_tokenizer(verify=False)
-    first = bundles[0].framing(tokenizer)
+    # a bundle older than the record frames as ``bos doc eos`` of its own tokenizer: one
+    # tokenizer.json may sit beside other special-token designations
+    first = bundles[0].framing()
     for bundle in bundles[1:]:
-        framing = bundle.framing(tokenizer)
+        framing = bundle.framing()
         if (framing.start, framing.end) != (first.start, first.end):
             raise UsageError(
                 f"{bundle.path} frames documents with start/end tokens "
