@@ -112,3 +112,17 @@ def test_a_negative_seed_is_refused_before_the_model_loads(
     req = request(seed_bundle, train_shards, tmp_path / "out", options={"seed": -1})
     with pytest.raises(UsageError, match=r"^--seed must not be negative$"):
         CausalLMTrainer().train(req)
+
+
+def test_a_diverged_run_stops_in_one_line_and_writes_no_bundle(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    """A loss that is no longer a number ends the run at the step it is logged: nothing with
+    NaN weights is written (the manifest's loss curve would not even be JSON)."""
+    options = {"lr": 1e8, "log_every": 1, "clip": 0.0, "checkpoint_every": 1000}
+    req = request(seed_bundle, train_shards, tmp_path / "out", options=options)
+    with pytest.raises(
+        UsageError, match=r"^training diverged: the loss is (nan|inf) at step \d+; "
+    ):
+        CausalLMTrainer().train(req)
+    assert not (tmp_path / "out").exists()

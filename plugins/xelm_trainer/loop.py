@@ -260,6 +260,8 @@ class TrainingRun:
                 state.step += 1
                 if state.step % options.log_every == 0 or state.step == inputs.steps:
                     record = step_record(state, sums, norm, lr, logged, options, ranks, device)
+                    if not math.isfinite(record["loss"]):  # every rank: the mean is all-reduced
+                        raise UsageError(diverged_line(record["loss"], state.step))
                     state.loss_curve.append([state.step, record["loss"]])
                     metrics.write(record)
                     progress.update(state.step, record["loss"], record["tokens_per_s"])
@@ -613,6 +615,15 @@ def accumulate(
         if aux_sum is not None and aux is not None:
             aux_sum += aux.detach()
     return StepSums(loss_sum, aux_sum)
+
+
+def diverged_line(loss: float, step: int) -> str:
+    """The one line for a run whose loss stopped being a number: nothing is written from it
+    (a bundle, or a checkpoint after it, would hold NaN weights)."""
+    return (
+        f"training diverged: the loss is {loss} at step {step}; start over (--force) with a "
+        "lower --lr, a longer --warmup-steps or a smaller --clip"
+    )
 
 
 def step_record(
