@@ -327,3 +327,17 @@ def test_written_languages_are_normalised(tmp_path: Path, seed_bundle: Path) -> 
         pass
     assert writer.result is not None and writer.result.languages == ["tr", "ar"]
     assert branch(seed_bundle, tmp_path / "b", languages=["tur", "ara"]).languages == ["tr", "ar"]
+
+
+def test_a_manifest_with_a_number_json_does_not_have_is_refused(seed_bundle: Path) -> None:
+    """Python writes and reads NaN and Infinity, JSON has neither: a manifest holding one (a
+    diverged run's loss curve, say) is invalid, for its writer and its readers."""
+    from xelm_cli.bundle.manifest import schema_problems
+
+    data = Bundle.read(seed_bundle).manifest.to_dict()
+    assert schema_problems(data) == []
+    for bad in (float("nan"), float("inf")):
+        problems = schema_problems({**data, "extra": {"curve": [[1, bad]]}})
+        assert problems == [
+            f"manifest (top level): number {bad} is not finite: JSON has no NaN or Infinity"
+        ]

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import reprlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -63,10 +64,11 @@ def read_json_object(path: Path, what: str | None = None) -> dict[str, Any]:
 
 def value_problem(value: Any) -> str | None:
     """What makes a parsed JSON value unusable although ``json.loads`` accepts it, or None:
-    nesting deeper than ``MAX_DEPTH``, or a string with a lone surrogate (a ``\\ud800``
-    escape), which has no UTF-8 form and so no canonical form."""
+    nesting deeper than ``MAX_DEPTH``, a string with a lone surrogate (a ``\\ud800``
+    escape), which has no UTF-8 form and so no canonical form, or a number that is not finite
+    (``NaN``, ``Infinity``: Python writes and reads them, JSON has none)."""
     if not isinstance(value, dict | list):
-        return _string_problem(value) if isinstance(value, str) else None
+        return _scalar_problem(value)
     containers = [(value, 1)]
     while containers:
         container, depth = containers.pop()
@@ -78,8 +80,16 @@ def value_problem(value: Any) -> str | None:
         for child in children:
             if isinstance(child, dict | list):
                 containers.append((child, depth + 1))
-            elif isinstance(child, str) and (problem := _string_problem(child)):
+            elif problem := _scalar_problem(child):
                 return problem
+    return None
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return _string_problem(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"number {value} is not finite: JSON has no NaN or Infinity"
     return None
 
 
