@@ -50,13 +50,17 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path | str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
 
 
 def _lock_path(target: Path) -> Path:
@@ -186,11 +190,7 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             path = os.path.join(directory, name)
             if os.path.isfile(path) and not os.path.islink(path):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync(path)
         fsync_dir(Path(directory))
 
 

@@ -660,8 +660,9 @@ def check_output_sizes(members: Sequence[Bundle], combine: str) -> None:
     if rule is None:
         return
     first = members[0]
+    expected = output_size(first)
     for member in members[1:]:
-        if (size := output_size(member)) != (expected := output_size(first)):
+        if (size := output_size(member)) != expected:
             raise UsageError(
                 f"{rule} adds the experts' logits, which needs as many from each: {member.path} "
                 f"gives {size} a token, {first.path} {expected}: use --combine mixture"
