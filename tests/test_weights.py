@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from xelm_cli.api import PluginError, check_token_weights, check_weights, keep_top_k, softmax
+from xelm_cli.api import (
+    PluginError,
+    check_token_weights,
+    check_weights,
+    keep_top_k,
+    posterior_weights,
+    softmax,
+)
 
 
 def test_softmax_along_each_axis_matches_the_formula() -> None:
@@ -25,6 +32,17 @@ def test_keep_top_k_keeps_the_largest_and_the_first_on_ties() -> None:
     np.testing.assert_allclose(keep_top_k(weights.T, 2, axis=0), keep_top_k(weights, 2, axis=1).T)
     assert keep_top_k(weights, None, axis=1) is weights
     assert keep_top_k(weights, 3, axis=1) is weights
+
+
+def test_posterior_weights_are_bayes_rule_and_the_prior_where_no_expert_has_evidence() -> None:
+    prior = np.array([0.25, 0.75])
+    evidence = np.log(np.array([[0.5, 0.0, 0.2, 0.0], [0.5, 0.1, 0.6, 0.0]]))
+    weights = posterior_weights(np.log(prior), evidence)
+    # by hand: c_e p_e / sum_j c_j p_j per column; the last column (both 0) is the prior
+    np.testing.assert_allclose(weights[:, 0], prior)
+    np.testing.assert_allclose(weights[:, 1], [0.0, 1.0])
+    np.testing.assert_allclose(weights[:, 2], [0.05 / 0.5, 0.45 / 0.5])
+    np.testing.assert_allclose(weights[:, 3], prior)
 
 
 def test_one_validator_for_rows_and_columns() -> None:

@@ -57,6 +57,7 @@ from xelm_cli.ensemble.weights import (
     check_token_weights,
     check_weights,
     keep_top_k,
+    posterior_weights,
     softmax,
 )
 from xelm_cli.lang.codes import normalize_language, parse_language_list
@@ -196,6 +197,7 @@ __all__ = [
     "parse_token_count",
     "past_positions_line",
     "pick_device",
+    "posterior_weights",
     "prepare",
     "prepare_experts",
     "rank_donors",

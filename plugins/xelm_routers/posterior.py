@@ -14,6 +14,7 @@ from xelm_cli.api import (
     UsageError,
     keep_top_k,
     option,
+    posterior_weights,
     softmax,
 )
 
@@ -80,11 +81,8 @@ class PosteriorRouter(OutputRouter):
         """Weights (k, T) proportional to the prior times exp(``evidence``) (k, T), the top k
         kept; the prior alone where every expert's evidence is -inf (it gave a token it
         conditions on probability 0), there the posterior is undefined."""
-        log_prior = self._log_prior(evidence.shape[0])[:, None]
-        scores = log_prior + evidence
-        undefined = np.isneginf(scores).all(axis=0)
-        scores[:, undefined] = log_prior
-        return keep_top_k(softmax(scores, axis=0), self.top_k, axis=0)
+        weights = posterior_weights(self._log_prior(evidence.shape[0]), evidence)
+        return keep_top_k(weights, self.top_k, axis=0)
 
     def calibrate(
         self, scored: Sequence[ScoredDocument], experts: Sequence[ExpertInfo]

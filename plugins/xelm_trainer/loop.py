@@ -104,6 +104,8 @@ class Inputs:
     options: TrainOptions
     steps: int
     framing: Any  # xelm_cli.bundle.framing.Framing: the start and end tokens of every document
+    # --resume: the (step, directory) of the checkpoint rank 0 found, which every rank reads
+    resume_from: tuple[int, Path] | None = None
 
 
 class TrainingRun:
@@ -130,8 +132,12 @@ class TrainingRun:
         device = pick_device(inputs.options.device, ranks)
         ranks.start(device)  # every rank has passed the checks: nothing is written before
         try:
-            # rank 0 decides (a lagging shared file system must not split the ranks)
-            if request.resume and not ranks.from_main(latest_checkpoint(request, ranks)):
+            if request.resume:
+                # rank 0 decides (a lagging shared file system must not split the ranks)
+                inputs = replace(
+                    inputs, resume_from=ranks.from_main(latest_checkpoint(request, ranks))
+                )
+            if request.resume and inputs.resume_from is None:
                 # killed before its first checkpoint (or never started): a re-queued job with
                 # the same command line simply starts the run
                 if ranks.main:
@@ -474,12 +480,11 @@ def resume(
     ranks: Ranks,
     device: torch.device,
 ) -> RunState:
-    """The newest checkpoint's run state, its weights into ``model`` and its optimiser state
-    into ``optimizer``; without a ``model`` (FSDP's ranks that receive rank 0's) neither is
-    read."""
-    latest = ranks.from_main(latest_checkpoint(request, ranks))
-    assert latest is not None  # run() resumes only from a checkpoint rank 0 found
-    step, path = latest
+    """The run state of the checkpoint rank 0 chose (``inputs.resume_from``), its weights into
+    ``model`` and its optimiser state into ``optimizer``; without a ``model`` (FSDP's ranks
+    that receive rank 0's) neither is read."""
+    assert inputs.resume_from is not None  # train() resumes only from a checkpoint rank 0 found
+    step, path = inputs.resume_from
     identity = run_identity(request, inputs)
     unknown = {name: identity[name] for name in IDENTITY_UNKNOWN_BEFORE}
     recorded = read_checkpoint_state(path).get("identity") or {}
@@ -515,7 +520,7 @@ def resume(
 
 def latest_checkpoint(request: TrainRequest, ranks: Ranks) -> tuple[int, Path] | None:
     """Rank 0's newest complete checkpoint, None without one (on other ranks: None; they take
-    rank 0's with ``Ranks.from_main``, and read it or fail)."""
+    rank 0's with ``Ranks.from_main``, once, and read it or fail)."""
     if not ranks.main:
         return None
     found = list_checkpoints(request.checkpoint_dir)

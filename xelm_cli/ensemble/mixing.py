@@ -3,7 +3,7 @@
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.ensemble.weights import softmax
+from xelm_cli.ensemble.weights import posterior_weights
 
 
 def logsumexp(values: NDArray[np.float64], axis: int = 0) -> NDArray[np.float64]:
@@ -30,13 +30,9 @@ def product_weights(
     """The product rule's weights (spec/ensemble-v1.md section 3): w[:, 0] = c and, for t >= 1,
     w[e, t] = c_e p_e(x_{t-1}) / sum_j c_j p_j(x_{t-1}), from ``logprobs`` L (k, T) with
     L[e, t] = ln p_e(x_t | x_<t) and the cluster weights ``prior`` c (k,)."""
-    prior = np.asarray(prior, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        log_prior = np.log(prior)[:, None]
+        log_prior = np.log(np.asarray(prior, dtype=np.float64))
     previous = np.zeros_like(logprobs)
     previous[:, 1:] = logprobs[:, :-1]
-    scores = log_prior + previous
     # a previous token every expert gave probability 0: the cluster weights alone
-    undefined = np.isneginf(scores).all(axis=0)
-    scores[:, undefined] = np.broadcast_to(log_prior, (len(prior), int(undefined.sum())))
-    return softmax(scores, axis=0)
+    return posterior_weights(log_prior, previous)

@@ -2,7 +2,8 @@
 
 A pre-router's weights are (documents x experts), each row a distribution; an output router's
 are (experts x tokens), each column one. One validator checks both (spec/plugin-api.md 6.1,
-6.3); ``softmax`` and ``keep_top_k`` serve routers that turn scores into such weights.
+6.3); ``softmax``, ``posterior_weights`` and ``keep_top_k`` serve routers that turn scores
+into such weights.
 """
 
 from typing import Any
@@ -23,6 +24,20 @@ def softmax(scores: NDArray[np.float64], axis: int) -> NDArray[np.float64]:
     scores = np.asarray(scores, dtype=np.float64)
     shifted = np.exp(scores - scores.max(axis=axis, keepdims=True))
     return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def posterior_weights(
+    log_prior: NDArray[np.float64], evidence: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Weights (k, T) proportional to the prior times exp(``evidence``): each column the
+    softmax over experts of ``log_prior`` (k,) plus ``evidence`` (k, T), log-likelihoods. Where
+    every expert's evidence is -inf (each gave a token it conditions on probability 0) the
+    posterior is undefined and the column is the prior alone."""
+    log_prior = np.asarray(log_prior, dtype=np.float64).reshape(-1, 1)
+    scores = log_prior + np.asarray(evidence, dtype=np.float64)
+    undefined = np.isneginf(scores).all(axis=0)
+    scores[:, undefined] = log_prior
+    return softmax(scores, axis=0)
 
 
 def keep_top_k(weights: NDArray[np.float64], top_k: int | None, axis: int) -> NDArray[np.float64]:
