@@ -91,6 +91,21 @@ def test_round_trip_decodes_to_the_input(tokenizer_dir: Path, corpus: Path, tmp_
     assert shards.verify() == []
 
 
+def test_a_vocabulary_with_gaps_stores_its_largest_id(tmp_path: Path) -> None:
+    """Three tokens, one of id 70,000: the shards are uint32 (a tokenizer's length, 3, would
+    give uint16 shards, which cannot hold it)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 70_000}, "[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    source = write_jsonl(tmp_path / "en.jsonl", [{"text": "hello world", "lang": "en"}])
+    shards = prepare(source, tmp_path / "tokenizer", tmp_path / "shards").shards
+    assert shards.dtype == np.dtype("<u4")
+    assert shards.document("en", 0).tolist() == [1, 70_000]
+
+
 def test_per_language_index_matches_hand_counts(
     tokenizer_dir: Path, corpus: Path, tmp_path: Path
 ) -> None:

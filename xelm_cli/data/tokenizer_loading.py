@@ -19,7 +19,7 @@ from xelm_cli.common.jsonio import read_json_object
 class TokenizerInfo:
     backend: Any  # tokenizers.Tokenizer
     fingerprint: str
-    vocab_size: int
+    vocab_size: int  # every token id is below it (the tokenizer's length, or its largest id + 1)
     special_tokens: dict[str, int | None]
 
     def record(self) -> dict[str, Any]:
@@ -114,7 +114,9 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"the tokenizer in {path} has no fast (Rust) version; convert it first")
     specials = _special_ids(tokenizer)
-    return TokenizerInfo(_whole_documents(tokenizer), fingerprint, len(tokenizer), specials)
+    # ids need not be dense (a word-level vocabulary may skip some): shards hold every id
+    id_range = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    return TokenizerInfo(_whole_documents(tokenizer), fingerprint, id_range, specials)
 
 
 def _whole_documents(tokenizer: Any) -> Any:
