@@ -133,6 +133,20 @@ def test_overwriting_swaps_old_for_new_in_one_step(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_a_version_moved_aside_by_a_killed_writer_is_put_back(tmp_path: Path) -> None:
+    """Without an atomic exchange --force moves the old version aside, then renames the new
+    one in: a writer killed between the two leaves no ``out``, and the next writer of ``out``
+    puts the old version back before anything else (here it then fails: the old one stays)."""
+    aside = tmp_path / ".out.old.abcdefgh.partial"
+    (aside / "x").mkdir(parents=True)
+    (aside / "x" / "version").write_text("1")
+    with pytest.raises(RuntimeError), atomic_directory(tmp_path / "out", overwrite=True):
+        assert (tmp_path / "out" / "version").read_text() == "1"
+        raise RuntimeError("the command failed")
+    assert (tmp_path / "out" / "version").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_a_failed_write_removes_the_directories_it_made(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_directory(tmp_path / "new" / "deeper" / "out"):
         raise RuntimeError("the command failed")

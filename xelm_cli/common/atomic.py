@@ -3,7 +3,9 @@
 A command that fails or is killed leaves the previous state at the target (nothing, or the
 version it was replacing), never a half-written file or directory. Temporaries are siblings of
 the target so the final rename stays on one filesystem; a directory replaced with ``overwrite``
-is swapped for the new one in a single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it.
+is swapped for the new one in a single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it
+(elsewhere the old one is moved aside first, and put back by the next writer if the process
+was killed before the new one took its place).
 
 One writer per target: a writer holds an advisory lock on a sibling ``.NAME.lock`` file while
 it builds the target, so a second process writing the same path fails at once with one line
@@ -28,6 +30,7 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 _held_locks: dict[Path, int] = {}  # lock file -> depth: re-entrant within one process
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
+_ASIDE = "x"  # the name of a replaced version inside its .NAME.old.*.partial directory
 
 
 def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
@@ -106,7 +109,10 @@ def shown_as_output(path: str) -> str:
 
 
 def _remove_stale_temporaries(target: Path) -> None:
-    """Temporaries of ``target`` left by a writer that was killed (we hold its lock now)."""
+    """Temporaries of ``target`` left by a writer that was killed (we hold its lock now); a
+    previous version it had moved aside (two renames, without an atomic exchange) and not yet
+    replaced goes back to ``target``."""
+    _restore_moved_aside(target)
     stale = re.compile(_temporary_name(re.escape(target.name)))
     with contextlib.suppress(OSError):
         for child in target.parent.iterdir():
@@ -115,6 +121,20 @@ def _remove_stale_temporaries(target: Path) -> None:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
+
+
+def _restore_moved_aside(target: Path) -> None:
+    if target.exists() or target.is_symlink():
+        return
+    aside = re.compile(
+        rf"\.{re.escape(target.name)}\.old\.[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
+    )
+    with contextlib.suppress(OSError):
+        for child in target.parent.iterdir():
+            if aside.fullmatch(child.name) and (child / _ASIDE).exists():
+                os.rename(child / _ASIDE, target)
+                fsync_dir(target.parent)
+                return
 
 
 @contextlib.contextmanager
@@ -204,8 +224,10 @@ def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
             if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
                 shutil.rmtree(tmp, ignore_errors=True)  # it holds the old version now
             else:
+                # a kill between the renames leaves the old version aside, and the next
+                # writer of target puts it back (_restore_moved_aside)
                 old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
-                os.rename(target, old / "x")
+                os.rename(target, old / _ASIDE)
                 os.rename(tmp, target)
                 shutil.rmtree(old, ignore_errors=True)
         else:
