@@ -246,6 +246,21 @@ def test_demonstrations_are_deterministic_per_seed_and_vary_between_runs() -> No
     assert first._prompts() == second._prompts()
 
 
+def test_another_seed_draws_other_demonstrations_in_every_run() -> None:
+    """Runs of seed 1 are not runs of seed 0 shifted by one (seeded by (seed, run))."""
+
+    def contexts(seed: int) -> list[list[str]]:
+        built = evaluator(
+            "sib200", SHARED_TASKS, languages=("sw",), limit=10, shots=3, runs=2, seed=seed
+        )
+        requests, plan = built._prompts()
+        return [[requests[i].context for i in run] for run in plan["sw"]]
+
+    zero, one = contexts(0), contexts(1)
+    assert zero[0] != zero[1] and one[0] != one[1]
+    assert not {tuple(run) for run in zero} & {tuple(run) for run in one}
+
+
 def test_build_context_layout() -> None:
     demos = [Prompt("A is", (" one", " two"), 1), Prompt("B is", (" three", " four"), 0)]
     assert build_context(demos, "C is") == "A is two\n\nB is three\n\nC is"
@@ -457,7 +472,7 @@ def test_few_shot_runs_differ_and_stderr_is_over_runs(tmp_path: Path) -> None:
     pool = open_task("jsonl", tmp_path).load("en", "harness")
     expected = []
     for run in range(4):
-        rng = np.random.default_rng(11 + run)
+        rng = np.random.default_rng([11, run])
         demos = [sample_demonstrations(pool, i, 1, rng)[0] for i in range(8)]
         expected.append(sum(d.context.startswith("good") for d in demos) / 8)
     assert len(set(expected)) > 1  # the runs draw different demonstrations

@@ -185,7 +185,9 @@ def test_limit_shots_seed_and_data_directory(model: EnsembleModel, task_dir: Pat
     assert set(result["languages"]) == {"all"}
 
 
-def test_loglikelihood_and_rolling_tasks(model: EnsembleModel, task_dir: Path) -> None:
+def scoring_tasks(task_dir: Path) -> list[str]:
+    """A LAMBADA-like (loglikelihood) and a wikitext-like (loglikelihood_rolling) task beside
+    the fixture task, reading its examples."""
     data = yaml.safe_load((task_dir / f"{TASK}.yaml").read_text())["dataset_kwargs"]
     common = {"dataset_path": "json", "dataset_kwargs": data, "test_split": "test"}
     tasks = {
@@ -207,6 +209,23 @@ def test_loglikelihood_and_rolling_tasks(model: EnsembleModel, task_dir: Path) -
     }
     for name, config in tasks.items():
         (task_dir / f"{name}.yaml").write_text(yaml.safe_dump({"task": name, **common, **config}))
+    return list(tasks)
+
+
+def test_a_tasks_own_shots_hold_unless_shots_are_given(
+    model: EnsembleModel, task_dir: Path
+) -> None:
+    config_path = task_dir / f"{TASK}.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update(num_fewshot=2, fewshot_split="test")
+    config_path.write_text(yaml.safe_dump(config))
+    for shots, used in (({}, 2), ({"shots": 0}, 0), ({"shots": 1}, 1)):  # {}: not given
+        request = EvalRequest(data=str(task_dir), task=TASK, limit=2, **shots)
+        assert LmEvalEvaluator(request).evaluate(model)["n_shot"] == {TASK: used}
+
+
+def test_loglikelihood_and_rolling_tasks(model: EnsembleModel, task_dir: Path) -> None:
+    tasks = scoring_tasks(task_dir)
     request = EvalRequest(task=",".join(tasks), limit=3, options={"include_path": str(task_dir)})
     result = LmEvalEvaluator(request).evaluate(model)
 
@@ -216,6 +235,30 @@ def test_loglikelihood_and_rolling_tasks(model: EnsembleModel, task_dir: Path) -
     assert answer["acc"] is None and answer["acc_stderr"] is None  # needs greedy decoding
     assert result["notes"] and "xelm_tiny_answer:acc" in result["notes"][0]
     assert text["word_perplexity"] > 1 and text["bits_per_byte"] > 0 and text["examples"] == 3
+
+
+@pytest.mark.parametrize(
+    ("task", "primary", "higher"),
+    [
+        (TASK, "acc", True),
+        ("xelm_tiny_answer", "perplexity", False),
+        ("xelm_tiny_text,xelm_tiny_answer", "word_perplexity", False),
+    ],
+)
+def test_the_headline_is_the_first_tasks_first_metric_xelm_computes(
+    seed_bundle: Path, task_dir: Path, task: str, primary: str, higher: bool
+) -> None:
+    """Through ``xelm ensemble eval``'s Python call: a LAMBADA-like task's headline is its
+    perplexity (its acc needs greedy decoding: null), a wikitext-like one's word perplexity."""
+    from xelm_cli.api import evaluate
+
+    scoring_tasks(task_dir)
+    results = evaluate(
+        [seed_bundle], data=str(task_dir), evaluator="lm-eval", task=task, limit=2, languages="en"
+    )
+    assert (results["primary"], results["higher_is_better"]) == (primary, higher)
+    overall = results["systems"][0]["metrics"]["overall"]
+    assert overall[primary] > 0
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """In-context learning: k-shot multiple-choice accuracy per language (method section 7).
 
 For every language and run, each evaluated example gets ``shots`` demonstrations drawn from
-the task's demonstration pool with ``numpy.random.default_rng(seed + run)`` (a fresh generator
+the task's demonstration pool with ``numpy.random.default_rng([seed, run])`` (a fresh generator
 per language, so a language's prompts do not depend on which other languages are evaluated).
 All prompts of all languages and runs go to the model in one ``score_choices`` call (an
 ensemble then loads each expert once); identical prompts (every run of a 0-shot evaluation)
@@ -51,8 +51,8 @@ class IclEvaluator(Evaluator):
     """
 
     name: ClassVar[str] = "icl"
-    primary: ClassVar[str] = "accuracy"
-    higher_is_better: ClassVar[bool] = True
+    primary = "accuracy"
+    higher_is_better = True
     tasks: ClassVar[tuple[str, ...]] = tuple(task_names())
     uses_protocol: ClassVar[bool] = True
 
@@ -75,6 +75,7 @@ class IclEvaluator(Evaluator):
                 f"the icl evaluator needs --data: the directory holding the {request.task} files"
             )
         self.task = open_task(request.task, request.data)
+        self.shots = request.shots or 0  # not given: zero-shot
         if request.languages:
             chosen = list(dict.fromkeys(normalize_language(c) for c in request.languages))
         else:
@@ -84,9 +85,9 @@ class IclEvaluator(Evaluator):
         self.data: dict[str, TaskData] = {}
         for language in chosen:
             data = self.task.load(
-                language, self.protocol, limit=request.limit, demos=request.shots > 0
+                language, self.protocol, limit=request.limit, demos=self.shots > 0
             )
-            check_shots(data, request.shots)
+            check_shots(data, self.shots)
             self.data[language] = data
 
     def _default_languages(self) -> list[str]:
@@ -138,11 +139,12 @@ class IclEvaluator(Evaluator):
         """The unique requests, and per language, per run, each example's request index."""
         slots: dict[ChoiceRequest, int] = {}
         plan: dict[str, list[list[int]]] = {}
-        shots = self.request.shots
+        shots = self.shots
         for language, data in self.data.items():
             plan[language] = []
             for run in range(self.request.runs):
-                rng = np.random.default_rng(self.request.seed + run)
+                # seeded by (seed, run): other seeds' runs are independent draws, not shifted
+                rng = np.random.default_rng([self.request.seed, run])
                 indices = []
                 for i, prompt in enumerate(data.examples):
                     demos = sample_demonstrations(data, i, shots, rng)
@@ -191,7 +193,7 @@ class IclEvaluator(Evaluator):
             "task": self.task.name,
             "protocol": self.protocol,
             "scoring": PROTOCOLS[self.protocol],
-            "shots": self.request.shots,
+            "shots": self.shots,
             "runs": self.request.runs,
             "seed": self.request.seed,
             "data": str(self.task.root),

@@ -62,8 +62,8 @@ class PerplexityEvaluator(Evaluator):
     """
 
     name: ClassVar[str] = "perplexity"
-    primary: ClassVar[str] = "perplexity"
-    higher_is_better: ClassVar[bool] = False
+    primary = "perplexity"
+    higher_is_better = False
 
     @dataclass(frozen=True, kw_only=True)
     class Options:

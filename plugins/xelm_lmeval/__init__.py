@@ -4,7 +4,7 @@
 runs lm-eval tasks on every system, each wrapped as an lm-eval model
 (:class:`xelm_lmeval.bridge.XelmLM`). The request maps onto lm-eval as follows: ``task`` is a
 comma-separated list of lm-eval task, group or tag names (or task YAML files); ``limit`` is
-lm-eval's per-task example limit; ``shots`` its ``num_fewshot``; ``seed`` every seed it takes.
+lm-eval's per-task example limit; ``shots`` its ``num_fewshot`` (not given: each task's own); ``seed`` every seed it takes.
 Options (``--eval-arg KEY=VALUE``): ``include_path`` (a directory of custom task YAML files;
 ``--data DIR`` is read the same way), ``language`` (what a language router is told; ``--langs``
 with one language does the same) and ``bootstrap_iters`` (lm-eval's stderr bootstrap).
@@ -71,13 +71,15 @@ class LmEvalEvaluator(Evaluator):
     "all": the same}, "tasks": {task: metrics}, "primary_metric", "higher_is_better",
     "n_shot", "lm_eval_version"}``; metric names are lm-eval's (``acc``, ``acc_norm``,
     ``acc_stderr``, ...; a filter other than ``none`` is kept as ``metric,filter``) plus
-    ``examples``, the number of examples scored. ``primary`` says ``acc``, the first metric of
-    most multiple-choice tasks; ``primary_metric`` names the first task's actual first metric.
+    ``examples``, the number of examples scored. ``primary`` (and ``higher_is_better``), set
+    for the request: the first task's first metric xelm computes (``acc`` for most
+    multiple-choice tasks, ``perplexity`` for LAMBADA-like, ``word_perplexity`` for
+    wikitext-like ones); ``primary_metric`` names the first metric of the first result row.
     """
 
     name: ClassVar[str] = "lm-eval"
-    primary: ClassVar[str] = "acc"
-    higher_is_better: ClassVar[bool] = True
+    primary = "acc"
+    higher_is_better = True
 
     @dataclass(frozen=True, kw_only=True)
     class Options:
@@ -113,6 +115,7 @@ class LmEvalEvaluator(Evaluator):
         self.bootstrap_iters = self.options.bootstrap_iters
         self._manager = self._task_manager()
         self._tasks, self._output_types, self._first = self._load_tasks()
+        self.primary, self.higher_is_better = self._headline()
 
     @property
     def languages(self) -> list[str]:
@@ -147,6 +150,7 @@ class LmEvalEvaluator(Evaluator):
         objects: list[Any] = []
         output_types: dict[str, str] = {}
         first = ""
+        self._first_task: tuple[str, Any] = ("", None)
         for name in self.task_names:
             try:
                 loaded = self._manager.load([name])
@@ -161,6 +165,8 @@ class LmEvalEvaluator(Evaluator):
                 objects += loaded["tasks"].values()
                 first = first or next(iter(loaded["tasks"]), "")
             for task_name, task in loaded["tasks"].items():
+                if self._first_task[1] is None:
+                    self._first_task = (task_name, task)
                 output_type = str(task.get_config("output_type"))
                 if output_type not in SCORING_OUTPUT_TYPES:
                     raise UsageError(
@@ -170,6 +176,17 @@ class LmEvalEvaluator(Evaluator):
                     )
                 output_types[task_name] = output_type
         return objects, output_types, first
+
+    def _headline(self) -> tuple[str, bool]:
+        """The first task's first metric that xelm computes, and its direction: ``acc`` for
+        most multiple-choice tasks, ``perplexity`` for LAMBADA-like ones, ``word_perplexity``
+        for wikitext-like ones (a group's first task's)."""
+        name, task = self._first_task
+        greedy = GREEDY_METRICS.get(self._output_types[name])
+        for metric, higher in task.higher_is_better().items():
+            if metric != greedy:
+                return metric, bool(higher)
+        return self.primary, self.higher_is_better
 
     # -- evaluation
 

@@ -163,7 +163,15 @@ def evaluate(
             help="In-context task (icl: xnli, xstorycloze, sib200, xcopa, belebele, jsonl).",
         ),
     ] = None,
-    shots: Annotated[int, typer.Option("--shots", help="Demonstrations per example.")] = 0,
+    shots: Annotated[
+        int | None,
+        typer.Option(
+            "--shots",
+            help="Demonstrations per example [default: the evaluator's: 0 for icl, each "
+            "lm-eval task's own].",
+            show_default=False,
+        ),
+    ] = None,
     runs: Annotated[int, typer.Option("--runs", help="Demonstration samplings.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of demonstration sampling.")] = 0,
     protocol: Annotated[

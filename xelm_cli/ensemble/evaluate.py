@@ -34,7 +34,7 @@ def evaluate(
     languages: Sequence[str] | str | None = None,
     limit: int | None = None,
     task: str | None = None,
-    shots: int = 0,
+    shots: int | None = None,
     runs: int = 1,
     seed: int = 0,
     protocol: str = "paper",

@@ -341,7 +341,7 @@ class LanguageModel(ABC):
 class EvalRequest:
     """What ``xelm ensemble eval`` asks an evaluator: the data, the languages (None: every
     language in the data), a per-language document/example limit, and, for in-context tasks,
-    the task, shots, runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``.
+    the task, shots (None: the evaluator's default), runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``.
     ``model_languages``: the languages the evaluated ensemble covers (its experts', in ensemble
     order; None when unknown), a default where the data has far more (a Hub dataset)."""
 
@@ -349,7 +349,7 @@ class EvalRequest:
     languages: tuple[str, ...] | None = None
     limit: int | None = None
     task: str | None = None
-    shots: int = 0
+    shots: int | None = None  # None: the evaluator's default (icl: 0; lm-eval: each task's)
     runs: int = 1
     seed: int = 0
     protocol: str = "paper"
@@ -375,7 +375,9 @@ class Evaluator(ABC):
     ``evaluate(model)`` returns ``{"overall": {metric: value}, "languages": {code: {...}}}``
     plus anything else JSON-serialisable. ``on_languages(languages)``: the same evaluation
     restricted to some of its languages. ``primary`` names the headline metric and
-    ``higher_is_better`` its direction (for deltas against a baseline). ``tasks``: the task
+    ``higher_is_better`` its direction (for deltas against a baseline): class attributes, which
+    an evaluator whose headline depends on its request (lm-eval's tasks) sets again on the
+    instance in its constructor; xelm reads the instance's. ``tasks``: the task
     names ``--task`` may give it, where it has a fixed set (a data folder named for one of them
     without ``--task`` is refused naming it). ``uses_protocol``: whether it scores choices by
     ``request.protocol`` (``--protocol``), which results then record (else null).
@@ -383,8 +385,8 @@ class Evaluator(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions  # the declared options (xelm_cli.plugin.options)
-    primary: ClassVar[str]
-    higher_is_better: ClassVar[bool]
+    primary: str  # on the class (checked at registration); an instance may set its own
+    higher_is_better: bool
     tasks: ClassVar[tuple[str, ...]] = ()
     uses_protocol: ClassVar[bool] = False
 

@@ -89,7 +89,7 @@ def check_evaluator(
         except Exception as exc:
             report.add("evaluate()", FAIL, failure(exc))
             return report
-        report.add(*_check_result(result, owner))
+        report.add(*_check_result(result, evaluator))
         return report
     report.add(
         "evaluate()",
@@ -101,13 +101,14 @@ def check_evaluator(
     return report
 
 
-def _check_result(result: Any, owner: Any) -> tuple[str, str, str]:
-    problem = result_problem(result, owner.primary)
+def _check_result(result: Any, evaluator: Any) -> tuple[str, str, str]:
+    primary = evaluator.primary  # the instance's: it may depend on the request (lm-eval's task)
+    problem = result_problem(result, primary)
     if problem is not None:
         return "evaluate()", FAIL, problem
-    value, languages = result["overall"][owner.primary], result["languages"]
+    value, languages = result["overall"][primary], result["languages"]
     return (
         "evaluate()",
         PASS,
-        f"overall {owner.primary} = {value:.4g} over {len(languages)} languages",
+        f"overall {primary} = {value:.4g} over {len(languages)} languages",
     )
