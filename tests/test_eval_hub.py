@@ -64,6 +64,9 @@ def test_flores_codes_of_the_papers_languages_and_back() -> None:
     assert language_of_config("arb_Arab") == "ar"
     assert language_of_config("sw") == "sw"
     assert language_of_config("all_languages") is None
+    # macrolanguages outside the paper's 20: FLORES-200 names their individual language
+    for code, flores in (("fa", "pes_Arab"), ("ms", "zsm_Latn"), ("no", "nob_Latn")):
+        assert flores_code(code) == flores and language_of_config(flores) == code
 
 
 def test_sib200_text_for_perplexity_by_id_and_by_local_copy(mirror: Path) -> None:

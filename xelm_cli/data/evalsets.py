@@ -26,9 +26,10 @@ from xelm_cli.data.sources import (
 )
 from xelm_cli.lang.codes import normalize_language
 
-# The 20 languages of the X-ELM paper. FLORES names the individual language where ISO 639-1
-# names a macrolanguage (Arabic is Modern Standard Arabic arb, Swahili swh, Azerbaijani the
-# North Azerbaijani azj); Korean's script is Hang, not langcodes' Kore.
+# The 20 languages of the X-ELM paper, then the other FLORES-200 languages whose ISO 639-1
+# code names a macrolanguage: FLORES names the individual language (Arabic is Modern Standard
+# Arabic arb, Swahili swh, Persian Western Persian pes, Malay Standard Malay zsm); Korean's
+# script is Hang, not langcodes' Kore. Read both ways: pes_Arab is fa.
 FLORES_CODES: dict[str, str] = {
     "ar": "arb_Arab",
     "az": "azj_Latn",
@@ -50,6 +51,23 @@ FLORES_CODES: dict[str, str] = {
     "ur": "urd_Arab",
     "vi": "vie_Latn",
     "zh": "zho_Hans",
+    "ay": "ayr_Latn",
+    "fa": "pes_Arab",
+    "ff": "fuv_Latn",
+    "ku": "kmr_Latn",
+    "lv": "lvs_Latn",
+    "mg": "plt_Latn",
+    "mn": "khk_Cyrl",
+    "ms": "zsm_Latn",
+    "ne": "npi_Deva",
+    "no": "nob_Latn",
+    "om": "gaz_Latn",
+    "or": "ory_Orya",
+    "ps": "pbt_Arab",
+    "qu": "quy_Latn",
+    "sq": "als_Latn",
+    "uz": "uzn_Latn",
+    "yi": "ydd_Hebr",
 }
 _SCRIPT_NAMES = {"Kore": "Hang"}
 
