@@ -55,6 +55,24 @@ def test_a_second_writer_fails_clearly_until_the_first_is_gone(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["expert"]  # no lock file, no temp
 
 
+def test_an_evaluation_holds_its_results_file_from_the_start(
+    seed_bundle: Path, tmp_path: Path
+) -> None:
+    """A second evaluation into the same results file is refused before it reads its data
+    (here: none there), not after scoring everything, when its write would meet the lock."""
+    from xelm_cli.api import evaluate
+
+    target = tmp_path / "results.json"
+    holder = hold_lock(target)
+    try:
+        with pytest.raises(UsageError, match="another process is writing"):
+            evaluate([seed_bundle], data=tmp_path / "no-data", output=target)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not target.exists()
+
+
 def test_stale_temporaries_of_the_target_are_removed(tmp_path: Path) -> None:
     mine = tmp_path / ".out.k3j_9x2a.partial"
     mine.mkdir()

@@ -5,13 +5,14 @@ are the registered plugins, and the result is the same record the command writes
 ``--format json`` (spec/ensemble-v1.md section 5).
 """
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.atomic import output_lock, write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
@@ -61,36 +62,45 @@ def evaluate(
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
-    if output is not None and Path(output).exists() and not overwrite:
-        raise UsageError(f"{output} exists; pass overwrite=True to replace it")
-    spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
-    name = evaluator or ("icl" if task else "perplexity")
-    request = EvalRequest(
-        data=None if data is None else str(data),
-        languages=language_codes(languages),
-        limit=limit,
-        task=task,
-        shots=shots,
-        runs=runs,
-        seed=seed,
-        protocol=protocol,
-        options=dict(eval_options),
-        model_languages=tuple(dict.fromkeys(lang for b in spec.members for lang in b.languages)),
-    )
-    built = _build_evaluator(name, request, chosen=evaluator is not None or task is not None)
-    chosen_router = build_router(spec.router, spec.router_options)
-    if request.languages is None and not chosen_router.routes_uncovered_languages:
-        built = _on_covered_languages(name, request, built, router=spec.router)
-    systems = systems_for(
-        spec,
-        chosen_router,
-        each=each,
-        baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
-        device=device,
-    )
-    results = run_evaluation(name, built, spec, systems)
-    if output is not None:
-        write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
+    # one writer of the output from the start: a second evaluation into it fails at once
+    # instead of replacing this one's results when both finish
+    with output_lock(output) if output is not None else contextlib.nullcontext():
+        if output is not None and Path(output).exists() and not overwrite:
+            raise UsageError(f"{output} exists; pass overwrite=True to replace it")
+        spec = resolve_ensemble(
+            members, router=router, router_options=router_options, combine=combine
+        )
+        name = evaluator or ("icl" if task else "perplexity")
+        request = EvalRequest(
+            data=None if data is None else str(data),
+            languages=language_codes(languages),
+            limit=limit,
+            task=task,
+            shots=shots,
+            runs=runs,
+            seed=seed,
+            protocol=protocol,
+            options=dict(eval_options),
+            model_languages=tuple(
+                dict.fromkeys(lang for b in spec.members for lang in b.languages)
+            ),
+        )
+        built = _build_evaluator(name, request, chosen=evaluator is not None or task is not None)
+        chosen_router = build_router(spec.router, spec.router_options)
+        if request.languages is None and not chosen_router.routes_uncovered_languages:
+            built = _on_covered_languages(name, request, built, router=spec.router)
+        systems = systems_for(
+            spec,
+            chosen_router,
+            each=each,
+            baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
+            device=device,
+        )
+        results = run_evaluation(name, built, spec, systems)
+        if output is not None:
+            write_bytes_atomic(
+                Path(output), pretty_json(results), overwrite=True
+            )  # ours alone: locked
     return results
 
 
