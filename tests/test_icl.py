@@ -167,6 +167,10 @@ def test_jsonl_single_file_never_uses_the_example_as_its_own_demonstration() -> 
         ("{not json", r"tr\.jsonl:2: not valid JSON"),
         ('{"context": "x", "choices": [" a"], "label": 0}', r"tr\.jsonl:2: 'choices' must be"),
         ('{"context": "x", "choices": [" a", " b"], "label": 2}', r"tr\.jsonl:2: 'label' must"),
+        (
+            '{"context": "x", "choices": [" \\ud800", " b"], "label": 0}',
+            r"tr\.jsonl:2: .*surrogate",
+        ),
     ],
 )
 def test_jsonl_malformed_line(tmp_path: Path, line: str, message: str) -> None:

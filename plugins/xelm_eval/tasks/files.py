@@ -76,10 +76,23 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     raise FormatError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
                 if not isinstance(record, dict):
                     raise FormatError(f"{path}:{number}: expected a JSON object")
+                if "\\u" in line and not _is_unicode(record):  # only escapes make surrogates
+                    raise FormatError(
+                        f"{path}:{number}: a string holds a lone surrogate (a \\ud800-\\udfff "
+                        "escape alone): not valid Unicode text"
+                    )
                 records.append((number, record))
     except UnicodeDecodeError:
         raise FormatError(f"{path}: not UTF-8 text") from None
     return records
+
+
+def _is_unicode(record: dict[str, Any]) -> bool:
+    try:
+        json.dumps(record, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def text_field(fields: dict[str, Any], key: str, where: str) -> str:
