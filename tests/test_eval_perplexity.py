@@ -13,7 +13,7 @@ from conftest import SHARED_DATA
 from rich.console import Console
 from xelm_eval.perplexity import summarise
 
-from xelm_cli.api import Document, evaluate
+from xelm_cli.api import Document, UsageError, evaluate
 from xelm_cli.ensemble.results import render_csv, render_table
 
 
@@ -31,6 +31,17 @@ def test_mean_over_languages_counts_each_language_once_where_overall_pools_token
     assert metrics["overall"]["perplexity"] == pytest.approx(2 ** ((4 + 3) / 5))
     assert metrics["overall"]["bits_per_byte"] == pytest.approx((4 + 3) / 5)
     assert {"nll", "tokens", "bytes", "documents"} <= set(metrics["overall"])
+
+
+def test_a_document_with_no_scored_token_counts_for_nothing() -> None:
+    """A model whose tokenizer drops a document (zero-width text) scores it as no tokens: its
+    bytes do not dilute bits per byte; a language with no scored token is refused, one line."""
+    documents = [Document("ab", "en"), Document("\u200b\u200b", "en"), Document("\u200b", "tr")]
+    scores = [np.log([0.5, 0.5]), np.array([]), np.array([])]
+    with pytest.raises(UsageError, match=r"no token of the tr documents; leave it out with"):
+        summarise(documents, scores, ["en", "tr"])
+    en = summarise(documents[:2], scores[:2], ["en"])["languages"]["en"]
+    assert (en["bits_per_byte"], en["documents"], en["bytes"]) == (pytest.approx(1.0), 1, 2)
 
 
 @pytest.fixture(scope="module")

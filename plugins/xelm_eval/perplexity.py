@@ -198,11 +198,19 @@ def summarise(
     nll = dict.fromkeys(languages, 0.0)
     counts = {language: [0, 0, 0] for language in languages}  # tokens, bytes, documents
     for document, logprobs in zip(documents, scores, strict=True):
+        if logprobs.size == 0:  # nothing scored (a model's tokenizer dropped it): no bytes either
+            continue
         language = str(document.language)
         nll[language] -= float(np.sum(logprobs))
         counts[language][0] += int(logprobs.size)
         counts[language][1] += len(document.text.encode("utf-8"))
         counts[language][2] += 1
+    unscored = [language for language in languages if counts[language][0] == 0]
+    if unscored:
+        raise UsageError(
+            f"the model scored no token of the {', '.join(unscored)} documents; leave "
+            f"{'it' if len(unscored) == 1 else 'them'} out with --langs"
+        )
     per_language = {
         language: perplexity_metrics(nll[language], *counts[language]) for language in languages
     }

@@ -4,10 +4,11 @@
 runs lm-eval tasks on every system, each wrapped as an lm-eval model
 (:class:`xelm_lmeval.bridge.XelmLM`). The request maps onto lm-eval as follows: ``task`` is a
 comma-separated list of lm-eval task, group or tag names (or task YAML files); ``limit`` is
-lm-eval's per-task example limit; ``shots`` its ``num_fewshot`` (not given: each task's own); ``seed`` every seed it takes.
-Options (``--eval-arg KEY=VALUE``): ``include_path`` (a directory of custom task YAML files;
-``--data DIR`` is read the same way), ``language`` (what a language router is told; ``--langs``
-with one language does the same) and ``bootstrap_iters`` (lm-eval's stderr bootstrap).
+lm-eval's per-task example limit; ``shots`` its ``num_fewshot`` (not given: each task's own);
+``seed`` every seed it takes. Options (``--eval-arg KEY=VALUE``): ``include_path`` (a
+directory of custom task YAML files; ``--data DIR`` is read the same way), ``language`` (what
+a language router is told; ``--langs`` with one language does the same) and
+``bootstrap_iters`` (lm-eval's stderr bootstrap).
 
 Only tasks that score given text run (``multiple_choice``, ``loglikelihood``,
 ``loglikelihood_rolling``): xelm models do not generate. Metrics that need greedy decoding

@@ -341,7 +341,8 @@ class LanguageModel(ABC):
 class EvalRequest:
     """What ``xelm ensemble eval`` asks an evaluator: the data, the languages (None: every
     language in the data), a per-language document/example limit, and, for in-context tasks,
-    the task, shots (None: the evaluator's default), runs, seed and protocol. ``options`` holds ``--eval-arg KEY=VALUE``.
+    the task, shots (None: the evaluator's default), runs, seed and protocol. ``options``
+    holds ``--eval-arg KEY=VALUE``.
     ``model_languages``: the languages the evaluated ensemble covers (its experts', in ensemble
     order; None when unknown), a default where the data has far more (a Hub dataset)."""
 
