@@ -108,6 +108,14 @@ def test_gated_flores_plus_without_a_token_falls_back_to_sib200(
     err = capsys.readouterr().err
     assert err.startswith("xelm: note: openlanguagedata/flores_plus is gated")
     assert "HF_TOKEN" in err and err.count("\n") == 1
+    refused = _one_line_error(
+        lambda: PerplexityEvaluator(
+            EvalRequest(
+                data="openlanguagedata/flores_plus", languages=("tr",), options={"split": ["dev"]}
+            )
+        )
+    )
+    assert "gated and no Hugging Face token is set, so --eval-arg split= cannot apply" in refused
 
 
 def _one_line_error(make: Callable[[], object]) -> str:
@@ -249,6 +257,17 @@ def test_perplexity_on_a_dataset_without_a_test_split_reads_its_validation_split
     )
     assert capsys.readouterr().err == f"xelm: note: {note}\n"
     assert found.source["note"] == note and found.source["splits"] == ("validation",)
+    # the split every language has: en has test too, tr only validation
+    write_rows(root / "data" / "en" / "test.jsonl", [{"text": t} for t in texts[:5]])
+    write_readme(
+        root,
+        {
+            "tr": {s: f"data/tr/{s}.jsonl" for s in splits},
+            "en": {s: f"data/en/{s}.jsonl" for s in (*splits, "test")},
+        },
+    )
+    both = PerplexityEvaluator(EvalRequest(data=str(root), languages=("en", "tr")))
+    assert both.source["splits"] == ("validation",) and len(both.documents) == 20
     asked = PerplexityEvaluator(
         EvalRequest(data=str(root), languages=("tr",), options={"split": ["train"]})
     )

@@ -161,8 +161,15 @@ class PerplexityEvaluator(Evaluator):
             )
         split_note = None
         if unknown and "split" not in options:
-            asked, split_note = held_out_split(asked, request.languages[0])
+            asked, split_note = held_out_split(asked, request.languages)
         chosen, fallback_note = usable_eval_set(asked)
+        if fallback_note and options:  # they choose within the gated set, not the fallback
+            given = " ".join(f"--eval-arg {key}=" for key in options)
+            raise UsageError(
+                f"{data} is gated and no Hugging Face token is set, so {given} cannot apply: "
+                "accept its terms on its Hub page, then `hf auth login` or set HF_TOKEN (or "
+                "drop them to evaluate on SIB-200's FLORES text)"
+            )
         notes = [note for note in (split_note, fallback_note) if note]
         for note in notes:
             print(f"xelm: note: {note}", file=sys.stderr)

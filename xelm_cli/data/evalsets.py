@@ -8,7 +8,7 @@ FLORES-style code, ``{lang}`` by xelm's code.
 """
 
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -307,23 +307,25 @@ def has_hub_token() -> bool:
 HELD_OUT_SPLITS = ("test", "validation", "dev", "devtest")
 
 
-def held_out_split(evalset: EvalSet, language: str) -> tuple[EvalSet, str | None]:
+def held_out_split(evalset: EvalSet, languages: str | Sequence[str]) -> tuple[EvalSet, str | None]:
     """``evalset`` reading the first held-out split (:data:`HELD_OUT_SPLITS`) that the
-    configuration of ``language`` has, with a note naming it when it is not the set's own;
-    ``evalset`` as it is when the configuration has none of them, or its splits cannot be
-    listed (reading it then names the splits there are: never the training text unasked)."""
-    try:
-        splits = dataset_splits(evalset.dataset, evalset.config_for(language))
-    except Exception:  # listing failed: reading reports what is there, or what went wrong
-        return evalset, None
-    found = next((split for split in HELD_OUT_SPLITS if split in splits), None)
-    if found is None or (found,) == evalset.splits:
+    configurations of all ``languages`` have, with a note naming it when it is not the set's
+    own; ``evalset`` as it is when they share none of them, or their splits cannot be listed
+    (reading it then names the splits there are: never the training text unasked)."""
+    shared = list(HELD_OUT_SPLITS)
+    for language in [languages] if isinstance(languages, str) else languages:
+        try:
+            splits = dataset_splits(evalset.dataset, evalset.config_for(language))
+        except Exception:  # listing failed: reading reports what is there, or what went wrong
+            return evalset, None
+        shared = [split for split in shared if split in splits]
+    if not shared or (shared[0],) == evalset.splits:
         return evalset, None
     note = (
-        f"{evalset.dataset} has no {evalset.splits[0]} split: reading its {found} split "
+        f"{evalset.dataset} has no {evalset.splits[0]} split: reading its {shared[0]} split "
         "(--eval-arg split=NAME chooses another)"
     )
-    return replace(evalset, splits=(found,)), note
+    return replace(evalset, splits=(shared[0],)), note
 
 
 def usable_eval_set(chosen: EvalSet) -> tuple[EvalSet, str | None]:
