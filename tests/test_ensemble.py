@@ -381,7 +381,10 @@ def test_choices_reuse_the_context_and_match_full_sequences(
 
 @pytest.mark.parametrize("router", ["uniform", "posterior"])
 def test_experts_of_different_positions_score_choices_together(
-    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch, router: str
+    experts: list[Bundle],
+    monkeypatch: pytest.MonkeyPatch,
+    router: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An expert of fewer positions cuts a long context more than the others: the mixture
     lines their context log-probabilities up on the tokens all of them scored (was a crash
@@ -402,10 +405,12 @@ def test_experts_of_different_positions_score_choices_together(
     model = EnsembleModel(pair, build_router(router), resident=False)
     assert len(model.encode(request.context)) > 24  # cut for the first expert only
     got = model.score_choices([request])[0]
+    assert "1 of 1 contexts were longer than the model's positions" in capsys.readouterr().err
     alone = [
         EnsembleModel([e], build_router("uniform"), resident=False).score_choices([request])[0]
         for e in pair
     ]
+    assert capsys.readouterr().err.count("were longer") == 1  # the first expert's alone
     for c, lp in enumerate(got):
         assert len(lp) == len(alone[0][c]) == len(alone[1][c])
         if router == "uniform":

@@ -9,6 +9,7 @@ needs the experts of a document together and keeps them loaded for the call.
 """
 
 import gc
+import sys
 import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -510,15 +511,14 @@ class EnsembleModel(LanguageModel):
         if self.combine == "product":
             return self._product_choices(routes, encoded)
         if self.combine == "logits":
-            return [
-                choice_lps
-                for _, choice_lps in self._logit_average(
-                    routes,
-                    lambda models, coefs, items: score_choice_sets(
-                        models, coefs, [encoded[i] for i in items], batch_tokens=self.batch_tokens
-                    ),
-                )
-            ]
+            averaged = self._logit_average(
+                routes,
+                lambda models, coefs, items: score_choice_sets(
+                    models, coefs, [encoded[i] for i in items], batch_tokens=self.batch_tokens
+                ),
+            )
+            self._warn_cut(encoded, [len(ctx_lp) for ctx_lp, _ in averaged])
+            return [choice_lps for _, choice_lps in averaged]
         keys = [
             ("choices", tuple(ctx), tuple(tuple(c) for c in choices)) for ctx, choices in encoded
         ]
@@ -530,12 +530,13 @@ class EnsembleModel(LanguageModel):
             )  # fmt: skip
 
         scored = self._stream(self._needed(routes), keys, compute, [1] * len(keys), "examples")
-        results = []
+        results, scored_contexts = [], []
         for i, (route, request) in enumerate(zip(routes, requests, strict=True)):
             per_expert = {e: scored[(e, i)] for e in route.experts}
             # an expert of fewer positions cut the context more (keeping its last tokens): the
             # experts' context tokens line up on the ones every one of them scored
             shared = min(len(ctx_lp) for ctx_lp, _ in per_expert.values())
+            scored_contexts.append(shared)
             choice_lps, choice_weights = [], []
             for c, choice in enumerate(request.choices):
                 joined = {
@@ -551,7 +552,22 @@ class EnsembleModel(LanguageModel):
                 )
             self.stats.routing.add(request.language, np.mean(choice_weights, axis=0))
             results.append(choice_lps)
+        self._warn_cut(encoded, scored_contexts)
         return results
+
+    def _warn_cut(
+        self, encoded: Sequence[tuple[list[int], list[list[int]]]], scored: Sequence[int]
+    ) -> None:
+        """One warning for the contexts scored on fewer tokens than they have (every one but
+        BOS): too long for the model's positions, they lost their oldest tokens."""
+        cut = sum(n < len(context) - 1 for (context, _), n in zip(encoded, scored, strict=True))
+        if cut:
+            print(
+                f"xelm: warning: {self.name}: {cut} of {len(encoded)} contexts were longer than "
+                "the model's positions and lost their oldest tokens (in a k-shot prompt, "
+                "demonstrations); fewer --shots keep them whole",
+                file=sys.stderr,
+            )
 
     def _product_choices(
         self, routes: Sequence[_Route], encoded: Sequence[tuple[list[int], list[list[int]]]]
