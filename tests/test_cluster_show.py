@@ -1,6 +1,7 @@
 """`xelm cluster show`: tables, JSON and PNG plots of allocations."""
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib.image
@@ -86,6 +87,18 @@ def test_plot_without_tree_writes_only_the_heatmap(shares, tmp_path):
     _check_png(plots / "heatmap.png")
 
 
+def test_plot_of_a_one_language_tree_writes_only_the_heatmap(tmp_path, capsys):
+    """One language: no merges, linkage [] (was refused as not an (n-1) x 4 linkage)."""
+    one = tmp_path / "one.json"
+    tree = {"leaves": ["en"], "linkage": []}
+    write_allocation(one, clusterer="typology", experts=[["en"]], members={"tree": tree})
+    plots = tmp_path / "plots"
+    assert run(["cluster", "show", str(one), "--plot", str(plots), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["plots"] == [str(plots / "heatmap.png")]
+    assert sorted(p.name for p in plots.iterdir()) == ["heatmap.png"]
+    _check_png(plots / "heatmap.png")
+
+
 def test_malformed_tree_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     tree = {"leaves": ["en", "es"], "linkage": [[0, 1]]}
@@ -122,3 +135,25 @@ def test_an_expert_without_languages_is_refused_when_written_and_read(tmp_path, 
     data["k"] = 3
     problems = schema_problems(data, allocation_schema(), what="allocation")
     assert problems == ["allocation experts/2/languages: [] should be non-empty"]
+
+
+@pytest.mark.parametrize(
+    ("experts", "problem"),
+    [
+        ([["en", "en"]], "allocation experts/0/languages: ['en', 'en'] has non-unique elements"),
+        ([["en", "klingonese"]], "experts[0]: unknown language code 'klingonese': "),
+    ],
+)
+def test_an_invalid_allocation_is_refused_before_it_is_written(tmp_path, experts, problem):
+    """The checks a reader makes, made before writing: nothing is left, and --force does not
+    replace a valid allocation with the refused one (both were written, then refused)."""
+    out = tmp_path / "alloc.json"
+    with pytest.raises(UsageError) as caught:
+        write_allocation(out, clusterer="typology", experts=experts)
+    assert str(caught.value).startswith(problem) and "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    write_allocation(out, clusterer="typology", experts=[["en"]])
+    valid = out.read_bytes()
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        write_allocation(out, clusterer="typology", experts=experts, overwrite=True)
+    assert out.read_bytes() == valid and list(tmp_path.iterdir()) == [out]

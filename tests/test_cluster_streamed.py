@@ -177,6 +177,25 @@ def test_corpus_files_take_the_reading_options(tmp_path: Path) -> None:
     assert again == sample  # the seeded reservoir
 
 
+def test_corpus_labels_are_read_as_langs_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """arb.jsonl's documents (file name) and records labelled cmn_Hani are ar and zh for
+    --langs ar,zh, as prepare reads them (were "no documents in ar, zh (it has: none)")."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "arb.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts("ar")))
+    (corpus / "mixed.jsonl").write_text(
+        "".join(json.dumps({"text": t, "lang": "cmn_Hani"}) + "\n" for t in texts("zh"))
+    )
+    sample = sample_documents(corpus, languages="ar,zh", per_language=3)
+    assert sorted(d.language for d in sample) == ["ar"] * 3 + ["zh"] * 3
+    assert {d.text for d in sample} <= set(texts("ar") + texts("zh"))
+    out = tmp_path / "alloc"
+    assert run(cli_args(corpus, out, "--langs", "ar,zh")) == 0, capsys.readouterr().err
+    assert sorted(read_allocation(out).languages) == ["ar", "zh"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -165,6 +165,30 @@ def test_a_version_moved_aside_by_a_killed_writer_is_put_back(tmp_path: Path) ->
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchanged", "moved-aside"])
+def test_force_replaces_an_output_of_the_other_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    """A file allocation written with --force over a directory one, and back: the new one
+    takes the path, nothing of the old is left beside it (a file over a directory raised
+    IsADirectoryError; a directory over a file left it as a .out.*.partial)."""
+    import xelm_cli.common.atomic as atomic
+
+    if not exchange:  # a file system without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
+    target = tmp_path / "out"
+    with atomic_directory(target) as tmp:
+        (tmp / "version").write_text("1")
+    with atomic_file(target, overwrite=True) as tmp:
+        tmp.write_text("2")
+    assert target.read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "version").write_text("3")
+    assert (target / "version").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_a_failed_write_removes_the_directories_it_made(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), atomic_directory(tmp_path / "new" / "deeper" / "out"):
         raise RuntimeError("the command failed")

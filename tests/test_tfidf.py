@@ -18,10 +18,11 @@ from xelm_tfidf.kmeans import (
     assign_lsa,
     assignment_offsets,
     equal_capacities,
+    fit_balanced_kmeans,
     offset_assignment,
     squared_distances,
 )
-from xelm_tfidf.state import load_model, save_model
+from xelm_tfidf.state import TfidfModel, expert_languages, load_model, save_model
 
 from xelm_cli.api import (
     Document,
@@ -171,6 +172,22 @@ def test_fitting_is_deterministic(fitted):
     np.testing.assert_array_equal(again.model.centroids, fitted.model.centroids)
 
 
+def test_clusters_without_capacity_get_nothing_from_the_auction():
+    """Fewer documents than clusters (a last batch of N mod batch_size < k documents) leaves
+    clusters of capacity 0: the auction gives them none, as the exact solver does (was an
+    IndexError)."""
+    rng = np.random.default_rng(5)
+    cost = rng.random((2, 4))
+    capacities = equal_capacities(2, 4)
+    labels, prices = assign_auction(cost, capacities)
+    np.testing.assert_array_equal(labels, assign_lsa(cost, capacities))
+    assert np.isinf(prices[2:]).all() and np.isfinite(prices[:2]).all()
+    points = normalize_rows(rng.normal(size=(11, 5)))  # batches of 4, 4 and 3 for k = 4
+    auction = fit_balanced_kmeans(points, KMeansSettings(k=4, batch_size=4, solver="auction"))
+    exact = fit_balanced_kmeans(points, KMeansSettings(k=4, batch_size=4, solver="lsa"))
+    np.testing.assert_allclose(auction, exact)
+
+
 def test_auction_prices_reproduce_the_balanced_assignment():
     rng = np.random.default_rng(2)
     points = normalize_rows(rng.normal(size=(900, 6)) + np.array([2.0, 0, 0, 0, 0, 0]))
@@ -230,6 +247,24 @@ def test_save_load_assign_round_trip(fitted, tmp_path):
     assert loaded.distances(texts).shape == (len(docs), 4)
     assert allocation.raw["language_shares"] == fitted.shares
     assert all(allocation.experts)
+
+
+def test_every_language_is_listed_under_its_largest_share_expert(fitted, tmp_path):
+    """sw spread evenly over 12 experts (8% each, under the 10% threshold) is listed under
+    expert 0, its largest share (the lowest on ties), so the allocation's languages, which
+    prepare --expert all reads, have it (were without it)."""
+    one_each = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ja", "ko", "ru", "tr"]
+    k = len(one_each)
+    shares = {lang: [float(i == j) for j in range(k)] for i, lang in enumerate(one_each)}
+    shares["sw"] = [round(1 / k, 6)] * k
+    shares["zh"] = [0.0] * 5 + [0.55, 0.45] + [0.0] * 5  # over the threshold in two experts
+    experts = expert_languages(shares, k)
+    assert experts[0] == ["ar", "sw"] and experts[5:7] == [["es", "zh"], ["fr", "zh"]]
+    assert experts[1:5] + experts[7:] == [[lang] for lang in one_each[1:5] + one_each[7:]]
+    centroids = np.zeros((k, fitted.model.embedder.dimensions))
+    model = TfidfModel(fitted.model.embedder, centroids)
+    allocation = save_model(tmp_path / "alloc", model, shares=shares, training={})
+    assert set(read_allocation(allocation.path).languages) == set(shares)
 
 
 def _no_pickle(directory: Path) -> None:
@@ -319,6 +354,48 @@ def test_cli_bad_input_writes_nothing(tmp_path, capsys, content, extra, message)
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == [corpus]
+
+
+def test_unlabelled_documents_are_refused_before_fitting(tmp_path, capsys, monkeypatch):
+    """Records without a language (a file not named for one) are refused before the fit, in
+    one line naming --lang (were fitted, then refused: "expert 0 has no languages")."""
+    import xelm_tfidf.fitting
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    lines = [json.dumps({"text": d.text}) for d in _documents(["en"], 40)]
+    (corpus / "notes.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "alloc"
+    argv = ["cluster", "tfidf", str(corpus), "-k", "2", "--components", "4", "-o", str(out)]
+    with monkeypatch.context() as patched:
+        patched.setattr(xelm_tfidf.fitting, "fit_embedder", None)  # the fit must not start
+        assert run(argv) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: 40 of the 40 documents sampled have no language: add a 'lang' field to "
+        "the records or pass --lang (the language of records without one)\n"
+    )
+    assert not out.exists() and list(tmp_path.iterdir()) == [corpus]
+    assert run([*argv, "--lang", "en"]) == 0
+    assert read_allocation(out).languages == ["en"]
+
+
+def test_duplicates_that_unbalance_the_experts_get_a_warning(tmp_path, capsys):
+    """120 copies of one text have one embedding, so the balanced rule sends them all to one
+    expert (capacity 80 of the 160 documents): the fit warns, naming the sizes and the way out."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "en.txt").write_text("one and the same text, copied many times\n" * 120)
+    (corpus / "ru.txt").write_text("\n".join(d.text for d in _documents(["ru"], 40)) + "\n")
+    out = tmp_path / "alloc"
+    argv = ["cluster", "tfidf", str(corpus), "-k", "2", "--components", "4", "-o", str(out)]
+    assert run([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(json.loads(captured.out)["cluster_sizes"]) == [40, 120]
+    assert [line for line in captured.err.splitlines() if "the experts get" in line] == [
+        "xelm: warning: the experts get 40 to 120 of the 160 training documents, not about 80 "
+        "each: documents with the same embedding (duplicates, texts with no vocabulary term) "
+        "all go to one expert; remove duplicates from the corpus"
+    ]
 
 
 def test_corrupted_arrays_are_refused(fitted, tmp_path):

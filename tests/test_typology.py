@@ -161,6 +161,7 @@ def test_odd_counts_pass_a_cluster_alone() -> None:
     )
     tree = build_tree(list("abcde"), distances)
     assert tree.levels[3] == [["a", "b"], ["c", "d"], ["e"]]
+    # ab-cd and ab-e tie at 5: the pair first in the round's order (ab, cd, e) merges
     assert tree.levels[2] == [["a", "b", "c", "d"], ["e"]]
     assert tree.linkage == [(0, 1, 1.0, 2), (2, 3, 2.0, 2), (5, 6, 5.0, 4), (7, 4, 5.0, 5)]
     assert is_valid_linkage(np.array(tree.linkage, dtype=np.float64))

@@ -17,7 +17,7 @@ from xelm_cli.api import (
 
 from .analyzer import SEGMENTERS
 from .embedder import TfidfSettings
-from .fitting import fit_sample, reading_progress, short_documents_warning
+from .fitting import fit_sample, reading_progress, short_documents_warning, unbalanced_warning
 from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
 from .state import STATE_MEMBER, TfidfModel, load_model, save_model
 
@@ -141,9 +141,12 @@ class TfidfClusterer(Clusterer):
             training=training,
             overwrite=request.overwrite,
         )
-        warning = short_documents_warning(sample, options.document_bytes)
-        if warning:  # after the fit, so that a failed one still ends in its one error line
-            print(warning, file=sys.stderr)
+        warnings = [
+            short_documents_warning(sample, options.document_bytes),
+            unbalanced_warning(training["cluster_sizes"], options.assignment),
+        ]
+        for warning in filter(None, warnings):  # after the fit, so that a failed one still
+            print(warning, file=sys.stderr)  # ends in its one error line
         return allocation
 
     @classmethod

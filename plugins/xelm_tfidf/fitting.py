@@ -16,14 +16,14 @@ from xelm_cli.api import Document, UsageError, stderr_progress
 
 from .analyzer import AnalyzerSettings
 from .embedder import TfidfSettings, fit_embedder
-from .kmeans import KMeansSettings, assignment_offsets, fit_balanced_kmeans
+from .kmeans import KMeansSettings, assignment_offsets, equal_capacities, fit_balanced_kmeans
 from .state import TfidfModel
 
-UNLABELLED = "und"
 # Below this mean document length the clusters are close to chance: the sample corpus's
 # sentences (92 bytes) gave a mean held-out purity of 0.60, ~500-byte documents 0.91, ~1500
 # bytes 0.94 (benchmarks/tfidf_purity.md, 16 languages, k = 4).
 SHORT_DOCUMENT_BYTES = 300
+UNBALANCED = 0.05  # the balanced rule's training cluster sizes may be this far off equal
 
 
 @dataclass
@@ -47,7 +47,7 @@ def language_shares(
     """For each language, the fraction of its documents that each expert gets."""
     shares: dict[str, list[float]] = {}
     codes = np.asarray(languages)
-    for language in sorted(set(languages) - {UNLABELLED}):
+    for language in sorted(set(languages)):
         counts = np.bincount(labels[codes == language], minlength=k)
         shares[language] = [round(float(c) / counts.sum(), 6) for c in counts]
     return shares
@@ -66,6 +66,24 @@ def short_documents_warning(sample: list[Document], document_bytes: int) -> str 
         f"xelm: warning: fitted on {len(sample):,} documents of {mean_bytes:.0f} bytes on "
         "average, too short for TF-IDF to keep a language in one cluster (clusters near "
         "chance); join consecutive records into documents with --document-bytes 1500"
+    )
+
+
+def unbalanced_warning(sizes: list[int], assignment: str) -> str | None:
+    """A one-line warning when the "balanced" rule gives the training documents clusters more
+    than UNBALANCED (and one document) off the equal sizes the auction fitted: documents with
+    the same embedding (duplicates, texts with no vocabulary term) have the same argmin, so the
+    offsets cannot split them (spec/allocation-tfidf.md section 3). None otherwise."""
+    if assignment != "balanced" or not sizes:
+        return None
+    equal = equal_capacities(sum(sizes), len(sizes))
+    if (np.abs(np.asarray(sizes) - equal) <= np.maximum(UNBALANCED * equal, 1)).all():
+        return None
+    return (
+        f"xelm: warning: the experts get {min(sizes):,} to {max(sizes):,} of the {sum(sizes):,} "
+        f"training documents, not about {sum(sizes) / len(sizes):,.0f} each: documents with the "
+        "same embedding (duplicates, texts with no vocabulary term) all go to one expert; remove "
+        "duplicates from the corpus"
     )
 
 
@@ -100,8 +118,14 @@ def fit_sample(
         raise UsageError("the corpus has no documents with text")
     if kmeans.k > len(sample):
         raise UsageError(f"-k {kmeans.k} is more than the {len(sample)} documents sampled")
+    unlabelled = sum(d.language is None for d in sample)
+    if unlabelled:  # the experts' languages come from the documents', and prepare needs them
+        raise UsageError(
+            f"{unlabelled:,} of the {len(sample):,} documents sampled have no language: add a "
+            "'lang' field to the records or pass --lang (the language of records without one)"
+        )
     with _progress() as progress:
-        languages = [d.language or UNLABELLED for d in sample]
+        languages = [str(d.language) for d in sample]
         analyzer = AnalyzerSettings(segment=segment, stop_words=stop_words_for(set(languages)))
         embedding = progress.add_task("embedding (TF-IDF, SVD)", total=None)
         texts = [d.text for d in sample]

@@ -111,8 +111,20 @@ def assign_auction(
     the result is optimal within about n * eps in the worst case and usually exact. Returns the
     labels and the final prices; passing the prices of a similar earlier problem (the previous
     k-means iteration) as ``prices`` starts from them and skips the coarse phases finer than
-    their error (``_warm_start_step``), all of them when they already clear.
+    their error (``_warm_start_step``), all of them when they already clear. A cluster of
+    capacity 0 (fewer documents than clusters) gets none, at price +inf.
     """
+    open_clusters = np.flatnonzero(capacities > 0)
+    if open_clusters.size < capacities.size:
+        labels, open_prices = assign_auction(
+            cost[:, open_clusters],
+            capacities[open_clusters],
+            eps,
+            None if prices is None else prices[open_clusters],
+        )
+        all_prices = np.full(capacities.size, np.inf)
+        all_prices[open_clusters] = open_prices
+        return open_clusters[labels], all_prices
     value = -cost
     scale = max(float(np.ptp(value)), eps)
     step = scale / COLD_START_DIVISOR

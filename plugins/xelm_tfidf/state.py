@@ -23,7 +23,9 @@ from .kmeans import ASSIGNMENTS, offset_assignment, squared_distances
 
 STATE_MEMBER = "tfidf"
 STATE_VERSION = 1
-EXPERT_LANGUAGE_SHARE = 0.10  # experts[i] lists the languages sending >= 10% of their docs to i
+# experts[i] lists the languages sending >= 10% of their docs to i (and each language is
+# listed under its largest-share expert: expert_languages)
+EXPERT_LANGUAGE_SHARE = 0.10
 ARRAY_NAMES = ("vocabulary", "stop_words", "idf", "components", "centroids")
 OFFSETS_ARRAY = "assignment_offsets"  # optional: absent means all zero (nearest centroid)
 
@@ -83,11 +85,19 @@ class TfidfModel(Assigner):
 
 
 def expert_languages(shares: dict[str, list[float]], k: int) -> list[list[str]]:
-    """Languages with a share >= EXPERT_LANGUAGE_SHARE per expert; an expert no language
-    reaches gets the language with the largest share of its documents going there."""
+    """Per expert, the languages with a share >= EXPERT_LANGUAGE_SHARE there, and each
+    language under its largest-share expert (the lowest on ties) whatever that share, so that
+    one spread over more than 10 experts is not left out of the allocation's languages (which
+    ``xelm data prepare`` reads). An expert no language reaches gets the language with the
+    largest share of its documents going there."""
+    largest = {lang: int(np.argmax(row)) for lang, row in shares.items()}
     experts: list[list[str]] = []
     for expert in range(k):
-        chosen = [lang for lang, row in shares.items() if row[expert] >= EXPERT_LANGUAGE_SHARE]
+        chosen = [
+            lang
+            for lang, row in shares.items()
+            if row[expert] >= EXPERT_LANGUAGE_SHARE or largest[lang] == expert
+        ]
         if not chosen and shares:
             chosen = [max(shares, key=lambda lang: shares[lang][expert])]
         experts.append(sorted(chosen))

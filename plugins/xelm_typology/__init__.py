@@ -102,8 +102,9 @@ def _merge_round(
 def build_tree(languages: Sequence[str], distances: NDArray[np.float64]) -> TypologyTree:
     """Cluster ``languages`` (distance matrix in the same order) round by round to one root.
 
-    Ties between pairs at equal distance go to the pair whose clusters come first (the leaves
-    in input order, then clusters in the order they were formed).
+    Ties between pairs at equal distance go to the pair whose clusters come first in the
+    previous round's order (the merged ones as formed, the one passed alone last; the leaves
+    in input order in the first round).
     """
     clusters = [_Cluster(i, (i,)) for i in range(len(languages))]
     linkage: list[tuple[int, int, float, int]] = []

@@ -134,35 +134,44 @@ def read_allocation(path: str | Path) -> Allocation:
         raise UsageError(f"allocation not found: {path}")
     raw = json_path.read_bytes()
     data = read_json_object(json_path, "allocation")
+    try:
+        languages = _expert_languages(data)
+    except FormatError as exc:
+        raise FormatError(f"{path}: {exc}") from None
+    if "arrays" in data and not path.is_dir():  # named by its JSON file: the arrays lie beside
+        path = path.parent
+    return Allocation(data["clusterer"], languages, sha256_bytes(raw), path, data)
+
+
+def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
+    """Each expert's normalised languages, once ``data`` is checked against
+    spec/allocation-v1.md (format, version, schema, k); a :class:`FormatError` naming the
+    first problem otherwise. Readers and writers both check with it."""
     if data.get("format") != FORMAT_NAME:
-        shown = short_repr(data.get("format"))
-        raise FormatError(f"{path}: not an xelm allocation (format is {shown})")
+        raise FormatError(f"not an xelm allocation (format is {short_repr(data.get('format'))})")
     version = data.get("format_version", "")
     if not isinstance(version, str) or version.split(".")[0] != str(SUPPORTED_MAJOR):
         raise FormatError(
-            f"{path}: allocation format version {short_repr(version)} is not supported "
+            f"allocation format version {short_repr(version)} is not supported "
             f"(reads {SUPPORTED_MAJOR}.x); upgrade xelm"
         )
     empty = _expert_without_languages(data.get("experts"))
     if empty is not None:
-        raise FormatError(f"{path}: {empty}")
+        raise FormatError(empty)
     problems = schema_problems(data, allocation_schema(), what="allocation")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise FormatError(f"{path}: {problems[0]}{more}")
-    experts, clusterer = data["experts"], data["clusterer"]
+        raise FormatError(f"{problems[0]}{more}")
+    experts = data["experts"]
     if data.get("k", len(experts)) != len(experts):
-        raise FormatError(f"{path}: 'k' is {data['k']} but there are {len(experts)} experts")
+        raise FormatError(f"'k' is {data['k']} but there are {len(experts)} experts")
     languages: list[list[str]] = []
     for i, expert in enumerate(experts):
-        langs = expert["languages"]
         try:
-            languages.append([normalize_language(x) for x in langs])
+            languages.append([normalize_language(x) for x in expert["languages"]])
         except UsageError as exc:
-            raise FormatError(f"{path}: experts[{i}]: {exc}") from None
-    if "arrays" in data and not path.is_dir():  # named by its JSON file: the arrays lie beside
-        path = path.parent
-    return Allocation(clusterer, languages, sha256_bytes(raw), path, data)
+            raise FormatError(f"experts[{i}]: {exc}") from None
+    return languages
 
 
 def write_allocation(
@@ -181,7 +190,9 @@ def write_allocation(
     ``members`` are the clusterer's own JSON members (tree, distances, settings);
     ``language_shares[lang][i]`` is the fraction of ``lang``'s documents that expert ``i`` gets;
     ``provenance`` is the clusterer's registration provenance (by default the one
-    :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``).
+    :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``). An
+    allocation :func:`read_allocation` would refuse (an unknown language code, one listed
+    twice in an expert) is a one-line :class:`UsageError`, and nothing is written.
     """
     out = Path(out)
     provenance = provenance if provenance is not None else _provenance.get()
@@ -194,14 +205,15 @@ def write_allocation(
         "created_by": {"xelm": __version__},
         "created_at": now_iso(),
     }
-    empty = _expert_without_languages(data["experts"])
-    if empty is not None:
-        raise UsageError(empty)
     if language_shares is not None:
         data["language_shares"] = language_shares
     data.update(members or {})
     if provenance is not None:
         data["provenance"] = {"clusterer": dict(provenance)}
+    try:  # before writing: a refused allocation must not replace the one at ``out``
+        _expert_languages(data)
+    except FormatError as exc:
+        raise UsageError(str(exc)) from None
     if not arrays:
         write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)
         return read_allocation(out)

@@ -287,6 +287,8 @@ def tree_linkage(allocation: Allocation) -> tuple[list[str], np.ndarray] | None:
         matrix = np.asarray(linkage, dtype=np.float64)
     except (TypeError, ValueError):
         raise FormatError(f"{allocation.path}: 'tree.linkage' must be a number matrix") from None
+    if matrix.size == 0:  # one leaf: no merges, and [] reads as shape (0,)
+        matrix = matrix.reshape(0, 4)
     if not isinstance(leaves, list) or matrix.shape != (len(leaves) - 1, 4):
         raise FormatError(
             f"{allocation.path}: 'tree' needs 'leaves' (n languages) and an (n-1) x 4 'linkage'"
@@ -313,9 +315,10 @@ def _by_round(linkage: np.ndarray, n_leaves: int) -> np.ndarray:
 
 
 def plot_dendrogram(allocation: Allocation, path: Path) -> bool:
-    """The typology tree; False (nothing written) when the allocation has no tree."""
+    """The typology tree; False (nothing written) when the allocation has no tree, or one of
+    a single language (nothing to draw)."""
     found = tree_linkage(allocation)
-    if found is None:
+    if found is None or len(found[0]) < 2:
         return False
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator

@@ -3,7 +3,8 @@
 A command that fails or is killed leaves the previous state at the target (nothing, or the
 version it was replacing), never a half-written file or directory. Temporaries are siblings of
 the target so the final rename stays on one filesystem; a directory replaced with ``overwrite``
-is swapped for the new one in a single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it
+(or a file replaced by a directory, or a directory by a file) is swapped for the new one in a
+single ``renameat2(RENAME_EXCHANGE)`` where Linux allows it
 (elsewhere the old one is moved aside first, and put back by the next writer if the process
 was killed before the new one took its place).
 
@@ -117,10 +118,16 @@ def _remove_stale_temporaries(target: Path) -> None:
     with contextlib.suppress(OSError):
         for child in target.parent.iterdir():
             if stale.fullmatch(child.name):
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+                _remove(child)
+
+
+def _remove(path: Path) -> None:
+    """Remove ``path``, a directory tree or a file, as far as possible."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def _restore_moved_aside(target: Path) -> None:
@@ -214,6 +221,20 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
+def _replace(tmp: Path, target: Path) -> None:
+    """Put ``tmp`` in place of the existing ``target``, either of them a file or a directory
+    (``os.replace`` puts only a file over a file)."""
+    if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
+        _remove(tmp)  # it holds the old version now
+    else:
+        # a kill between the renames leaves the old version aside, and the next writer of
+        # target puts it back (_restore_moved_aside)
+        old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
+        os.rename(target, old / _ASIDE)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
@@ -221,21 +242,13 @@ def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
         fsync_tree(tmp)
         if target.exists() and overwrite:
-            if _exchange(tmp, target):  # one step: a kill leaves the old or the new version
-                shutil.rmtree(tmp, ignore_errors=True)  # it holds the old version now
-            else:
-                # a kill between the renames leaves the old version aside, and the next
-                # writer of target puts it back (_restore_moved_aside)
-                old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
-                os.rename(target, old / _ASIDE)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
+            _replace(tmp, target)
         else:
             _refuse_existing(target, "output")
             os.rename(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
         raise
 
 
@@ -258,10 +271,13 @@ def _build_file(target: Path, overwrite: bool) -> Iterator[Path]:
             os.fsync(f.fileno())
         if not overwrite:
             _refuse_existing(target, "output")
-        os.replace(tmp, target)
+        if target.is_dir() and not target.is_symlink():  # --force over a directory
+            _replace(tmp, target)
+        else:
+            os.replace(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 

@@ -17,7 +17,7 @@ from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.documents import group_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import DEFAULT_BATCH
-from xelm_cli.lang.codes import language_codes
+from xelm_cli.lang.codes import language_codes, wanted_form
 
 UNLABELLED = "und"  # the language code of undetermined language
 Progress = Callable[[int], object]  # told how many records were read since it was last told
@@ -100,8 +100,10 @@ def sample_documents(
       read until every language of ``languages`` has enough, or to its end without
       ``languages``. ``per_language=None`` reads every stream to its end: all of mC4.
 
-    A language of ``languages`` without documents is a one-line ``UsageError``. ``progress``,
-    when given, is called with the number of records read as reading goes on.
+    Documents are labelled as ``languages`` names their language, as prepare reads them
+    (``arb`` is ``ar`` when ar is asked for). A language of ``languages`` without documents is
+    a one-line ``UsageError``. ``progress``, when given, is called with the number of records
+    read as reading goes on.
     """
     if per_language is not None and per_language < 1:
         raise UsageError(f"per_language must be at least 1 (None: all), not {per_language}")
@@ -141,10 +143,19 @@ def _corpus_sample(
         text_column=reading.text_column,
     )
     if wanted:
-        documents = (d for d in documents if d.language in wanted)
+        documents = _as_wanted(documents, wanted)
     if document_bytes > 0:
         documents = group_documents(documents, document_bytes)
     return sample_per_language(_counted(documents, progress), per_language, seed)
+
+
+def _as_wanted(documents: Iterable[Document], wanted: Collection[str]) -> Iterator[Document]:
+    """The documents of the ``wanted`` languages, each labelled as ``wanted`` names its
+    language (``wanted_form``: ``arb`` is ``ar`` when ar is wanted), as prepare reads them."""
+    for document in documents:
+        language = document.language and wanted_form(document.language, wanted)
+        if language in wanted:
+            yield Document(document.text, language)
 
 
 def _counted(documents: Iterable[Document], progress: Progress | None) -> Iterator[Document]:
