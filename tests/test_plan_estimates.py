@@ -335,6 +335,11 @@ def test_the_plan_shards_the_estimate_over_the_ranks_of_fsdp(
     train_args = "--block-size 512 --device cpu --batch-size"
     assert run([*args, "--train-args", f"{train_args} 2", "--nproc-per-node", "4"]) == 2
     assert "sharded" not in capsys.readouterr().err  # DDP: every rank holds the whole model
+    ddp = training_memory(shape, 2, 512, cuda=False, ddp=True)
+    assert ddp.gradients == 2 * whole.gradients  # and its gradients twice: DDP's buckets
+    unlimited = _plan(tmp_path, wide_seed, shards, "--train-args", f"{train_args} 2", "--json")
+    assert run([*unlimited, "--nproc-per-node", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["estimate"]["memory"] == ddp.as_dict()
     fsdp = [*args, "--nproc-per-node", "4", "--train-args", f"{train_args} 2 --fsdp"]
     assert run([*fsdp, "--json"]) == 0
     estimate = json.loads(capsys.readouterr().out)["estimate"]
@@ -458,6 +463,54 @@ def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
         assert said in out
     assert run(_plan(tmp_path, seed_bundle, shards, "--json")) == 0
     assert json.loads(capsys.readouterr().out)["estimate"]["measured_time"] is None
+
+
+def test_run_times_scale_from_the_measured_runs_devices_to_each_runs(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """The measured run's FLOP/s are those of the devices it trained on (its record's
+    hardware.world_size; none recorded: 1): a run planned on 4 devices goes 4/w as fast."""
+    measured, record = _timed_run(seed_bundle, shards, tmp_path)
+    manifest = measured / "xelm.json"
+    args = _plan(tmp_path, seed_bundle, shards, "--measured", str(measured), "--json")
+    for world_size in (2, None):
+        data = json.loads(manifest.read_text())
+        data["training"]["wall_seconds"] = 8.0
+        data["training"]["hardware"].pop("world_size", None)
+        if world_size:
+            data["training"]["hardware"]["world_size"] = world_size
+        manifest.write_text(json.dumps(data))
+        capsys.readouterr()
+        assert run([*args, "--nproc-per-node", "4"]) == 0
+        dense = next(e for e in json.loads(capsys.readouterr().out)["runs"] if e["name"] == "dense")
+        alone = dense["tokens"] / record["tokens"] * 8.0  # on the measured run's devices
+        assert dense["seconds"] == pytest.approx(alone * (world_size or 1) / 4)
+
+
+def test_a_cuda_device_this_machine_lacks_is_estimated_at_the_memory_given(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan made on a machine without the GPU that will train: --device cuda in --train-args
+    is estimated as CUDA at --memory, and without --memory refused in one line asking for it
+    (not a crash asking torch for a GPU)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = _plan(tmp_path, seed_bundle, shards, "--train-args", "--device cuda --block-size 32")
+    assert run(args) == 2
+    assert capsys.readouterr().err == (
+        "xelm: error: the runs train on CUDA (--device in --train-args), which this machine "
+        "lacks: give the memory of the GPU that will train with --memory (e.g. 80GB)\n"
+    )
+    assert run([*args, "--memory", "80GB", "--json"]) == 0
+    estimate = json.loads(capsys.readouterr().out)["estimate"]
+    shape = ModelShape.of(Bundle.open(seed_bundle))
+    assert (estimate["device"], estimate["memory_limit"]) == ("cuda", 80_000_000_000)
+    assert estimate["memory"] == training_memory(shape, 8, 32, cuda=True).as_dict()
 
 
 def test_every_run_is_whole_steps_so_the_experts_train_what_the_dense_run_trains(

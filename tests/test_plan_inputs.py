@@ -72,7 +72,8 @@ def test_train_all_runs_a_plan_in_the_directory_it_was_made_in(
 ) -> None:
     """A plan made in b/ with relative paths, run in turn from its parent (as a SLURM job may
     start elsewhere): every run trains under b/, nothing is written in the parent; run again
-    from a third folder, every run is found done."""
+    from a third folder, every run is found done, also once the experts' branches were removed
+    to save disk (a run whose own output is trained needs none of the outputs before it)."""
     make_plan_in(capsys, monkeypatch, tmp_path / "b", seed_bundle, shards)
     monkeypatch.chdir(tmp_path)
     code, _, stderr = xelm(capsys, "train-all", "b/plan.json")
@@ -82,6 +83,7 @@ def test_train_all_runs_a_plan_in_the_directory_it_was_made_in(
         assert verify_bundle(runs / bundle) == [], bundle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
+    shutil.rmtree(runs / "branches")
     (tmp_path / "c").mkdir()
     monkeypatch.chdir(tmp_path / "c")
     code, stdout, _ = xelm(capsys, "train-all", "../b/plan.json", "--dry-run")
@@ -93,6 +95,62 @@ def test_train_all_runs_a_plan_in_the_directory_it_was_made_in(
     ]  # fmt: skip
     assert "skip (done): dense" in stderr  # the progress lines stay on stderr
     assert os.listdir(tmp_path / "c") == []
+    assert not (runs / "branches").exists()
+
+
+def test_train_all_refuses_a_bundle_at_a_runs_output_that_the_run_did_not_train(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Skipped as done, it would stand for the run in every comparison: a copy of the untrained
+    seed, and runs of an earlier plan into the same -o with another budget, seed or allocation
+    are refused in one line, in turn and side by side, before any run starts; the plan that
+    trained them finds them done."""
+    make_plan_in(capsys, monkeypatch, tmp_path / "a", seed_bundle, shards)
+    runs = tmp_path / "a" / "runs"
+
+    def refused(plan: str, run: str, only: int, why: str) -> None:
+        for extra in ([], ["--json"]):
+            code, stdout, stderr = xelm(capsys, "train-all", plan, "--only", only, *extra)
+            assert (code, stdout) == (2, ""), (plan, extra)
+            assert stderr == (
+                f"xelm: error: {runs / run} holds a bundle that run {run.split('/')[-1]} of this "
+                f"plan did not train ({why}): remove it and run train-all again, or make the "
+                "plan with another -o\n"
+            )
+        assert not (runs / "logs").exists()  # nothing started
+
+    shutil.copytree(seed_bundle, runs / "dense")
+    refused("plan.json", "dense", 2, "it has no training record")
+    shutil.rmtree(runs / "dense")
+    for only in (0, 2):  # expert-0 (its branch, then its training) and the dense run
+        assert xelm(capsys, "train-all", "plan.json", "--only", only)[0] == 0
+
+    def other_plan(name: str, *changes: str) -> str:
+        args = ["--budget", "512", "--allocation", "alloc.json", "--seed-bundle",
+                os.path.relpath(seed_bundle), *changes]  # fmt: skip
+        code, stdout, stderr = xelm(capsys, "plan", *args, "--data", os.path.relpath(shards),
+                                    "-o", "runs", "--train-args", TRAIN_ARGS, "--json")  # fmt: skip
+        assert code == 0, stderr
+        Path(name).write_text(stdout)
+        return name
+
+    refused(other_plan("budget.json", "--budget", "1024"), "dense", 2,
+            "it was trained on 512 tokens, not 1024")  # fmt: skip
+    assert xelm(capsys, "bundle", "branch", seed_bundle, "--langs", "en,tr", "-o", "seed2")[0] == 0
+    refused(other_plan("seed.json", "--seed-bundle", "seed2"), "dense", 2,
+            "it was not made from seed2")  # fmt: skip
+    write_allocation("swapped.json", clusterer="typology", experts=[["tr"], ["en"]])
+    swapped = other_plan("swapped.json.plan", "--allocation", "swapped.json")
+    refused(swapped, "experts/expert-0", 0, "it is not expert 0 of swapped.json")
+    shutil.rmtree(runs / "branches")  # the seed the branch was made from still tells
+    refused(other_plan("seed.json", "--seed-bundle", "seed2"), "experts/expert-0", 0,
+            "it was not made from seed2")  # fmt: skip
+    code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--dry-run")
+    assert code == 0 and stdout.count("skip (done)") == 3  # expert-0's two commands, dense
 
 
 def test_train_all_json_reports_each_run_and_still_fails_in_one_line(
@@ -355,6 +413,20 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
         ("--attention fast", "option 'attention' must be one of auto, sdpa, eager"),
         ("--train-arg lr=x", "option 'lr' expects float, not 'x'"),
         ("--train-arg nope=1", "trainer 'causal-lm' has no option 'nope'"),
+        ("--batch-size 0", "--train-args: --batch-size must be at least 1, not 0"),
+        ("--train-arg block_size=-4", "--train-args: --block-size must be at least 1, not -4"),
+        (
+            "--aux-loss 0.1",  # the experts and the dense run are no MoE bundles
+            "--train-args: --aux-loss is for MoE bundles, and the experts' and the dense run's "
+            "`xelm train` refuse it: drop it (the moe run's is --moe-aux-loss)",
+        ),
+        ("--train-arg router_only=true", "--train-args: --router-only is for MoE bundles, and"),
+        (
+            "--role expert",  # the plan gives the dense run --role dense
+            "--train-args: --role is the plan's to set (the dense run's is dense, every other "
+            "run's its parent's); drop it there",
+        ),
+        ("--train-arg role=dense", "--train-args: --role is the plan's to set"),
     ],
 )
 def test_plan_refuses_train_args_its_runs_would_fail_on(
@@ -512,6 +584,35 @@ def test_a_run_of_train_all_stopped_says_train_all_resumes_it(
     )
 
 
+def test_a_run_of_train_all_in_turn_stopped_says_train_all_resumes_it(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (SIGINT to the process group) while train-all trains a run in this terminal: the
+    training it runs says to run train-all again, not to add --resume (train-all adds it)."""
+    plan_file = make_plan_in(capsys, monkeypatch, tmp_path / "a", seed_bundle, shards)
+    plan = json.loads(plan_file.read_text())
+    trained = plan["runs"][2]["commands"][0]
+    trained[trained.index("--tokens") + 1] = "40000000"  # still training when interrupted
+    plan_file.write_text(json.dumps(plan))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xelm_cli", "train-all", str(plan_file), "--only", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    metrics = tmp_path / "a" / "runs" / ".dense.ckpt" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not metrics.is_file():  # steps under way
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "xelm: error: interrupted: run train-all again to continue this run" in stderr
+    assert "--resume" not in stderr
+
+
 def seed_of(config: Any, tokenizer_of: Path, out: Path) -> Path:
     """A random seed bundle of transformers ``config`` (vocabulary and special tokens filled
     in) with the tokenizer of the bundle ``tokenizer_of``, so shards made for it fit."""
@@ -624,9 +725,43 @@ def test_moe_calibration_text_bundle_moe_cannot_read_is_refused_in_one_line(
         code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
         assert (code, stdout) == (2, ""), given
         assert stderr == (
-            "xelm: error: --train-args sets aux_loss, which the moe run takes from "
-            "--moe-aux-loss: give it there (the other runs have no load-balancing loss)\n"
+            "xelm: error: --train-args: --aux-loss is for MoE bundles, and the experts' and the "
+            "dense run's `xelm train` refuse it: drop it (the moe run's is --moe-aux-loss)\n"
         )
+
+
+def test_a_moe_run_that_would_fail_after_the_experts_is_refused_before_the_plan(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An allocation of one expert (the MoE routes each token to 2), and a load-balancing
+    weight the moe run's `xelm train` refuses (negative) or the plan cannot hold (NaN, infinity:
+    not JSON), are refused in one line before anything is planned."""
+    monkeypatch.chdir(tmp_path)
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en", "tr"]])
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, "--moe-tokens", "8K"))
+    assert (code, stdout) == (2, "")
+    assert stderr == (
+        "xelm: error: --moe-tokens: the MoE routes each token to 2 of its experts, and the "
+        "allocation has 1: give one of 2 experts or more, or drop --moe-tokens\n"
+    )
+    write_allocation(
+        tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]], overwrite=True
+    )
+    for weight in ("-0.5", "nan", "inf"):
+        extra = ["--moe-tokens", "8K", "--moe-aux-loss", weight]
+        code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
+        assert (code, stdout) == (2, ""), weight
+        assert stderr == (
+            f"xelm: error: --moe-aux-loss must be a number of 0 or more, not {float(weight)}\n"
+        )
+    extra = ["--moe-tokens", "8K", "--moe-aux-loss", "0"]
+    code, stdout, stderr = xelm(capsys, *plan_args(seed_bundle, shards, *extra))
+    assert code == 0, stderr
+    assert json.loads(stdout)["runs"][-1]["aux_loss"] == 0.0
 
 
 def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(

@@ -29,13 +29,15 @@ from xelm_cli.plugin.options import (
 )
 from xelm_cli.training.estimates import parse_size
 from xelm_cli.training.plan_runner import (
+    check_outputs,
     chosen_runs,
+    command_environment,
     device_groups,
-    pending,
     plan_directory,
     process_argv,
     raise_failures,
     read_plan,
+    run_pending,
     run_plan,
     say_on_stderr,
     shown_command,
@@ -535,9 +537,9 @@ def run_in_turn(
 ) -> None:
     """One command after another in this terminal (their progress bars shown), in the plan's
     ``directory``; the first failure stops the rest."""
+    check_outputs(runs, directory)
     for run in runs:
-        for command in run["commands"]:
-            todo = pending(command, directory)
+        for command, todo in run_pending(run, directory):
             if todo is None:
                 console.print(f"skip (done): {shlex.join(command)}", style="dim")
                 continue
@@ -545,6 +547,6 @@ def run_in_turn(
             typer.echo(shlex.join(shown))
             if dry_run:
                 continue
-            code = subprocess.call(process_argv(shown), cwd=directory)
+            code = subprocess.call(process_argv(shown), cwd=directory, env=command_environment())
             if code:
                 raise typer.Exit(code)

@@ -4,6 +4,8 @@ Memory of the ``causal-lm`` trainer (fp32 master weights, AdamW), in bytes, for 
 a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabulary V:
 
 - weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N;
+  under DDP (several ranks without ``--fsdp``) another 4N of gradients, DDP's buckets (a copy
+  of every gradient for the all-reduce: the trainer keeps ``gradient_as_bucket_view`` off);
   under FSDP over r ranks (``--fsdp``, each decoder layer a shard unit and the rest of the
   model the root unit, as the trainer wraps it) each device holds 1/r of the weights,
   gradients and moments, plus the gathered weights of the root unit (embeddings, final norm,
@@ -33,7 +35,8 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
 record: tokens, ``wall_seconds``, the time from the training loop's start, validation and
 checkpoints included, and its model's parameters; a record without ``wall_seconds``, of an
-older xelm, gives ``seconds``, the training steps' time alone).
+older xelm, gives ``seconds``, the training steps' time alone), scaled from the devices it ran
+on (its ``hardware.world_size``, 1 in a record without it) to those each planned run trains on.
 
 An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL + khL
 parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
@@ -148,11 +151,13 @@ def training_memory(
     attention: str = "sdpa",
     mlps_per_token: int = 1,
     shards: int = 1,
+    ddp: bool = False,
 ) -> MemoryEstimate:
     """The formula of the module's docstring, for one micro-batch on one device, with the
     ``attention`` implementation the run uses (``--attention``; ``auto`` is sdpa),
     ``mlps_per_token`` MLPs' activations a token and layer (an MoE's top-t routing: t) and the
-    model sharded over ``shards`` ranks by FSDP (1: every device holds all of it)."""
+    model sharded over ``shards`` ranks by FSDP (1: every device holds all of it), or with
+    ``ddp`` its gradients in DDP's buckets too."""
     n, h, i = shape.parameters, shape.hidden, shape.intermediate
     tokens = batch_size * block_size
     element = 2 if cuda else 4
@@ -174,7 +179,7 @@ def training_memory(
     weights, gradients, moments = model_states(shape, shards, cuda=cuda)
     return MemoryEstimate(
         weights=weights + (2 * n if cuda and shards == 1 else 0),  # autocast's bf16 copies
-        gradients=gradients,
+        gradients=gradients + (4 * n if ddp else 0),  # DDP's buckets
         optimizer=moments,
         activations=activations,
         loss=loss,
@@ -223,10 +228,17 @@ def largest_batch(
 
 
 def device_memory(cuda: bool) -> int:
-    """Memory of the device that would train: the first GPU's, else the machine's RAM."""
+    """Memory of the device that would train: the first GPU's, else the machine's RAM;
+    refused in one line asking for --memory when the runs train on CUDA and this machine has
+    none."""
     if cuda:
         import torch
 
+        if not torch.cuda.is_available():
+            raise UsageError(
+                "the runs train on CUDA (--device in --train-args), which this machine lacks: "
+                "give the memory of the GPU that will train with --memory (e.g. 80GB)"
+            )
         return int(torch.cuda.get_device_properties(0).total_memory)
     import os
 
@@ -235,9 +247,10 @@ def device_memory(cuda: bool) -> int:
 
 @dataclass(frozen=True)
 class Throughput:
-    """The FLOP/s a measured training run reached (6N x tokens / seconds), where, and which
-    time of its training record it divides by (``timed``): ``wall_seconds``, everything from
-    the training loop's start, or, in a record without it, ``seconds``, the steps alone."""
+    """The FLOP/s a measured training run reached (6N x tokens / seconds), scaled to the
+    devices of the runs planned, where, and which time of its training record it divides by
+    (``timed``): ``wall_seconds``, everything from the training loop's start, or, in a record
+    without it, ``seconds``, the steps alone."""
 
     flops_per_s: float
     device: str
@@ -245,7 +258,8 @@ class Throughput:
     timed: str
 
     @classmethod
-    def of(cls, bundle_path: Path) -> "Throughput":
+    def of(cls, bundle_path: Path, ranks: int = 1) -> "Throughput":
+        """Of the run that wrote ``bundle_path``, on ``ranks`` devices instead of its own."""
         bundle = Bundle.read(bundle_path)
         record = bundle.manifest.training or {}
         timed = "wall_seconds" if "wall_seconds" in record else "seconds"
@@ -255,8 +269,10 @@ class Throughput:
                 f"{bundle_path} holds no timed training run; pass a bundle `xelm train` wrote"
             )
         parameters = ModelShape.of(bundle).parameters
-        device = str((record.get("hardware") or {}).get("device", "unknown"))
-        return cls(6 * parameters * tokens / seconds, device, str(bundle_path), timed)
+        hardware = record.get("hardware") or {}
+        device = str(hardware.get("device", "unknown"))
+        scale = ranks / int(hardware.get("world_size") or 1)
+        return cls(6 * parameters * tokens / seconds * scale, device, str(bundle_path), timed)
 
     def seconds(self, shape: ModelShape, tokens: int) -> float:
         return 6 * shape.parameters * tokens / self.flops_per_s

@@ -4,9 +4,10 @@ X-ELM's runs are independent (only ``average`` and ``moe`` wait for the experts:
 ``after``), so a machine with several GPUs trains several at a time: ``devices`` are shared out
 in groups of ``nproc_per_node`` (a run's ``xelm train`` sees its group as
 ``CUDA_VISIBLE_DEVICES``; with more than one device a group trains under torchrun), and
-``parallel`` runs that many at once without pinning (a CPU machine). A run whose outputs all
-exist is skipped; a killed one resumes from its checkpoints. Running several at once, the runs
-with the most tokens start first (the dense baseline before the experts), each run
+``parallel`` runs that many at once without pinning (a CPU machine). A run whose output (its
+last command's) exists is skipped, once ``check_outputs`` has refused a trained one that its
+`xelm train` did not write; a killed one resumes from its checkpoints. Running several at
+once, the runs with the most tokens start first (the dense baseline before the experts), each run
 writes its commands' output to ``ROOT/logs/NAME.log`` (ROOT: the directory that holds every
 run's output), a failed run does not stop the others, and the runs that wait for it are not run.
 Every command runs in the plan's ``directory`` (where ``xelm plan`` ran, so that its relative
@@ -22,17 +23,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.manifest import schema_problems, spec_schema
-from xelm_cli.bundle.store import is_bundle
+from xelm_cli.bundle.store import Bundle, is_bundle
+from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.common.errors import FormatError, UsageError, XelmError
 from xelm_cli.common.jsonio import read_json_object, short_repr
 from xelm_cli.common.progress import count_progress, stderr_console
+from xelm_cli.common.units import token_count
 from xelm_cli.plugin.contracts import checkpoint_dir
 from xelm_cli.training.checkpoints import list_checkpoints
 
@@ -151,15 +155,80 @@ def within(directory: Path | None, path: str) -> Path:
     return directory / path if directory else Path(path)
 
 
+def output_of(command: list[str]) -> str:
+    return command[command.index("-o") + 1]  # (every command of a plan has -o: its schema)
+
+
 def pending(command: list[str], directory: Path | None = None) -> list[str] | None:
     """The command to run now in ``directory`` (with --resume after a kill), or None when its
     output exists."""
-    output = within(directory, command[command.index("-o") + 1])
+    output = within(directory, output_of(command))
     if is_bundle(output):
         return None
     if command[1] == "train" and list_checkpoints(checkpoint_dir(output)):
         return [*command, "--resume"]
     return command
+
+
+def run_pending(
+    run: dict[str, Any], directory: Path | None = None
+) -> Iterator[tuple[list[str], list[str] | None]]:
+    """Each command of ``run`` with what to run of it now (``pending``, asked as the loop
+    reaches it): nothing once the run's output, its last command's, exists: the run is done,
+    even where the outputs before it (its branch) were removed."""
+    done = is_bundle(within(directory, output_of(run["commands"][-1])))
+    for command in run["commands"]:
+        yield command, None if done else pending(command, directory)
+
+
+def check_outputs(runs: Sequence[dict[str, Any]], directory: Path | None) -> None:
+    """Refuse in one line, before any run starts, a bundle at the output of a run's `xelm
+    train` that is not what that command writes (``not_trained_by``): train-all would take it
+    for the finished run and skip it."""
+    for run in runs:
+        for index, command in enumerate(run["commands"]):
+            output = within(directory, output_of(command))
+            if command[1] != "train" or not is_bundle(output):
+                continue
+            problem = not_trained_by(run["commands"][: index + 1], Bundle.read(output), directory)
+            if problem:
+                raise UsageError(
+                    f"{output} holds a bundle that run {run['name']} of this plan did not train "
+                    f"({problem}): remove it and run train-all again, or make the plan with "
+                    "another -o"
+                )
+
+
+def not_trained_by(commands: list[list[str]], bundle: Bundle, directory: Path | None) -> str | None:
+    """How ``bundle`` differs from what the last of ``commands`` (`xelm train`, after those
+    that make its input) writes, or None: it has no training record, its training asked for
+    other tokens, an input bundle of the commands (one still there) is not among its
+    lineage's parents, or it is not the expert of the allocation a command branched for."""
+    record = bundle.manifest.training
+    if not record:
+        return "it has no training record"
+    tokens = flag_value(commands[-1], "--tokens")
+    asked = (record.get("options") or {}).get("tokens", record.get("tokens"))
+    if tokens is not None and asked != token_count(tokens):
+        return f"it was trained on {short_repr(asked)} tokens, not {tokens}"
+    parents = {parent["digest"] for step in bundle.manifest.lineage for parent in step["parents"]}
+    for command in commands:
+        start = 2 if command[1] == "train" else 3  # after `xelm train`, `xelm bundle VERB`
+        for given in takewhile(lambda arg: not arg.startswith("-"), command[start:]):
+            source = within(directory, given)
+            if is_bundle(source) and Bundle.read(source).digest not in parents:
+                return f"it was not made from {given}"
+        allocation, expert = flag_value(command, "--allocation"), flag_value(command, "--expert")
+        if allocation and expert and within(directory, allocation).exists():
+            held = bundle.manifest.allocation or {}
+            digest = read_allocation(within(directory, allocation)).digest
+            if (held.get("digest"), held.get("expert")) != (digest, int(expert)):
+                return f"it is not expert {expert} of {allocation}"
+    return None
+
+
+def flag_value(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
 
 
 def shown_command(command: list[str], nproc_per_node: int) -> list[str]:
@@ -252,6 +321,11 @@ def side_by_side_length(
         else:
             return None
     return now
+
+
+def command_environment() -> dict[str, str]:
+    """The environment of the commands train-all runs: this one, marked (``RUN_OF_TRAIN_ALL``)."""
+    return dict(os.environ) | {RUN_OF_TRAIN_ALL: "1"}
 
 
 class PlanRunner:
@@ -347,7 +421,7 @@ class PlanRunner:
         self.advance(1)
 
     def _finished(self, run: dict[str, Any]) -> bool:
-        return all(pending(command, self.directory) is None for command in run["commands"])
+        return all(todo is None for _, todo in run_pending(run, self.directory))
 
     def _ready(self, run: dict[str, Any], outcomes: dict[str, RunOutcome]) -> bool | None:
         """True when every run ``run`` waits for (of those planned here) is done, False when
@@ -370,8 +444,7 @@ class PlanRunner:
                 f"{k}={env[k]}" for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS") if k in env
             )
             sink.write(f"# {time.strftime('%F %T')} {name}: {' '.join(pinned)}\n".encode())
-            for command in run["commands"]:
-                todo = pending(command, self.directory)
+            for _, todo in run_pending(run, self.directory):
                 if todo is None:
                     continue
                 shown = shown_command(todo, self.nproc)
@@ -413,8 +486,7 @@ class PlanRunner:
 
     def _environment(self, slot: str | None) -> dict[str, str]:
         """The run's devices, and its share of the CPU cores (unless OMP_NUM_THREADS is set)."""
-        env = dict(os.environ)
-        env[RUN_OF_TRAIN_ALL] = "1"
+        env = command_environment()
         env.setdefault("OMP_NUM_THREADS", str(self.threads))
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
@@ -489,6 +561,7 @@ def run_plan(
     slots = device_groups(devices, nproc_per_node, parallel)
     plan = check_plan(plan) if isinstance(plan, dict) else read_plan(Path(plan))
     runs = chosen_runs(plan, only)
+    check_outputs(runs, plan_directory(plan))
     with count_progress("train-all", len(runs), "runs") as advance:
         return PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
 

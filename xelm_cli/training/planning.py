@@ -2,6 +2,7 @@
 equal training tokens, as commands, with device-memory and time estimates of each run."""
 
 import difflib
+import math
 import os
 import shlex
 from collections.abc import Iterator, Sequence
@@ -87,7 +88,25 @@ def given_options(train_args: str) -> dict[str, Any]:
         else:
             given[spec.name] = value
     values = with_flags(parse_pairs(pairs, TRAIN_ARG), given, owner, TRAIN_ARG)
-    return parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
+    options = parse_options(owner, values, label=f"--train-args: trainer {DEFAULT_TRAINER!r}")
+    _check_given({spec.flag_name: options[spec.name] for spec in specs if spec.name in options})
+    return options
+
+
+def _check_given(options: dict[str, Any]) -> None:
+    """Refuse in one line a trainer option (by its flag) of --train-args that the plan sets
+    itself (``PLAN_SETS``: --role), that the experts' and the dense run's `xelm train` refuse
+    (``MOE_ONLY``), or a batch or block too small to make a step of."""
+    for flag, value in options.items():
+        if flag in PLAN_SETS:
+            raise unknown_train_arg(flag, [])
+        if flag in MOE_ONLY and value not in (None, False):
+            raise UsageError(
+                f"--train-args: {flag} is for MoE bundles, and the experts' and the dense "
+                f"run's `xelm train` refuse it: drop it{MOE_ONLY[flag]}"
+            )
+        if flag in ("--batch-size", "--block-size") and value < 1:
+            raise UsageError(f"--train-args: {flag} must be at least 1, not {value}")
 
 
 # `xelm train` options every run of a plan gets from the plan itself, not from --train-args
@@ -98,7 +117,10 @@ PLAN_SETS = {
     "-o": "each run's output is under -o",
     "--output": "each run's output is under -o",
     "--langs": "each run trains its allocation's languages",
+    "--role": "the dense run's is dense, every other run's its parent's",
 }
+# options for MoE bundles only, with what the plan takes instead
+MOE_ONLY = {"--aux-loss": " (the moe run's is --moe-aux-loss)", "--router-only": ""}
 
 
 def unknown_train_arg(name: str, flags: list[str]) -> UsageError:
@@ -228,13 +250,22 @@ def check_expert_data(seed: Bundle, alloc: Allocation, paths: list[Path]) -> lis
     return opened
 
 
-def check_moe_inputs(seed_bundle: Path, calibration: Path | None, languages: Sequence[str]) -> None:
+def check_moe_inputs(
+    seed_bundle: Path, calibration: Path | None, languages: Sequence[str], experts: int
+) -> None:
     """Refuse now, in one line naming the option, what the ``moe`` run's `xelm bundle moe`
-    would refuse once every expert is trained: experts (branches of the seed) of a family
-    with no transformers MoE architecture or with bias terms it lacks, and --moe-calibration
-    text it cannot read in every one of the experts' ``languages``."""
+    would refuse once every expert is trained: fewer ``experts`` than each token is routed to,
+    experts (branches of the seed) of a family with no transformers MoE architecture or with
+    bias terms it lacks, and --moe-calibration text it cannot read in every one of the
+    experts' ``languages``."""
     from transformers import AutoConfig
 
+    if experts < MOE_TOP_K:
+        raise UsageError(
+            f"--moe-tokens: the MoE routes each token to {MOE_TOP_K} of its experts, and the "
+            f"allocation has {experts}: give one of {MOE_TOP_K} experts or more, or drop "
+            "--moe-tokens"
+        )
     dense = AutoConfig.from_pretrained(seed_bundle)
     try:
         require_no_bias(dense, family_of(dense.model_type))
@@ -292,8 +323,9 @@ def estimate_runs(
     seed's size, with the batch that ``train_args`` sets, on ``ranks`` devices: with --fsdp
     sharded over them) and, given ``moe_experts`` (k), of the ``moe`` run (the MoE of k
     experts, with the plain loss), each refused in one line when the batch cannot fit in
-    ``memory`` bytes (default: this machine's first GPU, else its RAM); and the FLOP/s of a
-    ``measured`` run for time estimates (xelm_cli.training.estimates)."""
+    ``memory`` bytes (default: this machine's first GPU, else its RAM: needed for a CUDA
+    device this machine lacks); and the FLOP/s of a ``measured`` run for time estimates, as
+    if on ``ranks`` devices (xelm_cli.training.estimates)."""
     planned = planned_options(train_args)
     shards = fsdp_shards(bool(planned["fsdp"]), ranks)
     batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
@@ -311,11 +343,12 @@ def estimate_runs(
         "gradient_checkpointing": bool(planned["gradient_checkpointing"]),
         "attention": attention,
         "shards": shards,
+        "ddp": ranks > 1 and shards == 1,
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
     limit = memory if memory is not None else device_memory(cuda)
     estimate = require_fits(shape, batch, block, limit, options)
-    throughput = Throughput.of(measured) if measured else None
+    throughput = Throughput.of(measured, ranks) if measured else None
     moe_memory = None
     if moe_experts:
         held, _ = moe_shapes(shape, moe_experts, MOE_TOP_K)
@@ -453,7 +486,7 @@ def make_plan(
     valid, measured, moe_calibration = (
         Path(path) if path is not None else None for path in (valid, measured, moe_calibration)
     )
-    _check_plan_options(parallel, moe_tokens, moe_calibration, train_args)
+    _check_plan_options(parallel, moe_tokens, moe_calibration, moe_aux_loss)
     alloc = read_allocation(allocation)
     expert_paths = expert_data_paths(expert_data, alloc, allocation, seed_bundle)
     step = step_tokens(train_args, nproc_per_node)
@@ -463,7 +496,7 @@ def make_plan(
     shards = check_inputs(seed, data, valid, everything)
     expert_shards = check_expert_data(seed, alloc, expert_paths) if expert_paths else []
     if moe_tokens:
-        check_moe_inputs(seed_bundle, moe_calibration, everything)
+        check_moe_inputs(seed_bundle, moe_calibration, everything, alloc.k)
     estimate = estimate_runs(
         seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0, nproc_per_node
     )
@@ -501,17 +534,14 @@ def make_plan(
 
 
 def _check_plan_options(
-    parallel: int | None, moe_tokens: int, calibration: Path | None, train_args: str
+    parallel: int | None, moe_tokens: int, calibration: Path | None, aux_loss: float
 ) -> None:
     if parallel is not None and parallel < 1:
         raise UsageError(f"--parallel must be at least 1, not {parallel}")
     if calibration is not None and not moe_tokens:
         raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
-    if moe_tokens and "aux_loss" in given_options(train_args):
-        raise UsageError(
-            "--train-args sets aux_loss, which the moe run takes from --moe-aux-loss: give it "
-            "there (the other runs have no load-balancing loss)"
-        )
+    if not (math.isfinite(aux_loss) and aux_loss >= 0):
+        raise UsageError(f"--moe-aux-loss must be a number of 0 or more, not {aux_loss}")
 
 
 def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation, step: int) -> list[Budget]:
