@@ -413,8 +413,10 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
         ("--attention fast", "option 'attention' must be one of auto, sdpa, eager"),
         ("--train-arg lr=x", "option 'lr' expects float, not 'x'"),
         ("--train-arg nope=1", "trainer 'causal-lm' has no option 'nope'"),
-        ("--batch-size 0", "--train-args: --batch-size must be at least 1, not 0"),
-        ("--train-arg block_size=-4", "--train-args: --block-size must be at least 1, not -4"),
+        ("--batch-size 0", "--train-args: --batch-size must be at least 1"),
+        ("--train-arg block_size=-4", "--train-args: --block-size must be at least 1"),
+        ("--lr -1", "--train-args: --lr must be positive, not -1.0"),
+        ("--warmup-steps -2", "--train-args: --warmup-steps must not be negative"),
         (
             "--aux-loss 0.1",  # the experts and the dense run are no MoE bundles
             "--train-args: --aux-loss is for MoE bundles, and the experts' and the dense run's "

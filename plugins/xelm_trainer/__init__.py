@@ -4,7 +4,7 @@ This module stays light (hooks run on every ``xelm`` invocation); torch is impor
 ``loop`` only when a run starts.
 """
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from xelm_cli.api import Bundle, Register, Trainer, TrainRequest, hookimpl
 
@@ -21,6 +21,10 @@ class CausalLMTrainer(Trainer):
         from .loop import TrainingRun
 
         return TrainingRun().train(request)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any], *, world_size: int = 1) -> None:
+        TrainOptions.from_dict({**options, "world_size": world_size})
 
 
 @hookimpl

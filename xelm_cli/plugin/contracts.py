@@ -307,6 +307,13 @@ class Trainer(ABC):
     def train(self, request: TrainRequest) -> Bundle:
         """Train and return the new bundle (already written, atomically)."""
 
+    @classmethod  # noqa: B027 (an optional hook: no check by default)
+    def check_options(cls, options: dict[str, Any], *, world_size: int = 1) -> None:
+        """Refuse in one line (:class:`UsageError`) ``options`` (converted, every declared
+        one given) that ``train`` would refuse on ``world_size`` ranks, such as values that
+        contradict each other: ``xelm plan`` asks before planning runs that would fail when
+        they start. By default the declaration's own checks are all there are."""
+
 
 @dataclass(frozen=True)
 class ChoiceRequest:

@@ -95,8 +95,8 @@ def given_options(train_args: str) -> dict[str, Any]:
 
 def _check_given(options: dict[str, Any]) -> None:
     """Refuse in one line a trainer option (by its flag) of --train-args that the plan sets
-    itself (``PLAN_SETS``: --role), that the experts' and the dense run's `xelm train` refuse
-    (``MOE_ONLY``), or a batch or block too small to make a step of."""
+    itself (``PLAN_SETS``: --role), or that the experts' and the dense run's `xelm train`
+    refuse (``MOE_ONLY``); the trainer's own checks follow in ``step_tokens``."""
     for flag, value in options.items():
         if flag in PLAN_SETS:
             raise unknown_train_arg(flag, [])
@@ -105,8 +105,6 @@ def _check_given(options: dict[str, Any]) -> None:
                 f"--train-args: {flag} is for MoE bundles, and the experts' and the dense "
                 f"run's `xelm train` refuse it: drop it{MOE_ONLY[flag]}"
             )
-        if flag in ("--batch-size", "--block-size") and value < 1:
-            raise UsageError(f"--train-args: {flag} must be at least 1, not {value}")
 
 
 # `xelm train` options every run of a plan gets from the plan itself, not from --train-args
@@ -578,8 +576,14 @@ def _run_budgets(budget: int, moe_tokens: int, alloc: Allocation, step: int) -> 
 
 def step_tokens(train_args: str, ranks: int) -> int:
     """Tokens of one optimiser step of every run of a plan (`xelm train` trains whole steps):
-    --global-batch of ``train_args``, else one micro-batch on each of ``ranks`` devices."""
+    --global-batch of ``train_args``, else one micro-batch on each of ``ranks`` devices; options
+    the default trainer would refuse on ``ranks`` devices are refused now
+    (``Trainer.check_options``)."""
     planned = planned_options(train_args)
+    try:
+        get_registry().trainers[DEFAULT_TRAINER].obj.check_options(planned, world_size=ranks)
+    except UsageError as exc:
+        raise UsageError(f"--train-args: {exc}") from None
     micro_batch = planned["batch_size"] * planned["block_size"] * ranks
     step = planned["global_batch_tokens"] or micro_batch
     if step % micro_batch:
