@@ -168,6 +168,21 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     ), err
 
 
+@pytest.mark.parametrize("as_json", [[], ["--json"]])
+def test_lineage_of_a_folder_without_bundles_is_refused(
+    capsys, tmp_path: Path, as_json: list[str]
+) -> None:
+    """Not an empty family tree (exit 0, no output): a mistyped or empty folder."""
+    empty = tmp_path / "empty"
+    (empty / "not-a-bundle").mkdir(parents=True)
+    code, out, err = xelm(capsys, "bundle", "lineage", GOLDEN, empty, *as_json)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"xelm: error: no bundles in {empty} nor one level below it: pass bundle directories, "
+        "or the folders that hold them\n"
+    )
+
+
 def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -2,6 +2,7 @@
 --device is checked before any work too; demo_plan takes a preset's name."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,16 +14,22 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.demo import Demo
 from xelm_cli.demo.folder import RECORD, preset_settings
 from xelm_cli.demo.plan import demo_plan
-from xelm_cli.demo.presets import PRESETS
+from xelm_cli.demo.presets import NEW_LANGUAGES, PRESETS, TRAIN_LANGUAGES
 
 SMOKE_SEED = json.dumps({"seconds": 1.0, "result": "d", "training": {"tokens": 32768,
                                                                      "seconds": 2.0}})  # fmt: skip
 
 
 def empty_data(root: Path) -> Path:
-    """A data directory with the demo's folders and no files: its corpus step fails."""
-    for needed in ("corpus/train", "eval/flores200-devtest", "tasks/sib200"):
-        (root / needed).mkdir(parents=True)
+    """A data directory with every file the demo reads, each damaged: its corpus step fails."""
+    languages = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
+    files = [*(f"corpus/train/{lang}.jsonl.zst" for lang in languages),
+             *(f"eval/flores200-devtest/{lang}.txt" for lang in languages),
+             *(f"tasks/sib200/{lang}/{split}.tsv" for lang in TRAIN_LANGUAGES
+               for split in ("train", "test"))]  # fmt: skip
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"damaged")
     return root
 
 
@@ -52,6 +59,31 @@ def test_the_first_run_records_its_preset_before_its_first_step(
     assert len(err.splitlines()) == 1
     assert run(["demo", "--preset", "smoke", *args]) != 0
     assert "[ 1] corpus ..." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("removed", "said"),
+    [
+        ("eval/flores200-devtest/sv.txt", "eval/flores200-devtest/sv.txt"),  # read after adapt
+        ("tasks/sib200/zh/test.tsv", "tasks/sib200/zh/test.tsv"),  # read by the last step
+        ("corpus", "corpus/train/ar.jsonl.zst and 17 more of the files xelm demo reads"),
+    ],
+)
+def test_data_lacking_a_file_the_demo_reads_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], removed: str, said: str
+) -> None:
+    """Not hours later at the step that reads it, with demo.json already written."""
+    data, out = empty_data(tmp_path / "data"), tmp_path / "run"
+    shutil.rmtree(data / removed) if (data / removed).is_dir() else (data / removed).unlink()
+    assert run(["demo", "--preset", "smoke", "--data", str(data), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"xelm: error: {data} lacks {said}: fetch them with `xelm data fetch -o {data}`, or pass "
+        "another --data\n"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"`xelm data fetch --size 128M -o "):
+        Demo(PRESETS["gpu-large"], data, out)  # a preset that reads more than fetch's default
 
 
 def test_plan_of_a_folder_made_by_another_preset_is_refused(

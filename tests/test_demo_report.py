@@ -1,13 +1,16 @@
 """The demo report's aggregates: each system's mean perplexity over languages (the paper's
 headline aggregate) beside the perplexity pooled over every token, in results written before
-the mean too, and the verdicts on overall perplexity judged on the mean."""
+the mean too, and the verdicts on overall perplexity judged on the mean; results of part of a
+run; the report's files replaced whole; `xelm demo --json`."""
 
 import copy
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import SHARED_DATA
 
 from xelm_cli.cli import run
 from xelm_cli.demo.figures import perplexity_groups, perplexity_series
@@ -133,3 +136,171 @@ def test_the_perplexity_figure_has_a_mean_group_where_results_have_the_mean(
     assert perplexity_groups(filled) == [*LANGS, "overall", "mean"]
     dense = next(values for label, _, values in perplexity_series(filled) if label == "dense")
     assert dense[-2:] == [55.0, pytest.approx(70.0)]
+
+
+# ------------------------------------------------------------------ the report's files
+
+REAL = Path(__file__).parents[1] / "docs" / "demo-small" / "results.json"  # a real demo's
+
+
+def _report(results: dict[str, Any], source: Path, out: Path) -> int:
+    """``xelm report`` of ``results`` (written to ``source``) into ``out``: its exit code."""
+    source.write_text(json.dumps(results))
+    return run(["report", str(source), "-o", str(out)])
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file in ``folder``, hidden ones too, and its bytes."""
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_failed_report_leaves_the_previous_one_and_a_new_one_drops_stale_figures(
+    old_results: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, source = tmp_path / "report", tmp_path / "results.json"
+    assert _report(old_results, source, out) == 0
+    (out / "notes.md").write_text("the user's own")
+    before = _files(out)
+    assert set(before) == {"report.md", "results.json", "perplexity.png", "adaptation.png",
+                           "notes.md"}  # fmt: skip
+    damaged = {**old_results, "typology": {  # a tree the figure cannot draw
+        "experts": [{"languages": ["en", "hi"]}, {"languages": ["ja"]}],
+        "tree": {"leaves": LANGS, "linkage": [[0, 1, 1.0, 2]]},
+    }}  # fmt: skip
+    capsys.readouterr()
+    assert _report(damaged, source, out) == 3
+    err = capsys.readouterr().err
+    assert "'tree' needs 'leaves'" in err and err.count("\n") == 1
+    assert _files(out) == before  # nothing replaced, nothing left beside it
+    killed = out / ".report.md.abcd1234.partial"  # what a report killed while drawing leaves
+    (killed / "perplexity.png").parent.mkdir()
+    (killed / "perplexity.png").write_bytes(b"half")
+    del old_results["adaptation"]
+    assert _report(old_results, source, out) == 0
+    after = _files(out)
+    assert set(after) == set(before) - {"adaptation.png"}  # not the earlier report's figure
+    assert after["notes.md"] == b"the user's own"
+    assert "![adaptation]" not in after["report.md"].decode()
+    fresh = tmp_path / "new" / "report"
+    assert _report(damaged, source, fresh) == 3 and not (tmp_path / "new").exists()
+
+
+def test_claims_are_judged_on_the_languages_both_sides_score(
+    old_results: dict[str, Any],
+) -> None:
+    """Without dense's and TF-IDF's ja (which X-ELM loses), X-ELM wins every language both
+    sides score, and typology's mean is taken over en and hi as TF-IDF's is; a claim whose
+    sides share no score is left out, not "NOT supported" against missing numbers."""
+    del old_results["perplexity"]["dense"]["ja"], old_results["perplexity"][TFIDF]["ja"]
+    by_claim = {claim["claim"].split(" ")[0]: claim for claim in claims(old_results)}
+    assert list(by_claim) == ["X-ELM", "typological", "HMR"]  # no new language: no HMR vs LAPT
+    every = by_claim["X-ELM"]
+    assert every["supported"] is True
+    assert every["evidence"] == "lower in 2 of 2 languages; ja left out (not scored for both)"
+    typology = by_claim["typological"]
+    assert typology["supported"] is True
+    assert typology["evidence"].startswith(  # (80 + 10) / 2 against (100 + 40) / 2
+        "mean perplexity over languages 45.00 (typology-k4) vs 70.00 (tfidf-k4, "
+    )
+    assert typology["evidence"].endswith(
+        "; pooled over every token 70.00 vs 60.00; ja left out (not scored for both)"
+    )
+    del old_results["perplexity"]["dense"]
+    del old_results["perplexity"][TYPOLOGY]["en"], old_results["perplexity"][TYPOLOGY]["hi"]
+    assert [claim["claim"].split(" ")[0] for claim in claims(old_results)] == ["HMR"]
+
+
+def test_a_report_of_part_of_a_run_leaves_out_what_it_lacks(tmp_path: Path) -> None:
+    """A real demo's results with pieces missing, as merged results of part of a run have
+    them: the report leaves out the claim, row or cell that needs them."""
+    real = json.loads(REAL.read_text())
+    partial = copy.deepcopy(real)
+    del partial["adaptation"]["new"]
+    del partial["icl"]["xelm"]["languages"]["en"]
+    del partial["perplexity"]["dense"]["en"]["bits_per_byte"]
+    out = tmp_path / "report"
+    assert _report(partial, tmp_path / "partial.json", out) == 0
+    text = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    said = [claim["claim"] for claim in results["claims"]]
+    assert len(said) == 4 and not any(claim.startswith("adding a language") for claim in said)
+    assert "| new language |" not in text and "Old languages (overall perplexity" in text
+    dense_en = real["icl"]["dense"]["languages"]["en"]["accuracy"]
+    assert f"| en | {dense_en:.2f} | - |" in text
+    dense = real["perplexity"]["dense"]
+    others = [dense[lang]["bits_per_byte"] for lang in real["languages"] if lang != "en"]
+    assert results["perplexity"]["dense"]["mean"] == {
+        "perplexity": pytest.approx(statistics.fmean(
+            dense[lang]["perplexity"] for lang in real["languages"])),
+        "bits_per_byte": pytest.approx(statistics.fmean(others)),
+        "languages": 16,
+    }  # fmt: skip
+    no_old = copy.deepcopy(real)
+    del no_old["adaptation"]["old"]
+    assert _report(no_old, tmp_path / "no-old.json", out) == 0
+    text = (out / "report.md").read_text()
+    assert "| new language | donor | HMR | LAPT | dense (before) |" in text
+    assert "Old languages (" not in text
+    assert "HMR leaves the old languages untouched" not in text
+    assert "**NOT supported**: adding a language by HMR" in text
+    del real["adaptation"]["old"]["xelm after"]
+    assert [claim["claim"].split(" ")[0] for claim in claims(real)] == [
+        "X-ELM", "typological", "adding", "X-ELM",
+    ]  # fmt: skip
+
+
+def test_the_report_quotes_the_tokens_trained_not_the_tokens_asked(
+    old_results: dict[str, Any], tmp_path: Path
+) -> None:
+    """xelm train rounds every run to whole steps: the report says what the runs trained."""
+    trained = {"dense": 3_999_744, "typology-k4": 3_997_696, "tfidf-k4": 3_997_696,
+               "moe-finetune": 399_360}  # fmt: skip
+    old_results["training"] = {step: {"tokens": n, "seconds": 1.0} for step, n in trained.items()}
+    old_results["preset"]["moe_tokens"] = 400_000
+    old_results["merging"] = {"moe+ft": {"tokens": 400_000, "aux_loss_coefficient": 0.01}}
+    old_results["perplexity"]["typology-k4 moe+ft"] = old_results["perplexity"][TFIDF]
+    out = tmp_path / "report"
+    assert _report(old_results, tmp_path / "results.json", out) == 0
+    text = (out / "report.md").read_text()
+    assert "a dense model continued for B = 3,999,744 tokens" in text
+    assert "(each expert B/k tokens from the seed; each X-ELM 3,997,696 in all)" in text
+    assert "before and after a 399,360-token fine-tune" in text
+    assert "all weights, for 399,360 more tokens" in text
+    assert "The fine-tuned MoE has trained on 399,360 tokens more" in text
+    assert "4,000,000" not in text and "400,000" not in text
+
+
+def test_demo_json_prints_one_object_with_the_report_and_the_claims(
+    old_results: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The run itself stood in for by its results; stdout holds the JSON alone."""
+    import xelm_cli.demo
+    from xelm_cli.demo import write_report
+
+    def finished(preset: str, data: Path, out: Path, *args: Any) -> Any:
+        results = {**old_results, "seconds": 12.0}
+        return results, write_report(results, Path(out) / "report")
+
+    monkeypatch.setattr(xelm_cli.demo, "run_demo", finished)
+    out = tmp_path / "run"
+    args = ["demo", "--preset", "smoke", "--data", str(SHARED_DATA), "-o", str(out)]
+    assert run([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    report = out / "report"
+    written = json.loads((report / "results.json").read_text())["claims"]
+    assert json.loads(captured.out) == {
+        "report": str(report / "report.md"),
+        "results": str(report / "results.json"),
+        "figures": [str(report / "perplexity.png"), str(report / "adaptation.png")],
+        "seconds": 12.0,
+        "claims": [{**claim, "verdict": verdict} for claim, verdict in
+                   zip(written, ["NOT supported", "supported", "supported"], strict=True)],
+    }  # fmt: skip
+    assert "finished in 12 s" in captured.err
+    assert run(args) == 0  # without --json: the report's verdict lines and its path
+    lines = (report / "report.md").read_text().splitlines()
+    claim_lines = [line for line in lines if line.startswith("- **")]
+    assert capsys.readouterr().out.splitlines() == [*claim_lines, f"report: {report}/report.md"]

@@ -299,7 +299,14 @@ def lineage(
 
     Example: xelm bundle lineage seed/ experts/
     """
-    nodes = lineage_graph(find_bundles(bundles))
+    found = [find_bundles([path]) for path in bundles]
+    for path, there in zip(bundles, found, strict=True):
+        if not there:  # an empty or mistyped folder: not an empty family tree
+            raise UsageError(
+                f"no bundles in {path} nor one level below it: pass bundle directories, or "
+                "the folders that hold them"
+            )
+    nodes = lineage_graph([bundle for there in found for bundle in there])
     if as_json:
         print_json(graph_json(nodes))
         return

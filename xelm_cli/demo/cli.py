@@ -5,7 +5,8 @@ from typing import Annotated
 
 import typer
 
-from xelm_cli.common.cli_options import JsonOpt, print_json
+from xelm_cli.common.cli_options import print_json
+from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.demo.presets import PRESET_HELP
 
@@ -46,7 +47,14 @@ def demo(
             "the time of its training side by side); run nothing.",
         ),
     ] = False,
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object on stdout: the report's files, the run's seconds and "
+            "each claim with its verdict (with --plan: the plan); progress stays on stderr.",
+        ),
+    ] = False,
 ) -> None:
     """Reproduce X-ELM's findings end to end on the sample data and write a report.
 
@@ -66,6 +74,7 @@ def demo(
     from xelm_cli.demo import get_preset, run_demo
     from xelm_cli.demo.data import demo_data
     from xelm_cli.demo.pipeline import check_run
+    from xelm_cli.demo.report import VERDICTS, claim_line
 
     if plan:
         from xelm_cli.demo.plan import demo_plan, format_plan
@@ -85,13 +94,17 @@ def demo(
     data = demo_data(data, size=size, say=stderr_console.print)
     results, files = run_demo(preset, data, output, device, devices)
     stderr_console.print(f"finished in {results['seconds']:.0f} s")
-    for claim in _claims(files[0]):  # the report's verdicts, one line each
-        typer.echo(claim)
-    typer.echo(f"report: {files[0]}")
-
-
-def _claims(report: Path) -> list[str]:
-    return [line for line in report.read_text().splitlines() if line.startswith("- **")]
+    report_md, results_json, *figures = files
+    claims = read_json_object(results_json, "results file")["claims"]
+    if as_json:
+        verdicts = [{**claim, "verdict": VERDICTS[claim["supported"]]} for claim in claims]
+        print_json({"report": str(report_md), "results": str(results_json),
+                    "figures": [str(f) for f in figures], "seconds": results["seconds"],
+                    "claims": verdicts})  # fmt: skip
+        return
+    for claim in claims:  # the report's verdicts, one line each
+        typer.echo(claim_line(claim))
+    typer.echo(f"report: {report_md}")
 
 
 def report(

@@ -16,15 +16,46 @@ from xelm_cli.data.fetch import (
     plan_fetch,
 )
 from xelm_cli.data.sources import SourceUnavailable
-from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES
+from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 
 DEVELOPMENT_DATA = Path("..") / "shared" / "data"
-REQUIRED = ("corpus/train", "eval/flores200-devtest", "tasks/sib200")
+SIB200_READ = ("train.tsv", "test.tsv")  # the icl evaluator's demonstrations and examples
+
+
+def demo_files() -> list[str]:
+    """Every file of a data directory that a demo run reads (the presets differ in how much of
+    them, not in which): each language's training text and FLORES-200 devtest sentences, and
+    SIB-200 of the training languages (NTREX-128, the MoE's gate text, is used where present)."""
+    languages = [*TRAIN_LANGUAGES, *NEW_LANGUAGES]
+    return [
+        *(f"corpus/train/{lang}.jsonl.zst" for lang in languages),
+        *(f"eval/flores200-devtest/{lang}.txt" for lang in languages),
+        *(f"tasks/sib200/{lang}/{name}" for lang in TRAIN_LANGUAGES for name in SIB200_READ),
+    ]
+
+
+def missing_files(path: Path) -> list[str]:
+    """The files of ``demo_files`` that ``path`` lacks."""
+    return [name for name in demo_files() if not (path / name).is_file()]
 
 
 def has_layout(path: Path) -> bool:
-    """Whether ``path`` holds the folders the demo reads."""
-    return all((path / needed).is_dir() for needed in REQUIRED)
+    """Whether ``path`` holds every file the demo reads."""
+    return not missing_files(path)
+
+
+def check_data(data: Path, preset: Preset) -> None:
+    """Refuse, in one line before any work, a data directory that lacks a file the demo reads
+    (it would otherwise fail at the step that reads it, perhaps hours into the run)."""
+    missing = missing_files(data)
+    if missing:
+        more = f" and {len(missing) - 1} more of the files xelm demo reads" if missing[1:] else ""
+        bigger = preset.corpus_bytes > DEFAULT_SIZE  # the text xelm demo fetches for it
+        size = f" --size {preset.corpus_bytes // 10**6}M" if bigger else ""
+        raise UsageError(
+            f"{data} lacks {missing[0]}{more}: fetch them with `xelm data fetch{size} -o "
+            f"{data}`, or pass another --data"
+        )
 
 
 def demo_data(

@@ -33,14 +33,21 @@ def main_system(results: dict[str, Any]) -> str | None:
     return main if isinstance(main, str) and main else None
 
 
-def perplexity_of(results: dict[str, Any], system: str, lang: str) -> float | None:
-    """``results["perplexity"][system][lang]["perplexity"]`` as a positive finite float, or
-    None when it is absent or unusable."""
-    entry = results.get("perplexity", {}).get(system, {}).get(lang)
-    value = entry.get("perplexity") if isinstance(entry, dict) else None
+def score_of(table: Any, *keys: str, metric: str = "perplexity") -> float | None:
+    """``table[key]...[metric]`` (keys in turn) as a positive finite float, or None when any
+    of it is absent or unusable (results of part of a run)."""
+    for key in keys:
+        table = table.get(key) if isinstance(table, dict) else None
+    value = table.get(metric) if isinstance(table, dict) else None
     if isinstance(value, int | float) and math.isfinite(value) and value > 0:
         return float(value)
     return None
+
+
+def perplexity_of(results: dict[str, Any], system: str, lang: str) -> float | None:
+    """``results["perplexity"][system][lang]["perplexity"]`` as a positive finite float, or
+    None when it is absent or unusable."""
+    return score_of(results.get("perplexity"), system, lang)
 
 
 def perplexity_groups(results: dict[str, Any]) -> list[str]:

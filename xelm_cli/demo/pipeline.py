@@ -21,14 +21,14 @@ from xelm_cli.bundle.store import Bundle, is_bundle, verify_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.common.atomic import write_bytes_atomic
-from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.errors import XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.common.units import duration
 from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.data.shards import Shards
-from xelm_cli.demo.data import REQUIRED
+from xelm_cli.demo.data import check_data
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
 from xelm_cli.demo.folder import check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
@@ -123,11 +123,7 @@ class Demo:
         devices: str | None = None,
     ) -> None:
         check_run(preset, out, device)
-        for needed in REQUIRED:
-            if not (data / needed).is_dir():
-                raise UsageError(
-                    f"{data} has no {needed}/: pass --data with the sample data layout"
-                )
+        check_data(data, preset)
         self.preset = preset
         self.data = data
         self.out = out
@@ -730,14 +726,14 @@ class Demo:
         the top-k when perfectly balanced, more when the routers favour some experts)."""
         p = self.preset
         # the balance loss logged four times, first and last kept
-        self.train(moe, shards, out, p.moe_tokens, TRAIN_LANGUAGES, **self.moe_training)
+        digest = self.train(moe, shards, out, p.moe_tokens, TRAIN_LANGUAGES, **self.moe_training)
         metrics = checkpoint_dir(out) / "metrics.jsonl"
         logged = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         aux = [m["aux_loss"] for m in logged if "aux_loss" in m]
         return {
             "bundle": str(out),
-            "digest": Bundle.read(out).digest,
-            "tokens": p.moe_tokens,
+            "digest": digest,
+            "tokens": self._trained[-1][0],  # as trained: whole steps of moe_tokens
             "aux_loss_coefficient": p.moe_aux_loss,
             "aux_loss": [aux[0], aux[-1]] if aux else [],
             "perplexity": self._perplexity(self._single(out, "moe+ft"), TRAIN_LANGUAGES),
@@ -779,11 +775,9 @@ class Demo:
     def icl(self, dense: Path, experts: list[Path]) -> dict[str, Any]:
         from xelm_cli.ensemble.results import build_evaluator
 
-        root = self.data / "tasks" / "sib200"
-        languages = [lang for lang in TRAIN_LANGUAGES if (root / lang).is_dir()]
         request = EvalRequest(
-            data=str(root),
-            languages=tuple(languages),
+            data=str(self.data / "tasks" / "sib200"),
+            languages=TRAIN_LANGUAGES,
             limit=self.preset.icl_examples,
             task="sib200",
             shots=self.preset.icl_shots,

@@ -1,16 +1,26 @@
 """The demo's report: report.md, results.json and figures, drawn from results alone (so
 ``xelm report`` can redraw them from results files of separate runs)."""
 
+import functools
 import json
 import math
+import os
 import statistics
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.atomic import PARTIAL_SUFFIX, fsync_dir, output_lock, write_bytes_atomic
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.demo.figures import (
+    ADAPTATION_SYSTEMS,
+    FIGURES,
+    draw_all,
+    perplexity_of,
+    score_of,
+)
 
 RESULTS_FORMAT = "xelm-demo-results"  # spec/demo-results.md
 RESULTS_FORMAT_VERSION = 1
@@ -69,13 +79,16 @@ def read_results(paths: Sequence[Path]) -> dict[str, Any]:
 def mean_over_languages(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The languages' perplexities and bits per byte averaged, each language counting once
     whatever its tokens, as the perplexity evaluator's ``overall.mean_over_languages``: the
-    paper's headline aggregate (method section 9), where ``overall`` pools every token."""
+    paper's headline aggregate (method section 9), where ``overall`` pools every token. Each
+    metric is averaged over the languages that have it; ``languages`` counts those with a
+    perplexity."""
     languages = [scope for scope in scores if scope not in AGGREGATES]
-    means = {
-        metric: statistics.fmean(scores[language][metric] for language in languages)
+    values = {
+        metric: [v for lang in languages if (v := score_of(scores, lang, metric=metric))]
         for metric in ("perplexity", "bits_per_byte")
     }
-    return {**means, "languages": len(languages)}
+    means = {metric: statistics.fmean(known) for metric, known in values.items() if known}
+    return {**means, "languages": len(values["perplexity"])}
 
 
 def with_means(results: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +98,11 @@ def with_means(results: dict[str, Any]) -> dict[str, Any]:
     several files may have replaced some languages; ``results`` itself is left as it is."""
 
     def filled(tables: dict[str, Any]) -> dict[str, Any]:
-        return {
-            name: {**table, "mean": mean_over_languages(table)}
-            if isinstance(table, dict) and set(table) - set(AGGREGATES)
-            else table
-            for name, table in tables.items()
-        }
+        out = {}
+        for name, table in tables.items():
+            mean = mean_over_languages(table) if isinstance(table, dict) else {}
+            out[name] = {**table, "mean": mean} if mean.get("languages") else table
+        return out
 
     out = {**results, "perplexity": filled(results["perplexity"])}
     adaptation = results.get("adaptation")
@@ -99,9 +111,44 @@ def with_means(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _ppl(results: dict[str, Any], system: str, language: str) -> float:
-    value = results["perplexity"].get(system, {}).get(language, {}).get("perplexity")
-    return float(value) if value is not None else math.nan
+def _common(tables: Sequence[Any], languages: Sequence[str]) -> dict[str, list[float]]:
+    """Each of ``languages`` that every one of ``tables`` scores -> their perplexities on it,
+    in order: a claim compares systems on these alone (results may cover part of a run)."""
+    common = {}
+    for lang in languages:
+        row = [value for table in tables if (value := score_of(table, lang)) is not None]
+        if len(row) == len(tables):
+            common[lang] = row
+    return common
+
+
+def _column_means(rows: dict[str, list[float]]) -> list[float]:
+    """Each system's mean over the languages of ``_common``'s rows."""
+    return [statistics.fmean(column) for column in zip(*rows.values(), strict=True)]
+
+
+def _left_out(languages: Sequence[str], compared: dict[str, Any]) -> str:
+    """``; LANGS left out (not scored for both)`` for the languages a claim could not compare."""
+    missing = [lang for lang in languages if lang not in compared]
+    return f"; {', '.join(missing)} left out (not scored for both)" if missing else ""
+
+
+def _part(results: dict[str, Any], key: str) -> dict[str, Any]:
+    """``results[key]``, or nothing where the results lack it (or hold something else)."""
+    part = results.get(key)
+    return part if isinstance(part, dict) else {}
+
+
+def _trained(results: dict[str, Any], step: str, asked: Any) -> Any:
+    """The tokens the runs of ``step`` trained (``xelm train`` rounds to whole steps), else
+    ``asked`` (results from before the demo recorded them)."""
+    return _part(_part(results, "training"), step).get("tokens", asked)
+
+
+def finetune_tokens(results: dict[str, Any]) -> Any:
+    """The tokens the MoE's fine-tune trained, else what it asked (older results)."""
+    asked = _part(_part(results, "merging"), "moe+ft").get("tokens")
+    return _trained(results, "moe-finetune", asked or _part(results, "preset").get("moe_tokens"))
 
 
 def _count(value: Any) -> str:
@@ -114,20 +161,37 @@ def _mean(values: Sequence[float]) -> float:
 
 
 VERDICTS = {True: "supported", False: "NOT supported", None: "inconclusive"}
+ICL_SYSTEMS = (("dense", "dense"), ("xelm", "X-ELM"))  # results["icl"] keys, report columns
+
+
+def claim_line(claim: dict[str, Any]) -> str:
+    """A claim as report.md and ``xelm demo`` give it: its verdict, what it says, the evidence."""
+    verdict = VERDICTS[claim["supported"]]
+    return f"- **{verdict}**: {claim['claim']}. This run: {claim['evidence']}."
 
 
 def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each claim of the paper this run can test, whether the run supports it, and why. Claims
-    on overall perplexity are judged on the paper's aggregate, the mean over languages."""
+    on overall perplexity are judged on the paper's aggregate, the mean over languages. A
+    claim is judged on the languages both its sides score, and left out where there are none
+    (results of part of a run)."""
     results = with_means(results)
-    languages = results["languages"]
-    main = results["main_xelm"]
-    out = []
-    dense = {lang: _ppl(results, "dense", lang) for lang in languages}
-    xelm = {lang: _ppl(results, f"{main} language", lang) for lang in languages}
-    won = [lang for lang in languages if xelm[lang] < dense[lang]]
-    lost = [lang for lang in languages if lang not in won]
-    evidence = f"lower in {len(won)} of {len(languages)} languages"
+    found = [_every_language(results), _typology_against_tfidf(results),
+             *_adaptation_claims(results.get("adaptation"), results["languages"])]  # fmt: skip
+    icl = results.get("icl")
+    if isinstance(icl, dict) and None not in [_accuracy(icl, s, "overall") for s, _ in ICL_SYSTEMS]:
+        found.append(_in_context_claim(icl))
+    return [claim for claim in found if claim is not None]
+
+
+def _every_language(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The main X-ELM against dense, language by language."""
+    languages, main, table = results["languages"], results["main_xelm"], results["perplexity"]
+    pairs = _common([table.get(f"{main} language"), table.get("dense")], languages)
+    if not pairs:
+        return None
+    lost = [lang for lang, (xelm, dense) in pairs.items() if not xelm < dense]
+    evidence = f"lower in {len(pairs) - len(lost)} of {len(pairs)} languages"
     if lost:
         among = [lang for lang in lost if lang in PAPER_LARGEST_GAINS]
         evidence += f" (not in {', '.join(lost)})"
@@ -136,78 +200,84 @@ def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"; {', '.join(among)} {'is' if len(among) == 1 else 'are'} among the paper's "
                 f"five largest gains ({', '.join(PAPER_LARGEST_GAINS)})"
             )
-    out.append(
-        {
-            "claim": f"X-ELM ({main}, language router) has lower perplexity than the "
-            "equal-compute dense model in every language (the paper: every language at k = 4 "
-            "and k = 8)",
-            "supported": not lost,
-            "evidence": evidence,
-        }
+    return {
+        "claim": f"X-ELM ({main}, language router) has lower perplexity than the "
+        "equal-compute dense model in every language (the paper: every language at k = 4 "
+        "and k = 8)",
+        "supported": not lost,
+        "evidence": evidence + _left_out(languages, pairs),
+    }
+
+
+def _typology_against_tfidf(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The main X-ELM against the TF-IDF X-ELM on the mean over the languages both score."""
+    languages, main, table = results["languages"], results["main_xelm"], results["perplexity"]
+    tfidf = next((s for s in table if s.endswith(" tfidf")), None)
+    if tfidf is None:
+        return None
+    systems = (f"{main} language", tfidf)
+    pairs = _common([table.get(system) for system in systems], languages)
+    if not pairs:
+        return None
+    typology_mean, tfidf_mean = _column_means(pairs)
+    evidence = (
+        f"mean perplexity over languages {typology_mean:.2f} ({main}) vs {tfidf_mean:.2f} "
+        f"({tfidf.removesuffix(' tfidf')}, {_tfidf_routing(results)})"
     )
-    tfidf = next((s for s in results["perplexity"] if s.endswith(" tfidf")), None)
-    if tfidf:
-        typology = f"{main} language"
-        typology_mean, tfidf_mean = _ppl(results, typology, "mean"), _ppl(results, tfidf, "mean")
-        typology_pooled = _ppl(results, typology, "overall")
-        tfidf_pooled = _ppl(results, tfidf, "overall")
-        out.append(
-            {
-                "claim": "typological clustering beats TF-IDF clustering at the same k",
-                "supported": typology_mean < tfidf_mean,
-                "evidence": f"mean perplexity over languages {typology_mean:.2f} ({main}) vs "
-                f"{tfidf_mean:.2f} ({tfidf.removesuffix(' tfidf')}, "
-                f"{_tfidf_routing(results)}); pooled over every token {typology_pooled:.2f} vs "
-                f"{tfidf_pooled:.2f}",
-            }
-        )
-    adaptation = results.get("adaptation")
-    if adaptation:
-        new = adaptation["new"]
-        better = [
-            lang for lang, r in new.items() if r["hmr"]["perplexity"] < r["lapt"]["perplexity"]
-        ]
-        detail = "; ".join(
-            f"{lang}: HMR {r['hmr']['perplexity']:.2f} vs LAPT {r['lapt']['perplexity']:.2f}"
-            for lang, r in new.items()
-        )
-        out.append(
-            {
-                "claim": "adding a language by HMR (branch the related expert) beats LAPT "
-                "(continue the dense model) at equal tokens",
-                "supported": len(better) == len(new),
-                "evidence": detail,
-            }
-        )
-        old = adaptation["old"]
-        same_scores = all(
-            old["xelm after"][lang]["perplexity"] == old["xelm before"][lang]["perplexity"]
-            for lang in languages
-        )
-        untouched, intact = _old_experts_intact(adaptation.get("old_experts"))
-        dense_old = old["dense"]["mean"]["perplexity"]
-        rises = {
-            name.removeprefix("lapt-"): old[name]["mean"]["perplexity"]
-            for name in old
-            if name.startswith("lapt-")
-        }
-        out.append(
-            {
-                "claim": "HMR leaves the old languages untouched, while LAPT forgets them",
-                "supported": same_scores and untouched
-                and all(v > dense_old for v in rises.values()),
-                "evidence": ("X-ELM old-language perplexities identical after adding the new "
-                             "experts" if same_scores
-                             else "X-ELM old-language perplexities changed")
-                + f"; {intact}; mean perplexity over the old languages: dense "
-                + f"{dense_old:.2f} -> "
-                + ", ".join(f"{v:.2f} after LAPT on {lang}" for lang, v in rises.items()),
-            }
-        )  # fmt: skip
-    icl = results.get("icl")
-    if icl:
-        out.append(_in_context_claim(icl))
-    return out
+    typology_pooled, tfidf_pooled = (score_of(table, s, "overall") for s in systems)
+    if typology_pooled and tfidf_pooled:
+        evidence += f"; pooled over every token {typology_pooled:.2f} vs {tfidf_pooled:.2f}"
+    return {
+        "claim": "typological clustering beats TF-IDF clustering at the same k",
+        "supported": typology_mean < tfidf_mean,
+        "evidence": evidence + _left_out(languages, pairs),
+    }
+
+
+def _adaptation_claims(adaptation: Any, languages: Sequence[str]) -> list[dict[str, Any] | None]:
+    """HMR against LAPT on the new languages, and what adding them did to the old ones."""
+    if not isinstance(adaptation, dict):
+        return []
+    new = _part(adaptation, "new")
+    tables = [{lang: r.get(name) for lang, r in new.items() if isinstance(r, dict)}
+              for name in ("hmr", "lapt")]  # fmt: skip
+    pairs = _common(tables, list(new))
+    better = {
+        "claim": "adding a language by HMR (branch the related expert) beats LAPT "
+        "(continue the dense model) at equal tokens",
+        "supported": all(hmr < lapt for hmr, lapt in pairs.values()),
+        "evidence": "; ".join(f"{lang}: HMR {hmr:.2f} vs LAPT {lapt:.2f}"
+                              for lang, (hmr, lapt) in pairs.items())
+        + _left_out(list(new), pairs),
+    }  # fmt: skip
+    return [better if pairs else None, _forgetting_claim(adaptation, languages)]
+
+
+def _forgetting_claim(
+    adaptation: dict[str, Any], languages: Sequence[str]
+) -> dict[str, Any] | None:
+    """The X-ELM's old-language perplexities before and after adding the new experts, and the
+    dense model's mean over the old languages against each LAPT model's."""
+    old = _part(adaptation, "old")
+    same = _common([old.get("xelm before"), old.get("xelm after")], languages)
+    lapts = [name for name in old if name.startswith("lapt-")]
+    compared = _common([old.get(name) for name in ("dense", *lapts)], languages)
+    if not same or not lapts or not compared:
+        return None
+    same_scores = all(before == after for before, after in same.values())
+    untouched, intact = _old_experts_intact(adaptation.get("old_experts"))
+    dense_old, *rises = _column_means(compared)
+    return {
+        "claim": "HMR leaves the old languages untouched, while LAPT forgets them",
+        "supported": same_scores and untouched and all(v > dense_old for v in rises),
+        "evidence": ("X-ELM old-language perplexities identical after adding the new experts"
+                     if same_scores else "X-ELM old-language perplexities changed")
+        + _left_out(languages, same)
+        + f"; {intact}; mean perplexity over the old languages: dense {dense_old:.2f} -> "
+        + ", ".join(f"{v:.2f} after LAPT on {name.removeprefix('lapt-')}"
+                    for name, v in zip(lapts, rises, strict=True))
+        + _left_out(languages, compared),
+    }  # fmt: skip
 
 
 def _tfidf_routing(results: dict[str, Any]) -> str:
@@ -228,6 +298,16 @@ def _old_experts_intact(record: dict[str, Any] | None) -> tuple[bool, str]:
     if problems:
         return False, f"an old expert changed on disk: {problems[0]}"
     return True, f"all {record.get('bundles', '?')} old experts' files hash as their manifests say"
+
+
+def _accuracy(icl: dict[str, Any], system: str, language: str) -> float | None:
+    """``icl[system]["overall"]["accuracy"]``, or ``["languages"][language]["accuracy"]``;
+    None where the results lack it."""
+    entry = icl.get(system)
+    for key in ("overall",) if language == "overall" else ("languages", language):
+        entry = entry.get(key) if isinstance(entry, dict) else None
+    value = entry.get("accuracy") if isinstance(entry, dict) else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _in_context_claim(icl: dict[str, Any]) -> dict[str, Any]:
@@ -274,12 +354,14 @@ def _in_context_claim(icl: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
+def _cell(value: Any) -> str:
+    """A number as the report gives it; ``-`` for None (not in these results)."""
+    return f"{value:.2f}" if isinstance(value, float) else "-" if value is None else str(value)
 
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -306,14 +388,14 @@ def _steps_section(results: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
-def _runs(count: int) -> str:
+def _runs(count: Any) -> str:
     return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def perplexity_table(results: dict[str, Any]) -> str:
     systems = [s for s in results["perplexity"] if " expert-" not in s]
     rows = [
-        [AGGREGATE_LABELS.get(scope, scope), *(_ppl(results, s, scope) for s in systems)]
+        [AGGREGATE_LABELS.get(scope, scope), *(perplexity_of(results, s, scope) for s in systems)]
         for scope in [*results["languages"], *AGGREGATES]
     ]
     return _table(["language", *systems], rows)
@@ -344,7 +426,7 @@ def _describe(name: str, entry: dict[str, Any], k: Any, top_k: Any) -> str:
         else ""
     )
     return (
-        f"that MoE model trained, all weights, for {entry.get('tokens', 0):,} more tokens with "
+        f"that MoE model trained, all weights, for {_count(entry.get('tokens'))} more tokens with "
         f"the load-balancing loss at {entry.get('aux_loss_coefficient', '?')}{balance}"
     )
 
@@ -357,10 +439,13 @@ def merging_section(results: dict[str, Any]) -> list[str]:
     ensemble = f"{main} language"
     if not isinstance(merging, dict) or ensemble not in results["perplexity"]:
         return []
-    languages = results["languages"]
+    languages, table = results["languages"], results["perplexity"]
     k = len(results.get("experts", {}).get(main, [])) or "the"
-    reference = _ppl(results, ensemble, "overall")
+    reference = perplexity_of(results, ensemble, "overall")
     top_k = (merging.get("moe") or {}).get("top_k", "the top-k")
+    tuned = merging.get("moe+ft")
+    if isinstance(tuned, dict):
+        merging = {**merging, "moe+ft": {**tuned, "tokens": finetune_tokens(results)}}
     lines = [
         f"## One model from the experts ({main})",
         "",
@@ -375,15 +460,21 @@ def merging_section(results: dict[str, Any]) -> list[str]:
         system = f"{main} {name}"
         if not isinstance(entry, dict) or system not in results["perplexity"]:
             continue
-        overall = _ppl(results, system, "overall")
-        better = [g for g in languages if _ppl(results, system, g) < _ppl(results, ensemble, g)]
-        direction = "lower" if overall < reference else "higher"
-        lines.append(
-            f"- _{label}_ ({_describe(name, entry, k, top_k)}): overall perplexity {overall:.2f} "
-            f"against the ensemble's {reference:.2f}, {direction} by a factor of "
-            f"{max(overall, reference) / min(overall, reference):.2f}; lower than the ensemble "
-            f"in {len(better)} of {len(languages)} languages."
-        )
+        overall = perplexity_of(results, system, "overall")
+        pairs = _common([table[system], table[ensemble]], languages)
+        against = []
+        if overall and reference:
+            direction = "lower" if overall < reference else "higher"
+            factor = max(overall, reference) / min(overall, reference)
+            against.append(
+                f"overall perplexity {overall:.2f} against the ensemble's {reference:.2f}, "
+                f"{direction} by a factor of {factor:.2f}"
+            )
+        if pairs:
+            better = [lang for lang, (one, ensemble_ppl) in pairs.items() if one < ensemble_ppl]
+            against.append(f"lower than the ensemble in {len(better)} of {len(pairs)} languages")
+        said = f": {'; '.join(against)}" if against else ""
+        lines.append(f"- _{label}_ ({_describe(name, entry, k, top_k)}){said}.")
     tuned = merging.get("moe+ft")
     if isinstance(tuned, dict) and tuned.get("tokens"):
         lines += [
@@ -449,33 +540,55 @@ def purity_section(results: dict[str, Any]) -> list[str]:
     ]
 
 
+REPORT, RESULTS = "report.md", "results.json"
+
+
 def write_report(results: dict[str, Any], out: Path) -> list[Path]:
-    """report.md, results.json and the figures in ``out``; returns the files written."""
-    out.mkdir(parents=True, exist_ok=True)
+    """report.md, results.json and the figures in ``out``; returns the files written.
+
+    Everything is drawn in a staging folder inside ``out`` first and then put in place, so a
+    failure (results a figure cannot draw, say) leaves an earlier report as it was; the figures
+    of an earlier report that this one does not draw go, other files in ``out`` stay."""
     results = with_means(results)
     results = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results,
                "claims": claims(results)}  # fmt: skip
-    written = [out / "results.json"]
-    write_bytes_atomic(written[0], pretty_json(results))
-    from xelm_cli.demo.figures import draw_all
+    # named as atomic.py names the temporaries of report.md: the next writer removes one that a
+    # killed run left
+    staged = functools.partial(
+        tempfile.TemporaryDirectory, suffix=PARTIAL_SUFFIX, prefix=f".{REPORT}.", dir=out
+    )
+    with output_lock(out / REPORT), staged() as tmp:
+        staging = Path(tmp)
+        figures = [path.name for path in draw_all(results, staging)]
+        write_bytes_atomic(staging / RESULTS, pretty_json(results))
+        write_bytes_atomic(staging / REPORT, report_text(results, figures).encode())
+        for name in [*figures, RESULTS, REPORT]:  # report.md last: it shows the figures
+            os.replace(staging / name, out / name)
+        for name, _ in FIGURES:
+            if name not in figures:  # an earlier report's, of data these results lack
+                (out / name).unlink(missing_ok=True)
+        fsync_dir(out)
+    return [out / REPORT, out / RESULTS, *(out / name for name in figures)]
 
-    figures = draw_all(results, out)
-    written += figures
+
+def report_text(results: dict[str, Any], figures: Sequence[str]) -> str:
+    """report.md of ``results`` (with their claims), showing the figure files ``figures``."""
     preset = results.get("preset", {})
     lines = [
         f"# xelm demo report (preset {preset.get('name', '?')})",
         "",
         "X-ELM's experiment at small scale on the sample data: a seed LM pre-trained on "
         f"{len(results['languages'])} languages, a dense model continued for B = "
-        f"{_count(preset.get('budget'))} tokens, typology X-ELMs with k = "
-        f"{', '.join(str(k) for k in preset.get('typology_ks', []))} and a TF-IDF X-ELM with "
-        f"k = {preset.get('tfidf_k', '?')} (each expert B/k tokens from the seed), evaluated on "
-        f"FLORES-200 devtest ({preset.get('eval_documents', '?')} sentences per language); then "
-        "two new languages added by HMR and by LAPT."
+        f"{_count(_trained(results, 'dense', preset.get('budget')))} tokens, typology X-ELMs "
+        f"with k = {', '.join(str(k) for k in preset.get('typology_ks', []))} and a TF-IDF "
+        f"X-ELM with k = {preset.get('tfidf_k', '?')} (each expert B/k tokens from the seed"
+        f"{_xelm_totals(results)}), evaluated on FLORES-200 devtest "
+        f"({preset.get('eval_documents', '?')} sentences per language); then two new languages "
+        "added by HMR and by LAPT."
         + (
             f" The main X-ELM's experts are also made one model: their parameter average and a "
-            f"Mixture-of-Experts model, before and after a {preset.get('moe_tokens', 0):,}-token "
-            "fine-tune."
+            f"Mixture-of-Experts model, before and after a {_count(finetune_tokens(results))}-"
+            "token fine-tune."
             if results.get("merging")
             else ""
         ),
@@ -487,48 +600,67 @@ def write_report(results: dict[str, Any], out: Path) -> list[Path]:
         "the perplexity pooled over every token (overall), which weighs the languages by their "
         "tokens.",
         "",
+        *map(claim_line, results["claims"]),
+        "",
+        "## Perplexity (FLORES-200 devtest, lower is better)",
+        "",
+        perplexity_table(results),
+        "",
+        *merging_section(results),
+        *purity_section(results),
+        *adaptation_section(results.get("adaptation")),
+        *in_context_section(results.get("icl")),
+        "## Figures",
+        "",
+        *(f"![{Path(name).stem}]({name})" for name in figures),
     ]
-    for claim in results["claims"]:
-        verdict = VERDICTS[claim["supported"]]
-        lines.append(f"- **{verdict}**: {claim['claim']}. This run: {claim['evidence']}.")
-    lines += ["", "## Perplexity (FLORES-200 devtest, lower is better)", "",
-              perplexity_table(results), ""]  # fmt: skip
-    lines += merging_section(results)
-    lines += purity_section(results)
-    adaptation = results.get("adaptation")
-    if adaptation:
-        rows = [
-            [lang, r["donor"], r["hmr"]["perplexity"], r["lapt"]["perplexity"],
-             r["dense"]["perplexity"]]
-            for lang, r in adaptation["new"].items()
-        ]  # fmt: skip
-        lines += ["## Adding languages: HMR vs LAPT", "",
-                  _table(["new language", "donor", "HMR", "LAPT", "dense (before)"], rows), "",
-                  "Old languages (overall perplexity, pooled over every token, and the mean "
-                  "over languages): "
-                  + ", ".join(f"{name} {v['overall']['perplexity']:.2f} "
-                              f"(mean {v['mean']['perplexity']:.2f})"
-                              for name, v in adaptation["old"].items()) + ".", ""]  # fmt: skip
-    icl = results.get("icl")
-    if icl:
-        rows = [
-            [lang, icl["dense"]["languages"][lang]["accuracy"],
-             icl["xelm"]["languages"][lang]["accuracy"]]
-            for lang in icl["dense"]["languages"]
-        ]  # fmt: skip
-        rows.append(["overall", icl["dense"]["overall"]["accuracy"],
-                     icl["xelm"]["overall"]["accuracy"]])  # fmt: skip
-        lines += [f"## In-context: {icl['task']}, {icl['shots']}-shot, {_runs(icl['runs'])} "
-                  "(accuracy)", "", _table(["language", "dense", "X-ELM"], rows), ""]  # fmt: skip
-    lines += ["## Figures", ""]
-    lines += [f"![{f.stem}]({f.name})" for f in figures]
     if results.get("steps"):
         lines += ["", "## Steps", "", *_steps_section(results)]
     lines += ["", "All numbers come from this run (results.json); nothing is tuned per language."]
-    report = out / "report.md"
-    write_bytes_atomic(report, ("\n".join(lines) + "\n").encode())
-    written.insert(0, report)
-    return written
+    return "\n".join(lines) + "\n"
+
+
+def _xelm_totals(results: dict[str, Any]) -> str:
+    """``; each X-ELM N in all`` (or each X-ELM's total): the tokens their experts trained,
+    which rounds each run to whole steps; nothing for results without training records."""
+    totals = {name: run.get("tokens") for name, run in results.get("training", {}).items()
+              if name.startswith(("typology-k", "tfidf-k")) and isinstance(run, dict)}  # fmt: skip
+    if len(set(totals.values())) == 1:
+        return f"; each X-ELM {_count(next(iter(totals.values())))} in all"
+    return "; in all: " + ", ".join(f"{n} {_count(v)}" for n, v in totals.items()) if totals else ""
+
+
+def adaptation_section(adaptation: Any) -> list[str]:
+    """HMR against LAPT on each new language, and the old languages' perplexities."""
+    if not isinstance(adaptation, dict):
+        return []
+    new, old = _part(adaptation, "new"), _part(adaptation, "old")
+    lines = ["## Adding languages: HMR vs LAPT", ""]
+    if new:
+        rows = [[lang, r.get("donor", "?"), *(score_of(r, key) for key, _ in ADAPTATION_SYSTEMS)]
+                for lang, r in new.items() if isinstance(r, dict)]  # fmt: skip
+        headers = ["new language", "donor", *(label for _, label in ADAPTATION_SYSTEMS)]
+        lines += [_table(headers, rows), ""]
+    if old:
+        lines += ["Old languages (overall perplexity, pooled over every token, and the mean "
+                  "over languages): "
+                  + ", ".join(f"{name} {_cell(score_of(v, 'overall'))} "
+                              f"(mean {_cell(score_of(v, 'mean'))})"
+                              for name, v in old.items()) + ".", ""]  # fmt: skip
+    return lines
+
+
+def in_context_section(icl: Any) -> list[str]:
+    """Each language's in-context accuracy of dense and of the X-ELM, and overall."""
+    if not isinstance(icl, dict):
+        return []
+    languages = {lang: None for system, _ in ICL_SYSTEMS
+                 for lang in _part(_part(icl, system), "languages")}  # fmt: skip
+    rows = [[lang, *(_accuracy(icl, system, lang) for system, _ in ICL_SYSTEMS)]
+            for lang in [*languages, "overall"]]  # fmt: skip
+    return [f"## In-context: {icl.get('task', '?')}, {icl.get('shots', '?')}-shot, "
+            f"{_runs(icl.get('runs', '?'))} (accuracy)", "",
+            _table(["language", *(label for _, label in ICL_SYSTEMS)], rows), ""]  # fmt: skip
 
 
 def dump(results: dict[str, Any]) -> str:
