@@ -183,6 +183,18 @@ def test_lineage_of_a_folder_without_bundles_is_refused(
     )
 
 
+@pytest.mark.parametrize("name", ["b[v2]", "b[red]x", "b[/x]"])
+def test_an_output_path_with_brackets_is_printed_as_it_is(
+    capsys, tmp_path: Path, name: str
+) -> None:
+    """Paths are text, not rich markup: not cut (b), coloured, or a MarkupError after the
+    bundle was written (exit 70, and a rerun refused because the output exists)."""
+    out = tmp_path / name
+    code, stdout, err = xelm(capsys, "bundle", "branch", GOLDEN, "-o", out, "--langs", "en")
+    assert (code, err) == (0, ""), err
+    assert f"bundle {out} (" in stdout
+
+
 def test_unwritable_output_is_one_line(capsys, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -163,7 +163,7 @@ def _report_written(bundle: Bundle, as_json: bool) -> None:
         print_json(_summary(bundle))
     else:
         console.print(
-            f"wrote {bundle.manifest.role} bundle [bold]{bundle.path}[/] "
+            f"wrote {bundle.manifest.role} bundle [bold]{escape(str(bundle.path))}[/] "
             f"({bundle.size / 1e6:.1f} MB, digest {short(bundle.digest)})"
         )
 
@@ -177,8 +177,8 @@ def _report_hmr(bundle: Bundle, donor_bundle: Bundle, as_json: bool) -> None:
         return
     _report_written(bundle, as_json)
     console.print(
-        f"branched from [bold]{donor_bundle.path}[/], the expert of donor language {donor} "
-        f"({', '.join(donor_bundle.languages)})"
+        f"branched from [bold]{escape(str(donor_bundle.path))}[/], the expert of donor "
+        f"language {donor} ({', '.join(donor_bundle.languages)})"
     )
     if donor_bundle.manifest.relation in UNTRAINED:
         sys.stderr.write(
@@ -264,9 +264,11 @@ def verify(
         for path_str, problems in report.items():
             if problems:
                 for problem in problems:
-                    console.print(f"[red]FAIL[/] {path_str}: {problem}", highlight=False)
+                    console.print(
+                        f"[red]FAIL[/] {escape(f'{path_str}: {problem}')}", highlight=False
+                    )
             else:
-                console.print(f"[green]OK[/]   {path_str}", highlight=False)
+                console.print(f"[green]OK[/]   {escape(path_str)}", highlight=False)
     failed = sum(1 for p in report.values() if p)
     if failed:
         raise IntegrityError(f"{failed} of {len(report)} bundles failed verification")
@@ -404,7 +406,7 @@ def pack(
     target = output or Path(default_archive_name(bundle))
     with byte_progress(f"packing {bundle.name}", bundle.size) as progress:
         path = pack_bundle(bundle_dir, target, overwrite=force, progress=progress)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", markup=False)
 
 
 @app.command()

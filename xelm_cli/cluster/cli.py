@@ -374,4 +374,4 @@ def show(
     console = Console(soft_wrap=True)
     _print_tables(allocation, console)
     for path in summary.get("plots", []):
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)

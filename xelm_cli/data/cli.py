@@ -268,10 +268,14 @@ def prepare_command(
     for result in results:
         shards = result.shards
         if result.up_to_date:
-            console.print(f"{shards.path}: up to date (digest {short(shards.digest)})")
+            console.print(
+                f"{shards.path}: up to date (digest {short(shards.digest)})", markup=False
+            )
             continue
         print_whole(console, _language_table(shards))
-        console.print(f"wrote shards [bold]{shards.path}[/] (digest {short(shards.digest)})")
+        console.print(
+            f"wrote shards [bold]{escape(str(shards.path))}[/] (digest {short(shards.digest)})"
+        )
 
 
 def _expert_index(text: str | None) -> int | None:
@@ -346,7 +350,10 @@ def tokenizer_command(
         )
         return
     languages = ", ".join(f"{k} {v:,}" for k, v in trained.characters.items())
-    console.print(f"wrote tokenizer [bold]{trained.path}[/] (characters per language: {languages})")
+    console.print(
+        f"wrote tokenizer [bold]{escape(str(trained.path))}[/] "
+        f"(characters per language: {languages})"
+    )
 
 
 app.command("tokenizer")(with_parameters(tokenizer_command, reading_parameters()))
@@ -386,7 +393,7 @@ def inspect_command(
         print_whole(console, about)
         print_whole(console, _language_table(shards))
         for problem in problems:
-            console.print(f"[red]FAIL[/] {problem}", highlight=False)
+            console.print(f"[red]FAIL[/] {escape(problem)}", highlight=False)
     if problems:
         raise IntegrityError(f"{shards.path}: {len(problems)} problems found")
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from xelm_cli.bundle.store import Bundle
@@ -172,7 +173,7 @@ def train(
     )
     steps, trained = record.get("steps"), record.get("tokens")
     console.print(
-        f"wrote {result.manifest.role} bundle [bold]{result.path}[/]"
+        f"wrote {result.manifest.role} bundle [bold]{escape(str(result.path))}[/]"
         + (
             f": {steps:,} step{'' if steps == 1 else 's'}, {trained:,} tokens"
             if steps is not None and trained is not None
@@ -541,7 +542,7 @@ def run_in_turn(
     for run in runs:
         for command, todo in run_pending(run, directory):
             if todo is None:
-                console.print(f"skip (done): {shlex.join(command)}", style="dim")
+                console.print(f"skip (done): {shlex.join(command)}", style="dim", markup=False)
                 continue
             shown = shown_command(todo, nproc_per_node)
             typer.echo(shlex.join(shown))
