@@ -194,3 +194,39 @@ def test_hmr_from_python_records_what_the_command_records(experts, tmp_path: Pat
         }
     ]
     assert by_python.languages == by_command.languages == ["az"]
+
+
+def test_hmr_refuses_an_output_that_overlaps_a_bundle_of_the_pool(
+    experts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o the donor itself (with --force), a folder inside a pool bundle, or the folder that
+    holds them: one line naming the bundle, before anything is written; the pool is intact."""
+    from xelm_cli.cli import run
+
+    e0, e1 = experts
+    pool = e0.parent
+    before = {p: digests(p) for p in (e0, e1)}
+    for out, overlapped in ((e1, e1), (e0 / "az", e0), (pool, e0)):
+        expected = (
+            f"-o {out} overlaps {overlapped}, a bundle of the pool (--from) that must not "
+            "change: write the new expert elsewhere (e.g. -o branches/az)"
+        )
+        with pytest.raises(UsageError) as refused:
+            hmr_branch([pool], "tr", "az", out, overwrite=True)
+        assert str(refused.value) == expected
+        args = ["--from", str(pool), "--donor", "tr", "--lang", "az", "-o", str(out), "--force"]
+        assert run(["bundle", "branch", *args]) == 2
+        assert capsys.readouterr().err == f"xelm: error: {expected}\n"
+    assert {p: digests(p) for p in (e0, e1)} == before
+    assert not (e0 / "az").exists()
+    assert verify_bundle(e0) == [] and verify_bundle(e1) == []
+
+
+def test_hmr_pool_entries_that_overlap_name_each_bundle_once(experts, tmp_path: Path) -> None:
+    """``--from experts --from experts/e1`` (or ``experts/../experts``) holds e1 once: it is
+    the one donor, not "several bundles"."""
+    e0, e1 = experts
+    pool = e0.parent
+    for entries in ([pool, e1], [pool, pool / ".." / pool.name]):
+        az = hmr_branch(entries, "tr", "az", tmp_path / "az", overwrite=True)
+        assert az.manifest.parents == [Bundle.read(e1).ref]

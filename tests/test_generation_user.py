@@ -1,16 +1,22 @@
 """`xelm ensemble generate` as a user meets it: a prompt without a language is refused naming
 `--lang`, and generation never emits the document-start token, even from a model that
-predicts it above every other token."""
+predicts it above every other token; a seed torch cannot take is refused in one line, a tiny
+temperature samples the most likely tokens, a router with a stride routes the growing text as
+scoring routes prefixes, and a long prompt leaves each expert one vocabulary of
+log-probabilities, not a table of them per prompt token."""
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from xelm_cli.api import Bundle, UsageError, generate_text, init_from_config, init_from_hf
 from xelm_cli.bundle.seed import config_for
 from xelm_cli.cli import run
+from xelm_cli.plugin.contracts import Document, ExpertInfo, PreRouter
 
 NO_LANGUAGE = (
     "router 'language' needs the prompt's language and it has none: pass --lang CODE "
@@ -151,3 +157,97 @@ def test_a_start_token_that_also_ends_a_text_is_generated_and_stops(
         same, PROMPT, router="uniform", max_new_tokens=5, temperature=0, device="cpu"
     )
     assert record["tokens"] == [int(start)] and record["text"] == ""
+
+
+@pytest.mark.parametrize("seed", [2**64, 99999999999999999999, -1])
+def test_a_seed_torch_cannot_take_is_refused_in_one_line(
+    experts: list[str], seed: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = f"--seed must be from 0 to {2**64 - 1} (2**64 - 1), not {seed}"
+    with pytest.raises(UsageError) as refused:
+        generate_text(experts, PROMPT, router="uniform", seed=seed, device="cpu")
+    assert str(refused.value) == expected
+    code = run(["ensemble", "generate", *experts, "--router", "uniform", "--prompt", PROMPT,
+                "--seed", str(seed), "--device", "cpu"])  # fmt: skip
+    assert (code, capsys.readouterr().err) == (2, f"xelm: error: {expected}\n")
+    largest = generate_text(experts, PROMPT, router="uniform", max_new_tokens=2,
+                            seed=2**64 - 1, device="cpu")  # fmt: skip
+    assert len(largest["tokens"]) >= 1
+
+
+def test_a_tiny_temperature_samples_the_most_likely_tokens(experts: list[str]) -> None:
+    """1e-320 would make every ln p / temperature -inf (NaN probabilities): sampling takes the
+    most likely token's off first, so it keeps all the probability."""
+    made = {
+        temperature: generate_text(experts, PROMPT, router="uniform", max_new_tokens=5,
+                                   temperature=temperature, seed=1, device="cpu")["tokens"]
+        for temperature in (0.0, 1e-320)
+    }  # fmt: skip
+    assert made[1e-320] == made[0.0] and len(made[0.0]) > 1
+
+
+class _AlternatingPrefixes(PreRouter):
+    """Routes prefixes every 2 tokens (c-BTM), putting all the weight on expert 0, then 1,
+    then 0 ... call after call, and records the texts it is asked about."""
+
+    name = "alternating-prefixes"
+    stride = 2
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> np.ndarray:
+        rows = []
+        for document in documents:
+            rows.append(np.eye(len(experts))[len(self.asked) % 2])
+            self.asked.append(document.text)
+        return np.array(rows)
+
+
+def test_a_router_with_a_stride_routes_the_growing_text_as_scoring_routes_prefixes(
+    experts: list[str],
+) -> None:
+    """Target tokens 0, 2, 4, ... (the prompt's, then the new ones) are routed on the text
+    before them: first the prompt up to its last such token, then the prompt and the new tokens
+    before every other new one; each new token takes the weights of the latest, and every
+    expert runs, since any may get weight later."""
+    from xelm_cli.ensemble.generation import generate
+
+    members = [Bundle.open(path) for path in experts]
+    tokenizer = members[0].load_tokenizer()
+    prompt = "All human beings are"
+    encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    prompt_tokens = len(encoded["input_ids"])
+    assert prompt_tokens % 2 == 1  # token prompt_tokens - 1 is routed: inside the prompt
+    router = _AlternatingPrefixes()
+    made = generate(members, router, prompt, max_new_tokens=6, temperature=0, device="cpu")
+    tokens = made.tokens
+    assert len(tokens) == 6 and made.experts == ["x0", "x1"]
+    assert router.asked == [
+        prompt[: encoded["offset_mapping"][prompt_tokens - 1][0]],
+        *(prompt + tokenizer.decode(tokens[:step]) for step in (1, 3, 5)),
+    ]
+    assert made.weights == [[[1.0, 0.0], [0.0, 1.0]][(step + 1) // 2 % 2] for step in range(6)]
+
+
+def test_reading_a_prompt_keeps_one_vocabulary_of_log_probabilities(experts: list[str]) -> None:
+    """A running expert holds ln p of the next token (V float64s, a tensor of its own) and of
+    each prompt token (scoring's values), not a prompt x V table."""
+    from xelm_cli.ensemble.generation import _read_prompt
+    from xelm_cli.ensemble.scoring import LoadedModel, score_sequences
+
+    bundle = Bundle.open(experts[0])
+    model = LoadedModel.load(bundle, torch.device("cpu"))
+    tokenizer = bundle.load_tokenizer()
+    ids = [tokenizer.bos_token_id, *tokenizer(" ".join([PROMPT] * 30)).input_ids]
+    assert len(ids) > 100
+    with torch.inference_mode():
+        read = _read_prompt(model, ids)
+        logits = model.model(torch.tensor([ids])).logits[0, -1]
+    vocabulary = logits.shape[-1]
+    assert read.next_logprobs.shape == (vocabulary,)
+    assert read.next_logprobs.untyped_storage().nbytes() == vocabulary * 8
+    torch.testing.assert_close(
+        read.next_logprobs, torch.log_softmax(logits.double(), -1), atol=1e-5, rtol=0
+    )
+    np.testing.assert_allclose(read.history, score_sequences([model], [1.0], [ids])[0], atol=1e-6)

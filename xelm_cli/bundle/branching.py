@@ -99,16 +99,20 @@ def _linked_child(
 
 
 def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
-    """Bundles named directly, or found one level inside directories that are not bundles."""
-    bundles = []
+    """Bundles named directly, or found one level inside directories that are not bundles;
+    each once, where paths overlap (``experts`` and ``experts/e1``, or ``./experts``)."""
+    bundles: dict[Path, Bundle] = {}
     for path in paths:
         if is_bundle(path):
-            bundles.append(Bundle.read(path))
+            found = [path]
         elif path.is_dir():
-            bundles += [Bundle.read(c) for c in sorted(path.iterdir()) if is_bundle(c)]
+            found = [c for c in sorted(path.iterdir()) if is_bundle(c)]
         else:
             raise UsageError(f"not a bundle or a directory of bundles: {path}")
-    return bundles
+        for directory in found:
+            if directory.resolve() not in bundles:
+                bundles[directory.resolve()] = Bundle.read(directory)
+    return list(bundles.values())
 
 
 def _describe(bundles: Iterable[Bundle]) -> str:
@@ -173,6 +177,30 @@ def _bundle_dirs(parent: Path) -> set[Path]:
         return set()
 
 
+def hmr_donor(
+    pool: str | Path | Sequence[str | Path], donor: str, language: str, out: str | Path
+) -> Bundle:
+    """The expert of ``pool`` that :func:`hmr_branch` branches to add ``language`` from
+    ``donor`` into ``out`` (see there), read before anything is written. Refused in one line:
+    a pool without that one expert, an expert that already covers ``language``, and an ``out``
+    that is, lies inside or holds a bundle of the pool (``--force`` would replace it)."""
+    donor, language = normalize_language(donor), normalize_language(language)
+    paths = [pool] if isinstance(pool, str | Path) else pool
+    pool_bundles = find_bundles(map(Path, paths))
+    chosen = choose_donor_bundle(pool_bundles, donor, language=language, out=out)
+    if language in chosen.languages:
+        raise UsageError(f"{chosen.path} already covers {language!r}; no new expert needed")
+    target = Path(out).resolve()
+    for bundle in pool_bundles:
+        where = bundle.path.resolve()
+        if target == where or where in target.parents or target in where.parents:
+            raise UsageError(
+                f"-o {out} overlaps {bundle.path}, a bundle of the pool (--from) that must not "
+                f"change: write the new expert elsewhere (e.g. -o branches/{language})"
+            )
+    return chosen
+
+
 def hmr_branch(
     pool: str | Path | Sequence[str | Path],
     donor: str,
@@ -200,12 +228,7 @@ def hmr_branch(
         donor's expert, recording ``donor`` and ``language`` (normalised codes).
     """
     donor, language = normalize_language(donor), normalize_language(language)
-    paths = [pool] if isinstance(pool, str | Path) else pool
-    pool_bundles = find_bundles(map(Path, paths))
-    parent_ref = choose_donor_bundle(pool_bundles, donor, language=language, out=out)
-    if language in parent_ref.languages:
-        raise UsageError(f"{parent_ref.path} already covers {language!r}; no new expert needed")
-    parent = Bundle.open(parent_ref.path)
+    parent = Bundle.open(hmr_donor(pool, donor, language, out).path)
     step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
     return _linked_child(
         parent, out, step, role="expert", languages=[language], overwrite=overwrite,

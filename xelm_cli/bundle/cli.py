@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from xelm_cli.bundle.branching import branch as branch_bundle
-from xelm_cli.bundle.branching import find_bundles, hmr_branch
+from xelm_cli.bundle.branching import find_bundles, hmr_branch, hmr_donor
 from xelm_cli.bundle.lineage import (
     UNTRAINED,
     Node,
@@ -365,9 +365,8 @@ def branch(
             )
         if not donor or not lang:
             raise UsageError("the HMR form needs --donor LANG and --lang NEW_LANG")
-        bundle = hmr_branch(pool, donor, lang, out, overwrite=force)
-        branched = bundle.manifest.parents[0]["digest"]
-        donor_bundle = next(b for b in find_bundles(pool) if b.digest == branched)
+        donor_bundle = hmr_donor(pool, donor, lang, out)  # read before anything is written
+        bundle = hmr_branch([donor_bundle.path], donor, lang, out, overwrite=force)
         _report_hmr(bundle, donor_bundle, as_json)
         return
     else:

@@ -2,13 +2,17 @@
 
 The experts with non-zero weight run together, each with its own key-value cache; at every
 step their next-token distributions combine as eval combines them (spec/ensemble-v1.md
-section 3): ``mixture`` sum_e w_e p_e (a pre-router's weights are fixed for the prompt, an
-output-dependent router's are recomputed from the tokens so far), ``logits``
-softmax(sum_e w_e z_e), ``product`` the same geometric mean with the previous-token weights
-of ``mixing.product_weights``. The result is sharpened by the temperature and sampled
-(temperature 0: the most likely token). The document-start token is never picked (unless it
-also ends a text): inside a document, which xelm frames ``start doc end``, it never follows
-another token, and an undertrained model that predicts it would repeat it, decoded to nothing.
+section 3): ``mixture`` sum_e w_e p_e (a pre-router's weights are fixed for the prompt; one
+with a ``stride`` routes the text so far again every ``stride`` tokens, as scoring routes
+prefixes, and then every expert runs; an output-dependent router's are recomputed from the
+tokens so far), ``logits`` softmax(sum_e w_e z_e), ``product`` the same geometric mean with
+the previous-token weights of ``mixing.product_weights``. The result is sharpened by the
+temperature and sampled (temperature 0: the most likely token). Each running expert keeps its
+cache and one vocabulary of log-probabilities, never a prompt's worth: the prompt's tokens are
+scored chunk by chunk as scoring scores them (``scoring.target_logprobs``). The
+document-start token is never picked (unless it also ends a text): inside a document, which
+xelm frames ``start doc end``, it never follows another token, and an undertrained model that
+predicts it would repeat it, decoded to nothing.
 
 ``generate_text`` is ``xelm ensemble generate`` from Python; ``generate`` is its engine, on
 opened bundles and a built router.
@@ -28,11 +32,13 @@ from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.mixing import mixture, product_weights
 from xelm_cli.ensemble.routing import build_router, routing
 from xelm_cli.ensemble.runner import EnsembleModel
-from xelm_cli.ensemble.scoring import LoadedModel, new_cache, with_cache
+from xelm_cli.ensemble.scoring import LoadedModel, new_cache, target_logprobs
 from xelm_cli.ensemble.weights import check_token_weights
 from xelm_cli.lang.codes import normalize_language
-from xelm_cli.plugin.contracts import Document, Router, ScoredDocument
+from xelm_cli.plugin.contracts import Document, PreRouter, Router, ScoredDocument
 from xelm_cli.training.positions import declared_positions
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (and negatives, wrapped)
 
 
 @dataclass
@@ -72,7 +78,7 @@ def generate_text(
 
     Example: ``generate_text("experts/*", "Bugün", router="language", language="tr")``
     """
-    check_sampling(max_new_tokens, temperature)  # before the members' (slower) checks
+    check_sampling(max_new_tokens, temperature, seed)  # before the members' (slower) checks
     spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
     result = generate(
         spec.members,
@@ -95,11 +101,13 @@ def generate_text(
     }
 
 
-def check_sampling(max_new_tokens: int, temperature: float) -> None:
+def check_sampling(max_new_tokens: int, temperature: float, seed: int = 0) -> None:
     if max_new_tokens < 1:
         raise UsageError("--max-new-tokens must be at least 1")
     if not (temperature >= 0 and np.isfinite(temperature)):
         raise UsageError("--temperature must be a finite number >= 0")
+    if not 0 <= seed <= MAX_SEED:  # what torch's generator takes
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED} (2**64 - 1), not {seed}")
 
 
 def check_positions(members: Sequence[Bundle], prompt_tokens: int, max_new_tokens: int) -> None:
@@ -158,14 +166,22 @@ def generate(
     never picked (see the module's docstring)."""
     import torch
 
-    check_sampling(max_new_tokens, temperature)
+    check_sampling(max_new_tokens, temperature, seed)
     runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
-    fixed = _route_prompt(runner, document)  # None: an output-dependent router weighs each step
-    chosen = _experts_to_run(fixed, len(members))
-    prior = fixed[chosen] if fixed is not None else None
     ids = [runner.bos, *runner.encode(prompt)]
-    check_positions(members, len(ids) - 1, max_new_tokens)
+    prompt_tokens = len(ids) - 1
+    stride = _stride(runner.router)
+    routed = document
+    if stride is not None:  # before the first new token, the last position routed on
+        last = prompt_tokens - prompt_tokens % stride
+        routed = _prefix(runner, document, prompt_tokens, last, [])
+    fixed = _route_prompt(runner, routed)
+    # None: an output-dependent router weighs each step; with a stride, any expert may get
+    # weight on a later prefix, so all run
+    chosen = _experts_to_run(None if stride else fixed, len(members))
+    prior = fixed[chosen] if fixed is not None else None
+    check_positions(members, prompt_tokens, max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
     stops = runner.framing.stops(runner.tokenizer)
@@ -176,6 +192,10 @@ def generate(
         with torch.inference_mode():
             experts = [_read_prompt(model, ids) for model in models]
             for step in range(max_new_tokens):
+                position = prompt_tokens + step  # of the next token among the target tokens
+                if stride is not None and step and position % stride == 0:
+                    prefix = _prefix(runner, document, prompt_tokens, position, result.tokens)
+                    prior = runner.route_one(prefix)
                 weights = _next_token_weights(runner, document, prior, result.tokens, experts)
                 logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
                 token = _pick(_without(logprobs, never), temperature, generator)
@@ -193,9 +213,10 @@ def generate(
 
 
 def _route_prompt(runner: EnsembleModel, document: Document) -> np.ndarray | None:
-    """The router's weights for the prompt (``runner.route_one``). A prompt without a language
-    that the router refuses, but would route with one, is refused naming ``--lang``: the
-    router's own message speaks of documents, which generation has none of."""
+    """The router's weights for the prompt (``runner.route_one``; for a router with a stride,
+    the prompt's prefix it is asked about). A prompt without a language that the router
+    refuses, but would route with one, is refused naming ``--lang``: the router's own message
+    speaks of documents, which generation has none of."""
     try:
         return runner.route_one(document)
     except UsageError as refusal:
@@ -219,6 +240,32 @@ def _routes_with_a_language(runner: EnsembleModel, text: str) -> bool:
             continue
         return True
     return False
+
+
+def _stride(router: Router) -> int | None:
+    """The stride of a pre-router that routes prefixes (c-BTM); None for any other router."""
+    return int(router.stride) if isinstance(router, PreRouter) and router.stride else None
+
+
+def _prefix(
+    runner: EnsembleModel,
+    document: Document,
+    prompt_tokens: int,
+    position: int,
+    tokens: Sequence[int],
+) -> Document:
+    """The text before target token ``position`` (counted from 0 over the prompt's
+    ``prompt_tokens`` tokens, then the new ``tokens``), in the prompt's language: what a router
+    with a stride is asked about, cut where scoring cuts it (spec/ensemble-v1.md section 3), at
+    the first character of a prompt token or after the decoded new tokens before it."""
+    if position >= prompt_tokens:
+        text = document.text + runner.tokenizer.decode(tokens[: position - prompt_tokens])
+    else:
+        encoded = runner.tokenizer(
+            document.text, add_special_tokens=False, return_offsets_mapping=True
+        )
+        text = document.text[: encoded["offset_mapping"][position][0]]
+    return Document(text, document.language)
 
 
 def _never_generated(start: int | None, stops: set[int]) -> int | None:
@@ -247,32 +294,41 @@ def _experts_to_run(fixed: np.ndarray | None, count: int) -> list[int]:
 
 def _read_prompt(model: LoadedModel, ids: list[int]) -> _RunningExpert:
     """``model`` after one pass over the prefix token and the prompt (``ids``), its cache
-    filled."""
+    filled. The prompt's tokens are scored from the states a chunk of positions at a time
+    (``target_logprobs``), and only the last position's log-probabilities are kept: no
+    (len(ids), V) table stays, nor exists whole in float64."""
     import torch
 
     cache = new_cache(model.model)
-    logprobs = torch.log_softmax(_logits(model, cache, ids), dim=-1).cpu().double()
+    states = _states(model, cache, ids)
     targets = torch.tensor(ids[1:], dtype=torch.long)
-    history = logprobs[:-1].gather(1, targets[:, None])[:, 0].numpy()
-    return _RunningExpert(model, cache, logprobs[-1], history)
+    history = target_logprobs([model], [1.0], [states[:-1]], targets).numpy()
+    return _RunningExpert(model, cache, _last_logprobs(model, states), history)
 
 
 def _read_token(expert: _RunningExpert, token: int) -> None:
     """Record ``token``'s ln p in the expert's history and run it on the token."""
-    import torch
-
     expert.history = np.append(expert.history, float(expert.next_logprobs[token]))
-    logits = _logits(expert.model, expert.cache, [token])[-1]
-    expert.next_logprobs = torch.log_softmax(logits, dim=-1).cpu().double()
+    states = _states(expert.model, expert.cache, [token])
+    expert.next_logprobs = _last_logprobs(expert.model, states)
 
 
-def _logits(model: LoadedModel, cache: Any, ids: list[int]) -> Any:
-    """The model's float logits (len(ids), V) on ``ids`` after those in ``cache``, which
-    takes them in."""
+def _states(model: LoadedModel, cache: Any, ids: list[int]) -> Any:
+    """The model's states (len(ids), H) on ``ids`` after those in ``cache``, which takes them
+    in: hidden states, or logits for a model whose logits are not its output layer's
+    (``LoadedModel.states``)."""
     import torch
 
     inputs = torch.tensor([ids], device=model.device)
-    return model.model(input_ids=inputs, **with_cache(model.model, cache)).logits[0].float()
+    return model.states(inputs, None, cache)[0][0]
+
+
+def _last_logprobs(model: LoadedModel, states: Any) -> Any:
+    """ln p of the next token over the vocabulary (V,) after the last of ``states``, in
+    float64 on the CPU, in a tensor of its own."""
+    import torch
+
+    return torch.log_softmax(model.logits(states[-1:])[0], dim=-1).cpu().double()
 
 
 def _next_token_weights(
@@ -334,10 +390,12 @@ def combined_logprobs(combine: str, weights: np.ndarray, logprobs: Sequence[Any]
 
 def _pick(logprobs: Any, temperature: float, generator: Any) -> int:
     """The most likely token (temperature 0), else one sampled from the distribution
-    sharpened by the temperature."""
+    sharpened by the temperature. The most likely token's ln p is taken off before dividing,
+    so it stays 0 however small the temperature: a tiny one makes the others' -inf (picking
+    the most likely token), never every token's (NaN)."""
     import torch
 
     if temperature == 0:
         return int(torch.argmax(logprobs))
-    probabilities = torch.softmax(logprobs / temperature, dim=-1)
+    probabilities = torch.softmax((logprobs - logprobs.max()) / temperature, dim=-1)
     return int(torch.multinomial(probabilities, 1, generator=generator))
