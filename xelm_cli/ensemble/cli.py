@@ -239,7 +239,7 @@ def evaluate(
         each=each,
         baselines=baseline or [],
         output=output,
-        overwrite=True,  # checked above, before any model ran
+        overwrite=force,  # checked above too: the one-line refusal names --force
         device=device,
         **parse_pairs(eval_arg or [], "--eval-arg"),
     )
