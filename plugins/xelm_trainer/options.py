@@ -134,8 +134,8 @@ class TrainOptions:
         ):
             ranks = f" x {self.world_size} ranks" if self.world_size > 1 else ""
             raise UsageError(
-                f"--global-batch {self.global_batch_tokens} must be a multiple of one micro-batch "
-                f"(--batch-size x --block-size{ranks} = {self.round_tokens} tokens)"
+                f"--global-batch {self.global_batch_tokens:,} must be a multiple of one "
+                f"micro-batch (--batch-size x --block-size{ranks} = {self.round_tokens:,} tokens)"
             )
 
     @property
