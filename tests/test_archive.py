@@ -24,7 +24,7 @@ from xelm_cli.bundle.archive import (
     pack_bundle,
     unpack_bundle,
 )
-from xelm_cli.bundle.manifest import MANIFEST_NAME
+from xelm_cli.bundle.manifest import MANIFEST_NAME, content_digest, schema_problems
 from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.common.errors import ArchiveError, FormatError, IntegrityError, UsageError, XelmError
 
@@ -204,6 +204,37 @@ def test_archive_inside_bundle_refused(bundle_dir: Path) -> None:
     assert verify_bundle(bundle_dir) == []
 
 
+def test_pack_onto_its_bundle_and_unpack_onto_its_archive_are_refused(
+    bundle_dir: Path, packed: Path, tmp_path: Path
+) -> None:
+    """--force must not replace what the command reads: the bundle being packed (or a folder
+    holding it), the archive being unpacked (or a folder holding it), nor a folder of other
+    files (it is no bundle); each is one line and nothing changes."""
+    folder = tmp_path / "d"
+    bundle = folder / "b"
+    shutil.copytree(bundle_dir, bundle)
+    for out in (bundle, folder, bundle / "sub" / "b.xelm.tar.zst"):
+        with pytest.raises(UsageError, match=r"bundle|somewhere else"):
+            pack_bundle(bundle, out, overwrite=True)
+    assert verify_bundle(bundle) == []
+
+    archive = folder / "a.xelm.tar.zst"
+    shutil.copy(packed, archive)
+    (folder / "notes.txt").write_text("keep")
+    for out in (folder, archive, tmp_path):
+        with pytest.raises(UsageError, match=r"^\S+: unpacking there would replace the archive"):
+            unpack_bundle(archive, out, overwrite=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(UsageError, match=r"is a folder but no bundle \(it has no xelm\.json\)"):
+        unpack_bundle(archive, other, overwrite=True)
+    assert archive.read_bytes() == packed.read_bytes()
+    assert (folder / "notes.txt").read_text() == (other / "notes.txt").read_text() == "keep"
+    unpack_bundle(archive, bundle, overwrite=True)  # over a bundle, --force replaces it
+    assert _digests(bundle) == _digests(bundle_dir)
+
+
 def test_bad_level_refused(bundle_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="level"):
         pack_bundle(bundle_dir, tmp_path / "x.tar.zst", level=99)
@@ -307,6 +338,26 @@ def test_bad_manifest_is_format_error(contents: dict[str, bytes], tmp_path: Path
         with pytest.raises(FormatError, match=match):
             unpack_bundle(_write(tmp_path, blob), out)
         _assert_nothing_left(out)
+
+
+def test_a_name_ending_in_a_newline_is_refused(contents: dict[str, bytes], tmp_path: Path) -> None:
+    """The schema's patterns end in ``$``, which Python's ``re.search`` lets match before a
+    final newline: a manifest listing ``notes\\n`` (consistent, digest and all) passed it."""
+    manifest = json.loads(contents[MANIFEST_NAME])
+    manifest["files"]["notes\n"] = {
+        "sha256": "sha256:" + hashlib.sha256(b"hi").hexdigest(),
+        "size": 2,
+    }
+    manifest["content_digest"] = content_digest(manifest)
+    members = [_member(MANIFEST_NAME, json.dumps(manifest).encode())]
+    files = {**contents, "notes\n": b"hi"}
+    members += [_member(n, files[n]) for n in sorted(manifest["files"])]
+    out = tmp_path / "out"
+    with pytest.raises(FormatError, match=r"manifest files: 'notes\\n' does not match"):
+        unpack_bundle(_write(tmp_path, _zst(_tar(members))), out)
+    _assert_nothing_left(out)
+    for field, value in (("id", "abc\n"), ("languages", ["en\n"])):
+        assert schema_problems({**manifest, field: value}), field
 
 
 def test_incomplete_archive_refused(contents: dict[str, bytes], tmp_path: Path) -> None:

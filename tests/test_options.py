@@ -13,21 +13,25 @@ from xelm_trainer.options import TrainOptions
 
 from xelm_cli import cli
 from xelm_cli.api import (
+    Clusterer,
     NoOptions,
     PreRouter,
     UsageError,
     build_options,
     declared_options,
+    hookimpl,
     option,
     options_record,
     parse_options,
 )
 from xelm_cli.common.units import parse_token_count
+from xelm_cli.plugin import host
 from xelm_cli.plugin.options import (
     as_flags,
     given,
     parse_pairs,
     typer_parameters,
+    with_flags,
     with_parameters,
 )
 from xelm_cli.training.planning import planned_options
@@ -350,3 +354,116 @@ def test_derived_flags_and_pair_flags_show_what_to_type_as_built_in_flags_do(
     check = help_at_80_columns(("plugins", "check"), capsys, monkeypatch)
     assert re.search(r"--router-arg +KEY=VALUE ", check)
     assert re.search(r"--eval-arg +KEY=VALUE ", check)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Collections:
+    langs: list[str] = option(["en"], help="Languages.", choices=("en", "tr"))
+    counts: list[int] = option([], help="Counts.", minimum=0)
+    pair: tuple[int, str] = option((1, "a"), help="A number and a name.")
+    tags: set[str] = option(set(), help="Tags.")
+
+
+def test_collections_check_each_item_their_length_and_their_kind() -> None:
+    """choices refused every list (a list is no choice), minimum let -1 in, a tuple[int, str]
+    took any number of ints and a set came back a list."""
+    parsed = parse_options(
+        Collections,
+        {"langs": "en,tr", "counts": "0,2", "pair": "3,b", "tags": "x,x,y"},
+        label=LABEL,
+    )
+    assert parsed == {"langs": ["en", "tr"], "counts": [0, 2], "pair": (3, "b"), "tags": {"x", "y"}}
+    for values, refusal in [
+        ({"langs": "en,de"}, "each item of option 'langs' must be one of en, tr, not 'de'"),
+        ({"counts": "1,-1"}, "each item of option 'counts' must be at least 0, not -1"),
+        ({"pair": "1,b,c"}, "option 'pair' expects list of 2 (int, str), not '1,b,c'"),
+        ({"pair": "x,b"}, "option 'pair' expects list of 2 (int, str), not 'x,b'"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            parse_options(Collections, values, label=LABEL)
+        assert str(caught.value) == f"{LABEL}: {refusal}"
+    built = build_options(Collections, {"tags": "b,a"}, label=LABEL)
+    assert options_record(built)["tags"] == ["a", "b"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Roles:
+    role: str | None = option(None, help="Role.")
+    minimal: bool = option(True, help="Minimal.")
+
+
+def test_as_flags_leaves_out_none_and_a_boolean_given_twice_is_named_by_its_flag() -> None:
+    """--role=none read back as the text 'none' (`xelm demo` built `xelm train` so); the
+    refusal of an option given twice showed --minimal False, not --no-minimal."""
+    assert as_flags(Roles, {"role": None, "minimal": False}) == ["--no-minimal"]
+    with pytest.raises(UsageError) as caught:
+        with_flags({"minimal": "true"}, {"minimal": False}, Roles, "--x-arg")
+    assert str(caught.value) == (
+        "option 'minimal' is given twice (--no-minimal and --x-arg minimal=true); give it once"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Colliding:
+    json: bool = option(False, help="Named like the command's --json.")
+    help: bool = option(False, help="Named like --help.")
+    cache: bool = option(True, help="Cache.")
+    no_cache: bool = option(False, help="Its --no-cache is cache's.")
+    spaced: int = option(1, help="A malformed flag.", flag="bad flag")
+    fine: int = option(1, help="Fine.")
+
+
+class CollidingClusterer(Clusterer):
+    """Shows the options it was given.
+
+    Example: xelm cluster colliding --langs en,tr -k 1 -o alloc.json
+    """
+
+    name = "colliding"
+    Options = Colliding
+
+    def fit(self, request: Any) -> Any:
+        raise UsageError(f"options={request.options!r}")
+
+    @classmethod
+    def assigner(cls, allocation: Any) -> Any:
+        raise NotImplementedError
+
+
+class CollidingPlugin:
+    @hookimpl
+    def register_clusterers(self, register: Any) -> None:
+        register(CollidingClusterer.name, CollidingClusterer)
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_derived_flags_never_shadow_the_commands_flags_or_each_other(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An option json took --json from the command, help --help, no_cache the --no-cache of
+    cache, and flag="bad flag" made `xelm cluster colliding` an internal error: each gets no
+    flag (a problem of its plugin) and is set as --cluster-arg KEY=VALUE."""
+    host.reset_registry(host.load_registry(extra_plugins=[("colliding", CollidingPlugin())]))
+    assert cli.run(["cluster", "colliding", "--help"]) == 0
+    out, err = capsys.readouterr()
+    assert "--fine" in out and "--spaced" not in out and "bad flag" not in out
+    took = "the command's own flag"
+    assert err.splitlines() == [
+        f"xelm: warning: plugin 'colliding': clusterer 'colliding' option {name!r} gets no flag "
+        f"({why}); set it as --cluster-arg {name}=VALUE"
+        for name, why in [
+            ("json", f"--json is {took}"),
+            ("help", f"--help is {took}"),
+            ("no_cache", "--no-cache is the flag of option 'cache'"),
+            ("spaced", "'bad flag' is no flag: flags are --NAME, of letters, digits, - and _"),
+        ]
+    ]
+    args = ["cluster", "colliding", "--langs", "en,tr", "-k", "1", "-o", str(tmp_path / "a.json")]
+    for extra, given_options in [
+        (["--json", "--no-cache", "--fine", "2"], "json=False, help=False, cache=False, "
+         "no_cache=False, spaced=1, fine=2"),
+        (["--cluster-arg", "json=true", "--cluster-arg", "no_cache=true", "--cluster-arg",
+          "spaced=3"], "json=True, help=False, cache=True, no_cache=True, spaced=3, fine=1"),
+    ]:  # fmt: skip
+        assert cli.run([*args, *extra]) == 2
+        assert capsys.readouterr().err == f"xelm: error: options=Colliding({given_options})\n"

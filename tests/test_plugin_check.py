@@ -6,6 +6,7 @@ import json
 import random
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from xelm_cli.api import (
     UsageError,
     Weights,
     hookimpl,
+    option,
 )
 from xelm_cli.cli import app, run
 from xelm_cli.ensemble.routing import build_router
@@ -263,10 +265,22 @@ class Buggy(PreRouter):
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class UnreadableOptions:
+    level: "Undefined" = option(1, help="An annotation that names nothing.")  # type: ignore[name-defined]  # noqa: F821
+
+
+class Unreadable(NotNormalised):
+    """Options xelm cannot read."""
+
+    name = "unreadable"
+    Options = UnreadableOptions
+
+
 class BrokenRouters:
     @hookimpl
     def register_routers(self, register: Register) -> None:
-        for router in (NotNormalised, Peeking, Mutating, Random, Sloppy, Buggy):
+        for router in (NotNormalised, Peeking, Mutating, Random, Sloppy, Buggy, Unreadable):
             register(router.name, router)
 
 
@@ -313,6 +327,20 @@ def test_broken_routers_fail_with_the_right_lines(
         assert found[check].startswith(reason), (check, found[check])
         assert "\n" not in found[check]
     assert statuses(report)["options declaration"] == PASS
+
+
+@pytest.mark.usefixtures("broken")
+def test_options_it_cannot_read_are_a_failed_check_not_an_internal_error(
+    tiny_experts: TinyExperts,
+) -> None:
+    """The declaration was read before any check ran, so NameError ended `xelm plugins check`
+    as xelm's internal error (exit 70); it is the check that fails, and nothing runs after."""
+    report = only(conformance.check("unreadable", experts=tiny_experts))
+    assert [(r.check, r.status) for r in report.results] == [("options declaration", FAIL)]
+    assert report.results[0].reason == (
+        f"the options declaration of 'unreadable' ({__name__}:Unreadable) cannot be read: "
+        "NameError: name 'Undefined' is not defined; this is a bug in its plugin"
+    )
 
 
 @pytest.mark.usefixtures("broken")

@@ -2,7 +2,9 @@
 
 import json
 import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,17 @@ from xelm_cli.api import (
     Weights,
     XelmError,
     check_weights,
+    cluster,
     declared_options,
     get_registry,
     hookimpl,
+    option,
     parse_options,
 )
 from xelm_cli.cli import run
+from xelm_cli.ensemble.routing import build_router
 from xelm_cli.plugin import host
+from xelm_cli.plugin.registry import Registration, Registry
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BROKEN_WARNING = (
@@ -383,6 +389,103 @@ def test_a_raising_hook_drops_that_plugin_only() -> None:
     ]
 
 
+def test_a_plugin_that_exits_or_is_unhashable_is_skipped_and_every_command_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A hook calling sys.exit made every command exit 1 silently; an unhashable plugin object
+    (a dataclass instance) made each one an internal error, in pluggy's sets of plugins."""
+
+    class Exits:
+        @hookimpl
+        def register_routers(self, register: Register) -> None:
+            sys.exit("bye")
+
+    class Unhashable(RouterPlugin):
+        __hash__ = None  # type: ignore[assignment]  # as a dataclass instance's
+
+    registry = host.load_registry(
+        extra_plugins=[
+            ("exits", Exits()),
+            ("unhashable", Unhashable(make_router("never"))),
+            ("fine", RouterPlugin(make_router("fine"))),
+        ]
+    )
+    assert "fine" in registry.routers and "never" not in registry.routers
+    assert [(f.plugin, f.reason) for f in registry.failures] == [
+        ("exits", "register_routers raised SystemExit: bye"),
+        ("unhashable", "the plugin object (Unhashable) is unhashable; make the entry point a "
+         "module, or give its class __hash__"),
+    ]  # fmt: skip
+    host.reset_registry(registry)
+    code, out, err = cli(capsys, "lang", "info", "en", "--json")
+    assert code == 0 and json.loads(out)
+    assert err.splitlines() == [failure.warning() for failure in registry.failures]
+
+
+def test_a_declaration_xelm_cannot_read_is_its_plugins_bug_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An annotation that names nothing, or a parse= that raises, in a third party's options
+    was xelm's internal error (exit 70) wherever the options were read: at startup for a
+    clusterer (every command failed), when building a router, in plugins show and check."""
+
+    @dataclass(frozen=True)
+    class Unreadable:
+        level: "Undefined" = option(1, help="Level.")  # type: ignore[name-defined]  # noqa: F821
+
+    def bad_parse(text: str) -> int:
+        raise KeyError(text)
+
+    @dataclass(frozen=True)
+    class BadParse:
+        level: int = option(1, help="Level.", parse=bad_parse)
+
+    class UnreadableRouter(make_router("unreadable")):  # type: ignore[misc]
+        Options = Unreadable
+
+    class BadParseRouter(make_router("bad-parse")):  # type: ignore[misc]
+        Options = BadParse
+
+    class UnreadableClusterer(Clusterer):
+        name = "unreadable-options"
+        Options = Unreadable
+
+        def fit(self, request: Any) -> Any:
+            raise AssertionError("never fitted")
+
+        @classmethod
+        def assigner(cls, allocation: Any) -> Any:
+            raise AssertionError("never asked")
+
+    class Registering(RouterPlugin):
+        @hookimpl
+        def register_clusterers(self, register: Register) -> None:
+            register(UnreadableClusterer.name, UnreadableClusterer)
+
+    plugin = Registering(UnreadableRouter, BadParseRouter)
+    host.reset_registry(host.load_registry(extra_plugins=[("third", plugin)]))
+    unreadable = (
+        "the options declaration of {name!r} ({where}) cannot be read: NameError: name "
+        "'Undefined' is not defined; this is a bug in its plugin"
+    )
+    for cls in (UnreadableRouter, UnreadableClusterer):
+        with pytest.raises(PluginError) as caught:
+            declared_options(cls)
+        where = f"{cls.__module__}:{cls.__qualname__}"
+        assert str(caught.value) == unreadable.format(name=cls.name, where=where)
+    code, out, err = cli(capsys, "lang", "info", "en", "--json")
+    assert code == 0 and json.loads(out)
+    assert err == (
+        "xelm: warning: plugin 'third': clusterer 'unreadable-options' is left out of xelm "
+        f"cluster: {unreadable.format(name='unreadable-options', where=where)}\n"
+    )
+    assert cli(capsys, "plugins", "show", "unreadable")[:2] == (6, "")
+    with pytest.raises(PluginError, match=r"^router 'bad-parse' \(plugin 'third'\) failed while"):
+        build_router("bad-parse", {"level": "2"})
+    with pytest.raises(PluginError, match=r"'unreadable-options'.* cannot be read"):
+        cluster("unreadable-options", k=1, output=tmp_path / "a.json", languages="en")
+
+
 def test_hook_typos_and_empty_plugins_are_reported() -> None:
     class Typo:
         @hookimpl
@@ -505,6 +608,22 @@ def test_command_colliding_with_a_builtin_group_is_skipped(
     ]
     # warnings are printed once per process; the built-in group still works
     assert cli(capsys, "greet") == (0, "hello, world\n", "")
+
+
+def test_each_suggested_qualified_name_selects_its_registration() -> None:
+    """Plugin foo of distribution bar and plugin p1 of distribution foo: 'foo:x' matches both
+    (one by plugin, one by distribution), so it is never the way out a refusal offers."""
+    registry = Registry()
+    by_dist = Registration("x", "router", make_router("x"), "p1", "", "foo", "1")
+    by_plugin = Registration("x", "router", make_router("x"), "foo", "", "bar", "1")
+    registry.add(by_dist)
+    registry.add(by_plugin)
+    for name in ("x", "foo:x"):
+        with pytest.raises(UsageError) as caught:
+            registry.get("router", name)
+        assert str(caught.value).endswith("; choose one as p1:x or bar:x"), str(caught.value)
+    assert registry.get("router", "p1:x") is by_dist
+    assert registry.get("router", "bar:x") is by_plugin
 
 
 def test_add_plugin_commands_is_idempotent_and_respects_the_root() -> None:

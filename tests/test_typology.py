@@ -7,14 +7,16 @@ import re
 import sys
 from pathlib import Path
 
+import langcodes
 import numpy as np
 import pytest
 from cli_helpers import xelm
+from langcodes import LANGUAGE_REPLACEMENTS
 from scipy.cluster.hierarchy import is_valid_linkage
 from xelm_typology import LanguageAssigner, TypologyClusterer, build_tree
 
 from xelm_cli.api import Document, UsageError, read_allocation
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import normalize_language, parse_language_list, wanted_form
 from xelm_cli.lang.typology import (
     DEFAULT_FEATURE_SET,
     cosine_distances,
@@ -194,6 +196,33 @@ def test_unknown_language_code_suggests_close_codes() -> None:
     with pytest.raises(UsageError, match="unknown language code 'xx'") as error:
         normalize_language("xx")
     assert "\n" not in str(error.value)
+
+
+def test_only_iana_deprecations_replace_a_language_code() -> None:
+    """langcodes applies CLDR's aliases: tl (Tagalog) became fil, sh (Serbo-Croatian) sr-Latn
+    and prs (Dari) fa-AF, so `tl,fil` collapsed into one language and URIEL was asked for fil
+    (no syntax values) instead of tgl. BCP 47 keeps them; IANA's deprecations still apply, as
+    its registry (shipped with langcodes) says, for every code langcodes would replace."""
+    assert parse_language_list("tl,fil,tgl") == ["tl", "fil"]
+    assert parse_language_list("sh,hbs,sr") == ["sh", "sr"]
+    assert parse_language_list("prs,fa") == ["prs", "fa"]
+    assert [normalize_language(c) for c in ("tl-PH", "sh-Cyrl", "tgl_Latn")] == [
+        "tl-PH", "sh-Cyrl", "tl",
+    ]  # fmt: skip
+    assert [uriel_code(c) for c in ("tl", "sh", "prs")] == ["tgl", "hbs", "prs"]
+    assert wanted_form("prs-Arab", {"fa"}) == "fa"  # its IANA macrolanguage
+    registry = Path(langcodes.__file__).parent / "data" / "language-subtag-registry.txt"
+    records = registry.read_text(encoding="utf-8").split("%%")
+    fields = [dict(re.findall(r"^([\w-]+): (.*)$", record, re.M)) for record in records]
+    languages = {f["Subtag"]: f for f in fields if f.get("Type") == "language"}
+    for code in LANGUAGE_REPLACEMENTS.keys() & languages.keys():
+        record = languages[code]
+        if "Deprecated" not in record:  # no deprecation: kept as given
+            assert normalize_language(code) == code, code
+        elif "Preferred-Value" in record:
+            assert normalize_language(code) == record["Preferred-Value"], code
+    deprecated = ["iw", "in", "mo", "ji", "ara", "kor"]  # and ISO 639-3 forms shortened
+    assert [normalize_language(code) for code in deprecated] == ["he", "id", "ro", "yi", "ar", "ko"]
 
 
 # --- CLI ----------------------------------------------------------------------------------

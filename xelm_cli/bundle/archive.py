@@ -107,10 +107,16 @@ def pack_bundle(
             f"compression level {level} is not between 1 and {zstandard.MAX_COMPRESSION_LEVEL}"
         )
     bundle = Bundle.open(bundle_dir, verify=False)  # layout and sizes; digests while packing
-    if Path(out).absolute().parent.resolve() == bundle.path.resolve():
+    target, source = _resolved(out), bundle.path.resolve()
+    if source in target.parents:
         raise UsageError(
             f"{out}: an archive inside the bundle would become an unlisted file "
             f"there; write it somewhere else"
+        )
+    if _overlap(target, source):
+        raise UsageError(
+            f"{out}: the archive would replace the bundle {bundle.path} (or a folder holding "
+            "it); write it somewhere else"
         )
     manifest_raw = (bundle.path / MANIFEST_NAME).read_bytes()
     if sha256_bytes(manifest_raw) != bundle.digest:
@@ -227,6 +233,17 @@ def unpack_bundle(
     compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
+    target = _resolved(out)
+    if _overlap(target, archive.resolve()):
+        raise UsageError(
+            f"{out}: unpacking there would replace the archive {archive} it reads; unpack it "
+            "somewhere else"
+        )
+    if overwrite and _other_folder(target):
+        raise UsageError(
+            f"{out} is a folder but no bundle (it has no {MANIFEST_NAME}); --force replaces "
+            "only a bundle: unpack somewhere else, or remove it first"
+        )
     try:
         raw = open(archive, "rb")  # noqa: SIM115 - closed by the ExitStack below
     except OSError as exc:
@@ -242,6 +259,22 @@ def unpack_bundle(
         _Extractor(reader, tmp, str(archive), max_bytes).run()
         bundle = _open_unpacked(tmp, str(archive))
     return dataclasses.replace(bundle, path=Path(out))
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with its folder's links resolved (``path`` itself may not exist yet)."""
+    absolute = Path(path).absolute()
+    return absolute.parent.resolve() / absolute.name
+
+
+def _overlap(output: Path, kept: Path) -> bool:
+    """Whether writing ``output`` (a file or folder it replaces) would replace ``kept``."""
+    return output == kept or output in kept.parents
+
+
+def _other_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding something, but no bundle."""
+    return path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_NAME).is_file()
 
 
 def _open_unpacked(tmp: Path, label: str) -> Bundle:
@@ -304,8 +337,9 @@ def _name_problem(name: str) -> str | None:
     """Why ``name`` may not be a member (spec: flat names only), or None."""
     if name.startswith("/"):
         return "has an absolute path"
-    if not name or name == "." or any(part in name for part in ("/", "\\", "..", "\0")):
-        return "is not a plain file name (empty, or has '/', '\\', '..' or NUL)"
+    control = any(c < " " or c == "\x7f" for c in name)  # NUL, a newline, ...
+    if not name or name == "." or control or any(part in name for part in ("/", "\\", "..")):
+        return "is not a plain file name (empty, or has '/', '\\', '..' or a control character)"
     return None
 
 

@@ -95,8 +95,22 @@ def _unique_items(
         yield jsonschema.ValidationError(f"{short_repr(instance)} has non-unique elements")
 
 
+@functools.cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A schema ``pattern`` read as JSON Schema reads it (ECMA-262): its ``$`` matches only at
+    the end of the text, where Python's also matches before a final newline (``"a.json\\n"``)."""
+    return re.compile(re.sub(r"(?<!\\)((?:\\\\)*)\$", r"\1\\Z", pattern))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[jsonschema.ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 _Validator = jsonschema.validators.extend(
-    jsonschema.Draft202012Validator, {"uniqueItems": _unique_items}
+    jsonschema.Draft202012Validator, {"uniqueItems": _unique_items, "pattern": _pattern}
 )
 
 

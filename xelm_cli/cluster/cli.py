@@ -14,18 +14,20 @@ from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json, print_whole
-from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line
 from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.plugin.contracts import Clusterer
-from xelm_cli.plugin.host import get_registry
+from xelm_cli.plugin.host import get_registry, report_problem
 from xelm_cli.plugin.options import (
     PAIRS_METAVAR,
+    command_flags,
     given,
     parse_pairs,
     typer_parameters,
     with_flags,
     with_parameters,
 )
+from xelm_cli.plugin.registry import PluginProblem, Registration
 
 app = typer.Typer(
     help="Allocate languages or documents to experts. Each clusterer plugin adds a command.\n\n"
@@ -47,15 +49,35 @@ def add_clusterer_commands() -> None:
     ``command()`` when it provides one (plugin API 1.0), else the command built from ``fit``.
     Every registration is also ``xelm cluster DIST:NAME``, its qualified name (spec/plugin-api.md
     3, 5): listed where the plain name does not select it (a name two third parties register,
-    or a third party's registration of one of xelm's), hidden where it does."""
+    or a third party's registration of one of xelm's), hidden where it does.
+
+    A clusterer whose command cannot be built (its options declaration cannot be read, its
+    ``command()`` raises) gets none, and an option whose flag is malformed or taken gets no
+    flag: each is a problem of its plugin (spec/plugin-api.md 4), never the end of the CLI."""
     registry = get_registry()
     for registration in registry.all_of("clusterer"):
         plain = registry.clusterers.get(registration.name) is registration
-        if plain:
-            _add_clusterer_command(registration.name, registration.obj, hidden=False)
-        elif registration.name not in registry.clusterers:
-            _add_refusal(registration.name)
-        _add_clusterer_command(registration.qualified_name, registration.obj, hidden=plain)
+        try:
+            if plain:
+                _add_clusterer_command(registration.name, registration, hidden=False)
+            elif registration.name not in registry.clusterers:
+                _add_refusal(registration.name)
+            _add_clusterer_command(registration.qualified_name, registration, hidden=plain)
+        except (Exception, SystemExit) as exc:
+            reason = exception_line(exc, with_type=not isinstance(exc, XelmError))
+            _problem(registration, f"is left out of xelm cluster: {reason}")
+
+
+def _problem(registration: Registration, message: str) -> None:
+    """Report ``clusterer 'NAME' MESSAGE`` as a problem of its plugin (printed once)."""
+    report_problem(
+        PluginProblem(
+            registration.plugin,
+            f"clusterer {registration.name!r} {message}",
+            "clusterer",
+            registration.name,
+        )
+    )
 
 
 def _add_refusal(name: str) -> None:
@@ -73,14 +95,23 @@ def _add_refusal(name: str) -> None:
     _added.add(name)
 
 
-def _add_clusterer_command(name: str, clusterer: type[Clusterer], *, hidden: bool) -> None:
+def _add_clusterer_command(name: str, registration: Registration, *, hidden: bool) -> None:
     if name in _added or name == "show":
         return
+    clusterer: type[Clusterer] = registration.obj
     own = clusterer.command()
     if own is not None:
         app.command(name, help=None, hidden=hidden)(own)
     else:
-        app.command(name, help=_help(clusterer), hidden=hidden)(fit_command(name, clusterer))
+
+        def no_flag(option: str, why: str) -> None:
+            _problem(
+                registration,
+                f"option {option!r} gets no flag ({why}); set it as --cluster-arg {option}=VALUE",
+            )
+
+        command = fit_command(name, clusterer, refuse=no_flag)
+        app.command(name, help=_help(clusterer), hidden=hidden)(command)
     _added.add(name)
 
 
@@ -91,10 +122,13 @@ def _help(clusterer: type[Clusterer]) -> str:
     return text
 
 
-def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
+def fit_command(
+    name: str, clusterer: type[Clusterer], refuse: Callable[[str, str], None] | None = None
+) -> Callable[..., None]:
     """``xelm cluster NAME``: the request's flags (DATA read with ``xelm data prepare``'s
     flags), one flag per declared option and ``--cluster-arg KEY=VALUE``; fits, then prints
-    the allocation like ``xelm cluster show``."""
+    the allocation like ``xelm cluster show``. An option whose flag is malformed or one of the
+    command's own gets no flag: ``refuse(option, why)`` is told (see ``typer_parameters``)."""
 
     def command(
         data: Annotated[
@@ -173,9 +207,10 @@ def fit_command(name: str, clusterer: type[Clusterer]) -> Callable[..., None]:
         )
 
     command.__name__ = f"cluster_{name.replace('-', '_').replace(':', '__')}"
-    extra = typer_parameters(clusterer, skip=REQUEST_PARAMETERS)
-    extra += reading_parameters(hidden=not clusterer.reads_data)  # refused: cluster_request
-    return with_parameters(command, extra)
+    reading = reading_parameters(hidden=not clusterer.reads_data)  # refused: cluster_request
+    taken = command_flags(with_parameters(command, reading))
+    extra = typer_parameters(clusterer, skip=REQUEST_PARAMETERS, taken=taken, refuse=refuse)
+    return with_parameters(command, extra + reading)
 
 
 def fit_summary(clusterer: type[Clusterer], allocation: Allocation) -> dict[str, Any]:

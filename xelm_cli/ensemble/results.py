@@ -50,9 +50,9 @@ def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
     ``evaluator.request`` is that request even when the class did not call
     ``super().__init__(request)``."""
     registration = get_registry().get("evaluator", name)
-    options = evaluator_options(registration.obj, name, request.options)
-    converted = dataclasses.replace(request, options=options)
     with bugs_reported(registration, "while being built"):
+        options = evaluator_options(registration.obj, name, request.options)
+        converted = dataclasses.replace(request, options=options)
         evaluator: Evaluator = registration.obj(converted)
     if not hasattr(evaluator, "request"):
         evaluator.request = converted

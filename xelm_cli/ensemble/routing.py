@@ -49,15 +49,15 @@ def build_router(name: str, options: Mapping[str, Any] | None = None) -> Router:
     """Router ``name`` built as ``RouterClass(**options)``, the options first checked and
     converted by its declaration (a one-line :class:`UsageError` naming the option).
 
-    Anything else a third party's constructor raises that is not a :class:`XelmError` is a bug
-    in the router: a :class:`PluginError` naming the router and its plugin (xelm's own routers'
-    bugs are internal errors, as :func:`bugs_reported` says).
+    Anything else a third party's declaration or constructor raises that is not a
+    :class:`XelmError` is a bug in the router: a :class:`PluginError` naming the router and its
+    plugin (xelm's own routers' bugs are internal errors, as :func:`bugs_reported` says).
     """
     registration = get_registry().get("router", name)
-    values = parse_options(
-        registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
-    )
     with bugs_reported(registration, "while being built"):
+        values = parse_options(
+            registration.obj, dict(options or {}), label=f"router {name!r}", via="--router-arg"
+        )
         router: Router = registration.obj(**values)
     return router
 

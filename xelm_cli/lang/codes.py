@@ -71,6 +71,17 @@ COMMON_NAMES: dict[str, str] = {
     "tagalog": "tl",
     "filipino": "fil",
 }
+# langcodes applies CLDR's language aliases, and some of them are no IANA deprecation: CLDR
+# folds Tagalog into Filipino, Serbo-Croatian into Serbian, Dari into Persian of Afghanistan.
+# Under BCP 47 these stay as given (tl,fil are two languages) and their ISO 639-3 forms are
+# theirs; deprecated codes whose IANA Preferred-Value differs from CLDR's get IANA's. The
+# deprecations CLDR and IANA agree on (iw -> he, in -> id, mo -> ro, ji -> yi) still apply.
+IANA_LANGUAGES: dict[str, str] = {
+    "tl": "tl", "tgl": "tl", "sh": "sh", "hbs": "sh", "prs": "prs", "tnf": "prs", "drw": "prs",
+    "swc": "swc", "cnr": "cnr", "xsj": "xsj", "drh": "khk",
+}  # fmt: skip
+# their IANA macrolanguages, which langcodes does not know (CLDR replaces them instead)
+_MACROLANGUAGES = {"prs": "fa", "swc": "sw", "cnr": "sh"}
 MAX_SUGGESTIONS = 3
 # Longer than any real tag (the schemas allow 75 characters); langcodes' parser recurses once
 # per subtag, so a code of thousands of subtags overflowed the stack.
@@ -81,11 +92,7 @@ MAX_CODE_LENGTH = 100
 def _two_letter_codes() -> tuple[str, ...]:
     """Every ISO 639-1 code langcodes accepts as a language of its own."""
     pairs = ("".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2))
-    return tuple(
-        code
-        for code in pairs
-        if langcodes.tag_is_valid(code) and langcodes.standardize_tag(code, macro=False) == code
-    )
+    return tuple(code for code in pairs if langcodes.tag_is_valid(code) and _standard(code) == code)
 
 
 def suggest_languages(code: str) -> list[str]:
@@ -119,7 +126,7 @@ def normalize_language(code: str) -> str:
     """
     raw = code.strip()
     try:
-        tag = langcodes.standardize_tag(raw, macro=False) if len(raw) <= MAX_CODE_LENGTH else ""
+        tag = _standard(raw) if len(raw) <= MAX_CODE_LENGTH else ""
     except (ValueError, langcodes.tag_parser.LanguageTagError):
         tag = ""
     if not tag or not langcodes.tag_is_valid(tag) or tag == "und":
@@ -127,6 +134,20 @@ def normalize_language(code: str) -> str:
     if not _manifest_tag().fullmatch(tag):  # e.g. the private-use x-en: no manifest holds it
         raise _unknown(code)
     return tag
+
+
+def _language(tag: str) -> langcodes.Language:
+    """``tag`` parsed and normalised by langcodes, its language as IANA has it."""
+    language, sep, rest = tag.replace("_", "-").partition("-")
+    iana = IANA_LANGUAGES.get(language.lower())
+    if iana is None:
+        return langcodes.Language.get(tag)
+    return langcodes.Language.get("und" + sep + rest).update_dict({"language": iana})
+
+
+def _standard(tag: str) -> str:
+    """The standard form of ``tag``: langcodes' ``standardize_tag``, with IANA's languages."""
+    return str(_language(tag).simplify_script().to_tag())
 
 
 def wanted_form(code: str, wanted: Collection[str]) -> str:
@@ -140,8 +161,12 @@ def wanted_form(code: str, wanted: Collection[str]) -> str:
 
 @functools.cache
 def _broader_tags(code: str) -> tuple[str, ...]:
-    tags = langcodes.Language.get(code).broader_tags()[1:]
-    return tuple(tag for tag in tags if not tag.startswith("und"))
+    language = _language(code)
+    tags = language.broader_tags()[1:]
+    macro = _MACROLANGUAGES.get(language.language or "")
+    if macro is not None:
+        tags += language.update_dict({"language": macro}).broader_tags()
+    return tuple(dict.fromkeys(tag for tag in tags if not tag.startswith("und")))
 
 
 @functools.cache

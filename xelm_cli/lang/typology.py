@@ -153,11 +153,12 @@ def _lang2vec_letter_codes() -> dict[str, str]:
 
 
 def _candidate_codes(tag: str, feature_set: str) -> list[str]:
-    language = langcodes.Language.get(tag).language or tag
+    # tag is standard already: normalising again would turn tl into fil (CLDR's alias)
+    language = langcodes.Language.get(tag, normalize=False).language or tag
     candidates = []
     if feature_set in FAMILY_BASED_SETS and language in INDIVIDUAL_CODES:
         candidates.append(INDIVIDUAL_CODES[language])
-    candidates.append(langcodes.Language.get(language).to_alpha3())
+    candidates.append(langcodes.Language.get(language, normalize=False).to_alpha3())
     if language in _lang2vec_letter_codes():
         candidates.append(_lang2vec_letter_codes()[language])
     return list(dict.fromkeys(candidates))

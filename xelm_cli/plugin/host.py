@@ -193,19 +193,12 @@ class _Loader:
         except (Exception, SystemExit) as exc:
             self._fail(candidate.name, _failure(exc))
             return
-        if self.pm.get_plugin(candidate.name) is not None:
-            self._fail(candidate.name, "another plugin is already registered under this name")
-            return
-        if self.pm.is_registered(plugin):
-            self._fail(
-                candidate.name,
-                f"the same object is already registered as plugin {self.pm.get_name(plugin)!r}",
-            )
-            return
         try:
-            self.pm.register(plugin, name=candidate.name)
-        except Exception as exc:
-            self._fail(candidate.name, _failure(exc))
+            refused = self._register(candidate.name, plugin)
+        except (Exception, SystemExit) as exc:  # its __eq__, __hash__ or attributes raised
+            refused = _failure(exc)
+        if refused is not None:
+            self._fail(candidate.name, refused)
             return
         self._report_unknown_hooks(candidate.name, plugin)
         staged = self._call_hooks(candidate.name, plugin)
@@ -213,22 +206,50 @@ class _Loader:
             return
         registered: dict[Kind, list[str]] = {kind: [] for kind in KINDS}
         for kind, name, obj, description in staged:
-            if self._commit(candidate, kind, name, obj, description):
+            try:
+                committed = self._commit(candidate, kind, name, obj, description)
+            except (Exception, SystemExit) as exc:  # the object's attributes raised
+                self.registry.add_problem(
+                    PluginProblem(
+                        candidate.name,
+                        f"{kind} {name!r} refused: reading it raised {_failure(exc)}",
+                        kind,
+                        name if isinstance(name, str) else None,
+                    )
+                )
+                committed = False
+            if committed:
                 registered[kind].append(name)
         self.registry.plugins.append(
             PluginInfo(candidate.name, candidate.distribution, candidate.version, registered)
         )
 
+    def _register(self, name: str, plugin: object) -> str | None:
+        """Register ``plugin`` with pluggy; why it cannot be, or None."""
+        if self.pm.get_plugin(name) is not None:
+            return "another plugin is already registered under this name"
+        try:
+            hash(plugin)
+        except TypeError:  # pluggy keeps plugins in sets: it would break every later plugin
+            return (
+                f"the plugin object ({type(plugin).__name__}) is unhashable; make the entry "
+                "point a module, or give its class __hash__"
+            )
+        if self.pm.is_registered(plugin):
+            return f"the same object is already registered as plugin {self.pm.get_name(plugin)!r}"
+        self.pm.register(plugin, name=name)
+        return None
+
     def _call_hooks(self, plugin_name: str, plugin: object) -> list[_Staged] | None:
-        """Call each hook of this plugin alone; None (and a failure) if one raises."""
+        """Call each hook of this plugin alone; None (and a failure) if one raises or exits."""
         staged: list[_Staged] = []
-        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        others = [p for _, p in self.pm.list_name_plugin() if p is not plugin]
         for kind in KINDS:
-            hook = self.pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=others)
             register, close = self._stager(kind, staged)
             try:
+                hook = self.pm.subset_hook_caller(HOOK_OF_KIND[kind], remove_plugins=others)
                 hook(register=register)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self.pm.unregister(plugin)
                 self._fail(
                     plugin_name,
@@ -389,6 +410,7 @@ def load_registry(
 
 _registry: Registry | None = None
 _warned: set[str] = set()
+_printing = False  # add_plugin_commands printed the warnings (not for `xelm plugins list`'s table)
 _added_to: "weakref.WeakKeyDictionary[typer.Typer, list[Any]]" = weakref.WeakKeyDictionary()
 
 
@@ -408,8 +430,9 @@ def reset_registry(registry: Registry | None = None) -> None:
 
     For tests: ``reset_registry(load_registry(extra_plugins=[("mine", module)]))``.
     """
-    global _registry
+    global _registry, _printing
     _registry = registry
+    _printing = False
     _warned.clear()
 
 
@@ -419,6 +442,15 @@ def print_warnings(registry: Registry) -> None:
         if line not in _warned:
             _warned.add(line)
             sys.stderr.write(line + "\n")
+
+
+def report_problem(problem: PluginProblem) -> None:
+    """Record a problem found after loading (a command built from a registration); printed at
+    once where :func:`add_plugin_commands` printed the others."""
+    registry = get_registry()
+    registry.add_problem(problem)
+    if _printing:
+        print_warnings(registry)
 
 
 def was_printed(warning: str) -> bool:
@@ -448,6 +480,7 @@ def add_plugin_commands(root: typer.Typer, *, warn: bool = True) -> None:
     Idempotent: the commands added by an earlier call are replaced, so calling it again (or after
     ``reset_registry``) leaves exactly the current registry's commands.
     """
+    global _printing
     registry = get_registry()
     previous = _added_to.get(root, [])
     root.registered_groups[:] = [g for g in root.registered_groups if g not in previous]
@@ -478,5 +511,6 @@ def add_plugin_commands(root: typer.Typer, *, warn: bool = True) -> None:
             root.command(name, help=help_text, rich_help_panel=PLUGIN_HELP_PANEL)(obj)
             added.append(root.registered_commands[-1])
     _added_to[root] = added
+    _printing = warn
     if warn:
         print_warnings(registry)

@@ -19,14 +19,15 @@ defaults; no help), so routers written against plugin API 1.0 keep working uncha
 import dataclasses
 import inspect
 import json
+import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import PluginError, UsageError, exception_line
 
 REQUIRED: Any = MISSING
 """The default of an option the user must give."""
@@ -101,7 +102,8 @@ class OptionSpec:
     def type_name(self) -> str:
         """How the type reads in help and errors: ``int``, ``list of float``, ``str or none``."""
         if self.choices:
-            return "one of " + ", ".join(str(c) for c in self.choices)
+            listed = "one of " + ", ".join(str(c) for c in self.choices)
+            return f"list, each {listed}" if _is_collection(self.annotation) else listed
         return _type_name(self.annotation)
 
     @property
@@ -173,7 +175,23 @@ def _is_plugin(cls: type) -> bool:
 
 
 def declared_options(owner: Any) -> tuple[OptionSpec, ...]:
-    """The options ``owner`` (a plugin class or an options dataclass) declares, in order."""
+    """The options ``owner`` (a plugin class or an options dataclass) declares, in order.
+
+    A declaration that cannot be read (an annotation that names nothing, a default factory that
+    raises) is its plugin's bug: a one-line :class:`PluginError` naming ``owner``."""
+    try:
+        return _declared_options(owner)
+    except Exception as exc:
+        name = getattr(owner, "name", None)
+        named = f"{name!r} " if isinstance(name, str) else ""
+        where = f"{getattr(owner, '__module__', '?')}:{getattr(owner, '__qualname__', owner)}"
+        raise PluginError(
+            f"the options declaration of {named}({where}) cannot be read: "
+            f"{exception_line(exc, with_type=True)}; this is a bug in its plugin"
+        ) from exc
+
+
+def _declared_options(owner: Any) -> tuple[OptionSpec, ...]:
     declaration = options_class(owner)
     if declaration is not None:
         hints = typing.get_type_hints(declaration, include_extras=True)
@@ -246,10 +264,13 @@ def with_flags(
     both = sorted(set(pairs) & set(flagged))
     if both:
         name = both[0]
-        flag = next((s.flag_name for s in declared_options(owner) if s.name == name), name)
+        spec = next((s for s in declared_options(owner) if s.name == name), None)
+        if spec is not None and spec.is_flag:  # --minimal or --no-minimal, as typed
+            flag = _as_flag(spec, flagged[name])
+        else:
+            flag = f"{spec.flag_name if spec else name} {flagged[name]}"
         raise UsageError(
-            f"option {name!r} is given twice ({flag} {flagged[name]} and {via} "
-            f"{name}={pairs[name]}); give it once"
+            f"option {name!r} is given twice ({flag} and {via} {name}={pairs[name]}); give it once"
         )
     return {**pairs, **flagged}
 
@@ -318,19 +339,31 @@ def convert(spec: OptionSpec, raw: Any, *, label: str) -> Any:
             value = _coerce(spec.annotation, raw)
         except (ValueError, TypeError):
             raise bad() from None
-    if spec.choices is not None and value is not None and value not in spec.choices:
-        choices = ", ".join(str(c) for c in spec.choices)
-        raise UsageError(f"{label}: option {spec.name!r} must be one of {choices}, not {raw!r}")
-    if (
-        spec.minimum is not None
-        and isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and not value >= spec.minimum
-    ):
-        raise UsageError(
-            f"{label}: option {spec.name!r} must be at least {spec.minimum:g}, not {value}"
-        )
+    # a collection's choices and minimum apply to each of its items
+    many = _is_collection(spec.annotation) and isinstance(value, list | tuple | set | frozenset)
+    what = f"each item of option {spec.name!r}" if many else f"option {spec.name!r}"
+    for item in value if many else [value]:
+        if spec.choices is not None and item is not None and item not in spec.choices:
+            choices = ", ".join(str(c) for c in spec.choices)
+            shown = item if many else raw
+            raise UsageError(f"{label}: {what} must be one of {choices}, not {shown!r}")
+        if (
+            spec.minimum is not None
+            and isinstance(item, int | float)
+            and not isinstance(item, bool)
+            and not item >= spec.minimum
+        ):
+            raise UsageError(f"{label}: {what} must be at least {spec.minimum:g}, not {item}")
     return value
+
+
+_COLLECTIONS = (list, tuple, set, frozenset, Sequence)
+
+
+def _is_collection(annotation: Any) -> bool:
+    """Whether the type (without ``| None``) is a list, tuple, set or sequence of values."""
+    inner, _ = _strip_optional(annotation)
+    return get_origin(inner) in _COLLECTIONS or inner in _COLLECTIONS
 
 
 def _strip_optional(annotation: Any) -> tuple[Any, bool]:
@@ -368,12 +401,15 @@ def _coerce(annotation: Any, raw: Any) -> Any:
             except (ValueError, TypeError):
                 continue
         raise ValueError(raw)
-    if origin in (list, tuple, Sequence, set, frozenset) or inner in (list, tuple):
+    if _is_collection(inner):
         items = _as_list(raw)
-        args = [a for a in get_args(inner) if a is not Ellipsis]
-        item_type = args[0] if args else Any
-        converted = [_coerce(item_type, item) for item in items]
-        return tuple(converted) if origin is tuple or inner is tuple else converted
+        kind, args = origin or inner, get_args(inner)
+        if kind is tuple and args and Ellipsis not in args:  # tuple[int, str]: one type a place
+            if len(items) != len(args):
+                raise ValueError(raw)
+            return tuple(_coerce(arg, item) for arg, item in zip(args, items, strict=True))
+        converted = [_coerce(args[0] if args else Any, item) for item in items]
+        return kind(converted) if kind in (tuple, set, frozenset) else converted
     if origin is dict or inner is dict:
         mapping = json.loads(raw) if isinstance(raw, str) else raw
         if not isinstance(mapping, dict):
@@ -418,7 +454,7 @@ def _coerce(annotation: Any, raw: Any) -> Any:
 
 
 def _as_list(raw: Any) -> list[Any]:
-    if isinstance(raw, list | tuple):
+    if isinstance(raw, list | tuple | set | frozenset):
         return list(raw)
     if isinstance(raw, str):
         text = raw.strip()
@@ -446,9 +482,12 @@ def _type_name(annotation: Any) -> str:
         name = "one of " + ", ".join(str(a) for a in get_args(inner))
     elif get_origin(inner) in (Union, types.UnionType):
         name = " or ".join(_type_name(a) for a in get_args(inner))
-    elif get_origin(inner) in (list, tuple, Sequence) or inner in (list, tuple):
+    elif _is_collection(inner):
         args = [a for a in get_args(inner) if a is not Ellipsis]
-        name = f"list of {_type_name(args[0])}" if args else "list"
+        if get_origin(inner) is tuple and len(args) == len(get_args(inner)) > 1:
+            name = f"list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+        else:
+            name = f"list of {_type_name(args[0])}" if args else "list"
     elif get_origin(inner) is dict or inner is dict:
         args = list(get_args(inner))
         name = f"JSON object of {_type_name(args[1])}" if args else "JSON object"
@@ -464,6 +503,8 @@ def _type_name(annotation: Any) -> str:
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, set | frozenset):
+        return sorted((_jsonable(v) for v in value), key=repr)  # in one order, every time
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -474,7 +515,13 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------------------- command-line flags
 
 
-def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Parameter]:
+def typer_parameters(
+    owner: Any,
+    *,
+    skip: Sequence[str] = (),
+    taken: Iterable[str] = (),
+    refuse: Callable[[str, str], None] | None = None,
+) -> list[inspect.Parameter]:
     """Keyword-only parameters, one flag per settable option of ``owner``, for a Typer command.
 
     Each defaults to None, so the command passes on only what the user gave (and the plugin's
@@ -482,12 +529,23 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
     flag, ``--NAME``, and its ``--no-NAME`` a hidden one that :func:`given` reads as
     NAME=False (shown, it would take a column of its own that squeezes ``--help`` past 80
     columns); other values arrive as text and go through :func:`parse_options`.
+
+    ``skip``: option names that get no flag; ``taken``: the command's own flags (see
+    :func:`command_flags`; ``--help`` is always taken). An option whose flag is malformed or
+    already taken, by the command or an earlier option (a boolean's ``--no-NAME`` included),
+    gets none and stays reachable as ``KEY=VALUE``: ``refuse(name, why)`` is told.
     """
     import typer  # the CLI's dependency; plugins that only declare options never need it
 
+    used = dict.fromkeys(["--help", *taken], "the command's own flag")
     parameters = []
     for spec in declared_options(owner):
         if not spec.cli or spec.name in skip:
+            continue
+        why = _flag_problem(spec, used)
+        if why is not None:
+            if refuse is not None:
+                refuse(spec.name, why)
             continue
         if spec.is_flag:
             info = typer.Option(spec.flag_name, help=_help_text(spec), show_default=False)
@@ -504,6 +562,40 @@ def typer_parameters(owner: Any, *, skip: Sequence[str] = ()) -> list[inspect.Pa
 
 _NEGATED = "no__"
 """The name prefix of a boolean's hidden ``--no-NAME`` parameter."""
+
+_FLAG = re.compile(r"--\w[\w-]*")
+
+
+def _flag_problem(spec: OptionSpec, used: dict[str, str]) -> str | None:
+    """Why ``spec`` can have no flag, or None (and its flags are added to ``used``, each
+    flag -> whose it is)."""
+    if not _FLAG.fullmatch(spec.flag_name):
+        return f"{spec.flag_name!r} is no flag: flags are --NAME, of letters, digits, - and _"
+    flags = [spec.flag_name, spec.negative_flag] if spec.is_flag else [spec.flag_name]
+    clash = next((flag for flag in flags if flag in used), None)
+    if clash is not None:
+        return f"{clash} is {used[clash]}"
+    used.update(dict.fromkeys(flags, f"the flag of option {spec.name!r}"))
+    return None
+
+
+def command_flags(function: Callable[..., Any]) -> set[str]:
+    """The flags Typer gives the parameters of ``function``, a command: those its
+    ``typer.Option`` names, else ``--NAME-WITH-DASHES`` (with ``--no-NAME`` for a boolean)."""
+    from typer.models import ArgumentInfo, OptionInfo
+    from typer.utils import get_params_from_function
+
+    flags: set[str] = set()
+    for name, meta in get_params_from_function(function).items():
+        info = meta.default
+        if isinstance(info, ArgumentInfo) or info is inspect.Parameter.empty:
+            continue  # an argument
+        if isinstance(info, OptionInfo) and info.param_decls:
+            flags.update(flag for decl in info.param_decls for flag in decl.split("/"))
+        else:
+            flag = "--" + name.replace("_", "-")
+            flags.update([flag, "--no-" + flag[2:]] if meta.annotation is bool else [flag])
+    return flags
 
 
 def _keyword(name: str, annotation: Any) -> inspect.Parameter:
@@ -578,15 +670,16 @@ def _metavar(spec: OptionSpec) -> str:
         return f"<{inner.__name__}>"
     if inner is Path:
         return "<path>"
-    if get_origin(inner) in (list, tuple, Sequence):
+    if _is_collection(inner):
         return "<list>"
     return "<str>"
 
 
 def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
     """The command-line flags that set ``values`` (options of ``owner`` by name) as its
-    command reads them: ``--FLAG=VALUE``, or ``--FLAG``/``--no-FLAG`` for a boolean; a name
-    that is not one of its flags is refused."""
+    command reads them: ``--FLAG=VALUE``, or ``--FLAG``/``--no-FLAG`` for a boolean; None for
+    an option whose default is None is left out (``--FLAG=none`` would read as the text 'none'
+    for a ``str``); a name that is not one of its flags is refused."""
     specs = {spec.name: spec for spec in declared_options(owner)}
     flags = []
     for name, value in values.items():
@@ -594,11 +687,16 @@ def as_flags(owner: Any, values: Mapping[str, Any]) -> list[str]:
         if spec is None or not spec.cli:
             owner_name = getattr(owner, "name", None) or getattr(owner, "__name__", "")
             raise UsageError(f"{name!r} is not an option with a flag of {owner_name!r}")
-        if spec.is_flag:
-            flags.append(spec.flag_name if value else spec.negative_flag)
-        else:
-            flags.append(f"{spec.flag_name}={as_text(value)}")
+        if value is not None or spec.default is not None:
+            flags.append(_as_flag(spec, value))
     return flags
+
+
+def _as_flag(spec: OptionSpec, value: Any) -> str:
+    """The flag that sets ``spec`` to ``value``: ``--FLAG=VALUE``, ``--FLAG`` or ``--no-FLAG``."""
+    if spec.is_flag:
+        return spec.flag_name if value else spec.negative_flag
+    return f"{spec.flag_name}={as_text(value)}"
 
 
 def as_text(value: Any) -> str:
@@ -607,6 +705,6 @@ def as_text(value: Any) -> str:
         return "none"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, list | tuple | dict):
+    if isinstance(value, list | tuple | set | frozenset | dict):
         return json.dumps(_jsonable(value))
     return str(value)

@@ -88,28 +88,27 @@ def _and_list(items: list[str], last: str = "and") -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
 
 
-def _selectors(registrations: list[Registration]) -> list[str]:
-    """For each registration, the shortest qualified name that selects it among these."""
+def _selectors(registrations: list[Registration], among: list[Registration]) -> list[str]:
+    """For each of ``registrations``, a qualified name that selects it alone among ``among``
+    (every registration of its kind and name): ``DIST:NAME`` where that matches no other (as a
+    distribution or as a plugin), else ``PLUGIN:NAME``."""
     selectors = []
     for registration in registrations:
-        dist = registration.distribution
-        same_dist = [
-            r
-            for r in registrations
-            if dist is not None
-            and r.distribution is not None
-            and normalize_distribution(r.distribution) == normalize_distribution(dist)
-        ]
-        qualifier = dist if dist is not None and len(same_dist) == 1 else registration.plugin
+        qualifiers = [q for q in (registration.distribution, registration.plugin) if q]
+        alone = [q for q in qualifiers if [r for r in among if r.matches(q)] == [registration]]
+        qualifier = alone[0] if alone else registration.plugin
         selectors.append(f"{qualifier}:{registration.name}")
     return selectors
 
 
-def ambiguity(kind: str, name: str, registrations: list[Registration]) -> str:
-    """The one line refusing an unqualified ``name`` that several plugins registered."""
+def ambiguity(
+    kind: str, name: str, registrations: list[Registration], among: list[Registration]
+) -> str:
+    """The one line refusing an unqualified ``name`` that several plugins registered
+    (``registrations``; ``among``: every registration of that name)."""
     count = _COUNT_WORDS.get(len(registrations), str(len(registrations)))
     labels = _and_list([r.label() for r in registrations])
-    choices = _and_list(_selectors(registrations), "or")
+    choices = _and_list(_selectors(registrations, among), "or")
     return f"{kind} {name!r} is registered by {count} plugins: {labels}; choose one as {choices}"
 
 
@@ -220,7 +219,7 @@ class Registry:
             if len(chosen) == 1:
                 return chosen[0]
             if chosen:
-                raise UsageError(ambiguity(kind, name, chosen))
+                raise UsageError(ambiguity(kind, name, chosen, candidates))
             raise UsageError(self._unknown(kind, name, name))
         candidates = self.all_of(kind, base)
         if not candidates:
@@ -232,13 +231,12 @@ class Registry:
             raise UsageError(
                 f"unknown {kind} {name!r}: no plugin or distribution {qualifier!r} registers "
                 f"{kind} {base!r} (registered by {_and_list([r.label() for r in candidates])}; "
-                f"choose {_and_list(_selectors(candidates), 'or')})"
+                f"choose {_and_list(_selectors(candidates, candidates), 'or')})"
             )
-        by_plugin = [f"{r.plugin}:{r.name}" for r in selected]
         raise UsageError(
             f"{kind} {name!r} matches {len(selected)} plugins of {qualifier!r}: "
             f"{_and_list([r.label() for r in selected])}; choose one as "
-            f"{_and_list(by_plugin, 'or')}"
+            f"{_and_list(_selectors(selected, candidates), 'or')}"
         )
 
     def registration_of(self, kind: Kind, obj: Any) -> Registration | None:
@@ -343,7 +341,7 @@ class Registry:
                                 other.plugin,
                                 f"{kind} {name!r} is also xelm's own (plugin "
                                 f"{own[0].plugin!r}), which the name {name!r} selects; "
-                                f"select this one as {other.qualified_name}",
+                                f"select this one as {_selectors([other], candidates)[0]}",
                                 kind,
                                 name,
                             )
@@ -351,7 +349,9 @@ class Registry:
                 continue
             chosen = own or candidates
             self.add_problem(
-                PluginProblem(chosen[-1].plugin, ambiguity(kind, name, chosen), kind, name)
+                PluginProblem(
+                    chosen[-1].plugin, ambiguity(kind, name, chosen, candidates), kind, name
+                )
             )
 
 

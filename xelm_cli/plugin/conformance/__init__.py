@@ -13,10 +13,11 @@ the network, for what ``evaluate()`` returns on the tiny experts.
 Normative text: spec/plugin-api.md section 5.2.
 """
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from xelm_cli.common.errors import UsageError
+from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.plugin.conformance.evaluators import check_evaluator
 from xelm_cli.plugin.conformance.report import (
     FAIL,
@@ -85,7 +86,8 @@ def check(
     _refuse_options_of_other_kind(name, registrations, router_args, eval_args)
     for registration in registrations:  # missing required options: before any model is built
         values = router_args if registration.kind == "router" else eval_args
-        given_options(registration, values)
+        with contextlib.suppress(PluginError):  # the plugin's bug: a failed check in its report
+            given_options(registration, values)
     if experts is None:
         with tiny_experts() as built:
             return check(name, router_args=router_args, eval_args=eval_args, experts=built)

@@ -13,7 +13,6 @@ from xelm_cli.plugin.conformance.report import (
     Report,
     check_options,
     failure,
-    given_options,
 )
 from xelm_cli.plugin.conformance.tiny import LANGUAGES, TinyExperts
 from xelm_cli.plugin.contracts import EvalRequest, result_problem
@@ -35,7 +34,8 @@ def check_evaluator(
     direction = "higher" if owner.higher_is_better else "lower"
     report.add("attributes", PASS, f"primary metric {owner.primary!r}, {direction} is better")
     if declares_options(owner):
-        check_options(registration, given_options(registration, values), report)
+        if check_options(registration, values, report) is None:
+            return report
         try:
             build_evaluator(
                 registration.qualified_name,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from xelm_cli.common.errors import UsageError, XelmError, exception_line
+from xelm_cli.common.errors import PluginError, UsageError, XelmError, exception_line
 from xelm_cli.plugin.options import (
     as_text,
     declared_options,
@@ -14,7 +14,7 @@ from xelm_cli.plugin.options import (
     options_class,
     parse_options,
 )
-from xelm_cli.plugin.registry import Registration
+from xelm_cli.plugin.registry import Registration, bugs_reported
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 UNKNOWN_OPTION = "xelm_check_no_such_option"
@@ -69,13 +69,18 @@ def option_via(registration: Registration) -> str:
 
 
 def given_options(registration: Registration, values: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The user's options converted by the declaration (UsageError if one is wrong or missing)."""
+    """The user's options converted by the declaration (UsageError if one is wrong or missing;
+    PluginError naming the plugin when its declaration cannot be read or raises)."""
     owner = registration.obj
     if registration.kind == "evaluator" and not declares_options(owner):
         return dict(values or {})
-    return parse_options(
-        owner, dict(values or {}), label=plugin_label(registration), via=option_via(registration)
-    )
+    with bugs_reported(registration, "reading its options"):
+        return parse_options(
+            owner,
+            dict(values or {}),
+            label=plugin_label(registration),
+            via=option_via(registration),
+        )
 
 
 def recorded(value: Any) -> Any:
@@ -89,14 +94,19 @@ def failure(exc: BaseException) -> str:
     return f"raised {exception_line(exc, with_type=True)}"
 
 
-def check_options(registration: Registration, given: Mapping[str, Any], report: Report) -> None:
-    """Declaration readable, defaults round-trip as text, unknown options refused."""
+def check_options(
+    registration: Registration, values: Mapping[str, Any] | None, report: Report
+) -> dict[str, Any] | None:
+    """Declaration readable, defaults round-trip as text, unknown options refused. Returns the
+    user's ``values`` converted by the declaration; None (a failed check) when it cannot be
+    read."""
     owner, label, via = registration.obj, plugin_label(registration), option_via(registration)
     try:
         specs = declared_options(owner)
-    except Exception as exc:
-        report.add("options declaration", FAIL, f"cannot be read: {failure(exc)}")
-        return
+        given = given_options(registration, values)
+    except PluginError as exc:
+        report.add("options declaration", FAIL, exception_line(exc))
+        return None
     where = "an Options dataclass" if options_class(owner) is not None else "its constructor"
     names = ", ".join(s.name for s in specs) or "none"
     report.add("options declaration", PASS, f"declared by {where}; options: {names}")
@@ -110,8 +120,9 @@ def check_options(registration: Registration, given: Mapping[str, Any], report: 
         try:
             values = {**given, spec.name: given_as}
             back = parse_options(owner, values, label=label, via=via)[spec.name]
-        except UsageError as exc:
-            bad.append(f"{spec.name}={as_text(spec.default)} is refused ({exc})")
+        except Exception as exc:
+            why = exc if isinstance(exc, UsageError) else failure(exc)
+            bad.append(f"{spec.name}={as_text(spec.default)} is refused ({why})")
             continue
         if recorded(back) != recorded(spec.default):
             bad.append(f"{spec.name}={as_text(spec.default)} reads back as {back!r}")
@@ -137,3 +148,4 @@ def check_options(registration: Registration, given: Mapping[str, Any], report: 
         else:
             how = "by the declaration" if not refused else "by its constructor (Python calls)"
             report.add("unknown option refused", FAIL, f"{UNKNOWN_OPTION}=1 is accepted {how}")
+    return given

@@ -16,7 +16,6 @@ from xelm_cli.plugin.conformance.report import (
     Report,
     check_options,
     failure,
-    given_options,
     plugin_label,
 )
 from xelm_cli.plugin.conformance.tiny import TinyExperts
@@ -226,8 +225,9 @@ def check_router(
     from xelm_cli.ensemble.runner import EnsembleModel
 
     report = Report("router", registration.name, registration.plugin)
-    given = given_options(registration, values)
-    check_options(registration, given, report)
+    given = check_options(registration, values, report)
+    if given is None:
+        return report
     router = _build(registration, given, report)
     if router is None:
         return report
