@@ -65,7 +65,10 @@ def test_flores_codes_of_the_papers_languages_and_back() -> None:
     assert language_of_config("sw") == "sw"
     assert language_of_config("all_languages") is None
     # macrolanguages outside the paper's 20: FLORES-200 names their individual language
-    for code, flores in (("fa", "pes_Arab"), ("ms", "zsm_Latn"), ("no", "nob_Latn")):
+    for code, flores in (
+        ("fa", "pes_Arab"), ("ms", "zsm_Latn"), ("no", "nob_Latn"),
+        ("tl", "tgl_Latn"), ("prs", "prs_Arab"),  # not CLDR's fil, fa-AF
+    ):  # fmt: skip
         assert flores_code(code) == flores and language_of_config(flores) == code
 
 

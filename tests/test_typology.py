@@ -350,6 +350,11 @@ def test_lang_info_and_help(capsys) -> None:
     assert details["family"] == (
         "Afro-Asiatic > Semitic > West Semitic > Central Semitic > Arabian > Arabic"
     )
+    code, stdout, _ = xelm(capsys, "lang", "info", "tl", "--json")
+    assert code == 0
+    assert {k: json.loads(stdout)[k] for k in ("language", "alpha3", "uriel")} == {
+        "language": "tl", "alpha3": "tgl", "uriel": "tgl"  # Tagalog, not CLDR's Filipino (fil)
+    }  # fmt: skip
     code, stdout, _ = xelm(capsys, "lang", "info", "ar")
     assert code == 0
     assert "ISO 639-3 code" in stdout and "lang2vec's code for it in this set" in stdout

@@ -65,7 +65,9 @@ FLORES_CODES: dict[str, str] = {
     "or": "ory_Orya",
     "ps": "pbt_Arab",
     "qu": "quy_Latn",
+    "prs": "prs_Arab",
     "sq": "als_Latn",
+    "tl": "tgl_Latn",
     "uz": "uzn_Latn",
     "yi": "ydd_Hebr",
 }
@@ -80,7 +82,7 @@ def flores_code(language: str) -> str:
     code = normalize_language(language)
     if code in FLORES_CODES:
         return FLORES_CODES[code]
-    tag = langcodes.Language.get(code)
+    tag = langcodes.Language.get(code, normalize=False)  # tl is Tagalog (tgl), not fil
     script = tag.script or tag.maximize().script
     if not script:
         raise UsageError(f"no FLORES-style code for {code!r}: its script is unknown")

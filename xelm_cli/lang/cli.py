@@ -86,9 +86,9 @@ def nearest(
 def _english_name(tag: str) -> str | None:
     """The language's English name where langcodes has name data, or xelm's short list does."""
     if importlib.util.find_spec("language_data") is not None:
-        return str(langcodes.Language.get(tag).display_name())
+        return str(langcodes.Language.get(tag, normalize=False).display_name())
     names = {code: name.title() for name, code in COMMON_NAMES.items()}
-    return names.get(langcodes.Language.get(tag).language or tag)
+    return names.get(langcodes.Language.get(tag, normalize=False).language or tag)
 
 
 @app.command()
@@ -108,7 +108,7 @@ def info(
     details = {
         "language": tag,
         "name": _english_name(tag),
-        "alpha3": langcodes.Language.get(tag).to_alpha3(),
+        "alpha3": langcodes.Language.get(tag, normalize=False).to_alpha3(),
         "features": feature_set,
         "uriel": uriel_code(tag, feature_set),
         **_feature_summary(tag, feature_set),
