@@ -263,6 +263,39 @@ def test_icl_table_shows_the_standard_error_of_the_examples_and_the_runs(
         assert rows[language] == f"{scope['accuracy']:.3f} ± {both:.3f}"
 
 
+def test_several_shots_evaluate_once_for_each(
+    capsys: pytest.CaptureFixture[str], pool: Path, tmp_path: Path
+) -> None:
+    """``--shots 0,1`` (the design's ``--shots 0,8``): a record per count, each what ``--shots
+    N`` alone gives; a JSON array in the output file and on stdout, CSV rows led by the count,
+    a table each under its count."""
+    data = Path(__file__).parent / "fixtures" / "tasks" / "jsonl"
+    expert = str(pool / "experts" / "x0")
+    common = ["ensemble", "eval", expert, "--task", "jsonl", "--data", str(data), "--runs", "2"]
+    out = tmp_path / "results.json"
+    code, stdout, err = cli(capsys, *common, "--shots", "0,1", "--json", "-o", str(out))
+    assert code == 0, err
+    records = json.loads(stdout)
+    assert json.loads(out.read_text()) == records
+    assert [r["request"]["shots"] for r in records] == [0, 1]
+    for record in records:
+        code, alone, err = cli(
+            capsys, *common, "--shots", str(record["request"]["shots"]), "--json"
+        )
+        assert code == 0, err
+        assert json.loads(alone)["systems"][0]["metrics"] == record["systems"][0]["metrics"]
+    code, csv_text, _ = cli(capsys, *common, "--shots", "0,1", "--format", "csv")
+    lines = csv_text.splitlines()
+    assert lines[0] == "shots,system,kind,language,metric,value"
+    assert {line.split(",")[0] for line in lines[1:]} == {"0", "1"}
+    code, table, _ = cli(capsys, *common, "--shots", "0,1")
+    assert code == 0 and table.index("0-shot") < table.index("1-shot")
+    code, _, err = cli(capsys, *common, "--shots", "0,x")
+    assert (code, err) == (
+        2, "xelm: error: --shots takes whole numbers, comma-separated (8, or 0,8), not '0,x'\n"
+    )  # fmt: skip
+
+
 def test_create_calibrates_and_eval_reproduces_from_the_file(
     capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path, tmp_path: Path
 ) -> None:

@@ -49,7 +49,7 @@ from xelm_cli.demo import run_demo
 from xelm_cli.demo.plan import demo_plan
 from xelm_cli.demo.report import read_results, write_report
 from xelm_cli.ensemble.create import create_ensemble
-from xelm_cli.ensemble.evaluate import evaluate
+from xelm_cli.ensemble.evaluate import evaluate, evaluate_per_shots
 from xelm_cli.ensemble.generation import generate_text
 from xelm_cli.ensemble.scoring import logits_are_output_layer, pick_device
 from xelm_cli.ensemble.weights import (
@@ -164,6 +164,7 @@ __all__ = [
     "eval_set_with",
     "eval_texts",
     "evaluate",
+    "evaluate_per_shots",
     "exception_line",
     "feature_set_name",
     "feature_vectors",

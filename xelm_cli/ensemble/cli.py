@@ -164,11 +164,12 @@ def evaluate(
         ),
     ] = None,
     shots: Annotated[
-        int | None,
+        str | None,
         typer.Option(
             "--shots",
-            help="Demonstrations per example [default: the evaluator's: 0 for icl, each "
-            "lm-eval task's own].",
+            help="Demonstrations per example; several, comma-separated (0,8), evaluate once "
+            "for each: a table each, a JSON array of records [default: the evaluator's: 0 for "
+            "icl, each lm-eval task's own].",
             show_default=False,
         ),
     ] = None,
@@ -214,7 +215,8 @@ def evaluate(
     Example: xelm ensemble eval experts/* --data flores200-devtest/ --each --baseline dense/
     """
     from xelm_cli.ensemble.evaluate import evaluate as evaluate_ensemble
-    from xelm_cli.ensemble.results import FORMATS, render_csv, render_table
+    from xelm_cli.ensemble.evaluate import evaluate_per_shots
+    from xelm_cli.ensemble.results import FORMATS
 
     if output_format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
@@ -224,15 +226,14 @@ def evaluate(
         output_format = "json"
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
-    results = evaluate_ensemble(
-        members,
+    counts = _shot_counts(shots)
+    keywords: dict[str, Any] = dict(
         data=data,
         **_routing_keywords(router, router_arg, combine),
         evaluator=evaluator,
         languages=langs,
         limit=limit,
         task=task,
-        shots=shots,
         runs=runs,
         seed=seed,
         protocol=protocol,
@@ -243,14 +244,53 @@ def evaluate(
         device=device,
         **parse_pairs(eval_arg or [], "--eval-arg"),
     )
+    if counts is None or len(counts) == 1:
+        shots_given = counts[0] if counts else None
+        _print_results([evaluate_ensemble(members, shots=shots_given, **keywords)], output_format)
+    else:
+        _print_results(evaluate_per_shots(members, shots=counts, **keywords), output_format)
+
+
+def _shot_counts(text: str | None) -> list[int] | None:
+    """``--shots``: each comma-separated count; None when not given (the evaluator's default)."""
+    if text is None:
+        return None
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--shots takes whole numbers, comma-separated (8, or 0,8), not {text!r}"
+        ) from None
+    if len(set(counts)) < len(counts):
+        raise UsageError(f"--shots {text} names a count twice: give each once")
+    return counts
+
+
+def _print_results(records: list[dict[str, Any]], output_format: str) -> None:
+    """One record as the format shows it; several (one per --shots count): a JSON array, the
+    CSV rows with a leading shots column, a table each under its count."""
+    from xelm_cli.ensemble.results import render_csv, render_table
+
+    several = len(records) > 1
     if output_format == "json":
-        print_json(results)
+        print_json(records if several else records[0])
     elif output_format == "csv":
-        typer.echo(render_csv(results), nl=False)
+        if not several:
+            typer.echo(render_csv(records[0]), nl=False)
+            return
+        for index, record in enumerate(records):
+            header, *rows = render_csv(record).splitlines(keepends=True)
+            if index == 0:
+                typer.echo(f"shots,{header}", nl=False)
+            typer.echo("".join(f"{record['request']['shots']},{row}" for row in rows), nl=False)
     else:
         from rich.console import Console
 
-        Console(soft_wrap=True).print(render_table(results))
+        console = Console(soft_wrap=True)
+        for record in records:
+            if several:
+                console.print(f"{record['request']['shots']}-shot", style="bold", markup=False)
+            console.print(render_table(record))
 
 
 @app.command()

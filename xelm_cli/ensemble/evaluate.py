@@ -97,11 +97,34 @@ def evaluate(
             device=device,
         )
         results = run_evaluation(name, built, spec, systems)
-        if output is not None:
-            write_bytes_atomic(
-                Path(output), pretty_json(results), overwrite=True
-            )  # ours alone: locked
+        if output is not None:  # ours alone: locked
+            write_bytes_atomic(Path(output), pretty_json(results), overwrite=True)
     return results
+
+
+def evaluate_per_shots(
+    members: Member | Sequence[Member],
+    *,
+    shots: Sequence[int],
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    **keywords: Any,
+) -> list[dict[str, Any]]:
+    """``evaluate`` once for each number of ``shots`` (``xelm ensemble eval --shots 0,8``),
+    the other ``keywords`` the same: the results records in that order, written to ``output``
+    as one JSON array (atomically; an existing file only with ``overwrite``).
+
+    Example: ``evaluate_per_shots("experts/*", data="sib200/", task="sib200", shots=[0, 8])``
+    """
+    if not shots:
+        raise UsageError("give at least one number of shots")
+    with output_lock(output) if output is not None else contextlib.nullcontext():
+        if output is not None and Path(output).exists() and not overwrite:
+            raise UsageError(f"{output} exists; pass overwrite=True to replace it")
+        records = [evaluate(members, shots=count, **keywords) for count in shots]
+        if output is not None:
+            write_bytes_atomic(Path(output), pretty_json(records), overwrite=True)
+    return records
 
 
 def _build_evaluator(name: str, request: EvalRequest, *, chosen: bool) -> Evaluator:
