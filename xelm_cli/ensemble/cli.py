@@ -84,7 +84,8 @@ def create(
         ),
     ] = None,
     langs: Annotated[
-        str | None, typer.Option("--langs", help="Calibration languages (default: all).")
+        str | None,
+        typer.Option("--langs", help="Calibration languages (default: those the experts cover)."),
     ] = None,
     limit: Annotated[
         int | None,
@@ -168,8 +169,8 @@ def evaluate(
         typer.Option(
             "--shots",
             help="Demonstrations per example; several, comma-separated (0,8), evaluate once "
-            "for each: a table each, a JSON array of records [default: the evaluator's: 0 for "
-            "icl, each lm-eval task's own].",
+            "for each: a table each, a JSON array of records \\[default: the evaluator's: 0 "
+            "for icl, each lm-eval task's own].",
             show_default=False,
         ),
     ] = None,

@@ -36,7 +36,7 @@ def create_ensemble(
     file; ``router`` and ``router_options``: the registered router and its options (default
     ``language``); ``calibrate``: a held-out corpus the router is fitted on (the posterior
     router's prior, the oracle's table), ``limit`` documents of each of ``languages`` (None:
-    every language it has).
+    each of its languages that the experts cover; a note names the others).
 
     Example: ``create_ensemble("experts/*", "ens.json", router="posterior", calibrate="valid/")``
     """
