@@ -567,6 +567,24 @@ def test_language_router_fallbacks(experts: list[Bundle]) -> None:
     np.testing.assert_allclose(got[0], reference[0])
 
 
+def test_language_router_takes_other_forms_of_a_covered_language(experts: list[Bundle]) -> None:
+    """arb (Standard Arabic), ar-EG and tr-Latn go to the ar and tr experts, as prepare reads
+    them; fallback=none is no fallback; an unknown fallback router is refused when built."""
+    text = DOCS[5].text
+    forms = [Document(text, code) for code in ("arb", "ar-EG", "tr-Latn")]
+    model = EnsembleModel(experts, build_router("language"))
+    got = model.score_documents(forms)
+    by_expert = {lang: i for i, langs in enumerate(EXPERT_LANGUAGES) for lang in langs}
+    for document, scores in zip(forms, got, strict=True):
+        lang = document.language.split("-")[0].replace("arb", "ar")  # type: ignore[union-attr]
+        alone = EnsembleModel([experts[by_expert[lang]]], build_router("uniform"))
+        np.testing.assert_allclose(scores, alone.score_documents([document])[0])
+    none = build_router("language", {"fallback": "none"})
+    assert none.fallback is None and not none.routes_uncovered_languages
+    with pytest.raises(UsageError, match="posterioir"):
+        build_router("language", {"fallback": "posterioir"})
+
+
 def test_calibration_fits_the_oracle_table_and_the_posterior_prior(experts: list[Bundle]) -> None:
     runner = EnsembleModel(experts, build_router("uniform"))
     scored = runner.score_all_experts(DOCS)

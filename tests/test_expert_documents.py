@@ -329,3 +329,17 @@ def test_experts_of_documents_routed_by_language_by_default_are_warned_about(
     ]
     resolve_ensemble(experts, router="language")
     assert said() == []
+
+
+def test_a_relative_router_path_is_recorded_absolute(
+    allocation: Path, seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The results record the ensemble with its router's options: a relative allocation path
+    would rebuild another router (or none) from another working directory."""
+    from xelm_cli.ensemble.ensemble_file import resolve_ensemble
+
+    experts = [branch(seed_bundle, tmp_path / f"b{i}", allocation=allocation, expert=i).path
+               for i in (0, 1)]  # fmt: skip
+    monkeypatch.chdir(allocation.parent)
+    spec = resolve_ensemble(experts, router="tfidf", router_options={"allocation": allocation.name})
+    assert spec.to_dict()["router"]["options"]["allocation"] == str(allocation.resolve())

@@ -60,7 +60,7 @@ from xelm_cli.ensemble.weights import (
     posterior_weights,
     softmax,
 )
-from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.lang.codes import normalize_language, parse_language_list, wanted_form
 from xelm_cli.lang.typology import (
     distance_matrix,
     feature_set_name,
@@ -221,6 +221,7 @@ __all__ = [
     "uriel_code",
     "usable_eval_set",
     "verify_bundle",
+    "wanted_form",
     "write_allocation",
     "write_bundle",
     "write_bytes_atomic",

@@ -14,14 +14,17 @@ from xelm_cli.api import (
     ScoredDocument,
     UsageError,
     Weights,
+    get_registry,
     normalize_language,
     option,
     rank_donors,
+    wanted_form,
 )
 
 from .basic import options_of
 
 TYPOLOGY = "typology"
+NO_FALLBACK = ("", "none", "null")  # what --router-arg fallback= may say for None
 
 
 def _language_of(document: Document, row: int, router: str) -> str:
@@ -35,7 +38,9 @@ def _language_of(document: Document, row: int, router: str) -> str:
 class LanguageRouter(PreRouter):
     """Top-1 by language: each document goes to the first expert covering its language.
 
-    W[d, e] = 1 for the first expert (ensemble order) whose languages include d's language.
+    W[d, e] = 1 for the first expert (ensemble order) whose languages include d's language, or
+    a broader form of it (``arb`` and ``ar-EG`` go to an ``ar`` expert, ``zh-Hant`` to ``zh``:
+    ``wanted_form``).
 
     ``fallback`` decides for a language no expert covers: None refuses (one line naming the
     covered languages); ``"typology"`` uses the expert of the typologically nearest covered
@@ -57,6 +62,10 @@ class LanguageRouter(PreRouter):
     def __init__(self, *args: Any, **options: Any) -> None:
         self.options = options_of(self, args, options)
         fallback = self.options.fallback
+        if fallback is not None and fallback.strip().lower() in NO_FALLBACK:
+            fallback = None
+        if fallback not in (None, TYPOLOGY):
+            get_registry().get("router", fallback)  # an unknown name: one line, now
         self.fallback = None if fallback in (None, TYPOLOGY) else fallback
         self.typology_fallback = fallback == TYPOLOGY
         self.routes_uncovered_languages = fallback is not None
@@ -64,8 +73,9 @@ class LanguageRouter(PreRouter):
         self._noted: set[str] = set()
 
     def _expert_language(self, language: str, covered: list[str]) -> str | None:
-        if language in covered:
-            return language
+        broader = wanted_form(language, covered)  # the language itself, or as experts name it
+        if broader in covered:
+            return broader
         if self.typology_fallback:
             if language not in self._nearest:
                 self._nearest[language] = rank_donors(language, covered)[0][0]
@@ -75,8 +85,8 @@ class LanguageRouter(PreRouter):
     def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
         expert_of: dict[str, int] = {}
         for index, expert in enumerate(experts):
-            for language in expert.languages:
-                expert_of.setdefault(language, index)
+            for language in expert.languages:  # as normalised as the documents' (ara: ar)
+                expert_of.setdefault(normalize_language(language), index)
         covered = list(expert_of)
         weights = np.zeros((len(documents), len(experts)))
         for row, document in enumerate(documents):
@@ -162,7 +172,7 @@ class OracleRouter(PreRouter):
         weights = np.zeros((len(documents), len(experts)))
         for row, document in enumerate(documents):
             language = _language_of(document, row, self.name)
-            expert = self.table.get(language)
+            expert = self.table.get(wanted_form(language, self.table))
             if expert is None:
                 calibrated = sorted(self.table)
                 raise UsageError(

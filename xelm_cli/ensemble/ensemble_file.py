@@ -141,10 +141,11 @@ def resolve_ensemble(
     if single is not None and not isinstance(single, Bundle) and is_ensemble_file(str(single)):
         spec = EnsembleSpec.read(Path(single))
         if router and router != spec.router:
-            spec.router, spec.router_options = router, check_router_options(router, options)
+            spec.router = router
+            spec.router_options = check_router_options(router, options, resolve_paths=True)
         elif options:
             merged = {**spec.router_options, **options}
-            spec.router_options = check_router_options(spec.router, merged)
+            spec.router_options = check_router_options(spec.router, merged, resolve_paths=True)
         if combine:
             spec.combine = combine
         return spec
@@ -152,7 +153,8 @@ def resolve_ensemble(
         if not isinstance(member, Bundle) and is_ensemble_file(str(member)):
             raise UsageError(_file_among_bundles(Path(member)))  # (other files: not bundles)
     name = router or DEFAULT_ROUTER
-    checked = check_router_options(name, options)
+    # absolute: the results record the options, and must rebuild the router from anywhere
+    checked = check_router_options(name, options, resolve_paths=True)
     paths: list[Path] = []
     for member in members:
         paths += [member.path] if isinstance(member, Bundle) else expand_paths([str(member)])
