@@ -99,3 +99,65 @@ def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
         CausalLMTrainer().train(again)
     resumed = CausalLMTrainer().train(replace(killed, resume=True))
     assert resumed.manifest.training["steps"] == 8  # type: ignore[index]
+
+
+def _tiny_moe(model_type: str, **extra: object) -> torch.nn.Module:
+    import transformers
+
+    shape = dict(vocab_size=64, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                 num_attention_heads=2, num_key_value_heads=2, num_experts_per_tok=1)  # fmt: skip
+    config = transformers.AutoConfig.for_model(model_type, **shape, **extra)
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "extra", "routers"),
+    [
+        ("mixtral", {"num_local_experts": 2}, ["model.layers.0.mlp.gate.weight"]),
+        ("granitemoe", {"num_local_experts": 2}, ["model.layers.0.block_sparse_moe.router.weight"]),
+        (
+            "gpt_oss",
+            {"num_local_experts": 2, "head_dim": 8},
+            ["model.layers.0.mlp.router.weight", "model.layers.0.mlp.router.bias"],
+        ),
+    ],
+)
+def test_router_only_trains_the_routers_of_each_moe_family(
+    model_type: str, extra: dict[str, object], routers: list[str]
+) -> None:
+    """GraniteMoE's and GPT-OSS's routers are named otherwise than Mixtral's: router-only left
+    them nothing to train (a torch error at the first backward)."""
+    from xelm_trainer.moe import configure_moe
+    from xelm_trainer.options import TrainOptions
+
+    model = _tiny_moe(model_type, **extra)
+    configure_moe(model, TrainOptions.from_dict({**SMALL_OPTIONS, "router_only": True}))
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == routers
+
+
+def test_validation_loss_is_the_language_models_whatever_the_config_says() -> None:
+    """An imported MoE whose config asks for router logits: validation leaves the load-balancing
+    term out (spec/training.md section 3), as for bundles of `xelm bundle moe`."""
+    from xelm_trainer.loop import evaluate
+    from xelm_trainer.options import TrainOptions
+
+    model = _tiny_moe("mixtral", num_local_experts=2, output_router_logits=True)
+    blocks = torch.randint(0, 64, (2, 8)).numpy()
+    options = TrainOptions.from_dict({**SMALL_OPTIONS, "batch_size": 2, "block_size": 8})
+    got = evaluate(
+        model, blocks, options, torch.device("cpu"), torch.autocast("cpu", enabled=False)
+    )
+    batch = torch.from_numpy(blocks)
+    with torch.no_grad():
+        logits = model(input_ids=batch, output_router_logits=False).logits
+    plain = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 64), batch[:, 1:].reshape(-1)
+    )
+    assert got == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_an_infinite_balance_loss_is_refused_up_front() -> None:
+    from xelm_trainer.options import TrainOptions
+
+    with pytest.raises(UsageError, match="--aux-loss must be a number of 0 or more, not inf"):
+        TrainOptions.from_dict({**SMALL_OPTIONS, "aux_loss": "inf"})

@@ -60,7 +60,7 @@ from .feedback import (
     require_attention_package,
 )
 from .lean_loss import use_lean_loss
-from .moe import configure_moe, is_moe, loss_parts, training_kwargs
+from .moe import configure_moe, is_moe, loss_parts, training_kwargs, validation_kwargs
 from .options import TrainOptions
 from .rng import other_ranks_rng, restore_rank_rng, seed_rank
 
@@ -704,6 +704,7 @@ def evaluate(
     mine = blocks[ranks.rank :: ranks.world]
     batches = -(-len(blocks[:: ranks.world]) // options.batch_size)  # rank 0 has the most
     model.eval()
+    extra = validation_kwargs(unwrap(model))
     total = torch.zeros((), dtype=torch.float64, device=device)
     for index in range(batches):
         start = index * options.batch_size
@@ -711,7 +712,7 @@ def evaluate(
         weight = len(part)
         batch = torch.from_numpy(part if weight else blocks[:1]).to(device)
         with autocast:
-            total += model(input_ids=batch, labels=batch).loss.double() * weight
+            total += model(input_ids=batch, labels=batch, **extra).loss.double() * weight
     model.train()
     return ranks.sum(float(total), device) / len(blocks)
 

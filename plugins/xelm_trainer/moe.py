@@ -14,7 +14,10 @@ from xelm_cli.api import UsageError
 
 from .options import TrainOptions
 
-_ROUTER = re.compile(r"\.mlp\.gate\.weight$")  # the router of every MoE layer (not a dense MLP's)
+# the router of every MoE layer (not a dense MLP's, nor Qwen2-MoE's shared-expert gate):
+# mlp.gate (Mixtral, Qwen2/3-MoE, OLMoE), mlp.router (GPT-OSS, with a bias),
+# block_sparse_moe.router (GraniteMoE)
+_ROUTER = re.compile(r"\.(?:mlp|block_sparse_moe)\.(?:gate|router)\.(?:weight|bias)$")
 
 
 def is_moe(model: Any) -> bool:
@@ -34,13 +37,26 @@ def configure_moe(model: Any, options: TrainOptions) -> None:
     if options.aux_loss is not None:
         model.router_aux_loss_coef = options.aux_loss
     if options.router_only:
+        routers = 0
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(bool(_ROUTER.search(name)))
+            routers += parameter.requires_grad
+        if not routers:  # nothing would train: refuse before the first step fails in torch
+            raise UsageError(
+                f"--router-only: xelm finds no router in this {model.config.model_type} model "
+                "(it knows mlp.gate, mlp.router and block_sparse_moe.router); train all weights"
+            )
 
 
 def training_kwargs(model: Any) -> dict[str, Any]:
     """Extra arguments of a training forward: the router logits for MoE models."""
     return {"output_router_logits": True} if is_moe(model) else {}
+
+
+def validation_kwargs(model: Any) -> dict[str, Any]:
+    """Extra arguments of a validation forward: no router logits, whatever the model's config
+    says (an imported MoE may say true), so its loss is the language model's alone."""
+    return {"output_router_logits": False} if is_moe(model) else {}
 
 
 def loss_parts(output: Any, model: Any) -> tuple[Any, Any | None]:

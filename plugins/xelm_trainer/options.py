@@ -1,6 +1,7 @@
 """The trainer's options: its declaration (defaults: the paper's optimiser; the help of every
 ``xelm train`` flag), parsing and the derived batch shape."""
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,8 +115,8 @@ class TrainOptions:
         for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.aux_loss is not None and not self.aux_loss >= 0:
-            raise UsageError(f"--aux-loss must not be negative, not {self.aux_loss}")
+        if self.aux_loss is not None and not (math.isfinite(self.aux_loss) and self.aux_loss >= 0):
+            raise UsageError(f"--aux-loss must be a number of 0 or more, not {self.aux_loss}")
         for name in (
             "warmup_steps",
             "eval_every",
