@@ -147,6 +147,10 @@ def test_shared_weights_from_the_seed(
     assert moe.manifest.lineage[-1]["shared_from"] == Bundle.read(seed_bundle).ref
     with pytest.raises(UsageError, match="is not an ancestor of every expert"):
         build_moe([b.path for b in general], tmp_path / "x", shared_from=general[0].path)
+    with pytest.raises(UsageError, match="--shared-from replaces by the seed's: give one of them"):
+        paths = [b.path for b in general]
+        build_moe(paths, tmp_path / "x", shared_from=seed_bundle, weights=[0.3] * len(paths))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture()

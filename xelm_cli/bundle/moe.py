@@ -356,6 +356,11 @@ def build_moe(
         raise UsageError(f"{len(chosen)} weights for {k} experts")
     seed_bundle = None
     if shared_from is not None:
+        if weights:  # the shared weights are the seed's: no average to weigh
+            raise UsageError(
+                "--weights weigh the experts' average of the shared weights, which --shared-from "
+                "replaces by the seed's: give one of them"
+            )
         seed_bundle = Bundle.read(shared_from)
         if any(seed_bundle.digest not in ancestors(b) for b in bundles):
             raise UsageError(
