@@ -565,6 +565,9 @@ def test_language_router_fallbacks(experts: list[Bundle]) -> None:
     assert dict(posterior.stats.sequences) == {"e0": 1, "e1": 2, "e2": 1}
     reference = EnsembleModel(experts, build_router("posterior")).score_documents([az])
     np.testing.assert_allclose(got[0], reference[0])
+    unlabelled = Document(az.text, None)  # no language: the fallback router weighs it too
+    got = posterior.score_documents([unlabelled])
+    np.testing.assert_allclose(got[0], reference[0])
 
 
 def test_language_router_takes_other_forms_of_a_covered_language(experts: list[Bundle]) -> None:

@@ -45,7 +45,8 @@ class LanguageRouter(PreRouter):
     ``fallback`` decides for a language no expert covers: None refuses (one line naming the
     covered languages); ``"typology"`` uses the expert of the typologically nearest covered
     language (lang2vec distance, as ``xelm lang nearest``); any other value names a registered
-    router (e.g. ``"posterior"``) that weighs those documents instead.
+    router (e.g. ``"posterior"``) that weighs those documents instead, and those without a
+    language.
     """
 
     name = "language"
@@ -90,6 +91,9 @@ class LanguageRouter(PreRouter):
         covered = list(expert_of)
         weights = np.zeros((len(documents), len(experts)))
         for row, document in enumerate(documents):
+            if document.language is None and self.fallback is not None:
+                weights[row] = np.nan  # no language to route by: the fallback router's
+                continue
             target = self._expert_language(_language_of(document, row, self.name), covered)
             if target is not None:
                 weights[row, expert_of[target]] = 1.0
