@@ -137,6 +137,17 @@ def test_edited_manifest_detected(tmp_path: Path) -> None:
         Bundle.read(bundle_dir).load_model()
 
 
+def test_a_manifest_with_a_key_twice_is_refused(tmp_path: Path) -> None:
+    """Python keeps the last of two equal keys, other JSON readers the first: the bundle would
+    mean different things to each. The second "role" here is appended after the sealed one."""
+    bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
+    path = bundle_dir / MANIFEST_NAME
+    text = path.read_text().rstrip()
+    path.write_text(text[:-1].rstrip() + ',\n  "role": "dense"\n}\n')
+    problems = verify_bundle(bundle_dir)
+    assert problems == [f"bundle manifest {path}: key 'role' appears twice in one object"]
+
+
 def test_unlisted_and_tokenizer_tampering_detected(tmp_path: Path) -> None:
     bundle_dir = writable_copy(GOLDEN, tmp_path / "b")
     (bundle_dir / "extra.bin").write_bytes(b"\x80\x04 pickle?")

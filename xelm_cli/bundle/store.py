@@ -49,7 +49,7 @@ from xelm_cli.common.errors import (
     XelmError,
     exception_line,
 )
-from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import normalize_language
 
@@ -69,7 +69,7 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     if manifest_path.is_symlink():  # its digests would vouch for files of another bundle
         raise IntegrityError(f"{manifest_path}: a symbolic link, not the bundle's own manifest")
     raw = manifest_path.read_bytes()
-    return raw, read_json_object(manifest_path, "bundle manifest")
+    return raw, parse_json_object(raw, f"bundle manifest {manifest_path}", unique_keys=True)
 
 
 def check_role(role: str) -> None:

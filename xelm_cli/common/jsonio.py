@@ -32,15 +32,32 @@ def pretty_json(value: Any) -> bytes:
     return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
-    """Parse a JSON object, turning every failure into one FormatError line ``where: why``."""
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _RepeatedKey(key)
+        found[key] = value
+    return found
+
+
+def parse_json_object(raw: bytes, where: str, *, unique_keys: bool = False) -> dict[str, Any]:
+    """Parse a JSON object, turning every failure into one FormatError line ``where: why``;
+    with ``unique_keys`` (xelm's own formats) a key given twice in one object is one too: JSON
+    readers disagree on which of the two counts."""
     if not raw.strip():  # json.loads says "Expecting value: line 1 column 1 (char 0)"
         raise FormatError(
             f"{where} is empty (an interrupted write?): write it again with the xelm command "
             "that made it"
         )
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_without_repeats if unique_keys else None)
+    except _RepeatedKey as repeated:
+        raise FormatError(f"{where}: key {str(repeated)!r} appears twice in one object") from None
     except RecursionError:
         raise FormatError(f"{where}: nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -52,14 +69,18 @@ def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
     return value
 
 
-def read_json_object(path: Path, what: str | None = None) -> dict[str, Any]:
+def read_json_object(
+    path: Path, what: str | None = None, *, unique_keys: bool = False
+) -> dict[str, Any]:
     """Read a JSON object, turning every failure into one FormatError line naming the file
-    (and, given, what it is: ``allocation not found: PATH``)."""
+    (and, given, what it is: ``allocation not found: PATH``); ``unique_keys`` as
+    :func:`parse_json_object`."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise FormatError(f"{what} not found: {path}" if what else f"{path} not found") from None
-    return parse_json_object(raw, f"{what} {path}" if what else str(path))
+    where = f"{what} {path}" if what else str(path)
+    return parse_json_object(raw, where, unique_keys=unique_keys)
 
 
 def value_problem(value: Any) -> str | None:
