@@ -82,7 +82,12 @@ class PosteriorRouter(OutputRouter):
         kept; the prior alone where every expert's evidence is -inf (it gave a token it
         conditions on probability 0), there the posterior is undefined."""
         weights = posterior_weights(self._log_prior(evidence.shape[0]), evidence)
-        return keep_top_k(weights, self.top_k, axis=0)
+        kept = keep_top_k(weights, self.top_k, axis=0)
+        # a token every expert weighs alike (a uniform prior, no evidence yet) has no top k:
+        # kept whole, not handed to the first experts by their order
+        even = np.all(weights == weights[:1], axis=0)
+        kept[:, even] = weights[:, even]
+        return kept
 
     def calibrate(
         self, scored: Sequence[ScoredDocument], experts: Sequence[ExpertInfo]
