@@ -132,7 +132,9 @@ def test_report_on_a_missing_or_foreign_file_is_one_line(
     other = tmp_path / "other.json"
     other.write_text("{}")
     assert run(["report", str(other), "-o", str(tmp_path / "r")]) == 2
-    assert capsys.readouterr().err == f"xelm: error: {other} is not a results file of xelm demo\n"
+    assert capsys.readouterr().err.startswith(
+        f"xelm: error: {other} is not a results file of xelm demo: pass a demo run's "
+    )
     partial = tmp_path / "partial.json"  # a run stopped before its ensembles were evaluated
     partial.write_text(json.dumps({"perplexity": {}, "languages": ["en"]}))
     assert run(["report", str(partial), "-o", str(tmp_path / "r")]) == 2
@@ -148,7 +150,9 @@ def test_report_on_a_missing_or_foreign_file_is_one_line(
     [
         ({"format_version": 2}, 3, "demo results format version 2 is not supported by this "
          "xelm (reads 1); upgrade xelm to read it"),
-        ({"format": "xelm-results", "format_version": 1}, 2, "is not a results file of xelm demo"),
+        ({"format": "xelm-results", "format_version": 1}, 2, "is not a results file of xelm "
+         "demo: pass a demo run's report/results.json (spec/demo-results.md); `xelm ensemble "
+         "eval` results are its own tables"),
     ],
 )  # fmt: skip
 def test_report_refuses_results_of_another_format_or_version_in_one_line(

@@ -71,8 +71,9 @@ def test_an_untrained_branch_is_noted_when_ensembled(
     assert code == 0, err
     notes = [line for line in err.splitlines() if line.startswith("xelm: note:")]
     assert notes == [
-        f"xelm: note: {branched.path} is a branch not trained since: it scores as its parent "
-        f"does; train it first (xelm train {branched.path} --data SHARDS --tokens N -o TRAINED)"
+        f"xelm: note: {branched.path} has not been trained since its branch: it scores as its "
+        f"parent does; train it first (xelm train {branched.path} --data SHARDS --tokens N -o "
+        "TRAINED)"
     ]
     code, _, err = xelm(capsys, "ensemble", "create", str(experts / "*"), "-o", tmp_path / "f.json")
     assert code == 0 and "note" not in err  # bundles made by init (or training): no note
@@ -131,7 +132,8 @@ def test_a_json_file_other_than_an_ensemble_is_refused_as_a_non_bundle(
     )
     assert code == 2 and not out
     assert err.strip() == (
-        f"xelm: error: {allocation} has no xelm.json: an ensemble member must be a bundle directory"
+        f"xelm: error: {allocation} has no xelm.json: an ensemble member must be a bundle "
+        "directory (from Python too, a quoted glob such as 'experts/*' takes only the bundles)"
     )
 
 

@@ -422,7 +422,7 @@ def test_an_icl_task_on_a_hub_id_evaluates_the_languages_the_ensemble_covers(
             "--data", "Davlan/sib200", "--limit", "2", "-o", str(out)]  # fmt: skip
     assert run(args) == 0, capsys.readouterr().err
     lines = capsys.readouterr().err.strip().splitlines()
-    untrained = [line for line in lines if "not trained since" in line]  # branches of the seed
+    untrained = [line for line in lines if "not been trained since" in line]  # branches of the seed
     assert [line for line in lines if line not in untrained] == [
         "xelm: note: sib200 on Davlan/sib200: evaluating the ensemble's languages en, tr; "
         "skipped de, sw (no configuration in the dataset)"

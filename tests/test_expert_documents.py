@@ -319,7 +319,7 @@ def test_experts_of_documents_routed_by_language_by_default_are_warned_about(
 
     def said() -> list[str]:  # (and a note for each untrained branch, as for any)
         lines = capsys.readouterr().err.splitlines()
-        return [line for line in lines if "not trained since" not in line]
+        return [line for line in lines if "not been trained since" not in line]
 
     assert resolve_ensemble(experts).router == "language"
     assert said() == [

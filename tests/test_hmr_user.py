@@ -65,8 +65,8 @@ def test_the_command_says_which_bundle_it_branched(runs: Path, tmp_path: Path) -
     assert f"wrote expert bundle {out}" in text.stdout
     assert f"branched from {donor_expert}, the expert of donor language tr (tr, ar)" in text.stdout
     assert text.stderr == (  # the fixture's experts are branches, never trained
-        f"xelm: note: {donor_expert} is a branch not trained since: the new expert starts from "
-        "its parent's weights, not a trained donor's (train it first: xelm train "
+        f"xelm: note: {donor_expert} has not been trained since its branch: the new expert "
+        "starts from its parent's weights, not a trained donor's (train it first: xelm train "
         f"{donor_expert} --data SHARDS --tokens N -o TRAINED)\n"
     )
 

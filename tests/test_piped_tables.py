@@ -33,3 +33,21 @@ def test_the_plan_table_keeps_each_runs_whole_output_path(
     assert planned.returncode == 0, planned.stderr
     table = [line for line in planned.stdout.splitlines() if "expert-0" in line and "│" in line]
     assert len(table) == 1 and str(runs / "experts" / "expert-0") in table[0]
+
+
+def test_the_evaluation_table_keeps_each_systems_whole_name(
+    seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Columns named model:NAME, baseline:NAME were cut mid-name at 80 columns."""
+    from conftest import SHARED_DATA
+
+    from xelm_cli.api import branch
+
+    name = "an-expert-whose-name-is-long"
+    long = branch(seed_bundle, tmp_path / name).path
+    evaluated = xelm("ensemble", "eval", long, "--data", SHARED_DATA / "eval" / "flores200-devtest",
+                     "--langs", "en,tr", "--limit", "2", "--baseline", long, "--router", "uniform",
+                     sites=[])  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    header = next(line for line in evaluated.stdout.splitlines() if "language" in line)
+    assert f"model:{name}" in header and f"delta vs baseline:{name}" in header

@@ -172,7 +172,7 @@ def test_a_block_past_the_seeds_positions_is_noted_once_and_estimated_as_the_run
     assert run([*args, "--train-args", "--device cpu"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == (
-        "xelm: --block-size 1,024 is longer than the 512 positions the model declares "
+        "xelm: warning: --block-size 1,024 is longer than the 512 positions the model declares "
         "(max_position_embeddings): training runs past them; pass --train-args "
         '"--block-size 512" (or less) unless you mean to'
     )

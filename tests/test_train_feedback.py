@@ -273,7 +273,7 @@ def test_a_block_past_the_models_positions_is_said(
                  "--block-size", "640", "--batch-size", "1")  # fmt: skip
     assert run(long) == 0
     assert (
-        "xelm: --block-size 640 is longer than the 512 positions the model declares "
+        "xelm: warning: --block-size 640 is longer than the 512 positions the model declares "
         "(max_position_embeddings): training runs past them; pass --block-size 512 (or less)"
         in capsys.readouterr().err
     )
@@ -364,7 +364,7 @@ def test_a_rotary_model_past_its_positions_is_only_warned(
                  "--batch-size", "1")  # fmt: skip
     assert run(long) == 0
     assert (
-        "xelm: --block-size 80 is longer than the 64 positions the model declares "
+        "xelm: warning: --block-size 80 is longer than the 64 positions the model declares "
         "(max_position_embeddings): training runs past them; pass --block-size 64 (or less)"
         in capsys.readouterr().err
     )

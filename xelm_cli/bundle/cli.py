@@ -182,10 +182,10 @@ def _report_hmr(bundle: Bundle, donor_bundle: Bundle, as_json: bool) -> None:
     )
     if donor_bundle.manifest.relation in UNTRAINED:
         sys.stderr.write(
-            f"xelm: note: {donor_bundle.path} is a {donor_bundle.manifest.relation} not trained "
-            "since: the new expert starts from its parent's weights, not a trained donor's "
-            f"(train it first: xelm train {donor_bundle.path} --data SHARDS --tokens N -o "
-            "TRAINED)\n"
+            f"xelm: note: {donor_bundle.path} has not been trained since its "
+            f"{donor_bundle.manifest.relation}: the new expert starts from its parent's weights, "
+            f"not a trained donor's (train it first: xelm train {donor_bundle.path} --data "
+            "SHARDS --tokens N -o TRAINED)\n"
         )
 
 

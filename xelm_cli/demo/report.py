@@ -59,7 +59,11 @@ def read_results(paths: Sequence[Path]) -> dict[str, Any]:
         data = read_json_object(path, "results file")
         ours = data.get("format", RESULTS_FORMAT) == RESULTS_FORMAT
         if not ours or "perplexity" not in data or "languages" not in data:
-            raise UsageError(f"{path} is not a results file of xelm demo")
+            raise UsageError(
+                f"{path} is not a results file of xelm demo: pass a demo run's "
+                "report/results.json (spec/demo-results.md); `xelm ensemble eval` results are "
+                "its own tables"
+            )
         version = data.get("format_version", 1)  # results of xelm before the field are 1
         if version != RESULTS_FORMAT_VERSION:
             raise FormatError(

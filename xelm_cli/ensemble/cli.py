@@ -6,7 +6,7 @@ from typing import Annotated, Any, TypedDict
 
 import typer
 
-from xelm_cli.common.cli_options import DeviceOpt, ForceOpt, print_json
+from xelm_cli.common.cli_options import DeviceOpt, ForceOpt, print_json, print_whole
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
@@ -291,7 +291,7 @@ def _print_results(records: list[dict[str, Any]], output_format: str) -> None:
         for record in records:
             if several:
                 console.print(f"{record['request']['shots']}-shot", style="bold", markup=False)
-            console.print(render_table(record))
+            print_whole(console, render_table(record))  # piped: whole names, not cut at 80
 
 
 @app.command()

@@ -190,9 +190,9 @@ def _note_untrained_branches(bundles: Sequence[Bundle]) -> None:
     for bundle in bundles:
         if bundle.manifest.relation in UNTRAINED:
             sys.stderr.write(
-                f"xelm: note: {bundle.path} is a {bundle.manifest.relation} not trained since: "
-                f"it scores as its parent does; train it first (xelm train {bundle.path} "
-                "--data SHARDS --tokens N -o TRAINED)\n"
+                f"xelm: note: {bundle.path} has not been trained since its "
+                f"{bundle.manifest.relation}: it scores as its parent does; train it first "
+                f"(xelm train {bundle.path} --data SHARDS --tokens N -o TRAINED)\n"
             )
 
 

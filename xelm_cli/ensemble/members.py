@@ -58,7 +58,10 @@ def not_a_bundle(path: Path) -> str:
             f"{path} is a directory of bundles, not a bundle: pass its bundles, e.g. "
             f"'{path / '*'}' (quoted: xelm expands it and skips checkpoints)"
         )
-    return f"{path} has no {MANIFEST_NAME}: an ensemble member must be a bundle directory"
+    return (
+        f"{path} has no {MANIFEST_NAME}: an ensemble member must be a bundle directory (from "
+        f"Python too, a quoted glob such as 'experts/*' takes only the bundles)"
+    )
 
 
 def _config(bundle: Bundle) -> dict[str, object]:

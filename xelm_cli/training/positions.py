@@ -28,8 +28,8 @@ def past_positions_line(block_size: int, positions: int | None, way_out: str) ->
     if positions is None or block_size <= positions:
         return None
     return (
-        f"xelm: --block-size {block_size:,} is longer than the {positions:,} positions the model "
-        f"declares (max_position_embeddings): training runs past them; pass "
+        f"xelm: warning: --block-size {block_size:,} is longer than the {positions:,} positions "
+        f"the model declares (max_position_embeddings): training runs past them; pass "
         f"{way_out.format(positions)} (or less) unless you mean to"
     )
 
