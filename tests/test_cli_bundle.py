@@ -96,6 +96,13 @@ def test_verify_failure_exits_nonzero_naming_each_problem(capsys, tmp_path: Path
     assert f"OK   {GOLDEN}" in out
     assert "config.json: missing" in out and "model.safetensors: size 1 bytes" in out
     assert err.strip() == "xelm: error: 1 of 2 bundles failed verification"
+    # a folder of bundles is a slip of the user's (exit 2), not a damaged bundle (exit 4)
+    code, out, err = xelm(capsys, "bundle", "verify", tmp_path)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"xelm: error: {tmp_path} is a directory of bundles, not a bundle: verify its bundles "
+        f"({tmp_path}/*)\n"
+    )
 
 
 @pytest.mark.parametrize(

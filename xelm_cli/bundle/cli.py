@@ -24,7 +24,7 @@ from xelm_cli.bundle.lineage import (
 from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.moe import CALIBRATION_TOKENS
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
-from xelm_cli.bundle.store import Bundle, check_role, verify_bundle
+from xelm_cli.bundle.store import Bundle, check_role, holds_bundles, is_bundle, verify_bundle
 from xelm_cli.common.cli_options import (
     BundleArg,
     DeviceOpt,
@@ -253,6 +253,10 @@ def verify(
     for path in bundles:
         if not path.exists():  # a mistyped path, not a damaged bundle
             raise UsageError(f"not a bundle: {path} does not exist")
+        if not is_bundle(path) and holds_bundles(path):  # a usage slip, not a damaged bundle
+            raise UsageError(
+                f"{path} is a directory of bundles, not a bundle: verify its bundles ({path}/*)"
+            )
     report = {}
     for path in bundles:
         total = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else 0
