@@ -175,6 +175,22 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     ), err
 
 
+def test_lineage_of_a_runs_folder_finds_its_bundles_at_every_depth(
+    capsys, tmp_path: Path
+) -> None:
+    """A plan's runs/ holds dense/ beside experts/*/: the whole tree, not dense alone (the
+    experts were dropped, one level too deep); a hidden folder (a checkpoint) is left out."""
+    from xelm_cli.api import branch
+
+    runs = tmp_path / "runs"
+    for out in (runs / "dense", runs / "experts" / "e0", runs / "experts" / ".e1.ckpt" / "x"):
+        branch(GOLDEN, out)
+    code, out, err = xelm(capsys, "bundle", "lineage", GOLDEN, runs, "--json")
+    assert code == 0, err
+    names = {node["name"] for node in json.loads(out)["nodes"]}
+    assert names == {GOLDEN.name, "dense", "e0"}
+
+
 @pytest.mark.parametrize("as_json", [[], ["--json"]])
 def test_lineage_of_a_folder_without_bundles_is_refused(
     capsys, tmp_path: Path, as_json: list[str]
@@ -185,7 +201,7 @@ def test_lineage_of_a_folder_without_bundles_is_refused(
     code, out, err = xelm(capsys, "bundle", "lineage", GOLDEN, empty, *as_json)
     assert (code, out) == (2, "")
     assert err == (
-        f"xelm: error: no bundles in {empty} nor one level below it: pass bundle directories, "
+        f"xelm: error: no bundles in {empty} nor below it: pass bundle directories, "
         "or the folders that hold them\n"
     )
 

@@ -98,21 +98,32 @@ def _linked_child(
     return writer.result
 
 
-def find_bundles(paths: Iterable[Path]) -> list[Bundle]:
-    """Bundles named directly, or found one level inside directories that are not bundles;
-    each once, where paths overlap (``experts`` and ``experts/e1``, or ``./experts``)."""
+def find_bundles(paths: Iterable[Path], *, deep: bool = False) -> list[Bundle]:
+    """Bundles named directly, or found one level inside directories that are not bundles (at
+    any depth with ``deep``, hidden directories such as checkpoints left out); each once, where
+    paths overlap (``experts`` and ``experts/e1``, or ``./experts``)."""
     bundles: dict[Path, Bundle] = {}
     for path in paths:
         if is_bundle(path):
             found = [path]
         elif path.is_dir():
-            found = [c for c in sorted(path.iterdir()) if is_bundle(c)]
+            found = _bundles_below(path, deep)
         else:
             raise UsageError(f"not a bundle or a directory of bundles: {path}")
         for directory in found:
             if directory.resolve() not in bundles:
                 bundles[directory.resolve()] = Bundle.read(directory)
     return list(bundles.values())
+
+
+def _bundles_below(directory: Path, deep: bool) -> list[Path]:
+    found = []
+    for child in sorted(directory.iterdir()):
+        if is_bundle(child):
+            found.append(child)
+        elif deep and child.is_dir() and not child.name.startswith("."):
+            found += _bundles_below(child, deep)
+    return found
 
 
 def _describe(bundles: Iterable[Bundle]) -> str:

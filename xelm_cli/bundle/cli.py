@@ -301,15 +301,16 @@ def lineage(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Draw the family tree of a set of bundles from their manifests.
+    """Draw the family tree of a set of bundles from their manifests (a directory: every bundle
+    below it, a plan's runs/ whole).
 
-    Example: xelm bundle lineage seed/ experts/
+    Example: xelm bundle lineage seed/ runs/
     """
-    found = [find_bundles([path]) for path in bundles]
+    found = [find_bundles([path], deep=True) for path in bundles]
     for path, there in zip(bundles, found, strict=True):
         if not there:  # an empty or mistyped folder: not an empty family tree
             raise UsageError(
-                f"no bundles in {path} nor one level below it: pass bundle directories, or "
+                f"no bundles in {path} nor below it: pass bundle directories, or "
                 "the folders that hold them"
             )
     nodes = lineage_graph([bundle for there in found for bundle in there])
