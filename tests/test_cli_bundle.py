@@ -175,9 +175,24 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     ), err
 
 
-def test_lineage_of_a_runs_folder_finds_its_bundles_at_every_depth(
-    capsys, tmp_path: Path
-) -> None:
+def test_pack_and_report_print_json_with_json(capsys, tmp_path: Path) -> None:
+    """Like unpack, inspect, verify and lineage: the archive and what it holds, as data."""
+    code, out, err = xelm(capsys, "bundle", "pack", GOLDEN, "-o", tmp_path / "g.xelm.tar.zst",
+                          "--json")  # fmt: skip
+    assert code == 0, err
+    packed = json.loads(out)
+    assert packed["archive"] == str(tmp_path / "g.xelm.tar.zst")
+    assert packed["bytes"] == (tmp_path / "g.xelm.tar.zst").stat().st_size
+    assert packed["bundle"]["digest"] == Bundle.read(GOLDEN).digest
+    demo_results = Path(__file__).resolve().parents[1] / "docs" / "demo-small" / "results.json"
+    code, out, err = xelm(capsys, "report", demo_results, "-o", tmp_path / "r", "--json")
+    assert code == 0, err
+    written = json.loads(out)
+    assert written["report"] == str(tmp_path / "r" / "report.md")
+    assert all(Path(f).is_file() for f in (written["results"], *written["figures"]))
+
+
+def test_lineage_of_a_runs_folder_finds_its_bundles_at_every_depth(capsys, tmp_path: Path) -> None:
     """A plan's runs/ holds dense/ beside experts/*/: the whole tree, not dense alone (the
     experts were dropped, one level too deep); a hidden folder (a checkpoint) is left out."""
     from xelm_cli.api import branch

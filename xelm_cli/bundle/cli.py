@@ -399,6 +399,7 @@ def pack(
         typer.Option("--output", "-o", help="Archive path (default: NAME.xelm.tar.zst here)."),
     ] = None,
     force: ForceOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Pack a verified bundle into one reproducible .xelm.tar.zst file for sharing.
 
@@ -410,7 +411,11 @@ def pack(
     target = output or Path(default_archive_name(bundle))
     with byte_progress(f"packing {bundle.name}", bundle.size) as progress:
         path = pack_bundle(bundle_dir, target, overwrite=force, progress=progress)
-    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", markup=False)
+    size = path.stat().st_size
+    if as_json:
+        print_json({"archive": str(path), "bytes": size, "bundle": _summary(bundle)})
+        return
+    console.print(f"wrote {path} ({size / 1e6:.1f} MB)", markup=False)
 
 
 @app.command()

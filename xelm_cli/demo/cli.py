@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from xelm_cli.common.cli_options import print_json
+from xelm_cli.common.cli_options import JsonOpt, print_json
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.demo.presets import PRESET_HELP
@@ -112,6 +112,7 @@ def report(
         list[Path], typer.Argument(help="results.json files (merged in order).", show_default=False)
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Report directory.")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Redraw the demo report (report.md, figures) from results files, e.g. of runs on
     several machines.
@@ -120,5 +121,9 @@ def report(
     """
     from xelm_cli.demo import read_results, write_report
 
-    files = write_report(read_results(results), output)
-    typer.echo(f"report: {files[0]}")
+    report_md, results_json, *figures = write_report(read_results(results), output)
+    if as_json:
+        print_json({"report": str(report_md), "results": str(results_json),
+                    "figures": [str(f) for f in figures]})  # fmt: skip
+        return
+    typer.echo(f"report: {report_md}")
