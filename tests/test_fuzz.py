@@ -281,13 +281,19 @@ class Generated:
 
 
 def hostile_json(
-    data: st.DataObject, original: dict[str, Any], seal: Callable[[Any], None] | None = None
+    data: st.DataObject,
+    original: dict[str, Any],
+    seal: Callable[[Any], None] | None = None,
+    *,
+    unique_keys: bool = False,
 ) -> Generated:
     """Bytes of a hostile version of ``original``; ``seal`` may re-seal a mutated document
-    (a manifest's content digest), so that checks behind the seal are reached too."""
+    (a manifest's content digest), so that checks behind the seal are reached too. With
+    ``unique_keys`` (a format that refuses a key given twice) a repeated key is a change even
+    where both values are equal."""
     if data.draw(st.integers(0, 9), label="dup") == 0:
         raw = duplicate_key(data, json.dumps(original).encode(), original)
-        changed = canonical_text(json.loads(raw)) != canonical_text(original)
+        changed = unique_keys or canonical_text(json.loads(raw)) != canonical_text(original)
         return Generated(raw, "duplicate key", changed)
     hostile = mutate_doc(data, original)
     literals = hostile.live_literals()
@@ -336,7 +342,7 @@ def manifest_bundle(seed_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_hostile_manifests(
     manifest_bundle: Path, seed_manifest: dict[str, Any], data: st.DataObject
 ) -> None:
-    case = hostile_json(data, seed_manifest, seal_manifest)
+    case = hostile_json(data, seed_manifest, seal_manifest, unique_keys=True)
     replace_file(manifest_bundle / MANIFEST_NAME, case.raw)
     outcome: list[str] = []
     with clean_errors(outcome):
