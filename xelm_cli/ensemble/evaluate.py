@@ -7,7 +7,7 @@ are the registered plugins, and the result is the same record the command writes
 
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,7 @@ def evaluate(
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
-    # one writer of the output from the start: a second evaluation into it fails at once
-    # instead of replacing this one's results when both finish
-    with output_lock(output) if output is not None else contextlib.nullcontext():
-        if output is not None and Path(output).exists() and not overwrite:
-            raise UsageError(f"{output} exists; pass overwrite=True to replace it")
+    with _writing(output, overwrite):
         spec = resolve_ensemble(
             members, router=router, router_options=router_options, combine=combine
         )
@@ -118,13 +114,24 @@ def evaluate_per_shots(
     """
     if not shots:
         raise UsageError("give at least one number of shots")
-    with output_lock(output) if output is not None else contextlib.nullcontext():
-        if output is not None and Path(output).exists() and not overwrite:
-            raise UsageError(f"{output} exists; pass overwrite=True to replace it")
+    with _writing(output, overwrite):
         records = [evaluate(members, shots=count, **keywords) for count in shots]
         if output is not None:
             write_bytes_atomic(Path(output), pretty_json(records), overwrite=True)
     return records
+
+
+@contextlib.contextmanager
+def _writing(output: str | Path | None, overwrite: bool) -> Iterator[None]:
+    """Be the one writer of ``output`` (when given) for the block, refusing an existing one
+    without ``overwrite``: a second evaluation into it fails at once, not when both finish."""
+    if output is None:
+        yield
+        return
+    with output_lock(output):
+        if Path(output).exists() and not overwrite:
+            raise UsageError(f"{output} exists; pass overwrite=True to replace it")
+        yield
 
 
 def _build_evaluator(name: str, request: EvalRequest, *, chosen: bool) -> Evaluator:
