@@ -116,9 +116,9 @@ def at_once(
 
 
 def without_timings(value: Any) -> Any:
-    """``value`` without its timings (``seconds``, ``tokens_per_second``: what differs by run)."""
+    """``value`` without its timings (``seconds`` and the like: what differs by run)."""
     if isinstance(value, dict):
-        timings = ("seconds", "tokens_per_second")
+        timings = ("seconds", "load_seconds", "tokens_per_second")
         return {k: without_timings(v) for k, v in value.items() if k not in timings}
     if isinstance(value, list):
         return [without_timings(v) for v in value]

@@ -20,7 +20,13 @@ from xelm_cli import __version__
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
-from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, fits_on_device, single_model
+from xelm_cli.ensemble.runner import (
+    EnsembleModel,
+    RunStats,
+    ScoreCache,
+    fits_on_device,
+    single_model,
+)
 from xelm_cli.ensemble.scoring import pick_device
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator, result_problem
 from xelm_cli.plugin.host import get_registry
@@ -190,6 +196,7 @@ def run_evaluation(
         started = time.perf_counter()
         metrics = evaluate_checked(registration, evaluator, system)
         seconds = round(time.perf_counter() - started, 3)  # the rate agrees with the record
+        loading = round(system.model.stats.load_seconds, 3)
         records.append(
             {
                 "name": system.name,
@@ -204,7 +211,8 @@ def run_evaluation(
                     "reused": dict(system.model.stats.reused),
                 },
                 "seconds": seconds,
-                **_throughput(metrics, seconds, reused=bool(system.model.stats.reused)),
+                "load_seconds": loading,
+                **_throughput(metrics, seconds - loading, stats=system.model.stats),
                 **_routing(system),
             }
         )
@@ -238,14 +246,16 @@ def run_evaluation(
     }
 
 
-def _throughput(metrics: dict[str, Any], seconds: float, *, reused: bool) -> dict[str, Any]:
+def _throughput(metrics: dict[str, Any], seconds: float, *, stats: RunStats) -> dict[str, Any]:
     """``tokens_per_second`` when the evaluator counted the tokens it scored (perplexity
-    does); the time includes loading the experts, as a user waits for it. None for a system
-    that reused scores another system computed: its time leaves that work out."""
+    does), over the ``seconds`` spent scoring: loading experts is left out, since systems of
+    one run share resident experts and the first to need one pays for its load (and for the
+    process's one-off start-up). None for a system that reused scores another system
+    computed: its time leaves that work out."""
     tokens = metrics.get("overall", {}).get("tokens")
     if not isinstance(tokens, int) or isinstance(tokens, bool) or seconds <= 0:
         return {}
-    return {"tokens_per_second": None if reused else round(tokens / seconds, 1)}
+    return {"tokens_per_second": None if stats.reused else round(tokens / seconds, 1)}
 
 
 def _routing(system: System) -> dict[str, Any]:

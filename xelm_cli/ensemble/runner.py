@@ -10,9 +10,11 @@ needs the experts of a document together and keeps them loaded for the call.
 
 import gc
 import sys
+import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,7 @@ class RunStats:
     sequences: Counter[str] = field(default_factory=Counter)
     reused: Counter[str] = field(default_factory=Counter)
     routing: "RoutingTally" = field(default_factory=lambda: RoutingTally())
+    load_seconds: float = 0.0  # spent loading experts (throughput leaves it out)
 
 
 UNDETERMINED = "und"  # BCP 47's code for a document whose language nobody gave
@@ -345,16 +348,25 @@ class EnsembleModel(LanguageModel):
             self._resident[index] = self._shared_resident(index)
             return self._resident[index]
         self.stats.loads[self.experts[index].name] += 1
-        spare = self.cache.spare
-        self.cache.spare = None
-        if spare is not None and spare.device == self.device:
-            swapped = spare.swap(self.members[index])
-            if swapped is not None:
-                return swapped
-        if spare is not None:  # another architecture: free it before loading
-            del spare
-            self._collect()
-        return LoadedModel.load(self.members[index], self.device)
+        with self._timing_load():
+            spare = self.cache.spare
+            self.cache.spare = None
+            if spare is not None and spare.device == self.device:
+                swapped = spare.swap(self.members[index])
+                if swapped is not None:
+                    return swapped
+            if spare is not None:  # another architecture: free it before loading
+                del spare
+                self._collect()
+            return LoadedModel.load(self.members[index], self.device)
+
+    @contextmanager
+    def _timing_load(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.load_seconds += time.perf_counter() - started
 
     def _shared_resident(self, index: int) -> LoadedModel:
         """The copy of expert ``index`` that another resident system of the cache holds on
@@ -363,7 +375,8 @@ class EnsembleModel(LanguageModel):
         model = self.cache.resident.get(key)
         if model is None:
             self.stats.loads[self.experts[index].name] += 1
-            model = LoadedModel.load(self.members[index], self.device)
+            with self._timing_load():
+                model = LoadedModel.load(self.members[index], self.device)
             self.cache.resident[key] = model
         return model
 
