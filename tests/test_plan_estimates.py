@@ -415,7 +415,8 @@ def test_run_times_scale_a_measured_runs_flops(
     tmp_path: Path,
 ) -> None:
     """Timings on this shared 2-core machine vary 2-7x between runs, so the test checks the
-    arithmetic: a run of N parameters and T tokens takes 6NT / (the measured run's 6N'T'/s')."""
+    arithmetic: a run of N parameters and T tokens takes the measured run's setup (loading,
+    before its loop) and then 6NT / (the measured run's 6N'T'/s')."""
     measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
     assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(measured), "--json")) == 0
@@ -424,8 +425,10 @@ def test_run_times_scale_a_measured_runs_flops(
     assert plan["estimate"]["parameters"] == n
     timed = record[plan["estimate"]["measured_time"]]  # wall_seconds (an older record: seconds)
     seconds_per_token = timed / record["tokens"] * n / n_measured
+    setup = record["setup_seconds"]
+    assert 0 < setup < 60
     for entry in plan["runs"]:  # experts 61 steps of 8,192 tokens each, the dense run both
-        assert entry["seconds"] == pytest.approx(entry["tokens"] * seconds_per_token)
+        assert entry["seconds"] == pytest.approx(setup + entry["tokens"] * seconds_per_token)
     assert run(_plan(tmp_path, wide_seed, shards, "--measured", str(seed_bundle))) == 2
     assert "holds no timed training run" in capsys.readouterr().err
 
@@ -436,15 +439,18 @@ def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
     """A training record's `seconds` are its steps' alone; `wall_seconds`, from its loop's
     start, add validation and checkpoints (in the audit's exaggerated run 286 s against 9.67):
     the plan scales `wall_seconds`, or, in a record without them (an older xelm's), `seconds`,
-    and says which. Here the record's times are set by hand: 2 s of steps, 8 s in all."""
+    and says which. Here the record's times are set by hand: 2 s of steps, 8 s in all, 1.5 s
+    of setup before the loop, once per run (none in an older record)."""
     measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
     manifest = measured / "xelm.json"
     args = _plan(tmp_path, seed_bundle, shards, "--measured", str(measured))
-    for times, timed in (({"seconds": 2.0, "wall_seconds": 8.0}, "wall_seconds"),
-                         ({"seconds": 2.0}, "seconds")):  # fmt: skip
+    for times, timed in (({"seconds": 2.0, "wall_seconds": 8.0, "setup_seconds": 1.5},
+                          "wall_seconds"), ({"seconds": 2.0}, "seconds")):  # fmt: skip
         data = json.loads(manifest.read_text())
-        data["training"] = {k: v for k, v in data["training"].items() if k != "wall_seconds"}
+        data["training"] = {
+            k: v for k, v in data["training"].items() if k not in ("wall_seconds", "setup_seconds")
+        }
         data["training"] |= times
         manifest.write_text(json.dumps(data))
         assert run([*args, "--json"]) == 0
@@ -452,7 +458,8 @@ def test_run_times_scale_the_measured_runs_wall_time_and_say_which_time(
         assert plan["estimate"]["measured_time"] == timed
         dense = next(entry for entry in plan["runs"] if entry["name"] == "dense")
         # the same model as the measured run: T tokens take T / its tokens times its time
-        assert dense["seconds"] == pytest.approx(999_424 / record["tokens"] * times[timed])
+        setup = times.get("setup_seconds", 0.0)
+        assert dense["seconds"] == pytest.approx(setup + 999_424 / record["tokens"] * times[timed])
         assert run(args) == 0
         out = capsys.readouterr().out
         said = f"run times: at the FLOP/s of {measured} over its "
@@ -476,6 +483,7 @@ def test_run_times_scale_from_the_measured_runs_devices_to_each_runs(
     for world_size in (2, None):
         data = json.loads(manifest.read_text())
         data["training"]["wall_seconds"] = 8.0
+        data["training"]["setup_seconds"] = 0.0
         data["training"]["hardware"].pop("world_size", None)
         if world_size:
             data["training"]["hardware"]["world_size"] = world_size
@@ -688,11 +696,16 @@ def test_parallel_estimates_train_all_side_by_side_in_its_order(
     }  # fmt: skip
     assert run([*args, "--parallel", "2"]) == 0
     out = capsys.readouterr().out
+    # a CPU plan: runs side by side share the machine's cores (--parallel, not --devices)
+    assert "2 runs at a time (xelm train-all --parallel 2): the time of 983,040 tokens" in out
     assert (
-        "2 runs at a time (xelm train-all --devices with 2 groups): the time of 983,040 tokens"
-        in out
-    )
-    assert f"about {duration(expected)} instead of {duration(sum(seconds.values()))}," in out
+        f"about {duration(expected)} instead of {duration(sum(seconds.values()))}, if the runs "
+        "do not slow each other (on a CPU they share its cores)"
+    ) in out
+    assert run([*args, "--parallel", "2", "--memory", "80GB", "--train-args", "--device cuda"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs at a time (xelm train-all --devices with 2 groups)" in out
+    assert "each run on a device of its own" in out
     assert run([*args, "--parallel", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.endswith("--parallel must be at least 1, not 0\n")

@@ -93,6 +93,8 @@ class RunState:
     valid_curve: list[list[float]] = field(default_factory=list)
     seconds: float = 0.0  # in steps: what throughput is measured by
     wall_seconds: float = 0.0  # everything from the start of the loop: validations, checkpoints
+    # this process's time from the trainer's start to its loop (loading, sharding, resuming)
+    setup_seconds: float = 0.0
 
 
 @dataclass
@@ -112,6 +114,7 @@ class TrainingRun:
     """One run of the ``causal-lm`` trainer; ``on_step_end`` is a hook for tests."""
 
     def train(self, request: TrainRequest) -> Bundle:
+        started = time.perf_counter()
         ranks = Ranks.from_environment()
         inputs = check_inputs(request, ranks)
         trained = inputs.steps * inputs.options.batch_tokens
@@ -147,16 +150,23 @@ class TrainingRun:
                         file=sys.stderr,
                     )
                 request = replace(request, resume=False)
-            return self.run(request, inputs, ranks, device)
+            return self.run(request, inputs, ranks, device, started)
         finally:
             ranks.stop()
 
     def run(
-        self, request: TrainRequest, inputs: Inputs, ranks: Ranks, device: torch.device
+        self,
+        request: TrainRequest,
+        inputs: Inputs,
+        ranks: Ranks,
+        device: torch.device,
+        started: float,
     ) -> Bundle:
+        """Train from the trainer's start at ``started`` (``time.perf_counter()``)."""
         options = inputs.options
         sharding = self.sharding(options, device)
         model, optimizer, state = self.setup(request, inputs, sharding, ranks, device)
+        state.setup_seconds = time.perf_counter() - started
         try:
             state = self.loop(request, inputs, model, optimizer, state, device, ranks)
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
@@ -815,6 +825,7 @@ def write_trained(
         "valid_curve": state.valid_curve,
         "seconds": round(state.seconds, 3),
         "wall_seconds": round(state.wall_seconds, 3),
+        "setup_seconds": round(state.setup_seconds, 3),
         "implementation": implementation(model, device, sharding),
         "hardware": {
             "device": device.type,

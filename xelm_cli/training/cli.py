@@ -380,7 +380,7 @@ def _print_plan(result: dict[str, Any]) -> None:
         console.print(_moe_line(moe, result["k"]), highlight=False)
     console.print(_tokens_line(result))
     if "side_by_side" in result:
-        console.print(_side_by_side_line(result["side_by_side"]), highlight=False)
+        console.print(_side_by_side_line(result), highlight=False)
     ranks = result["estimate"]["ranks"]
     console.print(
         "the runs are independent jobs: one each (a SLURM array task: xelm train-all plan.json "
@@ -456,17 +456,25 @@ def _tokens_line(result: dict[str, Any]) -> str:
     return summary
 
 
-def _side_by_side_line(estimate: dict[str, Any]) -> str:
+def _side_by_side_line(plan: dict[str, Any]) -> str:
+    """How long train-all takes N runs at a time: on GPUs each run on devices of its own
+    (--devices), on a CPU machine side by side on its cores (--parallel)."""
+    estimate = plan["side_by_side"]
     n, alone = estimate["runs_at_a_time"], estimate["one_after_another"]
+    gpus = plan["estimate"]["device"] == "cuda"
+    how = f"--devices with {n} groups" if gpus else f"--parallel {n}"
     line = (
-        f"{n} runs at a time (xelm train-all --devices with {n} groups): the time of "
+        f"{n} runs at a time (xelm train-all {how}): the time of "
         f"{estimate['tokens']:,} tokens at one run's speed, one after another {alone['tokens']:,}"
     )
     if estimate["seconds"] is not None:
-        line += (
-            f"; about {duration(estimate['seconds'])} instead of "
-            f"{duration(alone['seconds'])}, each run on a device of its own"
+        each = (
+            "each run on a device of its own"
+            if gpus
+            else "if the runs do not slow each other (on a CPU they share its cores)"
         )
+        took, instead = duration(estimate["seconds"]), duration(alone["seconds"])
+        line += f"; about {took} instead of {instead}, {each}"
     return line
 
 

@@ -36,7 +36,10 @@ Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine 
 record: tokens, ``wall_seconds``, the time from the training loop's start, validation and
 checkpoints included, and its model's parameters; a record without ``wall_seconds``, of an
 older xelm, gives ``seconds``, the training steps' time alone), scaled from the devices it ran
-on (its ``hardware.world_size``, 1 in a record without it) to those each planned run trains on.
+on (its ``hardware.world_size``, 1 in a record without it) to those each planned run trains on,
+plus its ``setup_seconds`` (from the trainer's start to its loop: loading the model and the data,
+sharding, the optimiser; 0 in a record without it) once per run: the time a run of a few steps
+actually takes. The process's start (Python, importing torch) comes before and is not counted.
 
 An MoE model built from k experts of this shape (xelm bundle moe) holds N + (k - 1) x 3hiL + khL
 parameters (k MLPs per layer, plus k x h router weights a layer) and, with top-t routing, uses
@@ -256,6 +259,7 @@ class Throughput:
     device: str
     measured: str
     timed: str
+    setup_seconds: float = 0.0  # before its loop: loading, sharding (0 in older records)
 
     @classmethod
     def of(cls, bundle_path: Path, ranks: int = 1) -> "Throughput":
@@ -272,10 +276,14 @@ class Throughput:
         hardware = record.get("hardware") or {}
         device = str(hardware.get("device", "unknown"))
         scale = ranks / int(hardware.get("world_size") or 1)
-        return cls(6 * parameters * tokens / seconds * scale, device, str(bundle_path), timed)
+        flops = 6 * parameters * tokens / seconds * scale
+        setup = record.get("setup_seconds")
+        setup = float(setup) if isinstance(setup, int | float) and setup >= 0 else 0.0
+        return cls(flops, device, str(bundle_path), timed, setup)
 
     def seconds(self, shape: ModelShape, tokens: int) -> float:
-        return 6 * shape.parameters * tokens / self.flops_per_s
+        """A run's time: the measured run's setup, then its tokens at the measured FLOP/s."""
+        return self.setup_seconds + 6 * shape.parameters * tokens / self.flops_per_s
 
 
 def moe_shapes(shape: ModelShape, k: int, top_k: int) -> tuple[ModelShape, ModelShape]:
