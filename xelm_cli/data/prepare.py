@@ -255,11 +255,11 @@ def _read_sources(
     options: dict[str, Any],
 ) -> dict[str, NDArray[np.uint64]]:
     """Pass 1: every source, from where an earlier run stopped, into the work directory; each
-    language's document offsets. Streamed (dataset) sources stop at their languages' read
-    limits (``context.limits``: see ``read_limits``; with sizes and ``--tokens``, shares of
-    ``--tokens``, read further, round after round, while some language held less than its
-    share and others can take its place: ``_made_up``); corpus files are read whole, their
-    budgets applied by sampling afterwards.
+    language's document offsets (read-only maps of the work's offsets files). Streamed
+    (dataset) sources stop at their languages' read limits (``context.limits``: see
+    ``read_limits``; with sizes and ``--tokens``, shares of ``--tokens``, read further, round
+    after round, while some language held less than its share and others can take its place:
+    ``_made_up``); corpus files are read whole, their budgets applied by sampling afterwards.
     Three stages overlap: reading (a thread), tokenising (``workers`` threads; the Rust
     tokenizer releases the GIL) and writing here. A language asked for (--langs, --cap) that
     has no documents is an error."""

@@ -44,8 +44,9 @@ def shortfall_under(
 
 @dataclass(frozen=True)
 class Held:
-    """What the work holds for one output: each language's key, document offsets and whether
-    it was read to its limit; ``who`` names the expert in warnings ("" for a single output)."""
+    """What the work holds for one output: each language's key, document offsets (mapped from
+    the work's offsets files: ``WorkDirectory.close``) and whether it was read to its limit;
+    ``who`` names the expert in warnings ("" for a single output)."""
 
     keys: dict[str, str]
     offsets: dict[str, NDArray[np.uint64]]
@@ -134,10 +135,11 @@ def _subsample(
     key: str,
 ) -> NDArray[np.uint64]:
     """Write ``lang``'s documents ``keep`` from ``work`` (its files under ``key``) to ``out``;
-    return their offsets. Memory stays bounded: documents are gathered a slice of
+    return their offsets. Memory stays bounded by the documents kept: only their offsets are
+    read from ``offsets`` (a memory map), and documents are gathered a slice of
     ``SUBSAMPLE_TOKENS`` at a time."""
-    starts = np.asarray(offsets[:-1], dtype=np.int64)[keep]
-    lengths = np.asarray(np.diff(offsets), dtype=np.int64)[keep]
+    starts = np.asarray(offsets[:-1][keep], dtype=np.int64)
+    lengths = np.asarray(offsets[1:][keep], dtype=np.int64) - starts
     new_offsets = np.zeros(len(keep) + 1, dtype=OFFSETS_DTYPE)
     np.cumsum(lengths, out=new_offsets[1:])
     tokens = np.memmap(work / tokens_file(key), dtype=dtype, mode="r")
@@ -183,7 +185,7 @@ def finish(
         source_tokens, source_documents = int(full[-1]), len(full) - 1
         kept = full
         if budgets[lang] < source_tokens:
-            lengths = np.asarray(np.diff(full), dtype=np.int64)
+            lengths = np.diff(full).view(np.int64)  # one array of every length, not two
             keep = select_documents(lengths, budgets[lang], seed=seed, language=lang)
             if len(keep) == 0:
                 raise UsageError(
@@ -191,9 +193,10 @@ def finish(
                     "raise --cap / --tokens or drop it with --langs"
                 )
             kept = _subsample(work.path, out, lang, full, keep, work.dtype, key)
-        else:  # a link, not a move: a run killed now still finds the file to resume from
+        else:  # links, not moves: a run killed now still finds the files to resume from (a
+            # rerun writes its offsets afresh under another name: these stay as they are)
             _link_or_copy(work.path / tokens_file(key), out / tokens_file(lang))
-            write_array(out / offsets_file(lang), full)
+            _link_or_copy(work.path / offsets_file(key), out / offsets_file(lang))
         entries[lang] = {
             "documents": len(kept) - 1,
             "tokens": int(kept[-1]),

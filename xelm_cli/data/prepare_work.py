@@ -4,7 +4,9 @@ Tokenised documents are appended per language to ``LANG.tokens.bin`` and ``LANG.
 (uint64 token count per document) in a hidden sibling of the output, ``.OUT.prepare/``. Every
 few seconds, and when a source is finished, the files are flushed to disk and ``state.json``
 records (atomically) how far each source was read and how many documents and tokens each
-language holds at that moment. A killed run leaves the directory behind, and so does one that
+language holds at that moment. When reading ends, each language's document offsets are
+written from its lengths to ``LANG.offsets.bin`` (afresh on every run: derived, never trusted)
+and mapped for pass 2. A killed run leaves the directory behind, and so does one that
 failed (a corrupt file, a full disk) once it recorded documents; a rerun finds it (same key:
 what reading depends on, see ``prepare._reading_inputs``), cuts every file back to the
 recorded sizes and continues each source from its recorded position. A directory of another
@@ -30,12 +32,13 @@ from numpy.typing import NDArray
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, UsageError, XelmError
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
-from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, tokens_file
+from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, offsets_file, tokens_file
 from xelm_cli.data.sources import SourceUnavailable
 
 STATE_NAME = "state.json"
 CHECKPOINT_SECONDS = 2.0
 LENGTH_DTYPE = np.dtype("<u8")
+OFFSETS_CHUNK = 1 << 20  # lengths summed at a time into a language's offsets (8 MiB)
 
 
 def lengths_file(language: str) -> str:
@@ -108,6 +111,37 @@ def open_at(path: Path, size: int) -> Any:
         raise DamagedWork(f"{path} is shorter than its recorded size: run again to start afresh")
     f.truncate(size)
     return f
+
+
+def write_offsets(
+    lengths: Path, path: Path, documents: int
+) -> "np.memmap[Any, np.dtype[np.uint64]]":
+    """The document offsets of the first ``documents`` lengths of file ``lengths`` (0, then
+    each document's end: ``documents + 1``) written to ``path`` and mapped read-only. Memory
+    stays bounded: ``OFFSETS_CHUNK`` lengths are summed at a time, the running total carried.
+    Always written afresh (a file a killed run left may hold fewer documents or be cut short:
+    it is never trusted), under a temporary name renamed over ``path``: the one it replaces
+    may be hard-linked into shards already written (read-only, sealed), which keep it whole."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)  # a killed run's
+    total = np.zeros(1, dtype=OFFSETS_DTYPE)
+    with open(lengths, "rb") as source, open(partial, "wb") as target:
+        target.write(total.data)
+        left = documents
+        while left:
+            count = min(left, OFFSETS_CHUNK)
+            data = source.read(count * LENGTH_DTYPE.itemsize)
+            if len(data) < count * LENGTH_DTYPE.itemsize:
+                raise DamagedWork(
+                    f"{lengths} is shorter than its recorded size: run again to start afresh"
+                )
+            ends = np.cumsum(np.frombuffer(data, dtype=LENGTH_DTYPE), dtype=OFFSETS_DTYPE)
+            ends += total[0]
+            target.write(ends.data)  # not tofile: its errors lose the OS's reason (disk full)
+            total[0] = ends[-1]
+            left -= count
+    os.replace(partial, path)
+    return np.memmap(path, dtype=OFFSETS_DTYPE, mode="r", shape=(documents + 1,))
 
 
 class ResumableDirectory:
@@ -323,22 +357,23 @@ class WorkDirectory(ResumableDirectory):
             appender.sync()
 
     def close(self) -> dict[str, NDArray[np.uint64]]:
-        """Close every file; each language's document offsets (``documents + 1``). Every
-        file is cut to what the state records: a language this run never appended to may
-        still hold what a killed run wrote after its last checkpoint."""
+        """Close every file; each language's document offsets (``documents + 1``), written to
+        its offsets file here (:func:`write_offsets`) and mapped read-only from it. Every file is
+        cut to what the state records: a language this run never appended to may still hold
+        what a killed run wrote after its last checkpoint."""
         for appender in self._appenders.values():
             appender.close()
-        offsets = {}
+        offsets: dict[str, NDArray[np.uint64]] = {}
         for language, count in sorted(self.counts.items()):
             if count.documents == 0:
                 continue
             cut_to(self.path / tokens_file(language), count.tokens * self.dtype.itemsize)
             cut_to(self.path / lengths_file(language), count.documents * LENGTH_DTYPE.itemsize)
-            lengths = np.fromfile(self.path / lengths_file(language), dtype=LENGTH_DTYPE)
-            lengths = lengths[: count.documents]
-            result = np.zeros(count.documents + 1, dtype=OFFSETS_DTYPE)
-            np.cumsum(lengths, out=result[1:])
-            offsets[language] = result
+            offsets[language] = write_offsets(
+                self.path / lengths_file(language),
+                self.path / offsets_file(language),
+                count.documents,
+            )
         return offsets
 
     def release(self) -> None:
