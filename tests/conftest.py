@@ -32,6 +32,9 @@ TEST_LANGS = ("en", "tr", "ar", "ru")
 def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Remembered verifications go to a temporary cache, not the user's (subprocesses too)."""
     os.environ["XELM_CACHE_DIR"] = str(tmp_path_factory.mktemp("xelm-cache"))
+    # progress lines in logs every minute would land in the stderr that tests compare whole
+    # when a step runs long on a slow machine; tests/test_progress_log.py turns them on
+    os.environ["XELM_PROGRESS_SECONDS"] = "0"
 
 
 @pytest.fixture

@@ -111,7 +111,8 @@ class TrainProgress:
 
         self.progress = stderr_progress(
             TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), shown=shown,
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+            shown=shown and sys.stderr.isatty(),  # a log gets the step lines instead
         )  # fmt: skip
         # nothing measured until the first logged step
         self.task = self.progress.add_task("train", total=total, completed=done, stats="loss -")

@@ -1,7 +1,11 @@
-"""Progress bars on stderr (shown only on a terminal, so logs and pipes stay clean)."""
+"""Progress on stderr: bars on a terminal; in a log (stderr a file or a pipe: a batch job) one
+plain line per unfinished task every ``XELM_PROGRESS_SECONDS`` seconds (default 60; 0: none),
+so a long job's log shows it moving without filling with redraws."""
 
 import contextlib
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,17 +43,73 @@ def transformers_bars_off() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+LOG_SECONDS_VARIABLE = "XELM_PROGRESS_SECONDS"
+DEFAULT_LOG_SECONDS = 60.0
+
+
 def stderr_progress(
     *columns: str | ProgressColumn, transient: bool = True, shown: bool = True
 ) -> Progress:
-    """A rich ``Progress`` with ``columns`` on stderr, drawn only on a terminal (logs and pipes
-    stay clean) and only when ``shown`` (e.g. on rank 0 of a distributed run)."""
-    return Progress(
-        *columns,
-        console=stderr_console,
-        transient=transient,
-        disable=not (shown and sys.stderr.isatty()),
-    )
+    """A rich ``Progress`` with ``columns`` on stderr, only when ``shown`` (e.g. on rank 0 of
+    a distributed run): drawn on a terminal, else logged a line at a time (``ProgressLog``)."""
+    if shown and sys.stderr.isatty():
+        return Progress(*columns, console=stderr_console, transient=transient)
+    interval = log_seconds() if shown else 0.0
+    return ProgressLog(*columns, console=stderr_console, interval=interval)
+
+
+def log_seconds() -> float:
+    """Seconds between progress lines in a log: ``XELM_PROGRESS_SECONDS``, 0 for none."""
+    text = os.environ.get(LOG_SECONDS_VARIABLE, "").strip()
+    try:
+        value = float(text) if text else DEFAULT_LOG_SECONDS
+    except ValueError:
+        value = DEFAULT_LOG_SECONDS
+    return value if value > 0 else 0.0
+
+
+class ProgressLog(Progress):
+    """Progress for a log: no bar; every ``interval`` seconds (none when 0) one line per
+    visible, unfinished task, its columns' text (bars left out) as plain text."""
+
+    def __init__(self, *columns: str | ProgressColumn, interval: float, **kwargs: Any) -> None:
+        super().__init__(*columns, disable=True, **kwargs)
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def start(self) -> None:
+        super().start()
+        if self.interval > 0 and self._writer is None:
+            self._stopping.clear()
+            self._writer = threading.Thread(target=self._write_lines, daemon=True)
+            self._writer.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        super().stop()
+
+    def _write_lines(self) -> None:
+        while not self._stopping.wait(self.interval):
+            for line in self.lines():
+                self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def lines(self) -> list[str]:
+        """The line of each visible task not yet finished, as the log shows it (times rich
+        cannot tell yet, ``-:--:--``, left out)."""
+        columns = [TextColumn(c) if isinstance(c, str) else c for c in self.columns]
+        with self._lock:
+            tasks = [task for task in self.tasks if task.visible and not task.finished]
+            rendered = [[column(task) for column in columns] for task in tasks]
+        return ["  ".join(_parts(parts)) for parts in rendered]
+
+
+def _parts(rendered: list[Any]) -> list[str]:
+    texts = (part.plain.strip() for part in rendered if isinstance(part, Text))
+    return [text for text in texts if text and text != "-:--:--"]
 
 
 @contextlib.contextmanager
