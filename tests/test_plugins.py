@@ -480,6 +480,12 @@ def test_a_declaration_xelm_cannot_read_is_its_plugins_bug_in_one_line(
         f"cluster: {unreadable.format(name='unreadable-options', where=where)}\n"
     )
     assert cli(capsys, "plugins", "show", "unreadable")[:2] == (6, "")
+    # the command it would have had refuses in one line saying why (not "No such command")
+    reason = unreadable.format(name="unreadable-options", where=where)
+    for name in ("unreadable-options", "third:unreadable-options"):
+        code, out, err = cli(capsys, "cluster", name, "--k", "2")
+        assert (code, out) == (6, "")
+        assert err.endswith(f"xelm: error: clusterer 'unreadable-options' is left out: {reason}\n")
     with pytest.raises(PluginError, match=r"^router 'bad-parse' \(plugin 'third'\) failed while"):
         build_router("bad-parse", {"level": "2"})
     with pytest.raises(PluginError, match=r"'unreadable-options'.* cannot be read"):

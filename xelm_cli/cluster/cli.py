@@ -14,7 +14,13 @@ from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.cluster.fitting import READING_PARAMETERS, cluster_request, fit
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json, print_whole
-from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line
+from xelm_cli.common.errors import (
+    FormatError,
+    PluginError,
+    UsageError,
+    XelmError,
+    exception_line,
+)
 from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry, report_problem
@@ -66,6 +72,8 @@ def add_clusterer_commands() -> None:
         except (Exception, SystemExit) as exc:
             reason = exception_line(exc, with_type=not isinstance(exc, XelmError))
             _problem(registration, f"is left out of xelm cluster: {reason}")
+            for name in (registration.name, registration.qualified_name):
+                _add_refusal(name, f"clusterer {registration.name!r} is left out: {reason}")
 
 
 def _problem(registration: Registration, message: str) -> None:
@@ -80,13 +88,16 @@ def _problem(registration: Registration, message: str) -> None:
     )
 
 
-def _add_refusal(name: str) -> None:
-    """``xelm cluster NAME`` for a name several third parties register: the registry's
-    one-line refusal naming each and their qualified names (not click's 'No such command')."""
+def _add_refusal(name: str, broken: str | None = None) -> None:
+    """``xelm cluster NAME`` that refuses in one line instead of click's 'No such command': for
+    a name several third parties register, the registry's refusal naming each and their
+    qualified names; for a clusterer whose command could not be built, ``broken`` (why)."""
     if name in _added or name == "show":
         return
 
     def command(ctx: typer.Context) -> None:
+        if broken is not None:
+            raise PluginError(broken)
         get_registry().get("clusterer", name)  # raises: NAME selects no one registration
 
     command.__name__ = f"cluster_{name.replace('-', '_')}"
