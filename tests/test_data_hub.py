@@ -416,9 +416,9 @@ def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
     elif case == "no-text-column":
         write_rows(root / "ar.jsonl", [{"content": r["text"]} for r in good])
         write_readme(root, {"ar": {"train": "ar.jsonl"}})
-    elif case == "record-without-text":
-        write_rows(root / "ar.jsonl", [*good[:3], {"url": "x"}, *good[3:]])
-        write_readme(root, {"ar": {"train": "ar.jsonl"}})
+    elif case == "text-not-text":  # (a row whose text is null is a blank one: test_data_streams)
+        write_rows(root / "ar.parquet", [{"text": n} for n in range(len(good))])
+        write_readme(root, {"ar": {"train": "ar.parquet"}})
     elif case == "not-utf8":
         lines = b"".join(json.dumps(r).encode() + b"\n" for r in good)
         (root / "ar.jsonl.gz").write_bytes(gzip.compress(lines + b'{"text": "\xff\xfe"}\n'))
@@ -441,7 +441,7 @@ def broken_repo(root: Path, case: str) -> tuple[Path, dict[str, object]]:
             r"cannot read .*ar\.parquet|cannot read .* \[ar/train\]",
         ),
         ("no-text-column", FormatError, r"row 1 has no column 'text' \(columns: content\)"),
-        ("record-without-text", FormatError, r"row 4: 'text' is not text"),
+        ("text-not-text", FormatError, r"row 1: 'text' is not text \(int\); choose the text"),
         ("not-utf8", FormatError, r"cannot read .* \[ar/train\]"),
         ("no-such-config", UsageError, r"has no configuration 'tr' \(it has ar, bg\)"),
         ("no-such-split", UsageError, r"no split 'test' \(it has train\)"),

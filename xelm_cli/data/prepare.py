@@ -44,6 +44,7 @@ from xelm_cli.data.prepare_checks import (
     no_documents_in,
     record_ceiling,
     sizes_used,
+    warn_unsized,
 )
 from xelm_cli.data.prepare_finish import Held, finish, output_budgets, shortfall_under
 from xelm_cli.data.prepare_work import (
@@ -63,7 +64,14 @@ from xelm_cli.data.shards import (
     write_manifest,
 )
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
-from xelm_cli.data.sources import Batch, DatasetSource, Source, prefetched, read_ahead
+from xelm_cli.data.sources import (
+    Batch,
+    DatasetSource,
+    LanguagesMet,
+    Source,
+    prefetched,
+    read_ahead,
+)
 from xelm_cli.data.tokenizer_loading import TokenizerInfo, load_tokenizer, tokenizer_threads
 from xelm_cli.lang.codes import language_codes
 
@@ -350,18 +358,25 @@ def _read_source(
     context: _ReadContext, name: str, source: Source, *, yields: set[str] | None
 ) -> None:
     """One source of ``_read_sources`` (``yields``: the languages it has, None: not known),
-    from its recorded position, up to its read limits. When reading fails (not writing: a
+    from its recorded position, up to its read limits: a source of known languages until
+    they are all full, one of unknown languages until those it has given are and a few
+    batches more bring none new (``LanguagesMet``). When reading fails (not writing: a
     batch half written would be read again) the position after the last batch written is
     recorded first, for a rerun to continue from."""
     work = context.work
     streamed = isinstance(source, DatasetSource)
     limits = context.limits if streamed else {}
     ceiling = context.max_records if streamed else None
+    met = LanguagesMet()  # of a stream of unknown languages
 
-    def exhausted() -> bool:
+    def exhausted(batch: Batch | None = None) -> bool:
         if ceiling is not None and records_read(written) >= ceiling:
             return True
-        return bool(limits and yields and all(context.full(lang) for lang in yields))
+        if not limits:
+            return False
+        if yields is None:
+            return batch is not None and met.after(batch.languages, context.full)
+        return bool(yields) and all(context.full(lang) for lang in yields)
 
     written = work.position(name)
     if exhausted():
@@ -376,7 +391,7 @@ def _read_source(
             _add_batch(context, encoded, limits)
             writing = False
             written = encoded.position
-            if exhausted():
+            if exhausted(encoded.batch):
                 break
             work.checkpoint(name, written)
     except (XelmError, OSError):
@@ -540,10 +555,14 @@ def prepare(
     ``tokens`` the budgets are ``lam = min u_l / p_l`` of everything read, so each streamed
     language is read up to its cap, else whole. Without sizes, a streamed language is read
     until its cap (else ``tokens``) is reached, and its weight for ``alpha`` is what was read (a
-    warning names the languages cut so). A killed, interrupted or failed run continues where it
-    stopped when run again with the same arguments (``seed`` may differ, and so may options
-    that leave the read limits as they were: ``alpha`` without sizes and ``tokens``), a Hub
-    dataset at the commit it was begun with; other read limits start afresh. Nothing is
+    warning names the languages weighed so before reading starts). A dataset whose rows carry
+    their languages, read without ``languages``, is left once every language it gave is at its
+    limit and a few batches more bring none new (``NEW_LANGUAGE_BATCHES``). A killed,
+    interrupted or failed run continues where it stopped when run again with the same
+    arguments (``seed`` may differ, and so may options that leave the read limits as they
+    were: ``alpha`` without sizes and ``tokens``), a Hub dataset at the commit it was begun
+    with; other read limits start afresh (a row that cannot be read is met again: no work is
+    kept for it). Nothing is
     written when ``out`` already holds shards of the same input, tokenizer and options
     (``up_to_date``); other shards there are an error unless ``overwrite``.
 
@@ -745,8 +764,9 @@ def _prepare(
                 max_records=max_records,
             )
             header = {"dtype": dtype_name, "tokenizer": info.record(), "source": record}
+            any_own = next(iter(own.values()))  # the limits' options are everyone's
+            warn_unsized(plan, wanted, limits, any_own)
             with work.kept_on_error():
-                any_own = next(iter(own.values()))  # the limits' options are everyone's
                 offsets = _read_sources(context, plan, workers=settings.workers, options=any_own)
                 empty = [i for i in pending if not routing.of_expert(list(offsets), i)]
                 for index, out in pending.items():

@@ -10,10 +10,11 @@ from typing import Any
 from xelm_cli.cluster.assigning import ExpertDocuments
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
-from xelm_cli.data.budgets import ALL_LANGUAGES
+from xelm_cli.data.budgets import ALL_LANGUAGES, read_limit
 from xelm_cli.data.corpus import labelled_files, source_kind
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourcePlan
+from xelm_cli.data.sources import DatasetSource
 
 
 def check_caps(langs: list[str] | None, caps: dict[str, int] | None) -> None:
@@ -56,6 +57,47 @@ def sizes_used(
     if not weighed or plan.recipe is None or not languages:
         return None
     return plan.recipe.sizes(languages)
+
+
+def warn_unsized(
+    plan: SourcePlan,
+    languages: list[str] | None,
+    limits: dict[str, int],
+    options: dict[str, Any],
+) -> None:
+    """Before reading: a warning naming the streamed languages that ``--alpha``/``--tokens``
+    (``options``, a manifest's) will weigh by the tokens read up to their read limit, for want
+    of sizes (a language read whole is weighed by all of it: its size), and the ``--sizes`` that
+    would weigh them by their size and read only their share. Without ``languages`` (a dataset
+    read without --langs) its languages are not known yet: the warning says so."""
+    alpha, tokens = options.get("alpha"), options.get("tokens")
+    if options.get("sizes") is not None or (alpha is None and tokens is None) or not limits:
+        return
+    option = "--alpha" if alpha is not None else "--tokens"
+    how = "(en=3.07B,de=397M: documents, bytes or tokens) to weigh each language by its size"
+    if languages is None:
+        if plan.streams:
+            sys.stderr.write(
+                f"xelm: warning: {option} weighs the languages of {plan.path} by the tokens read "
+                "up to the read limit (--cap, else --tokens), not by size; give --langs and "
+                f"--sizes {how} and read only its share\n"
+            )
+        return
+    streamed = [
+        lang
+        for lang in languages
+        if read_limit(limits, lang) is not None
+        and any(
+            isinstance(source, DatasetSource) and plan.only_language(name) in (None, lang)
+            for name, source in plan.sources.items()
+        )
+    ]
+    if len(languages) > 1 and streamed:
+        sys.stderr.write(
+            f"xelm: warning: {option} weighs {', '.join(sorted(streamed))} by the tokens read up "
+            f"to the read limit (--cap, else --tokens), not by size; give --sizes {how} and "
+            "read only its share\n"
+        )
 
 
 def _check_sizes(sizes: dict[str, float], languages: list[str] | None, *, weighed: bool) -> None:
@@ -179,4 +221,5 @@ __all__ = [
     "no_documents_in",
     "record_ceiling",
     "sizes_used",
+    "warn_unsized",
 ]

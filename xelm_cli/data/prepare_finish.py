@@ -69,9 +69,9 @@ def output_budgets(
     held: Held, plan: SourcePlan, options: dict[str, Any]
 ) -> tuple[dict[str, int], set[str]]:
     """Each language's budget under ``options`` (its manifest's), from the tokens ``held``, and
-    the languages read from streamed sources. Without sizes, a warning names the streamed
-    languages whose read limit stands in for their size; with sizes and ``--tokens``, one
-    names those that held less than their share."""
+    the languages read from streamed sources. With sizes and ``--tokens``, a warning names
+    those that held less than their share. (Without sizes, the streamed languages whose read
+    limit stands in for their size were named before reading: ``warn_unsized``.)"""
     caps, alpha, tokens, sizes = (
         options.get(k) for k in ("token_caps", "alpha", "tokens", "sizes")
     )
@@ -79,9 +79,6 @@ def output_budgets(
     budgets = language_budgets(counts, caps=caps, alpha=alpha, total=tokens, sizes=sizes)
     streamed = plan.streamed_languages(counts)
     cut = sorted(lang for lang in streamed if held.full[lang])
-    if sizes is None and len(counts) > 1 and cut and (alpha is not None or tokens is not None):
-        option = "--alpha" if alpha is not None else "--tokens"
-        _warn_weighted_by_tokens_read(cut, option, held.who)
     if sizes is not None and tokens is not None:
         limits = read_limits(caps, tokens, sizes=sizes, alpha=alpha)
         short = [
@@ -92,16 +89,6 @@ def output_budgets(
             shares = {lang: (counts[lang], limits[lang]) for lang in short}
             _warn_short_of_share(shares, missing, held.who)
     return budgets, streamed
-
-
-def _warn_weighted_by_tokens_read(cut: list[str], option: str, who: str) -> None:
-    """``language_budgets`` weighs a language by its tokens: for one whose reading stopped at
-    its read limit that is the limit, not its size (``who``: whose shards, or "")."""
-    sys.stderr.write(
-        f"xelm: warning: {who}{option} weighs {', '.join(cut)} by the tokens read up to the read "
-        "limit (--cap, else --tokens), not by size; give --sizes (en=3.07B,de=397M: documents, "
-        "bytes or tokens) to weigh each language by its size and read only its share\n"
-    )
 
 
 def _warn_short_of_share(short: dict[str, tuple[int, int]], missing: int, who: str) -> None:

@@ -33,7 +33,7 @@ from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, UsageError, XelmError
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.data.shards import OFFSETS_DTYPE, TOKEN_DTYPES, offsets_file, tokens_file
-from xelm_cli.data.sources import SourceUnavailable
+from xelm_cli.data.sources import MetAgain, SourceUnavailable
 
 STATE_NAME = "state.json"
 CHECKPOINT_SECONDS = 2.0
@@ -253,7 +253,9 @@ class ResumableDirectory:
         """Remove the directory when the block ends. On an error keep it when it holds what a
         rerun continues from (documents recorded in its state) and the error is not one a rerun
         meets again, the error then saying so; Ctrl-C and an unreachable source keep it as
-        they are."""
+        they are. A rerun meets again what ``RepeatedByARerun`` and ``MetAgain`` say (a row of
+        a dataset that cannot be read is read again where the work stopped): no work is kept
+        for them, and they claim no continuation."""
         try:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
@@ -263,7 +265,7 @@ class ResumableDirectory:
             if saved_state(self.path) is None:  # stopped before its first checkpoint:
                 self.remove()  # nothing to continue from, and nothing left behind
             raise
-        except (RepeatedByARerun, DamagedWork):
+        except (RepeatedByARerun, DamagedWork, MetAgain):
             self.remove()
             raise
         except (XelmError, OSError) as exc:

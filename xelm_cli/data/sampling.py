@@ -16,7 +16,7 @@ from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, iter_documents
 from xelm_cli.data.documents import group_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
-from xelm_cli.data.sources import DEFAULT_BATCH
+from xelm_cli.data.sources import DEFAULT_BATCH, LanguagesMet
 from xelm_cli.lang.codes import language_codes, wanted_form
 
 UNLABELLED = "und"  # the language code of undetermined language
@@ -97,8 +97,9 @@ def sample_documents(
       language's stream is read only until the language has ``per_language`` documents (to
       within one batch of rows), then left; a recipe's (or a ``{lang}`` configuration's)
       languages are read one after another. A dataset whose rows carry their languages is
-      read until every language of ``languages`` has enough, or to its end without
-      ``languages``. ``per_language=None`` reads every stream to its end: all of mC4.
+      read until every language of ``languages`` has enough; without ``languages``, until
+      every language it gave has enough and a few batches more bring none new.
+      ``per_language=None`` reads every stream to its end: all of mC4.
 
     Documents are labelled as ``languages`` names their language, as prepare reads them
     (``arb`` is ``ar`` when ar is asked for). A language of ``languages`` without documents is
@@ -203,13 +204,15 @@ def first_records(
     after another. ``enough(language)`` is asked before each record, so the caller counts what
     it takes as it goes; a source is left after the batch (``batch_size`` records) in which all
     its languages (its one language, or ``wanted``, or of a recipe every language) have enough,
-    and not opened when they already do. A dataset whose rows carry their languages is read to
-    its end when ``wanted`` is None (its languages are not known before). ``progress`` is told
-    the records of each batch read."""
+    and not opened when they already do. A dataset whose rows carry their languages, read
+    with ``wanted`` None (its languages are not known before), is left once every language it
+    gave has enough and a few batches more bring none new (``LanguagesMet``). ``progress`` is
+    told the records of each batch read."""
     languages = set(wanted) if wanted else (set(plan.sources) if plan.recipe else None)
     for name, source in plan.sources.items():
         only = plan.only_language(name)
         own = {only} if only else languages
+        met = LanguagesMet()  # the languages of a source of unknown ones
 
         def all_enough(own: set[str] | None = own) -> bool:
             return bool(own) and all(map(enough, own or ()))
@@ -222,5 +225,5 @@ def first_records(
                     yield text, language
             if progress is not None:
                 progress(len(batch.texts))
-            if all_enough():
+            if all_enough() or (own is None and met.after(batch.languages, enough)):
                 break

@@ -9,7 +9,9 @@ A *source* yields batches of labelled texts. Two kinds:
   section) take exactly the same path. Nothing is materialised, so reading can stop at a cap
   after a sliver of a terabyte corpus. With ``language`` set, every row is that language
   (mC4's ``ar`` configuration); otherwise rows carry a ``lang``/``language`` column, and
-  ``label`` (``--lang``) is the language of rows whose column is empty or missing.
+  ``label`` (``--lang``) is the language of rows whose column is empty or missing. A row whose
+  text is null is a blank document, and one whose language code is unknown (``und``) one of a
+  language not wanted: both are skipped, each said once a stream.
 - ``FileSource``: corpus files read by ``xelm_cli.data.corpus`` (JSON lines, text, ``save_to_disk``
   datasets), optionally only the files of some languages.
 
@@ -29,13 +31,13 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from xelm_cli.common.digest import sha256_bytes, sha256_file
-from xelm_cli.common.errors import FormatError, UsageError, exception_line, one_line
+from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line, one_line
 from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.common.jsonio import canonical_json
 from xelm_cli.data.blocks import FilePosition, read_blocks
@@ -46,7 +48,7 @@ from xelm_cli.data.corpus import (
     labelled_files,
     source_kind,
 )
-from xelm_cli.data.labels import LANGUAGE_FIELDS, record_label
+from xelm_cli.data.labels import LANGUAGE_FIELDS, language_code, record_label
 from xelm_cli.lang.codes import normalize_language, wanted_form
 
 DEFAULT_BATCH = 1000
@@ -54,7 +56,6 @@ SHOWN_CHOICES = 40  # configurations named in a message, at most
 MIRROR_VARIABLE = "XELM_HUB_MIRROR"
 OFFLINE_MODE = "OfflineModeIsEnabled"  # huggingface_hub's error while HF_HUB_OFFLINE is set
 T = TypeVar("T")
-Labels = tuple[str | None, str | None]  # every row's language; that of rows without one
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
 
@@ -73,6 +74,49 @@ def resolve_dataset(dataset: str) -> str:
 class SourceUnavailable(UsageError):
     """The source could not be reached (network, Hub): the same command may succeed later, so
     a preparation keeps what it has read so far."""
+
+
+class MetAgain(XelmError):
+    """An error that the same command meets again where it met it (the data is broken there,
+    or a row has no language): a preparation keeps no work for a rerun to continue, as there
+    is nothing a rerun could continue past. Raised as ``BrokenData`` or ``UnlabelledRow``."""
+
+
+class BrokenData(MetAgain, FormatError):
+    """A dataset's data cannot be read (a row of the wrong type, a corrupt file)."""
+
+
+class UnlabelledRow(MetAgain, UsageError):
+    """A dataset row with no language, read without ``--lang``."""
+
+
+# Reading a dataset whose rows carry their languages, without knowing which languages it has
+# (no --langs), stops once every language read from it so far is full (at its read limit) and
+# this many batches in a row after that brought no language not read before: a dataset of one
+# language (fineweb-2's deu_Latn, whose rows say "deu") is then left a few batches after its
+# limit instead of being read to its end. A language first met further on than that is not read:
+# --langs names the languages to read when a dataset holds a language only far into it.
+NEW_LANGUAGE_BATCHES = 3
+
+
+class LanguagesMet:
+    """When a stream whose languages are not known before it is read has given enough (see
+    ``NEW_LANGUAGE_BATCHES``): ``after`` is told each batch's languages."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.quiet = 0  # batches in a row after which every language seen was full
+
+    def after(self, languages: Iterable[str], full: Callable[[str], bool]) -> bool:
+        """Whether to stop after a batch of rows of ``languages``, ``full(language)`` saying
+        whether a language has all it needs."""
+        before = len(self.seen)
+        self.seen.update(languages)
+        if len(self.seen) > before or not self.seen or not all(map(full, self.seen)):
+            self.quiet = 0  # a new language, none yet, or one not full
+            return False
+        self.quiet += 1  # the first is the batch that filled the last language (or a later one)
+        return self.quiet > NEW_LANGUAGE_BATCHES
 
 
 def require_hub(datasets: Iterable[str]) -> None:
@@ -312,11 +356,12 @@ class DatasetSource:
         batches = as_wanted(read(dataset, state, batch_size), self.languages)
         return Stream(batches, lambda: dict(state))
 
-    def _labels(self) -> Labels:
-        """Every row's language (``language``), and that of rows without one (``label``)."""
+    def _labels(self) -> "_Rows":
+        """How this stream labels its rows: every row's language (``language``), that of rows
+        without one (``label``); and what it said of the rows it skipped."""
         every = normalize_language(self.language) if self.language else None
         unlabelled = normalize_language(self.label) if self.label else None
-        return every, unlabelled
+        return _Rows(self.describe(), self.text_column, every, unlabelled)
 
     def _tables(self, dataset: Any, state: dict[str, Any], size: int) -> Iterator[Batch]:
         labels = self._labels()
@@ -331,7 +376,7 @@ class DatasetSource:
             state["dataset"] = dataset.state_dict()
             yield batch
 
-    def _from_table(self, table: Any, before: int, labels: Labels) -> Batch:
+    def _from_table(self, table: Any, before: int, labels: "_Rows") -> Batch:
         """A batch from an Arrow table of rows ``before + 1 ...``: each row goes through
         ``_add`` (the same checks and messages as a row read alone), with only the columns
         ``_add`` looks at converted to Python."""
@@ -342,7 +387,7 @@ class DatasetSource:
         if self.text_column not in names:  # _add names every column: give it a whole row
             self._add(batch, table.slice(0, 1).to_pylist()[0], before + 1, labels)
         wanted = [self.text_column]
-        if labels[0] is None:
+        if labels.every is None:
             wanted += [c for c in LANGUAGE_FIELDS if c in names]
         columns = [table.column(name).to_pylist() for name in wanted]
         add = self._add
@@ -366,37 +411,87 @@ class DatasetSource:
             state["dataset"] = dataset.state_dict()
             yield batch
 
-    def _add(self, batch: Batch, row: dict[str, Any], number: int, labels: Labels) -> None:
-        where = f"{self.describe()} row {number}"
-        if self.text_column not in row:
-            raise FormatError(
-                f"{where} has no column {self.text_column!r} (columns: "
+    def _add(self, batch: Batch, row: dict[str, Any], number: int, labels: "_Rows") -> None:
+        """Row ``number`` into ``batch`` when it has text. A null text is a blank document, and a
+        row whose language code is unknown (``und``) is skipped as one of a language not
+        wanted, each said once a stream (``labels``); a text that is not text, or a row without
+        a language and without ``--lang``, stops the reading (``MetAgain``)."""
+        column = self.text_column
+        if column not in row:
+            raise BrokenData(
+                f"{self.describe()} row {number} has no column {column!r} (columns: "
                 f"{', '.join(sorted(row))}); choose one with --text-column"
             )
-        text = row[self.text_column]
+        text = row[column]
         if not isinstance(text, str):
-            raise FormatError(f"{where}: {self.text_column!r} is not text ({type(text).__name__})")
-        language, unlabelled = labels
+            if text is None:
+                labels.null_text(number)
+                return
+            raise BrokenData(
+                f"{self.describe()} row {number}: {column!r} is not text "
+                f"({type(text).__name__}); choose the text column with --text-column"
+            )
+        language = labels.every
         if language is None:
             label = record_label(row)
-            language = self._row_language(label[1], where) if label else unlabelled
+            if label is None:
+                language = labels.unlabelled
+            elif (language := labels.language(label[1])) is None:
+                labels.unknown(label, number)
+                return
         if language is None:
-            raise UsageError(
-                f"{where}: no language (a 'lang' column, --lang, or a per-language "
-                "--config such as '{lang}')"
+            raise UnlabelledRow(
+                f"{self.describe()} row {number}: no language (a 'lang' column, --lang, or a "
+                "per-language --config such as '{lang}')"
             )
         if has_text(text):
             batch.languages.append(language)
             batch.texts.append(text)
 
-    @staticmethod
-    def _row_language(code: Any, where: str) -> str:
-        if not isinstance(code, str):
-            raise FormatError(f"{where}: its language is not text ({type(code).__name__})")
+
+@dataclass
+class _Rows:
+    """How a dataset stream labels its rows (``every``: every row's language; ``unlabelled``:
+    that of rows without one), and what it has said of the rows it skipped: once a stream, the
+    first row of each kind, on stderr (the stream may run on a thread of its own)."""
+
+    where: str  # the source, as described
+    text_column: str
+    every: str | None
+    unlabelled: str | None
+    unknown_codes: set[str] = field(default_factory=set)  # not normalize_language's
+    said: set[str] = field(default_factory=set)  # the kinds of skipped rows already named
+
+    def language(self, code: Any) -> str | None:
+        """A row's language code as xelm names it (``language_code``, cached: a dataset
+        repeats a few codes); None when it is unknown or not text."""
+        if not isinstance(code, str) or code in self.unknown_codes:
+            return None
         try:
-            return normalize_language(code)
-        except UsageError as exc:
-            raise FormatError(f"{where}: {exc}") from None
+            return language_code(code)
+        except UsageError:
+            self.unknown_codes.add(code)
+            return None
+
+    def null_text(self, number: int) -> None:
+        self._once(
+            "null",
+            f"row {number}: its {self.text_column!r} is null: rows without text are skipped, "
+            "as blank documents are",
+        )
+
+    def unknown(self, label: tuple[str, Any], number: int) -> None:
+        column, code = label
+        self._once(
+            "unknown",
+            f"row {number}: unknown language code {code!r} in its {column!r} column: rows of "
+            "unknown languages are skipped, as those of languages not wanted are",
+        )
+
+    def _once(self, kind: str, message: str) -> None:
+        if kind not in self.said:
+            self.said.add(kind)
+            sys.stderr.write(f"xelm: warning: {self.where} {message}\n")
 
 
 @dataclass(frozen=True)
@@ -514,7 +609,9 @@ Source = DatasetSource | FileSource
 
 @contextlib.contextmanager
 def _translated(source: DatasetSource) -> Iterator[None]:
-    """``datasets``/Hub/Arrow failures as one line naming the source."""
+    """``datasets``/Hub/Arrow failures as one line naming the source and the way out: the
+    Hub's refusals by their type and HTTP status (``_hub_refusal``), the network's failures
+    (a download cut short too) as ``SourceUnavailable``, anything else as ``BrokenData``."""
     import datasets
 
     where = source.describe()
@@ -523,37 +620,103 @@ def _translated(source: DatasetSource) -> Iterator[None]:
             yield
     except (UsageError, FormatError):
         raise
-    except datasets.exceptions.DatasetNotFoundError as exc:
-        if "gated" in str(exc).lower():
-            raise UsageError(
-                f"cannot load dataset {source.dataset}: it is gated on the Hugging Face Hub: "
-                "accept its terms on its "
-                "page, then log in (`hf auth login`) or set HF_TOKEN"
-            ) from None
-        raise UsageError(
-            f"cannot load dataset {source.dataset}: not a local directory, and not found on "
-            "the Hub; check the name, or pass a local copy"
-        ) from None
     except datasets.data_files.EmptyDatasetError:
         folder = f"folder {source.data_dir!r}" if source.data_dir else "repository"
         raise UsageError(
             f"{where}: its {folder} holds no data files; check --data-dir / --config"
         ) from None
-    except (ConnectionError, TimeoutError) as exc:
-        raise SourceUnavailable(
-            f"cannot load dataset {source.dataset} ({where}): "
-            f"{exception_line(exc, 200)} ({_without_the_hub(source.dataset, exc)})"
-        ) from None
-    except ValueError as exc:
-        raise _config_or_split_error(source, exc) from None
-    except Exception as exc:  # Arrow, gzip, JSON and generation errors: the data is broken
-        if _is_network_error(exc):
+    except Exception as exc:  # the Hub's, the network's; else Arrow, gzip, JSON: broken data
+        refused = _hub_refusal(source, exc)
+        if refused is not None:
+            raise refused from None
+        if _is_network_error(exc, remote=not Path(resolve_dataset(source.dataset)).exists()):
             raise SourceUnavailable(
                 f"cannot load dataset {source.dataset} ({where}): {exception_line(exc, 200)} "
                 f"({_without_the_hub(source.dataset, exc)})"
             ) from None
-        reason = exception_line(exc)
-        raise FormatError(f"cannot read {where}: {reason}") from None
+        if isinstance(exc, ValueError):
+            raise _config_or_split_error(source, exc) from None
+        raise BrokenData(f"cannot read {where}: {exception_line(exc)}") from None
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors that led to it (``raise ... from``, or raised while handling)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        cause = current.__cause__
+        if cause is None and not current.__suppress_context__:
+            cause = current.__context__
+        current = cause
+    return chain
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of an HTTP error (huggingface_hub's ``HfHubHTTPError``, httpx's
+    ``HTTPStatusError``, requests' ``HTTPError``: a ``response`` with ``status_code``;
+    aiohttp's ``ClientResponseError``: ``status``); None for any other error."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is None and type(exc).__name__ == "ClientResponseError":
+        status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _hub_refusal(source: DatasetSource, exc: BaseException) -> UsageError | None:
+    """The Hub's refusal to give ``source`` (``exc``, or an error that led to it:
+    ``datasets`` raises ``DatasetNotFoundError`` from huggingface_hub's error), as the one
+    line that says what to do; None when ``exc`` is no refusal (network errors, and the Hub's
+    429 and 5xx answers, pass). By type, then HTTP status: gated (``GatedRepoError``) -> accept
+    its terms and log in; a revision not found -> ``--revision``; a data file not found (404)
+    -> ``--revision``; a dataset not found (404, or 401 for a private one) -> its name, or log
+    in; 401/403 otherwise -> log in."""
+    chain = _causes(exc)
+    names = set().union(*map(_names, chain))
+    statuses = {status for status in map(_http_status, chain) if status is not None}
+    said = " ".join(str(error) for error in chain).lower()
+    dataset = source.dataset
+    not_found = "DatasetNotFoundError" in names or 404 in statuses
+    gated = any("DatasetNotFoundError" in _names(e) and "gated" in str(e).lower() for e in chain)
+    if "GatedRepoError" in names or gated:  # (not the Hub's "private or gated" of a 401)
+        return UsageError(
+            f"cannot load dataset {dataset}: it is gated on the Hugging Face Hub: accept its "
+            "terms on its page, then log in (`hf auth login`) or set HF_TOKEN"
+        )
+    says_revision = "revision '" in said or "revision not found" in said  # not a URL's /revision/
+    if "RevisionNotFoundError" in names or (not_found and says_revision):
+        return _no_revision(source)
+    if 404 in statuses and "EntryNotFoundError" in names and "DatasetNotFoundError" not in names:
+        return UsageError(
+            f"cannot read {source.describe()}: one of its files is not on the Hugging Face Hub "
+            "(404); check --revision, or pass a local copy"
+        )
+    if not_found or "RepositoryNotFoundError" in names:
+        again = " and --revision" if source.revision else ""
+        return UsageError(
+            f"cannot load dataset {dataset}: not a local directory, and not found on the Hub "
+            f"(or private: log in with `hf auth login` or set HF_TOKEN); check the name{again}, "
+            "or pass a local copy"
+        )
+    refused = statuses & {401, 403}
+    if refused:
+        return UsageError(
+            f"cannot load dataset {dataset}: the Hugging Face Hub refused access "
+            f"({min(refused)}): log in (`hf auth login`) or set HF_TOKEN, and accept the "
+            "dataset's terms on its page if it is gated"
+        )
+    return None
+
+
+def _no_revision(source: DatasetSource) -> UsageError:
+    revision = f"revision {source.revision!r}" if source.revision else "the revision asked for"
+    return UsageError(
+        f"cannot load dataset {source.dataset}: it has no {revision} on the Hugging Face Hub; "
+        "check --revision (a branch, tag or commit of the dataset)"
+    )
 
 
 def _without_the_hub(dataset: str, exc: BaseException) -> str:
@@ -634,9 +797,42 @@ def _quiet_libraries() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _is_network_error(exc: BaseException) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"HTTPError", "HfHubHTTPError", "ConnectError", "ReadTimeout"})
+# Errors of the HTTP clients under huggingface_hub, datasets and fsspec (by class name: none of
+# them is imported for this) that mean the network failed, not the data: a connection refused,
+# reset or timed out, or a response cut short mid-stream.
+NETWORK_ERRORS = frozenset(
+    {
+        "TransportError",  # httpx / httpx2: ConnectError, ReadError, RemoteProtocolError, ...
+        "TimeoutException",  # httpx / httpx2
+        "ChunkedEncodingError",  # requests
+        "ConnectionError",  # requests (the built-in one is also caught by type)
+        "Timeout",  # requests
+        "ProtocolError",  # urllib3: "Connection broken"
+        "ReadTimeoutError",  # urllib3
+        "IncompleteRead",  # http.client, urllib3
+        "ClientConnectionError",  # aiohttp
+        "ClientPayloadError",  # aiohttp: "Response payload is not completed"
+        "ServerDisconnectedError",  # aiohttp
+    }
+)
+TRANSIENT_STATUSES = (408, 429)  # and 5xx: the server's trouble, not the request's
+
+
+def _is_network_error(exc: BaseException, *, remote: bool = True) -> bool:
+    """Whether ``exc`` (or an error that led to it) is the network's failure: a connection or
+    timeout error, an HTTP client's transport error (``NETWORK_ERRORS``), an HTTP answer of a
+    busy or failing server (``TRANSIENT_STATUSES``, 5xx), or, reading a ``remote`` dataset, a
+    compressed file that ended early (``EOFError``: its download was cut short). A refusal
+    (401, 403, 404: ``_hub_refusal``) is not."""
+    for error in _causes(exc):
+        if isinstance(error, (ConnectionError, TimeoutError)) or _names(error) & NETWORK_ERRORS:
+            return True
+        status = _http_status(error)
+        if status is not None and (status in TRANSIENT_STATUSES or status >= 500):
+            return True
+        if remote and isinstance(error, EOFError):
+            return True
+    return False
 
 
 def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
@@ -665,7 +861,7 @@ def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
             f"{source.describe()}: no split {source.split!r} (it has "
             f"{', '.join(splits) or 'none listed'}); choose one with --split"
         )
-    return FormatError(f"cannot read {source.describe()}: {one_line(message, 300)}")
+    return BrokenData(f"cannot read {source.describe()}: {one_line(message, 300)}")
 
 
 # datasets' packaged builder of each data file extension (compressed files: the inner one)
