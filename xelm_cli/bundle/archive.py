@@ -8,7 +8,8 @@ to the same bytes.
 
 Unpacking streams the archive once: each member is refused unless it is a regular file the
 manifest lists, with the manifest's size; it is hashed while it is written into a temporary
-directory that is renamed into place only after every size and digest has matched. Decompressed
+directory that is renamed into place only after every size and digest has matched (with
+``xelm.json`` written last, so a killed unpack leaves no folder with a manifest). Decompressed
 bytes are counted as they are read, so a decompression bomb stops at the sizes the manifest
 declares (plus header room) instead of filling memory or disk.
 """
@@ -27,8 +28,13 @@ from typing import IO, Any, BinaryIO, cast
 import zstandard
 
 from xelm_cli.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_format_version
-from xelm_cli.bundle.store import Bundle
-from xelm_cli.common.atomic import atomic_directory, atomic_file
+from xelm_cli.bundle.store import (
+    Bundle,
+    check_output,
+    refuse_inside_bundle,
+    resolved_output,
+)
+from xelm_cli.common.atomic import atomic_file, sealed_directory, write_last
 from xelm_cli.common.digest import PREFIX, sha256_bytes
 from xelm_cli.common.errors import (
     ArchiveError,
@@ -107,12 +113,8 @@ def pack_bundle(
             f"compression level {level} is not between 1 and {zstandard.MAX_COMPRESSION_LEVEL}"
         )
     bundle = Bundle.open(bundle_dir, verify=False)  # layout and sizes; digests while packing
-    target, source = _resolved(out), bundle.path.resolve()
-    if source in target.parents:
-        raise UsageError(
-            f"{out}: an archive inside the bundle would become an unlisted file "
-            f"there; write it somewhere else"
-        )
+    target, source = resolved_output(out), bundle.path.resolve()
+    refuse_inside_bundle(out, "an archive")  # this bundle or any other
     if _overlap(target, source):
         raise UsageError(
             f"{out}: the archive would replace the bundle {bundle.path} (or a folder holding "
@@ -228,22 +230,18 @@ def unpack_bundle(
     that is not a regular file, an unsafe or unlisted or duplicate name, a size or sha256 that
     differs from the manifest, ``xelm.json`` not first or over 16 MiB, more than ``max_bytes`` in
     all, a truncated or corrupt stream; FormatError for a manifest of an unknown version or that
-    breaks the schema; UsageError for a missing archive or an existing ``out`` without
-    ``overwrite``. On any error nothing is left at ``out``. ``progress(n)`` receives the
-    compressed bytes read (the archive's file size in all).
+    breaks the schema; UsageError for a missing archive or an ``out`` that bundle writers may
+    not write (store.check_output: an existing one without ``overwrite``; with it, anything
+    but a bundle or an empty folder). On any error nothing is left at ``out``. ``progress(n)``
+    receives the compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
-    target = _resolved(out)
-    if _overlap(target, archive.resolve()):
+    if _overlap(resolved_output(out), archive.resolve()):
         raise UsageError(
             f"{out}: unpacking there would replace the archive {archive} it reads; unpack it "
             "somewhere else"
         )
-    if overwrite and _other_folder(target):
-        raise UsageError(
-            f"{out} is a folder but no bundle (it has no {MANIFEST_NAME}); --force replaces "
-            "only a bundle: unpack somewhere else, or remove it first"
-        )
+    check_output(out, overwrite=overwrite, inputs=[archive])
     try:
         raw = open(archive, "rb")  # noqa: SIM115 - closed by the ExitStack below
     except OSError as exc:
@@ -255,16 +253,18 @@ def unpack_bundle(
             cast(IO[bytes], source), read_across_frames=True
         )
         reader = _LimitedReader(stack.enter_context(decompressed), str(archive))
-        tmp = stack.enter_context(atomic_directory(Path(out), overwrite=overwrite))
-        _Extractor(reader, tmp, str(archive), max_bytes).run()
-        bundle = _open_unpacked(tmp, str(archive))
+        extractor: _Extractor | None = None
+
+        def seal(tmp: Path) -> None:  # the manifest last, once every other file is on disk
+            check_output(out, overwrite=overwrite, inputs=[archive])
+            assert extractor is not None and extractor.manifest_raw is not None
+            write_last(tmp, MANIFEST_NAME, extractor.manifest_raw)
+
+        tmp = stack.enter_context(sealed_directory(Path(out), overwrite=overwrite, last=seal))
+        extractor = _Extractor(reader, tmp, str(archive), max_bytes)
+        manifest = extractor.run()
+        bundle = _open_unpacked(tmp, manifest, extractor.manifest_raw, str(archive))
     return dataclasses.replace(bundle, path=Path(out))
-
-
-def _resolved(path: Path) -> Path:
-    """``path`` with its folder's links resolved (``path`` itself may not exist yet)."""
-    absolute = Path(path).absolute()
-    return absolute.parent.resolve() / absolute.name
 
 
 def _overlap(output: Path, kept: Path) -> bool:
@@ -272,21 +272,18 @@ def _overlap(output: Path, kept: Path) -> bool:
     return output == kept or output in kept.parents
 
 
-def _other_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder holding something, but no bundle."""
-    return path.is_dir() and any(path.iterdir()) and not (path / MANIFEST_NAME).is_file()
-
-
-def _open_unpacked(tmp: Path, label: str) -> Bundle:
-    """The core's own checks (sizes, listing, manifest rules), before the rename.
-
-    Digests were checked while extracting, so files are not hashed again.
+def _open_unpacked(tmp: Path, manifest: Manifest, raw: bytes | None, label: str) -> Bundle:
+    """The core's own checks (sizes, listing), before the manifest is written and the folder
+    renamed. Digests were checked while extracting, so files are not hashed again.
     """
+    assert raw is not None
+    bundle = Bundle(tmp, manifest, sha256_bytes(raw))
     try:
-        return Bundle.open(tmp, verify=False)
+        bundle.check_files(hash_files=False)
     except XelmError as exc:
         detail = str(exc).removeprefix(f"{tmp}: ").split("; run `")[0]
         raise ArchiveError(f"{label}: the unpacked bundle does not verify: {detail}") from None
+    return bundle
 
 
 class _ProgressReader:
@@ -355,11 +352,14 @@ class _Extractor:
     def __init__(self, reader: _LimitedReader, dest: Path, label: str, max_bytes: int):
         self.reader, self.dest, self.label, self.max_bytes = reader, dest, label, max_bytes
         self.seen: set[str] = set()
+        self.manifest_raw: bytes | None = None  # written last, by unpack_bundle
 
     def fail(self, message: str) -> ArchiveError:
         return ArchiveError(f"{self.label}: {message}")
 
-    def run(self) -> None:
+    def run(self) -> Manifest:
+        """Extract every member but ``xelm.json``, which is checked and kept in
+        ``manifest_raw``; returns the manifest."""
         with _archive_errors(self.label):
             stream = cast(IO[bytes], self.reader)
             tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)  # noqa: SIM115
@@ -376,6 +376,7 @@ class _Extractor:
                 f"truncated, corrupt or incomplete"
             )
         self.drain()
+        return manifest
 
     def next_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
         with _archive_errors(self.label):
@@ -422,7 +423,7 @@ class _Extractor:
             + _MEMBER_OVERHEAD * len(manifest.files)
             + _TRAILER_OVERHEAD
         )
-        self.write(MANIFEST_NAME, [raw])
+        self.manifest_raw = raw
         self.seen.add(MANIFEST_NAME)
         return manifest
 
@@ -431,7 +432,7 @@ class _Extractor:
 
     def parse_manifest(self, raw: bytes) -> Manifest:
         what = f"{self.label} ({MANIFEST_NAME})"
-        data = parse_json_object(raw, what)
+        data = parse_json_object(raw, what, unique_keys=True)
         check_format_version(data, what)
         manifest = Manifest.from_dict(data, what)
         if manifest.edited:

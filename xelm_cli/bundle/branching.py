@@ -13,9 +13,11 @@ from xelm_cli.bundle.lineage import ancestors
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,
+    check_output,
     check_role,
     holds_bundles,
     is_bundle,
+    is_hidden,
     write_bundle,
 )
 from xelm_cli.cluster.allocation import Allocation, read_allocation
@@ -57,6 +59,8 @@ def branch(
     if expert is not None and allocation is None:
         raise UsageError("--expert needs --allocation FILE")
     codes = language_codes(languages)
+    read = [parent_dir, *([allocation] if isinstance(allocation, str | Path) else [])]
+    check_output(out, overwrite=overwrite, inputs=read)  # before the parent is hashed
     parent = Bundle.open(parent_dir)  # a corrupt parent would pass its digests on
     allocation_ref = None
     if allocation is not None and expert is not None:
@@ -100,8 +104,9 @@ def _linked_child(
 
 def find_bundles(paths: Iterable[Path], *, deep: bool = False) -> list[Bundle]:
     """Bundles named directly, or found one level inside directories that are not bundles (at
-    any depth with ``deep``, hidden directories such as checkpoints left out); each once, where
-    paths overlap (``experts`` and ``experts/e1``, or ``./experts``)."""
+    any depth with ``deep``); hidden entries (``.NAME``: checkpoints, a killed writer's
+    ``.NAME.*.partial``) are never taken; each once, where paths overlap (``experts`` and
+    ``experts/e1``, or ``./experts``)."""
     bundles: dict[Path, Bundle] = {}
     for path in paths:
         if is_bundle(path):
@@ -119,9 +124,11 @@ def find_bundles(paths: Iterable[Path], *, deep: bool = False) -> list[Bundle]:
 def _bundles_below(directory: Path, deep: bool) -> list[Path]:
     found = []
     for child in sorted(directory.iterdir()):
+        if is_hidden(child):
+            continue
         if is_bundle(child):
             found.append(child)
-        elif deep and child.is_dir() and not child.name.startswith("."):
+        elif deep and child.is_dir():
             found += _bundles_below(child, deep)
     return found
 
@@ -239,7 +246,9 @@ def hmr_branch(
         donor's expert, recording ``donor`` and ``language`` (normalised codes).
     """
     donor, language = normalize_language(donor), normalize_language(language)
-    parent = Bundle.open(hmr_donor(pool, donor, language, out).path)
+    chosen = hmr_donor(pool, donor, language, out).path  # manifests only
+    check_output(out, overwrite=overwrite, inputs=[chosen])  # before the donor is hashed
+    parent = Bundle.open(chosen)
     step = {"relation": "hmr-branch", "parents": [parent.ref], "donor": donor, "language": language}
     return _linked_child(
         parent, out, step, role="expert", languages=[language], overwrite=overwrite,

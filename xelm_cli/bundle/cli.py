@@ -24,7 +24,14 @@ from xelm_cli.bundle.lineage import (
 from xelm_cli.bundle.manifest import ROLES
 from xelm_cli.bundle.moe import CALIBRATION_TOKENS
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config, init_from_hf
-from xelm_cli.bundle.store import Bundle, check_role, holds_bundles, is_bundle, verify_bundle
+from xelm_cli.bundle.store import (
+    Bundle,
+    check_output,
+    check_role,
+    holds_bundles,
+    is_bundle,
+    verify_bundle,
+)
 from xelm_cli.common.cli_options import (
     BundleArg,
     DeviceOpt,
@@ -124,6 +131,8 @@ def init(
         raise UsageError("pass exactly one of --hf MODEL or --config NAME")
     if convert_pickle and hf is None:
         raise UsageError("--convert-pickle goes with --hf MODEL (a named config has no weights)")
+    local = [Path(p) for p in (hf, tokenizer) if p is not None and Path(p).exists()]
+    check_output(out, overwrite=force, inputs=local)  # before the model is loaded
     with byte_progress("hashing", None) as progress:
         if hf is not None:
             bundle = init_from_hf(
@@ -583,6 +592,7 @@ def moe(
     from xelm_cli.ensemble.members import expand_paths
 
     paths = expand_paths(experts)
+    check_output(out, overwrite=force, inputs=paths)  # build_moe checks all its inputs again
     chosen = parse_weights(weights, [Bundle.read(p) for p in paths]) if weights else None
     with byte_progress("building the MoE model", None) as progress:
         bundle = build_moe(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
-from xelm_cli.bundle.store import Bundle, Progress, check_role, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, check_output, check_role, write_bundle
 from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.common.errors import FormatError, UsageError
@@ -316,7 +316,10 @@ def merge_average(
     if role is not None:
         check_role(role)
     language = normalize_language(language) if language else None
-    bundles = [Bundle.read(path) for path in expert_paths(paths)]
+    experts = expert_paths(paths)
+    files = [f for f in (prior, allocation) if isinstance(f, str | Path)]
+    check_output(out, overwrite=overwrite, inputs=[*experts, *files])  # before any is read
+    bundles = [Bundle.read(path) for path in experts]
     check_mergeable(bundles)
     chosen = merge_weights(
         bundles, weights=weights, prior=prior, language=language, allocation=allocation

@@ -24,7 +24,7 @@ from xelm_cli.bundle.merging import (
     expert_paths,
     normalised,
 )
-from xelm_cli.bundle.store import Bundle, Progress, write_bundle
+from xelm_cli.bundle.store import Bundle, Progress, check_output, write_bundle
 from xelm_cli.bundle.tensor_stream import (
     TensorInfo,
     TensorSource,
@@ -334,7 +334,11 @@ def build_moe(
     import torch
     from transformers import AutoConfig
 
-    bundles = [Bundle.read(path) for path in expert_paths(paths)]
+    experts = expert_paths(paths)
+    given = (shared_from, calibration)  # calibration may name a data source, not a path
+    read = [*experts, *(Path(p) for p in given if p is not None and Path(p).exists())]
+    check_output(out, overwrite=overwrite, inputs=read)  # before any input is read
+    bundles = [Bundle.read(path) for path in experts]
     check_mergeable(bundles, "joined into one MoE model")
     dense = AutoConfig.from_pretrained(bundles[0].path)
     family = family_of(dense.model_type)

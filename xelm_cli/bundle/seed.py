@@ -1,10 +1,14 @@
 """Seed bundles: from a Hugging Face model, or a named Llama-style config initialised at random."""
 
+import json
+import math
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.bundle.fingerprint import reading_safetensors
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import (
     Bundle,
@@ -18,8 +22,16 @@ from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
 from xelm_cli.lang.codes import language_codes
 
+# the weights files transformers looks for, in the order it looks for them; an index names shards
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 NEEDED = "xelm needs a decoder-only causal LM (GPT-2, Llama, XGLM, ...)"
+REMOTE_CODE = (
+    "it runs its own Python code (its config's auto_map), which xelm runs only when you pass "
+    "--trust-remote-code: the code is then copied into the bundle, and loading its bundles on "
+    "this machine runs it"
+)
 
 # Llama-style decoders small enough to pre-train from scratch on a laptop (tiny) or one GPU
 # (small); the vocabulary comes from the tokenizer.
@@ -125,20 +137,132 @@ def init_from_config(
 
 
 def pickled_only(model_id: str) -> str | None:
-    """The pickled weights file of a local model directory that has no safetensors: the shard
-    index when there is one (it names the shards), else ``pytorch_model.bin``; None otherwise."""
+    """The pickled weights file transformers reads from a local model directory that has no
+    safetensors (``pytorch_model.bin``, else the shard index ``pytorch_model.bin.index.json``
+    that names the shards); None otherwise."""
     path = Path(model_id)
     if not path.is_dir() or any(path.glob("*.safetensors")):
         return None
-    return next((name for name in PICKLED_WEIGHTS[::-1] if (path / name).is_file()), None)
+    return next((name for name in PICKLED_WEIGHTS if (path / name).is_file()), None)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The weights a seed is read from: ``name`` is the file transformers reads (a weights file
+    or the index that names the shards), ``files`` the weights files themselves."""
+
+    name: str
+    files: tuple[Path, ...]
+
+    @property
+    def pickled(self) -> bool:
+        return self.name in PICKLED_WEIGHTS
+
+
+class _NotCached(OSError):
+    """The Hub cannot be asked whether a model has a file, and the cache does not know."""
+
+
+def _model_file(model_id: str, name: str, revision: str | None, cached: bool) -> Path | None:
+    """The file ``name`` of a local model directory or a Hub model (downloaded into the Hugging
+    Face cache, where transformers then finds it), or None when the model has no such file: the
+    directory has none, or the Hub answered that it has none. When the Hub cannot be asked
+    (``cached``, or HF_HUB_OFFLINE), the cache answers: the file, or the Hub's earlier answer
+    that there is no such file, else _NotCached. A Hub that does not answer is an OSError,
+    never a missing file."""
+    directory = Path(model_id)
+    if directory.is_dir():
+        return directory / name if (directory / name).is_file() else None
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if cached or constants.HF_HUB_OFFLINE:
+        found = try_to_load_from_cache(model_id, name, revision=revision)
+        if isinstance(found, str):
+            return Path(found)
+        if found is None:
+            raise _NotCached(f"{model_id}: {name} is not in the Hugging Face cache")
+        return None  # the cache remembers the Hub's answer: no such file
+    try:
+        return Path(hf_hub_download(model_id, name, revision=revision))
+    except LocalEntryNotFoundError:  # the Hub did not answer and nothing is cached: an OSError
+        raise
+    except EntryNotFoundError:  # the Hub answered: no such file
+        return None
+    except OSError:
+        raise
+    except Exception as exc:  # a proxy or TLS failure, as one line
+        raise OSError(exception_line(exc)) from None
+
+
+def _find_weights(model_id: str, revision: str | None, cached: bool) -> _Weights | None:
+    """The weights transformers would read, looked for in its order (safetensors, then pickles;
+    a single file, then an index), with the shards an index names; None when there are none
+    of these (transformers says what it misses). A local directory with any ``*.safetensors``
+    is read as safetensors. Pickles are looked for only when the model has no safetensors
+    weights: a Hub that answered so (or whose answer the cache remembers), never a Hub that
+    could not be asked."""
+    local = Path(model_id)
+    pickles = not (local.is_dir() and any(local.glob("*.safetensors")))
+    unknown: list[str] = []  # offline, transformers reads what the cache has, in this order
+    for name in SAFETENSORS_WEIGHTS + (PICKLED_WEIGHTS if pickles else ()):
+        if name == PICKLED_WEIGHTS[0] and unknown:
+            raise OSError(
+                f"cannot tell whether {model_id} has safetensors weights: the Hub cannot be "
+                f"asked and the Hugging Face cache does not know ({unknown[0]})"
+            )
+        try:
+            found = _model_file(model_id, name, revision, cached)
+        except _NotCached:
+            unknown.append(name)
+            continue
+        if found is None:
+            continue
+        if not name.endswith(".index.json"):
+            return _Weights(name, (found,))
+        index = json.loads(found.read_text(encoding="utf-8"))
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        files = [_model_file(model_id, shard, revision, cached) for shard in shards]
+        missing = [shard for shard, file in zip(shards, files, strict=True) if file is None]
+        if missing:
+            raise OSError(f"{model_id}: {name} names {missing[0]}, which it does not have")
+        return _Weights(name, tuple(file for file in files if file is not None))
+    return None
+
+
+def _stored_dtype(weights: _Weights) -> str | None:
+    """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...):
+    from the safetensors headers, or for pickles from the tensors torch's ``weights_only``
+    loader reads (onto the meta device: no data); None when none is floating point."""
+    elements: dict[str, int] = {}
+    for file in weights.files:
+        if weights.pickled:
+            import torch
+
+            state = torch.load(file, map_location="meta", weights_only=True)
+            values = state.values() if isinstance(state, dict) else []
+            tensors = [t for t in values if isinstance(t, torch.Tensor)]
+            found = [(str(t.dtype).removeprefix("torch."), t.numel()) for t in tensors]
+        else:
+            from safetensors import safe_open
+
+            with reading_safetensors(file.name), safe_open(str(file), framework="numpy") as f:
+                parts = [f.get_slice(name) for name in f.keys()]  # noqa: SIM118
+                found = [(part.get_dtype(), math.prod(part.get_shape())) for part in parts]
+            found = [(_SAFETENSORS_DTYPES.get(dtype, dtype), n) for dtype, n in found]
+        for dtype, count in found:
+            if dtype in _SAFETENSORS_DTYPES.values():
+                elements[dtype] = elements.get(dtype, 0) + count
+    return max(elements, key=lambda dtype: elements[dtype]) if elements else None
 
 
 def _refuse_non_causal_lm(
     model_id: str, revision: str | None, trust_remote_code: bool, cached: bool
-) -> None:
+) -> Any:
     """Refuse, from its config, a checkpoint that is not a decoder-only causal LM: an
     encoder-decoder (BART: as a causal LM transformers would load its decoder alone, without
-    the encoder it was trained with; T5), or a model type with no causal-LM class."""
+    the encoder it was trained with; T5), or a model type with no causal-LM class. Returns
+    the config."""
     from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
 
     config = AutoConfig.from_pretrained(
@@ -155,23 +279,27 @@ def _refuse_non_causal_lm(
             f"cannot use {model_id!r} as a seed: it is not a causal LM (transformers has no "
             f"causal-LM class for {config.model_type}); {NEEDED}"
         )
+    return config
 
 
 def _load_hf_model(
     model_id: str,
     revision: str | None,
     trust_remote_code: bool,
-    pickled: str | None,
+    pickled: bool,
     cached: bool,
+    dtype: str | None,
 ) -> Any:
-    """The model, refused when the checkpoint's weights do not fit its causal-LM class
-    (transformers would fill in the missing ones at random and drop the others)."""
+    """The model in ``dtype`` (the one its weights are stored in; transformers' ``auto`` would
+    take the config's ``dtype`` first), refused when the checkpoint's weights do not fit its
+    causal-LM class (transformers would fill in the missing ones at random and drop the others).
+    """
     model, info = load_causal_lm(
         model_id,
         revision=revision,
-        use_safetensors=pickled is None,
+        use_safetensors=not pickled,
         weights_only=True,  # for pickles: torch's loader that runs no code from the file
-        dtype="auto",
+        dtype=dtype or "auto",
         trust_remote_code=trust_remote_code,
         local_files_only=cached,
     )
@@ -240,10 +368,14 @@ def init_from_hf(
 ) -> Bundle:
     """A seed bundle from a local Hugging Face model directory or a Hub id.
 
-    Weights are read from safetensors and written back in the dtype they were stored in.
-    A model that ships only pickled weights (``pytorch_model.bin``) is refused unless
-    ``convert_pickle``: then they are read once with torch's ``weights_only`` loader (which
-    runs no code from the file) and the bundle holds safetensors; the init step records it.
+    Weights are read from safetensors and written back in the dtype they were stored in (read
+    from the files, not from the config's ``dtype``; the init step records a config that said
+    otherwise). A model that ships only pickled weights (``pytorch_model.bin``, or sharded with
+    its index) is refused unless ``convert_pickle``: then they are read once with torch's
+    ``weights_only`` loader (which runs no code from the file) and the bundle holds
+    safetensors; the init step records the file read. A model that runs its own code is
+    refused unless ``trust_remote_code``: then the code is copied into the bundle, the init
+    step records it and this machine trusts that code (Bundle.trust_code), so its bundles load.
     Documents are framed as the model's tokenizer frames text (xelm_cli.bundle.framing), unless
     ``doc_start``/``doc_end`` name other tokens.
     """
@@ -254,20 +386,22 @@ def init_from_hf(
     local = Path(model_id).is_dir()
     pickled = pickled_only(model_id)
     if pickled and not convert_pickle:
-        raise UsageError(
-            f"{model_id} has only pickled weights ({pickled}); pass --convert-pickle "
-            "to convert them once to safetensors with torch's weights_only loader"
-        )
+        raise UsageError(_pickled_refusal(model_id, pickled))
     cached = not local and _cached_only(model_id, revision)
     try:
-        _refuse_non_causal_lm(model_id, revision, trust_remote_code, cached)
-        try:
-            model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
-        except OSError:
-            if local or not convert_pickle:
-                raise
-            pickled = PICKLED_WEIGHTS[0]  # a Hub model without safetensors: pickles, on request
-            model = _load_hf_model(model_id, revision, trust_remote_code, pickled, cached)
+        config = _refuse_non_causal_lm(model_id, revision, trust_remote_code, cached)
+        weights = _find_weights(model_id, revision, cached)
+        if weights is not None and weights.pickled and not convert_pickle:
+            raise UsageError(_pickled_refusal(model_id, weights.name))  # a Hub model
+        dtype = _stored_dtype(weights) if weights is not None else None
+        model = _load_hf_model(
+            model_id,
+            revision,
+            trust_remote_code,
+            weights is not None and weights.pickled,
+            cached,
+            dtype,
+        )
         tokenizer = AutoTokenizer.from_pretrained(
             model_id,
             revision=revision,
@@ -282,11 +416,10 @@ def init_from_hf(
             f"({why}); torch's weights_only loader refuses them and xelm never runs such code"
         ) from None
     except (OSError, ValueError) as exc:
-        reason = exception_line(exc)
+        if not trust_remote_code and "custom code" in str(exc):
+            raise UsageError(f"cannot use {model_id!r} as a seed: {REMOTE_CODE}") from None
         hint = "" if local else " (is it a local directory, or is the Hub reachable?)"
-        if not local and ".bin" in reason and not convert_pickle:
-            hint = " (pickled weights only? pass --convert-pickle)"
-        raise UsageError(f"cannot load model {model_id!r}: {reason}{hint}") from None
+        raise UsageError(f"cannot load model {model_id!r}: {exception_line(exc)}{hint}") from None
     if _sees_later_tokens(model):
         raise UsageError(
             f"cannot use {model_id!r} as a seed: its predictions change when a later token "
@@ -298,10 +431,33 @@ def init_from_hf(
         "hub": not local,
         "revision": revision,
     }
-    if pickled:
-        source["converted"] = {"from": pickled, "loader": "torch.load(weights_only)"}
+    if weights is not None and weights.pickled:
+        source["converted"] = {"from": weights.name, "loader": "torch.load(weights_only)"}
+    said = getattr(config, "dtype", None)
+    said = str(said).removeprefix("torch.") if said is not None else None
+    if dtype is not None and said is not None and said != dtype:
+        source["dtype"] = {"stored": dtype, "config": said}  # the bundle keeps the stored one
+    own_code = _runs_own_code(model, model.config, tokenizer)
+    if own_code:
+        source["trust_remote_code"] = True
     framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
-    return _write_seed(
+    bundle = _write_seed(
         Path(out), model, tokenizer, source, language_codes(languages) or (), overwrite,
         progress, framing,
     )  # fmt: skip
+    if own_code:
+        bundle.trust_code()  # the user asked for it: its bundles may run this code, here
+    return bundle
+
+
+def _pickled_refusal(model_id: str, pickled: str) -> str:
+    return (
+        f"{model_id} has only pickled weights ({pickled}); pass --convert-pickle "
+        "to convert them once to safetensors with torch's weights_only loader"
+    )
+
+
+def _runs_own_code(*loaded: Any) -> bool:
+    """Whether any of these objects comes from a model's own code (transformers imports it as
+    ``transformers_modules.*`` when ``trust_remote_code`` lets it)."""
+    return any(type(obj).__module__.split(".")[0] == "transformers_modules" for obj in loaded)

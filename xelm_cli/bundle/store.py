@@ -40,7 +40,13 @@ from xelm_cli.bundle.manifest import (
     schema_problems,
 )
 from xelm_cli.bundle.modelcard import render_model_card
-from xelm_cli.common.atomic import atomic_directory
+from xelm_cli.common.atomic import (
+    PARTIAL_SUFFIX,
+    refuse_existing,
+    refuse_replacing_workdir,
+    sealed_directory,
+    write_last,
+)
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import (
     FormatError,
@@ -78,9 +84,17 @@ def check_role(role: str) -> None:
         raise UsageError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
 
 
+def is_hidden(path: str | Path) -> bool:
+    """Whether ``path`` names a hidden entry (``.NAME``): a writer's temporary
+    (``.NAME.*.partial``), checkpoints (``.NAME.ckpt``), never a bundle to discover."""
+    name = Path(path).name
+    return name.startswith(".") and name != ".."
+
+
 def is_bundle(path: str | Path) -> bool:
-    """Whether ``path`` is a bundle directory (has a manifest); nothing is read or checked."""
-    return (Path(path) / MANIFEST_NAME).is_file()
+    """Whether ``path`` is a bundle directory (has a manifest) with a name that is not hidden
+    (a killed writer's ``.NAME.*.partial`` may hold a manifest); nothing is read or checked."""
+    return not is_hidden(path) and (Path(path) / MANIFEST_NAME).is_file()
 
 
 def holds_bundles(path: Path) -> bool:
@@ -235,16 +249,69 @@ class Bundle:
                 problems.append(f"{kind} fingerprint does not match the files")
         return problems
 
+    def _code_key(self) -> str:
+        """What names this bundle's own code, byte for byte: the SHA-256 of the canonical form
+        of ``{file name: sha256}`` over its ``.py`` files, read from the files themselves."""
+        from xelm_cli.common.jsonio import canonical_json
+
+        code = {f.name: sha256_file(f) for f in sorted(self.path.glob("*.py"))}
+        return sha256_bytes(canonical_json(code)).removeprefix("sha256:")
+
+    def trust_code(self) -> None:
+        """Trust this bundle's own code (its ``.py`` files, as they are now) on this machine:
+        bundles that hold the same code and record ``source.trust_remote_code`` may run it
+        (``runs_trusted_code``). ``bundle init --trust-remote-code`` calls it: the user asked."""
+        folder = verified.cache_root().parent / "trusted-code"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self._code_key()).write_text(f"{self.path}\n", encoding="utf-8")
+
+    def runs_trusted_code(self) -> bool:
+        """Whether loading this bundle runs its own code: its line was made with ``bundle init
+        --trust-remote-code`` (its init step's ``source.trust_remote_code``), its configs'
+        ``auto_map`` name classes of its own ``.py`` files (never another repository's, which
+        transformers would fetch from the Hub), and this very code was trusted on this machine
+        (``trust_code``): the record alone is not enough, being whatever the bundle's writer
+        put there."""
+        if self.manifest.origin.get("trust_remote_code") is not True:
+            return False
+        code = sorted(f.name for f in self.path.glob("*.py"))
+        refs: list[tuple[str, str]] = []
+        for name in ("config.json", "tokenizer_config.json"):
+            path = self.path / name
+            data = parse_json_object(path.read_bytes(), str(path)) if path.is_file() else {}
+            auto_map = data.get("auto_map") or {}
+            entries = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+            for entry in entries:  # a class, or [slow, fast] tokenizer classes (or null)
+                classes = entry if isinstance(entry, list) else [entry]
+                refs += [(name, str(ref)) for ref in classes if ref]
+        if not refs:
+            return False  # nothing of its own to run (a merge into a known architecture)
+        for name, ref in refs:  # "module.Class", the module one of the bundle's .py files
+            if f"{ref.rpartition('.')[0]}.py" not in code:
+                raise FormatError(
+                    f"{self.path}: {name} names code outside the bundle ({ref[:100]}); "
+                    "xelm runs only a bundle's own code"
+                )
+        if not (verified.cache_root().parent / "trusted-code" / self._code_key()).is_file():
+            raise FormatError(
+                f"{self.path}: runs its own code ({', '.join(code)}), which was not trusted on "
+                "this machine; `xelm bundle init --hf MODEL --trust-remote-code` of the model "
+                "it came from trusts it"
+            )
+        return True
+
     def load_model(
         self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any
     ) -> Any:
-        """The model, via ``AutoModelForCausalLM.from_pretrained`` (safetensors only)."""
+        """The model, via ``AutoModelForCausalLM.from_pretrained`` (safetensors only), running
+        the bundle's own code with ``trust_remote_code`` or when ``runs_trusted_code``."""
         if verify:
             self.check_files()
+        trust = trust_remote_code or self.runs_trusted_code()
         wants_info = kwargs.pop("output_loading_info", False)
         with self._load_errors("model"):
             model, info = load_causal_lm(
-                self.path, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
+                self.path, use_safetensors=True, trust_remote_code=trust, **kwargs
             )
         problem = loading_problem(info)
         if problem:
@@ -277,12 +344,15 @@ class Bundle:
         return bos_eos(tokenizer if tokenizer is not None else self.load_tokenizer(verify=False))
 
     def load_tokenizer(self, *, verify: bool = True, trust_remote_code: bool = False) -> Any:
+        """The tokenizer, via ``AutoTokenizer.from_pretrained``, running the bundle's own code
+        with ``trust_remote_code`` or when ``runs_trusted_code``."""
         from transformers import AutoTokenizer
 
         if verify:
             self.check_files()
+        trust = trust_remote_code or self.runs_trusted_code()
         with self._load_errors("tokenizer"):
-            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust)
 
     @contextlib.contextmanager
     def _load_errors(self, what: str) -> Iterator[None]:
@@ -309,9 +379,57 @@ class Bundle:
             )
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pkl")  # spec 1.2: pickle-based files MUST NOT appear
+_ONE_PARENT = ("branch", "train", "hmr-branch")
+_WEIGHTED = ("merge", "average")
+
+
+def rule_problems(data: dict[str, Any]) -> list[str]:
+    """Breaches of the spec's MUST rules that the schema cannot express, in a manifest that is
+    valid against the schema: one line each, naming the member and the spec section."""
+    problems = []
+    files = data["files"]
+    for name in sorted(files):
+        if name.endswith(_PICKLE_SUFFIXES):
+            problems.append(
+                f"files/{name}: a pickle-based file; weights must be safetensors (spec 1.2)"
+            )
+    if CARD_NAME not in files:
+        problems.append(f"files: {CARD_NAME}, the model card, is not listed (spec 6)")
+    for i, step in enumerate(data["lineage"]):
+        relation, parents = step["relation"], step["parents"]
+        if i == 0 and relation != "init":
+            problems.append(f"lineage/0: the first step is {relation!r}, not 'init' (spec 3.2)")
+        elif i > 0 and relation == "init":
+            problems.append(f"lineage/{i}: 'init' after the first step (spec 3.2)")
+        if relation in _ONE_PARENT and len(parents) != 1:
+            problems.append(
+                f"lineage/{i}: {relation!r} with {len(parents)} parents, not one (spec 3.2)"
+            )
+        weights = step.get("weights")
+        if relation in _WEIGHTED and weights is not None:
+            if len(weights) != len(parents):
+                problems.append(
+                    f"lineage/{i}/weights: {len(weights)} weight(s) for {len(parents)} parents "
+                    "(spec 3.2)"
+                )
+            elif not math.isclose(math.fsum(weights), 1.0, abs_tol=1e-6):
+                problems.append(
+                    f"lineage/{i}/weights: they sum to {math.fsum(weights):.6g}, not 1 (spec 3.2)"
+                )
+    return problems
+
+
 def verify_bundle(path: str | Path, progress: Progress | None = None) -> list[str]:
-    """Every problem with a bundle: format, schema, files, digests and fingerprints."""
+    """Every problem with a bundle, in this order: format, schema and the spec's other rules
+    for the manifest; files and digests; fingerprints (when the files are intact). A manifest
+    that breaks the schema stops there: nothing else can be read from it."""
     path = Path(path)
+    if is_hidden(path) and path.name.endswith(PARTIAL_SUFFIX):
+        return [
+            "a writer's temporary folder (its write was killed, or is still running), not a "
+            "bundle: write the bundle again"
+        ]
     try:
         raw, data = _read_manifest(path)
         check_format_version(data, str(path))
@@ -321,8 +439,9 @@ def verify_bundle(path: str | Path, progress: Progress | None = None) -> list[st
     if problems:
         return problems
     bundle = Bundle(path, Manifest.from_dict(data, str(path)), sha256_bytes(raw))
-    problems = bundle.file_problems(progress=progress, use_cache=False)
-    return problems or bundle.fingerprint_problems()
+    problems = rule_problems(data)
+    broken_files = bundle.file_problems(progress=progress, use_cache=False)
+    return problems + (broken_files or bundle.fingerprint_problems())
 
 
 def new_bundle_id() -> str:
@@ -367,6 +486,7 @@ class BundleWriter:
         # those shared with the parent (what makes branching O(1) in model size) and those
         # hashed as they were written (record_written).
         self._known: dict[str, tuple[FileEntry, tuple[int, int, int]]] = {}
+        self._manifest: bytes | None = None  # xelm.json, once finish() has made it
 
     def inherit(self, parent: Bundle, names: Iterable[str]) -> None:
         for name in names:
@@ -400,7 +520,13 @@ class BundleWriter:
 
     def save_tokenizer(self, tokenizer: Any) -> None:
         self.remove(lambda n: n in TOKENIZER_FILES)
-        tokenizer.save_pretrained(self.directory)
+        if isinstance(getattr(tokenizer, "chat_template", None), dict):
+            # several named templates: transformers would write the extra ones into a folder
+            # (additional_chat_templates/), and a bundle holds only files: keep them all in
+            # tokenizer_config.json, which every transformers version reads
+            tokenizer.save_pretrained(self.directory, save_jinja_files=False)
+        else:
+            tokenizer.save_pretrained(self.directory)
 
     def _file_entries(self, progress: Progress | None) -> dict[str, FileEntry]:
         entries = {}
@@ -451,14 +577,94 @@ class BundleWriter:
         (self.directory / CARD_NAME).unlink(missing_ok=True)
         (self.directory / CARD_NAME).write_bytes(card)
         manifest.files[CARD_NAME] = FileEntry(sha256_bytes(card), len(card))
-        problems = schema_problems(manifest.to_dict())
+        data = manifest.to_dict()
+        problems = schema_problems(data) or rule_problems(data)
         if problems:  # a bug or bad input upstream: never write a bundle that would not verify
             raise FormatError(f"refusing to write an invalid manifest: {problems[0]}")
-        (self.directory / MANIFEST_NAME).write_bytes(pretty_json(manifest.to_dict()))
         for child in self.directory.iterdir():
             if stat.S_IMODE(child.lstat().st_mode) != 0o444:
                 child.chmod(0o444)  # immutable by convention; hard links share this mode
+        self._manifest = pretty_json(data)  # written by seal(), once the rest is on disk
         return manifest
+
+    def seal(self) -> None:
+        """Write ``xelm.json``, the file that makes the directory a bundle: after every other
+        file is on disk (write_bundle calls it right before the directory's rename), through
+        a temporary name, so a writer killed at any point leaves no directory with a
+        manifest whose files are incomplete (spec section 2)."""
+        if self._manifest is None:
+            raise RuntimeError("BundleWriter.seal() before finish()")
+        write_last(self.directory, MANIFEST_NAME, self._manifest)
+
+
+def resolved_output(path: str | Path) -> Path:
+    """``path`` made absolute with its folder's links resolved (``path`` itself may not exist
+    yet, and a link there is what a write would replace, not what it points to)."""
+    absolute = Path(os.path.abspath(path))
+    return absolute.parent.resolve() / absolute.name
+
+
+def enclosing_bundle(path: str | Path) -> Path | None:
+    """The nearest folder above ``path`` that holds a ``xelm.json``, or None: anything written
+    at ``path`` would become a file that bundle's manifest does not list."""
+    for folder in resolved_output(path).parents:
+        if (folder / MANIFEST_NAME).is_file():
+            return folder
+    return None
+
+
+def refuse_inside_bundle(out: str | Path, what: str = "the output") -> None:
+    """Refuse ``out`` inside a bundle (its folder, or any folder above it, holds xelm.json)."""
+    folder = enclosing_bundle(out)
+    if folder is not None:
+        raise UsageError(
+            f"{out}: {what} would lie inside the bundle {folder}, unlisted in its manifest (the "
+            "bundle would no longer verify): write it somewhere else"
+        )
+
+
+def check_output(
+    out: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()
+) -> None:
+    """Refuse, in one line and before any input is read, an output directory that a bundle
+    writer must not write (the shared check of every bundle writer: init, branch, merge, moe,
+    train, unpack):
+
+    - ``out`` inside a bundle (spec section 1: a bundle holds no folders);
+    - ``out`` that is, holds or lies inside one of ``inputs`` (what the command reads);
+    - an existing ``out`` without ``overwrite``; with it, anything but a bundle (a folder with
+      ``xelm.json``) or an empty folder, and the current directory or a folder above it.
+    """
+    refuse_inside_bundle(out)
+    target = resolved_output(out)
+    for given in inputs:
+        source = Path(given).resolve()
+        where = (
+            "is" if target == source
+            else "holds" if target in source.parents
+            else "lies inside" if source in target.parents
+            else None
+        )  # fmt: skip
+        if where:
+            raise UsageError(
+                f"{out} {where} {given}, which this command reads: write the output somewhere else"
+            )
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
+        refuse_existing(target)
+    refuse_replacing_workdir(Path(out))
+    if not target.is_dir():
+        raise UsageError(
+            f"{out} is a file, not a bundle; --force replaces only a bundle or an empty "
+            "folder: write the output somewhere else, or remove the file first"
+        )
+    if not (target / MANIFEST_NAME).is_file() and any(target.iterdir()):
+        raise UsageError(
+            f"{out} is a folder but no bundle (it has no {MANIFEST_NAME}); --force replaces "
+            "only a bundle or an empty folder: write the output somewhere else, or empty or "
+            "remove that folder first"
+        )
 
 
 @contextlib.contextmanager
@@ -485,11 +691,25 @@ def write_bundle(
     system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
     given. ``languages`` are stored normalised (``tur`` as ``tr``), without repeats. On any
     exception nothing is left at ``out``.
+
+    ``out`` is refused as :func:`check_output` says, with the parent as an input; commands
+    call :func:`check_output` with all their inputs themselves, before they read them.
+    ``xelm.json`` is written last, once every other file is on disk, right before the
+    directory is renamed into place.
     """
     out = Path(out)
+    sources = [parent.path] if parent is not None else []
+    check_output(out, overwrite=overwrite, inputs=sources)
     languages = list(dict.fromkeys(normalize_language(code) for code in languages))
     lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    writer: BundleWriter | None = None
+
+    def seal(_: Path) -> None:
+        check_output(out, overwrite=overwrite, inputs=sources)  # still so, after the writing
+        assert writer is not None
+        writer.seal()
+
+    with sealed_directory(out, overwrite=overwrite, last=seal) as tmp:
         writer = BundleWriter(tmp)
         if parent is not None:
             shared = [

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
@@ -180,19 +180,75 @@ def output_lock(target: str | Path) -> Iterator[None]:
                     directory.rmdir()
 
 
-def _refuse_existing(target: Path, what: str) -> None:
+def refuse_existing(target: Path, what: str = "output") -> None:
+    """Refuse an existing ``target`` in one line (a command without ``--force``)."""
+    target = Path(os.path.abspath(target))
     if target.exists() or target.is_symlink():
         raise UsageError(f"{what} {target} already exists; choose another path or pass --force")
+
+
+def refuse_replacing_workdir(target: Path) -> None:
+    """Refuse to replace the current directory or a directory above it: the command would
+    delete the folder it runs in (``-o . --force``, ``-o .. --force``)."""
+    absolute = Path(os.path.abspath(target))
+    with contextlib.suppress(OSError):  # a parent that cannot be resolved is no working dir
+        absolute = absolute.parent.resolve() / absolute.name
+    try:
+        here = Path(os.getcwd())
+    except OSError:  # the working directory is gone: nothing to protect
+        return
+    if absolute == here or absolute in here.parents:
+        raise UsageError(
+            f"{target} is the current directory or holds it; --force does not replace it: "
+            "write the output somewhere else"
+        )
+
+
+def _refuse_replacing(target: Path, overwrite: bool) -> None:
+    if not overwrite:
+        refuse_existing(target)
+    elif target.exists():
+        refuse_replacing_workdir(target)
 
 
 @contextlib.contextmanager
 def atomic_directory(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory that becomes ``target`` when the block succeeds."""
+    with sealed_directory(target, overwrite=overwrite) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def sealed_directory(
+    target: Path, *, overwrite: bool = False, last: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
+    """:func:`atomic_directory` with a last step: ``last(tmp)`` runs after every file in the
+    temporary directory has been flushed to disk, right before the rename, so a file it writes
+    there (with :func:`write_last`: a bundle's manifest) appears after all the others; it may
+    still refuse (raise), and then nothing is left at ``target``."""
     target = Path(os.path.abspath(target))
-    if not overwrite:
-        _refuse_existing(target, "output")
+    _refuse_replacing(target, overwrite)
     with output_lock(target):
-        yield from _build_directory(target, overwrite)
+        yield from _build_directory(target, overwrite, last)
+
+
+def write_last(directory: Path, name: str, data: bytes, mode: int = 0o444) -> None:
+    """Write ``directory/name`` whole or not at all: under a temporary name, flushed, then
+    renamed to ``name`` (a marker such as a bundle's manifest, whose presence must mean
+    that everything else is complete)."""
+    tmp = directory / f".{name}{PARTIAL_SUFFIX}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.rename(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(directory)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -235,16 +291,21 @@ def _replace(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
+def _build_directory(
+    target: Path, overwrite: bool, last: Callable[[Path], None] | None
+) -> Iterator[Path]:
     tmp = _make_sibling_temp(target, make_dir=True)
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
         yield tmp
         fsync_tree(tmp)
+        _refuse_replacing(target, overwrite)  # again: the target may have come or changed
+        if last is not None:
+            last(tmp)
         if target.exists() and overwrite:
             _replace(tmp, target)
         else:
-            _refuse_existing(target, "output")
+            refuse_existing(target)
             os.rename(tmp, target)
         fsync_dir(target.parent)
     except BaseException:
@@ -256,8 +317,7 @@ def _build_directory(target: Path, overwrite: bool) -> Iterator[Path]:
 def atomic_file(target: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary file path that replaces ``target`` when the block succeeds."""
     target = Path(os.path.abspath(target))
-    if not overwrite:
-        _refuse_existing(target, "output")
+    _refuse_replacing(target, overwrite)
     with output_lock(target):
         yield from _build_file(target, overwrite)
 
@@ -269,8 +329,7 @@ def _build_file(target: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if not overwrite:
-            _refuse_existing(target, "output")
+        _refuse_replacing(target, overwrite)
         if target.is_dir() and not target.is_symlink():  # --force over a directory
             _replace(tmp, target)
         else:
