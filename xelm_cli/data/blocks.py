@@ -1,5 +1,5 @@
-"""Reading corpus files (JSON lines or text, optionally zstd-compressed) in blocks of whole
-lines (``read_blocks``), or record by record (``iter_records``).
+"""Reading corpus files (JSON lines or text, optionally zstd- or gzip-compressed) in blocks of
+whole lines (``read_blocks``), or record by record (``iter_records``).
 
 A block of JSON lines is parsed at once by Arrow's JSON reader (``xelm_cli.data.columnar``), with
 no Python object per line, and only a block with something unusual or broken in it is read line
@@ -8,9 +8,11 @@ by line, so that both give the same documents and errors. Each block ends at a
 """
 
 import codecs
+import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +27,16 @@ from xelm_cli.data.columnar import NEWLINE, Parsed, columnar_records
 from xelm_cli.data.labels import language_code, record_label, unlabelled
 from xelm_cli.data.zstd_stream import CHUNK, ZstdReader
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".json.zst")
-TEXT_SUFFIXES = (".txt", ".txt.zst")
+COMPRESSIONS = ("", ".zst", ".gz")  # how a corpus file may be compressed: not, zstd, gzip
+JSONL_SUFFIXES = tuple(f"{n}{c}" for n in (".jsonl", ".json", ".ndjson") for c in COMPRESSIONS)
+TEXT_SUFFIXES = tuple(f".txt{c}" for c in COMPRESSIONS)
+CORPUS_FILE_TYPES = "*.jsonl, *.json, *.ndjson, *.txt, each optionally .gz or .zst"
 BLOCK_LINES = 1000  # lines a block holds unless asked otherwise
 MAX_LINE_CHARS = 64 << 20  # a "line" longer than this is not a document but a broken file
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The records of a JSON-lines file (.jsonl or .jsonl.zst) with their line numbers, each
+    """The records of a JSON-lines file (.jsonl, .jsonl.zst, ...) with their line numbers, each
     with a valid string ``text``, and every other field as written (``source``, ...)."""
     number = 0
     for piece in _pieces(path, FilePosition(), BLOCK_LINES):
@@ -46,8 +50,14 @@ def _record(line: str, path: Path, number: int) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
-        # a line that does not even open an object is likely text in a file named .jsonl
-        hint = "" if line.lstrip().startswith("{") else " (plain text? name the file .txt)"
+        # a line that does not even open an object is likely text in a file named .jsonl;
+        # one that opens an array or only an object, the start of one JSON document
+        start = line.strip()
+        hint = " (plain text? name the file .txt)"
+        if start == "{" or start.startswith("["):
+            hint = " (one JSON document, not JSON lines: write one record per line)"
+        elif start.startswith("{"):
+            hint = ""
         raise FormatError(f"{path}:{number}: not a JSON object{hint}") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise FormatError(f"{path}:{number}: a record needs a string field 'text'")
@@ -69,10 +79,28 @@ def _record_language(
         raise FormatError(f"{path}:{number}: {exc}") from None
 
 
+def first_label(path: Path) -> str | None:
+    """The language label (normalised) of the first record of a JSON-lines corpus file; None
+    for a text file, a file without records, a first record without a label, and one that
+    cannot be read (reading the whole file says why)."""
+    if not path.name.endswith(JSONL_SUFFIXES):
+        return None
+    try:
+        for piece in _pieces(path, FilePosition(), 1):
+            for number, line in enumerate(_split_lines(piece, path), 1):
+                if line.strip():
+                    return _record_language(_record(line, path, number), path, number, None)
+    except (FormatError, UsageError):
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class FilePosition:
     """How far a corpus file was read: ``offset`` bytes of its (decompressed) content, which
-    end after its first ``line`` lines. Reading again from a position continues exactly there."""
+    end after its first ``line`` lines. Reading again from a position continues exactly there:
+    a compressed file is decompressed again up to ``offset`` (neither zstd nor gzip can start
+    mid-stream), a plain one is seeked."""
 
     offset: int = 0
     line: int = 0
@@ -116,12 +144,22 @@ def _pieces(path: Path, start: FilePosition, lines: int) -> Iterator[bytes]:
     file's last line may lack its newline). A line longer than ``MAX_LINE_CHARS`` characters
     is a ``FormatError`` naming it, read no further than that."""
     with open(path, "rb") as raw:
-        content: Any = ZstdReader(raw, path) if path.suffix == ".zst" else raw
+        content: Any = raw
+        if path.suffix == ".zst":
+            content = ZstdReader(raw, path)
+        elif path.suffix == ".gz":
+            content = gzip.GzipFile(fileobj=raw, mode="rb")
         try:
             _skip(content, start.offset, path)
             yield from _split_content(content, path, start.line, lines)
         except zstandard.ZstdError as exc:
             raise FormatError(f"{path}: corrupt zstd stream ({exc})") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise FormatError(f"{path}: corrupt gzip stream ({exc})") from None
+        except EOFError:  # gzip's end of input inside a member
+            raise FormatError(
+                f"{path}: truncated gzip stream (the file is cut short or corrupt)"
+            ) from None
 
 
 def _split_content(content: BinaryIO, path: Path, before: int, lines: int) -> Iterator[bytes]:
@@ -203,7 +241,7 @@ def _skip(content: BinaryIO, offset: int, path: Path) -> None:
     """Move past the first ``offset`` bytes of ``content`` (decompressing them when it must)."""
     if not offset:
         return
-    if content.seekable():
+    if isinstance(content, io.BufferedReader):  # the file itself, not a decompressing reader
         content.seek(offset)
         skipped = min(offset, os.fstat(content.fileno()).st_size)
     else:

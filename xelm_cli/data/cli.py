@@ -46,7 +46,8 @@ SourceArg = Annotated[
     str,
     typer.Argument(
         metavar="SOURCE",
-        help="What to read: a corpus (.jsonl[.zst] / .txt file or directory, save_to_disk "
+        help="What to read: a corpus (.jsonl / .json / .ndjson / .txt file, plain, .zst or "
+        ".gz, or a directory of them; a save_to_disk "
         "dataset), a dataset (Hub id owner/name, or a local directory laid out like one: "
         "streamed), or a corpus recipe (a recipe file, or a name from `xelm data recipes`).",
         show_default=False,

@@ -1,22 +1,33 @@
 """Reading corpora: documents with a language label, from files or directories.
 
 Formats: JSON lines with ``text`` and ``lang`` (the mC4 record layout; ``language`` is accepted
-too), optionally zstd-compressed (``.jsonl.zst``); plain text (``.txt``, ``.txt.zst``), one
-document per non-empty line, its language from the file name (``tr.txt``) or ``language=``; a
-directory of such files (sorted, recursive). A ``.zst`` file must hold complete zstd frames: a
-truncated or corrupt stream is an error, never a silently shorter corpus. Files are read in
-blocks of whole lines (``xelm_cli.data.blocks``); a Hugging Face dataset is read by
-``xelm_cli.data.hf_datasets``.
+too) named ``.jsonl``, ``.json`` or ``.ndjson``; plain text (``.txt``), one document per
+non-empty line, its language from the file name (``tr.txt``) or ``language=``; each optionally
+zstd- or gzip-compressed (``.jsonl.zst``, ``.json.gz``); a directory of such files (sorted,
+recursive), where a plain ``.json`` file is read only when it holds JSON lines (not one JSON
+document: statistics, a configuration) and files of other types are named in a warning. A
+compressed file must hold complete frames (members): a truncated or corrupt stream is an error,
+never a silently shorter corpus. Files are read in blocks of whole lines
+(``xelm_cli.data.blocks``); a Hugging Face dataset is read by ``xelm_cli.data.hf_datasets``.
 """
 
+import functools
 import itertools
+import json
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.blocks import JSONL_SUFFIXES, TEXT_SUFFIXES, read_blocks
+from xelm_cli.data.blocks import (
+    CORPUS_FILE_TYPES,
+    JSONL_SUFFIXES,
+    TEXT_SUFFIXES,
+    first_label,
+    read_blocks,
+)
 from xelm_cli.data.hf_datasets import hf_rows
 from xelm_cli.data.labels import language_code
 from xelm_cli.lang.codes import wanted_form
@@ -24,6 +35,9 @@ from xelm_cli.lang.codes import wanted_form
 HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
 HF_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+JSON_PEEK = 1 << 20  # bytes of a .json file's first line read to tell JSON lines from JSON
+UNREAD_SHOWN = 5  # unread files a warning names
+_warned: set[str] = set()  # warnings given in this process (corpus files are listed often)
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,10 @@ def source_kind(source: str | Path) -> str:
             return "hf-disk"
         if _declares_configs(path / "README.md"):
             return "hf-dir"
-        if not _text_corpus_files(path) and any(
-            p.name.endswith(HF_DATA_SUFFIXES) for p in path.rglob("*")
+        # a .json file may be a dataset's: a directory of them alone stays a dataset
+        names = [p.name for p in path.rglob("*")]
+        if not any(_corpus_name(n) and not n.endswith(".json") for n in names) and any(
+            n.endswith(HF_DATA_SUFFIXES) for n in names
         ):
             return "hf-dir"
         return "files"
@@ -73,40 +89,120 @@ def _declares_configs(readme: Path) -> bool:
     return any(line.startswith("configs:") for line in header.splitlines())
 
 
-def _text_corpus_files(directory: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in directory.rglob("*")
-        if p.is_file() and p.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
-    )
+def _corpus_name(name: str) -> bool:
+    return name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
+
+
+def _directory_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """The corpus files of a directory, sorted, and its other files but hidden ones: a plain
+    ``.json`` file is a corpus file only when it holds JSON lines."""
+    files, others = [], []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if _corpus_name(path.name) and (path.suffix != ".json" or _holds_json_lines(path)):
+            files.append(path)
+        elif not any(part.startswith(".") for part in path.relative_to(directory).parts):
+            others.append(path)
+    return files, others
+
+
+def _holds_json_lines(path: Path) -> bool:
+    """Whether a ``.json`` file is JSON lines (its first line a record with a string ``text``,
+    or nothing but blank lines), not one JSON document."""
+    try:
+        with path.open("rb") as f:
+            line = b""
+            while not line.strip() and (line := f.readline(JSON_PEEK)):
+                pass
+    except OSError:
+        return False
+    if not line.strip():
+        return True
+    try:
+        record = json.loads(line)
+    except ValueError:  # a first line longer than was read may still be a record
+        return len(line) == JSON_PEEK and line.lstrip().startswith(b'{"')
+    return isinstance(record, dict) and isinstance(record.get("text"), str)
 
 
 def corpus_files(source: Path, *, languages: Sequence[str] | None = None) -> list[Path]:
     """The readable files of a corpus path, in a stable order; with ``languages``, a file named
-    for another language (``tr.jsonl.zst`` holds Turkish) is left out unread."""
+    for another language (``tr.jsonl.zst`` holds Turkish) is left out unread, unless its first
+    record is labelled otherwise (see ``_wanted_file``). A directory's files of other types are
+    named in a warning on stderr, once."""
     if source.is_file():
-        if not source.name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES):
-            raise UsageError(
-                f"{source}: not a corpus file (*.jsonl[.zst], *.txt[.zst]); "
-                "for a dataset file pass its directory"
-            )
+        if not _corpus_name(source.name):
+            raise UsageError(f"{source}: not a corpus file ({CORPUS_FILE_TYPES}); {_way(source)}")
         return [source]
     if not source.is_dir():
         raise UsageError(f"corpus not found: {source}")
     if source_kind(source) != "files":  # a dataset: every file is part of its content
         return sorted(p for p in source.rglob("*") if p.is_file())
-    files = _text_corpus_files(source)
+    files, others = _directory_files(source)
+    shown = _names(source, others)
     if not files:
-        raise UsageError(f"no corpus files (*.jsonl[.zst], *.txt[.zst]) in {source}")
+        held = f" (it has {shown}): convert them" if others else ""
+        raise UsageError(f"no corpus files ({CORPUS_FILE_TYPES}) in {source}{held}")
+    if others:
+        _warn_once(
+            f"xelm: warning: {source}: not reading {shown} (corpus files are "
+            f"{CORPUS_FILE_TYPES}; a .json file of JSON lines)\n"
+        )
     if languages is not None:
         wanted = set(languages)
-        files = [p for p in files if _wanted_file(_file_language(p, None), wanted)]
+        files = [p for p in files if _wanted_file(p, wanted)]
     return files
 
 
-def _wanted_file(language: str | None, wanted: set[str]) -> bool:
-    """Whether a file named for ``language`` (None: for none) may hold wanted documents."""
-    return language is None or wanted_form(language, wanted) in wanted
+def _way(path: Path) -> str:
+    """The way out for a file that is no corpus file."""
+    if not path.name.endswith(HF_DATA_SUFFIXES):
+        return "convert it to one of these"
+    if source_kind(path.parent) != "files":
+        return f"pass its directory {path.parent} to read it as a dataset"
+    return "move it to a directory of its own and pass that to read it as a dataset"
+
+
+def _names(directory: Path, paths: Sequence[Path]) -> str:
+    names = [p.relative_to(directory).as_posix() for p in paths[:UNREAD_SHOWN]]
+    more = f" and {len(paths) - UNREAD_SHOWN} more" if len(paths) > UNREAD_SHOWN else ""
+    return ", ".join(names) + more
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        sys.stderr.write(message)
+
+
+def _wanted_file(path: Path, wanted: set[str]) -> bool:
+    """Whether a corpus file may hold documents of a ``wanted`` language. One named for another
+    language (``tr.jsonl``) holds that language's documents, unless its first record's label is
+    a wanted language or one the name is not (``raw.jsonl`` of English records: ``raw``, like
+    ``dev`` or ``mix``, is also an ISO 639-3 code); such a file is read, its documents sorted by
+    their labels as any file's are."""
+    named = _file_language(path, None)
+    if named is None or wanted_form(named, wanted) in wanted:
+        return True
+    label = _first_label(path)
+    if label is None:  # unlabelled documents are of the language the name gives
+        return False
+    return wanted_form(label, wanted) in wanted or not _one_language(label, named)
+
+
+def _one_language(a: str, b: str) -> bool:
+    """Whether tags ``a`` and ``b`` name one language, one perhaps more narrowly (sw, swh)."""
+    return a == b or wanted_form(a, {b}) == b or wanted_form(b, {a}) == a
+
+
+def _first_label(path: Path) -> str | None:
+    info = path.stat()
+    return _cached_first_label(path, info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_first_label(path: Path, size: int, mtime_ns: int) -> str | None:
+    """``first_label`` of a file as it is at ``size`` and ``mtime_ns`` (files are listed often)."""
+    return first_label(path)
 
 
 def _file_language(path: Path, default: str | None) -> str | None:
@@ -150,10 +246,17 @@ def _languages_held(source: str | Path, read: Mapping[str, int]) -> list[str]:
     """The languages a corpus holds: its files' (named ``tr.jsonl``), which reading some
     languages did not open, else those read (a dataset, files without a language in the name)."""
     if source_kind(source) == "files":
-        named = {lang for _, lang in labelled_files(source) if lang}
+        named = {_held_language(path, lang) for path, lang in labelled_files(source) if lang}
         if named:
             return sorted(named)
     return sorted(read)
+
+
+def _held_language(path: Path, named: str) -> str:
+    """The language a file named for ``named`` holds: its first record's, where that is
+    another language (``raw.jsonl`` of English records)."""
+    label = _first_label(path)
+    return label if label is not None and not _one_language(label, named) else named
 
 
 def labelled_files(

@@ -69,7 +69,8 @@ class Recipe:
             path = Path(entry["path"])
             if not path.is_absolute() and self.base is not None:
                 path = self.base / path
-            return FileSource(str(path), language=language, languages=None)
+            # its documents labelled with a narrower tag (swh, arb_Arab) are of ``language``
+            return FileSource(str(path), language=language, languages=(language,))
         if "dataset" not in entry:
             raise UsageError(f"recipe {self.name}: {language} names no dataset and no path")
         code = entry.get("code", language)

@@ -2,6 +2,7 @@
 directory, as AutoTokenizer would load it; and the threads its Rust backend may use."""
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,13 +123,114 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
 def _whole_documents(tokenizer: Any) -> Any:
     """A copy of ``tokenizer``'s Rust backend that encodes every document whole: truncation
     and padding stored in tokenizer.json would otherwise cut documents or write pad ids into
-    them (transformers switches them off per call; data prepare calls the backend itself)."""
+    them (transformers switches them off per call; data prepare calls the backend itself).
+
+    Document text is text: a special token's string in it (``<s>`` of HTML strikethrough,
+    ``</s>``, ``<pad>``) is encoded as the characters it is, never as that token's id, which
+    would put a frame token (XGLM frames documents ``</s> doc </s>``) inside a document
+    (spec/shards-v1.md section 1.4). Special tokens the tokenizer adds itself
+    (``add_special_tokens=True``: its post-processor) are still added as their ids."""
     import tokenizers
 
     backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
-    return backend
+    backend.encode_special_tokens = True
+    twin, reachable = _unreachable_specials(backend)
+    return backend if twin is None else DocumentEncoder(backend, twin, reachable)
+
+
+def _hidden(piece: str) -> str:
+    """A name for a special piece that no text holds (private-use characters around it)."""
+    return f"\ue000xelm hidden {piece}\ue000"
+
+
+def _unreachable_specials(backend: Any) -> tuple[Any, frozenset[int]]:
+    """A twin of ``backend`` whose model cannot make special tokens out of text, and the ids
+    of the special tokens that ``backend``'s model can make; (None, empty) when it makes none.
+
+    ``encode_special_tokens`` stops the added vocabulary from matching a special token's
+    string, but a model whose vocabulary holds the token as a piece still produces it: a
+    SentencePiece model converted to Unigram (XGLM, XLM-R, mT5) scores ``<s>`` and ``</s>``
+    0.0, above any real piece, a WordLevel model looks up a whole word, a BPE model whose merges
+    build it. The twin's pieces are renamed (ids and scores unchanged, so everything else
+    encodes alike); the merges that build or use one are dropped."""
+    import tokenizers
+
+    data = json.loads(backend.to_str())
+    model = data.get("model") or {}
+    vocab = model.get("vocab")
+    specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+    # the unknown token stays: unknown text is encoded as it in any case
+    specials.pop(model.get("unk_token"), None)
+    renamed: dict[str, str] = {}
+    if model.get("type") == "Unigram" and isinstance(vocab, list):
+        for i, entry in enumerate(vocab):
+            if specials.get(entry[0]) == i and i != model.get("unk_id"):
+                renamed[entry[0]] = entry[0] = _hidden(entry[0])
+    elif model.get("type") in ("WordLevel", "WordPiece", "BPE") and isinstance(vocab, dict):
+        made = specials.keys() & vocab.keys()
+        if model["type"] == "BPE":  # only pieces its merges build, which it then cannot use
+            merges = [m if isinstance(m, list) else m.split(" ", 1) for m in model["merges"]]
+            made &= {"".join(m) for m in merges}
+            model["merges"] = [m for m in merges if made.isdisjoint([*m, "".join(m)])]
+        for piece in made:
+            if specials[piece] == vocab[piece]:
+                renamed[piece] = _hidden(piece)
+                vocab[renamed[piece]] = vocab.pop(piece)
+    if not renamed:
+        return None, frozenset()
+    for token in data["added_tokens"]:
+        token["content"] = renamed.get(token["content"], token["content"])
+    twin = tokenizers.Tokenizer.from_str(json.dumps(data))
+    twin.encode_special_tokens = True
+    return twin, frozenset(specials[piece] for piece in renamed)
+
+
+class DocumentEncoder:
+    """A tokenizer backend (``tokenizers.Tokenizer``, whose other methods it passes on) that
+    encodes text whose encoding holds a special token its model made (``<s>`` in text, for a
+    Unigram model) with a twin whose model cannot, and only that text: other text encodes
+    exactly as the backend encodes it, the twin's pieces being scored alike."""
+
+    def __init__(self, backend: Any, twin: Any, reachable: frozenset[int]) -> None:
+        self._backend = backend
+        self._twin = twin
+        self._reachable = reachable
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # its own, not set yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self._backend, name)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        encoding = self._backend.encode(*args, **kwargs)
+        return self._twin.encode(*args, **kwargs) if self._made(encoding) else encoding
+
+    def encode_batch(self, inputs: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        return self._mend("encode_batch", inputs, args, kwargs)
+
+    def encode_batch_fast(self, inputs: list[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        return self._mend("encode_batch_fast", inputs, args, kwargs)
+
+    def _mend(
+        self, method: str, inputs: list[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[Any]:
+        encodings = getattr(self._backend, method)(inputs, *args, **kwargs)
+        redo = [i for i, encoding in enumerate(encodings) if self._made(encoding)]
+        if redo:
+            again = getattr(self._twin, method)([inputs[i] for i in redo], *args, **kwargs)
+            for i, encoding in zip(redo, again, strict=True):
+                encodings[i] = encoding
+        return encodings
+
+    def _made(self, encoding: Any) -> bool:
+        """Does ``encoding`` hold a special token its model made (not one a post-processor
+        added, as ``add_special_tokens`` asks)?"""
+        if self._reachable.isdisjoint(encoding.ids):
+            return False
+        added = encoding.special_tokens_mask
+        return any(i in self._reachable and not a for i, a in zip(encoding.ids, added, strict=True))
 
 
 @contextlib.contextmanager
