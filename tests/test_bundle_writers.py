@@ -418,3 +418,22 @@ def test_verify_reports_rule_and_file_problems_together_in_the_documented_order(
         "files: README.md, the model card, is not listed (spec 6)",
         "README.md: not listed in the manifest",
     ]
+
+
+def test_train_refuses_a_bad_output_before_it_trains(
+    pool: Path, train_shards: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`xelm train` meets the writers' check before its first step (it met it in write_bundle,
+    after the whole run): an output inside a bundle, or replacing its input, is refused at
+    once, and no lock file lands in the bundle."""
+    e0 = pool / "e0"
+    before = contents(e0)
+    train = ("train", e0, "--data", train_shards, "--tokens", "1K", "--block-size", "32")
+    err = refused(capsys, *train, "-o", e0 / "child")
+    assert f"inside the bundle {e0}" in err
+    err = refused(capsys, *train, "-o", e0, "--force")
+    assert f"{e0} is {e0}, which this command reads" in err
+    err = refused(capsys, *train, "-o", pool, "--force")
+    assert f"{pool} holds {e0}, which this command reads" in err
+    assert "step " not in capsys.readouterr().err
+    assert contents(e0) == before and (pool / "notes.txt").read_text() == "keep me"

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.store import Bundle, check_output
 from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import output_lock
 from xelm_cli.common.errors import UsageError, XelmError
@@ -72,6 +72,9 @@ def train(
         provenance=registration.provenance,
     )
     writer = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 writes
+    if writer:  # before hours of training, and before a lock file lands beside the output
+        inputs = [bundle, data, *([valid] if valid is not None else [])]
+        check_output(output, overwrite=overwrite, inputs=inputs)
     with output_lock(request.output) if writer else nullcontext():  # one run per output
         return cls().train(request)
 
