@@ -16,6 +16,7 @@ from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.seed import init_from_hf
 from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.training.positions import learned_positions
 
 LETTERS = "helowrd"
 
@@ -204,6 +205,9 @@ def test_a_custom_code_seed_records_it_and_its_branches_load(
     assert _bit_exact({name: loaded[name] for name in _tensors(hf)}, _tensors(hf))
     tokenizer = child.load_tokenizer()
     assert tokenizer("hello").input_ids[0] == 1
+    # what reads the config alone (plans, block checks, moe) takes the same code
+    assert type(child.load_config()).__name__ == "TinyCustomConfig"
+    assert learned_positions(child.path, 64) is False  # rotary, as the Llama it extends
 
 
 def _derived(seed: Bundle, out: Path, files: dict[str, bytes]) -> Bundle:

@@ -332,7 +332,6 @@ def build_moe(
     ``calibration``, each cut at ``CALIBRATION_TOKENS`` tokens. ``progress`` is told the
     bytes hashed, the bytes of calibration text run and the bytes written."""
     import torch
-    from transformers import AutoConfig
 
     experts = expert_paths(paths)
     given = (shared_from, calibration)  # calibration may name a data source, not a path
@@ -340,7 +339,7 @@ def build_moe(
     check_output(out, overwrite=overwrite, inputs=read)  # before any input is read
     bundles = [Bundle.read(path) for path in experts]
     check_mergeable(bundles, "joined into one MoE model")
-    dense = AutoConfig.from_pretrained(bundles[0].path)
+    dense = bundles[0].load_config()
     family = family_of(dense.model_type)
     k = len(bundles)
     if not 1 <= top_k <= k:

@@ -300,6 +300,13 @@ class Bundle:
             )
         return True
 
+    def load_config(self) -> Any:
+        """The model's config (``AutoConfig``), with the bundle's own code when
+        ``runs_trusted_code``: no weights read, no files verified."""
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path, trust_remote_code=self.runs_trusted_code())
+
     def load_model(
         self, *, verify: bool = True, trust_remote_code: bool = False, **kwargs: Any
     ) -> Any:

@@ -256,7 +256,6 @@ def check_moe_inputs(
     experts (branches of the seed) of a family with no transformers MoE architecture or with
     bias terms it lacks, and --moe-calibration text it cannot read in every one of the
     experts' ``languages``."""
-    from transformers import AutoConfig
 
     if experts < MOE_TOP_K:
         raise UsageError(
@@ -264,7 +263,7 @@ def check_moe_inputs(
             f"allocation has {experts}: give one of {MOE_TOP_K} experts or more, or drop "
             "--moe-tokens"
         )
-    dense = AutoConfig.from_pretrained(seed_bundle)
+    dense = Bundle.read(seed_bundle).load_config()
     try:
         require_no_bias(dense, family_of(dense.model_type))
     except UsageError as error:

@@ -6,6 +6,7 @@ table cannot, so a block longer than it is refused before any work (by `xelm tra
 import json
 from pathlib import Path
 
+from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 
 # rows a fairseq-style position table (OPT, BART, BioGPT) keeps before position 0
@@ -54,10 +55,10 @@ def learned_positions(bundle: Path, positions: int) -> bool:
     weights read, no memory taken). Rotary, ALiBi and sinusoidal positions (Llama, Qwen,
     GPT-NeoX, BLOOM, XGLM) hold none; Gemma 3n's per-layer token tables are no position table."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(bundle))
+        model = AutoModelForCausalLM.from_config(Bundle.read(bundle).load_config())
     tokens = model.get_input_embeddings()
     return any(
         isinstance(module, torch.nn.Embedding)
