@@ -54,7 +54,10 @@ class IclEvaluator(Evaluator):
     primary = "accuracy"
     higher_is_better = True
     tasks: ClassVar[tuple[str, ...]] = tuple(task_names())
-    uses_protocol: ClassVar[bool] = True
+    uses_protocol: ClassVar[bool | None] = True
+    uses_shots: ClassVar[bool | None] = True
+    uses_runs: ClassVar[bool | None] = True
+    uses_seed: ClassVar[bool | None] = True
 
     @dataclass(frozen=True)
     class Options:

@@ -64,6 +64,12 @@ class PerplexityEvaluator(Evaluator):
     name: ClassVar[str] = "perplexity"
     primary = "perplexity"
     higher_is_better = False
+    # held-out text, scored whole: no demonstrations, no choices (--shots, --runs, --seed
+    # and --protocol are refused)
+    uses_shots: ClassVar[bool | None] = False
+    uses_runs: ClassVar[bool | None] = False
+    uses_seed: ClassVar[bool | None] = False
+    uses_protocol: ClassVar[bool | None] = False
 
     @dataclass(frozen=True, kw_only=True)
     class Options:

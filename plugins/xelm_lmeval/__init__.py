@@ -81,6 +81,10 @@ class LmEvalEvaluator(Evaluator):
     name: ClassVar[str] = "lm-eval"
     primary = "acc"
     higher_is_better = True
+    uses_shots: ClassVar[bool | None] = True  # num_fewshot
+    uses_seed: ClassVar[bool | None] = True
+    uses_runs: ClassVar[bool | None] = False  # each task runs once
+    uses_protocol: ClassVar[bool | None] = False  # lm-eval's own scoring
 
     @dataclass(frozen=True, kw_only=True)
     class Options:

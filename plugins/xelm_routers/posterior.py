@@ -59,13 +59,22 @@ class PosteriorRouter(OutputRouter):
                 raise UsageError("posterior prior must not be all zero")
             self.prior = values / values.sum()
 
+    def check_experts(self, experts: Sequence[ExpertInfo]) -> None:
+        """A prior of another length than the ensemble's experts, refused before they run."""
+        self._check_prior(len(experts))
+
+    def _check_prior(self, k: int) -> None:
+        if self.prior is not None and len(self.prior) != k:
+            raise UsageError(
+                f"the posterior prior has {len(self.prior)} values but the ensemble has {k} "
+                "experts: give one per expert, in ensemble order (or estimate it: xelm ensemble "
+                "create MEMBERS --router posterior --calibration DATA -o ens.json)"
+            )
+
     def _log_prior(self, k: int) -> NDArray[np.float64]:
         if self.prior is None:
             return np.full(k, -np.log(k))
-        if len(self.prior) != k:
-            raise UsageError(
-                f"the posterior prior has {len(self.prior)} values but the ensemble has {k} experts"
-            )
+        self._check_prior(k)
         with np.errstate(divide="ignore"):
             return np.log(self.prior)
 

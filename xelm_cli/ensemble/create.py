@@ -9,7 +9,12 @@ from typing import Any
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document, read_documents, require_source
-from xelm_cli.ensemble.ensemble_file import EnsembleSpec, Member, resolve_ensemble
+from xelm_cli.ensemble.ensemble_file import (
+    EnsembleSpec,
+    Member,
+    refuse_directory_output,
+    resolve_ensemble,
+)
 from xelm_cli.ensemble.members import split_covered
 from xelm_cli.ensemble.routing import build_router, check_router_options, routing
 from xelm_cli.ensemble.runner import EnsembleModel
@@ -43,6 +48,7 @@ def create_ensemble(
     output = Path(output)
     if limit is not None and limit < 1:  # would calibrate on nothing
         raise UsageError(f"--calibration-limit must be at least 1 (got {limit})")
+    refuse_directory_output(output, "the ensemble", "ens.json")
     if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --force to replace it")
     if calibrate:

@@ -10,7 +10,7 @@ from typing import Any
 
 from xelm_cli import __version__
 from xelm_cli.bundle.lineage import UNTRAINED
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, is_bundle
 from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
@@ -22,7 +22,7 @@ from xelm_cli.ensemble.members import (
     read_members,
     verify_members,
 )
-from xelm_cli.ensemble.routing import check_router_options
+from xelm_cli.ensemble.routing import check_router_options, router_class
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
@@ -74,6 +74,7 @@ class EnsembleSpec:
         }
 
     def write(self, path: Path, *, overwrite: bool = False) -> None:
+        refuse_directory_output(path, "the ensemble", "ens.json")
         if path.exists() and not overwrite:
             raise UsageError(f"{path} exists; pass --force to replace it")
         data = self.to_dict(relative_to=path.parent)
@@ -101,16 +102,52 @@ class EnsembleSpec:
             ) from None
         except (TypeError, ValueError) as exc:
             raise FormatError(f"{path}: malformed ensemble file ({exc}); {REMAKE} {path}") from None
+        if combine not in COMBINE_RULES:
+            raise FormatError(
+                f"{path}: unknown combination rule {combine!r} (this xelm knows "
+                f"{', '.join(COMBINE_RULES)}); {REMAKE} {path} --combine RULE"
+            )
+        try:
+            router_class(name)  # an unknown router (a plugin not installed here): the file named
+        except XelmError as exc:
+            raise type(exc)(f"{path}: {exc}") from None
         options = check_router_options(name, recorded, where=str(path))
-        members = read_members([member for member, _ in paths])
+        members = _read_file_members(path, [member for member, _ in paths])
         for bundle, (member, digest) in zip(members, paths, strict=True):
             if bundle.digest != digest:  # before hashing gigabytes of files it did not record
                 raise IntegrityError(
                     f"{member}: manifest digest {bundle.digest[:12]} differs from the "
                     f"{digest[:12]} recorded in {path}; the bundle changed since the ensemble "
-                    "was created"
+                    f"was created: {REMAKE} {path}"
                 )
         return cls(verify_members(members), name, options, combine)
+
+
+def _read_file_members(path: Path, members: Sequence[Path]) -> list[Bundle]:
+    """The manifests of the members ensemble file ``path`` lists; a member that is gone or is
+    no bundle, or whose manifest cannot be read, refused naming the file and how to write it
+    again (the error's class kept)."""
+    for member in members:
+        if not is_bundle(member):
+            why = "does not exist" if not member.exists() else f"has no {MANIFEST_NAME}"
+            raise UsageError(
+                f"{path} lists member {member}, which {why} (moved or removed since the "
+                f"ensemble was created?): put the bundle back there, or {REMAKE} {path}"
+            )
+    try:
+        return read_members(members)
+    except XelmError as exc:
+        raise type(exc)(f"{exc} (a member of {path}; {REMAKE} {path})") from None
+
+
+def refuse_directory_output(path: str | Path, what: str, example: str) -> None:
+    """Refuse, in one line naming a file inside it, an output file (results, an ensemble file)
+    that is an existing directory: replacing it, even when told to overwrite, would delete
+    the whole tree under it."""
+    if Path(path).is_dir():
+        raise UsageError(
+            f"{path} is a directory; give a file for {what}, such as {Path(path) / example}"
+        )
 
 
 def is_ensemble_file(path: str) -> bool:

@@ -8,6 +8,7 @@ are the registered plugins, and the result is the same record the command writes
 import contextlib
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,22 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock, write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json
-from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
+from xelm_cli.ensemble.ensemble_file import Member, refuse_directory_output, resolve_ensemble
 from xelm_cli.ensemble.members import split_covered
-from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
+from xelm_cli.ensemble.results import (
+    build_evaluator,
+    check_request_fields,
+    per_token_metric,
+    run_evaluation,
+    systems_for,
+)
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.registry import bugs_reported
+
+RESULTS_FILE = "results.json"  # the file named where -o gives a directory
 
 
 def evaluate(
@@ -62,11 +71,9 @@ def evaluate(
 
     Example: ``evaluate(["experts/0", "experts/1"], data="flores200-devtest", router="language")``
     """
+    name = evaluator or ("icl" if task else "perplexity")
+    chosen = evaluator is not None or task is not None
     with _writing(output, overwrite):
-        spec = resolve_ensemble(
-            members, router=router, router_options=router_options, combine=combine
-        )
-        name = evaluator or ("icl" if task else "perplexity")
         request = EvalRequest(
             data=None if data is None else str(data),
             languages=language_codes(languages),
@@ -77,11 +84,16 @@ def evaluate(
             seed=seed,
             protocol=protocol,
             options=dict(eval_options),
-            model_languages=tuple(
-                dict.fromkeys(lang for b in spec.members for lang in b.languages)
-            ),
         )
-        built = _build_evaluator(name, request, chosen=evaluator is not None or task is not None)
+        with _task_hint(request.data, chosen=chosen):  # before the members are read, hashed
+            check_request_fields(get_registry().get("evaluator", name).obj, name, request)
+        spec = resolve_ensemble(
+            members, router=router, router_options=router_options, combine=combine
+        )
+        languages_covered = dict.fromkeys(lang for b in spec.members for lang in b.languages)
+        request = replace(request, model_languages=tuple(languages_covered))
+        with _task_hint(request.data, chosen=chosen):
+            built = build_evaluator(name, request)
         chosen_router = build_router(spec.router, spec.router_options)
         if request.languages is None and not chosen_router.routes_uncovered_languages:
             built = _on_covered_languages(name, request, built, router=spec.router)
@@ -91,6 +103,7 @@ def evaluate(
             each=each,
             baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
             device=device,
+            per_token=per_token_metric(built),
         )
         results = run_evaluation(name, built, spec, systems)
         if output is not None:  # ours alone: locked
@@ -124,23 +137,27 @@ def evaluate_per_shots(
 @contextlib.contextmanager
 def _writing(output: str | Path | None, overwrite: bool) -> Iterator[None]:
     """Be the one writer of ``output`` (when given) for the block, refusing an existing one
-    without ``overwrite``: a second evaluation into it fails at once, not when both finish."""
+    without ``overwrite`` (a directory even with it: :func:`refuse_directory_output`): a second
+    evaluation into it fails at once, not when both finish."""
     if output is None:
         yield
         return
+    refuse_directory_output(output, "the results", RESULTS_FILE)
     with output_lock(output):
         if Path(output).exists() and not overwrite:
             raise UsageError(f"{output} exists; pass overwrite=True to replace it")
         yield
 
 
-def _build_evaluator(name: str, request: EvalRequest, *, chosen: bool) -> Evaluator:
-    """The evaluator; when the perplexity one was taken by default, data it cannot read from a
-    folder named for an in-context task is refused naming ``--task`` as the way out."""
+@contextlib.contextmanager
+def _task_hint(data: str | None, *, chosen: bool) -> Iterator[None]:
+    """Building the evaluator: when the perplexity one was taken by default (not ``chosen``),
+    a refusal of data from a folder named for an in-context task (or of its flags) names
+    ``--task`` as the way out."""
     try:
-        return build_evaluator(name, request)
+        yield
     except UsageError as exc:
-        task = None if chosen else _task_of_folder(request.data)
+        task = None if chosen else _task_of_folder(data)
         if task is None:
             raise
         raise UsageError(

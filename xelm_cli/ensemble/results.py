@@ -56,6 +56,7 @@ def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
     ``evaluator.request`` is that request even when the class did not call
     ``super().__init__(request)``."""
     registration = get_registry().get("evaluator", name)
+    check_request_fields(registration.obj, name, request)
     with bugs_reported(registration, "while being built"):
         options = evaluator_options(registration.obj, name, request.options)
         converted = dataclasses.replace(request, options=options)
@@ -63,6 +64,39 @@ def build_evaluator(name: str, request: EvalRequest) -> Evaluator:
     if not hasattr(evaluator, "request"):
         evaluator.request = converted
     return evaluator
+
+
+# The request fields an evaluator declares it reads (Evaluator.uses_FIELD): each one's flag
+# and what it applies to, for the refusal of one given to an evaluator that does not read it.
+REQUEST_FIELDS = {
+    "shots": ("--shots", "in-context tasks"),
+    "runs": ("--runs", "in-context tasks that sample demonstrations"),
+    "seed": ("--seed", "in-context tasks that sample demonstrations"),
+    "protocol": ("--protocol", "scoring the choices of in-context tasks"),
+}
+
+
+def check_request_fields(evaluator: Any, name: str, request: EvalRequest) -> None:
+    """Refuse in one line a request field given a value other than its default (``--shots``
+    at all, ``--runs`` other than 1, ...) that evaluator class ``evaluator`` declares it does
+    not read (``uses_FIELD = False``): it would be ignored, yet recorded as if it applied.
+    An evaluator that declares nothing (None) accepts every field."""
+    defaults = EvalRequest()
+    for field, (flag, applies) in REQUEST_FIELDS.items():
+        if getattr(evaluator, f"uses_{field}", None) is not False:
+            continue
+        if getattr(request, field) == getattr(defaults, field):
+            continue
+        users = [
+            registration.name
+            for registration in get_registry().all_of("evaluator")
+            if getattr(registration.obj, f"uses_{field}", None)
+        ]
+        readers = f", evaluator {' or '.join(users)}" if users else ""
+        raise UsageError(
+            f"{flag} applies to {applies} (--task{readers}); evaluator {name!r} does not use "
+            f"it: drop {flag}"
+        )
 
 
 def evaluate_checked(registration: Registration, evaluator: Evaluator, system: System) -> Any:
@@ -107,10 +141,16 @@ def systems_for(
     each: bool,
     baselines: Sequence[Bundle],
     device: str | None,
+    per_token: bool = True,
 ) -> list[System]:
     """The systems of one evaluation. They share a score cache and, on a device that holds
     every distinct bundle among them at once, one resident copy of each (decided here, before
-    anything loads, and not per system: each would see the same free memory)."""
+    anything loads, and not per system: each would see the same free memory).
+
+    ``per_token``: the evaluator's metric is one per token (:func:`per_token_metric`), so a
+    baseline with another tokenizer than the ensemble's is refused; a metric that does not
+    depend on the tokenizer (accuracy) compares any baseline (each system tokenizes the same
+    text with its own tokenizer)."""
     distinct = list({bundle.digest: bundle for bundle in [*spec.members, *baselines]}.values())
     resident = fits_on_device(distinct, pick_device(device))
     cache = ScoreCache()
@@ -140,12 +180,15 @@ def systems_for(
             systems.append(System(model.name, "expert", model))
     for bundle in baselines:
         if (
-            bundle.manifest.fingerprints["tokenizer"]
+            per_token
+            and bundle.manifest.fingerprints["tokenizer"]
             != spec.members[0].manifest.fingerprints["tokenizer"]
         ):
             raise UsageError(
-                f"baseline {bundle.path} has a different tokenizer from the ensemble; token "
-                "perplexities would not be comparable"
+                f"baseline {bundle.path} has a different tokenizer from the ensemble, so token "
+                "perplexities are not comparable: compare bits_per_byte (tokenizer-free) of "
+                f"each evaluated on its own (xelm ensemble eval {bundle.path} --data DATA "
+                "--format json)"
             )
         model = single_model(
             bundle, f"baseline:{bundle.name}", device=device, cache=cache, resident=resident
@@ -155,6 +198,16 @@ def systems_for(
     if len(set(names)) != len(names):
         raise UsageError(f"two systems share a name ({', '.join(names)}); rename a bundle")
     return systems
+
+
+PER_TOKEN_METRICS = frozenset({"perplexity"})  # headline metrics counted in tokens
+
+
+def per_token_metric(evaluator: Evaluator) -> bool:
+    """Whether ``evaluator``'s headline metric is counted in tokens (token perplexity): it
+    then differs between tokenizers for the same text. Accuracy, bits per byte, lm-eval's
+    ``word_perplexity`` do not."""
+    return evaluator.primary in PER_TOKEN_METRICS
 
 
 def plugin_record(kind: Kind, name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -192,17 +245,21 @@ def run_evaluation(
     """Evaluate every system; the results record (spec/ensemble-v1.md section 5)."""
     registration = get_registry().get("evaluator", evaluator_name)
     records = []
+    dtypes: set[str] = set()
     for system in systems:
         started = time.perf_counter()
         metrics = evaluate_checked(registration, evaluator, system)
         seconds = round(time.perf_counter() - started, 3)  # the rate agrees with the record
         loading = round(system.model.stats.load_seconds, 3)
+        computed = system.model.dtypes
+        dtypes.update(computed)
         records.append(
             {
                 "name": system.name,
                 "kind": system.kind,
                 "bundles": [
-                    {"name": b.name, "id": b.id, "digest": b.digest} for b in system.model.members
+                    {"name": b.name, "id": b.id, "digest": b.digest, "dtype": dtype}
+                    for b, dtype in zip(system.model.members, computed, strict=True)
                 ],
                 "metrics": metrics,
                 "executed": {
@@ -240,6 +297,8 @@ def run_evaluation(
         },
         "ensemble": spec.to_dict(),
         "device": str(systems[0].model.device),
+        # what the bundles computed in (each one's under systems[].bundles[].dtype)
+        "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
         "versions": _versions(),
         "provenance": provenance,
         "systems": records,

@@ -34,7 +34,9 @@ from xelm_cli.ensemble.routing import build_router, router_class, routing
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
+    compute_dtype,
     default_batch_tokens,
+    dtype_name,
     pick_device,
     score_choice_sets,
     score_sequences,
@@ -43,6 +45,7 @@ from xelm_cli.ensemble.weights import check_distributions, check_token_weights, 
 from xelm_cli.plugin.contracts import (
     ChoiceRequest,
     Document,
+    ExpertInfo,
     LanguageModel,
     OutputRouter,
     PreRouter,
@@ -157,6 +160,7 @@ class EnsembleModel(LanguageModel):
         check_prefix_fallback(router)
         self.members = list(members)
         self.experts = expert_infos(members)
+        check_router_experts(router, self.experts)
         self.router = router
         self.combine = combine
         self.name = name
@@ -168,6 +172,12 @@ class EnsembleModel(LanguageModel):
         self._resident: dict[int, LoadedModel] = {}
         self._tokenizer: Any = None
         self._fallback: Router | None = None
+
+    @property
+    def dtypes(self) -> list[str]:
+        """The dtype each member computes in on the ensemble's device (``compute_dtype``:
+        ``"bfloat16"``, ``"float16"``, ``"float32"``), in ensemble order."""
+        return [dtype_name(compute_dtype(bundle, self.device)) for bundle in self.members]
 
     # -- tokens
 
@@ -201,6 +211,7 @@ class EnsembleModel(LanguageModel):
             )
         if self._fallback is None:
             self._fallback = build_router(router.fallback)
+            check_router_experts(self._fallback, self.experts)
             if isinstance(self._fallback, PreRouter) and self._fallback.fallback:
                 raise UsageError(
                     f"fallback router {router.fallback!r} must not have a fallback of its own"
@@ -504,17 +515,26 @@ class EnsembleModel(LanguageModel):
             self.stats.routing.add(language, route.weights)
 
     def _encode_request(self, request: ChoiceRequest) -> tuple[list[int], list[list[int]]]:
-        """BOS + the context's tokens, and each choice's. The context's trailing whitespace
-        starts every choice (``"right? ", "Yes"`` is scored as ``"right?", " Yes"``, as
-        lm-evaluation-harness does): a byte-level BPE joins a word-initial space to its word,
-        so the choice's tokens are those of the one text context + choice, not a lone space
-        token and a word without its space that running text never has."""
+        """BOS + the context's tokens, and each choice's: the tokens of the one text context +
+        choice after the context's own (as lm-evaluation-harness splits them), so a choice is
+        tokenized as running text has it, not as a text of its own. The context's trailing
+        whitespace starts every choice (``"right? ", "Yes"`` is scored as ``"right?",
+        " Yes"``): a byte-level BPE joins a word-initial space to its word, not a lone space
+        token and a word without its space; and a SentencePiece-style tokenizer, which marks
+        the start of a text ("▁"), marks no choice that continues a word (``"他说今天很冷",
+        "所以"``). Where the whole text's tokens merge across the boundary, the choice's are
+        still those after as many tokens as the context has; where that leaves none (the
+        context's last token swallowed the choice), the choice's own."""
         context = request.context.rstrip()
         space = request.context[len(context) :]
-        choices = [self.encode(space + choice) for choice in request.choices]
+        context_ids = self.encode(context)
+        choices = []
+        for choice in request.choices:
+            continuation = self.encode(context + space + choice)[len(context_ids) :]
+            choices.append(continuation or self.encode(space + choice))
         if not choices or not all(request.choices) or not all(choices):
             raise UsageError(f"a request has an empty choice: {request.choices!r}")
-        return [self.bos, *self.encode(context)], choices
+        return [self.bos, *context_ids], choices
 
     def score_choices(self, requests: Sequence[ChoiceRequest]) -> list[list[Logprobs]]:
         encoded = [self._encode_request(request) for request in requests]
@@ -658,6 +678,14 @@ class EnsembleModel(LanguageModel):
         ]
 
 
+def check_router_experts(router: Router, experts: Sequence[ExpertInfo]) -> None:
+    """``router.check_experts(experts)`` (spec/plugin-api.md 6.5): an option that does not fit
+    the ensemble's experts (a posterior prior of another length) refused when the ensemble is
+    built, before any expert runs; a third party's bug in it is a one-line PluginError."""
+    with routing(router, "while checking the ensemble's experts"):
+        router.check_experts(experts)
+
+
 def check_rule_weights(router: Router, combine: str) -> None:
     """Logit averaging and the product rule need one weight vector per document before the
     experts run: no output router, as the router or as its fallback, and no prefix routing."""
@@ -713,7 +741,8 @@ def check_prefix_fallback(router: Router) -> None:
 
 def fits_on_device(members: Sequence[Bundle], device: Any) -> bool:
     """Whether every member can stay loaded on ``device`` (a CUDA device with the members'
-    files, an upper bound of their bf16 weights, within RESIDENT_SHARE of its free memory).
+    files, an upper bound of the weights they compute in, ``compute_dtype``: their own bf16 or
+    fp16, else bf16, within RESIDENT_SHARE of its free memory).
     On a CPU the experts stream: memory stays at one expert whatever k is."""
     if device.type != "cuda":
         return False

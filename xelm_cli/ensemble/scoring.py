@@ -10,7 +10,7 @@ import functools
 import inspect
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,46 @@ def default_batch_tokens(device: Any) -> int:
     return CUDA_BATCH_TOKENS if device.type == "cuda" else DEFAULT_BATCH_TOKENS
 
 
+HALF_DTYPES = ("bfloat16", "float16")  # stored so, a bundle is computed so on CUDA
+
+
+def compute_dtype(bundle: Bundle, device: Any) -> Any:
+    """The torch dtype ``bundle`` is scored in on ``device``: on CUDA the dtype its weights are
+    stored in where that is bfloat16 or float16 (what it was trained and saved in), else
+    bfloat16 (a float32 bundle in half the memory, on tensor cores); elsewhere float32."""
+    import torch
+
+    if device.type != "cuda":
+        return torch.float32
+    stored = bundle.weights_dtype()
+    return getattr(torch, stored) if stored in HALF_DTYPES else torch.bfloat16
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.bfloat16`` as results record it: ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+@functools.cache
+def _mm_to_float32(device: str, dtype: Any) -> bool:
+    """Whether this torch multiplies ``dtype`` matrices on ``device`` into a float32 result
+    (``torch.mm(..., out_dtype=torch.float32)``: accumulated and returned in float32, never
+    rounded to ``dtype``), checked once against the product of the float32 copies."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(8, 16, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(16, 8, generator=generator).to(device=device, dtype=dtype)
+        product = torch.mm(a, b, out_dtype=torch.float32)
+        expected = a.float() @ b.float()
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return product.dtype == torch.float32 and bool(torch.allclose(product, expected, atol=1e-4))
+
+
 @dataclass
 class LoadedModel:
     """A model ready to score: its body (hidden states) and output layer, on one device."""
@@ -161,15 +201,22 @@ class LoadedModel:
     max_length: int
 
     config: dict[str, Any] | None = None
+    # a float32 copy of a low-precision output layer's weight, where this torch cannot
+    # multiply into float32 on the device (:meth:`logits`); made on first use
+    _float_head: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def load(cls, bundle: Bundle, device: Any) -> "LoadedModel":
-        import torch
-
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    def load(cls, bundle: Bundle, device: Any, dtype: Any = None) -> "LoadedModel":
+        """``bundle``'s model on ``device``, in ``dtype`` (default :func:`compute_dtype`)."""
+        dtype = compute_dtype(bundle, device) if dtype is None else dtype
         model = bundle.load_model(dtype=dtype).to(device).eval()
         max_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         return cls(model, device, max_length, _model_config(bundle))
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype the model computes in (its weights')."""
+        return next(self.model.parameters()).dtype
 
     def swap(self, bundle: Bundle) -> "LoadedModel | None":
         """Load ``bundle``'s weights into this model (same config, same tensors), checking
@@ -179,6 +226,8 @@ class LoadedModel:
         from safetensors import safe_open
 
         if self.config is None or _model_config(bundle) != self.config:
+            return None
+        if compute_dtype(bundle, self.device) != self.dtype:  # it computes in another dtype
             return None
         bundle.check_files()
         parameters = self.model.state_dict()
@@ -195,6 +244,7 @@ class LoadedModel:
                 with reading_safetensors(path), safe_open(str(path), framework="pt") as f:
                     for name in f.keys():  # noqa: SIM118
                         parameters[name].copy_(f.get_tensor(name))
+        self._float_head = None  # of the weights replaced
         return self
 
     @property
@@ -225,9 +275,30 @@ class LoadedModel:
         return _takes_positions(forward)
 
     def logits(self, states: Any) -> Any:
-        if self.chunked:
-            return self.model.get_output_embeddings()(states).float()
-        return states.float()
+        """Float32 logits of ``states`` (from :meth:`states`). A low-precision model's output
+        layer multiplies its states into float32 (as torch's own matmul accumulates them), so
+        the logits are not rounded to bfloat16 (or float16) before the log-softmax: on CUDA by
+        ``torch.mm(..., out_dtype=torch.float32)`` where this torch has it, else with a float32
+        copy of the layer's weight (made once per model). A model whose logits are not its
+        output layer's (not :attr:`chunked`) gives its own, cast."""
+        import torch
+
+        if not self.chunked:
+            return states.float()
+        head = self.model.get_output_embeddings()
+        weight = head.weight
+        if weight.dtype == torch.float32:
+            return head(states).float()
+        flat = states.reshape(-1, states.shape[-1])
+        if _mm_to_float32(str(states.device), weight.dtype):
+            logits = torch.mm(flat, weight.t(), out_dtype=torch.float32)
+        else:
+            if self._float_head is None:
+                self._float_head = weight.float()
+            logits = flat.float() @ self._float_head.t()
+        if head.bias is not None:
+            logits = logits + head.bias.float()
+        return logits.reshape(*states.shape[:-1], logits.shape[-1])
 
     def vocab_size(self) -> int:
         return int(self.model.config.vocab_size)

@@ -75,6 +75,14 @@ class Router(ABC):
             f"that calibrates: {', '.join(calibrating_routers()) or 'none is installed'}"
         )
 
+    def check_experts(self, experts: Sequence[ExpertInfo]) -> None:  # noqa: B027 (optional)
+        """Refuse in one line (:class:`UsageError`) an ensemble of ``experts`` (in ensemble
+        order) that this router, as built, cannot weigh: an option sized by their number k,
+        such as the ``posterior`` router's prior, of another length. Called when an ensemble is
+        built with the router, before any expert runs: an output router otherwise meets the
+        experts only once every one of them has scored everything. By default no check
+        (a pre-router's ``route`` refuses before the experts run anyway)."""
+
 
 def _no_routers() -> Iterable[Any]:
     return ()
@@ -388,7 +396,12 @@ class Evaluator(ABC):
     instance in its constructor; xelm reads the instance's. ``tasks``: the task
     names ``--task`` may give it, where it has a fixed set (a data folder named for one of them
     without ``--task`` is refused naming it). ``uses_protocol``: whether it scores choices by
-    ``request.protocol`` (``--protocol``), which results then record (else null).
+    ``request.protocol`` (``--protocol``), which results then record (else null);
+    ``uses_shots``, ``uses_runs``, ``uses_seed``: whether it reads ``request.shots``, ``runs``
+    and ``seed``. A field declared False and given a value other than its default
+    (``--shots`` at all, ``--runs`` other than 1, ``--seed`` other than 0, ``--protocol`` other
+    than paper) is refused in one line before the evaluator is built; None (the default, an
+    evaluator that does not say) accepts it.
     """
 
     name: ClassVar[str]
@@ -396,7 +409,11 @@ class Evaluator(ABC):
     primary: str  # on the class (checked at registration); an instance may set its own
     higher_is_better: bool
     tasks: ClassVar[tuple[str, ...]] = ()
-    uses_protocol: ClassVar[bool] = False
+    # the request fields it reads: True, False (given, refused), None (not said: accepted)
+    uses_protocol: ClassVar[bool | None] = None
+    uses_shots: ClassVar[bool | None] = None
+    uses_runs: ClassVar[bool | None] = None
+    uses_seed: ClassVar[bool | None] = None
 
     def __init__(self, request: EvalRequest) -> None:
         self.request = request
