@@ -35,6 +35,7 @@ from xelm_cli.bundle.tensor_stream import (
 )
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.data.tokenizer_loading import document_encoding
 from xelm_cli.ensemble.scoring import (
     Segment,
     default_batch_tokens,
@@ -219,8 +220,7 @@ def _calibration_batches(
     """The documents' tokens after the ``prefix`` token (as the model sees a document in
     training and scoring), each cut at ``cut``, in length-sorted batches of at most
     ``batch_tokens`` padded tokens (``Segment.sequence``: the document's index)."""
-    texts = [document.text for document in documents]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = document_encoding(tokenizer, [document.text for document in documents]).ids
     segments = [Segment(i, 0, [prefix, *tokens][:cut], 0) for i, tokens in enumerate(ids) if tokens]
     return length_batches(segments, batch_tokens)
 

@@ -1,10 +1,12 @@
 """Loading the tokenizer ``xelm data prepare`` encodes with, from a bundle or a tokenizer
-directory, as AutoTokenizer would load it; and the threads its Rust backend may use."""
+directory, as AutoTokenizer would load it; the threads its Rust backend may use; and document
+text encoded as prepare encodes it (``document_encoding``), for scoring and generation."""
 
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,76 @@ class DocumentEncoder:
             return False
         added = encoding.special_tokens_mask
         return any(i in self._reachable and not a for i, a in zip(encoding.ids, added, strict=True))
+
+
+@dataclass(frozen=True)
+class DocumentEncoding:
+    """Texts encoded as documents: each text's token ids and, when asked for, each token's
+    (start, end) characters in its text, as ``return_offsets_mapping`` gives them."""
+
+    ids: list[list[int]]
+    offsets: list[list[tuple[int, int]]] | None = None
+
+
+# each transformers tokenizer's document backend (``_whole_documents``), built on its first
+# document and kept while the tokenizer lives; keyed also by its backend's state, so that a
+# token added since (a larger vocabulary) builds it afresh
+_DOCUMENT_BACKENDS: "weakref.WeakKeyDictionary[Any, tuple[tuple[int, int], Any]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def document_encoding(
+    tokenizer: Any, texts: Sequence[str], *, offsets: bool = False
+) -> DocumentEncoding:
+    """``texts`` encoded with ``tokenizer`` (a transformers tokenizer, ``Bundle.load_tokenizer``)
+    as ``xelm data prepare`` encodes documents into shards (spec/shards-v1.md section 1.4): no
+    special tokens added (``add_special_tokens=False``; the frame tokens are the caller's), and a
+    special token's string in a text (``<s>``, ``</s>``, ``<pad>``) encoded as the characters it
+    is, never as that token's id. A text that spells no special token encodes exactly as
+    ``tokenizer(text, add_special_tokens=False)`` encodes it, offsets included.
+
+    A fast tokenizer encodes with a copy of its Rust backend (``_whole_documents``, built once
+    per tokenizer), all texts in one batched call (its twin re-encodes only the texts that spell
+    a special token its model makes). transformers' ``split_special_tokens`` alone would not do:
+    it stops the added vocabulary matching ``<s>``, not a model whose vocabulary holds the piece
+    (a Unigram model scores ``<s>`` 0.0, a WordLevel one looks it up, a BPE one merges it). A
+    slow tokenizer (no backend) encodes as transformers encodes it."""
+    texts = list(texts)
+    if not texts:
+        return DocumentEncoding([], [] if offsets else None)
+    backend = _document_backend(tokenizer)
+    if backend is None:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+        ids = [list(each) for each in encoded["input_ids"]]
+        if not offsets:
+            return DocumentEncoding(ids)
+        return DocumentEncoding(ids, [[(a, b) for a, b in o] for o in encoded["offset_mapping"]])
+    if offsets:
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return DocumentEncoding([e.ids for e in encodings], [e.offsets for e in encodings])
+    # no offsets computed: the ids are the same
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=False)
+    return DocumentEncoding([e.ids for e in encodings])
+
+
+def _document_backend(tokenizer: Any) -> Any:
+    """The backend that encodes ``tokenizer``'s documents (``_whole_documents``), cached; None
+    for a tokenizer without a Rust backend."""
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    state = (id(backend), backend.get_vocab_size(with_added_tokens=True))
+    try:
+        cached = _DOCUMENT_BACKENDS.get(tokenizer)
+    except TypeError:  # a tokenizer class that can be neither hashed nor weakly referenced
+        return _whole_documents(tokenizer)
+    if cached is None or cached[0] != state:
+        cached = (state, _whole_documents(tokenizer))
+        _DOCUMENT_BACKENDS[tokenizer] = cached
+    return cached[1]
 
 
 @contextlib.contextmanager

@@ -261,10 +261,9 @@ def _prefix(
     if position >= prompt_tokens:
         text = document.text + runner.tokenizer.decode(tokens[: position - prompt_tokens])
     else:
-        encoded = runner.tokenizer(
-            document.text, add_special_tokens=False, return_offsets_mapping=True
-        )
-        text = document.text[: encoded["offset_mapping"][position][0]]
+        offsets = runner.encode_documents([document.text], offsets=True).offsets
+        assert offsets is not None
+        text = document.text[: offsets[0][position][0]]
     return Document(text, document.language)
 
 

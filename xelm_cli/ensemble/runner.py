@@ -26,6 +26,7 @@ from xelm_cli.common.errors import (
     UsageError,
 )
 from xelm_cli.common.progress import count_progress
+from xelm_cli.data.tokenizer_loading import DocumentEncoding, document_encoding
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
 from xelm_cli.ensemble.mixing import mixture
@@ -197,7 +198,14 @@ class EnsembleModel(LanguageModel):
         return self.members[0].framing(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """The token ids of document text, as ``xelm data prepare`` encodes it into shards: no
+        frame tokens, and a special token's string (``<s>``) as the characters it is."""
+        return self.encode_documents([text]).ids[0]
+
+    def encode_documents(self, texts: Sequence[str], *, offsets: bool = False) -> DocumentEncoding:
+        """``texts`` encoded as ``encode`` encodes each, in one call (``DocumentEncoding``:
+        ``ids`` and, with ``offsets``, each token's characters)."""
+        return document_encoding(self.tokenizer, texts, offsets=offsets)
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
@@ -458,19 +466,14 @@ class EnsembleModel(LanguageModel):
     ) -> tuple[list[list[int]], list[list[int]] | None]:
         """Each document's tokens after the prefix token, and with ``starts`` the character
         where each token starts (for prefix routing); a document without tokens is refused."""
-        sequences, token_starts = [], []
-        for document in documents:
-            if starts:
-                encoded = self.tokenizer(
-                    document.text, add_special_tokens=False, return_offsets_mapping=True
-                )
-                sequences.append([self.bos, *encoded["input_ids"]])
-                token_starts.append([start for start, _ in encoded["offset_mapping"]])
-            else:
-                sequences.append([self.bos, *self.encode(document.text)])
-            if len(sequences[-1]) < 2:
+        encoded = self.encode_documents([document.text for document in documents], offsets=starts)
+        sequences = [[self.bos, *ids] for ids in encoded.ids]
+        for document, sequence in zip(documents, sequences, strict=True):
+            if len(sequence) < 2:
                 raise UsageError(f"a document has no tokens to score: {document.text[:40]!r}")
-        return sequences, token_starts if starts else None
+        if encoded.offsets is None:
+            return sequences, None
+        return sequences, [[start for start, _ in offsets] for offsets in encoded.offsets]
 
     def score_documents(self, documents: Sequence[Document]) -> list[Logprobs]:
         stride_router = isinstance(self.router, PreRouter) and bool(self.router.stride)
@@ -527,10 +530,12 @@ class EnsembleModel(LanguageModel):
         context's last token swallowed the choice), the choice's own."""
         context = request.context.rstrip()
         space = request.context[len(context) :]
-        context_ids = self.encode(context)
+        context_ids, *wholes = self.encode_documents(
+            [context, *(context + space + choice for choice in request.choices)]
+        ).ids
         choices = []
-        for choice in request.choices:
-            continuation = self.encode(context + space + choice)[len(context_ids) :]
+        for choice, whole in zip(request.choices, wholes, strict=True):
+            continuation = whole[len(context_ids) :]
             choices.append(continuation or self.encode(space + choice))
         if not choices or not all(request.choices) or not all(choices):
             raise UsageError(f"a request has an empty choice: {request.choices!r}")
