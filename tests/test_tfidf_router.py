@@ -246,7 +246,7 @@ def test_allocation_json_path_and_no_documents(allocation):
         (
             {"colour": "red"},
             "router 'tfidf' has no option 'colour' (its options: allocation, temperature, "
-            "top_k, stride, distance, experts_in_order)",
+            "top_k, stride, distance, experts_in_order, offsets)",
         ),
     ],
 )
@@ -281,3 +281,30 @@ def test_registered():
     registration = get_registry().get("router", "tfidf")
     assert registration.obj is TfidfRouter
     assert TfidfRouter.needs_expert_outputs is False
+
+
+def test_a_balanced_allocation_routes_as_its_training_documents_were_assigned(
+    tmp_path: Path, held_out
+):
+    """Experts of a balanced allocation trained on argmin (D + o): the router's top-1 is that
+    expert (with offsets=false, the plain nearest centroid, which the review found differing
+    for 15-29% of documents), and its weights are the softmax of -(D + o) / T."""
+    result = fit_sample(
+        _documents(150),
+        kmeans=KMeansSettings(k=K),
+        tfidf=TfidfSettings(max_features=20_000, n_components=20),
+        max_per_language=None,
+        assignment="balanced",
+    )
+    balanced = save_model(tmp_path / "balanced", result.model, shares=result.shares, training={})
+    model = load_model(balanced)
+    assert model.offsets is not None and np.ptp(model.offsets) > 0
+    texts = [d.text for d in held_out]
+    experts = _experts(balanced, range(K))
+    top1 = _route(TfidfRouter(allocation=balanced.path, top_k=1), held_out, experts)
+    np.testing.assert_array_equal(top1.argmax(axis=1), model.assign(held_out))
+    soft = _route(TfidfRouter(allocation=balanced.path), held_out, experts)
+    shifted = model.distances(texts) + model.offsets
+    np.testing.assert_allclose(soft, _softmax(-shifted / 0.1), rtol=1e-9, atol=1e-15)
+    plain = _route(TfidfRouter(allocation=balanced.path, offsets=False), held_out, experts)
+    np.testing.assert_allclose(plain, _softmax(-model.distances(texts) / 0.1), rtol=1e-9)

@@ -39,8 +39,10 @@ class TfidfRouter(PreRouter):
     For a text with embedding v (spec/allocation-tfidf.md section 3) and D_i = ||v - c_i||^2,
     the weight of cluster i is softmax_i(-D_i / T) (``distance="squared"``, the c-BTM
     equation softmax(-d^2 / T)) or softmax_i(-D_i^2 / T) (``distance="squared-twice"``, the
-    authors' reference code, which squares an already squared distance). The assignment
-    offsets of a balanced allocation are not part of the distances.
+    authors' reference code, which squares an already squared distance). D_i includes the
+    assignment offset o_i of a balanced allocation (``offsets``, default true): a text is
+    routed as the experts' training documents were assigned, argmin_i (D_i + o_i); a nearest
+    allocation's offsets are 0, so the reference's routing is unchanged.
 
     Options (``--router-arg KEY=VALUE``):
 
@@ -59,6 +61,9 @@ class TfidfRouter(PreRouter):
       not apply to it: there is no ranking to cut).
     - ``experts_in_order``: map ensemble expert e to cluster e (needs exactly k experts)
       instead of reading the experts' allocation references.
+    - ``offsets``: add the allocation's assignment offsets to the distances (true, default:
+      the rule that split the training documents); false: the plain distances, so a balanced
+      allocation's router prefers the nearest centroid where training used another.
 
     Experts are mapped to clusters by their bundles' allocation reference
     (``ExpertInfo.allocation``): expert e gets cluster ``allocation["expert"]`` when its
@@ -102,6 +107,11 @@ class TfidfRouter(PreRouter):
             help="Map ensemble expert e to cluster e (needs exactly k experts) instead of "
             "reading the experts' allocation references.",
         )
+        offsets: bool = option(
+            True,
+            help="Add the allocation's assignment offsets to the distances, routing as the "
+            "training documents were assigned (false: plain distances).",
+        )
 
     def __init__(self, **options: Any) -> None:
         self.options = build_options(
@@ -117,6 +127,7 @@ class TfidfRouter(PreRouter):
         self.stride = self.options.stride
         self.distance = self.options.distance
         self.experts_in_order = self.options.experts_in_order
+        self.offsets = self.options.offsets
         self.allocation: Allocation = read_allocation(self.options.allocation)
         if self.allocation.clusterer != "tfidf":
             raise UsageError(
@@ -167,7 +178,11 @@ class TfidfRouter(PreRouter):
         """(len(texts), len(clusters)) weights over the given clusters (before top_k)."""
         model = self.model
         points = model.embed(texts)
-        distances = squared_distances(points, model.centroids)[:, list(clusters)]
+        distances = squared_distances(points, model.centroids)
+        if self.offsets:
+            assert model.offsets is not None  # zeros for a nearest allocation
+            distances = distances + model.offsets
+        distances = distances[:, list(clusters)]
         if self.distance == "squared-twice":
             distances = distances**2
         weights = softmax(-distances / self.temperature, axis=1)
