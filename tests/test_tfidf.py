@@ -26,6 +26,7 @@ from xelm_tfidf.state import TfidfModel, expert_languages, load_model, save_mode
 
 from xelm_cli.api import (
     Document,
+    FormatError,
     IntegrityError,
     group_documents,
     iter_documents,
@@ -342,6 +343,7 @@ def test_cli_help_has_an_example(capsys):
         ("", [], "no corpus files"),
         ("one document\ntwo documents here\n", ["-k", "5"], "more than the 2 documents"),
         ("x\ny\n", ["-k", "1"], "cannot fit"),
+        ("x\ny\n", ["--solver", "lsa", "--batch-size", "50000"], "(20.0 GB at 50,000)"),
     ],
 )
 def test_cli_bad_input_writes_nothing(tmp_path, capsys, content, extra, message):
@@ -487,3 +489,24 @@ def test_cli_long_records_fit_without_a_warning(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)["documents"] == 40
     assert "warning" not in captured.err
+
+
+def test_non_finite_or_repeated_state_is_refused_not_misrouted(fitted, tmp_path):
+    """Arrays whose digests match but whose values cannot be right (a NaN centroid sent every
+    text to one expert; a vocabulary term twice) are refused when the state loads."""
+    import dataclasses
+
+    centroids = fitted.model.centroids.copy()
+    centroids[1, 0] = np.nan
+    broken = dataclasses.replace(fitted.model, centroids=centroids)
+    save_model(tmp_path / "nan", broken, shares=fitted.shares, training={})
+    with pytest.raises(FormatError, match=r"non-finite values: \['centroids'\]"):
+        load_model(read_allocation(tmp_path / "nan"))
+    embedder = fitted.model.embedder
+    terms = [embedder.terms[0], *embedder.terms[:-1]]
+    repeated = dataclasses.replace(
+        fitted.model, embedder=dataclasses.replace(embedder, terms=terms)
+    )
+    save_model(tmp_path / "twice", repeated, shares=fitted.shares, training={})
+    with pytest.raises(FormatError, match="the TF-IDF vocabulary repeats a term"):
+        load_model(read_allocation(tmp_path / "twice"))

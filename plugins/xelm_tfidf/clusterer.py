@@ -21,6 +21,9 @@ from .fitting import fit_sample, reading_progress, short_documents_warning, unba
 from .kmeans import ASSIGNMENTS, SOLVERS, KMeansSettings
 from .state import STATE_MEMBER, TfidfModel, load_model, save_model
 
+# --solver lsa holds an n x n float64 cost matrix a batch (and scipy's copies of it)
+LSA_LARGEST_BATCH = 10_000
+
 
 class TfidfClusterer(Clusterer):
     """Cluster documents into k equal-size groups by TF-IDF (c-BTM balanced k-means).
@@ -97,6 +100,13 @@ class TfidfClusterer(Clusterer):
         if request.output.exists() and not request.overwrite:
             raise UsageError(
                 f"output {request.output} already exists; choose another path or pass --force"
+            )
+        if options.solver == "lsa" and options.batch_size > LSA_LARGEST_BATCH:
+            gigabytes = options.batch_size**2 * 8 / 1e9
+            raise UsageError(
+                f"--solver lsa builds a --batch-size squared cost matrix ({gigabytes:,.1f} GB at "
+                f"{options.batch_size:,}): give --batch-size {LSA_LARGEST_BATCH:,} or less, or "
+                "--solver auction / auto"
             )
         started = time.perf_counter()
         with reading_progress() as advance:

@@ -192,3 +192,9 @@ def _check_shapes(
     )
     if not fine:
         raise FormatError(f"{allocation.path}: TF-IDF arrays have inconsistent shapes")
+    arrays = {"idf": embedder.idf, "components": embedder.components, "centroids": centroids}
+    broken = [name for name, array in arrays.items() if not np.isfinite(array).all()]
+    if broken:  # one NaN centroid sends every text to one expert
+        raise FormatError(f"{allocation.path}: TF-IDF arrays hold non-finite values: {broken}")
+    if len(set(embedder.terms)) != n_features:
+        raise FormatError(f"{allocation.path}: the TF-IDF vocabulary repeats a term")
