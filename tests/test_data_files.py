@@ -154,15 +154,16 @@ def test_unrecognised_files_are_named_in_one_warning_and_json_documents_are_not_
     (corpus / "train" / "tr.jsonl.bz2").write_bytes(b"BZh9")
     (corpus / "stats.json").write_text(json.dumps({"en": {"documents": 5}}, indent=1))
     (corpus / "config.json").write_text(json.dumps({"documents": 5}))  # one line, no text
-    (corpus / "README.md").write_text("# notes\n")
+    (corpus / "README.md").write_text("# notes\n")  # documentation: never named
+    (corpus / "LICENSE-CC-BY-SA").write_text("licence\n")
     (corpus / ".cache").mkdir()
     (corpus / ".cache" / "x.lock").write_text("")
     capsys.readouterr()
     assert prepare([str(corpus)], tokenizer_dir, tmp_path / "shards") == ["train/en.jsonl"]
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == [
-        f"xelm: warning: {corpus}: not reading README.md, config.json, stats.json, "
-        "train/tr.jsonl.bz2 (corpus files are *.jsonl, *.json, *.ndjson, *.txt, each "
+        f"xelm: warning: {corpus}: not reading config.json (not JSON lines), stats.json (not "
+        "JSON lines), train/tr.jsonl.bz2 (corpus files are *.jsonl, *.json, *.ndjson, *.txt, each "
         "optionally .gz or .zst; a .json file of JSON lines)"
     ]
 

@@ -93,14 +93,22 @@ def _corpus_name(name: str) -> bool:
     return name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES)
 
 
+# files a corpus folder may hold beside its corpus without a word: its licence and notes
+DOCUMENTATION = re.compile(r"^(licen[cs]e|copying|notice|readme|citation)([-_.].*)?$", re.I)
+
+
 def _directory_files(directory: Path) -> tuple[list[Path], list[Path]]:
-    """The corpus files of a directory, sorted, and its other files but hidden ones: a plain
-    ``.json`` file is a corpus file only when it holds JSON lines."""
+    """The corpus files of a directory, sorted, and its other files but hidden ones and its
+    documentation (``LICENSE-CC-BY-SA``, ``README.md``): a plain ``.json`` file is a corpus
+    file only when it holds JSON lines."""
     files, others = [], []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         if _corpus_name(path.name) and (path.suffix != ".json" or _holds_json_lines(path)):
             files.append(path)
-        elif not any(part.startswith(".") for part in path.relative_to(directory).parts):
+        elif not (
+            any(part.startswith(".") for part in path.relative_to(directory).parts)
+            or DOCUMENTATION.match(path.name)
+        ):
             others.append(path)
     return files, others
 
@@ -163,7 +171,10 @@ def _way(path: Path) -> str:
 
 
 def _names(directory: Path, paths: Sequence[Path]) -> str:
-    names = [p.relative_to(directory).as_posix() for p in paths[:UNREAD_SHOWN]]
+    names = [
+        p.relative_to(directory).as_posix() + (" (not JSON lines)" if p.suffix == ".json" else "")
+        for p in paths[:UNREAD_SHOWN]
+    ]
     more = f" and {len(paths) - UNREAD_SHOWN} more" if len(paths) > UNREAD_SHOWN else ""
     return ", ".join(names) + more
 
