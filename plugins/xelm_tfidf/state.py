@@ -192,8 +192,12 @@ def _check_shapes(
     )
     if not fine:
         raise FormatError(f"{allocation.path}: TF-IDF arrays have inconsistent shapes")
-    arrays = {"idf": embedder.idf, "components": embedder.components, "centroids": centroids}
-    broken = [name for name, array in arrays.items() if not np.isfinite(array).all()]
+    arrays: dict[str, np.ndarray] = {
+        "idf": embedder.idf,
+        "components": embedder.components,
+        "centroids": centroids,
+    }
+    broken = [name for name, array in arrays.items() if not bool(np.isfinite(array).all())]
     if broken:  # one NaN centroid sends every text to one expert
         raise FormatError(f"{allocation.path}: TF-IDF arrays hold non-finite values: {broken}")
     if len(set(embedder.terms)) != n_features:
