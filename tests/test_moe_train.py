@@ -82,11 +82,14 @@ def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
     with pytest.raises(Killed):
         StopsAt(5).train(killed)
     state = checkpoint_dir(killed.output) / "step-000000004" / "state.json"
-    for changed in ({"aux_loss": 0.1}, {"router_only": True}):
+    for changed, values in (
+        ({"aux_loss": 0.1}, "none, now 0.1"),
+        ({"router_only": True}, "False, now True"),
+    ):
         other = replace(killed, resume=True, options={**killed.options, **changed})
         refusal = (
-            f"cannot resume {state.parent}: the run differs in {next(iter(changed))}; use the "
-            "same inputs and options, or --force to start over"
+            f"cannot resume {state.parent}: the run differs in {next(iter(changed))} "
+            f"(checkpoint {values}); use the same inputs and options, or --force to start over"
         )
         with pytest.raises(UsageError, match=f"^{re.escape(refusal)}$"):
             CausalLMTrainer().train(other)
@@ -95,7 +98,7 @@ def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
         del saved["identity"][name]
     state.write_text(json.dumps(saved))
     again = replace(killed, resume=True, options={**killed.options, "aux_loss": 0.1})
-    with pytest.raises(UsageError, match="differs in aux_loss;"):
+    with pytest.raises(UsageError, match=r"differs in aux_loss \(checkpoint none, now 0.1\);"):
         CausalLMTrainer().train(again)
     resumed = CausalLMTrainer().train(replace(killed, resume=True))
     assert resumed.manifest.training["steps"] == 8  # type: ignore[index]

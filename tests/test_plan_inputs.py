@@ -415,7 +415,7 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
         ("--train-arg nope=1", "trainer 'causal-lm' has no option 'nope'"),
         ("--batch-size 0", "--train-args: --batch-size must be at least 1"),
         ("--train-arg block_size=-4", "--train-args: --block-size must be at least 1"),
-        ("--lr -1", "--train-args: --lr must be positive, not -1.0"),
+        ("--lr -1", "--train-args: --lr must be positive and finite, not -1.0"),
         ("--warmup-steps -2", "--train-args: --warmup-steps must not be negative"),
         (
             "--aux-loss 0.1",  # the experts and the dense run are no MoE bundles

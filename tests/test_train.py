@@ -179,6 +179,7 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(
         **Bundle.open(full.output).manifest.training,  # type: ignore[dict-item]
         "seconds": resumed.manifest.training["seconds"],
         "wall_seconds": resumed.manifest.training["wall_seconds"],
+        "setup_seconds": resumed.manifest.training["setup_seconds"],
         "command": "test",
     }
 
@@ -204,8 +205,9 @@ def test_a_run_resumes_with_a_smaller_batch_size_at_the_same_global_batch(
     halved = replace(killed, resume=True, options={**killed.options, "batch_size": 2})
     other_step = replace(halved, options={**halved.options, "global_batch_tokens": 128})
     refusal = (
-        f"cannot resume {state.parent}: the run differs in global_batch_tokens; pass "
-        "--global-batch 256 (the checkpoint's tokens per step), or --force to start over"
+        f"cannot resume {state.parent}: the run differs in global_batch_tokens (checkpoint "
+        "256, now 128); pass --global-batch 256 (the checkpoint's tokens per step), or --force "
+        "to start over"
     )
     with pytest.raises(UsageError, match=f"^{re.escape(refusal)}$"):
         CausalLMTrainer().train(other_step)

@@ -80,16 +80,31 @@ class Ranks:
         return self.sum(value, device) / self.world
 
     def sum(self, value: float, device: torch.device) -> float:
+        """The sum of ``value`` over all ranks, in float64: on the CUDA device under NCCL, on
+        the host under gloo (which reduces CPU tensors; MPS has no float64)."""
         if not self.launched:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=device)
+        where = device if device.type == "cuda" else torch.device("cpu")
+        tensor = torch.tensor([value], dtype=torch.float64, device=where)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return float(tensor.item())
 
 
 def pick_device(name: str, ranks: Ranks) -> torch.device:
     """The checked device ``name`` names (``xelm_cli.api.pick_device``); under torchrun plain
-    ``cuda`` is this rank's own, ``cuda:LOCAL_RANK``."""
+    ``cuda`` is this rank's own, ``cuda:LOCAL_RANK``, and a numbered one is refused (every
+    rank would take that one GPU), before any device is touched."""
+    if ranks.launched and name not in ("auto", "cpu", "cuda", "mps"):
+        try:
+            asked = torch.device(name)
+        except RuntimeError:
+            asked = None  # checked_device names the way out
+        if asked is not None and asked.type == "cuda" and asked.index is not None:
+            raise UsageError(
+                f"--device {name} under torchrun would put every rank on one GPU: pass "
+                "--device cuda (each rank takes the GPU of its LOCAL_RANK; choose the GPUs "
+                "with CUDA_VISIBLE_DEVICES)"
+            )
     device: torch.device = checked_device(name)
     if device.type == "cuda" and ranks.launched:
         if device.index is None:  # one device per rank
@@ -245,7 +260,10 @@ class OptimizerState:
 
 def gather_for_checkpoint(model: Any, optimizer: Any) -> tuple[dict[str, Any], OptimizerState]:
     """FSDP: full model and optimiser states on rank 0's CPU (a collective; empty elsewhere),
-    the optimiser's keyed by parameter index as an unsharded optimiser's are."""
+    the optimiser's keyed by parameter index as an unsharded optimiser's are: parameters
+    numbered in the order of the optimiser's param groups, as ``Optimizer.state_dict`` numbers
+    them (with weight decay the matrices' group comes first), so a checkpoint is the same file
+    with and without FSDP."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
@@ -255,7 +273,7 @@ def gather_for_checkpoint(model: Any, optimizer: Any) -> tuple[dict[str, Any], O
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     full: dict[str, Any] = dict(get_optimizer_state_dict(model, optimizer, options=options))
-    index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    index = {name: i for i, name in enumerate(names_in_group_order(model, optimizer))}
     state = {index[name]: value for name, value in full.get("state", {}).items()}
     groups = [
         {**group, "params": [index[name] for name in group["params"]]}
@@ -264,27 +282,65 @@ def gather_for_checkpoint(model: Any, optimizer: Any) -> tuple[dict[str, Any], O
     return weights, OptimizerState({"state": state, "param_groups": groups})
 
 
+def names_in_group_order(model: Any, optimizer: Any) -> list[str]:
+    """The names of the optimiser's parameters, group by group: the position of a name is
+    the index ``Optimizer.state_dict`` gives its parameter."""
+    named = names_of(model)
+    return [named[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+# The param-group flags that say how the optimiser computes, not what: the run's own (fused on
+# CUDA), whatever the optimiser that wrote a checkpoint had (a CPU run's, say).
+KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_optimizer(
     model: Any, optimizer: Any, saved: dict[str, Any] | None, sharding: Sharding | None
 ) -> None:
     """Restore a checkpoint's optimiser state (parameter indices) into the run's optimiser;
     FSDP: every rank keeps its shard of the full state, which every rank passes, or with
-    ``sharding.from_main`` rank 0 alone (``saved`` is None elsewhere; a collective)."""
+    ``sharding.from_main`` rank 0 alone (``saved`` is None elsewhere; a collective). The
+    optimiser keeps the kernel flags (``KERNEL_FLAGS``) it was built with."""
+    built = [{k: group[k] for k in KERNEL_FLAGS if k in group} for group in optimizer.param_groups]
+    if saved is not None:  # torch places the state (step on the device or not) by these flags
+        saved = {
+            **saved,
+            "param_groups": [
+                {**group, **flags}
+                for group, flags in zip(saved["param_groups"], built, strict=False)
+            ],
+        }
     if sharding is None:
         assert saved is not None
         optimizer.load_state_dict(saved)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    else:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
-    full = {} if saved is None else optimizer_state_by_name(model, saved)
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharding.from_main)
-    set_optimizer_state_dict(model, optimizer, full, options=options)
+        full = {} if saved is None else optimizer_state_by_name(model, optimizer, saved)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharding.from_main)
+        set_optimizer_state_dict(model, optimizer, full, options=options)
+    for group, flags in zip(optimizer.param_groups, built, strict=True):
+        group.update(flags)
 
 
-def optimizer_state_by_name(model: Any, saved: dict[str, Any]) -> dict[str, Any]:
+def optimizer_state_by_name(model: Any, optimizer: Any, saved: dict[str, Any]) -> dict[str, Any]:
     """An optimiser state keyed by parameter index as the one keyed by parameter name that
-    ``set_optimizer_state_dict`` reads."""
-    names = [name for name, _ in model.named_parameters()]
+    ``set_optimizer_state_dict`` reads. As ``Optimizer.load_state_dict`` does, the parameter
+    at position j of saved group g is the one at position j of the optimiser's group g."""
+    named = names_of(model)
+    groups = [[named[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+    if [len(g) for g in groups] != [len(g["params"]) for g in saved["param_groups"]]:
+        raise ValueError(
+            "the checkpoint's optimiser state has other parameter groups than this optimiser"
+        )
+    names = {
+        int(i): name
+        for group, ours in zip(saved["param_groups"], groups, strict=True)
+        for i, name in zip(group["params"], ours, strict=True)
+    }
     return {
         "state": {names[int(i)]: value for i, value in saved["state"].items()},
         "param_groups": [
@@ -292,3 +348,8 @@ def optimizer_state_by_name(model: Any, saved: dict[str, Any]) -> dict[str, Any]
             for group in saved["param_groups"]
         ],
     }
+
+
+def names_of(model: Any) -> dict[int, str]:
+    """Each parameter's name, by the parameter's ``id`` (a tied one: its first name)."""
+    return {id(parameter): name for name, parameter in model.named_parameters()}

@@ -47,8 +47,21 @@ class _Gradients:
         grad = log_probs.exp_()
         grad[torch.arange(len(target), device=grad.device), target.clamp_min(0)] -= 1
         grad *= scale[:, None]
-        self.hidden[start : start + len(target)] = (grad.to(w.dtype) @ w).to(self.hidden.dtype)
-        self.weight += (grad.to(w.dtype).T @ h).to(self.weight.dtype)
+        narrow = grad.to(w.dtype)  # in the compute dtype (fp32 compute: ``grad`` itself)
+        rows = self.hidden[start : start + len(target)]
+        if rows.dtype == narrow.dtype:
+            torch.mm(narrow, w, out=rows)
+        else:
+            rows.copy_(narrow @ w)
+        if narrow.dtype == self.weight.dtype:  # fp32 compute: accumulated in place
+            self.weight.addmm_(narrow.T, h)
+        else:
+            # bf16 compute: the product in slices of the vocabulary, each added in place to
+            # the fp32 sum: one slice's bf16 product (on the CPU also its fp32 copy) at a
+            # time, never a V x h one; each element is the same sum of the same products
+            step = max(1, CHUNK_ELEMENTS // h.shape[1])
+            for first in range(0, narrow.shape[1], step):
+                self.weight[first : first + step].add_(narrow[:, first : first + step].T @ h)
         if self.bias is not None:
             self.bias += grad.sum(0)
 
@@ -102,9 +115,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
+        """The forward's gradients scaled in place (no second V x h tensor): they are this
+        function's own, and a second backward through it fails on their changed version
+        instead of scaling them twice."""
         grad_hidden, grad_weight = ctx.saved_tensors
-        grad_bias = None if ctx.bias_grad is None else ctx.bias_grad * grad_loss
-        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None, None
+        grad_bias = None if ctx.bias_grad is None else ctx.bias_grad.mul_(grad_loss)
+        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), grad_bias, None, None, None
 
 
 def linear_cross_entropy(

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from xelm_cli.api import (
     Shards,
     TrainRequest,
     UsageError,
+    XelmError,
     list_checkpoints,
     load_checkpoint,
     logits_are_output_layer,
@@ -61,7 +63,7 @@ from .feedback import (
 )
 from .lean_loss import use_lean_loss
 from .moe import configure_moe, is_moe, loss_parts, training_kwargs, validation_kwargs
-from .options import TrainOptions
+from .options import TrainOptions, batch_size_for
 from .rng import other_ranks_rng, restore_rank_rng, seed_rank
 
 TRAINER_NAME = "causal-lm"
@@ -110,13 +112,27 @@ class Inputs:
     resume_from: tuple[int, Path] | None = None
 
 
+@contextlib.contextmanager
+def said_once(ranks: Ranks) -> Iterator[None]:
+    """A refusal every rank makes alike before they join the group (the same inputs and
+    options): said by local rank 0, one line a machine; the others exit with its code."""
+    try:
+        yield
+    except XelmError as exc:
+        if ranks.launched and ranks.local != 0:
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
 class TrainingRun:
     """One run of the ``causal-lm`` trainer; ``on_step_end`` is a hook for tests."""
 
     def train(self, request: TrainRequest) -> Bundle:
         started = time.perf_counter()
         ranks = Ranks.from_environment()
-        inputs = check_inputs(request, ranks)
+        with said_once(ranks):  # every rank refuses alike: one line (local rank 0's)
+            inputs = check_inputs(request, ranks)
+            device = pick_device(inputs.options.device, ranks)
         trained = inputs.steps * inputs.options.batch_tokens
         if ranks.main and trained != request.tokens:
             steps = f"{inputs.steps:,} whole step{'s' if inputs.steps > 1 else ''}"
@@ -132,7 +148,6 @@ class TrainingRun:
             print(note, file=sys.stderr)
         if ranks.main and (note := positions_note(inputs.options.block_size, inputs.bundle.path)):
             print(note, file=sys.stderr)
-        device = pick_device(inputs.options.device, ranks)
         ranks.start(device)  # every rank has passed the checks: nothing is written before
         try:
             if request.resume:
@@ -178,7 +193,8 @@ class TrainingRun:
         if ranks.main:
             result = write_trained(request, inputs, unwrap(model), state, device, full, sharding)
         ranks.barrier()  # the other ranks wait for the bundle
-        return Bundle.open(request.output) if result is None else result
+        # rank 0 wrote (and hashed) it: the others check its files' presence and sizes only
+        return Bundle.open(request.output, verify=False) if result is None else result
 
     def sharding(self, options: TrainOptions, device: torch.device) -> Sharding | None:
         """How FSDP runs (``Sharding.on`` the device); None without ``--fsdp``. Tests override
@@ -274,11 +290,13 @@ class TrainingRun:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                loss = None  # the step's loss (mean over the ranks), once the host has it
                 if state.step % options.log_every == 0 or state.step == inputs.steps:
                     record = step_record(state, sums, norm, lr, logged, options, ranks, device)
-                    if not math.isfinite(record["loss"]):  # every rank: the mean is all-reduced
-                        raise UsageError(diverged_line(record["loss"], state.step))
-                    state.loss_curve.append([state.step, record["loss"]])
+                    loss = record["loss"]
+                    if not math.isfinite(loss):  # every rank: the mean is all-reduced
+                        raise UsageError(diverged_line(loss, state.step))
+                    state.loss_curve.append([state.step, loss])
                     metrics.write(record)
                     progress.update(state.step, record["loss"], record["tokens_per_s"])
                 else:
@@ -290,6 +308,10 @@ class TrainingRun:
                     metrics.write({"step": state.step, "valid_loss": valid})
                 state.wall_seconds = wall.seconds()
                 if due(state.step, options.checkpoint_every, inputs.steps):
+                    # a checkpoint replaces the last good one: never with NaN weights
+                    if loss is None:
+                        loss = ranks.mean(float(sums.loss) / options.accumulation, device)
+                    require_finite(model, loss, state.step, ranks, device)
                     checkpoint(request, inputs, model, optimizer, state, ranks, device)
                 self.on_step_end(state.step)
         state.wall_seconds = wall.seconds()  # with the last checkpoint
@@ -492,26 +514,25 @@ def resume(
 ) -> RunState:
     """The run state of the checkpoint rank 0 chose (``inputs.resume_from``), its weights into
     ``model`` and its optimiser state into ``optimizer``; without a ``model`` (FSDP's ranks
-    that receive rank 0's) neither is read."""
+    that receive rank 0's) neither is read. Rank 0 decides the refusals (another run; a
+    checkpoint it cannot read, which every rank reads at once): it says why in one line, the
+    other ranks exit with its code."""
     assert inputs.resume_from is not None  # train() resumes only from a checkpoint rank 0 found
     step, path = inputs.resume_from
-    identity = run_identity(request, inputs)
-    unknown = {name: identity[name] for name in IDENTITY_UNKNOWN_BEFORE}
-    recorded = read_checkpoint_state(path).get("identity") or {}
-    if recorded.get("valid") is None:  # no held-out set before: validation may start now
-        recorded = {k: v for k, v in recorded.items() if k not in IDENTITY_UNKNOWN_BEFORE}
-    saved_identity = IDENTITY_BEFORE_ADDED | unknown | recorded
-    # only the keys this version compares: older checkpoints also stored batch_size
-    changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
-    if changed:
-        raise UsageError(
-            f"cannot resume {path}: the run differs in {', '.join(changed)}; "
-            f"{same_run(changed, saved_identity)}, or --force to start over"
-        )
-    if model is None:
-        saved = read_checkpoint_state(path)
-    else:
-        saved = load_checkpoint(path, model=model, optimizer=optimizer)
+    refusal: XelmError | None = None
+    if ranks.main:
+        try:
+            require_same_run(request, inputs, path)
+        except XelmError as exc:
+            refusal = exc
+    follow_main(refusal, ranks)
+    try:
+        saved = read_checkpoint(path, model, optimizer)
+    except XelmError as exc:
+        refusal = exc
+    follow_main(refusal, ranks)
+    if refusal is not None:  # this rank alone could not read what rank 0 read
+        raise refusal
     # checkpoints without world_size were written by one process or kept rank 0's states alone
     saved_world = saved.get("world_size", 1)
     restore_rank_rng(path, saved_world, inputs.options.seed, saved["step"], ranks, device)
@@ -528,6 +549,56 @@ def resume(
     )
 
 
+def follow_main(refusal: XelmError | None, ranks: Ranks) -> None:
+    """Rank 0's ``refusal`` (a collective): raised on rank 0, the other ranks exit with its
+    code and say nothing (one line, not one a rank)."""
+    code = ranks.from_main(None if refusal is None else refusal.exit_code)
+    if ranks.main and refusal is not None:
+        raise refusal
+    if code is not None:
+        raise SystemExit(code)  # rank 0 said why
+
+
+def read_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """The checkpoint's JSON state, and with a ``model`` its weights and optimiser state."""
+    if model is None:
+        return read_checkpoint_state(path)
+    return load_checkpoint(path, model=model, optimizer=optimizer)
+
+
+def require_same_run(request: TrainRequest, inputs: Inputs, path: Path) -> None:
+    """Refuse, in one line naming each difference with both values and the way back, a
+    checkpoint of a run with other inputs or options than this one's."""
+    identity = run_identity(request, inputs)
+    unknown = {name: identity[name] for name in IDENTITY_UNKNOWN_BEFORE}
+    recorded = read_checkpoint_state(path).get("identity") or {}
+    if recorded.get("valid") is None:  # no held-out set before: validation may start now
+        recorded = {k: v for k, v in recorded.items() if k not in IDENTITY_UNKNOWN_BEFORE}
+    saved_identity = IDENTITY_BEFORE_ADDED | unknown | recorded
+    # only the keys this version compares: older checkpoints also stored batch_size
+    changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
+    if changed:
+        differences = ", ".join(
+            f"{k} (checkpoint {shown(saved_identity.get(k))}, now {shown(identity[k])})"
+            for k in changed
+        )
+        raise UsageError(
+            f"cannot resume {path}: the run differs in {differences}; "
+            f"{same_run(changed, saved_identity, inputs.options)}, or --force to start over"
+        )
+
+
+def shown(value: Any) -> str:
+    """An identity value in a message: a digest by its first 12 digits (``sha256:`` kept)."""
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, str) and len(value) > 24:
+        return value[: value.find(":") + 13] + "..."
+    return str(value)
+
+
 def latest_checkpoint(request: TrainRequest, ranks: Ranks) -> tuple[int, Path] | None:
     """Rank 0's newest complete checkpoint, None without one (on other ranks: None; they take
     rank 0's with ``Ranks.from_main``, once, and read it or fail)."""
@@ -537,15 +608,27 @@ def latest_checkpoint(request: TrainRequest, ranks: Ranks) -> tuple[int, Path] |
     return found[-1] if found else None
 
 
-def same_run(changed: list[str], saved_identity: dict[str, Any]) -> str:
+def same_run(changed: list[str], saved_identity: dict[str, Any], options: TrainOptions) -> str:
     """The way back to the checkpoint's run: its --global-batch when that differs (a
-    --batch-size alone changes it when --global-batch is not given)."""
+    --batch-size alone changes it when --global-batch is not given), with a --batch-size
+    that makes it on this run's ranks when the current one does not."""
     if "global_batch_tokens" not in changed:
         return "use the same inputs and options"
-    step = f"--global-batch {saved_identity['global_batch_tokens']}"
-    if changed == ["global_batch_tokens"]:
-        return f"pass {step} (the checkpoint's tokens per step)"
-    return f"use the same inputs and options ({step})"
+    tokens = int(saved_identity["global_batch_tokens"])
+    step = f"--global-batch {tokens}"
+    if changed != ["global_batch_tokens"]:
+        return f"use the same inputs and options ({step})"
+    world = options.world_size
+    fits = batch_size_for(tokens, options.block_size, world, options.batch_size)
+    if fits is None:  # not a whole number of blocks on each rank
+        blocks = tokens // options.block_size
+        return (
+            f"its {step} ({blocks:,} blocks a step) cannot be split over {world} ranks: resume "
+            f"on a number of ranks that divides {blocks:,}"
+        )
+    if fits != options.batch_size:
+        step += f" --batch-size {fits}"
+    return f"pass {step} (the checkpoint's tokens per step)"
 
 
 def checkpoint(
@@ -632,13 +715,29 @@ def accumulate(
     return StepSums(loss_sum, aux_sum)
 
 
-def diverged_line(loss: float, step: int) -> str:
-    """The one line for a run whose loss stopped being a number: nothing is written from it
-    (a bundle, or a checkpoint after it, would hold NaN weights)."""
+def diverged_line(loss: float, step: int, what: str | None = None) -> str:
+    """The one line for a run whose loss (or ``what``) stopped being a number: nothing is
+    written from it (a bundle, or a checkpoint after it, would hold NaN weights)."""
     return (
-        f"training diverged: the loss is {loss} at step {step}; start over (--force) with a "
-        "lower --lr, a longer --warmup-steps or a smaller --clip"
+        f"training diverged: {what or f'the loss is {loss}'} at step {step}; start over "
+        "(--force) with a lower --lr, a longer --warmup-steps or a smaller --clip"
     )
+
+
+def require_finite(model: Any, loss: float, step: int, ranks: Ranks, device: torch.device) -> None:
+    """Before a checkpoint (which replaces the last good one) and the bundle: the step's loss
+    and the weights it made are finite, on every rank alike (the loss is the ranks' mean; a
+    rank's count of non-finite weights, of its shards under FSDP, is summed over the ranks).
+    A sum of each parameter is infinite or NaN when one of its elements is: one host wait."""
+    if not math.isfinite(loss):
+        raise UsageError(diverged_line(loss, step))
+    # FSDP: this rank's shard of each parameter (a DTensor's local part)
+    tensors = [(p.to_local() if hasattr(p, "to_local") else p).detach() for p in model.parameters()]
+    sums = [t.sum(dtype=torch.float32) for t in tensors if t.numel()]
+    finite = not sums or bool(torch.isfinite(torch.stack(sums)).all())
+    bad = ranks.sum(0.0 if finite else 1.0, device)
+    if bad:
+        raise UsageError(diverged_line(loss, step, "the weights are no longer finite"))
 
 
 def step_record(
@@ -715,16 +814,22 @@ def evaluate(
     batches = -(-len(blocks[:: ranks.world]) // options.batch_size)  # rank 0 has the most
     model.eval()
     extra = validation_kwargs(unwrap(model))
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    # each batch's mean loss in float32 on the device (MPS has no float64), weighted by its
+    # blocks and summed in float64 on the host at the end: one wait, no device float64
+    losses: list[torch.Tensor] = []
+    weights: list[int] = []
     for index in range(batches):
         start = index * options.batch_size
         part = mine[start : start + options.batch_size]
-        weight = len(part)
-        batch = torch.from_numpy(part if weight else blocks[:1]).to(device)
+        weights.append(len(part))
+        batch = torch.from_numpy(part if len(part) else blocks[:1]).to(device)
         with autocast:
-            total += model(input_ids=batch, labels=batch, **extra).loss.double() * weight
+            loss = model(input_ids=batch, labels=batch, **extra).loss
+        losses.append(loss.detach().float())
     model.train()
-    return ranks.sum(float(total), device) / len(blocks)
+    means = torch.stack(losses).cpu().double().tolist() if losses else []
+    total = math.fsum(m * w for m, w in zip(means, weights, strict=True) if w)  # w 0: FSDP's
+    return ranks.sum(total, device) / len(blocks)
 
 
 def _step_of(line: str) -> float:

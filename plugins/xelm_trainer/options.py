@@ -117,27 +117,41 @@ class TrainOptions:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if self.aux_loss is not None and not (math.isfinite(self.aux_loss) and self.aux_loss >= 0):
             raise UsageError(f"--aux-loss must be a number of 0 or more, not {self.aux_loss}")
-        for name in (
-            "warmup_steps",
-            "eval_every",
-            "checkpoint_every",
-            "weight_decay",
-            "clip",
-            "seed",
-        ):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must not be negative")
-        if self.lr <= 0:
-            raise UsageError(f"--lr must be positive, not {self.lr}")
+        self.check_optimiser()
         if self.global_batch_tokens is not None and (
             self.global_batch_tokens < self.round_tokens
             or self.global_batch_tokens % self.round_tokens
         ):
             ranks = f" x {self.world_size} ranks" if self.world_size > 1 else ""
+            fits = batch_size_for(
+                self.global_batch_tokens, self.block_size, self.world_size, self.batch_size
+            )
+            hint = f"; --batch-size {fits} makes one" if fits is not None else ""
             raise UsageError(
                 f"--global-batch {self.global_batch_tokens:,} must be a multiple of one "
-                f"micro-batch (--batch-size x --block-size{ranks} = {self.round_tokens:,} tokens)"
+                f"micro-batch (--batch-size x --block-size{ranks} = {self.round_tokens:,} "
+                f"tokens){hint}"
             )
+
+    def check_optimiser(self) -> None:
+        """AdamW's and the clipping's numbers: finite and in range (a NaN compares false with
+        everything, so each test is written to fail for it), before the model loads."""
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be positive and finite, not {self.lr}")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:  # also false for NaN
+                raise UsageError(f"--{name} must be at least 0 and below 1, not {value}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise UsageError(f"--eps must be positive and finite, not {self.eps}")
+        for name in ("weight_decay", "clip"):  # clip 0: no clipping (the norm is still logged)
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                flag = f"--{name.replace('_', '-')}"
+                raise UsageError(f"{flag} must be a finite number of 0 or more, not {value}")
 
     @property
     def micro_batch_tokens(self) -> int:
@@ -159,3 +173,13 @@ class TrainOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"global_batch_tokens": self.batch_tokens}
+
+
+def batch_size_for(global_tokens: int, block_size: int, world: int, at_most: int) -> int | None:
+    """The largest ``--batch-size`` of at most ``at_most`` blocks (1 at least) whose micro-batch
+    on ``world`` ranks divides ``global_tokens``: None when no batch size does (the global
+    batch is not a whole number of blocks on every rank)."""
+    if global_tokens % (block_size * world):
+        return None
+    per_rank = global_tokens // (block_size * world)  # blocks of one step on each rank
+    return max(b for b in range(1, min(per_rank, max(at_most, 1)) + 1) if per_rank % b == 0)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli.common.atomic import atomic_directory
-from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.common.errors import FormatError, UsageError, exception_line
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.data.shards import Shards
 
@@ -250,17 +250,67 @@ def save_checkpoint(
     return target
 
 
+# The param-group flags that say how an optimiser computes, not what: a loaded optimiser keeps
+# its own (a run on CUDA its fused kernel), whatever the one that wrote the checkpoint had.
+OPTIMIZER_KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
 def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> dict[str, Any]:
-    """Restore model, optimiser and RNG states from ``path``; return its JSON state."""
+    """Restore model, optimiser and RNG states from ``path``; return its JSON state. The
+    optimiser keeps its kernel flags (``OPTIMIZER_KERNEL_FLAGS``). A file that cannot be read
+    (damaged, missing) is refused in one line naming the checkpoint and the way out."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, load_model
 
     state = read_checkpoint_state(path)
-    missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
-    del missing, unexpected
-    tensors = load_file(str(path / OPTIMIZER_FILE))
-    optimizer.load_state_dict(_join_optimizer_state(tensors, state.pop("optimizer")))
-    restore_rng_states(load_file(str(path / RNG_FILE)))
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True)
+        del missing, unexpected
+        tensors = load_file(str(path / OPTIMIZER_FILE))
+        rng = load_file(str(path / RNG_FILE))
+        for other in sorted(path.glob("*.safetensors")):  # the other ranks' RNG states
+            if other.name not in (MODEL_FILE, OPTIMIZER_FILE, RNG_FILE):
+                _check_safetensors_header(other)
+    except (OSError, SafetensorError) as exc:
+        raise damaged_checkpoint(path, exc) from None
+    saved = _join_optimizer_state(tensors, state.pop("optimizer"))
+    groups = getattr(optimizer, "param_groups", None)  # a torch optimiser (else a holder)
+    built = [{k: g[k] for k in OPTIMIZER_KERNEL_FLAGS if k in g} for g in groups or ()]
+    for group, flags in zip(saved["param_groups"], built, strict=False):
+        group.update(flags)  # before loading: torch places the state by them
+    optimizer.load_state_dict(saved)
+    for group, flags in zip(getattr(optimizer, "param_groups", ()), built, strict=False):
+        group.update(flags)
+    restore_rng_states(rng)
     return state
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Read ``path``'s safetensors header (not its tensors): raises what ``load_file`` would on
+    a damaged header or a file shorter than the header says."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        f.keys()
+
+
+def damaged_checkpoint(path: Path, exc: BaseException) -> FormatError:
+    """The one line for a checkpoint whose files cannot be read, with the way out: delete it
+    and resume from the one before it when there is one (only the newest is usually kept),
+    else start over (``--force`` without ``--resume``: with it a run resumes)."""
+    reason = exception_line(exc, 160)
+    older = [step for step, other in list_checkpoints(path.parent) if other.name < path.name]
+    if older:
+        way = (
+            f"delete it to resume from step {older[-1]} with --resume, or run without --resume "
+            "and with --force to start over"
+        )
+    else:
+        way = (
+            "no older checkpoint is kept: run without --resume and with --force to start over "
+            "(or delete it: --resume then starts the run from the beginning)"
+        )
+    return FormatError(f"checkpoint {path} cannot be read ({reason}); {way}")
 
 
 def restore_rng_states(rng: dict[str, Any]) -> None:
@@ -277,7 +327,10 @@ def restore_rng_states(rng: dict[str, Any]) -> None:
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
     """The JSON state of the checkpoint ``path``, refused in one line when it is not one or has
     a format version this xelm does not read (checkpoints of xelm before the field are 1)."""
-    state = read_json_object(path / STATE_FILE, "checkpoint state")
+    try:
+        state = read_json_object(path / STATE_FILE, "checkpoint state")
+    except FormatError as exc:  # not JSON, or gone: the way out as for its other files
+        raise damaged_checkpoint(path, exc) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(f"{path}: not an xelm checkpoint")
     version = state.get("format_version", 1)

@@ -29,8 +29,11 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
   the latter 2% over the measured peak at b x s = 8 x 512 and 14% over at 2 x 2048); on a GPU
   they are not yet measured;
 - the loss: the plain loss holds the whole batch's logits with their fp32 copy and gradient
-  (10 bytes a logit under autocast, 12 in fp32); the chunked loss one chunk of 2^26 logits,
-  the hidden states' gradient and an fp32 gradient of the output layer.
+  (10 bytes a logit under autocast, 12 in fp32); the chunked loss one chunk of 2^26 logits in
+  fp32 with a temporary of the same size (logsumexp's; under autocast, later, the chunk's
+  gradient in bf16 and a bf16 product of at most 2^26 elements, one slice of the vocabulary,
+  on its way into the output layer's gradient), the hidden states' gradient and an fp32
+  gradient of the output layer, accumulated in place (the backward scales it in place too).
 
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
 record: tokens, ``wall_seconds``, the time from the training loop's start, validation and
@@ -176,7 +179,11 @@ def training_memory(
     activations += tokens * 8 * h  # the embedding's output and the final norm
     if lean_loss:
         chunk = min(tokens, max(1, LEAN_CHUNK_ELEMENTS // shape.vocab)) * shape.vocab
-        loss = chunk * (4 + element) + tokens * h * element + shape.vocab * h * 4
+        # a chunk's fp32 logits with logsumexp's temporary of them, or (bf16) with their
+        # gradient in bf16 and one vocabulary slice of the output layer's gradient in bf16
+        part = min(shape.vocab, max(1, LEAN_CHUNK_ELEMENTS // h)) * h if cuda else 0
+        transient = max(chunk * 8, chunk * (4 + element) + part * element)
+        loss = transient + tokens * h * element + shape.vocab * h * 4
     else:
         loss = tokens * shape.vocab * (10 if cuda else 12)
     weights, gradients, moments = model_states(shape, shards, cuda=cuda)
