@@ -1,6 +1,7 @@
 """Progress where stderr is not a terminal (a batch job's log, a pipe): one plain line per
 unfinished task every XELM_PROGRESS_SECONDS seconds, no bar, nothing when set to 0."""
 
+import re
 import subprocess
 import sys
 import time
@@ -12,27 +13,51 @@ from xelm_cli.common.progress import count_progress, language_progress, log_seco
 SCRIPT = """
 import time
 from xelm_cli.common.progress import count_progress
-with count_progress("expert 1/2 (x0)", 10, "sequences") as advance:
-    advance(3)
-    time.sleep(0.6)
+with count_progress("expert 1/2 (x0)", 10_000, "sequences") as advance:
+    for _ in range(3):
+        advance(1_500)
+        time.sleep(0.3)
+    time.sleep(0.6)  # no move: no more lines
+"""
+
+STEPS = """
+import time
+from xelm_cli.common.progress import count_progress
+for expert in range(6):  # each shorter than the interval: one clock for them all
+    with count_progress(f"expert {expert}", 4, "sequences") as advance:
+        for _ in range(3):
+            advance(1)
+            time.sleep(0.05)
 """
 
 
-def test_a_log_gets_a_plain_line_per_task_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+def logged(script: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    return done.stderr.splitlines()
+
+
+def test_a_log_gets_a_plain_line_per_task_that_moved(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XELM_PROGRESS_SECONDS", "0.2")
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120
-    )
-    lines = done.stderr.splitlines()
-    assert 1 <= len(lines) <= 4, lines  # about 0.6 / 0.2, however loaded the machine is
-    for line in lines:  # the columns' text, no bar characters, no terminal codes
-        assert line.startswith("expert 1/2 (x0)  3/10  sequences  0:00:0"), line
+    lines = logged(SCRIPT)
+    assert 1 <= len(lines) <= 3, lines  # one per interval while it moves, however loaded
+    for line in lines:  # no bar, counts with separators, times labelled, no terminal codes
+        assert re.fullmatch(
+            r"expert 1/2 \(x0\)  [\d,]+/10,000  sequences  \d+ s elapsed(, \d+ s left)?", line
+        ), line
         assert "━" not in line and "\x1b" not in line
+    assert len(set(lines)) == len(lines)  # a task that did not move is not repeated
     monkeypatch.setenv("XELM_PROGRESS_SECONDS", "0")
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert done.stderr == ""
+    assert logged(SCRIPT) == []
+
+
+def test_short_tasks_one_after_another_still_log_every_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XELM_PROGRESS_SECONDS", "0.3")
+    lines = logged(STEPS)  # about 0.9 s in tasks of 0.15 s
+    assert lines and all(re.match(r"expert \d  \d/4  sequences", line) for line in lines), lines
 
 
 def test_finished_tasks_drop_out_of_the_lines(
@@ -48,9 +73,9 @@ def test_finished_tasks_drop_out_of_the_lines(
         full = Count()
         full.full = True
         show("tr", full, 1000)  # read to its limit: finished
-        time.sleep(0.35)
+        time.sleep(1.5)
     lines = capsys.readouterr().err.splitlines()
-    assert lines and all(line == "en  500/1000  tokens  7 docs  2.0 MB" for line in lines)
+    assert lines == ["en  500/1,000  tokens  7 docs  2.0 MB"], lines
 
 
 @pytest.mark.parametrize(

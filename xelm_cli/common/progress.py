@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.text import Text
+
+from xelm_cli.common.units import duration
 
 stderr_console = Console(stderr=True, soft_wrap=True)
 
@@ -68,15 +71,24 @@ def log_seconds() -> float:
     return value if value > 0 else 0.0
 
 
+# when the last progress line of this process was written: one clock for every task, so a
+# command whose steps each take less than the interval still logs every interval
+_last_line = [time.monotonic()]
+_POLL_SECONDS = 1.0
+
+
 class ProgressLog(Progress):
-    """Progress for a log: no bar; every ``interval`` seconds (none when 0) one line per
-    visible, unfinished task, its columns' text (bars left out) as plain text."""
+    """Progress for a log: no bar; every ``interval`` seconds (none when 0) of the process, one
+    line per visible, unfinished task that moved since the line before: its description, its
+    count (``1,234/5,000``), its other columns' text and its times (``2.5 min elapsed, 40 s
+    left``)."""
 
     def __init__(self, *columns: str | ProgressColumn, interval: float, **kwargs: Any) -> None:
         super().__init__(*columns, disable=True, **kwargs)
         self.interval = interval
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
+        self._shown: dict[TaskID, float] = {}  # each task's count in its last line
 
     def start(self) -> None:
         super().start()
@@ -93,23 +105,47 @@ class ProgressLog(Progress):
         super().stop()
 
     def _write_lines(self) -> None:
-        while not self._stopping.wait(self.interval):
+        while not self._stopping.wait(min(self.interval / 4, _POLL_SECONDS)):
+            if time.monotonic() - _last_line[0] < self.interval:
+                continue
+            _last_line[0] = time.monotonic()
             for line in self.lines():
                 self.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def lines(self) -> list[str]:
-        """The line of each visible task not yet finished, as the log shows it (times rich
-        cannot tell yet, ``-:--:--``, left out)."""
+        """The line of each visible task not yet finished that moved since its last line."""
         columns = [TextColumn(c) if isinstance(c, str) else c for c in self.columns]
+        lines = []
         with self._lock:
-            tasks = [task for task in self.tasks if task.visible and not task.finished]
-            rendered = [[column(task) for column in columns] for task in tasks]
-        return ["  ".join(_parts(parts)) for parts in rendered]
+            for task in self.tasks:
+                if not task.visible or task.finished or self._shown.get(task.id) == task.completed:
+                    continue
+                self._shown[task.id] = task.completed
+                parts: list[str] = []
+                for part in filter(None, (_log_text(column, task) for column in columns)):
+                    if part.endswith(" left") and parts and parts[-1].endswith(" elapsed"):
+                        parts[-1] += f", {part}"  # 40 s elapsed, 2.5 min left
+                    else:
+                        parts.append(part)
+                lines.append("  ".join(parts))
+        return lines
 
 
-def _parts(rendered: list[Any]) -> list[str]:
-    texts = (part.plain.strip() for part in rendered if isinstance(part, Text))
-    return [text for text in texts if text and text != "-:--:--"]
+def _log_text(column: ProgressColumn, task: Task) -> str:
+    """What ``column`` shows of ``task`` in a log line: no bar, numbers with separators, times
+    labelled (and left out while unknown)."""
+    if isinstance(column, BarColumn):
+        return ""
+    if isinstance(column, MofNCompleteColumn):
+        total = f"/{task.total:,.0f}" if task.total is not None else ""
+        return f"{task.completed:,.0f}{total}"
+    if isinstance(column, TimeElapsedColumn):
+        return f"{duration(task.finished_time or task.elapsed or 0)} elapsed"
+    if isinstance(column, TimeRemainingColumn):
+        left = task.time_remaining
+        return "" if left is None else f"{duration(left)} left"
+    rendered = column(task)
+    return rendered.plain.strip() if isinstance(rendered, Text) else ""
 
 
 @contextlib.contextmanager
