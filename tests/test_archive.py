@@ -168,10 +168,10 @@ def test_pack_progress_counts_bundle_bytes(bundle_dir: Path, tmp_path: Path) -> 
 
 def test_existing_output_refused(bundle_dir: Path, packed: Path, tmp_path: Path) -> None:
     target = tmp_path / "exists.tar.zst"
-    target.write_bytes(b"keep")
+    target.write_bytes(b"\x28\xb5\x2f\xfdkeep")  # a zstd frame's start: --force replaces it
     with pytest.raises(UsageError, match="already exists"):
         pack_bundle(bundle_dir, target)
-    assert target.read_bytes() == b"keep"
+    assert target.read_bytes() == b"\x28\xb5\x2f\xfdkeep"
     pack_bundle(bundle_dir, target, overwrite=True)
     assert target.read_bytes() == packed.read_bytes()
 

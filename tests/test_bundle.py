@@ -184,7 +184,7 @@ def test_existing_output_refused(tmp_path: Path, seed_bundle: Path) -> None:
     from xelm_cli.common.errors import UsageError
 
     with (
-        pytest.raises(UsageError, match="already exists"),
+        pytest.raises(UsageError, match="is a folder but no bundle"),  # --force would not help
         write_bundle(
             out,
             role="expert",

@@ -146,7 +146,7 @@ REAL = Path(__file__).parents[1] / "docs" / "demo-small" / "results.json"  # a r
 def _report(results: dict[str, Any], source: Path, out: Path) -> int:
     """``xelm report`` of ``results`` (written to ``source``) into ``out``: its exit code."""
     source.write_text(json.dumps(results))
-    return run(["report", str(source), "-o", str(out)])
+    return run(["report", str(source), "-o", str(out), "--force"])  # an earlier report too
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -282,7 +282,7 @@ def test_demo_json_prints_one_object_with_the_report_and_the_claims(
 
     def finished(preset: str, data: Path, out: Path, *args: Any) -> Any:
         results = {**old_results, "seconds": 12.0}
-        return results, write_report(results, Path(out) / "report")
+        return results, write_report(results, Path(out) / "report", overwrite=True)
 
     monkeypatch.setattr(xelm_cli.demo, "run_demo", finished)
     out = tmp_path / "run"

@@ -44,10 +44,12 @@ from xelm_cli.common.errors import (
     exception_line,
 )
 from xelm_cli.common.jsonio import parse_json_object
+from xelm_cli.common.outputs import check_replaceable, has_magic
 
 Progress = Callable[[int], None]
 
 ARCHIVE_SUFFIX = ".xelm.tar.zst"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # the first bytes of a zstd frame: of every archive pack writes
 MAX_MANIFEST_SIZE = 16 << 20
 CHUNK = 1 << 20
 # zstd output is identical for every worker count >= 1 (though not for 0, the single-threaded
@@ -106,7 +108,8 @@ def pack_bundle(
     Every file is hashed as it is packed and a digest that does not match the manifest aborts
     (IntegrityError) with nothing written, so a corrupted bundle is never packed and the bundle
     is read once. ``progress(n)`` receives the bytes of bundle files read (Bundle.size in all).
-    Raises UsageError for a bad level or an existing ``out`` without ``overwrite``.
+    Raises UsageError for a bad level or an existing ``out`` without ``overwrite``; with it,
+    for anything at ``out`` but an archive (a folder, other files: never replaced).
     """
     if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
         raise UsageError(
@@ -120,6 +123,15 @@ def pack_bundle(
             f"{out}: the archive would replace the bundle {bundle.path} (or a folder holding "
             "it); write it somewhere else"
         )
+    check_replaceable(  # an archive replaces only an archive: never a folder, nor other files
+        out,
+        overwrite=overwrite,
+        inputs=[bundle.path],
+        own=lambda path: has_magic(path, ZSTD_MAGIC),
+        kind="an archive",
+        folder=False,
+        what="an archive",
+    )
     manifest_raw = (bundle.path / MANIFEST_NAME).read_bytes()
     if sha256_bytes(manifest_raw) != bundle.digest:
         raise IntegrityError(f"{bundle.path}: {MANIFEST_NAME} changed while packing; try again")

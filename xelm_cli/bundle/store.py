@@ -42,8 +42,6 @@ from xelm_cli.bundle.manifest import (
 from xelm_cli.bundle.modelcard import render_model_card
 from xelm_cli.common.atomic import (
     PARTIAL_SUFFIX,
-    refuse_existing,
-    refuse_replacing_workdir,
     sealed_directory,
     write_last,
 )
@@ -56,6 +54,7 @@ from xelm_cli.common.errors import (
     exception_line,
 )
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
+from xelm_cli.common.outputs import check_replaceable
 from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.lang.codes import normalize_language
 
@@ -641,37 +640,18 @@ def check_output(
     - ``out`` that is, holds or lies inside one of ``inputs`` (what the command reads);
     - an existing ``out`` without ``overwrite``; with it, anything but a bundle (a folder with
       ``xelm.json``) or an empty folder, and the current directory or a folder above it.
+
+    The shared output check (:func:`xelm_cli.common.outputs.check_replaceable`) with a bundle
+    as the writer's own kind: the ``--force`` hint only where ``--force`` would be accepted.
     """
-    refuse_inside_bundle(out)
-    target = resolved_output(out)
-    for given in inputs:
-        source = Path(given).resolve()
-        where = (
-            "is" if target == source
-            else "holds" if target in source.parents
-            else "lies inside" if source in target.parents
-            else None
-        )  # fmt: skip
-        if where:
-            raise UsageError(
-                f"{out} {where} {given}, which this command reads: write the output somewhere else"
-            )
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not overwrite:
-        refuse_existing(target)
-    refuse_replacing_workdir(Path(out))
-    if not target.is_dir():
-        raise UsageError(
-            f"{out} is a file, not a bundle; --force replaces only a bundle or an empty "
-            "folder: write the output somewhere else, or remove the file first"
-        )
-    if not (target / MANIFEST_NAME).is_file() and any(target.iterdir()):
-        raise UsageError(
-            f"{out} is a folder but no bundle (it has no {MANIFEST_NAME}); --force replaces "
-            "only a bundle or an empty folder: write the output somewhere else, or empty or "
-            "remove that folder first"
-        )
+    check_replaceable(
+        out,
+        overwrite=overwrite,
+        inputs=inputs,
+        own=lambda path: path.is_dir() and (path / MANIFEST_NAME).is_file(),
+        kind="a bundle",
+        unlike=f"a folder but no bundle (it has no {MANIFEST_NAME})",
+    )
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ languages, optional per-language shares) and the arrays; clusterers add their ow
 (the typology tree, distances, fitted settings), which readers that do not need them ignore.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from xelm_cli.common.atomic import atomic_directory, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.common.outputs import check_replaceable, json_format
 from xelm_cli.lang.codes import normalize_language
 
 FORMAT_NAME = "xelm-allocation"
@@ -174,6 +175,24 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
     return languages
 
 
+def is_allocation(path: Path) -> bool:
+    """Whether ``path`` is an allocation (a file, or a directory with arrays) that an
+    allocation writer may replace with ``overwrite``."""
+    directory = path.is_dir() and not path.is_symlink()
+    return json_format(path / DIR_MANIFEST if directory else path) == FORMAT_NAME
+
+
+def check_allocation_output(
+    out: str | Path, *, overwrite: bool, inputs: Iterable[str | Path | None] = ()
+) -> None:
+    """Refuse, before any input is read, an allocation output that would lose data: inside a
+    bundle, an input (``inputs``: the data it reads) or a folder holding one, and anything
+    there but an allocation or an empty folder (an existing one without ``overwrite``)."""
+    check_replaceable(
+        out, overwrite=overwrite, inputs=inputs, own=is_allocation, kind="an allocation"
+    )
+
+
 def write_allocation(
     out: str | Path,
     *,
@@ -214,6 +233,7 @@ def write_allocation(
         _expert_languages(data)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
+    check_allocation_output(out, overwrite=overwrite)  # a bundle, a folder of other things
     if not arrays:
         write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)
         return read_allocation(out)

@@ -1,7 +1,7 @@
 """``xelm cluster``: one command per registered clusterer, plus ``show``."""
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +21,7 @@ from xelm_cli.common.errors import (
     XelmError,
     exception_line,
 )
+from xelm_cli.common.outputs import check_replaceable, has_magic
 from xelm_cli.data.reading_flags import reading_from_flags, reading_parameters
 from xelm_cli.plugin.contracts import Clusterer
 from xelm_cli.plugin.host import get_registry, report_problem
@@ -381,13 +382,46 @@ def plot_dendrogram(allocation: Allocation, path: Path) -> bool:
     return True
 
 
+PLOTS = ("heatmap.png", "dendrogram.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_folder(directory: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse, in one line, a --plot folder the plots must not be written to: a file, a folder
+    inside a bundle or inside the allocation (``inputs``), or one whose heatmap.png /
+    dendrogram.png is not a plot (a folder, another file): only those two files are written,
+    each replacing an earlier plot."""
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(
+            f"--plot {directory} is a file, not a folder: give a folder for the plots "
+            "(heatmap.png, dendrogram.png), e.g. --plot plots/"
+        )
+    for name in PLOTS:
+        check_replaceable(
+            directory / name,
+            overwrite=True,
+            inputs=inputs,
+            own=lambda path: has_magic(path, PNG_MAGIC),
+            kind="a PNG plot",
+            folder=False,
+            what="a plot",
+        )
+
+
 def write_plots(allocation: Allocation, directory: Path) -> list[Path]:
     import matplotlib
 
+    check_plot_folder(directory, [allocation.path])
     matplotlib.use("Agg")
     tree_linkage(allocation)  # refuse a malformed tree before writing anything
     allocation_matrix(allocation)
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"--plot {directory}: cannot make the folder ({exc.strerror or exc}); "
+            "give another folder"
+        ) from None
     written = [directory / "heatmap.png"]
     plot_heatmap(allocation, written[0])
     if plot_dendrogram(allocation, directory / "dendrogram.png"):
@@ -410,6 +444,8 @@ def show(
 
     Example: xelm cluster show alloc-tfidf/ --plot plots/
     """
+    if plot is not None:  # before the allocation is read: a refused folder prints nothing
+        check_plot_folder(plot, [allocation_path])
     allocation = read_allocation(allocation_path)
     summary = _summary(allocation)
     if plot is not None:

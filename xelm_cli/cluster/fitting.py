@@ -10,7 +10,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.cluster.allocation import Allocation, recording_provenance
+from xelm_cli.cluster.allocation import (
+    Allocation,
+    check_allocation_output,
+    recording_provenance,
+)
 from xelm_cli.common.errors import PluginError, UsageError
 from xelm_cli.data.source_plan import SourceOptions
 from xelm_cli.lang.codes import normalize_language, parse_language_list
@@ -110,8 +114,7 @@ def cluster_request(
     else:
         codes = tuple(dict.fromkeys(normalize_language(str(code)) for code in languages))
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise UsageError(f"output {output} already exists; choose another path or pass --force")
+    check_allocation_output(output, overwrite=overwrite, inputs=[data])
     values = dict(options or {})
     declaration = options_class(clusterer)
     if declaration is not None:
@@ -153,6 +156,7 @@ def refuse_reading_names(clusterer: type[Clusterer]) -> None:
 def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:
     """Run ``clusterer``'s fit on ``request``; the allocation it wrote (recording the
     clusterer's provenance: name, plugin, distribution, version), checked."""
+    check_allocation_output(request.output, overwrite=request.overwrite, inputs=[request.data])
     provenance = get_registry().provenance_of("clusterer", clusterer)
     with recording_provenance(provenance):
         allocation = clusterer().fit(request)

@@ -29,6 +29,7 @@ from xelm_cli.common.atomic import atomic_directory, output_lock
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.jsonio import canonical_json
+from xelm_cli.common.outputs import check_replaceable
 from xelm_cli.data.budgets import (
     normalise_caps,
     normalise_sizes,
@@ -573,6 +574,14 @@ def prepare(
     read limit is kept whole, as one read to its end. With an allocation, an expert that gets
     a small share of a language would otherwise read far into its stream to fill its limit.
     """
+    if EXPERT_PLACEHOLDER in str(out):  # shards-{expert}/, as for --expert all and xelm plan
+        if expert is None:
+            raise UsageError(
+                f"-o {out}: {EXPERT_PLACEHOLDER} stands for the index of --expert (with "
+                "--allocation); give them, or name the shards without it"
+            )
+        out = _expert_output(out, str(expert))
+    check_shards_outputs([Path(out)], (source, tokenizer, allocation), overwrite=overwrite)
     documents_of = allocation_and_expert(allocation, expert)
     settings = _Settings(
         languages=languages,
@@ -589,13 +598,6 @@ def prepare(
         progress=progress,
     )
     routing = Routing((documents_of,) if documents_of else ())
-    if EXPERT_PLACEHOLDER in str(out):  # shards-{expert}/, as for --expert all and xelm plan
-        if expert is None:
-            raise UsageError(
-                f"-o {out}: {EXPERT_PLACEHOLDER} stands for the index of --expert (with "
-                "--allocation); give them, or name the shards without it"
-            )
-        out = _expert_output(out, str(expert))
     (result,) = _prepare(source, tokenizer, {None: Path(out)}, Path(out), routing, settings)
     return result
 
@@ -633,10 +635,36 @@ def prepare_experts(
         )
     experts = every_expert(allocation)
     outputs: dict[int | None, Path] = {e.index: _expert_output(out, str(e.index)) for e in experts}
+    overwrite = bool(options.get("overwrite", False))
+    check_shards_outputs(
+        list(outputs.values()), (source, tokenizer, allocation), overwrite=overwrite
+    )
     settings = _Settings(**{**_SETTINGS_DEFAULTS, **options})
     routing = Routing(experts, split=True)
     work_out = _expert_output(out, ALL_EXPERTS)
     return _prepare(source, tokenizer, outputs, work_out, routing, settings)
+
+
+def check_shards_outputs(
+    outputs: Sequence[Path],
+    inputs: Iterable[Allocation | str | Path | None],
+    *,
+    overwrite: bool,
+) -> None:
+    """Refuse, before any input is read, shards outputs that would lose data: one inside a
+    bundle, one that is, holds or lies inside an input (the source where it is a local path,
+    the tokenizer, the allocation), and anything at one but shards or an empty folder (with
+    ``overwrite``: replaced; without it, shards are left as they are when up to date)."""
+    paths = [item.path if isinstance(item, Allocation) else item for item in inputs]
+    for out in outputs:
+        check_replaceable(
+            out,
+            overwrite=overwrite,
+            inputs=paths,
+            own=lambda path: path.is_dir() and (path / MANIFEST_NAME).is_file(),
+            kind="shards",
+            update=True,
+        )
 
 
 def _expert_output(template: str | Path, index: str) -> Path:

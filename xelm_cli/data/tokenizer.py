@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import UsageError
+from xelm_cli.common.outputs import check_replaceable
 from xelm_cli.data.sampling import first_records
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import Source
@@ -103,6 +104,31 @@ def _streamed_texts(
     return texts, dict(sorted(used.items()))
 
 
+# what save_pretrained writes for a tokenizer (this one or another transformers version)
+TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+        "chat_template.jinja",
+    }
+)
+
+
+def is_tokenizer_directory(path: Path) -> bool:
+    """Whether ``path`` is a tokenizer directory as ``xelm data tokenizer`` writes one (its
+    tokenizer.json and the files beside it, nothing else; a bundle is none)."""
+    if not path.is_dir() or path.is_symlink() or not (path / "tokenizer.json").is_file():
+        return False
+    return all(
+        entry.name.startswith(".") or (entry.name in TOKENIZER_FILES and entry.is_file())
+        for entry in path.iterdir()
+    )
+
+
 def train_tokenizer_on_corpus(
     source: str | Path,
     out: str | Path,
@@ -135,6 +161,13 @@ def train_tokenizer_on_corpus(
         raise UsageError(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, not {vocab_size}")
     if chars_per_language < 1:
         raise UsageError(f"--chars-per-language must be positive, not {chars_per_language}")
+    check_replaceable(  # before the corpus is read
+        out,
+        overwrite=overwrite,
+        inputs=[source],
+        own=is_tokenizer_directory,
+        kind="a tokenizer",
+    )
     plan = plan_sources(source, sorted(wanted) if wanted else None, reading or SourceOptions())
     if wanted is None and plan.recipe is not None:
         wanted = set(plan.sources)

@@ -21,4 +21,4 @@ def run_demo(
     GPUs to train the seed on at once, then the other runs side by side); the results and the
     report's files."""
     results = Demo(get_preset(preset), Path(data), Path(out), device, devices).run()
-    return results, write_report(results, Path(out) / "report")
+    return results, write_report(results, Path(out) / "report", overwrite=True)  # its own

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from xelm_cli.common.cli_options import JsonOpt, print_json
+from xelm_cli.common.cli_options import ForceOpt, JsonOpt, print_json
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.demo.presets import PRESET_HELP
@@ -112,6 +112,7 @@ def report(
         list[Path], typer.Argument(help="results.json files (merged in order).", show_default=False)
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Report directory.")],
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Redraw the demo report (report.md, figures) from results files, e.g. of runs on
@@ -120,8 +121,10 @@ def report(
     Example: xelm report demo-run/report/results.json -o report/
     """
     from xelm_cli.demo import read_results, write_report
+    from xelm_cli.demo.report import check_report_output
 
-    report_md, results_json, *figures = write_report(read_results(results), output)
+    check_report_output(output, overwrite=force, inputs=results)  # before they are read
+    report_md, results_json, *figures = write_report(read_results(results), output, overwrite=force)
     if as_json:
         print_json({"report": str(report_md), "results": str(results_json),
                     "figures": [str(f) for f in figures]})  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 from xelm_cli.common.atomic import PARTIAL_SUFFIX, fsync_dir, output_lock, write_bytes_atomic
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.common.outputs import check_replaceable, json_format
 from xelm_cli.demo.figures import (
     ADAPTATION_SYSTEMS,
     FIGURES,
@@ -547,12 +548,33 @@ def purity_section(results: dict[str, Any]) -> list[str]:
 REPORT, RESULTS = "report.md", "results.json"
 
 
-def write_report(results: dict[str, Any], out: Path) -> list[Path]:
+def is_report_folder(path: Path) -> bool:
+    """Whether ``path`` is a report folder :func:`write_report` wrote (its results.json)."""
+    directory = path.is_dir() and not path.is_symlink()
+    return directory and json_format(path / RESULTS) == RESULTS_FORMAT
+
+
+def check_report_output(
+    out: str | Path, *, overwrite: bool = False, inputs: Sequence[str | Path] = ()
+) -> None:
+    """Refuse, in one line and before ``inputs`` (the results files) are read, a report folder
+    that must not be written: inside a bundle, an input or a folder holding one, an existing
+    report without ``overwrite``, and anything but a report or an empty folder."""
+    check_replaceable(
+        out, overwrite=overwrite, inputs=inputs, own=is_report_folder, kind="a report"
+    )
+
+
+def write_report(results: dict[str, Any], out: Path, *, overwrite: bool = False) -> list[Path]:
     """report.md, results.json and the figures in ``out``; returns the files written.
 
     Everything is drawn in a staging folder inside ``out`` first and then put in place, so a
     failure (results a figure cannot draw, say) leaves an earlier report as it was; the figures
-    of an earlier report that this one does not draw go, other files in ``out`` stay."""
+    of an earlier report that this one does not draw go, other files in ``out`` stay. ``out``
+    is refused as :func:`check_report_output` says: an earlier report is replaced only with
+    ``overwrite``, a folder of other things (a bundle, say) never."""
+    out = Path(out)
+    check_report_output(out, overwrite=overwrite)
     results = with_means(results)
     results = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results,
                "claims": claims(results)}  # fmt: skip
