@@ -745,6 +745,17 @@ def test_single_model_and_one_expert_ensemble_agree(pool: Path) -> None:
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def test_loading_the_tokenizer_counts_as_loading(pool: Path) -> None:
+    """The first system of a run loads its tokenizer (and transformers' modules with it) while
+    it scores: that is loading, left out of its tokens/s as the experts' loads are."""
+    model = single_model(Bundle.read(pool / "dense"), "dense")
+    assert model.stats.load_seconds == 0
+    assert model.tokenizer is not None
+    loaded = model.stats.load_seconds
+    assert loaded > 0 and model.stats.loads == {}  # no expert loaded
+    assert model.tokenizer is not None and model.stats.load_seconds == loaded  # once
+
+
 def test_one_bundle_is_named_as_a_model_not_an_ensemble(
     capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
 ) -> None:

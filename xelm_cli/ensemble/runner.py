@@ -185,7 +185,8 @@ class EnsembleModel(LanguageModel):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            self._tokenizer = self.members[0].load_tokenizer()
+            with self._timing_load():  # loading, as the experts' (and its imports: the first)
+                self._tokenizer = self.members[0].load_tokenizer()
         return self._tokenizer
 
     @property
