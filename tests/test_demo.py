@@ -247,8 +247,17 @@ def test_bad_preset_and_missing_data(tmp_path: Path, capsys: pytest.CaptureFixtu
     args = ["--data", str(SHARED_DATA), "-o", str(tmp_path / "x")]
     assert run(["demo", "--preset", "huge", *args]) == 2
     assert "unknown preset 'huge'" in capsys.readouterr().err
-    assert run(["demo", "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "y")]) == 2
-    assert "sample data not found" in capsys.readouterr().err
+    nope = tmp_path / "nope"
+    assert run(["demo", "--data", str(nope), "-o", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {nope} is not a directory: fetch the demo's data there with `xelm data " in err
+    # a folder of the data (its corpus) for the data: the parent named
+    corpus = SHARED_DATA / "corpus"
+    assert run(["demo", "--data", str(corpus), "-o", str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"lacks the demo's files, which {SHARED_DATA} holds: pass --data {SHARED_DATA}\n"
+    )
 
 
 def test_plan_lists_each_preset_run_before_anything_runs(

@@ -65,7 +65,15 @@ def demo_data(
     ``say`` is told what is fetched before it starts)."""
     if data is not None:
         if not data.is_dir():
-            raise UsageError(f"sample data not found at {data}: pass --data DIR")
+            raise UsageError(
+                f"--data {data} is not a directory: fetch the demo's data there with `xelm data "
+                f"fetch -o {data}`, or leave --data out to fetch it to the default place"
+            )
+        if not has_layout(data) and has_layout(data.parent):
+            raise UsageError(
+                f"--data {data} lacks the demo's files, which {data.parent} holds: pass "
+                f"--data {data.parent}"
+            )
         return data
     if has_layout(DEVELOPMENT_DATA):
         return DEVELOPMENT_DATA
