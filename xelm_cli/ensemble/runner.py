@@ -602,9 +602,9 @@ class EnsembleModel(LanguageModel):
         cut = sum(n < len(context) - 1 for (context, _), n in zip(encoded, scored, strict=True))
         if cut:
             print(
-                f"xelm: warning: {self.name}: {cut} of {len(encoded)} contexts were longer than "
-                "the model's positions and lost their oldest tokens (in a k-shot prompt, "
-                "demonstrations); fewer --shots keep them whole",
+                f"xelm: warning: system {self.name!r}: {cut} of {len(encoded)} contexts were "
+                "longer than the model's positions and lost their oldest tokens (in a k-shot "
+                "prompt, demonstrations); fewer shots keep them whole",
                 file=sys.stderr,
             )
 
