@@ -767,3 +767,17 @@ def test_one_bundle_is_named_as_a_model_not_an_ensemble(
     (system,) = json.loads(stdout)["systems"]
     assert system["name"] == "model:dense"
     assert system["bundles"][0]["name"] == "dense"
+
+
+def test_a_baseline_given_twice_is_named(
+    capsys: pytest.CaptureFixture[str], pool: Path, evalset: Path
+) -> None:
+    dense = str(pool / "dense")
+    code, _, err = cli(
+        capsys, "ensemble", "eval", str(pool / "experts" / "x0"), "--data", str(evalset),
+        "--baseline", dense, "--baseline", dense + "/",
+    )  # fmt: skip
+    assert (code, err) == (
+        2,
+        f"xelm: error: --baseline {dense} is given twice: give each baseline once\n",
+    )

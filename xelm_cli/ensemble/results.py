@@ -194,6 +194,12 @@ def systems_for(
             bundle, f"baseline:{bundle.name}", device=device, cache=cache, resident=resident
         )
         systems.append(System(model.name, "baseline", model))
+    paths = [bundle.path.resolve() for bundle in baselines]
+    twice = next(
+        (b.path for b, p in zip(baselines, paths, strict=True) if paths.count(p) > 1), None
+    )
+    if twice is not None:
+        raise UsageError(f"--baseline {twice} is given twice: give each baseline once")
     names = [s.name for s in systems]
     if len(set(names)) != len(names):
         raise UsageError(f"two systems share a name ({', '.join(names)}); rename a bundle")
