@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import xelm
 from conftest import FIXTURES, SHARED_DATA
 
+from xelm_cli.bundle.branching import branch
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli.help_text import reflow
 
@@ -108,7 +109,7 @@ def test_verify_failure_exits_nonzero_naming_each_problem(capsys, tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["bundle", "inspect", "nowhere"], "not a bundle: nowhere is not a directory"),
+        (["bundle", "inspect", "nowhere"], "not a bundle: nowhere does not exist"),
         (["bundle", "init", "-o", "x"], "pass exactly one of --hf MODEL or --config NAME"),
         (
             ["bundle", "init", "--config", "huge", "--tokenizer", str(GOLDEN), "-o", "x"],
@@ -287,3 +288,14 @@ def test_ctrl_c_while_arrow_finishes_after_the_command_is_one_line(
     assert capsys.readouterr().err == (
         "xelm: error: interrupted (nothing half-written is left): run the same command again\n"
     )
+
+
+def test_a_folder_of_bundles_given_for_a_bundle_names_its_bundles(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
+) -> None:
+    pool = tmp_path / "pool"
+    branch(seed_bundle, pool / "e0", languages="en")
+    code, _, err = xelm(capsys, "bundle", "merge", pool, "-o", tmp_path / "merged")
+    assert code == 2
+    said = f"not a bundle: {pool} is a directory of bundles: pass its bundles ({pool}/*)"
+    assert err == f"xelm: error: {said}\n"

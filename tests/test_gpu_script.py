@@ -163,5 +163,5 @@ def test_a_failed_xelm_train_raises_an_exception_that_a_section_catches(
     with pytest.raises(RuntimeError, match=r"^xelm train failed with exit status 2 \(its error"):
         train_throughput.xelm_train(seed, tmp_path / "no-shards", tmp_path / "out", run)
     monkeypatch.setenv("XELM_DEBUG", "1")
-    with pytest.raises(Exception, match=f"not a bundle: {seed} is not a directory"):
+    with pytest.raises(Exception, match=f"not a bundle: {seed} does not exist"):
         train_throughput.xelm_train(seed, tmp_path / "no-shards", tmp_path / "out", run)

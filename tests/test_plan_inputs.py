@@ -345,7 +345,7 @@ def other_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
-        ("no seed", "--seed-bundle: not a bundle: noseed is not a directory; give the bundle"),
+        ("no seed", "--seed-bundle: not a bundle: noseed does not exist; give the bundle"),
         ("seed not a bundle", "--seed-bundle: not a bundle: empty has no xelm.json; give"),
         ("no shards", "--data: not a shards directory: noshards does not exist; make them"),
         ("shards not shards", "--data: not a shards directory: empty has no shards.json; make"),

@@ -67,9 +67,14 @@ PROBE_TOKENS = 6  # a forward that checks a model: a handful of tokens
 
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     if not path.is_dir():
-        raise UsageError(f"not a bundle: {path} is not a directory")
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise UsageError(f"not a bundle: {path} {why}")
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
+        if holds_bundles(path):
+            raise UsageError(
+                f"not a bundle: {path} is a directory of bundles: pass its bundles ({path}/*)"
+            )
         raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}")
     if manifest_path.is_symlink():  # its digests would vouch for files of another bundle
         raise IntegrityError(f"{manifest_path}: a symbolic link, not the bundle's own manifest")
