@@ -281,7 +281,7 @@ REAL = Path(__file__).parents[1] / "docs" / "demo-small" / "results.json"
 def test_report_refuses_a_bundle_other_things_and_an_earlier_report_without_force(
     tmp_path: Path, seed_bundle: Path, things: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = tmp_path / "results.json"
+    results = tmp_path / "run-1.json"  # (a results.json would make tmp_path a report's folder)
     shutil.copy(REAL, results)
     bundle = things["bundle"]
     before = {p: contents(p) for p in things.values()}
@@ -308,3 +308,9 @@ def test_report_refuses_a_bundle_other_things_and_an_earlier_report_without_forc
     with pytest.raises(UsageError, match="already exists"):
         write_report(json.loads(REAL.read_text()), out)
     write_report(json.loads(REAL.read_text()), out, overwrite=True)  # the demo's own rewrite
+    # a report redrawn in place from its own results.json (read before anything is written)
+    kept = json.loads((out / "results.json").read_text())
+    code, _, err = xelm(capsys, "report", out / "results.json", "-o", out, "--force")
+    assert code == 0, err
+    assert json.loads((out / "results.json").read_text()) == kept
+    assert (out / "report.md").is_file()

@@ -559,7 +559,12 @@ def check_report_output(
 ) -> None:
     """Refuse, in one line and before ``inputs`` (the results files) are read, a report folder
     that must not be written: inside a bundle, an input or a folder holding one, an existing
-    report without ``overwrite``, and anything but a report or an empty folder."""
+    report without ``overwrite``, and anything but a report or an empty folder. A report's own
+    results.json is no input it must keep: ``xelm report R/results.json -o R --force`` redraws
+    report R in place (the results are read before anything is written)."""
+    if is_report_folder(Path(out)):
+        own_results = Path(out).resolve() / RESULTS
+        inputs = [path for path in inputs if Path(path).resolve() != own_results]
     check_replaceable(
         out, overwrite=overwrite, inputs=inputs, own=is_report_folder, kind="a report"
     )
