@@ -213,6 +213,15 @@ def test_perplexity_refuses_the_in_context_flags(
     assert err.count("\n") == 1
 
 
+def test_perplexity_refuses_a_task(tiny_experts: TinyExperts) -> None:
+    """--task with --evaluator perplexity was ignored: the text of --data was scored."""
+    with pytest.raises(UsageError, match=r"^--task jsonl is for in-context evaluators") as e:
+        evaluate(
+            members(tiny_experts), data=tiny_experts.corpus, evaluator="perplexity", task="jsonl"
+        )
+    assert "drop --task" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_the_in_context_flags_are_refused_before_the_members_are_read(
     tiny_experts: TinyExperts, tmp_path: Path
 ) -> None:

@@ -93,6 +93,11 @@ class PerplexityEvaluator(Evaluator):
         self.options = build_options(
             type(self), request.options, label=f"evaluator {self.name!r}", via="--eval-arg"
         )
+        if request.task is not None:  # it scores held-out text: a task would be ignored
+            raise UsageError(
+                f"--task {request.task} is for in-context evaluators (--evaluator icl or "
+                "lm-eval); the perplexity evaluator scores the text of --data: drop --task"
+            )
         if not request.data:
             raise UsageError("the perplexity evaluator needs --data (a corpus of held-out text)")
         hub_options = self._hub_options()
