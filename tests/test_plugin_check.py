@@ -178,6 +178,13 @@ def test_options_that_do_not_fit_the_checks_experts_are_the_users_to_fix(
     assert str(caught.value) == refusal
     (report,) = conformance.check("fixed", router_args={"weights": "1,1,2"}, experts=tiny_experts)
     assert not report.failed and "runs in an ensemble" in [r.check for r in report.results]
+    # a router refusing them when the ensemble is built (check_experts): the same
+    with pytest.raises(UsageError) as caught:
+        conformance.check("posterior", router_args={"prior": "1,2"}, experts=tiny_experts)
+    assert str(caught.value).startswith(
+        "the --router-arg given do not fit the check's 3 tiny experts (en / tr / es): router "
+        "'posterior' refused them: the posterior prior has 2 values but the ensemble has 3"
+    ), str(caught.value)
 
 
 def test_options_for_the_other_kind_are_refused_not_ignored(

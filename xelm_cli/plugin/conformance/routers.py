@@ -116,12 +116,7 @@ def _routed(
         if not given:
             report.add("routes", FAIL, failure(exc))
             return None
-        experts = arguments[-1]
-        shown = " / ".join(",".join(info.languages) for info in experts)
-        raise UsageError(
-            f"the --router-arg given do not fit the check's {len(experts)} tiny experts "
-            f"({shown}): router {report.name!r} refused them: {exception_line(exc)}"
-        ) from None
+        raise _not_fitting(report, arguments[-1], exc) from None
     except Exception as exc:
         report.add("routes", FAIL, failure(exc))
         return None
@@ -217,12 +212,38 @@ def _causality(
     )
 
 
+def _not_fitting(report: Report, experts: Sequence[Any], exc: Exception) -> UsageError:
+    """The user's --router-arg that the check's tiny ``experts`` cannot take (``exc``: the
+    router's refusal): theirs to fix, not the router's failure."""
+    shown = " / ".join(",".join(info.languages) for info in experts)
+    return UsageError(
+        f"the --router-arg given do not fit the check's {len(experts)} tiny experts "
+        f"({shown}): router {report.name!r} refused them: {exception_line(exc)}"
+    )
+
+
+def _ensemble(report: Report, experts: Any, router: Any, given: Mapping[str, Any]) -> Any:
+    """The check's ensemble of ``router`` (None, with a failure reported, when the router's
+    ``check_experts`` fails on them); a refusal of options the user ``given``: theirs."""
+    from xelm_cli.ensemble.members import expert_infos
+    from xelm_cli.ensemble.runner import EnsembleModel
+
+    try:
+        return EnsembleModel(experts.bundles, router, device="cpu", name="check")
+    except UsageError as exc:
+        if given:
+            raise _not_fitting(report, expert_infos(experts.bundles), exc) from None
+        report.add("check_experts", FAIL, failure(exc))
+    except Exception as exc:
+        report.add("check_experts", FAIL, failure(exc))
+    return None
+
+
 def check_router(
     registration: Registration, values: Mapping[str, Any], experts: TinyExperts
 ) -> Report:
     """Every router check of section 5.2 on ``experts``."""
     from xelm_cli.ensemble.members import expert_infos
-    from xelm_cli.ensemble.runner import EnsembleModel
 
     report = Report("router", registration.name, registration.plugin)
     given = check_options(registration, values, report)
@@ -236,7 +257,9 @@ def check_router(
         return report
     infos = expert_infos(experts.bundles)
     documents = list(experts.documents)
-    ensemble = EnsembleModel(experts.bundles, router, device="cpu", name="check")
+    ensemble = _ensemble(report, experts, router, given)
+    if ensemble is None:
+        return report
     scored_all: list[ScoredDocument] | None = None
     if calibrates(router):
         scored_all = ensemble.score_all_experts(documents)
@@ -261,7 +284,9 @@ def check_router(
             PASS,
             f"calibrate() returned {', '.join(found) or 'nothing'}; the router rebuilds from them",
         )
-        ensemble = EnsembleModel(experts.bundles, router, device="cpu", name="check")
+        ensemble = _ensemble(report, experts, router, given)
+        if ensemble is None:
+            return report
     runnable = _attributes(router, report)
     k = len(infos)
     if isinstance(router, PreRouter):
