@@ -28,12 +28,7 @@ from typing import IO, Any, BinaryIO, cast
 import zstandard
 
 from xelm_cli.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_format_version
-from xelm_cli.bundle.store import (
-    Bundle,
-    check_output,
-    refuse_inside_bundle,
-    resolved_output,
-)
+from xelm_cli.bundle.store import Bundle, check_output
 from xelm_cli.common.atomic import atomic_file, sealed_directory, write_last
 from xelm_cli.common.digest import PREFIX, sha256_bytes
 from xelm_cli.common.errors import (
@@ -44,7 +39,12 @@ from xelm_cli.common.errors import (
     exception_line,
 )
 from xelm_cli.common.jsonio import parse_json_object
-from xelm_cli.common.outputs import check_replaceable, has_magic
+from xelm_cli.common.outputs import (
+    check_replaceable,
+    has_magic,
+    refuse_inside_bundle,
+    resolved_output,
+)
 
 Progress = Callable[[int], None]
 

@@ -608,32 +608,6 @@ class BundleWriter:
         write_last(self.directory, MANIFEST_NAME, self._manifest)
 
 
-def resolved_output(path: str | Path) -> Path:
-    """``path`` made absolute with its folder's links resolved (``path`` itself may not exist
-    yet, and a link there is what a write would replace, not what it points to)."""
-    absolute = Path(os.path.abspath(path))
-    return absolute.parent.resolve() / absolute.name
-
-
-def enclosing_bundle(path: str | Path) -> Path | None:
-    """The nearest folder above ``path`` that holds a ``xelm.json``, or None: anything written
-    at ``path`` would become a file that bundle's manifest does not list."""
-    for folder in resolved_output(path).parents:
-        if (folder / MANIFEST_NAME).is_file():
-            return folder
-    return None
-
-
-def refuse_inside_bundle(out: str | Path, what: str = "the output") -> None:
-    """Refuse ``out`` inside a bundle (its folder, or any folder above it, holds xelm.json)."""
-    folder = enclosing_bundle(out)
-    if folder is not None:
-        raise UsageError(
-            f"{out}: {what} would lie inside the bundle {folder}, unlisted in its manifest (the "
-            "bundle would no longer verify): write it somewhere else"
-        )
-
-
 def check_output(
     out: str | Path, *, overwrite: bool = False, inputs: Iterable[str | Path] = ()
 ) -> None:
