@@ -263,3 +263,22 @@ def test_the_default_gate_spreads_tokens_over_the_experts(
             logits = hidden @ model.model.layers[0].mlp.gate.weight.T  # the router's logits
         chosen[gate] = set(logits.argmax(-1).flatten().tolist())
     assert len(chosen["random"]) > 1 and len(chosen["uniform"]) == 1
+
+
+def test_experts_of_different_dtypes_are_refused_not_rounded(
+    experts: list[Bundle], tmp_path: Path, no_tensor_reads: None
+) -> None:
+    """An fp32 expert beside a bf16 one passed every check and was cast to the first's dtype:
+    not the MLPs bit for bit that the spec promises."""
+    half = perturbed_expert(
+        experts[1].path, tmp_path / "half", seed=9, languages=["tr"], scale=0.0,
+        dtype=torch.bfloat16,
+    )  # fmt: skip
+    with pytest.raises(UsageError) as refused:
+        build_moe([experts[0].path, half.path], tmp_path / "moe", top_k=1, gate="random")
+    assert str(refused.value) == (
+        f"the experts are stored in different dtypes ({experts[0].name} float32, half "
+        "bfloat16): an MoE keeps their MLPs bit for bit in one dtype; train them to one "
+        "(xelm train --save-dtype)"
+    )
+    assert not (tmp_path / "moe").exists()

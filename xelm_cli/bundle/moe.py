@@ -339,6 +339,7 @@ def build_moe(
     check_output(out, overwrite=overwrite, inputs=read)  # before any input is read
     bundles = [Bundle.read(path) for path in experts]
     check_mergeable(bundles, "joined into one MoE model")
+    _check_one_dtype(bundles)
     dense = bundles[0].load_config()
     family = family_of(dense.model_type)
     k = len(bundles)
@@ -446,6 +447,18 @@ def _set_config(directory: Path, **values: Any) -> None:
     path = directory / "config.json"
     config = read_json_object(path, "model config")
     path.write_bytes(pretty_json({**config, **values}))
+
+
+def _check_one_dtype(bundles: Sequence[Bundle]) -> None:
+    """Refuse experts stored in different dtypes: the MoE holds their MLPs bit for bit, in one
+    dtype (spec/bundle-v1.md 3.2.2), which would round the wider ones."""
+    dtypes = {bundle.name: bundle.weights_dtype() for bundle in bundles}
+    if len(set(dtypes.values())) > 1:
+        shown = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise UsageError(
+            f"the experts are stored in different dtypes ({shown}): an MoE keeps their MLPs "
+            "bit for bit in one dtype; train them to one (xelm train --save-dtype)"
+        )
 
 
 def _dtype(code: str) -> Any:
