@@ -107,6 +107,15 @@ def test_an_ensemble_file_that_is_a_directory_is_refused_even_with_force(
     with pytest.raises(UsageError, match=r"is a directory; give a file for the ensemble"):
         spec.write(ensdir, overwrite=True)
     assert tree(ensdir) == ["a.txt"]
+    # nor a file inside a bundle (an unlisted file: the bundle would no longer verify)
+    inside = tiny_experts.bundles[0].path / "ens.json"
+    code, _, err = cli(capsys, "ensemble", "create", *members(tiny_experts), "-o", str(inside))
+    assert code == 2 and "would lie inside the bundle" in err and not inside.exists()
+    code, _, err = cli(
+        capsys, "ensemble", "eval", *members(tiny_experts), "--data", str(tiny_experts.corpus),
+        "-o", str(tiny_experts.bundles[1].path / "results.json"),
+    )  # fmt: skip
+    assert code == 2 and "would lie inside the bundle" in err
 
 
 # ------------------------------------------------- router options sized by k: before any expert

@@ -15,6 +15,7 @@ from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.outputs import refuse_inside_bundle
 from xelm_cli.ensemble.members import (
     expand_paths,
     not_a_bundle,
@@ -143,7 +144,8 @@ def _read_file_members(path: Path, members: Sequence[Path]) -> list[Bundle]:
 def refuse_directory_output(path: str | Path, what: str, example: str) -> None:
     """Refuse, in one line naming a file inside it, an output file (results, an ensemble file)
     that is an existing directory: replacing it, even when told to overwrite, would delete
-    the whole tree under it."""
+    the whole tree under it; and one inside a bundle, which would no longer verify."""
+    refuse_inside_bundle(path, what)
     if Path(path).is_dir():
         raise UsageError(
             f"{path} is a directory; give a file for {what}, such as {Path(path) / example}"
