@@ -253,3 +253,12 @@ def test_a_broken_source_leaves_no_file_of_its_part(
         fetch(out, ["vi"], 10**6, 2)
     assert "\n" not in str(caught.value)
     assert not out.exists() or sorted(p.name for p in out.rglob("*")) == []
+
+
+def test_fetch_refuses_a_folder_inside_a_bundle(seed_bundle: Path) -> None:
+    """It fills its folder file by file: inside a bundle they would be unlisted files, and the
+    bundle would no longer verify (refused before the Hub is asked)."""
+    out = seed_bundle / "data"
+    with pytest.raises(UsageError, match=r"the data would lie inside the bundle"):
+        fetch(out, ["en"])
+    assert not out.exists()

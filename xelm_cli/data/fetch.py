@@ -35,6 +35,7 @@ from xelm_cli.common.atomic import atomic_file, output_lock, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
+from xelm_cli.common.outputs import refuse_inside_bundle
 from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
@@ -191,6 +192,7 @@ def fetch(
     """Fetch what ``out`` (default: xelm's cache) lacks; the fetch record of every part asked
     for. ``progress(n)`` is told the bytes of text read."""
     out = Path(out) if out is not None else default_data_dir()
+    refuse_inside_bundle(out, "the data")  # it fills the folder: unlisted files in a bundle
     parts = plan_fetch(languages, size, valid_documents)
     advance = progress or (lambda n: None)
     with output_lock(out):
