@@ -413,6 +413,7 @@ def test_show_prints_each_kind_with_its_options(capsys: pytest.CaptureFixture[st
     options = {o["name"]: o for o in router["options"]}
     assert list(options) == [
         "allocation", "temperature", "top_k", "stride", "distance", "experts_in_order",
+        "offsets",
     ]  # fmt: skip
     assert options["allocation"]["required"] is True and options["allocation"]["type"] == "path"
     assert (options["temperature"]["type"], options["temperature"]["default"]) == ("float", 0.1)
