@@ -187,12 +187,19 @@ def refuse_existing(target: Path, what: str = "output") -> None:
         raise UsageError(f"{what} {target} already exists; choose another path or pass --force")
 
 
-def refuse_replacing_workdir(target: Path) -> None:
+def resolved_output(path: str | Path) -> Path:
+    """``path`` made absolute with its folder's links resolved (``path`` itself may not exist
+    yet, and a link there is what a write would replace, not what it points to)."""
+    absolute = Path(os.path.abspath(path))
+    with contextlib.suppress(OSError):  # a parent that cannot be resolved stays as given
+        return absolute.parent.resolve() / absolute.name
+    return absolute
+
+
+def refuse_replacing_workdir(target: str | Path) -> None:
     """Refuse to replace the current directory or a directory above it: the command would
     delete the folder it runs in (``-o . --force``, ``-o .. --force``)."""
-    absolute = Path(os.path.abspath(target))
-    with contextlib.suppress(OSError):  # a parent that cannot be resolved is no working dir
-        absolute = absolute.parent.resolve() / absolute.name
+    absolute = resolved_output(target)
     try:
         here = Path(os.getcwd())
     except OSError:  # the working directory is gone: nothing to protect

@@ -17,13 +17,13 @@ Bundle code is not imported here (``xelm_cli.common`` imports nothing of xelm's 
 the bundle manifest's name is spelled out below, as spec/bundle-v1.md fixes it.
 """
 
-import contextlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from xelm_cli.common.atomic import refuse_replacing_workdir, resolved_output
 from xelm_cli.common.errors import UsageError
 
 BUNDLE_MANIFEST = "xelm.json"  # spec/bundle-v1.md section 1 (xelm_cli.bundle.store.MANIFEST_NAME)
@@ -31,15 +31,6 @@ _SMALL_JSON = 64 * 1024 * 1024  # a JSON file larger than this is read as no out
 
 Own = Callable[[Path], bool]
 _LEFT_BY_A_WRITER = re.compile(r"\..+\.(?:partial|lock)")  # atomic.py's temporaries and locks
-
-
-def resolved_output(path: str | Path) -> Path:
-    """``path`` made absolute with its folder's links resolved (``path`` itself may not exist
-    yet, and a link there is what a write would replace, not what it points to)."""
-    absolute = Path(os.path.abspath(path))
-    with contextlib.suppress(OSError):
-        return absolute.parent.resolve() / absolute.name
-    return absolute
 
 
 def enclosing_bundle(path: str | Path) -> Path | None:
@@ -80,16 +71,6 @@ def refuse_inputs(out: str | Path, inputs: Iterable[str | Path | None]) -> None:
             )
 
 
-def is_working_directory(target: str | Path) -> bool:
-    """Whether ``target`` is the current directory or a folder above it."""
-    absolute = resolved_output(target)
-    try:
-        here = Path(os.getcwd())
-    except OSError:  # the working directory is gone: nothing to protect
-        return False
-    return absolute == here or absolute in here.parents
-
-
 def is_empty_folder(path: Path) -> bool:
     """Whether ``path`` is a folder holding nothing but what a writer killed there left (its
     hidden ``.NAME.lock`` files and ``.NAME.*.partial`` temporaries)."""
@@ -128,11 +109,7 @@ def check_replaceable(
     target = resolved_output(out)
     if not (target.exists() or target.is_symlink()):
         return
-    if is_working_directory(target):
-        raise UsageError(
-            f"{out} is the current directory or holds it; --force does not replace it: "
-            "write the output somewhere else"
-        )
+    refuse_replacing_workdir(out)
     empty = folder and is_empty_folder(target)
     if not (empty or (own is not None and _safely(own, target))):
         only = f"{kind} or an empty folder" if folder else kind
@@ -189,7 +166,6 @@ __all__ = [
     "enclosing_bundle",
     "has_magic",
     "is_empty_folder",
-    "is_working_directory",
     "json_format",
     "refuse_inputs",
     "refuse_inside_bundle",
