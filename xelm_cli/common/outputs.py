@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from xelm_cli.common.atomic import refuse_replacing_workdir, resolved_output
+from xelm_cli.common.atomic import refuse_existing, refuse_replacing_workdir, resolved_output
 from xelm_cli.common.errors import UsageError
 
 BUNDLE_MANIFEST = "xelm.json"  # spec/bundle-v1.md section 1 (xelm_cli.bundle.store.MANIFEST_NAME)
@@ -130,7 +130,7 @@ def check_replaceable(
             "somewhere else, or remove the file first"
         )
     if not overwrite and not (update and not empty):
-        raise UsageError(f"output {target} already exists; choose another path or pass --force")
+        refuse_existing(target)
 
 
 def _safely(own: Own, path: Path) -> bool:
