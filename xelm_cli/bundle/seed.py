@@ -1,21 +1,21 @@
 """Seed bundles: from a Hugging Face model, or a named Llama-style config initialised at random."""
 
 import json
-import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.bundle.fingerprint import reading_safetensors
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,
     load_causal_lm,
     loading_problem,
+    most_elements,
     probe_ids,
+    safetensors_elements,
     write_bundle,
 )
 from xelm_cli.common.errors import UsageError, exception_line
@@ -25,7 +25,6 @@ from xelm_cli.lang.codes import language_codes
 # the weights files transformers looks for, in the order it looks for them; an index names shards
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 NEEDED = "xelm needs a decoder-only causal LM (GPT-2, Llama, XGLM, ...)"
 REMOTE_CODE = (
     "it runs its own Python code (its config's auto_map), which xelm runs only when you pass "
@@ -234,26 +233,19 @@ def _stored_dtype(weights: _Weights) -> str | None:
     """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...):
     from the safetensors headers, or for pickles from the tensors torch's ``weights_only``
     loader reads (onto the meta device: no data); None when none is floating point."""
+    if not weights.pickled:
+        return most_elements(safetensors_elements(weights.files))
+    import torch
+
+    floating = ("float64", "float32", "float16", "bfloat16")
     elements: dict[str, int] = {}
     for file in weights.files:
-        if weights.pickled:
-            import torch
-
-            state = torch.load(file, map_location="meta", weights_only=True)
-            values = state.values() if isinstance(state, dict) else []
-            tensors = [t for t in values if isinstance(t, torch.Tensor)]
-            found = [(str(t.dtype).removeprefix("torch."), t.numel()) for t in tensors]
-        else:
-            from safetensors import safe_open
-
-            with reading_safetensors(file.name), safe_open(str(file), framework="numpy") as f:
-                parts = [f.get_slice(name) for name in f.keys()]  # noqa: SIM118
-                found = [(part.get_dtype(), math.prod(part.get_shape())) for part in parts]
-            found = [(_SAFETENSORS_DTYPES.get(dtype, dtype), n) for dtype, n in found]
-        for dtype, count in found:
-            if dtype in _SAFETENSORS_DTYPES.values():
-                elements[dtype] = elements.get(dtype, 0) + count
-    return max(elements, key=lambda dtype: elements[dtype]) if elements else None
+        state = torch.load(file, map_location="meta", weights_only=True)
+        for tensor in state.values() if isinstance(state, dict) else []:
+            dtype = str(getattr(tensor, "dtype", "")).removeprefix("torch.")
+            if isinstance(tensor, torch.Tensor) and dtype in floating:
+                elements[dtype] = elements.get(dtype, 0) + tensor.numel()
+    return most_elements(elements)
 
 
 def _refuse_non_causal_lm(

@@ -65,6 +65,27 @@ _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "
 PROBE_TOKENS = 6  # a forward that checks a model: a handful of tokens
 
 
+def safetensors_elements(files: Iterable[Path]) -> dict[str, int]:
+    """The floating-point elements stored in each dtype (``{"bfloat16": n, ...}``) over the
+    safetensors ``files``, read from their headers (no tensor data)."""
+    from safetensors import safe_open
+
+    elements: dict[str, int] = {}
+    for path in files:
+        with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
+            for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                part = f.get_slice(name)
+                dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                if dtype:
+                    elements[dtype] = elements.get(dtype, 0) + math.prod(part.get_shape())
+    return elements
+
+
+def most_elements(elements: dict[str, int]) -> str | None:
+    """The dtype of ``elements`` (dtype -> count) that holds the most; None for none."""
+    return max(elements, key=lambda dtype: elements[dtype]) if elements else None
+
+
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     if not path.is_dir():
         why = "is not a directory" if path.exists() else "does not exist"
@@ -332,19 +353,10 @@ class Bundle:
     def weights_dtype(self) -> str:
         """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...),
         read from the safetensors headers."""
-        from safetensors import safe_open
-
-        elements: dict[str, int] = {}
-        for path in sorted(self.path.glob("*.safetensors")):
-            with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
-                for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                    part = f.get_slice(name)
-                    dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
-                    if dtype:
-                        elements[dtype] = elements.get(dtype, 0) + math.prod(part.get_shape())
-        if not elements:
+        dtype = most_elements(safetensors_elements(sorted(self.path.glob("*.safetensors"))))
+        if dtype is None:
             raise FormatError(f"{self.path}: no floating-point weights")
-        return max(elements, key=lambda dtype: elements[dtype])
+        return dtype
 
     def framing(self, tokenizer: Any = None) -> Framing:
         """How documents are framed for this model (xelm_cli.bundle.framing): the recorded framing,
