@@ -286,9 +286,13 @@ class Bundle:
         """Trust this bundle's own code (its ``.py`` files, as they are now) on this machine:
         bundles that hold the same code and record ``source.trust_remote_code`` may run it
         (``runs_trusted_code``). ``bundle init --trust-remote-code`` calls it: the user asked."""
-        folder = verified.cache_root().parent / "trusted-code"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / self._code_key()).write_text(f"{self.path}\n", encoding="utf-8")
+        marker = self._trust_marker()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{self.path}\n", encoding="utf-8")
+
+    def _trust_marker(self) -> Path:
+        """The file whose presence says this machine trusted this bundle's code."""
+        return verified.cache_root().parent / "trusted-code" / self._code_key()
 
     def runs_trusted_code(self) -> bool:
         """Whether loading this bundle runs its own code: its line was made with ``bundle init
@@ -317,7 +321,7 @@ class Bundle:
                     f"{self.path}: {name} names code outside the bundle ({ref[:100]}); "
                     "xelm runs only a bundle's own code"
                 )
-        if not (verified.cache_root().parent / "trusted-code" / self._code_key()).is_file():
+        if not self._trust_marker().is_file():
             raise FormatError(
                 f"{self.path}: runs its own code ({', '.join(code)}), which was not trusted on "
                 "this machine; `xelm bundle init --hf MODEL --trust-remote-code` of the model "
