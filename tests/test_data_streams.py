@@ -18,6 +18,7 @@ from huggingface_hub.utils import hf_raise_for_status
 
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.data import prepare_work
+from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.labels import language_code
 from xelm_cli.data.prepare import prepare
 from xelm_cli.data.sampling import sample_documents
@@ -385,6 +386,41 @@ def test_hub_and_network_failures_say_what_to_do(case: str) -> None:
     with pytest.raises(error) as info, _translated(source):
         raise make()
     assert type(info.value) is error  # a refusal is no SourceUnavailable: rerunning cannot help
+    assert re.search(message, str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+CORPUS_FAILURES = {
+    "gated (401)": (lambda: hub_error(401, "GatedRepo"), GATED),
+    "no such dataset": (lambda: hub_error(404, "RepoNotFound"), NOT_FOUND),
+    "server error": (lambda: hub_error(502), r"\(offline\? run the command again, or pass a"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORPUS_FAILURES))
+@pytest.mark.parametrize("when", ["loading", "reading"])
+def test_a_hub_dataset_given_as_a_corpus_says_what_to_do(
+    case: str, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hub id passed where a corpus goes (``iter_documents``) is read by the same rules as a
+    streamed source: a refusal says what to do, not "offline?"; only the network's failure
+    suggests running again."""
+    import datasets
+
+    make, message = CORPUS_FAILURES[case]
+
+    def rows() -> Any:
+        raise make()
+        yield
+
+    def load_dataset(*args: Any, **kwargs: Any) -> Any:
+        if when == "loading":
+            raise make()
+        return datasets.IterableDataset.from_generator(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(UsageError) as info:
+        list(iter_documents("xelm-tests/nowhere-on-this-machine", language="de"))
     assert re.search(message, str(info.value)), str(info.value)
     assert "\n" not in str(info.value)
 

@@ -5,7 +5,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.common.errors import FormatError, UsageError, exception_line
+from xelm_cli.common.errors import FormatError, UsageError, XelmError, exception_line
+from xelm_cli.data.hub_errors import hub_refusal, is_network_error
 from xelm_cli.data.labels import LANGUAGE_FIELDS, language_code, record_label, unlabelled
 
 HF_BATCH = 1000
@@ -23,17 +24,30 @@ def load_hf_dataset(source: str | Path, kind: str, *, split: str | None = None) 
             loaded = datasets.load_from_disk(str(source))
         else:
             loaded = datasets.load_dataset(str(source), split=split, streaming=True)
-    except (ConnectionError, OSError) as exc:
-        where = "the Hugging Face Hub" if kind == "hf-hub" else str(source)
-        raise UsageError(
-            f"cannot load dataset {source!s} from {where}: {exception_line(exc)} "
-            "(offline? pass a local path: a corpus directory or a save_to_disk dataset)"
-        ) from None
-    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as exc:
-        raise UsageError(f"cannot load dataset {source!s}: {exc}") from None
+    except Exception as exc:  # the Hub's refusal, the network's failure, a broken dataset
+        raise _dataset_error(source, kind, exc, loading=True) from None
     if isinstance(loaded, datasets.DatasetDict | datasets.IterableDatasetDict):
         return _pick_split(loaded, split, source)
     return loaded
+
+
+def _dataset_error(source: str | Path, kind: str, exc: Exception, *, loading: bool) -> XelmError:
+    """Why dataset ``source`` (read as ``kind``) did not load (``loading``) or read, as one
+    line: the Hub's refusal (gated, not found, no access: ``hub_refusal``) with what to do; the
+    network's failure with the way round it; else what the loader said (reading: the data is
+    broken, a ``FormatError``)."""
+    remote = kind == "hf-hub"
+    refused = hub_refusal(exc, str(source)) if remote else None
+    if refused is not None:
+        return refused
+    verb = "load" if loading else "read"
+    if is_network_error(exc, remote=remote):
+        return UsageError(
+            f"cannot {verb} dataset {source!s}: {exception_line(exc)} (offline? run the command "
+            "again, or pass a local path: a corpus directory or a save_to_disk dataset)"
+        )
+    error = UsageError if loading else FormatError
+    return error(f"cannot {verb} dataset {source!s}: {exception_line(exc)}")
 
 
 def _pick_split(splits: Any, split: str | None, source: str | Path) -> Any:
@@ -47,7 +61,7 @@ def _pick_split(splits: Any, split: str | None, source: str | Path) -> Any:
     return splits[split]
 
 
-def _read(items: Any, source: str | Path) -> Iterator[Any]:
+def _read(items: Any, source: str | Path, kind: str) -> Iterator[Any]:
     """``items`` of a dataset, its read errors (a stream reads as it goes) as one line."""
     iterator = iter(items)
     while True:
@@ -55,15 +69,10 @@ def _read(items: Any, source: str | Path) -> Iterator[Any]:
             item = next(iterator)
         except StopIteration:
             return
-        except (ConnectionError, TimeoutError) as exc:
-            raise UsageError(
-                f"cannot read dataset {source!s}: {exception_line(exc)} (offline? run the "
-                "command again, or pass a local copy)"
-            ) from None
         except (UsageError, FormatError):
             raise
-        except Exception as exc:  # Arrow, JSON, gzip: the data is broken
-            raise FormatError(f"cannot read dataset {source!s}: {exception_line(exc)}") from None
+        except Exception as exc:  # the Hub's, the network's; else Arrow, JSON, gzip: broken data
+            raise _dataset_error(source, kind, exc, loading=False) from None
         yield item
 
 
@@ -80,7 +89,7 @@ def hf_rows(
     dataset = load_hf_dataset(source, kind, split=split)
     columns = list(dataset.column_names or [])
     if not columns:  # a stream whose features are not known before its first row
-        columns = list(next(iter(_read(dataset.take(1), source)), {}))
+        columns = list(next(iter(_read(dataset.take(1), source, kind)), {}))
     if text_column not in columns:
         raise FormatError(
             f"dataset {source!s} has no {text_column!r} column (columns: {', '.join(columns)}); "
@@ -92,7 +101,7 @@ def hf_rows(
     row = 0
     if not label_columns and default is None and require_language:
         raise unlabelled(f"dataset {source!s}")
-    for batch in _read(dataset.select_columns(wanted).iter(batch_size=HF_BATCH), source):
+    for batch in _read(dataset.select_columns(wanted).iter(batch_size=HF_BATCH), source, kind):
         texts = batch[text_column]
         for index, text in enumerate(texts):
             row += 1

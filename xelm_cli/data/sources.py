@@ -48,13 +48,18 @@ from xelm_cli.data.corpus import (
     labelled_files,
     source_kind,
 )
+from xelm_cli.data.hub_errors import (
+    MIRROR_VARIABLE,
+    hub_refusal,
+    is_network_error,
+    local_copies,
+    without_the_hub,
+)
 from xelm_cli.data.labels import LANGUAGE_FIELDS, language_code, record_label
 from xelm_cli.lang.codes import normalize_language, wanted_form
 
 DEFAULT_BATCH = 1000
 SHOWN_CHOICES = 40  # configurations named in a message, at most
-MIRROR_VARIABLE = "XELM_HUB_MIRROR"
-OFFLINE_MODE = "OfflineModeIsEnabled"  # huggingface_hub's error while HF_HUB_OFFLINE is set
 T = TypeVar("T")
 COLUMNAR = "arrow-batches"  # how a dataset position was taken (DatasetSource.open)
 _HUB_REVISION = re.compile(r"@([0-9a-f]{40})/")
@@ -131,7 +136,7 @@ def require_hub(datasets: Iterable[str]) -> None:
     if why:
         raise SourceUnavailable(
             f"cannot reach the Hugging Face Hub for {', '.join(remote)}: {why} (offline? run "
-            f"the same command again with network access, or {_local_copies(remote)})"
+            f"the same command again with network access, or {local_copies(remote)})"
         )
 
 
@@ -610,7 +615,7 @@ Source = DatasetSource | FileSource
 @contextlib.contextmanager
 def _translated(source: DatasetSource) -> Iterator[None]:
     """``datasets``/Hub/Arrow failures as one line naming the source and the way out: the
-    Hub's refusals by their type and HTTP status (``_hub_refusal``), the network's failures
+    Hub's refusals by their type and HTTP status (``hub_refusal``), the network's failures
     (a download cut short too) as ``SourceUnavailable``, anything else as ``BrokenData``."""
     import datasets
 
@@ -626,127 +631,19 @@ def _translated(source: DatasetSource) -> Iterator[None]:
             f"{where}: its {folder} holds no data files; check --data-dir / --config"
         ) from None
     except Exception as exc:  # the Hub's, the network's; else Arrow, gzip, JSON: broken data
-        refused = _hub_refusal(source, exc)
+        refused = hub_refusal(
+            exc, source.dataset, revision=source.revision, where=source.describe()
+        )
         if refused is not None:
             raise refused from None
-        if _is_network_error(exc, remote=not Path(resolve_dataset(source.dataset)).exists()):
+        if is_network_error(exc, remote=not Path(resolve_dataset(source.dataset)).exists()):
             raise SourceUnavailable(
                 f"cannot load dataset {source.dataset} ({where}): {exception_line(exc, 200)} "
-                f"({_without_the_hub(source.dataset, exc)})"
+                f"({without_the_hub(source.dataset, exc)})"
             ) from None
         if isinstance(exc, ValueError):
             raise _config_or_split_error(source, exc) from None
         raise BrokenData(f"cannot read {where}: {exception_line(exc)}") from None
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """``exc`` and the errors that led to it (``raise ... from``, or raised while handling)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        cause = current.__cause__
-        if cause is None and not current.__suppress_context__:
-            cause = current.__context__
-        current = cause
-    return chain
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status of an HTTP error (huggingface_hub's ``HfHubHTTPError``, httpx's
-    ``HTTPStatusError``, requests' ``HTTPError``: a ``response`` with ``status_code``;
-    aiohttp's ``ClientResponseError``: ``status``); None for any other error."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    if status is None and type(exc).__name__ == "ClientResponseError":
-        status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def _names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
-
-
-def _hub_refusal(source: DatasetSource, exc: BaseException) -> UsageError | None:
-    """The Hub's refusal to give ``source`` (``exc``, or an error that led to it:
-    ``datasets`` raises ``DatasetNotFoundError`` from huggingface_hub's error), as the one
-    line that says what to do; None when ``exc`` is no refusal (network errors, and the Hub's
-    429 and 5xx answers, pass). By type, then HTTP status: gated (``GatedRepoError``) -> accept
-    its terms and log in; a revision not found -> ``--revision``; a data file not found (404)
-    -> ``--revision``; a dataset not found (404, or 401 for a private one) -> its name, or log
-    in; 401/403 otherwise -> log in."""
-    chain = _causes(exc)
-    names = set().union(*map(_names, chain))
-    statuses = {status for status in map(_http_status, chain) if status is not None}
-    said = " ".join(str(error) for error in chain).lower()
-    dataset = source.dataset
-    not_found = "DatasetNotFoundError" in names or 404 in statuses
-    gated = any("DatasetNotFoundError" in _names(e) and "gated" in str(e).lower() for e in chain)
-    if "GatedRepoError" in names or gated:  # (not the Hub's "private or gated" of a 401)
-        return UsageError(
-            f"cannot load dataset {dataset}: it is gated on the Hugging Face Hub: accept its "
-            "terms on its page, then log in (`hf auth login`) or set HF_TOKEN"
-        )
-    says_revision = "revision '" in said or "revision not found" in said  # not a URL's /revision/
-    if "RevisionNotFoundError" in names or (not_found and says_revision):
-        return _no_revision(source)
-    if 404 in statuses and "EntryNotFoundError" in names and "DatasetNotFoundError" not in names:
-        return UsageError(
-            f"cannot read {source.describe()}: one of its files is not on the Hugging Face Hub "
-            "(404); check --revision, or pass a local copy"
-        )
-    if not_found or "RepositoryNotFoundError" in names:
-        again = " and --revision" if source.revision else ""
-        return UsageError(
-            f"cannot load dataset {dataset}: not a local directory, and not found on the Hub "
-            f"(or private: log in with `hf auth login` or set HF_TOKEN); check the name{again}, "
-            "or pass a local copy"
-        )
-    refused = statuses & {401, 403}
-    if refused:
-        return UsageError(
-            f"cannot load dataset {dataset}: the Hugging Face Hub refused access "
-            f"({min(refused)}): log in (`hf auth login`) or set HF_TOKEN, and accept the "
-            "dataset's terms on its page if it is gated"
-        )
-    return None
-
-
-def _no_revision(source: DatasetSource) -> UsageError:
-    revision = f"revision {source.revision!r}" if source.revision else "the revision asked for"
-    return UsageError(
-        f"cannot load dataset {source.dataset}: it has no {revision} on the Hugging Face Hub; "
-        "check --revision (a branch, tag or commit of the dataset)"
-    )
-
-
-def _without_the_hub(dataset: str, exc: BaseException) -> str:
-    """The way out when the Hub did not answer for ``dataset`` (``exc``): HF_HUB_OFFLINE unset
-    when that is why (nothing is read from the Hub while it is set), else the same command
-    again; or a local copy where ``resolve_dataset`` looks for one."""
-    copy = f"or {_local_copies([dataset])}"
-    if _offline_mode(exc):
-        return f"HF_HUB_OFFLINE is set: unset it to read from the Hub, {copy}"
-    return f"offline? run the same command again to continue, {copy}"
-
-
-def _local_copies(datasets: list[str]) -> str:
-    """The way to read ``datasets`` without the Hub: where ``resolve_dataset`` looks."""
-    what = "a copy of it" if len(datasets) == 1 else "copies of them"
-    where = ", ".join(f"{d}/" for d in datasets)
-    return f"set {MIRROR_VARIABLE} to a folder holding {what} as {where}"
-
-
-def _offline_mode(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an error that caused it, is huggingface_hub's refusal to go online
-    (``OfflineModeIsEnabled``: HF_HUB_OFFLINE is set), or says so (datasets names it in a
-    ConnectionError of its own, "Couldn't reach ... on the Hub (OfflineModeIsEnabled)")."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if type(exc).__name__ == OFFLINE_MODE or f"({OFFLINE_MODE})" in str(exc):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
@@ -795,44 +692,6 @@ def _quiet_libraries() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
-
-
-# Errors of the HTTP clients under huggingface_hub, datasets and fsspec (by class name: none of
-# them is imported for this) that mean the network failed, not the data: a connection refused,
-# reset or timed out, or a response cut short mid-stream.
-NETWORK_ERRORS = frozenset(
-    {
-        "TransportError",  # httpx / httpx2: ConnectError, ReadError, RemoteProtocolError, ...
-        "TimeoutException",  # httpx / httpx2
-        "ChunkedEncodingError",  # requests
-        "ConnectionError",  # requests (the built-in one is also caught by type)
-        "Timeout",  # requests
-        "ProtocolError",  # urllib3: "Connection broken"
-        "ReadTimeoutError",  # urllib3
-        "IncompleteRead",  # http.client, urllib3
-        "ClientConnectionError",  # aiohttp
-        "ClientPayloadError",  # aiohttp: "Response payload is not completed"
-        "ServerDisconnectedError",  # aiohttp
-    }
-)
-TRANSIENT_STATUSES = (408, 429)  # and 5xx: the server's trouble, not the request's
-
-
-def _is_network_error(exc: BaseException, *, remote: bool = True) -> bool:
-    """Whether ``exc`` (or an error that led to it) is the network's failure: a connection or
-    timeout error, an HTTP client's transport error (``NETWORK_ERRORS``), an HTTP answer of a
-    busy or failing server (``TRANSIENT_STATUSES``, 5xx), or, reading a ``remote`` dataset, a
-    compressed file that ended early (``EOFError``: its download was cut short). A refusal
-    (401, 403, 404: ``_hub_refusal``) is not."""
-    for error in _causes(exc):
-        if isinstance(error, (ConnectionError, TimeoutError)) or _names(error) & NETWORK_ERRORS:
-            return True
-        status = _http_status(error)
-        if status is not None and (status in TRANSIENT_STATUSES or status >= 500):
-            return True
-        if remote and isinstance(error, EOFError):
-            return True
-    return False
 
 
 def _config_or_split_error(source: DatasetSource, exc: ValueError) -> Exception:
