@@ -248,6 +248,16 @@ def test_cluster_typology_writes_an_allocation_that_branch_accepts(
     assert is_valid_linkage(np.array(raw["tree"]["linkage"], dtype=np.float64))
     assert sorted(raw["levels"]) == ["1", "2"] and raw["levels"]["2"] == allocation.experts
 
+    # the same fit again, at any time, writes the same bytes: a bundle's digest still names it
+    assert "created_at" not in raw
+    again = tmp_path / "again.json"
+    code, stdout, err = xelm(
+        capsys, "cluster", "typology", "--langs", "en,tr,ar,ru", "-k", "2", "-o", again, "--json"
+    )
+    assert code == 0, err
+    assert again.read_bytes() == out.read_bytes()
+    assert read_allocation(again).digest == allocation.digest
+
     code, stdout, err = xelm(
         capsys, "bundle", "branch", seed_bundle, "--allocation", out, "--expert", "1",
         "-o", tmp_path / "e1", "--json",

@@ -18,7 +18,7 @@ import numpy as np
 
 from xelm_cli import __version__
 from xelm_cli.bundle.fingerprint import reading_safetensors
-from xelm_cli.bundle.manifest import now_iso, schema_problems, spec_schema
+from xelm_cli.bundle.manifest import schema_problems, spec_schema
 from xelm_cli.common.atomic import atomic_directory, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
@@ -222,7 +222,6 @@ def write_allocation(
         "k": len(experts),
         "experts": [{"index": i, "languages": langs} for i, langs in enumerate(experts)],
         "created_by": {"xelm": __version__},
-        "created_at": now_iso(),
     }
     if language_shares is not None:
         data["language_shares"] = language_shares
