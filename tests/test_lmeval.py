@@ -113,6 +113,42 @@ def test_loglikelihood_groups_contexts_and_moves_trailing_space() -> None:
     assert results == [(-4.0, False), (-3.0, False), (-4.0, False), (-4.0, False), (0.0, False)]
 
 
+def test_loglikelihood_groups_by_document_not_by_context_text() -> None:
+    """XNLI-like instances (empty context, the whole sentence a choice) and documents that
+    share a context are one request per document, not one request holding every document's
+    choices; a document's instances with another context are a request of their own; the
+    results come back in lm-eval's order."""
+    recorder = RecordingModel()
+    documents = {  # (task, doc_id): [(context, continuation), ...]
+        ("xnli_en", 0): [("", " A, right? Yes, B"), ("", " A, right? Also, B"), ("", " A, no")],
+        ("xnli_en", 1): [("", " C, right? Yes, D"), ("", " C, no")],
+        ("xnli_de", 0): [("", " A, richtig? Ja, B"), ("", " A, nein")],
+        ("tiny", 0): [("Q: same", " yes"), ("Q: same", " no")],
+        ("tiny", 1): [("Q: same", " yes"), ("Q: same", " no")],
+        ("tiny", 2): [("Q: x", " yes"), ("Q: x", " no"), ("Answer:", " yes"), ("Answer:", " no")],
+    }
+    made = [
+        Instance("loglikelihood", {}, pair, i, metadata=(task, doc_id, 1))
+        for (task, doc_id), pairs in documents.items()
+        for i, pair in enumerate(pairs)
+    ]
+    asked = made[::2] + made[1::2]  # documents interleaved: the order lm-eval asks in
+    results = XelmLM(recorder, language="en").loglikelihood(asked)
+
+    assert len(recorder.choice_calls) == 1  # still one call: an ensemble loads experts once
+    [batch] = recorder.choice_calls
+    expected = [
+        (context, sorted(c for x, c in pairs if x == context), "en")
+        for pairs in documents.values()
+        for context in dict.fromkeys(x for x, _ in pairs)
+    ]
+    got = [(r.context, sorted(r.choices), r.language) for r in batch]
+    assert sorted(got) == sorted(expected)
+    assert len(batch) == 7  # a request per document and context: none merged across documents
+    assert max(len(r.choices) for r in batch) == 3
+    assert results == [(-float(len(i.args[1])), False) for i in asked]
+
+
 def test_loglikelihood_rolling_is_the_summed_document_logprobs(model: EnsembleModel) -> None:
     texts = ["All human beings are born free and equal in dignity and rights.", "", "Hello"]
     results = XelmLM(model, language="en").loglikelihood_rolling(
@@ -183,6 +219,85 @@ def test_limit_shots_seed_and_data_directory(model: EnsembleModel, task_dir: Pat
     assert result["overall"]["examples"] == 4
     assert result["n_shot"] == {TASK: 2}
     assert set(result["languages"]) == {"all"}
+
+
+def test_the_default_seed_is_lm_evals_own(
+    model: EnsembleModel, task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--seed 0, xelm's default, gives lm-eval its own default seeds (1234 for few-shot
+    sampling, numpy and torch), so default prompts are a stock lm-eval run's; another --seed
+    sets every seed; results record them."""
+    import inspect
+
+    import lm_eval.evaluator
+
+    stock = inspect.signature(lm_eval.evaluator.simple_evaluate).parameters
+    defaults = {
+        name: stock[name].default
+        for name in ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+    }
+    assert defaults["fewshot_random_seed"] == 1234  # what a stock lm-eval run uses
+    given: list[dict[str, object]] = []
+    real = lm_eval.evaluator.simple_evaluate
+
+    def recording(**kwargs: object) -> object:
+        given.append({k: kwargs[k] for k in defaults})
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval.evaluator, "simple_evaluate", recording)
+    for seed, expected in ((0, defaults), (7, dict.fromkeys(defaults, 7))):
+        request = EvalRequest(data=str(task_dir), task=TASK, limit=2, shots=1, seed=seed)
+        result = LmEvalEvaluator(request).evaluate(model)
+        assert given[-1] == expected
+        assert result["lm_eval_seeds"] == expected
+
+
+def multilingual_tasks(task_dir: Path) -> None:
+    """The fixture task as an XNLI-like suite: one subtask per language, each its dataset's
+    language config (``dataset_name``), and a group of them."""
+    config = yaml.safe_load((task_dir / f"{TASK}.yaml").read_text())
+    for language in ("de", "tr"):
+        subtask = {**config, "task": f"xelm_tiny_{language}", "dataset_name": language}
+        (task_dir / f"xelm_tiny_{language}.yaml").write_text(yaml.safe_dump(subtask))
+    group = {"group": "xelm_tiny_multi", "task": ["xelm_tiny_de", "xelm_tiny_tr"]}
+    (task_dir / "xelm_tiny_multi.yaml").write_text(yaml.safe_dump(group))
+
+
+@pytest.mark.parametrize(
+    ("task", "languages", "options"),
+    [
+        ("xelm_tiny_multi", ("de",), {}),
+        ("xelm_tiny_de,xelm_tiny_tr", None, {"language": "tr"}),
+    ],
+)
+def test_one_language_for_tasks_in_several_is_refused(
+    task_dir: Path, task: str, languages: tuple[str, ...] | None, options: dict
+) -> None:
+    """``--task xnli --langs en`` would tell a language router ``en`` for every language's
+    subtask: refused, naming the way out."""
+    multilingual_tasks(task_dir)
+    given = languages[0] if languages else options["language"]
+    request = EvalRequest(
+        task=task, languages=languages, options={"include_path": str(task_dir), **options}
+    )
+    with pytest.raises(UsageError, match="2 languages") as caught:
+        LmEvalEvaluator(request)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"told {given} for all of them" in message
+    assert f"--task xelm_tiny_{given} --langs {given}" in message
+
+
+def test_one_language_task_or_no_language_is_accepted(task_dir: Path) -> None:
+    multilingual_tasks(task_dir)
+    include = {"include_path": str(task_dir)}
+    alone = LmEvalEvaluator(EvalRequest(task="xelm_tiny_de", languages=("de",), options=include))
+    assert alone.languages == ["de"]
+    unrouted = LmEvalEvaluator(EvalRequest(task="xelm_tiny_multi", options=include))
+    assert unrouted.languages == []
+    # subsets named like codes but none the language told (basqueglue's bec, wic): one suite
+    other = LmEvalEvaluator(EvalRequest(task="xelm_tiny_multi", languages=("eu",), options=include))
+    assert other.languages == ["eu"]
 
 
 def scoring_tasks(task_dir: Path) -> list[str]:

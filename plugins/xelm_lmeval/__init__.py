@@ -5,10 +5,17 @@ runs lm-eval tasks on every system, each wrapped as an lm-eval model
 (:class:`xelm_lmeval.bridge.XelmLM`). The request maps onto lm-eval as follows: ``task`` is a
 comma-separated list of lm-eval task, group or tag names (or task YAML files); ``limit`` is
 lm-eval's per-task example limit; ``shots`` its ``num_fewshot`` (not given: each task's own);
-``seed`` every seed it takes. Options (``--eval-arg KEY=VALUE``): ``include_path`` (a
+``seed`` every seed it takes (Python's, numpy's, torch's and few-shot sampling's), except that
+``--seed 0``, xelm's default (which xelm cannot tell from a seed not given), keeps lm-eval's own
+defaults (``simple_evaluate``'s: 0 for Python's random, 1234 for numpy, torch and few-shot
+sampling), so default few-shot prompts are a stock lm-eval run's; results record the seeds used
+(``lm_eval_seeds``). Options (``--eval-arg KEY=VALUE``): ``include_path`` (a
 directory of custom task YAML files; ``--data DIR`` is read the same way), ``language`` (what
 a language router is told; ``--langs`` with one language does the same) and
-``bootstrap_iters`` (lm-eval's stderr bootstrap).
+``bootstrap_iters`` (lm-eval's stderr bootstrap). The router is told that one language for every
+request: tasks whose datasets are in several languages (``--task xnli``: its 15 subtasks, their
+dataset configs ``ar``, ``bg``, ...) are refused with a language, so run each language's subtask
+on its own with its ``--langs`` (``--task xnli_de --langs de``).
 
 Only tasks that score given text run (``multiple_choice``, ``loglikelihood``,
 ``loglikelihood_rolling``): xelm models do not generate. Metrics that need greedy decoding
@@ -19,6 +26,7 @@ plugin loads without it. It imports nothing from xelm but ``xelm_cli.api``.
 """
 
 import difflib
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +53,13 @@ MIN_VERSION = "0.4.12"  # TaskManager.load, and simple_evaluate built on it
 DEFAULT_BOOTSTRAP_ITERS = 100_000
 SCORING_OUTPUT_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 GREEDY_METRICS = {"loglikelihood": "acc", "multiple_choice": "exact_match"}
+# simple_evaluate's seeds, and its defaults where its signature does not give them (0.4.x's)
+LM_EVAL_SEEDS = {
+    "random_seed": 0,
+    "numpy_random_seed": 1234,
+    "torch_random_seed": 1234,
+    "fewshot_random_seed": 1234,
+}
 
 
 def require_lm_eval() -> Any:
@@ -70,10 +85,11 @@ class LmEvalEvaluator(Evaluator):
 
     ``evaluate`` returns ``{"overall": metrics of the first task, "languages": {language or
     "all": the same}, "tasks": {task: metrics}, "primary_metric", "higher_is_better",
-    "n_shot", "lm_eval_version"}``; metric names are lm-eval's (``acc``, ``acc_norm``,
-    ``acc_stderr``, ...; a filter other than ``none`` is kept as ``metric,filter``) plus
-    ``examples``, the number of examples scored. ``primary`` (and ``higher_is_better``), set
-    for the request: the first task's first metric xelm computes (``acc`` for most
+    "n_shot", "lm_eval_version", "lm_eval_seeds"}``; metric names are lm-eval's (``acc``,
+    ``acc_norm``, ``acc_stderr``, ...; a filter other than ``none`` is kept as
+    ``metric,filter``) plus ``examples``, the number of examples scored; ``lm_eval_seeds``:
+    the seeds given to lm-eval's ``simple_evaluate``. ``primary`` (and ``higher_is_better``),
+    set for the request: the first task's first metric xelm computes (``acc`` for most
     multiple-choice tasks, ``perplexity`` for LAMBADA-like, ``word_perplexity`` for
     wikitext-like ones); ``primary_metric`` names the first metric of the first result row.
     """
@@ -92,7 +108,9 @@ class LmEvalEvaluator(Evaluator):
             None, help="A directory of custom lm-eval task YAML files (--data DIR is read too)."
         )
         language: str | None = option(
-            None, help="The language a language router is told (--langs with one does the same)."
+            None,
+            help="The language a language router is told for every request (--langs with one "
+            "does the same); refused for tasks in several languages (run each on its own).",
         )
         bootstrap_iters: int = option(
             DEFAULT_BOOTSTRAP_ITERS,
@@ -120,7 +138,9 @@ class LmEvalEvaluator(Evaluator):
         self.bootstrap_iters = self.options.bootstrap_iters
         self._manager = self._task_manager()
         self._tasks, self._output_types, self._first = self._load_tasks()
+        self._check_one_language()
         self.primary, self.higher_is_better = self._headline()
+        self.seeds = self._seeds()
 
     @property
     def languages(self) -> list[str]:
@@ -156,6 +176,7 @@ class LmEvalEvaluator(Evaluator):
         output_types: dict[str, str] = {}
         first = ""
         self._first_task: tuple[str, Any] = ("", None)
+        self._task_objects: dict[str, Any] = {}
         for name in self.task_names:
             try:
                 loaded = self._manager.load([name])
@@ -180,7 +201,49 @@ class LmEvalEvaluator(Evaluator):
                         f"{', '.join(SCORING_OUTPUT_TYPES)} tasks can run"
                     )
                 output_types[task_name] = output_type
+                self._task_objects[task_name] = task
         return objects, output_types, first
+
+    def _check_one_language(self) -> None:
+        """Refuse to tell the router one language for tasks in several: lm-eval's multilingual
+        suites (``xnli``, ``xcopa``, ``belebele``, ...) are one dataset's language configs, and
+        a task config names no language of its own, so the languages are those of the tasks'
+        dataset configs (``dataset_name``) that are language codes."""
+        if self.language is None:
+            return
+        found: dict[str, list[str]] = {}
+        for task_name, task in self._task_objects.items():
+            language = _dataset_language(task)
+            if language is not None:
+                found.setdefault(language, []).append(task_name)
+        # only when the language told is one of them: names of other suites' subsets that
+        # happen to be codes (basqueglue's ``bec``, ``wic``) are no languages of a suite
+        if len(found) < 2 or self.language not in found:
+            return
+        example_language = self.language
+        raise UsageError(
+            f"--task {','.join(self.task_names)} holds tasks in {len(found)} languages "
+            f"({', '.join(found)}, as their datasets' configs name them), but the router would "
+            f"be told {self.language} for all of them: run each language's task on its own "
+            f"with its --langs (e.g. --task {found[example_language][0]} --langs "
+            f"{example_language})"
+        )
+
+    def _seeds(self) -> dict[str, int]:
+        """simple_evaluate's seeds: ``request.seed`` for all, or lm-eval's own defaults when it
+        is 0, xelm's default (so a default run's few-shot prompts are a stock lm-eval run's)."""
+        if self.request.seed:
+            return dict.fromkeys(LM_EVAL_SEEDS, self.request.seed)
+        try:
+            signature = inspect.signature(self._lm_eval.evaluator.simple_evaluate)
+        except (TypeError, ValueError):
+            return dict(LM_EVAL_SEEDS)
+        seeds = dict(LM_EVAL_SEEDS)
+        for name in seeds:
+            default = getattr(signature.parameters.get(name), "default", None)
+            if isinstance(default, int) and not isinstance(default, bool):
+                seeds[name] = default
+        return seeds
 
     def _headline(self) -> tuple[str, bool]:
         """The first task's first metric that xelm computes, and its direction: ``acc`` for
@@ -198,7 +261,6 @@ class LmEvalEvaluator(Evaluator):
     def evaluate(self, model: LanguageModel) -> dict[str, Any]:
         from .bridge import XelmLM
 
-        seed = self.request.seed
         results = self._lm_eval.evaluator.simple_evaluate(
             model=XelmLM(model, language=self.language),
             tasks=list(self._tasks),
@@ -207,10 +269,7 @@ class LmEvalEvaluator(Evaluator):
             limit=self.request.limit,
             bootstrap_iters=self.bootstrap_iters,
             log_samples=False,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
+            **self.seeds,
         )
         if results is None:  # only lm-eval's rank 0 gets results; xelm runs one process
             raise UsageError("lm-eval returned no results (not the main process)")
@@ -237,6 +296,7 @@ class LmEvalEvaluator(Evaluator):
             "higher_is_better": dict(results.get("higher_is_better", {}).get(first, {})),
             "n_shot": {k: int(v) for k, v in results.get("n-shot", {}).items()},
             "lm_eval_version": str(getattr(self._lm_eval, "__version__", "unknown")),
+            "lm_eval_seeds": dict(self.seeds),
         }
         if nulled:
             record["notes"] = [
@@ -259,6 +319,20 @@ def _language(option: Any, languages: Sequence[str] | None) -> str | None:
             f"--langs {from_langs} and --eval-arg language={from_option} disagree; give one"
         )
     return from_option or from_langs
+
+
+def _dataset_language(task: Any) -> str | None:
+    """The language code a task's dataset config (``dataset_name``) names, or None."""
+    try:
+        name = task.get_config("dataset_name")
+    except Exception:  # a task object without lm-eval's config
+        return None
+    if not isinstance(name, str) or not name.strip():
+        return None
+    try:
+        return normalize_language(name)
+    except UsageError:  # not a language: a subset or subject name
+        return None
 
 
 def _include_paths(option: Any, data: str | None) -> list[str]:

@@ -48,30 +48,40 @@ class XelmLM(LM):
         self.language = language
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
-        """One ``(log-likelihood, is_greedy)`` per instance (``args = (context, continuation)``).
+        """One ``(log-likelihood, is_greedy)`` per instance (``args = (context, continuation)``),
+        in the order of ``requests``.
 
-        Instances that share a context (the choices of a multiple-choice item) become one
-        :class:`ChoiceRequest`, so the context is encoded and routed once; every request goes
-        to the model in a single call, so an ensemble loads each expert once.
+        The instances of one document (lm-eval's ``task_name`` and ``doc_id``: the choices of a
+        multiple-choice item) that share a context become one :class:`ChoiceRequest`, so the
+        context is encoded and routed once; a document's instances with different contexts
+        (e.g. ``acc_mutual_info``'s unconditional ones) are separate requests. Documents are
+        never merged, even with the same context: a task whose context is empty (XNLI, whose
+        choices are whole sentences) makes one request per document, not one with every
+        document's choices. Instances that do not name their document (not from lm-eval's
+        evaluator) are grouped by context alone. Every request goes to the model in a single
+        call, so an ensemble loads each expert once.
         """
         pairs = [split_trailing_space(str(r.args[0]), str(r.args[1])) for r in requests]
-        choices: dict[str, dict[str, int]] = {}
-        for context, continuation in pairs:
+        keys = [(*_document(r), context) for r, (context, _) in zip(requests, pairs, strict=True)]
+        groups: dict[tuple[Any, Any, str], dict[str, int]] = {}
+        for key, (_, continuation) in zip(keys, pairs, strict=True):
             if continuation:
-                known = choices.setdefault(context, {})
+                known = groups.setdefault(key, {})
                 known.setdefault(continuation, len(known))
         batch = [
-            ChoiceRequest(context, tuple(options), self.language)
-            for context, options in choices.items()
+            ChoiceRequest(key[-1], tuple(options), self.language) for key, options in groups.items()
         ]
         scored = self.model.score_choices(batch) if batch else []
         totals = {
-            (request.context, choice): float(np.sum(logprobs))
-            for request, per_choice in zip(batch, scored, strict=True)
-            for choice, logprobs in zip(request.choices, per_choice, strict=True)
+            (key, choice): float(np.sum(logprobs))
+            for key, per_choice in zip(groups, scored, strict=True)
+            for choice, logprobs in zip(groups[key], per_choice, strict=True)
         }
         # an empty continuation has probability 1: log-likelihood 0
-        return [(totals.get(pair, 0.0), False) for pair in pairs]
+        return [
+            (totals.get((key, continuation), 0.0), False)
+            for key, (_, continuation) in zip(keys, pairs, strict=True)
+        ]
 
     def loglikelihood_rolling(self, requests: Sequence[Any]) -> list[float]:
         """ln p of each whole text given BOS, one document per text (``args = (text,)``);
@@ -86,3 +96,12 @@ class XelmLM(LM):
 
     def generate_until(self, requests: Sequence[Any]) -> list[str]:
         raise NotImplementedError(GENERATION_UNSUPPORTED)
+
+
+def _document(instance: Any) -> tuple[Any, Any]:
+    """The lm-eval document ``instance`` belongs to, ``(task_name, doc_id)`` (lm-eval's
+    ``Instance`` sets both from its metadata), or ``(None, None)`` when it does not say."""
+    doc_id = getattr(instance, "doc_id", None)
+    if doc_id is None:
+        return None, None
+    return getattr(instance, "task_name", None), doc_id
