@@ -223,9 +223,12 @@ def test_a_router_with_a_stride_routes_the_growing_text_as_scoring_routes_prefix
     made = generate(members, router, prompt, max_new_tokens=6, temperature=0, device="cpu")
     tokens = made.tokens
     assert len(tokens) == 6 and made.experts == ["x0", "x1"]
+    prompt_ids = encoded["input_ids"]
+    assert tokenizer.decode(prompt_ids) == prompt
+    # the new tokens are decoded with the prompt's, as the whole text
     assert router.asked == [
         prompt[: encoded["offset_mapping"][prompt_tokens - 1][0]],
-        *(prompt + tokenizer.decode(tokens[:step]) for step in (1, 3, 5)),
+        *(tokenizer.decode([*prompt_ids, *tokens[:step]]) for step in (1, 3, 5)),
     ]
     assert made.weights == [[[1.0, 0.0], [0.0, 1.0]][(step + 1) // 2 % 2] for step in range(6)]
 

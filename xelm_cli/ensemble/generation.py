@@ -12,7 +12,10 @@ cache and one vocabulary of log-probabilities, never a prompt's worth: the promp
 scored chunk by chunk as scoring scores them (``scoring.target_logprobs``). The
 document-start token is never picked (unless it also ends a text): inside a document, which
 xelm frames ``start doc end``, it never follows another token, and an undertrained model that
-predicts it would repeat it, decoded to nothing.
+predicts it would repeat it, decoded to nothing. The text of the new tokens is what they add
+after the prompt, decoded with it (``Continuation``): the prompt followed by it is the whole
+text, a SentencePiece-style word's space included; routers asked about the text so far are
+asked about that.
 
 ``generate_text`` is ``xelm ensemble generate`` from Python; ``generate`` is its engine, on
 opened bundles and a built router.
@@ -43,7 +46,7 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2**64 - 1 (and ne
 
 @dataclass
 class Generation:
-    text: str
+    text: str  # what the tokens add after the prompt: prompt + text is the whole text
     tokens: list[int]
     experts: list[str]  # names of the experts that ran
     combine: str = "mixture"  # the combination rule of their next-token distributions
@@ -111,23 +114,25 @@ def check_sampling(max_new_tokens: int, temperature: float, seed: int = 0) -> No
 
 
 def check_positions(members: Sequence[Bundle], prompt_tokens: int, max_new_tokens: int) -> None:
-    """The prefix token, the prompt's tokens and the new tokens must fit the positions the
-    members declare: past a learned table (GPT-2) the model indexes out of it, past rotary
-    positions it runs on positions it never saw."""
+    """The prefix token, the prompt's tokens and the new tokens but the last (which no expert
+    reads: nothing comes after it) must fit the positions the members declare: past a learned
+    table (GPT-2) the model indexes out of it, past rotary positions it runs on positions it
+    never saw."""
     declared = [p for p in (declared_positions(m.path) for m in members) if p is not None]
-    needed = 1 + prompt_tokens + max_new_tokens
+    needed = 1 + prompt_tokens + max_new_tokens - 1  # the last new token: never read
     if not declared or needed <= min(declared):
         return
     positions = min(declared)
-    room = positions - 1 - prompt_tokens  # new tokens that fit after this prompt
+    room = positions - prompt_tokens  # new tokens that fit after this prompt
     way_out = (
         f"pass --max-new-tokens {room} or less, or shorten the prompt"
         if room >= 1
-        else f"shorten the prompt to at most {positions - 2} tokens"
+        else f"shorten the prompt to at most {positions - 1} tokens"
     )
     raise UsageError(
         f"the prompt's {prompt_tokens:,} tokens, its prefix token and --max-new-tokens "
-        f"{max_new_tokens:,} need {needed:,} positions; the model has {positions:,}: {way_out}"
+        f"{max_new_tokens:,} need {needed:,} positions (the last new token is never read); "
+        f"the model has {positions:,}: {way_out}"
     )
 
 
@@ -169,13 +174,15 @@ def generate(
     check_sampling(max_new_tokens, temperature, seed)
     runner = EnsembleModel(members, router, combine, device=device, name="generate")
     document = Document(prompt, language)
-    ids = [runner.bos, *runner.encode(prompt)]
-    prompt_tokens = len(ids) - 1
+    prompt_ids = runner.encode(prompt)
+    ids = [runner.bos, *prompt_ids]
+    prompt_tokens = len(prompt_ids)
+    after = Continuation(runner.tokenizer, prompt_ids)
     stride = _stride(runner.router)
     routed = document
     if stride is not None:  # before the first new token, the last position routed on
         last = prompt_tokens - prompt_tokens % stride
-        routed = _prefix(runner, document, prompt_tokens, last, [])
+        routed = _prefix(runner, document, prompt_tokens, last, [], after)
     fixed = _route_prompt(runner, routed)
     # None: an output-dependent router weighs each step; with a stride, any expert may get
     # weight on a later prefix, so all run
@@ -194,9 +201,13 @@ def generate(
             for step in range(max_new_tokens):
                 position = prompt_tokens + step  # of the next token among the target tokens
                 if stride is not None and step and position % stride == 0:
-                    prefix = _prefix(runner, document, prompt_tokens, position, result.tokens)
+                    prefix = _prefix(
+                        runner, document, prompt_tokens, position, result.tokens, after
+                    )
                     prior = runner.route_one(prefix)
-                weights = _next_token_weights(runner, document, prior, result.tokens, experts)
+                weights = _next_token_weights(
+                    runner, document, prior, result.tokens, experts, after
+                )
                 logprobs = combined_logprobs(combine, weights, [e.next_logprobs for e in experts])
                 token = _pick(_without(logprobs, never), temperature, generator)
                 result.tokens.append(token)
@@ -208,8 +219,48 @@ def generate(
     finally:
         for model in models:
             runner.free_expert(model)
-    result.text = runner.tokenizer.decode(result.tokens, skip_special_tokens=True)
+    result.text = after(result.tokens)
     return result
+
+
+class Continuation:
+    """The text that new tokens add after a prompt (its ids ``prompt_ids``, without the prefix
+    token), so that the prompt followed by it is the whole text: the prompt's ids and the new
+    ones are decoded together, and the text after the decoded prompt is taken. Decoding the new
+    tokens on their own loses what the tokenizer's decoder does only at the start of a text: a
+    SentencePiece-style (Metaspace) decoder, XGLM's and Llama's, strips the space of a first
+    "▁hello", so "hello" + "▁hello" would read "hellohello". Special tokens are skipped.
+
+    Where the decoded prompt does not begin the whole decoding (a decoder's clean-up of spaces
+    that joins the prompt's last character to the first new one, "a ." read "a."), the new
+    tokens are decoded on their own, and a first token that starts a word ("▁world") keeps the
+    space its decoding lost."""
+
+    def __init__(self, tokenizer: Any, prompt_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_ids = [int(i) for i in prompt_ids]
+        self.prompt = self._decode(self.prompt_ids)
+
+    def __call__(self, tokens: Sequence[int]) -> str:
+        if not tokens:
+            return ""
+        whole = self._decode([*self.prompt_ids, *tokens])
+        if whole.startswith(self.prompt):
+            return whole[len(self.prompt) :]
+        return self._alone(tokens)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def _alone(self, tokens: Sequence[int]) -> str:
+        text = self._decode(tokens)
+        special = set(self.tokenizer.all_special_ids)
+        first = next((int(t) for t in tokens if int(t) not in special), None)
+        piece = self.tokenizer.convert_ids_to_tokens(first) if first is not None else None
+        word_start = isinstance(piece, str) and piece.startswith("\u2581")  # "▁"
+        if word_start and not text[:1].isspace():
+            text = " " + text
+        return text
 
 
 def _route_prompt(runner: EnsembleModel, document: Document) -> np.ndarray | None:
@@ -253,13 +304,17 @@ def _prefix(
     prompt_tokens: int,
     position: int,
     tokens: Sequence[int],
+    after: Continuation | None = None,
 ) -> Document:
     """The text before target token ``position`` (counted from 0 over the prompt's
     ``prompt_tokens`` tokens, then the new ``tokens``), in the prompt's language: what a router
     with a stride is asked about, cut where scoring cuts it (spec/ensemble-v1.md section 3), at
-    the first character of a prompt token or after the decoded new tokens before it."""
+    the first character of a prompt token or after the text the new tokens before it add to
+    the prompt (``after``, the prompt's :class:`Continuation`; built here when not given)."""
     if position >= prompt_tokens:
-        text = document.text + runner.tokenizer.decode(tokens[: position - prompt_tokens])
+        if after is None:
+            after = Continuation(runner.tokenizer, runner.encode(document.text))
+        text = document.text + after(tokens[: position - prompt_tokens])
     else:
         offsets = runner.encode_documents([document.text], offsets=True).offsets
         assert offsets is not None
@@ -336,13 +391,15 @@ def _next_token_weights(
     prior: np.ndarray | None,
     tokens: list[int],
     experts: Sequence[_RunningExpert],
+    after: Continuation,
 ) -> np.ndarray:
     """The running experts' weights (k,) for the next token: an output-dependent router's
-    (``prior`` None) from the ``tokens`` generated so far, the product rule's previous-token
-    weights, else the router's ``prior`` for the prompt."""
+    (``prior`` None) from the ``tokens`` generated so far (their text ``after`` the prompt),
+    the product rule's previous-token weights, else the router's ``prior`` for the prompt."""
     history = [e.history for e in experts]
     if prior is None:
-        return _output_weights(runner, document.text, tokens, document.language, history)
+        text = document.text + after(tokens)
+        return _output_weights(runner, text, document.language, history)
     if runner.combine == "product":
         return product_weights(_with_next_token(history), prior)[:, -1]
     return prior
@@ -356,15 +413,14 @@ def _with_next_token(history: Sequence[np.ndarray]) -> np.ndarray:
 
 def _output_weights(
     runner: EnsembleModel,
-    prompt: str,
-    tokens: list[int],
+    text: str,
     language: str | None,
     history: Sequence[np.ndarray],
 ) -> np.ndarray:
-    """An output-dependent router's weights (k,) for the next token."""
+    """An output-dependent router's weights (k,) for the next token, on ``text``: the prompt
+    and what the tokens so far add to it."""
     router = runner.output_router()
     stacked = _with_next_token(history)
-    text = prompt + runner.tokenizer.decode(tokens)
     with routing(router) as plugin:
         returned = router.route_tokens(
             ScoredDocument(Document(text, language), stacked), runner.experts
