@@ -6,6 +6,7 @@ Several models can be scored together with coefficients (logit averaging: log_so
 sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 """
 
+import copy
 import functools
 import inspect
 import weakref
@@ -527,7 +528,8 @@ def choice_batches(
     (:func:`_choice_batch_tokens`), with at most ``MAX_PADDING`` of its context positions
     padding, and with its widest context and widest choice within the models' ``max_length``
     positions (padded rows count positions too: a table of learned positions ends there);
-    a request over the budget on its own is a batch of one."""
+    a request over the budget on its own is a batch of one, whose choices run in pieces
+    (:func:`_choice_pieces`)."""
     order = sorted(
         range(len(requests)),
         key=lambda i: (len(requests[i].choices), -len(requests[i].context)),
@@ -567,76 +569,139 @@ def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
     return ids, mask
 
 
-def _context_and_choices(
-    model: LoadedModel, contexts: Any, context_mask: Any, choices: Any, choice_mask: Any
-) -> tuple[Any, Any]:
-    """``model``'s states on ``contexts`` (B, n; left-padded, ``context_mask``) and on each
-    row of ``choices`` (B * K, right-padded, ``choice_mask``: K rows per context, in order)
-    after its context. The contexts run once and their keys and values are repeated for the
-    rows, positions counted from each row's first real token as transformers' generation does
-    for left padding; except in models with layers whose state is not keys and values
-    (recurrent ones: transformers neither repeats such a state nor continues it by several
-    tokens exactly), which get one unpadded context at a time: there each row runs whole,
-    without a mask (right padding changes no earlier position)."""
-    import torch
+@dataclass
+class _ContextRun:
+    """One model's run on a batch's contexts, kept while their choices run piece by piece:
+    the contexts' states, and their key-value cache and positions (left padding counted).
+    Without a cache (recurrent models) the contexts run again inside every choice row, and
+    their states are those of the first piece's first row."""
 
+    states: Any = None
+    cache: Any = None
+    positions: Any = None
+
+
+def _run_contexts(model: LoadedModel, contexts: Any, context_mask: Any) -> _ContextRun:
+    """``model`` on ``contexts`` (B, n; left-padded, ``context_mask``), once for all their
+    choices: their keys and values are kept for the choices, positions counted from each row's
+    first real token as transformers' generation does for left padding; except in models with
+    layers whose state is not keys and values (recurrent ones: transformers neither repeats
+    such a state nor continues it by several tokens exactly), which run nothing here."""
     cache = _repeatable_cache(model.model)
     if cache is None:
-        rows = torch.cat([contexts.expand(len(choices), -1), choices], dim=1)
-        states = model.states(rows, None)[0]
-        return states[:1, : contexts.shape[1]], states[:, contexts.shape[1] :]
-    repeats = len(choices) // len(contexts)
+        return _ContextRun()
     positions = (context_mask.cumsum(dim=1) - 1).clamp(min=0)
     states, past = model.states(
         contexts, context_mask, cache, positions if model.takes_positions else None
     )
+    return _ContextRun(states, past, positions)
+
+
+def _run_choices(
+    model: LoadedModel,
+    run: _ContextRun,
+    contexts: Any,
+    context_mask: Any,
+    choices: Any,
+    choice_mask: Any,
+    *,
+    last: bool,
+) -> Any:
+    """``model``'s states on each row of ``choices`` (B * K, right-padded, ``choice_mask``:
+    K rows per context, in order) after its context: a copy of the contexts' cache (the cache
+    itself for the ``last`` piece) repeated for the rows. Without a cache (recurrent models:
+    ``contexts`` is one unpadded context) each row runs whole, context and choice, without a
+    mask (right padding changes no earlier position)."""
+    import torch
+
+    if run.cache is None:
+        rows = torch.cat([contexts.expand(len(choices), -1), choices], dim=1)
+        states = model.states(rows, None)[0]
+        if run.states is None:
+            run.states = states[:1, : contexts.shape[1]]
+        return states[:, contexts.shape[1] :]
+    repeats = len(choices) // len(contexts)
+    past = run.cache if last else copy.deepcopy(run.cache)
     past.batch_repeat_interleave(repeats)
     mask = torch.cat([context_mask.repeat_interleave(repeats, dim=0), choice_mask], dim=1)
-    following = positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
+    following = run.positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
     following = following + torch.arange(choices.shape[1], device=choices.device)
-    more = model.states(choices, mask, past, following if model.takes_positions else None)[0]
-    return states, more
+    return model.states(choices, mask, past, following if model.takes_positions else None)[0]
+
+
+def _choice_pieces(batch: Sequence[_ChoiceSet], batch_tokens: int) -> list[range]:
+    """The batch's choices (indices into each request's) in pieces that run one forward each:
+    all of them together for a batch of several requests (:func:`choice_batches` kept it
+    within ``batch_tokens``); for one request, consecutive choices as many as fit
+    ``batch_tokens`` (:func:`_choice_batch_tokens`), at least one a piece."""
+    count = len(batch[0].choices)
+    if len(batch) > 1:
+        return [range(count)]
+    request = batch[0]
+    width = len(request.context)
+    pieces: list[range] = []
+    start, widest = 0, 0
+    for index, choice in enumerate(request.choices):
+        wider = max(widest, len(choice))
+        if (
+            index > start
+            and _choice_batch_tokens(1, width, index - start + 1, wider) > batch_tokens
+        ):
+            pieces.append(range(start, index))
+            start, wider = index, len(choice)
+        widest = wider
+    pieces.append(range(start, count))
+    return pieces
 
 
 def _score_choice_batch(
-    models: Sequence[LoadedModel], coefficients: Sequence[float], batch: Sequence[_ChoiceSet]
+    models: Sequence[LoadedModel],
+    coefficients: Sequence[float],
+    batch: Sequence[_ChoiceSet],
+    batch_tokens: int,
 ) -> list[tuple[Logprobs, list[Logprobs]]]:
     """Each request's context and choice log-probabilities, its contexts in one forward per
-    model and its choices in another: a context's from its left-padded row, a choice's first
-    token from its context's last state, its others from the choice's own row."""
+    model and its choices in others (:func:`_choice_pieces`: one, unless a request alone has
+    more choices than ``batch_tokens`` holds), all after the contexts' one run: a context's
+    from its left-padded row, a choice's first token from its context's last state, its
+    others from the choice's own row. How the choices are split changes no result: every
+    piece continues the same contexts (cut by :func:`_fitted` for all of a request's choices)."""
     import torch
 
     device = models[0].device
     contexts, context_mask = _left_padded([request.context for request in batch])
-    choice_rows = [choice for request in batch for choice in request.choices]
-    choices, choice_mask = right_padded([Segment(0, 0, choice, 0) for choice in choice_rows])
-    width = contexts.shape[1]
+    contexts, context_mask = contexts.to(device), context_mask.to(device)
+    runs = [_run_contexts(model, contexts, context_mask) for model in models]
+    pieces = _choice_pieces(batch, batch_tokens)
+    other_lps = []
+    for number, piece in enumerate(pieces):
+        piece_rows = [request.choices[c] for request in batch for c in piece]
+        choices, choice_mask = right_padded([Segment(0, 0, choice, 0) for choice in piece_rows])
+        choices, choice_mask = choices.to(device), choice_mask.to(device)
+        # from the choice states: each choice's tokens 1..m-1
+        more_rows = [row for row, choice in enumerate(piece_rows) for _ in choice[1:]]
+        more_cols = [col for choice in piece_rows for col in range(len(choice) - 1)]
+        more_targets = [token for choice in piece_rows for token in choice[1:]]
+        others = [
+            _run_choices(
+                model, run, contexts, context_mask, choices, choice_mask,
+                last=number == len(pieces) - 1,
+            )[more_rows, more_cols]
+            for model, run in zip(models, runs, strict=True)
+        ]  # fmt: skip
+        other_targets = torch.tensor(more_targets, dtype=torch.long)
+        other_lps.append(target_logprobs(models, coefficients, others, other_targets).numpy())
     # from the context states: each context's tokens 1..n-1, then each choice's first token
+    width = contexts.shape[1]
     rows, cols, targets = [], [], []
     for row, request in enumerate(batch):
         n = len(request.context)
         rows += [row] * (n - 1 + len(request.choices))
         cols += [*range(width - n, width - 1), *[width - 1] * len(request.choices)]
         targets += [*request.context[1:], *(choice[0] for choice in request.choices)]
-    # from the choice states: each choice's tokens 1..m-1
-    more_rows = [row for row, choice in enumerate(choice_rows) for _ in choice[1:]]
-    more_cols = [col for choice in choice_rows for col in range(len(choice) - 1)]
-    more_targets = [token for choice in choice_rows for token in choice[1:]]
-    firsts, others = [], []
-    for model in models:
-        states, more = _context_and_choices(
-            model,
-            contexts.to(device),
-            context_mask.to(device),
-            choices.to(device),
-            choice_mask.to(device),
-        )
-        firsts.append(states[rows, cols])
-        others.append(more[more_rows, more_cols])
+    firsts = [run.states[rows, cols] for run in runs]
     first_lp = target_logprobs(models, coefficients, firsts, torch.tensor(targets)).numpy()
-    other_targets = torch.tensor(more_targets, dtype=torch.long)
-    other_lp = target_logprobs(models, coefficients, others, other_targets).numpy()
-    return _split_choice_logprobs(batch, first_lp, other_lp)
+    return _split_choice_logprobs(batch, first_lp, np.concatenate(other_lps))
 
 
 def _split_choice_logprobs(
@@ -675,7 +740,9 @@ def score_choice_sets(
     long for the model keeps its BOS and loses its oldest tokens. Requests with as many
     choices run together (:func:`choice_batches`, within ``batch_tokens``, by default the
     device's :func:`default_batch_tokens`) where every model :func:`batches_choice_sets`,
-    else one at a time. ``advance(n)`` is told of the n requests each batch scored."""
+    else one at a time; a request with more choices than the budget holds runs them in pieces
+    after its context's one run, scoring as all at once. ``advance(n)`` is told of the n
+    requests each batch scored."""
     import torch
 
     max_length = min(model.max_length for model in models)
@@ -690,7 +757,7 @@ def score_choice_sets(
     results: dict[int, tuple[Logprobs, list[Logprobs]]] = {}
     with torch.inference_mode():
         for batch in batches:
-            scored = _score_choice_batch(models, coefficients, [fitted[i] for i in batch])
+            scored = _score_choice_batch(models, coefficients, [fitted[i] for i in batch], budget)
             results.update(zip(batch, scored, strict=True))
             if advance is not None:
                 advance(len(batch))
