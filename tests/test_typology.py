@@ -15,7 +15,7 @@ from langcodes import LANGUAGE_REPLACEMENTS
 from scipy.cluster.hierarchy import is_valid_linkage
 from xelm_typology import LanguageAssigner, TypologyClusterer, build_tree
 
-from xelm_cli.api import Document, UsageError, read_allocation
+from xelm_cli.api import Document, UsageError, language_info, read_allocation
 from xelm_cli.lang.codes import normalize_language, parse_language_list, wanted_form
 from xelm_cli.lang.typology import (
     DEFAULT_FEATURE_SET,
@@ -356,6 +356,7 @@ def test_lang_info_and_help(capsys) -> None:
     code, stdout, _ = xelm(capsys, "lang", "info", "ar", "--features", "family", "--json")
     assert code == 0
     details = json.loads(stdout)
+    assert details == language_info("ar", "fam")  # the command is the Python call
     assert details["uriel"] == "arb"
     assert details["family"] == (
         "Afro-Asiatic > Semitic > West Semitic > Central Semitic > Arabian > Arabic"

@@ -7,6 +7,7 @@ here, the API is missing a piece. The contracts are specified in spec/plugin-api
 
 from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
 from xelm_cli.bundle.branching import branch, hmr_branch
+from xelm_cli.bundle.lineage import graph_json, lineage_graph
 from xelm_cli.bundle.merging import merge_average
 from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.seed import init_from_config, init_from_hf
@@ -40,6 +41,7 @@ from xelm_cli.data.evalsets import (
 )
 from xelm_cli.data.fetch import fetch as fetch_data
 from xelm_cli.data.prepare import prepare, prepare_experts
+from xelm_cli.data.recipes import Recipe, load_recipe, shipped_recipes
 from xelm_cli.data.sampling import sample_documents, sample_kind, sample_per_language
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions
@@ -61,6 +63,7 @@ from xelm_cli.ensemble.weights import (
     softmax,
 )
 from xelm_cli.lang.codes import normalize_language, parse_language_list, wanted_form
+from xelm_cli.lang.info import language_info
 from xelm_cli.lang.typology import (
     distance_matrix,
     feature_set_name,
@@ -68,6 +71,7 @@ from xelm_cli.lang.typology import (
     rank_donors,
     uriel_code,
 )
+from xelm_cli.plugin.conformance import check as check_plugin
 from xelm_cli.plugin.contracts import (
     Assigner,
     ChoiceRequest,
@@ -135,6 +139,7 @@ __all__ = [
     "OutputRouter",
     "PluginError",
     "PreRouter",
+    "Recipe",
     "Register",
     "Registration",
     "Registry",
@@ -152,6 +157,7 @@ __all__ = [
     "branch",
     "build_moe",
     "build_options",
+    "check_plugin",
     "check_token_weights",
     "check_weights",
     "cluster",
@@ -172,6 +178,7 @@ __all__ = [
     "flores_code",
     "generate_text",
     "get_registry",
+    "graph_json",
     "group_documents",
     "held_out_split",
     "hmr_branch",
@@ -182,9 +189,12 @@ __all__ = [
     "iter_documents",
     "keep_top_k",
     "known_eval_set",
+    "language_info",
     "language_of_config",
+    "lineage_graph",
     "list_checkpoints",
     "load_checkpoint",
+    "load_recipe",
     "logits_are_output_layer",
     "make_plan",
     "merge_average",
@@ -213,6 +223,7 @@ __all__ = [
     "sample_kind",
     "sample_per_language",
     "save_checkpoint",
+    "shipped_recipes",
     "softmax",
     "stderr_progress",
     "train",

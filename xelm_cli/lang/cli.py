@@ -1,22 +1,17 @@
 """``xelm lang``: language codes, their URIEL codes, and typological donor choice."""
 
-import importlib.util
 from typing import Annotated, Any
 
-import langcodes
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from xelm_cli.common.cli_options import JsonOpt, print_json
-from xelm_cli.common.errors import UsageError
-from xelm_cli.lang.codes import COMMON_NAMES, normalize_language, parse_language_list
+from xelm_cli.lang.codes import normalize_language, parse_language_list
+from xelm_cli.lang.info import language_info
 from xelm_cli.lang.typology import (
     DEFAULT_FEATURE_SET,
-    FAMILY_BASED_SETS,
     feature_set_name,
-    feature_vectors,
     rank_donors,
     uriel_code,
 )
@@ -83,14 +78,6 @@ def nearest(
     )
 
 
-def _english_name(tag: str) -> str | None:
-    """The language's English name where langcodes has name data, or xelm's short list does."""
-    if importlib.util.find_spec("language_data") is not None:
-        return str(langcodes.Language.get(tag, normalize=False).display_name())
-    names = {code: name.title() for name, code in COMMON_NAMES.items()}
-    return names.get(langcodes.Language.get(tag, normalize=False).language or tag)
-
-
 @app.command()
 def info(
     code: Annotated[str, typer.Argument(help="A language code, e.g. ar or arb.")],
@@ -103,16 +90,7 @@ def info(
 
     Example: xelm lang info ar --features family
     """
-    feature_set = feature_set_name(features)
-    tag = normalize_language(code)
-    details = {
-        "language": tag,
-        "name": _english_name(tag),
-        "alpha3": langcodes.Language.get(tag, normalize=False).to_alpha3(),
-        "features": feature_set,
-        "uriel": uriel_code(tag, feature_set),
-        **_feature_summary(tag, feature_set),
-    }
+    details = language_info(code, features)
     if as_json:
         print_json(details)
         return
@@ -127,18 +105,3 @@ def info(
     for key, value in details.items():
         table.add_row(key, str(value), meaning.get(key, ""))
     Console(soft_wrap=True).print(table)
-
-
-def _feature_summary(tag: str, feature_set: str) -> dict[str, Any]:
-    """How many of the set's features lang2vec has a value for; of the family set, also the
-    families the language belongs to (its features with value 1)."""
-    try:
-        values, names = feature_vectors([tag], feature_set, minimal=False)
-    except UsageError:  # lang2vec knows the language but has no value in this set
-        return {"known": "none"}
-    row = values[0]
-    summary: dict[str, Any] = {"known": f"{int(np.sum(~np.isnan(row)))} of {len(names)}"}
-    if feature_set in FAMILY_BASED_SETS:
-        families = [name for name, value in zip(names, row, strict=True) if value == 1]
-        summary["family"] = " > ".join(f.removeprefix("F_").replace("_", " ") for f in families)
-    return summary
