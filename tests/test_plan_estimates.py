@@ -347,13 +347,17 @@ def test_the_plan_shards_the_estimate_over_the_ranks_of_fsdp(
     assert estimate["memory"] == sharded.as_dict()
     assert run(fsdp) == 0
     out = capsys.readouterr().out
-    assert f"needs about {sharded.total / 1e9:.2f} GB on each of 4 CPU ranks under FSDP" in out
+    assert f"needs about {sharded.total / 1e9:.2f} GB (weights" in out
+    assert " on each of 4 FSDP ranks on the CPU (--device cpu)" in " ".join(out.split())
     assert "xelm train-all plan.json --only I --nproc-per-node 4)" in out
     fits = largest_batch(shape, 512, limit, cuda=False, shards=4)[0]
     assert run([*fsdp[:-1], f"{train_args} {fits + 1} --fsdp"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "GB sharded over 4 ranks on the CPU" in err
-    assert f"the largest that fits is --batch-size {fits} " in err
+    assert err.count("\n") == 1 and "GB sharded over 4 ranks on the CPU (--device cpu)" in err
+    # the largest that fits whose micro-batch on the 4 ranks divides the step of fits + 1
+    whole = max(b for b in range(1, fits + 1) if (fits + 1) % b == 0)
+    step = (fits + 1) * 512 * 4
+    assert f"at steps of {step:,} tokens is --batch-size {whole} --global-batch {step} " in err
     assert run([*args, "--train-args", f"{train_args} 2 --fsdp"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "give --nproc-per-node N" in err
@@ -398,12 +402,17 @@ def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_would(
     fits, estimate = largest_batch(shape, 512, limit, cuda=False)
     assert estimate.total <= limit < training_memory(shape, fits + 1, 512, cuda=False).total
     args = _plan(tmp_path, wide_seed, shards, "--memory", "1GB")
-    assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits}"]) == 0
+    cpu = "--block-size 512 --device cpu --batch-size"
+    assert run([*args, "--train-args", f"{cpu} {fits}"]) == 0
     capsys.readouterr()
-    assert run([*args, "--train-args", f"--block-size 512 --batch-size {fits + 1}"]) == 2
+    step = fits * (fits + 1) * 512  # a step of whole micro-batches of fits + 1 and of fits
+    assert run([*args, "--train-args", f"{cpu} {fits + 1} --global-batch {step}"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"the largest that fits is --batch-size {fits} " in err
-    assert run([*_plan(tmp_path, wide_seed, shards, "--memory", "10MB")]) == 2
+    assert err.count("\n") == 1 and err.endswith(
+        f"the largest that fits at --global-batch {step} is --batch-size {fits} in --train-args\n"
+    )
+    tiny = _plan(tmp_path, wide_seed, shards, "--memory", "10MB", "--train-args", "--device cpu")
+    assert run(tiny) == 2
     assert "not even --batch-size 1 fits" in capsys.readouterr().err
 
 
@@ -518,6 +527,7 @@ def test_a_cuda_device_this_machine_lacks_is_estimated_at_the_memory_given(
     estimate = json.loads(capsys.readouterr().out)["estimate"]
     shape = ModelShape.of(Bundle.open(seed_bundle))
     assert (estimate["device"], estimate["memory_limit"]) == ("cuda", 80_000_000_000)
+    assert estimate["memory_usable"] == 76_000_000_000  # less CUDA's reserve
     assert estimate["memory"] == training_memory(shape, 8, 32, cuda=True).as_dict()
 
 
@@ -563,12 +573,12 @@ def test_every_run_is_whole_steps_so_the_experts_train_what_the_dense_run_trains
     )
 
 
-def test_moe_tokens_come_from_the_experts_share_so_every_system_costs_the_budget(
+def test_moe_tokens_come_from_the_experts_share_so_dense_and_moe_cost_the_budget(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
     """Branch-Train-MiX's accounting: with --moe-tokens M the experts share B - M, the averaged
-    model costs what they cost, the MoE adds its M-token fine-tune, and each totals what the
-    dense run trains: B, each run rounded down to whole steps of 8 x 1024 tokens (400K is 48
+    model costs what they cost, the MoE adds its M-token fine-tune and totals what the dense
+    run trains: B, each run rounded down to whole steps of 8 x 1024 tokens (400K is 48
     steps, 393,216 tokens; 200K is 24)."""
     measured, record = _timed_run(seed_bundle, shards, tmp_path)
     capsys.readouterr()
@@ -663,7 +673,8 @@ def test_the_moe_runs_memory_is_checked_with_every_expert_held_and_the_plain_los
         "xelm: error: the moe run (2 MLPs a layer, 2 a token, the plain loss): a batch of 16 x "
         "32 tokens "
     )
-    assert f"; the largest that fits is --batch-size {fits} in --train-args (with" in err
+    whole = max(b for b in range(1, fits + 1) if 16 % b == 0)  # micro-batches of the step
+    assert f"; the largest that fits at steps of 512 tokens is --batch-size {whole} " in err
     assert run([*args, "--moe-tokens", "200K", "--train-args", f"{train_args} {fits}"]) == 0
     by_name = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["runs"]}
     expected = training_memory(held, fits, 32, **moe_run)

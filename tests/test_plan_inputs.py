@@ -429,6 +429,7 @@ def test_plan_refuses_inputs_its_runs_would_fail_on(
             "run's its parent's); drop it there",
         ),
         ("--train-arg role=dense", "--train-args: --role is the plan's to set"),
+        ("'unterminated", "--train-args \"'unterminated\": No closing quotation; quote it"),
     ],
 )
 def test_plan_refuses_train_args_its_runs_would_fail_on(
@@ -808,3 +809,17 @@ def test_the_plan_notes_the_runs_that_go_over_their_data_more_than_once(
         "more than once (the paper trains one pass: a smaller --budget or more --data keeps to "
         f"it): {each}, dense about {expected['dense']:,.1f} passes\n"
     )
+
+
+def test_plan_names_nproc_per_node_below_one(
+    capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """Not the trainer's --world-size, which the user never gave."""
+    write_allocation(tmp_path / "alloc.json", clusterer="typology", experts=[["en"], ["tr"]])
+    code, stdout, stderr = xelm(
+        capsys, "plan", "--budget", "4K", "--allocation", tmp_path / "alloc.json",
+        "--seed-bundle", seed_bundle, "--data", shards, "-o", tmp_path / "runs",
+        "--nproc-per-node", "0",
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert "--nproc-per-node must be at least 1, not 0" in stderr and "--world-size" not in stderr

@@ -46,7 +46,9 @@ from xelm_cli.training.plan_runner import (
 )
 from xelm_cli.training.planning import (
     DEFAULT_MOE_AUX_LOSS,
+    device_words,
     make_plan,
+    memory_room,
     passes_line,
     positions_line,
     time_line,
@@ -263,7 +265,10 @@ def plan(
         str | None,
         typer.Option(
             help="Memory of the training device, e.g. 80GB (default: this machine's first "
-            "GPU, else its RAM); a batch whose estimate exceeds it is refused."
+            "GPU, else its RAM); a batch whose estimate exceeds it (on CUDA: it less the "
+            "larger of 1.5 GiB and 5%, for the CUDA context, workspaces and fragmentation) is "
+            "refused. On a machine without a GPU, say which device it is: --train-args "
+            "'--device cuda' or '--device cpu'."
         ),
     ] = None,
     measured: Annotated[
@@ -310,9 +315,11 @@ def plan(
     tokens (each of k experts: B/k in whole optimiser steps, as `xelm train` trains them;
     dense: what the k experts train together), and the commands that run them.
 
-    --moe-tokens M adds the BTX comparison at one total: the experts share B - M, then their
-    parameter average (no training) and an MoE built from them and fine-tuned for M tokens
-    with the load-balancing loss (runs average and moe, after the experts):
+    --moe-tokens M adds the BTX comparison: the experts share B - M, then their parameter
+    average (no training) and an MoE built from them and fine-tuned for M tokens with the
+    load-balancing loss (runs average and moe, after the experts); the dense run and the MoE
+    (its experts' B - M and its M) each train B, the ensemble and the averaged model the
+    experts' B - M:
       xelm plan --budget 20M --moe-tokens 2M --allocation alloc.json --seed-bundle seed/ ...
 
     Example: xelm plan --budget 20M --allocation alloc.json --seed-bundle seed/ --data sh/ -o runs/
@@ -396,9 +403,7 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def _runs_table(result: dict[str, Any]) -> Table:
-    dense = next(run["tokens"] for run in result["runs"] if run["name"] == "dense")
-    title = f"equal compute: {dense:,} tokens a system (budget {result['budget']:,}), k = "
-    table = Table(title=title + str(result["k"]))
+    table = Table(title=_headline(result))
     for column in ("run", "languages", "tokens", "est. time", "output"):
         table.add_column(column, justify="right" if column in ("tokens", "est. time") else "left")
     for run in result["runs"]:
@@ -409,18 +414,38 @@ def _runs_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _headline(result: dict[str, Any]) -> str:
+    """What each system of the plan trains: the same tokens, or with --moe-tokens the dense run
+    and the MoE (experts and fine-tune) the same, the ensemble and the averaged model the
+    experts' alone."""
+    runs = {run["name"]: run for run in result["runs"]}
+    dense = runs["dense"]["tokens"]
+    budget, k = f"budget {result['budget']:,}", f"k = {result['k']}"
+    if "moe" not in runs:
+        return f"equal compute: {dense:,} tokens a system ({budget}), {k}"
+    experts = sum(run["tokens"] for run in result["runs"] if run["expert"] is not None)
+    return (
+        f"equal compute for dense and MoE: {dense:,} tokens each (MoE: experts {experts:,} + "
+        f"fine-tune {runs['moe']['tokens']:,}); ensemble and averaged model: the experts' "
+        f"{experts:,} ({budget}, --moe-tokens {result['moe_tokens']:,}), {k}"
+    )
+
+
 def _memory_line(estimate: dict[str, Any]) -> str:
-    parts, device = estimate["memory"], estimate["device"].upper()
-    where = f"each of {estimate['ranks']} {device} ranks under FSDP"
-    where = where if estimate["fsdp"] else f"the {device}"
+    """The memory estimate of each run, of what it may fill (on CUDA less a reserve), and the
+    device it assumes with the --device it comes from."""
+    parts = estimate["memory"]
+    device = device_words(estimate["device"], estimate["device_option"])
+    where = f"each of {estimate['ranks']} FSDP ranks on {device}" if estimate["fsdp"] else device
+    room = memory_room(estimate["memory_limit"], estimate["memory_usable"])
     return (
         f"each run: {estimate['parameters']:,} parameters; a micro-batch of "
         f"{estimate['batch_size']} x {estimate['block_size']} tokens needs about "
-        f"{parts['total'] / 1e9:.2f} GB on {where} (weights "
+        f"{parts['total'] / 1e9:.2f} GB (weights "
         f"{parts['weights'] / 1e9:.2f}, gradients {parts['gradients'] / 1e9:.2f}, optimiser "
         f"{parts['optimizer'] / 1e9:.2f}, activations {parts['activations'] / 1e9:.2f} with "
         f"{estimate['attention']} attention, loss "
-        f"{parts['loss'] / 1e9:.2f}) of {estimate['memory_limit'] / 1e9:.1f} GB"
+        f"{parts['loss'] / 1e9:.2f}) of {room} on {where}"
     )
 
 

@@ -237,6 +237,23 @@ def largest_batch(
     return low, training_memory(shape, low, block_size, **options)
 
 
+# What a CUDA device's memory keeps from a run's tensors, which the estimate counts alone: the
+# CUDA context (0.3-0.5 GiB), cuBLAS and cuDNN workspaces, NCCL's buffers across ranks, and the
+# caching allocator's fragmentation (blocks it holds but cannot hand out whole). A batch planned
+# against the whole memory runs out of it; the reserve is the larger of these two.
+CUDA_RESERVE_BYTES = 3 << 29  # 1.5 GiB
+CUDA_RESERVE_FRACTION = 0.05
+
+
+def usable_memory(total: int, cuda: bool) -> int:
+    """The bytes of a device of ``total`` bytes that a run's estimate may fill: on CUDA
+    ``total`` less ``CUDA_RESERVE_BYTES`` or ``CUDA_RESERVE_FRACTION`` of it, the larger (0
+    at least); on the CPU all of it."""
+    if not cuda:
+        return total
+    return max(0, total - max(CUDA_RESERVE_BYTES, math.ceil(total * CUDA_RESERVE_FRACTION)))
+
+
 def device_memory(cuda: bool) -> int:
     """Memory of the device that would train: the first GPU's, else the machine's RAM;
     refused in one line asking for --memory when the runs train on CUDA and this machine has

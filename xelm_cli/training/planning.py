@@ -7,7 +7,7 @@ import os
 import shlex
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from xelm_cli.training.estimates import (
     largest_batch,
     moe_shapes,
     training_memory,
+    usable_memory,
 )
 from xelm_cli.training.plan_runner import PLAN_FORMAT, PLAN_FORMAT_VERSION, side_by_side_length
 from xelm_cli.training.positions import (
@@ -41,6 +42,17 @@ from xelm_cli.training.positions import (
 from xelm_cli.training.run import DEFAULT_TRAINER, TRAIN_ARG
 
 DEFAULT_MOE_AUX_LOSS = 0.01  # load-balancing loss of a plan's MoE fine-tune
+
+
+def split_train_args(train_args: str) -> list[str]:
+    """--train-args as the shell would split it, an unbalanced quote refused in one line."""
+    try:
+        return shlex.split(train_args)
+    except ValueError as exc:  # "No closing quotation", "No escaped character"
+        raise UsageError(
+            f"--train-args {train_args!r}: {exc}; quote it as the shell would "
+            '(--train-args "--lr 1e-3 --block-size 512")'
+        ) from None
 
 
 def planned_options(train_args: str) -> dict[str, Any]:
@@ -66,7 +78,7 @@ def given_options(train_args: str) -> dict[str, Any]:
     negations = {spec.negative_flag: spec for spec in specs if spec.is_flag}
     given: dict[str, Any] = {}
     pairs: list[str] = []
-    args = shlex.split(train_args)
+    args = split_train_args(train_args)
     index = 0
     while index < len(args):
         name, equals, value = args[index].partition("=")
@@ -315,23 +327,24 @@ def estimate_runs(
     measured: Path | None = None,
     moe_experts: int = 0,
     ranks: int = 1,
+    step: int | None = None,
 ) -> dict[str, Any]:
     """Parameters and device memory of one run of the plan (every run trains a model of the
     seed's size, with the batch that ``train_args`` sets, on ``ranks`` devices: with --fsdp
     sharded over them) and, given ``moe_experts`` (k), of the ``moe`` run (the MoE of k
-    experts, with the plain loss), each refused in one line when the batch cannot fit in
-    ``memory`` bytes (default: this machine's first GPU, else its RAM: needed for a CUDA
-    device this machine lacks); and the FLOP/s of a ``measured`` run for time estimates, as
-    if on ``ranks`` devices (xelm_cli.training.estimates)."""
+    experts, with the plain loss), each refused in one line when the batch cannot fit in the
+    usable part (``usable_memory``: on CUDA less a reserve) of ``memory`` bytes (default: this
+    machine's first GPU, else its RAM: needed for a CUDA device this machine lacks), naming
+    the largest --batch-size that fits and makes whole micro-batches of a ``step`` (tokens;
+    default ``step_tokens``); and the FLOP/s of a ``measured`` run for time estimates, as if on
+    ``ranks`` devices (xelm_cli.training.estimates). The device is --device of ``train_args``;
+    ``auto`` is this machine's GPU, else its CPU, and with ``memory`` and no GPU here refused
+    in one line (``resolve_device``)."""
     planned = planned_options(train_args)
     shards = fsdp_shards(bool(planned["fsdp"]), ranks)
-    batch, block, device = planned["batch_size"], planned["block_size"], planned["device"]
+    batch, block, given = planned["batch_size"], planned["block_size"], str(planned["device"])
     require_block_fits(block, Path(seed_bundle))
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    cuda = str(device).startswith("cuda")
+    cuda = resolve_device(given, memory)
     # auto: transformers' choice, SDPA for the models xelm trains
     attention = "sdpa" if planned["attention"] == "auto" else planned["attention"]
     options: dict[str, Any] = {
@@ -343,8 +356,16 @@ def estimate_runs(
         "ddp": ranks > 1 and shards == 1,
     }
     shape = ModelShape.of(Bundle.open(seed_bundle, verify=False))
-    limit = memory if memory is not None else device_memory(cuda)
-    estimate = require_fits(shape, batch, block, limit, options)
+    total = memory if memory is not None else device_memory(cuda)
+    limits = RunLimits(
+        total=total,
+        usable=usable_memory(total, cuda),
+        device=device_words("cuda" if cuda else "cpu", given),
+        planned=planned,
+        step=step if step is not None else step_tokens(train_args, ranks),
+        ranks=ranks,
+    )
+    estimate = require_fits(shape, limits, options)
     throughput = Throughput.of(measured, ranks) if measured else None
     moe_memory = None
     if moe_experts:
@@ -352,7 +373,7 @@ def estimate_runs(
         # the trainer keeps transformers' own loss for MoE models (its load-balancing term)
         moe_options = options | {"lean_loss": False, "mlps_per_token": MOE_TOP_K}
         run = f"the moe run ({moe_experts} MLPs a layer, {MOE_TOP_K} a token, the plain loss)"
-        moe_memory = require_fits(held, batch, block, limit, moe_options, run)
+        moe_memory = require_fits(held, limits, moe_options, run)
     return {
         "shape": shape,
         "throughput": throughput,
@@ -363,15 +384,78 @@ def estimate_runs(
             "block_size": block,
             "positions": declared_positions(Path(seed_bundle)),
             "device": "cuda" if cuda else "cpu",
+            "device_option": given,
             "attention": attention,
             "ranks": ranks,
             "fsdp": shards > 1,
-            "memory_limit": limit,
+            "memory_limit": total,
+            "memory_usable": limits.usable,
             "memory": estimate.as_dict(),
             "measured": str(measured) if measured else None,
             "measured_time": throughput.timed if throughput else None,
         },
     }
+
+
+def resolve_device(given: str, memory: int | None) -> bool:
+    """Whether the runs' estimate is of CUDA, from the --device of --train-args (``given``):
+    ``auto`` trains on this machine's GPU, else on its CPU. With --memory (``memory`` bytes)
+    and no GPU here, ``auto`` is refused in one line: `xelm train` would pick the device where
+    it runs, and whether --memory is a GPU's or a CPU's is not known."""
+    if given != "auto":
+        return given.startswith("cuda")
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    if memory is not None:
+        raise UsageError(
+            f"--memory {gigabytes(memory)} with --device auto (the default of --train-args), "
+            "which trains on a GPU where there is one, and this machine has none: say which "
+            "device that memory is, --train-args '--device cuda' (the GPU that will train) or "
+            "'--device cpu'"
+        )
+    return False
+
+
+def device_words(device: str, given: str) -> str:
+    """The device an estimate is of (``device``: cuda or cpu), with the --device of
+    --train-args (``given``) it comes from, in words."""
+    words = "CUDA" if device == "cuda" else "the CPU"
+    if given != "auto":
+        return f"{words} (--device {given})"
+    here = "this machine's GPU" if device == "cuda" else "this machine has no GPU"
+    return f"{words} (--device auto: {here})"
+
+
+def gigabytes(size: int) -> str:
+    """``size`` bytes in GB: one decimal from 1 GB, else three significant digits."""
+    return f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e9:.3g} GB"
+
+
+def memory_room(total: int, usable: int) -> str:
+    """A device's memory of ``total`` bytes, with what an estimate may fill of it (``usable``;
+    on CUDA less a reserve, ``usable_memory``), in words."""
+    if usable == total:
+        return gigabytes(total)
+    return (
+        f"{gigabytes(usable)} usable of {gigabytes(total)} ({gigabytes(total - usable)} kept "
+        "for the CUDA context, workspaces and fragmentation)"
+    )
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """What each run's micro-batch must fit: ``usable`` of the device's ``total`` bytes on
+    ``device`` (in words), at optimiser steps of ``step`` tokens on ``ranks`` devices, with
+    the trainer options of --train-args (``planned``)."""
+
+    total: int
+    usable: int
+    device: str
+    planned: dict[str, Any]
+    step: int
+    ranks: int
 
 
 def fsdp_shards(fsdp: bool, ranks: int) -> int:
@@ -403,37 +487,55 @@ def time_line(plan: dict[str, Any]) -> str | None:
 
 
 def require_fits(
-    shape: ModelShape,
-    batch: int,
-    block: int,
-    limit: int,
-    options: dict[str, Any],
-    run: str | None = None,
+    shape: ModelShape, limits: RunLimits, options: dict[str, Any], run: str | None = None
 ) -> MemoryEstimate:
-    """The memory of a micro-batch of ``batch`` x ``block`` tokens, refused in one line with
-    the largest --batch-size that fits when it exceeds ``limit`` bytes (``run``: the one run
-    it is of, named in the refusal; None: every run)."""
+    """The memory of a micro-batch of --train-args (``limits.planned``), refused in one line
+    when it exceeds ``limits.usable`` bytes, naming the largest --batch-size that fits and that
+    `xelm train` accepts at the plan's steps (``batch_for_step``), with the --global-batch
+    that keeps them (``run``: the one run it is of, named in the refusal; None: every run)."""
+    batch, block = limits.planned["batch_size"], limits.planned["block_size"]
     estimate = training_memory(shape, batch, block, **options)
-    if estimate.total <= limit:
+    if estimate.total <= limits.usable:
         return estimate
-    fits, _ = largest_batch(shape, block, limit, **options)
-    if fits:
-        where = " in --train-args" if run else ""
-        way = (
-            f"the largest that fits is --batch-size {fits}{where} (with --global-batch to keep "
-            "the tokens per step)"
-        )
+    fits, _ = largest_batch(shape, block, limits.usable, **options)
+    whole = batch_for_step(limits.planned, limits.step, limits.ranks, fits) if fits else 0
+    if whole:
+        kept = limits.planned["global_batch_tokens"] is not None
+        flags = f"--batch-size {whole}" + ("" if kept else f" --global-batch {limits.step}")
+        at = f"--global-batch {limits.step}" if kept else f"steps of {limits.step:,} tokens"
+        way = f"the largest that fits at {at} is {flags} in --train-args"
+        if not kept and fits > whole:
+            alone = fits * block * limits.ranks
+            way += f" (or --batch-size {fits} alone, at steps of {alone:,} tokens)"
     else:
         more = "more --nproc-per-node" if options["shards"] > 1 else "--fsdp on --nproc-per-node N"
         way = f"not even --batch-size 1 fits: try --gradient-checkpointing or {more}"
         way += ", or drop --moe-tokens" if run else ""
-    device = "the GPU" if options["cuda"] else "the CPU"
     sharded = f" sharded over {options['shards']} ranks" if options["shards"] > 1 else ""
     raise UsageError(
         f"{run + ': ' if run else ''}a batch of {batch} x {block} tokens needs about "
-        f"{estimate.total / 1e9:.1f} GB{sharded} on {device}, which has {limit / 1e9:.1f} GB; "
-        f"{way}"
+        f"{gigabytes(estimate.total)}{sharded} on {limits.device}, which has "
+        f"{memory_room(limits.total, limits.usable)}; {way}"
     )
+
+
+def batch_for_step(planned: dict[str, Any], step: int, ranks: int, at_most: int) -> int:
+    """The largest --batch-size of at most ``at_most`` that `xelm train` accepts with the
+    options ``planned`` at --global-batch ``step`` on ``ranks`` devices (the step a whole number
+    of micro-batches on every rank), by the default trainer's own check; 0: none."""
+    trainer = get_registry().trainers[DEFAULT_TRAINER].obj
+    block = planned["block_size"]
+    for batch in range(at_most, 0, -1):
+        if step % (batch * block * ranks):
+            continue  # the trainer's rule, without its whole check for every size
+        try:
+            trainer.check_options(
+                planned | {"batch_size": batch, "global_batch_tokens": step}, world_size=ranks
+            )
+        except UsageError:
+            continue
+        return batch
+    return 0
 
 
 def make_plan(
@@ -471,9 +573,11 @@ def make_plan(
     With ``moe_tokens`` (Branch-Train-MiX's accounting) the experts share ``budget -
     moe_tokens`` and two runs follow them: ``average`` (their parameter average, no training)
     and ``moe`` (the MoE model built from them, fine-tuned for ``moe_tokens`` with the
-    load-balancing loss), so dense, ensemble, averaged model and MoE each cost ``budget``;
-    what ``xelm bundle moe`` would refuse of the experts or ``moe_calibration`` is refused
-    first (``check_moe_inputs``).
+    load-balancing loss); the dense run trains what the experts and the fine-tune train
+    together, so dense and MoE each cost ``budget``, the ensemble and the averaged model the
+    experts' ``budget - moe_tokens`` (each rounded down to whole steps); what ``xelm bundle
+    moe`` would refuse of the experts or ``moe_calibration`` is refused first
+    (``check_moe_inputs``).
 
     ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``); every path may
     be text."""
@@ -483,7 +587,7 @@ def make_plan(
     valid, measured, moe_calibration = (
         Path(path) if path is not None else None for path in (valid, measured, moe_calibration)
     )
-    _check_plan_options(parallel, moe_tokens, moe_calibration, moe_aux_loss)
+    _check_plan_options(parallel, moe_tokens, moe_calibration, moe_aux_loss, nproc_per_node)
     alloc = read_allocation(allocation)
     expert_paths = expert_data_paths(expert_data, alloc, allocation, seed_bundle)
     step = step_tokens(train_args, nproc_per_node)
@@ -495,12 +599,18 @@ def make_plan(
     if moe_tokens:
         check_moe_inputs(seed_bundle, moe_calibration, everything, alloc.k)
     estimate = estimate_runs(
-        seed_bundle, train_args, memory, measured, alloc.k if moe_tokens else 0, nproc_per_node
+        seed_bundle,
+        train_args,
+        memory,
+        measured,
+        alloc.k if moe_tokens else 0,
+        nproc_per_node,
+        step,
     )
     # each run trains steps of exactly `step` tokens, however many devices train-all gives it
     train_args = with_global_batch(train_args, step)
     train_extra = ["--valid", str(valid)] if valid else []
-    train_extra += shlex.split(train_args)
+    train_extra += split_train_args(train_args)
     entries = []
     for run in budgets:
         run, trained_on = _run_shards(run, shards, expert_shards)
@@ -531,10 +641,16 @@ def make_plan(
 
 
 def _check_plan_options(
-    parallel: int | None, moe_tokens: int, calibration: Path | None, aux_loss: float
+    parallel: int | None,
+    moe_tokens: int,
+    calibration: Path | None,
+    aux_loss: float,
+    nproc_per_node: int,
 ) -> None:
     if parallel is not None and parallel < 1:
         raise UsageError(f"--parallel must be at least 1, not {parallel}")
+    if nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be at least 1, not {nproc_per_node}")
     if calibration is not None and not moe_tokens:
         raise UsageError("--moe-calibration is for the MoE run: give --moe-tokens too, or drop it")
     if not (math.isfinite(aux_loss) and aux_loss >= 0):
@@ -709,8 +825,8 @@ def merged_runs(
     gate = ["--gate", "language", "--calibration", str(calibration)] if calibration else []
     moe = ["xelm", "bundle", "moe", *experts, "--top-k", str(MOE_TOP_K),
            *(gate or ["--gate", "random"]), "-o", str(built)]  # fmt: skip
-    extra = ["--valid", str(valid)] if valid else []
-    tuned = ["xelm", "train", str(built), "--data", str(data), *extra, *shlex.split(train_args),
+    extra = [*(["--valid", str(valid)] if valid else []), *split_train_args(train_args)]
+    tuned = ["xelm", "train", str(built), "--data", str(data), *extra,
              "--aux-loss", str(aux_loss), "--tokens", str(moe_tokens),
              "-o", str(runs / "moe")]  # fmt: skip
     held, active = moe_shapes(estimate["shape"], len(experts), MOE_TOP_K)
