@@ -123,6 +123,19 @@ def test_the_experts_made_one_model_are_evaluated_beside_the_ensemble(smoke: Pat
         assert f"| {system} |" in header, system
 
 
+def test_the_plans_moe_is_the_size_of_the_built_one(smoke: Path) -> None:
+    """The plan counts the MoE fine-tune's tokens at the active parameters of the MoE built from
+    the four experts (moe_shapes), whose held parameters are the bundle's."""
+    from xelm_cli.bundle.store import Bundle
+    from xelm_cli.demo.plan import demo_plan
+    from xelm_cli.training.estimates import ModelShape, moe_shapes
+
+    held, active = moe_shapes(ModelShape.of(Bundle.read(smoke / "seed")), 4, 2)
+    assert ModelShape.of(Bundle.read(smoke / "typology-k4" / "moe")).parameters == held.parameters
+    steps = {step.step: step.parameters for step in demo_plan("smoke", smoke).steps}
+    assert steps["moe-finetune"] == active.parameters > steps["seed"]
+
+
 def test_report_on_a_missing_or_foreign_file_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,9 +210,17 @@ def test_rerun_skips_finished_steps_and_report_redraws(
     smoke: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     records = {p.name: p.read_bytes() for p in (smoke / "steps").iterdir()}
-    assert run(["demo", "--preset", "smoke", "--data", str(SHARED_DATA), "-o", str(smoke)]) == 0
-    err = capsys.readouterr().err
+    results = json.loads((smoke / "report" / "results.json").read_text())
+    whole = round(sum(results["steps"].values()), 1)  # the run's: every step's seconds
+    assert results["seconds"] == whole > 0
+    args = ["demo", "--preset", "smoke", "--data", str(SHARED_DATA), "-o", str(smoke), "--json"]
+    assert run(args) == 0
+    out, err = capsys.readouterr()
     assert err.count("done before") == len(STEPS)
+    said = json.loads(out)  # a re-run that trains nothing: still the whole run's seconds
+    assert said["seconds"] == whole and said["invocation_seconds"] < whole
+    assert f"finished in {whole:.0f} s (this invocation " in err
+    assert json.loads((smoke / "report" / "results.json").read_text())["seconds"] == whole
     assert {p.name: p.read_bytes() for p in (smoke / "steps").iterdir()} == records
     redrawn = tmp_path / "again"
     assert run(["report", str(smoke / "report" / "results.json"), "-o", str(redrawn)]) == 0
@@ -324,7 +345,9 @@ def test_plan_of_a_started_run_estimates_the_rest_at_its_measured_speed(
     speed = seed["tokens"] / record["training"]["seconds"]
     assert plan["tokens_per_second"] == pytest.approx(speed)
     assert plan["remaining_tokens"] == 172_032 - 32768
-    assert plan["remaining_seconds"] == pytest.approx((172_032 - 32768) / speed)
+    moe = next(step["parameters"] for step in plan["steps"] if step["step"] == "moe-finetune")
+    left = 172_032 - 32768 - 8192 + 8192 * moe / plan["parameters"]  # the MoE's at its size
+    assert plan["remaining_seconds"] == pytest.approx(left / speed)
     assert run(["demo", "--preset", "smoke", "--plan", "-o", str(smoke)]) == 0
     assert "All training done, at " in capsys.readouterr().out
     assert (Bundle.read(smoke / "seed").path / "config.json").is_file()

@@ -12,6 +12,7 @@ from conftest import SHARED_DATA
 from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError
 from xelm_cli.demo import Demo
+from xelm_cli.demo.data import data_digest
 from xelm_cli.demo.folder import RECORD, preset_settings
 from xelm_cli.demo.plan import demo_plan
 from xelm_cli.demo.presets import NEW_LANGUAGES, PRESETS, TRAIN_LANGUAGES
@@ -49,7 +50,7 @@ def test_the_first_run_records_its_preset_before_its_first_step(
     assert run(["demo", "--preset", "smoke", *args]) != 0
     made = json.loads((out / RECORD).read_text())
     assert made == {"preset": "smoke", "settings": preset_settings(PRESETS["smoke"]),
-                    "data": str(data.resolve())}  # fmt: skip
+                    "data": str(data.resolve()), "data_digest": data_digest(data)}  # fmt: skip
     assert made["settings"]["budget"] == 32768 and "summary" not in made["settings"]
     assert not list(out.glob(".*"))  # no temporary or lock left beside it
     capsys.readouterr()

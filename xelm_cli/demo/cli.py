@@ -17,16 +17,21 @@ def demo(
         Path | None,
         typer.Option(
             "--data",
-            help="Sample data: corpus/, eval/, tasks/ (default: ../shared/data, else xelm's "
-            "cache, fetched from the Hub if incomplete).",
+            help="Sample data: corpus/, eval/, tasks/ (default: a re-run's recorded data; "
+            "else ../shared/data if it holds the preset's text, else xelm's cache, fetched "
+            "from the Hub if incomplete).",
         ),
     ] = None,
     output: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--output", "-o", help="Run directory (a re-run with the same preset resumes it)."
+            "--output",
+            "-o",
+            help="Run directory (default: demo-run; a re-run with the same preset and data "
+            "resumes it).",
+            show_default=False,
         ),
-    ] = Path("demo-run"),
+    ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")
     ] = None,
@@ -51,7 +56,8 @@ def demo(
         bool,
         typer.Option(
             "--json",
-            help="Print one JSON object on stdout: the report's files, the run's seconds and "
+            help="Print one JSON object on stdout: the report's files, the run's seconds (all "
+            "its steps', earlier invocations included; invocation_seconds: this one's) and "
             "each claim with its verdict (with --plan: the plan); progress stays on stderr.",
         ),
     ] = False,
@@ -62,17 +68,22 @@ def demo(
     FLORES-200, adds two languages by HMR (hierarchical multi-round training: branching the
     expert of a related language) and by LAPT (language-adaptive pre-training of the dense
     model), runs SIB-200 in context, and writes OUT/report/report.md with figures. Re-running
-    skips finished steps. Without --data and without ../shared/data it reads xelm's cache,
-    running `xelm data fetch` first if needed.
+    skips finished steps and reads the data the run started with (another --data is refused);
+    one run at a time per OUT. Without --data and without ../shared/data holding the preset's
+    text it reads xelm's cache, running `xelm data fetch` first if needed.
 
     Example: xelm demo --preset smoke -o demo-smoke
 
     Before a long run: xelm demo --preset gpu --plan (after a few steps, with -o RUN, it also
     says how long the remaining training takes at the speed measured so far).
     """
+    import time
+
+    from xelm_cli.common.atomic import output_lock
     from xelm_cli.data.fetch import DEFAULT_SIZE
     from xelm_cli.demo import get_preset, run_demo
     from xelm_cli.demo.data import demo_data
+    from xelm_cli.demo.folder import check_data_of, resumed_data, started
     from xelm_cli.demo.pipeline import check_run
     from xelm_cli.demo.report import VERDICTS, claim_line
 
@@ -81,25 +92,33 @@ def demo(
         from xelm_cli.training.plan_runner import device_groups
 
         groups = len(device_groups(devices, 1, 1)) if devices else None
-        planned = demo_plan(preset, output, groups)
+        planned = demo_plan(preset, output, groups)  # a folder only when -o names one
         if as_json:
             print_json(planned.as_dict())
         else:
             typer.echo(format_plan(planned))
         return
 
+    begun = time.perf_counter()
+    output = output or Path("demo-run")
     chosen = get_preset(preset)
-    check_run(chosen, output, device)  # before the data, which may be fetched first
-    size = max(DEFAULT_SIZE, chosen.corpus_bytes)
-    data = demo_data(data, size=size, say=stderr_console.print)
-    results, files = run_demo(preset, data, output, device, devices)
-    stderr_console.print(f"finished in {results['seconds']:.0f} s")
+    with output_lock(output):  # the whole run (run_demo takes it again): one run at a time
+        check_run(chosen, output, device)  # before the data, which may be fetched first
+        resumed = started(output)
+        size = max(DEFAULT_SIZE, chosen.corpus_bytes)
+        data = demo_data(data or resumed_data(output), size=size, say=stderr_console.print)
+        check_data_of(output, data)  # before run_demo (whose Demo checks it again)
+        results, files = run_demo(preset, data, output, device, devices)
+    invocation = time.perf_counter() - begun
+    this = f" (this invocation {invocation:.0f} s)" if resumed else ""
+    stderr_console.print(f"finished in {results['seconds']:.0f} s{this}")
     report_md, results_json, *figures = files
     claims = read_json_object(results_json, "results file")["claims"]
     if as_json:
         verdicts = [{**claim, "verdict": VERDICTS[claim["supported"]]} for claim in claims]
         print_json({"report": str(report_md), "results": str(results_json),
                     "figures": [str(f) for f in figures], "seconds": results["seconds"],
+                    "invocation_seconds": round(invocation, 1),
                     "claims": verdicts})  # fmt: skip
         return
     for claim in claims:  # the report's verdicts, one line each

@@ -3,7 +3,8 @@
 Every step writes its outputs atomically and then a record ``steps/NAME.json`` (its result and
 how long it took); a re-run skips the steps that have a record, and a training run killed
 half-way resumes from its last checkpoint. ``demo.json``, written before the first step,
-records the preset that made the folder: another one is refused (folder.py).
+records the preset and the data that made the folder: another one is refused (folder.py). A run
+holds the folder's lock (``output_lock``) from start to end: a second run of it is refused.
 """
 
 import functools
@@ -20,7 +21,7 @@ from xelm_cli.bundle.branching import branch, hmr_branch
 from xelm_cli.bundle.store import Bundle, is_bundle, verify_bundle
 from xelm_cli.cluster.allocation import read_allocation
 from xelm_cli.cluster.fitting import cluster
-from xelm_cli.common.atomic import write_bytes_atomic
+from xelm_cli.common.atomic import output_lock, write_bytes_atomic
 from xelm_cli.common.errors import XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
@@ -30,9 +31,9 @@ from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.data.shards import Shards
 from xelm_cli.demo.data import check_data
 from xelm_cli.demo.documents import cluster_purity, grouped_documents
-from xelm_cli.demo.folder import check_folder, record_folder
+from xelm_cli.demo.folder import check_data_of, check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
-from xelm_cli.demo.presets import NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
+from xelm_cli.demo.presets import MOE_TOP_K, NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel, ScoreCache, single_model
 from xelm_cli.ensemble.scoring import pick_device
@@ -45,7 +46,6 @@ from xelm_cli.training.run import DEFAULT_TRAINER
 from xelm_cli.training.run import train as train_bundle
 
 ALL_LANGUAGES = (*TRAIN_LANGUAGES, *NEW_LANGUAGES)
-MOE_TOP_K = 2  # experts per token of the MoE built from the main X-ELM
 
 
 def hash_again(bundles: Sequence[Path]) -> dict[str, Any]:
@@ -124,6 +124,7 @@ class Demo:
     ) -> None:
         check_run(preset, out, device)
         check_data(data, preset)
+        check_data_of(out, data)
         self.preset = preset
         self.data = data
         self.out = out
@@ -185,7 +186,8 @@ class Demo:
         if plan.remaining_seconds is None or not plan.remaining_tokens:
             return ""
         if self.devices:
-            span = runner_span_tokens(self.preset, len(self.devices))
+            sizes = {step.step: step.parameters for step in plan.steps}
+            span = runner_span_tokens(self.preset, len(self.devices), sizes)
             assert plan.tokens_per_second is not None
             return (
                 f" ({plan.tokens_per_second:,.0f} training tokens/s per device so far; the "
@@ -236,8 +238,13 @@ class Demo:
     # ------------------------------------------------------------------ the experiment
 
     def run(self) -> dict[str, Any]:
+        """Run (or resume) every step, holding the folder's lock; the results."""
+        with output_lock(self.out):  # a second run of the folder is refused at once
+            check_data_of(self.out, self.data)  # again: a run may have finished a step since
+            return self._steps()
+
+    def _steps(self) -> dict[str, Any]:
         p = self.preset
-        started = time.perf_counter()
         record_folder(self.out, p, self.data)
         self.results.update(
             preset=p.as_dict(),
@@ -297,7 +304,8 @@ class Demo:
             for name, paths in experts.items()
         }
         self.results["provenance"] = plugins_used()
-        self.results["seconds"] = round(time.perf_counter() - started, 1)
+        # the whole run's: its steps' recorded seconds, those of earlier invocations included
+        self.results["seconds"] = round(sum(self.results["steps"].values()), 1)
         return self.results
 
     def sample_corpus(self, corpus: Path) -> dict[str, Any]:

@@ -4,6 +4,12 @@ A step's record (``steps/NAME.json``) holds the tokens its training runs trained
 those runs took (their bundles' training records); from the finished steps of a run directory
 the plan estimates the training still to do at the speed reached so far on that machine.
 Only training is estimated: data preparation, clustering and evaluation are not in it.
+
+A token costs 6 x the parameters it uses in FLOP: the seed's for every run but the MoE's
+fine-tune, whose token uses the MoE's active parameters under top-2 routing (two MLPs a layer
+and the routers: ``moe_shapes``). Speeds and times are therefore counted in tokens of the seed's
+size (a fine-tune token counts active / seed parameters of one), so that a finished MoE step
+neither slows the estimate of the seed-sized runs nor the other way round.
 """
 
 from dataclasses import asdict, dataclass
@@ -13,7 +19,8 @@ from typing import Any
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.units import duration
 from xelm_cli.demo.folder import check_folder
-from xelm_cli.demo.presets import Preset, get_preset
+from xelm_cli.demo.presets import MOE_TOP_K, Preset, get_preset
+from xelm_cli.training.estimates import ModelShape, moe_shapes
 from xelm_cli.training.plan_runner import side_by_side_length
 
 
@@ -24,6 +31,7 @@ class StepPlan:
     tokens: int
     done: bool
     training_seconds: float | None  # measured, when done and recorded
+    parameters: int  # that a token of its runs uses: the seed's, or the MoE's active ones
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,8 @@ class DemoPlan:
     parameters: int  # of the seed model (the experts and the dense model have as many)
     batch_tokens: int
     steps: list[StepPlan]
-    tokens_per_second: float | None  # training speed of the finished steps (None: none yet)
+    # training speed of the finished steps (None: none yet), in tokens of the seed's size
+    tokens_per_second: float | None
     devices: int | None = None  # GPUs of --devices: the seed on some at once, the rest side by side
     side_by_side_tokens: int | None = None  # then: the seed's share + the runner's span
     seed_ranks: int | None = None  # then: the GPUs the seed trains on at once
@@ -52,15 +61,28 @@ class DemoPlan:
         return sum(step.tokens for step in self.steps if not step.done)
 
     @property
+    def seed_sized_tokens(self) -> int:
+        """The training in tokens of the seed's size (an MoE fine-tune token counts its active
+        parameters over the seed's): its time at one run's speed, run after run."""
+        return round(sum(step.tokens * step.parameters for step in self.steps) / self.parameters)
+
+    @property
+    def flops(self) -> int:
+        """Of all the training: 6 x the parameters a token uses x tokens, step by step."""
+        return sum(6 * step.parameters * step.tokens for step in self.steps)
+
+    @property
     def remaining_seconds(self) -> float | None:
         if not self.tokens_per_second:
             return None
-        return self.remaining_tokens / self.tokens_per_second
+        left = sum(step.tokens * step.parameters for step in self.steps if not step.done)
+        return left / self.parameters / self.tokens_per_second
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {
             "tokens": self.tokens,
-            "flops": 6 * self.parameters * self.tokens,
+            "flops": self.flops,
+            "seed_sized_tokens": self.seed_sized_tokens,
             "remaining_tokens": self.remaining_tokens,
             "remaining_seconds": self.remaining_seconds,
             "side_by_side_seconds": self.side_by_side_seconds,
@@ -80,6 +102,23 @@ def seed_parameters(preset: Preset) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def step_parameters(preset: Preset, seed: int | None = None) -> dict[str, int]:
+    """The parameters a token of each training step's runs uses (``seed``: the seed's, counted
+    if not given): the seed's, and for ``moe-finetune`` the active parameters of the MoE built
+    from the main X-ELM's experts under top-2 routing."""
+    seed = seed_parameters(preset) if seed is None else seed
+    model = preset.model
+    shape = ModelShape(
+        parameters=seed, embedding=preset.vocab_size * model["hidden_size"],
+        layers=model["num_hidden_layers"], hidden=model["hidden_size"],
+        intermediate=model["intermediate_size"], vocab=preset.vocab_size,
+        heads=model["num_attention_heads"],
+    )  # fmt: skip
+    _, active = moe_shapes(shape, preset.main_k, MOE_TOP_K)
+    steps = dict.fromkeys(preset.training_runs(), seed)
+    return steps | {"moe-finetune": active.parameters}
+
+
 def recorded_training(record: Path) -> tuple[int, float] | None:
     """(tokens, device seconds) of the training runs a finished step's record holds, if any:
     each run's seconds times the devices it ran on (a seed trained on 8 GPUs at once counts
@@ -93,24 +132,33 @@ def recorded_training(record: Path) -> tuple[int, float] | None:
     return int(training["tokens"]), float(seconds)
 
 
-def runner_span_tokens(preset: Preset, devices: int) -> int:
+def runner_span_tokens(
+    preset: Preset, devices: int, parameters: dict[str, int] | None = None
+) -> int:
     """The demo's runs after the seed's side by side on ``devices`` GPUs, in the time of how
-    many tokens at one run's speed: as the runner starts them (most tokens first, each once
-    the runs in its ``after`` ended)."""
-    runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after)}
+    many tokens of the seed's size at one run's speed (an MoE fine-tune token counts its
+    active parameters over the seed's; ``parameters``: ``step_parameters``, counted if not
+    given): as the runner starts them (most tokens first, each once the runs in its ``after``
+    ended)."""
+    parameters = parameters or step_parameters(preset)
+    runs = [{"name": r.name, "tokens": r.tokens, "after": list(r.after),
+             "size": r.tokens * parameters[r.step] / parameters["seed"]}
             for r in preset.runs()[1:]]  # fmt: skip
-    span = side_by_side_length(runs, devices, lambda run: run["tokens"])
+    span = side_by_side_length(runs, devices, lambda run: run["size"])
     assert span is not None  # the preset's runs wait only for runs before them
-    return int(span)
+    return round(span)
 
 
-def side_by_side_tokens(preset: Preset, devices: int) -> int:
+def side_by_side_tokens(
+    preset: Preset, devices: int, parameters: dict[str, int] | None = None
+) -> int:
     """The demo's training on ``devices`` GPUs (``xelm demo --devices``), in the time of how
-    many tokens at one run's speed: the seed's run on ``Preset.seed_ranks`` of them at once
-    (DDP, counted that many times as fast: an upper bound on its speed), then the others
-    side by side (``runner_span_tokens``)."""
+    many tokens of the seed's size at one run's speed: the seed's run on ``Preset.seed_ranks``
+    of them at once (DDP, counted that many times as fast: an upper bound on its speed), then
+    the others side by side (``runner_span_tokens``)."""
     seed = preset.runs()[0]
-    return seed.tokens // preset.seed_ranks(devices) + runner_span_tokens(preset, devices)
+    span = runner_span_tokens(preset, devices, parameters)
+    return seed.tokens // preset.seed_ranks(devices) + span
 
 
 def demo_plan(
@@ -123,21 +171,23 @@ def demo_plan(
     if out is not None:
         out = Path(out)
         check_folder(out, preset)
-    steps, tokens, seconds = [], 0, 0.0
+    seed = seed_parameters(preset)
+    parameters = step_parameters(preset, seed)
+    steps, tokens, seconds = [], 0.0, 0.0  # tokens of the seed's size
     for name, runs in preset.training_runs().items():
         record = out / "steps" / f"{name}.json" if out is not None else None
         done = record is not None and record.is_file()
         measured = recorded_training(record) if record is not None else None
         if measured is not None:
-            tokens += measured[0]
+            tokens += measured[0] * parameters[name] / seed
             seconds += measured[1]
-        steps.append(StepPlan(name, len(runs), sum(runs), done, measured[1] if measured else None))
+        steps.append(StepPlan(name, len(runs), sum(runs), done,
+                              measured[1] if measured else None, parameters[name]))  # fmt: skip
     speed = tokens / seconds if tokens and seconds > 0 else None
-    span = side_by_side_tokens(preset, devices) if devices else None
+    span = side_by_side_tokens(preset, devices, parameters) if devices else None
     ranks = preset.seed_ranks(devices) if devices else None
     return DemoPlan(
-        preset.name, seed_parameters(preset), preset.batch_tokens, steps, speed, devices, span,
-        ranks,
+        preset.name, seed, preset.batch_tokens, steps, speed, devices, span, ranks
     )  # fmt: skip
 
 
@@ -145,7 +195,7 @@ def format_plan(plan: DemoPlan) -> str:
     lines = [
         f"preset {plan.preset}: seed of {plan.parameters:,} parameters, batches of "
         f"{plan.batch_tokens:,} tokens; {plan.tokens:,} training tokens in "
-        f"{sum(s.runs for s in plan.steps)} runs ({6 * plan.parameters * plan.tokens:.3g} FLOP)",
+        f"{sum(s.runs for s in plan.steps)} runs ({plan.flops:.3g} FLOP)",
         "",
         f"{'step':<14} {'runs':>4} {'tokens':>15}  status",
     ]
@@ -180,7 +230,8 @@ def format_plan(plan: DemoPlan) -> str:
         line = (
             f"On {gpus} (--devices), the seed first (on {plan.seed_ranks} at once, DDP, counted "
             f"{plan.seed_ranks} times as fast), then every other run side by side: the time of "
-            f"{plan.side_by_side_tokens:,} tokens at one run's speed instead of {plan.tokens:,}"
+            f"{plan.side_by_side_tokens:,} tokens of the seed's size at one run's speed instead "
+            f"of {plan.seed_sized_tokens:,} run after run"
         )
         if plan.side_by_side_seconds is not None:
             line += (
