@@ -248,7 +248,7 @@ def test_default_archive_name(bundle_dir: Path) -> None:
 
 
 def test_missing_archive(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="cannot read archive"):
+    with pytest.raises(UsageError, match="archive not found"):
         unpack_bundle(tmp_path / "nope.tar.zst", tmp_path / "out")
 
 

@@ -124,7 +124,7 @@ def test_verify_failure_exits_nonzero_naming_each_problem(capsys, tmp_path: Path
             ["bundle", "branch", "--from", str(FIXTURES), "--donor", "tr", "-o", "x"],
             "the HMR form needs --donor LANG and --lang NEW_LANG",
         ),
-        (["bundle", "init", "--hf", "/no/such/model", "-o", "x"], "cannot load model"),
+        (["bundle", "init", "--hf", "/no/such/model", "-o", "x"], "model directory not found"),
     ],
 )
 def test_bad_input_is_one_line(capsys, tmp_path: Path, args: list[str], message: str) -> None:

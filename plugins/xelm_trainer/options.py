@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from xelm_cli.api import UsageError, option, parse_options, parse_token_count
+from xelm_cli.api import Bundle, UsageError, option, parse_options, parse_token_count
 
 SCHEDULES = ("linear", "cosine", "constant")
 SAVE_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -57,7 +57,9 @@ class TrainOptions:
     )
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...")
     role: str | None = option(
-        None, help="Role of the new bundle (default: the parent's; a trained seed is dense)."
+        None,
+        help="Role of the new bundle (default: the parent's; a trained seed is dense).",
+        choices=Bundle.ROLES,
     )
     fsdp: bool = option(False, help="Under torchrun: shard the model with FSDP instead of DDP.")
     save_dtype: str = option(
@@ -111,6 +113,10 @@ class TrainOptions:
         if self.attention not in ATTENTION:
             raise UsageError(
                 f"unknown --attention {self.attention!r}; choose one of {', '.join(ATTENTION)}"
+            )
+        if self.role is not None and self.role not in Bundle.ROLES:
+            raise UsageError(
+                f"unknown --role {self.role!r}; choose one of {', '.join(Bundle.ROLES)}"
             )
         for name in ("block_size", "batch_size", "log_every", "eval_blocks", "world_size"):
             if getattr(self, name) < 1:

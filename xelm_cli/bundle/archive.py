@@ -248,6 +248,7 @@ def unpack_bundle(
     receives the compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
+    check_archive(archive)
     if _overlap(resolved_output(out), archive.resolve()):
         raise UsageError(
             f"{out}: unpacking there would replace the archive {archive} it reads; unpack it "
@@ -277,6 +278,37 @@ def unpack_bundle(
         manifest = extractor.run()
         bundle = _open_unpacked(tmp, manifest, extractor.manifest_raw, str(archive))
     return dataclasses.replace(bundle, path=Path(out))
+
+
+def check_archive(archive: Path) -> None:
+    """Refuse, in one line and before anything is read past its first bytes, an ``archive``
+    that is missing, a folder (a bundle folder is usable as it is) or a file that does not
+    start as zstd data does (another kind of file: an allocation, a plain tar)."""
+    made = f"`xelm bundle pack BUNDLE` makes a {ARCHIVE_SUFFIX} archive"
+    if not archive.exists():
+        raise UsageError(f"archive not found: {archive}")
+    if archive.is_dir():
+        if (archive / MANIFEST_NAME).is_file():
+            raise UsageError(
+                f"{archive} is a bundle folder, not an archive: use it as it is (copy it to "
+                f"move it; `xelm bundle verify {archive}` checks it), or pack it with "
+                f"`xelm bundle pack {archive}`"
+            )
+        raise UsageError(f"{archive} is a folder, not a {ARCHIVE_SUFFIX} archive; {made}")
+    if not archive.is_file():
+        raise UsageError(f"{archive} is not a plain file; {made}")
+    try:
+        with open(archive, "rb") as f:
+            start = f.read(len(ZSTD_MAGIC))
+    except OSError as exc:
+        raise UsageError(f"cannot read archive {archive}: {exc.strerror or exc}") from None
+    if not start:
+        raise ArchiveError(f"{archive} is empty, not a {ARCHIVE_SUFFIX} archive; {made}")
+    if start != ZSTD_MAGIC:
+        raise ArchiveError(
+            f"{archive} is not a {ARCHIVE_SUFFIX} archive (it does not start as zstd data does: "
+            f"another kind of file, or a corrupt archive); {made}"
+        )
 
 
 def _overlap(output: Path, kept: Path) -> bool:
@@ -425,7 +457,8 @@ class _Extractor:
         declared = len(raw) + sum(entry.size for entry in manifest.files.values())
         if declared > self.max_bytes:
             raise self.fail(
-                f"bundle holds {declared} bytes, over the limit of {self.max_bytes} bytes"
+                f"bundle holds {declared} bytes, over the limit of {self.max_bytes} bytes: "
+                "pass a larger --max-size to unpack it"
             )
         # Member sizes must equal the manifest's and names may not repeat, so from here on the
         # stream can hold no more than the declared total plus tar's own blocks.

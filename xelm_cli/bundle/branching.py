@@ -18,6 +18,7 @@ from xelm_cli.bundle.store import (
     holds_bundles,
     is_bundle,
     is_hidden,
+    what_else,
     write_bundle,
 )
 from xelm_cli.cluster.allocation import Allocation, read_allocation
@@ -114,7 +115,8 @@ def find_bundles(paths: Iterable[Path], *, deep: bool = False) -> list[Bundle]:
         elif path.is_dir():
             found = _bundles_below(path, deep)
         else:
-            raise UsageError(f"not a bundle or a directory of bundles: {path}")
+            why = f"is a file{what_else(path)}" if path.exists() else "does not exist"
+            raise UsageError(f"not a bundle or a directory of bundles: {path} {why}")
         for directory in found:
             if directory.resolve() not in bundles:
                 bundles[directory.resolve()] = Bundle.read(directory)
@@ -195,6 +197,28 @@ def _bundle_dirs(parent: Path) -> set[Path]:
         return set()
 
 
+def _no_bundles(paths: list[Path]) -> str:
+    """Why the pool ``paths`` (existing folders that hold no bundle one level deep) gives no
+    donor, naming each and the way out."""
+    named = ", ".join(str(p) for p in paths)
+    if len(paths) == 1:
+        held = what_else(paths[0])
+    else:
+        notes = [f"{p}{what_else(p)}" for p in paths if what_else(p)]
+        held = f" ({'; '.join(notes)})" if notes else ""
+    deeper = [p for p in paths if p.is_dir() and _bundles_below(p, deep=True)]
+    hint = (
+        f"its bundles lie deeper: pass the folder that holds them (e.g. --from "
+        f"{_bundles_below(deeper[0], deep=True)[0].parent})"
+        if deeper
+        else "pass the experts' bundles or the folder that holds them (e.g. --from runs/experts)"
+    )
+    return (
+        f"--from {named}: no bundles there{held}; a pool is bundles, or folders of bundles "
+        f"read one level deep: {hint}"
+    )
+
+
 def hmr_donor(
     pool: str | Path | Sequence[str | Path], donor: str, language: str, out: str | Path
 ) -> Bundle:
@@ -205,6 +229,8 @@ def hmr_donor(
     donor, language = normalize_language(donor), normalize_language(language)
     paths = [pool] if isinstance(pool, str | Path) else pool
     pool_bundles = find_bundles(map(Path, paths))
+    if not pool_bundles:
+        raise UsageError(_no_bundles([Path(p) for p in paths]))
     chosen = choose_donor_bundle(pool_bundles, donor, language=language, out=out)
     if language in chosen.languages:
         raise UsageError(f"{chosen.path} already covers {language!r}; no new expert needed")

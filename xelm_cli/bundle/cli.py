@@ -48,7 +48,9 @@ from xelm_cli.common.units import parse_byte_size
 from xelm_cli.lang.codes import parse_language_list
 
 app = typer.Typer(
-    help="Expert bundles: make, inspect, verify, branch and share them.", no_args_is_help=True
+    help="Expert bundles: make, inspect, verify, branch and share them.\n\n"
+    "Example: xelm bundle branch seed/ --langs tr -o experts/tr",
+    no_args_is_help=True,
 )
 console = Console(soft_wrap=True)
 
@@ -441,10 +443,9 @@ def unpack(
 
     Example: xelm bundle unpack az.xelm.tar.zst -o experts/az
     """
-    from xelm_cli.bundle.archive import unpack_bundle
+    from xelm_cli.bundle.archive import check_archive, unpack_bundle
 
-    if not archive.is_file():
-        raise UsageError(f"archive not found: {archive}")
+    check_archive(archive)  # unpack_bundle checks it too; its size is the progress total
     with byte_progress(f"unpacking {archive.name}", archive.stat().st_size) as progress:
         bundle = unpack_bundle(
             archive,

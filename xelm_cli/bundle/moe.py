@@ -347,6 +347,8 @@ def build_moe(
         raise UsageError(f"--top-k must be between 1 and the number of experts ({k}), not {top_k}")
     if gate not in GATES:
         raise UsageError(f"unknown --gate {gate!r}; choose {', '.join(GATES)}")
+    if calibration_limit < 1:
+        raise UsageError(f"--calibration-limit must be at least 1 (got {calibration_limit})")
     if gate == "language" and calibration is None:
         raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
     if calibration is not None:

@@ -1,6 +1,7 @@
 """Seed bundles: from a Hugging Face model, or a named Llama-style config initialised at random."""
 
 import json
+import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -8,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
+from xelm_cli.bundle.manifest import MANIFEST_NAME
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,
+    holds_bundles,
     load_causal_lm,
     loading_problem,
     most_elements,
@@ -55,10 +58,13 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def _load_tokenizer(path: Path) -> Any:
+    """The tokenizer in ``path`` (a tokenizer directory or a bundle), refused in one line as
+    ``xelm data prepare`` refuses it (the same check: the seed's shards are prepared with it)."""
     from transformers import AutoTokenizer
 
-    if not path.is_dir():
-        raise UsageError(f"tokenizer directory not found: {path}")
+    from xelm_cli.data.tokenizer_loading import load_tokenizer
+
+    load_tokenizer(path)
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -373,7 +379,7 @@ def init_from_hf(
     """
     from transformers import AutoTokenizer
 
-    model_id = str(model_id)
+    model_id = _local_model_or_hub_id(str(model_id))
 
     local = Path(model_id).is_dir()
     pickled = pickled_only(model_id)
@@ -440,6 +446,44 @@ def init_from_hf(
     if own_code:
         bundle.trust_code()  # the user asked for it: its bundles may run this code, here
     return bundle
+
+
+def _looks_like_path(model_id: str) -> bool:
+    """Whether ``model_id`` can only mean a local path: it exists, starts with ``.``, ``/`` or
+    ``~``, ends with a separator, or has more separators than a Hub id's one (``owner/name``)."""
+    separators = [os.sep, *([os.altsep] if os.altsep else [])]
+    return (
+        os.path.lexists(model_id)
+        or model_id.startswith((".", "~", *separators))
+        or model_id.endswith(tuple(separators))
+        or sum(model_id.count(sep) for sep in separators) > 1
+        or (os.altsep is not None and os.sep in model_id)  # a Hub id has no backslash
+    )
+
+
+def _local_model_or_hub_id(model_id: str) -> str:
+    """``model_id`` checked before anything is loaded: a Hub id as it is; a path (``~``
+    expanded) that must be a model directory, refused in one line otherwise (neither a Hub
+    validation error nor a missing ``model_type`` key of a folder of other things)."""
+    if not _looks_like_path(model_id):
+        return model_id
+    path = Path(model_id).expanduser()
+    way_out = "pass a Hugging Face model directory (with config.json) or a Hub id (owner/name)"
+    if not path.exists():
+        raise UsageError(f"model directory not found: {model_id}; {way_out}")
+    if not path.is_dir():
+        raise UsageError(f"{model_id} is a file, not a model directory; {way_out}")
+    if not (path / "config.json").is_file():
+        from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
+
+        held = (
+            "; it holds xelm shards (token data)" if (path / SHARDS_MANIFEST).is_file()
+            else "; it holds an xelm bundle" if (path / MANIFEST_NAME).is_file()
+            else "; it holds xelm bundles" if holds_bundles(path)
+            else ""
+        )  # fmt: skip
+        raise UsageError(f"{model_id} is not a model directory (no config.json{held}); {way_out}")
+    return str(path)
 
 
 def _pickled_refusal(model_id: str, pickled: str) -> str:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from xelm_cli import __version__
 from xelm_cli.bundle import verified
@@ -86,9 +86,36 @@ def most_elements(elements: dict[str, int]) -> str | None:
     return max(elements, key=lambda dtype: elements[dtype]) if elements else None
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # an archive's first bytes (archive.ZSTD_MAGIC)
+_SHARDS_MANIFEST = "shards.json"  # spec/shards-v1.md (xelm_cli.data.shards.MANIFEST_NAME)
+
+
+def what_else(path: Path) -> str:
+    """What the existing non-bundle ``path`` is, where xelm knows it, with the way to a bundle:
+    `` (...)`` to follow a refusal; "" for anything else."""
+    try:
+        if path.is_file():
+            with open(path, "rb") as f:
+                if f.read(len(_ZSTD_MAGIC)) == _ZSTD_MAGIC:
+                    return f" (a bundle archive: `xelm bundle unpack {path} -o DIR` unpacks it)"
+            return ""
+        if (path / _SHARDS_MANIFEST).is_file():
+            return " (it holds xelm shards: token data, not a model)"
+        if (path / "config.json").is_file():
+            return (
+                f" (a Hugging Face model folder: `xelm bundle init --hf {path}` makes a seed "
+                "bundle of it)"
+            )
+        if any((path / name).is_file() for name in TOKENIZER_FILES):
+            return " (a tokenizer folder, not a model)"
+    except OSError:
+        pass
+    return ""
+
+
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
     if not path.is_dir():
-        why = "is not a directory" if path.exists() else "does not exist"
+        why = f"is not a directory{what_else(path)}" if path.exists() else "does not exist"
         raise UsageError(f"not a bundle: {path} {why}")
     manifest_path = path / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -96,7 +123,7 @@ def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:
             raise UsageError(
                 f"not a bundle: {path} is a directory of bundles: pass its bundles ({path}/*)"
             )
-        raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}")
+        raise UsageError(f"not a bundle: {path} has no {MANIFEST_NAME}{what_else(path)}")
     if manifest_path.is_symlink():  # its digests would vouch for files of another bundle
         raise IntegrityError(f"{manifest_path}: a symbolic link, not the bundle's own manifest")
     raw = manifest_path.read_bytes()
@@ -163,6 +190,8 @@ def probe_ids(model: Any) -> Any:
 @dataclass
 class Bundle:
     """An opened bundle. ``digest`` (sha256 of ``xelm.json``) is its content identity."""
+
+    ROLES: ClassVar[tuple[str, ...]] = ROLES  # a manifest's roles (spec/bundle-v1.md)
 
     path: Path
     manifest: Manifest

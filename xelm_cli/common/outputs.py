@@ -33,17 +33,27 @@ Own = Callable[[Path], bool]
 _LEFT_BY_A_WRITER = re.compile(r"\..+\.(?:partial|lock)")  # atomic.py's temporaries and locks
 
 
-def enclosing_bundle(path: str | Path) -> Path | None:
-    """The nearest folder above ``path`` that holds a ``xelm.json``, or None."""
-    for folder in resolved_output(path).parents:
+def enclosing_bundle(path: str | Path, *, itself: bool = False) -> Path | None:
+    """The nearest folder above ``path`` that holds a ``xelm.json`` (with ``itself``, ``path``
+    too: it is the nearest), or None."""
+    target = resolved_output(path)
+    for folder in [target, *target.parents] if itself else target.parents:
         if (folder / BUNDLE_MANIFEST).is_file():
             return folder
     return None
 
 
-def refuse_inside_bundle(out: str | Path, what: str = "the output") -> None:
-    """Refuse ``out`` inside a bundle (its folder, or any folder above it, holds xelm.json)."""
-    folder = enclosing_bundle(out)
+def refuse_inside_bundle(out: str | Path, what: str = "the output", *, into: bool = False) -> None:
+    """Refuse ``out`` inside a bundle (its folder, or any folder above it, holds xelm.json);
+    with ``into`` (the writer fills the folder ``out`` with files), ``out`` that is a bundle
+    itself too. A writer that replaces ``out`` whole leaves ``into`` off: replacing a bundle
+    is its own output check's business (``--force``), not a write inside one."""
+    folder = enclosing_bundle(out, itself=into)
+    if folder is not None and folder == resolved_output(out):
+        raise UsageError(
+            f"{out} is a bundle: {what} would be written into it, unlisted in its manifest (the "
+            "bundle would no longer verify): write it somewhere else"
+        )
     if folder is not None:
         raise UsageError(
             f"{out}: {what} would lie inside the bundle {folder}, unlisted in its manifest (the "

@@ -176,7 +176,9 @@ def is_done(part: Part, out: Path, state: dict[str, Any]) -> bool:
 
 
 def missing_parts(out: Path, parts: list[Part]) -> list[Part]:
-    """The parts ``out`` does not hold yet (read from its record, no network)."""
+    """The parts ``out`` does not hold yet (read from its record, no network); ``out`` in a
+    bundle, or a bundle itself, is refused first (as :func:`fetch` refuses it)."""
+    refuse_inside_bundle(out, "the data", into=True)
     state = _read_state(out) if out.is_dir() else {"parts": {}}
     return [part for part in parts if not is_done(part, out, state)]
 
@@ -192,7 +194,8 @@ def fetch(
     """Fetch what ``out`` (default: xelm's cache) lacks; the fetch record of every part asked
     for. ``progress(n)`` is told the bytes of text read."""
     out = Path(out) if out is not None else default_data_dir()
-    refuse_inside_bundle(out, "the data")  # it fills the folder: unlisted files in a bundle
+    # it fills the folder: unlisted files in a bundle, or in the bundle ``out`` itself
+    refuse_inside_bundle(out, "the data", into=True)
     parts = plan_fetch(languages, size, valid_documents)
     advance = progress or (lambda n: None)
     with output_lock(out):
