@@ -280,3 +280,28 @@ def test_each_presets_help_quotes_its_plans_parameters_and_tokens() -> None:
         scale = 1e6 if quoted[3] == "M" else 1e9
         digits = len(quoted[2].split(".")[-1]) if "." in quoted[2] else 0
         assert float(quoted[2]) == round(plan.tokens / scale, digits), name
+
+
+# ------------------------------------------------------------------ 6. a folder of other things
+
+
+@pytest.mark.parametrize(
+    ("held", "target", "message"),
+    [
+        ("xelm.json", ".", r"out is a bundle: the demo's run would be written into it"),
+        ("xelm.json", "run", r"the demo's run would lie inside the bundle .*out"),
+        ("notes.txt", ".", r"out/ holds other things and is no demo run: pass another -o"),
+    ],
+)
+def test_a_folder_that_is_no_demo_run_is_refused_before_anything(
+    tmp_path: Path, held: str, target: str, message: str
+) -> None:
+    """A bundle, a folder inside one, or a folder of other files: the run would write its
+    steps, corpus and tokenizer among them (into a bundle: unlisted, it would not verify)."""
+    data = layout(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / held).write_text("{}")
+    with pytest.raises(UsageError, match=message):
+        Demo(SMOKE, data, out / target).run()
+    assert [p.name for p in out.iterdir()] == [held]

@@ -24,6 +24,7 @@ from typing import Any
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.outputs import is_empty_folder, refuse_inside_bundle
 from xelm_cli.demo.data import data_digest
 from xelm_cli.demo.presets import Preset
 
@@ -53,9 +54,17 @@ def made_by(out: Path) -> dict[str, Any] | None:
 
 
 def check_folder(out: Path, preset: Preset) -> None:
-    """Refuse, in one line, to resume ``out`` with a preset other than the one that made it."""
+    """Refuse, in one line, to resume ``out`` with a preset other than the one that made it,
+    and to start a run in a folder that is no demo run: a bundle or a folder inside one, or a
+    folder holding other things (the run would write its steps among them)."""
     made = made_by(out)
     if made is None:
+        refuse_inside_bundle(out, "the demo's run", into=True)
+        if out.is_dir() and not is_empty_folder(out) and not (out / "steps").is_dir():
+            raise UsageError(
+                f"{out}/ holds other things and is no demo run: pass another -o (a new or "
+                "empty folder)"
+            )
         return
     if made.get("preset") != preset.name:
         raise UsageError(
