@@ -107,7 +107,7 @@ from xelm_cli.training.checkpoints import (
     read_checkpoint_state,
     save_checkpoint,
 )
-from xelm_cli.training.plan_runner import run_plan
+from xelm_cli.training.plan_runner import plan_dry_run, run_plan
 from xelm_cli.training.planning import make_plan
 from xelm_cli.training.positions import (
     declared_positions,
@@ -208,6 +208,7 @@ __all__ = [
     "parse_token_count",
     "past_positions_line",
     "pick_device",
+    "plan_dry_run",
     "posterior_weights",
     "prepare",
     "prepare_experts",

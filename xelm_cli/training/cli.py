@@ -35,6 +35,7 @@ from xelm_cli.training.plan_runner import (
     command_environment,
     device_groups,
     plan_directory,
+    plan_dry_run,
     process_argv,
     raise_failures,
     read_plan,
@@ -509,7 +510,12 @@ def train_all(
         int | None, typer.Option(help="Run only the run with this index (an array task).")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the commands; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the commands; run nothing (with --json: per run, each command and "
+            "whether it is done).",
+        ),
     ] = False,
     nproc_per_node: Annotated[
         int, typer.Option(help="Run `xelm train` under torchrun on this many devices (DDP).")
@@ -551,12 +557,24 @@ def train_all(
     1 when a run failed:
       xelm train-all plan.json --parallel 2 --json > outcomes.json
     """
-    if dry_run and as_json:
-        raise UsageError("--dry-run prints the commands, --json what became of the runs: pick one")
-    if dry_run or (devices is None and parallel == 1 and not as_json):
+    if dry_run:
+        device_groups(devices, nproc_per_node, parallel)  # the same refusals as side by side
+        listing = plan_dry_run(plan_file, only=only, nproc_per_node=nproc_per_node)
+        if as_json:
+            print_json(listing)
+            return
+        for command in (c for run in listing for c in run["commands"]):
+            if command["done"]:
+                console.print(
+                    f"skip (done): {shlex.join(command['command'])}", style="dim", markup=False
+                )
+            else:
+                typer.echo(shlex.join(command["command"]))
+        return
+    if devices is None and parallel == 1 and not as_json:
         device_groups(devices, nproc_per_node, parallel)  # the same refusals as side by side
         plan = read_plan(plan_file)
-        run_in_turn(chosen_runs(plan, only), plan_directory(plan), nproc_per_node, dry_run)
+        run_in_turn(chosen_runs(plan, only), plan_directory(plan), nproc_per_node)
         return
     outcomes = run_plan(
         plan_file, only=only, parallel=parallel, devices=devices, nproc_per_node=nproc_per_node
@@ -566,9 +584,7 @@ def train_all(
     raise_failures(outcomes)
 
 
-def run_in_turn(
-    runs: list[dict[str, Any]], directory: Path | None, nproc_per_node: int, dry_run: bool
-) -> None:
+def run_in_turn(runs: list[dict[str, Any]], directory: Path | None, nproc_per_node: int) -> None:
     """One command after another in this terminal (their progress bars shown), in the plan's
     ``directory``; the first failure stops the rest."""
     check_outputs(runs, directory)
@@ -579,8 +595,6 @@ def run_in_turn(
                 continue
             shown = shown_command(todo, nproc_per_node)
             typer.echo(shlex.join(shown))
-            if dry_run:
-                continue
             code = subprocess.call(process_argv(shown), cwd=directory, env=command_environment())
             if code:
                 raise typer.Exit(code)

@@ -181,6 +181,31 @@ def run_pending(
         yield command, None if done else pending(command, directory)
 
 
+def plan_dry_run(
+    plan_file: Path, *, only: int | None = None, nproc_per_node: int = 1
+) -> list[dict[str, Any]]:
+    """What `xelm train-all --dry-run` shows, running nothing: per run of the plan (``only``:
+    that one), ``{"name", "commands": [{"command", "done"}]}``, each command as it would be
+    typed now (``shown_command``: under torchrun with ``nproc_per_node`` > 1; a killed
+    `xelm train` with ``--resume``), ``done`` where its output exists (it would be skipped)."""
+    plan = read_plan(plan_file)
+    runs, directory = chosen_runs(plan, only), plan_directory(plan)
+    check_outputs(runs, directory)
+    return [
+        {
+            "name": run["name"],
+            "commands": [
+                {
+                    "command": command if todo is None else shown_command(todo, nproc_per_node),
+                    "done": todo is None,
+                }
+                for command, todo in run_pending(run, directory)
+            ],
+        }
+        for run in runs
+    ]
+
+
 def check_outputs(runs: Sequence[dict[str, Any]], directory: Path | None) -> None:
     """Refuse in one line, before any run starts, a bundle at the output of a run's `xelm
     train` that is not what that command writes (``not_trained_by``): train-all would take it
