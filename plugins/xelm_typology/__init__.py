@@ -209,6 +209,11 @@ class TypologyClusterer(Clusterer):
                 "the typology clusterer needs the languages to group: pass --langs "
                 "(languages= from Python), e.g. --langs ar,bg,de,en"
             )
+        if request.data is not None:  # it would be ignored: say so rather than fit without it
+            raise UsageError(
+                f"the typology clusterer reads no DATA (it groups the languages of --langs): "
+                f"drop {request.data}"
+            )
         _check_k(request.k, len(languages))
         canonical = feature_set_name(options.features)
         tree, members = allocation_members(languages, canonical, options.minimal)

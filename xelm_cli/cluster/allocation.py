@@ -24,6 +24,7 @@ from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.common.outputs import check_replaceable, json_format
+from xelm_cli.data.shards import made_by_xelm
 from xelm_cli.lang.codes import normalize_language
 
 FORMAT_NAME = "xelm-allocation"
@@ -116,6 +117,15 @@ def _manifest_path(path: Path) -> Path:
     return path / DIR_MANIFEST if path.is_dir() else path
 
 
+def _not_an_allocation(path: Path) -> str:
+    """Why ``path``, which has no allocation.json, is no allocation, with the way out."""
+    if not (path.exists() or path.is_symlink()):
+        return f"allocation not found: {path}"
+    what = made_by_xelm(path)
+    held = f"is {what}, not an allocation" if what else f"is not an allocation (no {DIR_MANIFEST})"
+    return f"{path} {held}: make one with `xelm cluster`"
+
+
 def _expert_without_languages(experts: Any) -> str | None:
     """The problem of the first expert with no languages, or None. Such an expert has nothing
     to learn (and a plan would divide by its share of no data)."""
@@ -132,7 +142,7 @@ def read_allocation(path: str | Path) -> Allocation:
     path = Path(path)
     json_path = _manifest_path(path)
     if not json_path.is_file():
-        raise UsageError(f"allocation not found: {path}")
+        raise UsageError(_not_an_allocation(path))
     raw = json_path.read_bytes()
     data = read_json_object(json_path, "allocation")
     try:

@@ -150,7 +150,7 @@ def fit_command(
                 help="Corpus (.jsonl[.zst]/.txt files or a directory), a dataset (Hub id "
                 "owner/name, or a local directory laid out like one: streamed) or a corpus "
                 "recipe (a file, or a name from `xelm data recipes`); clusterers of languages "
-                "(typology) need none.",
+                "(typology) take none.",
                 show_default=False,
             ),
         ] = None,

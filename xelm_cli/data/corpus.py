@@ -30,6 +30,7 @@ from xelm_cli.data.blocks import (
 )
 from xelm_cli.data.hf_datasets import hf_rows
 from xelm_cli.data.labels import language_code
+from xelm_cli.data.shards import SHARDS_MADE, made_by_xelm
 from xelm_cli.lang.codes import wanted_form
 
 HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
@@ -37,6 +38,9 @@ HF_DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 JSON_PEEK = 1 << 20  # bytes of a .json file's first line read to tell JSON lines from JSON
 UNREAD_SHOWN = 5  # unread files a warning names
+# the Hub ids of the evaluation sets the perplexity evaluator knows (xelm_cli.data.evalsets
+# EVAL_SETS, which imports this module: a test keeps the two the same)
+EVALUATION_SETS = ("openlanguagedata/flores_plus", "Davlan/sib200")
 _warned: set[str] = set()  # warnings given in this process (corpus files are listed often)
 
 
@@ -55,8 +59,10 @@ def has_text(text: str) -> bool:
 
 
 def source_kind(source: str | Path) -> str:
-    """How a corpus is read: ``files``, ``hf-disk`` (save_to_disk), ``hf-dir`` or ``hf-hub``."""
+    """How a corpus is read: ``files``, ``hf-disk`` (save_to_disk), ``hf-dir`` or ``hf-hub``.
+    What xelm made (a bundle, shards, an allocation: ``refuse_made_by_xelm``) is refused."""
     path = Path(source)
+    refuse_made_by_xelm(path)
     if path.is_dir():
         if any((path / marker).is_file() for marker in HF_DISK_MARKERS):
             return "hf-disk"
@@ -73,6 +79,21 @@ def source_kind(source: str | Path) -> str:
     if not path.exists() and not path.parent.exists() and HUB_ID.match(str(source)):
         return "hf-hub"
     return "files"
+
+
+def refuse_made_by_xelm(path: Path) -> None:
+    """A one-line ``UsageError`` when ``path`` is something xelm made, not a corpus: a bundle,
+    shards (their ``.json`` manifest would pass for a dataset's), an allocation."""
+    what = made_by_xelm(path)
+    if what is None:
+        return
+    if what == SHARDS_MADE:
+        way = "pass the corpus they came from"
+    elif SHARDS_MADE in what:  # their manifest
+        way = "pass the corpus the shards came from"
+    else:
+        way = "pass a corpus (JSON-lines or text files, or a folder of them)"
+    raise UsageError(f"{path} is {what}, not a corpus: {way}")
 
 
 def _declares_configs(readme: Path) -> bool:
@@ -242,10 +263,35 @@ def iter_documents(
     is a one-line ``UsageError`` naming its file or dataset. ``split`` picks the split of a
     Hugging Face dataset (default ``train``, or its only split).
     """
+    return iter_flagged_documents(
+        source,
+        None,
+        language=language,
+        split=split,
+        require_language=require_language,
+        languages=languages,
+        text_column=text_column,
+    )
+
+
+def iter_flagged_documents(
+    source: str | Path,
+    text_column_flag: str | None,
+    *,
+    language: str | None = None,
+    split: str | None = None,
+    require_language: bool = False,
+    languages: Sequence[str] | None = None,
+    text_column: str | None = None,
+) -> Iterator[Document]:
+    """``iter_documents`` for a command whose user chooses the text column with
+    ``text_column_flag`` (``--text-column``), which the error of a dataset without that
+    column names (None: the user cannot choose it; the error says to rename the column)."""
     kind = source_kind(source)
     if kind != "files":
         label = language and language_code(language)
-        rows = hf_rows(source, kind, label, split, require_language, text_column or "text")
+        column = text_column or "text"
+        rows = hf_rows(source, kind, label, split, require_language, column, text_column_flag)
         yield from itertools.starmap(Document, rows)
         return
     for path, default in labelled_files(source, language=language, languages=languages):
@@ -253,14 +299,13 @@ def iter_documents(
             yield from map(Document, block.texts, block.languages)
 
 
-def _languages_held(source: str | Path, read: Mapping[str, int]) -> list[str]:
-    """The languages a corpus holds: its files' (named ``tr.jsonl``), which reading some
-    languages did not open, else those read (a dataset, files without a language in the name)."""
+def languages_held(source: str | Path, read: Mapping[str, int]) -> list[str]:
+    """The languages a corpus holds: those ``read``, and of corpus files also those their
+    names give (``tr.jsonl``), which reading some languages did not open."""
+    held = set(read)
     if source_kind(source) == "files":
-        named = {_held_language(path, lang) for path, lang in labelled_files(source) if lang}
-        if named:
-            return sorted(named)
-    return sorted(read)
+        held |= {_held_language(path, lang) for path, lang in labelled_files(source) if lang}
+    return sorted(held)
 
 
 def _held_language(path: Path, named: str) -> str:
@@ -280,11 +325,15 @@ def labelled_files(
     return [(path, _file_language(path, default)) for path in files]
 
 
-def require_source(source: str | Path, what: str) -> None:
+def require_source(source: str | Path, what: str, *, known: Sequence[str] = ()) -> None:
     """A one-line ``UsageError`` naming ``what`` (``--calibration data``) when ``source`` is a
-    path that does not exist (not a Hub id nor a recipe)."""
-    if not Path(source).exists() and source_kind(source) == "files":
-        raise UsageError(f"{what} not found: {source}")
+    path that does not exist (not a Hub id nor a recipe); a bare name (``flores``) with the
+    ``known`` datasets (Hub ids) it may mean."""
+    path = Path(source)
+    if not path.exists() and source_kind(source) == "files":
+        named = known and len(path.parts) == 1  # a bare name (flores) may mean a known set
+        sets = f" (not a file or folder, nor one of the known sets {', '.join(known)})"
+        raise UsageError(f"{what} not found: {source}{sets if named else ''}")
 
 
 def read_documents(
@@ -296,7 +345,7 @@ def read_documents(
     """The non-empty documents of a labelled corpus, optionally only some languages and the
     first ``limit`` of each (reading stops once each of ``languages`` has them); a language
     asked for but absent, or nothing left, is a one-line ``UsageError``."""
-    require_source(source, "evaluation data")
+    require_source(source, "evaluation data", known=EVALUATION_SETS)
     wanted = set(languages) if languages else None
     counts: dict[str, int] = {}
     documents = []
@@ -316,7 +365,7 @@ def read_documents(
     if wanted is not None and wanted - set(counts):
         raise UsageError(
             f"{source} has no documents in {', '.join(sorted(wanted - set(counts)))} "
-            f"(it has: {', '.join(_languages_held(source, counts)) or 'none'})"
+            f"(it has: {', '.join(languages_held(source, counts)) or 'none'})"
         )
     if not documents:
         raise UsageError(f"no documents to evaluate in {source}")

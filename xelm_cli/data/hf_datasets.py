@@ -83,17 +83,25 @@ def hf_rows(
     split: str | None,
     require_language: bool,
     text_column: str = "text",
+    text_column_flag: str | None = None,
 ) -> Iterator[tuple[str, str | None]]:
     """The text (column ``text_column``) and language of each row of dataset ``source``
-    (``language`` where it has none)."""
+    (``language`` where it has none). A dataset without that column is a one-line error naming
+    ``text_column_flag``, the caller's way to choose another (``--text-column``), or, where
+    the caller has none (None), saying to rename the dataset's own."""
     dataset = load_hf_dataset(source, kind, split=split)
     columns = list(dataset.column_names or [])
     if not columns:  # a stream whose features are not known before its first row
         columns = list(next(iter(_read(dataset.take(1), source, kind)), {}))
     if text_column not in columns:
+        way = (
+            f"choose one with {text_column_flag}"
+            if text_column_flag
+            else f"the dataset's text column is not {text_column!r}: rename it to {text_column!r}"
+        )
         raise FormatError(
             f"dataset {source!s} has no {text_column!r} column (columns: {', '.join(columns)}); "
-            "choose one with --text-column"
+            + way
         )
     label_columns = [c for c in LANGUAGE_FIELDS if c in columns]
     wanted = [text_column, *label_columns]

@@ -13,13 +13,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.corpus import Document, iter_documents
+from xelm_cli.data.corpus import Document, iter_flagged_documents, languages_held
 from xelm_cli.data.documents import group_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import DEFAULT_BATCH, LanguagesMet
 from xelm_cli.lang.codes import language_codes, wanted_form
 
 UNLABELLED = "und"  # the language code of undetermined language
+UNLABELLED_NAME = "unlabelled"  # documents without a language, as a refusal names them
 Progress = Callable[[int], object]  # told how many records were read since it was last told
 
 
@@ -110,18 +111,21 @@ def sample_documents(
         raise UsageError(f"per_language must be at least 1 (None: all), not {per_language}")
     wanted = language_codes(languages)
     plan = _plan(data, wanted, reading)
+    seen: set[str] = set()  # the languages read, wanted or not
     if _kind(plan) == UNIFORM:
         sample = _corpus_sample(
-            plan.path, wanted, per_language, document_bytes, seed, reading, progress
+            plan.path, wanted, per_language, document_bytes, seed, reading, progress, seen
         )
     else:
-        sample = _streamed_sample(plan, wanted, per_language, document_bytes, progress)
+        sample = _streamed_sample(plan, wanted, per_language, document_bytes, progress, seen)
     missing = [lang for lang in wanted or () if lang not in {d.language for d in sample}]
     if missing:
-        found = sorted({d.language or "unlabelled" for d in sample})
+        found = seen | {d.language or UNLABELLED_NAME for d in sample}
+        if plan.kind == "files":  # corpus files: also those of languages not opened
+            found = set(languages_held(plan.path, dict.fromkeys(found, 1)))
         raise UsageError(
-            f"no documents in {', '.join(missing)} in {data} (it has: {', '.join(found) or 'none'}"
-            "); drop them from --langs"
+            f"no documents in {', '.join(missing)} in {data} (it has: "
+            f"{', '.join(sorted(found)) or 'none'}); drop them from --langs"
         )
     return sample
 
@@ -134,20 +138,34 @@ def _corpus_sample(
     seed: int,
     reading: SourceOptions | None,
     progress: Progress | None,
+    seen: set[str],
 ) -> list[Document]:
+    """A uniform sample of corpus files (or a save_to_disk dataset); ``seen`` is given the
+    languages read, wanted or not."""
     reading = reading or SourceOptions()
-    documents = iter_documents(
-        path,
-        language=reading.language,
-        split=reading.split,
-        languages=wanted,
-        text_column=reading.text_column,
+    documents = _seen(
+        iter_flagged_documents(
+            path,
+            "--text-column",
+            language=reading.language,
+            split=reading.split,
+            languages=wanted,
+            text_column=reading.text_column,
+        ),
+        seen,
     )
     if wanted:
         documents = _as_wanted(documents, wanted)
     if document_bytes > 0:
         documents = group_documents(documents, document_bytes)
     return sample_per_language(_counted(documents, progress), per_language, seed)
+
+
+def _seen(documents: Iterable[Document], seen: set[str]) -> Iterator[Document]:
+    """``documents``, their languages added to ``seen`` as they are read."""
+    for document in documents:
+        seen.add(document.language or UNLABELLED_NAME)
+        yield document
 
 
 def _as_wanted(documents: Iterable[Document], wanted: Collection[str]) -> Iterator[Document]:
@@ -172,17 +190,18 @@ def _streamed_sample(
     per_language: int | None,
     document_bytes: int,
     progress: Progress | None,
+    seen: set[str],
 ) -> list[Document]:
     """The first ``per_language`` documents of each language of ``plan``'s sources, one
     source after another (``first_records``); a source whose languages all have enough is not
-    opened."""
+    opened. ``seen`` is given the languages read, wanted or not."""
     kept: dict[str, list[Document]] = {}
 
     def enough(language: str) -> bool:
         return per_language is not None and len(kept.get(language, ())) >= per_language
 
     rows = min(DEFAULT_BATCH, per_language or DEFAULT_BATCH)  # read little past a small sample
-    records = first_records(plan, wanted, enough, batch_size=rows, progress=progress)
+    records = first_records(plan, wanted, enough, batch_size=rows, progress=progress, seen=seen)
     documents: Iterable[Document] = itertools.starmap(Document, records)
     if document_bytes > 0:  # a joined document comes with the record that completes it
         documents = group_documents(documents, document_bytes)
@@ -198,6 +217,7 @@ def first_records(
     *,
     batch_size: int = DEFAULT_BATCH,
     progress: Progress | None = None,
+    seen: set[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """The text and language of each record of ``plan``'s sources, in stream order, of the
     languages of ``wanted`` (None: every language) that do not have ``enough`` yet, one source
@@ -207,7 +227,8 @@ def first_records(
     and not opened when they already do. A dataset whose rows carry their languages, read
     with ``wanted`` None (its languages are not known before), is left once every language it
     gave has enough and a few batches more bring none new (``LanguagesMet``). ``progress`` is
-    told the records of each batch read."""
+    told the records of each batch read; ``seen``, when given, the languages of every record
+    read, wanted or not."""
     languages = set(wanted) if wanted else (set(plan.sources) if plan.recipe else None)
     for name, source in plan.sources.items():
         only = plan.only_language(name)
@@ -220,6 +241,8 @@ def first_records(
         if all_enough():
             continue
         for batch in source.open(batch_size=max(batch_size, 1)):
+            if seen is not None:
+                seen.update(batch.languages)
             for language, text in zip(batch.languages, batch.texts, strict=True):
                 if (own is None or language in own) and not enough(language):
                     yield text, language

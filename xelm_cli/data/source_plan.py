@@ -210,6 +210,11 @@ def plan_sources(
         raise UsageError(
             "--text-column is for datasets, not corpus files (their records hold 'text'): drop it"
         )
+    if split is not None and kind != "hf-disk":
+        raise UsageError(
+            "--split is for datasets, not corpus files (every file is read): drop it, or pass "
+            "the folder or file of the split you mean"
+        )
     files = FileSource(
         text,
         language=language,

@@ -186,7 +186,7 @@ def open_shards(option: str, path: Path, seed: Bundle, languages: Sequence[str])
     try:
         shards = Shards.open(path)
     except UsageError as error:
-        raise UsageError(f"{option}: {error}; make them with `xelm data prepare`") from None
+        raise UsageError(f"{option}: {error}") from None  # it names the way to make them
     with refusals_naming(option):
         shards.require_tokenizer(seed.manifest.fingerprints["tokenizer"], f"seed {seed.path}")
         shards.require_languages(languages)
