@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from xelm_cli.api import UsageError, write_allocation
+from xelm_cli.api import UsageError, allocation_summary, read_allocation, write_allocation
 from xelm_cli.bundle.manifest import schema_problems
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import allocation_schema
@@ -58,6 +58,7 @@ def test_show_shares_table_and_json(shares, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["k"] == 3 and data["language_shares"]["zh"] == [0.05, 0.05, 0.9]
     assert data["experts"][2] == {"index": 2, "languages": ["zh"]}
+    assert data == allocation_summary(read_allocation(shares))  # the command is the Python call
 
 
 def test_show_reports_each_languages_purity_and_their_mean(shares, capsys):

@@ -14,6 +14,7 @@ from xelm_cli.bundle.seed import init_from_config, init_from_hf
 from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation, write_allocation
 from xelm_cli.cluster.fitting import cluster
+from xelm_cli.cluster.plots import allocation_summary, write_plots
 from xelm_cli.common.atomic import atomic_directory, atomic_file, output_lock, write_bytes_atomic
 from xelm_cli.common.errors import (
     ArchiveError,
@@ -152,6 +153,7 @@ __all__ = [
     "UsageError",
     "Weights",
     "XelmError",
+    "allocation_summary",
     "atomic_directory",
     "atomic_file",
     "branch",
@@ -237,5 +239,6 @@ __all__ = [
     "write_allocation",
     "write_bundle",
     "write_bytes_atomic",
+    "write_plots",
     "write_report",
 ]

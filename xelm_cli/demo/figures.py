@@ -320,7 +320,7 @@ def _tree(results: dict[str, Any]) -> tuple[list[str], np.ndarray] | None:
     if not isinstance(typology, dict) or not isinstance(typology.get("tree"), dict):
         return None
     from xelm_cli.cluster.allocation import Allocation
-    from xelm_cli.cluster.cli import tree_linkage
+    from xelm_cli.cluster.plots import tree_linkage
 
     experts = [e.get("languages", []) for e in typology.get("experts", []) if isinstance(e, dict)]
     allocation = Allocation(
@@ -347,12 +347,12 @@ def _draw_dendrogram(
     from matplotlib.ticker import MaxNLocator
     from scipy.cluster.hierarchy import dendrogram
 
-    from xelm_cli.cluster.cli import _by_round
+    from xelm_cli.cluster.plots import merge_rounds
 
     owners = expert_of_language(results)
     experts = expert_languages(results)
     colours = expert_colours(len(experts))
-    by_round = _by_round(linkage, len(leaves))
+    by_round = merge_rounds(linkage, len(leaves))
     below = _leaves_below(linkage, len(leaves))
 
     def link_colour(node: int) -> str:
