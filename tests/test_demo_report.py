@@ -279,9 +279,12 @@ def test_demo_json_prints_one_object_with_the_report_and_the_claims(
     """The run itself stood in for by its results; stdout holds the JSON alone."""
     import xelm_cli.demo
     from xelm_cli.demo import write_report
+    from xelm_cli.demo.folder import record_folder
+    from xelm_cli.demo.presets import PRESETS
 
     def finished(preset: str, data: Path, out: Path, *args: Any) -> Any:
         results = {**old_results, "seconds": 12.0}
+        record_folder(Path(out), PRESETS["smoke"], Path(data))  # as a run records its folder
         return results, write_report(results, Path(out) / "report", overwrite=True)
 
     monkeypatch.setattr(xelm_cli.demo, "run_demo", finished)
