@@ -243,4 +243,5 @@ def test_a_missing_text_column_exits_3(
     assert run([*args, "--text-column", "body"]) == 3
     error = capsys.readouterr().err.splitlines()
     assert len(error) == 1
-    assert "has no column 'body' (columns: lang, text); choose one with --text-column" in error[0]
+    way_out = "choose one with --text-column (a recipe's: its text_column)"
+    assert f"has no column 'body' (columns: lang, text); {way_out}" in error[0]

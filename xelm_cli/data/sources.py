@@ -425,7 +425,8 @@ class DatasetSource:
         if column not in row:
             raise BrokenData(
                 f"{self.describe()} row {number} has no column {column!r} (columns: "
-                f"{', '.join(sorted(row))}); choose one with --text-column"
+                f"{', '.join(sorted(row))}); choose one with --text-column (a recipe's: its "
+                "text_column)"
             )
         text = row[column]
         if not isinstance(text, str):
@@ -434,7 +435,8 @@ class DatasetSource:
                 return
             raise BrokenData(
                 f"{self.describe()} row {number}: {column!r} is not text "
-                f"({type(text).__name__}); choose the text column with --text-column"
+                f"({type(text).__name__}); choose the text column with --text-column (a "
+                "recipe's: its text_column)"
             )
         language = labels.every
         if language is None:
