@@ -253,40 +253,20 @@ def iter_documents(
     require_language: bool = False,
     languages: Sequence[str] | None = None,
     text_column: str | None = None,
+    text_column_flag: str | None = None,
 ) -> Iterator[Document]:
     """Every document of a corpus, in file order; ``language`` labels unlabelled documents.
     With ``languages``, files named for other languages are not read (see ``corpus_files``).
-    ``text_column`` is a Hugging Face dataset's column with the text (default ``text``).
+    ``text_column`` is a Hugging Face dataset's column with the text (default ``text``);
+    ``text_column_flag``, the flag that chooses it where the caller has one
+    (``--text-column``), is named in the error of a dataset without that column (None: the
+    error says to rename the column).
 
     A document's language comes from its record (``lang``/``language``), else the file name
     (``tr.jsonl``), else ``language``. With ``require_language`` a document left without one
     is a one-line ``UsageError`` naming its file or dataset. ``split`` picks the split of a
     Hugging Face dataset (default ``train``, or its only split).
     """
-    return iter_flagged_documents(
-        source,
-        None,
-        language=language,
-        split=split,
-        require_language=require_language,
-        languages=languages,
-        text_column=text_column,
-    )
-
-
-def iter_flagged_documents(
-    source: str | Path,
-    text_column_flag: str | None,
-    *,
-    language: str | None = None,
-    split: str | None = None,
-    require_language: bool = False,
-    languages: Sequence[str] | None = None,
-    text_column: str | None = None,
-) -> Iterator[Document]:
-    """``iter_documents`` for a command whose user chooses the text column with
-    ``text_column_flag`` (``--text-column``), which the error of a dataset without that
-    column names (None: the user cannot choose it; the error says to rename the column)."""
     kind = source_kind(source)
     if kind != "files":
         label = language and language_code(language)

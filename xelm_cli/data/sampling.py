@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.data.corpus import Document, iter_flagged_documents, languages_held
+from xelm_cli.data.corpus import Document, iter_documents, languages_held
 from xelm_cli.data.documents import group_documents
 from xelm_cli.data.source_plan import SourceOptions, SourcePlan, plan_sources
 from xelm_cli.data.sources import DEFAULT_BATCH, LanguagesMet
@@ -144,9 +144,9 @@ def _corpus_sample(
     languages read, wanted or not."""
     reading = reading or SourceOptions()
     documents = _seen(
-        iter_flagged_documents(
+        iter_documents(
             path,
-            "--text-column",
+            text_column_flag="--text-column",
             language=reading.language,
             split=reading.split,
             languages=wanted,

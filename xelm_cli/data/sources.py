@@ -44,7 +44,7 @@ from xelm_cli.data.blocks import FilePosition, read_blocks
 from xelm_cli.data.corpus import (
     corpus_files,
     has_text,
-    iter_flagged_documents,
+    iter_documents,
     labelled_files,
     source_kind,
 )
@@ -573,9 +573,9 @@ class FileSource:
 
     def _skipping(self, skip: int, batch_size: int) -> Stream:
         state = {"rows": skip}
-        documents = iter_flagged_documents(
+        documents = iter_documents(
             self.path,
-            "--text-column",
+            text_column_flag="--text-column",
             language=self.language,
             split=self.split,
             require_language=True,
