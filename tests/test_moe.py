@@ -282,3 +282,21 @@ def test_experts_of_different_dtypes_are_refused_not_rounded(
         "(xelm train --save-dtype)"
     )
     assert not (tmp_path / "moe").exists()
+
+
+def test_weights_from_python_take_the_text_the_command_takes(
+    seed_bundle: Path, tmp_path: Path
+) -> None:
+    """``weights="0.7,0.3"`` or ``"NAME=1"``, as ``--weights`` and ``merge_average`` take them
+    (was a bare ValueError: the text was read a character at a time)."""
+    first, second = mlp_experts(seed_bundle, tmp_path, LANGS[:2], only="")  # all weights differ
+    paths = [first.path, second.path]
+    as_numbers = build_moe(paths, tmp_path / "numbers", weights=[0.7, 0.3])
+    as_text = build_moe(paths, tmp_path / "text", weights="0.7,0.3")
+    shared = "model.layers.1.self_attn.q_proj.weight"
+    numbers = load_file(str(as_numbers.path / "model.safetensors"))[shared]
+    assert torch.equal(load_file(str(as_text.path / "model.safetensors"))[shared], numbers)
+    named = build_moe(paths, tmp_path / "named", weights=f"{first.path.name}=1")
+    stored = load_file(str(named.path / "model.safetensors"))[shared]
+    assert torch.equal(stored, weights(first.path)[shared])  # the named expert's alone
+    assert not torch.equal(stored, numbers)  # the weights were used

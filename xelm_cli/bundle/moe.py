@@ -23,6 +23,7 @@ from xelm_cli.bundle.merging import (
     check_mergeable,
     expert_paths,
     normalised,
+    parse_weights,
 )
 from xelm_cli.bundle.store import Bundle, Progress, check_output, write_bundle
 from xelm_cli.bundle.tensor_stream import (
@@ -314,7 +315,7 @@ def build_moe(
     gate: str = "random",
     calibration: str | Path | None = None,
     calibration_limit: int = CALIBRATION_LIMIT,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | str | None = None,
     shared_from: Path | None = None,
     seed: int = 0,
     device: str | None = None,
@@ -323,7 +324,8 @@ def build_moe(
 ) -> Bundle:
     """Write ``out``: a transformers MoE bundle with one expert per bundle of ``paths`` (in
     order; a quoted glob such as ``"experts/*"`` is expanded). Non-expert weights: the
-    experts' average (uniform, or ``weights``), or those of ``shared_from``, an ancestor of
+    experts' average (uniform, or ``weights``: numbers in the experts' order, or text as
+    ``--weights`` takes it, ``0.7,0.3`` or ``NAME=1``), or those of ``shared_from``, an ancestor of
     every expert (the seed they were branched from). Mismatched experts and unsupported
     architectures are refused from manifests and configs, before any tensor is read.
 
@@ -357,7 +359,10 @@ def build_moe(
         require_source(calibration, "--calibration data (held-out labelled text)")
     chosen_device = pick_device(device)
     config = moe_config(dense, family, k, top_k)
-    chosen = normalised(weights, "weights") if weights else [1.0 / k] * k
+    if isinstance(weights, str):
+        chosen = parse_weights(weights, bundles)
+    else:
+        chosen = normalised(weights, "weights") if weights else [1.0 / k] * k
     if len(chosen) != k:
         raise UsageError(f"{len(chosen)} weights for {k} experts")
     seed_bundle = None
