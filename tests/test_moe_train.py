@@ -164,3 +164,13 @@ def test_an_infinite_balance_loss_is_refused_up_front() -> None:
 
     with pytest.raises(UsageError, match="--aux-loss must be a number of 0 or more, not inf"):
         TrainOptions.from_dict({**SMALL_OPTIONS, "aux_loss": "inf"})
+
+
+def test_router_only_without_a_balance_loss_on_top_one_is_refused(
+    moe: Bundle, moe_shards: Path, tmp_path: Path
+) -> None:
+    """Top-1 renormalised: the language-model loss gives the routers no gradient, so with
+    --aux-loss 0 the run would write a 'trained' bundle whose routers never moved."""
+    with pytest.raises(UsageError, match=r"--router-only --aux-loss 0 on a top-1 MoE trains"):
+        train(moe.path, moe_shards, tmp_path / "t", router_only=True, aux_loss=0.0)
+    assert not (tmp_path / "t").exists() and not checkpoint_dir(tmp_path / "t").exists()

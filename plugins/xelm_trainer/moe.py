@@ -36,6 +36,12 @@ def configure_moe(model: Any, options: TrainOptions) -> None:
         return
     if options.aux_loss is not None:
         model.router_aux_loss_coef = options.aux_loss
+    if options.router_only and options.aux_loss == 0 and _top_one_renormalised(model.config):
+        raise UsageError(
+            "--router-only --aux-loss 0 on a top-1 MoE trains nothing: the chosen expert's "
+            "weight is renormalised to 1, so the language-model loss gives the routers no "
+            "gradient; give --aux-loss above 0, or rebuild it with `xelm bundle moe --top-k 2`"
+        )
     if options.router_only:
         routers = 0
         for name, parameter in model.named_parameters():
@@ -46,6 +52,13 @@ def configure_moe(model: Any, options: TrainOptions) -> None:
                 f"--router-only: xelm finds no router in this {model.config.model_type} model "
                 "(it knows mlp.gate, mlp.router and block_sparse_moe.router); train all weights"
             )
+
+
+def _top_one_renormalised(config: Any) -> bool:
+    """Whether each token's one chosen expert gets weight exactly 1 (top-1, its weight
+    renormalised over the chosen: Mixtral always, Qwen-MoE with ``norm_topk_prob``)."""
+    top_one = getattr(config, "num_experts_per_tok", None) == 1
+    return top_one and getattr(config, "norm_topk_prob", True)
 
 
 def training_kwargs(model: Any) -> dict[str, Any]:
