@@ -300,3 +300,23 @@ def test_weights_from_python_take_the_text_the_command_takes(
     stored = load_file(str(named.path / "model.safetensors"))[shared]
     assert torch.equal(stored, weights(first.path)[shared])  # the named expert's alone
     assert not torch.equal(stored, numbers)  # the weights were used
+
+
+def test_the_language_gate_warns_of_experts_holding_the_same_languages(
+    experts: list[Bundle], seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """TF-IDF experts hold every language: calibrated on the same text, their gate rows tell
+    them apart by weights alone. Experts of their own languages get no warning."""
+    build_moe([b.path for b in experts[:2]], tmp_path / "own", gate="language",
+              calibration=str(FLORES), calibration_limit=2)  # fmt: skip
+    assert "warning" not in capsys.readouterr().err
+    both = ["en", "tr"]
+    shared = [
+        perturbed_expert(branch(seed_bundle, tmp_path / f"b{i}", languages=both).path,
+                         tmp_path / f"e{i}", seed=i, languages=both)
+        for i in range(2)
+    ]  # fmt: skip
+    build_moe([b.path for b in shared], tmp_path / "shared", gate="language",
+              calibration=str(FLORES), calibration_limit=2)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "xelm: warning: experts e0, e1 hold the same languages: --gate language" in err

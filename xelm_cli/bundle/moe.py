@@ -11,6 +11,7 @@ output) over held-out text in expert e's languages, run through expert e itself.
 """
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,23 @@ def language_gates(
     return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+def _warn_shared_languages(bundles: Sequence[Bundle]) -> None:
+    """Say on stderr when experts hold the same languages (a TF-IDF allocation's, which split
+    documents, not languages): the language gate calibrates each on text of its languages, so
+    theirs is the same text, and their gate rows differ by their weights alone."""
+    held: dict[tuple[str, ...], list[str]] = {}
+    for bundle in bundles:
+        held.setdefault(tuple(sorted(bundle.languages)), []).append(bundle.name)
+    shared = [names for names in held.values() if len(names) > 1]
+    if shared:
+        names = ", ".join(shared[0])
+        sys.stderr.write(
+            f"xelm: warning: experts {names} hold the same languages: --gate language "
+            "calibrates them on the same text, so it tells them apart by their weights alone, "
+            "not by what each was trained on; --gate random leaves it to the fine-tune\n"
+        )
+
+
 def build_moe(
     paths: str | Path | Sequence[str | Path],
     out: Path,
@@ -353,6 +371,8 @@ def build_moe(
         raise UsageError(f"--calibration-limit must be at least 1 (got {calibration_limit})")
     if gate == "language" and calibration is None:
         raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
+    if gate == "language":
+        _warn_shared_languages(bundles)
     if calibration is not None:
         from xelm_cli.data.corpus import require_source
 
