@@ -49,7 +49,7 @@ from xelm_cli.common.outputs import (
 Progress = Callable[[int], None]
 
 ARCHIVE_SUFFIX = ".xelm.tar.zst"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # the first bytes of a zstd frame: of every archive pack writes
+ZSTD_MAGIC = zstandard.FRAME_HEADER  # the first bytes of a zstd frame: of every archive
 MAX_MANIFEST_SIZE = 16 << 20
 CHUNK = 1 << 20
 # zstd output is identical for every worker count >= 1 (though not for 0, the single-threaded

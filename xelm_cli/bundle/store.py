@@ -86,20 +86,20 @@ def most_elements(elements: dict[str, int]) -> str | None:
     return max(elements, key=lambda dtype: elements[dtype]) if elements else None
 
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # an archive's first bytes (archive.ZSTD_MAGIC)
-_SHARDS_MANIFEST = "shards.json"  # spec/shards-v1.md (xelm_cli.data.shards.MANIFEST_NAME)
-
-
 def what_else(path: Path) -> str:
     """What the existing non-bundle ``path`` is, where xelm knows it, with the way to a bundle:
     `` (...)`` to follow a refusal; "" for anything else."""
+    import zstandard  # only on a refusal: its frame header starts every archive pack writes
+
+    from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
+
     try:
         if path.is_file():
             with open(path, "rb") as f:
-                if f.read(len(_ZSTD_MAGIC)) == _ZSTD_MAGIC:
+                if f.read(len(zstandard.FRAME_HEADER)) == zstandard.FRAME_HEADER:
                     return f" (a bundle archive: `xelm bundle unpack {path} -o DIR` unpacks it)"
             return ""
-        if (path / _SHARDS_MANIFEST).is_file():
+        if (path / SHARDS_MANIFEST).is_file():
             return " (it holds xelm shards: token data, not a model)"
         if (path / "config.json").is_file():
             return (
