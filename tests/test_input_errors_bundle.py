@@ -125,15 +125,20 @@ def test_init_hf_refuses_a_missing_path(
 
 
 def test_init_hf_refuses_a_folder_without_config(
-    capsys: pytest.CaptureFixture[str], shards: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], shards: Path, seed_bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "x"
     err = _one_line_error(capsys, "bundle", "init", "--hf", shards, "--langs", "en", "-o", out)
-    assert f"{shards} is not a model directory (no config.json; it holds xelm shards" in err
+    assert f"{shards} is not a model directory (no config.json; it is xelm shards, made by" in err
     (tmp_path / "empty").mkdir()
     err = _one_line_error(capsys, "bundle", "init", "--hf", tmp_path / "empty", "--langs", "en",
                           "-o", out)  # fmt: skip
     assert "is not a model directory (no config.json); pass a Hugging Face model" in err
+    (tmp_path / "experts").mkdir()
+    (tmp_path / "experts" / "seed").symlink_to(seed_bundle)
+    err = _one_line_error(capsys, "bundle", "init", "--hf", tmp_path / "experts", "--langs", "en",
+                          "-o", out)  # fmt: skip
+    assert "(no config.json; it is a folder of xelm bundles); pass a Hugging Face model" in err
     assert not out.exists()
 
 
@@ -207,7 +212,7 @@ def test_branch_from_a_folder_without_bundles_names_it(
 ) -> None:
     err = _one_line_error(capsys, "bundle", "branch", "--from", shards, "--donor", "tr",
                           "--lang", "az", "-o", tmp_path / "az")  # fmt: skip
-    assert f"--from {shards}: no bundles there (it holds xelm shards" in err
+    assert f"--from {shards}: no bundles there (it is xelm shards, made by" in err
     assert "pass the experts' bundles or the folder that holds them" in err
     deep = tmp_path / "runs" / "experts"
     deep.mkdir(parents=True)
@@ -222,7 +227,7 @@ def test_a_non_bundle_says_what_it_is(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
     err = _one_line_error(capsys, "bundle", "inspect", shards)
-    assert f"not a bundle: {shards} has no xelm.json (it holds xelm shards" in err
+    assert f"not a bundle: {shards} has no xelm.json (it is xelm shards, made by" in err
     archive = pack_bundle(seed_bundle, tmp_path / "seed.xelm.tar.zst")
     err = _one_line_error(capsys, "bundle", "inspect", archive)
     assert f"`xelm bundle unpack {archive} -o DIR` unpacks it" in err

@@ -9,6 +9,7 @@ import pytest
 from cli_helpers import xelm
 
 from xelm_cli.api import SourceOptions, UsageError, cluster, read_documents, sample_documents
+from xelm_cli.bundle.archive import pack_bundle
 from xelm_cli.cluster.allocation import read_allocation, write_allocation
 from xelm_cli.common.errors import FormatError
 from xelm_cli.data.corpus import EVALUATION_SETS, iter_documents
@@ -43,8 +44,10 @@ def made(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> dict[st
     write_allocation(
         root / "alloc-dir" / "allocation.json", clusterer="typology", experts=[["en", "tr"]]
     )
+    archive = pack_bundle(seed_bundle, root / "seed.xelm.tar.zst")
     return {
         "bundle": seed_bundle,
+        "archive": archive,
         "shards": root / "shards",
         "corpus": corpus,
         "alloc": root / "alloc.json",
@@ -63,10 +66,12 @@ def one_line(err: str) -> str:
 CORPUS_REFUSALS = {
     "bundle": "is an xelm bundle, not a corpus: pass a corpus (JSON-lines or text files, or a "
     "folder of them)",
-    "shards": "is xelm shards (made by `xelm data prepare`), not a corpus: pass the corpus they "
+    "shards": "is xelm shards, made by `xelm data prepare`, not a corpus: pass the corpus they "
     "came from",
-    "alloc": "is an xelm allocation (made by `xelm cluster`), not a corpus: pass a corpus",
-    "alloc-dir": "is an xelm allocation (made by `xelm cluster`), not a corpus: pass a corpus",
+    "alloc": "is an xelm allocation, made by `xelm cluster`, not a corpus: pass a corpus",
+    "alloc-dir": "is an xelm allocation, made by `xelm cluster`, not a corpus: pass a corpus",
+    "archive": "is a bundle archive, made by `xelm bundle pack`, not a corpus: unpack it with "
+    "`xelm bundle unpack",
 }
 
 
@@ -220,7 +225,7 @@ def test_a_folder_that_is_no_allocation_is_not_said_to_be_missing(
         "make one with `xelm cluster`",
         made["bundle"]: f"{made['bundle']} is an xelm bundle, not an allocation: make one with "
         "`xelm cluster`",
-        made["shards"]: f"{made['shards']} is xelm shards (made by `xelm data prepare`), not an "
+        made["shards"]: f"{made['shards']} is xelm shards, made by `xelm data prepare`, not an "
         "allocation: make one with `xelm cluster`",
     }
     for path, message in cases.items():
@@ -238,11 +243,16 @@ def test_what_is_not_shards_is_named_with_the_way_to_make_them(
     way = "make them with `xelm data prepare`"
     plain = tmp_path / "notes.txt"
     plain.write_text("hello\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
     cases = {
         tmp_path / "nope": f"{tmp_path / 'nope'} does not exist",
         made["corpus"]: f"{made['corpus']} has no shards.json",
-        made["alloc"]: f"{made['alloc']} is an xelm allocation (made by `xelm cluster`)",
+        made["alloc"]: f"{made['alloc']} is an xelm allocation, made by `xelm cluster`",
         made["bundle"]: f"{made['bundle']} is an xelm bundle",
+        made["archive"]: f"{made['archive']} is a bundle archive, made by `xelm bundle pack`",
+        model: f"{model} is a Hugging Face model folder",
         plain: f"{plain} is a file",
     }
     for path, why in cases.items():
@@ -250,7 +260,7 @@ def test_what_is_not_shards_is_named_with_the_way_to_make_them(
             Shards.open(path)
         assert str(caught.value) == f"not a shards directory: {why}; {way}"
     code, _, stderr = xelm(capsys, "data", "inspect", made["alloc"])
-    assert code == 2 and one_line(stderr).endswith(f"(made by `xelm cluster`); {way}")
+    assert code == 2 and one_line(stderr).endswith(f"made by `xelm cluster`; {way}")
     assert Shards.open(made["shards"]).languages == ["en", "tr"]
 
 

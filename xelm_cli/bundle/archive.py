@@ -45,10 +45,10 @@ from xelm_cli.common.outputs import (
     refuse_inside_bundle,
     resolved_output,
 )
+from xelm_cli.common.recognise import ARCHIVE_SUFFIX
 
 Progress = Callable[[int], None]
 
-ARCHIVE_SUFFIX = ".xelm.tar.zst"
 ZSTD_MAGIC = zstandard.FRAME_HEADER  # the first bytes of a zstd frame: of every archive
 MAX_MANIFEST_SIZE = 16 << 20
 CHUNK = 1 << 20

@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
-from xelm_cli.bundle.manifest import MANIFEST_NAME
 from xelm_cli.bundle.store import (
     Bundle,
     Progress,
-    holds_bundles,
     load_causal_lm,
     loading_problem,
     most_elements,
@@ -23,6 +21,7 @@ from xelm_cli.bundle.store import (
 )
 from xelm_cli.common.errors import UsageError, exception_line
 from xelm_cli.common.hub import hub_unreachable
+from xelm_cli.common.recognise import what_path_is
 from xelm_cli.lang.codes import language_codes
 
 # the weights files transformers looks for, in the order it looks for them; an index names shards
@@ -474,14 +473,8 @@ def _local_model_or_hub_id(model_id: str) -> str:
     if not path.is_dir():
         raise UsageError(f"{model_id} is a file, not a model directory; {way_out}")
     if not (path / "config.json").is_file():
-        from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
-
-        held = (
-            "; it holds xelm shards (token data)" if (path / SHARDS_MANIFEST).is_file()
-            else "; it holds an xelm bundle" if (path / MANIFEST_NAME).is_file()
-            else "; it holds xelm bundles" if holds_bundles(path)
-            else ""
-        )  # fmt: skip
+        what = what_path_is(path)
+        held = f"; it is {what}" if what else ""
         raise UsageError(f"{model_id} is not a model directory (no config.json{held}); {way_out}")
     return str(path)
 

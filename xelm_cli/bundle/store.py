@@ -56,6 +56,7 @@ from xelm_cli.common.errors import (
 from xelm_cli.common.jsonio import parse_json_object, pretty_json
 from xelm_cli.common.outputs import check_replaceable
 from xelm_cli.common.progress import transformers_bars_off
+from xelm_cli.common.recognise import ARCHIVE, HF_MODEL, SHARDS, TOKENIZER, what_path_is
 from xelm_cli.lang.codes import normalize_language
 
 Progress = Callable[[int], None]
@@ -87,30 +88,16 @@ def most_elements(elements: dict[str, int]) -> str | None:
 
 
 def what_else(path: Path) -> str:
-    """What the existing non-bundle ``path`` is, where xelm knows it, with the way to a bundle:
-    `` (...)`` to follow a refusal; "" for anything else."""
-    import zstandard  # only on a refusal: its frame header starts every archive pack writes
-
-    from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
-
-    try:
-        if path.is_file():
-            with open(path, "rb") as f:
-                if f.read(len(zstandard.FRAME_HEADER)) == zstandard.FRAME_HEADER:
-                    return f" (a bundle archive: `xelm bundle unpack {path} -o DIR` unpacks it)"
-            return ""
-        if (path / SHARDS_MANIFEST).is_file():
-            return " (it holds xelm shards: token data, not a model)"
-        if (path / "config.json").is_file():
-            return (
-                f" (a Hugging Face model folder: `xelm bundle init --hf {path}` makes a seed "
-                "bundle of it)"
-            )
-        if any((path / name).is_file() for name in TOKENIZER_FILES):
-            return " (a tokenizer folder, not a model)"
-    except OSError:
-        pass
-    return ""
+    """What the existing non-bundle ``path`` is, where xelm knows it (``what_path_is``), with
+    the way to a bundle: `` (...)`` to follow a refusal; "" for anything else."""
+    what = what_path_is(path)
+    way = {
+        ARCHIVE: f"`xelm bundle unpack {path} -o DIR` unpacks it",
+        HF_MODEL: f"`xelm bundle init --hf {path}` makes a seed bundle of it",
+        SHARDS: "token data, not a model",
+        TOKENIZER: "not a model",
+    }.get(what or "")
+    return f" (it is {what}: {way})" if what and way else f" (it is {what})" if what else ""
 
 
 def _read_manifest(path: Path) -> tuple[bytes, dict[str, Any]]:

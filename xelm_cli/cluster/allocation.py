@@ -24,13 +24,13 @@ from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.common.outputs import check_replaceable, json_format
-from xelm_cli.data.shards import made_by_xelm
+from xelm_cli.common.recognise import ALLOCATION_MANIFEST, what_path_is
 from xelm_cli.lang.codes import normalize_language
 
 FORMAT_NAME = "xelm-allocation"
 FORMAT_VERSION = "1.1.0"  # 1.1.0 added the optional member `provenance`
 SUPPORTED_MAJOR = 1
-DIR_MANIFEST = "allocation.json"
+DIR_MANIFEST = ALLOCATION_MANIFEST
 ARRAYS_FILE = "arrays.safetensors"
 
 
@@ -121,7 +121,7 @@ def _not_an_allocation(path: Path) -> str:
     """Why ``path``, which has no allocation.json, is no allocation, with the way out."""
     if not (path.exists() or path.is_symlink()):
         return f"allocation not found: {path}"
-    what = made_by_xelm(path)
+    what = what_path_is(path)
     held = f"is {what}, not an allocation" if what else f"is not an allocation (no {DIR_MANIFEST})"
     return f"{path} {held}: make one with `xelm cluster`"
 

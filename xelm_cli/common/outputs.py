@@ -26,7 +26,7 @@ from pathlib import Path
 from xelm_cli.common.atomic import refuse_existing, refuse_replacing_workdir, resolved_output
 from xelm_cli.common.errors import UsageError
 
-BUNDLE_MANIFEST = "xelm.json"  # spec/bundle-v1.md section 1 (xelm_cli.bundle.store.MANIFEST_NAME)
+BUNDLE_MANIFEST = "xelm.json"  # spec/bundle-v1.md section 1 (bundle.manifest.MANIFEST_NAME)
 _SMALL_JSON = 64 * 1024 * 1024  # a JSON file larger than this is read as no output of ours
 
 Own = Callable[[Path], bool]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xelm_cli.common.errors import UsageError
+from xelm_cli.common.recognise import ARCHIVE, SHARDS, made_by_xelm
 from xelm_cli.data.blocks import (
     CORPUS_FILE_TYPES,
     JSONL_SUFFIXES,
@@ -30,7 +31,6 @@ from xelm_cli.data.blocks import (
 )
 from xelm_cli.data.hf_datasets import hf_rows
 from xelm_cli.data.labels import language_code
-from xelm_cli.data.shards import SHARDS_MADE, made_by_xelm
 from xelm_cli.lang.codes import wanted_form
 
 HF_DATA_SUFFIXES = (".parquet", ".arrow", ".csv", ".json")
@@ -83,14 +83,16 @@ def source_kind(source: str | Path) -> str:
 
 def refuse_made_by_xelm(path: Path) -> None:
     """A one-line ``UsageError`` when ``path`` is something xelm made, not a corpus: a bundle,
-    shards (their ``.json`` manifest would pass for a dataset's), an allocation."""
+    shards (their ``.json`` manifest would pass for a dataset's), an allocation, an archive."""
     what = made_by_xelm(path)
     if what is None:
         return
-    if what == SHARDS_MADE:
+    if what == SHARDS:
         way = "pass the corpus they came from"
-    elif SHARDS_MADE in what:  # their manifest
+    elif SHARDS in what:  # their manifest
         way = "pass the corpus the shards came from"
+    elif what == ARCHIVE:
+        way = f"unpack it with `xelm bundle unpack {path} -o DIR`; a corpus is JSON-lines or text"
     else:
         way = "pass a corpus (JSON-lines or text files, or a folder of them)"
     raise UsageError(f"{path} is {what}, not a corpus: {way}")

@@ -22,43 +22,14 @@ from xelm_cli import __version__
 from xelm_cli.common.digest import sha256_bytes, sha256_file, short
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.common.outputs import BUNDLE_MANIFEST, json_format
+from xelm_cli.common.recognise import SHARDS_MANIFEST, what_path_is
 
 FORMAT = "xelm-shards"
 FORMAT_VERSION = "1.4.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`; 1.4: `max_records`
-MANIFEST_NAME = "shards.json"
+MANIFEST_NAME = SHARDS_MANIFEST
 OFFSETS_DTYPE = np.dtype("<u8")
 TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 MAKE_SHARDS = "make them with `xelm data prepare`"  # the way out of a path that is no shards
-
-# What xelm writes, by the manifest a folder holds (spec/bundle-v1.md, spec/shards-v1.md,
-# spec/allocation-v1.md: the bundle's and the allocation's modules import this one, so their
-# names are spelled out here), and by the format of a manifest named itself.
-SHARDS_MADE = "xelm shards (made by `xelm data prepare`)"
-ALLOCATION_MADE = "an xelm allocation (made by `xelm cluster`)"
-_FOLDERS = (
-    (BUNDLE_MANIFEST, "an xelm bundle"),
-    (MANIFEST_NAME, SHARDS_MADE),
-    ("allocation.json", ALLOCATION_MADE),
-)
-_FILES = {
-    "xelm-bundle": "the manifest of an xelm bundle",
-    FORMAT: f"the manifest of {SHARDS_MADE}",
-    "xelm-allocation": ALLOCATION_MADE,
-}
-_MANIFEST_BYTES = 1 << 20  # a larger .json file is no manifest of xelm's (a corpus, perhaps)
-
-
-def made_by_xelm(path: str | Path) -> str | None:
-    """What xelm made ``path``, as a noun phrase (``"an xelm bundle"``, ``SHARDS_MADE``, an
-    allocation, or one of their manifests named itself), recognised by its manifest; None
-    for anything else (a corpus, a missing path)."""
-    path = Path(path)
-    if path.is_dir():
-        return next((what for name, what in _FOLDERS if (path / name).is_file()), None)
-    if path.suffix != ".json" or not path.is_file() or path.stat().st_size > _MANIFEST_BYTES:
-        return None
-    return _FILES.get(json_format(path) or "")
 
 
 def token_dtype_name(vocab_size: int) -> str:
@@ -137,7 +108,7 @@ def _not_shards(path: Path) -> str:
     """Why ``path``, which holds no shards manifest, is not shards."""
     if not path.exists():
         return f"{path} does not exist"
-    what = made_by_xelm(path)
+    what = what_path_is(path)
     if what is not None:
         return f"{path} is {what}"
     if not path.is_dir():
