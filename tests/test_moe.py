@@ -320,3 +320,67 @@ def test_the_language_gate_warns_of_experts_holding_the_same_languages(
               calibration=str(FLORES), calibration_limit=2)  # fmt: skip
     err = capsys.readouterr().err
     assert "xelm: warning: experts e0, e1 hold the same languages: --gate language" in err
+
+
+def test_tfidf_experts_are_calibrated_on_the_documents_of_their_clusters(
+    expert_corpus: Path, seed_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --allocation, expert i's gate row is the centred, unit-norm mean router input over
+    the calibration documents the allocation's assigner sends to cluster i (checked against
+    gate_row computed by hand from that split); the step records the allocation's digest."""
+    from test_moe_gate import one_by_one
+
+    from xelm_cli.cluster.allocation import read_allocation
+    from xelm_cli.cluster.assigning import expert_documents
+    from xelm_cli.cluster.fitting import cluster
+
+    alloc_path = tmp_path / "alloc"
+    cluster("tfidf", k=2, output=alloc_path, languages=["en", "tr"], data=expert_corpus,
+            components=8)  # fmt: skip
+    capsys.readouterr()  # the fit's own warning of short documents
+    alloc = read_allocation(alloc_path)
+    experts = []
+    for i in range(2):
+        branched = branch(seed_bundle, tmp_path / f"b{i}", allocation=alloc_path, expert=i)
+        experts.append(perturbed_expert(
+            branched.path, tmp_path / f"e{i}", seed=i, languages=branched.languages,
+            only="mlp", scale=0.2, allocation=branched.manifest.allocation,
+        ))  # fmt: skip
+    moe = build_moe([e.path for e in experts], tmp_path / "moe", gate="language",
+                    calibration=str(FLORES), calibration_limit=6,
+                    allocation=alloc_path)  # fmt: skip
+    assert "warning" not in capsys.readouterr().err  # not the one of shared languages
+    assert moe.manifest.lineage[-1]["gate_allocation"] == alloc.digest
+
+    documents = read_documents(FLORES, languages=["en", "tr"], limit=6)
+    sent = expert_documents(alloc, 0).assigner.assign(documents)
+    means = torch.stack([
+        one_by_one(expert, [d for d, e in zip(documents, sent, strict=True) if e == i], 10**6)
+        for i, expert in enumerate(experts)
+    ], dim=1)  # fmt: skip
+    centred = means - means.mean(dim=1, keepdim=True)
+    expected = (centred / centred.norm(dim=-1, keepdim=True)).float()
+    stored = load_file(str(moe.path / "model.safetensors"))
+    for layer in range(expected.shape[0]):
+        torch.testing.assert_close(
+            stored[f"model.layers.{layer}.block_sparse_moe.gate.weight"],
+            expected[layer],
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_an_allocation_the_experts_are_not_of_is_refused_before_any_work(
+    experts: list[Bundle], expert_corpus: Path, tmp_path: Path
+) -> None:
+    from xelm_cli.cluster.fitting import cluster
+
+    alloc = tmp_path / "alloc"
+    cluster("tfidf", k=2, output=alloc, languages=["en", "tr"], data=expert_corpus, components=8)
+    paths = [b.path for b in experts[:2]]
+    with pytest.raises(UsageError, match=r"is no expert of the allocation .* names no allocation"):
+        build_moe(paths, tmp_path / "moe", gate="language", calibration=str(FLORES),
+                  allocation=alloc)  # fmt: skip
+    with pytest.raises(UsageError, match="--allocation picks the calibration text of --gate"):
+        build_moe(paths, tmp_path / "moe", gate="random", allocation=alloc)
+    assert not (tmp_path / "moe").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import xelm
-from conftest import TEST_LANGS
+from conftest import SHARED_DATA, TEST_LANGS
 from corpus_helpers import corpus_slice, documents_by_expert
 from train_helpers import TRAIN_ARGS
 
@@ -265,3 +265,21 @@ def test_an_expert_sent_no_document_of_a_language_is_planned_on_those_it_has(
     run = next(r for r in plan["runs"] if r["name"] == "expert-0")
     assert run["languages"] == ["tr"]
     assert run["passes"] == pytest.approx(2048 / Shards.open("turkish-0").tokens_in(["tr"]))
+
+
+def test_the_moe_gate_of_tfidf_experts_is_calibrated_by_their_allocation(in_root: Path) -> None:
+    """TF-IDF experts share their languages: the plan's `xelm bundle moe --gate language`
+    names the allocation, so each expert's router row comes from its cluster's documents; a
+    typology allocation's experts (each its own languages) need no --allocation."""
+    flores = str(SHARED_DATA / "eval" / "flores200-devtest")
+    plan = make_plan(4096, "alloc-tfidf/", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+                     moe_tokens=1024, expert_data=TEMPLATE, moe_calibration=flores)  # fmt: skip
+    build = next(run for run in plan["runs"] if run["name"] == "moe")["commands"][0]
+    assert build[build.index("--gate"):] == [
+        "--gate", "language", "--calibration", flores, "--allocation", "alloc-tfidf",
+        "-o", "runs/moe-init",
+    ]  # fmt: skip
+    plan = make_plan(4096, "alloc.json", "seed", "shards", "runs", train_args=TRAIN_ARGS,
+                     moe_tokens=1024, moe_calibration=flores)  # fmt: skip
+    build = next(run for run in plan["runs"] if run["name"] == "moe")["commands"][0]
+    assert "--allocation" not in build and "--calibration" in build

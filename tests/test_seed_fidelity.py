@@ -114,7 +114,7 @@ def test_the_manifest_records_what_the_tokenizer_adds(family_seed: tuple) -> Non
     seed, start, end = family_seed
     manifest = json.loads((seed / "xelm.json").read_text())
     assert manifest["framing"] == {"start": start, "end": end, "rule": "tokenizer"}
-    assert manifest["format_version"] == "1.2.0"
+    assert manifest["format_version"] == "1.3.0"
     assert verify_bundle(seed) == []
 
 

@@ -574,6 +574,14 @@ def moe(
             "experts were branched from)."
         ),
     ] = None,
+    allocation: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --gate language: the allocation the experts were branched from; each "
+            "expert is calibrated on the documents it assigns to the expert's cluster (needed "
+            "to tell apart TF-IDF experts, which share their languages)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed for --gate random.")] = 0,
     device: DeviceOpt = None,
     force: ForceOpt = False,
@@ -584,7 +592,8 @@ def moe(
     Llama/Mistral experts become MixtralForCausalLM, Qwen2/Qwen3 experts Qwen2Moe/Qwen3Moe;
     attention, norms and embeddings are averaged (or taken from the seed). The result loads in
     plain transformers and records every expert as a parent. --gate language runs each expert
-    over its languages' calibration text on --device, in batches.
+    over its languages' calibration text on --device, in batches (with --allocation, over
+    the part of that text the allocation gives its cluster).
 
     Example: xelm bundle moe experts/* --gate language --calibration dev/ --device cuda -o moe/
     """
@@ -607,6 +616,7 @@ def moe(
             shared_from=shared_from,
             seed=seed,
             device=device,
+            allocation=allocation,
             overwrite=force,
             progress=progress,
         )

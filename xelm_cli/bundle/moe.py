@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
 from xelm_cli.bundle.lineage import ancestors
@@ -45,6 +45,9 @@ from xelm_cli.ensemble.scoring import (
     pick_device,
     right_padded,
 )
+
+if TYPE_CHECKING:
+    from xelm_cli.cluster.allocation import Allocation
 
 GATES = ("language", "random", "uniform")
 DEFAULT_TOP_K = 2
@@ -285,27 +288,72 @@ def language_gates(
     limit: int,
     device: Any,
     progress: Progress | None = None,
+    allocation: "Allocation | None" = None,
 ) -> Any:
     """(layers, k, hidden) router rows from each expert's own hidden states on held-out text
-    in its languages (on ``device``): per layer, the mean router input, centred over experts,
-    unit norm."""
+    (``calibration_documents``, on ``device``): per layer, the mean router input, centred over
+    experts, unit norm."""
     import torch
 
-    from xelm_cli.data.corpus import read_documents
-
     means = [
-        _mean_router_inputs(
-            bundle,
-            read_documents(calibration, languages=bundle.languages, limit=limit),
-            layers,
-            device,
-            progress,
+        _mean_router_inputs(bundle, documents, layers, device, progress)
+        for bundle, documents in zip(
+            bundles, calibration_documents(bundles, calibration, limit, allocation), strict=True
         )
-        for bundle in bundles
     ]
     stacked = torch.stack(means, dim=1)  # (layers, k, hidden)
     centred = stacked - stacked.mean(dim=1, keepdim=True)
     return centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def calibration_documents(
+    bundles: Sequence[Bundle], calibration: str | Path, limit: int, allocation: "Allocation | None"
+) -> list[list[Any]]:
+    """Each expert's calibration documents: up to ``limit`` per language of its languages; with
+    ``allocation`` (the one the experts were branched from), the first ``limit`` per language
+    of all their languages, each expert keeping those the allocation's assigner sends to its
+    cluster, as ``xelm data prepare --allocation`` sent it its training documents."""
+    from xelm_cli.data.corpus import read_documents
+
+    if allocation is None:
+        return [read_documents(calibration, languages=b.languages, limit=limit) for b in bundles]
+    from xelm_cli.cluster.assigning import assigned_experts, expert_documents
+
+    cluster = expert_documents(allocation, 0)
+    indices = [_expert_index(bundle, cluster.allocation) for bundle in bundles]
+    languages = list(dict.fromkeys(x for b in bundles for x in b.languages))
+    documents = read_documents(calibration, languages=languages, limit=limit)
+    assigned = assigned_experts(
+        cluster.assigner, [d.text for d in documents], [d.language for d in documents]
+    )
+    chosen = []
+    for bundle, index in zip(bundles, indices, strict=True):
+        own = [
+            document
+            for document, expert in zip(documents, assigned.tolist(), strict=True)
+            if expert == index and document.language in bundle.languages
+        ]
+        if not own:
+            raise UsageError(
+                f"none of the {len(documents)} calibration documents goes to expert {index} "
+                f"({bundle.name}) of {allocation.path}: raise --calibration-limit (now {limit} per "
+                "language)"
+            )
+        chosen.append(own)
+    return chosen
+
+
+def _expert_index(bundle: Bundle, allocation: "Allocation") -> int:
+    """Which expert of ``allocation`` ``bundle`` is, by its manifest's allocation reference;
+    a bundle of no allocation, or of another, is refused."""
+    reference = bundle.manifest.allocation or {}
+    if reference.get("digest") != allocation.digest:
+        held = "another allocation" if reference else "no allocation"
+        raise UsageError(
+            f"{bundle.path} is no expert of the allocation {allocation.path} (its manifest names "
+            f"{held}): pass the allocation the experts were branched from, or drop --allocation"
+        )
+    return int(reference["expert"])
 
 
 def _warn_shared_languages(bundles: Sequence[Bundle]) -> None:
@@ -321,7 +369,8 @@ def _warn_shared_languages(bundles: Sequence[Bundle]) -> None:
         sys.stderr.write(
             f"xelm: warning: experts {names} hold the same languages: --gate language "
             "calibrates them on the same text, so it tells them apart by their weights alone, "
-            "not by what each was trained on; --gate random leaves it to the fine-tune\n"
+            "not by what each was trained on; --allocation (the one they were branched from) "
+            "calibrates each on the text its cluster gets\n"
         )
 
 
@@ -337,6 +386,7 @@ def build_moe(
     shared_from: Path | None = None,
     seed: int = 0,
     device: str | None = None,
+    allocation: str | Path | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> Bundle:
@@ -349,12 +399,15 @@ def build_moe(
 
     ``gate="language"`` runs each expert on ``device`` (None or ``auto``: CUDA if present,
     else the CPU) over up to ``calibration_limit`` documents per language of
-    ``calibration``, each cut at ``CALIBRATION_TOKENS`` tokens. ``progress`` is told the
-    bytes hashed, the bytes of calibration text run and the bytes written."""
+    ``calibration``, each cut at ``CALIBRATION_TOKENS`` tokens; with ``allocation`` (the one
+    the experts were branched from: a TF-IDF allocation's experts share languages), each
+    expert runs those of the documents the allocation sends to its cluster
+    (``calibration_documents``). ``progress`` is told the bytes hashed, the bytes of
+    calibration text run and the bytes written."""
     import torch
 
     experts = expert_paths(paths)
-    given = (shared_from, calibration)  # calibration may name a data source, not a path
+    given = (shared_from, calibration, allocation)  # calibration may name a data source
     read = [*experts, *(Path(p) for p in given if p is not None and Path(p).exists())]
     check_output(out, overwrite=overwrite, inputs=read)  # before any input is read
     bundles = [Bundle.read(path) for path in experts]
@@ -371,7 +424,16 @@ def build_moe(
         raise UsageError(f"--calibration-limit must be at least 1 (got {calibration_limit})")
     if gate == "language" and calibration is None:
         raise UsageError("--gate language needs --calibration DATA (held-out labelled text)")
-    if gate == "language":
+    alloc = None
+    if allocation is not None:
+        if gate != "language":
+            raise UsageError("--allocation picks the calibration text of --gate language: drop it")
+        from xelm_cli.cluster.allocation import read_allocation
+
+        alloc = read_allocation(allocation)
+        for bundle in bundles:
+            _expert_index(bundle, alloc)
+    elif gate == "language":
         _warn_shared_languages(bundles)
     if calibration is not None:
         from xelm_cli.data.corpus import require_source
@@ -413,6 +475,7 @@ def build_moe(
             calibration_limit,
             chosen_device,
             progress,
+            alloc,
         )
     elif gate == "random":
         generator = torch.Generator().manual_seed(seed)
@@ -442,6 +505,8 @@ def build_moe(
         "top_k": top_k,
         "gate": gate,
     }
+    if alloc is not None:
+        step["gate_allocation"] = alloc.digest
     if seed_bundle is not None:
         step["shared_from"] = seed_bundle.ref
     else:

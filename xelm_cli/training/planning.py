@@ -619,9 +619,11 @@ def make_plan(
     if moe_tokens:
         experts = [str(_run_output(runs, b)) for b in budgets if b.expert is not None]
         tuned = moe_tokens // step * step
+        by_documents = allocation if _assigns_documents(alloc) else None
         entries += merged_runs(
             experts, everything, data, runs, valid, train_args, estimate,
             tuned, moe_calibration, moe_aux_loss, passes(tuned, shards, everything),
+            by_documents,
         )  # fmt: skip
     plan = {
         "format": PLAN_FORMAT,
@@ -814,15 +816,20 @@ def merged_runs(
     calibration: Path | None,
     aux_loss: float,
     moe_passes: float,
+    by_documents: Path | None = None,
 ) -> list[dict[str, Any]]:
     """The ``average`` and ``moe`` runs of a plan: one model each from the finished experts
     (both wait for them: run them after the experts' array tasks); ``moe_passes``: how many
-    times the fine-tune goes over its data."""
+    times the fine-tune goes over its data; ``by_documents``: the allocation, when it assigns
+    documents (its experts share languages: the language gate calibrates each on its
+    cluster's part of the calibration text)."""
     names = [f"expert-{i}" for i in range(len(experts))]
     average = ["xelm", "bundle", "merge", *experts, "--method", "average"]
     average += ["-o", str(runs / "average")]
     built = runs / "moe-init"
     gate = ["--gate", "language", "--calibration", str(calibration)] if calibration else []
+    if gate and by_documents is not None:
+        gate += ["--allocation", str(by_documents)]
     moe = ["xelm", "bundle", "moe", *experts, "--top-k", str(MOE_TOP_K),
            *(gate or ["--gate", "random"]), "-o", str(built)]  # fmt: skip
     extra = [*(["--valid", str(valid)] if valid else []), *split_train_args(train_args)]
