@@ -21,6 +21,7 @@ from xelm_cli.api import (
     ScoredDocument,
     UsageError,
     Weights,
+    get_registry,
 )
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
@@ -587,8 +588,17 @@ def test_language_router_takes_other_forms_of_a_covered_language(experts: list[B
         np.testing.assert_allclose(scores, alone.score_documents([document])[0])
     none = build_router("language", {"fallback": "none"})
     assert none.fallback is None and not none.routes_uncovered_languages
-    with pytest.raises(UsageError, match="posterioir"):
-        build_router("language", {"fallback": "posterioir"})
+    routers = ", ".join(sorted({r.name for r in get_registry().all_of("router")}))
+    for wrong, guess in (
+        ("posterioir", "'posterior' or 'posterior-last-token'"),
+        ("typolgy", "'typology'"),
+    ):
+        with pytest.raises(UsageError) as refused:  # the option named, not as a --router
+            build_router("language", {"fallback": wrong})
+        assert str(refused.value) == (
+            f"unknown --router-arg fallback {wrong!r} of the language router (did you mean "
+            f"{guess}? it takes none, typology or a router's name: {routers})"
+        )
 
 
 def test_calibration_fits_the_oracle_table_and_the_posterior_prior(experts: list[Bundle]) -> None:

@@ -149,3 +149,23 @@ def test_a_prompt_without_its_language_is_refused_alone_when_experts_share_one(
         generate_text([experts / "x0", again.path], "Hello", max_new_tokens=2)
     assert "pass --lang CODE" in str(refused.value)
     assert capsys.readouterr().err == ""
+
+
+def test_a_missing_ensemble_file_is_named_as_one_with_the_way_to_make_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A path ending in .json that does not exist was meant as an ensemble file: not blamed
+    as a missing bundle directory."""
+    missing = tmp_path / "ens3.json"
+    code, out, err = xelm(capsys, "ensemble", "eval", missing, "--data", tmp_path)
+    assert code == 2 and not out
+    assert err.strip() == (
+        f"xelm: error: ensemble file not found: {missing} (make one with: xelm ensemble create "
+        f"EXPERTS... -o {missing})"
+    )
+    code, _, err = xelm(capsys, "ensemble", "eval", tmp_path / "gone", "--data", tmp_path)
+    assert code == 2
+    assert err.strip() == (
+        f"xelm: error: {tmp_path / 'gone'} does not exist: an ensemble member must be a bundle "
+        "directory"
+    )

@@ -312,3 +312,68 @@ def test_tensors_of_other_shapes_are_not_averaged_flattened(tmp_path: Path) -> N
         f"w is (2, 3) in {tmp_path / 'a'} but (3, 2) in {tmp_path / 'b'}; it cannot be averaged"
     )
     assert torch.equal(average_tensor(sources[:1] * 2, [0.5, 0.5], "w"), torch.ones(2, 3))
+
+
+def test_lineage_names_the_relation_of_every_parent_of_a_merge(
+    experts: list[Bundle], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A merge records its first parent's line only: the others, not in the set, show as
+    'relation unknown' (not '?'); in the set, after the merge or before it, their own step."""
+    from xelm_cli.cli import run  # (imports every command group)
+
+    merged = merge_average([b.path for b in experts], tmp_path / "avg")
+    assert run(["bundle", "lineage", str(merged.path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    others = [line for line in lines if line.startswith(tuple(b.id[:12] for b in experts[1:]))]
+    assert others == [
+        f"{b.id[:12]} (not in this set) relation unknown {b.digest.removeprefix('sha256:')[:12]}"
+        for b in experts[1:]
+    ]
+    assert not any(" ? " in line for line in lines)
+    assert run(["bundle", "lineage", str(merged.path), "--json"]) == 0
+    nodes = {node["id"]: node for node in json.loads(capsys.readouterr().out)["nodes"]}
+    assert [nodes[b.id]["relation"] for b in experts] == ["train", "unknown", "unknown"]
+    for order in ([merged.path, experts[1].path], [experts[1].path, merged.path]):
+        assert run(["bundle", "lineage", *map(str, order), "--json"]) == 0
+        nodes = {node["id"]: node for node in json.loads(capsys.readouterr().out)["nodes"]}
+        assert nodes[experts[1].id]["relation"] == "train", order
+        assert nodes[experts[2].id]["relation"] == "unknown"
+
+
+def test_the_text_report_names_the_weights_and_their_source(
+    experts: list[Bundle], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json had the weights; the text report names them too, each by its expert's path,
+    with where they came from (a prior's or a language's weights are computed, not given)."""
+    from xelm_cli.cli import run  # (imports every command group)
+
+    ens = tmp_path / "ens.json"
+    members = [{"path": str(b.path), "id": b.id, "digest": b.digest} for b in experts]
+    ens.write_text(
+        json.dumps(
+            {
+                "format": "xelm-ensemble",
+                "format_version": 1,
+                "members": members,
+                "router": {"name": "posterior", "options": {"prior": [0.2, 0.2, 0.6]}},
+                "combine": "mixture",
+            }
+        )
+    )
+    alloc, bundles = allocated_experts(experts, tmp_path)
+    paths = [str(b.path) for b in experts]
+    allocated = [str(b.path) for b in bundles]
+    cases = [
+        (paths, ["--prior", str(ens)], f"the calibrated prior of {ens}", ["0.2", "0.2", "0.6"]),
+        (allocated, ["--lang", "en", "--allocation", str(alloc.path)],
+         f"en's row of {alloc.path}", ["0.5", "0.25", "0.25"]),
+        (paths, ["--weights", "1,1,2"], "from --weights", ["0.25", "0.25", "0.5"]),
+        (paths, [], "uniform", ["0.3333", "0.3333", "0.3333"]),
+    ]  # fmt: skip
+    for i, (given, args, source, shown) in enumerate(cases):
+        out = tmp_path / f"m{i}"
+        assert run(["bundle", "merge", *given, *args, "-o", str(out)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"wrote {Bundle.read(out).manifest.role} bundle {out} (")
+        listed = ", ".join(f"{p} {w}" for p, w in zip(given, shown, strict=True))
+        assert lines[1:] == [f"weights ({source}): {listed}"]

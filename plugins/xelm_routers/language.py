@@ -1,5 +1,6 @@
 """Routers by language: ``language`` (the paper's top-1 typology routing) and ``oracle``."""
 
+import difflib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,29 @@ def _language_of(document: Document, row: int, router: str) -> str:
     return document.language
 
 
+def _check_fallback_router(fallback: str) -> None:
+    """Refuse a ``fallback`` that is neither a keyword nor a router, as the option it is (not
+    as an unknown ``--router``), with its values and the nearest; a router the registry cannot
+    choose (ambiguous, qualified, left out by XELM_PLUGINS) in the registry's own words."""
+    registry = get_registry()
+    try:
+        registry.get("router", fallback)
+    except UsageError as exc:
+        routers = sorted({r.name for r in registry.all_of("router")})
+        left_out = registry.left_out is not None and registry.left_out.registering(
+            "router", fallback
+        )
+        refused = any((p.kind, p.name) == ("router", fallback) for p in registry.problems)
+        if ":" in fallback or fallback in routers or left_out or refused:
+            raise UsageError(f"--router-arg fallback: {exc}") from None
+        close = difflib.get_close_matches(fallback, [TYPOLOGY, "none", *routers], n=3, cutoff=0.6)
+        guess = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise UsageError(
+            f"unknown --router-arg fallback {fallback!r} of the language router ({guess}it "
+            f"takes none, {TYPOLOGY} or a router's name: {', '.join(routers)})"
+        ) from None
+
+
 class LanguageRouter(PreRouter):
     """Top-1 by language: each document goes to the first expert covering its language.
 
@@ -66,7 +90,7 @@ class LanguageRouter(PreRouter):
         if fallback is not None and fallback.strip().lower() in NO_FALLBACK:
             fallback = None
         if fallback not in (None, TYPOLOGY):
-            get_registry().get("router", fallback)  # an unknown name: one line, now
+            _check_fallback_router(fallback)  # an unknown name: one line, now
         self.fallback = None if fallback in (None, TYPOLOGY) else fallback
         self.typology_fallback = fallback == TYPOLOGY
         self.routes_uncovered_languages = fallback is not None

@@ -14,6 +14,7 @@ from rich.tree import Tree
 from xelm_cli.bundle.branching import branch as branch_bundle
 from xelm_cli.bundle.branching import find_bundles, hmr_branch, hmr_donor
 from xelm_cli.bundle.lineage import (
+    UNKNOWN_RELATION,
     UNTRAINED,
     Node,
     children,
@@ -295,7 +296,8 @@ def _render(node: Node, kids: dict[str, list[Node]], tree: Tree, seen: set[str])
         if node.present
         else f"[dim]{node.id[:12]} (not in this set)[/]"
     )
-    label += f" [dim]{node.relation} {short(node.digest)}[/]"
+    relation = "relation unknown" if node.relation == UNKNOWN_RELATION else node.relation
+    label += f" [dim]{relation} {short(node.digest)}[/]"
     if node.digest in seen:
         tree.add(label + " [dim](shown above)[/]")
         return
@@ -513,7 +515,7 @@ def merge(
       xelm bundle merge experts/* --prior ens.json -o avg/
       xelm bundle merge experts/* --lang tr --allocation alloc.json -o avg-tr/
     """
-    from xelm_cli.bundle.merging import merge_average
+    from xelm_cli.bundle.merging import expert_paths, merge_average
 
     if method != "average":
         raise UsageError(
@@ -532,10 +534,29 @@ def merge(
             overwrite=force,
             progress=progress,
         )
+    chosen = bundle.manifest.lineage[-1]["weights"]
     if as_json:
-        print_json({**_summary(bundle), "weights": bundle.manifest.lineage[-1]["weights"]})
+        print_json({**_summary(bundle), "weights": chosen})
+        return
+    _report_written(bundle, as_json)
+    if weights is not None:
+        source = "from --weights"
+    elif prior is not None:
+        source = f"the calibrated prior of {prior}"
+    elif language is not None:
+        source = f"{bundle.manifest.lineage[-1]['language']}'s row of {allocation}"
     else:
-        _report_written(bundle, as_json)
+        source = "uniform"
+    console.print(
+        escape(
+            f"weights ({source}): "
+            + ", ".join(
+                f"{path} {weight:.4g}"
+                for path, weight in zip(expert_paths(experts), chosen, strict=True)
+            )
+        ),
+        highlight=False,
+    )
 
 
 @app.command()

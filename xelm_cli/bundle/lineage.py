@@ -11,6 +11,9 @@ from typing import Any
 from xelm_cli.bundle.store import Bundle
 
 UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without training
+# the relation of a parent known only by reference (a merge's parents after the first, not in
+# the set): its own steps are in its own manifest, which no other bundle copies
+UNKNOWN_RELATION = "unknown"
 
 
 def ancestors(bundle: Bundle) -> set[str]:
@@ -45,17 +48,19 @@ def lineage_graph(bundles: list[Bundle]) -> dict[str, Node]:
             ancestor = nodes.setdefault(
                 ref["digest"], Node(ref["digest"], ref["id"], steps[i - 1]["relation"])
             )
+            ancestor.relation = steps[i - 1]["relation"]  # (first met as a merge's parent)
             if not ancestor.parents:
                 ancestor.parents = [p["digest"] for p in steps[i - 1]["parents"]]
         node = nodes.setdefault(
             bundle.digest, Node(bundle.digest, bundle.id, steps[-1]["relation"])
         )
+        node.relation = steps[-1]["relation"]
         node.name, node.path, node.role = bundle.name, str(bundle.path), bundle.manifest.role
         node.languages = bundle.languages
         node.parents = [p["digest"] for p in steps[-1]["parents"]]
         for step in steps:  # parents of multi-parent steps (average) that we know only by ref
             for ref in step["parents"]:
-                nodes.setdefault(ref["digest"], Node(ref["digest"], ref["id"], "?"))
+                nodes.setdefault(ref["digest"], Node(ref["digest"], ref["id"], UNKNOWN_RELATION))
     return nodes
 
 

@@ -1,6 +1,7 @@
 """Ensemble members: bundles found by paths or globs, checked to run together."""
 
 import glob
+import shlex
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def verify_members(bundles: list[Bundle]) -> list[Bundle]:
 def not_a_bundle(path: Path) -> str:
     """Why ``path`` cannot be a member, naming the way out for a directory of bundles."""
     if not path.exists():
+        if path.suffix == ".json":  # meant as an ensemble file, not a bundle
+            return (
+                f"ensemble file not found: {path} (make one with: xelm ensemble create "
+                f"EXPERTS... -o {shlex.quote(str(path))})"
+            )
         return f"{path} does not exist: an ensemble member must be a bundle directory"
     if holds_bundles(path):
         return (
