@@ -432,3 +432,30 @@ def test_a_recipes_local_entry_takes_narrower_tags_of_its_language(
     prepare([str(recipe / "recipe.json")], tokenizer_dir, tmp_path / "shards")
     assert documents(tmp_path / "shards") == {"ar": 20, "sw": 30}
     assert texts_in(tmp_path / "shards", "sw", tokenizer_dir) == sw
+
+
+@pytest.mark.parametrize("name", ["en.jsonl", "en.txt", "en.jsonl.zst", "en.txt.gz"])
+def test_a_byte_order_mark_at_the_start_of_a_file_is_no_text(tmp_path: Path, name: str) -> None:
+    """A UTF-8 BOM (Windows tools write one) was "not a JSON object (plain text? name the file
+    .txt)" in JSON lines, and the start of the first document in text. Read in blocks of one
+    line (Arrow's and the line reader) and record by record, from the start and from a
+    position past it: the same documents, the mark in none."""
+    texts = [f"hello world {i}" for i in range(3)]
+    body = lines(texts, "en") if ".jsonl" in name else "".join(t + "\n" for t in texts).encode()
+    data = b"\xef\xbb\xbf" + body
+    if name.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    elif name.endswith(".gz"):
+        data = gzipped(data)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / name).write_bytes(data)
+    assert [d.text for d in iter_documents(corpus)] == texts
+    source = FileSource(str(corpus))
+    for batch_size in (1, 1000):
+        read = [t for batch in source.open(batch_size=batch_size) for t in batch.texts]
+        assert read == texts, batch_size
+    stream = source.open(batch_size=1)
+    first = next(iter(stream))
+    rest = [t for batch in source.open(stream.position, batch_size=2) for t in batch.texts]
+    assert first.texts + rest == texts

@@ -206,10 +206,15 @@ def test_rows_without_text_or_with_an_unknown_language_are_skipped_and_said_once
         f"xelm: warning: {repo} [train] row 5: unknown language code 'und' in its 'lang' "
         "column: rows of unknown languages are skipped, as those of languages not wanted are",
     ]
+    counted = [  # at the end, per language wanted (was none: blank rows went unsaid)
+        f"xelm: warning: {repo}: 1 row of {lang} skipped as blank (empty, whitespace only or "
+        "null text; is --text-column right?)"
+        for lang in ("de", "tr")
+    ]
     every = prepare(repo, tokenizer_dir, tmp_path / "every", batch_size=4).shards
-    assert capsys.readouterr().err.splitlines() == said
+    assert capsys.readouterr().err.splitlines() == said + counted
     some = prepare(repo, tokenizer_dir, tmp_path / "some", languages="de").shards
-    assert capsys.readouterr().err.splitlines() == said
+    assert capsys.readouterr().err.splitlines() == said + counted[:1]
     plain = {
         lang: prepare(
             write_rows(tmp_path / lang / f"{lang}.jsonl", [{"text": t} for t in texts]).parent,

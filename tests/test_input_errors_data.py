@@ -7,6 +7,8 @@ from pathlib import Path
 import datasets
 import pytest
 from cli_helpers import xelm
+from corpus_helpers import Counting, valid_texts
+from hub_fixtures import c4_like
 
 from xelm_cli.api import SourceOptions, UsageError, cluster, read_documents, sample_documents
 from xelm_cli.bundle.archive import pack_bundle
@@ -15,6 +17,7 @@ from xelm_cli.common.errors import FormatError
 from xelm_cli.data.corpus import EVALUATION_SETS, iter_documents
 from xelm_cli.data.evalsets import EVAL_SETS
 from xelm_cli.data.prepare import prepare
+from xelm_cli.data.prepare_work import RepeatedByARerun
 from xelm_cli.data.shards import Shards
 
 TEXTS = {
@@ -278,3 +281,107 @@ def test_missing_evaluation_data_names_the_known_evaluation_sets(tmp_path: Path)
     with pytest.raises(UsageError) as caught:  # a path is no set's name: it is missing
         read_documents(tmp_path / "flores")
     assert str(caught.value) == f"evaluation data not found: {tmp_path / 'flores'}"
+
+
+# ---------------------------------------------- 9. prepare: errors a rerun meets again, counts
+
+
+def blank_mirror(root: Path) -> Path:
+    """A c4-layout mirror whose sw configuration holds only blank rows (and en real text)."""
+    return c4_like(root, {"en": valid_texts("en", 6), "sw": ["", "   ", "\n\t"] * 4})
+
+
+def test_a_language_of_blank_rows_counts_them_and_claims_no_continuation(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Were "(it has 2 languages: en, sw)" of sw itself, no word of the 12 blank rows, and
+    "the same command continues from there", which met the same error again."""
+    mirror = blank_mirror(tmp_path / "c4")
+    argv = ["data", "prepare", mirror, "--config", "{lang}", "--langs", "en,sw", "--cap", "5000",
+            "-t", tokenizer_dir, "-o", tmp_path / "s"]  # fmt: skip
+    for _ in range(2):  # the same both times, and nothing kept for a rerun
+        code, _, err = xelm(capsys, *argv)
+        assert code == 2
+        assert err.splitlines() == [
+            f"xelm: warning: {mirror}: 12 rows of sw skipped as blank (empty, whitespace only or "
+            "null text; is --text-column right?)",
+            f"xelm: error: no documents in sw in {mirror} (documents read in en); drop them "
+            "from --langs / --cap",
+        ]
+        assert not (tmp_path / ".s.prepare").exists()
+
+
+def test_a_single_missing_language_is_named_with_those_the_corpus_has(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """Was "no documents in CORPUS for --langs": neither the language nor the way out."""
+    corpus = write_corpus(tmp_path / "corpus")
+    with pytest.raises(RepeatedByARerun) as caught:
+        prepare(corpus, tokenizer_dir, tmp_path / "s", languages="fr")
+    assert str(caught.value) == (
+        f"no documents in fr in {corpus} (it has 2 languages: en, tr); name languages it has "
+        "in --langs / --cap"
+    )
+
+
+def test_a_budget_below_every_document_keeps_the_work_for_a_higher_cap(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """Corpus files are read whole, their caps not part of the work's key: a rerun with a
+    higher --cap reads nothing again (it said "the same command continues", which failed
+    again)."""
+    corpus = write_corpus(tmp_path / "corpus")
+    work = tmp_path / ".s.prepare"
+    with pytest.raises(UsageError) as caught:
+        prepare(corpus, tokenizer_dir, tmp_path / "s", token_caps=2)
+    assert str(caught.value) == (
+        "a budget of 2 tokens leaves no whole document in en; raise --cap / --tokens or drop it "
+        f"with --langs; what was read is kept in {work}: a rerun with a higher --cap / --tokens "
+        "reuses it (delete that directory to start afresh)"
+    )
+    reading = Counting()
+    shards = prepare(corpus, tokenizer_dir, tmp_path / "s", token_caps=500, progress=reading)
+    assert reading.seen == []  # nothing read again
+    assert shards.shards.languages == ["en", "tr"] and not work.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-records", "0"], "--max-records: a record count must be a positive whole "
+         "number, not '0'"),
+        (["--max-records", "1e3x"], "--max-records: not a record count: '1e3x' (examples: 500, "
+         "300K, 2M)"),
+        (["--cap", "en=0"], "--cap en=0: a token count must be a positive whole number, not '0'"),
+        (["--tokens", "lots"], "--tokens: not a token count: 'lots' (examples: 4096, 300K, 20M, "
+         "1.5B)"),
+    ],
+)  # fmt: skip
+def test_a_bad_count_names_its_flag_and_what_it_counts(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", 3)})
+    code, _, err = xelm(capsys, "data", "prepare", mirror, "--config", "{lang}", "--langs", "en",
+                        *flags, "-t", tokenizer_dir, "-o", tmp_path / "s")  # fmt: skip
+    assert code == 2 and one_line(err) == message
+
+
+def test_a_shortfall_that_max_records_caused_says_so(
+    tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was "the corpus holds N tokens": each configuration held more, unread."""
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", 40), "de": valid_texts("de", 40)})
+    code, _, err = xelm(capsys, "data", "prepare", mirror, "--config", "{lang}", "--langs",
+                        "en,de", "--tokens", "1M", "--max-records", "8", "--batch-size", "4",
+                        "-t", tokenizer_dir, "-o", tmp_path / "s", "--json")  # fmt: skip
+    assert code == 0
+    held = Shards.open(tmp_path / "s").stats
+    tokens = sum(s.tokens for s in held.values())
+    assert err.splitlines()[-1] == (
+        f"xelm: warning: --tokens 1,000,000 not reached: {tokens:,} tokens read in de, en; "
+        "reading stopped at --max-records 8 records (or its end) in de, en: raise --max-records"
+    )

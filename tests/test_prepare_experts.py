@@ -137,6 +137,7 @@ def test_languages_read_further_for_short_ones_give_each_expert_its_shares(
         assert together.shards.languages == alone.shards.languages
         if "tr" in alone.shards.languages:
             assert together.shards.stats["tr"] == alone.shards.stats["tr"]
+        assert files(together.shards.path) == files(alone.shards.path)  # en read further too
     assert 0 in shortfalls and any(shortfalls)
     assert "xelm: warning: expert 0: tr held fewer tokens than its share" in warnings
 

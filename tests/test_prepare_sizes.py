@@ -3,7 +3,6 @@ each streamed language is read only up to its share of the total (not up to the 
 recipe's ``documents`` as the default sizes, resuming only reads made for the same shares,
 and one-line errors for sizes that cannot be used."""
 
-import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -57,19 +56,6 @@ def read_up_to(lengths: list[int], limit: int) -> int:
     return total
 
 
-def read_twice(lengths: list[int], first: int, then: int, batch: int) -> int:
-    """Where reading stops when it stops at ``first`` (after the batch of ``batch`` documents
-    that reached it: the rest of that batch is not taken) and goes on to ``then``."""
-    total, start = 0, 0
-    while start < len(lengths):
-        chunk, start = lengths[start : start + batch], start + batch
-        fits = [n for n in itertools.accumulate(chunk, initial=total) if n <= first]
-        total = fits[-1]
-        if len(fits) <= len(chunk):  # a document did not fit: the language is full
-            break
-    return read_up_to(lengths[start:], then - total) + total
-
-
 def source_tokens(manifest: dict[str, Any]) -> dict[str, int]:
     return {lang: e["source_tokens"] for lang, e in manifest["languages"].items()}
 
@@ -121,9 +107,9 @@ def test_a_language_short_of_its_share_is_kept_whole_and_the_others_read_further
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """sw's share of 1,000 tokens is 500 but it holds 374: kept whole, and en, read to its own
-    500 first, is read further from where it stopped (the batch after the one that reached
-    500) up to 1,000 - 374 = 626, so --tokens is reached (but for the whole documents under
-    en's limit)."""
+    500 first, is read further from where it stopped (the document that did not fit, in the
+    batch that reached 500) up to 1,000 - 374 = 626, so --tokens is reached (but for the whole
+    documents under en's limit): en holds the same documents as a run capped at 626."""
     mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
     held = sum(lengths["sw"][:3])  # 374 tokens
     out = tmp_path / "s"
@@ -136,13 +122,51 @@ def test_a_language_short_of_its_share_is_kept_whole_and_the_others_read_further
     assert summary["languages"]["sw"]["read_to_limit"] is False
     assert summary["languages"]["sw"]["tokens"] == held  # kept whole
     assert summary["languages"]["en"]["read_to_limit"] is True
-    en = read_twice(lengths["en"], 500, 1000 - held, BATCH)
+    en = read_up_to(lengths["en"], 1000 - held)
     assert summary["languages"]["en"]["source_tokens"] == en > read_up_to(lengths["en"], 500)
     assert summary["shortfall"] == 0
     assert captured.err.splitlines()[-1] == (
         f"xelm: warning: sw held fewer tokens than its share of --tokens by --sizes (sw {held} of "
         "500): kept whole, the other languages read further in its place"
     )
+
+
+def documents(shards: Any, language: str) -> list[list[int]]:
+    return [d.tolist() for d in shards.iter_documents([language])]
+
+
+@pytest.mark.parametrize("batch", [BATCH, 7])
+def test_a_language_read_further_holds_the_documents_of_a_run_to_its_new_limit(
+    tokenizer_dir: Path,
+    tmp_path: Path,
+    lengths: dict[str, list[int]],
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """en fills its first share (500) partway through a batch; read further for sw, it goes on
+    from the document that did not fit, not from the batch after (which skipped the rest of
+    that batch): it holds the very documents of a run capped at its new limit (626), in
+    order, and so does a run killed while reading further and run again."""
+    mirror = c4_like(tmp_path / "c4", {"en": valid_texts("en", DOCS), "sw": valid_texts("sw", 3)})
+    limit = 1000 - sum(lengths["sw"][:3])
+    options: dict[str, Any] = {
+        "reading": PER_LANGUAGE, "languages": "en,sw", "sizes": "en=1,sw=1", "tokens": 1000,
+        "batch_size": batch,
+    }  # fmt: skip
+    made_up = prepare(mirror, tokenizer_dir, tmp_path / "m", **options).shards
+    direct = prepare(mirror, tokenizer_dir, tmp_path / "d", reading=PER_LANGUAGE, languages="en",
+                     token_caps={"en": limit}, batch_size=batch).shards  # fmt: skip
+    assert documents(made_up, "en") == documents(direct, "en")
+    assert sum(map(len, documents(made_up, "en"))) == read_up_to(lengths["en"], limit)
+    monkeypatch.setattr(prepare_work, "CHECKPOINT_SECONDS", 0.0)
+    counted = Counting()
+    prepare(mirror, tokenizer_dir, tmp_path / "c", progress=counted, **options)
+    for stop in range(2, len(counted.seen) + 1, 2):
+        out = tmp_path / f"killed-{stop}"
+        with pytest.raises(KeyboardInterrupt):
+            prepare(mirror, tokenizer_dir, out, progress=Counting(stop), **options)
+        again = prepare(mirror, tokenizer_dir, out, **options).shards
+        assert documents(again, "en") == documents(direct, "en"), stop
 
 
 def test_when_every_language_is_short_the_shortfall_says_by_how_much(
@@ -192,9 +216,7 @@ def test_a_run_killed_while_reading_further_continues_with_the_made_up_limits(
     result = prepare(mirror, tokenizer_dir, tmp_path / "s", progress=rest, **options)
     assert rest.seen[0][0] == "en" and rest.seen[0][1] > 0  # continued, not from the start
     assert result.shards.manifest["languages"] == whole.manifest["languages"]
-    assert source_tokens(result.shards.manifest)["en"] == read_twice(
-        lengths["en"], 500, 1000 - held, BATCH
-    )
+    assert source_tokens(result.shards.manifest)["en"] == read_up_to(lengths["en"], 1000 - held)
 
 
 def test_a_share_below_the_first_document_is_one_line_naming_tokens(

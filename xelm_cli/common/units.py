@@ -8,21 +8,26 @@ _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}
 _COUNT = re.compile(r"\s*([0-9]*\.?[0-9]+(?:[eE][0-9]+)?)\s*([kKmMgGbBtT]?)\s*")
 
 
-def parse_token_count(text: str) -> int:
-    """``20M`` -> 20_000_000; also ``1.5B``, ``300K``, ``4096``, ``2e6``."""
+def parse_token_count(text: str, option: str | None = None, what: str = "a token count") -> int:
+    """``20M`` -> 20_000_000; also ``1.5B``, ``300K``, ``4096``, ``2e6``. ``option`` names the
+    flag (or item) the text was given with in the error (``--tokens``, ``--cap en=0``), and
+    ``what`` what it counts (``a record count``)."""
+    where = f"{option}: " if option else ""
+    examples = "4096, 300K, 20M, 1.5B" if what == "a token count" else "500, 300K, 2M"
     match = _COUNT.fullmatch(text)
     if not match:
-        raise UsageError(f"not a token count: {text!r} (examples: 4096, 300K, 20M, 1.5B)")
+        raise UsageError(f"{where}not {what}: {text!r} (examples: {examples})")
     value = float(match[1]) * _SUFFIXES[match[2].upper()]
     if value < 1 or value != int(value):
-        raise UsageError(f"a token count must be a positive whole number, not {text!r}")
+        raise UsageError(f"{where}{what} must be a positive whole number, not {text!r}")
     return int(value)
 
 
-def token_count(tokens: int | str, option: str = "tokens") -> int:
-    """A token count as a Python caller gives it: a positive int, or text such as ``20M``."""
+def token_count(tokens: int | str, option: str = "tokens", what: str = "a token count") -> int:
+    """A token count (or another ``what``) as a Python caller gives it: a positive int, or text
+    such as ``20M``; ``option`` names it in the error."""
     if isinstance(tokens, str):
-        return parse_token_count(tokens)
+        return parse_token_count(tokens, option, what)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise UsageError(
             f"{option} must be a positive whole number or text such as 20M, not {tokens!r}"

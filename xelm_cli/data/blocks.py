@@ -39,8 +39,8 @@ def iter_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """The records of a JSON-lines file (.jsonl, .jsonl.zst, ...) with their line numbers, each
     with a valid string ``text``, and every other field as written (``source``, ...)."""
     number = 0
-    for piece in _pieces(path, FilePosition(), BLOCK_LINES):
-        for line in _split_lines(piece, path):
+    for index, piece in enumerate(_pieces(path, FilePosition(), BLOCK_LINES)):
+        for line in _split_lines(_without_bom(piece, index == 0), path):
             number += 1
             if line.strip():
                 yield number, _record(line, path, number)
@@ -86,8 +86,8 @@ def first_label(path: Path) -> str | None:
     if not path.name.endswith(JSONL_SUFFIXES):
         return None
     try:
-        for piece in _pieces(path, FilePosition(), 1):
-            for number, line in enumerate(_split_lines(piece, path), 1):
+        for index, piece in enumerate(_pieces(path, FilePosition(), 1)):
+            for number, line in enumerate(_split_lines(_without_bom(piece, index == 0), path), 1):
                 if line.strip():
                     return _record_language(_record(line, path, number), path, number, None)
     except (FormatError, UsageError):
@@ -132,11 +132,18 @@ def read_blocks(
     parse = _jsonl_block if path.name.endswith(JSONL_SUFFIXES) else _text_block
     offset, line = start.offset, start.line
     for piece in _pieces(path, start, lines):
-        texts, languages, count = parse(piece, path, line, default)
+        texts, languages, count = parse(_without_bom(piece, offset == 0), path, line, default)
         if require_language and None in languages:
             raise unlabelled(str(path))
         offset, line = offset + len(piece), line + count
         yield Block(texts, languages, FilePosition(offset, line))
+
+
+def _without_bom(piece: bytes, first: bool) -> bytes:
+    """``piece`` without the UTF-8 byte-order mark that Windows tools write at the start of a
+    file (``first``: the piece starts at the file's offset 0); the mark is no text, and the
+    offsets of positions still count its bytes."""
+    return piece[len(codecs.BOM_UTF8) :] if first and piece.startswith(codecs.BOM_UTF8) else piece
 
 
 def _pieces(path: Path, start: FilePosition, lines: int) -> Iterator[bytes]:

@@ -29,8 +29,10 @@ def _items(text: str) -> Iterator[tuple[str, str, str]]:
 def parse_caps(text: str) -> dict[str, int]:
     """``"5M"`` (every language), ``"en=5M,de=2M"`` or both (``"1M,en=5M"``)."""
     caps = {
-        normalize_language(lang) if lang else ALL_LANGUAGES: parse_token_count(count)
-        for _, lang, count in _items(text)
+        normalize_language(lang) if lang else ALL_LANGUAGES: parse_token_count(
+            count, f"--cap {item}"
+        )
+        for item, lang, count in _items(text)
     }
     if not caps:
         raise UsageError("--cap needs a token count such as 5M or en=5M,de=2M")

@@ -88,12 +88,24 @@ def _warn_shortfall(shards: Shards) -> None:
     languages = shards.manifest["languages"].values()
     if options.get("sizes") and any(entry.get("read_to_limit") for entry in languages):
         within += " within their shares by --sizes"  # some were read only up to their shares
-    stderr_console.print(
-        f"xelm: warning: --tokens {total:,} not reached: the corpus holds {total - missing:,} "
-        f"tokens{within} in {', '.join(shards.languages)}",
-        highlight=False,
-        markup=False,
+    ceiling = options.get("max_records")
+    stopped = sorted(  # streamed languages that the ceiling may have stopped before their limit
+        lang
+        for lang, entry in shards.manifest["languages"].items()
+        if "read_to_limit" in entry and not entry["read_to_limit"]
     )
+    if ceiling and stopped:
+        line = (
+            f"--tokens {total:,} not reached: {total - missing:,} tokens{within} read in "
+            f"{', '.join(shards.languages)}; reading stopped at --max-records {ceiling:,} "
+            f"records (or its end) in {', '.join(stopped)}: raise --max-records"
+        )
+    else:
+        line = (
+            f"--tokens {total:,} not reached: the corpus holds {total - missing:,} "
+            f"tokens{within} in {', '.join(shards.languages)}"
+        )
+    stderr_console.print(f"xelm: warning: {line}", highlight=False, markup=False)
 
 
 def _language_table(shards: Shards) -> Table:
@@ -243,7 +255,7 @@ def prepare_command(
             "languages": parse_language_list(langs) if langs else None,
             "token_caps": parse_caps(cap) if cap else None,
             "alpha": alpha,
-            "tokens": parse_token_count(tokens) if tokens else None,
+            "tokens": parse_token_count(tokens, "--tokens") if tokens else None,
             "sizes": parse_sizes(sizes) if sizes else None,
             "seed": seed,
             "reading": reading_from_flags(reading),

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -135,6 +136,7 @@ class _ReadContext:
     routing: Routing = field(default_factory=Routing)  # the experts kept, under which keys
     seen: set[str] = field(default_factory=set)  # the languages read, wanted or not
     max_records: int | None = None  # records a streamed source is read for, at most about
+    warned_blank: set[str] = field(default_factory=set)  # languages _warn_blank named
 
     def full(self, language: str) -> bool:
         """Whether every key of ``language`` reached its read limit."""
@@ -178,19 +180,33 @@ def _encode(items: Iterable[tuple[Batch, Any]], context: _ReadContext) -> Iterat
         yield _Encoded(batch, position, keep, keys, encodings)
 
 
-def _add_batch(context: _ReadContext, encoded: _Encoded, limits: dict[str, int]) -> None:
+def _add_batch(
+    context: _ReadContext,
+    encoded: _Encoded,
+    limits: dict[str, int],
+    take: dict[str, int] | None = None,
+) -> dict[str, int]:
     """Append each wanted document of a tokenised batch under its key, stopping a key at the
-    first document that would take it over its read limit (its language's)."""
+    first document that would take it over its read limit (its language's). ``take`` (a batch
+    read again for keys read further, ``_replaying``): only its keys, each past its first
+    ``take[key]`` documents (those it holds already). Returns each key that filled in this
+    batch with how many of its documents in the batch come before the cut (kept, or held
+    before): where reading that key further resumes in this batch (``_made_up``)."""
     work, routing = context.work, context.routing
     batch = encoded.batch
     grouped: dict[str, tuple[list[list[int]], int]] = {}
+    met: dict[str, int] = {}  # each key's documents of the batch so far
     for i, key, encoding in zip(encoded.kept, encoded.keys, encoded.encodings, strict=True):
         count = work.counts.get(key)
         if (count is not None and count.full) or not (ids := encoding.ids):
             continue
+        ordinal = met[key] = met.get(key, 0) + 1
+        if take is not None and (key not in take or ordinal <= take[key]):
+            continue
         documents, nbytes = grouped.get(key, ([], 0))
         documents.append(ids)
         grouped[key] = (documents, nbytes + len(batch.texts[i].encode()))
+    filled: dict[str, int] = {}
     for key, (documents, nbytes) in grouped.items():
         appender = work.appender(key)
         limit = _key_limit(limits, key, routing)
@@ -202,6 +218,7 @@ def _add_batch(context: _ReadContext, encoded: _Encoded, limits: dict[str, int])
                 if fits == 0 and appender.count.documents == 0:
                     raise _FirstDocumentOverLimit(routing.language(key), limit, len(documents[0]))
                 appender.count.full = True
+                filled[key] = met[key] - len(documents) + fits
                 nbytes = round(nbytes * fits / len(documents))  # for progress only
                 documents = documents[:fits]
         if documents:
@@ -209,6 +226,7 @@ def _add_batch(context: _ReadContext, encoded: _Encoded, limits: dict[str, int])
     if context.progress:
         for language in sorted({routing.language(key) for key in grouped}):
             _report(context, language, limits)
+    return filled
 
 
 def _report(context: _ReadContext, language: str, limits: dict[str, int]) -> None:
@@ -283,6 +301,7 @@ def _read_sources(
             context = further
             _read_unfinished(context, plan)
     offsets = context.work.close()
+    _warn_blank(context, plan.path)
     for index, expert in context.routing.members():
         found = set(context.routing.of_expert(list(offsets), index))
         if found or not context.routing.split:  # an expert of none: after the others' shards
@@ -300,8 +319,10 @@ def _made_up(
     end: not ``full``; a language of the sizes with no document holds 0), the context that
     reads the others further, to their shares of what those could not supply (``read_limits``
     with ``held``), their sources reopened where they stopped; None when none did or no other
-    can take more (caps). The new limits, the reopened sources and the counts are saved at
-    once, the limits in the work's notes, for a rerun to continue with. A language that runs
+    can take more (caps). Each source is read again from where its keys read further filled
+    (``_read_again``): the result is the documents a run to the new limits reads. The new
+    limits, the reopened sources and the counts are saved at once, the limits in the work's
+    notes, for a rerun to continue with. A language that runs
     out in turn is made up for in the next round, so the rounds end with every language read
     to the limits that what the others held gives (what ``token_shortfall`` assumes)."""
     work, routing = context.work, context.routing
@@ -332,11 +353,14 @@ def _made_up(
     for key in more:
         work.counts[key].full = False
     languages = {routing.language(key) for key in more}
-    work.reopen(
+    reopened = [
         name
         for name, source in plan.sources.items()
         if isinstance(source, DatasetSource) and plan.only_language(name) in (None, *languages)
-    )
+    ]
+    for name in reopened:
+        _read_again(work, name, more)
+    work.reopen(reopened)
     return replace(context, limits=limits)
 
 
@@ -352,6 +376,7 @@ def _read_unfinished(context: _ReadContext, plan: SourcePlan) -> None:
         )
         assigned_elsewhere = context.routing.assigns and only in context.seen  # named at the end
         if only and empty and not assigned_elsewhere:
+            _warn_blank(context, plan.path)
             raise no_documents_in(plan, [only], context.seen)  # at once, not at the end
 
 
@@ -383,13 +408,23 @@ def _read_source(
     if exhausted():
         work.checkpoint(name, written, done=True)
         return
+    replay = work.sources.get(name, {}).get(REPLAY) if streamed else None
     stream = source.open(written, batch_size=context.batch_size)
     batches = read_ahead(_encode(prefetched(stream), context))
     writing = False
     try:
         for encoded in batches:
             writing = True
-            _add_batch(context, encoded, limits)
+            take = _replaying(replay, records_read(written))
+            filled = _add_batch(context, encoded, limits, take)
+            if take is None:  # (a batch read again was counted the first time)
+                _count_blank(context, encoded.batch)
+            if streamed:
+                for key, before in filled.items():
+                    work.sources.setdefault(name, {}).setdefault(FILLS, {})[key] = {
+                        "position": written,
+                        "kept": before,
+                    }
             writing = False
             written = encoded.position
             if exhausted(encoded.batch):
@@ -403,6 +438,78 @@ def _read_source(
     finally:
         batches.close()
     work.checkpoint(name, written, done=True)
+
+
+FILLS = "fills"  # a source's keys that filled partway, each where: see _add_batch
+REPLAY = "replay"  # a source read again for keys read further: see _made_up
+
+
+def _replaying(replay: dict[str, Any] | None, start: int) -> dict[str, int] | None:
+    """What ``_add_batch`` takes of a batch that starts after ``start`` records of a source
+    read again from where keys read further filled (``replay``, ``_made_up``): before the
+    records the source had read then (``until``), only those keys' documents, each key's past
+    where it filled; None (everything) from there on."""
+    if not replay or start >= replay["until"]:
+        return None
+    return {
+        key: at["kept"] if at["rows"] == start else 0
+        for key, at in replay["keys"].items()
+        if at["rows"] <= start
+    }
+
+
+def _read_again(work: WorkDirectory, name: str, keys: set[str]) -> None:
+    """Source ``name`` set back to read ``keys`` further from where each filled (the batch
+    that filled it, past the documents it kept: ``FILLS``), not from where the source
+    stopped: the documents after the cut of that batch, and in a source of several keys
+    those read while the others filled, come next, as in a run to the new limits. Until the
+    source is back where it stopped, it gives only those keys (``_replaying``)."""
+    entry = work.sources.get(name)
+    fills = (entry or {}).get(FILLS, {})
+    again = {key: fills[key] for key in sorted(keys) if key in fills}
+    if entry is None or not again:  # (work of an earlier version: on from where it stopped)
+        return
+    earlier = entry.get(REPLAY) or {}
+    until = max(records_read(entry.get("position")), earlier.get("until", 0))
+    first = min(again.values(), key=lambda at: records_read(at["position"]))
+    work.sources[name] = {
+        **entry,
+        "position": first["position"],
+        FILLS: {key: at for key, at in fills.items() if key not in again},
+        REPLAY: {
+            "until": until,
+            "keys": {
+                key: {"rows": records_read(at["position"]), "kept": at["kept"]}
+                for key, at in again.items()
+            },
+        },
+    }
+
+
+BLANK_ROWS = "rows skipped as blank, per language"  # in the work's notes
+
+
+def _count_blank(context: _ReadContext, batch: Batch) -> None:
+    """Add the rows of wanted languages that ``batch`` skipped as blank to the work's notes."""
+    if batch.blank:
+        counts = context.work.notes.setdefault(BLANK_ROWS, {})
+        for lang, n in batch.blank.items():
+            if context.wanted is None or lang in context.wanted:
+                counts[lang] = counts.get(lang, 0) + n
+
+
+def _warn_blank(context: _ReadContext, where: str) -> None:
+    """Name, once a language, the rows of it skipped so far as blank (empty, whitespace only or
+    null text): a configuration of mostly empty rows, or the wrong --text-column, would
+    otherwise show only as tokens missing."""
+    counts = context.work.notes.get(BLANK_ROWS, {})
+    for lang, n in sorted(counts.items()):
+        if n and lang not in context.warned_blank:
+            context.warned_blank.add(lang)
+            sys.stderr.write(
+                f"xelm: warning: {where}: {n:,} row{'s' if n != 1 else ''} of {lang} skipped as "
+                "blank (empty, whitespace only or null text; is --text-column right?)\n"
+            )
 
 
 def records_read(position: Any) -> int:
@@ -618,9 +725,9 @@ def prepare_experts(
     reading ``source`` once: each document read goes to the expert the allocation's assigner
     sends it to, into the shards at ``out`` with ``{expert}`` replaced by I (``"shards-{expert}"``).
     ``options``: ``prepare``'s keyword arguments but ``expert``. The results, in expert order,
-    hold the same shards as the k runs of ``prepare`` would, except where languages are read
-    further in the place of short ones (``sizes`` with ``tokens``): then the further documents
-    follow those read for any expert, not those read for this one. A killed run continues as
+    hold the same shards as the k runs of ``prepare`` would (languages read further in the
+    place of short ones, with ``sizes`` and ``tokens``, too: each expert's from where it
+    filled). A killed run continues as
     ``prepare``'s does (its work directory is ``out`` with ``{expert}`` as ``all``).
 
     Example: ``prepare_experts("allenai/c4", "seed/", "shards-{expert}", allocation="alloc/",

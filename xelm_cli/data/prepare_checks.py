@@ -12,6 +12,7 @@ from xelm_cli.common.errors import UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.budgets import ALL_LANGUAGES, read_limit
 from xelm_cli.data.corpus import labelled_files, source_kind
+from xelm_cli.data.prepare_work import RepeatedByARerun
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourcePlan
 from xelm_cli.data.sources import DatasetSource
@@ -32,7 +33,7 @@ def record_ceiling(max_records: int | str | None, plan: SourcePlan) -> int | Non
     corpus files are read whole (their budgets apply by sampling)."""
     if max_records is None:
         return None
-    ceiling = token_count(max_records, "--max-records")
+    ceiling = token_count(max_records, "--max-records", "a record count")
     if not plan.streams:
         raise UsageError(
             f"--max-records bounds the reading of streamed datasets; {plan.path} is read "
@@ -124,10 +125,10 @@ def _check_sizes(sizes: dict[str, float], languages: list[str] | None, *, weighe
 
 def _corpus_languages(plan: SourcePlan, seen: set[str]) -> list[str]:
     """The languages ``plan``'s input has, as far as known without reading more: those read
-    (``seen``), a recipe's, and those corpus files are named for (left unread when not wanted)."""
+    (``seen``: rows of them with text) and those corpus files are named for (left unread when
+    not wanted); not a recipe's (or ``--config '{lang}'``'s) own list, which names a language
+    whose source turned out empty too."""
     languages = set(seen)
-    if plan.recipe is not None:
-        languages |= set(plan.recipe.languages)
     if plan.kind == "files" and source_kind(plan.path) == "files":
         languages |= {lang for _, lang in labelled_files(plan.path) if lang}
     return sorted(languages)
@@ -145,9 +146,13 @@ def check_languages(
     ``expert``, one read (``seen``) whose documents all went to other experts is not, and is
     named when it is one of the expert's own languages."""
     mine = f" assigned to {_expert_name(expert)}" if expert else ""
-    if not found:
-        raise UsageError(f"no documents in {plan.path}{mine}" + (" for --langs" if langs else ""))
     named = [*(langs or []), *(k for k in (caps or {}) if k != ALL_LANGUAGES)]
+    if not found:
+        if named and not expert:
+            raise no_documents_in(plan, sorted(set(named)), seen, none_found=True)
+        raise RepeatedByARerun(
+            f"no documents in {plan.path}{mine}" + (" for --langs" if langs else "")
+        )
     missing = sorted({lang for lang in named if lang not in found})
     if expert is not None:
         own = [lang for lang in missing if lang in seen and lang in expert.languages]
@@ -165,12 +170,24 @@ def _expert_name(expert: ExpertDocuments) -> str:
     return f"expert {expert.index} of {expert.allocation.path.name}"
 
 
-def no_documents_in(plan: SourcePlan, missing: list[str], seen: set[str]) -> UsageError:
+def no_documents_in(
+    plan: SourcePlan, missing: list[str], seen: set[str], *, none_found: bool = False
+) -> RepeatedByARerun:
+    """The refusal of languages asked for that ``plan``'s input has no documents of
+    (``none_found``: nor of any other asked for). The same command meets it again, and
+    dropping them changes the work's key: no work is kept for it."""
     has = _corpus_languages(plan, seen)
-    return UsageError(
-        f"no documents in {', '.join(missing)} in {plan.path} "
-        f"(it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}); "
-        "drop them from --langs / --cap"
+    if plan.recipe is not None:  # a source per language: what the others gave so far
+        what = f"documents read in {', '.join(has)}" if has else "none read in any language"
+    else:
+        what = f"it has {len(has)} language{'s' if len(has) != 1 else ''}: {', '.join(has)}"
+    way_out = (
+        "name languages it has in --langs / --cap"
+        if none_found and has
+        else "drop them from --langs / --cap"
+    )
+    return RepeatedByARerun(
+        f"no documents in {', '.join(missing)} in {plan.path} ({what}); {way_out}"
     )
 
 

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.common.errors import UsageError
 from xelm_cli.data.budgets import (
     language_budgets,
     read_limit,
@@ -21,7 +20,7 @@ from xelm_cli.data.budgets import (
     shortfall,
     unrounded_read_limits,
 )
-from xelm_cli.data.prepare_work import WorkDirectory
+from xelm_cli.data.prepare_work import RepeatedByARerun, ReusedByARerun, WorkDirectory
 from xelm_cli.data.shards import OFFSETS_DTYPE, offsets_file, tokens_file, write_array
 from xelm_cli.data.source_plan import SourcePlan
 
@@ -175,10 +174,13 @@ def finish(
             lengths = np.diff(full).view(np.int64)  # one array of every length, not two
             keep = select_documents(lengths, budgets[lang], seed=seed, language=lang)
             if len(keep) == 0:
-                raise UsageError(
+                message = (
                     f"a budget of {budgets[lang]} tokens leaves no whole document in {lang}; "
                     "raise --cap / --tokens or drop it with --langs"
                 )
+                if streamed:  # read to limits that are part of the work's key: it is not
+                    raise RepeatedByARerun(message)  # reused by other limits
+                raise ReusedByARerun(message, "a rerun with a higher --cap / --tokens")
             kept = _subsample(work.path, out, lang, full, keep, work.dtype, key)
         else:  # links, not moves: a run killed now still finds the files to resume from (a
             # rerun writes its offsets afresh under another name: these stay as they are)

@@ -53,6 +53,16 @@ class RepeatedByARerun(UsageError):
     """A usage error that the same command meets again: the work directory is not kept for it."""
 
 
+class ReusedByARerun(UsageError):
+    """A usage error that the same command meets again, but that a rerun with other options
+    (``rerun``: which) continues the work of: the work directory is kept, and the error says
+    so."""
+
+    def __init__(self, message: str, rerun: str) -> None:
+        super().__init__(message)
+        self.rerun = rerun
+
+
 class DamagedWork(FormatError):
     """A work file lost part of what its state records: that work cannot be continued."""
 
@@ -202,7 +212,7 @@ class ResumableDirectory:
         if not (done or now) and time.monotonic() - self._saved < CHECKPOINT_SECONDS:
             return
         self._sync()
-        self.sources[source] = {"position": position, "done": done}
+        self.sources[source] = {**self.sources.get(source, {}), "position": position, "done": done}
         self._write_state()
 
     def reopen(self, sources: Iterable[str]) -> None:
@@ -255,7 +265,8 @@ class ResumableDirectory:
         meets again, the error then saying so; Ctrl-C and an unreachable source keep it as
         they are. A rerun meets again what ``RepeatedByARerun`` and ``MetAgain`` say (a row of
         a dataset that cannot be read is read again where the work stopped): no work is kept
-        for them, and they claim no continuation."""
+        for them, and they claim no continuation. ``ReusedByARerun`` keeps it for the rerun
+        that it names."""
         try:
             yield
         except (SourceUnavailable, KeyboardInterrupt):
@@ -268,6 +279,15 @@ class ResumableDirectory:
         except (RepeatedByARerun, DamagedWork, MetAgain):
             self.remove()
             raise
+        except ReusedByARerun as exc:
+            if not _holds_documents(saved_state(self.path)):
+                self.remove()
+                raise
+            self.release()
+            raise UsageError(
+                f"{exc}; what was read is kept in {self.path}: {exc.rerun} reuses it (delete "
+                "that directory to start afresh)"
+            ) from exc
         except (XelmError, OSError) as exc:
             if not _holds_documents(saved_state(self.path)):
                 self.remove()

@@ -185,6 +185,7 @@ def _arrow_thread_pools() -> tuple[list[int], Any]:
 class Batch:
     languages: list[str]
     texts: list[str]
+    blank: dict[str, int] = field(default_factory=dict)  # rows skipped as blank, per language
 
 
 class Stream:
@@ -432,6 +433,7 @@ class DatasetSource:
         if not isinstance(text, str):
             if text is None:
                 labels.null_text(number)
+                _count_blank(batch, self._quiet_language(row, labels))
                 return
             raise BrokenData(
                 f"{self.describe()} row {number}: {column!r} is not text "
@@ -454,6 +456,20 @@ class DatasetSource:
         if has_text(text):
             batch.languages.append(language)
             batch.texts.append(text)
+        else:
+            _count_blank(batch, language)
+
+    def _quiet_language(self, row: dict[str, Any], labels: "_Rows") -> str | None:
+        """The language of a row skipped before its language was needed (None: none known)."""
+        if labels.every is not None:
+            return labels.every
+        label = record_label(row)
+        return labels.unlabelled if label is None else labels.language(label[1])
+
+
+def _count_blank(batch: Batch, language: str | None) -> None:
+    if language is not None:
+        batch.blank[language] = batch.blank.get(language, 0) + 1
 
 
 @dataclass
@@ -598,9 +614,15 @@ def as_wanted(batches: Iterator[Batch], wanted: Sequence[str] | None) -> Iterato
     wanted_set = set(wanted or ())
     for batch in batches:
         if wanted_set:
-            forms = {lang: wanted_form(lang, wanted_set) for lang in set(batch.languages)}
+            forms = {
+                lang: wanted_form(lang, wanted_set) for lang in {*batch.languages, *batch.blank}
+            }
             if any(lang != form for lang, form in forms.items()):
                 batch.languages = [forms[lang] for lang in batch.languages]
+                blank: dict[str, int] = {}
+                for lang, n in batch.blank.items():
+                    blank[forms[lang]] = blank.get(forms[lang], 0) + n
+                batch.blank = blank
         yield batch
 
 
