@@ -65,12 +65,58 @@ def test_all_weights_with_a_heavier_balance_loss(
     assert trained.manifest.training["implementation"]["loss"] == "plain"  # type: ignore[index]
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's model loading raises: what refuses before it passes."""
+    from xelm_trainer import loop
+
+    def load_model(*_: object, **__: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(loop, "load_model", load_model)
+
+
+@pytest.mark.usefixtures("no_model_loads")
 def test_moe_options_are_refused_for_dense_bundles(
     seed_bundle: Path, moe_shards: Path, tmp_path: Path
 ) -> None:
-    with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
-        train(seed_bundle, moe_shards, tmp_path / "t", router_only=True)
+    """Refused from the config, before the model loads (under torchrun: before the ranks join)."""
+    for options in ({"router_only": True}, {"aux_loss": 0.1}):
+        with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
+            train(seed_bundle, moe_shards, tmp_path / "t", **options)
     assert not (tmp_path / "t").exists()
+
+
+def test_moe_options_are_refused_once_under_torchrun(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    """2 ranks: one line, not one a rank."""
+    from ddp_helpers import xelm_train
+
+    out = tmp_path / "out"
+    args = [str(seed_bundle), "--data", str(train_shards), "--tokens", "512", "--block-size"]
+    args += ["32", "--batch-size", "2", "--device", "cpu", "--router-only", "-o", str(out)]
+    done = xelm_train(args, tmp_path, ranks=2)
+    assert done.returncode != 0
+    refusal = (
+        "xelm: error: --router-only and --aux-loss apply to Mixture-of-Experts bundles "
+        "(made with `xelm bundle moe`)"
+    )
+    assert done.stderr.count("xelm: error:") == 1 and refusal in done.stderr, done.stderr[-3000:]
+    assert not out.exists() and not checkpoint_dir(out).exists()
+
+
+def test_a_config_with_router_logits_is_left_to_the_models_check() -> None:
+    """DBRX's config has output_router_logits but no router_aux_loss_coef (its model takes
+    the coefficient from ffn_config): the config alone refuses only what no MoE model has."""
+    from transformers import DbrxConfig, LlamaConfig
+    from xelm_trainer.moe import check_moe_options
+    from xelm_trainer.options import TrainOptions
+
+    options = TrainOptions.from_dict({**SMALL_OPTIONS, "router_only": True})
+    check_moe_options(DbrxConfig(), options)
+    with pytest.raises(UsageError, match="apply to Mixture-of-Experts bundles"):
+        check_moe_options(LlamaConfig(), options)
 
 
 def test_a_resume_with_another_balance_loss_or_router_only_is_refused(
@@ -166,6 +212,7 @@ def test_an_infinite_balance_loss_is_refused_up_front() -> None:
         TrainOptions.from_dict({**SMALL_OPTIONS, "aux_loss": "inf"})
 
 
+@pytest.mark.usefixtures("no_model_loads")
 def test_router_only_without_a_balance_loss_on_top_one_is_refused(
     moe: Bundle, moe_shards: Path, tmp_path: Path
 ) -> None:

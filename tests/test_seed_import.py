@@ -210,6 +210,24 @@ def test_a_custom_code_seed_records_it_and_its_branches_load(
     assert learned_positions(child.path, 64) is False  # rotary, as the Llama it extends
 
 
+def test_fsdp_ranks_that_read_no_weights_build_a_custom_code_seed(
+    custom_seed: tuple[Path, Bundle],
+) -> None:
+    """Under --fsdp the ranks other than 0 build the model on the meta device from its config
+    (loop.empty_model): with the bundle's own code, as rank 0's Bundle.load_model (before:
+    transformers asked to run it, or refused, and rank 0 waited for them)."""
+    from xelm_trainer.loop import empty_model
+
+    _, seed = custom_seed
+    empty = empty_model(seed, {})
+    loaded = seed.load_model(verify=False, dtype=torch.float32)
+    assert type(empty).__name__ == type(loaded).__name__ == "TinyCustomModel"
+    assert type(empty).__module__.startswith("transformers_modules.")
+    assert {p.device.type for p in empty.parameters()} == {"meta"}
+    shapes = {name: p.shape for name, p in empty.named_parameters()}
+    assert shapes == {name: p.shape for name, p in loaded.named_parameters()}
+
+
 def _derived(seed: Bundle, out: Path, files: dict[str, bytes]) -> Bundle:
     """A bundle branched from ``seed`` (same lineage, so the same init record) whose files
     ``files`` were replaced: what anyone can write, with digests that match."""

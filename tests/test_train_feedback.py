@@ -7,6 +7,7 @@ memory as one line with the way out, and --compile's wait."""
 import importlib.util
 import json
 import re
+import time
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,15 @@ import torch
 from conftest import SHARED_DATA
 from rich.console import Console
 from xelm_trainer import loop
-from xelm_trainer.feedback import TrainProgress, clock, smaller_batch
+from xelm_trainer.feedback import TrainProgress, clock, passes_note, smaller_batch
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.cluster.allocation import write_allocation
 from xelm_cli.data.prepare import prepare
-from xelm_cli.plugin.contracts import checkpoint_dir
-from xelm_cli.training.checkpoints import list_checkpoints
+from xelm_cli.data.shards import Shards
+from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
+from xelm_cli.training.checkpoints import BlockStream, list_checkpoints
 
 
 def shown(bar: TrainProgress) -> str:
@@ -108,6 +110,38 @@ def test_logs_get_a_plain_line_per_logged_step(
         assert re.fullmatch(pattern, line), line
 
 
+def test_the_speed_leaves_validations_and_checkpoints_out(
+    seed_bundle: Path, shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tokens_per_s of a logged step measures the training steps since the last logged one:
+    the validations and checkpoints in between (each slowed by 0.5 s here) are left out, so
+    the logged intervals add up to the run's time in steps (before: they counted too, a dip
+    after every validation and checkpoint)."""
+    pause = 0.5
+    for name in ("evaluate", "checkpoint"):
+
+        def slowed(*args: Any, real: Any = getattr(loop, name), **kwargs: Any) -> Any:
+            time.sleep(pause)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, name, slowed)
+    out = tmp_path / "out"  # 4 steps of 128 tokens logged at 2 and 4; validated after every one
+    args = train(seed_bundle, shards, out, "--tokens", "512", "--log-every", "2", "--valid",
+                 str(shards), "--eval-every", "1", "--eval-blocks", "4", "--checkpoint-every",
+                 "3")  # fmt: skip
+    assert run(args) == 0
+    lines = (checkpoint_dir(out) / "metrics.jsonl").read_text().splitlines()
+    logged = [row for row in map(json.loads, lines) if "tokens_per_s" in row]
+    assert [row["step"] for row in logged] == [2, 4]
+    intervals = [2 * 128 / row["tokens_per_s"] for row in logged]
+    record = Bundle.open(out).manifest.training or {}
+    print(f"logged intervals {intervals}, time in steps {record['seconds']}")
+    # step 4's interval held 2 validations and a checkpoint (1.5 s); step 2's the first step's
+    # warm-up (0.6 s measured), and the intervals add up to that time in steps
+    assert intervals[1] < pause, intervals
+    assert abs(sum(intervals) - record["seconds"]) < pause / 2, (intervals, record["seconds"])
+
+
 def test_a_terminal_gets_the_bar_and_no_lines(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -132,19 +166,42 @@ def few_shards(tmp_path_factory: pytest.TempPathFactory, seed_bundle: Path) -> P
     return out
 
 
+def epoch_tokens(seed_bundle: Path, shards: Path) -> int:
+    """The tokens of one pass of the block stream over ``shards``' English documents: theirs
+    and each one's start and end tokens."""
+    framing = Bundle.open(seed_bundle).framing()
+    stream = BlockStream(Shards.open(shards), ["en"], 32, bos=framing.start, eos=framing.end)
+    return stream.epoch_tokens
+
+
 def test_tokens_beyond_the_data_say_how_many_passes(
     seed_bundle: Path, few_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    manifest = json.loads((few_shards / "shards.json").read_text())
-    held = manifest["languages"]["en"]["tokens"]
-    assert 100 < held < 512
+    epoch = epoch_tokens(seed_bundle, few_shards)
+    assert 100 < epoch < 512
     out = tmp_path / "out"
     assert run(train(seed_bundle, few_shards, out, "--tokens", "512")) == 0
     expected = (
-        f"xelm: --tokens 512 is about {512 / held:.1f} passes over the {held:,} tokens "
-        "these shards hold in en (the paper trains one pass)\n"
+        f"xelm: --tokens 512 is about {512 / epoch:.1f} passes over the {epoch:,} tokens of "
+        "these shards' documents in en, with their start and end tokens (the paper trains one "
+        "pass)\n"
     )
     assert expected in capsys.readouterr().err
+
+
+def test_the_passes_count_each_documents_start_and_end_tokens(
+    seed_bundle: Path, few_shards: Path
+) -> None:
+    """The stream packs ``bos doc eos``: up to its epoch's tokens the data does not repeat
+    (before: measured against the documents' tokens alone, 0.98 of a pass was 'about 1.0
+    passes')."""
+    shards, framing = Shards.open(few_shards), Bundle.open(seed_bundle).framing()
+    epoch = epoch_tokens(seed_bundle, few_shards)
+    assert framing.start is not None and framing.end is not None
+    assert epoch == shards.tokens_in(["en"]) + 2 * shards.stats["en"].documents
+    assert passes_note(epoch, shards, ["en"], framing) is None
+    note = passes_note(epoch + 1, shards, ["en"], framing)
+    assert note is not None and f"is about 1.0 passes over the {epoch:,} tokens of" in note
 
 
 @pytest.mark.parametrize(
@@ -224,20 +281,49 @@ def test_out_of_memory_is_one_line_naming_the_way_out_and_keeps_checkpoints(
     assert Bundle.open(out).manifest.training["options"]["batch_size"] == 2  # type: ignore[index]
 
 
-def test_out_of_memory_at_batch_size_one_names_gradient_checkpointing_alone(
+def test_out_of_memory_at_batch_size_one_names_less_memory_per_block(
     seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    """No smaller --batch-size than 1 (before, the line advised one): gradient checkpointing,
+    FSDP or shorter blocks; the first two resume the checkpoint (--block-size cannot)."""
     out = tmp_path / "out"  # 4 steps of 1 x 32 tokens, a checkpoint after step 2
     args = train(seed_bundle, shards, out, "--tokens", "128", "--checkpoint-every", "2")
     fails_at_forward(monkeypatch, torch.OutOfMemoryError("CUDA out of memory"), call=3)
     assert run([*args, "--batch-size", "1"]) == 2
-    assert (
-        capsys.readouterr()
-        .err.splitlines()[-1]
-        .endswith(
-            "; the checkpoint of step 2 stays: --resume --gradient-checkpointing continues from it"
-        )
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "xelm: error: out of memory in step 3 at --batch-size 1 x --block-size 32: a "
+        "micro-batch is one block already: use --gradient-checkpointing, --fsdp (under "
+        "torchrun) or a smaller --block-size; the checkpoint of step 2 stays: --resume "
+        "--gradient-checkpointing or --resume --fsdp (under torchrun) continues from it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (
+            {"gradient_checkpointing": True},
+            "use --fsdp (under torchrun) or a smaller --block-size",
+        ),
+        (
+            {"gradient_checkpointing": True, "fsdp": True, "world_size": 2},
+            "use a smaller --block-size",
+        ),
+    ],
+)
+def test_out_of_memory_at_batch_size_one_names_what_is_not_on_yet(
+    tmp_path: Path, options: dict[str, Any], expected: str
+) -> None:
+    from xelm_trainer.feedback import out_of_memory_line
+    from xelm_trainer.options import TrainOptions
+
+    resolved = TrainOptions.from_dict({"batch_size": 1, "block_size": 4096, **options})
+    request = TrainRequest(tmp_path, tmp_path, tmp_path / "out", tokens=1, options={})
+    assert "--batch-size" not in out_of_memory_line(request, resolved, 0).partition(": ")[2]
+    assert out_of_memory_line(request, resolved, 0) == (
+        "out of memory in step 1 at --batch-size 1 x --block-size 4096: a micro-batch is one "
+        f"block already: {expected}"
     )
 
 

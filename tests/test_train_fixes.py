@@ -597,3 +597,38 @@ def test_a_checkpoint_state_that_is_no_json_is_refused_with_the_way_out(tmp_path
         read_checkpoint_state(tmp_path / "step-000000006")
     assert str(e.value).endswith("delete it to resume from step 3 with --resume, or run without "
                                  "--resume and with --force to start over")  # fmt: skip
+
+
+# --- 11. a micro-batch's output is dropped before the next one runs ------------------------------
+
+
+def test_accumulation_keeps_no_micro_batchs_logits_through_the_next_forward(
+    seed_bundle: Path,
+) -> None:
+    """3 micro-batches with the plain loss (MoE models, or the chunked loss off): each
+    forward's output, with its B x T x V logits, is dropped after its loss is read (before:
+    the previous micro-batch's was alive through the next forward). The summed loss stays the
+    plain losses' sum."""
+    import weakref
+
+    model = Bundle.open(seed_bundle).load_model(verify=False, dtype=torch.float32).train()
+    options = TrainOptions.from_dict({"block_size": 16, "batch_size": 2, "global_batch_tokens": 96})
+    assert options.accumulation == 3
+    outputs: list[weakref.ref[torch.Tensor]] = []
+    alive: list[int] = []  # earlier micro-batches' logits alive as each forward's lm_head runs
+    model.lm_head.register_forward_pre_hook(
+        lambda *_: alive.append(sum(ref() is not None for ref in outputs))
+    )
+    model.lm_head.register_forward_hook(lambda _, __, out: outputs.append(weakref.ref(out)))
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, model.config.vocab_size, (2, 16)) for _ in range(3)]
+    cpu = torch.device("cpu")
+    sums = trainer_loop.accumulate(
+        model, model, iter(blocks), options, cpu, contextlib.nullcontext()
+    )
+    assert alive == [0, 0, 0]
+    assert sums.aux is None and all(ref() is None for ref in outputs)
+    with torch.no_grad():
+        plain = [float(model(input_ids=torch.from_numpy(b), labels=torch.from_numpy(b)).loss)
+                 for b in blocks]  # fmt: skip
+    assert float(sums.loss) == pytest.approx(math.fsum(plain), rel=1e-6)

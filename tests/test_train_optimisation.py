@@ -10,7 +10,7 @@ import torch
 from conftest import weights
 from train_helpers import request
 from xelm_trainer import CausalLMTrainer
-from xelm_trainer.loop import decay_groups, learning_rate
+from xelm_trainer.loop import decay_groups, learning_rate, warmup_note
 from xelm_trainer.options import TrainOptions
 
 from xelm_cli.common.errors import UsageError
@@ -65,8 +65,36 @@ def test_a_warm_up_as_long_as_the_run_is_warned_of(
     CausalLMTrainer().train(req)
     assert (
         "xelm: warning: --warmup-steps 16 is not below the run's 16 steps: the learning rate "
-        "never reaches --lr (warm up for fewer than 16 steps or raise --tokens)\n"
+        "reaches --lr only at the last step and never decays (warm up for fewer than 16 steps "
+        "or raise --tokens)\n"
     ) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("warmup", "schedule", "said"),
+    [
+        (3, "linear", None),
+        (4, "linear", "reaches --lr only at the last step and never decays"),
+        (4, "cosine", "reaches --lr only at the last step and never decays"),
+        (4, "constant", "reaches --lr only at the last step"),
+        (5, "linear", "never reaches --lr"),
+    ],
+)
+def test_the_warm_up_warning_says_whether_the_rate_reaches_lr(
+    warmup: int, schedule: str, said: str | None
+) -> None:
+    """A warm-up of the run's length reaches --lr at its last step (lr (s + 1) / W at s = W - 1,
+    before: 'never reaches'); a longer one never does."""
+    reached = rates(4, warmup_steps=warmup, schedule=schedule)[-1] == 1.0
+    assert reached == (warmup <= 4)
+    note = warmup_note(warmup, 4, schedule)
+    if said is None:
+        assert note is None
+    else:
+        assert note == (
+            f"xelm: warning: --warmup-steps {warmup} is not below the run's 4 steps: the learning "
+            f"rate {said} (warm up for fewer than 4 steps or raise --tokens)"
+        )
 
 
 def test_a_resume_on_other_held_out_shards_is_refused(

@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,17 +47,22 @@ def require_attention_package(attention: str) -> None:
         )
 
 
-def passes_note(tokens: int, shards: Shards, languages: list[str]) -> str | None:
-    """A line when ``tokens`` are more than one pass over the shards' tokens of the run's
-    languages (the stream then repeats every document)."""
-    held = shards.tokens_in(languages)
+def passes_note(tokens: int, shards: Shards, languages: list[str], framing: Any) -> str | None:
+    """A line when ``tokens`` are more than one pass over the shards' documents of the run's
+    languages as the block stream packs them, with each document's start and end tokens
+    (``framing``, a ``Framing``; ``BlockStream.epoch_tokens``): the stream then repeats
+    every document."""
+    framed = sum(token is not None for token in (framing.start, framing.end))
+    documents = sum(shards.stats[lang].documents for lang in languages)
+    held = shards.tokens_in(languages) + framed * documents
     if tokens <= held:
         return None
     passes = tokens / held
     about = f"{passes:.1f}" if passes < 10 else f"{passes:,.0f}"
     return (
-        f"xelm: --tokens {tokens:,} is about {about} passes over the {held:,} tokens these "
-        f"shards hold in {', '.join(languages)} (the paper trains one pass)"
+        f"xelm: --tokens {tokens:,} is about {about} passes over the {held:,} tokens of these "
+        f"shards' documents in {', '.join(languages)}, with their start and end tokens (the "
+        "paper trains one pass)"
     )
 
 
@@ -75,23 +81,40 @@ def out_of_memory(exc: RuntimeError) -> bool:
 def out_of_memory_line(request: TrainRequest, options: TrainOptions, done: int) -> str:
     line = (
         f"out of memory in step {done + 1} at --batch-size {options.batch_size} x --block-size "
-        f"{options.block_size}: use a smaller --batch-size with --global-batch "
-        f"{options.batch_tokens} (gradient accumulation keeps the step size) or "
-        "--gradient-checkpointing; `xelm plan --memory SIZE` finds the largest batch that fits"
+        f"{options.block_size}: "
     )
-    if kept := list_checkpoints(request.checkpoint_dir):
-        # neither --batch-size nor --gradient-checkpointing is in the run's identity
-        # (RUN_IDENTITY in loop.py): --global-batch is
-        checkpointing = "--resume --gradient-checkpointing"
-        smaller = smaller_batch(options.batch_size)
+    smaller = smaller_batch(options.batch_size)
+    # neither --batch-size, --gradient-checkpointing nor --fsdp is in the run's identity
+    # (RUN_IDENTITY in loop.py): --global-batch and --block-size are
+    if smaller:
+        line += (
+            f"use a smaller --batch-size with --global-batch {options.batch_tokens} (gradient "
+            "accumulation keeps the step size) or --gradient-checkpointing; `xelm plan "
+            "--memory SIZE` finds the largest batch that fits"
+        )
         resumes = (
             f"--resume --batch-size {smaller} --global-batch {options.batch_tokens} continues "
-            f"from it (or {checkpointing})"
-            if smaller
-            else f"{checkpointing} continues from it"
+            "from it (or --resume --gradient-checkpointing)"
         )
-        line += f"; the checkpoint of step {kept[-1][0]} stays: {resumes}"
+    else:  # a micro-batch of one block: less memory per block, or the model sharded
+        ways = [] if options.gradient_checkpointing else ["--gradient-checkpointing"]
+        ways += [] if options.fsdp else ["--fsdp (under torchrun)"]
+        line += (
+            f"a micro-batch is one block already: use {_either([*ways, 'a smaller --block-size'])}"
+        )
+        resumes = (
+            f"{_either([f'--resume {way}' for way in ways])} continues from it" if ways else ""
+        )
+    if kept := list_checkpoints(request.checkpoint_dir):
+        line += f"; the checkpoint of step {kept[-1][0]} stays"
+        if resumes:
+            line += f": {resumes}"
     return line
+
+
+def _either(ways: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return ways[0] if len(ways) == 1 else f"{', '.join(ways[:-1])} or {ways[-1]}"
 
 
 def smaller_batch(batch_size: int) -> int | None:

@@ -62,7 +62,14 @@ from .feedback import (
     require_attention_package,
 )
 from .lean_loss import use_lean_loss
-from .moe import configure_moe, is_moe, loss_parts, training_kwargs, validation_kwargs
+from .moe import (
+    check_moe_options,
+    configure_moe,
+    is_moe,
+    loss_parts,
+    training_kwargs,
+    validation_kwargs,
+)
 from .options import TrainOptions, batch_size_for
 from .rng import other_ranks_rng, restore_rank_rng, seed_rank
 
@@ -142,10 +149,12 @@ class TrainingRun:
                 "accumulation x ranks)",
                 file=sys.stderr,
             )
-        if ranks.main and (note := warmup_note(inputs.options.warmup_steps, inputs.steps)):
-            print(note, file=sys.stderr)
-        if ranks.main and (note := passes_note(request.tokens, inputs.shards, inputs.languages)):
-            print(note, file=sys.stderr)
+        warmup = warmup_note(inputs.options.warmup_steps, inputs.steps, inputs.options.schedule)
+        if ranks.main and warmup:
+            print(warmup, file=sys.stderr)
+        passes = passes_note(request.tokens, inputs.shards, inputs.languages, inputs.framing)
+        if ranks.main and passes:
+            print(passes, file=sys.stderr)
         if ranks.main and (note := positions_note(inputs.options.block_size, inputs.bundle.path)):
             print(note, file=sys.stderr)
         ranks.start(device)  # every rank has passed the checks: nothing is written before
@@ -301,18 +310,27 @@ class TrainingRun:
                     progress.update(state.step, record["loss"], record["tokens_per_s"])
                 else:
                     progress.update(state.step)
+                validates = valid_blocks is not None and due(
+                    state.step, options.eval_every, inputs.steps
+                )
+                saves = due(state.step, options.checkpoint_every, inputs.steps)
+                if validates or saves:  # what the device still has queued is the steps' time
+                    wait_for(device)
                 state.seconds += time.perf_counter() - started  # after a logged step's wait
-                if valid_blocks is not None and due(state.step, options.eval_every, inputs.steps):
+                aside = time.perf_counter()  # validation and checkpoint: not training speed
+                if validates:
+                    assert valid_blocks is not None
                     valid = evaluate(evaluated, valid_blocks, options, device, autocast, ranks)
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
                 state.wall_seconds = wall.seconds()
-                if due(state.step, options.checkpoint_every, inputs.steps):
+                if saves:
                     # a checkpoint replaces the last good one: never with NaN weights
                     if loss is None:
                         loss = ranks.mean(float(sums.loss) / options.accumulation, device)
                     require_finite(model, loss, state.step, ranks, device)
                     checkpoint(request, inputs, model, optimizer, state, ranks, device)
+                logged.leave_out(time.perf_counter() - aside)
                 self.on_step_end(state.step)
         state.wall_seconds = wall.seconds()  # with the last checkpoint
         return state
@@ -332,6 +350,8 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
     require_attention_package(options.attention)
     bundle = Bundle.open(request.bundle)
     require_block_fits(options.block_size, bundle.path)
+    if options.router_only or options.aux_loss is not None:  # the config decides most
+        check_moe_options(bundle.load_config(), options)
     shards = Shards.open(request.data)
     shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
     languages = list(request.languages) or bundle.languages
@@ -355,14 +375,21 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
     return Inputs(bundle, shards, valid, languages, options, steps, bundle.framing())
 
 
-def warmup_note(warmup_steps: int, steps: int) -> str | None:
+def warmup_note(warmup_steps: int, steps: int, schedule: str = "linear") -> str | None:
     """A warning when the warm-up does not end before the run does (a short trial of a
-    preset's options may mean it; a real run rarely does)."""
+    preset's options may mean it; a real run rarely does). Step s < W runs at
+    lr (s + 1) / W: a warm-up as long as the run reaches --lr at its last step."""
     if warmup_steps < steps:
         return None
+    if warmup_steps == steps:
+        reached = "reaches --lr only at the last step"
+        if schedule != "constant":
+            reached += " and never decays"
+    else:
+        reached = "never reaches --lr"
     return (
         f"xelm: warning: --warmup-steps {warmup_steps:,} is not below the run's {steps:,} "
-        f"steps: the learning rate never reaches --lr (warm up for fewer than {steps:,} steps "
+        f"steps: the learning rate {reached} (warm up for fewer than {steps:,} steps "
         "or raise --tokens)"
     )
 
@@ -412,7 +439,14 @@ def load_model(
         model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
     else:
         model = empty_model(inputs.bundle, chosen)
-    configure_moe(model, options)
+    refusal: XelmError | None = None
+    try:  # what check_moe_options could not tell from the config alone (no router found)
+        configure_moe(model, options)
+    except XelmError as exc:
+        refusal = exc
+    follow_main(refusal, ranks)  # every rank refuses alike: rank 0 says why, once
+    if refusal is not None:
+        raise refusal
     # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
     if options.lean_loss and not is_moe(model):
         chunked = reads and loss_can_be_chunked(model, device)
@@ -427,11 +461,15 @@ def load_model(
 def empty_model(bundle: Bundle, chosen: dict[str, Any]) -> Any:
     """The bundle's model, as ``load_model`` builds it, with its parameters and buffers on the
     meta device: no weights are read."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(bundle.path)
+    # with the bundle's own code where Bundle.load_model runs it (made with --trust-remote-code)
+    trusted = bundle.runs_trusted_code()
+    config = bundle.load_config()
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **chosen)
+        return AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, trust_remote_code=trusted, **chosen
+        )
 
 
 def loss_can_be_chunked(model: Any, device: torch.device) -> bool:
@@ -707,11 +745,15 @@ def accumulate(
         with no_sync(model, last=micro == options.accumulation - 1):
             with autocast:
                 output = forward(input_ids=batch, labels=batch, **extra)
-            (output.loss / options.accumulation).backward()
-        micro_loss, aux = loss_parts(output, bare)
-        loss_sum += micro_loss.detach()
-        if aux_sum is not None and aux is not None:
-            aux_sum += aux.detach()
+            loss = output.loss
+            micro_loss, aux = loss_parts(output, bare)
+            loss_sum += micro_loss.detach()
+            if aux_sum is not None and aux is not None:
+                aux_sum += aux.detach()
+            # the output's logits (B x T x V with the plain loss) are not kept past here: not
+            # through the backward, nor the next micro-batch's forward
+            del output, batch, micro_loss, aux
+            (loss / options.accumulation).backward()
     return StepSums(loss_sum, aux_sum)
 
 
@@ -843,11 +885,15 @@ def _step_of(line: str) -> float:
 
 class Interval:
     """Training speed between two logged steps (wall time, so it includes what the device did
-    while the host ran ahead)."""
+    while the host ran ahead), less the validations and checkpoints in between."""
 
     def __init__(self, step: int, batch_tokens: int) -> None:
         self.step, self.batch_tokens = step, batch_tokens
         self.time = time.perf_counter()
+
+    def leave_out(self, seconds: float) -> None:
+        """Not count ``seconds`` (a validation, a checkpoint) in the current interval."""
+        self.time += seconds
 
     def speed(self, step: int) -> float:
         now = time.perf_counter()
@@ -855,6 +901,14 @@ class Interval:
         speed = tokens / max(now - self.time, 1e-9)
         self.step, self.time = step, now
         return speed
+
+
+def wait_for(device: torch.device) -> None:
+    """Return once ``device`` has run the work queued on it (CUDA and MPS run behind the host)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class WallClock:

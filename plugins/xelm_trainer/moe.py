@@ -24,24 +24,38 @@ def is_moe(model: Any) -> bool:
     return hasattr(model, "router_aux_loss_coef") and hasattr(model.config, "output_router_logits")
 
 
-def configure_moe(model: Any, options: TrainOptions) -> None:
-    """Set the load-balancing coefficient and, with ``router_only``, freeze every parameter
-    but the routers; both options are refused for models that are not MoE models."""
-    if not is_moe(model):
-        if options.router_only or options.aux_loss is not None:
-            raise UsageError(
-                "--router-only and --aux-loss apply to Mixture-of-Experts bundles "
-                "(made with `xelm bundle moe`)"
-            )
-        return
-    if options.aux_loss is not None:
-        model.router_aux_loss_coef = options.aux_loss
-    if options.router_only and options.aux_loss == 0 and _top_one_renormalised(model.config):
+def check_moe_options(config: Any, options: TrainOptions) -> None:
+    """The refusals of ``--router-only`` and ``--aux-loss`` that the model's config decides,
+    made before the model loads (under torchrun before the ranks join: said once): a config
+    without ``output_router_logits`` is no MoE model's (``is_moe``); a top-1 MoE whose routers
+    would get no gradient."""
+    if not hasattr(config, "output_router_logits"):
+        _refuse_dense(options)
+    elif options.router_only and options.aux_loss == 0 and _top_one_renormalised(config):
         raise UsageError(
             "--router-only --aux-loss 0 on a top-1 MoE trains nothing: the chosen expert's "
             "weight is renormalised to 1, so the language-model loss gives the routers no "
             "gradient; give --aux-loss above 0, or rebuild it with `xelm bundle moe --top-k 2`"
         )
+
+
+def _refuse_dense(options: TrainOptions) -> None:
+    if options.router_only or options.aux_loss is not None:
+        raise UsageError(
+            "--router-only and --aux-loss apply to Mixture-of-Experts bundles "
+            "(made with `xelm bundle moe`)"
+        )
+
+
+def configure_moe(model: Any, options: TrainOptions) -> None:
+    """Set the load-balancing coefficient and, with ``router_only``, freeze every parameter
+    but the routers; both options are refused for models that are not MoE models."""
+    if not is_moe(model):
+        _refuse_dense(options)
+        return
+    check_moe_options(model.config, options)
+    if options.aux_loss is not None:
+        model.router_aux_loss_coef = options.aux_loss
     if options.router_only:
         routers = 0
         for name, parameter in model.named_parameters():
