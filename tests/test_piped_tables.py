@@ -51,3 +51,19 @@ def test_the_evaluation_table_keeps_each_systems_whole_name(
     assert evaluated.returncode == 0, evaluated.stderr
     header = next(line for line in evaluated.stdout.splitlines() if "language" in line)
     assert f"model:{name}" in header and f"delta vs baseline:{name}" in header
+
+
+def test_a_column_of_prose_wraps_in_a_pipe_too() -> None:
+    """`data recipes` printed each recipe's paragraph on one line of ~1,900 characters; the
+    description wraps at PROSE_WIDTH while names stay whole, and every word is still there."""
+    from xelm_cli.common.cli_options import PROSE_WIDTH
+    from xelm_cli.data.recipes import load_recipe, shipped_recipes
+
+    listed = xelm("data", "recipes", sites=[])
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(map(len, lines)) <= PROSE_WIDTH + 30  # the name and count columns, the rules
+    text = " ".join(" ".join(line.split("│")[3].split()) for line in lines if line.count("│") == 4)
+    for name in shipped_recipes():
+        assert any(line.startswith(f"│ {name} ") for line in lines)
+        assert str(load_recipe(name).raw["description"]).split()[-1] in text.split()

@@ -24,9 +24,13 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+PROSE_WIDTH = 88  # a table's column of sentences wraps at this width (``print_whole``)
+
+
 def print_whole(console: Console, renderable: Any) -> None:
     """Print a table or tree on ``console``; into a pipe or file at its own width, since a file
-    has no columns to fit and a line cut at the terminal's width loses its end."""
+    has no columns to fit and a line cut at the terminal's width loses its end (a column of
+    prose given ``max_width=PROSE_WIDTH`` still wraps)."""
     if console.is_terminal:
         console.print(renderable, soft_wrap=False)  # wrapped at the terminal's width, not cut
         return

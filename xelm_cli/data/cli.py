@@ -7,9 +7,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
-from xelm_cli.common.cli_options import ForceOpt, JsonOpt, OutDirOpt, print_json, print_whole
+from xelm_cli.common.cli_options import (
+    PROSE_WIDTH,
+    ForceOpt,
+    JsonOpt,
+    OutDirOpt,
+    print_json,
+    print_whole,
+)
 from xelm_cli.common.digest import short
 from xelm_cli.common.errors import IntegrityError, UsageError
 from xelm_cli.common.progress import language_progress, stderr_console
@@ -445,7 +452,8 @@ def recipes_command(
         print_json(summaries[0] if name else summaries)
         return
     if not name:
-        table = Table("recipe", "languages", "description")
+        # prose wraps, into a pipe too (print_whole keeps lines of names and paths whole)
+        table = Table("recipe", "languages", Column("description", max_width=PROSE_WIDTH))
         for summary in summaries:
             table.add_row(
                 summary["name"], str(len(summary["languages"])), escape(summary["description"])
