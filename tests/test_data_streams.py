@@ -24,7 +24,12 @@ from xelm_cli.data.prepare import prepare
 from xelm_cli.data.sampling import sample_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.data.source_plan import SourceOptions
-from xelm_cli.data.sources import DatasetSource, SourceUnavailable, _translated
+from xelm_cli.data.sources import (
+    DamagedDataFile,
+    DatasetSource,
+    SourceUnavailable,
+    _translated,
+)
 from xelm_cli.data.tokenizer import train_tokenizer_on_corpus
 
 ISO3 = {"de": "deu", "tr": "tur"}  # fineweb-2's language column
@@ -431,7 +436,8 @@ def test_a_hub_dataset_given_as_a_corpus_says_what_to_do(
 
 
 def test_a_local_gzip_file_cut_short_is_broken_data(tmp_path: Path) -> None:
-    """Only a download is cut short by the network: a local file that ends early is broken."""
+    """Only a download is cut short by the network: a local file that ends early is broken
+    (here the only file, read for the dataset's columns before any row)."""
     repo = tmp_path / "repo"
     path = write_rows(repo / "train.jsonl.gz", [{"text": "Hallo.", "lang": "de"}] * 2000)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -439,3 +445,34 @@ def test_a_local_gzip_file_cut_short_is_broken_data(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match=rf"^cannot read {repo} \[train\]: ") as info:
         list(DatasetSource(str(repo)).open())
     assert json.dumps(str(info.value)).count("\\n") == 0
+
+
+def test_a_damaged_data_file_keeps_the_work_for_the_same_command_once_replaced(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """mC4 spreads a language over up to thousands of files: the one that cannot be read is
+    named, what was read before it is kept, and once it is replaced the same command gives the
+    shards of a run that never met it."""
+    texts = {"de": valid_texts("de", 60)}
+    good, bad = c4_like(tmp_path / "good", texts), c4_like(tmp_path / "bad", texts)
+    damaged = next((bad / "multilingual").glob("c4-de.tfrecord-00001-*"))
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[: len(intact) // 2])
+    options: dict[str, Any] = {
+        "languages": "de",
+        "reading": SourceOptions(config="{lang}"),
+        "batch_size": 5,
+    }
+    with pytest.raises(DamagedDataFile) as info:
+        prepare(bad, tokenizer_dir, tmp_path / "s", **options)
+    assert str(info.value).startswith(
+        f"cannot read {bad} [de/train] after row 30: its data file {damaged} is damaged ("
+    )
+    assert (tmp_path / ".s.prepare").is_dir() and not (tmp_path / "s").exists()
+    damaged.write_bytes(intact)
+    continued = prepare(bad, tokenizer_dir, tmp_path / "s", **options).shards
+    whole = prepare(good, tokenizer_dir, tmp_path / "whole", **options).shards
+    assert continued.stats["de"].documents == 60
+    assert [continued.document("de", i).tolist() for i in range(60)] == [
+        whole.document("de", i).tolist() for i in range(60)
+    ]

@@ -91,6 +91,12 @@ class BrokenData(MetAgain, FormatError):
     """A dataset's data cannot be read (a row of the wrong type, a corrupt file)."""
 
 
+class DamagedDataFile(FormatError):
+    """One data file of a dataset cannot be read (cut short, corrupt): named, so that it can be
+    replaced; a preparation keeps what it read before it, for the same command to continue
+    once it is."""
+
+
 class UnlabelledRow(MetAgain, UsageError):
     """A dataset row with no language, read without ``--lang``."""
 
@@ -373,7 +379,7 @@ class DatasetSource:
         labels = self._labels()
         tables = iter(dataset.iter(batch_size=size))
         while True:
-            with _translated(self):
+            with _translated(self, dataset, state["rows"]):
                 table = next(tables, None)
                 if table is None:
                     return
@@ -407,7 +413,7 @@ class DatasetSource:
         labels = self._labels()
         while True:
             batch, read = Batch([], []), 0
-            with _translated(self):
+            with _translated(self, dataset, state["rows"]):
                 for row in itertools.islice(rows, size):
                     read += 1
                     state["rows"] += 1
@@ -638,10 +644,12 @@ Source = DatasetSource | FileSource
 
 
 @contextlib.contextmanager
-def _translated(source: DatasetSource) -> Iterator[None]:
+def _translated(source: DatasetSource, dataset: Any = None, rows: int = 0) -> Iterator[None]:
     """``datasets``/Hub/Arrow failures as one line naming the source and the way out: the
     Hub's refusals by their type and HTTP status (``hub_refusal``), the network's failures
-    (a download cut short too) as ``SourceUnavailable``, anything else as ``BrokenData``."""
+    (a download cut short too) as ``SourceUnavailable``, a data file that ``dataset`` (being
+    read, after ``rows`` rows) cannot read as ``DamagedDataFile``, anything else as
+    ``BrokenData``."""
     import datasets
 
     where = source.describe()
@@ -668,7 +676,48 @@ def _translated(source: DatasetSource) -> Iterator[None]:
             ) from None
         if isinstance(exc, ValueError):
             raise _config_or_split_error(source, exc) from None
+        damaged = _data_file_being_read(dataset) if _cut_or_corrupt(exc) else None
+        if damaged is not None:
+            raise DamagedDataFile(
+                f"cannot read {where} after row {rows:,}: its data file {damaged} is damaged "
+                f"({exception_line(exc, 200)}): replace it with a good copy (download it again)"
+            ) from None
         raise BrokenData(f"cannot read {where}: {exception_line(exc)}") from None
+
+
+def _cut_or_corrupt(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a compressed file that ends early or does not
+    decompress: the file is damaged, not its rows (a row of the wrong type is met again in
+    any copy)."""
+    import gzip
+    import lzma
+    import zlib
+
+    import zstandard
+
+    damage = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zstandard.ZstdError)
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, damage):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _data_file_being_read(dataset: Any) -> str | None:
+    """The data file a streamed ``datasets.IterableDataset`` was reading (its innermost
+    iterable's shard), or None where its internals do not say (they are not public API) or
+    there is none (the dataset was not open yet)."""
+    try:
+        state, inner = dataset.state_dict(), dataset._ex_iterable
+        while "examples_iterable" in state:
+            state = state["examples_iterable"]
+        while hasattr(inner, "ex_iterable"):
+            inner = inner.ex_iterable
+        files = inner.kwargs.get("original_files") or inner.kwargs.get("files")
+        return str(files[int(state["shard_idx"])])
+    except Exception:  # any other layout: the source is named without its file
+        return None
 
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
