@@ -272,6 +272,20 @@ class Buggy(PreRouter):
         raise NotImplementedError
 
 
+class NoInit(PreRouter):
+    """Declares an option but has no constructor that takes it: it builds only without
+    options, and `--router-arg expert=0`, the default, would fail at use."""
+
+    name = "no-init"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        expert: int = option(0, help="The expert.", minimum=0)
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        return np.full((len(documents), len(experts)), 1.0 / len(experts))
+
+
 @dataclass(frozen=True)
 class UnreadableOptions:
     level: "Undefined" = option(1, help="An annotation that names nothing.")  # type: ignore[name-defined]  # noqa: F821
@@ -287,7 +301,7 @@ class Unreadable(NotNormalised):
 class BrokenRouters:
     @hookimpl
     def register_routers(self, register: Register) -> None:
-        for router in (NotNormalised, Peeking, Mutating, Random, Sloppy, Buggy, Unreadable):
+        for router in (NotNormalised, Peeking, Mutating, Random, Sloppy, Buggy, NoInit, Unreadable):
             register(router.name, router)
 
 
@@ -322,6 +336,14 @@ def broken(isolated_registry: None) -> None:
             },
         ),
         ("buggy", {"builds": "Buggy(**options) raised TypeError: object of type 'float' has no"}),
+        (
+            "no-init",
+            {
+                "builds": "NoInit(**options) with its defaults given explicitly (expert=0) raised "
+                "TypeError: NoInit() takes no arguments; its constructor must take every "
+                "declared option as a keyword"
+            },
+        ),
     ],
 )
 def test_broken_routers_fail_with_the_right_lines(

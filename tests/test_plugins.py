@@ -370,6 +370,54 @@ def test_an_abstract_class_is_refused_naming_what_it_does_not_implement() -> Non
         registry.get("clusterer", "other:half-done")  # not the plugin that was refused
 
 
+def test_an_evaluator_with_languages_set_in_init_is_told_to_make_it_a_property() -> None:
+    """``self.languages = [...]`` is the natural reading of "languages lists the languages":
+    the refusal says what the abstract property wants."""
+
+    class AttrLanguages(Evaluator):
+        name = "attr-languages"
+        primary = "loss"
+        higher_is_better = False
+
+        def __init__(self, request: Any) -> None:
+            self.languages = ["en"]
+
+        def evaluate(self, model: Any) -> dict[str, Any]:
+            return {"overall": {"loss": 1.0}, "languages": {}}
+
+    class Registering:
+        @hookimpl
+        def register_evaluators(self, register: Register) -> None:
+            register("attr-languages", AttrLanguages)
+
+    registry = host.load_registry(extra_plugins=[("attr", Registering())], entry_points=False)
+    assert not registry.evaluators
+    [problem] = registry.problems
+    assert problem.message.endswith(
+        "evaluator class AttrLanguages is abstract: it does not implement languages (define "
+        "languages as a @property: an attribute set in __init__ is not one)"
+    ), problem.message
+
+
+def test_a_registration_of_none_says_what_the_kind_needs() -> None:
+    class Nones:
+        @hookimpl
+        def register_routers(self, register: Register) -> None:
+            register("none-router", None)
+
+        @hookimpl
+        def register_commands(self, register: Register) -> None:
+            register("none-command", None)
+
+    registry = host.load_registry(extra_plugins=[("nones", Nones())], entry_points=False)
+    messages = [p.message for p in registry.problems]
+    assert messages == [
+        "router 'none-router' refused: a router must be a subclass of xelm_cli.api.Router",
+        "command 'none-command' refused: a command must be a typer.Typer or a function, not "
+        "NoneType",
+    ]
+
+
 def test_a_raising_hook_drops_that_plugin_only() -> None:
     class Raising:
         @hookimpl

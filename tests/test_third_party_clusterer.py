@@ -379,6 +379,52 @@ def test_an_allocation_other_than_the_one_asked_for_is_the_clusterers_bug(
     assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
 
 
+def raising(request: Any) -> Written:
+    return {}["boom"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_bug_in_a_third_party_clusterers_fit_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not xelm's internal error (exit 70): the clusterer and its plugin, exit 6, as for
+    routers and evaluators; nothing is written."""
+    from xelm_cli.api import cluster
+
+    host.reset_registry(
+        host.load_registry(extra_plugins=[("raising", OneClusterer("fit-bug", raising))])
+    )
+    refusal = (
+        "clusterer 'fit-bug' (plugin 'raising') failed while fitting: KeyError: 'boom'; this is "
+        "a bug in the clusterer (XELM_DEBUG=1 shows the traceback)"
+    )
+    out = tmp_path / "alloc.json"
+    with pytest.raises(PluginError) as caught:
+        cluster("fit-bug", k=1, output=out, languages="en,tr")
+    assert str(caught.value) == refusal
+    assert run(["cluster", "fit-bug", "--langs", "en,tr", "-k", "1", "-o", str(out)]) == 6
+    assert capsys.readouterr().err == f"xelm: error: {refusal}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_bug_in_xelms_own_clusterers_fit_stays_an_internal_error(tmp_path: Path) -> None:
+    from xelm_cli.api import cluster
+    from xelm_cli.plugin.registry import FIRST_PARTY_DISTRIBUTION, Registration, Registry
+
+    loaded = host.load_registry(
+        extra_plugins=[("raising", OneClusterer("fit-bug", raising))], entry_points=False
+    )
+    cls = loaded.get("clusterer", "fit-bug").obj
+    registry = Registry()
+    registry.add(
+        Registration("fit-bug", "clusterer", cls, "typology", "", FIRST_PARTY_DISTRIBUTION, "0")
+    )
+    host.reset_registry(registry)
+    with pytest.raises(KeyError, match="boom"):
+        cluster("fit-bug", k=1, output=tmp_path / "alloc.json", languages="en,tr")
+
+
 def same_name(where: str) -> OneClusterer:
     """``same-name``: an expert a language, in the order given (``first``) or reversed
     (``last``), which tells which registration ran."""

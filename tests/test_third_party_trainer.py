@@ -16,9 +16,13 @@ from conftest import SHARED_DATA, install, installed_sites, weights
 from conftest import xelm as run_xelm
 
 import xelm_cli.api as api
+from xelm_cli.api import PluginError, Register, Trainer, TrainRequest, hookimpl
 from xelm_cli.bundle.store import Bundle, verify_bundle
+from xelm_cli.cli import run
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.prepare import prepare
+from xelm_cli.plugin import host
+from xelm_cli.plugin.registry import FIRST_PARTY_DISTRIBUTION, Registration, Registry
 
 PROVENANCE = {
     "name": "scale",
@@ -154,3 +158,87 @@ def test_python_api_refuses_a_bad_option_in_one_line(
         api.train(seed_bundle, data=shards, tokens="1K", output=out, trainer="scale", **options)
     assert str(caught.value) == error
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- a third party's bugs
+
+
+class BuggyTrainers:
+    """An in-process plugin: ``raising`` raises KeyError in ``train``, ``refusing`` a
+    UsageError, ``returning-none`` returns None and writes nothing."""
+
+    @hookimpl
+    def register_trainers(self, register: Register) -> None:
+        class Raising(Trainer):
+            name = "raising"
+
+            def train(self, request: TrainRequest) -> Bundle:
+                return {}["boom"]  # type: ignore[no-any-return]
+
+        class Refusing(Trainer):
+            name = "refusing"
+
+            def train(self, request: TrainRequest) -> Bundle:
+                raise UsageError("no data for that, pass --data")
+
+        class ReturningNone(Trainer):
+            name = "returning-none"
+
+            def train(self, request: TrainRequest) -> Bundle:
+                return None  # type: ignore[return-value]
+
+        for cls in (Raising, Refusing, ReturningNone):
+            register(cls.name, cls)
+
+
+BUGS = {
+    "raising": "trainer 'raising' (plugin 'buggy') failed while training: KeyError: 'boom'; "
+    "this is a bug in the trainer (XELM_DEBUG=1 shows the traceback)",
+    "returning-none": "trainer 'returning-none' (plugin 'buggy') train() returned NoneType, not "
+    "the Bundle it wrote (a trainer returns writer.result after `with write_bundle("
+    "request.output, ...) as writer`, spec/plugin-api.md 7.2); this is a bug in the trainer",
+}
+
+
+@pytest.mark.usefixtures("isolated_registry")
+@pytest.mark.parametrize("name", sorted(BUGS))
+def test_a_third_party_trainers_bug_is_one_line_naming_it(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not xelm's internal error (exit 70): the trainer and its plugin, exit 6; xelm never
+    reads the inputs (the trainer does), so none need exist."""
+    host.reset_registry(host.load_registry(extra_plugins=[("buggy", BuggyTrainers())]))
+    bundle, data, out = tmp_path / "bundle", tmp_path / "data", tmp_path / "out"
+    with pytest.raises(PluginError) as caught:
+        api.train(bundle, data=data, tokens="1K", output=out, trainer=name)
+    assert str(caught.value) == BUGS[name]
+    argv = ["train", str(bundle), "--data", str(data), "--tokens", "1K", "-o", str(out)]
+    assert run([*argv, "--trainer", name]) == 6
+    assert capsys.readouterr().err == f"xelm: error: {BUGS[name]}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no lock left
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_third_party_trainers_own_error_passes_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host.reset_registry(host.load_registry(extra_plugins=[("buggy", BuggyTrainers())]))
+    with pytest.raises(UsageError, match=r"^no data for that, pass --data$"):
+        api.train(tmp_path / "b", data=tmp_path / "d", tokens=1, output=tmp_path / "o",
+                  trainer="refusing")  # fmt: skip
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_bug_in_xelms_own_trainer_stays_an_internal_error(tmp_path: Path) -> None:
+    """xelm's own plugins' bugs are xelm's: the exception itself (exit 70 at the CLI)."""
+    registry = host.load_registry(extra_plugins=[("buggy", BuggyTrainers())], entry_points=False)
+    raising = registry.get("trainer", "raising")
+    own = Registration(
+        "raising", "trainer", raising.obj, "trainer", "", FIRST_PARTY_DISTRIBUTION, "0"
+    )
+    mine = Registry()
+    mine.add(own)
+    host.reset_registry(mine)
+    with pytest.raises(KeyError, match="boom"):
+        api.train(tmp_path / "b", data=tmp_path / "d", tokens=1, output=tmp_path / "o",
+                  trainer="raising")  # fmt: skip

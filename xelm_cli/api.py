@@ -11,7 +11,7 @@ from xelm_cli.bundle.lineage import graph_json, lineage_graph
 from xelm_cli.bundle.merging import merge_average
 from xelm_cli.bundle.moe import build_moe
 from xelm_cli.bundle.seed import init_from_config, init_from_hf
-from xelm_cli.bundle.store import Bundle, verify_bundle, write_bundle
+from xelm_cli.bundle.store import Bundle, BundleWriter, verify_bundle, write_bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation, write_allocation
 from xelm_cli.cluster.fitting import cluster
 from xelm_cli.cluster.plots import allocation_summary, write_plots
@@ -123,6 +123,7 @@ __all__ = [
     "Assigner",
     "BlockStream",
     "Bundle",
+    "BundleWriter",
     "ChoiceRequest",
     "ClusterRequest",
     "Clusterer",

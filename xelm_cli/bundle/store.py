@@ -520,7 +520,13 @@ def _stamp(info: os.stat_result) -> tuple[int, int, int]:
 
 
 class BundleWriter:
-    """Files of a bundle being written; becomes a bundle when its ``write_bundle`` block ends."""
+    """Files of a bundle being written; becomes a bundle when its ``write_bundle`` block ends.
+
+    What ``with write_bundle(...) as writer`` yields (exported by ``xelm_cli.api``): in the
+    block, ``directory`` (the temporary directory), ``save_model``, ``save_tokenizer``,
+    ``write_bytes`` and ``remove`` write its files; after it, ``result`` is the new
+    :class:`Bundle` (None until the block has ended).
+    """
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -681,13 +687,20 @@ def write_bundle(
     progress: Progress | None = None,
     framing: Framing | None = None,
 ) -> Iterator[BundleWriter]:
-    """Write a new bundle at ``out`` atomically.
+    """Write a new bundle at ``out`` atomically: a context manager yielding a
+    :class:`BundleWriter`, whose ``result`` is the new bundle once the block has ended::
+
+        with write_bundle(out, role="expert", languages=["tr"], step=step, parent=parent) as w:
+            w.save_model(model)
+        return w.result
 
     ``step`` is the lineage step that makes this bundle (relation, parents, details); with a
     ``parent`` the new bundle starts as links to all of the parent's files (without its weights
     and config when ``inherit_weights`` is false: a trainer writes its own, and on another file
     system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
-    given. ``languages`` are stored normalised (``tur`` as ``tr``), without repeats. On any
+    given, but not its allocation reference (pass ``allocation=parent.manifest.allocation`` to
+    keep it: a merge or an MoE built from experts is no expert of theirs). ``languages`` are
+    stored normalised (``tur`` as ``tr``), without repeats. On any
     exception nothing is left at ``out``.
 
     ``out`` is refused as :func:`check_output` says, with the parent as an input; commands

@@ -21,6 +21,7 @@ from xelm_cli.lang.codes import normalize_language, parse_language_list
 from xelm_cli.plugin.contracts import Clusterer, ClusterRequest
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import declared_options, options_class, parse_options
+from xelm_cli.plugin.registry import bugs_reported
 
 READING_PARAMETERS = ("reading", *SourceOptions.parameters().values())
 """The names that say how to read DATA: ``cluster(..., reading=)`` and the parameters of the
@@ -158,8 +159,9 @@ def fit(clusterer: type[Clusterer], request: ClusterRequest) -> Allocation:
     clusterer's provenance: name, plugin, distribution, version), checked."""
     check_allocation_output(request.output, overwrite=request.overwrite, inputs=[request.data])
     provenance = get_registry().provenance_of("clusterer", clusterer)
-    with recording_provenance(provenance):
-        allocation = clusterer().fit(request)
+    registration = get_registry().registration_of("clusterer", clusterer)
+    with recording_provenance(provenance), bugs_reported(registration, "while fitting"):
+        allocation = clusterer().fit(request)  # a third party's bug: one line naming it (exit 6)
     plugin = (provenance or {}).get("plugin")
     who = f"clusterer {clusterer.name!r}" + (f" (plugin {plugin!r})" if plugin else "")
     if not isinstance(allocation, Allocation):

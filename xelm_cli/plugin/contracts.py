@@ -262,10 +262,11 @@ class TrainRequest:
     """Everything a trainer needs to make one trained bundle (see ``Trainer.train``).
 
     ``languages`` is empty for "the bundle's languages"; ``options`` holds the trainer's own
-    settings (learning rate, block size, ...), already parsed; ``command`` is the exact command
-    line, recorded in the training record; ``provenance`` is the trainer's own registration
-    (``{name, plugin, distribution, version}``, filled by xelm), recorded in the training
-    record as ``trainer`` (spec/bundle-v1.md section 3.3).
+    settings (learning rate, block size, ...) that were given, already converted (``{}``: none):
+    ``build_options(type(trainer), request.options, ...)`` fills in the defaults; ``command`` is
+    the exact command line, recorded in the training record; ``provenance`` is the trainer's own
+    registration (``{name, plugin, distribution, version}``, filled by xelm), recorded in the
+    training record as ``trainer`` (spec/bundle-v1.md section 3.3).
     """
 
     bundle: Path
@@ -313,12 +314,14 @@ class Trainer(ABC):
 
     @abstractmethod
     def train(self, request: TrainRequest) -> Bundle:
-        """Train and return the new bundle (already written, atomically)."""
+        """Train and return the new bundle (already written, atomically: ``writer.result`` of
+        ``with write_bundle(request.output, ...) as writer``); anything else is refused."""
 
     @classmethod  # noqa: B027 (an optional hook: no check by default)
     def check_options(cls, options: dict[str, Any], *, world_size: int = 1) -> None:
         """Refuse in one line (:class:`UsageError`) ``options`` (converted, every declared
-        one given) that ``train`` would refuse on ``world_size`` ranks, such as values that
+        one present, its default where not given: unlike ``TrainRequest.options``, which holds
+        only those given) that ``train`` would refuse on ``world_size`` ranks, such as values that
         contradict each other: ``xelm plan`` asks before planning runs that would fail when
         they start. By default the declaration's own checks are all there are."""
 
@@ -421,7 +424,8 @@ class Evaluator(ABC):
     @property
     @abstractmethod
     def languages(self) -> list[str]:
-        """Languages of the documents or examples this evaluator will score."""
+        """Languages of the documents or examples this evaluator will score: a read-only
+        property (``@property``); an attribute set in ``__init__`` does not implement it."""
 
     @abstractmethod
     def evaluate(self, model: LanguageModel) -> dict[str, Any]:

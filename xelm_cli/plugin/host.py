@@ -120,8 +120,6 @@ def _first_doc_line(obj: Any) -> str:
 
 def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
     """Why ``obj`` cannot be registered as a ``kind``, or None when it can."""
-    if obj is None:
-        return "object is None"
     if kind == "command":
         if isinstance(obj, typer.Typer) or (callable(obj) and not isinstance(obj, type)):
             return None
@@ -140,7 +138,10 @@ def _invalid_object(kind: Kind, name: str, obj: Any) -> str | None:
         return f"{article} {kind} must be a subclass of xelm_cli.api.{base.__name__}"
     if inspect.isabstract(obj):
         missing = ", ".join(sorted(obj.__abstractmethods__))
-        return f"{kind} class {obj.__name__} is abstract: it does not implement {missing}"
+        how = ""
+        if kind == "evaluator" and "languages" in obj.__abstractmethods__:
+            how = " (define languages as a @property: an attribute set in __init__ is not one)"
+        return f"{kind} class {obj.__name__} is abstract: it does not implement {missing}{how}"
     if getattr(obj, "name", None) != name:
         return f"{kind} class attribute name is {getattr(obj, 'name', None)!r}, not {name!r}"
     if kind == "router":

@@ -356,17 +356,18 @@ class Registry:
 
 
 @contextmanager
-def bugs_reported(registration: Registration, doing: str) -> Iterator[None]:
+def bugs_reported(registration: Registration | None, doing: str) -> Iterator[None]:
     """Run a third-party plugin's code: an exception other than a :class:`XelmError` becomes a
     one-line :class:`PluginError` (exit 6) naming the object and its plugin, not an internal
     error of xelm. ``doing`` says when: ``"while being built"``. xelm's own plugins are left
-    alone: their bugs are xelm's internal errors."""
+    alone: their bugs are xelm's internal errors; so is an object no plugin registered
+    (``registration`` None: a class a caller passes itself)."""
     try:
         yield
     except XelmError:
         raise
     except Exception as exc:
-        if registration.first_party:
+        if registration is None or registration.first_party:
             raise
         raise PluginError(
             f"{registration.object_label()} failed {doing}: {exception_line(exc, with_type=True)}; "

@@ -15,13 +15,14 @@ from typing import Any
 from xelm_cli.bundle.store import Bundle, check_output
 from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import output_lock
-from xelm_cli.common.errors import UsageError, XelmError
+from xelm_cli.common.errors import PluginError, UsageError, XelmError
 from xelm_cli.common.units import token_count
 from xelm_cli.data.shards import Shards
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import Trainer, TrainRequest
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import parse_options
+from xelm_cli.plugin.registry import bugs_reported
 
 DEFAULT_TRAINER = "causal-lm"
 TRAIN_ARG = "--train-arg"
@@ -75,8 +76,18 @@ def train(
     if writer:  # before hours of training, and before a lock file lands beside the output
         inputs = [bundle, data, *([valid] if valid is not None else [])]
         check_output(output, overwrite=overwrite, inputs=inputs)
-    with output_lock(request.output) if writer else nullcontext():  # one run per output
-        return cls().train(request)
+    with (
+        output_lock(request.output) if writer else nullcontext(),  # one run per output
+        bugs_reported(registration, "while training"),  # a third party's bug: exit 6
+    ):
+        trained = cls().train(request)
+    if not isinstance(trained, Bundle):
+        raise PluginError(
+            f"{registration.object_label()} train() returned {type(trained).__name__}, not the "
+            "Bundle it wrote (a trainer returns writer.result after `with write_bundle("
+            "request.output, ...) as writer`, spec/plugin-api.md 7.2); this is a bug in the trainer"
+        )
+    return trained
 
 
 def expert_languages(bundle: Path, data: Path, languages: tuple[str, ...]) -> tuple[str, ...]:

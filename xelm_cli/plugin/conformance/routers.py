@@ -30,6 +30,7 @@ from xelm_cli.plugin.contracts import (
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     as_text,
+    declared_options,
     parse_options,
 )
 from xelm_cli.plugin.registry import Registration
@@ -38,12 +39,34 @@ CAUSALITY_TOLERANCE = 1e-9  # how far an earlier token's weights may move
 
 
 def _build(registration: Registration, options: Mapping[str, Any], report: Report) -> Any:
+    """``RouterClass(**options)``, then with every declared default not given passed
+    explicitly, as a user's ``--router-arg`` of the default's value passes it: a router with
+    ``Options`` but no constructor that takes them builds only without options."""
+    cls = registration.obj
     try:
-        router = registration.obj(**options)
+        router = cls(**options)
     except Exception as exc:
-        report.add("builds", FAIL, f"{registration.obj.__name__}(**options) {failure(exc)}")
+        report.add("builds", FAIL, f"{cls.__name__}(**options) {failure(exc)}")
         return None
     shown = ", ".join(f"{k}={as_text(v)}" for k, v in options.items()) or "no options"
+    defaults = {
+        spec.name: copy.deepcopy(spec.default)
+        for spec in declared_options(cls)
+        if not spec.required and spec.name not in options
+    }
+    if defaults:
+        try:
+            cls(**options, **defaults)
+        except Exception as exc:
+            given = ", ".join(f"{k}={as_text(v)}" for k, v in defaults.items())
+            report.add(
+                "builds",
+                FAIL,
+                f"{cls.__name__}(**options) with its defaults given explicitly ({given}) "
+                f"{failure(exc)}; its constructor must take every declared option as a keyword",
+            )
+            return None
+        shown += ", and with every default given explicitly"
     report.add("builds", PASS, f"with {shown}")
     return router
 
