@@ -143,6 +143,10 @@ def test_an_expert_without_languages_is_refused_when_written_and_read(tmp_path, 
     [
         ([["en", "en"]], "allocation experts/0/languages: ['en', 'en'] has non-unique elements"),
         ([["en", "klingonese"]], "experts[0]: unknown language code 'klingonese': "),
+        (
+            [["EN", "iw", "he"]],
+            "experts[0] lists language he twice ('iw' and 'he'): list each language once",
+        ),
     ],
 )
 def test_an_invalid_allocation_is_refused_before_it_is_written(tmp_path, experts, problem):
@@ -158,3 +162,23 @@ def test_an_invalid_allocation_is_refused_before_it_is_written(tmp_path, experts
     with pytest.raises(UsageError, match=re.escape(problem)):
         write_allocation(out, clusterer="typology", experts=experts, overwrite=True)
     assert out.read_bytes() == valid and list(tmp_path.iterdir()) == [out]
+
+
+def test_an_allocation_is_written_with_normalised_codes(tmp_path: Path, capsys) -> None:
+    """Codes are written as a reader reads them (EN is en, iw he); one language under two
+    codes in a hand-written file is refused by the reader in one line naming it."""
+    out = tmp_path / "w.json"
+    written = write_allocation(out, clusterer="typology", experts=[["EN", "iw"], ["de"]])
+    assert [e["languages"] for e in json.loads(out.read_text())["experts"]] == [
+        ["en", "he"],
+        ["de"],
+    ]
+    assert written.experts == [["en", "he"], ["de"]]
+    data = json.loads(out.read_text())
+    data["experts"][0]["languages"] = ["he", "en", "iw"]
+    out.write_text(json.dumps(data))
+    assert run(["cluster", "show", str(out)]) == 3
+    assert capsys.readouterr().err == (
+        f"xelm: error: {out}: experts[0] lists language he twice ('he' and 'iw'): list each "
+        "language once\n"
+    )

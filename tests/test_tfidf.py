@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from xelm_tfidf import TfidfRouter
 from xelm_tfidf.analyzer import Analyzer, AnalyzerSettings
 from xelm_tfidf.embedder import TfidfSettings, fit_embedder, fit_pipeline, normalize_rows
 from xelm_tfidf.fitting import fit_sample, stop_words_for
@@ -32,7 +33,9 @@ from xelm_cli.api import (
     iter_documents,
     read_allocation,
 )
+from xelm_cli.bundle.branching import branch
 from xelm_cli.cli import run
+from xelm_cli.ensemble.members import expert_infos
 
 VALID = SHARED_DATA / "corpus" / "valid"
 LANGS = ("ar", "ru", "zh", "en")
@@ -310,6 +313,33 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert set(read_allocation(tmp_path / "subset").languages) <= set(LANGS[:2])
 
 
+def test_the_same_fit_writes_the_same_allocation(tmp_path, capsys, seed_bundle):
+    """No wall-clock time in allocation.json (allocation-v1: the same fit, run again, writes the
+    same bytes), so a bundle branched from the first fit is an expert of the second; the
+    fit's seconds are in the --json summary."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for lang in LANGS:
+        text = "\n".join(d.text for d in _documents([lang], 40))
+        (corpus / f"{lang}.txt").write_text(text + "\n")
+    fits = []
+    for name in ("a1", "a2"):
+        argv = ["cluster", "tfidf", str(corpus), "-k", "2", "-o", str(tmp_path / name)]
+        assert run([*argv, "--components", "8", "--seed", "1", "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert isinstance(summary["seconds"], float) and summary["seconds"] >= 0
+        fits.append((summary, read_allocation(tmp_path / name)))
+    (s1, a1), (s2, a2) = fits
+    assert "seconds" not in a1.raw["tfidf"]["training"]
+    assert (tmp_path / "a1" / "allocation.json").read_bytes() == (
+        tmp_path / "a2" / "allocation.json"
+    ).read_bytes()
+    assert a1.digest == a2.digest == s1["digest"] == s2["digest"]
+    expert = branch(seed_bundle, tmp_path / "e1", allocation=a1, expert=1)
+    router = TfidfRouter(allocation=str(a2.path))
+    assert router.clusters_of(expert_infos([expert])) == [1]
+
+
 def test_ctrl_c_during_a_fit_is_an_interrupt_not_a_usage_error(tmp_path, capsys, monkeypatch):
     import xelm_tfidf.fitting
 
@@ -341,8 +371,25 @@ def test_cli_help_has_an_example(capsys):
     ("content", "extra", "message"),
     [
         ("", [], "no corpus files"),
-        ("one document\ntwo documents here\n", ["-k", "5"], "more than the 2 documents"),
+        (
+            "one document\ntwo documents here\n",
+            ["-k", "5"],
+            "xelm: error: -k 5 is more than the 2 documents sampled: lower -k or give more "
+            "documents\n",
+        ),
+        (
+            "one document\ntwo documents here\nthree documents\n",
+            ["-k", "3", "--max-docs-per-language", "2"],
+            "xelm: error: -k 3 is more than the 2 documents sampled: lower -k or raise "
+            "--max-docs-per-language\n",
+        ),
         ("x\ny\n", ["-k", "1"], "cannot fit"),
+        (
+            "the and of\nreal words here\nother words there\n",
+            ["-k", "2"],
+            "xelm: error: cannot fit the TF-IDF embedder: the documents yield 1 distinct term(s); "
+            "need at least 2: give more or longer documents, or more languages\n",
+        ),
         ("x\ny\n", ["--solver", "lsa", "--batch-size", "50000"], "(20.0 GB at 50,000)"),
     ],
 )
@@ -406,8 +453,12 @@ def test_corrupted_arrays_are_refused(fitted, tmp_path):
     data = bytearray(arrays.read_bytes())
     data[-10] ^= 0xFF
     arrays.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError) as caught:
         load_model(read_allocation(tmp_path / "alloc"))
+    assert str(caught.value) == (
+        f"{arrays}: sha256 does not match allocation.json (changed or damaged since it was "
+        "written): restore the allocation folder from a copy, or run `xelm cluster` again"
+    )
 
 
 def test_an_allocation_named_by_its_json_file_finds_its_arrays(fitted, tmp_path):

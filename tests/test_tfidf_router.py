@@ -3,6 +3,7 @@ real text."""
 
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from xelm_cli.api import (
     read_allocation,
 )
 from xelm_cli.cli import run
+from xelm_cli.demo import pipeline
 from xelm_cli.plugin.host import get_registry
 
 VALID = SHARED_DATA / "corpus" / "valid"
@@ -283,12 +285,9 @@ def test_registered():
     assert TfidfRouter.needs_expert_outputs is False
 
 
-def test_a_balanced_allocation_routes_as_its_training_documents_were_assigned(
-    tmp_path: Path, held_out
-):
-    """Experts of a balanced allocation trained on argmin (D + o): the router's top-1 is that
-    expert (with offsets=false, the plain nearest centroid, which the review found differing
-    for 15-29% of documents), and its weights are the softmax of -(D + o) / T."""
+@pytest.fixture(scope="module")
+def balanced(tmp_path_factory: pytest.TempPathFactory) -> Allocation:
+    """A k=4 balanced TF-IDF allocation (nonzero offsets) of 4 x 150 real sentences."""
     result = fit_sample(
         _documents(150),
         kmeans=KMeansSettings(k=K),
@@ -296,7 +295,16 @@ def test_a_balanced_allocation_routes_as_its_training_documents_were_assigned(
         max_per_language=None,
         assignment="balanced",
     )
-    balanced = save_model(tmp_path / "balanced", result.model, shares=result.shares, training={})
+    out = tmp_path_factory.mktemp("tfidf") / "balanced"
+    return save_model(out, result.model, shares=result.shares, training={})
+
+
+def test_a_balanced_allocation_routes_as_its_training_documents_were_assigned(
+    balanced: Allocation, held_out
+):
+    """Experts of a balanced allocation trained on argmin (D + o): the router's top-1 is that
+    expert (with offsets=false, the plain nearest centroid, which the review found differing
+    for 15-29% of documents), and its weights are the softmax of -(D + o) / T."""
     model = load_model(balanced)
     assert model.offsets is not None and np.ptp(model.offsets) > 0
     texts = [d.text for d in held_out]
@@ -308,3 +316,42 @@ def test_a_balanced_allocation_routes_as_its_training_documents_were_assigned(
     np.testing.assert_allclose(soft, _softmax(-shifted / 0.1), rtol=1e-9, atol=1e-15)
     plain = _route(TfidfRouter(allocation=balanced.path, offsets=False), held_out, experts)
     np.testing.assert_allclose(plain, _softmax(-model.distances(texts) / 0.1), rtol=1e-9)
+    np.testing.assert_array_equal(model.distances(texts, offsets=True), shifted)
+
+
+def test_the_demo_eval_routed_metric_is_the_router_top_1(
+    balanced: Allocation, held_out, monkeypatch
+):
+    """The demo's eval_routed (share of a language's evaluation texts whose highest-weight
+    expert under the tfidf router is its main expert) counts the router's top-1, argmin (D + o),
+    not the plain nearest centroid, which differs on a balanced allocation."""
+    model = load_model(balanced)
+    texts = [d.text for d in held_out]
+    top1 = _route(
+        TfidfRouter(allocation=balanced.path, top_k=1), held_out, _experts(balanced, range(K))
+    )
+    routed = top1.argmax(axis=1)
+    plain = model.distances(texts).argmin(axis=1)
+    assert (routed != plain).any()  # where they differ
+    langs = [d.language for d in held_out]
+
+    def share(labels, lang: str, cluster: int) -> float:
+        mine = [int(c) for c, language in zip(labels, langs, strict=True) if language == lang]
+        return round(mine.count(cluster) / len(mine), 4)
+
+    # each language's "main" expert: the router's top-1 of a text the two rules disagree on
+    clusters = {}
+    for lang in LANGS:
+        differing = [
+            r
+            for r, p, language in zip(routed, plain, langs, strict=True)
+            if r != p and language == lang
+        ]
+        clusters[lang] = int(differing[0]) if differing else int(routed[langs.index(lang)])
+    purity = {lang: {"cluster": cluster} for lang, cluster in clusters.items()}
+    monkeypatch.setattr(pipeline, "read_documents", lambda *args, **kwargs: held_out)
+    demo = SimpleNamespace(data=Path("data"), preset=SimpleNamespace(eval_documents=None))
+    pipeline.Demo.add_eval_routing(demo, model, purity)  # type: ignore[arg-type]
+    expected = {lang: share(routed, lang, cluster) for lang, cluster in clusters.items()}
+    assert {lang: entry["eval_routed"] for lang, entry in purity.items()} == expected
+    assert expected != {lang: share(plain, lang, cluster) for lang, cluster in clusters.items()}

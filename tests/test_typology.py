@@ -187,6 +187,21 @@ def test_rank_donors_leaves_the_language_itself_out() -> None:
         rank_donors("tr", ["tur"])
 
 
+def test_a_language_without_family_data_is_refused_under_the_family_set() -> None:
+    """URIEL's qu (que) has no family node, so under --features family it was at distance 1
+    from every language and its ranking was the input order; its individual languages
+    (quy, ...) have one."""
+    with pytest.raises(UsageError) as caught:
+        rank_donors("qu", "es,en,ay", "family")
+    assert str(caught.value) == (
+        "lang2vec has no family for 'qu' (URIEL code 'que'), so it would be at distance 1 from "
+        "every language: use one of its individual languages, e.g. qub, qud, quf (43 in all)"
+    )
+    assert [lang for lang, _ in rank_donors("quy", "es,ay", "family")] == ["es", "ay"]
+    assert language_info("qu", "family")["known"] == "none"
+    assert rank_donors("qu", "es,en")  # the typological sets know it
+
+
 # --- language codes -----------------------------------------------------------------------
 
 
@@ -223,6 +238,29 @@ def test_only_iana_deprecations_replace_a_language_code() -> None:
             assert normalize_language(code) == record["Preferred-Value"], code
     deprecated = ["iw", "in", "mo", "ji", "ara", "kor"]  # and ISO 639-3 forms shortened
     assert [normalize_language(code) for code in deprecated] == ["he", "id", "ro", "yi", "ar", "ko"]
+
+
+def test_a_script_is_dropped_only_when_it_is_the_language_default() -> None:
+    """FineWeb-2's arb_Arab is arb (Arabic script is Standard Arabic's default, from its
+    macrolanguage's IANA Suppress-Script), as ar-Arab is ar; romanised Hindi (mC4's hi-Latn) is
+    no Hindi: it keeps its script, and wanted_form does not file it under hi; und-Latn names
+    no language."""
+    codes = ["arb_Arab", "swh-Latn", "ar-Arab", "tur_Latn", "hi-Latn", "hi-Deva", "cmn_Hani"]
+    assert [normalize_language(c) for c in codes] == [
+        "arb", "swh", "ar", "tr", "hi-Latn", "hi", "cmn-Hani",
+    ]  # fmt: skip
+    assert parse_language_list("arb,arb_Arab,ar") == ["arb", "ar"]
+    assert [normalize_language(c) for c in ("zh-Hant", "sr-Latn", "azj_Latn")] == [
+        "zh-Hant", "sr-Latn", "azj-Latn",
+    ]  # fmt: skip  # languages of several scripts keep theirs
+    assert wanted_form("hi-Latn", {"hi"}) == "hi-Latn"
+    assert wanted_form("ru-Latn", {"ru", "en"}) == "ru-Latn"
+    assert wanted_form("hi-Latn-IN", {"hi", "hi-Latn"}) == "hi-Latn"
+    assert wanted_form("hi-Deva", {"hi"}) == "hi"
+    assert wanted_form("arb", {"ar"}) == "ar"
+    for code in ("und", "und-Latn", "und_Arab", "und-US"):
+        with pytest.raises(UsageError, match=f"^unknown language code '{code}': use an ISO"):
+            normalize_language(code)
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -408,6 +446,24 @@ def test_assigner_refuses_another_clusterers_allocation(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="written by clusterer 'tfidf'"):
         TypologyClusterer.assigner(allocation)
     assert LanguageAssigner([["en"], ["tr"]]).assign([Document("x", "tr")]).tolist() == [1]
+
+
+def test_a_language_under_two_experts_is_refused_by_the_assigner(tmp_path: Path) -> None:
+    """Every de document went to expert 0 of [[en, de], [de, fr]], leaving expert 1 none of
+    the language it lists; a document-level allocation (tfidf) may list one under several."""
+    from xelm_cli.api import write_allocation
+    from xelm_cli.cluster.assigning import expert_documents
+
+    path = tmp_path / "d2.json"
+    allocation = write_allocation(path, clusterer="typology", experts=[["en", "de"], ["de", "fr"]])
+    with pytest.raises(UsageError) as caught:
+        expert_documents(allocation, 1)
+    assert str(caught.value) == (
+        f"language de is listed under experts 0 and 1 of {path}, but a language's documents all "
+        "go to one expert: list it under one (or cluster again with xelm cluster typology)"
+    )
+    tfidf = write_allocation(tmp_path / "t.json", clusterer="tfidf", experts=[["en", "de"], ["de"]])
+    assert tfidf.experts == [["en", "de"], ["de"]]
 
 
 def test_allocations_are_written_and_read_at_paths_given_as_text(tmp_path: Path) -> None:

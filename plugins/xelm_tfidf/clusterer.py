@@ -3,7 +3,7 @@
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from xelm_cli.api import (
     Allocation,
@@ -53,6 +53,7 @@ class TfidfClusterer(Clusterer):
 
     name = "tfidf"
     default_k = 4
+    _fit_seconds: ClassVar[dict[str, float]] = {}  # allocation digest -> its fit's seconds
     assigns_documents = True  # each expert trains on the documents assigned to it
     reads_data = True  # sample_documents reads DATA with request.reading
 
@@ -142,7 +143,6 @@ class TfidfClusterer(Clusterer):
                 request.data, languages=request.languages, reading=request.reading
             ),
             "document_bytes": options.document_bytes,
-            "seconds": round(time.perf_counter() - started, 2),  # reading included
         }
         allocation = save_model(
             request.output,
@@ -151,6 +151,9 @@ class TfidfClusterer(Clusterer):
             training=training,
             overwrite=request.overwrite,
         )
+        # the fit's wall-clock time (reading included) goes to the --json summary, not into
+        # allocation.json: the same fit, run again, writes the same bytes (allocation-v1)
+        TfidfClusterer._fit_seconds[allocation.digest] = round(time.perf_counter() - started, 2)
         warnings = [
             short_documents_warning(sample, options.document_bytes),
             unbalanced_warning(training["cluster_sizes"], options.assignment),
@@ -162,18 +165,15 @@ class TfidfClusterer(Clusterer):
     @classmethod
     def summary(cls, allocation: Allocation) -> dict[str, Any]:
         training = allocation.raw.get(STATE_MEMBER, {}).get("training", {})
-        return {
+        summary = {
             key: training[key]
-            for key in (
-                "documents",
-                "sample",
-                "document_bytes",
-                "assignment",
-                "cluster_sizes",
-                "seconds",
-            )
+            for key in ("documents", "sample", "document_bytes", "assignment", "cluster_sizes")
             if key in training
         }
+        seconds = cls._fit_seconds.get(allocation.digest, training.get("seconds"))
+        if seconds is not None:  # this process's fit (older allocations recorded it)
+            summary["seconds"] = seconds
+        return summary
 
     @classmethod
     def assigner(cls, allocation: Allocation) -> TfidfModel:

@@ -110,7 +110,10 @@ def fit_pipeline(
     matrix = vectorizer.fit_transform(texts)
     n_features = matrix.shape[1]
     if n_features < 2:
-        raise ValueError(f"the documents yield {n_features} distinct term(s); need at least 2")
+        raise ValueError(
+            f"the documents yield {n_features} distinct term(s); need at least 2: give more or "
+            "longer documents, or more languages"
+        )
     components = min(settings.n_components, n_features - 1, len(texts) - 1)
     if components < 1:
         raise ValueError("need at least 2 documents to fit the embedder")

@@ -1,6 +1,5 @@
 """Fit a TF-IDF allocation from documents: sample, embed, cluster, measure shares."""
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -113,11 +112,15 @@ def fit_sample(
     """Embed the sampled documents, fit balanced k-means, then the ``assignment`` rule's
     offsets (kmeans.ASSIGNMENTS); ``training["cluster_sizes"]`` are the sizes the model's
     ``assign`` gives on the sample, and ``max_per_language`` is recorded as the sample's cap."""
-    started = time.perf_counter()
     if not sample:
         raise UsageError("the corpus has no documents with text")
     if kmeans.k > len(sample):
-        raise UsageError(f"-k {kmeans.k} is more than the {len(sample)} documents sampled")
+        counts = Counter(d.language for d in sample).values()
+        capped = max_per_language is not None and max(counts) >= max_per_language
+        more = "raise --max-docs-per-language" if capped else "give more documents"
+        raise UsageError(
+            f"-k {kmeans.k} is more than the {len(sample)} documents sampled: lower -k or {more}"
+        )
     unlabelled = sum(d.language is None for d in sample)
     if unlabelled:  # the experts' languages come from the documents', and prepare needs them
         raise UsageError(
@@ -154,6 +157,5 @@ def fit_sample(
         },
         "assignment": assignment,
         "cluster_sizes": np.bincount(labels, minlength=kmeans.k).tolist(),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+    }  # no wall-clock time: the same fit writes the same bytes (allocation-v1)
     return FitResult(model, language_shares(languages, labels, kmeans.k), training)

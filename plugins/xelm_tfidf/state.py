@@ -67,10 +67,17 @@ class TfidfModel(Assigner):
     def embed(self, texts: Sequence[str]) -> NDArray[np.float64]:
         return self.embedder.transform(texts)
 
-    def distances(self, texts: Sequence[str]) -> NDArray[np.float64]:
-        """(len(texts), k) squared Euclidean distances to the centroids (a router's input:
-        c-BTM weights are softmax(-distances / T))."""
-        return squared_distances(self.embed(texts), self.centroids)
+    def distances(self, texts: Sequence[str], *, offsets: bool = False) -> NDArray[np.float64]:
+        """(len(texts), k) squared Euclidean distances D to the centroids; with ``offsets``,
+        D + o, the scores ``assign`` takes the argmin of and the tfidf router's input (its
+        default offsets=true: weights softmax(-(D + o) / T), spec/allocation-tfidf.md 3, 5).
+        Without, the plain nearest-centroid distances, which for a balanced allocation
+        (nonzero o) send some texts elsewhere than the experts' documents went."""
+        distances = squared_distances(self.embed(texts), self.centroids)
+        if offsets:
+            assert self.offsets is not None  # set by __post_init__
+            distances = distances + self.offsets
+        return distances
 
     def assign_points(self, points: NDArray[np.float64]) -> NDArray[np.int64]:
         """Experts of already embedded points (rows of ``embed``)."""

@@ -143,14 +143,22 @@ def allocation_members(
 
 
 class LanguageAssigner(Assigner):
-    """Sends each document to the expert whose languages contain its language label."""
+    """Sends each document to the expert whose languages contain its language label; a
+    language listed under two experts (``of`` names the allocation) is a one-line
+    UsageError, since all its documents would go to one of them."""
 
-    def __init__(self, experts: Sequence[Sequence[str]]) -> None:
+    def __init__(self, experts: Sequence[Sequence[str]], *, of: str = "the allocation") -> None:
         self.k = len(experts)
         self.expert_of: dict[str, int] = {}
         for index, langs in enumerate(experts):
             for lang in langs:
-                self.expert_of.setdefault(lang, index)
+                first = self.expert_of.setdefault(lang, index)
+                if first != index:
+                    raise UsageError(
+                        f"language {lang} is listed under experts {first} and {index} of {of}, "
+                        "but a language's documents all go to one expert: list it under one "
+                        "(or cluster again with xelm cluster typology)"
+                    )
 
     def assign(self, documents: Sequence[Document]) -> NDArray[np.int64]:
         uncovered = sorted(
@@ -232,7 +240,7 @@ class TypologyClusterer(Clusterer):
             raise UsageError(
                 f"{allocation.path} was written by clusterer {allocation.clusterer!r}, not {NAME!r}"
             )
-        return LanguageAssigner(allocation.experts)
+        return LanguageAssigner(allocation.experts, of=str(allocation.path))
 
 
 @hookimpl

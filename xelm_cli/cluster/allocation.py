@@ -108,7 +108,10 @@ class Allocation:
         if not file.is_file():
             raise UsageError(f"{self.path}: missing {ARRAYS_FILE}")
         if sha256_file(file) != entry.get("sha256"):
-            raise IntegrityError(f"{file}: sha256 does not match {DIR_MANIFEST}")
+            raise IntegrityError(
+                f"{file}: sha256 does not match {DIR_MANIFEST} (changed or damaged since it was "
+                "written): restore the allocation folder from a copy, or run `xelm cluster` again"
+            )
         with reading_safetensors(file):
             return dict(load_file(str(file)))
 
@@ -179,9 +182,18 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
     languages: list[list[str]] = []
     for i, expert in enumerate(experts):
         try:
-            languages.append([normalize_language(x) for x in expert["languages"]])
+            codes = [normalize_language(x) for x in expert["languages"]]
         except UsageError as exc:
             raise FormatError(f"experts[{i}]: {exc}") from None
+        given: dict[str, str] = {}
+        for code, raw in zip(codes, expert["languages"], strict=True):
+            if code in given:
+                raise FormatError(
+                    f"experts[{i}] lists language {code} twice ({short_repr(given[code])} and "
+                    f"{short_repr(raw)}): list each language once"
+                )
+            given[code] = raw
+        languages.append(codes)
     return languages
 
 
@@ -221,7 +233,9 @@ def write_allocation(
     ``provenance`` is the clusterer's registration provenance (by default the one
     :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``). An
     allocation :func:`read_allocation` would refuse (an unknown language code, one listed
-    twice in an expert) is a one-line :class:`UsageError`, and nothing is written.
+    twice in an expert, also under two codes such as ``iw`` and ``he``) is a one-line
+    :class:`UsageError`, and nothing is written. The experts' codes are written normalised
+    (``normalize_language``: ``EN`` is ``en``, ``iw`` ``he``).
     """
     out = Path(out)
     provenance = provenance if provenance is not None else _provenance.get()
@@ -239,9 +253,10 @@ def write_allocation(
     if provenance is not None:
         data["provenance"] = {"clusterer": dict(provenance)}
     try:  # before writing: a refused allocation must not replace the one at ``out``
-        _expert_languages(data)
+        normalised = _expert_languages(data)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
+    data["experts"] = [{"index": i, "languages": langs} for i, langs in enumerate(normalised)]
     check_allocation_output(out, overwrite=overwrite)  # a bundle, a folder of other things
     if not arrays:
         write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)

@@ -583,16 +583,17 @@ class Demo:
 
     def add_eval_routing(self, assigner: Any, purity: dict[str, dict[str, Any]]) -> None:
         """Add to each language's purity the share of its evaluation sentences whose
-        highest-weight expert under the tfidf router (the nearest centroid) is the one that
+        highest-weight expert under the tfidf router (argmin of the distance to the centroid
+        plus the allocation's offset, as the training documents were assigned) is the one that
         holds most of its training documents."""
         flores = read_documents(
             self.data / "eval" / "flores200-devtest",
             languages=TRAIN_LANGUAGES,
             limit=self.preset.eval_documents,
         )
-        nearest = assigner.distances([d.text for d in flores]).argmin(axis=1)
+        routed = assigner.assign_texts([d.text for d in flores])  # the router's top-1
         for language, entry in purity.items():
-            mine = [int(c) for d, c in zip(flores, nearest, strict=True) if d.language == language]
+            mine = [int(c) for d, c in zip(flores, routed, strict=True) if d.language == language]
             if mine:
                 entry["eval_routed"] = round(mine.count(entry["cluster"]) / len(mine), 4)
 

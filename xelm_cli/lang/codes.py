@@ -8,6 +8,7 @@ import string
 from collections.abc import Collection, Sequence
 
 import langcodes
+from langcodes.data_dicts import DEFAULT_SCRIPTS, LIKELY_SUBTAGS, MACROLANGUAGES
 
 from xelm_cli.bundle.manifest import bundle_schema
 from xelm_cli.common.errors import UsageError
@@ -129,8 +130,8 @@ def normalize_language(code: str) -> str:
         tag = _standard(raw) if len(raw) <= MAX_CODE_LENGTH else ""
     except (ValueError, langcodes.tag_parser.LanguageTagError):
         tag = ""
-    if not tag or not langcodes.tag_is_valid(tag) or tag == "und":
-        raise _unknown(code)
+    if not tag or not langcodes.tag_is_valid(tag) or _language(tag).language in (None, "und"):
+        raise _unknown(code)  # und-Latn names a script, not a language
     if not _manifest_tag().fullmatch(tag):  # e.g. the private-use x-en: no manifest holds it
         raise _unknown(code)
     return tag
@@ -146,14 +147,45 @@ def _language(tag: str) -> langcodes.Language:
 
 
 def _standard(tag: str) -> str:
-    """The standard form of ``tag``: langcodes' ``standardize_tag``, with IANA's languages."""
-    return str(_language(tag).simplify_script().to_tag())
+    """The standard form of ``tag``: langcodes' ``standardize_tag``, with IANA's languages,
+    without the script when it is the language's default (``default_script``)."""
+    return str(_without_default_script(_language(tag)).to_tag())
+
+
+def _without_default_script(language: langcodes.Language) -> langcodes.Language:
+    if language.script and language.script == default_script(language.language or ""):
+        return language.update_dict({"script": None})
+    return language
+
+
+def _macrolanguage(language: str) -> str | None:
+    return _MACROLANGUAGES.get(language) or MACROLANGUAGES.get(language)
+
+
+@functools.cache
+def default_script(language: str) -> str | None:
+    """The script a tag of ``language`` (a language subtag) leaves out: its IANA
+    Suppress-Script (``ar``: Arab, ``hi``: Deva), else, for an individual language of a
+    macrolanguage, the macrolanguage's unless CLDR's likely subtags give the individual
+    language another (``arb``, ``arz``: Arab; ``swh``: Latn); None for a language written
+    in several scripts (``zh``, ``cmn``, ``sr``, ``az``) or without data."""
+    own = DEFAULT_SCRIPTS.get(language)  # langcodes' copy of IANA's Suppress-Script
+    if own is not None:
+        return own
+    macro = _macrolanguage(language)
+    inherited = DEFAULT_SCRIPTS.get(macro) if macro is not None else None
+    likely = LIKELY_SUBTAGS.get(language)
+    if inherited is None or (likely and langcodes.Language.get(likely).script != inherited):
+        return None
+    return inherited
 
 
 def wanted_form(code: str, wanted: Collection[str]) -> str:
     """``code`` as ``wanted`` names its language: ``code`` when listed, else the first broader
     tag listed (without the script, then the macrolanguage: FineWeb-2's ``arb_Arab`` rows are
-    ``ar`` when ar is wanted, ``cmn_Hani`` ``zh``, ``swh_Latn`` ``sw``), else ``code``."""
+    ``ar`` when ar is wanted, ``cmn_Hani`` ``zh``, ``swh_Latn`` ``sw``), else ``code``. A
+    script that is not the language's default is kept: ``hi-Latn`` (romanised Hindi) is not
+    ``hi``, though ``hi-Latn-IN`` is ``hi-Latn``."""
     if code in wanted:
         return code
     return next((tag for tag in _broader_tags(code) if tag in wanted), code)
@@ -161,12 +193,17 @@ def wanted_form(code: str, wanted: Collection[str]) -> str:
 
 @functools.cache
 def _broader_tags(code: str) -> tuple[str, ...]:
-    language = _language(code)
-    tags = language.broader_tags()[1:]
+    language = _without_default_script(_language(code))
+    tags = language.broader_tags()
     macro = _MACROLANGUAGES.get(language.language or "")
     if macro is not None:
         tags += language.update_dict({"language": macro}).broader_tags()
-    return tuple(dict.fromkeys(tag for tag in tags if not tag.startswith("und")))
+    script = language.script
+    if script and default_script(language.language or "") is not None:
+        # another script than the language's usual one: its broader tags keep it
+        tags = [tag for tag in tags if langcodes.Language.get(tag).script == script]
+    broader = (tag for tag in tags if tag != code and not tag.startswith("und"))
+    return tuple(dict.fromkeys(broader))
 
 
 @functools.cache

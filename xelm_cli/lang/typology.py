@@ -42,6 +42,7 @@ from pathlib import Path
 
 import langcodes
 import numpy as np
+from langcodes.data_dicts import MACROLANGUAGES
 from numpy.typing import NDArray
 
 from xelm_cli.common.errors import UsageError
@@ -189,6 +190,29 @@ def _check_has_values(tag: str, code: str, row: FloatArray, feature_set: str) ->
             f"lang2vec has no {feature_set} values for {tag!r} (URIEL code {code!r}): "
             "use another feature set (e.g. --features family) or a related language"
         )
+    if feature_set in FAMILY_BASED_SETS and not np.any(row > 0):
+        # no family node: at distance 1 from every language, so any ranking is input order
+        raise UsageError(
+            f"lang2vec has no family for {tag!r} (URIEL code {code!r}), so it would be at "
+            f"distance 1 from every language: {_individual_hint(tag, feature_set)}"
+        )
+
+
+def _individual_hint(tag: str, feature_set: str) -> str:
+    """The way out for a language without family data: its individual languages that have
+    some (a macrolanguage such as qu), else a related language."""
+    language = langcodes.Language.get(tag, normalize=False).language or tag
+    table = _feature_table(feature_set)
+    members = sorted(
+        member
+        for member, macro in MACROLANGUAGES.items()
+        if macro == language and member in table.row_of
+        and np.any(table.values[table.row_of[member]] > 0)
+    )  # fmt: skip
+    if not members:
+        return "use a related language, or another feature set (e.g. --features syntax)"
+    named = ", ".join(members[:3]) + (f" ({len(members)} in all)" if len(members) > 3 else "")
+    return f"use one of its individual languages, e.g. {named}"
 
 
 def _minimal_mask(values: FloatArray) -> NDArray[np.bool_]:
