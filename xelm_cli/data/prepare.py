@@ -418,7 +418,7 @@ def _read_source(
             take = _replaying(replay, records_read(written))
             filled = _add_batch(context, encoded, limits, take)
             if take is None:  # (a batch read again was counted the first time)
-                _count_blank(context, encoded.batch)
+                _add_blank_counts(context, encoded.batch)
             if streamed:
                 for key, before in filled.items():
                     work.sources.setdefault(name, {}).setdefault(FILLS, {})[key] = {
@@ -489,7 +489,7 @@ def _read_again(work: WorkDirectory, name: str, keys: set[str]) -> None:
 BLANK_ROWS = "rows skipped as blank, per language"  # in the work's notes
 
 
-def _count_blank(context: _ReadContext, batch: Batch) -> None:
+def _add_blank_counts(context: _ReadContext, batch: Batch) -> None:
     """Add the rows of wanted languages that ``batch`` skipped as blank to the work's notes."""
     if batch.blank:
         counts = context.work.notes.setdefault(BLANK_ROWS, {})

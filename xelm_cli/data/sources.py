@@ -439,21 +439,17 @@ class DatasetSource:
         if not isinstance(text, str):
             if text is None:
                 labels.null_text(number)
-                _count_blank(batch, self._quiet_language(row, labels))
+                _count_blank(batch, self._row_language(row, labels)[0])
                 return
             raise BrokenData(
                 f"{self.describe()} row {number}: {column!r} is not text "
                 f"({type(text).__name__}); choose the text column with --text-column (a "
                 "recipe's: its text_column)"
             )
-        language = labels.every
-        if language is None:
-            label = record_label(row)
-            if label is None:
-                language = labels.unlabelled
-            elif (language := labels.language(label[1])) is None:
-                labels.unknown(label, number)
-                return
+        language, label = self._row_language(row, labels)
+        if language is None and label is not None:
+            labels.unknown(label, number)
+            return
         if language is None:
             raise UnlabelledRow(
                 f"{self.describe()} row {number}: no language (a 'lang' column, --lang, or a "
@@ -465,12 +461,16 @@ class DatasetSource:
         else:
             _count_blank(batch, language)
 
-    def _quiet_language(self, row: dict[str, Any], labels: "_Rows") -> str | None:
-        """The language of a row skipped before its language was needed (None: none known)."""
+    def _row_language(
+        self, row: dict[str, Any], labels: "_Rows"
+    ) -> tuple[str | None, tuple[str, Any] | None]:
+        """A row's language (``--lang``'s, its label's, else ``--label``'s; None: none known)
+        and its label (None where there is none or ``--lang`` decides): a label with no
+        language is an unknown code."""
         if labels.every is not None:
-            return labels.every
+            return labels.every, None
         label = record_label(row)
-        return labels.unlabelled if label is None else labels.language(label[1])
+        return (labels.unlabelled, None) if label is None else (labels.language(label[1]), label)
 
 
 def _count_blank(batch: Batch, language: str | None) -> None:
