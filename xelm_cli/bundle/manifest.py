@@ -19,8 +19,9 @@ from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import FormatError, one_line
 from xelm_cli.common.jsonio import canonical_json, short_repr, value_problem
 from xelm_cli.common.outputs import BUNDLE_MANIFEST
+from xelm_cli.common.recognise import BUNDLE_FORMAT
 
-FORMAT_NAME = "xelm-bundle"
+FORMAT_NAME = BUNDLE_FORMAT
 FORMAT_VERSION = "1.3.0"  # 1.1: `framing`; 1.2: `allocation.provenance`; 1.3: `gate_allocation`
 MANIFEST_NAME = BUNDLE_MANIFEST
 CARD_NAME = "README.md"

@@ -24,10 +24,10 @@ from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.common.outputs import check_replaceable, json_format
-from xelm_cli.common.recognise import ALLOCATION_MANIFEST, what_path_is
+from xelm_cli.common.recognise import ALLOCATION_FORMAT, ALLOCATION_MANIFEST, what_path_is
 from xelm_cli.lang.codes import normalize_language
 
-FORMAT_NAME = "xelm-allocation"
+FORMAT_NAME = ALLOCATION_FORMAT
 FORMAT_VERSION = "1.1.0"  # 1.1.0 added the optional member `provenance`
 SUPPORTED_MAJOR = 1
 DIR_MANIFEST = ALLOCATION_MANIFEST

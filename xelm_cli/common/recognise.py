@@ -1,8 +1,8 @@
 """What a path given in the wrong place is, where xelm can tell: what xelm writes, known by its
-manifest (whose names spec/bundle-v1.md, spec/shards-v1.md and spec/allocation-v1.md fix, and
-which the modules of each format take from here) or by its archive suffix, and the Hugging Face
-folders users mistake for those. A refusal names what the path is (:func:`what_path_is`) and
-then adds its own way out."""
+manifest (whose file names and ``format`` values spec/bundle-v1.md, spec/shards-v1.md and
+spec/allocation-v1.md fix, and which the modules of each format take from here) or by its
+archive suffix, and the Hugging Face folders users mistake for those. A refusal names what the
+path is (:func:`what_path_is`) and then adds its own way out."""
 
 from pathlib import Path
 
@@ -11,6 +11,9 @@ from xelm_cli.common.outputs import BUNDLE_MANIFEST, json_format
 SHARDS_MANIFEST = "shards.json"
 ALLOCATION_MANIFEST = "allocation.json"
 ARCHIVE_SUFFIX = ".xelm.tar.zst"
+BUNDLE_FORMAT = "xelm-bundle"  # each manifest's `format`
+SHARDS_FORMAT = "xelm-shards"
+ALLOCATION_FORMAT = "xelm-allocation"
 
 BUNDLE = "an xelm bundle"
 SHARDS = "xelm shards, made by `xelm data prepare`"
@@ -22,9 +25,9 @@ TOKENIZER = "a tokenizer folder"
 
 _FOLDERS = ((BUNDLE_MANIFEST, BUNDLE), (SHARDS_MANIFEST, SHARDS), (ALLOCATION_MANIFEST, ALLOCATION))
 _MANIFESTS = {  # by the format of a manifest given by itself
-    "xelm-bundle": f"the manifest of {BUNDLE}",
-    "xelm-shards": f"the manifest of {SHARDS}",
-    "xelm-allocation": ALLOCATION,
+    BUNDLE_FORMAT: f"the manifest of {BUNDLE}",
+    SHARDS_FORMAT: f"the manifest of {SHARDS}",
+    ALLOCATION_FORMAT: ALLOCATION,
 }
 _MANIFEST_BYTES = 1 << 20  # a larger .json file is no manifest of xelm's (a corpus, perhaps)
 _TOKENIZER_MARKS = ("tokenizer_config.json", "tokenizer.json")

@@ -22,9 +22,9 @@ from xelm_cli import __version__
 from xelm_cli.common.digest import sha256_bytes, sha256_file, short
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.common.recognise import SHARDS_MANIFEST, what_path_is
+from xelm_cli.common.recognise import SHARDS_FORMAT, SHARDS_MANIFEST, what_path_is
 
-FORMAT = "xelm-shards"
+FORMAT = SHARDS_FORMAT
 FORMAT_VERSION = "1.4.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`; 1.4: `max_records`
 MANIFEST_NAME = SHARDS_MANIFEST
 OFFSETS_DTYPE = np.dtype("<u8")
