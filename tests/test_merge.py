@@ -127,22 +127,27 @@ def allocated_experts(experts: list[Bundle], tmp_path: Path) -> tuple[Allocation
     return alloc, bundles
 
 
-def test_weights_from_a_calibrated_prior_and_from_a_language(
-    experts: list[Bundle], tmp_path: Path
-) -> None:
-    ens = tmp_path / "ens.json"
-    members = [{"path": str(b.path), "id": b.id, "digest": b.digest} for b in experts]
-    ens.write_text(
+def prior_ensemble(members: list[Bundle], path: Path) -> Path:
+    """An ensemble file of ``members`` whose posterior router's prior is 0.2, 0.2, 0.6."""
+    listed = [{"path": str(b.path), "id": b.id, "digest": b.digest} for b in members]
+    path.write_text(
         json.dumps(
             {
                 "format": "xelm-ensemble",
                 "format_version": 1,
-                "members": members[::-1],
+                "members": listed,
                 "router": {"name": "posterior", "options": {"prior": [0.2, 0.2, 0.6]}},
                 "combine": "mixture",
             }
         )
     )
+    return path
+
+
+def test_weights_from_a_calibrated_prior_and_from_a_language(
+    experts: list[Bundle], tmp_path: Path
+) -> None:
+    ens = prior_ensemble(experts[::-1], tmp_path / "ens.json")
     assert merge_weights(experts, prior=ens) == pytest.approx([0.6, 0.2, 0.2])
     by_prior = merge_average([b.path for b in experts], tmp_path / "p", prior=str(ens))
     assert by_prior.manifest.lineage[-1]["weights"] == pytest.approx([0.6, 0.2, 0.2])
@@ -347,19 +352,7 @@ def test_the_text_report_names_the_weights_and_their_source(
     with where they came from (a prior's or a language's weights are computed, not given)."""
     from xelm_cli.cli import run  # (imports every command group)
 
-    ens = tmp_path / "ens.json"
-    members = [{"path": str(b.path), "id": b.id, "digest": b.digest} for b in experts]
-    ens.write_text(
-        json.dumps(
-            {
-                "format": "xelm-ensemble",
-                "format_version": 1,
-                "members": members,
-                "router": {"name": "posterior", "options": {"prior": [0.2, 0.2, 0.6]}},
-                "combine": "mixture",
-            }
-        )
-    )
+    ens = prior_ensemble(experts, tmp_path / "ens.json")
     alloc, bundles = allocated_experts(experts, tmp_path)
     paths = [str(b.path) for b in experts]
     allocated = [str(b.path) for b in bundles]
