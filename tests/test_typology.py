@@ -258,6 +258,12 @@ def test_a_script_is_dropped_only_when_it_is_the_language_default() -> None:
     assert wanted_form("hi-Latn-IN", {"hi", "hi-Latn"}) == "hi-Latn"
     assert wanted_form("hi-Deva", {"hi"}) == "hi"
     assert wanted_form("arb", {"ar"}) == "ar"
+    # a language of several scripts (no default) drops only those CLDR writes it in
+    assert [wanted_form(c, {"zh", "sr", "az"}) for c in ("zh-Hant", "sr-Latn", "az-Arab")] == [
+        "zh", "sr", "az",
+    ]  # fmt: skip
+    assert wanted_form("zh-Latn", {"zh"}) == "zh-Latn"  # pinyin is no Chinese-script text
+    assert wanted_form("cmn-Latn", {"zh", "zh-Latn"}) == "zh-Latn"
     for code in ("und", "und-Latn", "und_Arab", "und-US"):
         with pytest.raises(UsageError, match=f"^unknown language code '{code}': use an ISO"):
             normalize_language(code)

@@ -184,8 +184,9 @@ def wanted_form(code: str, wanted: Collection[str]) -> str:
     """``code`` as ``wanted`` names its language: ``code`` when listed, else the first broader
     tag listed (without the script, then the macrolanguage: FineWeb-2's ``arb_Arab`` rows are
     ``ar`` when ar is wanted, ``cmn_Hani`` ``zh``, ``swh_Latn`` ``sw``), else ``code``. A
-    script that is not the language's default is kept: ``hi-Latn`` (romanised Hindi) is not
-    ``hi``, though ``hi-Latn-IN`` is ``hi-Latn``."""
+    script the language is not usually written in (:func:`_unusual_script`) is kept:
+    ``hi-Latn`` (romanised Hindi) is not ``hi``, nor ``zh-Latn`` ``zh``, though ``hi-Latn-IN``
+    is ``hi-Latn``."""
     if code in wanted:
         return code
     return next((tag for tag in _broader_tags(code) if tag in wanted), code)
@@ -199,11 +200,33 @@ def _broader_tags(code: str) -> tuple[str, ...]:
     if macro is not None:
         tags += language.update_dict({"language": macro}).broader_tags()
     script = language.script
-    if script and default_script(language.language or "") is not None:
-        # another script than the language's usual one: its broader tags keep it
+    if script and _unusual_script(language.language or "", script):
+        # another script than the language's usual ones: its broader tags keep it
         tags = [tag for tag in tags if langcodes.Language.get(tag).script == script]
     broader = (tag for tag in tags if tag != code and not tag.startswith("und"))
     return tuple(dict.fromkeys(broader))
+
+
+def _unusual_script(language: str, script: str) -> bool:
+    """Whether ``language`` is not usually written in ``script`` (which its tag then keeps):
+    any script but its default one (``hi-Latn``), or, for a language written in several
+    (no default), one that CLDR's likely subtags never give it or its macrolanguage
+    (``zh-Latn``, pinyin, unlike ``zh-Hant`` or ``sr-Latn``). Without data: usual."""
+    default = default_script(language)
+    if default is not None:
+        return script != default
+    usual = _likely_scripts(language) | _likely_scripts(_macrolanguage(language) or "")
+    return bool(usual) and script not in usual
+
+
+@functools.cache
+def _likely_scripts(language: str) -> frozenset[str]:
+    """The scripts CLDR's likely subtags give tags of ``language`` (``sr``: Cyrl, Latn)."""
+    return frozenset(
+        parsed.script
+        for parsed in map(langcodes.Language.get, LIKELY_SUBTAGS.values())
+        if parsed.language == language and parsed.script
+    )
 
 
 @functools.cache
