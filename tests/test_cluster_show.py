@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from xelm_cli.api import UsageError, allocation_summary, read_allocation, write_allocation
@@ -182,3 +183,61 @@ def test_an_allocation_is_written_with_normalised_codes(tmp_path: Path, capsys) 
         f"xelm: error: {out}: experts[0] lists language he twice ('he' and 'iw'): list each "
         "language once\n"
     )
+
+
+def test_show_of_an_allocation_with_damaged_or_missing_arrays_fails(tmp_path, capsys):
+    """Its tables describe arrays that are no longer there (was exit 0: show never read them)."""
+    out = tmp_path / "alloc"
+    write_allocation(
+        out, clusterer="tfidf", experts=[["en"], ["es"]], arrays={"centroids": np.eye(2)}
+    )
+    assert run(["cluster", "show", str(out)]) == 0
+    capsys.readouterr()
+    arrays = out / "arrays.safetensors"
+    arrays.write_bytes(arrays.read_bytes()[:-1] + b"!")
+    assert run(["cluster", "show", str(out), "--json"]) == 4
+    captured = capsys.readouterr()
+    assert captured.out == "" and "sha256 does not match allocation.json" in captured.err
+    arrays.unlink()
+    assert run(["cluster", "show", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        f"xelm: error: {out}: missing arrays.safetensors: restore the allocation folder from "
+        "a copy, or run `xelm cluster` again\n"
+    )
+
+
+def test_language_shares_are_written_by_normalised_code_and_checked(tmp_path, capsys):
+    out = tmp_path / "tfidf.json"
+    shares = {"EN": [0.25, 0.75], "iw": [1.0, 0.0]}
+    allocation = write_allocation(
+        out, clusterer="tfidf", experts=[["en"], ["en", "he"]], language_shares=shares
+    )
+    assert json.loads(out.read_text())["language_shares"] == {
+        "en": [0.25, 0.75], "he": [1.0, 0.0],
+    }  # fmt: skip
+    assert allocation.language_shares == {"en": [0.25, 0.75], "he": [1.0, 0.0]}
+    refused = {
+        "twice": ({"he": [1.0, 0.0], "iw": [1.0, 0.0]}, "language_shares lists language he twice"),
+        "short": ({"en": [1.0]}, "language_shares['en'] has 1 values for 2 experts"),
+        "unknown": ({"xyz": [1.0, 0.0]}, "language_shares: unknown language code 'xyz'"),
+    }
+    for name, (bad, message) in refused.items():
+        with pytest.raises(UsageError, match=re.escape(message)):
+            write_allocation(
+                tmp_path / f"{name}.json",
+                clusterer="tfidf",
+                experts=[["en"], ["he"]],
+                language_shares=bad,
+            )
+        assert not (tmp_path / f"{name}.json").exists()
+    # a file written by other code: read as the code it names, or refused in one line
+    data = json.loads(out.read_text())
+    data["language_shares"] = {"EN": [0.5, 0.5]}
+    out.write_text(json.dumps(data))
+    assert read_allocation(out).language_shares == {"en": [0.5, 0.5]}
+    assert run(["cluster", "show", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["language_shares"] == {"en": [0.5, 0.5]}
+    data["language_shares"] = {"en": [0.5, 0.25, 0.25]}
+    out.write_text(json.dumps(data))
+    assert run(["cluster", "show", str(out)]) == 3
+    assert "has 3 values for 2 experts" in capsys.readouterr().err

@@ -179,9 +179,9 @@ def language_weights(
                 f"{allocation.path}: weights by language need one bundle an expert"
             )
         expert_of[expert] = i
-    shares = allocation.raw.get("language_shares")
-    if isinstance(shares, dict) and language in shares:
-        row = [float(x) for x in shares[language]]
+    shares = allocation.language_shares
+    if shares is not None and language in shares:
+        row = shares[language]
     elif (holder := allocation.expert_of(language)) is not None:
         row = [1.0 if e == holder else 0.0 for e in range(allocation.k)]
     else:

@@ -75,6 +75,11 @@ class Allocation:
         return len(self.experts)
 
     @property
+    def language_shares(self) -> dict[str, list[float]] | None:
+        """``language_shares`` by normalised language code (None: the allocation has none)."""
+        return _language_shares(self.raw)
+
+    @property
     def languages(self) -> list[str]:
         return list(dict.fromkeys(lang for langs in self.experts for lang in langs))
 
@@ -99,21 +104,32 @@ class Allocation:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The fitted arrays (digest-checked); empty for an allocation without any."""
-        entry = self.raw.get("arrays")
-        if entry is None:
+        file = self.check_arrays()
+        if file is None:
             return {}
         from safetensors.numpy import load_file
 
+        with reading_safetensors(file):
+            return dict(load_file(str(file)))
+
+    def check_arrays(self) -> Path | None:
+        """The arrays file, once its digest matches the manifest's (None: the allocation has
+        no arrays); a missing one is a UsageError, a changed one an IntegrityError."""
+        entry = self.raw.get("arrays")
+        if entry is None:
+            return None
         file = self.path / ARRAYS_FILE
         if not file.is_file():
-            raise UsageError(f"{self.path}: missing {ARRAYS_FILE}")
+            raise UsageError(
+                f"{self.path}: missing {ARRAYS_FILE}: restore the allocation folder from a "
+                "copy, or run `xelm cluster` again"
+            )
         if sha256_file(file) != entry.get("sha256"):
             raise IntegrityError(
                 f"{file}: sha256 does not match {DIR_MANIFEST} (changed or damaged since it was "
                 "written): restore the allocation folder from a copy, or run `xelm cluster` again"
             )
-        with reading_safetensors(file):
-            return dict(load_file(str(file)))
+        return file
 
 
 def _manifest_path(path: Path) -> Path:
@@ -194,7 +210,37 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
                 )
             given[code] = raw
         languages.append(codes)
+    _language_shares(data)
     return languages
+
+
+def _language_shares(data: dict[str, Any]) -> dict[str, list[float]] | None:
+    """``data``'s ``language_shares`` (schema-checked) by normalised language code; a
+    FormatError for an unknown code, a language under two codes, or a row of other than k
+    values."""
+    shares = data.get("language_shares")
+    if shares is None:
+        return None
+    normalised: dict[str, list[float]] = {}
+    given: dict[str, str] = {}
+    for raw, row in shares.items():
+        try:
+            code = normalize_language(raw)
+        except UsageError as exc:
+            raise FormatError(f"language_shares: {exc}") from None
+        if code in given:
+            raise FormatError(
+                f"language_shares lists language {code} twice ({short_repr(given[code])} and "
+                f"{short_repr(raw)}): list each language once"
+            )
+        if len(row) != len(data["experts"]):
+            raise FormatError(
+                f"language_shares[{short_repr(raw)}] has {len(row)} values for "
+                f"{len(data['experts'])} experts: give one share per expert"
+            )
+        given[code] = raw
+        normalised[code] = [float(share) for share in row]
+    return normalised
 
 
 def is_allocation(path: Path) -> bool:
@@ -233,8 +279,9 @@ def write_allocation(
     ``provenance`` is the clusterer's registration provenance (by default the one
     :func:`recording_provenance` set, which xelm sets around ``Clusterer.fit``). An
     allocation :func:`read_allocation` would refuse (an unknown language code, one listed
-    twice in an expert, also under two codes such as ``iw`` and ``he``) is a one-line
-    :class:`UsageError`, and nothing is written. The experts' codes are written normalised
+    twice in an expert or in ``language_shares``, also under two codes such as ``iw`` and
+    ``he``, a share row of other than k values) is a one-line :class:`UsageError`, and nothing
+    is written. The experts' and the shares' codes are written normalised
     (``normalize_language``: ``EN`` is ``en``, ``iw`` ``he``).
     """
     out = Path(out)
@@ -257,6 +304,8 @@ def write_allocation(
     except FormatError as exc:
         raise UsageError(str(exc)) from None
     data["experts"] = [{"index": i, "languages": langs} for i, langs in enumerate(normalised)]
+    if language_shares is not None:
+        data["language_shares"] = _language_shares(data)
     check_allocation_output(out, overwrite=overwrite)  # a bundle, a folder of other things
     if not arrays:
         write_bytes_atomic(out, pretty_json(data), overwrite=overwrite)

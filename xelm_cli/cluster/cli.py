@@ -284,6 +284,7 @@ def show(
     if plot is not None:  # before the allocation is read: a refused folder prints nothing
         check_plot_folder(plot, [allocation_path])
     allocation = read_allocation(allocation_path)
+    allocation.check_arrays()  # what it shows holds only if the fitted arrays are intact
     summary = allocation_summary(allocation)
     if plot is not None:
         summary["plots"] = [str(path) for path in write_plots(allocation, plot)]

@@ -16,17 +16,10 @@ from xelm_cli.common.outputs import check_replaceable, has_magic
 def allocation_matrix(allocation: Allocation) -> tuple[list[str], np.ndarray, bool]:
     """Languages, the language x expert matrix, and whether it holds document shares
     (``language_shares``) rather than 0/1 membership from the experts' languages."""
-    shares = allocation.raw.get("language_shares")
-    if isinstance(shares, dict) and shares:
+    shares = allocation.language_shares
+    if shares:
         languages = sorted(shares)
-        try:
-            matrix = np.array([shares[lang] for lang in languages], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise FormatError(f"{allocation.path}: 'language_shares' must map to numbers") from None
-        if matrix.shape != (len(languages), allocation.k):
-            raise FormatError(
-                f"{allocation.path}: 'language_shares' rows need {allocation.k} values"
-            )
+        matrix = np.array([shares[lang] for lang in languages], dtype=np.float64)
         return languages, matrix, True
     languages = allocation.languages
     matrix = np.zeros((len(languages), allocation.k))
