@@ -240,7 +240,8 @@ def test_an_unknown_recipe_or_a_missing_language_or_reading_without_data_is_one_
     with pytest.raises(UsageError) as caught:
         cluster("tfidf", k=2, output=out, languages="ar,bg", reading=reading)
     assert str(caught.value) == (
-        "--split, --lang-map and --revision say how to read DATA: give DATA, or drop them"
+        "reading=SourceOptions(split=..., lang_map=..., revision=...) says how to read data: "
+        "give data, or drop it"
     )
     assert not out.exists()
 
@@ -252,7 +253,7 @@ def test_reading_keywords_given_as_clusterer_options_name_reading(tmp_path: Path
     with pytest.raises(UsageError) as caught:
         cluster("tfidf", k=2, output=out, data=tmp_path, config="{lang}", lang="ar")
     assert str(caught.value) == (
-        "config=..., lang=...: how to read DATA goes in "
+        "config=..., lang=...: how to read data goes in "
         "reading=SourceOptions(config=..., language=...)"
     )
     assert not out.exists()
@@ -283,7 +284,8 @@ def test_reading_flags_are_refused_for_a_clusterer_that_reads_no_data_with_them(
         reading = SourceOptions(config="{lang}", split="train")
         cluster("typology", k=2, output=out, languages="ar,bg", reading=reading)
     assert str(caught.value) == (
-        "clusterer 'typology' does not read DATA with --split and --config: drop them"
+        "clusterer 'typology' does not read data with reading=SourceOptions(split=..., "
+        "config=...): drop it"
     )
     assert not out.exists()
     plain = cluster("typology", k=2, output=out, languages="ar,bg")  # without them it fits

@@ -77,6 +77,9 @@ def test_python_cluster_uses_the_declared_options(installed: None, tmp_path: Pat
     assert str(caught.value) == ("clusterer 'chunks': option 'reverse' expects bool, not 'maybe'")
     with pytest.raises(UsageError, match=r"^clusterer 'chunks' has no option 'revers' "):
         cluster("chunks", k=2, output=tmp_path / "d.json", languages=LANGS, revers=True)
+    with pytest.raises(UsageError) as caught:  # the keyword, not the command's -k
+        cluster("chunks", k=0, output=tmp_path / "d.json", languages=LANGS)
+    assert str(caught.value) == "k must be a whole number of experts, at least 1, not 0"
     with pytest.raises(UsageError, match=r"option 'min_documents' must be at least 1, not 0"):
         cluster("chunks", k=2, output=tmp_path / "d.json", languages=LANGS, min_documents=0)
     with pytest.raises(UsageError, match=r"a.json already exists; choose another path or pass"):
@@ -204,7 +207,9 @@ def test_reading_flags_are_refused_for_a_clusterer_that_does_not_read_data_with_
     with pytest.raises(UsageError) as caught:
         reading = SourceOptions(language="tr")
         cluster("chunks", k=1, output=tmp_path / "a.json", data=data, reading=reading)
-    assert str(caught.value) == "clusterer 'chunks' does not read DATA with --lang: drop it"
+    assert str(caught.value) == (
+        "clusterer 'chunks' does not read data with reading=SourceOptions(language=...): drop it"
+    )  # the Python keywords, as the command names its flags
     refusal = "clusterer 'chunks' does not read DATA with --config: drop it"
     result = xelm(
         "cluster", "chunks", str(data), "-k", "1", "-o", str(tmp_path / "a.json"),

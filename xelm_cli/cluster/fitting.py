@@ -64,7 +64,7 @@ def cluster(
     if misplaced:
         given = ", ".join(f"{key}=..." for key in misplaced)
         fields = ", ".join(f"{field_of[key]}=..." for key in misplaced)
-        raise UsageError(f"{given}: how to read DATA goes in reading=SourceOptions({fields})")
+        raise UsageError(f"{given}: how to read data goes in reading=SourceOptions({fields})")
     request = cluster_request(
         clusterer,
         k=k,
@@ -75,6 +75,7 @@ def cluster(
         overwrite=overwrite,
         options=options,
         reading=reading,
+        python=True,
     )
     return fit(clusterer, request)
 
@@ -89,27 +90,31 @@ def cluster_request(
     seed: int = 0,
     overwrite: bool = False,
     options: Mapping[str, Any] | None = None,
-    via: str = "--cluster-arg",
     reading: SourceOptions | None = None,
+    python: bool = False,
 ) -> ClusterRequest:
     """The checked request for ``clusterer``: codes normalised, options built from the
     declaration (text or Python values), the output refused when it exists without ``overwrite``,
     ``reading`` (how to read ``data``) refused without ``data`` or for a clusterer that does
     not read DATA with it (``Clusterer.reads_data``); a declaration with an option named like
-    a reading flag is refused (``refuse_reading_names``)."""
+    a reading flag is refused (``refuse_reading_names``). Refusals name the flags of
+    ``xelm cluster NAME``, or with ``python`` the keywords of :func:`cluster`."""
     label = f"clusterer {clusterer.name!r}"
+    via = "the keyword argument" if python else "--cluster-arg"
     refuse_reading_names(clusterer)
     if reading == SourceOptions():
         reading = None  # nothing given: what a request of an earlier xelm carried
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise UsageError(f"-k must be a whole number of experts, at least 1, not {k!r}")
+        k_name = "k" if python else "-k"
+        raise UsageError(f"{k_name} must be a whole number of experts, at least 1, not {k!r}")
+    data_name = "data" if python else "DATA"
     if reading is not None and not clusterer.reads_data:
-        flags, them = _named(reading)
-        raise UsageError(f"{label} does not read DATA with {flags}: drop {them}")
+        flags, them = _named(reading, python)
+        raise UsageError(f"{label} does not read {data_name} with {flags}: drop {them}")
     if reading is not None and data is None:
-        flags, them = _named(reading)
+        flags, them = _named(reading, python)
         say = "says" if them == "it" else "say"
-        raise UsageError(f"{flags} {say} how to read DATA: give DATA, or drop {them}")
+        raise UsageError(f"{flags} {say} how to read {data_name}: give {data_name}, or drop {them}")
     if isinstance(languages, str):
         codes = tuple(parse_language_list(languages)) if languages.strip() else ()
     else:
@@ -134,9 +139,12 @@ def cluster_request(
     )
 
 
-def _named(reading: SourceOptions) -> tuple[str, str]:
+def _named(reading: SourceOptions, python: bool) -> tuple[str, str]:
     """The flags ``reading`` gives, in a line (``--config and --lang-map``), and the pronoun
-    for them."""
+    for them; with ``python``, the ``reading`` keyword and its fields."""
+    if python:
+        fields = ", ".join(f"{name}=..." for name in reading.given_flags(fields=True))
+        return f"reading=SourceOptions({fields})", "it"
     *first, last = reading.given_flags()
     return (f"{', '.join(first)} and {last}", "them") if first else (last, "it")
 

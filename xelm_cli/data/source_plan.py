@@ -112,9 +112,13 @@ class SourceOptions:
         "--lang", ...}``)."""
         return {f.name: f.metadata["flag"] for f in fields(cls)}
 
-    def given_flags(self) -> list[str]:
-        """The flags of the options given (not None), in declaration order."""
-        return [flag for name, flag in self.flags().items() if getattr(self, name) is not None]
+    def given_flags(self, *, fields: bool = False) -> list[str]:
+        """The flags of the options given (not None), in declaration order; with ``fields``,
+        their field names (as a Python caller gives them)."""
+        given = [
+            (name, flag) for name, flag in self.flags().items() if getattr(self, name) is not None
+        ]
+        return [name if fields else flag for name, flag in given]
 
     @classmethod
     def parameters(cls) -> dict[str, str]:
