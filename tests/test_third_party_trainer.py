@@ -187,7 +187,13 @@ class BuggyTrainers:
             def train(self, request: TrainRequest) -> Bundle:
                 return None  # type: ignore[return-value]
 
-        for cls in (Raising, Refusing, ReturningNone):
+        class ReturningItsInput(Trainer):
+            name = "returning-its-input"
+
+            def train(self, request: TrainRequest) -> Bundle:
+                return Bundle.read(request.bundle)
+
+        for cls in (Raising, Refusing, ReturningNone, ReturningItsInput):
             register(cls.name, cls)
 
 
@@ -216,6 +222,22 @@ def test_a_third_party_trainers_bug_is_one_line_naming_it(
     assert run([*argv, "--trainer", name]) == 6
     assert capsys.readouterr().err == f"xelm: error: {BUGS[name]}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no lock left
+
+
+@pytest.mark.usefixtures("isolated_registry")
+def test_a_trainer_that_returns_a_bundle_not_at_the_output_is_a_bug_naming_it(
+    seed_bundle: Path, shards: Path, tmp_path: Path
+) -> None:
+    """The caller would take the seed for the trained expert (was returned as it was)."""
+    host.reset_registry(host.load_registry(extra_plugins=[("buggy", BuggyTrainers())]))
+    out = tmp_path / "out"
+    with pytest.raises(PluginError) as caught:
+        api.train(seed_bundle, data=shards, tokens=1, output=out, trainer="returning-its-input")
+    assert str(caught.value) == (
+        f"trainer 'returning-its-input' (plugin 'buggy') train() returned the bundle at "
+        f"{seed_bundle}, not the requested output {out} (write_bundle(request.output, ...)); "
+        "this is a bug in the trainer"
+    )
 
 
 @pytest.mark.usefixtures("isolated_registry")

@@ -87,6 +87,12 @@ def train(
             "Bundle it wrote (a trainer returns writer.result after `with write_bundle("
             "request.output, ...) as writer`, spec/plugin-api.md 7.2); this is a bug in the trainer"
         )
+    if Path(trained.path).resolve() != request.output.resolve():
+        raise PluginError(
+            f"{registration.object_label()} train() returned the bundle at {trained.path}, not "
+            f"the requested output {request.output} (write_bundle(request.output, ...)); this "
+            "is a bug in the trainer"
+        )
     return trained
 
 
