@@ -16,6 +16,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.units import parse_token_count
+from xelm_cli.data import budgets
 from xelm_cli.data.budgets import language_budgets, parse_caps, select_documents
 from xelm_cli.data.corpus import iter_documents
 from xelm_cli.data.prepare import prepare
@@ -185,6 +186,22 @@ def test_select_documents_takes_whole_documents_within_budget() -> None:
     assert len(select_documents(lengths, 25, seed=0, language="en")) == 5
     draws = {tuple(select_documents(lengths, 12, seed=s, language="en")) for s in range(20)}
     assert len(draws) > 1
+
+
+def test_select_documents_in_chunks_picks_what_one_running_total_picks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The running total is held a chunk at a time: the same documents as the cumulative sum
+    of all of them in the seeded order (what it held before, 16 more bytes a document)."""
+    lengths = np.random.default_rng(3).integers(1, 50, size=1000)
+    for budget in (0, 1, 49, 5000, 12_345, int(lengths.sum()) - 1, int(lengths.sum()) + 9):
+        order = np.random.default_rng([7, *b"tr"]).permutation(len(lengths))
+        taken = int(np.searchsorted(np.cumsum(lengths[order]), budget, side="right"))
+        expected = np.sort(order[:taken])
+        for chunk in (1, 7, 64, 1000, 4096):
+            monkeypatch.setattr(budgets, "SELECTION_CHUNK", chunk)
+            picked = select_documents(lengths, budget, seed=7, language="tr")
+            assert picked.tolist() == expected.tolist(), (budget, chunk)
 
 
 def test_caps_and_alpha_end_to_end(tokenizer_dir: Path, corpus: Path, tmp_path: Path) -> None:

@@ -184,6 +184,10 @@ def _floor(value: float, limit: int) -> int:
     return min(limit, math.floor(value + 1e-6))  # 99.99999 from float error is 100
 
 
+SELECTION_CHUNK = 1 << 20
+"""Documents whose running total ``select_documents`` holds at once."""
+
+
 def select_documents(
     lengths: NDArray[Any], budget: int, *, seed: int, language: str
 ) -> NDArray[np.int64]:
@@ -191,12 +195,20 @@ def select_documents(
 
     Documents are taken in a random order (numpy PCG64 seeded with ``seed`` and the language)
     while the running total stays within the budget; the first one that would exceed it ends
-    the selection.
+    the selection. Beside ``lengths``, it holds the order (8 bytes a document) and one
+    ``SELECTION_CHUNK`` of running totals, not a running total of every document.
     """
     rng = np.random.default_rng([seed, *language.encode()])
     order = rng.permutation(len(lengths))
-    cumulative = np.cumsum(np.asarray(lengths, dtype=np.int64)[order])
-    taken = int(np.searchsorted(cumulative, budget, side="right"))
+    taken, total = 0, 0
+    for start in range(0, len(order), SELECTION_CHUNK):
+        chunk = order[start : start + SELECTION_CHUNK]
+        cumulative = np.cumsum(np.asarray(lengths[chunk], dtype=np.int64)) + total
+        within = int(np.searchsorted(cumulative, budget, side="right"))
+        taken += within
+        if within < len(chunk):
+            break
+        total = int(cumulative[-1])
     return np.sort(order[:taken])
 
 
