@@ -146,7 +146,7 @@ def test_an_expert_without_languages_is_refused_when_written_and_read(tmp_path, 
         ([["en", "klingonese"]], "experts[0]: unknown language code 'klingonese': "),
         (
             [["EN", "iw", "he"]],
-            "experts[0] lists language he twice ('iw' and 'he'): list each language once",
+            "experts[0]: language he is given twice ('iw' and 'he'): give each language once",
         ),
     ],
 )
@@ -180,7 +180,7 @@ def test_an_allocation_is_written_with_normalised_codes(tmp_path: Path, capsys) 
     out.write_text(json.dumps(data))
     assert run(["cluster", "show", str(out)]) == 3
     assert capsys.readouterr().err == (
-        f"xelm: error: {out}: experts[0] lists language he twice ('he' and 'iw'): list each "
+        f"xelm: error: {out}: experts[0]: language he is given twice ('he' and 'iw'): give each "
         "language once\n"
     )
 
@@ -217,7 +217,10 @@ def test_language_shares_are_written_by_normalised_code_and_checked(tmp_path, ca
     }  # fmt: skip
     assert allocation.language_shares == {"en": [0.25, 0.75], "he": [1.0, 0.0]}
     refused = {
-        "twice": ({"he": [1.0, 0.0], "iw": [1.0, 0.0]}, "language_shares lists language he twice"),
+        "twice": (
+            {"he": [1.0, 0.0], "iw": [1.0, 0.0]},
+            "language_shares: language he is given twice",
+        ),
         "short": ({"en": [1.0]}, "language_shares['en'] has 1 values for 2 experts"),
         "unknown": ({"xyz": [1.0, 0.0]}, "language_shares: unknown language code 'xyz'"),
     }

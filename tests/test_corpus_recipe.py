@@ -30,8 +30,8 @@ def test_two_spellings_of_one_language_are_refused_naming_both(
     out = tmp_path / "shards"
     assert run(["data", "prepare", str(path), "--tokenizer", "unused", "-o", str(out)]) == 3
     assert capsys.readouterr().err == (
-        "xelm: error: recipe twice.json: entries 'he' and 'heb' are both language he; keep one "
-        "of them\n"
+        "xelm: error: recipe twice.json: language he is given twice ('he' and 'heb'): give each "
+        "language once\n"
     )
     assert not out.exists()
 

@@ -25,7 +25,7 @@ from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
 from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
 from xelm_cli.common.outputs import check_replaceable, json_format
 from xelm_cli.common.recognise import ALLOCATION_FORMAT, ALLOCATION_MANIFEST, what_path_is
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import distinct_languages
 
 FORMAT_NAME = ALLOCATION_FORMAT
 FORMAT_VERSION = "1.1.0"  # 1.1.0 added the optional member `provenance`
@@ -198,18 +198,9 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
     languages: list[list[str]] = []
     for i, expert in enumerate(experts):
         try:
-            codes = [normalize_language(x) for x in expert["languages"]]
+            languages.append(distinct_languages(expert["languages"]))
         except UsageError as exc:
             raise FormatError(f"experts[{i}]: {exc}") from None
-        given: dict[str, str] = {}
-        for code, raw in zip(codes, expert["languages"], strict=True):
-            if code in given:
-                raise FormatError(
-                    f"experts[{i}] lists language {code} twice ({short_repr(given[code])} and "
-                    f"{short_repr(raw)}): list each language once"
-                )
-            given[code] = raw
-        languages.append(codes)
     _language_shares(data)
     return languages
 
@@ -221,26 +212,17 @@ def _language_shares(data: dict[str, Any]) -> dict[str, list[float]] | None:
     shares = data.get("language_shares")
     if shares is None:
         return None
-    normalised: dict[str, list[float]] = {}
-    given: dict[str, str] = {}
+    try:
+        codes = distinct_languages(shares)
+    except UsageError as exc:
+        raise FormatError(f"language_shares: {exc}") from None
     for raw, row in shares.items():
-        try:
-            code = normalize_language(raw)
-        except UsageError as exc:
-            raise FormatError(f"language_shares: {exc}") from None
-        if code in given:
-            raise FormatError(
-                f"language_shares lists language {code} twice ({short_repr(given[code])} and "
-                f"{short_repr(raw)}): list each language once"
-            )
         if len(row) != len(data["experts"]):
             raise FormatError(
                 f"language_shares[{short_repr(raw)}] has {len(row)} values for "
                 f"{len(data['experts'])} experts: give one share per expert"
             )
-        given[code] = raw
-        normalised[code] = [float(share) for share in row]
-    return normalised
+    return {code: [float(x) for x in row] for code, row in zip(codes, shares.values(), strict=True)}
 
 
 def is_allocation(path: Path) -> bool:

@@ -19,7 +19,7 @@ from xelm_cli.bundle.manifest import schema_problems, spec_schema
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.data.sources import DatasetSource, FileSource, Source
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import distinct_languages, normalize_language
 
 FORMAT_NAME = "xelm-corpus-recipe"
 FORMAT_VERSION = "1.1.0"
@@ -105,20 +105,11 @@ def parse_recipe(data: dict[str, Any], name: str, base: Path | None) -> Recipe:
 def normalized_entries(entries: dict[str, Any], name: str) -> dict[str, Any]:
     """The recipe's entries by normalised language tag; two tags of one language (``he`` and
     ``heb``) are refused rather than one silently dropped."""
-    languages: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    for code, entry in entries.items():
-        try:
-            language = normalize_language(code)
-        except UsageError as exc:
-            raise FormatError(f"recipe {name}: {exc}") from None
-        if language in spelled:
-            raise FormatError(
-                f"recipe {name}: entries {spelled[language]!r} and {code!r} are both language "
-                f"{language}; keep one of them"
-            )
-        languages[language], spelled[language] = entry, code
-    return languages
+    try:
+        codes = distinct_languages(entries)
+    except UsageError as exc:
+        raise FormatError(f"recipe {name}: {exc}") from None
+    return dict(zip(codes, entries.values(), strict=True))
 
 
 def shipped_recipes() -> dict[str, Path]:

@@ -5,7 +5,7 @@ import functools
 import itertools
 import re
 import string
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import langcodes
 from langcodes.data_dicts import DEFAULT_SCRIPTS, LIKELY_SUBTAGS, MACROLANGUAGES
@@ -233,6 +233,22 @@ def _likely_scripts(language: str) -> frozenset[str]:
 def _manifest_tag() -> re.Pattern[str]:
     """The language tags a bundle manifest may hold (spec/bundle-v1.schema.json)."""
     return re.compile(bundle_schema()["$defs"]["language"]["pattern"])
+
+
+def distinct_languages(codes: Iterable[str]) -> list[str]:
+    """``codes`` normalised, in order, each language once: a :class:`UsageError` for an
+    unknown code, or for a language given twice, also under two of its codes (``iw`` and
+    ``he``), where silently keeping one would drop what the other said."""
+    given: dict[str, str] = {}
+    for raw in codes:
+        code = normalize_language(raw)
+        if code in given:
+            raise UsageError(
+                f"language {code} is given twice ({short_repr(given[code])} and "
+                f"{short_repr(raw)}): give each language once"
+            )
+        given[code] = raw
+    return list(given)
 
 
 def parse_language_list(text: str) -> list[str]:
