@@ -77,7 +77,7 @@ def test_stale_temporaries_of_the_target_are_removed(tmp_path: Path) -> None:
     mine = tmp_path / ".out.k3j_9x2a.partial"
     mine.mkdir()
     (mine / "half-written").write_bytes(b"x")
-    old = tmp_path / ".out.old.abcdefgh.partial"
+    old = tmp_path / ".out.aside-abcdefgh.partial"
     old.mkdir()
     other = tmp_path / ".out.b.abcdefgh.partial"  # a temporary of the target "out.b"
     other.mkdir()
@@ -155,7 +155,7 @@ def test_a_version_moved_aside_by_a_killed_writer_is_put_back(tmp_path: Path) ->
     """Without an atomic exchange --force moves the old version aside, then renames the new
     one in: a writer killed between the two leaves no ``out``, and the next writer of ``out``
     puts the old version back before anything else (here it then fails: the old one stays)."""
-    aside = tmp_path / ".out.old.abcdefgh.partial"
+    aside = tmp_path / ".out.aside-abcdefgh.partial"
     (aside / "x").mkdir(parents=True)
     (aside / "x" / "version").write_text("1")
     with pytest.raises(RuntimeError), atomic_directory(tmp_path / "out", overwrite=True):

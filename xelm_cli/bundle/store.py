@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from xelm_cli.bundle.manifest import (
     ROLES,
     FileEntry,
     Manifest,
+    bundle_schema,
     check_format_version,
     now_iso,
     schema_problems,
@@ -53,7 +55,7 @@ from xelm_cli.common.errors import (
     XelmError,
     exception_line,
 )
-from xelm_cli.common.jsonio import parse_json_object, pretty_json
+from xelm_cli.common.jsonio import parse_json_object, pretty_json, short_repr
 from xelm_cli.common.outputs import check_replaceable
 from xelm_cli.common.progress import transformers_bars_off
 from xelm_cli.common.recognise import ARCHIVE, HF_MODEL, SHARDS, TOKENIZER, what_path_is
@@ -535,13 +537,17 @@ class BundleWriter:
         # those shared with the parent (what makes branching O(1) in model size) and those
         # hashed as they were written (record_written).
         self._known: dict[str, tuple[FileEntry, tuple[int, int, int]]] = {}
+        self._linked: dict[str, verified.Relink] = {}  # the parent's files hard-linked here
         self._manifest: bytes | None = None  # xelm.json, once finish() has made it
 
     def inherit(self, parent: Bundle, names: Iterable[str]) -> None:
         for name in names:
-            target = self.directory / name
-            if link_or_copy(parent.path / name, target) == "hardlink":
-                self._known[name] = (parent.manifest.files[name], _stamp(target.stat()))
+            source, target = parent.path / name, self.directory / name
+            before = verified.signature(source.lstat())
+            if link_or_copy(source, target) == "hardlink":
+                after = target.lstat()
+                self._known[name] = (parent.manifest.files[name], _stamp(after))
+                self._linked[name] = (before, verified.signature(after))
 
     def record_written(self, entries: dict[str, FileEntry]) -> None:
         """Digests of files just written into the bundle, hashed as they were written
@@ -565,7 +571,9 @@ class BundleWriter:
         """Write ``model``'s config and safetensors weights, replacing any inherited ones."""
         self.remove(_written_by_save_model)
         with transformers_bars_off():
-            model.save_pretrained(self.directory, max_shard_size=MAX_SHARD_SIZE)
+            self._save_apart(
+                lambda folder: model.save_pretrained(folder, max_shard_size=MAX_SHARD_SIZE)
+            )
 
     def save_tokenizer(self, tokenizer: Any) -> None:
         self.remove(lambda n: n in TOKENIZER_FILES)
@@ -573,9 +581,25 @@ class BundleWriter:
             # several named templates: transformers would write the extra ones into a folder
             # (additional_chat_templates/), and a bundle holds only files: keep them all in
             # tokenizer_config.json, which every transformers version reads
-            tokenizer.save_pretrained(self.directory, save_jinja_files=False)
+            self._save_apart(
+                lambda folder: tokenizer.save_pretrained(folder, save_jinja_files=False)
+            )
         else:
-            tokenizer.save_pretrained(self.directory)
+            self._save_apart(tokenizer.save_pretrained)
+
+    def _save_apart(self, save: Callable[[Path], object]) -> None:
+        """Run ``save(folder)`` (a ``save_pretrained``) in a new empty folder, then move what it
+        wrote into the bundle. A rename replaces an inherited hard link; the save itself would
+        open the link for writing (transformers copies a model's own code over an existing
+        file) and so change the parent bundle's file."""
+        scratch = Path(tempfile.mkdtemp(prefix=".save.", dir=self.directory))
+        try:
+            save(scratch)
+            for produced in sorted(scratch.iterdir()):
+                os.replace(produced, self.directory / produced.name)
+                self._known.pop(produced.name, None)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def _file_entries(self, progress: Progress | None) -> dict[str, FileEntry]:
         entries = {}
@@ -671,6 +695,20 @@ def check_output(
     )
 
 
+def _manifest_name(name: str | None, out: Path) -> str:
+    """The new manifest's ``name``: ``name``, refused when longer than the format allows, or by
+    default the output folder's name cut to that length (a file system allows longer ones)."""
+    limit: int = bundle_schema()["properties"]["name"]["maxLength"]
+    if not name:
+        return out.name[:limit]
+    if len(name) > limit:
+        raise UsageError(
+            f"bundle name {short_repr(name)} has {len(name)} characters; "
+            f"a bundle's name has at most {limit} characters"
+        )
+    return name
+
+
 @contextlib.contextmanager
 def write_bundle(
     out: str | Path,
@@ -700,8 +738,9 @@ def write_bundle(
     system a link would be a copy) and continues its lineage, and its ``framing`` unless one is
     given, but not its allocation reference (pass ``allocation=parent.manifest.allocation`` to
     keep it: a merge or an MoE built from experts is no expert of theirs). ``languages`` are
-    stored normalised (``tur`` as ``tr``), without repeats. On any
-    exception nothing is left at ``out``.
+    stored normalised (``tur`` as ``tr``), without repeats. The manifest's name is ``name``
+    (refused before anything is written when longer than the format allows) or ``out``'s folder
+    name cut to that length. On any exception nothing is left at ``out``.
 
     ``out`` is refused as :func:`check_output` says, with the parent as an input; commands
     call :func:`check_output` with all their inputs themselves, before they read them.
@@ -711,6 +750,7 @@ def write_bundle(
     out = Path(out)
     sources = [parent.path] if parent is not None else []
     check_output(out, overwrite=overwrite, inputs=sources)
+    manifest_name = _manifest_name(name, out)
     languages = list(dict.fromkeys(normalize_language(code) for code in languages))
     lineage = [*(parent.manifest.lineage if parent else []), {**step, "at": now_iso()}]
     writer: BundleWriter | None = None
@@ -734,12 +774,12 @@ def write_bundle(
             role=role,
             languages=languages,
             lineage=lineage,
-            name=name or out.name,
+            name=manifest_name,
             allocation=allocation,
             training=training,
             progress=progress,
             framing=framing.record() if framing else parent.manifest.framing if parent else None,
         )
     if parent is not None:
-        verified.relinked(parent.digest, parent.path)
+        verified.relinked(parent.digest, parent.path, writer._linked)
     writer.result = Bundle.open(out, verify=False)

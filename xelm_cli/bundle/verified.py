@@ -4,8 +4,9 @@ After a bundle's files matched their manifest's digests, each file's stat signat
 inode, size, modification and change times in nanoseconds) is stored under the bundle's digest
 and path. A later load whose files all still have the stored signatures skips hashing. Any
 rewrite, replacement, chmod or link changes the signature (the change time cannot be set from
-user space), so such a file is hashed again. Bit rot below the file system does not change a
-signature: ``xelm bundle verify`` always hashes everything.
+user space), so such a file is hashed again; only a writer's own hard link to a file that was
+still as remembered right before it is carried over (``relinked``). Bit rot below the file
+system does not change a signature: ``xelm bundle verify`` always hashes everything.
 
 A file modified within a second of being hashed could keep its timestamps, so such "racy"
 files are not remembered (git handles its index the same way). The cache lives in
@@ -29,6 +30,7 @@ RACY_NS = 1_000_000_000
 MAX_ENTRY_BYTES = 1 << 20
 
 Signature = tuple[int, int, int, int, int]
+Relink = tuple[Signature, Signature]  # a file's signature right before a new hard link, and after
 
 
 def signature(info: os.stat_result) -> Signature:
@@ -92,20 +94,21 @@ def remember(
         _store(bundle_digest, bundle_path, keep)
 
 
-def relinked(bundle_digest: str, bundle_path: Path) -> None:
+def relinked(bundle_digest: str, bundle_path: Path, links: dict[str, Relink]) -> None:
     """After hard-linking a verified bundle's files (branching), keep them remembered.
 
-    A new link changes only the change time of the shared inode; contents and modification
-    times were just verified, so the new change times are recorded instead of forcing every
-    later load of the parent to hash it again.
+    ``links`` holds the signatures of each file this process linked, taken right before and
+    right after the link. A link moves only the change time, so a file whose signature right
+    before it was the remembered one is remembered with its signature right after it. Nothing
+    else is carried over: a file rewritten in place with its size and modification time kept
+    (at any time during a training run) moved its change time too, and is hashed again.
     """
     old = remembered(bundle_digest, bundle_path)
-    new = {}
-    for name, sig in old.items():
-        with contextlib.suppress(OSError):
-            current = signature((bundle_path / name).lstat())
-            new[name] = current if current[:4] == sig[:4] else sig
-    if new and new != old:
+    new = dict(old)
+    for name, (before, after) in links.items():
+        if old.get(name) == before and after[:4] == before[:4]:
+            new[name] = after
+    if new != old:
         _store(bundle_digest, bundle_path, new)
 
 

@@ -10,8 +10,9 @@ was killed before the new one took its place).
 
 One writer per target: a writer holds an advisory lock on a sibling ``.NAME.lock`` file while
 it builds the target, so a second process writing the same path fails at once with one line
-instead of racing it. Holding the lock also proves that any ``.NAME.*.partial`` temporary
-beside the target belongs to a writer that died, so it is removed.
+instead of racing it. Holding the lock also proves that any temporary of the target beside it
+(``.NAME.XXXXXXXX.partial``, ``.NAME.aside-XXXXXXXX.partial``) belongs to a writer that died,
+so it is removed.
 """
 
 import contextlib
@@ -31,14 +32,15 @@ PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 _held_locks: dict[Path, int] = {}  # lock file -> depth: re-entrant within one process
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from <fcntl.h> and <linux/fs.h>
-_ASIDE = "x"  # the name of a replaced version inside its .NAME.old.*.partial directory
+_ASIDE = "x"  # the name of a replaced version inside its .NAME.aside-*.partial directory
+_ASIDE_MARK = "aside-"  # tempfile's random characters are never "-" nor ".": see _temporary_name
 
 
-def _make_sibling_temp(target: Path, make_dir: bool) -> Path:
+def _make_sibling_temp(target: Path, make_dir: bool, mark: str = "") -> Path:
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        prefix, suffix = f".{target.name}.", PARTIAL_SUFFIX
+        prefix, suffix = f".{target.name}.{mark}", PARTIAL_SUFFIX
         if make_dir:
             return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
         fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=parent)
@@ -95,10 +97,13 @@ def _open_locked(lock: Path, target: Path) -> int:
         os.close(fd)
 
 
-def _temporary_name(target_name: str) -> str:
+def _temporary_name(target_name: str, mark: str = f"(?:{_ASIDE_MARK})?") -> str:
     """A regex for the names ``_make_sibling_temp`` gives the temporaries of a target whose
-    name matches the regex ``target_name`` (tempfile adds 8 random characters)."""
-    return rf"\.{target_name}\.(?:old\.)?[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
+    name matches the regex ``target_name``: ``.NAME.XXXXXXXX.partial`` and, for a replaced
+    version moved aside, ``.NAME.aside-XXXXXXXX.partial``. The 8 random characters from
+    tempfile hold no "-" or ".", so no temporary of one target has a name of another's: a
+    writer's clean-up never takes a concurrent writer's temporary of another target."""
+    return rf"\.{target_name}\.{mark}[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
 
 
 _ANY_TEMPORARY = re.compile(rf"/{_temporary_name('([^/]+?)')}(?=/|$)")
@@ -112,7 +117,12 @@ def shown_as_output(path: str) -> str:
 def _remove_stale_temporaries(target: Path) -> None:
     """Temporaries of ``target`` left by a writer that was killed (we hold its lock now); a
     previous version it had moved aside (two renames, without an atomic exchange) and not yet
-    replaced goes back to ``target``."""
+    replaced goes back to ``target``.
+
+    Earlier versions moved a replaced version aside into ``.NAME.old.XXXXXXXX.partial``: the
+    name of a temporary of the target ``NAME.old``, whose writer (holding another lock) may be
+    running. Nothing tells the two apart, so such a folder is neither restored nor removed
+    here; a writer of ``NAME.old`` takes it for one of its own."""
     _restore_moved_aside(target)
     stale = re.compile(_temporary_name(re.escape(target.name)))
     with contextlib.suppress(OSError):
@@ -133,9 +143,7 @@ def _remove(path: Path) -> None:
 def _restore_moved_aside(target: Path) -> None:
     if target.exists() or target.is_symlink():
         return
-    aside = re.compile(
-        rf"\.{re.escape(target.name)}\.old\.[A-Za-z0-9_]{{8}}{re.escape(PARTIAL_SUFFIX)}"
-    )
+    aside = re.compile(_temporary_name(re.escape(target.name), _ASIDE_MARK))
     with contextlib.suppress(OSError):
         for child in target.parent.iterdir():
             if aside.fullmatch(child.name) and (child / _ASIDE).exists():
@@ -292,7 +300,7 @@ def _replace(tmp: Path, target: Path) -> None:
     else:
         # a kill between the renames leaves the old version aside, and the next writer of
         # target puts it back (_restore_moved_aside)
-        old = _make_sibling_temp(target.with_name(target.name + ".old"), make_dir=True)
+        old = _make_sibling_temp(target, make_dir=True, mark=_ASIDE_MARK)
         os.rename(target, old / _ASIDE)
         os.rename(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
