@@ -11,7 +11,12 @@ manifest lists, with the manifest's size; it is hashed while it is written into 
 directory that is renamed into place only after every size and digest has matched (with
 ``xelm.json`` written last, so a killed unpack leaves no folder with a manifest). Decompressed
 bytes are counted as they are read, so a decompression bomb stops at the sizes the manifest
-declares (plus header room) instead of filling memory or disk.
+declares (plus header room) instead of filling memory or disk. After tar's end-of-archive
+blocks only zero bytes (its record padding) may follow: anything else is refused.
+
+Both ways, the bundle must keep the rules ``xelm bundle verify`` checks besides the digests: the
+manifest's (spec 7.2), before anything is packed or extracted, and the fingerprints, once the
+files are known to be the manifest's.
 """
 
 import contextlib
@@ -23,16 +28,23 @@ import re
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, Self, cast
 
 import zstandard
 
-from xelm_cli.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest, check_format_version
-from xelm_cli.bundle.store import Bundle, check_output
+from xelm_cli.bundle.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    check_format_version,
+    first_of,
+)
+from xelm_cli.bundle.store import Bundle, check_output, rule_problems
 from xelm_cli.common.atomic import atomic_file, sealed_directory, write_last
 from xelm_cli.common.digest import PREFIX, sha256_bytes
 from xelm_cli.common.errors import (
     ArchiveError,
+    FormatError,
     IntegrityError,
     UsageError,
     XelmError,
@@ -45,11 +57,15 @@ from xelm_cli.common.outputs import (
     refuse_inside_bundle,
     resolved_output,
 )
-from xelm_cli.common.recognise import ARCHIVE_SUFFIX
+from xelm_cli.common.recognise import (
+    ARCHIVE_SUFFIX,
+    ZSTD_MAGIC,
+    is_bundle_archive,
+    what_path_is,
+)
 
 Progress = Callable[[int], None]
 
-ZSTD_MAGIC = zstandard.FRAME_HEADER  # the first bytes of a zstd frame: of every archive
 MAX_MANIFEST_SIZE = 16 << 20
 CHUNK = 1 << 20
 # zstd output is identical for every worker count >= 1 (though not for 0, the single-threaded
@@ -60,6 +76,12 @@ ZSTD_THREADS = -1
 # and record padding; then one read-ahead buffer of the tar reader.
 _MEMBER_OVERHEAD = 8 << 10
 _TRAILER_OVERHEAD = (64 << 10) + CHUNK
+
+_REPACK = "refusing the archive: pack it again from a bundle that passes `xelm bundle verify`"
+_TRAILING_DATA = (
+    "trailing data after the archive ({}); refusing the archive: unpack the file as "
+    "`xelm bundle pack` wrote it"
+)
 
 _TYPE_NAMES = {
     tarfile.SYMTYPE: "a symbolic link",
@@ -107,15 +129,19 @@ def pack_bundle(
 
     Every file is hashed as it is packed and a digest that does not match the manifest aborts
     (IntegrityError) with nothing written, so a corrupted bundle is never packed and the bundle
-    is read once. ``progress(n)`` receives the bytes of bundle files read (Bundle.size in all).
+    is read once; so does a false fingerprint (IntegrityError) or a manifest that breaks the
+    spec's rules (FormatError): what ``xelm bundle verify`` rejects is not packed.
+    ``progress(n)`` receives the bytes of bundle files read (Bundle.size in all).
     Raises UsageError for a bad level or an existing ``out`` without ``overwrite``; with it,
-    for anything at ``out`` but an archive (a folder, other files: never replaced).
+    for anything at ``out`` but a bundle archive (a folder, other files, a zstd file that is no
+    bundle archive: never replaced).
     """
     if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
         raise UsageError(
             f"compression level {level} is not between 1 and {zstandard.MAX_COMPRESSION_LEVEL}"
         )
     bundle = Bundle.open(bundle_dir, verify=False)  # layout and sizes; digests while packing
+    _refuse_broken_rules(bundle)
     target, source = resolved_output(out), bundle.path.resolve()
     refuse_inside_bundle(out, "an archive")  # this bundle or any other
     if _overlap(target, source):
@@ -123,11 +149,12 @@ def pack_bundle(
             f"{out}: the archive would replace the bundle {bundle.path} (or a folder holding "
             "it); write it somewhere else"
         )
+    _refuse_other_file(out)
     check_replaceable(  # an archive replaces only an archive: never a folder, nor other files
         out,
         overwrite=overwrite,
         inputs=[bundle.path],
-        own=lambda path: has_magic(path, ZSTD_MAGIC),
+        own=lambda path: not path.is_symlink() and is_bundle_archive(path),
         kind="an archive",
         folder=False,
         what="an archive",
@@ -142,7 +169,45 @@ def pack_bundle(
         compressor.stream_writer(raw, closefd=False) as stream,
     ):
         _write_tar(stream, bundle, manifest_raw, progress)
+        _refuse_false_fingerprints(bundle)  # now that the files matched their digests
     return Path(os.path.abspath(out))
+
+
+def _refuse_broken_rules(bundle: Bundle) -> None:
+    """Refuse a bundle whose manifest breaks the spec's rules (spec 7.2: a pickle file, a
+    lineage that does not start with its one ``init`` step, ...)."""
+    problems = rule_problems(bundle.manifest.raw)
+    if problems:
+        raise FormatError(
+            f"{bundle.path}: {first_of(problems)}; not packed: run `xelm bundle verify "
+            f"{bundle.path}`"
+        )
+
+
+def _refuse_false_fingerprints(bundle: Bundle) -> None:
+    problems = bundle.fingerprint_problems()
+    if problems:
+        raise IntegrityError(
+            f"{bundle.path}: {first_of(problems)}; not packed: run `xelm bundle verify "
+            f"{bundle.path}`"
+        )
+
+
+def _refuse_other_file(out: Path) -> None:
+    """Refuse an existing file at ``out`` that is no bundle archive (a compressed corpus, a
+    manifest), saying what it is: ``--force`` never replaces it, so no hint to pass it."""
+    target = resolved_output(out)
+    if target.is_symlink() or not target.is_file() or is_bundle_archive(target):
+        return  # check_replaceable refuses links and folders
+    try:
+        zstd = has_magic(target, ZSTD_MAGIC)
+    except OSError:
+        zstd = False
+    what = what_path_is(target) or ("zstd data" if zstd else "a file")
+    raise UsageError(
+        f"{out} is {what}, not a bundle archive; --force replaces only an archive: write the "
+        "archive somewhere else, or remove that file first"
+    )
 
 
 def _write_tar(
@@ -241,11 +306,13 @@ def unpack_bundle(
     Raises ArchiveError (one line naming the member) for anything unsafe or malformed: a member
     that is not a regular file, an unsafe or unlisted or duplicate name, a size or sha256 that
     differs from the manifest, ``xelm.json`` not first or over 16 MiB, more than ``max_bytes`` in
-    all, a truncated or corrupt stream; FormatError for a manifest of an unknown version or that
-    breaks the schema; UsageError for a missing archive or an ``out`` that bundle writers may
-    not write (store.check_output: an existing one without ``overwrite``; with it, anything
-    but a bundle or an empty folder). On any error nothing is left at ``out``. ``progress(n)``
-    receives the compressed bytes read (the archive's file size in all).
+    all, a truncated or corrupt stream, anything but zero bytes after the end of the tar stream,
+    a manifest that breaks the spec's rules (spec 7.2, before anything is extracted), files
+    whose fingerprints are not the manifest's; FormatError for a manifest of an unknown version
+    or that breaks the schema; UsageError for a missing archive or an ``out`` that bundle
+    writers may not write (store.check_output: an existing one without ``overwrite``; with it,
+    anything but a bundle or an empty folder). On any error nothing is left at ``out``.
+    ``progress(n)`` receives the compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
     check_archive(archive)
@@ -317,8 +384,9 @@ def _overlap(output: Path, kept: Path) -> bool:
 
 
 def _open_unpacked(tmp: Path, manifest: Manifest, raw: bytes | None, label: str) -> Bundle:
-    """The core's own checks (sizes, listing), before the manifest is written and the folder
-    renamed. Digests were checked while extracting, so files are not hashed again.
+    """The core's own checks (sizes, listing) and the fingerprints, before the manifest is
+    written and the folder renamed. Digests were checked while extracting, so files are not
+    hashed again.
     """
     assert raw is not None
     bundle = Bundle(tmp, manifest, sha256_bytes(raw))
@@ -327,6 +395,11 @@ def _open_unpacked(tmp: Path, manifest: Manifest, raw: bytes | None, label: str)
     except XelmError as exc:
         detail = str(exc).removeprefix(f"{tmp}: ").split("; run `")[0]
         raise ArchiveError(f"{label}: the unpacked bundle does not verify: {detail}") from None
+    problems = bundle.fingerprint_problems()
+    if problems:
+        raise ArchiveError(
+            f"{label}: the unpacked bundle does not verify: {first_of(problems)}; {_REPACK}"
+        )
     return bundle
 
 
@@ -347,16 +420,17 @@ class _LimitedReader:
         self.f, self.label = f, label
         self.limit = MAX_MANIFEST_SIZE + _MEMBER_OVERHEAD + _TRAILER_OVERHEAD
         self.count = 0
+        self.past_limit = (
+            "archive expands beyond the sizes its manifest declares (corrupt, or a "
+            "decompression bomb)"
+        )
 
     def read(self, n: int = -1) -> bytes:
         with _archive_errors(self.label):
             data: bytes = self.f.read(n if n >= 0 else CHUNK)
         self.count += len(data)
         if self.count > self.limit:
-            raise ArchiveError(
-                f"{self.label}: archive expands beyond the sizes its manifest "
-                f"declares (corrupt, or a decompression bomb)"
-            )
+            raise ArchiveError(f"{self.label}: {self.past_limit}")
         return data
 
 
@@ -390,6 +464,21 @@ def _show(name: str) -> str:
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile takes a header block that fails its checksum or is cut short, after the first
+    member, for the end of the archive; here it is corrupt data, so that only zero blocks (or
+    the end of the stream) end the member list and nothing else passes for the end."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.HeaderError as exc:
+            if buf.count(0) == len(buf):  # none, or zeros (perhaps cut short): the end
+                raise
+            raise tarfile.ReadError(f"{exc}: not a tar header") from None
+
+
 class _Extractor:
     """One pass over the tar stream, checking every member before writing it."""
 
@@ -406,12 +495,19 @@ class _Extractor:
         ``manifest_raw``; returns the manifest."""
         with _archive_errors(self.label):
             stream = cast(IO[bytes], self.reader)
-            tar = tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)  # noqa: SIM115
+            tar = tarfile.open(  # noqa: SIM115
+                fileobj=stream, mode="r|", bufsize=CHUNK, tarinfo=_StrictTarInfo
+            )
         with tar:  # closing a stream-mode reader leaves self.reader open
             manifest = self.extract_manifest(tar)
             while (member := self.next_member(tar)) is not None:
                 entry = self.check_member(member, manifest)
                 self.extract_file(tar, member, entry)
+            self.refuse_missing(manifest)
+            self.refuse_trailing_data(tar)
+        return manifest
+
+    def refuse_missing(self, manifest: Manifest) -> None:
         missing = sorted(set(manifest.files) - self.seen)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -419,8 +515,6 @@ class _Extractor:
                 f"archive ends before member {_show(missing[0])}{more}: "
                 f"truncated, corrupt or incomplete"
             )
-        self.drain()
-        return manifest
 
     def next_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo | None:
         with _archive_errors(self.label):
@@ -485,6 +579,12 @@ class _Extractor:
                 f"{MANIFEST_NAME} was edited after it was written "
                 f"(content_digest differs); refusing the archive"
             )
+        problems = rule_problems(data)
+        if problems:
+            raise self.fail(
+                f"the bundle in it does not verify: {MANIFEST_NAME}: {first_of(problems)}; "
+                f"{_REPACK}"
+            )
         return manifest
 
     def check_member(self, member: tarfile.TarInfo, manifest: Manifest) -> FileEntry:
@@ -537,7 +637,12 @@ class _Extractor:
             os.fchmod(f.fileno(), 0o444)  # bundles are immutable by convention
         return PREFIX + h.hexdigest()
 
-    def drain(self) -> None:
-        """Read to the end of the stream, so zstd checks its frame checksum."""
-        while self.reader.read(CHUNK):
-            pass
+    def refuse_trailing_data(self, tar: tarfile.TarFile) -> None:
+        """Read to the end of the stream (so zstd checks its frame checksums), through the tar
+        reader's stream, which holds what it read ahead: past the end-of-archive block only zero
+        bytes (tar's padding to a whole record) may follow, as ``xelm bundle pack`` writes."""
+        self.reader.past_limit = _TRAILING_DATA.format("more zero bytes than tar pads with")
+        rest = cast(IO[bytes], tar.fileobj)
+        while chunk := rest.read(CHUNK):
+            if chunk.count(0) != len(chunk):
+                raise self.fail(_TRAILING_DATA.format("other data appended to it"))

@@ -2,13 +2,16 @@
 
 Each manifest's lineage lists the steps from the first bundle of its line to itself; step i's
 first parent is the bundle step i-1 produced. Ancestors that are not in the set still appear
-(by id and digest) so that two experts branched from one seed show a common root.
+(by id and digest) so that two experts branched from one seed show a common root. A manifest
+that breaks the spec's rules (a second ``init`` step has no parent to follow) is refused.
 """
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from xelm_cli.bundle.store import Bundle
+from xelm_cli.bundle.manifest import first_of
+from xelm_cli.bundle.store import Bundle, rule_problems
+from xelm_cli.common.errors import FormatError
 
 UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without training
 # the relation of a parent known only by reference (a merge's parents after the first, not in
@@ -16,9 +19,21 @@ UNTRAINED = ("branch", "hmr-branch")  # lineage steps that copy weights without 
 UNKNOWN_RELATION = "unknown"
 
 
+def lineage_steps(bundle: Bundle) -> list[dict[str, Any]]:
+    """The bundle's lineage, refused in one line (FormatError) when its manifest breaks the
+    spec's rules: ``Bundle.read`` checks only the schema, which lets a later step be an
+    ``init`` without parents, and such a lineage is no chain to follow."""
+    problems = rule_problems(bundle.manifest.raw)
+    if problems:
+        raise FormatError(
+            f"{bundle.path}: {first_of(problems)}; run `xelm bundle verify {bundle.path}`"
+        )
+    return bundle.manifest.lineage
+
+
 def ancestors(bundle: Bundle) -> set[str]:
     """Digests of the bundles on this bundle's line: step i's first parent for every i >= 1."""
-    return {step["parents"][0]["digest"] for step in bundle.manifest.lineage[1:]}
+    return {step["parents"][0]["digest"] for step in lineage_steps(bundle)[1:]}
 
 
 @dataclass
@@ -38,10 +53,11 @@ class Node:
 
 
 def lineage_graph(bundles: list[Bundle]) -> dict[str, Node]:
-    """Nodes by digest, each with the digests of its parents."""
+    """Nodes by digest, each with the digests of its parents (FormatError, in one line, for a
+    bundle whose manifest breaks the spec's rules: :func:`lineage_steps`)."""
     nodes: dict[str, Node] = {}
     for bundle in bundles:
-        steps = bundle.manifest.lineage
+        steps = lineage_steps(bundle)
         for i in range(1, len(steps)):
             # the bundle step i-1 produced is step i's first parent
             ref = steps[i]["parents"][0]
@@ -65,7 +81,28 @@ def lineage_graph(bundles: list[Bundle]) -> dict[str, Node]:
 
 
 def roots(nodes: dict[str, Node]) -> list[Node]:
-    return [n for n in nodes.values() if not any(p in nodes for p in n.parents)]
+    """Nodes without a parent in ``nodes``, then, so that every node is below one, a node of
+    each part of the graph they do not reach: a cycle of parents, which only manifests that
+    name a false parent digest can make (digests cannot point back at their children)."""
+    found = [n for n in nodes.values() if not any(p in nodes for p in n.parents)]
+    kids, reached = children(nodes), set[str]()
+    for root in found:
+        _reach(root, kids, reached)
+    for node in nodes.values():
+        if node.digest not in reached:
+            found.append(node)
+            _reach(node, kids, reached)
+    return found
+
+
+def _reach(start: Node, kids: dict[str, list[Node]], reached: set[str]) -> None:
+    """Add to ``reached`` the digests of ``start`` and every node below it."""
+    todo = [start]
+    while todo:
+        node = todo.pop()
+        if node.digest not in reached:
+            reached.add(node.digest)
+            todo += kids[node.digest]
 
 
 def children(nodes: dict[str, Node]) -> dict[str, list[Node]]:

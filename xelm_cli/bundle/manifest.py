@@ -26,7 +26,6 @@ FORMAT_VERSION = "1.3.0"  # 1.1: `framing`; 1.2: `allocation.provenance`; 1.3: `
 MANIFEST_NAME = BUNDLE_MANIFEST
 CARD_NAME = "README.md"
 ROLES = ("seed", "expert", "dense")
-RELATIONS = ("init", "branch", "train", "hmr-branch", "average")
 _MAJOR = re.compile(r"[0-9]{1,9}(\.|\Z)")  # ASCII digits only, and few enough for int()
 
 
@@ -57,6 +56,12 @@ def check_format_version(data: dict[str, Any], what: str = "bundle") -> None:
             f"{what}: bundle format version {one_line(version, 40)} is not supported by this xelm "
             f"(reads {supported}.x); upgrade xelm to read it"
         )
+
+
+def first_of(problems: list[str]) -> str:
+    """The first of ``problems`` for a one-line message, saying how many more there are."""
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
 
 
 def schema_problems(
@@ -151,8 +156,7 @@ class Manifest:
         check_format_version(data, what)
         problems = schema_problems(data)
         if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise FormatError(f"{what}: {problems[0]}{more}")
+            raise FormatError(f"{what}: {first_of(problems)}")
         return cls(
             id=data["id"],
             role=data["role"],

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.fingerprint import is_weight_file
+from xelm_cli.bundle.lineage import lineage_steps
 from xelm_cli.bundle.store import Bundle, Progress, check_output, check_role, write_bundle
 from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
 from xelm_cli.cluster.allocation import Allocation, read_allocation
@@ -30,7 +31,7 @@ def expert_paths(experts: str | Path | Sequence[str | Path]) -> list[Path]:
 
 def seed_of(bundle: Bundle) -> dict[str, str]:
     """The ``{id, digest}`` of the first bundle of this bundle's line (its lineage root)."""
-    steps = bundle.manifest.lineage
+    steps = lineage_steps(bundle)  # refused in one line when step 1 is a second init
     return dict(steps[1]["parents"][0]) if len(steps) > 1 else bundle.ref
 
 

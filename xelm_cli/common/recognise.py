@@ -1,9 +1,12 @@
 """What a path given in the wrong place is, where xelm can tell: what xelm writes, known by its
 manifest (whose file names and ``format`` values spec/bundle-v1.md, spec/shards-v1.md and
-spec/allocation-v1.md fix, and which the modules of each format take from here) or by its
-archive suffix, and the Hugging Face folders users mistake for those. A refusal names what the
-path is (:func:`what_path_is`) and then adds its own way out."""
+spec/allocation-v1.md fix, and which the modules of each format take from here) or, for an
+archive, by its first member, and the Hugging Face folders users mistake for those. A refusal
+names what the path is (:func:`what_path_is`) and then adds its own way out."""
 
+import io
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 from xelm_cli.common.outputs import BUNDLE_MANIFEST, json_format
@@ -31,6 +34,38 @@ _MANIFESTS = {  # by the format of a manifest given by itself
 }
 _MANIFEST_BYTES = 1 << 20  # a larger .json file is no manifest of xelm's (a corpus, perhaps)
 _TOKENIZER_MARKS = ("tokenizer_config.json", "tokenizer.json")
+_ARCHIVE_HEAD = 4 << 10  # decompressed bytes enough for the first member's headers (pax too)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # the first bytes of a zstd frame (zstandard.FRAME_HEADER)
+# what a tar or zstd reader raises on data that is not what it reads
+_UNREADABLE = (OSError, EOFError, ValueError, LookupError, OverflowError, tarfile.TarError)
+
+
+def is_bundle_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a file of zstd data that decompresses to a tar stream whose first
+    member is ``xelm.json``, as ``xelm bundle pack`` writes it: a bundle archive, not any zstd
+    file (a compressed corpus). Only its first few KiB are decompressed."""
+    import zstandard  # only here: every command imports this module
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(ZSTD_MAGIC)) != ZSTD_MAGIC:
+                return False
+            f.seek(0)
+            head = _read_up_to(zstandard.ZstdDecompressor().stream_reader(f).read, _ARCHIVE_HEAD)
+        with tarfile.open(fileobj=io.BytesIO(head), mode="r|") as tar:
+            first = tar.next()
+    except (*_UNREADABLE, zstandard.ZstdError):
+        return False
+    return first is not None and first.isreg() and first.name == BUNDLE_MANIFEST
+
+
+def _read_up_to(read: Callable[[int], bytes], size: int) -> bytes:
+    """``size`` bytes from a stream's ``read``, fewer only at its end."""
+    chunks, left = [], size
+    while left and (chunk := read(left)):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def made_by_xelm(path: str | Path) -> str | None:
@@ -41,7 +76,7 @@ def made_by_xelm(path: str | Path) -> str | None:
     try:
         if path.is_dir():
             return next((what for name, what in _FOLDERS if (path / name).is_file()), None)
-        if path.name.endswith(ARCHIVE_SUFFIX) and path.is_file():
+        if path.is_file() and is_bundle_archive(path):
             return ARCHIVE
         if path.suffix != ".json" or not path.is_file() or path.stat().st_size > _MANIFEST_BYTES:
             return None
