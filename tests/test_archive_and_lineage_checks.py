@@ -19,7 +19,7 @@ from cli_helpers import xelm
 from xelm_cli.bundle import archive as archive_mod
 from xelm_cli.bundle import manifest as manifest_mod
 from xelm_cli.bundle.archive import pack_bundle, unpack_bundle
-from xelm_cli.bundle.lineage import ancestors, lineage_graph, roots
+from xelm_cli.bundle.lineage import Node, ancestors, roots
 from xelm_cli.bundle.manifest import MANIFEST_NAME, bundle_schema, content_digest
 from xelm_cli.bundle.store import Bundle, verify_bundle
 from xelm_cli.common.errors import ArchiveError, FormatError, IntegrityError, UsageError
@@ -208,15 +208,31 @@ def test_a_second_init_step_is_refused_where_lineage_is_walked(
     assert not target.exists()
 
 
-def test_a_lineage_whose_steps_form_a_cycle_still_shows_its_bundle(
+def test_a_lineage_whose_steps_name_one_parent_twice_is_refused(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, tmp_path: Path
 ) -> None:
+    """Every step makes another bundle: two steps with one first parent would make the bundle
+    its own ancestor (was verified, and hidden by `bundle lineage`)."""
     bundle = _edited(seed_bundle, tmp_path / "cycle", _cycle)
-    nodes = lineage_graph([Bundle.read(bundle)])
-    shown = {node.digest for root in roots(nodes) for node in _below(root, nodes)}
-    assert Bundle.read(bundle).digest in shown
+    assert verify_bundle(bundle) == [
+        "lineage/2: its first parent is lineage/1's too; every step makes another bundle (spec 3.2)"
+    ]
     code, out, err = xelm(capsys, "bundle", "lineage", bundle)
-    assert code == 0 and Bundle.read(bundle).digest.removeprefix("sha256:")[:12] in out, err
+    assert code == 3 and "lineage/2: its first parent is lineage/1's too" in err, out
+
+
+def test_roots_reach_every_node_of_a_graph_with_a_cycle() -> None:
+    """No manifest that verifies makes one, but a bundle is never dropped from the tree."""
+    nodes = {
+        "a": Node("a", "a", "train", parents=["b"]),
+        "b": Node("b", "b", "train", parents=["a"]),
+        "s": Node("s", "s", "init"),
+        "c": Node("c", "c", "branch", parents=["s"]),
+    }
+    found = roots(nodes)
+    assert [node.digest for node in found][:1] == ["s"]
+    shown = {node.digest for root in found for node in _below(root, nodes)}
+    assert shown == set(nodes)
 
 
 def _below(root: Any, nodes: dict[str, Any]) -> list[Any]:

@@ -441,8 +441,14 @@ def rule_problems(data: dict[str, Any]) -> list[str]:
             )
     if CARD_NAME not in files:
         problems.append(f"files: {CARD_NAME}, the model card, is not listed (spec 6)")
+    first_parents: dict[str, int] = {}  # step i's first parent is what step i-1 made
     for i, step in enumerate(data["lineage"]):
         relation, parents = step["relation"], step["parents"]
+        if parents and (j := first_parents.setdefault(parents[0]["digest"], i)) != i:
+            problems.append(
+                f"lineage/{i}: its first parent is lineage/{j}'s too; every step makes "
+                "another bundle (spec 3.2)"
+            )
         if i == 0 and relation != "init":
             problems.append(f"lineage/0: the first step is {relation!r}, not 'init' (spec 3.2)")
         elif i > 0 and relation == "init":
