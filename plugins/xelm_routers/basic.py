@@ -72,10 +72,15 @@ class FixedRouter(PreRouter):
             raise UsageError("fixed router weights must not all be zero")
         self.weights: Weights = values / total
 
-    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+    def check_experts(self, experts: Sequence[ExpertInfo]) -> None:
+        """Weights of another length than the ensemble's experts, refused when it is built
+        (``xelm ensemble create`` would otherwise record a file every eval refuses)."""
         if len(self.weights) != len(experts):
             raise UsageError(
                 f"the fixed router has {len(self.weights)} weights but the ensemble "
                 f"has {len(experts)} experts: give one weight per expert"
             )
+
+    def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
+        self.check_experts(experts)
         return np.tile(self.weights, (len(documents), 1))

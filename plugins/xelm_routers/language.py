@@ -59,6 +59,20 @@ def _check_fallback_router(fallback: str) -> None:
         ) from None
 
 
+def _nearest_covered(language: str, covered: list[str]) -> str:
+    """The covered language typologically nearest ``language``; where lang2vec cannot place
+    it, refused naming this router's ways out (not the feature-set flag of ``xelm lang``)."""
+    try:
+        return rank_donors(language, covered)[0][0]
+    except UsageError as exc:
+        cause = str(exc).partition(": ")[0]  # its way out is xelm lang's, not the ensemble's
+        raise UsageError(
+            f"the typology fallback cannot place {language!r}: {cause}; weigh it with "
+            "--router-arg fallback=posterior (or another fallback router, e.g. uniform), or "
+            "leave it out with --langs"
+        ) from None
+
+
 class LanguageRouter(PreRouter):
     """Top-1 by language: each document goes to the first expert covering its language.
 
@@ -103,7 +117,7 @@ class LanguageRouter(PreRouter):
             return broader
         if self.typology_fallback:
             if language not in self._nearest:
-                self._nearest[language] = rank_donors(language, covered)[0][0]
+                self._nearest[language] = _nearest_covered(language, covered)
             return self._nearest[language]
         return None
 
@@ -190,12 +204,25 @@ class OracleRouter(PreRouter):
         table = self.options.table or {}
         self.table = {normalize_language(k): v for k, v in table.items()}
 
+    def check_experts(self, experts: Sequence[ExpertInfo]) -> None:
+        """A table naming an expert that is not in the ensemble, refused when it is built
+        (``xelm ensemble create`` would otherwise record a file every eval refuses)."""
+        ids = {expert.id for expert in experts}
+        for language, expert in self.table.items():
+            if expert not in ids:
+                raise UsageError(
+                    f"the oracle router's expert {expert} for {language!r} is not in the "
+                    "ensemble: calibrate it on these experts (xelm ensemble create MEMBERS "
+                    "--router oracle --calibration DEV_DATA -o FILE)"
+                )
+
     def route(self, documents: Sequence[Document], experts: Sequence[ExpertInfo]) -> Weights:
         if not self.table:
             raise UsageError(
                 "the oracle router is not calibrated: create the ensemble with "
                 "--router oracle --calibration DEV_DATA"
             )
+        self.check_experts(experts)
         index = {expert.id: i for i, expert in enumerate(experts)}
         weights = np.zeros((len(documents), len(experts)))
         for row, document in enumerate(documents):
@@ -207,10 +234,6 @@ class OracleRouter(PreRouter):
                     f"the oracle router was calibrated without language {language!r} (has: "
                     f"{', '.join(calibrated)}): keep to those languages or calibrate on data that "
                     "has it (xelm ensemble create --router oracle --calibration DEV_DATA)"
-                )
-            if expert not in index:
-                raise UsageError(
-                    f"the oracle router's expert {expert} for {language!r} is not in the ensemble"
                 )
             weights[row, index[expert]] = 1.0
         return weights

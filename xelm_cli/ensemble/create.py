@@ -16,7 +16,7 @@ from xelm_cli.ensemble.ensemble_file import (
     resolve_ensemble,
 )
 from xelm_cli.ensemble.members import split_covered
-from xelm_cli.ensemble.routing import build_router, check_router_options, routing
+from xelm_cli.ensemble.routing import check_router_options, routing
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import calibrates
@@ -56,7 +56,7 @@ def create_ensemble(
     spec = resolve_ensemble(
         members, router=router, router_options=dict(router_options or {}), combine=combine
     )
-    built = build_router(spec.router, spec.router_options)
+    built = spec.built_router()
     runner = EnsembleModel(spec.members, built, spec.combine, device=device, name="calibrate")
     if calibrate:  # (building the runner checked the members and the combination rule)
         if not calibrates(built):  # its calibrate refuses: before every expert scores
@@ -78,11 +78,12 @@ def create_ensemble(
 def _covered(
     documents: list[Document], members: Sequence[Bundle], data: str | Path
 ) -> list[Document]:
-    """Without chosen languages, the calibration documents in the languages the experts cover
-    (the router is fitted for them; every expert scores every document), said on stderr when
+    """Without chosen languages, the calibration documents in the languages the experts cover,
+    as the language router routes them (``split_covered``: ``en-US`` to an ``en`` expert; the
+    router is fitted for them; every expert scores every document), said on stderr when
     that leaves some out; all of them when the experts cover none."""
-    covered = {language for member in members for language in member.languages}
-    split = split_covered((str(document.language) for document in documents), covered)
+    experts_languages = [language for member in members for language in member.languages]
+    split = split_covered((str(document.language) for document in documents), experts_languages)
     if split is None:
         return documents
     kept, left_out = split
@@ -91,4 +92,4 @@ def _covered(
         f"({', '.join(kept)}); left out {', '.join(left_out)} (--langs chooses the languages)",
         file=sys.stderr,
     )
-    return [document for document in documents if str(document.language) in covered]
+    return [document for document in documents if str(document.language) in kept]

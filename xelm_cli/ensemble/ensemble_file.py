@@ -3,7 +3,8 @@ and its options, the combination rule; read back only if every member is unchang
 
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,22 @@ from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, Xelm
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.outputs import refuse_inside_bundle
 from xelm_cli.ensemble.members import (
+    check_compatible,
     expand_paths,
+    expert_infos,
     not_a_bundle,
     open_members,
     read_members,
-    verify_members,
+    verify_files,
 )
-from xelm_cli.ensemble.routing import check_router_options, router_class
+from xelm_cli.ensemble.routing import (
+    build_fallback,
+    build_router,
+    check_router_experts,
+    check_router_options,
+    router_class,
+)
+from xelm_cli.plugin.contracts import Router
 
 ENSEMBLE_FORMAT = "xelm-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
@@ -33,12 +43,15 @@ REMAKE = "write it again with xelm ensemble create MEMBERS --router NAME -o"
 
 @dataclass
 class EnsembleSpec:
-    """What an ensemble file records: members (with digests), router, combination rule."""
+    """What an ensemble file records: members (with digests), router, combination rule;
+    ``source``: the ensemble file whose router this is, as it records it (None for one of
+    bundles, or with another router or options given)."""
 
     members: list[Bundle]
     router: str
     router_options: dict[str, Any] = field(default_factory=dict)
     combine: str = "mixture"
+    source: Path | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.combine not in COMBINE_RULES:
@@ -73,6 +86,17 @@ class EnsembleSpec:
             "router": {"name": self.router, "options": self.router_options},
             "combine": self.combine,
         }
+
+    def built_router(self) -> Router:
+        """The router built with its options and checked against the members (its
+        ``check_experts``, its fallback) before any expert runs; a refusal of a file's router
+        names the file and how to write it again."""
+        with _naming_file(self.source) if self.source else nullcontext():
+            router = build_router(self.router, self.router_options)
+            experts = expert_infos(self.members)
+            check_router_experts(router, experts)
+            build_fallback(router, experts)
+        return router
 
     def write(self, path: Path, *, overwrite: bool = False) -> None:
         refuse_directory_output(path, "the ensemble", "ens.json")
@@ -121,7 +145,10 @@ class EnsembleSpec:
                     f"{digest[:12]} recorded in {path}; the bundle changed since the ensemble "
                     f"was created: {REMAKE} {path}"
                 )
-        return cls(verify_members(members), name, options, combine)
+        verify_files(members)  # a damaged member's refusal names it and xelm bundle verify
+        with _naming_file(path):  # an empty list, a member twice, another tokenizer...
+            check_compatible(members)
+        return cls(members, name, options, combine, source=path)
 
 
 def _read_file_members(path: Path, members: Sequence[Path]) -> list[Bundle]:
@@ -135,10 +162,20 @@ def _read_file_members(path: Path, members: Sequence[Path]) -> list[Bundle]:
                 f"{path} lists member {member}, which {why} (moved or removed since the "
                 f"ensemble was created?): put the bundle back there, or {REMAKE} {path}"
             )
-    try:
+    with _naming_file(path, "a member of", XelmError):
         return read_members(members)
-    except XelmError as exc:
-        raise type(exc)(f"{exc} (a member of {path}; {REMAKE} {path})") from None
+
+
+@contextmanager
+def _naming_file(
+    path: Path, relation: str = "in", refusals: type[XelmError] = UsageError
+) -> Iterator[None]:
+    """A refusal of what ensemble file ``path`` holds, named with the file and how to write it
+    again (the error's class kept)."""
+    try:
+        yield
+    except refusals as exc:
+        raise type(exc)(f"{exc} ({relation} {path}; {REMAKE} {path})") from None
 
 
 def refuse_directory_output(path: str | Path, what: str, example: str) -> None:
@@ -180,11 +217,12 @@ def resolve_ensemble(
     if single is not None and not isinstance(single, Bundle) and is_ensemble_file(str(single)):
         spec = EnsembleSpec.read(Path(single))
         if router and router != spec.router:
-            spec.router = router
+            spec.router, spec.source = router, None  # a refusal of its options: not the file's
             spec.router_options = check_router_options(router, options, resolve_paths=True)
         elif options:
             merged = {**spec.router_options, **options}
             spec.router_options = check_router_options(spec.router, merged, resolve_paths=True)
+            spec.source = None
         if combine:
             spec.combine = combine
         return spec

@@ -25,7 +25,6 @@ from xelm_cli.ensemble.results import (
     run_evaluation,
     systems_for,
 )
-from xelm_cli.ensemble.routing import build_router
 from xelm_cli.lang.codes import language_codes
 from xelm_cli.plugin.contracts import EvalRequest, Evaluator
 from xelm_cli.plugin.host import get_registry
@@ -94,7 +93,7 @@ def evaluate(
         request = replace(request, model_languages=tuple(languages_covered))
         with _task_hint(request.data, chosen=chosen):
             built = build_evaluator(name, request)
-        chosen_router = build_router(spec.router, spec.router_options)
+        chosen_router = spec.built_router()
         if request.languages is None and not chosen_router.routes_uncovered_languages:
             built = _on_covered_languages(name, request, built, router=spec.router)
         systems = systems_for(
@@ -178,12 +177,13 @@ def _on_covered_languages(
     name: str, request: EvalRequest, built: Evaluator, *, router: str
 ) -> Evaluator:
     """Without chosen languages, the evaluator restricted to the data's languages that the
-    experts cover (``EvalRequest.model_languages``, which an in-context task on a Hub dataset
-    already keeps to), for a ``router`` that refuses the others
+    experts (``EvalRequest.model_languages``, which an in-context task on a Hub dataset already
+    keeps to) cover as the language router routes them (``split_covered``: ``arb`` to an
+    ``ar`` expert), for a ``router`` that refuses the others
     (``Router.routes_uncovered_languages`` False): ``Evaluator.on_languages``, which xelm's own
     evaluators answer without reading their data again. With none covered, the evaluator as it
     is (the router's refusal names the covered languages)."""
-    split = split_covered(built.languages, set(request.model_languages or ()))
+    split = split_covered(built.languages, request.model_languages or ())
     if split is None:
         return built
     kept, left_out = split

@@ -33,7 +33,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.ensemble_file import Member, resolve_ensemble
 from xelm_cli.ensemble.mixing import mixture, product_weights
-from xelm_cli.ensemble.routing import build_router, routing
+from xelm_cli.ensemble.routing import routing
 from xelm_cli.ensemble.runner import EnsembleModel
 from xelm_cli.ensemble.scoring import LoadedModel, new_cache, target_logprobs
 from xelm_cli.ensemble.weights import check_token_weights
@@ -85,7 +85,7 @@ def generate_text(
     spec = resolve_ensemble(members, router=router, router_options=router_options, combine=combine)
     result = generate(
         spec.members,
-        build_router(spec.router, spec.router_options),
+        spec.built_router(),
         prompt,
         combine=spec.combine,
         language=normalize_language(language) if language else None,

@@ -9,6 +9,7 @@ from xelm_cli.bundle.store import MANIFEST_NAME, Bundle, holds_bundles, is_bundl
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.progress import byte_progress
+from xelm_cli.lang.codes import normalize_language, wanted_form
 from xelm_cli.plugin.contracts import ExpertInfo
 
 
@@ -43,11 +44,16 @@ def read_members(paths: Sequence[Path]) -> list[Bundle]:
 
 def verify_members(bundles: list[Bundle]) -> list[Bundle]:
     """``bundles`` once every file matches its manifest's digest and they can run together."""
+    verify_files(bundles)
+    check_compatible(bundles)
+    return bundles
+
+
+def verify_files(bundles: Sequence[Bundle]) -> None:
+    """Refuse a bundle whose files do not match its manifest's digests."""
     with byte_progress("verifying experts", sum(b.size for b in bundles)) as advance:
         for bundle in bundles:
             bundle.check_files(progress=advance)
-    check_compatible(bundles)
-    return bundles
 
 
 def not_a_bundle(path: Path) -> str:
@@ -140,12 +146,23 @@ def expert_infos(bundles: Sequence[Bundle]) -> list[ExpertInfo]:
     return [ExpertInfo(b.id, b.name, tuple(b.languages), b.manifest.allocation) for b in bundles]
 
 
+def covering_language(language: str, covered: Collection[str]) -> str | None:
+    """The language of ``covered`` (normalised codes of the experts' languages) that the
+    language router sends ``language`` to: itself, or the broader form the experts name it by
+    (``wanted_form``: ``arb`` and ``ar-EG`` to ``ar``, ``en-US`` to ``en``); None when no
+    expert covers it."""
+    form = wanted_form(language, covered)
+    return form if form in covered else None
+
+
 def split_covered(
-    languages: Iterable[str], covered: Collection[str]
+    languages: Iterable[str], experts_languages: Iterable[str]
 ) -> tuple[list[str], list[str]] | None:
-    """``languages`` (in order, once each) as those in ``covered`` and those left out; None
-    when that leaves nothing out or keeps nothing (no restriction worth making)."""
+    """``languages`` (in order, once each) as those the experts cover, as the language router
+    routes them (:func:`covering_language`), and those left out; None when that leaves nothing
+    out or keeps nothing (no restriction worth making)."""
+    covered = {normalize_language(language) for language in experts_languages}
     held = list(dict.fromkeys(languages))
-    kept = [language for language in held if language in covered]
-    left_out = [language for language in held if language not in covered]
+    kept = [language for language in held if covering_language(language, covered)]
+    left_out = [language for language in held if language not in kept]
     return (kept, left_out) if kept and left_out else None

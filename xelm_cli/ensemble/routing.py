@@ -1,13 +1,14 @@
 """Routers of an ensemble: the registered class, its options checked by its declaration, built."""
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from xelm_cli.plugin.contracts import Router
+from xelm_cli.common.errors import UsageError
+from xelm_cli.plugin.contracts import ExpertInfo, PreRouter, Router
 from xelm_cli.plugin.host import get_registry
-from xelm_cli.plugin.options import parse_options
+from xelm_cli.plugin.options import declared_options, parse_options
 from xelm_cli.plugin.registry import bugs_reported
 
 
@@ -75,3 +76,67 @@ def routing(router: Router, doing: str = "while routing") -> Iterator[str | None
         return
     with bugs_reported(registration, doing):
         yield None if registration.first_party else registration.plugin
+
+
+def check_router_experts(router: Router, experts: Sequence[ExpertInfo]) -> None:
+    """``router.check_experts(experts)`` (spec/plugin-api.md 6.5): an option that does not fit
+    the ensemble's experts (a posterior prior of another length) refused when the ensemble is
+    built, before any expert runs; a third party's bug in it is a one-line PluginError."""
+    with routing(router, "while checking the ensemble's experts"):
+        router.check_experts(experts)
+
+
+def build_fallback(router: Router, experts: Sequence[ExpertInfo]) -> Router | None:
+    """The fallback router of pre-router ``router`` (None without one), built once as
+    spec/plugin-api.md 6.5 says, without options, and checked against ``experts``, before any
+    expert runs; one that cannot serve refused in one line naming those that can."""
+    if not isinstance(router, PreRouter) or not router.fallback:
+        return None
+    fallback = _built_without_options(router, router.fallback)
+    if isinstance(fallback, PreRouter) and fallback.fallback:
+        raise UsageError(
+            _unfit_fallback(router, f"it has a fallback of its own ({fallback.fallback!r})")
+        )
+    # the router hands the fallback the languages no expert covers: it must route them
+    if router.routes_uncovered_languages and not fallback.routes_uncovered_languages:
+        raise UsageError(
+            _unfit_fallback(router, "so built, it does not route the languages no expert covers")
+        )
+    check_router_experts(fallback, experts)
+    return fallback
+
+
+def _built_without_options(router: PreRouter, name: str) -> Router:
+    needed = _required_options(router_class(name))
+    if needed:
+        raise UsageError(_unfit_fallback(router, f"it needs {', '.join(needed)}"))
+    try:
+        return build_router(name)
+    except UsageError as exc:
+        raise UsageError(_unfit_fallback(router, f"so built, it refuses: {exc}")) from None
+
+
+def fallback_routers() -> list[str]:
+    """The installed routers that can be a fallback, as their classes declare: none of their
+    options required, they route every language and name no fallback of their own."""
+    return sorted(
+        {
+            registration.name
+            for registration in get_registry().all_of("router")
+            if registration.obj.routes_uncovered_languages is True
+            and not getattr(registration.obj, "fallback", None)
+            and not _required_options(registration.obj)
+        }
+    )
+
+
+def _required_options(router: type[Router]) -> list[str]:
+    return [spec.name for spec in declared_options(router) if spec.required]
+
+
+def _unfit_fallback(router: PreRouter, why: str) -> str:
+    return (
+        f"router {router.name!r} cannot fall back to {router.fallback!r}: a fallback is built "
+        f"without options, and {why}; choose one that can: "
+        f"{', '.join(fallback_routers()) or 'none is installed'}"
+    )

@@ -31,7 +31,13 @@ from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
-from xelm_cli.ensemble.routing import build_router, router_class, routing
+from xelm_cli.ensemble.routing import (
+    build_fallback,
+    build_router,
+    check_router_experts,
+    router_class,
+    routing,
+)
 from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
@@ -46,7 +52,6 @@ from xelm_cli.ensemble.weights import check_distributions, check_token_weights, 
 from xelm_cli.plugin.contracts import (
     ChoiceRequest,
     Document,
-    ExpertInfo,
     LanguageModel,
     OutputRouter,
     PreRouter,
@@ -172,7 +177,7 @@ class EnsembleModel(LanguageModel):
         self.resident = fits_on_device(members, self.device) if resident is None else resident
         self._resident: dict[int, LoadedModel] = {}
         self._tokenizer: Any = None
-        self._fallback: Router | None = None
+        self._fallback = build_fallback(router, self.experts)
 
     @property
     def dtypes(self) -> list[str]:
@@ -218,13 +223,9 @@ class EnsembleModel(LanguageModel):
             raise PluginError(
                 f"router {router.name!r} abstained on a document but names no fallback router"
             )
-        if self._fallback is None:
-            self._fallback = build_router(router.fallback)
-            check_router_experts(self._fallback, self.experts)
-            if isinstance(self._fallback, PreRouter) and self._fallback.fallback:
-                raise UsageError(
-                    f"fallback router {router.fallback!r} must not have a fallback of its own"
-                )
+        if self._fallback is None:  # a fallback set after the router was built
+            self._fallback = build_fallback(router, self.experts)
+        assert self._fallback is not None
         return self._fallback
 
     def _pre_route(
@@ -682,14 +683,6 @@ class EnsembleModel(LanguageModel):
             ScoredDocument(d, np.stack([scored[(e, i)] for e in range(len(self.experts))]))
             for i, d in enumerate(documents)
         ]
-
-
-def check_router_experts(router: Router, experts: Sequence[ExpertInfo]) -> None:
-    """``router.check_experts(experts)`` (spec/plugin-api.md 6.5): an option that does not fit
-    the ensemble's experts (a posterior prior of another length) refused when the ensemble is
-    built, before any expert runs; a third party's bug in it is a one-line PluginError."""
-    with routing(router, "while checking the ensemble's experts"):
-        router.check_experts(experts)
 
 
 def check_rule_weights(router: Router, combine: str) -> None:
