@@ -20,7 +20,8 @@ from transformers import (
     XGLMConfig,
     XGLMTokenizer,
 )
-from xelm_trainer.loop import check_inputs, load_model
+from xelm_trainer.loop import check_inputs
+from xelm_trainer.model_setup import load_model
 
 from xelm_cli.api import Document
 from xelm_cli.bundle.framing import Framing

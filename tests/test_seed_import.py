@@ -214,9 +214,9 @@ def test_fsdp_ranks_that_read_no_weights_build_a_custom_code_seed(
     custom_seed: tuple[Path, Bundle],
 ) -> None:
     """Under --fsdp the ranks other than 0 build the model on the meta device from its config
-    (loop.empty_model): with the bundle's own code, as rank 0's Bundle.load_model (before:
+    (model_setup.empty_model): with the bundle's own code, as rank 0's Bundle.load_model (before:
     transformers asked to run it, or refused, and rank 0 waited for them)."""
-    from xelm_trainer.loop import empty_model
+    from xelm_trainer.model_setup import empty_model
 
     _, seed = custom_seed
     empty = empty_model(seed, {})

@@ -494,9 +494,9 @@ def test_an_empty_checkpoint_directory_is_removed_with_the_checkpoints(
 ) -> None:
     """A trainer whose run leaves nothing else there (here: no loss log) leaves no hidden
     directory behind."""
-    from xelm_trainer import loop
+    from xelm_trainer import metrics
 
-    monkeypatch.setattr(loop.MetricsLog, "write", lambda self, record: None)
+    monkeypatch.setattr(metrics.MetricsLog, "write", lambda self, record: None)
     out = tmp_path / "trained"
     CausalLMTrainer().train(request(seed_bundle, train_shards, out, tokens=512))
     assert verify_bundle(out) == []
@@ -603,7 +603,7 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_resumed_metrics_log_drops_later_and_torn_lines(tmp_path: Path) -> None:
-    from xelm_trainer.loop import MetricsLog
+    from xelm_trainer.metrics import MetricsLog
 
     log = tmp_path / "metrics.jsonl"
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (2, 4, 6)]

@@ -22,11 +22,12 @@ from ddp_helpers import TOLERANCE, launch, max_difference, xelm_train
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_helpers import Killed, StopsAt, request
-from xelm_trainer import CausalLMTrainer, lean_loss
+from xelm_trainer import CausalLMTrainer, lean_loss, model_setup
 from xelm_trainer import loop as trainer_loop
 from xelm_trainer.distributed import Ranks, load_optimizer
 from xelm_trainer.lean_loss import linear_cross_entropy
-from xelm_trainer.loop import TrainingRun, evaluate, make_optimizer
+from xelm_trainer.loop import TrainingRun, evaluate
+from xelm_trainer.model_setup import make_optimizer
 from xelm_trainer.options import TrainOptions
 
 from xelm_cli.bundle.store import Bundle
@@ -258,7 +259,7 @@ def test_a_refused_resume_shows_the_checkpoints_value_and_this_runs(
         TrainingRun().train(other)
     # 3 blocks a step cannot be split over 2 ranks at all: resume on other ranks
     three = {**req.options, "global_batch_tokens": None, "batch_size": 4}
-    from xelm_trainer.loop import same_run
+    from xelm_trainer.resuming import same_run
 
     way = same_run(
         ["global_batch_tokens"],
@@ -366,7 +367,7 @@ def test_a_resumed_optimiser_keeps_the_kernel_flags_it_was_built_with(
             built.append(optimizer)
             return model, optimizer, state
 
-    monkeypatch.setattr(trainer_loop, "fused_adamw", lambda device: True)
+    monkeypatch.setattr(model_setup, "fused_adamw", lambda device: True)
     resumed = Watched().train(replace(req, resume=True))
     assert [g["fused"] for g in built[0].param_groups] == [True]
     assert resumed.manifest.training is not None

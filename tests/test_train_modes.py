@@ -15,7 +15,8 @@ from ddp_helpers import launch
 from safetensors.torch import load_file
 from train_helpers import Killed, StopsAt, request
 from xelm_trainer.distributed import unwrap
-from xelm_trainer.loop import Inputs, RunState, TrainingRun
+from xelm_trainer.loop import TrainingRun
+from xelm_trainer.run_state import Inputs, RunState
 
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir

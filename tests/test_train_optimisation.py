@@ -10,7 +10,8 @@ import torch
 from conftest import weights
 from train_helpers import request
 from xelm_trainer import CausalLMTrainer
-from xelm_trainer.loop import decay_groups, learning_rate, warmup_note
+from xelm_trainer.loop import learning_rate, warmup_note
+from xelm_trainer.model_setup import decay_groups
 from xelm_trainer.options import TrainOptions
 
 from xelm_cli.common.errors import UsageError

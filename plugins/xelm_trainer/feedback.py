@@ -85,7 +85,7 @@ def out_of_memory_line(request: TrainRequest, options: TrainOptions, done: int) 
     )
     smaller = smaller_batch(options.batch_size)
     # neither --batch-size, --gradient-checkpointing nor --fsdp is in the run's identity
-    # (RUN_IDENTITY in loop.py): --global-batch and --block-size are
+    # (RUN_IDENTITY in resuming.py): --global-batch and --block-size are
     if smaller:
         line += (
             f"use a smaller --batch-size with --global-batch {options.batch_tokens} (gradient "

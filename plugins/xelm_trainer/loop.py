@@ -7,17 +7,20 @@
 
 Under ``torchrun`` (``distributed``) every rank runs this loop on its own blocks of each global
 batch inside DDP (or FSDP); rank 0 alone writes metrics, checkpoints and the bundle.
+
+Its pieces live apart: the inputs and state a run carries in run_state.py, the model and
+optimiser in model_setup.py, checkpoints and resuming in resuming.py, timing and the metrics
+log in metrics.py.
 """
 
 import contextlib
-import json
 import math
 import os
 import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +35,8 @@ from xelm_cli.api import (
     UsageError,
     XelmError,
     list_checkpoints,
-    load_checkpoint,
-    logits_are_output_layer,
-    read_checkpoint_state,
     require_block_fits,
-    save_checkpoint,
     write_bundle,
-    write_bytes_atomic,
 )
 
 from .distributed import (
@@ -46,7 +44,6 @@ from .distributed import (
     Ranks,
     Sharding,
     full_state_dict,
-    gather_for_checkpoint,
     load_optimizer,
     no_sync,
     pick_device,
@@ -61,62 +58,16 @@ from .feedback import (
     positions_note,
     require_attention_package,
 )
-from .lean_loss import use_lean_loss
-from .moe import (
-    check_moe_options,
-    configure_moe,
-    is_moe,
-    loss_parts,
-    training_kwargs,
-    validation_kwargs,
-)
-from .options import TrainOptions, batch_size_for
-from .rng import other_ranks_rng, restore_rank_rng, seed_rank
+from .metrics import Interval, MetricsLog, WallClock, wait_for
+from .model_setup import implementation, load_model, make_optimizer
+from .moe import check_moe_options, loss_parts, training_kwargs, validation_kwargs
+from .options import TrainOptions
+from .resuming import checkpoint, latest_checkpoint, resume, start_fresh, unsharded_copy
+from .rng import seed_rank
+from .run_state import Inputs, RunState
 
 TRAINER_NAME = "causal-lm"
 METRICS_FILE = "metrics.jsonl"
-# Options that change the numbers a run computes: a resumed run must have the same ones. Not
-# --batch-size (nor the world size): a step reads the same global batch of blocks from the
-# cursor however it is split into micro-batches, so after an out-of-memory a run continues
-# with a smaller --batch-size at the same --global-batch.
-RUN_IDENTITY = (
-    "block_size", "global_batch_tokens", "lr", "schedule", "warmup_steps",
-    "beta1", "beta2", "eps", "weight_decay", "clip", "seed", "lean_loss", "attention",
-    "aux_loss", "router_only", "eval_blocks",
-)  # fmt: skip
-# What runs had of the identity's later keys before they were added: a checkpoint without one
-# resumes when the option is at this value.
-IDENTITY_BEFORE_ADDED: dict[str, Any] = {"aux_loss": None, "router_only": False}
-# Keys added later whose value an older checkpoint's run cannot be known to have had: such a
-# checkpoint (or one of a run without held-out shards) resumes with any.
-IDENTITY_UNKNOWN_BEFORE = ("valid", "eval_blocks")
-
-
-@dataclass
-class RunState:
-    """What a checkpoint stores besides tensors: enough to continue exactly."""
-
-    step: int = 0
-    cursor: int = 0  # blocks of the stream consumed so far (the data position)
-    loss_curve: list[list[float]] = field(default_factory=list)
-    valid_curve: list[list[float]] = field(default_factory=list)
-    seconds: float = 0.0  # in steps: what throughput is measured by
-    wall_seconds: float = 0.0  # everything from the start of the loop: validations, checkpoints
-    # this process's time from the trainer's start to its loop (loading, sharding, resuming)
-    setup_seconds: float = 0.0
-
-
-@dataclass
-class Inputs:
-    bundle: Bundle
-    shards: Shards
-    valid: Shards | None
-    languages: list[str]
-    options: TrainOptions
-    steps: int
-    framing: Any  # xelm_cli.bundle.framing.Framing: the start and end tokens of every document
-    # --resume: the (step, directory) of the checkpoint rank 0 found, which every rank reads
-    resume_from: tuple[int, Path] | None = None
 
 
 @contextlib.contextmanager
@@ -418,302 +369,6 @@ def check_output(request: TrainRequest) -> None:
         )
 
 
-# --- 2. setup -------------------------------------------------------------------------------------
-
-
-def load_model(
-    inputs: Inputs,
-    device: torch.device,
-    ranks: Ranks | None = None,
-    sharding: Sharding | None = None,
-) -> Any:
-    """fp32 master weights on ``device``, with the chosen attention and, where it equals the
-    plain loss, the chunked loss (lean_loss.py); on the ranks that do not read the weights
-    (``Sharding.from_main``) the same model on the meta device."""
-    options, ranks = inputs.options, ranks or Ranks()
-    chosen: dict[str, Any] = {}
-    if options.attention != "auto":
-        chosen["attn_implementation"] = options.attention
-    reads = sharding is None or sharding.reads_weights(ranks)
-    if reads:
-        model = inputs.bundle.load_model(verify=False, dtype=torch.float32, **chosen).to(device)
-    else:
-        model = empty_model(inputs.bundle, chosen)
-    refusal: XelmError | None = None
-    try:  # what check_moe_options could not tell from the config alone (no router found)
-        configure_moe(model, options)
-    except XelmError as exc:
-        refusal = exc
-    follow_main(refusal, ranks)  # every rank refuses alike: rank 0 says why, once
-    if refusal is not None:
-        raise refusal
-    # the chunked loss has no load-balancing term: MoE models keep transformers' own loss
-    if options.lean_loss and not is_moe(model):
-        chunked = reads and loss_can_be_chunked(model, device)
-        if sharding is not None and sharding.from_main:
-            chunked = ranks.from_main(chunked)  # the others' models cannot run the probe
-        if chunked:
-            use_lean_loss(model)
-    # from_pretrained returns eval mode, in which dropout and gradient checkpointing do nothing
-    return model.train()
-
-
-def empty_model(bundle: Bundle, chosen: dict[str, Any]) -> Any:
-    """The bundle's model, as ``load_model`` builds it, with its parameters and buffers on the
-    meta device: no weights are read."""
-    from transformers import AutoModelForCausalLM
-
-    # with the bundle's own code where Bundle.load_model runs it (made with --trust-remote-code)
-    trusted = bundle.runs_trusted_code()
-    config = bundle.load_config()
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(
-            config, dtype=torch.float32, trust_remote_code=trusted, **chosen
-        )
-
-
-def loss_can_be_chunked(model: Any, device: torch.device) -> bool:
-    """``logits_are_output_layer``, probed as training runs it (flash attention runs in half
-    precision only)."""
-    with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-        return logits_are_output_layer(model)
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """torch's fused AdamW kernel: one launch per step for all parameters (CUDA)."""
-    return device.type == "cuda"
-
-
-def implementation(
-    model: Any, device: torch.device, sharding: Sharding | None = None
-) -> dict[str, Any]:
-    """How the run computed: recorded in the training record (FSDP runs: its dtypes too)."""
-    return {
-        "attention": getattr(model.config, "_attn_implementation", None),
-        "loss": "chunked" if getattr(model, "lean_loss", False) else "plain",
-        "optimizer": "adamw-fused" if fused_adamw(device) else "adamw",
-        "autocast": "bfloat16" if device.type == "cuda" else None,
-        **({"fsdp": sharding.record()} if sharding is not None else {}),
-    }
-
-
-def make_optimizer(
-    model: Any, options: TrainOptions, device: torch.device | None = None
-) -> torch.optim.Optimizer:
-    fused = {"fused": True} if device is not None and fused_adamw(device) else {}
-    return torch.optim.AdamW(
-        decay_groups(model, options.weight_decay),
-        lr=options.lr,
-        betas=(options.beta1, options.beta2),
-        eps=options.eps,
-        weight_decay=options.weight_decay,
-        **fused,
-    )
-
-
-def decay_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """The parameters as AdamW groups: with weight decay, matrices decay and vectors (biases,
-    norm scales) do not, as transformers' Trainer groups them; without, one group."""
-    parameters = list(model.parameters())
-    if not weight_decay:
-        return [{"params": parameters}]
-    groups = [
-        {"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
-
-
-def run_identity(request: TrainRequest, inputs: Inputs) -> dict[str, Any]:
-    resolved = inputs.options.as_dict()
-    return {
-        "bundle": inputs.bundle.digest,
-        "data": inputs.shards.digest,
-        "languages": inputs.languages,
-        "tokens": request.tokens,
-        # what the validation curve measures: a resume on other held-out blocks would mix two
-        "valid": None if inputs.valid is None else inputs.valid.digest,
-        **{name: resolved[name] for name in RUN_IDENTITY},
-    }
-
-
-def start_fresh(request: TrainRequest) -> None:
-    if request.checkpoint_dir.exists():  # --force over an earlier run's checkpoints
-        shutil.rmtree(request.checkpoint_dir)
-
-
-def resume(
-    request: TrainRequest,
-    inputs: Inputs,
-    model: Any,
-    optimizer: Any,
-    ranks: Ranks,
-    device: torch.device,
-) -> RunState:
-    """The run state of the checkpoint rank 0 chose (``inputs.resume_from``), its weights into
-    ``model`` and its optimiser state into ``optimizer``; without a ``model`` (FSDP's ranks
-    that receive rank 0's) neither is read. Rank 0 decides the refusals (another run; a
-    checkpoint it cannot read, which every rank reads at once): it says why in one line, the
-    other ranks exit with its code."""
-    assert inputs.resume_from is not None  # train() resumes only from a checkpoint rank 0 found
-    step, path = inputs.resume_from
-    refusal: XelmError | None = None
-    if ranks.main:
-        try:
-            require_same_run(request, inputs, path)
-        except XelmError as exc:
-            refusal = exc
-    follow_main(refusal, ranks)
-    try:
-        saved = read_checkpoint(path, model, optimizer)
-    except XelmError as exc:
-        refusal = exc
-    follow_main(refusal, ranks)
-    if refusal is not None:  # this rank alone could not read what rank 0 read
-        raise refusal
-    # checkpoints without world_size were written by one process or kept rank 0's states alone
-    saved_world = saved.get("world_size", 1)
-    restore_rank_rng(path, saved_world, inputs.options.seed, saved["step"], ranks, device)
-    if ranks.main:
-        print(f"xelm: resuming from step {step} ({path})", file=sys.stderr)
-    return RunState(
-        step=saved["step"],
-        cursor=saved["cursor"],
-        loss_curve=saved["loss_curve"],
-        valid_curve=saved["valid_curve"],
-        seconds=saved["seconds"],
-        # a checkpoint written before wall_seconds: its time in steps, the nearest known
-        wall_seconds=saved.get("wall_seconds", saved["seconds"]),
-    )
-
-
-def follow_main(refusal: XelmError | None, ranks: Ranks) -> None:
-    """Rank 0's ``refusal`` (a collective): raised on rank 0, the other ranks exit with its
-    code and say nothing (one line, not one a rank)."""
-    code = ranks.from_main(None if refusal is None else refusal.exit_code)
-    if ranks.main and refusal is not None:
-        raise refusal
-    if code is not None:
-        raise SystemExit(code)  # rank 0 said why
-
-
-def read_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
-    """The checkpoint's JSON state, and with a ``model`` its weights and optimiser state."""
-    if model is None:
-        return read_checkpoint_state(path)
-    return load_checkpoint(path, model=model, optimizer=optimizer)
-
-
-def require_same_run(request: TrainRequest, inputs: Inputs, path: Path) -> None:
-    """Refuse, in one line naming each difference with both values and the way back, a
-    checkpoint of a run with other inputs or options than this one's."""
-    identity = run_identity(request, inputs)
-    unknown = {name: identity[name] for name in IDENTITY_UNKNOWN_BEFORE}
-    recorded = read_checkpoint_state(path).get("identity") or {}
-    if recorded.get("valid") is None:  # no held-out set before: validation may start now
-        recorded = {k: v for k, v in recorded.items() if k not in IDENTITY_UNKNOWN_BEFORE}
-    saved_identity = IDENTITY_BEFORE_ADDED | unknown | recorded
-    # only the keys this version compares: older checkpoints also stored batch_size
-    changed = sorted(k for k in identity if saved_identity.get(k) != identity[k])
-    if changed:
-        differences = ", ".join(
-            f"{k} (checkpoint {shown(saved_identity.get(k))}, now {shown(identity[k])})"
-            for k in changed
-        )
-        raise UsageError(
-            f"cannot resume {path}: the run differs in {differences}; "
-            f"{same_run(changed, saved_identity, inputs.options)}, or --force to start over"
-        )
-
-
-def shown(value: Any) -> str:
-    """An identity value in a message: a digest by its first 12 digits (``sha256:`` kept)."""
-    if value is None:
-        return "none"
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value)) or "none"
-    if isinstance(value, str) and len(value) > 24:
-        return value[: value.find(":") + 13] + "..."
-    return str(value)
-
-
-def latest_checkpoint(request: TrainRequest, ranks: Ranks) -> tuple[int, Path] | None:
-    """Rank 0's newest complete checkpoint, None without one (on other ranks: None; they take
-    rank 0's with ``Ranks.from_main``, once, and read it or fail)."""
-    if not ranks.main:
-        return None
-    found = list_checkpoints(request.checkpoint_dir)
-    return found[-1] if found else None
-
-
-def same_run(changed: list[str], saved_identity: dict[str, Any], options: TrainOptions) -> str:
-    """The way back to the checkpoint's run: its --global-batch when that differs (a
-    --batch-size alone changes it when --global-batch is not given), with a --batch-size
-    that makes it on this run's ranks when the current one does not."""
-    if "global_batch_tokens" not in changed:
-        return "use the same inputs and options"
-    tokens = int(saved_identity["global_batch_tokens"])
-    step = f"--global-batch {tokens}"
-    if changed != ["global_batch_tokens"]:
-        return f"use the same inputs and options ({step})"
-    world = options.world_size
-    fits = batch_size_for(tokens, options.block_size, world, options.batch_size)
-    if fits is None:  # not a whole number of blocks on each rank
-        blocks = tokens // options.block_size
-        return (
-            f"its {step} ({blocks:,} blocks a step) cannot be split over {world} ranks: resume "
-            f"on a number of ranks that divides {blocks:,}"
-        )
-    if fits != options.batch_size:
-        step += f" --batch-size {fits}"
-    return f"pass {step} (the checkpoint's tokens per step)"
-
-
-def checkpoint(
-    request: TrainRequest,
-    inputs: Inputs,
-    model: Any,
-    optimizer: Any,
-    state: RunState,
-    ranks: Ranks,
-    device: torch.device,
-) -> None:
-    """Rank 0 writes (DDP keeps every rank's weights and optimiser state equal; FSDP gathers
-    them first, all ranks together), with every rank's RNG states; the others wait."""
-    model, saved = unwrap(model), optimizer
-    if inputs.options.fsdp:
-        weights, saved = gather_for_checkpoint(model, optimizer)
-        if ranks.main:
-            model = unsharded_copy(inputs.bundle, weights)
-    rng_files = other_ranks_rng(ranks, device)
-    if ranks.main:
-        save_checkpoint(
-            request.checkpoint_dir, state.step, model=model, optimizer=saved,
-            state=checkpoint_state(request, inputs, state), tensor_files=rng_files,
-        )  # fmt: skip
-    ranks.barrier()
-
-
-def unsharded_copy(bundle: Bundle, weights: dict[str, Any]) -> Any:
-    """The model on the CPU with ``weights`` (gathered from FSDP shards)."""
-    with torch.random.fork_rng(devices=[]):  # loading must not move rank 0's RNG
-        model = bundle.load_model(verify=False, dtype=torch.float32)
-    model.load_state_dict(weights)
-    return model
-
-
-def checkpoint_state(request: TrainRequest, inputs: Inputs, state: RunState) -> dict[str, Any]:
-    return dict(
-        identity=run_identity(request, inputs),
-        cursor=state.cursor,
-        loss_curve=state.loss_curve,
-        valid_curve=state.valid_curve,
-        seconds=state.seconds,
-        wall_seconds=state.wall_seconds,
-        world_size=inputs.options.world_size,  # whose RNG states it holds (rng.py)
-    )
-
-
 # --- 3. the loop's pieces -------------------------------------------------------------------------
 
 
@@ -872,78 +527,6 @@ def evaluate(
     means = torch.stack(losses).cpu().double().tolist() if losses else []
     total = math.fsum(m * w for m, w in zip(means, weights, strict=True) if w)  # w 0: FSDP's
     return ranks.sum(total, device) / len(blocks)
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics line; infinite (dropped on resume) for a line torn by a kill."""
-    try:
-        record = json.loads(line)
-        return float(record.get("step", 0)) if isinstance(record, dict) else math.inf
-    except (ValueError, TypeError):
-        return math.inf
-
-
-class Interval:
-    """Training speed between two logged steps (wall time, so it includes what the device did
-    while the host ran ahead), less the validations and checkpoints in between."""
-
-    def __init__(self, step: int, batch_tokens: int) -> None:
-        self.step, self.batch_tokens = step, batch_tokens
-        self.time = time.perf_counter()
-
-    def leave_out(self, seconds: float) -> None:
-        """Not count ``seconds`` (a validation, a checkpoint) in the current interval."""
-        self.time += seconds
-
-    def speed(self, step: int) -> float:
-        now = time.perf_counter()
-        tokens = (step - self.step) * self.batch_tokens
-        speed = tokens / max(now - self.time, 1e-9)
-        self.step, self.time = step, now
-        return speed
-
-
-def wait_for(device: torch.device) -> None:
-    """Return once ``device`` has run the work queued on it (CUDA and MPS run behind the host)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-class WallClock:
-    """Seconds since it started plus ``before`` (a resumed run's time until its checkpoint)."""
-
-    def __init__(self, before: float) -> None:
-        self.before, self.started = before, time.perf_counter()
-
-    def seconds(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-
-class MetricsLog:
-    """``.OUT.ckpt/metrics.jsonl``: one JSON object per line; a resumed run drops later lines
-    (and a last line torn by a kill)."""
-
-    def __init__(self, path: Path, resumed_at: int, writes: bool = True) -> None:
-        self.path = path
-        self.writes = writes  # rank 0 only
-        if not writes:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
-                if _step_of(line) <= resumed_at
-            ]
-            write_bytes_atomic(path, "".join(f"{line}\n" for line in kept).encode())
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.writes:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 # --- 4. the trained bundle ------------------------------------------------------------------------
