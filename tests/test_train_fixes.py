@@ -33,6 +33,7 @@ from xelm_trainer.options import TrainOptions
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.cli import run
 from xelm_cli.common.errors import FormatError, UsageError
+from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.contracts import TrainRequest, checkpoint_dir
 from xelm_cli.training.checkpoints import load_checkpoint
 from xelm_cli.training.estimates import LEAN_CHUNK_ELEMENTS, ModelShape, training_memory
@@ -633,3 +634,23 @@ def test_accumulation_keeps_no_micro_batchs_logits_through_the_next_forward(
         plain = [float(model(input_ids=torch.from_numpy(b), labels=torch.from_numpy(b)).loss)
                  for b in blocks]  # fmt: skip
     assert float(sums.loss) == pytest.approx(math.fsum(plain), rel=1e-6)
+
+
+def test_shards_whose_ids_reach_past_the_embedding_rows_are_refused_before_training(
+    seed_bundle: Path, train_shards: Path
+) -> None:
+    """A seed whose tokenizer is larger than its model: each id past the rows would end the
+    run in an IndexError (exit 70) when its block came up."""
+    bundle = Bundle.open(seed_bundle)
+    rows = bundle.load_config().vocab_size
+    shards = Shards.open(train_shards)
+    assert shards.manifest["tokenizer"]["vocab_size"] <= rows
+    trainer_loop.require_vocabulary_fits(shards, bundle)  # the seed's own shards fit
+    shards.manifest["tokenizer"]["vocab_size"] = rows + 1
+    with pytest.raises(UsageError) as caught:
+        trainer_loop.require_vocabulary_fits(shards, bundle)
+    assert str(caught.value) == (
+        f"{train_shards} holds token ids up to {rows:,}, but the model of {seed_bundle} has "
+        f"{rows:,} embedding rows: make the seed from a model and tokenizer that belong "
+        "together (or resize the model's embeddings first)"
+    )

@@ -305,6 +305,7 @@ def check_inputs(request: TrainRequest, ranks: Ranks | None = None) -> Inputs:
         check_moe_options(bundle.load_config(), options)
     shards = Shards.open(request.data)
     shards.require_tokenizer(bundle.manifest.fingerprints["tokenizer"], f"bundle {bundle.path}")
+    require_vocabulary_fits(shards, bundle)
     languages = list(request.languages) or bundle.languages
     if not languages:
         raise UsageError(f"bundle {bundle.path} lists no languages; pass --langs")
@@ -343,6 +344,20 @@ def warmup_note(warmup_steps: int, steps: int, schedule: str = "linear") -> str 
         f"steps: the learning rate {reached} (warm up for fewer than {steps:,} steps "
         "or raise --tokens)"
     )
+
+
+def require_vocabulary_fits(shards: Shards, bundle: Bundle) -> None:
+    """Refuse shards whose token ids reach past the model's embedding rows (a seed whose
+    tokenizer is larger than its model: each such id would end the run with an IndexError)."""
+    config = bundle.load_config()
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    ids = int(shards.manifest["tokenizer"]["vocab_size"])
+    if isinstance(rows, int) and ids > rows:
+        raise UsageError(
+            f"{shards.path} holds token ids up to {ids - 1:,}, but the model of {bundle.path} "
+            f"has {rows:,} embedding rows: make the seed from a model and tokenizer that belong "
+            "together (or resize the model's embeddings first)"
+        )
 
 
 def require_tokens(shards: Shards, languages: list[str]) -> None:
