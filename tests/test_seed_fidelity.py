@@ -72,9 +72,9 @@ def _bert_decoder(out: Path) -> Path:
     before it (RoBERTa, XLM-R, ELECTRA and RoFormer heads are alike)."""
     vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hello": 4, "world": 5,
              **{c: i + 6 for i, c in enumerate(LETTERS)}}  # fmt: skip
-    tokenizer = BertTokenizer(vocab=vocab)
+    tokenizer = BertTokenizer(vocab=vocab)  # and [MASK], added after the vocabulary
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=64, is_decoder=True,
     )  # fmt: skip
     return _save(out, config, tokenizer)

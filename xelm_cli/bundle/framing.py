@@ -18,14 +18,22 @@ initialised from a named config, use ``start = bos``, ``end = eos`` (rule ``bos-
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from xelm_cli.common.errors import UsageError
+from xelm_cli.common.jsonio import read_json_object
 
 RULE_TOKENIZER = "tokenizer"
 RULE_BOS_EOS = "bos-eos"
 RULE_OVERRIDE = "override"
 _PROBE = "Hello world 123"
+# why a framing has neither token, by the rule that chose it
+_NEITHER = {
+    RULE_TOKENIZER: "the tokenizer adds none around text and has no end-of-sequence token",
+    RULE_BOS_EOS: "the tokenizer has no bos or eos token",
+    RULE_OVERRIDE: "both were set to none",
+}
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,11 @@ class Framing:
             )
         return token
 
-    def stops(self, tokenizer: Any) -> set[int]:
-        """Tokens that end a generated text: the end token and the tokenizer's eos."""
-        return {t for t in (self.end, tokenizer.eos_token_id) if t is not None}
+    def stops(self, tokenizer: Any, model: Path | None = None) -> set[int]:
+        """Tokens that end a generated text: the end token, the tokenizer's eos and the eos
+        ids of the generation_config.json in the directory ``model`` (``generation_eos``)."""
+        stops = {t for t in (self.end, tokenizer.eos_token_id) if t is not None}
+        return stops | (generation_eos(model) if model is not None else set())
 
     def record(self) -> dict[str, Any]:
         return {"start": self.start, "end": self.end, "rule": self.rule}
@@ -55,6 +65,18 @@ class Framing:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "Framing":
         return cls(record.get("start"), record.get("end"), str(record.get("rule", "")))
+
+
+def generation_eos(model: Path) -> set[int]:
+    """The ids that end a generated text by the model's ``generation_config.json`` in the
+    directory ``model`` (``eos_token_id``: an id or a list: Llama 3's ``<|eot_id|>`` beside its
+    eos); none without the file."""
+    path = model / "generation_config.json"
+    if not path.is_file():
+        return set()
+    eos = read_json_object(path, "generation config").get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [eos]
+    return {i for i in ids if isinstance(i, int) and not isinstance(i, bool)}
 
 
 def bos_eos(tokenizer: Any) -> Framing:
@@ -104,11 +126,19 @@ def token_id(tokenizer: Any, value: str, option: str) -> int | None:
 def overridden(
     framing: Framing, tokenizer: Any, start: str | None = None, end: str | None = None
 ) -> Framing:
-    """``framing`` with the start and/or end token a user chose (``--doc-start/--doc-end``)."""
-    if start is None and end is None:
-        return framing
-    return Framing(
-        framing.start if start is None else token_id(tokenizer, start, "--doc-start"),
-        framing.end if end is None else token_id(tokenizer, end, "--doc-end"),
-        RULE_OVERRIDE,
-    )
+    """``framing`` with the start and/or end token a user chose (``--doc-start/--doc-end``),
+    refused when it has neither: nothing would separate the documents training packs, and
+    scoring would have no token to put before a document."""
+    if start is not None or end is not None:
+        framing = Framing(
+            framing.start if start is None else token_id(tokenizer, start, "--doc-start"),
+            framing.end if end is None else token_id(tokenizer, end, "--doc-end"),
+            RULE_OVERRIDE,
+        )
+    if framing.start is None and framing.end is None:
+        raise UsageError(
+            f"documents would have neither a start nor an end token ({_NEITHER[framing.rule]}); "
+            "name one with --doc-start TOKEN or --doc-end TOKEN on `xelm bundle init` (a token "
+            "like '</s>', or its id)"
+        )
+    return framing

@@ -3,20 +3,23 @@
 import json
 import os
 import pickle
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.bundle.fingerprint import reading_safetensors
 from xelm_cli.bundle.framing import Framing, bos_eos, from_tokenizer, overridden
 from xelm_cli.bundle.store import (
+    SAFETENSORS_DTYPES,
     Bundle,
     Progress,
     load_causal_lm,
     loading_problem,
     most_elements,
     probe_ids,
-    safetensors_elements,
+    safetensors_floats,
     write_bundle,
 )
 from xelm_cli.common.errors import UsageError, exception_line
@@ -27,6 +30,11 @@ from xelm_cli.lang.codes import language_codes
 # the weights files transformers looks for, in the order it looks for them; an index names shards
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# files that may hold weights, named when a model has none that transformers reads
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".gguf")
+# buffers older transformers classes saved with the weights and the current ones compute
+# themselves (GPT-2's and GPT-Neo's attention masked_bias): constants, not weights
+LEFTOVER_BUFFERS = ("masked_bias",)
 NEEDED = "xelm needs a decoder-only causal LM (GPT-2, Llama, XGLM, ...)"
 REMOTE_CODE = (
     "it runs its own Python code (its config's auto_map), which xelm runs only when you pass "
@@ -142,10 +150,11 @@ def init_from_config(
 
 def pickled_only(model_id: str) -> str | None:
     """The pickled weights file transformers reads from a local model directory that has no
-    safetensors (``pytorch_model.bin``, else the shard index ``pytorch_model.bin.index.json``
-    that names the shards); None otherwise."""
+    safetensors weights it reads (``pytorch_model.bin``, else the shard index
+    ``pytorch_model.bin.index.json`` that names the shards); None otherwise. Other
+    ``*.safetensors`` (Mistral's consolidated.safetensors, a PEFT adapter) are not its weights."""
     path = Path(model_id)
-    if not path.is_dir() or any(path.glob("*.safetensors")):
+    if not path.is_dir() or any((path / name).is_file() for name in SAFETENSORS_WEIGHTS):
         return None
     return next((name for name in PICKLED_WEIGHTS if (path / name).is_file()), None)
 
@@ -202,14 +211,12 @@ def _model_file(model_id: str, name: str, revision: str | None, cached: bool) ->
 def _find_weights(model_id: str, revision: str | None, cached: bool) -> _Weights | None:
     """The weights transformers would read, looked for in its order (safetensors, then pickles;
     a single file, then an index), with the shards an index names; None when there are none
-    of these (transformers says what it misses). A local directory with any ``*.safetensors``
-    is read as safetensors. Pickles are looked for only when the model has no safetensors
-    weights: a Hub that answered so (or whose answer the cache remembers), never a Hub that
-    could not be asked."""
-    local = Path(model_id)
-    pickles = not (local.is_dir() and any(local.glob("*.safetensors")))
+    of these. Only these names count (other ``*.safetensors`` are not read). Pickles are looked
+    for only when the model has no safetensors weights: a local directory without them, a Hub
+    that answered so (or whose answer the cache remembers), never a Hub that could not be
+    asked."""
     unknown: list[str] = []  # offline, transformers reads what the cache has, in this order
-    for name in SAFETENSORS_WEIGHTS + (PICKLED_WEIGHTS if pickles else ()):
+    for name in SAFETENSORS_WEIGHTS + PICKLED_WEIGHTS:
         if name == PICKLED_WEIGHTS[0] and unknown:
             raise OSError(
                 f"cannot tell whether {model_id} has safetensors weights: the Hub cannot be "
@@ -234,23 +241,103 @@ def _find_weights(model_id: str, revision: str | None, cached: bool) -> _Weights
     return None
 
 
-def _stored_dtype(weights: _Weights) -> str | None:
-    """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...):
-    from the safetensors headers, or for pickles from the tensors torch's ``weights_only``
-    loader reads (onto the meta device: no data); None when none is floating point."""
-    if not weights.pickled:
-        return most_elements(safetensors_elements(weights.files))
+@dataclass(frozen=True)
+class _Stored:
+    """A floating tensor of a checkpoint: its dtype (``bfloat16``), elements and file."""
+
+    dtype: str
+    elements: int
+    file: Path
+
+
+def _stored_tensors(weights: _Weights) -> dict[str, _Stored]:
+    """The floating tensors of the weights by name: from the safetensors headers, or for
+    pickles from the tensors torch's ``weights_only`` loader reads (onto the meta device: no
+    data)."""
+    stored: dict[str, _Stored] = {}
+    for file in weights.files:
+        found = _pickled_floats(file) if weights.pickled else safetensors_floats(file)
+        stored |= {name: _Stored(dtype, n, file) for name, (dtype, n) in found.items()}
+    return stored
+
+
+def _pickled_floats(file: Path) -> dict[str, tuple[str, int]]:
     import torch
 
-    floating = ("float64", "float32", "float16", "bfloat16")
-    elements: dict[str, int] = {}
-    for file in weights.files:
-        state = torch.load(file, map_location="meta", weights_only=True)
-        for tensor in state.values() if isinstance(state, dict) else []:
-            dtype = str(getattr(tensor, "dtype", "")).removeprefix("torch.")
-            if isinstance(tensor, torch.Tensor) and dtype in floating:
-                elements[dtype] = elements.get(dtype, 0) + tensor.numel()
-    return most_elements(elements)
+    state = torch.load(file, map_location="meta", weights_only=True)
+    found = {}
+    for name, tensor in state.items() if isinstance(state, dict) else []:
+        dtype = str(getattr(tensor, "dtype", "")).removeprefix("torch.")
+        if isinstance(tensor, torch.Tensor) and dtype in SAFETENSORS_DTYPES.values():
+            found[str(name)] = (dtype, tensor.numel())
+    return found
+
+
+def _most_stored(stored: dict[str, _Stored]) -> str | None:
+    """The floating dtype most of the stored elements have; None when none is floating."""
+    elements: Counter[str] = Counter()
+    for tensor in stored.values():
+        elements[tensor.dtype] += tensor.elements
+    return most_elements(dict(elements))
+
+
+def _keep_stored_dtypes(model: Any, stored: dict[str, _Stored], pickled: bool) -> None:
+    """Give each tensor of ``model`` loaded in another dtype than the checkpoint stores it in
+    (fp32 norms of a bf16 checkpoint, loaded in bf16) its stored tensor, bit for bit. Tensors
+    are matched by name, with or without the base model's prefix (``transformer.``); one that
+    transformers converts on loading (fused into another tensor) has no such name."""
+    state = model.state_dict(keep_vars=True)  # the parameters and buffers themselves
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    differ: dict[str, str] = {}  # checkpoint name -> model name
+    for name, kept in stored.items():
+        target = next((n for n in _names_in_model(name, prefix) if n in state), None)
+        if target is None or state[target].numel() != kept.elements:
+            continue
+        if str(state[target].dtype).removeprefix("torch.") != kept.dtype:
+            differ[name] = target
+    for file in sorted({stored[name].file for name in differ}):
+        names = [name for name in differ if stored[name].file == file]
+        for name, tensor in _read_tensors(file, names, pickled).items():
+            state[differ[name]].data = tensor.to(state[differ[name]].device)
+
+
+def _names_in_model(name: str, prefix: str) -> list[str]:
+    """Where a checkpoint's tensor ``name`` may be in the model: as it is, or with the base
+    model's prefix added or taken away (as transformers matches them)."""
+    if not prefix:
+        return [name]
+    return [name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]
+
+
+def _read_tensors(file: Path, names: list[str], pickled: bool) -> dict[str, Any]:
+    """The tensors ``names`` of one weights file, as stored."""
+    import torch
+
+    if not pickled:
+        from safetensors import safe_open
+
+        with reading_safetensors(file), safe_open(str(file), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names}
+    try:  # mapped, not read whole: only a few of its tensors are wanted
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (not zip) format cannot be mapped
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    return {name: state[name].clone() for name in names}
+
+
+def _dtype_record(stored: dict[str, _Stored], dtype: str | None, config: Any) -> dict[str, Any]:
+    """What ``source.dtype`` records (spec 1.2): the dtype most weights are stored in, with the
+    config's when it names another, and the tensors of each dtype when there are several;
+    empty when there is nothing to record."""
+    record: dict[str, Any] = {}
+    said = getattr(config, "dtype", None)
+    said = str(said).removeprefix("torch.") if said is not None else None
+    if dtype is not None and said is not None and said != dtype:
+        record["config"] = said  # the bundle keeps the stored one
+    tensors = Counter(tensor.dtype for tensor in stored.values())
+    if len(tensors) > 1:
+        record["tensors"] = dict(sorted(tensors.items()))  # each kept in its own
+    return {"stored": dtype, **record} if record else {}
 
 
 def _refuse_non_causal_lm(
@@ -286,11 +373,11 @@ def _load_hf_model(
     pickled: bool,
     cached: bool,
     dtype: str | None,
-) -> Any:
-    """The model in ``dtype`` (the one its weights are stored in; transformers' ``auto`` would
-    take the config's ``dtype`` first), refused when the checkpoint's weights do not fit its
-    causal-LM class (transformers would fill in the missing ones at random and drop the others).
-    """
+) -> tuple[Any, list[str]]:
+    """The model in ``dtype`` (the one most of its weights are stored in; transformers' ``auto``
+    would take the config's ``dtype`` first) and the buffers of the checkpoint it dropped
+    (``_leftover_buffers``), refused when the checkpoint's weights do not fit its causal-LM
+    class (transformers would fill in the missing ones at random and drop the others)."""
     model, info = load_causal_lm(
         model_id,
         revision=revision,
@@ -300,13 +387,29 @@ def _load_hf_model(
         trust_remote_code=trust_remote_code,
         local_files_only=cached,
     )
-    problem = loading_problem(info)
+    dropped = _leftover_buffers(model, info.get("unexpected_keys") or ())
+    unexpected = [key for key in info.get("unexpected_keys") or () if key not in dropped]
+    problem = loading_problem({**info, "unexpected_keys": unexpected})
     if problem:
         raise UsageError(
             f"cannot use {model_id!r} as a seed: its weights do not fit "
             f"{type(model).__name__}: {problem}; {NEEDED} with all its weights"
         )
-    return model
+    return model, dropped
+
+
+def _leftover_buffers(model: Any, unexpected: Any) -> list[str]:
+    """The checkpoint's tensors ``model`` did not take that are buffers its class computes
+    itself, not weights: a buffer of the model (non-persistent ones included: GPT-Neo's
+    ``attn.attention.bias``), or one that older classes saved (``LEFTOVER_BUFFERS``)."""
+    prefix = str(getattr(model, "base_model_prefix", "") or "")
+    buffers = {name for name, _ in model.named_buffers()}
+    return sorted(
+        str(key)
+        for key in unexpected
+        if str(key).rpartition(".")[2] in LEFTOVER_BUFFERS
+        or any(name in buffers for name in _names_in_model(str(key), prefix))
+    )
 
 
 def _sees_later_tokens(model: Any) -> bool:
@@ -388,16 +491,14 @@ def init_from_hf(
     try:
         config = _refuse_non_causal_lm(model_id, revision, trust_remote_code, cached)
         weights = _find_weights(model_id, revision, cached)
-        if weights is not None and weights.pickled and not convert_pickle:
+        if weights is None:
+            raise UsageError(_no_weights_refusal(model_id))
+        if weights.pickled and not convert_pickle:
             raise UsageError(_pickled_refusal(model_id, weights.name))  # a Hub model
-        dtype = _stored_dtype(weights) if weights is not None else None
-        model = _load_hf_model(
-            model_id,
-            revision,
-            trust_remote_code,
-            weights is not None and weights.pickled,
-            cached,
-            dtype,
+        stored = _stored_tensors(weights)
+        dtype = _most_stored(stored)
+        model, dropped = _load_hf_model(
+            model_id, revision, trust_remote_code, weights.pickled, cached, dtype
         )
         tokenizer = AutoTokenizer.from_pretrained(
             model_id,
@@ -417,27 +518,29 @@ def init_from_hf(
             raise UsageError(f"cannot use {model_id!r} as a seed: {REMOTE_CODE}") from None
         hint = "" if local else " (is it a local directory, or is the Hub reachable?)"
         raise UsageError(f"cannot load model {model_id!r}: {exception_line(exc)}{hint}") from None
+    _check_tokenizer(model_id, model, tokenizer)
     if _sees_later_tokens(model):
         raise UsageError(
             f"cannot use {model_id!r} as a seed: its predictions change when a later token "
             f"changes (bidirectional attention, as in a masked LM such as BERT); {NEEDED}"
         )
+    framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
+    _keep_stored_dtypes(model, stored, weights.pickled)  # after the probe: one dtype computes
     source: dict[str, Any] = {
         "kind": "hf",
         "model": str(Path(model_id).resolve()) if local else model_id,
         "hub": not local,
         "revision": revision,
     }
-    if weights is not None and weights.pickled:
+    if weights.pickled:
         source["converted"] = {"from": weights.name, "loader": "torch.load(weights_only)"}
-    said = getattr(config, "dtype", None)
-    said = str(said).removeprefix("torch.") if said is not None else None
-    if dtype is not None and said is not None and said != dtype:
-        source["dtype"] = {"stored": dtype, "config": said}  # the bundle keeps the stored one
+    if record := _dtype_record(stored, dtype, config):
+        source["dtype"] = record
+    if dropped:
+        source["dropped"] = dropped  # buffers its class computes itself, not weights
     own_code = _runs_own_code(model, model.config, tokenizer)
     if own_code:
         source["trust_remote_code"] = True
-    framing = overridden(from_tokenizer(tokenizer), tokenizer, doc_start, doc_end)
     bundle = _write_seed(
         Path(out), model, tokenizer, source, language_codes(languages) or (), overwrite,
         progress, framing,
@@ -484,6 +587,55 @@ def _pickled_refusal(model_id: str, pickled: str) -> str:
         f"{model_id} has only pickled weights ({pickled}); pass --convert-pickle "
         "to convert them once to safetensors with torch's weights_only loader"
     )
+
+
+def _no_weights_refusal(model_id: str) -> str:
+    """Why a model with none of the weights files transformers reads cannot be a seed: what
+    was looked for, and in a local directory the files that may hold weights in other forms."""
+    directory = Path(model_id)
+    found = (
+        sorted(f.name for f in directory.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+        if directory.is_dir()
+        else []
+    )
+    held = f"it holds {', '.join(found[:5])}" if found else "it holds no weights files"
+    return (
+        f"cannot use {model_id!r} as a seed: it has none of the weights files transformers reads "
+        f"({', '.join(SAFETENSORS_WEIGHTS)}, or with --convert-pickle "
+        f"{', '.join(PICKLED_WEIGHTS)}); {held if directory.is_dir() else 'the Hub has none'}; "
+        "save the model with transformers' save_pretrained and pass that directory"
+    )
+
+
+def _token_ids(tokenizer: Any) -> int:
+    """How many token ids ``tokenizer`` may give: its length, or its largest id + 1 (ids need
+    not be dense; added and special tokens included), as ``xelm data prepare`` counts them."""
+    ids = [*tokenizer.get_vocab().values(), *tokenizer.all_special_ids]
+    return max(len(tokenizer), max((i for i in ids if isinstance(i, int)), default=-1) + 1)
+
+
+def _check_tokenizer(model_id: str, model: Any, tokenizer: Any) -> None:
+    """Refuse a tokenizer ``xelm data prepare`` would refuse (no fast, Rust, version), or one
+    that gives ids the model has no input embedding for (another model's tokenizer); a smaller
+    one (a padded embedding matrix) is fine."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: its tokenizer ({type(tokenizer).__name__}) has "
+            "no fast (Rust) version, which `xelm data prepare` needs; convert it first (save a "
+            "tokenizer.json beside it, e.g. with transformers' convert_slow_tokenizer)"
+        )
+    try:
+        rows = int(model.get_input_embeddings().weight.shape[0])
+    except (AttributeError, NotImplementedError):
+        return  # a model of its own code that does not say: training checks the ids
+    ids = _token_ids(tokenizer)
+    if ids > rows:
+        raise UsageError(
+            f"cannot use {model_id!r} as a seed: its tokenizer gives {ids} token ids but the "
+            f"model's input embeddings have {rows} rows; use the tokenizer that belongs to this "
+            f"model, or resize the embeddings first (resize_token_embeddings({ids}), then "
+            "save_pretrained)"
+        )
 
 
 def _runs_own_code(*loaded: Any) -> bool:

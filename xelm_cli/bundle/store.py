@@ -64,24 +64,33 @@ from xelm_cli.lang.codes import normalize_language
 Progress = Callable[[int], None]
 MAX_SHARD_SIZE = "2GB"
 _FICLONE = 0x40049409  # ioctl number of Linux FICLONE (reflink)
-_SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
 PROBE_TOKENS = 6  # a forward that checks a model: a handful of tokens
 
 
 def safetensors_elements(files: Iterable[Path]) -> dict[str, int]:
     """The floating-point elements stored in each dtype (``{"bfloat16": n, ...}``) over the
     safetensors ``files``, read from their headers (no tensor data)."""
-    from safetensors import safe_open
-
     elements: dict[str, int] = {}
     for path in files:
-        with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
-            for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
-                part = f.get_slice(name)
-                dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
-                if dtype:
-                    elements[dtype] = elements.get(dtype, 0) + math.prod(part.get_shape())
+        for dtype, count in safetensors_floats(path).values():
+            elements[dtype] = elements.get(dtype, 0) + count
     return elements
+
+
+def safetensors_floats(path: Path) -> dict[str, tuple[str, int]]:
+    """Each floating-point tensor of a safetensors file: name -> (dtype, elements), read from
+    its header (no tensor data)."""
+    from safetensors import safe_open
+
+    found = {}
+    with reading_safetensors(path), safe_open(str(path), framework="numpy") as f:
+        for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+            part = f.get_slice(name)
+            dtype = SAFETENSORS_DTYPES.get(part.get_dtype())
+            if dtype:
+                found[name] = (dtype, math.prod(part.get_shape()))
+    return found
 
 
 def most_elements(elements: dict[str, int]) -> str | None:

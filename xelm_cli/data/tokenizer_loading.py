@@ -55,8 +55,9 @@ def _has_model_type(path: Path) -> bool:
     return False
 
 
-def _from_pretrained(path: Path) -> Any:
-    """The tokenizer in ``path`` as AutoTokenizer loads it.
+def _from_pretrained(path: Path, trusted: bool = False) -> Any:
+    """The tokenizer in ``path`` as AutoTokenizer loads it, running its own code only when
+    ``trusted`` (a bundle whose code this machine trusted: ``Bundle.runs_trusted_code``).
 
     Beside a model's config.json, AutoTokenizer's class depends on the model type, whatever
     class tokenizer_config.json names (model type qwen2 loads Qwen2Tokenizer, which splits
@@ -67,6 +68,8 @@ def _from_pretrained(path: Path) -> Any:
     generic class; where the two agree, its choice makes no difference)."""
     import transformers
 
+    if trusted:
+        return transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     named = None if _has_model_type(path) else _named_class(path)
     generic = transformers.TokenizersBackend
     if named in GENERIC_TOKENIZER_CLASSES:
@@ -101,8 +104,11 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"tokenizer not found: {path} is not a directory (a bundle or tokenizer)")
+    bundle = None
     if (path / BUNDLE_MANIFEST).is_file():
-        Bundle.open(path)  # a bundle's tokenizer must match its digests like any other file
+        bundle = Bundle.open(path)  # a bundle's tokenizer must match its digests like any other
+    # a bundle runs its own tokenizer code exactly when Bundle.load_tokenizer runs it
+    trusted = bundle is not None and bundle.runs_trusted_code()
     try:
         fingerprint = tokenizer_fingerprint(path)
     except FormatError:
@@ -111,7 +117,7 @@ def load_tokenizer(path: str | Path) -> TokenizerInfo:
             "model); train one with `xelm data tokenizer` or pass a bundle"
         ) from None
     try:
-        tokenizer = _from_pretrained(path)
+        tokenizer = _from_pretrained(path, trusted)
     except Exception as exc:  # transformers raises many kinds; all mean "not loadable"
         raise UsageError(f"cannot load the tokenizer in {path}: {exception_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):

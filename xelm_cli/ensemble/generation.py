@@ -191,7 +191,7 @@ def generate(
     check_positions(members, prompt_tokens, max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     result = Generation("", [], [runner.experts[e].name for e in chosen], combine)
-    stops = runner.framing.stops(runner.tokenizer)
+    stops = set().union(*(runner.framing.stops(runner.tokenizer, m.path) for m in members))
     never = _never_generated(runner.framing.start, stops)
     models: list[LoadedModel] = []
     try:
