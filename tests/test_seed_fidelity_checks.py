@@ -394,3 +394,26 @@ def test_generation_stops_at_the_eos_ids_of_generation_config(tmp_path: Path) ->
     seed = init_from_hf(tmp_path / "hf", tmp_path / "seed", languages=["en"])
     generated = generate([seed], build_router("uniform"), "hello", max_new_tokens=5, temperature=0)
     assert generated.tokens == [stop]
+
+
+@pytest.mark.parametrize(("save_dtype", "norms"), [("auto", "float32"), ("bfloat16", "bfloat16")])
+def test_a_trained_expert_keeps_each_tensor_in_the_dtype_its_seed_stores_it_in(
+    tmp_path: Path, save_dtype: str, norms: str
+) -> None:
+    """fp32 master weights written back per tensor (was: the whole model cast to bf16, the
+    seed's fp32 norms with it); a chosen --save-dtype still casts every tensor."""
+    from xelm_cli.api import train
+
+    _mixed(tmp_path / "hf")
+    seed = init_from_hf(tmp_path / "hf", tmp_path / "seed", languages=["en"])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "en.txt").write_text(f"{TEXT}\n" * 40)
+    prepare(corpus, seed.path, tmp_path / "shards", languages=["en"])
+    options = {"block_size": 8, "batch_size": 2, "device": "cpu", "save_dtype": save_dtype}
+    expert = train(seed.path, data=tmp_path / "shards", tokens=32, output=tmp_path / "expert",
+                   **options)  # fmt: skip
+    stored = _tensors(expert.path)
+    assert {str(t.dtype) for name, t in stored.items() if "norm" in name} == {f"torch.{norms}"}
+    assert {str(t.dtype) for name, t in stored.items() if "norm" not in name} == {"torch.bfloat16"}
+    assert expert.manifest.training["saved_dtype"] == "bfloat16"

@@ -547,6 +547,15 @@ def evaluate(
 # --- 4. the trained bundle ------------------------------------------------------------------------
 
 
+def cast_as_stored(model: Any, stored: dict[str, str], most: str) -> None:
+    """Each floating tensor of ``model`` (fp32 master weights) cast, from fp32, to the dtype the
+    parent stores it in (``stored``, by name: fp32 norms of a bf16 seed stay fp32), else to
+    ``most``, the dtype most of the parent's weights are stored in."""
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(getattr(torch, stored.get(name, most)))
+
+
 def write_trained(
     request: TrainRequest,
     inputs: Inputs,
@@ -603,7 +612,12 @@ def write_trained(
     ) as writer:
         if full_state is not None:  # FSDP: the gathered weights into an unsharded copy
             model = unsharded_copy(parent, full_state)
-        writer.save_model(model.to("cpu").to(getattr(torch, save_dtype)))
+        model = model.to("cpu")
+        if options.save_dtype == "auto":
+            cast_as_stored(model, parent.stored_dtypes(), save_dtype)
+        else:
+            model = model.to(getattr(torch, save_dtype))
+        writer.save_model(model)
     if not options.keep_checkpoints:
         for _, path in list_checkpoints(request.checkpoint_dir):
             shutil.rmtree(path, ignore_errors=True)

@@ -381,6 +381,14 @@ class Bundle:
             raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
         return (model, info) if wants_info else model
 
+    def stored_dtypes(self) -> dict[str, str]:
+        """Each floating-point tensor's stored dtype by name (``{"model.norm.weight":
+        "float32", ...}``), read from the safetensors headers."""
+        found: dict[str, str] = {}
+        for path in sorted(self.path.glob("*.safetensors")):
+            found |= {name: dtype for name, (dtype, _) in safetensors_floats(path).items()}
+        return found
+
     def weights_dtype(self) -> str:
         """The floating dtype most of the weights are stored in (``bfloat16``, ``float32``, ...),
         read from the safetensors headers."""
