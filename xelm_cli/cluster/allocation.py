@@ -18,7 +18,7 @@ import numpy as np
 
 from xelm_cli import __version__
 from xelm_cli.bundle.fingerprint import reading_safetensors
-from xelm_cli.bundle.manifest import schema_problems, spec_schema
+from xelm_cli.bundle.manifest import first_of, schema_problems, spec_schema
 from xelm_cli.common.atomic import atomic_directory, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
@@ -190,8 +190,7 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
         raise FormatError(empty)
     problems = schema_problems(data, allocation_schema(), what="allocation")
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise FormatError(f"{problems[0]}{more}")
+        raise FormatError(first_of(problems))
     experts = data["experts"]
     if data.get("k", len(experts)) != len(experts):
         raise FormatError(f"'k' is {data['k']} but there are {len(experts)} experts")
