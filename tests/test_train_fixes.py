@@ -57,7 +57,8 @@ def test_a_weight_decay_checkpoint_goes_from_one_process_to_fsdp_and_back(
     """Torch numbers an optimiser's parameters group by group; FSDP's gather and load now do
     too: the 2 FSDP ranks read one process's step-2 checkpoint (before: "The size of tensor a
     (32) must match the size of tensor b (86)"), write a step-4 checkpoint with the same
-    tensors as one process's, which one process reads to finish like the uninterrupted run."""
+    tensors as one process's, which one process reads to finish like the uninterrupted run.
+    The ranks leave no gloo threads behind (they aborted a process at exit now and then)."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     full, moved, single = (tmp_path / name for name in ("full", "moved", "single"))
     TrainingRun().train(_decayed(seed_bundle, train_shards, full))
@@ -71,6 +72,8 @@ def test_a_weight_decay_checkpoint_goes_from_one_process_to_fsdp_and_back(
     done = launch(program, tmp_path, ranks=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("resuming from step 2") == 1
+    if sys.platform == "linux":  # the group is gone before the interpreter finalises
+        assert done.stdout.count("gloo worker threads after the run: 0") == 2, done.stdout
     step_4 = checkpoint_dir(moved) / "step-000000004"
     assert sorted(p.name for p in checkpoint_dir(moved).glob("step-*")) == [step_4.name]
 
@@ -97,6 +100,15 @@ def test_a_weight_decay_checkpoint_goes_from_one_process_to_fsdp_and_back(
     print(f"max abs weight difference, 1 -> FSDP 2 -> 1 vs uninterrupted: {diff:.3g}")
     assert diff < TOLERANCE, diff
     assert max_difference(full, seed_bundle) > 1000 * TOLERANCE  # it trained
+
+
+def gloo_worker_threads() -> list[str]:
+    """This process's threads that gloo's process group runs collectives on (Linux)."""
+    tasks = Path("/proc/self/task")
+    names = (
+        [(task / "comm").read_text().strip() for task in tasks.iterdir()] if tasks.is_dir() else []
+    )
+    return [name for name in names if name == "pt_gloo_runloop"]
 
 
 # --- 2. no checkpoint with NaN weights -------------------------------------------------------
@@ -587,6 +599,7 @@ if __name__ == "__main__":  # under torchrun: a run that resumes, then stops aft
                 resume=True,
             )
         )  # fmt: skip
+    print(f"gloo worker threads after the run: {len(gloo_worker_threads())}")
 
 
 def test_a_checkpoint_state_that_is_no_json_is_refused_with_the_way_out(tmp_path: Path) -> None:

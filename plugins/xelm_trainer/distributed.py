@@ -4,9 +4,10 @@ Imported only when a run starts (it imports torch). Without torchrun (no ``WORLD
 environment) every helper is a no-op and the run is the plain single-process loop.
 """
 
+import gc
 import os
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ class Ranks:
     world: int = 1
     local: int = 0
     launched: bool = False  # started by torchrun (WORLD_SIZE set), even with one rank
+    meshes: list[Any] = field(default_factory=list, repr=False, compare=False)  # by mesh()
 
     @classmethod
     def from_environment(cls) -> "Ranks":
@@ -59,9 +61,29 @@ class Ranks:
             backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT
         )
 
+    def mesh(self, device: torch.device) -> Any:
+        """The one-dimensional mesh of all ranks that FSDP shards over (built once)."""
+        if not self.meshes:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self.meshes.append(init_device_mesh(device.type, (self.world,)))
+        return self.meshes[0]
+
     def stop(self) -> None:
-        if self.launched and dist.is_initialized():
+        """Leave the process group, and let it go. A mesh keeps its groups (for
+        torch.compile) and DTensor's caches keep the mesh past the run: gloo's worker
+        threads then lived on, and one that freed a collective's tensors while the
+        interpreter finalised aborted the process ("terminate called without an active
+        exception"). Outside torch.compile a mesh finds its groups by name. The run's
+        model, whose FSDP state holds the group too, is collected here (reference cycles)."""
+        if not self.launched:
+            return
+        if dist.is_initialized():
             dist.destroy_process_group()
+        for mesh in self.meshes:
+            getattr(mesh, "_pg_registry", {}).clear()
+        self.meshes.clear()
+        gc.collect()
 
     def barrier(self) -> None:
         if self.launched and dist.is_initialized():
@@ -154,10 +176,11 @@ def wrap(model: Any, ranks: Ranks, device: torch.device, sharding: Sharding | No
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def shard(model: Any, sharding: Sharding | None = None) -> Any:
+def shard(model: Any, sharding: Sharding | None = None, mesh: Any = None) -> Any:
     """FSDP2 in place: one shard unit per decoder layer (:func:`shard_units`), then the rest
     of the model (embeddings, final norm, output layer) as the root unit; gathers and
-    reductions in ``sharding``'s dtypes (default: fp32)."""
+    reductions in ``sharding``'s dtypes (default: fp32); over ``mesh`` (default: all
+    ranks)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     sharding = sharding or Sharding()
@@ -165,20 +188,21 @@ def shard(model: Any, sharding: Sharding | None = None) -> Any:
         param_dtype=sharding.param_dtype, reduce_dtype=sharding.reduce_dtype
     )
     for unit in shard_units(model):
-        fully_shard(unit, mp_policy=policy)
-    return fully_shard(model, mp_policy=policy)
+        fully_shard(unit, mesh=mesh, mp_policy=policy)
+    return fully_shard(model, mesh=mesh, mp_policy=policy)
 
 
 def shard_from_main(model: Any, sharding: Sharding, ranks: Ranks, device: torch.device) -> Any:
     """:func:`shard`, then with ``sharding.from_main`` every rank's shards of rank 0's
     parameters, and rank 0's buffers whole (a collective; the other ranks' models are on the
     meta device until then)."""
+    mesh = ranks.mesh(device)
     if not sharding.from_main:
-        return shard(model, sharding)
+        return shard(model, sharding, mesh)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     full = model.state_dict() if ranks.main else {}  # keeps rank 0's whole tensors until sent
-    shard(model, sharding)
+    shard(model, sharding, mesh)
     if not ranks.main:
         model.to_empty(device=device)
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -126,6 +127,10 @@ class TrainingRun:
                     )
                 request = replace(request, resume=False)
             return self.run(request, inputs, ranks, device, started)
+        except BaseException as failed:
+            if ranks.launched:  # the run's frames hold its model, which holds the group
+                traceback.clear_frames(failed.__traceback__)
+            raise
         finally:
             ranks.stop()
 
