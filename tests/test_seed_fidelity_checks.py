@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from custom_code import add_custom_code
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -232,52 +233,11 @@ def test_an_unexpected_weight_beside_the_buffers_is_still_refused(tmp_path: Path
 
 # --- 4. tokenizers data prepare can use ---------------------------------------------------------
 
-CONFIGURATION = """from transformers import LlamaConfig
-
-
-class TinyCustomConfig(LlamaConfig):
-    model_type = "xelm-tiny-custom-tok"
-"""
-MODELING = """from transformers import LlamaForCausalLM
-
-from .configuration_tiny_custom import TinyCustomConfig
-
-
-class TinyCustomModel(LlamaForCausalLM):
-    config_class = TinyCustomConfig
-"""
-TOKENIZATION = """from transformers import LlamaTokenizer
-
-
-class TinyCustomTokenizer(LlamaTokenizer):
-    pass
-"""
-
 
 def _custom_with_tokenizer(out: Path) -> Path:
     """A model whose config and tokenizer are its own code (auto_map), as Hub models with
     custom architectures and tokenizers ship."""
-    hf = _llama(out)
-    (hf / "configuration_tiny_custom.py").write_text(CONFIGURATION)
-    (hf / "modeling_tiny_custom.py").write_text(MODELING)
-    (hf / "tokenization_tiny_custom.py").write_text(TOKENIZATION)
-    config = json.loads((hf / "config.json").read_text())
-    config |= {
-        "model_type": "xelm-tiny-custom-tok",
-        "architectures": ["TinyCustomModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_tiny_custom.TinyCustomConfig",
-            "AutoModelForCausalLM": "modeling_tiny_custom.TinyCustomModel",
-        },
-    }
-    (hf / "config.json").write_text(json.dumps(config))
-    tokenizer = json.loads((hf / "tokenizer_config.json").read_text())
-    tokenizer |= {
-        "tokenizer_class": "TinyCustomTokenizer",
-        "auto_map": {"AutoTokenizer": [None, "tokenization_tiny_custom.TinyCustomTokenizer"]},
-    }
-    (hf / "tokenizer_config.json").write_text(json.dumps(tokenizer))
-    return hf
+    return add_custom_code(_llama(out), "xelm-tiny-custom-tok", tokenizer=True)
 
 
 def test_a_seed_with_its_own_tokenizer_code_is_prepared_with_it(tmp_path: Path) -> None:

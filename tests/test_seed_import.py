@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from custom_code import MODELING, add_custom_code
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaTokenizer
 
@@ -133,39 +134,11 @@ def test_converted_pickles_keep_their_dtype_and_name_the_file_read(
 
 # --- custom code: refused unless asked, then its bundles load ----------------------------------
 
-CONFIGURATION = """from transformers import LlamaConfig
-
-
-class TinyCustomConfig(LlamaConfig):
-    model_type = "xelm-tiny-custom"
-"""
-MODELING = """from transformers import LlamaForCausalLM
-
-from .configuration_tiny_custom import TinyCustomConfig
-
-
-class TinyCustomModel(LlamaForCausalLM):
-    config_class = TinyCustomConfig
-"""
-
 
 def _custom(out: Path) -> Path:
     """A tiny model whose config names its own code (auto_map), as Hub models with custom
     architectures ship: configuration and modeling modules beside config.json."""
-    hf = _llama(out)
-    (hf / "configuration_tiny_custom.py").write_text(CONFIGURATION)
-    (hf / "modeling_tiny_custom.py").write_text(MODELING)
-    config = json.loads((hf / "config.json").read_text())
-    config |= {
-        "model_type": "xelm-tiny-custom",
-        "architectures": ["TinyCustomModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_tiny_custom.TinyCustomConfig",
-            "AutoModelForCausalLM": "modeling_tiny_custom.TinyCustomModel",
-        },
-    }
-    (hf / "config.json").write_text(json.dumps(config))
-    return hf
+    return add_custom_code(_llama(out), "xelm-tiny-custom")
 
 
 @pytest.fixture(scope="module")
