@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from xelm_cli.cli import run
+from xelm_cli.common.errors import FormatError
 from xelm_cli.data.recipes import load_recipe
 
 
@@ -40,3 +41,45 @@ def test_tags_are_normalised_and_kept_in_order(tmp_path: Path) -> None:
     recipe = load_recipe(write_recipe(tmp_path / "once.json", {"heb": {"code": "iw"}, "ar": {}}))
     assert recipe.languages == ["he", "ar"]
     assert recipe.source("he").config == "iw"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (  # the schema holds no unknown top-level member
+            '{"format": "xelm-corpus-recipe", "format_version": "1.0.0", "extra": 1, '
+            '"languages": {"ar": {"dataset": "allenai/c4"}}}',
+            "Additional properties are not allowed ('extra' was unexpected)",
+        ),
+        (  # refused though only ar would be read: the recipe as a whole is invalid
+            '{"format": "xelm-corpus-recipe", "format_version": "1.0.0", '
+            '"languages": {"ar": {"dataset": "allenai/c4"}, "pl": {"config": "pl"}}}',
+            "languages.pl names no dataset and no path (give it one, or a dataset in defaults)",
+        ),
+        (
+            '{"format": "xelm-corpus-recipe", "format_version": "1.0.0", '
+            '"languages": {"ar": {"dataset": "allenai/c4", "documents": 5}}}',
+            "languages.ar holds documents, a 1.1 field, in a 1.0.0 recipe (say format_version "
+            "1.1.0)",
+        ),
+    ],
+)
+def test_a_recipe_the_spec_calls_invalid_is_refused_in_one_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    (tmp_path / "r.json").write_text(text)
+    with pytest.raises(FormatError) as refused:
+        load_recipe(tmp_path / "r.json")
+    assert str(refused.value).startswith("recipe r.json is not valid: ")
+    assert problem in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_key_repeated_in_a_recipe_is_refused(tmp_path: Path) -> None:
+    """Readers disagree on which of two values counts: neither is taken."""
+    path = tmp_path / "r.json"
+    path.write_text(
+        '{"format": "xelm-corpus-recipe", "format_version": "1.0.0", '
+        '"languages": {"ar": {"dataset": "allenai/c4", "dataset": "mc4"}}}'
+    )
+    with pytest.raises(FormatError, match=r"key 'dataset' appears twice in one object$"):
+        load_recipe(path)

@@ -95,11 +95,30 @@ def parse_recipe(data: dict[str, Any], name: str, base: Path | None) -> Recipe:
             f"recipe {name} has format version {data['format_version']}; this xelm reads "
             f"{SUPPORTED_MAJOR}.x: upgrade xelm"
         )
-    problems = schema_problems(data, recipe_schema(), what="recipe")
+    problems = schema_problems(data, recipe_schema(), what="recipe") or rule_problems(data)
     if problems:
         raise FormatError(f"recipe {name} is not valid: {problems[0]}")
     languages = normalized_entries(data["languages"], name)
     return Recipe(str(data.get("name", name)), {**data, "languages": languages}, base)
+
+
+def rule_problems(data: dict[str, Any]) -> list[str]:
+    """What the schema cannot say (spec section 2): a dataset entry names a ``dataset`` once
+    ``defaults`` are merged, and a 1.0 recipe uses no 1.1 field (``documents``)."""
+    defaults = data.get("defaults", {})
+    problems = [
+        f"languages.{lang} names no dataset and no path (give it one, or a dataset in defaults)"
+        for lang, entry in data["languages"].items()
+        if "path" not in entry and "dataset" not in {**defaults, **entry}
+    ]
+    minor = int(str(data["format_version"]).split(".")[1])
+    problems += [
+        f"languages.{lang} holds documents, a 1.1 field, in a {data['format_version']} recipe "
+        "(say format_version 1.1.0)"
+        for lang, entry in data["languages"].items()
+        if minor < 1 and "documents" in entry
+    ]
+    return problems
 
 
 def normalized_entries(entries: dict[str, Any], name: str) -> dict[str, Any]:
@@ -142,8 +161,8 @@ def load_recipe(source: str | Path) -> Recipe:
                 "(see `xelm data recipes`)"
             )
         path = shipped[str(source)]
-        return parse_recipe(read_json_object(path, "recipe"), str(source), None)
-    return parse_recipe(read_json_object(path, "recipe"), path.name, path.parent)
+        return parse_recipe(read_json_object(path, "recipe", unique_keys=True), str(source), None)
+    return parse_recipe(read_json_object(path, "recipe", unique_keys=True), path.name, path.parent)
 
 
 def recipe_from_options(
