@@ -327,3 +327,32 @@ def test_zeros_after_the_end_and_tar_written_archives_unpack(
         out = tmp_path / archive.name.split(".")[0]
         unpack_bundle(archive, out)
         assert verify_bundle(out) == []
+
+
+# ---------------------------------------------------------------- 8. what the spec adds
+
+
+def test_two_tags_of_one_language_make_a_manifest_invalid(
+    seed_bundle: Path, tmp_path: Path
+) -> None:
+    """Which one a reader kept would decide what the bundle is for (spec 3, 7.2)."""
+
+    def alias(_: Path, data: dict[str, Any]) -> None:
+        data["languages"] = ["he", "ar", "iw"]
+
+    bundle = _edited(seed_bundle, tmp_path / "he", alias)
+    assert verify_bundle(bundle) == ["languages: 'he' and 'iw' are one language (spec 3)"]
+
+
+def test_a_manifest_no_unpacker_would_take_is_not_packed(
+    seed_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archive_mod, "MAX_MANIFEST_SIZE", 1 << 10)
+    size = (seed_bundle / MANIFEST_NAME).stat().st_size
+    with pytest.raises(UsageError) as refused:
+        pack_bundle(seed_bundle, tmp_path / "a.xelm.tar.zst")
+    assert str(refused.value) == (
+        f"{seed_bundle}: xelm.json is {size:,} bytes, more than an archive's manifest may hold "
+        "(1,024); copy the folder instead"
+    )
+    assert not (tmp_path / "a.xelm.tar.zst").exists()

@@ -162,6 +162,11 @@ def pack_bundle(
     manifest_raw = (bundle.path / MANIFEST_NAME).read_bytes()
     if sha256_bytes(manifest_raw) != bundle.digest:
         raise IntegrityError(f"{bundle.path}: {MANIFEST_NAME} changed while packing; try again")
+    if len(manifest_raw) > MAX_MANIFEST_SIZE:  # no unpacker would take it (spec 8)
+        raise UsageError(
+            f"{bundle.path}: {MANIFEST_NAME} is {len(manifest_raw):,} bytes, more than an "
+            f"archive's manifest may hold ({MAX_MANIFEST_SIZE:,}); copy the folder instead"
+        )
     compressor = zstandard.ZstdCompressor(level=level, threads=ZSTD_THREADS, write_checksum=True)
     with (
         atomic_file(Path(out), overwrite=overwrite) as tmp,

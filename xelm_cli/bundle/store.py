@@ -458,6 +458,7 @@ def rule_problems(data: dict[str, Any]) -> list[str]:
             )
     if CARD_NAME not in files:
         problems.append(f"files: {CARD_NAME}, the model card, is not listed (spec 6)")
+    problems += _repeated_languages(data["languages"])
     first_parents: dict[str, int] = {}  # step i's first parent is what step i-1 made
     for i, step in enumerate(data["lineage"]):
         relation, parents = step["relation"], step["parents"]
@@ -485,6 +486,23 @@ def rule_problems(data: dict[str, Any]) -> list[str]:
                 problems.append(
                     f"lineage/{i}/weights: they sum to {math.fsum(weights):.6g}, not 1 (spec 3.2)"
                 )
+    return problems
+
+
+def _repeated_languages(tags: list[str]) -> list[str]:
+    """Two tags of one language (``he`` and ``iw``): which one a reader keeps would decide
+    what the bundle is for. A tag xelm does not know is left to the schema's pattern."""
+    seen: dict[str, str] = {}
+    problems = []
+    for tag in tags:
+        with contextlib.suppress(UsageError):
+            code = normalize_language(tag)
+            if code in seen:
+                problems.append(
+                    f"languages: {short_repr(seen[code])} and {short_repr(tag)} are one "
+                    "language (spec 3)"
+                )
+            seen.setdefault(code, tag)
     return problems
 
 
