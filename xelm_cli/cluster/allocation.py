@@ -22,7 +22,7 @@ from xelm_cli.bundle.manifest import first_of, schema_problems, spec_schema
 from xelm_cli.common.atomic import atomic_directory, write_bytes_atomic
 from xelm_cli.common.digest import sha256_bytes, sha256_file
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
-from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.common.jsonio import parse_json_object, pretty_json, short_repr
 from xelm_cli.common.outputs import check_replaceable, json_format
 from xelm_cli.common.recognise import ALLOCATION_FORMAT, ALLOCATION_MANIFEST, what_path_is
 from xelm_cli.lang.codes import distinct_languages
@@ -162,8 +162,8 @@ def read_allocation(path: str | Path) -> Allocation:
     json_path = _manifest_path(path)
     if not json_path.is_file():
         raise UsageError(_not_an_allocation(path))
-    raw = json_path.read_bytes()
-    data = read_json_object(json_path, "allocation")
+    raw = json_path.read_bytes()  # parsed as read: the digest names the bytes parsed
+    data = parse_json_object(raw, f"allocation {json_path}", unique_keys=True)
     try:
         languages = _expert_languages(data)
     except FormatError as exc:
@@ -194,6 +194,13 @@ def _expert_languages(data: dict[str, Any]) -> list[list[str]]:
     experts = data["experts"]
     if data.get("k", len(experts)) != len(experts):
         raise FormatError(f"'k' is {data['k']} but there are {len(experts)} experts")
+    for i, expert in enumerate(experts):
+        if "index" in expert and expert["index"] != i:
+            raise FormatError(
+                f"experts[{i}] has index {short_repr(expert['index'])} but is expert {i} (its "
+                "position in the array); put each expert at the position of its index, or "
+                "remove 'index'"
+            )
     languages: list[list[str]] = []
     for i, expert in enumerate(experts):
         try:

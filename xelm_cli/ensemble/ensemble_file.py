@@ -107,10 +107,11 @@ class EnsembleSpec:
 
     @classmethod
     def read(cls, path: Path) -> "EnsembleSpec":
-        data = read_json_object(path, "ensemble file")
+        data = read_json_object(path, "ensemble file", unique_keys=True)
         if data.get("format") != ENSEMBLE_FORMAT:
             raise FormatError(f"{path}: not an xelm ensemble file (format {data.get('format')!r})")
-        if data.get("format_version") != ENSEMBLE_FORMAT_VERSION:
+        version = data.get("format_version")
+        if type(version) is not int or version != ENSEMBLE_FORMAT_VERSION:  # not true, not 1.0
             raise FormatError(
                 f"{path}: ensemble format_version {data.get('format_version')!r} is not "
                 f"supported (this xelm reads {ENSEMBLE_FORMAT_VERSION})"

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from xelm_cli.common.atomic import atomic_directory
 from xelm_cli.common.errors import FormatError, UsageError, exception_line
-from xelm_cli.common.jsonio import pretty_json, read_json_object, short_repr
+from xelm_cli.common.jsonio import parse_json_object, pretty_json, short_repr
 from xelm_cli.data.shards import Shards
 
 CHECKPOINT_PREFIX = "step-"
@@ -327,14 +327,17 @@ def restore_rng_states(rng: dict[str, Any]) -> None:
 def read_checkpoint_state(path: Path) -> dict[str, Any]:
     """The JSON state of the checkpoint ``path``, refused in one line when it is not one or has
     a format version this xelm does not read (checkpoints of xelm before the field are 1)."""
-    try:
-        state = read_json_object(path / STATE_FILE, "checkpoint state")
-    except FormatError as exc:  # not JSON, or gone: the way out as for its other files
+    try:  # named by the file alone: the refusal names the checkpoint, and is cut at 160
+        raw = (path / STATE_FILE).read_bytes()
+        state = parse_json_object(raw, STATE_FILE, unique_keys=True)
+    except FileNotFoundError:  # gone: the way out as for its other files
+        raise damaged_checkpoint(path, FormatError(f"{STATE_FILE} not found")) from None
+    except FormatError as exc:  # not JSON, a key twice: the way out as for its other files
         raise damaged_checkpoint(path, exc) from None
     if state.get("format") != CHECKPOINT_FORMAT:
         raise FormatError(f"{path}: not an xelm checkpoint")
     version = state.get("format_version", 1)
-    if version != CHECKPOINT_FORMAT_VERSION:
+    if type(version) is not int or version != CHECKPOINT_FORMAT_VERSION:  # not true, not 1.0
         raise FormatError(
             f"{path}: checkpoint format version {short_repr(version)} is not supported by this "
             f"xelm (reads {CHECKPOINT_FORMAT_VERSION}); resume with the xelm that wrote it, or "

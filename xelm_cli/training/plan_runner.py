@@ -83,7 +83,7 @@ def read_plan(path: Path) -> dict[str, Any]:
             f"{path} is a directory, not a plan: give the file `xelm plan ... --json > "
             "plan.json` wrote"
         )
-    plan = read_json_object(path, "plan") if path.is_file() else None
+    plan = read_json_object(path, "plan", unique_keys=True) if path.is_file() else None
     if plan is None:
         raise UsageError(f"no plan at {path}: write one with `xelm plan ... --json > {path}`")
     return check_plan(plan, path)
@@ -96,7 +96,7 @@ def check_plan(plan: dict[str, Any], file: Path | None = None) -> dict[str, Any]
     if plan.get("format") != PLAN_FORMAT:
         raise FormatError(f"{where} is not a plan written by `xelm plan --json`")
     version = plan.get("format_version", 1)  # plans of xelm before the field are version 1
-    if version != PLAN_FORMAT_VERSION:
+    if type(version) is not int or version != PLAN_FORMAT_VERSION:  # not true, not 1.0
         raise FormatError(
             f"{where}: plan format version {short_repr(version)} is not supported by this "
             f"xelm (reads {PLAN_FORMAT_VERSION}); upgrade xelm to run it, or make the plan "
@@ -108,7 +108,36 @@ def check_plan(plan: dict[str, Any], file: Path | None = None) -> dict[str, Any]
         raise FormatError(f"{where}: plan {misspelt}; {remake}")
     if problems := schema_problems(plan, schema, what="plan"):
         raise FormatError(f"{where}: {problems[0]}; {remake}")
+    for run in plan["runs"]:
+        if problem := output_problem(run, plan.get("directory")):
+            raise FormatError(f"{where}: plan run {short_repr(run['name'])}: {problem}; {remake}")
     return plan
+
+
+def output_problem(run: dict[str, Any], directory: Any) -> str | None:
+    """What makes ``run``'s outputs ambiguous (or None), said after ``run NAME:``: a command
+    whose ``-o`` has no path after it, or that gives ``-o`` twice (the runner takes the path
+    after the first, the command the last), or an ``output`` other than the path of its last
+    command's ``-o``: the runner finds a run done by that path, and reports ``output``. Paths
+    are compared as the runner takes them, in the plan's ``directory`` (absolute; the current
+    one for a plan without it)."""
+    for index, command in enumerate(run["commands"]):
+        at = command.index("-o")  # (every command has one: the schema)
+        path = command[at + 1] if at + 1 < len(command) else ""
+        if not path or (path.startswith("-") and path != "-"):
+            return f"command {index} (xelm {command[1]}) has no path after -o"
+        if "-o" in command[at + 2 :]:
+            return f"command {index} (xelm {command[1]}) gives -o twice"
+    base = directory if isinstance(directory, str) and os.path.isabs(directory) else os.getcwd()
+    output, written = run["output"], output_of(run["commands"][-1])
+    if os.path.normpath(os.path.join(base, output)) != os.path.normpath(
+        os.path.join(base, written)
+    ):
+        return (
+            f"output {short_repr(output)} is not the path its last command writes "
+            f"(-o {short_repr(written)})"
+        )
+    return None
 
 
 def plan_schema() -> dict[str, Any]:
@@ -253,7 +282,9 @@ def not_trained_by(commands: list[list[str]], bundle: Bundle, directory: Path | 
 
 
 def flag_value(command: list[str], flag: str) -> str | None:
-    return command[command.index(flag) + 1] if flag in command else None
+    """The value after ``flag`` in ``command``; None without one (the command refuses it)."""
+    at = command.index(flag) if flag in command else len(command)
+    return command[at + 1] if at + 1 < len(command) else None
 
 
 def shown_command(command: list[str], nproc_per_node: int) -> list[str]:
