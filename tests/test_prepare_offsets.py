@@ -130,6 +130,22 @@ def test_an_offsets_file_resumed_over_is_not_checked_as_damage(tmp_path: Path) -
     again.remove()
 
 
+ZERO = "sha256:" + "0" * 64
+MINIMAL_FIELDS = {  # what a valid manifest holds besides its languages (spec/shards-v1.md 3)
+    "dtype": "uint16",
+    "tokenizer": {
+        "fingerprint": ZERO,
+        "vocab_size": 320,
+        "special_tokens": {"bos": None, "eos": None, "pad": None},
+    },
+    "source": {"kind": "files", "path": "corpus", "digest": ZERO},
+    "options": {
+        "languages": None, "token_caps": None, "alpha": None, "tokens": None, "seed": 0,
+        "split": None,
+    },
+}  # fmt: skip
+
+
 def test_finish_links_the_offsets_file_and_a_rerun_leaves_finished_shards_whole(
     tmp_path: Path,
 ) -> None:
@@ -144,10 +160,8 @@ def test_finish_links_the_offsets_file_and_a_rerun_leaves_finished_shards_whole(
     linked = shards / offsets_file("en")
     assert os.path.samefile(linked, work.path / offsets_file("en"))
     assert linked.read_bytes() == expected(LENGTHS).tobytes()
-    write_manifest(
-        shards,
-        {"dtype": "uint16", "tokenizer": {}, "source": {}, "options": {}, "languages": entries},
-    )  # sealed: read-only, and work's file is the same one
+    write_manifest(shards, MINIMAL_FIELDS | {"languages": entries})
+    # sealed: read-only, and work's file is the same one
     # killed now: the rerun writes its offsets under another name, renamed over the link
     work.release()
     rerun = work_directory(out)

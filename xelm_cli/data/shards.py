@@ -7,7 +7,9 @@ Raw arrays rather than ``.npy`` so that any language can map them with no header
 dtype lives in the manifest.
 """
 
+import functools
 import itertools
+import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,10 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from xelm_cli import __version__
+from xelm_cli.bundle.manifest import first_of, schema_problems, spec_schema
 from xelm_cli.common.digest import sha256_bytes, sha256_file, short
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError
-from xelm_cli.common.jsonio import pretty_json, read_json_object
+from xelm_cli.common.jsonio import parse_json_object, pretty_json, short_repr
 from xelm_cli.common.recognise import SHARDS_FORMAT, SHARDS_MANIFEST, what_path_is
+from xelm_cli.lang.codes import normalize_language
 
 FORMAT = SHARDS_FORMAT
 FORMAT_VERSION = "1.4.0"  # 1.2: the optional option `sizes`; 1.3: `allocation`; 1.4: `max_records`
@@ -30,6 +34,7 @@ MANIFEST_NAME = SHARDS_MANIFEST
 OFFSETS_DTYPE = np.dtype("<u8")
 TOKEN_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 MAKE_SHARDS = "make them with `xelm data prepare`"  # the way out of a path that is no shards
+PREPARE_AGAIN = "prepare them again with `xelm data prepare --force`"  # of broken shards
 
 
 def token_dtype_name(vocab_size: int) -> str:
@@ -81,8 +86,61 @@ def write_manifest(directory: Path, fields: dict[str, Any]) -> bytes:
     for language, entry in manifest["languages"].items():
         entry["files"] = {"tokens": tokens_file(language), "offsets": offsets_file(language)}
     data = pretty_json(manifest)
+    # checked as a reader will read it: never write shards that Shards.open would refuse
+    if problems := manifest_problems(json.loads(data)):
+        raise FormatError(f"refusing to write an invalid shards manifest: {first_of(problems)}")
     (directory / MANIFEST_NAME).write_bytes(data)
     return data
+
+
+def shards_schema() -> dict[str, Any]:
+    return spec_schema("shards-v1.schema.json")
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """Every breach of spec/shards-v1.md that ``manifest`` alone shows (not its files): the
+    schema's (spec/shards-v1.schema.json); when there are none, the rules it cannot express
+    (:func:`rule_problems`). One line each, naming the member."""
+    return schema_problems(manifest, shards_schema()) or rule_problems(manifest)
+
+
+def rule_problems(manifest: dict[str, Any]) -> list[str]:
+    """Breaches of the spec's MUST rules that the schema cannot express, in a manifest that is
+    valid against the schema: every language key in its normal form, and ``files`` naming
+    exactly each language's two files, as its ``files`` member does (spec 1.1, 3)."""
+    problems = []
+    expected: set[str] = set()
+    for language, entry in sorted(manifest["languages"].items()):
+        if problem := _tag_problem(language):
+            problems.append(f"languages: {problem} (spec 1.1)")
+        names = {"tokens": tokens_file(language), "offsets": offsets_file(language)}
+        for role, name in names.items():
+            if entry["files"][role] != name:
+                problems.append(
+                    f"languages/{language}/files/{role}: "
+                    f"{short_repr(entry['files'][role])}, not {name!r} (spec 1.1)"
+                )
+        expected.update(names.values())
+    listed = set(manifest["files"])
+    problems += [f"files: {name} is not listed (spec 1.1)" for name in sorted(expected - listed)]
+    problems += [
+        f"files: {name} is no file of the manifest's languages (spec 1.1)"
+        for name in sorted(listed - expected)
+    ]
+    return problems
+
+
+@functools.cache
+def _tag_problem(language: str) -> str | None:
+    """Why the language key ``language`` is not a normalised tag (``normalize_language``'s
+    form, which it must equal), or None."""
+    try:
+        normal = normalize_language(language)
+    except UsageError:
+        return f"{short_repr(language)} is no language code xelm knows"
+    if normal != language:
+        return f"{short_repr(language)} is not a normalised tag: write it {normal!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -144,11 +202,17 @@ class Shards:
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
             raise UsageError(f"not a shards directory: {_not_shards(path)}; {MAKE_SHARDS}")
-        raw = manifest_path.read_bytes()
-        manifest = read_json_object(manifest_path, "shards manifest")
+        raw = manifest_path.read_bytes()  # parsed as read: the digest names the bytes parsed
+        try:
+            manifest = parse_json_object(raw, f"shards manifest {manifest_path}", unique_keys=True)
+        except FormatError as exc:
+            if not raw.strip():  # its message has its own way out
+                raise
+            raise FormatError(f"{exc}; {PREPARE_AGAIN}") from None
         _check_version(manifest, manifest_path)
-        if manifest.get("dtype") not in TOKEN_DTYPES:
-            raise FormatError(f"{manifest_path}: unknown dtype {manifest.get('dtype')!r}")
+        # before any file is looked at: a language key or file name may point anywhere
+        if problems := manifest_problems(manifest):
+            raise FormatError(f"{manifest_path}: {first_of(problems)}; {PREPARE_AGAIN}")
         shards = cls(path, manifest, sha256_bytes(raw))
         if problems := shards.size_problems():
             raise IntegrityError(
