@@ -107,6 +107,17 @@ def test_schema_problems_are_listed(tmp_path: Path) -> None:
         Bundle.open(bundle_dir)
 
 
+def test_an_allocation_reference_names_its_clusterer_as_allocations_do(seed_bundle: Path) -> None:
+    """The reference copies the allocation's ``clusterer``, so it has that name's form."""
+    from xelm_cli.bundle.manifest import schema_problems
+
+    data = Bundle.read(seed_bundle).manifest.to_dict()
+    reference = {"clusterer": "typology", "expert": 0, "digest": "sha256:" + "0" * 64}
+    assert schema_problems({**data, "allocation": reference}) == []
+    problems = schema_problems({**data, "allocation": {**reference, "clusterer": "TF-IDF"}})
+    assert len(problems) == 1 and problems[0].startswith("manifest allocation: ")
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
 

@@ -18,8 +18,9 @@ from xelm_cli.cluster.allocation import read_allocation, recording_provenance, w
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.prepare import prepare
 from xelm_cli.ensemble.ensemble_file import EnsembleSpec
-from xelm_cli.ensemble.results import build_evaluator, run_evaluation, systems_for
+from xelm_cli.ensemble.results import _throughput, build_evaluator, run_evaluation, systems_for
 from xelm_cli.ensemble.routing import build_router
+from xelm_cli.ensemble.runner import RunStats
 from xelm_cli.plugin import host
 from xelm_cli.plugin.contracts import EvalRequest, PreRouter
 from xelm_cli.plugin.registry import Registry
@@ -125,6 +126,41 @@ def test_python_callers_select_with_qualified_names(installed: Registry, pool: P
     assert results["request"]["protocol"] is None  # perplexity has none, however selected
     assert results["ensemble"]["router"] == {"name": "xelm-shared-a:shared", "options": {}}
     assert results["systems"][0]["executed"]["sequences"] == {"x0": 6}
+
+
+def test_results_name_the_fallback_router_with_its_provenance(pool: Path) -> None:
+    """A pre-router's fallback is a plugin object of the run too: its record is the
+    router's, built without options (every declared default)."""
+    members = [Bundle.read(pool / "experts" / f"x{i}") for i in range(2)]
+    evaluator = build_evaluator("perplexity", EvalRequest(data=str(pool / "flores")))
+
+    def provenance(spec: EnsembleSpec) -> dict:
+        systems = systems_for(
+            spec,
+            build_router(spec.router, spec.router_options),
+            each=False,
+            baselines=[],
+            device="cpu",
+        )
+        return run_evaluation("perplexity", evaluator, spec, systems)["provenance"]
+
+    named = provenance(EnsembleSpec(members, "language", {"fallback": "uniform"}))
+    assert named["router"]["options"]["fallback"] == "uniform"
+    assert named["fallback"] == {
+        "name": "uniform",
+        "options": {},
+        "plugin": "routers",
+        "distribution": "xelm",
+        "version": named["fallback"]["version"],
+    }
+    assert "fallback" not in provenance(EnsembleSpec(members, "language"))
+
+
+def test_tokens_per_second_is_null_without_time_of_its_own() -> None:
+    metrics = {"overall": {"tokens": 100}}
+    assert _throughput(metrics, 0.5, stats=RunStats()) == {"tokens_per_second": 200.0}
+    assert _throughput(metrics, 0.0, stats=RunStats()) == {"tokens_per_second": None}
+    assert _throughput({"overall": {"accuracy": 0.5}}, 0.5, stats=RunStats()) == {}
 
 
 # ---------------------------------------------------------------- the command line

@@ -28,7 +28,7 @@ from xelm_cli.ensemble.runner import (
     single_model,
 )
 from xelm_cli.ensemble.scoring import pick_device
-from xelm_cli.plugin.contracts import EvalRequest, Evaluator, result_problem
+from xelm_cli.plugin.contracts import EvalRequest, Evaluator, PreRouter, result_problem
 from xelm_cli.plugin.host import get_registry
 from xelm_cli.plugin.options import (
     build_options,
@@ -282,6 +282,7 @@ def run_evaluation(
     request = evaluator.request
     provenance = {
         "router": plugin_record("router", spec.router, spec.router_options),
+        **_fallback_record(systems),
         "evaluator": plugin_record("evaluator", evaluator_name, request.options),
     }
     return {
@@ -318,9 +319,21 @@ def _throughput(metrics: dict[str, Any], seconds: float, *, stats: RunStats) -> 
     process's one-off start-up). None for a system that reused scores another system
     computed: its time leaves that work out."""
     tokens = metrics.get("overall", {}).get("tokens")
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or seconds <= 0:
+    if not isinstance(tokens, int) or isinstance(tokens, bool):
         return {}
-    return {"tokens_per_second": None if stats.reused else round(tokens / seconds, 1)}
+    if stats.reused or seconds <= 0:  # no time of its own to divide by
+        return {"tokens_per_second": None}
+    return {"tokens_per_second": round(tokens / seconds, 1)}
+
+
+def _fallback_record(systems: Sequence[System]) -> dict[str, Any]:
+    """``fallback``: the provenance of the router a pre-router hands what it abstains on,
+    built without options (spec/plugin-api.md 6.5); absent when the router names none."""
+    for system in systems:  # the ensemble file's router is every ensemble system's
+        router = system.model.router
+        if system.kind == "ensemble" and isinstance(router, PreRouter) and router.fallback:
+            return {"fallback": plugin_record("router", router.fallback, {})}
+    return {}
 
 
 def _routing(system: System) -> dict[str, Any]:
