@@ -715,9 +715,11 @@ def _data_file_being_read(dataset: Any) -> str | None:
         while hasattr(inner, "ex_iterable"):
             inner = inner.ex_iterable
         files = inner.kwargs.get("original_files") or inner.kwargs.get("files")
-        return str(files[int(state["shard_idx"])])
+        file = files[int(state["shard_idx"])]
     except Exception:  # any other layout: the source is named without its file
         return None
+    # datasets 5 lists the files' paths; before it, objects that iterate over them
+    return file if isinstance(file, str) else None
 
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
