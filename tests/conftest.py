@@ -1,22 +1,36 @@
 """Shared fixtures: a real tokenizer trained on sample text, real tiny bundles, installed
 plugin fixtures, and the shards, MoE bundles and tiny experts that several modules test with."""
 
+import atexit
 import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-import torch
-from safetensors.torch import load_file
+# Before xelm_cli (and typer, rich, transformers) is imported, for this process and the
+# subprocesses it starts: the terminal's settings would change the help and error text that
+# tests compare (typer reads TERMINAL_WIDTH, rich consoles COLUMNS, when they are created), and
+# Hugging Face caches (transformers copies remote code into HF_HOME when it is imported) go
+# to a fresh temporary directory, not the user's.
+for name in ("COLUMNS", "LINES", "TERMINAL_WIDTH", "FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE"):
+    os.environ.pop(name, None)
+for name in ("HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE"):  # would override HF_HOME
+    os.environ.pop(name, None)
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="xelm-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
-from xelm_cli.data.tokenizer import train_bpe_tokenizer
-from xelm_cli.plugin import host
-from xelm_cli.plugin.registry import Registry
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from xelm_cli.data.tokenizer import train_bpe_tokenizer  # noqa: E402
+from xelm_cli.plugin import host  # noqa: E402
+from xelm_cli.plugin.registry import Registry  # noqa: E402
 
 if TYPE_CHECKING:
     from xelm_cli.bundle.store import Bundle

@@ -2,7 +2,6 @@
 their weights with one process's, for the data-parallel and FSDP tests."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +16,6 @@ from safetensors.torch import load_file
 TOLERANCE = 1e-5
 
 
-def free_port() -> int:
-    """A TCP port free on this machine now, for torchrun's rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def xelm_train(args: list[str], cwd: Path, ranks: int | None) -> subprocess.CompletedProcess[str]:
     """``xelm train ARGS`` in ``cwd``, under torchrun with ``ranks`` (one process: None)."""
     return launch(["-m", "xelm_cli", "train", *args], cwd, ranks)
@@ -33,8 +25,9 @@ def launch(program: list[str], cwd: Path, ranks: int | None) -> subprocess.Compl
     """``python PROGRAM`` (``-m module ...`` or ``script ...``), under torchrun with ``ranks``."""
     launcher = [sys.executable]
     if ranks is not None:
-        launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(ranks)]
-        launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port())]
+        # --standalone: the rendezvous store binds a free port itself (picking one here first
+        # left a window in which another connection could take it)
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run(

@@ -12,7 +12,9 @@ that write happens: no handler, ``finally`` or ``atexit`` runs, as when the mach
 or the OOM killer strikes. N=0 only counts: at exit the harness writes
 ``{"events": T, "first_event_at": ..., "last_event_at": ...}`` (``time.time()`` values) to
 ``$XELM_KILL_COUNT_FILE``. ``$XELM_KILL_LOG`` names a file that gets one line per counted event
-(event, path), to see where a kill point lies.
+(event, path), to see where a kill point lies. ``$XELM_TEST_CHECKPOINT_SECONDS``, when set, replaces
+``xelm_cli.data.prepare_work.CHECKPOINT_SECONDS`` (``data prepare``'s timed checkpoints), so
+that the number of writes does not depend on how fast the run goes.
 
 Writes made inside Rust or C extensions (safetensors, tokenizers, numpy's ``tofile`` on an open
 file) raise no audit events; kills at random times cover those.
@@ -132,6 +134,11 @@ def main(argv: list[str]) -> int:
     if not under:
         sys.stderr.write("killpoint: set XELM_KILL_UNDER to the directory to watch\n")
         return 2
+    checkpoint_seconds = os.environ.get("XELM_TEST_CHECKPOINT_SECONDS")
+    if checkpoint_seconds is not None:
+        from xelm_cli.data import prepare_work
+
+        prepare_work.CHECKPOINT_SECONDS = float(checkpoint_seconds)
     point = KillPoint(int(argv[0]), under)
     sys.addaudithook(point.hook)
 

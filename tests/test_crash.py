@@ -65,6 +65,9 @@ TIMEOUT_S = 300
 # One compute thread in every run (reruns in this process too): the tiny model gains nothing
 # from more, idle threads spin on a shared machine, and all runs then compute alike.
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# No timed checkpoints in `data prepare` (only those at a source's end): a slow run must not
+# write more often than the baseline whose write events the kill points are drawn from.
+NO_TIMED_CHECKPOINTS = {"XELM_TEST_CHECKPOINT_SECONDS": "1e9"}
 # Outcomes that keep every promise (nothing lost, nothing corrupted); anything else is a failure.
 GOOD = re.compile(
     r"(finished before the kill, )?"
@@ -354,7 +357,7 @@ def leftovers(directory: Path) -> list[str]:
 def launch(
     argv: list[str], work: Path, kill_at: int = 0, count_file: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **ONE_THREAD, "XELM_KILL_UNDER": str(work)}
+    env = {**os.environ, **ONE_THREAD, **NO_TIMED_CHECKPOINTS, "XELM_KILL_UNDER": str(work)}
     env.pop("XELM_KILL_COUNT_FILE", None)
     if count_file is not None:
         env["XELM_KILL_COUNT_FILE"] = str(count_file)

@@ -270,21 +270,18 @@ def test_a_gzip_file_stream_resumes_exactly_after_every_batch(tmp_path: Path) ->
         assert rest == [t for batch, _ in batches[k + 1 :] for t in batch], position
 
 
-KILLED_PREPARE = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
-    "from xelm_cli.data import prepare_work; prepare_work.CHECKPOINT_SECONDS = 0.0; "
-    "import killpoint; sys.exit(killpoint.main(sys.argv[1:]))"
-)
+KILLPOINT = TESTS / "killpoint.py"
 
 
 def _killed_prepare(argv: list[str], work: Path, kill_at: int, count: Path | None = None) -> int:
     """`xelm ARGV` in a process that checkpoints after every batch and is SIGKILLed at its
     ``kill_at``-th write under ``work`` (tests/killpoint.py; 0: not killed, writes counted)."""
     env = {**os.environ, "XELM_KILL_UNDER": str(work), "OMP_NUM_THREADS": "1"}
+    env["XELM_TEST_CHECKPOINT_SECONDS"] = "0"
     env.pop("XELM_KILL_COUNT_FILE", None)
     if count is not None:
         env["XELM_KILL_COUNT_FILE"] = str(count)
-    command = [sys.executable, "-c", KILLED_PREPARE, str(TESTS), str(kill_at), "--", *argv]
+    command = [sys.executable, str(KILLPOINT), str(kill_at), "--", *argv]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, timeout=300)
     return done.returncode
 

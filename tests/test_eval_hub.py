@@ -299,7 +299,7 @@ def test_a_missing_text_column_on_parquet_exits_2_every_time(
     args = ["ensemble", "eval", expert, "--data", webtext, "--eval-arg", "config={flores}",
             "--eval-arg", "split=test", "--langs", "en", "--limit", "5"]  # fmt: skip
     with ThreadPoolExecutor(3) as pool:
-        runs = list(pool.map(lambda _: xelm(*args, sites=[]), range(6)))
+        runs = list(pool.map(lambda _: xelm(*args, sites=[], timeout=300), range(6)))
     assert [run.returncode for run in runs] == [2] * 6, [run.stderr for run in runs]
     assert runs[0].stderr == (
         f"xelm: error: {webtext} [eng_Latn/test] has no column 'text' (its columns: content, "

@@ -95,6 +95,20 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path: Path) -> None:
     assert not (tmp_path / ".result.json.lock").exists()
 
 
+def holds_flock(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` holds a flock on ``path`` now, read from /proc/locks: probing
+    with a flock of our own could, for a moment, take the lock from under the process."""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+    held = ("FLOCK", str(pid), str(inode))  # 1: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF
+    return any(  # a waiter's line reads "1: -> FLOCK ...": not held
+        (fields[1], fields[4], fields[5].rsplit(":", 1)[-1]) == held
+        for fields in map(str.split, Path("/proc/locks").read_text().splitlines())
+    )
+
+
 def test_two_trainings_of_one_output_one_wins(seed_bundle: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -113,7 +127,7 @@ def test_two_trainings_of_one_output_one_wins(seed_bundle: Path, tmp_path: Path)
         cwd=tmp_path,
     )
     deadline = time.monotonic() + 60
-    while not (tmp_path / ".trained.lock").exists():
+    while not holds_flock(first.pid, tmp_path / ".trained.lock"):  # not just created: held
         assert first.poll() is None and time.monotonic() < deadline, "first run never started"
         time.sleep(0.02)
     first.send_signal(signal.SIGSTOP)  # mid-run, holding the lock, however fast it trains

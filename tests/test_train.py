@@ -631,6 +631,7 @@ def test_train_all_runs_several_at_once_and_the_merged_runs_after_the_experts(
     from xelm_cli.training.plan_runner import run_plan
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # an inherited one would win
     alloc = tmp_path / "alloc.json"
     write_allocation(alloc, clusterer="typology", experts=[["en", "tr"], ["ar", "ru"]])
     code, stdout, stderr = xelm(
