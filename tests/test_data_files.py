@@ -405,8 +405,13 @@ def test_no_model_makes_special_tokens_out_of_document_text(make: Any, tmp_path:
         assert specials.isdisjoint(document.ids), document.tokens
         assert plain.ids == auto("hello world", add_special_tokens=False)["input_ids"]
         framed, plain = encode([HTML, "hello world"], add_special_tokens=True)
-        assert framed.ids[: len(framed.ids) - len(document.ids)] == auto("")["input_ids"]
         assert plain.ids == auto("hello world")["input_ids"]
+        # the tokens the tokenizer adds, around the document as around any text (transformers
+        # 5.4 converts XGLM's with a `</s>` after it too, later releases only before it)
+        bare = auto("hello world", add_special_tokens=False)["input_ids"]
+        start = next(i for i in range(len(plain.ids)) if plain.ids[i : i + len(bare)] == bare)
+        before, after = plain.ids[:start], plain.ids[start + len(bare) :]
+        assert framed.ids == before + document.ids + after
     if make is _xglm:
         assert auto("hello")["input_ids"][0] == auto.eos_token_id  # XGLM: `</s> doc`
 

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pytest
 from corpus_helpers import Counting, valid_texts
 from datasets.exceptions import DatasetNotFoundError
@@ -271,10 +270,7 @@ def test_a_row_that_cannot_be_read_keeps_no_work_and_promises_no_rerun(
     with pytest.raises(FormatError) as info:
         prepare(repo, tokenizer_dir, out, batch_size=5)
     message = str(info.value)
-    # its type is not its column's: datasets 5 cannot read the file, older ones the row
-    assert message.startswith(
-        (f"cannot read {repo} [train]: ", f"{repo} [train] row 21: 'text' is not text (list); ")
-    )
+    assert message.startswith(f"cannot read {repo} [train]: ")  # its type is not its column's
     assert "continues" not in message and "\n" not in message
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
@@ -455,10 +451,6 @@ def test_a_local_gzip_file_cut_short_is_broken_data(tmp_path: Path) -> None:
     assert json.dumps(str(info.value)).count("\\n") == 0
 
 
-@pytest.mark.skipif(
-    int(datasets.__version__.split(".")[0]) < 5,
-    reason="datasets before 5.0 do not say which data file a stream reads: the source is named",
-)
 def test_a_damaged_data_file_keeps_the_work_for_the_same_command_once_replaced(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:

@@ -181,7 +181,9 @@ def test_router_only_trains_the_routers_of_each_moe_family(
 
     model = _tiny_moe(model_type, **extra)
     configure_moe(model, TrainOptions.from_dict({**SMALL_OPTIONS, "router_only": True}))
-    assert [name for name, p in model.named_parameters() if p.requires_grad] == routers
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    # GraniteMoE's router holds its Linear as router.layer in transformers 5.4
+    assert [name.replace(".router.layer.", ".router.") for name in trained] == routers
 
 
 def test_validation_loss_is_the_language_models_whatever_the_config_says() -> None:

@@ -16,8 +16,8 @@ from .options import TrainOptions
 
 # the router of every MoE layer (not a dense MLP's, nor Qwen2-MoE's shared-expert gate):
 # mlp.gate (Mixtral, Qwen2/3-MoE, OLMoE), mlp.router (GPT-OSS, with a bias),
-# block_sparse_moe.router (GraniteMoE)
-_ROUTER = re.compile(r"\.(?:mlp|block_sparse_moe)\.(?:gate|router)\.(?:weight|bias)$")
+# block_sparse_moe.router (GraniteMoE; its Linear is router.layer in transformers 5.4)
+_ROUTER = re.compile(r"\.(?:mlp|block_sparse_moe)\.(?:gate|router)(?:\.layer)?\.(?:weight|bias)$")
 
 
 def is_moe(model: Any) -> bool:

@@ -718,8 +718,7 @@ def _data_file_being_read(dataset: Any) -> str | None:
         file = files[int(state["shard_idx"])]
     except Exception:  # any other layout: the source is named without its file
         return None
-    # datasets 5 lists the files' paths; before it, objects that iterate over them
-    return file if isinstance(file, str) else None
+    return file if isinstance(file, str) else None  # (older releases: an iterator of files)
 
 
 def dataset_configs(dataset: str, revision: str | None = None) -> list[str]:
