@@ -1,7 +1,7 @@
 """Ensemble cost: memory and time of k experts against one.
 
     python benchmarks/ensemble.py [--docs 48] [--ks 1,2,4,8] [--hidden 256] [--layers 4]
-                                  [--device cpu|cuda] [--repeat 2] [--json]
+                                  [--device cpu|cuda] [--batch-tokens N] [--repeat 2] [--json]
 
 Builds 8 experts (random Llama-style decoders of --hidden/--layers, a 4,000-token BPE tokenizer
 trained on FLORES text), each covering two of the 16 training languages, and evaluates the
@@ -17,6 +17,8 @@ k = 1, 2, 4, 8 it prints
 - language: the language router's wall time / one expert on the same documents (goal <= 1.1).
 
 With k < 8 the ensemble is the first k experts and the documents are those of their languages.
+--batch-tokens sets the padded tokens of a forward batch (default: the device's, 2,048 on a
+CPU, EnsembleModel's batch_tokens); run twice with two values to compare them.
 """
 
 import argparse
@@ -102,7 +104,9 @@ class PeakMemory:
         self.growth = self.peak - self.start
 
 
-def worker(work: Path, mode: str, k: int, docs: int, device: str) -> dict[str, float]:
+def worker(
+    work: Path, mode: str, k: int, docs: int, device: str, batch_tokens: int | None
+) -> dict[str, float]:
     from xelm_cli.api import EvalRequest
     from xelm_cli.bundle.store import Bundle
     from xelm_cli.ensemble.results import build_evaluator
@@ -118,8 +122,8 @@ def worker(work: Path, mode: str, k: int, docs: int, device: str) -> dict[str, f
 
     def model() -> EnsembleModel:  # a fresh model: nothing cached, nothing loaded
         if mode == "single":
-            return single_model(members[0], "single", device=device)
-        return EnsembleModel(members, build_router(mode), device=device)
+            return single_model(members[0], "single", device=device, batch_tokens=batch_tokens)
+        return EnsembleModel(members, build_router(mode), device=device, batch_tokens=batch_tokens)
 
     cold = model()
     cold.count_tokens("load the tokenizer")
@@ -137,6 +141,8 @@ def worker(work: Path, mode: str, k: int, docs: int, device: str) -> dict[str, f
 def measure(work: Path, mode: str, k: int, args: argparse.Namespace) -> dict[str, float]:
     runs = []
     options = ["--docs", str(args.docs), "--device", args.device]
+    if args.batch_tokens:
+        options += ["--batch-tokens", str(args.batch_tokens)]
     for _ in range(args.repeat):
         out = subprocess.run(
             [sys.executable, __file__, "--worker", mode, str(k), str(work), *options],
@@ -157,6 +163,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-tokens", type=int, help="padded tokens a forward batch")
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
     parser.add_argument("--ks", default="1,2,4,8", help="ensemble sizes, e.g. 8")
     parser.add_argument("--json", action="store_true")
@@ -164,7 +171,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         mode, k, work = args.worker
-        print(json.dumps(worker(Path(work), mode, int(k), args.docs, args.device)))
+        print(
+            json.dumps(worker(Path(work), mode, int(k), args.docs, args.device, args.batch_tokens))
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
