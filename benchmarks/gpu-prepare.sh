@@ -1,9 +1,10 @@
 #!/bin/sh
 # Here, before a device call: what the lent GPU machine (Python 3.12, torch and transformers,
 # no network) needs to run benchmarks/gpu.sh: the wheels of benchmarks/gpu-wheels.txt in .whl/
-# and the text it reads (4.4 MB of ../shared/data) in gpu-data/, both ignored by git (listed
-# in .git/info/exclude), so the call carries them: carry [".whl", "gpu-data"], then there
-# `sh benchmarks/gpu-device.sh`.
+# and the text it reads (4.4 MB of ../shared/data) in gpu-data/, with gpu-data/demo/ (20 MB:
+# what `xelm demo --preset gpu` reads, benchmarks/gpu_demo_data.py), both ignored by git
+# (listed in .git/info/exclude), so the call carries them: carry [".whl", "gpu-data"], then
+# there `sh benchmarks/gpu-device.sh` (or `... --sections demo` for the whole preset).
 set -eu
 cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
@@ -14,6 +15,9 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 mkdir -p gpu-data/eval gpu-data/corpus
 cp -r "$DATA/eval/udhr" "$DATA/eval/flores200-devtest" gpu-data/eval/
 cp -r "$DATA/corpus/valid" gpu-data/corpus/
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY=python3
+"$PY" benchmarks/gpu_demo_data.py --data "$DATA" -o gpu-data/demo
 exclude="$(git rev-parse --git-common-dir)/info/exclude"
 mkdir -p "$(dirname "$exclude")"
 for ignored in /.whl/ /gpu-data/; do

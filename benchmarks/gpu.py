@@ -1,7 +1,7 @@
 """Every GPU measurement of issue 15 in one run, written to benchmarks/gpu.md.
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
-                             [--no-compile] [--budget 480]
+                             [--no-compile] [--budget 480] [--demo-data DIR]
                              [--sections training,preset,memory,ensemble,choices,compile]
 
 (``benchmarks/gpu.sh`` runs it.) Nothing here has been timed on a GPU yet. On one H100-class
@@ -46,6 +46,10 @@ The compile section (6.) gets what is left of --budget (480 s).
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
    not finish is named as failed; --no-compile leaves it out, and where torch.compile cannot
    run one line says why.
+7. Only when named (--sections demo; it needs 8 minutes of its own): `xelm demo --preset gpu`
+   from start to end in a process of its own, on --demo-data (default: --data's demo/, which
+   benchmarks/gpu_demo_data.py writes and gpu-prepare.sh puts in gpu-data/demo), its wall
+   seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
 
 The sections run in turn (--sections picks some, e.g. to rerun one); one that fails is
 reported in gpu.md with its error and the others still run, and gpu.md and gpu.json are
@@ -108,7 +112,7 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
                       docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000,
-                      icl_model="demo-small", icl_requests=6),
+                      icl_model="demo-small", icl_requests=6, demo_preset="smoke"),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
     "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
@@ -416,6 +420,26 @@ def preset_training(work: Path, size: dict, args: argparse.Namespace, done: dict
     }  # fmt: skip
 
 
+def whole_demo(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """`xelm demo --preset gpu` (on --cpu-smoke: the smoke preset) from start to end on the
+    data folder --demo-data (benchmarks/gpu_demo_data.py writes one), in a process of its own;
+    its wall seconds and each step's, from its --json output and results."""
+    preset = size.get("demo_preset", "gpu")
+    data = args.demo_data or args.data / "demo"
+    command = [sys.executable, "-m", "xelm_cli", "demo", "--preset", preset, "--data",
+               str(data), "-o", str(work / "run"), "--device", args.device, "--json"]  # fmt: skip
+    began = time.perf_counter()
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - began
+    printed = json.loads(out)
+    results = json.loads(Path(printed["results"]).read_text(encoding="utf-8"))
+    return {
+        "preset": preset, "wall_seconds": wall, "steps": results["steps"],
+        "training": results.get("training", {}),
+        "claims": {c["claim"]: c["verdict"] for c in printed["claims"]},
+    }  # fmt: skip
+
+
 def vocab_config(size: dict) -> LlamaConfig:
     return LlamaConfig(vocab_size=XGLM_VOCAB, tie_word_embeddings=False,
                        **seed_config(size["hidden"], size["vocab_layers"]))  # fmt: skip
@@ -651,6 +675,19 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def demo_report(d: dict, args: argparse.Namespace) -> list[str]:
+    trained = {name: t.get("seconds", 0.0) for name, t in d["training"].items()}
+    return [
+        "", f"## `xelm demo --preset {d['preset']}` from start to end", "",
+        f"Wall time {d['wall_seconds']:,.0f} s (goal <= {DEMO_GOAL_SECONDS} s on one "
+        "H100-class GPU), the command in a process of its own on the data of "
+        "benchmarks/gpu_demo_data.py; each step's seconds, and those of its training runs.", "",
+        "| step | seconds | of it training |", "|---|---:|---:|",
+        *(f"| {name} | {seconds:,.1f} | {trained.get(name, 0.0):,.1f} |"
+          for name, seconds in d["steps"].items()),
+    ]  # fmt: skip
+
+
 SECTIONS = {  # name: the measurement, given a scratch directory of its own and what the
     # sections before it measured
     "training": training,
@@ -659,7 +696,9 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "ensemble": ensembles,
     "choices": choice_scoring,
     "compile": compiled,
+    "demo": whole_demo,  # only when asked for (--sections ...,demo): 8 minutes of its own
 }
+DEFAULT_SECTIONS = [name for name in SECTIONS if name != "demo"]
 RENDERERS = {
     "training": training_report,
     "preset": preset_report,
@@ -667,6 +706,7 @@ RENDERERS = {
     "ensemble": ensemble_report,
     "choices": choice_report,
     "compile": compiled_report,
+    "demo": demo_report,
 }
 
 
@@ -732,8 +772,13 @@ def main() -> None:
         help="seconds the whole run may take: the compile section, last, is stopped then",
     )  # fmt: skip
     parser.add_argument(
-        "--sections", type=sections, default=list(SECTIONS),
-        help=f"which measurements, in order (default: {','.join(SECTIONS)})",
+        "--sections", type=sections, default=DEFAULT_SECTIONS,
+        help=f"which measurements, in order (default: {','.join(DEFAULT_SECTIONS)}; "
+        "demo, the whole gpu preset, only when named)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--demo-data", type=Path,
+        help="the demo section's data folder (default: --data's demo/; gpu_demo_data.py)",
     )  # fmt: skip
     args = parser.parse_args()
     args.device = "cpu" if args.cpu_smoke or args.cpu_training else "cuda"

@@ -165,3 +165,43 @@ def test_a_failed_xelm_train_raises_an_exception_that_a_section_catches(
     monkeypatch.setenv("XELM_DEBUG", "1")
     with pytest.raises(Exception, match=f"not a bundle: {seed} does not exist"):
         train_throughput.xelm_train(seed, tmp_path / "no-shards", tmp_path / "out", run)
+
+
+def test_the_demo_section_runs_the_whole_preset_on_the_data_it_is_carried_with(
+    tmp_path: Path,
+) -> None:
+    """gpu_demo_data.py keeps of each language's text only the documents the preset samples
+    (the same ones, so the demo trains on what it would with all the data); the demo section,
+    named only, runs the preset from start to end on that folder and reports every step."""
+    from xelm_cli.demo.documents import sampled_documents
+    from xelm_cli.demo.presets import PRESETS
+
+    data = tmp_path / "demo-data"
+    script = ROOT / "benchmarks" / "gpu_demo_data.py"
+    made = subprocess.run([sys.executable, str(script), "--data", str(SHARED_DATA), "--preset",
+                           "smoke", "-o", str(data)], capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    smoke = PRESETS["smoke"]
+    for language in ("de", "sw"):
+        corpus = Path("corpus") / "train" / f"{language}.jsonl.zst"
+        kept, whole = (
+            sampled_documents(root / corpus, language, smoke.document_bytes, smoke.corpus_bytes)
+            for root in (data, SHARED_DATA)
+        )
+        assert (
+            sorted(kept) == sorted(whole)
+            and (data / corpus).stat().st_size < (SHARED_DATA / corpus).stat().st_size
+        )
+    out = tmp_path / "gpu.md"
+    done = gpu_sh("--out", str(out), "--data", str(SHARED_DATA), "--sections", "demo",
+                  "--demo-data", str(data))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.with_suffix(".json").read_text())
+    demo = results["demo"]
+    assert demo["preset"] == "smoke" and results["failed"] == {}
+    assert list(demo["steps"]) == [
+        "corpus", "tokenizer", "shards", "seed", "dense", "typology-k4", "tfidf-k4", "evaluate",
+        "average", "moe", "moe-finetune", "adapt", "icl",
+    ]  # fmt: skip
+    assert "## `xelm demo --preset smoke` from start to end" in out.read_text()
+    assert f"| icl | {demo['steps']['icl']:,.1f} |" in out.read_text()

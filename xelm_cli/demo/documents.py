@@ -9,6 +9,7 @@ Hub documents) stay as they are.
 """
 
 import math
+import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,21 @@ def group_records(
 def grouped_documents(path: Path, target_bytes: int) -> list[str]:
     """The documents of one corpus file, grouped as :func:`group_records` does."""
     return list(group_records((record for _, record in iter_records(path)), target_bytes))
+
+
+def sampled_documents(path: Path, language: str, target_bytes: int, size: int) -> list[str]:
+    """The demo's sample of one corpus file: its documents (:func:`grouped_documents`) in a
+    random order fixed by ``language``, taken until they hold ``size`` bytes (UTF-8) or the
+    file ends."""
+    texts = grouped_documents(path, target_bytes)
+    random.Random(f"demo-{language}").shuffle(texts)
+    chosen, held = [], 0
+    for text in texts:
+        if held >= size:
+            break
+        chosen.append(text)
+        held += len(text.encode())
+    return chosen
 
 
 def cluster_purity(

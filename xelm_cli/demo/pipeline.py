@@ -9,7 +9,6 @@ holds the folder's lock (``output_lock``) from start to end: a second run of it 
 
 import functools
 import json
-import random
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from xelm_cli.data.corpus import iter_documents, read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.data.shards import Shards
 from xelm_cli.demo.data import check_data
-from xelm_cli.demo.documents import cluster_purity, grouped_documents
+from xelm_cli.demo.documents import cluster_purity, sampled_documents
 from xelm_cli.demo.folder import check_data_of, check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
 from xelm_cli.demo.presets import MOE_TOP_K, NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
@@ -317,16 +316,10 @@ class Demo:
         sizes, counts = {}, {}
         for language in ALL_LANGUAGES:
             source = self.data / "corpus" / "train" / f"{language}.jsonl.zst"
-            texts = grouped_documents(source, target)
-            random.Random(f"demo-{language}").shuffle(texts)
-            chosen, size = [], 0
-            for text in texts:
-                if size >= self.preset.corpus_bytes:
-                    break
-                chosen.append(text)
-                size += len(text.encode())
+            chosen = sampled_documents(source, language, target, self.preset.corpus_bytes)
             write_jsonl(corpus / f"{language}.jsonl", chosen, language)
-            sizes[language], counts[language] = size, len(chosen)
+            sizes[language] = sum(len(text.encode()) for text in chosen)
+            counts[language] = len(chosen)
         short = {lang: size for lang, size in sizes.items() if size < self.preset.corpus_bytes}
         if short:  # the runs then read the same text several times
             stderr_console.print(
