@@ -5,7 +5,9 @@ own sample, each document one record), and the evaluation files the demo reads a
     .venv/bin/python benchmarks/gpu_demo_data.py [--data ../shared/data] [--preset gpu] -o DIR
 
 `xelm demo --preset gpu --data DIR` then trains and evaluates on the same text as with the
-whole sample data (benchmarks/gpu-prepare.sh --demo writes DIR as gpu-data/demo).
+whole sample data (benchmarks/gpu-prepare.sh writes DIR as gpu-data/demo). DIR is written
+beside itself and renamed into place when whole; a --data without the demo's files is refused
+before anything is written.
 """
 
 import argparse
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import zstandard
 
-from xelm_cli.demo.data import demo_files
+from xelm_cli.demo.data import demo_files, missing_files
 from xelm_cli.demo.documents import sampled_documents
 from xelm_cli.demo.presets import NEW_LANGUAGES, PRESETS, TRAIN_LANGUAGES
 
@@ -42,10 +44,16 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args()
     preset = PRESETS[args.preset]
-    if args.output.exists():
-        shutil.rmtree(args.output)
+    missing = missing_files(args.data)
+    if missing:
+        raise SystemExit(
+            f"gpu_demo_data.py: {args.data} lacks {missing[0]} and {len(missing) - 1} more of "
+            "the demo's files; pass --data DIR"
+        )
+    partial = args.output.with_name(args.output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     for name in demo_files():
-        source, target = args.data / name, args.output / name
+        source, target = args.data / name, partial / name
         if name.startswith("corpus/train/"):
             language = Path(name).name.removesuffix(".jsonl.zst")
             write_sample(source, target, language, preset.document_bytes, preset.corpus_bytes)
@@ -55,8 +63,11 @@ def main() -> None:
     for language in TRAIN_LANGUAGES:
         gate = args.data / GATE_TEXT / f"{language}.txt"
         if gate.is_file():
-            (args.output / GATE_TEXT).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(gate, args.output / GATE_TEXT / gate.name)
+            (partial / GATE_TEXT).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(gate, partial / GATE_TEXT / gate.name)
+    if args.output.exists():
+        shutil.rmtree(args.output)
+    partial.rename(args.output)
     held = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
     languages = len(TRAIN_LANGUAGES) + len(NEW_LANGUAGES)
     print(f"{args.output}: {held / 2**20:.1f} MiB for preset {args.preset}, {languages} languages")
