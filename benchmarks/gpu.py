@@ -4,12 +4,9 @@
                              [--no-compile] [--budget 480] [--demo-data DIR]
                              [--sections training,preset,memory,ensemble,choices,compile]
 
-(``benchmarks/gpu.sh`` runs it.) Nothing here has been timed on a GPU yet. On one H100-class
-GPU the first four sections should take about 4.5 minutes, estimated from their CPU-side costs
-on a 2-core CPU and their FLOPs: training half a minute, the demo preset (2.) half a minute
-(its tokenizer, shards and seed took 8-14 s on the CPU; 40 steps should take seconds), memory
-half a minute, the ensemble 2.5 minutes (building 8 experts took 24 s on the CPU; see 4.).
-The compile section (6.) gets what is left of --budget (480 s).
+(``benchmarks/gpu.sh`` runs it.) On one NVIDIA H200 (2026-12-04, benchmarks/gpu.md) the
+default sections took 399 s: training 29, preset 13, memory 41, ensemble 155, choices 75 and
+compile 86 (what --budget left it).
 
 1. Training throughput of a Llama-style seed (--hidden/--layers; 0.3B parameters by default):
    `xelm train` next to a bare PyTorch loop with the same optimisations (bf16 autocast, fused
@@ -50,6 +47,8 @@ The compile section (6.) gets what is left of --budget (480 s).
    from start to end in a process of its own, on --demo-data (default: --data's demo/, which
    benchmarks/gpu_demo_data.py writes and gpu-prepare.sh puts in gpu-data/demo), its wall
    seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
+   Its progress goes to the log as it comes, and it is stopped when --budget runs out (pass
+   more than 480 to see a slow demo end), keeping the steps it finished and the one it was in.
 
 The sections run in turn (--sections picks some, e.g. to rerun one); one that fails is
 reported in gpu.md with its error and the others still run, and gpu.md and gpu.json are
@@ -68,13 +67,16 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,8 @@ ROOT = Path(__file__).resolve().parent
 XGLM_VOCAB = 256_008
 DATA_NEEDED = ("eval/udhr", "eval/flores200-devtest", "corpus/valid")  # under --data
 DEMO_GOAL_SECONDS = 8 * 60  # `xelm demo --preset gpu` on one H100-class GPU, all of it
+DEMO_STEP_BEGUN = re.compile(r"\[\s*\d+\] (?P<step>\S+) \.\.\.$")  # the demo's progress lines
+DEMO_STEP_ENDED = re.compile(r"\[\s*\d+\] (?P<step>\S+): (?P<seconds>\d+\.\d) s")
 SIZES = {  # name: (training model, steps (the first log_every of them warm-up), block, batch,
     #                256k-vocabulary model, ensemble model; cpu-smoke: the gpu preset's
     #                stand-in, timed at its block and batch)
@@ -420,23 +424,73 @@ def preset_training(work: Path, size: dict, args: argparse.Namespace, done: dict
     }  # fmt: skip
 
 
+def stream_within(
+    command: list[str], stdout: Path, seconds: float, progress: Callable[[str], None]
+) -> int | None:
+    """Runs ``command`` in a session of its own, its stdout into the file ``stdout``, each line
+    of its stderr to ours (the log, as it comes) and, stripped, to ``progress``; stopped after
+    ``seconds``: None then, else its exit status."""
+    stopped = threading.Event()
+    with (
+        stdout.open("w") as out,
+        subprocess.Popen(
+            command, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True
+        ) as child,
+    ):
+
+        def stop() -> None:
+            stopped.set()
+            with suppress(ProcessLookupError):  # it ended just now
+                os.killpg(child.pid, signal.SIGKILL)
+
+        killer = threading.Timer(max(seconds, 0), stop)
+        killer.start()
+        try:
+            for line in child.stderr or ():
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                progress(line.strip())
+            status = child.wait()
+        finally:
+            killer.cancel()
+    return None if stopped.is_set() and status != 0 else status
+
+
 def whole_demo(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """`xelm demo --preset gpu` (on --cpu-smoke: the smoke preset) from start to end on the
     data folder --demo-data (benchmarks/gpu_demo_data.py writes one), in a process of its own;
-    its wall seconds and each step's, from its --json output and results."""
+    its wall seconds and each step's, from its --json output and results. Its progress goes to
+    the log as it is printed, and it is stopped when --budget runs out: then the steps it
+    finished (their seconds read from its progress lines) and the one it was in are kept."""
     preset = size.get("demo_preset", "gpu")
     data = args.demo_data or args.data / "demo"
     command = [sys.executable, "-m", "xelm_cli", "demo", "--preset", preset, "--data",
                str(data), "-o", str(work / "run"), "--device", args.device, "--json"]  # fmt: skip
+    left = args.budget - (time.perf_counter() - args.started)
+    printed, steps, current, last = work / "demo.json", {}, None, ""
+
+    def progress(line: str) -> None:
+        nonlocal current, last
+        last = line or last
+        if begun := DEMO_STEP_BEGUN.match(line):
+            current = begun["step"]
+        elif ended := DEMO_STEP_ENDED.match(line):
+            steps[ended["step"]], current = float(ended["seconds"]), None
+
     began = time.perf_counter()
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    status = stream_within(command, printed, left, progress)
     wall = time.perf_counter() - began
-    printed = json.loads(out)
-    results = json.loads(Path(printed["results"]).read_text(encoding="utf-8"))
+    if status is None:
+        return {"preset": preset, "wall_seconds": wall, "steps": steps, "training": {},
+                "stopped": {"budget": args.budget, "in_step": current}}  # fmt: skip
+    if status != 0:
+        raise subprocess.CalledProcessError(status, command, stderr=last)
+    shown = json.loads(printed.read_text(encoding="utf-8"))
+    results = json.loads(Path(shown["results"]).read_text(encoding="utf-8"))
     return {
         "preset": preset, "wall_seconds": wall, "steps": results["steps"],
         "training": results.get("training", {}),
-        "claims": {c["claim"]: c["verdict"] for c in printed["claims"]},
+        "claims": {c["claim"]: c["verdict"] for c in shown["claims"]},
     }  # fmt: skip
 
 
@@ -677,10 +731,18 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
 
 def demo_report(d: dict, args: argparse.Namespace) -> list[str]:
     trained = {name: t.get("seconds", 0.0) for name, t in d["training"].items()}
+    if "stopped" in d:
+        stopped = d["stopped"]
+        wall = (f"Stopped after {d['wall_seconds']:,.0f} s, when the {stopped['budget']:g}-second "
+                f"budget (--budget) ran out, in step {stopped['in_step'] or '(between steps)'}; "
+                f"the steps it finished are below (goal <= {DEMO_GOAL_SECONDS} s on one "
+                "H100-class GPU for the whole demo)")  # fmt: skip
+    else:
+        wall = (f"Wall time {d['wall_seconds']:,.0f} s (goal <= {DEMO_GOAL_SECONDS} s on one "
+                "H100-class GPU)")  # fmt: skip
     return [
         "", f"## `xelm demo --preset {d['preset']}` from start to end", "",
-        f"Wall time {d['wall_seconds']:,.0f} s (goal <= {DEMO_GOAL_SECONDS} s on one "
-        "H100-class GPU), the command in a process of its own on the data of "
+        f"{wall}, the command in a process of its own on the data of "
         "benchmarks/gpu_demo_data.py; each step's seconds, and those of its training runs.", "",
         "| step | seconds | of it training |", "|---|---:|---:|",
         *(f"| {name} | {seconds:,.1f} | {trained.get(name, 0.0):,.1f} |"
@@ -804,11 +866,12 @@ def main() -> None:
 
 
 def failures(results: dict) -> list[str]:
-    """The sections that failed, and the loops that failed in those that ran ("section:
-    loop")."""
+    """The sections that failed, the loops that failed in those that ran ("section: loop"),
+    and the demo when --budget stopped it."""
     loops = [f"{name}: {loop}" for name in SECTIONS if isinstance(results.get(name), dict)
              for loop in results[name].get("failed", {})]  # fmt: skip
-    return list(results["failed"]) + loops
+    stopped = ["demo: stopped by --budget"] if "stopped" in results.get("demo", {}) else []
+    return list(results["failed"]) + loops + stopped
 
 
 if __name__ == "__main__":

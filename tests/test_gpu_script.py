@@ -205,3 +205,24 @@ def test_the_demo_section_runs_the_whole_preset_on_the_data_it_is_carried_with(
     ]  # fmt: skip
     assert "## `xelm demo --preset smoke` from start to end" in out.read_text()
     assert f"| icl | {demo['steps']['icl']:,.1f} |" in out.read_text()
+
+
+def test_a_demo_that_outlasts_the_budget_is_stopped_with_the_steps_it_finished(
+    tmp_path: Path,
+) -> None:
+    """A device call can end before the demo does: the demo section stops it when --budget
+    runs out and still reports the steps it finished and the one it was in, each step's
+    seconds as its progress lines said (the log holds those lines as they came)."""
+    out = tmp_path / "gpu.md"
+    done = gpu_sh("--out", str(out), "--data", str(SHARED_DATA), "--sections", "demo",
+                  "--demo-data", str(SHARED_DATA), "--budget", "12")  # fmt: skip
+    assert done.returncode == 1 and "failed: demo: stopped by --budget" in done.stderr
+    demo = json.loads(out.with_suffix(".json").read_text())["demo"]
+    order = ["corpus", "tokenizer", "shards", "seed", "dense", "typology-k4", "tfidf-k4"]
+    finished = list(demo["steps"])
+    assert finished == order[: len(finished)]
+    assert demo["stopped"]["in_step"] in (order[len(finished)], None)  # None: between steps
+    assert 12 <= demo["wall_seconds"] < 40
+    for step, seconds in demo["steps"].items():
+        assert f"] {step}: {seconds:.1f} s" in done.stderr
+    assert f"in step {demo['stopped']['in_step']}; the steps it finished" in out.read_text()
