@@ -675,7 +675,11 @@ def ensemble_report(e: dict, args: argparse.Namespace) -> list[str]:
         "<= 1.1 |",
         f"| language router wall time / one expert | {e['language_time_vs_one_expert']:.3f} | "
         "<= 1.1 |",
-        f"| one expert's evaluation | {e['single_seconds']:.2f} s | |", "",
+        f"| one expert's evaluation | {e['single_seconds']:.2f} s | |",
+        *([f"| of it loading experts: one expert / posterior / language router | "
+           f"{e['single_load_seconds']:.2f} / {e['posterior_load_seconds']:.2f} / "
+           f"{e['language_load_seconds']:.2f} s | |"] if "single_load_seconds" in e else []),
+        "",
     ]  # fmt: skip
 
 

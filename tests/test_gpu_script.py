@@ -52,7 +52,11 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     preset = results["preset"]
     assert preset["expected_seconds"] == preset["training_tokens"] / preset["tokens_per_s"]
     assert set(results["memory"]["gib"]) == {"chunked loss", "plain loss"}
-    assert results["ensemble"]["single_seconds"] > 0
+    ensemble = results["ensemble"]
+    assert ensemble["single_seconds"] > 0
+    for system in ("single", "posterior", "language"):  # loading is part of each timed run
+        assert 0 < ensemble[f"{system}_load_seconds"] < ensemble[f"{system}_seconds"]
+    assert "| of it loading experts: one expert / posterior / language router |" in text
     assert results["ensemble"]["docs"] == gpu.SIZES["cpu-smoke"]["docs"]
     for shape in results["choices"]["shapes"].values():  # batched scores equal one at a time
         assert shape["batched_per_s"] > 0 and shape["max_difference"] < 1e-5
