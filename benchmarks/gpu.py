@@ -78,7 +78,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from transformers import (
@@ -316,17 +316,49 @@ def compiled_training(work: str, size: dict, data: str, device: str) -> None:
         out.write_text(json.dumps(measured))
 
 
+def stream_within(
+    command: list[str],
+    seconds: float,
+    *,
+    stdout: IO[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    cwd: Path | None = None,
+) -> int | None:
+    """Runs ``command`` in a session of its own (its own child processes stop with it), its
+    stdout into ``stdout`` (default: ours), each line of its stderr to ours (the log, as it
+    comes) and, stripped, to ``progress``; stopped after ``seconds``: None then, else its exit
+    status."""
+    stopped = threading.Event()
+    with subprocess.Popen(
+        command, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True
+    ) as child:
+
+        def stop() -> None:
+            stopped.set()
+            with suppress(ProcessLookupError):  # it ended just now
+                os.killpg(child.pid, signal.SIGKILL)
+
+        killer = threading.Timer(max(seconds, 0), stop)
+        killer.start()
+        try:
+            for line in child.stderr or ():
+                sys.stderr.write(line)
+                sys.stderr.flush()
+                if progress is not None:
+                    progress(line.strip())
+            status = child.wait()
+        finally:
+            killer.cancel()
+    return None if stopped.is_set() and status != 0 else status
+
+
 def run_within(code: str, seconds: float) -> str | None:
     """Runs Python ``code`` in a process of its own (in a session of its own, so that the
     compiler's worker processes stop with it), for at most ``seconds``: None when it ended
     well, else why not, in one line."""
-    with subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True) as child:
-        try:
-            status = child.wait(timeout=max(seconds, 0))
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
-            return f"stopped when the time budget ran out ({seconds:.0f} s were left for it)"
+    status = stream_within([sys.executable, "-c", code], seconds, cwd=ROOT)
+    if status is None:
+        return f"stopped when the time budget ran out ({seconds:.0f} s were left for it)"
     return None if status == 0 else f"its process ended with status {status}"
 
 
@@ -426,38 +458,6 @@ def preset_training(work: Path, size: dict, args: argparse.Namespace, done: dict
     }  # fmt: skip
 
 
-def stream_within(
-    command: list[str], stdout: Path, seconds: float, progress: Callable[[str], None]
-) -> int | None:
-    """Runs ``command`` in a session of its own, its stdout into the file ``stdout``, each line
-    of its stderr to ours (the log, as it comes) and, stripped, to ``progress``; stopped after
-    ``seconds``: None then, else its exit status."""
-    stopped = threading.Event()
-    with (
-        stdout.open("w") as out,
-        subprocess.Popen(
-            command, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True
-        ) as child,
-    ):
-
-        def stop() -> None:
-            stopped.set()
-            with suppress(ProcessLookupError):  # it ended just now
-                os.killpg(child.pid, signal.SIGKILL)
-
-        killer = threading.Timer(max(seconds, 0), stop)
-        killer.start()
-        try:
-            for line in child.stderr or ():
-                sys.stderr.write(line)
-                sys.stderr.flush()
-                progress(line.strip())
-            status = child.wait()
-        finally:
-            killer.cancel()
-    return None if stopped.is_set() and status != 0 else status
-
-
 def whole_demo(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """`xelm demo --preset gpu` (on --cpu-smoke: the smoke preset) from start to end on the
     data folder --demo-data (benchmarks/gpu_demo_data.py writes one), in a process of its own;
@@ -480,7 +480,8 @@ def whole_demo(work: Path, size: dict, args: argparse.Namespace, done: dict) -> 
             steps[ended["step"]], current = float(ended["seconds"]), None
 
     began = time.perf_counter()
-    status = stream_within(command, printed, left, progress)
+    with printed.open("w") as out:
+        status = stream_within(command, left, stdout=out, progress=progress)
     wall = time.perf_counter() - began
     if status is None:
         return {"preset": preset, "wall_seconds": wall, "steps": steps, "training": {},
