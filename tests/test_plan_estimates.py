@@ -5,11 +5,14 @@ import json
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from conftest import SHARED_DATA, train_tokenizer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
 from xelm_cli.bundle.store import Bundle
@@ -219,7 +222,7 @@ def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None
     shape = ModelShape(1_700_000_000, 256_008 * 2048, 24, 2048, 8192, 256_008, 16)
     plain = training_memory(shape, 8, 2048, cuda=True, lean_loss=False)
     lean = training_memory(shape, 8, 2048, cuda=True)
-    assert plain.loss == 8 * 2048 * 256_008 * 10  # 41.9 GB of logits, fp32 copy and gradient
+    assert plain.loss == 8 * 2048 * 256_008 * 12  # 50.3 GB: fp32 log-softmax and two gradients
     assert lean.loss < plain.loss / 10
     limit = parse_size("80GB")
     lean_fits = largest_batch(shape, 2048, limit, cuda=True)[0]
@@ -231,6 +234,55 @@ def test_the_chunked_loss_lets_a_bigger_batch_fit_at_a_256k_vocabulary() -> None
 # 2 x 2048 x 8192 + 8192 + 2048, two norms 4 x 2048), then the tied embedding 256,008 x 2048
 # and the final norm 2 x 2048: 1,732,907,008 in all (transformers' XGLMConfig on the meta device)
 XGLM_1_7B = ModelShape(1_732_907_008, 256_008 * 2048, 24, 2048, 8192, 256_008, 16, 50_358_272)
+
+
+class _LiveTensors(TorchDispatchMode):
+    """The bytes of the tensors that operations made and that are still alive, and their peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.storages: set[int] = set()  # counted once however many tensors share one
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, tuple | list) else [out]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() in self.storages or not storage.nbytes():
+                continue
+            self.storages.add(storage.data_ptr())
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(tensor, self._free, storage.data_ptr(), storage.nbytes())
+        return out
+
+    def _free(self, pointer: int, size: int) -> None:
+        self.storages.discard(pointer)
+        self.live -= size
+
+
+@pytest.mark.parametrize("autocast", [True, False], ids=["bf16-autocast", "fp32"])
+def test_the_plain_loss_peaks_at_the_bytes_a_logit_the_estimate_counts(autocast: bool) -> None:
+    # the model's loss (transformers' ForCausalLMLoss) on logits of a tiny output layer, the
+    # logits dropped before the backward as the trainer drops its output's
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    rows, vocab = 2048, 32_000
+    head = torch.nn.Linear(4, vocab, bias=False)
+    states = torch.randn(1, rows, 4, requires_grad=True)
+    labels = torch.randint(0, vocab, (1, rows))
+    shape = ModelShape(4 * vocab, 0, 1, 4, 16, vocab, 1)
+    counted = training_memory(shape, 1, rows, cuda=autocast, lean_loss=False).loss / (rows * vocab)
+    tracked = _LiveTensors()
+    with tracked, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = head(states)
+        loss = ForCausalLMLoss(logits, labels, vocab)
+        del logits
+        loss.backward()
+    assert counted == 12
+    assert tracked.peak / (rows * vocab) == pytest.approx(counted, rel=0.03)
 
 
 def test_fsdp_shards_the_model_states_and_gathers_the_root_and_one_layer() -> None:

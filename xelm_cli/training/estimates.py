@@ -28,12 +28,15 @@ a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabu
   512; within 13%; tests/test_plan_estimates.py checks one, with SDPA and with eager attention,
   the latter 2% over the measured peak at b x s = 8 x 512 and 14% over at 2 x 2048); on a GPU
   they are not yet measured;
-- the loss: the plain loss holds the whole batch's logits with their fp32 copy and gradient
-  (10 bytes a logit under autocast, 12 in fp32); the chunked loss one chunk of 2^26 logits in
-  fp32 with a temporary of the same size (logsumexp's; under autocast, later, the chunk's
-  gradient in bf16 and a bf16 product of at most 2^26 elements, one slice of the vocabulary,
-  on its way into the output layer's gradient), the hidden states' gradient and an fp32
-  gradient of the output layer, accumulated in place (the backward scales it in place too).
+- the loss: the plain loss (transformers' cross-entropy of the whole batch's logits, upcast to
+  fp32) peaks in its backward with log-softmax's fp32 output, the gradient coming into it and
+  the one it makes: 12 bytes a logit, under autocast too (the bf16 logits are freed by then;
+  10, the forward's peak, was 0.96x a step measured on an H200); the chunked loss one chunk
+  of 2^26 logits in fp32 with a temporary of the same size (logsumexp's; under autocast,
+  later, the chunk's gradient in bf16 and a bf16 product of at most 2^26 elements, one slice
+  of the vocabulary, on its way into the output layer's gradient), the hidden states'
+  gradient and an fp32 gradient of the output layer, accumulated in place (the backward
+  scales it in place too).
 
 Time: tokens x 6N FLOP at the FLOP/s a measured run reached on the same machine (its training
 record: tokens, ``wall_seconds``, the time from the training loop's start, validation and
@@ -185,7 +188,7 @@ def training_memory(
         transient = max(chunk * 8, chunk * (4 + element) + part * element)
         loss = transient + tokens * h * element + shape.vocab * h * 4
     else:
-        loss = tokens * shape.vocab * (10 if cuda else 12)
+        loss = tokens * shape.vocab * 12
     weights, gradients, moments = model_states(shape, shards, cuda=cuda)
     return MemoryEstimate(
         weights=weights + (2 * n if cuda and shards == 1 else 0),  # autocast's bf16 copies
