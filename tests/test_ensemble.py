@@ -315,6 +315,33 @@ def test_progress_counts_each_target_token_once(experts: list[Bundle]) -> None:
     assert sum(told) == len(long) - 1 + 9  # overlapping windows count their context once
 
 
+def test_batches_of_windows_and_short_documents_score_as_each_window_alone(
+    experts: list[Bundle],
+) -> None:
+    """Rows of different lengths, and windows that skip the context an earlier window
+    predicted, several batches one after another: every target's log-probability is the one
+    of its window's own forward pass."""
+    model = LoadedModel.load(experts[0], torch.device("cpu"))
+    model.max_length = 16
+    _, sequences = brute(experts[0], DOCS)
+    sequences[1] = sequences[1][:16]  # whole in one window
+    expected = []
+    for sequence in sequences:
+        parts = []
+        for start, end, first in windows(len(sequence), 16, 8):
+            with torch.no_grad():
+                logits = model.model(torch.tensor([sequence[start:end]])).logits[0].double()
+            logprobs = torch.log_softmax(logits, -1)[first - start - 1 : end - start - 1]
+            parts.append(logprobs.gather(1, torch.tensor(sequence[first:end])[:, None])[:, 0])
+        expected.append(torch.cat(parts).numpy())
+    assert any(len(s) > 16 for s in sequences) and len(sequences[1]) == 16
+    for batch_tokens in (16, 48, 4096):
+        got = score_sequences([model], [1.0], sequences, batch_tokens=batch_tokens)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine.dtype == np.float64
+            np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
 def test_calibration_scores_in_the_ensembles_batches(
     experts: list[Bundle], monkeypatch: pytest.MonkeyPatch
 ) -> None:

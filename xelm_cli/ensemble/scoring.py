@@ -319,23 +319,38 @@ def target_logprobs(
     targets: Any,
 ) -> Any:
     """ln softmax(sum_e a_e z_e)[target] for each row: ``states[e]`` is (N, H) for model e,
-    ``targets`` (N,); computed ``CHUNK_ELEMENTS`` logits at a time."""
+    ``targets`` (N,); computed ``CHUNK_ELEMENTS`` logits at a time. Float64, on the CPU."""
+    return _device_logprobs(models, coefficients, states, targets).double().cpu()
+
+
+def _device_logprobs(
+    models: Sequence[LoadedModel],
+    coefficients: Sequence[float],
+    states: Sequence[Any],
+    targets: Any,
+) -> Any:
+    """:func:`target_logprobs` left on the models' device in the logits' dtype: nothing here
+    waits for the device (one copy to the host per batch, by the caller)."""
     import torch
 
     n = int(targets.shape[0])
-    out = torch.empty(n, dtype=torch.float64)
     rows = max(1, CHUNK_ELEMENTS // max(models[0].vocab_size(), 1))
+    targets = targets.to(states[0].device)
+    parts = []
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         logits = None
         for model, coef, state in zip(models, coefficients, states, strict=True):
             part = model.logits(state[start:stop])
-            logits = part * coef if logits is None else logits + part.to(logits.device) * coef
+            if coef != 1:  # a single model's logits are used as they are (x * 1.0 is x)
+                part = part * coef
+            logits = part if logits is None else logits + part.to(logits.device)
         assert logits is not None
         chosen = targets[start:stop].to(logits.device)
-        picked = logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=1)
-        out[start:stop] = picked.double().cpu()
-    return out
+        parts.append(logits.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(logits, dim=1))
+    if not parts:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 @dataclass(frozen=True)
@@ -384,13 +399,59 @@ def right_padded(batch: Sequence[Segment]) -> tuple[Any, Any]:
     """(token ids, mask of the real tokens) of ``batch``, right-padded to its longest row."""
     import torch
 
-    width = max(len(segment.tokens) for segment in batch)
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    ids, lengths = _padded_ids(batch)
+    mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+
+
+def _padded_ids(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    lengths = np.array([len(segment.tokens) for segment in batch], dtype=np.int64)
+    ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
     for row, segment in enumerate(batch):
-        ids[row, : len(segment.tokens)] = torch.tensor(segment.tokens)
-        mask[row, : len(segment.tokens)] = 1
-    return ids, mask
+        ids[row, : len(segment.tokens)] = segment.tokens
+    return ids, lengths
+
+
+@dataclass
+class _ScoredBatch:
+    """A batch whose scores are on their way to the host: ``scores`` fills once ``ready`` (a
+    CUDA event, None where the copy was synchronous) has happened."""
+
+    segments: Sequence[Segment]
+    counts: NDArray[np.int64]  # target tokens of each segment, in order
+    scores: Any
+    ready: Any
+
+
+def _score_batch(
+    models: Sequence[LoadedModel], coefficients: Sequence[float], batch: Sequence[Segment]
+) -> _ScoredBatch:
+    """Start scoring ``batch``: its forward passes and log-probabilities are queued on the
+    device and the result's copy to the host after them, without waiting for any of it."""
+    import torch
+
+    ids, lengths = _padded_ids(batch)
+    skips = np.array([segment.skip for segment in batch], dtype=np.int64)
+    counts = lengths - 1 - skips
+    rows = np.repeat(np.arange(len(batch)), counts)
+    # each segment's predicting positions skip, skip + 1, ...: a running index less where
+    # the segment's run begins
+    starts = np.repeat(np.cumsum(counts) - counts - skips, counts)
+    cols = np.arange(int(counts.sum())) - starts
+    targets = torch.from_numpy(ids[rows, cols + 1])
+    mask = torch.from_numpy((np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
+    device = models[0].device
+    ids_on, mask_on = torch.from_numpy(ids).to(device), mask.to(device)
+    rows_on, cols_on = torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
+    states = [model.states(ids_on, mask_on)[0][rows_on, cols_on] for model in models]
+    scores = _device_logprobs(models, coefficients, states, targets)
+    if scores.device.type != "cuda":
+        return _ScoredBatch(batch, counts, scores, None)
+    host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
+    host.copy_(scores, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return _ScoredBatch(batch, counts, host, ready)
 
 
 def _capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
@@ -411,7 +472,8 @@ def score_sequences(
 ) -> list[Logprobs]:
     """For each token sequence (starting with BOS), ln p(x_t | x_<t) for t = 1..n-1 under the
     models' logit combination; sequences longer than the context are scored in windows.
-    ``advance(n)`` is told of the n target tokens each batch scored (each token once)."""
+    ``advance(n)`` is told of the n target tokens each batch scored (each token once). A
+    batch's numbers come to the host once, after the next batch is queued on the device."""
     import torch
 
     max_length = min(model.max_length for model in models)
@@ -423,31 +485,28 @@ def score_sequences(
         for window, (start, end, first) in enumerate(spans):
             segments.append(Segment(index, window, list(sequence[start:end]), first - start - 1))
     pieces: list[list[tuple[int, Any]]] = [[] for _ in sequences]
-    device = models[0].device
+
+    def collect(scored: _ScoredBatch) -> None:
+        if scored.ready is not None:
+            scored.ready.synchronize()
+        logprobs = scored.scores.numpy().astype(np.float64)
+        ends = np.cumsum(scored.counts)
+        for segment, end, count in zip(scored.segments, ends, scored.counts, strict=True):
+            pieces[segment.sequence].append((segment.window, logprobs[end - count : end]))
+        if advance is not None:
+            advance(int(ends[-1]))
+
+    # one batch in flight: the next batch is prepared and queued while the device still
+    # computes the last, whose scores are then taken
+    in_flight: _ScoredBatch | None = None
     with torch.inference_mode():
         for batch in length_batches(segments, batch_tokens):
-            ids, mask = right_padded(batch)
-            rows: list[int] = []
-            cols: list[int] = []
-            targets: list[int] = []
-            for row, segment in enumerate(batch):
-                count = len(segment.tokens) - 1 - segment.skip
-                rows += [row] * count
-                cols += range(segment.skip, segment.skip + count)
-                targets += segment.tokens[segment.skip + 1 :]
-            states = [
-                model.states(ids.to(device), mask.to(device))[0][rows, cols] for model in models
-            ]
-            logprobs = target_logprobs(models, coefficients, states, torch.tensor(targets))
-            offset = 0
-            for segment in batch:
-                count = len(segment.tokens) - 1 - segment.skip
-                pieces[segment.sequence].append(
-                    (segment.window, logprobs[offset : offset + count].numpy())
-                )
-                offset += count
-            if advance is not None:
-                advance(len(targets))
+            scored = _score_batch(models, coefficients, batch)
+            if in_flight is not None:
+                collect(in_flight)
+            in_flight = scored
+        if in_flight is not None:
+            collect(in_flight)
     results = []
     for parts in pieces:
         parts.sort(key=lambda part: part[0])
