@@ -156,8 +156,8 @@ def test_resident_systems_of_one_evaluation_share_one_copy_of_each_bundle(
         asked.append(sorted(bundle.name for bundle in members))
         return True
 
-    def counted_load(bundle: Bundle, device: Any) -> LoadedModel:
-        model = load(bundle, device)
+    def counted_load(bundle: Bundle, device: Any, **options: Any) -> LoadedModel:
+        model = load(bundle, device, **options)
         live.append(weakref.ref(model))
         gc.collect()
         peak[0] = max(peak[0], sum(ref() is not None for ref in live))

@@ -164,6 +164,24 @@ def loading_problem(info: dict[str, Any]) -> str | None:
     return None
 
 
+def causal_lm_class(config: Any) -> Any:
+    """The transformers class ``AutoModelForCausalLM`` builds for ``config``; None for a
+    config it has no class for (a model with its own code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    mapping: Any = MODEL_FOR_CAUSAL_LM_MAPPING
+    return mapping.get(type(config), None)
+
+
+def _kept_in_float32(config: Any) -> list[str]:
+    """The names (parts of tensor names) that the config's causal-LM class keeps in float32
+    whatever dtype it is loaded in (``_keep_in_fp32_modules``): left as stored by
+    ``Bundle.read_weights``, for ``from_pretrained`` to treat as it does from the files."""
+    model_class = causal_lm_class(config)
+    groups = ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict")
+    return [name for group in groups for name in getattr(model_class, group, None) or []]
+
+
 def load_causal_lm(source: str | Path, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
     """``AutoModelForCausalLM.from_pretrained(source, **kwargs)`` without transformers' progress
     bars (xelm's own are on stderr), and its loading information (see :func:`loading_problem`)."""
@@ -380,6 +398,42 @@ class Bundle:
         if problem:
             raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
         return (model, info) if wants_info else model
+
+    def read_weights(self, dtype: Any, *, pin: bool = False) -> dict[str, Any]:
+        """The model's tensors from its safetensors files (checked first, as by ``load_model``),
+        the floating-point ones in ``dtype`` but for those its class keeps in float32, and
+        with ``pin`` in pinned memory (a fast copy to a GPU), for ``model_from_weights``. Safe on
+        a background thread while another computes: it touches no process-wide torch state."""
+        from safetensors import safe_open
+
+        self.check_files()
+        keep = _kept_in_float32(self.load_config())
+        weights = {}
+        for path in sorted(self.path.glob("*.safetensors")):
+            with reading_safetensors(path), safe_open(str(path), framework="pt") as f:
+                for name in f.keys():  # noqa: SIM118 (a safe_open handle is not a dict)
+                    tensor = f.get_tensor(name)
+                    if tensor.is_floating_point() and not any(k in name for k in keep):
+                        tensor = tensor.to(dtype)
+                    weights[name] = tensor.pin_memory() if pin else tensor
+        return weights
+
+    def model_from_weights(self, weights: dict[str, Any], dtype: Any) -> Any:
+        """``load_model(dtype=dtype, verify=False)`` built from ``weights`` (``read_weights``)
+        instead of the files, on this thread: transformers sets the process-wide default dtype
+        while it builds a model. A bundle that runs its own code is loaded from its files."""
+        config = self.load_config()
+        model_class = causal_lm_class(config)
+        if self.runs_trusted_code() or model_class is None:
+            return self.load_model(dtype=dtype, verify=False)
+        with self._load_errors("model"), transformers_bars_off():
+            model, info = model_class.from_pretrained(
+                None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+            )
+        problem = loading_problem(info)
+        if problem:
+            raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
+        return model
 
     def stored_dtypes(self) -> dict[str, str]:
         """Each floating-point tensor's stored dtype by name (``{"model.norm.weight":

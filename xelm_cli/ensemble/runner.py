@@ -5,7 +5,9 @@ runs, so each expert scores only the documents it has weight on; an output-depen
 needs every expert on every document. Either way the experts run one at a time (load, score
 every document it is needed for, keep only the target tokens' log-probabilities, free), and the
 mixture is taken afterwards: peak memory is one expert plus k x tokens floats. Logit averaging
-needs the experts of a document together and keeps them loaded for the call.
+needs the experts of a document together and keeps them loaded for the call. A resident
+ensemble (all experts kept on a GPU) reads the next expert's weights while the current one
+scores (load_ahead.py).
 """
 
 import gc
@@ -14,7 +16,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from xelm_cli.common.errors import (
 from xelm_cli.common.progress import count_progress
 from xelm_cli.data.tokenizer_loading import DocumentEncoding, document_encoding
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
+from xelm_cli.ensemble.load_ahead import LoadAhead
 from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
 from xelm_cli.ensemble.mixing import mixture
 from xelm_cli.ensemble.product import score_product
@@ -45,6 +48,7 @@ from xelm_cli.ensemble.scoring import (
     default_batch_tokens,
     dtype_name,
     pick_device,
+    read_weights,
     score_choice_sets,
     score_sequences,
 )
@@ -360,13 +364,14 @@ class EnsembleModel(LanguageModel):
 
     # -- running experts
 
-    def load_expert(self, index: int) -> LoadedModel:
+    def load_expert(self, index: int, ahead: "LoadAhead[Any] | None" = None) -> LoadedModel:
         """Expert ``index`` on the ensemble's device: kept there from an earlier call when the
-        ensemble is resident, else loaded (into the spare model when it fits)."""
+        ensemble is resident (its weights read by ``ahead`` when given), else loaded (into the
+        spare model when it fits)."""
         if index in self._resident:
             return self._resident[index]
         if self.resident:
-            self._resident[index] = self._shared_resident(index)
+            self._resident[index] = self._shared_resident(index, ahead)
             return self._resident[index]
         self.stats.loads[self.experts[index].name] += 1
         with self._timing_load():
@@ -389,17 +394,39 @@ class EnsembleModel(LanguageModel):
         finally:
             self.stats.load_seconds += time.perf_counter() - started
 
-    def _shared_resident(self, index: int) -> LoadedModel:
+    def _shared_resident(self, index: int, ahead: "LoadAhead[Any] | None" = None) -> LoadedModel:
         """The copy of expert ``index`` that another resident system of the cache holds on
-        this device, else a new one that it shares from now on."""
-        key = (self.members[index].digest, str(self.device))
-        model = self.cache.resident.get(key)
+        this device, else a new one (its weights from ``ahead`` when given) that it shares
+        from now on."""
+        model = self.cache.resident.get(self._resident_key(index))
         if model is None:
             self.stats.loads[self.experts[index].name] += 1
-            with self._timing_load():
-                model = LoadedModel.load(self.members[index], self.device)
-            self.cache.resident[key] = model
+            with self._timing_load():  # with ``ahead``: the wait for its read, and the build
+                weights = None if ahead is None else ahead.take(index)
+                model = LoadedModel.load(self.members[index], self.device, weights=weights)
+            self.cache.resident[self._resident_key(index)] = model
         return model
+
+    def _resident_key(self, index: int) -> tuple[str, str]:
+        return (self.members[index].digest, str(self.device))
+
+    def _load_ahead(self, order: Sequence[int]) -> "LoadAhead[Any] | None":
+        """For a resident ensemble, a :class:`LoadAhead` reading the weights of the experts of
+        ``order`` not on the device yet (None when fewer than two are: nothing to overlap). A
+        streamed ensemble loads each expert into the one spare model the previous one used."""
+        if not self.resident:
+            return None
+        to_load = [
+            index
+            for index in order
+            if index not in self._resident and self._resident_key(index) not in self.cache.resident
+        ]
+        if len(to_load) < 2:
+            return None
+        members, device = self.members, self.device
+        return LoadAhead(
+            to_load, lambda i: read_weights(members[i], device), initializer=on_device(device)
+        )
 
     def free_expert(self, model: LoadedModel) -> None:
         """Done with ``model`` for now: a resident ensemble keeps it on the device; a streamed
@@ -426,6 +453,7 @@ class EnsembleModel(LanguageModel):
         """Run each expert once over the items it is needed for (cache misses only), with a
         progress bar of their ``sizes`` (in ``unit``, as ``compute`` advances it)."""
         results: dict[tuple[int, int], Any] = {}
+        to_run: dict[int, list[int]] = {}
         for expert, items in needed.items():
             digest = self.members[expert].digest
             missing = []
@@ -437,20 +465,23 @@ class EnsembleModel(LanguageModel):
                     results[(expert, item)] = value
             if len(missing) < len(items):
                 self.stats.reused[self.experts[expert].name] += len(items) - len(missing)
-            if not missing:
-                continue
-            info = self.experts[expert]
-            label = f"{self.name}: expert {expert + 1}/{len(self.experts)} ({info.name})"
-            model = self.load_expert(expert)
-            try:
-                with count_progress(label, sum(sizes[i] for i in missing), unit) as advance:
-                    values = compute(model, missing, advance)
-            finally:
-                self.free_expert(model)
-            self.stats.sequences[self.experts[expert].name] += len(missing)
-            for item, value in zip(missing, values, strict=True):
-                self.cache.put(digest, keys[item], value)
-                results[(expert, item)] = value
+            if missing:
+                to_run[expert] = missing
+        with self._load_ahead(list(to_run)) or nullcontext() as ahead:
+            for expert, missing in to_run.items():
+                info = self.experts[expert]
+                label = f"{self.name}: expert {expert + 1}/{len(self.experts)} ({info.name})"
+                model = self.load_expert(expert, ahead)
+                try:
+                    with count_progress(label, sum(sizes[i] for i in missing), unit) as advance:
+                        values = compute(model, missing, advance)
+                finally:
+                    self.free_expert(model)
+                self.stats.sequences[info.name] += len(missing)
+                digest = self.members[expert].digest
+                for item, value in zip(missing, values, strict=True):
+                    self.cache.put(digest, keys[item], value)
+                    results[(expert, item)] = value
         return results
 
     @staticmethod
@@ -749,6 +780,18 @@ def fits_on_device(members: Sequence[Bundle], device: Any) -> bool:
 
     free, _total = torch.cuda.mem_get_info(device)
     return sum(bundle.size for bundle in members) <= RESIDENT_SHARE * free
+
+
+def on_device(device: Any) -> Callable[[], None] | None:
+    """For a thread that reads weights for ``device``: make ``device`` (or, for ``cuda``
+    without an index, the caller's current device) its current CUDA device, so that pinning
+    memory there makes no CUDA context on another GPU (a thread starts on device 0)."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    index = torch.cuda.current_device() if device.index is None else device.index
+    return lambda: torch.cuda.set_device(index)
 
 
 def single_model(bundle: Bundle, name: str, **kwargs: Any) -> EnsembleModel:

@@ -168,6 +168,12 @@ def compute_dtype(bundle: Bundle, device: Any) -> Any:
     return getattr(torch, stored) if stored in HALF_DTYPES else torch.bfloat16
 
 
+def read_weights(bundle: Bundle, device: Any) -> dict[str, Any]:
+    """``bundle``'s tensors for :meth:`LoadedModel.load` on ``device``: checked, in its
+    :func:`compute_dtype`, pinned for a CUDA device. Safe on a background thread."""
+    return bundle.read_weights(compute_dtype(bundle, device), pin=device.type == "cuda")
+
+
 def dtype_name(dtype: Any) -> str:
     """``torch.bfloat16`` as results record it: ``"bfloat16"``."""
     return str(dtype).removeprefix("torch.")
@@ -207,10 +213,17 @@ class LoadedModel:
     _float_head: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def load(cls, bundle: Bundle, device: Any, dtype: Any = None) -> "LoadedModel":
-        """``bundle``'s model on ``device``, in ``dtype`` (default :func:`compute_dtype`)."""
+    def load(
+        cls, bundle: Bundle, device: Any, dtype: Any = None, weights: Any = None
+    ) -> "LoadedModel":
+        """``bundle``'s model on ``device``, in ``dtype`` (default :func:`compute_dtype`), from
+        its files or from ``weights`` read already (:func:`read_weights`, in that dtype)."""
         dtype = compute_dtype(bundle, device) if dtype is None else dtype
-        model = bundle.load_model(dtype=dtype).to(device).eval()
+        if weights is None:
+            model = bundle.load_model(dtype=dtype)
+        else:
+            model = bundle.model_from_weights(weights, dtype)
+        model = model.to(device).eval()
         max_length = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
         return cls(model, device, max_length, _model_config(bundle))
 
