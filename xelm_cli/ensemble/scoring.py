@@ -451,11 +451,11 @@ def _score_batch(
     # the segment's run begins
     starts = np.repeat(np.cumsum(counts) - counts - skips, counts)
     cols = np.arange(int(counts.sum())) - starts
-    targets = torch.from_numpy(ids[rows, cols + 1])
-    mask = torch.from_numpy((np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
+    mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
     device = models[0].device
-    ids_on, mask_on = torch.from_numpy(ids).to(device), mask.to(device)
-    rows_on, cols_on = torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)
+    ids_on, mask_on, rows_on, cols_on, targets = (
+        _uploaded(array, device) for array in (ids, mask, rows, cols, ids[rows, cols + 1])
+    )
     states = [model.states(ids_on, mask_on)[0][rows_on, cols_on] for model in models]
     scores = _device_logprobs(models, coefficients, states, targets)
     if scores.device.type != "cuda":
@@ -465,6 +465,17 @@ def _score_batch(
     ready = torch.cuda.Event()
     ready.record()
     return _ScoredBatch(batch, counts, host, ready)
+
+
+def _uploaded(array: NDArray[Any], device: Any) -> Any:
+    """``array`` as a tensor on ``device``; to a GPU from pinned memory without blocking (a
+    copy from pageable memory would first wait for everything queued on the device)."""
+    import torch
+
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
