@@ -3,7 +3,8 @@
 # benchmarks/gpu-prepare.sh): installs the wheels into /tmp/site (the image's own torch and
 # transformers stay), then runs every measurement into $OUT/gpu.md, gpu.json and gpu.log.
 # Arguments go to gpu.py, e.g. --no-compile, or --sections memory,ensemble to rerun some,
-# or --sections demo for `xelm demo --preset gpu` from start to end (8 minutes of its own).
+# or --sections demo for `xelm demo --preset gpu` from start to end (8 minutes of its own),
+# or --sections cuda-tests for the tests that need CUDA (pytest is in the H200's image).
 set -eu
 cd "$(dirname "$0")/.."
 OUT="${OUT:?set OUT to the folder that comes back}"

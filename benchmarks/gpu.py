@@ -49,6 +49,9 @@ compile 86 (what --budget left it).
    seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
    Its progress goes to the log as it comes, and it is stopped when --budget runs out (pass
    more than 480 to see a slow demo end), keeping the steps it finished and the one it was in.
+8. Only when named (--sections cuda-tests, e.g. first): the test files with tests that need
+   CUDA (CUDA_TESTS; CI's CPU skips those) under pytest, on --data; the summary and each
+   failed test in gpu.md (a failed test makes the exit status non-zero).
 
 The sections run in turn (--sections picks some, e.g. to rerun one); one that fails is
 reported in gpu.md with its error and the others still run, and gpu.md and gpu.json are
@@ -736,6 +739,51 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+# the test files with tests that need CUDA (skipped on a CPU, so never run by CI): run whole
+CUDA_TESTS = ("tests/test_ensemble.py", "tests/test_ensemble_load_ahead.py",
+              "tests/test_moe_gate.py")  # fmt: skip
+PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
+
+
+def cuda_tests(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """CUDA_TESTS under pytest on this machine, reading --data (XELM_TEST_DATA): the
+    counts of its summary line and each test that failed."""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            f"--basetemp={work / 'pytest'}", *CUDA_TESTS]  # fmt: skip
+    env = {name: value for name, value in os.environ.items() if name != "XELM_DEBUG"}
+    env["XELM_TEST_DATA"] = str(args.data.resolve())  # XELM_DEBUG: tests expect one-line errors
+    run = subprocess.run(argv, cwd=ROOT.parent, capture_output=True, text=True, env=env)
+    print(run.stdout[-4000:], run.stderr[-2000:], sep="\n", file=sys.stderr)
+    outcome = pytest_outcome(run.stdout)
+    if run.returncode not in (0, 1) or not outcome["counts"]:
+        raise RuntimeError(f"pytest exited {run.returncode}: {outcome['summary'] or '?'}")
+    return outcome | {"files": list(CUDA_TESTS)}
+
+
+def pytest_outcome(stdout: str) -> dict:
+    """pytest -q's last line as counts ({"passed": 40, "skipped": 2}), the line itself, and
+    each FAILED or ERROR line of its short summary by test id (``failed``)."""
+    lines = stdout.strip().splitlines()
+    summary = lines[-1].strip("= ") if lines else ""
+    failed = {}
+    for line in lines:
+        if line.startswith(("FAILED ", "ERROR ")):
+            test, _, reason = line.split(" ", 1)[1].partition(" - ")
+            failed[test] = reason
+    counts = {word: int(n) for n, word in PYTEST_COUNT.findall(summary)}
+    return {"counts": counts, "summary": summary, "failed": failed}
+
+
+def cuda_tests_report(t: dict, args: argparse.Namespace) -> list[str]:
+    return [
+        "", "## Tests that need CUDA", "",
+        f"`python -m pytest {' '.join(t['files'])}` on this machine (the CPU runs skip the "
+        f"tests that need CUDA): {t['summary']}.",
+        *(["", *(f"- {test}: {reason}" for test, reason in t["failed"].items())]
+          if t["failed"] else []),
+    ]  # fmt: skip
+
+
 def demo_report(d: dict, args: argparse.Namespace) -> list[str]:
     trained = {name: t.get("seconds", 0.0) for name, t in d["training"].items()}
     if "stopped" in d:
@@ -766,8 +814,9 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "choices": choice_scoring,
     "compile": compiled,
     "demo": whole_demo,  # only when asked for (--sections ...,demo): 8 minutes of its own
+    "cuda-tests": cuda_tests,  # only when asked for
 }
-DEFAULT_SECTIONS = [name for name in SECTIONS if name != "demo"]
+DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("demo", "cuda-tests")]
 RENDERERS = {
     "training": training_report,
     "preset": preset_report,
@@ -776,6 +825,7 @@ RENDERERS = {
     "choices": choice_report,
     "compile": compiled_report,
     "demo": demo_report,
+    "cuda-tests": cuda_tests_report,
 }
 
 
@@ -843,7 +893,7 @@ def main() -> None:
     parser.add_argument(
         "--sections", type=sections, default=DEFAULT_SECTIONS,
         help=f"which measurements, in order (default: {','.join(DEFAULT_SECTIONS)}; "
-        "demo, the whole gpu preset, only when named)",
+        "demo, the whole gpu preset, and cuda-tests only when named)",
     )  # fmt: skip
     parser.add_argument(
         "--demo-data", type=Path,

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
     from xelm_cli.plugin.conformance import TinyExperts
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# ../shared/data, or (on a machine without it: benchmarks/gpu.py's cuda-tests section) a folder
+# holding the parts the tests read
+SHARED_DATA = Path(os.environ.get("XELM_TEST_DATA") or ROOT.parent / "shared" / "data")
 FIXTURES = Path(__file__).parent / "fixtures"
 TEST_LANGS = ("en", "tr", "ar", "ru")
 

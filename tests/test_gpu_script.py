@@ -230,3 +230,28 @@ def test_a_demo_that_outlasts_the_budget_is_stopped_with_the_steps_it_finished(
     for step, seconds in demo["steps"].items():
         assert f"] {step}: {seconds:.1f} s" in done.stderr
     assert f"in step {demo['stopped']['in_step']}; the steps it finished" in out.read_text()
+
+
+def test_the_cuda_tests_section_reads_pytests_counts_and_failed_tests() -> None:
+    stdout = "\n".join([
+        "..F.s",
+        "=========================== short test summary info ============================",
+        "SKIPPED [1] tests/test_ensemble.py:221: no CUDA device",
+        "FAILED tests/test_ensemble.py::test_x[cuda] - AssertionError: 0.1 != 0.2",
+        "ERROR tests/test_moe_gate.py::test_y - RuntimeError: CUDA out of memory",
+        "2 failed, 40 passed, 1 skipped, 1 error in 12.50s",
+    ])  # fmt: skip
+    outcome = gpu.pytest_outcome(stdout)
+    assert outcome["counts"] == {"failed": 2, "passed": 40, "skipped": 1, "error": 1}
+    assert outcome["failed"] == {
+        "tests/test_ensemble.py::test_x[cuda]": "AssertionError: 0.1 != 0.2",
+        "tests/test_moe_gate.py::test_y": "RuntimeError: CUDA out of memory",
+    }
+    results = {"failed": {}, "cuda-tests": outcome}
+    assert gpu.failures(results) == [
+        "cuda-tests: tests/test_ensemble.py::test_x[cuda]",
+        "cuda-tests: tests/test_moe_gate.py::test_y",
+    ]
+    report = "\n".join(gpu.cuda_tests_report(outcome | {"files": ["t.py"]}, argparse.Namespace()))
+    assert "2 failed, 40 passed, 1 skipped, 1 error in 12.50s." in report
+    assert "- tests/test_moe_gate.py::test_y: RuntimeError: CUDA out of memory" in report
