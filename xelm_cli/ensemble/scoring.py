@@ -22,7 +22,7 @@ from xelm_cli.bundle.store import Bundle, probe_ids
 from xelm_cli.common.errors import UsageError
 
 CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
-DEFAULT_BATCH_TOKENS = 2048  # on CPU (8,192: 0.88x the time, 1.55x the memory; ensemble.md)
+DEFAULT_BATCH_TOKENS = 2048  # on CPU (8,192: 1.09-1.35x the time at 3 sizes; ensemble.md)
 CUDA_BATCH_TOKENS = 16384
 MAX_PADDING = 0.1  # share of a batch's positions that may be padding
 UNCHUNKED_LOGITS = 1 << 28  # a batch's logits where they cannot be chunked: 512 MB in bf16
