@@ -399,11 +399,12 @@ class Bundle:
             raise FormatError(f"{self.path}: the weights do not fit the model's config: {problem}")
         return (model, info) if wants_info else model
 
-    def read_weights(self, dtype: Any, *, pin: bool = False) -> dict[str, Any]:
+    def read_weights(self, dtype: Any) -> dict[str, Any]:
         """The model's tensors from its safetensors files (checked first, as by ``load_model``),
-        the floating-point ones in ``dtype`` but for those its class keeps in float32, and
-        with ``pin`` in pinned memory (a fast copy to a GPU), for ``model_from_weights``. Safe on
-        a background thread while another computes: it touches no process-wide torch state."""
+        the floating-point ones in ``dtype`` but for those its class keeps in float32, for
+        ``model_from_weights``. Safe on a background thread while another computes: it touches
+        no process-wide torch state. (Not pinned: torch caches freed pinned memory, rounded up
+        to powers of two, which for large experts would keep gigabytes of the host's memory.)"""
         from safetensors import safe_open
 
         self.check_files()
@@ -415,7 +416,7 @@ class Bundle:
                     tensor = f.get_tensor(name)
                     if tensor.is_floating_point() and not any(k in name for k in keep):
                         tensor = tensor.to(dtype)
-                    weights[name] = tensor.pin_memory() if pin else tensor
+                    weights[name] = tensor
         return weights
 
     def model_from_weights(self, weights: dict[str, Any], dtype: Any) -> Any:

@@ -23,18 +23,10 @@ class LoadAhead(Generic[Read]):
     background read's exception is raised, unchanged, by the ``take`` of its index. Leaving
     the ``with`` block waits for an unfinished read and drops it: no thread outlives it."""
 
-    def __init__(
-        self,
-        order: Sequence[int],
-        read: Callable[[int], Read],
-        *,
-        initializer: Callable[[], None] | None = None,
-    ) -> None:
+    def __init__(self, order: Sequence[int], read: Callable[[int], Read]) -> None:
         self._order = list(order)
         self._read = read
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=THREAD_NAME, initializer=initializer
-        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         self._pending: tuple[int, Future[Read]] | None = None
 
     def take(self, index: int) -> Read:

@@ -424,9 +424,7 @@ class EnsembleModel(LanguageModel):
         if len(to_load) < 2:
             return None
         members, device = self.members, self.device
-        return LoadAhead(
-            to_load, lambda i: read_weights(members[i], device), initializer=on_device(device)
-        )
+        return LoadAhead(to_load, lambda i: read_weights(members[i], device))
 
     def free_expert(self, model: LoadedModel) -> None:
         """Done with ``model`` for now: a resident ensemble keeps it on the device; a streamed
@@ -780,18 +778,6 @@ def fits_on_device(members: Sequence[Bundle], device: Any) -> bool:
 
     free, _total = torch.cuda.mem_get_info(device)
     return sum(bundle.size for bundle in members) <= RESIDENT_SHARE * free
-
-
-def on_device(device: Any) -> Callable[[], None] | None:
-    """For a thread that reads weights for ``device``: make ``device`` (or, for ``cuda``
-    without an index, the caller's current device) its current CUDA device, so that pinning
-    memory there makes no CUDA context on another GPU (a thread starts on device 0)."""
-    if device.type != "cuda":
-        return None
-    import torch
-
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return lambda: torch.cuda.set_device(index)
 
 
 def single_model(bundle: Bundle, name: str, **kwargs: Any) -> EnsembleModel:

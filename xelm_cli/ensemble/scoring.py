@@ -170,8 +170,8 @@ def compute_dtype(bundle: Bundle, device: Any) -> Any:
 
 def read_weights(bundle: Bundle, device: Any) -> dict[str, Any]:
     """``bundle``'s tensors for :meth:`LoadedModel.load` on ``device``: checked, in its
-    :func:`compute_dtype`, pinned for a CUDA device. Safe on a background thread."""
-    return bundle.read_weights(compute_dtype(bundle, device), pin=device.type == "cuda")
+    :func:`compute_dtype`. Safe on a background thread."""
+    return bundle.read_weights(compute_dtype(bundle, device))
 
 
 def dtype_name(dtype: Any) -> str:
