@@ -198,6 +198,8 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
         intermediate=config.intermediate_size,
         vocab=config.vocab_size,
         heads=config.num_attention_heads,
+        tied=getattr(model.get_output_embeddings(), "weight", None)
+        is model.get_input_embeddings().weight,
     )
 
 

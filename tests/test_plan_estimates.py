@@ -285,6 +285,59 @@ def test_the_plain_loss_peaks_at_the_bytes_a_logit_the_estimate_counts(autocast:
     assert tracked.peak / (rows * vocab) == pytest.approx(counted, rel=0.03)
 
 
+class _WeightCasts(TorchDispatchMode):
+    """The parameters (by name) that are copied to bf16 while the mode is on."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.names = {p.data_ptr(): name for name, p in model.named_parameters()}
+        self.cast: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.bfloat16:
+            name = self.names.get(args[0].data_ptr())
+            if name:
+                self.cast.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_autocast_copies_every_weight_but_an_untied_input_embedding(tied: bool) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         tie_word_embeddings=tied)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 500, (2, 16))
+    casts = _WeightCasts(model)
+    with casts, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = {f"{n}.weight" for n in linears} - ({"lm_head.weight"} if tied else set())
+    embedding = {"model.embed_tokens.weight"} if tied else set()  # the head's, when tied
+    assert sorted(casts.cast) == sorted(linears | embedding)  # each once; norms never
+    parameters = dict(model.named_parameters())
+    n = sum(p.numel() for p in parameters.values())
+    e = model.get_input_embeddings().weight.numel()
+    shape = ModelShape(n, e, 2, 32, 64, 500, 2, tied=tied)
+    counted = training_memory(shape, 1, 16, cuda=True).weights - 4 * n  # the bf16 copies
+    copied = sum(parameters[name].numel() for name in casts.cast)
+    norms = sum(p.numel() for name, p in parameters.items() if "norm" in name)
+    assert counted == 2 * (copied + norms)  # over by the norms' weights alone (a few h)
+
+
+def test_a_bundle_with_two_vocabulary_matrices_is_untied(seed_bundle: Path, tmp_path: Path) -> None:
+    from test_seed_fidelity import FAMILIES
+
+    from xelm_cli.bundle.seed import init_from_hf
+
+    assert ModelShape.of(Bundle.read(seed_bundle)).tied is False  # embed_tokens and lm_head
+    gpt2 = init_from_hf(str(FAMILIES["gpt2"][0](tmp_path / "hf")), tmp_path / "b", languages=["en"])
+    assert ModelShape.of(gpt2).tied is True  # one wte, the head's too
+
+
 def test_fsdp_shards_the_model_states_and_gathers_the_root_and_one_layer() -> None:
     """By hand, XGLM-1.7B at 8 x 2048 under FSDP over 8 ranks: each holds N/8 = 216,613,376
     parameters' fp32 weights, gradients and AdamW moments, plus the gathered weights of the

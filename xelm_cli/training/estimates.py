@@ -3,7 +3,8 @@
 Memory of the ``causal-lm`` trainer (fp32 master weights, AdamW), in bytes, for N parameters,
 a micro-batch of b x s tokens, L layers of hidden size h and MLP width i, vocabulary V:
 
-- weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N;
+- weights 4N, gradients 4N, AdamW moments 8N; on CUDA the bf16 copies autocast makes, 2N,
+  less an untied input embedding's (a lookup, which autocast does not cast);
   under DDP (several ranks without ``--fsdp``) another 4N of gradients, DDP's buckets (a copy
   of every gradient for the all-reduce: the trainer keeps ``gradient_as_bucket_view`` off);
   under FSDP over r ranks (``--fsdp``, each decoder layer a shard unit and the rest of the
@@ -94,6 +95,9 @@ class ModelShape:
     # one decoder layer's (FSDP's shard unit); 0: no numbered layers, the whole model is one
     # unit
     layer_parameters: int = 0
+    # the output layer is the input embedding's matrix; an untied input embedding is only
+    # looked up, which autocast never casts (no bf16 copy of it)
+    tied: bool = True
 
     @classmethod
     def of(cls, bundle: Bundle) -> "ModelShape":
@@ -118,6 +122,7 @@ class ModelShape:
         intermediate = first("intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
         heads = first("num_attention_heads", "n_head", "attention_heads", "num_heads")
         embedding = max((math.prod(s) for s in shapes.values() if s[:1] == [vocab]), default=0)
+        vocabulary_matrices = sum(1 for s in shapes.values() if s == [vocab, hidden])
         in_layers = sum(math.prod(s) for name, s in shapes.items() if IN_A_LAYER.search(name))
         return cls(
             parameters=sum(math.prod(s) for s in shapes.values()),
@@ -128,6 +133,7 @@ class ModelShape:
             vocab=vocab,
             heads=heads or max(1, hidden // 64),
             layer_parameters=in_layers // layers,
+            tied=vocabulary_matrices < 2,
         )
 
 
@@ -190,8 +196,9 @@ def training_memory(
     else:
         loss = tokens * shape.vocab * 12
     weights, gradients, moments = model_states(shape, shards, cuda=cuda)
+    cast = n - (0 if shape.tied else shape.embedding)  # the weights autocast copies to bf16
     return MemoryEstimate(
-        weights=weights + (2 * n if cuda and shards == 1 else 0),  # autocast's bf16 copies
+        weights=weights + (2 * cast if cuda and shards == 1 else 0),
         gradients=gradients + (4 * n if ddp else 0),  # DDP's buckets
         optimizer=moments,
         activations=activations,
