@@ -333,7 +333,8 @@ def target_logprobs(
 ) -> Any:
     """ln softmax(sum_e a_e z_e)[target] for each row: ``states[e]`` is (N, H) for model e,
     ``targets`` (N,); computed ``CHUNK_ELEMENTS`` logits at a time. Float64, on the CPU."""
-    return _device_logprobs(models, coefficients, states, targets).double().cpu()
+    # to the host first: MPS has no float64
+    return _device_logprobs(models, coefficients, states, targets).cpu().double()
 
 
 def _device_logprobs(
@@ -458,8 +459,8 @@ def _score_batch(
     )
     states = [model.states(ids_on, mask_on)[0][rows_on, cols_on] for model in models]
     scores = _device_logprobs(models, coefficients, states, targets)
-    if scores.device.type != "cuda":
-        return _ScoredBatch(batch, counts, scores, None)
+    if scores.device.type != "cuda":  # the CPU's, or a copy now (MPS)
+        return _ScoredBatch(batch, counts, scores.cpu(), None)
     host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
     host.copy_(scores, non_blocking=True)
     ready = torch.cuda.Event()
