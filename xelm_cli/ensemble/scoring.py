@@ -413,17 +413,18 @@ def right_padded(batch: Sequence[Segment]) -> tuple[Any, Any]:
     """(token ids, mask of the real tokens) of ``batch``, right-padded to its longest row."""
     import torch
 
-    ids, lengths = _padded_ids(batch)
-    mask = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
+    ids, mask, _ = _padded(batch)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def _padded_ids(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _padded(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], ...]:
+    """(token ids, mask of the real tokens, each row's length) of ``batch``, right-padded."""
     lengths = np.array([len(segment.tokens) for segment in batch], dtype=np.int64)
     ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
     for row, segment in enumerate(batch):
         ids[row, : len(segment.tokens)] = segment.tokens
-    return ids, lengths
+    mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+    return ids, mask, lengths
 
 
 @dataclass
@@ -444,7 +445,7 @@ def _score_batch(
     device and the result's copy to the host after them, without waiting for any of it."""
     import torch
 
-    ids, lengths = _padded_ids(batch)
+    ids, mask, lengths = _padded(batch)
     skips = np.array([segment.skip for segment in batch], dtype=np.int64)
     counts = lengths - 1 - skips
     rows = np.repeat(np.arange(len(batch)), counts)
@@ -452,7 +453,6 @@ def _score_batch(
     # the segment's run begins
     starts = np.repeat(np.cumsum(counts) - counts - skips, counts)
     cols = np.arange(int(counts.sum())) - starts
-    mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
     device = models[0].device
     ids_on, mask_on, rows_on, cols_on, targets = (
         _uploaded(array, device) for array in (ids, mask, rows, cols, ids[rows, cols + 1])
