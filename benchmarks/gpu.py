@@ -49,7 +49,7 @@ compile 86 (what --budget left it).
    seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
    Its progress goes to the log as it comes, and it is stopped when --budget runs out (pass
    more than 480 to see a slow demo end), keeping the steps it finished and the one it was in.
-8. Only when named (--sections cuda-tests, e.g. first): the test files with tests that need
+8. Only when named (--sections cuda-tests): the test files with tests that need
    CUDA (CUDA_TESTS; CI's CPU skips those) under pytest, on --data; the summary and each
    failed test in gpu.md (a failed test makes the exit status non-zero).
 
@@ -815,10 +815,11 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "ensemble": ensembles,
     "choices": choice_scoring,
     "compile": compiled,
-    "demo": whole_demo,  # only when asked for (--sections ...,demo): 8 minutes of its own
-    "cuda-tests": cuda_tests,  # only when asked for
+    "demo": whole_demo,  # 8 minutes of its own
+    "cuda-tests": cuda_tests,
 }
-DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ("demo", "cuda-tests")]
+ONLY_WHEN_NAMED = ("demo", "cuda-tests")  # --sections ...,demo
+DEFAULT_SECTIONS = [name for name in SECTIONS if name not in ONLY_WHEN_NAMED]
 RENDERERS = {
     "training": training_report,
     "preset": preset_report,
@@ -895,7 +896,7 @@ def main() -> None:
     parser.add_argument(
         "--sections", type=sections, default=DEFAULT_SECTIONS,
         help=f"which measurements, in order (default: {','.join(DEFAULT_SECTIONS)}; "
-        "demo, the whole gpu preset, and cuda-tests only when named)",
+        f"{' and '.join(ONLY_WHEN_NAMED)} only when named; demo: the whole gpu preset)",
     )  # fmt: skip
     parser.add_argument(
         "--demo-data", type=Path,
