@@ -1,7 +1,8 @@
-"""TF-IDF balanced k-means: the exact solver (lsa) against the auction on the same cost matrices.
+"""TF-IDF balanced k-means: the exact solvers (lsa, transfers) against the auction on the same
+cost matrices.
 
     python benchmarks/tfidf_solver.py [--sizes 250,500,1000,2000,4000] [-k 4,8]
-        [--document-bytes 0,1500] [--data ../shared/data] [--json FILE]
+        [--document-bytes 0,1500] [--lsa-max 4000] [--data ../shared/data] [--json FILE]
 
 Every k-means batch of `xelm cluster tfidf` is split into equal-size clusters by a balanced
 assignment, up to 20 times per batch, and ``--solver auto`` chooses between scipy's exact
@@ -16,10 +17,13 @@ assignment, up to 20 times per batch, and ``--solver auto`` chooses between scip
   fits the first one: k-means++ start, then up to 20 iterations until no centroid moves more
   than 1e-3, the cold auction's labels moving the centroids (the same matrices whatever the
   warm start does).
-- On each of these matrices: lsa; the auction from zero prices ("cold"); the auction started
-  from the previous iteration's prices ("warm", what the fit does from the second iteration).
-  Seconds are summed over the batch's iterations. Cost gap: the auction's total squared
-  distance over lsa's (the exact minimum), minus one, largest over the iterations.
+- On each of these matrices: lsa (batches up to --lsa-max documents: its time grows as n^3);
+  the auction from zero prices ("cold"); the auction started from the previous iteration's
+  prices ("warm"); transfers (negative-cycle cancelling) from its greedy start ("cold") and from
+  the previous iteration's transfers labels ("warm": what the fit does from the second
+  iteration). Seconds are summed over the batch's iterations. Cost gaps: the warm auction's and
+  the warm transfers' total squared distance over the exact minimum (lsa's, or the cold
+  transfers' where lsa is not run), minus one, largest over the iterations.
 
 Prints measured numbers only; ``--json FILE`` also writes them.
 """
@@ -94,27 +98,44 @@ def total_cost(cost: Matrix, labels: NDArray[np.int64]) -> float:
     return float(cost[np.arange(cost.shape[0]), labels].sum())
 
 
-def compare_solvers(costs: list[Matrix]) -> dict[str, Any]:
-    """Seconds of each solver summed over the matrices, and the auction's largest cost gap."""
+def compare_solvers(costs: list[Matrix], lsa: bool) -> dict[str, Any]:
+    """Seconds of each solver summed over the matrices, and the warm solvers' largest cost
+    gaps."""
     from xelm_tfidf.kmeans import assign_auction, assign_lsa, equal_capacities
+    from xelm_tfidf.transfers import assign_transfers
 
     n, k = costs[0].shape
     capacities = equal_capacities(n, k)
-    seconds = {"lsa": 0.0, "auction_cold": 0.0, "auction_warm": 0.0}
-    gaps, prices = [], None
+    seconds = dict.fromkeys(("lsa", "auction_cold", "auction_warm", "transfers_cold",
+                             "transfers_warm"), 0.0)  # fmt: skip
+    auction_gaps, transfer_gaps = [], []
+    prices, labels = None, None
     for cost in costs:
-        lsa_s, exact = timed(assign_lsa, cost, capacities)
         cold_s, _ = timed(assign_auction, cost, capacities)
-        warm_s, (labels, prices) = timed(assign_auction, cost, capacities, prices=prices)
-        seconds["lsa"] += lsa_s
+        warm_s, (auctioned, prices) = timed(assign_auction, cost, capacities, prices=prices)
+        transfers_cold_s, exact = timed(assign_transfers, cost, capacities)
+        transfers_warm_s, labels = timed(assign_transfers, cost, capacities, labels)
+        if lsa:
+            lsa_s, exact = timed(assign_lsa, cost, capacities)
+            seconds["lsa"] += lsa_s
         seconds["auction_cold"] += cold_s
         seconds["auction_warm"] += warm_s
-        gaps.append(total_cost(cost, labels) / total_cost(cost, exact) - 1.0)
+        seconds["transfers_cold"] += transfers_cold_s
+        seconds["transfers_warm"] += transfers_warm_s
+        minimum = total_cost(cost, exact)
+        auction_gaps.append(total_cost(cost, auctioned) / minimum - 1.0)
+        transfer_gaps.append(total_cost(cost, labels) / minimum - 1.0)
     return {
         "iterations": len(costs),
-        **{f"{name}_s": round(value, 3) for name, value in seconds.items()},
-        "lsa_over_warm": round(seconds["lsa"] / seconds["auction_warm"], 2),
-        "max_cost_gap": float(f"{max(gaps):.2g}"),
+        **{
+            f"{name}_s": round(value, 3) if lsa or name != "lsa" else None
+            for name, value in seconds.items()
+        },
+        "auction_warm_over_transfers_warm": round(
+            seconds["auction_warm"] / seconds["transfers_warm"], 1
+        ),
+        "auction_cost_gap": float(f"{max(auction_gaps):.2g}"),
+        "transfers_cost_gap": float(f"{max(transfer_gaps):.2g}"),
     }
 
 
@@ -141,7 +162,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for k in args.k:
                 costs = batch_costs(pool[:n], k)
                 rows.append({"document_bytes": document_bytes, "n": n, "k": k})
-                rows[-1].update(compare_solvers(costs))
+                rows[-1].update(compare_solvers(costs, lsa=n <= args.lsa_max))
                 print_row(rows[-1])
     return {
         "machine": machine(),
@@ -154,11 +175,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_row(row: dict[str, Any]) -> None:
     text = "records" if row["document_bytes"] == 0 else f"~{row['document_bytes']} B"
+    lsa = "-" if row["lsa_s"] is None else f"{row['lsa_s']:.3f} s"
     print(
-        f"{text:>8} n={row['n']:<5} k={row['k']} iterations {row['iterations']:>2}: "
-        f"lsa {row['lsa_s']:.3f} s, auction cold {row['auction_cold_s']:.3f} s, "
-        f"warm {row['auction_warm_s']:.3f} s (lsa/warm {row['lsa_over_warm']}); "
-        f"cost gap {row['max_cost_gap']:.1e}",
+        f"{text:>8} n={row['n']:<5} k={row['k']:<2} iterations {row['iterations']:>2}: "
+        f"lsa {lsa}, auction cold {row['auction_cold_s']:.3f} s, "
+        f"warm {row['auction_warm_s']:.3f} s, transfers cold {row['transfers_cold_s']:.3f} s, "
+        f"warm {row['transfers_warm_s']:.3f} s (auction/transfers warm "
+        f"{row['auction_warm_over_transfers_warm']}); cost gaps: auction "
+        f"{row['auction_cost_gap']:.1e}, transfers {row['transfers_cost_gap']:.1e}",
         flush=True,
     )
 
@@ -172,6 +196,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=integers, default=[250, 500, 1000, 2000, 4000])
     parser.add_argument("-k", type=integers, default=[4, 8])
     parser.add_argument("--document-bytes", type=integers, default=[0, 1500])
+    parser.add_argument(
+        "--lsa-max", type=int, default=4000, help="Largest batch lsa is run on (minutes at 4000)."
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data folder.")
     parser.add_argument("--json", type=Path, help="Also write the numbers to this file.")
     args = parser.parse_args()

@@ -13,6 +13,7 @@ from xelm_tfidf.embedder import TfidfSettings, fit_embedder, fit_pipeline, norma
 from xelm_tfidf.fitting import fit_sample, stop_words_for
 from xelm_tfidf.kmeans import (
     LSA_MAX_DOCUMENTS,
+    TRANSFERS_MAX_K,
     KMeansSettings,
     assign_auction,
     assign_balanced,
@@ -96,7 +97,7 @@ def test_balanced_assignment_is_optimal_on_a_tiny_case():
         assert cost[np.arange(7), labels].sum() == pytest.approx(best, abs=1e-3)
 
 
-@pytest.mark.parametrize("solver", ["lsa", "auction"])
+@pytest.mark.parametrize("solver", ["lsa", "auction", "transfers"])
 def test_batch_assignment_sizes_within_one(solver):
     rng = np.random.default_rng(0)
     cost = rng.random((503, 5)) + np.array([0, 0.5, 0.5, 0.9, 2.0])  # skewed towards cluster 0
@@ -105,15 +106,21 @@ def test_batch_assignment_sizes_within_one(solver):
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 503
 
 
-def test_auto_solver_is_exact_only_for_small_batches():
-    """benchmarks/tfidf_solver.md: lsa is faster up to about LSA_MAX_DOCUMENTS documents a
-    batch, the auction beyond (only the auction returns prices)."""
+def test_auto_solver_picks_transfers_for_few_clusters_then_by_batch_size():
+    """benchmarks/tfidf_solver.md: transfers up to TRANSFERS_MAX_K clusters; beyond, lsa is
+    faster up to about LSA_MAX_DOCUMENTS documents a batch, the auction above (only the
+    auction returns prices)."""
     rng = np.random.default_rng(4)
-    for n, solver in ((LSA_MAX_DOCUMENTS, "lsa"), (LSA_MAX_DOCUMENTS + 1, "auction")):
-        cost = rng.random((n, 4))
+    many = TRANSFERS_MAX_K + 1
+    for n, k, solver in (
+        (LSA_MAX_DOCUMENTS + 1, 4, "transfers"),
+        (LSA_MAX_DOCUMENTS, many, "lsa"),
+        (LSA_MAX_DOCUMENTS + 1, many, "auction"),
+    ):
+        cost = rng.random((n, k))
         labels, prices = assign_balanced(cost, "auto")
         expected, _ = assign_balanced(cost, solver)
-        assert (prices is None) == (solver == "lsa")
+        assert (prices is None) == (solver != "auction")
         np.testing.assert_array_equal(labels, expected)
 
 

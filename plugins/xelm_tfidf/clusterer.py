@@ -79,7 +79,9 @@ class TfidfClusterer(Clusterer):
         batch_size: int = option(4096, help="Documents per k-means batch.", minimum=1)
         solver: str = option(
             "auto",
-            help="Balanced assignment: auto, auction or lsa (exact, small batches).",
+            help="Balanced assignment: auto (transfers up to 64 experts, else lsa or auction "
+            "by batch size), transfers (exact, few experts), auction, or lsa (exact, small "
+            "batches).",
             choices=SOLVERS,
         )
         assignment: str = option(

@@ -3,7 +3,8 @@
 Fitting walks over shuffled mini-batches. Each batch is assigned to the centroids under an
 equal-size constraint (every cluster gets floor(n/k) or ceil(n/k) of the batch's documents),
 the centroids become running means of everything assigned so far, and this repeats up to
-``max_iter`` times per batch until no centroid moves more than ``tol``.
+``max_iter`` times per batch until no centroid moves more than ``tol``. Each iteration after a
+batch's first starts from the one before's assignment, which the transfers solver improves.
 
 After fitting, one balanced assignment of all training documents (the auction) gives a price
 per centroid; documents then go to argmin_i (squared distance_i + offset_i) with these prices
@@ -18,16 +19,20 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from .transfers import assign_transfers
+
 Matrix = NDArray[np.float64]
 Labels = NDArray[np.int64]
-SOLVERS = ("auto", "auction", "lsa")
+SOLVERS = ("auto", "transfers", "auction", "lsa")
 ASSIGNMENTS = ("balanced", "nearest")
 COLD_START_DIVISOR = 4.0  # the first epsilon from zero prices: a quarter of the cost range
 EPSILON_REDUCTION = 8.0  # each epsilon phase is this many times finer than the one before
-# "auto": lsa up to this many documents a batch, the auction beyond. Measured on the sample
-# corpus (benchmarks/tfidf_solver.md): lsa is 5-50x faster up to 500 documents and even with
-# the auction at 1000 on records, 4x slower at 2000 and 17-20x at 4000 (its time grows about as
-# n^3, the auction's about linearly).
+# "auto": transfers up to this many clusters, the most measured (benchmarks/tfidf_solver.md,
+# sample corpus, batches of 1,000 and 4,096: 11-150x faster than the auction, exact, and at
+# 1,000 documents faster than lsa); beyond, lsa up to LSA_MAX_DOCUMENTS documents a batch and
+# the auction above: lsa is 5-50x faster than the auction up to 500 documents and even at 1000
+# on records, 4x slower at 2000 and 17-20x at 4000 (its time grows about as n^3).
+TRANSFERS_MAX_K = 64
 LSA_MAX_DOCUMENTS = 1000
 
 
@@ -218,13 +223,23 @@ def _auction_phase(
 
 
 def assign_balanced(
-    cost: Matrix, solver: str = "auto", prices: Matrix | None = None
+    cost: Matrix,
+    solver: str = "auto",
+    prices: Matrix | None = None,
+    start: Labels | None = None,
 ) -> tuple[Labels, Matrix | None]:
     """Labels minimising total cost with equal cluster sizes (within 1), and the auction's
-    prices (None from the exact solver) to warm-start the next, similar call."""
-    capacities = equal_capacities(cost.shape[0], cost.shape[1])
+    prices (None from the exact solvers) to warm-start the next, similar call; the transfers
+    solver starts from ``start`` instead (the previous call's labels) when given."""
+    n, k = cost.shape
+    capacities = equal_capacities(n, k)
     if solver == "auto":
-        solver = "lsa" if cost.shape[0] <= LSA_MAX_DOCUMENTS else "auction"
+        if k <= TRANSFERS_MAX_K:
+            solver = "transfers"
+        else:
+            solver = "lsa" if n <= LSA_MAX_DOCUMENTS else "auction"
+    if solver == "transfers":
+        return assign_transfers(cost, capacities, start), None
     if solver == "lsa":
         return assign_lsa(cost, capacities), None
     if solver == "auction":
@@ -268,10 +283,10 @@ def _fit_batch(
     """Refine the assignment of one batch; centroids become running means including it."""
     k = centroids.shape[0]
     sums_before = centroids * counts[:, None]
-    current, prices = centroids, None
+    current, prices, labels = centroids, None, None
     for _ in range(settings.max_iter):
         cost = squared_distances(batch, current)
-        labels, prices = assign_balanced(cost, settings.solver, prices)
+        labels, prices = assign_balanced(cost, settings.solver, prices, labels)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
         sums = sums_before.copy()
         np.add.at(sums, labels, batch)
