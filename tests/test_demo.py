@@ -84,6 +84,29 @@ def test_every_step_ran_and_wrote_its_outputs(smoke: Path) -> None:
         assert f"]({figure})" in text
 
 
+def test_tfidf_cluster_sizes_are_the_allocations_assignment_of_the_corpus(smoke: Path) -> None:
+    """The step counts each cluster's documents from its experts' shards: they must be what
+    the allocation's assigner gives every training document of the corpus."""
+    from xelm_cli.api import get_registry, read_allocation
+    from xelm_cli.data.corpus import iter_documents
+
+    step = json.loads((smoke / "steps" / "tfidf-k4.json").read_text())["result"]
+    allocation = read_allocation(smoke / "tfidf-k4" / "allocation")
+    assigner = get_registry().get("clusterer", "tfidf").obj.assigner(allocation)
+    corpus = smoke / "corpus"
+    documents = [
+        d
+        for lang in TRAIN_LANGUAGES
+        for d in iter_documents(corpus / f"{lang}.jsonl", language=lang)
+    ]
+    clusters = assigner.assign(documents).tolist()
+    assert step["cluster_documents"] == [clusters.count(i) for i in range(4)]
+    for lang, entry in step["purity"].items():
+        mine = [c for d, c in zip(documents, clusters, strict=True) if d.language == lang]
+        assert entry["documents"] == len(mine), lang
+        assert entry["shares"] == [round(mine.count(i) / len(mine), 4) for i in range(4)], lang
+
+
 def test_the_experts_made_one_model_are_evaluated_beside_the_ensemble(smoke: Path) -> None:
     """The main X-ELM's averaged model and its MoE (before and after the fine-tune) are rows of
     the perplexity table, with lineage to every expert, and one sentence each in the report."""

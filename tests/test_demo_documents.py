@@ -12,6 +12,7 @@ from xelm_cli.demo.documents import (
     group_records,
     grouped_documents,
     mean_purity,
+    purity_of_counts,
 )
 from xelm_cli.demo.report import purity_section, text_sentence
 
@@ -91,6 +92,13 @@ def test_purity_and_entropy_match_a_hand_computation() -> None:
     assert purity["ru"]["shares"] == [0.0, 0.0, 0.0, 1.0]
     assert (purity["ru"]["purity"], purity["ru"]["entropy_bits"]) == (1.0, 0.0)
     assert mean_purity(purity) == 0.75
+
+
+def test_purity_of_counts_is_that_of_the_labels_it_counts() -> None:
+    languages = ["en", "en", "en", "en", "ru", "ru"]
+    clusters = [0, 0, 1, 2, 3, 3]
+    counts = {"en": [2, 1, 1, 0], "ru": [0, 0, 0, 2], "de": [0, 0, 0, 0]}
+    assert purity_of_counts(counts) == cluster_purity(languages, clusters, 4)  # no "de"
 
 
 def test_even_spread_has_purity_one_over_k_and_log2_k_bits() -> None:

@@ -60,10 +60,19 @@ def cluster_purity(
     counts: dict[str, list[int]] = {}
     for language, cluster in zip(languages, clusters, strict=True):
         counts.setdefault(language, [0] * k)[int(cluster)] += 1
+    return purity_of_counts(counts)
+
+
+def purity_of_counts(counts: Mapping[str, Sequence[int]]) -> dict[str, dict[str, Any]]:
+    """``cluster_purity`` from each language's number of documents in each cluster (languages
+    without documents left out)."""
     result = {}
     for language in sorted(counts):
         row = counts[language]
         total = sum(row)
+        if not total:
+            continue
+        k = len(row)
         shares = [c / total for c in row]
         top = max(range(k), key=lambda i: row[i])
         result[language] = {

@@ -25,11 +25,11 @@ from xelm_cli.common.errors import XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.common.units import duration
-from xelm_cli.data.corpus import iter_documents, read_documents
+from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import MANIFEST_NAME as SHARDS_MANIFEST
 from xelm_cli.data.shards import Shards
 from xelm_cli.demo.data import check_data
-from xelm_cli.demo.documents import cluster_purity, sampled_documents
+from xelm_cli.demo.documents import purity_of_counts, sampled_documents
 from xelm_cli.demo.folder import check_data_of, check_folder, record_folder
 from xelm_cli.demo.plan import demo_plan, runner_span_tokens
 from xelm_cli.demo.presets import MOE_TOP_K, NEW_LANGUAGES, TRAIN_LANGUAGES, Preset
@@ -526,7 +526,7 @@ class Demo:
         """The TF-IDF X-ELM before training: its allocation fitted, every training document
         assigned, each cluster's documents prepared into shards and its branch made (what
         was done before is reused)."""
-        from xelm_cli.data.prepare import prepare
+        from xelm_cli.data.prepare import prepare_experts
 
         k = self.preset.tfidf_k
         root = self.out / f"tfidf-k{k}"
@@ -543,36 +543,27 @@ class Demo:
                 overwrite=True,
                 max_docs_per_language=self.preset.tfidf_documents,
             )
-        assigner = get_registry().get("clusterer", "tfidf").obj.assigner(alloc)
-        documents = [
-            d
+        # an older xelm's shards there do not record the expert: xelm train refuses them
+        if not all(_shards_of(root / f"shards-{e}", alloc.reference(e)) for e in range(k)):
+            # one read of the corpus, each document embedded once, for every expert's shards
+            prepare_experts(corpus, tokenizer, root / "shards-{expert}", allocation=alloc,
+                            overwrite=True)  # fmt: skip
+        # every training document is in its expert's shards: the clusters' sizes are theirs
+        counts = [Shards.open(root / f"shards-{e}").manifest["languages"] for e in range(k)]
+        documents = {
+            language: [int(c.get(language, {}).get("documents", 0)) for c in counts]
             for language in TRAIN_LANGUAGES
-            for d in iter_documents(corpus / f"{language}.jsonl", language=language)
-        ]
-        clusters = assigner.assign(documents)
-        purity = cluster_purity([str(d.language) for d in documents], clusters.tolist(), k)
-        experts, sizes = [], []
+        }
+        experts = []
         for expert in range(k):
-            mine = [d for d, c in zip(documents, clusters, strict=True) if c == expert]
-            sizes.append(len(mine))
-            languages = sorted({str(d.language) for d in mine})
-            shards = root / f"shards-{expert}"
-            # an older xelm's shards there do not record the expert: xelm train refuses them
-            if not _shards_of(shards, alloc.reference(expert)):
-                prepare(
-                    corpus,
-                    tokenizer,
-                    shards,
-                    languages=languages,
-                    allocation=alloc,
-                    expert=expert,
-                    overwrite=True,
-                )
+            languages = [lang for lang, row in documents.items() if row[expert]]
             start = root / f"branch-{expert}"
             if not is_bundle(start):
                 branch(seed, start, allocation=alloc, expert=expert, overwrite=True)
-            experts.append((start, shards, root / f"expert-{expert}", languages))
-        return TfidfClusters(allocation, assigner, experts, sizes, purity)
+            experts.append((start, root / f"shards-{expert}", root / f"expert-{expert}", languages))
+        sizes = [sum(row[e] for row in documents.values()) for e in range(k)]
+        assigner = get_registry().get("clusterer", "tfidf").obj.assigner(alloc)
+        return TfidfClusters(allocation, assigner, experts, sizes, purity_of_counts(documents))
 
     def add_eval_routing(self, assigner: Any, purity: dict[str, dict[str, Any]]) -> None:
         """Add to each language's purity the share of its evaluation sentences whose

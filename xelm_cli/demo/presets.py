@@ -183,11 +183,10 @@ PRESETS = {
             checkpoint_every=500,
         ),
     ),
-    # Sized to train in about 4 of its 8 minutes on one H100-class GPU: 23.7M tokens at about
-    # 100K tokens/s. xelm train on the 91M-parameter `small` shape at this preset's 16 x 512
-    # tokens a step measured 120K tokens/s on an H100, before the current optimisations; this
-    # seed's 32,000-token output layer adds a quarter to its FLOP per token. Not yet run on a
-    # GPU: benchmarks/gpu.sh measures its training speed.
+    # Sized to train in under half of its 8 minutes on one H100-class GPU: xelm train of this
+    # seed at its 16 x 512 tokens a step ran at 148,447 tokens/s on an H200 (benchmarks/gpu.md),
+    # so its 23.7M tokens take about 160 s. The whole demo has not yet finished inside one
+    # device call (`benchmarks/gpu.sh --sections demo` measures it step by step).
     "gpu": Preset(
         name="gpu",
         summary="134M-parameter seed, 23.7M training tokens: sized for 8 min on one H100",
