@@ -66,7 +66,7 @@ def embedded_pool(corpus: Path, count: int, document_bytes: int) -> Matrix:
     )
     texts = [d.text for d in documents]
     analyzer = AnalyzerSettings(stop_words=stop_words_for(LANGUAGES))
-    points = fit_embedder(texts, analyzer, TfidfSettings()).transform(texts)
+    _, points = fit_embedder(texts, analyzer, TfidfSettings())
     return points[np.random.default_rng(0).permutation(len(points))]
 
 

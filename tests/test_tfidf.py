@@ -138,12 +138,24 @@ def test_portable_transform_equals_sklearn():
     train, held_out = _documents(per_language=100), _documents(per_language=30, skip=200)
     texts = [d.text for d in train]
     settings = AnalyzerSettings(stop_words=stop_words_for(LANGS))
-    vectorizer, svd = fit_pipeline(texts, settings, SMALL)
-    embedder = fit_embedder(texts, settings, SMALL)
+    vectorizer, svd, _ = fit_pipeline(texts, settings, SMALL)
+    embedder, points = fit_embedder(texts, settings, SMALL)
+    np.testing.assert_array_equal(points, embedder.transform(texts))  # bit for bit
     held = [d.text for d in held_out]
     expected = normalize_rows(svd.transform(vectorizer.transform(held)))
     np.testing.assert_allclose(embedder.transform(held), expected, atol=1e-5)
     assert np.abs(embedder.tfidf(held) - vectorizer.transform(held)).max() < 1e-12
+
+
+def test_the_fits_embeddings_are_its_transform_bit_for_bit_with_sublinear_tf():
+    """fit_embedder embeds its texts from the fit's counts (analysed once): the same numbers
+    as transform, which the allocation's assigner uses, also with sublinear tf."""
+    texts = [d.text for d in _documents(per_language=60)]
+    settings = AnalyzerSettings(stop_words=stop_words_for(LANGS))
+    embedder, points = fit_embedder(
+        texts, settings, TfidfSettings(n_components=8, sublinear_tf=True)
+    )
+    np.testing.assert_array_equal(points, embedder.transform(texts))
 
 
 def _paragraphs(sentences_per_document: int = 5, per_language: int = 100) -> list[Document]:

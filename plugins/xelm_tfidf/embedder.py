@@ -17,7 +17,7 @@ from .analyzer import Analyzer, AnalyzerSettings
 if TYPE_CHECKING:  # scikit-learn costs ~1 s to import, scipy.sparse 50 ms: only use needs them
     from scipy import sparse
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import Pipeline
 
 Matrix = NDArray[np.float64]
 
@@ -64,7 +64,14 @@ class Embedder:
             (np.ones(len(indices)), np.asarray(indices, dtype=np.int64), indptr),
             shape=(len(texts), len(self.terms)),
         )
-        counts.sum_duplicates()
+        return self.weighted(counts)
+
+    def weighted(self, counts: "sparse.csr_matrix") -> "sparse.csr_matrix":
+        """``tfidf`` of the texts whose term counts (columns in ``terms`` order) these are."""
+        from scipy import sparse
+
+        counts = sparse.csr_matrix(counts, dtype=np.float64, copy=True)
+        counts.sum_duplicates()  # and sorted columns: the same sums in the same order
         if self.sublinear_tf:
             counts.data = np.log(counts.data) + 1.0
         weighted = counts @ sparse.diags(self.idf)
@@ -72,10 +79,13 @@ class Embedder:
 
     def transform(self, texts: Sequence[str]) -> Matrix:
         """Unit-length embeddings of shape (len(texts), dimensions)."""
+        return self.project(self.tfidf(texts))
+
+    def project(self, tfidf: "sparse.csr_matrix") -> Matrix:
+        """``transform`` of the texts whose ``tfidf`` rows these are."""
         if self._projection is None:  # a copy of (features x dims) per call cost routing 10x
             self._projection = np.ascontiguousarray(self.components.T, dtype=np.float64)
-        projected = self.tfidf(texts) @ self._projection
-        return normalize_rows(np.asarray(projected))
+        return normalize_rows(np.asarray(tfidf @ self._projection))
 
 
 def _row_norms(matrix: "sparse.csr_matrix") -> NDArray[np.float64]:
@@ -92,22 +102,23 @@ def normalize_rows(matrix: Matrix) -> Matrix:
 
 def fit_pipeline(
     texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
-) -> tuple["TfidfVectorizer", "TruncatedSVD"]:
-    """Fit scikit-learn's TF-IDF and SVD on ``texts`` (the reference for ``Embedder``)."""
+) -> tuple["Pipeline", "TruncatedSVD", "sparse.csr_matrix"]:
+    """Fit scikit-learn's TF-IDF (term counts, then weights: its TfidfVectorizer in two steps)
+    and SVD on ``texts`` (the reference for ``Embedder``); also the texts' term counts."""
     from sklearn.decomposition import TruncatedSVD
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
+    from sklearn.pipeline import make_pipeline
 
-    vectorizer = TfidfVectorizer(
+    counter = CountVectorizer(
         analyzer=Analyzer(analyzer),
         lowercase=False,  # the analyzer lower-cases
         token_pattern=None,
         max_features=settings.max_features,
-        sublinear_tf=settings.sublinear_tf,
-        smooth_idf=True,
-        norm="l2",
         dtype=np.float64,
     )
-    matrix = vectorizer.fit_transform(texts)
+    counts = counter.fit_transform(texts)
+    weighting = TfidfTransformer(norm="l2", smooth_idf=True, sublinear_tf=settings.sublinear_tf)
+    matrix = weighting.fit_transform(counts)
     n_features = matrix.shape[1]
     if n_features < 2:
         raise ValueError(
@@ -122,20 +133,24 @@ def fit_pipeline(
     # 436,735 matrix than float64, its subspace within a cosine of 1 - 1e-6 of float64's
     # (benchmarks/tfidf_svd.md)
     svd.fit(matrix.astype(np.float32))
-    return vectorizer, svd
+    return make_pipeline(counter, weighting), svd, counts
 
 
 def fit_embedder(
     texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
-) -> Embedder:
-    vectorizer, svd = fit_pipeline(texts, analyzer, settings)
-    terms = [""] * len(vectorizer.vocabulary_)
-    for term, column in vectorizer.vocabulary_.items():
+) -> tuple[Embedder, Matrix]:
+    """The embedder fitted on ``texts`` and their embeddings, the same numbers as its
+    ``transform(texts)`` gives, from the counts of the fit (the texts analysed once)."""
+    pipeline, svd, counts = fit_pipeline(texts, analyzer, settings)
+    counter, weighting = pipeline[0], pipeline[1]
+    terms = [""] * len(counter.vocabulary_)
+    for term, column in counter.vocabulary_.items():
         terms[column] = term
-    return Embedder(
+    embedder = Embedder(
         analyzer=analyzer,
         sublinear_tf=settings.sublinear_tf,
         terms=terms,
-        idf=np.asarray(vectorizer.idf_, dtype=np.float64),
+        idf=np.asarray(weighting.idf_, dtype=np.float64),
         components=np.asarray(svd.components_, dtype=np.float32),
     )
+    return embedder, embedder.project(embedder.weighted(counts))

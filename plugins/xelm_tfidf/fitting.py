@@ -133,10 +133,9 @@ def fit_sample(
         embedding = progress.add_task("embedding (TF-IDF, SVD)", total=None)
         texts = [d.text for d in sample]
         try:
-            embedder = fit_embedder(texts, analyzer, tfidf)
+            embedder, points = fit_embedder(texts, analyzer, tfidf)
         except ValueError as exc:
             raise UsageError(f"cannot fit the TF-IDF embedder: {exc}") from None
-        points = embedder.transform(texts)
         progress.update(embedding, total=1, completed=1)
         clustering = progress.add_task("balanced k-means", total=len(sample))
         centroids = fit_balanced_kmeans(points, kmeans, lambda n: progress.advance(clustering, n))
