@@ -579,7 +579,8 @@ def ensembles(work: Path, size: dict, args: argparse.Namespace, done: dict) -> d
 def choice_scoring(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """benchmarks/icl_throughput.py: multiple-choice items one to a forward against batched."""
     argv = [sys.executable, str(ROOT / "icl_throughput.py"), "--json", "--device", args.device,
-            "--model", size["icl_model"], "--requests", str(size["icl_requests"])]  # fmt: skip
+            "--model", size["icl_model"], "--requests", str(size["icl_requests"]),
+            "--profile"]  # fmt: skip
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.splitlines()[-1]))
 
@@ -701,6 +702,22 @@ def choice_report(c: dict, args: argparse.Namespace) -> list[str]:
         *(f"| {shape} | {r['per_request_per_s']:,.1f} | {r['batched_per_s']:,.1f} | "
           f"{r['ratio']:.2f} | {r['batches']} | {r['max_difference']:.1e} |"
           for shape, r in c["shapes"].items()),
+        *profile_report(c.get("profile")),
+    ]  # fmt: skip
+
+
+def profile_report(profile: dict | None) -> list[str]:
+    """Where a profiled batched few-shot run's time went (icl_throughput.py --profile)."""
+    if not profile:
+        return []
+    return [
+        "", f"The batched few-shot run again under torch.profiler: {profile['seconds']:.2f} s "
+        f"for {profile['batches']} batches, of which the operators' own CPU time "
+        f"{profile['operators_cpu_s']:.2f} s (the rest: Python between them). The operators "
+        "with the most own CPU time:", "",
+        "| operator | calls | own CPU ms | own device ms |", "|---|---:|---:|---:|",
+        *(f"| `{op['name']}` | {op['calls']:,} | {op['self_cpu_ms']:,.1f} | "
+          f"{op['self_device_ms']:,.1f} |" for op in profile["top"]),
     ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/icl_throughput.py [--device cpu|cuda] [--model demo-small|llama-25m]
                                         [--requests 200] [--threads N] [--batch-tokens N]
+                                        [--profile]
 
 ``score_choice_sets`` on SIB-200-like requests (7 choices of 1-3 tokens) with zero-shot
 (~60-token) and few-shot (~400-token) contexts, random token ids, a randomly initialised
@@ -12,6 +13,9 @@ batching; batched: ``--batch-tokens``, by default the device's token budget. One
 each, alternating, after an untimed warm-up; prints requests/s, their ratio and the largest
 difference between the two paths' log-probabilities. On a CPU shared with other work,
 ``--threads 1`` gives steadier numbers than torch's default (one thread per core).
+``--profile`` runs the batched few-shot requests once more under torch.profiler and reports
+where that run's time went: its wall seconds, the operators' own CPU time (the rest is Python
+between them) and the operators that took most of it, with their device time.
 """
 
 import argparse
@@ -47,6 +51,7 @@ MODELS = {
 }
 SHAPES = {"zero-shot": 60, "few-shot": 400}  # context tokens, about
 CHOICES = 7
+PROFILE_ROWS = 15
 
 Request = tuple[list[int], list[list[int]]]
 
@@ -113,6 +118,35 @@ def measure(model: LoadedModel, count: int, budget: int) -> dict[str, dict[str, 
     return rows
 
 
+def profiled(model: LoadedModel, count: int, budget: int) -> dict[str, Any]:
+    """The batched few-shot run under torch.profiler: its seconds, batches, the operators' own
+    CPU seconds in all, and the PROFILE_ROWS operators with the most own CPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    requests = sib_like(count, SHAPES["few-shot"], model.vocab_size(), seed=SHAPES["few-shot"])
+    activities = [ProfilerActivity.CPU]
+    if model.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        seconds, _, batches = timed(model, requests, budget)
+    events = list(profiler.key_averages())
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:PROFILE_ROWS]
+    return {
+        "seconds": seconds,
+        "batches": batches,
+        "operators_cpu_s": sum(e.self_cpu_time_total for e in events) / 1e6,
+        "top": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1e3,
+            }
+            for e in top
+        ],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -121,6 +155,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: torch's own")
     parser.add_argument("--batch-tokens", type=int, default=0, help="0: the device's default")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--profile", action="store_true", help="profile a batched few-shot run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,9 +163,10 @@ def main() -> None:
     model = build_model(args.model, device)
     budget = args.batch_tokens or default_batch_tokens(device)
     rows = measure(model, args.requests, budget)
+    profile = profiled(model, args.requests, budget) if args.profile else None
     if args.json:
         print(json.dumps({"model": args.model, "requests": args.requests, "budget": budget,
-                          "choices": CHOICES, "shapes": rows}))  # fmt: skip
+                          "choices": CHOICES, "shapes": rows, "profile": profile}))  # fmt: skip
         return
     print(
         f"model {args.model}, device {device}, {torch.get_num_threads()} threads, "
@@ -145,6 +181,16 @@ def main() -> None:
             f"{shape:<10} {row['per_request_per_s']:>14.1f} {row['batched_per_s']:>10.1f} "
             f"{row['ratio']:>6.2f} {row['batches']:>8} {row['max_difference']:>11.2e}"
         )
+    if profile is not None:
+        print(
+            f"profiled batched few-shot run: {profile['seconds']:.2f} s, {profile['batches']} "
+            f"batches, operators' own CPU time {profile['operators_cpu_s']:.2f} s"
+        )
+        for op in profile["top"]:
+            print(
+                f"  {op['name'][:48]:<48} {op['calls']:>7} calls {op['self_cpu_ms']:>9.1f} ms CPU "
+                f"{op['self_device_ms']:>9.1f} ms device"
+            )
 
 
 if __name__ == "__main__":
