@@ -129,9 +129,9 @@ def fit_pipeline(
     if components < 1:
         raise ValueError("need at least 2 documents to fit the embedder")
     svd = TruncatedSVD(n_components=components, random_state=settings.seed)
-    # In float32 (the components are stored so): 2.3x faster on the gpu demo preset's 14,327 x
-    # 436,735 matrix than float64, its subspace within a cosine of 1 - 1e-6 of float64's
-    # (benchmarks/tfidf_svd.md)
+    # In float32 (the components are stored so): 0.33x float64's time on a matrix of the gpu
+    # demo preset's size (14,323 x 437,120), its subspace within a cosine of 1 - 1e-6 of
+    # float64's (benchmarks/tfidf_svd.md)
     svd.fit(matrix.astype(np.float32))
     return make_pipeline(counter, weighting), svd, counts
 

@@ -28,7 +28,7 @@ ASSIGNMENTS = ("balanced", "nearest")
 COLD_START_DIVISOR = 4.0  # the first epsilon from zero prices: a quarter of the cost range
 EPSILON_REDUCTION = 8.0  # each epsilon phase is this many times finer than the one before
 # "auto": transfers up to this many clusters, the most measured (benchmarks/tfidf_solver.md,
-# sample corpus, batches of 1,000 and 4,096: 11-150x faster than the auction, exact, and at
+# sample corpus, batches of 1,000 and 4,096: 12-156x faster than the auction, exact, and at
 # 1,000 documents faster than lsa); beyond, lsa up to LSA_MAX_DOCUMENTS documents a batch and
 # the auction above: lsa is 5-50x faster than the auction up to 500 documents and even at 1000
 # on records, 4x slower at 2000 and 17-20x at 4000 (its time grows about as n^3).
