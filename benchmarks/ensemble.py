@@ -2,6 +2,7 @@
 
     python benchmarks/ensemble.py [--docs 48] [--ks 1,2,4,8] [--hidden 256] [--layers 4]
                                   [--device cpu|cuda] [--batch-tokens N] [--repeat 2] [--json]
+                                  [--profile]
 
 Builds 8 experts (random Llama-style decoders of --hidden/--layers, a 4,000-token BPE tokenizer
 trained on FLORES text), each covering two of the 16 training languages, and evaluates the
@@ -18,7 +19,9 @@ k = 1, 2, 4, 8 it prints
 
 With k < 8 the ensemble is the first k experts and the documents are those of their languages.
 --batch-tokens sets the padded tokens of a forward batch (default: the device's, 2,048 on a
-CPU, EnsembleModel's batch_tokens); run twice with two values to compare them.
+CPU, EnsembleModel's batch_tokens); run twice with two values to compare them. --profile adds,
+for one expert and the language router, a third evaluation (fresh models again) under
+torch.profiler: where its time went (benchmarks/profiling.py).
 """
 
 import argparse
@@ -30,6 +33,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -38,6 +42,7 @@ import psutil
 DATA = Path(os.environ.get("XELM_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 LANGS = ["en", "de", "es", "fr", "ru", "bg", "el", "ar"]
 LANGS += ["tr", "ja", "ko", "zh", "hi", "ur", "sw", "vi"]
+PROFILED = ("single", "language")  # the modes --profile profiles
 
 
 def build(work: Path, hidden: int, layers: int) -> None:
@@ -105,8 +110,14 @@ class PeakMemory:
 
 
 def worker(
-    work: Path, mode: str, k: int, docs: int, device: str, batch_tokens: int | None
-) -> dict[str, float]:
+    work: Path,
+    mode: str,
+    k: int,
+    docs: int,
+    device: str,
+    batch_tokens: int | None,
+    profile: bool = False,
+) -> dict[str, Any]:
     from xelm_cli.api import EvalRequest
     from xelm_cli.bundle.store import Bundle
     from xelm_cli.ensemble.results import build_evaluator
@@ -135,18 +146,27 @@ def worker(
     started = time.perf_counter()  # the second run: no one-off start-up costs
     evaluator.evaluate(warm)
     seconds = time.perf_counter() - started
-    return {
+    measured: dict[str, Any] = {
         "seconds": seconds,
         "peak_growth": memory.growth,
         "load_seconds": warm.stats.load_seconds,
     }
+    if profile:
+        from profiling import profiled
+
+        again = model()
+        again.count_tokens("load the tokenizer")
+        measured["profile"] = profiled(lambda: evaluator.evaluate(again), again.device.type)[1]
+    return measured
 
 
-def measure(work: Path, mode: str, k: int, args: argparse.Namespace) -> dict[str, float]:
+def measure(work: Path, mode: str, k: int, args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     options = ["--docs", str(args.docs), "--device", args.device]
     if args.batch_tokens:
         options += ["--batch-tokens", str(args.batch_tokens)]
+    if args.profile and mode in PROFILED:
+        options.append("--profile")
     for _ in range(args.repeat):
         out = subprocess.run(
             [sys.executable, __file__, "--worker", mode, str(k), str(work), *options],
@@ -160,6 +180,7 @@ def measure(work: Path, mode: str, k: int, args: argparse.Namespace) -> dict[str
         "seconds": fastest["seconds"],
         "load_seconds": fastest["load_seconds"],  # of its seconds, loading experts
         "peak_growth": min(r["peak_growth"] for r in runs),
+        "profile": fastest.get("profile"),
     }
 
 
@@ -173,13 +194,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
     parser.add_argument("--ks", default="1,2,4,8", help="ensemble sizes, e.g. 8")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile one expert and the router")
     parser.add_argument("--worker", nargs=3, metavar=("MODE", "K", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         mode, k, work = args.worker
-        print(
-            json.dumps(worker(Path(work), mode, int(k), args.docs, args.device, args.batch_tokens))
+        measured = worker(
+            Path(work), mode, int(k), args.docs, args.device, args.batch_tokens, args.profile
         )
+        print(json.dumps(measured))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -204,6 +227,8 @@ def main() -> None:
                     "language_load_seconds": language["load_seconds"],
                     "single_peak_mb": single["peak_growth"] / 2**20,
                     "posterior_peak_mb": posterior["peak_growth"] / 2**20,
+                    "single_profile": single["profile"],
+                    "language_profile": language["profile"],
                 }
             )
     if args.json:

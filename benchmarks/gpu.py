@@ -35,9 +35,12 @@ compile 86 (what --budget left it).
    swapped in, files checked), while the host's share of evaluating took 0.13-0.25 ms a
    sentence and expert, so on a GPU (~0.6 s of FLOPs a pass) evaluation should be 80-90% of
    one expert's timed seconds and about 70% of the posterior's (at 48 sentences, 20-30%).
+   Then one expert's evaluation and the router's once more under torch.profiler
+   (benchmarks/profiling.py): where their time goes, Python, operators or waits.
 5. Multiple-choice scoring (benchmarks/icl_throughput.py): 400 SIB-200-shaped items of 7
    choices on a 25M-parameter Llama in bf16, zero-shot and few-shot contexts, one item per
-   forward pair against items batched within the device's token budget (seconds on a GPU).
+   forward pair against items batched within the device's token budget (seconds on a GPU);
+   the batched few-shot run again under torch.profiler (the H200 took 90 ms a batch).
 6. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
    last and in a process of their own (compiling is the slowest and least tried part): not
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
@@ -94,6 +97,7 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+import profiling
 import train_throughput as throughput
 from xelm_trainer.lean_loss import use_lean_loss
 
@@ -570,7 +574,8 @@ def memory(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict
 def ensembles(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     argv = [sys.executable, str(ROOT / "ensemble.py"), "--ks", "8", "--json", "--repeat", "1",
             "--device", args.device, "--hidden", str(size["ens_hidden"]),
-            "--layers", str(size["ens_layers"]), "--docs", str(size["docs"])]  # fmt: skip
+            "--layers", str(size["ens_layers"]), "--docs", str(size["docs"]),
+            "--profile"]  # fmt: skip
     data = os.environ | {"XELM_BENCH_DATA": str(args.data.resolve())}
     out = subprocess.run(argv, check=True, capture_output=True, text=True, env=data).stdout
     return dict(json.loads(out)[0]) | {"docs": size["docs"]}
@@ -686,6 +691,9 @@ def ensemble_report(e: dict, args: argparse.Namespace) -> list[str]:
         *([f"| of it loading experts: one expert / posterior / language router | "
            f"{e['single_load_seconds']:.2f} / {e['posterior_load_seconds']:.2f} / "
            f"{e['language_load_seconds']:.2f} s | |"] if "single_load_seconds" in e else []),
+        *(line for mode, label in (("single", "one expert"), ("language", "language router"))
+          if e.get(f"{mode}_profile")
+          for line in profiling.markdown(e[f"{mode}_profile"], f"A third evaluation ({label})")),
         "",
     ]  # fmt: skip
 
@@ -702,22 +710,8 @@ def choice_report(c: dict, args: argparse.Namespace) -> list[str]:
         *(f"| {shape} | {r['per_request_per_s']:,.1f} | {r['batched_per_s']:,.1f} | "
           f"{r['ratio']:.2f} | {r['batches']} | {r['max_difference']:.1e} |"
           for shape, r in c["shapes"].items()),
-        *profile_report(c.get("profile")),
-    ]  # fmt: skip
-
-
-def profile_report(profile: dict | None) -> list[str]:
-    """Where a profiled batched few-shot run's time went (icl_throughput.py --profile)."""
-    if not profile:
-        return []
-    return [
-        "", f"The batched few-shot run again under torch.profiler: {profile['seconds']:.2f} s "
-        f"for {profile['batches']} batches, of which the operators' own CPU time "
-        f"{profile['operators_cpu_s']:.2f} s (the rest: Python between them). The operators "
-        "with the most own CPU time:", "",
-        "| operator | calls | own CPU ms | own device ms |", "|---|---:|---:|---:|",
-        *(f"| `{op['name']}` | {op['calls']:,} | {op['self_cpu_ms']:,.1f} | "
-          f"{op['self_device_ms']:,.1f} |" for op in profile["top"]),
+        *(profiling.markdown(c["profile"], f"The batched few-shot run again "
+                             f"({c['profile']['batches']} batches)") if c.get("profile") else []),
     ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from profiling import profiled
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS
@@ -51,7 +52,6 @@ MODELS = {
 }
 SHAPES = {"zero-shot": 60, "few-shot": 400}  # context tokens, about
 CHOICES = 7
-PROFILE_ROWS = 15
 
 Request = tuple[list[int], list[list[int]]]
 
@@ -118,33 +118,12 @@ def measure(model: LoadedModel, count: int, budget: int) -> dict[str, dict[str, 
     return rows
 
 
-def profiled(model: LoadedModel, count: int, budget: int) -> dict[str, Any]:
-    """The batched few-shot run under torch.profiler: its seconds, batches, the operators' own
-    CPU seconds in all, and the PROFILE_ROWS operators with the most own CPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
+def profiled_run(model: LoadedModel, count: int, budget: int) -> dict[str, Any]:
+    """The batched few-shot run again, under torch.profiler (profiling.profiled), with its
+    number of batches."""
     requests = sib_like(count, SHAPES["few-shot"], model.vocab_size(), seed=SHAPES["few-shot"])
-    activities = [ProfilerActivity.CPU]
-    if model.device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as profiler:
-        seconds, _, batches = timed(model, requests, budget)
-    events = list(profiler.key_averages())
-    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:PROFILE_ROWS]
-    return {
-        "seconds": seconds,
-        "batches": batches,
-        "operators_cpu_s": sum(e.self_cpu_time_total for e in events) / 1e6,
-        "top": [
-            {
-                "name": e.key,
-                "calls": e.count,
-                "self_cpu_ms": e.self_cpu_time_total / 1e3,
-                "self_device_ms": getattr(e, "self_device_time_total", 0.0) / 1e3,
-            }
-            for e in top
-        ],
-    }
+    (_, _, batches), summary = profiled(lambda: timed(model, requests, budget), model.device.type)
+    return summary | {"batches": batches}
 
 
 def main() -> None:
@@ -163,7 +142,7 @@ def main() -> None:
     model = build_model(args.model, device)
     budget = args.batch_tokens or default_batch_tokens(device)
     rows = measure(model, args.requests, budget)
-    profile = profiled(model, args.requests, budget) if args.profile else None
+    profile = profiled_run(model, args.requests, budget) if args.profile else None
     if args.json:
         print(json.dumps({"model": args.model, "requests": args.requests, "budget": budget,
                           "choices": CHOICES, "shapes": rows, "profile": profile}))  # fmt: skip

@@ -1,0 +1,70 @@
+"""torch.profiler around one call: where its wall time went (the benchmarks' --profile).
+
+The operators' own CPU time includes the CUDA runtime's calls (kernel launches, copies, and
+the waits of ``cudaStreamSynchronize``); wall time beyond it is Python between operators.
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+ROWS = 12  # operators listed, by own CPU time
+Result = TypeVar("Result")
+
+
+def profiled(call: Callable[[], Result], device_type: str) -> tuple[Result, dict[str, Any]]:
+    """``call()``'s result and a summary of its run under torch.profiler: wall seconds, the
+    operators' own CPU and device seconds in all, and the ROWS operators with the most own
+    CPU time (name, calls, own CPU ms, own device ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device_type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        started = time.perf_counter()
+        result = call()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    events = list(profiler.key_averages())
+    top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:ROWS]
+    return result, {
+        "seconds": seconds,
+        "operators_cpu_s": sum(e.self_cpu_time_total for e in events) / 1e6,
+        "device_s": sum(_device_us(e) for e in events) / 1e6,
+        "top": [
+            {
+                "name": e.key,
+                "calls": e.count,
+                "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                "self_device_ms": _device_us(e) / 1e3,
+            }
+            for e in top
+        ],
+    }
+
+
+def _device_us(event: Any) -> float:
+    return float(getattr(event, "self_device_time_total", 0.0))
+
+
+def markdown(summary: dict[str, Any], what: str) -> list[str]:
+    """gpu.md lines for one profiled run."""
+    return [
+        "",
+        f"{what} under torch.profiler: {summary['seconds']:.2f} s wall, of which the "
+        f"operators' own CPU time {summary['operators_cpu_s']:.2f} s (the rest: Python between "
+        f"them); their own device time {summary['device_s']:.2f} s. The operators with the most "
+        "own CPU time:",
+        "",
+        "| operator | calls | own CPU ms | own device ms |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| `{op['name']}` | {op['calls']:,} | {op['self_cpu_ms']:,.1f} | "
+            f"{op['self_device_ms']:,.1f} |"
+            for op in summary["top"]
+        ),
+    ]
