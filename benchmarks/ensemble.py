@@ -152,11 +152,11 @@ def worker(
         "load_seconds": warm.stats.load_seconds,
     }
     if profile:
-        from profiling import profiled
+        from profiling import summary
 
         again = model()
         again.count_tokens("load the tokenizer")
-        measured["profile"] = profiled(lambda: evaluator.evaluate(again), again.device.type)[1]
+        measured["profile"] = summary(lambda: evaluator.evaluate(again), again.device.type)
     return measured
 
 

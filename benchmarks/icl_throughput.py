@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from profiling import profiled
+from profiling import markdown, summary
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS
@@ -122,8 +122,9 @@ def profiled_run(model: LoadedModel, count: int, budget: int) -> dict[str, Any]:
     """The batched few-shot run again, under torch.profiler (profiling.profiled), with its
     number of batches."""
     requests = sib_like(count, SHAPES["few-shot"], model.vocab_size(), seed=SHAPES["few-shot"])
-    (_, _, batches), summary = profiled(lambda: timed(model, requests, budget), model.device.type)
-    return summary | {"batches": batches}
+    batches: list[int] = []
+    profile = summary(lambda: batches.append(timed(model, requests, budget)[2]), model.device.type)
+    return profile | {"batches": batches[0] if batches else None}
 
 
 def main() -> None:
@@ -162,14 +163,8 @@ def main() -> None:
         )
     if profile is not None:
         print(
-            f"profiled batched few-shot run: {profile['seconds']:.2f} s, {profile['batches']} "
-            f"batches, operators' own CPU time {profile['operators_cpu_s']:.2f} s"
+            "\n".join(markdown(profile, f"The batched few-shot run ({profile['batches']} batches)"))
         )
-        for op in profile["top"]:
-            print(
-                f"  {op['name'][:48]:<48} {op['calls']:>7} calls {op['self_cpu_ms']:>9.1f} ms CPU "
-                f"{op['self_device_ms']:>9.1f} ms device"
-            )
 
 
 if __name__ == "__main__":

@@ -47,12 +47,23 @@ def profiled(call: Callable[[], Result], device_type: str) -> tuple[Result, dict
     }
 
 
+def summary(call: Callable[[], object], device_type: str) -> dict[str, Any]:
+    """``profiled``'s summary, or ``{"error": ...}`` where the profiler failed (no CUPTI, no
+    permission for it): a profile is never worth the measurements made before it."""
+    try:
+        return profiled(call, device_type)[1]
+    except Exception as exc:  # any: it is reported in gpu.md instead
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def _device_us(event: Any) -> float:
     return float(getattr(event, "self_device_time_total", 0.0))
 
 
 def markdown(summary: dict[str, Any], what: str) -> list[str]:
     """gpu.md lines for one profiled run."""
+    if "error" in summary:
+        return ["", f"{what} could not be profiled: {summary['error']}"]
     return [
         "",
         f"{what} under torch.profiler: {summary['seconds']:.2f} s wall, of which the "
