@@ -14,7 +14,6 @@ PYTHONPATH to compare two versions on the same files.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -23,24 +22,17 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from xelm_cli.api import cluster
-from xelm_cli.bundle.seed import NAMED_CONFIGS
-from xelm_cli.demo.pipeline import Demo
-from xelm_cli.demo.presets import PRESETS, TRAIN_LANGUAGES
+from demo_gpu_preset import DATA, scaled_preset
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from xelm_cli.api import cluster
+from xelm_cli.demo.pipeline import Demo
+from xelm_cli.demo.presets import TRAIN_LANGUAGES
 
 
 def demo_of(run: Path, data: Path) -> Demo:
     """The gpu preset with the tiny model and a thousandth of its training tokens (the seed is
     only branched here), in ``run``."""
-    gpu = PRESETS["gpu"]
-    positions = gpu.model["max_position_embeddings"]
-    model = {**NAMED_CONFIGS["tiny"], "max_position_embeddings": positions}
-    preset = dataclasses.replace(
-        gpu, model=model, seed_tokens=gpu.seed_tokens // 1000, train={**gpu.train, "batch_size": 2}
-    )
-    return Demo(preset, data, run, device="cpu")
+    return Demo(scaled_preset("tiny", 0.001, batch_size=2), data, run, device="cpu")
 
 
 def inputs(demo: Demo) -> tuple[Path, Path, Path]:

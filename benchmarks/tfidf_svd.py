@@ -26,24 +26,16 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tfidf_matrix(corpus: Path, per_language: int, document_bytes: int):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from xelm_tfidf.analyzer import Analyzer, AnalyzerSettings
-    from xelm_tfidf.embedder import TfidfSettings
+    """The TF-IDF matrix the clusterer's fit makes of the sample (``embedder.fit_tfidf``)."""
+    from xelm_tfidf.analyzer import AnalyzerSettings
+    from xelm_tfidf.embedder import TfidfSettings, fit_tfidf
     from xelm_tfidf.fitting import stop_words_for
 
     documents = sample_documents(
         corpus, languages=TRAIN_LANGUAGES, per_language=per_language, document_bytes=document_bytes
     )
     analyzer = AnalyzerSettings(stop_words=stop_words_for(TRAIN_LANGUAGES))
-    vectorizer = TfidfVectorizer(  # as embedder.fit_pipeline builds it
-        analyzer=Analyzer(analyzer),
-        lowercase=False,
-        token_pattern=None,
-        max_features=TfidfSettings().max_features,
-        norm="l2",
-        dtype=np.float64,
-    )
-    return vectorizer.fit_transform([d.text for d in documents])
+    return fit_tfidf([d.text for d in documents], analyzer, TfidfSettings())[2]
 
 
 def fit_seconds(matrix, dtype: type) -> tuple[float, np.ndarray]:

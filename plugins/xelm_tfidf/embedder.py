@@ -100,12 +100,11 @@ def normalize_rows(matrix: Matrix) -> Matrix:
     return matrix / norms
 
 
-def fit_pipeline(
+def fit_tfidf(
     texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
-) -> tuple["Pipeline", "TruncatedSVD", "sparse.csr_matrix"]:
-    """Fit scikit-learn's TF-IDF (term counts, then weights: its TfidfVectorizer in two steps)
-    and SVD on ``texts`` (the reference for ``Embedder``); also the texts' term counts."""
-    from sklearn.decomposition import TruncatedSVD
+) -> tuple["Pipeline", "sparse.csr_matrix", "sparse.csr_matrix"]:
+    """scikit-learn's TF-IDF fitted on ``texts`` (term counts, then weights: its
+    TfidfVectorizer in two steps), the texts' term counts and their TF-IDF matrix."""
     from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer
     from sklearn.pipeline import make_pipeline
 
@@ -119,6 +118,17 @@ def fit_pipeline(
     counts = counter.fit_transform(texts)
     weighting = TfidfTransformer(norm="l2", smooth_idf=True, sublinear_tf=settings.sublinear_tf)
     matrix = weighting.fit_transform(counts)
+    return make_pipeline(counter, weighting), counts, matrix
+
+
+def fit_pipeline(
+    texts: Sequence[str], analyzer: AnalyzerSettings, settings: TfidfSettings
+) -> tuple["Pipeline", "TruncatedSVD", "sparse.csr_matrix"]:
+    """Fit scikit-learn's TF-IDF (``fit_tfidf``) and SVD on ``texts`` (the reference for
+    ``Embedder``); also the texts' term counts."""
+    from sklearn.decomposition import TruncatedSVD
+
+    tfidf, counts, matrix = fit_tfidf(texts, analyzer, settings)
     n_features = matrix.shape[1]
     if n_features < 2:
         raise ValueError(
@@ -133,7 +143,7 @@ def fit_pipeline(
     # demo preset's size (14,323 x 437,120), its subspace within a cosine of 1 - 1e-6 of
     # float64's (benchmarks/tfidf_svd.md)
     svd.fit(matrix.astype(np.float32))
-    return make_pipeline(counter, weighting), svd, counts
+    return tfidf, svd, counts
 
 
 def fit_embedder(

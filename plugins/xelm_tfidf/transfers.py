@@ -52,8 +52,9 @@ def assign_transfers(
     rows = np.arange(n)
     while True:
         gain = cost - cost[rows, labels][:, None]  # of moving each document to each cluster
-        cheapest, movers = _cheapest_moves(gain, labels, k)
-        if _swap_pairs(gain, labels, cheapest, tolerance):
+        members = [np.flatnonzero(labels == cluster) for cluster in range(k)]
+        cheapest, movers = _cheapest_moves(gain, members)
+        if _swap_pairs(gain, labels, members, cheapest, tolerance):
             continue
         cycle = _negative_cycle(cheapest, tolerance)
         if cycle is None:
@@ -85,25 +86,33 @@ def greedy_start(cost: Matrix, capacities: NDArray[np.int64]) -> Labels:
     return labels
 
 
-def _cheapest_moves(gain: Matrix, labels: Labels, k: int) -> tuple[Matrix, NDArray[np.int64]]:
+def _cheapest_moves(
+    gain: Matrix, members: list[NDArray[np.int64]]
+) -> tuple[Matrix, NDArray[np.int64]]:
     """(k, k) cost of the cheapest move from cluster a to b and the document that makes it
-    (the diagonal: +inf)."""
+    (the diagonal: +inf); ``members[a]``: cluster a's documents."""
+    k = len(members)
     cheapest = np.empty((k, k))
     movers = np.empty((k, k), dtype=np.int64)
     columns = np.arange(k)
-    for cluster in range(k):
-        members = np.flatnonzero(labels == cluster)
-        best = gain[members].argmin(axis=0)
-        cheapest[cluster] = gain[members[best], columns]
-        movers[cluster] = members[best]
+    for cluster, documents in enumerate(members):
+        best = gain[documents].argmin(axis=0)
+        cheapest[cluster] = gain[documents[best], columns]
+        movers[cluster] = documents[best]
     np.fill_diagonal(cheapest, np.inf)
     return cheapest, movers
 
 
-def _swap_pairs(gain: Matrix, labels: Labels, cheapest: Matrix, tolerance: float) -> bool:
+def _swap_pairs(
+    gain: Matrix,
+    labels: Labels,
+    members: list[NDArray[np.int64]],
+    cheapest: Matrix,
+    tolerance: float,
+) -> bool:
     """Swap documents between every pair of clusters whose cheapest swap lowers the cost, most
-    negative pairs first, each cluster in one pair a round (its documents' gains stay right);
-    whether any moved."""
+    negative pairs first, each cluster in one pair a round (so its ``members`` and their gains
+    are still those of the round's start); whether any moved."""
     pair_costs = cheapest + cheapest.T
     first, second = np.nonzero(np.triu(pair_costs < -tolerance, 1))
     used: set[int] = set()
@@ -112,7 +121,7 @@ def _swap_pairs(gain: Matrix, labels: Labels, cheapest: Matrix, tolerance: float
         if a in used or b in used:
             continue
         used.update((a, b))
-        in_a, in_b = np.flatnonzero(labels == a), np.flatnonzero(labels == b)
+        in_a, in_b = members[a], members[b]
         to_b = in_a[np.argsort(gain[in_a, b], kind="stable")]
         to_a = in_b[np.argsort(gain[in_b, a], kind="stable")]
         pairs = min(to_b.size, to_a.size)
@@ -134,10 +143,11 @@ def _negative_cycle(weights: Matrix, tolerance: float) -> NDArray[np.int64] | No
     for _ in range(k):
         through = distance[:, None] + weights
         via = through.argmin(axis=0)
-        lowered = through[via, columns] < distance - tolerance
+        shortest = through[via, columns]
+        lowered = shortest < distance - tolerance
         if not lowered.any():
             return None
-        distance = np.where(lowered, through[via, columns], distance)
+        distance = np.where(lowered, shortest, distance)
         parent = np.where(lowered, via, parent)
     node = int(np.flatnonzero(lowered)[0])
     for _ in range(k):  # k steps back from a node lowered in round k: on the cycle
