@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
                              [--no-compile] [--budget 480] [--demo-data DIR]
-                             [--sections training,preset,memory,ensemble,choices,compile]
+                             [--sections training,preset,memory,ensemble,choices,chunks,compile]
 
 (``benchmarks/gpu.sh`` runs it.) On one NVIDIA H200 (2026-12-04, benchmarks/gpu.md) the
 default sections took 399 s: training 29, preset 13, memory 41, ensemble 155, choices 75 and
@@ -41,18 +41,22 @@ compile 86 (what --budget left it).
    choices on a 25M-parameter Llama in bf16, zero-shot and few-shot contexts, one item per
    forward pair against items batched within the device's token budget (seconds on a GPU);
    the batched few-shot run again under torch.profiler (the H200 took 90 ms a batch).
-6. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
+6. Scoring's logit chunk (benchmarks/logit_chunks.py): `score_sequences` at XGLM's vocabulary
+   of 256,008 tokens with the GPU's chunk of 2^26 logits (262 positions) against chunks of 16
+   positions (2^22 logits: 1,024 chunks of about ten operators each a batch), 128 and 1,024,
+   alternating.
+7. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
    last and in a process of their own (compiling is the slowest and least tried part): not
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
    not finish is named as failed; --no-compile leaves it out, and where torch.compile cannot
    run one line says why.
-7. Only when named (--sections demo; it needs 8 minutes of its own): `xelm demo --preset gpu`
+8. Only when named (--sections demo; it needs 8 minutes of its own): `xelm demo --preset gpu`
    from start to end in a process of its own, on --demo-data (default: --data's demo/, which
    benchmarks/gpu_demo_data.py writes and gpu-prepare.sh puts in gpu-data/demo), its wall
    seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
    Its progress goes to the log as it comes, and it is stopped when --budget runs out (pass
    more than 480 to see a slow demo end), keeping the steps it finished and the one it was in.
-8. Only when named (--sections cuda-tests): the test files with tests that need
+9. Only when named (--sections cuda-tests): the test files with tests that need
    CUDA (CUDA_TESTS; CI's CPU skips those) under pytest, on --data; the summary and each
    failed test in gpu.md (a failed test makes the exit status non-zero).
 
@@ -121,11 +125,13 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
     # 35.5% compiled, under the issue's 40%; hidden 2048 x 16 layers (0.84B) is next to measure
     "gpu": dict(hidden=2048, layers=16, steps=40, log_every=10, block=1024, batch=8,
                 vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
-                docs=1012, icl_model="llama-25m", icl_requests=400),
+                docs=1012, icl_model="llama-25m", icl_requests=400, chunk_vocab=256_008,
+                chunk_hidden=1024, chunk_tokens=65_536, chunk_repeat=3),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
                       docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000,
-                      icl_model="demo-small", icl_requests=6, demo_preset="smoke"),
+                      icl_model="demo-small", icl_requests=6, demo_preset="smoke",
+                      chunk_vocab=2000, chunk_hidden=64, chunk_tokens=2048, chunk_repeat=1),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
     "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
@@ -590,6 +596,16 @@ def choice_scoring(work: Path, size: dict, args: argparse.Namespace, done: dict)
     return dict(json.loads(out.splitlines()[-1]))
 
 
+def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """benchmarks/logit_chunks.py: scoring with logit chunks of several sizes."""
+    argv = [sys.executable, str(ROOT / "logit_chunks.py"), "--json", "--device", args.device,
+            "--vocab", str(size["chunk_vocab"]), "--hidden", str(size["chunk_hidden"]),
+            "--tokens", str(size["chunk_tokens"]),
+            "--repeat", str(size["chunk_repeat"])]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.splitlines()[-1]))
+
+
 def machine(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)"
@@ -715,6 +731,22 @@ def choice_report(c: dict, args: argparse.Namespace) -> list[str]:
     ]  # fmt: skip
 
 
+def chunks_report(c: dict, args: argparse.Namespace) -> list[str]:
+    own = str(c["device_rows"])
+    return [
+        "", f"## Logit chunks at a {c['vocab']:,}-token vocabulary (benchmarks/logit_chunks.py)",
+        "", f"`score_sequences` of {c['tokens']:,} random tokens by a 2-layer Llama, batches of "
+        f"{c['batch_tokens']:,} tokens, with chunks of several sizes, alternating "
+        f"{len(c['seconds'][own])} times; medians. This device's chunk: {int(own):,} positions "
+        f"(the rule before: 2^22 logits, {max(1, 2**22 // c['vocab']):,} positions).", "",
+        "| positions a chunk | seconds | vs this device's chunk |", "|---:|---:|---:|",
+        *(f"| {int(rows):,} | {seconds:.3f} | {c['vs_device_rows'][rows]:.3f} |"
+          for rows, seconds in c["median_seconds"].items()), "",
+        f"Largest difference from this device's chunk's log-probabilities: "
+        f"{c['max_difference']:.1e}.",
+    ]  # fmt: skip
+
+
 def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
     timed = (
         f"a tiny stand-in ({p['parameters'] / 1e6:.1f}M parameters), not the preset's shape"
@@ -825,6 +857,7 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "memory": memory,
     "ensemble": ensembles,
     "choices": choice_scoring,
+    "chunks": logit_chunks,
     "compile": compiled,
     "demo": whole_demo,  # 8 minutes of its own
     "cuda-tests": cuda_tests,
@@ -837,6 +870,7 @@ RENDERERS = {
     "memory": memory_report,
     "ensemble": ensemble_report,
     "choices": choice_report,
+    "chunks": chunks_report,
     "compile": compiled_report,
     "demo": demo_report,
     "cuda-tests": cuda_tests_report,

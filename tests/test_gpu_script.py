@@ -22,6 +22,7 @@ HEADINGS = (
     "## Peak memory of one training step",
     "## Ensemble evaluation, k = 8",
     "## Multiple-choice scoring",
+    "## Logit chunks",
     "## Training under torch.compile",
 )
 BARE, XELM = "bare loop, same optimisations", "xelm train"
@@ -42,7 +43,7 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["failed"] == {}
-    sections = ["training", "preset", "memory", "ensemble", "choices", "compile"]
+    sections = ["training", "preset", "memory", "ensemble", "choices", "chunks", "compile"]
     assert list(results["section_seconds"]) == sections
     assert results["training"]["failed"] == {}
     rows = results["training"]["rows"]
@@ -60,6 +61,10 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert results["ensemble"]["docs"] == gpu.SIZES["cpu-smoke"]["docs"]
     for shape in results["choices"]["shapes"].values():  # batched scores equal one at a time
         assert shape["batched_per_s"] > 0 and shape["max_difference"] < 1e-5
+    chunks = results["chunks"]  # the chunk changes no number
+    assert list(chunks["median_seconds"]) == ["16", "128", "1024", str(2**22 // 2000)]
+    assert chunks["vs_device_rows"][str(2**22 // 2000)] == 1
+    assert chunks["max_difference"] < 1e-5 and min(chunks["median_seconds"].values()) > 0
     compiled = results["compile"]
     if compiled["skipped"] is None:  # torch.compile runs here (inductor has a C++ compiler)
         assert compiled["failed"] == {} and set(compiled["rows"]) == set(COMPILED.values())
@@ -116,6 +121,10 @@ def test_a_failed_loop_is_named_in_its_row_and_the_other_loops_still_run(tmp_pat
     text = out.read_text()
     assert f"| {BARE} | failed: `{forced}` | | | |" in text
     assert f"| {XELM} | " in text
+    chunks = results["chunks"]  # the chunk changes no number
+    assert list(chunks["median_seconds"]) == ["16", "128", "1024", str(2**22 // 2000)]
+    assert chunks["vs_device_rows"][str(2**22 // 2000)] == 1
+    assert chunks["max_difference"] < 1e-5 and min(chunks["median_seconds"].values()) > 0
     compiled = results["compile"]
     if compiled["skipped"] is None:
         assert compiled["failed"] == {COMPILED[BARE]: forced}

@@ -6,7 +6,8 @@ with weights from each expert's likelihood of the previous token times the clust
 (mixing.product_weights). The normaliser needs every expert's full distribution at the same
 position, so the experts of a document run together, window by window when they share a
 context length; log-softmax runs on chunks of positions (at most ``CHUNK_ELEMENTS`` values per
-expert), never on T x V at once.
+expert, the CPU's chunk on every device: the rule's float64 arithmetic runs on the host), never
+on T x V at once.
 """
 
 from collections.abc import Iterator, Sequence

@@ -1,7 +1,8 @@
 """Target-token log-probabilities from causal LMs, without materialising full logits.
 
 A model's final hidden states are computed for a batch, then the output layer and the
-log-softmax run on chunks of positions, so at most ``CHUNK_ELEMENTS`` logits exist at a time.
+log-softmax run on chunks of positions, so at most :func:`chunk_rows` positions' logits exist
+at a time.
 Several models can be scored together with coefficients (logit averaging: log_softmax of
 sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 """
@@ -21,7 +22,13 @@ from xelm_cli.bundle.fingerprint import reading_safetensors
 from xelm_cli.bundle.store import Bundle, probe_ids
 from xelm_cli.common.errors import UsageError
 
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk on a CPU: 16 MB in float32
+# on a GPU: 256 MB, as the training's lean loss. A chunk runs about ten kernels whatever its
+# size, so at 2^22 a 256k vocabulary's 16-row chunks would be launch-bound (1,024 a batch)
+CUDA_CHUNK_ELEMENTS = 1 << 26
+# fewer positions a chunk make slow products on a CPU too: at a 256k vocabulary 16 took 1.75x
+# the time of 128 (benchmarks/logit_chunks.md)
+MIN_CHUNK_ROWS = 128
 DEFAULT_BATCH_TOKENS = 2048  # on CPU (8,192: 1.09-1.35x the time at 3 sizes; ensemble.md)
 CUDA_BATCH_TOKENS = 16384
 MAX_PADDING = 0.1  # share of a batch's positions that may be padding
@@ -147,6 +154,14 @@ def cache_of(model: Any, output: Any) -> Any:
     model_class: Any = type(model)
     keyword = _cache_keyword(model_class)
     return None if keyword is None else output.get(keyword)
+
+
+def chunk_rows(vocab_size: int, device: Any) -> int:
+    """Positions whose logits are computed at once on ``device``: ``CHUNK_ELEMENTS`` logits
+    (``CUDA_CHUNK_ELEMENTS`` on a GPU) of a ``vocab_size`` vocabulary, at least
+    ``MIN_CHUNK_ROWS``."""
+    elements = CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
+    return max(1, MIN_CHUNK_ROWS, elements // max(vocab_size, 1))
 
 
 def default_batch_tokens(device: Any) -> int:
@@ -332,7 +347,7 @@ def target_logprobs(
     targets: Any,
 ) -> Any:
     """ln softmax(sum_e a_e z_e)[target] for each row: ``states[e]`` is (N, H) for model e,
-    ``targets`` (N,); computed ``CHUNK_ELEMENTS`` logits at a time. Float64, on the CPU."""
+    ``targets`` (N,); computed :func:`chunk_rows` positions at a time. Float64, on the CPU."""
     # to the host first: MPS has no float64
     return _device_logprobs(models, coefficients, states, targets).cpu().double()
 
@@ -348,7 +363,7 @@ def _device_logprobs(
     import torch
 
     n = int(targets.shape[0])
-    rows = max(1, CHUNK_ELEMENTS // max(models[0].vocab_size(), 1))
+    rows = chunk_rows(models[0].vocab_size(), states[0].device)
     targets = targets.to(states[0].device)
     parts = []
     for start in range(0, n, rows):
