@@ -29,12 +29,8 @@ from profiling import markdown, summary
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS
-from xelm_cli.ensemble.scoring import (
-    LoadedModel,
-    default_batch_tokens,
-    pick_device,
-    score_choice_sets,
-)
+from xelm_cli.ensemble.choices import score_choice_sets
+from xelm_cli.ensemble.scoring import LoadedModel, default_batch_tokens, pick_device
 
 MODELS = {
     "demo-small": ({**NAMED_CONFIGS["tiny"], "max_position_embeddings": 1024}, 4000),

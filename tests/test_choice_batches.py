@@ -14,10 +14,11 @@ from test_choice_batching import POSITIONS, VOCAB, _loaded
 from xelm_cli.api import ChoiceRequest
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
-from xelm_cli.ensemble import scoring
+from xelm_cli.ensemble import choices
+from xelm_cli.ensemble.choices import score_choice_sets
 from xelm_cli.ensemble.routing import build_router
 from xelm_cli.ensemble.runner import EnsembleModel
-from xelm_cli.ensemble.scoring import LoadedModel, score_choice_sets
+from xelm_cli.ensemble.scoring import LoadedModel
 
 # the families whose caches differ: a sliding window beside a full layer (gemma3), learned
 # positions (gpt2), whole logits from the forward (granite), keys and values (llama), and none
@@ -104,7 +105,7 @@ def test_every_piece_continues_the_context_cut_for_the_requests_longest_choice()
     assert max(seen) <= 100 and len(seen) > 3
     assert len(got[0][0]) == POSITIONS - 40 - 1  # the BOS and the newest context tokens
     _assert_equal(got, whole)
-    pieces = scoring._choice_pieces([scoring._fitted(*requests[0], POSITIONS)], 100)
+    pieces = choices._choice_pieces([choices._fitted(*requests[0], POSITIONS)], 100)
     assert [c for piece in pieces for c in piece] == list(range(41))
     assert len(pieces) > 2 and sum(20 in piece for piece in pieces) == 1
 

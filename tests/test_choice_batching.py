@@ -11,14 +11,9 @@ import pytest
 import torch
 import transformers as hf
 
-from xelm_cli.ensemble import scoring
-from xelm_cli.ensemble.scoring import (
-    LoadedModel,
-    batches_choice_sets,
-    choice_batches,
-    score_choice_sets,
-    score_sequences,
-)
+from xelm_cli.ensemble import choices as choice_scoring
+from xelm_cli.ensemble.choices import batches_choice_sets, choice_batches, score_choice_sets
+from xelm_cli.ensemble.scoring import LoadedModel, score_sequences
 
 VOCAB = 61
 POSITIONS = 64
@@ -139,7 +134,7 @@ def _assert_close(got: list[Any], want: list[Any]) -> None:
 @pytest.fixture
 def one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches that may be mostly padding, so that contexts of very different lengths share one."""
-    monkeypatch.setattr(scoring, "MAX_PADDING", 1.0)
+    monkeypatch.setattr(choice_scoring, "MAX_PADDING", 1.0)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -182,7 +177,8 @@ def test_batches_scored_at_default_padding_and_budget_equal_one_at_a_time() -> N
 
 
 def _fitted(context_length: int, choice_lengths: list[int]) -> Any:
-    return scoring._fitted([1] * context_length, [[5] * m for m in choice_lengths], POSITIONS)
+    choices = [[5] * m for m in choice_lengths]
+    return choice_scoring._fitted([1] * context_length, choices, POSITIONS)
 
 
 def test_batches_share_a_count_of_choices_and_stay_within_budget_and_padding() -> None:
@@ -213,7 +209,7 @@ def test_a_batch_never_pads_rows_past_the_models_positions(family: str) -> None:
 
 
 def test_a_context_is_cut_to_the_positions_its_longest_choice_leaves() -> None:
-    request = scoring._fitted(list(range(1, 71)), [[5], [5, 6, 7]], POSITIONS)
+    request = choice_scoring._fitted(list(range(1, 71)), [[5], [5, 6, 7]], POSITIONS)
     assert request.context == [1, *range(11, 71)]  # BOS and the newest 60 tokens: 61 + 3 = 64
 
 
@@ -225,3 +221,21 @@ def test_one_token_choices_after_a_bos_alone_share_a_batch(one_batch: None) -> N
     _assert_close(got, _whole_sequences([loaded], [1.0], requests))
     assert steps == [2]
     assert got[0][0].shape == (0,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("batch_tokens", [4096, 40], ids=["batched", "in-pieces"])
+def test_choices_score_on_a_gpu_as_on_the_cpu(batch_tokens: int, one_batch: None) -> None:
+    """The GPU's path (pinned uploads, one copy to the host a batch, a batch in flight) gives
+    the CPU's numbers, batched and with a request's choices in pieces; float32 on both."""
+    cuda = torch.device("cuda")
+    cpu = [_loaded("llama", seed=1), _loaded("gpt2", seed=2)]
+    gpu = [_loaded("llama", seed=1), _loaded("gpt2", seed=2)]
+    gpu = [LoadedModel(loaded.model.to(cuda), cuda, POSITIONS) for loaded in gpu]
+    requests = _requests() * 2
+    want = score_choice_sets(cpu, [0.4, 0.6], requests, batch_tokens=batch_tokens)
+    got = score_choice_sets(gpu, [0.4, 0.6], requests, batch_tokens=batch_tokens)
+    for (got_context, got_choices), (want_context, want_choices) in zip(got, want, strict=True):
+        np.testing.assert_allclose(got_context, want_context, rtol=0, atol=1e-4)
+        for got_choice, want_choice in zip(got_choices, want_choices, strict=True):
+            np.testing.assert_allclose(got_choice, want_choice, rtol=0, atol=1e-4)

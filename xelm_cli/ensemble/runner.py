@@ -29,6 +29,7 @@ from xelm_cli.common.errors import (
 )
 from xelm_cli.common.progress import count_progress
 from xelm_cli.data.tokenizer_loading import DocumentEncoding, document_encoding
+from xelm_cli.ensemble.choices import score_choice_sets
 from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.ensemble.load_ahead import LoadAhead
 from xelm_cli.ensemble.members import check_compatible, expert_infos, output_size
@@ -49,7 +50,6 @@ from xelm_cli.ensemble.scoring import (
     dtype_name,
     pick_device,
     read_weights,
-    score_choice_sets,
     score_sequences,
 )
 from xelm_cli.ensemble.weights import check_distributions, check_token_weights, check_weights

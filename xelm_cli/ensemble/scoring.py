@@ -7,7 +7,6 @@ Several models can be scored together with coefficients (logit averaging: log_so
 sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 """
 
-import copy
 import functools
 import inspect
 import weakref
@@ -115,6 +114,12 @@ def _cache_keyword(model_class: Any) -> str | None:
     transformers before the rename takes ``cache_params``, a state of its own kind)."""
     parameters = inspect.signature(model_class.forward).parameters
     return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def takes_cache(model: Any) -> bool:
+    """Whether ``model``'s forward takes a cache xelm can pass (:func:`with_cache`)."""
+    model_class: Any = type(model)
+    return _cache_keyword(model_class) is not None
 
 
 @functools.cache
@@ -349,10 +354,10 @@ def target_logprobs(
     """ln softmax(sum_e a_e z_e)[target] for each row: ``states[e]`` is (N, H) for model e,
     ``targets`` (N,); computed :func:`chunk_rows` positions at a time. Float64, on the CPU."""
     # to the host first: MPS has no float64
-    return _device_logprobs(models, coefficients, states, targets).cpu().double()
+    return device_logprobs(models, coefficients, states, targets).cpu().double()
 
 
-def _device_logprobs(
+def device_logprobs(
     models: Sequence[LoadedModel],
     coefficients: Sequence[float],
     states: Sequence[Any],
@@ -428,11 +433,11 @@ def right_padded(batch: Sequence[Segment]) -> tuple[Any, Any]:
     """(token ids, mask of the real tokens) of ``batch``, right-padded to its longest row."""
     import torch
 
-    ids, mask, _ = _padded(batch)
+    ids, mask, _ = padded(batch)
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def _padded(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], ...]:
+def padded(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], ...]:
     """(token ids, mask of the real tokens, each row's length) of ``batch``, right-padded."""
     lengths = np.array([len(segment.tokens) for segment in batch], dtype=np.int64)
     ids = np.zeros((len(batch), int(lengths.max())), dtype=np.int64)
@@ -443,14 +448,41 @@ def _padded(batch: Sequence[Segment]) -> tuple[NDArray[np.int64], ...]:
 
 
 @dataclass
+class HostCopy:
+    """Scores on their way from the device to the host: ``scores`` fills once ``ready`` (a
+    CUDA event; None where the copy was made at once) has happened."""
+
+    scores: Any
+    ready: Any = None
+
+    @classmethod
+    def start(cls, scores: Any) -> "HostCopy":
+        """Start copying ``scores`` to the host: from a GPU into pinned memory, after what is
+        queued on the device and without waiting for it."""
+        import torch
+
+        if scores.device.type != "cuda":  # the CPU's, or a copy now (MPS)
+            return cls(scores.cpu())
+        host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
+        host.copy_(scores, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(host, ready)
+
+    def numpy(self) -> Logprobs:
+        """The scores in float64, once they are on the host."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.scores.numpy().astype(np.float64)
+
+
+@dataclass
 class _ScoredBatch:
-    """A batch whose scores are on their way to the host: ``scores`` fills once ``ready`` (a
-    CUDA event, None where the copy was synchronous) has happened."""
+    """A batch whose scores are on their way to the host."""
 
     segments: Sequence[Segment]
     counts: NDArray[np.int64]  # target tokens of each segment, in order
-    scores: Any
-    ready: Any
+    scores: HostCopy
 
 
 def _score_batch(
@@ -458,32 +490,31 @@ def _score_batch(
 ) -> _ScoredBatch:
     """Start scoring ``batch``: its forward passes and log-probabilities are queued on the
     device and the result's copy to the host after them, without waiting for any of it."""
-    import torch
-
-    ids, mask, lengths = _padded(batch)
+    ids, mask, lengths = padded(batch)
     skips = np.array([segment.skip for segment in batch], dtype=np.int64)
     counts = lengths - 1 - skips
-    rows = np.repeat(np.arange(len(batch)), counts)
-    # each segment's predicting positions skip, skip + 1, ...: a running index less where
-    # the segment's run begins
-    starts = np.repeat(np.cumsum(counts) - counts - skips, counts)
-    cols = np.arange(int(counts.sum())) - starts
+    rows, cols = position_runs(counts, skips)  # each segment's predicting positions
     device = models[0].device
     ids_on, mask_on, rows_on, cols_on, targets = (
-        _uploaded(array, device) for array in (ids, mask, rows, cols, ids[rows, cols + 1])
+        uploaded(array, device) for array in (ids, mask, rows, cols, ids[rows, cols + 1])
     )
     states = [model.states(ids_on, mask_on)[0][rows_on, cols_on] for model in models]
-    scores = _device_logprobs(models, coefficients, states, targets)
-    if scores.device.type != "cuda":  # the CPU's, or a copy now (MPS)
-        return _ScoredBatch(batch, counts, scores.cpu(), None)
-    host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
-    host.copy_(scores, non_blocking=True)
-    ready = torch.cuda.Event()
-    ready.record()
-    return _ScoredBatch(batch, counts, host, ready)
+    scores = device_logprobs(models, coefficients, states, targets)
+    return _ScoredBatch(batch, counts, HostCopy.start(scores))
 
 
-def _uploaded(array: NDArray[Any], device: Any) -> Any:
+def position_runs(
+    counts: NDArray[np.int64], firsts: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(rows, columns) of runs of positions, row after row: row r's ``counts[r]`` positions
+    from column ``firsts[r]`` on."""
+    rows = np.repeat(np.arange(len(counts)), counts)
+    # a running index, less where the row's run begins and plus its first column
+    cols = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts - firsts, counts)
+    return rows, cols
+
+
+def uploaded(array: NDArray[Any], device: Any) -> Any:
     """``array`` as a tensor on ``device``; to a GPU from pinned memory without blocking (a
     copy from pageable memory would first wait for everything queued on the device)."""
     import torch
@@ -494,7 +525,7 @@ def _uploaded(array: NDArray[Any], device: Any) -> Any:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def _capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
+def capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
     """``batch_tokens``, lowered so that a model whose forward must return a whole batch's
     logits (not :attr:`LoadedModel.chunked`) returns at most ``UNCHUNKED_LOGITS`` of them
     (a batch still holds one window, whatever the cap)."""
@@ -518,7 +549,7 @@ def score_sequences(
 
     max_length = min(model.max_length for model in models)
     stride = max(1, max_length // 2)
-    batch_tokens = _capped_for_whole_logits(models, batch_tokens)
+    batch_tokens = capped_for_whole_logits(models, batch_tokens)
     segments = []
     for index, sequence in enumerate(sequences):
         spans = windows(len(sequence), max_length, stride)
@@ -527,9 +558,7 @@ def score_sequences(
     pieces: list[list[tuple[int, Any]]] = [[] for _ in sequences]
 
     def collect(scored: _ScoredBatch) -> None:
-        if scored.ready is not None:
-            scored.ready.synchronize()
-        logprobs = scored.scores.numpy().astype(np.float64)
+        logprobs = scored.scores.numpy()
         ends = np.cumsum(scored.counts)
         for segment, end, count in zip(scored.segments, ends, scored.counts, strict=True):
             pieces[segment.sequence].append((segment.window, logprobs[end - count : end]))
@@ -554,310 +583,3 @@ def score_sequences(
             np.concatenate([part for _, part in parts]) if parts else np.zeros(0, np.float64)
         )
     return results
-
-
-# model types that take no position ids and need none under left padding: BLOOM's ALiBi counts
-# a row's real tokens in the attention mask; MPT's moves with the key's index, a shift that is
-# the same for all of a row's keys and that softmax ignores
-POSITIONS_WITHOUT_IDS = frozenset({"bloom", "mpt"})
-
-
-def _repeatable_cache(model: Any) -> Any:
-    """A new cache for ``model`` whose rows can be repeated; None where it takes no cache or
-    keeps a state per layer that cannot be (recurrent layers)."""
-    model_class: Any = type(model)
-    if _cache_keyword(model_class) is None:
-        return None
-    cache = new_cache(model)
-    layers = getattr(cache, "layers", [])
-    return cache if all(hasattr(layer, "batch_repeat_interleave") for layer in layers) else None
-
-
-def batches_choice_sets(model: LoadedModel) -> bool:
-    """Whether ``model`` scores several requests' contexts in one left-padded forward exactly
-    as one at a time: its cache rows can be repeated for the choices, and each row's positions
-    can be given (``position_ids``) or need not be (``POSITIONS_WITHOUT_IDS``). Otherwise each
-    request runs on its own: recurrent models (Mamba), and models of other types whose forward
-    takes no ``position_ids``."""
-    return _repeatable_cache(model.model) is not None and (
-        model.takes_positions or model.model.config.model_type in POSITIONS_WITHOUT_IDS
-    )
-
-
-@dataclass(frozen=True)
-class _ChoiceSet:
-    context: list[int]
-    choices: list[list[int]]
-
-
-def _fitted(
-    context: Sequence[int], choices: Sequence[Sequence[int]], max_length: int
-) -> _ChoiceSet:
-    """The request checked, its context cut to fit the model's positions beside its longest
-    choice (keeping its BOS, losing its oldest tokens)."""
-    if not context:
-        raise UsageError("every context must start with its BOS token")
-    longest = max((len(c) for c in choices), default=0)
-    if longest < 1 or any(len(c) == 0 for c in choices):
-        raise UsageError("every choice must have at least one token")
-    room = max_length - longest
-    if room < 2:
-        raise UsageError(
-            f"a choice of {longest} tokens leaves no room for its context in "
-            f"the model's {max_length} positions"
-        )
-    kept = list(context)
-    if len(kept) > room:
-        kept = [kept[0], *kept[len(kept) - room + 1 :]]
-    return _ChoiceSet(kept, [list(choice) for choice in choices])
-
-
-def _choice_batch_tokens(requests: int, width: int, choices: int, choice_width: int) -> int:
-    """The key and value positions a batch holds: its ``requests`` contexts left-padded to
-    ``width``, and each of their ``choices`` rows (its context's cache repeated, then the
-    choice right-padded to ``choice_width``)."""
-    return requests * (width + choices * (width + choice_width))
-
-
-def choice_batches(
-    requests: Sequence[_ChoiceSet], batch_tokens: int, max_length: int
-) -> list[list[int]]:
-    """Indices of ``requests`` in batches that share a number of choices (a cache repeats its
-    rows uniformly), sorted by context length, each within ``batch_tokens``
-    (:func:`_choice_batch_tokens`), with at most ``MAX_PADDING`` of its context positions
-    padding, and with its widest context and widest choice within the models' ``max_length``
-    positions (padded rows count positions too: a table of learned positions ends there);
-    a request over the budget on its own is a batch of one, whose choices run in pieces
-    (:func:`_choice_pieces`)."""
-    order = sorted(
-        range(len(requests)),
-        key=lambda i: (len(requests[i].choices), -len(requests[i].context)),
-    )
-    batches: list[list[int]] = []
-    width = real = choice_width = 0
-    for index in order:
-        request = requests[index]
-        count, longest = len(request.choices), max(len(c) for c in request.choices)
-        if batches and count == len(requests[batches[-1][0]].choices):
-            rows = len(batches[-1]) + 1
-            wider = max(choice_width, longest)
-            fits = width + wider <= max_length
-            within = _choice_batch_tokens(rows, width, count, wider) <= batch_tokens
-            dense = real + len(request.context) >= rows * width * (1 - MAX_PADDING)
-            if fits and within and dense:
-                batches[-1].append(index)
-                real += len(request.context)
-                choice_width = wider
-                continue
-        batches.append([index])
-        width = real = len(request.context)
-        choice_width = longest
-    return batches
-
-
-def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[Any, Any]:
-    """(token ids, mask of the real tokens) of ``rows``, left-padded to the longest."""
-    import torch
-
-    width = max(len(row) for row in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, width - len(row) :] = torch.tensor(row)
-        mask[index, width - len(row) :] = 1
-    return ids, mask
-
-
-@dataclass
-class _ContextRun:
-    """One model's run on a batch's contexts, kept while their choices run piece by piece:
-    the contexts' states, and their key-value cache and positions (left padding counted).
-    Without a cache (recurrent models) the contexts run again inside every choice row, and
-    their states are those of the first piece's first row."""
-
-    states: Any = None
-    cache: Any = None
-    positions: Any = None
-
-
-def _run_contexts(model: LoadedModel, contexts: Any, context_mask: Any) -> _ContextRun:
-    """``model`` on ``contexts`` (B, n; left-padded, ``context_mask``), once for all their
-    choices: their keys and values are kept for the choices, positions counted from each row's
-    first real token as transformers' generation does for left padding; except in models with
-    layers whose state is not keys and values (recurrent ones: transformers neither repeats
-    such a state nor continues it by several tokens exactly), which run nothing here."""
-    cache = _repeatable_cache(model.model)
-    if cache is None:
-        return _ContextRun()
-    positions = (context_mask.cumsum(dim=1) - 1).clamp(min=0)
-    states, past = model.states(
-        contexts, context_mask, cache, positions if model.takes_positions else None
-    )
-    return _ContextRun(states, past, positions)
-
-
-def _run_choices(
-    model: LoadedModel,
-    run: _ContextRun,
-    contexts: Any,
-    context_mask: Any,
-    choices: Any,
-    choice_mask: Any,
-    *,
-    last: bool,
-) -> Any:
-    """``model``'s states on each row of ``choices`` (B * K, right-padded, ``choice_mask``:
-    K rows per context, in order) after its context: a copy of the contexts' cache (the cache
-    itself for the ``last`` piece) repeated for the rows. Without a cache (recurrent models:
-    ``contexts`` is one unpadded context) each row runs whole, context and choice, without a
-    mask (right padding changes no earlier position)."""
-    import torch
-
-    if run.cache is None:
-        rows = torch.cat([contexts.expand(len(choices), -1), choices], dim=1)
-        states = model.states(rows, None)[0]
-        if run.states is None:
-            run.states = states[:1, : contexts.shape[1]]
-        return states[:, contexts.shape[1] :]
-    repeats = len(choices) // len(contexts)
-    past = run.cache if last else copy.deepcopy(run.cache)
-    past.batch_repeat_interleave(repeats)
-    mask = torch.cat([context_mask.repeat_interleave(repeats, dim=0), choice_mask], dim=1)
-    following = run.positions[:, -1:].repeat_interleave(repeats, dim=0) + 1
-    following = following + torch.arange(choices.shape[1], device=choices.device)
-    return model.states(choices, mask, past, following if model.takes_positions else None)[0]
-
-
-def _choice_pieces(batch: Sequence[_ChoiceSet], batch_tokens: int) -> list[range]:
-    """The batch's choices (indices into each request's) in pieces that run one forward each:
-    all of them together for a batch of several requests (:func:`choice_batches` kept it
-    within ``batch_tokens``); for one request, consecutive choices as many as fit
-    ``batch_tokens`` (:func:`_choice_batch_tokens`), at least one a piece."""
-    count = len(batch[0].choices)
-    if len(batch) > 1:
-        return [range(count)]
-    request = batch[0]
-    width = len(request.context)
-    pieces: list[range] = []
-    start, widest = 0, 0
-    for index, choice in enumerate(request.choices):
-        wider = max(widest, len(choice))
-        if (
-            index > start
-            and _choice_batch_tokens(1, width, index - start + 1, wider) > batch_tokens
-        ):
-            pieces.append(range(start, index))
-            start, wider = index, len(choice)
-        widest = wider
-    pieces.append(range(start, count))
-    return pieces
-
-
-def _score_choice_batch(
-    models: Sequence[LoadedModel],
-    coefficients: Sequence[float],
-    batch: Sequence[_ChoiceSet],
-    batch_tokens: int,
-) -> list[tuple[Logprobs, list[Logprobs]]]:
-    """Each request's context and choice log-probabilities, its contexts in one forward per
-    model and its choices in others (:func:`_choice_pieces`: one, unless a request alone has
-    more choices than ``batch_tokens`` holds), all after the contexts' one run: a context's
-    from its left-padded row, a choice's first token from its context's last state, its
-    others from the choice's own row. How the choices are split changes no result: every
-    piece continues the same contexts (cut by :func:`_fitted` for all of a request's choices)."""
-    import torch
-
-    device = models[0].device
-    contexts, context_mask = _left_padded([request.context for request in batch])
-    contexts, context_mask = contexts.to(device), context_mask.to(device)
-    runs = [_run_contexts(model, contexts, context_mask) for model in models]
-    pieces = _choice_pieces(batch, batch_tokens)
-    other_lps = []
-    for number, piece in enumerate(pieces):
-        piece_rows = [request.choices[c] for request in batch for c in piece]
-        choices, choice_mask = right_padded([Segment(0, 0, choice, 0) for choice in piece_rows])
-        choices, choice_mask = choices.to(device), choice_mask.to(device)
-        # from the choice states: each choice's tokens 1..m-1
-        more_rows = [row for row, choice in enumerate(piece_rows) for _ in choice[1:]]
-        more_cols = [col for choice in piece_rows for col in range(len(choice) - 1)]
-        more_targets = [token for choice in piece_rows for token in choice[1:]]
-        others = [
-            _run_choices(
-                model, run, contexts, context_mask, choices, choice_mask,
-                last=number == len(pieces) - 1,
-            )[more_rows, more_cols]
-            for model, run in zip(models, runs, strict=True)
-        ]  # fmt: skip
-        other_targets = torch.tensor(more_targets, dtype=torch.long)
-        other_lps.append(target_logprobs(models, coefficients, others, other_targets).numpy())
-    # from the context states: each context's tokens 1..n-1, then each choice's first token
-    width = contexts.shape[1]
-    rows, cols, targets = [], [], []
-    for row, request in enumerate(batch):
-        n = len(request.context)
-        rows += [row] * (n - 1 + len(request.choices))
-        cols += [*range(width - n, width - 1), *[width - 1] * len(request.choices)]
-        targets += [*request.context[1:], *(choice[0] for choice in request.choices)]
-    firsts = [run.states[rows, cols] for run in runs]
-    first_lp = target_logprobs(models, coefficients, firsts, torch.tensor(targets)).numpy()
-    return _split_choice_logprobs(batch, first_lp, np.concatenate(other_lps))
-
-
-def _split_choice_logprobs(
-    batch: Sequence[_ChoiceSet], first_lp: Logprobs, other_lp: Logprobs
-) -> list[tuple[Logprobs, list[Logprobs]]]:
-    """Each request's (context log-probabilities, each choice's) from the batch's two runs:
-    ``first_lp`` (per request: its context's, then its choices' first tokens) and
-    ``other_lp`` (per choice: its tokens after the first)."""
-    results = []
-    first, other = 0, 0
-    for request in batch:
-        n = len(request.context) - 1
-        context_lp = first_lp[first : first + n]
-        starts = first_lp[first + n : first + n + len(request.choices)]
-        first += n + len(request.choices)
-        choice_lps = []
-        for start, choice in zip(starts, request.choices, strict=True):
-            rest = other_lp[other : other + len(choice) - 1]
-            other += len(choice) - 1
-            choice_lps.append(np.concatenate([[start], rest]))
-        results.append((context_lp, choice_lps))
-    return results
-
-
-def score_choice_sets(
-    models: Sequence[LoadedModel],
-    coefficients: Sequence[float],
-    requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
-    *,
-    batch_tokens: int | None = None,
-    advance: Any = None,
-) -> list[tuple[Logprobs, list[Logprobs]]]:
-    """For each (context, choices): the context's own log-probabilities (tokens 1..n-1, as in
-    ``score_sequences``) and each choice's, given the context. A context (starting with BOS)
-    is encoded once per model and its key-value cache reused by every choice; a context too
-    long for the model keeps its BOS and loses its oldest tokens. Requests with as many
-    choices run together (:func:`choice_batches`, within ``batch_tokens``, by default the
-    device's :func:`default_batch_tokens`) where every model :func:`batches_choice_sets`,
-    else one at a time; a request with more choices than the budget holds runs them in pieces
-    after its context's one run, scoring as all at once. ``advance(n)`` is told of the n
-    requests each batch scored."""
-    import torch
-
-    max_length = min(model.max_length for model in models)
-    fitted = [_fitted(context, choices, max_length) for context, choices in requests]
-    budget = _capped_for_whole_logits(
-        models, batch_tokens or default_batch_tokens(models[0].device)
-    )
-    if all(batches_choice_sets(model) for model in models):
-        batches = choice_batches(fitted, budget, max_length)
-    else:
-        batches = [[index] for index in range(len(fitted))]
-    results: dict[int, tuple[Logprobs, list[Logprobs]]] = {}
-    with torch.inference_mode():
-        for batch in batches:
-            scored = _score_choice_batch(models, coefficients, [fitted[i] for i in batch], budget)
-            results.update(zip(batch, scored, strict=True))
-            if advance is not None:
-                advance(len(batch))
-    return [results[index] for index in range(len(fitted))]
