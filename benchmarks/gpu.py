@@ -786,7 +786,8 @@ def preset_report(p: dict, args: argparse.Namespace) -> list[str]:
 
 # the test files with tests that need CUDA (skipped on a CPU, so never run by CI): run whole
 CUDA_TESTS = ("tests/test_ensemble.py", "tests/test_ensemble_load_ahead.py",
-              "tests/test_moe_gate.py", "tests/test_choice_batching.py")  # fmt: skip
+              "tests/test_moe_gate.py", "tests/test_choice_batching.py",
+              "tests/test_product.py")  # fmt: skip
 PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 

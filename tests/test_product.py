@@ -71,6 +71,20 @@ def test_product_rule_equals_brute_force(experts: list[Bundle]) -> None:
         assert not np.allclose(other.score_documents(docs[:1])[0], got[0], atol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_product_rule_runs_on_a_gpu_as_on_the_cpu(experts: list[Bundle]) -> None:
+    """On CUDA the rule's float64 arithmetic stays on the device; the experts compute in bf16
+    there (tests/test_ensemble.py's tolerance)."""
+    docs = documents()
+    want, got = (
+        EnsembleModel(experts, build_router("fixed", {"weights": WEIGHTS}), "product",
+                      device=device).score_documents(docs)
+        for device in ("cpu", "cuda")
+    )  # fmt: skip
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-2)
+
+
 def test_product_weights_follow_the_previous_token() -> None:
     logprobs = np.log(np.array([[0.5, 0.1, 0.2], [0.25, 0.4, 0.2]]))
     w = product_weights(logprobs, np.array([0.5, 0.5]))

@@ -5,9 +5,10 @@ geometric mean of the experts' next-token distributions, renormalised over the v
 with weights from each expert's likelihood of the previous token times the cluster weights
 (mixing.product_weights). The normaliser needs every expert's full distribution at the same
 position, so the experts of a document run together, window by window when they share a
-context length; log-softmax runs on chunks of positions (at most ``CHUNK_ELEMENTS`` values per
-expert, the CPU's chunk on every device: the rule's float64 arithmetic runs on the host), never
-on T x V at once.
+context length; log-softmax runs in float64 on the experts' device (on the host for MPS, which
+has no float64), on chunks of positions (at most ``CHUNK_ELEMENTS`` values per expert, the
+CPU's chunk on every device: each is held k times, in float64), never on T x V at once; only
+the picked tokens' log-probabilities (k per position) and the scores cross to the host.
 """
 
 from collections.abc import Iterator, Sequence
@@ -56,7 +57,9 @@ def product_logprobs(
     rule with cluster weights ``prior`` (one per model, all positive)."""
     import torch
 
-    targets = torch.tensor(list(sequence[1:]), dtype=torch.long)
+    # in float64 on the models' device, but on the host where the device has no float64 (MPS)
+    device = models[0].device if models[0].device.type != "mps" else torch.device("cpu")
+    targets = torch.tensor(list(sequence[1:]), dtype=torch.long, device=device)
     c = np.asarray(prior, dtype=np.float64)
     out = np.empty(len(targets), dtype=np.float64)
     rows = max(1, CHUNK_ELEMENTS // max(models[0].vocab_size(), 1))
@@ -69,20 +72,21 @@ def product_logprobs(
             chosen = targets[offset + start : offset + stop]
             full = torch.stack(
                 [
-                    torch.log_softmax(model.logits(state[start:stop]).double().cpu(), dim=-1)
+                    torch.log_softmax(model.logits(state[start:stop]).to(device, torch.float64), -1)
                     for model, state in zip(models, states, strict=True)
                 ]
             )  # (k, rows, V)
             picked = full.gather(2, chosen[None, :, None].expand(len(models), -1, 1))[..., 0]
-            logprobs = picked.numpy()
+            logprobs = picked.cpu().numpy()  # the weights need them: (k, rows) to the host
             if carry is None:
                 weights = product_weights(logprobs, c)
             else:
                 weights = product_weights(np.concatenate([carry, logprobs], axis=1), c)[:, 1:]
-            w = torch.from_numpy(weights)
+            w = torch.from_numpy(weights).to(device)
             combined = (w[:, :, None] * full).sum(dim=0)
             normaliser = torch.logsumexp(combined, dim=-1)
-            out[offset + start : offset + stop] = ((w * picked).sum(dim=0) - normaliser).numpy()
+            scores = (w * picked).sum(dim=0) - normaliser
+            out[offset + start : offset + stop] = scores.cpu().numpy()
             carry = logprobs[:, -1:]
         offset += size
     return out
