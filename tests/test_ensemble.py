@@ -580,8 +580,10 @@ def test_prefixes_of_many_documents_are_routed_in_bounded_batches(
     tokens = [len(EnsembleModel(experts, router).encode(d.text)) for d in DOCS[:3]]
     assert sum(router.calls) == sum((t + 1) // 2 for t in tokens)  # one prefix per 2 tokens
     assert max(router.calls) <= 5 and len(router.calls) > 1
+    # the same weights; the experts' float32 scores of a document padded in a batch with the
+    # others differ from its scores alone by rounding (a few 1e-8 relative)
     for alone, batched in zip(each, together, strict=True):
-        np.testing.assert_allclose(batched, alone, rtol=1e-12)
+        np.testing.assert_allclose(batched, alone, rtol=1e-6)
 
 
 def test_language_router_fallbacks(experts: list[Bundle]) -> None:

@@ -16,7 +16,6 @@ from numpy.typing import NDArray
 
 from xelm_cli.common.errors import UsageError
 from xelm_cli.ensemble.scoring import (
-    MAX_PADDING,
     HostCopy,
     LoadedModel,
     Logprobs,
@@ -30,6 +29,8 @@ from xelm_cli.ensemble.scoring import (
     takes_cache,
     uploaded,
 )
+
+MAX_PADDING = 0.1  # share of a batch's context positions that may be padding
 
 # model types that take no position ids and need none under left padding: BLOOM's ALiBi counts
 # a row's real tokens in the attention mask; MPT's moves with the key's index, a shift that is

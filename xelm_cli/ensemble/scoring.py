@@ -30,7 +30,10 @@ CUDA_CHUNK_ELEMENTS = 1 << 26
 MIN_CHUNK_ROWS = 128
 DEFAULT_BATCH_TOKENS = 2048  # on CPU (8,192: 1.09-1.35x the time at 3 sizes; ensemble.md)
 CUDA_BATCH_TOKENS = 16384
-MAX_PADDING = 0.1  # share of a batch's positions that may be padding
+# padding a batch of running text may hold, as a share of a full batch's positions (of its
+# budget, not of its own size: a batch of a few long documents may be more padding than a full
+# one, or the sparse lengths of a few languages' documents fall into many small batches)
+MAX_BATCH_PADDING = 0.1
 UNCHUNKED_LOGITS = 1 << 28  # a batch's logits where they cannot be chunked: 512 MB in bf16
 Logprobs = NDArray[np.float64]
 
@@ -411,8 +414,9 @@ def windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, i
 
 
 def length_batches(segments: list[Segment], batch_tokens: int) -> list[list[Segment]]:
-    """Length-sorted batches of at most ``batch_tokens`` padded tokens, and at most
-    ``MAX_PADDING`` of them padding (a long batch of short documents wastes compute)."""
+    """Length-sorted batches of at most ``batch_tokens`` padded tokens, of which at most
+    ``MAX_BATCH_PADDING x batch_tokens`` padding (a long batch of short documents wastes
+    compute)."""
     ordered = sorted(segments, key=lambda s: -len(s.tokens))
     batches: list[list[Segment]] = []
     real = 0
@@ -420,7 +424,8 @@ def length_batches(segments: list[Segment], batch_tokens: int) -> list[list[Segm
         if batches:
             width, rows = len(batches[-1][0].tokens), len(batches[-1]) + 1
             padded = width * rows
-            if padded <= batch_tokens and real + len(segment.tokens) >= padded * (1 - MAX_PADDING):
+            padding = padded - real - len(segment.tokens)
+            if padded <= batch_tokens and padding <= MAX_BATCH_PADDING * batch_tokens:
                 batches[-1].append(segment)
                 real += len(segment.tokens)
                 continue
