@@ -121,10 +121,6 @@ def test_a_failed_loop_is_named_in_its_row_and_the_other_loops_still_run(tmp_pat
     text = out.read_text()
     assert f"| {BARE} | failed: `{forced}` | | | |" in text
     assert f"| {XELM} | " in text
-    chunks = results["chunks"]  # the chunk changes no number
-    assert list(chunks["median_seconds"]) == ["16", "128", "1024", str(2**22 // 2000)]
-    assert chunks["vs_device_rows"][str(2**22 // 2000)] == 1
-    assert chunks["max_difference"] < 1e-5 and min(chunks["median_seconds"].values()) > 0
     compiled = results["compile"]
     if compiled["skipped"] is None:
         assert compiled["failed"] == {COMPILED[BARE]: forced}
