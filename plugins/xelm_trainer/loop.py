@@ -269,8 +269,15 @@ class TrainingRun:
                 validates = valid_blocks is not None and due(
                     state.step, options.eval_every, inputs.steps
                 )
-                saves = due(state.step, options.checkpoint_every, inputs.steps)
-                if validates or saves:  # what the device still has queued is the steps' time
+                last = state.step == inputs.steps
+                # after the last step the bundle is the run's result: a checkpoint of it (the
+                # optimiser's state, twice the weights) only to keep (--keep-checkpoints)
+                saves = (
+                    options.keep_checkpoints
+                    if last
+                    else due(state.step, options.checkpoint_every, inputs.steps)
+                )
+                if validates or saves or last:  # the device's queued work is the steps' time
                     wait_for(device)
                 state.seconds += time.perf_counter() - started  # after a logged step's wait
                 aside = time.perf_counter()  # validation and checkpoint: not training speed
@@ -280,11 +287,13 @@ class TrainingRun:
                     state.valid_curve.append([state.step, valid])
                     metrics.write({"step": state.step, "valid_loss": valid})
                 state.wall_seconds = wall.seconds()
-                if saves:
-                    # a checkpoint replaces the last good one: never with NaN weights
+                if saves or last:
+                    # a checkpoint replaces the last good one, and the bundle is the result:
+                    # never with NaN weights
                     if loss is None:
                         loss = ranks.mean(float(sums.loss) / options.accumulation, device)
                     require_finite(model, loss, state.step, ranks, device)
+                if saves:
                     checkpoint(request, inputs, model, optimizer, state, ranks, device)
                 logged.leave_out(time.perf_counter() - aside)
                 self.on_step_end(state.step)

@@ -47,9 +47,11 @@ class TrainOptions:
         0, help="Validate every N steps (0: before the first and after the last)."
     )
     eval_blocks: int = option(16, help="Held-out blocks per validation.")
-    checkpoint_every: int = option(100, help="Checkpoint every N steps.")
+    checkpoint_every: int = option(100, help="Checkpoint every N steps (before the last).")
     keep_checkpoints: bool = option(
-        False, help="Keep the last checkpoint (in .OUT.ckpt/) after writing the bundle."
+        False,
+        help="Checkpoint after the last step too and keep it (in .OUT.ckpt/) after writing "
+        "the bundle, to train on from it.",
     )
     compile: bool = option(False, help="Use torch.compile.")
     gradient_checkpointing: bool = option(

@@ -135,9 +135,10 @@ def train(
     """Train a bundle on packed documents of its languages; write the result as a new bundle.
 
     Checkpoints and metrics.jsonl go to the hidden sibling .OUT.ckpt/ (a shell glob such as
-    experts/* skips it); the checkpoints are removed once the bundle is written unless
-    --keep-checkpoints. --resume continues a killed run exactly, or starts it when it was killed
-    before its first checkpoint (so a re-queued job can always pass --resume).
+    experts/* skips it); the checkpoints are removed once the bundle is written, and none is
+    written after the last step, unless --keep-checkpoints. --resume continues a killed run
+    exactly, or starts it when it was killed before its first checkpoint (so a re-queued job can
+    always pass --resume).
     Under `torchrun --nproc-per-node N -m xelm_cli train ...` it trains with DDP (gloo on CPU,
     NCCL on GPU): --batch-size is per rank, the global batch is batch x accumulation x N blocks,
     and rank 0 writes the bundle.
