@@ -24,6 +24,7 @@ from xelm_cli.ensemble.scoring import (
     default_batch_tokens,
     device_logprobs,
     new_cache,
+    one_in_flight,
     padded,
     position_runs,
     takes_cache,
@@ -342,15 +343,10 @@ def score_choice_sets(
         if advance is not None:
             advance(len(scored.indices))
 
-    # one batch in flight: the next batch is queued while the device still computes the last
-    in_flight: _ScoredChoices | None = None
+    def start(batch: list[int]) -> _ScoredChoices:
+        requests_of = [fitted[index] for index in batch]
+        return _score_choice_batch(models, coefficients, batch, requests_of, budget)
+
     with torch.inference_mode():
-        for batch in batches:
-            requests_of = [fitted[i] for i in batch]
-            scored = _score_choice_batch(models, coefficients, batch, requests_of, budget)
-            if in_flight is not None:
-                collect(in_flight)
-            in_flight = scored
-        if in_flight is not None:
-            collect(in_flight)
+        one_in_flight(batches, start, collect)
     return [results[index] for index in range(len(fitted))]

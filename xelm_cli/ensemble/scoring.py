@@ -10,9 +10,9 @@ sum_e a_e z_e); one model with coefficient 1 gives its own log-probabilities.
 import functools
 import inspect
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -530,6 +530,25 @@ def uploaded(array: NDArray[Any], device: Any) -> Any:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+Batch = TypeVar("Batch")
+Started = TypeVar("Started")
+
+
+def one_in_flight(
+    batches: Iterable[Batch], start: Callable[[Batch], Started], collect: Callable[[Started], None]
+) -> None:
+    """``start`` each batch (its work queued on the device, its numbers on their way to the
+    host) and ``collect`` the one before it only once the next is queued: the host prepares a
+    batch while the device still computes the last."""
+    in_flight: list[Started] = []
+    for batch in batches:
+        in_flight.append(start(batch))
+        if len(in_flight) > 1:
+            collect(in_flight.pop(0))
+    for started in in_flight:
+        collect(started)
+
+
 def capped_for_whole_logits(models: Sequence[LoadedModel], batch_tokens: int) -> int:
     """``batch_tokens``, lowered so that a model whose forward must return a whole batch's
     logits (not :attr:`LoadedModel.chunked`) returns at most ``UNCHUNKED_LOGITS`` of them
@@ -570,17 +589,12 @@ def score_sequences(
         if advance is not None:
             advance(int(ends[-1]))
 
-    # one batch in flight: the next batch is prepared and queued while the device still
-    # computes the last, whose scores are then taken
-    in_flight: _ScoredBatch | None = None
     with torch.inference_mode():
-        for batch in length_batches(segments, batch_tokens):
-            scored = _score_batch(models, coefficients, batch)
-            if in_flight is not None:
-                collect(in_flight)
-            in_flight = scored
-        if in_flight is not None:
-            collect(in_flight)
+        one_in_flight(
+            length_batches(segments, batch_tokens),
+            lambda batch: _score_batch(models, coefficients, batch),
+            collect,
+        )
     results = []
     for parts in pieces:
         parts.sort(key=lambda part: part[0])
