@@ -375,13 +375,15 @@ def test_branching_onto_a_full_tmpfs_fails_cleanly(
 def test_training_onto_a_full_tmpfs_keeps_its_checkpoint_and_resumes(
     tmpfs_allowed: None, inputs: dict[str, Path], tmp_path: Path
 ) -> None:
-    # The final checkpoint (weights and two AdamW moments: ~3x the weights) fits; the trained
-    # bundle written after it (the weights again) does not.
+    # The checkpoint after step 1 of 2 (weights and two AdamW moments: ~3x the weights) fits;
+    # the trained bundle written after step 2 (the weights again) does not. (No checkpoint is
+    # written after the last step: the bundle is the result.)
     weights = (inputs["seed"] / "model.safetensors").stat().st_size
     size = f"{(3 * weights + weights // 2) // 1024 + 64}k"
     before = snapshot(*inputs.values())
     target = str(tmp_path / "mnt" / "trained")
-    train = ["train", str(inputs["seed"]), "--data", str(inputs["shards"]), *TRAIN, "-o", target]
+    train = ["train", str(inputs["seed"]), "--data", str(inputs["shards"]), *TRAIN,
+             "--checkpoint-every", "1", "-o", target]  # fmt: skip
     full, resumed, verified = in_tmpfs(
         tmp_path,
         size,
