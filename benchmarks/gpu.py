@@ -592,6 +592,11 @@ def choice_scoring(work: Path, size: dict, args: argparse.Namespace, done: dict)
     argv = [sys.executable, str(ROOT / "icl_throughput.py"), "--json", "--device", args.device,
             "--model", size["icl_model"], "--requests", str(size["icl_requests"]),
             "--profile"]  # fmt: skip
+    return printed_json(argv)
+
+
+def printed_json(argv: list[str]) -> dict:
+    """The JSON object a benchmark script run as ``argv`` prints on its last line."""
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.splitlines()[-1]))
 
@@ -602,8 +607,7 @@ def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -
             "--vocab", str(size["chunk_vocab"]), "--hidden", str(size["chunk_hidden"]),
             "--tokens", str(size["chunk_tokens"]),
             "--repeat", str(size["chunk_repeat"])]  # fmt: skip
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return dict(json.loads(out.splitlines()[-1]))
+    return printed_json(argv)
 
 
 def machine(device: str) -> str:

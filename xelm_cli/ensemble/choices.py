@@ -131,15 +131,16 @@ def choice_batches(
     return batches
 
 
-def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(token ids, mask of the real tokens) of ``rows``, left-padded to the longest."""
+def _left_padded(rows: Sequence[Sequence[int]]) -> tuple[NDArray[np.int64], ...]:
+    """(token ids, mask of the real tokens, each row's length) of ``rows``, left-padded to the
+    longest (as ``scoring.padded`` right-pads)."""
     lengths = np.array([len(row) for row in rows], dtype=np.int64)
     width = int(lengths.max())
     ids = np.zeros((len(rows), width), dtype=np.int64)
     for index, row in enumerate(rows):
         ids[index, width - len(row) :] = row
     mask = (np.arange(width)[None, :] >= width - lengths[:, None]).astype(np.int64)
-    return ids, mask
+    return ids, mask, lengths
 
 
 @dataclass
@@ -273,14 +274,16 @@ def _score_choice_batch(
     import torch
 
     device = models[0].device
-    context_ids, context_mask = _left_padded([request.context for request in batch])
+    context_ids, context_mask, context_lengths = _left_padded(
+        [request.context for request in batch]
+    )
     contexts, context_mask_on = uploaded(context_ids, device), uploaded(context_mask, device)
     runs = [_run_contexts(model, contexts, context_mask_on) for model in models]
     pieces = _choice_pieces(batch, batch_tokens)
     others = []
     for number, piece in enumerate(pieces):
-        rows = [request.choices[c] for request in batch for c in piece]
-        ids, mask, lengths = padded([Segment(0, 0, choice, 0) for choice in rows])
+        piece_rows = [request.choices[c] for request in batch for c in piece]
+        ids, mask, lengths = padded([Segment(0, 0, choice, 0) for choice in piece_rows])
         more_rows, more_cols = position_runs(lengths - 1, np.zeros_like(lengths))
         choices, choice_mask, rows_on, cols_on, targets = (
             uploaded(array, device)
@@ -296,8 +299,7 @@ def _score_choice_batch(
         others.append(device_logprobs(models, coefficients, states, targets))
     # from the context states: each context's tokens 1..n-1, then each choice's first token
     width = context_ids.shape[1]
-    lengths = context_mask.sum(axis=1)
-    context_rows, context_cols = position_runs(lengths - 1, width - lengths)
+    context_rows, context_cols = position_runs(context_lengths - 1, width - context_lengths)
     choice_counts = np.array([len(request.choices) for request in batch], dtype=np.int64)
     first_rows = np.repeat(np.arange(len(batch)), choice_counts)
     rows_np = np.concatenate([context_rows, first_rows])
