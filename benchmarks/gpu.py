@@ -2,7 +2,7 @@
 
     python benchmarks/gpu.py [--cpu-smoke] [--out benchmarks/gpu.md] [--peak-tflops 989]
                              [--no-compile] [--budget 480] [--demo-data DIR]
-                             [--sections training,preset,memory,ensemble,choices,chunks,compile]
+                             [--sections training,preset,memory,attention,ensemble,...]
 
 (``benchmarks/gpu.sh`` runs it.) On one NVIDIA H200 (2026-12-04, benchmarks/gpu.md) the
 default sections took 399 s: training 29, preset 13, memory 41, ensemble 155, choices 75 and
@@ -28,7 +28,13 @@ compile 86 (what --budget left it).
    256,008 tokens with the chunked loss and with transformers' plain loss, same batch, each
    next to `xelm plan`'s estimate for the same model, batch, block and loss
    (``training_memory``) and their ratio.
-4. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
+4. Scoring's attention backend (benchmarks/attention_shapes.py): `score_sequences` over about
+   1M tokens of random documents in batches of the device's budget (nearly every batch a shape
+   of its own), twice, and 200 single-token forwards onto a growing cache, by the ensemble's
+   model, with xelm's backends (all but cuDNN's) and with PyTorch's own order (cuDNN first on
+   Hopper with cuDNN 9.15.1 or newer, a plan built for every new shape), each in a fresh
+   process; the torch, CUDA and cuDNN versions and PyTorch's backend order.
+5. Ensemble perplexity evaluation with k = 8 experts (benchmarks/ensemble.py): the posterior
    ensemble's wall time / (8 x one expert's) and the language router's / one expert's, on
    all 1,012 FLORES-200 devtest sentences of each of 16 languages (1.06M tokens). The timed
    part loads the experts too: on the CPU one 109M-parameter expert loaded in 0.5 s (1.0 s
@@ -37,26 +43,26 @@ compile 86 (what --budget left it).
    one expert's timed seconds and about 70% of the posterior's (at 48 sentences, 20-30%).
    Then one expert's evaluation and the router's once more under torch.profiler
    (benchmarks/profiling.py): where their time goes, Python, operators or waits.
-5. Multiple-choice scoring (benchmarks/icl_throughput.py): 400 SIB-200-shaped items of 7
+6. Multiple-choice scoring (benchmarks/icl_throughput.py): 400 SIB-200-shaped items of 7
    choices on a 25M-parameter Llama in bf16, zero-shot and few-shot contexts, one item per
    forward pair against items batched within the device's token budget (seconds on a GPU);
    the batched few-shot run again under torch.profiler (the H200 took 90 ms a batch).
-6. Scoring's logit chunk (benchmarks/logit_chunks.py): `score_sequences` at XGLM's vocabulary
+7. Scoring's logit chunk (benchmarks/logit_chunks.py): `score_sequences` at XGLM's vocabulary
    of 256,008 tokens with the GPU's chunk of 2^26 logits (262 positions) against chunks of 16
    positions (2^22 logits: 1,024 chunks of about ten operators each a batch), 128 and 1,024,
    alternating.
-7. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
+8. The bare loop and `xelm train` of 1. again under torch.compile (`xelm train --compile`),
    last and in a process of their own (compiling is the slowest and least tried part): not
    begun when under a minute of --budget is left, stopped when it runs out, and a loop it did
    not finish is named as failed; --no-compile leaves it out, and where torch.compile cannot
    run one line says why.
-8. Only when named (--sections demo; it needs 8 minutes of its own): `xelm demo --preset gpu`
+9. Only when named (--sections demo; it needs 8 minutes of its own): `xelm demo --preset gpu`
    from start to end in a process of its own, on --demo-data (default: --data's demo/, which
    benchmarks/gpu_demo_data.py writes and gpu-prepare.sh puts in gpu-data/demo), its wall
    seconds against the 8-minute goal and each step's seconds (--cpu-smoke: the smoke preset).
    Its progress goes to the log as it comes, and it is stopped when --budget runs out (pass
    more than 480 to see a slow demo end), keeping the steps it finished and the one it was in.
-9. Only when named (--sections cuda-tests): the test files with tests that need
+10. Only when named (--sections cuda-tests): the test files with tests that need
    CUDA (CUDA_TESTS; CI's CPU skips those) under pytest, on --data; the summary and each
    failed test in gpu.md (a failed test makes the exit status non-zero).
 
@@ -125,13 +131,15 @@ SIZES = {  # name: (training model, steps (the first log_every of them warm-up),
     # 35.5% compiled, under the issue's 40%; hidden 2048 x 16 layers (0.84B) is next to measure
     "gpu": dict(hidden=2048, layers=16, steps=40, log_every=10, block=1024, batch=8,
                 vocab_layers=4, vocab_batch=8, vocab_block=1024, ens_hidden=1024, ens_layers=8,
+                attention_tokens=1_000_000, attention_decode=200,
                 docs=1012, icl_model="llama-25m", icl_requests=400, chunk_vocab=256_008,
                 chunk_hidden=1024, chunk_tokens=65_536, chunk_repeat=3),
     "cpu-smoke": dict(hidden=64, layers=2, steps=4, log_every=2, block=64, batch=4,
                       vocab_layers=1, vocab_batch=2, vocab_block=32, ens_hidden=64, ens_layers=2,
                       docs=4, preset_hidden=64, preset_layers=2, preset_vocab=2000,
                       icl_model="demo-small", icl_requests=6, demo_preset="smoke",
-                      chunk_vocab=2000, chunk_hidden=64, chunk_tokens=2048, chunk_repeat=1),
+                      chunk_vocab=2000, chunk_hidden=64, chunk_tokens=2048, chunk_repeat=1,
+                      attention_tokens=4000, attention_decode=5),
     # --cpu-training: the training comparison alone, at a size where a CPU step is compute
     "cpu-training": dict(hidden=256, layers=4, steps=30, log_every=5, block=256, batch=8),
 }  # fmt: skip
@@ -601,6 +609,15 @@ def printed_json(argv: list[str]) -> dict:
     return dict(json.loads(out.splitlines()[-1]))
 
 
+def attention_backends(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
+    """benchmarks/attention_shapes.py: scoring with xelm's attention backends and PyTorch's."""
+    argv = [sys.executable, str(ROOT / "attention_shapes.py"), "--json", "--device", args.device,
+            "--hidden", str(size["ens_hidden"]), "--layers", str(size["ens_layers"]),
+            "--tokens", str(size["attention_tokens"]),
+            "--decode", str(size["attention_decode"])]  # fmt: skip
+    return printed_json(argv)
+
+
 def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
     """benchmarks/logit_chunks.py: scoring with logit chunks of several sizes."""
     argv = [sys.executable, str(ROOT / "logit_chunks.py"), "--json", "--device", args.device,
@@ -612,7 +629,8 @@ def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -
 
 def machine(device: str) -> str:
     if device == "cuda":
-        return f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)"
+        return (f"{torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible), CUDA "
+                f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")  # fmt: skip
     return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
@@ -732,6 +750,33 @@ def choice_report(c: dict, args: argparse.Namespace) -> list[str]:
           for shape, r in c["shapes"].items()),
         *(profiling.markdown(c["profile"], f"The batched few-shot run again "
                              f"({c['profile']['batches']} batches)") if c.get("profile") else []),
+    ]  # fmt: skip
+
+
+def attention_report(a: dict, args: argparse.Namespace) -> list[str]:
+    xelm, default = a["arms"]["xelm"], a["arms"]["default"]
+    setup = ", ".join(f"{key} {xelm[key]}" for key in ("torch", "cuda", "cudnn") if key in xelm)
+    order = " > ".join(xelm.get("sdpa_order", [])) or "-"
+
+    def row(name: str, r: dict) -> str:
+        per_batch = 1000 * r["first_pass_s"] / r["batches"]
+        per_token = 1000 * r["decode_s"] / a["decode_steps"]
+        return (f"| {name} | {r['first_pass_s']:.3f} | {per_batch:.1f} | "
+                f"{r['second_pass_s']:.3f} | {per_token:.2f} |")  # fmt: skip
+
+    return [
+        "", "## Scoring's attention backend (benchmarks/attention_shapes.py)",
+        "", f"`score_sequences` of {xelm['tokens']:,} random tokens in documents of 20-120 by a "
+        f"Llama of hidden {a['hidden']} x {a['layers']} layers, {xelm['batches']} batches of "
+        f"{a['batch_tokens']:,} tokens, twice (the first pass meets each batch shape for the "
+        f"first time); then {a['decode_steps']} single-token forwards onto a growing cache. "
+        f"Each arm in a fresh process. {setup or 'CPU'}; PyTorch's backend order: {order}.", "",
+        "| backends | 1st pass s | ms a batch | 2nd pass s | ms a decoded token |",
+        "|---|---:|---:|---:|---:|",
+        row("xelm: all but cuDNN", xelm), row("PyTorch's order", default), "",
+        "PyTorch's order / xelm's: " + ", ".join(
+            f"{key.replace('_s', '')} {ratio:.2f}" for key, ratio in a["default_vs_xelm"].items()
+        ) + ".",
     ]  # fmt: skip
 
 
@@ -860,6 +905,7 @@ SECTIONS = {  # name: the measurement, given a scratch directory of its own and 
     "training": training,
     "preset": preset_training,
     "memory": memory,
+    "attention": attention_backends,
     "ensemble": ensembles,
     "choices": choice_scoring,
     "chunks": logit_chunks,
@@ -873,6 +919,7 @@ RENDERERS = {
     "training": training_report,
     "preset": preset_report,
     "memory": memory_report,
+    "attention": attention_report,
     "ensemble": ensemble_report,
     "choices": choice_report,
     "chunks": chunks_report,

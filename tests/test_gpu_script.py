@@ -20,6 +20,7 @@ HEADINGS = (
     "## Training throughput",
     "## `xelm demo --preset gpu`",
     "## Peak memory of one training step",
+    "## Scoring's attention backend",
     "## Ensemble evaluation, k = 8",
     "## Multiple-choice scoring",
     "## Logit chunks",
@@ -43,7 +44,8 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     assert [text.index(h) for h in HEADINGS] == sorted(text.index(h) for h in HEADINGS)
     results = json.loads(out.with_suffix(".json").read_text())
     assert results["failed"] == {}
-    sections = ["training", "preset", "memory", "ensemble", "choices", "chunks", "compile"]
+    sections = ["training", "preset", "memory", "attention", "ensemble", "choices", "chunks",
+                "compile"]  # fmt: skip
     assert list(results["section_seconds"]) == sections
     assert results["training"]["failed"] == {}
     rows = results["training"]["rows"]
@@ -53,6 +55,11 @@ def test_the_gpu_script_measures_every_section_into_a_new_folder(tmp_path: Path)
     preset = results["preset"]
     assert preset["expected_seconds"] == preset["training_tokens"] / preset["tokens_per_s"]
     assert set(results["memory"]["gib"]) == {"chunked loss", "plain loss"}
+    attention = results["attention"]
+    assert set(attention["arms"]) == {"xelm", "default"}
+    for arm in attention["arms"].values():  # the same documents and batches in both processes
+        assert arm["batches"] == attention["arms"]["xelm"]["batches"] > 1
+        assert arm["first_pass_s"] > 0 and arm["decode_s"] > 0
     ensemble = results["ensemble"]
     assert ensemble["single_seconds"] > 0
     for system in ("single", "posterior", "language"):  # loading is part of each timed run

@@ -44,6 +44,7 @@ from xelm_cli.ensemble.scoring import (
     length_batches,
     pick_device,
     right_padded,
+    without_cudnn_attention,
 )
 
 if TYPE_CHECKING:
@@ -269,7 +270,8 @@ def _mean_router_inputs(
             for batch in batches:
                 ids, mask = (tensor.to(device) for tensor in right_padded(batch))
                 real[:] = [mask.bool()]
-                model.model(input_ids=ids, attention_mask=mask)  # the body: no logits needed
+                with without_cudnn_attention():  # new shapes each batch
+                    model.model(input_ids=ids, attention_mask=mask)  # the body: no logits needed
                 count += sum(len(segment.tokens) for segment in batch)
                 if progress is not None:
                     progress(sum(len(documents[s.sequence].text.encode()) for s in batch))

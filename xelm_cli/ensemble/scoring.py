@@ -100,7 +100,7 @@ def _head_is_output_layer(model: Any) -> bool:
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), without_cudnn_attention():
             logits = model(input_ids=ids).logits.float()
             hidden = model.base_model(input_ids=ids).last_hidden_state
             chunked = model.get_output_embeddings()(hidden).float()
@@ -174,6 +174,21 @@ def chunk_rows(vocab_size: int, device: Any) -> int:
 
 def default_batch_tokens(device: Any) -> int:
     return CUDA_BATCH_TOKENS if device.type == "cuda" else DEFAULT_BATCH_TOKENS
+
+
+def without_cudnn_attention() -> Any:
+    """A context in which scaled-dot-product attention may use every PyTorch backend but
+    cuDNN's. Scoring's batches come in ever new shapes (each its own rows and width, a cache
+    one position longer each generated token), and cuDNN's attention, which PyTorch prefers on
+    Hopper and Blackwell GPUs once its bundled cuDNN is 9.15.1 or newer, builds an execution
+    plan for every shape it has not seen, tens of milliseconds each (more than a batch's
+    compute at these sizes); the flash and memory-efficient kernels need no plan. Training's
+    one block shape keeps cuDNN. The switch holds process-wide while the context lasts."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 HALF_DTYPES = ("bfloat16", "float16")  # stored so, a bundle is computed so on CUDA
@@ -296,12 +311,13 @@ class LoadedModel:
         """(hidden states or, for non-chunked models, logits; the key-value cache).
         ``positions``: explicit position ids, only for a model that :attr:`takes_positions`."""
         forward = self.model.base_model if self.chunked else self.model
-        out = forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            **with_cache(forward, past),
-            **({} if positions is None else {"position_ids": positions}),
-        )
+        with without_cudnn_attention():
+            out = forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **with_cache(forward, past),
+                **({} if positions is None else {"position_ids": positions}),
+            )
         states = out.last_hidden_state if self.chunked else out.logits
         return states, cache_of(forward, out)
 
