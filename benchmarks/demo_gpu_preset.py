@@ -37,7 +37,7 @@ from xelm_cli.api import run_demo
 from xelm_cli.bundle.seed import NAMED_CONFIGS
 from xelm_cli.demo.pipeline import Demo
 from xelm_cli.demo.presets import PRESETS, Preset
-from xelm_cli.ensemble import scoring
+from xelm_cli.ensemble import choices, scoring
 from xelm_cli.ensemble.scoring import LoadedModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -149,8 +149,9 @@ def main() -> None:
         help="with --count: the seconds those tokens take at this speed",
     )
     args = parser.parse_args()
-    if args.batch_tokens:
+    if args.batch_tokens:  # running text's and choices' budgets alike, as on a GPU
         scoring.DEFAULT_BATCH_TOKENS = scoring.CUDA_BATCH_TOKENS = args.batch_tokens
+        choices.CPU_CHOICE_BATCH_TOKENS = args.batch_tokens
     counter = ForwardCounter()
     if args.count:
         counter.install()

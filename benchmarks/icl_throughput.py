@@ -9,7 +9,8 @@
 Llama: ``demo-small`` is the demo's ``small`` preset model (hidden 64, 2 layers, vocabulary
 4,000), ``llama-25m`` a 25M-parameter one (hidden 512, 6 layers, vocabulary 8,000). Per
 request: ``batch_tokens=1``, a batch of one request each, two forwards per request as before
-batching; batched: ``--batch-tokens``, by default the device's token budget. One timed run of
+batching; batched: ``--batch-tokens``, by default the device's budget for choices
+(``default_choice_batch_tokens``). One timed run of
 each, alternating, after an untimed warm-up; prints requests/s, their ratio and the largest
 difference between the two paths' log-probabilities. On a CPU shared with other work,
 ``--threads 1`` gives steadier numbers than torch's default (one thread per core).
@@ -29,8 +30,8 @@ from profiling import markdown, summary
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS
-from xelm_cli.ensemble.choices import score_choice_sets
-from xelm_cli.ensemble.scoring import LoadedModel, default_batch_tokens, pick_device
+from xelm_cli.ensemble.choices import default_choice_batch_tokens, score_choice_sets
+from xelm_cli.ensemble.scoring import LoadedModel, pick_device
 
 MODELS = {
     "demo-small": ({**NAMED_CONFIGS["tiny"], "max_position_embeddings": 1024}, 4000),
@@ -137,7 +138,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     model = build_model(args.model, device)
-    budget = args.batch_tokens or default_batch_tokens(device)
+    budget = args.batch_tokens or default_choice_batch_tokens([model])
     rows = measure(model, args.requests, budget)
     profile = profiled_run(model, args.requests, budget) if args.profile else None
     if args.json:

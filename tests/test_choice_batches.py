@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_choice_batching import POSITIONS, VOCAB, _loaded
 
-from xelm_cli.api import ChoiceRequest
+from xelm_cli.api import ChoiceRequest, Document
 from xelm_cli.bundle.seed import init_from_config
 from xelm_cli.bundle.store import Bundle
 from xelm_cli.ensemble import choices
@@ -57,6 +57,22 @@ def forwards(model: Any) -> Iterator[list[int]]:
         yield seen
     finally:
         handle.remove()
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every expert loaded afresh from here on, the key and value positions of each of its
+    forwards recorded in the list returned (:func:`_count`)."""
+    seen: list[int] = []
+    load = LoadedModel.load
+
+    def counted(bundle: Bundle, device: Any, dtype: Any = None) -> LoadedModel:
+        model = load(bundle, device, dtype)
+        _count(model.model, seen)
+        return model
+
+    monkeypatch.setattr(LoadedModel, "load", staticmethod(counted))
+    monkeypatch.setattr(LoadedModel, "swap", lambda self, bundle: None)
+    return seen
 
 
 def _assert_equal(got: list[Any], want: list[Any], atol: float = 1e-6) -> None:
@@ -131,16 +147,7 @@ def test_a_posterior_ensembles_many_choices_stay_within_the_budget(
     )
     whole = EnsembleModel(experts, build_router("posterior"), batch_tokens=1 << 20)
     want = whole.score_choices([request])[0]
-    seen: list[int] = []
-    load = LoadedModel.load
-
-    def counted(bundle: Bundle, device: Any, dtype: Any = None) -> LoadedModel:
-        model = load(bundle, device, dtype)
-        _count(model.model, seen)
-        return model
-
-    monkeypatch.setattr(LoadedModel, "load", staticmethod(counted))
-    monkeypatch.setattr(LoadedModel, "swap", lambda self, bundle: None)  # each loads afresh
+    seen = _counting_loads(monkeypatch)
     budget = 400
     model = EnsembleModel(experts, build_router("posterior"), batch_tokens=budget, resident=False)
     got = model.score_choices([request])[0]
@@ -149,3 +156,51 @@ def test_a_posterior_ensembles_many_choices_stay_within_the_budget(
     assert len(got) == len(want) == 120
     for got_choice, want_choice in zip(got, want, strict=True):
         np.testing.assert_allclose(got_choice, want_choice, rtol=0, atol=1e-6)
+
+
+def test_a_cpus_choice_batches_hold_8192_positions_within_the_caches_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys and values of a position, by hand: llama 2 layers x 1 key-value head x 8 dims x 2
+    (keys, values) x 4 bytes = 128; gpt2 2 layers x 2 heads x 8 dims x 2 x 4 = 256. The budget
+    is 8,192 positions unless their cache would pass CHOICE_CACHE_BYTES, never under running
+    text's 2,048; the widest model of an ensemble decides."""
+    llama, gpt2 = _loaded("llama"), _loaded("gpt2")
+    assert choices._cache_bytes_per_position(llama) == 128
+    assert choices._cache_bytes_per_position(gpt2) == 256
+    assert choices.default_choice_batch_tokens([llama]) == 8192
+    monkeypatch.setattr(choices, "CHOICE_CACHE_BYTES", 128 * 3000)
+    assert choices.default_choice_batch_tokens([llama]) == 3000
+    assert choices.default_choice_batch_tokens([llama, gpt2]) == 2048  # 1,500, raised
+    monkeypatch.setattr(choices, "CHOICE_CACHE_BYTES", 256 * 5000)
+    assert choices.default_choice_batch_tokens([llama, gpt2]) == 5000
+
+
+def test_an_ensembles_default_budgets_are_the_cpus_for_choices_and_for_running_text(
+    experts: list[Bundle], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``batch_tokens`` an ensemble's choice forwards go past running text's 2,048
+    positions (several long contexts and their repeated caches together, each of which alone
+    is over 2,048 with its choices) and stay within 8,192, scoring as with a huge budget; its
+    running text stays within 2,048 padded tokens."""
+    requests = [
+        ChoiceRequest(
+            "The list of numbers goes on and on: " + " ".join(str(n + i) for n in range(150)),
+            tuple(f" and {n}" for n in range(7)),
+            "en",
+        )
+        for i in range(6)
+    ]
+    want = EnsembleModel(experts, build_router("language"), batch_tokens=1 << 20).score_choices(
+        requests
+    )
+    seen = _counting_loads(monkeypatch)
+    model = EnsembleModel(experts, build_router("language"), device="cpu", resident=False)
+    got = model.score_choices(requests)
+    assert 2048 < max(seen) <= 8192
+    for got_request, want_request in zip(got, want, strict=True):
+        for got_choice, want_choice in zip(got_request, want_request, strict=True):
+            np.testing.assert_allclose(got_choice, want_choice, rtol=0, atol=1e-6)
+    seen.clear()
+    model.score_documents([Document(request.context * 4, "en") for request in requests])
+    assert seen and max(seen) <= 2048

@@ -32,6 +32,12 @@ from xelm_cli.ensemble.scoring import (
 )
 
 MAX_PADDING = 0.1  # share of a batch's context positions that may be padding
+# key-value positions a CPU's choice batch holds (its contexts' and their repeated caches'),
+# within CHOICE_CACHE_BYTES of keys and values: on 2 cores SIB-shaped items scored 1.2-1.5x
+# faster than at running text's 2,048, at which a few-shot item's choices run in pieces
+# (benchmarks/icl_throughput.md)
+CPU_CHOICE_BATCH_TOKENS = 8192
+CHOICE_CACHE_BYTES = 1 << 30
 
 # model types that take no position ids and need none under left padding: BLOOM's ALiBi counts
 # a row's real tokens in the attention mask; MPT's moves with the key's index, a shift that is
@@ -86,6 +92,32 @@ def _fitted(
     if len(kept) > room:
         kept = [kept[0], *kept[len(kept) - room + 1 :]]
     return _ChoiceSet(kept, [list(choice) for choice in choices])
+
+
+def default_choice_batch_tokens(models: Sequence[LoadedModel]) -> int:
+    """The key-value positions a choice batch holds by default: on a GPU the device's running
+    text budget; on a CPU ``CPU_CHOICE_BATCH_TOKENS``, fewer where the models' keys and values
+    at that many positions would pass ``CHOICE_CACHE_BYTES``, never fewer than running text's
+    (:func:`default_batch_tokens`)."""
+    text = default_batch_tokens(models[0].device)
+    if models[0].device.type == "cuda":
+        return text
+    widest = max(_cache_bytes_per_position(model) for model in models)
+    return max(text, min(CPU_CHOICE_BATCH_TOKENS, CHOICE_CACHE_BYTES // max(widest, 1)))
+
+
+def _cache_bytes_per_position(model: LoadedModel) -> int:
+    """Bytes of keys and values one position of ``model``'s cache holds, from its config
+    (every layer attending in full); ``CHOICE_CACHE_BYTES`` where the config does not tell."""
+    config = model.model.config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    hidden = getattr(config, "hidden_size", None)
+    if not (heads and layers and hidden):
+        return CHOICE_CACHE_BYTES
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    return 2 * layers * kv_heads * head_dim * model.dtype.itemsize
 
 
 def _choice_batch_tokens(requests: int, width: int, choices: int, choice_width: int) -> int:
@@ -324,8 +356,8 @@ def score_choice_sets(
     ``score_sequences``) and each choice's, given the context. A context (starting with BOS)
     is encoded once per model and its key-value cache reused by every choice; a context too
     long for the model keeps its BOS and loses its oldest tokens. Requests with as many
-    choices run together (:func:`choice_batches`, within ``batch_tokens``, by default the
-    device's :func:`default_batch_tokens`) where every model :func:`batches_choice_sets`,
+    choices run together (:func:`choice_batches`, within ``batch_tokens``, by default
+    :func:`default_choice_batch_tokens`) where every model :func:`batches_choice_sets`,
     else one at a time; a request with more choices than the budget holds runs them in pieces
     after its context's one run, scoring as all at once. ``advance(n)`` is told of the n
     requests each batch scored."""
@@ -333,7 +365,7 @@ def score_choice_sets(
 
     max_length = min(model.max_length for model in models)
     fitted = [_fitted(context, choices, max_length) for context, choices in requests]
-    budget = capped_for_whole_logits(models, batch_tokens or default_batch_tokens(models[0].device))
+    budget = capped_for_whole_logits(models, batch_tokens or default_choice_batch_tokens(models))
     if all(batches_choice_sets(model) for model in models):
         batches = choice_batches(fitted, budget, max_length)
     else:

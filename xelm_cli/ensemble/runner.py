@@ -46,7 +46,6 @@ from xelm_cli.ensemble.scoring import (
     LoadedModel,
     Logprobs,
     compute_dtype,
-    default_batch_tokens,
     dtype_name,
     pick_device,
     read_weights,
@@ -176,7 +175,8 @@ class EnsembleModel(LanguageModel):
         self.name = name
         self.device = pick_device(device)
         self.cache = cache if cache is not None else ScoreCache()
-        self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
+        # None: running text's and choices' own defaults on the device
+        self.batch_tokens = batch_tokens
         self.stats = RunStats()
         self.resident = fits_on_device(members, self.device) if resident is None else resident
         self._resident: dict[int, LoadedModel] = {}

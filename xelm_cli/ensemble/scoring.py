@@ -578,18 +578,20 @@ def score_sequences(
     coefficients: Sequence[float],
     sequences: Sequence[Sequence[int]],
     *,
-    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_tokens: int | None = None,
     advance: Any = None,
 ) -> list[Logprobs]:
     """For each token sequence (starting with BOS), ln p(x_t | x_<t) for t = 1..n-1 under the
-    models' logit combination; sequences longer than the context are scored in windows.
+    models' logit combination; sequences longer than the context are scored in windows, in
+    batches of ``batch_tokens`` padded tokens (by default :func:`default_batch_tokens`).
     ``advance(n)`` is told of the n target tokens each batch scored (each token once). A
     batch's numbers come to the host once, after the next batch is queued on the device."""
     import torch
 
     max_length = min(model.max_length for model in models)
     stride = max(1, max_length // 2)
-    batch_tokens = capped_for_whole_logits(models, batch_tokens)
+    budget = batch_tokens or default_batch_tokens(models[0].device)
+    batch_tokens = capped_for_whole_logits(models, budget)
     segments = []
     for index, sequence in enumerate(sequences):
         spans = windows(len(sequence), max_length, stride)
