@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from profiling import sync
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.ensemble import scoring
@@ -36,11 +37,6 @@ from xelm_cli.ensemble.scoring import LoadedModel, new_cache, pick_device, score
 
 ARMS = {"xelm": "xelm: every backend but cuDNN", "default": "PyTorch's order"}
 MAX_LENGTH = 512
-
-
-def sync(device: Any) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def attention_setup(device: Any) -> dict[str, Any]:
@@ -81,21 +77,21 @@ def worker(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     passes = []
     for _ in range(2):
         batches.clear()
-        sync(device)
+        sync(device.type)
         start = time.perf_counter()
         score_sequences([loaded], [1.0], documents, batch_tokens=args.batch_tokens,
-                        advance=lambda n: batches.append(n))  # fmt: skip
-        sync(device)
+                        advance=batches.append)  # fmt: skip
+        sync(device.type)
         passes.append(time.perf_counter() - start)
     prompt = torch.tensor([documents[0][:16]], device=device)
     with torch.inference_mode():
         _, cache = loaded.states(prompt, None, new_cache(model.model))
         token = prompt[:, -1:]
-        sync(device)
+        sync(device.type)
         start = time.perf_counter()
         for _ in range(args.decode):
             _, cache = loaded.states(token, None, cache)
-        sync(device)
+        sync(device.type)
     decode = time.perf_counter() - start
     return {"first_pass_s": passes[0], "second_pass_s": passes[1], "batches": len(batches),
             "tokens": sum(map(len, documents)), "decode_s": decode, **setup}  # fmt: skip

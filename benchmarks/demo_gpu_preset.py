@@ -42,6 +42,9 @@ from xelm_cli.ensemble.scoring import LoadedModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCALED = ("seed_tokens", "budget", "adapt_tokens", "moe_tokens")
+# what --count counts in each step: padded and real tokens of scoring's forwards, the forwards,
+# the models loaded for scoring, and the padded tokens of them that a MoE model ran
+COUNTED = ("padded", "real", "forwards", "loads", "moe_padded")
 
 
 def scaled_preset(model: str, fraction: float, batch_size: int) -> Preset:
@@ -64,8 +67,7 @@ class ForwardCounter:
         self.by_step: dict[str, dict[str, int]] = {}
 
     def _add(self, key: str, count: int) -> None:
-        counts = self.by_step.setdefault(self.step, {"padded": 0, "real": 0, "forwards": 0,
-                                                      "loads": 0, "moe_padded": 0})  # fmt: skip
+        counts = self.by_step.setdefault(self.step, dict.fromkeys(COUNTED, 0))
         counts[key] += count
 
     def install(self) -> None:
@@ -112,19 +114,13 @@ def print_counts(counts: dict[str, dict[str, int]], per_second: float | None) ->
         f"\n{'step':<16}{'forwards':>9}{'padded tokens':>15}{'real tokens':>13}"
         f"{'of them MoE':>13}{'loads':>7}" + (f"{'est. s':>8}" if per_second else "")
     )
-    total = {"padded": 0, "real": 0, "forwards": 0, "loads": 0, "moe_padded": 0}
-    for name, c in counts.items():
-        total = {key: total[key] + c[key] for key in total}
+    total = {key: sum(c[key] for c in counts.values()) for key in COUNTED}
+    for name, c in [*counts.items(), ("all", total)]:
         print(
             f"{name:<16}{c['forwards']:>9,}{c['padded']:>15,}{c['real']:>13,}"
             f"{c['moe_padded']:>13,}{c['loads']:>7}"
             + (f"{c['padded'] / per_second:>8.1f}" if per_second else "")
         )
-    print(
-        f"{'all':<16}{total['forwards']:>9,}{total['padded']:>15,}{total['real']:>13,}"
-        f"{total['moe_padded']:>13,}{total['loads']:>7}"
-        + (f"{total['padded'] / per_second:>8.1f}" if per_second else "")
-    )
 
 
 def main() -> None:

@@ -160,11 +160,6 @@ def seed_config(hidden: int, layers: int) -> dict[str, Any]:
     )
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def optimised_bare_loop(
     seed: Path, data: torch.Tensor, args: argparse.Namespace, compiled: bool = False
 ) -> list[throughput.Interval]:
@@ -180,7 +175,7 @@ def optimised_bare_loop(
     )  # fmt: skip
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=args.device == "cuda")
     intervals, since = [], 0
-    sync(args.device)
+    profiling.sync(args.device)
     last = time.perf_counter()
     for step in range(args.steps):
         batch = data[step * args.batch_size : (step + 1) * args.batch_size].to(args.device)

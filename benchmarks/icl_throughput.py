@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from profiling import markdown, summary
+from profiling import markdown, summary, sync
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS
@@ -82,8 +82,7 @@ def timed(model: LoadedModel, requests: list[Request], batch_tokens: int) -> tup
     scored = score_choice_sets(
         [model], [1.0], requests, batch_tokens=batch_tokens, advance=batches.append
     )
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
+    sync(model.device.type)
     return time.perf_counter() - start, scored, len(batches)
 
 

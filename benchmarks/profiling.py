@@ -1,4 +1,5 @@
-"""torch.profiler around one call: where its wall time went (the benchmarks' --profile).
+"""torch.profiler around one call: where its wall time went (the benchmarks' --profile); and
+the wait for the device that the benchmarks' timings take (``sync``).
 
 The operators' own CPU time includes the CUDA runtime's calls (kernel launches, copies, and
 the waits of ``cudaStreamSynchronize``); wall time beyond it is Python between operators.
@@ -14,6 +15,12 @@ ROWS = 12  # operators listed, by own CPU time
 Result = TypeVar("Result")
 
 
+def sync(device_type: str) -> None:
+    """Wait until the device has done the work queued on it (a CPU's is done already)."""
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+
+
 def profiled(call: Callable[[], Result], device_type: str) -> tuple[Result, dict[str, Any]]:
     """``call()``'s result and a summary of its run under torch.profiler: wall seconds, the
     operators' own CPU and device seconds in all, and the ROWS operators with the most own
@@ -26,8 +33,7 @@ def profiled(call: Callable[[], Result], device_type: str) -> tuple[Result, dict
     with profile(activities=activities) as profiler:
         started = time.perf_counter()
         result = call()
-        if device_type == "cuda":
-            torch.cuda.synchronize()
+        sync(device_type)
         seconds = time.perf_counter() - started
     events = list(profiler.key_averages())
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:ROWS]

@@ -32,6 +32,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # before transformers is imported
 
 import torch
+from profiling import sync
 from transformers import AutoModelForCausalLM
 
 from xelm_cli.api import Bundle, Shards
@@ -73,11 +74,6 @@ def blocks(shards: Path, seed: Path, block_size: int, n_blocks: int) -> torch.Te
 def optimizer_for(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-6,
                              weight_decay=0.0)  # fmt: skip
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def bare_loop(
