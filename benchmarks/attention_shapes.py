@@ -22,7 +22,6 @@ kernels (cuDNN is a GPU library): a check of the script.
 import argparse
 import contextlib
 import json
-import subprocess
 import sys
 import time
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from profiling import sync
 from transformers import LlamaConfig, LlamaForCausalLM
+from workers import printed_json
 
 from xelm_cli.ensemble import scoring
 from xelm_cli.ensemble.scoring import LoadedModel, new_cache, pick_device, score_sequences
@@ -117,8 +117,7 @@ def main() -> None:
     arms = {}
     for arm in ARMS:
         argv = [sys.executable, __file__, *sys.argv[1:], "--worker", arm]
-        out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-        arms[arm] = json.loads(out.splitlines()[-1])
+        arms[arm] = printed_json(argv)
     xelm, default = arms["xelm"], arms["default"]
     result = {
         "device": args.device, "hidden": args.hidden, "layers": args.layers,

@@ -27,7 +27,6 @@ torch.profiler: where its time went (benchmarks/profiling.py).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import psutil
+from workers import printed_json
 
 DATA = Path(os.environ.get("XELM_BENCH_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 LANGS = ["en", "de", "es", "fr", "ru", "bg", "el", "ar"]
@@ -168,13 +168,8 @@ def measure(work: Path, mode: str, k: int, args: argparse.Namespace) -> dict[str
     if args.profile and mode in PROFILED:
         options.append("--profile")
     for _ in range(args.repeat):
-        out = subprocess.run(
-            [sys.executable, __file__, "--worker", mode, str(k), str(work), *options],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+        argv = [sys.executable, __file__, "--worker", mode, str(k), str(work), *options]
+        runs.append(printed_json(argv))
     fastest = min(runs, key=lambda r: r["seconds"])
     return {
         "seconds": fastest["seconds"],

@@ -109,6 +109,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 import profiling
 import train_throughput as throughput
+import workers
 from xelm_trainer.lean_loss import use_lean_loss
 
 from xelm_cli.bundle.seed import NAMED_CONFIGS, init_from_config
@@ -564,10 +565,8 @@ def memory(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict
             "import json, sys; sys.argv = ['gpu.py']; import gpu; "
             f"print(json.dumps(gpu.step_peak_memory({lean}, {size!r}, {args.device!r})))"
         )
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout  # fmt: skip
         name = "chunked loss" if lean else "plain loss"
-        results[name] = json.loads(out.splitlines()[-1])
+        results[name] = workers.printed_json([sys.executable, "-c", code], cwd=ROOT)
         estimates[name] = training_memory(
             shape, size["vocab_batch"], size["vocab_block"], cuda=cuda, lean_loss=lean
         ).as_dict()
@@ -595,13 +594,7 @@ def choice_scoring(work: Path, size: dict, args: argparse.Namespace, done: dict)
     argv = [sys.executable, str(ROOT / "icl_throughput.py"), "--json", "--device", args.device,
             "--model", size["icl_model"], "--requests", str(size["icl_requests"]),
             "--profile"]  # fmt: skip
-    return printed_json(argv)
-
-
-def printed_json(argv: list[str]) -> dict:
-    """The JSON object a benchmark script run as ``argv`` prints on its last line."""
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return dict(json.loads(out.splitlines()[-1]))
+    return dict(workers.printed_json(argv))
 
 
 def attention_backends(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
@@ -610,7 +603,7 @@ def attention_backends(work: Path, size: dict, args: argparse.Namespace, done: d
             "--hidden", str(size["ens_hidden"]), "--layers", str(size["ens_layers"]),
             "--tokens", str(size["attention_tokens"]),
             "--decode", str(size["attention_decode"])]  # fmt: skip
-    return printed_json(argv)
+    return dict(workers.printed_json(argv))
 
 
 def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -> dict:
@@ -619,7 +612,7 @@ def logit_chunks(work: Path, size: dict, args: argparse.Namespace, done: dict) -
             "--vocab", str(size["chunk_vocab"]), "--hidden", str(size["chunk_hidden"]),
             "--tokens", str(size["chunk_tokens"]),
             "--repeat", str(size["chunk_repeat"])]  # fmt: skip
-    return printed_json(argv)
+    return dict(workers.printed_json(argv))
 
 
 def machine(device: str) -> str:

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ensemble import DATA, LANGS, PeakMemory  # benchmarks/ensemble.py
+from workers import printed_json
 
 FLORES = DATA / "eval" / "flores200-devtest"
 
@@ -133,12 +134,7 @@ def speed_worker(paths: list[Path], moes: dict[str, Path], system: str, docs: in
 
 
 def run_worker(*args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(args)], capture_output=True, text=True
-    )
-    if done.returncode:
-        raise SystemExit(f"worker {args[0]} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return dict(printed_json([sys.executable, __file__, "--worker", json.dumps(args)]))
 
 
 def build_moes(paths: list[Path], work: Path, gate: str, **options: Any) -> dict[str, Path]:
