@@ -255,11 +255,12 @@ def test_the_demo_makes_again_the_shards_of_an_older_run_that_do_not_record_the_
     own = prepare(
         expert_corpus, seed_bundle, tmp_path / "own", allocation=allocation, expert=0
     ).shards
-    assert not _shards_of(older.path, reference)
-    assert _shards_of(own.path, reference)
-    assert not _shards_of(tmp_path / "none", reference)
+    assert _shards_of(older.path, reference) is None
+    reused = _shards_of(own.path, reference)
+    assert reused is not None and reused.path == own.path and reused.expert == reference
+    assert _shards_of(tmp_path / "none", reference) is None
     (own.path / "en.tokens.bin").write_bytes(b"")  # damaged
-    assert not _shards_of(own.path, reference)
+    assert _shards_of(own.path, reference) is None
 
 
 def test_an_expert_of_a_clusterer_that_is_not_installed_is_refused(

@@ -102,12 +102,14 @@ def check_run(preset: Preset, out: Path, device: str | None) -> None:
     pick_device(None if device == "auto" else device)
 
 
-def _shards_of(path: Path, expert: dict[str, Any]) -> bool:
-    """Whether ``path`` holds shards of ``expert``'s documents (``Allocation.reference``)."""
+def _shards_of(path: Path, expert: dict[str, Any]) -> Shards | None:
+    """The shards at ``path`` if they hold ``expert``'s documents (``Allocation.reference``)."""
     try:
-        return (path / SHARDS_MANIFEST).is_file() and Shards.open(path).expert == expert
+        if (path / SHARDS_MANIFEST).is_file() and (shards := Shards.open(path)).expert == expert:
+            return shards
     except XelmError:  # damaged: made again
-        return False
+        pass
+    return None
 
 
 class Demo:
@@ -544,12 +546,15 @@ class Demo:
                 max_docs_per_language=self.preset.tfidf_documents,
             )
         # an older xelm's shards there do not record the expert: xelm train refuses them
-        if not all(_shards_of(root / f"shards-{e}", alloc.reference(e)) for e in range(k)):
+        found = [_shards_of(root / f"shards-{e}", alloc.reference(e)) for e in range(k)]
+        shards = [opened for opened in found if opened is not None]
+        if len(shards) < k:
             # one read of the corpus, each document embedded once, for every expert's shards
-            prepare_experts(corpus, tokenizer, root / "shards-{expert}", allocation=alloc,
-                            overwrite=True)  # fmt: skip
+            made = prepare_experts(corpus, tokenizer, root / "shards-{expert}", allocation=alloc,
+                                   overwrite=True)  # fmt: skip
+            shards = [result.shards for result in made]
         # every training document is in its expert's shards: the clusters' sizes are theirs
-        counts = [Shards.open(root / f"shards-{e}").manifest["languages"] for e in range(k)]
+        counts = [opened.manifest["languages"] for opened in shards]
         documents = {
             language: [int(c.get(language, {}).get("documents", 0)) for c in counts]
             for language in TRAIN_LANGUAGES
