@@ -2,8 +2,10 @@
 pickled-only seeds converted on request; no deprecated cache keyword in scoring or generation."""
 
 import json
+import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,16 +241,25 @@ def test_sharded_pickles_are_named_by_their_index(tmp_path: Path) -> None:
         assert torch.equal(converted.state_dict()[name], tensor), name
 
 
-def test_a_pickle_that_runs_code_is_not_loaded(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (print, "GLOBAL print was not an allowed global"),
+        (os.system, r"unsupported GLOBAL posix\.system whose module posix is blocked"),
+    ],
+)
+def test_a_pickle_that_runs_code_is_not_loaded(tmp_path: Path, call: Any, named: str) -> None:
     hf = _llama(tmp_path / "hf")
     (hf / "model.safetensors").unlink()
+    ran = tmp_path / "ran"
 
     class Payload:
         def __reduce__(self) -> tuple:
-            return (print, ("ran code from the pickle",))
+            return (call, (f"touch {ran}",))
 
     torch.save({"x": Payload()}, hf / "pytorch_model.bin")
-    with pytest.raises(UsageError, match="GLOBAL print was not an allowed global") as refused:
+    with pytest.raises(UsageError, match=named) as refused:
         init_from_hf(str(hf), tmp_path / "seed", languages=["en"], convert_pickle=True)
     assert "\n" not in str(refused.value)
-    assert not (tmp_path / "seed").exists()
+    assert "weights_only set to False" not in str(refused.value)  # torch's advice, not ours
+    assert not (tmp_path / "seed").exists() and not ran.exists()

@@ -299,6 +299,16 @@ def test_an_override_to_no_tokens_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "s").exists()
 
 
+def test_an_end_set_to_none_where_the_tokenizer_adds_no_start_says_so(tmp_path: Path) -> None:
+    """GPT-2 frames ``doc <|endoftext|>``: only --doc-end was set to none, and the refusal
+    says that, not that both were."""
+    hf = _gpt2(tmp_path / "hf")
+    with pytest.raises(UsageError, match=r"\(--doc-end was set to none and the tokenizer puts "
+                       r"no start token around text\); name one"):  # fmt: skip
+        init_from_hf(hf, tmp_path / "s", languages=["en"], doc_end="none")
+    assert not (tmp_path / "s").exists()
+
+
 # --- 6. the weights files transformers reads ----------------------------------------------------
 
 

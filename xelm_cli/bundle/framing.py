@@ -137,8 +137,17 @@ def overridden(
         )
     if framing.start is None and framing.end is None:
         raise UsageError(
-            f"documents would have neither a start nor an end token ({_NEITHER[framing.rule]}); "
+            f"documents would have neither a start nor an end token "
+            f"({_why_neither(framing.rule, start, end)}); "
             "name one with --doc-start TOKEN or --doc-end TOKEN on `xelm bundle init` (a token "
             "like '</s>', or its id)"
         )
     return framing
+
+
+def _why_neither(rule: str, start: str | None, end: str | None) -> str:
+    """Why a framing has neither token: the rule's reason, or which override left none."""
+    if rule != RULE_OVERRIDE or (start is None) == (end is None):
+        return _NEITHER[rule]
+    option, other = ("--doc-start", "end") if start is not None else ("--doc-end", "start")
+    return f"{option} was set to none and the tokenizer puts no {other} token around text"

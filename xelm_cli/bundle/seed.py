@@ -507,7 +507,11 @@ def init_from_hf(
             local_files_only=cached,
         )
     except pickle.UnpicklingError as exc:
-        found = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        # torch names the global in a line of its own, "Unsupported global: GLOBAL ..." or, for
+        # a blocked module, "Trying to load unsupported GLOBAL ..."
+        found = [
+            line.strip() for line in str(exc).splitlines() if "unsupported global" in line.lower()
+        ]
         why = found[0].split(". ")[0] if found else exception_line(exc)
         raise UsageError(
             f"cannot load model {model_id!r}: its pickled weights hold more than tensors "
