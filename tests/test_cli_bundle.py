@@ -156,7 +156,14 @@ def test_a_group_without_a_command_prints_its_help(capsys) -> None:
     assert code == 2 and "Usage: xelm bundle" in out and "branch" in out and err == ""
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+)
+def test_ctrl_c_or_sigterm_is_one_line_and_exit_128_plus_the_signal(
+    tmp_path: Path, stop: signal.Signals, code: int, said: str
+) -> None:
+    """SIGTERM (timeout, SLURM, docker stop) stops a command as Ctrl-C does, not at once."""
     out = tmp_path / "demo"
     process = subprocess.Popen(
         [sys.executable, "-m", "xelm_cli", "demo", "--data", str(SHARED_DATA), "-o", str(out)],
@@ -168,11 +175,11 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     while not out.exists():  # the command has started its work
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.02)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     assert err.endswith(
-        "xelm: error: interrupted (nothing half-written is left): run the same command again\n"
+        f"xelm: error: {said} (nothing half-written is left): run the same command again\n"
     ), err
 
 

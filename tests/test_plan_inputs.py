@@ -535,6 +535,62 @@ def test_an_interrupted_train_all_says_its_runs_were_interrupted_not_failed(
 ) -> None:
     """SIGINT to the process group (Ctrl-C, `timeout -s INT`) while two runs train: each is
     reported interrupted (and its log says so), exit 130 with the usual interrupted line."""
+    process = _training_in_parallel(capsys, monkeypatch, tmp_path, seed_bundle, shards)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    lines = stderr.splitlines()
+    assert "interrupted: dense (a re-run resumes it)" in lines, stderr
+    assert "interrupted: expert-0 (a re-run resumes it)" in lines, stderr
+    assert "FAILED" not in stderr
+    assert lines[-1] == (
+        "xelm: error: interrupted (nothing half-written is left): run the same command again"
+    )
+    dense_log = (tmp_path / "a" / "runs" / "logs" / "dense.log").read_text()
+    assert "dense: interrupted: train-all was stopped (a re-run resumes it)" in dense_log
+    assert "--resume" not in stderr  # what a run stopped says: see the test below
+
+
+def test_sigterm_to_train_all_alone_stops_its_runs_too(
+    capsys: pytest.CaptureFixture[str],
+    seed_bundle: Path,
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM to train-all's process only (a scheduler's time limit, `kill`): it stops the
+    runs it started (each cleans up as on Ctrl-C: no output lock left) instead of dying and
+    leaving them training; exit 143."""
+    import psutil
+
+    process = _training_in_parallel(capsys, monkeypatch, tmp_path, seed_bundle, shards)
+    runs = psutil.Process(process.pid).children()
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 143, stderr
+        assert "interrupted: dense (a re-run resumes it)" in stderr.splitlines(), stderr
+        assert stderr.splitlines()[-1] == (
+            "xelm: error: terminated (SIGTERM) (nothing half-written is left): run the same "
+            "command again"
+        )
+        assert len(runs) == 2 and not [run for run in runs if run.is_running()]
+        assert not list((tmp_path / "a" / "runs").rglob("*.lock"))
+    finally:
+        for run in runs:
+            if run.is_running():
+                run.kill()
+
+
+def _training_in_parallel(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    seed_bundle: Path,
+    shards: Path,
+) -> "subprocess.Popen[str]":
+    """`xelm train-all --parallel 2` (its own session) of a plan in ``tmp_path/a``, once its
+    two first runs (dense, expert-0) are training; long enough to stop them."""
     plan_file = make_plan_in(capsys, monkeypatch, tmp_path / "a", seed_bundle, shards)
     plan = json.loads(plan_file.read_text())
     for run_ in plan["runs"]:  # long enough to be running when interrupted
@@ -553,19 +609,7 @@ def test_an_interrupted_train_all_says_its_runs_were_interrupted_not_failed(
     ):
         time.sleep(0.2)
     time.sleep(2)  # the trainings under way
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    lines = stderr.splitlines()
-    assert "interrupted: dense (a re-run resumes it)" in lines, stderr
-    assert "interrupted: expert-0 (a re-run resumes it)" in lines, stderr
-    assert "FAILED" not in stderr
-    assert lines[-1] == (
-        "xelm: error: interrupted (nothing half-written is left): run the same command again"
-    )
-    dense_log = (logs / "dense.log").read_text()
-    assert "dense: interrupted: train-all was stopped (a re-run resumes it)" in dense_log
-    assert "--resume" not in stderr  # what a run stopped says: see the test below
+    return process
 
 
 def test_a_run_of_train_all_stopped_says_train_all_resumes_it(

@@ -14,6 +14,7 @@ import typer
 
 from xelm_cli import __version__
 from xelm_cli.bundle import cli as bundle
+from xelm_cli.cli import stopping
 from xelm_cli.cli.help_text import reflow_commands
 from xelm_cli.cluster import cli as cluster
 from xelm_cli.common.atomic import shown_as_output
@@ -111,13 +112,17 @@ def _fail(message: str, code: int) -> int:
 
 
 def _interrupted(argv: list[str]) -> int:
-    """Ctrl-C: the way back (every command leaves nothing half-written; a training run keeps
-    its checkpoints)."""
+    """Ctrl-C or SIGTERM (``stopping``): the way back (every command leaves nothing
+    half-written; a training run keeps its checkpoints). Exit 130, or 128 + the signal."""
+    signalled = stopping.received()
+    what, code = (
+        (f"terminated ({signalled.name})", 128 + signalled) if signalled else ("interrupted", 130)
+    )
     if os.environ.get(RUN_OF_TRAIN_ALL):
-        return _fail("interrupted: run train-all again to continue this run", 130)
+        return _fail(f"{what}: run train-all again to continue this run", code)
     if "train" in argv[:1]:
-        return _fail("interrupted: run the same command with --resume to continue", 130)
-    return _fail("interrupted (nothing half-written is left): run the same command again", 130)
+        return _fail(f"{what}: run the same command with --resume to continue", code)
+    return _fail(f"{what} (nothing half-written is left): run the same command again", code)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -174,6 +179,7 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    stopping.stop_on_sigterm()
     code = run()
     try:
         finish_arrow_work()
