@@ -473,6 +473,23 @@ def test_prepare_refuses_counts_below_their_least(
     assert not out.exists() and not (tmp_path / ".o.prepare").exists()
 
 
+def test_cli_tokenizer_reports_the_tokens_it_has_when_the_text_runs_out_of_merges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "corpus"
+    root.mkdir()
+    write_jsonl(root / "en.jsonl", shared_records("en", 5))
+    out = tmp_path / "tok"
+    assert (
+        run(["data", "tokenizer", str(root), "-o", str(out), "--vocab-size", "5000", "--json"]) == 0
+    )
+    captured = capsys.readouterr()
+    reported = json.loads(captured.out)
+    has = len(AutoTokenizer.from_pretrained(out))
+    assert reported["vocab_size"] == has < 5000 and reported["requested_vocab_size"] == 5000
+    assert f"the tokenizer has {has:,} tokens, fewer than --vocab-size 5,000" in captured.err
+
+
 def test_cli_tokenizer_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "corpus"
     root.mkdir()

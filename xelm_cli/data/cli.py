@@ -358,11 +358,20 @@ def tokenizer_command(
                 "characters: the corpus holds no more, so these languages weigh less"
             )
         stderr_console.print(f"xelm: warning: {warning}", highlight=False, markup=False)
+    if trained.vocab_size < trained.requested:
+        stderr_console.print(
+            f"xelm: warning: the tokenizer has {trained.vocab_size:,} tokens, fewer than "
+            f"--vocab-size {trained.requested:,}: its text held no more merges (more text a "
+            "language, --chars-per-language, gives more)",
+            highlight=False,
+            markup=False,
+        )
     if as_json:
         print_json(
             {
                 "path": str(trained.path),
                 "vocab_size": trained.vocab_size,
+                "requested_vocab_size": trained.requested,
                 "chars_per_language": chars_per_language,
                 "characters": trained.characters,
                 "short": trained.short,

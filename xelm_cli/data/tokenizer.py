@@ -54,7 +54,8 @@ def train_bpe_tokenizer(texts: Iterable[str], out: Path, *, vocab_size: int = 32
 @dataclass(frozen=True)
 class TrainedTokenizer:
     path: Path
-    vocab_size: int
+    vocab_size: int  # tokens it has: fewer than asked for when the text ran out of merges
+    requested: int  # the vocabulary size asked for
     characters: dict[str, int]  # characters of training text per language
     short: dict[str, int]  # the languages with less text than asked for: all they have
 
@@ -189,5 +190,8 @@ def train_tokenizer_on_corpus(
             else streamed
         )
         train_bpe_tokenizer(texts, tmp, vocab_size=vocab_size)
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(tmp / "tokenizer.json")).get_vocab_size()
     short = {lang: n for lang, n in sorted(totals.items()) if n < chars_per_language}
-    return TrainedTokenizer(Path(out), vocab_size, used, short)
+    return TrainedTokenizer(Path(out), size, vocab_size, used, short)

@@ -340,7 +340,7 @@ class Demo:
             corpus, out, vocab_size=self.preset.vocab_size, languages=list(ALL_LANGUAGES),
             overwrite=True,
         )  # fmt: skip
-        return {"vocab_size": self.preset.vocab_size, "path": str(trained.path)}
+        return {"vocab_size": trained.vocab_size, "path": str(trained.path)}
 
     def prepare(self, corpus: Path, tokenizer: Path, shards: Path) -> dict[str, int]:
         from xelm_cli.data.prepare import prepare
