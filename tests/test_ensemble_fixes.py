@@ -118,6 +118,41 @@ def test_an_ensemble_file_that_is_a_directory_is_refused_even_with_force(
     assert code == 2 and "would lie inside the bundle" in err
 
 
+def test_force_replaces_earlier_results_and_ensembles_but_not_a_users_file(
+    capsys: pytest.CaptureFixture[str], tiny_experts: TinyExperts, tmp_path: Path
+) -> None:
+    """--force replaced any file with the results or the ensemble (a user's notes too); like
+    every other output now, only an earlier output of its kind."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    data = ["--data", str(tiny_experts.corpus), "--limit", "2"]
+    evaluated = ["ensemble", "eval", *members(tiny_experts), *data, "--force", "-o"]
+    created = ["ensemble", "create", *members(tiny_experts), "--force", "-o"]
+    for args, kind in ((evaluated, "xelm results"), (created, "an ensemble file")):
+        code, out, err = cli(capsys, *args, str(notes))
+        assert (code, out) == (2, "") and err.startswith(
+            f"xelm: error: {notes} is a file, not {kind}; --force replaces only {kind}"
+        ), err
+    assert notes.read_text() == "mine"
+    with pytest.raises(UsageError, match="is a file, not xelm results"):
+        evaluate(members(tiny_experts), data=tiny_experts.corpus, output=notes, overwrite=True)
+    with pytest.raises(UsageError, match="is a file, not an ensemble file"):
+        create_ensemble(members(tiny_experts), notes, overwrite=True)
+    assert notes.read_text() == "mine"
+    results, ens = tmp_path / "results.json", tmp_path / "ens.json"
+    tasks = ["--task", "jsonl", "--data", str(tiny_experts.choice_task), "--shots", "0,1"]
+    for args in (
+        [*evaluated, str(results)],  # one record, then a list of them (a record a shot count)
+        ["ensemble", "eval", *members(tiny_experts), *tasks, "--force", "-o", str(results)],
+        [*evaluated, str(results)],
+        [*created, str(ens)],
+        [*created, str(ens)],
+    ):
+        assert cli(capsys, *args)[0] == 0
+    assert json.loads(results.read_text())["format"] == "xelm-results"
+    assert json.loads(ens.read_text())["format"] == "xelm-ensemble"
+
+
 # ------------------------------------------------- router options sized by k: before any expert
 
 

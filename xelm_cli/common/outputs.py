@@ -150,14 +150,19 @@ def _safely(own: Own, path: Path) -> bool:
         return False
 
 
-def json_format(path: Path) -> str | None:
-    """The ``format`` member of the JSON object in the (small, plain) file ``path``, or None."""
+def small_json(path: Path) -> object:
+    """The JSON value in the (small, plain) file ``path``, or None where it holds none."""
     if not path.is_file() or path.is_symlink() or path.stat().st_size > _SMALL_JSON:
         return None
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def json_format(path: Path) -> str | None:
+    """The ``format`` member of the JSON object in the (small, plain) file ``path``, or None."""
+    data = small_json(path)
     value = data.get("format") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
 

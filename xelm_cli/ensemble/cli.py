@@ -10,7 +10,7 @@ from xelm_cli.common.cli_options import DeviceOpt, ForceOpt, print_json, print_w
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.progress import stderr_console
 from xelm_cli.ensemble.create import create_ensemble
-from xelm_cli.ensemble.ensemble_file import COMBINE_RULES, refuse_directory_output
+from xelm_cli.ensemble.ensemble_file import COMBINE_RULES
 from xelm_cli.plugin.options import PAIRS_METAVAR, parse_pairs
 
 app = typer.Typer(
@@ -215,7 +215,7 @@ def evaluate(
 
     Example: xelm ensemble eval experts/* --data flores200-devtest/ --each --baseline dense/
     """
-    from xelm_cli.ensemble.evaluate import RESULTS_FILE, evaluate_per_shots
+    from xelm_cli.ensemble.evaluate import check_results_output, evaluate_per_shots
     from xelm_cli.ensemble.evaluate import evaluate as evaluate_ensemble
     from xelm_cli.ensemble.results import FORMATS
 
@@ -226,7 +226,7 @@ def evaluate(
     if as_json:
         output_format = "json"
     if output is not None:  # before any other check: --force would not help
-        refuse_directory_output(output, "the results", RESULTS_FILE)
+        check_results_output(output)
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     counts = _shot_counts(shots)

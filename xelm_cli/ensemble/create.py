@@ -12,7 +12,7 @@ from xelm_cli.data.corpus import Document, read_documents, require_source
 from xelm_cli.ensemble.ensemble_file import (
     EnsembleSpec,
     Member,
-    refuse_directory_output,
+    check_ensemble_output,
     resolve_ensemble,
 )
 from xelm_cli.ensemble.members import split_covered
@@ -48,7 +48,7 @@ def create_ensemble(
     output = Path(output)
     if limit is not None and limit < 1:  # would calibrate on nothing
         raise UsageError(f"--calibration-limit must be at least 1 (got {limit})")
-    refuse_directory_output(output, "the ensemble", "ens.json")
+    check_ensemble_output(output)
     if output.exists() and not overwrite:
         raise UsageError(f"{output} exists; pass --force to replace it")
     if calibrate:

@@ -16,7 +16,7 @@ from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.atomic import write_bytes_atomic
 from xelm_cli.common.errors import FormatError, IntegrityError, UsageError, XelmError
 from xelm_cli.common.jsonio import pretty_json, read_json_object
-from xelm_cli.common.outputs import refuse_inside_bundle
+from xelm_cli.common.outputs import Own, check_replaceable, json_format, refuse_inside_bundle
 from xelm_cli.ensemble.members import (
     check_compatible,
     expand_paths,
@@ -99,7 +99,7 @@ class EnsembleSpec:
         return router
 
     def write(self, path: Path, *, overwrite: bool = False) -> None:
-        refuse_directory_output(path, "the ensemble", "ens.json")
+        check_ensemble_output(path)
         if path.exists() and not overwrite:
             raise UsageError(f"{path} exists; pass --force to replace it")
         data = self.to_dict(relative_to=path.parent)
@@ -179,15 +179,24 @@ def _naming_file(
         raise type(exc)(f"{exc} ({relation} {path}; {REMAKE} {path})") from None
 
 
-def refuse_directory_output(path: str | Path, what: str, example: str) -> None:
-    """Refuse, in one line naming a file inside it, an output file (results, an ensemble file)
-    that is an existing directory: replacing it, even when told to overwrite, would delete
-    the whole tree under it; and one inside a bundle, which would no longer verify."""
+def check_file_output(path: str | Path, *, what: str, example: str, kind: str, own: Own) -> None:
+    """Refuse, in one line, an output file (results, an ensemble file) that would lose data even
+    with --force: an existing directory (named with a file inside it, ``example``), a file
+    inside a bundle (which would no longer verify) and an existing file that is not ``kind``
+    (``own``: a user's notes, another program's JSON). Whether an output of the kind exists
+    is the caller's to refuse without --force."""
     refuse_inside_bundle(path, what)
     if Path(path).is_dir():
         raise UsageError(
             f"{path} is a directory; give a file for {what}, such as {Path(path) / example}"
         )
+    check_replaceable(path, overwrite=True, own=own, kind=kind, folder=False, what=what)
+
+
+def check_ensemble_output(path: str | Path) -> None:
+    """:func:`check_file_output` for an ensemble file."""
+    check_file_output(path, what="the ensemble", example="ens.json", kind="an ensemble file",
+                      own=lambda found: json_format(found) == ENSEMBLE_FORMAT)  # fmt: skip
 
 
 def is_ensemble_file(path: str) -> bool:

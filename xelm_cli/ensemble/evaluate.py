@@ -16,9 +16,11 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.common.atomic import output_lock, write_bytes_atomic
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import pretty_json
-from xelm_cli.ensemble.ensemble_file import Member, refuse_directory_output, resolve_ensemble
+from xelm_cli.common.outputs import small_json
+from xelm_cli.ensemble.ensemble_file import Member, check_file_output, resolve_ensemble
 from xelm_cli.ensemble.members import split_covered
 from xelm_cli.ensemble.results import (
+    RESULTS_FORMAT,
     build_evaluator,
     check_request_fields,
     per_token_metric,
@@ -133,15 +135,28 @@ def evaluate_per_shots(
     return records
 
 
+def check_results_output(path: str | Path) -> None:
+    """:func:`check_file_output` for results: --force replaces only earlier results."""
+    check_file_output(path, what="the results", example=RESULTS_FILE, kind="xelm results",
+                      own=holds_results)  # fmt: skip
+
+
+def holds_results(path: Path) -> bool:
+    """Whether ``path`` holds results: one record, or a list of them (one a shot count)."""
+    data = small_json(path)
+    records = data if isinstance(data, list) and data else [data]
+    return all(isinstance(r, dict) and r.get("format") == RESULTS_FORMAT for r in records)
+
+
 @contextlib.contextmanager
 def _writing(output: str | Path | None, overwrite: bool) -> Iterator[None]:
     """Be the one writer of ``output`` (when given) for the block, refusing an existing one
-    without ``overwrite`` (a directory even with it: :func:`refuse_directory_output`): a second
+    without ``overwrite`` (other things even with it: :func:`check_results_output`): a second
     evaluation into it fails at once, not when both finish."""
     if output is None:
         yield
         return
-    refuse_directory_output(output, "the results", RESULTS_FILE)
+    check_results_output(output)
     with output_lock(output):
         if Path(output).exists() and not overwrite:
             raise UsageError(f"{output} exists; pass overwrite=True to replace it")
