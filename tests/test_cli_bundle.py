@@ -104,6 +104,10 @@ def test_verify_failure_exits_nonzero_naming_each_problem(capsys, tmp_path: Path
         f"xelm: error: {tmp_path} is a directory of bundles, not a bundle: verify its bundles "
         f"({tmp_path}/*)\n"
     )
+    # which, quoted as the other commands take it, verifies the bundles it matches
+    code, out, err = xelm(capsys, "bundle", "verify", f"{tmp_path}/*")
+    assert (code, err.strip()) == (4, "xelm: error: 1 of 1 bundles failed verification")
+    assert f"{bad}: config.json: missing" in out
 
 
 @pytest.mark.parametrize(

@@ -254,7 +254,9 @@ def inspect(bundle_dir: BundleArg, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def verify(
-    bundles: Annotated[list[Path], typer.Argument(help="Bundle directories.", show_default=False)],
+    bundles: Annotated[
+        list[str], typer.Argument(help="Bundle directories (or quoted globs).", show_default=False)
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Check every file's size and sha256, the schema and the fingerprints; exit 4 on a problem
@@ -262,7 +264,10 @@ def verify(
 
     Example: xelm bundle verify experts/*
     """
-    for path in bundles:
+    from xelm_cli.ensemble.members import expand_paths
+
+    paths = expand_paths(bundles)
+    for path in paths:
         if not path.exists():  # a mistyped path, not a damaged bundle
             raise UsageError(f"not a bundle: {path} does not exist")
         if not is_bundle(path) and holds_bundles(path):  # a usage slip, not a damaged bundle
@@ -270,7 +275,7 @@ def verify(
                 f"{path} is a directory of bundles, not a bundle: verify its bundles ({path}/*)"
             )
     report = {}
-    for path in bundles:
+    for path in paths:
         total = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else 0
         with byte_progress(f"verifying {path.name}", total) as progress:
             report[str(path)] = verify_bundle(path, progress)
