@@ -82,11 +82,15 @@ def test_plot_writes_heatmap_and_dendrogram(typology, tmp_path, capsys):
     _check_png(plots / "dendrogram.png")
 
 
-def test_plot_without_tree_writes_only_the_heatmap(shares, tmp_path):
+def test_plot_without_tree_writes_only_the_heatmap(shares, typology, tmp_path):
     plots = tmp_path / "plots"
     assert run(["cluster", "show", str(shares), "--plot", str(plots)]) == 0
     assert sorted(p.name for p in plots.iterdir()) == ["heatmap.png"]
     _check_png(plots / "heatmap.png")
+    # into a folder of a typology's plots: its tree does not stay beside the new heatmap
+    assert run(["cluster", "show", str(typology), "--plot", str(plots)]) == 0
+    assert run(["cluster", "show", str(shares), "--plot", str(plots)]) == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["heatmap.png"]
 
 
 def test_plot_of_a_one_language_tree_writes_only_the_heatmap(tmp_path, capsys):

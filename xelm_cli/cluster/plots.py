@@ -159,7 +159,8 @@ def check_plot_folder(directory: Path, inputs: Sequence[Path] = ()) -> None:
 
 def write_plots(allocation: Allocation, directory: Path) -> list[Path]:
     """heatmap.png, and dendrogram.png for an allocation with a tree of two languages or more,
-    written (each whole) into ``directory``; the paths written."""
+    written (each whole) into ``directory``, where an earlier dendrogram.png is removed when
+    this allocation has none; the paths written."""
     import matplotlib
 
     check_plot_folder(directory, [allocation.path])
@@ -175,6 +176,9 @@ def write_plots(allocation: Allocation, directory: Path) -> list[Path]:
         ) from None
     written = [directory / "heatmap.png"]
     plot_heatmap(allocation, written[0])
-    if plot_dendrogram(allocation, directory / "dendrogram.png"):
-        written.append(directory / "dendrogram.png")
+    dendrogram = directory / "dendrogram.png"
+    if plot_dendrogram(allocation, dendrogram):
+        written.append(dendrogram)
+    else:  # another allocation's tree must not stand beside this heatmap (a plot: checked)
+        dendrogram.unlink(missing_ok=True)
     return written
