@@ -70,14 +70,14 @@ def test_a_prompt_longer_than_a_learned_position_table_is_refused(
 
 
 def test_new_tokens_past_rotary_positions_are_refused(tmp_path: Path, tokenizer_dir: Path) -> None:
-    """Rotary positions would run past the 512 the tiny Llama declares (and never saw)."""
+    """Rotary positions would run past the 1,024 the tiny Llama declares (and never saw)."""
     seed = init_from_config("tiny", tokenizer_dir, tmp_path / "seed", languages=["en"])
     n = prompt_tokens(seed.path, "Hello")
     with pytest.raises(
         UsageError,
-        match=rf"need {n + 600} positions \(.*\); the model has 512: pass ",
+        match=rf"need {n + 1100:,} positions \(.*\); the model has 1,024: pass ",
     ):
-        generate_text(seed.path, "Hello", router="uniform", max_new_tokens=600, device="cpu")
+        generate_text(seed.path, "Hello", router="uniform", max_new_tokens=1100, device="cpu")
 
 
 def test_the_last_new_token_is_not_read_by_the_experts(

@@ -170,25 +170,25 @@ def test_the_plan_states_the_attention_its_estimate_assumes(
 def test_a_block_past_the_seeds_positions_is_noted_once_and_estimated_as_the_runs_train(
     capsys: pytest.CaptureFixture[str], seed_bundle: Path, shards: Path, tmp_path: Path
 ) -> None:
-    """The tiny seed declares 512 positions and the trainer's default block is 1,024: its
-    rotary positions run past them, and `xelm train` notes that and trains 1,024-token blocks
-    (measured: 2 steps of 2 x 1,024, no error). The plan says so once, and its memory estimate
-    is of the block the runs train with."""
+    """The tiny seed declares 1,024 positions, the trainer's default block: a block of 2,048
+    runs its rotary positions past them, and `xelm train` notes that and trains 2,048-token
+    blocks. The plan says so once, and its memory estimate is of the block the runs train
+    with."""
     shape = ModelShape.of(Bundle.open(seed_bundle))
     args = _plan(tmp_path, seed_bundle, shards, "--memory", "80GB", "--json")
-    assert run([*args, "--train-args", "--device cpu"]) == 0
+    assert run([*args, "--train-args", "--device cpu --block-size 2048"]) == 0
     out, err = capsys.readouterr()
     assert err.splitlines()[0] == (
-        "xelm: warning: --block-size 1,024 is longer than the 512 positions the model declares "
+        "xelm: warning: --block-size 2,048 is longer than the 1,024 positions the model declares "
         "(max_position_embeddings): training runs past them; pass --train-args "
-        '"--block-size 512" (or less) unless you mean to'
+        '"--block-size 1024" (or less) unless you mean to'
     )
     assert err.count("positions the model declares") == 1
     estimate = json.loads(out)["estimate"]
-    assert (estimate["block_size"], estimate["positions"]) == (1024, 512)
-    assert estimate["memory"] == training_memory(shape, 8, 1024, cuda=False).as_dict()
-    assert run([*args, "--train-args", "--device cpu --block-size 512"]) == 0
-    assert "positions the seed declares" not in capsys.readouterr().err
+    assert (estimate["block_size"], estimate["positions"]) == (2048, 1024)
+    assert estimate["memory"] == training_memory(shape, 8, 2048, cuda=False).as_dict()
+    assert run([*args, "--train-args", "--device cpu"]) == 0  # the default block: no note
+    assert "positions the model declares" not in capsys.readouterr().err
 
 
 def test_durations_read_in_seconds_minutes_or_hours() -> None:

@@ -353,14 +353,14 @@ def test_compile_says_the_first_steps_take_longer(
 def test_a_block_past_the_models_positions_is_said(
     seed_bundle: Path, shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The tiny seed declares 512 positions (max_position_embeddings); its rotary positions
+    """The tiny seed declares 1,024 positions (max_position_embeddings); its rotary positions
     still run past them, so the run trains, and says so first."""
-    long = train(seed_bundle, shards, tmp_path / "long", "--tokens", "640",
-                 "--block-size", "640", "--batch-size", "1")  # fmt: skip
+    long = train(seed_bundle, shards, tmp_path / "long", "--tokens", "1152",
+                 "--block-size", "1152", "--batch-size", "1")  # fmt: skip
     assert run(long) == 0
     assert (
-        "xelm: warning: --block-size 640 is longer than the 512 positions the model declares "
-        "(max_position_embeddings): training runs past them; pass --block-size 512 (or less)"
+        "xelm: warning: --block-size 1,152 is longer than the 1,024 positions the model declares "
+        "(max_position_embeddings): training runs past them; pass --block-size 1024 (or less)"
         in capsys.readouterr().err
     )
     assert run(train(seed_bundle, shards, tmp_path / "short", "--tokens", "128")) == 0

@@ -51,7 +51,7 @@ NAMED_CONFIGS: dict[str, dict[str, Any]] = {
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=1024,  # xelm train's default --block-size (rotary: no weights)
     ),
     "small": dict(
         hidden_size=768,

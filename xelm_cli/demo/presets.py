@@ -159,7 +159,8 @@ PRESETS = {
         name="small",
         summary="0.6M-parameter seed, 24M training tokens: 15 min alone on a 2-core CPU, longer "
         "when its cores are shared",
-        model=dict(NAMED_CONFIGS["tiny"]),
+        # 512 positions, as tiny had when docs/demo-small ran: earlier run folders resume
+        model={**NAMED_CONFIGS["tiny"], "max_position_embeddings": 512},
         vocab_size=4000,
         corpus_bytes=1_500_000,
         document_bytes=1500,
