@@ -451,6 +451,86 @@ def test_a_local_gzip_file_cut_short_is_broken_data(tmp_path: Path) -> None:
     assert json.dumps(str(info.value)).count("\\n") == 0
 
 
+def _cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _a_line_cut_short(path: Path) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3] = lines[3][: len(lines[3]) // 2] + "\n"
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "damage", "said"),
+    [
+        ("parquet", _cut_in_half, "Parquet magic bytes not found"),
+        ("jsonl", _a_line_cut_short, "JSON parse error"),
+    ],
+)
+def test_a_damaged_parquet_or_json_lines_file_is_named_and_the_work_kept(
+    tmp_path: Path, tokenizer_dir: Path, suffix: str, damage: Callable[[Path], None], said: str
+) -> None:
+    """As a compressed file that ends early (below): a parquet file cut short (FineWeb-2's and
+    the Hub's conversions are parquet) or a JSON line that ends mid-value used to fail with
+    Arrow's words alone, the file unnamed and the work thrown away."""
+    texts = valid_texts("de", 60)
+    repos = {}
+    for name in ("good", "bad"):
+        repos[name] = repo = tmp_path / name
+        for i in range(2):
+            rows = [{"text": text} for text in texts[i * 30 : (i + 1) * 30]]
+            write_rows(repo / "de" / f"part-{i:05d}.{suffix}", rows)
+        write_readme(repo, {"de": {"train": f"de/part-*.{suffix}"}})
+    damaged = repos["bad"] / "de" / f"part-00001.{suffix}"
+    intact = damaged.read_bytes()
+    damage(damaged)
+    options: dict[str, Any] = {"languages": "de", "reading": SourceOptions(config="{lang}"),
+                               "batch_size": 5}  # fmt: skip
+    with pytest.raises(DamagedDataFile) as info:
+        prepare(repos["bad"], tokenizer_dir, tmp_path / "s", **options)
+    assert str(info.value).startswith(
+        f"cannot read {repos['bad']} [de/train] after row 30: its data file {damaged} is damaged ("
+    ) and said in str(info.value), str(info.value)
+    assert (tmp_path / ".s.prepare").is_dir() and not (tmp_path / "s").exists()
+    damaged.write_bytes(intact)
+    continued = prepare(repos["bad"], tokenizer_dir, tmp_path / "s", **options).shards
+    whole = prepare(repos["good"], tokenizer_dir, tmp_path / "whole", **options).shards
+    assert [continued.document("de", i).tolist() for i in range(60)] == [
+        whole.document("de", i).tolist() for i in range(60)
+    ]
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_an_empty_configuration_is_one_line_naming_the_way_out(
+    tmp_path: Path, tokenizer_dir: Path, suffix: str
+) -> None:
+    """datasets cannot stream a data file of no rows: it failed with its own words alone
+    ("BatchSize must be greater than 0, got 0", "StopIteration")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = tmp_path / "repo"
+    write_rows(repo / "de" / f"part-00000.{suffix}", [{"text": t} for t in valid_texts("de", 5)])
+    empty = repo / "az" / f"part-00000.{suffix}"
+    empty.parent.mkdir(parents=True)
+    if suffix == "parquet":
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    else:
+        empty.write_text("")
+    write_readme(repo, {code: {"train": f"{code}/part-*.{suffix}"} for code in ("de", "az")})
+    with pytest.raises(FormatError) as info:
+        prepare(repo, tokenizer_dir, tmp_path / "s", languages="de,az",
+                reading=SourceOptions(config="{lang}"))  # fmt: skip
+    assert re.fullmatch(
+        rf"cannot read {re.escape(str(repo))} \[az/train\]: (its data file .*az.*|one of its "
+        r"data files) holds no rows \(datasets cannot stream an empty file\): remove it, or "
+        r"leave its language out of --langs",
+        str(info.value),
+    ), str(info.value)
+    assert not (tmp_path / "s").exists() and not (tmp_path / ".s.prepare").exists()
+
+
 def test_a_damaged_data_file_keeps_the_work_for_the_same_command_once_replaced(
     tmp_path: Path, tokenizer_dir: Path
 ) -> None:

@@ -674,25 +674,42 @@ def _translated(source: DatasetSource, dataset: Any = None, rows: int = 0) -> It
                 f"cannot load dataset {source.dataset} ({where}): {exception_line(exc, 200)} "
                 f"({without_the_hub(source.dataset, exc)})"
             ) from None
-        if isinstance(exc, ValueError):
-            raise _config_or_split_error(source, exc) from None
+        if _empty_data_file(exc):
+            file = _data_file_being_read(dataset)
+            named = f"its data file {file}" if file else "one of its data files"
+            raise BrokenData(
+                f"cannot read {where}: {named} holds no rows (datasets cannot stream an empty "
+                "file): remove it, or leave its language out of --langs"
+            ) from None
         damaged = _data_file_being_read(dataset) if _cut_or_corrupt(exc) else None
-        if damaged is not None:
+        if damaged is not None:  # (before ValueError's reading: Arrow's errors are ValueErrors)
             raise DamagedDataFile(
                 f"cannot read {where} after row {rows:,}: its data file {damaged} is damaged "
                 f"({exception_line(exc, 200)}): replace it with a good copy (download it again)"
             ) from None
+        if isinstance(exc, ValueError):
+            raise _config_or_split_error(source, exc) from None
         raise BrokenData(f"cannot read {where}: {exception_line(exc)}") from None
 
 
+# What Arrow says of a parquet or JSON-lines file that is cut short or corrupt (a parquet
+# file's footer, or a JSON line that ends mid-value)
+_ARROW_DAMAGE = re.compile(
+    r"parquet magic bytes|deserialize thrift|unexpected end of (stream|file)|json parse error|"
+    r"corrupt|truncated",
+    re.IGNORECASE,
+)
+
+
 def _cut_or_corrupt(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is a compressed file that ends early or does not
-    decompress: the file is damaged, not its rows (a row of the wrong type is met again in
-    any copy)."""
+    """Whether ``exc`` (or what caused it) is a file that ends early or does not decompress or
+    parse (a compressed file, a parquet file, a JSON-lines file): the file is damaged, not its
+    rows (a row of the wrong type is met again in any copy)."""
     import gzip
     import lzma
     import zlib
 
+    import pyarrow
     import zstandard
 
     damage = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zstandard.ZstdError)
@@ -700,8 +717,21 @@ def _cut_or_corrupt(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, damage):
             return True
+        if isinstance(seen, pyarrow.ArrowException) and _ARROW_DAMAGE.search(str(seen)):
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _empty_data_file(exc: BaseException) -> bool:
+    """Whether ``exc`` is what ``datasets`` raises streaming a data file of no rows: a parquet
+    file's empty row group asks Arrow for batches of 0 rows, an empty JSON-lines file ends its
+    reader's iterator where a first row is awaited."""
+    import pyarrow
+
+    if isinstance(exc, StopIteration):
+        return True
+    return isinstance(exc, pyarrow.ArrowInvalid) and "BatchSize must be greater than 0" in str(exc)
 
 
 def _data_file_being_read(dataset: Any) -> str | None:
