@@ -454,3 +454,20 @@ def test_a_rotary_model_past_its_positions_is_only_warned(
         "(max_position_embeddings): training runs past them; pass --block-size 64 (or less)"
         in capsys.readouterr().err
     )
+
+
+def test_a_run_stopped_before_its_first_metrics_leaves_no_checkpoint_folder(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C or SIGTERM in a run's first steps left an empty .OUT.ckpt/ behind: the folder
+    is made with the first record (of the metrics or a checkpoint) now."""
+    from xelm_trainer.metrics import MetricsLog
+
+    folder = checkpoint_dir(tmp_path / "out")
+    metrics = MetricsLog(folder / "metrics.jsonl", resumed_at=0)
+    assert not folder.exists()
+    metrics.write({"step": 1, "loss": 2.5})
+    assert (folder / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.5}\n'
+    resumed = MetricsLog(folder / "metrics.jsonl", resumed_at=0)  # the step-1 line is past it
+    resumed.write({"step": 1, "loss": 2.4})
+    assert (folder / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.4}\n'

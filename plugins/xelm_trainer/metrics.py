@@ -67,7 +67,6 @@ class MetricsLog:
         self.writes = writes  # rank 0 only
         if not writes:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             kept = [
                 line
@@ -79,5 +78,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.writes:
             return
+        # made at the first record: a run stopped before it leaves no empty .OUT.ckpt behind
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
