@@ -320,6 +320,8 @@ def unpack_bundle(
     ``progress(n)`` receives the compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
+    if max_bytes < 1:
+        raise UsageError(f"--max-size must be positive, not {max_bytes} bytes")
     check_archive(archive)
     if _overlap(resolved_output(out), archive.resolve()):
         raise UsageError(

@@ -21,7 +21,7 @@ from xelm_cli.bundle.store import (
     what_else,
     write_bundle,
 )
-from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.cluster.allocation import Allocation, as_allocation
 from xelm_cli.common.errors import UsageError
 from xelm_cli.lang.codes import language_codes, normalize_language
 
@@ -65,8 +65,7 @@ def branch(
     parent = Bundle.open(parent_dir)  # a corrupt parent would pass its digests on
     allocation_ref = None
     if allocation is not None and expert is not None:
-        if not isinstance(allocation, Allocation):
-            allocation = read_allocation(allocation)
+        allocation = as_allocation(allocation)
         allocation_ref = allocation.reference(expert)
         codes = tuple(allocation.experts[expert])
     step = {"relation": "branch", "parents": [parent.ref]}

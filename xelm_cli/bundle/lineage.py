@@ -6,7 +6,9 @@ first parent is the bundle step i-1 produced. Ancestors that are not in the set 
 that breaks the spec's rules (a second ``init`` step has no parent to follow) is refused.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from xelm_cli.bundle.manifest import first_of
@@ -52,11 +54,12 @@ class Node:
         return bool(self.path)
 
 
-def lineage_graph(bundles: list[Bundle]) -> dict[str, Node]:
+def lineage_graph(bundles: Sequence[Bundle | str | Path]) -> dict[str, Node]:
     """Nodes by digest, each with the digests of its parents (FormatError, in one line, for a
-    bundle whose manifest breaks the spec's rules: :func:`lineage_steps`)."""
+    bundle whose manifest breaks the spec's rules: :func:`lineage_steps`). ``bundles``: opened
+    bundles or their directories."""
     nodes: dict[str, Node] = {}
-    for bundle in bundles:
+    for bundle in (b if isinstance(b, Bundle) else Bundle.read(b) for b in bundles):
         steps = lineage_steps(bundle)
         for i in range(1, len(steps)):
             # the bundle step i-1 produced is step i's first parent
@@ -115,6 +118,9 @@ def children(nodes: dict[str, Node]) -> dict[str, list[Node]]:
 
 
 def graph_json(nodes: dict[str, Node]) -> dict[str, Any]:
+    """What ``xelm bundle lineage --json`` prints of :func:`lineage_graph`'s nodes: ``nodes``
+    (each bundle's digest, id, name, path, role, languages and the relation that made it) and
+    ``edges`` (parent digest to child digest, with that relation)."""
     return {
         "nodes": [
             {

@@ -7,6 +7,7 @@ any tensor is read. The average streams tensor by tensor (tensor_stream): memory
 accumulator and one input tensor, not k models, so it works on models larger than memory.
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from xelm_cli.bundle.fingerprint import is_weight_file
 from xelm_cli.bundle.lineage import lineage_steps
 from xelm_cli.bundle.store import Bundle, Progress, check_output, check_role, write_bundle
 from xelm_cli.bundle.tensor_stream import TensorSource, write_sharded
-from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.cluster.allocation import Allocation, as_allocation
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.ensemble.members import expand_paths
@@ -25,8 +26,8 @@ from xelm_cli.lang.codes import normalize_language
 def expert_paths(experts: str | Path | Sequence[str | Path]) -> list[Path]:
     """Bundle directories as a Python caller names them: one path or quoted glob, or a list
     of them; globs are expanded as the commands expand them (their bundles only)."""
-    given = [experts] if isinstance(experts, str | Path) else experts
-    return expand_paths([str(path) for path in given])
+    given = [experts] if isinstance(experts, str | Path | Bundle) else experts
+    return expand_paths([os.fspath(path) for path in given])
 
 
 def seed_of(bundle: Bundle) -> dict[str, str]:
@@ -139,6 +140,8 @@ def parse_weights(text: str, bundles: Sequence[Bundle]) -> list[float]:
 def prior_weights(ensemble_file: Path, bundles: Sequence[Bundle]) -> list[float]:
     """The calibrated prior an ensemble file records (``xelm ensemble create --router
     posterior --calibration DATA``), one value per expert, matched by bundle digest."""
+    if not Path(ensemble_file).is_file():  # a path the user typed: usage, not a broken format
+        raise UsageError(f"ensemble file not found: {ensemble_file}")
     data = read_json_object(ensemble_file, "ensemble file")
     if data.get("format") != "xelm-ensemble":
         raise FormatError(f"{ensemble_file}: not an xelm ensemble file")
@@ -231,9 +234,7 @@ def merge_weights(
     if prior:
         return prior_weights(Path(prior), bundles)
     if language is not None and allocation is not None:
-        if not isinstance(allocation, Allocation):
-            allocation = read_allocation(allocation)
-        return language_weights(language, allocation, bundles)
+        return language_weights(language, as_allocation(allocation), bundles)
     return [1.0 / len(bundles)] * len(bundles)
 
 

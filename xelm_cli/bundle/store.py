@@ -213,6 +213,10 @@ class Bundle:
     manifest: Manifest
     digest: str
 
+    def __fspath__(self) -> str:
+        """Its directory: a bundle goes wherever a path to one does (``Path(bundle)``)."""
+        return os.fspath(self.path)
+
     @classmethod
     def read(cls, path: str | Path) -> "Bundle":
         """The bundle's manifest only, checked against the schema; files are not looked at."""

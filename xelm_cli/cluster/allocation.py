@@ -7,6 +7,7 @@ languages, optional per-language shares) and the arrays; clusterers add their ow
 (the typology tree, distances, fitted settings), which readers that do not need them ignore.
 """
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -56,11 +57,19 @@ def allocation_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Allocation:
+    """An allocation read from disk (:func:`read_allocation`; spec/allocation-v1.md): which
+    languages each expert trains on, by the clusterer that fitted it, and its JSON (``raw``:
+    the tree, the document shares, the assigner's settings)."""
+
     clusterer: str
     experts: list[list[str]]  # expert index -> its languages
     digest: str  # sha256 of the allocation JSON bytes (which record the arrays' digest)
     path: Path  # the file, or the directory for allocations with arrays
     raw: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        """Its file (or directory): an allocation goes wherever a path to one does."""
+        return os.fspath(self.path)
 
     @property
     def provenance(self) -> dict[str, Any] | None:
@@ -152,6 +161,11 @@ def _expert_without_languages(experts: Any) -> str | None:
         if isinstance(expert, dict) and expert.get("languages") == []:
             return f"expert {index} has no languages; give every expert at least one"
     return None
+
+
+def as_allocation(allocation: "Allocation | str | Path") -> Allocation:
+    """``allocation`` itself, or the allocation at that path (:func:`read_allocation`)."""
+    return allocation if isinstance(allocation, Allocation) else read_allocation(allocation)
 
 
 def read_allocation(path: str | Path) -> Allocation:

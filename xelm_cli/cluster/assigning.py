@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from xelm_cli.cluster.allocation import Allocation, read_allocation
+from xelm_cli.cluster.allocation import Allocation, as_allocation
 from xelm_cli.common.errors import UsageError
 from xelm_cli.data.corpus import Document
 from xelm_cli.data.documents import SEPARATOR, group_positions
@@ -58,7 +58,7 @@ def assigned_experts(
 def expert_documents(allocation: Allocation | str | Path, expert: int) -> ExpertDocuments:
     """Expert ``expert`` of ``allocation`` (an :class:`Allocation` or its path); an index out of
     range, or an allocation whose clusterer is not installed, is a one-line UsageError."""
-    alloc = allocation if isinstance(allocation, Allocation) else read_allocation(allocation)
+    alloc = as_allocation(allocation)
     alloc.reference(expert)  # refuses an index out of range
     return ExpertDocuments(alloc, expert, writer_of(alloc).obj.assigner(alloc))
 

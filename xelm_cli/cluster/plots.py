@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from xelm_cli.cluster.allocation import Allocation
+from xelm_cli.cluster.allocation import Allocation, as_allocation
 from xelm_cli.common.atomic import atomic_file
 from xelm_cli.common.errors import FormatError, UsageError
 from xelm_cli.common.outputs import check_replaceable, has_magic
@@ -29,10 +29,11 @@ def allocation_matrix(allocation: Allocation) -> tuple[list[str], np.ndarray, bo
     return languages, matrix, False
 
 
-def allocation_summary(allocation: Allocation) -> dict[str, Any]:
+def allocation_summary(allocation: Allocation | str | Path) -> dict[str, Any]:
     """What ``xelm cluster show --json`` prints: the allocation's path, clusterer, k and each
     expert's languages; of one with document shares, also ``language_shares``,
     ``language_purity`` (each language's largest share) and ``mean_purity``."""
+    allocation = as_allocation(allocation)
     languages, matrix, has_shares = allocation_matrix(allocation)
     summary: dict[str, Any] = {
         "path": str(allocation.path),
@@ -157,12 +158,13 @@ def check_plot_folder(directory: Path, inputs: Sequence[Path] = ()) -> None:
         )
 
 
-def write_plots(allocation: Allocation, directory: Path) -> list[Path]:
+def write_plots(allocation: Allocation | str | Path, directory: str | Path) -> list[Path]:
     """heatmap.png, and dendrogram.png for an allocation with a tree of two languages or more,
     written (each whole) into ``directory``, where an earlier dendrogram.png is removed when
     this allocation has none; the paths written."""
     import matplotlib
 
+    allocation, directory = as_allocation(allocation), Path(directory)
     check_plot_folder(directory, [allocation.path])
     matplotlib.use("Agg")
     tree_linkage(allocation)  # refuse a malformed tree before writing anything

@@ -356,5 +356,8 @@ def _build_file(target: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def write_bytes_atomic(target: Path, data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``target`` whole or not at all (:func:`atomic_file`: a temporary file
+    beside it, synced, then renamed into place); an existing ``target`` only with
+    ``overwrite``."""
     with atomic_file(target, overwrite=overwrite) as tmp:
         tmp.write_bytes(data)

@@ -321,13 +321,15 @@ def require_source(source: str | Path, what: str, *, known: Sequence[str] = ()) 
 def read_documents(
     source: str | Path,
     *,
-    languages: Sequence[str] | None = None,
+    languages: Sequence[str] | str | None = None,
     limit: int | None = None,
 ) -> list[Document]:
     """The non-empty documents of a labelled corpus, optionally only some languages and the
     first ``limit`` of each (reading stops once each of ``languages`` has them); a language
     asked for but absent, or nothing left, is a one-line ``UsageError``."""
     require_source(source, "evaluation data", known=EVALUATION_SETS)
+    if isinstance(languages, str):  # "en,tr", as the commands take it
+        languages = [code.strip() for code in languages.split(",") if code.strip()]
     wanted = set(languages) if languages else None
     counts: dict[str, int] = {}
     documents = []

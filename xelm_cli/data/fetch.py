@@ -41,7 +41,7 @@ from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
 from xelm_cli.data.recipes import load_recipe
 from xelm_cli.data.sources import DatasetSource, require_hub
-from xelm_cli.lang.codes import normalize_language
+from xelm_cli.lang.codes import normalize_language, parse_language_list
 
 HOME_VARIABLE = "XELM_HOME"
 STATE = "fetch.json"
@@ -135,12 +135,14 @@ def _mc4(language: str, split: str) -> DatasetSource:
 
 
 def plan_fetch(
-    languages: list[str] | None = None,
+    languages: list[str] | str | None = None,
     size: int = DEFAULT_SIZE,
     valid_documents: int = DEFAULT_VALID_DOCUMENTS,
 ) -> list[Part]:
     """The parts a fetch of ``languages`` (default: all 20) consists of."""
     known = fetch_languages()
+    if isinstance(languages, str):  # "en,tr", as --langs takes it
+        languages = parse_language_list(languages)
     chosen = [normalize_language(code) for code in languages or known]
     unknown = [code for code in chosen if code not in known]
     if unknown:
@@ -185,7 +187,7 @@ def missing_parts(out: Path, parts: list[Part]) -> list[Part]:
 
 def fetch(
     out: Path | None = None,
-    languages: list[str] | None = None,
+    languages: list[str] | str | None = None,
     size: int = DEFAULT_SIZE,
     valid_documents: int = DEFAULT_VALID_DOCUMENTS,
     *,

@@ -73,6 +73,10 @@ class PrepareResult:
     shards: Shards
     up_to_date: bool
 
+    def __fspath__(self) -> str:
+        """The shards' directory: ``train(seed, data=prepare(...))``."""
+        return os.fspath(self.shards.path)
+
     @property
     def shortfall(self) -> int | None:
         """See ``token_shortfall``."""

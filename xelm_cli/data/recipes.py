@@ -35,6 +35,9 @@ def recipe_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A corpus recipe (:func:`load_recipe`; spec/corpus-recipe-v1.md): per language, the
+    dataset, configuration and split to read its text from, and their sizes."""
+
     name: str
     raw: dict[str, Any]
     base: Path | None  # local paths in the recipe are relative to this directory

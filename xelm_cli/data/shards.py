@@ -195,6 +195,10 @@ class Shards:
         self.digest = digest
         self._maps: dict[str, tuple[NDArray[Any], NDArray[np.uint64]]] = {}
 
+    def __fspath__(self) -> str:
+        """Its directory: shards go wherever a path to them does (``train(..., data=shards)``)."""
+        return os.fspath(self.path)
+
     @classmethod
     def open(cls, path: str | Path) -> "Shards":
         """Read and check the manifest, and that every data file has its recorded size."""

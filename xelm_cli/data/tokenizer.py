@@ -5,6 +5,7 @@ recipes, streamed like ``xelm data prepare`` reads them and read only until each
 enough text.
 """
 
+import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,10 @@ class TrainedTokenizer:
     requested: int  # the vocabulary size asked for
     characters: dict[str, int]  # characters of training text per language
     short: dict[str, int]  # the languages with less text than asked for: all they have
+
+    def __fspath__(self) -> str:
+        """Its directory: ``init_from_config("tiny", train_tokenizer_on_corpus(...), ...)``."""
+        return os.fspath(self.path)
 
 
 def _labelled_texts(files: Source) -> Iterator[tuple[str, str]]:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import read_json_object
 from xelm_cli.common.units import duration
 from xelm_cli.demo.folder import check_folder
@@ -168,6 +169,8 @@ def demo_plan(
     directory, refused if another preset made it), which are done and the training speed they
     reached; with ``devices``, the time of its training side by side on that many GPUs."""
     preset = get_preset(preset)
+    if devices is not None and devices < 1:
+        raise UsageError(f"--devices must be at least 1 (GPUs side by side), not {devices}")
     if out is not None:
         out = Path(out)
         check_folder(out, preset)

@@ -50,16 +50,27 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def read_results(paths: Sequence[Path]) -> dict[str, Any]:
-    """The demo results files ``paths`` (spec/demo-results.md) merged in order; files without
-    ``format`` (written before it) are recognised by their ``perplexity`` and ``languages``."""
+def is_demo_results(data: object) -> bool:
+    """Whether ``data`` is what a demo's results.json holds (those written before ``format``
+    are recognised by their ``perplexity`` and ``languages``)."""
+    return (
+        isinstance(data, dict)
+        and data.get("format", RESULTS_FORMAT) == RESULTS_FORMAT
+        and "perplexity" in data
+        and "languages" in data
+    )
+
+
+def read_results(paths: str | Path | Sequence[str | Path]) -> dict[str, Any]:
+    """The demo results files ``paths`` (one, or a list; spec/demo-results.md) merged in order;
+    files without ``format`` (written before it) are recognised by their ``perplexity`` and
+    ``languages``."""
     loaded = []
-    for path in paths:
+    for path in map(Path, [paths] if isinstance(paths, str | Path) else paths):
         if not path.is_file():  # a path the user typed: usage (exit 2), not a broken format
             raise UsageError(f"results file not found: {path}")
         data = read_json_object(path, "results file")
-        ours = data.get("format", RESULTS_FORMAT) == RESULTS_FORMAT
-        if not ours or "perplexity" not in data or "languages" not in data:
+        if not is_demo_results(data):
             raise UsageError(
                 f"{path} is not a results file of xelm demo: pass a demo run's "
                 "report/results.json (spec/demo-results.md); `xelm ensemble eval` results are "
@@ -579,6 +590,12 @@ def write_report(results: dict[str, Any], out: Path, *, overwrite: bool = False)
     is refused as :func:`check_report_output` says: an earlier report is replaced only with
     ``overwrite``, a folder of other things (a bundle, say) never."""
     out = Path(out)
+    if not is_demo_results(results):
+        raise UsageError(
+            "write_report takes a demo's results (spec/demo-results.md): read_results(PATH) of "
+            "a demo run's report/results.json, or run_demo's; `xelm ensemble eval` results are "
+            "their own tables"
+        )
     check_report_output(out, overwrite=overwrite)
     results = with_means(results)
     results = {"format": RESULTS_FORMAT, "format_version": RESULTS_FORMAT_VERSION, **results,

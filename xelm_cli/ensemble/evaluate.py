@@ -51,7 +51,7 @@ def evaluate(
     protocol: str = "paper",
     combine: str | None = None,
     each: bool = False,
-    baselines: Sequence[str | Path | Bundle] = (),
+    baselines: str | Path | Bundle | Sequence[str | Path | Bundle] = (),
     output: str | Path | None = None,
     overwrite: bool = False,
     device: str | None = None,
@@ -102,7 +102,10 @@ def evaluate(
             spec,
             chosen_router,
             each=each,
-            baselines=[b if isinstance(b, Bundle) else Bundle.read(Path(b)) for b in baselines],
+            baselines=[
+                b if isinstance(b, Bundle) else Bundle.read(Path(b))
+                for b in ([baselines] if isinstance(baselines, str | Path | Bundle) else baselines)
+            ],
             device=device,
             per_token=per_token_metric(built),
         )

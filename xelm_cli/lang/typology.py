@@ -46,7 +46,7 @@ from langcodes.data_dicts import MACROLANGUAGES
 from numpy.typing import NDArray
 
 from xelm_cli.common.errors import UsageError
-from xelm_cli.lang.codes import language_codes, normalize_language
+from xelm_cli.lang.codes import language_codes, normalize_language, parse_language_list
 
 MISSING = -1.0
 
@@ -267,12 +267,15 @@ def cosine_distances(vectors: FloatArray) -> FloatArray:
 
 
 def distance_matrix(
-    langs: list[str], feature_set: str = DEFAULT_FEATURE_SET, minimal: bool = True
+    langs: list[str] | str, feature_set: str = DEFAULT_FEATURE_SET, minimal: bool = True
 ) -> FloatArray:
-    """Typological distances between ``langs``: a symmetric (n, n) matrix, zero diagonal.
+    """Typological distances between ``langs`` (a list, or text such as ``"ar,tr"``): a
+    symmetric (n, n) matrix, zero diagonal.
 
     Features are chosen over the whole set of ``langs`` (see :func:`feature_vectors`).
     """
+    if isinstance(langs, str):
+        langs = parse_language_list(langs)
     vectors, _ = feature_vectors(langs, feature_set, minimal)
     return cosine_distances(vectors)
 

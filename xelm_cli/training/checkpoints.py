@@ -195,8 +195,9 @@ def checkpoint_name(step: int) -> str:
     return f"{CHECKPOINT_PREFIX}{step:09d}"
 
 
-def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints in ``directory`` as (step, path), oldest first."""
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     found = []

@@ -211,13 +211,13 @@ def run_pending(
 
 
 def plan_dry_run(
-    plan_file: Path, *, only: int | None = None, nproc_per_node: int = 1
+    plan_file: str | Path, *, only: int | None = None, nproc_per_node: int = 1
 ) -> list[dict[str, Any]]:
     """What `xelm train-all --dry-run` shows, running nothing: per run of the plan (``only``:
     that one), ``{"name", "commands": [{"command", "done"}]}``, each command as it would be
     typed now (``shown_command``: under torchrun with ``nproc_per_node`` > 1; a killed
     `xelm train` with ``--resume``), ``done`` where its output exists (it would be skipped)."""
-    plan = read_plan(plan_file)
+    plan = read_plan(Path(plan_file))
     runs, directory = chosen_runs(plan, only), plan_directory(plan)
     check_outputs(runs, directory)
     return [
