@@ -156,3 +156,22 @@ if __name__ == "__main__":  # under torchrun: a run that stops after its step-4 
         StopsAt(4).train(
             TrainRequest(Path(bundle), Path(data), Path(out), 2048, options=json.loads(options))
         )
+
+
+def test_under_torchrun_a_refusal_is_one_line_from_local_rank_0(
+    seed_bundle: Path, train_shards: Path, tmp_path: Path
+) -> None:
+    """A usage error was said by every rank; an output that rank 0 alone checks and refuses
+    got a second line from rank 1, stopped by torchrun: 'terminated (SIGTERM): run the same
+    command with --resume', which would be refused again."""
+    base = [str(seed_bundle), "--data", str(train_shards), *COMMON, "--batch-size", "2"]
+    done = xelm_train([*base, "--bogus", "-o", str(tmp_path / "a")], tmp_path, ranks=2)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("xelm: error:")]
+    assert done.returncode != 0 and errors == [
+        "xelm: error: No such option: --bogus (see 'xelm train -h')"
+    ], done.stderr[-3000:]
+    existing = shutil.copytree(seed_bundle, tmp_path / "existing")
+    done = xelm_train([*base, "-o", str(existing)], tmp_path, ranks=2)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("xelm: error:")]
+    assert done.returncode != 0 and len(errors) == 1, done.stderr[-3000:]
+    assert "already exists" in errors[0]

@@ -18,7 +18,7 @@ from xelm_cli.cli import stopping
 from xelm_cli.cli.help_text import reflow_commands
 from xelm_cli.cluster import cli as cluster
 from xelm_cli.common.atomic import shown_as_output
-from xelm_cli.common.errors import XelmError, exception_line
+from xelm_cli.common.errors import UsageError, XelmError, exception_line
 from xelm_cli.data import cli as data
 from xelm_cli.data.sources import finish_arrow_work
 from xelm_cli.demo import cli as demo
@@ -106,9 +106,27 @@ def _os_error(exc: OSError, argv: list[str]) -> str:
     return reason + (_make_room(argv) if exc.errno in _NO_ROOM else "")
 
 
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"xelm: error: {message}\n")
+def _fail(message: str, code: int, *, every_rank: bool = False) -> int:
+    """Say ``message`` as xelm's one error line and return ``code``; under torchrun only local
+    rank 0 says it, unless the error is one of this rank's own (``every_rank``)."""
+    if every_rank or not _other_rank():
+        sys.stderr.write(f"xelm: error: {message}\n")
     return code
+
+
+def _other_rank() -> bool:
+    """Under torchrun, a rank other than its machine's first: the refusals every rank makes
+    alike (usage, xelm's checks), an interruption and the loss of a peer are said by local
+    rank 0 alone (spec/training.md section 8); the others exit with the same code."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get(
+        "LOCAL_RANK", "0"
+    ) not in ("", "0")
+
+
+# A collective that lost its peer (gloo, NCCL): the rank that stopped first said why
+_PEER_LOST = re.compile(
+    r"connection (closed|reset) by peer|remote process exited|communicator was aborted", re.I
+)
 
 
 def _interrupted(argv: list[str]) -> int:
@@ -156,13 +174,14 @@ def run(argv: list[str] | None = None) -> int:
     except XelmError as exc:
         if debug:
             raise
-        return _fail(str(exc), exc.exit_code)
+        # usage is alike on every rank (the same command line); a damaged file may be one's own
+        return _fail(str(exc), exc.exit_code, every_rank=not isinstance(exc, UsageError))
     except KeyboardInterrupt:
         return _interrupted(arguments)
     except OSError as exc:  # disk full, permissions, ...: the OS's words, and the file
         if debug:
             raise
-        return _fail(_os_error(exc, arguments), 1)
+        return _fail(_os_error(exc, arguments), 1, every_rank=True)
     except Exception as exc:
         if debug:
             raise
@@ -170,11 +189,19 @@ def run(argv: list[str] | None = None) -> int:
         if os_error:  # e.g. a full disk while safetensors writes weights
             number = int(os_error.group(1))
             reason = f"{os.strerror(number)} (while {type(exc).__name__} was writing or reading)"
-            return _fail(reason + (_make_room(arguments) if number in _NO_ROOM else ""), 1)
+            reason += _make_room(arguments) if number in _NO_ROOM else ""
+            return _fail(reason, 1, every_rank=True)
         detail = exception_line(exc, with_type=True)
+        if _PEER_LOST.search(str(exc)):
+            return _fail(
+                f"another rank stopped first (its own line, or torchrun's report, says why): "
+                f"{detail}",
+                1,
+            )
         return _fail(
             f"internal error: {detail} (set {DEBUG_ENV}=1 for the traceback)",
             INTERNAL_ERROR_EXIT,
+            every_rank=True,
         )
 
 
