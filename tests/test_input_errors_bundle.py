@@ -231,3 +231,17 @@ def test_a_non_bundle_says_what_it_is(
     archive = pack_bundle(seed_bundle, tmp_path / "seed.xelm.tar.zst")
     err = _one_line_error(capsys, "bundle", "inspect", archive)
     assert f"`xelm bundle unpack {archive} -o DIR` unpacks it" in err
+
+
+def test_a_global_batch_that_ranks_cannot_share_names_the_ranks_that_can() -> None:
+    """A checkpoint of 3 blocks a step resumed on 2 ranks with its --global-batch: the refusal
+    gave no way out (no --batch-size makes a micro-batch of 2 ranks divide 3 blocks)."""
+    from xelm_trainer.options import TrainOptions
+
+    with pytest.raises(UsageError) as refused:
+        TrainOptions(block_size=128, batch_size=3, global_batch_tokens=384, world_size=2).check()
+    assert str(refused.value) == (
+        "--global-batch 384 must be a multiple of one micro-batch (--batch-size x --block-size x "
+        "2 ranks = 768 tokens); its 3 blocks of --block-size 128 cannot be shared by 2 ranks: "
+        "run on a number of ranks that divides 3"
+    )

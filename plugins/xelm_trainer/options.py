@@ -138,6 +138,13 @@ class TrainOptions:
                 self.global_batch_tokens, self.block_size, self.world_size, self.batch_size
             )
             hint = f"; --batch-size {fits} makes one" if fits is not None else ""
+            blocks, unshared = divmod(self.global_batch_tokens, self.block_size)
+            if fits is None and self.world_size > 1 and not unshared:
+                hint = (
+                    f"; its {blocks:,} blocks of --block-size {self.block_size:,} cannot be "
+                    f"shared by {self.world_size} ranks: run on a number of ranks that divides "
+                    f"{blocks:,}"
+                )
             raise UsageError(
                 f"--global-batch {self.global_batch_tokens:,} must be a multiple of one "
                 f"micro-batch (--batch-size x --block-size{ranks} = {self.round_tokens:,} "
