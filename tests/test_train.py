@@ -425,6 +425,18 @@ def test_plan_prints_equal_compute_budgets_and_commands(
     code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run")
     assert code == 0
     assert "skip (done)" in stdout and "xelm train runs/branches/expert-1" in stdout
+    # a plan of one rank a run, on two: refused before a run starts (its batches are one's)
+    code, _, stderr = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run",
+                           "--nproc-per-node", 2)  # fmt: skip
+    assert code == 2 and stderr == (
+        "xelm: error: the plan was made for 1 rank a run, not --nproc-per-node 2: its batches "
+        "and memory estimate are theirs; make it again with `xelm plan ... --nproc-per-node 2`, "
+        "or run it with --nproc-per-node 1\n"
+    )
+    code, stdout, _ = xelm(capsys, "plan", "--budget", "20M", *common, "--nproc-per-node", 2,
+                           "--json")  # fmt: skip
+    assert code == 0
+    (tmp_path / "plan.json").write_text(stdout)
     code, stdout, _ = xelm(capsys, "train-all", "plan.json", "--only", 1, "--dry-run",
                            "--nproc-per-node", 2)  # fmt: skip
     assert code == 0

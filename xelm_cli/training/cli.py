@@ -31,6 +31,7 @@ from xelm_cli.plugin.options import (
 from xelm_cli.training.estimates import parse_size
 from xelm_cli.training.plan_runner import (
     check_outputs,
+    check_ranks,
     chosen_runs,
     command_environment,
     device_groups,
@@ -575,6 +576,7 @@ def train_all(
     if devices is None and parallel == 1 and not as_json:
         device_groups(devices, nproc_per_node, parallel)  # the same refusals as side by side
         plan = read_plan(plan_file)
+        check_ranks(plan, nproc_per_node)
         run_in_turn(chosen_runs(plan, only), plan_directory(plan), nproc_per_node)
         return
     outcomes = run_plan(

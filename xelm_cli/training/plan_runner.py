@@ -218,6 +218,7 @@ def plan_dry_run(
     typed now (``shown_command``: under torchrun with ``nproc_per_node`` > 1; a killed
     `xelm train` with ``--resume``), ``done`` where its output exists (it would be skipped)."""
     plan = read_plan(Path(plan_file))
+    check_ranks(plan, nproc_per_node)
     runs, directory = chosen_runs(plan, only), plan_directory(plan)
     check_outputs(runs, directory)
     return [
@@ -616,10 +617,25 @@ def run_plan(
     plan itself (what ``make_plan`` returns)."""
     slots = device_groups(devices, nproc_per_node, parallel)
     plan = check_plan(plan) if isinstance(plan, dict) else read_plan(Path(plan))
+    check_ranks(plan, nproc_per_node)
     runs = chosen_runs(plan, only)
     check_outputs(runs, plan_directory(plan))
     with count_progress("train-all", len(runs), "runs") as advance:
         return PlanRunner(plan, runs, slots, nproc_per_node, say, advance).run()
+
+
+def check_ranks(plan: dict[str, Any], nproc_per_node: int) -> None:
+    """Refuse, before a run starts, ``nproc_per_node`` ranks a run for a plan made for another
+    number (``xelm plan --nproc-per-node``): its runs' --global-batch and --batch-size, and its
+    memory estimate, are those ranks'; on others a run would fail once its branch is made."""
+    planned = (plan.get("estimate") or {}).get("ranks")
+    if isinstance(planned, int) and planned != nproc_per_node:
+        raise UsageError(
+            f"the plan was made for {planned} rank{'s' if planned > 1 else ''} a run, not "
+            f"--nproc-per-node {nproc_per_node}: its batches and memory estimate are theirs; make "
+            f"it again with `xelm plan ... --nproc-per-node {nproc_per_node}`, or run it with "
+            f"--nproc-per-node {planned}"
+        )
 
 
 def chosen_runs(plan: dict[str, Any], only: int | None) -> list[dict[str, Any]]:
