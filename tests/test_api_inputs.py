@@ -33,7 +33,8 @@ def test_what_one_call_returns_goes_into_the_next(tmp_path: Path, seed_bundle: P
     assert xelm.Bundle.read(merged.path).manifest.role == "dense"
     assert moe.path.is_dir() and xelm.verify_bundle(trained) == []
     archive = xelm.pack_bundle(trained, tmp_path / "trained.xelm.tar.zst")
-    assert xelm.unpack_bundle(archive, tmp_path / "unpacked").digest == trained.digest
+    unpacked = xelm.unpack_bundle(archive, tmp_path / "unpacked", max_bytes="1G")  # as --max-size
+    assert unpacked.digest == trained.digest
     tokenizer = xelm.train_tokenizer_on_corpus(
         _corpus(tmp_path), tmp_path / "tok", vocab_size=300, chars_per_language=2000
     )
@@ -58,6 +59,34 @@ def test_paths_as_text_and_languages_as_the_commands_write_them(
     assert xelm.allocation_summary(allocation)["k"] == 2
     written = xelm.write_plots(str(allocation), str(tmp_path / "plots"))
     assert [path.name for path in written] == ["heatmap.png"]
+
+
+def test_sizes_and_arguments_as_the_commands_take_them(
+    tmp_path: Path, seed_bundle: Path, train_shards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_plan's memory as --memory's text ("80GB") and train_args as a list (they were a
+    TypeError and an AttributeError); fetch_data's size as --size's text."""
+    monkeypatch.chdir(tmp_path)
+    allocation = tmp_path / "alloc.json"
+    xelm.write_allocation(allocation, clusterer="typology", experts=[["en"], ["tr"]])
+    plans = [
+        xelm.make_plan(
+            "80K",
+            allocation,
+            seed_bundle,
+            train_shards,
+            "runs",
+            memory=memory,
+            train_args=train_args,
+        )
+        for memory, train_args in (
+            (80_000_000_000, "--block-size 64 --device cpu"),
+            ("80GB", ["--block-size", "64", "--device", "cpu"]),
+        )
+    ]
+    assert plans[0] == plans[1] and plans[0]["estimate"]["memory_limit"] == 80_000_000_000
+    with pytest.raises(xelm.UsageError, match="--size takes a number of bytes"):
+        xelm.fetch_data(tmp_path / "data", languages="en", size="lots")
 
 
 def test_one_baseline_is_a_bundle_not_a_list_of_characters(

@@ -63,6 +63,7 @@ from xelm_cli.common.recognise import (
     is_bundle_archive,
     what_path_is,
 )
+from xelm_cli.common.units import parse_byte_size
 
 Progress = Callable[[int], None]
 
@@ -303,7 +304,7 @@ def unpack_bundle(
     out: Path,
     *,
     overwrite: bool = False,
-    max_bytes: int = 1 << 40,
+    max_bytes: int | str = 1 << 40,
     progress: Progress | None = None,
 ) -> Bundle:
     """Extract an archive into a new bundle directory ``out`` and return the opened bundle.
@@ -320,6 +321,8 @@ def unpack_bundle(
     ``progress(n)`` receives the compressed bytes read (the archive's file size in all).
     """
     archive = Path(archive)
+    if isinstance(max_bytes, str):  # "1T", as --max-size takes it
+        max_bytes = parse_byte_size(max_bytes, "--max-size")
     if max_bytes < 1:
         raise UsageError(f"--max-size must be positive, not {max_bytes} bytes")
     check_archive(archive)

@@ -36,6 +36,7 @@ from xelm_cli.common.digest import sha256_bytes
 from xelm_cli.common.errors import UsageError
 from xelm_cli.common.jsonio import canonical_json, pretty_json, read_json_object
 from xelm_cli.common.outputs import refuse_inside_bundle
+from xelm_cli.common.units import parse_byte_size
 from xelm_cli.data import prepare_work
 from xelm_cli.data.evalsets import SIB200_TEXT
 from xelm_cli.data.prepare_work import LanguageCount, ResumableDirectory, open_at
@@ -188,13 +189,16 @@ def missing_parts(out: Path, parts: list[Part]) -> list[Part]:
 def fetch(
     out: Path | None = None,
     languages: list[str] | str | None = None,
-    size: int = DEFAULT_SIZE,
+    size: int | str = DEFAULT_SIZE,
     valid_documents: int = DEFAULT_VALID_DOCUMENTS,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Fetch what ``out`` (default: xelm's cache) lacks; the fetch record of every part asked
-    for. ``progress(n)`` is told the bytes of text read."""
+    for. ``progress(n)`` is told the bytes of text read. ``languages``: a list or ``"en,tr"``;
+    ``size``: bytes of text a language, or their text (``"2M"``)."""
+    if isinstance(size, str):
+        size = parse_byte_size(size, "--size")
     out = Path(out) if out is not None else default_data_dir()
     # it fills the folder: unlisted files in a bundle, or in the bundle ``out`` itself
     refuse_inside_bundle(out, "the data", into=True)

@@ -17,7 +17,7 @@ from xelm_cli.bundle.store import Bundle
 from xelm_cli.cluster.allocation import Allocation, read_allocation
 from xelm_cli.cluster.assigning import assigns_documents
 from xelm_cli.common.errors import UsageError, XelmError
-from xelm_cli.common.units import token_count
+from xelm_cli.common.units import parse_byte_size, token_count
 from xelm_cli.data.corpus import read_documents
 from xelm_cli.data.shards import Shards
 from xelm_cli.plugin.host import get_registry
@@ -545,8 +545,8 @@ def make_plan(
     data: Path | str,
     runs: Path | str,
     valid: Path | str | None = None,
-    train_args: str = "",
-    memory: int | None = None,
+    train_args: str | Sequence[str] = "",
+    memory: int | str | None = None,
     measured: Path | str | None = None,
     moe_tokens: int | str = 0,
     moe_calibration: Path | str | None = None,
@@ -579,9 +579,14 @@ def make_plan(
     moe`` would refuse of the experts or ``moe_calibration`` is refused first
     (``check_moe_inputs``).
 
-    ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``); every path may
-    be text."""
+    ``budget`` and ``moe_tokens`` are token counts or their text (``"20M"``), ``memory`` bytes
+    or their text (``"80GB"``), ``train_args`` text or a list of arguments; every path may be
+    text."""
     budget = token_count(budget, "budget")
+    if isinstance(memory, str):
+        memory = parse_byte_size(memory, "memory")
+    if not isinstance(train_args, str):
+        train_args = shlex.join(train_args)
     moe_tokens = moe_tokens if moe_tokens == 0 else token_count(moe_tokens, "moe_tokens")
     allocation, seed_bundle, data, runs = map(Path, (allocation, seed_bundle, data, runs))
     valid, measured, moe_calibration = (
