@@ -904,3 +904,38 @@ def test_a_router_that_takes_no_calibration_names_those_that_do() -> None:
         "router 'plain' takes no calibration data; drop --calibration, or use a router that "
         "calibrates: fitted, oracle, posterior, posterior-last-token"
     )
+
+
+def test_plugins_check_and_show_say_why_a_name_they_cannot_select_is_not_selected(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], isolated_registry: None
+) -> None:
+    """A name two third parties share, a qualifier that names neither and a name XELM_PLUGINS
+    leaves out were each 'not installed' (its list naming it): now the line --router says."""
+    registry = host.load_registry(
+        extra_plugins=[
+            ("first", RouterPlugin(make_router("alpha"))),
+            ("second", RouterPlugin(make_router("alpha"))),
+        ]
+    )
+    host.reset_registry(registry)
+    shared = (
+        "xelm: error: router 'alpha' is registered by two plugins: plugin first and plugin "
+        "second; choose one as first:alpha or second:alpha\n"
+    )
+    misqualified = (
+        "xelm: error: unknown router 'third:alpha': no plugin or distribution 'third' registers "
+        "router 'alpha' (registered by plugin first and plugin second; choose first:alpha or "
+        "second:alpha)\n"
+    )
+    for command in ("check", "show"):  # (the first also prints the registry's warning)
+        for name, refusal in (("alpha", shared), ("third:alpha", misqualified)):
+            code, out, err = cli(capsys, "plugins", command, name)
+            assert (code, out) == (2, "") and err.endswith(refusal), err
+    monkeypatch.setenv(host.PLUGINS_ENV, "eval")
+    host.reset_registry()
+    for command in ("check", "show"):
+        code, _, err = cli(capsys, "plugins", command, "language")
+        assert code == 2 and err.startswith(
+            "xelm: error: router 'language' is in plugin 'routers', which XELM_PLUGINS=eval does "
+            "not load: add routers to XELM_PLUGINS"
+        ), err

@@ -159,15 +159,15 @@ def _selected(name: str) -> list[Registration]:
     """Every registration (of any kind) that ``name`` or ``DIST:NAME`` selects."""
     registry = host.get_registry()
     found: list[Registration] = []
-    ambiguous: list[str] = []
+    refusals: list[UsageError] = []  # of a name that is a KIND, but not here
     for kind in KINDS:
         try:
             found.append(registry.get(kind, name))
         except UsageError as exc:
-            if registry.all_of(kind, name.rpartition(":")[2]) and ":" not in name:
-                ambiguous.append(str(exc))
-    if ambiguous and not found:
-        raise UsageError(ambiguous[0])
+            if registry.knows(kind, name):
+                refusals.append(exc)
+    if refusals and not found:  # shared, misqualified, left out by XELM_PLUGINS
+        raise refusals[0]
     if not found:
         installed = sorted({r.name for r in registry.entries})
         raise UsageError(

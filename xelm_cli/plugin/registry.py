@@ -250,6 +250,19 @@ class Registry:
         found = self.registration_of(kind, obj)
         return None if found is None else found.provenance
 
+    def knows(self, kind: Kind, name: str) -> bool:
+        """Whether ``name`` (or ``DIST:NAME``) is a ``kind`` that :meth:`get` refuses for a
+        reason of its own: registered (by several plugins, or by none that the qualifier
+        names), left out by XELM_PLUGINS, or refused when its plugin loaded; False for a name
+        no plugin has as a ``kind``."""
+        base = name.rpartition(":")[2]
+        left_out = self.left_out
+        return bool(
+            self.all_of(kind, base)
+            or (left_out and left_out.registering(kind, name))
+            or any((p.kind, p.name) == (kind, base) for p in self.problems)
+        )
+
     def _unknown(self, kind: Kind, name: str, base: str) -> str:
         """``name`` (``base`` without its qualifier) is not registered: the names closest to
         it, if any, and every registered one; when XELM_PLUGINS leaves out the plugin of xelm's

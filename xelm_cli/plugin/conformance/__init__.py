@@ -61,11 +61,15 @@ def check(
     """
     registry = get_registry()
     registrations: list[Registration] = []
+    refusals: list[UsageError] = []  # of a name that is a router or evaluator, but not here
     for kind in ("router", "evaluator"):
         try:
             registrations.append(registry.get(kind, name))
-        except UsageError:
-            continue
+        except UsageError as exc:
+            if registry.knows(kind, name):
+                refusals.append(exc)
+    if refusals and not registrations:  # shared, misqualified, left out by XELM_PLUGINS
+        raise refusals[0]
     if not registrations:
         other = [
             kind
