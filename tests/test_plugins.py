@@ -540,6 +540,34 @@ def test_a_declaration_xelm_cannot_read_is_its_plugins_bug_in_one_line(
         cluster("unreadable-options", k=1, output=tmp_path / "a.json", languages="en")
 
 
+def test_an_option_whose_default_is_not_its_type_is_its_plugins_bug(
+    capsys: pytest.CaptureFixture[str], isolated_registry: None
+) -> None:
+    """``bad: int = option("lots")`` was listed by plugins show and handed to the router as
+    it was (results recorded ``"bad": "lots"``); only plugins check failed it."""
+
+    @dataclass(frozen=True)
+    class WrongDefault:
+        share: float = option(1, help="An int where a float is declared: fine.")
+        bad: int = option("lots", help="Not an int.")
+
+    class WrongDefaultRouter(make_router("wrong-default")):  # type: ignore[misc]
+        Options = WrongDefault
+
+    host.reset_registry(
+        host.load_registry(extra_plugins=[("third", RouterPlugin(WrongDefaultRouter))])
+    )
+    with pytest.raises(PluginError) as caught:
+        declared_options(WrongDefaultRouter)
+    assert str(caught.value).endswith(
+        "cannot be read: ValueError: option 'bad' defaults to 'lots', which is no int; this "
+        "is a bug in its plugin"
+    )
+    with pytest.raises(PluginError, match="defaults to 'lots', which is no int"):
+        build_router("wrong-default", {})
+    assert cli(capsys, "plugins", "show", "wrong-default")[:2] == (6, "")
+
+
 def test_hook_typos_and_empty_plugins_are_reported() -> None:
     class Typo:
         @hookimpl

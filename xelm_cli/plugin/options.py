@@ -219,6 +219,15 @@ def _declared_options(owner: Any) -> tuple[OptionSpec, ...]:
                     meta.get("cli", True),
                 )
             )
+        for spec in specs:  # a default its own type refuses would reach the plugin unchecked
+            if spec.default is not REQUIRED and spec.default is not None:
+                try:
+                    convert(spec, spec.default, label="its default")
+                except UsageError:
+                    raise ValueError(
+                        f"option {spec.name!r} defaults to {spec.default!r}, which is no "
+                        f"{spec.type_name}"
+                    ) from None
         return tuple(specs)
     if _own_init(owner):
         return _from_signature(owner)
