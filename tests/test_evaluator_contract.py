@@ -110,8 +110,20 @@ def returning(name: str, result: dict[str, Any]) -> type[Evaluator]:
 @pytest.mark.parametrize(
     ("result", "problem"),
     [
-        ({"overall": {"logprob": math.nan}, "languages": {}}, "overall['logprob'] is nan"),
-        ({"overall": {"accuracy": 0.5}, "languages": {}}, "overall['logprob'] is None"),
+        (
+            {"overall": {"logprob": math.nan}, "languages": {}},
+            "the result holds a NaN or infinity, which JSON cannot hold (use None)",
+        ),
+        (  # anywhere: results files are JSON, which has no NaN (a strict reader refuses it)
+            {"overall": {"logprob": 1.0}, "languages": {"en": {"logprob": math.nan}}},
+            "the result holds a NaN or infinity, which JSON cannot hold (use None)",
+        ),
+        ({"overall": {"logprob": None}, "languages": {}}, "overall['logprob'] is None"),
+        ({"overall": {"logprob": True}, "languages": {}}, "overall['logprob'] is True"),
+        (
+            {"overall": {"accuracy": 0.5}, "languages": {}},
+            "overall has no 'logprob', the evaluator's primary metric",
+        ),
         ({"overall": {"logprob": 1.0}}, "the result needs 'overall' and 'languages' dicts"),
         (
             {"overall": {"logprob": 1.0}, "languages": {}, "where": Path("x")},

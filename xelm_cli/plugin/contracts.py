@@ -452,10 +452,14 @@ def result_problem(result: Any, primary: str) -> str | None:
     if not isinstance(overall, dict) or not isinstance(languages, dict):
         return "the result needs 'overall' and 'languages' dicts"
     try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
+        json.dumps(result, allow_nan=False)
+    except ValueError as exc:  # a NaN or infinity: JSON has no such number (results files are JSON)
+        return f"the result holds a NaN or infinity, which JSON cannot hold (use None): {exc}"
+    except TypeError as exc:
         return f"the result is not JSON-serialisable: {exc}"
-    value = overall.get(primary)
-    if not isinstance(value, int | float) or not math.isfinite(value):
+    if primary not in overall:
+        return f"overall has no {primary!r}, the evaluator's primary metric"
+    value = overall[primary]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return f"overall[{primary!r}] is {value!r}, not a number"
     return None
