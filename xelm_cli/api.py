@@ -72,6 +72,7 @@ from xelm_cli.lang.typology import (
     rank_donors,
     uriel_code,
 )
+from xelm_cli.plugin.conformance import TinyExperts, build_tiny_experts
 from xelm_cli.plugin.conformance import check as check_plugin
 from xelm_cli.plugin.contracts import (
     Assigner,
@@ -149,6 +150,7 @@ __all__ = [
     "ScoredDocument",
     "Shards",
     "SourceOptions",
+    "TinyExperts",
     "TrainRequest",
     "Trainer",
     "UsageError",
@@ -160,6 +162,7 @@ __all__ = [
     "branch",
     "build_moe",
     "build_options",
+    "build_tiny_experts",
     "check_plugin",
     "check_token_weights",
     "check_weights",
