@@ -568,6 +568,34 @@ def test_an_option_whose_default_is_not_its_type_is_its_plugins_bug(
     assert cli(capsys, "plugins", "show", "wrong-default")[:2] == (6, "")
 
 
+def test_the_clusterer_commands_are_those_of_the_registry_now(
+    capsys: pytest.CaptureFixture[str], isolated_registry: None
+) -> None:
+    """xelm cluster NAME was added once a process: after reset_registry a clusterer of the
+    earlier registry kept its command, bound to its old registration."""
+
+    class Groups(Clusterer):
+        name = "earlier-groups"
+
+        def fit(self, request: Any) -> Any:
+            raise AssertionError("never fitted")
+
+        @classmethod
+        def assigner(cls, allocation: Any) -> Any:
+            raise AssertionError("never asked")
+
+    class Registering(RouterPlugin):
+        @hookimpl
+        def register_clusterers(self, register: Register) -> None:
+            register(Groups.name, Groups)
+
+    host.reset_registry(host.load_registry(extra_plugins=[("third", Registering())]))
+    assert cli(capsys, "cluster", "earlier-groups", "--help")[0] == 0
+    host.reset_registry()
+    code, _, err = cli(capsys, "cluster", "earlier-groups", "--help")
+    assert code == 2 and "No such command 'earlier-groups'" in err, err
+
+
 def test_hook_typos_and_empty_plugins_are_reported() -> None:
     class Typo:
         @hookimpl

@@ -62,7 +62,13 @@ def add_clusterer_commands() -> None:
 
     A clusterer whose command cannot be built (its options declaration cannot be read, its
     ``command()`` raises) gets none, and an option whose flag is malformed or taken gets no
-    flag: each is a problem of its plugin (spec/plugin-api.md 4), never the end of the CLI."""
+    flag: each is a problem of its plugin (spec/plugin-api.md 4), never the end of the CLI.
+
+    Idempotent: the commands an earlier call added are replaced, so a call after
+    ``reset_registry`` leaves exactly the current registry's clusterers (not one bound to a
+    registration of an earlier registry)."""
+    app.registered_commands[:] = [c for c in app.registered_commands if c.name not in _added]
+    _added.clear()
     registry = get_registry()
     for registration in registry.all_of("clusterer"):
         plain = registry.clusterers.get(registration.name) is registration
