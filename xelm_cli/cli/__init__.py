@@ -118,9 +118,8 @@ def _other_rank() -> bool:
     """Under torchrun, a rank other than its machine's first: the refusals every rank makes
     alike (usage, xelm's checks), an interruption and the loss of a peer are said by local
     rank 0 alone (spec/training.md section 8); the others exit with the same code."""
-    return os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get(
-        "LOCAL_RANK", "0"
-    ) not in ("", "0")
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_RANK", "0")
+    return world not in ("", "1") and local not in ("", "0")
 
 
 # A collective that lost its peer (gloo, NCCL): the rank that stopped first said why
