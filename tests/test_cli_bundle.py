@@ -187,6 +187,32 @@ def test_ctrl_c_or_sigterm_is_one_line_and_exit_128_plus_the_signal(
     ), err
 
 
+def test_a_process_forked_from_a_command_ends_on_sigterm_as_by_default() -> None:
+    """A multiprocessing pool's workers (lm-eval's bootstrap) are forked from the command and
+    ended by their pool with SIGTERM: they kept xelm's handler, took it for an interruption,
+    ignored the next, and their parent waited on them for ever (a test run hung so)."""
+    script = (
+        "import os, signal, sys\n"
+        "from xelm_cli.cli import stopping\n"
+        "stopping.stop_on_sigterm()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    signal.signal(signal.SIGTERM, stopping._stop)  # kept by a fork the reset missed\n"
+        "    signal.pause()\n"
+        "    os._exit(3)\n"
+        "import time; time.sleep(0.5); os.kill(child, signal.SIGTERM)\n"
+        "_, killed = os.waitpid(child, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), os.waitstatus_to_exitcode(killed))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert done.stdout.split() == ["0", str(-signal.SIGTERM)], done.stderr[-2000:]
+
+
 def test_pack_and_report_print_json_with_json(capsys, tmp_path: Path) -> None:
     """Like unpack, inspect, verify and lineage: the archive and what it holds, as data."""
     code, out, err = xelm(capsys, "bundle", "pack", GOLDEN, "-o", tmp_path / "g.xelm.tar.zst",
@@ -292,6 +318,7 @@ def test_ctrl_c_while_arrow_finishes_after_the_command_is_one_line(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "finish_arrow_work", stopped)
+    monkeypatch.setattr(cli.stopping, "stop_on_sigterm", lambda: None)  # not in pytest's process
     monkeypatch.setattr(sys, "argv", ["xelm", "--version"])
     with pytest.raises(SystemExit) as exited:
         cli.main()
