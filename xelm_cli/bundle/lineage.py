@@ -59,7 +59,7 @@ def lineage_graph(bundles: Sequence[Bundle | str | Path]) -> dict[str, Node]:
     bundle whose manifest breaks the spec's rules: :func:`lineage_steps`). ``bundles``: opened
     bundles or their directories."""
     nodes: dict[str, Node] = {}
-    for bundle in (b if isinstance(b, Bundle) else Bundle.read(b) for b in bundles):
+    for bundle in map(Bundle.of, bundles):
         steps = lineage_steps(bundle)
         for i in range(1, len(steps)):
             # the bundle step i-1 produced is step i's first parent

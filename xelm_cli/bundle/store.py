@@ -225,6 +225,12 @@ class Bundle:
         return cls(path, Manifest.from_dict(data, what=str(path)), sha256_bytes(raw))
 
     @classmethod
+    def of(cls, bundle: "Bundle | str | Path") -> "Bundle":
+        """``bundle`` itself, or :meth:`read` of that directory (as a Python caller names a
+        bundle: the object or its path)."""
+        return bundle if isinstance(bundle, Bundle) else cls.read(bundle)
+
+    @classmethod
     def open(
         cls, path: str | Path, *, verify: bool = True, progress: Progress | None = None
     ) -> "Bundle":

@@ -103,7 +103,7 @@ def evaluate(
             chosen_router,
             each=each,
             baselines=[
-                b if isinstance(b, Bundle) else Bundle.read(Path(b))
+                Bundle.of(b)
                 for b in ([baselines] if isinstance(baselines, str | Path | Bundle) else baselines)
             ],
             device=device,
