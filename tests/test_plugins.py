@@ -194,6 +194,30 @@ class RouterPlugin:
             register(router_class.name, router_class)
 
 
+class NeverFitted(Clusterer):
+    """A clusterer whose commands are built and shown, never run."""
+
+    def fit(self, request: Any) -> Any:
+        raise AssertionError("never fitted")
+
+    @classmethod
+    def assigner(cls, allocation: Any) -> Any:
+        raise AssertionError("never asked")
+
+
+class ClustererPlugin(RouterPlugin):
+    """A plugin object registering the given clusterer classes (and router classes)."""
+
+    def __init__(self, *clusterers: type[Clusterer], routers: Sequence[type[PreRouter]] = ()):
+        super().__init__(*routers)
+        self.clusterers = clusterers
+
+    @hookimpl
+    def register_clusterers(self, register: Register) -> None:
+        for clusterer in self.clusterers:
+            register(clusterer.name, clusterer)
+
+
 class CommandPlugin:
     def __init__(self, **commands: Any) -> None:
         self.commands = commands
@@ -494,23 +518,11 @@ def test_a_declaration_xelm_cannot_read_is_its_plugins_bug_in_one_line(
     class BadParseRouter(make_router("bad-parse")):  # type: ignore[misc]
         Options = BadParse
 
-    class UnreadableClusterer(Clusterer):
+    class UnreadableClusterer(NeverFitted):
         name = "unreadable-options"
         Options = Unreadable
 
-        def fit(self, request: Any) -> Any:
-            raise AssertionError("never fitted")
-
-        @classmethod
-        def assigner(cls, allocation: Any) -> Any:
-            raise AssertionError("never asked")
-
-    class Registering(RouterPlugin):
-        @hookimpl
-        def register_clusterers(self, register: Register) -> None:
-            register(UnreadableClusterer.name, UnreadableClusterer)
-
-    plugin = Registering(UnreadableRouter, BadParseRouter)
+    plugin = ClustererPlugin(UnreadableClusterer, routers=(UnreadableRouter, BadParseRouter))
     host.reset_registry(host.load_registry(extra_plugins=[("third", plugin)]))
     unreadable = (
         "the options declaration of {name!r} ({where}) cannot be read: NameError: name "
@@ -574,22 +586,10 @@ def test_the_clusterer_commands_are_those_of_the_registry_now(
     """xelm cluster NAME was added once a process: after reset_registry a clusterer of the
     earlier registry kept its command, bound to its old registration."""
 
-    class Groups(Clusterer):
+    class Groups(NeverFitted):
         name = "earlier-groups"
 
-        def fit(self, request: Any) -> Any:
-            raise AssertionError("never fitted")
-
-        @classmethod
-        def assigner(cls, allocation: Any) -> Any:
-            raise AssertionError("never asked")
-
-    class Registering(RouterPlugin):
-        @hookimpl
-        def register_clusterers(self, register: Register) -> None:
-            register(Groups.name, Groups)
-
-    host.reset_registry(host.load_registry(extra_plugins=[("third", Registering())]))
+    host.reset_registry(host.load_registry(extra_plugins=[("third", ClustererPlugin(Groups))]))
     assert cli(capsys, "cluster", "earlier-groups", "--help")[0] == 0
     host.reset_registry()
     code, _, err = cli(capsys, "cluster", "earlier-groups", "--help")
